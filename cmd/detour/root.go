@@ -1,0 +1,56 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"strings"
+
+	"github.com/spf13/cobra"
+)
+
+func newRootCmd(s streams) *cobra.Command {
+	root := &cobra.Command{
+		Use:   "detour",
+		Short: "Send a workload's traffic through its sidecar proxy, without touching the app",
+		Long: `detour installs the kernel redirection (iptables) that sends a workload's TCP
+and DNS traffic through its sidecar proxy, and serves the proxy matching listeners.`,
+		SilenceUsage:  true,
+		SilenceErrors: true,
+	}
+	root.SetFlagErrorFunc(func(c *cobra.Command, err error) error {
+		return &flagError{err}
+	})
+	root.AddCommand(
+		newVersionCmd(s),
+	)
+	return root
+}
+
+// flagError is a flag parsing failure (exit 2).
+type flagError struct{ err error }
+
+func (e *flagError) Error() string { return e.err.Error() }
+func (e *flagError) Unwrap() error { return e.err }
+
+func isFlagError(err error) bool {
+	var fe *flagError
+	if errors.As(err, &fe) {
+		return true
+	}
+	// cobra reports unknown commands and wrong argument counts as plain errors.
+	msg := err.Error()
+	return strings.HasPrefix(msg, "unknown command") || strings.HasPrefix(msg, "unknown flag") ||
+		strings.Contains(msg, "arg(s), received") || strings.HasPrefix(msg, "invalid argument")
+}
+
+func newVersionCmd(s streams) *cobra.Command {
+	return &cobra.Command{
+		Use:   "version",
+		Short: "Print detour's version",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			_, err := fmt.Fprintln(s.out, "detour", version)
+			return err
+		},
+	}
+}

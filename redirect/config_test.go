@@ -1,0 +1,221 @@
+package redirect
+
+import (
+	"errors"
+	"net/netip"
+	"strings"
+	"testing"
+
+	"github.com/google/go-cmp/cmp"
+)
+
+func TestDecodeSetsOnlyNamedFields(t *testing.T) {
+	t.Parallel()
+	c := Default()
+	doc := `
+proxy:
+  uid: 1337
+  gid: 1338
+outbound:
+  excludePorts: [80, "1000-2000"]
+  excludeCIDRs: ["192.0.2.1/24", 2001:db8::/32, 198.51.100.7]
+  excludePortsForUIDs: ["tcp:53,3000-5000:106-108"]
+dns:
+  capture: off
+`
+	if err := c.Decode([]byte(doc)); err != nil {
+		t.Fatalf("Decode: %v", err)
+	}
+	want := Default()
+	want.Proxy.UID = 1337
+	gid := uint32(1338)
+	want.Proxy.GID = &gid
+	want.Outbound.ExcludePorts = []PortRange{{80, 80}, {1000, 2000}}
+	want.Outbound.ExcludeCIDRs = []netip.Prefix{
+		netip.MustParsePrefix("192.0.2.0/24"),
+		netip.MustParsePrefix("2001:db8::/32"),
+		netip.MustParsePrefix("198.51.100.7/32"),
+	}
+	want.Outbound.ExcludePortsForUIDs = []UIDPortRule{{TCP, []PortRange{{53, 53}, {3000, 5000}}, []IDRange{{106, 108}}}}
+	if diff := cmp.Diff(want, c, cmp.Comparer(func(a, b netip.Addr) bool { return a == b }), cmp.Comparer(func(a, b netip.Prefix) bool { return a == b })); diff != "" {
+		t.Errorf("config (-want +got):\n%s", diff)
+	}
+	if err := c.Validate(); err != nil {
+		t.Errorf("Validate: %v", err)
+	}
+}
+
+func TestDecodeErrorsNameFieldAndValue(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		name, doc, want string
+	}{
+		{"port out of range", "outbound:\n  excludePorts: [80, 443, 70000]", `outbound.excludePorts[2]: "70000" is not a port`},
+		{"bad cidr", "inbound:\n  excludeSourceCIDRs: [abc]", `inbound.excludeSourceCIDRs[0]: "abc" is not a CIDR`},
+		{"unknown mode", "mode: bounce", `mode: "bounce" is not one of redirect, tproxy`},
+		{"unknown key", "outbound:\n  excludePortz: [1]", `outbound.excludePortz: "[1]" is not a known field`},
+		{"group as scalar", "proxy: 5", `proxy: "5" is not a mapping`},
+		{"list for scalar", "proxy:\n  uid: [1, 2]", `proxy.uid: "[1,2]" is a list, not a single value`},
+		{"uid name", "outbound:\n  excludeUIDs: [root]", `outbound.excludeUIDs[0]: "root" is not a numeric id`},
+		{"malformed yaml", "proxy: [", `(document):`},
+		{"v4 passthrough as v6", "proxy:\n  inboundPassthroughSource:\n    ipv6: 127.0.0.6", `proxy.inboundPassthroughSource.ipv6: "127.0.0.6" is not an IPv6 address`},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			c := Default()
+			before := c.Clone()
+			err := c.Decode([]byte(tt.doc))
+			if err == nil || !strings.Contains(err.Error(), tt.want) {
+				t.Fatalf("Decode error = %v, want it to contain %q", err, tt.want)
+			}
+			if !errors.Is(err, ErrInvalid) {
+				t.Errorf("error %v does not match ErrInvalid", err)
+			}
+			if diff := cmp.Diff(before, c, cmp.Comparer(func(a, b netip.Addr) bool { return a == b })); diff != "" {
+				t.Errorf("failed Decode changed the config:\n%s", diff)
+			}
+		})
+	}
+}
+
+func TestSetStringForms(t *testing.T) {
+	t.Parallel()
+	c := Default()
+	for path, value := range map[string]string{
+		"outbound.excludePortsForUIDs": "tcp:53,3000-5000:106-108,udp:53:107",
+		"outbound.excludeUIDs":         "106, 200-210",
+		"inbound.enabled":              "false",
+		"proxy.gid":                    "1337",
+	} {
+		if err := c.Set(path, value); err != nil {
+			t.Fatalf("Set(%q, %q): %v", path, value, err)
+		}
+	}
+	f, _ := FieldByPath("outbound.excludePortsForUIDs")
+	if got, want := f.Get(&c), "tcp:53,3000-5000:106-108,udp:53:107"; got != want {
+		t.Errorf("excludePortsForUIDs = %q, want %q", got, want)
+	}
+	if c.Inbound.Enabled {
+		t.Error("inbound.enabled is still true")
+	}
+	if err := c.Set("proxy.outboundPort", "0"); err == nil || !strings.Contains(err.Error(), `proxy.outboundPort: "0" is not a port`) {
+		t.Errorf("Set port 0: %v", err)
+	}
+	if c.Proxy.OutboundPort != 15001 {
+		t.Errorf("failed Set changed outboundPort to %d", c.Proxy.OutboundPort)
+	}
+}
+
+func TestFieldsRoundTrip(t *testing.T) {
+	t.Parallel()
+	// Every field's string form, set again, gives the same config.
+	c, err := Preset("istio")
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.Outbound.ExcludeCIDRs = []netip.Prefix{netip.MustParsePrefix("192.0.2.0/24"), netip.MustParsePrefix("2001:db8::/32")}
+	gid := uint32(7)
+	c.Proxy.GID = &gid
+	for _, f := range Fields() {
+		d := Default()
+		if err := d.Set(f.Path, f.Get(&c)); err != nil {
+			t.Errorf("Set(%s, %q): %v", f.Path, f.Get(&c), err)
+			continue
+		}
+		if got, want := f.Get(&d), f.Get(&c); got != want {
+			t.Errorf("%s: round trip gave %q, want %q", f.Path, got, want)
+		}
+	}
+}
+
+func TestValidateConflicts(t *testing.T) {
+	t.Parallel()
+	c := Default()
+	c.Proxy.OutboundPort = c.Proxy.InboundPort
+	c.DNS.Capture = DNSCaptureAll
+	c.DNS.Port = c.Proxy.InboundPort
+	c.Backend = BackendEBPF
+	err := c.Validate()
+	for _, want := range []string{
+		`proxy.outboundPort: "15006" is also proxy.inboundPort`,
+		`dns.port: "15006" is also a proxy TCP port`,
+		`backend: "ebpf" is not supported yet`,
+	} {
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("Validate() = %v, want it to contain %q", err, want)
+		}
+	}
+	if err := Default().Validate(); err != nil {
+		t.Errorf("Default().Validate() = %v", err)
+	}
+}
+
+func TestPresets(t *testing.T) {
+	t.Parallel()
+	istio, err := Preset("istio")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if istio.Proxy.UID != 1337 || len(istio.Inbound.ExcludePorts) != 3 {
+		t.Errorf("istio preset = uid %d, inbound excludes %v", istio.Proxy.UID, istio.Inbound.ExcludePorts)
+	}
+	if _, err := Preset("linkerd"); err == nil || !strings.Contains(err.Error(), `preset: "linkerd" is not one of istio, kuma`) {
+		t.Errorf("Preset(linkerd) = %v", err)
+	}
+}
+
+func FuzzDecode(f *testing.F) {
+	f.Add("proxy:\n  uid: 1\noutbound:\n  excludePorts: [1, \"2-3\"]\n")
+	f.Add(`{"dns":{"capture":"all","port":53}}`)
+	f.Add("outbound:\n  excludePortsForUIDs: tcp:1,2:3\n")
+	f.Fuzz(func(t *testing.T, doc string) {
+		c := Default()
+		before := c.Clone()
+		if err := c.Decode([]byte(doc)); err != nil {
+			if !errors.Is(err, ErrInvalid) {
+				t.Fatalf("error %v is not ErrInvalid", err)
+			}
+			if !cmp.Equal(before, c, cmp.Comparer(func(a, b netip.Addr) bool { return a == b })) {
+				t.Fatal("failed Decode changed the config")
+			}
+			return
+		}
+		// Whatever decoded renders back into the same config.
+		for _, fl := range Fields() {
+			d := Default()
+			if err := d.Set(fl.Path, fl.Get(&c)); err != nil {
+				t.Fatalf("Set(%s, %q) after Decode: %v", fl.Path, fl.Get(&c), err)
+			}
+		}
+	})
+}
+
+func FuzzParsers(f *testing.F) {
+	for _, s := range []string{"80", "1-2", "192.0.2.0/24", "::1", "tcp:53:1", "4294967295", "-", "65536"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		if r, err := ParsePortRange(s); err == nil {
+			if r.First == 0 || r.Last < r.First {
+				t.Fatalf("ParsePortRange(%q) = %v", s, r)
+			}
+			if back, err := ParsePortRange(r.String()); err != nil || back != r {
+				t.Fatalf("ParsePortRange(%q) round trip = %v, %v", r.String(), back, err)
+			}
+		}
+		if r, err := ParseIDRange(s); err == nil && r.Last < r.First {
+			t.Fatalf("ParseIDRange(%q) = %v", s, r)
+		}
+		if p, err := ParseCIDR(s); err == nil {
+			if p != p.Masked() || p.Addr().Is4In6() {
+				t.Fatalf("ParseCIDR(%q) = %v", s, p)
+			}
+		}
+		if r, err := ParseUIDPortRule(s); err == nil {
+			if back, err := ParseUIDPortRule(r.String()); err != nil || back.String() != r.String() {
+				t.Fatalf("ParseUIDPortRule round trip of %q: %v, %v", s, back, err)
+			}
+		}
+	})
+}

@@ -1,0 +1,21 @@
+// Package redirect owns what detour captures and how the kernel is told.
+//
+// Config is the one model of "what to capture" shared by every entry point.
+// Fields lists its settable leaves; Set and Decode fill it from strings and
+// documents with errors that name the field and the value; Validate checks it as
+// a whole.
+//
+// Planning is pure: NewPlan turns a Config and the facts observed about a
+// network namespace into the exact rules for each IP family, with no host
+// access. Applying observes what is installed, then executes one atomic
+// transaction per family (iptables-restore --noflush) and nothing else.
+// Everything installed is owned by name: chains start with DETOUR_ and every rule
+// in a built-in chain carries the ownership comment, so uninstall removes exactly
+// that.
+//
+// Privileges: planning and config handling need none. Observing and applying
+// need CAP_NET_ADMIN (and CAP_NET_RAW for iptables) in the target network
+// namespace, and run the iptables binaries of the host.
+//
+// This package must not import cmd/..., cni, controlplane or bpf.
+package redirect

@@ -1,0 +1,118 @@
+package redirect
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+	"strconv"
+)
+
+// Validate reports every invalid value in c, each as a *FieldError (joined with
+// errors.Join). A Config that passes Validate can be planned and applied.
+// Values set through Set and Decode are already well-formed; Validate also checks
+// what no single field can: values that conflict with each other.
+func (c Config) Validate() error {
+	var errs []error
+	bad := func(field, value, reason string) {
+		errs = append(errs, &FieldError{Field: field, Value: value, Reason: reason})
+	}
+	port := func(field string, p uint16) {
+		if p == 0 {
+			bad(field, "0", "is not a port (1-65535)")
+		}
+	}
+	ranges := func(field string, rs []PortRange) {
+		for i, r := range rs {
+			if r.First == 0 || r.Last < r.First {
+				bad(fmt.Sprintf("%s[%d]", field, i), r.String(), "is not a port or port range (80, 1000-2000)")
+			}
+		}
+	}
+	ids := func(field string, rs []IDRange) {
+		for i, r := range rs {
+			if r.Last < r.First {
+				bad(fmt.Sprintf("%s[%d]", field, i), r.String(), "is an id range whose end is below its start")
+			}
+		}
+	}
+
+	port("proxy.inboundPort", c.Proxy.InboundPort)
+	port("proxy.outboundPort", c.Proxy.OutboundPort)
+	if c.Proxy.InboundPort != 0 && c.Proxy.InboundPort == c.Proxy.OutboundPort {
+		bad("proxy.outboundPort", strconv.Itoa(int(c.Proxy.OutboundPort)), "is also proxy.inboundPort; the proxy needs two ports")
+	}
+	if a := c.Proxy.InboundPassthroughSource.IPv4; !a.Is4() {
+		bad("proxy.inboundPassthroughSource.ipv4", a.String(), "is not an IPv4 address")
+	}
+	if a := c.Proxy.InboundPassthroughSource.IPv6; !a.Is6() || a.Is4In6() {
+		bad("proxy.inboundPassthroughSource.ipv6", a.String(), "is not an IPv6 address")
+	}
+	if _, err := parseEnum(string(c.Mode), modes); err != nil {
+		bad("mode", string(c.Mode), err.(*FieldError).Reason)
+	}
+	switch c.Backend {
+	case BackendAuto, BackendIPTables, BackendIPTablesLegacy, BackendIPTablesNFT:
+	case BackendNFTables, BackendEBPF:
+		bad("backend", string(c.Backend), "is not supported yet; use auto, iptables, iptables-legacy or iptables-nft")
+	default:
+		_, err := parseEnum(string(c.Backend), backends)
+		bad("backend", string(c.Backend), err.(*FieldError).Reason)
+	}
+	if _, err := parseEnum(string(c.IPFamilies), families); err != nil {
+		bad("ipFamilies", string(c.IPFamilies), err.(*FieldError).Reason)
+	}
+
+	ranges("inbound.includePorts", c.Inbound.IncludePorts)
+	ranges("inbound.excludePorts", c.Inbound.ExcludePorts)
+	ranges("outbound.includePorts", c.Outbound.IncludePorts)
+	ranges("outbound.excludePorts", c.Outbound.ExcludePorts)
+	ids("outbound.excludeUIDs", c.Outbound.ExcludeUIDs)
+	ids("outbound.excludeGIDs", c.Outbound.ExcludeGIDs)
+	for i, p := range c.Inbound.ExcludeSourceCIDRs {
+		if !p.IsValid() {
+			bad(fmt.Sprintf("inbound.excludeSourceCIDRs[%d]", i), p.String(), "is not a CIDR")
+		}
+	}
+	for _, list := range []struct {
+		field string
+		cidrs []netip.Prefix
+	}{
+		{"outbound.includeCIDRs", c.Outbound.IncludeCIDRs},
+		{"outbound.excludeCIDRs", c.Outbound.ExcludeCIDRs},
+	} {
+		for i, p := range list.cidrs {
+			if !p.IsValid() {
+				bad(fmt.Sprintf("%s[%d]", list.field, i), p.String(), "is not a CIDR")
+			}
+		}
+	}
+	for i, r := range c.Outbound.ExcludePortsForUIDs {
+		field := fmt.Sprintf("outbound.excludePortsForUIDs[%d]", i)
+		if r.Protocol != TCP && r.Protocol != UDP {
+			bad(field, r.String(), "has protocol "+strconv.Quote(string(r.Protocol))+", not tcp or udp")
+		}
+		if len(r.Ports) == 0 || len(r.UIDs) == 0 {
+			bad(field, r.String(), "needs at least one port and one uid")
+		}
+		ranges(field+".ports", r.Ports)
+		ids(field+".uids", r.UIDs)
+	}
+
+	if _, err := parseEnum(string(c.DNS.Capture), dnsCapture); err != nil {
+		bad("dns.capture", string(c.DNS.Capture), err.(*FieldError).Reason)
+	}
+	if c.DNS.Capture != DNSCaptureOff {
+		port("dns.port", c.DNS.Port)
+		if c.DNS.Port == c.Proxy.InboundPort || c.DNS.Port == c.Proxy.OutboundPort {
+			bad("dns.port", strconv.Itoa(int(c.DNS.Port)), "is also a proxy TCP port; DNS needs its own port")
+		}
+		if c.DNS.Capture == DNSCaptureResolvConf && c.DNS.ResolvConf == "" {
+			bad("dns.resolvConf", "", "is empty; dns.capture resolvconf needs a resolv.conf file")
+		}
+	}
+	// The kernel's LOG target keeps 29 bytes with the terminating NUL.
+	if len(c.Log.Prefix) > 28 {
+		bad("log.prefix", c.Log.Prefix, "is longer than 28 characters")
+	}
+	return errors.Join(errs...)
+}

@@ -78,14 +78,18 @@ type Resources struct {
 	Clusters  []*clusterv3.Cluster
 }
 
-// Resources returns the Envoy resources for the workload with nodeID. m must
-// be valid (Validate).
+// Resources returns the Envoy resources for the workload with nodeID, checked
+// like a served snapshot. m must be valid (Validate).
 func (m *Mesh) Resources(nodeID string) (Resources, error) {
 	w, ok := m.workload(nodeID)
 	if !ok {
 		return Resources{}, fmt.Errorf("node %q: %w", nodeID, ErrUnknownNode)
 	}
-	return newGenerator(m).workload(w), nil
+	r := newGenerator(m).workload(w)
+	if err := newChecker().check(nodeID, r); err != nil {
+		return Resources{}, err
+	}
+	return r, nil
 }
 
 // generator builds the resources of every workload of one mesh. Resources that

@@ -7,16 +7,17 @@ import (
 )
 
 // The functions below read a redirect.Config the way the installed rules act on
-// packets, so the control plane serves a listener exactly where `detour install`
-// captures: a service port the installer lets through untouched gets no
-// listener (it would never receive a connection), and an inbound port that is not
-// captured gets no filter chain.
+// packets (redirect/rules.go), so the control plane serves a listener exactly
+// where `detour install` captures: a service port the installer lets through
+// untouched gets no listener (it would never receive a connection), and an
+// inbound port that is not captured gets no filter chain.
 //
-// Semantics (DESIGN.md, redirect.Config): an include list, when not empty,
-// limits capture to its entries; an exclude list removes entries unless they are
-// also included (include beats exclude). CIDR lists are split per IP family: a
-// list holding only IPv4 prefixes does not restrict IPv6. Loopback destinations
-// are never captured.
+// Semantics: ports — when includePorts is not empty only those ports are
+// captured and excludePorts no longer matter; otherwise every port but
+// excludePorts. Outbound CIDRs — when includeCIDRs is not empty only its
+// prefixes of the destination's family are captured (a list without IPv6
+// prefixes captures no IPv6) and excludeCIDRs no longer matter; otherwise every
+// destination but excludeCIDRs. Loopback destinations are never captured.
 
 // families returns the IP families the workload's proxy serves: those of its
 // addresses, narrowed by transparentProxy.ipFamilies.
@@ -50,39 +51,26 @@ func portSelected(include, exclude []redirect.PortRange, p uint16) bool {
 	return !inPorts(exclude, p)
 }
 
-// inCIDRs reports whether a is in one of the prefixes of its family in ps, and
-// whether ps lists any prefix of that family.
-func inCIDRs(ps []netip.Prefix, a netip.Addr) (in, familyListed bool) {
+func inCIDRs(ps []netip.Prefix, a netip.Addr) bool {
 	for _, p := range ps {
-		if p.Addr().Is4() != a.Is4() {
-			continue
-		}
-		familyListed = true
-		if p.Contains(a) {
-			return true, true
+		if p.Addr().Is4() == a.Is4() && p.Contains(a) {
+			return true
 		}
 	}
-	return false, familyListed
+	return false
 }
 
 // capturesOutbound reports whether a connection from the app to dst:port goes to
 // the proxy's outbound port.
 func capturesOutbound(c *redirect.Config, dst netip.Addr, port uint16) bool {
 	o := c.Outbound
-	if !o.Enabled || dst.IsLoopback() {
+	if !o.Enabled || dst.IsLoopback() || !portSelected(o.IncludePorts, o.ExcludePorts, port) {
 		return false
 	}
-	if !portSelected(o.IncludePorts, o.ExcludePorts, port) {
-		return false
+	if len(o.IncludeCIDRs) > 0 {
+		return inCIDRs(o.IncludeCIDRs, dst)
 	}
-	if in, _ := inCIDRs(o.IncludeCIDRs, dst); in {
-		return true
-	}
-	if _, listed := inCIDRs(o.IncludeCIDRs, dst); listed {
-		return false
-	}
-	in, _ := inCIDRs(o.ExcludeCIDRs, dst)
-	return !in
+	return !inCIDRs(o.ExcludeCIDRs, dst)
 }
 
 // capturesInbound reports whether a connection to the workload's port goes to the

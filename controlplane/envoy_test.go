@@ -27,6 +27,7 @@ func TestResourcesGolden(t *testing.T) {
 		{name: "registry-only-ipv6", node: "redirect-ipv6", policy: RegistryOnly},
 		{name: "excluded-ports", node: "excluded-ports"},
 		{name: "include-ports", node: "include-ports"},
+		{name: "include-cidrs", node: "include-cidrs"},
 		{name: "istio-ports", node: "istio-ports"},
 		{name: "outbound-only", node: "outbound-only"},
 		{name: "inbound-only", node: "inbound-only"},

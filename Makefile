@@ -61,3 +61,8 @@ verify: lint ## check that generated files and go.mod are up to date
 
 clean: ## remove build output (not the cache)
 	rm -rf $(BIN)
+
+# --- control plane (issue #3) ---
+.PHONY: bench-controlplane
+bench-controlplane: ## control-plane fan-out benchmark: 1000 in-process ADS clients (DETOUR_BENCH_CLIENTS=N), SotW and delta
+	$(GO) test -run '^$$' -bench 'FanOut|Build' -benchtime 3x ./controlplane/

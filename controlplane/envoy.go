@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"slices"
 	"strconv"
+	"strings"
 	"time"
 
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
@@ -104,6 +105,20 @@ type generator struct {
 	endpoints map[string][]endpointAddr // service name → its endpoints, selected workloads included
 	listeners map[string]*listenerv3.Listener
 	clusters  map[string]*clusterv3.Cluster
+	// Shared per-service resources, keyed without building strings: a
+	// thousand workloads look them up a hundred times each.
+	serviceListeners map[serviceKey]*listenerv3.Listener
+	serviceClusters  map[serviceKey]*clusterv3.Cluster
+	reach            map[string][]*Service // sorted Reach → reachable services
+}
+
+// serviceKey names one port of one service on one virtual IP (listeners) or for
+// one set of IP families (clusters, fam).
+type serviceKey struct {
+	service *Service
+	port    int // index in service.Ports
+	vip     netip.Addr
+	fam     string
 }
 
 type endpointAddr struct {
@@ -118,6 +133,10 @@ func newGenerator(m *Mesh) *generator {
 		endpoints: make(map[string][]endpointAddr, len(m.Services)),
 		listeners: make(map[string]*listenerv3.Listener),
 		clusters:  make(map[string]*clusterv3.Cluster),
+
+		serviceListeners: make(map[serviceKey]*listenerv3.Listener),
+		serviceClusters:  make(map[serviceKey]*clusterv3.Cluster),
+		reach:            make(map[string][]*Service),
 	}
 	for i := range m.Services {
 		s := &m.Services[i]
@@ -142,6 +161,10 @@ func newGenerator(m *Mesh) *generator {
 
 // reachable returns the services w may reach, sorted by name.
 func (g *generator) reachable(w *Workload) []*Service {
+	key := strings.Join(w.Reach, "\x00")
+	if out, ok := g.reach[key]; ok {
+		return out
+	}
 	var out []*Service
 	if slices.Contains(w.Reach, ReachAll) {
 		for i := range g.mesh.Services {
@@ -157,6 +180,7 @@ func (g *generator) reachable(w *Workload) []*Service {
 		}
 	}
 	slices.SortFunc(out, func(a, b *Service) int { return cmp.Compare(a.Name, b.Name) })
+	g.reach[key] = out
 	return out
 }
 
@@ -183,17 +207,17 @@ func (g *generator) workload(w *Workload) Resources {
 			r.Listeners = append(r.Listeners, g.outboundListener(ListenerOutboundIPv6, netip.IPv6Unspecified(), c.Proxy.OutboundPort, catchAll))
 		}
 		for _, s := range g.reachable(w) {
-			for _, p := range s.Ports {
+			for pi, p := range s.Ports {
 				served := false
 				for _, vip := range s.VirtualIPs {
 					if (vip.Is4() && !v4) || (vip.Is6() && !v6) || !capturesOutbound(c, vip, p.Port) {
 						continue
 					}
 					served = true
-					r.Listeners = append(r.Listeners, g.serviceListener(s, p, vip))
+					r.Listeners = append(r.Listeners, g.serviceListener(s, pi, vip))
 				}
 				if served {
-					use(g.serviceCluster(s, p, famKey, v4, v6))
+					use(g.serviceCluster(s, pi, famKey, v4, v6))
 				}
 			}
 		}
@@ -332,12 +356,13 @@ func (g *generator) outboundListener(name string, addr netip.Addr, port uint16, 
 	return l
 }
 
-func (g *generator) serviceListener(s *Service, p ServicePort, vip netip.Addr) *listenerv3.Listener {
-	name := ServiceListenerName(vip, p.Port)
-	key := "svc|" + s.Name + "|" + name + "|" + string(p.Protocol)
-	if l, ok := g.listeners[key]; ok {
+func (g *generator) serviceListener(s *Service, pi int, vip netip.Addr) *listenerv3.Listener {
+	key := serviceKey{service: s, port: pi, vip: vip}
+	if l, ok := g.serviceListeners[key]; ok {
 		return l
 	}
+	p := s.Ports[pi]
+	name := ServiceListenerName(vip, p.Port)
 	cluster := ServiceClusterName(s.Name, p.Port)
 	f := tcpProxyFilter(cluster, cluster)
 	if p.Protocol == ProtocolHTTP {
@@ -352,7 +377,7 @@ func (g *generator) serviceListener(s *Service, p ServicePort, vip netip.Addr) *
 		BindToPort:   wrapperspb.Bool(false),
 		FilterChains: []*listenerv3.FilterChain{{Name: cluster, Filters: []*listenerv3.Filter{f}}},
 	}
-	g.listeners[key] = l
+	g.serviceListeners[key] = l
 	return l
 }
 
@@ -459,12 +484,13 @@ func (g *generator) localAppCluster(p InboundPort, loopback netip.Addr) *cluster
 	return c
 }
 
-func (g *generator) serviceCluster(s *Service, p ServicePort, famKey string, v4, v6 bool) *clusterv3.Cluster {
-	name := ServiceClusterName(s.Name, p.Port)
-	key := name + "|" + famKey
-	if c, ok := g.clusters[key]; ok {
+func (g *generator) serviceCluster(s *Service, pi int, famKey string, v4, v6 bool) *clusterv3.Cluster {
+	key := serviceKey{service: s, port: pi, fam: famKey}
+	if c, ok := g.serviceClusters[key]; ok {
 		return c
 	}
+	p := s.Ports[pi]
+	name := ServiceClusterName(s.Name, p.Port)
 	var eps []netip.AddrPort
 	for _, e := range g.endpoints[s.Name] {
 		if (e.addr.Is4() && !v4) || (e.addr.Is6() && !v6) {
@@ -479,7 +505,7 @@ func (g *generator) serviceCluster(s *Service, p ServicePort, famKey string, v4,
 	slices.SortFunc(eps, func(a, b netip.AddrPort) int { return a.Compare(b) })
 	eps = slices.Compact(eps)
 	c := staticCluster(name, eps)
-	g.clusters[key] = c
+	g.serviceClusters[key] = c
 	return c
 }
 

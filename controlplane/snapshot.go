@@ -1,17 +1,24 @@
 package controlplane
 
 import (
+	"cmp"
 	"crypto/sha256"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"slices"
+	"strconv"
 	"time"
 
+	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
+	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
 	cachev3 "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
 	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/reflect/protoreflect"
+	"google.golang.org/protobuf/types/known/emptypb"
 )
 
 // ErrUnknownNode is returned for a node id that no workload of the mesh has.
@@ -25,7 +32,8 @@ type Versions struct {
 	Clusters  string `json:"clusters"`
 }
 
-// nodeSnapshot is what one node is served.
+// nodeSnapshot is what one node is served. Nodes of the same shape (see
+// shapeKey) share one.
 type nodeSnapshot struct {
 	resources Resources
 	versions  Versions
@@ -46,6 +54,11 @@ const maxBuildErrors = 20
 // buildSnapshots generates, validates and versions the resources of every
 // workload of m. It fails, and nothing is served from it, when any node's
 // resources fail validation (errors match ErrInvalidResources).
+//
+// Workloads of the same shape — everything the generator reads from a workload
+// apart from its node id, labels and exact addresses, as for the replicas of
+// one deployment — get the same resources, so they are generated, validated,
+// hashed and marshalled once and share one snapshot.
 func buildSnapshots(m *Mesh) (*build, error) {
 	start := time.Now()
 	if err := m.Validate(); err != nil {
@@ -55,11 +68,25 @@ func buildSnapshots(m *Mesh) (*build, error) {
 	ch := newChecker()
 	h := newHasher()
 	b := &build{mesh: m, nodes: make(map[string]*nodeSnapshot, len(m.Workloads))}
+	shapes := make(map[string]*nodeSnapshot)
+	failed := make(map[string]bool)
 	var errs []error
 	for i := range m.Workloads {
 		w := &m.Workloads[i]
+		key, err := shapeKey(w)
+		if err != nil {
+			return nil, fmt.Errorf("node %q: %w", w.NodeID, err)
+		}
+		if ns, ok := shapes[key]; ok {
+			b.nodes[w.NodeID] = ns
+			continue
+		}
+		if failed[key] {
+			continue
+		}
 		r := g.workload(w)
 		if err := ch.check(w.NodeID, r); err != nil {
+			failed[key] = true
 			if len(errs) < maxBuildErrors {
 				errs = append(errs, err)
 			}
@@ -67,12 +94,19 @@ func buildSnapshots(m *Mesh) (*build, error) {
 		}
 		ns, err := h.snapshot(r)
 		if err != nil {
+			failed[key] = true
 			if len(errs) < maxBuildErrors {
 				errs = append(errs, fmt.Errorf("node %q: %w", w.NodeID, err))
 			}
 			continue
 		}
+		shapes[key] = ns
 		b.nodes[w.NodeID] = ns
+	}
+	if len(errs) == 0 {
+		if err := h.consistent(); err != nil {
+			errs = append(errs, err)
+		}
 	}
 	if len(errs) > 0 {
 		return nil, errors.Join(errs...)
@@ -81,43 +115,90 @@ func buildSnapshots(m *Mesh) (*build, error) {
 	return b, nil
 }
 
-// hasher computes content hashes of resources, each distinct resource once.
-type hasher struct {
-	hashes map[proto.Message]string
+// shapeKey is everything (*generator).workload reads from w; the mesh-wide
+// inputs (services, endpoints, policy) are the same for every workload of a
+// build.
+func shapeKey(w *Workload) (string, error) {
+	v4, v6 := families(w)
+	inbound := slices.Clone(w.Inbound)
+	slices.SortFunc(inbound, func(a, b InboundPort) int { return cmp.Compare(a.Port, b.Port) })
+	reach := slices.Clone(w.Reach)
+	slices.Sort(reach)
+	key, err := json.Marshal(struct {
+		V4, V6  bool
+		Inbound []InboundPort
+		Reach   []string
+		Config  any
+	}{v4, v6, inbound, slices.Compact(reach), w.TransparentProxy})
+	if err != nil {
+		return "", fmt.Errorf("workload shape: %w", err)
+	}
+	return string(key), nil
 }
 
-func newHasher() *hasher { return &hasher{hashes: make(map[proto.Message]string)} }
+// hasher marshals, hashes and wraps each distinct resource once, and runs
+// Snapshot.Consistent once over every distinct resource of the build.
+type hasher struct {
+	marshalled map[proto.Message]marshalled
+	listeners  []types.Resource // every distinct listener, in first-seen order
+	clusters   []types.Resource // every distinct cluster
+}
+
+type marshalled struct {
+	hash string
+	// served is what the snapshot cache holds in place of the resource: a
+	// message whose wire form is the resource's deterministic encoding, stored
+	// as unknown fields. go-control-plane marshals every resource again for
+	// every response; with a thousand proxies sharing a hundred listeners that
+	// is most of a push's CPU and garbage. Marshalling this message copies the
+	// bytes, and Envoy receives exactly what marshalling the resource gives.
+	served *emptypb.Empty
+}
+
+func newHasher() *hasher {
+	return &hasher{marshalled: make(map[proto.Message]marshalled)}
+}
 
 // marshal is deterministic, so equal resources hash equally.
 var marshal = proto.MarshalOptions{Deterministic: true}
 
-func (h *hasher) hash(m proto.Message) (string, error) {
-	if v, ok := h.hashes[m]; ok {
+func (h *hasher) marshal(m proto.Message) (marshalled, error) {
+	if v, ok := h.marshalled[m]; ok {
 		return v, nil
 	}
 	b, err := marshal.Marshal(m)
 	if err != nil {
-		return "", fmt.Errorf("marshal %s: %w", cachev3.GetResourceName(m), err)
+		return marshalled{}, fmt.Errorf("marshal %s: %w", cachev3.GetResourceName(m), err)
 	}
 	sum := sha256.Sum256(b)
-	v := hex.EncodeToString(sum[:12])
-	h.hashes[m] = v
+	served := &emptypb.Empty{}
+	served.ProtoReflect().SetUnknown(protoreflect.RawFields(b))
+	v := marshalled{hash: hex.EncodeToString(sum[:12]), served: served}
+	h.marshalled[m] = v
+	switch m.(type) {
+	case *listenerv3.Listener:
+		h.listeners = append(h.listeners, m)
+	case *clusterv3.Cluster:
+		h.clusters = append(h.clusters, m)
+	}
 	return v, nil
 }
 
-// group returns the version of a resource list and its name → hash map (the
-// delta protocol's per-resource versions).
-func (h *hasher) group(resources []types.Resource) (string, map[string]string, error) {
+// group returns the version of a resource list, its name → served resource
+// map and its name → hash map (the delta protocol's per-resource versions).
+func (h *hasher) group(resources []types.Resource) (string, map[string]types.ResourceWithTTL, map[string]string, error) {
 	names := make([]string, 0, len(resources))
+	items := make(map[string]types.ResourceWithTTL, len(resources))
 	hashes := make(map[string]string, len(resources))
 	for _, r := range resources {
 		name := cachev3.GetResourceName(r)
-		v, err := h.hash(r)
+		v, err := h.marshal(r)
 		if err != nil {
-			return "", nil, err
+			return "", nil, nil, err
 		}
 		names = append(names, name)
-		hashes[name] = v
+		items[name] = types.ResourceWithTTL{Resource: v.served}
+		hashes[name] = v.hash
 	}
 	slices.Sort(names)
 	d := sha256.New()
@@ -127,7 +208,7 @@ func (h *hasher) group(resources []types.Resource) (string, map[string]string, e
 		d.Write([]byte(hashes[n]))
 		d.Write([]byte{'\n'})
 	}
-	return hex.EncodeToString(d.Sum(nil)[:12]), hashes, nil
+	return hex.EncodeToString(d.Sum(nil)[:12]), items, hashes, nil
 }
 
 func (h *hasher) snapshot(r Resources) (*nodeSnapshot, error) {
@@ -139,26 +220,48 @@ func (h *hasher) snapshot(r Resources) (*nodeSnapshot, error) {
 	for i, c := range r.Clusters {
 		clusters[i] = c
 	}
-	lv, lh, err := h.group(listeners)
+	lv, lItems, lHashes, err := h.group(listeners)
 	if err != nil {
 		return nil, err
 	}
-	cv, chs, err := h.group(clusters)
+	cv, cItems, cHashes, err := h.group(clusters)
 	if err != nil {
 		return nil, err
 	}
+	v := Versions{Listeners: lv, Clusters: cv}
 	s := &cachev3.Snapshot{}
-	s.Resources[types.Listener] = cachev3.NewResources(lv, listeners)
-	s.Resources[types.Cluster] = cachev3.NewResources(cv, clusters)
-	// Delta's per-resource versions are the content hashes computed above;
-	// filling the map here saves the cache marshalling every resource of every
-	// node again.
+	s.Resources[types.Listener] = cachev3.Resources{Version: lv, Items: lItems}
+	s.Resources[types.Cluster] = cachev3.Resources{Version: cv, Items: cItems}
+	// Delta's per-resource versions are the content hashes; filling the map
+	// here saves the cache marshalling every resource again.
 	s.VersionMap = map[string]map[string]string{
-		resourcev3.ListenerType: lh,
-		resourcev3.ClusterType:  chs,
+		resourcev3.ListenerType: lHashes,
+		resourcev3.ClusterType:  cHashes,
 	}
-	if err := s.Consistent(); err != nil {
-		return nil, fmt.Errorf("snapshot is not consistent: %w", err)
+	return &nodeSnapshot{resources: r, versions: v, snapshot: s}, nil
+}
+
+// consistent runs go-control-plane's Snapshot.Consistent over every distinct
+// resource of the build at once. Our snapshots hold no endpoints (EDS) and no
+// routes (RDS), so Consistent demands that no resource refers to any: a
+// property of each resource alone, so one check of the union stands for the
+// check of every node's snapshot, and it unpacks each HTTP connection manager
+// once instead of once per node. The union is keyed by position: names repeat
+// across nodes (every node has an "inbound" listener).
+func (h *hasher) consistent() error {
+	full := &cachev3.Snapshot{}
+	for _, group := range []struct {
+		typ       types.ResponseType
+		resources []types.Resource
+	}{{types.Listener, h.listeners}, {types.Cluster, h.clusters}} {
+		items := make(map[string]types.ResourceWithTTL, len(group.resources))
+		for i, r := range group.resources {
+			items[strconv.Itoa(i)] = types.ResourceWithTTL{Resource: r}
+		}
+		full.Resources[group.typ] = cachev3.Resources{Items: items}
 	}
-	return &nodeSnapshot{resources: r, versions: Versions{Listeners: lv, Clusters: cv}, snapshot: s}, nil
+	if err := full.Consistent(); err != nil {
+		return fmt.Errorf("snapshots are not consistent: %w", err)
+	}
+	return nil
 }

@@ -59,75 +59,118 @@ func (e *ResourceError) Is(target error) bool { return target == ErrInvalidResou
 // unpacked, recursively), and no deprecated field or enum value anywhere.
 // Validate on a resource alone does not look inside typed_config; Envoy does.
 func ValidateResource(m proto.Message) error {
-	return validateMessage(m, "")
+	w := &walker{}
+	return w.message(m)
 }
 
 type allValidator interface{ ValidateAll() error }
 
-func validateMessage(m proto.Message, path string) error {
-	if v, ok := m.(allValidator); ok {
-		if err := v.ValidateAll(); err != nil {
-			return fmt.Errorf("%s%s", pathPrefix(path), err)
+// walker visits every populated field of a message tree. It keeps the path as
+// a stack of segments and renders it only for an error: a thousand nodes'
+// resources are walked on every config change.
+type walker struct {
+	path []segment
+}
+
+// segment is one step of a field path: a field name, a list index or map key,
+// or the type a typed config unpacked to.
+type segment struct {
+	name                     string // field name, or unpacked type name when unpacked is set
+	index                    int    // list index, when isIndex
+	key                      any    // map key, when isKey
+	isIndex, isKey, unpacked bool
+}
+
+func (w *walker) pathString() string {
+	var b strings.Builder
+	for _, s := range w.path {
+		switch {
+		case s.isIndex:
+			b.WriteString("[" + strconv.Itoa(s.index) + "]")
+		case s.isKey:
+			fmt.Fprintf(&b, "[%v]", s.key)
+		case s.unpacked:
+			b.WriteString("(" + s.name + ")")
+		default:
+			if b.Len() > 0 {
+				b.WriteByte('.')
+			}
+			b.WriteString(s.name)
 		}
 	}
-	return walkMessage(m.ProtoReflect(), path)
+	return b.String()
 }
 
-func pathPrefix(path string) string {
-	if path == "" {
-		return ""
+func (w *walker) errorf(format string, args ...any) error {
+	msg := fmt.Sprintf(format, args...)
+	if p := w.pathString(); p != "" {
+		return errors.New(p + ": " + msg)
 	}
-	return path + ": "
+	return errors.New(msg)
 }
 
-func walkMessage(m protoreflect.Message, path string) error {
+func (w *walker) message(m proto.Message) error {
+	if v, ok := m.(allValidator); ok {
+		if err := v.ValidateAll(); err != nil {
+			return w.errorf("%s", err)
+		}
+	}
+	return w.walk(m.ProtoReflect())
+}
+
+func (w *walker) walk(m protoreflect.Message) error {
 	if packed, ok := m.Interface().(*anypb.Any); ok {
 		inner, err := anypb.UnmarshalNew(packed, proto.UnmarshalOptions{Resolver: protoregistry.GlobalTypes})
 		if err != nil {
-			return fmt.Errorf("%sunpack %s: %w", pathPrefix(path), packed.GetTypeUrl(), err)
+			return w.errorf("unpack %s: %v", packed.GetTypeUrl(), err)
 		}
-		return validateMessage(inner, path+"("+string(inner.ProtoReflect().Descriptor().FullName())+")")
+		w.path = append(w.path, segment{name: string(inner.ProtoReflect().Descriptor().FullName()), unpacked: true})
+		err = w.message(inner)
+		w.path = w.path[:len(w.path)-1]
+		return err
 	}
 	var err error
 	m.Range(func(fd protoreflect.FieldDescriptor, v protoreflect.Value) bool {
-		fp := string(fd.Name())
-		if path != "" {
-			fp = path + "." + fp
-		}
+		w.path = append(w.path, segment{name: string(fd.Name())})
+		defer func() { w.path = w.path[:len(w.path)-1] }()
 		if opts, ok := fd.Options().(*descriptorpb.FieldOptions); ok && opts.GetDeprecated() {
-			err = fmt.Errorf("%s: is deprecated", fp)
+			err = w.errorf("is deprecated")
 			return false
 		}
 		switch {
 		case fd.IsList():
 			l := v.List()
 			for i := 0; i < l.Len() && err == nil; i++ {
-				err = walkValue(fd, l.Get(i), fmt.Sprintf("%s[%d]", fp, i))
+				w.path = append(w.path, segment{index: i, isIndex: true})
+				err = w.value(fd, l.Get(i))
+				w.path = w.path[:len(w.path)-1]
 			}
 		case fd.IsMap():
 			v.Map().Range(func(k protoreflect.MapKey, mv protoreflect.Value) bool {
-				err = walkValue(fd.MapValue(), mv, fmt.Sprintf("%s[%v]", fp, k.Interface()))
+				w.path = append(w.path, segment{key: k.Interface(), isKey: true})
+				err = w.value(fd.MapValue(), mv)
+				w.path = w.path[:len(w.path)-1]
 				return err == nil
 			})
 		default:
-			err = walkValue(fd, v, fp)
+			err = w.value(fd, v)
 		}
 		return err == nil
 	})
 	return err
 }
 
-func walkValue(fd protoreflect.FieldDescriptor, v protoreflect.Value, path string) error {
+func (w *walker) value(fd protoreflect.FieldDescriptor, v protoreflect.Value) error {
 	switch fd.Kind() {
 	case protoreflect.MessageKind, protoreflect.GroupKind:
-		return walkMessage(v.Message(), path)
+		return w.walk(v.Message())
 	case protoreflect.EnumKind:
 		ev := fd.Enum().Values().ByNumber(v.Enum())
 		if ev == nil {
-			return fmt.Errorf("%s: enum value %d is not defined", path, v.Enum())
+			return w.errorf("enum value %d is not defined", v.Enum())
 		}
 		if opts, ok := ev.Options().(*descriptorpb.EnumValueOptions); ok && opts.GetDeprecated() {
-			return fmt.Errorf("%s: enum value %s is deprecated", path, ev.Name())
+			return w.errorf("enum value %s is deprecated", ev.Name())
 		}
 	}
 	return nil
@@ -137,12 +180,19 @@ func walkValue(fd protoreflect.FieldDescriptor, v protoreflect.Value, path strin
 // resource (by pointer: the generator shares them between nodes) is validated
 // and scanned for cluster references once.
 type checker struct {
-	valid map[proto.Message]error
-	refs  map[*listenerv3.Listener][]string
+	valid  map[proto.Message]error
+	refs   map[*listenerv3.Listener][]string
+	chains map[*listenerv3.Listener]string
+	addrs  map[*listenerv3.Listener]string
 }
 
 func newChecker() *checker {
-	return &checker{valid: make(map[proto.Message]error), refs: make(map[*listenerv3.Listener][]string)}
+	return &checker{
+		valid:  make(map[proto.Message]error),
+		refs:   make(map[*listenerv3.Listener][]string),
+		chains: make(map[*listenerv3.Listener]string),
+		addrs:  make(map[*listenerv3.Listener]string),
+	}
 }
 
 func (c *checker) validate(m proto.Message, kind, name string) error {
@@ -203,7 +253,11 @@ func (c *checker) check(node string, r Resources) error {
 			fail(res, "name", "is duplicated")
 		}
 		names[l.GetName()] = true
-		addr := listenerAddress(l.GetAddress())
+		addr, ok := c.addrs[l]
+		if !ok {
+			addr = listenerAddress(l.GetAddress())
+			c.addrs[l] = addr
+		}
 		if other, dup := addrs[addr]; dup {
 			fail(res, "address", addr+" is also the address of listener "+other)
 		}
@@ -211,7 +265,12 @@ func (c *checker) check(node string, r Resources) error {
 		if l.GetUseOriginalDst().GetValue() && l.GetBindToPort() != nil && !l.GetBindToPort().GetValue() {
 			fail(res, "use_original_dst", "is set on a listener that does not bind; nothing would reach it")
 		}
-		if err := checkChains(l); err != "" {
+		reason, seen := c.chains[l]
+		if !seen {
+			reason = checkChains(l)
+			c.chains[l] = reason
+		}
+		if err := reason; err != "" {
 			fail(res, "filter_chains", err)
 		}
 		refs, err := c.clusterRefs(l)

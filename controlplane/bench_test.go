@@ -1,0 +1,445 @@
+package controlplane
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"runtime"
+	rtmetrics "runtime/metrics"
+	"runtime/pprof"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/experimental"
+	"google.golang.org/protobuf/encoding/protowire"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/detour-mesh/detour/redirect"
+)
+
+// benchClients is the number of proxies of the fan-out benchmark:
+// DETOUR_BENCH_CLIENTS overrides the default 1000.
+func benchClients(b *testing.B) int {
+	if s := os.Getenv("DETOUR_BENCH_CLIENTS"); s != "" {
+		n, err := strconv.Atoi(s)
+		if err != nil || n < 1 {
+			b.Fatalf("DETOUR_BENCH_CLIENTS=%q is not a positive number", s)
+		}
+		return n
+	}
+	return 1000
+}
+
+// benchServices gives each proxy 98 service listeners, plus its outbound and
+// inbound listeners: 100 listeners, 102 clusters.
+const benchServices = 98
+
+// benchMesh has n workloads that reach every service. variant changes one
+// service (its virtual IP and name), which changes one listener and one
+// cluster of every node. With distinct, every workload serves its own inbound
+// port, so no two nodes share a snapshot (the worst case for generation);
+// otherwise they are replicas of one deployment and share one.
+func benchMesh(n, variant int, distinct bool) *Mesh {
+	m := &Mesh{OutboundPolicy: AllowAny}
+	for i := range benchServices {
+		name := fmt.Sprintf("svc-%03d", i)
+		vip := netip.AddrFrom4([4]byte{198, 51, 100, byte(i)})
+		if i == 0 && variant%2 == 1 {
+			name, vip = "svc-000-b", netip.AddrFrom4([4]byte{198, 51, 100, 200})
+		}
+		m.Services = append(m.Services, Service{
+			Name:       name,
+			VirtualIPs: []netip.Addr{vip},
+			Ports:      []ServicePort{{Name: "http", Port: 80, TargetPort: 8080, Protocol: ProtocolHTTP}},
+			Endpoints: []Endpoint{
+				{Address: netip.AddrFrom4([4]byte{203, 0, 113, byte(i)})},
+				{Address: netip.AddrFrom4([4]byte{203, 0, 113, byte(100 + i)})},
+			},
+		})
+	}
+	for i := range n {
+		port := uint16(8080)
+		if distinct {
+			port = uint16(20000 + i)
+		}
+		m.Workloads = append(m.Workloads, Workload{
+			NodeID:           fmt.Sprintf("proxy-%04d", i),
+			Addresses:        []netip.Addr{netip.AddrFrom4([4]byte{192, 0, 2, byte(i % 250)})},
+			Inbound:          []InboundPort{{Port: port, AppPort: port, Protocol: ProtocolTCP}},
+			Reach:            []string{ReachAll},
+			TransparentProxy: redirect.Default(),
+		})
+	}
+	return m
+}
+
+// leanCodec decodes only what an ACK needs (version, type, nonce, resource
+// count) from discovery responses. The benchmark measures the control plane;
+// fully decoding 100 resources in each of a thousand in-process clients would
+// measure the clients. Requests are encoded normally.
+type leanCodec struct{}
+
+func (leanCodec) Name() string { return "proto" }
+
+func (leanCodec) Marshal(v any) ([]byte, error) { return proto.Marshal(v.(proto.Message)) }
+
+func (leanCodec) Unmarshal(data []byte, v any) error {
+	switch r := v.(type) {
+	case *leanResponse:
+		return r.decode(data)
+	case proto.Message:
+		return proto.Unmarshal(data, r)
+	}
+	return fmt.Errorf("lean codec: cannot decode %T", v)
+}
+
+// leanResponse is the part of a (delta) discovery response a benchmark client reads.
+type leanResponse struct {
+	version, typeURL, nonce string
+	resources               int
+}
+
+// decode reads DiscoveryResponse (version_info 1, resources 2, type_url 4,
+// nonce 5) and DeltaDiscoveryResponse (system_version_info 1, resources 2,
+// type_url 4, nonce 5): the field numbers agree.
+func (r *leanResponse) decode(b []byte) error {
+	*r = leanResponse{}
+	for len(b) > 0 {
+		num, typ, n := protowire.ConsumeTag(b)
+		if n < 0 {
+			return protowire.ParseError(n)
+		}
+		b = b[n:]
+		if typ != protowire.BytesType {
+			n = protowire.ConsumeFieldValue(num, typ, b)
+			if n < 0 {
+				return protowire.ParseError(n)
+			}
+			b = b[n:]
+			continue
+		}
+		v, n := protowire.ConsumeBytes(b)
+		if n < 0 {
+			return protowire.ParseError(n)
+		}
+		b = b[n:]
+		switch num {
+		case 1:
+			r.version = string(v)
+		case 2:
+			r.resources++
+		case 4:
+			r.typeURL = string(v)
+		case 5:
+			r.nonce = string(v)
+		}
+	}
+	return nil
+}
+
+// round is one config change the clients must all ACK.
+type round struct {
+	targets   map[string]Versions // by node id
+	remaining atomic.Int64
+	done      chan struct{}
+}
+
+type benchFleet struct {
+	current atomic.Pointer[round]
+	errs    chan error
+}
+
+func (f *benchFleet) acked(node, typeURL, version string, got *[2]string, counted *atomic.Pointer[round]) {
+	r := f.current.Load()
+	if r == nil {
+		return
+	}
+	want := r.targets[node]
+	if typeURL == resourcev3.ListenerType {
+		got[0] = version
+	} else {
+		got[1] = version
+	}
+	if got[0] == want.Listeners && got[1] == want.Clusters && counted.Load() != r {
+		counted.Store(r)
+		if r.remaining.Add(-1) == 0 {
+			close(r.done)
+		}
+	}
+}
+
+var leanStreamDesc = grpc.StreamDesc{ServerStreams: true, ClientStreams: true}
+
+// runSotWClient is one Envoy-like SotW ADS client: it asks for clusters and
+// listeners on one stream and ACKs every response.
+func (f *benchFleet) runSotWClient(ctx context.Context, conn *grpc.ClientConn, node string) {
+	st, err := conn.NewStream(ctx, &leanStreamDesc, "/envoy.service.discovery.v3.AggregatedDiscoveryService/StreamAggregatedResources",
+		grpc.ForceCodec(leanCodec{}))
+	if err != nil {
+		f.errs <- err
+		return
+	}
+	n := &corev3.Node{Id: node}
+	for _, t := range []string{resourcev3.ClusterType, resourcev3.ListenerType} {
+		if err := st.SendMsg(&discoveryv3.DiscoveryRequest{Node: n, TypeUrl: t}); err != nil {
+			f.errs <- err
+			return
+		}
+	}
+	var got [2]string
+	var counted atomic.Pointer[round]
+	for {
+		var r leanResponse
+		if err := st.RecvMsg(&r); err != nil {
+			if ctx.Err() == nil {
+				f.errs <- err
+			}
+			return
+		}
+		if err := st.SendMsg(&discoveryv3.DiscoveryRequest{TypeUrl: r.typeURL, VersionInfo: r.version, ResponseNonce: r.nonce}); err != nil {
+			f.errs <- err
+			return
+		}
+		f.acked(node, r.typeURL, r.version, &got, &counted)
+	}
+}
+
+// runDeltaClient is one delta ADS client subscribed to every cluster and listener.
+func (f *benchFleet) runDeltaClient(ctx context.Context, conn *grpc.ClientConn, node string) {
+	st, err := conn.NewStream(ctx, &leanStreamDesc, "/envoy.service.discovery.v3.AggregatedDiscoveryService/DeltaAggregatedResources",
+		grpc.ForceCodec(leanCodec{}))
+	if err != nil {
+		f.errs <- err
+		return
+	}
+	n := &corev3.Node{Id: node}
+	for _, t := range []string{resourcev3.ClusterType, resourcev3.ListenerType} {
+		if err := st.SendMsg(&discoveryv3.DeltaDiscoveryRequest{Node: n, TypeUrl: t}); err != nil {
+			f.errs <- err
+			return
+		}
+	}
+	var got [2]string
+	var counted atomic.Pointer[round]
+	for {
+		var r leanResponse
+		if err := st.RecvMsg(&r); err != nil {
+			if ctx.Err() == nil {
+				f.errs <- err
+			}
+			return
+		}
+		if err := st.SendMsg(&discoveryv3.DeltaDiscoveryRequest{TypeUrl: r.typeURL, ResponseNonce: r.nonce}); err != nil {
+			f.errs <- err
+			return
+		}
+		f.acked(node, r.typeURL, r.version, &got, &counted)
+	}
+}
+
+// BenchmarkFanOut measures a config change reaching every proxy: N in-process
+// ADS clients (DETOUR_BENCH_CLIENTS, default 1000), each with its own node id
+// and gRPC connection and 100 listeners (102 clusters). One op is one change
+// (a service replaced: one listener and one cluster of every node differ):
+// from Server.Update until every client has ACKed the new listeners and
+// clusters. Reported per change: ms/change (wall clock), cpu-ms/change (CPU
+// time of the whole process, which includes the thousand clients),
+// build-ms/change (generating, validating and versioning every snapshot); and
+// heap-MiB (heap in use after the changes, after a GC), live-heap-MiB (live
+// objects then) and peak-heap-MiB (highest heap in use sampled every 10 ms
+// while changes were pushed). Heap figures cover the server and the clients.
+//
+// Sub-benchmarks: sotw and delta, each with replicas (every proxy has the same
+// resources, as the pods of one deployment) and distinct (every proxy has its
+// own inbound listener, so a thousand snapshots are generated and validated).
+func BenchmarkFanOut(b *testing.B) {
+	for _, protocol := range []string{protocolSotW, protocolDelta} {
+		for _, shape := range []string{"replicas", "distinct"} {
+			b.Run(protocol+"/"+shape, func(b *testing.B) { benchFanOut(b, protocol, shape == "distinct") })
+		}
+	}
+}
+
+func benchFanOut(b *testing.B, protocol string, distinct bool) {
+	n := benchClients(b)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	srv := NewServer(ServerOptions{})
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		b.Fatal(err)
+	}
+	go func() { _ = srv.ServeXDS(l) }()
+	defer srv.Stop(time.Second)
+
+	fleet := &benchFleet{errs: make(chan error, n)}
+	variant := 0
+	// next builds the next mesh and its target versions (content hashes, so
+	// known before the push) outside the measured time.
+	next := func() (*Mesh, *round) {
+		m := benchMesh(n, variant, distinct)
+		variant++
+		bld, err := buildSnapshots(m)
+		if err != nil {
+			b.Fatal(err)
+		}
+		r := &round{targets: make(map[string]Versions, n), done: make(chan struct{})}
+		for id, ns := range bld.nodes {
+			r.targets[id] = ns.versions
+		}
+		r.remaining.Store(int64(n))
+		return m, r
+	}
+	wait := func(r *round) {
+		select {
+		case <-r.done:
+		case err := <-fleet.errs:
+			b.Fatalf("client: %v", err)
+		case <-time.After(5 * time.Minute):
+			b.Fatalf("%d clients never ACKed", r.remaining.Load())
+		}
+	}
+
+	// Connect the fleet and let every client receive the first config.
+	m, r := next()
+	fleet.current.Store(r)
+	if _, err := srv.Update(ctx, m); err != nil {
+		b.Fatal(err)
+	}
+	conns := make([]*grpc.ClientConn, n)
+	for i := range n {
+		conn, err := grpc.NewClient(l.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()),
+			experimental.WithBufferPool(xdsBufferPool))
+		if err != nil {
+			b.Fatal(err)
+		}
+		conns[i] = conn
+		node := m.Workloads[i].NodeID
+		if protocol == protocolSotW {
+			go fleet.runSotWClient(ctx, conn, node)
+		} else {
+			go fleet.runDeltaClient(ctx, conn, node)
+		}
+	}
+	defer func() {
+		cancel()
+		for _, c := range conns {
+			c.Close()
+		}
+	}()
+	wait(r)
+
+	// Peak heap in use, sampled without stopping the world (ReadMemStats
+	// would): heap objects plus the unused part of in-use spans.
+	var peak atomic.Uint64
+	var measuring atomic.Bool // only while a change is being pushed
+	stopSampling := make(chan struct{})
+	var sampling sync.WaitGroup
+	sampling.Add(1)
+	go func() {
+		defer sampling.Done()
+		t := time.NewTicker(10 * time.Millisecond)
+		defer t.Stop()
+		samples := []rtmetrics.Sample{{Name: "/memory/classes/heap/objects:bytes"}, {Name: "/memory/classes/heap/unused:bytes"}}
+		for {
+			select {
+			case <-stopSampling:
+				return
+			case <-t.C:
+				if !measuring.Load() {
+					continue
+				}
+				rtmetrics.Read(samples)
+				if v := samples[0].Value.Uint64() + samples[1].Value.Uint64(); v > peak.Load() {
+					peak.Store(v)
+				}
+			}
+		}
+	}()
+
+	runtime.GC()
+	b.ResetTimer()
+	var total, cpu, buildTotal time.Duration
+	for range b.N {
+		b.StopTimer()
+		m, r := next()
+		fleet.current.Store(r)
+		runtime.GC()
+		b.StartTimer()
+		measuring.Store(true)
+		start, startCPU := time.Now(), processCPU()
+		res, err := srv.Update(ctx, m)
+		if err != nil {
+			b.Fatal(err)
+		}
+		if len(res.Pushed) != n {
+			b.Fatalf("update pushed %d nodes, want %d", len(res.Pushed), n)
+		}
+		buildTotal += res.Build
+		wait(r)
+		total += time.Since(start)
+		cpu += processCPU() - startCPU
+		measuring.Store(false)
+	}
+	b.StopTimer()
+	close(stopSampling)
+	sampling.Wait()
+	runtime.GC()
+	var ms runtime.MemStats
+	runtime.ReadMemStats(&ms)
+	if path := os.Getenv("DETOUR_BENCH_HEAPPROFILE"); path != "" {
+		// The fleet is still connected here, unlike at -memprofile time.
+		f, err := os.Create(path + "." + strings.ReplaceAll(b.Name(), "/", "_"))
+		if err != nil {
+			b.Fatal(err)
+		}
+		if err := pprof.WriteHeapProfile(f); err != nil {
+			b.Fatal(err)
+		}
+		f.Close()
+	}
+	perChange := total / time.Duration(b.N)
+	cpuPerChange := cpu / time.Duration(b.N)
+	b.ReportMetric(float64(perChange.Microseconds())/1000, "ms/change")
+	b.ReportMetric(float64(cpuPerChange.Microseconds())/1000, "cpu-ms/change")
+	b.ReportMetric(float64((buildTotal/time.Duration(b.N)).Microseconds())/1000, "build-ms/change")
+	b.ReportMetric(float64(ms.HeapInuse)/(1<<20), "heap-MiB")
+	b.ReportMetric(float64(ms.HeapAlloc)/(1<<20), "live-heap-MiB")
+	b.ReportMetric(float64(peak.Load())/(1<<20), "peak-heap-MiB")
+	b.Logf("%s fan-out, %d clients × %d listeners (distinct=%v): %v per change until all ACKed (build %v; %v CPU, server and clients); heap in use %.1f MiB after (live %.1f MiB), peak %.1f MiB",
+		protocol, n, benchServices+2, distinct, perChange.Round(time.Millisecond), (buildTotal / time.Duration(b.N)).Round(time.Millisecond),
+		cpuPerChange.Round(time.Millisecond), float64(ms.HeapInuse)/(1<<20), float64(ms.HeapAlloc)/(1<<20), float64(peak.Load())/(1<<20))
+}
+
+// BenchmarkBuild measures turning a mesh into every node's validated,
+// versioned snapshot: DETOUR_BENCH_CLIENTS workloads (default 1000) with about
+// 100 listeners each, as replicas (one shared snapshot) or all distinct.
+func BenchmarkBuild(b *testing.B) {
+	n := benchClients(b)
+	for _, distinct := range []bool{false, true} {
+		name := "replicas"
+		if distinct {
+			name = "distinct"
+		}
+		b.Run(name, func(b *testing.B) {
+			m := benchMesh(n, 0, distinct)
+			b.ReportAllocs()
+			for range b.N {
+				if _, err := buildSnapshots(m); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}

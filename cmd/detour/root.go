@@ -22,6 +22,7 @@ and DNS traffic through its sidecar proxy, and serves the proxy matching listene
 	})
 	root.AddCommand(
 		newVersionCmd(s),
+		newCNICmd(s),
 	)
 	return root
 }

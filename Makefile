@@ -61,3 +61,8 @@ verify: lint ## check that generated files and go.mod are up to date
 
 clean: ## remove build output (not the cache)
 	rm -rf $(BIN)
+
+# --- deploy (issue 4): CNI installer, systemd unit, deploy/ manifests and Dockerfile ---
+.PHONY: test-deploy
+test-deploy: deps-kube ## the CNI installer, systemd and deploy/ tests (manifests against a real kube-apiserver)
+	$(GO) test -count=1 ./cni/install/ ./internal/systemd/ ./cmd/detour/ ./tests/deploy/

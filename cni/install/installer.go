@@ -310,7 +310,13 @@ func (in *Installer) ensureEntry() (string, error) {
 		in.o.Logger.Info("waiting for the primary CNI to write its network configuration", "dir", in.o.ConfDir)
 		return "", nil
 	}
-	primary := files[0]
+	// A symlinked primary (some distributions link the CNI's file into the
+	// conf dir) is edited where it points, so the link and its owner's file stay
+	// one file.
+	primary, err := filepath.EvalSymlinks(files[0])
+	if err != nil {
+		return "", fmt.Errorf("resolve primary CNI config: %w", err)
+	}
 	doc, err := os.ReadFile(primary)
 	if err != nil {
 		return "", fmt.Errorf("read primary CNI config: %w", err)
@@ -335,6 +341,9 @@ func (in *Installer) ensureEntry() (string, error) {
 	}
 	// A single-plugin file: chaining needs a conflist. The new name must stay the
 	// one the runtime reads first.
+	if primary != files[0] {
+		return "", fmt.Errorf("%s: a symlink to a single-plugin config (%s); detour cannot convert it to a conflist in place, make the primary CNI write a .conflist", files[0], primary)
+	}
 	target := listName(primary)
 	for _, f := range files[1:] {
 		if f < target && f != target {
@@ -387,6 +396,9 @@ func (in *Installer) Uninstall(ctx context.Context) ([]string, error) {
 	for _, f := range files {
 		if err := ctx.Err(); err != nil {
 			return changes, err
+		}
+		if real, err := filepath.EvalSymlinks(f); err == nil {
+			f = real
 		}
 		doc, err := os.ReadFile(f)
 		if err != nil {

@@ -627,3 +627,33 @@ func TestKubeconfig(t *testing.T) {
 		}
 	}
 }
+
+func TestInstallSymlinkedPrimary(t *testing.T) {
+	t.Parallel()
+	n := newNode(t)
+	real := filepath.Join(n.root, "cni-owner", "10-calico.conflist")
+	if err := os.MkdirAll(filepath.Dir(real), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	writeFile(t, real, string(readInput(t, "10-calico.conflist")))
+	link := filepath.Join(n.conf, "10-calico.conflist")
+	if err := os.Symlink(real, link); err != nil {
+		t.Fatal(err)
+	}
+	in := New(n.options())
+	if _, err := in.Install(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if fi, err := os.Lstat(link); err != nil || fi.Mode()&os.ModeSymlink == 0 {
+		t.Fatalf("the symlink was replaced (%v, %v)", fi, err)
+	}
+	if !hasEntry(real) {
+		t.Error("the entry is not in the linked file")
+	}
+	if _, err := in.Uninstall(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if !jsonEqual(readFile(t, real), readInput(t, "10-calico.conflist")) {
+		t.Error("uninstall did not restore the linked file")
+	}
+}

@@ -14,6 +14,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/detour-mesh/detour/internal/netns"
 )
@@ -281,6 +282,11 @@ func (r *run) apply(b Backend, steps []step) error {
 			err = fmt.Errorf("%w: %w", ErrIPv6Unavailable, err)
 		}
 		errs := []error{fmt.Errorf("restore %s with %s: %w", s.family, b, err)}
+		// The rollback runs even when the caller's context is done: leaving a
+		// family half-way is worse than finishing late. It is still bounded.
+		ctx, cancel := context.WithTimeout(context.WithoutCancel(r.ctx), r.e.lockWait()+30*time.Second)
+		defer cancel()
+		r.ctx = ctx
 		for j := i - 1; j >= 0; j-- {
 			prev := steps[j]
 			if rbErr := r.restore(b, prev.family, transition(prev.to, prev.from)); rbErr != nil {

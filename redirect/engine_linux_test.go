@@ -407,6 +407,20 @@ func TestForeignChainsRefused(t *testing.T) {
 		if after := save(t, ns, b); after != before {
 			t.Errorf("a refused call changed the rules:\n--- before\n%s\n--- after\n%s", before, after)
 		}
+		restoreText(t, ns, b, IPv6, "*mangle\n:DETOUR_SOMEONE_ELSE - [0:0]\n-X DETOUR_SOMEONE_ELSE\nCOMMIT\n")
+
+		// A rule without our comment that jumps to our chain: we could not
+		// delete the chain, so we refuse before touching anything.
+		restoreText(t, ns, b, IPv4, "*nat\n-A OUTPUT -d 203.0.113.5/32 -j DETOUR_OUTPUT\nCOMMIT\n")
+		before = save(t, ns, b)
+		if _, err := e.Uninstall(context.Background()); err == nil || !strings.Contains(err.Error(), "-A OUTPUT -d 203.0.113.5/32 -j DETOUR_OUTPUT") {
+			t.Fatalf("Uninstall with a foreign jump to our chain = %v, want an error quoting the rule", err)
+		}
+		if after := save(t, ns, b); after != before {
+			t.Errorf("a refused uninstall changed the rules:\n%s", after)
+		}
+		restoreText(t, ns, b, IPv4, "*nat\n-D OUTPUT -d 203.0.113.5/32 -j DETOUR_OUTPUT\nCOMMIT\n")
+		mustUninstall(t, e)
 	})
 }
 
@@ -716,4 +730,59 @@ func TestFacts(t *testing.T) {
 	if _, err := e.Facts(context.Background(), cfg); err == nil || !strings.Contains(err.Error(), "dns.resolvConf") {
 		t.Errorf("Facts with a missing resolv.conf = %v, want an error naming dns.resolvConf", err)
 	}
+}
+
+// Benchmarks of the engine in a fresh namespace per backend, with the istio
+// preset and DNS capture on both families: time per call and child processes
+// per call (procs/op).
+
+func benchEngine(b *testing.B, run func(b *testing.B, e *Engine, p Plan)) {
+	for _, backend := range iptablesBackends {
+		b.Run(string(backend), func(b *testing.B) {
+			_, e := newNS(b)
+			p := mustPlan(b, withBackend(b, cfgWith(b, "istio", "dns.capture=all"), backend), dualStack)
+			run(b, e, p)
+		})
+	}
+}
+
+func BenchmarkInstall(b *testing.B) {
+	benchEngine(b, func(b *testing.B, e *Engine, p Plan) {
+		procs := 0
+		for b.Loop() {
+			b.StopTimer()
+			mustUninstall(b, e)
+			b.StartTimer()
+			procs += mustInstall(b, e, p).Processes
+		}
+		b.ReportMetric(float64(procs)/float64(b.N), "procs/op")
+	})
+}
+
+func BenchmarkInstallNoChange(b *testing.B) {
+	benchEngine(b, func(b *testing.B, e *Engine, p Plan) {
+		mustInstall(b, e, p)
+		procs := 0
+		for b.Loop() {
+			res := mustInstall(b, e, p)
+			if res.Changed {
+				b.Fatal("a re-install changed something")
+			}
+			procs += res.Processes
+		}
+		b.ReportMetric(float64(procs)/float64(b.N), "procs/op")
+	})
+}
+
+func BenchmarkUninstall(b *testing.B) {
+	benchEngine(b, func(b *testing.B, e *Engine, p Plan) {
+		procs := 0
+		for b.Loop() {
+			b.StopTimer()
+			mustInstall(b, e, p)
+			b.StartTimer()
+			procs += mustUninstall(b, e).Processes
+		}
+		b.ReportMetric(float64(procs)/float64(b.N), "procs/op")
+	})
 }

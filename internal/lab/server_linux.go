@@ -2,7 +2,6 @@ package lab
 
 import (
 	"context"
-	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -11,9 +10,10 @@ import (
 	"sync"
 	"sync/atomic"
 	"syscall"
-	"unsafe"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/detour-mesh/detour/internal/origdst"
 )
 
 // ServeOptions tune a TCP server.
@@ -104,50 +104,13 @@ func (s *Server) loop() {
 				Peer:   unmap(tc.RemoteAddr().(*net.TCPAddr).AddrPort()),
 			}
 			r.Original = r.Local
-			if od, err := OriginalDst(tc); err == nil {
+			if od, err := origdst.Get(tc); err == nil {
 				r.Original = od
 			}
 			b, _ := json.Marshal(r)
 			_, _ = c.Write(append(b, '\n'))
 		}()
 	}
-}
-
-// OriginalDst returns the destination a connection had before REDIRECT rewrote it
-// (SO_ORIGINAL_DST for IPv4, IP6T_SO_ORIGINAL_DST for IPv6). It fails when the
-// kernel tracks no connection for the socket.
-func OriginalDst(c *net.TCPConn) (netip.AddrPort, error) {
-	rc, err := c.SyscallConn()
-	if err != nil {
-		return netip.AddrPort{}, err
-	}
-	local := c.LocalAddr().(*net.TCPAddr).AddrPort().Addr()
-	level := unix.SOL_IP
-	if local.Is6() && !local.Is4In6() {
-		level = unix.SOL_IPV6
-	}
-	const soOriginalDst = 80 // SO_ORIGINAL_DST == IP6T_SO_ORIGINAL_DST
-	var buf [unix.SizeofSockaddrInet6]byte
-	size := uint32(len(buf))
-	var errno syscall.Errno
-	err = rc.Control(func(fd uintptr) {
-		_, _, errno = unix.Syscall6(unix.SYS_GETSOCKOPT, fd, uintptr(level), soOriginalDst,
-			uintptr(unsafe.Pointer(&buf[0])), uintptr(unsafe.Pointer(&size)), 0)
-	})
-	if err != nil {
-		return netip.AddrPort{}, err
-	}
-	if errno != 0 {
-		return netip.AddrPort{}, fmt.Errorf("getsockopt SO_ORIGINAL_DST: %w", errno)
-	}
-	port := binary.BigEndian.Uint16(buf[2:4])
-	switch binary.NativeEndian.Uint16(buf[0:2]) {
-	case unix.AF_INET:
-		return netip.AddrPortFrom(netip.AddrFrom4([4]byte(buf[4:8])), port), nil
-	case unix.AF_INET6:
-		return netip.AddrPortFrom(netip.AddrFrom16([16]byte(buf[8:24])), port), nil
-	}
-	return netip.AddrPort{}, fmt.Errorf("getsockopt SO_ORIGINAL_DST: unknown family %d", binary.NativeEndian.Uint16(buf[0:2]))
 }
 
 func unmap(a netip.AddrPort) netip.AddrPort {

@@ -104,6 +104,26 @@ func (r *Rand) Reserve(ports ...uint16) {
 	}
 }
 
+// PortRange returns n consecutive ports that were not returned before, and reserves
+// them.
+func (r *Rand) PortRange(n int) (first, last uint16) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for {
+		p := 1024 + r.r.IntN(32768-1024-n)
+		free := true
+		for i := range n {
+			free = free && !r.ports[uint16(p+i)]
+		}
+		if free {
+			for i := range n {
+				r.ports[uint16(p+i)] = true
+			}
+			return uint16(p), uint16(p + n - 1)
+		}
+	}
+}
+
 // Port returns a random port in 1024–32767, below Linux's ephemeral range so that it
 // never collides with a client's source port, and not returned before.
 func (r *Rand) Port() uint16 {

@@ -61,3 +61,9 @@ verify: lint ## check that generated files and go.mod are up to date
 
 clean: ## remove build output (not the cache)
 	rm -rf $(BIN)
+
+# --- e2e helper: the demo (hack/demo) ---
+
+demo: deps-apt build ## a throwaway lab: install detour, show what is intercepted, clean up (root)
+	$(GO) build -o $(BIN)/detour-demo ./hack/demo
+	$(BIN)/detour-demo --detour $(BIN)/detour

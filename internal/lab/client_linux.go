@@ -80,6 +80,7 @@ func (n *NetNS) Dial(ctx context.Context, o DialOptions) (Reply, error) {
 	if err := json.Unmarshal(line, &r); err != nil {
 		return Reply{}, fmt.Errorf("read reply %s in netns %s: %w: %q", o, n.Name, err, line)
 	}
+	r.Client = unmap(conn.LocalAddr().(*net.TCPAddr).AddrPort())
 	return r, nil
 }
 

@@ -18,6 +18,9 @@ type Reply struct {
 	Original netip.AddrPort `json:"original"`
 	// Peer is the client address the server saw.
 	Peer netip.AddrPort `json:"peer"`
+	// Client is the local address of the client's socket; Dial fills it in (it is
+	// not part of what the server sends).
+	Client netip.AddrPort `json:"-"`
 }
 
 // Redirected reports whether the destination was rewritten on the way (REDIRECT).

@@ -32,7 +32,7 @@ func TestDNS(t *testing.T) {
 			p.startProxies()
 			p.startDNS()
 			other := p.rnd.Port()
-			if _, err := p.lab.Remote.ServeDNS(dnsRemote, netip.AddrPortFrom(v.family.Unspecified(), other)); err != nil {
+			if _, err := p.lab.Remote.ServeDNS(dnsRemote, netip.AddrPortFrom(v.family.Unspecified(), other), nil); err != nil {
 				t.Fatal(err)
 			}
 			p.install("--dns-capture", "all")
@@ -49,7 +49,7 @@ func TestDNS(t *testing.T) {
 			p.startProxies()
 			p.startDNS()
 			loopNS := netip.MustParseAddr("127.0.0.53")
-			if _, err := p.lab.Pod.ServeDNS(dnsLocal, netip.AddrPortFrom(loopNS, 53)); err != nil {
+			if _, err := p.lab.Pod.ServeDNS(dnsLocal, netip.AddrPortFrom(loopNS, 53), nil); err != nil {
 				t.Fatal(err)
 			}
 			ns := map[lab.Family][]netip.Addr{

@@ -28,9 +28,11 @@ type DNSServer struct {
 }
 
 // ServeDNS starts a DNS responder named name on addr (UDP) inside the namespace. A
-// wildcard addr answers queries to every local address of its family. The namespace's
-// Close stops it.
-func (n *NetNS) ServeDNS(name string, addr netip.AddrPort) (*DNSServer, error) {
+// wildcard addr answers queries to every local address of its family. Its socket is
+// owned by cred (nil = root): a stand-in for the proxy's DNS port must run as the
+// proxy's uid, whose answers detour's conntrack zone rules recognise. The
+// namespace's Close stops it.
+func (n *NetNS) ServeDNS(name string, addr netip.AddrPort, cred *Cred) (*DNSServer, error) {
 	v6 := addr.Addr().Is6()
 	lc := net.ListenConfig{Control: func(network, address string, c syscall.RawConn) error {
 		var serr error
@@ -49,7 +51,7 @@ func (n *NetNS) ServeDNS(name string, addr netip.AddrPort) (*DNSServer, error) {
 		return errors.Join(err, serr)
 	}}
 	s := &DNSServer{Name: name}
-	err := n.Do(nil, func() error {
+	err := n.Do(cred, func() error {
 		pc, err := lc.ListenPacket(context.Background(), Of(addr.Addr()).UDP(), addr.String())
 		if err != nil {
 			return err

@@ -7,12 +7,14 @@
 //
 //	pod (eth0)                              remote (eth0)
 //	203.0.113.2/24, 2001:db8:1::2/64  <->   203.0.113.1/24, 2001:db8:1::1/64
-//	routes 192.0.2.0/24, 198.51.100.0/24    owns 192.0.2.0/24, 198.51.100.0/24 and
-//	and 2001:db8:ffff::/48 via remote       2001:db8:ffff::/48 (local routes on lo)
+//	default routes via the remote           owns 192.0.2.0/24, 198.51.100.0/24 and
+//	                                        2001:db8:ffff::/48 (local routes on lo)
 //
 // Any address in the remote ranges (RemoteAddr picks random ones) is routed from the
 // pod to the remote namespace, which accepts it as its own, so a connection that is not
-// redirected really reaches a server there. The root network namespace is never
+// redirected really reaches a server there. Like a real pod's, the pod's default
+// routes make every destination routable; the remote has no route beyond the veth
+// link, so nothing ever leaves the two namespaces. The root network namespace is never
 // changed: the veth pair is created from inside the pod namespace with its peer placed
 // directly in the remote one, and every address and route is set inside the two
 // namespaces. Close (and Lab.Close on every path, also after a failure) removes both.

@@ -89,6 +89,9 @@ func New(ctx context.Context, opts Options) (_ *Lab, err error) {
 		for _, p := range RemoteRanges[f] {
 			pod = append(pod, "route add "+p.String()+" via "+RemoteLinkAddr(f).String()+" dev eth0")
 		}
+		// Like a real pod, every destination is routable; whatever the remote does
+		// not own dies there (it has no route anywhere else).
+		pod = append(pod, "route add default via "+RemoteLinkAddr(f).String()+" dev eth0")
 	}
 	if err := l.Pod.IPBatch(ctx, pod...); err != nil {
 		return l, err

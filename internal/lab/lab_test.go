@@ -114,7 +114,7 @@ func TestDNSAnswersFromQueriedAddress(t *testing.T) {
 	ctx := context.Background()
 	for _, f := range Families {
 		port := r.Port()
-		d, err := l.Remote.ServeDNS("remote-dns", netip.AddrPortFrom(f.Unspecified(), port))
+		d, err := l.Remote.ServeDNS("remote-dns", netip.AddrPortFrom(f.Unspecified(), port), nil)
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -38,7 +38,9 @@ func main() {
 	fs := flag.NewFlagSet("demo", flag.ExitOnError)
 	detour := fs.String("detour", "bin/detour", "the detour binary to demonstrate")
 	_ = fs.Parse(os.Args[1:])
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	// SIGPIPE too: with its output piped into something that quits (| head), the demo
+	// must still remove its lab instead of dying on the next write.
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM, syscall.SIGHUP, syscall.SIGPIPE)
 	err := run(ctx, *detour, os.Stdout)
 	stop()
 	if err != nil {
@@ -250,6 +252,39 @@ func sidecarBinary() (string, error) {
 	return exe, os.WriteFile(exe, b, 0o755)
 }
 
+// sidecarDial asks the sidecar to connect to addr itself and returns what answered.
+func (d *demo) sidecarDial(ctx context.Context, addr netip.AddrPort) (lab.Reply, error) {
+	d.syncN++
+	id := fmt.Sprint(d.syncN)
+	if _, err := fmt.Fprintf(d.stdin, "dial %s %s\n", id, addr); err != nil {
+		return lab.Reply{}, err
+	}
+	for {
+		select {
+		case e, ok := <-d.events:
+			if !ok {
+				return lab.Reply{}, errors.New("the sidecar stopped")
+			}
+			if e.Dial != id {
+				continue
+			}
+			if e.Error != "" {
+				return lab.Reply{}, errors.New(e.Error)
+			}
+			var r lab.Reply
+			if err := json.Unmarshal(e.Reply, &r); err != nil {
+				return lab.Reply{}, err
+			}
+			r.Client = e.Client
+			return r, nil
+		case <-time.After(10 * time.Second):
+			return lab.Reply{}, errors.New("the sidecar did not answer within 10s")
+		case <-ctx.Done():
+			return lab.Reply{}, ctx.Err()
+		}
+	}
+}
+
 // intercepted returns the sidecar's events logged before now (a sync round trip
 // orders them) for connections from client.
 func (d *demo) intercepted(ctx context.Context, client netip.AddrPort) ([]event, error) {
@@ -304,10 +339,9 @@ type row struct {
 
 func (d *demo) connections(ctx context.Context) ([]row, error) {
 	app := &lab.Cred{UID: appUID, GID: appUID}
-	proxy := &lab.Cred{UID: proxyUID, GID: proxyUID}
 	specs := []struct {
 		what            string
-		from            *lab.NetNS
+		from            *lab.NetNS // nil: the sidecar process dials
 		o               lab.DialOptions
 		who             string
 		wantIntercepted bool
@@ -316,13 +350,19 @@ func (d *demo) connections(ctx context.Context) ([]row, error) {
 		{"app → remote, IPv4", d.lab.Pod, lab.DialOptions{To: netip.MustParseAddrPort("198.51.100.10:80"), Cred: app}, "app uid 1000", true, "remote"},
 		{"app → remote, IPv6", d.lab.Pod, lab.DialOptions{To: netip.MustParseAddrPort("[2001:db8:ffff::10]:443"), Cred: app}, "app uid 1000", true, "remote"},
 		{"app → excluded port", d.lab.Pod, lab.DialOptions{To: netip.AddrPortFrom(netip.MustParseAddr("192.0.2.20"), excludedPort), Cred: app}, "app uid 1000", false, "remote"},
-		{"sidecar's own traffic", d.lab.Pod, lab.DialOptions{To: netip.MustParseAddrPort("198.51.100.10:80"), Cred: proxy}, "uid 5678", false, "remote"},
+		{"sidecar's own traffic", nil, lab.DialOptions{To: netip.MustParseAddrPort("198.51.100.10:80")}, "sidecar uid 5678", false, "remote"},
 		{"remote → app (inbound)", d.lab.Remote, lab.DialOptions{To: netip.AddrPortFrom(lab.PodIPv4, appPort), From: netip.MustParseAddr("198.51.100.77"), FreeBind: true}, "198.51.100.77", true, "app"},
 	}
 	var rows []row
 	for _, s := range specs {
 		r := row{what: s.what, from: s.who, to: s.o.To.String(), wantIntercepted: s.wantIntercepted, wantServer: s.wantServer}
-		reply, err := s.from.Dial(ctx, s.o)
+		var reply lab.Reply
+		var err error
+		if s.from == nil {
+			reply, err = d.sidecarDial(ctx, s.o.To)
+		} else {
+			reply, err = s.from.Dial(ctx, s.o)
+		}
 		if err != nil {
 			if ctx.Err() != nil {
 				return nil, ctx.Err()

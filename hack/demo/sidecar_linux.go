@@ -2,6 +2,7 @@ package main
 
 import (
 	"bufio"
+	"bytes"
 	"encoding/json"
 	"flag"
 	"fmt"
@@ -11,6 +12,7 @@ import (
 	"os"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/detour-mesh/detour/internal/origdst"
 )
@@ -23,6 +25,10 @@ type event struct {
 	Peer     netip.AddrPort `json:"peer,omitzero"`
 	Original netip.AddrPort `json:"original,omitzero"`
 	Error    string         `json:"error,omitempty"`
+	// Answers to a "dial ID ADDR" request: the sidecar's own connection.
+	Dial   string          `json:"dial,omitempty"`
+	Client netip.AddrPort  `json:"client,omitzero"`
+	Reply  json.RawMessage `json:"reply,omitempty"`
 }
 
 // sidecar is the stand-in proxy, run as the proxy user inside the app namespace:
@@ -30,7 +36,8 @@ type event struct {
 // connection's original destination, and forwards it there (inbound: from the
 // passthrough source 127.0.0.6, which detour leaves alone). It prints events as
 // JSON lines; a "sync ID" line on stdin is answered with {"sync":"ID"} after every
-// event logged before it.
+// event logged before it, and "dial ID ADDR" makes the sidecar itself connect to ADDR
+// (its own traffic, which detour must leave alone) and report the answer.
 func sidecar(args []string) int {
 	fs := flag.NewFlagSet("sidecar", flag.ContinueOnError)
 	outPort := fs.Uint("outbound-port", 15001, "port of redirected outbound connections")
@@ -62,11 +69,35 @@ func sidecar(args []string) int {
 	emit(event{Ready: true})
 	sc := bufio.NewScanner(os.Stdin)
 	for sc.Scan() {
-		if id, ok := strings.CutPrefix(sc.Text(), "sync "); ok {
-			emit(event{Sync: id})
+		f := strings.Fields(sc.Text())
+		switch {
+		case len(f) == 2 && f[0] == "sync":
+			emit(event{Sync: f[1]})
+		case len(f) == 3 && f[0] == "dial":
+			emit(dial(f[1], f[2]))
 		}
 	}
 	return 0
+}
+
+// dial connects to addr and returns the first line the server there sent.
+func dial(id, addr string) event {
+	e := event{Dial: id}
+	c, err := net.DialTimeout("tcp", addr, 3*time.Second)
+	if err != nil {
+		e.Error = err.Error()
+		return e
+	}
+	defer c.Close()
+	e.Client = c.LocalAddr().(*net.TCPAddr).AddrPort()
+	_ = c.SetDeadline(time.Now().Add(3 * time.Second))
+	line, err := bufio.NewReader(c).ReadBytes('\n')
+	if err != nil {
+		e.Error = err.Error()
+		return e
+	}
+	e.Reply = json.RawMessage(bytes.TrimSpace(line))
+	return e
 }
 
 func serve(ln net.Listener, kind string, emit func(event)) {

@@ -7,7 +7,7 @@
 // Every test needs root and starts with privtest.Require; it changes firewall rules and
 // routes only inside namespaces it creates, and removes them when it ends. Run them
 // with `make test-e2e` or `go test ./tests/` as root; DETOUR_E2E_CASES sets how many
-// random cases each scenario dials (default 8), DETOUR_E2E_SEED replays a seed that a
+// random cases each scenario dials (default 16), DETOUR_E2E_SEED replays a seed that a
 // failure logged, and DETOUR_E2E_PARALLEL how many namespaces work at once (default 8).
 //
 // Subdirectories cni/, controlplane/ and deploy/ belong to the other parts' suites.

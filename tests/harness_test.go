@@ -11,6 +11,7 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
+	"path"
 	"regexp"
 	"slices"
 	"strconv"
@@ -88,7 +89,7 @@ func cases() int {
 	if n, err := strconv.Atoi(os.Getenv("DETOUR_E2E_CASES")); err == nil && n > 0 {
 		return n
 	}
-	return 8
+	return 16
 }
 
 var (
@@ -111,6 +112,25 @@ func rand(t *testing.T) *lab.Rand {
 	return lab.NewRand(seed ^ h.Sum64())
 }
 
+// knownFailures are subtests (path.Match patterns of t.Name()) that fail because of a
+// known defect outside the tests, each listed under "Known failures" in
+// docs/scenarios.md with its details. They skip with the reason, unless
+// DETOUR_E2E_KNOWN_FAILURES=run, which runs them to see whether they still fail.
+var knownFailures = map[string]string{}
+
+// skipKnown skips t when it is a known failure.
+func skipKnown(t *testing.T) {
+	t.Helper()
+	if os.Getenv("DETOUR_E2E_KNOWN_FAILURES") == "run" {
+		return
+	}
+	for pattern, reason := range knownFailures {
+		if ok, _ := path.Match(pattern, t.Name()); ok {
+			t.Skip("known failure, see docs/scenarios.md: " + reason)
+		}
+	}
+}
+
 // pod is one lab (a pod and a remote namespace) with detour's settings for it.
 type pod struct {
 	t   *testing.T
@@ -127,6 +147,7 @@ type pod struct {
 // is removed when the test ends.
 func newPod(t *testing.T, v variant) *pod {
 	t.Helper()
+	skipKnown(t)
 	privtest.Require(t, "ip", "setpriv", v.backend+"-save", v.backend+"-restore",
 		ip6(v.backend)+"-save", ip6(v.backend)+"-restore")
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
@@ -147,6 +168,16 @@ func newPod(t *testing.T, v variant) *pod {
 		inPort: r.Port(), outPort: r.Port(), dnsPort: r.Port(),
 	}
 	return p
+}
+
+// run runs fn as a subtest that shares the pod (and reports on the subtest).
+func (p *pod) run(name string, fn func(p *pod)) {
+	p.t.Run(name, func(t *testing.T) {
+		skipKnown(t)
+		sub := *p
+		sub.t = t
+		fn(&sub)
+	})
 }
 
 // ip6 returns the IPv6 command of an iptables backend: ip6tables-nft, ip6tables-legacy.

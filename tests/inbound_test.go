@@ -117,15 +117,25 @@ func TestInbound(t *testing.T) {
 			pass := func(port uint16) lab.DialOptions {
 				return lab.DialOptions{To: netip.AddrPortFrom(p.podAddr(), port), From: p.passthroughSource(), Cred: p.proxyCred()}
 			}
-			for range cases() {
-				// What the proxy does with a captured inbound connection: dial the
-				// original destination from the passthrough source.
-				p.outbound("I6 app bound to the wildcard address", pass(p.appPort(netip.Addr{})), srvApp)
-				p.outbound("I6 app bound to the pod address", pass(p.appPort(p.podAddr())), srvApp)
-				// An app bound only to loopback is not reachable at the pod address: the
-				// proxy's passthrough is refused (documented in docs/scenarios.md).
-				p.refused(p.lab.Pod, "I6 app bound to loopback only", pass(p.appPort(v.family.Loopback())))
-			}
+			// What the proxy does with a captured inbound connection: dial the original
+			// destination from the passthrough source.
+			p.run("wildcard", func(p *pod) {
+				for range cases() {
+					p.outbound("I6 app bound to the wildcard address", pass(p.appPort(netip.Addr{})), srvApp)
+				}
+			})
+			p.run("pod-address", func(p *pod) {
+				for range cases() {
+					p.outbound("I6 app bound to the pod address", pass(p.appPort(p.podAddr())), srvApp)
+				}
+			})
+			// An app bound only to loopback is not reachable at the pod address: the
+			// proxy's passthrough is refused (documented in docs/scenarios.md).
+			p.run("loopback-only", func(p *pod) {
+				for range cases() {
+					p.refused(p.lab.Pod, "I6 app bound to loopback only", pass(p.appPort(v.family.Loopback())))
+				}
+			})
 			p.inbound("I6 capture is on", p.client(0, p.appPort(netip.Addr{})), srvInbound)
 		})
 	})

@@ -221,12 +221,19 @@ func TestOutbound(t *testing.T) {
 			p := newPod(t, v)
 			p.startProxies()
 			p.install()
-			for range cases() {
-				to := netip.AddrPortFrom(p.podAddr(), p.appPort(netip.Addr{}))
-				p.outbound("O8 the proxy dialing the pod's own address (hairpin)", lab.DialOptions{To: to, Cred: p.proxyCred()}, srvInbound)
-				p.outbound("O8 the proxy's passthrough from "+p.passthroughSource().String(),
-					lab.DialOptions{To: to, From: p.passthroughSource(), Cred: p.proxyCred()}, srvApp)
-			}
+			p.run("hairpin", func(p *pod) {
+				for range cases() {
+					to := netip.AddrPortFrom(p.podAddr(), p.appPort(netip.Addr{}))
+					p.outbound("O8 the proxy dialing the pod's own address (hairpin)", lab.DialOptions{To: to, Cred: p.proxyCred()}, srvInbound)
+				}
+			})
+			p.run("passthrough", func(p *pod) {
+				for range cases() {
+					to := netip.AddrPortFrom(p.podAddr(), p.appPort(netip.Addr{}))
+					p.outbound("O8 the proxy's passthrough from "+p.passthroughSource().String(),
+						lab.DialOptions{To: to, From: p.passthroughSource(), Cred: p.proxyCred()}, srvApp)
+				}
+			})
 		})
 	})
 

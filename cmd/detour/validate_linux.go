@@ -79,7 +79,9 @@ func runProbe(ctx context.Context, nsPath string, port uint16, p probe, timeout 
 // nsPath (if any) and took the probe's uid and gid (if any). Linux keeps
 // namespaces and credentials per thread, and the raw syscalls below change only
 // this thread; the thread is never unlocked, so it exits with the goroutine and
-// no other goroutine ever runs with its namespace or credentials.
+// no other goroutine ever runs with its namespace or credentials. (netns.Do
+// hands its thread back to the runtime afterwards, which is safe for a
+// namespace it can restore but not for dropped credentials.)
 func onThread(nsPath string, as *probe, fn func() error) error {
 	errc := make(chan error, 1)
 	go func() {

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/netip"
 	"strconv"
+	"strings"
 )
 
 // Validate reports every invalid value in c, each as a *FieldError (joined with
@@ -113,6 +114,10 @@ func (c Config) Validate() error {
 	// The kernel's LOG target keeps 29 bytes with the terminating NUL.
 	if len(c.Log.Prefix) > 28 {
 		bad("log.prefix", c.Log.Prefix, "is longer than 28 characters")
+	}
+	// It is written into iptables-restore input: one printable ASCII line.
+	if strings.IndexFunc(c.Log.Prefix, func(r rune) bool { return r < 0x20 || r > 0x7e }) >= 0 {
+		bad("log.prefix", c.Log.Prefix, "holds a character that is not printable ASCII")
 	}
 	return errors.Join(errs...)
 }

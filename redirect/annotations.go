@@ -1,0 +1,88 @@
+package redirect
+
+import (
+	"fmt"
+	"sort"
+	"strings"
+)
+
+// Kubernetes annotations (and namespace labels) that select and configure the
+// redirection of a pod. The CNI plugin and the control plane's Kubernetes source
+// both read them through FromAnnotations and RedirectRequested, so a pod's
+// installed rules and its Envoy listeners are decoded the same way.
+const (
+	// AnnotationPrefix starts every detour annotation.
+	AnnotationPrefix = "detour.io/"
+	// AnnotationRedirect opts a pod in ("enabled") or out ("disabled").
+	AnnotationRedirect = AnnotationPrefix + "redirect"
+	// AnnotationConfig holds a whole Config document (YAML or JSON), applied
+	// before the short forms.
+	AnnotationConfig = AnnotationPrefix + "config"
+
+	// RedirectEnabled and RedirectDisabled are the values of AnnotationRedirect.
+	RedirectEnabled  = "enabled"
+	RedirectDisabled = "disabled"
+)
+
+// FieldAnnotation returns the short-form annotation that sets f:
+// "detour.io/" + f.Name, for example detour.io/exclude-outbound-ports.
+func FieldAnnotation(f Field) string { return AnnotationPrefix + f.Name }
+
+// RedirectRequested reads AnnotationRedirect from annotations (or a namespace's
+// labels): true for "enabled", false for "disabled" or when it is absent. Any
+// other value is an error naming the annotation and the value (it matches
+// ErrInvalid): a typo must not silently leave a pod unmeshed.
+func RedirectRequested(annotations map[string]string) (bool, error) {
+	v, ok := annotations[AnnotationRedirect]
+	if !ok {
+		return false, nil
+	}
+	switch strings.TrimSpace(v) {
+	case RedirectEnabled:
+		return true, nil
+	case RedirectDisabled:
+		return false, nil
+	}
+	return false, &FieldError{Field: AnnotationRedirect, Value: v, Reason: "is not " + RedirectEnabled + " or " + RedirectDisabled}
+}
+
+// FromAnnotations returns base with a pod's detour annotations applied:
+// first the whole document in AnnotationConfig (Config.Decode), then every short
+// form "detour.io/<Field.Name>" (Config.Set with the field's path), so a short
+// form wins over the document. Annotations outside AnnotationPrefix are ignored;
+// AnnotationRedirect is the opt-in and is not read here; any other detour.io/
+// key that names no field is an error, because a misspelt exclusion would
+// otherwise capture traffic the user meant to exempt.
+//
+// The result is validated as a whole. Errors match ErrInvalid, name the
+// annotation, its value and the config field, and are deterministic (the
+// first failing annotation in sorted key order); base is never modified.
+func FromAnnotations(base Config, annotations map[string]string) (Config, error) {
+	c := base.Clone()
+	if doc, ok := annotations[AnnotationConfig]; ok {
+		if err := c.Decode([]byte(doc)); err != nil {
+			return Config{}, fmt.Errorf("annotation %s: %w", AnnotationConfig, err)
+		}
+	}
+	keys := make([]string, 0, len(annotations))
+	for k := range annotations {
+		if strings.HasPrefix(k, AnnotationPrefix) && k != AnnotationConfig && k != AnnotationRedirect {
+			keys = append(keys, k)
+		}
+	}
+	sort.Strings(keys)
+	for _, k := range keys {
+		v := annotations[k]
+		f, ok := FieldByName(strings.TrimPrefix(k, AnnotationPrefix))
+		if !ok {
+			return Config{}, &FieldError{Field: k, Value: v, Reason: "is not a detour annotation (" + AnnotationConfig + ", " + AnnotationRedirect + " or detour.io/<field name>, e.g. detour.io/exclude-outbound-ports)"}
+		}
+		if err := c.Set(f.Path, v); err != nil {
+			return Config{}, fmt.Errorf("annotation %s %q: %w", k, v, err)
+		}
+	}
+	if err := c.Validate(); err != nil {
+		return Config{}, fmt.Errorf("config from annotations: %w", err)
+	}
+	return c, nil
+}

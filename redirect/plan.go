@@ -1,0 +1,231 @@
+package redirect
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+	"strings"
+)
+
+// Facts are what planning needs to know about the target network namespace.
+// Engine.Facts reads them; tests and `detour plan` may fill them by hand.
+type Facts struct {
+	// IPv6 says the namespace has a usable IPv6 stack (matters for ipFamilies auto).
+	IPv6 bool `json:"ipv6"`
+	// Nameservers are the nameservers of DNS.ResolvConf, read only for
+	// dns.capture resolvconf. Both families may appear; each family's rules use
+	// its own.
+	Nameservers []netip.Addr `json:"nameservers"`
+}
+
+// Family is an IP family.
+type Family string
+
+const (
+	IPv4 Family = "ipv4"
+	IPv6 Family = "ipv6"
+)
+
+// Plan is the complete rule set for one configuration: what Install makes the
+// network namespace hold, what Check compares against and what `detour plan`
+// prints.
+type Plan struct {
+	Config   Config       `json:"config"`   // the validated config it was made from
+	Families []FamilyPlan `json:"families"` // IPv4 before IPv6; only the families that are captured
+}
+
+// FamilyPlan is one IP family's share of a plan.
+type FamilyPlan struct {
+	Family Family `json:"family"`
+	// Tables holds the non-empty tables in a fixed order: raw, mangle, nat.
+	Tables []Table `json:"tables"`
+	// Routing is the TPROXY policy routing; nil unless mode is tproxy with inbound on.
+	Routing *PolicyRouting `json:"routing,omitempty"`
+	// Notes explain choices a reader of the rules could not guess, such as a
+	// family that captures nothing because a list has no entry of that family.
+	Notes []string `json:"notes,omitempty"`
+}
+
+// Table is one iptables table's share of a family plan.
+type Table struct {
+	Name string `json:"name"` // "raw", "mangle" or "nat"
+	// Chains are our chains (DETOUR_...), sorted by name as iptables-save lists them.
+	Chains []Chain `json:"chains"`
+	// Hooks are the rules we add to built-in chains, each carrying the ownership
+	// comment, in built-in chain order (PREROUTING, INPUT, FORWARD, OUTPUT,
+	// POSTROUTING) and in the order they apply within a built-in chain.
+	Hooks []Rule `json:"hooks"`
+}
+
+// Chain is one of our chains and its rules in order.
+type Chain struct {
+	Name  string `json:"name"`
+	Rules []Rule `json:"rules"`
+}
+
+// Rule is one rule. Spec is its iptables-save form after "-A CHAIN ", so a plan
+// compares to what is installed as plain text.
+type Rule struct {
+	Chain string `json:"chain"`
+	Spec  string `json:"spec"`
+}
+
+// PolicyRouting sends packets carrying Mark (under Mask) to the local stack:
+// an ip rule "fwmark Mark/Mask lookup Table" at Priority, and a route
+// "local default dev lo" in Table. TPROXY needs it to deliver diverted packets
+// to the proxy's transparent socket.
+type PolicyRouting struct {
+	Mark     uint32 `json:"mark"`
+	Mask     uint32 `json:"mask"`
+	Table    int    `json:"table"`
+	Priority int    `json:"priority"`
+}
+
+// NewPlan is pure and deterministic (same input, same bytes): no host reads, no
+// exec. It validates cfg (errors match ErrInvalid and name the field and value)
+// and resolves ipFamilies auto with facts.IPv6. ipFamilies ipv6 or dual with
+// facts.IPv6 false is an error matching ErrIPv6Unavailable, never a silent
+// IPv4-only plan.
+func NewPlan(cfg Config, facts Facts) (Plan, error) {
+	if err := cfg.Validate(); err != nil {
+		return Plan{}, err
+	}
+	var fams []Family
+	switch cfg.IPFamilies {
+	case IPFamiliesAuto:
+		fams = []Family{IPv4}
+		if facts.IPv6 {
+			fams = append(fams, IPv6)
+		}
+	case IPFamiliesIPv4:
+		fams = []Family{IPv4}
+	case IPFamiliesIPv6, IPFamiliesDual:
+		if !facts.IPv6 {
+			return Plan{}, fmt.Errorf("ipFamilies is %s but the network namespace has no usable IPv6: %w", cfg.IPFamilies, ErrIPv6Unavailable)
+		}
+		fams = []Family{IPv6}
+		if cfg.IPFamilies == IPFamiliesDual {
+			fams = []Family{IPv4, IPv6}
+		}
+	}
+	p := Plan{Config: cfg.Clone()}
+	for _, f := range fams {
+		p.Families = append(p.Families, planFamily(p.Config, facts, f))
+	}
+	return p, nil
+}
+
+// Family returns the plan of family f, if the plan captures it.
+func (p Plan) Family(f Family) (FamilyPlan, bool) {
+	for _, fp := range p.Families {
+		if fp.Family == f {
+			return fp, true
+		}
+	}
+	return FamilyPlan{}, false
+}
+
+// Restore renders the family as `iptables-restore --noflush` input that
+// installs it into a namespace holding none of our rules (deterministic). The
+// routing is not part of it. Install itself feeds a script computed against
+// what is installed.
+func (f FamilyPlan) Restore() string {
+	var b strings.Builder
+	for _, note := range f.Notes {
+		b.WriteString("# " + note + "\n")
+	}
+	b.WriteString(renderTables(f.Tables))
+	return b.String()
+}
+
+// String renders the whole plan as `detour plan` prints it: per family a header
+// line, the notes, the rules in iptables-save form (our chains, the hooks in
+// built-in chains) and the policy routing. Golden files use it.
+func (p Plan) String() string {
+	var b strings.Builder
+	c := p.Config
+	fams := make([]string, len(p.Families))
+	for i, f := range p.Families {
+		fams[i] = string(f.Family)
+	}
+	fmt.Fprintf(&b, "# detour plan: mode %s, backend %s, ipFamilies %s (%s)\n", c.Mode, c.Backend, c.IPFamilies, strings.Join(fams, ", "))
+	for _, f := range p.Families {
+		fmt.Fprintf(&b, "\n### %s\n", f.Family)
+		b.WriteString(f.render())
+	}
+	return b.String()
+}
+
+// render is the family's text in the form Status and Check use too: notes,
+// then per table the chain declarations, the hooks and our chains' rules (the
+// order iptables-save lists them in), then the routing.
+func (f FamilyPlan) render() string {
+	var b strings.Builder
+	for _, note := range f.Notes {
+		b.WriteString("# " + note + "\n")
+	}
+	b.WriteString(renderTables(f.Tables))
+	b.WriteString(f.Routing.render(f.Family))
+	return b.String()
+}
+
+func renderTables(tables []Table) string {
+	var b strings.Builder
+	for _, t := range tables {
+		b.WriteString("*" + t.Name + "\n")
+		for _, c := range t.Chains {
+			b.WriteString(":" + c.Name + " - [0:0]\n")
+		}
+		for _, r := range t.Hooks {
+			b.WriteString("-A " + r.Chain + " " + r.Spec + "\n")
+		}
+		for _, c := range t.Chains {
+			for _, r := range c.Rules {
+				b.WriteString("-A " + r.Chain + " " + r.Spec + "\n")
+			}
+		}
+		b.WriteString("COMMIT\n")
+	}
+	return b.String()
+}
+
+// lines is the routing in the text form plans, Status and Check use.
+func (r *PolicyRouting) lines(f Family) []string {
+	if r == nil {
+		return nil
+	}
+	v, dst := "-4", "0.0.0.0/0"
+	if f == IPv6 {
+		v, dst = "-6", "::/0"
+	}
+	return []string{
+		fmt.Sprintf("# routing: ip %s rule add fwmark %#x/%#x lookup %d priority %d", v, r.Mark, r.Mask, r.Table, r.Priority),
+		fmt.Sprintf("# routing: ip %s route add local %s dev lo table %d", v, dst, r.Table),
+	}
+}
+
+func (r *PolicyRouting) render(f Family) string {
+	var b strings.Builder
+	for _, l := range r.lines(f) {
+		b.WriteString(l + "\n")
+	}
+	return b.String()
+}
+
+var (
+	// ErrNotInstalled means nothing of ours is in the network namespace.
+	ErrNotInstalled = errors.New("detour is not installed")
+	// ErrForeignChains means a DETOUR_* chain exists that detour did not make:
+	// detour refuses to change or remove it.
+	ErrForeignChains = errors.New("DETOUR_* chains that detour does not own")
+	// ErrIPv6Unavailable means IPv6 is wanted (ipFamilies ipv6 or dual) or present
+	// (auto) but IPv6 rules cannot be installed. Set ipFamilies ipv4 to capture
+	// IPv4 only, knowingly.
+	ErrIPv6Unavailable = errors.New("IPv6 is present or wanted but IPv6 rules cannot be installed")
+	// ErrLockTimeout means the xtables lock was not acquired within Engine.LockWait;
+	// nothing was changed.
+	ErrLockTimeout = errors.New("xtables lock not acquired in time")
+	// ErrBackendConflict means our rules are in both iptables-legacy and
+	// iptables-nft, or in another backend than the one the config forces.
+	ErrBackendConflict = errors.New("detour rules are in another iptables backend")
+)

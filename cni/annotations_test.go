@@ -14,7 +14,6 @@ import (
 // whole documents, short forms, and bad values that must fail the ADD naming
 // the annotation and the value.
 func TestAddAnnotations(t *testing.T) {
-	t.Skip("TODO(#4): pending until redirect.FromAnnotations (cp helper) lands on main")
 	t.Parallel()
 	excl := redirect.Default()
 	excl.Outbound.ExcludePorts = []redirect.PortRange{{First: 5432, Last: 5432}, {First: 8000, Last: 8100}}
@@ -41,12 +40,11 @@ func TestAddAnnotations(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
-			ann := map[string]string{RedirectKey: RedirectEnabled}
+			ann := map[string]string{redirect.AnnotationRedirect: redirect.RedirectEnabled}
 			for k, v := range tt.annotations {
 				ann[k] = v
 			}
 			e := newEnv(t, []runtime.Object{pod("plain", "web", ann)}...)
-			e.p.o.FromAnnotations = redirect.FromAnnotations
 			err := e.p.Add(e.args("c1", podArgs("plain", "web"), e.conf("1.1.0", prevResults["1.1.0"], nil)))
 			if tt.wantMsg != nil {
 				if ErrorCode(err) != CodeInvalidAnnotation {

@@ -77,7 +77,6 @@ func realEnv(t *testing.T, annotations map[string]string) *env {
 	t.Helper()
 	e := newEnv(t, pod("plain", "web", annotations), namespace("plain", nil))
 	e.p.o.NewRedirector = EngineRedirector
-	e.p.o.FromAnnotations = redirect.FromAnnotations
 	return e
 }
 
@@ -89,7 +88,7 @@ func TestPluginInNetNS(t *testing.T) {
 	privtest.Require(t, append(saveTools, "iptables-restore", "iptables-legacy-restore", "sh")...)
 	rootBefore := rootRules(t)
 
-	e := realEnv(t, map[string]string{RedirectKey: RedirectEnabled, "detour.io/exclude-outbound-ports": "5432"})
+	e := realEnv(t, map[string]string{redirect.AnnotationRedirect: redirect.RedirectEnabled, "detour.io/exclude-outbound-ports": "5432"})
 	args := e.args("c1", podArgs("plain", "web"), e.conf("1.1.0", prevResults["1.1.0"], nil))
 	args.Netns = ns.Path
 	if err := e.p.Add(args); err != nil {
@@ -154,7 +153,7 @@ func TestPluginDelWithNetNSGone(t *testing.T) {
 		}
 	})
 
-	e := realEnv(t, map[string]string{RedirectKey: RedirectEnabled})
+	e := realEnv(t, map[string]string{redirect.AnnotationRedirect: redirect.RedirectEnabled})
 	args := e.args("c1", podArgs("plain", "web"), e.conf("1.1.0", "", nil))
 	args.Netns = path
 	if err := e.p.Add(args); err != nil {

@@ -138,33 +138,10 @@ func newEnv(t *testing.T, objs ...runtime.Object) *env {
 			return e.kube.CoreV1(), nil
 		},
 		NewRedirector: e.net.factory,
-		// Until redirect.FromAnnotations lands, the decision tests use a stand-in
-		// that applies detour.io/<field> short forms only (TestAddAnnotations
-		// covers the real decoder).
-		FromAnnotations: shortForms,
-		APIBackoff:      time.Millisecond,
-		Now:             func() time.Time { return e.now },
+		APIBackoff:    time.Millisecond,
+		Now:           func() time.Time { return e.now },
 	})
 	return e
-}
-
-// shortForms is a stand-in decoder for the decision tests.
-func shortForms(base redirect.Config, ann map[string]string) (redirect.Config, error) {
-	c := base.Clone()
-	for k, v := range ann {
-		name, ok := strings.CutPrefix(k, "detour.io/")
-		if !ok || name == "redirect" {
-			continue
-		}
-		f, ok := redirect.FieldByName(name)
-		if !ok {
-			return redirect.Config{}, fmt.Errorf("annotation %s: unknown", k)
-		}
-		if err := c.Set(f.Path, v); err != nil {
-			return redirect.Config{}, fmt.Errorf("annotation %s: %w", k, err)
-		}
-	}
-	return c, c.Validate()
 }
 
 func (e *env) conf(cniVersion, prevResult string, extra map[string]any) []byte {
@@ -233,7 +210,7 @@ func TestAddPassesPrevResultThrough(t *testing.T) {
 				t.Parallel()
 				ann := map[string]string{}
 				if meshed {
-					ann[RedirectKey] = RedirectEnabled
+					ann[redirect.AnnotationRedirect] = redirect.RedirectEnabled
 				}
 				e := newEnv(t, pod("shop", "cart", ann), namespace("shop", nil))
 				prev := prevResults[v]
@@ -315,8 +292,8 @@ func TestAddRejectsInvalidPrevResult(t *testing.T) {
 
 func TestAddDecides(t *testing.T) {
 	t.Parallel()
-	enabled := map[string]string{RedirectKey: RedirectEnabled}
-	meshNS := namespace("mesh", map[string]string{RedirectKey: RedirectEnabled})
+	enabled := map[string]string{redirect.AnnotationRedirect: redirect.RedirectEnabled}
+	meshNS := namespace("mesh", map[string]string{redirect.AnnotationRedirect: redirect.RedirectEnabled})
 	plainNS := namespace("plain", nil)
 	hostNet := pod("plain", "node-agent", enabled)
 	hostNet.Spec.HostNetwork = true
@@ -338,18 +315,18 @@ func TestAddDecides(t *testing.T) {
 		{name: "not a kubernetes pod", args: "", reason: "not a kubernetes pod", apiCalls: 0},
 		{name: "pod annotation enabled", objs: []runtime.Object{pod("plain", "web", enabled), plainNS}, args: podArgs("plain", "web"), want: &base, reason: "pod annotation", apiCalls: 1},
 		{name: "namespace label enabled", objs: []runtime.Object{pod("mesh", "web", nil), meshNS}, args: podArgs("mesh", "web"), want: &base, reason: "namespace label", apiCalls: 2},
-		{name: "pod annotation disabled beats namespace label", objs: []runtime.Object{pod("mesh", "web", map[string]string{RedirectKey: RedirectDisabled}), meshNS}, args: podArgs("mesh", "web"), reason: "not enabled", apiCalls: 1},
+		{name: "pod annotation disabled beats namespace label", objs: []runtime.Object{pod("mesh", "web", map[string]string{redirect.AnnotationRedirect: redirect.RedirectDisabled}), meshNS}, args: podArgs("mesh", "web"), reason: "not enabled", apiCalls: 1},
 		{name: "no annotation and no label", objs: []runtime.Object{pod("plain", "web", nil), plainNS}, args: podArgs("plain", "web"), reason: "not enabled", apiCalls: 2},
 		{name: "host network pod", objs: []runtime.Object{hostNet, plainNS}, args: podArgs("plain", "node-agent"), reason: "host network", apiCalls: 1},
 		{name: "excluded namespace needs no api", objs: []runtime.Object{pod("mesh", "web", enabled), meshNS}, args: podArgs("mesh", "web"), conf: map[string]any{"excludeNamespaces": []string{"kube-system", "mesh"}}, reason: "excluded", apiCalls: 0},
-		{name: "short-form annotations", objs: []runtime.Object{pod("plain", "db-client", map[string]string{RedirectKey: RedirectEnabled, "detour.io/exclude-outbound-ports": "5432,6379"}), plainNS}, args: podArgs("plain", "db-client"), want: &withPorts, reason: "pod annotation", apiCalls: 1},
+		{name: "short-form annotations", objs: []runtime.Object{pod("plain", "db-client", map[string]string{redirect.AnnotationRedirect: redirect.RedirectEnabled, "detour.io/exclude-outbound-ports": "5432,6379"}), plainNS}, args: podArgs("plain", "db-client"), want: &withPorts, reason: "pod annotation", apiCalls: 1},
 		{name: "preset from the plugin config", objs: []runtime.Object{pod("plain", "web", enabled)}, args: podArgs("plain", "web"), conf: map[string]any{"preset": "istio", "config": map[string]any{"proxy": map[string]any{"inboundPort": 15106}}}, want: func() *redirect.Config {
 			c, _ := redirect.Preset("istio")
 			c.Proxy.InboundPort = 15106
 			return &c
 		}(), reason: "pod annotation", apiCalls: 1},
-		{name: "typo in pod annotation fails", objs: []runtime.Object{pod("plain", "web", map[string]string{RedirectKey: "enable"}), plainNS}, args: podArgs("plain", "web"), wantCode: CodeInvalidAnnotation, wantMsg: `pod plain/web annotation detour.io/redirect: "enable" is not enabled or disabled`, apiCalls: 1},
-		{name: "typo in namespace label fails", objs: []runtime.Object{pod("mesh", "web", nil), namespace("mesh", map[string]string{RedirectKey: "on"})}, args: podArgs("mesh", "web"), wantCode: CodeInvalidAnnotation, wantMsg: `namespace mesh label detour.io/redirect: "on" is not enabled or disabled`, apiCalls: 2},
+		{name: "typo in pod annotation fails", objs: []runtime.Object{pod("plain", "web", map[string]string{redirect.AnnotationRedirect: "enable"}), plainNS}, args: podArgs("plain", "web"), wantCode: CodeInvalidAnnotation, wantMsg: `pod plain/web annotation: detour.io/redirect: "enable" is not enabled or disabled`, apiCalls: 1},
+		{name: "typo in namespace label fails", objs: []runtime.Object{pod("mesh", "web", nil), namespace("mesh", map[string]string{redirect.AnnotationRedirect: "on"})}, args: podArgs("mesh", "web"), wantCode: CodeInvalidAnnotation, wantMsg: `namespace mesh label: detour.io/redirect: "on" is not enabled or disabled`, apiCalls: 2},
 		{name: "pod missing fails closed", objs: []runtime.Object{plainNS}, args: podArgs("plain", "ghost"), wantCode: CodePodNotFound, wantMsg: `read pod plain/ghost: pods "ghost" not found`, apiCalls: 1},
 		{name: "pod uid differs fails closed", objs: []runtime.Object{pod("plain", "web", enabled)}, args: podArgs("plain", "web") + ";K8S_POD_UID=uid-older", wantCode: CodePodNotFound, wantMsg: "the api has uid uid-web, the runtime asked for uid uid-older", apiCalls: 1},
 		{name: "namespace without pod name", args: "K8S_POD_NAMESPACE=plain", wantCode: types.ErrInvalidEnvironmentVariables, wantMsg: "without K8S_POD_NAME", apiCalls: 0},
@@ -426,7 +403,7 @@ func TestAddRetriesTransientAPIErrors(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
-			e := newEnv(t, pod("plain", "web", map[string]string{RedirectKey: RedirectEnabled}))
+			e := newEnv(t, pod("plain", "web", map[string]string{redirect.AnnotationRedirect: redirect.RedirectEnabled}))
 			var mu sync.Mutex
 			gets := 0
 			e.kube.PrependReactor("get", "pods", func(k8stesting.Action) (bool, runtime.Object, error) {
@@ -459,7 +436,7 @@ func TestAddRetriesTransientAPIErrors(t *testing.T) {
 func TestAddFailsClosedWithoutKubeconfig(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t)
-	e.p = New(Options{Stdout: &e.stdout, Stderr: &e.stderr, NewRedirector: e.net.factory, FromAnnotations: shortForms})
+	e.p = New(Options{Stdout: &e.stdout, Stderr: &e.stderr, NewRedirector: e.net.factory})
 	conf := e.conf("1.1.0", "", map[string]any{"kubeconfig": filepath.Join(t.TempDir(), "missing")})
 	err := e.p.Add(e.args("c1", podArgs("plain", "web"), conf))
 	if ErrorCode(err) != types.ErrTryAgainLater || !strings.Contains(err.Error(), "missing") {
@@ -472,7 +449,7 @@ func TestAddFailsClosedWithoutKubeconfig(t *testing.T) {
 
 func TestAddInstallFailure(t *testing.T) {
 	t.Parallel()
-	e := newEnv(t, pod("plain", "web", map[string]string{RedirectKey: RedirectEnabled}))
+	e := newEnv(t, pod("plain", "web", map[string]string{redirect.AnnotationRedirect: redirect.RedirectEnabled}))
 	e.net.failInstall = true
 	err := e.p.Add(e.args("c1", podArgs("plain", "web"), e.conf("1.1.0", "", nil)))
 	if ErrorCode(err) != CodeInstall || !strings.Contains(err.Error(), "pod plain/web: restore ipv4 nat table") {
@@ -497,8 +474,8 @@ func TestCheck(t *testing.T) {
 		wantMsg  string
 		engine   []string // engine calls made by CHECK
 	}{
-		{name: "redirected and intact", pod: pod("plain", "web", map[string]string{RedirectKey: RedirectEnabled}), add: true, engine: []string{"check " + testNetns}},
-		{name: "redirected with drift", pod: pod("plain", "web", map[string]string{RedirectKey: RedirectEnabled}), add: true, drift: true, wantCode: CodeDrift, wantMsg: "pod plain/web: installed redirection differs from the plan", engine: []string{"check " + testNetns}},
+		{name: "redirected and intact", pod: pod("plain", "web", map[string]string{redirect.AnnotationRedirect: redirect.RedirectEnabled}), add: true, engine: []string{"check " + testNetns}},
+		{name: "redirected with drift", pod: pod("plain", "web", map[string]string{redirect.AnnotationRedirect: redirect.RedirectEnabled}), add: true, drift: true, wantCode: CodeDrift, wantMsg: "pod plain/web: installed redirection differs from the plan", engine: []string{"check " + testNetns}},
 		{name: "skipped pod has nothing to verify", pod: pod("plain", "web", nil), add: true},
 		{name: "no ADD recorded", pod: pod("plain", "web", nil), wantCode: types.ErrUnknownContainer, wantMsg: "no state recorded by ADD"},
 	}
@@ -548,13 +525,13 @@ func TestDel(t *testing.T) {
 		corrupt bool     // garble the state file before DEL
 		engine  []string // engine calls made by the two DELs
 	}{
-		{name: "redirected pod", pod: pod("plain", "web", map[string]string{RedirectKey: RedirectEnabled}), add: true, netns: testNetns,
+		{name: "redirected pod", pod: pod("plain", "web", map[string]string{redirect.AnnotationRedirect: redirect.RedirectEnabled}), add: true, netns: testNetns,
 			engine: []string{"uninstall " + testNetns}},
 		{name: "skipped pod is not touched", pod: pod("plain", "web", nil), add: true, netns: testNetns},
 		{name: "unreadable state uninstalls anyway", pod: pod("plain", "web", nil), add: true, netns: testNetns, corrupt: true,
 			engine: []string{"uninstall " + testNetns}},
-		{name: "netns gone", pod: pod("plain", "web", map[string]string{RedirectKey: RedirectEnabled}), add: true, netns: gone},
-		{name: "empty netns", pod: pod("plain", "web", map[string]string{RedirectKey: RedirectEnabled}), add: true, netns: ""},
+		{name: "netns gone", pod: pod("plain", "web", map[string]string{redirect.AnnotationRedirect: redirect.RedirectEnabled}), add: true, netns: gone},
+		{name: "empty netns", pod: pod("plain", "web", map[string]string{redirect.AnnotationRedirect: redirect.RedirectEnabled}), add: true, netns: ""},
 		{name: "never added", pod: pod("plain", "web", nil), netns: gone},
 	}
 	for _, tt := range tests {
@@ -759,7 +736,7 @@ func TestParseConfErrors(t *testing.T) {
 
 func TestLogsGoToLogFileNeverStdout(t *testing.T) {
 	t.Parallel()
-	e := newEnv(t, pod("plain", "web", map[string]string{RedirectKey: RedirectEnabled}))
+	e := newEnv(t, pod("plain", "web", map[string]string{redirect.AnnotationRedirect: redirect.RedirectEnabled}))
 	logFile := filepath.Join(t.TempDir(), "detour-cni.log")
 	conf := e.conf("1.0.0", prevResults["1.0.0"], map[string]any{"logFile": logFile, "logLevel": "debug"})
 	if err := e.p.Add(e.args("c1", podArgs("plain", "web"), conf)); err != nil {

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
-	"strings"
 	"time"
 
 	"github.com/containernetworking/cni/pkg/types"
@@ -17,14 +16,6 @@ import (
 	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/detour-mesh/detour/redirect"
-)
-
-// The opt-in annotation (on a pod) or label (on a namespace) and its values.
-// A pod's annotation wins over its namespace's label.
-const (
-	RedirectKey      = "detour.io/redirect"
-	RedirectEnabled  = "enabled"
-	RedirectDisabled = "disabled"
 )
 
 // KubeClient is what the plugin needs from the Kubernetes API: read one pod and
@@ -162,7 +153,7 @@ func decide(ctx context.Context, conf *Conf, ref PodRef, kube func() (KubeClient
 		reason = "enabled by namespace label"
 	}
 	if !on {
-		return Decision{Reason: "not enabled (" + RedirectKey + " is not " + RedirectEnabled + ")"}, nil
+		return Decision{Reason: "not enabled (" + redirect.AnnotationRedirect + " is not " + redirect.RedirectEnabled + ")"}, nil
 	}
 
 	base, err := conf.BaseConfig()
@@ -176,21 +167,19 @@ func decide(ctx context.Context, conf *Conf, ref PodRef, kube func() (KubeClient
 	return Decision{Redirect: true, Reason: reason, Config: cfg}, nil
 }
 
-// optIn reads RedirectKey from a pod's annotations or a namespace's labels. set
-// is false when the key is absent. A value other than enabled or disabled is an
-// error: a typo must not leave a pod silently unmeshed.
+// optIn reads redirect.AnnotationRedirect from a pod's annotations or a
+// namespace's labels (where names the object). set is false when it is absent.
+// A value other than enabled or disabled is an error: a typo must not leave a
+// pod silently unmeshed.
 func optIn(m map[string]string, where string) (on, set bool, err error) {
-	v, ok := m[RedirectKey]
-	if !ok {
+	if _, ok := m[redirect.AnnotationRedirect]; !ok {
 		return false, false, nil
 	}
-	switch strings.TrimSpace(v) {
-	case RedirectEnabled:
-		return true, true, nil
-	case RedirectDisabled:
-		return false, true, nil
+	on, err = redirect.RedirectRequested(m)
+	if err != nil {
+		return false, true, fmt.Errorf("%s: %w", where, err)
 	}
-	return false, true, fmt.Errorf("%s %s: %q is not %s or %s", where, RedirectKey, v, RedirectEnabled, RedirectDisabled)
+	return on, true, nil
 }
 
 // apiError gives a failed Kubernetes read its CNI code: a missing pod, denied

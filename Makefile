@@ -61,3 +61,12 @@ verify: lint ## check that generated files and go.mod are up to date
 
 clean: ## remove build output (not the cache)
 	rm -rf $(BIN)
+
+# --- cni: the detour-cni plugin -----------------------------------------------
+.PHONY: test-cni bench-cni
+
+test-cni: deps-kube deps-cni-plugins ## detour-cni: unit, privileged and end-to-end tests (as root)
+	$(GO) test -count=1 ./cni/ ./tests/cni/
+
+bench-cni: deps-kube deps-cni-plugins ## detour-cni: median and p99 ADD latency, 100 samples (as root)
+	$(GO) test -count=1 -run '^$$' -bench BenchmarkAdd -benchtime=100x ./tests/cni/

@@ -40,8 +40,9 @@ type Conf struct {
 	StateDir string `json:"stateDir,omitempty"`
 	// Preset is the base config for every pod (redirect.Preset); empty = defaults.
 	Preset string `json:"preset,omitempty"`
-	// Config is a redirect.Config document applied on top of Preset for every
-	// pod, before the pod's own annotations.
+	// Config is a redirect.Config document (a JSON object, or a string holding
+	// YAML or JSON) applied on top of Preset for every pod, before the pod's own
+	// annotations.
 	Config json.RawMessage `json:"config,omitempty"`
 
 	// PrevResult is the result of the previous plugin in the chain, kept as raw
@@ -93,7 +94,13 @@ func (c *Conf) BaseConfig() (redirect.Config, error) {
 		base = p
 	}
 	if len(c.Config) > 0 {
-		if err := base.Decode(c.Config); err != nil {
+		doc := []byte(c.Config)
+		// The document may also be given as a string (YAML or JSON).
+		var s string
+		if json.Unmarshal(c.Config, &s) == nil {
+			doc = []byte(s)
+		}
+		if err := base.Decode(doc); err != nil {
 			return redirect.Config{}, fmt.Errorf("plugin config key config: %w", err)
 		}
 	}

@@ -210,7 +210,7 @@ func (p *Plugin) Add(args *skel.CmdArgs) error {
 		return newError(types.ErrInvalidEnvironmentVariables, err)
 	}
 
-	d := Decision{Reason: "not a kubernetes pod (CNI_ARGS has no K8S_POD_NAME)"}
+	d := decision{Reason: "not a kubernetes pod (CNI_ARGS has no K8S_POD_NAME)"}
 	var pod *PodRef
 	if isPod {
 		pod = &ref

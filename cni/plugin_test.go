@@ -325,6 +325,7 @@ func TestAddDecides(t *testing.T) {
 			c.Proxy.InboundPort = 15106
 			return &c
 		}(), reason: "pod annotation", apiCalls: 1},
+		{name: "config document as a YAML string", objs: []runtime.Object{pod("plain", "web", enabled)}, args: podArgs("plain", "web"), conf: map[string]any{"config": "outbound:\n  excludePorts: [5432, 6379]\n"}, want: &withPorts, reason: "pod annotation", apiCalls: 1},
 		{name: "typo in pod annotation fails", objs: []runtime.Object{pod("plain", "web", map[string]string{redirect.AnnotationRedirect: "enable"}), plainNS}, args: podArgs("plain", "web"), wantCode: CodeInvalidAnnotation, wantMsg: `pod plain/web annotation: detour.io/redirect: "enable" is not enabled or disabled`, apiCalls: 1},
 		{name: "typo in namespace label fails", objs: []runtime.Object{pod("mesh", "web", nil), namespace("mesh", map[string]string{redirect.AnnotationRedirect: "on"})}, args: podArgs("mesh", "web"), wantCode: CodeInvalidAnnotation, wantMsg: `namespace mesh label: detour.io/redirect: "on" is not enabled or disabled`, apiCalls: 2},
 		{name: "pod missing fails closed", objs: []runtime.Object{plainNS}, args: podArgs("plain", "ghost"), wantCode: CodePodNotFound, wantMsg: `read pod plain/ghost: pods "ghost" not found`, apiCalls: 1},

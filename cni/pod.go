@@ -46,8 +46,8 @@ func NewKubeClient(path string, timeout time.Duration) (KubeClient, error) {
 	return c, nil
 }
 
-// Decision is what ADD concluded for one attachment.
-type Decision struct {
+// decision is what ADD concluded for one attachment.
+type decision struct {
 	Redirect bool
 	// Reason says why a pod is skipped, or "enabled by pod annotation" /
 	// "enabled by namespace label".
@@ -107,13 +107,13 @@ func transient(err error) bool {
 // decide reads the pod (and, when the pod does not say, its namespace) and
 // returns whether and how to redirect. Every failure to know is an error: the
 // plugin fails closed rather than start a pod unmeshed by accident.
-func decide(ctx context.Context, conf *Conf, ref PodRef, kube func() (KubeClient, error), r retrier, fromAnnotations AnnotationDecoder) (Decision, error) {
+func decide(ctx context.Context, conf *Conf, ref PodRef, kube func() (KubeClient, error), r retrier, fromAnnotations AnnotationDecoder) (decision, error) {
 	if conf.excluded(ref.Namespace) {
-		return Decision{Reason: "namespace excluded by the plugin config"}, nil
+		return decision{Reason: "namespace excluded by the plugin config"}, nil
 	}
 	client, err := kube()
 	if err != nil {
-		return Decision{}, newError(types.ErrTryAgainLater, fmt.Errorf("read pod %s: %w", ref, err))
+		return decision{}, newError(types.ErrTryAgainLater, fmt.Errorf("read pod %s: %w", ref, err))
 	}
 	var pod *corev1.Pod
 	err = r.do(ctx, "pod "+ref.String(), func(ctx context.Context) error {
@@ -122,18 +122,18 @@ func decide(ctx context.Context, conf *Conf, ref PodRef, kube func() (KubeClient
 		return err
 	})
 	if err != nil {
-		return Decision{}, apiError("read pod "+ref.String(), err)
+		return decision{}, apiError("read pod "+ref.String(), err)
 	}
 	if ref.UID != "" && string(pod.UID) != ref.UID {
-		return Decision{}, newError(CodePodNotFound, fmt.Errorf("read pod %s: the api has uid %s, the runtime asked for uid %s", ref, pod.UID, ref.UID))
+		return decision{}, newError(CodePodNotFound, fmt.Errorf("read pod %s: the api has uid %s, the runtime asked for uid %s", ref, pod.UID, ref.UID))
 	}
 	if pod.Spec.HostNetwork {
-		return Decision{Reason: "host network pod"}, nil
+		return decision{Reason: "host network pod"}, nil
 	}
 
 	on, set, err := optIn(pod.Annotations, "pod "+ref.String()+" annotation")
 	if err != nil {
-		return Decision{}, newError(CodeInvalidAnnotation, err)
+		return decision{}, newError(CodeInvalidAnnotation, err)
 	}
 	reason := "enabled by pod annotation"
 	if !set {
@@ -144,27 +144,27 @@ func decide(ctx context.Context, conf *Conf, ref PodRef, kube func() (KubeClient
 			return err
 		})
 		if err != nil {
-			return Decision{}, apiError("read namespace "+ref.Namespace, err)
+			return decision{}, apiError("read namespace "+ref.Namespace, err)
 		}
 		on, _, err = optIn(ns.Labels, "namespace "+ref.Namespace+" label")
 		if err != nil {
-			return Decision{}, newError(CodeInvalidAnnotation, err)
+			return decision{}, newError(CodeInvalidAnnotation, err)
 		}
 		reason = "enabled by namespace label"
 	}
 	if !on {
-		return Decision{Reason: "not enabled (" + redirect.AnnotationRedirect + " is not " + redirect.RedirectEnabled + ")"}, nil
+		return decision{Reason: "not enabled (" + redirect.AnnotationRedirect + " is not " + redirect.RedirectEnabled + ")"}, nil
 	}
 
 	base, err := conf.BaseConfig()
 	if err != nil {
-		return Decision{}, newError(types.ErrInvalidNetworkConfig, err)
+		return decision{}, newError(types.ErrInvalidNetworkConfig, err)
 	}
 	cfg, err := fromAnnotations(base, pod.Annotations)
 	if err != nil {
-		return Decision{}, newError(CodeInvalidAnnotation, fmt.Errorf("pod %s: %w", ref, err))
+		return decision{}, newError(CodeInvalidAnnotation, fmt.Errorf("pod %s: %w", ref, err))
 	}
-	return Decision{Redirect: true, Reason: reason, Config: cfg}, nil
+	return decision{Redirect: true, Reason: reason, Config: cfg}, nil
 }
 
 // optIn reads redirect.AnnotationRedirect from a pod's annotations or a

@@ -303,7 +303,7 @@ spec:
 			caps              []corev1.Capability
 		}{
 			{"httpbin", "detour-init", "detour install", []corev1.Capability{"NET_ADMIN", "NET_RAW"}},
-			{"reviews", "detour-validate", "detour validate", nil},
+			{"reviews", "detour-validate", "detour validate", []corev1.Capability{"SETUID", "SETGID"}},
 		} {
 			dep, err := cs.AppsV1().Deployments("default").Get(ctx, tc.deploy, metav1.GetOptions{})
 			if err != nil {

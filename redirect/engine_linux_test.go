@@ -647,7 +647,7 @@ func TestParallelInstalls(t *testing.T) {
 
 func observeRoutingIn(t *testing.T, e *Engine) (routingState, error) {
 	t.Helper()
-	s, _, err := e.readInstalled(context.Background(), Plan{})
+	s, err := e.readInstalled(context.Background(), Plan{})
 	return s.routes, err
 }
 

@@ -347,7 +347,7 @@ func (e *Engine) install(ctx context.Context, p Plan) (Result, error) {
 				steps = append(steps, st)
 			}
 		}
-		routes, err := observeRouting(p)
+		routes, err := observeNet(p)
 		if err != nil {
 			return err
 		}
@@ -381,7 +381,7 @@ func (e *Engine) uninstall(ctx context.Context) (Result, error) {
 		if err := blocked(obs); err != nil {
 			return err
 		}
-		routes, err := observeRouting(Plan{})
+		routes, err := observeNet(Plan{})
 		if err != nil {
 			return err
 		}
@@ -403,7 +403,7 @@ func (e *Engine) uninstall(ctx context.Context) (Result, error) {
 			}
 		}
 		for _, f := range allFamilies {
-			if len(routes.have[f]) > 0 {
+			if routes.owns(f) {
 				removed[f] = true
 			}
 		}
@@ -428,7 +428,7 @@ func (e *Engine) uninstall(ctx context.Context) (Result, error) {
 type installedState struct {
 	backend Backend
 	obs     backendObs
-	routes  routingState
+	routes  netState
 }
 
 func (s installedState) lines(f Family) []string {
@@ -436,11 +436,11 @@ func (s installedState) lines(f Family) []string {
 	if s.obs != nil {
 		tables = s.obs[f].owned.tables()
 	}
-	return driftLines(tables, s.routes.have[f])
+	return driftLines(tables, s.routes.have(f))
 }
 
 func (s installedState) any() bool {
-	return s.backend != "" || len(s.routes.have[IPv4]) > 0 || len(s.routes.have[IPv6]) > 0
+	return s.backend != "" || s.routes.owns(IPv4) || s.routes.owns(IPv6)
 }
 
 func (e *Engine) readInstalled(ctx context.Context, p Plan) (installedState, error) {
@@ -455,7 +455,7 @@ func (e *Engine) readInstalled(ctx context.Context, p Plan) (installedState, err
 		if b != "" {
 			s.obs = obs[b]
 		}
-		s.routes, err = observeRouting(p)
+		s.routes, err = observeNet(p)
 		return err
 	})
 	return s, err
@@ -476,7 +476,7 @@ func (e *Engine) check(ctx context.Context, p Plan) (Drift, error) {
 	for _, f := range allFamilies {
 		var planned []string
 		if fp, ok := p.Family(f); ok {
-			planned = driftLines(fp.Tables, fp.Routing.lines(f))
+			planned = driftLines(fp.Tables, fp.netLines())
 		}
 		if fd, differs := familyDrift(f, s.lines(f), planned); differs {
 			d.Families = append(d.Families, fd)
@@ -497,11 +497,11 @@ func (e *Engine) status(ctx context.Context) (Status, error) {
 		if s.obs != nil {
 			tables = s.obs[f].owned.tables()
 		}
-		if len(tables) == 0 && len(s.routes.have[f]) == 0 {
+		if len(tables) == 0 && !s.routes.owns(f) {
 			continue
 		}
 		text := renderTables(tables)
-		for _, l := range s.routes.have[f] {
+		for _, l := range s.routes.have(f) {
 			text += l + "\n"
 		}
 		st.Families = append(st.Families, f)

@@ -227,7 +227,6 @@ func (r *PolicyRouting) lines(f Family) []string {
 	}
 }
 
-
 var (
 	// ErrNotInstalled means nothing of ours is in the network namespace.
 	ErrNotInstalled = errors.New("detour is not installed")

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"net/netip"
 	"slices"
-	"syscall"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -75,7 +74,7 @@ func runValidate(ctx context.Context, o *validateOptions, g *globalOptions, s st
 		if errors.Is(err, errPortInUse) {
 			return fmt.Errorf("validate: %w", err)
 		}
-		if errors.Is(err, syscall.ENETUNREACH) {
+		if errors.Is(err, errNoRoute) {
 			// Routing happens before the nat table: with no route, nothing of this
 			// family can leave the namespace, redirected or not.
 			fmt.Fprintf(s.out, "skip %s: no route to %s in this namespace, so no %s traffic can leave it\n", p.family, p.dst.Addr(), p.family)
@@ -102,7 +101,10 @@ func runValidate(ctx context.Context, o *validateOptions, g *globalOptions, s st
 	return nil
 }
 
-var errPortInUse = errors.New("the outbound port is already in use; validate runs before the proxy starts")
+var (
+	errPortInUse = errors.New("the outbound port is already in use; validate runs before the proxy starts")
+	errNoRoute   = errors.New("no route")
+)
 
 // planProbes picks, per planned family, a destination the configuration
 // captures and a user whose traffic it captures.

@@ -58,6 +58,22 @@ func runProbe(ctx context.Context, nsPath string, port uint16, p probe, timeout 
 		got <- accepted{dst, err}
 	}()
 
+	// A UDP connect looks the route up without sending anything. Only a route
+	// missing here means nothing of this family can leave; once the SYN is out,
+	// an unreachable answer from a router means the probe escaped capture.
+	if err := onThread(nsPath, nil, func() error {
+		c, err := net.Dial("udp", p.dst.String())
+		if err == nil {
+			c.Close()
+		}
+		return err
+	}); err != nil {
+		if errors.Is(err, syscall.ENETUNREACH) {
+			return netip.AddrPort{}, errNoRoute
+		}
+		return netip.AddrPort{}, fmt.Errorf("look up the route to %s: %w", p.dst.Addr(), err)
+	}
+
 	dialErr := onThread(nsPath, &p, func() error {
 		d := net.Dialer{Timeout: timeout}
 		c, err := d.DialContext(ctx, "tcp", p.dst.String())

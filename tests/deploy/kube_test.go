@@ -289,8 +289,8 @@ spec:
 			}
 		}
 		ctr := dep.Spec.Template.Spec.Containers[0]
-		if got := strings.Join(ctr.Args, " "); got != "control-plane --source kubernetes" {
-			t.Errorf("control plane args %q", got)
+		if got := strings.Join(ctr.Args, " "); !strings.HasPrefix(got, "control-plane --source=kubernetes --xds-address=:15010 ") {
+			t.Errorf("control plane args %q: want the kubernetes source, serving on all addresses at the Service's port", got)
 		}
 		if svc.Spec.Ports[0].TargetPort.StrVal != ctr.Ports[0].Name {
 			t.Errorf("service targets port %v, container names %q", svc.Spec.Ports[0].TargetPort, ctr.Ports[0].Name)

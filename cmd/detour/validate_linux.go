@@ -74,7 +74,11 @@ func runProbe(ctx context.Context, nsPath string, port uint16, p probe, timeout 
 		return netip.AddrPort{}, fmt.Errorf("look up the route to %s: %w", p.dst.Addr(), err)
 	}
 
-	dialErr := onThread(nsPath, &p, func() error {
+	var as *probe
+	if p.become {
+		as = &p
+	}
+	dialErr := onThread(nsPath, as, func() error {
 		d := net.Dialer{Timeout: timeout}
 		c, err := d.DialContext(ctx, "tcp", p.dst.String())
 		if err != nil {
@@ -92,7 +96,7 @@ func runProbe(ctx context.Context, nsPath string, port uint16, p probe, timeout 
 }
 
 // onThread runs fn on a fresh OS thread that joined the network namespace at
-// nsPath (if any) and took the probe's uid and gid (if any). Linux keeps
+// nsPath (if any) and took the uid and gid of as (if not nil). Linux keeps
 // namespaces and credentials per thread, and the raw syscalls below change only
 // this thread; the thread is never unlocked, so it exits with the goroutine and
 // no other goroutine ever runs with its namespace or credentials. (netns.Do

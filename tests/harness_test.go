@@ -116,7 +116,13 @@ func rand(t *testing.T) *lab.Rand {
 // known defect outside the tests, each listed under "Known failures" in
 // docs/scenarios.md with its details. They skip with the reason, unless
 // DETOUR_E2E_KNOWN_FAILURES=run, which runs them to see whether they still fail.
-var knownFailures = map[string]string{}
+var knownFailures = map[string]string{
+	// The proxy cannot source its IPv6 passthrough from ::6: nothing assigns ::6 in
+	// the pod, so bind fails with EADDRNOTAVAIL (…/passthrough-source-assigned shows
+	// the rules are right once ::6/128 is on lo, added with nodad).
+	"TestOutbound/O8/ipv6/*/passthrough": "IPv6 passthrough source ::6 is not assigned in the pod (bind: cannot assign requested address)",
+	"TestInbound/I6/ipv6/*/*":            "IPv6 passthrough source ::6 is not assigned in the pod (bind: cannot assign requested address)",
+}
 
 // skipKnown skips t when it is a known failure.
 func skipKnown(t *testing.T) {

@@ -67,3 +67,17 @@ clean: ## remove build output (not the cache)
 demo: deps-apt build ## a throwaway lab: install detour, show what is intercepted, clean up (root)
 	$(GO) build -o $(BIN)/detour-demo ./hack/demo
 	$(BIN)/detour-demo --detour $(BIN)/detour
+
+# --- deploy (issue 4): CNI installer, systemd unit, deploy/ manifests and Dockerfile ---
+.PHONY: test-deploy
+test-deploy: deps-kube ## the CNI installer, systemd and deploy/ tests (manifests against a real kube-apiserver)
+	$(GO) test -count=1 ./cni/install/ ./internal/systemd/ ./cmd/detour/ ./tests/deploy/
+
+# --- cni: the detour-cni plugin -----------------------------------------------
+.PHONY: test-cni bench-cni
+
+test-cni: deps-kube deps-cni-plugins ## detour-cni: unit, privileged and end-to-end tests (as root)
+	$(GO) test -count=1 ./cni/ ./tests/cni/
+
+bench-cni: deps-kube deps-cni-plugins ## detour-cni: median and p99 ADD latency, 100 samples (as root)
+	$(GO) test -count=1 -run '^$$' -bench BenchmarkAdd -benchtime=100x ./tests/cni/

@@ -30,6 +30,7 @@ and DNS traffic through its sidecar proxy, and serves the proxy matching listene
 		newStatusCmd(s, g),
 		newValidateCmd(s, g),
 		newVersionCmd(s),
+		newCNICmd(s),
 	)
 	return root
 }

@@ -117,7 +117,7 @@ func TestPlanProbes(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
-			probes, err := planProbes(plan(tt.mutate))
+			probes, err := planProbes(plan(tt.mutate), runner{uid: 0, gid: 0})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -129,6 +129,28 @@ func TestPlanProbes(t *testing.T) {
 				t.Errorf("probes:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(tt.want, "\n"))
 			}
 		})
+	}
+}
+
+func TestPlanProbesAsNonRoot(t *testing.T) {
+	t.Parallel()
+	c := redirect.Default()
+	c.Outbound.ExcludeUIDs = []redirect.IDRange{{First: 2000, Last: 2000}}
+	p, err := redirect.NewPlan(c, redirect.Facts{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	probes, err := planProbes(p, runner{uid: 1000, gid: 1000})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(probes) != 1 || probes[0].uid != 1000 || probes[0].become {
+		t.Errorf("probes as uid 1000 = %+v, want one probe dialing as itself", probes)
+	}
+	for _, self := range []runner{{uid: 2000, gid: 2000}, {uid: 5678, gid: 5678}} {
+		if _, err := planProbes(p, self); err == nil || !strings.Contains(err.Error(), "does not capture") {
+			t.Errorf("planProbes as uncaptured uid %d: %v", self.uid, err)
+		}
 	}
 }
 

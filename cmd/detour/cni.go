@@ -8,11 +8,13 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
 
 	"github.com/detour-mesh/detour/cni/install"
+	"github.com/detour-mesh/detour/redirect"
 )
 
 // cniOptions are the flags of `detour cni install` and `detour cni uninstall`.
@@ -23,7 +25,10 @@ type cniOptions struct {
 	kubeconfigFile    string
 	pluginKubeconfig  string
 	logFile           string
+	logLevel          string
 	excludeNamespaces []string
+	preset            string
+	configFile        string
 	apiServer         string
 	tokenFile         string
 	caFile            string
@@ -50,7 +55,8 @@ func newCNIInstallCmd(s streams, o *cniOptions) *cobra.Command {
 from the service account token and CA, and appends detour-cni as the last plugin
 of the primary network configuration (the lexically first .conf, .conflist or
 .json file in the conf dir; a single-plugin file becomes a .conflist). Every
-file is written atomically.
+file is written atomically. --preset and --config set the redirection every pod
+starts from; its detour.io/* annotations apply on top.
 
 Then it keeps running (the DaemonSet's entrypoint): when the primary CNI rewrites
 its file, the binary disappears or the token rotates, it repairs within a file
@@ -66,7 +72,10 @@ notification or --poll-interval. On SIGTERM it exits leaving everything in place
 	addCNIDirFlags(cmd, o)
 	f.StringVar(&o.pluginKubeconfig, "plugin-kubeconfig", "", "the kubeconfig path written into the plugin entry, as the node sees it (default: --kubeconfig-file)")
 	f.StringVar(&o.logFile, "log-file", "/var/log/detour-cni.log", "the plugin's log file on the node (empty: stderr)")
+	f.StringVar(&o.logLevel, "log-level", "", "the plugin's log level: debug, info, warn, error (empty: info)")
 	f.StringSliceVar(&o.excludeNamespaces, "exclude-namespaces", []string{"kube-system"}, "namespaces whose pods the plugin never redirects")
+	f.StringVar(&o.preset, "preset", "", "the preset every pod's config starts from: "+strings.Join(redirect.Presets, ", ")+" (empty: the defaults)")
+	f.StringVar(&o.configFile, "config", "", "a YAML or JSON config document applied on top of --preset for every pod, before its annotations")
 	f.StringVar(&o.apiServer, "api-server", defaultAPIServer(), "the API server URL the plugin uses (default from KUBERNETES_SERVICE_HOST and KUBERNETES_SERVICE_PORT)")
 	f.StringVar(&o.tokenFile, "token-file", install.DefaultTokenFile, "the service account token")
 	f.StringVar(&o.caFile, "ca-file", install.DefaultCAFile, "the service account CA certificate")
@@ -125,6 +134,9 @@ func (o *cniOptions) installerOptions(logger *slog.Logger) install.Options {
 		KubeconfigFile:    o.kubeconfigFile,
 		PluginKubeconfig:  o.pluginKubeconfig,
 		LogFile:           o.logFile,
+		LogLevel:          o.logLevel,
+		Preset:            o.preset,
+		ConfigFile:        o.configFile,
 		ExcludeNamespaces: o.excludeNamespaces,
 		Server:            o.apiServer,
 		TokenFile:         o.tokenFile,

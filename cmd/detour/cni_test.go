@@ -111,6 +111,9 @@ func TestCNIInstallInvalidInput(t *testing.T) {
 		{"bad namespace", []string{"--exclude-namespaces", "UPPER"}, `--exclude-namespaces: "UPPER" is not a namespace name`},
 		{"no api server", []string{"--api-server", ""}, "--api-server: "},
 		{"zero poll", []string{"--poll-interval", "0s"}, "--poll-interval"},
+		{"unknown preset", []string{"--preset", "linkerd"}, `--preset: "linkerd" is not one of istio, kuma`},
+		{"bad log level", []string{"--log-level", "loud"}, `--log-level: "loud"`},
+		{"missing config", []string{"--config", filepath.Join(root, "nope.yaml")}, "--config: "},
 		{"bad duration", []string{"--poll-interval", "soon"}, "invalid argument"},
 		{"unknown flag", []string{"--frobnicate"}, "unknown flag"},
 	}

@@ -21,6 +21,7 @@ type installOptions struct {
 	captureSSH bool
 	dryRun     bool
 	output     string
+	persist    persistOptions
 	// sshConnection is $SSH_CONNECTION; tests set it.
 	sshConnection string
 }
@@ -46,6 +47,7 @@ connected through is excluded from inbound capture unless --capture-ssh is given
 	fs.BoolVar(&o.captureSSH, "capture-ssh", false, "capture the inbound port of the SSH session you are connected through, too")
 	fs.BoolVar(&o.dryRun, "dry-run", false, "print the plan and change nothing")
 	output(fs, &o.output)
+	fs.BoolVar(&o.persist.enabled, "persist", false, persistUsage)
 	return cmd
 }
 
@@ -59,6 +61,9 @@ func runInstall(ctx context.Context, o *installOptions, g *globalOptions, s stre
 	}
 	nsPath, err := netnsPath(o.netns)
 	if err != nil {
+		return err
+	}
+	if err := checkPersist(o.persist, nsPath, o.dryRun); err != nil {
 		return err
 	}
 	var sshPort uint16
@@ -82,14 +87,19 @@ func runInstall(ctx context.Context, o *installOptions, g *globalOptions, s stre
 		return fmt.Errorf("install: %w", err)
 	}
 	if o.output == "json" {
-		return writeJSON(s, struct {
+		err = writeJSON(s, struct {
 			redirect.Result
 			Config  redirect.Config `json:"config"`
 			SSHPort uint16          `json:"sshPortExcluded,omitempty"`
 		}{res, plan.Config, sshPort})
+	} else {
+		_, err = fmt.Fprint(s.out, summary(plan.Config, res, sshPort))
 	}
-	_, err = fmt.Fprint(s.out, summary(plan.Config, res, sshPort))
-	return err
+	if err != nil || !o.persist.enabled {
+		return err
+	}
+	// The unit installs plan.Config: the SSH port excluded now stays excluded at boot.
+	return persist(ctx, o.persist, plan.Config, textOut(s, o.output))
 }
 
 // excludeSSH keeps the SSH session we are connected through alive: its server

@@ -11,8 +11,9 @@ import (
 )
 
 type uninstallOptions struct {
-	netns  string
-	output string
+	netns   string
+	output  string
+	persist persistOptions
 }
 
 func newUninstallCmd(s streams, g *globalOptions) *cobra.Command {
@@ -30,6 +31,7 @@ detour is not installed. It refuses when it finds DETOUR_* chains it does not ow
 	}
 	bindNetNSFlag(cmd.Flags(), &o.netns)
 	output(cmd.Flags(), &o.output)
+	cmd.Flags().BoolVar(&o.persist.enabled, "persist", false, persistUsage)
 	return cmd
 }
 
@@ -41,10 +43,19 @@ func runUninstall(ctx context.Context, o *uninstallOptions, g *globalOptions, s 
 	if err != nil {
 		return err
 	}
+	if err := checkPersist(o.persist, nsPath, false); err != nil {
+		return err
+	}
 	eng := &redirect.Engine{Logger: g.logger(s.err), NetNS: nsPath}
 	res, err := eng.Uninstall(ctx)
 	if err != nil {
 		return fmt.Errorf("uninstall: %w", err)
+	}
+	if o.persist.enabled {
+		// After the rules: stopping the unit runs `detour uninstall` again, a no-op.
+		if err := unpersist(ctx, o.persist, textOut(s, o.output)); err != nil {
+			return err
+		}
 	}
 	if o.output == "json" {
 		return writeJSON(s, res)

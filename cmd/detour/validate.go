@@ -5,8 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"os"
 	"slices"
-	"syscall"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -49,7 +49,17 @@ type probe struct {
 	dst    netip.AddrPort
 	uid    uint32
 	gid    uint32
+	// become is true when the probe thread must take uid and gid (validate runs
+	// as root); otherwise it dials as the user validate runs as.
+	become bool
 }
+
+// runner is who validate runs as.
+type runner struct {
+	uid, gid uint32
+}
+
+func (r runner) root() bool { return r.uid == 0 }
 
 func runValidate(ctx context.Context, o *validateOptions, g *globalOptions, s streams) error {
 	if o.timeout <= 0 {
@@ -64,7 +74,7 @@ func runValidate(ctx context.Context, o *validateOptions, g *globalOptions, s st
 		_, err := fmt.Fprintln(s.out, "nothing to validate: outbound capture is disabled (outbound.enabled is false)")
 		return err
 	}
-	probes, err := planProbes(plan)
+	probes, err := planProbes(plan, runner{uint32(os.Geteuid()), uint32(os.Getegid())})
 	if err != nil {
 		return err
 	}
@@ -75,7 +85,7 @@ func runValidate(ctx context.Context, o *validateOptions, g *globalOptions, s st
 		if errors.Is(err, errPortInUse) {
 			return fmt.Errorf("validate: %w", err)
 		}
-		if errors.Is(err, syscall.ENETUNREACH) {
+		if errors.Is(err, errNoRoute) {
 			// Routing happens before the nat table: with no route, nothing of this
 			// family can leave the namespace, redirected or not.
 			fmt.Fprintf(s.out, "skip %s: no route to %s in this namespace, so no %s traffic can leave it\n", p.family, p.dst.Addr(), p.family)
@@ -102,19 +112,27 @@ func runValidate(ctx context.Context, o *validateOptions, g *globalOptions, s st
 	return nil
 }
 
-var errPortInUse = errors.New("the outbound port is already in use; validate runs before the proxy starts")
+var (
+	errPortInUse = errors.New("the outbound port is already in use; validate runs before the proxy starts")
+	errNoRoute   = errors.New("no route")
+)
 
 // planProbes picks, per planned family, a destination the configuration
-// captures and a user whose traffic it captures.
-func planProbes(plan redirect.Plan) ([]probe, error) {
+// captures and a user whose traffic it captures: as root, a spare uid it
+// switches to; otherwise the user validate runs as, which must be captured.
+func planProbes(plan redirect.Plan, self runner) ([]probe, error) {
 	c := plan.Config
 	port, ok := capturedPort(c.Outbound, c.Proxy)
 	if !ok {
 		return nil, errors.New("validate: the configuration captures no outbound port that can be probed")
 	}
-	uid, gid, ok := capturedUser(c, port)
-	if !ok {
-		return nil, errors.New("validate: every candidate user (65534 down to 60000) is excluded from capture")
+	uid, gid := self.uid, self.gid
+	if self.root() {
+		if uid, gid, ok = capturedUser(c, port); !ok {
+			return nil, errors.New("validate: every candidate user (65534 down to 60000) is excluded from capture")
+		}
+	} else if !userCaptured(c, port, uid, gid) {
+		return nil, fmt.Errorf("validate: it runs as uid %d gid %d, whose traffic this configuration does not capture; run it as root (it then probes as a captured uid) or as a captured user", uid, gid)
 	}
 	var out []probe
 	for _, f := range plan.Families {
@@ -122,7 +140,7 @@ func planProbes(plan redirect.Plan) ([]probe, error) {
 		if !ok {
 			continue // includeCIDRs name no address of this family: nothing of it is captured
 		}
-		out = append(out, probe{family: f.Family, dst: netip.AddrPortFrom(addr, port), uid: uid, gid: gid})
+		out = append(out, probe{family: f.Family, dst: netip.AddrPortFrom(addr, port), uid: uid, gid: gid, become: self.root()})
 	}
 	if len(out) == 0 {
 		return nil, errors.New("validate: the configuration captures no outbound address that can be probed")
@@ -162,26 +180,26 @@ func capturedPort(o redirect.Outbound, p redirect.Proxy) (uint16, bool) {
 }
 
 func capturedUser(c redirect.Config, port uint16) (uid, gid uint32, ok bool) {
-	uidOK := func(id uint32) bool {
-		if id == c.Proxy.UID || inIDs(c.Outbound.ExcludeUIDs, id) {
-			return false
-		}
-		for _, r := range c.Outbound.ExcludePortsForUIDs {
-			if r.Protocol == redirect.TCP && inRanges(r.Ports, port) && inIDs(r.UIDs, id) {
-				return false
-			}
-		}
-		return true
-	}
-	gidOK := func(id uint32) bool {
-		return (c.Proxy.GID == nil || *c.Proxy.GID != id) && !inIDs(c.Outbound.ExcludeGIDs, id)
-	}
 	for id := uint32(65534); id >= 60000; id-- {
-		if uidOK(id) && gidOK(id) {
+		if userCaptured(c, port, id, id) {
 			return id, id, true
 		}
 	}
 	return 0, 0, false
+}
+
+// userCaptured reports whether the configuration captures TCP to port sent by
+// uid with primary group gid.
+func userCaptured(c redirect.Config, port uint16, uid, gid uint32) bool {
+	if uid == c.Proxy.UID || inIDs(c.Outbound.ExcludeUIDs, uid) {
+		return false
+	}
+	for _, r := range c.Outbound.ExcludePortsForUIDs {
+		if r.Protocol == redirect.TCP && inRanges(r.Ports, port) && inIDs(r.UIDs, uid) {
+			return false
+		}
+	}
+	return (c.Proxy.GID == nil || *c.Proxy.GID != gid) && !inIDs(c.Outbound.ExcludeGIDs, gid)
 }
 
 // documentation addresses: never routed on the internet, so a probe that escapes

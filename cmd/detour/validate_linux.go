@@ -58,7 +58,27 @@ func runProbe(ctx context.Context, nsPath string, port uint16, p probe, timeout 
 		got <- accepted{dst, err}
 	}()
 
-	dialErr := onThread(nsPath, &p, func() error {
+	// A UDP connect looks the route up without sending anything. Only a route
+	// missing here means nothing of this family can leave; once the SYN is out,
+	// an unreachable answer from a router means the probe escaped capture.
+	if err := onThread(nsPath, nil, func() error {
+		c, err := net.Dial("udp", p.dst.String())
+		if err == nil {
+			c.Close()
+		}
+		return err
+	}); err != nil {
+		if errors.Is(err, syscall.ENETUNREACH) {
+			return netip.AddrPort{}, errNoRoute
+		}
+		return netip.AddrPort{}, fmt.Errorf("look up the route to %s: %w", p.dst.Addr(), err)
+	}
+
+	var as *probe
+	if p.become {
+		as = &p
+	}
+	dialErr := onThread(nsPath, as, func() error {
 		d := net.Dialer{Timeout: timeout}
 		c, err := d.DialContext(ctx, "tcp", p.dst.String())
 		if err != nil {
@@ -76,7 +96,7 @@ func runProbe(ctx context.Context, nsPath string, port uint16, p probe, timeout 
 }
 
 // onThread runs fn on a fresh OS thread that joined the network namespace at
-// nsPath (if any) and took the probe's uid and gid (if any). Linux keeps
+// nsPath (if any) and took the uid and gid of as (if not nil). Linux keeps
 // namespaces and credentials per thread, and the raw syscalls below change only
 // this thread; the thread is never unlocked, so it exits with the goroutine and
 // no other goroutine ever runs with its namespace or credentials. (netns.Do

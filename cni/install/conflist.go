@@ -31,8 +31,15 @@ type Entry struct {
 	Kubeconfig string `json:"kubeconfig"`
 	// LogFile is the path, on the node, of the plugin's log; empty means stderr.
 	LogFile string `json:"logFile,omitempty"`
+	// LogLevel is the plugin's log level (debug, info, warn, error); empty = info.
+	LogLevel string `json:"logLevel,omitempty"`
 	// ExcludeNamespaces are namespaces whose pods the plugin never redirects.
 	ExcludeNamespaces []string `json:"excludeNamespaces,omitempty"`
+	// Preset is the redirect.Preset every pod starts from; empty = the defaults.
+	Preset string `json:"preset,omitempty"`
+	// Config is a redirect.Config document (JSON) applied on top of Preset for
+	// every pod, before the pod's own annotations.
+	Config json.RawMessage `json:"config,omitempty"`
 }
 
 // MarshalJSON writes the entry with "type": "detour-cni" first.

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/sha256"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -11,10 +12,14 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
 	"github.com/fsnotify/fsnotify"
+	"sigs.k8s.io/yaml"
+
+	"github.com/detour-mesh/detour/redirect"
 )
 
 // Defaults of Options' zero fields.
@@ -64,9 +69,16 @@ type Options struct {
 	// LogFile is the plugin's log file on the node, written into the entry
 	// (empty: the plugin logs to stderr, which the runtime keeps on failure).
 	LogFile string
+	// LogLevel is the plugin's log level, written into the entry (empty: info).
+	LogLevel string
 	// ExcludeNamespaces are written into the entry: the plugin never redirects
 	// their pods.
 	ExcludeNamespaces []string
+	// Preset and ConfigFile give the redirect.Config every pod starts from (a
+	// preset name, then a YAML or JSON document file on top), before the pod's
+	// annotations. The document is embedded into the entry as JSON; it is read
+	// again on every Install, so a changed file reaches the entry.
+	Preset, ConfigFile string
 	// Server is the API server URL the plugin talks to (https://host:port). Required.
 	Server string
 	// TokenFile and CAFile are the service account's token and CA
@@ -140,6 +152,14 @@ func (o Options) Validate() error {
 	if o.LogFile != "" && !filepath.IsAbs(o.LogFile) {
 		return &OptionError{"log-file", o.LogFile, "is not an absolute path"}
 	}
+	switch o.LogLevel {
+	case "", "debug", "info", "warn", "error":
+	default:
+		return &OptionError{"log-level", o.LogLevel, "is not debug, info, warn or error"}
+	}
+	if _, err := o.baseConfig(); err != nil {
+		return err
+	}
 	for _, ns := range o.ExcludeNamespaces {
 		if !isDNSLabel(ns) {
 			return &OptionError{"exclude-namespaces", ns, "is not a namespace name"}
@@ -152,6 +172,41 @@ func (o Options) Validate() error {
 		return &OptionError{"poll-interval", o.PollInterval.String(), "is negative"}
 	}
 	return nil
+}
+
+// baseConfig returns the document of ConfigFile as compact JSON (nil without
+// one), after checking that the preset and the document make a valid
+// redirect.Config, as the plugin will.
+func (o Options) baseConfig() (json.RawMessage, error) {
+	base := redirect.Default()
+	if o.Preset != "" {
+		p, err := redirect.Preset(o.Preset)
+		if err != nil {
+			return nil, &OptionError{"preset", o.Preset, "is not one of " + strings.Join(redirect.Presets, ", ")}
+		}
+		base = p
+	}
+	var doc json.RawMessage
+	if o.ConfigFile != "" {
+		b, err := os.ReadFile(o.ConfigFile)
+		if err != nil {
+			return nil, &OptionError{"config", o.ConfigFile, "cannot be read: " + pathErr(err)}
+		}
+		if err := base.Decode(b); err != nil {
+			return nil, &OptionError{"config", o.ConfigFile, "is not a valid config: " + err.Error()}
+		}
+		js, err := yaml.YAMLToJSON(b)
+		if err != nil {
+			return nil, &OptionError{"config", o.ConfigFile, "is not YAML or JSON: " + err.Error()}
+		}
+		if len(bytes.TrimSpace(js)) > 0 && string(bytes.TrimSpace(js)) != "null" {
+			doc = compactJSON(js)
+		}
+	}
+	if err := base.Validate(); err != nil {
+		return nil, &OptionError{"config", o.ConfigFile, "with --preset " + strconv.Quote(o.Preset) + " is not a valid config: " + err.Error()}
+	}
+	return doc, nil
 }
 
 func pathErr(err error) string {
@@ -191,13 +246,21 @@ func New(o Options) *Installer {
 	return &Installer{o: o.withDefaults()}
 }
 
-// Entry returns the plugin entry the installer writes.
-func (in *Installer) Entry() Entry {
+// Entry returns the plugin entry the installer writes. It fails as Validate
+// does when the config file cannot be read or is invalid.
+func (in *Installer) Entry() (Entry, error) {
+	doc, err := in.o.baseConfig()
+	if err != nil {
+		return Entry{}, err
+	}
 	return Entry{
 		Kubeconfig:        in.o.PluginKubeconfig,
 		LogFile:           in.o.LogFile,
+		LogLevel:          in.o.LogLevel,
 		ExcludeNamespaces: in.o.ExcludeNamespaces,
-	}
+		Preset:            in.o.Preset,
+		Config:            doc,
+	}, nil
 }
 
 // Install makes the node's state what it should be, in this order: the plugin
@@ -310,6 +373,10 @@ func (in *Installer) ensureEntry() (string, error) {
 		in.o.Logger.Info("waiting for the primary CNI to write its network configuration", "dir", in.o.ConfDir)
 		return "", nil
 	}
+	entry, err := in.Entry()
+	if err != nil {
+		return "", err
+	}
 	// A symlinked primary (some distributions link the CNI's file into the
 	// conf dir) is edited where it points, so the link and its owner's file stay
 	// one file.
@@ -326,7 +393,7 @@ func (in *Installer) ensureEntry() (string, error) {
 		return "", fmt.Errorf("%s: %w", primary, err)
 	}
 	if isList {
-		out, err := Insert(doc, in.Entry())
+		out, err := Insert(doc, entry)
 		if err != nil {
 			return "", fmt.Errorf("%s: %w", primary, err)
 		}
@@ -354,7 +421,7 @@ func (in *Installer) ensureEntry() (string, error) {
 	if err != nil {
 		return "", fmt.Errorf("%s: %w", primary, err)
 	}
-	out, err := Insert(list, in.Entry())
+	out, err := Insert(list, entry)
 	if err != nil {
 		return "", fmt.Errorf("%s: %w", primary, err)
 	}

@@ -4,10 +4,12 @@ import (
 	"bytes"
 	"context"
 	"encoding/base64"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"strings"
@@ -16,7 +18,11 @@ import (
 	"time"
 
 	"github.com/containernetworking/cni/libcni"
+	"github.com/google/go-cmp/cmp"
 	"k8s.io/client-go/tools/clientcmd"
+
+	"github.com/detour-mesh/detour/cni"
+	"github.com/detour-mesh/detour/redirect"
 )
 
 // testCA is a syntactically valid PEM certificate block; the installer only
@@ -31,6 +37,7 @@ HhcNMjYwMTAxMDAwMDAwWhcNMzYwMTAxMDAwMDAwWjAVMRMwEQYDVQQDEwp0ZXN0LWNh
 // binary to install.
 type node struct {
 	root, bin, conf, token, ca, plugin string
+	goodConfig, badConfig              string
 }
 
 func newNode(t *testing.T) node {
@@ -52,6 +59,10 @@ func newNode(t *testing.T) node {
 	writeFile(t, n.token, jwt(time.Now().Add(time.Hour))+"\n")
 	writeFile(t, n.ca, testCA)
 	writeFile(t, n.plugin, "#!/bin/sh\necho detour-cni build 1\n")
+	n.goodConfig = filepath.Join(root, "base.yaml")
+	writeFile(t, n.goodConfig, "outbound:\n  excludePorts: [5432, 6379]\ndns:\n  capture: all\n")
+	n.badConfig = filepath.Join(root, "bad.yaml")
+	writeFile(t, n.badConfig, "outbound:\n  excludePorts: [70000]\n")
 	// Another plugin and the primary's own kubeconfig: never ours to touch.
 	writeFile(t, filepath.Join(n.bin, "bridge"), "bridge binary")
 	writeFile(t, filepath.Join(n.conf, "calico-kubeconfig"), "calico's")
@@ -324,6 +335,10 @@ func TestOptionsValidate(t *testing.T) {
 		{"no server", func(o *Options) { o.Server = "" }, "api-server"},
 		{"http server", func(o *Options) { o.Server = "http://192.0.2.1:6443" }, "api-server"},
 		{"negative poll", func(o *Options) { o.PollInterval = -time.Second }, "poll-interval"},
+		{"bad log level", func(o *Options) { o.LogLevel = "loud" }, "log-level"},
+		{"unknown preset", func(o *Options) { o.Preset = "linkerd" }, "preset"},
+		{"missing config file", func(o *Options) { o.ConfigFile = filepath.Join(n.root, "nope.yaml") }, "config"},
+		{"invalid config", func(o *Options) { o.ConfigFile = n.badConfig }, "config"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -655,5 +670,65 @@ func TestInstallSymlinkedPrimary(t *testing.T) {
 	}
 	if !jsonEqual(readFile(t, real), readInput(t, "10-calico.conflist")) {
 		t.Error("uninstall did not restore the linked file")
+	}
+}
+
+// TestEntryParsesAsThePluginReadsIt checks the contract between the installer
+// and the plugin: the entry a runtime hands detour-cni (as libcni builds it from
+// the conflist) decodes with the plugin's own parser into the settings given to
+// the installer.
+func TestEntryParsesAsThePluginReadsIt(t *testing.T) {
+	t.Parallel()
+	n := newNode(t)
+	primary := n.primary(t, "10-flannel.conflist")
+	o := n.options()
+	o.LogLevel = "debug"
+	o.Preset = "istio"
+	o.ConfigFile = n.goodConfig
+	if _, err := New(o).Install(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	list, err := libcni.ConfListFromFile(primary)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// libcni injects the network's name and cniVersion into each plugin's stdin.
+	var stdin map[string]any
+	if err := json.Unmarshal(list.Plugins[len(list.Plugins)-1].Bytes, &stdin); err != nil {
+		t.Fatal(err)
+	}
+	stdin["name"], stdin["cniVersion"] = list.Name, list.CNIVersion
+	b, _ := json.Marshal(stdin)
+	conf, err := cni.ParseConf(b)
+	if err != nil {
+		t.Fatalf("the plugin refuses the installer's entry: %v\n%s", err, b)
+	}
+	if conf.Type != PluginType || conf.Kubeconfig != filepath.Join(n.conf, DefaultKubeconfigName) || conf.LogFile != o.LogFile ||
+		conf.LogLevel != "debug" || strings.Join(conf.ExcludeNamespaces, ",") != "kube-system" {
+		t.Errorf("plugin reads %+v", conf)
+	}
+	base, err := conf.BaseConfig()
+	if err != nil {
+		t.Fatal(err)
+	}
+	want, _ := redirect.Preset("istio")
+	if err := want.Decode(readFile(t, n.goodConfig)); err != nil {
+		t.Fatal(err)
+	}
+	if diff := cmp.Diff(want, base, cmp.Comparer(func(a, b netip.Addr) bool { return a == b })); diff != "" {
+		t.Errorf("the plugin's base config differs from --preset istio + --config (-want +got):\n%s", diff)
+	}
+
+	// A changed config file reaches the entry on the next repair.
+	writeFile(t, n.goodConfig, "outbound:\n  excludePorts: [5432]\n")
+	if changes, err := New(o).Install(context.Background()); err != nil || len(changes) != 1 {
+		t.Fatalf("Install after a config change = %q, %v", changes, err)
+	}
+	list, err = libcni.ConfListFromFile(primary)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := string(list.Plugins[len(list.Plugins)-1].Bytes); !strings.Contains(got, `"config":{"outbound":{"excludePorts":[5432]}}`) {
+		t.Errorf("entry not updated: %s", got)
 	}
 }

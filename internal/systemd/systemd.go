@@ -150,7 +150,8 @@ Conflicts=shutdown.target
 Type=oneshot
 RemainAfterExit=yes
 ExecStart={{.Binary}} install --config {{.ConfigFile}}
-ExecStop={{.Binary}} uninstall --config {{.ConfigFile}}
+# Uninstall removes what detour owns, found by name: it needs no config.
+ExecStop={{.Binary}} uninstall
 
 [Install]
 WantedBy=multi-user.target

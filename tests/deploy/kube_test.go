@@ -289,8 +289,8 @@ spec:
 			}
 		}
 		ctr := dep.Spec.Template.Spec.Containers[0]
-		if got := strings.Join(ctr.Args, " "); got != "control-plane --source kubernetes" {
-			t.Errorf("control plane args %q", got)
+		if got := strings.Join(ctr.Args, " "); !strings.HasPrefix(got, "control-plane --source=kubernetes --xds-address=:15010 ") {
+			t.Errorf("control plane args %q: want the kubernetes source, serving on all addresses at the Service's port", got)
 		}
 		if svc.Spec.Ports[0].TargetPort.StrVal != ctr.Ports[0].Name {
 			t.Errorf("service targets port %v, container names %q", svc.Spec.Ports[0].TargetPort, ctr.Ports[0].Name)
@@ -303,7 +303,7 @@ spec:
 			caps              []corev1.Capability
 		}{
 			{"httpbin", "detour-init", "detour install", []corev1.Capability{"NET_ADMIN", "NET_RAW"}},
-			{"reviews", "detour-validate", "detour validate", nil},
+			{"reviews", "detour-validate", "detour validate", []corev1.Capability{"SETUID", "SETGID"}},
 		} {
 			dep, err := cs.AppsV1().Deployments("default").Get(ctx, tc.deploy, metav1.GetOptions{})
 			if err != nil {

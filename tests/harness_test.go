@@ -116,13 +116,7 @@ func rand(t *testing.T) *lab.Rand {
 // known defect outside the tests, each listed under "Known failures" in
 // docs/scenarios.md with its details. They skip with the reason, unless
 // DETOUR_E2E_KNOWN_FAILURES=run, which runs them to see whether they still fail.
-var knownFailures = map[string]string{
-	// The proxy cannot source its IPv6 passthrough from ::6: nothing assigns ::6 in
-	// the pod, so bind fails with EADDRNOTAVAIL (…/passthrough-source-assigned shows
-	// the rules are right once ::6/128 is on lo, added with nodad).
-	"TestOutbound/O8/ipv6/*/passthrough": "IPv6 passthrough source ::6 is not assigned in the pod (bind: cannot assign requested address)",
-	"TestInbound/I6/ipv6/*/*":            "IPv6 passthrough source ::6 is not assigned in the pod (bind: cannot assign requested address)",
-}
+var knownFailures = map[string]string{}
 
 // skipKnown skips t when it is a known failure.
 func skipKnown(t *testing.T) {
@@ -474,8 +468,8 @@ func normalize(save string) string {
 }
 
 // snapshot is every piece of state detour may touch in the pod namespace: both
-// iptables backends in both families (every table), policy routing rules and every
-// routing table. (iptables-nft-save shows every table iptables-nft uses; the nftables
+// iptables backends in both families (every table), the addresses (detour puts ::6 on
+// lo), policy routing rules and every routing table. (iptables-nft-save shows every table iptables-nft uses; the nftables
 // backend, not implemented yet, will need `nft list ruleset` with counters removed.)
 func (p *pod) snapshot() string {
 	p.t.Helper()
@@ -486,6 +480,7 @@ func (p *pod) snapshot() string {
 		}
 	}
 	for _, c := range [][]string{
+		{"ip", "-o", "addr", "show"},
 		{"ip", "-4", "rule"}, {"ip", "-6", "rule"},
 		{"ip", "-4", "route", "show", "table", "all"}, {"ip", "-6", "route", "show", "table", "all"},
 	} {

@@ -227,23 +227,12 @@ func TestOutbound(t *testing.T) {
 					p.outbound("O8 the proxy dialing the pod's own address (hairpin)", lab.DialOptions{To: to, Cred: p.proxyCred()}, srvInbound)
 				}
 			})
-			passthrough := func(p *pod) {
+			p.run("passthrough", func(p *pod) {
 				for range cases() {
 					to := netip.AddrPortFrom(p.podAddr(), p.appPort(netip.Addr{}))
 					p.outbound("O8 the proxy's passthrough from "+p.passthroughSource().String(),
 						lab.DialOptions{To: to, From: p.passthroughSource(), Cred: p.proxyCred()}, srvApp)
 				}
-			}
-			p.run("passthrough", passthrough)
-			// A diagnosis, not the scenario: with the passthrough source assigned to lo
-			// (127.0.0.6 always is, being in 127.0.0.0/8), the rules leave it alone.
-			p.run("passthrough-source-assigned", func(p *pod) {
-				if v.family == lab.IPv6 {
-					if err := p.lab.Pod.IPBatch(p.ctx, "addr add ::6/128 dev lo nodad"); err != nil {
-						p.t.Fatal(err)
-					}
-				}
-				passthrough(p)
 			})
 		})
 	})

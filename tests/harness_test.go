@@ -468,8 +468,8 @@ func normalize(save string) string {
 }
 
 // snapshot is every piece of state detour may touch in the pod namespace: both
-// iptables backends in both families (every table), policy routing rules and every
-// routing table. (iptables-nft-save shows every table iptables-nft uses; the nftables
+// iptables backends in both families (every table), the addresses (detour puts ::6 on
+// lo), policy routing rules and every routing table. (iptables-nft-save shows every table iptables-nft uses; the nftables
 // backend, not implemented yet, will need `nft list ruleset` with counters removed.)
 func (p *pod) snapshot() string {
 	p.t.Helper()
@@ -480,6 +480,7 @@ func (p *pod) snapshot() string {
 		}
 	}
 	for _, c := range [][]string{
+		{"ip", "-o", "addr", "show"},
 		{"ip", "-4", "rule"}, {"ip", "-6", "rule"},
 		{"ip", "-4", "route", "show", "table", "all"}, {"ip", "-6", "route", "show", "table", "all"},
 	} {

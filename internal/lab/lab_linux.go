@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"time"
 )
 
 // Options name a lab. The zero value makes "dt-<random>-pod" and "dt-<random>-remote".
@@ -96,7 +97,52 @@ func New(ctx context.Context, opts Options) (_ *Lab, err error) {
 	if err := l.Pod.IPBatch(ctx, pod...); err != nil {
 		return l, err
 	}
+	for _, n := range []*NetNS{l.Pod, l.Remote} {
+		if err := settle(ctx, n); err != nil {
+			return l, err
+		}
+	}
 	return l, nil
+}
+
+// settle waits (at most 10 s) until the kernel has finished setting up IPv6 on eth0:
+// the link-local address exists, no address is tentative, and every address has its
+// local route. That work runs asynchronously after `ip` returns; a test that compares
+// routing tables before and after an install must not see it happen in between.
+func settle(ctx context.Context, n *NetNS) error {
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	tick := time.NewTicker(5 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		addrs, err := runIP(ctx, n.Name, "-6", "-o", "addr", "show", "dev", "eth0")
+		if err != nil {
+			return err
+		}
+		routes, err := runIP(ctx, n.Name, "-6", "route", "show", "table", "local", "dev", "eth0")
+		if err != nil {
+			return err
+		}
+		ready := strings.Contains(addrs, "scope link") && !strings.Contains(addrs, "tentative")
+		for _, line := range strings.Split(strings.TrimSpace(addrs), "\n") {
+			// "2: eth0    inet6 2001:db8:1::2/64 scope global …"
+			f := strings.Fields(line)
+			for i := range f {
+				if f[i] == "inet6" && i+1 < len(f) {
+					addr, _, _ := strings.Cut(f[i+1], "/")
+					ready = ready && strings.Contains(routes, "local "+addr+" ")
+				}
+			}
+		}
+		if ready {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("netns %s: IPv6 on eth0 not settled: %w\n%s\n%s", n.Name, ctx.Err(), addrs, routes)
+		case <-tick.C:
+		}
+	}
 }
 
 // Close stops every server of the lab and deletes both namespaces. Safe to repeat

@@ -30,7 +30,7 @@ build: ## build bin/detour and bin/detour-cni
 
 deps: deps-apt deps-kube deps-cni-plugins ## install everything the tests need (idempotent, cached)
 
-deps-apt: ## Debian packages: iptables, nftables, iproute2, util-linux, conntrack
+deps-apt: ## Debian packages: iptables, nftables, iproute2, util-linux, systemd (systemd-analyze)
 	hack/deps-apt.sh
 
 deps-kube: ## build kube-apiserver and etcd into the cache (12 min cold, then instant)

@@ -30,7 +30,7 @@ build: ## build bin/detour and bin/detour-cni
 
 deps: deps-apt deps-kube deps-cni-plugins ## install everything the tests need (idempotent, cached)
 
-deps-apt: ## Debian packages: iptables, nftables, iproute2, util-linux, conntrack
+deps-apt: ## Debian packages: iptables, nftables, iproute2, util-linux, systemd (systemd-analyze)
 	hack/deps-apt.sh
 
 deps-kube: ## build kube-apiserver and etcd into the cache (12 min cold, then instant)
@@ -61,6 +61,31 @@ verify: lint ## check that generated files and go.mod are up to date
 
 clean: ## remove build output (not the cache)
 	rm -rf $(BIN)
+
+# --- e2e helper: the demo (hack/demo) ---
+
+demo: deps-apt build ## a throwaway lab: install detour, show what is intercepted, clean up (root)
+	$(GO) build -o $(BIN)/detour-demo ./hack/demo
+	$(BIN)/detour-demo --detour $(BIN)/detour
+
+# --- deploy (issue 4): CNI installer, systemd unit, deploy/ manifests and Dockerfile ---
+.PHONY: test-deploy
+test-deploy: deps-kube ## the CNI installer, systemd and deploy/ tests (manifests against a real kube-apiserver)
+	$(GO) test -count=1 ./cni/install/ ./internal/systemd/ ./cmd/detour/ ./tests/deploy/
+
+# --- cni: the detour-cni plugin -----------------------------------------------
+.PHONY: test-cni bench-cni
+
+test-cni: deps-kube deps-cni-plugins ## detour-cni: unit, privileged and end-to-end tests (as root)
+	$(GO) test -count=1 ./cni/ ./tests/cni/
+
+bench-cni: deps-kube deps-cni-plugins ## detour-cni: median and p99 ADD latency, 100 samples (as root)
+	$(GO) test -count=1 -run '^$$' -bench BenchmarkAdd -benchtime=100x ./tests/cni/
+
+# --- engine (redirect/) ---
+.PHONY: bench-engine
+bench-engine: ## redirect engine: plan, install, no-change re-install, uninstall (time and procs/op; as root)
+	$(GO) test -count=1 -run '^$$' -bench . -benchtime=50x ./redirect/
 
 # --- control plane (issue #3) ---
 .PHONY: bench-controlplane

@@ -1,0 +1,20 @@
+// Command detour-cni is the detour chained CNI plugin: it installs a pod's
+// traffic redirection inside the pod's network namespace. The container runtime
+// runs it with the CNI_* environment and the plugin config on stdin; the result
+// (or the error) goes to stdout, logs to the config's logFile or stderr. See
+// docs/cni.md.
+package main
+
+import (
+	"github.com/containernetworking/cni/pkg/skel"
+
+	"github.com/detour-mesh/detour/cni"
+)
+
+// version is set at build time with -ldflags "-X main.version=...".
+var version = "dev"
+
+func main() {
+	p := cni.New(cni.Options{})
+	skel.PluginMainFuncs(p.Funcs(), cni.SupportedVersions(), "detour-cni "+version+": redirects a pod's traffic to its sidecar proxy")
+}

@@ -1,0 +1,468 @@
+package cni
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"log/slog"
+	"os"
+	"os/exec"
+	"strings"
+	"time"
+
+	"github.com/containernetworking/cni/pkg/skel"
+	"github.com/containernetworking/cni/pkg/types"
+	current "github.com/containernetworking/cni/pkg/types/100"
+	"github.com/containernetworking/cni/pkg/version"
+	"k8s.io/client-go/tools/clientcmd"
+
+	"github.com/detour-mesh/detour/redirect"
+)
+
+// SupportedVersions are the CNI config versions the plugin accepts. CHECK needs
+// 0.4.0 or later, STATUS and GC 1.1.0 (skel enforces both).
+func SupportedVersions() version.PluginInfo {
+	return version.PluginSupports("0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0")
+}
+
+// Options configure a Plugin. The zero value is the production plugin: the
+// result on os.Stdout, logs where the plugin config says, pods read with
+// client-go, rules applied with the redirect engine.
+type Options struct {
+	// Stdout receives the result and nothing else; nil = os.Stdout.
+	Stdout io.Writer
+	// Stderr receives the log lines when the plugin config names no logFile;
+	// nil = os.Stderr.
+	Stderr io.Writer
+	// Logger, when set, receives the log lines instead of logFile or Stderr.
+	Logger *slog.Logger
+
+	// Kube builds the Kubernetes client from the kubeconfig path; nil =
+	// NewKubeClient with APITimeout.
+	Kube func(kubeconfig string) (KubeClient, error)
+	// NewRedirector returns the Redirector for a network namespace path; nil =
+	// EngineRedirector.
+	NewRedirector func(netns string, logger *slog.Logger) Redirector
+	// FromAnnotations decodes a pod's annotations; nil = redirect.FromAnnotations.
+	FromAnnotations AnnotationDecoder
+	// LookPath finds the iptables tools for STATUS; nil = exec.LookPath.
+	LookPath func(file string) (string, error)
+	// Now is the clock (GC's grace period, state timestamps); nil = time.Now.
+	Now func() time.Time
+
+	// APIAttempts bounds the reads of one object (pod or namespace); 0 = 5.
+	APIAttempts int
+	// APITimeout bounds one Kubernetes request; 0 = 5s.
+	APITimeout time.Duration
+	// APIBackoff is the first wait between attempts, doubled up to 2s; 0 = 250ms.
+	APIBackoff time.Duration
+	// Timeout bounds one whole verb; 0 = 2m.
+	Timeout time.Duration
+	// GCGrace keeps state files younger than this through GC, because an ADD
+	// may be running while the runtime lists the valid attachments; 0 = 1m,
+	// negative = no grace.
+	GCGrace time.Duration
+}
+
+// Plugin is the detour-cni chained plugin. Its methods are the skel callbacks
+// of each CNI verb; each call is independent (a plugin process serves one).
+type Plugin struct {
+	o Options
+}
+
+// New returns a plugin with the options' defaults filled in.
+func New(o Options) *Plugin {
+	if o.Stdout == nil {
+		o.Stdout = os.Stdout
+	}
+	if o.Stderr == nil {
+		o.Stderr = os.Stderr
+	}
+	if o.APIAttempts <= 0 {
+		o.APIAttempts = 5
+	}
+	if o.APITimeout <= 0 {
+		o.APITimeout = 5 * time.Second
+	}
+	if o.APIBackoff <= 0 {
+		o.APIBackoff = 250 * time.Millisecond
+	}
+	if o.Timeout <= 0 {
+		o.Timeout = 2 * time.Minute
+	}
+	switch {
+	case o.GCGrace == 0:
+		o.GCGrace = time.Minute
+	case o.GCGrace < 0:
+		o.GCGrace = 0
+	}
+	if o.Kube == nil {
+		timeout := o.APITimeout
+		o.Kube = func(path string) (KubeClient, error) { return NewKubeClient(path, timeout) }
+	}
+	if o.NewRedirector == nil {
+		o.NewRedirector = EngineRedirector
+	}
+	if o.FromAnnotations == nil {
+		o.FromAnnotations = redirect.FromAnnotations
+	}
+	if o.LookPath == nil {
+		o.LookPath = exec.LookPath
+	}
+	if o.Now == nil {
+		o.Now = time.Now
+	}
+	return &Plugin{o: o}
+}
+
+// Funcs returns the verbs for skel.PluginMainFuncs.
+func (p *Plugin) Funcs() skel.CNIFuncs {
+	return skel.CNIFuncs{Add: p.Add, Del: p.Del, Check: p.Check, Status: p.Status, GC: p.GC}
+}
+
+// call is what every verb starts with: the parsed config, a logger, a bounded
+// context and the state store.
+type call struct {
+	conf   *Conf
+	log    *slog.Logger
+	ctx    context.Context
+	store  stateStore
+	start  time.Time
+	finish func()
+}
+
+func (p *Plugin) begin(verb string, args *skel.CmdArgs) (*call, error) {
+	start := p.o.Now()
+	conf, err := ParseConf(args.StdinData)
+	if err != nil {
+		log := p.o.Logger
+		if log == nil {
+			log = slog.New(slog.NewJSONHandler(p.o.Stderr, nil))
+		}
+		log.Error("invalid plugin config", "verb", verb, "container_id", args.ContainerID, "error", err)
+		return nil, err
+	}
+	log, closeLog := p.logger(conf)
+	log = log.With("verb", verb, "network", conf.Name)
+	if args.ContainerID != "" {
+		log = log.With("container_id", args.ContainerID, "ifname", args.IfName, "netns", args.Netns)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), p.o.Timeout)
+	return &call{
+		conf:  conf,
+		log:   log,
+		ctx:   ctx,
+		store: newStateStore(conf.StateDir, conf.Name),
+		start: start,
+		finish: func() {
+			cancel()
+			closeLog()
+		},
+	}, nil
+}
+
+func (c *call) ms(now time.Time) float64 {
+	return float64(now.Sub(c.start).Microseconds()) / 1000
+}
+
+// logger builds the call's logger: Options.Logger, else JSON lines appended to
+// the config's logFile, else to Stderr. Never stdout: stdout carries the result.
+func (p *Plugin) logger(conf *Conf) (*slog.Logger, func()) {
+	if p.o.Logger != nil {
+		return p.o.Logger, func() {}
+	}
+	level, _ := conf.level() // validated by ParseConf
+	opts := &slog.HandlerOptions{Level: level}
+	if conf.LogFile == "" {
+		return slog.New(slog.NewJSONHandler(p.o.Stderr, opts)), func() {}
+	}
+	f, err := os.OpenFile(conf.LogFile, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o600)
+	if err != nil {
+		log := slog.New(slog.NewJSONHandler(p.o.Stderr, opts))
+		log.Warn("cannot open logFile, logging to stderr", "log_file", conf.LogFile, "error", err)
+		return log, func() {}
+	}
+	return slog.New(slog.NewJSONHandler(f, opts)), func() { _ = f.Close() }
+}
+
+// Add decides for the pod named in CNI_ARGS, installs its redirection in the
+// pod's network namespace when it opted in, records the attachment's state and
+// prints the previous result unchanged. Any doubt fails the ADD (fail closed):
+// the runtime then calls DEL and retries the sandbox.
+func (p *Plugin) Add(args *skel.CmdArgs) error {
+	c, err := p.begin("ADD", args)
+	if err != nil {
+		return err
+	}
+	defer c.finish()
+	out, err := passThrough(c.conf)
+	if err != nil {
+		c.log.Error("invalid prevResult", "error", err)
+		return err
+	}
+	ref, isPod, err := ParsePodArgs(args.Args)
+	if err != nil {
+		c.log.Error("invalid CNI_ARGS", "error", err)
+		return newError(types.ErrInvalidEnvironmentVariables, err)
+	}
+
+	d := decision{Reason: "not a kubernetes pod (CNI_ARGS has no K8S_POD_NAME)"}
+	var pod *PodRef
+	if isPod {
+		pod = &ref
+		c.log = c.log.With("pod", ref.String())
+		kube := func() (KubeClient, error) { return p.o.Kube(c.conf.Kubeconfig) }
+		r := retrier{attempts: p.o.APIAttempts, backoff: p.o.APIBackoff, log: c.log}
+		d, err = decide(c.ctx, c.conf, ref, kube, r, p.o.FromAnnotations)
+		if err != nil {
+			c.log.Error("add failed", "code", ErrorCode(err), "error", err, "duration_ms", c.ms(p.o.Now()))
+			return err
+		}
+	}
+
+	st := State{
+		ContainerID: args.ContainerID,
+		IfName:      args.IfName,
+		Netns:       args.Netns,
+		Pod:         pod,
+		Redirect:    d.Redirect,
+		Reason:      d.Reason,
+		Added:       p.o.Now().UTC(),
+	}
+	if d.Redirect {
+		st.Config = &d.Config
+	}
+	// State first: if the plugin dies during the install, DEL and GC still
+	// know the attachment.
+	if err := c.store.save(st); err != nil {
+		c.log.Error("add failed", "error", err)
+		return newError(types.ErrIOFailure, err)
+	}
+	if d.Redirect {
+		r := p.o.NewRedirector(args.Netns, c.log)
+		if err := r.Install(c.ctx, d.Config); err != nil {
+			// The engine rolls a failed install back; drop the state too.
+			_ = c.store.remove(args.ContainerID, args.IfName)
+			err = fmt.Errorf("pod %s: %w", ref, err)
+			c.log.Error("add failed", "code", CodeInstall, "error", err, "duration_ms", c.ms(p.o.Now()))
+			return newError(CodeInstall, err)
+		}
+	}
+	if _, err := p.o.Stdout.Write(out); err != nil {
+		return newError(types.ErrIOFailure, fmt.Errorf("write result: %w", err))
+	}
+	c.log.Info("added", "redirect", d.Redirect, "reason", d.Reason, "duration_ms", c.ms(p.o.Now()))
+	return nil
+}
+
+// passThrough returns the bytes ADD prints: prevResult exactly as given when it
+// is already in the config's version, converted to that version otherwise, and
+// an empty result of the config's version when there is none.
+func passThrough(conf *Conf) ([]byte, error) {
+	if len(conf.PrevResult) == 0 {
+		empty := &current.Result{CNIVersion: current.ImplementedSpecVersion}
+		r, err := empty.GetAsVersion(conf.CNIVersion)
+		if err != nil {
+			return nil, newError(types.ErrIncompatibleCNIVersion, fmt.Errorf("build result: %w", err))
+		}
+		return printResult(r)
+	}
+	var head struct {
+		CNIVersion string `json:"cniVersion"`
+	}
+	if err := json.Unmarshal(conf.PrevResult, &head); err != nil {
+		return nil, newError(types.ErrDecodingFailure, fmt.Errorf("decode prevResult: %w", err))
+	}
+	from, raw := head.CNIVersion, []byte(conf.PrevResult)
+	if from == "" {
+		// Results before 1.0.0 may omit their version: it is the config's.
+		from = conf.CNIVersion
+		var m map[string]json.RawMessage
+		if err := json.Unmarshal(raw, &m); err != nil {
+			return nil, newError(types.ErrDecodingFailure, fmt.Errorf("decode prevResult: %w", err))
+		}
+		m["cniVersion"], _ = json.Marshal(from)
+		raw, _ = json.Marshal(m)
+	}
+	r, err := version.NewResult(from, raw)
+	if err != nil {
+		return nil, newError(types.ErrDecodingFailure, fmt.Errorf("decode prevResult: %w", err))
+	}
+	if head.CNIVersion == conf.CNIVersion {
+		return conf.PrevResult, nil
+	}
+	r, err = r.GetAsVersion(conf.CNIVersion)
+	if err != nil {
+		return nil, newError(types.ErrIncompatibleCNIVersion, fmt.Errorf("convert prevResult %s to %s: %w", from, conf.CNIVersion, err))
+	}
+	return printResult(r)
+}
+
+func printResult(r types.Result) ([]byte, error) {
+	var b bytes.Buffer
+	if err := r.PrintTo(&b); err != nil {
+		return nil, newError(types.ErrIOFailure, fmt.Errorf("encode result: %w", err))
+	}
+	return b.Bytes(), nil
+}
+
+// Check verifies the attachment against what ADD recorded: for a redirected
+// pod, the installed rules must be exactly the plan (any drift fails); a pod
+// ADD skipped has nothing of ours to verify.
+func (p *Plugin) Check(args *skel.CmdArgs) error {
+	c, err := p.begin("CHECK", args)
+	if err != nil {
+		return err
+	}
+	defer c.finish()
+	if _, err := passThrough(c.conf); err != nil {
+		c.log.Error("invalid prevResult", "error", err)
+		return err
+	}
+	st, err := c.store.load(args.ContainerID, args.IfName)
+	if errors.Is(err, fs.ErrNotExist) {
+		err = fmt.Errorf("container %s ifname %s: no state recorded by ADD in %s", args.ContainerID, args.IfName, c.store.dir)
+		c.log.Error("check failed", "error", err)
+		return newError(types.ErrUnknownContainer, err)
+	}
+	if err != nil {
+		c.log.Error("check failed", "error", err)
+		return newError(types.ErrIOFailure, err)
+	}
+	if !st.Redirect || st.Config == nil {
+		c.log.Info("checked", "redirect", false, "reason", st.Reason, "duration_ms", c.ms(p.o.Now()))
+		return nil
+	}
+	r := p.o.NewRedirector(args.Netns, c.log)
+	if err := r.Check(c.ctx, *st.Config); err != nil {
+		code := CodeInstall
+		if errors.Is(err, ErrDrift) {
+			code = CodeDrift
+		}
+		err = fmt.Errorf("pod %s: %w", st.podName(), err)
+		c.log.Error("check failed", "code", code, "error", err, "duration_ms", c.ms(p.o.Now()))
+		return newError(code, err)
+	}
+	c.log.Info("checked", "redirect", true, "duration_ms", c.ms(p.o.Now()))
+	return nil
+}
+
+func (st State) podName() string {
+	if st.Pod == nil {
+		return "(none)"
+	}
+	return st.Pod.String()
+}
+
+// Del removes the attachment's redirection and state. It succeeds when there
+// is nothing to remove: called twice, after a failed ADD, or with the network
+// namespace already gone (its rules went with it).
+func (p *Plugin) Del(args *skel.CmdArgs) error {
+	c, err := p.begin("DEL", args)
+	if err != nil {
+		return err
+	}
+	defer c.finish()
+	// ADD records the state before it installs anything, so without state
+	// (ADD failed before, or this is the second DEL) nothing of ours is in the
+	// namespace; a pod ADD skipped was never touched either.
+	st, err := c.store.load(args.ContainerID, args.IfName)
+	known := err == nil
+	uninstall := known && st.Redirect
+	if err != nil && !errors.Is(err, fs.ErrNotExist) {
+		// An unreadable state file must not block the DEL: assume the worst.
+		c.log.Warn("unreadable state, uninstalling anyway", "error", err)
+		uninstall = true
+	}
+	removed := false
+	if uninstall {
+		gone, err := netnsGone(args.Netns)
+		if err != nil {
+			c.log.Warn("cannot tell whether the netns exists, trying to uninstall", "error", err)
+		}
+		if !gone {
+			if err := p.o.NewRedirector(args.Netns, c.log).Uninstall(c.ctx); err != nil {
+				c.log.Error("del failed", "code", CodeInstall, "error", err, "duration_ms", c.ms(p.o.Now()))
+				return newError(CodeInstall, err)
+			}
+			removed = true
+		}
+	}
+	if err := c.store.remove(args.ContainerID, args.IfName); err != nil {
+		c.log.Error("del failed", "error", err)
+		return newError(types.ErrIOFailure, err)
+	}
+	c.log.Info("deleted", "had_state", known, "uninstalled", removed, "duration_ms", c.ms(p.o.Now()))
+	return nil
+}
+
+// iptablesTools are the commands the engine runs; each needs at least one of
+// its spellings on PATH.
+var iptablesTools = [][]string{
+	{"iptables-save", "iptables-nft-save", "iptables-legacy-save"},
+	{"iptables-restore", "iptables-nft-restore", "iptables-legacy-restore"},
+}
+
+// Status reports whether the plugin can serve ADD: the kubeconfig exists and
+// loads, the iptables tools are on PATH, and the state dir is usable. Each
+// failure is CNI code 50 (not available). It does not call the API server.
+func (p *Plugin) Status(args *skel.CmdArgs) error {
+	c, err := p.begin("STATUS", args)
+	if err != nil {
+		return err
+	}
+	defer c.finish()
+	var problems []string
+	if _, err := os.Stat(c.conf.Kubeconfig); err != nil {
+		problems = append(problems, fmt.Sprintf("kubeconfig %s: %v", c.conf.Kubeconfig, errors.Unwrap(err)))
+	} else if _, err := clientcmd.BuildConfigFromFlags("", c.conf.Kubeconfig); err != nil {
+		problems = append(problems, fmt.Sprintf("kubeconfig %s: %v", c.conf.Kubeconfig, err))
+	}
+	for _, names := range iptablesTools {
+		found := false
+		for _, n := range names {
+			if _, err := p.o.LookPath(n); err == nil {
+				found = true
+				break
+			}
+		}
+		if !found {
+			problems = append(problems, "none of "+strings.Join(names, ", ")+" is on PATH")
+		}
+	}
+	if err := os.MkdirAll(c.store.dir, 0o700); err != nil {
+		problems = append(problems, fmt.Sprintf("state dir: %v", err))
+	}
+	if len(problems) > 0 {
+		err := errors.New("detour-cni not ready: " + strings.Join(problems, "; "))
+		c.log.Warn("not ready", "error", err)
+		return newError(types.ErrPluginNotAvailable, err)
+	}
+	c.log.Debug("ready")
+	return nil
+}
+
+// GC drops the state of every attachment of this network that the runtime no
+// longer lists (older than GCGrace). It does not enter network namespaces: by
+// the spec, those of stale attachments may be gone or reused.
+func (p *Plugin) GC(args *skel.CmdArgs) error {
+	c, err := p.begin("GC", args)
+	if err != nil {
+		return err
+	}
+	defer c.finish()
+	dropped, err := c.store.gc(c.conf.ValidAttachments, p.o.GCGrace, p.o.Now())
+	for _, a := range dropped {
+		c.log.Info("dropped stale state", "attachment", a)
+	}
+	if err != nil {
+		c.log.Error("gc incomplete", "error", err)
+		return newError(types.ErrIOFailure, err)
+	}
+	c.log.Info("gc done", "valid", len(c.conf.ValidAttachments), "dropped", len(dropped), "duration_ms", c.ms(p.o.Now()))
+	return nil
+}

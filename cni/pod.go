@@ -1,0 +1,195 @@
+package cni
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"time"
+
+	"github.com/containernetworking/cni/pkg/types"
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	corev1client "k8s.io/client-go/kubernetes/typed/core/v1"
+	"k8s.io/client-go/tools/clientcmd"
+
+	"github.com/detour-mesh/detour/redirect"
+)
+
+// KubeClient is what the plugin needs from the Kubernetes API: read one pod and
+// one namespace. client-go's CoreV1Interface (real or fake) satisfies it.
+type KubeClient interface {
+	Pods(namespace string) corev1client.PodInterface
+	Namespaces() corev1client.NamespaceInterface
+}
+
+// NewKubeClient builds a client from the kubeconfig file at path. Each request
+// is bounded by timeout; the plugin retries on top of that.
+func NewKubeClient(path string, timeout time.Duration) (KubeClient, error) {
+	if _, err := os.Stat(path); err != nil {
+		return nil, fmt.Errorf("read kubeconfig: %w", err)
+	}
+	cfg, err := clientcmd.BuildConfigFromFlags("", path)
+	if err != nil {
+		return nil, fmt.Errorf("load kubeconfig %s: %w", path, err)
+	}
+	cfg.Timeout = timeout
+	cfg.UserAgent = "detour-cni"
+	// One plugin process makes one or two requests: no client-side throttling.
+	cfg.QPS, cfg.Burst = 50, 50
+	c, err := corev1client.NewForConfig(cfg)
+	if err != nil {
+		return nil, fmt.Errorf("build kubernetes client from %s: %w", path, err)
+	}
+	return c, nil
+}
+
+// decision is what ADD concluded for one attachment.
+type decision struct {
+	Redirect bool
+	// Reason says why a pod is skipped, or "enabled by pod annotation" /
+	// "enabled by namespace label".
+	Reason string
+	Config redirect.Config // valid when Redirect
+}
+
+// retrier runs Kubernetes reads with bounded attempts.
+type retrier struct {
+	attempts int
+	backoff  time.Duration
+	log      *slog.Logger
+}
+
+// do runs get until it succeeds, fails with a permanent error, or the attempts
+// are used up. Transient errors are network failures, timeouts, 429 and 5xx.
+func (r retrier) do(ctx context.Context, what string, get func(context.Context) error) error {
+	wait := r.backoff
+	var err error
+	for attempt := 1; attempt <= r.attempts; attempt++ {
+		err = get(ctx)
+		if err == nil || !transient(err) {
+			return err
+		}
+		if attempt == r.attempts {
+			break
+		}
+		r.log.Warn("kubernetes api request failed, retrying", "object", what, "attempt", attempt, "error", err)
+		t := time.NewTimer(wait)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return fmt.Errorf("%w (then %w)", err, ctx.Err())
+		case <-t.C:
+		}
+		wait = min(2*wait, 2*time.Second)
+	}
+	return fmt.Errorf("%w (after %d attempts)", err, r.attempts)
+}
+
+func transient(err error) bool {
+	var status apierrors.APIStatus
+	if errors.As(err, &status) {
+		switch {
+		case apierrors.IsTooManyRequests(err), apierrors.IsServerTimeout(err), apierrors.IsTimeout(err),
+			apierrors.IsInternalError(err), apierrors.IsServiceUnavailable(err), apierrors.IsUnexpectedServerError(err):
+			return true
+		}
+		code := status.Status().Code
+		return code >= 500
+	}
+	// Not an API status: the request did not get an answer (refused, reset,
+	// DNS, TLS handshake, timeout).
+	return true
+}
+
+// decide reads the pod (and, when the pod does not say, its namespace) and
+// returns whether and how to redirect. Every failure to know is an error: the
+// plugin fails closed rather than start a pod unmeshed by accident.
+func decide(ctx context.Context, conf *Conf, ref PodRef, kube func() (KubeClient, error), r retrier, fromAnnotations AnnotationDecoder) (decision, error) {
+	if conf.excluded(ref.Namespace) {
+		return decision{Reason: "namespace excluded by the plugin config"}, nil
+	}
+	client, err := kube()
+	if err != nil {
+		return decision{}, newError(types.ErrTryAgainLater, fmt.Errorf("read pod %s: %w", ref, err))
+	}
+	var pod *corev1.Pod
+	err = r.do(ctx, "pod "+ref.String(), func(ctx context.Context) error {
+		var err error
+		pod, err = client.Pods(ref.Namespace).Get(ctx, ref.Name, metav1.GetOptions{})
+		return err
+	})
+	if err != nil {
+		return decision{}, apiError("read pod "+ref.String(), err)
+	}
+	if ref.UID != "" && string(pod.UID) != ref.UID {
+		return decision{}, newError(CodePodNotFound, fmt.Errorf("read pod %s: the api has uid %s, the runtime asked for uid %s", ref, pod.UID, ref.UID))
+	}
+	if pod.Spec.HostNetwork {
+		return decision{Reason: "host network pod"}, nil
+	}
+
+	on, set, err := optIn(pod.Annotations, "pod "+ref.String()+" annotation")
+	if err != nil {
+		return decision{}, newError(CodeInvalidAnnotation, err)
+	}
+	reason := "enabled by pod annotation"
+	if !set {
+		var ns *corev1.Namespace
+		err := r.do(ctx, "namespace "+ref.Namespace, func(ctx context.Context) error {
+			var err error
+			ns, err = client.Namespaces().Get(ctx, ref.Namespace, metav1.GetOptions{})
+			return err
+		})
+		if err != nil {
+			return decision{}, apiError("read namespace "+ref.Namespace, err)
+		}
+		on, _, err = optIn(ns.Labels, "namespace "+ref.Namespace+" label")
+		if err != nil {
+			return decision{}, newError(CodeInvalidAnnotation, err)
+		}
+		reason = "enabled by namespace label"
+	}
+	if !on {
+		return decision{Reason: "not enabled (" + redirect.AnnotationRedirect + " is not " + redirect.RedirectEnabled + ")"}, nil
+	}
+
+	base, err := conf.BaseConfig()
+	if err != nil {
+		return decision{}, newError(types.ErrInvalidNetworkConfig, err)
+	}
+	cfg, err := fromAnnotations(base, pod.Annotations)
+	if err != nil {
+		return decision{}, newError(CodeInvalidAnnotation, fmt.Errorf("pod %s: %w", ref, err))
+	}
+	return decision{Redirect: true, Reason: reason, Config: cfg}, nil
+}
+
+// optIn reads redirect.AnnotationRedirect from a pod's annotations or a
+// namespace's labels (where names the object). set is false when it is absent.
+// A value other than enabled or disabled is an error: a typo must not leave a
+// pod silently unmeshed.
+func optIn(m map[string]string, where string) (on, set bool, err error) {
+	if _, ok := m[redirect.AnnotationRedirect]; !ok {
+		return false, false, nil
+	}
+	on, err = redirect.RedirectRequested(m)
+	if err != nil {
+		return false, true, fmt.Errorf("%s: %w", where, err)
+	}
+	return on, true, nil
+}
+
+// apiError gives a failed Kubernetes read its CNI code: a missing pod, denied
+// credentials, or (anything else, after the retries) "try again later".
+func apiError(op string, err error) *types.Error {
+	switch {
+	case apierrors.IsNotFound(err):
+		return newError(CodePodNotFound, fmt.Errorf("%s: %w", op, err))
+	case apierrors.IsUnauthorized(err), apierrors.IsForbidden(err):
+		return newError(CodeAPIDenied, fmt.Errorf("%s: %w", op, err))
+	}
+	return newError(types.ErrTryAgainLater, fmt.Errorf("%s: kubernetes api unavailable: %w", op, err))
+}

@@ -1,0 +1,154 @@
+package cni
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/containernetworking/cni/pkg/types"
+
+	"github.com/detour-mesh/detour/redirect"
+)
+
+// State is what ADD records about one attachment, so CHECK knows what to
+// verify, DEL knows whether there is anything to remove, and GC can drop the
+// records of attachments that are gone. It lives in one JSON file:
+//
+//	<stateDir>/<network name>/<container id>:<ifname>.json
+//
+// (':' appears in neither a container id nor an interface name, so the name
+// cannot be ambiguous).
+type State struct {
+	ContainerID string  `json:"containerID"`
+	IfName      string  `json:"ifName"`
+	Netns       string  `json:"netns"`
+	Pod         *PodRef `json:"pod,omitempty"`
+	// Redirect says whether ADD installed redirection; Reason says why (or
+	// why not).
+	Redirect bool   `json:"redirect"`
+	Reason   string `json:"reason"`
+	// Config is what ADD installed (when Redirect).
+	Config *redirect.Config `json:"config,omitempty"`
+	Added  time.Time        `json:"added"`
+}
+
+// stateStore reads and writes State files of one network.
+type stateStore struct {
+	dir string // <stateDir>/<network>
+}
+
+func newStateStore(stateDir, network string) stateStore {
+	return stateStore{dir: filepath.Join(stateDir, network)}
+}
+
+func stateName(containerID, ifName string) string {
+	return containerID + ":" + ifName + ".json"
+}
+
+func (s stateStore) path(containerID, ifName string) string {
+	return filepath.Join(s.dir, stateName(containerID, ifName))
+}
+
+// save writes st atomically (temporary file, fsync, rename).
+func (s stateStore) save(st State) error {
+	if err := os.MkdirAll(s.dir, 0o700); err != nil {
+		return fmt.Errorf("create state dir: %w", err)
+	}
+	b, err := json.MarshalIndent(st, "", "  ")
+	if err != nil {
+		return fmt.Errorf("encode state: %w", err)
+	}
+	final := s.path(st.ContainerID, st.IfName)
+	tmp, err := os.CreateTemp(s.dir, ".tmp-*")
+	if err != nil {
+		return fmt.Errorf("write state: %w", err)
+	}
+	_, err = tmp.Write(append(b, '\n'))
+	if err == nil {
+		err = tmp.Sync()
+	}
+	if cerr := tmp.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Rename(tmp.Name(), final)
+	}
+	if err != nil {
+		_ = os.Remove(tmp.Name())
+		return fmt.Errorf("write state %s: %w", final, err)
+	}
+	return nil
+}
+
+// load returns the attachment's state; fs.ErrNotExist when ADD recorded none.
+func (s stateStore) load(containerID, ifName string) (State, error) {
+	p := s.path(containerID, ifName)
+	b, err := os.ReadFile(p)
+	if err != nil {
+		return State{}, fmt.Errorf("read state: %w", err)
+	}
+	var st State
+	if err := json.Unmarshal(b, &st); err != nil {
+		return State{}, fmt.Errorf("decode state %s: %w", p, err)
+	}
+	return st, nil
+}
+
+// remove deletes the attachment's state; a missing file is not an error.
+func (s stateStore) remove(containerID, ifName string) error {
+	if err := os.Remove(s.path(containerID, ifName)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("remove state: %w", err)
+	}
+	return nil
+}
+
+// gc removes the state of every attachment not in valid, except files changed
+// within grace (an ADD may be running while the runtime computed valid). It
+// returns the attachments it dropped, "containerID:ifname".
+func (s stateStore) gc(valid []types.GCAttachment, grace time.Duration, now time.Time) ([]string, error) {
+	entries, err := os.ReadDir(s.dir)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("list state dir: %w", err)
+	}
+	keep := make(map[string]bool, len(valid))
+	for _, a := range valid {
+		keep[stateName(a.ContainerID, a.IfName)] = true
+	}
+	var dropped []string
+	var errs []error
+	for _, e := range entries {
+		name := e.Name()
+		isState := strings.HasSuffix(name, ".json") && strings.Contains(name, ":")
+		isTemp := strings.HasPrefix(name, ".tmp-")
+		if e.IsDir() || (!isState && !isTemp) || keep[name] {
+			continue
+		}
+		info, err := e.Info()
+		if errors.Is(err, fs.ErrNotExist) {
+			continue
+		}
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		if now.Sub(info.ModTime()) < grace {
+			continue
+		}
+		if err := os.Remove(filepath.Join(s.dir, name)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			errs = append(errs, fmt.Errorf("remove state: %w", err))
+			continue
+		}
+		if isState {
+			dropped = append(dropped, strings.TrimSuffix(name, ".json"))
+		}
+	}
+	return dropped, errors.Join(errs...)
+}

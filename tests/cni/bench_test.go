@@ -1,0 +1,131 @@
+package cni_test
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/containernetworking/cni/pkg/invoke"
+
+	"github.com/detour-mesh/detour/internal/privtest"
+)
+
+// BenchmarkAdd measures the latency of one detour-cni ADD as the runtime sees
+// it (process start, the pod read from the API server, the rules installed in
+// a fresh network namespace) and reports the median and the 99th percentile.
+// "chain" is the whole conflist (bridge + host-local + detour-cni) for scale.
+// Percentiles need samples: run with -benchtime=200x for stable figures.
+func BenchmarkAdd(b *testing.B) {
+	h := setup(b)
+	ns := h.newNamespace(b, nil)
+	b.Run("detour-cni/meshed", func(b *testing.B) { benchPlugin(b, h, ns, enabled) })
+	b.Run("detour-cni/plain", func(b *testing.B) { benchPlugin(b, h, ns, nil) })
+	b.Run("chain/meshed", func(b *testing.B) { benchChain(b, h, ns) })
+}
+
+// reportLatency reports the median and p99 of the samples in milliseconds.
+func reportLatency(b *testing.B, samples []time.Duration) {
+	b.Helper()
+	if len(samples) == 0 {
+		return
+	}
+	slices.Sort(samples)
+	at := func(q float64) float64 {
+		i := int(q*float64(len(samples)) + 0.5)
+		i = min(max(i-1, 0), len(samples)-1)
+		return float64(samples[i].Microseconds()) / 1000
+	}
+	b.ReportMetric(at(0.50), "p50-ms")
+	b.ReportMetric(at(0.99), "p99-ms")
+	b.ReportMetric(float64(len(samples)), "samples")
+}
+
+// benchPlugin runs detour-cni alone, as the last plugin of a chain, with a
+// prevResult, against a fresh namespace per ADD.
+func benchPlugin(b *testing.B, h *harness, ns string, annotations map[string]string) {
+	p := h.newPod(b, ns, annotations, created)
+	dir := b.TempDir()
+	prev := fmt.Sprintf(`{"cniVersion":"1.1.0","interfaces":[{"name":"eth0","sandbox":%q}],"ips":[{"interface":0,"address":"198.51.100.200/24"}]}`, p.netns)
+	conf, err := json.Marshal(map[string]any{
+		"cniVersion": "1.1.0", "name": "dt-bench", "type": "detour-cni",
+		"kubeconfig": h.kubeconfig, "stateDir": filepath.Join(dir, "state"), "logFile": filepath.Join(dir, "log"),
+		"prevResult": json.RawMessage(prev),
+	})
+	if err != nil {
+		b.Fatal(err)
+	}
+	plugin := filepath.Join(h.binDir, "detour-cni")
+	var samples []time.Duration
+	b.ResetTimer()
+	for i := range b.N {
+		b.StopTimer()
+		netns := benchNetNS(b)
+		args := &invoke.Args{
+			ContainerID: fmt.Sprintf("bench-%d", i), NetNS: "/run/netns/" + netns, IfName: "eth0", Path: h.binDir,
+			PluginArgs: p.rt.Args,
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		args.Command = "ADD"
+		b.StartTimer()
+		start := time.Now()
+		_, err := invoke.ExecPluginWithResult(ctx, plugin, conf, args, nil)
+		samples = append(samples, time.Since(start))
+		b.StopTimer()
+		if err != nil {
+			cancel()
+			b.Fatalf("ADD: %v", err)
+		}
+		args.Command = "DEL"
+		if err := invoke.ExecPluginWithoutResult(ctx, plugin, conf, args, nil); err != nil {
+			b.Fatalf("DEL: %v", err)
+		}
+		cancel()
+		privtest.Run(b, "ip", "netns", "delete", netns)
+		b.StartTimer()
+	}
+	b.StopTimer()
+	reportLatency(b, samples)
+}
+
+// benchChain runs the whole conflist through libcni.
+func benchChain(b *testing.B, h *harness, ns string) {
+	var samples []time.Duration
+	b.ResetTimer()
+	for range b.N {
+		b.StopTimer()
+		p := h.newPod(b, ns, enabled, created)
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		b.StartTimer()
+		start := time.Now()
+		_, err := h.net.cni.AddNetworkList(ctx, h.net.list, p.rt)
+		samples = append(samples, time.Since(start))
+		b.StopTimer()
+		if err != nil {
+			cancel()
+			b.Fatalf("ADD: %v\n%s", err, h.net.logTail())
+		}
+		if err := h.net.cni.DelNetworkList(ctx, h.net.list, p.rt); err != nil {
+			b.Fatalf("DEL: %v", err)
+		}
+		cancel()
+		privtest.Run(b, "ip", "netns", "delete", p.netnsName)
+		b.StartTimer()
+	}
+	b.StopTimer()
+	reportLatency(b, samples)
+}
+
+// benchNetNS makes a namespace for one ADD; the caller deletes it.
+func benchNetNS(b *testing.B) string {
+	b.Helper()
+	name := "dt-bench-" + randHex(5)
+	if out, err := exec.Command("ip", "netns", "add", name).CombinedOutput(); err != nil {
+		b.Fatalf("ip netns add: %v\n%s", err, out)
+	}
+	return name
+}

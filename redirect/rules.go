@@ -239,6 +239,10 @@ func (b *builder) inbound() {
 	// Packets of connections the proxy already holds (its transparent sockets)
 	// are marked for the local route and go straight to that socket.
 	b.rule("mangle", chainInbound, "-p tcp -m socket --transparent -j", chainDivert)
+	// Replies to connections opened from the workload (the proxy's upstream
+	// connections, the app's uncaptured ones) belong to ordinary sockets: TPROXY
+	// finds no transparent socket for them and drops them. Route them normally.
+	b.rule("mangle", chainInbound, "-p tcp -m conntrack --ctstate RELATED,ESTABLISHED -j RETURN")
 	// Loopback traffic (the passthrough from 127.0.0.6, apps talking to
 	// themselves) is never diverted; the proxy's hairpin is a nat REDIRECT.
 	b.rule("mangle", chainInbound, "-i lo -j RETURN")

@@ -17,19 +17,22 @@ import (
 
 // controlPlaneOptions are the flags of `detour control-plane`.
 type controlPlaneOptions struct {
-	config        string
-	source        string
-	xdsAddress    string
-	httpAddress   string
-	tlsCert       string
-	tlsKey        string
-	clientCA      string
-	nackBackoff   time.Duration
-	watchInterval time.Duration
-	kubeconfig    string
-	namespace     string
-	logLevel      string
-	logFormat     string
+	config         string
+	source         string
+	xdsAddress     string
+	httpAddress    string
+	tlsCert        string
+	tlsKey         string
+	clientCA       string
+	nackBackoff    time.Duration
+	watchInterval  time.Duration
+	kubeconfig     string
+	namespace      string
+	preset         string
+	baseConfig     string
+	outboundPolicy string
+	logLevel       string
+	logFormat      string
 
 	// listening is called with the bound addresses (tests).
 	listening func(xds, http net.Addr)
@@ -68,6 +71,9 @@ docs/control-plane.md and docs/mesh.md describe the layout and the mesh file.`,
 	f.DurationVar(&o.watchInterval, "watch-interval", controlplane.DefaultWatchInterval, "how often the mesh file is checked for changes")
 	f.StringVar(&o.kubeconfig, "kubeconfig", "", "kubeconfig for --source kubernetes (default: in-cluster, then $KUBECONFIG)")
 	f.StringVar(&o.namespace, "namespace", "", "only this namespace with --source kubernetes (default: all)")
+	f.StringVar(&o.preset, "preset", "", "--source kubernetes: pods' base redirect config starts from this preset (istio, kuma); use the CNI plugin's")
+	f.StringVar(&o.baseConfig, "base-config", "", "--source kubernetes: a redirect config document applied to every pod before its annotations; use the CNI plugin's")
+	f.StringVar(&o.outboundPolicy, "outbound-policy", string(controlplane.AllowAny), "--source kubernetes: allow-any or registry-only")
 	addControlPlaneLogFlags(cmd, &o.logLevel, &o.logFormat)
 	cmd.AddCommand(newControlPlaneResourcesCmd(s))
 	return cmd
@@ -117,6 +123,9 @@ func runControlPlane(ctx context.Context, o *controlPlaneOptions, s streams) err
 	case sourceFile:
 		if o.config == "" {
 			return usageError("--config is required with --source file")
+		}
+		if o.namespace != "" || o.preset != "" || o.baseConfig != "" || (o.outboundPolicy != "" && o.outboundPolicy != string(controlplane.AllowAny)) {
+			return usageError("--namespace, --preset, --base-config and --outbound-policy are for --source kubernetes; the mesh file says these")
 		}
 		src = &controlplane.FileSource{Path: o.config, Interval: o.watchInterval, Logger: log}
 	case sourceKubernetes:

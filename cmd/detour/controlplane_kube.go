@@ -1,12 +1,49 @@
 package main
 
 import (
+	"fmt"
 	"log/slog"
+	"os"
+
+	"k8s.io/client-go/kubernetes"
 
 	"github.com/detour-mesh/detour/controlplane"
+	"github.com/detour-mesh/detour/controlplane/kube"
+	"github.com/detour-mesh/detour/redirect"
 )
 
 // newKubernetesSource builds the Kubernetes source of `detour control-plane`.
 func newKubernetesSource(o *controlPlaneOptions, log *slog.Logger) (controlplane.Source, error) {
-	return nil, usageError("--source kubernetes: not built yet (issue #3)")
+	base := redirect.Default()
+	if o.preset != "" {
+		p, err := redirect.Preset(o.preset)
+		if err != nil {
+			return nil, err
+		}
+		base = p
+	}
+	if o.baseConfig != "" {
+		doc, err := os.ReadFile(o.baseConfig)
+		if err != nil {
+			return nil, withCode(exitUsage, fmt.Errorf("read --base-config: %w", err))
+		}
+		if err := base.Decode(doc); err != nil {
+			return nil, fmt.Errorf("--base-config %s: %w", o.baseConfig, err)
+		}
+	}
+	cfg, err := kube.RESTConfig(o.kubeconfig)
+	if err != nil {
+		return nil, withCode(exitUsage, err)
+	}
+	client, err := kubernetes.NewForConfig(cfg)
+	if err != nil {
+		return nil, fmt.Errorf("kubernetes client: %w", err)
+	}
+	return kube.New(kube.Options{
+		Client:         client,
+		Namespace:      o.namespace,
+		Base:           &base,
+		OutboundPolicy: controlplane.OutboundPolicy(o.outboundPolicy),
+		Logger:         log,
+	})
 }

@@ -1,0 +1,464 @@
+package kube
+
+import (
+	"cmp"
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
+	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/client-go/informers"
+	"k8s.io/client-go/kubernetes"
+	corelisters "k8s.io/client-go/listers/core/v1"
+	discoverylisters "k8s.io/client-go/listers/discovery/v1"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/cache"
+	"k8s.io/client-go/tools/clientcmd"
+
+	"github.com/detour-mesh/detour/controlplane"
+	"github.com/detour-mesh/detour/redirect"
+)
+
+// DefaultDebounce is how long the source waits after a change for more before
+// it rebuilds the mesh: a rollout changes many objects at once.
+const DefaultDebounce = 100 * time.Millisecond
+
+// Options configure a Source. Client is required.
+type Options struct {
+	// Client reads the API (list and watch services, endpoint slices, pods and
+	// namespaces: nothing else, and nothing is written).
+	Client kubernetes.Interface
+	// Namespace limits the source to one namespace; "" watches all.
+	Namespace string
+	// Base is every pod's redirect config before its annotations: it must be
+	// the base the CNI plugin (or the init container) installs from, so a
+	// pod's listeners and its rules agree. The zero value means
+	// redirect.Default().
+	Base *redirect.Config
+	// OutboundPolicy for destinations that are not services; "" = allow-any.
+	OutboundPolicy controlplane.OutboundPolicy
+	// Debounce; 0 means DefaultDebounce.
+	Debounce time.Duration
+	// Logger; nil discards.
+	Logger *slog.Logger
+}
+
+// Source builds the mesh from the Kubernetes API: services with a cluster IP are
+// services (named "<name>.<namespace>"), their endpoint slices' ready endpoints
+// are endpoints, and pods that opt in (the annotation detour.io/redirect:
+// enabled, or that label on their namespace) are workloads (node id
+// "<name>.<namespace>", the pod IPs, the TCP container ports, every service
+// reachable, the transparent proxy from redirect.FromAnnotations).
+//
+// A source only reads, and everything it serves is a function of the API's
+// state, with content-hash versions: several control plane replicas can serve
+// side by side from one API server and give a proxy the same versions.
+type Source struct {
+	o   Options
+	log *slog.Logger
+
+	mu       sync.Mutex
+	reported map[string]string // pod key → resourceVersion whose problem was logged
+}
+
+// New returns a Source.
+func New(o Options) (*Source, error) {
+	if o.Client == nil {
+		return nil, errors.New("kubernetes source: no client")
+	}
+	if o.Base == nil {
+		d := redirect.Default()
+		o.Base = &d
+	}
+	if err := o.Base.Validate(); err != nil {
+		return nil, fmt.Errorf("kubernetes source base config: %w", err)
+	}
+	switch o.OutboundPolicy {
+	case "":
+		o.OutboundPolicy = controlplane.AllowAny
+	case controlplane.AllowAny, controlplane.RegistryOnly:
+	default:
+		return nil, &redirect.FieldError{Field: "outbound-policy", Value: string(o.OutboundPolicy), Reason: "is not one of allow-any, registry-only"}
+	}
+	if o.Debounce <= 0 {
+		o.Debounce = DefaultDebounce
+	}
+	log := o.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	return &Source{o: o, log: log, reported: map[string]string{}}, nil
+}
+
+// RESTConfig loads the client configuration: the kubeconfig file when given,
+// else in-cluster, else $KUBECONFIG or ~/.kube/config.
+func RESTConfig(kubeconfig string) (*rest.Config, error) {
+	if kubeconfig == "" {
+		if c, err := rest.InClusterConfig(); err == nil {
+			return c, nil
+		}
+	}
+	rules := clientcmd.NewDefaultClientConfigLoadingRules()
+	rules.ExplicitPath = kubeconfig
+	c, err := clientcmd.NewNonInteractiveDeferredLoadingClientConfig(rules, &clientcmd.ConfigOverrides{}).ClientConfig()
+	if err != nil {
+		return nil, fmt.Errorf("load kubeconfig: %w", err)
+	}
+	return c, nil
+}
+
+// listers are the informers' caches the mesh is built from.
+type listers struct {
+	services   corelisters.ServiceLister
+	slices     discoverylisters.EndpointSliceLister
+	pods       corelisters.PodLister
+	namespaces corelisters.NamespaceLister
+}
+
+// Run implements controlplane.Source: it starts the informers, waits for
+// their caches, gives sink the first mesh and then a new one after every
+// change (debounced), until ctx ends.
+func (s *Source) Run(ctx context.Context, sink controlplane.Sink) error {
+	var opts []informers.SharedInformerOption
+	if s.o.Namespace != "" {
+		opts = append(opts, informers.WithNamespace(s.o.Namespace))
+	}
+	f := informers.NewSharedInformerFactoryWithOptions(s.o.Client, 0, opts...)
+	l := listers{
+		services:   f.Core().V1().Services().Lister(),
+		slices:     f.Discovery().V1().EndpointSlices().Lister(),
+		pods:       f.Core().V1().Pods().Lister(),
+		namespaces: f.Core().V1().Namespaces().Lister(),
+	}
+	changed := make(chan struct{}, 1)
+	notify := func() {
+		select {
+		case changed <- struct{}{}:
+		default:
+		}
+	}
+	h := cache.ResourceEventHandlerFuncs{
+		AddFunc:    func(any) { notify() },
+		UpdateFunc: func(any, any) { notify() },
+		DeleteFunc: func(any) { notify() },
+	}
+	for _, inf := range []cache.SharedIndexInformer{
+		f.Core().V1().Services().Informer(),
+		f.Discovery().V1().EndpointSlices().Informer(),
+		f.Core().V1().Pods().Informer(),
+		f.Core().V1().Namespaces().Informer(),
+	} {
+		if _, err := inf.AddEventHandler(h); err != nil {
+			return fmt.Errorf("watch kubernetes: %w", err)
+		}
+	}
+	runCtx, stop := context.WithCancel(ctx)
+	defer func() {
+		stop()
+		f.Shutdown()
+	}()
+	f.Start(runCtx.Done())
+	for typ, ok := range f.WaitForCacheSync(runCtx.Done()) {
+		if !ok {
+			if ctx.Err() != nil {
+				return nil
+			}
+			return fmt.Errorf("sync kubernetes cache of %v", typ)
+		}
+	}
+	s.log.Info("kubernetes caches synced", "namespace", cmp.Or(s.o.Namespace, "(all)"))
+
+	m, err := s.mesh(l)
+	if err != nil {
+		return err
+	}
+	if _, err := sink.Update(ctx, m); err != nil {
+		return fmt.Errorf("first mesh from kubernetes: %w", err)
+	}
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-changed:
+		}
+		// Let a burst of changes (a rollout, a scale) settle into one push.
+		t := time.NewTimer(s.o.Debounce)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return nil
+		case <-t.C:
+		}
+		select {
+		case <-changed: // already covered by this rebuild
+		default:
+		}
+		m, err := s.mesh(l)
+		if err != nil {
+			sink.Invalid(err)
+			continue
+		}
+		// An invalid mesh is logged and counted by the sink.
+		_, _ = sink.Update(ctx, m)
+	}
+}
+
+// mesh builds the mesh from the caches. Objects that cannot be served (a pod
+// with invalid annotations) are left out and logged, so one bad pod never
+// holds back everyone else's config.
+func (s *Source) mesh(l listers) (*controlplane.Mesh, error) {
+	m := &controlplane.Mesh{OutboundPolicy: s.o.OutboundPolicy}
+	services, err := l.services.List(labels.Everything())
+	if err != nil {
+		return nil, fmt.Errorf("list services: %w", err)
+	}
+	endpointSlices, err := l.slices.List(labels.Everything())
+	if err != nil {
+		return nil, fmt.Errorf("list endpoint slices: %w", err)
+	}
+	bySvc := map[string][]*discoveryv1.EndpointSlice{}
+	for _, es := range endpointSlices {
+		if svc := es.Labels[discoveryv1.LabelServiceName]; svc != "" {
+			key := es.Namespace + "/" + svc
+			bySvc[key] = append(bySvc[key], es)
+		}
+	}
+	for _, svc := range services {
+		if ms, ok := service(svc, bySvc[svc.Namespace+"/"+svc.Name]); ok {
+			m.Services = append(m.Services, ms)
+		}
+	}
+	slices.SortFunc(m.Services, func(a, b controlplane.Service) int { return cmp.Compare(a.Name, b.Name) })
+
+	pods, err := l.pods.List(labels.Everything())
+	if err != nil {
+		return nil, fmt.Errorf("list pods: %w", err)
+	}
+	slices.SortFunc(pods, func(a, b *corev1.Pod) int { return cmp.Compare(a.Namespace+"/"+a.Name, b.Namespace+"/"+b.Name) })
+	s.forget(pods)
+	for _, pod := range pods {
+		w, ok, err := s.workload(pod, l.namespaces)
+		if err != nil {
+			s.report(pod, err)
+			continue
+		}
+		if ok {
+			m.Workloads = append(m.Workloads, w)
+		}
+	}
+	return m, nil
+}
+
+// report logs why a pod is not served, once per version of the pod.
+func (s *Source) report(pod *corev1.Pod, err error) {
+	key := pod.Namespace + "/" + pod.Name
+	s.mu.Lock()
+	seen := s.reported[key] == pod.ResourceVersion
+	s.reported[key] = pod.ResourceVersion
+	s.mu.Unlock()
+	if !seen {
+		s.log.Warn("pod not served", "pod", key, "error", err)
+	}
+}
+
+// forget drops what was reported about pods that are gone.
+func (s *Source) forget(pods []*corev1.Pod) {
+	present := make(map[string]bool, len(pods))
+	for _, p := range pods {
+		present[p.Namespace+"/"+p.Name] = true
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for k := range s.reported {
+		if !present[k] {
+			delete(s.reported, k)
+		}
+	}
+}
+
+// NodeID is the node id a pod's proxy presents: "<name>.<namespace>".
+func NodeID(pod *corev1.Pod) string { return pod.Name + "." + pod.Namespace }
+
+// ServiceName is a service's name in the mesh: "<name>.<namespace>".
+func ServiceName(svc *corev1.Service) string { return svc.Name + "." + svc.Namespace }
+
+// service turns a service with a cluster IP and its endpoint slices into a
+// mesh service. Only TCP ports are served.
+func service(svc *corev1.Service, eps []*discoveryv1.EndpointSlice) (controlplane.Service, bool) {
+	if svc.Spec.Type == corev1.ServiceTypeExternalName || svc.Spec.ClusterIP == "" || svc.Spec.ClusterIP == corev1.ClusterIPNone {
+		return controlplane.Service{}, false
+	}
+	ms := controlplane.Service{Name: ServiceName(svc)}
+	ips := svc.Spec.ClusterIPs
+	if len(ips) == 0 {
+		ips = []string{svc.Spec.ClusterIP}
+	}
+	for _, ip := range ips {
+		if a, err := netip.ParseAddr(ip); err == nil {
+			ms.VirtualIPs = append(ms.VirtualIPs, a)
+		}
+	}
+	names := map[string]string{} // Kubernetes port name → mesh port name
+	for _, p := range svc.Spec.Ports {
+		if p.Protocol != "" && p.Protocol != corev1.ProtocolTCP {
+			continue
+		}
+		name := p.Name
+		if name == "" {
+			name = strconv.Itoa(int(p.Port))
+		}
+		names[p.Name] = name
+		target := uint16(p.Port)
+		if p.TargetPort.IntValue() > 0 {
+			target = uint16(p.TargetPort.IntValue())
+		}
+		ms.Ports = append(ms.Ports, controlplane.ServicePort{
+			Name: name, Port: uint16(p.Port), TargetPort: target, Protocol: protocol(p.Name, p.AppProtocol),
+		})
+	}
+	if len(ms.VirtualIPs) == 0 || len(ms.Ports) == 0 {
+		return controlplane.Service{}, false
+	}
+	for _, es := range eps {
+		if es.AddressType != discoveryv1.AddressTypeIPv4 && es.AddressType != discoveryv1.AddressTypeIPv6 {
+			continue
+		}
+		// The slice's ports are the resolved target ports (named ports differ
+		// per pod), by service port name.
+		targets := map[string]uint16{}
+		for _, p := range es.Ports {
+			if p.Port == nil || (p.Protocol != nil && *p.Protocol != corev1.ProtocolTCP) {
+				continue
+			}
+			n := ""
+			if p.Name != nil {
+				n = *p.Name
+			}
+			if meshName, ok := names[n]; ok {
+				targets[meshName] = uint16(*p.Port)
+			}
+		}
+		for _, e := range es.Endpoints {
+			if e.Conditions.Ready != nil && !*e.Conditions.Ready {
+				continue
+			}
+			for _, addr := range e.Addresses {
+				a, err := netip.ParseAddr(addr)
+				if err != nil {
+					continue
+				}
+				ms.Endpoints = append(ms.Endpoints, controlplane.Endpoint{Address: a, TargetPorts: targets})
+			}
+		}
+	}
+	slices.SortFunc(ms.Endpoints, func(a, b controlplane.Endpoint) int { return a.Address.Compare(b.Address) })
+	return ms, true
+}
+
+// protocol follows the usual conventions: appProtocol http (or
+// kubernetes.io/http), or a port named http or http-….
+func protocol(name string, appProtocol *string) controlplane.Protocol {
+	if appProtocol != nil {
+		switch strings.ToLower(*appProtocol) {
+		case "http", "kubernetes.io/http":
+			return controlplane.ProtocolHTTP
+		}
+		return controlplane.ProtocolTCP
+	}
+	if name == "http" || strings.HasPrefix(name, "http-") {
+		return controlplane.ProtocolHTTP
+	}
+	return controlplane.ProtocolTCP
+}
+
+// workload turns an opted-in pod into a workload. ok is false for a pod that
+// is not meshed (not opted in, host network, finished, no IP yet); err says
+// why an opted-in pod cannot be served.
+func (s *Source) workload(pod *corev1.Pod, namespaces corelisters.NamespaceLister) (controlplane.Workload, bool, error) {
+	if pod.Spec.HostNetwork || pod.DeletionTimestamp != nil ||
+		pod.Status.Phase == corev1.PodSucceeded || pod.Status.Phase == corev1.PodFailed {
+		return controlplane.Workload{}, false, nil
+	}
+	on, err := optedIn(pod, namespaces)
+	if err != nil || !on {
+		return controlplane.Workload{}, false, err
+	}
+	var addrs []netip.Addr
+	for _, ip := range pod.Status.PodIPs {
+		if a, err := netip.ParseAddr(ip.IP); err == nil {
+			addrs = append(addrs, a)
+		}
+	}
+	if len(addrs) == 0 {
+		if a, err := netip.ParseAddr(pod.Status.PodIP); err == nil {
+			addrs = append(addrs, a)
+		}
+	}
+	if len(addrs) == 0 {
+		return controlplane.Workload{}, false, nil // not scheduled yet
+	}
+	tp, err := redirect.FromAnnotations(*s.o.Base, pod.Annotations)
+	if err != nil {
+		return controlplane.Workload{}, false, err
+	}
+	w := controlplane.Workload{
+		NodeID:           NodeID(pod),
+		Addresses:        addrs,
+		Labels:           pod.Labels,
+		Reach:            []string{controlplane.ReachAll},
+		TransparentProxy: tp,
+	}
+	seen := map[uint16]bool{}
+	for _, c := range pod.Spec.Containers {
+		for _, p := range c.Ports {
+			port := uint16(p.ContainerPort)
+			if p.Protocol != "" && p.Protocol != corev1.ProtocolTCP || port == 0 || seen[port] {
+				continue
+			}
+			// The sidecar's own ports are not the app's.
+			if port == tp.Proxy.InboundPort || port == tp.Proxy.OutboundPort {
+				continue
+			}
+			seen[port] = true
+			w.Inbound = append(w.Inbound, controlplane.InboundPort{Port: port, AppPort: port, Protocol: protocol(p.Name, nil)})
+		}
+	}
+	slices.SortFunc(w.Inbound, func(a, b controlplane.InboundPort) int { return cmp.Compare(a.Port, b.Port) })
+	// Check the workload alone: a pod whose config does not fit (ipFamilies
+	// dual on a single-stack pod) is left out rather than failing the mesh.
+	one := controlplane.Mesh{OutboundPolicy: s.o.OutboundPolicy, Workloads: []controlplane.Workload{w}}
+	if err := one.Validate(); err != nil {
+		return controlplane.Workload{}, false, err
+	}
+	return w, true, nil
+}
+
+// optedIn applies the opt-in rules of the CNI plugin: the pod's
+// detour.io/redirect annotation when it has one, else its namespace's label.
+func optedIn(pod *corev1.Pod, namespaces corelisters.NamespaceLister) (bool, error) {
+	if _, set := pod.Annotations[redirect.AnnotationRedirect]; set {
+		on, err := redirect.RedirectRequested(pod.Annotations)
+		if err != nil {
+			return false, fmt.Errorf("annotation: %w", err)
+		}
+		return on, nil
+	}
+	ns, err := namespaces.Get(pod.Namespace)
+	if err != nil {
+		return false, nil // namespace not visible (yet): not opted in
+	}
+	on, err := redirect.RedirectRequested(ns.Labels)
+	if err != nil {
+		return false, fmt.Errorf("namespace %s label: %w", pod.Namespace, err)
+	}
+	return on, nil
+}

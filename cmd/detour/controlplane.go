@@ -43,7 +43,7 @@ const (
 	sourceKubernetes = "kubernetes"
 )
 
-func newControlPlaneCmd(s streams) *cobra.Command {
+func newControlPlaneCmd(s streams, g *globalOptions) *cobra.Command {
 	o := &controlPlaneOptions{}
 	cmd := &cobra.Command{
 		Use:   "control-plane",
@@ -56,6 +56,9 @@ HTTP endpoints: /healthz, /readyz, /metrics (Prometheus) and /debug/nodes.
 docs/control-plane.md and docs/mesh.md describe the layout and the mesh file.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if g.verbose && !cmd.Flags().Changed("log-level") {
+				o.logLevel = "debug"
+			}
 			return runControlPlane(cmd.Context(), o, s)
 		},
 	}
@@ -80,7 +83,7 @@ docs/control-plane.md and docs/mesh.md describe the layout and the mesh file.`,
 }
 
 func addControlPlaneLogFlags(cmd *cobra.Command, level, format *string) {
-	cmd.Flags().StringVar(level, "log-level", "info", "debug, info, warn or error")
+	cmd.Flags().StringVar(level, "log-level", "info", "debug, info, warn or error (-v means debug)")
 	cmd.Flags().StringVar(format, "log-format", "text", "text or json")
 }
 

@@ -31,7 +31,7 @@ and DNS traffic through its sidecar proxy, and serves the proxy matching listene
 		newValidateCmd(s, g),
 		newVersionCmd(s),
 		newCNICmd(s),
-		newControlPlaneCmd(s),
+		newControlPlaneCmd(s, g),
 		newBootstrapCmd(s),
 	)
 	return root

@@ -62,6 +62,17 @@ verify: lint ## check that generated files and go.mod are up to date
 clean: ## remove build output (not the cache)
 	rm -rf $(BIN)
 
+# --- e2e helper: the demo (hack/demo) ---
+
+demo: deps-apt build ## a throwaway lab: install detour, show what is intercepted, clean up (root)
+	$(GO) build -o $(BIN)/detour-demo ./hack/demo
+	$(BIN)/detour-demo --detour $(BIN)/detour
+
+# --- deploy (issue 4): CNI installer, systemd unit, deploy/ manifests and Dockerfile ---
+.PHONY: test-deploy
+test-deploy: deps-kube ## the CNI installer, systemd and deploy/ tests (manifests against a real kube-apiserver)
+	$(GO) test -count=1 ./cni/install/ ./internal/systemd/ ./cmd/detour/ ./tests/deploy/
+
 # --- cni: the detour-cni plugin -----------------------------------------------
 .PHONY: test-cni bench-cni
 

@@ -65,14 +65,17 @@ var (
 	}}
 )
 
-func TestPlan(t *testing.T) {
-	t.Parallel()
-	tests := []struct {
-		name   string
-		preset string
-		sets   []string
-		facts  Facts
-	}{
+// planCase is one configuration the golden plan tests and the privileged
+// install tests share.
+type planCase struct {
+	name   string
+	preset string
+	sets   []string
+	facts  Facts
+}
+
+func planCases() []planCase {
+	return []planCase{
 		{name: "default-ipv4", facts: v4Only},
 		{name: "default-dual", facts: dualStack},
 		{name: "preset-istio", preset: "istio", facts: dualStack},
@@ -121,6 +124,11 @@ func TestPlan(t *testing.T) {
 			"log.enabled=true", "dns.capture=all", "inbound.excludePorts=22", "inbound.excludeSourceCIDRs=2001:db8:9::/48",
 			"outbound.includeCIDRs=198.51.100.0/24,2001:db8::/32", "outbound.includePorts=80,443", "outbound.excludeGIDs=10-20"}, facts: dualStack},
 	}
+}
+
+func TestPlan(t *testing.T) {
+	t.Parallel()
+	tests := planCases()
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()

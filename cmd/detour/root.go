@@ -17,11 +17,20 @@ and DNS traffic through its sidecar proxy, and serves the proxy matching listene
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
+	g := &globalOptions{}
+	root.PersistentFlags().BoolVarP(&g.verbose, "verbose", "v", false, "log what detour does (debug lines on stderr)")
 	root.SetFlagErrorFunc(func(c *cobra.Command, err error) error {
 		return &flagError{err}
 	})
 	root.AddCommand(
+		newInstallCmd(s, g),
+		newUninstallCmd(s, g),
+		newPlanCmd(s, g),
+		newCheckCmd(s, g),
+		newStatusCmd(s, g),
+		newValidateCmd(s, g),
 		newVersionCmd(s),
+		newCNICmd(s),
 	)
 	return root
 }

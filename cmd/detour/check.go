@@ -1,0 +1,68 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	"github.com/spf13/cobra"
+
+	"github.com/detour-mesh/detour/redirect"
+)
+
+type checkOptions struct {
+	config configOptions
+	netns  string
+	output string
+}
+
+func newCheckCmd(s streams, g *globalOptions) *cobra.Command {
+	o := &checkOptions{}
+	cmd := &cobra.Command{
+		Use:   "check [flags]",
+		Short: "Compare the installed rules with the plan: exit 0 same, 3 drift, 4 not installed",
+		Long: `Check plans the configuration given by the same flags, files and environment as
+install, and compares it with what the namespace holds. It prints the difference and
+exits 3 when they differ, 4 when detour is not installed at all.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return runCheck(cmd.Context(), o, g, s)
+		},
+	}
+	bindConfigFlags(cmd.Flags(), &o.config)
+	bindNetNSFlag(cmd.Flags(), &o.netns)
+	output(cmd.Flags(), &o.output)
+	return cmd
+}
+
+func runCheck(ctx context.Context, o *checkOptions, g *globalOptions, s streams) error {
+	if err := checkOutput(o.output); err != nil {
+		return err
+	}
+	plan, eng, err := loadPlan(ctx, &o.config, o.netns, g, s)
+	if err != nil {
+		return err
+	}
+	drift, err := eng.Check(ctx, plan)
+	if errors.Is(err, redirect.ErrNotInstalled) {
+		return withCode(exitAbsent, err)
+	}
+	if err != nil {
+		return fmt.Errorf("check: %w", err)
+	}
+	if o.output == "json" {
+		if err := writeJSON(s, drift); err != nil {
+			return err
+		}
+		if !drift.Empty() {
+			return &silentError{exitDrift}
+		}
+		return nil
+	}
+	if drift.Empty() {
+		_, err := fmt.Fprintln(s.out, "in sync: the installed rules match the plan")
+		return err
+	}
+	fmt.Fprint(s.out, drift.String())
+	return withCode(exitDrift, errors.New("the installed rules differ from the plan (see the diff above)"))
+}

@@ -1,0 +1,156 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+
+	"github.com/detour-mesh/detour/redirect"
+)
+
+func runCLI(t *testing.T, args ...string) (code int, stdout, stderr string) {
+	t.Helper()
+	var out, errb bytes.Buffer
+	code = run(context.Background(), args, strings.NewReader(""), &out, &errb)
+	return code, out.String(), errb.String()
+}
+
+// TestUsageErrorsExit2 covers the mistakes that must exit 2 before touching
+// anything: none of these runs needs root, because nothing gets that far.
+func TestUsageErrorsExit2(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		name string
+		args []string
+		want string
+	}{
+		{"unknown command", []string{"instal"}, `unknown command "instal"`},
+		{"unknown flag", []string{"install", "--exclude-outbund-ports", "1"}, "unknown flag: --exclude-outbund-ports"},
+		{"bad port", []string{"install", "--exclude-outbound-ports", "80,70000"}, `outbound.excludePorts[1]: "70000" is not a port`},
+		{"bad cidr", []string{"install", "--exclude-outbound-cidrs", "abc"}, `outbound.excludeCIDRs[0]: "abc" is not a CIDR`},
+		{"bad mode", []string{"check", "--mode", "bounce"}, `mode: "bounce" is not one of redirect, tproxy`},
+		{"unsupported backend", []string{"install", "--backend", "ebpf"}, `backend: "ebpf" is not supported yet`},
+		{"missing netns", []string{"uninstall", "--netns", "dt-does-not-exist"}, `--netns: "dt-does-not-exist" is not a network namespace`},
+		{"bad output", []string{"status", "-o", "yaml"}, `--output: "yaml" is not one of text, json`},
+		{"extra argument", []string{"install", "now"}, `unknown command "now"`},
+		{"bad timeout", []string{"validate", "--timeout", "0s"}, `--timeout`},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			code, _, stderr := runCLI(t, tt.args...)
+			if code != exitUsage {
+				t.Errorf("exit code %d, want %d; stderr: %s", code, exitUsage, stderr)
+			}
+			if !strings.Contains(stderr, tt.want) {
+				t.Errorf("stderr %q does not contain %q", stderr, tt.want)
+			}
+		})
+	}
+}
+
+func TestPlanNeedsNoRoot(t *testing.T) {
+	t.Parallel()
+	code, out, stderr := runCLI(t, "plan", "--ip-families", "ipv4", "--exclude-outbound-ports", "80")
+	if code != 0 {
+		t.Fatalf("exit %d: %s", code, stderr)
+	}
+	for _, want := range []string{"### ipv4", "--dports 80 -j RETURN", "REDIRECT --to-ports 15001", "REDIRECT --to-ports 15006"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("plan output lacks %q:\n%s", want, out)
+		}
+	}
+	if strings.Contains(out, "### ipv6") {
+		t.Errorf("ipFamilies ipv4 planned IPv6:\n%s", out)
+	}
+}
+
+func TestPlanFromConfigFileAndStdin(t *testing.T) {
+	t.Parallel()
+	f := filepath.Join(t.TempDir(), "c.yaml")
+	os.WriteFile(f, []byte("ipFamilies: ipv4\nproxy:\n  outboundPort: 16001\n"), 0o644)
+	var out, errb bytes.Buffer
+	code := run(context.Background(), []string{"plan", "--config", f, "--config", "-"}, strings.NewReader(`{"proxy":{"inboundPort":16006}}`), &out, &errb)
+	if code != 0 {
+		t.Fatalf("exit %d: %s", code, errb.String())
+	}
+	if !strings.Contains(out.String(), "--to-ports 16001") || !strings.Contains(out.String(), "--to-ports 16006") {
+		t.Errorf("plan does not use both documents:\n%s", out.String())
+	}
+}
+
+func TestPlanProbes(t *testing.T) {
+	t.Parallel()
+	plan := func(mutate func(*redirect.Config)) redirect.Plan {
+		c := redirect.Default()
+		mutate(&c)
+		p, err := redirect.NewPlan(c, redirect.Facts{IPv6: true})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	tests := []struct {
+		name   string
+		mutate func(*redirect.Config)
+		want   []string // family dst uid
+	}{
+		{"defaults", func(*redirect.Config) {}, []string{"ipv4 192.0.2.1:15999 65534", "ipv6 [2001:db8::1]:15999 65534"}},
+		{"excluded port and cidr", func(c *redirect.Config) {
+			c.Outbound.ExcludePorts = []redirect.PortRange{{First: 15000, Last: 15999}}
+			c.Outbound.ExcludeCIDRs = []netip.Prefix{netip.MustParsePrefix("192.0.2.0/24")}
+		}, []string{"ipv4 198.51.100.1:14999 65534", "ipv6 [2001:db8::1]:14999 65534"}},
+		{"include lists", func(c *redirect.Config) {
+			c.Outbound.IncludePorts = []redirect.PortRange{{First: 443, Last: 443}}
+			c.Outbound.IncludeCIDRs = []netip.Prefix{netip.MustParsePrefix("198.51.100.0/24")}
+		}, []string{"ipv4 198.51.100.1:443 65534"}},
+		{"excluded users", func(c *redirect.Config) {
+			c.Outbound.ExcludeUIDs = []redirect.IDRange{{First: 65534, Last: 65534}}
+			c.Outbound.ExcludeGIDs = []redirect.IDRange{{First: 65533, Last: 65533}}
+		}, []string{"ipv4 192.0.2.1:15999 65532", "ipv6 [2001:db8::1]:15999 65532"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			probes, err := planProbes(plan(tt.mutate))
+			if err != nil {
+				t.Fatal(err)
+			}
+			var got []string
+			for _, p := range probes {
+				got = append(got, strings.Join([]string{string(p.family), p.dst.String(), itoa(p.uid)}, " "))
+			}
+			if strings.Join(got, "\n") != strings.Join(tt.want, "\n") {
+				t.Errorf("probes:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(tt.want, "\n"))
+			}
+		})
+	}
+}
+
+func itoa(u uint32) string { return strconv.FormatUint(uint64(u), 10) }
+
+func TestSummary(t *testing.T) {
+	t.Parallel()
+	c := redirect.Default()
+	c.Outbound.ExcludePorts = []redirect.PortRange{{First: 80, Last: 80}}
+	c.Outbound.ExcludeUIDs = []redirect.IDRange{{First: 106, Last: 108}}
+	c.DNS.Capture = redirect.DNSCaptureAll
+	cfg, port := excludeSSH(c, "198.51.100.9 50000 203.0.113.2 22")
+	got := summary(cfg, redirect.Result{Backend: redirect.BackendIPTablesNFT, Families: []redirect.Family{redirect.IPv4, redirect.IPv6}, Changed: true, Processes: 6}, port)
+	want := `detour installed (iptables-nft; ipv4, ipv6; mode redirect)
+  outbound  TCP → :15001  all ports except 80, any address
+              left alone: proxy uid 5678, loopback, uids 106-108
+  inbound   TCP → :15006  all ports except 22
+              port 22 is excluded: it carries your SSH session (--capture-ssh captures it)
+  dns       UDP/53 → :15053  every destination (TCP/53 follows outbound)
+  cost      6 child processes
+`
+	if got != want {
+		t.Errorf("summary:\n%s\nwant:\n%s", got, want)
+	}
+}

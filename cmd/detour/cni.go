@@ -1,0 +1,179 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/detour-mesh/detour/cni/install"
+)
+
+// cniOptions are the flags of `detour cni install` and `detour cni uninstall`.
+type cniOptions struct {
+	pluginBinary      string
+	binDir            string
+	confDir           string
+	kubeconfigFile    string
+	pluginKubeconfig  string
+	logFile           string
+	excludeNamespaces []string
+	apiServer         string
+	tokenFile         string
+	caFile            string
+	pollInterval      time.Duration
+	cleanupOnExit     bool
+	once              bool
+}
+
+func newCNICmd(s streams) *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "cni",
+		Short: "Put the detour-cni plugin in place on a Kubernetes node, or take it away",
+		Args:  cobra.NoArgs,
+	}
+	cmd.AddCommand(newCNIInstallCmd(s, &cniOptions{}), newCNIUninstallCmd(s, &cniOptions{}))
+	return cmd
+}
+
+func newCNIInstallCmd(s streams, o *cniOptions) *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "install",
+		Short: "Install detour-cni as the last plugin of the primary CNI config and keep it there",
+		Long: `Copies the detour-cni binary into the CNI bin dir, writes the plugin's kubeconfig
+from the service account token and CA, and appends detour-cni as the last plugin
+of the primary network configuration (the lexically first .conf, .conflist or
+.json file in the conf dir; a single-plugin file becomes a .conflist). Every
+file is written atomically.
+
+Then it keeps running (the DaemonSet's entrypoint): when the primary CNI rewrites
+its file, the binary disappears or the token rotates, it repairs within a file
+notification or --poll-interval. On SIGTERM it exits leaving everything in place
+(the next pod takes over without a gap), unless --cleanup-on-exit.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return runCNIInstall(cmd.Context(), o, s)
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&o.pluginBinary, "plugin-binary", defaultPluginBinary(), "the detour-cni binary to install")
+	addCNIDirFlags(cmd, o)
+	f.StringVar(&o.pluginKubeconfig, "plugin-kubeconfig", "", "the kubeconfig path written into the plugin entry, as the node sees it (default: --kubeconfig-file)")
+	f.StringVar(&o.logFile, "log-file", "/var/log/detour-cni.log", "the plugin's log file on the node (empty: stderr)")
+	f.StringSliceVar(&o.excludeNamespaces, "exclude-namespaces", []string{"kube-system"}, "namespaces whose pods the plugin never redirects")
+	f.StringVar(&o.apiServer, "api-server", defaultAPIServer(), "the API server URL the plugin uses (default from KUBERNETES_SERVICE_HOST and KUBERNETES_SERVICE_PORT)")
+	f.StringVar(&o.tokenFile, "token-file", install.DefaultTokenFile, "the service account token")
+	f.StringVar(&o.caFile, "ca-file", install.DefaultCAFile, "the service account CA certificate")
+	f.DurationVar(&o.pollInterval, "poll-interval", install.DefaultPollInterval, "the longest a change goes unrepaired when no file notification arrives")
+	f.BoolVar(&o.cleanupOnExit, "cleanup-on-exit", false, "uninstall when the process gets SIGTERM or SIGINT")
+	f.BoolVar(&o.once, "once", false, "install once and exit instead of watching")
+	return cmd
+}
+
+func newCNIUninstallCmd(s streams, o *cniOptions) *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "uninstall",
+		Short: "Remove detour-cni's conflist entries, its kubeconfig and its binary",
+		Long: `Removes every detour-cni entry from the network configurations in the conf dir
+(the rest of each file is kept), then the plugin's kubeconfig and binary.
+Safe to repeat: a second run changes nothing.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return runCNIUninstall(cmd.Context(), o, s)
+		},
+	}
+	addCNIDirFlags(cmd, o)
+	return cmd
+}
+
+func addCNIDirFlags(cmd *cobra.Command, o *cniOptions) {
+	f := cmd.Flags()
+	f.StringVar(&o.binDir, "bin-dir", install.DefaultBinDir, "the CNI bin directory")
+	f.StringVar(&o.confDir, "conf-dir", install.DefaultConfDir, "the CNI conf directory")
+	f.StringVar(&o.kubeconfigFile, "kubeconfig-file", "", "where the plugin's kubeconfig is written (default: <conf-dir>/"+install.DefaultKubeconfigName+")")
+}
+
+// defaultPluginBinary is detour-cni next to the running detour binary, where the
+// image puts it.
+func defaultPluginBinary() string {
+	exe, err := os.Executable()
+	if err != nil {
+		return "detour-cni"
+	}
+	return filepath.Join(filepath.Dir(exe), install.PluginType)
+}
+
+func defaultAPIServer() string {
+	host, port := os.Getenv("KUBERNETES_SERVICE_HOST"), os.Getenv("KUBERNETES_SERVICE_PORT")
+	if host == "" || port == "" {
+		return ""
+	}
+	return install.ServerURL(host, port)
+}
+
+func (o *cniOptions) installerOptions(logger *slog.Logger) install.Options {
+	return install.Options{
+		PluginBinary:      o.pluginBinary,
+		BinDir:            o.binDir,
+		ConfDir:           o.confDir,
+		KubeconfigFile:    o.kubeconfigFile,
+		PluginKubeconfig:  o.pluginKubeconfig,
+		LogFile:           o.logFile,
+		ExcludeNamespaces: o.excludeNamespaces,
+		Server:            o.apiServer,
+		TokenFile:         o.tokenFile,
+		CAFile:            o.caFile,
+		PollInterval:      o.pollInterval,
+		CleanupOnExit:     o.cleanupOnExit,
+		Logger:            logger,
+	}
+}
+
+// runCNIInstall installs once (--once) or runs the installer loop until ctx ends.
+func runCNIInstall(ctx context.Context, o *cniOptions, s streams) error {
+	if o.pollInterval <= 0 {
+		return usageError("--poll-interval: %q is not a positive duration", o.pollInterval)
+	}
+	logger := slog.New(slog.NewTextHandler(s.err, nil))
+	opts := o.installerOptions(logger)
+	if err := opts.Validate(); err != nil {
+		return withCode(exitUsage, err)
+	}
+	in := install.New(opts)
+	if o.once {
+		changes, err := in.Install(ctx)
+		printChanges(s.out, changes)
+		return cniError(err)
+	}
+	return cniError(in.Run(ctx))
+}
+
+func runCNIUninstall(ctx context.Context, o *cniOptions, s streams) error {
+	in := install.New(o.installerOptions(slog.New(slog.NewTextHandler(s.err, nil))))
+	changes, err := in.Uninstall(ctx)
+	printChanges(s.out, changes)
+	return cniError(err)
+}
+
+func cniError(err error) error {
+	if errors.Is(err, install.ErrInvalidOptions) {
+		return withCode(exitUsage, err)
+	}
+	return err
+}
+
+func printChanges(w io.Writer, changes []string) {
+	if len(changes) == 0 {
+		fmt.Fprintln(w, "nothing to change")
+		return
+	}
+	for _, c := range changes {
+		fmt.Fprintln(w, c)
+	}
+}

@@ -1,0 +1,176 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+const cmdTestCA = "-----BEGIN CERTIFICATE-----\nMIIBdzCCAR2gAwIBAgIBATAKBggqhkjOPQQDAjAV\n-----END CERTIFICATE-----\n"
+
+// cniNode lays out a fake node and returns the flags that point the command at it.
+func cniNode(t *testing.T) (root string, flags []string) {
+	t.Helper()
+	root = t.TempDir()
+	for _, d := range []string{"bin", "net.d", "sa"} {
+		if err := os.MkdirAll(filepath.Join(root, d), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	files := map[string]string{
+		"detour-cni":                "plugin",
+		"sa/token":                  "tok",
+		"sa/ca.crt":                 cmdTestCA,
+		"net.d/10-flannel.conflist": `{"name":"cbr0","cniVersion":"0.3.1","plugins":[{"type":"flannel","delegate":{"hairpinMode":true}},{"type":"portmap","capabilities":{"portMappings":true}}]}`,
+	}
+	for name, content := range files {
+		if err := os.WriteFile(filepath.Join(root, name), []byte(content), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return root, []string{
+		"--bin-dir", filepath.Join(root, "bin"),
+		"--conf-dir", filepath.Join(root, "net.d"),
+	}
+}
+
+func installFlags(root string) []string {
+	return []string{
+		"--plugin-binary", filepath.Join(root, "detour-cni"),
+		"--token-file", filepath.Join(root, "sa/token"),
+		"--ca-file", filepath.Join(root, "sa/ca.crt"),
+		"--api-server", "https://192.0.2.10:6443",
+		"--exclude-namespaces", "kube-system,monitoring",
+	}
+}
+
+func runCmd(t *testing.T, ctx context.Context, args ...string) (int, string, string) {
+	t.Helper()
+	var out, errb bytes.Buffer
+	code := run(ctx, args, strings.NewReader(""), &out, &errb)
+	return code, out.String(), errb.String()
+}
+
+func TestCNIInstallOnceAndUninstall(t *testing.T) {
+	t.Parallel()
+	root, dirs := cniNode(t)
+	args := append(append([]string{"cni", "install", "--once"}, dirs...), installFlags(root)...)
+	code, out, stderr := runCmd(t, context.Background(), args...)
+	if code != exitOK {
+		t.Fatalf("exit %d, stderr:\n%s", code, stderr)
+	}
+	for _, want := range []string{"wrote " + filepath.Join(root, "bin/detour-cni"), "wrote " + filepath.Join(root, "net.d/detour-kubeconfig"), "inserted detour-cni into " + filepath.Join(root, "net.d/10-flannel.conflist")} {
+		if !strings.Contains(out, want) {
+			t.Errorf("output lacks %q:\n%s", want, out)
+		}
+	}
+	var list struct {
+		Plugins []map[string]any `json:"plugins"`
+	}
+	b, _ := os.ReadFile(filepath.Join(root, "net.d/10-flannel.conflist"))
+	if err := json.Unmarshal(b, &list); err != nil {
+		t.Fatal(err)
+	}
+	last := list.Plugins[len(list.Plugins)-1]
+	if last["type"] != "detour-cni" || last["kubeconfig"] != filepath.Join(root, "net.d/detour-kubeconfig") ||
+		last["logFile"] != "/var/log/detour-cni.log" || len(last["excludeNamespaces"].([]any)) != 2 {
+		t.Errorf("entry = %v", last)
+	}
+
+	if code, out, _ := runCmd(t, context.Background(), args...); code != exitOK || out != "nothing to change\n" {
+		t.Errorf("second install: exit %d, output %q", code, out)
+	}
+
+	uargs := append([]string{"cni", "uninstall"}, dirs...)
+	code, out, stderr = runCmd(t, context.Background(), uargs...)
+	if code != exitOK || strings.Count(out, "\n") != 3 {
+		t.Fatalf("uninstall: exit %d, output:\n%s%s", code, out, stderr)
+	}
+	if _, err := os.Stat(filepath.Join(root, "bin/detour-cni")); !os.IsNotExist(err) {
+		t.Error("binary left after uninstall")
+	}
+	if code, out, _ := runCmd(t, context.Background(), uargs...); code != exitOK || out != "nothing to change\n" {
+		t.Errorf("second uninstall: exit %d, output %q", code, out)
+	}
+}
+
+func TestCNIInstallInvalidInput(t *testing.T) {
+	t.Parallel()
+	root, dirs := cniNode(t)
+	tests := []struct {
+		name  string
+		extra []string
+		want  string
+	}{
+		{"missing plugin", []string{"--plugin-binary", filepath.Join(root, "nope")}, "--plugin-binary: "},
+		{"bad namespace", []string{"--exclude-namespaces", "UPPER"}, `--exclude-namespaces: "UPPER" is not a namespace name`},
+		{"no api server", []string{"--api-server", ""}, "--api-server: "},
+		{"zero poll", []string{"--poll-interval", "0s"}, "--poll-interval"},
+		{"bad duration", []string{"--poll-interval", "soon"}, "invalid argument"},
+		{"unknown flag", []string{"--frobnicate"}, "unknown flag"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			args := append(append(append([]string{"cni", "install", "--once"}, dirs...), installFlags(root)...), tc.extra...)
+			code, _, stderr := runCmd(t, context.Background(), args...)
+			if code != exitUsage || !strings.Contains(stderr, tc.want) {
+				t.Errorf("exit %d, stderr %q; want exit 2 mentioning %q", code, stderr, tc.want)
+			}
+		})
+	}
+	if _, err := os.Stat(filepath.Join(root, "bin/detour-cni")); !os.IsNotExist(err) {
+		t.Error("invalid input installed the binary")
+	}
+}
+
+func TestCNIInstallRuntimeFailure(t *testing.T) {
+	t.Parallel()
+	root, dirs := cniNode(t)
+	if err := os.WriteFile(filepath.Join(root, "net.d/10-flannel.conflist"), []byte("{broken"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	args := append(append([]string{"cni", "install", "--once"}, dirs...), installFlags(root)...)
+	code, _, stderr := runCmd(t, context.Background(), args...)
+	if code != exitFailure || !strings.Contains(stderr, "10-flannel.conflist") {
+		t.Errorf("exit %d, stderr %q; want exit 1 naming the file", code, stderr)
+	}
+}
+
+func TestCNIInstallWatchesUntilSignal(t *testing.T) {
+	t.Parallel()
+	root, dirs := cniNode(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	args := append(append([]string{"cni", "install", "--cleanup-on-exit"}, dirs...), installFlags(root)...)
+	done := make(chan int, 1)
+	go func() {
+		code, _, _ := runCmd(t, ctx, args...)
+		done <- code
+	}()
+	primary := filepath.Join(root, "net.d/10-flannel.conflist")
+	deadline := time.Now().Add(20 * time.Second)
+	for b, _ := os.ReadFile(primary); !bytes.Contains(b, []byte("detour-cni")); b, _ = os.ReadFile(primary) {
+		if time.Now().After(deadline) {
+			cancel()
+			t.Fatal("entry never inserted")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	cancel() // what SIGTERM does through signal.NotifyContext in main
+	select {
+	case code := <-done:
+		if code != exitOK {
+			t.Errorf("exit %d after the signal", code)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("install did not stop after the signal")
+	}
+	if b, _ := os.ReadFile(primary); bytes.Contains(b, []byte("detour-cni")) {
+		t.Errorf("--cleanup-on-exit left the entry:\n%s", b)
+	}
+}

@@ -1,0 +1,129 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+
+	"github.com/spf13/pflag"
+
+	"github.com/detour-mesh/detour/redirect"
+)
+
+// configOptions are the sources of a redirect.Config on the command line. They
+// merge in this order, later wins: defaults, preset, config files, environment
+// (DETOUR_*), flags.
+type configOptions struct {
+	preset  string
+	files   []string
+	values  map[string]*string // field path → flag value, for every redirect.Field
+	flags   *pflag.FlagSet
+	environ func(string) (string, bool) // os.LookupEnv; tests pass a map lookup
+}
+
+// bindConfigFlags adds --preset, --config and one flag per redirect.Field.
+func bindConfigFlags(fs *pflag.FlagSet, o *configOptions) {
+	fs.StringVar(&o.preset, "preset", "", "start from another mesh's defaults: "+strings.Join(redirect.Presets, ", ")+" (env DETOUR_PRESET)")
+	fs.StringArrayVar(&o.files, "config", nil, "YAML or JSON config file, repeatable, later wins; - reads stdin (env DETOUR_CONFIG, comma-separated)")
+	o.values = make(map[string]*string)
+	o.flags = fs
+	d := redirect.Default()
+	for _, f := range redirect.Fields() {
+		v := new(string)
+		o.values[f.Path] = v
+		usage := fmt.Sprintf("%s (%s, env %s)", f.Usage, f.Path, f.EnvName())
+		fs.StringVar(v, f.Name, f.Get(&d), usage)
+		if f.Bool {
+			fs.Lookup(f.Name).NoOptDefVal = "true"
+		}
+	}
+}
+
+// sourceError says which source gave an invalid value; it still matches
+// redirect.ErrInvalid (exit code 2).
+type sourceError struct {
+	source string
+	err    error
+}
+
+func (e *sourceError) Error() string { return e.source + ": " + e.err.Error() }
+func (e *sourceError) Unwrap() error { return e.err }
+
+// load builds the configuration. stdin backs --config -. Every error names its
+// source and matches redirect.ErrInvalid, so the command exits 2 without
+// touching the host.
+func (o *configOptions) load(stdin io.Reader) (redirect.Config, error) {
+	lookup := o.environ
+	if lookup == nil {
+		lookup = os.LookupEnv
+	}
+	preset := o.preset
+	if v, ok := lookup("DETOUR_PRESET"); ok && !o.flags.Changed("preset") {
+		preset = v
+	}
+	cfg := redirect.Default()
+	if preset != "" {
+		var err error
+		if cfg, err = redirect.Preset(preset); err != nil {
+			return redirect.Config{}, &sourceError{"--preset", err}
+		}
+	}
+	files := o.files
+	if v, ok := lookup("DETOUR_CONFIG"); ok && v != "" && !o.flags.Changed("config") {
+		files = strings.Split(v, ",")
+	}
+	stdinUsed := false
+	for _, name := range files {
+		var (
+			doc []byte
+			err error
+		)
+		if name == "-" {
+			if stdinUsed {
+				return redirect.Config{}, &sourceError{"--config", &redirect.FieldError{Field: "config", Value: "-", Reason: "is given twice; stdin can be read once"}}
+			}
+			stdinUsed = true
+			doc, err = io.ReadAll(stdin)
+		} else {
+			doc, err = os.ReadFile(name)
+		}
+		if err != nil {
+			return redirect.Config{}, &sourceError{"--config", &redirect.FieldError{Field: "config", Value: name, Reason: "cannot be read: " + unwrapPathError(err)}}
+		}
+		if err := cfg.Decode(doc); err != nil {
+			return redirect.Config{}, &sourceError{"config file " + name, err}
+		}
+	}
+	for _, f := range redirect.Fields() {
+		if o.flags.Changed(f.Name) {
+			continue
+		}
+		if v, ok := lookup(f.EnvName()); ok {
+			if err := cfg.Set(f.Path, v); err != nil {
+				return redirect.Config{}, &sourceError{f.EnvName(), err}
+			}
+		}
+	}
+	for _, f := range redirect.Fields() {
+		if !o.flags.Changed(f.Name) {
+			continue
+		}
+		if err := cfg.Set(f.Path, *o.values[f.Path]); err != nil {
+			return redirect.Config{}, &sourceError{"--" + f.Name, err}
+		}
+	}
+	if err := cfg.Validate(); err != nil {
+		return redirect.Config{}, err
+	}
+	return cfg, nil
+}
+
+func unwrapPathError(err error) string {
+	var pe *os.PathError
+	if errors.As(err, &pe) {
+		return pe.Err.Error()
+	}
+	return err.Error()
+}

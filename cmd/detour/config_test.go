@@ -1,0 +1,144 @@
+package main
+
+import (
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/spf13/pflag"
+
+	"github.com/detour-mesh/detour/redirect"
+)
+
+// parseConfig runs the config sources as a command line would: flags parsed
+// from args, env from the map, stdin from the string.
+func parseConfig(t *testing.T, args []string, env map[string]string, stdin string) (redirect.Config, error) {
+	t.Helper()
+	fs := pflag.NewFlagSet("test", pflag.ContinueOnError)
+	o := &configOptions{environ: func(k string) (string, bool) { v, ok := env[k]; return v, ok }}
+	bindConfigFlags(fs, o)
+	if err := fs.Parse(args); err != nil {
+		return redirect.Config{}, err
+	}
+	return o.load(strings.NewReader(stdin))
+}
+
+func TestConfigPrecedence(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	first := filepath.Join(dir, "first.yaml")
+	second := filepath.Join(dir, "second.yaml")
+	os.WriteFile(first, []byte("proxy:\n  uid: 100\n  inboundPort: 16006\noutbound:\n  excludePorts: [1]\n"), 0o644)
+	os.WriteFile(second, []byte("proxy:\n  uid: 200\n"), 0o644)
+
+	tests := []struct {
+		name    string
+		args    []string
+		env     map[string]string
+		stdin   string
+		uid     uint32
+		inPort  uint16
+		exclude string
+	}{
+		{name: "defaults", uid: 5678, inPort: 15006},
+		{name: "preset", args: []string{"--preset", "istio"}, uid: 1337, inPort: 15006, exclude: "15090,15021,15020"},
+		{name: "files later wins over preset", args: []string{"--preset", "istio", "--config", first, "--config", second}, uid: 200, inPort: 16006, exclude: "15090,15021,15020"},
+		{name: "env beats files", args: []string{"--config", first}, env: map[string]string{"DETOUR_PROXY_UID": "300"}, uid: 300, inPort: 16006},
+		{name: "flags beat env", args: []string{"--config", first, "--proxy-uid", "400"}, env: map[string]string{"DETOUR_PROXY_UID": "300"}, uid: 400, inPort: 16006},
+		{name: "env preset and config", env: map[string]string{"DETOUR_PRESET": "istio", "DETOUR_CONFIG": second}, uid: 200, inPort: 15006, exclude: "15090,15021,15020"},
+		{name: "stdin", args: []string{"--config", "-"}, stdin: `{"proxy": {"uid": 9}}`, uid: 9, inPort: 15006},
+		{name: "empty env clears a list", args: []string{"--preset", "istio"}, env: map[string]string{"DETOUR_EXCLUDE_INBOUND_PORTS": ""}, uid: 1337, inPort: 15006},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			c, err := parseConfig(t, tt.args, tt.env, tt.stdin)
+			if err != nil {
+				t.Fatal(err)
+			}
+			f, _ := redirect.FieldByPath("inbound.excludePorts")
+			if c.Proxy.UID != tt.uid || c.Proxy.InboundPort != tt.inPort || f.Get(&c) != tt.exclude {
+				t.Errorf("uid %d, inboundPort %d, inbound excludes %q; want %d, %d, %q",
+					c.Proxy.UID, c.Proxy.InboundPort, f.Get(&c), tt.uid, tt.inPort, tt.exclude)
+			}
+		})
+	}
+}
+
+func TestConfigErrorsNameSourceFieldAndValue(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	bad := filepath.Join(dir, "bad.yaml")
+	os.WriteFile(bad, []byte("outbound:\n  excludeCIDRs: [192.0.2.0/24, abc]\n"), 0o644)
+	broken := filepath.Join(dir, "broken.yaml")
+	os.WriteFile(broken, []byte("proxy: [\n"), 0o644)
+
+	tests := []struct {
+		name  string
+		args  []string
+		env   map[string]string
+		wants []string
+	}{
+		{"flag port", []string{"--exclude-outbound-ports", "80,443,70000"}, nil, []string{"--exclude-outbound-ports", `outbound.excludePorts[2]: "70000" is not a port`}},
+		{"flag mode", []string{"--mode", "bounce"}, nil, []string{"--mode", `mode: "bounce" is not one of redirect, tproxy`}},
+		{"env uid", nil, map[string]string{"DETOUR_PROXY_UID": "envoy"}, []string{"DETOUR_PROXY_UID", `proxy.uid: "envoy" is not a numeric id`}},
+		{"file cidr", []string{"--config", bad}, nil, []string{"config file " + bad, `outbound.excludeCIDRs[1]: "abc" is not a CIDR`}},
+		{"malformed yaml", []string{"--config", broken}, nil, []string{"config file " + broken, "is not valid YAML or JSON"}},
+		{"unreadable file", []string{"--config", filepath.Join(dir, "missing.yaml")}, nil, []string{"missing.yaml", "cannot be read: no such file or directory"}},
+		{"unknown preset", []string{"--preset", "linkerd"}, nil, []string{`preset: "linkerd" is not one of istio, kuma`}},
+		{"conflict", []string{"--inbound-port", "15001"}, nil, []string{`proxy.outboundPort: "15001" is also proxy.inboundPort`}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			_, err := parseConfig(t, tt.args, tt.env, "")
+			if err == nil {
+				t.Fatal("no error")
+			}
+			for _, w := range tt.wants {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("error %q does not contain %q", err, w)
+				}
+			}
+			if !errors.Is(err, redirect.ErrInvalid) {
+				t.Errorf("error %v does not match redirect.ErrInvalid (exit code 2)", err)
+			}
+			if got := exitCode(err, &strings.Builder{}); got != exitUsage {
+				t.Errorf("exit code %d, want %d", got, exitUsage)
+			}
+		})
+	}
+}
+
+func TestExcludeSSH(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		name    string
+		conn    string
+		mutate  func(*redirect.Config)
+		want    uint16
+		exclude string
+	}{
+		{name: "ssh session", conn: "198.51.100.9 50000 203.0.113.2 22", want: 22, exclude: "22"},
+		{name: "no ssh", conn: ""},
+		{name: "already excluded", conn: "198.51.100.9 50000 203.0.113.2 2222", mutate: func(c *redirect.Config) { c.Inbound.ExcludePorts = []redirect.PortRange{{First: 2000, Last: 3000}} }, exclude: "2000-3000"},
+		{name: "include list decides", conn: "198.51.100.9 50000 203.0.113.2 22", mutate: func(c *redirect.Config) { c.Inbound.IncludePorts = []redirect.PortRange{{First: 80, Last: 80}} }},
+		{name: "inbound off", conn: "198.51.100.9 50000 203.0.113.2 22", mutate: func(c *redirect.Config) { c.Inbound.Enabled = false }},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			c := redirect.Default()
+			if tt.mutate != nil {
+				tt.mutate(&c)
+			}
+			got, port := excludeSSH(c, tt.conn)
+			f, _ := redirect.FieldByPath("inbound.excludePorts")
+			if port != tt.want || f.Get(&got) != tt.exclude {
+				t.Errorf("excludeSSH = port %d, excludes %q; want %d, %q", port, f.Get(&got), tt.want, tt.exclude)
+			}
+		})
+	}
+}

@@ -1,0 +1,234 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/netip"
+	"os"
+	"slices"
+	"strconv"
+	"strings"
+
+	"github.com/spf13/cobra"
+
+	"github.com/detour-mesh/detour/redirect"
+)
+
+type installOptions struct {
+	config     configOptions
+	netns      string
+	captureSSH bool
+	dryRun     bool
+	output     string
+	// sshConnection is $SSH_CONNECTION; tests set it.
+	sshConnection string
+}
+
+func newInstallCmd(s streams, g *globalOptions) *cobra.Command {
+	o := &installOptions{}
+	cmd := &cobra.Command{
+		Use:   "install [flags]",
+		Short: "Install the redirection into the sidecar (plan, observe, apply)",
+		Long: `Install plans the rules for the configuration, reads what the network namespace
+already holds and applies the difference: one iptables-restore per IP family, nothing
+when the rules are already in place. On a host, the port of the SSH session you are
+connected through is excluded from inbound capture unless --capture-ssh is given.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			o.sshConnection = os.Getenv("SSH_CONNECTION")
+			return runInstall(cmd.Context(), o, g, s)
+		},
+	}
+	fs := cmd.Flags()
+	bindConfigFlags(fs, &o.config)
+	bindNetNSFlag(fs, &o.netns)
+	fs.BoolVar(&o.captureSSH, "capture-ssh", false, "capture the inbound port of the SSH session you are connected through, too")
+	fs.BoolVar(&o.dryRun, "dry-run", false, "print the plan and change nothing")
+	output(fs, &o.output)
+	return cmd
+}
+
+func runInstall(ctx context.Context, o *installOptions, g *globalOptions, s streams) error {
+	if err := checkOutput(o.output); err != nil {
+		return err
+	}
+	cfg, err := o.config.load(s.in)
+	if err != nil {
+		return err
+	}
+	nsPath, err := netnsPath(o.netns)
+	if err != nil {
+		return err
+	}
+	var sshPort uint16
+	if nsPath == "" && !o.captureSSH {
+		cfg, sshPort = excludeSSH(cfg, o.sshConnection)
+	}
+	eng := &redirect.Engine{Logger: g.logger(s.err), NetNS: nsPath}
+	facts, err := eng.Facts(ctx, cfg)
+	if err != nil {
+		return fmt.Errorf("read network namespace facts: %w", err)
+	}
+	plan, err := redirect.NewPlan(cfg, facts)
+	if err != nil {
+		return err
+	}
+	if o.dryRun {
+		return printPlan(s, plan, o.output)
+	}
+	res, err := eng.Install(ctx, plan)
+	if err != nil {
+		return fmt.Errorf("install: %w", err)
+	}
+	if o.output == "json" {
+		return writeJSON(s, struct {
+			redirect.Result
+			Config  redirect.Config `json:"config"`
+			SSHPort uint16          `json:"sshPortExcluded,omitempty"`
+		}{res, plan.Config, sshPort})
+	}
+	_, err = fmt.Fprint(s.out, summary(plan.Config, res, sshPort))
+	return err
+}
+
+// excludeSSH keeps the SSH session we are connected through alive: its server
+// port (the fourth field of SSH_CONNECTION) is added to the inbound exclusions
+// when inbound capture would otherwise take it. It returns the port it added, 0
+// when it added none.
+func excludeSSH(cfg redirect.Config, sshConnection string) (redirect.Config, uint16) {
+	fields := strings.Fields(sshConnection)
+	if len(fields) != 4 || !cfg.Inbound.Enabled {
+		return cfg, 0
+	}
+	port, err := redirect.ParsePort(fields[3])
+	if err != nil {
+		return cfg, 0
+	}
+	in := cfg.Inbound
+	if len(in.IncludePorts) > 0 || slices.ContainsFunc(in.ExcludePorts, func(r redirect.PortRange) bool { return r.Contains(port) }) {
+		// Included ports are what the user asked for; excluded ones already are.
+		return cfg, 0
+	}
+	cfg = cfg.Clone()
+	cfg.Inbound.ExcludePorts = append(cfg.Inbound.ExcludePorts, redirect.PortRange{First: port, Last: port})
+	return cfg, port
+}
+
+// summary is the one screen install prints: what is captured, where it goes and
+// what is left alone.
+func summary(c redirect.Config, r redirect.Result, sshPort uint16) string {
+	var b strings.Builder
+	fams := make([]string, len(r.Families))
+	for i, f := range r.Families {
+		fams[i] = string(f)
+	}
+	how := fmt.Sprintf("%s; %s; mode %s", r.Backend, strings.Join(fams, ", "), c.Mode)
+	if r.Changed {
+		fmt.Fprintf(&b, "detour installed (%s)\n", how)
+	} else {
+		fmt.Fprintf(&b, "no changes: detour was already installed as planned (%s)\n", how)
+	}
+	row := func(name, what string, notes ...string) {
+		fmt.Fprintf(&b, "  %-9s %s\n", name, what)
+		for _, n := range notes {
+			if n != "" {
+				fmt.Fprintf(&b, "  %-9s   %s\n", "", n)
+			}
+		}
+	}
+	if c.Outbound.Enabled {
+		o := c.Outbound
+		row("outbound", fmt.Sprintf("TCP → :%d  %s, %s", c.Proxy.OutboundPort,
+			selection("ports", "all ports", o.IncludePorts, o.ExcludePorts),
+			cidrSelection(o.IncludeCIDRs, o.ExcludeCIDRs)),
+			"left alone: "+strings.Join(outboundExempt(c), ", "))
+	} else {
+		row("outbound", "not captured (outbound.enabled is false)")
+	}
+	if c.Inbound.Enabled {
+		in := c.Inbound
+		note := ""
+		if sshPort != 0 {
+			note = fmt.Sprintf("port %d is excluded: it carries your SSH session (--capture-ssh captures it)", sshPort)
+		}
+		src := ""
+		if len(in.ExcludeSourceCIDRs) > 0 {
+			src = "; sources except " + joinPrefixes(in.ExcludeSourceCIDRs)
+		}
+		mode := ""
+		if c.Mode == redirect.ModeTProxy {
+			mode = " (TPROXY: the proxy sees client addresses)"
+		}
+		row("inbound", fmt.Sprintf("TCP → :%d  %s%s%s", c.Proxy.InboundPort,
+			selection("ports", "all ports", in.IncludePorts, in.ExcludePorts), src, mode), note)
+	} else {
+		row("inbound", "not captured (inbound.enabled is false)")
+	}
+	switch c.DNS.Capture {
+	case redirect.DNSCaptureAll:
+		row("dns", fmt.Sprintf("UDP/53 → :%d  every destination (TCP/53 follows outbound)", c.DNS.Port))
+	case redirect.DNSCaptureResolvConf:
+		row("dns", fmt.Sprintf("UDP/53 → :%d  the nameservers in %s (TCP/53 follows outbound)", c.DNS.Port, c.DNS.ResolvConf))
+	default:
+		row("dns", "not captured (dns.capture is off)")
+	}
+	if r.Processes > 0 {
+		row("cost", fmt.Sprintf("%d child processes", r.Processes))
+	}
+	return b.String()
+}
+
+func selection[T fmt.Stringer](noun, all string, include, exclude []T) string {
+	switch {
+	case len(include) > 0:
+		return "only " + noun + " " + joinStrings(include)
+	case len(exclude) > 0:
+		return all + " except " + joinStrings(exclude)
+	}
+	return all
+}
+
+func cidrSelection(include, exclude []netip.Prefix) string {
+	switch {
+	case len(include) > 0:
+		return "only to " + joinPrefixes(include)
+	case len(exclude) > 0:
+		return "any address except " + joinPrefixes(exclude)
+	}
+	return "any address"
+}
+
+func outboundExempt(c redirect.Config) []string {
+	out := []string{"proxy uid " + strconv.FormatUint(uint64(c.Proxy.UID), 10)}
+	if c.Proxy.GID != nil {
+		out = append(out, "proxy gid "+strconv.FormatUint(uint64(*c.Proxy.GID), 10))
+	}
+	out = append(out, "loopback")
+	if len(c.Outbound.ExcludeUIDs) > 0 {
+		out = append(out, "uids "+joinStrings(c.Outbound.ExcludeUIDs))
+	}
+	if len(c.Outbound.ExcludeGIDs) > 0 {
+		out = append(out, "gids "+joinStrings(c.Outbound.ExcludeGIDs))
+	}
+	for _, r := range c.Outbound.ExcludePortsForUIDs {
+		out = append(out, r.String())
+	}
+	return out
+}
+
+func joinStrings[T fmt.Stringer](items []T) string {
+	parts := make([]string, len(items))
+	for i, it := range items {
+		parts[i] = it.String()
+	}
+	return strings.Join(parts, ",")
+}
+
+func joinPrefixes(ps []netip.Prefix) string { return joinStrings(ps) }
+
+func writeJSON(s streams, v any) error {
+	enc := json.NewEncoder(s.out)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
+}

@@ -1,0 +1,57 @@
+package main
+
+import (
+	"context"
+	"fmt"
+
+	"github.com/spf13/cobra"
+
+	"github.com/detour-mesh/detour/redirect"
+)
+
+type statusOptions struct {
+	netns  string
+	output string
+}
+
+func newStatusCmd(s streams, g *globalOptions) *cobra.Command {
+	o := &statusOptions{}
+	cmd := &cobra.Command{
+		Use:   "status [flags]",
+		Short: "Show what detour has installed: backend, families, rules",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return runStatus(cmd.Context(), o, g, s)
+		},
+	}
+	bindNetNSFlag(cmd.Flags(), &o.netns)
+	output(cmd.Flags(), &o.output)
+	return cmd
+}
+
+func runStatus(ctx context.Context, o *statusOptions, g *globalOptions, s streams) error {
+	if err := checkOutput(o.output); err != nil {
+		return err
+	}
+	nsPath, err := netnsPath(o.netns)
+	if err != nil {
+		return err
+	}
+	eng := &redirect.Engine{Logger: g.logger(s.err), NetNS: nsPath}
+	st, err := eng.Status(ctx)
+	if err != nil {
+		return fmt.Errorf("status: %w", err)
+	}
+	if o.output == "json" {
+		return writeJSON(s, st)
+	}
+	if !st.Installed {
+		_, err := fmt.Fprintln(s.out, "detour is not installed")
+		return err
+	}
+	fmt.Fprintf(s.out, "detour is installed (%s; %s)\n", st.Backend, joinFamilies(st.Families))
+	for _, f := range st.Families {
+		fmt.Fprintf(s.out, "\n# %s\n%s", f, st.Rules[f])
+	}
+	return nil
+}

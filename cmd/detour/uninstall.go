@@ -1,0 +1,66 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"strings"
+
+	"github.com/spf13/cobra"
+
+	"github.com/detour-mesh/detour/redirect"
+)
+
+type uninstallOptions struct {
+	netns  string
+	output string
+}
+
+func newUninstallCmd(s streams, g *globalOptions) *cobra.Command {
+	o := &uninstallOptions{}
+	cmd := &cobra.Command{
+		Use:   "uninstall [flags]",
+		Short: "Remove exactly what detour installed, in every family and table",
+		Long: `Uninstall removes the chains named DETOUR_*, the rules carrying detour's ownership
+comment and the TPROXY routing, and nothing else. It succeeds, changing nothing, when
+detour is not installed. It refuses when it finds DETOUR_* chains it does not own.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return runUninstall(cmd.Context(), o, g, s)
+		},
+	}
+	bindNetNSFlag(cmd.Flags(), &o.netns)
+	output(cmd.Flags(), &o.output)
+	return cmd
+}
+
+func runUninstall(ctx context.Context, o *uninstallOptions, g *globalOptions, s streams) error {
+	if err := checkOutput(o.output); err != nil {
+		return err
+	}
+	nsPath, err := netnsPath(o.netns)
+	if err != nil {
+		return err
+	}
+	eng := &redirect.Engine{Logger: g.logger(s.err), NetNS: nsPath}
+	res, err := eng.Uninstall(ctx)
+	if err != nil {
+		return fmt.Errorf("uninstall: %w", err)
+	}
+	if o.output == "json" {
+		return writeJSON(s, res)
+	}
+	if !res.Changed {
+		_, err = fmt.Fprintln(s.out, "nothing to remove: detour is not installed")
+		return err
+	}
+	_, err = fmt.Fprintf(s.out, "detour removed (%s; %s)\n", res.Backend, joinFamilies(res.Families))
+	return err
+}
+
+func joinFamilies(fs []redirect.Family) string {
+	parts := make([]string, len(fs))
+	for i, f := range fs {
+		parts[i] = string(f)
+	}
+	return strings.Join(parts, ", ")
+}

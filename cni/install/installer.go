@@ -1,0 +1,527 @@
+package install
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/fsnotify/fsnotify"
+)
+
+// Defaults of Options' zero fields.
+const (
+	DefaultBinDir         = "/opt/cni/bin"
+	DefaultConfDir        = "/etc/cni/net.d"
+	DefaultKubeconfigName = "detour-kubeconfig"
+	DefaultTokenFile      = "/var/run/secrets/kubernetes.io/serviceaccount/token"
+	DefaultCAFile         = "/var/run/secrets/kubernetes.io/serviceaccount/ca.crt"
+	DefaultPollInterval   = 10 * time.Second
+)
+
+// ErrInvalidOptions matches every error of Options.Validate (errors.Is).
+var ErrInvalidOptions = errors.New("invalid installer options")
+
+// OptionError names the option (by its `detour cni install` flag), the value
+// given and what is wrong with it.
+type OptionError struct {
+	Option, Value, Reason string
+}
+
+func (e *OptionError) Error() string {
+	return fmt.Sprintf("--%s: %q %s", e.Option, e.Value, e.Reason)
+}
+
+// Is makes every OptionError match ErrInvalidOptions.
+func (e *OptionError) Is(target error) bool { return target == ErrInvalidOptions }
+
+// Options configure an Installer. The zero value of a field means its default.
+// Paths are as the installer sees them; in a DaemonSet, mount the node's
+// directories at the same paths so that the paths written into the conflist hold
+// on the node too (or set PluginKubeconfig).
+type Options struct {
+	// PluginBinary is the detour-cni binary to copy. Required.
+	PluginBinary string
+	// BinDir is the CNI bin directory (DefaultBinDir).
+	BinDir string
+	// ConfDir is the CNI conf directory (DefaultConfDir).
+	ConfDir string
+	// KubeconfigFile is where the plugin's kubeconfig is written
+	// (ConfDir/DefaultKubeconfigName; a name without a network configuration
+	// extension, so runtimes do not read it as one).
+	KubeconfigFile string
+	// PluginKubeconfig is the kubeconfig path written into the plugin entry, as
+	// the node sees it (KubeconfigFile).
+	PluginKubeconfig string
+	// LogFile is the plugin's log file on the node, written into the entry
+	// (empty: the plugin logs to stderr, which the runtime keeps on failure).
+	LogFile string
+	// ExcludeNamespaces are written into the entry: the plugin never redirects
+	// their pods.
+	ExcludeNamespaces []string
+	// Server is the API server URL the plugin talks to (https://host:port). Required.
+	Server string
+	// TokenFile and CAFile are the service account's token and CA
+	// (DefaultTokenFile, DefaultCAFile).
+	TokenFile, CAFile string
+	// PollInterval bounds how long a change goes unnoticed when no file
+	// notification arrives (DefaultPollInterval).
+	PollInterval time.Duration
+	// CleanupOnExit makes Run uninstall when its context ends (on SIGTERM).
+	CleanupOnExit bool
+	// Logger receives one line per change and per failed repair (nil: discard).
+	Logger *slog.Logger
+
+	// pollOnly turns file notifications off, for tests of the poll bound.
+	pollOnly bool
+}
+
+func (o Options) withDefaults() Options {
+	if o.BinDir == "" {
+		o.BinDir = DefaultBinDir
+	}
+	if o.ConfDir == "" {
+		o.ConfDir = DefaultConfDir
+	}
+	if o.KubeconfigFile == "" {
+		o.KubeconfigFile = filepath.Join(o.ConfDir, DefaultKubeconfigName)
+	}
+	if o.PluginKubeconfig == "" {
+		o.PluginKubeconfig = o.KubeconfigFile
+	}
+	if o.TokenFile == "" {
+		o.TokenFile = DefaultTokenFile
+	}
+	if o.CAFile == "" {
+		o.CAFile = DefaultCAFile
+	}
+	if o.PollInterval == 0 {
+		o.PollInterval = DefaultPollInterval
+	}
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.DiscardHandler)
+	}
+	return o
+}
+
+// Validate checks the options that Install needs before anything is written.
+// Errors are *OptionError values.
+func (o Options) Validate() error {
+	o = o.withDefaults()
+	if o.PluginBinary == "" {
+		return &OptionError{"plugin-binary", "", "is required"}
+	}
+	if fi, err := os.Stat(o.PluginBinary); err != nil {
+		return &OptionError{"plugin-binary", o.PluginBinary, "cannot be read: " + pathErr(err)}
+	} else if !fi.Mode().IsRegular() {
+		return &OptionError{"plugin-binary", o.PluginBinary, "is not a regular file"}
+	}
+	for _, d := range []struct{ flag, path string }{{"bin-dir", o.BinDir}, {"conf-dir", o.ConfDir}} {
+		if fi, err := os.Stat(d.path); err != nil {
+			return &OptionError{d.flag, d.path, "cannot be read: " + pathErr(err)}
+		} else if !fi.IsDir() {
+			return &OptionError{d.flag, d.path, "is not a directory"}
+		}
+	}
+	if slices.Contains(confExtensions, filepath.Ext(o.KubeconfigFile)) {
+		return &OptionError{"kubeconfig-file", o.KubeconfigFile, "has a network configuration extension; a runtime would read it as a CNI config"}
+	}
+	if !filepath.IsAbs(o.PluginKubeconfig) {
+		return &OptionError{"plugin-kubeconfig", o.PluginKubeconfig, "is not an absolute path"}
+	}
+	if o.LogFile != "" && !filepath.IsAbs(o.LogFile) {
+		return &OptionError{"log-file", o.LogFile, "is not an absolute path"}
+	}
+	for _, ns := range o.ExcludeNamespaces {
+		if !isDNSLabel(ns) {
+			return &OptionError{"exclude-namespaces", ns, "is not a namespace name"}
+		}
+	}
+	if err := checkServer(o.Server); err != nil {
+		return &OptionError{"api-server", o.Server, "is not https://host:port (in a pod, KUBERNETES_SERVICE_HOST and KUBERNETES_SERVICE_PORT give it)"}
+	}
+	if o.PollInterval < 0 {
+		return &OptionError{"poll-interval", o.PollInterval.String(), "is negative"}
+	}
+	return nil
+}
+
+func pathErr(err error) string {
+	var pe *os.PathError
+	if errors.As(err, &pe) {
+		return pe.Err.Error()
+	}
+	return err.Error()
+}
+
+func isDNSLabel(s string) bool {
+	if s == "" || len(s) > 63 || s[0] == '-' || s[len(s)-1] == '-' {
+		return false
+	}
+	for _, c := range s {
+		if !(c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || c == '-') {
+			return false
+		}
+	}
+	return true
+}
+
+// Installer puts detour-cni in place and keeps it there. Use one per node.
+// Its methods are not safe for concurrent use.
+type Installer struct {
+	o Options
+
+	srcHash []byte
+	// dst is the stat of the binary we last wrote or verified, so a
+	// reconcile re-reads it only when it changed.
+	dst os.FileInfo
+}
+
+// New returns an Installer for o. Install and Run check o with Validate before
+// they write anything; Uninstall needs none of the install-only options.
+func New(o Options) *Installer {
+	return &Installer{o: o.withDefaults()}
+}
+
+// Entry returns the plugin entry the installer writes.
+func (in *Installer) Entry() Entry {
+	return Entry{
+		Kubeconfig:        in.o.PluginKubeconfig,
+		LogFile:           in.o.LogFile,
+		ExcludeNamespaces: in.o.ExcludeNamespaces,
+	}
+}
+
+// Install makes the node's state what it should be, in this order: the plugin
+// binary, the kubeconfig, then the plugin entry in the primary conflist — so the
+// entry appears only once the plugin can run. It returns one line per change
+// made (none when everything was in place). A conf directory without a network
+// configuration yet is not an error: the entry is added once the primary CNI
+// writes its file. Install is idempotent.
+func (in *Installer) Install(ctx context.Context) ([]string, error) {
+	if err := in.o.Validate(); err != nil {
+		return nil, err
+	}
+	var changes []string
+	for _, step := range []func() (string, error){in.ensureBinary, in.ensureKubeconfig, in.ensureEntry} {
+		if err := ctx.Err(); err != nil {
+			return changes, err
+		}
+		c, err := step()
+		if c != "" {
+			changes = append(changes, c)
+		}
+		if err != nil {
+			return changes, err
+		}
+	}
+	return changes, nil
+}
+
+func (in *Installer) ensureBinary() (string, error) {
+	dst := filepath.Join(in.o.BinDir, PluginType)
+	fi, err := os.Stat(dst)
+	if err == nil && in.dst != nil && os.SameFile(fi, in.dst) && fi.Size() == in.dst.Size() && fi.ModTime().Equal(in.dst.ModTime()) {
+		return "", nil
+	}
+	if in.srcHash == nil {
+		h, err := hashFile(in.o.PluginBinary)
+		if err != nil {
+			return "", fmt.Errorf("read plugin binary: %w", err)
+		}
+		in.srcHash = h
+	}
+	if err == nil {
+		if h, herr := hashFile(dst); herr == nil && bytes.Equal(h, in.srcHash) {
+			in.dst = fi
+			return "", nil
+		}
+	}
+	src, err := os.Open(in.o.PluginBinary)
+	if err != nil {
+		return "", fmt.Errorf("read plugin binary: %w", err)
+	}
+	defer src.Close()
+	if err := writeAtomic(dst, src, 0o755); err != nil {
+		return "", fmt.Errorf("copy plugin binary: %w", err)
+	}
+	if in.dst, err = os.Stat(dst); err != nil {
+		return "", fmt.Errorf("copy plugin binary: %w", err)
+	}
+	in.o.Logger.Info("copied plugin binary", "path", dst)
+	return "wrote " + dst, nil
+}
+
+func hashFile(path string) ([]byte, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	h := sha256.New()
+	if _, err := io.Copy(h, f); err != nil {
+		return nil, err
+	}
+	return h.Sum(nil), nil
+}
+
+func (in *Installer) ensureKubeconfig() (string, error) {
+	token, err := os.ReadFile(in.o.TokenFile)
+	if err != nil {
+		return "", fmt.Errorf("read service account token: %w", err)
+	}
+	ca, err := os.ReadFile(in.o.CAFile)
+	if err != nil {
+		return "", fmt.Errorf("read service account CA: %w", err)
+	}
+	want, err := Kubeconfig(Credentials{Server: in.o.Server, CA: ca, Token: string(token)})
+	if err != nil {
+		return "", fmt.Errorf("render kubeconfig from %s and %s: %w", in.o.TokenFile, in.o.CAFile, err)
+	}
+	if exp, ok := TokenExpiry(string(token)); ok && time.Until(exp) < 2*in.o.PollInterval {
+		// The kubelet rotates projected tokens at 80% of their life; a token this
+		// close to its end means rotation is not happening.
+		in.o.Logger.Warn("service account token expires soon and has not been rotated", "path", in.o.TokenFile, "expiry", exp.UTC().Format(time.RFC3339))
+	}
+	if have, err := os.ReadFile(in.o.KubeconfigFile); err == nil && bytes.Equal(have, want) {
+		return "", nil
+	}
+	if err := writeAtomic(in.o.KubeconfigFile, bytes.NewReader(want), 0o600); err != nil {
+		return "", fmt.Errorf("write kubeconfig: %w", err)
+	}
+	in.o.Logger.Info("wrote kubeconfig", "path", in.o.KubeconfigFile)
+	return "wrote " + in.o.KubeconfigFile, nil
+}
+
+func (in *Installer) ensureEntry() (string, error) {
+	files, err := confFiles(in.o.ConfDir)
+	if err != nil {
+		return "", err
+	}
+	if len(files) == 0 {
+		in.o.Logger.Info("waiting for the primary CNI to write its network configuration", "dir", in.o.ConfDir)
+		return "", nil
+	}
+	// A symlinked primary (some distributions link the CNI's file into the
+	// conf dir) is edited where it points, so the link and its owner's file stay
+	// one file.
+	primary, err := filepath.EvalSymlinks(files[0])
+	if err != nil {
+		return "", fmt.Errorf("resolve primary CNI config: %w", err)
+	}
+	doc, err := os.ReadFile(primary)
+	if err != nil {
+		return "", fmt.Errorf("read primary CNI config: %w", err)
+	}
+	isList, err := IsList(doc)
+	if err != nil {
+		return "", fmt.Errorf("%s: %w", primary, err)
+	}
+	if isList {
+		out, err := Insert(doc, in.Entry())
+		if err != nil {
+			return "", fmt.Errorf("%s: %w", primary, err)
+		}
+		if bytes.Equal(out, doc) {
+			return "", nil
+		}
+		if err := writeAtomic(primary, bytes.NewReader(out), fileMode(primary)); err != nil {
+			return "", fmt.Errorf("insert plugin entry: %w", err)
+		}
+		in.o.Logger.Info("inserted plugin entry", "path", primary)
+		return "inserted detour-cni into " + primary, nil
+	}
+	// A single-plugin file: chaining needs a conflist. The new name must stay the
+	// one the runtime reads first.
+	if primary != files[0] {
+		return "", fmt.Errorf("%s: a symlink to a single-plugin config (%s); detour cannot convert it to a conflist in place, make the primary CNI write a .conflist", files[0], primary)
+	}
+	target := listName(primary)
+	for _, f := range files[1:] {
+		if f < target && f != target {
+			return "", fmt.Errorf("%s: converting it to %s would make %s the first network configuration; rename one of them", primary, filepath.Base(target), filepath.Base(f))
+		}
+	}
+	list, err := ConfToList(doc)
+	if err != nil {
+		return "", fmt.Errorf("%s: %w", primary, err)
+	}
+	out, err := Insert(list, in.Entry())
+	if err != nil {
+		return "", fmt.Errorf("%s: %w", primary, err)
+	}
+	if slices.Contains(files, target) {
+		in.o.Logger.Warn("replacing a conflist shadowed by the primary .conf", "path", target)
+	}
+	if err := writeAtomic(target, bytes.NewReader(out), fileMode(primary)); err != nil {
+		return "", fmt.Errorf("insert plugin entry: %w", err)
+	}
+	if err := os.Remove(primary); err != nil {
+		return "", fmt.Errorf("remove converted %s: %w", primary, err)
+	}
+	in.o.Logger.Info("converted the primary CNI config to a conflist and inserted the plugin entry", "from", primary, "path", target)
+	return fmt.Sprintf("converted %s to %s and inserted detour-cni", primary, target), nil
+}
+
+func fileMode(path string) os.FileMode {
+	if fi, err := os.Stat(path); err == nil {
+		return fi.Mode().Perm()
+	}
+	return 0o644
+}
+
+// Uninstall removes exactly what Install put in place: every detour-cni entry in
+// the conf directory's network configurations (the rest of each file is kept),
+// then the kubeconfig and the plugin binary. It returns one line per change and
+// is idempotent: a second run changes nothing. A file that is not valid JSON is
+// left alone (it cannot hold our entry in a form a runtime reads).
+//
+// A converted .conf stays a .conflist: it holds the same single plugin under the
+// same network name, which every runtime loads the same way.
+func (in *Installer) Uninstall(ctx context.Context) ([]string, error) {
+	var changes []string
+	var errs []error
+	files, err := confFiles(in.o.ConfDir)
+	if err != nil && !errors.Is(err, os.ErrNotExist) {
+		errs = append(errs, err)
+	}
+	for _, f := range files {
+		if err := ctx.Err(); err != nil {
+			return changes, err
+		}
+		if real, err := filepath.EvalSymlinks(f); err == nil {
+			f = real
+		}
+		doc, err := os.ReadFile(f)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("read CNI config: %w", err))
+			continue
+		}
+		if isList, err := IsList(doc); err != nil || !isList {
+			continue
+		}
+		out, removed, err := Remove(doc)
+		if err != nil {
+			in.o.Logger.Warn("not a conflist detour can edit; left alone", "path", f, "error", err)
+			continue
+		}
+		if !removed {
+			continue
+		}
+		if err := writeAtomic(f, bytes.NewReader(out), fileMode(f)); err != nil {
+			errs = append(errs, fmt.Errorf("remove plugin entry: %w", err))
+			continue
+		}
+		in.o.Logger.Info("removed plugin entry", "path", f)
+		changes = append(changes, "removed detour-cni from "+f)
+	}
+	for _, f := range []string{in.o.KubeconfigFile, filepath.Join(in.o.BinDir, PluginType)} {
+		switch err := os.Remove(f); {
+		case err == nil:
+			in.o.Logger.Info("removed file", "path", f)
+			changes = append(changes, "removed "+f)
+		case !errors.Is(err, os.ErrNotExist):
+			errs = append(errs, fmt.Errorf("remove %s: %w", f, err))
+		}
+	}
+	in.dst = nil
+	return changes, errors.Join(errs...)
+}
+
+// Run installs, then keeps the installation in place until ctx ends: it repairs
+// on every file notification in the conf and bin directories and the token's
+// directory, and at least every PollInterval. A failed first install is
+// returned; later failures are logged and retried. When ctx ends, Run uninstalls
+// if CleanupOnExit is set and returns nil.
+func (in *Installer) Run(ctx context.Context) error {
+	if _, err := in.Install(ctx); err != nil {
+		return err
+	}
+	events, closeWatch := in.watch()
+	defer closeWatch()
+	tick := time.NewTicker(in.o.PollInterval)
+	defer tick.Stop()
+	repair := func(why string) {
+		if changes, err := in.Install(ctx); err != nil && ctx.Err() == nil {
+			in.o.Logger.Error("repair failed; retrying on the next change", "trigger", why, "error", err)
+		} else if len(changes) > 0 {
+			in.o.Logger.Info("repaired", "trigger", why, "changes", strings.Join(changes, "; "))
+		}
+	}
+	for {
+		select {
+		case <-ctx.Done():
+			if !in.o.CleanupOnExit {
+				return nil
+			}
+			// ctx is over: give the cleanup its own bounded time.
+			cctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			defer cancel()
+			_, err := in.Uninstall(cctx)
+			return err
+		case name := <-events:
+			repair(name)
+		case <-tick.C:
+			repair("poll")
+		}
+	}
+}
+
+// watch reports the names of changed files in the directories the installer
+// depends on, ignoring its own temporary files. Without notifications (the
+// watcher cannot start, or pollOnly) the channel stays silent and the poll
+// interval bounds repairs.
+func (in *Installer) watch() (<-chan string, func()) {
+	out := make(chan string)
+	if in.o.pollOnly {
+		return out, func() {}
+	}
+	w, err := fsnotify.NewWatcher()
+	if err != nil {
+		in.o.Logger.Warn("file notifications unavailable; polling only", "error", err, "interval", in.o.PollInterval)
+		return out, func() {}
+	}
+	dirs := []string{in.o.ConfDir, in.o.BinDir, filepath.Dir(in.o.TokenFile), filepath.Dir(in.o.CAFile), filepath.Dir(in.o.KubeconfigFile)}
+	slices.Sort(dirs)
+	for _, d := range slices.Compact(dirs) {
+		if err := w.Add(d); err != nil {
+			in.o.Logger.Warn("cannot watch directory; polling it", "dir", d, "error", err)
+		}
+	}
+	done := make(chan struct{})
+	go func() {
+		for {
+			select {
+			case <-done:
+				return
+			case ev, ok := <-w.Events:
+				if !ok {
+					return
+				}
+				base := filepath.Base(ev.Name)
+				if strings.HasPrefix(base, ".") && strings.HasSuffix(base, ".tmp") {
+					continue
+				}
+				select {
+				case out <- ev.Name:
+				case <-done:
+					return
+				}
+			case err, ok := <-w.Errors:
+				if !ok {
+					return
+				}
+				in.o.Logger.Warn("file notification error", "error", err)
+			}
+		}
+	}()
+	return out, func() { close(done); w.Close() }
+}

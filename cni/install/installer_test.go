@@ -1,0 +1,659 @@
+package install
+
+import (
+	"bytes"
+	"context"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/containernetworking/cni/libcni"
+	"k8s.io/client-go/tools/clientcmd"
+)
+
+// testCA is a syntactically valid PEM certificate block; the installer only
+// inlines it.
+const testCA = `-----BEGIN CERTIFICATE-----
+MIIBdzCCAR2gAwIBAgIBATAKBggqhkjOPQQDAjAVMRMwEQYDVQQDEwp0ZXN0LWNhLTAw
+HhcNMjYwMTAxMDAwMDAwWhcNMzYwMTAxMDAwMDAwWjAVMRMwEQYDVQQDEwp0ZXN0LWNh
+-----END CERTIFICATE-----
+`
+
+// node is a fake node's file system: CNI dirs, a service account and a plugin
+// binary to install.
+type node struct {
+	root, bin, conf, token, ca, plugin string
+}
+
+func newNode(t *testing.T) node {
+	t.Helper()
+	root := t.TempDir()
+	n := node{
+		root:   root,
+		bin:    filepath.Join(root, "opt/cni/bin"),
+		conf:   filepath.Join(root, "etc/cni/net.d"),
+		token:  filepath.Join(root, "sa/token"),
+		ca:     filepath.Join(root, "sa/ca.crt"),
+		plugin: filepath.Join(root, "image/detour-cni"),
+	}
+	for _, d := range []string{n.bin, n.conf, filepath.Dir(n.token), filepath.Dir(n.plugin)} {
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	writeFile(t, n.token, jwt(time.Now().Add(time.Hour))+"\n")
+	writeFile(t, n.ca, testCA)
+	writeFile(t, n.plugin, "#!/bin/sh\necho detour-cni build 1\n")
+	// Another plugin and the primary's own kubeconfig: never ours to touch.
+	writeFile(t, filepath.Join(n.bin, "bridge"), "bridge binary")
+	writeFile(t, filepath.Join(n.conf, "calico-kubeconfig"), "calico's")
+	return n
+}
+
+func (n node) options() Options {
+	return Options{
+		PluginBinary:      n.plugin,
+		BinDir:            n.bin,
+		ConfDir:           n.conf,
+		LogFile:           "/var/log/detour-cni.log",
+		ExcludeNamespaces: []string{"kube-system"},
+		Server:            "https://[2001:db8::1]:6443",
+		TokenFile:         n.token,
+		CAFile:            n.ca,
+		Logger:            slog.New(slog.NewTextHandler(io.Discard, nil)),
+	}
+}
+
+func (n node) primary(t *testing.T, name string) string {
+	t.Helper()
+	p := filepath.Join(n.conf, name)
+	if err := os.WriteFile(p, readInput(t, name), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+// jwt returns an unsigned token whose exp claim is exp.
+func jwt(exp time.Time) string {
+	enc := base64.RawURLEncoding
+	return enc.EncodeToString([]byte(`{"alg":"RS256"}`)) + "." +
+		enc.EncodeToString([]byte(fmt.Sprintf(`{"iss":"kubernetes/serviceaccount","exp":%d}`, exp.Unix()))) + ".c2ln"
+}
+
+func readFile(t *testing.T, path string) []byte {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+// entries counts the detour-cni entries a runtime would load from the file.
+func entries(t *testing.T, path string) int {
+	t.Helper()
+	list, err := libcni.ConfListFromFile(path)
+	if err != nil {
+		t.Fatalf("runtime cannot load %s: %v", path, err)
+	}
+	n := 0
+	for i, p := range list.Plugins {
+		if p.Network.Type == PluginType {
+			if i != len(list.Plugins)-1 {
+				t.Errorf("%s: detour-cni is plugin %d of %d, not the last", path, i, len(list.Plugins))
+			}
+			n++
+		}
+	}
+	return n
+}
+
+func TestInstallUninstall(t *testing.T) {
+	t.Parallel()
+	n := newNode(t)
+	primary := n.primary(t, "10-calico.conflist")
+	orig := readInput(t, "10-calico.conflist")
+	in := New(n.options())
+	ctx := context.Background()
+
+	changes, err := in.Install(ctx)
+	if err != nil {
+		t.Fatalf("Install: %v", err)
+	}
+	if len(changes) != 3 {
+		t.Errorf("Install changes = %q, want binary, kubeconfig and entry", changes)
+	}
+	bin := filepath.Join(n.bin, PluginType)
+	if !bytes.Equal(readFile(t, bin), readFile(t, n.plugin)) {
+		t.Error("installed binary differs from the plugin binary")
+	}
+	if fi, _ := os.Stat(bin); fi.Mode().Perm() != 0o755 {
+		t.Errorf("binary mode = %v, want 0755", fi.Mode())
+	}
+	kcPath := filepath.Join(n.conf, DefaultKubeconfigName)
+	if fi, err := os.Stat(kcPath); err != nil || fi.Mode().Perm() != 0o600 {
+		t.Errorf("kubeconfig stat = %v, %v; want mode 0600", fi, err)
+	}
+	kc, err := clientcmd.LoadFromFile(kcPath)
+	if err != nil {
+		t.Fatalf("client-go cannot load the kubeconfig: %v", err)
+	}
+	rc, err := clientcmd.NewDefaultClientConfig(*kc, nil).ClientConfig()
+	if err != nil {
+		t.Fatalf("client-go cannot use the kubeconfig: %v", err)
+	}
+	if rc.Host != "https://[2001:db8::1]:6443" || rc.BearerToken != strings.TrimSpace(string(readFile(t, n.token))) || string(rc.CAData) != testCA {
+		t.Errorf("kubeconfig gives host %q token %q CA %q", rc.Host, rc.BearerToken, rc.CAData)
+	}
+	if got := entries(t, primary); got != 1 {
+		t.Errorf("%d detour-cni entries, want 1", got)
+	}
+	list, _ := libcni.ConfListFromFile(primary)
+	last := string(list.Plugins[len(list.Plugins)-1].Bytes)
+	for _, want := range []string{`"kubeconfig":"` + kcPath + `"`, `"logFile":"/var/log/detour-cni.log"`, `"excludeNamespaces":["kube-system"]`} {
+		if !strings.Contains(last, want) {
+			t.Errorf("entry %s lacks %s", last, want)
+		}
+	}
+
+	// Again: nothing to do, nothing rewritten.
+	before := statAll(t, n.root)
+	if changes, err := in.Install(ctx); err != nil || len(changes) != 0 {
+		t.Errorf("second Install = %q, %v; want no change", changes, err)
+	}
+	// A fresh installer (a restarted pod) does not rewrite either.
+	if changes, err := New(n.options()).Install(ctx); err != nil || len(changes) != 0 {
+		t.Errorf("Install by a new installer = %q, %v; want no change", changes, err)
+	}
+	if diff := diffStats(before, statAll(t, n.root)); diff != "" {
+		t.Errorf("idempotent Install touched files: %s", diff)
+	}
+
+	changes, err = in.Uninstall(ctx)
+	if err != nil {
+		t.Fatalf("Uninstall: %v", err)
+	}
+	if len(changes) != 3 {
+		t.Errorf("Uninstall changes = %q, want entry, kubeconfig, binary", changes)
+	}
+	for _, gone := range []string{bin, kcPath} {
+		if _, err := os.Stat(gone); !errors.Is(err, os.ErrNotExist) {
+			t.Errorf("%s still there after Uninstall (%v)", gone, err)
+		}
+	}
+	if !jsonEqual(readFile(t, primary), orig) {
+		t.Errorf("primary after Uninstall:\n%s\nwant the original:\n%s", readFile(t, primary), orig)
+	}
+	if string(readFile(t, filepath.Join(n.bin, "bridge"))) != "bridge binary" || string(readFile(t, filepath.Join(n.conf, "calico-kubeconfig"))) != "calico's" {
+		t.Error("Uninstall touched files that are not ours")
+	}
+	if changes, err := in.Uninstall(ctx); err != nil || len(changes) != 0 {
+		t.Errorf("second Uninstall = %q, %v; want no change", changes, err)
+	}
+	assertNoTempFiles(t, n.root)
+}
+
+// statAll maps every file under root to its inode and modification time.
+func statAll(t *testing.T, root string) map[string]string {
+	t.Helper()
+	m := map[string]string{}
+	err := filepath.WalkDir(root, func(p string, d os.DirEntry, err error) error {
+		if err != nil || d.IsDir() {
+			return err
+		}
+		fi, err := d.Info()
+		if err != nil {
+			return err
+		}
+		m[p] = fmt.Sprintf("%v %d %v", fi.ModTime().UnixNano(), fi.Size(), inode(fi))
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return m
+}
+
+func diffStats(a, b map[string]string) string {
+	var d []string
+	for k, v := range a {
+		if b[k] != v {
+			d = append(d, k)
+		}
+	}
+	for k := range b {
+		if _, ok := a[k]; !ok {
+			d = append(d, "new "+k)
+		}
+	}
+	return strings.Join(d, ", ")
+}
+
+func assertNoTempFiles(t *testing.T, root string) {
+	t.Helper()
+	filepath.WalkDir(root, func(p string, d os.DirEntry, err error) error {
+		if err == nil && strings.HasSuffix(p, ".tmp") {
+			t.Errorf("temporary file left behind: %s", p)
+		}
+		return nil
+	})
+}
+
+func TestInstallConvertsConf(t *testing.T) {
+	t.Parallel()
+	n := newNode(t)
+	conf := n.primary(t, "10-bridge.conf")
+	if _, err := New(n.options()).Install(context.Background()); err != nil {
+		t.Fatalf("Install: %v", err)
+	}
+	if _, err := os.Stat(conf); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("the converted .conf is still there (%v): the runtime would read it first", err)
+	}
+	list := filepath.Join(n.conf, "10-bridge.conflist")
+	if p, _ := Primary(n.conf); p != list {
+		t.Errorf("primary = %s, want %s", p, list)
+	}
+	if got := entries(t, list); got != 1 {
+		t.Errorf("%d entries, want 1", got)
+	}
+	// Uninstall leaves the bridge network as the runtime loaded it from the .conf.
+	if _, err := New(n.options()).Uninstall(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	want := loadAsRuntime(t, "10-bridge.conf", readInput(t, "10-bridge.conf"))
+	got := loadAsRuntime(t, list, readFile(t, list))
+	if fmt.Sprint(want) != fmt.Sprint(got) {
+		t.Errorf("after Uninstall the runtime loads %v, want %v", got, want)
+	}
+}
+
+func TestInstallRefusesConversionThatChangesOrder(t *testing.T) {
+	t.Parallel()
+	n := newNode(t)
+	conf := n.primary(t, "10-bridge.conf")
+	between := filepath.Join(n.conf, "10-bridge.conf.d.conflist")
+	writeFile(t, between, `{"name":"other","cniVersion":"1.0.0","plugins":[{"type":"bridge"}]}`)
+	_, err := New(n.options()).Install(context.Background())
+	if err == nil || !strings.Contains(err.Error(), "10-bridge.conf.d.conflist") || !strings.Contains(err.Error(), conf) {
+		t.Fatalf("Install error = %v, want one naming both files", err)
+	}
+	if !bytes.Equal(readFile(t, conf), readInput(t, "10-bridge.conf")) {
+		t.Error("the .conf changed although the install failed")
+	}
+}
+
+func TestInstallBrokenPrimary(t *testing.T) {
+	t.Parallel()
+	n := newNode(t)
+	p := filepath.Join(n.conf, "10-broken.conflist")
+	writeFile(t, p, `{"name": "x", "plugins": [`)
+	_, err := New(n.options()).Install(context.Background())
+	if err == nil || !strings.Contains(err.Error(), p) || !strings.Contains(err.Error(), "is not JSON") {
+		t.Fatalf("Install error = %v, want one naming %s", err, p)
+	}
+	if string(readFile(t, p)) != `{"name": "x", "plugins": [` {
+		t.Error("broken primary was rewritten")
+	}
+}
+
+func TestOptionsValidate(t *testing.T) {
+	t.Parallel()
+	n := newNode(t)
+	tests := []struct {
+		name   string
+		change func(*Options)
+		option string
+	}{
+		{"no plugin binary", func(o *Options) { o.PluginBinary = "" }, "plugin-binary"},
+		{"missing plugin binary", func(o *Options) { o.PluginBinary = "/nonexistent/detour-cni" }, "plugin-binary"},
+		{"plugin binary is a dir", func(o *Options) { o.PluginBinary = n.bin }, "plugin-binary"},
+		{"missing bin dir", func(o *Options) { o.BinDir = filepath.Join(n.root, "nope") }, "bin-dir"},
+		{"conf dir is a file", func(o *Options) { o.ConfDir = n.plugin }, "conf-dir"},
+		{"kubeconfig named like a conflist", func(o *Options) { o.KubeconfigFile = filepath.Join(n.conf, "zz.conf") }, "kubeconfig-file"},
+		{"relative plugin kubeconfig", func(o *Options) { o.PluginKubeconfig = "etc/kc" }, "plugin-kubeconfig"},
+		{"relative log file", func(o *Options) { o.LogFile = "cni.log" }, "log-file"},
+		{"bad namespace", func(o *Options) { o.ExcludeNamespaces = []string{"kube-system", "Not_A_Name"} }, "exclude-namespaces"},
+		{"no server", func(o *Options) { o.Server = "" }, "api-server"},
+		{"http server", func(o *Options) { o.Server = "http://192.0.2.1:6443" }, "api-server"},
+		{"negative poll", func(o *Options) { o.PollInterval = -time.Second }, "poll-interval"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			o := n.options()
+			tc.change(&o)
+			err := o.Validate()
+			var oe *OptionError
+			if !errors.As(err, &oe) || oe.Option != tc.option || !errors.Is(err, ErrInvalidOptions) {
+				t.Fatalf("Validate = %v, want an OptionError for --%s", err, tc.option)
+			}
+			if !strings.HasPrefix(err.Error(), "--"+tc.option+": ") {
+				t.Errorf("message %q does not start with the flag", err)
+			}
+			// Install refuses before it writes anything.
+			before := statAll(t, n.root)
+			if _, err := New(o).Install(context.Background()); !errors.Is(err, ErrInvalidOptions) {
+				t.Errorf("Install = %v, want the validation error", err)
+			}
+			if d := diffStats(before, statAll(t, n.root)); d != "" {
+				t.Errorf("invalid options changed files: %s", d)
+			}
+		})
+	}
+	if err := n.options().Validate(); err != nil {
+		t.Errorf("valid options: %v", err)
+	}
+}
+
+func TestWriteAtomicFailureLeavesTarget(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	p := filepath.Join(dir, "10-x.conflist")
+	writeFile(t, p, "old")
+	r := io.MultiReader(strings.NewReader("half of the new"), errReader{})
+	if err := writeAtomic(p, r, 0o644); err == nil || !strings.Contains(err.Error(), p) {
+		t.Fatalf("writeAtomic = %v, want an error naming %s", err, p)
+	}
+	if got := string(readFile(t, p)); got != "old" {
+		t.Errorf("target = %q after a failed write, want the old content", got)
+	}
+	assertNoTempFiles(t, dir)
+}
+
+type errReader struct{}
+
+func (errReader) Read([]byte) (int, error) { return 0, errors.New("disk full") }
+
+// runInstaller starts Run in the background and returns a function that stops it
+// and returns Run's error.
+func runInstaller(t *testing.T, o Options) func() error {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- New(o).Run(ctx) }()
+	stop := sync.OnceValue(func() error {
+		cancel()
+		select {
+		case err := <-done:
+			return err
+		case <-time.After(30 * time.Second):
+			return errors.New("Run did not return after cancel")
+		}
+	})
+	t.Cleanup(func() { stop() })
+	return stop
+}
+
+// eventually waits, bounded, for cond to hold.
+func eventually(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for: %s", what)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+func hasEntry(path string) bool {
+	list, err := libcni.ConfListFromFile(path)
+	if err != nil {
+		return false
+	}
+	n := 0
+	for _, p := range list.Plugins {
+		if p.Network.Type == PluginType {
+			n++
+		}
+	}
+	return n == 1 && list.Plugins[len(list.Plugins)-1].Network.Type == PluginType
+}
+
+func TestRunRepairs(t *testing.T) {
+	t.Parallel()
+	for _, mode := range []string{"notify", "poll"} {
+		t.Run(mode, func(t *testing.T) {
+			t.Parallel()
+			n := newNode(t)
+			o := n.options()
+			if mode == "poll" {
+				o.pollOnly = true
+				o.PollInterval = 20 * time.Millisecond
+			} else {
+				o.PollInterval = time.Hour // only notifications can trigger a repair in time
+			}
+			stop := runInstaller(t, o)
+
+			// The primary CNI starts after us: the entry follows its file.
+			primary := filepath.Join(n.conf, "10-calico.conflist")
+			if err := writeAtomic(primary, bytes.NewReader(readInput(t, "10-calico.conflist")), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			eventually(t, "entry inserted into the new primary", func() bool { return hasEntry(primary) })
+
+			// The primary CNI rewrites its file (renaming a new one into place, as
+			// Calico's installer does): the entry comes back, once.
+			if err := writeAtomic(primary, bytes.NewReader(readInput(t, "10-calico.conflist")), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			eventually(t, "entry re-inserted after a rename", func() bool { return hasEntry(primary) })
+			// ...or writes it in place.
+			writeFile(t, primary, string(readInput(t, "10-calico.conflist")))
+			eventually(t, "entry re-inserted after an in-place write", func() bool { return hasEntry(primary) })
+
+			// Someone deletes the binary: it comes back.
+			bin := filepath.Join(n.bin, PluginType)
+			if err := os.Remove(bin); err != nil {
+				t.Fatal(err)
+			}
+			eventually(t, "binary restored", func() bool {
+				b, err := os.ReadFile(bin)
+				return err == nil && bytes.Equal(b, readFile(t, n.plugin))
+			})
+
+			// The kubelet rotates the token: the kubeconfig follows before the old one expires.
+			kcPath := filepath.Join(n.conf, DefaultKubeconfigName)
+			newToken := jwt(time.Now().Add(2 * time.Hour))
+			writeFile(t, n.token, newToken)
+			eventually(t, "kubeconfig refreshed with the rotated token", func() bool {
+				kc, err := clientcmd.LoadFromFile(kcPath)
+				return err == nil && kc.AuthInfos["detour-cni"] != nil && kc.AuthInfos["detour-cni"].Token == newToken
+			})
+
+			if err := stop(); err != nil {
+				t.Errorf("Run returned %v after cancel", err)
+			}
+			// Without CleanupOnExit the installation stays for the next pod.
+			if !hasEntry(primary) {
+				t.Error("entry removed on exit without CleanupOnExit")
+			}
+			if entries(t, primary) != 1 {
+				t.Error("more than one entry")
+			}
+			assertNoTempFiles(t, n.root)
+		})
+	}
+}
+
+func TestRunCleanupOnExit(t *testing.T) {
+	t.Parallel()
+	n := newNode(t)
+	primary := n.primary(t, "10-flannel.conflist")
+	o := n.options()
+	o.CleanupOnExit = true
+	stop := runInstaller(t, o)
+	eventually(t, "entry inserted", func() bool { return hasEntry(primary) })
+	if err := stop(); err != nil {
+		t.Fatalf("Run returned %v", err)
+	}
+	if !jsonEqual(readFile(t, primary), readInput(t, "10-flannel.conflist")) {
+		t.Errorf("primary after cleanup:\n%s", readFile(t, primary))
+	}
+	for _, f := range []string{filepath.Join(n.bin, PluginType), filepath.Join(n.conf, DefaultKubeconfigName)} {
+		if _, err := os.Stat(f); !errors.Is(err, os.ErrNotExist) {
+			t.Errorf("%s left after cleanup", f)
+		}
+	}
+}
+
+func TestRunFailsWhenFirstInstallFails(t *testing.T) {
+	t.Parallel()
+	n := newNode(t)
+	if err := os.Remove(n.token); err != nil {
+		t.Fatal(err)
+	}
+	n.primary(t, "10-flannel.conflist")
+	err := New(n.options()).Run(context.Background())
+	if err == nil || !strings.Contains(err.Error(), n.token) {
+		t.Fatalf("Run = %v, want an error naming the token file", err)
+	}
+	if hasEntry(filepath.Join(n.conf, "10-flannel.conflist")) {
+		t.Error("entry inserted although the kubeconfig could not be written")
+	}
+}
+
+// TestRunAtomicForReaders races a container runtime (reading the conf dir as
+// libcni does) against a primary CNI that keeps rewriting its file and the
+// installer that keeps re-inserting: every read must load as a network
+// configuration with the primary's plugins.
+func TestRunAtomicForReaders(t *testing.T) {
+	t.Parallel()
+	n := newNode(t)
+	primary := n.primary(t, "10-calico.conflist")
+	stop := runInstaller(t, n.options())
+	eventually(t, "entry inserted", func() bool { return hasEntry(primary) })
+
+	done := make(chan struct{})
+	readErr := make(chan error, 1)
+	reads := 0
+	go func() {
+		defer close(readErr)
+		for {
+			select {
+			case <-done:
+				return
+			default:
+			}
+			p, err := Primary(n.conf)
+			if err != nil {
+				readErr <- err
+				return
+			}
+			list, err := libcni.ConfListFromFile(p)
+			if err != nil {
+				readErr <- fmt.Errorf("read %d: %w", reads, err)
+				return
+			}
+			if list.Plugins[0].Network.Type != "calico" {
+				readErr <- fmt.Errorf("read %d: first plugin %q", reads, list.Plugins[0].Network.Type)
+				return
+			}
+			reads++
+		}
+	}()
+	orig := readInput(t, "10-calico.conflist")
+	for i := 0; i < 100; i++ {
+		if err := writeAtomic(primary, bytes.NewReader(orig), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		eventually(t, fmt.Sprintf("re-insert %d", i), func() bool { return hasEntry(primary) })
+	}
+	close(done)
+	if err := <-readErr; err != nil {
+		t.Errorf("a runtime read a broken configuration: %v", err)
+	}
+	if err := stop(); err != nil {
+		t.Fatal(err)
+	}
+	if reads == 0 {
+		t.Error("the reader never ran")
+	}
+	t.Logf("%d reads during 100 rewrites", reads)
+}
+
+func TestTokenExpiry(t *testing.T) {
+	t.Parallel()
+	exp := time.Unix(1900000000, 0)
+	tests := []struct {
+		name  string
+		token string
+		want  time.Time
+		ok    bool
+	}{
+		{"projected", jwt(exp), exp, true},
+		{"with newline", jwt(exp) + "\n", exp, true},
+		{"legacy without exp", base64.RawURLEncoding.EncodeToString([]byte(`{}`)) + "." + base64.RawURLEncoding.EncodeToString([]byte(`{"sub":"x"}`)) + ".sig", time.Time{}, false},
+		{"not a jwt", "abc", time.Time{}, false},
+		{"bad base64", "a.!!!.c", time.Time{}, false},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			got, ok := TokenExpiry(tc.token)
+			if ok != tc.ok || !got.Equal(tc.want) {
+				t.Errorf("TokenExpiry = %v, %v; want %v, %v", got, ok, tc.want, tc.ok)
+			}
+		})
+	}
+}
+
+func TestKubeconfig(t *testing.T) {
+	t.Parallel()
+	out, err := Kubeconfig(Credentials{Server: ServerURL("2001:db8::1", "443"), CA: []byte(testCA), Token: "tok\n"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	golden(t, "ipv6-server", out)
+	for _, tc := range []struct {
+		name string
+		c    Credentials
+		want string
+	}{
+		{"no CA", Credentials{Server: "https://192.0.2.1:443", Token: "t"}, "CA: is not a PEM certificate"},
+		{"no token", Credentials{Server: "https://192.0.2.1:443", CA: []byte(testCA), Token: " \n"}, "token: is empty"},
+		{"no port", Credentials{Server: "https://192.0.2.1", CA: []byte(testCA), Token: "t"}, `server: "https://192.0.2.1" is not https://host:port`},
+	} {
+		if _, err := Kubeconfig(tc.c); err == nil || err.Error() != tc.want {
+			t.Errorf("%s: error = %v, want %q", tc.name, err, tc.want)
+		}
+	}
+}
+
+func TestInstallSymlinkedPrimary(t *testing.T) {
+	t.Parallel()
+	n := newNode(t)
+	real := filepath.Join(n.root, "cni-owner", "10-calico.conflist")
+	if err := os.MkdirAll(filepath.Dir(real), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	writeFile(t, real, string(readInput(t, "10-calico.conflist")))
+	link := filepath.Join(n.conf, "10-calico.conflist")
+	if err := os.Symlink(real, link); err != nil {
+		t.Fatal(err)
+	}
+	in := New(n.options())
+	if _, err := in.Install(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if fi, err := os.Lstat(link); err != nil || fi.Mode()&os.ModeSymlink == 0 {
+		t.Fatalf("the symlink was replaced (%v, %v)", fi, err)
+	}
+	if !hasEntry(real) {
+		t.Error("the entry is not in the linked file")
+	}
+	if _, err := in.Uninstall(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if !jsonEqual(readFile(t, real), readInput(t, "10-calico.conflist")) {
+		t.Error("uninstall did not restore the linked file")
+	}
+}

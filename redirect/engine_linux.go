@@ -1,0 +1,555 @@
+package redirect
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/detour-mesh/detour/internal/netns"
+)
+
+var allFamilies = []Family{IPv4, IPv6}
+
+// iptablesBackends are the concrete backends, in the order we look at them.
+var iptablesBackends = []Backend{BackendIPTablesLegacy, BackendIPTablesNFT}
+
+// toolName is the iptables binary for a backend, family and operation
+// ("save" or "restore"): iptables-nft-save, ip6tables-legacy-restore, ….
+func toolName(b Backend, f Family, op string) string {
+	name := "iptables"
+	if f == IPv6 {
+		name = "ip6tables"
+	}
+	kind := "legacy"
+	if b == BackendIPTablesNFT {
+		kind = "nft"
+	}
+	return name + "-" + kind + "-" + op
+}
+
+// run is one Engine call inside the namespace: it counts the processes it spawns.
+type run struct {
+	ctx   context.Context
+	e     *Engine
+	log   *slog.Logger
+	procs int
+}
+
+func (e *Engine) newRun(ctx context.Context) *run {
+	return &run{ctx: ctx, e: e, log: e.logger().With("netns", e.NetNS)}
+}
+
+// toolError is a failed iptables command with what it said.
+type toolError struct {
+	tool   string
+	err    error
+	stderr string
+}
+
+func (t *toolError) Error() string {
+	if t.stderr == "" {
+		return t.tool + ": " + t.err.Error()
+	}
+	return t.tool + ": " + t.err.Error() + ": " + t.stderr
+}
+
+func (t *toolError) Unwrap() error { return t.err }
+
+// command runs a binary found on PATH now, with stdin, and returns its stdout.
+func (r *run) command(stdin, name string, args ...string) (string, error) {
+	path, err := exec.LookPath(name)
+	if err != nil {
+		return "", &toolError{tool: name, err: exec.ErrNotFound}
+	}
+	cmd := exec.CommandContext(r.ctx, path, args...)
+	cmd.Stdin = strings.NewReader(stdin)
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	r.procs++
+	if err := cmd.Run(); err != nil {
+		msg := strings.TrimSpace(stderr.String())
+		if strings.Contains(msg, "xtables lock") {
+			err = fmt.Errorf("%w (%w)", ErrLockTimeout, err)
+		}
+		return stdout.String(), &toolError{tool: name, err: err, stderr: msg}
+	}
+	return stdout.String(), nil
+}
+
+// familyObs is what one family of one backend holds.
+type familyObs struct {
+	err     error // the save tool is missing or failed
+	owned   owned
+	foreign foreignState
+	rules   bool // anything at all, ours or not
+}
+
+type backendObs map[Family]*familyObs
+
+// observe runs one save per family of a backend. It never writes.
+func (r *run) observe(b Backend) backendObs {
+	obs := backendObs{}
+	for _, f := range allFamilies {
+		fo := &familyObs{owned: owned{}}
+		tool := toolName(b, f, "save")
+		out, err := r.command("", tool)
+		if err == nil {
+			var tables []*saveTable
+			if tables, err = parseSave(out); err == nil {
+				fo.owned, fo.foreign = ownedFromSave(tables)
+				fo.rules = hasRules(tables)
+			} else {
+				err = fmt.Errorf("read %s output: %w", tool, err)
+			}
+		}
+		if err != nil {
+			r.log.Debug("observe", "backend", b, "family", f, "error", err)
+		}
+		fo.err = err
+		obs[f] = fo
+	}
+	return obs
+}
+
+func (o backendObs) ours() bool {
+	for _, fo := range o {
+		if !fo.owned.empty() {
+			return true
+		}
+	}
+	return false
+}
+
+func (o backendObs) rules() bool {
+	for _, fo := range o {
+		if fo.rules {
+			return true
+		}
+	}
+	return false
+}
+
+// observeAll looks at both backends: which one holds our rules decides, and
+// our rules in both is refused.
+func (r *run) observeAll() map[Backend]backendObs {
+	all := map[Backend]backendObs{}
+	for _, b := range iptablesBackends {
+		all[b] = r.observe(b)
+	}
+	return all
+}
+
+// installedBackend is the backend that holds our rules, "" when none does.
+func installedBackend(obs map[Backend]backendObs) (Backend, error) {
+	var found []Backend
+	for _, b := range iptablesBackends {
+		if obs[b].ours() {
+			found = append(found, b)
+		}
+	}
+	switch len(found) {
+	case 0:
+		return "", nil
+	case 1:
+		return found[0], nil
+	}
+	return "", fmt.Errorf("%w: found in both iptables-legacy and iptables-nft (uninstall removes both)", ErrBackendConflict)
+}
+
+// blocked refuses to manage a namespace where DETOUR_* chains are not ours, or
+// where a rule we do not own jumps to one of our chains (we could not delete it).
+func blocked(obs map[Backend]backendObs) error {
+	var chains, refs []string
+	for _, b := range iptablesBackends {
+		for _, f := range allFamilies {
+			fo := obs[b][f]
+			for _, c := range fo.foreign.chains {
+				chains = append(chains, fmt.Sprintf("%s %s %s", b, f, c))
+			}
+			for _, c := range fo.foreign.refs {
+				refs = append(refs, fmt.Sprintf("%s %s %s", b, f, c))
+			}
+		}
+	}
+	if len(chains) > 0 {
+		return fmt.Errorf("%w: %s (rename or remove them; detour touches only its own)", ErrForeignChains, strings.Join(chains, ", "))
+	}
+	if len(refs) > 0 {
+		return fmt.Errorf("rules detour does not own jump to its chains: %s (remove them first)", strings.Join(refs, "; "))
+	}
+	return nil
+}
+
+// choose picks the backend for an install. Read-only: it decides from what the
+// saves showed and, when nothing decides, from the host's default iptables.
+func (r *run) choose(want Backend, obs map[Backend]backendObs) (Backend, error) {
+	installed, err := installedBackend(obs)
+	if err != nil {
+		return "", err
+	}
+	var b Backend
+	switch want {
+	case BackendIPTablesLegacy, BackendIPTablesNFT:
+		b = want
+	case BackendIPTables:
+		b = r.hostDefault()
+	case BackendAuto, "":
+		legacy, nft := obs[BackendIPTablesLegacy].rules(), obs[BackendIPTablesNFT].rules()
+		switch {
+		case installed != "":
+			b = installed
+		case legacy && !nft: // L5: a namespace run by legacy iptables stays legacy
+			b = BackendIPTablesLegacy
+		case nft && !legacy:
+			b = BackendIPTablesNFT
+		default:
+			b = r.hostDefault()
+		}
+	default:
+		return "", fmt.Errorf("backend %s: %w", want, errors.ErrUnsupported)
+	}
+	if installed != "" && installed != b {
+		return "", fmt.Errorf("%w: detour is installed with %s and the config asks for %s; uninstall first", ErrBackendConflict, installed, b)
+	}
+	if err := obs[b][IPv4].err; err != nil {
+		return "", fmt.Errorf("backend %s is not usable: %w", b, err)
+	}
+	r.log.Debug("backend chosen", "backend", b, "asked", want, "installed", installed)
+	return b, nil
+}
+
+// hostDefault is the backend plain `iptables` uses on this host: read from the
+// binary's name when it is a link to xtables-nft-multi or
+// xtables-legacy-multi, else from `iptables -V` ("(nf_tables)" or "(legacy)").
+func (r *run) hostDefault() Backend {
+	path, err := exec.LookPath("iptables")
+	if err != nil {
+		if _, err := exec.LookPath(toolName(BackendIPTablesNFT, IPv4, "save")); err == nil {
+			return BackendIPTablesNFT
+		}
+		return BackendIPTablesLegacy
+	}
+	if real, err := filepath.EvalSymlinks(path); err == nil {
+		switch base := filepath.Base(real); {
+		case strings.Contains(base, "nft"):
+			return BackendIPTablesNFT
+		case strings.Contains(base, "legacy"):
+			return BackendIPTablesLegacy
+		}
+	}
+	out, err := r.command("", "iptables", "-V")
+	if err == nil && strings.Contains(out, "nf_tables") {
+		return BackendIPTablesNFT
+	}
+	return BackendIPTablesLegacy
+}
+
+// restore feeds one transaction to iptables-restore --noflush.
+func (r *run) restore(b Backend, f Family, script string) error {
+	wait := int(math.Ceil(r.e.lockWait().Seconds()))
+	r.log.Debug("restore", "backend", b, "family", f, "script", script)
+	_, err := r.command(script, toolName(b, f, "restore"), "-w", strconv.Itoa(wait), "--noflush")
+	return err
+}
+
+// step is one family's transaction and how to undo it.
+type step struct {
+	family   Family
+	from, to owned
+	ipv6     bool // a failure means IPv6 rules are impossible (IPv6 is planned)
+}
+
+// apply runs the steps in order; when one fails, the ones before it are rolled
+// back to exactly what they were (hooks at their old positions).
+func (r *run) apply(b Backend, steps []step) error {
+	for i, s := range steps {
+		err := r.restore(b, s.family, transition(s.from, s.to))
+		if err == nil {
+			continue
+		}
+		if s.ipv6 && !errors.Is(err, ErrLockTimeout) {
+			err = fmt.Errorf("%w: %w", ErrIPv6Unavailable, err)
+		}
+		errs := []error{fmt.Errorf("restore %s with %s: %w", s.family, b, err)}
+		// The rollback runs even when the caller's context is done: leaving a
+		// family half-way is worse than finishing late. It is still bounded.
+		ctx, cancel := context.WithTimeout(context.WithoutCancel(r.ctx), r.e.lockWait()+30*time.Second)
+		defer cancel()
+		r.ctx = ctx
+		for j := i - 1; j >= 0; j-- {
+			prev := steps[j]
+			if rbErr := r.restore(b, prev.family, transition(prev.to, prev.from)); rbErr != nil {
+				errs = append(errs, fmt.Errorf("roll back %s: %w", prev.family, rbErr))
+			} else {
+				r.log.Info("rolled back", "backend", b, "family", prev.family)
+			}
+		}
+		return errors.Join(errs...)
+	}
+	return nil
+}
+
+func (e *Engine) install(ctx context.Context, p Plan) (Result, error) {
+	var res Result
+	if len(p.Families) == 0 {
+		return res, errors.New("install: the plan captures no IP family (make it with NewPlan)")
+	}
+	for _, fp := range p.Families {
+		res.Families = append(res.Families, fp.Family)
+	}
+	err := netns.Do(e.NetNS, func() error {
+		r := e.newRun(ctx)
+		defer func() { res.Processes = r.procs }()
+		obs := r.observeAll()
+		if err := blocked(obs); err != nil {
+			return err
+		}
+		b, err := r.choose(p.Config.Backend, obs)
+		if err != nil {
+			return err
+		}
+		res.Backend = b
+		var steps []step
+		for _, f := range allFamilies {
+			fp, planned := p.Family(f)
+			fo := obs[b][f]
+			if fo.err != nil {
+				if !planned {
+					continue // no tool for this family: nothing of ours can be there
+				}
+				if f == IPv6 {
+					return fmt.Errorf("observe ipv6 with %s: %w: %w", b, ErrIPv6Unavailable, fo.err)
+				}
+				return fmt.Errorf("observe ipv4 with %s: %w", b, fo.err)
+			}
+			to := owned{}
+			if planned {
+				to = ownedFromPlan(&fp)
+			}
+			if transition(fo.owned, to) != "" {
+				steps = append(steps, step{family: f, from: fo.owned, to: to, ipv6: f == IPv6 && planned})
+			}
+		}
+		routes, err := observeRouting(p)
+		if err != nil {
+			return err
+		}
+		if len(steps) == 0 && !routes.changes() {
+			r.log.Debug("no changes", "backend", b)
+			return nil
+		}
+		res.Changed = true
+		undo, err := routes.add()
+		if err != nil {
+			return err
+		}
+		if err := r.apply(b, steps); err != nil {
+			return errors.Join(err, undo())
+		}
+		if err := routes.remove(); err != nil {
+			return err
+		}
+		r.log.Info("installed", "backend", b, "families", res.Families, "transactions", len(steps))
+		return nil
+	})
+	return res, err
+}
+
+func (e *Engine) uninstall(ctx context.Context) (Result, error) {
+	var res Result
+	err := netns.Do(e.NetNS, func() error {
+		r := e.newRun(ctx)
+		defer func() { res.Processes = r.procs }()
+		obs := r.observeAll()
+		if err := blocked(obs); err != nil {
+			return err
+		}
+		routes, err := observeRouting(Plan{})
+		if err != nil {
+			return err
+		}
+		removed := map[Family]bool{}
+		for _, b := range iptablesBackends {
+			var steps []step
+			for _, f := range allFamilies {
+				if fo := obs[b][f]; !fo.owned.empty() {
+					steps = append(steps, step{family: f, from: fo.owned, to: owned{}})
+					removed[f] = true
+				}
+			}
+			if len(steps) == 0 {
+				continue
+			}
+			res.Backend = b
+			if err := r.apply(b, steps); err != nil {
+				return err
+			}
+		}
+		for _, f := range allFamilies {
+			if len(routes.have[f]) > 0 {
+				removed[f] = true
+			}
+		}
+		if err := routes.remove(); err != nil {
+			return err
+		}
+		for _, f := range allFamilies {
+			if removed[f] {
+				res.Families = append(res.Families, f)
+			}
+		}
+		res.Changed = len(res.Families) > 0
+		if res.Changed {
+			r.log.Info("uninstalled", "backend", res.Backend, "families", res.Families)
+		}
+		return nil
+	})
+	return res, err
+}
+
+// installedState is what Check and Status read.
+type installedState struct {
+	backend Backend
+	obs     backendObs
+	routes  routingState
+}
+
+func (s installedState) lines(f Family) []string {
+	var tables []Table
+	if s.obs != nil {
+		tables = s.obs[f].owned.tables()
+	}
+	return driftLines(tables, s.routes.have[f])
+}
+
+func (s installedState) any() bool {
+	return s.backend != "" || len(s.routes.have[IPv4]) > 0 || len(s.routes.have[IPv6]) > 0
+}
+
+func (e *Engine) readInstalled(ctx context.Context, p Plan) (installedState, int, error) {
+	var s installedState
+	var procs int
+	err := netns.Do(e.NetNS, func() error {
+		r := e.newRun(ctx)
+		defer func() { procs = r.procs }()
+		obs := r.observeAll()
+		b, err := installedBackend(obs)
+		if err != nil {
+			return err
+		}
+		s.backend = b
+		if b != "" {
+			s.obs = obs[b]
+		}
+		s.routes, err = observeRouting(p)
+		return err
+	})
+	return s, procs, err
+}
+
+func (e *Engine) check(ctx context.Context, p Plan) (Drift, error) {
+	var d Drift
+	s, _, err := e.readInstalled(ctx, p)
+	if err != nil {
+		return d, err
+	}
+	if !s.any() {
+		return d, ErrNotInstalled
+	}
+	if want := p.Config.Backend; (want == BackendIPTablesLegacy || want == BackendIPTablesNFT) && s.backend != "" && s.backend != want {
+		d.Notes = append(d.Notes, fmt.Sprintf("installed with %s, planned for %s", s.backend, want))
+	}
+	for _, f := range allFamilies {
+		var planned []string
+		if fp, ok := p.Family(f); ok {
+			planned = driftLines(fp.Tables, fp.Routing.lines(f))
+		}
+		if fd, differs := familyDrift(f, s.lines(f), planned); differs {
+			d.Families = append(d.Families, fd)
+		}
+	}
+	return d, nil
+}
+
+func (e *Engine) status(ctx context.Context) (Status, error) {
+	st := Status{Rules: map[Family]string{}}
+	s, _, err := e.readInstalled(ctx, Plan{})
+	if err != nil {
+		return st, err
+	}
+	st.Backend = s.backend
+	for _, f := range allFamilies {
+		var tables []Table
+		if s.obs != nil {
+			tables = s.obs[f].owned.tables()
+		}
+		if len(tables) == 0 && len(s.routes.have[f]) == 0 {
+			continue
+		}
+		text := renderTables(tables)
+		for _, l := range s.routes.have[f] {
+			text += l + "\n"
+		}
+		st.Families = append(st.Families, f)
+		st.Rules[f] = text
+	}
+	st.Installed = len(st.Families) > 0
+	return st, nil
+}
+
+func (e *Engine) facts(_ context.Context, cfg Config) (Facts, error) {
+	var f Facts
+	err := netns.Do(e.NetNS, func() error {
+		// /proc/sys/net follows the calling thread's namespace. The directory is
+		// missing when the kernel runs without IPv6.
+		b, err := os.ReadFile("/proc/sys/net/ipv6/conf/all/disable_ipv6")
+		if err == nil {
+			f.IPv6 = strings.TrimSpace(string(b)) == "0"
+		} else if !errors.Is(err, os.ErrNotExist) {
+			return fmt.Errorf("read ipv6 state: %w", err)
+		}
+		return nil
+	})
+	if err != nil {
+		return f, err
+	}
+	if cfg.DNS.Capture == DNSCaptureResolvConf {
+		if f.Nameservers, err = readNameservers(cfg.DNS.ResolvConf); err != nil {
+			return f, err
+		}
+	}
+	return f, nil
+}
+
+// readNameservers returns the nameserver addresses of a resolv.conf file, in
+// order, without zones. Lines that are not valid nameserver lines are skipped,
+// as the resolver skips them.
+func readNameservers(path string) ([]netip.Addr, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("read dns.resolvConf: %w", err)
+	}
+	var out []netip.Addr
+	sc := bufio.NewScanner(bytes.NewReader(data))
+	for sc.Scan() {
+		f := strings.Fields(sc.Text())
+		if len(f) < 2 || f[0] != "nameserver" {
+			continue
+		}
+		if a, err := netip.ParseAddr(f[1]); err == nil {
+			out = append(out, a.WithZone("").Unmap())
+		}
+	}
+	return out, nil
+}

@@ -1,0 +1,788 @@
+package redirect
+
+import (
+	"context"
+	"errors"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/detour-mesh/detour/internal/privtest"
+)
+
+// Privileged tests: each runs in its own network namespace and, unless it
+// says otherwise, on both iptables backends.
+
+var backendTools = []string{
+	"ip", "iptables-legacy-save", "iptables-legacy-restore", "ip6tables-legacy-save", "ip6tables-legacy-restore",
+	"iptables-nft-save", "iptables-nft-restore", "ip6tables-nft-save", "ip6tables-nft-restore",
+}
+
+// newNS makes a fresh namespace for one test and an Engine bound to it.
+func newNS(t testing.TB) (privtest.NS, *Engine) {
+	t.Helper()
+	privtest.Require(t, backendTools...)
+	ns := privtest.NetNS(t)
+	return ns, &Engine{NetNS: ns.Path}
+}
+
+// forEachBackend runs f as a parallel subtest per iptables backend.
+func forEachBackend(t *testing.T, f func(t *testing.T, b Backend)) {
+	for _, b := range iptablesBackends {
+		t.Run(string(b), func(t *testing.T) {
+			t.Parallel()
+			f(t, b)
+		})
+	}
+}
+
+var counters = regexp.MustCompile(`\[\d+:\d+\]`)
+
+// save is `iptables-save` and `ip6tables-save` of every table of a backend,
+// without the header/date comment lines and with counters zeroed: the text
+// uninstall must leave byte-identical.
+func save(t testing.TB, ns privtest.NS, b Backend) string {
+	t.Helper()
+	var out strings.Builder
+	for _, f := range allFamilies {
+		out.WriteString("### " + string(f) + "\n")
+		out.WriteString(saveFamily(t, ns, b, f))
+	}
+	return out.String()
+}
+
+func saveFamily(t testing.TB, ns privtest.NS, b Backend, f Family) string {
+	t.Helper()
+	raw, err := exec.Command("ip", "netns", "exec", ns.Name, toolName(b, f, "save")).Output()
+	if err != nil {
+		t.Fatalf("%s: %v", toolName(b, f, "save"), err)
+	}
+	var out strings.Builder
+	for _, line := range strings.Split(string(raw), "\n") {
+		if line == "" || strings.HasPrefix(line, "#") {
+			continue
+		}
+		out.WriteString(counters.ReplaceAllString(line, "[0:0]") + "\n")
+	}
+	return out.String()
+}
+
+// cliName is the rule-editing command of a backend: iptables-nft, ip6tables-legacy, ….
+func cliName(b Backend, f Family) string { return strings.TrimSuffix(toolName(b, f, "save"), "-save") }
+
+func restoreText(t testing.TB, ns privtest.NS, b Backend, f Family, text string) {
+	t.Helper()
+	cmd := exec.Command("ip", "netns", "exec", ns.Name, toolName(b, f, "restore"), "--noflush")
+	cmd.Stdin = strings.NewReader(text)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("%s: %v: %s", toolName(b, f, "restore"), err, out)
+	}
+}
+
+// seedForeign fills nat, mangle, raw and filter of both families with rules
+// and chains that are not ours, some in the built-in chains we hook into and
+// some carrying comments that merely look like ours.
+func seedForeign(t testing.TB, ns privtest.NS, b Backend) {
+	t.Helper()
+	seed := func(src, dst string) string {
+		return `*nat
+:FOREIGN_NAT - [0:0]
+-A PREROUTING -s ` + src + ` -j RETURN
+-A OUTPUT -d ` + dst + ` -m comment --comment "detour other" -j RETURN
+-A POSTROUTING -j FOREIGN_NAT
+-A FOREIGN_NAT -p tcp -m comment --comment detourx -j RETURN
+COMMIT
+*mangle
+:FOREIGN_MANGLE - [0:0]
+-A PREROUTING -j FOREIGN_MANGLE
+-A FOREIGN_MANGLE -p tcp -j MARK --set-xmark 0x1/0x1
+COMMIT
+*raw
+:FOREIGN_RAW - [0:0]
+-A PREROUTING -j FOREIGN_RAW
+-A OUTPUT -p udp -j FOREIGN_RAW
+-A FOREIGN_RAW -j RETURN
+COMMIT
+*filter
+:FOREIGN_FILTER - [0:0]
+-A INPUT -p tcp -m tcp --dport 22 -j ACCEPT
+-A FOREIGN_FILTER -j RETURN
+COMMIT
+`
+	}
+	restoreText(t, ns, b, IPv4, seed("192.0.2.1/32", "198.51.100.9/32"))
+	restoreText(t, ns, b, IPv6, seed("2001:db8::1/128", "2001:db8::9/128"))
+}
+
+func mustPlan(t testing.TB, cfg Config, facts Facts) Plan {
+	t.Helper()
+	p, err := NewPlan(cfg, facts)
+	if err != nil {
+		t.Fatalf("NewPlan: %v", err)
+	}
+	return p
+}
+
+func mustInstall(t testing.TB, e *Engine, p Plan) Result {
+	t.Helper()
+	res, err := e.Install(context.Background(), p)
+	if err != nil {
+		t.Fatalf("Install: %v", err)
+	}
+	return res
+}
+
+func mustUninstall(t testing.TB, e *Engine) Result {
+	t.Helper()
+	res, err := e.Uninstall(context.Background())
+	if err != nil {
+		t.Fatalf("Uninstall: %v", err)
+	}
+	return res
+}
+
+// assertNoDrift checks that the namespace holds exactly p.
+func assertNoDrift(t testing.TB, e *Engine, p Plan) {
+	t.Helper()
+	d, err := e.Check(context.Background(), p)
+	if err != nil {
+		t.Fatalf("Check: %v", err)
+	}
+	if !d.Empty() {
+		t.Fatalf("installed rules differ from the plan:\n%s", d)
+	}
+}
+
+func withBackend(t testing.TB, c Config, b Backend) Config {
+	t.Helper()
+	c.Backend = b
+	return c
+}
+
+// TestInstallMatchesPlan installs every golden plan on both backends: what
+// iptables-save then shows of ours is the plan, byte for byte (so re-runs see
+// "no changes"), and uninstall leaves every table as it was.
+func TestInstallMatchesPlan(t *testing.T) {
+	privtest.Require(t, backendTools...)
+	for _, tc := range planCases() {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			forEachBackend(t, func(t *testing.T, b Backend) {
+				ns, e := newNS(t)
+				seedForeign(t, ns, b)
+				before := save(t, ns, b)
+				p := mustPlan(t, withBackend(t, cfgWith(t, tc.preset, tc.sets...), b), tc.facts)
+				res := mustInstall(t, e, p)
+				if planIsEmpty(p) {
+					// A plan that captures nothing installs nothing.
+					if _, err := e.Check(context.Background(), p); res.Changed || !errors.Is(err, ErrNotInstalled) {
+						t.Fatalf("empty plan: Install = %+v, Check = %v; want no change and ErrNotInstalled", res, err)
+					}
+					return
+				}
+				if !res.Changed || res.Backend != b {
+					t.Errorf("Install = %+v, want Changed with backend %s", res, b)
+				}
+				assertNoDrift(t, e, p)
+				st, err := e.Status(context.Background())
+				if err != nil {
+					t.Fatal(err)
+				}
+				for _, f := range p.Families {
+					want := renderTables(f.Tables) + f.Routing.render(f.Family)
+					if want == "" {
+						want = "<nothing>"
+					}
+					got := st.Rules[f.Family]
+					if got == "" {
+						got = "<nothing>"
+					}
+					if got != want {
+						t.Errorf("Status %s:\n%s\nwant the plan:\n%s", f.Family, got, want)
+					}
+				}
+				if again := mustInstall(t, e, p); again.Changed {
+					t.Errorf("second Install changed something: %+v", again)
+				}
+				mustUninstall(t, e)
+				if after := save(t, ns, b); after != before {
+					t.Errorf("after uninstall iptables-save differs from before install:\n--- before\n%s\n--- after\n%s", before, after)
+				}
+			})
+		})
+	}
+}
+
+// shimPATH puts logging wrappers of the named tools first on PATH: each call
+// is appended to the returned log file, then the real tool runs.
+func shimPATH(t *testing.T, tools ...string) (logFile string) {
+	t.Helper()
+	dir := t.TempDir()
+	logFile = filepath.Join(dir, "calls.log")
+	for _, tool := range tools {
+		real, err := exec.LookPath(tool)
+		if err != nil {
+			privtest.Skip(t, "needs "+tool)
+		}
+		script := "#!/bin/sh\necho \"$(basename \"$0\") $*\" >> " + logFile + "\nexec " + real + " \"$@\"\n"
+		if err := os.WriteFile(filepath.Join(dir, tool), []byte(script), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	t.Setenv("PATH", dir+string(os.PathListSeparator)+os.Getenv("PATH"))
+	return logFile
+}
+
+// calls returns the engine's calls in a shim log: those with the -w lock
+// flag, which the test's own helpers do not pass.
+func calls(t *testing.T, logFile string) []string {
+	t.Helper()
+	b, err := os.ReadFile(logFile)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []string
+	for _, line := range strings.Split(string(b), "\n") {
+		if strings.Contains(line, " -w ") {
+			out = append(out, line)
+		}
+	}
+	return out
+}
+
+func planIsEmpty(p Plan) bool {
+	for _, f := range p.Families {
+		if len(f.Tables) > 0 || f.Routing != nil {
+			return false
+		}
+	}
+	return true
+}
+
+// TestInstallIdempotent is L2 and L4 with the process counts: a re-run spawns
+// no restore, a config change one restore per family, uninstall twice is fine.
+// Not parallel: it wraps the tools through PATH.
+func TestInstallIdempotent(t *testing.T) {
+	privtest.Require(t, backendTools...)
+	for _, b := range iptablesBackends {
+		t.Run(string(b), func(t *testing.T) {
+			log := shimPATH(t, toolName(b, IPv4, "restore"), toolName(b, IPv6, "restore"))
+			ns, e := newNS(t)
+			seedForeign(t, ns, b)
+			before := save(t, ns, b)
+
+			if res := mustUninstall(t, e); res.Changed || len(calls(t, log)) != 0 {
+				t.Errorf("Uninstall without install = %+v, restores %q; want no change, no restore", res, calls(t, log))
+			}
+			cfgA := withBackend(t, cfgWith(t, "", "dns.capture=all", "dropInvalidPackets=true"), b)
+			pA := mustPlan(t, cfgA, dualStack)
+			res := mustInstall(t, e, pA)
+			if !res.Changed || res.Processes != 6 {
+				t.Errorf("first Install = %+v, want Changed with 6 processes (4 saves, 2 restores)", res)
+			}
+			if got := calls(t, log); len(got) != 2 {
+				t.Errorf("first Install ran %d restores, want one per family: %q", len(got), got)
+			}
+			os.Remove(log)
+
+			res = mustInstall(t, e, pA)
+			if res.Changed || res.Processes != 4 {
+				t.Errorf("second Install = %+v, want no change and only the 4 saves", res)
+			}
+			if got := calls(t, log); len(got) != 0 {
+				t.Errorf("second Install ran restores: %q", got)
+			}
+
+			// A foreign rule appended after our hook stays after it when the
+			// config changes: our hooks keep their place.
+			restoreText(t, ns, b, IPv4, "*nat\n-A OUTPUT -d 203.0.113.7/32 -j RETURN\nCOMMIT\n")
+			cfgB := withBackend(t, cfgWith(t, "", "outbound.excludePorts=25", "log.enabled=true"), b)
+			pB := mustPlan(t, cfgB, dualStack)
+			res = mustInstall(t, e, pB)
+			if !res.Changed || res.Processes != 6 {
+				t.Errorf("Install of a changed config = %+v, want Changed with 6 processes", res)
+			}
+			if got := calls(t, log); len(got) != 2 || !strings.Contains(got[0], "--noflush") {
+				t.Errorf("changed config ran restores %q, want one --noflush per family", got)
+			}
+			assertNoDrift(t, e, pB) // the old DNS, raw and mangle rules are gone
+			nat := saveFamily(t, ns, b, IPv4)
+			hook := strings.Index(nat, "-A OUTPUT -p tcp -m comment --comment detour -j DETOUR_OUTPUT")
+			foreign := strings.Index(nat, "-A OUTPUT -d 203.0.113.7/32 -j RETURN")
+			if hook < 0 || foreign < 0 || hook > foreign {
+				t.Errorf("our OUTPUT hook moved behind the foreign rule:\n%s", nat)
+			}
+			restoreText(t, ns, b, IPv4, "*nat\n-D OUTPUT -d 203.0.113.7/32 -j RETURN\nCOMMIT\n")
+
+			os.Remove(log)
+			if res := mustUninstall(t, e); !res.Changed || len(res.Families) != 2 || res.Backend != b {
+				t.Errorf("Uninstall = %+v, want both families removed from %s", res, b)
+			}
+			if got := calls(t, log); len(got) != 2 {
+				t.Errorf("Uninstall ran %d restores, want one per family: %q", len(got), got)
+			}
+			if after := save(t, ns, b); after != before {
+				t.Errorf("after uninstall iptables-save differs from before install:\n--- before\n%s\n--- after\n%s", before, after)
+			}
+			os.Remove(log)
+			if res := mustUninstall(t, e); res.Changed || res.Processes != 4 || len(calls(t, log)) != 0 {
+				t.Errorf("second Uninstall = %+v, restores %q; want no change and only the 4 saves", res, calls(t, log))
+			}
+			if _, err := e.Check(context.Background(), pA); !errors.Is(err, ErrNotInstalled) {
+				t.Errorf("Check after uninstall = %v, want ErrNotInstalled", err)
+			}
+		})
+	}
+}
+
+func TestCheckReportsDrift(t *testing.T) {
+	t.Parallel()
+	forEachBackend(t, func(t *testing.T, b Backend) {
+		ns, e := newNS(t)
+		p := mustPlan(t, withBackend(t, cfgWith(t, "", "outbound.excludePorts=25"), b), dualStack)
+		if _, err := e.Check(context.Background(), p); !errors.Is(err, ErrNotInstalled) {
+			t.Fatalf("Check before install = %v, want ErrNotInstalled", err)
+		}
+		mustInstall(t, e, p)
+		assertNoDrift(t, e, p)
+
+		// Someone deletes a rule from our chain in IPv4 …
+		ns.Run(t, cliName(b, IPv4), "-t", "nat", "-D", "DETOUR_OUTPUT", "-p", "tcp", "-m", "multiport", "--dports", "25", "-j", "RETURN")
+		// … and adds one to our chain in IPv6.
+		ns.Run(t, cliName(b, IPv6), "-t", "nat", "-I", "DETOUR_OUTPUT", "1", "-d", "2001:db8::77/128", "-j", "RETURN")
+		d, err := e.Check(context.Background(), p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(d.Families) != 2 {
+			t.Fatalf("drift in %d families, want 2:\n%s", len(d.Families), d)
+		}
+		v4, v6 := d.Families[0], d.Families[1]
+		if v4.Family != IPv4 || len(v4.Missing) != 1 || v4.Missing[0] != "-t nat -A DETOUR_OUTPUT -p tcp -m multiport --dports 25 -j RETURN" || len(v4.Unexpected) != 0 {
+			t.Errorf("ipv4 drift = %+v, want the deleted rule missing", v4)
+		}
+		if v6.Family != IPv6 || len(v6.Unexpected) != 1 || v6.Unexpected[0] != "-t nat -A DETOUR_OUTPUT -d 2001:db8::77/128 -j RETURN" || len(v6.Missing) != 0 {
+			t.Errorf("ipv6 drift = %+v, want the added rule unexpected", v6)
+		}
+		text := d.String()
+		for _, want := range []string{"--- installed ipv4", "+++ planned ipv4", "+-t nat -A DETOUR_OUTPUT -p tcp -m multiport --dports 25 -j RETURN", "--t nat -A DETOUR_OUTPUT -d 2001:db8::77/128 -j RETURN"} {
+			if !strings.Contains(text, want) {
+				t.Errorf("drift text lacks %q:\n%s", want, text)
+			}
+		}
+		// Install repairs it.
+		if res := mustInstall(t, e, p); !res.Changed {
+			t.Error("Install over drift reported no change")
+		}
+		assertNoDrift(t, e, p)
+	})
+}
+
+func TestForeignChainsRefused(t *testing.T) {
+	t.Parallel()
+	forEachBackend(t, func(t *testing.T, b Backend) {
+		ns, e := newNS(t)
+		p := mustPlan(t, withBackend(t, Default(), b), dualStack)
+		mustInstall(t, e, p)
+		restoreText(t, ns, b, IPv6, "*mangle\n:DETOUR_SOMEONE_ELSE - [0:0]\n-A DETOUR_SOMEONE_ELSE -j RETURN\nCOMMIT\n")
+		before := save(t, ns, b)
+		_, err := e.Uninstall(context.Background())
+		if !errors.Is(err, ErrForeignChains) || !strings.Contains(err.Error(), "DETOUR_SOMEONE_ELSE") {
+			t.Fatalf("Uninstall = %v, want ErrForeignChains naming DETOUR_SOMEONE_ELSE", err)
+		}
+		p2 := mustPlan(t, withBackend(t, cfgWith(t, "", "outbound.excludePorts=25"), b), dualStack)
+		if _, err := e.Install(context.Background(), p2); !errors.Is(err, ErrForeignChains) {
+			t.Fatalf("Install = %v, want ErrForeignChains", err)
+		}
+		if after := save(t, ns, b); after != before {
+			t.Errorf("a refused call changed the rules:\n--- before\n%s\n--- after\n%s", before, after)
+		}
+		restoreText(t, ns, b, IPv6, "*mangle\n:DETOUR_SOMEONE_ELSE - [0:0]\n-X DETOUR_SOMEONE_ELSE\nCOMMIT\n")
+
+		// A rule without our comment that jumps to our chain: we could not
+		// delete the chain, so we refuse before touching anything.
+		restoreText(t, ns, b, IPv4, "*nat\n-A OUTPUT -d 203.0.113.5/32 -j DETOUR_OUTPUT\nCOMMIT\n")
+		before = save(t, ns, b)
+		if _, err := e.Uninstall(context.Background()); err == nil || !strings.Contains(err.Error(), "-A OUTPUT -d 203.0.113.5/32 -j DETOUR_OUTPUT") {
+			t.Fatalf("Uninstall with a foreign jump to our chain = %v, want an error quoting the rule", err)
+		}
+		if after := save(t, ns, b); after != before {
+			t.Errorf("a refused uninstall changed the rules:\n%s", after)
+		}
+		restoreText(t, ns, b, IPv4, "*nat\n-D OUTPUT -d 203.0.113.5/32 -j DETOUR_OUTPUT\nCOMMIT\n")
+		mustUninstall(t, e)
+	})
+}
+
+// TestBackendChoice is L5 and the mixed-install refusal.
+func TestBackendChoice(t *testing.T) {
+	t.Parallel()
+	auto := Default()
+	t.Run("legacy rules keep legacy", func(t *testing.T) {
+		t.Parallel()
+		ns, e := newNS(t)
+		restoreText(t, ns, BackendIPTablesLegacy, IPv4, "*filter\n-A INPUT -p tcp -m tcp --dport 22 -j ACCEPT\nCOMMIT\n")
+		res := mustInstall(t, e, mustPlan(t, auto, dualStack))
+		if res.Backend != BackendIPTablesLegacy {
+			t.Fatalf("auto chose %s in a namespace with legacy rules, want iptables-legacy", res.Backend)
+		}
+		if s := saveFamily(t, ns, BackendIPTablesNFT, IPv4) + saveFamily(t, ns, BackendIPTablesNFT, IPv6); strings.Contains(s, "DETOUR") {
+			t.Errorf("rules landed in iptables-nft too:\n%s", s)
+		}
+	})
+	t.Run("nft rules keep nft", func(t *testing.T) {
+		t.Parallel()
+		ns, e := newNS(t)
+		restoreText(t, ns, BackendIPTablesNFT, IPv6, "*filter\n-A INPUT -p tcp -m tcp --dport 22 -j ACCEPT\nCOMMIT\n")
+		if res := mustInstall(t, e, mustPlan(t, auto, dualStack)); res.Backend != BackendIPTablesNFT {
+			t.Fatalf("auto chose %s in a namespace with nft rules, want iptables-nft", res.Backend)
+		}
+	})
+	t.Run("ours win over foreign rules", func(t *testing.T) {
+		t.Parallel()
+		ns, e := newNS(t)
+		mustInstall(t, e, mustPlan(t, withBackend(t, auto, BackendIPTablesNFT), dualStack))
+		restoreText(t, ns, BackendIPTablesLegacy, IPv4, "*filter\n-A INPUT -j ACCEPT\nCOMMIT\n")
+		res := mustInstall(t, e, mustPlan(t, cfgWith(t, "", "outbound.excludePorts=25"), dualStack))
+		if res.Backend != BackendIPTablesNFT || !res.Changed {
+			t.Fatalf("auto re-install = %+v, want it to stay on iptables-nft", res)
+		}
+	})
+	t.Run("empty namespace takes the host default", func(t *testing.T) {
+		t.Parallel()
+		_, e := newNS(t)
+		want := BackendIPTablesLegacy
+		if out, _ := exec.Command("iptables", "-V").Output(); strings.Contains(string(out), "nf_tables") {
+			want = BackendIPTablesNFT
+		}
+		for _, c := range []Config{auto, withBackend(t, auto, BackendIPTables)} {
+			res := mustInstall(t, e, mustPlan(t, c, dualStack))
+			if res.Backend != want {
+				t.Errorf("backend %s chose %s, want the host default %s", c.Backend, res.Backend, want)
+			}
+		}
+	})
+	t.Run("never mixed", func(t *testing.T) {
+		t.Parallel()
+		ns, e := newNS(t)
+		mustInstall(t, e, mustPlan(t, withBackend(t, auto, BackendIPTablesLegacy), dualStack))
+		before := save(t, ns, BackendIPTablesNFT)
+		_, err := e.Install(context.Background(), mustPlan(t, withBackend(t, auto, BackendIPTablesNFT), dualStack))
+		if !errors.Is(err, ErrBackendConflict) {
+			t.Fatalf("Install with nft over a legacy install = %v, want ErrBackendConflict", err)
+		}
+		if after := save(t, ns, BackendIPTablesNFT); after != before {
+			t.Errorf("the refused install wrote to iptables-nft:\n%s", after)
+		}
+		// Someone else made a mixed install: install refuses, uninstall cleans both.
+		restoreText(t, ns, BackendIPTablesNFT, IPv4, planFamily(Default(), dualStack, IPv4).Restore())
+		if _, err := e.Install(context.Background(), mustPlan(t, auto, dualStack)); !errors.Is(err, ErrBackendConflict) {
+			t.Fatalf("Install over a mixed install = %v, want ErrBackendConflict", err)
+		}
+		if _, err := e.Status(context.Background()); !errors.Is(err, ErrBackendConflict) {
+			t.Errorf("Status over a mixed install = %v, want ErrBackendConflict", err)
+		}
+		mustUninstall(t, e)
+		for _, b := range iptablesBackends {
+			if s := save(t, ns, b); strings.Contains(s, "DETOUR") {
+				t.Errorf("%s still holds our rules after uninstall:\n%s", b, s)
+			}
+		}
+	})
+}
+
+// failingTool puts a tool that always fails first on PATH.
+func failingTool(t *testing.T, name string) {
+	t.Helper()
+	dir := t.TempDir()
+	script := "#!/bin/sh\necho \"" + name + ": simulated failure\" >&2\nexit 1\n"
+	if err := os.WriteFile(filepath.Join(dir, name), []byte(script), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("PATH", dir+string(os.PathListSeparator)+os.Getenv("PATH"))
+}
+
+// TestIPv6FailureRollsBackIPv4 is L7: IPv6 present, IPv6 rules impossible →
+// error, and IPv4 is exactly as before (our old hooks at their old places).
+// Not parallel: it changes PATH.
+func TestIPv6FailureRollsBackIPv4(t *testing.T) {
+	privtest.Require(t, backendTools...)
+	for _, b := range iptablesBackends {
+		t.Run(string(b), func(t *testing.T) {
+			ns, e := newNS(t)
+			seedForeign(t, ns, b)
+			mustInstall(t, e, mustPlan(t, withBackend(t, cfgWith(t, "", "dropInvalidPackets=true"), b), dualStack))
+			// Foreign rules after ours in the built-in chains: a rollback must put
+			// our hooks back in front of them.
+			restoreText(t, ns, b, IPv4, "*nat\n-A OUTPUT -d 203.0.113.7/32 -j RETURN\n-A PREROUTING -d 203.0.113.8/32 -j RETURN\nCOMMIT\n*mangle\n-A PREROUTING -d 203.0.113.9/32 -j RETURN\nCOMMIT\n")
+			before := save(t, ns, b)
+
+			failingTool(t, toolName(b, IPv6, "restore"))
+			p := mustPlan(t, withBackend(t, cfgWith(t, "", "dns.capture=all", "mode=tproxy"), b), dualStack)
+			_, err := e.Install(context.Background(), p)
+			if !errors.Is(err, ErrIPv6Unavailable) || !strings.Contains(err.Error(), "simulated failure") {
+				t.Fatalf("Install = %v, want ErrIPv6Unavailable with the tool's message", err)
+			}
+			if after := save(t, ns, b); after != before {
+				t.Errorf("IPv4 was not rolled back exactly:\n--- before\n%s\n--- after\n%s", before, after)
+			}
+			st, err := observeRoutingIn(t, e)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(st.have[IPv4])+len(st.have[IPv6]) != 0 {
+				t.Errorf("the TPROXY routing stayed after the failed install: %v", st.have)
+			}
+		})
+	}
+}
+
+// TestIPv6ToolsMissing: no ip6tables at all → error before anything changes,
+// unless ipFamilies is ipv4. Not parallel: it changes PATH.
+func TestIPv6ToolsMissing(t *testing.T) {
+	privtest.Require(t, backendTools...)
+	dir := t.TempDir()
+	for _, tool := range []string{"ip", "iptables", "iptables-legacy-save", "iptables-legacy-restore", "iptables-nft-save", "iptables-nft-restore"} {
+		real, err := exec.LookPath(tool)
+		if err != nil {
+			privtest.Skip(t, "needs "+tool)
+		}
+		if err := os.Symlink(real, filepath.Join(dir, tool)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ns, e := newNS(t)
+	t.Setenv("PATH", dir)
+	for _, b := range iptablesBackends {
+		before := saveFamily(t, ns, b, IPv4)
+		_, err := e.Install(context.Background(), mustPlan(t, withBackend(t, Default(), b), dualStack))
+		if !errors.Is(err, ErrIPv6Unavailable) {
+			t.Fatalf("%s: Install without ip6tables = %v, want ErrIPv6Unavailable", b, err)
+		}
+		if after := saveFamily(t, ns, b, IPv4); after != before {
+			t.Errorf("%s: IPv4 changed although IPv6 was impossible:\n%s", b, after)
+		}
+	}
+	p := mustPlan(t, cfgWith(t, "", "ipFamilies=ipv4"), dualStack)
+	if res := mustInstall(t, e, p); !res.Changed || len(res.Families) != 1 {
+		t.Errorf("ipv4-only Install = %+v, want IPv4 installed", res)
+	}
+	assertNoDrift(t, e, p)
+	mustUninstall(t, e)
+}
+
+// TestLockTimeout holds the xtables lock: legacy iptables gives up after
+// LockWait with ErrLockTimeout and nothing applied; iptables-nft takes no lock.
+// Not parallel: the lock is host-wide, held for about a second.
+func TestLockTimeout(t *testing.T) {
+	privtest.Require(t, backendTools...)
+	ns, e := newNS(t)
+	e.LockWait = time.Second
+	f, err := os.OpenFile("/run/xtables.lock", os.O_CREATE|os.O_RDONLY, 0o600)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	before := save(t, ns, BackendIPTablesLegacy)
+	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX); err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	_, err = e.Install(context.Background(), mustPlan(t, withBackend(t, Default(), BackendIPTablesLegacy), dualStack))
+	waited := time.Since(start)
+	if err := unix.Flock(int(f.Fd()), unix.LOCK_UN); err != nil {
+		t.Fatal(err)
+	}
+	if !errors.Is(err, ErrLockTimeout) {
+		t.Fatalf("Install with the lock held = %v, want ErrLockTimeout", err)
+	}
+	if waited > 20*time.Second {
+		t.Errorf("Install waited %s for the lock, far beyond LockWait", waited)
+	}
+	if after := save(t, ns, BackendIPTablesLegacy); after != before {
+		t.Errorf("rules changed although the lock was never acquired:\n%s", after)
+	}
+	mustInstall(t, e, mustPlan(t, withBackend(t, Default(), BackendIPTablesLegacy), dualStack))
+}
+
+// TestParallelInstalls is L10: many namespaces installing at once all succeed
+// (legacy ones queue on the host-wide xtables lock).
+func TestParallelInstalls(t *testing.T) {
+	t.Parallel()
+	forEachBackend(t, func(t *testing.T, b Backend) {
+		const n = 50
+		p := mustPlan(t, withBackend(t, cfgWith(t, "", "dns.capture=all"), b), dualStack)
+		engines := make([]*Engine, n)
+		for i := range engines {
+			_, engines[i] = newNS(t)
+		}
+		var wg sync.WaitGroup
+		errs := make([]error, n)
+		for i, e := range engines {
+			wg.Go(func() {
+				_, errs[i] = e.Install(context.Background(), p)
+			})
+		}
+		wg.Wait()
+		for i, err := range errs {
+			if err != nil {
+				t.Errorf("install %d: %v", i, err)
+			}
+		}
+		for _, e := range engines {
+			assertNoDrift(t, e, p)
+		}
+	})
+}
+
+func observeRoutingIn(t *testing.T, e *Engine) (routingState, error) {
+	t.Helper()
+	s, _, err := e.readInstalled(context.Background(), Plan{})
+	return s.routes, err
+}
+
+// TestTProxyRouting: the policy routing comes and goes with the rules.
+func TestTProxyRouting(t *testing.T) {
+	t.Parallel()
+	forEachBackend(t, func(t *testing.T, b Backend) {
+		ns, e := newNS(t)
+		rulesBefore := ns.Run(t, "ip", "-4", "rule") + ns.Run(t, "ip", "-6", "rule")
+		p := mustPlan(t, withBackend(t, cfgWith(t, "", "mode=tproxy"), b), dualStack)
+		mustInstall(t, e, p)
+		for _, v := range []string{"-4", "-6"} {
+			if out := ns.Run(t, "ip", v, "rule"); !strings.Contains(out, "2000:\tfrom all fwmark 0x2000/0x2000 lookup 2000") {
+				t.Errorf("ip %s rule lacks ours:\n%s", v, out)
+			}
+			if out := ns.Run(t, "ip", v, "route", "show", "table", "2000"); !strings.Contains(out, "local default dev lo") {
+				t.Errorf("ip %s route show table 2000 lacks the local route:\n%s", v, out)
+			}
+		}
+		assertNoDrift(t, e, p)
+
+		ns.Run(t, "ip", "-6", "route", "del", "local", "default", "dev", "lo", "table", "2000")
+		d, err := e.Check(context.Background(), p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(d.Families) != 1 || d.Families[0].Family != IPv6 || len(d.Families[0].Missing) != 1 || !strings.Contains(d.Families[0].Missing[0], "route add local ::/0") {
+			t.Errorf("Check after deleting the IPv6 route = %+v", d)
+		}
+		if res := mustInstall(t, e, p); !res.Changed || res.Processes != 4 {
+			t.Errorf("Install restoring the route = %+v, want a change without restores (4 saves)", res)
+		}
+		assertNoDrift(t, e, p)
+
+		// Back to redirect mode: the routing goes, the rules change.
+		pr := mustPlan(t, withBackend(t, Default(), b), dualStack)
+		mustInstall(t, e, pr)
+		assertNoDrift(t, e, pr)
+		mustInstall(t, e, p)
+		mustUninstall(t, e)
+		if after := ns.Run(t, "ip", "-4", "rule") + ns.Run(t, "ip", "-6", "rule"); after != rulesBefore {
+			t.Errorf("ip rules after uninstall:\n%s\nwant\n%s", after, rulesBefore)
+		}
+		for _, v := range []string{"-4", "-6"} {
+			if out := ns.Run(t, "ip", v, "route", "show", "table", "2000"); strings.TrimSpace(out) != "" {
+				t.Errorf("table 2000 (%s) after uninstall: %s", v, out)
+			}
+		}
+	})
+}
+
+func TestFacts(t *testing.T) {
+	t.Parallel()
+	ns, e := newNS(t)
+	resolv := filepath.Join(t.TempDir(), "resolv.conf")
+	content := "# generated\nsearch example.test\nnameserver 127.0.0.53\nnameserver fe80::1%eth0\nnameserver bogus\noptions ndots:5\nnameserver 2001:db8::53\n"
+	if err := os.WriteFile(resolv, []byte(content), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	cfg := cfgWith(t, "", "dns.capture=resolvconf", "dns.resolvConf="+resolv)
+	f, err := e.Facts(context.Background(), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !f.IPv6 {
+		t.Error("Facts says a fresh namespace has no IPv6")
+	}
+	var got []string
+	for _, a := range f.Nameservers {
+		got = append(got, a.String())
+	}
+	if strings.Join(got, " ") != "127.0.0.53 fe80::1 2001:db8::53" {
+		t.Errorf("nameservers = %v", got)
+	}
+	ns.Run(t, "sysctl", "-q", "-w", "net.ipv6.conf.all.disable_ipv6=1")
+	if f, err := e.Facts(context.Background(), Default()); err != nil || f.IPv6 || f.Nameservers != nil {
+		t.Errorf("Facts with IPv6 disabled = %+v, %v; want no IPv6 and no nameservers read", f, err)
+	}
+	cfg.DNS.ResolvConf = filepath.Join(t.TempDir(), "missing")
+	if _, err := e.Facts(context.Background(), cfg); err == nil || !strings.Contains(err.Error(), "dns.resolvConf") {
+		t.Errorf("Facts with a missing resolv.conf = %v, want an error naming dns.resolvConf", err)
+	}
+}
+
+// Benchmarks of the engine in a fresh namespace per backend, with the istio
+// preset and DNS capture on both families: time per call and child processes
+// per call (procs/op).
+
+func benchEngine(b *testing.B, run func(b *testing.B, e *Engine, p Plan)) {
+	for _, backend := range iptablesBackends {
+		b.Run(string(backend), func(b *testing.B) {
+			_, e := newNS(b)
+			p := mustPlan(b, withBackend(b, cfgWith(b, "istio", "dns.capture=all"), backend), dualStack)
+			run(b, e, p)
+		})
+	}
+}
+
+func BenchmarkInstall(b *testing.B) {
+	benchEngine(b, func(b *testing.B, e *Engine, p Plan) {
+		procs := 0
+		for b.Loop() {
+			b.StopTimer()
+			mustUninstall(b, e)
+			b.StartTimer()
+			procs += mustInstall(b, e, p).Processes
+		}
+		b.ReportMetric(float64(procs)/float64(b.N), "procs/op")
+	})
+}
+
+func BenchmarkInstallNoChange(b *testing.B) {
+	benchEngine(b, func(b *testing.B, e *Engine, p Plan) {
+		mustInstall(b, e, p)
+		procs := 0
+		for b.Loop() {
+			res := mustInstall(b, e, p)
+			if res.Changed {
+				b.Fatal("a re-install changed something")
+			}
+			procs += res.Processes
+		}
+		b.ReportMetric(float64(procs)/float64(b.N), "procs/op")
+	})
+}
+
+func BenchmarkUninstall(b *testing.B) {
+	benchEngine(b, func(b *testing.B, e *Engine, p Plan) {
+		procs := 0
+		for b.Loop() {
+			b.StopTimer()
+			mustInstall(b, e, p)
+			b.StartTimer()
+			procs += mustUninstall(b, e).Processes
+		}
+		b.ReportMetric(float64(procs)/float64(b.N), "procs/op")
+	})
+}

@@ -1,0 +1,143 @@
+package deploy
+
+import (
+	"bufio"
+	"debug/elf"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+const repoRoot = "../.."
+
+// dockerfile returns deploy/Dockerfile's instructions, continuation lines joined.
+func dockerfile(t *testing.T) []string {
+	t.Helper()
+	f, err := os.Open(filepath.Join(repoRoot, "deploy/Dockerfile"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	var out []string
+	var cur string
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		line := strings.TrimSpace(sc.Text())
+		if line == "" || strings.HasPrefix(line, "#") {
+			continue
+		}
+		cont := strings.HasSuffix(line, "\\")
+		cur += strings.TrimSuffix(line, "\\") + " "
+		if !cont {
+			out = append(out, strings.Join(strings.Fields(cur), " "))
+			cur = ""
+		}
+	}
+	if err := sc.Err(); err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+// TestDockerfileCopiesExist checks that every path the build stage copies from
+// the context exists and is not filtered out by the .dockerignore. (No Docker
+// engine runs on these machines, so the image itself is not built.)
+func TestDockerfileCopiesExist(t *testing.T) {
+	t.Parallel()
+	ignore, err := os.ReadFile(filepath.Join(repoRoot, "deploy/Dockerfile.dockerignore"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ignored := map[string]bool{}
+	for _, l := range strings.Split(string(ignore), "\n") {
+		if l = strings.TrimSpace(l); l != "" && !strings.HasPrefix(l, "#") {
+			ignored[l] = true
+		}
+	}
+	copies := 0
+	for _, ins := range dockerfile(t) {
+		f := strings.Fields(ins)
+		if strings.ToUpper(f[0]) != "COPY" || strings.HasPrefix(f[1], "--from") {
+			continue
+		}
+		for _, src := range f[1 : len(f)-1] {
+			copies++
+			if _, err := os.Stat(filepath.Join(repoRoot, src)); err != nil {
+				t.Errorf("COPY %s: %v", src, err)
+			}
+			if ignored[src] {
+				t.Errorf("COPY %s: excluded by Dockerfile.dockerignore", src)
+			}
+		}
+	}
+	if copies == 0 {
+		t.Fatal("no COPY from the build context found")
+	}
+	for _, needed := range []string{"go.mod", "go.sum", "cmd", "redirect", "cni"} {
+		if ignored[needed] {
+			t.Errorf("Dockerfile.dockerignore drops %s, which the build needs", needed)
+		}
+	}
+}
+
+// TestDockerfileBuildIsStatic runs the Dockerfile's own `go build` line here and
+// checks that every binary is static (no ELF interpreter, no shared library),
+// so it runs on the slim base and when copied onto a node by the CNI installer.
+func TestDockerfileBuildIsStatic(t *testing.T) {
+	t.Parallel()
+	if testing.Short() {
+		t.Skip("builds the binaries")
+	}
+	var build string
+	for _, ins := range dockerfile(t) {
+		if strings.HasPrefix(ins, "RUN ") && strings.Contains(ins, "go build") {
+			build = strings.TrimPrefix(ins, "RUN ")
+		}
+	}
+	if build == "" || !strings.Contains(build, "CGO_ENABLED=0") || !strings.Contains(build, "-o /out/ ") {
+		t.Fatalf("Dockerfile build line %q: want CGO_ENABLED=0 go build ... -o /out/ ...", build)
+	}
+	out := t.TempDir()
+	cmd := exec.Command("sh", "-c", strings.Replace(build, "-o /out/ ", "-o "+out+"/ ", 1))
+	cmd.Dir = repoRoot
+	cmd.Env = append(os.Environ(), "VERSION=v0.0.0-test")
+	if b, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("%s: %v\n%s", build, err, b)
+	}
+	entries, err := os.ReadDir(out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	built := map[string]bool{}
+	for _, e := range entries {
+		built[e.Name()] = true
+		f, err := elf.Open(filepath.Join(out, e.Name()))
+		if err != nil {
+			t.Errorf("%s: not an ELF binary: %v", e.Name(), err)
+			continue
+		}
+		for _, p := range f.Progs {
+			if p.Type == elf.PT_INTERP {
+				t.Errorf("%s: dynamically linked (has an ELF interpreter)", e.Name())
+			}
+		}
+		if libs, _ := f.ImportedLibraries(); len(libs) > 0 {
+			t.Errorf("%s: needs shared libraries %v", e.Name(), libs)
+		}
+		f.Close()
+	}
+	if !built["detour"] {
+		t.Fatalf("the build made %v, not detour", entries)
+	}
+	// The image's entrypoint and the manifests run /usr/local/bin/detour; the
+	// CNI installer looks for detour-cni next to it.
+	if _, err := os.Stat(filepath.Join(repoRoot, "cmd/detour-cni")); err == nil && !built["detour-cni"] {
+		t.Error("cmd/detour-cni exists but the build did not make detour-cni")
+	}
+	v, err := exec.Command(filepath.Join(out, "detour"), "version").Output()
+	if err != nil || strings.TrimSpace(string(v)) != "detour v0.0.0-test" {
+		t.Errorf("detour version = %q, %v; want the VERSION build arg", v, err)
+	}
+}

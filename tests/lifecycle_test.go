@@ -1,0 +1,660 @@
+//go:build linux
+
+package tests
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/detour-mesh/detour/internal/lab"
+	"github.com/detour-mesh/detour/internal/privtest"
+)
+
+// TestLifecycle covers SCENARIOS.md "Modes and lifecycle", L1–L10.
+func TestLifecycle(t *testing.T) {
+	t.Parallel()
+
+	t.Run("L1", func(t *testing.T) {
+		matrixModes(t, []string{"redirect", "tproxy"}, func(t *testing.T, v variant) {
+			p := newPod(t, v)
+			p.startProxies()
+			excluded := p.appPort(netip.Addr{})
+			p.install("--exclude-inbound-ports", csv(excluded))
+			for i := range cases() {
+				p.outbound("L1 O1 any address:port", p.app(i, p.remoteDest()), srvOutbound)
+				p.inbound("L1 I1 any port of the workload", p.client(i, p.appPort(netip.Addr{})), srvInbound)
+				p.inbound("L1 I2 excluded inbound port", p.client(i, excluded), srvApp)
+			}
+		})
+	})
+
+	t.Run("L2", func(t *testing.T) {
+		matrix(t, func(t *testing.T, v variant) {
+			p := newPod(t, v)
+			p.startProxies()
+			first := p.install()
+			if strings.Contains(strings.ToLower(first.stdout), "no changes") {
+				t.Errorf("the first install reports no changes:\n%s", first)
+			}
+			s1 := p.snapshot()
+			if len(ours(s1)) == 0 {
+				t.Fatalf("install left no rules of detour's:\n%s", s1)
+			}
+			noDuplicates(t, p)
+			second := p.install()
+			if !strings.Contains(strings.ToLower(second.stdout), "no changes") {
+				t.Errorf("a second identical install does not report \"no changes\":\n%s", second)
+			}
+			if s2 := p.snapshot(); s2 != s1 {
+				t.Errorf("a second identical install changed the namespace:\n%s", diffLines(s1, s2))
+			}
+			// A changed config replaces the rules; it never adds a second copy.
+			port := p.remotePort()
+			third := p.install("--exclude-outbound-ports", csv(port))
+			if strings.Contains(strings.ToLower(third.stdout), "no changes") {
+				t.Errorf("an install with a new excluded port reports no changes:\n%s", third)
+			}
+			noDuplicates(t, p)
+			if got, want := hooks(p.snapshot()), hooks(s1); !slices.Equal(got, want) {
+				t.Errorf("hooks in built-in chains after a changed install:\n%s\nwant the same as after the first:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
+			}
+			if r := p.detour(p.withFlags("check", "--exclude-outbound-ports", csv(port))...); r.code != 0 {
+				t.Errorf("check after the changed install:\n%s", r)
+			}
+			p.outbound("L2 newly excluded port", p.app(0, netip.AddrPortFrom(p.remoteAddr(), port)), srvRemote)
+			p.outbound("L2 other ports still captured", p.app(1, p.remoteDest()), srvOutbound)
+		})
+	})
+
+	// L3: someone else's chains and rules in nat, mangle, raw and filter, and a policy
+	// routing rule, are there before; uninstall leaves every save byte-identical. The
+	// ipv4 and ipv6 subtests install that family only (--ip-families); dual seeds and
+	// installs both.
+	t.Run("L3", func(t *testing.T) {
+		for _, fam := range []string{"ipv4", "ipv6", "dual"} {
+			t.Run(fam, func(t *testing.T) {
+				for _, b := range backends {
+					t.Run(b, func(t *testing.T) {
+						for _, m := range []string{"redirect", "tproxy"} {
+							t.Run(m, func(t *testing.T) {
+								t.Parallel()
+								families, ipFamilies := lab.Families, "auto"
+								if fam != "dual" {
+									families, ipFamilies = []lab.Family{lab.Family(fam)}, fam
+								}
+								uninstallRestores(t, variant{family: families[0], backend: b, mode: m}, families, ipFamilies)
+							})
+						}
+					})
+				}
+			})
+		}
+	})
+
+	t.Run("L4", func(t *testing.T) {
+		matrix(t, func(t *testing.T, v variant) {
+			p := newPod(t, v)
+			p.startProxies()
+			before := p.snapshot()
+			for i := range 2 {
+				if r := p.detour("uninstall"); r.code != 0 {
+					t.Errorf("uninstall #%d without an install:\n%s", i+1, r)
+				}
+			}
+			if after := p.snapshot(); after != before {
+				t.Errorf("uninstall without an install changed the namespace:\n%s", diffLines(before, after))
+			}
+			p.install()
+			p.uninstall()
+			once := p.snapshot()
+			if withoutEmptyTables(once) != withoutEmptyTables(before) {
+				t.Errorf("install then uninstall in a fresh namespace left changes:\n%s", diffLines(before, once))
+			} else if once != before {
+				t.Logf("install then uninstall in a fresh namespace left empty tables behind:\n%s", diffLines(before, once))
+			}
+			if o := ours(once); len(o) != 0 {
+				t.Errorf("uninstall left rules of detour's:\n%s", strings.Join(o, "\n"))
+			}
+			if r := p.detour("uninstall"); r.code != 0 {
+				t.Errorf("a second uninstall:\n%s", r)
+			}
+			if twice := p.snapshot(); twice != once {
+				t.Errorf("a second uninstall changed the namespace:\n%s", diffLines(once, twice))
+			}
+		})
+	})
+
+	t.Run("L5", func(t *testing.T) {
+		matrix(t, func(t *testing.T, v variant) {
+			other := nft
+			if v.backend == nft {
+				other = legacy
+			}
+			t.Run("foreign-rules", func(t *testing.T) {
+				p := newPod(t, v)
+				p.startProxies()
+				restore(t, p, v.backend, v.family, "*nat\n:FOREIGN_NAT - [0:0]\n-A FOREIGN_NAT -p tcp --dport 8080 -j RETURN\n-A OUTPUT -p udp -j FOREIGN_NAT\nCOMMIT\n")
+				r := p.detour(append([]string{"install"}, p.flagsWith("auto")...)...)
+				if r.code != 0 {
+					t.Fatalf("install with backend auto:\n%s", r)
+				}
+				onlyIn(t, p, v.backend, other)
+				if got := statusBackend(t, p); got != v.backend {
+					t.Errorf("status reports backend %q, want %q", got, v.backend)
+				}
+				again := p.detour(append([]string{"install"}, p.flagsWith("auto")...)...)
+				if again.code != 0 || !strings.Contains(strings.ToLower(again.stdout), "no changes") {
+					t.Errorf("a second install with backend auto:\n%s", again)
+				}
+				onlyIn(t, p, v.backend, other)
+				p.outbound("L5 captured", p.app(0, p.remoteDest()), srvOutbound)
+			})
+			t.Run("sticky", func(t *testing.T) {
+				p := newPod(t, v)
+				p.startProxies()
+				p.install()
+				r := p.detour(append([]string{"install"}, p.flagsWith("auto")...)...)
+				if r.code != 0 || !strings.Contains(strings.ToLower(r.stdout), "no changes") {
+					t.Errorf("install with backend auto over an install with %s: want \"no changes\":\n%s", v.backend, r)
+				}
+				onlyIn(t, p, v.backend, other)
+			})
+			t.Run("no-mixing", func(t *testing.T) {
+				p := newPod(t, v)
+				p.startProxies()
+				p.install()
+				r := p.detour(append([]string{"install"}, p.flagsWith(other)...)...)
+				switch r.code {
+				case 0:
+					onlyIn(t, p, other, v.backend)
+				default:
+					onlyIn(t, p, v.backend, other)
+				}
+				t.Logf("install with %s over an install with %s: exit %d, %s", other, v.backend, r.code, strings.TrimSpace(r.stderr))
+				p.outbound("L5 still captured", p.app(0, p.remoteDest()), srvOutbound)
+			})
+		})
+	})
+
+	t.Run("L6", func(t *testing.T) {
+		matrix(t, func(t *testing.T, v variant) {
+			p := newPod(t, v)
+			invalid := invalidCases(t, v.family)
+			runInvalid := func(stage string) {
+				before := p.snapshot()
+				for _, c := range invalid {
+					args := []string{"install", "--backend", v.backend}
+					if slices.Contains(c.args, "--backend") {
+						args = args[:1]
+					}
+					args = append(args, c.args...)
+					r := p.detourCmd(c.env, args...)
+					msg := r.stdout + r.stderr
+					if r.code != 2 {
+						t.Errorf("%s: %s: want exit 2:\n%s", stage, c.name, r)
+						continue
+					}
+					if !slices.ContainsFunc(c.field, func(f string) bool { return strings.Contains(msg, f) }) || !strings.Contains(msg, c.value) {
+						t.Errorf("%s: %s: the message does not name the field (one of %q) and the value %q:\n%s", stage, c.name, c.field, c.value, r)
+					}
+				}
+				if after := p.snapshot(); after != before {
+					t.Errorf("%s: invalid installs changed the namespace:\n%s", stage, diffLines(before, after))
+				}
+			}
+			runInvalid("nothing installed")
+			p.install()
+			runInvalid("over a valid install")
+		})
+	})
+
+	t.Run("L7", func(t *testing.T) {
+		for _, b := range backends {
+			t.Run("ipv6/"+b, func(t *testing.T) {
+				t.Parallel()
+				v := variant{family: lab.IPv6, backend: b, mode: "redirect"}
+				p := newPod(t, v)
+				p.startProxies()
+				shims := t.TempDir()
+				names := []string{ip6(b) + "-restore"}
+				if b == nft {
+					names = append(names, "ip6tables-restore")
+				}
+				for _, n := range names {
+					script := "#!/bin/sh\necho \"" + n + ": IPv6 rules are impossible here (e2e shim)\" >&2\nexit 1\n"
+					if err := os.WriteFile(filepath.Join(shims, n), []byte(script), 0o755); err != nil {
+						t.Fatal(err)
+					}
+				}
+				env := []string{"PATH=" + shims + ":" + os.Getenv("PATH")}
+				before := p.snapshot()
+				r := p.detourCmd(env, p.withFlags("install")...)
+				if r.code != 1 || !strings.Contains(strings.ToLower(r.stdout+r.stderr), "ipv6") {
+					t.Errorf("install with IPv6 rules impossible: want exit 1 and an error about IPv6:\n%s", r)
+				}
+				if after := p.snapshot(); withoutEmptyTables(after) != withoutEmptyTables(before) {
+					t.Errorf("a failed install left changes (IPv4 not rolled back?):\n%s", diffLines(before, after))
+				} else if after != before {
+					t.Logf("a failed install left empty tables behind (no rule, no chain of ours):\n%s", diffLines(before, after))
+				}
+				r = p.detourCmd(env, p.withFlags("install", "--ip-families", "ipv4")...)
+				if r.code != 0 {
+					t.Fatalf("install with --ip-families ipv4 and IPv6 rules impossible:\n%s", r)
+				}
+				if len(ours(p.save(b, lab.IPv4))) == 0 {
+					t.Errorf("--ip-families ipv4 installed no IPv4 rules")
+				}
+				if o := ours(p.save(b, lab.IPv6)); len(o) != 0 {
+					t.Errorf("--ip-families ipv4 installed IPv6 rules:\n%s", strings.Join(o, "\n"))
+				}
+				v4 := &pod{t: t, v: variant{family: lab.IPv4, backend: b, mode: "redirect"}, ctx: p.ctx, lab: p.lab, rnd: p.rnd, uid: p.uid, inPort: p.inPort, outPort: p.outPort, dnsPort: p.dnsPort}
+				v4.startProxies()
+				v4.outbound("L7 IPv4 captured", v4.app(0, v4.remoteDest()), srvOutbound)
+				p.outbound("L7 IPv6 left alone as asked", p.app(0, p.remoteDest()), srvRemote)
+			})
+		}
+	})
+
+	t.Run("L8", func(t *testing.T) {
+		matrixModes(t, []string{"redirect", "tproxy"}, func(t *testing.T, v variant) {
+			p := newPod(t, v)
+			p.install("--dns-capture", "all")
+			check := func() result { return p.detour(p.withFlags("check", "--dns-capture", "all")...) }
+			if r := check(); r.code != 0 {
+				t.Fatalf("check right after install:\n%s", r)
+			}
+			for i := range cases() {
+				rules := chainRules(p.save(v.backend, v.family))
+				if len(rules) == 0 {
+					t.Fatalf("no rules in detour's chains in %s %s", v.backend, v.family)
+				}
+				var want, what string
+				if i%2 == 0 {
+					rule := rules[p.rnd.IntN(len(rules))]
+					if _, err := p.lab.Pod.Run(p.ctx, p.iptables(), "-t", rule.table, "-D", rule.chain, strconv.Itoa(rule.index)); err != nil {
+						t.Fatal(err)
+					}
+					want, what = rule.spec, "deleted "+rule.String()
+				} else {
+					rule := rules[p.rnd.IntN(len(rules))]
+					port := strconv.Itoa(int(p.rnd.Port()))
+					if _, err := p.lab.Pod.Run(p.ctx, p.iptables(), "-t", rule.table, "-I", rule.chain, "1", "-p", "tcp", "--dport", port, "-j", "RETURN"); err != nil {
+						t.Fatal(err)
+					}
+					want, what = "--dport "+port, "added -p tcp --dport "+port+" -j RETURN to "+rule.table+" "+rule.chain
+				}
+				r := check()
+				if r.code != 3 || !strings.Contains(r.stdout+r.stderr, want) {
+					t.Errorf("check after someone %s: want exit 3 and a diff showing %q:\n%s", what, want, r)
+				}
+				p.install("--dns-capture", "all")
+				if r := check(); r.code != 0 {
+					t.Errorf("check after re-install repaired %s:\n%s", what, r)
+				}
+			}
+			p.uninstall()
+			if r := check(); r.code != 4 {
+				t.Errorf("check with nothing installed: want exit 4:\n%s", r)
+			}
+		})
+	})
+
+	t.Run("L9", func(t *testing.T) {
+		matrix(t, func(t *testing.T, v variant) {
+			p := newPod(t, v)
+			validate := func() result { return p.detour(p.withFlags("validate")...) }
+			if r := validate(); r.code != 5 {
+				t.Errorf("validate before install: want exit 5:\n%s", r)
+			}
+			p.install()
+			if r := validate(); r.code != 0 {
+				t.Errorf("validate with the rules installed: want exit 0:\n%s", r)
+			}
+			p.uninstall()
+			if r := validate(); r.code != 5 {
+				t.Errorf("validate after uninstall: want exit 5:\n%s", r)
+			}
+			// Rules that do not capture outbound traffic fail validation too.
+			p.install("--outbound=false")
+			if r := validate(); r.code != 5 {
+				t.Errorf("validate with outbound capture off: want exit 5:\n%s", r)
+			}
+		})
+	})
+
+	t.Run("L10", func(t *testing.T) {
+		for _, b := range backends {
+			t.Run("dual/"+b, func(t *testing.T) {
+				t.Parallel()
+				parallelInstalls(t, b, 50)
+			})
+		}
+	})
+}
+
+// uninstallRestores seeds foreign rules in families, installs with --ip-families
+// ipFamilies and checks that uninstall restores everything.
+func uninstallRestores(t *testing.T, v variant, families []lab.Family, ipFamilies string) {
+	p := newPod(t, v)
+	for _, f := range families {
+		seedForeign(t, p, f)
+	}
+	before := p.snapshot()
+	p.install("--ip-families", ipFamilies, "--dns-capture", "all", "--log", "--drop-invalid-packets", "--exclude-outbound-ports", "22")
+	for _, f := range families {
+		if len(ours(p.save(v.backend, f))) == 0 {
+			t.Fatalf("install left no rules of detour's in %s %s", v.backend, f)
+		}
+		fp := *p
+		fp.v.family = f
+		fp.startProxies()
+		fp.outbound("L3 installed", fp.app(0, fp.remoteDest()), srvOutbound)
+	}
+	p.uninstall()
+	if after := p.snapshot(); after != before {
+		t.Errorf("uninstall did not restore the namespace (- before, + after):\n%s", diffLines(before, after))
+	}
+	for _, f := range families {
+		fp := *p
+		fp.v.family = f
+		fp.outbound("L3 uninstalled", fp.app(1, fp.remoteDest()), srvRemote)
+	}
+}
+
+// noDuplicates fails t when a save output of the pod holds a rule of detour's twice.
+func noDuplicates(t *testing.T, p *pod) {
+	t.Helper()
+	for _, f := range lab.Families {
+		seen := map[string]bool{}
+		for _, line := range ours(p.save(p.v.backend, f)) {
+			if seen[line] {
+				t.Errorf("%s %s holds this rule twice: %s", p.v.backend, f, line)
+			}
+			seen[line] = true
+		}
+	}
+}
+
+// hooks returns detour's rules in built-in chains, in every save of a snapshot.
+func hooks(snapshot string) []string {
+	var out []string
+	for _, line := range ours(snapshot) {
+		if strings.HasPrefix(line, "-A ") && !strings.HasPrefix(line, "-A DETOUR") {
+			out = append(out, line)
+		}
+	}
+	return out
+}
+
+// restore feeds rules to `<backend>-restore --noflush` in the pod.
+func restore(t *testing.T, p *pod, backend string, f lab.Family, rules string) {
+	t.Helper()
+	cmd := backend + "-restore"
+	if f == lab.IPv6 {
+		cmd = ip6(backend) + "-restore"
+	}
+	c := p.lab.Pod.Command(p.ctx, nil, cmd, "--noflush")
+	c.Stdin = strings.NewReader(rules)
+	if out, err := c.CombinedOutput(); err != nil {
+		t.Fatalf("%s: %v: %s\n%s", cmd, err, out, rules)
+	}
+}
+
+// seedForeign installs someone else's chains and rules in nat, mangle, raw and
+// filter, and a policy routing rule with its table, for family f.
+func seedForeign(t *testing.T, p *pod, f lab.Family) {
+	t.Helper()
+	addr := p.rnd.RemoteAddr(f).String()
+	rules := `*raw
+:FOREIGN_RAW - [0:0]
+-A FOREIGN_RAW -p udp --dport 4789 -j CT --notrack
+-A PREROUTING -j FOREIGN_RAW
+-A OUTPUT -p udp -m comment --comment "someone else's rule" -j FOREIGN_RAW
+COMMIT
+*mangle
+:FOREIGN_MANGLE - [0:0]
+-A FOREIGN_MANGLE -j MARK --set-xmark 0x4200/0xff00
+-A PREROUTING -p tcp --dport 9000 -j FOREIGN_MANGLE
+-A OUTPUT -d ` + addr + ` -j FOREIGN_MANGLE
+COMMIT
+*nat
+:FOREIGN_NAT - [0:0]
+-A FOREIGN_NAT -p tcp --dport 8080 -j RETURN
+-A PREROUTING -p tcp -j FOREIGN_NAT
+-A OUTPUT -p tcp -d ` + addr + ` -j FOREIGN_NAT
+-A POSTROUTING -o eth0 -j MASQUERADE
+COMMIT
+*filter
+:FOREIGN_FILTER - [0:0]
+-A FOREIGN_FILTER -p tcp --dport 22 -j ACCEPT
+-A INPUT -j FOREIGN_FILTER
+COMMIT
+`
+	restore(t, p, p.v.backend, f, rules)
+	fam := "-4"
+	unreachable := "192.0.2.0/24"
+	if f == lab.IPv6 {
+		fam, unreachable = "-6", "2001:db8:ffff::/48"
+	}
+	for _, c := range [][]string{
+		{fam, "rule", "add", "fwmark", "0x4200/0xff00", "lookup", "4242", "pref", "4242"},
+		{fam, "route", "add", "unreachable", unreachable, "table", "4242"},
+	} {
+		if _, err := p.lab.Pod.Run(p.ctx, "ip", c...); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// onlyIn fails t unless backend holds detour's rules and other holds none.
+func onlyIn(t *testing.T, p *pod, backend, other string) {
+	t.Helper()
+	if len(ours(p.save(backend, p.v.family))) == 0 {
+		t.Errorf("no rules of detour's in %s %s", backend, p.v.family)
+	}
+	for _, f := range lab.Families {
+		if o := ours(p.save(other, f)); len(o) != 0 {
+			t.Errorf("detour's rules are in %s %s too (mixed install):\n%s", other, f, strings.Join(o, "\n"))
+		}
+	}
+}
+
+// statusBackend returns the backend `detour status -o json` reports.
+func statusBackend(t *testing.T, p *pod) string {
+	t.Helper()
+	r := p.detour("status", "-o", "json")
+	if r.code != 0 {
+		t.Fatalf("status:\n%s", r)
+	}
+	var st struct {
+		Installed bool   `json:"installed"`
+		Backend   string `json:"backend"`
+	}
+	if err := json.Unmarshal([]byte(r.stdout), &st); err != nil {
+		t.Fatalf("status -o json: %v:\n%s", err, r)
+	}
+	if !st.Installed {
+		t.Errorf("status says nothing is installed:\n%s", r)
+	}
+	return st.Backend
+}
+
+// chainRule is one rule in one of detour's chains, as iptables-save shows it.
+type chainRule struct {
+	table, chain string
+	index        int    // 1-based position in the chain
+	spec         string // the text after "-A CHAIN "
+}
+
+func (r chainRule) String() string {
+	return fmt.Sprintf("rule %d of %s %s (%s)", r.index, r.table, r.chain, r.spec)
+}
+
+// chainRules lists the rules of detour's chains (DETOUR_…) in a save output.
+func chainRules(save string) []chainRule {
+	var out []chainRule
+	table := ""
+	count := map[string]int{}
+	for _, line := range strings.Split(save, "\n") {
+		if strings.HasPrefix(line, "*") {
+			table = line[1:]
+			continue
+		}
+		if !strings.HasPrefix(line, "-A ") {
+			continue
+		}
+		chain, spec, _ := strings.Cut(line[3:], " ")
+		count[table+" "+chain]++
+		if strings.HasPrefix(chain, "DETOUR") {
+			out = append(out, chainRule{table: table, chain: chain, index: count[table+" "+chain], spec: spec})
+		}
+	}
+	return out
+}
+
+// invalidCase is one invalid install and what its error must name.
+type invalidCase struct {
+	name  string
+	args  []string
+	env   []string
+	field []string // one of these must appear in the message
+	value string   // and this
+}
+
+func invalidCases(t *testing.T, f lab.Family) []invalidCase {
+	dir := t.TempDir()
+	write := func(name, content string) string {
+		path := filepath.Join(dir, name)
+		if err := os.WriteFile(path, []byte(content), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		return path
+	}
+	badYAML := write("bad.yaml", "proxy: [uid: 5678\n  inboundPort: {\n")
+	badValue := write("bad-value.yaml", "outbound:\n  excludePorts: [80, 70000]\n")
+	missing := filepath.Join(dir, "missing.yaml")
+	long := strings.Repeat("x", 40)
+	cs := []invalidCase{
+		{"outbound port 70000", []string{"--outbound-port", "70000"}, nil, []string{"proxy.outboundPort", "--outbound-port"}, "70000"},
+		{"inbound port abc", []string{"--inbound-port", "abc"}, nil, []string{"proxy.inboundPort", "--inbound-port"}, "abc"},
+		{"same inbound and outbound port", []string{"--inbound-port", "15001", "--outbound-port", "15001"}, nil, []string{"proxy.outboundPort", "proxy.inboundPort"}, "15001"},
+		{"unknown mode", []string{"--mode", "tunnel"}, nil, []string{"mode"}, "tunnel"},
+		{"unknown ip family", []string{"--ip-families", "ipv7"}, nil, []string{"ipFamilies", "--ip-families"}, "ipv7"},
+		{"unknown backend", []string{"--backend", "pf"}, nil, []string{"backend"}, "pf"},
+		{"unsupported backend", []string{"--backend", "nftables"}, nil, []string{"backend"}, "nftables"},
+		{"proxy uid not a number", []string{"--proxy-uid", "envoy"}, nil, []string{"proxy.uid", "--proxy-uid"}, "envoy"},
+		{"port range past 65535", []string{"--exclude-inbound-ports", "80,1-70000"}, nil, []string{"inbound.excludePorts", "--exclude-inbound-ports"}, "70000"},
+		{"uid port rule without uids", []string{"--exclude-outbound-ports-for-uids", "tcp:53"}, nil, []string{"outbound.excludePortsForUIDs", "--exclude-outbound-ports-for-uids"}, "tcp:53"},
+		{"uid port rule with a bad protocol", []string{"--exclude-outbound-ports-for-uids", "sctp:53:106"}, nil, []string{"outbound.excludePortsForUIDs", "--exclude-outbound-ports-for-uids"}, "sctp"},
+		{"unknown dns capture", []string{"--dns-capture", "sometimes"}, nil, []string{"dns.capture", "--dns-capture"}, "sometimes"},
+		{"dns port equal to the outbound port", []string{"--dns-capture", "all", "--dns-port", "15001"}, nil, []string{"dns.port", "--dns-port"}, "15001"},
+		{"log prefix too long", []string{"--log-prefix", long}, nil, []string{"log.prefix", "--log-prefix"}, long},
+		{"exclude uids range reversed", []string{"--exclude-outbound-uids", "108-106"}, nil, []string{"outbound.excludeUIDs", "--exclude-outbound-uids"}, "108-106"},
+		{"missing config file", []string{"--config", missing}, nil, []string{missing}, "missing.yaml"},
+		{"malformed yaml", []string{"--config", badYAML}, nil, []string{badYAML}, "bad.yaml"},
+		{"invalid value in a config file", []string{"--config", badValue}, nil, []string{"outbound.excludePorts"}, "70000"},
+		{"invalid environment variable", nil, []string{"DETOUR_OUTBOUND_PORT=99999"}, []string{"proxy.outboundPort", "DETOUR_OUTBOUND_PORT", "--outbound-port"}, "99999"},
+		{"unknown flag", []string{"--no-such-flag"}, nil, []string{"--no-such-flag", "no-such-flag"}, "no-such-flag"},
+		{"unknown preset", []string{"--preset", "linkerd"}, nil, []string{"preset"}, "linkerd"},
+	}
+	if f == lab.IPv4 {
+		cs = append(cs,
+			invalidCase{"IPv4 prefix longer than 32", []string{"--exclude-outbound-cidrs", "192.0.2.0/24,198.51.100.0/33"}, nil, []string{"outbound.excludeCIDRs", "--exclude-outbound-cidrs"}, "198.51.100.0/33"},
+			invalidCase{"IPv4 address out of range", []string{"--include-outbound-cidrs", "300.1.2.3/8"}, nil, []string{"outbound.includeCIDRs", "--include-outbound-cidrs"}, "300.1.2.3/8"},
+			invalidCase{"source CIDR not an address", []string{"--exclude-inbound-source-cidrs", "abc"}, nil, []string{"inbound.excludeSourceCIDRs", "--exclude-inbound-source-cidrs"}, "abc"},
+			invalidCase{"IPv6 passthrough source given as IPv4", []string{"--inbound-passthrough-source-ipv4", "::6"}, nil, []string{"proxy.inboundPassthroughSource.ipv4", "--inbound-passthrough-source-ipv4"}, "::6"},
+		)
+	} else {
+		cs = append(cs,
+			invalidCase{"IPv6 prefix longer than 128", []string{"--exclude-outbound-cidrs", "2001:db8::/32,2001:db8::/129"}, nil, []string{"outbound.excludeCIDRs", "--exclude-outbound-cidrs"}, "2001:db8::/129"},
+			invalidCase{"IPv6 address malformed", []string{"--include-outbound-cidrs", "2001:db8::zz/64"}, nil, []string{"outbound.includeCIDRs", "--include-outbound-cidrs"}, "2001:db8::zz/64"},
+			invalidCase{"IPv6 source prefix length", []string{"--exclude-inbound-source-cidrs", "::1/200"}, nil, []string{"inbound.excludeSourceCIDRs", "--exclude-inbound-source-cidrs"}, "::1/200"},
+			invalidCase{"IPv4 passthrough source given as IPv6", []string{"--inbound-passthrough-source-ipv6", "127.0.0.6"}, nil, []string{"proxy.inboundPassthroughSource.ipv6", "--inbound-passthrough-source-ipv6"}, "127.0.0.6"},
+		)
+	}
+	return cs
+}
+
+// parallelInstalls installs detour with backend into n fresh namespaces at once; all
+// must succeed, hold one copy of the rules and pass check.
+func parallelInstalls(t *testing.T, backend string, n int) {
+	privtest.Require(t, "ip", backend+"-save", ip6(backend)+"-save")
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	id := strconv.FormatInt(time.Now().UnixNano()%1e9, 36)
+	nss := make([]*lab.NetNS, n)
+	t.Cleanup(func() {
+		for _, ns := range nss {
+			if ns != nil {
+				if err := ns.Close(); err != nil {
+					t.Error(err)
+				}
+			}
+		}
+	})
+	forAll := func(fn func(i int) error) {
+		t.Helper()
+		var wg sync.WaitGroup
+		errs := make([]error, n)
+		for i := range n {
+			wg.Go(func() { errs[i] = fn(i) })
+		}
+		wg.Wait()
+		for _, err := range errs {
+			if err != nil {
+				t.Error(err)
+			}
+		}
+	}
+	forAll(func(i int) error {
+		var err error
+		nss[i], err = lab.CreateNetNS(ctx, fmt.Sprintf("dt-l10-%s-%s-%d", id, backend, i))
+		return err
+	})
+	if t.Failed() {
+		t.FailNow()
+	}
+	for _, step := range []string{"install", "check"} {
+		forAll(func(i int) error {
+			r := runDetour(t, ctx, nil, step, "--netns", nss[i].Name, "--backend", backend)
+			if r.code != 0 {
+				return fmt.Errorf("%s #%d of %d at once:\n%s", step, i, n, r)
+			}
+			return nil
+		})
+	}
+	forAll(func(i int) error {
+		for _, f := range lab.Families {
+			cmd := backend + "-save"
+			if f == lab.IPv6 {
+				cmd = ip6(backend) + "-save"
+			}
+			out, err := nss[i].Run(ctx, cmd)
+			if err != nil {
+				return err
+			}
+			o := ours(out)
+			if len(o) == 0 {
+				return fmt.Errorf("namespace #%d: no rules of detour's in %s", i, cmd)
+			}
+			seen := map[string]bool{}
+			for _, l := range o {
+				if seen[l] {
+					return fmt.Errorf("namespace #%d: %s holds a rule twice: %s", i, cmd, l)
+				}
+				seen[l] = true
+			}
+		}
+		return nil
+	})
+}

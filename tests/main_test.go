@@ -1,0 +1,51 @@
+//go:build linux
+
+package tests
+
+import (
+	"flag"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"testing"
+)
+
+// detourBin is the detour binary TestMain built for this run.
+var detourBin string
+
+func TestMain(m *testing.M) {
+	flag.Parse()
+	// The scenarios mostly wait on the kernel and on child processes, not on the CPU:
+	// run more namespaces at once than there are cores, unless -parallel was given.
+	parallel := 8
+	if v, err := strconv.Atoi(os.Getenv("DETOUR_E2E_PARALLEL")); err == nil && v > 0 {
+		parallel = v
+	}
+	explicit := false
+	flag.Visit(func(f *flag.Flag) { explicit = explicit || f.Name == "test.parallel" })
+	if !explicit {
+		_ = flag.Set("test.parallel", strconv.Itoa(parallel))
+	}
+	os.Exit(run(m))
+}
+
+func run(m *testing.M) int {
+	dir, err := os.MkdirTemp("", "detour-e2e-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	defer os.RemoveAll(dir)
+	// Without root every test skips (or fails under DETOUR_REQUIRE_PRIVILEGED=1)
+	// before using the binary; building it anyway proves the command builds.
+	detourBin = filepath.Join(dir, "detour")
+	cmd := exec.Command("go", "build", "-o", detourBin, "github.com/detour-mesh/detour/cmd/detour")
+	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
+	if err := cmd.Run(); err != nil {
+		fmt.Fprintln(os.Stderr, "build detour:", err)
+		return 1
+	}
+	return m.Run()
+}

@@ -81,3 +81,8 @@ test-cni: deps-kube deps-cni-plugins ## detour-cni: unit, privileged and end-to-
 
 bench-cni: deps-kube deps-cni-plugins ## detour-cni: median and p99 ADD latency, 100 samples (as root)
 	$(GO) test -count=1 -run '^$$' -bench BenchmarkAdd -benchtime=100x ./tests/cni/
+
+# --- engine (redirect/) ---
+.PHONY: bench-engine
+bench-engine: ## redirect engine: plan, install, no-change re-install, uninstall (time and procs/op; as root)
+	$(GO) test -count=1 -run '^$$' -bench . -benchtime=50x ./redirect/

@@ -11,11 +11,17 @@
 // transaction per family (iptables-restore --noflush) and nothing else.
 // Everything installed is owned by name: chains start with DETOUR_ and every rule
 // in a built-in chain carries the ownership comment, so uninstall removes exactly
-// that.
+// that. The TPROXY policy routing and the IPv6 passthrough address are made over
+// netlink in-process. docs/rules.md describes every rule and why it exists.
+//
+// Engine runs all of a call on one OS thread locked inside Engine.NetNS
+// (internal/netns): the iptables processes it spawns fork from that thread and
+// the netlink sockets it opens belong to that namespace.
 //
 // Privileges: planning and config handling need none. Observing and applying
 // need CAP_NET_ADMIN (and CAP_NET_RAW for iptables) in the target network
-// namespace, and run the iptables binaries of the host.
+// namespace, CAP_SYS_ADMIN to enter it, and run the iptables binaries of the
+// host found on PATH.
 //
 // This package must not import cmd/..., cni, controlplane or bpf.
 package redirect

@@ -267,14 +267,19 @@ func (r *run) restore(b Backend, f Family, script string) error {
 type step struct {
 	family   Family
 	from, to owned
-	ipv6     bool // a failure means IPv6 rules are impossible (IPv6 is planned)
+	script   string // transition(from, to)
+	ipv6     bool   // a failure means IPv6 rules are impossible (IPv6 is planned)
+}
+
+func newStep(f Family, from, to owned) step {
+	return step{family: f, from: from, to: to, script: transition(from, to)}
 }
 
 // apply runs the steps in order; when one fails, the ones before it are rolled
 // back to exactly what they were (hooks at their old positions).
 func (r *run) apply(b Backend, steps []step) error {
 	for i, s := range steps {
-		err := r.restore(b, s.family, transition(s.from, s.to))
+		err := r.restore(b, s.family, s.script)
 		if err == nil {
 			continue
 		}
@@ -337,11 +342,12 @@ func (e *Engine) install(ctx context.Context, p Plan) (Result, error) {
 			if planned {
 				to = ownedFromPlan(&fp)
 			}
-			if transition(fo.owned, to) != "" {
-				steps = append(steps, step{family: f, from: fo.owned, to: to, ipv6: f == IPv6 && planned})
+			if st := newStep(f, fo.owned, to); st.script != "" {
+				st.ipv6 = f == IPv6 && planned
+				steps = append(steps, st)
 			}
 		}
-		routes, err := observeRouting(p)
+		routes, err := observeNet(p)
 		if err != nil {
 			return err
 		}
@@ -375,7 +381,7 @@ func (e *Engine) uninstall(ctx context.Context) (Result, error) {
 		if err := blocked(obs); err != nil {
 			return err
 		}
-		routes, err := observeRouting(Plan{})
+		routes, err := observeNet(Plan{})
 		if err != nil {
 			return err
 		}
@@ -384,7 +390,7 @@ func (e *Engine) uninstall(ctx context.Context) (Result, error) {
 			var steps []step
 			for _, f := range allFamilies {
 				if fo := obs[b][f]; !fo.owned.empty() {
-					steps = append(steps, step{family: f, from: fo.owned, to: owned{}})
+					steps = append(steps, newStep(f, fo.owned, owned{}))
 					removed[f] = true
 				}
 			}
@@ -397,7 +403,7 @@ func (e *Engine) uninstall(ctx context.Context) (Result, error) {
 			}
 		}
 		for _, f := range allFamilies {
-			if len(routes.have[f]) > 0 {
+			if routes.owns(f) {
 				removed[f] = true
 			}
 		}
@@ -422,7 +428,7 @@ func (e *Engine) uninstall(ctx context.Context) (Result, error) {
 type installedState struct {
 	backend Backend
 	obs     backendObs
-	routes  routingState
+	routes  netState
 }
 
 func (s installedState) lines(f Family) []string {
@@ -430,20 +436,17 @@ func (s installedState) lines(f Family) []string {
 	if s.obs != nil {
 		tables = s.obs[f].owned.tables()
 	}
-	return driftLines(tables, s.routes.have[f])
+	return driftLines(tables, s.routes.have(f))
 }
 
 func (s installedState) any() bool {
-	return s.backend != "" || len(s.routes.have[IPv4]) > 0 || len(s.routes.have[IPv6]) > 0
+	return s.backend != "" || s.routes.owns(IPv4) || s.routes.owns(IPv6)
 }
 
-func (e *Engine) readInstalled(ctx context.Context, p Plan) (installedState, int, error) {
+func (e *Engine) readInstalled(ctx context.Context, p Plan) (installedState, error) {
 	var s installedState
-	var procs int
 	err := netns.Do(e.NetNS, func() error {
-		r := e.newRun(ctx)
-		defer func() { procs = r.procs }()
-		obs := r.observeAll()
+		obs := e.newRun(ctx).observeAll()
 		b, err := installedBackend(obs)
 		if err != nil {
 			return err
@@ -452,15 +455,15 @@ func (e *Engine) readInstalled(ctx context.Context, p Plan) (installedState, int
 		if b != "" {
 			s.obs = obs[b]
 		}
-		s.routes, err = observeRouting(p)
+		s.routes, err = observeNet(p)
 		return err
 	})
-	return s, procs, err
+	return s, err
 }
 
 func (e *Engine) check(ctx context.Context, p Plan) (Drift, error) {
 	var d Drift
-	s, _, err := e.readInstalled(ctx, p)
+	s, err := e.readInstalled(ctx, p)
 	if err != nil {
 		return d, err
 	}
@@ -473,7 +476,7 @@ func (e *Engine) check(ctx context.Context, p Plan) (Drift, error) {
 	for _, f := range allFamilies {
 		var planned []string
 		if fp, ok := p.Family(f); ok {
-			planned = driftLines(fp.Tables, fp.Routing.lines(f))
+			planned = driftLines(fp.Tables, fp.netLines())
 		}
 		if fd, differs := familyDrift(f, s.lines(f), planned); differs {
 			d.Families = append(d.Families, fd)
@@ -484,7 +487,7 @@ func (e *Engine) check(ctx context.Context, p Plan) (Drift, error) {
 
 func (e *Engine) status(ctx context.Context) (Status, error) {
 	st := Status{Rules: map[Family]string{}}
-	s, _, err := e.readInstalled(ctx, Plan{})
+	s, err := e.readInstalled(ctx, Plan{})
 	if err != nil {
 		return st, err
 	}
@@ -494,11 +497,11 @@ func (e *Engine) status(ctx context.Context) (Status, error) {
 		if s.obs != nil {
 			tables = s.obs[f].owned.tables()
 		}
-		if len(tables) == 0 && len(s.routes.have[f]) == 0 {
+		if len(tables) == 0 && !s.routes.owns(f) {
 			continue
 		}
 		text := renderTables(tables)
-		for _, l := range s.routes.have[f] {
+		for _, l := range s.routes.have(f) {
 			text += l + "\n"
 		}
 		st.Families = append(st.Families, f)

@@ -196,7 +196,10 @@ func TestInstallMatchesPlan(t *testing.T) {
 					t.Fatal(err)
 				}
 				for _, f := range p.Families {
-					want := renderTables(f.Tables) + f.Routing.render(f.Family)
+					want := renderTables(f.Tables)
+					for _, l := range f.netLines() {
+						want += l + "\n"
+					}
 					if want == "" {
 						want = "<nothing>"
 					}
@@ -536,12 +539,12 @@ func TestIPv6FailureRollsBackIPv4(t *testing.T) {
 			if after := save(t, ns, b); after != before {
 				t.Errorf("IPv4 was not rolled back exactly:\n--- before\n%s\n--- after\n%s", before, after)
 			}
-			st, err := observeRoutingIn(t, e)
+			st, err := observeNetIn(t, e)
 			if err != nil {
 				t.Fatal(err)
 			}
-			if len(st.have[IPv4])+len(st.have[IPv6]) != 0 {
-				t.Errorf("the TPROXY routing stayed after the failed install: %v", st.have)
+			if have := strings.Join(append(st.have(IPv4), st.have(IPv6)...), "\n"); strings.Contains(have, "routing") {
+				t.Errorf("the TPROXY routing stayed after the failed install:\n%s", have)
 			}
 		})
 	}
@@ -645,9 +648,9 @@ func TestParallelInstalls(t *testing.T) {
 	})
 }
 
-func observeRoutingIn(t *testing.T, e *Engine) (routingState, error) {
+func observeNetIn(t *testing.T, e *Engine) (netState, error) {
 	t.Helper()
-	s, _, err := e.readInstalled(context.Background(), Plan{})
+	s, err := e.readInstalled(context.Background(), Plan{})
 	return s.routes, err
 }
 
@@ -695,6 +698,56 @@ func TestTProxyRouting(t *testing.T) {
 			if out := ns.Run(t, "ip", v, "route", "show", "table", "2000"); strings.TrimSpace(out) != "" {
 				t.Errorf("table 2000 (%s) after uninstall: %s", v, out)
 			}
+		}
+	})
+}
+
+// TestPassthroughAddress: the IPv6 passthrough source goes on lo with the
+// install and leaves with the uninstall; one that was already there is used
+// and left alone. A non-loopback IPv4 source is handled the same way.
+func TestPassthroughAddress(t *testing.T) {
+	t.Parallel()
+	addrs := func(ns privtest.NS) string { return ns.Run(t, "ip", "addr", "show", "dev", "lo") }
+	t.Run("ours", func(t *testing.T) {
+		t.Parallel()
+		ns, e := newNS(t)
+		before := addrs(ns)
+		p := mustPlan(t, cfgWith(t, "", "proxy.inboundPassthroughSource.ipv4=169.254.7.7"), dualStack)
+		mustInstall(t, e, p)
+		got := addrs(ns)
+		for _, want := range []string{"inet6 ::6/128 scope global nodad noprefixroute", "inet 169.254.7.7/32 scope host noprefixroute lo:detour"} {
+			if !strings.Contains(got, want) {
+				t.Errorf("lo lacks %q:\n%s", want, got)
+			}
+		}
+		assertNoDrift(t, e, p)
+		ns.Run(t, "ip", "-6", "addr", "del", "::6/128", "dev", "lo")
+		if d, err := e.Check(context.Background(), p); err != nil || len(d.Families) != 1 || !strings.Contains(strings.Join(d.Families[0].Missing, ""), "::6/128") {
+			t.Errorf("Check after deleting ::6 = %+v, %v; want it missing", d, err)
+		}
+		mustInstall(t, e, p)
+		// Inbound off: the address goes.
+		mustInstall(t, e, mustPlan(t, cfgWith(t, "", "inbound.enabled=false"), dualStack))
+		if got := addrs(ns); strings.Contains(got, "::6") || strings.Contains(got, "169.254.7.7") {
+			t.Errorf("the passthrough addresses stayed with inbound off:\n%s", got)
+		}
+		mustInstall(t, e, p)
+		mustUninstall(t, e)
+		if after := addrs(ns); after != before {
+			t.Errorf("lo after uninstall:\n%s\nwant\n%s", after, before)
+		}
+	})
+	t.Run("already there", func(t *testing.T) {
+		t.Parallel()
+		ns, e := newNS(t)
+		ns.Run(t, "ip", "-6", "addr", "add", "::6/128", "dev", "lo")
+		before := addrs(ns)
+		p := mustPlan(t, Default(), dualStack)
+		mustInstall(t, e, p)
+		assertNoDrift(t, e, p)
+		mustUninstall(t, e)
+		if after := addrs(ns); after != before {
+			t.Errorf("lo after uninstall:\n%s\nwant the address someone else added, untouched:\n%s", after, before)
 		}
 	})
 }

@@ -249,9 +249,6 @@ func (o owned) tables() []Table {
 	return out
 }
 
-// render is the text form shared with plans: renderTables of the owned tables.
-func (o owned) render() string { return renderTables(o.tables()) }
-
 // tableText renders one table of o ("" when o has nothing there).
 func (o owned) tableText(name string) string {
 	t, ok := o[name]

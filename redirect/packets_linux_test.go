@@ -41,8 +41,8 @@ type lab struct {
 }
 
 // Addresses of the lab. The remote namespace owns remote4/remote6 and the
-// gateway addresses; the pod owns pod4/pod6 and ::6 (the IPv6 passthrough
-// source must be local to be bound).
+// gateway addresses; the pod owns pod4/pod6, and install puts ::6 (the IPv6
+// passthrough source, which the proxy binds) on its lo.
 var (
 	pod4, pod6       = netip.MustParseAddr("192.0.2.10"), netip.MustParseAddr("2001:db8::10")
 	gw4, gw6         = netip.MustParseAddr("192.0.2.1"), netip.MustParseAddr("2001:db8::1")
@@ -62,7 +62,6 @@ func newLab(t *testing.T) *lab {
 	}
 	pod.Run(t, "ip", "addr", "add", pod4.String()+"/24", "dev", "eth0")
 	pod.Run(t, "ip", "-6", "addr", "add", pod6.String()+"/64", "dev", "eth0", "nodad")
-	pod.Run(t, "ip", "-6", "addr", "add", "::6/128", "dev", "lo", "nodad")
 	pod.Run(t, "ip", "route", "add", "default", "via", gw4.String())
 	pod.Run(t, "ip", "-6", "route", "add", "default", "via", gw6.String())
 	remote.Run(t, "ip", "addr", "add", gw4.String()+"/24", "dev", "eth0")

@@ -41,6 +41,10 @@ type FamilyPlan struct {
 	Tables []Table `json:"tables"`
 	// Routing is the TPROXY policy routing; nil unless mode is tproxy with inbound on.
 	Routing *PolicyRouting `json:"routing,omitempty"`
+	// Addresses are put on lo for the proxy to bind: the inbound passthrough
+	// source when it is not always local (::6/128 by default; 127.0.0.6 needs
+	// nothing). An address that is already there is used as it is.
+	Addresses []netip.Prefix `json:"addresses,omitempty"`
 	// Notes explain choices a reader of the rules could not guess, such as a
 	// family that captures nothing because a list has no entry of that family.
 	Notes []string `json:"notes,omitempty"`
@@ -165,8 +169,27 @@ func (f FamilyPlan) render() string {
 		b.WriteString("# " + note + "\n")
 	}
 	b.WriteString(renderTables(f.Tables))
-	b.WriteString(f.Routing.render(f.Family))
+	for _, l := range f.netLines() {
+		b.WriteString(l + "\n")
+	}
 	return b.String()
+}
+
+// netLines are the routing and addresses in the text form plans, Status and
+// Check use.
+func (f FamilyPlan) netLines() []string {
+	out := f.Routing.lines(f.Family)
+	for _, a := range f.Addresses {
+		out = append(out, addressLine(a))
+	}
+	return out
+}
+
+func addressLine(a netip.Prefix) string {
+	if a.Addr().Is4() {
+		return "# address: ip -4 addr add " + a.String() + " dev lo label " + addressLabel + " noprefixroute"
+	}
+	return "# address: ip -6 addr add " + a.String() + " dev lo nodad noprefixroute"
 }
 
 func renderTables(tables []Table) string {
@@ -202,14 +225,6 @@ func (r *PolicyRouting) lines(f Family) []string {
 		fmt.Sprintf("# routing: ip %s rule add fwmark %#x/%#x lookup %d priority %d", v, r.Mark, r.Mask, r.Table, r.Priority),
 		fmt.Sprintf("# routing: ip %s route add local %s dev lo table %d", v, dst, r.Table),
 	}
-}
-
-func (r *PolicyRouting) render(f Family) string {
-	var b strings.Builder
-	for _, l := range r.lines(f) {
-		b.WriteString(l + "\n")
-	}
-	return b.String()
 }
 
 var (

@@ -60,6 +60,19 @@ const (
 	multiportMax = 15
 )
 
+// addressLabel marks the IPv4 addresses we put on lo; IPv6 addresses have no
+// label and are ours when they carry both nodad and noprefixroute.
+const addressLabel = "lo:detour"
+
+// alwaysLocal reports whether an address is local without being configured:
+// all of 127.0.0.0/8, but of IPv6 loopback only ::1.
+func alwaysLocal(a netip.Addr) bool {
+	if a.Is4() {
+		return netip.MustParsePrefix("127.0.0.0/8").Contains(a)
+	}
+	return a == netip.IPv6Loopback()
+}
+
 func ownsChain(table, chain string) bool { return slices.Contains(ownedChains[table], chain) }
 
 // builder collects one family's rules.
@@ -85,6 +98,11 @@ func planFamily(cfg Config, facts Facts, f Family) FamilyPlan {
 	fp := FamilyPlan{Family: f, Notes: b.notes}
 	if cfg.Inbound.Enabled && cfg.Mode == ModeTProxy {
 		fp.Routing = &PolicyRouting{Mark: tproxyMark, Mask: tproxyMark, Table: tproxyTable, Priority: tproxyPriority}
+	}
+	if pt := netip.MustParsePrefix(b.passthrough()); cfg.Inbound.Enabled && !alwaysLocal(pt.Addr()) {
+		// I6: the proxy binds the passthrough source; unlike 127.0.0.6, ::6 is
+		// not local until someone puts it on lo.
+		fp.Addresses = []netip.Prefix{pt}
 	}
 	for _, name := range tableOrder {
 		t := Table{Name: name}

@@ -31,6 +31,8 @@ and DNS traffic through its sidecar proxy, and serves the proxy matching listene
 		newValidateCmd(s, g),
 		newVersionCmd(s),
 		newCNICmd(s),
+		newControlPlaneCmd(s),
+		newBootstrapCmd(s),
 	)
 	return root
 }

@@ -1,0 +1,206 @@
+package main
+
+import (
+	"context"
+	"errors"
+
+	"io"
+	"log/slog"
+	"net"
+	"strings"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/detour-mesh/detour/controlplane"
+)
+
+// controlPlaneOptions are the flags of `detour control-plane`.
+type controlPlaneOptions struct {
+	config        string
+	source        string
+	xdsAddress    string
+	httpAddress   string
+	tlsCert       string
+	tlsKey        string
+	clientCA      string
+	nackBackoff   time.Duration
+	watchInterval time.Duration
+	kubeconfig    string
+	namespace     string
+	logLevel      string
+	logFormat     string
+
+	// listening is called with the bound addresses (tests).
+	listening func(xds, http net.Addr)
+}
+
+const (
+	sourceFile       = "file"
+	sourceKubernetes = "kubernetes"
+)
+
+func newControlPlaneCmd(s streams) *cobra.Command {
+	o := &controlPlaneOptions{}
+	cmd := &cobra.Command{
+		Use:   "control-plane",
+		Short: "Serve Envoy sidecars their listeners and clusters over ADS (xDS)",
+		Long: `control-plane serves every workload's Envoy the listeners that match the
+redirection detour installs for it, over ADS (state of the world and delta on the
+same port), from a mesh file it watches or from the Kubernetes API.
+
+HTTP endpoints: /healthz, /readyz, /metrics (Prometheus) and /debug/nodes.
+docs/control-plane.md and docs/mesh.md describe the layout and the mesh file.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return runControlPlane(cmd.Context(), o, s)
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&o.config, "config", "", "mesh file (YAML) to serve and watch (--source file)")
+	f.StringVar(&o.source, "source", sourceFile, "where the mesh comes from: file or kubernetes")
+	f.StringVar(&o.xdsAddress, "xds-address", controlplane.DefaultXDSAddress, "address of the ADS gRPC server")
+	f.StringVar(&o.httpAddress, "http-address", controlplane.DefaultHTTPAddress, `address of /healthz, /readyz, /metrics and /debug/nodes ("off" disables)`)
+	f.StringVar(&o.tlsCert, "tls-cert", "", "serve ADS over TLS with this certificate (PEM)")
+	f.StringVar(&o.tlsKey, "tls-key", "", "private key of --tls-cert (PEM)")
+	f.StringVar(&o.clientCA, "client-ca", "", "require client certificates signed by this CA (PEM); a certificate's SAN must equal the node id")
+	f.DurationVar(&o.nackBackoff, "nack-backoff", controlplane.DefaultNACKBackoff, "how long a NACKed config is held back before it is sent again")
+	f.DurationVar(&o.watchInterval, "watch-interval", controlplane.DefaultWatchInterval, "how often the mesh file is checked for changes")
+	f.StringVar(&o.kubeconfig, "kubeconfig", "", "kubeconfig for --source kubernetes (default: in-cluster, then $KUBECONFIG)")
+	f.StringVar(&o.namespace, "namespace", "", "only this namespace with --source kubernetes (default: all)")
+	addControlPlaneLogFlags(cmd, &o.logLevel, &o.logFormat)
+	cmd.AddCommand(newControlPlaneResourcesCmd(s))
+	return cmd
+}
+
+func addControlPlaneLogFlags(cmd *cobra.Command, level, format *string) {
+	cmd.Flags().StringVar(level, "log-level", "info", "debug, info, warn or error")
+	cmd.Flags().StringVar(format, "log-format", "text", "text or json")
+}
+
+// controlPlaneLogger builds the handler the command logs through (to stderr).
+func controlPlaneLogger(w io.Writer, level, format string) (*slog.Logger, error) {
+	var l slog.Level
+	if err := l.UnmarshalText([]byte(level)); err != nil {
+		return nil, usageError("--log-level %q is not one of debug, info, warn, error", level)
+	}
+	opts := &slog.HandlerOptions{Level: l}
+	switch format {
+	case "text":
+		return slog.New(slog.NewTextHandler(w, opts)), nil
+	case "json":
+		return slog.New(slog.NewJSONHandler(w, opts)), nil
+	}
+	return nil, usageError("--log-format %q is not one of text, json", format)
+}
+
+// runControlPlane serves until ctx ends.
+func runControlPlane(ctx context.Context, o *controlPlaneOptions, s streams) error {
+	log, err := controlPlaneLogger(s.err, o.logLevel, o.logFormat)
+	if err != nil {
+		return err
+	}
+	if o.nackBackoff <= 0 {
+		return usageError("--nack-backoff %s must be positive", o.nackBackoff)
+	}
+	if o.watchInterval <= 0 {
+		return usageError("--watch-interval %s must be positive", o.watchInterval)
+	}
+	if (o.tlsCert == "") != (o.tlsKey == "") {
+		return usageError("--tls-cert and --tls-key go together")
+	}
+	if o.clientCA != "" && o.tlsCert == "" {
+		return usageError("--client-ca needs --tls-cert and --tls-key (mTLS runs over TLS)")
+	}
+	var src controlplane.Source
+	switch o.source {
+	case sourceFile:
+		if o.config == "" {
+			return usageError("--config is required with --source file")
+		}
+		src = &controlplane.FileSource{Path: o.config, Interval: o.watchInterval, Logger: log}
+	case sourceKubernetes:
+		if o.config != "" {
+			return usageError("--config is for --source file; --source kubernetes reads the API")
+		}
+		src, err = newKubernetesSource(o, log)
+		if err != nil {
+			return err
+		}
+	default:
+		return usageError("--source %q is not one of file, kubernetes", o.source)
+	}
+	err = controlplane.Run(ctx, controlplane.RunOptions{
+		Source:      src,
+		XDSAddress:  o.xdsAddress,
+		HTTPAddress: o.httpAddress,
+		TLSCert:     o.tlsCert,
+		TLSKey:      o.tlsKey,
+		ClientCA:    o.clientCA,
+		NACKBackoff: o.nackBackoff,
+		Logger:      log,
+		Listening:   o.listening,
+	})
+	if err != nil && errors.Is(err, context.Canceled) {
+		return nil
+	}
+	return err
+}
+
+// controlPlaneResourcesOptions are the flags of `detour control-plane resources`.
+type controlPlaneResourcesOptions struct {
+	config string
+	nodeID string
+}
+
+func newControlPlaneResourcesCmd(s streams) *cobra.Command {
+	o := &controlPlaneResourcesOptions{}
+	cmd := &cobra.Command{
+		Use:   "resources",
+		Short: "Print the listeners and clusters a node would be served, as YAML",
+		Long: `resources prints, without serving anything, the exact Envoy listeners and
+clusters the control plane serves the workload with --node-id from --config.
+Compare them with ` + "`detour plan`" + ` for that workload's transparentProxy.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return printResources(o, s)
+		},
+	}
+	cmd.Flags().StringVar(&o.config, "config", "", "mesh file (YAML)")
+	cmd.Flags().StringVar(&o.nodeID, "node-id", "", "node id of the workload")
+	return cmd
+}
+
+func printResources(o *controlPlaneResourcesOptions, s streams) error {
+	if o.config == "" || o.nodeID == "" {
+		return usageError("--config and --node-id are required")
+	}
+	m, err := controlplane.LoadMesh(o.config)
+	if err != nil {
+		return err
+	}
+	if _, ok := m.Workload(o.nodeID); !ok {
+		return usageError("--node-id %q: no workload of %s has this node id (%s)", o.nodeID, o.config, nodeIDs(m))
+	}
+	r, err := m.Resources(o.nodeID)
+	if err != nil {
+		return err
+	}
+	out, err := r.YAML()
+	if err != nil {
+		return err
+	}
+	_, err = s.out.Write(out)
+	return err
+}
+
+func nodeIDs(m *controlplane.Mesh) string {
+	ids := make([]string, 0, len(m.Workloads))
+	for _, w := range m.Workloads {
+		ids = append(ids, w.NodeID)
+	}
+	if len(ids) == 0 {
+		return "it has no workloads"
+	}
+	return "known: " + strings.Join(ids, ", ")
+}

@@ -1,0 +1,159 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+func TestControlPlaneServesExampleMesh(t *testing.T) {
+	t.Parallel()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	addrs := make(chan [2]net.Addr, 1)
+	o := &controlPlaneOptions{
+		config: "../../examples/mesh.yaml", source: sourceFile,
+		xdsAddress: "127.0.0.1:0", httpAddress: "127.0.0.1:0",
+		nackBackoff: time.Second, watchInterval: time.Second, logLevel: "info", logFormat: "text",
+		listening: func(x, h net.Addr) { addrs <- [2]net.Addr{x, h} },
+	}
+	var stderr bytes.Buffer
+	done := make(chan error, 1)
+	go func() { done <- runControlPlane(ctx, o, streams{out: io.Discard, err: &syncWriter{w: &stderr}}) }()
+	var a [2]net.Addr
+	select {
+	case a = <-addrs:
+	case err := <-done:
+		t.Fatalf("control plane stopped: %v", err)
+	}
+	url := "http://" + a[1].String()
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		resp, err := http.Get(url + "/readyz")
+		if err == nil && resp.StatusCode == 200 {
+			resp.Body.Close()
+			break
+		}
+		if err == nil {
+			resp.Body.Close()
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("/readyz never became ready: %v", err)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	resp, err := http.Get(url + "/debug/nodes")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	for _, want := range []string{`"nodeId": "app"`, `"nodeId": "backend-1"`, `"inMesh": true`} {
+		if !strings.Contains(string(body), want) {
+			t.Errorf("/debug/nodes lacks %s:\n%s", want, body)
+		}
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Errorf("runControlPlane = %v", err)
+	}
+}
+
+// syncWriter lets the server's goroutines log into one buffer.
+type syncWriter struct {
+	mu sync.Mutex
+	w  io.Writer
+}
+
+func (s *syncWriter) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.w.Write(p)
+}
+
+func TestControlPlaneInvalidInputExitsTwo(t *testing.T) {
+	t.Parallel()
+	bad := filepath.Join(t.TempDir(), "mesh.yaml")
+	if err := os.WriteFile(bad, []byte("services: [{name: a, virtualIPs: [198.51.100.1], ports: [70000]}]"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		name string
+		args []string
+		want string
+	}{
+		{"invalid mesh", []string{"control-plane", "--config", bad, "--xds-address", "127.0.0.1:0", "--http-address", "off"}, `services[0].ports[0]: "70000" is not a port`},
+		{"no config", []string{"control-plane"}, "--config is required"},
+		{"unknown source", []string{"control-plane", "--source", "etcd"}, `--source "etcd" is not one of file, kubernetes`},
+		{"client ca without tls", []string{"control-plane", "--config", bad, "--client-ca", "ca.pem"}, "--client-ca needs --tls-cert"},
+		{"bad log level", []string{"control-plane", "--config", bad, "--log-level", "loud"}, `--log-level "loud"`},
+		{"resources unknown node", []string{"control-plane", "resources", "--config", "../../examples/mesh.yaml", "--node-id", "nope"}, `--node-id "nope": no workload`},
+		{"bootstrap without node", []string{"bootstrap", "--control-plane", "127.0.0.1:18000"}, "--node-id and --control-plane are required"},
+		{"bootstrap bad address", []string{"bootstrap", "--node-id", "a", "--control-plane", "nowhere"}, `control-plane: "nowhere" is not host:port`},
+		{"bootstrap bad config", []string{"bootstrap", "--node-id", "a", "--control-plane", "127.0.0.1:1", "--preset", "linkerd"}, `preset: "linkerd" is not one of istio, kuma`},
+		{"bootstrap mesh and preset", []string{"bootstrap", "--node-id", "a", "--control-plane", "127.0.0.1:1", "--mesh", "../../examples/mesh.yaml", "--preset", "istio"}, "do not combine"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			var stdout, stderr bytes.Buffer
+			code := run(context.Background(), tt.args, strings.NewReader(""), &stdout, &stderr)
+			if code != exitUsage {
+				t.Errorf("exit code %d, want %d; stderr:\n%s", code, exitUsage, stderr.String())
+			}
+			if !strings.Contains(stderr.String(), tt.want) {
+				t.Errorf("stderr %q does not contain %q", stderr.String(), tt.want)
+			}
+		})
+	}
+}
+
+func TestBootstrapGolden(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		name string
+		args []string
+	}{
+		{"mesh-workload", []string{"--node-id", "app", "--control-plane", "127.0.0.1:18000", "--mesh", "../../examples/mesh.yaml"}},
+		{"delta-istio-mtls", []string{"--node-id", "web-1", "--control-plane", "detour.mesh.svc:18000", "--delta", "--preset", "istio",
+			"--ca", "/etc/detour/ca.pem", "--tls-cert", "/etc/detour/web-1.pem", "--tls-key", "/etc/detour/web-1-key.pem"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			var stdout, stderr bytes.Buffer
+			if code := run(context.Background(), append([]string{"bootstrap"}, tt.args...), strings.NewReader(""), &stdout, &stderr); code != 0 {
+				t.Fatalf("exit %d: %s", code, stderr.String())
+			}
+			goldenFile(t, filepath.Join("testdata", "TestBootstrapGolden", tt.name+".golden"), stdout.Bytes())
+		})
+	}
+}
+
+func goldenFile(t *testing.T, path string, got []byte) {
+	t.Helper()
+	if os.Getenv("UPDATE_GOLDEN") == "1" {
+		if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(path, got, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		return
+	}
+	want, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatalf("read golden file (UPDATE_GOLDEN=1 writes it): %v", err)
+	}
+	if !bytes.Equal(want, got) {
+		t.Errorf("%s differs; got:\n%s", path, got)
+	}
+}

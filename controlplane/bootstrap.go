@@ -1,0 +1,220 @@
+package controlplane
+
+import (
+	"fmt"
+	"maps"
+	"net"
+	"net/netip"
+	"slices"
+	"strconv"
+
+	bootstrapv3 "github.com/envoyproxy/go-control-plane/envoy/config/bootstrap/v3"
+	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
+	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
+	httpv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/upstreams/http/v3"
+	matcherv3 "github.com/envoyproxy/go-control-plane/envoy/type/matcher/v3"
+	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/types/known/anypb"
+	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/structpb"
+	"sigs.k8s.io/yaml"
+
+	"github.com/detour-mesh/detour/redirect"
+)
+
+// BootstrapOptions describe the Envoy bootstrap of one workload.
+type BootstrapOptions struct {
+	// NodeID is the node.id the proxy presents; required.
+	NodeID string
+	// Cluster is node.cluster; "" means "detour".
+	Cluster string
+	// ControlPlane is the ADS server's host:port; required.
+	ControlPlane string
+	// Delta selects incremental xDS (DELTA_GRPC) instead of state of the world.
+	Delta bool
+	// AdminAddress is Envoy's admin listener; "" means 127.0.0.1:15000.
+	AdminAddress string
+	// Config is the workload's redirect config: its proxy ports and uid go into
+	// the node metadata, so the proxy, its listeners and the installer agree.
+	Config redirect.Config
+	// Labels go into the node metadata.
+	Labels map[string]string
+	// CACert, when set, connects to the control plane over TLS verifying it
+	// with this CA bundle (a path as Envoy sees it); ServerName is the SNI and
+	// name checked (default: the ControlPlane host).
+	CACert, ServerName string
+	// ClientCert and ClientKey add a client certificate for mTLS; its SAN must
+	// be NodeID.
+	ClientCert, ClientKey string
+}
+
+// Node metadata keys the bootstrap sets.
+const (
+	MetadataInboundPort  = "detour.io/inbound-port"
+	MetadataOutboundPort = "detour.io/outbound-port"
+	MetadataProxyUID     = "detour.io/proxy-uid"
+	MetadataMode         = "detour.io/mode"
+	MetadataLabels       = "detour.io/labels"
+)
+
+const xdsClusterName = "detour-xds"
+
+// Bootstrap returns the Envoy bootstrap for o: the node, an admin listener on
+// loopback, ADS over gRPC (HTTP/2) to the control plane for listeners and
+// clusters. It is validated like the served resources. Errors about o match
+// redirect.ErrInvalid and name the option.
+func Bootstrap(o BootstrapOptions) (*bootstrapv3.Bootstrap, error) {
+	if o.NodeID == "" {
+		return nil, &redirect.FieldError{Field: "node-id", Value: "", Reason: "is required"}
+	}
+	host, portStr, err := net.SplitHostPort(o.ControlPlane)
+	if err != nil || host == "" {
+		return nil, &redirect.FieldError{Field: "control-plane", Value: o.ControlPlane, Reason: "is not host:port"}
+	}
+	port, err := redirect.ParsePort(portStr)
+	if err != nil {
+		return nil, &redirect.FieldError{Field: "control-plane", Value: o.ControlPlane, Reason: "has no valid port"}
+	}
+	admin := o.AdminAddress
+	if admin == "" {
+		admin = "127.0.0.1:15000"
+	}
+	adminAP, err := netip.ParseAddrPort(admin)
+	if err != nil {
+		return nil, &redirect.FieldError{Field: "admin-address", Value: admin, Reason: "is not ip:port"}
+	}
+	if (o.ClientCert == "") != (o.ClientKey == "") {
+		return nil, &redirect.FieldError{Field: "tls-cert/tls-key", Value: o.ClientCert + "," + o.ClientKey, Reason: "must be given together"}
+	}
+	if o.ClientCert != "" && o.CACert == "" {
+		return nil, &redirect.FieldError{Field: "ca", Value: "", Reason: "is required with a client certificate (mTLS runs over TLS)"}
+	}
+	cluster := o.Cluster
+	if cluster == "" {
+		cluster = "detour"
+	}
+
+	meta := map[string]any{
+		MetadataInboundPort:  strconv.Itoa(int(o.Config.Proxy.InboundPort)),
+		MetadataOutboundPort: strconv.Itoa(int(o.Config.Proxy.OutboundPort)),
+		MetadataProxyUID:     strconv.FormatUint(uint64(o.Config.Proxy.UID), 10),
+		MetadataMode:         string(o.Config.Mode),
+	}
+	if len(o.Labels) > 0 {
+		labels := make(map[string]any, len(o.Labels))
+		for _, k := range slices.Sorted(maps.Keys(o.Labels)) {
+			labels[k] = o.Labels[k]
+		}
+		meta[MetadataLabels] = labels
+	}
+	md, err := structpb.NewStruct(meta)
+	if err != nil {
+		return nil, fmt.Errorf("build node metadata: %w", err)
+	}
+
+	apiType := corev3.ApiConfigSource_GRPC
+	if o.Delta {
+		apiType = corev3.ApiConfigSource_DELTA_GRPC
+	}
+	ads := func() *corev3.ConfigSource {
+		return &corev3.ConfigSource{
+			ConfigSourceSpecifier: &corev3.ConfigSource_Ads{Ads: &corev3.AggregatedConfigSource{}},
+			ResourceApiVersion:    corev3.ApiVersion_V3,
+		}
+	}
+
+	xds := &clusterv3.Cluster{
+		Name:           xdsClusterName,
+		ConnectTimeout: durationpb.New(connectTimeout),
+		LoadAssignment: &endpointv3.ClusterLoadAssignment{
+			ClusterName: xdsClusterName,
+			Endpoints: []*endpointv3.LocalityLbEndpoints{{LbEndpoints: []*endpointv3.LbEndpoint{{
+				HostIdentifier: &endpointv3.LbEndpoint_Endpoint{Endpoint: &endpointv3.Endpoint{Address: &corev3.Address{
+					Address: &corev3.Address_SocketAddress{SocketAddress: &corev3.SocketAddress{
+						Address:       host,
+						PortSpecifier: &corev3.SocketAddress_PortValue{PortValue: uint32(port)},
+					}},
+				}}},
+			}}}},
+		},
+		TypedExtensionProtocolOptions: map[string]*anypb.Any{
+			"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": mustAny(&httpv3.HttpProtocolOptions{
+				UpstreamProtocolOptions: &httpv3.HttpProtocolOptions_ExplicitHttpConfig_{ExplicitHttpConfig: &httpv3.HttpProtocolOptions_ExplicitHttpConfig{
+					ProtocolConfig: &httpv3.HttpProtocolOptions_ExplicitHttpConfig_Http2ProtocolOptions{Http2ProtocolOptions: &corev3.Http2ProtocolOptions{}},
+				}},
+			}),
+		},
+	}
+	if _, err := netip.ParseAddr(host); err == nil {
+		xds.ClusterDiscoveryType = &clusterv3.Cluster_Type{Type: clusterv3.Cluster_STATIC}
+	} else {
+		xds.ClusterDiscoveryType = &clusterv3.Cluster_Type{Type: clusterv3.Cluster_STRICT_DNS}
+	}
+	if o.CACert != "" {
+		sni := o.ServerName
+		if sni == "" {
+			sni = host
+		}
+		// Envoy checks only the chain unless told which name to expect: any
+		// certificate of the CA would otherwise pass as the control plane.
+		sanType := tlsv3.SubjectAltNameMatcher_DNS
+		if _, err := netip.ParseAddr(sni); err == nil {
+			sanType = tlsv3.SubjectAltNameMatcher_IP_ADDRESS
+		}
+		common := &tlsv3.CommonTlsContext{
+			ValidationContextType: &tlsv3.CommonTlsContext_ValidationContext{ValidationContext: &tlsv3.CertificateValidationContext{
+				TrustedCa: &corev3.DataSource{Specifier: &corev3.DataSource_Filename{Filename: o.CACert}},
+				MatchTypedSubjectAltNames: []*tlsv3.SubjectAltNameMatcher{{
+					SanType: sanType,
+					Matcher: &matcherv3.StringMatcher{MatchPattern: &matcherv3.StringMatcher_Exact{Exact: sni}},
+				}},
+			}},
+		}
+		if o.ClientCert != "" {
+			common.TlsCertificates = []*tlsv3.TlsCertificate{{
+				CertificateChain: &corev3.DataSource{Specifier: &corev3.DataSource_Filename{Filename: o.ClientCert}},
+				PrivateKey:       &corev3.DataSource{Specifier: &corev3.DataSource_Filename{Filename: o.ClientKey}},
+			}}
+		}
+		xds.TransportSocket = &corev3.TransportSocket{
+			Name:       "envoy.transport_sockets.tls",
+			ConfigType: &corev3.TransportSocket_TypedConfig{TypedConfig: mustAny(&tlsv3.UpstreamTlsContext{Sni: sni, CommonTlsContext: common})},
+		}
+	}
+
+	b := &bootstrapv3.Bootstrap{
+		Node: &corev3.Node{Id: o.NodeID, Cluster: cluster, Metadata: md},
+		Admin: &bootstrapv3.Admin{
+			Address: socketAddress(adminAP.Addr(), adminAP.Port()),
+		},
+		DynamicResources: &bootstrapv3.Bootstrap_DynamicResources{
+			AdsConfig: &corev3.ApiConfigSource{
+				ApiType:                   apiType,
+				TransportApiVersion:       corev3.ApiVersion_V3,
+				SetNodeOnFirstMessageOnly: true,
+				GrpcServices: []*corev3.GrpcService{{TargetSpecifier: &corev3.GrpcService_EnvoyGrpc_{
+					EnvoyGrpc: &corev3.GrpcService_EnvoyGrpc{ClusterName: xdsClusterName},
+				}}},
+			},
+			LdsConfig: ads(),
+			CdsConfig: ads(),
+		},
+		StaticResources: &bootstrapv3.Bootstrap_StaticResources{Clusters: []*clusterv3.Cluster{xds}},
+	}
+	if err := ValidateResource(b); err != nil {
+		return nil, fmt.Errorf("validate bootstrap: %w", err)
+	}
+	return b, nil
+}
+
+// BootstrapYAML renders a bootstrap as deterministic YAML (envoy -c accepts it).
+func BootstrapYAML(b *bootstrapv3.Bootstrap) ([]byte, error) {
+	js, err := protojson.Marshal(b)
+	if err != nil {
+		return nil, fmt.Errorf("render bootstrap: %w", err)
+	}
+	// JSONToYAML sorts keys and drops protojson's deliberately unstable spacing.
+	return yaml.JSONToYAML(js)
+}

@@ -1,0 +1,536 @@
+package controlplane
+
+import (
+	"cmp"
+	"encoding/json"
+	"fmt"
+	"net/netip"
+	"slices"
+	"strconv"
+	"time"
+
+	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
+	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
+	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
+	routerv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/router/v3"
+	originaldstv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/listener/original_dst/v3"
+	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
+	tcpproxyv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/tcp_proxy/v3"
+	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/anypb"
+	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/wrapperspb"
+	"sigs.k8s.io/yaml"
+
+	"github.com/detour-mesh/detour/redirect"
+)
+
+// Names of the resources every proxy receives. docs/control-plane.md lists the
+// whole layout.
+const (
+	ListenerOutbound     = "outbound"      // 0.0.0.0:outboundPort, use_original_dst
+	ListenerOutboundIPv6 = "outbound-ipv6" // [::]:outboundPort
+	ListenerInbound      = "inbound"       // 0.0.0.0:inboundPort, original_dst listener filter
+	ListenerInboundIPv6  = "inbound-ipv6"  // [::]:inboundPort
+
+	ClusterPassthrough            = "passthrough"              // ORIGINAL_DST: the destination the app dialed
+	ClusterBlackhole              = "blackhole"                // STATIC without endpoints: refuses
+	ClusterInboundPassthroughIPv4 = "inbound-passthrough-ipv4" // ORIGINAL_DST from 127.0.0.6
+	ClusterInboundPassthroughIPv6 = "inbound-passthrough-ipv6" // ORIGINAL_DST from ::6
+
+	// Filter chain names, shared by the listeners.
+	ChainLoopGuard   = "loop-guard"
+	ChainPassthrough = "passthrough"
+)
+
+// Extension names Envoy knows the typed configs under.
+const (
+	filterTCPProxy    = "envoy.filters.network.tcp_proxy"
+	filterHCM         = "envoy.filters.network.http_connection_manager"
+	filterRouter      = "envoy.filters.http.router"
+	filterOriginalDst = "envoy.filters.listener.original_dst"
+)
+
+const connectTimeout = 5 * time.Second
+
+// ServiceClusterName names the cluster of one service port.
+func ServiceClusterName(service string, port uint16) string {
+	return "outbound|" + strconv.Itoa(int(port)) + "|" + service
+}
+
+// InboundClusterName names the cluster of the local app behind inbound port.
+func InboundClusterName(port uint16) string {
+	return "inbound|" + strconv.Itoa(int(port))
+}
+
+// ServiceListenerName names the bind_to_port: false listener of a virtual IP
+// and port: "198.51.100.10:80", "[2001:db8::10]:80".
+func ServiceListenerName(vip netip.Addr, port uint16) string {
+	return netip.AddrPortFrom(vip, port).String()
+}
+
+// Resources are the Envoy resources one proxy receives, sorted by name.
+type Resources struct {
+	Listeners []*listenerv3.Listener
+	Clusters  []*clusterv3.Cluster
+}
+
+// Resources returns the Envoy resources for the workload with nodeID, checked
+// like a served snapshot. m must be valid (Validate).
+func (m *Mesh) Resources(nodeID string) (Resources, error) {
+	w, ok := m.workload(nodeID)
+	if !ok {
+		return Resources{}, fmt.Errorf("node %q: %w", nodeID, ErrUnknownNode)
+	}
+	r := newGenerator(m).workload(w)
+	if err := newChecker().check(nodeID, r); err != nil {
+		return Resources{}, err
+	}
+	return r, nil
+}
+
+// generator builds the resources of every workload of one mesh. Resources that
+// do not depend on the workload (a service's listener and cluster, the
+// passthrough and blackhole clusters) are built once and shared by every
+// snapshot: they are never modified after they are built, and sharing them keeps
+// a thousand proxies' snapshots small and lets validation and hashing visit each
+// distinct resource once.
+type generator struct {
+	mesh      *Mesh
+	services  map[string]*Service
+	endpoints map[string][]endpointAddr // service name → its endpoints, selected workloads included
+	listeners map[string]*listenerv3.Listener
+	clusters  map[string]*clusterv3.Cluster
+}
+
+type endpointAddr struct {
+	addr        netip.Addr
+	targetPorts map[string]uint16
+}
+
+func newGenerator(m *Mesh) *generator {
+	g := &generator{
+		mesh:      m,
+		services:  make(map[string]*Service, len(m.Services)),
+		endpoints: make(map[string][]endpointAddr, len(m.Services)),
+		listeners: make(map[string]*listenerv3.Listener),
+		clusters:  make(map[string]*clusterv3.Cluster),
+	}
+	for i := range m.Services {
+		s := &m.Services[i]
+		g.services[s.Name] = s
+		var eps []endpointAddr
+		for _, e := range s.Endpoints {
+			eps = append(eps, endpointAddr{e.Address, e.TargetPorts})
+		}
+		if len(s.Selector) > 0 {
+			for j := range m.Workloads {
+				if w := &m.Workloads[j]; s.selects(w) {
+					for _, a := range w.Addresses {
+						eps = append(eps, endpointAddr{addr: a})
+					}
+				}
+			}
+		}
+		g.endpoints[s.Name] = eps
+	}
+	return g
+}
+
+// reachable returns the services w may reach, sorted by name.
+func (g *generator) reachable(w *Workload) []*Service {
+	var out []*Service
+	if slices.Contains(w.Reach, ReachAll) {
+		for i := range g.mesh.Services {
+			out = append(out, &g.mesh.Services[i])
+		}
+	} else {
+		seen := make(map[string]bool, len(w.Reach))
+		for _, name := range w.Reach {
+			if s, ok := g.services[name]; ok && !seen[name] {
+				seen[name] = true
+				out = append(out, s)
+			}
+		}
+	}
+	slices.SortFunc(out, func(a, b *Service) int { return cmp.Compare(a.Name, b.Name) })
+	return out
+}
+
+func (g *generator) workload(w *Workload) Resources {
+	var r Resources
+	c := &w.TransparentProxy
+	v4, v6 := families(w)
+	famKey := familyKey(v4, v6)
+	usedClusters := make(map[string]*clusterv3.Cluster)
+	use := func(cl *clusterv3.Cluster) { usedClusters[cl.GetName()] = cl }
+	use(g.blackhole())
+
+	if c.Outbound.Enabled {
+		catchAll := ClusterPassthrough
+		if g.mesh.OutboundPolicy == RegistryOnly {
+			catchAll = ClusterBlackhole
+		} else {
+			use(g.passthrough())
+		}
+		if v4 {
+			r.Listeners = append(r.Listeners, g.outboundListener(ListenerOutbound, netip.IPv4Unspecified(), c.Proxy.OutboundPort, catchAll))
+		}
+		if v6 {
+			r.Listeners = append(r.Listeners, g.outboundListener(ListenerOutboundIPv6, netip.IPv6Unspecified(), c.Proxy.OutboundPort, catchAll))
+		}
+		for _, s := range g.reachable(w) {
+			for _, p := range s.Ports {
+				served := false
+				for _, vip := range s.VirtualIPs {
+					if (vip.Is4() && !v4) || (vip.Is6() && !v6) || !capturesOutbound(c, vip, p.Port) {
+						continue
+					}
+					served = true
+					r.Listeners = append(r.Listeners, g.serviceListener(s, p, vip))
+				}
+				if served {
+					use(g.serviceCluster(s, p, famKey, v4, v6))
+				}
+			}
+		}
+	}
+
+	if c.Inbound.Enabled {
+		var ports []InboundPort
+		for _, p := range w.Inbound {
+			if capturesInbound(c, p.Port) {
+				ports = append(ports, p)
+			}
+		}
+		slices.SortFunc(ports, func(a, b InboundPort) int { return cmp.Compare(a.Port, b.Port) })
+		loopback := netip.IPv6Loopback()
+		if v4 {
+			loopback = netip.MustParseAddr("127.0.0.1")
+		}
+		for _, p := range ports {
+			use(g.localAppCluster(p, loopback))
+		}
+		transparent := c.Mode == redirect.ModeTProxy
+		if v4 {
+			pt := g.inboundPassthrough(ClusterInboundPassthroughIPv4, c.Proxy.InboundPassthroughSource.IPv4)
+			use(pt)
+			r.Listeners = append(r.Listeners, inboundListener(ListenerInbound, netip.IPv4Unspecified(), c.Proxy.InboundPort, transparent, ports, pt.GetName()))
+		}
+		if v6 {
+			pt := g.inboundPassthrough(ClusterInboundPassthroughIPv6, c.Proxy.InboundPassthroughSource.IPv6)
+			use(pt)
+			r.Listeners = append(r.Listeners, inboundListener(ListenerInboundIPv6, netip.IPv6Unspecified(), c.Proxy.InboundPort, transparent, ports, pt.GetName()))
+		}
+	}
+
+	for _, cl := range usedClusters {
+		r.Clusters = append(r.Clusters, cl)
+	}
+	slices.SortFunc(r.Clusters, func(a, b *clusterv3.Cluster) int { return cmp.Compare(a.GetName(), b.GetName()) })
+	slices.SortFunc(r.Listeners, func(a, b *listenerv3.Listener) int { return cmp.Compare(a.GetName(), b.GetName()) })
+	return r
+}
+
+func familyKey(v4, v6 bool) string {
+	switch {
+	case v4 && v6:
+		return "dual"
+	case v6:
+		return "ipv6"
+	}
+	return "ipv4"
+}
+
+func socketAddress(a netip.Addr, port uint16) *corev3.Address {
+	return &corev3.Address{Address: &corev3.Address_SocketAddress{SocketAddress: &corev3.SocketAddress{
+		Address:       a.String(),
+		PortSpecifier: &corev3.SocketAddress_PortValue{PortValue: uint32(port)},
+	}}}
+}
+
+func mustAny(m proto.Message) *anypb.Any {
+	a, err := anypb.New(m)
+	if err != nil {
+		// Only fails for a message without a registered type, a programming error.
+		panic(fmt.Sprintf("pack %T: %v", m, err))
+	}
+	return a
+}
+
+func tcpProxyFilter(statPrefix, cluster string) *listenerv3.Filter {
+	return &listenerv3.Filter{
+		Name: filterTCPProxy,
+		ConfigType: &listenerv3.Filter_TypedConfig{TypedConfig: mustAny(&tcpproxyv3.TcpProxy{
+			StatPrefix:       statPrefix,
+			ClusterSpecifier: &tcpproxyv3.TcpProxy_Cluster{Cluster: cluster},
+		})},
+	}
+}
+
+// httpFilter is an HTTP connection manager with one inline route to cluster, so
+// the proxy never needs RDS.
+func httpFilter(statPrefix, routeName, cluster string) *listenerv3.Filter {
+	return &listenerv3.Filter{
+		Name: filterHCM,
+		ConfigType: &listenerv3.Filter_TypedConfig{TypedConfig: mustAny(&hcmv3.HttpConnectionManager{
+			StatPrefix: statPrefix,
+			RouteSpecifier: &hcmv3.HttpConnectionManager_RouteConfig{RouteConfig: &routev3.RouteConfiguration{
+				Name: routeName,
+				VirtualHosts: []*routev3.VirtualHost{{
+					Name:    routeName,
+					Domains: []string{"*"},
+					Routes: []*routev3.Route{{
+						Match: &routev3.RouteMatch{PathSpecifier: &routev3.RouteMatch_Prefix{Prefix: "/"}},
+						Action: &routev3.Route_Route{Route: &routev3.RouteAction{
+							ClusterSpecifier: &routev3.RouteAction_Cluster{Cluster: cluster},
+						}},
+					}},
+				}},
+			}},
+			HttpFilters: []*hcmv3.HttpFilter{{
+				Name:       filterRouter,
+				ConfigType: &hcmv3.HttpFilter_TypedConfig{TypedConfig: mustAny(&routerv3.Router{})},
+			}},
+		})},
+	}
+}
+
+func portMatch(port uint16) *listenerv3.FilterChainMatch {
+	return &listenerv3.FilterChainMatch{DestinationPort: wrapperspb.UInt32(uint32(port))}
+}
+
+func (g *generator) outboundListener(name string, addr netip.Addr, port uint16, catchAll string) *listenerv3.Listener {
+	key := name + "|" + strconv.Itoa(int(port)) + "|" + catchAll
+	if l, ok := g.listeners[key]; ok {
+		return l
+	}
+	l := &listenerv3.Listener{
+		Name:             name,
+		Address:          socketAddress(addr, port),
+		TrafficDirection: corev3.TrafficDirection_OUTBOUND,
+		UseOriginalDst:   wrapperspb.Bool(true),
+		FilterChains: []*listenerv3.FilterChain{
+			{
+				// A connection to the outbound port itself would be handed back to
+				// this listener for ever.
+				Name:             ChainLoopGuard,
+				FilterChainMatch: portMatch(port),
+				Filters:          []*listenerv3.Filter{tcpProxyFilter(ClusterBlackhole, ClusterBlackhole)},
+			},
+			{
+				// Destinations without a service listener follow the outbound policy.
+				Name:    ChainPassthrough,
+				Filters: []*listenerv3.Filter{tcpProxyFilter(catchAll, catchAll)},
+			},
+		},
+	}
+	g.listeners[key] = l
+	return l
+}
+
+func (g *generator) serviceListener(s *Service, p ServicePort, vip netip.Addr) *listenerv3.Listener {
+	name := ServiceListenerName(vip, p.Port)
+	key := "svc|" + s.Name + "|" + name + "|" + string(p.Protocol)
+	if l, ok := g.listeners[key]; ok {
+		return l
+	}
+	cluster := ServiceClusterName(s.Name, p.Port)
+	f := tcpProxyFilter(cluster, cluster)
+	if p.Protocol == ProtocolHTTP {
+		f = httpFilter(cluster, cluster, cluster)
+	}
+	l := &listenerv3.Listener{
+		Name:             name,
+		Address:          socketAddress(vip, p.Port),
+		TrafficDirection: corev3.TrafficDirection_OUTBOUND,
+		// The outbound listener hands connections over by original destination;
+		// nothing binds the virtual IP.
+		BindToPort:   wrapperspb.Bool(false),
+		FilterChains: []*listenerv3.FilterChain{{Name: cluster, Filters: []*listenerv3.Filter{f}}},
+	}
+	g.listeners[key] = l
+	return l
+}
+
+func inboundListener(name string, addr netip.Addr, port uint16, transparent bool, ports []InboundPort, passthrough string) *listenerv3.Listener {
+	chains := []*listenerv3.FilterChain{{
+		Name:             ChainLoopGuard,
+		FilterChainMatch: portMatch(port),
+		Filters:          []*listenerv3.Filter{tcpProxyFilter(ClusterBlackhole, ClusterBlackhole)},
+	}}
+	for _, p := range ports {
+		cluster := InboundClusterName(p.Port)
+		f := tcpProxyFilter(cluster, cluster)
+		if p.Protocol == ProtocolHTTP {
+			f = httpFilter(cluster, cluster, cluster)
+		}
+		chains = append(chains, &listenerv3.FilterChain{
+			Name:             cluster,
+			FilterChainMatch: portMatch(p.Port),
+			Filters:          []*listenerv3.Filter{f},
+		})
+	}
+	// Ports the workload did not declare still reach whatever listens there,
+	// from the passthrough source the installer never recaptures.
+	chains = append(chains, &listenerv3.FilterChain{
+		Name:    ChainPassthrough,
+		Filters: []*listenerv3.Filter{tcpProxyFilter(passthrough, passthrough)},
+	})
+	l := &listenerv3.Listener{
+		Name:             name,
+		Address:          socketAddress(addr, port),
+		TrafficDirection: corev3.TrafficDirection_INBOUND,
+		ListenerFilters: []*listenerv3.ListenerFilter{{
+			Name:       filterOriginalDst,
+			ConfigType: &listenerv3.ListenerFilter_TypedConfig{TypedConfig: mustAny(&originaldstv3.OriginalDst{})},
+		}},
+		FilterChains: chains,
+	}
+	if transparent {
+		// TPROXY delivers connections addressed to the workload, not to the
+		// listener's address; the listener needs IP_TRANSPARENT to accept them.
+		l.Transparent = wrapperspb.Bool(true)
+	}
+	return l
+}
+
+func (g *generator) blackhole() *clusterv3.Cluster {
+	if c, ok := g.clusters[ClusterBlackhole]; ok {
+		return c
+	}
+	c := &clusterv3.Cluster{
+		Name:                 ClusterBlackhole,
+		ClusterDiscoveryType: &clusterv3.Cluster_Type{Type: clusterv3.Cluster_STATIC},
+		ConnectTimeout:       durationpb.New(connectTimeout),
+	}
+	g.clusters[ClusterBlackhole] = c
+	return c
+}
+
+func (g *generator) passthrough() *clusterv3.Cluster {
+	if c, ok := g.clusters[ClusterPassthrough]; ok {
+		return c
+	}
+	c := &clusterv3.Cluster{
+		Name:                 ClusterPassthrough,
+		ClusterDiscoveryType: &clusterv3.Cluster_Type{Type: clusterv3.Cluster_ORIGINAL_DST},
+		LbPolicy:             clusterv3.Cluster_CLUSTER_PROVIDED,
+		ConnectTimeout:       durationpb.New(connectTimeout),
+	}
+	g.clusters[ClusterPassthrough] = c
+	return c
+}
+
+func (g *generator) inboundPassthrough(name string, source netip.Addr) *clusterv3.Cluster {
+	key := name + "|" + source.String()
+	if c, ok := g.clusters[key]; ok {
+		return c
+	}
+	c := &clusterv3.Cluster{
+		Name:                 name,
+		ClusterDiscoveryType: &clusterv3.Cluster_Type{Type: clusterv3.Cluster_ORIGINAL_DST},
+		LbPolicy:             clusterv3.Cluster_CLUSTER_PROVIDED,
+		ConnectTimeout:       durationpb.New(connectTimeout),
+		// The installer returns traffic from this source untouched, so the
+		// proxy's connection to the app is not captured again.
+		UpstreamBindConfig: &corev3.BindConfig{
+			SourceAddress: &corev3.SocketAddress{
+				Address:       source.String(),
+				PortSpecifier: &corev3.SocketAddress_PortValue{PortValue: 0},
+			},
+		},
+	}
+	g.clusters[key] = c
+	return c
+}
+
+func (g *generator) localAppCluster(p InboundPort, loopback netip.Addr) *clusterv3.Cluster {
+	name := InboundClusterName(p.Port)
+	key := name + "|" + netip.AddrPortFrom(loopback, p.AppPort).String()
+	if c, ok := g.clusters[key]; ok {
+		return c
+	}
+	c := staticCluster(name, []netip.AddrPort{netip.AddrPortFrom(loopback, p.AppPort)})
+	g.clusters[key] = c
+	return c
+}
+
+func (g *generator) serviceCluster(s *Service, p ServicePort, famKey string, v4, v6 bool) *clusterv3.Cluster {
+	name := ServiceClusterName(s.Name, p.Port)
+	key := name + "|" + famKey
+	if c, ok := g.clusters[key]; ok {
+		return c
+	}
+	var eps []netip.AddrPort
+	for _, e := range g.endpoints[s.Name] {
+		if (e.addr.Is4() && !v4) || (e.addr.Is6() && !v6) {
+			continue
+		}
+		port := p.TargetPort
+		if tp, ok := e.targetPorts[p.Name]; ok {
+			port = tp
+		}
+		eps = append(eps, netip.AddrPortFrom(e.addr, port))
+	}
+	slices.SortFunc(eps, func(a, b netip.AddrPort) int { return a.Compare(b) })
+	eps = slices.Compact(eps)
+	c := staticCluster(name, eps)
+	g.clusters[key] = c
+	return c
+}
+
+// staticCluster lists its endpoints inline (load_assignment), so the proxy never
+// needs EDS.
+func staticCluster(name string, eps []netip.AddrPort) *clusterv3.Cluster {
+	lbs := make([]*endpointv3.LbEndpoint, 0, len(eps))
+	for _, ep := range eps {
+		lbs = append(lbs, &endpointv3.LbEndpoint{HostIdentifier: &endpointv3.LbEndpoint_Endpoint{Endpoint: &endpointv3.Endpoint{
+			Address: socketAddress(ep.Addr(), ep.Port()),
+		}}})
+	}
+	la := &endpointv3.ClusterLoadAssignment{ClusterName: name}
+	if len(lbs) > 0 {
+		la.Endpoints = []*endpointv3.LocalityLbEndpoints{{LbEndpoints: lbs}}
+	}
+	return &clusterv3.Cluster{
+		Name:                 name,
+		ClusterDiscoveryType: &clusterv3.Cluster_Type{Type: clusterv3.Cluster_STATIC},
+		ConnectTimeout:       durationpb.New(connectTimeout),
+		LoadAssignment:       la,
+	}
+}
+
+// YAML renders the resources as deterministic YAML (protojson with sorted keys,
+// typed configs expanded): the form golden files and `detour control-plane
+// resources` print.
+func (r Resources) YAML() ([]byte, error) {
+	type doc struct {
+		Listeners []json.RawMessage `json:"listeners"`
+		Clusters  []json.RawMessage `json:"clusters"`
+	}
+	var d doc
+	for _, l := range r.Listeners {
+		b, err := protojson.Marshal(l)
+		if err != nil {
+			return nil, fmt.Errorf("render listener %s: %w", l.GetName(), err)
+		}
+		d.Listeners = append(d.Listeners, b)
+	}
+	for _, c := range r.Clusters {
+		b, err := protojson.Marshal(c)
+		if err != nil {
+			return nil, fmt.Errorf("render cluster %s: %w", c.GetName(), err)
+		}
+		d.Clusters = append(d.Clusters, b)
+	}
+	js, err := json.Marshal(d)
+	if err != nil {
+		return nil, fmt.Errorf("render resources: %w", err)
+	}
+	// JSONToYAML sorts keys and drops protojson's deliberately unstable spacing.
+	return yaml.JSONToYAML(js)
+}

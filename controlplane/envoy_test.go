@@ -1,0 +1,203 @@
+package controlplane
+
+import (
+	"fmt"
+	"net/netip"
+	"slices"
+	"testing"
+
+	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
+	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
+	tcpproxyv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/tcp_proxy/v3"
+)
+
+func TestResourcesGolden(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		name   string
+		node   string
+		policy OutboundPolicy
+	}{
+		{name: "redirect-ipv4", node: "redirect-ipv4"},
+		{name: "redirect-ipv6", node: "redirect-ipv6"},
+		{name: "redirect-dual", node: "redirect-dual"},
+		{name: "tproxy-ipv4", node: "tproxy-ipv4"},
+		{name: "tproxy-dual", node: "tproxy-dual"},
+		{name: "registry-only-dual", node: "redirect-dual", policy: RegistryOnly},
+		{name: "registry-only-ipv6", node: "redirect-ipv6", policy: RegistryOnly},
+		{name: "excluded-ports", node: "excluded-ports"},
+		{name: "include-ports", node: "include-ports"},
+		{name: "include-cidrs", node: "include-cidrs"},
+		{name: "istio-ports", node: "istio-ports"},
+		{name: "outbound-only", node: "outbound-only"},
+		{name: "inbound-only", node: "inbound-only"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			m := loadMesh(t, "testdata/matrix.yaml")
+			if tt.policy != "" {
+				m.OutboundPolicy = tt.policy
+			}
+			b, err := buildSnapshots(m)
+			if err != nil {
+				t.Fatalf("build: %v", err)
+			}
+			ns := b.nodes[tt.node]
+			out, err := ns.resources.YAML()
+			if err != nil {
+				t.Fatal(err)
+			}
+			header := fmt.Sprintf("# node %s, outboundPolicy %s\n# versions: listeners %s, clusters %s\n",
+				tt.node, m.OutboundPolicy, ns.versions.Listeners, ns.versions.Clusters)
+			golden(t, tt.name, append([]byte(header), out...))
+		})
+	}
+}
+
+// TestListenersAgreeWithCapture checks, for every workload of the matrix, the
+// promise the listeners make to the installer: they listen on the proxy ports
+// of the workload's redirect config, a service listener exists exactly for
+// the captured virtual IP:port pairs, and an inbound chain exactly for the
+// captured declared ports.
+func TestListenersAgreeWithCapture(t *testing.T) {
+	t.Parallel()
+	m := loadMesh(t, "testdata/matrix.yaml")
+	for _, w := range m.Workloads {
+		t.Run(w.NodeID, func(t *testing.T) {
+			r, err := m.Resources(w.NodeID)
+			if err != nil {
+				t.Fatal(err)
+			}
+			c := w.TransparentProxy
+			v4, v6 := families(&w)
+			byName := map[string]*listenerv3.Listener{}
+			for _, l := range r.Listeners {
+				byName[l.GetName()] = l
+			}
+			checkPort := func(name string, want uint16, present bool) {
+				l, ok := byName[name]
+				if ok != present {
+					t.Errorf("listener %s present = %v, want %v", name, ok, present)
+					return
+				}
+				if ok && l.GetAddress().GetSocketAddress().GetPortValue() != uint32(want) {
+					t.Errorf("listener %s port = %d, want %d", name, l.GetAddress().GetSocketAddress().GetPortValue(), want)
+				}
+			}
+			checkPort(ListenerOutbound, c.Proxy.OutboundPort, c.Outbound.Enabled && v4)
+			checkPort(ListenerOutboundIPv6, c.Proxy.OutboundPort, c.Outbound.Enabled && v6)
+			checkPort(ListenerInbound, c.Proxy.InboundPort, c.Inbound.Enabled && v4)
+			checkPort(ListenerInboundIPv6, c.Proxy.InboundPort, c.Inbound.Enabled && v6)
+
+			// Service listeners: exactly the captured VIP:port of reachable services.
+			var want, got []string
+			for _, s := range m.Services {
+				if !slices.Contains(w.Reach, s.Name) && !slices.Contains(w.Reach, ReachAll) {
+					continue
+				}
+				for _, p := range s.Ports {
+					for _, vip := range s.VirtualIPs {
+						if (vip.Is4() && v4 || vip.Is6() && v6) && capturesOutbound(&c, vip, p.Port) {
+							want = append(want, netip.AddrPortFrom(vip, p.Port).String())
+						}
+					}
+				}
+			}
+			for _, l := range r.Listeners {
+				if l.GetBindToPort() != nil && !l.GetBindToPort().GetValue() {
+					got = append(got, l.GetName())
+				}
+			}
+			slices.Sort(want)
+			slices.Sort(got)
+			if !slices.Equal(want, got) {
+				t.Errorf("service listeners = %v, want %v", got, want)
+			}
+
+			// Inbound chains: one per captured declared port, transparent in tproxy mode.
+			for _, name := range []string{ListenerInbound, ListenerInboundIPv6} {
+				l, ok := byName[name]
+				if !ok {
+					continue
+				}
+				if l.GetTransparent().GetValue() != (c.Mode == "tproxy") {
+					t.Errorf("listener %s transparent = %v in mode %s", name, l.GetTransparent().GetValue(), c.Mode)
+				}
+				var chains []string
+				for _, fc := range l.GetFilterChains() {
+					if p := fc.GetFilterChainMatch().GetDestinationPort(); p != nil && p.GetValue() != uint32(c.Proxy.InboundPort) {
+						chains = append(chains, fmt.Sprint(p.GetValue()))
+					}
+				}
+				var wantChains []string
+				for _, p := range w.Inbound {
+					if capturesInbound(&c, p.Port) {
+						wantChains = append(wantChains, fmt.Sprint(p.Port))
+					}
+				}
+				slices.Sort(wantChains)
+				if !slices.Equal(chains, wantChains) {
+					t.Errorf("listener %s port chains = %v, want %v", name, chains, wantChains)
+				}
+			}
+		})
+	}
+}
+
+func TestResourcesShareServiceResources(t *testing.T) {
+	t.Parallel()
+	m := loadMesh(t, "testdata/matrix.yaml")
+	g := newGenerator(m)
+	a := g.workload(&m.Workloads[0]) // redirect-ipv4
+	b := g.workload(&m.Workloads[3]) // tproxy-ipv4
+	find := func(r Resources, name string) *clusterv3.Cluster {
+		for _, c := range r.Clusters {
+			if c.GetName() == name {
+				return c
+			}
+		}
+		t.Fatalf("no cluster %s", name)
+		return nil
+	}
+	name := ServiceClusterName("db", 5432)
+	if find(a, name) != find(b, name) {
+		t.Errorf("two IPv4 workloads got distinct %s clusters; the generator must share them", name)
+	}
+}
+
+func TestOutboundPolicyCatchAll(t *testing.T) {
+	t.Parallel()
+	for _, tt := range []struct {
+		policy OutboundPolicy
+		want   string
+	}{{AllowAny, ClusterPassthrough}, {RegistryOnly, ClusterBlackhole}} {
+		m := loadMesh(t, "testdata/matrix.yaml")
+		m.OutboundPolicy = tt.policy
+		r, err := m.Resources("redirect-ipv4")
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, l := range r.Listeners {
+			if l.GetName() != ListenerOutbound {
+				continue
+			}
+			for _, fc := range l.GetFilterChains() {
+				if fc.GetName() != ChainPassthrough {
+					continue
+				}
+				var tp tcpproxyv3.TcpProxy
+				if err := fc.GetFilters()[0].GetTypedConfig().UnmarshalTo(&tp); err != nil {
+					t.Fatal(err)
+				}
+				if tp.GetCluster() != tt.want {
+					t.Errorf("policy %s: catch-all goes to %q, want %q", tt.policy, tp.GetCluster(), tt.want)
+				}
+			}
+		}
+		hasPassthrough := slices.ContainsFunc(r.Clusters, func(c *clusterv3.Cluster) bool { return c.GetName() == ClusterPassthrough })
+		if hasPassthrough != (tt.policy == AllowAny) {
+			t.Errorf("policy %s: passthrough cluster present = %v", tt.policy, hasPassthrough)
+		}
+	}
+}

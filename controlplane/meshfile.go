@@ -1,0 +1,407 @@
+package controlplane
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"maps"
+	"net/netip"
+	"os"
+	"slices"
+	"strconv"
+	"strings"
+
+	"sigs.k8s.io/yaml"
+
+	"github.com/detour-mesh/detour/redirect"
+)
+
+// LoadMesh reads and decodes the mesh file at path (DecodeMesh).
+func LoadMesh(path string) (*Mesh, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("read mesh file: %w", err)
+	}
+	m, err := DecodeMesh(b)
+	if err != nil {
+		return nil, fmt.Errorf("mesh file %s: %w", path, err)
+	}
+	return m, nil
+}
+
+// DecodeMesh decodes a mesh document (YAML or JSON; docs/mesh.md describes every
+// field) and validates it. Every error is a *redirect.FieldError naming the
+// field (services[1].ports[0].port) and its value, and matches
+// redirect.ErrInvalid; unknown keys are errors.
+//
+// A workload's transparentProxy is decoded exactly like `detour install
+// --config`: redirect.Default(), then the mesh's top-level transparentProxy
+// document, then the workload's own, through redirect.Config.Decode. So the
+// ports the installer captures to are the ports the listeners use.
+func DecodeMesh(doc []byte) (*Mesh, error) {
+	js, err := yaml.YAMLToJSON(doc)
+	if err != nil {
+		return nil, &redirect.FieldError{Field: "(document)", Value: firstLine(err.Error()), Reason: "is not valid YAML or JSON"}
+	}
+	dec := json.NewDecoder(bytes.NewReader(js))
+	dec.UseNumber()
+	var tree any
+	if err := dec.Decode(&tree); err != nil {
+		return nil, &redirect.FieldError{Field: "(document)", Value: firstLine(err.Error()), Reason: "is not valid YAML or JSON"}
+	}
+	if tree == nil {
+		tree = map[string]any{}
+	}
+	d := &decoder{}
+	m := d.mesh(value{"", tree})
+	if len(d.errs) > 0 {
+		return nil, errors.Join(d.errs...)
+	}
+	if err := m.Validate(); err != nil {
+		return nil, err
+	}
+	return m, nil
+}
+
+func firstLine(s string) string {
+	s, _, _ = strings.Cut(s, "\n")
+	return s
+}
+
+// decoder collects every error of a document instead of stopping at the first,
+// so a user fixes a file in one pass.
+type decoder struct {
+	errs []error
+}
+
+// value is a node of the decoded document and its path.
+type value struct {
+	path string
+	v    any
+}
+
+func (d *decoder) bad(path string, v any, reason string) {
+	d.errs = append(d.errs, &redirect.FieldError{Field: path, Value: compact(v), Reason: reason})
+}
+
+func compact(v any) string {
+	switch v := v.(type) {
+	case string:
+		return v
+	case nil:
+		return "null"
+	}
+	b, err := json.Marshal(v)
+	if err != nil {
+		return fmt.Sprint(v)
+	}
+	return string(b)
+}
+
+func (v value) child(key string) value {
+	if v.path == "" {
+		return value{key, nil}
+	}
+	return value{v.path + "." + key, nil}
+}
+
+// mapping returns the keys of a mapping, reporting keys not in allowed.
+func (d *decoder) mapping(v value, allowed ...string) (map[string]value, bool) {
+	m, ok := v.v.(map[string]any)
+	if !ok {
+		if v.v != nil {
+			d.bad(pathOr(v.path), v.v, "is not a mapping")
+		}
+		return nil, false
+	}
+	out := make(map[string]value, len(m))
+	for _, k := range slices.Sorted(maps.Keys(m)) {
+		c := v.child(k)
+		c.v = m[k]
+		if allowed != nil && !slices.Contains(allowed, k) {
+			d.bad(c.path, m[k], "is not a known field (one of "+strings.Join(allowed, ", ")+")")
+			continue
+		}
+		out[k] = c
+	}
+	return out, true
+}
+
+func pathOr(p string) string {
+	if p == "" {
+		return "(document)"
+	}
+	return p
+}
+
+func (d *decoder) list(v value) []value {
+	if v.v == nil {
+		return nil
+	}
+	l, ok := v.v.([]any)
+	if !ok {
+		d.bad(v.path, v.v, "is not a list")
+		return nil
+	}
+	out := make([]value, len(l))
+	for i, item := range l {
+		out[i] = value{fmt.Sprintf("%s[%d]", v.path, i), item}
+	}
+	return out
+}
+
+func (d *decoder) str(v value) (string, bool) {
+	switch s := v.v.(type) {
+	case string:
+		return s, true
+	case json.Number:
+		return s.String(), true
+	case nil:
+		return "", true
+	}
+	d.bad(v.path, v.v, "is not a string")
+	return "", false
+}
+
+func (d *decoder) port(v value) uint16 {
+	if v.v == nil {
+		return 0
+	}
+	s, ok := d.str(v)
+	if !ok {
+		return 0
+	}
+	p, err := redirect.ParsePort(s)
+	if err != nil {
+		d.bad(v.path, v.v, "is not a port (1-65535)")
+		return 0
+	}
+	return p
+}
+
+func (d *decoder) addr(v value) netip.Addr {
+	s, ok := d.str(v)
+	if !ok {
+		return netip.Addr{}
+	}
+	a, err := redirect.ParseAddr(s)
+	if err != nil {
+		d.bad(v.path, v.v, "is not an IP address")
+		return netip.Addr{}
+	}
+	return a
+}
+
+func (d *decoder) addrs(v value) []netip.Addr {
+	var out []netip.Addr
+	for _, item := range d.list(v) {
+		if a := d.addr(item); a.IsValid() {
+			out = append(out, a)
+		}
+	}
+	return out
+}
+
+func (d *decoder) labels(v value) map[string]string {
+	m, ok := d.mapping(v)
+	if !ok || len(m) == 0 {
+		return nil
+	}
+	out := make(map[string]string, len(m))
+	for k, c := range m {
+		switch s := c.v.(type) {
+		case string:
+			out[k] = s
+		case json.Number:
+			out[k] = s.String()
+		case bool:
+			out[k] = strconv.FormatBool(s)
+		default:
+			d.bad(c.path, c.v, "is not a label value (a string)")
+		}
+	}
+	return out
+}
+
+func (d *decoder) protocol(v value) Protocol {
+	if v.v == nil {
+		return ProtocolTCP
+	}
+	s, ok := d.str(v)
+	if !ok {
+		return ""
+	}
+	switch p := Protocol(strings.ToLower(s)); p {
+	case ProtocolTCP, ProtocolHTTP:
+		return p
+	}
+	d.bad(v.path, v.v, "is not one of tcp, http")
+	return Protocol(s)
+}
+
+// redirectConfig applies the transparentProxy document v on top of base with
+// redirect.Config.Decode, prefixing the error fields with v's path.
+func (d *decoder) redirectConfig(base redirect.Config, v value) redirect.Config {
+	if v.v == nil {
+		return base
+	}
+	if _, ok := v.v.(map[string]any); !ok {
+		d.bad(v.path, v.v, "is not a mapping (a redirect config document)")
+		return base
+	}
+	doc, err := json.Marshal(v.v)
+	if err != nil {
+		d.bad(v.path, v.v, "cannot be re-encoded: "+err.Error())
+		return base
+	}
+	c := base.Clone()
+	if err := c.Decode(doc); err != nil {
+		d.errs = append(d.errs, prefixFieldErrors(v.path+".", err))
+		return base
+	}
+	return c
+}
+
+func (d *decoder) mesh(v value) *Mesh {
+	m := &Mesh{OutboundPolicy: AllowAny}
+	top, ok := d.mapping(v, "outboundPolicy", "transparentProxy", "services", "workloads")
+	if !ok {
+		if v.v != nil {
+			return m
+		}
+	}
+	if p, ok := top["outboundPolicy"]; ok && p.v != nil {
+		s, _ := d.str(p)
+		m.OutboundPolicy = OutboundPolicy(s)
+		if m.OutboundPolicy != AllowAny && m.OutboundPolicy != RegistryOnly {
+			d.bad(p.path, p.v, "is not one of allow-any, registry-only")
+		}
+	}
+	base := d.redirectConfig(redirect.Default(), top["transparentProxy"])
+	for _, sv := range d.list(top["services"]) {
+		m.Services = append(m.Services, d.service(sv))
+	}
+	for _, wv := range d.list(top["workloads"]) {
+		m.Workloads = append(m.Workloads, d.workload(base, wv))
+	}
+	return m
+}
+
+func (d *decoder) service(v value) Service {
+	var s Service
+	f, ok := d.mapping(v, "name", "virtualIPs", "ports", "selector", "endpoints")
+	if !ok {
+		if v.v == nil {
+			d.bad(v.path, nil, "is not a mapping")
+		}
+		return s
+	}
+	s.Name, _ = d.str(f["name"])
+	s.VirtualIPs = d.addrs(f["virtualIPs"])
+	for _, pv := range d.list(f["ports"]) {
+		s.Ports = append(s.Ports, d.servicePort(pv))
+	}
+	s.Selector = d.labels(f["selector"])
+	for _, ev := range d.list(f["endpoints"]) {
+		s.Endpoints = append(s.Endpoints, d.endpoint(ev))
+	}
+	return s
+}
+
+func (d *decoder) servicePort(v value) ServicePort {
+	var p ServicePort
+	switch v.v.(type) {
+	case json.Number, string:
+		// "ports: [80, 443]" is short for tcp ports with default names.
+		p.Port = d.port(v)
+		p.TargetPort, p.Protocol, p.Name = p.Port, ProtocolTCP, strconv.Itoa(int(p.Port))
+		return p
+	}
+	f, ok := d.mapping(v, "name", "port", "targetPort", "protocol")
+	if !ok {
+		return p
+	}
+	p.Port = d.port(f["port"])
+	if _, set := f["port"]; !set {
+		d.bad(v.path+".port", "", "is missing")
+	}
+	p.TargetPort = d.port(f["targetPort"])
+	if f["targetPort"].v == nil {
+		p.TargetPort = p.Port
+	}
+	p.Protocol = d.protocol(f["protocol"])
+	p.Name, _ = d.str(f["name"])
+	if p.Name == "" {
+		p.Name = strconv.Itoa(int(p.Port))
+	}
+	return p
+}
+
+func (d *decoder) endpoint(v value) Endpoint {
+	var e Endpoint
+	if _, scalar := v.v.(string); scalar {
+		e.Address = d.addr(v)
+		return e
+	}
+	f, ok := d.mapping(v, "address", "targetPorts")
+	if !ok {
+		return e
+	}
+	e.Address = d.addr(f["address"])
+	if tp, ok := d.mapping(f["targetPorts"]); ok && len(tp) > 0 {
+		e.TargetPorts = make(map[string]uint16, len(tp))
+		for k, pv := range tp {
+			e.TargetPorts[k] = d.port(pv)
+		}
+	}
+	return e
+}
+
+func (d *decoder) workload(base redirect.Config, v value) Workload {
+	w := Workload{TransparentProxy: base.Clone()}
+	f, ok := d.mapping(v, "nodeId", "addresses", "labels", "inbound", "reach", "transparentProxy")
+	if !ok {
+		if v.v == nil {
+			d.bad(v.path, nil, "is not a mapping")
+		}
+		return w
+	}
+	w.NodeID, _ = d.str(f["nodeId"])
+	w.Addresses = d.addrs(f["addresses"])
+	w.Labels = d.labels(f["labels"])
+	for _, pv := range d.list(f["inbound"]) {
+		w.Inbound = append(w.Inbound, d.inboundPort(pv))
+	}
+	for _, rv := range d.list(f["reach"]) {
+		if s, ok := d.str(rv); ok {
+			w.Reach = append(w.Reach, s)
+		}
+	}
+	w.TransparentProxy = d.redirectConfig(w.TransparentProxy, f["transparentProxy"])
+	return w
+}
+
+func (d *decoder) inboundPort(v value) InboundPort {
+	var p InboundPort
+	switch v.v.(type) {
+	case json.Number, string:
+		p.Port = d.port(v)
+		p.AppPort, p.Protocol = p.Port, ProtocolTCP
+		return p
+	}
+	f, ok := d.mapping(v, "port", "appPort", "protocol")
+	if !ok {
+		return p
+	}
+	p.Port = d.port(f["port"])
+	if _, set := f["port"]; !set {
+		d.bad(v.path+".port", "", "is missing")
+	}
+	p.AppPort = d.port(f["appPort"])
+	if f["appPort"].v == nil {
+		p.AppPort = p.Port
+	}
+	p.Protocol = d.protocol(f["protocol"])
+	return p
+}

@@ -1,0 +1,182 @@
+package controlplane
+
+import (
+	"errors"
+	"net/netip"
+	"strings"
+	"testing"
+
+	"github.com/google/go-cmp/cmp"
+
+	"github.com/detour-mesh/detour/redirect"
+)
+
+var cmpNetip = cmp.Options{
+	cmp.Comparer(func(a, b netip.Addr) bool { return a == b }),
+	cmp.Comparer(func(a, b netip.Prefix) bool { return a == b }),
+}
+
+func TestDecodeMesh(t *testing.T) {
+	t.Parallel()
+	doc := `
+outboundPolicy: registry-only
+transparentProxy:
+  proxy: {uid: 1337}
+  outbound: {excludePorts: [22]}
+services:
+  - name: db
+    virtualIPs: [198.51.100.10, "2001:db8::10"]
+    ports:
+      - {name: pg, port: 5432, targetPort: 6432}
+      - {port: 80, protocol: HTTP}
+    selector: {app: db}
+    endpoints:
+      - 203.0.113.1
+      - {address: 203.0.113.2, targetPorts: {pg: 7432}}
+  - name: short
+    virtualIPs: [198.51.100.11]
+    ports: [443]
+workloads:
+  - nodeId: web-1
+    addresses: [192.0.2.1]
+    labels: {app: web, tier: "1"}
+    inbound: [8080, {port: 9090, appPort: 19090, protocol: http}]
+    reach: [db]
+    transparentProxy:
+      mode: tproxy
+      outbound: {excludeCIDRs: [192.0.2.0/24]}
+  - nodeId: db-1
+    addresses: [192.0.2.2]
+    labels: {app: db}
+`
+	m, err := DecodeMesh([]byte(doc))
+	if err != nil {
+		t.Fatalf("DecodeMesh: %v", err)
+	}
+	// The workload's config is exactly what `detour install` would build from
+	// the same two documents.
+	web := redirect.Default()
+	for _, d := range []string{"proxy: {uid: 1337}\noutbound: {excludePorts: [22]}", "mode: tproxy\noutbound: {excludeCIDRs: [192.0.2.0/24]}"} {
+		if err := web.Decode([]byte(d)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	db := redirect.Default()
+	if err := db.Decode([]byte("proxy: {uid: 1337}\noutbound: {excludePorts: [22]}")); err != nil {
+		t.Fatal(err)
+	}
+	want := &Mesh{
+		OutboundPolicy: RegistryOnly,
+		Services: []Service{
+			{
+				Name:       "db",
+				VirtualIPs: []netip.Addr{netip.MustParseAddr("198.51.100.10"), netip.MustParseAddr("2001:db8::10")},
+				Ports: []ServicePort{
+					{Name: "pg", Port: 5432, TargetPort: 6432, Protocol: ProtocolTCP},
+					{Name: "80", Port: 80, TargetPort: 80, Protocol: ProtocolHTTP},
+				},
+				Selector: map[string]string{"app": "db"},
+				Endpoints: []Endpoint{
+					{Address: netip.MustParseAddr("203.0.113.1")},
+					{Address: netip.MustParseAddr("203.0.113.2"), TargetPorts: map[string]uint16{"pg": 7432}},
+				},
+			},
+			{
+				Name:       "short",
+				VirtualIPs: []netip.Addr{netip.MustParseAddr("198.51.100.11")},
+				Ports:      []ServicePort{{Name: "443", Port: 443, TargetPort: 443, Protocol: ProtocolTCP}},
+			},
+		},
+		Workloads: []Workload{
+			{
+				NodeID:           "web-1",
+				Addresses:        []netip.Addr{netip.MustParseAddr("192.0.2.1")},
+				Labels:           map[string]string{"app": "web", "tier": "1"},
+				Inbound:          []InboundPort{{Port: 8080, AppPort: 8080, Protocol: ProtocolTCP}, {Port: 9090, AppPort: 19090, Protocol: ProtocolHTTP}},
+				Reach:            []string{"db"},
+				TransparentProxy: web,
+			},
+			{
+				NodeID:           "db-1",
+				Addresses:        []netip.Addr{netip.MustParseAddr("192.0.2.2")},
+				Labels:           map[string]string{"app": "db"},
+				TransparentProxy: db,
+			},
+		},
+	}
+	if diff := cmp.Diff(want, m, cmpNetip); diff != "" {
+		t.Errorf("mesh (-want +got):\n%s", diff)
+	}
+}
+
+func TestDecodeMeshErrors(t *testing.T) {
+	t.Parallel()
+	const svc = "services: [{name: a, virtualIPs: [198.51.100.1], ports: [80]}]\n"
+	const wl = "workloads: [{nodeId: w, addresses: [192.0.2.1]"
+	tests := []struct {
+		name, doc string
+		want      []string
+	}{
+		{"malformed yaml", "services: [", []string{`(document): `, "is not valid YAML or JSON"}},
+		{"not a mapping", "[1, 2]", []string{`(document): "[1,2]" is not a mapping`}},
+		{"unknown top-level key", "servics: []", []string{`servics: "[]" is not a known field (one of outboundPolicy, transparentProxy, services, workloads)`}},
+		{"unknown policy", "outboundPolicy: deny", []string{`outboundPolicy: "deny" is not one of allow-any, registry-only`}},
+		{"port out of range", "services: [{name: a, virtualIPs: [198.51.100.1], ports: [{port: 70000}]}]", []string{`services[0].ports[0].port: "70000" is not a port (1-65535)`}},
+		{"port missing", "services: [{name: a, virtualIPs: [198.51.100.1], ports: [{protocol: tcp}]}]", []string{`services[0].ports[0].port: "" is missing`}},
+		{"bad vip", "services: [{name: a, virtualIPs: [198.51.100.300], ports: [80]}]", []string{`services[0].virtualIPs[0]: "198.51.100.300" is not an IP address`}},
+		{"loopback vip", "services: [{name: a, virtualIPs: [127.0.0.1], ports: [80]}]", []string{`services[0].virtualIPs[0]: "127.0.0.1" is not a routable unicast address`}},
+		{"no vip", "services: [{name: a, ports: [80]}]", []string{`services[0].virtualIPs: "" is empty`}},
+		{"udp", "services: [{name: a, virtualIPs: [198.51.100.1], ports: [{port: 53, protocol: udp}]}]", []string{`services[0].ports[0].protocol: "udp" is not one of tcp, http`}},
+		{"unknown service key", "services: [{name: a, vips: [198.51.100.1]}]", []string{`services[0].vips: "[\"198.51.100.1\"]" is not a known field`}},
+		{"bad service name", "services: [{name: 'a b', virtualIPs: [198.51.100.1], ports: [80]}]", []string{`services[0].name: "a b" has ' '`}},
+		{"duplicate service", "services: [{name: a, virtualIPs: [198.51.100.1], ports: [80]}, {name: a, virtualIPs: [198.51.100.2], ports: [80]}]", []string{`services[1].name: "a" is also the name of services[0]`}},
+		{"vip port conflict", "services: [{name: a, virtualIPs: [198.51.100.1], ports: [80]}, {name: b, virtualIPs: [198.51.100.1], ports: [80]}]", []string{`services[1].ports[0].port: "80" on 198.51.100.1 is also served by service "a"`}},
+		{"unknown target port name", "services: [{name: a, virtualIPs: [198.51.100.1], ports: [80], endpoints: [{address: 203.0.113.1, targetPorts: {http: 8080}}]}]", []string{`services[0].endpoints[0].targetPorts.http: "8080" names no port of this service`}},
+		{"workload transparentProxy", svc + wl + ", transparentProxy: {outbound: {excludePorts: [80, 70000]}}}]", []string{`workloads[0].transparentProxy.outbound.excludePorts[1]: "70000" is not a port`}},
+		{"mesh transparentProxy", svc + "transparentProxy: {mode: bounce}\n" + wl + "}]", []string{`transparentProxy.mode: "bounce" is not one of redirect, tproxy`}},
+		{"transparentProxy conflict", svc + wl + ", transparentProxy: {proxy: {inboundPort: 15001}}}]", []string{`workloads[0].transparentProxy.proxy.outboundPort: "15001" is also proxy.inboundPort`}},
+		{"unknown reach", svc + wl + ", reach: [b]}]", []string{`workloads[0].reach[0]: "b" is not the name of a service`}},
+		{"dual without ipv6", svc + wl + ", transparentProxy: {ipFamilies: dual}}]", []string{`workloads[0].transparentProxy.ipFamilies: "dual" needs an IPv6 address in workloads[0].addresses`}},
+		{"inbound on a proxy port", svc + wl + ", inbound: [15001]}]", []string{`workloads[0].inbound[0].port: "15001" is one of the proxy's own ports`}},
+		{"app port on a proxy port", svc + wl + ", inbound: [{port: 80, appPort: 15006}]}]", []string{`workloads[0].inbound[0].appPort: "15006" is one of the proxy's own ports`}},
+		{"duplicate node", svc + "workloads: [{nodeId: w, addresses: [192.0.2.1]}, {nodeId: w, addresses: [192.0.2.2]}]", []string{`workloads[1].nodeId: "w" is also the node id of workloads[0]`}},
+		{"no address", svc + "workloads: [{nodeId: w}]", []string{`workloads[0].addresses: "" is empty`}},
+		{"no node id", svc + "workloads: [{addresses: [192.0.2.1]}]", []string{`workloads[0].nodeId: "" is not a node id`}},
+		{"label not a string", svc + wl + ", labels: {a: [1]}}]", []string{`workloads[0].labels.a: "[1]" is not a label value`}},
+		{
+			"every error at once", "outboundPolicy: deny\nservices: [{name: a, virtualIPs: [bad], ports: [0]}]",
+			[]string{`outboundPolicy: "deny"`, `services[0].virtualIPs[0]: "bad"`, `services[0].ports[0]: "0" is not a port`},
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			_, err := DecodeMesh([]byte(tt.doc))
+			if err == nil {
+				t.Fatal("DecodeMesh accepted an invalid mesh")
+			}
+			for _, w := range tt.want {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("error:\n%v\nwant it to contain:\n%s", err, w)
+				}
+			}
+			if !errors.Is(err, redirect.ErrInvalid) {
+				t.Errorf("error does not match redirect.ErrInvalid")
+			}
+		})
+	}
+}
+
+func TestDecodeExampleMeshes(t *testing.T) {
+	t.Parallel()
+	for _, path := range []string{"testdata/matrix.yaml", "../examples/mesh.yaml"} {
+		m, err := LoadMesh(path)
+		if err != nil {
+			t.Errorf("%s: %v", path, err)
+			continue
+		}
+		if _, err := buildSnapshots(m); err != nil {
+			t.Errorf("%s: build: %v", path, err)
+		}
+	}
+}

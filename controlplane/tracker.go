@@ -1,0 +1,392 @@
+package controlplane
+
+import (
+	"cmp"
+	"context"
+	"crypto/x509"
+	"log/slog"
+	"slices"
+	"sync"
+	"time"
+
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/peer"
+	"google.golang.org/grpc/status"
+)
+
+// tracker follows every ADS stream and every node: what was served, sent,
+// ACKed and NACKed. It implements go-control-plane's server callbacks (SotW and
+// delta), which the server calls synchronously on each stream's goroutine, and
+// enforces the mTLS node identity before any watch is created.
+type tracker struct {
+	log     *slog.Logger
+	metrics *metrics
+	now     func() time.Time
+	// requireIdentity refuses a request whose node id is not a SAN of the
+	// verified client certificate.
+	requireIdentity bool
+	// onIdle is called (without the lock) when the last stream of a node closes.
+	onIdle func(nodeID string)
+
+	mu      sync.Mutex
+	streams map[streamKey]*streamState
+	nodes   map[string]*nodeState
+}
+
+// streamKey tells SotW and delta streams apart: each server numbers its own.
+type streamKey struct {
+	protocol string
+	id       int64
+}
+
+type streamState struct {
+	protocol string
+	node     string // empty until the first request names it
+	peer     string
+	sans     []string // SANs of the verified client certificate
+	opened   time.Time
+	// last response sent per type URL: its nonce and version.
+	lastNonce   map[string]string
+	lastVersion map[string]string
+}
+
+type nodeState struct {
+	inMesh  bool
+	streams map[streamKey]bool
+	types   map[string]*typeState // by type URL
+}
+
+type typeState struct {
+	served    string    // version in the snapshot cache
+	changedAt time.Time // when the config change that produced served was seen
+	measured  bool      // the ACK latency of served was observed
+	sent      string
+	sentAt    time.Time
+	acked     string
+	ackedAt   time.Time
+	nacks     int
+	nacked    string // last version NACKed
+	lastNack  string
+	nackedAt  time.Time
+}
+
+func newTracker(log *slog.Logger, m *metrics) *tracker {
+	return &tracker{
+		log:     log,
+		metrics: m,
+		now:     time.Now,
+		streams: make(map[streamKey]*streamState),
+		nodes:   make(map[string]*nodeState),
+	}
+}
+
+func (t *tracker) node(id string) *nodeState {
+	n, ok := t.nodes[id]
+	if !ok {
+		n = &nodeState{streams: make(map[streamKey]bool), types: make(map[string]*typeState)}
+		t.nodes[id] = n
+	}
+	return n
+}
+
+func (n *nodeState) typ(url string) *typeState {
+	s, ok := n.types[url]
+	if !ok {
+		s = &typeState{}
+		n.types[url] = s
+	}
+	return s
+}
+
+// typeLabel is the short metric label of a type URL.
+func typeLabel(url string) string {
+	switch url {
+	case resourcev3.ListenerType:
+		return "listeners"
+	case resourcev3.ClusterType:
+		return "clusters"
+	}
+	return url
+}
+
+// served records the versions set in the cache for a node, and when the change
+// that led to them was seen.
+func (t *tracker) served(nodeID string, v Versions, changedAt time.Time) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	n := t.node(nodeID)
+	n.inMesh = true
+	for url, ver := range map[string]string{resourcev3.ListenerType: v.Listeners, resourcev3.ClusterType: v.Clusters} {
+		ts := n.typ(url)
+		if ts.served != ver {
+			ts.served, ts.changedAt, ts.measured = ver, changedAt, false
+		}
+	}
+}
+
+// removed marks a node as no longer in the mesh; it reports whether the node
+// still has streams (its snapshot must then stay until they close).
+func (t *tracker) removed(nodeID string) (connected bool) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	n, ok := t.nodes[nodeID]
+	if !ok {
+		return false
+	}
+	n.inMesh = false
+	if len(n.streams) == 0 {
+		delete(t.nodes, nodeID)
+		return false
+	}
+	return true
+}
+
+// nackedVersion is the last version of typeURL the node NACKed.
+func (t *tracker) nackedVersion(nodeID, typeURL string) string {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if n, ok := t.nodes[nodeID]; ok {
+		if ts, ok := n.types[typeURL]; ok {
+			return ts.nacked
+		}
+	}
+	return ""
+}
+
+func (t *tracker) open(ctx context.Context, protocol string, id int64) error {
+	s := &streamState{
+		protocol:    protocol,
+		opened:      t.now(),
+		lastNonce:   make(map[string]string),
+		lastVersion: make(map[string]string),
+	}
+	if p, ok := peer.FromContext(ctx); ok {
+		if p.Addr != nil {
+			s.peer = p.Addr.String()
+		}
+		if ti, ok := p.AuthInfo.(credentials.TLSInfo); ok && len(ti.State.VerifiedChains) > 0 && len(ti.State.VerifiedChains[0]) > 0 {
+			s.sans = certSANs(ti.State.VerifiedChains[0][0])
+		}
+	}
+	t.mu.Lock()
+	t.streams[streamKey{protocol, id}] = s
+	t.mu.Unlock()
+	return nil
+}
+
+func certSANs(c *x509.Certificate) []string {
+	out := slices.Clone(c.DNSNames)
+	for _, u := range c.URIs {
+		out = append(out, u.String())
+	}
+	out = append(out, c.EmailAddresses...)
+	for _, ip := range c.IPAddresses {
+		out = append(out, ip.String())
+	}
+	return out
+}
+
+func (t *tracker) close(protocol string, id int64) {
+	key := streamKey{protocol, id}
+	t.mu.Lock()
+	s, ok := t.streams[key]
+	delete(t.streams, key)
+	idle := ""
+	if ok && s.node != "" {
+		t.metrics.connected.WithLabelValues(protocol).Dec()
+		if n, ok := t.nodes[s.node]; ok {
+			delete(n.streams, key)
+			if len(n.streams) == 0 {
+				idle = s.node
+				if !n.inMesh {
+					delete(t.nodes, s.node)
+				}
+			}
+		}
+	}
+	t.mu.Unlock()
+	if idle != "" && t.onIdle != nil {
+		t.onIdle(idle)
+	}
+}
+
+// request handles a SotW or delta request: identity, ACK and NACK.
+// version is the version the request reports (SotW version_info); for delta it
+// is empty and the ACKed version is the one sent with the nonce.
+func (t *tracker) request(protocol string, id int64, node *corev3.Node, typeURL, nonce, version, errorDetail string, isNack bool) error {
+	key := streamKey{protocol, id}
+	t.mu.Lock()
+	s, ok := t.streams[key]
+	if !ok {
+		t.mu.Unlock()
+		return status.Error(codes.Internal, "unknown stream")
+	}
+	nodeID := s.node
+	if node.GetId() != "" {
+		nodeID = node.GetId()
+	}
+	if nodeID == "" {
+		t.mu.Unlock()
+		return status.Error(codes.InvalidArgument, "the first request of a stream must name its node (node.id)")
+	}
+	if t.requireIdentity && !slices.Contains(s.sans, nodeID) {
+		t.mu.Unlock()
+		t.metrics.rejected.Inc()
+		t.log.Warn("refused node id not named by the client certificate", "node_id", nodeID, "peer", s.peer, "sans", s.sans)
+		return status.Errorf(codes.PermissionDenied, "client certificate does not name node %q", nodeID)
+	}
+	if s.node != nodeID {
+		if s.node != "" {
+			t.mu.Unlock()
+			return status.Errorf(codes.InvalidArgument, "node id changed on the stream from %q to %q", s.node, nodeID)
+		}
+		s.node = nodeID
+		t.node(nodeID).streams[key] = true
+		t.metrics.connected.WithLabelValues(protocol).Inc()
+		t.log.Info("proxy connected", "node_id", nodeID, "protocol", protocol, "peer", s.peer)
+	}
+	if nonce == "" || nonce != s.lastNonce[typeURL] {
+		// An initial request, or one about an older response: nothing to record.
+		t.mu.Unlock()
+		return nil
+	}
+	sentVersion := s.lastVersion[typeURL]
+	ts := t.node(nodeID).typ(typeURL)
+	now := t.now()
+	if isNack {
+		ts.nacks++
+		ts.nacked, ts.lastNack, ts.nackedAt = sentVersion, errorDetail, now
+		t.mu.Unlock()
+		t.metrics.nacks.WithLabelValues(nodeID, typeLabel(typeURL)).Inc()
+		t.log.Warn("proxy rejected config (NACK)", "node_id", nodeID, "type", typeLabel(typeURL), "version", sentVersion, "error", errorDetail)
+		return nil
+	}
+	acked := version
+	if protocol == protocolDelta {
+		acked = sentVersion
+	}
+	ts.acked, ts.ackedAt = acked, now
+	var latency time.Duration
+	if acked == ts.served && !ts.measured && !ts.changedAt.IsZero() {
+		ts.measured = true
+		latency = now.Sub(ts.changedAt)
+	}
+	t.mu.Unlock()
+	if latency > 0 {
+		t.metrics.ackLatency.WithLabelValues(typeLabel(typeURL)).Observe(latency.Seconds())
+	}
+	return nil
+}
+
+func (t *tracker) response(protocol string, id int64, typeURL, nonce, version string) {
+	t.mu.Lock()
+	if s, ok := t.streams[streamKey{protocol, id}]; ok {
+		s.lastNonce[typeURL] = nonce
+		s.lastVersion[typeURL] = version
+		if s.node != "" {
+			ts := t.node(s.node).typ(typeURL)
+			ts.sent, ts.sentAt = version, t.now()
+		}
+	}
+	t.mu.Unlock()
+	t.metrics.pushes.WithLabelValues(typeLabel(typeURL)).Inc()
+}
+
+// Callbacks of go-control-plane's server (serverv3.Callbacks).
+
+func (t *tracker) OnStreamOpen(ctx context.Context, id int64, _ string) error {
+	return t.open(ctx, protocolSotW, id)
+}
+
+func (t *tracker) OnStreamClosed(id int64, _ *corev3.Node) { t.close(protocolSotW, id) }
+
+func (t *tracker) OnStreamRequest(id int64, r *discoveryv3.DiscoveryRequest) error {
+	return t.request(protocolSotW, id, r.GetNode(), r.GetTypeUrl(), r.GetResponseNonce(), r.GetVersionInfo(),
+		r.GetErrorDetail().GetMessage(), r.GetErrorDetail() != nil)
+}
+
+func (t *tracker) OnStreamResponse(_ context.Context, id int64, _ *discoveryv3.DiscoveryRequest, r *discoveryv3.DiscoveryResponse) {
+	t.response(protocolSotW, id, r.GetTypeUrl(), r.GetNonce(), r.GetVersionInfo())
+}
+
+func (t *tracker) OnDeltaStreamOpen(ctx context.Context, id int64, _ string) error {
+	return t.open(ctx, protocolDelta, id)
+}
+
+func (t *tracker) OnDeltaStreamClosed(id int64, _ *corev3.Node) { t.close(protocolDelta, id) }
+
+func (t *tracker) OnStreamDeltaRequest(id int64, r *discoveryv3.DeltaDiscoveryRequest) error {
+	return t.request(protocolDelta, id, r.GetNode(), r.GetTypeUrl(), r.GetResponseNonce(), "",
+		r.GetErrorDetail().GetMessage(), r.GetErrorDetail() != nil)
+}
+
+func (t *tracker) OnStreamDeltaResponse(id int64, _ *discoveryv3.DeltaDiscoveryRequest, r *discoveryv3.DeltaDiscoveryResponse) {
+	t.response(protocolDelta, id, r.GetTypeUrl(), r.GetNonce(), r.GetSystemVersionInfo())
+}
+
+func (t *tracker) OnFetchRequest(context.Context, *discoveryv3.DiscoveryRequest) error {
+	return status.Error(codes.Unimplemented, "REST xDS is not served; use ADS")
+}
+
+func (t *tracker) OnFetchResponse(*discoveryv3.DiscoveryRequest, *discoveryv3.DiscoveryResponse) {}
+
+// NodeStatus is one node's entry of /debug/nodes.
+type NodeStatus struct {
+	NodeID    string                `json:"nodeId"`
+	InMesh    bool                  `json:"inMesh"`
+	Streams   []StreamStatus        `json:"streams"`
+	Resources map[string]TypeStatus `json:"resources"`
+}
+
+// StreamStatus describes one connected ADS stream.
+type StreamStatus struct {
+	Protocol string    `json:"protocol"`
+	Peer     string    `json:"peer,omitempty"`
+	Opened   time.Time `json:"opened"`
+}
+
+// TypeStatus is the state of one resource type of a node: the version the
+// control plane serves, the last one sent, the last one the proxy ACKed, and
+// its NACKs.
+type TypeStatus struct {
+	Served   string     `json:"served"`
+	Sent     string     `json:"sent,omitempty"`
+	Acked    string     `json:"acked,omitempty"`
+	AckedAt  *time.Time `json:"ackedAt,omitempty"`
+	InSync   bool       `json:"inSync"`
+	NACKs    int        `json:"nacks"`
+	Nacked   string     `json:"nacked,omitempty"`
+	LastNACK string     `json:"lastNack,omitempty"`
+}
+
+// status returns every known node, sorted by node id.
+func (t *tracker) status() []NodeStatus {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	out := make([]NodeStatus, 0, len(t.nodes))
+	for id, n := range t.nodes {
+		ns := NodeStatus{NodeID: id, InMesh: n.inMesh, Streams: []StreamStatus{}, Resources: make(map[string]TypeStatus, len(n.types))}
+		for key := range n.streams {
+			if s, ok := t.streams[key]; ok {
+				ns.Streams = append(ns.Streams, StreamStatus{Protocol: s.protocol, Peer: s.peer, Opened: s.opened})
+			}
+		}
+		slices.SortFunc(ns.Streams, func(a, b StreamStatus) int { return a.Opened.Compare(b.Opened) })
+		for url, ts := range n.types {
+			st := TypeStatus{Served: ts.served, Sent: ts.sent, Acked: ts.acked, InSync: ts.served != "" && ts.acked == ts.served,
+				NACKs: ts.nacks, Nacked: ts.nacked, LastNACK: ts.lastNack}
+			if !ts.ackedAt.IsZero() {
+				at := ts.ackedAt
+				st.AckedAt = &at
+			}
+			ns.Resources[typeLabel(url)] = st
+		}
+		out = append(out, ns)
+	}
+	slices.SortFunc(out, func(a, b NodeStatus) int { return cmp.Compare(a.NodeID, b.NodeID) })
+	return out
+}

@@ -1,0 +1,337 @@
+package controlplane
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"slices"
+	"strconv"
+	"strings"
+
+	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
+	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
+	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
+	tcpproxyv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/tcp_proxy/v3"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/reflect/protoreflect"
+	"google.golang.org/protobuf/reflect/protoregistry"
+	"google.golang.org/protobuf/types/descriptorpb"
+	"google.golang.org/protobuf/types/known/anypb"
+
+	// Typed configs are unpacked by type URL during validation; these register
+	// the extensions the generator uses.
+	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/router/v3"
+	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/listener/original_dst/v3"
+)
+
+// ErrInvalidResources matches every error about generated Envoy resources that
+// failed validation; such a snapshot is never served.
+var ErrInvalidResources = errors.New("invalid envoy resources")
+
+// ResourceError names the resource and the field path inside it that failed.
+type ResourceError struct {
+	Node     string // node id, empty for checks of a single resource
+	Resource string // "listener outbound", "cluster passthrough"
+	Path     string // field path inside the resource, may be empty
+	Reason   string
+}
+
+func (e *ResourceError) Error() string {
+	var b strings.Builder
+	if e.Node != "" {
+		b.WriteString("node " + strconv.Quote(e.Node) + ": ")
+	}
+	b.WriteString(e.Resource)
+	if e.Path != "" {
+		b.WriteString(": " + e.Path)
+	}
+	b.WriteString(": " + e.Reason)
+	return b.String()
+}
+
+// Is makes every ResourceError match ErrInvalidResources.
+func (e *ResourceError) Is(target error) bool { return target == ErrInvalidResources }
+
+// ValidateResource checks one resource deeply: protoc-gen-validate's
+// ValidateAll on the resource and on every typed config inside it (each Any is
+// unpacked, recursively), and no deprecated field or enum value anywhere.
+// Validate on a resource alone does not look inside typed_config; Envoy does.
+func ValidateResource(m proto.Message) error {
+	return validateMessage(m, "")
+}
+
+type allValidator interface{ ValidateAll() error }
+
+func validateMessage(m proto.Message, path string) error {
+	if v, ok := m.(allValidator); ok {
+		if err := v.ValidateAll(); err != nil {
+			return fmt.Errorf("%s%s", pathPrefix(path), err)
+		}
+	}
+	return walkMessage(m.ProtoReflect(), path)
+}
+
+func pathPrefix(path string) string {
+	if path == "" {
+		return ""
+	}
+	return path + ": "
+}
+
+func walkMessage(m protoreflect.Message, path string) error {
+	if packed, ok := m.Interface().(*anypb.Any); ok {
+		inner, err := anypb.UnmarshalNew(packed, proto.UnmarshalOptions{Resolver: protoregistry.GlobalTypes})
+		if err != nil {
+			return fmt.Errorf("%sunpack %s: %w", pathPrefix(path), packed.GetTypeUrl(), err)
+		}
+		return validateMessage(inner, path+"("+string(inner.ProtoReflect().Descriptor().FullName())+")")
+	}
+	var err error
+	m.Range(func(fd protoreflect.FieldDescriptor, v protoreflect.Value) bool {
+		fp := string(fd.Name())
+		if path != "" {
+			fp = path + "." + fp
+		}
+		if opts, ok := fd.Options().(*descriptorpb.FieldOptions); ok && opts.GetDeprecated() {
+			err = fmt.Errorf("%s: is deprecated", fp)
+			return false
+		}
+		switch {
+		case fd.IsList():
+			l := v.List()
+			for i := 0; i < l.Len() && err == nil; i++ {
+				err = walkValue(fd, l.Get(i), fmt.Sprintf("%s[%d]", fp, i))
+			}
+		case fd.IsMap():
+			v.Map().Range(func(k protoreflect.MapKey, mv protoreflect.Value) bool {
+				err = walkValue(fd.MapValue(), mv, fmt.Sprintf("%s[%v]", fp, k.Interface()))
+				return err == nil
+			})
+		default:
+			err = walkValue(fd, v, fp)
+		}
+		return err == nil
+	})
+	return err
+}
+
+func walkValue(fd protoreflect.FieldDescriptor, v protoreflect.Value, path string) error {
+	switch fd.Kind() {
+	case protoreflect.MessageKind, protoreflect.GroupKind:
+		return walkMessage(v.Message(), path)
+	case protoreflect.EnumKind:
+		ev := fd.Enum().Values().ByNumber(v.Enum())
+		if ev == nil {
+			return fmt.Errorf("%s: enum value %d is not defined", path, v.Enum())
+		}
+		if opts, ok := ev.Options().(*descriptorpb.EnumValueOptions); ok && opts.GetDeprecated() {
+			return fmt.Errorf("%s: enum value %s is deprecated", path, ev.Name())
+		}
+	}
+	return nil
+}
+
+// checker validates the resources of every node of one build. Each distinct
+// resource (by pointer: the generator shares them between nodes) is validated
+// and scanned for cluster references once.
+type checker struct {
+	valid map[proto.Message]error
+	refs  map[*listenerv3.Listener][]string
+}
+
+func newChecker() *checker {
+	return &checker{valid: make(map[proto.Message]error), refs: make(map[*listenerv3.Listener][]string)}
+}
+
+func (c *checker) validate(m proto.Message, kind, name string) error {
+	err, seen := c.valid[m]
+	if !seen {
+		if verr := ValidateResource(m); verr != nil {
+			err = &ResourceError{Resource: kind + " " + name, Reason: verr.Error()}
+		}
+		c.valid[m] = err
+	}
+	return err
+}
+
+// check runs the deep validation of every resource and the cross-resource
+// checks of our own for one node: unique listener names and addresses, unique
+// filter chain matches and names in each listener, every referenced cluster
+// present, no EDS or RDS (the proxy is never served them), and ORIGINAL_DST
+// clusters (and only they) with the CLUSTER_PROVIDED load balancer.
+func (c *checker) check(node string, r Resources) error {
+	var errs []error
+	fail := func(resource, path, reason string) {
+		errs = append(errs, &ResourceError{Node: node, Resource: resource, Path: path, Reason: reason})
+	}
+	clusters := make(map[string]bool, len(r.Clusters))
+	for _, cl := range r.Clusters {
+		res := "cluster " + cl.GetName()
+		if err := c.validate(cl, "cluster", cl.GetName()); err != nil {
+			errs = append(errs, withNode(node, err))
+		}
+		if clusters[cl.GetName()] {
+			fail(res, "name", "is duplicated")
+		}
+		clusters[cl.GetName()] = true
+		typ := cl.GetType()
+		switch {
+		case cl.GetClusterType() != nil:
+			fail(res, "cluster_type", "custom cluster types are not served")
+		case typ == clusterv3.Cluster_EDS:
+			fail(res, "type", "is EDS, but this control plane serves no endpoints (inline load_assignment)")
+		case typ == clusterv3.Cluster_ORIGINAL_DST && cl.GetLbPolicy() != clusterv3.Cluster_CLUSTER_PROVIDED:
+			fail(res, "lb_policy", cl.GetLbPolicy().String()+" on an ORIGINAL_DST cluster; it needs CLUSTER_PROVIDED")
+		case typ != clusterv3.Cluster_ORIGINAL_DST && cl.GetLbPolicy() == clusterv3.Cluster_CLUSTER_PROVIDED:
+			fail(res, "lb_policy", "CLUSTER_PROVIDED on a "+typ.String()+" cluster; only ORIGINAL_DST provides one")
+		case typ == clusterv3.Cluster_ORIGINAL_DST && cl.GetLoadAssignment() != nil:
+			fail(res, "load_assignment", "is set on an ORIGINAL_DST cluster")
+		}
+	}
+
+	names := make(map[string]bool, len(r.Listeners))
+	addrs := make(map[string]string, len(r.Listeners))
+	for _, l := range r.Listeners {
+		res := "listener " + l.GetName()
+		if err := c.validate(l, "listener", l.GetName()); err != nil {
+			errs = append(errs, withNode(node, err))
+			continue
+		}
+		if names[l.GetName()] {
+			fail(res, "name", "is duplicated")
+		}
+		names[l.GetName()] = true
+		addr := listenerAddress(l.GetAddress())
+		if other, dup := addrs[addr]; dup {
+			fail(res, "address", addr+" is also the address of listener "+other)
+		}
+		addrs[addr] = l.GetName()
+		if l.GetUseOriginalDst().GetValue() && l.GetBindToPort() != nil && !l.GetBindToPort().GetValue() {
+			fail(res, "use_original_dst", "is set on a listener that does not bind; nothing would reach it")
+		}
+		if err := checkChains(l); err != "" {
+			fail(res, "filter_chains", err)
+		}
+		refs, err := c.clusterRefs(l)
+		if err != nil {
+			fail(res, "", err.Error())
+			continue
+		}
+		for _, ref := range refs {
+			if !clusters[ref] {
+				fail(res, "", "references cluster "+strconv.Quote(ref)+", which the snapshot does not hold")
+			}
+		}
+	}
+	return errors.Join(errs...)
+}
+
+func withNode(node string, err error) error {
+	var re *ResourceError
+	if errors.As(err, &re) {
+		c := *re
+		c.Node = node
+		return &c
+	}
+	return err
+}
+
+func listenerAddress(a *corev3.Address) string {
+	sa := a.GetSocketAddress()
+	if sa == nil {
+		return a.String()
+	}
+	return sa.GetProtocol().String() + " " + sa.GetAddress() + " " + strconv.FormatUint(uint64(sa.GetPortValue()), 10)
+}
+
+// checkChains returns why l's filter chains are ambiguous, or "".
+func checkChains(l *listenerv3.Listener) string {
+	var matches [][]byte
+	names := make(map[string]bool, len(l.GetFilterChains()))
+	for i, fc := range l.GetFilterChains() {
+		if fc.GetName() != "" {
+			if names[fc.GetName()] {
+				return fmt.Sprintf("[%d] name %q is duplicated", i, fc.GetName())
+			}
+			names[fc.GetName()] = true
+		}
+		m := fc.GetFilterChainMatch()
+		if m == nil {
+			m = &listenerv3.FilterChainMatch{}
+		}
+		b, err := proto.MarshalOptions{Deterministic: true}.Marshal(m)
+		if err != nil {
+			return fmt.Sprintf("[%d] filter_chain_match: %v", i, err)
+		}
+		for j, other := range matches {
+			if bytes.Equal(b, other) {
+				return fmt.Sprintf("[%d] has the same filter_chain_match as [%d]", i, j)
+			}
+		}
+		matches = append(matches, b)
+	}
+	return ""
+}
+
+// clusterRefs returns the clusters a listener's filters send to.
+func (c *checker) clusterRefs(l *listenerv3.Listener) ([]string, error) {
+	if refs, ok := c.refs[l]; ok {
+		return refs, nil
+	}
+	var refs []string
+	chains := l.GetFilterChains()
+	if l.GetDefaultFilterChain() != nil {
+		chains = append(slices.Clip(chains), l.GetDefaultFilterChain())
+	}
+	for _, fc := range chains {
+		for _, f := range fc.GetFilters() {
+			tc := f.GetTypedConfig()
+			if tc == nil {
+				return nil, fmt.Errorf("filter %s has no typed_config", f.GetName())
+			}
+			msg, err := tc.UnmarshalNew()
+			if err != nil {
+				return nil, fmt.Errorf("filter %s: unpack: %w", f.GetName(), err)
+			}
+			switch t := msg.(type) {
+			case *tcpproxyv3.TcpProxy:
+				if name := t.GetCluster(); name != "" {
+					refs = append(refs, name)
+				}
+				for _, wc := range t.GetWeightedClusters().GetClusters() {
+					refs = append(refs, wc.GetName())
+				}
+			case *hcmv3.HttpConnectionManager:
+				if t.GetRds() != nil || t.GetScopedRoutes() != nil {
+					return nil, fmt.Errorf("filter %s uses RDS, but this control plane serves routes inline only", f.GetName())
+				}
+				refs = append(refs, routeClusters(t.GetRouteConfig())...)
+			}
+		}
+	}
+	slices.Sort(refs)
+	refs = slices.Compact(refs)
+	c.refs[l] = refs
+	return refs, nil
+}
+
+func routeClusters(rc *routev3.RouteConfiguration) []string {
+	var out []string
+	for _, vh := range rc.GetVirtualHosts() {
+		for _, r := range vh.GetRoutes() {
+			a := r.GetRoute()
+			if a == nil {
+				continue
+			}
+			if n := a.GetCluster(); n != "" {
+				out = append(out, n)
+			}
+			for _, wc := range a.GetWeightedClusters().GetClusters() {
+				out = append(out, wc.GetName())
+			}
+		}
+	}
+	return out
+}

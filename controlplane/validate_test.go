@@ -1,0 +1,241 @@
+package controlplane
+
+import (
+	"errors"
+	"strings"
+	"testing"
+
+	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
+	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
+	tcpproxyv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/tcp_proxy/v3"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/wrapperspb"
+)
+
+// baseResources is a valid node: the generator's output for one workload.
+func baseResources(t *testing.T) Resources {
+	t.Helper()
+	r, err := loadMesh(t, "testdata/matrix.yaml").Resources("redirect-dual")
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Deep copies: the cases below modify them.
+	out := Resources{}
+	for _, l := range r.Listeners {
+		out.Listeners = append(out.Listeners, proto.Clone(l).(*listenerv3.Listener))
+	}
+	for _, c := range r.Clusters {
+		out.Clusters = append(out.Clusters, proto.Clone(c).(*clusterv3.Cluster))
+	}
+	return out
+}
+
+func listenerNamed(r Resources, name string) *listenerv3.Listener {
+	for _, l := range r.Listeners {
+		if l.GetName() == name {
+			return l
+		}
+	}
+	return nil
+}
+
+func clusterNamed(r Resources, name string) *clusterv3.Cluster {
+	for _, c := range r.Clusters {
+		if c.GetName() == name {
+			return c
+		}
+	}
+	return nil
+}
+
+func TestCheckerAcceptsGeneratedResources(t *testing.T) {
+	t.Parallel()
+	m := loadMesh(t, "testdata/matrix.yaml")
+	for _, w := range m.Workloads {
+		r, err := m.Resources(w.NodeID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := newChecker().check(w.NodeID, r); err != nil {
+			t.Errorf("node %s: %v", w.NodeID, err)
+		}
+	}
+}
+
+func TestCheckerRejects(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		name   string
+		mutate func(t *testing.T, r *Resources)
+		want   string
+	}{
+		{
+			name: "missing cluster",
+			mutate: func(t *testing.T, r *Resources) {
+				var kept []*clusterv3.Cluster
+				for _, c := range r.Clusters {
+					if c.GetName() != "outbound|5432|db" {
+						kept = append(kept, c)
+					}
+				}
+				r.Clusters = kept
+			},
+			want: `listener 198.51.100.10:5432: references cluster "outbound|5432|db", which the snapshot does not hold`,
+		},
+		{
+			name: "missing cluster behind an http route",
+			mutate: func(t *testing.T, r *Resources) {
+				c := clusterNamed(*r, "outbound|80|web")
+				c.Name = "renamed"
+				c.LoadAssignment.ClusterName = "renamed"
+			},
+			want: `references cluster "outbound|80|web"`,
+		},
+		{
+			name: "duplicate listener name",
+			mutate: func(t *testing.T, r *Resources) {
+				listenerNamed(*r, ListenerInboundIPv6).Name = ListenerInbound
+			},
+			want: "listener inbound: name: is duplicated",
+		},
+		{
+			name: "duplicate listener address",
+			mutate: func(t *testing.T, r *Resources) {
+				l := proto.Clone(listenerNamed(*r, ListenerOutbound)).(*listenerv3.Listener)
+				l.Name = "another"
+				r.Listeners = append(r.Listeners, l)
+			},
+			want: "listener another: address: TCP 0.0.0.0 15001 is also the address of listener outbound",
+		},
+		{
+			name: "duplicate filter chain match",
+			mutate: func(t *testing.T, r *Resources) {
+				l := listenerNamed(*r, ListenerInbound)
+				fc := proto.Clone(l.FilterChains[1]).(*listenerv3.FilterChain)
+				fc.Name = "copy"
+				l.FilterChains = append(l.FilterChains, fc)
+			},
+			want: "listener inbound: filter_chains: [3] has the same filter_chain_match as [1]",
+		},
+		{
+			name: "two catch-all chains",
+			mutate: func(t *testing.T, r *Resources) {
+				l := listenerNamed(*r, ListenerOutbound)
+				fc := proto.Clone(l.FilterChains[1]).(*listenerv3.FilterChain)
+				fc.Name = "second"
+				l.FilterChains = append(l.FilterChains, fc)
+			},
+			want: "has the same filter_chain_match as [1]",
+		},
+		{
+			name: "duplicate filter chain name",
+			mutate: func(t *testing.T, r *Resources) {
+				l := listenerNamed(*r, ListenerOutbound)
+				l.FilterChains[1].Name = l.FilterChains[0].Name
+			},
+			want: `name "loop-guard" is duplicated`,
+		},
+		{
+			name: "original_dst without cluster_provided",
+			mutate: func(t *testing.T, r *Resources) {
+				clusterNamed(*r, ClusterPassthrough).LbPolicy = clusterv3.Cluster_ROUND_ROBIN
+			},
+			want: "cluster passthrough: lb_policy: ROUND_ROBIN on an ORIGINAL_DST cluster; it needs CLUSTER_PROVIDED",
+		},
+		{
+			name: "cluster_provided on a static cluster",
+			mutate: func(t *testing.T, r *Resources) {
+				clusterNamed(*r, ClusterBlackhole).LbPolicy = clusterv3.Cluster_CLUSTER_PROVIDED
+			},
+			want: "CLUSTER_PROVIDED on a STATIC cluster",
+		},
+		{
+			name: "EDS cluster",
+			mutate: func(t *testing.T, r *Resources) {
+				c := clusterNamed(*r, "outbound|5432|db")
+				c.ClusterDiscoveryType = &clusterv3.Cluster_Type{Type: clusterv3.Cluster_EDS}
+				c.EdsClusterConfig = &clusterv3.Cluster_EdsClusterConfig{EdsConfig: &corev3.ConfigSource{ConfigSourceSpecifier: &corev3.ConfigSource_Ads{Ads: &corev3.AggregatedConfigSource{}}}}
+			},
+			want: "is EDS, but this control plane serves no endpoints",
+		},
+		{
+			name: "RDS route",
+			mutate: func(t *testing.T, r *Resources) {
+				l := listenerNamed(*r, "198.51.100.20:80")
+				l.FilterChains[0].Filters[0].ConfigType = &listenerv3.Filter_TypedConfig{TypedConfig: mustAny(&hcmv3.HttpConnectionManager{
+					StatPrefix: "x",
+					RouteSpecifier: &hcmv3.HttpConnectionManager_Rds{Rds: &hcmv3.Rds{
+						RouteConfigName: "x",
+						ConfigSource:    &corev3.ConfigSource{ConfigSourceSpecifier: &corev3.ConfigSource_Ads{Ads: &corev3.AggregatedConfigSource{}}},
+					}},
+				})}
+			},
+			want: "uses RDS",
+		},
+		{
+			name: "invalid typed config (empty stat prefix)",
+			mutate: func(t *testing.T, r *Resources) {
+				l := listenerNamed(*r, ListenerOutbound)
+				l.FilterChains[1].Filters[0].ConfigType = &listenerv3.Filter_TypedConfig{TypedConfig: mustAny(&tcpproxyv3.TcpProxy{
+					ClusterSpecifier: &tcpproxyv3.TcpProxy_Cluster{Cluster: ClusterPassthrough},
+				})}
+			},
+			want: "listener outbound: filter_chains[1].filters[0].typed_config(envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy): invalid TcpProxy.StatPrefix",
+		},
+		{
+			name: "invalid listener field",
+			mutate: func(t *testing.T, r *Resources) {
+				listenerNamed(*r, ListenerOutbound).Address.GetSocketAddress().PortSpecifier = &corev3.SocketAddress_PortValue{PortValue: 70000}
+			},
+			want: "listener outbound: invalid Listener.Address",
+		},
+		{
+			name: "deprecated field",
+			mutate: func(t *testing.T, r *Resources) {
+				listenerNamed(*r, ListenerOutbound).ReusePort = true
+			},
+			want: "listener outbound: reuse_port: is deprecated",
+		},
+		{
+			name: "deprecated field inside a typed config",
+			mutate: func(t *testing.T, r *Resources) {
+				l := listenerNamed(*r, ListenerOutbound)
+				l.FilterChains[1].Filters[0].ConfigType = &listenerv3.Filter_TypedConfig{TypedConfig: mustAny(&tcpproxyv3.TcpProxy{
+					StatPrefix:                "x",
+					ClusterSpecifier:          &tcpproxyv3.TcpProxy_Cluster{Cluster: ClusterPassthrough},
+					FlushAccessLogOnConnected: true,
+				})}
+			},
+			want: "listener outbound: filter_chains[1].filters[0].typed_config(envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy).flush_access_log_on_connected: is deprecated",
+		},
+		{
+			name: "use_original_dst on a listener that does not bind",
+			mutate: func(t *testing.T, r *Resources) {
+				listenerNamed(*r, ListenerOutbound).BindToPort = wrapperspb.Bool(false)
+			},
+			want: "listener outbound: use_original_dst: is set on a listener that does not bind",
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			r := baseResources(t)
+			tt.mutate(t, &r)
+			err := newChecker().check("n1", r)
+			if err == nil {
+				t.Fatal("check accepted invalid resources")
+			}
+			if !strings.Contains(err.Error(), tt.want) {
+				t.Errorf("error:\n%v\nwant it to contain:\n%s", err, tt.want)
+			}
+			if !strings.Contains(err.Error(), `node "n1"`) {
+				t.Errorf("error %v does not name the node", err)
+			}
+			if !errors.Is(err, ErrInvalidResources) {
+				t.Errorf("error does not match ErrInvalidResources")
+			}
+		})
+	}
+}

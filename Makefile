@@ -43,6 +43,9 @@ test: deps ## everything: vet, unit, privileged and end-to-end tests (run as roo
 	$(GO) vet ./...
 	$(GO) test -count=1 -timeout 80m ./...
 
+bench: deps-apt deps-kube deps-cni-plugins ## every benchmark with its figures (as root): engine, CNI ADD latency, xDS fan-out
+	$(MAKE) --no-print-directory bench-engine bench-cni bench-cp
+
 test-unit: ## the unprivileged unit tests only
 	$(GO) test -count=1 ./redirect/... ./controlplane/... ./cni/... ./cmd/... ./internal/...
 

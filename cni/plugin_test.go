@@ -668,10 +668,10 @@ func TestGC(t *testing.T) {
 	}
 	e.stdout.Reset()
 	// a temporary file left by a crashed write
-	if err := os.WriteFile(filepath.Join(dir, ".tmp-123"), nil, 0o600); err != nil {
+	if err := os.WriteFile(filepath.Join(dir, ".c1:eth0.json.123.tmp"), nil, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	if err := os.Chtimes(filepath.Join(dir, ".tmp-123"), old, old); err != nil {
+	if err := os.Chtimes(filepath.Join(dir, ".c1:eth0.json.123.tmp"), old, old); err != nil {
 		t.Fatal(err)
 	}
 	// Another network's state is not this GC's business.

@@ -20,7 +20,7 @@ export DETOUR_KUBE_BIN := $(KUBE_BIN)
 export KUBEBUILDER_ASSETS := $(KUBE_BIN)
 export DETOUR_CNI_PLUGINS_BIN := $(CNI_PLUGINS_BIN)
 
-.PHONY: help build test test-unit test-e2e lint verify generate bench demo deps deps-apt deps-kube deps-cni-plugins fuzz clean
+.PHONY: help build test test-unit test-e2e lint verify generate bench bench-cli demo deps deps-apt deps-kube deps-cni-plugins fuzz clean
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -42,6 +42,12 @@ deps-cni-plugins: ## build the reference CNI plugins and cnitool into the cache
 test: deps ## everything: vet, unit, privileged and end-to-end tests (run as root)
 	$(GO) vet ./...
 	$(GO) test -count=1 -timeout 80m ./...
+
+bench: deps-apt deps-kube deps-cni-plugins ## every benchmark with its figures (as root): CLI, engine, CNI ADD latency, xDS fan-out
+	$(MAKE) --no-print-directory bench-cli bench-engine bench-cni bench-controlplane
+
+bench-cli: deps-apt build ## detour install / no-change re-run / uninstall through the binary: median time, child processes (root)
+	$(GO) run ./hack/bench --detour $(BIN)/detour --runs $${BENCH_RUNS:-25}
 
 test-unit: ## the unprivileged unit tests only
 	$(GO) test -count=1 ./redirect/... ./controlplane/... ./cni/... ./cmd/... ./internal/...

@@ -400,15 +400,27 @@ func (p *Plugin) Del(args *skel.CmdArgs) error {
 	return nil
 }
 
-// iptablesTools are the commands the engine runs; each needs at least one of
-// its spellings on PATH.
-var iptablesTools = [][]string{
-	{"iptables-save", "iptables-nft-save", "iptables-legacy-save"},
-	{"iptables-restore", "iptables-nft-restore", "iptables-legacy-restore"},
+// iptablesBackends are the backends the engine can use; STATUS needs the four
+// tools of one of them (iptables-nft-save, ip6tables-nft-restore, …).
+var iptablesBackends = []string{"nft", "legacy"}
+
+// missingTools returns the tools of the backend that are not on PATH.
+func missingTools(lookPath func(string) (string, error), backend string) []string {
+	var missing []string
+	for _, fam := range []string{"iptables", "ip6tables"} {
+		for _, op := range []string{"save", "restore"} {
+			name := fam + "-" + backend + "-" + op
+			if _, err := lookPath(name); err != nil {
+				missing = append(missing, name)
+			}
+		}
+	}
+	return missing
 }
 
 // Status reports whether the plugin can serve ADD: the kubeconfig exists and
-// loads, the iptables tools are on PATH, and the state dir is usable. Each
+// loads, the tools of one iptables backend are on PATH, and the state dir is
+// usable. Each
 // failure is CNI code 50 (not available). It does not call the API server.
 func (p *Plugin) Status(args *skel.CmdArgs) error {
 	c, err := p.begin("STATUS", args)
@@ -422,17 +434,17 @@ func (p *Plugin) Status(args *skel.CmdArgs) error {
 	} else if _, err := clientcmd.BuildConfigFromFlags("", c.conf.Kubeconfig); err != nil {
 		problems = append(problems, fmt.Sprintf("kubeconfig %s: %v", c.conf.Kubeconfig, err))
 	}
-	for _, names := range iptablesTools {
-		found := false
-		for _, n := range names {
-			if _, err := p.o.LookPath(n); err == nil {
-				found = true
-				break
-			}
+	var missing []string
+	for _, b := range iptablesBackends {
+		m := missingTools(p.o.LookPath, b)
+		if len(m) == 0 {
+			missing = nil
+			break
 		}
-		if !found {
-			problems = append(problems, "none of "+strings.Join(names, ", ")+" is on PATH")
-		}
+		missing = append(missing, m...)
+	}
+	if len(missing) > 0 {
+		problems = append(problems, "no complete iptables backend on PATH (missing "+strings.Join(missing, ", ")+")")
 	}
 	if err := os.MkdirAll(c.store.dir, 0o700); err != nil {
 		problems = append(problems, fmt.Sprintf("state dir: %v", err))

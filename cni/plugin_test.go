@@ -613,6 +613,12 @@ func TestStatus(t *testing.T) {
 		}
 		return "/usr/sbin/" + f, nil
 	}
+	halfEach := func(f string) (string, error) { // nft lacks IPv6, legacy lacks IPv4
+		if f == "ip6tables-nft-restore" || f == "iptables-legacy-save" {
+			return "", errors.New("not found")
+		}
+		return "/usr/sbin/" + f, nil
+	}
 	tests := []struct {
 		name       string
 		kubeconfig string
@@ -624,7 +630,8 @@ func TestStatus(t *testing.T) {
 		{name: "ready with legacy tools only", kubeconfig: valid, lookPath: legacyOnly},
 		{name: "kubeconfig missing", kubeconfig: "/nonexistent/detour-kubeconfig", lookPath: allTools, wantCode: types.ErrPluginNotAvailable, wantMsg: "kubeconfig /nonexistent/detour-kubeconfig: no such file or directory"},
 		{name: "kubeconfig unusable", kubeconfig: broken, lookPath: allTools, wantCode: types.ErrPluginNotAvailable, wantMsg: "kubeconfig " + broken},
-		{name: "iptables-restore missing", kubeconfig: valid, lookPath: noRestore, wantCode: types.ErrPluginNotAvailable, wantMsg: "none of iptables-restore, iptables-nft-restore, iptables-legacy-restore is on PATH"},
+		{name: "restore tools missing", kubeconfig: valid, lookPath: noRestore, wantCode: types.ErrPluginNotAvailable, wantMsg: "no complete iptables backend on PATH (missing iptables-nft-restore, ip6tables-nft-restore, iptables-legacy-restore, ip6tables-legacy-restore)"},
+		{name: "no backend complete", kubeconfig: valid, lookPath: halfEach, wantCode: types.ErrPluginNotAvailable, wantMsg: "(missing ip6tables-nft-restore, iptables-legacy-save)"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -661,10 +668,10 @@ func TestGC(t *testing.T) {
 	}
 	e.stdout.Reset()
 	// a temporary file left by a crashed write
-	if err := os.WriteFile(filepath.Join(dir, ".tmp-123"), nil, 0o600); err != nil {
+	if err := os.WriteFile(filepath.Join(dir, ".c1:eth0.json.123.tmp"), nil, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	if err := os.Chtimes(filepath.Join(dir, ".tmp-123"), old, old); err != nil {
+	if err := os.Chtimes(filepath.Join(dir, ".c1:eth0.json.123.tmp"), old, old); err != nil {
 		t.Fatal(err)
 	}
 	// Another network's state is not this GC's business.

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/detour-mesh/detour/internal/atomicfile"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -64,23 +65,8 @@ func (s stateStore) save(st State) error {
 		return fmt.Errorf("encode state: %w", err)
 	}
 	final := s.path(st.ContainerID, st.IfName)
-	tmp, err := os.CreateTemp(s.dir, ".tmp-*")
-	if err != nil {
+	if err := atomicfile.Write(final, append(b, '\n'), 0o600); err != nil {
 		return fmt.Errorf("write state: %w", err)
-	}
-	_, err = tmp.Write(append(b, '\n'))
-	if err == nil {
-		err = tmp.Sync()
-	}
-	if cerr := tmp.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Rename(tmp.Name(), final)
-	}
-	if err != nil {
-		_ = os.Remove(tmp.Name())
-		return fmt.Errorf("write state %s: %w", final, err)
 	}
 	return nil
 }
@@ -127,7 +113,7 @@ func (s stateStore) gc(valid []types.GCAttachment, grace time.Duration, now time
 	for _, e := range entries {
 		name := e.Name()
 		isState := strings.HasSuffix(name, ".json") && strings.Contains(name, ":")
-		isTemp := strings.HasPrefix(name, ".tmp-")
+		isTemp := strings.HasPrefix(name, ".") && strings.HasSuffix(name, ".tmp") // atomicfile's leftovers
 		if e.IsDir() || (!isState && !isTemp) || keep[name] {
 			continue
 		}

@@ -3,36 +3,14 @@ package redirect
 import (
 	"encoding/json"
 	"errors"
+	"github.com/detour-mesh/detour/internal/golden"
 	"net/netip"
-	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
 )
-
-// golden compares got with testdata/<test>/<name>.golden; UPDATE_GOLDEN=1 rewrites it.
-func golden(t *testing.T, got string) {
-	t.Helper()
-	path := filepath.Join("testdata", filepath.FromSlash(t.Name())+".golden")
-	if os.Getenv("UPDATE_GOLDEN") == "1" {
-		if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
-			t.Fatal(err)
-		}
-		if err := os.WriteFile(path, []byte(got), 0o644); err != nil {
-			t.Fatal(err)
-		}
-		return
-	}
-	want, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatalf("read golden file (UPDATE_GOLDEN=1 writes it): %v", err)
-	}
-	if diff := cmp.Diff(string(want), got); diff != "" {
-		t.Errorf("plan differs from %s (-want +got):\n%s", path, diff)
-	}
-}
 
 // cfgWith returns the default config (or a preset) with fields set from
 // "path=value" strings, failing the test on a bad one.
@@ -136,7 +114,7 @@ func TestPlan(t *testing.T) {
 			if err != nil {
 				t.Fatalf("NewPlan: %v", err)
 			}
-			golden(t, p.String())
+			golden.Check(t, filepath.Join("testdata", filepath.FromSlash(t.Name())+".golden"), []byte(p.String()))
 			for _, f := range p.Families {
 				checkOwnership(t, f)
 			}

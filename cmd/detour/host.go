@@ -6,13 +6,22 @@ import (
 	"log/slog"
 	"os"
 	"strings"
+	"time"
 
 	"github.com/spf13/pflag"
+
+	"github.com/detour-mesh/detour/redirect"
 )
 
 // globalOptions are the flags every command shares.
 type globalOptions struct {
-	verbose bool
+	verbose  bool
+	lockWait time.Duration
+}
+
+// engine returns the redirect engine for the namespace at nsPath ("" = ours).
+func (g *globalOptions) engine(nsPath string, stderr io.Writer) *redirect.Engine {
+	return &redirect.Engine{Logger: g.logger(stderr), NetNS: nsPath, LockWait: g.lockWait}
 }
 
 // logger returns the logger the commands hand to packages: debug lines on

@@ -70,7 +70,7 @@ func runInstall(ctx context.Context, o *installOptions, g *globalOptions, s stre
 	if nsPath == "" && !o.captureSSH {
 		cfg, sshPort = excludeSSH(cfg, o.sshConnection)
 	}
-	eng := &redirect.Engine{Logger: g.logger(s.err), NetNS: nsPath}
+	eng := g.engine(nsPath, s.err)
 	facts, err := eng.Facts(ctx, cfg)
 	if err != nil {
 		return fmt.Errorf("read network namespace facts: %w", err)

@@ -56,7 +56,7 @@ func loadPlan(ctx context.Context, co *configOptions, netns string, g *globalOpt
 	if err != nil {
 		return redirect.Plan{}, nil, err
 	}
-	eng := &redirect.Engine{Logger: g.logger(s.err), NetNS: nsPath}
+	eng := g.engine(nsPath, s.err)
 	facts, err := eng.Facts(ctx, cfg)
 	if err != nil {
 		return redirect.Plan{}, nil, fmt.Errorf("read network namespace facts: %w", err)

@@ -5,8 +5,6 @@ import (
 	"fmt"
 
 	"github.com/spf13/cobra"
-
-	"github.com/detour-mesh/detour/redirect"
 )
 
 type statusOptions struct {
@@ -37,7 +35,7 @@ func runStatus(ctx context.Context, o *statusOptions, g *globalOptions, s stream
 	if err != nil {
 		return err
 	}
-	eng := &redirect.Engine{Logger: g.logger(s.err), NetNS: nsPath}
+	eng := g.engine(nsPath, s.err)
 	st, err := eng.Status(ctx)
 	if err != nil {
 		return fmt.Errorf("status: %w", err)

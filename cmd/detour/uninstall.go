@@ -46,7 +46,7 @@ func runUninstall(ctx context.Context, o *uninstallOptions, g *globalOptions, s 
 	if err := checkPersist(o.persist, nsPath, false); err != nil {
 		return err
 	}
-	eng := &redirect.Engine{Logger: g.logger(s.err), NetNS: nsPath}
+	eng := g.engine(nsPath, s.err)
 	res, err := eng.Uninstall(ctx)
 	if err != nil {
 		return fmt.Errorf("uninstall: %w", err)

@@ -2,6 +2,7 @@ package install
 
 import (
 	"encoding/json"
+	"github.com/detour-mesh/detour/internal/golden"
 	"os"
 	"path/filepath"
 	"strings"
@@ -10,29 +11,6 @@ import (
 	"github.com/containernetworking/cni/libcni"
 	"github.com/google/go-cmp/cmp"
 )
-
-// golden compares got with testdata/<test>/<name>.golden, or rewrites the file
-// when UPDATE_GOLDEN=1.
-func golden(t *testing.T, name string, got []byte) {
-	t.Helper()
-	path := filepath.Join("testdata", strings.Split(t.Name(), "/")[0], name+".golden")
-	if os.Getenv("UPDATE_GOLDEN") == "1" {
-		if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
-			t.Fatal(err)
-		}
-		if err := os.WriteFile(path, got, 0o644); err != nil {
-			t.Fatal(err)
-		}
-		return
-	}
-	want, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatalf("read golden file (UPDATE_GOLDEN=1 writes it): %v", err)
-	}
-	if diff := cmp.Diff(string(want), string(got)); diff != "" {
-		t.Errorf("%s differs (-want +got, UPDATE_GOLDEN=1 rewrites it):\n%s", path, diff)
-	}
-}
 
 var testEntry = Entry{
 	Kubeconfig:        "/etc/cni/net.d/detour-kubeconfig",
@@ -133,7 +111,7 @@ func TestInsert(t *testing.T) {
 			if err != nil {
 				t.Fatalf("Insert: %v", err)
 			}
-			golden(t, tc.name, out)
+			golden.Check(t, golden.Path(t, tc.name), out)
 
 			// The runtime sees the primary's plugins unchanged and in order, then ours, once.
 			before := withoutOurs(loadAsRuntime(t, tc.file, orig))
@@ -213,7 +191,7 @@ func TestRemove(t *testing.T) {
 			if err != nil || !removed {
 				t.Fatalf("Remove = %v, %v; want removed", removed, err)
 			}
-			golden(t, tc.name, out)
+			golden.Check(t, golden.Path(t, tc.name), out)
 			// The runtime loads exactly the primary's network again.
 			want := withoutOurs(loadAsRuntime(t, tc.file, orig))
 			if diff := cmp.Diff(want, loadAsRuntime(t, "x.conflist", out)); diff != "" {
@@ -245,7 +223,7 @@ func TestConfToList(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	golden(t, "bridge", out)
+	golden.Check(t, golden.Path(t, "bridge"), out)
 }
 
 func TestTransformErrors(t *testing.T) {

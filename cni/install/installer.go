@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/detour-mesh/detour/internal/atomicfile"
 	"io"
 	"log/slog"
 	"os"
@@ -313,7 +314,7 @@ func (in *Installer) ensureBinary() (string, error) {
 		return "", fmt.Errorf("read plugin binary: %w", err)
 	}
 	defer src.Close()
-	if err := writeAtomic(dst, src, 0o755); err != nil {
+	if err := atomicfile.WriteFrom(dst, src, 0o755); err != nil {
 		return "", fmt.Errorf("copy plugin binary: %w", err)
 	}
 	if in.dst, err = os.Stat(dst); err != nil {
@@ -357,7 +358,7 @@ func (in *Installer) ensureKubeconfig() (string, error) {
 	if have, err := os.ReadFile(in.o.KubeconfigFile); err == nil && bytes.Equal(have, want) {
 		return "", nil
 	}
-	if err := writeAtomic(in.o.KubeconfigFile, bytes.NewReader(want), 0o600); err != nil {
+	if err := atomicfile.WriteFrom(in.o.KubeconfigFile, bytes.NewReader(want), 0o600); err != nil {
 		return "", fmt.Errorf("write kubeconfig: %w", err)
 	}
 	in.o.Logger.Info("wrote kubeconfig", "path", in.o.KubeconfigFile)
@@ -400,7 +401,7 @@ func (in *Installer) ensureEntry() (string, error) {
 		if bytes.Equal(out, doc) {
 			return "", nil
 		}
-		if err := writeAtomic(primary, bytes.NewReader(out), fileMode(primary)); err != nil {
+		if err := atomicfile.WriteFrom(primary, bytes.NewReader(out), fileMode(primary)); err != nil {
 			return "", fmt.Errorf("insert plugin entry: %w", err)
 		}
 		in.o.Logger.Info("inserted plugin entry", "path", primary)
@@ -428,7 +429,7 @@ func (in *Installer) ensureEntry() (string, error) {
 	if slices.Contains(files, target) {
 		in.o.Logger.Warn("replacing a conflist shadowed by the primary .conf", "path", target)
 	}
-	if err := writeAtomic(target, bytes.NewReader(out), fileMode(primary)); err != nil {
+	if err := atomicfile.WriteFrom(target, bytes.NewReader(out), fileMode(primary)); err != nil {
 		return "", fmt.Errorf("insert plugin entry: %w", err)
 	}
 	if err := os.Remove(primary); err != nil {
@@ -483,7 +484,7 @@ func (in *Installer) Uninstall(ctx context.Context) ([]string, error) {
 		if !removed {
 			continue
 		}
-		if err := writeAtomic(f, bytes.NewReader(out), fileMode(f)); err != nil {
+		if err := atomicfile.WriteFrom(f, bytes.NewReader(out), fileMode(f)); err != nil {
 			errs = append(errs, fmt.Errorf("remove plugin entry: %w", err))
 			continue
 		}

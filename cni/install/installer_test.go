@@ -7,6 +7,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/detour-mesh/detour/internal/atomicfile"
+	"github.com/detour-mesh/detour/internal/golden"
 	"io"
 	"log/slog"
 	"net/netip"
@@ -374,7 +376,7 @@ func TestWriteAtomicFailureLeavesTarget(t *testing.T) {
 	p := filepath.Join(dir, "10-x.conflist")
 	writeFile(t, p, "old")
 	r := io.MultiReader(strings.NewReader("half of the new"), errReader{})
-	if err := writeAtomic(p, r, 0o644); err == nil || !strings.Contains(err.Error(), p) {
+	if err := atomicfile.WriteFrom(p, r, 0o644); err == nil || !strings.Contains(err.Error(), p) {
 		t.Fatalf("writeAtomic = %v, want an error naming %s", err, p)
 	}
 	if got := string(readFile(t, p)); got != "old" {
@@ -450,14 +452,14 @@ func TestRunRepairs(t *testing.T) {
 
 			// The primary CNI starts after us: the entry follows its file.
 			primary := filepath.Join(n.conf, "10-calico.conflist")
-			if err := writeAtomic(primary, bytes.NewReader(readInput(t, "10-calico.conflist")), 0o644); err != nil {
+			if err := atomicfile.WriteFrom(primary, bytes.NewReader(readInput(t, "10-calico.conflist")), 0o644); err != nil {
 				t.Fatal(err)
 			}
 			eventually(t, "entry inserted into the new primary", func() bool { return hasEntry(primary) })
 
 			// The primary CNI rewrites its file (renaming a new one into place, as
 			// Calico's installer does): the entry comes back, once.
-			if err := writeAtomic(primary, bytes.NewReader(readInput(t, "10-calico.conflist")), 0o644); err != nil {
+			if err := atomicfile.WriteFrom(primary, bytes.NewReader(readInput(t, "10-calico.conflist")), 0o644); err != nil {
 				t.Fatal(err)
 			}
 			eventually(t, "entry re-inserted after a rename", func() bool { return hasEntry(primary) })
@@ -577,7 +579,7 @@ func TestRunAtomicForReaders(t *testing.T) {
 	}()
 	orig := readInput(t, "10-calico.conflist")
 	for i := 0; i < 100; i++ {
-		if err := writeAtomic(primary, bytes.NewReader(orig), 0o644); err != nil {
+		if err := atomicfile.WriteFrom(primary, bytes.NewReader(orig), 0o644); err != nil {
 			t.Fatal(err)
 		}
 		eventually(t, fmt.Sprintf("re-insert %d", i), func() bool { return hasEntry(primary) })
@@ -627,7 +629,7 @@ func TestKubeconfig(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	golden(t, "ipv6-server", out)
+	golden.Check(t, golden.Path(t, "ipv6-server"), out)
 	for _, tc := range []struct {
 		name string
 		c    Credentials

@@ -4,13 +4,11 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
-	"os"
-	"runtime"
 	"testing"
 
+	"github.com/detour-mesh/detour/internal/netns"
 	"github.com/detour-mesh/detour/internal/origdst"
 	"github.com/detour-mesh/detour/internal/privtest"
-	"golang.org/x/sys/unix"
 )
 
 // TestGetAfterRedirect dials TEST-NET addresses inside a fresh namespace whose
@@ -35,10 +33,12 @@ func TestGetAfterRedirect(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			var ln net.Listener
-			inNetNS(t, ns.Path, func() (err error) {
+			if err := netns.Do(ns.Path, func() (err error) {
 				ln, err = net.Listen("tcp", tt.listen)
 				return err
-			})
+			}); err != nil {
+				t.Fatal(err)
+			}
 			defer ln.Close()
 			port := ln.Addr().(*net.TCPAddr).Port
 			ns.Run(t, tt.redirectCmd, "-t", "nat", "-A", "OUTPUT", "-p", "tcp", "-j", "REDIRECT", "--to-ports", fmt.Sprint(port))
@@ -59,41 +59,19 @@ func TestGetAfterRedirect(t *testing.T) {
 				}
 				got <- dst.String()
 			}()
-			inNetNS(t, ns.Path, func() error {
+			if err := netns.Do(ns.Path, func() error {
 				c, err := net.Dial("tcp", tt.dial)
 				if err == nil {
 					c.Close()
 				}
 				return err
-			})
+			}); err != nil {
+				t.Fatal(err)
+			}
 			want := netip.MustParseAddrPort(tt.dial).String()
 			if g := <-got; g != want {
 				t.Errorf("original destination = %s, want %s", g, want)
 			}
 		})
-	}
-}
-
-// inNetNS runs fn on an OS thread that joined the namespace and fails t when fn
-// does; the thread is discarded afterwards rather than switched back.
-func inNetNS(t *testing.T, path string, fn func() error) {
-	t.Helper()
-	errc := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread() // never unlocked: the thread dies with the goroutine
-		f, err := os.Open(path)
-		if err != nil {
-			errc <- err
-			return
-		}
-		defer f.Close()
-		if err := unix.Setns(int(f.Fd()), unix.CLONE_NEWNET); err != nil {
-			errc <- err
-			return
-		}
-		errc <- fn()
-	}()
-	if err := <-errc; err != nil {
-		t.Fatal(err)
 	}
 }

@@ -3,6 +3,7 @@ package systemd
 import (
 	"context"
 	"errors"
+	"github.com/detour-mesh/detour/internal/golden"
 	"github.com/detour-mesh/detour/internal/privtest"
 	"os"
 	"os/exec"
@@ -29,27 +30,6 @@ func (f *fakeSystemctl) Run(_ context.Context, args ...string) error {
 		return errors.New("systemctl " + call + ": exit status 1: Failed")
 	}
 	return nil
-}
-
-func golden(t *testing.T, name string, got []byte) {
-	t.Helper()
-	path := filepath.Join("testdata", strings.Split(t.Name(), "/")[0], name+".golden")
-	if os.Getenv("UPDATE_GOLDEN") == "1" {
-		if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
-			t.Fatal(err)
-		}
-		if err := os.WriteFile(path, got, 0o644); err != nil {
-			t.Fatal(err)
-		}
-		return
-	}
-	want, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatalf("read golden file (UPDATE_GOLDEN=1 writes it): %v", err)
-	}
-	if diff := cmp.Diff(string(want), string(got)); diff != "" {
-		t.Errorf("%s differs (-want +got):\n%s", path, diff)
-	}
 }
 
 func configs(t *testing.T) map[string]redirect.Config {
@@ -91,7 +71,7 @@ func TestPersistUnpersist(t *testing.T) {
 			}
 			unit := filepath.Join(root, "etc/systemd/system/detour.service")
 			conf := filepath.Join(root, "etc/detour/detour.yaml")
-			golden(t, name+".yaml", readFile(t, conf))
+			golden.Check(t, golden.Path(t, name+".yaml"), readFile(t, conf))
 			if !strings.Contains(string(readFile(t, unit)), "ExecStart=/usr/local/bin/detour install --config /etc/detour/detour.yaml\n") {
 				t.Errorf("unit does not install the written config:\n%s", readFile(t, unit))
 			}
@@ -213,7 +193,7 @@ func TestUnit(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	golden(t, "default", u)
+	golden.Check(t, golden.Path(t, "default"), u)
 	// The file shipped in deploy/systemd is the default rendering.
 	shipped := readFile(t, filepath.Join("..", "..", "deploy", "systemd", "detour.service"))
 	if diff := cmp.Diff(string(u), string(shipped)); diff != "" {
@@ -223,7 +203,7 @@ func TestUnit(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	golden(t, "custom", u)
+	golden.Check(t, golden.Path(t, "custom"), u)
 }
 
 // TestUnitVerifies has systemd's own parser check the unit: systemd-analyze

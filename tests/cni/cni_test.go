@@ -326,7 +326,7 @@ func TestStatus(t *testing.T) {
 	empty := t.TempDir()
 	noTools := h.runtime(filepath.Join(t.TempDir(), "cache"), []string{"PATH=" + empty})
 	err = noTools.GetStatusNetworkList(ctx, h.net.list)
-	if cniCode(err) != types.ErrPluginNotAvailable || !strings.Contains(err.Error(), "iptables-restore") {
+	if cniCode(err) != types.ErrPluginNotAvailable || !strings.Contains(err.Error(), "iptables-nft-restore") {
 		t.Errorf("STATUS without iptables on PATH: %v (code %d), want code 50 naming the tool", err, cniCode(err))
 	}
 

@@ -60,15 +60,49 @@ func reexecInHostNS() int {
 			fmt.Fprintf(os.Stderr, "delete netns %s: %v\n%s", name, err, out)
 		}
 	}()
+	before := rootRules()
 	cmd := exec.Command("ip", append([]string{"netns", "exec", name, os.Args[0]}, os.Args[1:]...)...)
 	cmd.Env = append(os.Environ(), hostNSEnv+"="+name)
 	cmd.Stdin, cmd.Stdout, cmd.Stderr = os.Stdin, os.Stdout, os.Stderr
+	code := 0
 	if err := cmd.Run(); err != nil {
+		code = 1
 		if ee, ok := err.(*exec.ExitError); ok {
-			return ee.ExitCode()
+			code = ee.ExitCode()
 		}
 		fmt.Fprintln(os.Stderr, err)
-		return 1
 	}
-	return 0
+	// Nothing of the suite may reach the root namespace: its rules (read
+	// only) and interfaces are as they were.
+	if after := rootRules(); after != before {
+		fmt.Fprintf(os.Stderr, "FAIL: the root namespace changed during the tests:\nbefore:\n%s\nafter:\n%s", before, after)
+		code = 1
+	}
+	return code
+}
+
+// rootRules reads the root namespace's firewall rules of both iptables
+// backends and families (without counters) and the bridge the tests use.
+func rootRules() string {
+	var b strings.Builder
+	for _, tool := range []string{"iptables-nft-save", "ip6tables-nft-save", "iptables-legacy-save", "ip6tables-legacy-save"} {
+		out, err := exec.Command(tool).Output()
+		if err != nil {
+			fmt.Fprintf(&b, "%s: %v\n", tool, err)
+			continue
+		}
+		for _, l := range strings.Split(string(out), "\n") {
+			if strings.HasPrefix(l, "#") {
+				continue
+			}
+			if i := strings.Index(l, " ["); strings.HasPrefix(l, ":") && i > 0 {
+				l = l[:i]
+			}
+			b.WriteString(l + "\n")
+		}
+	}
+	if err := exec.Command("ip", "link", "show", bridgeName).Run(); err == nil {
+		b.WriteString("bridge " + bridgeName + " exists\n")
+	}
+	return b.String()
 }

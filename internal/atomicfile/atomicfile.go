@@ -1,0 +1,58 @@
+// Package atomicfile replaces files so that a reader sees the old content or the
+// new one, never a part: the CNI conflists and kubeconfig the installer writes
+// while container runtimes read them, the plugin's state, the systemd unit.
+// It needs only write access to the target's directory and must not import
+// other detour packages.
+package atomicfile
+
+import (
+	"bytes"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+)
+
+// Write replaces path with data; see WriteFrom.
+func Write(path string, data []byte, mode os.FileMode) error {
+	return WriteFrom(path, bytes.NewReader(data), mode)
+}
+
+// WriteFrom replaces path with the bytes r yields: it writes a temporary file in
+// the same directory (a hidden name with a .tmp extension, which no container
+// runtime reads as a network configuration), syncs it, gives it mode and renames
+// it over path. On failure the temporary file is removed and path is untouched.
+// The directory must exist.
+func WriteFrom(path string, r io.Reader, mode os.FileMode) (err error) {
+	dir, base := filepath.Split(path)
+	if dir == "" {
+		dir = "."
+	}
+	f, err := os.CreateTemp(dir, "."+base+".*.tmp")
+	if err != nil {
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	tmp := f.Name()
+	defer func() {
+		if err != nil {
+			f.Close()
+			os.Remove(tmp)
+		}
+	}()
+	if _, err = io.Copy(f, r); err != nil {
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	if err = f.Chmod(mode); err != nil {
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	if err = f.Sync(); err != nil {
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	if err = f.Close(); err != nil {
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	if err = os.Rename(tmp, path); err != nil {
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	return nil
+}

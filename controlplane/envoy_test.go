@@ -50,7 +50,7 @@ func TestResourcesGolden(t *testing.T) {
 			}
 			header := fmt.Sprintf("# node %s, outboundPolicy %s\n# versions: listeners %s, clusters %s\n",
 				tt.node, m.OutboundPolicy, ns.versions.Listeners, ns.versions.Clusters)
-			golden(t, tt.name, append([]byte(header), out...))
+			checkGolden(t, tt.name, append([]byte(header), out...))
 		})
 	}
 }

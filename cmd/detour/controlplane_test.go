@@ -12,6 +12,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/detour-mesh/detour/internal/golden"
 )
 
 func TestControlPlaneServesExampleMesh(t *testing.T) {
@@ -133,27 +135,7 @@ func TestBootstrapGolden(t *testing.T) {
 			if code := run(context.Background(), append([]string{"bootstrap"}, tt.args...), strings.NewReader(""), &stdout, &stderr); code != 0 {
 				t.Fatalf("exit %d: %s", code, stderr.String())
 			}
-			goldenFile(t, filepath.Join("testdata", "TestBootstrapGolden", tt.name+".golden"), stdout.Bytes())
+			golden.Check(t, golden.Path(t, tt.name), stdout.Bytes())
 		})
-	}
-}
-
-func goldenFile(t *testing.T, path string, got []byte) {
-	t.Helper()
-	if os.Getenv("UPDATE_GOLDEN") == "1" {
-		if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
-			t.Fatal(err)
-		}
-		if err := os.WriteFile(path, got, 0o644); err != nil {
-			t.Fatal(err)
-		}
-		return
-	}
-	want, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatalf("read golden file (UPDATE_GOLDEN=1 writes it): %v", err)
-	}
-	if !bytes.Equal(want, got) {
-		t.Errorf("%s differs; got:\n%s", path, got)
 	}
 }

@@ -2,10 +2,13 @@ package controlplane
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
+	"io"
 	"net"
 	"net/netip"
 	"os"
+	"os/exec"
 	"runtime"
 	rtmetrics "runtime/metrics"
 	"runtime/pprof"
@@ -74,7 +77,7 @@ func benchMesh(n, variant int, distinct bool) *Mesh {
 			port = uint16(20000 + i)
 		}
 		m.Workloads = append(m.Workloads, Workload{
-			NodeID:           fmt.Sprintf("proxy-%04d", i),
+			NodeID:           benchNodeID(i),
 			Addresses:        []netip.Addr{netip.AddrFrom4([4]byte{192, 0, 2, byte(i % 250)})},
 			Inbound:          []InboundPort{{Port: port, AppPort: port, Protocol: ProtocolTCP}},
 			Reach:            []string{ReachAll},
@@ -148,34 +151,116 @@ func (r *leanResponse) decode(b []byte) error {
 	return nil
 }
 
-// round is one config change the clients must all ACK.
-type round struct {
-	targets   map[string]Versions // by node id
-	remaining atomic.Int64
-	done      chan struct{}
+// The fleet of benchmark clients runs in a child process (the test binary
+// started again with fleetEnv set; see TestMain), so the heap and CPU the
+// benchmark reports are the control plane's alone. Parent and child talk in
+// JSON lines: the parent sends each round's target versions on the child's
+// stdin, the child answers {"round": k} once every client has ACKed them.
+const (
+	fleetEnv         = "DETOUR_BENCH_FLEET"          // the control plane's ADS address
+	fleetProtocolEnv = "DETOUR_BENCH_FLEET_PROTOCOL" // sotw or delta
+	fleetClientsEnv  = "DETOUR_BENCH_FLEET_CLIENTS"  // how many; node ids are benchNodeID(i)
+)
+
+func benchNodeID(i int) string { return fmt.Sprintf("proxy-%04d", i) }
+
+type fleetRound struct {
+	Round   int                 `json:"round"`
+	Targets map[string]Versions `json:"targets,omitempty"`
+	Error   string              `json:"error,omitempty"`
 }
 
-type benchFleet struct {
-	current atomic.Pointer[round]
-	errs    chan error
+// fleet is the child's side: every client's ACKed versions and the round in
+// progress.
+type fleet struct {
+	mu        sync.Mutex
+	acked     map[string]Versions
+	round     fleetRound
+	counted   map[string]bool
+	remaining int
+	out       *json.Encoder
 }
 
-func (f *benchFleet) acked(node, typeURL, version string, got *[2]string, counted *atomic.Pointer[round]) {
-	r := f.current.Load()
-	if r == nil {
+func (f *fleet) emit(r fleetRound) {
+	// Called with mu held, so lines never interleave.
+	if err := f.out.Encode(r); err != nil {
+		os.Exit(3)
+	}
+}
+
+func (f *fleet) fail(err error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.emit(fleetRound{Error: err.Error()})
+}
+
+func (f *fleet) ack(node, typeURL, version string) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	v := f.acked[node]
+	if typeURL == resourcev3.ListenerType {
+		v.Listeners = version
+	} else {
+		v.Clusters = version
+	}
+	f.acked[node] = v
+	f.check(node)
+}
+
+// check counts node when it reached the round's target. Called with mu held.
+func (f *fleet) check(node string) {
+	want, ok := f.round.Targets[node]
+	if !ok || f.counted[node] || f.acked[node] != want {
 		return
 	}
-	want := r.targets[node]
-	if typeURL == resourcev3.ListenerType {
-		got[0] = version
-	} else {
-		got[1] = version
+	f.counted[node] = true
+	if f.remaining--; f.remaining == 0 {
+		f.emit(fleetRound{Round: f.round.Round})
 	}
-	if got[0] == want.Listeners && got[1] == want.Clusters && counted.Load() != r {
-		counted.Store(r)
-		if r.remaining.Add(-1) == 0 {
-			close(r.done)
+}
+
+func (f *fleet) start(r fleetRound) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.round, f.counted, f.remaining = r, make(map[string]bool, len(r.Targets)), len(r.Targets)
+	for node := range r.Targets {
+		f.check(node) // clients may have ACKed before the targets arrived
+	}
+}
+
+// runFleet is the child process: it connects the clients, then follows the
+// rounds on stdin until it closes.
+func runFleet() int {
+	n, err := strconv.Atoi(os.Getenv(fleetClientsEnv))
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "fleet:", err)
+		return 2
+	}
+	addr, protocol := os.Getenv(fleetEnv), os.Getenv(fleetProtocolEnv)
+	f := &fleet{acked: make(map[string]Versions, n), out: json.NewEncoder(os.Stdout)}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	for i := range n {
+		conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()),
+			experimental.WithBufferPool(xdsBufferPool))
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "fleet:", err)
+			return 1
 		}
+		defer conn.Close()
+		if protocol == protocolSotW {
+			go f.runSotWClient(ctx, conn, benchNodeID(i))
+		} else {
+			go f.runDeltaClient(ctx, conn, benchNodeID(i))
+		}
+	}
+	dec := json.NewDecoder(os.Stdin)
+	for {
+		var r fleetRound
+		if err := dec.Decode(&r); err != nil {
+			return 0 // stdin closed: the benchmark is over
+		}
+		f.start(r)
 	}
 }
 
@@ -183,82 +268,145 @@ var leanStreamDesc = grpc.StreamDesc{ServerStreams: true, ClientStreams: true}
 
 // runSotWClient is one Envoy-like SotW ADS client: it asks for clusters and
 // listeners on one stream and ACKs every response.
-func (f *benchFleet) runSotWClient(ctx context.Context, conn *grpc.ClientConn, node string) {
+func (f *fleet) runSotWClient(ctx context.Context, conn *grpc.ClientConn, node string) {
 	st, err := conn.NewStream(ctx, &leanStreamDesc, "/envoy.service.discovery.v3.AggregatedDiscoveryService/StreamAggregatedResources",
 		grpc.ForceCodec(leanCodec{}))
 	if err != nil {
-		f.errs <- err
+		f.fail(err)
 		return
 	}
 	n := &corev3.Node{Id: node}
 	for _, t := range []string{resourcev3.ClusterType, resourcev3.ListenerType} {
 		if err := st.SendMsg(&discoveryv3.DiscoveryRequest{Node: n, TypeUrl: t}); err != nil {
-			f.errs <- err
+			f.fail(err)
 			return
 		}
 	}
-	var got [2]string
-	var counted atomic.Pointer[round]
 	for {
 		var r leanResponse
 		if err := st.RecvMsg(&r); err != nil {
 			if ctx.Err() == nil {
-				f.errs <- err
+				f.fail(err)
 			}
 			return
 		}
 		if err := st.SendMsg(&discoveryv3.DiscoveryRequest{TypeUrl: r.typeURL, VersionInfo: r.version, ResponseNonce: r.nonce}); err != nil {
-			f.errs <- err
+			f.fail(err)
 			return
 		}
-		f.acked(node, r.typeURL, r.version, &got, &counted)
+		f.ack(node, r.typeURL, r.version)
 	}
 }
 
 // runDeltaClient is one delta ADS client subscribed to every cluster and listener.
-func (f *benchFleet) runDeltaClient(ctx context.Context, conn *grpc.ClientConn, node string) {
+func (f *fleet) runDeltaClient(ctx context.Context, conn *grpc.ClientConn, node string) {
 	st, err := conn.NewStream(ctx, &leanStreamDesc, "/envoy.service.discovery.v3.AggregatedDiscoveryService/DeltaAggregatedResources",
 		grpc.ForceCodec(leanCodec{}))
 	if err != nil {
-		f.errs <- err
+		f.fail(err)
 		return
 	}
 	n := &corev3.Node{Id: node}
 	for _, t := range []string{resourcev3.ClusterType, resourcev3.ListenerType} {
 		if err := st.SendMsg(&discoveryv3.DeltaDiscoveryRequest{Node: n, TypeUrl: t}); err != nil {
-			f.errs <- err
+			f.fail(err)
 			return
 		}
 	}
-	var got [2]string
-	var counted atomic.Pointer[round]
 	for {
 		var r leanResponse
 		if err := st.RecvMsg(&r); err != nil {
 			if ctx.Err() == nil {
-				f.errs <- err
+				f.fail(err)
 			}
 			return
 		}
 		if err := st.SendMsg(&discoveryv3.DeltaDiscoveryRequest{TypeUrl: r.typeURL, ResponseNonce: r.nonce}); err != nil {
-			f.errs <- err
+			f.fail(err)
 			return
 		}
-		f.acked(node, r.typeURL, r.version, &got, &counted)
+		f.ack(node, r.typeURL, r.version)
 	}
 }
 
-// BenchmarkFanOut measures a config change reaching every proxy: N in-process
-// ADS clients (DETOUR_BENCH_CLIENTS, default 1000), each with its own node id
-// and gRPC connection and 100 listeners (102 clusters). One op is one change
-// (a service replaced: one listener and one cluster of every node differ):
-// from Server.Update until every client has ACKed the new listeners and
-// clusters. Reported per change: ms/change (wall clock), cpu-ms/change (CPU
-// time of the whole process, which includes the thousand clients),
-// build-ms/change (generating, validating and versioning every snapshot); and
-// heap-MiB (heap in use after the changes, after a GC), live-heap-MiB (live
-// objects then) and peak-heap-MiB (highest heap in use sampled every 10 ms
-// while changes were pushed). Heap figures cover the server and the clients.
+// fleetProcess is the parent's handle on the child.
+type fleetProcess struct {
+	cmd   *exec.Cmd
+	in    *json.Encoder
+	stdin io.Closer
+	done  chan fleetRound
+}
+
+func startFleet(b *testing.B, addr, protocol string, n int) *fleetProcess {
+	b.Helper()
+	cmd := exec.Command(os.Args[0], "-test.run=^$")
+	cmd.Env = append(os.Environ(), fleetEnv+"="+addr, fleetProtocolEnv+"="+protocol, fleetClientsEnv+"="+strconv.Itoa(n))
+	cmd.Stderr = os.Stderr
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
+		b.Fatal(err)
+	}
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		b.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		b.Fatal(err)
+	}
+	p := &fleetProcess{cmd: cmd, in: json.NewEncoder(stdin), stdin: stdin, done: make(chan fleetRound, 16)}
+	go func() {
+		dec := json.NewDecoder(stdout)
+		for {
+			var r fleetRound
+			if err := dec.Decode(&r); err != nil {
+				close(p.done)
+				return
+			}
+			p.done <- r
+		}
+	}()
+	return p
+}
+
+func (p *fleetProcess) stop() {
+	p.stdin.Close()
+	_ = p.cmd.Wait()
+}
+
+// wait waits until the fleet reports round k done.
+func (p *fleetProcess) wait(b *testing.B, k int) {
+	b.Helper()
+	timeout := time.After(5 * time.Minute)
+	for {
+		select {
+		case r, ok := <-p.done:
+			switch {
+			case !ok:
+				b.Fatal("the client fleet exited")
+			case r.Error != "":
+				b.Fatalf("client: %s", r.Error)
+			case r.Round == k:
+				return
+			}
+		case <-timeout:
+			b.Fatalf("round %d: not every client ACKed", k)
+		}
+	}
+}
+
+// BenchmarkFanOut measures a config change reaching every proxy: N ADS
+// clients (DETOUR_BENCH_CLIENTS, default 1000), each with its own node id and
+// gRPC connection and 100 listeners (102 clusters), run in a child process.
+// One op is one change (a service replaced: one listener and one cluster of
+// every node differ): from Server.Update until every client has ACKed the new
+// listeners and clusters.
+//
+// Reported per change: ms/change (wall clock), cpu-ms/change (the control
+// plane process's CPU time), build-ms/change (generating, validating and
+// versioning every snapshot); and for the control plane process: heap-MiB
+// (heap in use after the changes, after a GC), live-heap-MiB (live objects then)
+// and peak-heap-MiB (highest heap in use, sampled every 10 ms while changes were
+// pushed).
 //
 // Sub-benchmarks: sotw and delta, each with replicas (every proxy has the same
 // resources, as the pods of one deployment) and distinct (every proxy has its
@@ -283,62 +431,34 @@ func benchFanOut(b *testing.B, protocol string, distinct bool) {
 	go func() { _ = srv.ServeXDS(l) }()
 	defer srv.Stop(time.Second)
 
-	fleet := &benchFleet{errs: make(chan error, n)}
 	variant := 0
-	// next builds the next mesh and its target versions (content hashes, so
-	// known before the push) outside the measured time.
-	next := func() (*Mesh, *round) {
+	// next builds the next mesh and every node's target versions (content
+	// hashes, so known before the push), outside the measured time.
+	next := func() (*Mesh, fleetRound) {
 		m := benchMesh(n, variant, distinct)
 		variant++
 		bld, err := buildSnapshots(m)
 		if err != nil {
 			b.Fatal(err)
 		}
-		r := &round{targets: make(map[string]Versions, n), done: make(chan struct{})}
+		r := fleetRound{Round: variant, Targets: make(map[string]Versions, n)}
 		for id, ns := range bld.nodes {
-			r.targets[id] = ns.versions
+			r.Targets[id] = ns.versions
 		}
-		r.remaining.Store(int64(n))
 		return m, r
-	}
-	wait := func(r *round) {
-		select {
-		case <-r.done:
-		case err := <-fleet.errs:
-			b.Fatalf("client: %v", err)
-		case <-time.After(5 * time.Minute):
-			b.Fatalf("%d clients never ACKed", r.remaining.Load())
-		}
 	}
 
 	// Connect the fleet and let every client receive the first config.
 	m, r := next()
-	fleet.current.Store(r)
 	if _, err := srv.Update(ctx, m); err != nil {
 		b.Fatal(err)
 	}
-	conns := make([]*grpc.ClientConn, n)
-	for i := range n {
-		conn, err := grpc.NewClient(l.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()),
-			experimental.WithBufferPool(xdsBufferPool))
-		if err != nil {
-			b.Fatal(err)
-		}
-		conns[i] = conn
-		node := m.Workloads[i].NodeID
-		if protocol == protocolSotW {
-			go fleet.runSotWClient(ctx, conn, node)
-		} else {
-			go fleet.runDeltaClient(ctx, conn, node)
-		}
+	fl := startFleet(b, l.Addr().String(), protocol, n)
+	defer fl.stop()
+	if err := fl.in.Encode(r); err != nil {
+		b.Fatal(err)
 	}
-	defer func() {
-		cancel()
-		for _, c := range conns {
-			c.Close()
-		}
-	}()
-	wait(r)
+	fl.wait(b, r.Round)
 
 	// Peak heap in use, sampled without stopping the world (ReadMemStats
 	// would): heap objects plus the unused part of in-use spans.
@@ -368,13 +488,14 @@ func benchFanOut(b *testing.B, protocol string, distinct bool) {
 		}
 	}()
 
-	runtime.GC()
 	b.ResetTimer()
 	var total, cpu, buildTotal time.Duration
 	for range b.N {
 		b.StopTimer()
 		m, r := next()
-		fleet.current.Store(r)
+		if err := fl.in.Encode(r); err != nil {
+			b.Fatal(err)
+		}
 		runtime.GC()
 		b.StartTimer()
 		measuring.Store(true)
@@ -386,10 +507,10 @@ func benchFanOut(b *testing.B, protocol string, distinct bool) {
 		if len(res.Pushed) != n {
 			b.Fatalf("update pushed %d nodes, want %d", len(res.Pushed), n)
 		}
-		buildTotal += res.Build
-		wait(r)
+		fl.wait(b, r.Round)
 		total += time.Since(start)
 		cpu += processCPU() - startCPU
+		buildTotal += res.Build
 		measuring.Store(false)
 	}
 	b.StopTimer()
@@ -399,7 +520,6 @@ func benchFanOut(b *testing.B, protocol string, distinct bool) {
 	var ms runtime.MemStats
 	runtime.ReadMemStats(&ms)
 	if path := os.Getenv("DETOUR_BENCH_HEAPPROFILE"); path != "" {
-		// The fleet is still connected here, unlike at -memprofile time.
 		f, err := os.Create(path + "." + strings.ReplaceAll(b.Name(), "/", "_"))
 		if err != nil {
 			b.Fatal(err)
@@ -411,14 +531,15 @@ func benchFanOut(b *testing.B, protocol string, distinct bool) {
 	}
 	perChange := total / time.Duration(b.N)
 	cpuPerChange := cpu / time.Duration(b.N)
+	buildPerChange := buildTotal / time.Duration(b.N)
 	b.ReportMetric(float64(perChange.Microseconds())/1000, "ms/change")
 	b.ReportMetric(float64(cpuPerChange.Microseconds())/1000, "cpu-ms/change")
-	b.ReportMetric(float64((buildTotal/time.Duration(b.N)).Microseconds())/1000, "build-ms/change")
+	b.ReportMetric(float64(buildPerChange.Microseconds())/1000, "build-ms/change")
 	b.ReportMetric(float64(ms.HeapInuse)/(1<<20), "heap-MiB")
 	b.ReportMetric(float64(ms.HeapAlloc)/(1<<20), "live-heap-MiB")
 	b.ReportMetric(float64(peak.Load())/(1<<20), "peak-heap-MiB")
-	b.Logf("%s fan-out, %d clients × %d listeners (distinct=%v): %v per change until all ACKed (build %v; %v CPU, server and clients); heap in use %.1f MiB after (live %.1f MiB), peak %.1f MiB",
-		protocol, n, benchServices+2, distinct, perChange.Round(time.Millisecond), (buildTotal / time.Duration(b.N)).Round(time.Millisecond),
+	b.Logf("%s fan-out, %d clients × %d listeners (distinct=%v): %v per change until all ACKed (build %v, control plane CPU %v); control plane heap in use %.1f MiB after (live %.1f MiB), peak %.1f MiB",
+		protocol, n, benchServices+2, distinct, perChange.Round(time.Millisecond), buildPerChange.Round(time.Millisecond),
 		cpuPerChange.Round(time.Millisecond), float64(ms.HeapInuse)/(1<<20), float64(ms.HeapAlloc)/(1<<20), float64(peak.Load())/(1<<20))
 }
 

@@ -110,6 +110,7 @@ type generator struct {
 	serviceListeners map[serviceKey]*listenerv3.Listener
 	serviceClusters  map[serviceKey]*clusterv3.Cluster
 	reach            map[string][]*Service // sorted Reach → reachable services
+	used             map[string]*clusterv3.Cluster
 }
 
 // serviceKey names one port of one service on one virtual IP (listeners) or for
@@ -189,7 +190,12 @@ func (g *generator) workload(w *Workload) Resources {
 	c := &w.TransparentProxy
 	v4, v6 := families(w)
 	famKey := familyKey(v4, v6)
-	usedClusters := make(map[string]*clusterv3.Cluster)
+	// Reused across workloads: a thousand workloads would make a thousand maps.
+	if g.used == nil {
+		g.used = make(map[string]*clusterv3.Cluster)
+	}
+	usedClusters := g.used
+	clear(usedClusters)
 	use := func(cl *clusterv3.Cluster) { usedClusters[cl.GetName()] = cl }
 	use(g.blackhole())
 
@@ -251,6 +257,7 @@ func (g *generator) workload(w *Workload) Resources {
 		}
 	}
 
+	r.Clusters = make([]*clusterv3.Cluster, 0, len(usedClusters))
 	for _, cl := range usedClusters {
 		r.Clusters = append(r.Clusters, cl)
 	}

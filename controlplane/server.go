@@ -55,7 +55,7 @@ type Server struct {
 	log     *slog.Logger
 	metrics *metrics
 	tracker *tracker
-	cache   *backoffCache
+	cache   *servingCache
 	xds     serverv3.Server
 	grpc    *grpc.Server
 	health  *health.Server
@@ -93,7 +93,7 @@ func NewServer(opts ServerOptions) *Server {
 	s.tracker.requireIdentity = opts.TLS != nil && opts.TLS.ClientAuth == tls.RequireAndVerifyClientCert
 	s.tracker.onIdle = s.nodeIdle
 	inner := cachev3.NewSnapshotCache(true, cachev3.IDHash{}, cacheLogger(log))
-	s.cache = newBackoffCache(inner, log, backoff, s.tracker.nackedVersion, func(typeURL string) {
+	s.cache = newServingCache(inner, log, backoff, s.tracker.nackedVersion, func(typeURL string) {
 		s.metrics.backoffs.WithLabelValues(typeLabel(typeURL)).Inc()
 	})
 	s.xds = serverv3.NewServer(ctx, s.cache, s.tracker, sotw.WithOrderedADS())
@@ -123,13 +123,21 @@ func NewServer(opts ServerOptions) *Server {
 const adsService = "envoy.service.discovery.v3.AggregatedDiscoveryService"
 
 // cacheLogger sends go-control-plane's logs to slog at debug level, its errors
-// at error level.
+// at error level. Messages are formatted only when their level is enabled: the
+// cache logs for every watch and response.
 func cacheLogger(log *slog.Logger) cplog.Logger {
+	at := func(level slog.Level) func(string, ...any) {
+		return func(f string, a ...any) {
+			if log.Enabled(context.Background(), level) {
+				log.Log(context.Background(), level, fmt.Sprintf(f, a...), "component", "xds-cache")
+			}
+		}
+	}
 	return cplog.LoggerFuncs{
-		DebugFunc: func(f string, a ...any) { log.Debug(fmt.Sprintf(f, a...), "component", "xds-cache") },
-		InfoFunc:  func(f string, a ...any) { log.Debug(fmt.Sprintf(f, a...), "component", "xds-cache") },
-		WarnFunc:  func(f string, a ...any) { log.Warn(fmt.Sprintf(f, a...), "component", "xds-cache") },
-		ErrorFunc: func(f string, a ...any) { log.Error(fmt.Sprintf(f, a...), "component", "xds-cache") },
+		DebugFunc: at(slog.LevelDebug),
+		InfoFunc:  at(slog.LevelDebug),
+		WarnFunc:  at(slog.LevelWarn),
+		ErrorFunc: at(slog.LevelError),
 	}
 }
 

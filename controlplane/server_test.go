@@ -18,14 +18,17 @@ import (
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	cachev3 "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
 	sotwclient "github.com/envoyproxy/go-control-plane/pkg/client/sotw/v3"
 	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
+	"github.com/envoyproxy/go-control-plane/pkg/server/stream/v3"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
 )
 
@@ -706,5 +709,59 @@ func TestRemovedNodeKeepsConfigWhileConnected(t *testing.T) {
 	})
 	if _, ok := debugNodes(t, s.Server)["inbound-only"]; ok {
 		t.Errorf("/debug/nodes still lists the removed, disconnected node")
+	}
+}
+
+// TestResponsesAreTheGeneratedResources checks what a SotW client receives
+// against the generated resources, field by field (responses reuse the
+// resources' encodings instead of the cache marshalling them), and that the
+// cache's response was replaced by a pre-encoded one.
+func TestResponsesAreTheGeneratedResources(t *testing.T) {
+	t.Parallel()
+	s := startServer(t, ServerOptions{})
+	m := loadMesh(t, "testdata/matrix.yaml")
+	s.update(t, m)
+	want, err := m.Resources("tproxy-dual")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := testCtx(t)
+	c := sotwClient(t, ctx, dial(t, s.addr, nil), "tproxy-dual", resourcev3.ListenerType)
+	resp, err := c.Fetch()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(resp.Resources) != len(want.Listeners) {
+		t.Fatalf("received %d listeners, want %d", len(resp.Resources), len(want.Listeners))
+	}
+	for i, a := range resp.Resources {
+		var l listenerv3.Listener
+		if err := a.UnmarshalTo(&l); err != nil {
+			t.Fatal(err)
+		}
+		// Both are sorted by name.
+		if !proto.Equal(&l, want.Listeners[i]) {
+			t.Errorf("listener %d: received %v, want %v", i, &l, want.Listeners[i])
+		}
+	}
+
+	// The cache's answer is turned into a pre-encoded response.
+	ch := make(chan cachev3.Response, 1)
+	req := &discoveryv3.DiscoveryRequest{Node: &corev3.Node{Id: "tproxy-dual"}, TypeUrl: resourcev3.ClusterType}
+	if _, err := s.cache.watch("tproxy-dual", req, stream.NewSotwSubscription(nil, true), ch); err != nil {
+		t.Fatal(err)
+	}
+	r := <-ch
+	if _, ok := r.(*cachev3.PassthroughResponse); !ok {
+		t.Fatalf("response is a %T, want a pre-encoded *cache.PassthroughResponse", r)
+	}
+	dr, err := r.GetDiscoveryResponse()
+	if err != nil {
+		t.Fatal(err)
+	}
+	v, _ := s.Versions("tproxy-dual")
+	if dr.GetVersionInfo() != v.Clusters || len(dr.GetResources()) != len(want.Clusters) || len(r.GetReturnedResources()) != len(want.Clusters) {
+		t.Errorf("pre-encoded response: version %q (want %q), %d resources, %d returned (want %d)",
+			dr.GetVersionInfo(), v.Clusters, len(dr.GetResources()), len(r.GetReturnedResources()), len(want.Clusters))
 	}
 }

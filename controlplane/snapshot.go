@@ -139,6 +139,7 @@ func shapeKey(w *Workload) (string, error) {
 // hasher marshals, hashes and wraps each distinct resource once, and runs
 // Snapshot.Consistent once over every distinct resource of the build.
 type hasher struct {
+	scratch    []byte // the version's input, reused
 	marshalled map[proto.Message]marshalled
 	listeners  []types.Resource // every distinct listener, in first-seen order
 	clusters   []types.Resource // every distinct cluster
@@ -201,14 +202,16 @@ func (h *hasher) group(resources []types.Resource) (string, map[string]types.Res
 		hashes[name] = v.hash
 	}
 	slices.Sort(names)
-	d := sha256.New()
+	b := h.scratch[:0]
 	for _, n := range names {
-		d.Write([]byte(n))
-		d.Write([]byte{0})
-		d.Write([]byte(hashes[n]))
-		d.Write([]byte{'\n'})
+		b = append(b, n...)
+		b = append(b, 0)
+		b = append(b, hashes[n]...)
+		b = append(b, '\n')
 	}
-	return hex.EncodeToString(d.Sum(nil)[:12]), items, hashes, nil
+	h.scratch = b
+	sum := sha256.Sum256(b)
+	return hex.EncodeToString(sum[:12]), items, hashes, nil
 }
 
 func (h *hasher) snapshot(r Resources) (*nodeSnapshot, error) {

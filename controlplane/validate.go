@@ -180,6 +180,9 @@ func (w *walker) value(fd protoreflect.FieldDescriptor, v protoreflect.Value) er
 // resource (by pointer: the generator shares them between nodes) is validated
 // and scanned for cluster references once.
 type checker struct {
+	clusterNames, listenerNames map[string]bool
+	listenerAddrs               map[string]string
+
 	valid  map[proto.Message]error
 	refs   map[*listenerv3.Listener][]string
 	chains map[*listenerv3.Listener]string
@@ -213,44 +216,47 @@ func (c *checker) validate(m proto.Message, kind, name string) error {
 // clusters (and only they) with the CLUSTER_PROVIDED load balancer.
 func (c *checker) check(node string, r Resources) error {
 	var errs []error
-	fail := func(resource, path, reason string) {
-		errs = append(errs, &ResourceError{Node: node, Resource: resource, Path: path, Reason: reason})
+	fail := func(kind, name, path, reason string) {
+		errs = append(errs, &ResourceError{Node: node, Resource: kind + " " + name, Path: path, Reason: reason})
 	}
-	clusters := make(map[string]bool, len(r.Clusters))
+	// Scratch maps, reused from node to node.
+	if c.clusterNames == nil {
+		c.clusterNames, c.listenerNames, c.listenerAddrs = map[string]bool{}, map[string]bool{}, map[string]string{}
+	}
+	clusters, names, addrs := c.clusterNames, c.listenerNames, c.listenerAddrs
+	clear(clusters)
+	clear(names)
+	clear(addrs)
 	for _, cl := range r.Clusters {
-		res := "cluster " + cl.GetName()
 		if err := c.validate(cl, "cluster", cl.GetName()); err != nil {
 			errs = append(errs, withNode(node, err))
 		}
 		if clusters[cl.GetName()] {
-			fail(res, "name", "is duplicated")
+			fail("cluster", cl.GetName(), "name", "is duplicated")
 		}
 		clusters[cl.GetName()] = true
 		typ := cl.GetType()
 		switch {
 		case cl.GetClusterType() != nil:
-			fail(res, "cluster_type", "custom cluster types are not served")
+			fail("cluster", cl.GetName(), "cluster_type", "custom cluster types are not served")
 		case typ == clusterv3.Cluster_EDS:
-			fail(res, "type", "is EDS, but this control plane serves no endpoints (inline load_assignment)")
+			fail("cluster", cl.GetName(), "type", "is EDS, but this control plane serves no endpoints (inline load_assignment)")
 		case typ == clusterv3.Cluster_ORIGINAL_DST && cl.GetLbPolicy() != clusterv3.Cluster_CLUSTER_PROVIDED:
-			fail(res, "lb_policy", cl.GetLbPolicy().String()+" on an ORIGINAL_DST cluster; it needs CLUSTER_PROVIDED")
+			fail("cluster", cl.GetName(), "lb_policy", cl.GetLbPolicy().String()+" on an ORIGINAL_DST cluster; it needs CLUSTER_PROVIDED")
 		case typ != clusterv3.Cluster_ORIGINAL_DST && cl.GetLbPolicy() == clusterv3.Cluster_CLUSTER_PROVIDED:
-			fail(res, "lb_policy", "CLUSTER_PROVIDED on a "+typ.String()+" cluster; only ORIGINAL_DST provides one")
+			fail("cluster", cl.GetName(), "lb_policy", "CLUSTER_PROVIDED on a "+typ.String()+" cluster; only ORIGINAL_DST provides one")
 		case typ == clusterv3.Cluster_ORIGINAL_DST && cl.GetLoadAssignment() != nil:
-			fail(res, "load_assignment", "is set on an ORIGINAL_DST cluster")
+			fail("cluster", cl.GetName(), "load_assignment", "is set on an ORIGINAL_DST cluster")
 		}
 	}
 
-	names := make(map[string]bool, len(r.Listeners))
-	addrs := make(map[string]string, len(r.Listeners))
 	for _, l := range r.Listeners {
-		res := "listener " + l.GetName()
 		if err := c.validate(l, "listener", l.GetName()); err != nil {
 			errs = append(errs, withNode(node, err))
 			continue
 		}
 		if names[l.GetName()] {
-			fail(res, "name", "is duplicated")
+			fail("listener", l.GetName(), "name", "is duplicated")
 		}
 		names[l.GetName()] = true
 		addr, ok := c.addrs[l]
@@ -259,11 +265,11 @@ func (c *checker) check(node string, r Resources) error {
 			c.addrs[l] = addr
 		}
 		if other, dup := addrs[addr]; dup {
-			fail(res, "address", addr+" is also the address of listener "+other)
+			fail("listener", l.GetName(), "address", addr+" is also the address of listener "+other)
 		}
 		addrs[addr] = l.GetName()
 		if l.GetUseOriginalDst().GetValue() && l.GetBindToPort() != nil && !l.GetBindToPort().GetValue() {
-			fail(res, "use_original_dst", "is set on a listener that does not bind; nothing would reach it")
+			fail("listener", l.GetName(), "use_original_dst", "is set on a listener that does not bind; nothing would reach it")
 		}
 		reason, seen := c.chains[l]
 		if !seen {
@@ -271,16 +277,16 @@ func (c *checker) check(node string, r Resources) error {
 			c.chains[l] = reason
 		}
 		if err := reason; err != "" {
-			fail(res, "filter_chains", err)
+			fail("listener", l.GetName(), "filter_chains", err)
 		}
 		refs, err := c.clusterRefs(l)
 		if err != nil {
-			fail(res, "", err.Error())
+			fail("listener", l.GetName(), "", err.Error())
 			continue
 		}
 		for _, ref := range refs {
 			if !clusters[ref] {
-				fail(res, "", "references cluster "+strconv.Quote(ref)+", which the snapshot does not hold")
+				fail("listener", l.GetName(), "", "references cluster "+strconv.Quote(ref)+", which the snapshot does not hold")
 			}
 		}
 	}

@@ -29,11 +29,16 @@ func TestLifecycle(t *testing.T) {
 			p := newPod(t, v)
 			p.startProxies()
 			excluded := p.appPort(netip.Addr{})
-			p.install("--exclude-inbound-ports", csv(excluded))
+			excludedOut := p.remotePort()
+			p.install("--exclude-inbound-ports", csv(excluded), "--exclude-outbound-ports", csv(excludedOut))
 			for i := range cases() {
 				p.outbound("L1 O1 any address:port", p.app(i, p.remoteDest()), srvOutbound)
 				p.inbound("L1 I1 any port of the workload", p.client(i, p.appPort(netip.Addr{})), srvInbound)
 				p.inbound("L1 I2 excluded inbound port", p.client(i, excluded), srvApp)
+				// Connections opened from the pod that stay uncaptured need their
+				// replies: under TPROXY those arrive through the inbound rules.
+				p.outbound("L1 O7 the proxy's own connection", lab.DialOptions{To: p.remoteDest(), Cred: p.proxyCred()}, srvRemote)
+				p.outbound("L1 O2 the app to an excluded port", p.app(i, netip.AddrPortFrom(p.remoteAddr(), excludedOut)), srvRemote)
 			}
 		})
 	})

@@ -124,8 +124,8 @@ func TestTransition(t *testing.T) {
 		"-X DETOUR_CT_OUTPUT\n",
 		"-X DETOUR_DNS\n",
 		"-D OUTPUT -p udp -m udp --dport 53 -m comment --comment detour -j DETOUR_DNS\n",
-		"-I PREROUTING 3 -p tcp -m comment --comment detour -j DETOUR_INBOUND\n", // where the old hook was
-		"-I OUTPUT 4 -p tcp -m comment --comment detour -j DETOUR_OUTPUT\n",      // OUTPUT's first old hook was at 4
+		"-I PREROUTING 3 -p tcp -m addrtype --dst-type LOCAL -m comment --comment detour -j DETOUR_INBOUND\n", // where the old hook was
+		"-I OUTPUT 4 -p tcp -m comment --comment detour -j DETOUR_OUTPUT\n",                                   // OUTPUT's first old hook was at 4
 		"-A DETOUR_OUTPUT -p tcp -m multiport --dports 25 -j RETURN\n",
 	} {
 		if !strings.Contains(change, want) {

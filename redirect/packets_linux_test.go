@@ -438,3 +438,108 @@ func (l *lab) reusedSocket(t *testing.T, uid int, local netip.AddrPort) net.Pack
 	t.Cleanup(func() { pc.Close() })
 	return pc
 }
+
+// Addresses of the "client" namespace that routes through the pod (the pod is
+// its gateway, as a VM is for its containers).
+var (
+	podGw4, podGw6 = netip.MustParseAddr("203.0.113.1"), netip.MustParseAddr("2001:db8:c::1")
+	client4        = netip.MustParseAddr("203.0.113.2")
+	client6        = netip.MustParseAddr("2001:db8:c::2")
+)
+
+// addClient adds a third namespace behind the pod: the pod forwards its traffic
+// (ip_forward and IPv6 forwarding on, in the test namespaces only), and the
+// remote routes the client's network back through the pod.
+func (l *lab) addClient(t *testing.T) privtest.NS {
+	t.Helper()
+	client := privtest.NetNS(t)
+	// Without duplicate address detection the link-local addresses of the new
+	// link are usable at once (neighbor discovery waits for them otherwise).
+	for _, ns := range []privtest.NS{l.pod, client} {
+		ns.Run(t, "sysctl", "-q", "-w", "net.ipv6.conf.default.accept_dad=0")
+	}
+	// Made from inside the pod with the peer placed straight into the client:
+	// the root namespace never sees either end.
+	l.pod.Run(t, "ip", "link", "add", "eth1", "type", "veth", "peer", "name", "eth0", "netns", client.Name)
+	l.pod.Run(t, "ip", "link", "set", "eth1", "up")
+	l.pod.Run(t, "ip", "addr", "add", podGw4.String()+"/24", "dev", "eth1")
+	l.pod.Run(t, "ip", "-6", "addr", "add", podGw6.String()+"/64", "dev", "eth1", "nodad")
+	l.pod.Run(t, "sysctl", "-q", "-w", "net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1")
+	client.Run(t, "ip", "link", "set", "eth0", "up")
+	client.Run(t, "ip", "addr", "add", client4.String()+"/24", "dev", "eth0")
+	client.Run(t, "ip", "-6", "addr", "add", client6.String()+"/64", "dev", "eth0", "nodad")
+	client.Run(t, "ip", "route", "add", "default", "via", podGw4.String())
+	client.Run(t, "ip", "-6", "route", "add", "default", "via", podGw6.String())
+	l.remote.Run(t, "ip", "route", "add", "203.0.113.0/24", "via", pod4.String())
+	l.remote.Run(t, "ip", "-6", "route", "add", "2001:db8:c::/64", "via", pod6.String())
+	// IPv6 settles asynchronously after `ip` returns (routes of new addresses,
+	// the remote's link-local address under duplicate address detection);
+	// forwarded packets sent before are dropped.
+	settleIPv6(t, l.pod, "eth1", podGw6)
+	settleIPv6(t, client, "eth0", client6)
+	settleIPv6(t, l.remote, "lo", remote6)
+	settleIPv6(t, l.remote, "eth0", gw6)
+	return client
+}
+
+// settleIPv6 waits (at most 10 s) until addr is usable on dev: not
+// tentative, with its local route.
+func settleIPv6(t *testing.T, ns privtest.NS, dev string, addr netip.Addr) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	tick := time.NewTicker(5 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		local := ns.Run(t, "ip", "-6", "route", "show", "table", "local", "dev", dev)
+		addrs := ns.Run(t, "ip", "-6", "addr", "show", "dev", dev)
+		if strings.Contains(local, "local "+addr.String()+" ") && !strings.Contains(addrs, "tentative") {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("IPv6 address %s on %s not settled:\n%s\n%s", addr, dev, addrs, local)
+		}
+		<-tick.C
+	}
+}
+
+// TestForwardedNotCaptured is a host that forwards traffic for others (a VM
+// running containers, a Kubernetes node): connections it forwards are not its
+// own inbound traffic and must reach their destination untouched, in both
+// modes, while connections to the host's own addresses are still captured.
+func TestForwardedNotCaptured(t *testing.T) {
+	t.Parallel()
+	for _, mode := range []Mode{ModeRedirect, ModeTProxy} {
+		t.Run(string(mode), func(t *testing.T) {
+			t.Parallel()
+			forEachBackend(t, func(t *testing.T, b Backend) {
+				l := newLab(t)
+				client := l.addClient(t)
+				for _, dst := range []netip.Addr{remote4, remote6} {
+					if got := l.dial(t, client, 0, netip.Addr{}, netip.AddrPortFrom(dst, 80)); got != "remote" {
+						t.Fatalf("before install the client reached %q at %s, want the remote", got, dst)
+					}
+				}
+				p := mustPlan(t, withBackend(t, cfgWith(t, "", "mode="+string(mode), "dropInvalidPackets=true"), b), dualStack)
+				mustInstall(t, l.e, p)
+				for _, fam := range []struct {
+					name                    string
+					client, pod, gw, remote netip.Addr
+				}{
+					{"ipv4", client4, pod4, podGw4, remote4},
+					{"ipv6", client6, pod6, podGw6, remote6},
+				} {
+					if got, want := l.dial(t, client, 0, netip.Addr{}, netip.AddrPortFrom(fam.remote, 80)), "remote"; got != want {
+						t.Errorf("%s: a forwarded connection to the remote: got %q, want %q (untouched)", fam.name, got, want)
+					}
+					for _, dst := range []netip.Addr{fam.pod, fam.gw} {
+						want := "inbound " + netip.AddrPortFrom(dst, 8080).String() + " peer " + fam.client.String()
+						if got := l.dial(t, client, 0, netip.Addr{}, netip.AddrPortFrom(dst, 8080)); got != want {
+							t.Errorf("%s: the client to the pod's address %s: got %q, want %q", fam.name, dst, got, want)
+						}
+					}
+				}
+				mustUninstall(t, l.e)
+			})
+		})
+	}
+}

@@ -55,6 +55,11 @@ const (
 	zoneUpstream = 1
 	zoneApp      = 2
 
+	// localDst limits a hook in PREROUTING to packets addressed to the
+	// namespace itself: a host that forwards traffic for others (containers on
+	// a VM, pods on a node) must not capture what it only routes.
+	localDst = "-m addrtype --dst-type LOCAL"
+
 	logRate = "10/sec"
 	// multiportMax is how many ports one multiport match takes (a range counts 2).
 	multiportMax = 15
@@ -90,7 +95,8 @@ func planFamily(cfg Config, facts Facts, f Family) FamilyPlan {
 		// Before anything else in mangle PREROUTING: conntrack-INVALID TCP
 		// packets are never NATed nor diverted, so they would reach the
 		// application's socket behind the proxy's back and reset connections.
-		b.hook("mangle", "PREROUTING", "-p tcp -m conntrack --ctstate INVALID", "DROP")
+		// Forwarded traffic is not the workload's and is left alone.
+		b.hook("mangle", "PREROUTING", "-p tcp "+localDst+" -m conntrack --ctstate INVALID", "DROP")
 	}
 	b.inbound()
 	b.outbound()
@@ -232,7 +238,7 @@ func (b *builder) inbound() {
 	b.inboundSelection("nat", chainInRedirect)
 	b.redirect("nat", chainInRedirect, "tcp", b.cfg.Proxy.InboundPort)
 	if b.cfg.Mode == ModeRedirect {
-		b.hook("nat", "PREROUTING", "-p tcp", chainInbound)
+		b.hook("nat", "PREROUTING", "-p tcp "+localDst, chainInbound)
 		return
 	}
 	b.note("mode tproxy: inbound TCP is diverted with TPROXY (mangle) and policy routing; outbound TCP and DNS stay REDIRECT (nat)")
@@ -256,7 +262,7 @@ func (b *builder) inbound() {
 	}
 	b.log("mangle", chainTProxy, "-p tcp -m conntrack --ctstate NEW")
 	b.rule("mangle", chainTProxy, "-p tcp -j TPROXY --on-port", strconv.Itoa(int(b.cfg.Proxy.InboundPort)), "--on-ip", onIP, "--tproxy-mark", mark)
-	b.hook("mangle", "PREROUTING", "-p tcp", chainInbound)
+	b.hook("mangle", "PREROUTING", "-p tcp "+localDst, chainInbound)
 }
 
 // inboundSelection fills DETOUR_INBOUND of table with the inbound choices,

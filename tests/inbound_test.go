@@ -19,7 +19,8 @@ func (p *pod) client(i int, port uint16) lab.DialOptions {
 	return lab.DialOptions{To: netip.AddrPortFrom(p.podAddr(), port), From: from}
 }
 
-// TestInbound covers SCENARIOS.md "Inbound (anywhere → workload)", I1–I6.
+// TestInbound covers SCENARIOS.md "Inbound (anywhere → workload)", I1–I6, and I7
+// (forwarded traffic is not inbound, docs/scenarios.md).
 func TestInbound(t *testing.T) {
 	t.Parallel()
 
@@ -137,6 +138,30 @@ func TestInbound(t *testing.T) {
 				}
 			})
 			p.inbound("I6 capture is on", p.client(0, p.appPort(netip.Addr{})), srvInbound)
+		})
+	})
+
+	// I7: the pod forwards a client's traffic (a VM running containers, a node):
+	// the client's connections to elsewhere are not the workload's inbound traffic
+	// and pass untouched, in both modes; its connections to the pod's own
+	// addresses are captured.
+	t.Run("I7", func(t *testing.T) {
+		matrixModes(t, []string{"redirect", "tproxy"}, func(t *testing.T, v variant) {
+			p := newPod(t, v)
+			p.startProxies()
+			client := p.addClient()
+			away := func() lab.DialOptions {
+				port := p.remotePort()
+				return lab.DialOptions{To: netip.AddrPortFrom(addrOutside(p.rnd, v.family, clientNet[v.family]), port)}
+			}
+			p.expect(client, "I7 before install the client reaches the remote", away(), srvRemote)
+			p.install()
+			for range cases() {
+				p.expect(client, "I7 forwarded connection", away(), srvRemote)
+				for _, dst := range []netip.Addr{p.podAddr(), clientGateway[v.family]} {
+					p.expect(client, "I7 connection to the pod's own address", lab.DialOptions{To: netip.AddrPortFrom(dst, p.appPort(netip.Addr{}))}, srvInbound)
+				}
+			}
 		})
 	})
 }

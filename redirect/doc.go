@@ -7,8 +7,10 @@
 //
 // Planning is pure: NewPlan turns a Config and the facts observed about a
 // network namespace into the exact rules for each IP family, with no host
-// access. Applying observes what is installed, then executes one atomic
-// transaction per family (iptables-restore --noflush) and nothing else.
+// access. Applying observes what is installed, then executes one
+// iptables-restore --noflush per family that differs and nothing else;
+// iptables-restore commits table by table, so a family whose restore fails is
+// read again and put back to what it was, with the families before it.
 // Everything installed is owned by name: chains start with DETOUR_ and every rule
 // in a built-in chain carries the ownership comment, so uninstall removes exactly
 // that. The TPROXY policy routing and the IPv6 passthrough address are made over

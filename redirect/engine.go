@@ -81,10 +81,12 @@ type Status struct {
 func (e *Engine) Facts(ctx context.Context, cfg Config) (Facts, error) { return e.facts(ctx, cfg) }
 
 // Install makes the namespace hold exactly p: one iptables-restore --noflush
-// per family that differs, removing our old rules and adding the new ones in
-// one transaction; nothing when it already does (Result.Changed false, and no
-// restore process spawned). A failure in a later family rolls earlier families
-// back to what they were. Our rules of families p does not capture are removed.
+// per family that differs, removing our old rules and adding the new ones;
+// nothing when it already does (Result.Changed false, and no restore process
+// spawned). When a restore fails, or the context ends during one, the tables
+// it already committed and the families applied before it are put back to what
+// they were (that rollback is not cancelled by ctx). Our rules of families p
+// does not capture are removed.
 func (e *Engine) Install(ctx context.Context, p Plan) (Result, error) { return e.install(ctx, p) }
 
 // Uninstall removes everything we own in every family, table and backend

@@ -101,25 +101,30 @@ type backendObs map[Family]*familyObs
 func (r *run) observe(b Backend) backendObs {
 	obs := backendObs{}
 	for _, f := range allFamilies {
-		fo := &familyObs{owned: owned{}}
-		tool := toolName(b, f, "save")
-		out, err := r.command("", tool)
-		if err == nil {
-			var tables []*saveTable
-			if tables, err = parseSave(out); err == nil {
-				fo.owned, fo.foreign = ownedFromSave(tables)
-				fo.rules = hasRules(tables)
-			} else {
-				err = fmt.Errorf("read %s output: %w", tool, err)
-			}
-		}
-		if err != nil {
-			r.log.Debug("observe", "backend", b, "family", f, "error", err)
-		}
-		fo.err = err
-		obs[f] = fo
+		obs[f] = r.observeFamily(b, f)
 	}
 	return obs
+}
+
+// observeFamily runs the save of one family of a backend.
+func (r *run) observeFamily(b Backend, f Family) *familyObs {
+	fo := &familyObs{owned: owned{}}
+	tool := toolName(b, f, "save")
+	out, err := r.command("", tool)
+	if err == nil {
+		var tables []*saveTable
+		if tables, err = parseSave(out); err == nil {
+			fo.owned, fo.foreign = ownedFromSave(tables)
+			fo.rules = hasRules(tables)
+		} else {
+			err = fmt.Errorf("read %s output: %w", tool, err)
+		}
+	}
+	if err != nil {
+		r.log.Debug("observe", "backend", b, "family", f, "error", err)
+	}
+	fo.err = err
+	return fo
 }
 
 func (o backendObs) ours() bool {
@@ -275,8 +280,11 @@ func newStep(f Family, from, to owned) step {
 	return step{family: f, from: from, to: to, script: transition(from, to)}
 }
 
-// apply runs the steps in order; when one fails, the ones before it are rolled
-// back to exactly what they were (hooks at their old positions).
+// apply runs the steps in order. iptables-restore commits each table at its
+// COMMIT line, so a family's restore that fails (or is killed because the
+// caller's context ended) may leave its earlier tables changed: when a step
+// fails, its family is read again and put back to what it was observed to be,
+// and the steps before it are rolled back too (hooks at their old positions).
 func (r *run) apply(b Backend, steps []step) error {
 	for i, s := range steps {
 		err := r.restore(b, s.family, s.script)
@@ -292,6 +300,9 @@ func (r *run) apply(b Backend, steps []step) error {
 		ctx, cancel := context.WithTimeout(context.WithoutCancel(r.ctx), r.e.lockWait()+30*time.Second)
 		defer cancel()
 		r.ctx = ctx
+		if rbErr := r.restoreObserved(b, s); rbErr != nil {
+			errs = append(errs, fmt.Errorf("roll back %s: %w", s.family, rbErr))
+		}
 		for j := i - 1; j >= 0; j-- {
 			prev := steps[j]
 			if rbErr := r.restore(b, prev.family, transition(prev.to, prev.from)); rbErr != nil {
@@ -302,6 +313,25 @@ func (r *run) apply(b Backend, steps []step) error {
 		}
 		return errors.Join(errs...)
 	}
+	return nil
+}
+
+// restoreObserved puts the family of a failed step back to s.from: it reads
+// what the failed restore left (the tables it committed before failing) and
+// undoes exactly that; nothing runs when it committed nothing.
+func (r *run) restoreObserved(b Backend, s step) error {
+	now := r.observeFamily(b, s.family)
+	if now.err != nil {
+		return now.err
+	}
+	script := transition(now.owned, s.from)
+	if script == "" {
+		return nil
+	}
+	if err := r.restore(b, s.family, script); err != nil {
+		return err
+	}
+	r.log.Info("rolled back", "backend", b, "family", s.family, "partly_committed", true)
 	return nil
 }
 

@@ -3,6 +3,7 @@ package redirect
 import (
 	"context"
 	"errors"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -12,8 +13,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/google/go-cmp/cmp"
 	"golang.org/x/sys/unix"
 
+	"github.com/detour-mesh/detour/internal/netns"
 	"github.com/detour-mesh/detour/internal/privtest"
 )
 
@@ -837,5 +840,140 @@ func BenchmarkUninstall(b *testing.B) {
 			procs += mustUninstall(b, e).Processes
 		}
 		b.ReportMetric(float64(procs)/float64(b.N), "procs/op")
+	})
+}
+
+// partialRestore puts a shim of tool first on PATH whose first call applies
+// only the first table of its input (iptables-restore commits each table at
+// its COMMIT line) and then, when hold is set, tells the test through the
+// returned FIFO and waits to be killed, else fails. Later calls run the real
+// tool. Not for parallel tests: it changes PATH.
+func partialRestore(t *testing.T, tool string, hold bool) (fifo string) {
+	t.Helper()
+	real, err := exec.LookPath(tool)
+	if err != nil {
+		privtest.Skip(t, "needs "+tool)
+	}
+	dir := t.TempDir()
+	fifo = filepath.Join(dir, "committed")
+	if err := unix.Mkfifo(fifo, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	after := `echo "` + tool + `: simulated failure after the first table" >&2
+exit 1`
+	if hold {
+		after = `echo committed > ` + fifo + `
+exec sleep 60`
+	}
+	script := `#!/bin/sh
+if [ -e ` + dir + `/called ]; then exec ` + real + ` "$@"; fi
+touch ` + dir + `/called
+cat > ` + dir + `/input
+awk '{ print } /^COMMIT$/ { exit }' ` + dir + `/input | ` + real + ` "$@" || exit 2
+` + after + "\n"
+	if err := os.WriteFile(filepath.Join(dir, tool), []byte(script), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("PATH", dir+string(os.PathListSeparator)+os.Getenv("PATH"))
+	return fifo
+}
+
+// TestFailedFamilyRolledBack: a restore that commits its first table (raw) and
+// then fails, or is cancelled, leaves every table of both families as it was,
+// the failing family included. Not parallel: it changes PATH.
+func TestFailedFamilyRolledBack(t *testing.T) {
+	privtest.Require(t, backendTools...)
+	for _, b := range iptablesBackends {
+		for _, f := range allFamilies {
+			for _, cancel := range []bool{false, true} {
+				name := fmt.Sprintf("%s/%s/fails", b, f)
+				if cancel {
+					name = fmt.Sprintf("%s/%s/cancelled", b, f)
+				}
+				t.Run(name, func(t *testing.T) {
+					ns, e := newNS(t)
+					seedForeign(t, ns, b)
+					// raw (DNS zones), mangle (drop-invalid) and nat of ours, with a
+					// foreign rule after our hooks in each built-in chain we use.
+					from := mustPlan(t, withBackend(t, cfgWith(t, "", "dns.capture=all", "dropInvalidPackets=true"), b), dualStack)
+					mustInstall(t, e, from)
+					foreign := "*raw\n-A OUTPUT -d 203.0.113.7/32 -j RETURN\nCOMMIT\n*nat\n-A OUTPUT -d 203.0.113.7/32 -j RETURN\nCOMMIT\n"
+					if f == IPv6 {
+						foreign = strings.ReplaceAll(foreign, "203.0.113.7/32", "2001:db8::7/128")
+					}
+					restoreText(t, ns, b, f, foreign)
+					before := save(t, ns, b)
+
+					// The new plan changes raw, mangle and nat of both families.
+					to := mustPlan(t, withBackend(t, cfgWith(t, "", "outbound.excludePorts=25", "mode=tproxy"), b), dualStack)
+					fifo := partialRestore(t, toolName(b, f, "restore"), cancel)
+					ctx, stop := context.WithCancel(context.Background())
+					defer stop()
+					if cancel {
+						go func() {
+							// Opening the FIFO blocks until the shim has committed raw.
+							if _, err := os.ReadFile(fifo); err == nil {
+								stop()
+							}
+						}()
+					}
+					_, err := e.Install(ctx, to)
+					if err == nil {
+						t.Fatal("Install succeeded although the restore failed")
+					}
+					t.Logf("Install: %v", err)
+					if after := save(t, ns, b); after != before {
+						t.Errorf("the failed install left rules changed:\n%s", cmp.Diff(before, after))
+					}
+					assertNoDrift(t, e, from)
+				})
+			}
+		}
+	}
+}
+
+// TestRestoreCommitsPerTable shows why a failed family must be read again:
+// with the real tools, a restore whose raw table deletes our hook and whose nat
+// table then fails (it deletes a rule that does not exist) commits raw anyway.
+// apply puts raw back, so every table ends as it was.
+func TestRestoreCommitsPerTable(t *testing.T) {
+	t.Parallel()
+	forEachBackend(t, func(t *testing.T, b Backend) {
+		ns, e := newNS(t)
+		seedForeign(t, ns, b)
+		mustInstall(t, e, mustPlan(t, withBackend(t, cfgWith(t, "", "dns.capture=all"), b), dualStack))
+		before := save(t, ns, b)
+		for _, f := range allFamilies {
+			bad := "*raw\n-D OUTPUT -p udp -m comment --comment detour -j DETOUR_CT_OUTPUT\nCOMMIT\n*nat\n-D OUTPUT -d 203.0.113.99/32 -j RETURN\nCOMMIT\n"
+			// Without apply: raw is committed although the restore fails.
+			cmd := exec.Command("ip", "netns", "exec", ns.Name, toolName(b, f, "restore"), "--noflush")
+			cmd.Stdin = strings.NewReader(strings.ReplaceAll(bad, "203.0.113.99/32", map[Family]string{IPv4: "203.0.113.99/32", IPv6: "2001:db8::99/128"}[f]))
+			if out, err := cmd.CombinedOutput(); err == nil {
+				t.Fatalf("%s: the bad restore succeeded: %s", f, out)
+			}
+			if got := saveFamily(t, ns, b, f); strings.Contains(got, "-j DETOUR_CT_OUTPUT") {
+				t.Fatalf("%s: raw was not committed before nat failed; the premise of this test is wrong:\n%s", f, got)
+			}
+			restoreText(t, ns, b, f, "*raw\n-I OUTPUT 2 -p udp -m comment --comment detour -j DETOUR_CT_OUTPUT\nCOMMIT\n")
+			if after := save(t, ns, b); after != before {
+				t.Fatalf("%s: could not put the hook back:\n%s", f, cmp.Diff(before, after))
+			}
+
+			// Through apply: the failed family is rolled back.
+			err := netns.Do(ns.Path, func() error {
+				r := e.newRun(context.Background())
+				fo := r.observeFamily(b, f)
+				if fo.err != nil {
+					return fo.err
+				}
+				return r.apply(b, []step{{family: f, from: fo.owned, to: fo.owned, script: bad}})
+			})
+			if err == nil {
+				t.Fatalf("%s: apply of the bad script succeeded", f)
+			}
+			if after := save(t, ns, b); after != before {
+				t.Errorf("%s: apply left the failed family changed (%v):\n%s", f, err, cmp.Diff(before, after))
+			}
+		}
 	})
 }

@@ -977,3 +977,80 @@ func TestRestoreCommitsPerTable(t *testing.T) {
 		}
 	})
 }
+
+// TestForeignNetStateSurvives: addresses, rules and routes that look like
+// ours but do not carry our protocol are someone else's — a VIP on lo with
+// nodad and noprefixroute, an IPv4 address labelled lo:detour, an identical
+// TPROXY rule, a local default route in table 2000 — and survive install,
+// re-install and uninstall; ours come and go next to them.
+func TestForeignNetStateSurvives(t *testing.T) {
+	t.Parallel()
+	forEachBackend(t, func(t *testing.T, b Backend) {
+		ns, e := newNS(t)
+		for _, c := range [][]string{
+			{"ip", "-6", "addr", "add", "2001:db8::1/128", "dev", "lo", "nodad", "noprefixroute"},
+			{"ip", "-4", "addr", "add", "192.0.2.77/32", "dev", "lo", "label", "lo:detour", "noprefixroute"},
+			// The same numbers as ours, in both families.
+			{"ip", "-4", "rule", "add", "fwmark", "0x2000/0x2000", "lookup", "2000", "priority", "2000", "protocol", "static"},
+			{"ip", "-6", "rule", "add", "fwmark", "0x2000/0x2000", "lookup", "2000", "priority", "2000", "protocol", "static"},
+			{"ip", "-4", "rule", "add", "from", "192.0.2.0/24", "lookup", "2000", "priority", "2000"},
+			// IPv4: a route that takes our route's place; IPv6: another route in our table.
+			{"ip", "-4", "route", "add", "local", "default", "dev", "lo", "table", "2000", "proto", "static"},
+			{"ip", "-6", "route", "add", "local", "2001:db8:5::/64", "dev", "lo", "table", "2000"},
+		} {
+			ns.Run(t, c...)
+		}
+		state := func() string {
+			var out strings.Builder
+			for _, c := range [][]string{
+				{"ip", "-d", "addr", "show"},
+				{"ip", "-4", "rule"}, {"ip", "-6", "rule"},
+				{"ip", "-4", "route", "show", "table", "all"}, {"ip", "-6", "route", "show", "table", "all"},
+			} {
+				out.WriteString(ns.Run(t, c...))
+			}
+			return out.String()
+		}
+		before := state()
+		if st, err := e.Status(context.Background()); err != nil || st.Installed {
+			t.Fatalf("Status before install = %+v, %v; the foreign state is not ours", st, err)
+		}
+
+		p := mustPlan(t, withBackend(t, cfgWith(t, "", "mode=tproxy", "proxy.inboundPassthroughSource.ipv4=169.254.7.7"), b), dualStack)
+		for i := range 2 {
+			res := mustInstall(t, e, p)
+			if res.Changed != (i == 0) {
+				t.Errorf("install %d: Changed = %v", i+1, res.Changed)
+			}
+			assertNoDrift(t, e, p)
+			got := state()
+			for _, want := range []string{
+				"inet6 2001:db8::1/128 scope global nodad noprefixroute",
+				"inet 192.0.2.77/32 scope global noprefixroute lo:detour",
+				"2000:\tfrom all fwmark 0x2000/0x2000 lookup 2000 proto static",
+				"2000:\tfrom 192.0.2.0/24 lookup 2000",
+				"local default dev lo table 2000 proto static",
+				"local 2001:db8:5::/64 dev lo table 2000",
+				// ours, next to them
+				"2000:\tfrom all fwmark 0x2000/0x2000 lookup 2000 proto 215",
+				"local default dev lo table 2000 proto 215 metric 1024",
+				"inet6 ::6/128 scope global nodad noprefixroute",
+				"inet 169.254.7.7/32 scope host noprefixroute lo:detour",
+			} {
+				if !strings.Contains(got, want) {
+					t.Errorf("install %d: lacks %q:\n%s", i+1, want, got)
+				}
+			}
+		}
+		// Another plan that needs no routing and no IPv4 address of ours: only
+		// ours go.
+		mustInstall(t, e, mustPlan(t, withBackend(t, Default(), b), dualStack))
+		if got := state(); !strings.Contains(got, "2001:db8::1/128") || !strings.Contains(got, "proto static") || strings.Contains(got, "proto 215") {
+			t.Errorf("after installing redirect mode:\n%s", got)
+		}
+		mustUninstall(t, e)
+		if after := state(); after != before {
+			t.Errorf("uninstall did not leave the foreign state as it was:\n%s", cmp.Diff(before, after))
+		}
+	})
+}

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"strconv"
 	"strings"
 )
 
@@ -186,10 +187,11 @@ func (f FamilyPlan) netLines() []string {
 }
 
 func addressLine(a netip.Prefix) string {
+	proto := " proto " + strconv.Itoa(netProtocol)
 	if a.Addr().Is4() {
-		return "# address: ip -4 addr add " + a.String() + " dev lo label " + addressLabel + " noprefixroute"
+		return "# address: ip -4 addr add " + a.String() + " dev lo label " + addressLabel + " noprefixroute" + proto
 	}
-	return "# address: ip -6 addr add " + a.String() + " dev lo nodad noprefixroute"
+	return "# address: ip -6 addr add " + a.String() + " dev lo nodad noprefixroute" + proto
 }
 
 func renderTables(tables []Table) string {
@@ -222,8 +224,8 @@ func (r *PolicyRouting) lines(f Family) []string {
 		v, dst = "-6", "::/0"
 	}
 	return []string{
-		fmt.Sprintf("# routing: ip %s rule add fwmark %#x/%#x lookup %d priority %d", v, r.Mark, r.Mask, r.Table, r.Priority),
-		fmt.Sprintf("# routing: ip %s route add local %s dev lo table %d", v, dst, r.Table),
+		fmt.Sprintf("# routing: ip %s rule add fwmark %#x/%#x lookup %d priority %d protocol %d", v, r.Mark, r.Mask, r.Table, r.Priority, netProtocol),
+		fmt.Sprintf("# routing: ip %s route add local %s dev lo table %d proto %d", v, dst, r.Table, netProtocol),
 	}
 }
 

@@ -1,6 +1,7 @@
 package redirect
 
 import (
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"net"
@@ -8,8 +9,19 @@ import (
 	"slices"
 
 	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netlink/nl"
 	"golang.org/x/sys/unix"
 )
+
+// What we make over netlink carries the kernel's own ownership tag, netProtocol:
+// the protocol of the ip rule (FRA_PROTOCOL, Linux ≥ 4.17) and of the route
+// (rtm_protocol), and the protocol of the address on lo (IFA_PROTO, Linux ≥ 6.1).
+// Only what carries it is ours and is ever removed: an address, rule or route
+// that merely looks like ours (a VIP on lo with nodad and noprefixroute, a rule
+// at priority 2000) is someone else's.
+
+// ifaProto is IFA_PROTO of linux/if_addr.h (x/sys does not define it yet).
+const ifaProto = 11
 
 // netItem is one piece of state we keep over netlink: the TPROXY fwmark rule,
 // the local route of our table, or an address on lo.
@@ -17,8 +29,8 @@ type netItem struct {
 	family Family
 	line   string // in the plan's text form
 	want   bool   // the plan asks for it
-	exists bool   // it is there
-	ours   bool   // it is there and we put it there (so we may remove it)
+	exists bool   // it is there (ours, or for routes and addresses an equal one of someone else)
+	ours   bool   // it is there carrying our tag (so we may remove it)
 	add    func() error
 	del    func() error
 }
@@ -36,6 +48,8 @@ func netlinkFamily(f Family) int {
 	return unix.AF_INET
 }
 
+// ourRule is the TPROXY rule as we add and delete it: with our protocol, the
+// kernel deletes only ours even when someone else has an identical rule.
 func ourRule(f Family) *netlink.Rule {
 	r := netlink.NewRule()
 	r.Family = netlinkFamily(f)
@@ -44,6 +58,7 @@ func ourRule(f Family) *netlink.Rule {
 	r.Mark = tproxyMark
 	mask := uint32(tproxyMark)
 	r.Mask = &mask
+	r.Protocol = netProtocol
 	return r
 }
 
@@ -54,35 +69,129 @@ func ourRoute(f Family, lo int) *netlink.Route {
 	}
 	return &netlink.Route{
 		Family: netlinkFamily(f), LinkIndex: lo, Dst: dst, Table: tproxyTable,
-		Type: unix.RTN_LOCAL, Scope: netlink.SCOPE_HOST,
+		Type: unix.RTN_LOCAL, Scope: netlink.SCOPE_HOST, Protocol: netProtocol,
 	}
 }
 
-// ourAddress is an address as we put it on lo: IPv4 with our label, IPv6 with
-// nodad and noprefixroute (IPv6 addresses have no label).
-func ourAddress(p netip.Prefix, lo int) *netlink.Addr {
-	a := &netlink.Addr{
-		IPNet:     &net.IPNet{IP: p.Addr().AsSlice(), Mask: net.CIDRMask(p.Bits(), p.Addr().BitLen())},
-		LinkIndex: lo, Scope: unix.RT_SCOPE_HOST, Flags: unix.IFA_F_NOPREFIXROUTE,
+// isRuleKey reports whether r selects what our rule selects (priority, mark,
+// mask, table), whoever made it.
+func isRuleKey(r netlink.Rule) bool {
+	return r.Priority == tproxyPriority && r.Table == tproxyTable && r.Mark == tproxyMark && r.Mask != nil && *r.Mask == tproxyMark
+}
+
+// isRouteKey reports whether r takes the place of our route: the kernel keys
+// routes by table, destination and metric, not by device or protocol, so a
+// local default route of someone else in our table is used as it is.
+func isRouteKey(r netlink.Route) bool {
+	return r.Type == unix.RTN_LOCAL && (r.Dst == nil || isDefault(r.Dst))
+}
+
+// loAddr is an address on lo as a raw dump shows it.
+type loAddr struct {
+	prefix netip.Prefix
+	proto  uint8
+}
+
+// listLoAddrs dumps the addresses of family f on link lo with their IFA_PROTO,
+// which netlink.AddrList does not read.
+func listLoAddrs(f Family, lo int) ([]loAddr, error) {
+	msgs, err := retryDump(func() ([][]byte, error) {
+		req := nl.NewNetlinkRequest(unix.RTM_GETADDR, unix.NLM_F_DUMP)
+		req.AddData(nl.NewIfAddrmsg(netlinkFamily(f)))
+		return req.Execute(unix.NETLINK_ROUTE, unix.RTM_NEWADDR)
+	})
+	if err != nil {
+		return nil, err
 	}
-	if p.Addr().Is4() {
-		a.Label = addressLabel
+	var out []loAddr
+	for _, m := range msgs {
+		if len(m) < unix.SizeofIfAddrmsg {
+			continue
+		}
+		msg := nl.DeserializeIfAddrmsg(m)
+		if int(msg.Index) != lo || int(msg.Family) != netlinkFamily(f) {
+			continue
+		}
+		attrs, err := nl.ParseRouteAttr(m[msg.Len():])
+		if err != nil {
+			return nil, err
+		}
+		var a loAddr
+		var local, address netip.Addr
+		for _, at := range attrs {
+			switch at.Attr.Type {
+			case unix.IFA_LOCAL:
+				local, _ = netip.AddrFromSlice(at.Value)
+			case unix.IFA_ADDRESS:
+				address, _ = netip.AddrFromSlice(at.Value)
+			case ifaProto:
+				if len(at.Value) > 0 {
+					a.proto = at.Value[0]
+				}
+			}
+		}
+		ip := local // IPv4 puts the address in IFA_LOCAL, IPv6 only in IFA_ADDRESS
+		if !ip.IsValid() {
+			ip = address
+		}
+		if !ip.IsValid() {
+			continue
+		}
+		a.prefix = netip.PrefixFrom(ip.Unmap(), int(msg.Prefixlen))
+		out = append(out, a)
+	}
+	return out, nil
+}
+
+// addLoAddr puts p on lo tagged with our protocol: IPv4 also with our label
+// (visible in `ip addr`, which does not show the protocol), IPv6 with nodad so
+// the proxy can bind it at once; neither gets a prefix route.
+func addLoAddr(p netip.Prefix, lo int) error {
+	req := nl.NewNetlinkRequest(unix.RTM_NEWADDR, unix.NLM_F_CREATE|unix.NLM_F_EXCL|unix.NLM_F_ACK)
+	fam := IPv4
+	if p.Addr().Is6() {
+		fam = IPv6
+	}
+	msg := nl.NewIfAddrmsg(netlinkFamily(fam))
+	msg.Prefixlen = uint8(p.Bits())
+	msg.Scope = unix.RT_SCOPE_HOST
+	msg.Index = uint32(lo)
+	req.AddData(msg)
+	ip := p.Addr().AsSlice()
+	req.AddData(nl.NewRtAttr(unix.IFA_LOCAL, ip))
+	req.AddData(nl.NewRtAttr(unix.IFA_ADDRESS, ip))
+	flags := uint32(unix.IFA_F_NOPREFIXROUTE)
+	if fam == IPv6 {
+		flags |= unix.IFA_F_NODAD
 	} else {
-		a.Flags |= unix.IFA_F_NODAD
+		req.AddData(nl.NewRtAttr(unix.IFA_LABEL, nl.ZeroTerminated(addressLabel)))
 	}
-	return a
+	b := make([]byte, 4)
+	binary.NativeEndian.PutUint32(b, flags)
+	req.AddData(nl.NewRtAttr(unix.IFA_FLAGS, b))
+	req.AddData(nl.NewRtAttr(ifaProto, []byte{netProtocol}))
+	_, err := req.Execute(unix.NETLINK_ROUTE, 0)
+	return err
 }
 
-func isOurAddress(a netlink.Addr) bool {
-	ones, bits := a.Mask.Size()
-	if ones != bits {
-		return false
+func delLoAddr(p netip.Prefix, lo netlink.Link) error {
+	return netlink.AddrDel(lo, &netlink.Addr{
+		IPNet: &net.IPNet{IP: p.Addr().AsSlice(), Mask: net.CIDRMask(p.Bits(), p.Addr().BitLen())},
+	})
+}
+
+// retryDump runs a netlink dump again when the kernel reports that it was
+// interrupted by a change (its result may then be inconsistent).
+func retryDump[T any](dump func() (T, error)) (T, error) {
+	var out T
+	var err error
+	for range 5 {
+		out, err = dump()
+		if !errors.Is(err, netlink.ErrDumpInterrupted) {
+			return out, err
+		}
 	}
-	if a.IP.To4() != nil {
-		return a.Label == addressLabel
-	}
-	const flags = unix.IFA_F_NODAD | unix.IFA_F_NOPREFIXROUTE
-	return a.Flags&flags == flags
+	return out, err
 }
 
 // observeNet reads our rule, route and addresses in both families; p says
@@ -98,33 +207,50 @@ func observeNet(p Plan) (netState, error) {
 	for _, f := range allFamilies {
 		fp, planned := p.Family(f)
 		wantRouting := planned && fp.Routing != nil
-		rules, err := netlink.RuleListFiltered(netlinkFamily(f), &netlink.Rule{Table: tproxyTable}, netlink.RT_FILTER_TABLE)
-		if err != nil && !errors.Is(err, netlink.ErrDumpInterrupted) {
+		rules, err := retryDump(func() ([]netlink.Rule, error) { return netlink.RuleList(netlinkFamily(f)) })
+		if err != nil {
 			if !planned && errors.Is(err, unix.EAFNOSUPPORT) {
 				continue // no IPv6 in this kernel: nothing of ours either
 			}
 			return s, fmt.Errorf("list %s ip rules: %w", f, err)
 		}
-		ruleThere := slices.ContainsFunc(rules, func(r netlink.Rule) bool {
-			return r.Priority == tproxyPriority && r.Mark == tproxyMark && r.Mask != nil && *r.Mask == tproxyMark
+		routes, err := retryDump(func() ([]netlink.Route, error) {
+			return netlink.RouteListFiltered(netlinkFamily(f), &netlink.Route{Table: tproxyTable}, netlink.RT_FILTER_TABLE)
 		})
-		routes, err := netlink.RouteListFiltered(netlinkFamily(f), &netlink.Route{Table: tproxyTable}, netlink.RT_FILTER_TABLE)
-		if err != nil && !errors.Is(err, netlink.ErrDumpInterrupted) {
+		if err != nil {
 			return s, fmt.Errorf("list %s routes of table %d: %w", f, tproxyTable, err)
 		}
-		routeThere := slices.ContainsFunc(routes, func(r netlink.Route) bool {
-			return r.Type == unix.RTN_LOCAL && r.LinkIndex == loIdx && (r.Dst == nil || isDefault(r.Dst))
-		})
 		lines := routing.lines(f)
-		rt, ru := ourRoute(f, loIdx), ourRule(f)
-		s.items = append(s.items,
-			&netItem{family: f, line: lines[0], want: wantRouting, exists: ruleThere, ours: ruleThere,
-				add: func() error { return netlink.RuleAdd(ru) }, del: func() error { return netlink.RuleDel(ru) }},
-			&netItem{family: f, line: lines[1], want: wantRouting, exists: routeThere, ours: routeThere,
-				add: func() error { return netlink.RouteAdd(rt) }, del: func() error { return netlink.RouteDel(rt) }},
-		)
+		ru, rt := ourRule(f), ourRoute(f, loIdx)
 
-		addrs, err := netlink.AddrList(lo, netlinkFamily(f))
+		// Our rule is added next to an identical one of someone else (the
+		// kernel keeps both, told apart by protocol), so each owner can remove
+		// its own.
+		ruleOurs := slices.ContainsFunc(rules, func(r netlink.Rule) bool { return isRuleKey(r) && r.Protocol == netProtocol })
+		s.items = append(s.items, &netItem{family: f, line: lines[0], want: wantRouting, exists: ruleOurs, ours: ruleOurs,
+			add: func() error { return netlink.RuleAdd(ru) }, del: func() error { return netlink.RuleDel(ru) }})
+		for _, r := range rules {
+			if r.Protocol == netProtocol && !isRuleKey(r) {
+				stray := netlink.NewRule()
+				stray.Family, stray.Priority, stray.Table, stray.Mark, stray.Mask, stray.Protocol = netlinkFamily(f), r.Priority, r.Table, r.Mark, r.Mask, netProtocol
+				s.items = append(s.items, &netItem{family: f, line: ruleLine(f, r), exists: true, ours: true,
+					del: func() error { return netlink.RuleDel(stray) }})
+			}
+		}
+
+		routeThere := slices.ContainsFunc(routes, isRouteKey)
+		routeOurs := slices.ContainsFunc(routes, func(r netlink.Route) bool { return isRouteKey(r) && r.Protocol == netProtocol })
+		s.items = append(s.items, &netItem{family: f, line: lines[1], want: wantRouting, exists: routeThere, ours: routeOurs,
+			add: func() error { return netlink.RouteAdd(rt) }, del: func() error { return netlink.RouteDel(rt) }})
+		for _, r := range routes {
+			if r.Protocol == netProtocol && !isRouteKey(r) {
+				stray := r
+				s.items = append(s.items, &netItem{family: f, line: fmt.Sprintf("# routing: %s (table %d)", r.String(), tproxyTable), exists: true, ours: true,
+					del: func() error { return netlink.RouteDel(&stray) }})
+			}
+		}
+
+		addrs, err := listLoAddrs(f, loIdx)
 		if err != nil {
 			return s, fmt.Errorf("list %s addresses of lo: %w", f, err)
 		}
@@ -135,30 +261,36 @@ func observeNet(p Plan) (netState, error) {
 		for _, w := range wanted {
 			it := &netItem{family: f, line: addressLine(w), want: true}
 			for _, a := range addrs {
-				if prefixOf(a) == w {
-					it.exists, it.ours = true, isOurAddress(a)
+				if a.prefix == w {
+					it.exists, it.ours = true, a.proto == netProtocol
 				}
 			}
-			na := ourAddress(w, loIdx)
-			it.add = func() error { return netlink.AddrAdd(lo, na) }
-			it.del = func() error { return netlink.AddrDel(lo, na) }
+			it.add = func() error { return addLoAddr(w, loIdx) }
+			it.del = func() error { return delLoAddr(w, lo) }
 			s.items = append(s.items, it)
 		}
 		for _, a := range addrs {
-			if p := prefixOf(a); isOurAddress(a) && !slices.Contains(wanted, p) {
-				na := ourAddress(p, loIdx)
+			if a.proto == netProtocol && !slices.Contains(wanted, a.prefix) {
+				p := a.prefix
 				s.items = append(s.items, &netItem{family: f, line: addressLine(p), exists: true, ours: true,
-					del: func() error { return netlink.AddrDel(lo, na) }})
+					del: func() error { return delLoAddr(p, lo) }})
 			}
 		}
 	}
 	return s, nil
 }
 
-func prefixOf(a netlink.Addr) netip.Prefix {
-	ip, _ := netip.AddrFromSlice(a.IP)
-	ones, _ := a.Mask.Size()
-	return netip.PrefixFrom(ip.Unmap(), ones)
+// ruleLine describes a rule of ours that the plan does not know.
+func ruleLine(f Family, r netlink.Rule) string {
+	v := "-4"
+	if f == IPv6 {
+		v = "-6"
+	}
+	mask := uint32(0)
+	if r.Mask != nil {
+		mask = *r.Mask
+	}
+	return fmt.Sprintf("# routing: ip %s rule add fwmark %#x/%#x lookup %d priority %d protocol %d", v, r.Mark, mask, r.Table, r.Priority, netProtocol)
 }
 
 func isDefault(n *net.IPNet) bool {

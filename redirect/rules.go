@@ -65,8 +65,13 @@ const (
 	multiportMax = 15
 )
 
-// addressLabel marks the IPv4 addresses we put on lo; IPv6 addresses have no
-// label and are ours when they carry both nodad and noprefixroute.
+// netProtocol is the kernel ownership tag of everything we make over netlink:
+// the protocol of our ip rules and routes and of our addresses on lo. No
+// routing daemon uses 215 (iproute2's rt_protos, linux/rtnetlink.h).
+const netProtocol = 215
+
+// addressLabel names the IPv4 addresses we put on lo, for people reading `ip
+// addr` (which does not show an address's protocol); ownership is netProtocol.
 const addressLabel = "lo:detour"
 
 // alwaysLocal reports whether an address is local without being configured:

@@ -76,7 +76,8 @@ type Status struct {
 }
 
 // Facts reads what planning needs from the namespace: whether it has a usable
-// IPv6 stack, and for dns.capture resolvconf the nameservers of
+// IPv6 stack (any interface with IPv6 enabled, whatever
+// net.ipv6.conf.all.disable_ipv6 says), and for dns.capture resolvconf the nameservers of
 // cfg.DNS.ResolvConf (the path is read as given, also with NetNS set).
 func (e *Engine) Facts(ctx context.Context, cfg Config) (Facts, error) { return e.facts(ctx, cfg) }
 

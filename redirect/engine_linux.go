@@ -543,16 +543,9 @@ func (e *Engine) status(ctx context.Context) (Status, error) {
 
 func (e *Engine) facts(_ context.Context, cfg Config) (Facts, error) {
 	var f Facts
-	err := netns.Do(e.NetNS, func() error {
-		// /proc/sys/net follows the calling thread's namespace. The directory is
-		// missing when the kernel runs without IPv6.
-		b, err := os.ReadFile("/proc/sys/net/ipv6/conf/all/disable_ipv6")
-		if err == nil {
-			f.IPv6 = strings.TrimSpace(string(b)) == "0"
-		} else if !errors.Is(err, os.ErrNotExist) {
-			return fmt.Errorf("read ipv6 state: %w", err)
-		}
-		return nil
+	err := netns.Do(e.NetNS, func() (err error) {
+		f.IPv6, err = hasIPv6()
+		return err
 	})
 	if err != nil {
 		return f, err
@@ -563,6 +556,44 @@ func (e *Engine) facts(_ context.Context, cfg Config) (Facts, error) {
 		}
 	}
 	return f, nil
+}
+
+// hasIPv6 reports whether any interface of the calling thread's network
+// namespace has IPv6 enabled. net.ipv6.conf.all.disable_ipv6 is not the
+// answer: writing it sets every interface, but an interface may turn IPv6 back
+// on afterwards (all=1, eth0=0 leaves eth0 with IPv6). An interface whose
+// disable_ipv6 is 0, or any address in if_inet6, means IPv6 traffic can flow.
+// /proc/sys/net and /proc/thread-self/net follow the calling thread's
+// namespace; both are missing when the kernel runs without IPv6.
+func hasIPv6() (bool, error) {
+	const conf = "/proc/sys/net/ipv6/conf"
+	entries, err := os.ReadDir(conf)
+	if errors.Is(err, os.ErrNotExist) {
+		return false, nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("read ipv6 state: %w", err)
+	}
+	for _, ent := range entries {
+		if name := ent.Name(); name == "all" || name == "default" {
+			continue
+		}
+		b, err := os.ReadFile(filepath.Join(conf, ent.Name(), "disable_ipv6"))
+		if errors.Is(err, os.ErrNotExist) {
+			continue // the interface went away meanwhile
+		}
+		if err != nil {
+			return false, fmt.Errorf("read ipv6 state of %s: %w", ent.Name(), err)
+		}
+		if strings.TrimSpace(string(b)) == "0" {
+			return true, nil
+		}
+	}
+	b, err := os.ReadFile("/proc/thread-self/net/if_inet6")
+	if err != nil && !errors.Is(err, os.ErrNotExist) {
+		return false, fmt.Errorf("read ipv6 addresses: %w", err)
+	}
+	return len(bytes.TrimSpace(b)) > 0, nil
 }
 
 // readNameservers returns the nameserver addresses of a resolv.conf file, in

@@ -1054,3 +1054,37 @@ func TestForeignNetStateSurvives(t *testing.T) {
 		}
 	})
 }
+
+// TestFactsIPv6PerInterface: IPv6 is present when any interface has it, even
+// with net.ipv6.conf.all.disable_ipv6=1 (an interface may turn it back on),
+// and absent only when no interface has it.
+func TestFactsIPv6PerInterface(t *testing.T) {
+	t.Parallel()
+	ns, e := newNS(t)
+	ns.Run(t, "ip", "link", "add", "eth0", "type", "veth", "peer", "name", "eth1")
+	ns.Run(t, "sysctl", "-q", "-w", "net.ipv6.conf.all.disable_ipv6=1")
+	ipv6 := func() bool {
+		t.Helper()
+		f, err := e.Facts(context.Background(), Default())
+		if err != nil {
+			t.Fatal(err)
+		}
+		return f.IPv6
+	}
+	if ipv6() {
+		t.Errorf("Facts says IPv6 with IPv6 disabled on every interface:\n%s", ns.Run(t, "sysctl", "-a", "--pattern", "disable_ipv6"))
+	}
+	ns.Run(t, "sysctl", "-q", "-w", "net.ipv6.conf.eth0.disable_ipv6=0")
+	ns.Run(t, "ip", "link", "set", "eth0", "up")
+	if !ipv6() {
+		t.Errorf("Facts says no IPv6 although eth0 has it (all.disable_ipv6=1, eth0.disable_ipv6=0): an auto plan would let IPv6 bypass the proxy\n%s", ns.Run(t, "ip", "-6", "addr"))
+	}
+	// ipFamilies auto then plans both families.
+	f, err := e.Facts(context.Background(), Default())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p := mustPlan(t, Default(), f); len(p.Families) != 2 {
+		t.Errorf("auto plan with IPv6 on eth0 captures %d families, want 2", len(p.Families))
+	}
+}

@@ -12,11 +12,17 @@ import (
 // NetNS, looked up on PATH at call time; TPROXY policy routing goes through
 // netlink in the same namespace. Methods need CAP_NET_ADMIN and CAP_NET_RAW in
 // the namespace (and CAP_SYS_ADMIN to enter it). An Engine holds no state
-// between calls: it may be copied and used from several goroutines.
+// between calls: it may be copied and used from several goroutines. Install
+// and Uninstall of one namespace are serialized across goroutines and
+// processes by a lock file in LockDir, held from observing to applying.
 type Engine struct {
 	Logger   *slog.Logger  // nil = discard
 	NetNS    string        // path of the network namespace (/run/netns/x, /proc/PID/ns/net); "" = the caller's
-	LockWait time.Duration // bound on waiting for the xtables lock; 0 = 10s
+	LockWait time.Duration // bound on waiting for the xtables lock and for detour's lock of NetNS; 0 = 10s
+	// LockDir holds detour's per-namespace lock files, which serialize
+	// Install and Uninstall runs on one namespace across processes; "" =
+	// /run/detour.
+	LockDir string
 }
 
 // Result says what Install or Uninstall did.

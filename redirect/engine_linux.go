@@ -346,6 +346,11 @@ func (e *Engine) install(ctx context.Context, p Plan) (Result, error) {
 	err := netns.Do(e.NetNS, func() error {
 		r := e.newRun(ctx)
 		defer func() { res.Processes = r.procs }()
+		lock, err := r.lockNetNS()
+		if err != nil {
+			return err
+		}
+		defer lock.unlock()
 		obs := r.observeAll()
 		if err := blocked(obs); err != nil {
 			return err
@@ -407,6 +412,11 @@ func (e *Engine) uninstall(ctx context.Context) (Result, error) {
 	err := netns.Do(e.NetNS, func() error {
 		r := e.newRun(ctx)
 		defer func() { res.Processes = r.procs }()
+		lock, err := r.lockNetNS()
+		if err != nil {
+			return err
+		}
+		defer lock.unlock()
 		obs := r.observeAll()
 		if err := blocked(obs); err != nil {
 			return err

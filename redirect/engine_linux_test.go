@@ -1088,3 +1088,108 @@ func TestFactsIPv6PerInterface(t *testing.T) {
 		t.Errorf("auto plan with IPv6 on eth0 captures %d families, want 2", len(p.Families))
 	}
 }
+
+// barrierRestore puts shims of the restore tools first on PATH that hold each
+// of the engine's restores until n of them have arrived (or about a second has passed),
+// so that concurrent installs that both saw "nothing installed" really do
+// restore at the same time. Not for parallel tests: it changes PATH.
+func barrierRestore(t *testing.T, n int, tools ...string) {
+	t.Helper()
+	dir := t.TempDir()
+	for _, tool := range tools {
+		real, err := exec.LookPath(tool)
+		if err != nil {
+			privtest.Skip(t, "needs "+tool)
+		}
+		script := fmt.Sprintf(`#!/bin/sh
+touch %[1]s/arrived.$$
+i=0
+while [ "$(ls %[1]s | grep -c '^arrived')" -lt %[2]d ] && [ $i -lt 100 ]; do sleep 0.01; i=$((i+1)); done
+exec %[3]s "$@"
+`, dir, n, real)
+		if err := os.WriteFile(filepath.Join(dir, tool), []byte(script), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	t.Setenv("PATH", dir+string(os.PathListSeparator)+os.Getenv("PATH"))
+}
+
+// TestConcurrentInstallsOneNamespace: two installs of the same namespace at
+// the same moment end with exactly one copy of the rules, the second seeing
+// the first's work. Not parallel: it changes PATH.
+func TestConcurrentInstallsOneNamespace(t *testing.T) {
+	privtest.Require(t, backendTools...)
+	for _, b := range iptablesBackends {
+		t.Run(string(b), func(t *testing.T) {
+			barrierRestore(t, 2, toolName(b, IPv4, "restore"), toolName(b, IPv6, "restore"))
+			ns, _ := newNS(t)
+			p := mustPlan(t, withBackend(t, cfgWith(t, "", "dns.capture=all"), b), dualStack)
+			var wg sync.WaitGroup
+			results := make([]Result, 2)
+			errs := make([]error, 2)
+			for i := range 2 {
+				e := &Engine{NetNS: ns.Path} // separate engines, as two processes would be
+				wg.Go(func() { results[i], errs[i] = e.Install(context.Background(), p) })
+			}
+			wg.Wait()
+			for i, err := range errs {
+				if err != nil {
+					t.Errorf("install %d: %v", i, err)
+				}
+			}
+			if results[0].Changed == results[1].Changed {
+				t.Errorf("Changed = %v and %v, want exactly one install to change something", results[0].Changed, results[1].Changed)
+			}
+			for _, f := range allFamilies {
+				got := saveFamily(t, ns, b, f)
+				for _, h := range []string{"-A OUTPUT -p tcp -m comment --comment detour -j DETOUR_OUTPUT", "-A OUTPUT -p udp -m udp --dport 53 -m comment --comment detour -j DETOUR_DNS"} {
+					if n := strings.Count(got, h+"\n"); n != 1 {
+						t.Errorf("%s holds %d copies of %q, want 1:\n%s", f, n, h, got)
+					}
+				}
+			}
+			assertNoDrift(t, &Engine{NetNS: ns.Path}, p)
+		})
+	}
+}
+
+// TestNamespaceLockWait: while another run holds the namespace's lock,
+// Install and Uninstall wait at most LockWait, then fail with ErrLockTimeout
+// having run nothing; the lock file goes with its holder.
+func TestNamespaceLockWait(t *testing.T) {
+	t.Parallel()
+	ns, e := newNS(t)
+	e.LockDir = t.TempDir()
+	e.LockWait = 300 * time.Millisecond
+	var held *netnsLock
+	err := netns.Do(ns.Path, func() (err error) {
+		held, err = e.newRun(context.Background()).lockNetNS()
+		return err
+	})
+	if err != nil || held == nil {
+		t.Fatalf("take the lock: %v", err)
+	}
+	before := save(t, ns, BackendIPTablesNFT)
+	res, err := e.Install(context.Background(), mustPlan(t, withBackend(t, Default(), BackendIPTablesNFT), dualStack))
+	if !errors.Is(err, ErrLockTimeout) || res.Processes != 0 {
+		t.Fatalf("Install while the lock is held = %+v, %v; want ErrLockTimeout and no process", res, err)
+	}
+	if _, err := e.Uninstall(context.Background()); !errors.Is(err, ErrLockTimeout) {
+		t.Fatalf("Uninstall while the lock is held = %v, want ErrLockTimeout", err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	e.LockWait = time.Minute
+	if _, err := e.Install(ctx, mustPlan(t, Default(), dualStack)); !errors.Is(err, context.Canceled) {
+		t.Fatalf("Install with a cancelled context while the lock is held = %v, want context.Canceled", err)
+	}
+	if after := save(t, ns, BackendIPTablesNFT); after != before {
+		t.Errorf("rules changed although the lock was never acquired:\n%s", after)
+	}
+	held.unlock()
+	mustInstall(t, e, mustPlan(t, withBackend(t, Default(), BackendIPTablesNFT), dualStack))
+	mustUninstall(t, e)
+	if left, _ := os.ReadDir(e.LockDir); len(left) != 0 {
+		t.Errorf("lock files left behind: %v", left)
+	}
+}

@@ -239,9 +239,10 @@ var (
 	// (auto) but IPv6 rules cannot be installed. Set ipFamilies ipv4 to capture
 	// IPv4 only, knowingly.
 	ErrIPv6Unavailable = errors.New("IPv6 is present or wanted but IPv6 rules cannot be installed")
-	// ErrLockTimeout means the xtables lock was not acquired within Engine.LockWait;
-	// nothing was changed.
-	ErrLockTimeout = errors.New("xtables lock not acquired in time")
+	// ErrLockTimeout means the xtables lock, or detour's own lock of the
+	// network namespace (held by another Install or Uninstall of it), was not
+	// acquired within Engine.LockWait; nothing was changed.
+	ErrLockTimeout = errors.New("lock not acquired in time")
 	// ErrBackendConflict means our rules are in both iptables-legacy and
 	// iptables-nft, or in another backend than the one the config forces.
 	ErrBackendConflict = errors.New("detour rules are in another iptables backend")

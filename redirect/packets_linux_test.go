@@ -5,8 +5,11 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"net"
 	"net/netip"
+	"os"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -181,16 +184,30 @@ func (l *lab) serveUDP(t *testing.T, ns privtest.NS, uid int, addr string, name 
 // answers: the packets went nowhere).
 func (l *lab) dial(t *testing.T, from privtest.NS, uid int, src netip.Addr, dst netip.AddrPort) string {
 	t.Helper()
+	return l.dialAs(t, from, uid, 0, src, dst)
+}
+
+// dialAs is dial with a gid too; a source address is bound with IP_FREEBIND,
+// so any address a local route covers will do.
+func (l *lab) dialAs(t *testing.T, from privtest.NS, uid, gid int, src netip.Addr, dst netip.AddrPort) string {
+	t.Helper()
 	var conn net.Conn
 	var dialErr error
 	err := netns.Do(from.Path, func() error {
-		// setfsuid is per thread, and the socket takes its owner from the
-		// creating thread's fsuid: no child process needed.
+		// setfsuid/setfsgid are per thread, and the socket takes its owner from
+		// the creating thread's fsuid and fsgid: no child process needed.
+		prevGID, _ := unix.SetfsgidRetGid(gid)
+		defer unix.SetfsgidRetGid(prevGID)
 		prev, _ := unix.SetfsuidRetUid(uid)
 		defer unix.SetfsuidRetUid(prev)
 		d := net.Dialer{Timeout: 2 * time.Second}
 		if src.IsValid() {
 			d.LocalAddr = &net.TCPAddr{IP: src.AsSlice()}
+			d.Control = func(_, _ string, rc syscall.RawConn) error {
+				var serr error
+				err := rc.Control(func(fd uintptr) { serr = unix.SetsockoptInt(int(fd), unix.SOL_IP, unix.IP_FREEBIND, 1) })
+				return errors.Join(err, serr)
+			}
 		}
 		conn, dialErr = d.Dial("tcp", dst.String())
 		return nil
@@ -542,4 +559,146 @@ func TestForwardedNotCaptured(t *testing.T) {
 			})
 		})
 	}
+}
+
+// TestDecisionMatchesPackets checks Config.CapturesOutbound and
+// CapturesInbound against what real connections do: random configurations
+// (ports, CIDRs, owners, per-uid ports, families of lists, both modes) are
+// installed one after another, and for random destinations, sources, ports and
+// owners the function's answer must be what the connection does. The seed is
+// logged; DETOUR_DECISION_SEED=<seed> replays it.
+func TestDecisionMatchesPackets(t *testing.T) {
+	t.Parallel()
+	seed := uint64(time.Now().UnixNano())
+	if s, err := strconv.ParseUint(os.Getenv("DETOUR_DECISION_SEED"), 10, 64); err == nil {
+		seed = s
+	}
+	t.Logf("DETOUR_DECISION_SEED=%d", seed)
+	forEachBackend(t, func(t *testing.T, b Backend) {
+		rnd := rand.New(rand.NewPCG(seed, uint64(len(b))))
+		l := newLab(t)
+		// The remote owns all of 198.51.100.0/24 and 2001:db8:ff::/48 and serves
+		// every probe port; the pod's app serves them too.
+		l.remote.Run(t, "ip", "route", "add", "local", "198.51.100.0/24", "dev", "lo")
+		l.remote.Run(t, "ip", "-6", "route", "add", "local", "2001:db8:ff::/48", "dev", "lo")
+		for _, port := range decisionPorts {
+			if port != 80 && port != 81 {
+				l.serveTCP(t, l.remote, int(port), false, func(*net.TCPConn) string { return "remote" })
+			}
+			if port != 8080 && port != 8081 && port != 15001 {
+				l.serveTCP(t, l.pod, int(port), false, func(*net.TCPConn) string { return "app" })
+			}
+		}
+		const configs, probes = 6, 30
+		seen := map[string]int{} // outcomes, so a run that never saw both is noticed
+		for i := range configs {
+			cfg := randomConfig(t, rnd, b)
+			p := mustPlan(t, cfg, dualStack)
+			mustInstall(t, l.e, p)
+			desc := fmt.Sprintf("config %d (mode %s; outbound %+v; inbound %+v; proxy gid %v)", i, cfg.Mode, cfg.Outbound, cfg.Inbound, cfg.Proxy.GID)
+			for range probes {
+				dst := pick(rnd, decisionDsts)
+				port := pick(rnd, decisionPorts)
+				o := pick(rnd, decisionOwners)
+				got := l.dialAs(t, l.pod, int(o[0]), int(o[1]), netip.Addr{}, netip.AddrPortFrom(dst, port))
+				want := cfg.CapturesOutbound(dst, port, o[0], o[1])
+				seen[fmt.Sprintf("outbound %v", want)]++
+				if strings.HasPrefix(got, "outbound ") != want || (!want && got != "remote") {
+					t.Errorf("%s: app uid %d gid %d to %s: got %q, CapturesOutbound says %v", desc, o[0], o[1], netip.AddrPortFrom(dst, port), got, want)
+				}
+			}
+			for range probes {
+				src := pick(rnd, decisionSrcs)
+				port := pick(rnd, decisionPorts)
+				to := netip.AddrPortFrom(pod4, port)
+				if src.Is6() {
+					to = netip.AddrPortFrom(pod6, port)
+				}
+				got := l.dialAs(t, l.remote, 0, 0, src, to)
+				want := cfg.CapturesInbound(src, port)
+				seen[fmt.Sprintf("inbound %v", want)]++
+				if strings.HasPrefix(got, "inbound ") != want || got == "timeout" || strings.HasPrefix(got, "error") {
+					t.Errorf("%s: remote %s to %s: got %q, CapturesInbound says %v", desc, src, to, got, want)
+				}
+			}
+		}
+		t.Logf("outcomes: %v", seen)
+		for _, k := range []string{"outbound true", "outbound false", "inbound true", "inbound false"} {
+			if seen[k] == 0 {
+				t.Errorf("no probe was expected to be %q: the random configurations did not test both outcomes (%v)", k, seen)
+			}
+		}
+		mustUninstall(t, l.e)
+	})
+}
+
+var (
+	decisionPorts = []uint16{80, 81, 443, 8080, 8081, 9000, 9001, 15001}
+	// Destinations the remote owns, in the subnets randomConfig draws from.
+	decisionDsts = []netip.Addr{
+		netip.MustParseAddr("198.51.100.1"), netip.MustParseAddr("198.51.100.7"), netip.MustParseAddr("198.51.100.200"),
+		netip.MustParseAddr("2001:db8:ff::1"), netip.MustParseAddr("2001:db8:ff:1::7"), netip.MustParseAddr("2001:db8:ff:2::9"),
+	}
+	// Sources of inbound connections: the remote's link addresses and addresses
+	// of its local ranges.
+	decisionSrcs = []netip.Addr{
+		gw4, netip.MustParseAddr("198.51.100.9"), netip.MustParseAddr("198.51.100.130"),
+		gw6, netip.MustParseAddr("2001:db8:ff::9"), netip.MustParseAddr("2001:db8:ff:1::9"),
+	}
+	// Owners (uid, gid) of the app's connections; randomConfig excludes some.
+	decisionOwners = [][2]uint32{{appUID, appUID}, {1001, appUID}, {1002, 2001}, {proxyUID, appUID}, {appUID, 2002}, {1003, 1003}}
+	decisionCIDRs  = []string{"198.51.100.0/25", "198.51.100.128/25", "198.51.100.7/32", "198.51.100.0/24",
+		"2001:db8:ff::/64", "2001:db8:ff:1::/64", "2001:db8:ff::/48", "2001:db8:ff:2::9/128"}
+	decisionSrcCIDRs = []string{"198.51.100.0/25", "198.51.100.128/25", "192.0.2.1/32", "2001:db8:ff::/64", "2001:db8::1/128", "2001:db8:ff::/48"}
+)
+
+func pick[T any](rnd *rand.Rand, items []T) T { return items[rnd.IntN(len(items))] }
+
+// someOf returns a random non-empty subset of items joined with commas, or ""
+// (the field stays empty) with probability 1-p.
+func someOf[T any](rnd *rand.Rand, p float64, items []T) string {
+	if rnd.Float64() >= p {
+		return ""
+	}
+	var out []string
+	for _, it := range items {
+		if rnd.IntN(3) == 0 {
+			out = append(out, fmt.Sprint(it))
+		}
+	}
+	if len(out) == 0 {
+		out = append(out, fmt.Sprint(pick(rnd, items)))
+	}
+	return strings.Join(out, ",")
+}
+
+// randomConfig draws a configuration over the probe ports, the remote's
+// subnets and the probe owners.
+func randomConfig(t *testing.T, rnd *rand.Rand, b Backend) Config {
+	t.Helper()
+	ports := []string{"80", "81", "443", "8080", "8081", "9000-9001", "15001"}
+	sets := []string{
+		"mode=" + pick(rnd, []string{"redirect", "tproxy"}),
+		"outbound.includePorts=" + someOf(rnd, 0.3, ports),
+		"outbound.excludePorts=" + someOf(rnd, 0.5, ports),
+		"outbound.includeCIDRs=" + someOf(rnd, 0.3, decisionCIDRs),
+		"outbound.excludeCIDRs=" + someOf(rnd, 0.5, decisionCIDRs),
+		"outbound.excludeUIDs=" + someOf(rnd, 0.5, []string{"1001", "1002-1003"}),
+		"outbound.excludeGIDs=" + someOf(rnd, 0.3, []string{"2001", "1003"}),
+		"inbound.includePorts=" + someOf(rnd, 0.3, ports),
+		"inbound.excludePorts=" + someOf(rnd, 0.5, ports),
+		"inbound.excludeSourceCIDRs=" + someOf(rnd, 0.5, decisionSrcCIDRs),
+	}
+	if rnd.IntN(3) == 0 {
+		sets = append(sets, "outbound.excludePortsForUIDs="+pick(rnd, []string{"tcp:80,9000-9001:1000", "tcp:443:1000-1001,udp:80:1000", "udp:443:1000"}))
+	}
+	if rnd.IntN(3) == 0 {
+		sets = append(sets, "proxy.gid=2002")
+	}
+	if rnd.IntN(8) == 0 {
+		sets = append(sets, "outbound.enabled=false")
+	} else if rnd.IntN(8) == 0 {
+		sets = append(sets, "inbound.enabled=false")
+	}
+	return withBackend(t, cfgWith(t, "", sets...), b)
 }

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"slices"
 	"strconv"
 	"strings"
 )
@@ -33,6 +34,9 @@ const (
 type Plan struct {
 	Config   Config       `json:"config"`   // the validated config it was made from
 	Families []FamilyPlan `json:"families"` // IPv4 before IPv6; only the families that are captured
+	// Notes point out settings that do nothing, such as an exclusion that an
+	// inclusion overrides (include beats exclude); `detour plan` prints them.
+	Notes []string `json:"notes,omitempty"`
 }
 
 // FamilyPlan is one IP family's share of a plan.
@@ -117,7 +121,61 @@ func NewPlan(cfg Config, facts Facts) (Plan, error) {
 	for _, f := range fams {
 		p.Families = append(p.Families, planFamily(p.Config, facts, f))
 	}
+	p.Notes = exclusionNotes(p.Config, fams)
 	return p, nil
+}
+
+// exclusionNotes names every exclusion that an inclusion overrides. Include
+// beats exclude (SCENARIOS O4), so an excludeCIDRs prefix inside an
+// includeCIDRs prefix, or an excludePorts range inside includePorts, does
+// nothing — the opposite of what istio-iptables users expect (Istio applies
+// exclusions first). CIDR notes are made for the planned families only.
+func exclusionNotes(c Config, fams []Family) []string {
+	var notes []string
+	ports := func(dir string, enabled bool, include, exclude []PortRange) {
+		if !enabled {
+			return
+		}
+		for i, ex := range exclude {
+			for j, in := range include {
+				if in.First <= ex.First && ex.Last <= in.Last {
+					notes = append(notes, fmt.Sprintf("%s.excludePorts[%d] %s has no effect: %s.includePorts[%d] %s includes it, and include beats exclude", dir, i, ex, dir, j, in))
+					break // one inclusion that covers it is enough to name
+				}
+				if in.First <= ex.Last && ex.First <= in.Last {
+					notes = append(notes, fmt.Sprintf("%s.excludePorts[%d] %s does not exclude the ports it shares with %s.includePorts[%d] %s: include beats exclude", dir, i, ex, dir, j, in))
+				}
+			}
+		}
+	}
+	o := c.Outbound
+	if o.Enabled {
+		for i, ex := range o.ExcludeCIDRs {
+			if !slices.Contains(fams, familyOf(ex.Addr())) {
+				continue
+			}
+			for j, in := range o.IncludeCIDRs {
+				if in.Addr().Is6() != ex.Addr().Is6() || !in.Overlaps(ex) {
+					continue
+				}
+				if in.Bits() <= ex.Bits() {
+					notes = append(notes, fmt.Sprintf("outbound.excludeCIDRs[%d] %s has no effect: outbound.includeCIDRs[%d] %s includes it, and include beats exclude", i, ex, j, in))
+					break
+				}
+				notes = append(notes, fmt.Sprintf("outbound.excludeCIDRs[%d] %s does not exclude outbound.includeCIDRs[%d] %s inside it: include beats exclude", i, ex, j, in))
+			}
+		}
+	}
+	ports("outbound", o.Enabled, o.IncludePorts, o.ExcludePorts)
+	ports("inbound", c.Inbound.Enabled, c.Inbound.IncludePorts, c.Inbound.ExcludePorts)
+	return notes
+}
+
+func familyOf(a netip.Addr) Family {
+	if a.Is6() {
+		return IPv6
+	}
+	return IPv4
 }
 
 // Family returns the plan of family f, if the plan captures it.
@@ -143,9 +201,10 @@ func (f FamilyPlan) Restore() string {
 	return b.String()
 }
 
-// String renders the whole plan as `detour plan` prints it: per family a header
-// line, the notes, the rules in iptables-save form (our chains, the hooks in
-// built-in chains) and the policy routing. Golden files use it.
+// String renders the whole plan as `detour plan` prints it: a header line and
+// the plan's notes, then per family a header line, the family's notes, the
+// rules in iptables-save form (our chains, the hooks in built-in chains) and
+// the policy routing. Golden files use it.
 func (p Plan) String() string {
 	var b strings.Builder
 	c := p.Config
@@ -154,6 +213,9 @@ func (p Plan) String() string {
 		fams[i] = string(f.Family)
 	}
 	fmt.Fprintf(&b, "# detour plan: mode %s, backend %s, ipFamilies %s (%s)\n", c.Mode, c.Backend, c.IPFamilies, strings.Join(fams, ", "))
+	for _, n := range p.Notes {
+		b.WriteString("# note: " + n + "\n")
+	}
 	for _, f := range p.Families {
 		fmt.Fprintf(&b, "\n### %s\n", f.Family)
 		b.WriteString(f.render())

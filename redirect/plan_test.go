@@ -77,6 +77,8 @@ func planCases() []planCase {
 		{name: "outbound-include-ports-and-cidrs", sets: []string{"outbound.includePorts=443", "outbound.includeCIDRs=198.51.100.0/24,2001:db8:3::/48"}, facts: dualStack},
 		{name: "outbound-include-ports-exclude-cidrs", sets: []string{"outbound.includePorts=443", "outbound.excludeCIDRs=198.51.100.0/24,2001:db8:3::/48"}, facts: dualStack},
 		{name: "outbound-exclude-ports-include-cidrs", sets: []string{"outbound.excludePorts=443", "outbound.includeCIDRs=198.51.100.0/24,2001:db8:3::/48"}, facts: dualStack},
+		{name: "notes-no-op-exclusions", sets: []string{"outbound.includeCIDRs=198.51.100.0/24,2001:db8::/48", "outbound.excludeCIDRs=198.51.100.7,2001:db8::/32",
+			"outbound.includePorts=80,443,8000-9000", "outbound.excludePorts=443,8080", "inbound.includePorts=9000-9100", "inbound.excludePorts=9050-9200"}, facts: dualStack},
 		{name: "outbound-many-ports", sets: []string{"outbound.excludePorts=1,2,3,4,5,6,7,8,9,10,11,12,13,14,100-200,15,16,300-400,17"}, facts: dualStack},
 		{name: "exclude-uids-gids", sets: []string{"outbound.excludeUIDs=0,106-108", "outbound.excludeGIDs=33"}, facts: dualStack},
 		{name: "exclude-ports-for-uids", sets: []string{"outbound.excludePortsForUIDs=tcp:53,3000-5000:106-108,udp:53:107,udp:5353:109,tcp:22:0"}, facts: dualStack},
@@ -295,5 +297,49 @@ func BenchmarkPlan(b *testing.B) {
 			b.Fatal(err)
 		}
 		_ = p.String()
+	}
+}
+
+func TestExclusionNotes(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		name  string
+		sets  []string
+		facts Facts
+		want  []string
+	}{
+		{name: "nothing to say", sets: []string{"outbound.excludeCIDRs=198.51.100.0/24", "outbound.excludePorts=25", "inbound.excludePorts=22"}, facts: dualStack},
+		{name: "exclude CIDR inside include CIDR", sets: []string{"outbound.includeCIDRs=10.0.0.0/8", "outbound.excludeCIDRs=10.96.0.1/32"}, facts: dualStack,
+			want: []string{"outbound.excludeCIDRs[0] 10.96.0.1/32 has no effect: outbound.includeCIDRs[0] 10.0.0.0/8 includes it, and include beats exclude"}},
+		{name: "exclude CIDR around an include CIDR", sets: []string{"outbound.includeCIDRs=2001:db8::/64,198.51.100.0/24", "outbound.excludeCIDRs=2001:db8::/32"}, facts: dualStack,
+			want: []string{"outbound.excludeCIDRs[0] 2001:db8::/32 does not exclude outbound.includeCIDRs[0] 2001:db8::/64 inside it: include beats exclude"}},
+		{name: "disjoint CIDRs and other families say nothing", sets: []string{"outbound.includeCIDRs=198.51.100.0/24", "outbound.excludeCIDRs=203.0.113.0/24,2001:db8::/32"}, facts: dualStack},
+		{name: "a family that is not planned says nothing", sets: []string{"ipFamilies=ipv4", "outbound.includeCIDRs=2001:db8::/32", "outbound.excludeCIDRs=2001:db8::1"}, facts: dualStack},
+		{name: "exclude ports inside include ports", sets: []string{"outbound.includePorts=80,443,8000-9000", "outbound.excludePorts=443,8080-8081,25"}, facts: dualStack,
+			want: []string{
+				"outbound.excludePorts[0] 443 has no effect: outbound.includePorts[1] 443 includes it, and include beats exclude",
+				"outbound.excludePorts[1] 8080-8081 has no effect: outbound.includePorts[2] 8000-9000 includes it, and include beats exclude",
+			}},
+		{name: "exclude ports partly included", sets: []string{"inbound.includePorts=9000-9100", "inbound.excludePorts=9050-9200"}, facts: dualStack,
+			want: []string{"inbound.excludePorts[0] 9050-9200 does not exclude the ports it shares with inbound.includePorts[0] 9000-9100: include beats exclude"}},
+		{name: "disabled directions say nothing", sets: []string{"inbound.enabled=false", "outbound.enabled=false", "inbound.includePorts=80", "inbound.excludePorts=80",
+			"outbound.includePorts=80", "outbound.excludePorts=80"}, facts: dualStack},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			p, err := NewPlan(cfgWith(t, "", tt.sets...), tt.facts)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if diff := cmp.Diff(tt.want, p.Notes); diff != "" {
+				t.Errorf("notes (-want +got):\n%s", diff)
+			}
+			for _, n := range tt.want {
+				if !strings.Contains(p.String(), "# note: "+n+"\n") {
+					t.Errorf("the plan text lacks the note %q:\n%s", n, p)
+				}
+			}
+		})
 	}
 }

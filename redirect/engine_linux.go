@@ -6,6 +6,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"log/slog"
 	"math"
 	"net/netip"
@@ -608,11 +609,16 @@ func hasIPv6() (bool, error) {
 
 // readNameservers returns the nameserver addresses of a resolv.conf file, in
 // order, without zones. Lines that are not valid nameserver lines are skipped,
-// as the resolver skips them.
+// as the resolver skips them. A file that cannot be read is invalid input: a
+// *FieldError for dns.resolvConf with the path.
 func readNameservers(path string) ([]netip.Addr, error) {
 	data, err := os.ReadFile(path)
 	if err != nil {
-		return nil, fmt.Errorf("read dns.resolvConf: %w", err)
+		var pe *fs.PathError
+		if errors.As(err, &pe) {
+			err = pe.Err // the path is the value already
+		}
+		return nil, &FieldError{Field: "dns.resolvConf", Value: path, Reason: "cannot be read (dns.capture resolvconf reads its nameservers): " + err.Error()}
 	}
 	var out []netip.Addr
 	sc := bufio.NewScanner(bytes.NewReader(data))

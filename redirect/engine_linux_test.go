@@ -782,9 +782,15 @@ func TestFacts(t *testing.T) {
 	if f, err := e.Facts(context.Background(), Default()); err != nil || f.IPv6 || f.Nameservers != nil {
 		t.Errorf("Facts with IPv6 disabled = %+v, %v; want no IPv6 and no nameservers read", f, err)
 	}
-	cfg.DNS.ResolvConf = filepath.Join(t.TempDir(), "missing")
-	if _, err := e.Facts(context.Background(), cfg); err == nil || !strings.Contains(err.Error(), "dns.resolvConf") {
-		t.Errorf("Facts with a missing resolv.conf = %v, want an error naming dns.resolvConf", err)
+	// An unreadable resolv.conf is invalid input (exit 2), naming the field
+	// and the path.
+	for _, path := range []string{filepath.Join(t.TempDir(), "missing"), t.TempDir()} {
+		cfg.DNS.ResolvConf = path
+		_, err := e.Facts(context.Background(), cfg)
+		var fe *FieldError
+		if !errors.Is(err, ErrInvalid) || !errors.As(err, &fe) || fe.Field != "dns.resolvConf" || fe.Value != path {
+			t.Errorf("Facts with resolv.conf %s = %#v, want a *FieldError for dns.resolvConf with the path, matching ErrInvalid", path, err)
+		}
 	}
 }
 

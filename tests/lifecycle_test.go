@@ -577,6 +577,7 @@ func invalidCases(t *testing.T, f lab.Family) []invalidCase {
 		{"invalid environment variable", nil, []string{"DETOUR_OUTBOUND_PORT=99999"}, []string{"proxy.outboundPort", "DETOUR_OUTBOUND_PORT", "--outbound-port"}, "99999"},
 		{"unknown flag", []string{"--no-such-flag"}, nil, []string{"--no-such-flag", "no-such-flag"}, "no-such-flag"},
 		{"unknown preset", []string{"--preset", "linkerd"}, nil, []string{"preset"}, "linkerd"},
+		{"unreadable resolv.conf", []string{"--dns-capture", "resolvconf", "--dns-resolv-conf", filepath.Join(dir, "no-resolv.conf")}, nil, []string{"dns.resolvConf"}, "no-resolv.conf"},
 	}
 	if f == lab.IPv4 {
 		cs = append(cs,

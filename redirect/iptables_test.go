@@ -95,6 +95,44 @@ func TestSpecTokens(t *testing.T) {
 	}
 }
 
+// TestTransitionFromZonedReplies: earlier versions zoned received DNS replies
+// in raw PREROUTING (DETOUR_CT_PREROUTING); the chain is still ours, so an
+// install of today's plan removes it and its hook.
+func TestTransitionFromZonedReplies(t *testing.T) {
+	t.Parallel()
+	old := `*raw
+:PREROUTING ACCEPT [0:0]
+:OUTPUT ACCEPT [0:0]
+:DETOUR_CT_OUTPUT - [0:0]
+:DETOUR_CT_PREROUTING - [0:0]
+-A PREROUTING -p udp -m udp --sport 53 -m comment --comment detour -j DETOUR_CT_PREROUTING
+-A OUTPUT -p udp -m comment --comment detour -j DETOUR_CT_OUTPUT
+-A DETOUR_CT_OUTPUT -p udp -m udp --dport 53 -m owner --uid-owner 5678 -j CT --zone 1
+-A DETOUR_CT_OUTPUT -p udp -m udp --dport 53 -j CT --zone 2
+-A DETOUR_CT_PREROUTING -p udp -m udp --sport 53 -j CT --zone 1
+COMMIT
+`
+	tables, err := parseSave(old)
+	if err != nil {
+		t.Fatal(err)
+	}
+	installed, foreign := ownedFromSave(tables)
+	if len(foreign.chains) != 0 || len(foreign.refs) != 0 {
+		t.Fatalf("an old install is foreign: %+v", foreign)
+	}
+	planned := mustPlan(t, cfgWith(t, "", "dns.capture=all"), v4Only).Families[0]
+	script := transition(installed, ownedFromPlan(&planned))
+	for _, want := range []string{
+		"-D PREROUTING -p udp -m udp --sport 53 -m comment --comment detour -j DETOUR_CT_PREROUTING\n",
+		"-X DETOUR_CT_PREROUTING\n",
+		"-A DETOUR_CT_OUTPUT -p udp -m udp --dport 53 -m owner --uid-owner 5678 -j CT --zone-orig 1\n",
+	} {
+		if !strings.Contains(script, want) {
+			t.Errorf("script lacks %q:\n%s", want, script)
+		}
+	}
+}
+
 func TestTransition(t *testing.T) {
 	t.Parallel()
 	planA := mustPlan(t, cfgWith(t, "", "dns.capture=all"), v4Only).Families[0]
@@ -120,7 +158,7 @@ func TestTransition(t *testing.T) {
 	}
 	change := transition(installed, b)
 	for _, want := range []string{
-		"*raw\n:DETOUR_CT_OUTPUT - [0:0]\n:DETOUR_CT_PREROUTING - [0:0]\n-D PREROUTING", // raw goes away
+		"*raw\n:DETOUR_CT_OUTPUT - [0:0]\n-D OUTPUT -p udp -m comment --comment detour -j DETOUR_CT_OUTPUT\n", // raw goes away
 		"-X DETOUR_CT_OUTPUT\n",
 		"-X DETOUR_DNS\n",
 		"-D OUTPUT -p udp -m udp --dport 53 -m comment --comment detour -j DETOUR_DNS\n",

@@ -235,9 +235,20 @@ func (l *lab) dialAs(t *testing.T, from privtest.NS, uid, gid int, src netip.Add
 // reply arrives only if it comes from the address queried (D1).
 func (l *lab) query(t *testing.T, uid int, dst netip.AddrPort) string {
 	t.Helper()
+	return l.queryAs(t, l.pod, uid, dst)
+}
+
+// queryFrom sends one UDP datagram as root from another namespace.
+func (l *lab) queryFrom(t *testing.T, from privtest.NS, dst netip.AddrPort) string {
+	t.Helper()
+	return l.queryAs(t, from, 0, dst)
+}
+
+func (l *lab) queryAs(t *testing.T, from privtest.NS, uid int, dst netip.AddrPort) string {
+	t.Helper()
 	var conn net.Conn
 	var dialErr error
-	inNS(t, l.pod, func() error {
+	inNS(t, from, func() error {
 		prev, _ := unix.SetfsuidRetUid(uid)
 		defer unix.SetfsuidRetUid(prev)
 		conn, dialErr = net.Dial("udp", dst.String())
@@ -701,4 +712,34 @@ func randomConfig(t *testing.T, rnd *rand.Rand, b Backend) Config {
 		sets = append(sets, "inbound.enabled=false")
 	}
 	return withBackend(t, cfgWith(t, "", sets...), b)
+}
+
+// TestForwardedDNSUntouched: the host masquerades the DNS queries of a client
+// it routes (containers on a VM), with DNS capture and the conntrack zone
+// split on. The client's queries and their replies are not the workload's:
+// they must come back through the host's NAT as before.
+func TestForwardedDNSUntouched(t *testing.T) {
+	t.Parallel()
+	for _, capture := range []string{"all", "resolvconf"} {
+		t.Run(capture, func(t *testing.T) {
+			t.Parallel()
+			forEachBackend(t, func(t *testing.T, b Backend) {
+				l := newLab(t)
+				client := l.addClient(t)
+				l.pod.Run(t, cliName(b, IPv4), "-t", "nat", "-A", "POSTROUTING", "-s", "203.0.113.0/24", "-o", "eth0", "-j", "MASQUERADE")
+				l.pod.Run(t, cliName(b, IPv6), "-t", "nat", "-A", "POSTROUTING", "-s", "2001:db8:c::/64", "-o", "eth0", "-j", "MASQUERADE")
+				facts := Facts{IPv6: true, Nameservers: []netip.Addr{remote4, remote6}}
+				mustInstall(t, l.e, mustPlan(t, withBackend(t, cfgWith(t, "", "dns.capture="+capture), b), facts))
+				for _, ns := range []netip.Addr{remote4, remote6} {
+					if got := l.queryFrom(t, client, netip.AddrPortFrom(ns, 53)); got != "remote-dns" {
+						t.Errorf("the client's query to %s through the host's NAT: got %q, want the remote nameserver's answer", ns, got)
+					}
+					// The workload's own query is still captured.
+					if got := l.query(t, appUID, netip.AddrPortFrom(ns, 53)); got != "dns-proxy" {
+						t.Errorf("the workload's query to %s: got %q, want the DNS proxy", ns, got)
+					}
+				}
+			})
+		})
+	}
 }

@@ -26,7 +26,7 @@ const (
 	chainDivert       = "DETOUR_DIVERT"        // mangle: packets of connections the proxy holds (TPROXY)
 	chainTProxy       = "DETOUR_TPROXY"        // mangle: TPROXY to proxy.inboundPort
 	chainCTOutput     = "DETOUR_CT_OUTPUT"     // raw: conntrack zones of locally sent DNS packets
-	chainCTPrerouting = "DETOUR_CT_PREROUTING" // raw: conntrack zones of received DNS replies
+	chainCTPrerouting = "DETOUR_CT_PREROUTING" // raw: made by earlier versions only (zones of received DNS replies); still ours, so it is removed
 )
 
 // ownedChains lists, per table, every chain name detour may create. A DETOUR_*
@@ -50,8 +50,9 @@ const (
 	tproxyPriority = 2000
 
 	// zoneUpstream holds the DNS proxy's (and bypassing users') queries to the
-	// real nameservers and their replies; zoneApp holds the applications'
-	// captured queries and the DNS proxy's replies to them.
+	// real nameservers, original direction only (their replies are in the
+	// default zone); zoneApp holds the applications' captured queries and the
+	// DNS proxy's replies to them.
 	zoneUpstream = 1
 	zoneApp      = 2
 
@@ -418,36 +419,32 @@ func (b *builder) dns(facts Facts) {
 	}
 	// The app's captured query and the proxy's upstream query may share a UDP
 	// 4-tuple; in one conntrack zone the second would inherit the first's NAT and
-	// skip (or loop through) the DNS proxy. Upstream traffic lives in
-	// zoneUpstream, captured app traffic in zoneApp. CT only acts on a packet's
-	// first match, so order matters.
+	// skip (or loop through) the DNS proxy. Captured app traffic lives in
+	// zoneApp (both directions: the DNS proxy's replies find it there), the
+	// upstream queries of the proxy and of bypassing users in zoneUpstream for
+	// their original direction only (--zone-orig): their replies are looked up
+	// in the default zone, where they arrive with no rule of ours. So nothing is
+	// zoned on the way in, and replies to traffic the host forwards or
+	// masquerades for others keep finding their connections. CT only acts on a
+	// packet's first match, so order matters.
 	zone := func(n int) string { return "-j CT --zone " + strconv.Itoa(n) }
+	zoneOrig := func(n int) string { return "-j CT --zone-orig " + strconv.Itoa(n) }
 	dnsPort := strconv.Itoa(int(d.Port))
 	for _, o := range b.proxyOwners() {
 		b.rule("raw", chainCTOutput, "-p udp -m udp --sport", dnsPort, o, zone(zoneApp))
 	}
 	for _, o := range bypass {
-		b.rule("raw", chainCTOutput, "-p udp -m udp --dport 53", o, zone(zoneUpstream))
+		b.rule("raw", chainCTOutput, "-p udp -m udp --dport 53", o, zoneOrig(zoneUpstream))
 	}
 	for _, r := range udpRules {
-		b.rule("raw", chainCTOutput, "-p udp -m udp --dport 53", r[1], zone(zoneUpstream))
+		b.rule("raw", chainCTOutput, "-p udp -m udp --dport 53", r[1], zoneOrig(zoneUpstream))
 	}
 	if d.Capture == DNSCaptureAll {
-		// Replies of a resolver in the namespace (127.0.0.53) to upstream queries.
-		b.rule("raw", chainCTOutput, "-o lo -p udp -m udp --sport 53", zone(zoneUpstream))
 		b.rule("raw", chainCTOutput, "-p udp -m udp --dport 53", zone(zoneApp))
-		b.rule("raw", chainCTPrerouting, "-p udp -m udp --sport 53", zone(zoneUpstream))
-	}
-	for _, s := range servers {
-		b.rule("raw", chainCTOutput, "-s", s, "-o lo -p udp -m udp --sport 53", zone(zoneUpstream))
 	}
 	for _, s := range servers {
 		b.rule("raw", chainCTOutput, "-d", s, "-p udp -m udp --dport 53", zone(zoneApp))
 	}
-	for _, s := range servers {
-		b.rule("raw", chainCTPrerouting, "-s", s, "-p udp -m udp --sport 53", zone(zoneUpstream))
-	}
-	b.hook("raw", "PREROUTING", "-p udp -m udp --sport 53", chainCTPrerouting)
 	b.hook("raw", "OUTPUT", "-p udp", chainCTOutput)
 }
 

@@ -6,9 +6,12 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"runtime"
 	"slices"
+	"strings"
 	"sync"
 	"time"
+	"unsafe"
 
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	cachev3 "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
@@ -111,6 +114,7 @@ type cacheNode struct {
 	sotw  map[*sotwWatch]struct{}  // open SotW watches
 	delta map[*deltaWatch]struct{} // open delta watches
 	held  map[*heldWatch]struct{}  // SotW watches held back after a NACK
+	sent  map[sentKey]*sentType    // servedTypes delta streams' maps refer to (see sentType)
 	gone  bool                     // cleared; a new cacheNode replaces it
 }
 
@@ -200,7 +204,7 @@ func (c *servingCache) SetSnapshot(ctx context.Context, node string, snap *serve
 	}
 	slices.SortFunc(delta, func(a, b *deltaWatch) int { return compareTypes(a.req.GetTypeUrl(), b.req.GetTypeUrl()) })
 	for _, w := range delta {
-		if respondDelta(snap, w) {
+		if n.respondDelta(snap, w) {
 			delete(n.delta, w)
 		}
 	}
@@ -284,23 +288,19 @@ func (c *servingCache) respondSotW(snap *servedSnapshot, w *sotwWatch, fresh boo
 			return false
 		}
 	}
-	names := w.req.GetResourceNames()
 	resources := t.all
 	var returned map[string]string
-	if len(names) == 0 {
+	if w.sub.IsWildcard() {
 		// The stream keeps this map until its next response: per proxy and
 		// type, one entry instead of one per resource (see missing).
 		returned = map[string]string{returnedAll: t.version}
 	} else {
-		returned = make(map[string]string, len(names))
 		// Only the resources asked for, in name order.
+		subscribed := w.sub.SubscribedResources()
 		resources = nil
-		want := make(map[string]bool, len(names))
-		for _, name := range names {
-			want[name] = true
-		}
+		returned = make(map[string]string, len(subscribed))
 		for _, r := range t.resources {
-			if want[r.name] {
+			if _, ok := subscribed[r.name]; ok {
 				resources = append(resources, r.any)
 				returned[r.name] = t.version
 			}
@@ -354,7 +354,7 @@ func (c *servingCache) CreateDeltaWatch(req *cachev3.DeltaRequest, sub cachev3.S
 	w := &deltaWatch{req: req, sub: sub, ch: ch}
 	n := c.node(req.GetNode().GetId())
 	defer n.mu.Unlock()
-	if n.snap != nil && respondDelta(n.snap, w) {
+	if n.snap != nil && n.respondDelta(n.snap, w) {
 		return nil, nil
 	}
 	if n.delta == nil {
@@ -368,32 +368,132 @@ func (c *servingCache) CreateDeltaWatch(req *cachev3.DeltaRequest, sub cachev3.S
 	}, nil
 }
 
+// A delta stream keeps, per type, the version of each resource it was sent
+// (go-control-plane's server stores the map the cache gives it and hands it
+// back with the next request). For a wildcard subscription that map would be
+// a copy of the node's whole name → version table, per proxy and per change:
+// with a thousand proxies, most of the control plane's memory. Instead, the
+// map of a wildcard stream holds returnedAll → a token naming the servedType
+// it was sent (see sentType), and entries only for what differs from it — the
+// server itself writes "" for a name unsubscribed while wildcard, so that it
+// is sent again. The servedType stays in the node's sent table while any
+// stream's map still holds its token: a cleanup on the token's allocation
+// releases it once the stream dropped the map.
+
+// sentType is a servedType a delta stream's map refers to.
+type sentType struct {
+	t    *servedType
+	refs int
+}
+
+type sentKey struct{ typeURL, version string }
+
+// known is what a delta stream has of one type: the explicit entries of its
+// map over the servedType its returnedAll token names (if any).
+type known struct {
+	m    map[string]string
+	base *servedType
+}
+
+func (k known) get(name string) (string, bool) {
+	if v, ok := k.m[name]; ok {
+		return v, true
+	}
+	if k.base != nil {
+		if r := k.base.lookup(name); r != nil {
+			return r.hash, true
+		}
+	}
+	return "", false
+}
+
+// names calls f for every name the stream has.
+func (k known) names(f func(string)) {
+	for name := range k.m {
+		if name != returnedAll {
+			f(name)
+		}
+	}
+	if k.base != nil {
+		for _, r := range k.base.resources {
+			if _, ok := k.m[r.name]; !ok {
+				f(r.name)
+			}
+		}
+	}
+}
+
+// known returns what the stream of w has. Called with n.mu held.
+func (n *cacheNode) known(w *deltaWatch) known {
+	m := w.sub.ReturnedResources()
+	k := known{m: m}
+	if token, ok := m[returnedAll]; ok {
+		st := n.sent[sentKey{w.req.GetTypeUrl(), token}]
+		if st == nil {
+			// Cannot happen: the token's allocation is alive, so is its
+			// entry. Counting nothing as sent makes the stream receive
+			// every resource again.
+			return known{m: m}
+		}
+		k.base = st.t
+	}
+	return k
+}
+
+// fullMap returns the map a wildcard stream keeps after being sent all of t:
+// returnedAll → a fresh copy of t's version, whose allocation holds t in the
+// sent table until the map is dropped.
+func (n *cacheNode) fullMap(typeURL string, t *servedType) map[string]string {
+	key := sentKey{typeURL, t.version}
+	st := n.sent[key]
+	if st == nil {
+		if n.sent == nil {
+			n.sent = make(map[sentKey]*sentType)
+		}
+		st = &sentType{t: t}
+		n.sent[key] = st
+	}
+	st.refs++
+	token := strings.Clone(t.version) // its own allocation: versions are 24 bytes, never batched with others
+	runtime.AddCleanup(unsafe.StringData(token), n.unref, key)
+	return map[string]string{returnedAll: token}
+}
+
+// unref releases one stream's hold on a sent servedType.
+func (n *cacheNode) unref(key sentKey) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if st := n.sent[key]; st != nil {
+		if st.refs--; st.refs <= 0 {
+			delete(n.sent, key)
+		}
+	}
+}
+
 // respondDelta sends w what changed for its subscription: the resources
 // whose version differs from the one the proxy has, and the names it has that
-// are gone. It reports whether it sent. The proxy's next version map (which
-// its stream keeps) is built only when something is sent: most calls, made
-// when a proxy ACKs, find nothing to send.
-func respondDelta(snap *servedSnapshot, w *deltaWatch) bool {
+// are gone. It reports whether it sent. Called with n.mu held.
+func (n *cacheNode) respondDelta(snap *servedSnapshot, w *deltaWatch) bool {
 	typeURL := w.req.GetTypeUrl()
 	t := snap.typ(typeURL)
-	returned := w.sub.ReturnedResources()
+	k := n.known(w)
 	wildcard := w.sub.IsWildcard()
 	var changed []*discoveryv3.Resource
 	var removed []string
 	if wildcard {
 		for _, r := range t.resources {
-			if v, ok := returned[r.name]; !ok || v != r.hash {
+			if v, ok := k.get(r.name); !ok || v != r.hash {
 				changed = append(changed, r.delta)
 			}
 		}
-		for name := range returned {
+		k.names(func(name string) {
 			if t.lookup(name) == nil {
 				removed = append(removed, name)
 			}
-		}
+		})
 	} else {
 		for name := range w.sub.SubscribedResources() {
-			v, ok := returned[name]
+			v, ok := k.get(name)
 			if r := t.lookup(name); r != nil {
 				if !ok || v != r.hash {
 					changed = append(changed, r.delta)
@@ -404,16 +504,17 @@ func respondDelta(snap *servedSnapshot, w *deltaWatch) bool {
 		}
 		slices.SortFunc(changed, func(a, b *discoveryv3.Resource) int { return cmp.Compare(a.GetName(), b.GetName()) })
 	}
-	if len(changed) == 0 && len(removed) == 0 && (!wildcard || w.req.GetResponseNonce() != "") {
+	// A stream that left wildcard is given an explicit map at once, even in
+	// an empty response: the server deletes unsubscribed names from it,
+	// which must not leave them standing in the token's servedType.
+	explicit := !wildcard && k.base != nil
+	if len(changed) == 0 && len(removed) == 0 && !explicit && (!wildcard || w.req.GetResponseNonce() != "") {
 		return false
 	}
 	slices.Sort(removed)
 	var next map[string]string
-	if wildcard {
-		next = make(map[string]string, len(t.resources))
-		for _, r := range t.resources {
-			next[r.name] = r.hash
-		}
+	if wildcard && t.version != "" {
+		next = n.fullMap(typeURL, t)
 	} else {
 		subscribed := w.sub.SubscribedResources()
 		next = make(map[string]string, len(subscribed))

@@ -36,6 +36,7 @@ func TestUsageErrorsExit2(t *testing.T) {
 		{"bad mode", []string{"check", "--mode", "bounce"}, `mode: "bounce" is not one of redirect, tproxy`},
 		{"unsupported backend", []string{"install", "--backend", "ebpf"}, `backend: "ebpf" is not supported yet`},
 		{"missing netns", []string{"uninstall", "--netns", "dt-does-not-exist"}, `--netns: "dt-does-not-exist" is not a network namespace`},
+		{"netns is a regular file", []string{"status", "--netns", "/proc/self/status"}, `--netns: "/proc/self/status" is not a network namespace`},
 		{"bad output", []string{"status", "-o", "yaml"}, `--output: "yaml" is not one of text, json`},
 		{"extra argument", []string{"install", "now"}, `unknown command "now"`},
 		{"bad timeout", []string{"validate", "--timeout", "0s"}, `--timeout`},

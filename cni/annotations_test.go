@@ -36,6 +36,7 @@ func TestAddAnnotations(t *testing.T) {
 		{name: "bad port", annotations: map[string]string{"detour.io/exclude-outbound-ports": "5432,70000"}, wantMsg: []string{"detour.io/exclude-outbound-ports", "70000"}},
 		{name: "bad document", annotations: map[string]string{"detour.io/config": "proxy:\n  inboundPort: nope\n"}, wantMsg: []string{"detour.io/config", "proxy.inboundPort", "nope"}},
 		{name: "misspelt annotation", annotations: map[string]string{"detour.io/exclude-outbound-port": "5432"}, wantMsg: []string{"detour.io/exclude-outbound-port", "5432"}},
+		{name: "node file named by the pod", annotations: map[string]string{"detour.io/dns-capture": "resolvconf", "detour.io/dns-resolv-conf": "/etc/shadow"}, wantMsg: []string{"dns.resolvConf", "/etc/shadow", "cannot be set by a pod annotation"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

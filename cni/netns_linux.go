@@ -4,7 +4,7 @@ import (
 	"errors"
 	"io/fs"
 
-	"golang.org/x/sys/unix"
+	"github.com/detour-mesh/detour/internal/netns"
 )
 
 // netnsGone reports whether path no longer names a network namespace: it does
@@ -14,12 +14,12 @@ func netnsGone(path string) (bool, error) {
 	if path == "" {
 		return true, nil
 	}
-	var st unix.Statfs_t
-	if err := unix.Statfs(path, &st); err != nil {
-		if errors.Is(err, fs.ErrNotExist) {
-			return true, nil
-		}
-		return false, &fs.PathError{Op: "statfs", Path: path, Err: err}
+	switch err := netns.Check(path); {
+	case err == nil:
+		return false, nil
+	case errors.Is(err, fs.ErrNotExist), errors.Is(err, netns.ErrNotNetNS):
+		return true, nil
+	default:
+		return false, err
 	}
-	return st.Type != unix.NSFS_MAGIC, nil
 }

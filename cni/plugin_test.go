@@ -101,13 +101,6 @@ func (n fakeNS) Uninstall(context.Context) error {
 	return nil
 }
 
-func (n fakeNS) Installed(context.Context) (bool, error) {
-	n.f.mu.Lock()
-	defer n.f.mu.Unlock()
-	_, ok := n.f.installed[n.netns]
-	return ok, nil
-}
-
 // env is one plugin under test with a fake API and fake engine.
 type env struct {
 	t        *testing.T

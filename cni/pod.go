@@ -164,6 +164,13 @@ func decide(ctx context.Context, conf *Conf, ref PodRef, kube func() (KubeClient
 	if err != nil {
 		return decision{}, newError(CodeInvalidAnnotation, fmt.Errorf("pod %s: %w", ref, err))
 	}
+	if cfg.DNS.ResolvConf != base.DNS.ResolvConf {
+		// The plugin reads that path on the node: a pod must not pick node files.
+		return decision{}, newError(CodeInvalidAnnotation, fmt.Errorf("pod %s: %w", ref, &redirect.FieldError{
+			Field: "dns.resolvConf", Value: cfg.DNS.ResolvConf,
+			Reason: "cannot be set by a pod annotation: it names a file on the node; set it in the plugin config",
+		}))
+	}
 	return decision{Redirect: true, Reason: reason, Config: cfg}, nil
 }
 

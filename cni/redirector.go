@@ -23,8 +23,6 @@ type Redirector interface {
 	Check(ctx context.Context, cfg redirect.Config) error
 	// Uninstall removes everything detour owns in the namespace (idempotent).
 	Uninstall(ctx context.Context) error
-	// Installed reports whether anything detour owns is in the namespace.
-	Installed(ctx context.Context) (bool, error)
 }
 
 // AnnotationDecoder turns a pod's annotations into its redirect.Config, starting
@@ -85,12 +83,4 @@ func (r engineRedirector) Uninstall(ctx context.Context) error {
 		return fmt.Errorf("uninstall redirection: %w", err)
 	}
 	return nil
-}
-
-func (r engineRedirector) Installed(ctx context.Context) (bool, error) {
-	st, err := r.e.Status(ctx)
-	if err != nil {
-		return false, fmt.Errorf("read redirection status: %w", err)
-	}
-	return st.Installed, nil
 }

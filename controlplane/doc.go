@@ -12,8 +12,9 @@
 // unpacked and ValidateAll'ed, plus cross-resource checks of our own) before
 // anything is served, and versions are content hashes, so an unchanged node is
 // not pushed and replicas agree. It serves them over ADS (SotW and delta) with
-// go-control-plane's snapshot cache, holds NACKed configs back instead of
-// resending them in a loop, enforces the mTLS node identity, and exposes
+// go-control-plane's server and a cache of its own (cache.go) that answers
+// from resources encoded once per change, holds NACKed configs back instead
+// of resending them in a loop, enforces the mTLS node identity, and exposes
 // health, readiness, Prometheus metrics and /debug/nodes over HTTP.
 //
 // Privileges: none. The package listens on the addresses it is given.

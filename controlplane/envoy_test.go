@@ -44,7 +44,11 @@ func TestResourcesGolden(t *testing.T) {
 				t.Fatalf("build: %v", err)
 			}
 			ns := b.nodes[tt.node]
-			out, err := ns.resources.YAML()
+			r, err := m.Resources(tt.node)
+			if err != nil {
+				t.Fatal(err)
+			}
+			out, err := r.YAML()
 			if err != nil {
 				t.Fatal(err)
 			}

@@ -15,8 +15,6 @@ import (
 	"time"
 
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
-	cachev3 "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
-	cplog "github.com/envoyproxy/go-control-plane/pkg/log"
 	"github.com/envoyproxy/go-control-plane/pkg/server/sotw/v3"
 	serverv3 "github.com/envoyproxy/go-control-plane/pkg/server/v3"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -92,8 +90,7 @@ func NewServer(opts ServerOptions) *Server {
 	s.tracker = newTracker(log, s.metrics)
 	s.tracker.requireIdentity = opts.TLS != nil && opts.TLS.ClientAuth == tls.RequireAndVerifyClientCert
 	s.tracker.onIdle = s.nodeIdle
-	inner := cachev3.NewSnapshotCache(true, cachev3.IDHash{}, cacheLogger(log))
-	s.cache = newServingCache(inner, log, backoff, s.tracker.nackedVersion, func(typeURL string) {
+	s.cache = newServingCache(log, backoff, s.tracker.nackedVersion, func(typeURL string) {
 		s.metrics.backoffs.WithLabelValues(typeLabel(typeURL)).Inc()
 	})
 	s.xds = serverv3.NewServer(ctx, s.cache, s.tracker, sotw.WithOrderedADS())
@@ -121,25 +118,6 @@ func NewServer(opts ServerOptions) *Server {
 }
 
 const adsService = "envoy.service.discovery.v3.AggregatedDiscoveryService"
-
-// cacheLogger sends go-control-plane's logs to slog at debug level, its errors
-// at error level. Messages are formatted only when their level is enabled: the
-// cache logs for every watch and response.
-func cacheLogger(log *slog.Logger) cplog.Logger {
-	at := func(level slog.Level) func(string, ...any) {
-		return func(f string, a ...any) {
-			if log.Enabled(context.Background(), level) {
-				log.Log(context.Background(), level, fmt.Sprintf(f, a...), "component", "xds-cache")
-			}
-		}
-	}
-	return cplog.LoggerFuncs{
-		DebugFunc: at(slog.LevelDebug),
-		InfoFunc:  at(slog.LevelDebug),
-		WarnFunc:  at(slog.LevelWarn),
-		ErrorFunc: at(slog.LevelError),
-	}
-}
 
 // UpdateResult says what an Update changed.
 type UpdateResult struct {

@@ -13,12 +13,12 @@ import (
 
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
+	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
 	cachev3 "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
 	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	"google.golang.org/protobuf/proto"
-	"google.golang.org/protobuf/reflect/protoreflect"
-	"google.golang.org/protobuf/types/known/emptypb"
+	"google.golang.org/protobuf/types/known/anypb"
 )
 
 // ErrUnknownNode is returned for a node id that no workload of the mesh has.
@@ -35,14 +35,12 @@ type Versions struct {
 // nodeSnapshot is what one node is served. Nodes of the same shape (see
 // shapeKey) share one.
 type nodeSnapshot struct {
-	resources Resources
-	versions  Versions
-	snapshot  *cachev3.Snapshot
+	versions Versions
+	snapshot *servedSnapshot
 }
 
 // build is the outcome of turning one mesh into every node's snapshot.
 type build struct {
-	mesh     *Mesh
 	nodes    map[string]*nodeSnapshot
 	duration time.Duration
 }
@@ -67,7 +65,7 @@ func buildSnapshots(m *Mesh) (*build, error) {
 	g := newGenerator(m)
 	ch := newChecker()
 	h := newHasher()
-	b := &build{mesh: m, nodes: make(map[string]*nodeSnapshot, len(m.Workloads))}
+	b := &build{nodes: make(map[string]*nodeSnapshot, len(m.Workloads))}
 	shapes := make(map[string]*nodeSnapshot)
 	failed := make(map[string]bool)
 	var errs []error
@@ -139,43 +137,34 @@ func shapeKey(w *Workload) (string, error) {
 // hasher marshals, hashes and wraps each distinct resource once, and runs
 // Snapshot.Consistent once over every distinct resource of the build.
 type hasher struct {
-	scratch    []byte // the version's input, reused
-	marshalled map[proto.Message]marshalled
-	listeners  []types.Resource // every distinct listener, in first-seen order
-	clusters   []types.Resource // every distinct cluster
-}
-
-type marshalled struct {
-	hash string
-	// served is what the snapshot cache holds in place of the resource: a
-	// message whose wire form is the resource's deterministic encoding, stored
-	// as unknown fields. go-control-plane marshals every resource again for
-	// every response; with a thousand proxies sharing a hundred listeners that
-	// is most of a push's CPU and garbage. Marshalling this message copies the
-	// bytes, and Envoy receives exactly what marshalling the resource gives.
-	served *emptypb.Empty
+	scratch   []byte // the version's input, reused
+	served    map[proto.Message]*servedResource
+	listeners []types.Resource // every distinct listener, in first-seen order
+	clusters  []types.Resource // every distinct cluster
 }
 
 func newHasher() *hasher {
-	return &hasher{marshalled: make(map[proto.Message]marshalled)}
+	return &hasher{served: make(map[proto.Message]*servedResource)}
 }
 
 // marshal is deterministic, so equal resources hash equally.
 var marshal = proto.MarshalOptions{Deterministic: true}
 
-func (h *hasher) marshal(m proto.Message) (marshalled, error) {
-	if v, ok := h.marshalled[m]; ok {
+// serve returns the served form of m, marshalling it the first time.
+func (h *hasher) serve(m proto.Message, typeURL string) (*servedResource, error) {
+	if v, ok := h.served[m]; ok {
 		return v, nil
 	}
+	name := cachev3.GetResourceName(m)
 	b, err := marshal.Marshal(m)
 	if err != nil {
-		return marshalled{}, fmt.Errorf("marshal %s: %w", cachev3.GetResourceName(m), err)
+		return nil, fmt.Errorf("marshal %s: %w", name, err)
 	}
 	sum := sha256.Sum256(b)
-	served := &emptypb.Empty{}
-	served.ProtoReflect().SetUnknown(protoreflect.RawFields(b))
-	v := marshalled{hash: hex.EncodeToString(sum[:12]), served: served}
-	h.marshalled[m] = v
+	a := &anypb.Any{TypeUrl: typeURL, Value: b}
+	hash := hex.EncodeToString(sum[:12])
+	v := &servedResource{name: name, hash: hash, any: a, delta: &discoveryv3.Resource{Name: name, Version: hash, Resource: a}}
+	h.served[m] = v
 	switch m.(type) {
 	case *listenerv3.Listener:
 		h.listeners = append(h.listeners, m)
@@ -185,63 +174,46 @@ func (h *hasher) marshal(m proto.Message) (marshalled, error) {
 	return v, nil
 }
 
-// group returns the version of a resource list, its name → served resource
-// map and its name → hash map (the delta protocol's per-resource versions).
-func (h *hasher) group(resources []types.Resource) (string, map[string]types.ResourceWithTTL, map[string]string, error) {
-	names := make([]string, 0, len(resources))
-	items := make(map[string]types.ResourceWithTTL, len(resources))
-	hashes := make(map[string]string, len(resources))
-	for _, r := range resources {
-		name := cachev3.GetResourceName(r)
-		v, err := h.marshal(r)
+// group returns the served form of one type's resources: sorted by name,
+// versioned by a hash of their names and content hashes.
+func group[T proto.Message](h *hasher, typeURL string, resources []T) (servedType, error) {
+	t := servedType{resources: make([]*servedResource, len(resources)), all: make([]*anypb.Any, len(resources))}
+	for i, r := range resources {
+		v, err := h.serve(r, typeURL)
 		if err != nil {
-			return "", nil, nil, err
+			return servedType{}, err
 		}
-		names = append(names, name)
-		items[name] = types.ResourceWithTTL{Resource: v.served}
-		hashes[name] = v.hash
+		t.resources[i] = v
 	}
-	slices.Sort(names)
+	slices.SortFunc(t.resources, func(a, b *servedResource) int { return cmp.Compare(a.name, b.name) })
 	b := h.scratch[:0]
-	for _, n := range names {
-		b = append(b, n...)
+	for i, r := range t.resources {
+		if i > 0 && t.resources[i-1].name == r.name {
+			return servedType{}, fmt.Errorf("two resources of %s are named %q", typeURL, r.name)
+		}
+		t.all[i] = r.any
+		b = append(b, r.name...)
 		b = append(b, 0)
-		b = append(b, hashes[n]...)
+		b = append(b, r.hash...)
 		b = append(b, '\n')
 	}
 	h.scratch = b
 	sum := sha256.Sum256(b)
-	return hex.EncodeToString(sum[:12]), items, hashes, nil
+	t.version = hex.EncodeToString(sum[:12])
+	return t, nil
 }
 
 func (h *hasher) snapshot(r Resources) (*nodeSnapshot, error) {
-	listeners := make([]types.Resource, len(r.Listeners))
-	for i, l := range r.Listeners {
-		listeners[i] = l
-	}
-	clusters := make([]types.Resource, len(r.Clusters))
-	for i, c := range r.Clusters {
-		clusters[i] = c
-	}
-	lv, lItems, lHashes, err := h.group(listeners)
+	l, err := group(h, resourcev3.ListenerType, r.Listeners)
 	if err != nil {
 		return nil, err
 	}
-	cv, cItems, cHashes, err := h.group(clusters)
+	c, err := group(h, resourcev3.ClusterType, r.Clusters)
 	if err != nil {
 		return nil, err
 	}
-	v := Versions{Listeners: lv, Clusters: cv}
-	s := &cachev3.Snapshot{}
-	s.Resources[types.Listener] = cachev3.Resources{Version: lv, Items: lItems}
-	s.Resources[types.Cluster] = cachev3.Resources{Version: cv, Items: cItems}
-	// Delta's per-resource versions are the content hashes; filling the map
-	// here saves the cache marshalling every resource again.
-	s.VersionMap = map[string]map[string]string{
-		resourcev3.ListenerType: lHashes,
-		resourcev3.ClusterType:  cHashes,
-	}
-	return &nodeSnapshot{resources: r, versions: v, snapshot: s}, nil
+	s := &servedSnapshot{listeners: l, clusters: c}
+	return &nodeSnapshot{versions: Versions{Listeners: l.version, Clusters: c.version}, snapshot: s}, nil
 }
 
 // consistent runs go-control-plane's Snapshot.Consistent over every distinct

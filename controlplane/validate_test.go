@@ -11,6 +11,7 @@ import (
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	tcpproxyv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/tcp_proxy/v3"
+	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 )
@@ -286,11 +287,16 @@ func TestServedBytesEqualResource(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		served := ns.snapshot.GetResourcesAndTTL("type.googleapis.com/envoy.config.listener.v3.Listener")[l.GetName()].Resource
-		got, err := proto.MarshalOptions{Deterministic: true}.Marshal(served)
-		if err != nil {
-			t.Fatal(err)
+		served := ns.snapshot.listeners.lookup(l.GetName())
+		if served == nil {
+			t.Fatalf("listener %s is not served", l.GetName())
 		}
+		if served.any.GetTypeUrl() != resourcev3.ListenerType || served.delta.GetResource() != served.any ||
+			served.delta.GetName() != l.GetName() || served.delta.GetVersion() != served.hash {
+			t.Errorf("listener %s: served as Any %q, delta resource %q version %q (hash %q)", l.GetName(),
+				served.any.GetTypeUrl(), served.delta.GetName(), served.delta.GetVersion(), served.hash)
+		}
+		got := served.any.GetValue()
 		if !bytes.Equal(got, want) {
 			t.Errorf("listener %s: served bytes differ from the listener's encoding", l.GetName())
 		}

@@ -11,8 +11,7 @@ import (
 )
 
 type checkOptions struct {
-	config configOptions
-	netns  string
+	in     planInput
 	output string
 }
 
@@ -26,11 +25,11 @@ install, and compares it with what the namespace holds. It prints the difference
 exits 3 when they differ, 4 when detour is not installed at all.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			o.in.fromEnv()
 			return runCheck(cmd.Context(), o, g, s)
 		},
 	}
-	bindConfigFlags(cmd.Flags(), &o.config)
-	bindNetNSFlag(cmd.Flags(), &o.netns)
+	o.in.bind(cmd.Flags())
 	output(cmd.Flags(), &o.output)
 	return cmd
 }
@@ -39,11 +38,11 @@ func runCheck(ctx context.Context, o *checkOptions, g *globalOptions, s streams)
 	if err := checkOutput(o.output); err != nil {
 		return err
 	}
-	plan, eng, err := loadPlan(ctx, &o.config, o.netns, g, s)
+	p, err := o.in.load(ctx, g, s)
 	if err != nil {
 		return err
 	}
-	drift, err := eng.Check(ctx, plan)
+	drift, err := p.eng.Check(ctx, p.plan)
 	if errors.Is(err, redirect.ErrNotInstalled) {
 		return withCode(exitAbsent, err)
 	}

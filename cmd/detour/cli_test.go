@@ -36,6 +36,7 @@ func TestUsageErrorsExit2(t *testing.T) {
 		{"bad mode", []string{"check", "--mode", "bounce"}, `mode: "bounce" is not one of redirect, tproxy`},
 		{"unsupported backend", []string{"install", "--backend", "ebpf"}, `backend: "ebpf" is not supported yet`},
 		{"missing netns", []string{"uninstall", "--netns", "dt-does-not-exist"}, `--netns: "dt-does-not-exist" is not a network namespace`},
+		{"netns is a regular file", []string{"status", "--netns", "/proc/self/status"}, `--netns: "/proc/self/status" is not a network namespace`},
 		{"bad output", []string{"status", "-o", "yaml"}, `--output: "yaml" is not one of text, json`},
 		{"extra argument", []string{"install", "now"}, `unknown command "now"`},
 		{"bad timeout", []string{"validate", "--timeout", "0s"}, `--timeout`},
@@ -162,13 +163,14 @@ func TestSummary(t *testing.T) {
 	c.Outbound.ExcludePorts = []redirect.PortRange{{First: 80, Last: 80}}
 	c.Outbound.ExcludeUIDs = []redirect.IDRange{{First: 106, Last: 108}}
 	c.DNS.Capture = redirect.DNSCaptureAll
-	cfg, port := excludeSSH(c, "198.51.100.9 50000 203.0.113.2 22")
-	got := summary(cfg, redirect.Result{Backend: redirect.BackendIPTablesNFT, Families: []redirect.Family{redirect.IPv4, redirect.IPv6}, Changed: true, Processes: 6}, port)
+	ssh := sshOptions{sshConnection: "198.51.100.9 50000 203.0.113.2 22", procRoot: t.TempDir()}
+	cfg, ports := excludeSSH(c, ssh.sshPorts())
+	got := summary(cfg, redirect.Result{Backend: redirect.BackendIPTablesNFT, Families: []redirect.Family{redirect.IPv4, redirect.IPv6}, Changed: true, Processes: 6}, ports)
 	want := `detour installed (iptables-nft; ipv4, ipv6; mode redirect)
   outbound  TCP → :15001  all ports except 80, any address
               left alone: proxy uid 5678, loopback, uids 106-108
   inbound   TCP → :15006  all ports except 22
-              port 22 is excluded: it carries your SSH session (--capture-ssh captures it)
+              port 22 is excluded: SSH (--capture-ssh captures it)
   dns       UDP/53 → :15053  every destination (TCP/53 follows outbound)
   cost      6 child processes
 `

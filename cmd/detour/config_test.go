@@ -4,6 +4,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
@@ -116,16 +117,16 @@ func TestExcludeSSH(t *testing.T) {
 	t.Parallel()
 	tests := []struct {
 		name    string
-		conn    string
+		ports   []uint16
 		mutate  func(*redirect.Config)
-		want    uint16
+		want    []uint16
 		exclude string
 	}{
-		{name: "ssh session", conn: "198.51.100.9 50000 203.0.113.2 22", want: 22, exclude: "22"},
-		{name: "no ssh", conn: ""},
-		{name: "already excluded", conn: "198.51.100.9 50000 203.0.113.2 2222", mutate: func(c *redirect.Config) { c.Inbound.ExcludePorts = []redirect.PortRange{{First: 2000, Last: 3000}} }, exclude: "2000-3000"},
-		{name: "include list decides", conn: "198.51.100.9 50000 203.0.113.2 22", mutate: func(c *redirect.Config) { c.Inbound.IncludePorts = []redirect.PortRange{{First: 80, Last: 80}} }},
-		{name: "inbound off", conn: "198.51.100.9 50000 203.0.113.2 22", mutate: func(c *redirect.Config) { c.Inbound.Enabled = false }},
+		{name: "ssh ports", ports: []uint16{22, 2222}, want: []uint16{22, 2222}, exclude: "22,2222"},
+		{name: "no ssh"},
+		{name: "already excluded", ports: []uint16{2222}, mutate: func(c *redirect.Config) { c.Inbound.ExcludePorts = []redirect.PortRange{{First: 2000, Last: 3000}} }, exclude: "2000-3000"},
+		{name: "include list decides", ports: []uint16{22}, mutate: func(c *redirect.Config) { c.Inbound.IncludePorts = []redirect.PortRange{{First: 80, Last: 80}} }},
+		{name: "inbound off", ports: []uint16{22}, mutate: func(c *redirect.Config) { c.Inbound.Enabled = false }},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -134,10 +135,10 @@ func TestExcludeSSH(t *testing.T) {
 			if tt.mutate != nil {
 				tt.mutate(&c)
 			}
-			got, port := excludeSSH(c, tt.conn)
+			got, added := excludeSSH(c, tt.ports)
 			f, _ := redirect.FieldByPath("inbound.excludePorts")
-			if port != tt.want || f.Get(&got) != tt.exclude {
-				t.Errorf("excludeSSH = port %d, excludes %q; want %d, %q", port, f.Get(&got), tt.want, tt.exclude)
+			if !slices.Equal(added, tt.want) || f.Get(&got) != tt.exclude {
+				t.Errorf("excludeSSH = added %v, excludes %q; want %v, %q", added, f.Get(&got), tt.want, tt.exclude)
 			}
 		})
 	}

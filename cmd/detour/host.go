@@ -1,15 +1,16 @@
 package main
 
 import (
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
-	"os"
 	"strings"
 	"time"
 
 	"github.com/spf13/pflag"
 
+	"github.com/detour-mesh/detour/internal/netns"
 	"github.com/detour-mesh/detour/redirect"
 )
 
@@ -40,16 +41,18 @@ func bindNetNSFlag(fs *pflag.FlagSet, netns *string) {
 
 // netnsPath turns --netns into a path: a bare name is looked up under
 // /run/netns. An empty value means the caller's namespace.
-func netnsPath(netns string) (string, error) {
-	if netns == "" {
+func netnsPath(name string) (string, error) {
+	if name == "" {
 		return "", nil
 	}
-	path := netns
-	if !strings.Contains(netns, "/") {
-		path = "/run/netns/" + netns
+	path := name
+	if !strings.Contains(name, "/") {
+		path = "/run/netns/" + name
 	}
-	if _, err := os.Stat(path); err != nil {
-		return "", usageError("--netns: %q is not a network namespace: %s", netns, unwrapPathError(err))
+	if err := netns.Check(path); errors.Is(err, netns.ErrNotNetNS) {
+		return "", usageError("--netns: %q is not a network namespace", name)
+	} else if err != nil {
+		return "", usageError("--netns: %q is not a network namespace: %s", name, unwrapPathError(err))
 	}
 	return path, nil
 }

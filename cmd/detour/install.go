@@ -5,8 +5,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/netip"
-	"os"
-	"slices"
 	"strconv"
 	"strings"
 
@@ -16,14 +14,10 @@ import (
 )
 
 type installOptions struct {
-	config     configOptions
-	netns      string
-	captureSSH bool
-	dryRun     bool
-	output     string
-	persist    persistOptions
-	// sshConnection is $SSH_CONNECTION; tests set it.
-	sshConnection string
+	in      planInput
+	dryRun  bool
+	output  string
+	persist persistOptions
 }
 
 func newInstallCmd(s streams, g *globalOptions) *cobra.Command {
@@ -33,18 +27,17 @@ func newInstallCmd(s streams, g *globalOptions) *cobra.Command {
 		Short: "Install the redirection into the sidecar (plan, observe, apply)",
 		Long: `Install plans the rules for the configuration, reads what the network namespace
 already holds and applies the difference: one iptables-restore per IP family, nothing
-when the rules are already in place. On a host, the port of the SSH session you are
-connected through is excluded from inbound capture unless --capture-ssh is given.`,
+when the rules are already in place. On a host (no --netns), the ports sshd listens on
+and the port of the SSH session you are connected through are excluded from inbound
+capture unless --capture-ssh is given.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			o.sshConnection = os.Getenv("SSH_CONNECTION")
+			o.in.fromEnv()
 			return runInstall(cmd.Context(), o, g, s)
 		},
 	}
 	fs := cmd.Flags()
-	bindConfigFlags(fs, &o.config)
-	bindNetNSFlag(fs, &o.netns)
-	fs.BoolVar(&o.captureSSH, "capture-ssh", false, "capture the inbound port of the SSH session you are connected through, too")
+	o.in.bind(fs)
 	fs.BoolVar(&o.dryRun, "dry-run", false, "print the plan and change nothing")
 	output(fs, &o.output)
 	fs.BoolVar(&o.persist.enabled, "persist", false, persistUsage)
@@ -55,45 +48,29 @@ func runInstall(ctx context.Context, o *installOptions, g *globalOptions, s stre
 	if err := checkOutput(o.output); err != nil {
 		return err
 	}
-	cfg, err := o.config.load(s.in)
+	if err := checkPersist(o.persist, o.in.netns, o.dryRun); err != nil {
+		return err
+	}
+	p, err := o.in.load(ctx, g, s)
 	if err != nil {
 		return err
 	}
-	nsPath, err := netnsPath(o.netns)
-	if err != nil {
-		return err
-	}
-	if err := checkPersist(o.persist, nsPath, o.dryRun); err != nil {
-		return err
-	}
-	var sshPort uint16
-	if nsPath == "" && !o.captureSSH {
-		cfg, sshPort = excludeSSH(cfg, o.sshConnection)
-	}
-	eng := g.engine(nsPath, s.err)
-	facts, err := eng.Facts(ctx, cfg)
-	if err != nil {
-		return fmt.Errorf("read network namespace facts: %w", err)
-	}
-	plan, err := redirect.NewPlan(cfg, facts)
-	if err != nil {
-		return err
-	}
+	plan := p.plan
 	if o.dryRun {
 		return printPlan(s, plan, o.output)
 	}
-	res, err := eng.Install(ctx, plan)
+	res, err := p.eng.Install(ctx, plan)
 	if err != nil {
 		return fmt.Errorf("install: %w", err)
 	}
 	if o.output == "json" {
 		err = writeJSON(s, struct {
 			redirect.Result
-			Config  redirect.Config `json:"config"`
-			SSHPort uint16          `json:"sshPortExcluded,omitempty"`
-		}{res, plan.Config, sshPort})
+			Config   redirect.Config `json:"config"`
+			SSHPorts []uint16        `json:"sshPortsExcluded,omitempty"`
+		}{res, plan.Config, p.sshPorts})
 	} else {
-		_, err = fmt.Fprint(s.out, summary(plan.Config, res, sshPort))
+		_, err = fmt.Fprint(s.out, summary(plan.Config, res, p.sshPorts))
 	}
 	if err != nil || !o.persist.enabled {
 		return err
@@ -102,32 +79,9 @@ func runInstall(ctx context.Context, o *installOptions, g *globalOptions, s stre
 	return persist(ctx, o.persist, plan.Config, textOut(s, o.output))
 }
 
-// excludeSSH keeps the SSH session we are connected through alive: its server
-// port (the fourth field of SSH_CONNECTION) is added to the inbound exclusions
-// when inbound capture would otherwise take it. It returns the port it added, 0
-// when it added none.
-func excludeSSH(cfg redirect.Config, sshConnection string) (redirect.Config, uint16) {
-	fields := strings.Fields(sshConnection)
-	if len(fields) != 4 || !cfg.Inbound.Enabled {
-		return cfg, 0
-	}
-	port, err := redirect.ParsePort(fields[3])
-	if err != nil {
-		return cfg, 0
-	}
-	in := cfg.Inbound
-	if len(in.IncludePorts) > 0 || slices.ContainsFunc(in.ExcludePorts, func(r redirect.PortRange) bool { return r.Contains(port) }) {
-		// Included ports are what the user asked for; excluded ones already are.
-		return cfg, 0
-	}
-	cfg = cfg.Clone()
-	cfg.Inbound.ExcludePorts = append(cfg.Inbound.ExcludePorts, redirect.PortRange{First: port, Last: port})
-	return cfg, port
-}
-
 // summary is the one screen install prints: what is captured, where it goes and
 // what is left alone.
-func summary(c redirect.Config, r redirect.Result, sshPort uint16) string {
+func summary(c redirect.Config, r redirect.Result, sshPorts []uint16) string {
 	var b strings.Builder
 	fams := make([]string, len(r.Families))
 	for i, f := range r.Families {
@@ -159,8 +113,8 @@ func summary(c redirect.Config, r redirect.Result, sshPort uint16) string {
 	if c.Inbound.Enabled {
 		in := c.Inbound
 		note := ""
-		if sshPort != 0 {
-			note = fmt.Sprintf("port %d is excluded: it carries your SSH session (--capture-ssh captures it)", sshPort)
+		if len(sshPorts) > 0 {
+			note = fmt.Sprintf("%s excluded: SSH (--capture-ssh captures it)", joinPorts(sshPorts))
 		}
 		src := ""
 		if len(in.ExcludeSourceCIDRs) > 0 {
@@ -225,6 +179,17 @@ func outboundExempt(c redirect.Config) []string {
 		out = append(out, r.String())
 	}
 	return out
+}
+
+func joinPorts(ports []uint16) string {
+	parts := make([]string, len(ports))
+	for i, p := range ports {
+		parts[i] = strconv.Itoa(int(p))
+	}
+	if len(parts) == 1 {
+		return "port " + parts[0] + " is"
+	}
+	return "ports " + strings.Join(parts, ",") + " are"
 }
 
 func joinStrings[T fmt.Stringer](items []T) string {

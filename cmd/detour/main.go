@@ -1,6 +1,3 @@
-// Command detour installs a workload's traffic redirection into its sidecar
-// proxy and serves the proxy its listeners. See README.md for the commands, their
-// flags and exit codes.
 package main
 
 import (

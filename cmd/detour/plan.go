@@ -3,15 +3,16 @@ package main
 import (
 	"context"
 	"fmt"
+	"os"
 
 	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 
 	"github.com/detour-mesh/detour/redirect"
 )
 
 type planOptions struct {
-	config configOptions
-	netns  string
+	in     planInput
 	output string
 }
 
@@ -25,11 +26,11 @@ in iptables-save form. It needs neither root nor iptables. Whether IPv6 is plann
 under ipFamilies auto follows the namespace plan runs in (or --netns).`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			o.in.fromEnv()
 			return runPlan(cmd.Context(), o, g, s)
 		},
 	}
-	bindConfigFlags(cmd.Flags(), &o.config)
-	bindNetNSFlag(cmd.Flags(), &o.netns)
+	o.in.bind(cmd.Flags())
 	output(cmd.Flags(), &o.output)
 	return cmd
 }
@@ -38,34 +39,65 @@ func runPlan(ctx context.Context, o *planOptions, g *globalOptions, s streams) e
 	if err := checkOutput(o.output); err != nil {
 		return err
 	}
-	plan, _, err := loadPlan(ctx, &o.config, o.netns, g, s)
+	p, err := o.in.load(ctx, g, s)
 	if err != nil {
 		return err
 	}
-	return printPlan(s, plan, o.output)
+	if len(p.sshPorts) > 0 {
+		fmt.Fprintf(s.err, "detour: %s excluded from inbound capture: SSH (--capture-ssh captures it)\n", joinPorts(p.sshPorts))
+	}
+	return printPlan(s, p.plan, o.output)
 }
 
-// loadPlan is the shared front half of plan, check and validate: the config from
-// its sources, the namespace's facts, the plan.
-func loadPlan(ctx context.Context, co *configOptions, netns string, g *globalOptions, s streams) (redirect.Plan, *redirect.Engine, error) {
-	cfg, err := co.load(s.in)
+// planInput is what plan, check, validate and install share: the configuration
+// sources, the namespace to act in and the SSH exclusion on a host.
+type planInput struct {
+	config configOptions
+	netns  string
+	ssh    sshOptions
+}
+
+func (in *planInput) bind(fs *pflag.FlagSet) {
+	bindConfigFlags(fs, &in.config)
+	bindNetNSFlag(fs, &in.netns)
+	bindSSHFlag(&in.ssh, fs.BoolVar)
+}
+
+// fromEnv reads what the command takes from its environment besides DETOUR_*.
+func (in *planInput) fromEnv() { in.ssh.sshConnection = os.Getenv("SSH_CONNECTION") }
+
+// planned is the front half of every command that plans: the config from its
+// sources, the namespace's facts, the plan, and the engine for that namespace.
+type planned struct {
+	plan     redirect.Plan
+	eng      *redirect.Engine
+	nsPath   string
+	sshPorts []uint16 // SSH ports the plan keeps out of inbound capture
+}
+
+func (in *planInput) load(ctx context.Context, g *globalOptions, s streams) (planned, error) {
+	cfg, err := in.config.load(s.in)
 	if err != nil {
-		return redirect.Plan{}, nil, err
+		return planned{}, err
 	}
-	nsPath, err := netnsPath(netns)
+	nsPath, err := netnsPath(in.netns)
 	if err != nil {
-		return redirect.Plan{}, nil, err
+		return planned{}, err
+	}
+	var ssh []uint16
+	if nsPath == "" {
+		cfg, ssh = excludeSSH(cfg, in.ssh.sshPorts())
 	}
 	eng := g.engine(nsPath, s.err)
 	facts, err := eng.Facts(ctx, cfg)
 	if err != nil {
-		return redirect.Plan{}, nil, fmt.Errorf("read network namespace facts: %w", err)
+		return planned{}, fmt.Errorf("read network namespace facts: %w", err)
 	}
 	plan, err := redirect.NewPlan(cfg, facts)
 	if err != nil {
-		return redirect.Plan{}, nil, err
+		return planned{}, err
 	}
-	return plan, eng, nil
+	return planned{plan: plan, eng: eng, nsPath: nsPath, sshPorts: ssh}, nil
 }
 
 func printPlan(s streams, p redirect.Plan, output string) error {

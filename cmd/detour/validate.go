@@ -15,8 +15,7 @@ import (
 )
 
 type validateOptions struct {
-	config  configOptions
-	netns   string
+	in      planInput
 	timeout time.Duration
 }
 
@@ -34,11 +33,11 @@ destination. It exits 5 when a connection is not redirected, 1 when it cannot ru
 check (for example because the outbound port is already in use).`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			o.in.fromEnv()
 			return runValidate(cmd.Context(), o, g, s)
 		},
 	}
-	bindConfigFlags(cmd.Flags(), &o.config)
-	bindNetNSFlag(cmd.Flags(), &o.netns)
+	o.in.bind(cmd.Flags())
 	cmd.Flags().DurationVar(&o.timeout, "timeout", 3*time.Second, "how long each probe connection may take")
 	return cmd
 }
@@ -65,10 +64,11 @@ func runValidate(ctx context.Context, o *validateOptions, g *globalOptions, s st
 	if o.timeout <= 0 {
 		return usageError("--timeout: %q is not a positive duration", o.timeout)
 	}
-	plan, _, err := loadPlan(ctx, &o.config, o.netns, g, s)
+	pl, err := o.in.load(ctx, g, s)
 	if err != nil {
 		return err
 	}
+	plan, nsPath := pl.plan, pl.nsPath
 	c := plan.Config
 	if !c.Outbound.Enabled {
 		_, err := fmt.Fprintln(s.out, "nothing to validate: outbound capture is disabled (outbound.enabled is false)")
@@ -78,7 +78,6 @@ func runValidate(ctx context.Context, o *validateOptions, g *globalOptions, s st
 	if err != nil {
 		return err
 	}
-	nsPath, _ := netnsPath(o.netns)
 	failed, conclusive := 0, 0
 	for _, p := range probes {
 		got, err := runProbe(ctx, nsPath, c.Proxy.OutboundPort, p, o.timeout)

@@ -1,9 +1,12 @@
 package netns
 
 import (
+	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -118,5 +121,26 @@ func TestDoEmptyPathRunsHere(t *testing.T) {
 	ran := false
 	if err := Do("", func() error { ran = true; return nil }); err != nil || !ran {
 		t.Fatalf("Do(\"\") = %v, ran %v", err, ran)
+	}
+}
+
+func TestCheck(t *testing.T) {
+	ns := privtest.NetNS(t)
+	if err := Check(ns.Path); err != nil {
+		t.Errorf("Check(%s) = %v, want nil", ns.Path, err)
+	}
+	if err := Check("/proc/self/ns/net"); err != nil {
+		t.Errorf("Check(/proc/self/ns/net) = %v, want nil", err)
+	}
+	if err := Check("/proc/self/ns/mnt"); !errors.Is(err, ErrNotNetNS) {
+		t.Errorf("Check(a mount namespace) = %v, want ErrNotNetNS", err)
+	}
+	file := filepath.Join(t.TempDir(), "regular")
+	os.WriteFile(file, nil, 0o644)
+	if err := Check(file); !errors.Is(err, ErrNotNetNS) {
+		t.Errorf("Check(a regular file) = %v, want ErrNotNetNS", err)
+	}
+	if err := Check(filepath.Join(t.TempDir(), "missing")); !errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("Check(a missing path) = %v, want fs.ErrNotExist", err)
 	}
 }

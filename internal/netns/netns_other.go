@@ -11,3 +11,9 @@ func Do(path string, fn func() error) error {
 	}
 	return errors.ErrUnsupported
 }
+
+// ErrNotNetNS is returned by Check for a path that is not a network namespace.
+var ErrNotNetNS = errors.New("not a network namespace")
+
+// Check is Linux-only.
+func Check(path string) error { return errors.ErrUnsupported }

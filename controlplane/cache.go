@@ -1,0 +1,543 @@
+package controlplane
+
+import (
+	"cmp"
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"runtime"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+	"unsafe"
+
+	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	cachev3 "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
+	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
+	"google.golang.org/protobuf/types/known/anypb"
+)
+
+// servedResource is one distinct resource as it is served: its deterministic
+// encoding, wrapped once in the Any of SotW responses and the Resource of
+// delta responses, and its content hash (its delta version). Nodes whose
+// resources are equal share one; nothing modifies it once built, and any
+// number of responses marshal it concurrently.
+type servedResource struct {
+	name  string
+	hash  string
+	any   *anypb.Any
+	delta *discoveryv3.Resource
+}
+
+// servedType is what a node is served of one resource type.
+type servedType struct {
+	version   string
+	resources []*servedResource // sorted by name; names are unique
+	all       []*anypb.Any      // resources[i].any: a full SotW response's resources
+}
+
+// lookup returns the resource named name, or nil.
+func (t *servedType) lookup(name string) *servedResource {
+	i, ok := slices.BinarySearchFunc(t.resources, name, func(r *servedResource, name string) int { return cmp.Compare(r.name, name) })
+	if !ok {
+		return nil
+	}
+	return t.resources[i]
+}
+
+// servedSnapshot is one node's listeners and clusters. Per node it holds a
+// version and a slice of pointers per type: the encodings are shared.
+type servedSnapshot struct {
+	listeners, clusters servedType
+}
+
+var emptyType = &servedType{}
+
+// typ returns the node's resources of typeURL; other types are served empty.
+func (s *servedSnapshot) typ(typeURL string) *servedType {
+	switch typeURL {
+	case resourcev3.ListenerType:
+		return &s.listeners
+	case resourcev3.ClusterType:
+		return &s.clusters
+	}
+	return emptyType
+}
+
+// GetVersion is the version of typeURL ("" for types that are not served).
+func (s *servedSnapshot) GetVersion(typeURL string) string { return s.typ(typeURL).version }
+
+// servingCache is the xDS cache of the ADS server (go-control-plane's
+// serverv3.Server drives the streams; this decides what to send and when). It
+// keeps go-control-plane's snapshot cache semantics for ADS — a SotW watch is
+// answered when the node's version of its type differs from the request's
+// (or a subscribed resource was never returned), a delta watch when resources
+// changed, were added or removed, responses of one node go out clusters
+// before listeners — and adds two things:
+//
+//   - Pre-encoded responses. go-control-plane's cache wraps every resource of
+//     every response in a fresh cachedResource (with two sync.OnceValues),
+//     copies its snapshot's maps for every delta response and marshals every
+//     resource again for each proxy: with a thousand proxies and a hundred
+//     listeners that was most of a push's CPU and garbage. Here responses
+//     point at the servedResource of each resource, built once per build, and
+//     a snapshot is a sorted slice of pointers rather than three maps.
+//
+//   - NACK back-off (backoff.go). go-control-plane answers a SotW NACK (which
+//     carries the last ACKed version) by sending the current snapshot again
+//     straight away; a proxy that rejects it NACKs again, in a loop. Here a
+//     NACK of the version still current holds the watch for the back-off.
+//     Delta streams need no help: the server records what it sent and does
+//     not resend it.
+//
+// Responses are sent on the stream's channel with the node's lock held, as
+// go-control-plane's cache does: the server sizes those channels so that the
+// at most one pending response per type never blocks.
+type servingCache struct {
+	log     *slog.Logger
+	backoff time.Duration
+	// nacked returns the version the node last NACKed for a type URL.
+	nacked func(nodeID, typeURL string) string
+	// onBackoff counts a held watch.
+	onBackoff func(typeURL string)
+
+	mu    sync.Mutex
+	nodes map[string]*cacheNode
+}
+
+// cacheNode is one node's snapshot and open watches.
+type cacheNode struct {
+	mu    sync.Mutex
+	snap  *servedSnapshot          // nil until the first SetSnapshot
+	sotw  map[*sotwWatch]struct{}  // open SotW watches
+	delta map[*deltaWatch]struct{} // open delta watches
+	held  map[*heldWatch]struct{}  // SotW watches held back after a NACK
+	sent  map[sentKey]*sentType    // servedTypes delta streams' maps refer to (see sentType)
+	gone  bool                     // cleared; a new cacheNode replaces it
+}
+
+type sotwWatch struct {
+	req *cachev3.Request
+	sub cachev3.Subscription
+	ch  chan cachev3.Response
+}
+
+type deltaWatch struct {
+	req *cachev3.DeltaRequest
+	sub cachev3.Subscription
+	ch  chan cachev3.DeltaResponse
+}
+
+var _ cachev3.Cache = (*servingCache)(nil)
+
+func newServingCache(log *slog.Logger, backoff time.Duration, nacked func(string, string) string, onBackoff func(string)) *servingCache {
+	return &servingCache{
+		log:       log,
+		backoff:   backoff,
+		nacked:    nacked,
+		onBackoff: onBackoff,
+		nodes:     make(map[string]*cacheNode),
+	}
+}
+
+// node returns the entry of id, created when missing. Its lock is held on
+// return; a cleared entry is never returned.
+func (c *servingCache) node(id string) *cacheNode {
+	for {
+		c.mu.Lock()
+		n, ok := c.nodes[id]
+		if !ok {
+			n = &cacheNode{}
+			c.nodes[id] = n
+		}
+		c.mu.Unlock()
+		n.mu.Lock()
+		if !n.gone {
+			return n
+		}
+		n.mu.Unlock()
+	}
+}
+
+// errNoSnapshot is GetSnapshot's error for a node without a snapshot.
+var errNoSnapshot = errors.New("no snapshot")
+
+// GetSnapshot returns the node's snapshot.
+func (c *servingCache) GetSnapshot(node string) (*servedSnapshot, error) {
+	c.mu.Lock()
+	n := c.nodes[node]
+	c.mu.Unlock()
+	if n != nil {
+		n.mu.Lock()
+		defer n.mu.Unlock()
+		if n.snap != nil && !n.gone {
+			return n.snap, nil
+		}
+	}
+	return nil, fmt.Errorf("node %q: %w", node, errNoSnapshot)
+}
+
+// SetSnapshot makes snap the node's snapshot and answers the node's open
+// watches it changes, clusters before listeners, and releases held watches
+// whose type now has a version other than the one NACKed.
+func (c *servingCache) SetSnapshot(ctx context.Context, node string, snap *servedSnapshot) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	n := c.node(node)
+	n.snap = snap
+	sotw := make([]*sotwWatch, 0, len(n.sotw))
+	for w := range n.sotw {
+		sotw = append(sotw, w)
+	}
+	slices.SortFunc(sotw, func(a, b *sotwWatch) int { return compareTypes(a.req.GetTypeUrl(), b.req.GetTypeUrl()) })
+	for _, w := range sotw {
+		if c.respondSotW(snap, w, false) {
+			delete(n.sotw, w)
+		}
+	}
+	delta := make([]*deltaWatch, 0, len(n.delta))
+	for w := range n.delta {
+		delta = append(delta, w)
+	}
+	slices.SortFunc(delta, func(a, b *deltaWatch) int { return compareTypes(a.req.GetTypeUrl(), b.req.GetTypeUrl()) })
+	for _, w := range delta {
+		if n.respondDelta(snap, w) {
+			delete(n.delta, w)
+		}
+	}
+	var release []*heldWatch
+	for w := range n.held {
+		if snap.GetVersion(w.req.GetTypeUrl()) != w.version {
+			release = append(release, w)
+		}
+	}
+	n.mu.Unlock()
+	for _, w := range release {
+		w.timer.Stop()
+		c.release(node, w)
+	}
+	return nil
+}
+
+// compareTypes orders type URLs as ADS sends them (clusters before listeners).
+func compareTypes(a, b string) int {
+	return cmp.Compare(cachev3.GetResponseType(a), cachev3.GetResponseType(b))
+}
+
+// ClearSnapshot forgets the node: its snapshot and its watches, which are
+// never answered.
+func (c *servingCache) ClearSnapshot(node string) {
+	c.mu.Lock()
+	n := c.nodes[node]
+	delete(c.nodes, node)
+	c.mu.Unlock()
+	if n != nil {
+		n.mu.Lock()
+		n.gone = true
+		n.mu.Unlock()
+	}
+}
+
+// CreateWatch opens a SotW watch, held back when it follows a NACK of the
+// current version.
+func (c *servingCache) CreateWatch(req *cachev3.Request, sub cachev3.Subscription, ch chan cachev3.Response) (func(), error) {
+	node := req.GetNode().GetId()
+	if req.GetErrorDetail() != nil {
+		if snap, err := c.GetSnapshot(node); err == nil {
+			current := snap.GetVersion(req.GetTypeUrl())
+			if current != "" && current == c.nacked(node, req.GetTypeUrl()) {
+				return c.hold(node, current, req, sub, ch), nil
+			}
+		}
+		// A newer config than the rejected one is ready: send it now.
+	}
+	return c.watch(node, req, sub, ch)
+}
+
+// watch answers a SotW request at once when the node's snapshot has something
+// the proxy lacks, or opens a watch that SetSnapshot answers.
+func (c *servingCache) watch(node string, req *cachev3.Request, sub cachev3.Subscription, ch chan cachev3.Response) (func(), error) {
+	w := &sotwWatch{req: req, sub: sub, ch: ch}
+	n := c.node(node)
+	defer n.mu.Unlock()
+	if n.snap != nil && c.respondSotW(n.snap, w, true) {
+		return func() {}, nil
+	}
+	if n.sotw == nil {
+		n.sotw = make(map[*sotwWatch]struct{})
+	}
+	n.sotw[w] = struct{}{}
+	return func() {
+		n.mu.Lock()
+		delete(n.sotw, w)
+		n.mu.Unlock()
+	}, nil
+}
+
+// respondSotW sends w the snapshot's resources of its type when its version
+// differs from the request's or, when opening (fresh), when the proxy was
+// never sent a resource it subscribes to. It reports whether it sent.
+func (c *servingCache) respondSotW(snap *servedSnapshot, w *sotwWatch, fresh bool) bool {
+	typeURL := w.req.GetTypeUrl()
+	t := snap.typ(typeURL)
+	if t.version == w.req.GetVersionInfo() {
+		if !fresh || !missing(t, w.sub) {
+			return false
+		}
+	}
+	resources := t.all
+	var returned map[string]string
+	if w.sub.IsWildcard() {
+		// The stream keeps this map until its next response: per proxy and
+		// type, one entry instead of one per resource (see missing).
+		returned = map[string]string{returnedAll: t.version}
+	} else {
+		// Only the resources asked for, in name order.
+		subscribed := w.sub.SubscribedResources()
+		resources = nil
+		returned = make(map[string]string, len(subscribed))
+		for _, r := range t.resources {
+			if _, ok := subscribed[r.name]; ok {
+				resources = append(resources, r.any)
+				returned[r.name] = t.version
+			}
+		}
+	}
+	w.ch <- &cachev3.PassthroughResponse{
+		Request:           w.req,
+		DiscoveryResponse: &discoveryv3.DiscoveryResponse{VersionInfo: t.version, Resources: resources, TypeUrl: typeURL},
+		ReturnedResources: returned,
+	}
+	return true
+}
+
+// returnedAll is the name under which a SotW stream remembers that it was
+// sent every resource of a version: the whole state of that type, since
+// versions are content hashes. It is no resource name (those are never empty
+// nor contain NUL). go-control-plane's server hands the map back unchanged
+// except that a request naming resources deletes the names it does not ask
+// for, this one included: the stream then counts as knowing nothing, and it
+// is sent what it asks for.
+const returnedAll = "\x00all"
+
+// missing reports whether the snapshot holds a resource the subscription
+// wants and the proxy was not sent. Called only when the proxy has t's
+// version.
+func missing(t *servedType, sub cachev3.Subscription) bool {
+	known := sub.ReturnedResources()
+	if v, ok := known[returnedAll]; ok && v == t.version {
+		return false
+	}
+	if sub.IsWildcard() {
+		for _, r := range t.resources {
+			if _, ok := known[r.name]; !ok {
+				return true
+			}
+		}
+		return false
+	}
+	for name := range sub.SubscribedResources() {
+		if _, ok := known[name]; !ok && t.lookup(name) != nil {
+			return true
+		}
+	}
+	return false
+}
+
+// CreateDeltaWatch answers a delta request at once when the proxy's resources
+// differ from the snapshot's (or it is the first wildcard request of its
+// type), or opens a watch that SetSnapshot answers.
+func (c *servingCache) CreateDeltaWatch(req *cachev3.DeltaRequest, sub cachev3.Subscription, ch chan cachev3.DeltaResponse) (func(), error) {
+	w := &deltaWatch{req: req, sub: sub, ch: ch}
+	n := c.node(req.GetNode().GetId())
+	defer n.mu.Unlock()
+	if n.snap != nil && n.respondDelta(n.snap, w) {
+		return nil, nil
+	}
+	if n.delta == nil {
+		n.delta = make(map[*deltaWatch]struct{})
+	}
+	n.delta[w] = struct{}{}
+	return func() {
+		n.mu.Lock()
+		delete(n.delta, w)
+		n.mu.Unlock()
+	}, nil
+}
+
+// A delta stream keeps, per type, the version of each resource it was sent
+// (go-control-plane's server stores the map the cache gives it and hands it
+// back with the next request). For a wildcard subscription that map would be
+// a copy of the node's whole name → version table, per proxy and per change:
+// with a thousand proxies, most of the control plane's memory. Instead, the
+// map of a wildcard stream holds returnedAll → a token naming the servedType
+// it was sent (see sentType), and entries only for what differs from it — the
+// server itself writes "" for a name unsubscribed while wildcard, so that it
+// is sent again. The servedType stays in the node's sent table while any
+// stream's map still holds its token: a cleanup on the token's allocation
+// releases it once the stream dropped the map.
+
+// sentType is a servedType a delta stream's map refers to.
+type sentType struct {
+	t    *servedType
+	refs int
+}
+
+type sentKey struct{ typeURL, version string }
+
+// known is what a delta stream has of one type: the explicit entries of its
+// map over the servedType its returnedAll token names (if any).
+type known struct {
+	m    map[string]string
+	base *servedType
+}
+
+func (k known) get(name string) (string, bool) {
+	if v, ok := k.m[name]; ok {
+		return v, true
+	}
+	if k.base != nil {
+		if r := k.base.lookup(name); r != nil {
+			return r.hash, true
+		}
+	}
+	return "", false
+}
+
+// names calls f for every name the stream has.
+func (k known) names(f func(string)) {
+	for name := range k.m {
+		if name != returnedAll {
+			f(name)
+		}
+	}
+	if k.base != nil {
+		for _, r := range k.base.resources {
+			if _, ok := k.m[r.name]; !ok {
+				f(r.name)
+			}
+		}
+	}
+}
+
+// known returns what the stream of w has. Called with n.mu held.
+func (n *cacheNode) known(w *deltaWatch) known {
+	m := w.sub.ReturnedResources()
+	k := known{m: m}
+	if token, ok := m[returnedAll]; ok {
+		st := n.sent[sentKey{w.req.GetTypeUrl(), token}]
+		if st == nil {
+			// Cannot happen: the token's allocation is alive, so is its
+			// entry. Counting nothing as sent makes the stream receive
+			// every resource again.
+			return known{m: m}
+		}
+		k.base = st.t
+	}
+	return k
+}
+
+// fullMap returns the map a wildcard stream keeps after being sent all of t:
+// returnedAll → a fresh copy of t's version, whose allocation holds t in the
+// sent table until the map is dropped.
+func (n *cacheNode) fullMap(typeURL string, t *servedType) map[string]string {
+	key := sentKey{typeURL, t.version}
+	st := n.sent[key]
+	if st == nil {
+		if n.sent == nil {
+			n.sent = make(map[sentKey]*sentType)
+		}
+		st = &sentType{t: t}
+		n.sent[key] = st
+	}
+	st.refs++
+	token := strings.Clone(t.version) // its own allocation: versions are 24 bytes, never batched with others
+	runtime.AddCleanup(unsafe.StringData(token), n.unref, key)
+	return map[string]string{returnedAll: token}
+}
+
+// unref releases one stream's hold on a sent servedType.
+func (n *cacheNode) unref(key sentKey) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if st := n.sent[key]; st != nil {
+		if st.refs--; st.refs <= 0 {
+			delete(n.sent, key)
+		}
+	}
+}
+
+// respondDelta sends w what changed for its subscription: the resources
+// whose version differs from the one the proxy has, and the names it has that
+// are gone. It reports whether it sent. Called with n.mu held.
+func (n *cacheNode) respondDelta(snap *servedSnapshot, w *deltaWatch) bool {
+	typeURL := w.req.GetTypeUrl()
+	t := snap.typ(typeURL)
+	k := n.known(w)
+	wildcard := w.sub.IsWildcard()
+	var changed []*discoveryv3.Resource
+	var removed []string
+	if wildcard {
+		for _, r := range t.resources {
+			if v, ok := k.get(r.name); !ok || v != r.hash {
+				changed = append(changed, r.delta)
+			}
+		}
+		k.names(func(name string) {
+			if t.lookup(name) == nil {
+				removed = append(removed, name)
+			}
+		})
+	} else {
+		for name := range w.sub.SubscribedResources() {
+			v, ok := k.get(name)
+			if r := t.lookup(name); r != nil {
+				if !ok || v != r.hash {
+					changed = append(changed, r.delta)
+				}
+			} else if ok {
+				removed = append(removed, name)
+			}
+		}
+		slices.SortFunc(changed, func(a, b *discoveryv3.Resource) int { return cmp.Compare(a.GetName(), b.GetName()) })
+	}
+	// A stream that left wildcard is given an explicit map at once, even in
+	// an empty response: the server deletes unsubscribed names from it,
+	// which must not leave them standing in the token's servedType.
+	explicit := !wildcard && k.base != nil
+	if len(changed) == 0 && len(removed) == 0 && !explicit && (!wildcard || w.req.GetResponseNonce() != "") {
+		return false
+	}
+	slices.Sort(removed)
+	var next map[string]string
+	if wildcard && t.version != "" {
+		next = n.fullMap(typeURL, t)
+	} else {
+		subscribed := w.sub.SubscribedResources()
+		next = make(map[string]string, len(subscribed))
+		for name := range subscribed {
+			if r := t.lookup(name); r != nil {
+				next[name] = r.hash
+			}
+		}
+	}
+	w.ch <- &cachev3.DeltaPassthroughResponse{
+		DeltaRequest:   w.req,
+		NextVersionMap: next,
+		DeltaDiscoveryResponse: &discoveryv3.DeltaDiscoveryResponse{
+			SystemVersionInfo: t.version,
+			Resources:         changed,
+			RemovedResources:  removed,
+			TypeUrl:           typeURL,
+		},
+	}
+	return true
+}
+
+// Fetch refuses REST xDS (the tracker refuses it before the cache is asked).
+func (c *servingCache) Fetch(context.Context, *cachev3.Request) (cachev3.Response, error) {
+	return nil, errors.New("REST xDS is not served; use ADS")
+}

@@ -1,0 +1,83 @@
+package controlplane
+
+import (
+	"bytes"
+	"testing"
+
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
+	"google.golang.org/protobuf/encoding/protowire"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/anypb"
+	"google.golang.org/protobuf/types/known/durationpb"
+)
+
+// TestCodecDiscoveryResponses checks that discovery responses decode to the
+// message marshalled, and that the large resource values of delta responses
+// are referenced rather than copied (SotW responses are copied whole).
+func TestCodecDiscoveryResponses(t *testing.T) {
+	t.Parallel()
+	large := bytes.Repeat([]byte("listener"), 64) // 512 B: referenced
+	small := []byte("tiny")                       // copied
+	withUnknown := &anypb.Any{TypeUrl: resourcev3.ListenerType, Value: large}
+	withUnknown.ProtoReflect().SetUnknown(protowire.AppendTag(nil, 9, protowire.VarintType))
+	withUnknown.ProtoReflect().SetUnknown(protowire.AppendVarint(withUnknown.ProtoReflect().GetUnknown(), 1))
+	shared := &anypb.Any{TypeUrl: resourcev3.ListenerType, Value: large}
+	tests := []struct {
+		name       string
+		msg        proto.Message
+		referenced int // buffers that are the shared value itself
+	}{
+		{name: "sotw", msg: &discoveryv3.DiscoveryResponse{
+			VersionInfo: "v1", TypeUrl: resourcev3.ListenerType, Nonce: "7",
+			ControlPlane: &corev3.ControlPlane{Identifier: "detour"},
+			Resources: []*anypb.Any{shared, {TypeUrl: resourcev3.ListenerType, Value: small}, withUnknown,
+				{Value: large}, shared},
+		}},
+		{name: "sotw-empty", msg: &discoveryv3.DiscoveryResponse{VersionInfo: "v1", TypeUrl: resourcev3.ListenerType}},
+		{name: "delta", msg: &discoveryv3.DeltaDiscoveryResponse{
+			SystemVersionInfo: "v2", TypeUrl: resourcev3.ClusterType, Nonce: "3",
+			RemovedResources: []string{"gone"},
+			Resources: []*discoveryv3.Resource{
+				{Name: "a", Version: "h1", Resource: shared},
+				{Name: "b", Version: "h2", Aliases: []string{"b2"}, Ttl: durationpb.New(5e9), Resource: shared},
+				{Name: "c", Version: "h3", Resource: &anypb.Any{TypeUrl: resourcev3.ClusterType, Value: small}},
+				{Name: "d", Version: "h4"},
+				{Name: "e", Version: "h5", Resource: withUnknown},
+			},
+		}, referenced: 1}, // b has more than a name and version: copied whole
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			bs, err := newXDSCodec().Marshal(tt.msg)
+			if err != nil {
+				t.Fatal(err)
+			}
+			referenced := 0
+			for _, buf := range bs {
+				if d := buf.ReadOnlyData(); len(d) > 0 && &d[0] == &large[0] {
+					referenced++
+				}
+			}
+			if referenced != tt.referenced {
+				t.Errorf("%d buffers reference the shared value, want %d", referenced, tt.referenced)
+			}
+			got := tt.msg.ProtoReflect().New().Interface()
+			if err := proto.Unmarshal(bs.Materialize(), got); err != nil {
+				t.Fatal(err)
+			}
+			if !proto.Equal(got, tt.msg) {
+				t.Errorf("decoded %v\nwant %v", got, tt.msg)
+			}
+			want, err := proto.Marshal(tt.msg)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if bs.Len() != len(want) {
+				t.Errorf("encoded %d bytes, proto.Marshal gives %d", bs.Len(), len(want))
+			}
+		})
+	}
+}

@@ -16,6 +16,14 @@
 // that. The TPROXY policy routing and the IPv6 passthrough address are made over
 // netlink in-process. docs/rules.md describes every rule and why it exists.
 //
+// Config.CapturesOutbound and Config.CapturesInbound answer, without a host,
+// whether the rules of a configuration send a given connection to the proxy;
+// code that must agree with the rules uses them instead of re-deriving it.
+//
+// Install and Uninstall of one network namespace are serialized across
+// processes by a lock file under /run/detour (Engine.LockDir). What is made
+// over netlink carries the kernel ownership tag protocol 215.
+//
 // Engine runs all of a call on one OS thread locked inside Engine.NetNS
 // (internal/netns): the iptables processes it spawns fork from that thread and
 // the netlink sockets it opens belong to that namespace.

@@ -188,8 +188,9 @@ func (g *generator) reachable(w *Workload) []*Service {
 func (g *generator) workload(w *Workload) Resources {
 	var r Resources
 	c := &w.TransparentProxy
-	v4, v6 := families(w)
-	famKey := familyKey(v4, v6)
+	fam := families(w)
+	v4, v6 := fam.listen4, fam.listen6
+	famKey := familyKey(fam.reach4, fam.reach6)
 	// Reused across workloads: a thousand workloads would make a thousand maps.
 	if g.used == nil {
 		g.used = make(map[string]*clusterv3.Cluster)
@@ -223,7 +224,7 @@ func (g *generator) workload(w *Workload) Resources {
 					r.Listeners = append(r.Listeners, g.serviceListener(s, pi, vip))
 				}
 				if served {
-					use(g.serviceCluster(s, pi, famKey, v4, v6))
+					use(g.serviceCluster(s, pi, famKey, fam.reach4, fam.reach6))
 				}
 			}
 		}

@@ -231,8 +231,11 @@ func (m *Mesh) Validate() error {
 				bad(f+".transparentProxy.ipFamilies", string(tp.IPFamilies), "needs an IPv6 address in "+f+".addresses")
 			}
 		}
-		if !v4 && tp.IPFamilies == redirect.IPFamiliesIPv4 && len(w.Addresses) > 0 {
-			bad(f+".transparentProxy.ipFamilies", string(tp.IPFamilies), "needs an IPv4 address in "+f+".addresses")
+		switch tp.IPFamilies {
+		case redirect.IPFamiliesIPv4, redirect.IPFamiliesDual:
+			if !v4 && len(w.Addresses) > 0 {
+				bad(f+".transparentProxy.ipFamilies", string(tp.IPFamilies), "needs an IPv4 address in "+f+".addresses")
+			}
 		}
 		inbound := make(map[uint16]bool, len(w.Inbound))
 		for j, p := range w.Inbound {

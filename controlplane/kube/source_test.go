@@ -257,6 +257,9 @@ func TestSourceBuildsMeshFromTheAPI(t *testing.T) {
 	k.pod("plain", "db-1", "10.1.0.20", map[string]string{redirect.AnnotationRedirect: redirect.RedirectEnabled,
 		redirect.AnnotationConfig: `{"mode": "tproxy"}`}, false)
 	k.pod("plain", "other-1", "10.1.0.21", nil, false)
+	// ipFamilies dual on a single-stack pod: its rules would capture a family
+	// the pod has no address of. Not served.
+	k.pod("shop", "dual-1", "fd00::14", map[string]string{redirect.AnnotationConfig: `{"ipFamilies": "dual"}`}, false)
 
 	src, err := New(Options{Client: k.c, Debounce: 20 * time.Millisecond})
 	if err != nil {

@@ -34,7 +34,8 @@ const (
 	srvDB      = "db"         // the db service's endpoints (remote)
 	srvAny     = "elsewhere"  // a destination the mesh does not know (remote)
 	srvDecoy   = "decoy"      // answers on a virtual IP when a connection bypassed the proxy
-	srvApp     = "app"        // the workload's app on loopback: the declared inbound port's target
+	srvApp     = "app"        // the workload's app on the pod address only: the declared inbound port 8000's target
+	srvLocal   = "app-local"  // an app on loopback only, behind declared port 8100: not reachable through the proxy
 	srvOther   = "app-other"  // the workload's app on an undeclared port (passthrough)
 	anyPort    = uint16(9999) // srvAny's port
 	otherPort  = uint16(8001) // srvOther's port, not declared in the mesh
@@ -75,7 +76,7 @@ services:
 workloads:
   - nodeId: %s
     addresses: [%s, %q]
-    inbound: [{port: 8000, appPort: 18000, protocol: http}]
+    inbound: [{port: 8000, appPort: 18000, protocol: http}, {port: 8100, appPort: 18100}]
     reach: [backend, db]
     transparentProxy: %s
 `, policy, vip[lab.IPv4], vip[lab.IPv6].String(), backend[lab.IPv4], backend[lab.IPv6].String(),
@@ -125,7 +126,8 @@ func testEndToEnd(t *testing.T, mode string) {
 			{l.Remote, srvAny, netip.AddrPortFrom(f.Unspecified(), anyPort)},
 			{l.Remote, srvDecoy, netip.AddrPortFrom(f.Unspecified(), 80)},
 			{l.Remote, srvDecoy, netip.AddrPortFrom(f.Unspecified(), 5432)},
-			{l.Pod, srvApp, netip.AddrPortFrom(f.Loopback(), 18000)},
+			{l.Pod, srvApp, netip.AddrPortFrom(lab.PodAddr(f), 18000)},
+			{l.Pod, srvLocal, netip.AddrPortFrom(f.Loopback(), 18100)},
 			{l.Pod, srvOther, netip.AddrPortFrom(f.Unspecified(), otherPort)},
 		} {
 			if _, err := s.ns.Serve(s.name, s.addr, lab.ServeOptions{}); err != nil {
@@ -197,8 +199,9 @@ func testEndToEnd(t *testing.T, mode string) {
 			wantRoute(t, proxy.handled(mark), route{Listener: outbound(f), Handler: outbound(f), Chain: controlplane.ChainPassthrough,
 				Cluster: controlplane.ClusterPassthrough, Original: to, Upstream: to})
 
-			// Inbound: the declared port reaches the app on loopback; another
-			// port reaches whatever listens there from the passthrough source.
+			// Inbound: a declared port reaches the app at the pod address and
+			// appPort, from the passthrough source, as the passthrough does for
+			// another port; an app bound only to loopback is not reachable.
 			remote := func(port uint16) (lab.Reply, error) {
 				return l.Remote.Dial(ctx, lab.DialOptions{To: netip.AddrPortFrom(lab.PodAddr(f), port)})
 			}
@@ -207,15 +210,22 @@ func testEndToEnd(t *testing.T, mode string) {
 			if err != nil {
 				t.Fatalf("remote → pod:8000: %v", err)
 			}
-			// A workload with IPv4 has its app on 127.0.0.1, for both families.
-			if r.Server != srvApp || r.Local != netip.AddrPortFrom(lab.IPv4.Loopback(), 18000) {
-				t.Errorf("remote → pod:8000 answered by %s at %s, want %s on 127.0.0.1:18000", r.Server, r.Local, srvApp)
+			if appAt := netip.AddrPortFrom(lab.PodAddr(f), 18000); r.Server != srvApp || r.Local != appAt || r.Peer.Addr() != passSource[f] {
+				t.Errorf("remote → pod:8000 answered by %s at %s seeing peer %s, want %s at %s seeing the passthrough source %s",
+					r.Server, r.Local, r.Peer, srvApp, appAt, passSource[f])
 			}
 			in := wantRoute(t, proxy.handled(mark), route{Listener: inbound(f), Handler: inbound(f), Chain: controlplane.InboundClusterName(8000),
-				Cluster: controlplane.InboundClusterName(8000), Original: netip.AddrPortFrom(lab.PodAddr(f), 8000)})
+				Cluster: controlplane.InboundClusterName(8000), Original: netip.AddrPortFrom(lab.PodAddr(f), 8000),
+				Upstream: netip.AddrPortFrom(lab.PodAddr(f), 18000)})
 			if mode == "tproxy" && in.Peer.Addr() != lab.RemoteLinkAddr(f) {
 				t.Errorf("tproxy: the proxy saw the client as %s, want the remote's own address %s", in.Peer, lab.RemoteLinkAddr(f))
 			}
+			mark = proxy.mark()
+			if r, err := remote(8100); err == nil {
+				t.Errorf("remote → pod:8100 was answered by %s at %s; an app bound only to loopback must not be reachable", r.Server, r.Local)
+			}
+			wantRoute(t, proxy.handled(mark), route{Listener: inbound(f), Handler: inbound(f), Chain: controlplane.InboundClusterName(8100),
+				Cluster: controlplane.InboundClusterName(8100), Upstream: netip.AddrPortFrom(lab.PodAddr(f), 18100)})
 			mark = proxy.mark()
 			r, err = remote(otherPort)
 			if err != nil {

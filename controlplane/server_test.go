@@ -590,7 +590,7 @@ func TestDeltaSubscribeUnsubscribe(t *testing.T) {
 func TestNodeIdentityMTLS(t *testing.T) {
 	t.Parallel()
 	pki := newTestPKI(t)
-	serverTLS, err := TLSConfig(pki.serverCert, pki.serverKey, pki.caFile)
+	serverTLS, err := TLSConfig(pki.serverCert, pki.serverKey, pki.caFile, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -139,6 +139,8 @@ func TestDecodeMeshErrors(t *testing.T) {
 		{"dual without ipv6", svc + wl + ", transparentProxy: {ipFamilies: dual}}]", []string{`workloads[0].transparentProxy.ipFamilies: "dual" needs an IPv6 address in workloads[0].addresses`}},
 		{"dual without ipv4", svc + "workloads: [{nodeId: w, addresses: [\"2001:db8::1\"], transparentProxy: {ipFamilies: dual}}]", []string{`workloads[0].transparentProxy.ipFamilies: "dual" needs an IPv4 address in workloads[0].addresses`}},
 		{"ipv6 without ipv6", svc + wl + ", transparentProxy: {ipFamilies: ipv6}}]", []string{`workloads[0].transparentProxy.ipFamilies: "ipv6" needs an IPv6 address in workloads[0].addresses`}},
+		{"dns capture", svc + wl + ", transparentProxy: {dns: {capture: all}}}]", []string{`workloads[0].transparentProxy.dns.capture: "all" is not served`}},
+		{"mesh dns capture", svc + "transparentProxy: {dns: {capture: resolvconf}}\n" + wl + "}]", []string{`workloads[0].transparentProxy.dns.capture: "resolvconf" is not served`}},
 		{"inbound on a proxy port", svc + wl + ", inbound: [15001]}]", []string{`workloads[0].inbound[0].port: "15001" is one of the proxy's own ports`}},
 		{"app port on a proxy port", svc + wl + ", inbound: [{port: 80, appPort: 15006}]}]", []string{`workloads[0].inbound[0].appPort: "15006" is one of the proxy's own ports`}},
 		{"duplicate node", svc + "workloads: [{nodeId: w, addresses: [192.0.2.1]}, {nodeId: w, addresses: [192.0.2.2]}]", []string{`workloads[1].nodeId: "w" is also the node id of workloads[0]`}},

@@ -25,9 +25,9 @@ type served struct {
 	// family the installer can capture for the same redirect config, so a
 	// redirected connection always finds a listener: ipv4 and ipv6 are that
 	// family, dual and auto are both. The installer's auto captures IPv6
-	// whenever the namespace has not disabled it (a sysctl the control plane
-	// cannot see); [::] binds in such a namespace as well, so serving it costs
-	// nothing there. Only a kernel without IPv6 at all (ipv6.disable=1) cannot
+	// whenever the namespace has it enabled (sysctls the control plane cannot
+	// see); [::] binds in every namespace, also with IPv6 disabled, so serving
+	// it costs nothing. Only a kernel without IPv6 at all (ipv6.disable=1) cannot
 	// open [::]: the installer's auto captures IPv4 only there and Envoy rejects
 	// the IPv6 listeners (a NACK, logged and counted); ipFamilies ipv4 is the
 	// setting for such a host.

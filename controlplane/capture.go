@@ -19,17 +19,39 @@ import (
 // prefixes captures no IPv6) and excludeCIDRs no longer matter; otherwise every
 // destination but excludeCIDRs. Loopback destinations are never captured.
 
-// families returns the IP families the workload's proxy serves: those of its
-// addresses, narrowed by transparentProxy.ipFamilies.
-func families(w *Workload) (v4, v6 bool) {
-	v4, v6 = addrFamilies(w.Addresses)
+// served are the IP families of one workload's proxy.
+type served struct {
+	// listen4/listen6: the families the proxy listens on. They cover every
+	// family the installer can capture for the same redirect config, so a
+	// redirected connection always finds a listener: ipv4 and ipv6 are that
+	// family, dual and auto are both. The installer's auto captures IPv6
+	// whenever the namespace has it enabled (sysctls the control plane cannot
+	// see); [::] binds in every namespace, also with IPv6 disabled, so serving
+	// it costs nothing. Only a kernel without IPv6 at all (ipv6.disable=1) cannot
+	// open [::]: the installer's auto captures IPv4 only there and Envoy rejects
+	// the IPv6 listeners (a NACK, logged and counted); ipFamilies ipv4 is the
+	// setting for such a host.
+	listen4, listen6 bool
+	// reach4/reach6: the families of the workload's addresses, narrowed by
+	// ipFamilies ipv4 or ipv6. A service cluster lists only endpoints of these
+	// families: the workload has no route to the others.
+	reach4, reach6 bool
+}
+
+func families(w *Workload) served {
+	var s served
+	s.reach4, s.reach6 = addrFamilies(w.Addresses)
 	switch w.TransparentProxy.IPFamilies {
 	case redirect.IPFamiliesIPv4:
-		v6 = false
+		s.listen4 = true
+		s.reach6 = false
 	case redirect.IPFamiliesIPv6:
-		v4 = false
+		s.listen6 = true
+		s.reach4 = false
+	default: // auto, dual
+		s.listen4, s.listen6 = true, true
 	}
-	return v4, v6
+	return s
 }
 
 func inPorts(rs []redirect.PortRange, p uint16) bool {

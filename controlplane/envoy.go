@@ -188,8 +188,9 @@ func (g *generator) reachable(w *Workload) []*Service {
 func (g *generator) workload(w *Workload) Resources {
 	var r Resources
 	c := &w.TransparentProxy
-	v4, v6 := families(w)
-	famKey := familyKey(v4, v6)
+	fam := families(w)
+	v4, v6 := fam.listen4, fam.listen6
+	famKey := familyKey(fam.reach4, fam.reach6)
 	// Reused across workloads: a thousand workloads would make a thousand maps.
 	if g.used == nil {
 		g.used = make(map[string]*clusterv3.Cluster)
@@ -223,7 +224,7 @@ func (g *generator) workload(w *Workload) Resources {
 					r.Listeners = append(r.Listeners, g.serviceListener(s, pi, vip))
 				}
 				if served {
-					use(g.serviceCluster(s, pi, famKey, v4, v6))
+					use(g.serviceCluster(s, pi, famKey, fam.reach4, fam.reach6))
 				}
 			}
 		}
@@ -237,12 +238,8 @@ func (g *generator) workload(w *Workload) Resources {
 			}
 		}
 		slices.SortFunc(ports, func(a, b InboundPort) int { return cmp.Compare(a.Port, b.Port) })
-		loopback := netip.IPv6Loopback()
-		if v4 {
-			loopback = netip.MustParseAddr("127.0.0.1")
-		}
 		for _, p := range ports {
-			use(g.localAppCluster(p, loopback))
+			use(g.localAppCluster(p, c.Proxy.InboundPassthroughSource, v4, v6))
 		}
 		transparent := c.Mode == redirect.ModeTProxy
 		if v4 {
@@ -480,15 +477,47 @@ func (g *generator) inboundPassthrough(name string, source netip.Addr) *clusterv
 	return c
 }
 
-func (g *generator) localAppCluster(p InboundPort, loopback netip.Addr) *clusterv3.Cluster {
+// localAppCluster reaches the app behind a declared inbound port the way the
+// passthrough does: at the address the client dialed (the workload's own
+// address, the original destination), on appPort, from the inbound passthrough
+// source the installed rules return untouched. An app bound only to loopback is
+// therefore not reachable through the proxy, and one bound only to the
+// workload's address is; the proxy never exposes a loopback-only port.
+func (g *generator) localAppCluster(p InboundPort, src redirect.AddressPair, v4, v6 bool) *clusterv3.Cluster {
 	name := InboundClusterName(p.Port)
-	key := name + "|" + netip.AddrPortFrom(loopback, p.AppPort).String()
+	key := name + "|" + strconv.Itoa(int(p.AppPort)) + "|" + familyKey(v4, v6) + "|" + src.IPv4.String() + "|" + src.IPv6.String()
 	if c, ok := g.clusters[key]; ok {
 		return c
 	}
-	c := staticCluster(name, []netip.AddrPort{netip.AddrPortFrom(loopback, p.AppPort)})
+	c := &clusterv3.Cluster{
+		Name:                 name,
+		ClusterDiscoveryType: &clusterv3.Cluster_Type{Type: clusterv3.Cluster_ORIGINAL_DST},
+		LbPolicy:             clusterv3.Cluster_CLUSTER_PROVIDED,
+		ConnectTimeout:       durationpb.New(connectTimeout),
+		LbConfig: &clusterv3.Cluster_OriginalDstLbConfig_{OriginalDstLbConfig: &clusterv3.Cluster_OriginalDstLbConfig{
+			UpstreamPortOverride: wrapperspb.UInt32(uint32(p.AppPort)),
+		}},
+		UpstreamBindConfig: sourceBindConfig(src, v4, v6),
+	}
 	g.clusters[key] = c
 	return c
+}
+
+// sourceBindConfig binds upstream connections to the passthrough source of the
+// upstream's family: Envoy picks, among source_address and
+// extra_source_addresses, the one of the destination's family.
+func sourceBindConfig(src redirect.AddressPair, v4, v6 bool) *corev3.BindConfig {
+	addr := func(a netip.Addr) *corev3.SocketAddress {
+		return &corev3.SocketAddress{Address: a.String(), PortSpecifier: &corev3.SocketAddress_PortValue{PortValue: 0}}
+	}
+	if !v4 {
+		return &corev3.BindConfig{SourceAddress: addr(src.IPv6)}
+	}
+	b := &corev3.BindConfig{SourceAddress: addr(src.IPv4)}
+	if v6 {
+		b.ExtraSourceAddresses = []*corev3.ExtraSourceAddress{{Address: addr(src.IPv6)}}
+	}
+	return b
 }
 
 func (g *generator) serviceCluster(s *Service, pi int, famKey string, v4, v6 bool) *clusterv3.Cluster {

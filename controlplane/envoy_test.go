@@ -9,6 +9,8 @@ import (
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	tcpproxyv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/tcp_proxy/v3"
+
+	"github.com/detour-mesh/detour/redirect"
 )
 
 func TestResourcesGolden(t *testing.T) {
@@ -74,7 +76,17 @@ func TestListenersAgreeWithCapture(t *testing.T) {
 				t.Fatal(err)
 			}
 			c := w.TransparentProxy
-			v4, v6 := families(&w)
+			// The families the installer captures for the same config, in a
+			// namespace with IPv6 (the usual case, and the most it captures).
+			plan, err := redirect.NewPlan(c, redirect.Facts{IPv6: true})
+			if err != nil {
+				t.Fatal(err)
+			}
+			_, v4 := plan.Family(redirect.IPv4)
+			_, v6 := plan.Family(redirect.IPv6)
+			if fam := families(&w); fam.listen4 != v4 || fam.listen6 != v6 {
+				t.Errorf("listener families ipv4 %v ipv6 %v, installer captures ipv4 %v ipv6 %v", fam.listen4, fam.listen6, v4, v6)
+			}
 			byName := map[string]*listenerv3.Listener{}
 			for _, l := range r.Listeners {
 				byName[l.GetName()] = l
@@ -203,5 +215,68 @@ func TestOutboundPolicyCatchAll(t *testing.T) {
 		if hasPassthrough != (tt.policy == AllowAny) {
 			t.Errorf("policy %s: passthrough cluster present = %v", tt.policy, hasPassthrough)
 		}
+	}
+}
+
+// TestListenerFamilies: a workload's proxy listens on every family the
+// installer can capture for its ipFamilies, whatever families its addresses
+// have (docs/mesh.md, "IP families").
+func TestListenerFamilies(t *testing.T) {
+	t.Parallel()
+	v4Only := []string{ListenerInbound, ListenerOutbound}
+	v6Only := []string{ListenerInboundIPv6, ListenerOutboundIPv6}
+	both := []string{ListenerInbound, ListenerInboundIPv6, ListenerOutbound, ListenerOutboundIPv6}
+	tests := []struct {
+		name      string
+		families  string
+		addresses string
+		want      []string
+		wantOnly4 bool // the db cluster lists only IPv4 endpoints
+		wantOnly6 bool
+	}{
+		{name: "auto with IPv4 addresses", families: "auto", addresses: "[192.0.2.1]", want: both, wantOnly4: true},
+		{name: "auto with IPv6 addresses", families: "auto", addresses: `["2001:db8::1"]`, want: both, wantOnly6: true},
+		{name: "auto dual-stack", families: "auto", addresses: `[192.0.2.1, "2001:db8::1"]`, want: both},
+		{name: "ipv4 on a dual-stack workload", families: "ipv4", addresses: `[192.0.2.1, "2001:db8::1"]`, want: v4Only, wantOnly4: true},
+		{name: "ipv6 on a dual-stack workload", families: "ipv6", addresses: `[192.0.2.1, "2001:db8::1"]`, want: v6Only, wantOnly6: true},
+		{name: "dual", families: "dual", addresses: `[192.0.2.1, "2001:db8::1"]`, want: both},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			m, err := DecodeMesh([]byte(fmt.Sprintf(`
+services: [{name: db, virtualIPs: [198.51.100.1, "2001:db8:5::1"], ports: [5432], endpoints: [203.0.113.1, "2001:db8:6::1"]}]
+workloads: [{nodeId: w, addresses: %s, reach: ["*"], transparentProxy: {ipFamilies: %s}}]
+`, tt.addresses, tt.families)))
+			if err != nil {
+				t.Fatal(err)
+			}
+			r, err := m.Resources("w")
+			if err != nil {
+				t.Fatal(err)
+			}
+			var got []string
+			for _, l := range r.Listeners {
+				if l.GetBindToPort() == nil {
+					got = append(got, l.GetName())
+				}
+			}
+			if !slices.Equal(got, tt.want) {
+				t.Errorf("listeners %v, want %v", got, tt.want)
+			}
+			for _, c := range r.Clusters {
+				if c.GetName() != ServiceClusterName("db", 5432) {
+					continue
+				}
+				for _, le := range c.GetLoadAssignment().GetEndpoints() {
+					for _, e := range le.GetLbEndpoints() {
+						a := netip.MustParseAddr(e.GetEndpoint().GetAddress().GetSocketAddress().GetAddress())
+						if tt.wantOnly4 && !a.Is4() || tt.wantOnly6 && !a.Is6() {
+							t.Errorf("db cluster lists %s, an endpoint the workload cannot reach", a)
+						}
+					}
+				}
+			}
+		})
 	}
 }

@@ -23,6 +23,17 @@ type Mesh struct {
 	Services []Service
 	// Workloads are the proxies this control plane serves, one per node id.
 	Workloads []Workload
+	// Excluded are workloads the source left out because they cannot be
+	// served (a pod with invalid annotations). They are not part of the mesh:
+	// Validate ignores them, the server counts them
+	// (detour_workloads_excluded) and lists them in /debug/nodes.
+	Excluded []Excluded
+}
+
+// Excluded is a workload a source could not serve, and why.
+type Excluded struct {
+	NodeID string `json:"nodeId"`
+	Reason string `json:"reason"`
 }
 
 // OutboundPolicy is what a proxy does with a captured connection to a destination
@@ -231,8 +242,14 @@ func (m *Mesh) Validate() error {
 				bad(f+".transparentProxy.ipFamilies", string(tp.IPFamilies), "needs an IPv6 address in "+f+".addresses")
 			}
 		}
-		if !v4 && tp.IPFamilies == redirect.IPFamiliesIPv4 && len(w.Addresses) > 0 {
-			bad(f+".transparentProxy.ipFamilies", string(tp.IPFamilies), "needs an IPv4 address in "+f+".addresses")
+		switch tp.IPFamilies {
+		case redirect.IPFamiliesIPv4, redirect.IPFamiliesDual:
+			if !v4 && len(w.Addresses) > 0 {
+				bad(f+".transparentProxy.ipFamilies", string(tp.IPFamilies), "needs an IPv4 address in "+f+".addresses")
+			}
+		}
+		if tp.DNS.Capture != redirect.DNSCaptureOff {
+			bad(f+".transparentProxy.dns.capture", string(tp.DNS.Capture), ErrDNSNotServed.Error())
 		}
 		inbound := make(map[uint16]bool, len(w.Inbound))
 		for j, p := range w.Inbound {
@@ -266,6 +283,12 @@ func (m *Mesh) Validate() error {
 	}
 	return errors.Join(errs...)
 }
+
+// ErrDNSNotServed is why a redirect config that captures DNS cannot be served:
+// the installer would send the workload's DNS queries to dns.port on
+// loopback, and the control plane serves Envoy no DNS listener there, so every
+// query of the app would fail.
+var ErrDNSNotServed = errors.New("is not served: the control plane gives Envoy no DNS listener, so captured DNS queries would go to a port nothing listens on; use off")
 
 // checkName accepts the names that are safe inside Envoy resource names and
 // stats prefixes.

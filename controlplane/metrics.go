@@ -19,6 +19,7 @@ type metrics struct {
 	ackLatency    *prometheus.HistogramVec // type
 	updates       *prometheus.CounterVec   // result
 	snapshotNodes prometheus.Gauge
+	excluded      prometheus.Gauge
 }
 
 func newMetrics() *metrics {
@@ -63,8 +64,12 @@ func newMetrics() *metrics {
 			Name: "detour_snapshot_nodes",
 			Help: "Nodes that have a snapshot to be served.",
 		}),
+		excluded: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "detour_workloads_excluded",
+			Help: "Workloads the source left out of the served mesh because they cannot be served (listed in /debug/nodes).",
+		}),
 	}
-	r.MustRegister(m.connected, m.pushes, m.nacks, m.backoffs, m.rejected, m.buildSeconds, m.ackLatency, m.updates, m.snapshotNodes,
+	r.MustRegister(m.connected, m.pushes, m.nacks, m.backoffs, m.rejected, m.buildSeconds, m.ackLatency, m.updates, m.snapshotNodes, m.excluded,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	for _, p := range []string{protocolSotW, protocolDelta} {
 		m.connected.WithLabelValues(p)

@@ -2,17 +2,12 @@ package controlplane
 
 import (
 	"context"
-	"crypto/tls"
-	"crypto/x509"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net"
 	"net/http"
-	"os"
 	"time"
-
-	"github.com/detour-mesh/detour/redirect"
 )
 
 // Default listen addresses of `detour control-plane`.
@@ -45,35 +40,6 @@ type RunOptions struct {
 	Listening func(xds, http net.Addr)
 }
 
-// TLSConfig builds the xDS server's TLS configuration from PEM files. Invalid
-// files are errors matching redirect.ErrInvalid, naming the flag.
-func TLSConfig(certFile, keyFile, clientCAFile string) (*tls.Config, error) {
-	if certFile == "" && keyFile == "" && clientCAFile == "" {
-		return nil, nil
-	}
-	if certFile == "" || keyFile == "" {
-		return nil, &redirect.FieldError{Field: "tls-cert/tls-key", Value: certFile + "," + keyFile, Reason: "must be given together"}
-	}
-	cert, err := tls.LoadX509KeyPair(certFile, keyFile)
-	if err != nil {
-		return nil, &redirect.FieldError{Field: "tls-cert", Value: certFile, Reason: "is not a usable certificate and key: " + err.Error()}
-	}
-	cfg := &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
-	if clientCAFile != "" {
-		pem, err := os.ReadFile(clientCAFile)
-		if err != nil {
-			return nil, &redirect.FieldError{Field: "client-ca", Value: clientCAFile, Reason: "cannot be read: " + err.Error()}
-		}
-		pool := x509.NewCertPool()
-		if !pool.AppendCertsFromPEM(pem) {
-			return nil, &redirect.FieldError{Field: "client-ca", Value: clientCAFile, Reason: "holds no PEM certificate"}
-		}
-		cfg.ClientCAs = pool
-		cfg.ClientAuth = tls.RequireAndVerifyClientCert
-	}
-	return cfg, nil
-}
-
 // Run serves ADS and the HTTP endpoints from o.Source until ctx ends, then
 // stops gracefully. It returns the source's error when the first mesh cannot
 // be produced (matching redirect.ErrInvalid when it is invalid).
@@ -85,7 +51,7 @@ func Run(ctx context.Context, o RunOptions) error {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	tlsCfg, err := TLSConfig(o.TLSCert, o.TLSKey, o.ClientCA)
+	tlsCfg, err := TLSConfig(o.TLSCert, o.TLSKey, o.ClientCA, log)
 	if err != nil {
 		return err
 	}

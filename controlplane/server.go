@@ -66,6 +66,7 @@ type Server struct {
 	orphans  map[string]bool // removed from the mesh, snapshot kept while connected
 	ready    atomic.Bool
 	lastErr  atomic.Pointer[string]
+	excluded atomic.Pointer[[]Excluded] // of the served mesh
 }
 
 // NewServer returns a Server with no configuration yet: proxies that connect
@@ -202,6 +203,9 @@ func (s *Server) Update(ctx context.Context, m *Mesh) (UpdateResult, error) {
 	}
 	s.metrics.updates.WithLabelValues(result).Inc()
 	s.lastErr.Store(nil)
+	excluded := slices.Clone(m.Excluded)
+	s.excluded.Store(&excluded)
+	s.metrics.excluded.Set(float64(len(excluded)))
 	if !s.ready.Swap(true) {
 		s.health.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
 		s.health.SetServingStatus(adsService, healthpb.HealthCheckResponse_SERVING)
@@ -305,7 +309,11 @@ func (s *Server) Handler() http.Handler {
 			Ready     bool         `json:"ready"`
 			LastError *string      `json:"lastError,omitempty"`
 			Nodes     []NodeStatus `json:"nodes"`
+			Excluded  []Excluded   `json:"excluded,omitempty"`
 		}{Ready: s.Ready(), LastError: s.lastErr.Load(), Nodes: s.tracker.status()}
+		if e := s.excluded.Load(); e != nil {
+			out.Excluded = *e
+		}
 		w.Header().Set("Content-Type", "application/json")
 		enc := json.NewEncoder(w)
 		enc.SetIndent("", "  ")

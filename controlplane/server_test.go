@@ -590,7 +590,7 @@ func TestDeltaSubscribeUnsubscribe(t *testing.T) {
 func TestNodeIdentityMTLS(t *testing.T) {
 	t.Parallel()
 	pki := newTestPKI(t)
-	serverTLS, err := TLSConfig(pki.serverCert, pki.serverKey, pki.caFile)
+	serverTLS, err := TLSConfig(pki.serverCert, pki.serverKey, pki.caFile, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -768,5 +768,35 @@ func TestResponsesAreTheGeneratedResources(t *testing.T) {
 	// A full response is remembered as one entry, not one per resource.
 	if got, want := r.GetReturnedResources(), map[string]string{returnedAll: v.Clusters}; !maps.Equal(got, want) {
 		t.Errorf("returned resources = %q, want %q", got, want)
+	}
+}
+
+// TestExcludedWorkloadsAreCountedAndListed: workloads a source left out are
+// counted in detour_workloads_excluded and listed, with the reason, in
+// /debug/nodes; the next mesh replaces them.
+func TestExcludedWorkloadsAreCountedAndListed(t *testing.T) {
+	t.Parallel()
+	s := startServer(t, ServerOptions{})
+	m := loadMesh(t, "testdata/matrix.yaml")
+	m.Excluded = []Excluded{{NodeID: "dns-1.shop", Reason: `workloads[0].transparentProxy.dns.capture: "all" is not served`}}
+	s.update(t, m)
+	if text := metricsText(t, s.Server); !strings.Contains(text, "detour_workloads_excluded 1\n") {
+		t.Errorf("/metrics does not count 1 excluded workload")
+	}
+	rec := httptest.NewRecorder()
+	s.Handler().ServeHTTP(rec, httptest.NewRequest("GET", "/debug/nodes", nil))
+	var out struct {
+		Excluded []Excluded `json:"excluded"`
+	}
+	if err := json.Unmarshal(rec.Body.Bytes(), &out); err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(out.Excluded, m.Excluded) {
+		t.Errorf("/debug/nodes excluded = %+v, want %+v", out.Excluded, m.Excluded)
+	}
+	m2 := loadMesh(t, "testdata/matrix.yaml")
+	s.update(t, m2)
+	if text := metricsText(t, s.Server); !strings.Contains(text, "detour_workloads_excluded 0\n") {
+		t.Errorf("/metrics still counts excluded workloads after a mesh without any")
 	}
 }

@@ -117,17 +117,17 @@ func buildSnapshots(m *Mesh) (*build, error) {
 // inputs (services, endpoints, policy) are the same for every workload of a
 // build.
 func shapeKey(w *Workload) (string, error) {
-	v4, v6 := families(w)
+	fam := families(w)
 	inbound := slices.Clone(w.Inbound)
 	slices.SortFunc(inbound, func(a, b InboundPort) int { return cmp.Compare(a.Port, b.Port) })
 	reach := slices.Clone(w.Reach)
 	slices.Sort(reach)
 	key, err := json.Marshal(struct {
-		V4, V6  bool
+		Fam     [4]bool
 		Inbound []InboundPort
 		Reach   []string
 		Config  any
-	}{v4, v6, inbound, slices.Compact(reach), w.TransparentProxy})
+	}{[4]bool{fam.listen4, fam.listen6, fam.reach4, fam.reach6}, inbound, slices.Compact(reach), w.TransparentProxy})
 	if err != nil {
 		return "", fmt.Errorf("workload shape: %w", err)
 	}

@@ -82,6 +82,9 @@ func New(o Options) (*Source, error) {
 	if err := o.Base.Validate(); err != nil {
 		return nil, fmt.Errorf("kubernetes source base config: %w", err)
 	}
+	if o.Base.DNS.Capture != redirect.DNSCaptureOff {
+		return nil, &redirect.FieldError{Field: "base config dns.capture", Value: string(o.Base.DNS.Capture), Reason: controlplane.ErrDNSNotServed.Error()}
+	}
 	switch o.OutboundPolicy {
 	case "":
 		o.OutboundPolicy = controlplane.AllowAny
@@ -249,6 +252,7 @@ func (s *Source) mesh(l listers) (*controlplane.Mesh, error) {
 		w, ok, err := s.workload(pod, l.namespaces)
 		if err != nil {
 			s.report(pod, err)
+			m.Excluded = append(m.Excluded, controlplane.Excluded{NodeID: NodeID(pod), Reason: err.Error()})
 			continue
 		}
 		if ok {

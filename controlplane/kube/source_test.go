@@ -257,6 +257,12 @@ func TestSourceBuildsMeshFromTheAPI(t *testing.T) {
 	k.pod("plain", "db-1", "10.1.0.20", map[string]string{redirect.AnnotationRedirect: redirect.RedirectEnabled,
 		redirect.AnnotationConfig: `{"mode": "tproxy"}`}, false)
 	k.pod("plain", "other-1", "10.1.0.21", nil, false)
+	// ipFamilies dual on a single-stack pod: its rules would capture a family
+	// the pod has no address of. Not served.
+	k.pod("shop", "dual-1", "fd00::14", map[string]string{redirect.AnnotationConfig: `{"ipFamilies": "dual"}`}, false)
+	// DNS capture: the installer would send the pod's queries to a DNS
+	// listener the control plane does not serve. Not served.
+	k.pod("shop", "dns-1", "10.1.0.15", map[string]string{redirect.AnnotationConfig: `{"dns": {"capture": "all"}}`}, false)
 
 	src, err := New(Options{Client: k.c, Debounce: 20 * time.Millisecond})
 	if err != nil {
@@ -278,6 +284,20 @@ func TestSourceBuildsMeshFromTheAPI(t *testing.T) {
 	}
 	if want := []string{"db-1.plain", "web-1.shop"}; !slices.Equal(got, want) {
 		t.Errorf("workloads %v, want %v (opt-out, host network and invalid pods are not served)", got, want)
+	}
+	// The pods left out are reported with the field and value at fault.
+	excluded := map[string]string{}
+	for _, e := range m.Excluded {
+		excluded[e.NodeID] = e.Reason
+	}
+	for id, want := range map[string]string{
+		"bad-1.shop":  `inbound-port`,
+		"dual-1.shop": `transparentProxy.ipFamilies: "dual" needs an IPv4 address`,
+		"dns-1.shop":  `transparentProxy.dns.capture: "all" is not served`,
+	} {
+		if !strings.Contains(excluded[id], want) {
+			t.Errorf("excluded %s: reason %q, want it to contain %q", id, excluded[id], want)
+		}
 	}
 	web, _ := m.Workload("web-1.shop")
 	wantTP, err := redirect.FromAnnotations(redirect.Default(), map[string]string{"detour.io/exclude-outbound-ports": "22,2222"})
@@ -425,6 +445,11 @@ func TestNewRejectsBadOptions(t *testing.T) {
 	bad.Proxy.InboundPort = bad.Proxy.OutboundPort
 	if _, err := New(Options{Client: &kubernetes.Clientset{}, Base: &bad}); err == nil {
 		t.Error("New with an invalid base config succeeded")
+	}
+	dns := redirect.Default()
+	dns.DNS.Capture = redirect.DNSCaptureAll
+	if _, err := New(Options{Client: &kubernetes.Clientset{}, Base: &dns}); err == nil || !strings.Contains(err.Error(), `dns.capture: "all" is not served`) {
+		t.Errorf("New with a base config capturing DNS: %v, want an error naming dns.capture", err)
 	}
 	if _, err := New(Options{Client: &kubernetes.Clientset{}, OutboundPolicy: "deny"}); err == nil {
 		t.Error("New with an unknown outbound policy succeeded")

@@ -34,7 +34,8 @@ const (
 	srvDB      = "db"         // the db service's endpoints (remote)
 	srvAny     = "elsewhere"  // a destination the mesh does not know (remote)
 	srvDecoy   = "decoy"      // answers on a virtual IP when a connection bypassed the proxy
-	srvApp     = "app"        // the workload's app on loopback: the declared inbound port's target
+	srvApp     = "app"        // the workload's app on the pod address only: the declared inbound port 8000's target
+	srvLocal   = "app-local"  // an app on loopback only, behind declared port 8100: not reachable through the proxy
 	srvOther   = "app-other"  // the workload's app on an undeclared port (passthrough)
 	anyPort    = uint16(9999) // srvAny's port
 	otherPort  = uint16(8001) // srvOther's port, not declared in the mesh
@@ -54,13 +55,36 @@ var (
 	passSource = map[lab.Family]netip.Addr{lab.IPv4: netip.MustParseAddr("127.0.0.6"), lab.IPv6: netip.MustParseAddr("::6")}
 )
 
-// transparentProxy is the workload's redirect config: the same document goes
-// into the mesh file and into `detour install --config`.
-func transparentProxy(mode string) string {
-	return fmt.Sprintf(`{"proxy": {"uid": %d}, "mode": %q, "ipFamilies": "dual", "outbound": {"excludePorts": [22]}}`, proxyUID, mode)
+// variant is one run of the end-to-end test.
+type variant struct {
+	mode       string // redirect, tproxy
+	ipFamilies string
+	// ipv4Only lists only the pod's IPv4 address in the mesh although the pod
+	// is dual-stack: with ipFamilies auto the installer still captures IPv6,
+	// and the proxy must still listen on it. Service clusters then list only
+	// IPv4 endpoints, which IPv6 connections to a virtual IP reach.
+	ipv4Only bool
 }
 
-func meshFile(mode, policy string, backend map[lab.Family]netip.Addr) string {
+// transparentProxy is the workload's redirect config: the same document goes
+// into the mesh file and into `detour install --config`.
+func (v variant) transparentProxy() string {
+	return fmt.Sprintf(`{"proxy": {"uid": %d}, "mode": %q, "ipFamilies": %q, "outbound": {"excludePorts": [22]}}`, proxyUID, v.mode, v.ipFamilies)
+}
+
+// endpoint is the family of the endpoint a connection of family f reaches.
+func (v variant) endpoint(f lab.Family) lab.Family {
+	if v.ipv4Only {
+		return lab.IPv4
+	}
+	return f
+}
+
+func (v variant) meshFile(policy string, backend map[lab.Family]netip.Addr) string {
+	addrs := fmt.Sprintf("%s, %q", lab.PodIPv4, lab.PodIPv6.String())
+	if v.ipv4Only {
+		addrs = lab.PodIPv4.String()
+	}
 	return fmt.Sprintf(`
 outboundPolicy: %s
 services:
@@ -74,13 +98,13 @@ services:
     endpoints: [%s, %q]
 workloads:
   - nodeId: %s
-    addresses: [%s, %q]
-    inbound: [{port: 8000, appPort: 18000, protocol: http}]
+    addresses: [%s]
+    inbound: [{port: 8000, appPort: 18000, protocol: http}, {port: 8100, appPort: 18100}]
     reach: [backend, db]
     transparentProxy: %s
 `, policy, vip[lab.IPv4], vip[lab.IPv6].String(), backend[lab.IPv4], backend[lab.IPv6].String(),
 		dbVIP[lab.IPv4], dbVIP[lab.IPv6].String(), dbEP[lab.IPv4], dbEP[lab.IPv6].String(),
-		nodeID, lab.PodIPv4, lab.PodIPv6.String(), transparentProxy(mode))
+		nodeID, addrs, v.transparentProxy())
 }
 
 // TestControlPlaneEndToEnd: the control plane serves a mesh file, detour
@@ -90,15 +114,23 @@ workloads:
 // the app, and changes to the mesh file reach the proxy — in REDIRECT and
 // TPROXY mode, over IPv4 and IPv6.
 func TestControlPlaneEndToEnd(t *testing.T) {
-	for _, mode := range []string{"redirect", "tproxy"} {
-		t.Run(mode, func(t *testing.T) {
+	for _, v := range []struct {
+		name string
+		variant
+	}{
+		{"redirect", variant{mode: "redirect", ipFamilies: "dual"}},
+		{"tproxy", variant{mode: "tproxy", ipFamilies: "dual"}},
+		{"auto-ipv4-addresses", variant{mode: "redirect", ipFamilies: "auto", ipv4Only: true}},
+	} {
+		t.Run(v.name, func(t *testing.T) {
 			t.Parallel()
-			testEndToEnd(t, mode)
+			testEndToEnd(t, v.variant)
 		})
 	}
 }
 
-func testEndToEnd(t *testing.T, mode string) {
+func testEndToEnd(t *testing.T, v variant) {
+	mode := v.mode
 	privtest.Require(t, "ip", "iptables-restore", "iptables-save", "ip6tables-restore", "ip6tables-save")
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
@@ -125,7 +157,8 @@ func testEndToEnd(t *testing.T, mode string) {
 			{l.Remote, srvAny, netip.AddrPortFrom(f.Unspecified(), anyPort)},
 			{l.Remote, srvDecoy, netip.AddrPortFrom(f.Unspecified(), 80)},
 			{l.Remote, srvDecoy, netip.AddrPortFrom(f.Unspecified(), 5432)},
-			{l.Pod, srvApp, netip.AddrPortFrom(f.Loopback(), 18000)},
+			{l.Pod, srvApp, netip.AddrPortFrom(lab.PodAddr(f), 18000)},
+			{l.Pod, srvLocal, netip.AddrPortFrom(f.Loopback(), 18100)},
 			{l.Pod, srvOther, netip.AddrPortFrom(f.Unspecified(), otherPort)},
 		} {
 			if _, err := s.ns.Serve(s.name, s.addr, lab.ServeOptions{}); err != nil {
@@ -136,12 +169,12 @@ func testEndToEnd(t *testing.T, mode string) {
 
 	dir := t.TempDir()
 	meshPath := filepath.Join(dir, "mesh.yaml")
-	writeFile(t, meshPath, meshFile(mode, "allow-any", backendEP))
+	writeFile(t, meshPath, v.meshFile("allow-any", backendEP))
 	cp := startControlPlane(t, meshPath)
 
 	// The redirection, from the same document the mesh gives the workload.
 	tpPath := filepath.Join(dir, "transparent-proxy.json")
-	writeFile(t, tpPath, transparentProxy(mode))
+	writeFile(t, tpPath, v.transparentProxy())
 	if out, err := exec.CommandContext(ctx, detourBin, "install", "--netns", l.Pod.Name, "--config", tpPath).CombinedOutput(); err != nil {
 		t.Fatalf("detour install: %v\n%s", err, out)
 	}
@@ -168,8 +201,8 @@ func testEndToEnd(t *testing.T, mode string) {
 				local   netip.AddrPort
 				cluster string
 			}{
-				{netip.AddrPortFrom(vip[f], 80), srvBackend, netip.AddrPortFrom(backendEP[f], 8080), controlplane.ServiceClusterName("backend", 80)},
-				{netip.AddrPortFrom(dbVIP[f], 5432), srvDB, netip.AddrPortFrom(dbEP[f], 15432), controlplane.ServiceClusterName("db", 5432)},
+				{netip.AddrPortFrom(vip[f], 80), srvBackend, netip.AddrPortFrom(backendEP[v.endpoint(f)], 8080), controlplane.ServiceClusterName("backend", 80)},
+				{netip.AddrPortFrom(dbVIP[f], 5432), srvDB, netip.AddrPortFrom(dbEP[v.endpoint(f)], 15432), controlplane.ServiceClusterName("db", 5432)},
 			} {
 				mark := proxy.mark()
 				r, err := dialApp(tc.to)
@@ -197,8 +230,9 @@ func testEndToEnd(t *testing.T, mode string) {
 			wantRoute(t, proxy.handled(mark), route{Listener: outbound(f), Handler: outbound(f), Chain: controlplane.ChainPassthrough,
 				Cluster: controlplane.ClusterPassthrough, Original: to, Upstream: to})
 
-			// Inbound: the declared port reaches the app on loopback; another
-			// port reaches whatever listens there from the passthrough source.
+			// Inbound: a declared port reaches the app at the pod address and
+			// appPort, from the passthrough source, as the passthrough does for
+			// another port; an app bound only to loopback is not reachable.
 			remote := func(port uint16) (lab.Reply, error) {
 				return l.Remote.Dial(ctx, lab.DialOptions{To: netip.AddrPortFrom(lab.PodAddr(f), port)})
 			}
@@ -207,15 +241,22 @@ func testEndToEnd(t *testing.T, mode string) {
 			if err != nil {
 				t.Fatalf("remote → pod:8000: %v", err)
 			}
-			// A workload with IPv4 has its app on 127.0.0.1, for both families.
-			if r.Server != srvApp || r.Local != netip.AddrPortFrom(lab.IPv4.Loopback(), 18000) {
-				t.Errorf("remote → pod:8000 answered by %s at %s, want %s on 127.0.0.1:18000", r.Server, r.Local, srvApp)
+			if appAt := netip.AddrPortFrom(lab.PodAddr(f), 18000); r.Server != srvApp || r.Local != appAt || r.Peer.Addr() != passSource[f] {
+				t.Errorf("remote → pod:8000 answered by %s at %s seeing peer %s, want %s at %s seeing the passthrough source %s",
+					r.Server, r.Local, r.Peer, srvApp, appAt, passSource[f])
 			}
 			in := wantRoute(t, proxy.handled(mark), route{Listener: inbound(f), Handler: inbound(f), Chain: controlplane.InboundClusterName(8000),
-				Cluster: controlplane.InboundClusterName(8000), Original: netip.AddrPortFrom(lab.PodAddr(f), 8000)})
+				Cluster: controlplane.InboundClusterName(8000), Original: netip.AddrPortFrom(lab.PodAddr(f), 8000),
+				Upstream: netip.AddrPortFrom(lab.PodAddr(f), 18000)})
 			if mode == "tproxy" && in.Peer.Addr() != lab.RemoteLinkAddr(f) {
 				t.Errorf("tproxy: the proxy saw the client as %s, want the remote's own address %s", in.Peer, lab.RemoteLinkAddr(f))
 			}
+			mark = proxy.mark()
+			if r, err := remote(8100); err == nil {
+				t.Errorf("remote → pod:8100 was answered by %s at %s; an app bound only to loopback must not be reachable", r.Server, r.Local)
+			}
+			wantRoute(t, proxy.handled(mark), route{Listener: inbound(f), Handler: inbound(f), Chain: controlplane.InboundClusterName(8100),
+				Cluster: controlplane.InboundClusterName(8100), Upstream: netip.AddrPortFrom(lab.PodAddr(f), 18100)})
 			mark = proxy.mark()
 			r, err = remote(otherPort)
 			if err != nil {
@@ -241,7 +282,7 @@ func testEndToEnd(t *testing.T, mode string) {
 
 	// The mesh file changes: a new backend endpoint and registry-only.
 	before := cp.versions(t)
-	writeFile(t, meshPath, meshFile(mode, "registry-only", backendEP2))
+	writeFile(t, meshPath, v.meshFile("registry-only", backendEP2))
 	cp.waitSynced(t, proxy, before)
 	for _, f := range lab.Families {
 		t.Run("changed/"+string(f), func(t *testing.T) {
@@ -250,8 +291,8 @@ func testEndToEnd(t *testing.T, mode string) {
 			if err != nil {
 				t.Fatalf("app → %s: %v", to, err)
 			}
-			if r.Local != netip.AddrPortFrom(backendEP2[f], 8080) {
-				t.Errorf("after the endpoint change app → %s reached %s, want %s", to, r.Local, netip.AddrPortFrom(backendEP2[f], 8080))
+			if want := netip.AddrPortFrom(backendEP2[v.endpoint(f)], 8080); r.Local != want {
+				t.Errorf("after the endpoint change app → %s reached %s, want %s", to, r.Local, want)
 			}
 			unknown := netip.AddrPortFrom(elsewhere[f], anyPort)
 			mark := proxy.mark()
@@ -265,7 +306,7 @@ func testEndToEnd(t *testing.T, mode string) {
 
 	// An invalid change is refused and the proxy keeps its config.
 	before = cp.versions(t)
-	writeFile(t, meshPath, strings.Replace(meshFile(mode, "registry-only", backendEP2), "port: 5432", "port: 70000", 1))
+	writeFile(t, meshPath, strings.Replace(v.meshFile("registry-only", backendEP2), "port: 5432", "port: 70000", 1))
 	cp.waitRejected(t)
 	if after := cp.versions(t); after != before {
 		t.Errorf("an invalid mesh file changed the served versions: %v → %v", before, after)

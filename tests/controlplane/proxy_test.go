@@ -388,6 +388,9 @@ func (p *testProxy) pick(c *clusterv3.Cluster, original netip.AddrPort) (upstrea
 	switch c.GetType() {
 	case clusterv3.Cluster_ORIGINAL_DST:
 		upstream = original
+		if o := c.GetOriginalDstLbConfig().GetUpstreamPortOverride(); o != nil {
+			upstream = netip.AddrPortFrom(original.Addr(), uint16(o.GetValue()))
+		}
 	case clusterv3.Cluster_STATIC:
 		var eps []netip.AddrPort
 		for _, le := range c.GetLoadAssignment().GetEndpoints() {
@@ -414,9 +417,20 @@ func (p *testProxy) pick(c *clusterv3.Cluster, original netip.AddrPort) (upstrea
 	default:
 		return netip.AddrPort{}, netip.AddrPort{}
 	}
-	if sa := c.GetUpstreamBindConfig().GetSourceAddress(); sa != nil {
+	// As Envoy: the source address of the upstream's family among
+	// source_address and extra_source_addresses.
+	bind := c.GetUpstreamBindConfig()
+	sources := []*corev3.SocketAddress{bind.GetSourceAddress()}
+	for _, e := range bind.GetExtraSourceAddresses() {
+		sources = append(sources, e.GetAddress())
+	}
+	for _, sa := range sources {
+		if sa == nil {
+			continue
+		}
 		if ip, err := netip.ParseAddr(sa.GetAddress()); err == nil && ip.Is4() == upstream.Addr().Is4() {
 			source = netip.AddrPortFrom(ip, uint16(sa.GetPortValue()))
+			break
 		}
 	}
 	return upstream, source

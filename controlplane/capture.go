@@ -6,18 +6,11 @@ import (
 	"github.com/detour-mesh/detour/redirect"
 )
 
-// The functions below read a redirect.Config the way the installed rules act on
-// packets (redirect/rules.go), so the control plane serves a listener exactly
-// where `detour install` captures: a service port the installer lets through
-// untouched gets no listener (it would never receive a connection), and an
-// inbound port that is not captured gets no filter chain.
-//
-// Semantics: ports — when includePorts is not empty only those ports are
-// captured and excludePorts no longer matter; otherwise every port but
-// excludePorts. Outbound CIDRs — when includeCIDRs is not empty only its
-// prefixes of the destination's family are captured (a list without IPv6
-// prefixes captures no IPv6) and excludeCIDRs no longer matter; otherwise every
-// destination but excludeCIDRs. Loopback destinations are never captured.
+// The control plane serves a listener exactly where `detour install` captures: a
+// service port the installer lets through untouched gets no listener (it would
+// never receive a connection), and an inbound port that is not captured gets no
+// filter chain. The answers come from redirect's own decision functions, which
+// are checked against real packets through installed plans.
 
 // served are the IP families of one workload's proxy.
 type served struct {
@@ -54,49 +47,29 @@ func families(w *Workload) served {
 	return s
 }
 
-func inPorts(rs []redirect.PortRange, p uint16) bool {
-	for _, r := range rs {
-		if r.Contains(p) {
-			return true
-		}
-	}
-	return false
-}
-
-func portSelected(include, exclude []redirect.PortRange, p uint16) bool {
-	if inPorts(include, p) {
-		return true
-	}
-	if len(include) > 0 {
-		return false
-	}
-	return !inPorts(exclude, p)
-}
-
-func inCIDRs(ps []netip.Prefix, a netip.Addr) bool {
-	for _, p := range ps {
-		if p.Addr().Is4() == a.Is4() && p.Contains(a) {
-			return true
-		}
-	}
-	return false
-}
-
-// capturesOutbound reports whether a connection from the app to dst:port goes to
-// the proxy's outbound port.
+// capturesOutbound reports whether an app connection to dst:port goes to the
+// proxy's outbound port: captured for some user of the workload that no
+// exclusion covers.
 func capturesOutbound(c *redirect.Config, dst netip.Addr, port uint16) bool {
-	o := c.Outbound
-	if !o.Enabled || dst.IsLoopback() || !portSelected(o.IncludePorts, o.ExcludePorts, port) {
-		return false
-	}
-	if len(o.IncludeCIDRs) > 0 {
-		return inCIDRs(o.IncludeCIDRs, dst)
-	}
-	return !inCIDRs(o.ExcludeCIDRs, dst)
+	_, _, ok := c.CapturedUser(dst, port)
+	return ok
+}
+
+// clientSamples stand for "a client elsewhere" when asking whether an inbound
+// port is captured: documentation addresses of both families.
+var clientSamples = []netip.Addr{
+	netip.MustParseAddr("192.0.2.1"), netip.MustParseAddr("198.51.100.1"), netip.MustParseAddr("203.0.113.1"),
+	netip.MustParseAddr("2001:db8::1"), netip.MustParseAddr("2001:db8:ffff::1"),
 }
 
 // capturesInbound reports whether a connection to the workload's port goes to the
-// proxy's inbound port (from a source that is not excluded).
+// proxy's inbound port for clients that inbound.excludeSourceCIDRs does not
+// exempt.
 func capturesInbound(c *redirect.Config, port uint16) bool {
-	return c.Inbound.Enabled && portSelected(c.Inbound.IncludePorts, c.Inbound.ExcludePorts, port)
+	for _, src := range clientSamples {
+		if c.CapturesInbound(src, port) {
+			return true
+		}
+	}
+	return false
 }

@@ -43,21 +43,16 @@ import (
 // The address and the port conditions must both hold. An IPv4-mapped IPv6 dst is
 // treated as the IPv4 address the kernel sends to.
 func (c Config) CapturesOutbound(dst netip.Addr, port uint16, uid, gid uint32) bool {
+	return c.outboundDestination(dst, port) && !c.outboundUserExempt(port, uid, gid)
+}
+
+// outboundDestination is the part of CapturesOutbound that does not depend on
+// the user: enabled, not loopback, and the address and port conditions.
+func (c Config) outboundDestination(dst netip.Addr, port uint16) bool {
 	o := c.Outbound
 	dst = dst.Unmap().WithZone("")
 	if !o.Enabled || !dst.IsValid() || dst.IsLoopback() || dst.IsUnspecified() {
 		return false
-	}
-	if uid == c.Proxy.UID || (c.Proxy.GID != nil && gid == *c.Proxy.GID) {
-		return false
-	}
-	if inIDRanges(o.ExcludeUIDs, uid) || inIDRanges(o.ExcludeGIDs, gid) {
-		return false
-	}
-	for _, r := range o.ExcludePortsForUIDs {
-		if r.Protocol == TCP && inPortRanges(r.Ports, port) && inIDRanges(r.UIDs, uid) {
-			return false
-		}
 	}
 	if len(o.IncludeCIDRs) > 0 {
 		if !inFamilyPrefixes(o.IncludeCIDRs, dst) {
@@ -67,6 +62,24 @@ func (c Config) CapturesOutbound(dst netip.Addr, port uint16, uid, gid uint32) b
 		return false
 	}
 	return portSelected(o.IncludePorts, o.ExcludePorts, port)
+}
+
+// outboundUserExempt is the user part of CapturesOutbound: the proxy itself,
+// excluded uids and gids, and per-uid TCP port rules.
+func (c Config) outboundUserExempt(port uint16, uid, gid uint32) bool {
+	o := c.Outbound
+	if uid == c.Proxy.UID || (c.Proxy.GID != nil && gid == *c.Proxy.GID) {
+		return true
+	}
+	if inIDRanges(o.ExcludeUIDs, uid) || inIDRanges(o.ExcludeGIDs, gid) {
+		return true
+	}
+	for _, r := range o.ExcludePortsForUIDs {
+		if r.Protocol == TCP && inPortRanges(r.Ports, port) && inIDRanges(r.UIDs, uid) {
+			return true
+		}
+	}
+	return false
 }
 
 // CapturesInbound reports whether a TCP connection from src to port of the
@@ -122,4 +135,22 @@ func inIDRanges(rs []IDRange, id uint32) bool {
 // IPv6 and matches no IPv4 address).
 func inFamilyPrefixes(ps []netip.Prefix, a netip.Addr) bool {
 	return slices.ContainsFunc(ps, func(p netip.Prefix) bool { return p.Addr().Is6() == a.Is6() && p.Contains(a) })
+}
+
+// CapturedUser returns a user whose TCP connection to dst:port the outbound rules
+// capture: a uid, with a gid equal to it, that is neither the proxy's nor
+// excluded, searched from 65534 down to 60000 (ids that are rarely real accounts).
+// ok is false when every candidate is exempt. `detour validate` probes as this
+// user; the control plane serves a service listener when some app user's
+// connections reach it.
+func (c Config) CapturedUser(dst netip.Addr, port uint16) (uid, gid uint32, ok bool) {
+	if !c.outboundDestination(dst, port) {
+		return 0, 0, false
+	}
+	for id := uint32(65534); id >= 60000; id-- {
+		if !c.outboundUserExempt(port, id, id) {
+			return id, id, true
+		}
+	}
+	return 0, 0, false
 }

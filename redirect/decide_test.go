@@ -110,3 +110,44 @@ func TestCapturesInbound(t *testing.T) {
 		t.Error("the istio preset captures its excluded port 15090")
 	}
 }
+
+func TestCapturedUser(t *testing.T) {
+	t.Parallel()
+	dst := netip.MustParseAddr("192.0.2.1")
+	tests := []struct {
+		name   string
+		mutate func(*Config)
+		port   uint16
+		want   uint32
+		ok     bool
+	}{
+		{"defaults", func(*Config) {}, 80, 65534, true},
+		{"proxy is 65534", func(c *Config) { c.Proxy.UID = 65534 }, 80, 65533, true},
+		{"uids and gids excluded", func(c *Config) {
+			c.Outbound.ExcludeUIDs = []IDRange{{65530, 65534}}
+			c.Outbound.ExcludeGIDs = []IDRange{{65529, 65529}}
+		}, 80, 65528, true},
+		{"per-uid port rule on that port", func(c *Config) {
+			c.Outbound.ExcludePortsForUIDs = []UIDPortRule{{TCP, []PortRange{{80, 80}}, []IDRange{{65534, 65534}}}}
+		}, 80, 65533, true},
+		{"per-uid port rule on another port", func(c *Config) {
+			c.Outbound.ExcludePortsForUIDs = []UIDPortRule{{TCP, []PortRange{{81, 81}}, []IDRange{{65534, 65534}}}}
+		}, 80, 65534, true},
+		{"excluded port", func(c *Config) { c.Outbound.ExcludePorts = []PortRange{{80, 80}} }, 80, 0, false},
+		{"every candidate excluded", func(c *Config) { c.Outbound.ExcludeUIDs = []IDRange{{60000, 65534}} }, 80, 0, false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			c := Default()
+			tt.mutate(&c)
+			uid, gid, ok := c.CapturedUser(dst, tt.port)
+			if ok != tt.ok || uid != tt.want || gid != tt.want {
+				t.Errorf("CapturedUser = %d, %d, %v; want %d, %d, %v", uid, gid, ok, tt.want, tt.want, tt.ok)
+			}
+			if ok && !c.CapturesOutbound(dst, tt.port, uid, gid) {
+				t.Errorf("CapturesOutbound disagrees with CapturedUser for uid %d", uid)
+			}
+		})
+	}
+}

@@ -57,7 +57,7 @@ func excludeSSH(cfg redirect.Config, ports []uint16) (redirect.Config, []uint16)
 	}
 	var added []uint16
 	for _, p := range ports {
-		if !inRanges(in.ExcludePorts, p) {
+		if !slices.ContainsFunc(in.ExcludePorts, func(r redirect.PortRange) bool { return r.Contains(p) }) {
 			added = append(added, p)
 		}
 	}

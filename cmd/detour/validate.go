@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
-	"slices"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -120,120 +119,89 @@ var (
 // captures and a user whose traffic it captures: as root, a spare uid it
 // switches to; otherwise the user validate runs as, which must be captured.
 func planProbes(plan redirect.Plan, self runner) ([]probe, error) {
-	c := plan.Config
-	port, ok := capturedPort(c.Outbound, c.Proxy)
-	if !ok {
-		return nil, errors.New("validate: the configuration captures no outbound port that can be probed")
-	}
-	uid, gid := self.uid, self.gid
-	if self.root() {
-		if uid, gid, ok = capturedUser(c, port); !ok {
-			return nil, errors.New("validate: every candidate user (65534 down to 60000) is excluded from capture")
-		}
-	} else if !userCaptured(c, port, uid, gid) {
-		return nil, fmt.Errorf("validate: it runs as uid %d gid %d, whose traffic this configuration does not capture; run it as root (it then probes as a captured uid) or as a captured user", uid, gid)
-	}
 	var out []probe
 	for _, f := range plan.Families {
-		addr, ok := capturedAddr(c.Outbound, f)
-		if !ok {
-			continue // includeCIDRs name no address of this family: nothing of it is captured
+		if p, ok := probeFor(plan.Config, f.Family, self); ok {
+			out = append(out, p)
 		}
-		out = append(out, probe{family: f.Family, dst: netip.AddrPortFrom(addr, port), uid: uid, gid: gid, become: self.root()})
 	}
-	if len(out) == 0 {
-		return nil, errors.New("validate: the configuration captures no outbound address that can be probed")
+	switch {
+	case len(out) > 0:
+		return out, nil
+	case self.root():
+		return nil, errors.New("validate: the configuration captures no outbound destination that can be probed")
+	default:
+		return nil, fmt.Errorf("validate: it runs as uid %d gid %d, whose traffic this configuration does not capture; run it as root (it then probes as a captured uid) or as a captured user", self.uid, self.gid)
 	}
-	return out, nil
 }
 
-func inRanges(rs []redirect.PortRange, p uint16) bool {
-	return slices.ContainsFunc(rs, func(r redirect.PortRange) bool { return r.Contains(p) })
-}
-
-func inIDs(rs []redirect.IDRange, id uint32) bool {
-	return slices.ContainsFunc(rs, func(r redirect.IDRange) bool { return r.Contains(id) })
-}
-
-func capturedPort(o redirect.Outbound, p redirect.Proxy) (uint16, bool) {
-	if len(o.IncludePorts) > 0 {
-		for _, r := range o.IncludePorts {
-			for port := r.First; ; port++ {
-				if port != p.OutboundPort && port != p.InboundPort {
-					return port, true
+// probeFor finds a destination of the family and a user whose connection to it
+// the configuration captures (redirect's own decision, the one the rules make).
+func probeFor(c redirect.Config, family redirect.Family, self runner) (probe, bool) {
+	for _, addr := range candidateAddrs(c.Outbound, family) {
+		for _, port := range candidatePorts(c) {
+			p := probe{family: family, dst: netip.AddrPortFrom(addr, port), uid: self.uid, gid: self.gid, become: self.root()}
+			if self.root() {
+				var ok bool
+				if p.uid, p.gid, ok = c.CapturedUser(addr, port); ok {
+					return p, true
 				}
-				if port == r.Last {
-					break
-				}
+			} else if c.CapturesOutbound(addr, port, self.uid, self.gid) {
+				return p, true
 			}
 		}
-		return 0, false
 	}
-	// A high port nothing listens on in practice.
-	for port := uint16(15999); port > 1024; port-- {
-		if !inRanges(o.ExcludePorts, port) && port != p.OutboundPort && port != p.InboundPort {
-			return port, true
-		}
-	}
-	return 0, false
+	return probe{}, false
 }
 
-func capturedUser(c redirect.Config, port uint16) (uid, gid uint32, ok bool) {
-	for id := uint32(65534); id >= 60000; id-- {
-		if userCaptured(c, port, id, id) {
-			return id, id, true
-		}
-	}
-	return 0, 0, false
-}
-
-// userCaptured reports whether the configuration captures TCP to port sent by
-// uid with primary group gid.
-func userCaptured(c redirect.Config, port uint16, uid, gid uint32) bool {
-	if uid == c.Proxy.UID || inIDs(c.Outbound.ExcludeUIDs, uid) {
-		return false
-	}
-	for _, r := range c.Outbound.ExcludePortsForUIDs {
-		if r.Protocol == redirect.TCP && inRanges(r.Ports, port) && inIDs(r.UIDs, uid) {
-			return false
-		}
-	}
-	return (c.Proxy.GID == nil || *c.Proxy.GID != gid) && !inIDs(c.Outbound.ExcludeGIDs, gid)
-}
-
-// documentation addresses: never routed on the internet, so a probe that escapes
-// capture goes nowhere.
+// probeAddrs are documentation addresses: never routed on the internet, so a
+// probe that escapes capture goes nowhere.
 var probeAddrs = map[redirect.Family][]string{
 	redirect.IPv4: {"192.0.2.1", "198.51.100.1", "203.0.113.1"},
 	redirect.IPv6: {"2001:db8::1", "2001:db8:ffff::1"},
 }
 
-func capturedAddr(o redirect.Outbound, f redirect.FamilyPlan) (netip.Addr, bool) {
-	is4 := f.Family == redirect.IPv4
-	var include []netip.Prefix
+// candidateAddrs are an address inside each included prefix of the family, then
+// the documentation addresses.
+func candidateAddrs(o redirect.Outbound, family redirect.Family) []netip.Addr {
+	var out []netip.Addr
 	for _, p := range o.IncludeCIDRs {
-		if p.Addr().Is4() == is4 {
-			include = append(include, p)
+		if p.Addr().Is4() != (family == redirect.IPv4) {
+			continue
+		}
+		a := p.Addr()
+		if next := a.Next(); next.IsValid() && p.Contains(next) {
+			a = next // not the network address
+		}
+		out = append(out, a)
+	}
+	for _, s := range probeAddrs[family] {
+		out = append(out, netip.MustParseAddr(s))
+	}
+	return out
+}
+
+// candidatePorts are the included ports, then high ports nothing listens on in
+// practice (15999 down to 1025); never the proxy's own ports.
+func candidatePorts(c redirect.Config) []uint16 {
+	var out []uint16
+	add := func(p uint16) {
+		if p != c.Proxy.OutboundPort && p != c.Proxy.InboundPort {
+			out = append(out, p)
 		}
 	}
-	if len(include) > 0 {
-		// Any address of an included prefix is captured (include beats exclude).
-		a := include[0].Addr()
-		if include[0].Bits() < a.BitLen() && a.Next().IsValid() && include[0].Contains(a.Next()) {
-			a = a.Next()
-		}
-		return a, true
-	}
-	if len(o.IncludeCIDRs) > 0 {
-		return netip.Addr{}, false
-	}
-	for _, s := range probeAddrs[f.Family] {
-		a := netip.MustParseAddr(s)
-		if !slices.ContainsFunc(o.ExcludeCIDRs, func(p netip.Prefix) bool { return p.Contains(a) }) {
-			return a, true
+	for _, r := range c.Outbound.IncludePorts {
+		for p := int(r.First); p <= int(r.Last); p++ {
+			add(uint16(p))
 		}
 	}
-	return netip.Addr{}, false
+	if len(c.Outbound.IncludePorts) > 0 {
+		return out // no other port is captured
+	}
+	for p := uint16(15999); p > 1024; p-- {
+		add(p)
+	}
+	return out
 }
 
 func familyNetwork(a netip.Addr) string {

@@ -1,11 +1,10 @@
 package main
 
 import (
+	"errors"
 	"fmt"
 	"log/slog"
 	"os"
-
-	"k8s.io/client-go/kubernetes"
 
 	"github.com/detour-mesh/detour/controlplane"
 	"github.com/detour-mesh/detour/controlplane/kube"
@@ -31,13 +30,12 @@ func newKubernetesSource(o *controlPlaneOptions, log *slog.Logger) (controlplane
 			return nil, fmt.Errorf("--base-config %s: %w", o.baseConfig, err)
 		}
 	}
-	cfg, err := kube.RESTConfig(o.kubeconfig)
-	if err != nil {
+	client, err := kube.NewClient(o.kubeconfig)
+	if errors.Is(err, kube.ErrKubeconfig) {
 		return nil, withCode(exitUsage, err)
 	}
-	client, err := kubernetes.NewForConfig(cfg)
 	if err != nil {
-		return nil, fmt.Errorf("kubernetes client: %w", err)
+		return nil, err
 	}
 	return kube.New(kube.Options{
 		Client:         client,

@@ -102,9 +102,26 @@ func New(o Options) (*Source, error) {
 	return &Source{o: o, log: log, reported: map[string]string{}}, nil
 }
 
-// RESTConfig loads the client configuration: the kubeconfig file when given,
-// else in-cluster, else $KUBECONFIG or ~/.kube/config.
-func RESTConfig(kubeconfig string) (*rest.Config, error) {
+// ErrKubeconfig wraps a client configuration that cannot be loaded (invalid
+// input for the command line).
+var ErrKubeconfig = errors.New("load kubeconfig")
+
+// NewClient returns a client for the kubeconfig file when given, else the
+// in-cluster configuration, else $KUBECONFIG or ~/.kube/config. A configuration
+// that cannot be loaded is an error wrapping ErrKubeconfig.
+func NewClient(kubeconfig string) (kubernetes.Interface, error) {
+	cfg, err := restConfig(kubeconfig)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrKubeconfig, err)
+	}
+	client, err := kubernetes.NewForConfig(cfg)
+	if err != nil {
+		return nil, fmt.Errorf("kubernetes client: %w", err)
+	}
+	return client, nil
+}
+
+func restConfig(kubeconfig string) (*rest.Config, error) {
 	if kubeconfig == "" {
 		if c, err := rest.InClusterConfig(); err == nil {
 			return c, nil
@@ -112,11 +129,7 @@ func RESTConfig(kubeconfig string) (*rest.Config, error) {
 	}
 	rules := clientcmd.NewDefaultClientConfigLoadingRules()
 	rules.ExplicitPath = kubeconfig
-	c, err := clientcmd.NewNonInteractiveDeferredLoadingClientConfig(rules, &clientcmd.ConfigOverrides{}).ClientConfig()
-	if err != nil {
-		return nil, fmt.Errorf("load kubeconfig: %w", err)
-	}
-	return c, nil
+	return clientcmd.NewNonInteractiveDeferredLoadingClientConfig(rules, &clientcmd.ConfigOverrides{}).ClientConfig()
 }
 
 // listers are the informers' caches the mesh is built from.

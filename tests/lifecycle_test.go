@@ -351,8 +351,18 @@ func TestLifecycle(t *testing.T) {
 // ipFamilies and checks that uninstall restores everything.
 func uninstallRestores(t *testing.T, v variant, families []lab.Family, ipFamilies string) {
 	p := newPod(t, v)
+	// Connections to a seeded address are routed to "unreachable" by the foreign
+	// policy routing, before any nat rule: the checks below dial other addresses.
+	seeded := map[netip.Addr]bool{}
 	for _, f := range families {
-		seedForeign(t, p, f)
+		seeded[seedForeign(t, p, f)] = true
+	}
+	dest := func(fp *pod) netip.AddrPort {
+		for {
+			if to := fp.remoteDest(); !seeded[to.Addr()] {
+				return to
+			}
+		}
 	}
 	if len(families) == 2 {
 		// Someone else's ::6 on lo: detour uses it and must leave it there.
@@ -369,7 +379,7 @@ func uninstallRestores(t *testing.T, v variant, families []lab.Family, ipFamilie
 		fp := *p
 		fp.v.family = f
 		fp.startProxies()
-		fp.outbound("L3 installed", fp.app(0, fp.remoteDest()), srvOutbound)
+		fp.outbound("L3 installed", fp.app(0, dest(&fp)), srvOutbound)
 	}
 	p.uninstall()
 	if after := p.snapshot(); after != before {
@@ -378,7 +388,7 @@ func uninstallRestores(t *testing.T, v variant, families []lab.Family, ipFamilie
 	for _, f := range families {
 		fp := *p
 		fp.v.family = f
-		fp.outbound("L3 uninstalled", fp.app(1, fp.remoteDest()), srvRemote)
+		fp.outbound("L3 uninstalled", fp.app(1, dest(&fp)), srvRemote)
 	}
 }
 
@@ -423,9 +433,10 @@ func restore(t *testing.T, p *pod, backend string, f lab.Family, rules string) {
 
 // seedForeign installs someone else's chains and rules in nat, mangle, raw and
 // filter, and a policy routing rule with its table, for family f.
-func seedForeign(t *testing.T, p *pod, f lab.Family) {
+func seedForeign(t *testing.T, p *pod, f lab.Family) netip.Addr {
 	t.Helper()
-	addr := p.rnd.RemoteAddr(f).String()
+	seeded := p.rnd.RemoteAddr(f)
+	addr := seeded.String()
 	rules := `*raw
 :FOREIGN_RAW - [0:0]
 -A FOREIGN_RAW -p udp --dport 4789 -j CT --notrack
@@ -465,6 +476,7 @@ COMMIT
 			t.Fatal(err)
 		}
 	}
+	return seeded
 }
 
 // onlyIn fails t unless backend holds detour's rules and other holds none.

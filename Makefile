@@ -20,7 +20,7 @@ export DETOUR_KUBE_BIN := $(KUBE_BIN)
 export KUBEBUILDER_ASSETS := $(KUBE_BIN)
 export DETOUR_CNI_PLUGINS_BIN := $(CNI_PLUGINS_BIN)
 
-.PHONY: help build test test-unit test-e2e lint verify generate bench bench-cli demo deps deps-apt deps-kube deps-cni-plugins fuzz clean
+.PHONY: help build test test-unit test-e2e lint verify bench bench-cli demo deps deps-apt deps-kube deps-cni-plugins fuzz clean
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'

@@ -4,7 +4,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"github.com/detour-mesh/detour/internal/atomicfile"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -13,6 +12,7 @@ import (
 
 	"github.com/containernetworking/cni/pkg/types"
 
+	"github.com/detour-mesh/detour/internal/atomicfile"
 	"github.com/detour-mesh/detour/redirect"
 )
 

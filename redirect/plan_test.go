@@ -3,13 +3,14 @@ package redirect
 import (
 	"encoding/json"
 	"errors"
-	"github.com/detour-mesh/detour/internal/golden"
 	"net/netip"
 	"path/filepath"
 	"strings"
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
+
+	"github.com/detour-mesh/detour/internal/golden"
 )
 
 // cfgWith returns the default config (or a preset) with fields set from

@@ -6,10 +6,10 @@ import (
 	"flag"
 	"fmt"
 	"os"
-	"os/exec"
-	"path/filepath"
 	"strconv"
 	"testing"
+
+	"github.com/detour-mesh/detour/internal/privtest"
 )
 
 // detourBin is the detour binary TestMain built for this run.
@@ -40,11 +40,8 @@ func run(m *testing.M) int {
 	defer os.RemoveAll(dir)
 	// Without root every test skips (or fails under DETOUR_REQUIRE_PRIVILEGED=1)
 	// before using the binary; building it anyway proves the command builds.
-	detourBin = filepath.Join(dir, "detour")
-	cmd := exec.Command("go", "build", "-o", detourBin, "github.com/detour-mesh/detour/cmd/detour")
-	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
-	if err := cmd.Run(); err != nil {
-		fmt.Fprintln(os.Stderr, "build detour:", err)
+	if detourBin, err = privtest.Build(dir, "github.com/detour-mesh/detour/cmd/detour"); err != nil {
+		fmt.Fprintln(os.Stderr, err)
 		return 1
 	}
 	return m.Run()

@@ -20,33 +20,12 @@ import (
 	"github.com/detour-mesh/detour/internal/privtest"
 )
 
-// controlPlaneKubeAssets finds kube-apiserver and etcd (KUBEBUILDER_ASSETS,
-// DETOUR_KUBE_BIN, else the cache of make deps-kube); missing ones skip, and
-// fail in CI.
-func controlPlaneKubeAssets(t *testing.T) string {
-	t.Helper()
-	dir := os.Getenv("KUBEBUILDER_ASSETS")
-	if dir == "" {
-		dir = os.Getenv("DETOUR_KUBE_BIN")
-	}
-	if dir == "" {
-		home, _ := os.UserHomeDir()
-		dir = filepath.Join(home, ".cache/detour/kube-v1.37.2-etcd-v3.7.3/bin")
-	}
-	for _, b := range []string{"kube-apiserver", "etcd"} {
-		if _, err := os.Stat(filepath.Join(dir, b)); err != nil {
-			privtest.Skip(t, "needs "+b+" in "+dir+" (make deps-kube builds it)")
-		}
-	}
-	return dir
-}
-
 // TestControlPlaneKubernetesSource runs `detour control-plane --source
 // kubernetes` against a real API server: an opted-in pod shows up in
 // /debug/nodes under its node id (name.namespace).
 func TestControlPlaneKubernetesSource(t *testing.T) {
 	t.Parallel()
-	env := &envtest.Environment{BinaryAssetsDirectory: controlPlaneKubeAssets(t)}
+	env := &envtest.Environment{BinaryAssetsDirectory: privtest.KubeAssets(t)}
 	cfg, err := env.Start()
 	if err != nil {
 		t.Fatalf("start kube-apiserver and etcd: %v", err)

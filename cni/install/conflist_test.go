@@ -2,7 +2,6 @@ package install
 
 import (
 	"encoding/json"
-	"github.com/detour-mesh/detour/internal/golden"
 	"os"
 	"path/filepath"
 	"strings"
@@ -10,6 +9,8 @@ import (
 
 	"github.com/containernetworking/cni/libcni"
 	"github.com/google/go-cmp/cmp"
+
+	"github.com/detour-mesh/detour/internal/golden"
 )
 
 var testEntry = Entry{

@@ -7,7 +7,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"github.com/detour-mesh/detour/internal/atomicfile"
 	"io"
 	"log/slog"
 	"os"
@@ -20,6 +19,7 @@ import (
 	"github.com/fsnotify/fsnotify"
 	"sigs.k8s.io/yaml"
 
+	"github.com/detour-mesh/detour/internal/atomicfile"
 	"github.com/detour-mesh/detour/redirect"
 )
 

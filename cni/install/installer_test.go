@@ -7,8 +7,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"github.com/detour-mesh/detour/internal/atomicfile"
-	"github.com/detour-mesh/detour/internal/golden"
 	"io"
 	"log/slog"
 	"net/netip"
@@ -24,6 +22,8 @@ import (
 	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/detour-mesh/detour/cni"
+	"github.com/detour-mesh/detour/internal/atomicfile"
+	"github.com/detour-mesh/detour/internal/golden"
 	"github.com/detour-mesh/detour/redirect"
 )
 

@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
-	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
@@ -45,34 +44,10 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
-// kubeAssets returns the directory with kube-apiserver and etcd:
-// KUBEBUILDER_ASSETS or DETOUR_KUBE_BIN (make sets both), else the cache
-// `make deps-kube` fills. Missing binaries skip (and fail in CI).
-func kubeAssets(t *testing.T) string {
-	t.Helper()
-	dir := os.Getenv("KUBEBUILDER_ASSETS")
-	if dir == "" {
-		dir = os.Getenv("DETOUR_KUBE_BIN")
-	}
-	if dir == "" {
-		home, err := os.UserHomeDir()
-		if err != nil {
-			privtest.Skip(t, "no home directory to find the kube binaries in")
-		}
-		dir = filepath.Join(home, ".cache/detour/kube-v1.37.2-etcd-v3.7.3/bin")
-	}
-	for _, b := range []string{"kube-apiserver", "etcd"} {
-		if fi, err := os.Stat(filepath.Join(dir, b)); err != nil || fi.Mode()&0o111 == 0 {
-			privtest.Skip(t, "needs "+b+" in "+dir+" (make deps-kube builds it)")
-		}
-	}
-	return dir
-}
-
 // apiServer returns a client of the shared real API server.
 func apiServer(t *testing.T) kubernetes.Interface {
 	t.Helper()
-	dir := kubeAssets(t)
+	dir := privtest.KubeAssets(t)
 	envOnce.Do(func() {
 		env = &envtest.Environment{BinaryAssetsDirectory: dir}
 		envCfg, envErr = env.Start()

@@ -5,7 +5,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"github.com/detour-mesh/detour/internal/atomicfile"
 	"log/slog"
 	"os"
 	"os/exec"
@@ -15,6 +14,7 @@ import (
 
 	"sigs.k8s.io/yaml"
 
+	"github.com/detour-mesh/detour/internal/atomicfile"
 	"github.com/detour-mesh/detour/redirect"
 )
 

@@ -3,8 +3,6 @@ package systemd
 import (
 	"context"
 	"errors"
-	"github.com/detour-mesh/detour/internal/golden"
-	"github.com/detour-mesh/detour/internal/privtest"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -14,6 +12,8 @@ import (
 	"github.com/google/go-cmp/cmp"
 	"github.com/google/go-cmp/cmp/cmpopts"
 
+	"github.com/detour-mesh/detour/internal/golden"
+	"github.com/detour-mesh/detour/internal/privtest"
 	"github.com/detour-mesh/detour/redirect"
 )
 

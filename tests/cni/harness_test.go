@@ -81,28 +81,16 @@ func setup(t testing.TB) *harness {
 	return &suite
 }
 
-func envOr(key, def string) string {
-	if v := os.Getenv(key); v != "" {
-		return v
-	}
-	return def
-}
-
 func (h *harness) start() {
-	home, _ := os.UserHomeDir()
-	h.pluginsBin = envOr("DETOUR_CNI_PLUGINS_BIN", filepath.Join(home, ".cache/detour/cni-plugins-v1.10.0/bin"))
-	for _, p := range []string{"bridge", "host-local", "loopback"} {
-		if _, err := os.Stat(filepath.Join(h.pluginsBin, p)); err != nil {
-			h.skip = fmt.Sprintf("reference CNI plugin %s missing in %s (make deps-cni-plugins)", p, h.pluginsBin)
-			return
-		}
+	var err error
+	if h.pluginsBin, err = privtest.CNIPluginsDir("bridge", "host-local", "loopback"); err != nil {
+		h.skip = err.Error()
+		return
 	}
-	kubeBin := envOr("KUBEBUILDER_ASSETS", envOr("DETOUR_KUBE_BIN", filepath.Join(home, ".cache/detour/kube-v1.37.2-etcd-v3.7.3/bin")))
-	for _, p := range []string{"kube-apiserver", "etcd"} {
-		if _, err := os.Stat(filepath.Join(kubeBin, p)); err != nil {
-			h.skip = fmt.Sprintf("%s missing in %s (make deps-kube)", p, kubeBin)
-			return
-		}
+	kubeBin, err := privtest.KubeAssetsDir()
+	if err != nil {
+		h.skip = err.Error()
+		return
 	}
 	h.err = h.startErr(kubeBin)
 }
@@ -113,10 +101,8 @@ func (h *harness) startErr(kubeBin string) error {
 		return err
 	}
 	h.binDir = filepath.Join(h.dir, "bin")
-	build := exec.Command("go", "build", "-trimpath", "-o", filepath.Join(h.binDir, "detour-cni"), "github.com/detour-mesh/detour/cmd/detour-cni")
-	build.Env = append(os.Environ(), "CGO_ENABLED=0")
-	if out, err := build.CombinedOutput(); err != nil {
-		return fmt.Errorf("build detour-cni: %v\n%s", err, out)
+	if _, err := privtest.Build(h.binDir, "github.com/detour-mesh/detour/cmd/detour-cni"); err != nil {
+		return err
 	}
 
 	no := false

@@ -6,9 +6,9 @@ import (
 	"flag"
 	"fmt"
 	"os"
-	"os/exec"
-	"path/filepath"
 	"testing"
+
+	"github.com/detour-mesh/detour/internal/privtest"
 )
 
 // detourBin is the detour binary TestMain built for this run.
@@ -26,11 +26,8 @@ func run(m *testing.M) int {
 		return 1
 	}
 	defer os.RemoveAll(dir)
-	detourBin = filepath.Join(dir, "detour")
-	cmd := exec.Command("go", "build", "-o", detourBin, "github.com/detour-mesh/detour/cmd/detour")
-	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
-	if err := cmd.Run(); err != nil {
-		fmt.Fprintln(os.Stderr, "build detour:", err)
+	if detourBin, err = privtest.Build(dir, "github.com/detour-mesh/detour/cmd/detour"); err != nil {
+		fmt.Fprintln(os.Stderr, err)
 		return 1
 	}
 	return m.Run()

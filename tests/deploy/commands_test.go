@@ -2,9 +2,10 @@ package deploy
 
 import (
 	"os/exec"
-	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/detour-mesh/detour/internal/privtest"
 )
 
 // TestManifestCommandsParse runs every detour command line of the manifests
@@ -16,9 +17,9 @@ func TestManifestCommandsParse(t *testing.T) {
 	if testing.Short() {
 		t.Skip("builds detour")
 	}
-	bin := filepath.Join(t.TempDir(), "detour")
-	if out, err := exec.Command("go", "build", "-o", bin, "../../cmd/detour").CombinedOutput(); err != nil {
-		t.Fatalf("build detour: %v\n%s", err, out)
+	bin, err := privtest.Build(t.TempDir(), "github.com/detour-mesh/detour/cmd/detour")
+	if err != nil {
+		t.Fatal(err)
 	}
 	checked := 0
 	for _, m := range readManifests(t, manifestDir) {

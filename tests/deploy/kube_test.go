@@ -32,34 +32,10 @@ import (
 
 const manifestDir = "../../deploy/kubernetes"
 
-// kubeAssets returns the directory holding kube-apiserver and etcd: the
-// KUBEBUILDER_ASSETS or DETOUR_KUBE_BIN variable (make sets both), else the
-// cache `make deps-kube` fills. Missing binaries skip the test (a failure in CI).
-func kubeAssets(t *testing.T) string {
-	t.Helper()
-	dir := os.Getenv("KUBEBUILDER_ASSETS")
-	if dir == "" {
-		dir = os.Getenv("DETOUR_KUBE_BIN")
-	}
-	if dir == "" {
-		home, err := os.UserHomeDir()
-		if err != nil {
-			privtest.Skip(t, "no home directory to find the kube binaries in")
-		}
-		dir = filepath.Join(home, ".cache/detour/kube-v1.37.2-etcd-v3.7.3/bin")
-	}
-	for _, b := range []string{"kube-apiserver", "etcd"} {
-		if fi, err := os.Stat(filepath.Join(dir, b)); err != nil || fi.Mode()&0o111 == 0 {
-			privtest.Skip(t, "needs "+b+" in "+dir+" (make deps-kube builds it)")
-		}
-	}
-	return dir
-}
-
 // startAPIServer runs a real kube-apiserver and etcd on loopback for t.
 func startAPIServer(t *testing.T) *rest.Config {
 	t.Helper()
-	env := &envtest.Environment{BinaryAssetsDirectory: kubeAssets(t)}
+	env := &envtest.Environment{BinaryAssetsDirectory: privtest.KubeAssets(t)}
 	cfg, err := env.Start()
 	if err != nil {
 		t.Fatalf("start kube-apiserver and etcd: %v", err)

@@ -23,6 +23,10 @@ type Mesh struct {
 	Services []Service
 	// Workloads are the proxies this control plane serves, one per node id.
 	Workloads []Workload
+	// AllowMassRemoval lets FileSource apply a change that removes more than
+	// half of the served workloads, which it otherwise holds back as a likely
+	// truncated or half-written file.
+	AllowMassRemoval bool
 	// Excluded are workloads the source left out because they cannot be
 	// served (a pod with invalid annotations). They are not part of the mesh:
 	// Validate ignores them, the server counts them
@@ -131,9 +135,9 @@ const ReachAll = "*"
 // joined and match redirect.ErrInvalid. A mesh that passes Validate can be
 // turned into Envoy resources for every workload.
 func (m *Mesh) Validate() error {
-	var errs []error
+	var errs errorList
 	bad := func(field, value, reason string) {
-		errs = append(errs, &redirect.FieldError{Field: field, Value: value, Reason: reason})
+		errs.add(&redirect.FieldError{Field: field, Value: value, Reason: reason})
 	}
 	switch m.OutboundPolicy {
 	case AllowAny, RegistryOnly:
@@ -233,7 +237,7 @@ func (m *Mesh) Validate() error {
 		}
 		tp := w.TransparentProxy
 		if err := tp.Validate(); err != nil {
-			errs = append(errs, prefixFieldErrors(f+".transparentProxy.", err))
+			errs.add(prefixFieldErrors(f+".transparentProxy.", err))
 		}
 		v4, v6 := addrFamilies(w.Addresses)
 		switch tp.IPFamilies {
@@ -281,7 +285,7 @@ func (m *Mesh) Validate() error {
 			}
 		}
 	}
-	return errors.Join(errs...)
+	return errs.err()
 }
 
 // ErrDNSNotServed is why a redirect config that captures DNS cannot be served:

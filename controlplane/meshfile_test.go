@@ -119,7 +119,7 @@ func TestDecodeMeshErrors(t *testing.T) {
 	}{
 		{"malformed yaml", "services: [", []string{`(document): `, "is not valid YAML or JSON"}},
 		{"not a mapping", "[1, 2]", []string{`(document): "[1,2]" is not a mapping`}},
-		{"unknown top-level key", "servics: []", []string{`servics: "[]" is not a known field (one of outboundPolicy, transparentProxy, services, workloads)`}},
+		{"unknown top-level key", "servics: []", []string{`servics: "[]" is not a known field (one of outboundPolicy, allowMassRemoval, transparentProxy, services, workloads)`}},
 		{"unknown policy", "outboundPolicy: deny", []string{`outboundPolicy: "deny" is not one of allow-any, registry-only`}},
 		{"port out of range", "services: [{name: a, virtualIPs: [198.51.100.1], ports: [{port: 70000}]}]", []string{`services[0].ports[0].port: "70000" is not a port (1-65535)`}},
 		{"port missing", "services: [{name: a, virtualIPs: [198.51.100.1], ports: [{protocol: tcp}]}]", []string{`services[0].ports[0].port: "" is missing`}},

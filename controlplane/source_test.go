@@ -53,7 +53,9 @@ func TestFileSourceWatches(t *testing.T) {
 	sink := newRecordingSink()
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	go func() { done <- (&FileSource{Path: path, Interval: 5 * time.Millisecond, Settle: 20 * time.Millisecond}).Run(ctx, sink) }()
+	go func() {
+		done <- (&FileSource{Path: path, Interval: 5 * time.Millisecond, Settle: 20 * time.Millisecond}).Run(ctx, sink)
+	}()
 
 	recv := func() *Mesh {
 		t.Helper()

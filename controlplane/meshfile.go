@@ -306,7 +306,7 @@ func (d *decoder) redirectConfig(base redirect.Config, v value) redirect.Config 
 
 func (d *decoder) mesh(v value) *Mesh {
 	m := &Mesh{OutboundPolicy: AllowAny}
-	top, ok := d.mapping(v, "outboundPolicy", "allowMassRemoval", "transparentProxy", "services", "workloads")
+	top, ok := d.mapping(v, "outboundPolicy", "allowMassRemoval", "dns", "transparentProxy", "services", "workloads")
 	if !ok {
 		if v.v != nil {
 			return m
@@ -326,6 +326,7 @@ func (d *decoder) mesh(v value) *Mesh {
 		}
 		m.AllowMassRemoval = b
 	}
+	m.DNS = d.dns(top["dns"])
 	base := d.redirectConfig(redirect.Default(), top["transparentProxy"])
 	for _, sv := range d.list(top["services"]) {
 		m.Services = append(m.Services, d.service(sv))
@@ -334,6 +335,34 @@ func (d *decoder) mesh(v value) *Mesh {
 		m.Workloads = append(m.Workloads, d.workload(base, wv))
 	}
 	return m
+}
+
+func (d *decoder) dns(v value) DNS {
+	var out DNS
+	f, ok := d.mapping(v, "suffix", "upstreams")
+	if !ok {
+		return out
+	}
+	out.Suffix, _ = d.str(f["suffix"])
+	out.Suffix = strings.TrimSuffix(out.Suffix, ".")
+	for _, uv := range d.list(f["upstreams"]) {
+		s, ok := d.str(uv)
+		if !ok {
+			continue
+		}
+		// An address alone means port 53; with a port, [v6]:port or v4:port.
+		if a, err := redirect.ParseAddr(s); err == nil {
+			out.Upstreams = append(out.Upstreams, netip.AddrPortFrom(a, 53))
+			continue
+		}
+		ap, err := netip.ParseAddrPort(s)
+		if err != nil {
+			d.bad(uv.path, uv.v, "is not an IP address or address:port")
+			continue
+		}
+		out.Upstreams = append(out.Upstreams, netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port()))
+	}
+	return out
 }
 
 func (d *decoder) service(v value) Service {

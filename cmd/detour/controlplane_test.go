@@ -87,16 +87,11 @@ func TestControlPlaneInvalidInputExitsTwo(t *testing.T) {
 	if err := os.WriteFile(bad, []byte("services: [{name: a, virtualIPs: [198.51.100.1], ports: [70000]}]"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	dns := filepath.Join(t.TempDir(), "dns.yaml")
-	if err := os.WriteFile(dns, []byte("dns: {capture: all}"), 0o644); err != nil {
-		t.Fatal(err)
-	}
 	tests := []struct {
 		name string
 		args []string
 		want string
 	}{
-		{"bootstrap dns capture", []string{"bootstrap", "--node-id", "a", "--control-plane", "127.0.0.1:1", "--config", dns}, `dns.capture: "all" is not served`},
 		{"invalid mesh", []string{"control-plane", "--config", bad, "--xds-address", "127.0.0.1:0", "--http-address", "off"}, `services[0].ports[0]: "70000" is not a port`},
 		{"no config", []string{"control-plane"}, "--config is required"},
 		{"unknown source", []string{"control-plane", "--source", "etcd"}, `--source "etcd" is not one of file, kubernetes`},

@@ -3,6 +3,7 @@ package controlplane
 import (
 	"bytes"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"maps"
@@ -350,19 +351,28 @@ func (d *decoder) dns(v value) DNS {
 		if !ok {
 			continue
 		}
-		// An address alone means port 53; with a port, [v6]:port or v4:port.
-		if a, err := redirect.ParseAddr(s); err == nil {
-			out.Upstreams = append(out.Upstreams, netip.AddrPortFrom(a, 53))
-			continue
-		}
-		ap, err := netip.ParseAddrPort(s)
+		ap, err := ParseDNSUpstream(s)
 		if err != nil {
-			d.bad(uv.path, uv.v, "is not an IP address or address:port")
+			d.bad(uv.path, uv.v, err.Error())
 			continue
 		}
-		out.Upstreams = append(out.Upstreams, netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port()))
+		out.Upstreams = append(out.Upstreams, ap)
 	}
 	return out
+}
+
+// ParseDNSUpstream parses an upstream resolver of DNS.Upstreams: an IP address
+// (port 53) or address:port ("[2001:db8::53]:5353"). The error is a reason to
+// put after the value.
+func ParseDNSUpstream(s string) (netip.AddrPort, error) {
+	if a, err := redirect.ParseAddr(s); err == nil {
+		return netip.AddrPortFrom(a, 53), nil
+	}
+	ap, err := netip.ParseAddrPort(s)
+	if err != nil {
+		return netip.AddrPort{}, errors.New("is not an IP address or address:port")
+	}
+	return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port()), nil
 }
 
 func (d *decoder) service(v value) Service {

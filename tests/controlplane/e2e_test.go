@@ -353,15 +353,27 @@ func testEndToEnd(t *testing.T, v variant) {
 		})
 	}
 
-	// An invalid change is refused and the proxy keeps its config.
+	// An invalid change, an emptied file and a truncated one (which would
+	// remove the only workload) are refused; the proxy keeps its config, and
+	// /debug/nodes and the metrics say why.
+	good := v.meshFile("registry-only", backendEP2)
 	before = cp.versions(t)
-	writeFile(t, meshPath, strings.Replace(v.meshFile("registry-only", backendEP2), "port: 5432", "port: 70000", 1))
-	cp.waitRejected(t)
-	if after := cp.versions(t); after != before {
-		t.Errorf("an invalid mesh file changed the served versions: %v → %v", before, after)
+	for _, bad := range []struct{ name, content, want string }{
+		{"invalid", strings.Replace(good, "port: 5432", "port: 70000", 1), `"70000" is not a port`},
+		{"empty", "\n# being rewritten\n", `(document): "" is empty`},
+		{"truncated", good[:strings.Index(good, "workloads:")], "removes 1 of the 1 served workloads (app): held back"},
+	} {
+		writeFile(t, meshPath, bad.content)
+		cp.waitRejected(t, bad.want)
+		if after := cp.versions(t); after != before {
+			t.Errorf("the %s mesh file changed the served versions: %v → %v", bad.name, before, after)
+		}
+		if r, err := dialApp(netip.AddrPortFrom(dbVIP[lab.IPv4], 5432)); err != nil || r.Server != srvDB {
+			t.Errorf("after the %s change app → db: %v %v", bad.name, r, err)
+		}
 	}
-	if r, err := dialApp(netip.AddrPortFrom(dbVIP[lab.IPv4], 5432)); err != nil || r.Server != srvDB {
-		t.Errorf("after an invalid change app → db: %v %v", r, err)
+	if m := cp.metrics(t); !strings.Contains(m, `detour_config_updates_total{result="rejected"} 3`) {
+		t.Errorf("metrics do not count the 3 rejected changes:\n%s", m)
 	}
 }
 
@@ -461,7 +473,7 @@ func startControlPlane(t *testing.T, meshPath string) *cpProcess {
 	t.Helper()
 	cmd := exec.Command(detourBin, "control-plane", "--config", meshPath,
 		"--xds-address", "127.0.0.1:0", "--http-address", "127.0.0.1:0",
-		"--watch-interval", "20ms", "--log-format", "json")
+		"--watch-interval", "20ms", "--settle", "100ms", "--log-format", "json")
 	stderr, err := cmd.StderrPipe()
 	if err != nil {
 		t.Fatal(err)
@@ -562,17 +574,33 @@ func (cp *cpProcess) waitSynced(t *testing.T, p *testProxy, before controlplane.
 	}
 }
 
-// waitRejected waits until the control plane reports a rejected change.
-func (cp *cpProcess) waitRejected(t *testing.T) {
+// waitRejected waits until the control plane reports a rejected change whose
+// error contains want.
+func (cp *cpProcess) waitRejected(t *testing.T, want string) {
 	t.Helper()
 	deadline := time.Now().Add(30 * time.Second)
 	for {
-		if _, lastErr := cp.node(t); strings.Contains(lastErr, `"70000" is not a port`) {
+		_, lastErr := cp.node(t)
+		if strings.Contains(lastErr, want) {
 			return
 		}
 		if time.Now().After(deadline) {
-			t.Fatal("the control plane did not report the invalid mesh file")
+			t.Fatalf("the control plane did not report %q; last error %q", want, lastErr)
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
+}
+
+func (cp *cpProcess) metrics(t *testing.T) string {
+	t.Helper()
+	resp, err := http.Get("http://" + cp.http + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b)
 }

@@ -465,6 +465,10 @@ func benchFanOut(b *testing.B, protocol string, distinct bool) {
 		b.Fatal(err)
 	}
 	fl.wait(b, r.Round)
+	if os.Getenv("DETOUR_BENCH_MEMCLASSES") != "" {
+		p, c := readRSS()
+		b.Logf("connected: RSS %.1f MiB, peak %.1f MiB", float64(c)/(1<<20), float64(p)/(1<<20))
+	}
 
 	// Peak heap in use, sampled without stopping the world (ReadMemStats
 	// would): heap objects plus the unused part of in-use spans.

@@ -32,9 +32,9 @@ const (
 	// DefaultPluginTokenLifetime is what the installer asks for when it
 	// requests the plugin's token; it renews the token at half its life.
 	DefaultPluginTokenLifetime = 24 * time.Hour
-	DefaultTokenFile      = "/var/run/secrets/kubernetes.io/serviceaccount/token"
-	DefaultCAFile         = "/var/run/secrets/kubernetes.io/serviceaccount/ca.crt"
-	DefaultPollInterval   = 10 * time.Second
+	DefaultTokenFile           = "/var/run/secrets/kubernetes.io/serviceaccount/token"
+	DefaultCAFile              = "/var/run/secrets/kubernetes.io/serviceaccount/ca.crt"
+	DefaultPollInterval        = 10 * time.Second
 )
 
 // ErrInvalidOptions matches every error of Options.Validate (errors.Is).

@@ -57,6 +57,8 @@ type Options struct {
 	Configuration ConfigurationOptions
 	// Log; nil discards.
 	Log *slog.Logger
+	// Observe, when set, receives each admission's duration (Handler.Observe).
+	Observe func(time.Duration)
 }
 
 // Server is the injection webhook of the control plane.
@@ -113,7 +115,7 @@ func New(ctx context.Context, o Options) (*Server, error) {
 		return nil, err
 	}
 	s.injector = in
-	s.handler = &Handler{Injector: in, Log: log}
+	s.handler = &Handler{Injector: in, Log: log, Observe: o.Observe}
 
 	switch {
 	case o.CertFile != "" || o.KeyFile != "":

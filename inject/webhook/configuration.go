@@ -45,6 +45,12 @@ type ConfigurationOptions struct {
 	FailurePolicy admissionregistrationv1.FailurePolicyType
 	// TimeoutSeconds bounds each call; 0 = DefaultTimeoutSeconds.
 	TimeoutSeconds int32
+	// OwnerClusterRole, when set, names a ClusterRole that becomes the
+	// configuration's owner (an ownerReference), so that deleting detour's
+	// manifests (kubectl delete -k) garbage-collects the configuration the
+	// control plane created: a configuration left behind with failurePolicy
+	// Fail would block pod creation in the labelled namespaces.
+	OwnerClusterRole string
 }
 
 func (o ConfigurationOptions) withDefaults() ConfigurationOptions {
@@ -148,10 +154,20 @@ func Configuration(o ConfigurationOptions, caBundle []byte) *admissionregistrati
 func ensureConfiguration(ctx context.Context, client kubernetes.Interface, o ConfigurationOptions, own []byte) error {
 	api := client.AdmissionregistrationV1().MutatingWebhookConfigurations()
 	name := o.withDefaults().Name
+	var owners []metav1.OwnerReference
+	if o.OwnerClusterRole != "" {
+		cr, err := client.RbacV1().ClusterRoles().Get(ctx, o.OwnerClusterRole, metav1.GetOptions{})
+		if err != nil {
+			return fmt.Errorf("read clusterrole %s (the configuration's owner): %w", o.OwnerClusterRole, err)
+		}
+		owners = []metav1.OwnerReference{{APIVersion: "rbac.authorization.k8s.io/v1", Kind: "ClusterRole", Name: cr.Name, UID: cr.UID}}
+	}
 	return retry.RetryOnConflict(retry.DefaultRetry, func() error {
 		cur, err := api.Get(ctx, name, metav1.GetOptions{})
 		if apierrors.IsNotFound(err) {
-			_, err = api.Create(ctx, Configuration(o, mergeBundle(nil, own, time.Now())), metav1.CreateOptions{FieldManager: ManagedBy})
+			want := Configuration(o, mergeBundle(nil, own, time.Now()))
+			want.OwnerReferences = owners
+			_, err = api.Create(ctx, want, metav1.CreateOptions{FieldManager: ManagedBy})
 			if err != nil {
 				return fmt.Errorf("create mutatingwebhookconfiguration %s: %w", name, err)
 			}
@@ -171,8 +187,11 @@ func ensureConfiguration(ctx context.Context, client kubernetes.Interface, o Con
 			bundle = cur.Webhooks[0].ClientConfig.CABundle
 		}
 		want := Configuration(o, bundle)
-		if sameWebhooks(cur, want) {
+		if sameWebhooks(cur, want) && (owners == nil || equality.Semantic.DeepEqual(cur.OwnerReferences, owners)) {
 			return nil
+		}
+		if owners != nil {
+			cur.OwnerReferences = owners
 		}
 		cur.Labels = want.Labels
 		cur.Webhooks = want.Webhooks

@@ -16,6 +16,7 @@ import (
 	admissionregistrationv1 "k8s.io/api/admissionregistration/v1"
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
+	rbacv1 "k8s.io/api/rbac/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
@@ -53,6 +54,10 @@ type cluster struct {
 func startWebhook(t testing.TB, ctx context.Context, cfg *rest.Config, observe func(time.Duration)) *cluster {
 	t.Helper()
 	cs := kubernetes.NewForConfigOrDie(cfg)
+	owner := &rbacv1.ClusterRole{ObjectMeta: metav1.ObjectMeta{Name: "detour-injector"}}
+	if _, err := cs.RbacV1().ClusterRoles().Create(ctx, owner, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -65,7 +70,7 @@ func startWebhook(t testing.TB, ctx context.Context, cfg *rest.Config, observe f
 		IPs:           []net.IP{net.IPv4(127, 0, 0, 1)},
 		RotateEvery:   time.Hour,
 		ActivateDelay: 2 * time.Second,
-		Configuration: webhook.ConfigurationOptions{URL: "https://" + addr},
+		Configuration: webhook.ConfigurationOptions{URL: "https://" + addr, OwnerClusterRole: "detour-injector"},
 		Observe:       observe,
 	})
 	if err != nil {
@@ -161,6 +166,9 @@ func TestWebhook(t *testing.T) {
 		mwc, err := c.cs.AdmissionregistrationV1().MutatingWebhookConfigurations().Get(ctx, webhook.DefaultConfigurationName, metav1.GetOptions{})
 		if err != nil {
 			t.Fatal(err)
+		}
+		if or := mwc.OwnerReferences; len(or) != 1 || or[0].Kind != "ClusterRole" || or[0].Name != "detour-injector" || or[0].UID == "" {
+			t.Errorf("owner references %v: want the ClusterRole detour-injector, so deleting the manifests removes the configuration", or)
 		}
 		if len(mwc.Webhooks) != 2 {
 			t.Fatalf("%d webhooks, want 2", len(mwc.Webhooks))

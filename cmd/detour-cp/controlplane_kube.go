@@ -11,7 +11,7 @@ import (
 	"github.com/detour-mesh/detour/redirect"
 )
 
-// newKubernetesSource builds the Kubernetes source of `detour control-plane`.
+// newKubernetesSource builds the Kubernetes source of `detour-cp control-plane`.
 func newKubernetesSource(o *controlPlaneOptions, log *slog.Logger) (controlplane.Source, error) {
 	base := redirect.Default()
 	if o.preset != "" {

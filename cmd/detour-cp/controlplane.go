@@ -15,7 +15,7 @@ import (
 	"github.com/detour-mesh/detour/controlplane"
 )
 
-// controlPlaneOptions are the flags of `detour control-plane`.
+// controlPlaneOptions are the flags of `detour-cp control-plane`.
 type controlPlaneOptions struct {
 	config         string
 	source         string
@@ -159,7 +159,7 @@ func runControlPlane(ctx context.Context, o *controlPlaneOptions, s streams) err
 	return err
 }
 
-// controlPlaneResourcesOptions are the flags of `detour control-plane resources`.
+// controlPlaneResourcesOptions are the flags of `detour-cp control-plane resources`.
 type controlPlaneResourcesOptions struct {
 	config string
 	nodeID string

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"strings"
 	"time"
 
 	admissionregistrationv1 "k8s.io/api/admissionregistration/v1"
@@ -100,7 +101,7 @@ func Configuration(o ConfigurationOptions, caBundle []byte) *admissionregistrati
 	client := func(path string) admissionregistrationv1.WebhookClientConfig {
 		cc := admissionregistrationv1.WebhookClientConfig{CABundle: caBundle}
 		if o.URL != "" {
-			u := o.URL + path
+			u := strings.TrimSuffix(o.URL, "/") + path
 			cc.URL = &u
 		} else {
 			cc.Service = &admissionregistrationv1.ServiceReference{Namespace: o.Namespace, Name: o.Service, Path: &path, Port: &o.Port}

@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/url"
 	"os"
 	"time"
 
@@ -127,12 +128,13 @@ func New(ctx context.Context, o Options) (*Server, error) {
 			return nil, err
 		}
 	default:
-		names := o.DNSNames
-		if len(names) == 0 && len(o.IPs) == 0 && o.Configuration.URL == "" {
-			c := o.Configuration.withDefaults()
-			names = []string{c.Service + "." + c.Namespace + ".svc", c.Service + "." + c.Namespace + ".svc.cluster.local"}
+		names, ips := o.DNSNames, o.IPs
+		if len(names) == 0 && len(ips) == 0 {
+			if names, ips, err = certificateNames(o.Configuration); err != nil {
+				return nil, err
+			}
 		}
-		if s.self, err = NewSelfSigned(names, o.IPs, 3*o.RotateEvery); err != nil {
+		if s.self, err = NewSelfSigned(names, ips, 3*o.RotateEvery); err != nil {
 			return nil, err
 		}
 	}
@@ -240,4 +242,21 @@ func (s *Server) Run(ctx context.Context) error {
 			}
 		}
 	}
+}
+
+// certificateNames are the names the API server checks the certificate
+// against: the URL's host, or the Service's DNS names.
+func certificateNames(o ConfigurationOptions) ([]string, []net.IP, error) {
+	if o.URL == "" {
+		c := o.withDefaults()
+		return []string{c.Service + "." + c.Namespace + ".svc", c.Service + "." + c.Namespace + ".svc.cluster.local"}, nil, nil
+	}
+	u, err := url.Parse(o.URL)
+	if err != nil || u.Scheme != "https" || u.Hostname() == "" || (u.Path != "" && u.Path != "/") {
+		return nil, nil, fmt.Errorf("webhook url %q is not https://host:port", o.URL)
+	}
+	if ip := net.ParseIP(u.Hostname()); ip != nil {
+		return nil, []net.IP{ip}, nil
+	}
+	return []string{u.Hostname()}, nil, nil
 }

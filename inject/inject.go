@@ -379,9 +379,14 @@ func (in *Injector) proxyContainer(ann map[string]string, cfg redirect.Config) (
 		gid = int64(*cfg.Proxy.GID)
 	}
 	caps := &corev1.Capabilities{Drop: []corev1.Capability{"ALL"}}
+	escalate := false
 	if cfg.Mode == redirect.ModeTProxy {
-		// A transparent inbound listener needs IP_TRANSPARENT.
+		// A transparent inbound listener needs IP_TRANSPARENT, i.e. an
+		// effective CAP_NET_ADMIN. Kubernetes gives a non-root process added
+		// capabilities only through the binary's file capabilities, which
+		// no_new_privs (allowPrivilegeEscalation: false) would ignore.
 		caps.Add = []corev1.Capability{"NET_ADMIN"}
+		escalate = true
 	}
 	probe := func(period, failures int32) *corev1.Probe {
 		return &corev1.Probe{
@@ -411,7 +416,7 @@ func (in *Injector) proxyContainer(ann map[string]string, cfg redirect.Config) (
 			RunAsUser:                &uid,
 			RunAsGroup:               &gid,
 			RunAsNonRoot:             ptr(true),
-			AllowPrivilegeEscalation: ptr(false),
+			AllowPrivilegeEscalation: ptr(escalate),
 			ReadOnlyRootFilesystem:   ptr(true),
 			Capabilities:             caps,
 		},

@@ -344,3 +344,27 @@ func containsPort(rs []redirect.PortRange, p uint16) bool {
 }
 
 func itoa[T ~uint32](v T) string { return strconv.FormatUint(uint64(v), 10) }
+
+func TestSidecarFor(t *testing.T) {
+	t.Parallel()
+	for _, c := range []struct {
+		configured   meshconfig.Sidecar
+		major, minor string
+		want         meshconfig.Sidecar
+		err          bool
+	}{
+		{meshconfig.SidecarAuto, "1", "29", meshconfig.SidecarNative, false},
+		{meshconfig.SidecarAuto, "1", "37", meshconfig.SidecarNative, false},
+		{meshconfig.SidecarAuto, "1", "28", meshconfig.SidecarClassic, false},
+		{meshconfig.SidecarAuto, "1", "27+", meshconfig.SidecarClassic, false}, // GKE/EKS style minor
+		{meshconfig.SidecarAuto, "1", "30+", meshconfig.SidecarNative, false},
+		{meshconfig.SidecarClassic, "1", "37", meshconfig.SidecarClassic, false},
+		{meshconfig.SidecarNative, "1", "20", meshconfig.SidecarNative, false},
+		{meshconfig.SidecarAuto, "", "", "", true},
+	} {
+		got, err := inject.SidecarFor(c.configured, c.major, c.minor)
+		if (err != nil) != c.err || got != c.want {
+			t.Errorf("SidecarFor(%s, %q, %q) = %s, %v; want %s (error %v)", c.configured, c.major, c.minor, got, err, c.want, c.err)
+		}
+	}
+}

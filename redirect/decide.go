@@ -43,43 +43,13 @@ import (
 // The address and the port conditions must both hold. An IPv4-mapped IPv6 dst is
 // treated as the IPv4 address the kernel sends to.
 func (c Config) CapturesOutbound(dst netip.Addr, port uint16, uid, gid uint32) bool {
-	return c.outboundDestination(dst, port) && !c.outboundUserExempt(port, uid, gid)
+	return c.bothFamilies().Decide(Conn{Direction: DirOutbound, Protocol: TCP, Dst: dst, Port: port, UID: uid, GID: gid}).Captured
 }
 
-// outboundDestination is the part of CapturesOutbound that does not depend on
-// the user: enabled, not loopback, and the address and port conditions.
-func (c Config) outboundDestination(dst netip.Addr, port uint16) bool {
-	o := c.Outbound
-	dst = dst.Unmap().WithZone("")
-	if !o.Enabled || !dst.IsValid() || dst.IsLoopback() || dst.IsUnspecified() {
-		return false
-	}
-	if len(o.IncludeCIDRs) > 0 {
-		if !inFamilyPrefixes(o.IncludeCIDRs, dst) {
-			return false
-		}
-	} else if inFamilyPrefixes(o.ExcludeCIDRs, dst) {
-		return false
-	}
-	return portSelected(o.IncludePorts, o.ExcludePorts, port)
-}
-
-// outboundUserExempt is the user part of CapturesOutbound: the proxy itself,
-// excluded uids and gids, and per-uid TCP port rules.
-func (c Config) outboundUserExempt(port uint16, uid, gid uint32) bool {
-	o := c.Outbound
-	if uid == c.Proxy.UID || (c.Proxy.GID != nil && gid == *c.Proxy.GID) {
-		return true
-	}
-	if inIDRanges(o.ExcludeUIDs, uid) || inIDRanges(o.ExcludeGIDs, gid) {
-		return true
-	}
-	for _, r := range o.ExcludePortsForUIDs {
-		if r.Protocol == TCP && inPortRanges(r.Ports, port) && inIDRanges(r.UIDs, uid) {
-			return true
-		}
-	}
-	return false
+// bothFamilies is the capture of c in both families, whatever ipFamilies says:
+// the predicates leave the family question to their callers.
+func (c Config) bothFamilies() Capture {
+	return newCapture(c, Facts{}, []Family{IPv4, IPv6})
 }
 
 // CapturesInbound reports whether a TCP connection from src to port of the
@@ -99,18 +69,7 @@ func (c Config) outboundUserExempt(port uint16, uid, gid uint32) bool {
 // Connections the workload's host only forwards (to addresses that are not its
 // own) are never captured (I7).
 func (c Config) CapturesInbound(src netip.Addr, port uint16) bool {
-	in := c.Inbound
-	src = src.Unmap().WithZone("")
-	if !in.Enabled || port == c.Proxy.OutboundPort || !src.IsValid() || src.IsLoopback() {
-		return false
-	}
-	if pt := c.Proxy.InboundPassthroughSource; src == pt.IPv4 || src == pt.IPv6 {
-		return false
-	}
-	if inFamilyPrefixes(in.ExcludeSourceCIDRs, src) {
-		return false
-	}
-	return portSelected(in.IncludePorts, in.ExcludePorts, port)
+	return c.bothFamilies().Decide(Conn{Direction: DirInbound, Protocol: TCP, Src: src, Port: port}).Captured
 }
 
 // portSelected is the port half of a selection chain: include ports only, or
@@ -144,13 +103,24 @@ func inFamilyPrefixes(ps []netip.Prefix, a netip.Addr) bool {
 // user; the control plane serves a service listener when some app user's
 // connections reach it.
 func (c Config) CapturedUser(dst netip.Addr, port uint16) (uid, gid uint32, ok bool) {
-	if !c.outboundDestination(dst, port) {
-		return 0, 0, false
-	}
+	capture := c.bothFamilies()
 	for id := uint32(65534); id >= 60000; id-- {
-		if !c.outboundUserExempt(port, id, id) {
+		v := capture.Decide(Conn{Direction: DirOutbound, Protocol: TCP, Dst: dst, Port: port, UID: id, GID: id})
+		if v.Captured {
 			return id, id, true
+		}
+		if !v.Reason.byUser() {
+			return 0, 0, false // the destination decides, not the user
 		}
 	}
 	return 0, 0, false
+}
+
+// byUser reports whether the verdict depends on the connection's user.
+func (r Reason) byUser() bool {
+	switch r.Field {
+	case "proxy.uid", "proxy.gid", "outbound.excludeUIDs", "outbound.excludeGIDs", "outbound.excludePortsForUIDs":
+		return true
+	}
+	return false
 }

@@ -16,6 +16,10 @@
 // that. The TPROXY policy routing and the IPv6 passthrough address are made over
 // netlink in-process. docs/rules.md describes every rule and why it exists.
 //
+// Capture (NewCapture) is the capture decision stated once, without any
+// backend's syntax: per family, which connections go to which proxy port.
+// Capture.Decide answers for one connection and names the deciding setting.
+//
 // Config.CapturesOutbound and Config.CapturesInbound answer, without a host,
 // whether the rules of a configuration send a given connection to the proxy;
 // code that must agree with the rules uses them instead of re-deriving it.

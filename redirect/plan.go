@@ -99,23 +99,9 @@ func NewPlan(cfg Config, facts Facts) (Plan, error) {
 	if err := cfg.Validate(); err != nil {
 		return Plan{}, err
 	}
-	var fams []Family
-	switch cfg.IPFamilies {
-	case IPFamiliesAuto:
-		fams = []Family{IPv4}
-		if facts.IPv6 {
-			fams = append(fams, IPv6)
-		}
-	case IPFamiliesIPv4:
-		fams = []Family{IPv4}
-	case IPFamiliesIPv6, IPFamiliesDual:
-		if !facts.IPv6 {
-			return Plan{}, fmt.Errorf("ipFamilies is %s but the network namespace has no usable IPv6: %w", cfg.IPFamilies, ErrIPv6Unavailable)
-		}
-		fams = []Family{IPv6}
-		if cfg.IPFamilies == IPFamiliesDual {
-			fams = []Family{IPv4, IPv6}
-		}
+	fams, err := planFamilies(cfg, facts)
+	if err != nil {
+		return Plan{}, err
 	}
 	p := Plan{Config: cfg.Clone()}
 	for _, f := range fams {

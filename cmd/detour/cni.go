@@ -38,6 +38,7 @@ type cniOptions struct {
 	pluginTokenLife   time.Duration
 	pollInterval      time.Duration
 	cleanupOnExit     bool
+	daemonSet         string
 	once              bool
 }
 
@@ -88,7 +89,8 @@ notification or --poll-interval. On SIGTERM it exits leaving everything in place
 	f.StringVar(&o.pluginTokenFile, "plugin-token-file", "", "where the plugin's token is written (default: next to --kubeconfig-file, "+install.DefaultTokenName+")")
 	f.DurationVar(&o.pluginTokenLife, "plugin-token-lifetime", install.DefaultPluginTokenLifetime, "the lifetime asked for the plugin's token; it is renewed at half of it")
 	f.DurationVar(&o.pollInterval, "poll-interval", install.DefaultPollInterval, "the longest a change goes unrepaired when no file notification arrives")
-	f.BoolVar(&o.cleanupOnExit, "cleanup-on-exit", false, "uninstall when the process gets SIGTERM or SIGINT")
+	f.BoolVar(&o.cleanupOnExit, "cleanup-on-exit", false, "uninstall when the process gets SIGTERM or SIGINT (with --daemonset: only when that DaemonSet is deleted)")
+	f.StringVar(&o.daemonSet, "daemonset", "", "with --cleanup-on-exit: this pod's DaemonSet (namespace/name); on SIGTERM uninstall only when it is gone, and leave everything to the next pod on a rolling update")
 	f.BoolVar(&o.once, "once", false, "install once and exit instead of watching")
 	return cmd
 }

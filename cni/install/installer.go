@@ -110,6 +110,14 @@ type Options struct {
 	PollInterval time.Duration
 	// CleanupOnExit makes Run uninstall when its context ends (on SIGTERM).
 	CleanupOnExit bool
+	// DaemonSet ("namespace/name"), with CleanupOnExit, limits the cleanup to
+	// the DaemonSet's removal: when its context ends, Run reads the DaemonSet
+	// (with the installer's token) and uninstalls only when it is gone or being
+	// deleted. A pod that is only replaced (rolling update, eviction) leaves the
+	// installation to the next pod, so pods keep being meshed in between. When
+	// the API cannot tell, the installation stays (pods fail closed rather than
+	// start unmeshed once its token expires).
+	DaemonSet string
 	// Logger receives one line per change and per failed repair (nil: discard).
 	Logger *slog.Logger
 
@@ -197,6 +205,12 @@ func (o Options) Validate() error {
 	}
 	if o.PollInterval < 0 {
 		return &OptionError{"poll-interval", o.PollInterval.String(), "is negative"}
+	}
+	if o.DaemonSet != "" {
+		ns, name, ok := strings.Cut(o.DaemonSet, "/")
+		if !ok || !isDNSLabel(ns) || name == "" || strings.Contains(name, "/") {
+			return &OptionError{"daemonset", o.DaemonSet, "is not namespace/name"}
+		}
 	}
 	if o.PluginServiceAccount != "" {
 		ns, name, ok := strings.Cut(o.PluginServiceAccount, "/")
@@ -583,6 +597,9 @@ func (in *Installer) Run(ctx context.Context) error {
 			// ctx is over: give the cleanup its own bounded time.
 			cctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 			defer cancel()
+			if in.o.DaemonSet != "" && !in.daemonSetGone(cctx) {
+				return nil
+			}
 			_, err := in.Uninstall(cctx)
 			return err
 		case name := <-events:

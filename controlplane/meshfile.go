@@ -329,10 +329,19 @@ func (d *decoder) mesh(v value) *Mesh {
 	}
 	m.DNS = d.dns(top["dns"])
 	base := d.redirectConfig(redirect.Default(), top["transparentProxy"])
-	for _, sv := range d.list(top["services"]) {
+	// Sized up front: a Workload holds a whole redirect.Config, and growing
+	// the slice by appending copied ten thousand of them several times.
+	services, workloads := d.list(top["services"]), d.list(top["workloads"])
+	if len(services) > 0 {
+		m.Services = make([]Service, 0, len(services))
+	}
+	for _, sv := range services {
 		m.Services = append(m.Services, d.service(sv))
 	}
-	for _, wv := range d.list(top["workloads"]) {
+	if len(workloads) > 0 {
+		m.Workloads = make([]Workload, 0, len(workloads))
+	}
+	for _, wv := range workloads {
 		m.Workloads = append(m.Workloads, d.workload(base, wv))
 	}
 	return m

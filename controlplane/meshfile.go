@@ -39,10 +39,10 @@ func LoadMesh(path string) (*Mesh, error) {
 	return m, nil
 }
 
-// readMeshFile reads path if it holds at most max bytes. The size is checked
+// readMeshFile reads path if it holds at most limit bytes. The size is checked
 // before reading (and the read is bounded too, for files whose size the
 // file system does not know); a larger file is a *redirect.FieldError.
-func readMeshFile(path string, max int64) ([]byte, error) {
+func readMeshFile(path string, limit int64) ([]byte, error) {
 	f, err := os.Open(path)
 	if err != nil {
 		return nil, fmt.Errorf("read mesh file: %w", err)
@@ -50,17 +50,17 @@ func readMeshFile(path string, max int64) ([]byte, error) {
 	defer f.Close()
 	tooLarge := func(size string) error {
 		return fmt.Errorf("mesh file %s: %w", path, &redirect.FieldError{Field: "(document)", Value: size,
-			Reason: fmt.Sprintf("is larger than the maximum mesh file size, %d bytes", max)})
+			Reason: fmt.Sprintf("is larger than the maximum mesh file size, %d bytes", limit)})
 	}
-	if fi, err := f.Stat(); err == nil && fi.Mode().IsRegular() && fi.Size() > max {
+	if fi, err := f.Stat(); err == nil && fi.Mode().IsRegular() && fi.Size() > limit {
 		return nil, tooLarge(fmt.Sprintf("%d bytes", fi.Size()))
 	}
-	b, err := io.ReadAll(io.LimitReader(f, max+1))
+	b, err := io.ReadAll(io.LimitReader(f, limit+1))
 	if err != nil {
 		return nil, fmt.Errorf("read mesh file: %w", err)
 	}
-	if int64(len(b)) > max {
-		return nil, tooLarge(fmt.Sprintf("more than %d bytes", max))
+	if int64(len(b)) > limit {
+		return nil, tooLarge(fmt.Sprintf("more than %d bytes", limit))
 	}
 	return b, nil
 }

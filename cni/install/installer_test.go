@@ -341,6 +341,16 @@ func TestOptionsValidate(t *testing.T) {
 		{"unknown preset", func(o *Options) { o.Preset = "linkerd" }, "preset"},
 		{"missing config file", func(o *Options) { o.ConfigFile = filepath.Join(n.root, "nope.yaml") }, "config"},
 		{"invalid config", func(o *Options) { o.ConfigFile = n.badConfig }, "config"},
+		{"plugin service account without namespace", func(o *Options) { o.PluginServiceAccount = "detour-cni-plugin" }, "plugin-service-account"},
+		{"plugin token named like a conflist", func(o *Options) {
+			o.PluginServiceAccount = "detour-system/p"
+			o.PluginTokenFile = filepath.Join(n.conf, "token.json")
+		}, "plugin-token-file"},
+		{"plugin token too short", func(o *Options) {
+			o.PluginServiceAccount = "detour-system/p"
+			o.PluginTokenLifetime = time.Minute
+		}, "plugin-token-lifetime"},
+		{"daemonset without namespace", func(o *Options) { o.DaemonSet = "detour-cni-node" }, "daemonset"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -733,4 +743,47 @@ func TestEntryParsesAsThePluginReadsIt(t *testing.T) {
 	if got := string(list.Plugins[len(list.Plugins)-1].Bytes); !strings.Contains(got, `"config":{"outbound":{"excludePorts":[5432]}}`) {
 		t.Errorf("entry not updated: %s", got)
 	}
+}
+
+// TestReady follows a node from empty to installed and back: Ready says "not
+// ready" (naming what is missing) until a pod created now would go through the
+// plugin, and again once the primary CNI rewrites its file without the entry.
+func TestReady(t *testing.T) {
+	t.Parallel()
+	n := newNode(t)
+	in := New(n.options())
+	notReady := func(want string) {
+		t.Helper()
+		err := in.Ready()
+		if !errors.Is(err, ErrNotReady) || !strings.Contains(err.Error(), want) {
+			t.Errorf("Ready = %v, want not ready naming %q", err, want)
+		}
+	}
+	notReady("no executable " + filepath.Join(n.bin, PluginType))
+	if _, err := in.Install(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	// Binary and kubeconfig are in place, but no primary CNI config yet.
+	notReady("no CNI network configuration")
+	primary := n.primary(t, "10-calico.conflist")
+	notReady("does not end with the detour-cni entry")
+	if _, err := in.Install(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if err := in.Ready(); err != nil {
+		t.Fatalf("Ready after install = %v", err)
+	}
+	// The primary CNI rewrites its file: not ready until the repair.
+	n.primary(t, "10-calico.conflist")
+	notReady(primary + " does not end with the detour-cni entry")
+	if _, err := in.Install(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if err := in.Ready(); err != nil {
+		t.Fatalf("Ready after the repair = %v", err)
+	}
+	if _, err := in.Uninstall(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	notReady("no executable")
 }

@@ -20,6 +20,7 @@ import (
 	"sigs.k8s.io/yaml"
 
 	"github.com/detour-mesh/detour/internal/atomicfile"
+	"github.com/detour-mesh/detour/internal/meshconfig"
 	"github.com/detour-mesh/detour/redirect"
 )
 
@@ -84,6 +85,12 @@ type Options struct {
 	// annotations. The document is embedded into the entry as JSON; it is read
 	// again on every Install, so a changed file reaches the entry.
 	Preset, ConfigFile string
+	// MeshConfigFile, instead of Preset and ConfigFile, is the mesh-wide
+	// config document (internal/meshconfig: the ConfigMap detour-config that
+	// the control plane and the injector read too); its base redirect config
+	// is embedded as the entry's config and, like ConfigFile, read again on
+	// every Install.
+	MeshConfigFile string
 	// Server is the API server URL the plugin talks to (https://host:port). Required.
 	Server string
 	// TokenFile and CAFile are the service account's token and CA
@@ -234,6 +241,20 @@ func (o Options) Validate() error {
 // one), after checking that the preset and the document make a valid
 // redirect.Config, as the plugin will.
 func (o Options) baseConfig() (json.RawMessage, error) {
+	if o.MeshConfigFile != "" {
+		if o.Preset != "" || o.ConfigFile != "" {
+			return nil, &OptionError{"mesh-config", o.MeshConfigFile, "holds the preset and config: do not combine it with --preset or --config"}
+		}
+		mc, err := meshconfig.Load(o.MeshConfigFile)
+		if err != nil {
+			return nil, &OptionError{"mesh-config", o.MeshConfigFile, "is not a valid mesh config: " + err.Error()}
+		}
+		doc, err := mc.RedirectDocument()
+		if err != nil {
+			return nil, &OptionError{"mesh-config", o.MeshConfigFile, err.Error()}
+		}
+		return doc, nil
+	}
 	base := redirect.Default()
 	if o.Preset != "" {
 		p, err := redirect.Preset(o.Preset)

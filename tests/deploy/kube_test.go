@@ -328,8 +328,12 @@ spec:
 				[]access{{"create", "", "serviceaccounts/token:detour-cni-plugin", "detour-system"}, {"get", "apps", "daemonsets:detour-cni-node", "detour-system"}},
 				[]access{{"create", "", "serviceaccounts/token:detour-control-plane", "detour-system"}, {"create", "", "serviceaccounts/token:default", "default"}, {"get", "", "pods", "default"}, {"get", "", "secrets", "detour-system"}, {"get", "apps", "daemonsets:other", "detour-system"}}},
 			{"detour-control-plane",
-				[]access{{"list", "", "services", ""}, {"watch", "discovery.k8s.io", "endpointslices", ""}, {"list", "", "pods", ""}, {"get", "", "namespaces", ""}},
-				[]access{{"get", "", "secrets", "default"}, {"delete", "", "pods", "default"}, {"create", "discovery.k8s.io", "endpointslices", "default"}}},
+				[]access{{"list", "", "services", ""}, {"watch", "discovery.k8s.io", "endpointslices", ""}, {"list", "", "pods", ""}, {"get", "", "namespaces", ""},
+					// The injection webhook writes its own configuration.
+					{"create", "admissionregistration.k8s.io", "mutatingwebhookconfigurations", ""}},
+				[]access{{"get", "", "secrets", "default"}, {"delete", "", "pods", "default"}, {"create", "discovery.k8s.io", "endpointslices", "default"},
+					{"delete", "admissionregistration.k8s.io", "mutatingwebhookconfigurations", ""},
+					{"update", "admissionregistration.k8s.io", "validatingwebhookconfigurations", ""}}},
 		} {
 			user := "system:serviceaccount:detour-system:" + tc.sa
 			for _, a := range tc.allow {

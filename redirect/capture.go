@@ -37,6 +37,11 @@ type FamilyCapture struct {
 	// Log, when not nil, logs new captured connections (rate limited).
 	Log *Log `json:"log,omitempty"`
 	// TProxy is the policy routing of mode tproxy; nil otherwise or without inbound.
+	// With it, every backend also installs the return path of the proxy's
+	// original-source connections to the app (TProxyMark set, the client's
+	// address as source): such packets are never captured, their connection
+	// keeps the mark, and the app's replies get it back so the policy route
+	// delivers them to the proxy (docs/rules.md, TPROXY mode).
 	TProxy *PolicyRouting `json:"tproxy,omitempty"`
 	// Notes explain what a reader of any rendering could not guess.
 	Notes []string `json:"notes,omitempty"`

@@ -2,6 +2,13 @@ package redirect
 
 import "net/netip"
 
+// TProxyMark is the packet mark of the TPROXY path (one bit, also its mask).
+// In mode tproxy the proxy marks its connections to the app that use the
+// client's address as their source (Envoy's original_src filter, which the
+// control plane serves with this mark), and every backend routes the app's
+// replies back to the proxy by it (FamilyCapture.TProxy).
+const TProxyMark = tproxyMark
+
 // Fixed numbers of the TPROXY path and of the DNS conntrack zones, shared by
 // every backend; docs/rules.md lists them.
 const (

@@ -27,6 +27,7 @@ const (
 	chainDNSRedirect  = "DETOUR_DNS_REDIRECT"  // nat: REDIRECT to dns.port
 	chainDivert       = "DETOUR_DIVERT"        // mangle: packets of connections the proxy holds (TPROXY)
 	chainTProxy       = "DETOUR_TPROXY"        // mangle: TPROXY to proxy.inboundPort
+	chainTProxyReturn = "DETOUR_TPROXY_RETURN" // mangle: the app's replies to the proxy's original-source connections
 	chainCTOutput     = "DETOUR_CT_OUTPUT"     // raw: conntrack zones of locally sent DNS packets
 	chainCTPrerouting = "DETOUR_CT_PREROUTING" // raw: made by earlier versions only (zones of received DNS replies); still ours, so it is removed
 )
@@ -35,7 +36,7 @@ const (
 // chain that is not listed for its table is foreign.
 var ownedChains = map[string][]string{
 	"raw":    {chainCTOutput, chainCTPrerouting},
-	"mangle": {chainDivert, chainInbound, chainTProxy},
+	"mangle": {chainDivert, chainInbound, chainTProxy, chainTProxyReturn},
 	"nat":    {chainDNS, chainDNSRedirect, chainInbound, chainInRedirect, chainOutCIDRs, chainOutRedirect, chainOutput},
 }
 
@@ -262,6 +263,15 @@ func (b *builder) inbound() {
 	b.log("mangle", chainTProxy, "-p tcp -m conntrack --ctstate NEW")
 	b.rule("mangle", chainTProxy, "-p tcp -j TPROXY --on-port", strconv.Itoa(int(in.Port)), "--on-ip", onIP, "--tproxy-mark", mark)
 	b.hook("mangle", "PREROUTING", "-p tcp "+localDst, chainInbound)
+	// The return path of the proxy's connections to the app from the client's
+	// own address (Envoy's original_src with the TPROXY mark): the proxy's
+	// packets carry the mark, which the connection keeps; the app's replies,
+	// addressed to the client, get it back and the policy route delivers them
+	// to the proxy's socket instead of the network.
+	bit := fmt.Sprintf("%#x", b.fc.TProxy.Mask)
+	b.rule("mangle", chainTProxyReturn, "-p tcp -m mark --mark", mark, "-j CONNMARK --save-mark --nfmask", bit, "--ctmask", bit)
+	b.rule("mangle", chainTProxyReturn, "-p tcp -m connmark --mark", mark, "-j MARK --set-xmark", mark)
+	b.hook("mangle", "OUTPUT", "-p tcp", chainTProxyReturn)
 }
 
 // inboundSelection fills DETOUR_INBOUND of table with the inbound choices,
@@ -321,6 +331,11 @@ func (b *builder) outbound() {
 		// returns untouched; the proxy dialing a non-loopback address over lo
 		// (the workload's own address) is inbound traffic: hairpin.
 		b.rule("nat", chainOutput, "-s", b.passthrough(), "-o lo -j RETURN")
+		if tp := fc.TProxy; tp != nil {
+			// Likewise the proxy's connections to the app from the client's
+			// address (original_src), which carry the TPROXY mark.
+			b.rule("nat", chainOutput, "-m mark --mark", fmt.Sprintf("%#x/%#x", tp.Mark, tp.Mask), "-j RETURN")
+		}
 		for _, o := range proxy {
 			b.rule("nat", chainOutput, "! -d", b.loopback(), "-o lo", o, "-j", chainInbound)
 		}

@@ -109,6 +109,14 @@ func (e *Engine) Check(ctx context.Context, p Plan) (Drift, error) { return e.ch
 // Status reports what is installed (nothing installed is not an error).
 func (e *Engine) Status(ctx context.Context) (Status, error) { return e.status(ctx) }
 
+// Explain says what the rules installed in the namespace do with one
+// connection: it reads the whole rule set of the backend that holds detour's
+// rules (other tools' rules included) and follows the connection through it.
+// ErrNotInstalled when nothing of detour's is there. Read-only.
+func (e *Engine) Explain(ctx context.Context, c Conn) (KernelVerdict, error) {
+	return e.explain(ctx, c)
+}
+
 func (e *Engine) logger() *slog.Logger {
 	if e.Logger == nil {
 		return slog.New(slog.DiscardHandler)

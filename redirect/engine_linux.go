@@ -93,7 +93,8 @@ type familyObs struct {
 	err     error // the save tool is missing or failed
 	owned   owned
 	foreign foreignState
-	rules   bool // anything at all, ours or not
+	rules   bool   // anything at all, ours or not
+	save    string // the save output, every table (explain follows packets through it)
 }
 
 type backendObs map[Family]*familyObs
@@ -112,6 +113,7 @@ func (r *run) observeFamily(b Backend, f Family) *familyObs {
 	fo := &familyObs{owned: owned{}}
 	tool := toolName(b, f, "save")
 	out, err := r.command("", tool)
+	fo.save = out
 	if err == nil {
 		var tables []*saveTable
 		if tables, err = parseSave(out); err == nil {
@@ -524,6 +526,21 @@ func (e *Engine) check(ctx context.Context, p Plan) (Drift, error) {
 		}
 	}
 	return d, nil
+}
+
+func (e *Engine) explain(ctx context.Context, c Conn) (KernelVerdict, error) {
+	s, err := e.readInstalled(ctx, Plan{})
+	if err != nil {
+		return KernelVerdict{}, err
+	}
+	if s.backend == "" {
+		return KernelVerdict{}, ErrNotInstalled
+	}
+	fo := s.obs[familyOfConn(c)]
+	if fo.err != nil {
+		return KernelVerdict{}, fmt.Errorf("read %s %s rules: %w", s.backend, familyOfConn(c), fo.err)
+	}
+	return explainSave(s.backend, fo.save, c)
 }
 
 func (e *Engine) status(ctx context.Context) (Status, error) {

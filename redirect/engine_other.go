@@ -16,3 +16,6 @@ func (e *Engine) install(context.Context, Plan) (Result, error) {
 func (e *Engine) uninstall(context.Context) (Result, error)  { return Result{}, errors.ErrUnsupported }
 func (e *Engine) check(context.Context, Plan) (Drift, error) { return Drift{}, errors.ErrUnsupported }
 func (e *Engine) status(context.Context) (Status, error)     { return Status{}, errors.ErrUnsupported }
+func (e *Engine) explain(context.Context, Conn) (KernelVerdict, error) {
+	return KernelVerdict{}, errors.ErrUnsupported
+}

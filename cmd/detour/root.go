@@ -33,6 +33,7 @@ run it.`,
 		newCheckCmd(s, g),
 		newStatusCmd(s, g),
 		newValidateCmd(s, g),
+		newExplainCmd(s, g),
 		newVersionCmd(s),
 		newCNICmd(s),
 	)

@@ -118,6 +118,11 @@ func Parse(save string) (*Ruleset, error) {
 			}
 			r.Table = cur.Name
 			c := cur.Chains[r.Chain]
+			if c == nil && builtin[r.Chain] {
+				// A rendering (detour plan) does not declare built-in chains.
+				c = &Chain{Name: r.Chain, Policy: "ACCEPT"}
+				cur.Chains[r.Chain] = c
+			}
 			if c == nil {
 				return nil, fmt.Errorf("line %d: chain %s of table %s is not declared", i+1, r.Chain, cur.Name)
 			}
@@ -126,6 +131,8 @@ func Parse(save string) (*Ruleset, error) {
 	}
 	return rs, nil
 }
+
+var builtin = map[string]bool{"PREROUTING": true, "INPUT": true, "FORWARD": true, "OUTPUT": true, "POSTROUTING": true}
 
 // coreOptions are the options of iptables itself (not of a match module),
 // by every spelling iptables-save may print.

@@ -390,6 +390,14 @@ func writeExplanation(w io.Writer, e explanation, configOnly bool) error {
 			what = "cannot tell"
 		}
 		fmt.Fprintf(&b, "installed:  %s (%s): %s\n", what, k.Backend, rule)
+		switch k.Action {
+		case "jump":
+			b.WriteString("            (no rule of the chain it jumps to matches: is one missing?)\n")
+		case "drop":
+			b.WriteString("            (dropped)\n")
+		case "dnat":
+			b.WriteString("            (sent elsewhere by DNAT, not to the proxy)\n")
+		}
 		for i, step := range k.Path {
 			lead := "  via       "
 			if i > 0 {

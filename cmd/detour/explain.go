@@ -104,6 +104,14 @@ func parseExplainRequest(o *explainOptions, euid, egid uint32) (explainRequest, 
 	if o.tcp && o.udp {
 		return req, usageError("--udp: cannot be combined with --tcp")
 	}
+	for name, v := range map[string]bool{"inbound": o.inbound, "outbound": o.outbound} {
+		if o.in.config.flags != nil && o.in.config.flags.Changed(name) && !v {
+			// install's --inbound=false turns capture off; here the flag is a
+			// direction, and a silently ignored false would answer for a
+			// configuration the user did not ask about.
+			return req, usageError("--%s=false: in explain --%s gives the connection's direction; set %s.enabled with DETOUR_%s=false or --config", name, name, name, strings.ToUpper(name))
+		}
+	}
 	if o.inbound && o.outbound {
 		return req, usageError("--inbound: cannot be combined with --outbound")
 	}

@@ -3,6 +3,8 @@ package main
 import (
 	"bytes"
 	"net/netip"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 
@@ -26,6 +28,7 @@ func TestExplainUsageErrors(t *testing.T) {
 		{"inbound udp", []string{"explain", "--config-only", "--inbound", "--udp", "--to", "192.0.2.1:53"}, "--udp: inbound capture is TCP only"},
 		{"inbound uid", []string{"explain", "--config-only", "--inbound", "--uid", "1", "--to", "192.0.2.1:80"}, "--uid/--gid: an inbound connection has no local user"},
 		{"both directions", []string{"explain", "--config-only", "--inbound", "--outbound", "--to", "192.0.2.1:80"}, "--inbound: cannot be combined with --outbound"},
+		{"install's capture switch", []string{"explain", "--config-only", "--outbound=false", "--to", "192.0.2.1:80"}, "--outbound=false: in explain --outbound gives the connection's direction; set outbound.enabled with DETOUR_OUTBOUND=false"},
 		{"bad from", []string{"explain", "--config-only", "--inbound", "--to", "192.0.2.1:80", "--from", "client"}, `--from: "client" is not an IP address`},
 		{"mixed families", []string{"explain", "--config-only", "--inbound", "--to", "192.0.2.1:80", "--from", "2001:db8::1"}, "--from: 2001:db8::1 is not of the family of --to 192.0.2.1"},
 		{"live udp", []string{"explain", "--live", "--udp", "--to", "192.0.2.1:53"}, "--live: probes outbound TCP only"},
@@ -158,5 +161,28 @@ func TestExplainText(t *testing.T) {
 			}
 			golden.Check(t, golden.Path(t, tt.name), b.Bytes())
 		})
+	}
+}
+
+// TestExplainReadsCaptureSwitchesFromFiles: explain's --inbound and --outbound
+// are directions, so inbound.enabled and outbound.enabled come from files (and
+// the environment) — and they are read.
+func TestExplainReadsCaptureSwitchesFromFiles(t *testing.T) {
+	t.Parallel()
+	file := filepath.Join(t.TempDir(), "detour.yaml")
+	if err := os.WriteFile(file, []byte("outbound: {enabled: false}\ninbound: {enabled: false}\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for _, args := range [][]string{
+		{"--outbound", "--to", "192.0.2.1:80", "--uid", "60000"},
+		{"--inbound", "--to", "127.0.0.1:80", "--from", "192.0.2.9"},
+	} {
+		code, stdout, stderr := runCLI(t, append([]string{"explain", "--config-only", "--config", file}, args...)...)
+		if code != 0 {
+			t.Fatalf("exit %d: %s", code, stderr)
+		}
+		if !strings.Contains(stdout, "config:     left alone") || !strings.Contains(stdout, ".enabled false") {
+			t.Errorf("explain %v with capture off in the file:\n%s", args, stdout)
+		}
 	}
 }

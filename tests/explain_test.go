@@ -1,0 +1,133 @@
+//go:build linux
+
+package tests
+
+import (
+	"encoding/json"
+	"net/netip"
+	"strconv"
+	"strings"
+	"sync"
+
+	"github.com/detour-mesh/detour/internal/lab"
+)
+
+// explainBackends are the backends whose installed state `detour explain`
+// reads (an Explainer); for the others the scenarios log that explain was not
+// checked.
+var explainBackends = map[string]bool{nft: true, legacy: true}
+
+// explainsPerExpectation bounds the explain runs per expectation of a test:
+// every scenario runs many random cases, and explain is a process that reads
+// every iptables table; the first cases (root and an app user alternate)
+// represent the expectation.
+const explainsPerExpectation = 2
+
+// explainState is what a pod knows for L14: the flags of its current install.
+type explainState struct {
+	installed bool
+	args      []string // install's extra flags
+	counts    *sync.Map
+}
+
+// explainView is the part of `detour explain -o json` the scenarios check.
+type explainView struct {
+	Captured   bool   `json:"captured"`
+	Port       uint16 `json:"port"`
+	AnsweredBy string `json:"answeredBy"`
+	Agree      bool   `json:"agree"`
+	Config     struct {
+		Captured bool   `json:"captured"`
+		Port     uint16 `json:"port"`
+		Reason   struct {
+			Field string `json:"field"`
+			Text  string `json:"text"`
+		} `json:"reason"`
+	} `json:"config"`
+	Kernel *struct {
+		Rule      string `json:"rule"`
+		Uncertain string `json:"uncertain"`
+	} `json:"kernel"`
+	Differences []string `json:"differences"`
+}
+
+// explainConn runs `detour explain` for a connection a scenario just made and
+// checks L14: the installed state's verdict is what the real connection did
+// (want is the server that answered), the configuration agrees with it, and
+// the reason says what decided.
+func (p *pod) explainConn(why string, inbound bool, proto string, to netip.AddrPort, from netip.Addr, cred *lab.Cred, want string) {
+	p.t.Helper()
+	if !p.ex.installed || p.ex.counts == nil {
+		return
+	}
+	key := p.t.Name() + "\x00" + why
+	n, _ := p.ex.counts.LoadOrStore(key, new(int))
+	if *n.(*int) >= explainsPerExpectation {
+		return
+	}
+	*n.(*int)++
+	if !explainBackends[p.v.backend] {
+		p.t.Logf("%s: explain not checked: backend %s has no explainer", why, p.v.backend)
+		return
+	}
+	var env []string
+	args := []string{"explain", "-o", "json", "--to", to.String()}
+	for _, a := range append(p.flags(), p.ex.args...) {
+		// In explain --inbound and --outbound are directions; the capture
+		// switches go through the environment.
+		if k, v, ok := strings.Cut(a, "="); ok && (k == "--inbound" || k == "--outbound") {
+			env = append(env, "DETOUR_"+strings.ToUpper(k[2:])+"="+v)
+			continue
+		}
+		args = append(args, a)
+	}
+	if proto == "udp" {
+		args = append(args, "--udp")
+	}
+	if inbound {
+		if !from.IsValid() {
+			from = lab.RemoteLinkAddr(p.v.family)
+		}
+		args = append(args, "--inbound", "--from", from.String())
+	} else {
+		uid, gid := uint32(0), uint32(0)
+		if cred != nil {
+			uid, gid = cred.UID, cred.GID
+		}
+		args = append(args, "--uid", strconv.Itoa(int(uid)), "--gid", strconv.Itoa(int(gid)))
+		if from.IsValid() {
+			args = append(args, "--from", from.String())
+		}
+	}
+	r := p.detourCmd(env, args...)
+	if r.code != 0 {
+		p.t.Errorf("%s: L14 explain failed:\n%s", why, r)
+		return
+	}
+	var e explainView
+	if err := json.Unmarshal([]byte(r.stdout), &e); err != nil {
+		p.t.Errorf("%s: L14 explain output: %v\n%s", why, err, r)
+		return
+	}
+	captured, port := false, uint16(0)
+	switch want {
+	case srvOutbound:
+		captured, port = true, p.outPort
+	case srvInbound:
+		captured, port = true, p.inPort
+	case dnsProxy:
+		captured, port = true, p.dnsPort
+	}
+	switch {
+	case e.AnsweredBy != "kernel" || e.Kernel == nil:
+		p.t.Errorf("%s: L14 explain did not answer from the installed rules:\n%s", why, r)
+	case e.Captured != captured || e.Port != port:
+		p.t.Errorf("%s: L14 explain says captured %v port %d (%s), the connection reached %s:\n%s", why, e.Captured, e.Port, e.Kernel.Rule, want, r)
+	case !e.Agree:
+		p.t.Errorf("%s: L14 explain says the installed rules differ from the configuration they were installed with: %q\n%s", why, e.Differences, r)
+	case e.Config.Reason.Text == "":
+		p.t.Errorf("%s: L14 explain names no reason:\n%s", why, r)
+	default:
+		p.t.Logf("%s: L14 explain agrees: captured %v port %d by %q (%s: %s)", why, e.Captured, e.Port, e.Kernel.Rule, e.Config.Reason.Field, e.Config.Reason.Text)
+	}
+}

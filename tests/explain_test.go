@@ -8,6 +8,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"testing"
 
 	"github.com/detour-mesh/detour/internal/lab"
 )
@@ -49,6 +50,7 @@ type explainView struct {
 		Uncertain string `json:"uncertain"`
 	} `json:"kernel"`
 	Differences []string `json:"differences"`
+	Installed   bool     `json:"installed"`
 }
 
 // explainConn runs `detour explain` for a connection a scenario just made and
@@ -129,5 +131,87 @@ func (p *pod) explainConn(why string, inbound bool, proto string, to netip.AddrP
 		p.t.Errorf("%s: L14 explain names no reason:\n%s", why, r)
 	default:
 		p.t.Logf("%s: L14 explain agrees: captured %v port %d by %q (%s: %s)", why, e.Captured, e.Port, e.Kernel.Rule, e.Config.Reason.Field, e.Config.Reason.Text)
+	}
+}
+
+// explain runs `detour explain -o json` in the pod with the pod's flags and
+// extra ones.
+func (p *pod) explain(extra ...string) (explainView, result) {
+	p.t.Helper()
+	r := p.detour(p.withFlags("explain", append([]string{"-o", "json"}, extra...)...)...)
+	var e explainView
+	if r.code == 0 || r.code == 4 {
+		if err := json.Unmarshal([]byte(r.stdout), &e); err != nil {
+			p.t.Fatalf("explain output: %v\n%s", err, r)
+		}
+	}
+	return e, r
+}
+
+// TestExplainDrift covers L14's drift cases: when what is installed is not what
+// the configuration says — a rule deleted by hand, another tool's rule that
+// comes first, a configuration that changed since the install — the verdict
+// follows the kernel, which the real connection confirms, and says where it
+// differs. With nothing installed explain exits 4.
+func TestExplainDrift(t *testing.T) {
+	t.Parallel()
+	matrix(t, func(t *testing.T, v variant) {
+		p := newPod(t, v)
+		p.startProxies()
+		app := &lab.Cred{UID: 60100, GID: 60100}
+		dst := p.remoteDest()
+		asApp := []string{"--to", dst.String(), "--uid", "60100", "--gid", "60100"}
+
+		e, r := p.explain(asApp...)
+		if r.code != 4 || e.Installed || e.Kernel != nil || !e.Config.Captured {
+			t.Errorf("nothing installed: want exit 4 with the configuration's answer (captured):\n%s", r)
+		}
+
+		p.install()
+		p.ex.installed = false // the checks below are explicit
+		if e, r := p.explain(asApp...); r.code != 0 || !e.Captured || !e.Agree {
+			t.Fatalf("installed as configured: want captured and agreeing:\n%s", r)
+		}
+
+		p.run("hand-deleted rule", func(p *pod) {
+			redirect := []string{"DETOUR_OUT_REDIRECT", "-p", "tcp", "-j", "REDIRECT", "--to-ports", strconv.Itoa(int(p.outPort))}
+			p.iptablesRun(append([]string{"-t", "nat", "-D"}, redirect...)...)
+			defer p.iptablesRun(append([]string{"-t", "nat", "-A"}, redirect...)...)
+			p.outbound("the redirect rule is gone", lab.DialOptions{To: dst, Cred: app}, srvRemote)
+			e, r := p.explain(asApp...)
+			if r.code != 0 || e.Captured || e.Agree || len(e.Differences) == 0 || !e.Config.Captured {
+				p.t.Errorf("want the kernel's verdict (left alone) and the difference from the configuration (captured):\n%s", r)
+			}
+		})
+		p.run("foreign rule first", func(p *pod) {
+			p.iptablesRun("-t", "nat", "-I", "OUTPUT", "1", "-d", dst.Addr().String(), "-p", "tcp", "-j", "ACCEPT")
+			defer p.iptablesRun("-t", "nat", "-D", "OUTPUT", "-d", dst.Addr().String(), "-p", "tcp", "-j", "ACCEPT")
+			p.outbound("another tool's ACCEPT comes first", lab.DialOptions{To: dst, Cred: app}, srvRemote)
+			e, r := p.explain(asApp...)
+			if r.code != 0 || e.Captured || e.Agree || e.Kernel == nil || !strings.Contains(e.Kernel.Rule, "-j ACCEPT") || !strings.Contains(e.Kernel.Rule, dst.Addr().String()) {
+				p.t.Errorf("want left alone by the foreign ACCEPT rule:\n%s", r)
+			}
+		})
+		p.run("stale configuration", func(p *pod) {
+			// The configuration now excludes the port; what is installed still
+			// captures it, and so does the kernel.
+			p.outbound("installed without the exclusion", lab.DialOptions{To: dst, Cred: app}, srvOutbound)
+			e, r := p.explain(append(asApp, "--exclude-outbound-ports", strconv.Itoa(int(dst.Port())))...)
+			if r.code != 0 || !e.Captured || e.Port != p.outPort || e.Agree || e.Config.Captured || e.Config.Reason.Field != "outbound.excludePorts" {
+				p.t.Errorf("want captured (the kernel) against outbound.excludePorts (the configuration):\n%s", r)
+			}
+		})
+		p.uninstall()
+		if _, r := p.explain(asApp...); r.code != 4 {
+			t.Errorf("after uninstall: want exit 4:\n%s", r)
+		}
+	})
+}
+
+// iptablesRun runs the variant's iptables command in the pod (a hand edit).
+func (p *pod) iptablesRun(args ...string) {
+	p.t.Helper()
+	if out, err := p.lab.Pod.Run(p.ctx, p.iptables(), append([]string{"-w", "5"}, args...)...); err != nil {
+		p.t.Fatalf("%s %s: %v\n%s", p.iptables(), strings.Join(args, " "), err, out)
 	}
 }

@@ -51,6 +51,13 @@ type explainView struct {
 	} `json:"kernel"`
 	Differences []string `json:"differences"`
 	Installed   bool     `json:"installed"`
+	Live        *struct {
+		Probed      bool   `json:"probed"`
+		Arrived     bool   `json:"arrived"`
+		OriginalDst string `json:"originalDst"`
+		Agrees      bool   `json:"agrees"`
+		Error       string `json:"error"`
+	} `json:"live"`
 }
 
 // explainConn runs `detour explain` for a connection a scenario just made and
@@ -214,4 +221,32 @@ func (p *pod) iptablesRun(args ...string) {
 	if out, err := p.lab.Pod.Run(p.ctx, p.iptables(), append([]string{"-w", "5"}, args...)...); err != nil {
 		p.t.Fatalf("%s %s: %v\n%s", p.iptables(), strings.Join(args, " "), err, out)
 	}
+}
+
+// TestExplainLive proves explain's verdict on a real connection (--live): with
+// the proxy not running, explain listens on the port itself and dials as the
+// user asked about.
+func TestExplainLive(t *testing.T) {
+	t.Parallel()
+	matrix(t, func(t *testing.T, v variant) {
+		p := newPod(t, v)
+		p.install()
+		dst := p.remoteDest()
+		e, r := p.explain("--live", "--timeout", "1s", "--to", dst.String(), "--uid", "60100", "--gid", "60100")
+		if r.code != 0 || e.Live == nil || !e.Live.Probed || !e.Live.Arrived || e.Live.OriginalDst != dst.String() || !e.Live.Agrees {
+			t.Errorf("an app user's connection: want it to arrive on the outbound port with original destination %s:\n%s", dst, r)
+		}
+		e, r = p.explain("--live", "--timeout", "1s", "--to", dst.String(), "--uid", strconv.Itoa(int(p.uid)))
+		if r.code != 0 || e.Captured || e.Live == nil || !e.Live.Probed || e.Live.Arrived || !e.Live.Agrees {
+			t.Errorf("the proxy's own connection: want it not to arrive on the outbound port:\n%s", r)
+		}
+		// A connection the rules capture but the configuration asked about
+		// says otherwise: --live sides with the kernel, and exits 5 only when
+		// the probe contradicts the verdict.
+		p.iptablesRun("-t", "nat", "-I", "OUTPUT", "1", "-d", dst.Addr().String(), "-p", "tcp", "-j", "ACCEPT")
+		e, r = p.explain("--live", "--timeout", "1s", "--to", dst.String(), "--uid", "60100", "--gid", "60100")
+		if r.code != 0 || e.Captured || e.Live == nil || e.Live.Arrived || !e.Live.Agrees {
+			t.Errorf("a foreign ACCEPT first: want the kernel's verdict (left alone), proved:\n%s", r)
+		}
+	})
 }

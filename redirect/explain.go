@@ -12,9 +12,6 @@ import (
 // detour's state but cannot explain is ErrNotSupported (naming it); no driver
 // holding anything is ErrNotInstalled. Drivers that are not Ready here are
 // passed over. It runs in the namespace the caller entered.
-//
-// TODO(#11): Engine.explain calls this once Engine holds its Drivers (the
-// backend seam); until then it reads the iptables backends directly.
 func explainWith(ctx context.Context, drivers []Driver, c Conn) (KernelVerdict, error) {
 	for _, d := range drivers {
 		if err := d.Ready(ctx); errors.Is(err, ErrNotSupported) {

@@ -7,35 +7,35 @@ import (
 	"testing"
 )
 
-// fakeDriver is a Driver that holds what the test says and answers Explain
+// stubDriver is a Driver that holds what the test says and answers Explain
 // with a fixed verdict when explains is set.
-type fakeDriver struct {
+type stubDriver struct {
 	name     Backend
 	ready    error
-	have     fakeInstalled
+	have     stubInstalled
 	verdict  KernelVerdict
 	explains bool
 }
 
-type fakeInstalled struct{ empty bool }
+type stubInstalled struct{ empty bool }
 
-func (f fakeInstalled) Empty() bool           { return f.empty }
-func (f fakeInstalled) Lines(Family) []string { return nil }
-func (f fakeInstalled) Text(Family) string    { return "" }
-func (f fakeInstalled) Foreign() bool         { return false }
-func (f fakeInstalled) Conflict() error       { return nil }
+func (f stubInstalled) Empty() bool           { return f.empty }
+func (f stubInstalled) Lines(Family) []string { return nil }
+func (f stubInstalled) Text(Family) string    { return "" }
+func (f stubInstalled) Foreign() bool         { return false }
+func (f stubInstalled) Conflict() error       { return nil }
 
-func (d *fakeDriver) Name() Backend                  { return d.name }
-func (d *fakeDriver) Ready(context.Context) error    { return d.ready }
-func (d *fakeDriver) Render(Plan) (Rendering, error) { return Rendering{}, nil }
-func (d *fakeDriver) Observe(context.Context) (Installed, error) {
+func (d *stubDriver) Name() Backend                  { return d.name }
+func (d *stubDriver) Ready(context.Context) error    { return d.ready }
+func (d *stubDriver) Render(Plan) (Rendering, error) { return Rendering{}, nil }
+func (d *stubDriver) Observe(context.Context) (Installed, error) {
 	return d.have, nil
 }
-func (d *fakeDriver) Apply(context.Context, Plan, Installed) (bool, error) { return false, nil }
-func (d *fakeDriver) Remove(context.Context, Installed) error              { return nil }
+func (d *stubDriver) Apply(context.Context, Plan, Installed) (bool, error) { return false, nil }
+func (d *stubDriver) Remove(context.Context, Installed) error              { return nil }
 
 // explainingDriver adds the optional Explainer.
-type explainingDriver struct{ *fakeDriver }
+type explainingDriver struct{ *stubDriver }
 
 func (d explainingDriver) Explain(have Installed, c Conn) (KernelVerdict, error) {
 	return d.verdict, nil
@@ -45,18 +45,18 @@ func TestExplainWith(t *testing.T) {
 	t.Parallel()
 	conn := Conn{Direction: DirOutbound, Protocol: TCP, Dst: netip.MustParseAddr("192.0.2.1"), Port: 80}
 	redirected := KernelVerdict{Captured: true, Port: 15001, Rule: "a rule"}
-	empty := &fakeDriver{name: BackendIPTablesLegacy, have: fakeInstalled{empty: true}}
+	empty := &stubDriver{name: BackendIPTablesLegacy, have: stubInstalled{empty: true}}
 	tests := []struct {
 		name    string
 		drivers []Driver
 		want    KernelVerdict
 		err     error
 	}{
-		{"nothing installed", []Driver{empty, &fakeDriver{name: BackendNFTables, have: fakeInstalled{empty: true}}}, KernelVerdict{}, ErrNotInstalled},
-		{"the installed one explains", []Driver{empty, explainingDriver{&fakeDriver{name: BackendNFTables, verdict: redirected}}},
+		{"nothing installed", []Driver{empty, &stubDriver{name: BackendNFTables, have: stubInstalled{empty: true}}}, KernelVerdict{}, ErrNotInstalled},
+		{"the installed one explains", []Driver{empty, explainingDriver{&stubDriver{name: BackendNFTables, verdict: redirected}}},
 			KernelVerdict{Backend: BackendNFTables, Captured: true, Port: 15001, Rule: "a rule"}, nil},
-		{"installed but cannot explain", []Driver{empty, &fakeDriver{name: BackendEBPF}}, KernelVerdict{Backend: BackendEBPF}, ErrNotSupported},
-		{"not ready is passed over", []Driver{&fakeDriver{name: BackendEBPF, ready: ErrNotSupported}, explainingDriver{&fakeDriver{name: BackendIPTablesNFT, verdict: redirected}}},
+		{"installed but cannot explain", []Driver{empty, &stubDriver{name: BackendEBPF}}, KernelVerdict{Backend: BackendEBPF}, ErrNotSupported},
+		{"not ready is passed over", []Driver{&stubDriver{name: BackendEBPF, ready: ErrNotSupported}, explainingDriver{&stubDriver{name: BackendIPTablesNFT, verdict: redirected}}},
 			KernelVerdict{Backend: BackendIPTablesNFT, Captured: true, Port: 15001, Rule: "a rule"}, nil},
 	}
 	for _, tt := range tests {

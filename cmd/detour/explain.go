@@ -266,6 +266,8 @@ func runExplain(ctx context.Context, o *explainOptions, g *globalOptions, s stre
 		switch {
 		case errors.Is(err, redirect.ErrNotInstalled):
 			notInstalled = err
+		case err != nil && os.Geteuid() != 0:
+			return fmt.Errorf("explain: read the installed rules (root needed; --config-only answers without them): %w", err)
 		case err != nil:
 			return fmt.Errorf("explain: %w", err)
 		default:

@@ -1,17 +1,30 @@
-package redirect
+package iptables
 
 import (
 	"fmt"
 
 	"github.com/detour-mesh/detour/internal/xtables"
+	"github.com/detour-mesh/detour/redirect"
 )
+
+// Explain implements redirect.Explainer: what the rules of the connection's
+// family that Observe read (have) do with c. It follows the connection through
+// the family's whole iptables-save output, not only detour's rules.
+func (d *Driver) Explain(have redirect.Installed, c redirect.Conn) (redirect.KernelVerdict, error) {
+	f := familyOfConn(c)
+	fo := asInstalled(have, d.Backend).obs(f)
+	if fo.err != nil {
+		return redirect.KernelVerdict{Backend: d.Backend}, fmt.Errorf("read %s %s rules: %w", d.Backend, f, fo.err)
+	}
+	return explainSave(d.Backend, fo.save, c)
+}
 
 // explainSave is the iptables backends' answer to `detour explain`: it follows
 // the connection through one family's whole iptables-save output (raw, mangle
 // and nat; detour's rules and every other tool's) with internal/xtables, and
 // quotes the rule that decides. Pure.
-func explainSave(b Backend, save string, c Conn) (KernelVerdict, error) {
-	kv := KernelVerdict{Backend: b}
+func explainSave(b redirect.Backend, save string, c redirect.Conn) (redirect.KernelVerdict, error) {
+	kv := redirect.KernelVerdict{Backend: b}
 	rs, err := xtables.Parse(save)
 	if err != nil {
 		return kv, fmt.Errorf("read %s rules: %w", b, err)
@@ -61,10 +74,10 @@ func explainSave(b Backend, save string, c Conn) (KernelVerdict, error) {
 }
 
 // packetOf is the first packet of c as the iptables rules see it.
-func packetOf(c Conn) xtables.Packet {
+func packetOf(c redirect.Conn) xtables.Packet {
 	dst, src := c.Dst.Unmap().WithZone(""), c.Src.Unmap().WithZone("")
 	p := xtables.Packet{Proto: string(c.Protocol), Src: src, Dst: dst, DPort: c.Port}
-	if c.Direction == DirInbound {
+	if c.Direction == redirect.DirInbound {
 		p.Hook = xtables.Prerouting
 		// Without a destination the connection is taken to be to the workload.
 		p.DstLocal = c.ToSelf || !dst.IsValid()
@@ -83,10 +96,13 @@ func packetOf(c Conn) xtables.Packet {
 }
 
 // familyOfConn is the family whose rules see c.
-func familyOfConn(c Conn) Family {
+func familyOfConn(c redirect.Conn) redirect.Family {
 	a := c.Dst
 	if !a.IsValid() {
 		a = c.Src
 	}
-	return familyOf(a.Unmap())
+	if a.Unmap().Is4() {
+		return redirect.IPv4
+	}
+	return redirect.IPv6
 }

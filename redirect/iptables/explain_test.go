@@ -1,10 +1,12 @@
-package redirect
+package iptables
 
 import (
 	"net/netip"
 	"slices"
 	"strings"
 	"testing"
+
+	"github.com/detour-mesh/detour/redirect"
 )
 
 // TestExplainSaveAgreesWithDecide follows connections through the rendered
@@ -16,19 +18,20 @@ func TestExplainSaveAgreesWithDecide(t *testing.T) {
 	for _, tc := range planCases() {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
-			p, err := NewPlan(cfgWith(t, tc.preset, tc.sets...), tc.facts)
+			p, err := redirect.NewPlan(cfgWith(t, tc.preset, tc.sets...), tc.facts)
 			if err != nil {
 				t.Fatal(err)
 			}
 			checked, captured := 0, 0
 			for _, conn := range probeConns(p) {
 				want := p.Capture.Decide(conn)
-				fp, ok := p.Family(familyOfConn(conn))
 				save := ""
-				if ok {
-					save = fp.Restore()
+				for _, fr := range Rules(p.Capture) {
+					if fr.Family == familyOfConn(conn) {
+						save = renderTables(fr.Tables)
+					}
 				}
-				got, err := explainSave(BackendIPTablesNFT, save, conn)
+				got, err := explainSave(redirect.BackendIPTablesNFT, save, conn)
 				if err != nil {
 					t.Fatal(err)
 				}
@@ -41,7 +44,7 @@ func TestExplainSaveAgreesWithDecide(t *testing.T) {
 						conn, want.Captured, want.Port, want.Reason, got.Captured, got.Port, got.Rule, got.Uncertain, got.Path)
 				}
 			}
-			if checked < 100 || (captured == 0 && len(p.Families) > 0 && (p.Config.Outbound.Enabled || p.Config.Inbound.Enabled)) {
+			if checked < 100 || (captured == 0 && len(p.Capture.Families) > 0 && (p.Config.Outbound.Enabled || p.Config.Inbound.Enabled)) {
 				t.Errorf("%d connections checked, %d captured: the probes miss what the plan captures", checked, captured)
 			}
 		})
@@ -52,7 +55,7 @@ func TestExplainSaveAgreesWithDecide(t *testing.T) {
 // inside and just outside each prefix, each port range's ends and neighbours,
 // each excluded or proxy id, for both directions, both protocols and both
 // families.
-func probeConns(p Plan) []Conn {
+func probeConns(p redirect.Plan) []redirect.Conn {
 	c := p.Config
 	var addrs []netip.Addr
 	for _, s := range []string{"192.0.2.1", "203.0.113.5", "2001:db8::1", "2001:db8:ffff::5", "127.0.0.1", "::1"} {
@@ -67,7 +70,7 @@ func probeConns(p Plan) []Conn {
 		addrs = append(addrs, a, a.Next(), a.Prev())
 	}
 	ports := []uint16{80, 53, 443, c.Proxy.InboundPort, c.Proxy.OutboundPort, c.DNS.Port}
-	for _, rs := range [][]PortRange{c.Outbound.IncludePorts, c.Outbound.ExcludePorts, c.Inbound.IncludePorts, c.Inbound.ExcludePorts} {
+	for _, rs := range [][]redirect.PortRange{c.Outbound.IncludePorts, c.Outbound.ExcludePorts, c.Inbound.IncludePorts, c.Inbound.ExcludePorts} {
 		for _, r := range rs {
 			ports = append(ports, r.First, r.Last, r.First-1, r.Last+1)
 		}
@@ -76,7 +79,7 @@ func probeConns(p Plan) []Conn {
 	if c.Proxy.GID != nil {
 		ids = append(ids, *c.Proxy.GID)
 	}
-	for _, rs := range [][]IDRange{c.Outbound.ExcludeUIDs, c.Outbound.ExcludeGIDs} {
+	for _, rs := range [][]redirect.IDRange{c.Outbound.ExcludeUIDs, c.Outbound.ExcludeGIDs} {
 		for _, r := range rs {
 			ids = append(ids, r.First, r.Last, r.Last+1)
 		}
@@ -94,21 +97,21 @@ func probeConns(p Plan) []Conn {
 	slices.Sort(ids)
 	ids = slices.Compact(ids)
 	self := map[bool]netip.Addr{false: netip.MustParseAddr("203.0.113.2"), true: netip.MustParseAddr("2001:db8:1::2")}
-	var out []Conn
+	var out []redirect.Conn
 	for _, port := range ports {
 		if port == 0 {
 			continue
 		}
 		for _, dst := range addrs {
 			for _, uid := range ids {
-				for _, proto := range []Protocol{TCP, UDP} {
-					out = append(out, Conn{Direction: DirOutbound, Protocol: proto, Dst: dst, Port: port, UID: uid, GID: uid})
-					out = append(out, Conn{Direction: DirOutbound, Protocol: proto, Dst: dst, Port: port, UID: 60001, GID: uid})
+				for _, proto := range []redirect.Protocol{redirect.TCP, redirect.UDP} {
+					out = append(out, redirect.Conn{Direction: redirect.DirOutbound, Protocol: proto, Dst: dst, Port: port, UID: uid, GID: uid})
+					out = append(out, redirect.Conn{Direction: redirect.DirOutbound, Protocol: proto, Dst: dst, Port: port, UID: 60001, GID: uid})
 				}
 			}
 			if !dst.IsLoopback() {
 				// Inbound from dst (loopback sources never arrive from outside).
-				out = append(out, Conn{Direction: DirInbound, Protocol: TCP, Src: dst, Dst: self[dst.Is6()], Port: port, ToSelf: true})
+				out = append(out, redirect.Conn{Direction: redirect.DirInbound, Protocol: redirect.TCP, Src: dst, Dst: self[dst.Is6()], Port: port, ToSelf: true})
 			}
 		}
 		for _, v6 := range []bool{false, true} {
@@ -119,8 +122,8 @@ func probeConns(p Plan) []Conn {
 			}
 			for _, uid := range ids {
 				out = append(out,
-					Conn{Direction: DirOutbound, Protocol: TCP, Src: own, Dst: own, Port: port, UID: uid, GID: uid, ToSelf: true},
-					Conn{Direction: DirOutbound, Protocol: TCP, Src: pt, Dst: own, Port: port, UID: uid, GID: uid, ToSelf: true})
+					redirect.Conn{Direction: redirect.DirOutbound, Protocol: redirect.TCP, Src: own, Dst: own, Port: port, UID: uid, GID: uid, ToSelf: true},
+					redirect.Conn{Direction: redirect.DirOutbound, Protocol: redirect.TCP, Src: pt, Dst: own, Port: port, UID: uid, GID: uid, ToSelf: true})
 			}
 		}
 	}
@@ -129,11 +132,11 @@ func probeConns(p Plan) []Conn {
 
 func TestPacketOfNeverGuessesTheInterface(t *testing.T) {
 	t.Parallel()
-	p := packetOf(Conn{Direction: DirOutbound, Protocol: TCP, Dst: netip.MustParseAddr("192.0.2.1"), Port: 80})
+	p := packetOf(redirect.Conn{Direction: redirect.DirOutbound, Protocol: redirect.TCP, Dst: netip.MustParseAddr("192.0.2.1"), Port: 80})
 	if p.Out != "" || p.DstLocal {
 		t.Errorf("a remote destination went out %q local %v, want an unnamed interface that is not lo", p.Out, p.DstLocal)
 	}
-	p = packetOf(Conn{Direction: DirOutbound, Protocol: TCP, Dst: netip.MustParseAddr("::1"), Port: 80})
+	p = packetOf(redirect.Conn{Direction: redirect.DirOutbound, Protocol: redirect.TCP, Dst: netip.MustParseAddr("::1"), Port: 80})
 	if p.Out != "lo" || !p.DstLocal || !strings.HasPrefix(p.Src.String(), "::1") {
 		t.Errorf("loopback: out %q local %v src %s", p.Out, p.DstLocal, p.Src)
 	}

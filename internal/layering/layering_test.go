@@ -39,6 +39,8 @@ var rules = []rule{
 	{pkg: "cmd/detour-cni", forbidden: heavy, why: "the CNI plugin starts in milliseconds: no Kubernetes client, Envoy protos, gRPC or control plane"},
 	{pkg: "cni/...", forbidden: append([]string{module + "/cmd", module + "/bpf"}, heavy...), why: "must not import cmd/..., controlplane or bpf (and it runs in every ADD)"},
 	{pkg: "redirect/...", forbidden: []string{module + "/cmd", module + "/cni", module + "/controlplane", module + "/bpf"}, why: "must not import cmd/..., cni, controlplane or bpf"},
+	{pkg: "redirect", forbidden: []string{module + "/redirect/iptables", module + "/redirect/nftables", module + "/redirect/backends"}, why: "the orchestration must not import any Driver package (redirect/iptables, redirect/nftables, redirect/backends)"},
+	{pkg: "redirect/iptables", forbidden: []string{module + "/redirect/nftables", module + "/redirect/backends"}, why: "a backend must not import another backend"},
 	{pkg: "controlplane/...", forbidden: []string{module + "/cmd", module + "/cni", module + "/bpf"}, why: "must not import cmd/..., cni or bpf"},
 	{pkg: "internal/systemd", forbidden: []string{module + "/cmd", module + "/cni", module + "/controlplane"}, why: "must not import cmd/..., cni or controlplane"},
 	{pkg: "internal/atomicfile", forbidden: []string{module}, why: "must not import other detour packages"},

@@ -402,7 +402,11 @@ func writeExplanation(w io.Writer, e explanation, configOnly bool) error {
 		fmt.Fprintf(&b, "installed:  %s (%s): %s\n", what, k.Backend, rule)
 		switch k.Action {
 		case "jump":
-			b.WriteString("            (no rule of the chain it jumps to matches: is one missing?)\n")
+			if e.Agree {
+				b.WriteString("            (no rule of the chain it jumps to matches)\n")
+			} else {
+				b.WriteString("            (no rule of the chain it jumps to matches: is one missing?)\n")
+			}
 		case "drop":
 			b.WriteString("            (dropped)\n")
 		case "dnat":

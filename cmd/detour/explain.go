@@ -1,12 +1,15 @@
 package main
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"net/netip"
 	"os"
+	"os/exec"
 	"strconv"
 	"strings"
 	"time"
@@ -28,10 +31,13 @@ type explainOptions struct {
 	live       bool
 	timeout    time.Duration
 	output     string
+	mesh       string
+	nodeID     string
+	cp         *delegator // finds detour-cp for --mesh
 }
 
-func newExplainCmd(s streams, g *globalOptions) *cobra.Command {
-	o := &explainOptions{}
+func newExplainCmd(s streams, g *globalOptions, d *delegator) *cobra.Command {
+	o := &explainOptions{cp: d}
 	// --inbound and --outbound say which way the connection goes here; the
 	// fields inbound.enabled and outbound.enabled come from --config and
 	// DETOUR_INBOUND / DETOUR_OUTBOUND.
@@ -73,6 +79,8 @@ configuration's answer is still printed; --config-only does not read the namespa
 	fs.BoolVar(&o.configOnly, "config-only", false, "answer from the configuration only; do not read what is installed")
 	fs.BoolVar(&o.live, "live", false, "also open the connection for real, as that uid, and report where it arrived (outbound TCP; the proxy port must be free)")
 	fs.DurationVar(&o.timeout, "timeout", 3*time.Second, "--live: how long the probe connection may take")
+	fs.StringVar(&o.mesh, "mesh", "", "also say which Envoy listener, filter chain and cluster the control plane serves for the connection (mesh file; with --node-id; runs detour-cp)")
+	fs.StringVar(&o.nodeID, "node-id", "", "--mesh: the workload's node id")
 	output(fs, &o.output)
 	return cmd
 }
@@ -196,6 +204,9 @@ type explanation struct {
 	Agree       bool         `json:"agree"`
 	Differences []string     `json:"differences,omitempty"`
 	Live        *liveOutcome `json:"live,omitempty"`
+	// Envoy is the proxy's side (--mesh): where the control plane's listeners
+	// send the connection; nil when not asked or not captured.
+	Envoy *envoyRoute `json:"envoy,omitempty"`
 	// Notes say what the answer assumed (the default user, the default client).
 	Notes []string `json:"notes,omitempty"`
 }
@@ -223,6 +234,9 @@ func runExplain(ctx context.Context, o *explainOptions, g *globalOptions, s stre
 	}
 	if o.timeout <= 0 {
 		return usageError("--timeout: %q is not a positive duration", o.timeout)
+	}
+	if (o.mesh == "") != (o.nodeID == "") {
+		return usageError("--mesh and --node-id: give both or neither")
 	}
 	if o.live && o.configOnly {
 		return usageError("--live: cannot be combined with --config-only")
@@ -288,6 +302,13 @@ func runExplain(ctx context.Context, o *explainOptions, g *globalOptions, s stre
 	e.Agree = e.Installed && len(e.Differences) == 0
 	if o.live {
 		e.Live = liveProbe(ctx, p, conn, e, o.timeout)
+	}
+	if o.mesh != "" && e.Captured && (e.To == "outbound" || e.To == "inbound") {
+		rt, err := o.envoyRoute(ctx, conn, e.To == "inbound")
+		if err != nil {
+			return err
+		}
+		e.Envoy = rt
 	}
 	if o.output == "json" {
 		if err := writeJSON(s, e); err != nil {
@@ -443,9 +464,58 @@ func writeExplanation(w io.Writer, e explanation, configOnly bool) error {
 			b.WriteString(" (NOT as the verdict says)\n")
 		}
 	}
+	if r := e.Envoy; r != nil {
+		fmt.Fprintf(&b, "envoy:      listener %s, filter chain %s, cluster %s", r.Listener, r.FilterChain, r.Cluster)
+		switch {
+		case r.Refused:
+			b.WriteString(" (refused: no endpoints)")
+		case r.Passthrough:
+			b.WriteString(" (passthrough: on to where it was dialed)")
+		}
+		b.WriteString("\n")
+	}
 	for _, n := range e.Notes {
 		fmt.Fprintf(&b, "note:       %s\n", n)
 	}
 	_, err := io.WriteString(w, b.String())
 	return err
+}
+
+// envoyRoute is `detour-cp control-plane route`'s answer.
+type envoyRoute struct {
+	Listener    string `json:"listener"`
+	FilterChain string `json:"filterChain"`
+	Cluster     string `json:"cluster"`
+	Passthrough bool   `json:"passthrough"`
+	Refused     bool   `json:"refused"`
+}
+
+// envoyRoute asks detour-cp which listener, filter chain and cluster the
+// control plane serves for the connection: the control plane's code stays out
+// of this binary.
+func (o *explainOptions) envoyRoute(ctx context.Context, c redirect.Conn, inbound bool) (*envoyRoute, error) {
+	path, err := o.cp.find()
+	if err != nil {
+		return nil, fmt.Errorf("--mesh is answered by %s: %w", cpBinary, err)
+	}
+	args := []string{"control-plane", "route", "--config", o.mesh, "--node-id", o.nodeID, "--to", netip.AddrPortFrom(c.Dst, c.Port).String()}
+	if inbound {
+		args = append(args, "--inbound")
+	}
+	var stdout, stderr bytes.Buffer
+	cmd := exec.CommandContext(ctx, path, args...)
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	if err := cmd.Run(); err != nil {
+		msg := strings.TrimSpace(strings.TrimPrefix(strings.TrimSpace(stderr.String()), "detour:"))
+		var ee *exec.ExitError
+		if errors.As(err, &ee) && ee.ExitCode() == exitUsage {
+			return nil, usageError("--mesh %s --node-id %s: %s", o.mesh, o.nodeID, msg)
+		}
+		return nil, fmt.Errorf("%s control-plane route: %w: %s", cpBinary, err, msg)
+	}
+	var rt envoyRoute
+	if err := json.Unmarshal(stdout.Bytes(), &rt); err != nil {
+		return nil, fmt.Errorf("read %s control-plane route: %w", cpBinary, err)
+	}
+	return &rt, nil
 }

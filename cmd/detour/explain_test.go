@@ -32,6 +32,7 @@ func TestExplainUsageErrors(t *testing.T) {
 		{"bad from", []string{"explain", "--config-only", "--inbound", "--to", "192.0.2.1:80", "--from", "client"}, `--from: "client" is not an IP address`},
 		{"mixed families", []string{"explain", "--config-only", "--inbound", "--to", "192.0.2.1:80", "--from", "2001:db8::1"}, "--from: 2001:db8::1 is not of the family of --to 192.0.2.1"},
 		{"live udp", []string{"explain", "--live", "--udp", "--to", "192.0.2.1:53"}, "--live: probes outbound TCP only"},
+		{"mesh without node", []string{"explain", "--config-only", "--to", "192.0.2.1:80", "--mesh", "mesh.yaml"}, "--mesh and --node-id: give both or neither"},
 		{"live config only", []string{"explain", "--live", "--config-only", "--to", "192.0.2.1:80"}, "--live: cannot be combined with --config-only"},
 		{"bad config value", []string{"explain", "--config-only", "--to", "192.0.2.1:80", "--exclude-outbound-ports", "x"}, `outbound.excludePorts[0]: "x" is not a port`},
 		{"bad output", []string{"explain", "--config-only", "--to", "192.0.2.1:80", "-o", "yaml"}, `--output: "yaml" is not one of text, json`},
@@ -120,29 +121,33 @@ func TestExplainText(t *testing.T) {
 	hook := "-t nat -A OUTPUT -p tcp -m comment --comment detour -j DETOUR_OUTPUT"
 	jump := "-t nat -A DETOUR_OUTPUT -p tcp -j DETOUR_OUT_REDIRECT"
 	tests := []struct {
-		name string
-		kv   *redirect.KernelVerdict
-		live *liveOutcome
+		name  string
+		kv    *redirect.KernelVerdict
+		live  *liveOutcome
+		envoy *envoyRoute
 	}{
-		{"not-installed", nil, nil},
+		{"not-installed", nil, nil, nil},
 		{"agree", &redirect.KernelVerdict{Backend: redirect.BackendIPTablesNFT, Captured: true, Port: 15001, Action: "redirect",
-			Rule: "-t nat -A DETOUR_OUT_REDIRECT -p tcp -j REDIRECT --to-ports 15001", Path: []string{hook, jump}}, nil},
+			Rule: "-t nat -A DETOUR_OUT_REDIRECT -p tcp -j REDIRECT --to-ports 15001", Path: []string{hook, jump}}, nil, nil},
 		{"hand-deleted-rule", &redirect.KernelVerdict{Backend: redirect.BackendIPTablesNFT, Action: "jump", Rule: jump,
-			Path: []string{hook, "-t nat DETOUR_OUT_REDIRECT: end of chain (no rule matched; back to DETOUR_OUTPUT)"}}, nil},
+			Path: []string{hook, "-t nat DETOUR_OUT_REDIRECT: end of chain (no rule matched; back to DETOUR_OUTPUT)"}}, nil, nil},
 		{"foreign-rule-first", &redirect.KernelVerdict{Backend: redirect.BackendIPTablesLegacy, Action: "accept",
-			Rule: "-t nat -A OUTPUT -d 192.0.2.0/24 -p tcp -j ACCEPT"}, nil},
+			Rule: "-t nat -A OUTPUT -d 192.0.2.0/24 -p tcp -j ACCEPT"}, nil, nil},
 		{"foreign-redirect", &redirect.KernelVerdict{Backend: redirect.BackendIPTablesNFT, Captured: true, Port: 9999, Action: "redirect",
-			Rule: "-t nat -A OUTPUT -p tcp -j REDIRECT --to-ports 9999"}, nil},
+			Rule: "-t nat -A OUTPUT -p tcp -j REDIRECT --to-ports 9999"}, nil, nil},
 		{"cannot-tell", &redirect.KernelVerdict{Backend: redirect.BackendIPTablesNFT, Rule: "-t nat -A OUTPUT -m statistic --mode random --probability 0.5 -j ACCEPT",
-			Uncertain: `rule "-A OUTPUT -m statistic --mode random --probability 0.5 -j ACCEPT" uses -m statistic --mode random`}, nil},
+			Uncertain: `rule "-A OUTPUT -m statistic --mode random --probability 0.5 -j ACCEPT" uses -m statistic --mode random`}, nil, nil},
 		{"live", &redirect.KernelVerdict{Backend: redirect.BackendIPTablesNFT, Captured: true, Port: 15001, Action: "redirect",
 			Rule: "-t nat -A DETOUR_OUT_REDIRECT -p tcp -j REDIRECT --to-ports 15001", Path: []string{hook, jump}},
-			&liveOutcome{Probed: true, Arrived: true, Port: 15001, OriginalDst: "192.0.2.1:80", Agrees: true}},
+			&liveOutcome{Probed: true, Arrived: true, Port: 15001, OriginalDst: "192.0.2.1:80", Agrees: true}, nil},
+		{"envoy", &redirect.KernelVerdict{Backend: redirect.BackendIPTablesNFT, Captured: true, Port: 15001, Action: "redirect",
+			Rule: "-t nat -A DETOUR_OUT_REDIRECT -p tcp -j REDIRECT --to-ports 15001", Path: []string{hook, jump}}, nil,
+			&envoyRoute{Listener: "outbound", FilterChain: "passthrough", Cluster: "passthrough", Passthrough: true}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
-			e := explanation{Connection: conn, Config: decided, AnsweredBy: "config", Live: tt.live}
+			e := explanation{Connection: conn, Config: decided, AnsweredBy: "config", Live: tt.live, Envoy: tt.envoy}
 			e.Captured, e.To, e.Port = decided.Captured, decided.To, decided.Port
 			if kv := tt.kv; kv != nil {
 				e.Installed, e.Kernel = true, kv

@@ -234,3 +234,23 @@ func TestParse(t *testing.T) {
 		}
 	}
 }
+
+// BenchmarkParseEvaluate is explain's own cost for one connection: parse one
+// family's save output (detour's default rules with DNS and exclusions) and
+// follow a packet through it.
+func BenchmarkParseEvaluate(b *testing.B) {
+	save, err := os.ReadFile("testdata/redirect-v4.save")
+	if err != nil {
+		b.Fatal(err)
+	}
+	p := outbound("tcp", "198.51.100.1", 80, 2000)
+	for b.Loop() {
+		rs, err := Parse(string(save))
+		if err != nil {
+			b.Fatal(err)
+		}
+		if rs.Evaluate(p).Outcome != Redirected {
+			b.Fatal("not redirected")
+		}
+	}
+}

@@ -274,8 +274,11 @@ type Conn struct {
 	// primary group), as the kernel's owner match reads them.
 	UID uint32 `json:"uid"`
 	GID uint32 `json:"gid"`
-	// ToSelf says Dst is one of the workload's own non-loopback addresses, so the
-	// connection routes over lo: captured only as the proxy's hairpin.
+	// ToSelf says Dst is one of the workload's own non-loopback addresses, so an
+	// outbound connection routes over lo: captured only as the proxy's hairpin.
+	// An inbound connection with a Dst is captured only when ToSelf holds (any
+	// other destination is forwarded); without a Dst it is assumed to be the
+	// workload's.
 	ToSelf bool `json:"toSelf,omitempty"`
 }
 
@@ -328,6 +331,11 @@ func (c Capture) Decide(conn Conn) Verdict {
 		return Verdict{Reason: reason("ipFamilies", "", "%s is not captured", fam)}
 	}
 	if conn.Direction == DirInbound {
+		if dst.IsValid() && !conn.ToSelf && !dst.IsLoopback() {
+			// Only connections to the workload's own addresses are inbound;
+			// the host merely forwards the rest (I7).
+			return Verdict{Reason: reason("", "", "%s is not an address of the workload: forwarded traffic is never captured", dst)}
+		}
 		return fc.decideInbound(src, conn.Port)
 	}
 	if conn.Protocol == UDP {

@@ -152,6 +152,21 @@ func (e *Engine) Render(p Plan) (Rendering, error) {
 	return Rendering{}, fmt.Errorf("backend %s: no driver for it in this build: %w", p.Config.Backend, ErrNotSupported)
 }
 
+// Explain says what the state installed in the namespace does with one
+// connection: the Driver whose state holds detour's answers through the
+// optional Explainer interface (the iptables Drivers follow the connection
+// through the whole rule set, other tools' rules included). ErrNotInstalled
+// when no Driver holds anything of detour's; ErrNotSupported when the one that
+// does cannot explain. Read-only.
+func (e *Engine) Explain(ctx context.Context, c Conn) (KernelVerdict, error) {
+	var kv KernelVerdict
+	err := e.enter(func() (err error) {
+		kv, err = explainWith(ctx, e.Drivers, c)
+		return err
+	})
+	return kv, err
+}
+
 func (e *Engine) logger() *slog.Logger {
 	if e.Logger == nil {
 		return slog.New(slog.DiscardHandler)

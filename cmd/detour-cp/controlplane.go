@@ -92,6 +92,7 @@ docs/control-plane.md and docs/mesh.md describe the layout and the mesh file.`,
 	o.inject.bind(f)
 	addControlPlaneLogFlags(cmd, &o.logLevel, &o.logFormat)
 	cmd.AddCommand(newControlPlaneResourcesCmd(s))
+	cmd.AddCommand(newControlPlaneRouteCmd(s))
 	return cmd
 }
 

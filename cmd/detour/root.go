@@ -32,6 +32,7 @@ run it.`,
 		newCheckCmd(s, g),
 		newStatusCmd(s, g),
 		newValidateCmd(s, g),
+		newExplainCmd(s, g, d),
 		newVersionCmd(s),
 		newCNICmd(s),
 	)

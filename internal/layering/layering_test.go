@@ -45,6 +45,7 @@ var rules = []rule{
 	{pkg: "internal/systemd", forbidden: []string{module + "/cmd", module + "/cni", module + "/controlplane"}, why: "must not import cmd/..., cni or controlplane"},
 	{pkg: "internal/atomicfile", forbidden: []string{module}, why: "must not import other detour packages"},
 	{pkg: "internal/origdst", forbidden: []string{module}, why: "must not import other detour packages"},
+	{pkg: "internal/xtables", forbidden: []string{module}, why: "must not import other detour packages"},
 	{pkg: "internal/netns", forbidden: []string{module}, allow: []string{module + "/internal"}, why: "must not import anything of detour outside internal/"},
 	{pkg: "internal/lab", forbidden: []string{module + "/redirect"}, why: "must not import the redirect engine: it is the independent witness"},
 	{pkg: "internal/meshconfig", forbidden: append([]string{module + "/cmd", "github.com/cilium/ebpf"}, heavy...), why: "the lean binaries link it: must not import client-go, go-control-plane or cilium/ebpf"},

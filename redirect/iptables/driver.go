@@ -61,7 +61,8 @@ type familyObs struct {
 	err     error // the save tool is missing or failed
 	owned   owned
 	foreign foreignState
-	rules   bool // anything at all, ours or not
+	rules   bool   // anything at all, ours or not
+	save    string // the save output, every table: Explain follows packets through it
 }
 
 // installed is what Observe saw: redirect.Installed.

@@ -113,6 +113,7 @@ func (r *run) observeFamily(f redirect.Family) *familyObs {
 	fo := &familyObs{owned: owned{}}
 	tool := toolName(r.d.Backend, f, "save")
 	out, err := r.command("", tool)
+	fo.save = out
 	if err == nil {
 		var tables []*saveTable
 		if tables, err = parseSave(out); err == nil {

@@ -325,9 +325,15 @@ func TestLifecycle(t *testing.T) {
 			if r := validate(); r.code != 0 {
 				t.Errorf("validate with the rules installed: want exit 0:\n%s", r)
 			}
+			// The order on a VM: install, start the proxy, validate. The kernel
+			// says where the probe landed: the proxy's socket.
+			p.startProxies()
+			if r := validate(); r.code != 0 || !strings.Contains(r.stdout, "held by the proxy's socket") {
+				t.Errorf("validate while the proxy owns the outbound port: want exit 0 naming the proxy's socket:\n%s", r)
+			}
 			p.uninstall()
 			if r := validate(); r.code != 5 {
-				t.Errorf("validate after uninstall: want exit 5:\n%s", r)
+				t.Errorf("validate after uninstall, the proxy still running: want exit 5:\n%s", r)
 			}
 			// Rules that do not capture outbound traffic fail validation too.
 			p.install("--outbound=false")

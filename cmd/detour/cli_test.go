@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"io"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -122,7 +123,7 @@ func TestPlanProbes(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
-			probes, err := planProbes(plan(tt.mutate), runner{uid: 0, gid: 0})
+			probes, err := planProbes(plan(tt.mutate), runner{uid: 0, gid: 0, canSwitch: true})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -156,6 +157,34 @@ func TestPlanProbesAsNonRoot(t *testing.T) {
 		if _, err := planProbes(p, self); err == nil || !strings.Contains(err.Error(), "does not capture") {
 			t.Errorf("planProbes as uncaptured uid %d: %v", self.uid, err)
 		}
+	}
+}
+
+// TestPlanProbesRootWithoutSetuid: uid 0 without CAP_SETUID/CAP_SETGID (the
+// restricted Pod Security standard) probes as itself when uid 0 is captured,
+// and otherwise says the probe cannot run (exit 1), never "not redirected".
+func TestPlanProbesRootWithoutSetuid(t *testing.T) {
+	t.Parallel()
+	self := runner{uid: 0, gid: 0, canSwitch: false}
+	p, err := redirect.NewPlan(redirect.Default(), redirect.Facts{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	probes, err := planProbes(p, self)
+	if err != nil || len(probes) != 1 || probes[0].uid != 0 || probes[0].become {
+		t.Errorf("probes as uid 0 without SETUID = %+v, %v; want one probe dialing as itself", probes, err)
+	}
+	c := redirect.Default()
+	c.Outbound.ExcludeUIDs = []redirect.IDRange{{First: 0, Last: 0}}
+	if p, err = redirect.NewPlan(c, redirect.Facts{}); err != nil {
+		t.Fatal(err)
+	}
+	_, err = planProbes(p, self)
+	if err == nil || !strings.Contains(err.Error(), "the probe cannot run") || !strings.Contains(err.Error(), "CAP_SETUID") {
+		t.Errorf("planProbes as uid 0 without SETUID, uid 0 excluded = %v; want the probe-cannot-run error naming the capability", err)
+	}
+	if code := exitCode(err, io.Discard); code != 1 {
+		t.Errorf("exit code %d, want 1", code)
 	}
 }
 

@@ -209,12 +209,19 @@ spec:
 			mounts[vm.Name] = vm.MountPath
 		}
 		for _, v := range spec.Volumes {
+			if v.ConfigMap != nil {
+				// The mesh-wide config the installer reads (--mesh-config).
+				if v.ConfigMap.Name != "detour-config" || mounts[v.Name] != "/etc/detour" || !strings.Contains(args, "--mesh-config=/etc/detour/config.yaml") {
+					t.Errorf("volume %s: configMap %s mounted at %q with args %q; want detour-config at /etc/detour, read with --mesh-config", v.Name, v.ConfigMap.Name, mounts[v.Name], args)
+				}
+				continue
+			}
 			if v.HostPath == nil || mounts[v.Name] != v.HostPath.Path {
 				t.Errorf("volume %s: hostPath %v mounted at %q; the installer writes node paths, so they must match", v.Name, v.HostPath, mounts[v.Name])
 			}
 		}
-		if len(spec.Volumes) != 2 {
-			t.Errorf("%d volumes, want the CNI bin and conf dirs", len(spec.Volumes))
+		if len(spec.Volumes) != 3 {
+			t.Errorf("%d volumes, want the CNI bin and conf dirs and the mesh config", len(spec.Volumes))
 		}
 		if !spec.HostNetwork || spec.ServiceAccountName != "detour-cni" || spec.PriorityClassName != "system-node-critical" {
 			t.Errorf("hostNetwork %v, serviceAccount %q, priorityClass %q", spec.HostNetwork, spec.ServiceAccountName, spec.PriorityClassName)

@@ -211,3 +211,18 @@ func TestSummary(t *testing.T) {
 		t.Errorf("summary:\n%s\nwant:\n%s", got, want)
 	}
 }
+
+// TestPlanJSONCarriesTheRendering: `detour plan -o json` is the
+// backend-neutral plan and the rendering of the backend the config asks for.
+func TestPlanJSONCarriesTheRendering(t *testing.T) {
+	t.Parallel()
+	code, out, stderr := runCLI(t, "plan", "--ip-families", "ipv4", "--backend", "iptables-legacy", "-o", "json")
+	if code != 0 {
+		t.Fatalf("exit %d: %s", code, stderr)
+	}
+	for _, want := range []string{`"capture":`, `"facts":`, `"rendering":`, `"backend": "iptables-legacy"`, `-A DETOUR_OUT_REDIRECT -p tcp -j REDIRECT --to-ports 15001`, `"lines":`} {
+		if !strings.Contains(out, want) {
+			t.Errorf("plan -o json lacks %s:\n%s", want, out)
+		}
+	}
+}

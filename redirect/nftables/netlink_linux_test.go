@@ -1,0 +1,139 @@
+package nftables
+
+import (
+	"context"
+	"os"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/google/go-cmp/cmp"
+
+	"github.com/detour-mesh/detour/internal/privtest"
+)
+
+// driverIn returns a Driver for a fresh namespace, addressed by fd.
+func driverIn(t *testing.T) (*Driver, privtest.NS) {
+	t.Helper()
+	ns := privtest.NetNS(t)
+	f, err := os.Open(ns.Path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { f.Close() })
+	return New(Options{NetNSFd: int(f.Fd())}), ns
+}
+
+func observe(t *testing.T, d *Driver) *Observed {
+	t.Helper()
+	o, err := d.Observe(context.Background())
+	if err != nil {
+		t.Fatalf("Observe: %v", err)
+	}
+	return o
+}
+
+// TestApplyEveryPlan installs the rendering of every golden configuration in
+// a fresh namespace: what is read back equals the plan line by line, a second
+// apply writes nothing, nft itself reads the table, and removing it leaves no
+// table behind.
+func TestApplyEveryPlan(t *testing.T) {
+	privtest.Require(t, "nft")
+	ctx := context.Background()
+	for _, tc := range planCases() {
+		t.Run(tc.name, func(t *testing.T) {
+			d, ns := driverIn(t)
+			if err := d.Ready(ctx); err != nil {
+				t.Fatalf("Ready: %v", err)
+			}
+			rs, err := Render(mustCapture(t, tc))
+			if err != nil {
+				t.Fatal(err)
+			}
+			changed, err := d.Apply(ctx, rs, observe(t, d))
+			if err != nil {
+				t.Fatalf("Apply: %v", err)
+			}
+			if changed != !rs.Empty() {
+				t.Errorf("Apply changed = %v, want %v", changed, !rs.Empty())
+			}
+			have := observe(t, d)
+			if diff := cmp.Diff(rs.Lines(""), have.Lines("")); diff != "" {
+				t.Fatalf("installed differs from the plan (-plan +installed):\n%s", diff)
+			}
+			for _, f := range rs.Families {
+				if diff := cmp.Diff(rs.Lines(f), have.Lines(f)); diff != "" {
+					t.Errorf("%s: installed differs from the plan (-plan +installed):\n%s", f, diff)
+				}
+			}
+			changed, err = d.Apply(ctx, rs, have)
+			if err != nil || changed {
+				t.Fatalf("second Apply: changed %v, err %v; want no change", changed, err)
+			}
+			if !rs.Empty() {
+				out := ns.Run(t, "nft", "list", "table", "inet", TableName)
+				if !strings.Contains(out, "chain ") {
+					t.Errorf("nft list table shows no chain:\n%s", out)
+				}
+			}
+			if err := d.Remove(ctx, have); err != nil {
+				t.Fatalf("Remove: %v", err)
+			}
+			if o := observe(t, d); !o.Empty() {
+				t.Errorf("after Remove the table is still there:\n%s", strings.Join(o.Lines(""), "\n"))
+			}
+			if err := d.Remove(ctx, observe(t, d)); err != nil {
+				t.Errorf("second Remove: %v", err)
+			}
+		})
+	}
+}
+
+// TestDriftIsSeen changes detour's table behind its back, the ways a person
+// with nft would: every change shows in what Observe reads, and Apply puts
+// the plan back.
+func TestDriftIsSeen(t *testing.T) {
+	privtest.Require(t, "nft")
+	ctx := context.Background()
+	tc := planCase{name: "drift", sets: []string{"outbound.excludePorts=25", "dns.capture=all"}, facts: dualStack}
+	rs, err := Render(mustCapture(t, tc))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, change := range []struct{ name, cmd string }{
+		{"element added", "add element inet detour out_exclude_ports4 { 26 }"},
+		{"rule added", "add rule inet detour output4 meta l4proto tcp return"},
+		{"rule deleted", "flush chain inet detour dns4"},
+		{"chain deleted", "delete chain inet detour ct_output6"},
+		{"zone changed", "replace rule inet detour ct_output4 handle HANDLE meta l4proto udp udp dport 53 ct zone set 2 return"},
+	} {
+		t.Run(change.name, func(t *testing.T) {
+			d, ns := driverIn(t)
+			if _, err := d.Apply(ctx, rs, observe(t, d)); err != nil {
+				t.Fatal(err)
+			}
+			cmdText := change.cmd
+			if strings.Contains(cmdText, "HANDLE") {
+				out := ns.Run(t, "nft", "-a", "list", "chain", "inet", "detour", "ct_output4")
+				i := strings.Index(out, "original zone set 1")
+				h := strings.Fields(out[i:])
+				cmdText = strings.Replace(cmdText, "HANDLE", h[slices.Index(h, "handle")+1], 1)
+			}
+			if change.name == "chain deleted" { // a chain that is jumped to cannot go
+				ns.Run(t, "nft", "flush", "chain", "inet", "detour", "raw_output")
+			}
+			ns.Run(t, "nft", cmdText)
+			have := observe(t, d)
+			if slices.Equal(have.Lines(""), rs.Lines("")) {
+				t.Fatalf("Observe did not see %q", cmdText)
+			}
+			changed, err := d.Apply(ctx, rs, have)
+			if err != nil || !changed {
+				t.Fatalf("Apply after drift: changed %v, err %v", changed, err)
+			}
+			if diff := cmp.Diff(rs.Lines(""), observe(t, d).Lines("")); diff != "" {
+				t.Errorf("not repaired (-plan +installed):\n%s", diff)
+			}
+		})
+	}
+}

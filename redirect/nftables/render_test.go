@@ -1,0 +1,39 @@
+package nftables
+
+import (
+	"testing"
+
+	"github.com/detour-mesh/detour/internal/golden"
+	"github.com/detour-mesh/detour/redirect"
+)
+
+func mustCapture(t testing.TB, tc planCase) redirect.Capture {
+	t.Helper()
+	c, err := redirect.NewCapture(cfgWith(t, tc.preset, tc.sets...), tc.facts)
+	if err != nil {
+		t.Fatalf("NewCapture: %v", err)
+	}
+	return c
+}
+
+func TestRender(t *testing.T) {
+	t.Parallel()
+	for _, tc := range planCases() {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			rs, err := Render(mustCapture(t, tc))
+			if err != nil {
+				t.Fatalf("Render: %v", err)
+			}
+			golden.Check(t, golden.Path(t, tc.name), []byte(rs.Text()))
+			again, err := Render(mustCapture(t, tc))
+			if err != nil || again.Text() != rs.Text() {
+				t.Errorf("Render is not deterministic (err %v)", err)
+			}
+			// Every rule must marshal: nothing is queued that could fail half-way.
+			if _, err := rs.ruleMessages(); err != nil {
+				t.Errorf("marshal: %v", err)
+			}
+		})
+	}
+}

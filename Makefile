@@ -25,7 +25,7 @@ export DETOUR_CNI_PLUGINS_BIN := $(CNI_PLUGINS_BIN)
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
 
-build: ## build bin/detour and bin/detour-cni
+build: ## build bin/detour (lean CLI), bin/detour-cp (control plane) and bin/detour-cni
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)/ ./cmd/...
 
 deps: deps-apt deps-kube deps-cni-plugins ## install everything the tests need (idempotent, cached)

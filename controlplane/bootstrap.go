@@ -88,9 +88,6 @@ func Bootstrap(o BootstrapOptions) (*bootstrapv3.Bootstrap, error) {
 	if (o.ClientCert == "") != (o.ClientKey == "") {
 		return nil, &redirect.FieldError{Field: "tls-cert/tls-key", Value: o.ClientCert + "," + o.ClientKey, Reason: "must be given together"}
 	}
-	if o.Config.DNS.Capture != "" && o.Config.DNS.Capture != redirect.DNSCaptureOff {
-		return nil, &redirect.FieldError{Field: "dns.capture", Value: string(o.Config.DNS.Capture), Reason: ErrDNSNotServed.Error()}
-	}
 	if o.ClientCert != "" && o.CACert == "" {
 		return nil, &redirect.FieldError{Field: "ca", Value: "", Reason: "is required with a client certificate (mTLS runs over TLS)"}
 	}

@@ -11,7 +11,7 @@ import (
 	"github.com/detour-mesh/detour/redirect"
 )
 
-// newKubernetesSource builds the Kubernetes source of `detour control-plane`.
+// newKubernetesSource builds the Kubernetes source of `detour-cp control-plane`.
 func newKubernetesSource(o *controlPlaneOptions, log *slog.Logger) (controlplane.Source, error) {
 	base := redirect.Default()
 	if o.preset != "" {
@@ -30,6 +30,14 @@ func newKubernetesSource(o *controlPlaneOptions, log *slog.Logger) (controlplane
 			return nil, fmt.Errorf("--base-config %s: %w", o.baseConfig, err)
 		}
 	}
+	dns := controlplane.DNS{Suffix: o.dnsSuffix}
+	for _, u := range o.dnsUpstreams {
+		ap, err := controlplane.ParseDNSUpstream(u)
+		if err != nil {
+			return nil, usageError("--dns-upstream %q %s", u, err)
+		}
+		dns.Upstreams = append(dns.Upstreams, ap)
+	}
 	client, err := kube.NewClient(o.kubeconfig)
 	if errors.Is(err, kube.ErrKubeconfig) {
 		return nil, withCode(exitUsage, err)
@@ -42,6 +50,7 @@ func newKubernetesSource(o *controlPlaneOptions, log *slog.Logger) (controlplane
 		Namespace:      o.namespace,
 		Base:           &base,
 		OutboundPolicy: controlplane.OutboundPolicy(o.outboundPolicy),
+		DNS:            dns,
 		Logger:         log,
 	})
 }

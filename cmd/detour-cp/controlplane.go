@@ -15,7 +15,7 @@ import (
 	"github.com/detour-mesh/detour/controlplane"
 )
 
-// controlPlaneOptions are the flags of `detour control-plane`.
+// controlPlaneOptions are the flags of `detour-cp control-plane`.
 type controlPlaneOptions struct {
 	config         string
 	source         string
@@ -26,6 +26,10 @@ type controlPlaneOptions struct {
 	clientCA       string
 	nackBackoff    time.Duration
 	watchInterval  time.Duration
+	settle         time.Duration
+	maxMeshSize    int64
+	dnsSuffix      string
+	dnsUpstreams   []string
 	kubeconfig     string
 	namespace      string
 	preset         string
@@ -72,6 +76,10 @@ docs/control-plane.md and docs/mesh.md describe the layout and the mesh file.`,
 	f.StringVar(&o.clientCA, "client-ca", "", "require client certificates signed by this CA (PEM; read again when it changes); a certificate's SAN must equal the node id")
 	f.DurationVar(&o.nackBackoff, "nack-backoff", controlplane.DefaultNACKBackoff, "how long a NACKed config is held back before it is sent again")
 	f.DurationVar(&o.watchInterval, "watch-interval", controlplane.DefaultWatchInterval, "how often the mesh file is checked for changes")
+	f.DurationVar(&o.settle, "settle", controlplane.DefaultSettle, "a changed mesh file is read once it has stayed the same this long (0: at the first read that sees it)")
+	f.Int64Var(&o.maxMeshSize, "max-mesh-size", controlplane.DefaultMaxMeshSize, "largest mesh file read, in bytes; a larger one is refused unread")
+	f.StringVar(&o.dnsSuffix, "dns-suffix", controlplane.DefaultDNSSuffix, "--source kubernetes: pods that capture DNS resolve service <name>.<namespace>.<suffix> to its cluster IPs")
+	f.StringSliceVar(&o.dnsUpstreams, "dns-upstream", nil, "--source kubernetes: where other DNS queries go, address or address:port (repeatable; default: the sidecar's resolv.conf)")
 	f.StringVar(&o.kubeconfig, "kubeconfig", "", "kubeconfig for --source kubernetes (default: in-cluster, then $KUBECONFIG)")
 	f.StringVar(&o.namespace, "namespace", "", "only this namespace with --source kubernetes (default: all)")
 	f.StringVar(&o.preset, "preset", "", "--source kubernetes: pods' base redirect config starts from this preset (istio, kuma); use the CNI plugin's")
@@ -115,6 +123,12 @@ func runControlPlane(ctx context.Context, o *controlPlaneOptions, s streams) err
 	if o.watchInterval <= 0 {
 		return usageError("--watch-interval %s must be positive", o.watchInterval)
 	}
+	if o.settle < 0 {
+		return usageError("--settle %s must not be negative", o.settle)
+	}
+	if o.maxMeshSize < 0 {
+		return usageError("--max-mesh-size %d must be positive", o.maxMeshSize)
+	}
 	if (o.tlsCert == "") != (o.tlsKey == "") {
 		return usageError("--tls-cert and --tls-key go together")
 	}
@@ -127,10 +141,15 @@ func runControlPlane(ctx context.Context, o *controlPlaneOptions, s streams) err
 		if o.config == "" {
 			return usageError("--config is required with --source file")
 		}
-		if o.namespace != "" || o.preset != "" || o.baseConfig != "" || (o.outboundPolicy != "" && o.outboundPolicy != string(controlplane.AllowAny)) {
-			return usageError("--namespace, --preset, --base-config and --outbound-policy are for --source kubernetes; the mesh file says these")
+		if o.namespace != "" || o.preset != "" || o.baseConfig != "" || (o.outboundPolicy != "" && o.outboundPolicy != string(controlplane.AllowAny)) ||
+			(o.dnsSuffix != "" && o.dnsSuffix != controlplane.DefaultDNSSuffix) || len(o.dnsUpstreams) > 0 {
+			return usageError("--namespace, --preset, --base-config, --outbound-policy, --dns-suffix and --dns-upstream are for --source kubernetes; the mesh file says these")
 		}
-		src = &controlplane.FileSource{Path: o.config, Interval: o.watchInterval, Logger: log}
+		settle := o.settle
+		if settle == 0 {
+			settle = -1 // FileSource: at the first read
+		}
+		src = &controlplane.FileSource{Path: o.config, Interval: o.watchInterval, Settle: settle, MaxSize: o.maxMeshSize, Logger: log}
 	case sourceKubernetes:
 		if o.config != "" {
 			return usageError("--config is for --source file; --source kubernetes reads the API")
@@ -159,7 +178,7 @@ func runControlPlane(ctx context.Context, o *controlPlaneOptions, s streams) err
 	return err
 }
 
-// controlPlaneResourcesOptions are the flags of `detour control-plane resources`.
+// controlPlaneResourcesOptions are the flags of `detour-cp control-plane resources`.
 type controlPlaneResourcesOptions struct {
 	config string
 	nodeID string

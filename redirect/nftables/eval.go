@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"fmt"
 	"net/netip"
+	"strings"
 
 	"github.com/detour-mesh/detour/redirect"
 )
@@ -218,4 +219,18 @@ func (p *packet) port(field string) uint16 {
 		return p.sport
 	}
 	return p.dport
+}
+
+// explain says what the observed table does with one connection: whether it
+// is sent to a proxy port, the deciding rule and the rules before it. It
+// refuses when part of the table is not as detour made it (the answer could
+// be wrong).
+func (o *Observed) explain(c redirect.Conn) (outcome, error) {
+	if o.Empty() {
+		return outcome{}, nil
+	}
+	if len(o.problems) > 0 {
+		return outcome{}, fmt.Errorf("detour's nftables table holds what detour did not make, so no answer is given: %s", strings.Join(o.problems, "; "))
+	}
+	return newEvaluator(&o.rs).conn(c), nil
 }

@@ -64,6 +64,10 @@ type Observed struct {
 	v       view
 	// foreign lists the other tables of the namespace ("family name").
 	foreign []string
+	// rs is the table read back as a Ruleset, for Explain; problems name what
+	// of it could not be read back as detour made it.
+	rs       Ruleset
+	problems []string
 }
 
 // Empty reports whether detour's table is absent.
@@ -164,11 +168,16 @@ func (d *Driver) Observe(ctx context.Context) (*Observed, error) {
 	}
 	sort.SliceStable(sets, func(i, j int) bool { return sets[i].ID < sets[j].ID })
 	for _, s := range sets {
-		vs, err := observeSet(lc, s)
+		vs, set, err := observeSet(lc, s)
 		if err != nil {
 			return nil, err
 		}
 		o.v.sets = append(o.v.sets, vs)
+		if set != nil {
+			o.rs.Sets = append(o.rs.Sets, set)
+		} else {
+			o.problems = append(o.problems, vs.lines...)
+		}
 	}
 	chains, err := lc.ListChainsOfTableFamily(nft.TableFamilyINet)
 	if err != nil {
@@ -183,6 +192,7 @@ func (d *Driver) Observe(ctx context.Context) (*Observed, error) {
 			continue
 		}
 		vc := viewChain{name: ch.Name, decl: "add chain inet " + TableName + " " + ch.Name}
+		rc := &Chain{Name: ch.Name}
 		if ch.Hooknum != nil {
 			hook := map[nft.ChainHook]string{*nft.ChainHookPrerouting: "prerouting", *nft.ChainHookOutput: "output"}[*ch.Hooknum]
 			if hook == "" {
@@ -197,8 +207,10 @@ func (d *Driver) Observe(ctx context.Context) (*Observed, error) {
 				policy = "drop"
 			}
 			vc.decl = fmt.Sprintf("add chain inet %s %s { type %s hook %s priority %d; policy %s; }", TableName, ch.Name, ch.Type, hook, prio, policy)
+			rc.Hook = &Hook{Type: string(ch.Type), Hook: hook, Priority: prio}
 		} else {
 			vc.fam = familyOfName(ch.Name)
+			rc.Family = vc.fam
 		}
 		for _, r := range rules[ch.Name] {
 			fam := vc.fam
@@ -206,24 +218,31 @@ func (d *Driver) Observe(ctx context.Context) (*Observed, error) {
 				fam = familyOfRule(r.text)
 			}
 			vc.rules = append(vc.rules, viewRule{fam: fam, text: r.text})
+			pr, err := parseRule(r.text, fam)
+			if err != nil {
+				o.problems = append(o.problems, ch.Name+" "+r.text)
+				continue
+			}
+			rc.Rules = append(rc.Rules, pr)
 		}
 		o.v.chains = append(o.v.chains, vc)
+		o.rs.Chains = append(o.rs.Chains, rc)
 	}
 	return o, nil
 }
 
 var kindByType = map[string]setKind{"ipv4_addr": kindIPv4, "ipv6_addr": kindIPv6, "inet_service": kindPort, "uid": kindUID, "gid": kindGID}
 
-func observeSet(lc *nft.Conn, s *nft.Set) (viewSet, error) {
+func observeSet(lc *nft.Conn, s *nft.Set) (viewSet, *Set, error) {
 	vs := viewSet{fam: familyOfName(s.Name)}
 	kind, ok := kindByType[s.KeyType.Name]
 	if !ok || !s.Interval {
 		vs.lines = []string{fmt.Sprintf("add set inet %s %s { type %s; } # not a set detour makes", TableName, s.Name, s.KeyType.Name)}
-		return vs, nil
+		return vs, nil, nil
 	}
 	elems, err := lc.GetSetElements(s)
 	if err != nil {
-		return vs, fmt.Errorf("list elements of set %s: %w", s.Name, err)
+		return vs, nil, fmt.Errorf("list elements of set %s: %w", s.Name, err)
 	}
 	slices.SortStableFunc(elems, func(a, b nft.SetElement) int {
 		if c := bytes.Compare(a.Key, b.Key); c != 0 {
@@ -261,7 +280,7 @@ func observeSet(lc *nft.Conn, s *nft.Set) (viewSet, error) {
 		set.Elems = append(set.Elems, keyRange{open, bytes.Repeat([]byte{0xff}, w)})
 	}
 	vs.lines = set.lines()
-	return vs, nil
+	return vs, set, nil
 }
 
 func prev(k []byte) []byte {

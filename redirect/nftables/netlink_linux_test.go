@@ -2,6 +2,7 @@ package nftables
 
 import (
 	"context"
+	"net/netip"
 	"os"
 	"slices"
 	"strings"
@@ -10,6 +11,7 @@ import (
 	"github.com/google/go-cmp/cmp"
 
 	"github.com/detour-mesh/detour/internal/privtest"
+	"github.com/detour-mesh/detour/redirect"
 )
 
 // driverIn returns a Driver for a fresh namespace, addressed by fd.
@@ -66,6 +68,16 @@ func TestApplyEveryPlan(t *testing.T) {
 					t.Errorf("%s: installed differs from the plan (-plan +installed):\n%s", f, diff)
 				}
 			}
+			// Explain reads the installed table: it answers as the plan does.
+			for _, c := range sampleConns {
+				got, err := have.explain(c)
+				if err != nil {
+					t.Fatalf("explain %+v: %v", c, err)
+				}
+				if want := newEvaluator(rs).conn(c); got.captured != want.captured || got.port != want.port || got.rule != want.rule {
+					t.Errorf("explain %+v: installed says %+v, plan says %+v", c, got, want)
+				}
+			}
 			changed, err = d.Apply(ctx, rs, have)
 			if err != nil || changed {
 				t.Fatalf("second Apply: changed %v, err %v; want no change", changed, err)
@@ -87,6 +99,17 @@ func TestApplyEveryPlan(t *testing.T) {
 			}
 		})
 	}
+}
+
+var sampleConns = []redirect.Conn{
+	{Direction: redirect.DirOutbound, Protocol: redirect.TCP, Dst: netip.MustParseAddr("198.51.100.5"), Port: 80, UID: 1000},
+	{Direction: redirect.DirOutbound, Protocol: redirect.TCP, Dst: netip.MustParseAddr("2001:db8:3::1"), Port: 443, UID: 1000},
+	{Direction: redirect.DirOutbound, Protocol: redirect.TCP, Dst: netip.MustParseAddr("203.0.113.9"), Port: 25, UID: 5678},
+	{Direction: redirect.DirOutbound, Protocol: redirect.UDP, Dst: netip.MustParseAddr("127.0.0.53"), Port: 53, UID: 1000},
+	{Direction: redirect.DirOutbound, Protocol: redirect.UDP, Dst: netip.MustParseAddr("2001:db8::53"), Port: 53, UID: 107},
+	{Direction: redirect.DirInbound, Protocol: redirect.TCP, Src: netip.MustParseAddr("192.0.2.7"), Port: 8080},
+	{Direction: redirect.DirInbound, Protocol: redirect.TCP, Src: netip.MustParseAddr("2001:db8:1::7"), Port: 22},
+	{Direction: redirect.DirOutbound, Protocol: redirect.TCP, Dst: netip.MustParseAddr("192.0.2.1"), Port: 9000, UID: 5678, ToSelf: true},
 }
 
 // TestDriftIsSeen changes detour's table behind its back, the ways a person
@@ -126,6 +149,11 @@ func TestDriftIsSeen(t *testing.T) {
 			have := observe(t, d)
 			if slices.Equal(have.Lines(""), rs.Lines("")) {
 				t.Fatalf("Observe did not see %q", cmdText)
+			}
+			if change.name != "element added" && change.name != "rule deleted" && change.name != "chain deleted" {
+				if _, err := have.explain(sampleConns[0]); err == nil {
+					t.Errorf("explain answered from a table detour did not make")
+				}
 			}
 			changed, err := d.Apply(ctx, rs, have)
 			if err != nil || !changed {

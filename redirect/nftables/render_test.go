@@ -1,6 +1,8 @@
 package nftables
 
 import (
+	"bytes"
+	"slices"
 	"testing"
 
 	"github.com/detour-mesh/detour/internal/golden"
@@ -33,6 +35,21 @@ func TestRender(t *testing.T) {
 			// Every rule must marshal: nothing is queued that could fail half-way.
 			if _, err := rs.ruleMessages(); err != nil {
 				t.Errorf("marshal: %v", err)
+			}
+			// What observation reads back (a rule's text) parses to the same
+			// statements, the same expressions.
+			for _, ch := range rs.Chains {
+				for _, r := range ch.Rules {
+					back, err := parseRule(r.Text(), r.Family)
+					if err != nil {
+						t.Fatalf("parse: %v", err)
+					}
+					want, _ := r.ruleExprs()
+					got, err := back.ruleExprs()
+					if err != nil || back.Text() != r.Text() || !slices.EqualFunc(want, got, bytes.Equal) {
+						t.Errorf("rule %q parses back as %q (err %v)", r.Text(), back.Text(), err)
+					}
+				}
 			}
 		})
 	}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"net/netip"
 	"os"
+	"os/exec"
 	"slices"
 	"strings"
 	"testing"
@@ -83,6 +84,12 @@ func TestApplyEveryPlan(t *testing.T) {
 				t.Fatalf("second Apply: changed %v, err %v; want no change", changed, err)
 			}
 			if !rs.Empty() {
+				// The rendering is nft's own input language: nft accepts it.
+				cmd := exec.Command("ip", "netns", "exec", ns.Name, "nft", "-c", "-f", "-")
+				cmd.Stdin = strings.NewReader("delete table inet " + TableName + "\n" + rs.Text())
+				if out, err := cmd.CombinedOutput(); err != nil {
+					t.Errorf("nft -c -f refuses the rendering: %v\n%s", err, out)
+				}
 				out := ns.Run(t, "nft", "list", "table", "inet", TableName)
 				if !strings.Contains(out, "chain ") {
 					t.Errorf("nft list table shows no chain:\n%s", out)

@@ -28,18 +28,18 @@ func BenchmarkApply(b *testing.B) {
 	b.Run("install", func(b *testing.B) {
 		for b.Loop() {
 			b.StopTimer()
-			if err := d.Remove(ctx, observeB(b, d)); err != nil {
+			if err := d.RemoveTable(ctx, observeB(b, d)); err != nil {
 				b.Fatal(err)
 			}
 			b.StartTimer()
-			if _, err := d.Apply(ctx, rs, observeB(b, d)); err != nil {
+			if _, err := d.ApplyRuleset(ctx, rs, observeB(b, d)); err != nil {
 				b.Fatal(err)
 			}
 		}
 	})
 	b.Run("no-change", func(b *testing.B) {
 		for b.Loop() {
-			if changed, err := d.Apply(ctx, rs, observeB(b, d)); err != nil || changed {
+			if changed, err := d.ApplyRuleset(ctx, rs, observeB(b, d)); err != nil || changed {
 				b.Fatalf("changed %v, err %v", changed, err)
 			}
 		}
@@ -47,11 +47,11 @@ func BenchmarkApply(b *testing.B) {
 	b.Run("uninstall", func(b *testing.B) {
 		for b.Loop() {
 			b.StopTimer()
-			if _, err := d.Apply(ctx, rs, observeB(b, d)); err != nil {
+			if _, err := d.ApplyRuleset(ctx, rs, observeB(b, d)); err != nil {
 				b.Fatal(err)
 			}
 			b.StartTimer()
-			if err := d.Remove(ctx, observeB(b, d)); err != nil {
+			if err := d.RemoveTable(ctx, observeB(b, d)); err != nil {
 				b.Fatal(err)
 			}
 		}
@@ -69,7 +69,7 @@ func benchDriver(b *testing.B) (*Driver, privtest.NS) {
 }
 
 func observeB(b *testing.B, d *Driver) *Observed {
-	o, err := d.Observe(context.Background())
+	o, err := d.ObserveTable(context.Background())
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -108,7 +108,7 @@ func BenchmarkConnect(b *testing.B) {
 				b.Fatal(err)
 			}
 			d := New(Options{NetNSFd: int(f.Fd())})
-			if _, err := d.Apply(ctx, rs, observeB(b, d)); err != nil {
+			if _, err := d.ApplyRuleset(ctx, rs, observeB(b, d)); err != nil {
 				b.Fatal(err)
 			}
 			if _, err := l.Pod.Serve("outbound", netip.MustParseAddrPort("0.0.0.0:15001"), lab.ServeOptions{}); err != nil {

@@ -44,7 +44,7 @@ func TestLargeLists(t *testing.T) {
 		t.Errorf("%d rules for the long lists, %d for one entry each: the rule count grows with the lists", got, want)
 	}
 	start := time.Now()
-	changed, err := d.Apply(ctx, rs, observe(t, d))
+	changed, err := d.ApplyRuleset(ctx, rs, observe(t, d))
 	took := time.Since(start)
 	if err != nil || !changed {
 		t.Fatalf("Apply: changed %v, err %v", changed, err)

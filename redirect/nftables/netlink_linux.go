@@ -6,7 +6,6 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"log/slog"
 	"slices"
 	"sort"
 	"time"
@@ -14,36 +13,7 @@ import (
 	nft "github.com/google/nftables"
 	"github.com/mdlayher/netlink"
 	"golang.org/x/sys/unix"
-
-	"github.com/detour-mesh/detour/redirect"
 )
-
-// ErrNotSupported means the kernel (or the namespace) cannot hold detour's
-// nftables table; the message names what is missing.
-var ErrNotSupported = errors.New("nftables backend not supported here")
-
-// Options configure a Driver; the zero value works in the calling OS
-// thread's network namespace.
-type Options struct {
-	// NetNSFd is an fd of the target network namespace; 0 = the namespace of
-	// the calling OS thread. Sockets are opened in it: no thread switches.
-	NetNSFd int
-	Logger  *slog.Logger // nil = discard
-}
-
-// Driver observes, applies and removes detour's nftables table over netlink.
-// It holds no state between calls.
-type Driver struct{ opts Options }
-
-// New returns a Driver.
-func New(o Options) *Driver { return &Driver{opts: o} }
-
-func (d *Driver) log() *slog.Logger {
-	if d.opts.Logger == nil {
-		return slog.New(slog.DiscardHandler)
-	}
-	return d.opts.Logger
-}
 
 func (d *Driver) dial() (*netlink.Conn, error) {
 	c, err := netlink.Dial(unix.NETLINK_NETFILTER, &netlink.Config{NetNS: d.opts.NetNSFd})
@@ -56,35 +26,6 @@ func (d *Driver) dial() (*netlink.Conn, error) {
 func (d *Driver) lib() (*nft.Conn, error) {
 	return nft.New(nft.WithNetNSFd(d.opts.NetNSFd))
 }
-
-// Observed is what of detour's the namespace holds in nftables, read over
-// netlink. It never writes.
-type Observed struct {
-	present bool
-	v       view
-	// foreign lists the other tables of the namespace ("family name").
-	foreign []string
-	// rs is the table read back as a Ruleset, for Explain; problems name what
-	// of it could not be read back as detour made it.
-	rs       Ruleset
-	problems []string
-}
-
-// Empty reports whether detour's table is absent.
-func (o *Observed) Empty() bool { return o == nil || !o.present }
-
-// Lines is the table in the text form of Ruleset.Lines; with f set, only
-// f's share.
-func (o *Observed) Lines(f redirect.Family) []string {
-	if o.Empty() {
-		return nil
-	}
-	return o.v.lines(f)
-}
-
-// Foreign reports whether nftables holds other tables (iptables-nft's
-// included), for the choice of backend.
-func (o *Observed) Foreign() bool { return o != nil && len(o.foreign) > 0 }
 
 // Ready reports whether nf_tables answers in the namespace.
 func (d *Driver) Ready(ctx context.Context) error {
@@ -134,10 +75,10 @@ func listTables(c *netlink.Conn) ([]tableID, error) {
 
 var familyNames = map[byte]string{unix.NFPROTO_INET: "inet", unix.NFPROTO_IPV4: "ip", unix.NFPROTO_IPV6: "ip6", unix.NFPROTO_ARP: "arp", unix.NFPROTO_BRIDGE: "bridge", unix.NFPROTO_NETDEV: "netdev"}
 
-// Observe reads detour's table: chains (hooks and priorities decode
+// ObserveTable reads detour's table: chains (hooks and priorities decode
 // exactly), sets and their elements (exact), and every rule's expressions as
 // bytes, checked against the fingerprint its userdata carries.
-func (d *Driver) Observe(ctx context.Context) (*Observed, error) {
+func (d *Driver) ObserveTable(ctx context.Context) (*Observed, error) {
 	c, err := d.dial()
 	if err != nil {
 		return nil, err
@@ -374,12 +315,12 @@ func ruleText(handle uint64, exprs [][]byte, ud []byte) string {
 	return string(text)
 }
 
-// Apply makes the namespace hold rs, given what Observe returned: nothing
+// ApplyRuleset makes the namespace hold rs, given what ObserveTable returned: nothing
 // is written when the observed table already equals the plan line by line
 // (changed false). Otherwise one batch replaces the table — delete and
 // create in the same transaction, so packets see the old table or the new
 // one, never none — or, for an empty plan, deletes it.
-func (d *Driver) Apply(ctx context.Context, rs *Ruleset, have *Observed) (bool, error) {
+func (d *Driver) ApplyRuleset(ctx context.Context, rs *Ruleset, have *Observed) (bool, error) {
 	if slices.Equal(have.Lines(""), rs.Lines("")) {
 		return false, nil
 	}
@@ -397,9 +338,9 @@ func (d *Driver) Apply(ctx context.Context, rs *Ruleset, have *Observed) (bool, 
 	return true, nil
 }
 
-// Remove deletes detour's table (and so everything of detour's in nftables).
+// RemoveTable deletes detour's table (and so everything of detour's in nftables).
 // Idempotent: nothing is written when have is empty.
-func (d *Driver) Remove(ctx context.Context, have *Observed) error {
+func (d *Driver) RemoveTable(ctx context.Context, have *Observed) error {
 	if have.Empty() {
 		return nil
 	}

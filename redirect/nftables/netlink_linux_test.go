@@ -29,7 +29,7 @@ func driverIn(t *testing.T) (*Driver, privtest.NS) {
 
 func observe(t *testing.T, d *Driver) *Observed {
 	t.Helper()
-	o, err := d.Observe(context.Background())
+	o, err := d.ObserveTable(context.Background())
 	if err != nil {
 		t.Fatalf("Observe: %v", err)
 	}
@@ -53,7 +53,7 @@ func TestApplyEveryPlan(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			changed, err := d.Apply(ctx, rs, observe(t, d))
+			changed, err := d.ApplyRuleset(ctx, rs, observe(t, d))
 			if err != nil {
 				t.Fatalf("Apply: %v", err)
 			}
@@ -79,7 +79,7 @@ func TestApplyEveryPlan(t *testing.T) {
 					t.Errorf("explain %+v: installed says %+v, plan says %+v", c, got, want)
 				}
 			}
-			changed, err = d.Apply(ctx, rs, have)
+			changed, err = d.ApplyRuleset(ctx, rs, have)
 			if err != nil || changed {
 				t.Fatalf("second Apply: changed %v, err %v; want no change", changed, err)
 			}
@@ -95,13 +95,13 @@ func TestApplyEveryPlan(t *testing.T) {
 					t.Errorf("nft list table shows no chain:\n%s", out)
 				}
 			}
-			if err := d.Remove(ctx, have); err != nil {
+			if err := d.RemoveTable(ctx, have); err != nil {
 				t.Fatalf("Remove: %v", err)
 			}
 			if o := observe(t, d); !o.Empty() {
 				t.Errorf("after Remove the table is still there:\n%s", strings.Join(o.Lines(""), "\n"))
 			}
-			if err := d.Remove(ctx, observe(t, d)); err != nil {
+			if err := d.RemoveTable(ctx, observe(t, d)); err != nil {
 				t.Errorf("second Remove: %v", err)
 			}
 		})
@@ -139,7 +139,7 @@ func TestDriftIsSeen(t *testing.T) {
 	} {
 		t.Run(change.name, func(t *testing.T) {
 			d, ns := driverIn(t)
-			if _, err := d.Apply(ctx, rs, observe(t, d)); err != nil {
+			if _, err := d.ApplyRuleset(ctx, rs, observe(t, d)); err != nil {
 				t.Fatal(err)
 			}
 			cmdText := change.cmd
@@ -162,7 +162,7 @@ func TestDriftIsSeen(t *testing.T) {
 					t.Errorf("explain answered from a table detour did not make")
 				}
 			}
-			changed, err := d.Apply(ctx, rs, have)
+			changed, err := d.ApplyRuleset(ctx, rs, have)
 			if err != nil || !changed {
 				t.Fatalf("Apply after drift: changed %v, err %v", changed, err)
 			}

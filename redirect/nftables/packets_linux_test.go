@@ -34,7 +34,7 @@ func TestPackets(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := d.Apply(ctx, rs, observe(t, d)); err != nil {
+	if _, err := d.ApplyRuleset(ctx, rs, observe(t, d)); err != nil {
 		t.Fatal(err)
 	}
 	rnd := lab.NewRand(7)

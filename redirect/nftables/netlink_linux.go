@@ -319,12 +319,15 @@ func ruleText(handle uint64, exprs [][]byte, ud []byte) string {
 // is written when the observed table already equals the plan line by line
 // (changed false). Otherwise one batch replaces the table — delete and
 // create in the same transaction, so packets see the old table or the new
-// one, never none — or, for an empty plan, deletes it.
+// one, never none — or, for an empty plan, deletes it. The batch deletes the
+// table even when none was observed: a table that a concurrent run made
+// meanwhile is replaced, never added to, so concurrent applies of one plan
+// end in exactly one copy even without detour's lock.
 func (d *Driver) ApplyRuleset(ctx context.Context, rs *Ruleset, have *Observed) (bool, error) {
 	if slices.Equal(have.Lines(""), rs.Lines("")) {
 		return false, nil
 	}
-	msgs, err := rs.batch(!have.Empty())
+	msgs, err := rs.batch(!have.Empty() || !rs.Empty())
 	if err != nil {
 		return false, err
 	}

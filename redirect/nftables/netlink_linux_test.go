@@ -172,3 +172,30 @@ func TestDriftIsSeen(t *testing.T) {
 		})
 	}
 }
+
+// TestConcurrentApplies runs 20 applies of one plan into one namespace at
+// once, each having observed an empty namespace: exactly one copy results.
+func TestConcurrentApplies(t *testing.T) {
+	ctx := context.Background()
+	d, _ := driverIn(t)
+	rs, err := Render(mustCapture(t, planCase{preset: "istio", sets: []string{"dns.capture=all", "outbound.excludeCIDRs=203.0.113.0/24"}, facts: dualStack}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	empty := observe(t, d)
+	errs := make(chan error, 20)
+	for range 20 {
+		go func() {
+			_, err := d.ApplyRuleset(ctx, rs, empty)
+			errs <- err
+		}()
+	}
+	for range 20 {
+		if err := <-errs; err != nil {
+			t.Errorf("ApplyRuleset: %v", err)
+		}
+	}
+	if diff := cmp.Diff(rs.Lines(""), observe(t, d).Lines("")); diff != "" {
+		t.Errorf("after 20 concurrent applies (-plan +installed):\n%s", diff)
+	}
+}

@@ -199,3 +199,76 @@ func TestConcurrentApplies(t *testing.T) {
 		t.Errorf("after 20 concurrent applies (-plan +installed):\n%s", diff)
 	}
 }
+
+// TestCoexistence (L12): another tool's nftables tables (with their own NAT
+// and a set), iptables-nft and iptables-legacy rules stay as they are while
+// detour's table is installed and are byte-identical after it is removed.
+func TestCoexistence(t *testing.T) {
+	privtest.Require(t, "nft", "iptables-nft", "iptables-legacy", "iptables-nft-save", "iptables-legacy-save", "ip6tables-nft-save")
+	ctx := context.Background()
+	d, ns := driverIn(t)
+	cmd := exec.Command("ip", "netns", "exec", ns.Name, "nft", "-f", "-")
+	cmd.Stdin = strings.NewReader(`table ip othertool {
+	chain pre { type nat hook prerouting priority dstnat; policy accept; tcp dport 9999 dnat to 192.0.2.1:80; }
+	chain post { type nat hook postrouting priority srcnat; policy accept; ip saddr 198.51.100.0/24 masquerade; }
+}
+table inet otherfilter {
+	set allowed { type ipv4_addr; flags interval; elements = { 203.0.113.0/24 } }
+	chain input { type filter hook input priority filter; policy accept; ip saddr @allowed counter accept; }
+}
+`)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("seed nft: %v\n%s", err, out)
+	}
+	for _, args := range [][]string{
+		{"iptables-nft", "-t", "nat", "-N", "DOCKER"},
+		{"iptables-nft", "-t", "nat", "-A", "PREROUTING", "-m", "addrtype", "--dst-type", "LOCAL", "-j", "DOCKER"},
+		{"iptables-nft", "-t", "nat", "-A", "POSTROUTING", "-s", "192.0.2.0/24", "-j", "MASQUERADE"},
+		{"ip6tables-nft", "-t", "mangle", "-A", "PREROUTING", "-p", "tcp", "--dport", "8443", "-j", "MARK", "--set-mark", "7"},
+		{"iptables-legacy", "-t", "nat", "-A", "OUTPUT", "-p", "tcp", "--dport", "8080", "-j", "REDIRECT", "--to-ports", "18080"},
+		{"iptables-legacy", "-A", "INPUT", "-p", "tcp", "--dport", "22", "-j", "ACCEPT"},
+	} {
+		ns.Run(t, args...)
+	}
+	snapshot := func() map[string]string {
+		out := map[string]string{}
+		for _, tool := range []string{"iptables-nft-save", "ip6tables-nft-save", "iptables-legacy-save", "ip6tables-legacy-save"} {
+			var lines []string
+			for _, l := range strings.Split(ns.Run(t, tool), "\n") {
+				if !strings.HasPrefix(l, "#") { // header and date
+					lines = append(lines, l)
+				}
+			}
+			out[tool] = strings.Join(lines, "\n")
+		}
+		out["nft list ruleset"] = ns.Run(t, "nft", "list", "ruleset")
+		return out
+	}
+	before := snapshot()
+	rs, err := Render(mustCapture(t, planCase{preset: "istio", sets: []string{"mode=tproxy", "dns.capture=all", "dropInvalidPackets=true", "outbound.excludeCIDRs=203.0.113.0/24"}, facts: dualStack}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	have := observe(t, d)
+	if !have.Empty() || !have.Foreign() {
+		t.Fatalf("before install: empty %v, foreign %v; want nothing of detour's and other tables", have.Empty(), have.Foreign())
+	}
+	if _, err := d.ApplyRuleset(ctx, rs, have); err != nil {
+		t.Fatal(err)
+	}
+	during := ns.Run(t, "nft", "list", "ruleset")
+	for _, want := range []string{"table ip othertool", "dnat to 192.0.2.1:80", "table inet otherfilter", "203.0.113.0/24", "table inet detour"} {
+		if !strings.Contains(during, want) {
+			t.Errorf("while installed, nft list ruleset lacks %q", want)
+		}
+	}
+	if diff := cmp.Diff(rs.Lines(""), observe(t, d).Lines("")); diff != "" {
+		t.Errorf("installed beside other tables (-plan +installed):\n%s", diff)
+	}
+	if err := d.RemoveTable(ctx, observe(t, d)); err != nil {
+		t.Fatal(err)
+	}
+	if diff := cmp.Diff(before, snapshot()); diff != "" {
+		t.Errorf("other tools' state changed (-before +after):\n%s", diff)
+	}
+}

@@ -43,8 +43,8 @@ test: deps ## everything: vet, unit, privileged and end-to-end tests (run as roo
 	$(GO) vet ./...
 	$(GO) test -count=1 -timeout 80m ./...
 
-bench: deps-apt deps-kube deps-cni-plugins ## every benchmark with its figures (as root): CLI, engine, CNI ADD latency, xDS fan-out
-	$(MAKE) --no-print-directory bench-cli bench-engine bench-cni bench-controlplane
+bench: deps-apt deps-kube deps-cni-plugins ## every benchmark with its figures (as root): CLI, engine, CNI ADD latency, xDS fan-out, admission latency
+	$(MAKE) --no-print-directory bench-cli bench-engine bench-cni bench-controlplane bench-inject
 
 bench-cli: deps-apt build ## detour install / no-change re-run / uninstall through the binary: median time, child processes (root)
 	$(GO) run ./hack/bench --detour $(BIN)/detour --runs $${BENCH_RUNS:-25}
@@ -94,6 +94,10 @@ bench-engine: ## redirect engine: plan, install, no-change re-install, uninstall
 	$(GO) test -count=1 -run '^$$' -bench . -benchtime=50x ./redirect/
 
 # --- control plane (issue #3) ---
+.PHONY: bench-inject
+bench-inject: deps-kube ## sidecar injection webhook: p50/p99 admission latency of 1,000 pod creations against a real kube-apiserver
+	$(GO) test -count=1 -run '^$$' -bench Admission -benchtime 1000x ./inject/webhook/
+
 .PHONY: bench-controlplane
 bench-controlplane: ## control-plane fan-out benchmark: 1000 in-process ADS clients (DETOUR_BENCH_CLIENTS=N), SotW and delta
 	$(GO) test -run '^$$' -bench 'FanOut|Build' -benchtime 3x ./controlplane/

@@ -12,7 +12,10 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"k8s.io/client-go/kubernetes"
+
 	"github.com/detour-mesh/detour/controlplane"
+	"github.com/detour-mesh/detour/internal/meshconfig"
 )
 
 // controlPlaneOptions are the flags of `detour-cp control-plane`.
@@ -37,6 +40,8 @@ type controlPlaneOptions struct {
 	outboundPolicy string
 	logLevel       string
 	logFormat      string
+	meshConfig     string
+	inject         injectionFlags
 
 	// listening is called with the bound addresses (tests).
 	listening func(xds, http net.Addr)
@@ -85,6 +90,8 @@ docs/control-plane.md and docs/mesh.md describe the layout and the mesh file.`,
 	f.StringVar(&o.preset, "preset", "", "--source kubernetes: pods' base redirect config starts from this preset (istio, kuma); use the CNI plugin's")
 	f.StringVar(&o.baseConfig, "base-config", "", "--source kubernetes: a redirect config document applied to every pod before its annotations; use the CNI plugin's")
 	f.StringVar(&o.outboundPolicy, "outbound-policy", string(controlplane.AllowAny), "--source kubernetes: allow-any or registry-only")
+	f.StringVar(&o.meshConfig, "mesh-config", "", "--source kubernetes: the mesh-wide config document (ConfigMap detour-config); its preset and redirect are every pod's base (instead of --preset/--base-config) and it configures --inject")
+	o.inject.bind(f)
 	addControlPlaneLogFlags(cmd, &o.logLevel, &o.logFormat)
 	cmd.AddCommand(newControlPlaneResourcesCmd(s))
 	return cmd
@@ -112,7 +119,7 @@ func controlPlaneLogger(w io.Writer, level, format string) (*slog.Logger, error)
 }
 
 // runControlPlane serves until ctx ends.
-func runControlPlane(ctx context.Context, o *controlPlaneOptions, s streams) error {
+func runControlPlane(ctx context.Context, o *controlPlaneOptions, s streams) (err error) {
 	log, err := controlPlaneLogger(s.err, o.logLevel, o.logFormat)
 	if err != nil {
 		return err
@@ -141,9 +148,12 @@ func runControlPlane(ctx context.Context, o *controlPlaneOptions, s streams) err
 		if o.config == "" {
 			return usageError("--config is required with --source file")
 		}
-		if o.namespace != "" || o.preset != "" || o.baseConfig != "" || (o.outboundPolicy != "" && o.outboundPolicy != string(controlplane.AllowAny)) ||
+		if o.namespace != "" || o.preset != "" || o.baseConfig != "" || o.meshConfig != "" || (o.outboundPolicy != "" && o.outboundPolicy != string(controlplane.AllowAny)) ||
 			(o.dnsSuffix != "" && o.dnsSuffix != controlplane.DefaultDNSSuffix) || len(o.dnsUpstreams) > 0 {
-			return usageError("--namespace, --preset, --base-config, --outbound-policy, --dns-suffix and --dns-upstream are for --source kubernetes; the mesh file says these")
+			return usageError("--namespace, --preset, --base-config, --mesh-config, --outbound-policy, --dns-suffix and --dns-upstream are for --source kubernetes; the mesh file says these")
+		}
+		if o.inject.enabled {
+			return usageError("--inject needs --source kubernetes")
 		}
 		settle := o.settle
 		if settle == 0 {
@@ -154,9 +164,24 @@ func runControlPlane(ctx context.Context, o *controlPlaneOptions, s streams) err
 		if o.config != "" {
 			return usageError("--config is for --source file; --source kubernetes reads the API")
 		}
-		src, err = newKubernetesSource(o, log)
+		var client kubernetes.Interface
+		var mesh meshconfig.Config
+		src, client, mesh, err = newKubernetesSource(o, log)
 		if err != nil {
 			return err
+		}
+		if o.inject.enabled {
+			inj, err := newInjectionServer(ctx, o, client, mesh, log)
+			if err != nil {
+				return err
+			}
+			var stop func() error
+			ctx, stop = runAlongside(ctx, inj.Run)
+			defer func() {
+				if werr := stop(); werr != nil && (err == nil || errors.Is(err, context.Canceled)) {
+					err = werr
+				}
+			}()
 		}
 	default:
 		return usageError("--source %q is not one of file, kubernetes", o.source)

@@ -39,6 +39,7 @@ and detour-cni, is a separate lean binary; ` + "`detour-cp control-plane`" + ` a
 	root.AddCommand(
 		newControlPlaneCmd(s, g),
 		newBootstrapCmd(s),
+		newInjectCmd(s),
 		newVersionCmd(s),
 	)
 	return root

@@ -26,6 +26,7 @@ func delegatedCommands() []delegatedCommand {
 	return []delegatedCommand{
 		{"control-plane", "Serve Envoy sidecars their listeners and clusters over ADS (xDS); runs detour-cp"},
 		{"bootstrap", "Print the Envoy bootstrap of a workload (ADS to the control plane); runs detour-cp"},
+		{"inject", "Add the detour sidecar to Kubernetes manifests (or remove it: --uninject); runs detour-cp"},
 	}
 }
 

@@ -3,15 +3,10 @@
 package nftables
 
 import (
-	"errors"
 	"log/slog"
 
 	"github.com/detour-mesh/detour/redirect"
 )
-
-// ErrNotSupported means the kernel (or the namespace) cannot hold detour's
-// nftables table; the message names what is missing.
-var ErrNotSupported = errors.New("nftables backend not supported here")
 
 // Options configure a Driver; the zero value works in the calling OS
 // thread's network namespace.

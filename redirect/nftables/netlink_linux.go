@@ -13,6 +13,8 @@ import (
 	nft "github.com/google/nftables"
 	"github.com/mdlayher/netlink"
 	"golang.org/x/sys/unix"
+
+	"github.com/detour-mesh/detour/redirect"
 )
 
 func (d *Driver) dial() (*netlink.Conn, error) {
@@ -31,11 +33,11 @@ func (d *Driver) lib() (*nft.Conn, error) {
 func (d *Driver) Ready(ctx context.Context) error {
 	c, err := d.dial()
 	if err != nil {
-		return fmt.Errorf("%w: %w", ErrNotSupported, err)
+		return fmt.Errorf("%w: %w", redirect.ErrNotSupported, err)
 	}
 	defer c.Close()
 	if _, err := listTables(c); err != nil {
-		return fmt.Errorf("%w: the kernel's nf_tables does not answer (module nf_tables, and for detour's rules nft_chain_nat, nft_redir, nft_tproxy, nft_socket, nft_fib_inet, nft_ct, nft_limit, nft_log): %w", ErrNotSupported, err)
+		return fmt.Errorf("%w: the kernel's nf_tables does not answer (module nf_tables, and for detour's rules nft_chain_nat, nft_redir, nft_tproxy, nft_socket, nft_fib_inet, nft_ct, nft_limit, nft_log): %w", redirect.ErrNotSupported, err)
 	}
 	return nil
 }

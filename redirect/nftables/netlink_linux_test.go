@@ -272,3 +272,66 @@ table inet otherfilter {
 		t.Errorf("other tools' state changed (-before +after):\n%s", diff)
 	}
 }
+
+// TestDriverSeam drives the backend through redirect's Driver interface as
+// Engine does: Render, Observe, Apply, Check's line comparison per family,
+// Explain against Capture.Decide, Remove.
+func TestDriverSeam(t *testing.T) {
+	ctx := context.Background()
+	for _, tc := range planCases() {
+		if tc.name != "tproxy-everything" && tc.name != "redirect-everything" && tc.name != "families-ipv4-forced" {
+			continue
+		}
+		t.Run(tc.name, func(t *testing.T) {
+			d, _ := driverIn(t)
+			var drv redirect.Driver = d
+			if drv.Name() != redirect.BackendNFTables {
+				t.Fatalf("Name = %s", drv.Name())
+			}
+			p, err := redirect.NewPlan(cfgWith(t, tc.preset, tc.sets...), tc.facts)
+			if err != nil {
+				t.Fatal(err)
+			}
+			r, err := drv.Render(p)
+			if err != nil {
+				t.Fatal(err)
+			}
+			have, err := drv.Observe(ctx)
+			if err != nil || !have.Empty() {
+				t.Fatalf("Observe before: empty %v, err %v", have.Empty(), err)
+			}
+			if changed, err := drv.Apply(ctx, p, have); err != nil || !changed {
+				t.Fatalf("Apply: changed %v, err %v", changed, err)
+			}
+			if have, err = drv.Observe(ctx); err != nil {
+				t.Fatal(err)
+			}
+			for _, fr := range r.Families {
+				if diff := cmp.Diff(fr.Lines, have.Lines(fr.Family)); diff != "" {
+					t.Errorf("%s: check would report drift (-planned +installed):\n%s", fr.Family, diff)
+				}
+			}
+			for _, c := range sampleConns {
+				kv, err := d.Explain(have, c)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if want := p.Capture.Decide(c); kv.Captured != want.Captured || kv.Port != want.Port {
+					t.Errorf("explain %+v: kernel %+v, Decide %+v", c, kv, want)
+				}
+				if kv.Captured && !strings.HasPrefix(kv.Rule, "add rule inet detour ") {
+					t.Errorf("explain %+v quotes no rule: %+v", c, kv)
+				}
+			}
+			if changed, err := drv.Apply(ctx, p, have); err != nil || changed {
+				t.Fatalf("second Apply: changed %v, err %v", changed, err)
+			}
+			if err := drv.Remove(ctx, have); err != nil {
+				t.Fatal(err)
+			}
+			if have, _ = drv.Observe(ctx); !have.Empty() {
+				t.Error("table left after Remove")
+			}
+		})
+	}
+}

@@ -6,10 +6,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
-)
 
-// ErrNotSupported means the nftables backend cannot work here.
-var ErrNotSupported = errors.New("nftables backend not supported here")
+	"github.com/detour-mesh/detour/redirect"
+)
 
 // Options configure a Driver.
 type Options struct {
@@ -25,5 +24,5 @@ func New(o Options) *Driver { return &Driver{opts: o} }
 
 // Ready reports that nftables exists on Linux only.
 func (d *Driver) Ready(ctx context.Context) error {
-	return fmt.Errorf("%w: nftables needs Linux: %w", ErrNotSupported, errors.ErrUnsupported)
+	return fmt.Errorf("%w: nftables needs Linux: %w", redirect.ErrNotSupported, errors.ErrUnsupported)
 }

@@ -29,7 +29,21 @@ func TestRender(t *testing.T) {
 			if err != nil {
 				t.Fatalf("Render: %v", err)
 			}
-			golden.Check(t, golden.Path(t, tc.name), []byte(rs.Text()))
+			// The golden file is what `detour plan --backend nftables` prints.
+			p, err := redirect.NewPlan(cfgWith(t, tc.preset, tc.sets...), tc.facts)
+			if err != nil {
+				t.Fatal(err)
+			}
+			r, err := New(Options{}).Render(p)
+			if err != nil {
+				t.Fatal(err)
+			}
+			golden.Check(t, golden.Path(t, tc.name), []byte(p.Format(r)))
+			for _, fr := range r.Families {
+				if !slices.Equal(fr.Lines, rs.Lines(fr.Family)) {
+					t.Errorf("%s: Rendering lines differ from the ruleset's", fr.Family)
+				}
+			}
 			again, err := Render(mustCapture(t, tc))
 			if err != nil || again.Text() != rs.Text() {
 				t.Errorf("Render is not deterministic (err %v)", err)

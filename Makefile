@@ -51,8 +51,9 @@ test: deps ## everything: vet, unit, privileged and end-to-end tests (run as roo
 bench: deps-apt deps-kube deps-cni-plugins ## every benchmark with its figures (as root): CLI, engine, CNI ADD latency, xDS fan-out, admission latency
 	$(MAKE) --no-print-directory bench-cli bench-engine bench-cni bench-controlplane bench-inject
 
-bench-cli: deps-apt deps-istio build ## detour install / no-change re-run / uninstall through the binary per backend, beside Istio's istio-iptables: median time, child processes (root)
-	$(GO) run ./hack/bench --detour $(BIN)/detour --runs $${BENCH_RUNS:-25} --backends $${BENCH_BACKENDS:-iptables-nft,iptables-legacy} --istio $(ISTIO_BIN)/pilot-agent
+bench-cli: deps-apt deps-istio build ## start-up CPU and memory of detour, detour-cni, detour-cp; detour install / re-run / uninstall through the binary per backend, beside Istio's istio-iptables (root)
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '-s -w' -o $(BIN)/go-floor ./hack/bench/floor
+	$(GO) run ./hack/bench --detour $(BIN)/detour --floor $(BIN)/go-floor --runs $${BENCH_RUNS:-25} --backends $${BENCH_BACKENDS:-iptables-nft,iptables-legacy,nftables} --istio $(ISTIO_BIN)/pilot-agent
 
 test-unit: ## the unprivileged unit tests only
 	$(GO) test -count=1 ./redirect/... ./controlplane/... ./cni/... ./cmd/... ./internal/...

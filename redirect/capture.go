@@ -94,6 +94,9 @@ type DNSCaptureRules struct {
 	ExemptUIDs       []IDRange `json:"exemptUIDs,omitempty"`
 	ExemptGIDs       []IDRange `json:"exemptGIDs,omitempty"`
 	ExemptUIDsForDNS []IDRange `json:"exemptUIDsForDNS,omitempty"`
+	// ExemptPortsForUIDs are those udp rules themselves, as the config gives
+	// them (a rendering may quote their ports).
+	ExemptPortsForUIDs []UIDPortRule `json:"exemptPortsForUIDs,omitempty"`
 	// ZoneSplit keeps captured and upstream queries in separate conntrack zones.
 	ZoneSplit bool `json:"zoneSplit"`
 }
@@ -194,6 +197,7 @@ func familyCapture(cfg Config, facts Facts, f Family) FamilyCapture {
 		for _, r := range cfg.Outbound.ExcludePortsForUIDs {
 			if r.Protocol == UDP && inPortRanges(r.Ports, 53) {
 				dc.ExemptUIDsForDNS = append(dc.ExemptUIDsForDNS, r.UIDs...)
+				dc.ExemptPortsForUIDs = append(dc.ExemptPortsForUIDs, r)
 			}
 		}
 		if !dc.All {

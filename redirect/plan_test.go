@@ -115,7 +115,7 @@ func TestPlanErrors(t *testing.T) {
 		{name: "dual without ipv6", sets: []string{"ipFamilies=dual"}, facts: v4Only, want: ErrIPv6Unavailable, message: "ipFamilies is dual"},
 		{name: "ipv6 without ipv6", sets: []string{"ipFamilies=ipv6"}, facts: v4Only, want: ErrIPv6Unavailable, message: "ipFamilies is ipv6"},
 		{name: "same ports", sets: []string{"proxy.outboundPort=15006"}, facts: dualStack, want: ErrInvalid, message: `proxy.outboundPort: "15006"`},
-		{name: "nftables not yet", sets: []string{"backend=nftables"}, facts: dualStack, want: ErrInvalid, message: `backend: "nftables"`},
+		{name: "ebpf not yet", sets: []string{"backend=ebpf"}, facts: dualStack, want: ErrInvalid, message: `backend: "ebpf"`},
 		{name: "log prefix newline", sets: []string{"log.enabled=true", "log.prefix=a\nb"}, facts: dualStack, want: ErrInvalid, message: "log.prefix"},
 	}
 	for _, tt := range tests {

@@ -13,14 +13,14 @@ import (
 var istioArgs = []string{"-p", "15001", "-z", "15006", "-u", "1337", "-m", "REDIRECT", "-i", "*", "-x", "", "-b", "*", "-d", "15090,15021,15020"}
 
 // runIstio measures `pilot-agent istio-iptables` (install, re-run) and
-// `istio-clean-iptables` in a fresh namespace per run, through `ip netns
+// `istio-iptables --cleanup-only` in a fresh namespace per run, through `ip netns
 // exec`, whose own cost (`ip netns exec NS true`) is measured alongside and
 // subtracted. It prints each detour backend's install beside Istio's as a ratio.
 func runIstio(ctx context.Context, agent string, runs int, installs map[string]time.Duration) error {
 	steps := []*step{
 		{name: "install", args: append([]string{"istio-iptables"}, istioArgs...)},
 		{name: "re-run, no change", args: append([]string{"istio-iptables"}, istioArgs...)},
-		{name: "uninstall", args: append([]string{"istio-clean-iptables"}, istioArgs...)},
+		{name: "uninstall", args: append([]string{"istio-iptables", "--cleanup-only"}, istioArgs...)},
 	}
 	var base []time.Duration
 	for i := 0; i < runs; i++ {

@@ -12,6 +12,7 @@ BIN := $(CURDIR)/bin
 CACHE ?= $(HOME)/.cache/detour
 KUBE_BIN := $(CACHE)/kube-v1.37.2-etcd-v3.7.3/bin
 CNI_PLUGINS_BIN := $(CACHE)/cni-plugins-v1.10.0/bin
+ISTIO_BIN := $(CACHE)/istio-eed52ebb66ad/bin
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -s -w -X main.version=$(VERSION)
 
@@ -39,6 +40,10 @@ deps-kube: ## build kube-apiserver and etcd into the cache (12 min cold, then in
 deps-cni-plugins: ## build the reference CNI plugins and cnitool into the cache
 	hack/cni-plugins.sh $(CNI_PLUGINS_BIN)
 
+.PHONY: deps-istio
+deps-istio: ## build Istio's pilot-agent (istio-iptables, the bench-cli peer) into the cache (4 min cold, then instant)
+	hack/istio.sh $(ISTIO_BIN)
+
 test: deps ## everything: vet, unit, privileged and end-to-end tests (run as root)
 	$(GO) vet ./...
 	$(GO) test -count=1 -timeout 80m ./...
@@ -46,9 +51,9 @@ test: deps ## everything: vet, unit, privileged and end-to-end tests (run as roo
 bench: deps-apt deps-kube deps-cni-plugins ## every benchmark with its figures (as root): CLI, engine, CNI ADD latency, xDS fan-out, admission latency
 	$(MAKE) --no-print-directory bench-cli bench-engine bench-cni bench-controlplane bench-inject
 
-bench-cli: deps-apt build ## start-up CPU and memory of detour, detour-cni, detour-cp; detour install / re-run / uninstall through the binary (root)
+bench-cli: deps-apt deps-istio build ## start-up CPU and memory of detour, detour-cni, detour-cp; detour install / re-run / uninstall through the binary per backend, beside Istio's istio-iptables (root)
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '-s -w' -o $(BIN)/go-floor ./hack/bench/floor
-	$(GO) run ./hack/bench --detour $(BIN)/detour --floor $(BIN)/go-floor --runs $${BENCH_RUNS:-25}
+	$(GO) run ./hack/bench --detour $(BIN)/detour --floor $(BIN)/go-floor --runs $${BENCH_RUNS:-25} --backends $${BENCH_BACKENDS:-iptables-nft,iptables-legacy,nftables} --istio $(ISTIO_BIN)/pilot-agent
 
 test-unit: ## the unprivileged unit tests only
 	$(GO) test -count=1 ./redirect/... ./controlplane/... ./cni/... ./cmd/... ./internal/...

@@ -52,9 +52,9 @@ func (c Config) Validate() error {
 		bad("mode", string(c.Mode), err.(*FieldError).Reason)
 	}
 	switch c.Backend {
-	case BackendAuto, BackendIPTables, BackendIPTablesLegacy, BackendIPTablesNFT:
-	case BackendNFTables, BackendEBPF:
-		bad("backend", string(c.Backend), "is not supported yet; use auto, iptables, iptables-legacy or iptables-nft")
+	case BackendAuto, BackendIPTables, BackendIPTablesLegacy, BackendIPTablesNFT, BackendNFTables:
+	case BackendEBPF:
+		bad("backend", string(c.Backend), "is not supported yet; use auto, iptables, iptables-legacy, iptables-nft or nftables")
 	default:
 		_, err := parseEnum(string(c.Backend), backends)
 		bad("backend", string(c.Backend), err.(*FieldError).Reason)

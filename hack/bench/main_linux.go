@@ -34,6 +34,8 @@ func main() {
 	startupRuns := flag.Int("startup-runs", 100, "runs per start-up command")
 	startupOnly := flag.Bool("startup-only", false, "measure start-up only (needs no root)")
 	preset := flag.String("preset", "istio", "config preset to install")
+	backends := flag.String("backends", "iptables-nft,iptables-legacy", "the backends to measure, comma-separated")
+	istio := flag.String("istio", "", "Istio's pilot-agent binary: its istio-iptables is measured in the same run (make deps-istio builds it)")
 	flag.Parse()
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
@@ -63,7 +65,15 @@ func main() {
 		fmt.Fprintln(os.Stderr, "bench: needs root (it creates network namespaces)")
 		os.Exit(1)
 	}
-	if err := run(ctx, *detour, *runs, *preset); err != nil {
+	installs, err := run(ctx, *detour, *runs, *preset, strings.Split(*backends, ","))
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "bench:", err)
+		os.Exit(1)
+	}
+	if *istio == "" {
+		return
+	}
+	if err := runIstio(ctx, *istio, *runs, installs); err != nil {
 		fmt.Fprintln(os.Stderr, "bench:", err)
 		os.Exit(1)
 	}
@@ -76,25 +86,27 @@ type step struct {
 	procs []int
 }
 
-func run(ctx context.Context, detour string, runs int, preset string) error {
+// run measures detour per backend and returns each backend's median install.
+func run(ctx context.Context, detour string, runs int, preset string, backends []string) (map[string]time.Duration, error) {
+	installs := map[string]time.Duration{}
 	bin, err := filepath.Abs(detour)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	shims, err := os.MkdirTemp("", "detour-bench-")
 	if err != nil {
-		return err
+		return nil, err
 	}
 	defer os.RemoveAll(shims)
 	log := filepath.Join(shims, "exec.log")
 	if err := writeShims(shims, log); err != nil {
-		return err
+		return nil, err
 	}
 	path := shims + ":" + os.Getenv("PATH")
 
 	fmt.Printf("detour %s: %d runs per step, preset %s with DNS capture, IPv4 and IPv6, a fresh network namespace per run;\nprocesses = child processes, as detour reports them and as PATH shims counted them in an extra round\n\n", detour, runs, preset)
 	fmt.Printf("%-16s %-22s %12s %12s %10s\n", "backend", "step", "median", "p90", "processes")
-	for _, backend := range []string{"iptables-nft", "iptables-legacy"} {
+	for _, backend := range backends {
 		steps := []*step{
 			{name: "install", args: []string{"install", "--preset", preset, "--dns-capture", "all", "--backend", backend}},
 			{name: "re-run, no change", args: []string{"install", "--preset", preset, "--dns-capture", "all", "--backend", backend}},
@@ -103,25 +115,26 @@ func run(ctx context.Context, detour string, runs int, preset string) error {
 		// One round through the counting shims checks the counts detour
 		// reports; the timed rounds run the real commands.
 		if err := oneRound(ctx, bin, path, log, steps); err != nil {
-			return fmt.Errorf("%s, counting round: %w", backend, err)
+			return nil, fmt.Errorf("%s, counting round: %w", backend, err)
 		}
 		for _, s := range steps {
 			s.times = nil
 		}
 		for i := 0; i < runs; i++ {
 			if err := ctx.Err(); err != nil {
-				return err
+				return nil, err
 			}
 			if err := oneRound(ctx, bin, os.Getenv("PATH"), "", steps); err != nil {
-				return fmt.Errorf("%s run %d: %w", backend, i+1, err)
+				return nil, fmt.Errorf("%s run %d: %w", backend, i+1, err)
 			}
 		}
 		for _, s := range steps {
 			fmt.Printf("%-16s %-22s %12s %12s %10s\n", backend, s.name,
 				percentile(s.times, 50).Round(10*time.Microsecond), percentile(s.times, 90).Round(10*time.Microsecond), procRange(s.procs))
 		}
+		installs[backend] = percentile(steps[0].times, 50)
 	}
-	return nil
+	return installs, nil
 }
 
 // oneRound runs every step once in a namespace of its own. With a log (the

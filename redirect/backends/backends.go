@@ -10,6 +10,7 @@ import (
 
 	"github.com/detour-mesh/detour/redirect"
 	"github.com/detour-mesh/detour/redirect/iptables"
+	"github.com/detour-mesh/detour/redirect/nftables"
 )
 
 // Options are what the Drivers need from the command line.
@@ -20,10 +21,14 @@ type Options struct {
 }
 
 // All returns every Driver of this build in auto's order of preference:
-// the iptables backends, the one plain `iptables` uses on this host first.
+// the iptables backends, the one plain `iptables` uses on this host first,
+// then nftables (chosen by auto where no iptables backend works, as on a
+// distribution without iptables, or where only native nftables tables of
+// other tools are there).
 func All(o Options) []redirect.Driver {
 	var out []redirect.Driver
 	out = append(out, iptables.Drivers(o.LockWait, o.Logger)...)
+	out = append(out, nftables.New(nftables.Options{Logger: o.Logger}))
 	return out
 }
 

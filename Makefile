@@ -20,7 +20,7 @@ export DETOUR_KUBE_BIN := $(KUBE_BIN)
 export KUBEBUILDER_ASSETS := $(KUBE_BIN)
 export DETOUR_CNI_PLUGINS_BIN := $(CNI_PLUGINS_BIN)
 
-.PHONY: help build test test-unit test-e2e lint verify bench bench-cli demo deps deps-apt deps-kube deps-cni-plugins fuzz clean
+.PHONY: help build test test-unit test-e2e lint verify generate bench bench-cli demo deps deps-apt deps-bpf deps-kube deps-cni-plugins fuzz clean
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -62,8 +62,16 @@ lint: ## gofmt and go vet
 fuzz: ## run each fuzz target for FUZZTIME (default 30s)
 	@for t in FuzzDecode FuzzParsers; do $(GO) test -run '^$$' -fuzz "^$$t$$" -fuzztime $${FUZZTIME:-30s} ./redirect/; done
 
-verify: lint ## check that generated files and go.mod are up to date
+verify: lint generate ## check that generated files (bpf2go output) and go.mod are up to date
 	$(GO) mod tidy -diff
+	@git diff --exit-code -- bpf/ || { echo "bpf/: generated files are stale: run make generate and commit"; exit 1; }
+
+deps-bpf: ## the BPF toolchain for make generate: clang, llvm, libbpf-dev, bpftool (idempotent)
+	DETOUR_BPF_TOOLCHAIN=1 hack/deps-apt.sh
+
+generate: deps-bpf ## rebuild bpf/detour_bpfel.{go,o} from bpf/detour.c (vmlinux.h from this kernel's BTF)
+	bpftool btf dump file /sys/kernel/btf/vmlinux format c > bpf/vmlinux.h
+	$(GO) generate ./bpf/
 
 clean: ## remove build output (not the cache)
 	rm -rf $(BIN)

@@ -1,0 +1,21 @@
+//go:build !linux
+
+package bpf
+
+import (
+	"errors"
+
+	"github.com/detour-mesh/detour/redirect"
+)
+
+// Ready reports that eBPF redirection needs Linux.
+func (l *Loader) Ready() error { return errors.ErrUnsupported }
+
+// Apply needs Linux.
+func (l *Loader) Apply(Scope, redirect.Capture) (bool, error) { return false, errors.ErrUnsupported }
+
+// Remove needs Linux.
+func (l *Loader) Remove(Scope) error { return errors.ErrUnsupported }
+
+// CurrentNetns needs Linux.
+func CurrentNetns() (uint64, error) { return 0, errors.ErrUnsupported }

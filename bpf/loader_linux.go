@@ -184,8 +184,8 @@ func (l *Loader) Remove(scope Scope) error {
 		}
 	}
 	if !keepLinks {
-		if err := os.RemoveAll(l.linkDir(r)); err != nil {
-			return fmt.Errorf("unpin links: %w", err)
+		if err := detach(l.linkDir(r)); err != nil {
+			return err
 		}
 	}
 	if len(remaining) == 0 {
@@ -197,6 +197,12 @@ func (l *Loader) Remove(scope Scope) error {
 // cleanup unpins everything under PinDir; the kernel frees the programs and
 // maps once no link or pin holds them.
 func (l *Loader) cleanup() error {
+	dirs, _ := filepath.Glob(filepath.Join(l.opts.pinDir(), "links", "*"))
+	for _, d := range dirs {
+		if err := detach(d); err != nil {
+			return err
+		}
+	}
 	if err := os.RemoveAll(l.opts.pinDir()); err != nil {
 		return fmt.Errorf("unpin %s: %w", l.opts.pinDir(), err)
 	}
@@ -500,4 +506,34 @@ func (l *Loader) attach(st *store, r resolved, cfg uint32) (bool, error) {
 		}
 	}
 	return true, nil
+}
+
+// detach detaches every pinned link in dir at once (unpinning alone frees a
+// link only later, from a work queue) and removes the pins.
+func detach(dir string) error {
+	pins, err := os.ReadDir(dir)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil
+	} else if err != nil {
+		return fmt.Errorf("read links: %w", err)
+	}
+	for _, p := range pins {
+		path := filepath.Join(dir, p.Name())
+		lk, err := link.LoadPinnedLink(path, nil)
+		if err != nil {
+			return fmt.Errorf("load link %s: %w", path, err)
+		}
+		err = lk.Detach()
+		lk.Close()
+		if err != nil && !errors.Is(err, ebpf.ErrNotSupported) {
+			return fmt.Errorf("detach %s: %w", path, err)
+		}
+		if err := os.Remove(path); err != nil {
+			return fmt.Errorf("unpin %s: %w", path, err)
+		}
+	}
+	if err := os.Remove(dir); err != nil {
+		return fmt.Errorf("unpin links: %w", err)
+	}
+	return nil
 }

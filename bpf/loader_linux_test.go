@@ -264,3 +264,5 @@ func rawDial(ap netip.AddrPort) (string, error) {
 	}
 	return "", fmt.Errorf("getpeername: %T", peer)
 }
+
+func newLabNS(t *testing.T) privtest.NS { return privtest.NetNS(t) }

@@ -63,6 +63,8 @@ struct orig {
 	__u32 addr[4]; // network order; IPv4 as ::ffff:a.b.c.d
 	__u16 port;    // network order
 	__u16 family;  // AF_INET or AF_INET6: the family the app dialed
+	__u16 read;    // in tuples: the proxy has asked
+	__u16 closed;  // in tuples: the app's socket is gone
 };
 
 struct tuple {
@@ -173,7 +175,9 @@ struct {
 } origins SEC(".maps");
 
 // The app's end of a redirected connection -> what it dialed, for the proxy's
-// SO_ORIGINAL_DST. Deleted when the app's socket closes; LRU as a backstop.
+// SO_ORIGINAL_DST. An entry goes when both the proxy has asked and the app's
+// socket has closed (an app may close before the proxy asks); LRU bounds what
+// a proxy that never asks leaves behind.
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, 1 << 18);
@@ -484,17 +488,27 @@ int detour_sockops(struct bpf_sock_ops *skops)
 		if (!sk)
 			return 1;
 		struct orig *o = bpf_sk_storage_get(&origins, sk, 0, 0);
-		if (!o)
-			return 1;
 		local_tuple(skops, &t);
-		bpf_map_update_elem(&tuples, &t, o, BPF_ANY);
+		if (!o) {
+			// Not redirected: no stale entry may answer for this tuple.
+			bpf_map_delete_elem(&tuples, &t);
+			return 1;
+		}
+		struct orig fresh = *o;
+		fresh.read = 0;
+		fresh.closed = 0;
+		bpf_map_update_elem(&tuples, &t, &fresh, BPF_ANY);
 		bpf_sock_ops_cb_flags_set(skops, skops->bpf_sock_ops_cb_flags | BPF_SOCK_OPS_STATE_CB_FLAG);
 		return 1;
 	}
 	case BPF_SOCK_OPS_STATE_CB:
 		if (skops->args[1] == BPF_TCP_CLOSE) {
 			local_tuple(skops, &t);
-			bpf_map_delete_elem(&tuples, &t);
+			struct orig *e = bpf_map_lookup_elem(&tuples, &t);
+			if (e && e->read)
+				bpf_map_delete_elem(&tuples, &t);
+			else if (e)
+				e->closed = 1;
 		}
 		return 1;
 	}
@@ -555,5 +569,9 @@ int detour_getsockopt(struct bpf_sockopt *ctx)
 		ctx->optlen = sizeof(*sa);
 	}
 	ctx->retval = 0;
+	if (o->closed)
+		bpf_map_delete_elem(&tuples, &t);
+	else
+		o->read = 1;
 	return 1;
 }

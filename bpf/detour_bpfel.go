@@ -55,6 +55,8 @@ type detourOrig struct {
 	Addr   [4]uint32
 	Port   uint16
 	Family uint16
+	Read   uint16
+	Closed uint16
 }
 
 type detourPortKey struct {

@@ -14,6 +14,7 @@ import (
 	"github.com/cilium/ebpf/asm"
 	"github.com/cilium/ebpf/link"
 
+	"github.com/detour-mesh/detour/internal/origdst"
 	"github.com/detour-mesh/detour/redirect"
 )
 
@@ -280,5 +281,42 @@ func TestNetnsScopesKeepTheirOwnConfigs(t *testing.T) {
 	}
 	if _, err := os.Stat(l.pinDir); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("pins after the last unenroll: %v, want none", err)
+	}
+}
+
+// An app may send its request and close before the proxy accepts: the proxy
+// must still learn the original destination.
+func TestOriginalDestinationOutlivesTheAppsSocket(t *testing.T) {
+	l := newLab(t)
+	enter(t, l.cgroup)
+	ld := New(Options{PinDir: l.pinDir, Root: l.cgroup})
+	scope := Scope{Cgroup: l.cgroup}
+	if _, err := ld.Apply(scope, testCapture(t, nil)); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ld.Remove(scope) })
+	var ln net.Listener
+	inNS(t, l.ns, func() (err error) { ln, err = net.Listen("tcp", "127.0.0.1:15001"); return err })
+	defer ln.Close()
+	inNS(t, l.ns, func() error {
+		c, err := net.DialTimeout("tcp", "198.51.100.7:8443", 2*time.Second)
+		if err != nil {
+			return err
+		}
+		c.Write([]byte("request"))
+		return c.Close()
+	})
+	time.Sleep(100 * time.Millisecond) // the app's socket is closed by now
+	c, err := ln.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	dst, err := origdst.Get(c.(*net.TCPConn))
+	if err != nil || dst.String() != "198.51.100.7:8443" {
+		t.Errorf("SO_ORIGINAL_DST after the app closed = %v, %v; want 198.51.100.7:8443", dst, err)
+	}
+	if got, _ := io.ReadAll(c); string(got) != "request" {
+		t.Errorf("proxy read %q, want the app's request", got)
 	}
 }

@@ -4,6 +4,8 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+
+	"github.com/detour-mesh/detour/redirect"
 )
 
 // DefaultPinDir is where detour pins its maps and links.
@@ -67,3 +69,35 @@ func New(opts Options) *Loader { return &Loader{opts: opts} }
 // the programs need; the error wrapping it names which. It wraps
 // errors.ErrUnsupported.
 var ErrNotSupported = fmt.Errorf("not supported by this kernel: %w", errors.ErrUnsupported)
+
+// State is what Observe read.
+type State struct {
+	// Scopes are the enrolled scopes by their key in the scopes map.
+	Scopes map[uint64]ScopeState
+	// Links are the pinned links' program names by link directory
+	// ("netns@<cgroup id>", "cgroup@<cgroup id>").
+	Links map[string][]string
+}
+
+// Empty reports that nothing of detour's is pinned.
+func (s State) Empty() bool { return len(s.Scopes) == 0 && len(s.Links) == 0 }
+
+// ScopeState is one enrolled scope's config id and map entries (as text).
+type ScopeState struct {
+	Config uint32
+	Lines  []string
+}
+
+// Lines is what a scope holding exactly c shows in Observe: its programs and
+// its map entries, in `detour plan`'s text form. Pure.
+func Lines(c redirect.Capture) ([]string, error) {
+	e, err := render(1, c)
+	if err != nil {
+		return nil, err
+	}
+	var out []string
+	for _, a := range attachments {
+		out = append(out, programLine(a.prog, a.attach))
+	}
+	return append(out, e.lines()...), nil
+}

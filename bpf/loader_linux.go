@@ -19,25 +19,6 @@ import (
 	"github.com/detour-mesh/detour/redirect"
 )
 
-// attachments are the programs and where they hook in, in attach order: the
-// getsockopt and sockops programs first, so a connection redirected by
-// connect4 can always be answered.
-var attachments = []struct {
-	prog   string
-	attach ebpf.AttachType
-}{
-	{"detour_getsockopt", ebpf.AttachCGroupGetsockopt},
-	{"detour_sockops", ebpf.AttachCGroupSockOps},
-	{"detour_getpeername4", ebpf.AttachCgroupInet4GetPeername},
-	{"detour_getpeername6", ebpf.AttachCgroupInet6GetPeername},
-	{"detour_recvmsg4", ebpf.AttachCGroupUDP4Recvmsg},
-	{"detour_recvmsg6", ebpf.AttachCGroupUDP6Recvmsg},
-	{"detour_sendmsg4", ebpf.AttachCGroupUDP4Sendmsg},
-	{"detour_sendmsg6", ebpf.AttachCGroupUDP6Sendmsg},
-	{"detour_connect4", ebpf.AttachCGroupInet4Connect},
-	{"detour_connect6", ebpf.AttachCGroupInet6Connect},
-}
-
 // Ready reports whether the kernel has every program type, map type and
 // helper the programs need, naming the first one missing (wrapping
 // ErrNotSupported). It changes nothing.

@@ -7,11 +7,13 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
 
+	"github.com/google/go-cmp/cmp"
 	"golang.org/x/sys/unix"
 
 	"github.com/detour-mesh/detour/internal/origdst"
@@ -233,6 +235,28 @@ func TestCgroupScopeRedirectsOutboundTCP(t *testing.T) {
 	// A second Apply of the same capture changes nothing.
 	if changed, err := ld.Apply(scope, c); err != nil || changed {
 		t.Errorf("second Apply = %v, %v; want no change", changed, err)
+	}
+
+	// What is installed reads back as the plan's lines: programs and entries.
+	st, err := ld.Observe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := ld.Lines(st, scope)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want, err := Lines(c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("observed lines (-planned +installed):\n%s", diff)
+	}
+	for _, line := range []string{"program connect4 attach cgroup/connect4", "cidrs4 203.0.113.0/24", "cidrs6 2001:db8:dead::/48", "ports outbound 5000-5007", "ports outbound 5984-5999"} {
+		if !slices.Contains(got, line) {
+			t.Errorf("observed lines lack %q:\n%s", line, strings.Join(got, "\n"))
+		}
 	}
 }
 

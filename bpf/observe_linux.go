@@ -88,4 +88,3 @@ func (l *Loader) Lines(st State, s Scope) ([]string, error) {
 	}
 	return append(out, sc.Lines...), nil
 }
-

@@ -44,7 +44,7 @@ test: deps ## everything: vet, unit, privileged and end-to-end tests (run as roo
 	$(GO) test -count=1 -timeout 80m ./...
 
 bench: deps-apt deps-kube deps-cni-plugins ## every benchmark with its figures (as root): CLI, engine, CNI ADD latency, xDS fan-out
-	$(MAKE) --no-print-directory bench-cli bench-engine bench-cni bench-controlplane
+	$(MAKE) --no-print-directory bench-cli bench-engine bench-cni bench-controlplane bench-redirect
 
 bench-cli: deps-apt build ## detour install / no-change re-run / uninstall through the binary: median time, child processes (root)
 	$(GO) run ./hack/bench --detour $(BIN)/detour --runs $${BENCH_RUNS:-25}
@@ -105,3 +105,8 @@ bench-engine: ## redirect engine: plan, install, no-change re-install, uninstall
 .PHONY: bench-controlplane
 bench-controlplane: ## control-plane fan-out benchmark: 1000 in-process ADS clients (DETOUR_BENCH_CLIENTS=N), SotW and delta
 	$(GO) test -run '^$$' -bench 'FanOut|Build' -benchtime 3x ./controlplane/
+
+# --- eBPF backend (issue 8) ---
+.PHONY: bench-redirect
+bench-redirect: deps-apt ## direct vs iptables-nft vs iptables-legacy vs ebpf through one relay proxy: conn/s, p50/p99, MB/s (root; BENCH_SECONDS, BENCH_RR, BENCH_STREAM_MIB)
+	DETOUR_BENCH=1 $(GO) test -count=1 -v -run TestCompareBackends ./tests/redirectbench/ | grep -E '^\|'

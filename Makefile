@@ -25,7 +25,7 @@ export DETOUR_CNI_PLUGINS_BIN := $(CNI_PLUGINS_BIN)
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
 
-build: ## build bin/detour and bin/detour-cni
+build: ## build bin/detour (lean CLI), bin/detour-cp (control plane) and bin/detour-cni
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)/ ./cmd/...
 
 deps: deps-apt deps-kube deps-cni-plugins ## install everything the tests need (idempotent, cached)
@@ -43,8 +43,8 @@ test: deps ## everything: vet, unit, privileged and end-to-end tests (run as roo
 	$(GO) vet ./...
 	$(GO) test -count=1 -timeout 80m ./...
 
-bench: deps-apt deps-kube deps-cni-plugins ## every benchmark with its figures (as root): CLI, engine, CNI ADD latency, xDS fan-out
-	$(MAKE) --no-print-directory bench-cli bench-engine bench-cni bench-controlplane bench-redirect
+bench: deps-apt deps-kube deps-cni-plugins ## every benchmark with its figures (as root): CLI, engine, CNI ADD latency, xDS fan-out, admission latency, redirect backends
+	$(MAKE) --no-print-directory bench-cli bench-engine bench-cni bench-controlplane bench-inject bench-redirect
 
 bench-cli: deps-apt build ## detour install / no-change re-run / uninstall through the binary: median time, child processes (root)
 	$(GO) run ./hack/bench --detour $(BIN)/detour --runs $${BENCH_RUNS:-25}
@@ -102,6 +102,10 @@ bench-engine: ## redirect engine: plan, install, no-change re-install, uninstall
 	$(GO) test -count=1 -run '^$$' -bench . -benchtime=50x ./redirect/
 
 # --- control plane (issue #3) ---
+.PHONY: bench-inject
+bench-inject: deps-kube ## sidecar injection webhook: p50/p99 admission latency of 1,000 pod creations against a real kube-apiserver
+	$(GO) test -count=1 -run '^$$' -bench Admission -benchtime 1000x ./inject/webhook/
+
 .PHONY: bench-controlplane
 bench-controlplane: ## control-plane fan-out benchmark: 1000 in-process ADS clients (DETOUR_BENCH_CLIENTS=N), SotW and delta
 	$(GO) test -run '^$$' -bench 'FanOut|Build' -benchtime 3x ./controlplane/

@@ -5,7 +5,6 @@ import (
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
-	"k8s.io/apimachinery/pkg/runtime"
 
 	"github.com/detour-mesh/detour/redirect"
 )
@@ -45,7 +44,7 @@ func TestAddAnnotations(t *testing.T) {
 			for k, v := range tt.annotations {
 				ann[k] = v
 			}
-			e := newEnv(t, []runtime.Object{pod("plain", "web", ann)}...)
+			e := newEnv(t, []any{pod("plain", "web", ann)}...)
 			err := e.p.Add(e.args("c1", podArgs("plain", "web"), e.conf("1.1.0", prevResults["1.1.0"], nil)))
 			if tt.wantMsg != nil {
 				if ErrorCode(err) != CodeInvalidAnnotation {

@@ -18,8 +18,8 @@ import (
 	"github.com/containernetworking/cni/pkg/types"
 	current "github.com/containernetworking/cni/pkg/types/100"
 	"github.com/containernetworking/cni/pkg/version"
-	"k8s.io/client-go/tools/clientcmd"
 
+	"github.com/detour-mesh/detour/internal/kubeapi"
 	"github.com/detour-mesh/detour/redirect"
 )
 
@@ -31,7 +31,7 @@ func SupportedVersions() version.PluginInfo {
 
 // Options configure a Plugin. The zero value is the production plugin: the
 // result on os.Stdout, logs where the plugin config says, pods read with
-// client-go, rules applied with the redirect engine.
+// internal/kubeapi, rules applied with the redirect engine.
 type Options struct {
 	// Stdout receives the result and nothing else; nil = os.Stdout.
 	Stdout io.Writer
@@ -431,7 +431,9 @@ func (p *Plugin) Status(args *skel.CmdArgs) error {
 	var problems []string
 	if _, err := os.Stat(c.conf.Kubeconfig); err != nil {
 		problems = append(problems, fmt.Sprintf("kubeconfig %s: %v", c.conf.Kubeconfig, errors.Unwrap(err)))
-	} else if _, err := clientcmd.BuildConfigFromFlags("", c.conf.Kubeconfig); err != nil {
+	} else if cfg, err := kubeapi.Load(c.conf.Kubeconfig); err != nil {
+		problems = append(problems, fmt.Sprintf("kubeconfig %s: %v", c.conf.Kubeconfig, err))
+	} else if _, err := kubeapi.New(cfg, kubeapi.Options{}); err != nil {
 		problems = append(problems, fmt.Sprintf("kubeconfig %s: %v", c.conf.Kubeconfig, err))
 	}
 	var missing []string

@@ -10,6 +10,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -19,15 +20,8 @@ import (
 	"github.com/containernetworking/cni/pkg/types"
 	"github.com/containernetworking/cni/pkg/version"
 	"github.com/google/go-cmp/cmp"
-	corev1 "k8s.io/api/core/v1"
-	apierrors "k8s.io/apimachinery/pkg/api/errors"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/runtime"
-	"k8s.io/apimachinery/pkg/runtime/schema"
-	k8stypes "k8s.io/apimachinery/pkg/types"
-	"k8s.io/client-go/kubernetes/fake"
-	k8stesting "k8s.io/client-go/testing"
 
+	"github.com/detour-mesh/detour/internal/kubeapi"
 	"github.com/detour-mesh/detour/redirect"
 )
 
@@ -105,7 +99,7 @@ func (n fakeNS) Uninstall(context.Context) error {
 type env struct {
 	t        *testing.T
 	p        *Plugin
-	kube     *fake.Clientset
+	kube     *fakeKube
 	net      *fakeNetworks
 	stdout   bytes.Buffer
 	stderr   bytes.Buffer
@@ -118,9 +112,9 @@ type env struct {
 // a network namespace path that exists without root
 const testNetns = "/proc/self/ns/net"
 
-func newEnv(t *testing.T, objs ...runtime.Object) *env {
+func newEnv(t *testing.T, objs ...any) *env {
 	t.Helper()
-	e := &env{t: t, kube: fake.NewClientset(objs...), net: &fakeNetworks{}, stateDir: t.TempDir(), now: time.Date(2030, 1, 2, 3, 4, 5, 0, time.UTC)}
+	e := &env{t: t, kube: newFakeKube(objs...), net: &fakeNetworks{}, stateDir: t.TempDir(), now: time.Date(2030, 1, 2, 3, 4, 5, 0, time.UTC)}
 	e.p = New(Options{
 		Stdout: &e.stdout,
 		Stderr: &e.stderr,
@@ -128,7 +122,7 @@ func newEnv(t *testing.T, objs ...runtime.Object) *env {
 			if e.kubeErr != nil {
 				return nil, e.kubeErr
 			}
-			return e.kube.CoreV1(), nil
+			return e.kube, nil
 		},
 		NewRedirector: e.net.factory,
 		APIBackoff:    time.Millisecond,
@@ -179,12 +173,72 @@ func (e *env) state(containerID string) (State, bool) {
 	return st, true
 }
 
-func pod(ns, name string, annotations map[string]string) *corev1.Pod {
-	return &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name, UID: k8stypes.UID("uid-" + name), Annotations: annotations}}
+func pod(ns, name string, annotations map[string]string) *kubeapi.Pod {
+	return &kubeapi.Pod{Metadata: kubeapi.ObjectMeta{Namespace: ns, Name: name, UID: "uid-" + name, Annotations: annotations}}
 }
 
-func namespace(name string, labels map[string]string) *corev1.Namespace {
-	return &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: name, Labels: labels}}
+func namespace(name string, labels map[string]string) *kubeapi.Namespace {
+	return &kubeapi.Namespace{Metadata: kubeapi.ObjectMeta{Name: name, Labels: labels}}
+}
+
+// fakeKube is an in-memory API server of pods and namespaces. Missing objects
+// fail as the API server says it (404, `pods "NAME" not found`).
+type fakeKube struct {
+	mu         sync.Mutex
+	pods       map[string]*kubeapi.Pod
+	namespaces map[string]*kubeapi.Namespace
+	actions    []string
+	// podErr, when set, is asked before each pod read; a non-nil error is the
+	// answer.
+	podErr func() error
+}
+
+func newFakeKube(objs ...any) *fakeKube {
+	f := &fakeKube{pods: map[string]*kubeapi.Pod{}, namespaces: map[string]*kubeapi.Namespace{}}
+	for _, o := range objs {
+		switch o := o.(type) {
+		case *kubeapi.Pod:
+			f.pods[o.Metadata.Namespace+"/"+o.Metadata.Name] = o
+		case *kubeapi.Namespace:
+			f.namespaces[o.Metadata.Name] = o
+		default:
+			panic(fmt.Sprintf("fakeKube: unknown object %T", o))
+		}
+	}
+	return f
+}
+
+func (f *fakeKube) Pod(_ context.Context, ns, name string) (*kubeapi.Pod, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.actions = append(f.actions, "get pod "+ns+"/"+name)
+	if f.podErr != nil {
+		if err := f.podErr(); err != nil {
+			return nil, err
+		}
+	}
+	p, ok := f.pods[ns+"/"+name]
+	if !ok {
+		return nil, &kubeapi.StatusError{Code: 404, Reason: "NotFound", Message: fmt.Sprintf("pods %q not found", name)}
+	}
+	return p, nil
+}
+
+func (f *fakeKube) Namespace(_ context.Context, name string) (*kubeapi.Namespace, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.actions = append(f.actions, "get namespace "+name)
+	n, ok := f.namespaces[name]
+	if !ok {
+		return nil, &kubeapi.StatusError{Code: 404, Reason: "NotFound", Message: fmt.Sprintf("namespaces %q not found", name)}
+	}
+	return n, nil
+}
+
+func (f *fakeKube) Actions() []string {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return slices.Clone(f.actions)
 }
 
 var prevResults = map[string]string{
@@ -296,7 +350,7 @@ func TestAddDecides(t *testing.T) {
 
 	tests := []struct {
 		name     string
-		objs     []runtime.Object
+		objs     []any
 		args     string
 		conf     map[string]any
 		wantCode uint   // 0 = success
@@ -306,23 +360,23 @@ func TestAddDecides(t *testing.T) {
 		apiCalls int    // -1 = do not check
 	}{
 		{name: "not a kubernetes pod", args: "", reason: "not a kubernetes pod", apiCalls: 0},
-		{name: "pod annotation enabled", objs: []runtime.Object{pod("plain", "web", enabled), plainNS}, args: podArgs("plain", "web"), want: &base, reason: "pod annotation", apiCalls: 1},
-		{name: "namespace label enabled", objs: []runtime.Object{pod("mesh", "web", nil), meshNS}, args: podArgs("mesh", "web"), want: &base, reason: "namespace label", apiCalls: 2},
-		{name: "pod annotation disabled beats namespace label", objs: []runtime.Object{pod("mesh", "web", map[string]string{redirect.AnnotationRedirect: redirect.RedirectDisabled}), meshNS}, args: podArgs("mesh", "web"), reason: "not enabled", apiCalls: 1},
-		{name: "no annotation and no label", objs: []runtime.Object{pod("plain", "web", nil), plainNS}, args: podArgs("plain", "web"), reason: "not enabled", apiCalls: 2},
-		{name: "host network pod", objs: []runtime.Object{hostNet, plainNS}, args: podArgs("plain", "node-agent"), reason: "host network", apiCalls: 1},
-		{name: "excluded namespace needs no api", objs: []runtime.Object{pod("mesh", "web", enabled), meshNS}, args: podArgs("mesh", "web"), conf: map[string]any{"excludeNamespaces": []string{"kube-system", "mesh"}}, reason: "excluded", apiCalls: 0},
-		{name: "short-form annotations", objs: []runtime.Object{pod("plain", "db-client", map[string]string{redirect.AnnotationRedirect: redirect.RedirectEnabled, "detour.io/exclude-outbound-ports": "5432,6379"}), plainNS}, args: podArgs("plain", "db-client"), want: &withPorts, reason: "pod annotation", apiCalls: 1},
-		{name: "preset from the plugin config", objs: []runtime.Object{pod("plain", "web", enabled)}, args: podArgs("plain", "web"), conf: map[string]any{"preset": "istio", "config": map[string]any{"proxy": map[string]any{"inboundPort": 15106}}}, want: func() *redirect.Config {
+		{name: "pod annotation enabled", objs: []any{pod("plain", "web", enabled), plainNS}, args: podArgs("plain", "web"), want: &base, reason: "pod annotation", apiCalls: 1},
+		{name: "namespace label enabled", objs: []any{pod("mesh", "web", nil), meshNS}, args: podArgs("mesh", "web"), want: &base, reason: "namespace label", apiCalls: 2},
+		{name: "pod annotation disabled beats namespace label", objs: []any{pod("mesh", "web", map[string]string{redirect.AnnotationRedirect: redirect.RedirectDisabled}), meshNS}, args: podArgs("mesh", "web"), reason: "not enabled", apiCalls: 1},
+		{name: "no annotation and no label", objs: []any{pod("plain", "web", nil), plainNS}, args: podArgs("plain", "web"), reason: "not enabled", apiCalls: 2},
+		{name: "host network pod", objs: []any{hostNet, plainNS}, args: podArgs("plain", "node-agent"), reason: "host network", apiCalls: 1},
+		{name: "excluded namespace needs no api", objs: []any{pod("mesh", "web", enabled), meshNS}, args: podArgs("mesh", "web"), conf: map[string]any{"excludeNamespaces": []string{"kube-system", "mesh"}}, reason: "excluded", apiCalls: 0},
+		{name: "short-form annotations", objs: []any{pod("plain", "db-client", map[string]string{redirect.AnnotationRedirect: redirect.RedirectEnabled, "detour.io/exclude-outbound-ports": "5432,6379"}), plainNS}, args: podArgs("plain", "db-client"), want: &withPorts, reason: "pod annotation", apiCalls: 1},
+		{name: "preset from the plugin config", objs: []any{pod("plain", "web", enabled)}, args: podArgs("plain", "web"), conf: map[string]any{"preset": "istio", "config": map[string]any{"proxy": map[string]any{"inboundPort": 15106}}}, want: func() *redirect.Config {
 			c, _ := redirect.Preset("istio")
 			c.Proxy.InboundPort = 15106
 			return &c
 		}(), reason: "pod annotation", apiCalls: 1},
-		{name: "config document as a YAML string", objs: []runtime.Object{pod("plain", "web", enabled)}, args: podArgs("plain", "web"), conf: map[string]any{"config": "outbound:\n  excludePorts: [5432, 6379]\n"}, want: &withPorts, reason: "pod annotation", apiCalls: 1},
-		{name: "typo in pod annotation fails", objs: []runtime.Object{pod("plain", "web", map[string]string{redirect.AnnotationRedirect: "enable"}), plainNS}, args: podArgs("plain", "web"), wantCode: CodeInvalidAnnotation, wantMsg: `pod plain/web annotation: detour.io/redirect: "enable" is not enabled or disabled`, apiCalls: 1},
-		{name: "typo in namespace label fails", objs: []runtime.Object{pod("mesh", "web", nil), namespace("mesh", map[string]string{redirect.AnnotationRedirect: "on"})}, args: podArgs("mesh", "web"), wantCode: CodeInvalidAnnotation, wantMsg: `namespace mesh label: detour.io/redirect: "on" is not enabled or disabled`, apiCalls: 2},
-		{name: "pod missing fails closed", objs: []runtime.Object{plainNS}, args: podArgs("plain", "ghost"), wantCode: CodePodNotFound, wantMsg: `read pod plain/ghost: pods "ghost" not found`, apiCalls: 1},
-		{name: "pod uid differs fails closed", objs: []runtime.Object{pod("plain", "web", enabled)}, args: podArgs("plain", "web") + ";K8S_POD_UID=uid-older", wantCode: CodePodNotFound, wantMsg: "the api has uid uid-web, the runtime asked for uid uid-older", apiCalls: 1},
+		{name: "config document as a YAML string", objs: []any{pod("plain", "web", enabled)}, args: podArgs("plain", "web"), conf: map[string]any{"config": "outbound:\n  excludePorts: [5432, 6379]\n"}, want: &withPorts, reason: "pod annotation", apiCalls: 1},
+		{name: "typo in pod annotation fails", objs: []any{pod("plain", "web", map[string]string{redirect.AnnotationRedirect: "enable"}), plainNS}, args: podArgs("plain", "web"), wantCode: CodeInvalidAnnotation, wantMsg: `pod plain/web annotation: detour.io/redirect: "enable" is not enabled or disabled`, apiCalls: 1},
+		{name: "typo in namespace label fails", objs: []any{pod("mesh", "web", nil), namespace("mesh", map[string]string{redirect.AnnotationRedirect: "on"})}, args: podArgs("mesh", "web"), wantCode: CodeInvalidAnnotation, wantMsg: `namespace mesh label: detour.io/redirect: "on" is not enabled or disabled`, apiCalls: 2},
+		{name: "pod missing fails closed", objs: []any{plainNS}, args: podArgs("plain", "ghost"), wantCode: CodePodNotFound, wantMsg: `read pod plain/ghost: pods "ghost" not found`, apiCalls: 1},
+		{name: "pod uid differs fails closed", objs: []any{pod("plain", "web", enabled)}, args: podArgs("plain", "web") + ";K8S_POD_UID=uid-older", wantCode: CodePodNotFound, wantMsg: "the api has uid uid-web, the runtime asked for uid uid-older", apiCalls: 1},
 		{name: "namespace without pod name", args: "K8S_POD_NAMESPACE=plain", wantCode: types.ErrInvalidEnvironmentVariables, wantMsg: "without K8S_POD_NAME", apiCalls: 0},
 	}
 	for _, tt := range tests {
@@ -389,10 +443,10 @@ func TestAddRetriesTransientAPIErrors(t *testing.T) {
 		wantCode uint
 		wantGets int
 	}{
-		{name: "unavailable then ok", err: apierrors.NewServiceUnavailable("etcd leader change"), failures: 2, wantGets: 3},
-		{name: "too many requests then ok", err: apierrors.NewTooManyRequests("slow down", 1), failures: 1, wantGets: 2},
+		{name: "unavailable then ok", err: &kubeapi.StatusError{Code: 503, Reason: "ServiceUnavailable", Message: "etcd leader change"}, failures: 2, wantGets: 3},
+		{name: "too many requests then ok", err: &kubeapi.StatusError{Code: 429, Reason: "TooManyRequests", Message: "slow down"}, failures: 1, wantGets: 2},
 		{name: "unreachable every time fails closed", err: errors.New(`dial tcp 192.0.2.1:443: connect: connection refused`), failures: 100, wantCode: types.ErrTryAgainLater, wantGets: 5},
-		{name: "forbidden is not retried", err: apierrors.NewForbidden(schema.GroupResource{Resource: "pods"}, "web", errors.New("rbac")), failures: 100, wantCode: CodeAPIDenied, wantGets: 1},
+		{name: "forbidden is not retried", err: &kubeapi.StatusError{Code: 403, Reason: "Forbidden", Message: `pods "web" is forbidden: rbac`}, failures: 100, wantCode: CodeAPIDenied, wantGets: 1},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -400,15 +454,15 @@ func TestAddRetriesTransientAPIErrors(t *testing.T) {
 			e := newEnv(t, pod("plain", "web", map[string]string{redirect.AnnotationRedirect: redirect.RedirectEnabled}))
 			var mu sync.Mutex
 			gets := 0
-			e.kube.PrependReactor("get", "pods", func(k8stesting.Action) (bool, runtime.Object, error) {
+			e.kube.podErr = func() error {
 				mu.Lock()
 				defer mu.Unlock()
 				gets++
 				if gets <= tt.failures {
-					return true, nil, tt.err
+					return tt.err
 				}
-				return false, nil, nil
-			})
+				return nil
+			}
 			err := e.p.Add(e.args("c1", podArgs("plain", "web"), e.conf("1.1.0", "", nil)))
 			if ErrorCode(err) != tt.wantCode {
 				t.Fatalf("err = %v (code %d), want code %d", err, ErrorCode(err), tt.wantCode)
@@ -461,7 +515,7 @@ func TestCheck(t *testing.T) {
 	t.Parallel()
 	tests := []struct {
 		name     string
-		pod      *corev1.Pod
+		pod      *kubeapi.Pod
 		add      bool // run ADD first
 		drift    bool
 		wantCode uint
@@ -513,7 +567,7 @@ func TestDel(t *testing.T) {
 	gone := filepath.Join(os.TempDir(), "detour-no-such-netns")
 	tests := []struct {
 		name    string
-		pod     *corev1.Pod
+		pod     *kubeapi.Pod
 		add     bool
 		netns   string
 		corrupt bool     // garble the state file before DEL

@@ -2,48 +2,59 @@ package cni
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
 	"os"
 	"time"
 
 	"github.com/containernetworking/cni/pkg/types"
-	corev1 "k8s.io/api/core/v1"
-	apierrors "k8s.io/apimachinery/pkg/api/errors"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	corev1client "k8s.io/client-go/kubernetes/typed/core/v1"
-	"k8s.io/client-go/tools/clientcmd"
 
+	"github.com/detour-mesh/detour/internal/kubeapi"
 	"github.com/detour-mesh/detour/redirect"
 )
 
 // KubeClient is what the plugin needs from the Kubernetes API: read one pod and
-// one namespace. client-go's CoreV1Interface (real or fake) satisfies it.
+// one namespace. Errors carrying an API answer satisfy kubeapi.Code.
 type KubeClient interface {
-	Pods(namespace string) corev1client.PodInterface
-	Namespaces() corev1client.NamespaceInterface
+	Pod(ctx context.Context, namespace, name string) (*kubeapi.Pod, error)
+	Namespace(ctx context.Context, name string) (*kubeapi.Namespace, error)
 }
 
 // NewKubeClient builds a client from the kubeconfig file at path. Each request
-// is bounded by timeout; the plugin retries on top of that.
+// is bounded by timeout; the plugin retries on top of that. A token file the
+// kubeconfig names is read again on every request.
 func NewKubeClient(path string, timeout time.Duration) (KubeClient, error) {
 	if _, err := os.Stat(path); err != nil {
 		return nil, fmt.Errorf("read kubeconfig: %w", err)
 	}
-	cfg, err := clientcmd.BuildConfigFromFlags("", path)
+	cfg, err := kubeapi.Load(path)
 	if err != nil {
 		return nil, fmt.Errorf("load kubeconfig %s: %w", path, err)
 	}
-	cfg.Timeout = timeout
-	cfg.UserAgent = "detour-cni"
-	// One plugin process makes one or two requests: no client-side throttling.
-	cfg.QPS, cfg.Burst = 50, 50
-	c, err := corev1client.NewForConfig(cfg)
+	c, err := kubeapi.New(cfg, kubeapi.Options{Timeout: timeout, UserAgent: "detour-cni"})
 	if err != nil {
 		return nil, fmt.Errorf("build kubernetes client from %s: %w", path, err)
 	}
-	return c, nil
+	return apiClient{c}, nil
+}
+
+// apiClient reads pods and namespaces with kubeapi.
+type apiClient struct{ c *kubeapi.Client }
+
+func (a apiClient) Pod(ctx context.Context, namespace, name string) (*kubeapi.Pod, error) {
+	var p kubeapi.Pod
+	if err := a.c.Get(ctx, kubeapi.PodPath(namespace, name), &p); err != nil {
+		return nil, err
+	}
+	return &p, nil
+}
+
+func (a apiClient) Namespace(ctx context.Context, name string) (*kubeapi.Namespace, error) {
+	var ns kubeapi.Namespace
+	if err := a.c.Get(ctx, kubeapi.NamespacePath(name), &ns); err != nil {
+		return nil, err
+	}
+	return &ns, nil
 }
 
 // decision is what ADD concluded for one attachment.
@@ -88,20 +99,11 @@ func (r retrier) do(ctx context.Context, what string, get func(context.Context) 
 	return fmt.Errorf("%w (after %d attempts)", err, r.attempts)
 }
 
+// transient reports whether a failed read may succeed when repeated: no
+// answer at all (refused, reset, DNS, TLS handshake, timeout), 429 or 5xx.
 func transient(err error) bool {
-	var status apierrors.APIStatus
-	if errors.As(err, &status) {
-		switch {
-		case apierrors.IsTooManyRequests(err), apierrors.IsServerTimeout(err), apierrors.IsTimeout(err),
-			apierrors.IsInternalError(err), apierrors.IsServiceUnavailable(err), apierrors.IsUnexpectedServerError(err):
-			return true
-		}
-		code := status.Status().Code
-		return code >= 500
-	}
-	// Not an API status: the request did not get an answer (refused, reset,
-	// DNS, TLS handshake, timeout).
-	return true
+	code := kubeapi.Code(err)
+	return code == 0 || code == 429 || code >= 500
 }
 
 // decide reads the pod (and, when the pod does not say, its namespace) and
@@ -115,38 +117,38 @@ func decide(ctx context.Context, conf *Conf, ref PodRef, kube func() (KubeClient
 	if err != nil {
 		return decision{}, newError(types.ErrTryAgainLater, fmt.Errorf("read pod %s: %w", ref, err))
 	}
-	var pod *corev1.Pod
+	var pod *kubeapi.Pod
 	err = r.do(ctx, "pod "+ref.String(), func(ctx context.Context) error {
 		var err error
-		pod, err = client.Pods(ref.Namespace).Get(ctx, ref.Name, metav1.GetOptions{})
+		pod, err = client.Pod(ctx, ref.Namespace, ref.Name)
 		return err
 	})
 	if err != nil {
 		return decision{}, apiError("read pod "+ref.String(), err)
 	}
-	if ref.UID != "" && string(pod.UID) != ref.UID {
-		return decision{}, newError(CodePodNotFound, fmt.Errorf("read pod %s: the api has uid %s, the runtime asked for uid %s", ref, pod.UID, ref.UID))
+	if ref.UID != "" && pod.Metadata.UID != ref.UID {
+		return decision{}, newError(CodePodNotFound, fmt.Errorf("read pod %s: the api has uid %s, the runtime asked for uid %s", ref, pod.Metadata.UID, ref.UID))
 	}
 	if pod.Spec.HostNetwork {
 		return decision{Reason: "host network pod"}, nil
 	}
 
-	on, set, err := optIn(pod.Annotations, "pod "+ref.String()+" annotation")
+	on, set, err := optIn(pod.Metadata.Annotations, "pod "+ref.String()+" annotation")
 	if err != nil {
 		return decision{}, newError(CodeInvalidAnnotation, err)
 	}
 	reason := "enabled by pod annotation"
 	if !set {
-		var ns *corev1.Namespace
+		var ns *kubeapi.Namespace
 		err := r.do(ctx, "namespace "+ref.Namespace, func(ctx context.Context) error {
 			var err error
-			ns, err = client.Namespaces().Get(ctx, ref.Namespace, metav1.GetOptions{})
+			ns, err = client.Namespace(ctx, ref.Namespace)
 			return err
 		})
 		if err != nil {
 			return decision{}, apiError("read namespace "+ref.Namespace, err)
 		}
-		on, _, err = optIn(ns.Labels, "namespace "+ref.Namespace+" label")
+		on, _, err = optIn(ns.Metadata.Labels, "namespace "+ref.Namespace+" label")
 		if err != nil {
 			return decision{}, newError(CodeInvalidAnnotation, err)
 		}
@@ -160,7 +162,7 @@ func decide(ctx context.Context, conf *Conf, ref PodRef, kube func() (KubeClient
 	if err != nil {
 		return decision{}, newError(types.ErrInvalidNetworkConfig, err)
 	}
-	cfg, err := fromAnnotations(base, pod.Annotations)
+	cfg, err := fromAnnotations(base, pod.Metadata.Annotations)
 	if err != nil {
 		return decision{}, newError(CodeInvalidAnnotation, fmt.Errorf("pod %s: %w", ref, err))
 	}
@@ -192,10 +194,10 @@ func optIn(m map[string]string, where string) (on, set bool, err error) {
 // apiError gives a failed Kubernetes read its CNI code: a missing pod, denied
 // credentials, or (anything else, after the retries) "try again later".
 func apiError(op string, err error) *types.Error {
-	switch {
-	case apierrors.IsNotFound(err):
+	switch kubeapi.Code(err) {
+	case 404:
 		return newError(CodePodNotFound, fmt.Errorf("%s: %w", op, err))
-	case apierrors.IsUnauthorized(err), apierrors.IsForbidden(err):
+	case 401, 403:
 		return newError(CodeAPIDenied, fmt.Errorf("%s: %w", op, err))
 	}
 	return newError(types.ErrTryAgainLater, fmt.Errorf("%s: kubernetes api unavailable: %w", op, err))

@@ -423,6 +423,12 @@ func benchFanOut(b *testing.B, protocol string, distinct bool) {
 	n := benchClients(b)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
+	// The clients run in a child process: this process's resident set is the
+	// control plane's (and the benchmark's small bookkeeping). Its peak is
+	// taken from here on, connections included.
+	runtime.GC()
+	resetPeakRSS()
+	_, startRSS := readRSS()
 	srv := NewServer(ServerOptions{})
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -459,6 +465,10 @@ func benchFanOut(b *testing.B, protocol string, distinct bool) {
 		b.Fatal(err)
 	}
 	fl.wait(b, r.Round)
+	if os.Getenv("DETOUR_BENCH_MEMCLASSES") != "" {
+		p, c := readRSS()
+		b.Logf("connected: RSS %.1f MiB, peak %.1f MiB", float64(c)/(1<<20), float64(p)/(1<<20))
+	}
 
 	// Peak heap in use, sampled without stopping the world (ReadMemStats
 	// would): heap objects plus the unused part of in-use spans.
@@ -516,6 +526,25 @@ func benchFanOut(b *testing.B, protocol string, distinct bool) {
 	b.StopTimer()
 	close(stopSampling)
 	sampling.Wait()
+	peakRSS, rss := readRSS()
+	// DETOUR_BENCH_MEMCLASSES=1 logs where the resident memory is: the
+	// runtime's memory classes and the goroutine count, before the final GC.
+	if os.Getenv("DETOUR_BENCH_MEMCLASSES") != "" {
+		var samples []rtmetrics.Sample
+		for _, d := range rtmetrics.All() {
+			if strings.HasPrefix(d.Name, "/memory/classes/") || d.Name == "/sched/goroutines:goroutines" {
+				samples = append(samples, rtmetrics.Sample{Name: d.Name})
+			}
+		}
+		rtmetrics.Read(samples)
+		for _, sm := range samples {
+			if strings.HasSuffix(sm.Name, ":bytes") {
+				b.Logf("%s = %.1f MiB", sm.Name, float64(sm.Value.Uint64())/(1<<20))
+			} else {
+				b.Logf("%s = %d", sm.Name, sm.Value.Uint64())
+			}
+		}
+	}
 	runtime.GC()
 	var ms runtime.MemStats
 	runtime.ReadMemStats(&ms)
@@ -538,9 +567,12 @@ func benchFanOut(b *testing.B, protocol string, distinct bool) {
 	b.ReportMetric(float64(ms.HeapInuse)/(1<<20), "heap-MiB")
 	b.ReportMetric(float64(ms.HeapAlloc)/(1<<20), "live-heap-MiB")
 	b.ReportMetric(float64(peak.Load())/(1<<20), "peak-heap-MiB")
-	b.Logf("%s fan-out, %d clients × %d listeners (distinct=%v): %v per change until all ACKed (build %v, control plane CPU %v); control plane heap in use %.1f MiB after (live %.1f MiB), peak %.1f MiB",
+	b.ReportMetric(float64(rss)/(1<<20), "RSS-MiB")
+	b.ReportMetric(float64(peakRSS)/(1<<20), "peak-RSS-MiB")
+	b.Logf("%s fan-out, %d clients × %d listeners (distinct=%v): %v per change until all ACKed (build %v, control plane CPU %v); control plane heap in use %.1f MiB after (live %.1f MiB), peak %.1f MiB; RSS %.1f MiB at start, %.1f MiB after, peak (VmHWM) %.1f MiB",
 		protocol, n, benchServices+2, distinct, perChange.Round(time.Millisecond), buildPerChange.Round(time.Millisecond),
-		cpuPerChange.Round(time.Millisecond), float64(ms.HeapInuse)/(1<<20), float64(ms.HeapAlloc)/(1<<20), float64(peak.Load())/(1<<20))
+		cpuPerChange.Round(time.Millisecond), float64(ms.HeapInuse)/(1<<20), float64(ms.HeapAlloc)/(1<<20), float64(peak.Load())/(1<<20),
+		float64(startRSS)/(1<<20), float64(rss)/(1<<20), float64(peakRSS)/(1<<20))
 }
 
 // BenchmarkBuild measures turning a mesh into every node's validated,

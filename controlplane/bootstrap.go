@@ -12,6 +12,10 @@ import (
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
+	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
+	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
+	routerv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/router/v3"
+	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 	httpv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/upstreams/http/v3"
 	matcherv3 "github.com/envoyproxy/go-control-plane/envoy/type/matcher/v3"
@@ -36,6 +40,11 @@ type BootstrapOptions struct {
 	Delta bool
 	// AdminAddress is Envoy's admin listener; "" means 127.0.0.1:15000.
 	AdminAddress string
+	// ReadyAddress, when set (ip:port, usually 0.0.0.0:15021), adds a static
+	// listener that answers GET /ready from the admin listener and nothing
+	// else, so the kubelet's probes can reach Envoy's readiness without the
+	// admin interface being exposed beyond loopback.
+	ReadyAddress string
 	// Config is the workload's redirect config: its proxy ports and uid go into
 	// the node metadata, so the proxy, its listeners and the installer agree.
 	Config redirect.Config
@@ -85,11 +94,18 @@ func Bootstrap(o BootstrapOptions) (*bootstrapv3.Bootstrap, error) {
 	if err != nil {
 		return nil, &redirect.FieldError{Field: "admin-address", Value: admin, Reason: "is not ip:port"}
 	}
+	var readyAP netip.AddrPort
+	if o.ReadyAddress != "" {
+		readyAP, err = netip.ParseAddrPort(o.ReadyAddress)
+		if err != nil {
+			return nil, &redirect.FieldError{Field: "ready-address", Value: o.ReadyAddress, Reason: "is not ip:port"}
+		}
+		if readyAP.Port() == adminAP.Port() {
+			return nil, &redirect.FieldError{Field: "ready-address", Value: o.ReadyAddress, Reason: "has the admin listener's port"}
+		}
+	}
 	if (o.ClientCert == "") != (o.ClientKey == "") {
 		return nil, &redirect.FieldError{Field: "tls-cert/tls-key", Value: o.ClientCert + "," + o.ClientKey, Reason: "must be given together"}
-	}
-	if o.Config.DNS.Capture != "" && o.Config.DNS.Capture != redirect.DNSCaptureOff {
-		return nil, &redirect.FieldError{Field: "dns.capture", Value: string(o.Config.DNS.Capture), Reason: ErrDNSNotServed.Error()}
 	}
 	if o.ClientCert != "" && o.CACert == "" {
 		return nil, &redirect.FieldError{Field: "ca", Value: "", Reason: "is required with a client certificate (mTLS runs over TLS)"}
@@ -206,6 +222,10 @@ func Bootstrap(o BootstrapOptions) (*bootstrapv3.Bootstrap, error) {
 		},
 		StaticResources: &bootstrapv3.Bootstrap_StaticResources{Clusters: []*clusterv3.Cluster{xds}},
 	}
+	if o.ReadyAddress != "" {
+		b.StaticResources.Clusters = append(b.StaticResources.Clusters, adminCluster(adminAP))
+		b.StaticResources.Listeners = append(b.StaticResources.Listeners, readyListener(readyAP))
+	}
 	if err := ValidateResource(b); err != nil {
 		return nil, fmt.Errorf("validate bootstrap: %w", err)
 	}
@@ -220,4 +240,68 @@ func BootstrapYAML(b *bootstrapv3.Bootstrap) ([]byte, error) {
 	}
 	// JSONToYAML sorts keys and drops protojson's deliberately unstable spacing.
 	return yaml.JSONToYAML(js)
+}
+
+// Names of the static resources of the ready endpoint.
+const (
+	adminClusterName  = "detour-admin"
+	readyListenerName = "detour-ready"
+)
+
+// adminCluster reaches Envoy's own admin listener.
+func adminCluster(admin netip.AddrPort) *clusterv3.Cluster {
+	return &clusterv3.Cluster{
+		Name:                 adminClusterName,
+		ConnectTimeout:       durationpb.New(connectTimeout),
+		ClusterDiscoveryType: &clusterv3.Cluster_Type{Type: clusterv3.Cluster_STATIC},
+		LoadAssignment: &endpointv3.ClusterLoadAssignment{
+			ClusterName: adminClusterName,
+			Endpoints: []*endpointv3.LocalityLbEndpoints{{LbEndpoints: []*endpointv3.LbEndpoint{{
+				HostIdentifier: &endpointv3.LbEndpoint_Endpoint{Endpoint: &endpointv3.Endpoint{
+					Address: socketAddress(admin.Addr(), admin.Port()),
+				}},
+			}}}},
+		},
+	}
+}
+
+// readyListener answers exactly GET /ready (Envoy's readiness: 200 once the
+// first listeners and clusters arrived and the server is live) from the
+// admin cluster; every other path is a 404 from the listener itself.
+func readyListener(addr netip.AddrPort) *listenerv3.Listener {
+	return &listenerv3.Listener{
+		Name:    readyListenerName,
+		Address: socketAddress(addr.Addr(), addr.Port()),
+		FilterChains: []*listenerv3.FilterChain{{Filters: []*listenerv3.Filter{{
+			Name: filterHCM,
+			ConfigType: &listenerv3.Filter_TypedConfig{TypedConfig: mustAny(&hcmv3.HttpConnectionManager{
+				StatPrefix: readyListenerName,
+				RouteSpecifier: &hcmv3.HttpConnectionManager_RouteConfig{RouteConfig: &routev3.RouteConfiguration{
+					Name: readyListenerName,
+					VirtualHosts: []*routev3.VirtualHost{{
+						Name:    readyListenerName,
+						Domains: []string{"*"},
+						Routes: []*routev3.Route{{
+							Match: &routev3.RouteMatch{
+								PathSpecifier: &routev3.RouteMatch_Path{Path: "/ready"},
+								Headers: []*routev3.HeaderMatcher{{
+									Name: ":method",
+									HeaderMatchSpecifier: &routev3.HeaderMatcher_StringMatch{StringMatch: &matcherv3.StringMatcher{
+										MatchPattern: &matcherv3.StringMatcher_Exact{Exact: "GET"},
+									}},
+								}},
+							},
+							Action: &routev3.Route_Route{Route: &routev3.RouteAction{
+								ClusterSpecifier: &routev3.RouteAction_Cluster{Cluster: adminClusterName},
+							}},
+						}},
+					}},
+				}},
+				HttpFilters: []*hcmv3.HttpFilter{{
+					Name:       filterRouter,
+					ConfigType: &hcmv3.HttpFilter_TypedConfig{TypedConfig: mustAny(&routerv3.Router{})},
+				}},
+			})},
+		}}}},
+	}
 }

@@ -4,6 +4,7 @@ import (
 	"cmp"
 	"encoding/json"
 	"fmt"
+	"maps"
 	"net/netip"
 	"slices"
 	"strconv"
@@ -15,10 +16,13 @@ import (
 	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
+	dnsv3 "github.com/envoyproxy/go-control-plane/envoy/data/dns/v3"
 	routerv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/router/v3"
 	originaldstv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/listener/original_dst/v3"
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	tcpproxyv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/tcp_proxy/v3"
+	dnsfilterv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/udp/dns_filter/v3"
+	caresv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/network/dns_resolver/cares/v3"
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
@@ -36,6 +40,8 @@ const (
 	ListenerOutboundIPv6 = "outbound-ipv6" // [::]:outboundPort
 	ListenerInbound      = "inbound"       // 0.0.0.0:inboundPort, original_dst listener filter
 	ListenerInboundIPv6  = "inbound-ipv6"  // [::]:inboundPort
+	ListenerDNS          = "dns"           // UDP 127.0.0.1:dns.port, dns_filter
+	ListenerDNSIPv6      = "dns-ipv6"      // UDP [::1]:dns.port
 
 	ClusterPassthrough            = "passthrough"              // ORIGINAL_DST: the destination the app dialed
 	ClusterBlackhole              = "blackhole"                // STATIC without endpoints: refuses
@@ -53,7 +59,13 @@ const (
 	filterHCM         = "envoy.filters.network.http_connection_manager"
 	filterRouter      = "envoy.filters.http.router"
 	filterOriginalDst = "envoy.filters.listener.original_dst"
+	filterDNS         = "envoy.filters.udp.dns_filter"
+	dnsResolverCares  = "envoy.network.dns_resolver.cares"
 )
+
+// DNSAnswerTTL is the TTL of the answers for service names: short, so a
+// changed virtual IP is picked up soon.
+const DNSAnswerTTL = 30 * time.Second
 
 const connectTimeout = 5 * time.Second
 
@@ -111,6 +123,7 @@ type generator struct {
 	serviceClusters  map[serviceKey]*clusterv3.Cluster
 	reach            map[string][]*Service // sorted Reach → reachable services
 	used             map[string]*clusterv3.Cluster
+	dnsListeners     map[string]*listenerv3.Listener // by dnsKey
 }
 
 // serviceKey names one port of one service on one virtual IP (listeners) or for
@@ -138,6 +151,7 @@ func newGenerator(m *Mesh) *generator {
 		serviceListeners: make(map[serviceKey]*listenerv3.Listener),
 		serviceClusters:  make(map[serviceKey]*clusterv3.Cluster),
 		reach:            make(map[string][]*Service),
+		dnsListeners:     make(map[string]*listenerv3.Listener),
 	}
 	for i := range m.Services {
 		s := &m.Services[i]
@@ -200,6 +214,11 @@ func (g *generator) workload(w *Workload) Resources {
 	use := func(cl *clusterv3.Cluster) { usedClusters[cl.GetName()] = cl }
 	use(g.blackhole())
 
+	// The DNS table: every reachable service's name, answered with the
+	// virtual IPs the proxy serves listeners for (so the A and AAAA answers
+	// follow the families the workload captures).
+	dnsOn := c.DNS.Capture != "" && c.DNS.Capture != redirect.DNSCaptureOff
+	var dnsVIPs []serviceVIP
 	if c.Outbound.Enabled {
 		catchAll := ClusterPassthrough
 		if g.mesh.OutboundPolicy == RegistryOnly {
@@ -222,11 +241,23 @@ func (g *generator) workload(w *Workload) Resources {
 					}
 					served = true
 					r.Listeners = append(r.Listeners, g.serviceListener(s, pi, vip))
+					if dnsOn {
+						dnsVIPs = append(dnsVIPs, serviceVIP{s, vip})
+					}
 				}
 				if served {
 					use(g.serviceCluster(s, pi, famKey, fam.reach4, fam.reach6))
 				}
 			}
+		}
+	}
+
+	if dnsOn {
+		if v4 {
+			r.Listeners = append(r.Listeners, g.dnsListener(ListenerDNS, netip.AddrFrom4([4]byte{127, 0, 0, 1}), c.DNS.Port, dnsVIPs))
+		}
+		if v6 {
+			r.Listeners = append(r.Listeners, g.dnsListener(ListenerDNSIPv6, netip.IPv6Loopback(), c.DNS.Port, dnsVIPs))
 		}
 	}
 
@@ -424,6 +455,88 @@ func inboundListener(name string, addr netip.Addr, port uint16, transparent bool
 		// listener's address; the listener needs IP_TRANSPARENT to accept them.
 		l.Transparent = wrapperspb.Bool(true)
 	}
+	return l
+}
+
+type serviceVIP struct {
+	service *Service
+	vip     netip.Addr
+}
+
+// dnsListener answers captured DNS queries on addr:port (UDP): the names of
+// the services in vips with their virtual IPs, everything else from the
+// mesh's upstream resolvers (the proxy's resolv.conf when there are none).
+// REDIRECT of a locally sent packet rewrites its destination to loopback, so
+// the listener binds 127.0.0.1 and ::1: a wildcard-bound UDP socket could
+// answer from another source address than the one the app asked.
+func (g *generator) dnsListener(name string, addr netip.Addr, port uint16, vips []serviceVIP) *listenerv3.Listener {
+	suffix := g.mesh.DNS.suffix()
+	byName := make(map[string][]netip.Addr)
+	for _, sv := range vips {
+		n := strings.ToLower(sv.service.Name) + "." + strings.ToLower(suffix)
+		if !slices.Contains(byName[n], sv.vip) {
+			byName[n] = append(byName[n], sv.vip)
+		}
+	}
+	names := slices.Sorted(maps.Keys(byName))
+	var key strings.Builder
+	key.WriteString(name + "|" + strconv.Itoa(int(port)))
+	for _, n := range names {
+		slices.SortFunc(byName[n], func(a, b netip.Addr) int { return a.Compare(b) })
+		key.WriteString("|" + n)
+		for _, a := range byName[n] {
+			key.WriteString("," + a.String())
+		}
+	}
+	if l, ok := g.dnsListeners[key.String()]; ok {
+		return l
+	}
+	domains := make([]*dnsv3.DnsTable_DnsVirtualDomain, 0, len(names))
+	for _, n := range names {
+		addrs := make([]string, 0, len(byName[n]))
+		for _, a := range byName[n] {
+			addrs = append(addrs, a.String())
+		}
+		domains = append(domains, &dnsv3.DnsTable_DnsVirtualDomain{
+			Name: n,
+			Endpoint: &dnsv3.DnsTable_DnsEndpoint{EndpointConfig: &dnsv3.DnsTable_DnsEndpoint_AddressList{
+				AddressList: &dnsv3.DnsTable_AddressList{Address: addrs},
+			}},
+			AnswerTtl: durationpb.New(DNSAnswerTTL),
+		})
+	}
+	resolvers := make([]*corev3.Address, 0, len(g.mesh.DNS.Upstreams))
+	for _, u := range g.mesh.DNS.Upstreams {
+		a := socketAddress(u.Addr(), u.Port())
+		a.GetSocketAddress().Protocol = corev3.SocketAddress_UDP
+		resolvers = append(resolvers, a)
+	}
+	addrUDP := socketAddress(addr, port)
+	addrUDP.GetSocketAddress().Protocol = corev3.SocketAddress_UDP
+	l := &listenerv3.Listener{
+		Name:             name,
+		Address:          addrUDP,
+		TrafficDirection: corev3.TrafficDirection_OUTBOUND,
+		ListenerFilters: []*listenerv3.ListenerFilter{{
+			Name: filterDNS,
+			ConfigType: &listenerv3.ListenerFilter_TypedConfig{TypedConfig: mustAny(&dnsfilterv3.DnsFilterConfig{
+				StatPrefix:      name,
+				CaseInsensitive: true,
+				ServerConfig: &dnsfilterv3.DnsFilterConfig_ServerContextConfig{ConfigSource: &dnsfilterv3.DnsFilterConfig_ServerContextConfig_InlineDnsTable{
+					InlineDnsTable: &dnsv3.DnsTable{VirtualDomains: domains},
+				}},
+				ClientConfig: &dnsfilterv3.DnsFilterConfig_ClientContextConfig{
+					ResolverTimeout: durationpb.New(connectTimeout),
+					TypedDnsResolverConfig: &corev3.TypedExtensionConfig{
+						Name:        dnsResolverCares,
+						TypedConfig: mustAny(&caresv3.CaresDnsResolverConfig{Resolvers: resolvers}),
+					},
+					MaxPendingLookups: 1024,
+				},
+			})},
+		}},
+	}
+	g.dnsListeners[key.String()] = l
 	return l
 }
 

@@ -33,6 +33,8 @@ func TestResourcesGolden(t *testing.T) {
 		{name: "istio-ports", node: "istio-ports"},
 		{name: "outbound-only", node: "outbound-only"},
 		{name: "inbound-only", node: "inbound-only"},
+		{name: "dns-dual", node: "dns-dual"},
+		{name: "dns-ipv4", node: "dns-ipv4"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -23,11 +23,42 @@ type Mesh struct {
 	Services []Service
 	// Workloads are the proxies this control plane serves, one per node id.
 	Workloads []Workload
+	// DNS is what the proxies' DNS listeners answer, for workloads whose
+	// transparentProxy captures DNS.
+	DNS DNS
+	// AllowMassRemoval lets FileSource apply a change that removes more than
+	// half of the served workloads, which it otherwise holds back as a likely
+	// truncated or half-written file.
+	AllowMassRemoval bool
 	// Excluded are workloads the source left out because they cannot be
 	// served (a pod with invalid annotations). They are not part of the mesh:
 	// Validate ignores them, the server counts them
 	// (detour_workloads_excluded) and lists them in /debug/nodes.
 	Excluded []Excluded
+}
+
+// DNS configures the DNS listener served to every workload whose
+// transparentProxy.dns.capture is not off: it answers the mesh's service names
+// with their virtual IPs and forwards every other query.
+type DNS struct {
+	// Suffix: service <name> is answered as <name>.<suffix>; "" means
+	// DefaultDNSSuffix.
+	Suffix string
+	// Upstreams receive every query that is not a service name; empty means the
+	// nameservers of the proxy's own resolv.conf (which, in a pod or on a VM,
+	// are the workload's: the ones the installer captured queries for).
+	Upstreams []netip.AddrPort
+}
+
+// DefaultDNSSuffix is the suffix of service names when DNS.Suffix is empty:
+// service "backend" is backend.mesh.
+const DefaultDNSSuffix = "mesh"
+
+func (d DNS) suffix() string {
+	if d.Suffix == "" {
+		return DefaultDNSSuffix
+	}
+	return d.Suffix
 }
 
 // Excluded is a workload a source could not serve, and why.
@@ -131,9 +162,9 @@ const ReachAll = "*"
 // joined and match redirect.ErrInvalid. A mesh that passes Validate can be
 // turned into Envoy resources for every workload.
 func (m *Mesh) Validate() error {
-	var errs []error
+	var errs errorList
 	bad := func(field, value, reason string) {
-		errs = append(errs, &redirect.FieldError{Field: field, Value: value, Reason: reason})
+		errs.add(&redirect.FieldError{Field: field, Value: value, Reason: reason})
 	}
 	switch m.OutboundPolicy {
 	case AllowAny, RegistryOnly:
@@ -141,6 +172,18 @@ func (m *Mesh) Validate() error {
 		bad("outboundPolicy", string(m.OutboundPolicy), "is not one of allow-any, registry-only")
 	}
 
+	if m.DNS.Suffix != "" {
+		if err := checkDNSName(m.DNS.Suffix); err != nil {
+			bad("dns.suffix", m.DNS.Suffix, err.Error())
+		}
+	}
+	for i, u := range m.DNS.Upstreams {
+		if reason := unusableAddr(u.Addr()); reason != "" && !u.Addr().IsLoopback() {
+			bad(fmt.Sprintf("dns.upstreams[%d]", i), u.String(), reason)
+		} else if u.Port() == 0 {
+			bad(fmt.Sprintf("dns.upstreams[%d]", i), u.String(), "has no port")
+		}
+	}
 	services := make(map[string]int, len(m.Services))
 	vipPorts := make(map[netip.AddrPort]string)
 	for i, s := range m.Services {
@@ -233,7 +276,7 @@ func (m *Mesh) Validate() error {
 		}
 		tp := w.TransparentProxy
 		if err := tp.Validate(); err != nil {
-			errs = append(errs, prefixFieldErrors(f+".transparentProxy.", err))
+			errs.add(prefixFieldErrors(f+".transparentProxy.", err))
 		}
 		v4, v6 := addrFamilies(w.Addresses)
 		switch tp.IPFamilies {
@@ -247,9 +290,6 @@ func (m *Mesh) Validate() error {
 			if !v4 && len(w.Addresses) > 0 {
 				bad(f+".transparentProxy.ipFamilies", string(tp.IPFamilies), "needs an IPv4 address in "+f+".addresses")
 			}
-		}
-		if tp.DNS.Capture != redirect.DNSCaptureOff {
-			bad(f+".transparentProxy.dns.capture", string(tp.DNS.Capture), ErrDNSNotServed.Error())
 		}
 		inbound := make(map[uint16]bool, len(w.Inbound))
 		for j, p := range w.Inbound {
@@ -281,14 +321,8 @@ func (m *Mesh) Validate() error {
 			}
 		}
 	}
-	return errors.Join(errs...)
+	return errs.err()
 }
-
-// ErrDNSNotServed is why a redirect config that captures DNS cannot be served:
-// the installer would send the workload's DNS queries to dns.port on
-// loopback, and the control plane serves Envoy no DNS listener there, so every
-// query of the app would fail.
-var ErrDNSNotServed = errors.New("is not served: the control plane gives Envoy no DNS listener, so captured DNS queries would go to a port nothing listens on; use off")
 
 // checkName accepts the names that are safe inside Envoy resource names and
 // stats prefixes.
@@ -302,6 +336,28 @@ func checkName(s string) error {
 	for _, r := range s {
 		if !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '-' || r == '.' || r == '_') {
 			return fmt.Errorf("has %q; use letters, digits, '-', '.' and '_'", r)
+		}
+	}
+	return nil
+}
+
+// checkDNSName accepts a DNS name: dot-separated labels of letters, digits
+// and '-' (not at a label's ends), at most 63 characters each and 253 in all.
+func checkDNSName(s string) error {
+	if len(s) > 253 {
+		return errors.New("is longer than 253 characters")
+	}
+	for _, label := range strings.Split(s, ".") {
+		if label == "" || len(label) > 63 {
+			return errors.New("is not a DNS name (labels of 1 to 63 characters, separated by single dots)")
+		}
+		if label[0] == '-' || label[len(label)-1] == '-' {
+			return fmt.Errorf("has label %q, which starts or ends with '-'", label)
+		}
+		for _, r := range label {
+			if !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '-') {
+				return fmt.Errorf("has %q; a DNS name has letters, digits, '-' and '.'", r)
+			}
 		}
 	}
 	return nil

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"maps"
 	"net/netip"
 	"os"
@@ -17,17 +18,51 @@ import (
 	"github.com/detour-mesh/detour/redirect"
 )
 
-// LoadMesh reads and decodes the mesh file at path (DecodeMesh).
+// DefaultMaxMeshSize is the largest mesh file LoadMesh and FileSource read
+// (FileSource.MaxSize changes it): 4 MiB, four times a 10,000-workload mesh
+// written in block style. A larger file is refused before it is read, because
+// decoding YAML costs about 50 times the file's size in memory for a moment
+// (a 4 MiB file about 200 MiB).
+const DefaultMaxMeshSize = 4 << 20
+
+// LoadMesh reads and decodes the mesh file at path (DecodeMesh). A file larger
+// than DefaultMaxMeshSize is refused unread.
 func LoadMesh(path string) (*Mesh, error) {
-	b, err := os.ReadFile(path)
+	b, err := readMeshFile(path, DefaultMaxMeshSize)
 	if err != nil {
-		return nil, fmt.Errorf("read mesh file: %w", err)
+		return nil, err
 	}
 	m, err := DecodeMesh(b)
 	if err != nil {
 		return nil, fmt.Errorf("mesh file %s: %w", path, err)
 	}
 	return m, nil
+}
+
+// readMeshFile reads path if it holds at most max bytes. The size is checked
+// before reading (and the read is bounded too, for files whose size the
+// file system does not know); a larger file is a *redirect.FieldError.
+func readMeshFile(path string, max int64) ([]byte, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, fmt.Errorf("read mesh file: %w", err)
+	}
+	defer f.Close()
+	tooLarge := func(size string) error {
+		return fmt.Errorf("mesh file %s: %w", path, &redirect.FieldError{Field: "(document)", Value: size,
+			Reason: fmt.Sprintf("is larger than the maximum mesh file size, %d bytes", max)})
+	}
+	if fi, err := f.Stat(); err == nil && fi.Mode().IsRegular() && fi.Size() > max {
+		return nil, tooLarge(fmt.Sprintf("%d bytes", fi.Size()))
+	}
+	b, err := io.ReadAll(io.LimitReader(f, max+1))
+	if err != nil {
+		return nil, fmt.Errorf("read mesh file: %w", err)
+	}
+	if int64(len(b)) > max {
+		return nil, tooLarge(fmt.Sprintf("more than %d bytes", max))
+	}
+	return b, nil
 }
 
 // DecodeMesh decodes a mesh document (YAML or JSON; docs/mesh.md describes every
@@ -51,12 +86,15 @@ func DecodeMesh(doc []byte) (*Mesh, error) {
 		return nil, &redirect.FieldError{Field: "(document)", Value: firstLine(err.Error()), Reason: "is not valid YAML or JSON"}
 	}
 	if tree == nil {
-		tree = map[string]any{}
+		// Nothing but whitespace and comments, or a bare null: what a file
+		// being written, truncated or emptied by mistake reads as. Serving it
+		// would take every workload's config away.
+		return nil, &redirect.FieldError{Field: "(document)", Value: "", Reason: "is empty; a mesh file needs at least one key (an empty mesh is written {})"}
 	}
 	d := &decoder{}
 	m := d.mesh(value{"", tree})
-	if len(d.errs) > 0 {
-		return nil, errors.Join(d.errs...)
+	if err := d.errs.err(); err != nil {
+		return nil, err
 	}
 	if err := m.Validate(); err != nil {
 		return nil, err
@@ -72,7 +110,7 @@ func firstLine(s string) string {
 // decoder collects every error of a document instead of stopping at the first,
 // so a user fixes a file in one pass.
 type decoder struct {
-	errs []error
+	errs errorList
 }
 
 // value is a node of the decoded document and its path.
@@ -82,7 +120,11 @@ type value struct {
 }
 
 func (d *decoder) bad(path string, v any, reason string) {
-	d.errs = append(d.errs, &redirect.FieldError{Field: path, Value: compact(v), Reason: reason})
+	if d.errs.len() >= MaxReportedErrors {
+		d.errs.more++ // counted only: compact would render a value nobody reads
+		return
+	}
+	d.errs.add(&redirect.FieldError{Field: path, Value: compact(v), Reason: reason})
 }
 
 func compact(v any) string {
@@ -257,7 +299,7 @@ func (d *decoder) redirectConfig(base redirect.Config, v value) redirect.Config 
 	}
 	c := base.Clone()
 	if err := c.Decode(doc); err != nil {
-		d.errs = append(d.errs, prefixFieldErrors(v.path+".", err))
+		d.errs.add(prefixFieldErrors(v.path+".", err))
 		return base
 	}
 	return c
@@ -265,7 +307,7 @@ func (d *decoder) redirectConfig(base redirect.Config, v value) redirect.Config 
 
 func (d *decoder) mesh(v value) *Mesh {
 	m := &Mesh{OutboundPolicy: AllowAny}
-	top, ok := d.mapping(v, "outboundPolicy", "transparentProxy", "services", "workloads")
+	top, ok := d.mapping(v, "outboundPolicy", "allowMassRemoval", "dns", "transparentProxy", "services", "workloads")
 	if !ok {
 		if v.v != nil {
 			return m
@@ -278,6 +320,14 @@ func (d *decoder) mesh(v value) *Mesh {
 			d.bad(p.path, p.v, "is not one of allow-any, registry-only")
 		}
 	}
+	if a, ok := top["allowMassRemoval"]; ok && a.v != nil {
+		b, isBool := a.v.(bool)
+		if !isBool {
+			d.bad(a.path, a.v, "is not true or false")
+		}
+		m.AllowMassRemoval = b
+	}
+	m.DNS = d.dns(top["dns"])
 	base := d.redirectConfig(redirect.Default(), top["transparentProxy"])
 	for _, sv := range d.list(top["services"]) {
 		m.Services = append(m.Services, d.service(sv))
@@ -286,6 +336,43 @@ func (d *decoder) mesh(v value) *Mesh {
 		m.Workloads = append(m.Workloads, d.workload(base, wv))
 	}
 	return m
+}
+
+func (d *decoder) dns(v value) DNS {
+	var out DNS
+	f, ok := d.mapping(v, "suffix", "upstreams")
+	if !ok {
+		return out
+	}
+	out.Suffix, _ = d.str(f["suffix"])
+	out.Suffix = strings.TrimSuffix(out.Suffix, ".")
+	for _, uv := range d.list(f["upstreams"]) {
+		s, ok := d.str(uv)
+		if !ok {
+			continue
+		}
+		ap, err := ParseDNSUpstream(s)
+		if err != nil {
+			d.bad(uv.path, uv.v, err.Error())
+			continue
+		}
+		out.Upstreams = append(out.Upstreams, ap)
+	}
+	return out
+}
+
+// ParseDNSUpstream parses an upstream resolver of DNS.Upstreams: an IP address
+// (port 53) or address:port ("[2001:db8::53]:5353"). The error is a reason to
+// put after the value.
+func ParseDNSUpstream(s string) (netip.AddrPort, error) {
+	if a, err := redirect.ParseAddr(s); err == nil {
+		return netip.AddrPortFrom(a, 53), nil
+	}
+	ap, err := netip.ParseAddrPort(s)
+	if err != nil {
+		return netip.AddrPort{}, errors.New("is not an IP address or address:port")
+	}
+	return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port()), nil
 }
 
 func (d *decoder) service(v value) Service {

@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/http"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -223,11 +224,19 @@ func (s *Server) Invalid(err error) {
 	s.reject(err)
 }
 
+// maxErrorText bounds a rejected change's error as /debug/nodes and the log
+// show it. Sources already report only the first errors (MaxReportedErrors);
+// this is the last line of defence against one huge error.
+const maxErrorText = 64 << 10
+
 func (s *Server) reject(err error) {
 	s.metrics.updates.WithLabelValues(resultRejected).Inc()
 	msg := err.Error()
+	if len(msg) > maxErrorText {
+		msg = strings.ToValidUTF8(msg[:maxErrorText], "") + fmt.Sprintf(" … (%d more bytes)", len(msg)-maxErrorText)
+	}
 	s.lastErr.Store(&msg)
-	s.log.Error("mesh change rejected; previous config kept", "error", err)
+	s.log.Error("mesh change rejected; previous config kept", "error", msg)
 }
 
 // nodeIdle clears the snapshot of a removed node once its last stream closed.

@@ -219,7 +219,7 @@ func TestADSFirstFetchAndACK(t *testing.T) {
 		`detour_config_ack_latency_seconds_count{type="listeners"} 1`,
 		`detour_config_updates_total{result="applied"} 1`,
 		`detour_snapshot_build_seconds_count 1`,
-		`detour_snapshot_nodes 11`,
+		`detour_snapshot_nodes 13`,
 	} {
 		if !strings.Contains(text, want) {
 			t.Errorf("/metrics lacks %q", want)
@@ -672,7 +672,7 @@ func TestHTTPEndpointsAndHealth(t *testing.T) {
 	if st := health(""); st != healthpb.HealthCheckResponse_SERVING {
 		t.Errorf("gRPC health after the first mesh = %v", st)
 	}
-	if n := debugNodes(t, s.Server); len(n) != 11 || n["redirect-ipv4"].Resources["listeners"].Served == "" {
+	if n := debugNodes(t, s.Server); len(n) != 13 || n["redirect-ipv4"].Resources["listeners"].Served == "" {
 		t.Errorf("/debug/nodes lists %d nodes: %+v", len(n), n["redirect-ipv4"])
 	}
 }

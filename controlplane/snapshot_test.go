@@ -50,7 +50,7 @@ func TestVersionsAreContentHashes(t *testing.T) {
 		}
 	}
 	slices.Sort(changed)
-	want := []string{"redirect-dual", "redirect-ipv6", "tproxy-dual"} // excluded-ports excludes cache's VIP
+	want := []string{"dns-dual", "redirect-dual", "redirect-ipv6", "tproxy-dual"} // excluded-ports excludes cache's VIP
 	if !slices.Equal(changed, want) {
 		t.Errorf("nodes whose clusters changed = %v, want %v", changed, want)
 	}

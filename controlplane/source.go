@@ -1,12 +1,14 @@
 package controlplane
 
 import (
-	"bytes"
 	"context"
 	"crypto/sha256"
+	"encoding/hex"
+	"errors"
 	"fmt"
 	"log/slog"
-	"os"
+	"slices"
+	"strings"
 	"time"
 )
 
@@ -31,20 +33,69 @@ type Source interface {
 // DefaultWatchInterval is how often FileSource looks at its file.
 const DefaultWatchInterval = time.Second
 
+// DefaultSettle is how long FileSource waits for a changed file to stop
+// changing before it reads it as the new mesh.
+const DefaultSettle = time.Second
+
+// ErrHeldBack matches a mesh change FileSource did not apply because it
+// removes more than half of the served workloads, and the file does not say
+// allowMassRemoval: true.
+var ErrHeldBack = errors.New("held back")
+
 // FileSource reads a mesh file and watches it for changes.
 //
 // It polls the file's content rather than using inotify: editors replace files
 // by rename and Kubernetes swaps ConfigMap volumes through a symlink, both of
 // which a content comparison sees and an inotify watch on the old inode does not.
+//
+// Whoever writes the file, and however, only a finished file is served:
+//   - a change is read as the new mesh once the file has read the same for
+//     Settle (two reads at least Settle and one Interval apart), so a slow
+//     writer's half-written file is never decoded; a missing or unreadable
+//     file is reported only when it stays so for Settle;
+//   - an empty document is invalid (DecodeMesh);
+//   - a file larger than MaxSize is refused before it is read;
+//   - a change that removes more than half of the served workloads is held
+//     back (ErrHeldBack, given to Sink.Invalid) unless the file says
+//     allowMassRemoval: true — a truncated file that still parses looks like
+//     that;
+//   - an invalid change is given to Sink.Invalid with at most
+//     MaxReportedErrors errors and a count of the rest.
+//
+// In every case the previous mesh stays served.
 type FileSource struct {
 	Path string
 	// Interval between reads; 0 means DefaultWatchInterval.
 	Interval time.Duration
+	// Settle is how long a change must stay the same before it is read; 0
+	// means DefaultSettle, a negative value applies a change at the first
+	// read that sees it.
+	Settle time.Duration
+	// MaxSize is the largest file read, in bytes; 0 means DefaultMaxMeshSize.
+	MaxSize int64
 	// Logger; nil discards.
 	Logger *slog.Logger
 }
 
-// Run implements Source. The first read must give a valid mesh.
+// observation is what one read of the file saw: its content's hash and the
+// content, or why it could not be read.
+type observation struct {
+	key string // "sha256:<sum>" or "error:<message>"
+	b   []byte
+	err error
+}
+
+func (f *FileSource) observe(max int64) observation {
+	b, err := readMeshFile(f.Path, max)
+	if err != nil {
+		return observation{key: "error:" + err.Error(), err: err}
+	}
+	sum := sha256.Sum256(b)
+	return observation{key: "sha256:" + hex.EncodeToString(sum[:]), b: b}
+}
+
+// Run implements Source. The first mesh must be valid; it is read once the
+// file has stopped changing, like every later one.
 func (f *FileSource) Run(ctx context.Context, sink Sink) error {
 	log := f.Logger
 	if log == nil {
@@ -54,19 +105,47 @@ func (f *FileSource) Run(ctx context.Context, sink Sink) error {
 	if interval <= 0 {
 		interval = DefaultWatchInterval
 	}
-	b, err := os.ReadFile(f.Path)
-	if err != nil {
-		return fmt.Errorf("read mesh file: %w", err)
+	settle := f.Settle
+	if settle == 0 {
+		settle = DefaultSettle
 	}
-	m, err := DecodeMesh(b)
+	max := f.MaxSize
+	if max <= 0 {
+		max = DefaultMaxMeshSize
+	}
+
+	// The first mesh: the file must read the same twice, settle apart.
+	o := f.observe(max)
+	for settle > 0 {
+		if o.err != nil {
+			return o.err
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(max64(settle, interval/10)):
+		}
+		next := f.observe(max)
+		if next.key == o.key {
+			break
+		}
+		log.Info("mesh file still changing; waiting for it to settle", "path", f.Path)
+		o = next
+	}
+	if o.err != nil {
+		return o.err
+	}
+	m, err := DecodeMesh(o.b)
 	if err != nil {
 		return fmt.Errorf("mesh file %s: %w", f.Path, err)
 	}
 	if _, err := sink.Update(ctx, m); err != nil {
 		return fmt.Errorf("mesh file %s: %w", f.Path, err)
 	}
-	last := sha256.Sum256(b)
-	lastErr := ""
+	served := nodeIDs(m)
+	handled := o.key // the state last acted on: applied, rejected or reported
+	pending, pendingSince := "", time.Time{}
+
 	t := time.NewTicker(interval)
 	defer t.Stop()
 	for {
@@ -75,29 +154,79 @@ func (f *FileSource) Run(ctx context.Context, sink Sink) error {
 			return nil
 		case <-t.C:
 		}
-		b, err := os.ReadFile(f.Path)
-		if err != nil {
-			// A file being replaced can be missing for a moment; report a
-			// lasting failure once, not every interval.
-			if msg := err.Error(); msg != lastErr {
-				lastErr = msg
-				sink.Invalid(fmt.Errorf("read mesh file: %w", err))
+		o := f.observe(max)
+		if o.key == handled {
+			pending = ""
+			continue
+		}
+		now := time.Now()
+		if o.key != pending {
+			pending, pendingSince = o.key, now
+			if settle > 0 {
+				continue
 			}
+		}
+		if now.Sub(pendingSince) < settle {
 			continue
 		}
-		sum := sha256.Sum256(b)
-		if bytes.Equal(sum[:], last[:]) {
+		handled, pending = o.key, ""
+		if o.err != nil {
+			sink.Invalid(o.err)
 			continue
 		}
-		last = sum
-		lastErr = ""
 		log.Info("mesh file changed", "path", f.Path)
-		m, err := DecodeMesh(b)
+		m, err := DecodeMesh(o.b)
 		if err != nil {
 			sink.Invalid(fmt.Errorf("mesh file %s: %w", f.Path, err))
 			continue
 		}
+		if err := checkRemoval(served, m); err != nil {
+			sink.Invalid(fmt.Errorf("mesh file %s: %w", f.Path, err))
+			continue
+		}
 		// An invalid mesh is logged and counted by the sink.
-		_, _ = sink.Update(ctx, m)
+		if _, err := sink.Update(ctx, m); err == nil {
+			served = nodeIDs(m)
+		}
 	}
+}
+
+func max64(a, b time.Duration) time.Duration {
+	if a > b {
+		return a
+	}
+	return b
+}
+
+func nodeIDs(m *Mesh) map[string]bool {
+	ids := make(map[string]bool, len(m.Workloads))
+	for _, w := range m.Workloads {
+		ids[w.NodeID] = true
+	}
+	return ids
+}
+
+// checkRemoval holds back a mesh that removes more than half of the served
+// workloads, unless it allows that itself.
+func checkRemoval(served map[string]bool, m *Mesh) error {
+	if m.AllowMassRemoval || len(served) == 0 {
+		return nil
+	}
+	next := nodeIDs(m)
+	var gone []string
+	for id := range served {
+		if !next[id] {
+			gone = append(gone, id)
+		}
+	}
+	if len(gone)*2 <= len(served) {
+		return nil
+	}
+	slices.Sort(gone)
+	example := strings.Join(gone[:min(len(gone), 3)], ", ")
+	if len(gone) > 3 {
+		example += ", …"
+	}
+	return fmt.Errorf("workloads: the change removes %d of the %d served workloads (%s): %w as a likely truncated or half-written file; "+
+		"add allowMassRemoval: true to the file to apply it", len(gone), len(served), example, ErrHeldBack)
 }

@@ -3,6 +3,7 @@ package controlplane
 import (
 	"context"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -52,7 +53,9 @@ func TestFileSourceWatches(t *testing.T) {
 	sink := newRecordingSink()
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	go func() { done <- (&FileSource{Path: path, Interval: 5 * time.Millisecond}).Run(ctx, sink) }()
+	go func() {
+		done <- (&FileSource{Path: path, Interval: 5 * time.Millisecond, Settle: 20 * time.Millisecond}).Run(ctx, sink)
+	}()
 
 	recv := func() *Mesh {
 		t.Helper()
@@ -69,9 +72,9 @@ func TestFileSourceWatches(t *testing.T) {
 	if m := recv(); len(m.Workloads) != 1 || m.Workloads[0].NodeID != "w" {
 		t.Fatalf("first mesh = %+v", m)
 	}
-	writeAtomic(t, path, strings.Replace(oneWorkload, "nodeId: w", "nodeId: w2", 1))
-	if m := recv(); m.Workloads[0].NodeID != "w2" {
-		t.Fatalf("changed mesh has node %q, want w2", m.Workloads[0].NodeID)
+	writeAtomic(t, path, strings.Replace(oneWorkload, "ports: [80]", "ports: [81]", 1))
+	if m := recv(); m.Services[0].Ports[0].Port != 81 {
+		t.Fatalf("changed mesh has port %d, want 81", m.Services[0].Ports[0].Port)
 	}
 	writeAtomic(t, path, strings.Replace(oneWorkload, "ports: [80]", "ports: [80000]", 1))
 	select {
@@ -86,8 +89,8 @@ func TestFileSourceWatches(t *testing.T) {
 	}
 	// Fixing the file delivers again.
 	writeAtomic(t, path, oneWorkload)
-	if m := recv(); m.Workloads[0].NodeID != "w" {
-		t.Fatalf("fixed mesh has node %q", m.Workloads[0].NodeID)
+	if m := recv(); m.Services[0].Ports[0].Port != 80 {
+		t.Fatalf("fixed mesh has port %d, want 80", m.Services[0].Ports[0].Port)
 	}
 	cancel()
 	if err := <-done; err != nil {
@@ -106,5 +109,260 @@ func TestFileSourceInvalidAtStart(t *testing.T) {
 	err = (&FileSource{Path: filepath.Join(t.TempDir(), "missing.yaml")}).Run(context.Background(), newRecordingSink())
 	if !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("Run(missing file) = %v", err)
+	}
+}
+
+// meshOf returns a mesh file with n workloads w0…w(n-1) and the service
+// port given.
+func meshOf(n int, port int) string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "services: [{name: a, virtualIPs: [198.51.100.1], ports: [%d]}]\nworkloads:\n", port)
+	for i := range n {
+		fmt.Fprintf(&b, "  - nodeId: w%d\n    addresses: [192.0.2.%d]\n    reach: [a]\n", i, i+1)
+	}
+	return b.String()
+}
+
+// watched runs a FileSource on path until the test ends.
+type watched struct {
+	sink *recordingSink
+}
+
+const (
+	testInterval = 5 * time.Millisecond
+	testSettle   = 150 * time.Millisecond
+)
+
+func watch(t *testing.T, path string, maxSize int64) *watched {
+	t.Helper()
+	w := &watched{sink: &recordingSink{updates: make(chan *Mesh, 100), invalids: make(chan error, 100)}}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() {
+		done <- (&FileSource{Path: path, Interval: testInterval, Settle: testSettle, MaxSize: maxSize}).Run(ctx, w.sink)
+	}()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("Run: %v", err)
+		}
+	})
+	w.update(t) // the first mesh
+	return w
+}
+
+// update waits for the next delivered mesh; an invalid report fails.
+func (w *watched) update(t *testing.T) *Mesh {
+	t.Helper()
+	select {
+	case m := <-w.sink.updates:
+		return m
+	case err := <-w.sink.invalids:
+		t.Fatalf("reported invalid, want an update: %v", err)
+	case <-time.After(testTimeout):
+		t.Fatal("no update")
+	}
+	return nil
+}
+
+// invalid waits for the next invalid report; a delivered mesh fails.
+func (w *watched) invalid(t *testing.T) error {
+	t.Helper()
+	select {
+	case m := <-w.sink.updates:
+		t.Fatalf("delivered a mesh with %d workloads, want it refused", len(m.Workloads))
+	case err := <-w.sink.invalids:
+		return err
+	case <-time.After(testTimeout):
+		t.Fatal("nothing reported")
+	}
+	return nil
+}
+
+// quiet checks that nothing is delivered or reported for a while.
+func (w *watched) quiet(t *testing.T) {
+	t.Helper()
+	select {
+	case m := <-w.sink.updates:
+		t.Fatalf("delivered a mesh with %d workloads and port %d, want nothing", len(m.Workloads), m.Services[0].Ports[0].Port)
+	case err := <-w.sink.invalids:
+		t.Fatalf("reported %v, want nothing", err)
+	case <-time.After(3 * testSettle):
+	}
+}
+
+func wantMesh(t *testing.T, m *Mesh, workloads, port int) {
+	t.Helper()
+	if len(m.Workloads) != workloads || m.Services[0].Ports[0].Port != uint16(port) {
+		t.Fatalf("delivered %d workloads with port %d, want %d with port %d", len(m.Workloads), m.Services[0].Ports[0].Port, workloads, port)
+	}
+}
+
+// TestFileSourceWriters: every way of writing the mesh file delivers the
+// finished file once, and nothing half-written, truncated or empty.
+func TestFileSourceWriters(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		name  string
+		write func(t *testing.T, path string, w *watched)
+	}{
+		{"in place", func(t *testing.T, path string, w *watched) {
+			if err := os.WriteFile(path, []byte(meshOf(4, 81)), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			wantMesh(t, w.update(t), 4, 81)
+			w.quiet(t)
+		}},
+		{"rename", func(t *testing.T, path string, w *watched) {
+			writeAtomic(t, path, meshOf(4, 81))
+			wantMesh(t, w.update(t), 4, 81)
+			w.quiet(t)
+		}},
+		{"slow writer", func(t *testing.T, path string, w *watched) {
+			// Pieces a few intervals apart, the pauses shorter than the settle
+			// time: every intermediate state parses (or not) and must not be served.
+			content := meshOf(4, 81)
+			f, err := os.OpenFile(path, os.O_WRONLY|os.O_TRUNC, 0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for i := 0; i < len(content); i += len(content) / 6 {
+				if _, err := f.WriteString(content[i:min(i+len(content)/6, len(content))]); err != nil {
+					t.Fatal(err)
+				}
+				time.Sleep(testSettle / 3)
+			}
+			if err := f.Close(); err != nil {
+				t.Fatal(err)
+			}
+			wantMesh(t, w.update(t), 4, 81)
+			w.quiet(t)
+		}},
+		{"truncated", func(t *testing.T, path string, w *watched) {
+			// A file cut after its first workload still parses: it would
+			// remove three of the four proxies' configs.
+			full := meshOf(4, 80)
+			cut := full[:strings.Index(full, "  - nodeId: w1")]
+			if err := os.WriteFile(path, []byte(cut), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			err := w.invalid(t)
+			if !errors.Is(err, ErrHeldBack) || !strings.Contains(err.Error(), "removes 3 of the 4 served workloads (w1, w2, w3)") {
+				t.Errorf("truncated file reported as %v", err)
+			}
+			w.quiet(t)
+			// Saying so in the file applies it.
+			writeAtomic(t, path, "allowMassRemoval: true\n"+cut)
+			wantMesh(t, w.update(t), 1, 80)
+			// Removing half is not held back.
+			writeAtomic(t, path, meshOf(2, 80))
+			wantMesh(t, w.update(t), 2, 80)
+			writeAtomic(t, path, meshOf(1, 80))
+			wantMesh(t, w.update(t), 1, 80)
+		}},
+		{"emptied", func(t *testing.T, path string, w *watched) {
+			if err := os.WriteFile(path, []byte("# nothing yet\n"), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			err := w.invalid(t)
+			if !errors.Is(err, redirect.ErrInvalid) || !strings.Contains(err.Error(), `(document): "" is empty`) {
+				t.Errorf("empty file reported as %v", err)
+			}
+			w.quiet(t)
+		}},
+		{"deleted and recreated", func(t *testing.T, path string, w *watched) {
+			// Gone for less than the settle time: nothing to say.
+			if err := os.Remove(path); err != nil {
+				t.Fatal(err)
+			}
+			time.Sleep(testSettle / 3)
+			if err := os.WriteFile(path, []byte(meshOf(4, 80)), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			w.quiet(t)
+			// Gone for longer: reported, the previous mesh stays.
+			if err := os.Remove(path); err != nil {
+				t.Fatal(err)
+			}
+			if err := w.invalid(t); !errors.Is(err, os.ErrNotExist) {
+				t.Errorf("deleted file reported as %v", err)
+			}
+			if err := os.WriteFile(path, []byte(meshOf(4, 81)), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			wantMesh(t, w.update(t), 4, 81)
+			// Recreated with the content served before the deletion: given again,
+			// so the sink clears the error it reported.
+			if err := os.Remove(path); err != nil {
+				t.Fatal(err)
+			}
+			w.invalid(t)
+			if err := os.WriteFile(path, []byte(meshOf(4, 81)), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			wantMesh(t, w.update(t), 4, 81)
+		}},
+		{"too large", func(t *testing.T, path string, w *watched) {
+			big := meshOf(4, 81) + "# " + strings.Repeat("x", 4096) + "\n"
+			writeAtomic(t, path, big)
+			err := w.invalid(t)
+			if !errors.Is(err, redirect.ErrInvalid) || !strings.Contains(err.Error(), "is larger than the maximum mesh file size, 4096 bytes") {
+				t.Errorf("large file reported as %v", err)
+			}
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			path := filepath.Join(t.TempDir(), "mesh.yaml")
+			writeAtomic(t, path, meshOf(4, 80))
+			w := watch(t, path, 4096)
+			tc.write(t, path, w)
+		})
+	}
+}
+
+func TestFileSourceStart(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	for _, tc := range []struct {
+		name, content string
+		want          string
+	}{
+		{"empty", "", `(document): "" is empty`},
+		{"too large", meshOf(4, 80) + "# " + strings.Repeat("x", 2048), "is larger than the maximum mesh file size, 1024 bytes"},
+	} {
+		path := filepath.Join(dir, tc.name)
+		writeAtomic(t, path, tc.content)
+		err := (&FileSource{Path: path, MaxSize: 1024, Settle: -1}).Run(context.Background(), newRecordingSink())
+		if !errors.Is(err, redirect.ErrInvalid) || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%s: Run = %v, want an invalid-input error containing %q", tc.name, err, tc.want)
+		}
+	}
+}
+
+// TestDecodeMeshBoundsErrors: a file with a great many bad entries reports the
+// first ones and how many more, not all of them.
+func TestDecodeMeshBoundsErrors(t *testing.T) {
+	t.Parallel()
+	var b strings.Builder
+	b.WriteString("services:\n")
+	const n = 100000
+	for i := range n {
+		fmt.Fprintf(&b, "  - {name: s%d, virtualIPs: [198.51.100.1], ports: [70000]}\n", i)
+	}
+	_, err := DecodeMesh([]byte(b.String()))
+	if !errors.Is(err, redirect.ErrInvalid) {
+		t.Fatalf("DecodeMesh = %v, want invalid", err)
+	}
+	msg := err.Error()
+	lines := strings.Split(msg, "\n")
+	if len(lines) != MaxReportedErrors+1 || len(msg) > 4096 {
+		t.Fatalf("error has %d lines and %d bytes, want %d lines and a few KiB:\n%.2000s", len(lines), len(msg), MaxReportedErrors+1, msg)
+	}
+	if !strings.HasPrefix(lines[0], `services[0].ports[0]: "70000" is not a port`) {
+		t.Errorf("first error = %q", lines[0])
+	}
+	if want := fmt.Sprintf("and %d more errors", n-MaxReportedErrors); !strings.Contains(lines[MaxReportedErrors], want) {
+		t.Errorf("last line = %q, want it to say %q", lines[MaxReportedErrors], want)
 	}
 }

@@ -19,6 +19,12 @@ const (
 	// before the short forms.
 	AnnotationConfig = AnnotationPrefix + "config"
 
+	// AnnotationInject asks the sidecar injector (package inject) to add the
+	// proxy ("enabled") or not ("disabled"); as a namespace label it opts the
+	// namespace's pods in. It is not a redirect setting: FromAnnotations skips
+	// it, and the injector's own settings use the prefix sidecar.detour.io/.
+	AnnotationInject = AnnotationPrefix + "inject"
+
 	// RedirectEnabled and RedirectDisabled are the values of AnnotationRedirect.
 	RedirectEnabled  = "enabled"
 	RedirectDisabled = "disabled"
@@ -50,7 +56,8 @@ func RedirectRequested(annotations map[string]string) (bool, error) {
 // first the whole document in AnnotationConfig (Config.Decode), then every short
 // form "detour.io/<Field.Name>" (Config.Set with the field's path), so a short
 // form wins over the document. Annotations outside AnnotationPrefix are ignored;
-// AnnotationRedirect is the opt-in and is not read here; any other detour.io/
+// AnnotationRedirect is the opt-in and AnnotationInject the injector's, and
+// neither is read here; any other detour.io/
 // key that names no field is an error, because a misspelt exclusion would
 // otherwise capture traffic the user meant to exempt.
 //
@@ -66,7 +73,7 @@ func FromAnnotations(base Config, annotations map[string]string) (Config, error)
 	}
 	keys := make([]string, 0, len(annotations))
 	for k := range annotations {
-		if strings.HasPrefix(k, AnnotationPrefix) && k != AnnotationConfig && k != AnnotationRedirect {
+		if strings.HasPrefix(k, AnnotationPrefix) && k != AnnotationConfig && k != AnnotationRedirect && k != AnnotationInject {
 			keys = append(keys, k)
 		}
 	}

@@ -32,7 +32,11 @@ const (
 // network namespace hold, what Check compares against and what `detour plan`
 // prints.
 type Plan struct {
-	Config   Config       `json:"config"`   // the validated config it was made from
+	Config Config `json:"config"` // the validated config it was made from
+	// Facts are the facts about the namespace it was made with.
+	Facts Facts `json:"facts"`
+	// Capture is the capture decision every backend renders (Driver.Render).
+	Capture  Capture      `json:"capture"`
 	Families []FamilyPlan `json:"families"` // IPv4 before IPv6; only the families that are captured
 	// Notes point out settings that do nothing, such as an exclusion that an
 	// inclusion overrides (include beats exclude); `detour plan` prints them.
@@ -103,7 +107,8 @@ func NewPlan(cfg Config, facts Facts) (Plan, error) {
 	if err != nil {
 		return Plan{}, err
 	}
-	p := Plan{Config: cfg.Clone()}
+	p := Plan{Config: cfg.Clone(), Facts: facts}
+	p.Capture = newCapture(p.Config, facts, fams)
 	for _, f := range fams {
 		p.Families = append(p.Families, planFamily(p.Config, facts, f))
 	}
@@ -207,6 +212,55 @@ func (p Plan) String() string {
 		b.WriteString(f.render())
 	}
 	return b.String()
+}
+
+// Format is the plan as `detour plan` prints it in one backend's rendering: a
+// header line naming the mode, the backend the config asks for and the
+// families, the plan's notes, then per family a header line, the backend's
+// text of the family (r) and the policy routing and addresses on lo that
+// Engine makes for every backend.
+func (p Plan) Format(r Rendering) string {
+	var b strings.Builder
+	c := p.Config
+	fams := make([]string, len(p.Capture.Families))
+	for i, f := range p.Capture.Families {
+		fams[i] = string(f.Family)
+	}
+	fmt.Fprintf(&b, "# detour plan: mode %s, backend %s, ipFamilies %s (%s)\n", c.Mode, c.Backend, c.IPFamilies, strings.Join(fams, ", "))
+	for _, n := range p.Notes {
+		b.WriteString("# note: " + n + "\n")
+	}
+	for _, fc := range p.Capture.Families {
+		fmt.Fprintf(&b, "\n### %s\n", fc.Family)
+		fr, _ := r.Family(fc.Family)
+		b.WriteString(fr.Text)
+		for _, l := range fc.NetLines() {
+			b.WriteString(l + "\n")
+		}
+	}
+	return b.String()
+}
+
+// NetLines are the family's policy routing and addresses on lo, which Engine
+// makes over netlink for every backend, in the text form plans, Status and
+// Check use ("# routing: …", "# address: …").
+func (fc FamilyCapture) NetLines() []string {
+	out := fc.TProxy.lines(fc.Family)
+	if a := fc.loAddress(); a.IsValid() {
+		out = append(out, addressLine(a))
+	}
+	return out
+}
+
+// loAddress is the inbound passthrough source when it must be put on lo (I6:
+// the proxy binds it; unlike 127.0.0.6, ::6 is not local until someone puts
+// it there); invalid when nothing is needed.
+func (fc FamilyCapture) loAddress() netip.Prefix {
+	pt := fc.Proxy.Passthrough
+	if fc.Inbound == nil || !pt.IsValid() || alwaysLocal(pt) {
+		return netip.Prefix{}
+	}
+	return netip.PrefixFrom(pt, pt.BitLen())
 }
 
 // render is the family's text in the form Status and Check use too: notes,

@@ -3,4 +3,9 @@
 // runs it with the CNI_* environment and the plugin config on stdin; the result
 // (or the error) goes to stdout, logs to the config's logFile or stderr. See
 // docs/cni.md.
+//
+// It runs once per pod attachment, so it must start in milliseconds: it must not
+// link k8s.io/client-go, k8s.io/api, k8s.io/apimachinery,
+// github.com/envoyproxy/..., google.golang.org/grpc or controlplane
+// (internal/layering checks it); pods are read with internal/kubeapi.
 package main

@@ -32,6 +32,10 @@ type cniOptions struct {
 	apiServer         string
 	tokenFile         string
 	caFile            string
+	pluginSA          string
+	nodeName          string
+	pluginTokenFile   string
+	pluginTokenLife   time.Duration
 	pollInterval      time.Duration
 	cleanupOnExit     bool
 	once              bool
@@ -43,7 +47,7 @@ func newCNICmd(s streams) *cobra.Command {
 		Short: "Put the detour-cni plugin in place on a Kubernetes node, or take it away",
 		Args:  cobra.NoArgs,
 	}
-	cmd.AddCommand(newCNIInstallCmd(s, &cniOptions{}), newCNIUninstallCmd(s, &cniOptions{}))
+	cmd.AddCommand(newCNIInstallCmd(s, &cniOptions{}), newCNIUninstallCmd(s, &cniOptions{}), newCNIReadyCmd(s, &cniOptions{}))
 	return cmd
 }
 
@@ -79,6 +83,10 @@ notification or --poll-interval. On SIGTERM it exits leaving everything in place
 	f.StringVar(&o.apiServer, "api-server", defaultAPIServer(), "the API server URL the plugin uses (default from KUBERNETES_SERVICE_HOST and KUBERNETES_SERVICE_PORT)")
 	f.StringVar(&o.tokenFile, "token-file", install.DefaultTokenFile, "the service account token")
 	f.StringVar(&o.caFile, "ca-file", install.DefaultCAFile, "the service account CA certificate")
+	f.StringVar(&o.pluginSA, "plugin-service-account", "", "give the plugin its own service account (namespace/name): request its token, bound to --node-name, and renew it; empty: the plugin uses this pod's token")
+	f.StringVar(&o.nodeName, "node-name", os.Getenv("NODE_NAME"), "the node the plugin's token is bound to (default $NODE_NAME; empty: an unbound token)")
+	f.StringVar(&o.pluginTokenFile, "plugin-token-file", "", "where the plugin's token is written (default: next to --kubeconfig-file, "+install.DefaultTokenName+")")
+	f.DurationVar(&o.pluginTokenLife, "plugin-token-lifetime", install.DefaultPluginTokenLifetime, "the lifetime asked for the plugin's token; it is renewed at half of it")
 	f.DurationVar(&o.pollInterval, "poll-interval", install.DefaultPollInterval, "the longest a change goes unrepaired when no file notification arrives")
 	f.BoolVar(&o.cleanupOnExit, "cleanup-on-exit", false, "uninstall when the process gets SIGTERM or SIGINT")
 	f.BoolVar(&o.once, "once", false, "install once and exit instead of watching")
@@ -95,6 +103,27 @@ Safe to repeat: a second run changes nothing.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			return runCNIUninstall(cmd.Context(), o, s)
+		},
+	}
+	addCNIDirFlags(cmd, o)
+	return cmd
+}
+
+func newCNIReadyCmd(s streams, o *cniOptions) *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "ready",
+		Short: "Exit 0 when pods created now go through detour-cni (the DaemonSet's readiness probe)",
+		Long: `Checks, reading only, that the detour-cni binary is in the bin dir, its
+kubeconfig is in place and the primary network configuration ends with the
+detour-cni entry. Exit 0 and "ready", or exit 1 saying what is missing. Give it
+the same --bin-dir, --conf-dir and --kubeconfig-file as ` + "`detour cni install`" + `.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := install.New(o.installerOptions(nil)).Ready(); err != nil {
+				return err
+			}
+			_, err := fmt.Fprintln(s.out, "ready")
+			return err
 		},
 	}
 	addCNIDirFlags(cmd, o)
@@ -128,22 +157,26 @@ func defaultAPIServer() string {
 
 func (o *cniOptions) installerOptions(logger *slog.Logger) install.Options {
 	return install.Options{
-		PluginBinary:      o.pluginBinary,
-		BinDir:            o.binDir,
-		ConfDir:           o.confDir,
-		KubeconfigFile:    o.kubeconfigFile,
-		PluginKubeconfig:  o.pluginKubeconfig,
-		LogFile:           o.logFile,
-		LogLevel:          o.logLevel,
-		Preset:            o.preset,
-		ConfigFile:        o.configFile,
-		ExcludeNamespaces: o.excludeNamespaces,
-		Server:            o.apiServer,
-		TokenFile:         o.tokenFile,
-		CAFile:            o.caFile,
-		PollInterval:      o.pollInterval,
-		CleanupOnExit:     o.cleanupOnExit,
-		Logger:            logger,
+		PluginBinary:         o.pluginBinary,
+		BinDir:               o.binDir,
+		ConfDir:              o.confDir,
+		KubeconfigFile:       o.kubeconfigFile,
+		PluginKubeconfig:     o.pluginKubeconfig,
+		LogFile:              o.logFile,
+		LogLevel:             o.logLevel,
+		Preset:               o.preset,
+		ConfigFile:           o.configFile,
+		ExcludeNamespaces:    o.excludeNamespaces,
+		Server:               o.apiServer,
+		TokenFile:            o.tokenFile,
+		CAFile:               o.caFile,
+		PluginServiceAccount: o.pluginSA,
+		NodeName:             o.nodeName,
+		PluginTokenFile:      o.pluginTokenFile,
+		PluginTokenLifetime:  o.pluginTokenLife,
+		PollInterval:         o.pollInterval,
+		CleanupOnExit:        o.cleanupOnExit,
+		Logger:               logger,
 	}
 }
 

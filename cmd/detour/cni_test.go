@@ -177,3 +177,29 @@ func TestCNIInstallWatchesUntilSignal(t *testing.T) {
 		t.Errorf("--cleanup-on-exit left the entry:\n%s", b)
 	}
 }
+
+// TestCNIReady is the DaemonSet's readiness probe: exit 1 naming what is
+// missing before the install, exit 0 "ready" once the entry is in the
+// conflist, exit 1 again after the uninstall.
+func TestCNIReady(t *testing.T) {
+	t.Parallel()
+	root, dirs := cniNode(t)
+	ready := append([]string{"cni", "ready"}, dirs...)
+	code, _, stderr := runCmd(t, context.Background(), ready...)
+	if code != exitFailure || !strings.Contains(stderr, "detour-cni is not ready: no executable "+filepath.Join(root, "bin/detour-cni")) {
+		t.Errorf("before install: exit %d, stderr %q; want 1 naming the binary", code, stderr)
+	}
+	install := append(append([]string{"cni", "install", "--once"}, dirs...), installFlags(root)...)
+	if code, _, stderr := runCmd(t, context.Background(), install...); code != exitOK {
+		t.Fatalf("install: exit %d: %s", code, stderr)
+	}
+	if code, out, stderr := runCmd(t, context.Background(), ready...); code != exitOK || out != "ready\n" {
+		t.Errorf("after install: exit %d, stdout %q, stderr %q", code, out, stderr)
+	}
+	if code, _, stderr := runCmd(t, context.Background(), append([]string{"cni", "uninstall"}, dirs...)...); code != exitOK {
+		t.Fatalf("uninstall: exit %d: %s", code, stderr)
+	}
+	if code, _, _ := runCmd(t, context.Background(), ready...); code != exitFailure {
+		t.Errorf("after uninstall: exit %d, want 1", code)
+	}
+}

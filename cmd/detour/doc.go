@@ -7,4 +7,10 @@
 // validate need CAP_NET_ADMIN and CAP_NET_RAW in the target namespace (and
 // CAP_SYS_ADMIN to enter one with --netns); validate run as root also needs
 // CAP_SETUID and CAP_SETGID to dial as a captured user; plan needs nothing.
+//
+// detour is the install path and must start in milliseconds: it must not link
+// k8s.io/client-go, k8s.io/api, k8s.io/apimachinery, github.com/envoyproxy/...,
+// google.golang.org/grpc or controlplane (internal/layering checks it). The
+// commands that need them live in cmd/detour-cp; control-plane and bootstrap
+// exec it (delegate.go).
 package main

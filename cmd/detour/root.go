@@ -9,12 +9,14 @@ import (
 	"github.com/spf13/cobra"
 )
 
-func newRootCmd(s streams) *cobra.Command {
+func newRootCmd(s streams, d *delegator) *cobra.Command {
 	root := &cobra.Command{
 		Use:   "detour",
 		Short: "Send a workload's traffic through its sidecar proxy, without touching the app",
 		Long: `detour installs the kernel redirection (iptables) that sends a workload's TCP
-and DNS traffic through its sidecar proxy, and serves the proxy matching listeners.`,
+and DNS traffic through its sidecar proxy. The control plane that serves the
+proxy matching listeners is the detour-cp binary; control-plane and bootstrap
+run it.`,
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
@@ -33,9 +35,8 @@ and DNS traffic through its sidecar proxy, and serves the proxy matching listene
 		newValidateCmd(s, g),
 		newVersionCmd(s),
 		newCNICmd(s),
-		newControlPlaneCmd(s, g),
-		newBootstrapCmd(s),
 	)
+	root.AddCommand(d.commands()...)
 	return root
 }
 

@@ -28,9 +28,13 @@ const (
 	DefaultBinDir         = "/opt/cni/bin"
 	DefaultConfDir        = "/etc/cni/net.d"
 	DefaultKubeconfigName = "detour-kubeconfig"
-	DefaultTokenFile      = "/var/run/secrets/kubernetes.io/serviceaccount/token"
-	DefaultCAFile         = "/var/run/secrets/kubernetes.io/serviceaccount/ca.crt"
-	DefaultPollInterval   = 10 * time.Second
+	DefaultTokenName      = "detour-cni-token"
+	// DefaultPluginTokenLifetime is what the installer asks for when it
+	// requests the plugin's token; it renews the token at half its life.
+	DefaultPluginTokenLifetime = 24 * time.Hour
+	DefaultTokenFile           = "/var/run/secrets/kubernetes.io/serviceaccount/token"
+	DefaultCAFile              = "/var/run/secrets/kubernetes.io/serviceaccount/ca.crt"
+	DefaultPollInterval        = 10 * time.Second
 )
 
 // ErrInvalidOptions matches every error of Options.Validate (errors.Is).
@@ -85,6 +89,22 @@ type Options struct {
 	// TokenFile and CAFile are the service account's token and CA
 	// (DefaultTokenFile, DefaultCAFile).
 	TokenFile, CAFile string
+	// PluginServiceAccount ("namespace/name"), when set, gives the plugin its
+	// own identity: the installer requests a token for that service account
+	// (TokenRequest, with its own token) bound to the node NodeName (or unbound
+	// when NodeName is empty) and writes it to PluginTokenFile, which the
+	// plugin's kubeconfig names. The token outlives the installer pod, so
+	// replacing that pod leaves the plugin a valid token; the new pod renews it
+	// atomically. Empty: the kubeconfig carries the installer's own token.
+	PluginServiceAccount string
+	// NodeName is the node the plugin token is bound to (the pod's
+	// spec.nodeName).
+	NodeName string
+	// PluginTokenFile is where the plugin's token is written
+	// (dir of KubeconfigFile/DefaultTokenName).
+	PluginTokenFile string
+	// PluginTokenLifetime is the lifetime asked for (DefaultPluginTokenLifetime).
+	PluginTokenLifetime time.Duration
 	// PollInterval bounds how long a change goes unnoticed when no file
 	// notification arrives (DefaultPollInterval).
 	PollInterval time.Duration
@@ -112,6 +132,12 @@ func (o Options) withDefaults() Options {
 	}
 	if o.TokenFile == "" {
 		o.TokenFile = DefaultTokenFile
+	}
+	if o.PluginTokenFile == "" {
+		o.PluginTokenFile = filepath.Join(filepath.Dir(o.KubeconfigFile), DefaultTokenName)
+	}
+	if o.PluginTokenLifetime == 0 {
+		o.PluginTokenLifetime = DefaultPluginTokenLifetime
 	}
 	if o.CAFile == "" {
 		o.CAFile = DefaultCAFile
@@ -171,6 +197,21 @@ func (o Options) Validate() error {
 	}
 	if o.PollInterval < 0 {
 		return &OptionError{"poll-interval", o.PollInterval.String(), "is negative"}
+	}
+	if o.PluginServiceAccount != "" {
+		ns, name, ok := strings.Cut(o.PluginServiceAccount, "/")
+		if !ok || !isDNSLabel(ns) || name == "" || strings.Contains(name, "/") {
+			return &OptionError{"plugin-service-account", o.PluginServiceAccount, "is not namespace/name"}
+		}
+		if o.NodeName != "" && strings.ContainsAny(o.NodeName, "/ ") {
+			return &OptionError{"node-name", o.NodeName, "is not a node name"}
+		}
+		if slices.Contains(confExtensions, filepath.Ext(o.PluginTokenFile)) {
+			return &OptionError{"plugin-token-file", o.PluginTokenFile, "has a network configuration extension; a runtime would read it as a CNI config"}
+		}
+		if o.PluginTokenLifetime < 10*time.Minute {
+			return &OptionError{"plugin-token-lifetime", o.PluginTokenLifetime.String(), "is shorter than 10m, the API server's minimum"}
+		}
 	}
 	return nil
 }
@@ -275,7 +316,8 @@ func (in *Installer) Install(ctx context.Context) ([]string, error) {
 		return nil, err
 	}
 	var changes []string
-	for _, step := range []func() (string, error){in.ensureBinary, in.ensureKubeconfig, in.ensureEntry} {
+	pluginToken := func() (string, error) { return in.ensurePluginToken(ctx) }
+	for _, step := range []func() (string, error){in.ensureBinary, pluginToken, in.ensureKubeconfig, in.ensureEntry} {
 		if err := ctx.Err(); err != nil {
 			return changes, err
 		}
@@ -338,22 +380,30 @@ func hashFile(path string) ([]byte, error) {
 }
 
 func (in *Installer) ensureKubeconfig() (string, error) {
-	token, err := os.ReadFile(in.o.TokenFile)
-	if err != nil {
-		return "", fmt.Errorf("read service account token: %w", err)
-	}
 	ca, err := os.ReadFile(in.o.CAFile)
 	if err != nil {
 		return "", fmt.Errorf("read service account CA: %w", err)
 	}
-	want, err := Kubeconfig(Credentials{Server: in.o.Server, CA: ca, Token: string(token)})
+	creds := Credentials{Server: in.o.Server, CA: ca}
+	if in.o.PluginServiceAccount != "" {
+		// The plugin reads its own token file, as the node sees it: next to
+		// the kubeconfig it is given.
+		creds.TokenFile = filepath.Join(filepath.Dir(in.o.PluginKubeconfig), filepath.Base(in.o.PluginTokenFile))
+	} else {
+		token, err := os.ReadFile(in.o.TokenFile)
+		if err != nil {
+			return "", fmt.Errorf("read service account token: %w", err)
+		}
+		creds.Token = string(token)
+		if exp, ok := TokenExpiry(string(token)); ok && time.Until(exp) < 2*in.o.PollInterval {
+			// The kubelet rotates projected tokens at 80% of their life; a token
+			// this close to its end means rotation is not happening.
+			in.o.Logger.Warn("service account token expires soon and has not been rotated", "path", in.o.TokenFile, "expiry", exp.UTC().Format(time.RFC3339))
+		}
+	}
+	want, err := Kubeconfig(creds)
 	if err != nil {
 		return "", fmt.Errorf("render kubeconfig from %s and %s: %w", in.o.TokenFile, in.o.CAFile, err)
-	}
-	if exp, ok := TokenExpiry(string(token)); ok && time.Until(exp) < 2*in.o.PollInterval {
-		// The kubelet rotates projected tokens at 80% of their life; a token this
-		// close to its end means rotation is not happening.
-		in.o.Logger.Warn("service account token expires soon and has not been rotated", "path", in.o.TokenFile, "expiry", exp.UTC().Format(time.RFC3339))
 	}
 	if have, err := os.ReadFile(in.o.KubeconfigFile); err == nil && bytes.Equal(have, want) {
 		return "", nil
@@ -491,7 +541,7 @@ func (in *Installer) Uninstall(ctx context.Context) ([]string, error) {
 		in.o.Logger.Info("removed plugin entry", "path", f)
 		changes = append(changes, "removed detour-cni from "+f)
 	}
-	for _, f := range []string{in.o.KubeconfigFile, filepath.Join(in.o.BinDir, PluginType)} {
+	for _, f := range []string{in.o.KubeconfigFile, in.o.PluginTokenFile, filepath.Join(in.o.BinDir, PluginType)} {
 		switch err := os.Remove(f); {
 		case err == nil:
 			in.o.Logger.Info("removed file", "path", f)
@@ -592,4 +642,47 @@ func (in *Installer) watch() (<-chan string, func()) {
 		}
 	}()
 	return out, func() { close(done); w.Close() }
+}
+
+// ErrNotReady matches every reason Ready gives for a node that cannot run the
+// plugin yet.
+var ErrNotReady = errors.New("detour-cni is not ready")
+
+// Ready reports whether a pod created now on this node would go through the
+// plugin: the binary is in the bin dir, the kubeconfig is in place and the
+// primary network configuration is a conflist whose last plugin is detour-cni.
+// It only reads (the DaemonSet's readiness probe runs it); a failure matches
+// ErrNotReady and says what is missing.
+func (in *Installer) Ready() error {
+	notReady := func(format string, args ...any) error {
+		return fmt.Errorf("%w: %s", ErrNotReady, fmt.Sprintf(format, args...))
+	}
+	bin := filepath.Join(in.o.BinDir, PluginType)
+	if fi, err := os.Stat(bin); err != nil || !fi.Mode().IsRegular() || fi.Mode().Perm()&0o111 == 0 {
+		return notReady("no executable %s", bin)
+	}
+	if _, err := os.Stat(in.o.KubeconfigFile); err != nil {
+		return notReady("no kubeconfig %s", in.o.KubeconfigFile)
+	}
+	primary, err := Primary(in.o.ConfDir)
+	if err != nil {
+		return notReady("%v", err)
+	}
+	real, err := filepath.EvalSymlinks(primary)
+	if err != nil {
+		return notReady("resolve %s: %v", primary, err)
+	}
+	doc, err := os.ReadFile(real)
+	if err != nil {
+		return notReady("%v", err)
+	}
+	_, plugins, err := parseList(doc)
+	if err != nil {
+		return notReady("%s is not a conflist detour-cni can be chained in: %v", real, err)
+	}
+	ours := ownIndexes(plugins)
+	if len(ours) == 0 || ours[len(ours)-1] != len(plugins)-1 {
+		return notReady("%s does not end with the detour-cni entry", real)
+	}
+	return nil
 }

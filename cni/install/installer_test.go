@@ -734,3 +734,46 @@ func TestEntryParsesAsThePluginReadsIt(t *testing.T) {
 		t.Errorf("entry not updated: %s", got)
 	}
 }
+
+// TestReady follows a node from empty to installed and back: Ready says "not
+// ready" (naming what is missing) until a pod created now would go through the
+// plugin, and again once the primary CNI rewrites its file without the entry.
+func TestReady(t *testing.T) {
+	t.Parallel()
+	n := newNode(t)
+	in := New(n.options())
+	notReady := func(want string) {
+		t.Helper()
+		err := in.Ready()
+		if !errors.Is(err, ErrNotReady) || !strings.Contains(err.Error(), want) {
+			t.Errorf("Ready = %v, want not ready naming %q", err, want)
+		}
+	}
+	notReady("no executable " + filepath.Join(n.bin, PluginType))
+	if _, err := in.Install(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	// Binary and kubeconfig are in place, but no primary CNI config yet.
+	notReady("no CNI network configuration")
+	primary := n.primary(t, "10-calico.conflist")
+	notReady("does not end with the detour-cni entry")
+	if _, err := in.Install(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if err := in.Ready(); err != nil {
+		t.Fatalf("Ready after install = %v", err)
+	}
+	// The primary CNI rewrites its file: not ready until the repair.
+	n.primary(t, "10-calico.conflist")
+	notReady(primary + " does not end with the detour-cni entry")
+	if _, err := in.Install(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if err := in.Ready(); err != nil {
+		t.Fatalf("Ready after the repair = %v", err)
+	}
+	if _, err := in.Uninstall(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	notReady("no executable")
+}

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"net/url"
+	"path/filepath"
 	"strings"
 	"time"
 
@@ -19,6 +20,9 @@ type Credentials struct {
 	Server string // https://host:port
 	CA     []byte // PEM
 	Token  string
+	// TokenFile, instead of Token, makes the kubeconfig name a token file that
+	// its reader reads on every request.
+	TokenFile string
 }
 
 // kubeconfig mirrors the parts of clientcmd's v1 Config the plugin needs; the
@@ -43,7 +47,8 @@ type namedCluster struct {
 type namedUser struct {
 	Name string `json:"name"`
 	User struct {
-		Token string `json:"token"`
+		Token     string `json:"token,omitempty"`
+		TokenFile string `json:"tokenFile,omitempty"`
 	} `json:"user"`
 }
 
@@ -55,8 +60,8 @@ type namedContext struct {
 	} `json:"context"`
 }
 
-// Kubeconfig renders the kubeconfig for c. The token and CA are inlined, so the
-// file is a secret (write it with mode 0600). The same credentials always give
+// Kubeconfig renders the kubeconfig for c. The CA and the token (unless a token
+// file is named) are inlined, so the file is a secret (write it with mode 0600). The same credentials always give
 // the same bytes.
 func Kubeconfig(c Credentials) ([]byte, error) {
 	if err := checkServer(c.Server); err != nil {
@@ -66,7 +71,12 @@ func Kubeconfig(c Credentials) ([]byte, error) {
 		return nil, errors.New("CA: is not a PEM certificate")
 	}
 	token := strings.TrimSpace(c.Token)
-	if token == "" {
+	switch {
+	case c.TokenFile != "" && token != "":
+		return nil, errors.New("token and token file: give one")
+	case c.TokenFile != "" && !filepath.IsAbs(c.TokenFile):
+		return nil, fmt.Errorf("token file: %q is not an absolute path", c.TokenFile)
+	case c.TokenFile == "" && token == "":
 		return nil, errors.New("token: is empty")
 	}
 	const name = "detour-cni"
@@ -78,6 +88,7 @@ func Kubeconfig(c Credentials) ([]byte, error) {
 	var u namedUser
 	u.Name = name
 	u.User.Token = token
+	u.User.TokenFile = c.TokenFile
 	var ctx namedContext
 	ctx.Name = name
 	ctx.Context.Cluster = name

@@ -46,6 +46,9 @@ type Options struct {
 	Base *redirect.Config
 	// OutboundPolicy for destinations that are not services; "" = allow-any.
 	OutboundPolicy controlplane.OutboundPolicy
+	// DNS is what the DNS listeners of pods that capture DNS answer: services
+	// as <name>.<namespace>.<suffix>.
+	DNS controlplane.DNS
 	// Debounce; 0 means DefaultDebounce.
 	Debounce time.Duration
 	// Logger; nil discards.
@@ -82,8 +85,8 @@ func New(o Options) (*Source, error) {
 	if err := o.Base.Validate(); err != nil {
 		return nil, fmt.Errorf("kubernetes source base config: %w", err)
 	}
-	if o.Base.DNS.Capture != redirect.DNSCaptureOff {
-		return nil, &redirect.FieldError{Field: "base config dns.capture", Value: string(o.Base.DNS.Capture), Reason: controlplane.ErrDNSNotServed.Error()}
+	if err := (&controlplane.Mesh{OutboundPolicy: controlplane.AllowAny, DNS: o.DNS}).Validate(); err != nil {
+		return nil, fmt.Errorf("kubernetes source dns options: %w", err)
 	}
 	switch o.OutboundPolicy {
 	case "":
@@ -232,7 +235,7 @@ func (s *Source) Run(ctx context.Context, sink controlplane.Sink) error {
 // with invalid annotations) are left out and logged, so one bad pod never
 // holds back everyone else's config.
 func (s *Source) mesh(l listers) (*controlplane.Mesh, error) {
-	m := &controlplane.Mesh{OutboundPolicy: s.o.OutboundPolicy}
+	m := &controlplane.Mesh{OutboundPolicy: s.o.OutboundPolicy, DNS: s.o.DNS}
 	services, err := l.services.List(labels.Everything())
 	if err != nil {
 		return nil, fmt.Errorf("list services: %w", err)
@@ -452,7 +455,7 @@ func (s *Source) workload(pod *corev1.Pod, namespaces corelisters.NamespaceListe
 	slices.SortFunc(w.Inbound, func(a, b controlplane.InboundPort) int { return cmp.Compare(a.Port, b.Port) })
 	// Check the workload alone: a pod whose config does not fit (ipFamilies
 	// dual on a single-stack pod) is left out rather than failing the mesh.
-	one := controlplane.Mesh{OutboundPolicy: s.o.OutboundPolicy, Workloads: []controlplane.Workload{w}}
+	one := controlplane.Mesh{OutboundPolicy: s.o.OutboundPolicy, DNS: s.o.DNS, Workloads: []controlplane.Workload{w}}
 	if err := one.Validate(); err != nil {
 		return controlplane.Workload{}, false, err
 	}

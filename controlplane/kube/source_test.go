@@ -235,8 +235,7 @@ func TestSourceBuildsMeshFromTheAPI(t *testing.T) {
 	// ipFamilies dual on a single-stack pod: its rules would capture a family
 	// the pod has no address of. Not served.
 	k.pod("shop", "dual-1", "fd00::14", map[string]string{redirect.AnnotationConfig: `{"ipFamilies": "dual"}`}, false)
-	// DNS capture: the installer would send the pod's queries to a DNS
-	// listener the control plane does not serve. Not served.
+	// DNS capture: served, with a DNS listener.
 	k.pod("shop", "dns-1", "10.1.0.15", map[string]string{redirect.AnnotationConfig: `{"dns": {"capture": "all"}}`}, false)
 
 	src, err := New(Options{Client: k.c, Debounce: 20 * time.Millisecond})
@@ -257,7 +256,7 @@ func TestSourceBuildsMeshFromTheAPI(t *testing.T) {
 			got = append(got, id)
 		}
 	}
-	if want := []string{"db-1.plain", "web-1.shop"}; !slices.Equal(got, want) {
+	if want := []string{"db-1.plain", "dns-1.shop", "web-1.shop"}; !slices.Equal(got, want) {
 		t.Errorf("workloads %v, want %v (opt-out, host network and invalid pods are not served)", got, want)
 	}
 	// The pods left out are reported with the field and value at fault.
@@ -268,7 +267,6 @@ func TestSourceBuildsMeshFromTheAPI(t *testing.T) {
 	for id, want := range map[string]string{
 		"bad-1.shop":  `inbound-port`,
 		"dual-1.shop": `transparentProxy.ipFamilies: "dual" needs an IPv4 address`,
-		"dns-1.shop":  `transparentProxy.dns.capture: "all" is not served`,
 	} {
 		if !strings.Contains(excluded[id], want) {
 			t.Errorf("excluded %s: reason %q, want it to contain %q", id, excluded[id], want)
@@ -423,8 +421,11 @@ func TestNewRejectsBadOptions(t *testing.T) {
 	}
 	dns := redirect.Default()
 	dns.DNS.Capture = redirect.DNSCaptureAll
-	if _, err := New(Options{Client: &kubernetes.Clientset{}, Base: &dns}); err == nil || !strings.Contains(err.Error(), `dns.capture: "all" is not served`) {
-		t.Errorf("New with a base config capturing DNS: %v, want an error naming dns.capture", err)
+	if _, err := New(Options{Client: &kubernetes.Clientset{}, Base: &dns}); err != nil {
+		t.Errorf("New with a base config capturing DNS: %v; DNS is served", err)
+	}
+	if _, err := New(Options{Client: &kubernetes.Clientset{}, DNS: controlplane.DNS{Suffix: "-mesh"}}); err == nil || !strings.Contains(err.Error(), `dns.suffix: "-mesh"`) {
+		t.Errorf("New with DNS suffix -mesh: %v, want an error naming dns.suffix", err)
 	}
 	if _, err := New(Options{Client: &kubernetes.Clientset{}, OutboundPolicy: "deny"}); err == nil {
 		t.Error("New with an unknown outbound policy succeeded")

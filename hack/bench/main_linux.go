@@ -27,15 +27,38 @@ var commands = []string{
 
 func main() {
 	detour := flag.String("detour", "bin/detour", "the detour binary to measure")
+	detourCP := flag.String("detour-cp", "", "the detour-cp binary whose start-up is measured (default: next to --detour)")
+	detourCNI := flag.String("detour-cni", "", "the detour-cni binary whose start-up is measured (default: next to --detour)")
 	runs := flag.Int("runs", 25, "runs per step (the median is reported)")
+	startupRuns := flag.Int("startup-runs", 100, "runs per start-up command")
+	startupOnly := flag.Bool("startup-only", false, "measure start-up only (needs no root)")
 	preset := flag.String("preset", "istio", "config preset to install")
 	flag.Parse()
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	dir := filepath.Dir(*detour)
+	if *detourCP == "" {
+		*detourCP = filepath.Join(dir, "detour-cp")
+	}
+	if *detourCNI == "" {
+		*detourCNI = filepath.Join(dir, "detour-cni")
+	}
+	startup := []startupCmd{
+		{name: "detour version", bin: *detour, args: []string{"version"}},
+		{name: "detour-cni (CNI_COMMAND=VERSION)", bin: *detourCNI, env: []string{"CNI_COMMAND=VERSION"}},
+		{name: "detour-cp version", bin: *detourCP, args: []string{"version"}},
+	}
+	if err := measureStartup(ctx, startup, *startupRuns); err != nil {
+		fmt.Fprintln(os.Stderr, "bench:", err)
+		os.Exit(1)
+	}
+	if *startupOnly {
+		return
+	}
 	if os.Geteuid() != 0 {
 		fmt.Fprintln(os.Stderr, "bench: needs root (it creates network namespaces)")
 		os.Exit(1)
 	}
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
 	if err := run(ctx, *detour, *runs, *preset); err != nil {
 		fmt.Fprintln(os.Stderr, "bench:", err)
 		os.Exit(1)

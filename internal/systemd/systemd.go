@@ -10,7 +10,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"text/template"
 
 	"sigs.k8s.io/yaml"
 
@@ -110,6 +109,9 @@ func (o Options) check() error {
 		if !filepath.IsAbs(p.path) {
 			return fmt.Errorf("%s: %q is not an absolute path", p.name, p.path)
 		}
+		if strings.ContainsAny(p.path, "\n\r") {
+			return fmt.Errorf("%s: %q holds a line break, which would end its unit directive", p.name, p.path)
+		}
 	}
 	if !strings.HasSuffix(o.UnitName, ".service") || strings.ContainsAny(o.UnitName, "/ ") {
 		return fmt.Errorf("unit name: %q is not a service unit file name", o.UnitName)
@@ -125,9 +127,12 @@ func (o Options) check() error {
 func (o Options) unitPath() string   { return filepath.Join(o.Root, o.UnitDir, o.UnitName) }
 func (o Options) configPath() string { return filepath.Join(o.Root, o.ConfigFile) }
 
-// unitTemplate is the unit Persist writes; deploy/systemd/detour.service is it
-// rendered with the defaults (a test keeps the two equal).
-var unitTemplate = template.Must(template.New("unit").Parse(`# detour: install the traffic redirection into the sidecar proxy at boot, before
+// unitText is the unit Persist writes, with @BINARY@, @CONFIG@ and @BEFORE@ for
+// Unit to fill in; deploy/systemd/detour.service is it rendered with the
+// defaults (a test keeps the two equal). Plain replacement rather than
+// text/template keeps the template engine (and the reflection that disables
+// the linker's dead-method elimination) out of the install binary.
+const unitText = `# detour: install the traffic redirection into the sidecar proxy at boot, before
 # networking comes up and so before the workload and its sidecar start; remove it
 # on stop. Written by "detour install --persist"; docs/vm.md explains it.
 #
@@ -144,19 +149,19 @@ Documentation=https://github.com/detour-mesh/detour/blob/main/docs/vm.md
 DefaultDependencies=no
 Wants=network-pre.target
 After=local-fs.target systemd-modules-load.service
-Before=network-pre.target shutdown.target{{range .Before}} {{.}}{{end}}
+Before=network-pre.target shutdown.target@BEFORE@
 Conflicts=shutdown.target
 
 [Service]
 Type=oneshot
 RemainAfterExit=yes
-ExecStart={{.Binary}} install --config {{.ConfigFile}}
+ExecStart=@BINARY@ install --config @CONFIG@
 # Uninstall removes what detour owns, found by name: it needs no config.
-ExecStop={{.Binary}} uninstall
+ExecStop=@BINARY@ uninstall
 
 [Install]
 WantedBy=multi-user.target
-`))
+`
 
 // Unit renders the unit file for o. The same options always give the same bytes.
 func Unit(o Options) ([]byte, error) {
@@ -164,11 +169,13 @@ func Unit(o Options) ([]byte, error) {
 	if err := o.check(); err != nil {
 		return nil, err
 	}
-	var b bytes.Buffer
-	if err := unitTemplate.Execute(&b, o); err != nil {
-		return nil, fmt.Errorf("render unit: %w", err)
+	var before strings.Builder
+	for _, b := range o.Before {
+		before.WriteString(" " + b)
 	}
-	return b.Bytes(), nil
+	// check refused newlines in every value, so none can add a directive.
+	r := strings.NewReplacer("@BINARY@", o.Binary, "@CONFIG@", o.ConfigFile, "@BEFORE@", before.String())
+	return []byte(r.Replace(unitText)), nil
 }
 
 // ConfigYAML renders cfg as the YAML document the unit's `detour install

@@ -158,6 +158,9 @@ func TestPersistRefuses(t *testing.T) {
 		{"bad before", func(root string, sc Systemctl) Options {
 			return Options{Config: redirect.Default(), Root: root, Systemctl: sc, Before: []string{"my app"}}
 		}, `before: "my app" is not a unit name`, false},
+		{"line break in the binary", func(root string, sc Systemctl) Options {
+			return Options{Config: redirect.Default(), Root: root, Systemctl: sc, Binary: "/usr/bin/detour\nExecStartPre=/bin/sh"}
+		}, `binary: "/usr/bin/detour\nExecStartPre=/bin/sh" holds a line break`, false},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

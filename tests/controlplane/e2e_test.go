@@ -19,6 +19,8 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/net/dns/dnsmessage"
+
 	"github.com/detour-mesh/detour/controlplane"
 	"github.com/detour-mesh/detour/internal/lab"
 	"github.com/detour-mesh/detour/internal/privtest"
@@ -37,6 +39,7 @@ const (
 	srvApp     = "app"        // the workload's app on the pod address only: the declared inbound port 8000's target
 	srvLocal   = "app-local"  // an app on loopback only, behind declared port 8100: not reachable through the proxy
 	srvOther   = "app-other"  // the workload's app on an undeclared port (passthrough)
+	srvDNS     = "resolver"   // the remote's DNS resolver (answers TXT queries only)
 	anyPort    = uint16(9999) // srvAny's port
 	otherPort  = uint16(8001) // srvOther's port, not declared in the mesh
 )
@@ -53,6 +56,15 @@ var (
 	dbEP       = map[lab.Family]netip.Addr{lab.IPv4: netip.MustParseAddr("192.0.2.11"), lab.IPv6: netip.MustParseAddr("2001:db8:ffff::11")}
 	elsewhere  = map[lab.Family]netip.Addr{lab.IPv4: netip.MustParseAddr("192.0.2.77"), lab.IPv6: netip.MustParseAddr("2001:db8:ffff::77")}
 	passSource = map[lab.Family]netip.Addr{lab.IPv4: netip.MustParseAddr("127.0.0.6"), lab.IPv6: netip.MustParseAddr("::6")}
+	// upstreamDNS is the mesh's upstream resolver (remote): names that are
+	// not services are forwarded there.
+	upstreamDNS = netip.AddrPortFrom(netip.MustParseAddr("192.0.2.53"), 53)
+	// nameserver is the resolver the app asks: any address, DNS capture all
+	// sends every UDP/53 query to the proxy.
+	nameserver = map[lab.Family]netip.AddrPort{
+		lab.IPv4: netip.AddrPortFrom(netip.MustParseAddr("198.51.100.53"), 53),
+		lab.IPv6: netip.AddrPortFrom(netip.MustParseAddr("2001:db8:ffff::53"), 53),
+	}
 )
 
 // variant is one run of the end-to-end test.
@@ -69,7 +81,7 @@ type variant struct {
 // transparentProxy is the workload's redirect config: the same document goes
 // into the mesh file and into `detour install --config`.
 func (v variant) transparentProxy() string {
-	return fmt.Sprintf(`{"proxy": {"uid": %d}, "mode": %q, "ipFamilies": %q, "outbound": {"excludePorts": [22]}}`, proxyUID, v.mode, v.ipFamilies)
+	return fmt.Sprintf(`{"proxy": {"uid": %d}, "mode": %q, "ipFamilies": %q, "outbound": {"excludePorts": [22]}, "dns": {"capture": "all"}}`, proxyUID, v.mode, v.ipFamilies)
 }
 
 // endpoint is the family of the endpoint a connection of family f reaches.
@@ -87,6 +99,8 @@ func (v variant) meshFile(policy string, backend map[lab.Family]netip.Addr) stri
 	}
 	return fmt.Sprintf(`
 outboundPolicy: %s
+dns:
+  upstreams: [%s]
 services:
   - name: backend
     virtualIPs: [%s, %q]
@@ -102,7 +116,7 @@ workloads:
     inbound: [{port: 8000, appPort: 18000, protocol: http}, {port: 8100, appPort: 18100}]
     reach: [backend, db]
     transparentProxy: %s
-`, policy, vip[lab.IPv4], vip[lab.IPv6].String(), backend[lab.IPv4], backend[lab.IPv6].String(),
+`, policy, upstreamDNS, vip[lab.IPv4], vip[lab.IPv6].String(), backend[lab.IPv4], backend[lab.IPv6].String(),
 		dbVIP[lab.IPv4], dbVIP[lab.IPv6].String(), dbEP[lab.IPv4], dbEP[lab.IPv6].String(),
 		nodeID, addrs, v.transparentProxy())
 }
@@ -165,6 +179,11 @@ func testEndToEnd(t *testing.T, v variant) {
 				t.Fatal(err)
 			}
 		}
+		// A resolver (remote) on every remote address: the upstream, and the
+		// nameserver the app asks, which must never answer a captured query.
+		if _, err := l.Remote.ServeDNS(srvDNS, netip.AddrPortFrom(f.Unspecified(), 53), nil); err != nil {
+			t.Fatal(err)
+		}
 	}
 
 	dir := t.TempDir()
@@ -193,6 +212,36 @@ func testEndToEnd(t *testing.T, v variant) {
 	}
 	for _, f := range lab.Families {
 		t.Run(string(f), func(t *testing.T) {
+			// DNS: the app asks any nameserver for backend.mesh; the installed
+			// rules send the query to the proxy's DNS listener, which answers
+			// from the served table (A for IPv4, AAAA for IPv6) from the address
+			// the app asked; the app connects to the answer with no code of ours.
+			typ := map[lab.Family]dnsmessage.Type{lab.IPv4: dnsmessage.TypeA, lab.IPv6: dnsmessage.TypeAAAA}[f]
+			mark := proxy.mark()
+			resp, from, err := resolve(l.Pod, app, nameserver[f], "backend.mesh.", typ)
+			if err != nil {
+				t.Fatalf("app resolves backend.mesh at %s: %v", nameserver[f], err)
+			}
+			if got := answerAddrs(resp); from != nameserver[f] || resp.RCode != dnsmessage.RCodeSuccess || len(got) != 1 || got[0] != vip[f] {
+				t.Fatalf("backend.mesh %s answered %v %v from %s, want [%s] from %s", typ, resp.RCode, got, from, vip[f], nameserver[f])
+			}
+			wantRoute(t, proxy.handled(mark), route{Listener: dnsListener(f), Chain: "table", Query: "backend.mesh. " + strings.TrimPrefix(typ.String(), "Type")})
+			r, err := dialApp(netip.AddrPortFrom(answerAddrs(resp)[0], 80))
+			if err != nil || r.Server != srvBackend {
+				t.Errorf("app → backend.mesh:80: %v %v, want %s", r, err, srvBackend)
+			}
+			// Any other name goes to the mesh's upstream resolver, through the
+			// proxy (whose own query the rules let out).
+			mark = proxy.mark()
+			resp, from, err = resolve(l.Pod, app, nameserver[f], "lab.detour.test.", dnsmessage.TypeTXT)
+			if err != nil {
+				t.Fatalf("app resolves lab.detour.test at %s: %v", nameserver[f], err)
+			}
+			if txt := answerTXT(t, resp); from != nameserver[f] || txt.Server != srvDNS || txt.Local != upstreamDNS {
+				t.Errorf("lab.detour.test answered by %s at %s, from %s; want the upstream %s at %s, from %s", txt.Server, txt.Local, from, srvDNS, upstreamDNS, nameserver[f])
+			}
+			wantRoute(t, proxy.handled(mark), route{Listener: dnsListener(f), Chain: "upstream", Upstream: upstreamDNS, Query: "lab.detour.test. TXT"})
+
 			// A service VIP reaches that service's endpoint, through the
 			// listener of that VIP:port and the service's cluster.
 			for _, tc := range []struct {
@@ -205,7 +254,7 @@ func testEndToEnd(t *testing.T, v variant) {
 				{netip.AddrPortFrom(dbVIP[f], 5432), srvDB, netip.AddrPortFrom(dbEP[v.endpoint(f)], 15432), controlplane.ServiceClusterName("db", 5432)},
 			} {
 				mark := proxy.mark()
-				r, err := dialApp(tc.to)
+				r, err = dialApp(tc.to)
 				if err != nil {
 					t.Fatalf("app → %s: %v", tc.to, err)
 				}
@@ -219,8 +268,8 @@ func testEndToEnd(t *testing.T, v variant) {
 			// An unknown destination goes where it was going (allow-any),
 			// through the outbound listener's passthrough.
 			to := netip.AddrPortFrom(elsewhere[f], anyPort)
-			mark := proxy.mark()
-			r, err := dialApp(to)
+			mark = proxy.mark()
+			r, err = dialApp(to)
 			if err != nil {
 				t.Fatalf("app → %s: %v", to, err)
 			}
@@ -304,15 +353,27 @@ func testEndToEnd(t *testing.T, v variant) {
 		})
 	}
 
-	// An invalid change is refused and the proxy keeps its config.
+	// An invalid change, an emptied file and a truncated one (which would
+	// remove the only workload) are refused; the proxy keeps its config, and
+	// /debug/nodes and the metrics say why.
+	good := v.meshFile("registry-only", backendEP2)
 	before = cp.versions(t)
-	writeFile(t, meshPath, strings.Replace(v.meshFile("registry-only", backendEP2), "port: 5432", "port: 70000", 1))
-	cp.waitRejected(t)
-	if after := cp.versions(t); after != before {
-		t.Errorf("an invalid mesh file changed the served versions: %v → %v", before, after)
+	for _, bad := range []struct{ name, content, want string }{
+		{"invalid", strings.Replace(good, "port: 5432", "port: 70000", 1), `"70000" is not a port`},
+		{"empty", "\n# being rewritten\n", `(document): "" is empty`},
+		{"truncated", good[:strings.Index(good, "workloads:")], "removes 1 of the 1 served workloads (app): held back"},
+	} {
+		writeFile(t, meshPath, bad.content)
+		cp.waitRejected(t, bad.want)
+		if after := cp.versions(t); after != before {
+			t.Errorf("the %s mesh file changed the served versions: %v → %v", bad.name, before, after)
+		}
+		if r, err := dialApp(netip.AddrPortFrom(dbVIP[lab.IPv4], 5432)); err != nil || r.Server != srvDB {
+			t.Errorf("after the %s change app → db: %v %v", bad.name, r, err)
+		}
 	}
-	if r, err := dialApp(netip.AddrPortFrom(dbVIP[lab.IPv4], 5432)); err != nil || r.Server != srvDB {
-		t.Errorf("after an invalid change app → db: %v %v", r, err)
+	if m := cp.metrics(t); !strings.Contains(m, `detour_config_updates_total{result="rejected"} 3`) {
+		t.Errorf("metrics do not count the 3 rejected changes:\n%s", m)
 	}
 }
 
@@ -321,6 +382,29 @@ func outbound(f lab.Family) string {
 		return controlplane.ListenerOutboundIPv6
 	}
 	return controlplane.ListenerOutbound
+}
+
+func dnsListener(f lab.Family) string {
+	if f == lab.IPv6 {
+		return controlplane.ListenerDNSIPv6
+	}
+	return controlplane.ListenerDNS
+}
+
+// answerTXT decodes the lab resolver's TXT answer.
+func answerTXT(t *testing.T, m dnsmessage.Message) lab.Reply {
+	t.Helper()
+	var txt strings.Builder
+	for _, a := range m.Answers {
+		if b, ok := a.Body.(*dnsmessage.TXTResource); ok {
+			txt.WriteString(strings.Join(b.TXT, ""))
+		}
+	}
+	var r lab.Reply
+	if err := json.Unmarshal([]byte(txt.String()), &r); err != nil {
+		t.Errorf("TXT answer %q: %v", txt.String(), err)
+	}
+	return r
 }
 
 func inbound(f lab.Family) string {
@@ -357,6 +441,7 @@ func wantRoute(t *testing.T, got []route, want route) route {
 	check("handler", g.Handler, want.Handler)
 	check("chain", g.Chain, want.Chain)
 	check("cluster", g.Cluster, want.Cluster)
+	check("query", g.Query, want.Query)
 	if want.Original.IsValid() {
 		check("original destination", g.Original.String(), want.Original.String())
 	}
@@ -388,7 +473,7 @@ func startControlPlane(t *testing.T, meshPath string) *cpProcess {
 	t.Helper()
 	cmd := exec.Command(detourBin, "control-plane", "--config", meshPath,
 		"--xds-address", "127.0.0.1:0", "--http-address", "127.0.0.1:0",
-		"--watch-interval", "20ms", "--log-format", "json")
+		"--watch-interval", "20ms", "--settle", "100ms", "--log-format", "json")
 	stderr, err := cmd.StderrPipe()
 	if err != nil {
 		t.Fatal(err)
@@ -489,17 +574,33 @@ func (cp *cpProcess) waitSynced(t *testing.T, p *testProxy, before controlplane.
 	}
 }
 
-// waitRejected waits until the control plane reports a rejected change.
-func (cp *cpProcess) waitRejected(t *testing.T) {
+// waitRejected waits until the control plane reports a rejected change whose
+// error contains want.
+func (cp *cpProcess) waitRejected(t *testing.T, want string) {
 	t.Helper()
 	deadline := time.Now().Add(30 * time.Second)
 	for {
-		if _, lastErr := cp.node(t); strings.Contains(lastErr, `"70000" is not a port`) {
+		_, lastErr := cp.node(t)
+		if strings.Contains(lastErr, want) {
 			return
 		}
 		if time.Now().After(deadline) {
-			t.Fatal("the control plane did not report the invalid mesh file")
+			t.Fatalf("the control plane did not report %q; last error %q", want, lastErr)
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
+}
+
+func (cp *cpProcess) metrics(t *testing.T) string {
+	t.Helper()
+	resp, err := http.Get("http://" + cp.http + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b)
 }

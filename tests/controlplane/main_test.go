@@ -30,5 +30,11 @@ func run(m *testing.M) int {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
 	}
+	// `detour control-plane` execs the detour-cp next to detour: the tests
+	// run the documented command through that hand-over.
+	if _, err := privtest.Build(dir, "github.com/detour-mesh/detour/cmd/detour-cp"); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
 	return m.Run()
 }

@@ -54,7 +54,8 @@ type testProxy struct {
 type boundListener struct {
 	addr        netip.AddrPort
 	transparent bool
-	ln          net.Listener
+	udp         bool
+	ln          io.Closer
 }
 
 // route is how the proxy handled one connection.
@@ -66,6 +67,10 @@ type route struct {
 	Original netip.AddrPort // the original destination
 	Peer     netip.AddrPort // the client as the proxy saw it
 	Upstream netip.AddrPort // where the proxy connected ("" = nowhere)
+	// DNS queries: the question ("backend.mesh. A") and how it was answered:
+	// Chain is "table" (from the served dns_filter table) or "upstream"
+	// (forwarded to Upstream).
+	Query string
 }
 
 func newTestProxy(t *testing.T, ns *lab.NetNS, cred *lab.Cred) *testProxy {
@@ -164,7 +169,7 @@ func (p *testProxy) applyListeners(listeners map[string]*listenerv3.Listener, ve
 	defer p.mu.Unlock()
 	for name, b := range p.bound {
 		l, ok := listeners[name]
-		if !ok || !binds(l) || socketAddr(l.GetAddress()) != b.addr || l.GetTransparent().GetValue() != b.transparent {
+		if !ok || !binds(l) || socketAddr(l.GetAddress()) != b.addr || l.GetTransparent().GetValue() != b.transparent || isUDP(l) != b.udp {
 			b.ln.Close()
 			delete(p.bound, name)
 		}
@@ -176,7 +181,17 @@ func (p *testProxy) applyListeners(listeners map[string]*listenerv3.Listener, ve
 		if _, ok := p.bound[name]; ok {
 			continue
 		}
-		b := &boundListener{addr: socketAddr(l.GetAddress()), transparent: l.GetTransparent().GetValue()}
+		b := &boundListener{addr: socketAddr(l.GetAddress()), transparent: l.GetTransparent().GetValue(), udp: isUDP(l)}
+		if b.udp {
+			pc, err := p.listenUDP(b.addr)
+			if err != nil {
+				return fmt.Errorf("bind udp listener %s on %s: %w", name, b.addr, err)
+			}
+			b.ln = pc
+			p.bound[name] = b
+			go p.serveDNS(name, pc)
+			continue
+		}
 		ln, err := p.listen(b.addr, b.transparent)
 		if err != nil {
 			return fmt.Errorf("bind listener %s on %s: %w", name, b.addr, err)
@@ -187,6 +202,10 @@ func (p *testProxy) applyListeners(listeners map[string]*listenerv3.Listener, ve
 	}
 	p.listeners, p.applied[0] = listeners, version
 	return nil
+}
+
+func isUDP(l *listenerv3.Listener) bool {
+	return l.GetAddress().GetSocketAddress().GetProtocol() == corev3.SocketAddress_UDP
 }
 
 func binds(l *listenerv3.Listener) bool {

@@ -17,9 +17,14 @@ func TestManifestCommandsParse(t *testing.T) {
 	if testing.Short() {
 		t.Skip("builds detour")
 	}
-	bin, err := privtest.Build(t.TempDir(), "github.com/detour-mesh/detour/cmd/detour")
-	if err != nil {
-		t.Fatal(err)
+	dir := t.TempDir()
+	bins := map[string]string{}
+	for _, name := range []string{"detour", "detour-cp"} {
+		bin, err := privtest.Build(dir, "github.com/detour-mesh/detour/cmd/"+name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		bins["/usr/local/bin/"+name] = bin
 	}
 	checked := 0
 	for _, m := range readManifests(t, manifestDir) {
@@ -27,8 +32,12 @@ func TestManifestCommandsParse(t *testing.T) {
 			if !strings.Contains(c.image, "detour") {
 				continue
 			}
-			if len(c.command) == 0 || c.command[0] != "/usr/local/bin/detour" {
-				t.Errorf("%s %s: command %q, want /usr/local/bin/detour (the image's binary)", m, c.name, c.command)
+			var bin string
+			if len(c.command) > 0 {
+				bin = bins[c.command[0]]
+			}
+			if bin == "" {
+				t.Errorf("%s %s: command %q, want /usr/local/bin/detour or /usr/local/bin/detour-cp (the image's binaries)", m, c.name, c.command)
 				continue
 			}
 			argv := append(append([]string{}, c.command[1:]...), c.args...)
@@ -39,12 +48,12 @@ func TestManifestCommandsParse(t *testing.T) {
 			// A subcommand another part of detour has not shipped yet cannot be
 			// checked; say so rather than fail on it.
 			if !hasCommand(t, bin, argv[0]) {
-				t.Logf("%s %s: `detour %s` is not in this build; its flags are unchecked", m, c.name, argv[0])
+				t.Logf("%s %s: `%s %s` is not in this build; its flags are unchecked", m, c.name, c.command[0], argv[0])
 				continue
 			}
 			out, err := exec.Command(bin, append(argv, "--help")...).CombinedOutput()
 			if err != nil {
-				t.Errorf("%s %s: detour %s: %v\n%s", m, c.name, strings.Join(argv, " "), err, out)
+				t.Errorf("%s %s: %s %s: %v\n%s", m, c.name, c.command[0], strings.Join(argv, " "), err, out)
 			}
 			checked++
 		}
@@ -54,12 +63,12 @@ func TestManifestCommandsParse(t *testing.T) {
 	}
 }
 
-// hasCommand reports whether detour has the top-level subcommand name.
+// hasCommand reports whether bin has the top-level subcommand name.
 func hasCommand(t *testing.T, bin, name string) bool {
 	t.Helper()
 	out, err := exec.Command(bin, "--help").Output()
 	if err != nil {
-		t.Fatalf("detour --help: %v", err)
+		t.Fatalf("%s --help: %v", bin, err)
 	}
 	for _, l := range strings.Split(string(out), "\n") {
 		if f := strings.Fields(l); len(f) > 0 && f[0] == name && strings.HasPrefix(l, "  ") {

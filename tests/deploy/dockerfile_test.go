@@ -131,13 +131,26 @@ func TestDockerfileBuildIsStatic(t *testing.T) {
 	if !built["detour"] {
 		t.Fatalf("the build made %v, not detour", entries)
 	}
-	// The image's entrypoint and the manifests run /usr/local/bin/detour; the
-	// CNI installer looks for detour-cni next to it.
-	if _, err := os.Stat(filepath.Join(repoRoot, "cmd/detour-cni")); err == nil && !built["detour-cni"] {
-		t.Error("cmd/detour-cni exists but the build did not make detour-cni")
+	// The image's entrypoint and the CNI DaemonSet run /usr/local/bin/detour;
+	// the CNI installer looks for detour-cni next to it; the control plane's
+	// Deployment runs detour-cp, which `detour control-plane` and `detour
+	// bootstrap` also exec from next to detour.
+	for _, want := range []string{"detour-cni", "detour-cp"} {
+		if !built[want] {
+			t.Errorf("the build made %v, not %s", entries, want)
+		}
 	}
-	v, err := exec.Command(filepath.Join(out, "detour"), "version").Output()
-	if err != nil || strings.TrimSpace(string(v)) != "detour v0.0.0-test" {
-		t.Errorf("detour version = %q, %v; want the VERSION build arg", v, err)
+	for _, bin := range []string{"detour", "detour-cp"} {
+		v, err := exec.Command(filepath.Join(out, bin), "version").Output()
+		if err != nil || strings.TrimSpace(string(v)) != bin+" v0.0.0-test" {
+			t.Errorf("%s version = %q, %v; want the VERSION build arg", bin, v, err)
+		}
+	}
+	// The hand-over works in the image's layout: detour finds detour-cp next
+	// to itself (PATH is empty here).
+	cmd = exec.Command(filepath.Join(out, "detour"), "bootstrap", "--node-id", "app", "--control-plane", "127.0.0.1:18000")
+	cmd.Env = []string{"PATH="}
+	if b, err := cmd.CombinedOutput(); err != nil || !strings.Contains(string(b), "127.0.0.1") {
+		t.Errorf("detour bootstrap through detour-cp: %v\n%s", err, b)
 	}
 }

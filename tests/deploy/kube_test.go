@@ -312,8 +312,12 @@ spec:
 				[]access{{"get", "", "pods", "default"}, {"list", "", "pods", ""}, {"get", "", "namespaces", ""}, {"watch", "", "namespaces", ""}},
 				[]access{{"list", "", "secrets", ""}, {"create", "", "pods", "default"}, {"update", "", "namespaces", ""}, {"list", "", "services", ""}}},
 			{"detour-control-plane",
-				[]access{{"list", "", "services", ""}, {"watch", "discovery.k8s.io", "endpointslices", ""}, {"list", "", "pods", ""}, {"get", "", "namespaces", ""}},
-				[]access{{"get", "", "secrets", "default"}, {"delete", "", "pods", "default"}, {"create", "discovery.k8s.io", "endpointslices", "default"}}},
+				[]access{{"list", "", "services", ""}, {"watch", "discovery.k8s.io", "endpointslices", ""}, {"list", "", "pods", ""}, {"get", "", "namespaces", ""},
+					// The injection webhook writes its own configuration.
+					{"create", "admissionregistration.k8s.io", "mutatingwebhookconfigurations", ""}},
+				[]access{{"get", "", "secrets", "default"}, {"delete", "", "pods", "default"}, {"create", "discovery.k8s.io", "endpointslices", "default"},
+					{"delete", "admissionregistration.k8s.io", "mutatingwebhookconfigurations", ""},
+					{"update", "admissionregistration.k8s.io", "validatingwebhookconfigurations", ""}}},
 		} {
 			user := "system:serviceaccount:detour-system:" + tc.sa
 			for _, a := range tc.allow {

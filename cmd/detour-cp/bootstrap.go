@@ -12,7 +12,7 @@ import (
 	"github.com/detour-mesh/detour/redirect"
 )
 
-// bootstrapOptions are the flags of `detour bootstrap`.
+// bootstrapOptions are the flags of `detour-cp bootstrap`.
 type bootstrapOptions struct {
 	nodeID       string
 	controlPlane string

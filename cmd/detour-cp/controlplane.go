@@ -12,10 +12,13 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"k8s.io/client-go/kubernetes"
+
 	"github.com/detour-mesh/detour/controlplane"
+	"github.com/detour-mesh/detour/internal/meshconfig"
 )
 
-// controlPlaneOptions are the flags of `detour control-plane`.
+// controlPlaneOptions are the flags of `detour-cp control-plane`.
 type controlPlaneOptions struct {
 	config         string
 	source         string
@@ -26,6 +29,10 @@ type controlPlaneOptions struct {
 	clientCA       string
 	nackBackoff    time.Duration
 	watchInterval  time.Duration
+	settle         time.Duration
+	maxMeshSize    int64
+	dnsSuffix      string
+	dnsUpstreams   []string
 	kubeconfig     string
 	namespace      string
 	preset         string
@@ -33,6 +40,8 @@ type controlPlaneOptions struct {
 	outboundPolicy string
 	logLevel       string
 	logFormat      string
+	meshConfig     string
+	inject         injectionFlags
 
 	// listening is called with the bound addresses (tests).
 	listening func(xds, http net.Addr)
@@ -72,11 +81,17 @@ docs/control-plane.md and docs/mesh.md describe the layout and the mesh file.`,
 	f.StringVar(&o.clientCA, "client-ca", "", "require client certificates signed by this CA (PEM; read again when it changes); a certificate's SAN must equal the node id")
 	f.DurationVar(&o.nackBackoff, "nack-backoff", controlplane.DefaultNACKBackoff, "how long a NACKed config is held back before it is sent again")
 	f.DurationVar(&o.watchInterval, "watch-interval", controlplane.DefaultWatchInterval, "how often the mesh file is checked for changes")
+	f.DurationVar(&o.settle, "settle", controlplane.DefaultSettle, "a changed mesh file is read once it has stayed the same this long (0: at the first read that sees it)")
+	f.Int64Var(&o.maxMeshSize, "max-mesh-size", controlplane.DefaultMaxMeshSize, "largest mesh file read, in bytes; a larger one is refused unread")
+	f.StringVar(&o.dnsSuffix, "dns-suffix", controlplane.DefaultDNSSuffix, "--source kubernetes: pods that capture DNS resolve service <name>.<namespace>.<suffix> to its cluster IPs")
+	f.StringSliceVar(&o.dnsUpstreams, "dns-upstream", nil, "--source kubernetes: where other DNS queries go, address or address:port (repeatable; default: the sidecar's resolv.conf)")
 	f.StringVar(&o.kubeconfig, "kubeconfig", "", "kubeconfig for --source kubernetes (default: in-cluster, then $KUBECONFIG)")
 	f.StringVar(&o.namespace, "namespace", "", "only this namespace with --source kubernetes (default: all)")
 	f.StringVar(&o.preset, "preset", "", "--source kubernetes: pods' base redirect config starts from this preset (istio, kuma); use the CNI plugin's")
 	f.StringVar(&o.baseConfig, "base-config", "", "--source kubernetes: a redirect config document applied to every pod before its annotations; use the CNI plugin's")
 	f.StringVar(&o.outboundPolicy, "outbound-policy", string(controlplane.AllowAny), "--source kubernetes: allow-any or registry-only")
+	f.StringVar(&o.meshConfig, "mesh-config", "", "--source kubernetes: the mesh-wide config document (ConfigMap detour-config); its preset and redirect are every pod's base (instead of --preset/--base-config) and it configures --inject")
+	o.inject.bind(f)
 	addControlPlaneLogFlags(cmd, &o.logLevel, &o.logFormat)
 	cmd.AddCommand(newControlPlaneResourcesCmd(s))
 	return cmd
@@ -104,7 +119,7 @@ func controlPlaneLogger(w io.Writer, level, format string) (*slog.Logger, error)
 }
 
 // runControlPlane serves until ctx ends.
-func runControlPlane(ctx context.Context, o *controlPlaneOptions, s streams) error {
+func runControlPlane(ctx context.Context, o *controlPlaneOptions, s streams) (err error) {
 	log, err := controlPlaneLogger(s.err, o.logLevel, o.logFormat)
 	if err != nil {
 		return err
@@ -114,6 +129,12 @@ func runControlPlane(ctx context.Context, o *controlPlaneOptions, s streams) err
 	}
 	if o.watchInterval <= 0 {
 		return usageError("--watch-interval %s must be positive", o.watchInterval)
+	}
+	if o.settle < 0 {
+		return usageError("--settle %s must not be negative", o.settle)
+	}
+	if o.maxMeshSize < 0 {
+		return usageError("--max-mesh-size %d must be positive", o.maxMeshSize)
 	}
 	if (o.tlsCert == "") != (o.tlsKey == "") {
 		return usageError("--tls-cert and --tls-key go together")
@@ -127,17 +148,40 @@ func runControlPlane(ctx context.Context, o *controlPlaneOptions, s streams) err
 		if o.config == "" {
 			return usageError("--config is required with --source file")
 		}
-		if o.namespace != "" || o.preset != "" || o.baseConfig != "" || (o.outboundPolicy != "" && o.outboundPolicy != string(controlplane.AllowAny)) {
-			return usageError("--namespace, --preset, --base-config and --outbound-policy are for --source kubernetes; the mesh file says these")
+		if o.namespace != "" || o.preset != "" || o.baseConfig != "" || o.meshConfig != "" || (o.outboundPolicy != "" && o.outboundPolicy != string(controlplane.AllowAny)) ||
+			(o.dnsSuffix != "" && o.dnsSuffix != controlplane.DefaultDNSSuffix) || len(o.dnsUpstreams) > 0 {
+			return usageError("--namespace, --preset, --base-config, --mesh-config, --outbound-policy, --dns-suffix and --dns-upstream are for --source kubernetes; the mesh file says these")
 		}
-		src = &controlplane.FileSource{Path: o.config, Interval: o.watchInterval, Logger: log}
+		if o.inject.enabled {
+			return usageError("--inject needs --source kubernetes")
+		}
+		settle := o.settle
+		if settle == 0 {
+			settle = -1 // FileSource: at the first read
+		}
+		src = &controlplane.FileSource{Path: o.config, Interval: o.watchInterval, Settle: settle, MaxSize: o.maxMeshSize, Logger: log}
 	case sourceKubernetes:
 		if o.config != "" {
 			return usageError("--config is for --source file; --source kubernetes reads the API")
 		}
-		src, err = newKubernetesSource(o, log)
+		var client kubernetes.Interface
+		var mesh meshconfig.Config
+		src, client, mesh, err = newKubernetesSource(o, log)
 		if err != nil {
 			return err
+		}
+		if o.inject.enabled {
+			inj, err := newInjectionServer(ctx, o, client, mesh, log)
+			if err != nil {
+				return err
+			}
+			var stop func() error
+			ctx, stop = runAlongside(ctx, inj.Run)
+			defer func() {
+				if werr := stop(); werr != nil && (err == nil || errors.Is(err, context.Canceled)) {
+					err = werr
+				}
+			}()
 		}
 	default:
 		return usageError("--source %q is not one of file, kubernetes", o.source)
@@ -159,7 +203,7 @@ func runControlPlane(ctx context.Context, o *controlPlaneOptions, s streams) err
 	return err
 }
 
-// controlPlaneResourcesOptions are the flags of `detour control-plane resources`.
+// controlPlaneResourcesOptions are the flags of `detour-cp control-plane resources`.
 type controlPlaneResourcesOptions struct {
 	config string
 	nodeID string

@@ -87,19 +87,17 @@ func TestControlPlaneInvalidInputExitsTwo(t *testing.T) {
 	if err := os.WriteFile(bad, []byte("services: [{name: a, virtualIPs: [198.51.100.1], ports: [70000]}]"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	dns := filepath.Join(t.TempDir(), "dns.yaml")
-	if err := os.WriteFile(dns, []byte("dns: {capture: all}"), 0o644); err != nil {
-		t.Fatal(err)
-	}
 	tests := []struct {
 		name string
 		args []string
 		want string
 	}{
-		{"bootstrap dns capture", []string{"bootstrap", "--node-id", "a", "--control-plane", "127.0.0.1:1", "--config", dns}, `dns.capture: "all" is not served`},
 		{"invalid mesh", []string{"control-plane", "--config", bad, "--xds-address", "127.0.0.1:0", "--http-address", "off"}, `services[0].ports[0]: "70000" is not a port`},
 		{"no config", []string{"control-plane"}, "--config is required"},
 		{"unknown source", []string{"control-plane", "--source", "etcd"}, `--source "etcd" is not one of file, kubernetes`},
+		{"negative settle", []string{"control-plane", "--config", bad, "--settle", "-1s"}, "--settle -1s must not be negative"},
+		{"dns flags with a file", []string{"control-plane", "--config", bad, "--dns-suffix", "svc.example"}, "--dns-suffix and --dns-upstream are for --source kubernetes"},
+		{"bad dns upstream", []string{"control-plane", "--source", "kubernetes", "--dns-upstream", "ns1"}, `--dns-upstream "ns1" is not an IP address or address:port`},
 		{"client ca without tls", []string{"control-plane", "--config", bad, "--client-ca", "ca.pem"}, "--client-ca needs --tls-cert"},
 		{"bad log level", []string{"control-plane", "--config", bad, "--log-level", "loud"}, `--log-level "loud"`},
 		{"resources unknown node", []string{"control-plane", "resources", "--config", "../../examples/mesh.yaml", "--node-id", "nope"}, `--node-id "nope": no workload`},

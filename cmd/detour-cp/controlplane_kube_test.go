@@ -20,7 +20,7 @@ import (
 	"github.com/detour-mesh/detour/internal/privtest"
 )
 
-// TestControlPlaneKubernetesSource runs `detour control-plane --source
+// TestControlPlaneKubernetesSource runs `detour-cp control-plane --source
 // kubernetes` against a real API server: an opted-in pod shows up in
 // /debug/nodes under its node id (name.namespace).
 func TestControlPlaneKubernetesSource(t *testing.T) {

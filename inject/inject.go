@@ -1,0 +1,558 @@
+package inject
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"slices"
+	"strconv"
+	"strings"
+
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/resource"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/intstr"
+
+	"github.com/detour-mesh/detour/internal/meshconfig"
+	"github.com/detour-mesh/detour/redirect"
+)
+
+// Annotations and names the injector reads and writes.
+const (
+	// AnnotationInject is the pod annotation (and namespace label) that opts
+	// in ("enabled") or out ("disabled").
+	AnnotationInject = redirect.AnnotationInject
+	InjectEnabled    = "enabled"
+	InjectDisabled   = "disabled"
+
+	// SidecarPrefix starts the injector's own per-pod settings.
+	SidecarPrefix = "sidecar.detour.io/"
+	// AnnotationStatus records what was injected (JSON, see Status).
+	AnnotationStatus = SidecarPrefix + "status"
+	// Per-pod overrides of the mesh config's proxy image and resources.
+	AnnotationProxyImage       = SidecarPrefix + "proxy-image"
+	AnnotationProxyCPU         = SidecarPrefix + "proxy-cpu"
+	AnnotationProxyMemory      = SidecarPrefix + "proxy-memory"
+	AnnotationProxyCPULimit    = SidecarPrefix + "proxy-cpu-limit"
+	AnnotationProxyMemoryLimit = SidecarPrefix + "proxy-memory-limit"
+
+	// Names of what is added to the pod.
+	ProxyName    = "detour-proxy"
+	InitName     = "detour-init"
+	ValidateName = "detour-validate"
+	RunVolume    = "detour-run"
+
+	// NodeID is the node id the sidecar presents (the control plane's
+	// Kubernetes source names pods <name>.<namespace>); the kubelet expands the
+	// variables from the downward API when it starts the container, so it is
+	// right for pods whose name the API server generates after admission.
+	NodeID = "$(DETOUR_POD_NAME).$(DETOUR_POD_NAMESPACE)"
+)
+
+const annotationDefaultContainer = "kubectl.kubernetes.io/default-container"
+
+// Namespaces the injector never touches, whatever their labels say.
+var systemNamespaces = []string{"kube-system", meshconfig.Namespace}
+
+// BootstrapRequest is what the sidecar's Envoy bootstrap is built from.
+type BootstrapRequest struct {
+	// NodeID is the node id, with the kubelet's $(VAR) references (see NodeID).
+	NodeID string
+	// ControlPlane is the xDS server's host:port.
+	ControlPlane string
+	// AdminAddress (127.0.0.1:adminPort) and ReadyAddress (0.0.0.0:readyPort)
+	// are Envoy's admin listener and the listener that serves /ready.
+	AdminAddress, ReadyAddress string
+	// Config is the pod's redirect config.
+	Config redirect.Config
+}
+
+// BootstrapFunc renders an Envoy bootstrap as JSON (which Envoy's
+// --config-yaml accepts). The control plane's commands pass one built on
+// controlplane.Bootstrap.
+type BootstrapFunc func(BootstrapRequest) ([]byte, error)
+
+// Options configure an Injector.
+type Options struct {
+	// Mesh is the mesh-wide configuration; the zero value means
+	// meshconfig.Default().
+	Mesh meshconfig.Config
+	// Sidecar, when set, overrides Mesh.Injection.Sidecar. auto means native:
+	// callers that know the API server's version resolve auto first
+	// (SidecarFor).
+	Sidecar meshconfig.Sidecar
+	// Bootstrap renders the sidecar's bootstrap; required.
+	Bootstrap BootstrapFunc
+}
+
+// Injector computes the mutation of a pod template. It is safe for
+// concurrent use.
+type Injector struct {
+	mesh      meshconfig.Config
+	native    bool
+	bootstrap BootstrapFunc
+	resources corev1.ResourceRequirements
+}
+
+// New validates o and returns an Injector.
+func New(o Options) (*Injector, error) {
+	if o.Bootstrap == nil {
+		return nil, errors.New("inject: Options.Bootstrap is required")
+	}
+	mesh := o.Mesh
+	if mesh.Injection.ControlPlane == "" {
+		mesh = meshconfig.Default()
+	}
+	sidecar := mesh.Injection.Sidecar
+	if o.Sidecar != "" {
+		sidecar = o.Sidecar
+	}
+	switch sidecar {
+	case meshconfig.SidecarAuto, meshconfig.SidecarNative, meshconfig.SidecarClassic:
+	default:
+		return nil, &redirect.FieldError{Field: "sidecar", Value: string(sidecar), Reason: "is not auto, native or classic"}
+	}
+	in := &Injector{mesh: mesh, native: sidecar != meshconfig.SidecarClassic, bootstrap: o.Bootstrap}
+	r := mesh.Injection.Resources
+	res, err := resources(r.CPURequest, r.MemoryRequest, r.CPULimit, r.MemoryLimit, func(i int) string {
+		return [...]string{"injection.resources.cpuRequest", "injection.resources.memoryRequest", "injection.resources.cpuLimit", "injection.resources.memoryLimit"}[i]
+	})
+	if err != nil {
+		return nil, err
+	}
+	in.resources = res
+	return in, nil
+}
+
+// SidecarFor resolves "auto" for an API server of the given version (the
+// GitVersion or Major.Minor of its /version): native sidecars from
+// Kubernetes 1.29 (beta, on by default) on, classic before. An unreadable
+// version is an error.
+func SidecarFor(configured meshconfig.Sidecar, major, minor string) (meshconfig.Sidecar, error) {
+	if configured != meshconfig.SidecarAuto && configured != "" {
+		return configured, nil
+	}
+	ma, err1 := strconv.Atoi(strings.TrimSuffix(major, "+"))
+	mi, err2 := strconv.Atoi(strings.TrimSuffix(minor, "+"))
+	if err1 != nil || err2 != nil {
+		return "", fmt.Errorf("read kubernetes version %q.%q: not numbers", major, minor)
+	}
+	if ma > 1 || (ma == 1 && mi >= 29) {
+		return meshconfig.SidecarNative, nil
+	}
+	return meshconfig.SidecarClassic, nil
+}
+
+// Native reports whether the proxy is injected as a native sidecar.
+func (in *Injector) Native() bool { return in.native }
+
+// Wanted decides whether a pod of namespace is injected. namespaceOptedIn
+// says whether the namespace carries the label detour.io/inject=enabled. A
+// pod's own annotation wins (enabled or disabled); host-network pods, pods
+// already injected and pods of kube-system and detour-system are left alone.
+// A value of detour.io/inject other than enabled or disabled is an error
+// naming it (it matches redirect.ErrInvalid).
+func Wanted(namespace string, meta metav1.ObjectMeta, hostNetwork, namespaceOptedIn bool) (bool, string, error) {
+	if slices.Contains(systemNamespaces, namespace) {
+		return false, "system namespace " + namespace, nil
+	}
+	if _, ok := meta.Annotations[AnnotationStatus]; ok {
+		return false, "already injected", nil
+	}
+	if hostNetwork {
+		return false, "host network pod", nil
+	}
+	if v, ok := meta.Annotations[AnnotationInject]; ok {
+		switch strings.TrimSpace(v) {
+		case InjectEnabled:
+			return true, "enabled by pod annotation", nil
+		case InjectDisabled:
+			return false, "disabled by pod annotation", nil
+		}
+		return false, "", &redirect.FieldError{Field: "annotation " + AnnotationInject, Value: v, Reason: "is not " + InjectEnabled + " or " + InjectDisabled}
+	}
+	if namespaceOptedIn {
+		return true, "enabled by namespace label", nil
+	}
+	return false, "not enabled", nil
+}
+
+// Status is the value of AnnotationStatus: what injection added, so that
+// Uninject removes exactly that.
+type Status struct {
+	// Sidecar is native or classic.
+	Sidecar meshconfig.Sidecar `json:"sidecar"`
+	// InitContainers, Containers and Volumes name what was added.
+	InitContainers []string `json:"initContainers,omitempty"`
+	Containers     []string `json:"containers,omitempty"`
+	Volumes        []string `json:"volumes,omitempty"`
+	// Annotations maps each annotation injection set to its value before
+	// (null: it was absent).
+	Annotations map[string]*string `json:"annotations,omitempty"`
+}
+
+// Mutation is what injecting one pod template adds.
+type Mutation struct {
+	// Annotations to set (AnnotationStatus among them).
+	Annotations map[string]string
+	// InitContainers go before the template's own, in this order; Containers
+	// before its containers; Volumes after its volumes.
+	InitContainers []corev1.Container
+	Containers     []corev1.Container
+	Volumes        []corev1.Volume
+	// Config is the pod's redirect config after injection (what the CNI
+	// plugin will install and the control plane will serve).
+	Config redirect.Config
+	Status Status
+}
+
+// Plan computes the mutation of a pod template with metadata meta and spec
+// spec. It does not decide whether to inject (see Wanted); a template that
+// is already injected is an error (ErrInjected). Invalid annotations are
+// errors naming the annotation and the value.
+func (in *Injector) Plan(meta metav1.ObjectMeta, spec corev1.PodSpec) (*Mutation, error) {
+	ann := meta.Annotations
+	if _, ok := ann[AnnotationStatus]; ok {
+		return nil, ErrInjected
+	}
+	if err := checkSidecarAnnotations(ann); err != nil {
+		return nil, err
+	}
+	if v, ok := ann[redirect.AnnotationRedirect]; ok && strings.TrimSpace(v) != redirect.RedirectEnabled {
+		return nil, &redirect.FieldError{Field: "annotation " + redirect.AnnotationRedirect, Value: v,
+			Reason: "contradicts sidecar injection (remove it, or opt the pod out with " + AnnotationInject + ": " + InjectDisabled + ")"}
+	}
+	base := in.mesh.Base()
+	cfg, err := redirect.FromAnnotations(base, ann)
+	if err != nil {
+		return nil, err
+	}
+	if cfg.DNS.ResolvConf != base.DNS.ResolvConf {
+		return nil, &redirect.FieldError{Field: "annotation " + redirect.FieldAnnotation(mustField("dns.resolvConf")), Value: cfg.DNS.ResolvConf,
+			Reason: "cannot be set per pod: it names a file on the node; set it in the mesh config"}
+	}
+	if cfg.Proxy.UID == 0 {
+		return nil, &redirect.FieldError{Field: "proxy.uid", Value: "0", Reason: "cannot run the sidecar: root's traffic would never be redirected"}
+	}
+	for _, name := range []string{ProxyName, InitName, ValidateName} {
+		if hasContainer(spec.InitContainers, name) || hasContainer(spec.Containers, name) {
+			return nil, fmt.Errorf("pod template already has a container named %s but no %s annotation: %w", name, AnnotationStatus, ErrConflict)
+		}
+	}
+	if slices.ContainsFunc(spec.Volumes, func(v corev1.Volume) bool { return v.Name == RunVolume }) {
+		return nil, fmt.Errorf("pod template already has a volume named %s: %w", RunVolume, ErrConflict)
+	}
+
+	m := &Mutation{Annotations: map[string]string{}}
+	set := func(k, v string) {
+		if old, ok := ann[k]; ok && old == v {
+			return
+		}
+		m.Annotations[k] = v
+	}
+	set(redirect.AnnotationRedirect, redirect.RedirectEnabled)
+
+	// The kubelet probes Envoy's ready port on the pod address: it must not be
+	// redirected to the inbound listener. The admin port listens on loopback
+	// only, but is excluded too so that no config can route to it.
+	inj := in.mesh.Injection
+	if cfg.Inbound.Enabled {
+		var missing []redirect.PortRange
+		for _, p := range []uint16{inj.AdminPort, inj.ReadyPort} {
+			if slices.ContainsFunc(cfg.Inbound.IncludePorts, func(r redirect.PortRange) bool { return r.Contains(p) }) {
+				return nil, &redirect.FieldError{Field: "inbound.includePorts", Value: joinPorts(cfg.Inbound.IncludePorts),
+					Reason: fmt.Sprintf("includes the sidecar's admin/ready port %d, which must reach Envoy directly", p)}
+			}
+			if !slices.ContainsFunc(cfg.Inbound.ExcludePorts, func(r redirect.PortRange) bool { return r.Contains(p) }) {
+				missing = append(missing, redirect.PortRange{First: p, Last: p})
+			}
+		}
+		if len(missing) > 0 {
+			cfg.Inbound.ExcludePorts = append(cfg.Inbound.ExcludePorts, missing...)
+			f := mustField("inbound.excludePorts")
+			set(redirect.FieldAnnotation(f), f.Get(&cfg))
+		}
+	}
+	m.Config = cfg
+
+	proxy, err := in.proxyContainer(ann, cfg)
+	if err != nil {
+		return nil, err
+	}
+	st := Status{Sidecar: meshconfig.SidecarClassic}
+	if in.native {
+		st.Sidecar = meshconfig.SidecarNative
+	}
+	switch inj.Redirect {
+	case meshconfig.RedirectInitContainer:
+		m.InitContainers = append(m.InitContainers, in.installContainer(cfg))
+		m.Volumes = append(m.Volumes, corev1.Volume{Name: RunVolume, VolumeSource: corev1.VolumeSource{EmptyDir: &corev1.EmptyDirVolumeSource{Medium: corev1.StorageMediumMemory}}})
+	case meshconfig.RedirectCNI:
+		if inj.Validate {
+			m.InitContainers = append(m.InitContainers, in.validateContainer(cfg))
+		}
+	}
+	if in.native {
+		always := corev1.ContainerRestartPolicyAlways
+		proxy.RestartPolicy = &always
+		m.InitContainers = append(m.InitContainers, proxy)
+	} else {
+		m.Containers = append(m.Containers, proxy)
+		// The proxy goes first so it starts first; kubectl logs/exec should
+		// still pick the app.
+		if _, ok := ann[annotationDefaultContainer]; !ok && len(spec.Containers) > 0 {
+			set(annotationDefaultContainer, spec.Containers[0].Name)
+		}
+	}
+	for _, c := range m.InitContainers {
+		st.InitContainers = append(st.InitContainers, c.Name)
+	}
+	for _, c := range m.Containers {
+		st.Containers = append(st.Containers, c.Name)
+	}
+	for _, v := range m.Volumes {
+		st.Volumes = append(st.Volumes, v.Name)
+	}
+	st.Annotations = map[string]*string{}
+	for k := range m.Annotations {
+		if old, ok := ann[k]; ok {
+			st.Annotations[k] = &old
+		} else {
+			st.Annotations[k] = nil
+		}
+	}
+	js, err := json.Marshal(st)
+	if err != nil {
+		return nil, fmt.Errorf("render %s: %w", AnnotationStatus, err)
+	}
+	m.Annotations[AnnotationStatus] = string(js)
+	m.Status = st
+	return m, nil
+}
+
+// Errors Plan returns for templates it cannot inject.
+var (
+	// ErrInjected: the template carries AnnotationStatus already.
+	ErrInjected = errors.New("already injected")
+	// ErrConflict: the template has a container or volume with a name the
+	// injector would add.
+	ErrConflict = errors.New("name taken")
+)
+
+func (in *Injector) proxyContainer(ann map[string]string, cfg redirect.Config) (corev1.Container, error) {
+	inj := in.mesh.Injection
+	image := inj.ProxyImage
+	if v, ok := ann[AnnotationProxyImage]; ok {
+		if strings.TrimSpace(v) == "" || strings.ContainsAny(v, " \t\n") {
+			return corev1.Container{}, &redirect.FieldError{Field: "annotation " + AnnotationProxyImage, Value: v, Reason: "is not an image reference"}
+		}
+		image = v
+	}
+	res := in.resources
+	if slices.ContainsFunc([]string{AnnotationProxyCPU, AnnotationProxyMemory, AnnotationProxyCPULimit, AnnotationProxyMemoryLimit}, func(k string) bool { _, ok := ann[k]; return ok }) {
+		r := inj.Resources
+		pick := func(k, def string) string {
+			if v, ok := ann[k]; ok {
+				return v
+			}
+			return def
+		}
+		var err error
+		res, err = resources(pick(AnnotationProxyCPU, r.CPURequest), pick(AnnotationProxyMemory, r.MemoryRequest),
+			pick(AnnotationProxyCPULimit, r.CPULimit), pick(AnnotationProxyMemoryLimit, r.MemoryLimit), func(i int) string {
+				return "annotation " + [...]string{AnnotationProxyCPU, AnnotationProxyMemory, AnnotationProxyCPULimit, AnnotationProxyMemoryLimit}[i]
+			})
+		if err != nil {
+			return corev1.Container{}, err
+		}
+	}
+	admin := net.JoinHostPort("127.0.0.1", strconv.Itoa(int(inj.AdminPort)))
+	ready := net.JoinHostPort("0.0.0.0", strconv.Itoa(int(inj.ReadyPort)))
+	bs, err := in.bootstrap(BootstrapRequest{NodeID: NodeID, ControlPlane: inj.ControlPlane, AdminAddress: admin, ReadyAddress: ready, Config: cfg})
+	if err != nil {
+		return corev1.Container{}, fmt.Errorf("sidecar bootstrap: %w", err)
+	}
+	uid := int64(cfg.Proxy.UID)
+	gid := uid
+	if cfg.Proxy.GID != nil {
+		gid = int64(*cfg.Proxy.GID)
+	}
+	caps := &corev1.Capabilities{Drop: []corev1.Capability{"ALL"}}
+	escalate := false
+	if cfg.Mode == redirect.ModeTProxy {
+		// A transparent inbound listener needs IP_TRANSPARENT, i.e. an
+		// effective CAP_NET_ADMIN. Kubernetes gives a non-root process added
+		// capabilities only through the binary's file capabilities, which
+		// no_new_privs (allowPrivilegeEscalation: false) would ignore.
+		caps.Add = []corev1.Capability{"NET_ADMIN"}
+		escalate = true
+	}
+	probe := func(period, failures int32) *corev1.Probe {
+		return &corev1.Probe{
+			ProbeHandler: corev1.ProbeHandler{HTTPGet: &corev1.HTTPGetAction{
+				Path: "/ready", Port: intstr.FromInt32(int32(inj.ReadyPort)),
+			}},
+			PeriodSeconds: period, FailureThreshold: failures, TimeoutSeconds: 3,
+		}
+	}
+	return corev1.Container{
+		Name:    ProxyName,
+		Image:   image,
+		Command: []string{"envoy"},
+		Args:    []string{"--config-yaml", string(bs), "--concurrency", "2", "--disable-hot-restart"},
+		Env: []corev1.EnvVar{
+			{Name: "DETOUR_POD_NAME", ValueFrom: &corev1.EnvVarSource{FieldRef: &corev1.ObjectFieldSelector{FieldPath: "metadata.name"}}},
+			{Name: "DETOUR_POD_NAMESPACE", ValueFrom: &corev1.EnvVarSource{FieldRef: &corev1.ObjectFieldSelector{FieldPath: "metadata.namespace"}}},
+		},
+		Ports: []corev1.ContainerPort{{Name: "detour-ready", ContainerPort: int32(inj.ReadyPort), Protocol: corev1.ProtocolTCP}},
+		// The first probe passes once Envoy has its first listeners and clusters:
+		// a native sidecar holds the app's containers back until then.
+		StartupProbe:   probe(1, 600),
+		ReadinessProbe: probe(5, 3),
+		LivenessProbe:  probe(10, 6),
+		Resources:      res,
+		SecurityContext: &corev1.SecurityContext{
+			RunAsUser:                &uid,
+			RunAsGroup:               &gid,
+			RunAsNonRoot:             ptr(true),
+			AllowPrivilegeEscalation: ptr(escalate),
+			ReadOnlyRootFilesystem:   ptr(true),
+			Capabilities:             caps,
+		},
+	}, nil
+}
+
+// configArgs are the flags that give `detour install`/`detour validate` cfg:
+// one per field that differs from the built-in default, in the fields'
+// documentation order.
+func configArgs(cfg redirect.Config) []string {
+	def := redirect.Default()
+	var args []string
+	for _, f := range redirect.Fields() {
+		if v := f.Get(&cfg); v != f.Get(&def) {
+			args = append(args, "--"+f.Name+"="+v)
+		}
+	}
+	return args
+}
+
+func (in *Injector) installContainer(cfg redirect.Config) corev1.Container {
+	return corev1.Container{
+		Name:    InitName,
+		Image:   in.mesh.Injection.DetourImage,
+		Command: []string{"/usr/local/bin/detour"},
+		Args:    append([]string{"install"}, configArgs(cfg)...),
+		Resources: corev1.ResourceRequirements{
+			Requests: corev1.ResourceList{corev1.ResourceCPU: resource.MustParse("10m"), corev1.ResourceMemory: resource.MustParse("16Mi")},
+			Limits:   corev1.ResourceList{corev1.ResourceMemory: resource.MustParse("64Mi")},
+		},
+		SecurityContext: &corev1.SecurityContext{
+			RunAsUser:                ptr(int64(0)),
+			RunAsNonRoot:             ptr(false),
+			ReadOnlyRootFilesystem:   ptr(true),
+			AllowPrivilegeEscalation: ptr(false),
+			Capabilities:             &corev1.Capabilities{Drop: []corev1.Capability{"ALL"}, Add: []corev1.Capability{"NET_ADMIN", "NET_RAW"}},
+		},
+		// iptables takes its lock in /run/xtables.lock.
+		VolumeMounts: []corev1.VolumeMount{{Name: RunVolume, MountPath: "/run"}},
+	}
+}
+
+func (in *Injector) validateContainer(cfg redirect.Config) corev1.Container {
+	return corev1.Container{
+		Name:    ValidateName,
+		Image:   in.mesh.Injection.DetourImage,
+		Command: []string{"/usr/local/bin/detour"},
+		Args:    append([]string{"validate"}, configArgs(cfg)...),
+		Resources: corev1.ResourceRequirements{
+			Requests: corev1.ResourceList{corev1.ResourceCPU: resource.MustParse("10m"), corev1.ResourceMemory: resource.MustParse("16Mi")},
+			Limits:   corev1.ResourceList{corev1.ResourceMemory: resource.MustParse("64Mi")},
+		},
+		SecurityContext: &corev1.SecurityContext{
+			RunAsUser:                ptr(int64(0)),
+			RunAsNonRoot:             ptr(false),
+			AllowPrivilegeEscalation: ptr(false),
+			ReadOnlyRootFilesystem:   ptr(true),
+			Capabilities:             &corev1.Capabilities{Drop: []corev1.Capability{"ALL"}, Add: []corev1.Capability{"SETUID", "SETGID"}},
+		},
+	}
+}
+
+var sidecarAnnotations = []string{AnnotationStatus, AnnotationProxyImage, AnnotationProxyCPU, AnnotationProxyMemory, AnnotationProxyCPULimit, AnnotationProxyMemoryLimit}
+
+// checkSidecarAnnotations refuses an unknown sidecar.detour.io/ key: a
+// misspelt override would otherwise be ignored.
+func checkSidecarAnnotations(ann map[string]string) error {
+	keys := make([]string, 0, len(ann))
+	for k := range ann {
+		if strings.HasPrefix(k, SidecarPrefix) && !slices.Contains(sidecarAnnotations, k) {
+			keys = append(keys, k)
+		}
+	}
+	if len(keys) == 0 {
+		return nil
+	}
+	slices.Sort(keys)
+	return &redirect.FieldError{Field: "annotation " + keys[0], Value: ann[keys[0]],
+		Reason: "is not a sidecar annotation (" + strings.Join(sidecarAnnotations[1:], ", ") + ")"}
+}
+
+func resources(cpuReq, memReq, cpuLim, memLim string, field func(int) string) (corev1.ResourceRequirements, error) {
+	var r corev1.ResourceRequirements
+	for i, v := range []string{cpuReq, memReq, cpuLim, memLim} {
+		if v == "" {
+			continue
+		}
+		q, err := resource.ParseQuantity(v)
+		if err != nil || q.Sign() < 0 {
+			return r, &redirect.FieldError{Field: field(i), Value: v, Reason: "is not a quantity (e.g. 100m, 128Mi)"}
+		}
+		list := &r.Requests
+		if i >= 2 {
+			list = &r.Limits
+		}
+		if *list == nil {
+			*list = corev1.ResourceList{}
+		}
+		name := corev1.ResourceCPU
+		if i%2 == 1 {
+			name = corev1.ResourceMemory
+		}
+		(*list)[name] = q
+	}
+	for _, name := range []corev1.ResourceName{corev1.ResourceCPU, corev1.ResourceMemory} {
+		req, hasReq := r.Requests[name]
+		lim, hasLim := r.Limits[name]
+		if hasReq && hasLim && req.Cmp(lim) > 0 {
+			i := 0
+			if name == corev1.ResourceMemory {
+				i = 1
+			}
+			return r, &redirect.FieldError{Field: field(i), Value: req.String(), Reason: "is above the limit " + lim.String()}
+		}
+	}
+	return r, nil
+}
+
+func hasContainer(cs []corev1.Container, name string) bool {
+	return slices.ContainsFunc(cs, func(c corev1.Container) bool { return c.Name == name })
+}
+
+func mustField(path string) redirect.Field {
+	f, ok := redirect.FieldByPath(path)
+	if !ok {
+		panic("inject: no config field " + path)
+	}
+	return f
+}
+
+func joinPorts(rs []redirect.PortRange) string {
+	s := make([]string, len(rs))
+	for i, r := range rs {
+		s[i] = r.String()
+	}
+	return strings.Join(s, ",")
+}
+
+func ptr[T any](v T) *T { return &v }

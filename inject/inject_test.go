@@ -1,0 +1,370 @@
+package inject_test
+
+import (
+	"bytes"
+	"errors"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+
+	bootstrapv3 "github.com/envoyproxy/go-control-plane/envoy/config/bootstrap/v3"
+	"github.com/google/go-cmp/cmp"
+	"google.golang.org/protobuf/encoding/protojson"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"sigs.k8s.io/yaml"
+
+	"github.com/detour-mesh/detour/controlplane"
+	"github.com/detour-mesh/detour/inject"
+	"github.com/detour-mesh/detour/inject/webhook"
+	"github.com/detour-mesh/detour/internal/golden"
+	"github.com/detour-mesh/detour/internal/meshconfig"
+	"github.com/detour-mesh/detour/redirect"
+)
+
+func newInjector(t *testing.T, meshDoc string, sidecar meshconfig.Sidecar) *inject.Injector {
+	t.Helper()
+	mesh, err := meshconfig.Parse([]byte(meshDoc))
+	if err != nil {
+		t.Fatal(err)
+	}
+	in, err := inject.New(inject.Options{Mesh: mesh, Sidecar: sidecar, Bootstrap: webhook.Bootstrap})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return in
+}
+
+func readInput(t *testing.T, name string) []byte {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join("testdata", "input", name+".yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+// generic parses every document of a YAML stream, for semantic comparison.
+func generic(t *testing.T, b []byte) []any {
+	t.Helper()
+	var out []any
+	for _, doc := range strings.Split(string(b), "\n---") {
+		var v any
+		if err := yaml.Unmarshal([]byte(doc), &v); err != nil {
+			t.Fatalf("not YAML: %v\n%s", err, doc)
+		}
+		if v != nil {
+			out = append(out, v)
+		}
+	}
+	return out
+}
+
+func TestManifests(t *testing.T) {
+	t.Parallel()
+	kinds := []string{"deployment", "statefulset", "daemonset", "job", "cronjob", "pod", "list", "multidoc"}
+	type tc struct {
+		name, input, mesh string
+		sidecar           meshconfig.Sidecar
+	}
+	var cases []tc
+	for _, k := range kinds {
+		cases = append(cases, tc{name: k, input: k, sidecar: meshconfig.SidecarNative})
+	}
+	cases = append(cases,
+		tc{name: "deployment-classic", input: "deployment", sidecar: meshconfig.SidecarClassic},
+		tc{name: "deployment-init-container", input: "deployment", sidecar: meshconfig.SidecarNative,
+			mesh: "preset: istio\nredirect: {outbound: {excludePorts: [5432]}}\ninjection: {redirect: init-container}\n"},
+		tc{name: "statefulset-validate-classic", input: "statefulset", sidecar: meshconfig.SidecarClassic,
+			mesh: "injection: {validate: true, controlPlane: cp.example:15010}\n"},
+	)
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			t.Parallel()
+			in := newInjector(t, c.mesh, c.sidecar)
+			src := readInput(t, c.input)
+			var out bytes.Buffer
+			if err := in.Manifests(bytes.NewReader(src), &out); err != nil {
+				t.Fatal(err)
+			}
+			golden.Check(t, golden.Path(t, c.name), out.Bytes())
+
+			// Idempotent: injecting the output again changes nothing.
+			var again bytes.Buffer
+			if err := in.Manifests(bytes.NewReader(out.Bytes()), &again); err != nil {
+				t.Fatal(err)
+			}
+			if diff := cmp.Diff(out.String(), again.String()); diff != "" {
+				t.Errorf("a second injection changed the output (-first +second):\n%s", diff)
+			}
+
+			// --uninject gives back the input, semantically.
+			var back bytes.Buffer
+			if err := inject.UninjectManifests(bytes.NewReader(out.Bytes()), &back); err != nil {
+				t.Fatal(err)
+			}
+			if diff := cmp.Diff(generic(t, src), generic(t, back.Bytes())); diff != "" {
+				t.Errorf("uninject does not restore the input (-input +uninjected):\n%s", diff)
+			}
+			// And uninjecting what is not injected changes nothing.
+			var back2 bytes.Buffer
+			if err := inject.UninjectManifests(bytes.NewReader(back.Bytes()), &back2); err != nil {
+				t.Fatal(err)
+			}
+			if back.String() != back2.String() {
+				t.Errorf("uninject of an uninjected manifest changed it")
+			}
+		})
+	}
+}
+
+func pod(ann map[string]string) (metav1.ObjectMeta, corev1.PodSpec) {
+	return metav1.ObjectMeta{Name: "p", Namespace: "shop", Annotations: ann},
+		corev1.PodSpec{Containers: []corev1.Container{{Name: "app", Image: "x"}}}
+}
+
+func TestPlanRefusesBadAnnotations(t *testing.T) {
+	t.Parallel()
+	in := newInjector(t, "", meshconfig.SidecarNative)
+	for _, c := range []struct {
+		name string
+		ann  map[string]string
+		want []string // in the message: the annotation and the value
+	}{
+		{"bad port", map[string]string{"detour.io/exclude-outbound-ports": "5432,70000"}, []string{"detour.io/exclude-outbound-ports", "70000"}},
+		{"unknown detour key", map[string]string{"detour.io/exclude-outbund-ports": "80"}, []string{"detour.io/exclude-outbund-ports", "80"}},
+		{"unknown sidecar key", map[string]string{"sidecar.detour.io/proxy-cpus": "1"}, []string{"sidecar.detour.io/proxy-cpus", `"1"`}},
+		{"bad cpu", map[string]string{inject.AnnotationProxyCPU: "lots"}, []string{inject.AnnotationProxyCPU, "lots"}},
+		{"request above limit", map[string]string{inject.AnnotationProxyMemory: "2Gi"}, []string{inject.AnnotationProxyMemory, "2Gi", "limit 1Gi"}},
+		{"bad image", map[string]string{inject.AnnotationProxyImage: "envoy latest"}, []string{inject.AnnotationProxyImage, "envoy latest"}},
+		{"redirect disabled", map[string]string{"detour.io/redirect": "disabled"}, []string{"detour.io/redirect", "disabled"}},
+		{"bad config document", map[string]string{"detour.io/config": "proxy: {uid: -1}"}, []string{"detour.io/config", "proxy.uid", "-1"}},
+		{"ready port only included", map[string]string{"detour.io/include-inbound-ports": "8080,15021"}, []string{"inbound.includePorts", "15021"}},
+		{"node file", map[string]string{"detour.io/dns-resolv-conf": "/etc/shadow"}, []string{"detour.io/dns-resolv-conf", "/etc/shadow"}},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			t.Parallel()
+			meta, spec := pod(c.ann)
+			_, err := in.Plan(meta, spec)
+			if err == nil {
+				t.Fatalf("annotations %v were accepted", c.ann)
+			}
+			if !errors.Is(err, redirect.ErrInvalid) {
+				t.Errorf("error %v does not match redirect.ErrInvalid", err)
+			}
+			for _, w := range c.want {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("error %q does not name %q", err, w)
+				}
+			}
+		})
+	}
+}
+
+func TestWanted(t *testing.T) {
+	t.Parallel()
+	for _, c := range []struct {
+		name      string
+		namespace string
+		ann       map[string]string
+		host      bool
+		nsOptedIn bool
+		want      bool
+		err       string
+	}{
+		{name: "labelled namespace", namespace: "shop", nsOptedIn: true, want: true},
+		{name: "unlabelled namespace", namespace: "shop"},
+		{name: "pod annotation", namespace: "shop", ann: map[string]string{"detour.io/inject": "enabled"}, want: true},
+		{name: "opted out", namespace: "shop", nsOptedIn: true, ann: map[string]string{"detour.io/inject": "disabled"}},
+		{name: "host network", namespace: "shop", nsOptedIn: true, host: true},
+		{name: "already injected", namespace: "shop", nsOptedIn: true, ann: map[string]string{inject.AnnotationStatus: "{}"}},
+		{name: "kube-system", namespace: "kube-system", nsOptedIn: true, ann: map[string]string{"detour.io/inject": "enabled"}},
+		{name: "detour-system", namespace: "detour-system", nsOptedIn: true},
+		{name: "typo", namespace: "shop", ann: map[string]string{"detour.io/inject": "yes"}, err: `annotation detour.io/inject: "yes"`},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			t.Parallel()
+			got, _, err := inject.Wanted(c.namespace, metav1.ObjectMeta{Annotations: c.ann}, c.host, c.nsOptedIn)
+			if c.err != "" {
+				if err == nil || !strings.Contains(err.Error(), c.err) {
+					t.Fatalf("error %v, want one containing %q", err, c.err)
+				}
+				return
+			}
+			if err != nil || got != c.want {
+				t.Errorf("Wanted = %v, %v; want %v", got, err, c.want)
+			}
+		})
+	}
+}
+
+// TestInjectedPod checks an injected pod as a user would: the sidecar's uid is
+// the config's proxy uid, its bootstrap validates deeply and points at the
+// control plane, the admin/ready ports are excluded from inbound capture, and
+// the native sidecar starts before the app's init containers.
+func TestInjectedPod(t *testing.T) {
+	t.Parallel()
+	for _, c := range []struct {
+		name, mesh string
+		ann        map[string]string
+		uid        uint32
+		cp         string
+	}{
+		{name: "defaults", uid: 5678, cp: meshconfig.DefaultControlPlane},
+		{name: "istio preset", mesh: "preset: istio\ninjection: {controlPlane: 'xds.example:18000'}", uid: 1337, cp: "xds.example:18000"},
+		{name: "uid annotation", ann: map[string]string{"detour.io/proxy-uid": "4242"}, uid: 4242, cp: meshconfig.DefaultControlPlane},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			t.Parallel()
+			mesh, err := meshconfig.Parse([]byte(c.mesh))
+			if err != nil {
+				t.Fatal(err)
+			}
+			in := newInjector(t, c.mesh, meshconfig.SidecarNative)
+			meta, spec := pod(c.ann)
+			spec.InitContainers = []corev1.Container{{Name: "migrate", Image: "x"}}
+			m, err := in.Plan(meta, spec)
+			if err != nil {
+				t.Fatal(err)
+			}
+			out, err := m.Typed(corev1.PodTemplateSpec{ObjectMeta: meta, Spec: spec})
+			if err != nil {
+				t.Fatal(err)
+			}
+			ics := out.Spec.InitContainers
+			if len(ics) != 2 || ics[0].Name != inject.ProxyName || ics[1].Name != "migrate" {
+				t.Fatalf("init containers %v: want the proxy first, then the app's", names(ics))
+			}
+			proxy := ics[0]
+			if proxy.RestartPolicy == nil || *proxy.RestartPolicy != corev1.ContainerRestartPolicyAlways {
+				t.Errorf("proxy restartPolicy %v, want Always (native sidecar)", proxy.RestartPolicy)
+			}
+			if sc := proxy.SecurityContext; sc == nil || sc.RunAsUser == nil || *sc.RunAsUser != int64(c.uid) {
+				t.Errorf("proxy runs as %v, want uid %d", proxy.SecurityContext, c.uid)
+			}
+			// The CNI plugin decodes the same annotations: its config must agree.
+			cfg, err := redirect.FromAnnotations(mesh.Base(), out.Annotations)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if cfg.Proxy.UID != c.uid {
+				t.Errorf("the plugin would exclude uid %d, the proxy runs as %d", cfg.Proxy.UID, c.uid)
+			}
+			for _, p := range []uint16{mesh.Injection.AdminPort, mesh.Injection.ReadyPort} {
+				if !containsPort(cfg.Inbound.ExcludePorts, p) {
+					t.Errorf("inbound.excludePorts %v lacks the sidecar's port %d", cfg.Inbound.ExcludePorts, p)
+				}
+			}
+			if out.Annotations["detour.io/redirect"] != "enabled" {
+				t.Errorf("annotations %v: the plugin is not asked to redirect", out.Annotations)
+			}
+
+			b := bootstrapOf(t, proxy)
+			if err := controlplane.ValidateResource(b); err != nil {
+				t.Errorf("bootstrap does not validate: %v", err)
+			}
+			if got := b.GetNode().GetId(); got != "web-1.shop" {
+				t.Errorf("node id %q after the kubelet's expansion, want web-1.shop (the control plane's <name>.<namespace>)", got)
+			}
+			sa := b.GetStaticResources().GetClusters()[0].GetLoadAssignment().GetEndpoints()[0].GetLbEndpoints()[0].GetEndpoint().GetAddress().GetSocketAddress()
+			if got := sa.GetAddress() + ":" + itoa(sa.GetPortValue()); got != c.cp {
+				t.Errorf("bootstrap's xds cluster dials %s, want the control plane %s", got, c.cp)
+			}
+			md := b.GetNode().GetMetadata().GetFields()
+			if got := md[controlplane.MetadataProxyUID].GetStringValue(); got != itoa(c.uid) {
+				t.Errorf("bootstrap metadata proxy uid %q, want %d", got, c.uid)
+			}
+			var readyListener bool
+			for _, l := range b.GetStaticResources().GetListeners() {
+				if l.GetAddress().GetSocketAddress().GetPortValue() == uint32(mesh.Injection.ReadyPort) {
+					readyListener = true
+				}
+			}
+			if !readyListener {
+				t.Errorf("bootstrap has no listener on the ready port %d the probes use", mesh.Injection.ReadyPort)
+			}
+			if proxy.ReadinessProbe.HTTPGet.Port.IntValue() != int(mesh.Injection.ReadyPort) || proxy.StartupProbe == nil {
+				t.Errorf("probes %+v do not use the ready port", proxy.ReadinessProbe)
+			}
+		})
+	}
+}
+
+func bootstrapOf(t *testing.T, c corev1.Container) *bootstrapv3.Bootstrap {
+	t.Helper()
+	var doc string
+	for i, a := range c.Args {
+		if a == "--config-yaml" && i+1 < len(c.Args) {
+			doc = c.Args[i+1]
+		}
+	}
+	if doc == "" {
+		t.Fatalf("proxy args %v have no --config-yaml", c.Args)
+	}
+	// What the kubelet does with $(VAR) from the container's env.
+	env := map[string]string{}
+	for _, e := range c.Env {
+		switch e.ValueFrom.FieldRef.FieldPath {
+		case "metadata.name":
+			env[e.Name] = "web-1"
+		case "metadata.namespace":
+			env[e.Name] = "shop"
+		}
+	}
+	for k, v := range env {
+		doc = strings.ReplaceAll(doc, "$("+k+")", v)
+	}
+	if strings.Contains(doc, "$(") {
+		t.Fatalf("bootstrap keeps an unexpanded variable: %s", doc)
+	}
+	var b bootstrapv3.Bootstrap
+	if err := protojson.Unmarshal([]byte(doc), &b); err != nil {
+		t.Fatalf("bootstrap is not an Envoy bootstrap: %v", err)
+	}
+	return &b
+}
+
+func names(cs []corev1.Container) []string {
+	var out []string
+	for _, c := range cs {
+		out = append(out, c.Name)
+	}
+	return out
+}
+
+func containsPort(rs []redirect.PortRange, p uint16) bool {
+	for _, r := range rs {
+		if r.Contains(p) {
+			return true
+		}
+	}
+	return false
+}
+
+func itoa[T ~uint32](v T) string { return strconv.FormatUint(uint64(v), 10) }
+
+func TestSidecarFor(t *testing.T) {
+	t.Parallel()
+	for _, c := range []struct {
+		configured   meshconfig.Sidecar
+		major, minor string
+		want         meshconfig.Sidecar
+		err          bool
+	}{
+		{meshconfig.SidecarAuto, "1", "29", meshconfig.SidecarNative, false},
+		{meshconfig.SidecarAuto, "1", "37", meshconfig.SidecarNative, false},
+		{meshconfig.SidecarAuto, "1", "28", meshconfig.SidecarClassic, false},
+		{meshconfig.SidecarAuto, "1", "27+", meshconfig.SidecarClassic, false}, // GKE/EKS style minor
+		{meshconfig.SidecarAuto, "1", "30+", meshconfig.SidecarNative, false},
+		{meshconfig.SidecarClassic, "1", "37", meshconfig.SidecarClassic, false},
+		{meshconfig.SidecarNative, "1", "20", meshconfig.SidecarNative, false},
+		{meshconfig.SidecarAuto, "", "", "", true},
+	} {
+		got, err := inject.SidecarFor(c.configured, c.major, c.minor)
+		if (err != nil) != c.err || got != c.want {
+			t.Errorf("SidecarFor(%s, %q, %q) = %s, %v; want %s (error %v)", c.configured, c.major, c.minor, got, err, c.want, c.err)
+		}
+	}
+}

@@ -1,0 +1,219 @@
+package layering
+
+import (
+	"bufio"
+	"bytes"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+)
+
+const module = "github.com/detour-mesh/detour"
+
+// rule says what a package (with its subpackages when pkg ends in "/...") must
+// not depend on, directly or through other packages. A forbidden pattern
+// matches an import path equal to it or below it; allow lists exceptions.
+type rule struct {
+	pkg       string
+	forbidden []string
+	allow     []string
+	// why is what the package's doc.go says, for the failure message.
+	why string
+}
+
+// heavy is what the install path must not link: each of these costs
+// milliseconds and MiB at every start of the binary.
+var heavy = []string{
+	"k8s.io/client-go", "k8s.io/api", "k8s.io/apimachinery",
+	"github.com/envoyproxy", "google.golang.org/grpc",
+	module + "/controlplane",
+}
+
+// rules mirror the doc.go comments. Keep them in step: TestDocRulesAreChecked
+// fails when a doc.go has a rule that no entry here checks.
+var rules = []rule{
+	{pkg: "cmd/detour", forbidden: heavy, why: "the install path starts in milliseconds: no Kubernetes client, Envoy protos, gRPC or control plane"},
+	{pkg: "cmd/detour-cni", forbidden: heavy, why: "the CNI plugin starts in milliseconds: no Kubernetes client, Envoy protos, gRPC or control plane"},
+	{pkg: "cni/...", forbidden: append([]string{module + "/cmd", module + "/bpf"}, heavy...), why: "must not import cmd/..., controlplane or bpf (and it runs in every ADD)"},
+	{pkg: "redirect/...", forbidden: []string{module + "/cmd", module + "/cni", module + "/controlplane", module + "/bpf"}, why: "must not import cmd/..., cni, controlplane or bpf"},
+	{pkg: "controlplane/...", forbidden: []string{module + "/cmd", module + "/cni", module + "/bpf"}, why: "must not import cmd/..., cni or bpf"},
+	{pkg: "internal/systemd", forbidden: []string{module + "/cmd", module + "/cni", module + "/controlplane"}, why: "must not import cmd/..., cni or controlplane"},
+	{pkg: "internal/atomicfile", forbidden: []string{module}, why: "must not import other detour packages"},
+	{pkg: "internal/origdst", forbidden: []string{module}, why: "must not import other detour packages"},
+	{pkg: "internal/netns", forbidden: []string{module}, allow: []string{module + "/internal"}, why: "must not import anything of detour outside internal/"},
+	{pkg: "internal/lab", forbidden: []string{module + "/redirect"}, why: "must not import the redirect engine: it is the independent witness"},
+	{pkg: "internal/kubeapi", forbidden: []string{"k8s.io/client-go", "k8s.io/api", "k8s.io/apimachinery", module + "/cmd"}, why: "must not import client-go, k8s.io/api, k8s.io/apimachinery or cmd/..."},
+}
+
+// onlyImporters says which packages alone may import a library directly
+// ("Each third-party library is used by one package", STYLE.md).
+var onlyImporters = []struct {
+	library string
+	pkgs    []string // patterns as in rule.pkg
+}{
+	{"github.com/envoyproxy/go-control-plane", []string{"controlplane/..."}},
+	{"google.golang.org/grpc", []string{"controlplane/..."}},
+	{"k8s.io/client-go", []string{"controlplane/kube"}},
+	{"github.com/prometheus/client_golang", []string{"controlplane/..."}},
+}
+
+// pkgInfo is one package of the module as `go list` reports it.
+type pkgInfo struct {
+	path    string
+	imports []string // direct, production code
+	deps    []string // transitive, production code
+}
+
+func listPackages(t *testing.T) map[string]pkgInfo {
+	t.Helper()
+	if _, err := exec.LookPath("go"); err != nil {
+		t.Skip("the go command is not on PATH")
+	}
+	cmd := exec.Command("go", "list", "-f", `{{.ImportPath}}{{"\t"}}{{join .Imports " "}}{{"\t"}}{{join .Deps " "}}`, module+"/...")
+	cmd.Dir = "../.."
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("go list: %v\n%s", err, stderr.String())
+	}
+	pkgs := map[string]pkgInfo{}
+	sc := bufio.NewScanner(bytes.NewReader(out))
+	sc.Buffer(nil, 16<<20)
+	for sc.Scan() {
+		f := strings.Split(sc.Text(), "\t")
+		if len(f) != 3 {
+			t.Fatalf("go list line %q", sc.Text())
+		}
+		pkgs[f[0]] = pkgInfo{path: f[0], imports: strings.Fields(f[1]), deps: strings.Fields(f[2])}
+	}
+	return pkgs
+}
+
+// under reports whether path is pattern or below it.
+func under(path, pattern string) bool {
+	return path == pattern || strings.HasPrefix(path, pattern+"/")
+}
+
+// selects reports whether the package pattern p ("cni/..." or "cmd/detour")
+// covers the import path.
+func selects(p, path string) bool {
+	if base, ok := strings.CutSuffix(p, "/..."); ok {
+		return under(path, module+"/"+base)
+	}
+	return path == module+"/"+p
+}
+
+// violations returns the deps of pkg that r forbids.
+func (r rule) violations(pkg pkgInfo) []string {
+	var bad []string
+	for _, d := range pkg.deps {
+		if !strings.Contains(d, ".") && !strings.HasPrefix(d, module) {
+			continue // standard library
+		}
+		forbidden := slices.ContainsFunc(r.forbidden, func(f string) bool { return under(d, f) })
+		allowed := slices.ContainsFunc(r.allow, func(a string) bool { return under(d, a) })
+		if forbidden && !allowed {
+			bad = append(bad, d)
+		}
+	}
+	return bad
+}
+
+// TestImportRules fails when a package depends on what its doc.go (or the
+// install path's start-up budget) forbids.
+func TestImportRules(t *testing.T) {
+	t.Parallel()
+	pkgs := listPackages(t)
+	for _, r := range rules {
+		matched := 0
+		for path, p := range pkgs {
+			if !selects(r.pkg, path) {
+				continue
+			}
+			matched++
+			if bad := r.violations(p); len(bad) > 0 {
+				if len(bad) > 8 {
+					bad = append(bad[:8], "…")
+				}
+				t.Errorf("%s depends on %s; its rule: %s (go list -deps %s shows the path)", path, strings.Join(bad, ", "), r.why, path)
+			}
+		}
+		if matched == 0 {
+			t.Errorf("rule for %s matches no package: update the table", r.pkg)
+		}
+	}
+	for _, o := range onlyImporters {
+		for path, p := range pkgs {
+			if slices.ContainsFunc(o.pkgs, func(s string) bool { return selects(s, path) }) {
+				continue
+			}
+			for _, imp := range p.imports {
+				if under(imp, o.library) {
+					t.Errorf("%s imports %s; only %s may (each third-party library is used by one package)", path, imp, strings.Join(o.pkgs, ", "))
+				}
+			}
+		}
+	}
+}
+
+// TestDocRulesAreChecked: every doc.go that states an import rule has an entry
+// in the table, so a rule written in prose is also a rule that is checked.
+func TestDocRulesAreChecked(t *testing.T) {
+	t.Parallel()
+	root := "../.."
+	err := filepath.WalkDir(root, func(path string, d os.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		if d.IsDir() && (d.Name() == "testdata" || d.Name() == "hack" || strings.HasPrefix(d.Name(), ".")) && path != root {
+			return filepath.SkipDir
+		}
+		if d.Name() != "doc.go" {
+			return nil
+		}
+		b, err := os.ReadFile(path)
+		if err != nil {
+			return err
+		}
+		text := strings.ToLower(strings.Join(strings.Fields(string(b)), " "))
+		if !strings.Contains(text, "must not import") && !strings.Contains(text, "must not link") {
+			return nil
+		}
+		rel, err := filepath.Rel(root, filepath.Dir(path))
+		if err != nil {
+			return err
+		}
+		pkg := module + "/" + filepath.ToSlash(rel)
+		if pkg == module+"/internal/layering" {
+			return nil // this package quotes the rules
+		}
+		if !slices.ContainsFunc(rules, func(r rule) bool { return selects(r.pkg, pkg) }) {
+			t.Errorf("%s states an import rule that layering_test.go does not check: add it to rules", path)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestRuleCatchesAViolation proves the check can fail: a package that depends
+// on what its rule forbids is reported.
+func TestRuleCatchesAViolation(t *testing.T) {
+	t.Parallel()
+	r := rules[0]
+	p := pkgInfo{path: module + "/cmd/detour", deps: []string{"fmt", module + "/redirect", "k8s.io/client-go/kubernetes", "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"}}
+	got := r.violations(p)
+	want := []string{"k8s.io/client-go/kubernetes", "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"}
+	if !slices.Equal(got, want) {
+		t.Errorf("violations = %v, want %v", got, want)
+	}
+	netns := rule{forbidden: []string{module}, allow: []string{module + "/internal"}}
+	if got := netns.violations(pkgInfo{deps: []string{module + "/internal/atomicfile", module + "/redirect", "golang.org/x/sys/unix"}}); !slices.Equal(got, []string{module + "/redirect"}) {
+		t.Errorf("allow list: violations = %v, want only redirect", got)
+	}
+}

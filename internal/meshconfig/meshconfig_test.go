@@ -1,0 +1,86 @@
+package meshconfig_test
+
+import (
+	"encoding/json"
+	"errors"
+	"strings"
+	"testing"
+
+	"github.com/detour-mesh/detour/internal/meshconfig"
+	"github.com/detour-mesh/detour/redirect"
+)
+
+func TestParse(t *testing.T) {
+	t.Parallel()
+	c, err := meshconfig.Parse([]byte(`
+preset: istio
+redirect:
+  outbound: {excludePorts: [5432]}
+injection:
+  redirect: init-container
+  sidecar: classic
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	base := c.Base()
+	if base.Proxy.UID != 1337 || len(base.Outbound.ExcludePorts) != 1 || base.Outbound.ExcludePorts[0].First != 5432 {
+		t.Errorf("base %+v: want the istio preset with outbound port 5432 excluded", base)
+	}
+	if c.Injection.Redirect != meshconfig.RedirectInitContainer || c.Injection.Sidecar != meshconfig.SidecarClassic ||
+		c.Injection.ControlPlane != meshconfig.DefaultControlPlane || c.Injection.ReadyPort != 15021 {
+		t.Errorf("injection %+v", c.Injection)
+	}
+	// The rendered document is what the CNI plugin and the control plane take:
+	// decoding it over the defaults gives the same base.
+	doc, err := c.RedirectDocument()
+	if err != nil {
+		t.Fatal(err)
+	}
+	again := redirect.Default()
+	if err := again.Decode(doc); err != nil {
+		t.Fatal(err)
+	}
+	if got, want := string(mustJSON(t, again)), string(doc); got != want {
+		t.Errorf("document does not round-trip:\n%s\n%s", got, want)
+	}
+
+	d := meshconfig.Default()
+	if d.Base().Proxy.UID != 5678 || d.Injection.Sidecar != meshconfig.SidecarAuto || d.Injection.Redirect != meshconfig.RedirectCNI {
+		t.Errorf("defaults %+v", d.Injection)
+	}
+}
+
+func TestParseRefuses(t *testing.T) {
+	t.Parallel()
+	for _, c := range []struct{ name, doc, want string }{
+		{"unknown key", "injecton: {}", "injecton"},
+		{"bad preset", "preset: linkerd", `"linkerd"`},
+		{"bad redirect field", "redirect: {proxy: {uid: x}}", "proxy.uid"},
+		{"bad mode", "injection: {redirect: sidecar}", `injection.redirect: "sidecar"`},
+		{"bad sidecar", "injection: {sidecar: always}", `injection.sidecar: "always"`},
+		{"validate in init mode", "injection: {redirect: init-container, validate: true}", "injection.validate"},
+		{"control plane", "injection: {controlPlane: nowhere}", `injection.controlPlane: "nowhere"`},
+		{"ready port clash", "injection: {readyPort: 15001}", `injection.readyPort: "15001"`},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			t.Parallel()
+			_, err := meshconfig.Parse([]byte(c.doc))
+			if err == nil || !strings.Contains(err.Error(), c.want) {
+				t.Fatalf("error %v, want one containing %s", err, c.want)
+			}
+			if !errors.Is(err, redirect.ErrInvalid) {
+				t.Errorf("error %v does not match redirect.ErrInvalid", err)
+			}
+		})
+	}
+}
+
+func mustJSON(t *testing.T, c redirect.Config) []byte {
+	t.Helper()
+	b, err := json.Marshal(c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}

@@ -84,8 +84,9 @@ func (s State) Empty() bool { return len(s.Scopes) == 0 && len(s.Links) == 0 }
 
 // ScopeState is one enrolled scope's config id and map entries (as text).
 type ScopeState struct {
-	Config uint32
-	Lines  []string
+	Config  uint32
+	Lines   []string
+	entries entries
 }
 
 // Lines is what a scope holding exactly c shows in Observe: its programs and

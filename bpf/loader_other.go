@@ -19,3 +19,12 @@ func (l *Loader) Remove(Scope) error { return errors.ErrUnsupported }
 
 // CurrentNetns needs Linux.
 func CurrentNetns() (uint64, error) { return 0, errors.ErrUnsupported }
+
+// Observe needs Linux.
+func (l *Loader) Observe() (State, error) { return State{}, errors.ErrUnsupported }
+
+// Key needs Linux.
+func (l *Loader) Key(Scope) (uint64, string, error) { return 0, "", errors.ErrUnsupported }
+
+// Lines needs Linux.
+func (l *Loader) Lines(State, Scope) ([]string, error) { return nil, errors.ErrUnsupported }

@@ -41,7 +41,7 @@ func (l *Loader) Observe() (State, error) {
 		if err != nil {
 			return st, err
 		}
-		st.Scopes[k] = ScopeState{Config: id, Lines: e.lines()}
+		st.Scopes[k] = ScopeState{Config: id, Lines: e.lines(), entries: e}
 	}
 	if err := it.Err(); err != nil {
 		return st, fmt.Errorf("read scopes: %w", err)

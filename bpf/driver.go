@@ -94,9 +94,11 @@ func (i *installed) Text(f redirect.Family) string {
 	return b.String()
 }
 
-// Foreign is false: auto never picks ebpf, so other owners' programs do not
-// matter for the choice (and they are left alone by install and uninstall).
-func (i *installed) Foreign() bool { return i.inbound != nil && i.inbound.Foreign() }
+// Foreign is always false, so that auto's "the backend whose mechanism other
+// tools use" never lands on ebpf (the inbound Driver's tables, when it has
+// any, are that Driver's to report). Other owners' cgroup programs are left
+// alone by install and uninstall.
+func (i *installed) Foreign() bool { return false }
 
 func (i *installed) Conflict() error {
 	if i.inbound != nil {

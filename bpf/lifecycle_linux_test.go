@@ -6,6 +6,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"slices"
 	"syscall"
 	"testing"
 	"time"
@@ -318,5 +319,68 @@ func TestOriginalDestinationOutlivesTheAppsSocket(t *testing.T) {
 	}
 	if got, _ := io.ReadAll(c); string(got) != "request" {
 		t.Errorf("proxy read %q, want the app's request", got)
+	}
+}
+
+// Many namespaces enrolled at once (parallel CNI ADDs, separate processes in
+// real life) each get a config of their own.
+func TestParallelEnrollments(t *testing.T) {
+	l := newLab(t)
+	enter(t, l.cgroup)
+	const n = 8
+	scopes := make([]Scope, n)
+	for i := range scopes {
+		ns := l.ns
+		if i > 0 {
+			ns = newLabNS(t)
+		}
+		inNS(t, ns, func() (err error) { scopes[i].Netns, err = CurrentNetns(); return err })
+	}
+	errs := make(chan error, n)
+	for i, s := range scopes {
+		go func() {
+			// A Loader per enrollment, as separate processes would have.
+			ld := New(Options{PinDir: l.pinDir, Root: l.cgroup})
+			_, err := ld.Apply(s, testCapture(t, func(c *redirect.Config) {
+				c.Outbound.ExcludePorts = []redirect.PortRange{{First: uint16(1000 + i), Last: uint16(1000 + i)}}
+			}))
+			errs <- err
+		}()
+	}
+	for range n {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
+	}
+	ld := New(Options{PinDir: l.pinDir, Root: l.cgroup})
+	st, err := ld.Observe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ids := map[uint32]bool{}
+	for i, s := range scopes {
+		sc, ok := st.Scopes[s.Netns]
+		if !ok {
+			t.Fatalf("scope %d not enrolled", i)
+		}
+		ids[sc.Config] = true
+		want := "ports outbound " + itoa(1000+i)
+		if !slices.Contains(sc.Lines, want) {
+			t.Errorf("scope %d lines lack %q: %v", i, want, sc.Lines)
+		}
+	}
+	if len(ids) != n {
+		t.Errorf("%d scopes share %d config ids", n, len(ids))
+	}
+	if links := st.Links; len(links) != 1 {
+		t.Errorf("link directories = %v, want one set of programs for the namespace scope", links)
+	}
+	for _, s := range scopes {
+		if err := ld.Remove(s); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := os.Stat(l.pinDir); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("pins after the last unenroll: %v", err)
 	}
 }

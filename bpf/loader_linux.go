@@ -69,6 +69,11 @@ func (l *Loader) Apply(scope Scope, c redirect.Capture) (changed bool, err error
 	if err := l.mountBPFFS(); err != nil {
 		return false, err
 	}
+	unlock, err := l.lock()
+	if err != nil {
+		return false, err
+	}
+	defer unlock()
 	st, err := l.open()
 	if err != nil {
 		return false, err
@@ -90,6 +95,15 @@ func (l *Loader) Apply(scope Scope, c redirect.Capture) (changed bool, err error
 	have, err := st.read(id)
 	if err != nil {
 		return false, err
+	}
+	if !known {
+		// A new scope that fails half way leaves none of its entries or
+		// links behind.
+		defer func() {
+			if err != nil {
+				err = errors.Join(err, l.rollback(st, r, id))
+			}
+		}()
 	}
 	if !known || !slices.Equal(have.lines(), want.lines()) {
 		if err := st.write(id, have, want); err != nil {
@@ -123,6 +137,11 @@ func (l *Loader) Remove(scope Scope) error {
 	if _, err := os.Stat(l.mapDir()); errors.Is(err, fs.ErrNotExist) {
 		return l.cleanup()
 	}
+	unlock, err := l.lock()
+	if err != nil {
+		return err
+	}
+	defer unlock()
 	st, err := l.open()
 	if err != nil {
 		return err
@@ -481,7 +500,10 @@ func (l *Loader) attach(st *store, r resolved, cfg uint32) (bool, error) {
 			return true, fmt.Errorf("attach %s to %s: %w", a.prog, path, err)
 		}
 		err = lk.Pin(pin)
-		lk.Close()
+		lk.Close() // without the pin, closing detaches it
+		if errors.Is(err, fs.ErrExist) {
+			continue // another detour attached it meanwhile
+		}
 		if err != nil {
 			return true, fmt.Errorf("pin link %s: %w", a.prog, err)
 		}
@@ -517,4 +539,46 @@ func detach(dir string) error {
 		return fmt.Errorf("unpin links: %w", err)
 	}
 	return nil
+}
+
+// lock serializes detour's changes to the pins across processes (CNI ADDs of
+// many pods run in parallel, and config ids are allocated from the maps): an
+// exclusive flock on the bpffs directory that holds PinDir.
+func (l *Loader) lock() (func(), error) {
+	dir := filepath.Dir(l.opts.pinDir())
+	fd, err := unix.Open(dir, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, fmt.Errorf("lock %s: %w", dir, err)
+	}
+	if err := unix.Flock(fd, unix.LOCK_EX); err != nil {
+		unix.Close(fd)
+		return nil, fmt.Errorf("lock %s: %w", dir, err)
+	}
+	return func() { unix.Close(fd) }, nil
+}
+
+// rollback removes what a failed Apply of a new scope wrote: its entries,
+// its config and, when no enrolled scope uses them, its links.
+func (l *Loader) rollback(st *store, r resolved, id uint32) error {
+	var errs []error
+	if have, err := st.read(id); err == nil {
+		errs = append(errs, st.write(id, have, newEntries()))
+	}
+	if err := st.configs.Delete(id); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+		errs = append(errs, err)
+	}
+	keys, err := st.scopeKeys()
+	if err != nil {
+		return errors.Join(append(errs, err)...)
+	}
+	inUse := false
+	for _, k := range keys {
+		if r.kind == kindNetns && k&cgroupKeyBit == 0 {
+			inUse = true
+		}
+	}
+	if !inUse {
+		errs = append(errs, detach(l.linkDir(r)))
+	}
+	return errors.Join(errs...)
 }

@@ -19,14 +19,16 @@ import (
 	"github.com/detour-mesh/detour/redirect"
 )
 
-// Ready reports whether the kernel has every program type, map type and
-// helper the programs need, naming the first one missing (wrapping
-// ErrNotSupported). It changes nothing.
-func (l *Loader) Ready() error {
-	type check struct {
-		name string
-		err  func() error
-	}
+// Ready reports whether the kernel has the program and map types the
+// programs need, naming the first one missing (wrapping ErrNotSupported). It
+// changes nothing, and it is cheap: Engine asks every backend on every run.
+// The helpers are probed by Apply before it changes anything (Probe).
+func (l *Loader) Ready() error { return probe(false) }
+
+// Probe is Ready plus the helpers each program type must offer.
+func (l *Loader) Probe() error { return probe(true) }
+
+func probe(helpers bool) error {
 	prog := func(t ebpf.ProgramType) func() error { return func() error { return features.HaveProgramType(t) } }
 	mp := func(t ebpf.MapType) func() error { return func() error { return features.HaveMapType(t) } }
 	helper := func(t ebpf.ProgramType, h asm.BuiltinFunc) func() error {
@@ -39,12 +41,26 @@ func (l *Loader) Ready() error {
 		{"map type lpm_trie", mp(ebpf.LPMTrie)},
 		{"map type sk_storage", mp(ebpf.SkStorage)},
 		{"map type lru_hash", mp(ebpf.LRUHash)},
+	}
+	if !helpers {
+		return run(checks)
+	}
+	checks = append(checks, []check{
 		{"helper bpf_get_netns_cookie in cgroup_sock_addr", helper(ebpf.CGroupSockAddr, asm.FnGetNetnsCookie)},
 		{"helper bpf_get_netns_cookie in cgroup_sockopt", helper(ebpf.CGroupSockopt, asm.FnGetNetnsCookie)},
 		{"helper bpf_get_netns_cookie in sock_ops", helper(ebpf.SockOps, asm.FnGetNetnsCookie)},
 		{"helper bpf_sk_storage_get in cgroup_sock_addr", helper(ebpf.CGroupSockAddr, asm.FnSkStorageGet)},
 		{"helper bpf_sk_storage_get in sock_ops", helper(ebpf.SockOps, asm.FnSkStorageGet)},
-	}
+	}...)
+	return run(checks)
+}
+
+type check struct {
+	name string
+	err  func() error
+}
+
+func run(checks []check) error {
 	for _, c := range checks {
 		if err := c.err(); err != nil {
 			if errors.Is(err, ebpf.ErrNotSupported) {
@@ -64,6 +80,9 @@ func (l *Loader) Ready() error {
 // CAP_SYS_ADMIN (bpffs, cgroup attach).
 func (l *Loader) Apply(scope Scope, c redirect.Capture) (changed bool, err error) {
 	if err := scope.validate(); err != nil {
+		return false, err
+	}
+	if err := l.Probe(); err != nil {
 		return false, err
 	}
 	if err := l.mountBPFFS(); err != nil {

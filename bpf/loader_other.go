@@ -28,3 +28,6 @@ func (l *Loader) Key(Scope) (uint64, string, error) { return 0, "", errors.ErrUn
 
 // Lines needs Linux.
 func (l *Loader) Lines(State, Scope) ([]string, error) { return nil, errors.ErrUnsupported }
+
+// Probe needs Linux.
+func (l *Loader) Probe() error { return errors.ErrUnsupported }

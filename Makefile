@@ -46,8 +46,9 @@ test: deps ## everything: vet, unit, privileged and end-to-end tests (run as roo
 bench: deps-apt deps-kube deps-cni-plugins ## every benchmark with its figures (as root): CLI, engine, CNI ADD latency, xDS fan-out, admission latency, redirect backends
 	$(MAKE) --no-print-directory bench-cli bench-engine bench-cni bench-controlplane bench-inject bench-redirect
 
-bench-cli: deps-apt build ## detour install / no-change re-run / uninstall through the binary: median time, child processes (root)
-	$(GO) run ./hack/bench --detour $(BIN)/detour --runs $${BENCH_RUNS:-25}
+bench-cli: deps-apt build ## start-up CPU and memory of detour, detour-cni, detour-cp; detour install / re-run / uninstall through the binary (root)
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '-s -w' -o $(BIN)/go-floor ./hack/bench/floor
+	$(GO) run ./hack/bench --detour $(BIN)/detour --floor $(BIN)/go-floor --runs $${BENCH_RUNS:-25}
 
 test-unit: ## the unprivileged unit tests only
 	$(GO) test -count=1 ./redirect/... ./controlplane/... ./cni/... ./cmd/... ./internal/...

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 
 	"github.com/detour-mesh/detour/redirect"
+	"github.com/detour-mesh/detour/redirect/backends"
 )
 
 // ErrDrift means the rules installed in a pod's namespace differ from what ADD
@@ -32,7 +33,7 @@ type AnnotationDecoder func(base redirect.Config, annotations map[string]string)
 // EngineRedirector returns the Redirector that applies plans with the redirect
 // engine inside the network namespace at netns.
 func EngineRedirector(netns string, logger *slog.Logger) Redirector {
-	return engineRedirector{e: &redirect.Engine{Logger: logger, NetNS: netns}}
+	return engineRedirector{e: backends.Engine(netns, backends.Options{Logger: logger})}
 }
 
 type engineRedirector struct{ e *redirect.Engine }

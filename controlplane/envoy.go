@@ -19,6 +19,7 @@ import (
 	dnsv3 "github.com/envoyproxy/go-control-plane/envoy/data/dns/v3"
 	routerv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/router/v3"
 	originaldstv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/listener/original_dst/v3"
+	originalsrcv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/listener/original_src/v3"
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	tcpproxyv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/tcp_proxy/v3"
 	dnsfilterv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/udp/dns_filter/v3"
@@ -59,6 +60,7 @@ const (
 	filterHCM         = "envoy.filters.network.http_connection_manager"
 	filterRouter      = "envoy.filters.http.router"
 	filterOriginalDst = "envoy.filters.listener.original_dst"
+	filterOriginalSrc = "envoy.filters.listener.original_src"
 	filterDNS         = "envoy.filters.udp.dns_filter"
 	dnsResolverCares  = "envoy.network.dns_resolver.cares"
 )
@@ -454,6 +456,14 @@ func inboundListener(name string, addr netip.Addr, port uint16, transparent bool
 		// TPROXY delivers connections addressed to the workload, not to the
 		// listener's address; the listener needs IP_TRANSPARENT to accept them.
 		l.Transparent = wrapperspb.Bool(true)
+		// The app sees the client's address: the proxy connects to it from
+		// that address (instead of the clusters' 127.0.0.6 / ::6) with the
+		// TPROXY mark, by which the installed rules leave the connection alone
+		// and route the app's replies back to the proxy.
+		l.ListenerFilters = append(l.ListenerFilters, &listenerv3.ListenerFilter{
+			Name:       filterOriginalSrc,
+			ConfigType: &listenerv3.ListenerFilter_TypedConfig{TypedConfig: mustAny(&originalsrcv3.OriginalSrc{Mark: redirect.TProxyMark})},
+		})
 	}
 	return l
 }

@@ -39,10 +39,10 @@ func LoadMesh(path string) (*Mesh, error) {
 	return m, nil
 }
 
-// readMeshFile reads path if it holds at most max bytes. The size is checked
+// readMeshFile reads path if it holds at most limit bytes. The size is checked
 // before reading (and the read is bounded too, for files whose size the
 // file system does not know); a larger file is a *redirect.FieldError.
-func readMeshFile(path string, max int64) ([]byte, error) {
+func readMeshFile(path string, limit int64) ([]byte, error) {
 	f, err := os.Open(path)
 	if err != nil {
 		return nil, fmt.Errorf("read mesh file: %w", err)
@@ -50,17 +50,17 @@ func readMeshFile(path string, max int64) ([]byte, error) {
 	defer f.Close()
 	tooLarge := func(size string) error {
 		return fmt.Errorf("mesh file %s: %w", path, &redirect.FieldError{Field: "(document)", Value: size,
-			Reason: fmt.Sprintf("is larger than the maximum mesh file size, %d bytes", max)})
+			Reason: fmt.Sprintf("is larger than the maximum mesh file size, %d bytes", limit)})
 	}
-	if fi, err := f.Stat(); err == nil && fi.Mode().IsRegular() && fi.Size() > max {
+	if fi, err := f.Stat(); err == nil && fi.Mode().IsRegular() && fi.Size() > limit {
 		return nil, tooLarge(fmt.Sprintf("%d bytes", fi.Size()))
 	}
-	b, err := io.ReadAll(io.LimitReader(f, max+1))
+	b, err := io.ReadAll(io.LimitReader(f, limit+1))
 	if err != nil {
 		return nil, fmt.Errorf("read mesh file: %w", err)
 	}
-	if int64(len(b)) > max {
-		return nil, tooLarge(fmt.Sprintf("more than %d bytes", max))
+	if int64(len(b)) > limit {
+		return nil, tooLarge(fmt.Sprintf("more than %d bytes", limit))
 	}
 	return b, nil
 }
@@ -329,10 +329,19 @@ func (d *decoder) mesh(v value) *Mesh {
 	}
 	m.DNS = d.dns(top["dns"])
 	base := d.redirectConfig(redirect.Default(), top["transparentProxy"])
-	for _, sv := range d.list(top["services"]) {
+	// Sized up front: a Workload holds a whole redirect.Config, and growing
+	// the slice by appending copied ten thousand of them several times.
+	services, workloads := d.list(top["services"]), d.list(top["workloads"])
+	if len(services) > 0 {
+		m.Services = make([]Service, 0, len(services))
+	}
+	for _, sv := range services {
 		m.Services = append(m.Services, d.service(sv))
 	}
-	for _, wv := range d.list(top["workloads"]) {
+	if len(workloads) > 0 {
+		m.Workloads = make([]Workload, 0, len(workloads))
+	}
+	for _, wv := range workloads {
 		m.Workloads = append(m.Workloads, d.workload(base, wv))
 	}
 	return m

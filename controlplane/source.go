@@ -50,9 +50,11 @@ var ErrHeldBack = errors.New("held back")
 //
 // Whoever writes the file, and however, only a finished file is served:
 //   - a change is read as the new mesh once the file has read the same for
-//     Settle (two reads at least Settle and one Interval apart), so a slow
-//     writer's half-written file is never decoded; a missing or unreadable
-//     file is reported only when it stays so for Settle;
+//     Settle (from the read that first saw it to a read at least Settle
+//     later, every read between the same; at start, two reads Settle
+//     apart), so a slow writer's half-written file is never decoded; a
+//     missing or unreadable file is reported only when it stays so for
+//     Settle;
 //   - an empty document is invalid (DecodeMesh);
 //   - a file larger than MaxSize is refused before it is read;
 //   - a change that removes more than half of the served workloads is held
@@ -85,8 +87,8 @@ type observation struct {
 	err error
 }
 
-func (f *FileSource) observe(max int64) observation {
-	b, err := readMeshFile(f.Path, max)
+func (f *FileSource) observe(limit int64) observation {
+	b, err := readMeshFile(f.Path, limit)
 	if err != nil {
 		return observation{key: "error:" + err.Error(), err: err}
 	}
@@ -109,13 +111,13 @@ func (f *FileSource) Run(ctx context.Context, sink Sink) error {
 	if settle == 0 {
 		settle = DefaultSettle
 	}
-	max := f.MaxSize
-	if max <= 0 {
-		max = DefaultMaxMeshSize
+	limit := f.MaxSize
+	if limit <= 0 {
+		limit = DefaultMaxMeshSize
 	}
 
 	// The first mesh: the file must read the same twice, settle apart.
-	o := f.observe(max)
+	o := f.observe(limit)
 	for settle > 0 {
 		if o.err != nil {
 			return o.err
@@ -123,9 +125,9 @@ func (f *FileSource) Run(ctx context.Context, sink Sink) error {
 		select {
 		case <-ctx.Done():
 			return nil
-		case <-time.After(max64(settle, interval/10)):
+		case <-time.After(settle):
 		}
-		next := f.observe(max)
+		next := f.observe(limit)
 		if next.key == o.key {
 			break
 		}
@@ -154,7 +156,7 @@ func (f *FileSource) Run(ctx context.Context, sink Sink) error {
 			return nil
 		case <-t.C:
 		}
-		o := f.observe(max)
+		o := f.observe(limit)
 		if o.key == handled {
 			pending = ""
 			continue
@@ -189,13 +191,6 @@ func (f *FileSource) Run(ctx context.Context, sink Sink) error {
 			served = nodeIDs(m)
 		}
 	}
-}
-
-func max64(a, b time.Duration) time.Duration {
-	if a > b {
-		return a
-	}
-	return b
 }
 
 func nodeIDs(m *Mesh) map[string]bool {

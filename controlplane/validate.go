@@ -12,8 +12,10 @@ import (
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
+	dnsv3 "github.com/envoyproxy/go-control-plane/envoy/data/dns/v3"
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	tcpproxyv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/tcp_proxy/v3"
+	dnsfilterv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/udp/dns_filter/v3"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/reflect/protoreflect"
 	"google.golang.org/protobuf/reflect/protoregistry"
@@ -224,6 +226,7 @@ func (c *checker) check(node string, r Resources) error {
 		c.clusterNames, c.listenerNames, c.listenerAddrs = map[string]bool{}, map[string]bool{}, map[string]string{}
 	}
 	clusters, names, addrs := c.clusterNames, c.listenerNames, c.listenerAddrs
+	var udpListeners []*listenerv3.Listener
 	clear(clusters)
 	clear(names)
 	clear(addrs)
@@ -279,6 +282,9 @@ func (c *checker) check(node string, r Resources) error {
 		if err := reason; err != "" {
 			fail("listener", l.GetName(), "filter_chains", err)
 		}
+		if l.GetAddress().GetSocketAddress().GetProtocol() == corev3.SocketAddress_UDP {
+			udpListeners = append(udpListeners, l)
+		}
 		refs, err := c.clusterRefs(l)
 		if err != nil {
 			fail("listener", l.GetName(), "", err.Error())
@@ -290,7 +296,51 @@ func (c *checker) check(node string, r Resources) error {
 			}
 		}
 	}
+	// A DNS listener answers service names with virtual IPs the proxy has
+	// listeners for: an answer nothing serves would send the app nowhere.
+	var vips map[string]bool
+	if len(udpListeners) > 0 {
+		vips = make(map[string]bool)
+		for _, l := range r.Listeners {
+			if l.GetBindToPort() != nil && !l.GetBindToPort().GetValue() {
+				vips[l.GetAddress().GetSocketAddress().GetAddress()] = true
+			}
+		}
+	}
+	for _, l := range udpListeners {
+		if len(l.GetFilterChains()) > 0 || l.GetDefaultFilterChain() != nil {
+			fail("listener", l.GetName(), "filter_chains", "is set on a UDP listener; its only filter is the listener filter "+filterDNS)
+		}
+		table, err := dnsTable(l)
+		if err != nil {
+			fail("listener", l.GetName(), "listener_filters", err.Error())
+			continue
+		}
+		for i, vd := range table.GetVirtualDomains() {
+			for j, a := range vd.GetEndpoint().GetAddressList().GetAddress() {
+				if !vips[a] {
+					fail("listener", l.GetName(), fmt.Sprintf("inline_dns_table.virtual_domains[%d].endpoint.address_list.address[%d]", i, j),
+						fmt.Sprintf("answers %s with %s, the address of no service listener of the snapshot", vd.GetName(), a))
+				}
+			}
+		}
+	}
 	return errors.Join(errs...)
+}
+
+// dnsTable returns the inline table of a DNS listener's dns_filter.
+func dnsTable(l *listenerv3.Listener) (*dnsv3.DnsTable, error) {
+	for _, f := range l.GetListenerFilters() {
+		if f.GetName() != filterDNS {
+			continue
+		}
+		cfg := &dnsfilterv3.DnsFilterConfig{}
+		if err := f.GetTypedConfig().UnmarshalTo(cfg); err != nil {
+			return nil, fmt.Errorf("unpack %s: %w", filterDNS, err)
+		}
+		return cfg.GetServerConfig().GetInlineDnsTable(), nil
+	}
+	return nil, errors.New("a UDP listener without " + filterDNS + " is not served")
 }
 
 func withNode(node string, err error) error {

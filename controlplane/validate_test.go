@@ -9,8 +9,10 @@ import (
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
+	dnsv3 "github.com/envoyproxy/go-control-plane/envoy/data/dns/v3"
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	tcpproxyv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/tcp_proxy/v3"
+	dnsfilterv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/udp/dns_filter/v3"
 	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/wrapperspb"
@@ -19,7 +21,12 @@ import (
 // baseResources is a valid node: the generator's output for one workload.
 func baseResources(t *testing.T) Resources {
 	t.Helper()
-	r, err := loadMesh(t, "testdata/matrix.yaml").Resources("redirect-dual")
+	return resourcesOf(t, "redirect-dual")
+}
+
+func resourcesOf(t *testing.T, node string) Resources {
+	t.Helper()
+	r, err := loadMesh(t, "testdata/matrix.yaml").Resources(node)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -213,6 +220,32 @@ func TestCheckerRejects(t *testing.T) {
 			want: "listener outbound: filter_chains[1].filters[0].typed_config(envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy).flush_access_log_on_connected: is deprecated",
 		},
 		{
+			name: "dns answer without a listener",
+			mutate: func(t *testing.T, r *Resources) {
+				setDNSTable(t, listenerNamed(*r, ListenerDNS), func(tb *dnsv3.DnsTable) {
+					tb.VirtualDomains[0].Endpoint.GetAddressList().Address[0] = "198.51.100.99"
+				})
+			},
+			want: "listener dns: inline_dns_table.virtual_domains[0].endpoint.address_list.address[0]: answers cache.mesh.internal with 198.51.100.99, the address of no service listener",
+		},
+		{
+			name: "dns domain without addresses",
+			mutate: func(t *testing.T, r *Resources) {
+				setDNSTable(t, listenerNamed(*r, ListenerDNSIPv6), func(tb *dnsv3.DnsTable) {
+					tb.VirtualDomains[0].Endpoint.GetAddressList().Address = nil
+				})
+			},
+			want: "listener dns-ipv6: listener_filters[0].typed_config(envoy.extensions.filters.udp.dns_filter.v3.DnsFilterConfig): invalid DnsFilterConfig.ServerConfig",
+		},
+		{
+			name: "dns listener with a filter chain",
+			mutate: func(t *testing.T, r *Resources) {
+				l := listenerNamed(*r, ListenerDNS)
+				l.FilterChains = []*listenerv3.FilterChain{{Filters: []*listenerv3.Filter{tcpProxyFilter(ClusterBlackhole, ClusterBlackhole)}}}
+			},
+			want: "listener dns: filter_chains: is set on a UDP listener",
+		},
+		{
 			name: "use_original_dst on a listener that does not bind",
 			mutate: func(t *testing.T, r *Resources) {
 				listenerNamed(*r, ListenerOutbound).BindToPort = wrapperspb.Bool(false)
@@ -223,7 +256,11 @@ func TestCheckerRejects(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
-			r := baseResources(t)
+			node := "redirect-dual"
+			if strings.HasPrefix(tt.name, "dns") {
+				node = "dns-dual"
+			}
+			r := resourcesOf(t, node)
 			tt.mutate(t, &r)
 			err := newChecker().check("n1", r)
 			if err == nil {
@@ -305,4 +342,16 @@ func TestServedBytesEqualResource(t *testing.T) {
 			t.Errorf("listener %s: served bytes do not decode to the listener (%v)", l.GetName(), err)
 		}
 	}
+}
+
+// setDNSTable changes the inline table of a DNS listener's dns_filter.
+func setDNSTable(t *testing.T, l *listenerv3.Listener, change func(*dnsv3.DnsTable)) {
+	t.Helper()
+	f := l.GetListenerFilters()[0]
+	cfg := &dnsfilterv3.DnsFilterConfig{}
+	if err := f.GetTypedConfig().UnmarshalTo(cfg); err != nil {
+		t.Fatal(err)
+	}
+	change(cfg.GetServerConfig().GetInlineDnsTable())
+	f.ConfigType = &listenerv3.ListenerFilter_TypedConfig{TypedConfig: mustAny(cfg)}
 }

@@ -112,6 +112,13 @@ type KernelVerdict struct {
 	Rule string `json:"rule,omitempty"`
 	// Path lists the rules the connection went through before Rule, in order.
 	Path []string `json:"path,omitempty"`
+	// Action is what Rule does: "redirect", "tproxy", "return" (leaves
+	// detour's rules), "accept", "dnat" (sent elsewhere), "drop", or "" when
+	// no rule matched.
+	Action string `json:"action,omitempty"`
+	// Uncertain, when not empty, says why the installed state's answer
+	// cannot be told ("rule X uses Y"); Captured and Port then say nothing.
+	Uncertain string `json:"uncertain,omitempty"`
 }
 
 // ErrNotSupported means a backend cannot work in this namespace or on this

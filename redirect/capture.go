@@ -37,6 +37,11 @@ type FamilyCapture struct {
 	// Log, when not nil, logs new captured connections (rate limited).
 	Log *Log `json:"log,omitempty"`
 	// TProxy is the policy routing of mode tproxy; nil otherwise or without inbound.
+	// With it, every backend also installs the return path of the proxy's
+	// original-source connections to the app (TProxyMark set, the client's
+	// address as source): such packets are never captured, their connection
+	// keeps the mark, and the app's replies get it back so the policy route
+	// delivers them to the proxy (docs/rules.md, TPROXY mode).
 	TProxy *PolicyRouting `json:"tproxy,omitempty"`
 	// Notes explain what a reader of any rendering could not guess.
 	Notes []string `json:"notes,omitempty"`
@@ -94,6 +99,9 @@ type DNSCaptureRules struct {
 	ExemptUIDs       []IDRange `json:"exemptUIDs,omitempty"`
 	ExemptGIDs       []IDRange `json:"exemptGIDs,omitempty"`
 	ExemptUIDsForDNS []IDRange `json:"exemptUIDsForDNS,omitempty"`
+	// ExemptPortsForUIDs are those udp rules themselves, as the config gives
+	// them (a rendering may quote their ports).
+	ExemptPortsForUIDs []UIDPortRule `json:"exemptPortsForUIDs,omitempty"`
 	// ZoneSplit keeps captured and upstream queries in separate conntrack zones.
 	ZoneSplit bool `json:"zoneSplit"`
 }
@@ -194,6 +202,7 @@ func familyCapture(cfg Config, facts Facts, f Family) FamilyCapture {
 		for _, r := range cfg.Outbound.ExcludePortsForUIDs {
 			if r.Protocol == UDP && inPortRanges(r.Ports, 53) {
 				dc.ExemptUIDsForDNS = append(dc.ExemptUIDsForDNS, r.UIDs...)
+				dc.ExemptPortsForUIDs = append(dc.ExemptPortsForUIDs, r)
 			}
 		}
 		if !dc.All {
@@ -265,8 +274,11 @@ type Conn struct {
 	// primary group), as the kernel's owner match reads them.
 	UID uint32 `json:"uid"`
 	GID uint32 `json:"gid"`
-	// ToSelf says Dst is one of the workload's own non-loopback addresses, so the
-	// connection routes over lo: captured only as the proxy's hairpin.
+	// ToSelf says Dst is one of the workload's own non-loopback addresses, so an
+	// outbound connection routes over lo: captured only as the proxy's hairpin.
+	// An inbound connection with a Dst is captured only when ToSelf holds (any
+	// other destination is forwarded); without a Dst it is assumed to be the
+	// workload's.
 	ToSelf bool `json:"toSelf,omitempty"`
 }
 
@@ -319,6 +331,11 @@ func (c Capture) Decide(conn Conn) Verdict {
 		return Verdict{Reason: reason("ipFamilies", "", "%s is not captured", fam)}
 	}
 	if conn.Direction == DirInbound {
+		if dst.IsValid() && !conn.ToSelf && !dst.IsLoopback() {
+			// Only connections to the workload's own addresses are inbound;
+			// the host merely forwards the rest (I7).
+			return Verdict{Reason: reason("", "", "%s is not an address of the workload: forwarded traffic is never captured", dst)}
+		}
 		return fc.decideInbound(src, conn.Port)
 	}
 	if conn.Protocol == UDP {

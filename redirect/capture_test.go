@@ -45,6 +45,8 @@ func TestDecideReasons(t *testing.T) {
 		{"ipv4 only", base(func(c *Config) { c.IPFamilies = IPFamiliesIPv4 }), Conn{Direction: DirOutbound, Protocol: TCP, Dst: a("2001:db8::1"), Port: 80, UID: app, GID: app}, false, "", "ipFamilies", ""},
 		{"inbound captured", base(nil), Conn{Direction: DirInbound, Protocol: TCP, Src: a("203.0.113.9"), Port: 8080}, true, "inbound", "inbound.enabled", "true"},
 		{"inbound excluded port", base(nil), Conn{Direction: DirInbound, Protocol: TCP, Src: a("203.0.113.9"), Port: 22}, false, "", "inbound.excludePorts", "22"},
+		{"inbound to the workload's address", base(nil), Conn{Direction: DirInbound, Protocol: TCP, Src: a("203.0.113.9"), Dst: a("192.0.2.10"), Port: 8080, ToSelf: true}, true, "inbound", "inbound.enabled", "true"},
+		{"inbound forwarded elsewhere", base(nil), Conn{Direction: DirInbound, Protocol: TCP, Src: a("203.0.113.9"), Dst: a("192.0.2.99"), Port: 8080}, false, "", "", ""},
 		{"inbound loop guard", base(nil), Conn{Direction: DirInbound, Protocol: TCP, Src: a("203.0.113.9"), Port: 15001}, false, "", "proxy.outboundPort", "15001"},
 		{"hairpin", base(nil), Conn{Direction: DirOutbound, Protocol: TCP, Src: a("203.0.113.2"), Dst: a("203.0.113.2"), Port: 8080, UID: 5678, GID: 5678, ToSelf: true}, true, "inbound", "proxy.uid", "5678"},
 		{"passthrough", base(nil), Conn{Direction: DirOutbound, Protocol: TCP, Src: a("127.0.0.6"), Dst: a("203.0.113.2"), Port: 8080, UID: 5678, GID: 5678, ToSelf: true}, false, "", "proxy.inboundPassthroughSource", "127.0.0.6"},

@@ -59,6 +59,9 @@ func TestDecodeErrorsNameFieldAndValue(t *testing.T) {
 		{"uid name", "outbound:\n  excludeUIDs: [root]", `outbound.excludeUIDs[0]: "root" is not a numeric id`},
 		{"malformed yaml", "proxy: [", `(document):`},
 		{"v4 passthrough as v6", "proxy:\n  inboundPassthroughSource:\n    ipv6: 127.0.0.6", `proxy.inboundPassthroughSource.ipv6: "127.0.0.6" is not an IPv6 address`},
+		{"duplicate yaml key", "outbound:\n  excludePorts: [80]\n  excludePorts: [90]", `excludePorts: "line 3" appears twice in the same mapping`},
+		{"duplicate json key", `{"mode": "tproxy", "mode": "redirect"}`, `mode: "line 1" appears twice in the same mapping`},
+		{"empty element in a string list", `{"outbound": {"excludePorts": "80,,90"}}`, `outbound.excludePorts: "80,,90" has an empty list element`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -218,4 +221,31 @@ func FuzzParsers(f *testing.F) {
 			}
 		}
 	})
+}
+
+// TestEmptyListElements: "80,,90" (an unset variable between commas) is
+// refused naming the field; an empty value is still the empty list.
+func TestEmptyListElements(t *testing.T) {
+	t.Parallel()
+	for _, tt := range []struct{ path, value string }{
+		{"outbound.excludePorts", "80,,90"},
+		{"outbound.excludePorts", "80,"},
+		{"outbound.excludeCIDRs", ",192.0.2.0/24"},
+		{"outbound.excludePortsForUIDs", "tcp:53:106,,udp:53:107"},
+		{"inbound.includePorts", " , "},
+	} {
+		c := Default()
+		err := c.Set(tt.path, tt.value)
+		var fe *FieldError
+		if !errors.As(err, &fe) || fe.Field != tt.path || fe.Value != tt.value || !errors.Is(err, ErrInvalid) {
+			t.Errorf("Set(%s, %q) = %v, want a *FieldError naming the field and value", tt.path, tt.value, err)
+		}
+	}
+	c := Default()
+	if err := c.Set("outbound.excludePorts", "80"); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Set("outbound.excludePorts", ""); err != nil || len(c.Outbound.ExcludePorts) != 0 {
+		t.Errorf("Set(outbound.excludePorts, \"\") = %v, %v; want the empty list", err, c.Outbound.ExcludePorts)
+	}
 }

@@ -6,15 +6,18 @@
 // a whole.
 //
 // Planning is pure: NewPlan turns a Config and the facts observed about a
-// network namespace into the exact rules for each IP family, with no host
-// access. Applying observes what is installed, then executes one
-// iptables-restore --noflush per family that differs and nothing else;
-// iptables-restore commits table by table, so a family whose restore fails is
-// read again and put back to what it was, with the families before it.
-// Everything installed is owned by name: chains start with DETOUR_ and every rule
-// in a built-in chain carries the ownership comment, so uninstall removes exactly
-// that. The TPROXY policy routing and the IPv6 passthrough address are made over
-// netlink in-process. docs/rules.md describes every rule and why it exists.
+// network namespace into a Plan: the config, the facts, the backend-neutral
+// Capture and notes. How the kernel is told is a Driver's business (backend.go):
+// one per backend, in its own package (redirect/iptables, redirect/nftables,
+// bpf), assembled in redirect/backends. A Driver renders the Capture in its own
+// syntax (Render, what `detour plan` prints via Plan.Format), observes what of
+// detour's it holds, applies a plan atomically per family and removes its
+// state. Engine is the orchestration above them: it enters the namespace,
+// takes detour's lock of it, chooses the backend (auto: sticky, read-only),
+// switches backends in place (apply the new one, then remove the old one),
+// uninstalls from every backend, and makes the TPROXY policy routing and the
+// IPv6 passthrough address over netlink in-process for all of them. This
+// package names no backend's syntax and imports no Driver.
 //
 // Capture (NewCapture) is the capture decision stated once, without any
 // backend's syntax: per family, which connections go to which proxy port.
@@ -29,13 +32,14 @@
 // over netlink carries the kernel ownership tag protocol 215.
 //
 // Engine runs all of a call on one OS thread locked inside Engine.NetNS
-// (internal/netns): the iptables processes it spawns fork from that thread and
-// the netlink sockets it opens belong to that namespace.
+// (internal/netns): the Drivers' methods run on that thread (processes they
+// spawn fork from it) and the netlink sockets it opens belong to that
+// namespace.
 //
 // Privileges: planning and config handling need none. Observing and applying
-// need CAP_NET_ADMIN (and CAP_NET_RAW for iptables) in the target network
-// namespace, CAP_SYS_ADMIN to enter it, and run the iptables binaries of the
-// host found on PATH.
+// need CAP_NET_ADMIN in the target network namespace (and what the Drivers
+// need), CAP_SYS_ADMIN to enter it.
 //
-// This package must not import cmd/..., cni, controlplane or bpf.
+// This package must not import cmd/..., cni, controlplane, bpf, or any
+// Driver package (redirect/iptables, redirect/nftables, redirect/backends).
 package redirect

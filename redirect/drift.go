@@ -5,27 +5,6 @@ import (
 	"strings"
 )
 
-// driftLines turns tables and routing into self-contained lines
-// ("-t nat -N DETOUR_OUTPUT", "-t nat -A OUTPUT …", "# routing: …") so a
-// difference reads without its context.
-func driftLines(tables []Table, routing []string) []string {
-	var out []string
-	for _, t := range tables {
-		for _, c := range t.Chains {
-			out = append(out, "-t "+t.Name+" -N "+c.Name)
-		}
-		for _, r := range t.Hooks {
-			out = append(out, "-t "+t.Name+" -A "+r.Chain+" "+r.Spec)
-		}
-		for _, c := range t.Chains {
-			for _, r := range c.Rules {
-				out = append(out, "-t "+t.Name+" -A "+r.Chain+" "+r.Spec)
-			}
-		}
-	}
-	return append(out, routing...)
-}
-
 // familyDrift compares installed with planned lines; ok is false when they agree.
 func familyDrift(f Family, installed, planned []string) (FamilyDrift, bool) {
 	ops := diffLines(installed, planned)

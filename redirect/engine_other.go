@@ -7,12 +7,22 @@ import (
 	"errors"
 )
 
-// The iptables backend is Linux-only; planning works everywhere.
+// Installing is Linux-only; planning and rendering work everywhere.
 
 func (e *Engine) facts(context.Context, Config) (Facts, error) { return Facts{}, errors.ErrUnsupported }
-func (e *Engine) install(context.Context, Plan) (Result, error) {
-	return Result{}, errors.ErrUnsupported
+
+func (e *Engine) enter(fn func() error) error {
+	if e.NetNS != "" {
+		return errors.ErrUnsupported
+	}
+	return fn()
 }
-func (e *Engine) uninstall(context.Context) (Result, error)  { return Result{}, errors.ErrUnsupported }
-func (e *Engine) check(context.Context, Plan) (Drift, error) { return Drift{}, errors.ErrUnsupported }
-func (e *Engine) status(context.Context) (Status, error)     { return Status{}, errors.ErrUnsupported }
+
+func (e *Engine) observeNet(p Plan) (netView, error) {
+	if e.net != nil {
+		return e.net(p)
+	}
+	return nil, errors.ErrUnsupported
+}
+
+func (e *Engine) lockNetNS(context.Context) (func(), error) { return func() {}, nil }

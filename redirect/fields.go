@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/netip"
+	"regexp"
 	"sort"
 	"strconv"
 	"strings"
@@ -72,7 +73,11 @@ func (c *Config) Set(path, value string) error {
 	if !ok {
 		return &FieldError{Field: path, Value: value, Reason: "is not a known field"}
 	}
-	return f.set(c, splitForField(f, value))
+	values, err := splitForField(f, value)
+	if err != nil {
+		return err
+	}
+	return f.set(c, values)
 }
 
 // splitUIDPortRules splits "tcp:53,80:106,udp:53:107" into its rules: an item
@@ -81,9 +86,6 @@ func splitUIDPortRules(s string) []string {
 	var out []string
 	for _, part := range strings.Split(s, ",") {
 		part = strings.TrimSpace(part)
-		if part == "" {
-			continue
-		}
 		if len(out) == 0 || strings.HasPrefix(part, "tcp:") || strings.HasPrefix(part, "udp:") {
 			out = append(out, part)
 			continue
@@ -101,7 +103,12 @@ func (c *Config) Decode(doc []byte) error {
 	if len(bytes.TrimSpace(doc)) == 0 {
 		return nil
 	}
-	js, err := yaml.YAMLToJSON(doc)
+	js, err := yaml.YAMLToJSONStrict(doc)
+	if m := duplicateKey.FindStringSubmatch(fmt.Sprint(err)); m != nil {
+		// A key given twice in one mapping: YAML and JSON parsers keep the
+		// later one silently; detour refuses to guess which was meant.
+		return &FieldError{Field: m[2], Value: "line " + m[1], Reason: "appears twice in the same mapping; give each key once"}
+	}
 	if err != nil {
 		return &FieldError{Field: "(document)", Value: firstLine(err.Error()), Reason: "is not valid YAML or JSON"}
 	}
@@ -121,6 +128,9 @@ func (c *Config) Decode(doc []byte) error {
 	*c = next
 	return nil
 }
+
+// duplicateKey matches the strict YAML parser's report of a repeated key.
+var duplicateKey = regexp.MustCompile(`line (\d+): key "([^"]*)" already set in map`)
 
 func firstLine(s string) string {
 	s, _, _ = strings.Cut(s, "\n")
@@ -168,7 +178,11 @@ func (c *Config) decodeNode(path string, node any) error {
 	case nil:
 		// null resets the field to its default.
 		d := Default()
-		return f.set(c, splitForField(f, f.get(&d)))
+		values, err := splitForField(f, f.get(&d))
+		if err != nil {
+			return err
+		}
+		return f.set(c, values)
 	case []any:
 		if !f.List {
 			return &FieldError{Field: path, Value: compact(node), Reason: "is a list, not a single value"}
@@ -190,7 +204,9 @@ func (c *Config) decodeNode(path string, node any) error {
 			s = string(DNSCaptureOff)
 		}
 		if f.List {
-			values = splitForField(f, s)
+			if values, err = splitForField(f, s); err != nil {
+				return err
+			}
 		} else {
 			values = []string{s}
 		}
@@ -198,20 +214,29 @@ func (c *Config) decodeNode(path string, node any) error {
 	return f.set(c, values)
 }
 
-func splitForField(f Field, s string) []string {
+// splitForField splits a comma-separated list value. An empty (or blank)
+// value is the empty list; an empty element inside a list ("80,,90", "80,")
+// is a *FieldError, never silently dropped: it is usually an unset variable.
+func splitForField(f Field, s string) ([]string, error) {
 	if !f.List {
-		return []string{s}
+		return []string{s}, nil
+	}
+	if strings.TrimSpace(s) == "" {
+		return nil, nil
+	}
+	for _, v := range strings.Split(s, ",") {
+		if strings.TrimSpace(v) == "" {
+			return nil, &FieldError{Field: f.Path, Value: s, Reason: "has an empty list element (two commas in a row, or a comma at an end)"}
+		}
 	}
 	if f.Path == "outbound.excludePortsForUIDs" {
-		return splitUIDPortRules(s)
+		return splitUIDPortRules(s), nil
 	}
 	var out []string
 	for _, v := range strings.Split(s, ",") {
-		if v = strings.TrimSpace(v); v != "" {
-			out = append(out, v)
-		}
+		out = append(out, strings.TrimSpace(v))
 	}
-	return out
+	return out, nil
 }
 
 func isGroup(path string) bool {

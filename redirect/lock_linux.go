@@ -1,6 +1,7 @@
 package redirect
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"os"
@@ -25,26 +26,26 @@ type netnsLock struct {
 // (which must already be the target one), waiting at most LockWait and never
 // past ctx. The lock file is named after the device and inode of the
 // namespace, the identity every path to it (/run/netns/x, /proc/PID/ns/net)
-// shares. It returns nil, nil when the lock directory cannot be made (a
-// read-only /run): installs are then not serialized, which is logged.
-func (r *run) lockNetNS() (*netnsLock, error) {
+// shares. When the lock directory cannot be made (a read-only /run), installs
+// are not serialized, which is logged, and unlock does nothing.
+func (e *Engine) lockNetNS(ctx context.Context) (unlock func(), err error) {
 	var st unix.Stat_t
 	if err := unix.Stat("/proc/thread-self/ns/net", &st); err != nil {
 		return nil, fmt.Errorf("identify network namespace: %w", err)
 	}
-	dir := r.e.LockDir
+	dir := e.LockDir
 	if dir == "" {
 		dir = defaultLockDir
 	}
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		if errors.Is(err, unix.EROFS) || errors.Is(err, os.ErrPermission) {
-			r.log.Warn("cannot create the lock directory; concurrent detour runs in this namespace are not serialized", "dir", dir, "error", err)
-			return nil, nil
+			e.logger().Warn("cannot create the lock directory; concurrent detour runs in this namespace are not serialized", "dir", dir, "error", err)
+			return func() {}, nil
 		}
 		return nil, fmt.Errorf("create lock directory: %w", err)
 	}
 	path := filepath.Join(dir, fmt.Sprintf("netns-%d-%d.lock", st.Dev, st.Ino))
-	wait := r.e.lockWait()
+	wait := e.lockWait()
 	deadline := time.Now().Add(wait)
 	pause := time.Millisecond
 	for {
@@ -53,14 +54,14 @@ func (r *run) lockNetNS() (*netnsLock, error) {
 			return nil, err
 		}
 		if l != nil {
-			return l, nil
+			return l.unlock, nil
 		}
 		if !time.Now().Before(deadline) {
 			return nil, fmt.Errorf("%w: another detour run holds the lock of this network namespace (%s) after %s", ErrLockTimeout, path, wait)
 		}
 		select {
-		case <-r.ctx.Done():
-			return nil, fmt.Errorf("wait for the lock of this network namespace: %w", r.ctx.Err())
+		case <-ctx.Done():
+			return nil, fmt.Errorf("wait for the lock of this network namespace: %w", ctx.Err())
 		case <-time.After(min(pause, time.Until(deadline))):
 		}
 		pause = min(2*pause, 50*time.Millisecond)

@@ -28,59 +28,21 @@ const (
 	IPv6 Family = "ipv6"
 )
 
-// Plan is the complete rule set for one configuration: what Install makes the
-// network namespace hold, what Check compares against and what `detour plan`
-// prints.
+var allFamilies = []Family{IPv4, IPv6}
+
+// Plan is what one configuration captures in one network namespace, without
+// any backend's syntax: what Install makes the namespace hold (through a
+// Driver), what Check compares against and what `detour plan` prints (in a
+// Driver's Rendering, Plan.Format).
 type Plan struct {
 	Config Config `json:"config"` // the validated config it was made from
 	// Facts are the facts about the namespace it was made with.
 	Facts Facts `json:"facts"`
 	// Capture is the capture decision every backend renders (Driver.Render).
-	Capture  Capture      `json:"capture"`
-	Families []FamilyPlan `json:"families"` // IPv4 before IPv6; only the families that are captured
+	Capture Capture `json:"capture"`
 	// Notes point out settings that do nothing, such as an exclusion that an
 	// inclusion overrides (include beats exclude); `detour plan` prints them.
 	Notes []string `json:"notes,omitempty"`
-}
-
-// FamilyPlan is one IP family's share of a plan.
-type FamilyPlan struct {
-	Family Family `json:"family"`
-	// Tables holds the non-empty tables in a fixed order: raw, mangle, nat.
-	Tables []Table `json:"tables"`
-	// Routing is the TPROXY policy routing; nil unless mode is tproxy with inbound on.
-	Routing *PolicyRouting `json:"routing,omitempty"`
-	// Addresses are put on lo for the proxy to bind: the inbound passthrough
-	// source when it is not always local (::6/128 by default; 127.0.0.6 needs
-	// nothing). An address that is already there is used as it is.
-	Addresses []netip.Prefix `json:"addresses,omitempty"`
-	// Notes explain choices a reader of the rules could not guess, such as a
-	// family that captures nothing because a list has no entry of that family.
-	Notes []string `json:"notes,omitempty"`
-}
-
-// Table is one iptables table's share of a family plan.
-type Table struct {
-	Name string `json:"name"` // "raw", "mangle" or "nat"
-	// Chains are our chains (DETOUR_...), sorted by name as iptables-save lists them.
-	Chains []Chain `json:"chains"`
-	// Hooks are the rules we add to built-in chains, each carrying the ownership
-	// comment, in built-in chain order (PREROUTING, INPUT, FORWARD, OUTPUT,
-	// POSTROUTING) and in the order they apply within a built-in chain.
-	Hooks []Rule `json:"hooks"`
-}
-
-// Chain is one of our chains and its rules in order.
-type Chain struct {
-	Name  string `json:"name"`
-	Rules []Rule `json:"rules"`
-}
-
-// Rule is one rule. Spec is its iptables-save form after "-A CHAIN ", so a plan
-// compares to what is installed as plain text.
-type Rule struct {
-	Chain string `json:"chain"`
-	Spec  string `json:"spec"`
 }
 
 // PolicyRouting sends packets carrying Mark (under Mask) to the local stack:
@@ -109,9 +71,6 @@ func NewPlan(cfg Config, facts Facts) (Plan, error) {
 	}
 	p := Plan{Config: cfg.Clone(), Facts: facts}
 	p.Capture = newCapture(p.Config, facts, fams)
-	for _, f := range fams {
-		p.Families = append(p.Families, planFamily(p.Config, facts, f))
-	}
 	p.Notes = exclusionNotes(p.Config, fams)
 	return p, nil
 }
@@ -169,49 +128,16 @@ func familyOf(a netip.Addr) Family {
 	return IPv4
 }
 
-// Family returns the plan of family f, if the plan captures it.
-func (p Plan) Family(f Family) (FamilyPlan, bool) {
-	for _, fp := range p.Families {
-		if fp.Family == f {
-			return fp, true
-		}
-	}
-	return FamilyPlan{}, false
-}
+// Family returns the capture of family f, if the plan captures it.
+func (p Plan) Family(f Family) (FamilyCapture, bool) { return p.Capture.Family(f) }
 
-// Restore renders the family as `iptables-restore --noflush` input that
-// installs it into a namespace holding none of our rules (deterministic). The
-// routing is not part of it. Install itself feeds a script computed against
-// what is installed.
-func (f FamilyPlan) Restore() string {
-	var b strings.Builder
-	for _, note := range f.Notes {
-		b.WriteString("# " + note + "\n")
+// Families are the families the plan captures, IPv4 first.
+func (p Plan) Families() []Family {
+	out := make([]Family, len(p.Capture.Families))
+	for i, fc := range p.Capture.Families {
+		out[i] = fc.Family
 	}
-	b.WriteString(renderTables(f.Tables))
-	return b.String()
-}
-
-// String renders the whole plan as `detour plan` prints it: a header line and
-// the plan's notes, then per family a header line, the family's notes, the
-// rules in iptables-save form (our chains, the hooks in built-in chains) and
-// the policy routing. Golden files use it.
-func (p Plan) String() string {
-	var b strings.Builder
-	c := p.Config
-	fams := make([]string, len(p.Families))
-	for i, f := range p.Families {
-		fams[i] = string(f.Family)
-	}
-	fmt.Fprintf(&b, "# detour plan: mode %s, backend %s, ipFamilies %s (%s)\n", c.Mode, c.Backend, c.IPFamilies, strings.Join(fams, ", "))
-	for _, n := range p.Notes {
-		b.WriteString("# note: " + n + "\n")
-	}
-	for _, f := range p.Families {
-		fmt.Fprintf(&b, "\n### %s\n", f.Family)
-		b.WriteString(f.render())
-	}
-	return b.String()
+	return out
 }
 
 // Format is the plan as `detour plan` prints it in one backend's rendering: a
@@ -263,57 +189,12 @@ func (fc FamilyCapture) loAddress() netip.Prefix {
 	return netip.PrefixFrom(pt, pt.BitLen())
 }
 
-// render is the family's text in the form Status and Check use too: notes,
-// then per table the chain declarations, the hooks and our chains' rules (the
-// order iptables-save lists them in), then the routing.
-func (f FamilyPlan) render() string {
-	var b strings.Builder
-	for _, note := range f.Notes {
-		b.WriteString("# " + note + "\n")
-	}
-	b.WriteString(renderTables(f.Tables))
-	for _, l := range f.netLines() {
-		b.WriteString(l + "\n")
-	}
-	return b.String()
-}
-
-// netLines are the routing and addresses in the text form plans, Status and
-// Check use.
-func (f FamilyPlan) netLines() []string {
-	out := f.Routing.lines(f.Family)
-	for _, a := range f.Addresses {
-		out = append(out, addressLine(a))
-	}
-	return out
-}
-
 func addressLine(a netip.Prefix) string {
 	proto := " proto " + strconv.Itoa(netProtocol)
 	if a.Addr().Is4() {
 		return "# address: ip -4 addr add " + a.String() + " dev lo label " + addressLabel + " noprefixroute" + proto
 	}
 	return "# address: ip -6 addr add " + a.String() + " dev lo nodad noprefixroute" + proto
-}
-
-func renderTables(tables []Table) string {
-	var b strings.Builder
-	for _, t := range tables {
-		b.WriteString("*" + t.Name + "\n")
-		for _, c := range t.Chains {
-			b.WriteString(":" + c.Name + " - [0:0]\n")
-		}
-		for _, r := range t.Hooks {
-			b.WriteString("-A " + r.Chain + " " + r.Spec + "\n")
-		}
-		for _, c := range t.Chains {
-			for _, r := range c.Rules {
-				b.WriteString("-A " + r.Chain + " " + r.Spec + "\n")
-			}
-		}
-		b.WriteString("COMMIT\n")
-	}
-	return b.String()
 }
 
 // lines is the routing in the text form plans, Status and Check use.

@@ -205,8 +205,8 @@ func observeNet(p Plan) (netState, error) {
 	loIdx := lo.Attrs().Index
 	routing := &PolicyRouting{Mark: tproxyMark, Mask: tproxyMark, Table: tproxyTable, Priority: tproxyPriority}
 	for _, f := range allFamilies {
-		fp, planned := p.Family(f)
-		wantRouting := planned && fp.Routing != nil
+		fc, planned := p.Family(f)
+		wantRouting := planned && fc.TProxy != nil
 		rules, err := retryDump(func() ([]netlink.Rule, error) { return netlink.RuleList(netlinkFamily(f)) })
 		if err != nil {
 			if !planned && errors.Is(err, unix.EAFNOSUPPORT) {
@@ -255,8 +255,8 @@ func observeNet(p Plan) (netState, error) {
 			return s, fmt.Errorf("list %s addresses of lo: %w", f, err)
 		}
 		var wanted []netip.Prefix
-		if planned {
-			wanted = fp.Addresses
+		if a := fc.loAddress(); planned && a.IsValid() {
+			wanted = []netip.Prefix{a}
 		}
 		for _, w := range wanted {
 			it := &netItem{family: f, line: addressLine(w), want: true}

@@ -141,6 +141,8 @@ type pod struct {
 
 	uid                      uint32 // the proxy's uid
 	inPort, outPort, dnsPort uint16
+
+	ex explainState // what `detour explain` needs to check L14
 }
 
 // newPod builds a lab for the variant, with random proxy ports and proxy uid. The lab
@@ -166,6 +168,7 @@ func newPod(t *testing.T, v variant) *pod {
 	p := &pod{t: t, v: v, ctx: ctx, lab: l, rnd: r,
 		uid:    r.Uint32(1000, 60000),
 		inPort: r.Port(), outPort: r.Port(), dnsPort: r.Port(),
+		ex: explainState{counts: &sync.Map{}},
 	}
 	return p
 }
@@ -288,6 +291,7 @@ func (p *pod) install(extra ...string) result {
 	if r.code != 0 {
 		p.t.Fatalf("install failed:\n%s", r)
 	}
+	p.ex.installed, p.ex.args = true, extra
 	return r
 }
 
@@ -298,6 +302,7 @@ func (p *pod) uninstall() result {
 	if r.code != 0 {
 		p.t.Fatalf("uninstall failed:\n%s", r)
 	}
+	p.ex.installed = false
 	return r
 }
 
@@ -392,6 +397,9 @@ func (p *pod) expect(n *lab.NetNS, why string, o lab.DialOptions, want string) {
 	if o.From.IsValid() && got.Peer.Addr() != o.From {
 		p.t.Errorf("%s: %s: %s saw peer %s, want source %s (%s)", why, o, want, got.Peer, o.From, got)
 	}
+	if n == p.lab.Pod || n == p.lab.Remote {
+		p.explainConn(why, n == p.lab.Remote, "tcp", o.To, o.From, o.Cred, want)
+	}
 }
 
 // refused dials o.To from n and expects the connection to be refused.
@@ -434,6 +442,7 @@ func (p *pod) query(why string, o lab.QueryOptions, want string) {
 	if want != dnsProxy && got.Local != o.To {
 		p.t.Errorf("%s: %s: %s received the query at %s, want %s untouched (%s)", why, o, want, got.Local, o.To, got)
 	}
+	p.explainConn(why, false, "udp", o.To, o.From, o.Cred, want)
 }
 
 // The text of the namespace's firewall and routing state.

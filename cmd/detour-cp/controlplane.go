@@ -12,8 +12,6 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"k8s.io/client-go/kubernetes"
-
 	"github.com/detour-mesh/detour/controlplane"
 	"github.com/detour-mesh/detour/internal/meshconfig"
 )
@@ -94,6 +92,7 @@ docs/control-plane.md and docs/mesh.md describe the layout and the mesh file.`,
 	o.inject.bind(f)
 	addControlPlaneLogFlags(cmd, &o.logLevel, &o.logFormat)
 	cmd.AddCommand(newControlPlaneResourcesCmd(s))
+	cmd.AddCommand(newControlPlaneRouteCmd(s))
 	return cmd
 }
 
@@ -164,14 +163,13 @@ func runControlPlane(ctx context.Context, o *controlPlaneOptions, s streams) (er
 		if o.config != "" {
 			return usageError("--config is for --source file; --source kubernetes reads the API")
 		}
-		var client kubernetes.Interface
 		var mesh meshconfig.Config
-		src, client, mesh, err = newKubernetesSource(o, log)
+		src, mesh, err = newKubernetesSource(o, log)
 		if err != nil {
 			return err
 		}
 		if o.inject.enabled {
-			inj, err := newInjectionServer(ctx, o, client, mesh, log)
+			inj, err := newInjectionServer(ctx, o, mesh, log)
 			if err != nil {
 				return err
 			}

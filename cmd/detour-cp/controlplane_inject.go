@@ -2,13 +2,14 @@ package main
 
 import (
 	"context"
+	"errors"
 	"log/slog"
 	"time"
 
 	"github.com/spf13/pflag"
 	admissionregistrationv1 "k8s.io/api/admissionregistration/v1"
-	"k8s.io/client-go/kubernetes"
 
+	"github.com/detour-mesh/detour/controlplane/kube"
 	"github.com/detour-mesh/detour/inject/webhook"
 	"github.com/detour-mesh/detour/internal/meshconfig"
 )
@@ -37,7 +38,7 @@ func (f *injectionFlags) bind(fs *pflag.FlagSet) {
 }
 
 // newInjectionServer checks the --inject* flags and builds the webhook.
-func newInjectionServer(ctx context.Context, o *controlPlaneOptions, client kubernetes.Interface, mesh meshconfig.Config, log *slog.Logger) (*webhook.Server, error) {
+func newInjectionServer(ctx context.Context, o *controlPlaneOptions, mesh meshconfig.Config, log *slog.Logger) (*webhook.Server, error) {
 	f := o.inject
 	if (f.cert == "") != (f.key == "") {
 		return nil, usageError("--inject-cert and --inject-key go together")
@@ -57,7 +58,7 @@ func newInjectionServer(ctx context.Context, o *controlPlaneOptions, client kube
 		return nil, usageError("--inject-failure-policy: %v", err)
 	}
 	s, err := webhook.New(ctx, webhook.Options{
-		Client:        client,
+		Kubeconfig:    o.kubeconfig,
 		Mesh:          mesh,
 		Bootstrap:     webhook.Bootstrap,
 		Address:       f.address,
@@ -68,6 +69,9 @@ func newInjectionServer(ctx context.Context, o *controlPlaneOptions, client kube
 		Configuration: co,
 		Log:           log.With("component", "injector"),
 	})
+	if errors.Is(err, kube.ErrKubeconfig) {
+		return nil, withCode(exitUsage, err)
+	}
 	if err != nil {
 		return nil, err
 	}

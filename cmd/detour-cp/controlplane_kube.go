@@ -6,8 +6,6 @@ import (
 	"log/slog"
 	"os"
 
-	"k8s.io/client-go/kubernetes"
-
 	"github.com/detour-mesh/detour/controlplane"
 	"github.com/detour-mesh/detour/controlplane/kube"
 	"github.com/detour-mesh/detour/internal/meshconfig"
@@ -15,51 +13,50 @@ import (
 )
 
 // newKubernetesSource builds the Kubernetes source of `detour-cp control-plane`,
-// and returns the client and mesh config it was built with (the injection
-// webhook uses both).
-func newKubernetesSource(o *controlPlaneOptions, log *slog.Logger) (controlplane.Source, kubernetes.Interface, meshconfig.Config, error) {
+// and returns the mesh config it was built with (the injection webhook's).
+func newKubernetesSource(o *controlPlaneOptions, log *slog.Logger) (controlplane.Source, meshconfig.Config, error) {
 	mesh := meshconfig.Default()
 	base := redirect.Default()
 	if o.meshConfig != "" {
 		if o.preset != "" || o.baseConfig != "" {
-			return nil, nil, mesh, usageError("--mesh-config holds the preset and base config; do not combine it with --preset or --base-config")
+			return nil, mesh, usageError("--mesh-config holds the preset and base config; do not combine it with --preset or --base-config")
 		}
 		var err error
 		if mesh, err = meshconfig.Load(o.meshConfig); err != nil {
-			return nil, nil, mesh, withCode(exitUsage, err)
+			return nil, mesh, withCode(exitUsage, err)
 		}
 		base = mesh.Base()
 	}
 	if o.preset != "" {
 		p, err := redirect.Preset(o.preset)
 		if err != nil {
-			return nil, nil, mesh, err
+			return nil, mesh, err
 		}
 		base = p
 	}
 	if o.baseConfig != "" {
 		doc, err := os.ReadFile(o.baseConfig)
 		if err != nil {
-			return nil, nil, mesh, withCode(exitUsage, fmt.Errorf("read --base-config: %w", err))
+			return nil, mesh, withCode(exitUsage, fmt.Errorf("read --base-config: %w", err))
 		}
 		if err := base.Decode(doc); err != nil {
-			return nil, nil, mesh, fmt.Errorf("--base-config %s: %w", o.baseConfig, err)
+			return nil, mesh, fmt.Errorf("--base-config %s: %w", o.baseConfig, err)
 		}
 	}
 	dns := controlplane.DNS{Suffix: o.dnsSuffix}
 	for _, u := range o.dnsUpstreams {
 		ap, err := controlplane.ParseDNSUpstream(u)
 		if err != nil {
-			return nil, nil, mesh, usageError("--dns-upstream %q %s", u, err)
+			return nil, mesh, usageError("--dns-upstream %q %s", u, err)
 		}
 		dns.Upstreams = append(dns.Upstreams, ap)
 	}
 	client, err := kube.NewClient(o.kubeconfig)
 	if errors.Is(err, kube.ErrKubeconfig) {
-		return nil, nil, mesh, withCode(exitUsage, err)
+		return nil, mesh, withCode(exitUsage, err)
 	}
 	if err != nil {
-		return nil, nil, mesh, err
+		return nil, mesh, err
 	}
 	src, err := kube.New(kube.Options{
 		Client:         client,
@@ -69,5 +66,5 @@ func newKubernetesSource(o *controlPlaneOptions, log *slog.Logger) (controlplane
 		DNS:            dns,
 		Logger:         log,
 	})
-	return src, client, mesh, err
+	return src, mesh, err
 }

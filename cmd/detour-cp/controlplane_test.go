@@ -130,6 +130,9 @@ func TestBootstrapGolden(t *testing.T) {
 		{"mesh-workload", []string{"--node-id", "app", "--control-plane", "127.0.0.1:18000", "--mesh", "../../examples/mesh.yaml"}},
 		{"delta-istio-mtls", []string{"--node-id", "web-1", "--control-plane", "detour.mesh.svc:18000", "--delta", "--preset", "istio",
 			"--ca", "/etc/detour/ca.pem", "--tls-cert", "/etc/detour/web-1.pem", "--tls-key", "/etc/detour/web-1-key.pem"}},
+		// DNS capture is served (a DNS listener over LDS): the bootstrap is
+		// made as for any other config.
+		{"dns-capture", []string{"--node-id", "app", "--control-plane", "127.0.0.1:18000", "--config", "testdata/dns-capture.yaml"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -40,6 +40,10 @@ func TestUsageErrorsExit2(t *testing.T) {
 		{"bad output", []string{"status", "-o", "yaml"}, `--output: "yaml" is not one of text, json`},
 		{"extra argument", []string{"install", "now"}, `unknown command "now"`},
 		{"bad timeout", []string{"validate", "--timeout", "0s"}, `--timeout`},
+		{"empty netns", []string{"install", "--netns", ""}, `"--netns" flag: an empty value names no network namespace`},
+		{"empty netns, = form", []string{"uninstall", "--netns="}, `"--netns" flag: an empty value`},
+		{"negative lock wait", []string{"install", "--lock-wait", "-1s"}, `"--lock-wait" flag: a wait cannot be negative`},
+		{"empty list element", []string{"plan", "--exclude-outbound-ports", "80,,90"}, `outbound.excludePorts: "80,,90" has an empty list element`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -29,6 +29,7 @@ type cniOptions struct {
 	excludeNamespaces []string
 	preset            string
 	configFile        string
+	meshConfig        string
 	apiServer         string
 	tokenFile         string
 	caFile            string
@@ -38,6 +39,7 @@ type cniOptions struct {
 	pluginTokenLife   time.Duration
 	pollInterval      time.Duration
 	cleanupOnExit     bool
+	daemonSet         string
 	once              bool
 }
 
@@ -80,6 +82,7 @@ notification or --poll-interval. On SIGTERM it exits leaving everything in place
 	f.StringSliceVar(&o.excludeNamespaces, "exclude-namespaces", []string{"kube-system"}, "namespaces whose pods the plugin never redirects")
 	f.StringVar(&o.preset, "preset", "", "the preset every pod's config starts from: "+strings.Join(redirect.Presets, ", ")+" (empty: the defaults)")
 	f.StringVar(&o.configFile, "config", "", "a YAML or JSON config document applied on top of --preset for every pod, before its annotations")
+	f.StringVar(&o.meshConfig, "mesh-config", "", "the mesh-wide config document (ConfigMap detour-config, docs/injection.md): its base redirect config, instead of --preset/--config")
 	f.StringVar(&o.apiServer, "api-server", defaultAPIServer(), "the API server URL the plugin uses (default from KUBERNETES_SERVICE_HOST and KUBERNETES_SERVICE_PORT)")
 	f.StringVar(&o.tokenFile, "token-file", install.DefaultTokenFile, "the service account token")
 	f.StringVar(&o.caFile, "ca-file", install.DefaultCAFile, "the service account CA certificate")
@@ -88,7 +91,8 @@ notification or --poll-interval. On SIGTERM it exits leaving everything in place
 	f.StringVar(&o.pluginTokenFile, "plugin-token-file", "", "where the plugin's token is written (default: next to --kubeconfig-file, "+install.DefaultTokenName+")")
 	f.DurationVar(&o.pluginTokenLife, "plugin-token-lifetime", install.DefaultPluginTokenLifetime, "the lifetime asked for the plugin's token; it is renewed at half of it")
 	f.DurationVar(&o.pollInterval, "poll-interval", install.DefaultPollInterval, "the longest a change goes unrepaired when no file notification arrives")
-	f.BoolVar(&o.cleanupOnExit, "cleanup-on-exit", false, "uninstall when the process gets SIGTERM or SIGINT")
+	f.BoolVar(&o.cleanupOnExit, "cleanup-on-exit", false, "uninstall when the process gets SIGTERM or SIGINT (with --daemonset: only when that DaemonSet is deleted)")
+	f.StringVar(&o.daemonSet, "daemonset", "", "with --cleanup-on-exit: this pod's DaemonSet (namespace/name); on SIGTERM uninstall only when it is gone, and leave everything to the next pod on a rolling update")
 	f.BoolVar(&o.once, "once", false, "install once and exit instead of watching")
 	return cmd
 }
@@ -166,6 +170,7 @@ func (o *cniOptions) installerOptions(logger *slog.Logger) install.Options {
 		LogLevel:             o.logLevel,
 		Preset:               o.preset,
 		ConfigFile:           o.configFile,
+		MeshConfigFile:       o.meshConfig,
 		ExcludeNamespaces:    o.excludeNamespaces,
 		Server:               o.apiServer,
 		TokenFile:            o.tokenFile,

@@ -21,6 +21,15 @@ type configOptions struct {
 	values  map[string]*string // field path → flag value, for every redirect.Field
 	flags   *pflag.FlagSet
 	environ func(string) (string, bool) // os.LookupEnv; tests pass a map lookup
+	// noFlag names fields that get no flag of their own, because the command
+	// uses the name for something else (explain's --inbound); files and
+	// environment still set them.
+	noFlag map[string]bool
+}
+
+// flagSet reports whether the flag of field f was given.
+func (o *configOptions) flagSet(f redirect.Field) bool {
+	return o.values[f.Path] != nil && o.flags.Changed(f.Name)
 }
 
 // bindConfigFlags adds --preset, --config and one flag per redirect.Field.
@@ -31,6 +40,9 @@ func bindConfigFlags(fs *pflag.FlagSet, o *configOptions) {
 	o.flags = fs
 	d := redirect.Default()
 	for _, f := range redirect.Fields() {
+		if o.noFlag[f.Name] {
+			continue
+		}
 		v := new(string)
 		o.values[f.Path] = v
 		usage := fmt.Sprintf("%s (%s, env %s)", f.Usage, f.Path, f.EnvName())
@@ -97,7 +109,7 @@ func (o *configOptions) load(stdin io.Reader) (redirect.Config, error) {
 		}
 	}
 	for _, f := range redirect.Fields() {
-		if o.flags.Changed(f.Name) {
+		if o.flagSet(f) {
 			continue
 		}
 		if v, ok := lookup(f.EnvName()); ok {
@@ -107,7 +119,7 @@ func (o *configOptions) load(stdin io.Reader) (redirect.Config, error) {
 		}
 	}
 	for _, f := range redirect.Fields() {
-		if !o.flags.Changed(f.Name) {
+		if !o.flagSet(f) {
 			continue
 		}
 		if err := cfg.Set(f.Path, *o.values[f.Path]); err != nil {

@@ -14,8 +14,8 @@ const (
 	exitFailure  = 1 // runtime failure: the host was restored to how it was, or left as the message says
 	exitUsage    = 2 // invalid input or usage: nothing on the host changed
 	exitDrift    = 3 // check: installed rules differ from the plan
-	exitAbsent   = 4 // check: nothing is installed
-	exitNotValid = 5 // validate: connections are not redirected as planned
+	exitAbsent   = 4 // check, explain: nothing is installed
+	exitNotValid = 5 // validate, explain --live: connections are not redirected as planned
 )
 
 // exitError carries an exit code other than the default for its error.

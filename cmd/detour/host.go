@@ -12,6 +12,7 @@ import (
 
 	"github.com/detour-mesh/detour/internal/netns"
 	"github.com/detour-mesh/detour/redirect"
+	"github.com/detour-mesh/detour/redirect/backends"
 )
 
 // globalOptions are the flags every command shares.
@@ -22,7 +23,7 @@ type globalOptions struct {
 
 // engine returns the redirect engine for the namespace at nsPath ("" = ours).
 func (g *globalOptions) engine(nsPath string, stderr io.Writer) *redirect.Engine {
-	return &redirect.Engine{Logger: g.logger(stderr), NetNS: nsPath, LockWait: g.lockWait}
+	return backends.Engine(nsPath, backends.Options{LockWait: g.lockWait, Logger: g.logger(stderr)})
 }
 
 // logger returns the logger the commands hand to packages: debug lines on
@@ -36,7 +37,59 @@ func (g *globalOptions) logger(stderr io.Writer) *slog.Logger {
 }
 
 func bindNetNSFlag(fs *pflag.FlagSet, netns *string) {
-	fs.StringVar(netns, "netns", "", "act inside this network namespace: a name from `ip netns` or a path such as /proc/PID/ns/net")
+	fs.Var(netnsFlag{netns}, "netns", "act inside this network namespace: a name from `ip netns` or a path such as /proc/PID/ns/net")
+}
+
+// netnsFlag is --netns. An empty value is refused (exit 2): it is what
+// --netns "$NS" gives when NS is unset, and taking it as "the current
+// namespace" would change the host itself. Leaving the flag out is the way to
+// act in the current namespace.
+type netnsFlag struct{ p *string }
+
+func (f netnsFlag) String() string {
+	if f.p == nil {
+		return ""
+	}
+	return *f.p
+}
+
+func (f netnsFlag) Set(v string) error {
+	if v == "" {
+		return errors.New("an empty value names no network namespace (leave --netns out to act in the current one)")
+	}
+	*f.p = v
+	return nil
+}
+
+func (netnsFlag) Type() string { return "string" }
+
+// lockWaitFlag is --lock-wait: a Go duration, never negative.
+type lockWaitFlag struct{ p *time.Duration }
+
+func (f lockWaitFlag) String() string {
+	if f.p == nil {
+		return ""
+	}
+	return f.p.String()
+}
+
+func (f lockWaitFlag) Set(v string) error {
+	d, err := time.ParseDuration(v)
+	if err != nil {
+		return errors.New("not a duration such as 10s or 500ms")
+	}
+	if d < 0 {
+		return errors.New("a wait cannot be negative")
+	}
+	*f.p = d
+	return nil
+}
+
+func (lockWaitFlag) Type() string { return "duration" }
+
+func bindLockWaitFlag(fs *pflag.FlagSet, p *time.Duration) {
+	*p = 10 * time.Second
+	fs.Var(lockWaitFlag{p}, "lock-wait", "how long to wait for detour's per-namespace lock and for the xtables lock (each) before failing with nothing applied")
 }
 
 // netnsPath turns --netns into a path: a bare name is looked up under

@@ -57,7 +57,7 @@ func runInstall(ctx context.Context, o *installOptions, g *globalOptions, s stre
 	}
 	plan := p.plan
 	if o.dryRun {
-		return printPlan(s, plan, o.output)
+		return printPlan(s, p.eng, plan, o.output)
 	}
 	res, err := p.eng.Install(ctx, plan)
 	if err != nil {

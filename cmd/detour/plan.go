@@ -22,8 +22,12 @@ func newPlanCmd(s streams, g *globalOptions) *cobra.Command {
 		Use:   "plan [flags]",
 		Short: "Print the rules install would apply, changing nothing (no root needed)",
 		Long: `Plan prints, per IP family, the rules install would apply for the configuration,
-in iptables-save form. It needs neither root nor iptables. Whether IPv6 is planned
-under ipFamilies auto follows the namespace plan runs in (or --netns).`,
+in the form of the backend the configuration asks for (iptables-restore input for
+the iptables backends). With backend auto, which needs a look at the namespace to
+decide, it prints the backend auto picks in a namespace that holds no rules of
+any tool (the first backend of this build: iptables, the host's default variant).
+It needs neither root nor iptables. Whether IPv6 is planned under ipFamilies auto
+follows the namespace plan runs in (or --netns).`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			o.in.fromEnv()
@@ -46,7 +50,7 @@ func runPlan(ctx context.Context, o *planOptions, g *globalOptions, s streams) e
 	if len(p.sshPorts) > 0 {
 		fmt.Fprintf(s.err, "detour: %s excluded from inbound capture: SSH (--capture-ssh captures it)\n", joinPorts(p.sshPorts))
 	}
-	return printPlan(s, p.plan, o.output)
+	return printPlan(s, p.eng, p.plan, o.output)
 }
 
 // planInput is what plan, check, validate and install share: the configuration
@@ -100,10 +104,21 @@ func (in *planInput) load(ctx context.Context, g *globalOptions, s streams) (pla
 	return planned{plan: plan, eng: eng, nsPath: nsPath, sshPorts: ssh}, nil
 }
 
-func printPlan(s streams, p redirect.Plan, output string) error {
-	if output == "json" {
-		return writeJSON(s, p)
+// planOutput is `detour plan -o json`: the backend-neutral plan and its
+// rendering in the backend the config asks for.
+type planOutput struct {
+	redirect.Plan
+	Rendering redirect.Rendering `json:"rendering"`
+}
+
+func printPlan(s streams, eng *redirect.Engine, p redirect.Plan, output string) error {
+	r, err := eng.Render(p)
+	if err != nil {
+		return err
 	}
-	_, err := fmt.Fprint(s.out, p.String())
+	if output == "json" {
+		return writeJSON(s, planOutput{Plan: p, Rendering: r})
+	}
+	_, err = fmt.Fprint(s.out, p.Format(r))
 	return err
 }

@@ -4,7 +4,6 @@ import (
 	"errors"
 	"fmt"
 	"strings"
-	"time"
 
 	"github.com/spf13/cobra"
 )
@@ -22,7 +21,7 @@ run it.`,
 	}
 	g := &globalOptions{}
 	root.PersistentFlags().BoolVarP(&g.verbose, "verbose", "v", false, "log what detour does (debug lines on stderr)")
-	root.PersistentFlags().DurationVar(&g.lockWait, "lock-wait", 10*time.Second, "how long to wait for detour's per-namespace lock and for the xtables lock (each) before failing with nothing applied")
+	bindLockWaitFlag(root.PersistentFlags(), &g.lockWait)
 	root.SetFlagErrorFunc(func(c *cobra.Command, err error) error {
 		return &flagError{err}
 	})
@@ -33,6 +32,7 @@ run it.`,
 		newCheckCmd(s, g),
 		newStatusCmd(s, g),
 		newValidateCmd(s, g),
+		newExplainCmd(s, g, d),
 		newVersionCmd(s),
 		newCNICmd(s),
 	)

@@ -120,8 +120,8 @@ var (
 // switches to; otherwise the user validate runs as, which must be captured.
 func planProbes(plan redirect.Plan, self runner) ([]probe, error) {
 	var out []probe
-	for _, f := range plan.Families {
-		if p, ok := probeFor(plan.Config, f.Family, self); ok {
+	for _, f := range plan.Families() {
+		if p, ok := probeFor(plan.Config, f, self); ok {
 			out = append(out, p)
 		}
 	}

@@ -15,9 +15,18 @@
 // binary named detour-cni, the kubeconfig at its configured path — and Remove and
 // Uninstall take away exactly that. Every step is safe to repeat.
 //
-// Privileges: write access to the CNI bin and conf directories (in a DaemonSet,
-// hostPath mounts) and read access to the service account files. No network
-// access and no capabilities beyond file permissions.
+// With Options.PluginServiceAccount the plugin gets an identity of its own: the
+// installer requests a token of that service account (TokenRequest, bound to
+// the node), writes it next to the kubeconfig, which names it as tokenFile, and
+// renews it at half its life; with Options.DaemonSet a SIGTERM uninstalls only
+// when the DaemonSet is gone, so a replaced installer pod hands the node over
+// without a gap. Ready says whether a pod created now goes through the plugin.
 //
-// This package must not import cmd/..., controlplane or bpf.
+// Privileges: write access to the CNI bin and conf directories (in a DaemonSet,
+// hostPath mounts) and read access to the service account files. Network
+// access to the API server only for the plugin token and the DaemonSet check
+// (internal/kubeapi). No capabilities beyond file permissions.
+//
+// This package must not import cmd/..., controlplane or bpf, nor client-go or
+// the Kubernetes API types (it is part of the lean install path).
 package install

@@ -20,6 +20,7 @@ import (
 	"sigs.k8s.io/yaml"
 
 	"github.com/detour-mesh/detour/internal/atomicfile"
+	"github.com/detour-mesh/detour/internal/meshconfig"
 	"github.com/detour-mesh/detour/redirect"
 )
 
@@ -84,6 +85,12 @@ type Options struct {
 	// annotations. The document is embedded into the entry as JSON; it is read
 	// again on every Install, so a changed file reaches the entry.
 	Preset, ConfigFile string
+	// MeshConfigFile, instead of Preset and ConfigFile, is the mesh-wide
+	// config document (internal/meshconfig: the ConfigMap detour-config that
+	// the control plane and the injector read too); its base redirect config
+	// is embedded as the entry's config and, like ConfigFile, read again on
+	// every Install.
+	MeshConfigFile string
 	// Server is the API server URL the plugin talks to (https://host:port). Required.
 	Server string
 	// TokenFile and CAFile are the service account's token and CA
@@ -110,6 +117,14 @@ type Options struct {
 	PollInterval time.Duration
 	// CleanupOnExit makes Run uninstall when its context ends (on SIGTERM).
 	CleanupOnExit bool
+	// DaemonSet ("namespace/name"), with CleanupOnExit, limits the cleanup to
+	// the DaemonSet's removal: when its context ends, Run reads the DaemonSet
+	// (with the installer's token) and uninstalls only when it is gone or being
+	// deleted. A pod that is only replaced (rolling update, eviction) leaves the
+	// installation to the next pod, so pods keep being meshed in between. When
+	// the API cannot tell, the installation stays (pods fail closed rather than
+	// start unmeshed once its token expires).
+	DaemonSet string
 	// Logger receives one line per change and per failed repair (nil: discard).
 	Logger *slog.Logger
 
@@ -198,6 +213,12 @@ func (o Options) Validate() error {
 	if o.PollInterval < 0 {
 		return &OptionError{"poll-interval", o.PollInterval.String(), "is negative"}
 	}
+	if o.DaemonSet != "" {
+		ns, name, ok := strings.Cut(o.DaemonSet, "/")
+		if !ok || !isDNSLabel(ns) || name == "" || strings.Contains(name, "/") {
+			return &OptionError{"daemonset", o.DaemonSet, "is not namespace/name"}
+		}
+	}
 	if o.PluginServiceAccount != "" {
 		ns, name, ok := strings.Cut(o.PluginServiceAccount, "/")
 		if !ok || !isDNSLabel(ns) || name == "" || strings.Contains(name, "/") {
@@ -220,6 +241,20 @@ func (o Options) Validate() error {
 // one), after checking that the preset and the document make a valid
 // redirect.Config, as the plugin will.
 func (o Options) baseConfig() (json.RawMessage, error) {
+	if o.MeshConfigFile != "" {
+		if o.Preset != "" || o.ConfigFile != "" {
+			return nil, &OptionError{"mesh-config", o.MeshConfigFile, "holds the preset and config: do not combine it with --preset or --config"}
+		}
+		mc, err := meshconfig.Load(o.MeshConfigFile)
+		if err != nil {
+			return nil, &OptionError{"mesh-config", o.MeshConfigFile, "is not a valid mesh config: " + err.Error()}
+		}
+		doc, err := mc.RedirectDocument()
+		if err != nil {
+			return nil, &OptionError{"mesh-config", o.MeshConfigFile, err.Error()}
+		}
+		return doc, nil
+	}
 	base := redirect.Default()
 	if o.Preset != "" {
 		p, err := redirect.Preset(o.Preset)
@@ -583,6 +618,9 @@ func (in *Installer) Run(ctx context.Context) error {
 			// ctx is over: give the cleanup its own bounded time.
 			cctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 			defer cancel()
+			if in.o.DaemonSet != "" && !in.daemonSetGone(cctx) {
+				return nil
+			}
 			_, err := in.Uninstall(cctx)
 			return err
 		case name := <-events:

@@ -341,6 +341,16 @@ func TestOptionsValidate(t *testing.T) {
 		{"unknown preset", func(o *Options) { o.Preset = "linkerd" }, "preset"},
 		{"missing config file", func(o *Options) { o.ConfigFile = filepath.Join(n.root, "nope.yaml") }, "config"},
 		{"invalid config", func(o *Options) { o.ConfigFile = n.badConfig }, "config"},
+		{"plugin service account without namespace", func(o *Options) { o.PluginServiceAccount = "detour-cni-plugin" }, "plugin-service-account"},
+		{"plugin token named like a conflist", func(o *Options) {
+			o.PluginServiceAccount = "detour-system/p"
+			o.PluginTokenFile = filepath.Join(n.conf, "token.json")
+		}, "plugin-token-file"},
+		{"plugin token too short", func(o *Options) {
+			o.PluginServiceAccount = "detour-system/p"
+			o.PluginTokenLifetime = time.Minute
+		}, "plugin-token-lifetime"},
+		{"daemonset without namespace", func(o *Options) { o.DaemonSet = "detour-cni-node" }, "daemonset"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

@@ -120,3 +120,40 @@ func tokenClaims(token string) (claims, bool) {
 	}
 	return claims{Sub: raw.Sub, Iat: iat, Exp: exp, Node: raw.Kube.Node.Name}, true
 }
+
+// daemonSetGone reports whether the installer's DaemonSet is deleted or being
+// deleted, reading it with the installer's own token. Any other answer, or
+// none, counts as "still there": the installation stays for the next pod.
+func (in *Installer) daemonSetGone(ctx context.Context) bool {
+	ns, name, _ := strings.Cut(in.o.DaemonSet, "/")
+	log := in.o.Logger.With("daemonset", in.o.DaemonSet)
+	ca, err := os.ReadFile(in.o.CAFile)
+	if err != nil {
+		log.Error("cannot tell whether the DaemonSet is deleted; leaving the installation in place", "error", err)
+		return false
+	}
+	client, err := kubeapi.New(kubeapi.Config{Server: in.o.Server, CA: ca, TokenFile: in.o.TokenFile}, kubeapi.Options{UserAgent: "detour-cni-install", Timeout: 10 * time.Second})
+	if err != nil {
+		log.Error("cannot tell whether the DaemonSet is deleted; leaving the installation in place", "error", err)
+		return false
+	}
+	var ds struct {
+		Metadata struct {
+			DeletionTimestamp *string `json:"deletionTimestamp"`
+		} `json:"metadata"`
+	}
+	err = client.Get(ctx, "/apis/apps/v1/namespaces/"+ns+"/daemonsets/"+name, &ds)
+	switch {
+	case kubeapi.Code(err) == 404:
+		log.Info("the DaemonSet is deleted; uninstalling")
+		return true
+	case err != nil:
+		log.Error("cannot tell whether the DaemonSet is deleted; leaving the installation in place", "error", err)
+		return false
+	case ds.Metadata.DeletionTimestamp != nil:
+		log.Info("the DaemonSet is being deleted; uninstalling")
+		return true
+	}
+	log.Info("the DaemonSet remains: leaving the installation to the next pod")
+	return false
+}

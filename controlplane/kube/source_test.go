@@ -298,6 +298,19 @@ func TestSourceBuildsMeshFromTheAPI(t *testing.T) {
 	if !ok {
 		t.Fatalf("no service backend.shop in %+v", m.Services)
 	}
+	// The pod that captures DNS gets a DNS listener answering the services
+	// as <name>.<namespace>.mesh.
+	dnsRes, err := m.Resources("dns-1.shop")
+	if err != nil {
+		t.Fatalf("resources of dns-1.shop: %v", err)
+	}
+	dnsYAML, err := dnsRes.YAML()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(string(dnsYAML), "name: "+controlplane.ListenerDNS+"\n") || !strings.Contains(string(dnsYAML), "name: backend.shop.mesh\n") {
+		t.Errorf("dns-1.shop has no DNS listener answering backend.shop.mesh:\n%s", dnsYAML)
+	}
 	wantSvc := controlplane.Service{
 		Name:       "backend.shop",
 		VirtualIPs: []netip.Addr{netip.MustParseAddr("10.0.0.80")},

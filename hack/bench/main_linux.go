@@ -29,6 +29,7 @@ func main() {
 	detour := flag.String("detour", "bin/detour", "the detour binary to measure")
 	detourCP := flag.String("detour-cp", "", "the detour-cp binary whose start-up is measured (default: next to --detour)")
 	detourCNI := flag.String("detour-cni", "", "the detour-cni binary whose start-up is measured (default: next to --detour)")
+	floor := flag.String("floor", "", "a static Go binary that does nothing (hack/bench/floor), measured as the machine's floor (empty: skipped)")
 	runs := flag.Int("runs", 25, "runs per step (the median is reported)")
 	startupRuns := flag.Int("startup-runs", 100, "runs per start-up command")
 	startupOnly := flag.Bool("startup-only", false, "measure start-up only (needs no root)")
@@ -47,6 +48,9 @@ func main() {
 		{name: "detour version", bin: *detour, args: []string{"version"}},
 		{name: "detour-cni (CNI_COMMAND=VERSION)", bin: *detourCNI, env: []string{"CNI_COMMAND=VERSION"}},
 		{name: "detour-cp version", bin: *detourCP, args: []string{"version"}},
+	}
+	if *floor != "" {
+		startup = append(startup, startupCmd{name: "floor: Go binary doing nothing", bin: *floor})
 	}
 	if err := measureStartup(ctx, startup, *startupRuns); err != nil {
 		fmt.Fprintln(os.Stderr, "bench:", err)

@@ -10,5 +10,7 @@
 // namespace selectors and match conditions route requests to a path that
 // already says why the pod is asked about, so an admission needs no API call.
 //
-// It must not import cmd/..., cni or bpf.
+// With controlplane/kube, it is the only package that imports client-go
+// (for its own MutatingWebhookConfiguration); commands hand it a kubeconfig
+// path, not a client. It must not import cmd/..., cni or bpf.
 package webhook

@@ -14,6 +14,7 @@ import (
 
 	"k8s.io/client-go/kubernetes"
 
+	"github.com/detour-mesh/detour/controlplane/kube"
 	"github.com/detour-mesh/detour/inject"
 	"github.com/detour-mesh/detour/internal/meshconfig"
 )
@@ -31,8 +32,11 @@ const (
 
 // Options configure a Server. The zero value of each field is its default.
 type Options struct {
-	// Client talks to the API server (the configuration, /version); required.
-	Client kubernetes.Interface
+	// Client talks to the API server (the configuration, /version); when nil,
+	// one is built from Kubeconfig ("" = in-cluster, then $KUBECONFIG), as the
+	// control plane's Kubernetes source builds its own.
+	Client     kubernetes.Interface
+	Kubeconfig string
 	// Mesh is the mesh-wide configuration; zero = meshconfig.Default().
 	Mesh meshconfig.Config
 	// Bootstrap renders the sidecar's bootstrap; required.
@@ -76,8 +80,15 @@ type Server struct {
 // New checks o, reads the API server's version (to choose native or classic
 // sidecars when the mesh config says auto), and prepares the certificate.
 func New(ctx context.Context, o Options) (*Server, error) {
-	if o.Client == nil || o.Bootstrap == nil {
-		return nil, errors.New("webhook: Options.Client and Options.Bootstrap are required")
+	if o.Bootstrap == nil {
+		return nil, errors.New("webhook: Options.Bootstrap is required")
+	}
+	if o.Client == nil {
+		c, err := kube.NewClient(o.Kubeconfig)
+		if err != nil {
+			return nil, err
+		}
+		o.Client = c
 	}
 	if err := o.Configuration.Validate(); err != nil {
 		return nil, err

@@ -39,12 +39,18 @@ var rules = []rule{
 	{pkg: "cmd/detour-cni", forbidden: heavy, why: "the CNI plugin starts in milliseconds: no Kubernetes client, Envoy protos, gRPC or control plane"},
 	{pkg: "cni/...", forbidden: append([]string{module + "/cmd", module + "/bpf"}, heavy...), why: "must not import cmd/..., controlplane or bpf (and it runs in every ADD)"},
 	{pkg: "redirect/...", forbidden: []string{module + "/cmd", module + "/cni", module + "/controlplane", module + "/bpf"}, why: "must not import cmd/..., cni, controlplane or bpf"},
+	{pkg: "redirect", forbidden: []string{module + "/redirect/iptables", module + "/redirect/nftables", module + "/redirect/backends"}, why: "the orchestration must not import any Driver package (redirect/iptables, redirect/nftables, redirect/backends)"},
+	{pkg: "redirect/iptables", forbidden: []string{module + "/redirect/nftables", module + "/redirect/backends"}, why: "a backend must not import another backend"},
 	{pkg: "controlplane/...", forbidden: []string{module + "/cmd", module + "/cni", module + "/bpf"}, why: "must not import cmd/..., cni or bpf"},
 	{pkg: "internal/systemd", forbidden: []string{module + "/cmd", module + "/cni", module + "/controlplane"}, why: "must not import cmd/..., cni or controlplane"},
 	{pkg: "internal/atomicfile", forbidden: []string{module}, why: "must not import other detour packages"},
 	{pkg: "internal/origdst", forbidden: []string{module}, why: "must not import other detour packages"},
+	{pkg: "internal/xtables", forbidden: []string{module}, why: "must not import other detour packages"},
 	{pkg: "internal/netns", forbidden: []string{module}, allow: []string{module + "/internal"}, why: "must not import anything of detour outside internal/"},
 	{pkg: "internal/lab", forbidden: []string{module + "/redirect"}, why: "must not import the redirect engine: it is the independent witness"},
+	{pkg: "internal/meshconfig", forbidden: append([]string{module + "/cmd", "github.com/cilium/ebpf"}, heavy...), why: "the lean binaries link it: must not import client-go, go-control-plane or cilium/ebpf"},
+	{pkg: "inject", forbidden: []string{"k8s.io/client-go", "github.com/envoyproxy", "google.golang.org/grpc", module + "/controlplane", module + "/cmd"}, why: "pure mutation: must not import client-go, go-control-plane (the bootstrap comes from a function) or cmd/..."},
+	{pkg: "inject/webhook", forbidden: []string{module + "/cmd", module + "/cni", module + "/bpf"}, why: "must not import cmd/..., cni or bpf"},
 	{pkg: "internal/kubeapi", forbidden: []string{"k8s.io/client-go", "k8s.io/api", "k8s.io/apimachinery", module + "/cmd"}, why: "must not import client-go, k8s.io/api, k8s.io/apimachinery or cmd/..."},
 }
 
@@ -56,7 +62,7 @@ var onlyImporters = []struct {
 }{
 	{"github.com/envoyproxy/go-control-plane", []string{"controlplane/..."}},
 	{"google.golang.org/grpc", []string{"controlplane/..."}},
-	{"k8s.io/client-go", []string{"controlplane/kube"}},
+	{"k8s.io/client-go", []string{"controlplane/kube", "inject/webhook"}},
 	{"github.com/prometheus/client_golang", []string{"controlplane/..."}},
 }
 

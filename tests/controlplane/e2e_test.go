@@ -290,9 +290,15 @@ func testEndToEnd(t *testing.T, v variant) {
 			if err != nil {
 				t.Fatalf("remote → pod:8000: %v", err)
 			}
-			if appAt := netip.AddrPortFrom(lab.PodAddr(f), 18000); r.Server != srvApp || r.Local != appAt || r.Peer.Addr() != passSource[f] {
-				t.Errorf("remote → pod:8000 answered by %s at %s seeing peer %s, want %s at %s seeing the passthrough source %s",
-					r.Server, r.Local, r.Peer, srvApp, appAt, passSource[f])
+			// The app sees the client as the passthrough source, except in
+			// TPROXY mode, where it sees the client's own address.
+			appPeer := passSource[f]
+			if mode == "tproxy" {
+				appPeer = lab.RemoteLinkAddr(f)
+			}
+			if appAt := netip.AddrPortFrom(lab.PodAddr(f), 18000); r.Server != srvApp || r.Local != appAt || r.Peer.Addr() != appPeer {
+				t.Errorf("remote → pod:8000 answered by %s at %s seeing peer %s, want %s at %s seeing %s",
+					r.Server, r.Local, r.Peer, srvApp, appAt, appPeer)
 			}
 			in := wantRoute(t, proxy.handled(mark), route{Listener: inbound(f), Handler: inbound(f), Chain: controlplane.InboundClusterName(8000),
 				Cluster: controlplane.InboundClusterName(8000), Original: netip.AddrPortFrom(lab.PodAddr(f), 8000),
@@ -311,8 +317,8 @@ func testEndToEnd(t *testing.T, v variant) {
 			if err != nil {
 				t.Fatalf("remote → pod:%d: %v", otherPort, err)
 			}
-			if r.Server != srvOther || r.Peer.Addr() != passSource[f] {
-				t.Errorf("remote → pod:%d answered by %s seeing peer %s, want %s seeing the passthrough source %s", otherPort, r.Server, r.Peer, srvOther, passSource[f])
+			if r.Server != srvOther || r.Peer.Addr() != appPeer {
+				t.Errorf("remote → pod:%d answered by %s seeing peer %s, want %s seeing %s", otherPort, r.Server, r.Peer, srvOther, appPeer)
 			}
 			wantRoute(t, proxy.handled(mark), route{Listener: inbound(f), Handler: inbound(f), Chain: controlplane.ChainPassthrough,
 				Cluster: inboundPassthrough(f), Original: netip.AddrPortFrom(lab.PodAddr(f), otherPort)})

@@ -30,6 +30,8 @@ import (
 	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/router/v3"
 	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/listener/original_dst/v3"
 
+	originalsrcv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/listener/original_src/v3"
+
 	"github.com/detour-mesh/detour/internal/lab"
 	"github.com/detour-mesh/detour/internal/origdst"
 )
@@ -301,6 +303,13 @@ func (p *testProxy) handle(name string, c *net.TCPConn) {
 	if cluster != nil {
 		upstream, source = p.pick(cluster, original)
 	}
+	// original_src (Envoy's listener filter): the upstream connection comes
+	// from the client's own address, transparent and marked, whatever the
+	// cluster's bind config says.
+	mark, originalSrc := originalSrcMark(l)
+	if originalSrc && upstream.IsValid() {
+		source = netip.AddrPortFrom(rt.Peer.Addr(), 0)
+	}
 	rt.Upstream = upstream
 	p.routes = append(p.routes, rt)
 	p.mu.Unlock()
@@ -308,7 +317,7 @@ func (p *testProxy) handle(name string, c *net.TCPConn) {
 	if !upstream.IsValid() {
 		return // no chain, a missing cluster, or a cluster without endpoints: refuse
 	}
-	up, err := p.dial(upstream, source)
+	up, err := p.dial(upstream, source, originalSrc, mark)
 	if err != nil {
 		p.t.Logf("test proxy: %s → %s: %v", name, upstream, err)
 		return
@@ -455,11 +464,42 @@ func (p *testProxy) pick(c *clusterv3.Cluster, original netip.AddrPort) (upstrea
 	return upstream, source
 }
 
-// dial connects as the proxy's user inside the namespace.
-func (p *testProxy) dial(to, from netip.AddrPort) (*net.TCPConn, error) {
+func originalSrcMark(l *listenerv3.Listener) (uint32, bool) {
+	for _, f := range l.GetListenerFilters() {
+		if f.GetName() != "envoy.filters.listener.original_src" {
+			continue
+		}
+		cfg := &originalsrcv3.OriginalSrc{}
+		if err := f.GetTypedConfig().UnmarshalTo(cfg); err != nil {
+			return 0, false
+		}
+		return cfg.GetMark(), true
+	}
+	return 0, false
+}
+
+// dial connects as the proxy's user inside the namespace; transparent binds
+// a foreign source address (IP_TRANSPARENT) and marks the packets.
+func (p *testProxy) dial(to, from netip.AddrPort, transparent bool, mark uint32) (*net.TCPConn, error) {
 	d := net.Dialer{Timeout: 3 * time.Second}
 	if from.IsValid() {
 		d.LocalAddr = net.TCPAddrFromAddrPort(from)
+	}
+	if transparent {
+		d.Control = func(_, _ string, c syscall.RawConn) error {
+			var serr error
+			err := c.Control(func(fd uintptr) {
+				if to.Addr().Is6() {
+					serr = unix.SetsockoptInt(int(fd), unix.SOL_IPV6, unix.IPV6_TRANSPARENT, 1)
+				} else {
+					serr = unix.SetsockoptInt(int(fd), unix.SOL_IP, unix.IP_TRANSPARENT, 1)
+				}
+				if serr == nil && mark != 0 {
+					serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_MARK, int(mark))
+				}
+			})
+			return errors.Join(err, serr)
+		}
 	}
 	var c net.Conn
 	err := p.ns.Do(p.cred, func() error {

@@ -98,6 +98,15 @@ func podContainers(obj map[string]any) []container {
 			name, _ := c["name"].(string)
 			image, _ := c["image"].(string)
 			out = append(out, container{name: name, image: image, command: stringList(c["command"]), args: stringList(c["args"])})
+			// An exec probe is a command line of the image too: a probe that
+			// cannot parse its flags keeps the pod unready forever.
+			for _, probe := range []string{"readinessProbe", "livenessProbe", "startupProbe"} {
+				p, _ := c[probe].(map[string]any)
+				ex, _ := p["exec"].(map[string]any)
+				if cmd := stringList(ex["command"]); len(cmd) > 0 {
+					out = append(out, container{name: name + " " + probe, image: image, command: cmd[:1], args: cmd[1:]})
+				}
+			}
 		}
 	}
 	return out

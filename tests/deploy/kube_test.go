@@ -10,23 +10,24 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
 	authnv1 "k8s.io/api/authentication/v1"
 	authzv1 "k8s.io/api/authorization/v1"
 	corev1 "k8s.io/api/core/v1"
-	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
-	"k8s.io/client-go/tools/clientcmd"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
 
+	"github.com/detour-mesh/detour/cni"
 	"github.com/detour-mesh/detour/cni/install"
+	"github.com/detour-mesh/detour/internal/kubeapi"
 	"github.com/detour-mesh/detour/internal/privtest"
 )
 
@@ -130,8 +131,9 @@ func TestManifests(t *testing.T) {
 		kinds[m.obj.GetKind()+"/"+m.obj.GetName()] = true
 	}
 	for _, want := range []string{
-		"Namespace/detour-system", "ServiceAccount/detour-cni", "ServiceAccount/detour-control-plane",
-		"ClusterRole/detour-cni", "ClusterRoleBinding/detour-cni", "ClusterRole/detour-control-plane",
+		"Namespace/detour-system", "ResourceQuota/detour-critical-pods", "ServiceAccount/detour-cni", "ServiceAccount/detour-cni-plugin",
+		"ServiceAccount/detour-control-plane", "Role/detour-cni", "RoleBinding/detour-cni",
+		"ClusterRole/detour-cni-plugin", "ClusterRoleBinding/detour-cni-plugin", "ClusterRole/detour-control-plane",
 		"ClusterRoleBinding/detour-control-plane", "DaemonSet/detour-cni-node", "Deployment/detour-control-plane",
 		"Service/detour-control-plane", "Deployment/httpbin", "Deployment/reviews",
 	} {
@@ -186,22 +188,40 @@ spec:
 		spec := ds.Spec.Template.Spec
 		ctr := spec.Containers[0]
 		args := strings.Join(append(ctr.Command, ctr.Args...), " ")
-		for _, want := range []string{"detour cni install", "--bin-dir=/opt/cni/bin", "--conf-dir=/etc/cni/net.d", "--cleanup-on-exit", "detour-system"} {
+		for _, want := range []string{"detour cni install", "--bin-dir=/opt/cni/bin", "--conf-dir=/etc/cni/net.d", "--cleanup-on-exit", "detour-system",
+			"--plugin-service-account=detour-system/detour-cni-plugin", "--node-name=$(NODE_NAME)", "--daemonset=detour-system/detour-cni-node"} {
 			if !strings.Contains(args, want) {
 				t.Errorf("installer command %q lacks %q", args, want)
 			}
+		}
+		if len(ctr.Env) != 1 || ctr.Env[0].Name != "NODE_NAME" || ctr.Env[0].ValueFrom == nil || ctr.Env[0].ValueFrom.FieldRef == nil || ctr.Env[0].ValueFrom.FieldRef.FieldPath != "spec.nodeName" {
+			t.Errorf("env %v, want NODE_NAME from spec.nodeName", ctr.Env)
+		}
+		// The readiness probe checks the same directories the installer writes.
+		if p := ctr.ReadinessProbe; p == nil || p.Exec == nil {
+			t.Errorf("readiness probe %v, want `detour cni ready`", p)
+		} else if probe := strings.Join(p.Exec.Command, " "); !strings.HasPrefix(probe, "/usr/local/bin/detour cni ready ") ||
+			!strings.Contains(probe, "--bin-dir=/opt/cni/bin") || !strings.Contains(probe, "--conf-dir=/etc/cni/net.d") {
+			t.Errorf("readiness probe %q, want detour cni ready with the installer's --bin-dir and --conf-dir", probe)
 		}
 		mounts := map[string]string{}
 		for _, vm := range ctr.VolumeMounts {
 			mounts[vm.Name] = vm.MountPath
 		}
 		for _, v := range spec.Volumes {
+			if v.ConfigMap != nil {
+				// The mesh-wide config the installer reads (--mesh-config).
+				if v.ConfigMap.Name != "detour-config" || mounts[v.Name] != "/etc/detour" || !strings.Contains(args, "--mesh-config=/etc/detour/config.yaml") {
+					t.Errorf("volume %s: configMap %s mounted at %q with args %q; want detour-config at /etc/detour, read with --mesh-config", v.Name, v.ConfigMap.Name, mounts[v.Name], args)
+				}
+				continue
+			}
 			if v.HostPath == nil || mounts[v.Name] != v.HostPath.Path {
 				t.Errorf("volume %s: hostPath %v mounted at %q; the installer writes node paths, so they must match", v.Name, v.HostPath, mounts[v.Name])
 			}
 		}
-		if len(spec.Volumes) != 2 {
-			t.Errorf("%d volumes, want the CNI bin and conf dirs", len(spec.Volumes))
+		if len(spec.Volumes) != 3 {
+			t.Errorf("%d volumes, want the CNI bin and conf dirs and the mesh config", len(spec.Volumes))
 		}
 		if !spec.HostNetwork || spec.ServiceAccountName != "detour-cni" || spec.PriorityClassName != "system-node-critical" {
 			t.Errorf("hostNetwork %v, serviceAccount %q, priorityClass %q", spec.HostNetwork, spec.ServiceAccountName, spec.PriorityClassName)
@@ -308,9 +328,12 @@ spec:
 			sa            string
 			allow, refuse []access
 		}{
+			{"detour-cni-plugin",
+				[]access{{"get", "", "pods", "default"}, {"get", "", "namespaces", ""}},
+				[]access{{"list", "", "pods", ""}, {"watch", "", "pods", ""}, {"list", "", "namespaces", ""}, {"list", "", "secrets", ""}, {"create", "", "pods", "default"}, {"update", "", "namespaces", ""}, {"list", "", "services", ""}}},
 			{"detour-cni",
-				[]access{{"get", "", "pods", "default"}, {"list", "", "pods", ""}, {"get", "", "namespaces", ""}, {"watch", "", "namespaces", ""}},
-				[]access{{"list", "", "secrets", ""}, {"create", "", "pods", "default"}, {"update", "", "namespaces", ""}, {"list", "", "services", ""}}},
+				[]access{{"create", "", "serviceaccounts/token:detour-cni-plugin", "detour-system"}, {"get", "apps", "daemonsets:detour-cni-node", "detour-system"}},
+				[]access{{"create", "", "serviceaccounts/token:detour-control-plane", "detour-system"}, {"create", "", "serviceaccounts/token:default", "default"}, {"get", "", "pods", "default"}, {"get", "", "secrets", "detour-system"}, {"get", "apps", "daemonsets:other", "detour-system"}}},
 			{"detour-control-plane",
 				[]access{{"list", "", "services", ""}, {"watch", "discovery.k8s.io", "endpointslices", ""}, {"list", "", "pods", ""}, {"get", "", "namespaces", ""},
 					// The injection webhook writes its own configuration.
@@ -333,8 +356,8 @@ spec:
 		}
 	})
 
-	t.Run("plugin kubeconfig works with the service account token", func(t *testing.T) {
-		testInstallerKubeconfig(ctx, t, cfg, cs)
+	t.Run("plugin token hand-over between installer pods", func(t *testing.T) {
+		testTokenHandOver(ctx, t, cfg, cs)
 	})
 }
 
@@ -349,11 +372,15 @@ func (a access) String() string {
 func (a access) allowed(ctx context.Context, t *testing.T, admin *kubernetes.Clientset, user string) bool {
 	t.Helper()
 	ns := strings.Split(user, ":")[2]
+	// resource may name a subresource (serviceaccounts/token) and an object
+	// (daemonsets:detour-cni-node).
+	resource, name, _ := strings.Cut(a.resource, ":")
+	resource, sub, _ := strings.Cut(resource, "/")
 	sar := &authzv1.SubjectAccessReview{Spec: authzv1.SubjectAccessReviewSpec{
 		User:   user,
 		Groups: []string{"system:serviceaccounts", "system:serviceaccounts:" + ns, "system:authenticated"},
 		ResourceAttributes: &authzv1.ResourceAttributes{
-			Verb: a.verb, Group: a.group, Resource: a.resource, Namespace: a.namespace,
+			Verb: a.verb, Group: a.group, Resource: resource, Subresource: sub, Name: name, Namespace: a.namespace,
 		},
 	}}
 	res, err := admin.AuthorizationV1().SubjectAccessReviews().Create(ctx, sar, metav1.CreateOptions{})
@@ -363,10 +390,16 @@ func (a access) allowed(ctx context.Context, t *testing.T, admin *kubernetes.Cli
 	return res.Status.Allowed
 }
 
-// testInstallerKubeconfig runs the CNI installer with a real service account
-// token and CA from the API server, then uses the kubeconfig it wrote — as the
-// plugin does on a node — to read a pod; a rotated token is picked up.
-func testInstallerKubeconfig(ctx context.Context, t *testing.T, cfg *rest.Config, cs *kubernetes.Clientset) {
+// testTokenHandOver plays the DaemonSet on one node against the real API
+// server: installer pods whose tokens are bound to them (as the kubelet's
+// projected tokens are), and the plugin reading pods through the kubeconfig the
+// installer wrote, with the plugin's own reader, all along. The plugin's token
+// is its own service account's, bound to the node: deleting the installer pod
+// kills the installer's token but not the plugin's, so reads never fail
+// between the old pod's end and the new pod's start. On SIGTERM the installer
+// leaves everything while its DaemonSet exists, and removes it once the
+// DaemonSet is deleted.
+func testTokenHandOver(ctx context.Context, t *testing.T, cfg *rest.Config, cs *kubernetes.Clientset) {
 	root := t.TempDir()
 	bin, conf, sa := filepath.Join(root, "bin"), filepath.Join(root, "net.d"), filepath.Join(root, "sa")
 	for _, d := range []string{bin, conf, sa} {
@@ -377,77 +410,196 @@ func testInstallerKubeconfig(ctx context.Context, t *testing.T, cfg *rest.Config
 	writeFile(t, filepath.Join(root, "detour-cni"), "plugin")
 	writeFile(t, filepath.Join(conf, "10-kindnet.conflist"), `{"cniVersion":"0.3.1","name":"kindnet","plugins":[{"type":"ptp"},{"type":"portmap","capabilities":{"portMappings":true}}]}`)
 	writeFile(t, filepath.Join(sa, "ca.crt"), string(cfg.CAData))
-	token := func() string {
-		t.Helper()
-		exp := int64(600)
-		tr, err := cs.CoreV1().ServiceAccounts("detour-system").CreateToken(ctx, "detour-cni",
-			&authnv1.TokenRequest{Spec: authnv1.TokenRequestSpec{ExpirationSeconds: &exp}}, metav1.CreateOptions{})
-		if err != nil {
-			t.Fatalf("request a token for detour-cni: %v", err)
-		}
-		return tr.Status.Token
-	}
-	writeFile(t, filepath.Join(sa, "token"), token())
-
-	pod := &corev1.Pod{
-		ObjectMeta: metav1.ObjectMeta{Name: "web-0", Namespace: "default", Annotations: map[string]string{"detour.io/redirect": "enabled"}},
-		Spec:       corev1.PodSpec{Containers: []corev1.Container{{Name: "web", Image: "web"}}},
-	}
-	if _, err := cs.CoreV1().Pods("default").Create(ctx, pod, metav1.CreateOptions{}); err != nil {
+	if _, err := cs.CoreV1().Nodes().Create(ctx, &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "node-a"}}, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-
-	in := install.New(install.Options{
-		PluginBinary: filepath.Join(root, "detour-cni"),
-		BinDir:       bin,
-		ConfDir:      conf,
-		Server:       cfg.Host,
-		TokenFile:    filepath.Join(sa, "token"),
-		CAFile:       filepath.Join(sa, "ca.crt"),
-		Logger:       slog.New(slog.DiscardHandler),
-	})
-	if _, err := in.Install(ctx); err != nil {
-		t.Fatalf("Install against %s: %v", cfg.Host, err)
+	if _, err := cs.CoreV1().Pods("default").Create(ctx, &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Name: "web-0", Namespace: "default", Annotations: map[string]string{"detour.io/redirect": "enabled"}},
+		Spec:       corev1.PodSpec{Containers: []corev1.Container{{Name: "web", Image: "web"}}},
+	}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
 	}
-	readPod := func() error {
+	// installerPod creates an installer pod object and writes a token of
+	// detour-cni bound to it where the installer reads its token.
+	installerPod := func(name string) *corev1.Pod {
 		t.Helper()
-		kc, err := clientcmd.BuildConfigFromFlags("", filepath.Join(conf, install.DefaultKubeconfigName))
-		if err != nil {
-			t.Fatalf("load the written kubeconfig: %v", err)
-		}
-		pcs, err := kubernetes.NewForConfig(kc)
+		p, err := cs.CoreV1().Pods("detour-system").Create(ctx, &corev1.Pod{
+			ObjectMeta: metav1.ObjectMeta{Name: name},
+			Spec:       corev1.PodSpec{ServiceAccountName: "detour-cni", Containers: []corev1.Container{{Name: "install-cni", Image: "detour"}}},
+		}, metav1.CreateOptions{})
 		if err != nil {
 			t.Fatal(err)
 		}
-		p, err := pcs.CoreV1().Pods("default").Get(ctx, "web-0", metav1.GetOptions{})
-		if err == nil && p.Annotations["detour.io/redirect"] != "enabled" {
-			t.Errorf("pod read through the kubeconfig lacks its annotation: %v", p.Annotations)
+		exp := int64(3600)
+		tr, err := cs.CoreV1().ServiceAccounts("detour-system").CreateToken(ctx, "detour-cni", &authnv1.TokenRequest{Spec: authnv1.TokenRequestSpec{
+			ExpirationSeconds: &exp,
+			BoundObjectRef:    &authnv1.BoundObjectReference{Kind: "Pod", APIVersion: "v1", Name: p.Name, UID: p.UID},
+		}}, metav1.CreateOptions{})
+		if err != nil {
+			t.Fatalf("request a token for detour-cni bound to %s: %v", name, err)
 		}
-		if err == nil {
-			// The plugin's identity reads pods and nothing more.
-			_, serr := pcs.CoreV1().Secrets("default").List(ctx, metav1.ListOptions{})
-			if !apierrors.IsForbidden(serr) {
-				t.Errorf("listing secrets with the plugin's kubeconfig: %v, want forbidden", serr)
-			}
+		writeFile(t, filepath.Join(sa, "token"), tr.Status.Token)
+		return p
+	}
+	opts := install.Options{
+		PluginBinary:         filepath.Join(root, "detour-cni"),
+		BinDir:               bin,
+		ConfDir:              conf,
+		Server:               cfg.Host,
+		TokenFile:            filepath.Join(sa, "token"),
+		CAFile:               filepath.Join(sa, "ca.crt"),
+		PluginServiceAccount: "detour-system/detour-cni-plugin",
+		NodeName:             "node-a",
+		Logger:               slog.New(slog.DiscardHandler),
+	}
+	kubeconfig := filepath.Join(conf, install.DefaultKubeconfigName)
+	old := installerPod("detour-cni-node-old")
+	if _, err := install.New(opts).Install(ctx); err != nil {
+		t.Fatalf("Install against %s: %v", cfg.Host, err)
+	}
+	// readPod reads web-0 as the plugin does on every ADD.
+	readPod := func() error {
+		c, err := cni.NewKubeClient(kubeconfig, 5*time.Second)
+		if err != nil {
+			return err
+		}
+		p, err := c.Pod(ctx, "default", "web-0")
+		if err == nil && p.Metadata.Annotations["detour.io/redirect"] != "enabled" {
+			return errors.New("the pod read through the kubeconfig lacks its annotation")
 		}
 		return err
 	}
 	if err := readPod(); err != nil {
-		t.Fatalf("read the pod with the installer's kubeconfig: %v", err)
+		t.Fatalf("read the pod with the plugin's kubeconfig: %v", err)
+	}
+	// The plugin's identity gets pods and namespaces, and nothing more.
+	kcfg, err := kubeapi.Load(kubeconfig)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pc, err := kubeapi.New(kcfg, kubeapi.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, path := range []string{"/api/v1/pods", "/api/v1/namespaces/default/secrets"} {
+		if err := pc.Get(ctx, path, &struct{}{}); kubeapi.Code(err) != 403 {
+			t.Errorf("GET %s with the plugin's kubeconfig: %v, want 403", path, err)
+		}
 	}
 
-	// Rotation: a new token replaces the old one in the kubeconfig.
-	before, _ := os.ReadFile(filepath.Join(conf, install.DefaultKubeconfigName))
-	writeFile(t, filepath.Join(sa, "token"), token())
-	if changes, err := in.Install(ctx); err != nil || len(changes) != 1 {
-		t.Fatalf("Install after rotation = %q, %v; want the kubeconfig rewritten", changes, err)
+	// From here through the new installer's start, the plugin reads
+	// continuously: never a failure.
+	var (
+		mu       sync.Mutex
+		failures []error
+		reads    int
+	)
+	stopReading := make(chan struct{})
+	readerDone := make(chan struct{})
+	go func() {
+		defer close(readerDone)
+		for {
+			select {
+			case <-stopReading:
+				return
+			case <-time.After(20 * time.Millisecond):
+			}
+			err := readPod()
+			mu.Lock()
+			reads++
+			if err != nil {
+				failures = append(failures, err)
+			}
+			mu.Unlock()
+		}
+	}()
+
+	// The old installer pod is gone: its token no longer authenticates.
+	zero := int64(0)
+	if err := cs.CoreV1().Pods("detour-system").Delete(ctx, old.Name, metav1.DeleteOptions{GracePeriodSeconds: &zero}); err != nil {
+		t.Fatal(err)
 	}
-	after, _ := os.ReadFile(filepath.Join(conf, install.DefaultKubeconfigName))
-	if bytes.Equal(before, after) {
-		t.Fatal("kubeconfig unchanged after the token rotated")
+	oldClient, err := kubeapi.New(kubeapi.Config{Server: cfg.Host, CA: cfg.CAData, TokenFile: filepath.Join(sa, "token")}, kubeapi.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		err := oldClient.Get(ctx, "/apis/apps/v1/namespaces/detour-system/daemonsets/detour-cni-node", &struct{}{})
+		if kubeapi.Code(err) == 401 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the deleted installer pod's token still authenticates: %v", err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	time.Sleep(300 * time.Millisecond) // the plugin keeps reading with no installer at all
+	installerPod("detour-cni-node-new")
+	if _, err := install.New(opts).Install(ctx); err != nil {
+		t.Fatalf("the new installer's Install: %v", err)
+	}
+	time.Sleep(200 * time.Millisecond)
+	close(stopReading)
+	<-readerDone
+	mu.Lock()
+	if reads < 10 {
+		t.Errorf("only %d reads during the hand-over", reads)
+	}
+	for _, err := range failures {
+		t.Errorf("a plugin read failed during the hand-over: %v", err)
+	}
+	mu.Unlock()
+
+	// A missing (or due) plugin token is requested anew with the new
+	// installer pod's token.
+	if err := os.Remove(filepath.Join(conf, install.DefaultTokenName)); err != nil {
+		t.Fatal(err)
+	}
+	if changes, err := install.New(opts).Install(ctx); err != nil || len(changes) != 1 {
+		t.Fatalf("renewal: %q, %v; want the token file rewritten", changes, err)
 	}
 	if err := readPod(); err != nil {
-		t.Fatalf("read the pod after rotation: %v", err)
+		t.Fatalf("read the pod with the renewed token: %v", err)
+	}
+
+	// SIGTERM while the DaemonSet exists (a rolling update): everything stays.
+	runUntilStopped := func() {
+		t.Helper()
+		o := opts
+		o.CleanupOnExit, o.DaemonSet = true, "detour-system/detour-cni-node"
+		rctx, cancel := context.WithCancel(ctx)
+		done := make(chan error, 1)
+		in := install.New(o)
+		go func() { done <- in.Run(rctx) }()
+		deadline := time.Now().Add(20 * time.Second)
+		for in.Ready() != nil {
+			if time.Now().After(deadline) {
+				t.Fatalf("installer never ready: %v", in.Ready())
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+		// The node may have been ready before Run started: give its first
+		// install (a no-op then) time to finish, so SIGTERM finds it watching.
+		time.Sleep(500 * time.Millisecond)
+		cancel()
+		if err := <-done; err != nil {
+			t.Fatalf("Run = %v", err)
+		}
+	}
+	runUntilStopped()
+	if err := readPod(); err != nil {
+		t.Errorf("after an installer pod's SIGTERM with its DaemonSet in place: %v", err)
+	}
+	// SIGTERM after the DaemonSet is deleted: the node is cleaned up.
+	if err := cs.AppsV1().DaemonSets("detour-system").Delete(ctx, "detour-cni-node", metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	runUntilStopped()
+	for _, f := range []string{kubeconfig, filepath.Join(conf, install.DefaultTokenName), filepath.Join(bin, "detour-cni")} {
+		if _, err := os.Stat(f); !errors.Is(err, os.ErrNotExist) {
+			t.Errorf("%s left after the DaemonSet was deleted: %v", f, err)
+		}
 	}
 }
 

@@ -1,4 +1,4 @@
-package redirect
+package iptables
 
 import (
 	"context"
@@ -20,6 +20,7 @@ import (
 	"github.com/detour-mesh/detour/internal/netns"
 	"github.com/detour-mesh/detour/internal/origdst"
 	"github.com/detour-mesh/detour/internal/privtest"
+	"github.com/detour-mesh/detour/redirect"
 )
 
 // Real packets through the installed rules, for the core scenarios of
@@ -37,7 +38,7 @@ const (
 // lab is the pair of namespaces with their servers.
 type lab struct {
 	pod, remote privtest.NS
-	e           *Engine
+	e           *redirect.Engine
 	// remoteQueries receives the payload of every datagram the remote
 	// nameservers get.
 	remoteQueries chan string
@@ -314,7 +315,7 @@ func TestPackets(t *testing.T) {
 	tests := []struct {
 		name   string
 		sets   []string
-		facts  Facts
+		facts  redirect.Facts
 		probes []probe
 	}{
 		{name: "redirect", sets: []string{"outbound.excludePorts=81", "inbound.excludePorts=8081"}, probes: []probe{
@@ -338,7 +339,7 @@ func TestPackets(t *testing.T) {
 		}},
 		{name: "dns", sets: []string{"dns.capture=all", "outbound.excludeUIDs=1001"}, probes: dnsProbes},
 		{name: "dns-without-zone-split", sets: []string{"dns.capture=all", "outbound.excludeUIDs=1001", "dns.conntrackZoneSplit=false"}, probes: dnsProbes},
-		{name: "dns-resolvconf", sets: []string{"dns.capture=resolvconf", "outbound.excludeUIDs=1001"}, facts: Facts{IPv6: true, Nameservers: []netip.Addr{remote4, remote6}}, probes: []probe{
+		{name: "dns-resolvconf", sets: []string{"dns.capture=resolvconf", "outbound.excludeUIDs=1001"}, facts: redirect.Facts{IPv6: true, Nameservers: []netip.Addr{remote4, remote6}}, probes: []probe{
 			{name: "D2 listed nameserver goes to the DNS proxy", from: "pod", uid: appUID, udp: true, dst: to(remote4, remote6, 53), want: say("dns-proxy")},
 			{name: "D2 other address goes out", from: "pod", uid: appUID, udp: true, dst: to(gw4, gw6, 53), want: say("gw-dns")},
 		}},
@@ -358,7 +359,7 @@ func TestPackets(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
-			forEachBackend(t, func(t *testing.T, b Backend) {
+			forEachBackend(t, func(t *testing.T, b redirect.Backend) {
 				l := newLab(t)
 				// Before install, a remote connection to the app reaches it directly.
 				if got := l.dial(t, l.remote, 0, netip.Addr{}, netip.AddrPortFrom(pod4, 8080)); got != "app" {
@@ -409,7 +410,7 @@ func TestDNSZoneSplit(t *testing.T) {
 	for _, split := range []bool{true, false} {
 		t.Run(fmt.Sprintf("split=%v", split), func(t *testing.T) {
 			t.Parallel()
-			forEachBackend(t, func(t *testing.T, b Backend) {
+			forEachBackend(t, func(t *testing.T, b redirect.Backend) {
 				l := newLab(t)
 				sets := []string{"dns.capture=all", fmt.Sprintf("dns.conntrackZoneSplit=%v", split)}
 				mustInstall(t, l.e, mustPlan(t, withBackend(t, cfgWith(t, "", sets...), b), dualStack))
@@ -536,10 +537,10 @@ func settleIPv6(t *testing.T, ns privtest.NS, dev string, addr netip.Addr) {
 // modes, while connections to the host's own addresses are still captured.
 func TestForwardedNotCaptured(t *testing.T) {
 	t.Parallel()
-	for _, mode := range []Mode{ModeRedirect, ModeTProxy} {
+	for _, mode := range []redirect.Mode{redirect.ModeRedirect, redirect.ModeTProxy} {
 		t.Run(string(mode), func(t *testing.T) {
 			t.Parallel()
-			forEachBackend(t, func(t *testing.T, b Backend) {
+			forEachBackend(t, func(t *testing.T, b redirect.Backend) {
 				l := newLab(t)
 				client := l.addClient(t)
 				for _, dst := range []netip.Addr{remote4, remote6} {
@@ -585,7 +586,7 @@ func TestDecisionMatchesPackets(t *testing.T) {
 		seed = s
 	}
 	t.Logf("DETOUR_DECISION_SEED=%d", seed)
-	forEachBackend(t, func(t *testing.T, b Backend) {
+	forEachBackend(t, func(t *testing.T, b redirect.Backend) {
 		rnd := rand.New(rand.NewPCG(seed, uint64(len(b))))
 		l := newLab(t)
 		// The remote owns all of 198.51.100.0/24 and 2001:db8:ff::/48 and serves
@@ -685,7 +686,7 @@ func someOf[T any](rnd *rand.Rand, p float64, items []T) string {
 
 // randomConfig draws a configuration over the probe ports, the remote's
 // subnets and the probe owners.
-func randomConfig(t *testing.T, rnd *rand.Rand, b Backend) Config {
+func randomConfig(t *testing.T, rnd *rand.Rand, b redirect.Backend) redirect.Config {
 	t.Helper()
 	ports := []string{"80", "81", "443", "8080", "8081", "9000-9001", "15001"}
 	sets := []string{
@@ -723,12 +724,12 @@ func TestForwardedDNSUntouched(t *testing.T) {
 	for _, capture := range []string{"all", "resolvconf"} {
 		t.Run(capture, func(t *testing.T) {
 			t.Parallel()
-			forEachBackend(t, func(t *testing.T, b Backend) {
+			forEachBackend(t, func(t *testing.T, b redirect.Backend) {
 				l := newLab(t)
 				client := l.addClient(t)
-				l.pod.Run(t, cliName(b, IPv4), "-t", "nat", "-A", "POSTROUTING", "-s", "203.0.113.0/24", "-o", "eth0", "-j", "MASQUERADE")
-				l.pod.Run(t, cliName(b, IPv6), "-t", "nat", "-A", "POSTROUTING", "-s", "2001:db8:c::/64", "-o", "eth0", "-j", "MASQUERADE")
-				facts := Facts{IPv6: true, Nameservers: []netip.Addr{remote4, remote6}}
+				l.pod.Run(t, cliName(b, redirect.IPv4), "-t", "nat", "-A", "POSTROUTING", "-s", "203.0.113.0/24", "-o", "eth0", "-j", "MASQUERADE")
+				l.pod.Run(t, cliName(b, redirect.IPv6), "-t", "nat", "-A", "POSTROUTING", "-s", "2001:db8:c::/64", "-o", "eth0", "-j", "MASQUERADE")
+				facts := redirect.Facts{IPv6: true, Nameservers: []netip.Addr{remote4, remote6}}
 				mustInstall(t, l.e, mustPlan(t, withBackend(t, cfgWith(t, "", "dns.capture="+capture), b), facts))
 				for _, ns := range []netip.Addr{remote4, remote6} {
 					if got := l.queryFrom(t, client, netip.AddrPortFrom(ns, 53)); got != "remote-dns" {

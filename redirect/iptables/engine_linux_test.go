@@ -1,4 +1,4 @@
-package redirect
+package iptables
 
 import (
 	"context"
@@ -8,6 +8,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -18,6 +19,7 @@ import (
 
 	"github.com/detour-mesh/detour/internal/netns"
 	"github.com/detour-mesh/detour/internal/privtest"
+	"github.com/detour-mesh/detour/redirect"
 )
 
 // Privileged tests: each runs in its own network namespace and, unless it
@@ -29,16 +31,16 @@ var backendTools = []string{
 }
 
 // newNS makes a fresh namespace for one test and an Engine bound to it.
-func newNS(t testing.TB) (privtest.NS, *Engine) {
+func newNS(t testing.TB) (privtest.NS, *redirect.Engine) {
 	t.Helper()
 	privtest.Require(t, backendTools...)
 	ns := privtest.NetNS(t)
-	return ns, &Engine{NetNS: ns.Path}
+	return ns, &redirect.Engine{NetNS: ns.Path, Drivers: Drivers(0, nil)}
 }
 
 // forEachBackend runs f as a parallel subtest per iptables backend.
-func forEachBackend(t *testing.T, f func(t *testing.T, b Backend)) {
-	for _, b := range iptablesBackends {
+func forEachBackend(t *testing.T, f func(t *testing.T, b redirect.Backend)) {
+	for _, b := range []redirect.Backend{redirect.BackendIPTablesLegacy, redirect.BackendIPTablesNFT} {
 		t.Run(string(b), func(t *testing.T) {
 			t.Parallel()
 			f(t, b)
@@ -51,7 +53,7 @@ var counters = regexp.MustCompile(`\[\d+:\d+\]`)
 // save is `iptables-save` and `ip6tables-save` of every table of a backend,
 // without the header/date comment lines and with counters zeroed: the text
 // uninstall must leave byte-identical.
-func save(t testing.TB, ns privtest.NS, b Backend) string {
+func save(t testing.TB, ns privtest.NS, b redirect.Backend) string {
 	t.Helper()
 	var out strings.Builder
 	for _, f := range allFamilies {
@@ -61,7 +63,7 @@ func save(t testing.TB, ns privtest.NS, b Backend) string {
 	return out.String()
 }
 
-func saveFamily(t testing.TB, ns privtest.NS, b Backend, f Family) string {
+func saveFamily(t testing.TB, ns privtest.NS, b redirect.Backend, f redirect.Family) string {
 	t.Helper()
 	raw, err := exec.Command("ip", "netns", "exec", ns.Name, toolName(b, f, "save")).Output()
 	if err != nil {
@@ -78,9 +80,11 @@ func saveFamily(t testing.TB, ns privtest.NS, b Backend, f Family) string {
 }
 
 // cliName is the rule-editing command of a backend: iptables-nft, ip6tables-legacy, ….
-func cliName(b Backend, f Family) string { return strings.TrimSuffix(toolName(b, f, "save"), "-save") }
+func cliName(b redirect.Backend, f redirect.Family) string {
+	return strings.TrimSuffix(toolName(b, f, "save"), "-save")
+}
 
-func restoreText(t testing.TB, ns privtest.NS, b Backend, f Family, text string) {
+func restoreText(t testing.TB, ns privtest.NS, b redirect.Backend, f redirect.Family, text string) {
 	t.Helper()
 	cmd := exec.Command("ip", "netns", "exec", ns.Name, toolName(b, f, "restore"), "--noflush")
 	cmd.Stdin = strings.NewReader(text)
@@ -92,7 +96,7 @@ func restoreText(t testing.TB, ns privtest.NS, b Backend, f Family, text string)
 // seedForeign fills nat, mangle, raw and filter of both families with rules
 // and chains that are not ours, some in the built-in chains we hook into and
 // some carrying comments that merely look like ours.
-func seedForeign(t testing.TB, ns privtest.NS, b Backend) {
+func seedForeign(t testing.TB, ns privtest.NS, b redirect.Backend) {
 	t.Helper()
 	seed := func(src, dst string) string {
 		return `*nat
@@ -120,20 +124,20 @@ COMMIT
 COMMIT
 `
 	}
-	restoreText(t, ns, b, IPv4, seed("192.0.2.1/32", "198.51.100.9/32"))
-	restoreText(t, ns, b, IPv6, seed("2001:db8::1/128", "2001:db8::9/128"))
+	restoreText(t, ns, b, redirect.IPv4, seed("192.0.2.1/32", "198.51.100.9/32"))
+	restoreText(t, ns, b, redirect.IPv6, seed("2001:db8::1/128", "2001:db8::9/128"))
 }
 
-func mustPlan(t testing.TB, cfg Config, facts Facts) Plan {
+func mustPlan(t testing.TB, cfg redirect.Config, facts redirect.Facts) redirect.Plan {
 	t.Helper()
-	p, err := NewPlan(cfg, facts)
+	p, err := redirect.NewPlan(cfg, facts)
 	if err != nil {
 		t.Fatalf("NewPlan: %v", err)
 	}
 	return p
 }
 
-func mustInstall(t testing.TB, e *Engine, p Plan) Result {
+func mustInstall(t testing.TB, e *redirect.Engine, p redirect.Plan) redirect.Result {
 	t.Helper()
 	res, err := e.Install(context.Background(), p)
 	if err != nil {
@@ -142,7 +146,7 @@ func mustInstall(t testing.TB, e *Engine, p Plan) Result {
 	return res
 }
 
-func mustUninstall(t testing.TB, e *Engine) Result {
+func mustUninstall(t testing.TB, e *redirect.Engine) redirect.Result {
 	t.Helper()
 	res, err := e.Uninstall(context.Background())
 	if err != nil {
@@ -152,7 +156,7 @@ func mustUninstall(t testing.TB, e *Engine) Result {
 }
 
 // assertNoDrift checks that the namespace holds exactly p.
-func assertNoDrift(t testing.TB, e *Engine, p Plan) {
+func assertNoDrift(t testing.TB, e *redirect.Engine, p redirect.Plan) {
 	t.Helper()
 	d, err := e.Check(context.Background(), p)
 	if err != nil {
@@ -163,7 +167,7 @@ func assertNoDrift(t testing.TB, e *Engine, p Plan) {
 	}
 }
 
-func withBackend(t testing.TB, c Config, b Backend) Config {
+func withBackend(t testing.TB, c redirect.Config, b redirect.Backend) redirect.Config {
 	t.Helper()
 	c.Backend = b
 	return c
@@ -177,7 +181,7 @@ func TestInstallMatchesPlan(t *testing.T) {
 	for _, tc := range planCases() {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
-			forEachBackend(t, func(t *testing.T, b Backend) {
+			forEachBackend(t, func(t *testing.T, b redirect.Backend) {
 				ns, e := newNS(t)
 				seedForeign(t, ns, b)
 				before := save(t, ns, b)
@@ -185,7 +189,7 @@ func TestInstallMatchesPlan(t *testing.T) {
 				res := mustInstall(t, e, p)
 				if planIsEmpty(p) {
 					// A plan that captures nothing installs nothing.
-					if _, err := e.Check(context.Background(), p); res.Changed || !errors.Is(err, ErrNotInstalled) {
+					if _, err := e.Check(context.Background(), p); res.Changed || !errors.Is(err, redirect.ErrNotInstalled) {
 						t.Fatalf("empty plan: Install = %+v, Check = %v; want no change and ErrNotInstalled", res, err)
 					}
 					return
@@ -198,9 +202,10 @@ func TestInstallMatchesPlan(t *testing.T) {
 				if err != nil {
 					t.Fatal(err)
 				}
-				for _, f := range p.Families {
+				for _, f := range Rules(p.Capture) {
+					fc, _ := p.Family(f.Family)
 					want := renderTables(f.Tables)
-					for _, l := range f.netLines() {
+					for _, l := range fc.NetLines() {
 						want += l + "\n"
 					}
 					if want == "" {
@@ -266,9 +271,9 @@ func calls(t *testing.T, logFile string) []string {
 	return out
 }
 
-func planIsEmpty(p Plan) bool {
-	for _, f := range p.Families {
-		if len(f.Tables) > 0 || f.Routing != nil {
+func planIsEmpty(p redirect.Plan) bool {
+	for _, f := range Rules(p.Capture) {
+		if fc, _ := p.Family(f.Family); len(f.Tables) > 0 || fc.TProxy != nil {
 			return false
 		}
 	}
@@ -280,9 +285,9 @@ func planIsEmpty(p Plan) bool {
 // Not parallel: it wraps the tools through PATH.
 func TestInstallIdempotent(t *testing.T) {
 	privtest.Require(t, backendTools...)
-	for _, b := range iptablesBackends {
+	for _, b := range []redirect.Backend{redirect.BackendIPTablesLegacy, redirect.BackendIPTablesNFT} {
 		t.Run(string(b), func(t *testing.T) {
-			log := shimPATH(t, toolName(b, IPv4, "restore"), toolName(b, IPv6, "restore"))
+			log := shimPATH(t, toolName(b, redirect.IPv4, "restore"), toolName(b, redirect.IPv6, "restore"))
 			ns, e := newNS(t)
 			seedForeign(t, ns, b)
 			before := save(t, ns, b)
@@ -311,7 +316,7 @@ func TestInstallIdempotent(t *testing.T) {
 
 			// A foreign rule appended after our hook stays after it when the
 			// config changes: our hooks keep their place.
-			restoreText(t, ns, b, IPv4, "*nat\n-A OUTPUT -d 203.0.113.7/32 -j RETURN\nCOMMIT\n")
+			restoreText(t, ns, b, redirect.IPv4, "*nat\n-A OUTPUT -d 203.0.113.7/32 -j RETURN\nCOMMIT\n")
 			cfgB := withBackend(t, cfgWith(t, "", "outbound.excludePorts=25", "log.enabled=true"), b)
 			pB := mustPlan(t, cfgB, dualStack)
 			res = mustInstall(t, e, pB)
@@ -321,14 +326,14 @@ func TestInstallIdempotent(t *testing.T) {
 			if got := calls(t, log); len(got) != 2 || !strings.Contains(got[0], "--noflush") {
 				t.Errorf("changed config ran restores %q, want one --noflush per family", got)
 			}
-			assertNoDrift(t, e, pB) // the old DNS, raw and mangle rules are gone
-			nat := saveFamily(t, ns, b, IPv4)
+			assertNoDrift(t, e, pB) // the old redirect.DNS, raw and mangle rules are gone
+			nat := saveFamily(t, ns, b, redirect.IPv4)
 			hook := strings.Index(nat, "-A OUTPUT -p tcp -m comment --comment detour -j DETOUR_OUTPUT")
 			foreign := strings.Index(nat, "-A OUTPUT -d 203.0.113.7/32 -j RETURN")
 			if hook < 0 || foreign < 0 || hook > foreign {
 				t.Errorf("our OUTPUT hook moved behind the foreign rule:\n%s", nat)
 			}
-			restoreText(t, ns, b, IPv4, "*nat\n-D OUTPUT -d 203.0.113.7/32 -j RETURN\nCOMMIT\n")
+			restoreText(t, ns, b, redirect.IPv4, "*nat\n-D OUTPUT -d 203.0.113.7/32 -j RETURN\nCOMMIT\n")
 
 			os.Remove(log)
 			if res := mustUninstall(t, e); !res.Changed || len(res.Families) != 2 || res.Backend != b {
@@ -344,7 +349,7 @@ func TestInstallIdempotent(t *testing.T) {
 			if res := mustUninstall(t, e); res.Changed || res.Processes != 4 || len(calls(t, log)) != 0 {
 				t.Errorf("second Uninstall = %+v, restores %q; want no change and only the 4 saves", res, calls(t, log))
 			}
-			if _, err := e.Check(context.Background(), pA); !errors.Is(err, ErrNotInstalled) {
+			if _, err := e.Check(context.Background(), pA); !errors.Is(err, redirect.ErrNotInstalled) {
 				t.Errorf("Check after uninstall = %v, want ErrNotInstalled", err)
 			}
 		})
@@ -353,19 +358,19 @@ func TestInstallIdempotent(t *testing.T) {
 
 func TestCheckReportsDrift(t *testing.T) {
 	t.Parallel()
-	forEachBackend(t, func(t *testing.T, b Backend) {
+	forEachBackend(t, func(t *testing.T, b redirect.Backend) {
 		ns, e := newNS(t)
 		p := mustPlan(t, withBackend(t, cfgWith(t, "", "outbound.excludePorts=25"), b), dualStack)
-		if _, err := e.Check(context.Background(), p); !errors.Is(err, ErrNotInstalled) {
+		if _, err := e.Check(context.Background(), p); !errors.Is(err, redirect.ErrNotInstalled) {
 			t.Fatalf("Check before install = %v, want ErrNotInstalled", err)
 		}
 		mustInstall(t, e, p)
 		assertNoDrift(t, e, p)
 
 		// Someone deletes a rule from our chain in IPv4 …
-		ns.Run(t, cliName(b, IPv4), "-t", "nat", "-D", "DETOUR_OUTPUT", "-p", "tcp", "-m", "multiport", "--dports", "25", "-j", "RETURN")
+		ns.Run(t, cliName(b, redirect.IPv4), "-t", "nat", "-D", "DETOUR_OUTPUT", "-p", "tcp", "-m", "multiport", "--dports", "25", "-j", "RETURN")
 		// … and adds one to our chain in IPv6.
-		ns.Run(t, cliName(b, IPv6), "-t", "nat", "-I", "DETOUR_OUTPUT", "1", "-d", "2001:db8::77/128", "-j", "RETURN")
+		ns.Run(t, cliName(b, redirect.IPv6), "-t", "nat", "-I", "DETOUR_OUTPUT", "1", "-d", "2001:db8::77/128", "-j", "RETURN")
 		d, err := e.Check(context.Background(), p)
 		if err != nil {
 			t.Fatal(err)
@@ -374,10 +379,10 @@ func TestCheckReportsDrift(t *testing.T) {
 			t.Fatalf("drift in %d families, want 2:\n%s", len(d.Families), d)
 		}
 		v4, v6 := d.Families[0], d.Families[1]
-		if v4.Family != IPv4 || len(v4.Missing) != 1 || v4.Missing[0] != "-t nat -A DETOUR_OUTPUT -p tcp -m multiport --dports 25 -j RETURN" || len(v4.Unexpected) != 0 {
+		if v4.Family != redirect.IPv4 || len(v4.Missing) != 1 || v4.Missing[0] != "-t nat -A DETOUR_OUTPUT -p tcp -m multiport --dports 25 -j RETURN" || len(v4.Unexpected) != 0 {
 			t.Errorf("ipv4 drift = %+v, want the deleted rule missing", v4)
 		}
-		if v6.Family != IPv6 || len(v6.Unexpected) != 1 || v6.Unexpected[0] != "-t nat -A DETOUR_OUTPUT -d 2001:db8::77/128 -j RETURN" || len(v6.Missing) != 0 {
+		if v6.Family != redirect.IPv6 || len(v6.Unexpected) != 1 || v6.Unexpected[0] != "-t nat -A DETOUR_OUTPUT -d 2001:db8::77/128 -j RETURN" || len(v6.Missing) != 0 {
 			t.Errorf("ipv6 drift = %+v, want the added rule unexpected", v6)
 		}
 		text := d.String()
@@ -396,28 +401,28 @@ func TestCheckReportsDrift(t *testing.T) {
 
 func TestForeignChainsRefused(t *testing.T) {
 	t.Parallel()
-	forEachBackend(t, func(t *testing.T, b Backend) {
+	forEachBackend(t, func(t *testing.T, b redirect.Backend) {
 		ns, e := newNS(t)
-		p := mustPlan(t, withBackend(t, Default(), b), dualStack)
+		p := mustPlan(t, withBackend(t, redirect.Default(), b), dualStack)
 		mustInstall(t, e, p)
-		restoreText(t, ns, b, IPv6, "*mangle\n:DETOUR_SOMEONE_ELSE - [0:0]\n-A DETOUR_SOMEONE_ELSE -j RETURN\nCOMMIT\n")
+		restoreText(t, ns, b, redirect.IPv6, "*mangle\n:DETOUR_SOMEONE_ELSE - [0:0]\n-A DETOUR_SOMEONE_ELSE -j RETURN\nCOMMIT\n")
 		before := save(t, ns, b)
 		_, err := e.Uninstall(context.Background())
-		if !errors.Is(err, ErrForeignChains) || !strings.Contains(err.Error(), "DETOUR_SOMEONE_ELSE") {
+		if !errors.Is(err, redirect.ErrForeignChains) || !strings.Contains(err.Error(), "DETOUR_SOMEONE_ELSE") {
 			t.Fatalf("Uninstall = %v, want ErrForeignChains naming DETOUR_SOMEONE_ELSE", err)
 		}
 		p2 := mustPlan(t, withBackend(t, cfgWith(t, "", "outbound.excludePorts=25"), b), dualStack)
-		if _, err := e.Install(context.Background(), p2); !errors.Is(err, ErrForeignChains) {
+		if _, err := e.Install(context.Background(), p2); !errors.Is(err, redirect.ErrForeignChains) {
 			t.Fatalf("Install = %v, want ErrForeignChains", err)
 		}
 		if after := save(t, ns, b); after != before {
 			t.Errorf("a refused call changed the rules:\n--- before\n%s\n--- after\n%s", before, after)
 		}
-		restoreText(t, ns, b, IPv6, "*mangle\n:DETOUR_SOMEONE_ELSE - [0:0]\n-X DETOUR_SOMEONE_ELSE\nCOMMIT\n")
+		restoreText(t, ns, b, redirect.IPv6, "*mangle\n:DETOUR_SOMEONE_ELSE - [0:0]\n-X DETOUR_SOMEONE_ELSE\nCOMMIT\n")
 
 		// A rule without our comment that jumps to our chain: we could not
 		// delete the chain, so we refuse before touching anything.
-		restoreText(t, ns, b, IPv4, "*nat\n-A OUTPUT -d 203.0.113.5/32 -j DETOUR_OUTPUT\nCOMMIT\n")
+		restoreText(t, ns, b, redirect.IPv4, "*nat\n-A OUTPUT -d 203.0.113.5/32 -j DETOUR_OUTPUT\nCOMMIT\n")
 		before = save(t, ns, b)
 		if _, err := e.Uninstall(context.Background()); err == nil || !strings.Contains(err.Error(), "-A OUTPUT -d 203.0.113.5/32 -j DETOUR_OUTPUT") {
 			t.Fatalf("Uninstall with a foreign jump to our chain = %v, want an error quoting the rule", err)
@@ -425,7 +430,7 @@ func TestForeignChainsRefused(t *testing.T) {
 		if after := save(t, ns, b); after != before {
 			t.Errorf("a refused uninstall changed the rules:\n%s", after)
 		}
-		restoreText(t, ns, b, IPv4, "*nat\n-D OUTPUT -d 203.0.113.5/32 -j DETOUR_OUTPUT\nCOMMIT\n")
+		restoreText(t, ns, b, redirect.IPv4, "*nat\n-D OUTPUT -d 203.0.113.5/32 -j DETOUR_OUTPUT\nCOMMIT\n")
 		mustUninstall(t, e)
 	})
 }
@@ -433,73 +438,75 @@ func TestForeignChainsRefused(t *testing.T) {
 // TestBackendChoice is L5 and the mixed-install refusal.
 func TestBackendChoice(t *testing.T) {
 	t.Parallel()
-	auto := Default()
+	auto := redirect.Default()
 	t.Run("legacy rules keep legacy", func(t *testing.T) {
 		t.Parallel()
 		ns, e := newNS(t)
-		restoreText(t, ns, BackendIPTablesLegacy, IPv4, "*filter\n-A INPUT -p tcp -m tcp --dport 22 -j ACCEPT\nCOMMIT\n")
+		restoreText(t, ns, redirect.BackendIPTablesLegacy, redirect.IPv4, "*filter\n-A INPUT -p tcp -m tcp --dport 22 -j ACCEPT\nCOMMIT\n")
 		res := mustInstall(t, e, mustPlan(t, auto, dualStack))
-		if res.Backend != BackendIPTablesLegacy {
+		if res.Backend != redirect.BackendIPTablesLegacy {
 			t.Fatalf("auto chose %s in a namespace with legacy rules, want iptables-legacy", res.Backend)
 		}
-		if s := saveFamily(t, ns, BackendIPTablesNFT, IPv4) + saveFamily(t, ns, BackendIPTablesNFT, IPv6); strings.Contains(s, "DETOUR") {
+		if s := saveFamily(t, ns, redirect.BackendIPTablesNFT, redirect.IPv4) + saveFamily(t, ns, redirect.BackendIPTablesNFT, redirect.IPv6); strings.Contains(s, "DETOUR") {
 			t.Errorf("rules landed in iptables-nft too:\n%s", s)
 		}
 	})
 	t.Run("nft rules keep nft", func(t *testing.T) {
 		t.Parallel()
 		ns, e := newNS(t)
-		restoreText(t, ns, BackendIPTablesNFT, IPv6, "*filter\n-A INPUT -p tcp -m tcp --dport 22 -j ACCEPT\nCOMMIT\n")
-		if res := mustInstall(t, e, mustPlan(t, auto, dualStack)); res.Backend != BackendIPTablesNFT {
+		restoreText(t, ns, redirect.BackendIPTablesNFT, redirect.IPv6, "*filter\n-A INPUT -p tcp -m tcp --dport 22 -j ACCEPT\nCOMMIT\n")
+		if res := mustInstall(t, e, mustPlan(t, auto, dualStack)); res.Backend != redirect.BackendIPTablesNFT {
 			t.Fatalf("auto chose %s in a namespace with nft rules, want iptables-nft", res.Backend)
 		}
 	})
 	t.Run("ours win over foreign rules", func(t *testing.T) {
 		t.Parallel()
 		ns, e := newNS(t)
-		mustInstall(t, e, mustPlan(t, withBackend(t, auto, BackendIPTablesNFT), dualStack))
-		restoreText(t, ns, BackendIPTablesLegacy, IPv4, "*filter\n-A INPUT -j ACCEPT\nCOMMIT\n")
+		mustInstall(t, e, mustPlan(t, withBackend(t, auto, redirect.BackendIPTablesNFT), dualStack))
+		restoreText(t, ns, redirect.BackendIPTablesLegacy, redirect.IPv4, "*filter\n-A INPUT -j ACCEPT\nCOMMIT\n")
 		res := mustInstall(t, e, mustPlan(t, cfgWith(t, "", "outbound.excludePorts=25"), dualStack))
-		if res.Backend != BackendIPTablesNFT || !res.Changed {
+		if res.Backend != redirect.BackendIPTablesNFT || !res.Changed {
 			t.Fatalf("auto re-install = %+v, want it to stay on iptables-nft", res)
 		}
 	})
 	t.Run("empty namespace takes the host default", func(t *testing.T) {
 		t.Parallel()
 		_, e := newNS(t)
-		want := BackendIPTablesLegacy
+		want := redirect.BackendIPTablesLegacy
 		if out, _ := exec.Command("iptables", "-V").Output(); strings.Contains(string(out), "nf_tables") {
-			want = BackendIPTablesNFT
+			want = redirect.BackendIPTablesNFT
 		}
-		for _, c := range []Config{auto, withBackend(t, auto, BackendIPTables)} {
+		for _, c := range []redirect.Config{auto, withBackend(t, auto, redirect.BackendIPTables)} {
 			res := mustInstall(t, e, mustPlan(t, c, dualStack))
 			if res.Backend != want {
 				t.Errorf("backend %s chose %s, want the host default %s", c.Backend, res.Backend, want)
 			}
 		}
 	})
-	t.Run("never mixed", func(t *testing.T) {
+	t.Run("switch in place, never mixed", func(t *testing.T) {
 		t.Parallel()
 		ns, e := newNS(t)
-		mustInstall(t, e, mustPlan(t, withBackend(t, auto, BackendIPTablesLegacy), dualStack))
-		before := save(t, ns, BackendIPTablesNFT)
-		_, err := e.Install(context.Background(), mustPlan(t, withBackend(t, auto, BackendIPTablesNFT), dualStack))
-		if !errors.Is(err, ErrBackendConflict) {
-			t.Fatalf("Install with nft over a legacy install = %v, want ErrBackendConflict", err)
+		mustInstall(t, e, mustPlan(t, withBackend(t, auto, redirect.BackendIPTablesLegacy), dualStack))
+		p := mustPlan(t, withBackend(t, auto, redirect.BackendIPTablesNFT), dualStack)
+		res := mustInstall(t, e, p)
+		if res.Backend != redirect.BackendIPTablesNFT || !res.Changed || len(res.Replaced) != 1 || res.Replaced[0] != redirect.BackendIPTablesLegacy {
+			t.Fatalf("Install with nft over a legacy install = %+v, want a switch from iptables-legacy", res)
 		}
-		if after := save(t, ns, BackendIPTablesNFT); after != before {
-			t.Errorf("the refused install wrote to iptables-nft:\n%s", after)
+		if s := save(t, ns, redirect.BackendIPTablesLegacy); strings.Contains(s, "DETOUR") {
+			t.Errorf("iptables-legacy still holds our rules after the switch:\n%s", s)
 		}
+		assertNoDrift(t, e, p)
+		mustInstall(t, e, mustPlan(t, withBackend(t, auto, redirect.BackendIPTablesLegacy), dualStack))
 		// Someone else made a mixed install: install refuses, uninstall cleans both.
-		restoreText(t, ns, BackendIPTablesNFT, IPv4, planFamily(Default(), dualStack, IPv4).Restore())
-		if _, err := e.Install(context.Background(), mustPlan(t, auto, dualStack)); !errors.Is(err, ErrBackendConflict) {
+		restoreText(t, ns, redirect.BackendIPTablesNFT, redirect.IPv4, renderTables(firstFamily(t, redirect.Default(), dualStack).Tables))
+		if _, err := e.Install(context.Background(), mustPlan(t, auto, dualStack)); !errors.Is(err, redirect.ErrBackendConflict) {
 			t.Fatalf("Install over a mixed install = %v, want ErrBackendConflict", err)
 		}
-		if _, err := e.Status(context.Background()); !errors.Is(err, ErrBackendConflict) {
-			t.Errorf("Status over a mixed install = %v, want ErrBackendConflict", err)
+		if st, err := e.Status(context.Background()); err != nil || len(st.Others) != 1 || !slices.Equal(slices.Sorted(slices.Values([]redirect.Backend{st.Backend, st.Others[0]})), []redirect.Backend{redirect.BackendIPTablesLegacy, redirect.BackendIPTablesNFT}) {
+			t.Errorf("Status over a mixed install = %+v, %v; want both iptables backends named", st, err)
 		}
 		mustUninstall(t, e)
-		for _, b := range iptablesBackends {
+		for _, b := range []redirect.Backend{redirect.BackendIPTablesLegacy, redirect.BackendIPTablesNFT} {
 			if s := save(t, ns, b); strings.Contains(s, "DETOUR") {
 				t.Errorf("%s still holds our rules after uninstall:\n%s", b, s)
 			}
@@ -523,31 +530,27 @@ func failingTool(t *testing.T, name string) {
 // Not parallel: it changes PATH.
 func TestIPv6FailureRollsBackIPv4(t *testing.T) {
 	privtest.Require(t, backendTools...)
-	for _, b := range iptablesBackends {
+	for _, b := range []redirect.Backend{redirect.BackendIPTablesLegacy, redirect.BackendIPTablesNFT} {
 		t.Run(string(b), func(t *testing.T) {
 			ns, e := newNS(t)
 			seedForeign(t, ns, b)
 			mustInstall(t, e, mustPlan(t, withBackend(t, cfgWith(t, "", "dropInvalidPackets=true"), b), dualStack))
 			// Foreign rules after ours in the built-in chains: a rollback must put
 			// our hooks back in front of them.
-			restoreText(t, ns, b, IPv4, "*nat\n-A OUTPUT -d 203.0.113.7/32 -j RETURN\n-A PREROUTING -d 203.0.113.8/32 -j RETURN\nCOMMIT\n*mangle\n-A PREROUTING -d 203.0.113.9/32 -j RETURN\nCOMMIT\n")
+			restoreText(t, ns, b, redirect.IPv4, "*nat\n-A OUTPUT -d 203.0.113.7/32 -j RETURN\n-A PREROUTING -d 203.0.113.8/32 -j RETURN\nCOMMIT\n*mangle\n-A PREROUTING -d 203.0.113.9/32 -j RETURN\nCOMMIT\n")
 			before := save(t, ns, b)
 
-			failingTool(t, toolName(b, IPv6, "restore"))
+			failingTool(t, toolName(b, redirect.IPv6, "restore"))
 			p := mustPlan(t, withBackend(t, cfgWith(t, "", "dns.capture=all", "mode=tproxy"), b), dualStack)
 			_, err := e.Install(context.Background(), p)
-			if !errors.Is(err, ErrIPv6Unavailable) || !strings.Contains(err.Error(), "simulated failure") {
+			if !errors.Is(err, redirect.ErrIPv6Unavailable) || !strings.Contains(err.Error(), "simulated failure") {
 				t.Fatalf("Install = %v, want ErrIPv6Unavailable with the tool's message", err)
 			}
 			if after := save(t, ns, b); after != before {
 				t.Errorf("IPv4 was not rolled back exactly:\n--- before\n%s\n--- after\n%s", before, after)
 			}
-			st, err := observeNetIn(t, e)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if have := strings.Join(append(st.have(IPv4), st.have(IPv6)...), "\n"); strings.Contains(have, "routing") {
-				t.Errorf("the TPROXY routing stayed after the failed install:\n%s", have)
+			if rules := ns.Run(t, "ip", "-4", "rule") + ns.Run(t, "ip", "-6", "rule"); strings.Contains(rules, "lookup 2000") {
+				t.Errorf("the TPROXY routing stayed after the failed install:\n%s", rules)
 			}
 		})
 	}
@@ -569,13 +572,13 @@ func TestIPv6ToolsMissing(t *testing.T) {
 	}
 	ns, e := newNS(t)
 	t.Setenv("PATH", dir)
-	for _, b := range iptablesBackends {
-		before := saveFamily(t, ns, b, IPv4)
-		_, err := e.Install(context.Background(), mustPlan(t, withBackend(t, Default(), b), dualStack))
-		if !errors.Is(err, ErrIPv6Unavailable) {
+	for _, b := range []redirect.Backend{redirect.BackendIPTablesLegacy, redirect.BackendIPTablesNFT} {
+		before := saveFamily(t, ns, b, redirect.IPv4)
+		_, err := e.Install(context.Background(), mustPlan(t, withBackend(t, redirect.Default(), b), dualStack))
+		if !errors.Is(err, redirect.ErrIPv6Unavailable) {
 			t.Fatalf("%s: Install without ip6tables = %v, want ErrIPv6Unavailable", b, err)
 		}
-		if after := saveFamily(t, ns, b, IPv4); after != before {
+		if after := saveFamily(t, ns, b, redirect.IPv4); after != before {
 			t.Errorf("%s: IPv4 changed although IPv6 was impossible:\n%s", b, after)
 		}
 	}
@@ -599,36 +602,36 @@ func TestLockTimeout(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer f.Close()
-	before := save(t, ns, BackendIPTablesLegacy)
+	before := save(t, ns, redirect.BackendIPTablesLegacy)
 	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX); err != nil {
 		t.Fatal(err)
 	}
 	start := time.Now()
-	_, err = e.Install(context.Background(), mustPlan(t, withBackend(t, Default(), BackendIPTablesLegacy), dualStack))
+	_, err = e.Install(context.Background(), mustPlan(t, withBackend(t, redirect.Default(), redirect.BackendIPTablesLegacy), dualStack))
 	waited := time.Since(start)
 	if err := unix.Flock(int(f.Fd()), unix.LOCK_UN); err != nil {
 		t.Fatal(err)
 	}
-	if !errors.Is(err, ErrLockTimeout) {
+	if !errors.Is(err, redirect.ErrLockTimeout) {
 		t.Fatalf("Install with the lock held = %v, want ErrLockTimeout", err)
 	}
 	if waited > 20*time.Second {
 		t.Errorf("Install waited %s for the lock, far beyond LockWait", waited)
 	}
-	if after := save(t, ns, BackendIPTablesLegacy); after != before {
+	if after := save(t, ns, redirect.BackendIPTablesLegacy); after != before {
 		t.Errorf("rules changed although the lock was never acquired:\n%s", after)
 	}
-	mustInstall(t, e, mustPlan(t, withBackend(t, Default(), BackendIPTablesLegacy), dualStack))
+	mustInstall(t, e, mustPlan(t, withBackend(t, redirect.Default(), redirect.BackendIPTablesLegacy), dualStack))
 }
 
 // TestParallelInstalls is L10: many namespaces installing at once all succeed
 // (legacy ones queue on the host-wide xtables lock).
 func TestParallelInstalls(t *testing.T) {
 	t.Parallel()
-	forEachBackend(t, func(t *testing.T, b Backend) {
+	forEachBackend(t, func(t *testing.T, b redirect.Backend) {
 		const n = 50
 		p := mustPlan(t, withBackend(t, cfgWith(t, "", "dns.capture=all"), b), dualStack)
-		engines := make([]*Engine, n)
+		engines := make([]*redirect.Engine, n)
 		for i := range engines {
 			_, engines[i] = newNS(t)
 		}
@@ -651,16 +654,10 @@ func TestParallelInstalls(t *testing.T) {
 	})
 }
 
-func observeNetIn(t *testing.T, e *Engine) (netState, error) {
-	t.Helper()
-	s, err := e.readInstalled(context.Background(), Plan{})
-	return s.routes, err
-}
-
 // TestTProxyRouting: the policy routing comes and goes with the rules.
 func TestTProxyRouting(t *testing.T) {
 	t.Parallel()
-	forEachBackend(t, func(t *testing.T, b Backend) {
+	forEachBackend(t, func(t *testing.T, b redirect.Backend) {
 		ns, e := newNS(t)
 		rulesBefore := ns.Run(t, "ip", "-4", "rule") + ns.Run(t, "ip", "-6", "rule")
 		p := mustPlan(t, withBackend(t, cfgWith(t, "", "mode=tproxy"), b), dualStack)
@@ -680,7 +677,7 @@ func TestTProxyRouting(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if len(d.Families) != 1 || d.Families[0].Family != IPv6 || len(d.Families[0].Missing) != 1 || !strings.Contains(d.Families[0].Missing[0], "route add local ::/0") {
+		if len(d.Families) != 1 || d.Families[0].Family != redirect.IPv6 || len(d.Families[0].Missing) != 1 || !strings.Contains(d.Families[0].Missing[0], "route add local ::/0") {
 			t.Errorf("Check after deleting the IPv6 route = %+v", d)
 		}
 		if res := mustInstall(t, e, p); !res.Changed || res.Processes != 4 {
@@ -689,7 +686,7 @@ func TestTProxyRouting(t *testing.T) {
 		assertNoDrift(t, e, p)
 
 		// Back to redirect mode: the routing goes, the rules change.
-		pr := mustPlan(t, withBackend(t, Default(), b), dualStack)
+		pr := mustPlan(t, withBackend(t, redirect.Default(), b), dualStack)
 		mustInstall(t, e, pr)
 		assertNoDrift(t, e, pr)
 		mustInstall(t, e, p)
@@ -745,7 +742,7 @@ func TestPassthroughAddress(t *testing.T) {
 		ns, e := newNS(t)
 		ns.Run(t, "ip", "-6", "addr", "add", "::6/128", "dev", "lo")
 		before := addrs(ns)
-		p := mustPlan(t, Default(), dualStack)
+		p := mustPlan(t, redirect.Default(), dualStack)
 		mustInstall(t, e, p)
 		assertNoDrift(t, e, p)
 		mustUninstall(t, e)
@@ -779,7 +776,7 @@ func TestFacts(t *testing.T) {
 		t.Errorf("nameservers = %v", got)
 	}
 	ns.Run(t, "sysctl", "-q", "-w", "net.ipv6.conf.all.disable_ipv6=1")
-	if f, err := e.Facts(context.Background(), Default()); err != nil || f.IPv6 || f.Nameservers != nil {
+	if f, err := e.Facts(context.Background(), redirect.Default()); err != nil || f.IPv6 || f.Nameservers != nil {
 		t.Errorf("Facts with IPv6 disabled = %+v, %v; want no IPv6 and no nameservers read", f, err)
 	}
 	// An unreadable resolv.conf is invalid input (exit 2), naming the field
@@ -787,8 +784,8 @@ func TestFacts(t *testing.T) {
 	for _, path := range []string{filepath.Join(t.TempDir(), "missing"), t.TempDir()} {
 		cfg.DNS.ResolvConf = path
 		_, err := e.Facts(context.Background(), cfg)
-		var fe *FieldError
-		if !errors.Is(err, ErrInvalid) || !errors.As(err, &fe) || fe.Field != "dns.resolvConf" || fe.Value != path {
+		var fe *redirect.FieldError
+		if !errors.Is(err, redirect.ErrInvalid) || !errors.As(err, &fe) || fe.Field != "dns.resolvConf" || fe.Value != path {
 			t.Errorf("Facts with resolv.conf %s = %#v, want a *FieldError for dns.resolvConf with the path, matching ErrInvalid", path, err)
 		}
 	}
@@ -798,8 +795,8 @@ func TestFacts(t *testing.T) {
 // preset and DNS capture on both families: time per call and child processes
 // per call (procs/op).
 
-func benchEngine(b *testing.B, run func(b *testing.B, e *Engine, p Plan)) {
-	for _, backend := range iptablesBackends {
+func benchEngine(b *testing.B, run func(b *testing.B, e *redirect.Engine, p redirect.Plan)) {
+	for _, backend := range []redirect.Backend{redirect.BackendIPTablesLegacy, redirect.BackendIPTablesNFT} {
 		b.Run(string(backend), func(b *testing.B) {
 			_, e := newNS(b)
 			p := mustPlan(b, withBackend(b, cfgWith(b, "istio", "dns.capture=all"), backend), dualStack)
@@ -809,7 +806,7 @@ func benchEngine(b *testing.B, run func(b *testing.B, e *Engine, p Plan)) {
 }
 
 func BenchmarkInstall(b *testing.B) {
-	benchEngine(b, func(b *testing.B, e *Engine, p Plan) {
+	benchEngine(b, func(b *testing.B, e *redirect.Engine, p redirect.Plan) {
 		procs := 0
 		for b.Loop() {
 			b.StopTimer()
@@ -822,7 +819,7 @@ func BenchmarkInstall(b *testing.B) {
 }
 
 func BenchmarkInstallNoChange(b *testing.B) {
-	benchEngine(b, func(b *testing.B, e *Engine, p Plan) {
+	benchEngine(b, func(b *testing.B, e *redirect.Engine, p redirect.Plan) {
 		mustInstall(b, e, p)
 		procs := 0
 		for b.Loop() {
@@ -837,7 +834,7 @@ func BenchmarkInstallNoChange(b *testing.B) {
 }
 
 func BenchmarkUninstall(b *testing.B) {
-	benchEngine(b, func(b *testing.B, e *Engine, p Plan) {
+	benchEngine(b, func(b *testing.B, e *redirect.Engine, p redirect.Plan) {
 		procs := 0
 		for b.Loop() {
 			b.StopTimer()
@@ -889,7 +886,7 @@ awk '{ print } /^COMMIT$/ { exit }' ` + dir + `/input | ` + real + ` "$@" || exi
 // the failing family included. Not parallel: it changes PATH.
 func TestFailedFamilyRolledBack(t *testing.T) {
 	privtest.Require(t, backendTools...)
-	for _, b := range iptablesBackends {
+	for _, b := range []redirect.Backend{redirect.BackendIPTablesLegacy, redirect.BackendIPTablesNFT} {
 		for _, f := range allFamilies {
 			for _, cancel := range []bool{false, true} {
 				name := fmt.Sprintf("%s/%s/fails", b, f)
@@ -904,7 +901,7 @@ func TestFailedFamilyRolledBack(t *testing.T) {
 					from := mustPlan(t, withBackend(t, cfgWith(t, "", "dns.capture=all", "dropInvalidPackets=true"), b), dualStack)
 					mustInstall(t, e, from)
 					foreign := "*raw\n-A OUTPUT -d 203.0.113.7/32 -j RETURN\nCOMMIT\n*nat\n-A OUTPUT -d 203.0.113.7/32 -j RETURN\nCOMMIT\n"
-					if f == IPv6 {
+					if f == redirect.IPv6 {
 						foreign = strings.ReplaceAll(foreign, "203.0.113.7/32", "2001:db8::7/128")
 					}
 					restoreText(t, ns, b, f, foreign)
@@ -944,7 +941,7 @@ func TestFailedFamilyRolledBack(t *testing.T) {
 // apply puts raw back, so every table ends as it was.
 func TestRestoreCommitsPerTable(t *testing.T) {
 	t.Parallel()
-	forEachBackend(t, func(t *testing.T, b Backend) {
+	forEachBackend(t, func(t *testing.T, b redirect.Backend) {
 		ns, e := newNS(t)
 		seedForeign(t, ns, b)
 		mustInstall(t, e, mustPlan(t, withBackend(t, cfgWith(t, "", "dns.capture=all"), b), dualStack))
@@ -953,7 +950,7 @@ func TestRestoreCommitsPerTable(t *testing.T) {
 			bad := "*raw\n-D OUTPUT -p udp -m comment --comment detour -j DETOUR_CT_OUTPUT\nCOMMIT\n*nat\n-D OUTPUT -d 203.0.113.99/32 -j RETURN\nCOMMIT\n"
 			// Without apply: raw is committed although the restore fails.
 			cmd := exec.Command("ip", "netns", "exec", ns.Name, toolName(b, f, "restore"), "--noflush")
-			cmd.Stdin = strings.NewReader(strings.ReplaceAll(bad, "203.0.113.99/32", map[Family]string{IPv4: "203.0.113.99/32", IPv6: "2001:db8::99/128"}[f]))
+			cmd.Stdin = strings.NewReader(strings.ReplaceAll(bad, "203.0.113.99/32", map[redirect.Family]string{redirect.IPv4: "203.0.113.99/32", redirect.IPv6: "2001:db8::99/128"}[f]))
 			if out, err := cmd.CombinedOutput(); err == nil {
 				t.Fatalf("%s: the bad restore succeeded: %s", f, out)
 			}
@@ -967,12 +964,12 @@ func TestRestoreCommitsPerTable(t *testing.T) {
 
 			// Through apply: the failed family is rolled back.
 			err := netns.Do(ns.Path, func() error {
-				r := e.newRun(context.Background())
-				fo := r.observeFamily(b, f)
+				r := (&Driver{Backend: b}).newRun(context.Background())
+				fo := r.observeFamily(f)
 				if fo.err != nil {
 					return fo.err
 				}
-				return r.apply(b, []step{{family: f, from: fo.owned, to: fo.owned, script: bad}})
+				return r.apply([]step{{family: f, from: fo.owned, to: fo.owned, script: bad}})
 			})
 			if err == nil {
 				t.Fatalf("%s: apply of the bad script succeeded", f)
@@ -991,7 +988,7 @@ func TestRestoreCommitsPerTable(t *testing.T) {
 // re-install and uninstall; ours come and go next to them.
 func TestForeignNetStateSurvives(t *testing.T) {
 	t.Parallel()
-	forEachBackend(t, func(t *testing.T, b Backend) {
+	forEachBackend(t, func(t *testing.T, b redirect.Backend) {
 		ns, e := newNS(t)
 		for _, c := range [][]string{
 			{"ip", "-6", "addr", "add", "2001:db8::1/128", "dev", "lo", "nodad", "noprefixroute"},
@@ -1050,7 +1047,7 @@ func TestForeignNetStateSurvives(t *testing.T) {
 		}
 		// Another plan that needs no routing and no IPv4 address of ours: only
 		// ours go.
-		mustInstall(t, e, mustPlan(t, withBackend(t, Default(), b), dualStack))
+		mustInstall(t, e, mustPlan(t, withBackend(t, redirect.Default(), b), dualStack))
 		if got := state(); !strings.Contains(got, "2001:db8::1/128") || !strings.Contains(got, "proto static") || strings.Contains(got, "proto 215") {
 			t.Errorf("after installing redirect mode:\n%s", got)
 		}
@@ -1071,7 +1068,7 @@ func TestFactsIPv6PerInterface(t *testing.T) {
 	ns.Run(t, "sysctl", "-q", "-w", "net.ipv6.conf.all.disable_ipv6=1")
 	ipv6 := func() bool {
 		t.Helper()
-		f, err := e.Facts(context.Background(), Default())
+		f, err := e.Facts(context.Background(), redirect.Default())
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -1086,12 +1083,12 @@ func TestFactsIPv6PerInterface(t *testing.T) {
 		t.Errorf("Facts says no IPv6 although eth0 has it (all.disable_ipv6=1, eth0.disable_ipv6=0): an auto plan would let IPv6 bypass the proxy\n%s", ns.Run(t, "ip", "-6", "addr"))
 	}
 	// ipFamilies auto then plans both families.
-	f, err := e.Facts(context.Background(), Default())
+	f, err := e.Facts(context.Background(), redirect.Default())
 	if err != nil {
 		t.Fatal(err)
 	}
-	if p := mustPlan(t, Default(), f); len(p.Families) != 2 {
-		t.Errorf("auto plan with IPv6 on eth0 captures %d families, want 2", len(p.Families))
+	if p := mustPlan(t, redirect.Default(), f); len(p.Families()) != 2 {
+		t.Errorf("auto plan with IPv6 on eth0 captures %d families, want 2", len(p.Families()))
 	}
 }
 
@@ -1125,16 +1122,20 @@ exec %[3]s "$@"
 // the first's work. Not parallel: it changes PATH.
 func TestConcurrentInstallsOneNamespace(t *testing.T) {
 	privtest.Require(t, backendTools...)
-	for _, b := range iptablesBackends {
+	for _, b := range []redirect.Backend{redirect.BackendIPTablesLegacy, redirect.BackendIPTablesNFT} {
 		t.Run(string(b), func(t *testing.T) {
-			barrierRestore(t, 2, toolName(b, IPv4, "restore"), toolName(b, IPv6, "restore"))
+			barrierRestore(t, 2, toolName(b, redirect.IPv4, "restore"), toolName(b, redirect.IPv6, "restore"))
 			ns, _ := newNS(t)
 			p := mustPlan(t, withBackend(t, cfgWith(t, "", "dns.capture=all"), b), dualStack)
 			var wg sync.WaitGroup
-			results := make([]Result, 2)
+			results := make([]redirect.Result, 2)
 			errs := make([]error, 2)
 			for i := range 2 {
-				e := &Engine{NetNS: ns.Path} // separate engines, as two processes would be
+				// Separate engines, as two processes would be. The barrier holds the
+				// first install's restore for up to 100 polls while the second waits
+				// for the namespace lock: on a loaded machine that exceeds the default
+				// 10s, so the wait here is long.
+				e := &redirect.Engine{NetNS: ns.Path, Drivers: Drivers(0, nil), LockWait: 2 * time.Minute}
 				wg.Go(func() { results[i], errs[i] = e.Install(context.Background(), p) })
 			}
 			wg.Wait()
@@ -1154,7 +1155,7 @@ func TestConcurrentInstallsOneNamespace(t *testing.T) {
 					}
 				}
 			}
-			assertNoDrift(t, &Engine{NetNS: ns.Path}, p)
+			assertNoDrift(t, &redirect.Engine{NetNS: ns.Path, Drivers: Drivers(0, nil)}, p)
 		})
 	}
 }
@@ -1167,35 +1168,55 @@ func TestNamespaceLockWait(t *testing.T) {
 	ns, e := newNS(t)
 	e.LockDir = t.TempDir()
 	e.LockWait = 300 * time.Millisecond
-	var held *netnsLock
-	err := netns.Do(ns.Path, func() (err error) {
-		held, err = e.newRun(context.Background()).lockNetNS()
-		return err
-	})
-	if err != nil || held == nil {
-		t.Fatalf("take the lock: %v", err)
-	}
-	before := save(t, ns, BackendIPTablesNFT)
-	res, err := e.Install(context.Background(), mustPlan(t, withBackend(t, Default(), BackendIPTablesNFT), dualStack))
-	if !errors.Is(err, ErrLockTimeout) || res.Processes != 0 {
+	// Another run holds the lock: an Uninstall whose only backend waits in
+	// Ready until released.
+	holder := *e
+	entered, release := make(chan struct{}), make(chan struct{})
+	holder.Drivers = []redirect.Driver{&waitingDriver{Driver: &Driver{Backend: redirect.BackendIPTablesNFT}, entered: entered, release: release}}
+	holder.LockWait = time.Minute
+	held := make(chan error, 1)
+	go func() {
+		_, err := holder.Uninstall(context.Background())
+		held <- err
+	}()
+	<-entered
+	before := save(t, ns, redirect.BackendIPTablesNFT)
+	res, err := e.Install(context.Background(), mustPlan(t, withBackend(t, redirect.Default(), redirect.BackendIPTablesNFT), dualStack))
+	if !errors.Is(err, redirect.ErrLockTimeout) || res.Processes != 0 {
 		t.Fatalf("Install while the lock is held = %+v, %v; want ErrLockTimeout and no process", res, err)
 	}
-	if _, err := e.Uninstall(context.Background()); !errors.Is(err, ErrLockTimeout) {
+	if _, err := e.Uninstall(context.Background()); !errors.Is(err, redirect.ErrLockTimeout) {
 		t.Fatalf("Uninstall while the lock is held = %v, want ErrLockTimeout", err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
 	e.LockWait = time.Minute
-	if _, err := e.Install(ctx, mustPlan(t, Default(), dualStack)); !errors.Is(err, context.Canceled) {
+	if _, err := e.Install(ctx, mustPlan(t, redirect.Default(), dualStack)); !errors.Is(err, context.Canceled) {
 		t.Fatalf("Install with a cancelled context while the lock is held = %v, want context.Canceled", err)
 	}
-	if after := save(t, ns, BackendIPTablesNFT); after != before {
+	if after := save(t, ns, redirect.BackendIPTablesNFT); after != before {
 		t.Errorf("rules changed although the lock was never acquired:\n%s", after)
 	}
-	held.unlock()
-	mustInstall(t, e, mustPlan(t, withBackend(t, Default(), BackendIPTablesNFT), dualStack))
+	close(release)
+	if err := <-held; err != nil {
+		t.Fatalf("the Uninstall holding the lock: %v", err)
+	}
+	mustInstall(t, e, mustPlan(t, withBackend(t, redirect.Default(), redirect.BackendIPTablesNFT), dualStack))
 	mustUninstall(t, e)
 	if left, _ := os.ReadDir(e.LockDir); len(left) != 0 {
 		t.Errorf("lock files left behind: %v", left)
 	}
+}
+
+// waitingDriver is a Driver whose Ready waits until release is closed (after
+// closing entered), so an Engine call holds the namespace's lock meanwhile.
+type waitingDriver struct {
+	redirect.Driver
+	entered, release chan struct{}
+}
+
+func (w *waitingDriver) Ready(ctx context.Context) error {
+	close(w.entered)
+	<-w.release
+	return w.Driver.Ready(ctx)
 }

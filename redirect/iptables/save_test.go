@@ -1,10 +1,12 @@
-package redirect
+package iptables
 
 import (
 	"strings"
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
+
+	"github.com/detour-mesh/detour/redirect"
 )
 
 // Unprivileged tests of the pure half of the iptables backend; the
@@ -40,8 +42,8 @@ func TestParseSaveAndOwnership(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !hasRules(tables) {
-		t.Error("hasRules = false for a table with rules")
+	if !hasForeignRules(tables) {
+		t.Error("hasForeignRules = false for a table with other tools' rules")
 	}
 	o, foreign := ownedFromSave(tables)
 	nat := o["nat"]
@@ -67,8 +69,12 @@ func TestParseSaveAndOwnership(t *testing.T) {
 	}
 
 	empty, err := parseSave("*raw\n:PREROUTING ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\nCOMMIT\n")
-	if err != nil || hasRules(empty) {
-		t.Errorf("an empty table: hasRules = %v, err %v", hasRules(empty), err)
+	if err != nil || hasForeignRules(empty) {
+		t.Errorf("an empty table: hasForeignRules = %v, err %v", hasForeignRules(empty), err)
+	}
+	ours, err := parseSave("*nat\n:OUTPUT ACCEPT [0:0]\n:DETOUR_OUTPUT - [0:0]\n-A OUTPUT -p tcp -m comment --comment detour -j DETOUR_OUTPUT\n-A DETOUR_OUTPUT -p tcp -j RETURN\nCOMMIT\n")
+	if err != nil || hasForeignRules(ours) {
+		t.Errorf("only detour's rules: hasForeignRules = %v, err %v", hasForeignRules(ours), err)
 	}
 }
 
@@ -120,8 +126,8 @@ COMMIT
 	if len(foreign.chains) != 0 || len(foreign.refs) != 0 {
 		t.Fatalf("an old install is foreign: %+v", foreign)
 	}
-	planned := mustPlan(t, cfgWith(t, "", "dns.capture=all"), v4Only).Families[0]
-	script := transition(installed, ownedFromPlan(&planned))
+	planned := firstFamily(t, cfgWith(t, "", "dns.capture=all"), v4Only)
+	script := transition(installed, ownedFromRules(&planned))
 	for _, want := range []string{
 		"-D PREROUTING -p udp -m udp --sport 53 -m comment --comment detour -j DETOUR_CT_PREROUTING\n",
 		"-X DETOUR_CT_PREROUTING\n",
@@ -135,9 +141,9 @@ COMMIT
 
 func TestTransition(t *testing.T) {
 	t.Parallel()
-	planA := mustPlan(t, cfgWith(t, "", "dns.capture=all"), v4Only).Families[0]
-	planB := mustPlan(t, cfgWith(t, "", "outbound.excludePorts=25"), v4Only).Families[0]
-	a, b := ownedFromPlan(&planA), ownedFromPlan(&planB)
+	planA := firstFamily(t, cfgWith(t, "", "dns.capture=all"), v4Only)
+	planB := firstFamily(t, cfgWith(t, "", "outbound.excludePorts=25"), v4Only)
+	a, b := ownedFromRules(&planA), ownedFromRules(&planB)
 
 	if s := transition(a, a); s != "" {
 		t.Errorf("transition to the same state = %q, want nothing", s)
@@ -189,36 +195,12 @@ func TestTransition(t *testing.T) {
 	}
 }
 
-func TestFamilyDrift(t *testing.T) {
-	t.Parallel()
-	planned := []string{"-t nat -N DETOUR_OUTPUT", "-t nat -A DETOUR_OUTPUT -o lo -j RETURN", "-t nat -A DETOUR_OUTPUT -p tcp -j DETOUR_OUT_REDIRECT"}
-	installed := []string{"-t nat -N DETOUR_OUTPUT", "-t nat -A DETOUR_OUTPUT -d 192.0.2.9/32 -j RETURN", "-t nat -A DETOUR_OUTPUT -p tcp -j DETOUR_OUT_REDIRECT"}
-	if _, differs := familyDrift(IPv4, planned, planned); differs {
-		t.Error("equal lines reported as drift")
+// firstFamily is the rules of the first family cfg captures.
+func firstFamily(t testing.TB, cfg redirect.Config, facts redirect.Facts) FamilyRules {
+	t.Helper()
+	p, err := redirect.NewPlan(cfg, facts)
+	if err != nil {
+		t.Fatal(err)
 	}
-	d, differs := familyDrift(IPv4, installed, planned)
-	if !differs {
-		t.Fatal("drift not reported")
-	}
-	if diff := cmp.Diff([]string{"-t nat -A DETOUR_OUTPUT -o lo -j RETURN"}, d.Missing); diff != "" {
-		t.Errorf("missing (-want +got):\n%s", diff)
-	}
-	if diff := cmp.Diff([]string{"-t nat -A DETOUR_OUTPUT -d 192.0.2.9/32 -j RETURN"}, d.Unexpected); diff != "" {
-		t.Errorf("unexpected (-want +got):\n%s", diff)
-	}
-	want := `--- installed ipv4
-+++ planned ipv4
-@@ -1,3 +1,3 @@
- -t nat -N DETOUR_OUTPUT
---t nat -A DETOUR_OUTPUT -d 192.0.2.9/32 -j RETURN
-+-t nat -A DETOUR_OUTPUT -o lo -j RETURN
- -t nat -A DETOUR_OUTPUT -p tcp -j DETOUR_OUT_REDIRECT
-`
-	if got := (Drift{Families: []FamilyDrift{d}}).String(); got != want {
-		t.Errorf("drift text:\n%s\nwant:\n%s", got, want)
-	}
-	// Reordering our rules is drift too.
-	if _, differs := familyDrift(IPv4, []string{"a", "b"}, []string{"b", "a"}); !differs {
-		t.Error("reordered rules not reported as drift")
-	}
+	return Rules(p.Capture)[0]
 }

@@ -1,4 +1,4 @@
-package redirect
+package iptables
 
 import (
 	"cmp"
@@ -74,13 +74,25 @@ func parseSave(out string) ([]*saveTable, error) {
 	return tables, nil
 }
 
-// hasRules reports whether the tables hold anything beyond empty built-in
-// chains with an ACCEPT policy: a rule, a user chain or another policy.
-func hasRules(tables []*saveTable) bool {
+// hasForeignRules reports whether the tables hold anything of other tools:
+// beyond empty built-in chains with an ACCEPT policy and beyond detour's own
+// chains and hooks, a rule, a user chain or another policy.
+func hasForeignRules(tables []*saveTable) bool {
 	for _, t := range tables {
 		for _, c := range t.chains {
-			if len(c.rules) > 0 || c.policy != "ACCEPT" {
+			if c.policy == "-" {
+				if !ownsChain(t.name, c.name) {
+					return true
+				}
+				continue
+			}
+			if c.policy != "ACCEPT" {
 				return true
+			}
+			for _, spec := range c.rules {
+				if !hasOwnerComment(spec) {
+					return true
+				}
 			}
 		}
 	}
@@ -224,13 +236,13 @@ func sortHooks(ot *ownedTable) {
 	ot.Hooks, ot.pos = hooks, pos
 }
 
-// ownedFromPlan is the planned state of one family (nil plan: nothing).
-func ownedFromPlan(fp *FamilyPlan) owned {
+// ownedFromRules is the planned state of one family (nil: nothing).
+func ownedFromRules(fr *FamilyRules) owned {
 	o := owned{}
-	if fp == nil {
+	if fr == nil {
 		return o
 	}
-	for _, t := range fp.Tables {
+	for _, t := range fr.Tables {
 		o[t.Name] = &ownedTable{Table: t}
 	}
 	return o
@@ -349,4 +361,48 @@ func hookInserts(f, t *ownedTable) string {
 		next[h.Chain] = p + 1
 	}
 	return b.String()
+}
+
+// renderTables is tables in iptables-restore form: per table the chain
+// declarations, the hooks and our chains' rules (the order iptables-save
+// lists them in), each table ending in COMMIT.
+func renderTables(tables []Table) string {
+	var b strings.Builder
+	for _, t := range tables {
+		b.WriteString("*" + t.Name + "\n")
+		for _, c := range t.Chains {
+			b.WriteString(":" + c.Name + " - [0:0]\n")
+		}
+		for _, r := range t.Hooks {
+			b.WriteString("-A " + r.Chain + " " + r.Spec + "\n")
+		}
+		for _, c := range t.Chains {
+			for _, r := range c.Rules {
+				b.WriteString("-A " + r.Chain + " " + r.Spec + "\n")
+			}
+		}
+		b.WriteString("COMMIT\n")
+	}
+	return b.String()
+}
+
+// driftLines turns tables into self-contained lines ("-t nat -N
+// DETOUR_OUTPUT", "-t nat -A OUTPUT …") so a difference reads without its
+// context: FamilyRendering.Lines and Installed.Lines.
+func driftLines(tables []Table) []string {
+	var out []string
+	for _, t := range tables {
+		for _, c := range t.Chains {
+			out = append(out, "-t "+t.Name+" -N "+c.Name)
+		}
+		for _, r := range t.Hooks {
+			out = append(out, "-t "+t.Name+" -A "+r.Chain+" "+r.Spec)
+		}
+		for _, c := range t.Chains {
+			for _, r := range c.Rules {
+				out = append(out, "-t "+t.Name+" -A "+r.Chain+" "+r.Spec)
+			}
+		}
+	}
+	return out
 }

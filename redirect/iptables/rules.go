@@ -1,4 +1,4 @@
-package redirect
+package iptables
 
 import (
 	"fmt"
@@ -7,6 +7,8 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+
+	"github.com/detour-mesh/detour/redirect"
 )
 
 // Everything detour installs is recognisable by name: our chains start with
@@ -25,6 +27,7 @@ const (
 	chainDNSRedirect  = "DETOUR_DNS_REDIRECT"  // nat: REDIRECT to dns.port
 	chainDivert       = "DETOUR_DIVERT"        // mangle: packets of connections the proxy holds (TPROXY)
 	chainTProxy       = "DETOUR_TPROXY"        // mangle: TPROXY to proxy.inboundPort
+	chainTProxyReturn = "DETOUR_TPROXY_RETURN" // mangle: the app's replies to the proxy's original-source connections
 	chainCTOutput     = "DETOUR_CT_OUTPUT"     // raw: conntrack zones of locally sent DNS packets
 	chainCTPrerouting = "DETOUR_CT_PREROUTING" // raw: made by earlier versions only (zones of received DNS replies); still ours, so it is removed
 )
@@ -33,7 +36,7 @@ const (
 // chain that is not listed for its table is foreign.
 var ownedChains = map[string][]string{
 	"raw":    {chainCTOutput, chainCTPrerouting},
-	"mangle": {chainDivert, chainInbound, chainTProxy},
+	"mangle": {chainDivert, chainInbound, chainTProxy, chainTProxyReturn},
 	"nat":    {chainDNS, chainDNSRedirect, chainInbound, chainInRedirect, chainOutCIDRs, chainOutRedirect, chainOutput},
 }
 
@@ -42,19 +45,11 @@ var (
 	builtinOrder = []string{"PREROUTING", "INPUT", "FORWARD", "OUTPUT", "POSTROUTING"}
 )
 
-// Fixed numbers of the TPROXY path and of the DNS conntrack zones; docs/rules.md
-// lists them.
+// Fixed numbers of the DNS conntrack zones (redirect.ZoneUpstream and
+// redirect.ZoneApp) and of the rules; docs/rules.md lists them.
 const (
-	tproxyMark     = 0x2000 // one bit, so other users of the mark keep theirs
-	tproxyTable    = 2000
-	tproxyPriority = 2000
-
-	// zoneUpstream holds the DNS proxy's (and bypassing users') queries to the
-	// real nameservers, original direction only (their replies are in the
-	// default zone); zoneApp holds the applications' captured queries and the
-	// DNS proxy's replies to them.
-	zoneUpstream = 1
-	zoneApp      = 2
+	zoneUpstream = redirect.ZoneUpstream
+	zoneApp      = redirect.ZoneApp
 
 	// localDst limits a hook in PREROUTING to packets addressed to the
 	// namespace itself: a host that forwards traffic for others (containers on
@@ -66,38 +61,64 @@ const (
 	multiportMax = 15
 )
 
-// netProtocol is the kernel ownership tag of everything we make over netlink:
-// the protocol of our ip rules and routes and of our addresses on lo. No
-// routing daemon uses 215 (iproute2's rt_protos, linux/rtnetlink.h).
-const netProtocol = 215
+func ownsChain(table, chain string) bool { return slices.Contains(ownedChains[table], chain) }
 
-// addressLabel names the IPv4 addresses we put on lo, for people reading `ip
-// addr` (which does not show an address's protocol); ownership is netProtocol.
-const addressLabel = "lo:detour"
-
-// alwaysLocal reports whether an address is local without being configured:
-// all of 127.0.0.0/8, but of IPv6 loopback only ::1.
-func alwaysLocal(a netip.Addr) bool {
-	if a.Is4() {
-		return netip.MustParsePrefix("127.0.0.0/8").Contains(a)
-	}
-	return a == netip.IPv6Loopback()
+// Table is one iptables table's share of a family's rules.
+type Table struct {
+	Name string `json:"name"` // "raw", "mangle" or "nat"
+	// Chains are our chains (DETOUR_...), sorted by name as iptables-save lists them.
+	Chains []Chain `json:"chains"`
+	// Hooks are the rules we add to built-in chains, each carrying the ownership
+	// comment, in built-in chain order (PREROUTING, INPUT, FORWARD, OUTPUT,
+	// POSTROUTING) and in the order they apply within a built-in chain.
+	Hooks []Rule `json:"hooks"`
 }
 
-func ownsChain(table, chain string) bool { return slices.Contains(ownedChains[table], chain) }
+// Chain is one of our chains and its rules in order.
+type Chain struct {
+	Name  string `json:"name"`
+	Rules []Rule `json:"rules"`
+}
+
+// Rule is one rule. Spec is its iptables-save form after "-A CHAIN ", so a plan
+// compares to what is installed as plain text.
+type Rule struct {
+	Chain string `json:"chain"`
+	Spec  string `json:"spec"`
+}
+
+// FamilyRules is one IP family's rules: what one iptables-restore makes a
+// namespace hold.
+type FamilyRules struct {
+	Family redirect.Family `json:"family"`
+	// Notes explain choices a reader of the rules could not guess.
+	Notes []string `json:"notes,omitempty"`
+	// Tables holds the non-empty tables in a fixed order: raw, mangle, nat.
+	Tables []Table `json:"tables"`
+}
+
+// Rules renders the capture of every family it holds, in its order. Pure.
+func Rules(c redirect.Capture) []FamilyRules {
+	out := make([]FamilyRules, 0, len(c.Families))
+	for _, fc := range c.Families {
+		out = append(out, familyRules(fc))
+	}
+	return out
+}
 
 // builder collects one family's rules.
 type builder struct {
-	cfg    Config
-	family Family
+	fc     redirect.FamilyCapture
 	chains map[string]map[string][]Rule // table → chain → rules
 	hooks  map[string][]Rule            // table → hooks in the order added
 	notes  []string
 }
 
-func planFamily(cfg Config, facts Facts, f Family) FamilyPlan {
-	b := &builder{cfg: cfg, family: f, chains: map[string]map[string][]Rule{}, hooks: map[string][]Rule{}}
-	if cfg.DropInvalidPackets {
+// familyRules renders one family's capture. Every choice comes from fc: the
+// rules say in iptables what Capture.Decide says in words, in the same order.
+func familyRules(fc redirect.FamilyCapture) FamilyRules {
+	b := &builder{fc: fc, chains: map[string]map[string][]Rule{}, hooks: map[string][]Rule{}}
+	if fc.DropInvalid {
 		// Before anything else in mangle PREROUTING: conntrack-INVALID TCP
 		// packets are never NATed nor diverted, so they would reach the
 		// application's socket behind the proxy's back and reset connections.
@@ -105,17 +126,10 @@ func planFamily(cfg Config, facts Facts, f Family) FamilyPlan {
 		b.hook("mangle", "PREROUTING", "-p tcp "+localDst+" -m conntrack --ctstate INVALID", "DROP")
 	}
 	b.inbound()
+	b.notes = append(b.notes, fc.Notes...) // the capture's own notes, after the mode's
 	b.outbound()
-	b.dns(facts)
-	fp := FamilyPlan{Family: f, Notes: b.notes}
-	if cfg.Inbound.Enabled && cfg.Mode == ModeTProxy {
-		fp.Routing = &PolicyRouting{Mark: tproxyMark, Mask: tproxyMark, Table: tproxyTable, Priority: tproxyPriority}
-	}
-	if pt := netip.MustParsePrefix(b.passthrough()); cfg.Inbound.Enabled && !alwaysLocal(pt.Addr()) {
-		// I6: the proxy binds the passthrough source; unlike 127.0.0.6, ::6 is
-		// not local until someone puts it on lo.
-		fp.Addresses = []netip.Prefix{pt}
-	}
+	b.dns()
+	fr := FamilyRules{Family: fc.Family, Notes: b.notes}
 	for _, name := range tableOrder {
 		t := Table{Name: name}
 		names := slices.Sorted(maps.Keys(b.chains[name])) // the order iptables-save lists them in
@@ -130,10 +144,10 @@ func planFamily(cfg Config, facts Facts, f Family) FamilyPlan {
 			}
 		}
 		if len(t.Chains) > 0 || len(t.Hooks) > 0 {
-			fp.Tables = append(fp.Tables, t)
+			fr.Tables = append(fr.Tables, t)
 		}
 	}
-	return fp
+	return fr
 }
 
 // rule appends a rule to one of our chains; parts are joined with spaces.
@@ -155,14 +169,7 @@ func (b *builder) note(format string, args ...any) {
 	b.notes = append(b.notes, fmt.Sprintf(format, args...))
 }
 
-func (b *builder) v6() bool { return b.family == IPv6 }
-
-func (b *builder) familyName() string {
-	if b.v6() {
-		return "IPv6"
-	}
-	return "IPv4"
-}
+func (b *builder) v6() bool { return b.fc.Family == redirect.IPv6 }
 
 // loopback is the family's loopback network.
 func (b *builder) loopback() string {
@@ -173,20 +180,14 @@ func (b *builder) loopback() string {
 }
 
 func (b *builder) passthrough() string {
-	a := b.cfg.Proxy.InboundPassthroughSource.IPv4
-	if b.v6() {
-		a = b.cfg.Proxy.InboundPassthroughSource.IPv6
-	}
+	a := b.fc.Proxy.Passthrough
 	return netip.PrefixFrom(a, a.BitLen()).String()
 }
 
-// prefixes keeps the family's entries of a mixed IPv4/IPv6 list.
-func (b *builder) prefixes(list []netip.Prefix) []string {
-	var out []string
-	for _, p := range list {
-		if p.Addr().Is6() == b.v6() {
-			out = append(out, p.Masked().String())
-		}
+func prefixStrings(list []netip.Prefix) []string {
+	out := make([]string, len(list))
+	for i, p := range list {
+		out[i] = p.String()
 	}
 	return out
 }
@@ -194,36 +195,29 @@ func (b *builder) prefixes(list []netip.Prefix) []string {
 // proxyOwners are the owner matches of the proxy itself: its uid, and its gid
 // when set.
 func (b *builder) proxyOwners() []string {
-	out := []string{"-m owner --uid-owner " + strconv.FormatUint(uint64(b.cfg.Proxy.UID), 10)}
-	if g := b.cfg.Proxy.GID; g != nil {
+	out := []string{"-m owner --uid-owner " + strconv.FormatUint(uint64(b.fc.Proxy.UID), 10)}
+	if g := b.fc.Proxy.GID; g != nil {
 		out = append(out, "-m owner --gid-owner "+strconv.FormatUint(uint64(*g), 10))
 	}
 	return out
 }
 
-// excludedOwners are the owner matches of outbound.excludeUIDs and excludeGIDs.
-func (b *builder) excludedOwners() []string {
+// owners are the owner matches of exempt uid and gid ranges.
+func owners(uids, gids []redirect.IDRange) []string {
 	var out []string
-	for _, r := range b.cfg.Outbound.ExcludeUIDs {
+	for _, r := range uids {
 		out = append(out, "-m owner --uid-owner "+r.String())
 	}
-	for _, r := range b.cfg.Outbound.ExcludeGIDs {
+	for _, r := range gids {
 		out = append(out, "-m owner --gid-owner "+r.String())
 	}
 	return out
 }
 
-// uidPortRules are the outbound.excludePortsForUIDs rules of one protocol as
-// (ports, owner) pairs, one per multiport chunk and uid range.
-func (b *builder) uidPortRules(proto Protocol) (out [][2]string) {
-	for _, r := range b.cfg.Outbound.ExcludePortsForUIDs {
-		if r.Protocol != proto {
-			continue
-		}
-		if proto == UDP && !slices.ContainsFunc(r.Ports, func(p PortRange) bool { return p.Contains(53) }) {
-			// Only UDP/53 is ever captured: a UDP rule without port 53 has nothing to exempt.
-			continue
-		}
+// uidPortRules are outbound.excludePortsForUIDs rules as (ports, owner) pairs,
+// one per multiport chunk and uid range.
+func uidPortRules(rules []redirect.UIDPortRule) (out [][2]string) {
+	for _, r := range rules {
 		for _, ports := range multiport(r.Ports) {
 			for _, u := range r.UIDs {
 				out = append(out, [2]string{ports, "-m owner --uid-owner " + u.String()})
@@ -237,13 +231,13 @@ func (b *builder) uidPortRules(proto Protocol) (out [][2]string) {
 // PREROUTING entry in redirect mode, the hairpin's target in both modes) and,
 // in tproxy mode, the mangle TPROXY path.
 func (b *builder) inbound() {
-	in := b.cfg.Inbound
-	if !in.Enabled {
+	in := b.fc.Inbound
+	if in == nil {
 		return
 	}
 	b.inboundSelection("nat", chainInRedirect)
-	b.redirect("nat", chainInRedirect, "tcp", b.cfg.Proxy.InboundPort)
-	if b.cfg.Mode == ModeRedirect {
+	b.redirect("nat", chainInRedirect, "tcp", in.Port)
+	if b.fc.TProxy == nil {
 		b.hook("nat", "PREROUTING", "-p tcp "+localDst, chainInbound)
 		return
 	}
@@ -259,7 +253,7 @@ func (b *builder) inbound() {
 	// themselves) is never diverted; the proxy's hairpin is a nat REDIRECT.
 	b.rule("mangle", chainInbound, "-i lo -j RETURN")
 	b.inboundSelection("mangle", chainTProxy)
-	mark := fmt.Sprintf("%#x/%#x", tproxyMark, tproxyMark)
+	mark := fmt.Sprintf("%#x/%#x", b.fc.TProxy.Mark, b.fc.TProxy.Mask)
 	b.rule("mangle", chainDivert, "-j MARK --set-xmark", mark)
 	b.rule("mangle", chainDivert, "-j ACCEPT")
 	onIP := "0.0.0.0"
@@ -267,18 +261,27 @@ func (b *builder) inbound() {
 		onIP = "::"
 	}
 	b.log("mangle", chainTProxy, "-p tcp -m conntrack --ctstate NEW")
-	b.rule("mangle", chainTProxy, "-p tcp -j TPROXY --on-port", strconv.Itoa(int(b.cfg.Proxy.InboundPort)), "--on-ip", onIP, "--tproxy-mark", mark)
+	b.rule("mangle", chainTProxy, "-p tcp -j TPROXY --on-port", strconv.Itoa(int(in.Port)), "--on-ip", onIP, "--tproxy-mark", mark)
 	b.hook("mangle", "PREROUTING", "-p tcp "+localDst, chainInbound)
+	// The return path of the proxy's connections to the app from the client's
+	// own address (Envoy's original_src with the TPROXY mark): the proxy's
+	// packets carry the mark, which the connection keeps; the app's replies,
+	// addressed to the client, get it back and the policy route delivers them
+	// to the proxy's socket instead of the network.
+	bit := fmt.Sprintf("%#x", b.fc.TProxy.Mask)
+	b.rule("mangle", chainTProxyReturn, "-p tcp -m mark --mark", mark, "-j CONNMARK --save-mark --nfmask", bit, "--ctmask", bit)
+	b.rule("mangle", chainTProxyReturn, "-p tcp -m connmark --mark", mark, "-j MARK --set-xmark", mark)
+	b.hook("mangle", "OUTPUT", "-p tcp", chainTProxyReturn)
 }
 
 // inboundSelection fills DETOUR_INBOUND of table with the inbound choices,
 // ending in a jump to target.
 func (b *builder) inboundSelection(table, target string) {
-	in := b.cfg.Inbound
+	in := b.fc.Inbound
 	// O10: a connection to the outbound port itself is never fed to the inbound
 	// listener, whose passthrough would hand it back to the outbound listener.
-	b.rule(table, chainInbound, "-p tcp -m tcp --dport", strconv.Itoa(int(b.cfg.Proxy.OutboundPort)), "-j RETURN")
-	for _, p := range b.prefixes(in.ExcludeSourceCIDRs) {
+	b.rule(table, chainInbound, "-p tcp -m tcp --dport", strconv.Itoa(int(b.fc.Proxy.OutboundPort)), "-j RETURN")
+	for _, p := range prefixStrings(in.ExcludeSourceCIDRs) {
 		b.rule(table, chainInbound, "-s", p, "-j RETURN")
 	}
 	b.ports(table, chainInbound, in.IncludePorts, in.ExcludePorts, target)
@@ -287,7 +290,7 @@ func (b *builder) inboundSelection(table, target string) {
 // ports ends a selection chain: with include ports only they jump to target
 // (exclude ports no longer matter); otherwise exclude ports return and the rest
 // jumps to target.
-func (b *builder) ports(table, chain string, include, exclude []PortRange, target string) {
+func (b *builder) ports(table, chain string, include, exclude []redirect.PortRange, target string) {
 	if len(include) > 0 {
 		for _, ports := range multiport(include) {
 			b.rule(table, chain, "-p tcp -m multiport --dports", ports, "-j", target)
@@ -307,8 +310,8 @@ func (b *builder) redirect(table, chain, proto string, port uint16) {
 }
 
 func (b *builder) log(table, chain, match string) {
-	l := b.cfg.Log
-	if !l.Enabled {
+	l := b.fc.Log
+	if l == nil {
 		return
 	}
 	spec := strings.TrimSpace(match + " -m limit --limit " + logRate + " -j LOG")
@@ -321,53 +324,45 @@ func (b *builder) log(table, chain, match string) {
 // outbound builds DETOUR_OUTPUT: the hairpin and the passthrough (which belong
 // to inbound capture) and the outbound TCP capture.
 func (b *builder) outbound() {
-	cfg := b.cfg
-	if !cfg.Inbound.Enabled && !cfg.Outbound.Enabled {
-		return
-	}
-	out := cfg.Outbound
-	owners := b.proxyOwners()
-	if cfg.Inbound.Enabled {
+	fc := b.fc
+	proxy := b.proxyOwners()
+	if fc.Inbound != nil {
 		// O8: the proxy's passthrough to the app, sourced from 127.0.0.6 / ::6,
 		// returns untouched; the proxy dialing a non-loopback address over lo
 		// (the workload's own address) is inbound traffic: hairpin.
 		b.rule("nat", chainOutput, "-s", b.passthrough(), "-o lo -j RETURN")
-		for _, o := range owners {
+		if tp := fc.TProxy; tp != nil {
+			// Likewise the proxy's connections to the app from the client's
+			// address (original_src), which carry the TPROXY mark.
+			b.rule("nat", chainOutput, "-m mark --mark", fmt.Sprintf("%#x/%#x", tp.Mark, tp.Mask), "-j RETURN")
+		}
+		for _, o := range proxy {
 			b.rule("nat", chainOutput, "! -d", b.loopback(), "-o lo", o, "-j", chainInbound)
 		}
 	}
-	capture := out.Enabled
-	target := chainOutRedirect
-	var excludeCIDRs []string
-	if capture && len(out.IncludeCIDRs) > 0 {
-		include := b.prefixes(out.IncludeCIDRs)
-		if len(include) == 0 {
-			b.note("outbound.includeCIDRs lists no %s CIDR, so no outbound %s TCP is captured", b.familyName(), b.familyName())
-			capture = false
+	if out := fc.Outbound; out != nil {
+		target := chainOutRedirect
+		if len(out.IncludeCIDRs) > 0 {
+			for _, p := range prefixStrings(out.IncludeCIDRs) {
+				b.rule("nat", chainOutCIDRs, "-d", p, "-j", chainOutRedirect)
+			}
+			target = chainOutCIDRs
 		}
-		for _, p := range include {
-			b.rule("nat", chainOutCIDRs, "-d", p, "-j", chainOutRedirect)
-		}
-		target = chainOutCIDRs
-	} else if capture {
-		excludeCIDRs = b.prefixes(out.ExcludeCIDRs)
-	}
-	if capture {
-		for _, o := range owners { // O7: no loop
+		for _, o := range proxy { // O7: no loop
 			b.rule("nat", chainOutput, o, "-j RETURN")
 		}
-		b.rule("nat", chainOutput, "-o lo -j RETURN") // O9
-		for _, o := range b.excludedOwners() {        // O5
+		b.rule("nat", chainOutput, "-o lo -j RETURN")              // O9
+		for _, o := range owners(out.ExemptUIDs, out.ExemptGIDs) { // O5
 			b.rule("nat", chainOutput, o, "-j RETURN")
 		}
-		for _, r := range b.uidPortRules(TCP) {
+		for _, r := range uidPortRules(out.ExemptPortsForUIDs) {
 			b.rule("nat", chainOutput, "-p tcp -m multiport --dports", r[0], r[1], "-j RETURN")
 		}
-		for _, p := range excludeCIDRs { // O3
+		for _, p := range prefixStrings(out.ExcludeCIDRs) { // O3
 			b.rule("nat", chainOutput, "-d", p, "-j RETURN")
 		}
 		b.ports("nat", chainOutput, out.IncludePorts, out.ExcludePorts, target) // O2, O4
-		b.redirect("nat", chainOutRedirect, "tcp", cfg.Proxy.OutboundPort)
+		b.redirect("nat", chainOutRedirect, "tcp", out.Port)
 	}
 	if len(b.chains["nat"][chainOutput]) > 0 {
 		b.hook("nat", "OUTPUT", "-p tcp", chainOutput)
@@ -375,38 +370,26 @@ func (b *builder) outbound() {
 }
 
 // dns builds the UDP/53 capture (nat) and the conntrack zone split (raw).
-func (b *builder) dns(facts Facts) {
-	d := b.cfg.DNS
-	if d.Capture == DNSCaptureOff {
+func (b *builder) dns() {
+	d := b.fc.DNS
+	if d == nil {
 		return
 	}
-	var servers []string
-	if d.Capture == DNSCaptureResolvConf {
-		for _, a := range facts.Nameservers {
-			a = a.Unmap().WithZone("")
-			if a.Is6() != b.v6() {
-				continue
-			}
-			if s := netip.PrefixFrom(a, a.BitLen()).String(); !slices.Contains(servers, s) {
-				servers = append(servers, s)
-			}
-		}
-		if len(servers) == 0 {
-			b.note("dns.resolvConf (%s) lists no %s nameserver, so no %s DNS query is captured", d.ResolvConf, b.familyName(), b.familyName())
-			return
-		}
+	servers := make([]string, len(d.Servers))
+	for i, a := range d.Servers {
+		servers[i] = netip.PrefixFrom(a, a.BitLen()).String()
 	}
 	b.note("dns.capture redirects UDP/53 only; TCP/53 follows the outbound TCP rules")
 	// D3: the DNS proxy's own queries and those of excluded users go out untouched.
-	bypass := append(b.proxyOwners(), b.excludedOwners()...)
+	bypass := append(b.proxyOwners(), owners(d.ExemptUIDs, d.ExemptGIDs)...)
 	for _, o := range bypass {
 		b.rule("nat", chainDNS, o, "-j RETURN")
 	}
-	udpRules := b.uidPortRules(UDP)
+	udpRules := uidPortRules(d.ExemptPortsForUIDs)
 	for _, r := range udpRules {
 		b.rule("nat", chainDNS, "-p udp -m multiport --dports", r[0], r[1], "-j RETURN")
 	}
-	if d.Capture == DNSCaptureAll {
+	if d.All {
 		b.rule("nat", chainDNS, "-p udp -j", chainDNSRedirect) // D1
 	}
 	for _, s := range servers { // D2, loopback nameservers included
@@ -414,7 +397,7 @@ func (b *builder) dns(facts Facts) {
 	}
 	b.redirect("nat", chainDNSRedirect, "udp", d.Port)
 	b.hook("nat", "OUTPUT", "-p udp -m udp --dport 53", chainDNS)
-	if !d.ConntrackZoneSplit {
+	if !d.ZoneSplit {
 		return
 	}
 	// The app's captured query and the proxy's upstream query may share a UDP
@@ -439,7 +422,7 @@ func (b *builder) dns(facts Facts) {
 	for _, r := range udpRules {
 		b.rule("raw", chainCTOutput, "-p udp -m udp --dport 53", r[1], zoneOrig(zoneUpstream))
 	}
-	if d.Capture == DNSCaptureAll {
+	if d.All {
 		b.rule("raw", chainCTOutput, "-p udp -m udp --dport 53", zone(zoneApp))
 	}
 	for _, s := range servers {
@@ -450,7 +433,7 @@ func (b *builder) dns(facts Facts) {
 
 // multiport splits port ranges into multiport lists ("53,3000:5000") of at most
 // multiportMax ports each, a range counting two.
-func multiport(ranges []PortRange) []string {
+func multiport(ranges []redirect.PortRange) []string {
 	var out []string
 	var cur []string
 	n := 0

@@ -1,0 +1,75 @@
+package webhook_test
+
+import (
+	"bytes"
+	"encoding/json"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+
+	admissionv1 "k8s.io/api/admission/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+
+	"github.com/detour-mesh/detour/inject"
+	"github.com/detour-mesh/detour/inject/webhook"
+)
+
+func TestHandler(t *testing.T) {
+	t.Parallel()
+	in, err := inject.New(inject.Options{Bootstrap: webhook.Bootstrap})
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := &webhook.Handler{Injector: in}
+	pod := []byte(`{"apiVersion":"v1","kind":"Pod","metadata":{"name":"p"},"spec":{"containers":[{"name":"app","image":"x"}]}}`)
+	review := func(path string, req admissionv1.AdmissionRequest) (*httptest.ResponseRecorder, *admissionv1.AdmissionResponse) {
+		req.UID = "uid-1"
+		b, _ := json.Marshal(admissionv1.AdmissionReview{TypeMeta: metav1.TypeMeta{APIVersion: "admission.k8s.io/v1", Kind: "AdmissionReview"}, Request: &req})
+		rec := httptest.NewRecorder()
+		h.ServeHTTP(rec, httptest.NewRequest(http.MethodPost, path, bytes.NewReader(b)))
+		var out admissionv1.AdmissionReview
+		if rec.Code == http.StatusOK {
+			if err := json.Unmarshal(rec.Body.Bytes(), &out); err != nil {
+				t.Fatal(err)
+			}
+		}
+		return rec, out.Response
+	}
+	podReq := func(op admissionv1.Operation, raw []byte) admissionv1.AdmissionRequest {
+		return admissionv1.AdmissionRequest{
+			Resource: metav1.GroupVersionResource{Version: "v1", Resource: "pods"}, Operation: op,
+			Namespace: "shop", Object: runtime.RawExtension{Raw: raw},
+		}
+	}
+
+	_, resp := review(webhook.PathNamespace, podReq(admissionv1.Create, pod))
+	if resp == nil || !resp.Allowed || resp.UID != "uid-1" || !strings.Contains(string(resp.Patch), inject.ProxyName) {
+		t.Errorf("create in an opted-in namespace: %+v, want allowed with a patch adding %s", resp, inject.ProxyName)
+	}
+	_, resp = review(webhook.PathPod, podReq(admissionv1.Create, pod))
+	if resp == nil || !resp.Allowed || resp.Patch != nil {
+		t.Errorf("create of an unannotated pod on the pod path: %+v, want allowed untouched", resp)
+	}
+	_, resp = review(webhook.PathNamespace, podReq(admissionv1.Update, pod))
+	if resp == nil || !resp.Allowed || resp.Patch != nil {
+		t.Errorf("update: %+v, want allowed untouched", resp)
+	}
+	svc := podReq(admissionv1.Create, []byte(`{}`))
+	svc.Resource.Resource = "services"
+	if _, resp = review(webhook.PathNamespace, svc); resp == nil || !resp.Allowed || resp.Patch != nil {
+		t.Errorf("a service: %+v, want allowed untouched", resp)
+	}
+	if _, resp = review(webhook.PathNamespace, podReq(admissionv1.Create, []byte(`{"spec":{"containers":"x"}}`))); resp == nil || resp.Allowed {
+		t.Errorf("an undecodable pod: %+v, want refused", resp)
+	}
+	if rec, _ := review("/other", podReq(admissionv1.Create, pod)); rec.Code != http.StatusNotFound {
+		t.Errorf("unknown path: %d, want 404", rec.Code)
+	}
+	rec := httptest.NewRecorder()
+	h.ServeHTTP(rec, httptest.NewRequest(http.MethodPost, webhook.PathNamespace, strings.NewReader("not json")))
+	if rec.Code != http.StatusBadRequest {
+		t.Errorf("a body that is not a review: %d, want 400", rec.Code)
+	}
+}

@@ -1,0 +1,371 @@
+package redirect
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+	"sync/atomic"
+)
+
+// This file is the orchestration above the Driver interface: which backend
+// installs, switching between backends, uninstall across all of them, and
+// Check and Status. It names no backend.
+
+type processCounter struct{}
+
+// CountProcess records, for the Engine call running with ctx, that a Driver
+// spawned one child process (Result.Processes). Without an Engine call in ctx
+// it does nothing.
+func CountProcess(ctx context.Context) {
+	if n, ok := ctx.Value(processCounter{}).(*atomic.Int64); ok {
+		n.Add(1)
+	}
+}
+
+func withProcessCounter(ctx context.Context) (context.Context, *atomic.Int64) {
+	n := new(atomic.Int64)
+	return context.WithValue(ctx, processCounter{}, n), n
+}
+
+// Matches reports whether a Driver named name serves this configured
+// backend: auto (and "") every one, iptables both iptables backends, a
+// concrete backend only itself.
+func (b Backend) Matches(name Backend) bool {
+	switch b {
+	case BackendAuto, "":
+		return true
+	case BackendIPTables:
+		return name == BackendIPTablesLegacy || name == BackendIPTablesNFT
+	}
+	return b == name
+}
+
+// driverState is what one Driver showed in one Engine call.
+type driverState struct {
+	d     Driver
+	ready error     // Ready's error; nil when the backend can work here
+	have  Installed // what Observe returned (nil when not ready)
+	err   error     // Observe's error
+}
+
+// holds reports that detour's state is in this backend.
+func (s *driverState) holds() bool { return s.have != nil && !s.have.Empty() }
+
+// usable reports that the backend can be installed with.
+func (s *driverState) usable() error {
+	if s.ready != nil {
+		return s.ready
+	}
+	return s.err
+}
+
+// observeAll asks every Driver whether it is ready and what it holds. It
+// never writes.
+func (e *Engine) observeAll(ctx context.Context) []*driverState {
+	out := make([]*driverState, 0, len(e.Drivers))
+	for _, d := range e.Drivers {
+		s := &driverState{d: d}
+		if s.ready = d.Ready(ctx); s.ready == nil {
+			s.have, s.err = d.Observe(ctx)
+		}
+		if s.usable() != nil {
+			e.logger().Debug("backend not usable", "backend", d.Name(), "error", s.usable())
+		}
+		out = append(out, s)
+	}
+	return out
+}
+
+func holding(states []*driverState) []*driverState {
+	var out []*driverState
+	for _, s := range states {
+		if s.holds() {
+			out = append(out, s)
+		}
+	}
+	return out
+}
+
+func names(states []*driverState) string {
+	n := make([]string, len(states))
+	for i, s := range states {
+		n[i] = string(s.d.Name())
+	}
+	return strings.Join(n, ", ")
+}
+
+// conflicts collects every backend's reason not to be changed.
+func conflicts(states []*driverState) error {
+	var errs []error
+	for _, s := range states {
+		if s.have != nil {
+			if err := s.have.Conflict(); err != nil {
+				errs = append(errs, err)
+			}
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// Choose picks the backend an install uses, from what the Drivers observed
+// (read-only). A named backend (or iptables: the first iptables Driver) is
+// used as asked, keeping detour's state where it is when that backend
+// matches. auto is sticky: the backend that holds detour's state (refused
+// when several do). Otherwise auto takes the first Driver, in e.Drivers
+// order, whose mechanism holds other tools' state (a namespace run by
+// iptables-legacy stays legacy), and when none does, the first Driver that
+// is ready.
+func (e *Engine) choose(want Backend, states []*driverState) (*driverState, error) {
+	held := holding(states)
+	if want != BackendAuto && want != "" {
+		var first *driverState
+		for _, s := range states {
+			if !want.Matches(s.d.Name()) {
+				continue
+			}
+			if s.holds() {
+				return s, nil // sticky within what was asked (iptables: either one)
+			}
+			if first == nil {
+				first = s
+			}
+		}
+		if first == nil {
+			return nil, fmt.Errorf("backend %s: no driver for it in this build: %w", want, ErrNotSupported)
+		}
+		if err := first.usable(); err != nil {
+			return nil, fmt.Errorf("backend %s is not usable: %w", first.d.Name(), err)
+		}
+		return first, nil
+	}
+	switch len(held) {
+	case 0:
+	case 1:
+		if err := held[0].usable(); err != nil {
+			return nil, fmt.Errorf("detour is installed with %s, which is not usable now: %w", held[0].d.Name(), err)
+		}
+		return held[0], nil
+	default:
+		return nil, fmt.Errorf("%w: detour's state is in %s (install with --backend naming one to keep only it, or uninstall, which removes all)", ErrBackendConflict, names(held))
+	}
+	for _, s := range states {
+		if s.usable() == nil && s.have.Foreign() {
+			return s, nil
+		}
+	}
+	var errs []error
+	for _, s := range states {
+		if s.usable() == nil {
+			return s, nil
+		}
+		errs = append(errs, s.usable())
+	}
+	return nil, fmt.Errorf("backend auto: no backend is usable here: %w", errors.Join(append(errs, ErrNotSupported)...))
+}
+
+// locked runs fn inside NetNS holding detour's lock of it, with a process
+// counter in ctx.
+func (e *Engine) locked(ctx context.Context, res *Result, fn func(ctx context.Context) error) error {
+	return e.enter(func() error {
+		ctx, procs := withProcessCounter(ctx)
+		defer func() { res.Processes = int(procs.Load()) }()
+		unlock, err := e.lockNetNS(ctx)
+		if err != nil {
+			return err
+		}
+		defer unlock()
+		return fn(ctx)
+	})
+}
+
+func (e *Engine) install(ctx context.Context, p Plan) (Result, error) {
+	var res Result
+	if len(p.Capture.Families) == 0 {
+		return res, errors.New("install: the plan captures no IP family (make it with NewPlan)")
+	}
+	res.Families = p.Families()
+	err := e.locked(ctx, &res, func(ctx context.Context) error {
+		states := e.observeAll(ctx)
+		if err := conflicts(states); err != nil {
+			return err
+		}
+		chosen, err := e.choose(p.Config.Backend, states)
+		if err != nil {
+			return err
+		}
+		res.Backend = chosen.d.Name()
+		net, err := e.observeNet(p)
+		if err != nil {
+			return err
+		}
+		undo := func() error { return nil }
+		if net.changes() {
+			if undo, err = net.add(); err != nil {
+				return err
+			}
+		}
+		changed, err := chosen.d.Apply(ctx, p, chosen.have)
+		if err != nil {
+			return errors.Join(err, undo())
+		}
+		// Switching: the new backend captures now; the old one's state goes.
+		for _, s := range holding(states) {
+			if s == chosen {
+				continue
+			}
+			if err := s.d.Remove(ctx, s.have); err != nil {
+				return fmt.Errorf("remove detour's state from %s after installing with %s: %w", s.d.Name(), chosen.d.Name(), err)
+			}
+			res.Replaced = append(res.Replaced, s.d.Name())
+			e.logger().Info("switched backend", "from", s.d.Name(), "to", chosen.d.Name())
+		}
+		if net.changes() {
+			if err := net.remove(); err != nil {
+				return err
+			}
+		}
+		res.Changed = changed || net.changes() || len(res.Replaced) > 0
+		if res.Changed {
+			e.logger().Info("installed", "backend", res.Backend, "families", res.Families, "netns", e.NetNS)
+		} else {
+			e.logger().Debug("no changes", "backend", res.Backend)
+		}
+		return nil
+	})
+	return res, err
+}
+
+func (e *Engine) uninstall(ctx context.Context) (Result, error) {
+	var res Result
+	err := e.locked(ctx, &res, func(ctx context.Context) error {
+		states := e.observeAll(ctx)
+		if err := conflicts(states); err != nil {
+			return err
+		}
+		net, err := e.observeNet(Plan{})
+		if err != nil {
+			return err
+		}
+		removed := map[Family]bool{}
+		for _, s := range holding(states) {
+			for _, f := range allFamilies {
+				if len(s.have.Lines(f)) > 0 {
+					removed[f] = true
+				}
+			}
+			if err := s.d.Remove(ctx, s.have); err != nil {
+				return fmt.Errorf("remove detour's state from %s: %w", s.d.Name(), err)
+			}
+			if res.Backend == "" {
+				res.Backend = s.d.Name()
+			}
+			res.Replaced = append(res.Replaced, s.d.Name())
+		}
+		for _, f := range allFamilies {
+			if net.owns(f) {
+				removed[f] = true
+			}
+		}
+		if err := net.remove(); err != nil {
+			return err
+		}
+		for _, f := range allFamilies {
+			if removed[f] {
+				res.Families = append(res.Families, f)
+			}
+		}
+		res.Changed = len(res.Families) > 0
+		if res.Changed {
+			e.logger().Info("uninstalled", "backends", res.Replaced, "families", res.Families, "netns", e.NetNS)
+		}
+		return nil
+	})
+	return res, err
+}
+
+// readInstalled is what Check and Status read: no lock, no writes.
+func (e *Engine) readInstalled(ctx context.Context, p Plan) (held []*driverState, net netView, err error) {
+	err = e.enter(func() error {
+		held = holding(e.observeAll(ctx))
+		net, err = e.observeNet(p)
+		return err
+	})
+	return held, net, err
+}
+
+func (e *Engine) check(ctx context.Context, p Plan) (Drift, error) {
+	var d Drift
+	held, net, err := e.readInstalled(ctx, p)
+	if err != nil {
+		return d, err
+	}
+	if len(held) == 0 && !net.owns(IPv4) && !net.owns(IPv6) {
+		return d, ErrNotInstalled
+	}
+	var r Rendering
+	var have Installed
+	if len(held) > 0 {
+		s := held[0]
+		have = s.have
+		if want := p.Config.Backend; !want.Matches(s.d.Name()) {
+			d.Notes = append(d.Notes, fmt.Sprintf("installed with %s, planned for %s", s.d.Name(), want))
+		}
+		if len(held) > 1 {
+			d.Notes = append(d.Notes, fmt.Sprintf("detour's state is also in %s (install or uninstall removes it)", names(held[1:])))
+		}
+		r, err = s.d.Render(p)
+	} else {
+		r, err = e.Render(p)
+	}
+	if err != nil {
+		return d, err
+	}
+	for _, f := range allFamilies {
+		var installed, planned []string
+		if have != nil {
+			installed = have.Lines(f)
+		}
+		installed = append(installed, net.have(f)...)
+		if fc, ok := p.Family(f); ok {
+			fr, _ := r.Family(f)
+			planned = append(slices.Clone(fr.Lines), fc.NetLines()...)
+		}
+		if fd, differs := familyDrift(f, installed, planned); differs {
+			d.Families = append(d.Families, fd)
+		}
+	}
+	return d, nil
+}
+
+func (e *Engine) status(ctx context.Context) (Status, error) {
+	st := Status{Rules: map[Family]string{}}
+	held, net, err := e.readInstalled(ctx, Plan{})
+	if err != nil {
+		return st, err
+	}
+	var have Installed
+	if len(held) > 0 {
+		st.Backend, have = held[0].d.Name(), held[0].have
+		for _, s := range held[1:] {
+			st.Others = append(st.Others, s.d.Name())
+		}
+	}
+	for _, f := range allFamilies {
+		var text string
+		if have != nil {
+			text = have.Text(f)
+		}
+		if text == "" && !net.owns(f) {
+			continue
+		}
+		for _, l := range net.have(f) {
+			text += l + "\n"
+		}
+		st.Families = append(st.Families, f)
+		st.Rules[f] = text
+	}
+	st.Installed = len(st.Families) > 0
+	return st, nil
+}

@@ -14,4 +14,6 @@
 // sources (detour.c, SPDX GPL-2.0-only OR BSD-2-Clause) compile with bpf2go;
 // the generated detour_bpfel.{go,o} are committed, so building needs no clang.
 // Inbound capture is not here: connect hooks never see inbound connections.
+// This package must not import another backend (redirect/iptables,
+// redirect/nftables), redirect/backends, cmd/... or cni.
 package bpf

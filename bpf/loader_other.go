@@ -31,3 +31,6 @@ func (l *Loader) Lines(State, Scope) ([]string, error) { return nil, errors.ErrU
 
 // Probe needs Linux.
 func (l *Loader) Probe() error { return errors.ErrUnsupported }
+
+// CheckCgroup needs Linux.
+func CheckCgroup(string) error { return errors.ErrUnsupported }

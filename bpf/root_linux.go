@@ -46,3 +46,9 @@ func CurrentNetns() (uint64, error) {
 	}
 	return v, nil
 }
+
+// CheckCgroup reports whether path is a cgroup v2 directory (a Scope.Cgroup).
+func CheckCgroup(path string) error {
+	_, err := cgroupID(path)
+	return err
+}

@@ -150,8 +150,11 @@ type pod struct {
 func newPod(t *testing.T, v variant) *pod {
 	t.Helper()
 	skipKnown(t)
-	privtest.Require(t, "ip", "setpriv", v.backend+"-save", v.backend+"-restore",
-		ip6(v.backend)+"-save", ip6(v.backend)+"-restore")
+	tools := []string{"ip", "setpriv"}
+	if v.backend != ebpfBackend {
+		tools = append(tools, v.backend+"-save", v.backend+"-restore", ip6(v.backend)+"-save", ip6(v.backend)+"-restore")
+	}
+	privtest.Require(t, tools...)
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	t.Cleanup(cancel)
 	l, err := lab.New(ctx, lab.Options{})

@@ -123,6 +123,14 @@ func NewCapture(cfg Config, facts Facts) (Capture, error) {
 // has it; ipv6 or dual without IPv6 is ErrIPv6Unavailable, never a silent
 // IPv4-only capture.
 func planFamilies(cfg Config, facts Facts) ([]Family, error) {
+	fams, err := wantedFamilies(cfg, facts)
+	if err == nil && slices.Contains(fams, IPv6) && facts.LoIPv6Disabled {
+		return nil, fmt.Errorf("ipFamilies is %s and the network namespace has IPv6, but IPv6 is disabled on lo, where captured IPv6 is delivered: %w; enable it (sysctl -w net.ipv6.conf.lo.disable_ipv6=0) or capture IPv4 only, knowingly (--ip-families ipv4)", cfg.IPFamilies, ErrIPv6Unavailable)
+	}
+	return fams, err
+}
+
+func wantedFamilies(cfg Config, facts Facts) ([]Family, error) {
 	switch cfg.IPFamilies {
 	case IPFamiliesIPv4:
 		return []Family{IPv4}, nil

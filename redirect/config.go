@@ -181,7 +181,10 @@ func Preset(name string) (Config, error) {
 	switch name {
 	case "istio":
 		c.Proxy.UID = 1337
-		c.Inbound.ExcludePorts = []PortRange{{15090, 15090}, {15021, 15021}, {15020, 15020}}
+		// 15008 is Istio's HBONE tunnel port, which istio-iptables always
+		// exempts from inbound capture; the others are its default
+		// excludeInboundPorts (metrics, health, the agent).
+		c.Inbound.ExcludePorts = []PortRange{{15008, 15008}, {15090, 15090}, {15021, 15021}, {15020, 15020}}
 	case "kuma":
 		c.Proxy.UID = 5678
 	default:

@@ -160,7 +160,7 @@ func TestPresets(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if istio.Proxy.UID != 1337 || len(istio.Inbound.ExcludePorts) != 3 {
+	if istio.Proxy.UID != 1337 || len(istio.Inbound.ExcludePorts) != 4 || istio.Inbound.ExcludePorts[0] != (PortRange{15008, 15008}) {
 		t.Errorf("istio preset = uid %d, inbound excludes %v", istio.Proxy.UID, istio.Inbound.ExcludePorts)
 	}
 	if _, err := Preset("linkerd"); err == nil || !strings.Contains(err.Error(), `preset: "linkerd" is not one of istio, kuma`) {

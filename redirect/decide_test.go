@@ -109,6 +109,9 @@ func TestCapturesInbound(t *testing.T) {
 	if istio.CapturesInbound(netip.MustParseAddr("192.0.2.1"), 15090) {
 		t.Error("the istio preset captures its excluded port 15090")
 	}
+	if istio.CapturesInbound(netip.MustParseAddr("192.0.2.1"), 15008) {
+		t.Error("the istio preset captures Istio's tunnel port 15008, which istio-iptables exempts")
+	}
 }
 
 func TestCapturedUser(t *testing.T) {

@@ -18,7 +18,10 @@ import (
 func (e *Engine) facts(_ context.Context, cfg Config) (Facts, error) {
 	var f Facts
 	err := netns.Do(e.NetNS, func() (err error) {
-		f.IPv6, err = hasIPv6()
+		if f.IPv6, err = hasIPv6(); err != nil || !f.IPv6 {
+			return err
+		}
+		f.LoIPv6Disabled, err = loIPv6Disabled()
 		return err
 	})
 	if err != nil {
@@ -30,6 +33,19 @@ func (e *Engine) facts(_ context.Context, cfg Config) (Facts, error) {
 		}
 	}
 	return f, nil
+}
+
+// loIPv6Disabled reports whether lo of the calling thread's namespace has
+// IPv6 disabled.
+func loIPv6Disabled() (bool, error) {
+	b, err := os.ReadFile("/proc/sys/net/ipv6/conf/lo/disable_ipv6")
+	if errors.Is(err, os.ErrNotExist) {
+		return false, nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("read ipv6 state of lo: %w", err)
+	}
+	return strings.TrimSpace(string(b)) == "1", nil
 }
 
 // hasIPv6 reports whether any interface of the calling thread's network

@@ -14,6 +14,11 @@ import (
 type Facts struct {
 	// IPv6 says the namespace has a usable IPv6 stack (matters for ipFamilies auto).
 	IPv6 bool `json:"ipv6"`
+	// LoIPv6Disabled says lo has IPv6 disabled (net.ipv6.conf.lo.disable_ipv6=1)
+	// while another interface has it: IPv6 then cannot be captured (REDIRECT
+	// sends to ::1, the passthrough source ::6 lives on lo), so planning IPv6
+	// is ErrIPv6Unavailable before anything is applied.
+	LoIPv6Disabled bool `json:"loIPv6Disabled,omitempty"`
 	// Nameservers are the nameservers of DNS.ResolvConf, read only for
 	// dns.capture resolvconf. Both families may appear; each family's rules use
 	// its own.

@@ -114,6 +114,8 @@ func TestPlanErrors(t *testing.T) {
 	}{
 		{name: "dual without ipv6", sets: []string{"ipFamilies=dual"}, facts: v4Only, want: ErrIPv6Unavailable, message: "ipFamilies is dual"},
 		{name: "ipv6 without ipv6", sets: []string{"ipFamilies=ipv6"}, facts: v4Only, want: ErrIPv6Unavailable, message: "ipFamilies is ipv6"},
+		{name: "auto with ipv6 disabled on lo", facts: Facts{IPv6: true, LoIPv6Disabled: true}, want: ErrIPv6Unavailable, message: "IPv6 is disabled on lo"},
+		{name: "dual with ipv6 disabled on lo", sets: []string{"ipFamilies=dual"}, facts: Facts{IPv6: true, LoIPv6Disabled: true}, want: ErrIPv6Unavailable, message: "--ip-families ipv4"},
 		{name: "same ports", sets: []string{"proxy.outboundPort=15006"}, facts: dualStack, want: ErrInvalid, message: `proxy.outboundPort: "15006"`},
 		{name: "nftables not yet", sets: []string{"backend=nftables"}, facts: dualStack, want: ErrInvalid, message: `backend: "nftables"`},
 		{name: "log prefix newline", sets: []string{"log.enabled=true", "log.prefix=a\nb"}, facts: dualStack, want: ErrInvalid, message: "log.prefix"},

@@ -26,13 +26,57 @@ import (
 	"github.com/detour-mesh/detour/internal/privtest"
 )
 
-// The iptables backends every scenario runs on.
+// The backends every scenario runs on, by their --backend name.
 const (
 	nft    = "iptables-nft"
 	legacy = "iptables-legacy"
 )
 
 var backends = []string{nft, legacy}
+
+// backendKind is what the harness knows of one backend of the matrix: the
+// tools a test namespace needs for it, and how to dump its state (every table,
+// both families, comments and counters removed) for the before/after
+// snapshots. Adding a backend to the matrix is its name in backends and an
+// entry here (the iptables-specific helpers — save, restore, ours — are used
+// by the scenarios that seed or inspect iptables rules directly).
+type backendKind struct {
+	tools []string
+	dump  func(p *pod) string
+}
+
+var backendKinds = map[string]backendKind{
+	nft:    iptablesKind(nft),
+	legacy: iptablesKind(legacy),
+	// ebpf is not in the matrix; TestEBPF runs its scenarios. No snapshot
+	// scenario uses it.
+	ebpfBackend: {dump: func(p *pod) string {
+		p.t.Fatal("no state snapshot for the ebpf backend: its uninstall is checked in bpf/")
+		return ""
+	}},
+}
+
+func iptablesKind(name string) backendKind {
+	return backendKind{
+		tools: []string{name + "-save", name + "-restore", ip6(name) + "-save", ip6(name) + "-restore"},
+		dump: func(p *pod) string {
+			var b strings.Builder
+			for _, f := range lab.Families {
+				fmt.Fprintf(&b, "== %s %s\n%s", name, f, normalize(p.save(name, f)))
+			}
+			return b.String()
+		},
+	}
+}
+
+// kind returns the harness's knowledge of a backend of the matrix.
+func kind(t testing.TB, backend string) backendKind {
+	k, ok := backendKinds[backend]
+	if !ok {
+		t.Fatalf("tests/harness_test.go: backend %s is in backends but not in backendKinds", backend)
+	}
+	return k
+}
 
 // Names of the lab servers; a Reply's Server says which one answered.
 const (
@@ -150,11 +194,7 @@ type pod struct {
 func newPod(t *testing.T, v variant) *pod {
 	t.Helper()
 	skipKnown(t)
-	tools := []string{"ip", "setpriv"}
-	if v.backend != ebpfBackend {
-		tools = append(tools, v.backend+"-save", v.backend+"-restore", ip6(v.backend)+"-save", ip6(v.backend)+"-restore")
-	}
-	privtest.Require(t, tools...)
+	privtest.Require(t, append([]string{"ip", "setpriv"}, kind(t, v.backend).tools...)...)
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	t.Cleanup(cancel)
 	l, err := lab.New(ctx, lab.Options{})
@@ -479,17 +519,15 @@ func normalize(save string) string {
 	return b.String()
 }
 
-// snapshot is every piece of state detour may touch in the pod namespace: both
-// iptables backends in both families (every table), the addresses (detour puts ::6 on
-// lo), policy routing rules and every routing table. (iptables-nft-save shows every table iptables-nft uses; the nftables
-// backend, not implemented yet, will need `nft list ruleset` with counters removed.)
+// snapshot is every piece of state detour may touch in the pod namespace: every
+// backend of the matrix (backendKinds' dump: for iptables, both families, every
+// table), the addresses (detour puts ::6 on lo), policy routing rules and every
+// routing table.
 func (p *pod) snapshot() string {
 	p.t.Helper()
 	var b strings.Builder
 	for _, bk := range backends {
-		for _, f := range lab.Families {
-			fmt.Fprintf(&b, "== %s %s\n%s", bk, f, normalize(p.save(bk, f)))
-		}
+		b.WriteString(kind(p.t, bk).dump(p))
 	}
 	for _, c := range [][]string{
 		{"ip", "-o", "addr", "show"},

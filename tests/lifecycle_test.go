@@ -174,18 +174,20 @@ func TestLifecycle(t *testing.T) {
 				}
 				onlyIn(t, p, v.backend, other)
 			})
-			t.Run("no-mixing", func(t *testing.T) {
+			t.Run("switch", func(t *testing.T) {
 				p := newPod(t, v)
 				p.startProxies()
 				p.install()
+				// Switching in place: the other backend's rules are applied, then
+				// these removed; never both, never neither.
 				r := p.detour(append([]string{"install"}, p.flagsWith(other)...)...)
-				switch r.code {
-				case 0:
-					onlyIn(t, p, other, v.backend)
-				default:
-					onlyIn(t, p, v.backend, other)
+				if r.code != 0 || !strings.Contains(r.stdout, "switched from "+v.backend) {
+					t.Errorf("install with %s over an install with %s: want a switch:\n%s", other, v.backend, r)
 				}
-				t.Logf("install with %s over an install with %s: exit %d, %s", other, v.backend, r.code, strings.TrimSpace(r.stderr))
+				onlyIn(t, p, other, v.backend)
+				if got := statusBackend(t, p); got != other {
+					t.Errorf("status after the switch reports backend %q, want %q", got, other)
+				}
 				p.outbound("L5 still captured", p.app(0, p.remoteDest()), srvOutbound)
 			})
 		})
@@ -325,9 +327,15 @@ func TestLifecycle(t *testing.T) {
 			if r := validate(); r.code != 0 {
 				t.Errorf("validate with the rules installed: want exit 0:\n%s", r)
 			}
+			// The order on a VM: install, start the proxy, validate. The kernel
+			// says where the probe landed: the proxy's socket.
+			p.startProxies()
+			if r := validate(); r.code != 0 || !strings.Contains(r.stdout, "held by the proxy's socket") {
+				t.Errorf("validate while the proxy owns the outbound port: want exit 0 naming the proxy's socket:\n%s", r)
+			}
 			p.uninstall()
 			if r := validate(); r.code != 5 {
-				t.Errorf("validate after uninstall: want exit 5:\n%s", r)
+				t.Errorf("validate after uninstall, the proxy still running: want exit 5:\n%s", r)
 			}
 			// Rules that do not capture outbound traffic fail validation too.
 			p.install("--outbound=false")

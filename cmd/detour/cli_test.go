@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"io"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -123,7 +124,7 @@ func TestPlanProbes(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
-			probes, err := planProbes(plan(tt.mutate), runner{uid: 0, gid: 0})
+			probes, err := planProbes(plan(tt.mutate), runner{uid: 0, gid: 0, canSwitch: true})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -160,6 +161,34 @@ func TestPlanProbesAsNonRoot(t *testing.T) {
 	}
 }
 
+// TestPlanProbesRootWithoutSetuid: uid 0 without CAP_SETUID/CAP_SETGID (the
+// restricted Pod Security standard) probes as itself when uid 0 is captured,
+// and otherwise says the probe cannot run (exit 1), never "not redirected".
+func TestPlanProbesRootWithoutSetuid(t *testing.T) {
+	t.Parallel()
+	self := runner{uid: 0, gid: 0, canSwitch: false}
+	p, err := redirect.NewPlan(redirect.Default(), redirect.Facts{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	probes, err := planProbes(p, self)
+	if err != nil || len(probes) != 1 || probes[0].uid != 0 || probes[0].become {
+		t.Errorf("probes as uid 0 without SETUID = %+v, %v; want one probe dialing as itself", probes, err)
+	}
+	c := redirect.Default()
+	c.Outbound.ExcludeUIDs = []redirect.IDRange{{First: 0, Last: 0}}
+	if p, err = redirect.NewPlan(c, redirect.Facts{}); err != nil {
+		t.Fatal(err)
+	}
+	_, err = planProbes(p, self)
+	if err == nil || !strings.Contains(err.Error(), "the probe cannot run") || !strings.Contains(err.Error(), "CAP_SETUID") {
+		t.Errorf("planProbes as uid 0 without SETUID, uid 0 excluded = %v; want the probe-cannot-run error naming the capability", err)
+	}
+	if code := exitCode(err, io.Discard); code != 1 {
+		t.Errorf("exit code %d, want 1", code)
+	}
+}
+
 func itoa(u uint32) string { return strconv.FormatUint(uint64(u), 10) }
 
 func TestSummary(t *testing.T) {
@@ -181,5 +210,20 @@ func TestSummary(t *testing.T) {
 `
 	if got != want {
 		t.Errorf("summary:\n%s\nwant:\n%s", got, want)
+	}
+}
+
+// TestPlanJSONCarriesTheRendering: `detour plan -o json` is the
+// backend-neutral plan and the rendering of the backend the config asks for.
+func TestPlanJSONCarriesTheRendering(t *testing.T) {
+	t.Parallel()
+	code, out, stderr := runCLI(t, "plan", "--ip-families", "ipv4", "--backend", "iptables-legacy", "-o", "json")
+	if code != 0 {
+		t.Fatalf("exit %d: %s", code, stderr)
+	}
+	for _, want := range []string{`"capture":`, `"facts":`, `"rendering":`, `"backend": "iptables-legacy"`, `-A DETOUR_OUT_REDIRECT -p tcp -j REDIRECT --to-ports 15001`, `"lines":`} {
+		if !strings.Contains(out, want) {
+			t.Errorf("plan -o json lacks %s:\n%s", want, out)
+		}
 	}
 }

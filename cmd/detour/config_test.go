@@ -44,11 +44,11 @@ func TestConfigPrecedence(t *testing.T) {
 		exclude string
 	}{
 		{name: "defaults", uid: 5678, inPort: 15006},
-		{name: "preset", args: []string{"--preset", "istio"}, uid: 1337, inPort: 15006, exclude: "15090,15021,15020"},
-		{name: "files later wins over preset", args: []string{"--preset", "istio", "--config", first, "--config", second}, uid: 200, inPort: 16006, exclude: "15090,15021,15020"},
+		{name: "preset", args: []string{"--preset", "istio"}, uid: 1337, inPort: 15006, exclude: "15008,15090,15021,15020"},
+		{name: "files later wins over preset", args: []string{"--preset", "istio", "--config", first, "--config", second}, uid: 200, inPort: 16006, exclude: "15008,15090,15021,15020"},
 		{name: "env beats files", args: []string{"--config", first}, env: map[string]string{"DETOUR_PROXY_UID": "300"}, uid: 300, inPort: 16006},
 		{name: "flags beat env", args: []string{"--config", first, "--proxy-uid", "400"}, env: map[string]string{"DETOUR_PROXY_UID": "300"}, uid: 400, inPort: 16006},
-		{name: "env preset and config", env: map[string]string{"DETOUR_PRESET": "istio", "DETOUR_CONFIG": second}, uid: 200, inPort: 15006, exclude: "15090,15021,15020"},
+		{name: "env preset and config", env: map[string]string{"DETOUR_PRESET": "istio", "DETOUR_CONFIG": second}, uid: 200, inPort: 15006, exclude: "15008,15090,15021,15020"},
 		{name: "stdin", args: []string{"--config", "-"}, stdin: `{"proxy": {"uid": 9}}`, uid: 9, inPort: 15006},
 		{name: "empty env clears a list", args: []string{"--preset", "istio"}, env: map[string]string{"DETOUR_EXCLUDE_INBOUND_PORTS": ""}, uid: 1337, inPort: 15006},
 	}

@@ -64,8 +64,8 @@ func liveProbe(ctx context.Context, p planned, conn redirect.Conn, e explanation
 	if err != nil {
 		out.Error = err.Error()
 	} else {
-		out.Arrived, out.OriginalDst = true, got.String()
+		out.Arrived, out.OriginalDst = true, got.dst.String()
 	}
-	out.Agrees = out.Arrived == e.Captured && (!out.Arrived || got == pr.dst)
+	out.Agrees = out.Arrived == e.Captured && (!out.Arrived || got.dst == pr.dst)
 	return out
 }

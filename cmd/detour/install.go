@@ -90,6 +90,9 @@ func summary(c redirect.Config, r redirect.Result, sshPorts []uint16) string {
 	how := fmt.Sprintf("%s; %s; mode %s", r.Backend, strings.Join(fams, ", "), c.Mode)
 	if r.Changed {
 		fmt.Fprintf(&b, "detour installed (%s)\n", how)
+		if len(r.Replaced) > 0 {
+			fmt.Fprintf(&b, "  switched from %s: the new rules were applied first, then the old ones removed\n", joinBackends(r.Replaced))
+		}
 	} else {
 		fmt.Fprintf(&b, "no changes: detour was already installed as planned (%s)\n", how)
 	}
@@ -206,4 +209,12 @@ func writeJSON(s streams, v any) error {
 	enc := json.NewEncoder(s.out)
 	enc.SetIndent("", "  ")
 	return enc.Encode(v)
+}
+
+func joinBackends(bs []redirect.Backend) string {
+	out := make([]string, len(bs))
+	for i, b := range bs {
+		out[i] = string(b)
+	}
+	return strings.Join(out, ", ")
 }

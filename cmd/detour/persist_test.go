@@ -50,7 +50,7 @@ func TestPersistWritesUnitForThisBinary(t *testing.T) {
 		t.Fatal(err)
 	}
 	back := redirect.Default()
-	if err := back.Decode(doc); err != nil || back.Proxy.UID != 1337 || len(back.Inbound.ExcludePorts) != 3 {
+	if err := back.Decode(doc); err != nil || back.Proxy.UID != 1337 || len(back.Inbound.ExcludePorts) != 4 {
 		t.Errorf("persisted config reads back as uid %d, excludes %v (%v)", back.Proxy.UID, back.Inbound.ExcludePorts, err)
 	}
 	if got := strings.Join(sc.calls, "; "); got != "daemon-reload; enable --now detour.service" {

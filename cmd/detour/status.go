@@ -48,6 +48,9 @@ func runStatus(ctx context.Context, o *statusOptions, g *globalOptions, s stream
 		return err
 	}
 	fmt.Fprintf(s.out, "detour is installed (%s; %s)\n", st.Backend, joinFamilies(st.Families))
+	if len(st.Others) > 0 {
+		fmt.Fprintf(s.out, "detour's rules are also in %s (a switch that did not finish): install with --backend %s to keep one, or uninstall\n", joinBackends(st.Others), st.Backend)
+	}
 	for _, f := range st.Families {
 		fmt.Fprintf(s.out, "\n# %s\n%s", f, st.Rules[f])
 	}

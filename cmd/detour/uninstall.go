@@ -64,7 +64,11 @@ func runUninstall(ctx context.Context, o *uninstallOptions, g *globalOptions, s 
 		_, err = fmt.Fprintln(s.out, "nothing to remove: detour is not installed")
 		return err
 	}
-	_, err = fmt.Fprintf(s.out, "detour removed (%s; %s)\n", res.Backend, joinFamilies(res.Families))
+	from := joinBackends(res.Replaced)
+	if from == "" {
+		from = "routing and addresses only" // no backend held rules of detour's
+	}
+	_, err = fmt.Fprintf(s.out, "detour removed (%s; %s)\n", from, joinFamilies(res.Families))
 	return err
 }
 

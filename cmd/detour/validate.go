@@ -23,13 +23,18 @@ func newValidateCmd(s streams, g *globalOptions) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "validate [flags]",
 		Short: "Prove on a real connection that outbound traffic reaches the proxy port (exit 5 if not)",
-		Long: `Validate is the post-install self-check, meant to run before the proxy starts (for
-example as an init container after the CNI plugin set the pod up). For each planned IP
-family it listens on the outbound port, connects as a user that the configuration
-captures to a reserved documentation address (192.0.2.0/24, 2001:db8::/32, or an
-address of includeCIDRs), and checks that the connection arrives with that original
-destination. It exits 5 when a connection is not redirected, 1 when it cannot run the
-check (for example because the outbound port is already in use).`,
+		Long: `Validate is the post-install self-check. For each planned IP family it connects as
+a user that the configuration captures to a reserved documentation address
+(192.0.2.0/24, 2001:db8::/32, or an address of includeCIDRs) and proves where the
+connection lands. Before the proxy starts (an init container after the CNI plugin set
+the pod up) it listens on the outbound port itself and checks the connection arrives
+with its original destination. When a proxy already owns the outbound port (install,
+start Envoy, validate), it asks the kernel instead: the connection must be held by a
+socket on the outbound port (the proxy's; its uid is printed). As root it probes as a
+captured uid it switches to; without CAP_SETUID/CAP_SETGID (the restricted Pod
+Security standard) or as another user it probes as itself, which the configuration
+must capture. It exits 5 when a connection is not redirected, 1 when it cannot run
+the check.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			o.in.fromEnv()
@@ -55,9 +60,23 @@ type probe struct {
 // runner is who validate runs as.
 type runner struct {
 	uid, gid uint32
+	// canSwitch: the process may take other uids and gids (CAP_SETUID and
+	// CAP_SETGID), so probes run as a captured uid chosen for them.
+	canSwitch bool
 }
 
-func (r runner) root() bool { return r.uid == 0 }
+// switches reports whether probes run as a uid chosen for them (root with
+// CAP_SETUID/CAP_SETGID) rather than as the runner itself.
+func (r runner) switches() bool { return r.uid == 0 && r.canSwitch }
+
+// probeResult is where a probe connection landed.
+type probeResult struct {
+	dst netip.AddrPort // the original destination the outbound port saw
+	// viaProxy: a proxy owned the outbound port; the kernel's socket table
+	// showed the connection held there by a socket of proxyUID.
+	viaProxy bool
+	proxyUID uint32
+}
 
 func runValidate(ctx context.Context, o *validateOptions, g *globalOptions, s streams) error {
 	if o.timeout <= 0 {
@@ -73,15 +92,16 @@ func runValidate(ctx context.Context, o *validateOptions, g *globalOptions, s st
 		_, err := fmt.Fprintln(s.out, "nothing to validate: outbound capture is disabled (outbound.enabled is false)")
 		return err
 	}
-	probes, err := planProbes(plan, runner{uint32(os.Geteuid()), uint32(os.Getegid())})
+	probes, err := planProbes(plan, runner{uint32(os.Geteuid()), uint32(os.Getegid()), canSwitchCredentials()})
 	if err != nil {
 		return err
 	}
 	failed, conclusive := 0, 0
 	for _, p := range probes {
-		got, err := runProbe(ctx, nsPath, c.Proxy.OutboundPort, p, o.timeout)
-		if errors.Is(err, errPortInUse) {
-			return fmt.Errorf("validate: %w", err)
+		res, err := runProbe(ctx, nsPath, c.Proxy.OutboundPort, p, o.timeout)
+		got := res.dst
+		if errors.Is(err, errCannotProbe) {
+			return fmt.Errorf("validate: the probe cannot run: %w (run validate as a uid the configuration captures, which it then probes as, or grant SETUID and SETGID)", err)
 		}
 		if errors.Is(err, errNoRoute) {
 			// Routing happens before the nat table: with no route, nothing of this
@@ -97,6 +117,8 @@ func runValidate(ctx context.Context, o *validateOptions, g *globalOptions, s st
 		case got != p.dst:
 			failed++
 			fmt.Fprintf(s.out, "FAIL %s: %s as uid %d reached :%d with original destination %s\n", p.family, p.dst, p.uid, c.Proxy.OutboundPort, got)
+		case res.viaProxy:
+			fmt.Fprintf(s.out, "ok   %s: %s as uid %d was held by the proxy's socket on :%d (uid %d)\n", p.family, p.dst, p.uid, c.Proxy.OutboundPort, res.proxyUID)
 		default:
 			fmt.Fprintf(s.out, "ok   %s: %s as uid %d reached :%d with its original destination\n", p.family, p.dst, p.uid, c.Proxy.OutboundPort)
 		}
@@ -111,8 +133,9 @@ func runValidate(ctx context.Context, o *validateOptions, g *globalOptions, s st
 }
 
 var (
-	errPortInUse = errors.New("the outbound port is already in use; validate runs before the proxy starts")
-	errNoRoute   = errors.New("no route")
+	errPortInUse   = errors.New("the outbound port is already in use")
+	errNoRoute     = errors.New("no route")
+	errCannotProbe = errors.New("cannot take the probe's uid and gid")
 )
 
 // planProbes picks, per planned family, a destination the configuration
@@ -128,8 +151,10 @@ func planProbes(plan redirect.Plan, self runner) ([]probe, error) {
 	switch {
 	case len(out) > 0:
 		return out, nil
-	case self.root():
+	case self.switches():
 		return nil, errors.New("validate: the configuration captures no outbound destination that can be probed")
+	case self.uid == 0:
+		return nil, fmt.Errorf("validate: the probe cannot run: it runs as uid 0 without CAP_SETUID/CAP_SETGID (the restricted Pod Security standard drops them), so it can only probe as itself, and this configuration does not capture uid 0's traffic; run it as a uid the configuration captures, or grant SETUID and SETGID")
 	default:
 		return nil, fmt.Errorf("validate: it runs as uid %d gid %d, whose traffic this configuration does not capture; run it as root (it then probes as a captured uid) or as a captured user", self.uid, self.gid)
 	}
@@ -140,8 +165,8 @@ func planProbes(plan redirect.Plan, self runner) ([]probe, error) {
 func probeFor(c redirect.Config, family redirect.Family, self runner) (probe, bool) {
 	for _, addr := range candidateAddrs(c.Outbound, family) {
 		for _, port := range candidatePorts(c) {
-			p := probe{family: family, dst: netip.AddrPortFrom(addr, port), uid: self.uid, gid: self.gid, become: self.root()}
-			if self.root() {
+			p := probe{family: family, dst: netip.AddrPortFrom(addr, port), uid: self.uid, gid: self.gid, become: self.switches()}
+			if self.switches() {
 				var ok bool
 				if p.uid, p.gid, ok = c.CapturedUser(addr, port); ok {
 					return p, true

@@ -5,10 +5,11 @@ package main
 import (
 	"context"
 	"errors"
-	"net/netip"
 	"time"
 )
 
-func runProbe(ctx context.Context, nsPath string, port uint16, p probe, timeout time.Duration) (netip.AddrPort, error) {
-	return netip.AddrPort{}, errors.ErrUnsupported
+func runProbe(ctx context.Context, nsPath string, port uint16, p probe, timeout time.Duration) (probeResult, error) {
+	return probeResult{}, errors.ErrUnsupported
 }
+
+func canSwitchCredentials() bool { return false }

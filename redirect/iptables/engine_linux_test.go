@@ -1082,13 +1082,32 @@ func TestFactsIPv6PerInterface(t *testing.T) {
 	if !ipv6() {
 		t.Errorf("Facts says no IPv6 although eth0 has it (all.disable_ipv6=1, eth0.disable_ipv6=0): an auto plan would let IPv6 bypass the proxy\n%s", ns.Run(t, "ip", "-6", "addr"))
 	}
-	// ipFamilies auto then plans both families.
+	// lo still has IPv6 disabled (all=1 set it): captured IPv6 could not be
+	// delivered, so planning IPv6 is the IPv6-unavailable error with the fix,
+	// before anything is applied.
 	f, err := e.Facts(context.Background(), redirect.Default())
 	if err != nil {
 		t.Fatal(err)
 	}
+	if !f.LoIPv6Disabled {
+		t.Errorf("Facts misses that lo has IPv6 disabled: %+v", f)
+	}
+	for _, c := range []redirect.Config{redirect.Default(), cfgWith(t, "", "ipFamilies=dual")} {
+		_, err := redirect.NewPlan(c, f)
+		if !errors.Is(err, redirect.ErrIPv6Unavailable) || !strings.Contains(err.Error(), "net.ipv6.conf.lo.disable_ipv6=0") || !strings.Contains(err.Error(), "--ip-families ipv4") {
+			t.Errorf("plan %s with IPv6 disabled on lo = %v, want ErrIPv6Unavailable naming both fixes", c.IPFamilies, err)
+		}
+	}
+	if _, err := redirect.NewPlan(cfgWith(t, "", "ipFamilies=ipv4"), f); err != nil {
+		t.Errorf("ipFamilies ipv4 with IPv6 disabled on lo: %v", err)
+	}
+	// With IPv6 on lo, ipFamilies auto plans both families.
+	ns.Run(t, "sysctl", "-q", "-w", "net.ipv6.conf.lo.disable_ipv6=0")
+	if f, err = e.Facts(context.Background(), redirect.Default()); err != nil {
+		t.Fatal(err)
+	}
 	if p := mustPlan(t, redirect.Default(), f); len(p.Families()) != 2 {
-		t.Errorf("auto plan with IPv6 on eth0 captures %d families, want 2", len(p.Families()))
+		t.Errorf("auto plan with IPv6 on eth0 and lo captures %d families, want 2", len(p.Families()))
 	}
 }
 

@@ -21,7 +21,7 @@ export DETOUR_KUBE_BIN := $(KUBE_BIN)
 export KUBEBUILDER_ASSETS := $(KUBE_BIN)
 export DETOUR_CNI_PLUGINS_BIN := $(CNI_PLUGINS_BIN)
 
-.PHONY: help build test test-unit test-e2e lint verify bench bench-cli demo deps deps-apt deps-kube deps-cni-plugins fuzz clean
+.PHONY: help build test test-unit test-e2e lint verify generate bench bench-cli demo deps deps-apt deps-bpf deps-kube deps-cni-plugins fuzz clean
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -48,8 +48,8 @@ test: deps ## everything: vet, unit, privileged and end-to-end tests (run as roo
 	$(GO) vet ./...
 	$(GO) test -count=1 -timeout 80m ./...
 
-bench: deps-apt deps-kube deps-cni-plugins ## every benchmark with its figures (as root): CLI, engine, CNI ADD latency, xDS fan-out, admission latency
-	$(MAKE) --no-print-directory bench-cli bench-engine bench-cni bench-controlplane bench-inject
+bench: deps-apt deps-kube deps-cni-plugins ## every benchmark with its figures (as root): CLI, engine, CNI ADD latency, xDS fan-out, admission latency, redirect backends
+	$(MAKE) --no-print-directory bench-cli bench-engine bench-cni bench-controlplane bench-inject bench-redirect
 
 bench-cli: deps-apt deps-istio build ## start-up CPU and memory of detour, detour-cni, detour-cp; detour install / re-run / uninstall through the binary per backend, beside Istio's istio-iptables (root)
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '-s -w' -o $(BIN)/go-floor ./hack/bench/floor
@@ -68,8 +68,16 @@ lint: ## gofmt and go vet
 fuzz: ## run each fuzz target for FUZZTIME (default 30s)
 	@for t in FuzzDecode FuzzParsers; do $(GO) test -run '^$$' -fuzz "^$$t$$" -fuzztime $${FUZZTIME:-30s} ./redirect/; done
 
-verify: lint ## check that generated files and go.mod are up to date
+verify: lint generate ## check that generated files (bpf2go output) and go.mod are up to date
 	$(GO) mod tidy -diff
+	@git diff --exit-code -- bpf/ || { echo "bpf/: generated files are stale: run make generate and commit"; exit 1; }
+
+deps-bpf: ## the BPF toolchain for make generate: clang, llvm, libbpf-dev, bpftool (idempotent)
+	DETOUR_BPF_TOOLCHAIN=1 hack/deps-apt.sh
+
+generate: deps-bpf ## rebuild bpf/detour_bpfel.{go,o} from bpf/detour.c (vmlinux.h from this kernel's BTF)
+	bpftool btf dump file /sys/kernel/btf/vmlinux format c > bpf/vmlinux.h
+	$(GO) generate ./bpf/
 
 clean: ## remove build output (not the cache)
 	rm -rf $(BIN)
@@ -107,3 +115,8 @@ bench-inject: deps-kube ## sidecar injection webhook: p50/p99 admission latency 
 .PHONY: bench-controlplane
 bench-controlplane: ## control-plane fan-out benchmark: 1000 in-process ADS clients (DETOUR_BENCH_CLIENTS=N), SotW and delta
 	$(GO) test -run '^$$' -bench 'FanOut|Build' -benchtime 3x ./controlplane/
+
+# --- eBPF backend (issue 8) ---
+.PHONY: bench-redirect
+bench-redirect: deps-apt ## direct vs iptables-nft vs iptables-legacy vs ebpf through one relay proxy: conn/s, p50/p99, MB/s (root; BENCH_SECONDS, BENCH_RR, BENCH_STREAM_MIB)
+	DETOUR_BENCH=1 $(GO) test -count=1 -v -run TestCompareBackends ./tests/redirectbench/ | grep -E '^\|'

@@ -22,5 +22,6 @@
 // names (NSS lookups can hang a CNI call).
 //
 // The conflist installer lives in cni/install. This package must not import
-// cmd/..., controlplane or bpf.
+// cmd/... or controlplane; it reaches the eBPF backend (bpf) only through
+// redirect/backends, like every other backend.
 package cni

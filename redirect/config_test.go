@@ -138,12 +138,12 @@ func TestValidateConflicts(t *testing.T) {
 	c.Proxy.OutboundPort = c.Proxy.InboundPort
 	c.DNS.Capture = DNSCaptureAll
 	c.DNS.Port = c.Proxy.InboundPort
-	c.Backend = BackendEBPF
+	c.Backend = BackendNFTables
 	err := c.Validate()
 	for _, want := range []string{
 		`proxy.outboundPort: "15006" is also proxy.inboundPort`,
 		`dns.port: "15006" is also a proxy TCP port`,
-		`backend: "ebpf" is not supported yet`,
+		`backend: "nftables" is not supported yet`,
 	} {
 		if err == nil || !strings.Contains(err.Error(), want) {
 			t.Errorf("Validate() = %v, want it to contain %q", err, want)

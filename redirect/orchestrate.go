@@ -42,6 +42,10 @@ func (b Backend) Matches(name Backend) bool {
 	return b == name
 }
 
+// manualOnly: auto never picks this backend for a fresh install (it stays
+// sticky once installed by name). ebpf is opt-in (DESIGN.md).
+func (b Backend) manualOnly() bool { return b == BackendEBPF }
+
 // driverState is what one Driver showed in one Engine call.
 type driverState struct {
 	d     Driver
@@ -116,7 +120,7 @@ func conflicts(states []*driverState) error {
 // when several do). Otherwise auto takes the first Driver, in e.Drivers
 // order, whose mechanism holds other tools' state (a namespace run by
 // iptables-legacy stays legacy), and when none does, the first Driver that
-// is ready.
+// is ready; never ebpf, which is opt-in.
 func (e *Engine) choose(want Backend, states []*driverState) (*driverState, error) {
 	held := holding(states)
 	if want != BackendAuto && want != "" {
@@ -151,12 +155,15 @@ func (e *Engine) choose(want Backend, states []*driverState) (*driverState, erro
 		return nil, fmt.Errorf("%w: detour's state is in %s (install with --backend naming one to keep only it, or uninstall, which removes all)", ErrBackendConflict, names(held))
 	}
 	for _, s := range states {
-		if s.usable() == nil && s.have.Foreign() {
+		if s.usable() == nil && !s.d.Name().manualOnly() && s.have.Foreign() {
 			return s, nil
 		}
 	}
 	var errs []error
 	for _, s := range states {
+		if s.d.Name().manualOnly() {
+			continue
+		}
 		if s.usable() == nil {
 			return s, nil
 		}

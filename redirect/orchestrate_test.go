@@ -237,6 +237,33 @@ func TestAutoChoice(t *testing.T) {
 	}
 }
 
+// TestAutoNeverPicksEBPF: ebpf is opt-in. auto passes over it even when it is
+// the only ready backend or the first in order, and --backend ebpf uses it.
+func TestAutoNeverPicksEBPF(t *testing.T) {
+	t.Parallel()
+	notReady := fmt.Errorf("iptables missing: %w", ErrNotSupported)
+	l := newLab(t, BackendEBPF, BackendIPTablesNFT)
+	res, err := l.e.Install(context.Background(), l.plan(t, BackendAuto))
+	if err != nil || res.Backend != BackendIPTablesNFT {
+		t.Fatalf("auto with ebpf first = %+v, %v; want iptables-nft", res, err)
+	}
+	l = newLab(t, BackendIPTablesNFT, BackendEBPF)
+	l.d[BackendIPTablesNFT].ready = notReady
+	if res, err := l.e.Install(context.Background(), l.plan(t, BackendAuto)); !errors.Is(err, ErrNotSupported) {
+		t.Fatalf("auto with only ebpf ready = %+v, %v; want ErrNotSupported", res, err)
+	}
+	if w := l.writes(); len(w) != 0 {
+		t.Errorf("a refused install wrote %v", w)
+	}
+	if res, err := l.e.Install(context.Background(), l.plan(t, BackendEBPF)); err != nil || res.Backend != BackendEBPF {
+		t.Fatalf("--backend ebpf = %+v, %v", res, err)
+	}
+	// Once installed by name, auto stays with it (sticky).
+	if res, err := l.e.Install(context.Background(), l.plan(t, BackendAuto)); err != nil || res.Backend != BackendEBPF {
+		t.Errorf("auto after --backend ebpf = %+v, %v; want ebpf (sticky)", res, err)
+	}
+}
+
 // TestSwitchBackend: installing with another backend than the one holding
 // detour's state applies the new one first, then removes the old one's.
 func TestSwitchBackend(t *testing.T) {

@@ -52,12 +52,13 @@ func (c Config) Validate() error {
 		bad("mode", string(c.Mode), err.(*FieldError).Reason)
 	}
 	switch c.Backend {
-	case BackendAuto, BackendIPTables, BackendIPTablesLegacy, BackendIPTablesNFT, BackendNFTables:
-	case BackendEBPF:
-		bad("backend", string(c.Backend), "is not supported yet; use auto, iptables, iptables-legacy, iptables-nft or nftables")
+	case BackendAuto, BackendIPTables, BackendIPTablesLegacy, BackendIPTablesNFT, BackendNFTables, BackendEBPF:
 	default:
 		_, err := parseEnum(string(c.Backend), backends)
 		bad("backend", string(c.Backend), err.(*FieldError).Reason)
+	}
+	if c.Backend == BackendEBPF && c.Mode == ModeTProxy {
+		bad("mode", string(c.Mode), "is not available with backend ebpf (it redirects at connect() time, where there is no packet to deliver transparently)")
 	}
 	if _, err := parseEnum(string(c.IPFamilies), families); err != nil {
 		bad("ipFamilies", string(c.IPFamilies), err.(*FieldError).Reason)

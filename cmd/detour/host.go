@@ -10,6 +10,7 @@ import (
 
 	"github.com/spf13/pflag"
 
+	"github.com/detour-mesh/detour/bpf"
 	"github.com/detour-mesh/detour/internal/netns"
 	"github.com/detour-mesh/detour/redirect"
 	"github.com/detour-mesh/detour/redirect/backends"
@@ -19,11 +20,16 @@ import (
 type globalOptions struct {
 	verbose  bool
 	lockWait time.Duration
+	// cgroup is --cgroup: the eBPF backend's cgroup scope ("" = the network
+	// namespace). bpfPinDir and bpfRoot come from DETOUR_EBPF_PIN_DIR and
+	// DETOUR_EBPF_CGROUP_ROOT (tests and sandboxes; "" = the defaults).
+	cgroup, bpfPinDir, bpfRoot string
 }
 
 // engine returns the redirect engine for the namespace at nsPath ("" = ours).
 func (g *globalOptions) engine(nsPath string, stderr io.Writer) *redirect.Engine {
-	return backends.Engine(nsPath, backends.Options{LockWait: g.lockWait, Logger: g.logger(stderr)})
+	return backends.Engine(nsPath, backends.Options{LockWait: g.lockWait, Logger: g.logger(stderr),
+		EBPF: bpf.DriverOptions{Cgroup: g.cgroup, Loader: bpf.Options{PinDir: g.bpfPinDir, Root: g.bpfRoot}}})
 }
 
 // logger returns the logger the commands hand to packages: debug lines on
@@ -127,3 +133,26 @@ func plural(n int, word string) string {
 	}
 	return fmt.Sprintf("%d %ss", n, word)
 }
+
+// cgroupFlag is --cgroup: an existing cgroup v2 directory (exit 2 otherwise).
+type cgroupFlag struct{ p *string }
+
+func (f cgroupFlag) String() string {
+	if f.p == nil {
+		return ""
+	}
+	return *f.p
+}
+
+func (f cgroupFlag) Set(v string) error {
+	if v == "" {
+		return errors.New("an empty value names no cgroup (leave --cgroup out for the network-namespace scope)")
+	}
+	if err := bpf.CheckCgroup(v); err != nil {
+		return errors.New("is not a cgroup v2 directory")
+	}
+	*f.p = v
+	return nil
+}
+
+func (cgroupFlag) Type() string { return "path" }

@@ -37,9 +37,11 @@ var heavy = []string{
 var rules = []rule{
 	{pkg: "cmd/detour", forbidden: heavy, why: "the install path starts in milliseconds: no Kubernetes client, Envoy protos, gRPC or control plane"},
 	{pkg: "cmd/detour-cni", forbidden: heavy, why: "the CNI plugin starts in milliseconds: no Kubernetes client, Envoy protos, gRPC or control plane"},
-	{pkg: "cni/...", forbidden: append([]string{module + "/cmd", module + "/bpf"}, heavy...), why: "must not import cmd/..., controlplane or bpf (and it runs in every ADD)"},
-	{pkg: "redirect/...", forbidden: []string{module + "/cmd", module + "/cni", module + "/controlplane", module + "/bpf"}, why: "must not import cmd/..., cni, controlplane or bpf"},
-	{pkg: "redirect", forbidden: []string{module + "/redirect/iptables", module + "/redirect/nftables", module + "/redirect/backends"}, why: "the orchestration must not import any Driver package (redirect/iptables, redirect/nftables, redirect/backends)"},
+	{pkg: "cni/...", forbidden: append([]string{module + "/cmd"}, heavy...), why: "must not import cmd/... or controlplane (and it runs in every ADD); it reaches bpf only through redirect/backends"},
+	{pkg: "redirect/...", forbidden: []string{module + "/cmd", module + "/cni", module + "/controlplane"}, why: "must not import cmd/..., cni or controlplane"},
+	{pkg: "redirect/iptables", forbidden: []string{module + "/bpf"}, why: "a backend must not import another backend (bpf is the eBPF backend)"},
+	{pkg: "bpf", forbidden: []string{module + "/redirect/iptables", module + "/redirect/nftables", module + "/redirect/backends", module + "/cmd", module + "/cni"}, why: "a backend must not import another backend, cmd/... or cni"},
+	{pkg: "redirect", forbidden: []string{module + "/redirect/iptables", module + "/redirect/nftables", module + "/redirect/backends", module + "/bpf"}, why: "the orchestration must not import any Driver package (redirect/iptables, redirect/nftables, bpf, redirect/backends)"},
 	{pkg: "redirect/iptables", forbidden: []string{module + "/redirect/nftables", module + "/redirect/backends"}, why: "a backend must not import another backend"},
 	{pkg: "controlplane/...", forbidden: []string{module + "/cmd", module + "/cni", module + "/bpf"}, why: "must not import cmd/..., cni or bpf"},
 	{pkg: "internal/systemd", forbidden: []string{module + "/cmd", module + "/cni", module + "/controlplane"}, why: "must not import cmd/..., cni or controlplane"},
@@ -64,6 +66,7 @@ var onlyImporters = []struct {
 	{"google.golang.org/grpc", []string{"controlplane/..."}},
 	{"k8s.io/client-go", []string{"controlplane/kube", "inject/webhook"}},
 	{"github.com/prometheus/client_golang", []string{"controlplane/..."}},
+	{"github.com/cilium/ebpf", []string{"bpf"}},
 }
 
 // pkgInfo is one package of the module as `go list` reports it.

@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"time"
 
+	"github.com/detour-mesh/detour/bpf"
 	"github.com/detour-mesh/detour/redirect"
 	"github.com/detour-mesh/detour/redirect/iptables"
 	"github.com/detour-mesh/detour/redirect/nftables"
@@ -18,17 +19,27 @@ type Options struct {
 	// LockWait bounds the Drivers' own lock waits (the xtables lock); 0 = 10s.
 	LockWait time.Duration
 	Logger   *slog.Logger // nil = discard
+	// EBPF configures the eBPF backend: its scope (a cgroup, or the
+	// namespace Engine enters) and where it pins. The zero value is the
+	// network-namespace scope with the default pins.
+	EBPF bpf.DriverOptions
 }
 
 // All returns every Driver of this build in auto's order of preference:
 // the iptables backends, the one plain `iptables` uses on this host first,
 // then nftables (chosen by auto where no iptables backend works, as on a
 // distribution without iptables, or where only native nftables tables of
-// other tools are there).
+// other tools are there), then ebpf (which auto never picks: only --backend
+// ebpf installs it).
 func All(o Options) []redirect.Driver {
 	var out []redirect.Driver
 	out = append(out, iptables.Drivers(o.LockWait, o.Logger)...)
 	out = append(out, nftables.New(nftables.Options{Logger: o.Logger}))
+	e := o.EBPF
+	if e.Loader.Logger == nil {
+		e.Loader.Logger = o.Logger
+	}
+	out = append(out, bpf.NewDriver(e))
 	return out
 }
 

@@ -1,0 +1,102 @@
+package bpf
+
+import (
+	"net"
+	"net/netip"
+	"testing"
+	"time"
+
+	"github.com/detour-mesh/detour/redirect"
+)
+
+// TestDNSRepliesComeFromTheAskedServer: queries to UDP/53 go to the DNS
+// proxy, and the app sees the reply from the address it asked, on connected
+// and unconnected sockets, IPv4, IPv6 and v4-mapped.
+func TestDNSRepliesComeFromTheAskedServer(t *testing.T) {
+	l := newLab(t)
+	enter(t, l.cgroup)
+	ld := New(Options{PinDir: l.pinDir, Root: l.cgroup})
+	scope := Scope{Cgroup: l.cgroup}
+	if _, err := ld.Apply(scope, testCapture(t, func(c *redirect.Config) {
+		c.DNS.Capture = redirect.DNSCaptureAll
+	})); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ld.Remove(scope) })
+	// The DNS proxy answers "proxy:" + the query.
+	for _, addr := range []string{"127.0.0.1:15053", "[::1]:15053"} {
+		var pc net.PacketConn
+		inNS(t, l.ns, func() (err error) { pc, err = net.ListenPacket("udp", addr); return err })
+		t.Cleanup(func() { pc.Close() })
+		go func() {
+			buf := make([]byte, 512)
+			for {
+				n, from, err := pc.ReadFrom(buf)
+				if err != nil {
+					return
+				}
+				pc.WriteTo(append([]byte("proxy:"), buf[:n]...), from)
+			}
+		}()
+	}
+	for _, server := range []string{"192.0.2.53:53", "[2001:db8::53]:53", "[::ffff:192.0.2.54]:53"} {
+		ap := netip.MustParseAddrPort(server)
+		t.Run("unconnected "+server, func(t *testing.T) {
+			inNS(t, l.ns, func() error {
+				// "udp" on [::] is a dual-stack socket ("udp6" would be
+				// IPV6_V6ONLY and refuse a v4-mapped destination).
+				network, laddr := "udp", &net.UDPAddr{IP: net.IPv6unspecified}
+				if ap.Addr().Is4() {
+					network, laddr = "udp4", nil
+				}
+				pc, err := net.ListenUDP(network, laddr)
+				if err != nil {
+					return err
+				}
+				defer pc.Close()
+				if _, err := pc.WriteToUDPAddrPort([]byte("q1"), ap); err != nil {
+					return err
+				}
+				pc.SetReadDeadline(time.Now().Add(2 * time.Second))
+				buf := make([]byte, 512)
+				n, from, err := pc.ReadFromUDPAddrPort(buf)
+				if err != nil {
+					return err
+				}
+				if string(buf[:n]) != "proxy:q1" {
+					t.Errorf("reply = %q, want the DNS proxy's", buf[:n])
+				}
+				if from != ap {
+					t.Errorf("reply from %s, want %s (the server the app asked)", from, ap)
+				}
+				return nil
+			})
+		})
+		if ap.Addr().Is4In6() {
+			continue // the net package will not connect a v4-mapped UDP socket
+		}
+		t.Run("connected "+server, func(t *testing.T) {
+			inNS(t, l.ns, func() error {
+				c, err := net.Dial("udp", server)
+				if err != nil {
+					return err
+				}
+				defer c.Close()
+				if got := c.RemoteAddr().String(); got != ap.String() {
+					t.Errorf("getpeername = %s, want %s", got, ap)
+				}
+				c.Write([]byte("q2"))
+				c.SetReadDeadline(time.Now().Add(2 * time.Second))
+				buf := make([]byte, 512)
+				n, err := c.Read(buf)
+				if err != nil {
+					return err
+				}
+				if string(buf[:n]) != "proxy:q2" {
+					t.Errorf("reply = %q, want the DNS proxy's", buf[:n])
+				}
+				return nil
+			})
+		})
+	}
+}

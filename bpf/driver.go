@@ -1,0 +1,317 @@
+package bpf
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+
+	"github.com/detour-mesh/detour/redirect"
+)
+
+// DriverOptions configure the eBPF backend as a redirect.Driver; the zero
+// value scopes it to the network namespace of the calling thread.
+type DriverOptions struct {
+	Loader Options
+	// Cgroup, when set, scopes capture to the processes below this cgroup v2
+	// directory (a VM service's slice) instead of a network namespace.
+	Cgroup string
+	// Inbound carries the inbound share of a plan: connect-time hooks never
+	// see a connection that arrives from elsewhere. The assembly passes the
+	// nftables Driver; nil means a plan that captures inbound is refused
+	// (ErrNotSupported).
+	Inbound redirect.Driver
+}
+
+// Driver is the eBPF backend: outbound TCP and DNS by cgroup socket programs,
+// inbound by DriverOptions.Inbound. Its methods run on a thread inside the
+// target network namespace (redirect.Engine enters it); a netns-scoped Driver
+// enrolls that namespace by its cookie.
+type Driver struct {
+	opts   DriverOptions
+	loader *Loader
+}
+
+// NewDriver returns the eBPF Driver.
+func NewDriver(opts DriverOptions) *Driver {
+	return &Driver{opts: opts, loader: New(opts.Loader)}
+}
+
+// Name is ebpf.
+func (d *Driver) Name() redirect.Backend { return redirect.BackendEBPF }
+
+// Ready probes the kernel for every program type, map type and helper the
+// programs need, naming the first one missing. It changes nothing.
+func (d *Driver) Ready(ctx context.Context) error {
+	if err := d.loader.Ready(); err != nil {
+		if errors.Is(err, ErrNotSupported) || errors.Is(err, errors.ErrUnsupported) {
+			return fmt.Errorf("%w: %w", redirect.ErrNotSupported, err)
+		}
+		return err
+	}
+	return nil
+}
+
+func (d *Driver) scope() (Scope, error) {
+	if d.opts.Cgroup != "" {
+		return Scope{Cgroup: d.opts.Cgroup}, nil
+	}
+	cookie, err := CurrentNetns()
+	if err != nil {
+		return Scope{}, err
+	}
+	return Scope{Netns: cookie}, nil
+}
+
+// installed is what the eBPF Driver observed for its scope.
+type installed struct {
+	lines   []string // this scope's programs and entries
+	state   State
+	inbound redirect.Installed // nil without an inbound Driver
+}
+
+func (i *installed) Empty() bool {
+	return len(i.lines) == 0 && (i.inbound == nil || i.inbound.Empty())
+}
+
+func (i *installed) Lines(f redirect.Family) []string {
+	out := familyLines(i.lines, f)
+	if i.inbound != nil {
+		out = append(out, i.inbound.Lines(f)...)
+	}
+	return out
+}
+
+func (i *installed) Text(f redirect.Family) string {
+	var b strings.Builder
+	for _, l := range familyLines(i.lines, f) {
+		b.WriteString(l + "\n")
+	}
+	if i.inbound != nil {
+		b.WriteString(i.inbound.Text(f))
+	}
+	return b.String()
+}
+
+// Foreign is always false, so that auto's "the backend whose mechanism other
+// tools use" never lands on ebpf (the inbound Driver's tables, when it has
+// any, are that Driver's to report). Other owners' cgroup programs are left
+// alone by install and uninstall.
+func (i *installed) Foreign() bool { return false }
+
+func (i *installed) Conflict() error {
+	if i.inbound != nil {
+		return i.inbound.Conflict()
+	}
+	return nil
+}
+
+// Observe reads the scope's programs and map entries (and the inbound
+// Driver's state). It never writes.
+func (d *Driver) Observe(ctx context.Context) (redirect.Installed, error) {
+	s, err := d.scope()
+	if err != nil {
+		return nil, err
+	}
+	st, err := d.loader.Observe()
+	if err != nil {
+		return nil, err
+	}
+	lines, err := d.loader.Lines(st, s)
+	if err != nil {
+		return nil, err
+	}
+	in := &installed{lines: lines, state: st}
+	if d.opts.Inbound != nil {
+		if in.inbound, err = d.opts.Inbound.Observe(ctx); err != nil {
+			return nil, fmt.Errorf("observe inbound (%s): %w", d.opts.Inbound.Name(), err)
+		}
+	}
+	return in, nil
+}
+
+// split separates the plan's inbound share (for the inbound Driver) from
+// what the programs carry.
+func split(p redirect.Plan) (ebpf, inbound redirect.Plan, hasInbound bool) {
+	ebpf, inbound = p, p
+	ebpf.Capture.Families = slices.Clone(p.Capture.Families)
+	inbound.Capture.Families = slices.Clone(p.Capture.Families)
+	for i := range p.Capture.Families {
+		if p.Capture.Families[i].Inbound != nil {
+			hasInbound = true
+		}
+		ebpf.Capture.Families[i].Inbound = nil
+		inbound.Capture.Families[i].Outbound = nil
+		inbound.Capture.Families[i].DNS = nil
+	}
+	return ebpf, inbound, hasInbound
+}
+
+func (d *Driver) checkInbound(p redirect.Plan) error {
+	if _, _, has := split(p); has && d.opts.Inbound == nil {
+		return fmt.Errorf("inbound.enabled is true: connect-time eBPF hooks never see inbound connections and no inbound backend is available; set inbound.enabled to false: %w", redirect.ErrNotSupported)
+	}
+	if p.Config.Mode == redirect.ModeTProxy {
+		return fmt.Errorf("mode tproxy: the ebpf backend redirects at connect() time and has no TPROXY mode: %w", redirect.ErrNotSupported)
+	}
+	return nil
+}
+
+// Apply enrolls the scope with the plan's capture (programs attached and
+// pinned where missing, map entries updated in place) and hands the inbound
+// share to the inbound Driver.
+func (d *Driver) Apply(ctx context.Context, p redirect.Plan, have redirect.Installed) (bool, error) {
+	if err := d.checkInbound(p); err != nil {
+		return false, err
+	}
+	s, err := d.scope()
+	if err != nil {
+		return false, err
+	}
+	out, inbound, hasInbound := split(p)
+	changed, err := d.loader.Apply(s, out.Capture)
+	if err != nil {
+		return changed, err
+	}
+	if d.opts.Inbound == nil {
+		return changed, nil
+	}
+	var haveIn redirect.Installed
+	if h, ok := have.(*installed); ok {
+		haveIn = h.inbound
+	}
+	if !hasInbound {
+		if haveIn != nil && !haveIn.Empty() {
+			return true, d.opts.Inbound.Remove(ctx, haveIn)
+		}
+		return changed, nil
+	}
+	c, err := d.opts.Inbound.Apply(ctx, inbound, haveIn)
+	if err != nil {
+		return changed, fmt.Errorf("apply inbound (%s): %w", d.opts.Inbound.Name(), err)
+	}
+	return changed || c, nil
+}
+
+// Remove unenrolls the scope (and unpins everything once no scope is left)
+// and removes the inbound Driver's state. Idempotent.
+func (d *Driver) Remove(ctx context.Context, have redirect.Installed) error {
+	s, err := d.scope()
+	if err != nil {
+		return err
+	}
+	if err := d.loader.Remove(s); err != nil {
+		return err
+	}
+	if h, ok := have.(*installed); ok && h.inbound != nil && d.opts.Inbound != nil && !h.inbound.Empty() {
+		if err := d.opts.Inbound.Remove(ctx, h.inbound); err != nil {
+			return fmt.Errorf("remove inbound (%s): %w", d.opts.Inbound.Name(), err)
+		}
+	}
+	return nil
+}
+
+// Render is the plan as the programs and maps hold it: the programs and
+// their attach point, then the scope's map entries; the inbound Driver's
+// rendering follows. Pure.
+func (d *Driver) Render(p redirect.Plan) (redirect.Rendering, error) {
+	if err := d.checkInbound(p); err != nil {
+		return redirect.Rendering{}, err
+	}
+	out, inbound, hasInbound := split(p)
+	lines, err := Lines(out.Capture)
+	if err != nil {
+		return redirect.Rendering{}, err
+	}
+	var inR redirect.Rendering
+	if hasInbound {
+		if inR, err = d.opts.Inbound.Render(inbound); err != nil {
+			return redirect.Rendering{}, err
+		}
+	}
+	where := "the cgroup v2 root (network-namespace scope: this namespace's cookie in the scopes map)"
+	if d.opts.Cgroup != "" {
+		where = "cgroup " + d.opts.Cgroup
+	} else if d.opts.Loader.Root != "" {
+		where = "cgroup " + d.opts.Loader.Root + " (network-namespace scope: this namespace's cookie in the scopes map)"
+	}
+	r := redirect.Rendering{Backend: redirect.BackendEBPF}
+	for _, fc := range p.Capture.Families {
+		fr := redirect.FamilyRendering{Family: fc.Family, Lines: familyLines(lines, fc.Family)}
+		var b strings.Builder
+		for _, n := range fc.Notes {
+			b.WriteString("# " + n + "\n")
+		}
+		fmt.Fprintf(&b, "# ebpf: programs attached to %s, pinned under %s\n", where, d.loader.opts.pinDir())
+		for _, l := range fr.Lines {
+			b.WriteString(l + "\n")
+		}
+		if ir, ok := inR.Family(fc.Family); ok {
+			fmt.Fprintf(&b, "# inbound: %s\n", inR.Backend)
+			b.WriteString(ir.Text)
+			fr.Lines = append(fr.Lines, ir.Lines...)
+		}
+		fr.Text = b.String()
+		r.Families = append(r.Families, fr)
+	}
+	return r, nil
+}
+
+// familyLines keeps the lines of family f: the programs, the config and the
+// owner and port lists belong to both; CIDRs and DNS servers to their own.
+func familyLines(lines []string, f redirect.Family) []string {
+	var out []string
+	for _, l := range lines {
+		switch {
+		case strings.HasPrefix(l, "cidrs4 ") && f != redirect.IPv4,
+			strings.HasPrefix(l, "cidrs6 ") && f != redirect.IPv6,
+			strings.HasPrefix(l, "dns_servers ") && strings.Contains(l, ":") != (f == redirect.IPv6):
+			continue
+		}
+		out = append(out, l)
+	}
+	return out
+}
+
+// Explain says what the programs do with an outbound connection of this
+// scope, quoting the map entry that decided (redirect.Explainer). Inbound
+// connections are the inbound Driver's to explain.
+func (d *Driver) Explain(have redirect.Installed, c redirect.Conn) (redirect.KernelVerdict, error) {
+	h, ok := have.(*installed)
+	if !ok {
+		return redirect.KernelVerdict{}, fmt.Errorf("explain: state of another backend (%T)", have)
+	}
+	if c.Direction == redirect.DirInbound {
+		if ex, ok := d.opts.Inbound.(redirect.Explainer); ok && h.inbound != nil {
+			return ex.Explain(h.inbound, c)
+		}
+		return redirect.KernelVerdict{}, fmt.Errorf("explain inbound: connect-time hooks never see inbound connections and no inbound backend is assembled: %w", redirect.ErrNotSupported)
+	}
+	s, err := d.scope()
+	if err != nil {
+		return redirect.KernelVerdict{}, err
+	}
+	key, _, err := d.loader.Key(s)
+	if err != nil {
+		return redirect.KernelVerdict{}, err
+	}
+	v := redirect.KernelVerdict{Backend: redirect.BackendEBPF}
+	sc, ok := h.state.Scopes[key]
+	if !ok {
+		return v, nil // not enrolled: the programs leave every connection alone
+	}
+	kv := sc.entries.explain(c)
+	v.Captured, v.Port, v.Rule, v.Path = kv.captured, kv.port, kv.rule, kv.path
+	if v.Rule == "" && kv.why != "" {
+		v.Rule = "# " + kv.why
+	} else if kv.why != "" {
+		v.Rule += " # " + kv.why
+	}
+	return v, nil
+}
+
+var (
+	_ redirect.Driver    = (*Driver)(nil)
+	_ redirect.Explainer = (*Driver)(nil)
+)

@@ -1,0 +1,386 @@
+package bpf
+
+import (
+	"errors"
+	"io"
+	"net"
+	"net/netip"
+	"os"
+	"slices"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/asm"
+	"github.com/cilium/ebpf/link"
+
+	"github.com/detour-mesh/detour/internal/origdst"
+	"github.com/detour-mesh/detour/redirect"
+)
+
+// attachedIDs lists the programs attached to the cgroup for each of our
+// attach types.
+func attachedIDs(t *testing.T, cgroup string) map[ebpf.AttachType][]ebpf.ProgramID {
+	t.Helper()
+	f, err := os.Open(cgroup)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	out := map[ebpf.AttachType][]ebpf.ProgramID{}
+	for _, a := range attachments {
+		res, err := link.QueryPrograms(link.QueryOptions{Target: int(f.Fd()), Attach: a.attach})
+		if err != nil {
+			t.Fatalf("query %s: %v", a.prog, err)
+		}
+		for _, p := range res.Programs {
+			out[a.attach] = append(out[a.attach], p.ID)
+		}
+	}
+	return out
+}
+
+// foreignConnect4 attaches another owner's cgroup/connect4 program (it allows
+// every connect) to the cgroup, as a second tool on the same hook would.
+func foreignConnect4(t *testing.T, cgroup string) ebpf.ProgramID {
+	t.Helper()
+	prog, err := ebpf.NewProgram(&ebpf.ProgramSpec{
+		Type:         ebpf.CGroupSockAddr,
+		AttachType:   ebpf.AttachCGroupInet4Connect,
+		Instructions: asm.Instructions{asm.Mov.Imm(asm.R0, 1), asm.Return()},
+		License:      "Apache-2.0",
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { prog.Close() })
+	lk, err := link.AttachCgroup(link.CgroupOptions{Path: cgroup, Attach: ebpf.AttachCGroupInet4Connect, Program: prog})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { lk.Close() })
+	info, err := prog.Info()
+	if err != nil {
+		t.Fatal(err)
+	}
+	id, _ := info.ID()
+	return id
+}
+
+func TestUninstallLeavesNothingAndSparesOtherPrograms(t *testing.T) {
+	l := newLab(t)
+	enter(t, l.cgroup)
+	foreign := foreignConnect4(t, l.cgroup)
+	ld := New(Options{PinDir: l.pinDir, Root: l.cgroup})
+	scope := Scope{Cgroup: l.cgroup}
+	if _, err := ld.Apply(scope, testCapture(t, nil)); err != nil {
+		t.Fatal(err)
+	}
+	got := attachedIDs(t, l.cgroup)
+	for _, a := range attachments {
+		if want := 1; a.attach == ebpf.AttachCGroupInet4Connect {
+			want = 2
+			if len(got[a.attach]) != want {
+				t.Fatalf("connect4 programs after install = %v, want ours and the foreign one", got[a.attach])
+			}
+		} else if len(got[a.attach]) != want {
+			t.Fatalf("%s programs after install = %v, want 1", a.prog, got[a.attach])
+		}
+	}
+	// Redirection works with the foreign program beside ours.
+	p := startProxy(t, l.ns, 15001)
+	if _, err := dial(t, l.ns, "198.51.100.7:80"); err != nil {
+		t.Fatal(err)
+	}
+	if got := p.next(t); got != "198.51.100.7:80" {
+		t.Fatalf("SO_ORIGINAL_DST = %s", got)
+	}
+
+	if err := ld.Remove(scope); err != nil {
+		t.Fatal(err)
+	}
+	if err := ld.Remove(scope); err != nil {
+		t.Fatalf("second Remove: %v", err)
+	}
+	if _, err := os.Stat(l.pinDir); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("pin directory after uninstall: %v, want it gone", err)
+	}
+	got = attachedIDs(t, l.cgroup)
+	for _, a := range attachments {
+		want := 0
+		if a.attach == ebpf.AttachCGroupInet4Connect {
+			want = 1
+		}
+		if len(got[a.attach]) != want {
+			t.Errorf("%s programs after uninstall = %v, want %d", a.prog, got[a.attach], want)
+		}
+	}
+	if ids := got[ebpf.AttachCGroupInet4Connect]; len(ids) != 1 || ids[0] != foreign {
+		t.Errorf("connect4 after uninstall = %v, want only the foreign program %d", ids, foreign)
+	}
+	// No map of detour's is left in the kernel.
+	for id := ebpf.MapID(0); ; {
+		next, err := ebpf.MapGetNextID(id)
+		if err != nil {
+			break
+		}
+		id = next
+		m, err := ebpf.NewMapFromID(id)
+		if err != nil {
+			continue
+		}
+		info, err := m.Info()
+		m.Close()
+		if err == nil && (info.Name == "scopes" || info.Name == "tuples" || info.Name == "origins") {
+			// Maps are freed asynchronously once the last reference goes.
+			time.Sleep(200 * time.Millisecond)
+			if m2, err := ebpf.NewMapFromID(id); err == nil {
+				m2.Close()
+				t.Errorf("map %s (id %d) is still in the kernel after uninstall", info.Name, id)
+			}
+		}
+	}
+	// And connections are no longer redirected.
+	if _, err := dial(t, l.ns, "198.51.100.7:80"); !errors.Is(err, syscall.ENETUNREACH) {
+		t.Errorf("dial after uninstall = %v, want ENETUNREACH", err)
+	}
+}
+
+// echoProxy is a relay stand-in: it echoes each connection's bytes back.
+func echoProxy(t *testing.T, l lab, port int) {
+	t.Helper()
+	var ln net.Listener
+	inNS(t, l.ns, func() (err error) {
+		ln, err = net.Listen("tcp", net.JoinHostPort("127.0.0.1", itoa(port)))
+		return err
+	})
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() { io.Copy(c, c); c.Close() }()
+		}
+	}()
+}
+
+func itoa(i int) string { return netip.AddrPortFrom(netip.IPv4Unspecified(), uint16(i)).String()[8:] }
+
+func roundTrip(t *testing.T, c net.Conn, msg string) {
+	t.Helper()
+	c.SetDeadline(time.Now().Add(2 * time.Second))
+	if _, err := c.Write([]byte(msg)); err != nil {
+		t.Fatalf("write: %v", err)
+	}
+	buf := make([]byte, len(msg))
+	if _, err := io.ReadFull(c, buf); err != nil || string(buf) != msg {
+		t.Fatalf("read = %q, %v; want %q", buf, err, msg)
+	}
+}
+
+func TestReinstallUpdatesMapsAndKeepsConnections(t *testing.T) {
+	l := newLab(t)
+	enter(t, l.cgroup)
+	ld := New(Options{PinDir: l.pinDir, Root: l.cgroup})
+	scope := Scope{Cgroup: l.cgroup}
+	if _, err := ld.Apply(scope, testCapture(t, nil)); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ld.Remove(scope) })
+	echoProxy(t, l, 15001)
+	var c net.Conn
+	inNS(t, l.ns, func() (err error) {
+		c, err = net.DialTimeout("tcp", "198.51.100.7:9000", 2*time.Second)
+		return err
+	})
+	defer c.Close()
+	roundTrip(t, c, "before")
+
+	// The new config excludes the port the open connection uses.
+	changed, err := ld.Apply(scope, testCapture(t, func(c *redirect.Config) {
+		c.Outbound.ExcludePorts = []redirect.PortRange{{First: 9000, Last: 9000}}
+	}))
+	if err != nil || !changed {
+		t.Fatalf("re-install = %v, %v; want changed", changed, err)
+	}
+	roundTrip(t, c, "after")
+	if got := c.RemoteAddr().String(); got != "198.51.100.7:9000" {
+		t.Errorf("open connection's peer = %s", got)
+	}
+	// New connections follow the new config.
+	if _, err := dial(t, l.ns, "198.51.100.7:9000"); !errors.Is(err, syscall.ENETUNREACH) {
+		t.Errorf("new connection to the newly excluded port = %v, want ENETUNREACH", err)
+	}
+	if _, err := dial(t, l.ns, "198.51.100.7:9001"); err != nil {
+		t.Errorf("new connection to another port: %v", err)
+	}
+}
+
+func TestNetnsScopesKeepTheirOwnConfigs(t *testing.T) {
+	l := newLab(t)
+	enter(t, l.cgroup)
+	other := newLabNS(t)
+	ld := New(Options{PinDir: l.pinDir, Root: l.cgroup})
+	var cookieA, cookieB uint64
+	inNS(t, l.ns, func() (err error) { cookieA, err = CurrentNetns(); return err })
+	inNS(t, other, func() (err error) { cookieB, err = CurrentNetns(); return err })
+	a, b := Scope{Netns: cookieA}, Scope{Netns: cookieB}
+	if _, err := ld.Apply(a, testCapture(t, func(c *redirect.Config) {
+		c.Outbound.ExcludePorts = []redirect.PortRange{{First: 8080, Last: 8080}}
+	})); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ld.Apply(b, testCapture(t, func(c *redirect.Config) {
+		c.Outbound.ExcludeCIDRs = []netip.Prefix{netip.MustParsePrefix("198.51.100.0/24")}
+	})); err != nil {
+		t.Fatal(err)
+	}
+	pa, pb := startProxy(t, l.ns, 15001), startProxy(t, other, 15001)
+
+	// A excludes port 8080 only; B excludes 198.51.100.0/24 only.
+	if _, err := dial(t, l.ns, "198.51.100.7:8080"); !errors.Is(err, syscall.ENETUNREACH) {
+		t.Errorf("A: dial excluded port = %v, want ENETUNREACH", err)
+	}
+	if _, err := dial(t, l.ns, "198.51.100.7:80"); err != nil {
+		t.Errorf("A: %v", err)
+	} else if got := pa.next(t); got != "198.51.100.7:80" {
+		t.Errorf("A's proxy got %s", got)
+	}
+	if _, err := dial(t, other, "198.51.100.7:8080"); !errors.Is(err, syscall.ENETUNREACH) {
+		t.Errorf("B: dial excluded CIDR = %v, want ENETUNREACH", err)
+	}
+	if _, err := dial(t, other, "192.0.2.7:8080"); err != nil {
+		t.Errorf("B: %v", err)
+	} else if got := pb.next(t); got != "192.0.2.7:8080" {
+		t.Errorf("B's proxy got %s", got)
+	}
+
+	// A namespace that is not enrolled is left alone, though its sockets
+	// pass the same programs.
+	third := newLabNS(t)
+	if _, err := dial(t, third, "198.51.100.7:80"); !errors.Is(err, syscall.ENETUNREACH) {
+		t.Errorf("not enrolled: dial = %v, want ENETUNREACH", err)
+	}
+
+	// Unenrolling A keeps B working; unenrolling both leaves nothing.
+	if err := ld.Remove(a); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := dial(t, l.ns, "198.51.100.7:80"); !errors.Is(err, syscall.ENETUNREACH) {
+		t.Errorf("A after unenroll: dial = %v, want ENETUNREACH", err)
+	}
+	if _, err := dial(t, other, "192.0.2.7:81"); err != nil {
+		t.Errorf("B after A's unenroll: %v", err)
+	} else if got := pb.next(t); got != "192.0.2.7:81" {
+		t.Errorf("B's proxy got %s", got)
+	}
+	if err := ld.Remove(b); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(l.pinDir); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("pins after the last unenroll: %v, want none", err)
+	}
+}
+
+// An app may send its request and close before the proxy accepts: the proxy
+// must still learn the original destination.
+func TestOriginalDestinationOutlivesTheAppsSocket(t *testing.T) {
+	l := newLab(t)
+	enter(t, l.cgroup)
+	ld := New(Options{PinDir: l.pinDir, Root: l.cgroup})
+	scope := Scope{Cgroup: l.cgroup}
+	if _, err := ld.Apply(scope, testCapture(t, nil)); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ld.Remove(scope) })
+	var ln net.Listener
+	inNS(t, l.ns, func() (err error) { ln, err = net.Listen("tcp", "127.0.0.1:15001"); return err })
+	defer ln.Close()
+	inNS(t, l.ns, func() error {
+		c, err := net.DialTimeout("tcp", "198.51.100.7:8443", 2*time.Second)
+		if err != nil {
+			return err
+		}
+		c.Write([]byte("request"))
+		return c.Close()
+	})
+	time.Sleep(100 * time.Millisecond) // the app's socket is closed by now
+	c, err := ln.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	dst, err := origdst.Get(c.(*net.TCPConn))
+	if err != nil || dst.String() != "198.51.100.7:8443" {
+		t.Errorf("SO_ORIGINAL_DST after the app closed = %v, %v; want 198.51.100.7:8443", dst, err)
+	}
+	if got, _ := io.ReadAll(c); string(got) != "request" {
+		t.Errorf("proxy read %q, want the app's request", got)
+	}
+}
+
+// Many namespaces enrolled at once (parallel CNI ADDs, separate processes in
+// real life) each get a config of their own.
+func TestParallelEnrollments(t *testing.T) {
+	l := newLab(t)
+	enter(t, l.cgroup)
+	const n = 8
+	scopes := make([]Scope, n)
+	for i := range scopes {
+		ns := l.ns
+		if i > 0 {
+			ns = newLabNS(t)
+		}
+		inNS(t, ns, func() (err error) { scopes[i].Netns, err = CurrentNetns(); return err })
+	}
+	errs := make(chan error, n)
+	for i, s := range scopes {
+		go func() {
+			// A Loader per enrollment, as separate processes would have.
+			ld := New(Options{PinDir: l.pinDir, Root: l.cgroup})
+			_, err := ld.Apply(s, testCapture(t, func(c *redirect.Config) {
+				c.Outbound.ExcludePorts = []redirect.PortRange{{First: uint16(1000 + i), Last: uint16(1000 + i)}}
+			}))
+			errs <- err
+		}()
+	}
+	for range n {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
+	}
+	ld := New(Options{PinDir: l.pinDir, Root: l.cgroup})
+	st, err := ld.Observe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ids := map[uint32]bool{}
+	for i, s := range scopes {
+		sc, ok := st.Scopes[s.Netns]
+		if !ok {
+			t.Fatalf("scope %d not enrolled", i)
+		}
+		ids[sc.Config] = true
+		want := "ports outbound " + itoa(1000+i)
+		if !slices.Contains(sc.Lines, want) {
+			t.Errorf("scope %d lines lack %q: %v", i, want, sc.Lines)
+		}
+	}
+	if len(ids) != n {
+		t.Errorf("%d scopes share %d config ids", n, len(ids))
+	}
+	if links := st.Links; len(links) != 1 {
+		t.Errorf("link directories = %v, want one set of programs for the namespace scope", links)
+	}
+	for _, s := range scopes {
+		if err := ld.Remove(s); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := os.Stat(l.pinDir); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("pins after the last unenroll: %v", err)
+	}
+}

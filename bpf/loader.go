@@ -1,0 +1,104 @@
+package bpf
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+
+	"github.com/detour-mesh/detour/redirect"
+)
+
+// DefaultPinDir is where detour pins its maps and links.
+const DefaultPinDir = "/sys/fs/bpf/detour"
+
+// Options configure a Loader; the zero value means the defaults.
+type Options struct {
+	// PinDir holds detour's pins: maps/ and links/<kind>@<cgroup id>/.
+	// "" = DefaultPinDir. A bpffs is mounted on its parent when none is there.
+	PinDir string
+	// Root is the cgroup v2 directory the network-namespace scope attaches to:
+	// its programs see the sockets of every process below it, whatever their
+	// network namespace, and act only for enrolled namespaces. "" = the root
+	// of the cgroup v2 hierarchy. Tests set it to a cgroup they create.
+	Root   string
+	Logger *slog.Logger // nil = discard
+}
+
+func (o Options) pinDir() string {
+	if o.PinDir == "" {
+		return DefaultPinDir
+	}
+	return o.PinDir
+}
+
+// Scope is what one configuration applies to: a network namespace, named by
+// its cookie (every socket of the namespace, whatever its cgroup below Root),
+// or a cgroup v2 directory (every socket of the processes below it, such as a
+// VM service's slice; the proxy must run below it too, so its getsockopt is
+// answered). Exactly one is set.
+type Scope struct {
+	Netns  uint64 // network namespace cookie (SO_NETNS_COOKIE)
+	Cgroup string // cgroup v2 directory
+}
+
+func (s Scope) validate() error {
+	if (s.Netns == 0) == (s.Cgroup == "") {
+		return fmt.Errorf("ebpf scope: set exactly one of a network namespace or a cgroup (got %s)", s)
+	}
+	return nil
+}
+
+func (s Scope) String() string {
+	if s.Cgroup != "" {
+		return "cgroup " + s.Cgroup
+	}
+	return fmt.Sprintf("netns cookie %d", s.Netns)
+}
+
+// Loader installs, observes and removes detour's eBPF programs and map
+// entries. It holds no state between calls: the kernel (the pins under
+// PinDir) is the state, so a CLI can exit and redirection keeps working.
+type Loader struct {
+	opts Options
+}
+
+// New returns a Loader.
+func New(opts Options) *Loader { return &Loader{opts: opts} }
+
+// ErrNotSupported means the kernel lacks a program type, map type or helper
+// the programs need; the error wrapping it names which. It wraps
+// errors.ErrUnsupported.
+var ErrNotSupported = fmt.Errorf("not supported by this kernel: %w", errors.ErrUnsupported)
+
+// State is what Observe read.
+type State struct {
+	// Scopes are the enrolled scopes by their key in the scopes map.
+	Scopes map[uint64]ScopeState
+	// Links are the pinned links' program names by link directory
+	// ("netns@<cgroup id>", "cgroup@<cgroup id>").
+	Links map[string][]string
+}
+
+// Empty reports that nothing of detour's is pinned.
+func (s State) Empty() bool { return len(s.Scopes) == 0 && len(s.Links) == 0 }
+
+// ScopeState is one enrolled scope's config id and map entries (as text).
+type ScopeState struct {
+	Config  uint32
+	Lines   []string
+	entries entries
+}
+
+// Lines is what a scope holding exactly c shows in Observe: its programs and
+// its map entries, in `detour plan`'s text form. Pure.
+func Lines(c redirect.Capture) ([]string, error) {
+	e, err := render(1, c)
+	if err != nil {
+		return nil, err
+	}
+	var out []string
+	for _, a := range attachments {
+		out = append(out, programLine(a.prog, a.attach))
+	}
+	return append(out, e.lines()...), nil
+}

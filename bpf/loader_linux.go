@@ -1,0 +1,603 @@
+package bpf
+
+import (
+	"errors"
+	"fmt"
+	"io/fs"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/asm"
+	"github.com/cilium/ebpf/features"
+	"github.com/cilium/ebpf/link"
+	"golang.org/x/sys/unix"
+
+	"github.com/detour-mesh/detour/redirect"
+)
+
+// Ready reports whether the kernel has the program and map types the
+// programs need, naming the first one missing (wrapping ErrNotSupported). It
+// changes nothing, and it is cheap: Engine asks every backend on every run.
+// The helpers are probed by Apply before it changes anything (Probe).
+func (l *Loader) Ready() error { return probe(false) }
+
+// Probe is Ready plus the helpers each program type must offer.
+func (l *Loader) Probe() error { return probe(true) }
+
+func probe(helpers bool) error {
+	prog := func(t ebpf.ProgramType) func() error { return func() error { return features.HaveProgramType(t) } }
+	mp := func(t ebpf.MapType) func() error { return func() error { return features.HaveMapType(t) } }
+	helper := func(t ebpf.ProgramType, h asm.BuiltinFunc) func() error {
+		return func() error { return features.HaveProgramHelper(t, h) }
+	}
+	checks := []check{
+		{"program type cgroup_sock_addr", prog(ebpf.CGroupSockAddr)},
+		{"program type cgroup_sockopt", prog(ebpf.CGroupSockopt)},
+		{"program type sock_ops", prog(ebpf.SockOps)},
+		{"map type lpm_trie", mp(ebpf.LPMTrie)},
+		{"map type sk_storage", mp(ebpf.SkStorage)},
+		{"map type lru_hash", mp(ebpf.LRUHash)},
+	}
+	if !helpers {
+		return run(checks)
+	}
+	checks = append(checks, []check{
+		{"helper bpf_get_netns_cookie in cgroup_sock_addr", helper(ebpf.CGroupSockAddr, asm.FnGetNetnsCookie)},
+		{"helper bpf_get_netns_cookie in cgroup_sockopt", helper(ebpf.CGroupSockopt, asm.FnGetNetnsCookie)},
+		{"helper bpf_get_netns_cookie in sock_ops", helper(ebpf.SockOps, asm.FnGetNetnsCookie)},
+		{"helper bpf_sk_storage_get in cgroup_sock_addr", helper(ebpf.CGroupSockAddr, asm.FnSkStorageGet)},
+		{"helper bpf_sk_storage_get in sock_ops", helper(ebpf.SockOps, asm.FnSkStorageGet)},
+	}...)
+	return run(checks)
+}
+
+type check struct {
+	name string
+	err  func() error
+}
+
+func run(checks []check) error {
+	for _, c := range checks {
+		if err := c.err(); err != nil {
+			if errors.Is(err, ebpf.ErrNotSupported) {
+				return fmt.Errorf("ebpf backend needs %s: %w", c.name, ErrNotSupported)
+			}
+			return fmt.Errorf("probe %s: %w", c.name, err)
+		}
+	}
+	return nil
+}
+
+// Apply makes scope redirect as c says: it loads and attaches the programs
+// where they are missing (bpf_link, pinned) and writes the scope's map
+// entries, deleting stale ones. Re-applying a new capture updates the maps in
+// place: established connections keep their recorded destinations. changed is
+// false when everything already matched. Needs CAP_BPF, CAP_NET_ADMIN and
+// CAP_SYS_ADMIN (bpffs, cgroup attach).
+func (l *Loader) Apply(scope Scope, c redirect.Capture) (changed bool, err error) {
+	if err := scope.validate(); err != nil {
+		return false, err
+	}
+	if err := l.Probe(); err != nil {
+		return false, err
+	}
+	if err := l.mountBPFFS(); err != nil {
+		return false, err
+	}
+	unlock, err := l.lock()
+	if err != nil {
+		return false, err
+	}
+	defer unlock()
+	st, err := l.open()
+	if err != nil {
+		return false, err
+	}
+	defer st.close()
+	r, err := l.resolve(scope)
+	if err != nil {
+		return false, err
+	}
+	key, kind := r.key, r.kind
+	id, known, err := st.idFor(key)
+	if err != nil {
+		return false, err
+	}
+	want, err := render(id, c)
+	if err != nil {
+		return false, err
+	}
+	have, err := st.read(id)
+	if err != nil {
+		return false, err
+	}
+	if !known {
+		// A new scope that fails half way leaves none of its entries or
+		// links behind.
+		defer func() {
+			if err != nil {
+				err = errors.Join(err, l.rollback(st, r, id))
+			}
+		}()
+	}
+	if !known || !slices.Equal(have.lines(), want.lines()) {
+		if err := st.write(id, have, want); err != nil {
+			return false, err
+		}
+		changed = true
+	}
+	cfgForProgs := id
+	if kind == kindNetns {
+		cfgForProgs = 0 // the programs look the config up by netns cookie
+	}
+	attached, err := l.attach(st, r, cfgForProgs)
+	if err != nil {
+		return changed, err
+	}
+	if !known {
+		if err := st.scopes.Put(key, id); err != nil {
+			return true, fmt.Errorf("enroll %s: %w", scope, err)
+		}
+	}
+	l.log().Debug("ebpf apply", "scope", scope.String(), "config", id, "changed", changed || attached || !known)
+	return changed || attached || !known, nil
+}
+
+// Remove deletes the scope's entries, its links when no other scope uses them,
+// and every pin of detour's when no scope is left. Idempotent.
+func (l *Loader) Remove(scope Scope) error {
+	if err := scope.validate(); err != nil {
+		return err
+	}
+	if _, err := os.Stat(l.mapDir()); errors.Is(err, fs.ErrNotExist) {
+		return l.cleanup()
+	}
+	unlock, err := l.lock()
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	st, err := l.open()
+	if err != nil {
+		return err
+	}
+	r, err := l.resolve(scope)
+	if err != nil {
+		st.close()
+		return err
+	}
+	key, kind := r.key, r.kind
+	var id uint32
+	if err := st.scopes.Lookup(key, &id); err == nil {
+		have, err := st.read(id)
+		if err != nil {
+			st.close()
+			return err
+		}
+		if err := st.write(id, have, newEntries()); err != nil {
+			st.close()
+			return err
+		}
+		if err := st.configs.Delete(id); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+			st.close()
+			return fmt.Errorf("delete config %d: %w", id, err)
+		}
+		if err := st.scopes.Delete(key); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+			st.close()
+			return fmt.Errorf("unenroll %s: %w", scope, err)
+		}
+	}
+	remaining, err := st.scopeKeys()
+	st.close()
+	if err != nil {
+		return err
+	}
+	keepLinks := false
+	for _, k := range remaining {
+		if kind == kindNetns && k&cgroupKeyBit == 0 {
+			keepLinks = true
+		}
+	}
+	if !keepLinks {
+		if err := detach(l.linkDir(r)); err != nil {
+			return err
+		}
+	}
+	if len(remaining) == 0 {
+		return l.cleanup()
+	}
+	return nil
+}
+
+// cleanup unpins everything under PinDir; the kernel frees the programs and
+// maps once no link or pin holds them.
+func (l *Loader) cleanup() error {
+	dirs, _ := filepath.Glob(filepath.Join(l.opts.pinDir(), "links", "*"))
+	for _, d := range dirs {
+		if err := detach(d); err != nil {
+			return err
+		}
+	}
+	if err := os.RemoveAll(l.opts.pinDir()); err != nil {
+		return fmt.Errorf("unpin %s: %w", l.opts.pinDir(), err)
+	}
+	return nil
+}
+
+const (
+	kindNetns  = "netns"
+	kindCgroup = "cgroup"
+	// cgroupKeyBit marks a cgroup scope's key in the scopes map (netns cookies
+	// are counters and never reach it). The programs never look these keys up:
+	// a cgroup scope's programs carry their config id.
+	cgroupKeyBit = uint64(1) << 63
+)
+
+// resolved is a scope as the maps and pins know it.
+type resolved struct {
+	key  uint64 // in the scopes map
+	cg   uint64 // the attach cgroup's id
+	path string // the attach cgroup's directory
+	kind string
+}
+
+func (l *Loader) resolve(s Scope) (resolved, error) {
+	if s.Cgroup != "" {
+		id, err := cgroupID(s.Cgroup)
+		if err != nil {
+			return resolved{}, err
+		}
+		return resolved{key: cgroupKeyBit | id, cg: id, path: s.Cgroup, kind: kindCgroup}, nil
+	}
+	root, err := l.opts.root()
+	if err != nil {
+		return resolved{}, err
+	}
+	id, err := cgroupID(root)
+	if err != nil {
+		return resolved{}, err
+	}
+	return resolved{key: s.Netns, cg: id, path: root, kind: kindNetns}, nil
+}
+
+func cgroupID(path string) (uint64, error) {
+	var st unix.Statfs_t
+	if err := unix.Statfs(path, &st); err != nil {
+		return 0, fmt.Errorf("cgroup %s: %w", path, err)
+	}
+	if st.Type != unix.CGROUP2_SUPER_MAGIC {
+		return 0, fmt.Errorf("cgroup %s: not a cgroup v2 directory", path)
+	}
+	var s unix.Stat_t
+	if err := unix.Stat(path, &s); err != nil {
+		return 0, fmt.Errorf("cgroup %s: %w", path, err)
+	}
+	return s.Ino, nil
+}
+
+func (l *Loader) mapDir() string { return filepath.Join(l.opts.pinDir(), "maps") }
+
+func (l *Loader) linkDir(r resolved) string {
+	return filepath.Join(l.opts.pinDir(), "links", fmt.Sprintf("%s@%d", r.kind, r.cg))
+}
+
+func (l *Loader) log() *slog.Logger {
+	if l.opts.Logger == nil {
+		return slog.New(slog.DiscardHandler)
+	}
+	return l.opts.Logger
+}
+
+// mountBPFFS mounts a bpffs on the parent of PinDir when none is there.
+func (l *Loader) mountBPFFS() error {
+	dir := filepath.Dir(l.opts.pinDir())
+	var st unix.Statfs_t
+	if err := unix.Statfs(dir, &st); err != nil {
+		return fmt.Errorf("bpffs %s: %w", dir, err)
+	}
+	if st.Type == unix.BPF_FS_MAGIC {
+		return nil
+	}
+	if err := unix.Mount("bpf", dir, "bpf", 0, "mode=0700"); err != nil {
+		return fmt.Errorf("mount bpffs on %s: %w", dir, err)
+	}
+	l.log().Info("mounted bpffs", "path", dir)
+	return nil
+}
+
+// store holds the pinned maps.
+type store struct {
+	spec                                             *ebpf.CollectionSpec
+	maps                                             map[string]*ebpf.Map
+	scopes, configs, cidrs4, cidrs6, ids, ports, dns *ebpf.Map
+}
+
+// open loads the pinned maps, creating and pinning those that are missing.
+func (l *Loader) open() (*store, error) {
+	spec, err := loadDetour()
+	if err != nil {
+		return nil, err
+	}
+	if err := os.MkdirAll(l.mapDir(), 0o700); err != nil {
+		return nil, fmt.Errorf("pin directory: %w", err)
+	}
+	st := &store{spec: spec, maps: map[string]*ebpf.Map{}}
+	for name, ms := range spec.Maps {
+		if strings.HasPrefix(name, ".") {
+			continue // .rodata: per program load
+		}
+		ms = ms.Copy()
+		ms.Pinning = ebpf.PinByName
+		m, err := ebpf.NewMapWithOptions(ms, ebpf.MapOptions{PinPath: l.mapDir()})
+		if err != nil {
+			st.close()
+			return nil, fmt.Errorf("map %s: %w", name, err)
+		}
+		st.maps[name] = m
+	}
+	st.scopes, st.configs = st.maps["scopes"], st.maps["configs"]
+	st.cidrs4, st.cidrs6, st.ids, st.ports, st.dns = st.maps["cidrs4"], st.maps["cidrs6"], st.maps["ids"], st.maps["ports"], st.maps["dns_servers"]
+	return st, nil
+}
+
+func (st *store) close() {
+	for _, m := range st.maps {
+		m.Close()
+	}
+}
+
+func (st *store) scopeKeys() ([]uint64, error) {
+	var (
+		k    uint64
+		v    uint32
+		keys []uint64
+	)
+	it := st.scopes.Iterate()
+	for it.Next(&k, &v) {
+		keys = append(keys, k)
+	}
+	if err := it.Err(); err != nil {
+		return nil, fmt.Errorf("read scopes: %w", err)
+	}
+	return keys, nil
+}
+
+// idFor returns the scope's config id, or the smallest free one.
+func (st *store) idFor(key uint64) (uint32, bool, error) {
+	var id uint32
+	if err := st.scopes.Lookup(key, &id); err == nil {
+		return id, true, nil
+	} else if !errors.Is(err, ebpf.ErrKeyNotExist) {
+		return 0, false, fmt.Errorf("read scopes: %w", err)
+	}
+	used := map[uint32]bool{}
+	var (
+		k uint64
+		v uint32
+	)
+	it := st.scopes.Iterate()
+	for it.Next(&k, &v) {
+		used[v] = true
+	}
+	if err := it.Err(); err != nil {
+		return 0, false, fmt.Errorf("read scopes: %w", err)
+	}
+	for id = 1; used[id]; id++ {
+	}
+	return id, false, nil
+}
+
+// read collects config id's entries from the maps.
+func (st *store) read(id uint32) (entries, error) {
+	e := newEntries()
+	if err := st.configs.Lookup(id, &e.cfg); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+		return e, fmt.Errorf("read config %d: %w", id, err)
+	}
+	if err := collect(st.cidrs4, e.cidrs4, func(k detourCidr4Key) bool { return k.Cfg == id }); err != nil {
+		return e, err
+	}
+	if err := collect(st.cidrs6, e.cidrs6, func(k detourCidr6Key) bool { return k.Cfg == id }); err != nil {
+		return e, err
+	}
+	if err := collect(st.ids, e.ids, func(k detourIdKey) bool { return k.Cfg == id }); err != nil {
+		return e, err
+	}
+	if err := collect(st.ports, e.ports, func(k detourPortKey) bool { return k.Cfg == id }); err != nil {
+		return e, err
+	}
+	if err := collect(st.dns, e.dns, func(k detourDnsKey) bool { return k.Cfg == id }); err != nil {
+		return e, err
+	}
+	return e, nil
+}
+
+func collect[K comparable, V any](m *ebpf.Map, into map[K]V, keep func(K) bool) error {
+	var (
+		k K
+		v V
+	)
+	it := m.Iterate()
+	for it.Next(&k, &v) {
+		if keep(k) {
+			into[k] = v
+		}
+	}
+	if err := it.Err(); err != nil {
+		return fmt.Errorf("read map %s: %w", m, err)
+	}
+	return nil
+}
+
+// write turns have into want: new and changed entries first, then the stale
+// ones go, and the config last, so a lookup never sees a list half gone.
+func (st *store) write(id uint32, have, want entries) error {
+	if err := sync(st.cidrs4, have.cidrs4, want.cidrs4); err != nil {
+		return err
+	}
+	if err := sync(st.cidrs6, have.cidrs6, want.cidrs6); err != nil {
+		return err
+	}
+	if err := sync(st.ids, have.ids, want.ids); err != nil {
+		return err
+	}
+	if err := sync(st.ports, have.ports, want.ports); err != nil {
+		return err
+	}
+	if err := sync(st.dns, have.dns, want.dns); err != nil {
+		return err
+	}
+	if want.cfg == (detourCfg{}) {
+		return nil
+	}
+	if err := st.configs.Put(id, want.cfg); err != nil {
+		return fmt.Errorf("write config %d: %w", id, err)
+	}
+	return nil
+}
+
+func sync[K, V comparable](m *ebpf.Map, have, want map[K]V) error {
+	for k, v := range want {
+		if hv, ok := have[k]; ok && hv == v {
+			continue
+		}
+		if err := m.Put(k, v); err != nil {
+			return fmt.Errorf("write map %s: %w", m, err)
+		}
+	}
+	for k := range have {
+		if _, ok := want[k]; ok {
+			continue
+		}
+		if err := m.Delete(k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+			return fmt.Errorf("delete from map %s: %w", m, err)
+		}
+	}
+	return nil
+}
+
+// attach loads the programs for one attach point and links them to the cgroup,
+// unless their pinned links are all there. It reports whether it attached.
+func (l *Loader) attach(st *store, r resolved, cfg uint32) (bool, error) {
+	dir := l.linkDir(r)
+	path := r.path
+	missing := false
+	for _, a := range attachments {
+		if _, err := os.Stat(filepath.Join(dir, a.prog)); err != nil {
+			missing = true
+		}
+	}
+	if !missing {
+		return false, nil
+	}
+	spec := st.spec.Copy()
+	if err := spec.Variables["scope_cfg"].Set(cfg); err != nil {
+		return false, fmt.Errorf("set scope_cfg: %w", err)
+	}
+	replace := map[string]*ebpf.Map{}
+	for name, m := range st.maps {
+		replace[name] = m
+	}
+	coll, err := ebpf.NewCollectionWithOptions(spec, ebpf.CollectionOptions{MapReplacements: replace})
+	if err != nil {
+		return false, fmt.Errorf("load programs: %w", err)
+	}
+	defer coll.Close()
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return false, fmt.Errorf("pin directory: %w", err)
+	}
+	for _, a := range attachments {
+		pin := filepath.Join(dir, a.prog)
+		if _, err := os.Stat(pin); err == nil {
+			continue
+		}
+		lk, err := link.AttachCgroup(link.CgroupOptions{Path: path, Attach: a.attach, Program: coll.Programs[a.prog]})
+		if err != nil {
+			return true, fmt.Errorf("attach %s to %s: %w", a.prog, path, err)
+		}
+		err = lk.Pin(pin)
+		lk.Close() // without the pin, closing detaches it
+		if errors.Is(err, fs.ErrExist) {
+			continue // another detour attached it meanwhile
+		}
+		if err != nil {
+			return true, fmt.Errorf("pin link %s: %w", a.prog, err)
+		}
+	}
+	return true, nil
+}
+
+// detach detaches every pinned link in dir at once (unpinning alone frees a
+// link only later, from a work queue) and removes the pins.
+func detach(dir string) error {
+	pins, err := os.ReadDir(dir)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil
+	} else if err != nil {
+		return fmt.Errorf("read links: %w", err)
+	}
+	for _, p := range pins {
+		path := filepath.Join(dir, p.Name())
+		lk, err := link.LoadPinnedLink(path, nil)
+		if err != nil {
+			return fmt.Errorf("load link %s: %w", path, err)
+		}
+		err = lk.Detach()
+		lk.Close()
+		if err != nil && !errors.Is(err, ebpf.ErrNotSupported) {
+			return fmt.Errorf("detach %s: %w", path, err)
+		}
+		if err := os.Remove(path); err != nil {
+			return fmt.Errorf("unpin %s: %w", path, err)
+		}
+	}
+	if err := os.Remove(dir); err != nil {
+		return fmt.Errorf("unpin links: %w", err)
+	}
+	return nil
+}
+
+// lock serializes detour's changes to the pins across processes (CNI ADDs of
+// many pods run in parallel, and config ids are allocated from the maps): an
+// exclusive flock on the bpffs directory that holds PinDir.
+func (l *Loader) lock() (func(), error) {
+	dir := filepath.Dir(l.opts.pinDir())
+	fd, err := unix.Open(dir, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, fmt.Errorf("lock %s: %w", dir, err)
+	}
+	if err := unix.Flock(fd, unix.LOCK_EX); err != nil {
+		unix.Close(fd)
+		return nil, fmt.Errorf("lock %s: %w", dir, err)
+	}
+	return func() { unix.Close(fd) }, nil
+}
+
+// rollback removes what a failed Apply of a new scope wrote: its entries,
+// its config and, when no enrolled scope uses them, its links.
+func (l *Loader) rollback(st *store, r resolved, id uint32) error {
+	var errs []error
+	if have, err := st.read(id); err == nil {
+		errs = append(errs, st.write(id, have, newEntries()))
+	}
+	if err := st.configs.Delete(id); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+		errs = append(errs, err)
+	}
+	keys, err := st.scopeKeys()
+	if err != nil {
+		return errors.Join(append(errs, err)...)
+	}
+	inUse := false
+	for _, k := range keys {
+		if r.kind == kindNetns && k&cgroupKeyBit == 0 {
+			inUse = true
+		}
+	}
+	if !inUse {
+		errs = append(errs, detach(l.linkDir(r)))
+	}
+	return errors.Join(errs...)
+}

@@ -1,0 +1,36 @@
+//go:build !linux
+
+package bpf
+
+import (
+	"errors"
+
+	"github.com/detour-mesh/detour/redirect"
+)
+
+// Ready reports that eBPF redirection needs Linux.
+func (l *Loader) Ready() error { return errors.ErrUnsupported }
+
+// Apply needs Linux.
+func (l *Loader) Apply(Scope, redirect.Capture) (bool, error) { return false, errors.ErrUnsupported }
+
+// Remove needs Linux.
+func (l *Loader) Remove(Scope) error { return errors.ErrUnsupported }
+
+// CurrentNetns needs Linux.
+func CurrentNetns() (uint64, error) { return 0, errors.ErrUnsupported }
+
+// Observe needs Linux.
+func (l *Loader) Observe() (State, error) { return State{}, errors.ErrUnsupported }
+
+// Key needs Linux.
+func (l *Loader) Key(Scope) (uint64, string, error) { return 0, "", errors.ErrUnsupported }
+
+// Lines needs Linux.
+func (l *Loader) Lines(State, Scope) ([]string, error) { return nil, errors.ErrUnsupported }
+
+// Probe needs Linux.
+func (l *Loader) Probe() error { return errors.ErrUnsupported }
+
+// CheckCgroup needs Linux.
+func CheckCgroup(string) error { return errors.ErrUnsupported }

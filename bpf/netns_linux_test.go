@@ -1,0 +1,5 @@
+package bpf
+
+import "github.com/detour-mesh/detour/internal/netns"
+
+func doNS(path string, fn func() error) error { return netns.Do(path, fn) }

@@ -1,0 +1,90 @@
+package bpf
+
+import (
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"slices"
+
+	"github.com/cilium/ebpf"
+)
+
+// Observe reads what of detour's is pinned under PinDir: every enrolled
+// scope's entries and the pinned links. It never writes (a missing pin
+// directory is an empty State).
+func (l *Loader) Observe() (State, error) {
+	st := State{Scopes: map[uint64]ScopeState{}, Links: map[string][]string{}}
+	if _, err := os.Stat(l.mapDir()); errors.Is(err, fs.ErrNotExist) {
+		return st, nil
+	}
+	ro := &ebpf.LoadPinOptions{ReadOnly: true}
+	s := &store{maps: map[string]*ebpf.Map{}}
+	defer s.close()
+	for _, name := range []string{"scopes", "configs", "cidrs4", "cidrs6", "ids", "ports", "dns_servers"} {
+		m, err := ebpf.LoadPinnedMap(filepath.Join(l.mapDir(), name), ro)
+		if err != nil {
+			return st, fmt.Errorf("load pinned map %s: %w", name, err)
+		}
+		s.maps[name] = m
+	}
+	s.scopes, s.configs = s.maps["scopes"], s.maps["configs"]
+	s.cidrs4, s.cidrs6, s.ids, s.ports, s.dns = s.maps["cidrs4"], s.maps["cidrs6"], s.maps["ids"], s.maps["ports"], s.maps["dns_servers"]
+	var (
+		k  uint64
+		id uint32
+	)
+	it := s.scopes.Iterate()
+	for it.Next(&k, &id) {
+		e, err := s.read(id)
+		if err != nil {
+			return st, err
+		}
+		st.Scopes[k] = ScopeState{Config: id, Lines: e.lines(), entries: e}
+	}
+	if err := it.Err(); err != nil {
+		return st, fmt.Errorf("read scopes: %w", err)
+	}
+	dirs, _ := filepath.Glob(filepath.Join(l.opts.pinDir(), "links", "*"))
+	for _, d := range dirs {
+		pins, err := os.ReadDir(d)
+		if err != nil {
+			return st, fmt.Errorf("read links: %w", err)
+		}
+		for _, p := range pins {
+			st.Links[filepath.Base(d)] = append(st.Links[filepath.Base(d)], p.Name())
+		}
+	}
+	return st, nil
+}
+
+// Key is the scope's key in the scopes map and its link directory's name,
+// as Observe reports them.
+func (l *Loader) Key(s Scope) (key uint64, links string, err error) {
+	r, err := l.resolve(s)
+	if err != nil {
+		return 0, "", err
+	}
+	return r.key, filepath.Base(l.linkDir(r)), nil
+}
+
+// Lines is scope s's share of st in the text form of Lines(Capture): its
+// programs and its map entries; nil when s is not enrolled.
+func (l *Loader) Lines(st State, s Scope) ([]string, error) {
+	key, dir, err := l.Key(s)
+	if err != nil {
+		return nil, err
+	}
+	sc, ok := st.Scopes[key]
+	if !ok {
+		return nil, nil
+	}
+	var out []string
+	for _, a := range attachments {
+		if slices.Contains(st.Links[dir], a.prog) {
+			out = append(out, programLine(a.prog, a.attach))
+		}
+	}
+	return append(out, sc.Lines...), nil
+}

@@ -1,0 +1,355 @@
+package redirectbench
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/detour-mesh/detour/bpf"
+	"github.com/detour-mesh/detour/internal/lab"
+	"github.com/detour-mesh/detour/internal/origdst"
+	"github.com/detour-mesh/detour/internal/privtest"
+	"github.com/detour-mesh/detour/redirect"
+)
+
+const (
+	proxyUID   = 5678
+	appUID     = 1000
+	serverPort = 8080
+)
+
+var serverAddr = netip.AddrPortFrom(netip.MustParseAddr("198.51.100.10"), serverPort)
+
+// durations and sizes, overridable for a quick run.
+func envInt(name string, def int) int {
+	if v, err := strconv.Atoi(os.Getenv(name)); err == nil && v > 0 {
+		return v
+	}
+	return def
+}
+
+type result struct {
+	backend      string
+	connsPerSec  float64
+	p50, p99     time.Duration
+	mbytesPerSec float64
+}
+
+func TestCompareBackends(t *testing.T) {
+	if os.Getenv("DETOUR_BENCH") != "1" {
+		t.Skip("a benchmark: run with DETOUR_BENCH=1 (make bench-redirect)")
+	}
+	privtest.Require(t, "ip", "iptables-restore")
+	if err := bpf.New(bpf.Options{}).Ready(); err != nil {
+		privtest.Skip(t, err.Error())
+	}
+	// The whole run happens in a cgroup of our own: a socket belongs to the
+	// cgroup of the process that made it (an accepted one to its listener's),
+	// and the eBPF programs attach to that cgroup only.
+	cg, pinDir := ebpfLab(t)
+	ctx := context.Background()
+	l, err := lab.New(ctx, lab.Options{Prefix: "dtb"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { l.Close() })
+	startServer(t, l.Remote)
+	d := newDialers(t, l.Pod)
+	startRelay(t, l.Pod, d)
+
+	var results []result
+	// One config for every backend.
+	cfg := redirect.Default()
+	cfg.Proxy.UID = proxyUID
+	cfg.Inbound.Enabled = false
+	cfg.IPFamilies = redirect.IPFamiliesIPv4
+	if os.Getenv("BENCH_ONLY") == "" {
+		results = append(results, measure(t, "direct (no proxy)", l.Pod))
+
+		// iptables: nat REDIRECT.
+		cfg.Backend = redirect.BackendIPTablesNFT
+		plan, err := redirect.NewPlan(cfg, redirect.Facts{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		eng := redirect.Engine{NetNS: l.Pod.Path, LockDir: t.TempDir()}
+		if _, err := eng.Install(ctx, plan); err != nil {
+			t.Fatal(err)
+		}
+		results = append(results, measure(t, "iptables-nft", l.Pod))
+		if _, err := eng.Uninstall(ctx); err != nil {
+			t.Fatal(err)
+		}
+		cfg.Backend = redirect.BackendIPTablesLegacy
+		if plan, err = redirect.NewPlan(cfg, redirect.Facts{}); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := eng.Install(ctx, plan); err != nil {
+			t.Fatal(err)
+		}
+		results = append(results, measure(t, "iptables-legacy", l.Pod))
+		if _, err := eng.Uninstall(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	// eBPF: the pod namespace enrolled (network-namespace scope), the
+	// programs on our cgroup.
+	ld := bpf.New(bpf.Options{PinDir: pinDir, Root: cg})
+	var cookie uint64
+	if err := l.Pod.Do(nil, func() (err error) { cookie, err = bpf.CurrentNetns(); return err }); err != nil {
+		t.Fatal(err)
+	}
+	c, err := redirect.NewCapture(cfg, redirect.Facts{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ld.Apply(bpf.Scope{Netns: cookie}, c); err != nil {
+		t.Fatal(err)
+	}
+	results = append(results, measure(t, "ebpf", l.Pod))
+	if err := ld.Remove(bpf.Scope{Netns: cookie}); err != nil {
+		t.Fatal(err)
+	}
+
+	var b strings.Builder
+	fmt.Fprintf(&b, "\n| path | new connections/s | request/response p50 | p99 | stream MB/s |\n| --- | ---: | ---: | ---: | ---: |\n")
+	for _, r := range results {
+		fmt.Fprintf(&b, "| %s | %.0f | %s | %s | %.0f |\n", r.backend, r.connsPerSec, r.p50.Round(time.Microsecond), r.p99.Round(time.Microsecond), r.mbytesPerSec)
+	}
+	fmt.Print(b.String())
+}
+
+// ebpfLab makes a private bpffs and a cgroup, and moves this process into the
+// cgroup until the test ends.
+func ebpfLab(t *testing.T) (cgroup, pinDir string) {
+	t.Helper()
+	root := "/sys/fs/cgroup/unified"
+	var st unix.Statfs_t
+	if err := unix.Statfs(root, &st); err != nil || st.Type != unix.CGROUP2_SUPER_MAGIC {
+		root = "/sys/fs/cgroup"
+	}
+	bpffs := t.TempDir()
+	if err := unix.Mount("bpf", bpffs, "bpf", 0, "mode=0700"); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { unix.Unmount(bpffs, unix.MNT_DETACH) })
+	cg := filepath.Join(root, fmt.Sprintf("detour-bench-%d", os.Getpid()))
+	if err := os.Mkdir(cg, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.Remove(cg) })
+	b, err := os.ReadFile("/proc/self/cgroup")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var origin string
+	for _, line := range strings.Split(strings.TrimSpace(string(b)), "\n") {
+		if rest, ok := strings.CutPrefix(line, "0::"); ok {
+			origin = filepath.Join(root, rest)
+		}
+	}
+	pid := []byte(strconv.Itoa(os.Getpid()))
+	if err := os.WriteFile(filepath.Join(cg, "cgroup.procs"), pid, 0); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.WriteFile(filepath.Join(origin, "cgroup.procs"), pid, 0) })
+	return cg, filepath.Join(bpffs, "detour")
+}
+
+// startServer runs the destination in the remote namespace: it echoes.
+func startServer(t *testing.T, n *lab.NetNS) {
+	t.Helper()
+	var ln net.Listener
+	if err := n.Do(nil, func() (err error) { ln, err = net.Listen("tcp", ":"+strconv.Itoa(serverPort)); return err }); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go serveEcho(ln)
+}
+
+func serveEcho(ln net.Listener) {
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		go func() { io.Copy(c, c); c.Close() }()
+	}
+}
+
+// dialers create sockets in the pod namespace as the proxy's user: socket
+// creation must happen on a thread inside the namespace, with the fsuid the
+// owner match and the eBPF programs read.
+type dialers struct{ req chan dialReq }
+
+type dialReq struct {
+	addr  string
+	reply chan dialRes
+}
+
+type dialRes struct {
+	c   net.Conn
+	err error
+}
+
+func newDialers(t *testing.T, n *lab.NetNS) *dialers {
+	d := &dialers{req: make(chan dialReq)}
+	for range 4 {
+		go n.Do(&lab.Cred{UID: proxyUID, GID: proxyUID}, func() error {
+			for r := range d.req {
+				c, err := net.Dial("tcp", r.addr)
+				r.reply <- dialRes{c, err}
+			}
+			return nil
+		})
+	}
+	t.Cleanup(func() { close(d.req) })
+	return d
+}
+
+func (d *dialers) dial(addr string) (net.Conn, error) {
+	r := dialReq{addr: addr, reply: make(chan dialRes, 1)}
+	d.req <- r
+	res := <-r.reply
+	return res.c, res.err
+}
+
+var (
+	relayErrors    atomic.Int64
+	lastRelayError atomic.Value
+)
+
+// startRelay is the proxy: it accepts on the outbound port, reads the
+// original destination and relays both ways with io.Copy (splice between TCP
+// sockets).
+func startRelay(t *testing.T, n *lab.NetNS, d *dialers) {
+	t.Helper()
+	var ln net.Listener
+	if err := n.Do(nil, func() (err error) { ln, err = net.Listen("tcp", "127.0.0.1:15001"); return err }); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				dst, err := origdst.Get(c.(*net.TCPConn))
+				if err != nil {
+					relayErrors.Add(1)
+					lastRelayError.Store(err.Error())
+					return
+				}
+				up, err := d.dial(dst.String())
+				if err != nil {
+					relayErrors.Add(1)
+					lastRelayError.Store(err.Error())
+					return
+				}
+				defer up.Close()
+				done := make(chan struct{})
+				go func() { io.Copy(up, c); up.(*net.TCPConn).CloseWrite(); close(done) }()
+				io.Copy(c, up)
+				<-done
+			}()
+		}
+	}()
+}
+
+// measure runs the three workloads as the app's user from the pod.
+func measure(t *testing.T, name string, pod *lab.NetNS) result {
+	t.Helper()
+	r := result{backend: name}
+	app := &lab.Cred{UID: appUID, GID: appUID}
+	addr := serverAddr.String()
+
+	// New connections: W workers, each connect, 1-byte echo, close, for D.
+	workers, dur := envInt("BENCH_WORKERS", 4), time.Duration(envInt("BENCH_SECONDS", 3))*time.Second
+	var n atomic.Int64
+	var wg sync.WaitGroup
+	deadline := time.Now().Add(dur)
+	for range workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			pod.Do(app, func() error {
+				buf := make([]byte, 1)
+				for time.Now().Before(deadline) {
+					c, err := net.Dial("tcp", addr)
+					if err != nil {
+						continue
+					}
+					c.Write([]byte{'x'})
+					if _, err := io.ReadFull(c, buf); err == nil {
+						n.Add(1)
+					}
+					c.Close()
+				}
+				return nil
+			})
+		}()
+	}
+	wg.Wait()
+	r.connsPerSec = float64(n.Load()) / dur.Seconds()
+
+	if e := relayErrors.Swap(0); e > 0 {
+		t.Logf("%s: the relay failed %d connections, last: %v", name, e, lastRelayError.Load())
+	}
+
+	// Request/response on one connection: 64 bytes each way.
+	var c net.Conn
+	if err := pod.Do(app, func() (err error) { c, err = net.Dial("tcp", addr); return err }); err != nil {
+		t.Fatal(err)
+	}
+	msg, buf := make([]byte, 64), make([]byte, 64)
+	lat := make([]time.Duration, 0, 20000)
+	for range envInt("BENCH_RR", 20000) {
+		start := time.Now()
+		c.Write(msg)
+		if _, err := io.ReadFull(c, buf); err != nil {
+			t.Fatal(err)
+		}
+		lat = append(lat, time.Since(start))
+	}
+	c.Close()
+	slices.Sort(lat)
+	r.p50, r.p99 = lat[len(lat)/2], lat[len(lat)*99/100]
+
+	// Stream: write S MiB, read the echo back.
+	size := envInt("BENCH_STREAM_MIB", 256) << 20
+	if err := pod.Do(app, func() (err error) { c, err = net.Dial("tcp", addr); return err }); err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	go func() {
+		chunk := make([]byte, 256<<10)
+		for sent := 0; sent < size; sent += len(chunk) {
+			c.Write(chunk)
+		}
+	}()
+	got, _ := io.CopyN(io.Discard, c, int64(size))
+	r.mbytesPerSec = float64(got) / (1 << 20) / time.Since(start).Seconds()
+	c.Close()
+	if got != int64(size) {
+		t.Errorf("%s: stream received %d of %d bytes", name, got, size)
+	}
+	t.Logf("%s: %.0f conn/s, p50 %s p99 %s, %.0f MB/s", name, r.connsPerSec, r.p50, r.p99, r.mbytesPerSec)
+	return r
+}

@@ -1,9 +1,11 @@
 package iptables
 
 import (
+	"context"
 	"fmt"
 	"log/slog"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/detour-mesh/detour/redirect"
@@ -20,14 +22,37 @@ type Driver struct {
 	// LockWait bounds the wait for the xtables lock (iptables-restore -w); 0 = 10s.
 	LockWait time.Duration
 	Logger   *slog.Logger // nil = discard
+
+	// detect is the host-default detection Drivers ran; its child process,
+	// when it spawned one, is counted in the first Engine call that asks
+	// this driver anything (Result.Processes).
+	detect *detection
+}
+
+// detection records whether finding the host's default iptables backend
+// spawned `iptables -V`, so that the process is counted once.
+type detection struct {
+	once    sync.Once
+	spawned bool
+}
+
+// count adds the detection's process, if any, to the Engine call of ctx,
+// once per Drivers call.
+func (d *detection) count(ctx context.Context) {
+	if d == nil || !d.spawned {
+		return
+	}
+	d.once.Do(func() { redirect.CountProcess(ctx) })
 }
 
 // Drivers returns both iptables drivers, the one plain `iptables` uses on
 // this host first (so `backend iptables` and auto's fallback pick it).
 func Drivers(lockWait time.Duration, logger *slog.Logger) []redirect.Driver {
-	legacy := &Driver{Backend: redirect.BackendIPTablesLegacy, LockWait: lockWait, Logger: logger}
-	nft := &Driver{Backend: redirect.BackendIPTablesNFT, LockWait: lockWait, Logger: logger}
-	if hostDefault() == redirect.BackendIPTablesNFT {
+	def, spawned := hostDefault()
+	det := &detection{spawned: spawned}
+	legacy := &Driver{Backend: redirect.BackendIPTablesLegacy, LockWait: lockWait, Logger: logger, detect: det}
+	nft := &Driver{Backend: redirect.BackendIPTablesNFT, LockWait: lockWait, Logger: logger, detect: det}
+	if def == redirect.BackendIPTablesNFT {
 		return []redirect.Driver{nft, legacy}
 	}
 	return []redirect.Driver{legacy, nft}

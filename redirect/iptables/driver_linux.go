@@ -84,7 +84,8 @@ func command(ctx context.Context, stdin, name string, args ...string) (string, e
 
 // Ready reports whether the backend's IPv4 tools are on PATH (IPv6 tools are
 // needed only when IPv6 is captured: Apply says so then). It spawns nothing.
-func (d *Driver) Ready(context.Context) error {
+func (d *Driver) Ready(ctx context.Context) error {
+	d.detect.count(ctx)
 	for _, op := range []string{"save", "restore"} {
 		if _, err := exec.LookPath(toolName(d.Backend, redirect.IPv4, op)); err != nil {
 			return fmt.Errorf("%s: %s not found on PATH: %w", d.Backend, toolName(d.Backend, redirect.IPv4, op), redirect.ErrNotSupported)
@@ -97,6 +98,7 @@ func (d *Driver) Ready(context.Context) error {
 // save's (without IPv4 the backend cannot be used); an IPv6 failure is kept
 // for Apply, which reports it only when IPv6 is captured.
 func (d *Driver) Observe(ctx context.Context) (redirect.Installed, error) {
+	d.detect.count(ctx)
 	r := d.newRun(ctx)
 	s := &installed{backend: d.Backend, fams: map[redirect.Family]*familyObs{}}
 	for _, f := range allFamilies {
@@ -197,29 +199,30 @@ func (d *Driver) Remove(ctx context.Context, have redirect.Installed) error {
 // hostDefault is the backend plain `iptables` uses on this host: read from the
 // binary's name when it is a link to xtables-nft-multi or
 // xtables-legacy-multi, else from `iptables -V` ("(nf_tables)" or "(legacy)").
-func hostDefault() redirect.Backend {
+// spawned reports that it ran `iptables -V` (a child process to count).
+func hostDefault() (b redirect.Backend, spawned bool) {
 	path, err := exec.LookPath("iptables")
 	if err != nil {
 		if _, err := exec.LookPath(toolName(redirect.BackendIPTablesNFT, redirect.IPv4, "save")); err == nil {
-			return redirect.BackendIPTablesNFT
+			return redirect.BackendIPTablesNFT, false
 		}
-		return redirect.BackendIPTablesLegacy
+		return redirect.BackendIPTablesLegacy, false
 	}
 	if real, err := filepath.EvalSymlinks(path); err == nil {
 		switch base := filepath.Base(real); {
 		case strings.Contains(base, "nft"):
-			return redirect.BackendIPTablesNFT
+			return redirect.BackendIPTablesNFT, false
 		case strings.Contains(base, "legacy"):
-			return redirect.BackendIPTablesLegacy
+			return redirect.BackendIPTablesLegacy, false
 		}
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	out, err := command(ctx, "", "iptables", "-V")
 	if err == nil && strings.Contains(out, "nf_tables") {
-		return redirect.BackendIPTablesNFT
+		return redirect.BackendIPTablesNFT, true
 	}
-	return redirect.BackendIPTablesLegacy
+	return redirect.BackendIPTablesLegacy, true
 }
 
 // restore feeds one transaction to iptables-restore --noflush.

@@ -11,7 +11,7 @@ import (
 
 // The iptables backends are Linux-only; rendering works everywhere.
 
-func hostDefault() redirect.Backend { return redirect.BackendIPTablesLegacy }
+func hostDefault() (redirect.Backend, bool) { return redirect.BackendIPTablesLegacy, false }
 
 func (d *Driver) Ready(context.Context) error {
 	return fmt.Errorf("%s: not on Linux: %w", d.Backend, redirect.ErrNotSupported)

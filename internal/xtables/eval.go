@@ -108,6 +108,7 @@ type evaluation struct {
 	p       Packet
 	res     Result
 	mark    uint32
+	ctmark  uint32 // the connection's mark: 0 for a new connection
 	untrack bool
 }
 
@@ -237,6 +238,13 @@ func (ev *evaluation) run(tab *Table, c *Chain, depth int) (chainEnd, Outcome, b
 				return 0, Unknown, true
 			}
 			ev.res.Trace = append(ev.res.Trace, step)
+		case "CONNMARK":
+			if err := ev.connmark(r); err != nil {
+				ev.res.Unknown = fmt.Sprintf("rule %q uses %v", r.Text, err)
+				ev.res.Decider = r
+				return 0, Unknown, true
+			}
+			ev.res.Trace = append(ev.res.Trace, step)
 		case "CT":
 			if hasOpt(r.Args, "--notrack") {
 				ev.untrack = true
@@ -313,6 +321,37 @@ func (ev *evaluation) setMark(r *Rule) error {
 		}
 	}
 	return fmt.Errorf("MARK without --set-xmark")
+}
+
+// connmark applies CONNMARK --save-mark (with its --nfmask and --ctmask) or
+// --restore-mark; other forms are not modeled.
+func (ev *evaluation) connmark(r *Rule) error {
+	nf, ct := uint32(0xffffffff), uint32(0xffffffff)
+	for _, name := range []string{"--nfmask", "--ctmask", "--mask"} {
+		if a := optArg(r.Args, name); a != "" {
+			v, err := strconv.ParseUint(a, 0, 32)
+			if err != nil {
+				return fmt.Errorf("CONNMARK %s %q", name, a)
+			}
+			switch name {
+			case "--nfmask":
+				nf = uint32(v)
+			case "--ctmask":
+				ct = uint32(v)
+			default:
+				nf, ct = uint32(v), uint32(v)
+			}
+		}
+	}
+	switch {
+	case hasOpt(r.Args, "--save-mark"):
+		ev.ctmark = (ev.ctmark &^ ct) | (ev.mark & nf)
+	case hasOpt(r.Args, "--restore-mark"):
+		ev.mark = (ev.mark &^ nf) | (ev.ctmark & ct)
+	default:
+		return fmt.Errorf("CONNMARK without --save-mark or --restore-mark")
+	}
+	return nil
 }
 
 func optArg(os []Option, name string) string {
@@ -513,6 +552,13 @@ func (ev *evaluation) cond(m Match) (tri, string) {
 			v, mask, err := valueMask(arg)
 			if err == nil {
 				return neg(boolTri(ev.mark&mask == v), o.Negated), ""
+			}
+		}
+	case "connmark":
+		if o.Name == "--mark" {
+			v, mask, err := valueMask(arg)
+			if err == nil {
+				return neg(boolTri(ev.ctmark&mask == v), o.Negated), ""
 			}
 		}
 	case "comment":

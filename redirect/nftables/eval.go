@@ -72,7 +72,9 @@ func (e *evaluator) conn(c redirect.Conn) outcome {
 		} else {
 			p.fam = redirect.IPv4
 		}
-		p.iif, p.local = "eth0", true
+		// Only connections to the workload's own addresses are local;
+		// without a destination the connection is taken to be to it.
+		p.iif, p.local = "eth0", c.ToSelf || !p.dst.IsValid() || p.dst.IsLoopback()
 		if !p.dst.IsValid() || p.dst.Is6() != src.Is6() {
 			p.dst = src // any local address of the family: rules never look at it
 		}
@@ -92,7 +94,7 @@ func (e *evaluator) conn(c redirect.Conn) outcome {
 	if !p.src.IsValid() {
 		p.src = p.dst // over lo the kernel picks the destination's own address
 	}
-	e.hooks(p, "raw_output", "nat_output")
+	e.hooks(p, "raw_output", "mangle_output", "nat_output")
 	return e.out
 }
 
@@ -210,7 +212,11 @@ func (e *evaluator) match(s stmt, p *packet) bool {
 		return p.ctstate&s.bits != 0
 	case socketTransparent:
 		return p.transparent
-	case markOr, limit, logStmt, ctZone:
+	case markMatch:
+		// The modeled connections are opened by the app or arrive from the
+		// network: neither the packet nor its connection has a mark.
+		return false
+	case markOr, ctMarkOr, limit, logStmt, ctZone:
 		return true
 	}
 	panic(fmt.Sprintf("evaluator: no case for %T", s))

@@ -87,6 +87,7 @@ func TestRenderingMatchesDecide(t *testing.T) {
 			case 0:
 				conn.Direction = redirect.DirInbound
 				conn.Src = conn.Dst
+				conn.ToSelf = rnd.IntN(4) != 0 // else forwarded: never captured
 				if conn.Src.IsLoopback() || conn.Src.IsUnspecified() {
 					continue // never arrives from outside
 				}

@@ -101,6 +101,12 @@ func parseStmt(t []string) (stmt, int, error) {
 				bits |= map[string]uint32{"invalid": ctInvalid, "established": ctEstablished, "related": ctRelated, "new": ctNew}[n]
 			}
 			return ctState{bits: bits}, 3, nil
+		case at(t, 1) == "mark" && at(t, 2) == "&":
+			v, err := num(at(t, 3))
+			return markMatch{ct: true, bits: uint32(v)}, 6, err
+		case at(t, 1) == "mark":
+			v, err := num(at(t, 6))
+			return ctMarkOr{bits: uint32(v)}, 7, err
 		case at(t, 1) == "original":
 			z, err := strconv.ParseUint(at(t, 4), 10, 16)
 			return ctZone{zone: uint16(z), original: true}, 5, err
@@ -114,6 +120,10 @@ func parseStmt(t []string) (stmt, int, error) {
 		case "nfproto":
 			return nfproto(redirect.Family(at(t, 2))), 3, nil
 		case "mark":
+			if at(t, 2) == "&" {
+				v, err := num(at(t, 3))
+				return markMatch{bits: uint32(v)}, 6, err
+			}
 			v, err := num(at(t, 6))
 			return markOr{bits: uint32(v)}, 7, err
 		case "skuid", "skgid":

@@ -119,11 +119,13 @@ func Render(c redirect.Capture) (*Ruleset, error) {
 // maxRuleText bounds a rule's text, which its userdata carries (one TLV).
 const maxRuleText = 250
 
-var baseOrder = []string{"raw_output", "mangle_prerouting", "nat_prerouting", "nat_output"}
+var baseOrder = []string{"raw_output", "mangle_prerouting", "mangle_output", "nat_prerouting", "nat_output"}
 
 var baseHooks = map[string]Hook{
 	"raw_output":        {Type: "filter", Hook: "output", Priority: prioRaw},
 	"mangle_prerouting": {Type: "filter", Hook: "prerouting", Priority: prioMangle},
+	// A route chain: a mark set here re-routes the packet (the TPROXY return path).
+	"mangle_output": {Type: "route", Hook: "output", Priority: prioMangle},
 	"nat_prerouting":    {Type: "nat", Hook: "prerouting", Priority: prioNAT},
 	"nat_output":        {Type: "nat", Hook: "output", Priority: prioNAT},
 }
@@ -217,6 +219,11 @@ func (b *builder) family(mode redirect.Mode, fc redirect.FamilyCapture) error {
 		// O8: the passthrough from 127.0.0.6 / ::6 returns untouched; the
 		// proxy dialing a non-loopback address over lo is its hairpin.
 		addOut(addrCmp{field: "saddr", fam: b.fam, prefix: netip.PrefixFrom(fc.Proxy.Passthrough, fc.Proxy.Passthrough.BitLen())}, ifname{dir: "oifname", name: "lo"}, verdict{kind: "return"})
+		if tp := fc.TProxy; tp != nil && mode == redirect.ModeTProxy {
+			// Likewise the proxy's connections to the app from the client's
+			// address (original_src), which carry the TPROXY mark.
+			addOut(markMatch{bits: tp.Mark}, verdict{kind: "return"})
+		}
 		for _, o := range proxyOwners {
 			addOut(ifname{dir: "oifname", name: "lo"}, addrCmp{field: "daddr", fam: b.fam, neq: true, prefix: loopback(b.fam)}, o, verdict{kind: "jump", chain: "inbound" + b.sfx()})
 		}
@@ -304,6 +311,15 @@ func (b *builder) tproxy(fc redirect.FamilyCapture) {
 	b.add(div, l4(tcp), tproxyTo{fam: b.fam, port: fc.Inbound.Port}, mark, verdict{kind: "accept"})
 	b.add(div, verdict{kind: "drop"})
 	b.hook("mangle_prerouting", l4(tcp), fibLocal{}, verdict{kind: "jump", chain: ch.Name})
+	// The return path of the proxy's connections to the app from the client's
+	// own address (Envoy's original_src with the TPROXY mark): the proxy's
+	// packets carry the mark, which the connection keeps; the app's replies,
+	// addressed to the client, get it back, and the policy route delivers
+	// them to the proxy's socket instead of the network.
+	ret := b.chain("tproxy_return")
+	b.add(ret, markMatch{bits: fc.TProxy.Mark}, ctMarkOr{bits: fc.TProxy.Mark})
+	b.add(ret, markMatch{ct: true, bits: fc.TProxy.Mark}, markOr{bits: fc.TProxy.Mark})
+	b.hook("mangle_output", l4(tcp), verdict{kind: "jump", chain: ret.Name})
 }
 
 func (b *builder) logRule(ch *Chain, l *redirect.Log) {

@@ -306,6 +306,40 @@ func (s markOr) exprs() ([][]byte, error) {
 		&expr.Meta{Key: expr.MetaKeyMARK, SourceRegister: true, Register: reg})
 }
 
+// markMatch is `meta mark & bits == bits` or, with ct, `ct mark & bits ==
+// bits`: the packet (or its connection) carries the bits.
+type markMatch struct {
+	ct   bool
+	bits uint32
+}
+
+func (s markMatch) text() string {
+	k := "meta"
+	if s.ct {
+		k = "ct"
+	}
+	return fmt.Sprintf("%s mark & %#08x == %#08x", k, s.bits, s.bits)
+}
+func (s markMatch) exprs() ([][]byte, error) {
+	var load expr.Any = &expr.Meta{Key: expr.MetaKeyMARK, Register: reg}
+	if s.ct {
+		load = &expr.Ct{Key: expr.CtKeyMARK, Register: reg}
+	}
+	return lib(load,
+		&expr.Bitwise{SourceRegister: reg, DestRegister: reg, Len: 4, Mask: native32(s.bits), Xor: native32(0)},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: reg, Data: native32(s.bits)})
+}
+
+// ctMarkOr is `ct mark set ct mark | bits`: the connection keeps the bits.
+type ctMarkOr struct{ bits uint32 }
+
+func (s ctMarkOr) text() string { return fmt.Sprintf("ct mark set ct mark | %#08x", s.bits) }
+func (s ctMarkOr) exprs() ([][]byte, error) {
+	return lib(&expr.Ct{Key: expr.CtKeyMARK, Register: reg},
+		&expr.Bitwise{SourceRegister: reg, DestRegister: reg, Len: 4, Mask: native32(^s.bits), Xor: native32(s.bits)},
+		&expr.Ct{Key: expr.CtKeyMARK, SourceRegister: true, Register: reg})
+}
+
 // limit is the rate limit of log rules: 10/second, burst 5 (as iptables' -m limit).
 type limit struct{}
 

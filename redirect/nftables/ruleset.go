@@ -125,9 +125,9 @@ var baseHooks = map[string]Hook{
 	"raw_output":        {Type: "filter", Hook: "output", Priority: prioRaw},
 	"mangle_prerouting": {Type: "filter", Hook: "prerouting", Priority: prioMangle},
 	// A route chain: a mark set here re-routes the packet (the TPROXY return path).
-	"mangle_output": {Type: "route", Hook: "output", Priority: prioMangle},
-	"nat_prerouting":    {Type: "nat", Hook: "prerouting", Priority: prioNAT},
-	"nat_output":        {Type: "nat", Hook: "output", Priority: prioNAT},
+	"mangle_output":  {Type: "route", Hook: "output", Priority: prioMangle},
+	"nat_prerouting": {Type: "nat", Hook: "prerouting", Priority: prioNAT},
+	"nat_output":     {Type: "nat", Hook: "output", Priority: prioNAT},
 }
 
 type builder struct {

@@ -76,6 +76,9 @@ type variant struct {
 	// and the proxy must still listen on it. Service clusters then list only
 	// IPv4 endpoints, which IPv6 connections to a virtual IP reach.
 	ipv4Only bool
+	// backend is detour install's --backend; empty is the default (auto,
+	// which picks an iptables backend in a fresh namespace).
+	backend string
 }
 
 // transparentProxy is the workload's redirect config: the same document goes
@@ -135,6 +138,8 @@ func TestControlPlaneEndToEnd(t *testing.T) {
 		{"redirect", variant{mode: "redirect", ipFamilies: "dual"}},
 		{"tproxy", variant{mode: "tproxy", ipFamilies: "dual"}},
 		{"auto-ipv4-addresses", variant{mode: "redirect", ipFamilies: "auto", ipv4Only: true}},
+		{"redirect-nftables", variant{mode: "redirect", ipFamilies: "dual", backend: "nftables"}},
+		{"tproxy-nftables", variant{mode: "tproxy", ipFamilies: "dual", backend: "nftables"}},
 	} {
 		t.Run(v.name, func(t *testing.T) {
 			t.Parallel()
@@ -145,7 +150,11 @@ func TestControlPlaneEndToEnd(t *testing.T) {
 
 func testEndToEnd(t *testing.T, v variant) {
 	mode := v.mode
-	privtest.Require(t, "ip", "iptables-restore", "iptables-save", "ip6tables-restore", "ip6tables-save")
+	if v.backend == "nftables" {
+		privtest.Require(t, "ip") // netlink: no tool
+	} else {
+		privtest.Require(t, "ip", "iptables-restore", "iptables-save", "ip6tables-restore", "ip6tables-save")
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	l, err := lab.New(ctx, lab.Options{Prefix: "dt-cp"})
@@ -194,7 +203,11 @@ func testEndToEnd(t *testing.T, v variant) {
 	// The redirection, from the same document the mesh gives the workload.
 	tpPath := filepath.Join(dir, "transparent-proxy.json")
 	writeFile(t, tpPath, v.transparentProxy())
-	if out, err := exec.CommandContext(ctx, detourBin, "install", "--netns", l.Pod.Name, "--config", tpPath).CombinedOutput(); err != nil {
+	installArgs := []string{"install", "--netns", l.Pod.Name, "--config", tpPath}
+	if v.backend != "" {
+		installArgs = append(installArgs, "--backend", v.backend)
+	}
+	if out, err := exec.CommandContext(ctx, detourBin, installArgs...).CombinedOutput(); err != nil {
 		t.Fatalf("detour install: %v\n%s", err, out)
 	}
 

@@ -16,7 +16,7 @@ import (
 // explainBackends are the backends whose installed state `detour explain`
 // reads (an Explainer); for the others the scenarios log that explain was not
 // checked.
-var explainBackends = map[string]bool{nft: true, legacy: true}
+var explainBackends = map[string]bool{nft: true, legacy: true, nftNative: true}
 
 // explainsPerExpectation bounds the explain runs per expectation of a test:
 // every scenario runs many random cases, and explain is a process that reads
@@ -181,6 +181,7 @@ func TestExplainDrift(t *testing.T) {
 		}
 
 		p.run("hand-deleted rule", func(p *pod) {
+			skipHandEdit(p)
 			redirect := []string{"DETOUR_OUT_REDIRECT", "-p", "tcp", "-j", "REDIRECT", "--to-ports", strconv.Itoa(int(p.outPort))}
 			p.iptablesRun(append([]string{"-t", "nat", "-D"}, redirect...)...)
 			defer p.iptablesRun(append([]string{"-t", "nat", "-A"}, redirect...)...)
@@ -191,6 +192,7 @@ func TestExplainDrift(t *testing.T) {
 			}
 		})
 		p.run("foreign rule first", func(p *pod) {
+			skipHandEdit(p)
 			p.iptablesRun("-t", "nat", "-I", "OUTPUT", "1", "-d", dst.Addr().String(), "-p", "tcp", "-j", "ACCEPT")
 			defer p.iptablesRun("-t", "nat", "-D", "OUTPUT", "-d", dst.Addr().String(), "-p", "tcp", "-j", "ACCEPT")
 			p.outbound("another tool's ACCEPT comes first", lab.DialOptions{To: dst, Cred: app}, srvRemote)
@@ -213,6 +215,16 @@ func TestExplainDrift(t *testing.T) {
 			t.Errorf("after uninstall: want exit 4:\n%s", r)
 		}
 	})
+}
+
+// skipHandEdit skips a drift case that edits iptables rules by hand when the
+// variant is nftables: the nftables driver's drift is covered by check (L8
+// skips the same way) and by redirect/nftables' netlink tests.
+func skipHandEdit(p *pod) {
+	p.t.Helper()
+	if p.v.backend == nftNative {
+		p.t.Skip("hand edits of iptables rules: not an nftables scenario")
+	}
 }
 
 // iptablesRun runs the variant's iptables command in the pod (a hand edit).
@@ -239,6 +251,10 @@ func TestExplainLive(t *testing.T) {
 		e, r = p.explain("--live", "--timeout", "1s", "--to", dst.String(), "--uid", strconv.Itoa(int(p.uid)))
 		if r.code != 0 || e.Captured || e.Live == nil || !e.Live.Probed || e.Live.Arrived || !e.Live.Agrees {
 			t.Errorf("the proxy's own connection: want it not to arrive on the outbound port:\n%s", r)
+		}
+		if v.backend == nftNative {
+			t.Log("the foreign-ACCEPT case is iptables-only: in nftables an accept in another table's base chain does not stop detour's chain at the same hook")
+			return
 		}
 		// A connection the rules capture but the configuration asked about
 		// says otherwise: --live sides with the kernel, and exits 5 only when

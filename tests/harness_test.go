@@ -28,11 +28,12 @@ import (
 
 // The backends every scenario runs on, by their --backend name.
 const (
-	nft    = "iptables-nft"
-	legacy = "iptables-legacy"
+	nft       = "iptables-nft"
+	legacy    = "iptables-legacy"
+	nftNative = "nftables"
 )
 
-var backends = []string{nft, legacy}
+var backends = []string{nft, legacy, nftNative}
 
 // backendKind is what the harness knows of one backend of the matrix: the
 // tools a test namespace needs for it, and how to dump its state (every table,
@@ -48,6 +49,10 @@ type backendKind struct {
 var backendKinds = map[string]backendKind{
 	nft:    iptablesKind(nft),
 	legacy: iptablesKind(legacy),
+	// nftables installs over netlink: the pod needs no tool for it. The
+	// snapshot reads the whole ruleset with nft (every table, native or
+	// iptables-nft's; counters zeroed).
+	nftNative: {tools: []string{"nft"}, dump: func(p *pod) string { return "== nft list ruleset\n" + nftRuleset(p) }},
 	// ebpf is not in the matrix; TestEBPF runs its scenarios. No snapshot
 	// scenario uses it.
 	ebpfBackend: {dump: func(p *pod) string {
@@ -504,7 +509,45 @@ func (p *pod) save(backend string, f lab.Family) string {
 	return out
 }
 
-var counters = regexp.MustCompile(`\[\d+:\d+\]`)
+var (
+	counters    = regexp.MustCompile(`\[\d+:\d+\]`)
+	nftCounters = regexp.MustCompile(`counter packets \d+ bytes \d+`)
+)
+
+// nftRuleset is `nft list ruleset` in the pod namespace, counters zeroed.
+func nftRuleset(p *pod) string {
+	p.t.Helper()
+	out, err := p.lab.Pod.Run(p.ctx, "nft", "list", "ruleset")
+	if err != nil {
+		p.t.Fatal(err)
+	}
+	return nftCounters.ReplaceAllString(out, "counter packets 0 bytes 0")
+}
+
+// detourState is what of detour's the variant's backend holds in family f,
+// one line a rule or chain: iptables-save lines of its chains and hooks, or
+// for nftables the lines of `table inet detour` (both families share it, so
+// f is ignored).
+func (p *pod) detourState(backend string, f lab.Family) []string {
+	p.t.Helper()
+	if backend != nftNative {
+		return ours(p.save(backend, f))
+	}
+	out, err := p.lab.Pod.Run(p.ctx, "nft", "list", "table", "inet", "detour")
+	if err != nil {
+		if strings.Contains(out+err.Error(), "No such file") {
+			return nil
+		}
+		p.t.Fatal(err)
+	}
+	var lines []string
+	for _, l := range strings.Split(out, "\n") {
+		if l = strings.TrimSpace(l); l != "" && l != "}" {
+			lines = append(lines, l)
+		}
+	}
+	return lines
+}
 
 // normalize drops comment lines and zeroes packet counters of iptables-save output.
 func normalize(save string) string {
@@ -527,7 +570,13 @@ func (p *pod) snapshot() string {
 	p.t.Helper()
 	var b strings.Builder
 	for _, bk := range backends {
-		b.WriteString(kind(p.t, bk).dump(p))
+		k := kind(p.t, bk)
+		// Another backend's state is dumped where its tools are here (the
+		// variant's own tools newPod required).
+		if bk != p.v.backend && slices.ContainsFunc(k.tools, func(tool string) bool { _, err := exec.LookPath(tool); return err != nil }) {
+			continue
+		}
+		b.WriteString(k.dump(p))
 	}
 	for _, c := range [][]string{
 		{"ip", "-o", "addr", "show"},

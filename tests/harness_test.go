@@ -540,10 +540,19 @@ func (p *pod) detourState(backend string, f lab.Family) []string {
 		}
 		p.t.Fatal(err)
 	}
+	// Each line names the chain or set it is in, so a rule twice in one
+	// chain shows as a duplicate and the same rule in two chains does not.
 	var lines []string
+	block := ""
 	for _, l := range strings.Split(out, "\n") {
-		if l = strings.TrimSpace(l); l != "" && l != "}" {
-			lines = append(lines, l)
+		l = strings.TrimSpace(l)
+		switch {
+		case l == "" || l == "}":
+		case strings.HasSuffix(l, "{") && (strings.HasPrefix(l, "chain ") || strings.HasPrefix(l, "set ") || strings.HasPrefix(l, "table ")):
+			block = strings.TrimSuffix(l, " {")
+			lines = append(lines, block)
+		default:
+			lines = append(lines, block+": "+l)
 		}
 	}
 	return lines

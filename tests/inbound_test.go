@@ -25,7 +25,7 @@ func TestInbound(t *testing.T) {
 	t.Parallel()
 
 	t.Run("I1", func(t *testing.T) {
-		matrix(t, func(t *testing.T, v variant) {
+		matrixModes(t, []string{"redirect", "tproxy"}, func(t *testing.T, v variant) {
 			p := newPod(t, v)
 			p.startProxies()
 			p.install()
@@ -38,7 +38,7 @@ func TestInbound(t *testing.T) {
 	})
 
 	t.Run("I2", func(t *testing.T) {
-		matrix(t, func(t *testing.T, v variant) {
+		matrixModes(t, []string{"redirect", "tproxy"}, func(t *testing.T, v variant) {
 			p := newPod(t, v)
 			p.startProxies()
 			ex1 := p.appPort(netip.Addr{})
@@ -58,7 +58,7 @@ func TestInbound(t *testing.T) {
 	})
 
 	t.Run("I3", func(t *testing.T) {
-		matrix(t, func(t *testing.T, v variant) {
+		matrixModes(t, []string{"redirect", "tproxy"}, func(t *testing.T, v variant) {
 			p := newPod(t, v)
 			p.startProxies()
 			in1, both := p.appPort(netip.Addr{}), p.appPort(netip.Addr{})
@@ -79,7 +79,7 @@ func TestInbound(t *testing.T) {
 	})
 
 	t.Run("I4", func(t *testing.T) {
-		matrix(t, func(t *testing.T, v variant) {
+		matrixModes(t, []string{"redirect", "tproxy"}, func(t *testing.T, v variant) {
 			p := newPod(t, v)
 			p.startProxies()
 			ex4, ex6 := subnet(p.rnd, lab.IPv4, 26), subnet(p.rnd, lab.IPv6, 64)
@@ -98,7 +98,7 @@ func TestInbound(t *testing.T) {
 	})
 
 	t.Run("I5", func(t *testing.T) {
-		matrix(t, func(t *testing.T, v variant) {
+		matrixModes(t, []string{"redirect", "tproxy"}, func(t *testing.T, v variant) {
 			p := newPod(t, v)
 			p.startProxies()
 			p.install("--inbound=false")
@@ -111,7 +111,7 @@ func TestInbound(t *testing.T) {
 	})
 
 	t.Run("I6", func(t *testing.T) {
-		matrix(t, func(t *testing.T, v variant) {
+		matrixModes(t, []string{"redirect", "tproxy"}, func(t *testing.T, v variant) {
 			p := newPod(t, v)
 			p.startProxies()
 			p.install()

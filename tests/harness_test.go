@@ -601,15 +601,33 @@ func (p *pod) snapshot() string {
 	return b.String()
 }
 
-// withoutEmptyTables drops from a snapshot the iptables tables that hold nothing but
-// built-in chains with policy ACCEPT and no rule. Such a table is what merely using
+// withoutEmptyTables drops from a snapshot the iptables tables (and, in the
+// nft ruleset, the tables) that hold nothing but built-in chains with policy
+// ACCEPT and no rule. Such a table is what merely using
 // a table leaves behind (a legacy table, once loaded in a namespace, stays), and it
 // changes no packet.
 func withoutEmptyTables(snapshot string) string {
 	var out, block []string
-	in := false
+	in, inNft := false, false
 	for _, line := range strings.Split(snapshot, "\n") {
 		switch {
+		case strings.HasPrefix(line, "table "):
+			// `nft list ruleset`: a table whose chains hold no rule (what
+			// iptables-nft leaves behind) is dropped likewise.
+			inNft, block = true, []string{line}
+		case inNft && line == "}":
+			block = append(block, line)
+			empty := true
+			for _, l := range block[1 : len(block)-1] {
+				t := strings.TrimSpace(l)
+				empty = empty && (t == "" || t == "}" || strings.HasPrefix(t, "chain ") || (strings.HasPrefix(t, "type ") && strings.HasSuffix(t, "policy accept;")))
+			}
+			if !empty {
+				out = append(out, block...)
+			}
+			inNft = false
+		case inNft:
+			block = append(block, line)
 		case strings.HasPrefix(line, "*"):
 			in, block = true, []string{line}
 		case in && line == "COMMIT":

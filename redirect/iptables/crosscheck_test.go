@@ -96,7 +96,7 @@ func (ev *evaluator) walk(tb Table, rules []Rule, pk packet, depth int) (outcome
 			return outcome{to: "redirect", port: ev.port(opts["--to-ports"]), rule: quoted}, true
 		case "TPROXY":
 			return outcome{to: "tproxy", port: ev.port(opts["--on-port"]), rule: quoted}, true
-		case "LOG", "MARK", "CT":
+		case "LOG", "MARK", "CONNMARK", "CT":
 			continue // non-terminating
 		default:
 			if !strings.HasPrefix(target, chainPrefix) {
@@ -152,7 +152,7 @@ func (ev *evaluator) match(r Rule, pk packet) (target string, opts map[string]st
 		case "-o":
 			need(pk.out == arg())
 		case "-m":
-			if m := arg(); !slices.Contains([]string{"tcp", "udp", "multiport", "owner", "addrtype", "conntrack", "socket", "comment", "limit"}, m) {
+			if m := arg(); !slices.Contains([]string{"tcp", "udp", "multiport", "owner", "addrtype", "conntrack", "socket", "comment", "limit", "mark", "connmark"}, m) {
 				ev.t.Fatalf("rule %q: match module %s unknown to the evaluator", r.Spec, m)
 			}
 		case "--dport":
@@ -174,6 +174,15 @@ func (ev *evaluator) match(r Rule, pk packet) (target string, opts map[string]st
 			need(slices.Contains(strings.Split(arg(), ","), pk.ctstate))
 		case "--transparent":
 			need(pk.transparentSck)
+		case "--mark":
+			// A new connection of an application: neither the packet nor
+			// its connection carries a mark.
+			v, _, _ := strings.Cut(arg(), "/")
+			n, err := strconv.ParseUint(v, 0, 32)
+			if err != nil {
+				ev.t.Fatalf("rule %q: mark %q", r.Spec, v)
+			}
+			need(n == 0)
 		case "--comment", "--limit":
 			arg()
 		case "-j", "-g":
@@ -182,8 +191,12 @@ func (ev *evaluator) match(r Rule, pk packet) (target string, opts map[string]st
 			for i+1 < len(tok) {
 				i++
 				k := tok[i]
-				if !strings.HasPrefix(k, "--") || i+1 >= len(tok) {
+				if !strings.HasPrefix(k, "--") {
 					ev.t.Fatalf("rule %q: target option %q", r.Spec, k)
+				}
+				if i+1 >= len(tok) || strings.HasPrefix(tok[i+1], "--") {
+					opts[k] = "" // a flag such as --save-mark
+					continue
 				}
 				i++
 				opts[k] = tok[i]
@@ -362,7 +375,7 @@ func xConn(rnd *rand.Rand, fc redirect.FamilyCapture) (redirect.Conn, packet) {
 			packet{proto: "udp", src: pod, dst: dst, sport: 40000, dport: port, out: out, local: true, uid: o[0], gid: o[1], dstLocal: dst.IsLoopback(), ctstate: "NEW"}
 	}
 	src := family(xSrcs) // inbound from a peer
-	return redirect.Conn{Direction: redirect.DirInbound, Protocol: redirect.TCP, Src: src, Dst: pod, Port: port},
+	return redirect.Conn{Direction: redirect.DirInbound, Protocol: redirect.TCP, Src: src, Dst: pod, Port: port, ToSelf: true},
 		packet{proto: "tcp", src: src, dst: pod, sport: 40000, dport: port, in: "eth0", dstLocal: true, ctstate: "NEW"}
 }
 

@@ -125,7 +125,12 @@ func (d *Driver) Observe(ctx context.Context) (redirect.Installed, error) {
 	in := &installed{lines: lines, state: st}
 	if d.opts.Inbound != nil {
 		if in.inbound, err = d.opts.Inbound.Observe(ctx); err != nil {
-			return nil, fmt.Errorf("observe inbound (%s): %w", d.opts.Inbound.Name(), err)
+			if rerr := d.opts.Inbound.Ready(ctx); !errors.Is(rerr, redirect.ErrNotSupported) {
+				return nil, fmt.Errorf("observe inbound (%s): %w", d.opts.Inbound.Name(), err)
+			}
+			// The inbound backend cannot work here (no nf_tables), so it
+			// holds nothing: a plan without inbound still works.
+			in.inbound = nil
 		}
 	}
 	return in, nil

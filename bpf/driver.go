@@ -194,7 +194,17 @@ func (d *Driver) Apply(ctx context.Context, p redirect.Plan, have redirect.Insta
 	}
 	c, err := d.opts.Inbound.Apply(ctx, inbound, haveIn)
 	if err != nil {
-		return changed, fmt.Errorf("apply inbound (%s): %w", d.opts.Inbound.Name(), err)
+		err = fmt.Errorf("apply inbound (%s): %w", d.opts.Inbound.Name(), err)
+		if h, ok := have.(*installed); changed && (!ok || len(h.lines) == 0) {
+			// A fresh install: take the programs' share back, so a failed
+			// install leaves nothing. (Over an older config the programs
+			// keep the new one; the next install retries the table.)
+			if rerr := d.loader.Remove(s); rerr != nil {
+				return true, errors.Join(err, fmt.Errorf("roll back: %w", rerr))
+			}
+			return false, err
+		}
+		return changed, err
 	}
 	return changed || c, nil
 }

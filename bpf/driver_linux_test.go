@@ -47,6 +47,20 @@ func TestDriver(t *testing.T) {
 	// With inbound disabled, an inbound backend that cannot work here (a
 	// kernel without nf_tables) is not needed.
 	d = NewDriver(DriverOptions{Loader: Options{PinDir: l.pinDir, Root: l.cgroup}, Inbound: noInbound{}})
+	// A fresh install whose inbound share fails leaves nothing.
+	inNS(t, l.ns, func() error {
+		have, err := d.Observe(ctx)
+		if err != nil {
+			return err
+		}
+		if changed, err := d.Apply(ctx, plan, have); !errors.Is(err, errNoInbound) || changed {
+			t.Errorf("Apply with a failing inbound backend = %v, %v; want its error and no change", changed, err)
+		}
+		return nil
+	})
+	if _, err := os.Stat(l.pinDir); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("an install whose inbound share failed left pins: %v", err)
+	}
 	cfg.Inbound.Enabled = false
 	if plan, err = redirect.NewPlan(cfg, redirect.Facts{IPv6: true}); err != nil {
 		t.Fatal(err)

@@ -125,7 +125,12 @@ func (d *Driver) Observe(ctx context.Context) (redirect.Installed, error) {
 	in := &installed{lines: lines, state: st}
 	if d.opts.Inbound != nil {
 		if in.inbound, err = d.opts.Inbound.Observe(ctx); err != nil {
-			return nil, fmt.Errorf("observe inbound (%s): %w", d.opts.Inbound.Name(), err)
+			if rerr := d.opts.Inbound.Ready(ctx); !errors.Is(rerr, redirect.ErrNotSupported) {
+				return nil, fmt.Errorf("observe inbound (%s): %w", d.opts.Inbound.Name(), err)
+			}
+			// The inbound backend cannot work here (no nf_tables), so it
+			// holds nothing: a plan without inbound still works.
+			in.inbound = nil
 		}
 	}
 	return in, nil
@@ -189,7 +194,17 @@ func (d *Driver) Apply(ctx context.Context, p redirect.Plan, have redirect.Insta
 	}
 	c, err := d.opts.Inbound.Apply(ctx, inbound, haveIn)
 	if err != nil {
-		return changed, fmt.Errorf("apply inbound (%s): %w", d.opts.Inbound.Name(), err)
+		err = fmt.Errorf("apply inbound (%s): %w", d.opts.Inbound.Name(), err)
+		if h, ok := have.(*installed); changed && (!ok || len(h.lines) == 0) {
+			// A fresh install: take the programs' share back, so a failed
+			// install leaves nothing. (Over an older config the programs
+			// keep the new one; the next install retries the table.)
+			if rerr := d.loader.Remove(s); rerr != nil {
+				return true, errors.Join(err, fmt.Errorf("roll back: %w", rerr))
+			}
+			return false, err
+		}
+		return changed, err
 	}
 	return changed || c, nil
 }

@@ -3,6 +3,7 @@ package bpf
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net/netip"
 	"os"
 	"testing"
@@ -43,6 +44,23 @@ func TestDriver(t *testing.T) {
 		t.Fatalf("a refused Apply left pins: %v", err)
 	}
 
+	// With inbound disabled, an inbound backend that cannot work here (a
+	// kernel without nf_tables) is not needed.
+	d = NewDriver(DriverOptions{Loader: Options{PinDir: l.pinDir, Root: l.cgroup}, Inbound: noInbound{}})
+	// A fresh install whose inbound share fails leaves nothing.
+	inNS(t, l.ns, func() error {
+		have, err := d.Observe(ctx)
+		if err != nil {
+			return err
+		}
+		if changed, err := d.Apply(ctx, plan, have); !errors.Is(err, errNoInbound) || changed {
+			t.Errorf("Apply with a failing inbound backend = %v, %v; want its error and no change", changed, err)
+		}
+		return nil
+	})
+	if _, err := os.Stat(l.pinDir); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("an install whose inbound share failed left pins: %v", err)
+	}
 	cfg.Inbound.Enabled = false
 	if plan, err = redirect.NewPlan(cfg, redirect.Facts{IPv6: true}); err != nil {
 		t.Fatal(err)
@@ -104,4 +122,22 @@ func TestDriver(t *testing.T) {
 	if _, err := os.Stat(l.pinDir); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("pins after Remove: %v", err)
 	}
+}
+
+// noInbound is an inbound backend that cannot work here: every method fails.
+type noInbound struct{}
+
+var errNoInbound = errors.New("nf_tables: protocol not supported")
+
+func (noInbound) Name() redirect.Backend { return redirect.BackendNFTables }
+func (noInbound) Ready(context.Context) error {
+	return fmt.Errorf("%w: %w", redirect.ErrNotSupported, errNoInbound)
+}
+func (noInbound) Observe(context.Context) (redirect.Installed, error) { return nil, errNoInbound }
+func (noInbound) Apply(context.Context, redirect.Plan, redirect.Installed) (bool, error) {
+	return false, errNoInbound
+}
+func (noInbound) Remove(context.Context, redirect.Installed) error { return errNoInbound }
+func (noInbound) Render(redirect.Plan) (redirect.Rendering, error) {
+	return redirect.Rendering{}, errNoInbound
 }

@@ -138,12 +138,13 @@ func TestValidateConflicts(t *testing.T) {
 	c.Proxy.OutboundPort = c.Proxy.InboundPort
 	c.DNS.Capture = DNSCaptureAll
 	c.DNS.Port = c.Proxy.InboundPort
-	c.Mode = "tunnel"
+	c.Backend = BackendEBPF
+	c.Mode = ModeTProxy
 	err := c.Validate()
 	for _, want := range []string{
 		`proxy.outboundPort: "15006" is also proxy.inboundPort`,
 		`dns.port: "15006" is also a proxy TCP port`,
-		`mode: "tunnel"`,
+		`mode: "tproxy" is not available with backend ebpf`,
 	} {
 		if err == nil || !strings.Contains(err.Error(), want) {
 			t.Errorf("Validate() = %v, want it to contain %q", err, want)

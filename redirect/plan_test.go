@@ -117,7 +117,7 @@ func TestPlanErrors(t *testing.T) {
 		{name: "auto with ipv6 disabled on lo", facts: Facts{IPv6: true, LoIPv6Disabled: true}, want: ErrIPv6Unavailable, message: "IPv6 is disabled on lo"},
 		{name: "dual with ipv6 disabled on lo", sets: []string{"ipFamilies=dual"}, facts: Facts{IPv6: true, LoIPv6Disabled: true}, want: ErrIPv6Unavailable, message: "--ip-families ipv4"},
 		{name: "same ports", sets: []string{"proxy.outboundPort=15006"}, facts: dualStack, want: ErrInvalid, message: `proxy.outboundPort: "15006"`},
-		{name: "ebpf has no tproxy", sets: []string{"backend=ebpf", "mode=tproxy"}, facts: dualStack, want: ErrInvalid, message: `mode: "tproxy" is not available with backend ebpf`},
+		{name: "ebpf without tproxy", sets: []string{"backend=ebpf", "mode=tproxy"}, facts: dualStack, want: ErrInvalid, message: `mode: "tproxy" is not available with backend ebpf`},
 		{name: "log prefix newline", sets: []string{"log.enabled=true", "log.prefix=a\nb"}, facts: dualStack, want: ErrInvalid, message: "log.prefix"},
 	}
 	for _, tt := range tests {

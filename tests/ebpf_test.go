@@ -3,6 +3,7 @@
 package tests
 
 import (
+	"encoding/json"
 	"fmt"
 	"net/netip"
 	"os"
@@ -68,12 +69,14 @@ func ebpfEnv(t *testing.T) []string {
 	return []string{"DETOUR_EBPF_PIN_DIR=" + filepath.Join(bpffs, "detour"), "DETOUR_EBPF_CGROUP_ROOT=" + cg}
 }
 
-// TestEBPF runs outbound scenarios through the CLI with --backend ebpf
-// (network-namespace scope; inbound capture off, which this backend leaves to
-// another): O1, O2, O3, L2 and L4, IPv4 and IPv6. The CLI exits before any
-// connection is made: the kernel holds the redirection.
+// TestEBPF runs scenarios through the CLI with --backend ebpf
+// (network-namespace scope), IPv4 and IPv6: outbound O1, O2, O3 with inbound
+// off (I5), then inbound through the eBPF backend's own nftables table (I1,
+// I2, I4, the O8 hairpin and passthrough, explain of inbound), L2 and L4
+// for both, and that uninstall leaves no table and no BPF pin. The CLI exits
+// before any connection is made: the kernel holds the redirection.
 func TestEBPF(t *testing.T) {
-	privtest.Require(t, "ip", "setpriv")
+	privtest.Require(t, "ip", "setpriv", "nft")
 	env := ebpfEnv(t)
 	for _, f := range lab.Families {
 		t.Run(string(f), func(t *testing.T) {
@@ -97,7 +100,12 @@ func TestEBPF(t *testing.T) {
 				p.outbound("O1 any address:port", p.app(i, netip.AddrPortFrom(kept, p.remotePort())), srvOutbound)
 				p.outbound("O2 excluded port", p.app(i, netip.AddrPortFrom(kept, ex)), srvRemote)
 				p.outbound("O3 excluded CIDR", p.app(i, netip.AddrPortFrom(excluded.Addr().Next(), other)), srvRemote)
+				p.inbound("I5 inbound disabled", p.client(i, p.appPort(netip.Addr{})), srvApp)
 			}
+			if got := nftTables(p); got != "" {
+				t.Errorf("I5: inbound disabled, yet the namespace holds nftables tables:\n%s", got)
+			}
+			ebpfInbound(t, p, env)
 			for range 2 {
 				if r := p.detourCmd(env, "uninstall"); r.code != 0 {
 					t.Fatalf("L4 uninstall:\n%s", r)
@@ -105,6 +113,109 @@ func TestEBPF(t *testing.T) {
 			}
 			port := p.remotePort()
 			p.outbound("after uninstall", p.app(0, netip.AddrPortFrom(kept, port)), srvRemote)
+			p.inbound("after uninstall", p.client(0, p.appPort(netip.Addr{})), srvApp)
+			if got := nftTables(p); got != "" {
+				t.Errorf("after uninstall the namespace holds nftables tables:\n%s", got)
+			}
+			if left := pinsLeft(t, env); len(left) > 0 {
+				t.Errorf("after uninstall, BPF pins of detour remain: %q", left)
+			}
 		})
 	}
+}
+
+// ebpfInbound installs --backend ebpf with inbound capture (the eBPF
+// backend's nftables table, `inet detour_ebpf_inbound`) over the pod's
+// outbound-only install and checks I1, I2, I4, O8, explain and check; the
+// caller uninstalls.
+func ebpfInbound(t *testing.T, p *pod, env []string) {
+	t.Helper()
+	exPort := p.appPort(netip.Addr{})
+	ex4, ex6 := subnet(p.rnd, lab.IPv4, 26), subnet(p.rnd, lab.IPv6, 64)
+	mine := ex4
+	if p.v.family == lab.IPv6 {
+		mine = ex6
+	}
+	args := p.withFlags("install", "--exclude-inbound-ports", strconv.Itoa(int(exPort)),
+		"--exclude-inbound-source-cidrs", csv(ex6, ex4))
+	if r := p.detourCmd(env, args...); r.code != 0 {
+		t.Fatalf("install with inbound:\n%s", r)
+	}
+	if r := p.detourCmd(env, args...); r.code != 0 || !strings.Contains(r.stdout, "no changes") {
+		t.Errorf("L2 re-install with inbound: want exit 0 and no changes:\n%s", r)
+	}
+	if got := nftTables(p); got != "table inet detour_ebpf_inbound" {
+		t.Errorf("nft list tables = %q, want only the eBPF backend's inbound table", got)
+	}
+	if len(pinsLeft(t, env)) == 0 {
+		t.Errorf("installed, yet nothing is pinned under DETOUR_EBPF_PIN_DIR (the uninstall check below would prove nothing)")
+	}
+	checkArgs := append([]string{"check"}, args[1:]...)
+	if r := p.detourCmd(env, checkArgs...); r.code != 0 {
+		t.Errorf("check with inbound installed: want exit 0 (in sync):\n%s", r)
+	}
+	if r := p.detourCmd(env, "status"); r.code != 0 || !strings.Contains(r.stdout, "detour_ebpf_inbound") || !strings.Contains(r.stdout, "connect4") {
+		t.Errorf("status: want the programs and the inbound table:\n%s", r)
+	}
+	// from is a client outside the excluded sources (I4 has its own cases).
+	from := func(port uint16) lab.DialOptions {
+		return lab.DialOptions{To: netip.AddrPortFrom(p.podAddr(), port), From: addrOutside(p.rnd, p.v.family, mine)}
+	}
+	for i := range cases() {
+		p.inbound("I1 any port of the workload", from(p.appPort(netip.Addr{})), srvInbound)
+		p.inbound("I2 excluded inbound port", from(exPort), srvApp)
+		to := netip.AddrPortFrom(p.podAddr(), p.appPort(netip.Addr{}))
+		p.inbound("I4 excluded source", lab.DialOptions{To: to, From: p.rnd.In(mine)}, srvApp)
+		p.inbound("I4 other source", lab.DialOptions{To: to, From: addrOutside(p.rnd, p.v.family, mine)}, srvInbound)
+		p.outbound("O1 with inbound on", p.app(i, p.remoteDest()), srvOutbound)
+		p.outbound("O8 the proxy dialing the pod's own address (hairpin)", lab.DialOptions{To: to, Cred: p.proxyCred()}, srvInbound)
+		p.outbound("O8 the proxy's passthrough", lab.DialOptions{To: to, From: p.passthroughSource(), Cred: p.proxyCred()}, srvApp)
+	}
+	p.inbound("I1 a closed port", from(p.rnd.Port()), srvInbound)
+	// explain answers inbound from the installed table.
+	for _, c := range []struct {
+		port     uint16
+		captured bool
+	}{{p.rnd.Port(), true}, {exPort, false}} {
+		eargs := append([]string{"explain", "-o", "json", "--inbound", "--from", from(0).From.String(),
+			"--to", netip.AddrPortFrom(p.podAddr(), c.port).String()}, args[1:]...)
+		r := p.detourCmd(env, eargs...)
+		var e explainView
+		if err := json.Unmarshal([]byte(r.stdout), &e); err != nil || r.code != 0 {
+			t.Errorf("explain inbound: %v\n%s", err, r)
+			continue
+		}
+		if e.AnsweredBy != "kernel" || e.Kernel == nil || e.Captured != c.captured || !e.Agree || !strings.Contains(e.Kernel.Rule, "detour_ebpf_inbound") && c.captured {
+			t.Errorf("explain inbound to port %d: want captured %v from the inbound table, agreeing with the config:\n%s", c.port, c.captured, r)
+		}
+	}
+}
+
+// nftTables lists the pod's nftables tables, one a line.
+func nftTables(p *pod) string {
+	p.t.Helper()
+	out, err := p.lab.Pod.Run(p.ctx, "nft", "list", "tables")
+	if err != nil {
+		p.t.Fatalf("nft list tables: %v\n%s", err, out)
+	}
+	return strings.TrimSpace(out)
+}
+
+// pinsLeft lists what remains under the test's pin directory.
+func pinsLeft(t *testing.T, env []string) []string {
+	t.Helper()
+	var dir string
+	for _, e := range env {
+		if v, ok := strings.CutPrefix(e, "DETOUR_EBPF_PIN_DIR="); ok {
+			dir = v
+		}
+	}
+	var left []string
+	filepath.WalkDir(dir, func(path string, d os.DirEntry, err error) error {
+		if err == nil && path != dir {
+			left = append(left, path)
+		}
+		return nil
+	})
+	return left
 }

@@ -293,10 +293,12 @@ func (r result) String() string {
 }
 
 // detourCmd runs the built detour with args (the subcommand first) and extra
-// environment, inside the pod namespace through --netns.
+// environment, inside the pod namespace through --netns. The lock wait is
+// raised from the default 10s: iptables-legacy's xtables lock is one file for
+// the whole machine, and the suite installs into dozens of namespaces at once.
 func (p *pod) detourCmd(env []string, args ...string) result {
 	p.t.Helper()
-	args = append([]string{args[0], "--netns", p.lab.Pod.Name}, args[1:]...)
+	args = append([]string{args[0], "--netns", p.lab.Pod.Name, "--lock-wait", "60s"}, args[1:]...)
 	return runDetour(p.t, p.ctx, env, args...)
 }
 

@@ -637,6 +637,7 @@ func invalidCases(t *testing.T, f lab.Family) []invalidCase {
 		{"unknown mode", []string{"--mode", "tunnel"}, nil, []string{"mode"}, "tunnel"},
 		{"unknown ip family", []string{"--ip-families", "ipv7"}, nil, []string{"ipFamilies", "--ip-families"}, "ipv7"},
 		{"unknown backend", []string{"--backend", "pf"}, nil, []string{"backend"}, "pf"},
+		{"ebpf cannot tproxy", []string{"--backend", "ebpf", "--mode", "tproxy"}, nil, []string{"mode"}, "tproxy"},
 		{"proxy uid not a number", []string{"--proxy-uid", "envoy"}, nil, []string{"proxy.uid", "--proxy-uid"}, "envoy"},
 		{"port range past 65535", []string{"--exclude-inbound-ports", "80,1-70000"}, nil, []string{"inbound.excludePorts", "--exclude-inbound-ports"}, "70000"},
 		{"uid port rule without uids", []string{"--exclude-outbound-ports-for-uids", "tcp:53"}, nil, []string{"outbound.excludePortsForUIDs", "--exclude-outbound-ports-for-uids"}, "tcp:53"},

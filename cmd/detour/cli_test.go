@@ -35,7 +35,9 @@ func TestUsageErrorsExit2(t *testing.T) {
 		{"bad port", []string{"install", "--exclude-outbound-ports", "80,70000"}, `outbound.excludePorts[1]: "70000" is not a port`},
 		{"bad cidr", []string{"install", "--exclude-outbound-cidrs", "abc"}, `outbound.excludeCIDRs[0]: "abc" is not a CIDR`},
 		{"bad mode", []string{"check", "--mode", "bounce"}, `mode: "bounce" is not one of redirect, tproxy`},
-		{"unknown backend", []string{"install", "--backend", "pf"}, `backend: "pf"`},
+		// An unknown name, never a valid one: a valid backend would install
+		// into the namespace the test runs in (the host's, as root).
+		{"unknown backend", []string{"install", "--backend", "bogus"}, `backend: "bogus" is not one of`},
 		{"ebpf has no tproxy", []string{"install", "--backend", "ebpf", "--mode", "tproxy"}, `mode: "tproxy" is not available with backend ebpf`},
 		{"missing netns", []string{"uninstall", "--netns", "dt-does-not-exist"}, `--netns: "dt-does-not-exist" is not a network namespace`},
 		{"netns is a regular file", []string{"status", "--netns", "/proc/self/status"}, `--netns: "/proc/self/status" is not a network namespace`},

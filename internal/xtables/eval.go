@@ -47,7 +47,10 @@ type Packet struct {
 	// TransparentSocket says a transparent socket already owns this flow
 	// (-m socket --transparent); false for a new connection.
 	TransparentSocket bool
-	Mark              uint32
+	// Mark is the packet's mark and CTMark its connection's mark (both 0 for
+	// a new connection of an application).
+	Mark   uint32
+	CTMark uint32
 }
 
 // Outcome is what the tables do with the packet.
@@ -108,7 +111,7 @@ type evaluation struct {
 	p       Packet
 	res     Result
 	mark    uint32
-	ctmark  uint32 // the connection's mark: 0 for a new connection
+	ctmark  uint32
 	untrack bool
 }
 
@@ -119,7 +122,7 @@ func (rs *Ruleset) Evaluate(p Packet) Result {
 	if p.CTState == "" {
 		p.CTState = "NEW"
 	}
-	ev := &evaluation{rs: rs, p: p, mark: p.Mark}
+	ev := &evaluation{rs: rs, p: p, mark: p.Mark, ctmark: p.CTMark}
 	for _, t := range tableOrder {
 		if t == "nat" && ev.untrack {
 			ev.res.Trace = append(ev.res.Trace, Step{Table: "nat", Chain: string(p.Hook), Rule: "skipped", Note: "the packet is untracked (raw CT --notrack)"})
@@ -323,35 +326,54 @@ func (ev *evaluation) setMark(r *Rule) error {
 	return fmt.Errorf("MARK without --set-xmark")
 }
 
-// connmark applies CONNMARK --save-mark (with its --nfmask and --ctmask) or
-// --restore-mark; other forms are not modeled.
+// connmark follows a CONNMARK target: --set-xmark/--set-mark change the
+// connection's mark, --save-mark copies the packet's mark into it and
+// --restore-mark the other way (under --nfmask and --ctmask, both all-ones by
+// default; iptables-save prints them).
 func (ev *evaluation) connmark(r *Rule) error {
-	nf, ct := uint32(0xffffffff), uint32(0xffffffff)
-	for _, name := range []string{"--nfmask", "--ctmask", "--mask"} {
-		if a := optArg(r.Args, name); a != "" {
-			v, err := strconv.ParseUint(a, 0, 32)
-			if err != nil {
-				return fmt.Errorf("CONNMARK %s %q", name, a)
-			}
-			switch name {
-			case "--nfmask":
-				nf = uint32(v)
-			case "--ctmask":
-				ct = uint32(v)
-			default:
-				nf, ct = uint32(v), uint32(v)
-			}
+	nfmask, ctmask := ^uint32(0), ^uint32(0)
+	for _, o := range r.Args {
+		var err error
+		switch o.Name {
+		case "--nfmask":
+			nfmask, err = parseUint32(optArg(r.Args, o.Name))
+		case "--ctmask":
+			ctmask, err = parseUint32(optArg(r.Args, o.Name))
+		}
+		if err != nil {
+			return fmt.Errorf("CONNMARK %s %v", o.Name, err)
 		}
 	}
-	switch {
-	case hasOpt(r.Args, "--save-mark"):
-		ev.ctmark = (ev.ctmark &^ ct) | (ev.mark & nf)
-	case hasOpt(r.Args, "--restore-mark"):
-		ev.mark = (ev.mark &^ nf) | (ev.ctmark & ct)
-	default:
-		return fmt.Errorf("CONNMARK without --save-mark or --restore-mark")
+	for _, o := range r.Args {
+		switch o.Name {
+		case "--set-xmark", "--set-mark":
+			if len(o.Args) != 1 {
+				return fmt.Errorf("CONNMARK %s without a value", o.Name)
+			}
+			v, m, err := valueMask(o.Args[0])
+			if err != nil {
+				return fmt.Errorf("CONNMARK %s %v", o.Name, err)
+			}
+			if o.Name == "--set-xmark" {
+				ev.ctmark = (ev.ctmark &^ m) ^ v
+			} else {
+				ev.ctmark = (ev.ctmark &^ m) | v
+			}
+			return nil
+		case "--save-mark":
+			ev.ctmark = (ev.ctmark &^ ctmask) ^ (ev.mark & nfmask)
+			return nil
+		case "--restore-mark":
+			ev.mark = (ev.mark &^ nfmask) ^ (ev.ctmark & ctmask)
+			return nil
+		}
 	}
-	return nil
+	return fmt.Errorf("CONNMARK without --set-xmark, --save-mark or --restore-mark")
+}
+
+func parseUint32(s string) (uint32, error) {
+	v, err := strconv.ParseUint(s, 0, 32)
+	return uint32(v), err
 }
 
 func optArg(os []Option, name string) string {

@@ -14,6 +14,11 @@ import (
 	"github.com/detour-mesh/detour/redirect/nftables"
 )
 
+// EBPFInboundTable is the nftables table (`table inet detour_ebpf_inbound`)
+// that holds the inbound share of an ebpf install: its own name, so the
+// nftables backend never takes it for its own state (`table inet detour`).
+const EBPFInboundTable = "detour_ebpf_inbound"
+
 // Options are what the Drivers need from the command line.
 type Options struct {
 	// LockWait bounds the Drivers' own lock waits (the xtables lock); 0 = 10s.
@@ -38,6 +43,12 @@ func All(o Options) []redirect.Driver {
 	e := o.EBPF
 	if e.Loader.Logger == nil {
 		e.Loader.Logger = o.Logger
+	}
+	if e.Inbound == nil {
+		// Connect hooks never see inbound connections: the inbound share of
+		// an ebpf plan (and the proxy's hairpin, O8) is an nftables table of
+		// its own, which the eBPF Driver installs, observes and removes.
+		e.Inbound = nftables.New(nftables.Options{TableName: EBPFInboundTable, Logger: o.Logger})
 	}
 	out = append(out, bpf.NewDriver(e))
 	return out

@@ -175,11 +175,14 @@ func (ev *evaluator) match(r Rule, pk packet) (target string, opts map[string]st
 		case "--transparent":
 			need(pk.transparentSck)
 		case "--mark":
-			// The modeled connections are opened by the app or arrive from
-			// the network: neither the packet nor its connection has a mark
-			// (the proxy's original-source connections are not modeled).
-			arg()
-			need(false)
+			// A new connection of an application: neither the packet nor
+			// its connection carries a mark.
+			v, _, _ := strings.Cut(arg(), "/")
+			n, err := strconv.ParseUint(v, 0, 32)
+			if err != nil {
+				ev.t.Fatalf("rule %q: mark %q", r.Spec, v)
+			}
+			need(n == 0)
 		case "--comment", "--limit":
 			arg()
 		case "-j", "-g":
@@ -188,12 +191,12 @@ func (ev *evaluator) match(r Rule, pk packet) (target string, opts map[string]st
 			for i+1 < len(tok) {
 				i++
 				k := tok[i]
-				if k == "--save-mark" || k == "--restore-mark" { // CONNMARK's flags take no value
-					opts[k] = ""
-					continue
-				}
-				if !strings.HasPrefix(k, "--") || i+1 >= len(tok) {
+				if !strings.HasPrefix(k, "--") {
 					ev.t.Fatalf("rule %q: target option %q", r.Spec, k)
+				}
+				if i+1 >= len(tok) || strings.HasPrefix(tok[i+1], "--") {
+					opts[k] = "" // a flag such as --save-mark
+					continue
 				}
 				i++
 				opts[k] = tok[i]

@@ -4,6 +4,7 @@ package nftables
 
 import (
 	"log/slog"
+	"strings"
 
 	"github.com/detour-mesh/detour/redirect"
 )
@@ -14,7 +15,11 @@ type Options struct {
 	// NetNSFd is an fd of the target network namespace; 0 = the namespace of
 	// the calling OS thread. Sockets are opened in it: no thread switches.
 	NetNSFd int
-	Logger  *slog.Logger // nil = discard
+	// TableName is the `inet` table the Driver owns; "" = TableName
+	// ("detour"). The eBPF backend's inbound share uses its own name, so that
+	// the nftables backend never takes it for its own state.
+	TableName string
+	Logger    *slog.Logger // nil = discard
 }
 
 // Driver observes, applies and removes detour's nftables table over netlink.
@@ -23,6 +28,20 @@ type Driver struct{ opts Options }
 
 // New returns a Driver.
 func New(o Options) *Driver { return &Driver{opts: o} }
+
+func (d *Driver) table() string {
+	if d.opts.TableName == "" {
+		return TableName
+	}
+	return d.opts.TableName
+}
+
+// ownTable reports whether an inet table of this name is detour's: TableName
+// itself or TableName followed by "_" (another Driver's, such as the eBPF
+// backend's inbound table). auto does not count them as other tools' tables.
+func ownTable(name string) bool {
+	return name == TableName || strings.HasPrefix(name, TableName+"_")
+}
 
 func (d *Driver) log() *slog.Logger {
 	if d.opts.Logger == nil {

@@ -68,6 +68,7 @@ func (d *Driver) Render(p redirect.Plan) (redirect.Rendering, error) {
 	if err != nil {
 		return redirect.Rendering{}, err
 	}
+	rs.Table = d.table()
 	r := redirect.Rendering{Backend: redirect.BackendNFTables}
 	for _, fc := range p.Capture.Families {
 		var b strings.Builder
@@ -110,7 +111,7 @@ func (d *Driver) Explain(have redirect.Installed, c redirect.Conn) (redirect.Ker
 		return kv, err
 	}
 	kv.Captured, kv.Port = out.captured, out.port
-	prefix := "add rule inet " + TableName + " "
+	prefix := "add rule inet " + d.table() + " "
 	if out.rule != "" {
 		kv.Rule = prefix + out.rule
 	}

@@ -195,7 +195,7 @@ func (rs *Ruleset) ruleMessages() ([]message, error) {
 			}
 			ud := appendUD(appendUD(nil, udText, []byte(r.Text())), udFingerprint, fp)
 			data, err := netlink.MarshalAttributes([]netlink.Attribute{
-				{Type: unix.NFTA_RULE_TABLE, Data: []byte(TableName + "\x00")},
+				{Type: unix.NFTA_RULE_TABLE, Data: []byte(rs.name() + "\x00")},
 				{Type: unix.NFTA_RULE_CHAIN, Data: []byte(ch.Name + "\x00")},
 				{Type: unix.NLA_F_NESTED | unix.NFTA_RULE_EXPRESSIONS, Data: le},
 				{Type: unix.NFTA_RULE_USERDATA, Data: ud},
@@ -208,7 +208,7 @@ func (rs *Ruleset) ruleMessages() ([]message, error) {
 					Header: netlink.Header{Type: msgNewRule, Flags: netlink.Request | netlink.Acknowledge | netlink.Create | unix.NLM_F_APPEND},
 					Data:   append([]byte{family, unix.NFNETLINK_V0, 0, 0}, data...),
 				},
-				what: "add rule inet " + TableName + " " + ch.Name + " " + r.Text(),
+				what: "add rule inet " + rs.name() + " " + ch.Name + " " + r.Text(),
 			})
 		}
 	}
@@ -243,11 +243,11 @@ func libMessages(build func(c *nft.Conn) error) ([]netlink.Message, error) {
 	return got[1 : len(got)-1], nil // without the library's batch begin and end
 }
 
-func table() *nft.Table { return &nft.Table{Name: TableName, Family: nft.TableFamilyINet} }
+func table(name string) *nft.Table { return &nft.Table{Name: name, Family: nft.TableFamilyINet} }
 
-func (s *Set) libSet(id uint32) *nft.Set {
+func (s *Set) libSet(t *nft.Table, id uint32) *nft.Set {
 	kt := map[setKind]nft.SetDatatype{kindIPv4: nft.TypeIPAddr, kindIPv6: nft.TypeIP6Addr, kindPort: nft.TypeInetService, kindUID: nft.TypeUID, kindGID: nft.TypeGID}[s.Kind]
-	return &nft.Set{Table: table(), ID: id, Name: s.Name, Interval: true, KeyType: kt}
+	return &nft.Set{Table: t, ID: id, Name: s.Name, Interval: true, KeyType: kt}
 }
 
 func (s *Set) libElements() []nft.SetElement {
@@ -273,30 +273,31 @@ func (rs *Ruleset) batch(replace bool) ([]message, error) {
 	}
 	var whats []string
 	lm, err := libMessages(func(c *nft.Conn) error {
-		t := table()
+		name := rs.name()
+		t := table(name)
 		if replace {
 			c.AddTable(t)
 			c.DelTable(t)
-			whats = append(whats, "add table inet "+TableName, "delete table inet "+TableName)
+			whats = append(whats, "add table inet "+name, "delete table inet "+name)
 		}
 		if rs.Empty() {
 			return nil
 		}
 		c.AddTable(t)
-		whats = append(whats, "add table inet "+TableName)
+		whats = append(whats, "add table inet "+name)
 		for i, s := range rs.Sets {
-			ls := s.libSet(uint32(i + 1)) // IDs set here: the library's own counter is shared by every Conn
+			ls := s.libSet(t, uint32(i+1)) // IDs set here: the library's own counter is shared by every Conn
 			if err := c.AddSet(ls, nil); err != nil {
 				return fmt.Errorf("set %s: %w", s.Name, err)
 			}
-			whats = append(whats, fmt.Sprintf("add set inet %s %s", TableName, s.Name))
+			whats = append(whats, fmt.Sprintf("add set inet %s %s", name, s.Name))
 			elems := s.libElements()
 			for len(elems) > 0 {
 				n := min(len(elems), elemsPerChunk)
 				if err := c.SetAddElements(ls, elems[:n]); err != nil {
 					return fmt.Errorf("elements of set %s: %w", s.Name, err)
 				}
-				whats = append(whats, fmt.Sprintf("add element inet %s %s (%d keys)", TableName, s.Name, n))
+				whats = append(whats, fmt.Sprintf("add element inet %s %s (%d keys)", name, s.Name, n))
 				elems = elems[n:]
 			}
 		}
@@ -308,7 +309,7 @@ func (rs *Ruleset) batch(replace bool) ([]message, error) {
 				lc.Hooknum, lc.Priority, lc.Type, lc.Policy = &num, &prio, nft.ChainType(h.Type), &policy
 			}
 			c.AddChain(lc)
-			whats = append(whats, ch.decl())
+			whats = append(whats, ch.decl(name))
 		}
 		return nil
 	})

@@ -90,11 +90,15 @@ func (d *Driver) ObserveTable(ctx context.Context) (*Observed, error) {
 	if err != nil {
 		return nil, err
 	}
-	o := &Observed{}
+	name := d.table()
+	o := &Observed{v: view{table: name}, rs: Ruleset{Table: name}}
 	for _, t := range tables {
-		if t.family == unix.NFPROTO_INET && t.name == TableName {
+		if t.family == unix.NFPROTO_INET && t.name == name {
 			o.present = true
 			continue
+		}
+		if t.family == unix.NFPROTO_INET && ownTable(t.name) {
+			continue // another Driver's table of detour's (the eBPF backend's inbound table): not another tool's
 		}
 		o.foreign = append(o.foreign, familyNames[t.family]+" "+t.name)
 	}
@@ -105,13 +109,13 @@ func (d *Driver) ObserveTable(ctx context.Context) (*Observed, error) {
 	if err != nil {
 		return nil, err
 	}
-	sets, err := lc.GetSets(table())
+	sets, err := lc.GetSets(table(name))
 	if err != nil {
-		return nil, fmt.Errorf("list sets of table inet %s: %w", TableName, err)
+		return nil, fmt.Errorf("list sets of table inet %s: %w", name, err)
 	}
 	sort.SliceStable(sets, func(i, j int) bool { return sets[i].ID < sets[j].ID })
 	for _, s := range sets {
-		vs, set, err := observeSet(lc, s)
+		vs, set, err := observeSet(lc, s, name)
 		if err != nil {
 			return nil, err
 		}
@@ -124,17 +128,17 @@ func (d *Driver) ObserveTable(ctx context.Context) (*Observed, error) {
 	}
 	chains, err := lc.ListChainsOfTableFamily(nft.TableFamilyINet)
 	if err != nil {
-		return nil, fmt.Errorf("list chains of table inet %s: %w", TableName, err)
+		return nil, fmt.Errorf("list chains of table inet %s: %w", name, err)
 	}
-	rules, err := dumpRules(c)
+	rules, err := dumpRules(c, name)
 	if err != nil {
 		return nil, err
 	}
 	for _, ch := range chains {
-		if ch.Table == nil || ch.Table.Name != TableName {
+		if ch.Table == nil || ch.Table.Name != name {
 			continue
 		}
-		vc := viewChain{name: ch.Name, decl: "add chain inet " + TableName + " " + ch.Name}
+		vc := viewChain{name: ch.Name, decl: "add chain inet " + name + " " + ch.Name}
 		rc := &Chain{Name: ch.Name}
 		if ch.Hooknum != nil {
 			hook := map[nft.ChainHook]string{*nft.ChainHookPrerouting: "prerouting", *nft.ChainHookOutput: "output"}[*ch.Hooknum]
@@ -149,7 +153,7 @@ func (d *Driver) ObserveTable(ctx context.Context) (*Observed, error) {
 			if ch.Policy != nil && *ch.Policy == nft.ChainPolicyDrop {
 				policy = "drop"
 			}
-			vc.decl = fmt.Sprintf("add chain inet %s %s { type %s hook %s priority %d; policy %s; }", TableName, ch.Name, ch.Type, hook, prio, policy)
+			vc.decl = fmt.Sprintf("add chain inet %s %s { type %s hook %s priority %d; policy %s; }", name, ch.Name, ch.Type, hook, prio, policy)
 			rc.Hook = &Hook{Type: string(ch.Type), Hook: hook, Priority: prio}
 		} else {
 			vc.fam = familyOfName(ch.Name)
@@ -176,11 +180,11 @@ func (d *Driver) ObserveTable(ctx context.Context) (*Observed, error) {
 
 var kindByType = map[string]setKind{"ipv4_addr": kindIPv4, "ipv6_addr": kindIPv6, "inet_service": kindPort, "uid": kindUID, "gid": kindGID}
 
-func observeSet(lc *nft.Conn, s *nft.Set) (viewSet, *Set, error) {
+func observeSet(lc *nft.Conn, s *nft.Set, table string) (viewSet, *Set, error) {
 	vs := viewSet{fam: familyOfName(s.Name)}
 	kind, ok := kindByType[s.KeyType.Name]
 	if !ok || !s.Interval {
-		vs.lines = []string{fmt.Sprintf("add set inet %s %s { type %s; } # not a set detour makes", TableName, s.Name, s.KeyType.Name)}
+		vs.lines = []string{fmt.Sprintf("add set inet %s %s { type %s; } # not a set detour makes", table, s.Name, s.KeyType.Name)}
 		return vs, nil, nil
 	}
 	elems, err := lc.GetSetElements(s)
@@ -222,7 +226,7 @@ func observeSet(lc *nft.Conn, s *nft.Set) (viewSet, *Set, error) {
 	if open != nil {
 		set.Elems = append(set.Elems, keyRange{open, bytes.Repeat([]byte{0xff}, w)})
 	}
-	vs.lines = set.lines()
+	vs.lines = set.lines(table)
 	return vs, set, nil
 }
 
@@ -246,8 +250,8 @@ type dumpedRule struct {
 // text is the one its userdata carries when its expressions still hash to the
 // fingerprint stored with it; otherwise it says what is wrong, so it never
 // equals a planned line.
-func dumpRules(c *netlink.Conn) (map[string][]dumpedRule, error) {
-	req, err := netlink.MarshalAttributes([]netlink.Attribute{{Type: unix.NFTA_RULE_TABLE, Data: []byte(TableName + "\x00")}})
+func dumpRules(c *netlink.Conn, table string) (map[string][]dumpedRule, error) {
+	req, err := netlink.MarshalAttributes([]netlink.Attribute{{Type: unix.NFTA_RULE_TABLE, Data: []byte(table + "\x00")}})
 	if err != nil {
 		return nil, err
 	}
@@ -256,7 +260,7 @@ func dumpRules(c *netlink.Conn) (map[string][]dumpedRule, error) {
 		Data:   append(nfgen(unix.NFPROTO_INET), req...),
 	})
 	if err != nil {
-		return nil, fmt.Errorf("list rules of table inet %s: %w", TableName, err)
+		return nil, fmt.Errorf("list rules of table inet %s: %w", table, err)
 	}
 	out := map[string][]dumpedRule{}
 	for _, m := range msgs {
@@ -293,7 +297,7 @@ func dumpRules(c *netlink.Conn) (map[string][]dumpedRule, error) {
 				}
 			}
 		}
-		if tbl != TableName {
+		if tbl != table {
 			continue
 		}
 		r.text = ruleText(r.handle, exprs, ud)
@@ -326,6 +330,9 @@ func ruleText(handle uint64, exprs [][]byte, ud []byte) string {
 // meanwhile is replaced, never added to, so concurrent applies of one plan
 // end in exactly one copy even without detour's lock.
 func (d *Driver) ApplyRuleset(ctx context.Context, rs *Ruleset, have *Observed) (bool, error) {
+	named := *rs
+	named.Table = d.table() // the Driver's table, whatever rs was rendered for
+	rs = &named
 	if slices.Equal(have.Lines(""), rs.Lines("")) {
 		return false, nil
 	}
@@ -339,7 +346,7 @@ func (d *Driver) ApplyRuleset(ctx context.Context, rs *Ruleset, have *Observed) 
 	if err := d.send(ctx, msgs, true); err != nil {
 		return false, err
 	}
-	d.log().Info("applied nftables table", "table", "inet "+TableName, "messages", len(msgs))
+	d.log().Info("applied nftables table", "table", "inet "+rs.name(), "messages", len(msgs))
 	return true, nil
 }
 
@@ -349,7 +356,7 @@ func (d *Driver) RemoveTable(ctx context.Context, have *Observed) error {
 	if have.Empty() {
 		return nil
 	}
-	msgs, err := (&Ruleset{}).batch(true)
+	msgs, err := (&Ruleset{Table: d.table()}).batch(true)
 	if err != nil {
 		return err
 	}

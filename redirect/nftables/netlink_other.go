@@ -13,8 +13,9 @@ import (
 
 // Options configure a Driver.
 type Options struct {
-	NetNSFd int
-	Logger  *slog.Logger
+	NetNSFd   int
+	TableName string
+	Logger    *slog.Logger
 }
 
 // Driver is the nftables backend; github.com/google/nftables builds on Linux

@@ -35,6 +35,9 @@ const (
 // `table inet detour`, in the order they are created. Render makes it; it is
 // pure data, the same bytes for the same Capture.
 type Ruleset struct {
+	// Table is the table's name; "" = TableName. The Driver sets it to its
+	// Options.TableName before rendering text or applying.
+	Table    string
 	Mode     redirect.Mode
 	Families []redirect.Family
 	Sets     []*Set
@@ -430,9 +433,17 @@ func (rs *Ruleset) Text() string {
 // whose declarations every family shares).
 func (rs *Ruleset) Lines(f redirect.Family) []string { return rs.view().lines(f) }
 
-func (ch *Chain) decl() string {
-	if ch.Hook == nil {
-		return "add chain inet " + TableName + " " + ch.Name
+// name is the table's name.
+func (rs *Ruleset) name() string {
+	if rs.Table == "" {
+		return TableName
 	}
-	return fmt.Sprintf("add chain inet %s %s { type %s hook %s priority %d; policy accept; }", TableName, ch.Name, ch.Hook.Type, ch.Hook.Hook, ch.Hook.Priority)
+	return rs.Table
+}
+
+func (ch *Chain) decl(table string) string {
+	if ch.Hook == nil {
+		return "add chain inet " + table + " " + ch.Name
+	}
+	return fmt.Sprintf("add chain inet %s %s { type %s hook %s priority %d; policy accept; }", table, ch.Name, ch.Hook.Type, ch.Hook.Hook, ch.Hook.Priority)
 }

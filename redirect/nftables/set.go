@@ -163,10 +163,10 @@ func (k setKind) elemText(r keyRange) string {
 }
 
 // lines are the set's declaration and its elements, one a line.
-func (s *Set) lines() []string {
-	out := []string{fmt.Sprintf("add set inet %s %s { type %s; flags interval; }", TableName, s.Name, s.Kind.typeName())}
+func (s *Set) lines(table string) []string {
+	out := []string{fmt.Sprintf("add set inet %s %s { type %s; flags interval; }", table, s.Name, s.Kind.typeName())}
 	for _, e := range s.Elems {
-		out = append(out, fmt.Sprintf("add element inet %s %s { %s }", TableName, s.Name, s.Kind.elemText(e)))
+		out = append(out, fmt.Sprintf("add element inet %s %s { %s }", table, s.Name, s.Kind.elemText(e)))
 	}
 	return out
 }

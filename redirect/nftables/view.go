@@ -11,6 +11,7 @@ import (
 // view is a table in text form: what Render plans and what observation reads
 // back are both turned into one, and compared line by line.
 type view struct {
+	table  string // "" = TableName
 	sets   []viewSet
 	chains []viewChain
 }
@@ -33,12 +34,12 @@ type viewRule struct {
 }
 
 func (rs *Ruleset) view() view {
-	var v view
+	v := view{table: rs.name()}
 	for _, s := range rs.Sets {
-		v.sets = append(v.sets, viewSet{fam: s.Family, lines: s.lines()})
+		v.sets = append(v.sets, viewSet{fam: s.Family, lines: s.lines(v.table)})
 	}
 	for _, ch := range rs.Chains {
-		vc := viewChain{fam: ch.Family, name: ch.Name, decl: ch.decl()}
+		vc := viewChain{fam: ch.Family, name: ch.Name, decl: ch.decl(v.table)}
 		for _, r := range ch.Rules {
 			vc.rules = append(vc.rules, viewRule{fam: r.Family, text: r.Text()})
 		}
@@ -52,7 +53,11 @@ func (v view) lines(f redirect.Family) []string {
 	if len(v.sets) == 0 && len(v.chains) == 0 {
 		return nil
 	}
-	out := []string{"add table inet " + TableName}
+	table := v.table
+	if table == "" {
+		table = TableName
+	}
+	out := []string{"add table inet " + table}
 	for _, s := range v.sets {
 		if f == "" || s.fam == f {
 			out = append(out, s.lines...)
@@ -69,7 +74,7 @@ func (v view) lines(f redirect.Family) []string {
 		}
 		for _, r := range ch.rules {
 			if f == "" || r.fam == "" || r.fam == f {
-				out = append(out, "add rule inet "+TableName+" "+ch.name+" "+r.text)
+				out = append(out, "add rule inet "+table+" "+ch.name+" "+r.text)
 			}
 		}
 	}

@@ -595,11 +595,13 @@ func (in *Installer) Uninstall(ctx context.Context) ([]string, error) {
 // returned; later failures are logged and retried. When ctx ends, Run uninstalls
 // if CleanupOnExit is set and returns nil.
 func (in *Installer) Run(ctx context.Context) error {
+	// Watch before the first install: a change made between that install and
+	// the watcher's start would otherwise wait for the next poll.
+	events, closeWatch := in.watch()
+	defer closeWatch()
 	if _, err := in.Install(ctx); err != nil {
 		return err
 	}
-	events, closeWatch := in.watch()
-	defer closeWatch()
 	tick := time.NewTicker(in.o.PollInterval)
 	defer tick.Stop()
 	repair := func(why string) {

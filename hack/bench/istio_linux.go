@@ -36,6 +36,18 @@ func runIstio(ctx context.Context, agent string, runs int, installs map[string]t
 			if out, err := exec.CommandContext(ctx, "ip", "-n", ns, "link", "set", "lo", "up").CombinedOutput(); err != nil {
 				return fmt.Errorf("ip link set lo up: %v: %s", err, out)
 			}
+			// pilot-agent refuses to run without a non-loopback address ("no
+			// valid local IP address found"): give the namespace a veth pair of
+			// its own with a documentation address, inside the namespace only.
+			for _, args := range [][]string{
+				{"-n", ns, "link", "add", "d0", "type", "veth", "peer", "name", "d1"},
+				{"-n", ns, "addr", "add", "192.0.2.10/24", "dev", "d0"},
+				{"-n", ns, "link", "set", "d0", "up"},
+			} {
+				if out, err := exec.CommandContext(ctx, "ip", args...).CombinedOutput(); err != nil {
+					return fmt.Errorf("ip %v: %v: %s", args, err, out)
+				}
+			}
 			start := time.Now()
 			if err := exec.CommandContext(ctx, "ip", "netns", "exec", ns, "true").Run(); err != nil {
 				return err

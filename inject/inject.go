@@ -438,33 +438,24 @@ func configArgs(cfg redirect.Config) []string {
 }
 
 func (in *Injector) installContainer(cfg redirect.Config) corev1.Container {
-	return corev1.Container{
-		Name:    InitName,
-		Image:   in.mesh.Injection.DetourImage,
-		Command: []string{"/usr/local/bin/detour"},
-		Args:    append([]string{"install"}, configArgs(cfg)...),
-		Resources: corev1.ResourceRequirements{
-			Requests: corev1.ResourceList{corev1.ResourceCPU: resource.MustParse("10m"), corev1.ResourceMemory: resource.MustParse("16Mi")},
-			Limits:   corev1.ResourceList{corev1.ResourceMemory: resource.MustParse("64Mi")},
-		},
-		SecurityContext: &corev1.SecurityContext{
-			RunAsUser:                ptr(int64(0)),
-			RunAsNonRoot:             ptr(false),
-			ReadOnlyRootFilesystem:   ptr(true),
-			AllowPrivilegeEscalation: ptr(false),
-			Capabilities:             &corev1.Capabilities{Drop: []corev1.Capability{"ALL"}, Add: []corev1.Capability{"NET_ADMIN", "NET_RAW"}},
-		},
-		// iptables takes its lock in /run/xtables.lock.
-		VolumeMounts: []corev1.VolumeMount{{Name: RunVolume, MountPath: "/run"}},
-	}
+	c := in.detourContainer(InitName, "install", cfg, "NET_ADMIN", "NET_RAW")
+	// iptables takes its lock in /run/xtables.lock.
+	c.VolumeMounts = []corev1.VolumeMount{{Name: RunVolume, MountPath: "/run"}}
+	return c
 }
 
 func (in *Injector) validateContainer(cfg redirect.Config) corev1.Container {
+	return in.detourContainer(ValidateName, "validate", cfg, "SETUID", "SETGID")
+}
+
+// detourContainer runs one detour command with cfg as flags, as root with
+// exactly the capabilities caps.
+func (in *Injector) detourContainer(name, command string, cfg redirect.Config, caps ...corev1.Capability) corev1.Container {
 	return corev1.Container{
-		Name:    ValidateName,
+		Name:    name,
 		Image:   in.mesh.Injection.DetourImage,
 		Command: []string{"/usr/local/bin/detour"},
-		Args:    append([]string{"validate"}, configArgs(cfg)...),
+		Args:    append([]string{command}, configArgs(cfg)...),
 		Resources: corev1.ResourceRequirements{
 			Requests: corev1.ResourceList{corev1.ResourceCPU: resource.MustParse("10m"), corev1.ResourceMemory: resource.MustParse("16Mi")},
 			Limits:   corev1.ResourceList{corev1.ResourceMemory: resource.MustParse("64Mi")},
@@ -472,9 +463,9 @@ func (in *Injector) validateContainer(cfg redirect.Config) corev1.Container {
 		SecurityContext: &corev1.SecurityContext{
 			RunAsUser:                ptr(int64(0)),
 			RunAsNonRoot:             ptr(false),
-			AllowPrivilegeEscalation: ptr(false),
 			ReadOnlyRootFilesystem:   ptr(true),
-			Capabilities:             &corev1.Capabilities{Drop: []corev1.Capability{"ALL"}, Add: []corev1.Capability{"SETUID", "SETGID"}},
+			AllowPrivilegeEscalation: ptr(false),
+			Capabilities:             &corev1.Capabilities{Drop: []corev1.Capability{"ALL"}, Add: caps},
 		},
 	}
 }

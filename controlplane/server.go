@@ -104,6 +104,9 @@ func NewServer(opts ServerOptions) *Server {
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
 		// A thousand idle proxies must not each pin a 32 KiB write buffer.
 		grpc.SharedWriteBuffer(true),
+		// Proxies send small requests (ACKs): a 4 KiB read buffer, borrowed
+		// from a pool while a connection has data to read, holds several.
+		grpc.ReadBufferSize(xdsReadBufferSize),
 		experimental.BufferPool(xdsBufferPool),
 		grpc.ForceServerCodecV2(newXDSCodec()),
 	}
@@ -118,6 +121,11 @@ func NewServer(opts ServerOptions) *Server {
 	healthpb.RegisterHealthServer(s.grpc, s.health)
 	return s
 }
+
+// xdsReadBufferSize is the read buffer of an ADS connection (gRPC's default
+// is 32 KiB). gRPC pools read buffers by size: with 10,000 proxies ACKing a
+// change at once, the pool held 45 MiB of 32 KiB buffers.
+const xdsReadBufferSize = 4 << 10
 
 const adsService = "envoy.service.discovery.v3.AggregatedDiscoveryService"
 

@@ -172,6 +172,13 @@ func (ev *evaluator) match(r Rule, pk packet) (target string, opts map[string]st
 			need(pk.dstLocal)
 		case "--ctstate":
 			need(slices.Contains(strings.Split(arg(), ","), pk.ctstate))
+		case "--tcp-flags":
+			// The packet is the first of a new connection: SYN alone.
+			mask, set := arg(), arg()
+			if mask != "FIN,SYN,RST,ACK" {
+				ev.t.Fatalf("rule %q: tcp flags mask %s unknown to the evaluator", r.Spec, mask)
+			}
+			need(set == "SYN")
 		case "--transparent":
 			need(pk.transparentSck)
 		case "--mark":

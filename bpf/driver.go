@@ -326,9 +326,6 @@ func (d *Driver) Explain(have redirect.Installed, c redirect.Conn) (redirect.Ker
 	}
 	kv := sc.entries.explain(c)
 	v.Captured, v.Port, v.Rule, v.Path = kv.captured, kv.port, kv.rule, kv.path
-	if kv.captured && c.Protocol == redirect.TCP && sc.entries.cfg.Flags&flagAccel != 0 {
-		kv.why = strings.TrimPrefix(kv.why+"; accelerated: sk_msg passes its bytes between app and proxy socket to socket", "; ")
-	}
 	if v.Rule == "" && kv.why != "" {
 		v.Rule = "# " + kv.why
 	} else if kv.why != "" {

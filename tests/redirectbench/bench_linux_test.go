@@ -45,6 +45,7 @@ func envInt(name string, def int) int {
 type result struct {
 	backend      string
 	connsPerSec  float64
+	cpuPerConn   time.Duration // user+system CPU of this process (clients, relay, server, and the kernel work done on their behalf) per connection
 	p50, p99     time.Duration
 	mbytesPerSec float64
 }
@@ -107,14 +108,25 @@ func TestCompareBackends(t *testing.T) {
 		load = strings.Join(strings.Fields(string(b))[:3], " ")
 	}
 	var b strings.Builder
-	fmt.Fprintf(&b, "\n| path | new connections/s | request/response p50 | p99 | stream MB/s |\n| --- | ---: | ---: | ---: | ---: |\n")
+	fmt.Fprintf(&b, "\n| path | new connections/s | CPU per connection | request/response p50 | p99 | stream MB/s |\n| --- | ---: | ---: | ---: | ---: | ---: |\n")
 	for _, p := range todo {
 		r := median(runs[p.name])
-		fmt.Fprintf(&b, "| %s | %.0f | %s | %s | %.0f |\n", p.name, r.connsPerSec, r.p50.Round(time.Microsecond), r.p99.Round(time.Microsecond), r.mbytesPerSec)
+		fmt.Fprintf(&b, "| %s | %.0f | %s | %s | %s | %.0f |\n", p.name, r.connsPerSec, r.cpuPerConn.Round(time.Microsecond), r.p50.Round(time.Microsecond), r.p99.Round(time.Microsecond), r.mbytesPerSec)
 	}
-	fmt.Fprintf(&b, "| (medians of %d interleaved runs, %d clients, %ds each; load average after: %s) | | | | |\n",
+	fmt.Fprintf(&b, "| (medians of %d interleaved runs, %d clients, %ds each; load average after: %s) | | | | | |\n",
 		reps, envInt("BENCH_WORKERS", 8), envInt("BENCH_SECONDS", 3), load)
 	fmt.Print(b.String())
+}
+
+// cpuTime is the user and system CPU time this process has used: every
+// thread of the clients, the relay and the server, and the softirq work the
+// kernel does in their context (loopback and veth delivery).
+func cpuTime() time.Duration {
+	var ru unix.Rusage
+	if err := unix.Getrusage(unix.RUSAGE_SELF, &ru); err != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
 // median takes each figure's median on its own.
@@ -132,6 +144,7 @@ func median(rs []result) result {
 	}
 	return result{
 		connsPerSec:  pick(func(r result) float64 { return r.connsPerSec }),
+		cpuPerConn:   time.Duration(pick(func(r result) float64 { return float64(r.cpuPerConn) })),
 		p50:          time.Duration(pick(func(r result) float64 { return float64(r.p50) })),
 		p99:          time.Duration(pick(func(r result) float64 { return float64(r.p99) })),
 		mbytesPerSec: pick(func(r result) float64 { return r.mbytesPerSec }),
@@ -382,6 +395,7 @@ func measure(t *testing.T, name string, pod *lab.NetNS) result {
 	workers, dur := envInt("BENCH_WORKERS", 8), time.Duration(envInt("BENCH_SECONDS", 3))*time.Second
 	var n atomic.Int64
 	var wg sync.WaitGroup
+	cpu0 := cpuTime()
 	deadline := time.Now().Add(dur)
 	for range workers {
 		wg.Add(1)
@@ -406,6 +420,9 @@ func measure(t *testing.T, name string, pod *lab.NetNS) result {
 	}
 	wg.Wait()
 	r.connsPerSec = float64(n.Load()) / dur.Seconds()
+	if n.Load() > 0 {
+		r.cpuPerConn = (cpuTime() - cpu0) / time.Duration(n.Load())
+	}
 
 	if e := relayErrors.Swap(0); e > 0 {
 		t.Logf("%s: the relay failed %d connections, last: %v", name, e, lastRelayError.Load())
@@ -448,6 +465,6 @@ func measure(t *testing.T, name string, pod *lab.NetNS) result {
 	if got != int64(size) {
 		t.Errorf("%s: stream received %d of %d bytes", name, got, size)
 	}
-	t.Logf("%s: %.0f conn/s, p50 %s p99 %s, %.0f MB/s", name, r.connsPerSec, r.p50, r.p99, r.mbytesPerSec)
+	t.Logf("%s: %.0f conn/s (%s CPU each), p50 %s p99 %s, %.0f MB/s", name, r.connsPerSec, r.cpuPerConn, r.p50, r.p99, r.mbytesPerSec)
 	return r
 }

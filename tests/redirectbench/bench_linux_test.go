@@ -34,6 +34,11 @@ const (
 
 var serverAddr = netip.AddrPortFrom(netip.MustParseAddr("198.51.100.10"), serverPort)
 
+// answeredAddr is a destination the relay answers itself, without an
+// upstream connection: the workload that leaves the least besides the
+// redirection (the direct path reaches the echo server there).
+var answeredAddr = netip.AddrPortFrom(netip.MustParseAddr("198.51.100.10"), serverPort+1)
+
 // durations and sizes, overridable for a quick run.
 func envInt(name string, def int) int {
 	if v, err := strconv.Atoi(os.Getenv(name)); err == nil && v > 0 {
@@ -43,11 +48,12 @@ func envInt(name string, def int) int {
 }
 
 type result struct {
-	backend      string
-	connsPerSec  float64
-	cpuPerConn   time.Duration // user+system CPU of this process (clients, relay, server, and the kernel work done on their behalf) per connection
-	p50, p99     time.Duration
-	mbytesPerSec float64
+	backend        string
+	connsPerSec    float64
+	answeredPerSec float64       // new connections/s that the relay answers itself
+	cpuPerConn     time.Duration // user+system CPU of this process (clients, relay, server, and the kernel work done on their behalf) per connection
+	p50, p99       time.Duration
+	mbytesPerSec   float64
 }
 
 // path is one way a connection reaches the upstream: direct, or
@@ -108,14 +114,70 @@ func TestCompareBackends(t *testing.T) {
 		load = strings.Join(strings.Fields(string(b))[:3], " ")
 	}
 	var b strings.Builder
-	fmt.Fprintf(&b, "\n| path | new connections/s | CPU per connection | request/response p50 | p99 | stream MB/s |\n| --- | ---: | ---: | ---: | ---: | ---: |\n")
+	fmt.Fprintf(&b, "\n| path | new connections/s | CPU per connection | proxy-answered connections/s | request/response p50 | p99 | stream MB/s |\n| --- | ---: | ---: | ---: | ---: | ---: | ---: |\n")
 	for _, p := range todo {
 		r := median(runs[p.name])
-		fmt.Fprintf(&b, "| %s | %.0f | %s | %s | %s | %.0f |\n", p.name, r.connsPerSec, r.cpuPerConn.Round(time.Microsecond), r.p50.Round(time.Microsecond), r.p99.Round(time.Microsecond), r.mbytesPerSec)
+		fmt.Fprintf(&b, "| %s | %.0f | %s | %.0f | %s | %s | %.0f |\n", p.name, r.connsPerSec, r.cpuPerConn.Round(time.Microsecond), r.answeredPerSec, r.p50.Round(time.Microsecond), r.p99.Round(time.Microsecond), r.mbytesPerSec)
 	}
-	fmt.Fprintf(&b, "| (medians of %d interleaved runs, %d clients, %ds each; load average after: %s) | | | | | |\n",
+	fmt.Fprintf(&b, "| (medians of %d interleaved runs, %d clients, %ds each; load average after: %s) | | | | | | |\n",
 		reps, envInt("BENCH_WORKERS", 8), envInt("BENCH_SECONDS", 3), load)
+	// Paired ratios: each repetition's figure over iptables-nft's of the
+	// same repetition (measured next to it under the same load), median
+	// over the repetitions.
+	if base := runs["iptables-nft"]; len(base) == reps {
+		fmt.Fprintf(&b, "\n| path | new connections/s ÷ iptables-nft (median of per-run ratios, min–max) | proxy-answered ÷ iptables-nft | p99 ÷ iptables-nft |\n| --- | ---: | ---: | ---: |\n")
+		for _, p := range todo {
+			rs := runs[p.name]
+			if len(rs) != reps || p.name == "iptables-nft" {
+				continue
+			}
+			conn, answered, p99 := make([]float64, reps), make([]float64, reps), make([]float64, reps)
+			for i := range rs {
+				conn[i] = rs[i].connsPerSec / base[i].connsPerSec
+				answered[i] = rs[i].answeredPerSec / base[i].answeredPerSec
+				p99[i] = float64(rs[i].p99) / float64(base[i].p99)
+			}
+			slices.Sort(conn)
+			slices.Sort(answered)
+			slices.Sort(p99)
+			fmt.Fprintf(&b, "| %s | %.2f× (%.2f–%.2f) | %.2f× (%.2f–%.2f) | %.2f× |\n", p.name, mid(conn), conn[0], conn[len(conn)-1],
+				mid(answered), answered[0], answered[len(answered)-1], mid(p99))
+		}
+	}
 	fmt.Print(b.String())
+}
+
+// connLoop runs workers clients as app in pod for dur, each opening a
+// connection to addr, echoing 1 byte and closing, again and again; it
+// returns the completed connections and the CPU time the process used.
+func connLoop(pod *lab.NetNS, app *lab.Cred, addr string, workers int, dur time.Duration) (int64, time.Duration) {
+	var n atomic.Int64
+	var wg sync.WaitGroup
+	cpu0 := cpuTime()
+	deadline := time.Now().Add(dur)
+	for range workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			pod.Do(app, func() error {
+				buf := make([]byte, 1)
+				for time.Now().Before(deadline) {
+					c, err := net.Dial("tcp", addr)
+					if err != nil {
+						continue
+					}
+					c.Write([]byte{'x'})
+					if _, err := io.ReadFull(c, buf); err == nil {
+						n.Add(1)
+					}
+					c.Close()
+				}
+				return nil
+			})
+		}()
+	}
+	wg.Wait()
+	return n.Load(), cpuTime() - cpu0
 }
 
 // cpuTime is the user and system CPU time this process has used: every
@@ -129,6 +191,14 @@ func cpuTime() time.Duration {
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
+// mid is the median of sorted v.
+func mid(v []float64) float64 {
+	if len(v)%2 == 1 {
+		return v[len(v)/2]
+	}
+	return (v[len(v)/2-1] + v[len(v)/2]) / 2
+}
+
 // median takes each figure's median on its own.
 func median(rs []result) result {
 	pick := func(f func(result) float64) float64 {
@@ -137,17 +207,15 @@ func median(rs []result) result {
 			v[i] = f(r)
 		}
 		slices.Sort(v)
-		if len(v)%2 == 1 {
-			return v[len(v)/2]
-		}
-		return (v[len(v)/2-1] + v[len(v)/2]) / 2
+		return mid(v)
 	}
 	return result{
-		connsPerSec:  pick(func(r result) float64 { return r.connsPerSec }),
-		cpuPerConn:   time.Duration(pick(func(r result) float64 { return float64(r.cpuPerConn) })),
-		p50:          time.Duration(pick(func(r result) float64 { return float64(r.p50) })),
-		p99:          time.Duration(pick(func(r result) float64 { return float64(r.p99) })),
-		mbytesPerSec: pick(func(r result) float64 { return r.mbytesPerSec }),
+		connsPerSec:    pick(func(r result) float64 { return r.connsPerSec }),
+		answeredPerSec: pick(func(r result) float64 { return r.answeredPerSec }),
+		cpuPerConn:     time.Duration(pick(func(r result) float64 { return float64(r.cpuPerConn) })),
+		p50:            time.Duration(pick(func(r result) float64 { return float64(r.p50) })),
+		p99:            time.Duration(pick(func(r result) float64 { return float64(r.p99) })),
+		mbytesPerSec:   pick(func(r result) float64 { return r.mbytesPerSec }),
 	}
 }
 
@@ -265,12 +333,20 @@ func ebpfLab(t *testing.T) (cgroup, pinDir string) {
 // startServer runs the destination in the remote namespace: it echoes.
 func startServer(t *testing.T, n *lab.NetNS) (stop func()) {
 	t.Helper()
-	var ln net.Listener
-	if err := n.Do(nil, func() (err error) { ln, err = net.Listen("tcp", ":"+strconv.Itoa(serverPort)); return err }); err != nil {
-		t.Fatal(err)
+	var lns []net.Listener
+	for _, port := range []uint16{serverAddr.Port(), answeredAddr.Port()} {
+		var ln net.Listener
+		if err := n.Do(nil, func() (err error) { ln, err = net.Listen("tcp", ":"+strconv.Itoa(int(port))); return err }); err != nil {
+			t.Fatal(err)
+		}
+		go serveEcho(ln)
+		lns = append(lns, ln)
 	}
-	go serveEcho(ln)
-	return func() { ln.Close() }
+	return func() {
+		for _, ln := range lns {
+			ln.Close()
+		}
+	}
 }
 
 func serveEcho(ln net.Listener) {
@@ -361,6 +437,13 @@ func startRelay(t *testing.T, n *lab.NetNS, d *dialers) (stop func()) {
 					lastRelayError.Store(err.Error())
 					return
 				}
+				if dst == answeredAddr {
+					buf := make([]byte, 1)
+					if _, err := io.ReadFull(c, buf); err == nil {
+						c.Write(buf)
+					}
+					return
+				}
 				up, err := d.dial(dst.String())
 				if err != nil {
 					relayErrors.Add(1)
@@ -391,38 +474,16 @@ func measure(t *testing.T, name string, pod *lab.NetNS) result {
 	app := &lab.Cred{UID: appUID, GID: appUID}
 	addr := serverAddr.String()
 
-	// New connections: W workers, each connect, 1-byte echo, close, for D.
+	// New connections: W workers, each connect, 1-byte echo, close, for D;
+	// through the relay to the server, then answered by the relay itself.
 	workers, dur := envInt("BENCH_WORKERS", 8), time.Duration(envInt("BENCH_SECONDS", 3))*time.Second
-	var n atomic.Int64
-	var wg sync.WaitGroup
-	cpu0 := cpuTime()
-	deadline := time.Now().Add(dur)
-	for range workers {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			pod.Do(app, func() error {
-				buf := make([]byte, 1)
-				for time.Now().Before(deadline) {
-					c, err := net.Dial("tcp", addr)
-					if err != nil {
-						continue
-					}
-					c.Write([]byte{'x'})
-					if _, err := io.ReadFull(c, buf); err == nil {
-						n.Add(1)
-					}
-					c.Close()
-				}
-				return nil
-			})
-		}()
+	n, cpu := connLoop(pod, app, addr, workers, dur)
+	r.connsPerSec = float64(n) / dur.Seconds()
+	if n > 0 {
+		r.cpuPerConn = cpu / time.Duration(n)
 	}
-	wg.Wait()
-	r.connsPerSec = float64(n.Load()) / dur.Seconds()
-	if n.Load() > 0 {
-		r.cpuPerConn = (cpuTime() - cpu0) / time.Duration(n.Load())
-	}
+	n, _ = connLoop(pod, app, answeredAddr.String(), workers, dur)
+	r.answeredPerSec = float64(n) / dur.Seconds()
 
 	if e := relayErrors.Swap(0); e > 0 {
 		t.Logf("%s: the relay failed %d connections, last: %v", name, e, lastRelayError.Load())
@@ -465,6 +526,6 @@ func measure(t *testing.T, name string, pod *lab.NetNS) result {
 	if got != int64(size) {
 		t.Errorf("%s: stream received %d of %d bytes", name, got, size)
 	}
-	t.Logf("%s: %.0f conn/s (%s CPU each), p50 %s p99 %s, %.0f MB/s", name, r.connsPerSec, r.cpuPerConn, r.p50, r.p99, r.mbytesPerSec)
+	t.Logf("%s: %.0f conn/s (%s CPU each), %.0f proxy-answered conn/s, p50 %s p99 %s, %.0f MB/s", name, r.connsPerSec, r.cpuPerConn, r.answeredPerSec, r.p50, r.p99, r.mbytesPerSec)
 	return r
 }

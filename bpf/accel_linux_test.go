@@ -6,6 +6,7 @@ import (
 	"errors"
 	"io"
 	"net"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"slices"
@@ -21,14 +22,14 @@ import (
 )
 
 // relay is a sidecar stand-in that relays with plain read(2)/write(2), as
-// Envoy does: it accepts on 127.0.0.1:port in the lab's namespace, dials
+// Envoy does: it accepts on host:port in the lab's namespace, dials
 // the upstream at to, and reports the bytes it received from the app.
 // splice forces io.Copy's splice(2) path between the two TCP sockets instead.
-func relay(t *testing.T, l lab, port int, to string, splice bool) <-chan int64 {
+func relay(t *testing.T, l lab, host string, port int, to string, splice bool) <-chan int64 {
 	t.Helper()
 	var ln net.Listener
 	inNS(t, l.ns, func() (err error) {
-		ln, err = net.Listen("tcp", net.JoinHostPort("127.0.0.1", itoa(port)))
+		ln, err = net.Listen("tcp", net.JoinHostPort(host, itoa(port)))
 		return err
 	})
 	t.Cleanup(func() { ln.Close() })
@@ -118,8 +119,19 @@ func accelEntries(t *testing.T, pinDir string) []detourSockKey {
 // reads and writes (no splice) receives every byte the app sends, the app
 // gets every byte back, and the bytes went socket to socket: both ends are
 // in accel_socks while the connection is open and the app's TCP socket sent
-// (almost) nothing itself.
+// (almost) nothing itself. IPv4 and IPv6.
 func TestAccelerationRelaysEveryByte(t *testing.T) {
+	for _, tc := range []struct {
+		name, loopback, dst string
+	}{
+		{"ipv4", "127.0.0.1", "198.51.100.7:443"},
+		{"ipv6", "::1", "[2001:db8::7]:443"},
+	} {
+		t.Run(tc.name, func(t *testing.T) { accelRelay(t, netip.MustParseAddr(tc.loopback), tc.dst) })
+	}
+}
+
+func accelRelay(t *testing.T, loopback netip.Addr, dst string) {
 	l := newLab(t)
 	enter(t, l.cgroup)
 	ld := New(Options{PinDir: l.pinDir, Root: l.cgroup})
@@ -129,29 +141,30 @@ func TestAccelerationRelaysEveryByte(t *testing.T) {
 	}
 	t.Cleanup(func() { ld.Remove(scope) })
 	var upstream net.Listener
-	inNS(t, l.ns, func() (err error) { upstream, err = net.Listen("tcp", "127.0.0.1:9000"); return err })
+	up := netip.AddrPortFrom(loopback, 9000).String()
+	inNS(t, l.ns, func() (err error) { upstream, err = net.Listen("tcp", up); return err })
 	defer upstream.Close()
 	go serveEcho(upstream)
-	relayed := relay(t, l, 15001, "127.0.0.1:9000", false)
+	relayed := relay(t, l, loopback.String(), 15001, up, false)
 
 	const size = 16 << 20
 	payload := make([]byte, size)
 	rand.Read(payload)
 	var c net.Conn
-	inNS(t, l.ns, func() (err error) { c, err = net.DialTimeout("tcp", "198.51.100.7:443", 2*time.Second); return err })
+	inNS(t, l.ns, func() (err error) { c, err = net.DialTimeout("tcp", dst, 2*time.Second); return err })
 	defer c.Close()
 	roundTrip(t, c, "hello") // the relay has accepted: both ends are established
 
 	keys := accelEntries(t, l.pinDir)
-	app := c.LocalAddr().(*net.TCPAddr)
+	app := c.LocalAddr().(*net.TCPAddr).AddrPort()
 	var ends []string
 	for _, k := range keys {
-		if k.Lport == uint32(app.Port) || k.Rport == uint32(app.Port) {
-			ends = append(ends, fromAddr16(k.Local).Unmap().String()+":"+itoa(int(k.Lport)))
+		if k.Lport == uint32(app.Port()) || k.Rport == uint32(app.Port()) {
+			ends = append(ends, netip.AddrPortFrom(fromAddr16(k.Local).Unmap(), uint16(k.Lport)).String())
 		}
 	}
 	slices.Sort(ends)
-	if want := []string{"127.0.0.1:15001", app.String()}; !slices.Equal(ends, want) && !slices.Equal(ends, []string{want[1], want[0]}) {
+	if want := []string{netip.AddrPortFrom(loopback, 15001).String(), netip.AddrPortFrom(app.Addr().Unmap(), app.Port()).String()}; !slices.Equal(ends, want) && !slices.Equal(ends, []string{want[1], want[0]}) {
 		t.Errorf("accel_socks holds %v for this connection, want both ends %v", ends, want)
 	}
 

@@ -43,9 +43,6 @@ func NewResource(name, typeURL string, encoded []byte) *Resource {
 	return &Resource{name: name, hash: hash, any: a, delta: &discoveryv3.Resource{Name: name, Version: hash, Resource: a}}
 }
 
-// Name is the resource's name.
-func (r *Resource) Name() string { return r.name }
-
 // servedType is what a node is served of one resource type.
 type servedType struct {
 	version   string

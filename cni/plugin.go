@@ -44,9 +44,12 @@ type Options struct {
 	// Kube builds the Kubernetes client from the kubeconfig path; nil =
 	// NewKubeClient with APITimeout.
 	Kube func(kubeconfig string) (KubeClient, error)
-	// NewRedirector returns the Redirector for a network namespace path; nil =
+	// NewRedirector returns the Redirector for a network namespace; nil =
 	// EngineRedirector.
-	NewRedirector func(netns string, logger *slog.Logger) Redirector
+	NewRedirector func(o RedirectorOptions) Redirector
+	// RemoveEBPFEnrolment removes the eBPF backend's enrolment of a namespace
+	// that is gone, by the cookie ADD recorded; nil = RemoveEBPFEnrolment.
+	RemoveEBPFEnrolment func(o RedirectorOptions, cookie uint64) error
 	// FromAnnotations decodes a pod's annotations; nil = redirect.FromAnnotations.
 	FromAnnotations AnnotationDecoder
 	// LookPath finds the iptables tools for STATUS; nil = exec.LookPath.
@@ -107,6 +110,9 @@ func New(o Options) *Plugin {
 	if o.NewRedirector == nil {
 		o.NewRedirector = EngineRedirector
 	}
+	if o.RemoveEBPFEnrolment == nil {
+		o.RemoveEBPFEnrolment = RemoveEBPFEnrolment
+	}
 	if o.FromAnnotations == nil {
 		o.FromAnnotations = redirect.FromAnnotations
 	}
@@ -163,6 +169,11 @@ func (p *Plugin) begin(verb string, args *skel.CmdArgs) (*call, error) {
 			closeLog()
 		},
 	}, nil
+}
+
+// redirector is the options of the Redirector for the namespace at netns.
+func (c *call) redirector(netns string) RedirectorOptions {
+	return RedirectorOptions{Netns: netns, EBPFPinDir: c.conf.EBPFPinDir, EBPFCgroupRoot: c.conf.EBPFCgroupRoot, Logger: c.log}
 }
 
 func (c *call) ms(now time.Time) float64 {
@@ -235,6 +246,16 @@ func (p *Plugin) Add(args *skel.CmdArgs) error {
 	}
 	if d.Redirect {
 		st.Config = &d.Config
+		if d.Config.Backend == redirect.BackendEBPF {
+			// The enrolment lives in the node's maps, keyed by the
+			// namespace's cookie: record it, so DEL and GC can remove it
+			// once the namespace is gone.
+			if st.NetnsCookie, err = netnsCookie(args.Netns); err != nil {
+				err = fmt.Errorf("pod %s: %w", ref, err)
+				c.log.Error("add failed", "code", CodeInstall, "error", err, "duration_ms", c.ms(p.o.Now()))
+				return newError(CodeInstall, err)
+			}
+		}
 	}
 	// State first: if the plugin dies during the install, DEL and GC still
 	// know the attachment.
@@ -243,7 +264,7 @@ func (p *Plugin) Add(args *skel.CmdArgs) error {
 		return newError(types.ErrIOFailure, err)
 	}
 	if d.Redirect {
-		r := p.o.NewRedirector(args.Netns, c.log)
+		r := p.o.NewRedirector(c.redirector(args.Netns))
 		if err := r.Install(c.ctx, d.Config); err != nil {
 			// The engine rolls a failed install back; drop the state too.
 			_ = c.store.remove(args.ContainerID, args.IfName)
@@ -337,7 +358,7 @@ func (p *Plugin) Check(args *skel.CmdArgs) error {
 		c.log.Info("checked", "redirect", false, "reason", st.Reason, "duration_ms", c.ms(p.o.Now()))
 		return nil
 	}
-	r := p.o.NewRedirector(args.Netns, c.log)
+	r := p.o.NewRedirector(c.redirector(args.Netns))
 	if err := r.Check(c.ctx, *st.Config); err != nil {
 		code := CodeInstall
 		if errors.Is(err, ErrDrift) {
@@ -384,8 +405,17 @@ func (p *Plugin) Del(args *skel.CmdArgs) error {
 		if err != nil {
 			c.log.Warn("cannot tell whether the netns exists, trying to uninstall", "error", err)
 		}
-		if !gone {
-			if err := p.o.NewRedirector(args.Netns, c.log).Uninstall(c.ctx); err != nil {
+		switch {
+		case !gone:
+			if err := p.o.NewRedirector(c.redirector(args.Netns)).Uninstall(c.ctx); err != nil {
+				c.log.Error("del failed", "code", CodeInstall, "error", err, "duration_ms", c.ms(p.o.Now()))
+				return newError(CodeInstall, err)
+			}
+			removed = true
+		case st.NetnsCookie != 0:
+			// The namespace's rules went with it, but an eBPF enrolment
+			// lives in the node's maps.
+			if err := p.o.RemoveEBPFEnrolment(c.redirector(""), st.NetnsCookie); err != nil {
 				c.log.Error("del failed", "code", CodeInstall, "error", err, "duration_ms", c.ms(p.o.Now()))
 				return newError(CodeInstall, err)
 			}
@@ -469,7 +499,15 @@ func (p *Plugin) GC(args *skel.CmdArgs) error {
 		return err
 	}
 	defer c.finish()
-	dropped, err := c.store.gc(c.conf.ValidAttachments, p.o.GCGrace, p.o.Now())
+	// An eBPF enrolment lives in the node's maps, not in the namespace:
+	// remove it with the state, by its cookie (never reused).
+	release := func(st State) error {
+		if st.NetnsCookie == 0 {
+			return nil
+		}
+		return p.o.RemoveEBPFEnrolment(c.redirector(""), st.NetnsCookie)
+	}
+	dropped, err := c.store.gc(c.conf.ValidAttachments, p.o.GCGrace, p.o.Now(), release)
 	for _, a := range dropped {
 		c.log.Info("dropped stale state", "attachment", a)
 	}

@@ -16,7 +16,7 @@ import (
 // explainBackends are the backends whose installed state `detour explain`
 // reads (an Explainer); for the others the scenarios log that explain was not
 // checked.
-var explainBackends = map[string]bool{nft: true, legacy: true, nftNative: true}
+var explainBackends = map[string]bool{nft: true, legacy: true, nftNative: true, ebpfBackend: true}
 
 // explainsPerExpectation bounds the explain runs per expectation of a test:
 // every scenario runs many random cases, and explain is a process that reads

@@ -242,12 +242,18 @@ func TestOutbound(t *testing.T) {
 			p := newPod(t, v)
 			p.startProxies()
 			p.install()
-			for i := range cases() {
-				lo := netip.AddrPortFrom(v.family.Loopback(), p.appPort(v.family.Loopback()))
-				p.outbound("O9 app to loopback", p.app(i, lo), srvApp)
-				own := netip.AddrPortFrom(p.podAddr(), p.appPort(netip.Addr{}))
-				p.outbound("O9 app to its own pod address", p.app(i, own), srvApp)
-			}
+			p.run("loopback", func(p *pod) {
+				for i := range cases() {
+					lo := netip.AddrPortFrom(v.family.Loopback(), p.appPort(v.family.Loopback()))
+					p.outbound("O9 app to loopback", p.app(i, lo), srvApp)
+				}
+			})
+			p.run("own-address", func(p *pod) {
+				for i := range cases() {
+					own := netip.AddrPortFrom(p.podAddr(), p.appPort(netip.Addr{}))
+					p.outbound("O9 app to its own pod address", p.app(i, own), srvApp)
+				}
+			})
 			p.outbound("O9 capture is on", p.app(0, p.remoteDest()), srvOutbound)
 		})
 	})
@@ -267,17 +273,19 @@ func TestOutbound(t *testing.T) {
 				p.outbound("O10 the proxy forwards to the original destination", lab.DialOptions{To: to, Cred: p.proxyCred()}, srvRemote)
 			}
 			// Dialing the outbound port directly reaches the listener untouched.
-			for _, a := range []netip.Addr{v.family.Loopback(), p.podAddr()} {
+			direct := func(p *pod, a netip.Addr) {
 				to := netip.AddrPortFrom(a, p.outPort)
 				got, err := p.lab.Pod.Dial(p.ctx, p.app(1, to))
 				if err != nil {
-					t.Errorf("O10 direct connection to %s: %v", to, err)
-					continue
+					p.t.Errorf("O10 direct connection to %s: %v", to, err)
+					return
 				}
 				if got.Server != srvOutbound || got.Redirected() || got.Local != to {
-					t.Errorf("O10 direct connection to %s: got %s, want the outbound listener reached untouched", to, got)
+					p.t.Errorf("O10 direct connection to %s: got %s, want the outbound listener reached untouched", to, got)
 				}
 			}
+			p.run("direct-to-loopback", func(p *pod) { direct(p, v.family.Loopback()) })
+			p.run("direct-to-own-address", func(p *pod) { direct(p, p.podAddr()) })
 		})
 	})
 }

@@ -266,15 +266,21 @@ func nftTables(p *pod) string {
 	return strings.TrimSpace(out)
 }
 
-// pinsLeft lists what remains under the test's pin directory.
-func pinsLeft(t *testing.T, env []string) []string {
-	t.Helper()
+// pinDir is DETOUR_EBPF_PIN_DIR of env.
+func pinDir(env []string) string {
 	var dir string
 	for _, e := range env {
 		if v, ok := strings.CutPrefix(e, "DETOUR_EBPF_PIN_DIR="); ok {
 			dir = v
 		}
 	}
+	return dir
+}
+
+// pinsLeft lists what remains under the test's pin directory.
+func pinsLeft(t *testing.T, env []string) []string {
+	t.Helper()
+	dir := pinDir(env)
 	var left []string
 	filepath.WalkDir(dir, func(path string, d os.DirEntry, err error) error {
 		if err == nil && path != dir {

@@ -61,8 +61,9 @@ var backendKinds = map[string]backendKind{
 		var b strings.Builder
 		b.WriteString("== ebpf pins\n")
 		if len(p.env) > 0 {
+			dir := pinDir(p.env)
 			for _, l := range pinsLeft(p.t, p.env) {
-				b.WriteString(l + "\n")
+				b.WriteString(strings.TrimPrefix(l, dir+"/") + "\n")
 			}
 		}
 		return b.String()

@@ -73,6 +73,9 @@ func TestLifecycle(t *testing.T) {
 			if len(hooks(s1)) == 0 {
 				t.Fatalf("found no hook of detour's in the first install's state:\n%s", s1)
 			}
+			if v.backend == ebpfBackend && !slices.ContainsFunc(hooks(s1), func(h string) bool { return strings.HasPrefix(h, "ebpf link ") }) {
+				t.Fatalf("found no pinned link of the ebpf programs in the first install's state:\n%s", s1)
+			}
 			if got, want := hooks(p.snapshot()), hooks(s1); !slices.Equal(got, want) {
 				t.Errorf("hooks in built-in chains after a changed install:\n%s\nwant the same as after the first:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
 			}
@@ -475,11 +478,17 @@ func hooks(snapshot string) []string {
 		}
 	}
 	// In an nft ruleset the hooks are the base chains of detour's tables: the
-	// "type … hook …" line under each "chain NAME {".
-	var table, chain string
+	// "type … hook …" line under each "chain NAME {". For ebpf they are also
+	// its programs' pinned links (links/<kind>@<cgroup id>/<program>).
+	var table, chain, section string
 	for _, line := range strings.Split(snapshot, "\n") {
 		l := strings.TrimSpace(line)
+		if strings.HasPrefix(line, "== ") {
+			section = line
+		}
 		switch {
+		case section == "== ebpf pins" && strings.HasPrefix(l, "links/") && strings.Count(l, "/") == 2:
+			out = append(out, "ebpf link "+l)
 		case strings.HasPrefix(line, "table "):
 			table, chain = strings.TrimSuffix(l, " {"), ""
 		case strings.HasPrefix(l, "chain "):

@@ -21,6 +21,7 @@ import (
 
 	"github.com/detour-mesh/detour/internal/kubeapi"
 	"github.com/detour-mesh/detour/redirect"
+	"github.com/detour-mesh/detour/redirect/backends"
 )
 
 // SupportedVersions are the CNI config versions the plugin accepts. CHECK needs
@@ -54,6 +55,9 @@ type Options struct {
 	FromAnnotations AnnotationDecoder
 	// LookPath finds the iptables tools for STATUS; nil = exec.LookPath.
 	LookPath func(file string) (string, error)
+	// EBPFReady is STATUS's probe of the kernel when the plugin config's
+	// backend is ebpf; nil = backends.EBPFReady.
+	EBPFReady func() error
 	// Now is the clock (GC's grace period, state timestamps); nil = time.Now.
 	Now func() time.Time
 
@@ -118,6 +122,9 @@ func New(o Options) *Plugin {
 	}
 	if o.LookPath == nil {
 		o.LookPath = exec.LookPath
+	}
+	if o.EBPFReady == nil {
+		o.EBPFReady = backends.EBPFReady
 	}
 	if o.Now == nil {
 		o.Now = time.Now
@@ -449,8 +456,9 @@ func missingTools(lookPath func(string) (string, error), backend string) []strin
 }
 
 // Status reports whether the plugin can serve ADD: the kubeconfig exists and
-// loads, the tools of one iptables backend are on PATH, and the state dir is
-// usable. Each
+// loads, the tools of one iptables backend are on PATH (with backend ebpf in
+// the plugin config: the kernel has what the eBPF programs need), and the
+// state dir is usable. Each
 // failure is CNI code 50 (not available). It does not call the API server.
 func (p *Plugin) Status(args *skel.CmdArgs) error {
 	c, err := p.begin("STATUS", args)
@@ -466,17 +474,24 @@ func (p *Plugin) Status(args *skel.CmdArgs) error {
 	} else if _, err := kubeapi.New(cfg, kubeapi.Options{}); err != nil {
 		problems = append(problems, fmt.Sprintf("kubeconfig %s: %v", c.conf.Kubeconfig, err))
 	}
-	var missing []string
-	for _, b := range iptablesBackends {
-		m := missingTools(p.o.LookPath, b)
-		if len(m) == 0 {
-			missing = nil
-			break
+	if base, _ := c.conf.BaseConfig(); base.Backend == redirect.BackendEBPF {
+		// The eBPF backend runs no tool (its inbound table is netlink).
+		if err := p.o.EBPFReady(); err != nil {
+			problems = append(problems, fmt.Sprintf("backend ebpf: %v", err))
 		}
-		missing = append(missing, m...)
-	}
-	if len(missing) > 0 {
-		problems = append(problems, "no complete iptables backend on PATH (missing "+strings.Join(missing, ", ")+")")
+	} else {
+		var missing []string
+		for _, b := range iptablesBackends {
+			m := missingTools(p.o.LookPath, b)
+			if len(m) == 0 {
+				missing = nil
+				break
+			}
+			missing = append(missing, m...)
+		}
+		if len(missing) > 0 {
+			problems = append(problems, "no complete iptables backend on PATH (missing "+strings.Join(missing, ", ")+")")
+		}
 	}
 	if err := os.MkdirAll(c.store.dir, 0o700); err != nil {
 		problems = append(problems, fmt.Sprintf("state dir: %v", err))

@@ -670,6 +670,8 @@ func TestStatus(t *testing.T) {
 		name       string
 		kubeconfig string
 		lookPath   func(string) (string, error)
+		extra      map[string]any // plugin config keys
+		ebpfReady  error
 		wantCode   uint
 		wantMsg    string
 	}{
@@ -679,18 +681,30 @@ func TestStatus(t *testing.T) {
 		{name: "kubeconfig unusable", kubeconfig: broken, lookPath: allTools, wantCode: types.ErrPluginNotAvailable, wantMsg: "kubeconfig " + broken},
 		{name: "restore tools missing", kubeconfig: valid, lookPath: noRestore, wantCode: types.ErrPluginNotAvailable, wantMsg: "no complete iptables backend on PATH (missing iptables-nft-restore, ip6tables-nft-restore, iptables-legacy-restore, ip6tables-legacy-restore)"},
 		{name: "no backend complete", kubeconfig: valid, lookPath: halfEach, wantCode: types.ErrPluginNotAvailable, wantMsg: "(missing ip6tables-nft-restore, iptables-legacy-save)"},
+		{name: "ebpf needs no iptables tool", kubeconfig: valid, lookPath: noRestore, extra: map[string]any{"config": map[string]any{"backend": "ebpf"}}},
+		{name: "ebpf on a kernel without it", kubeconfig: valid, lookPath: allTools, extra: map[string]any{"config": map[string]any{"backend": "ebpf"}},
+			ebpfReady: errors.New("ebpf backend needs program type cgroup_sockopt: not supported"), wantCode: types.ErrPluginNotAvailable, wantMsg: "backend ebpf: ebpf backend needs program type cgroup_sockopt"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
 			e := newEnv(t)
-			e.p = New(Options{Stdout: &e.stdout, Stderr: &e.stderr, LookPath: tt.lookPath})
-			err := e.p.Status(&skel.CmdArgs{Path: "/opt/cni/bin", StdinData: e.conf("1.1.0", "", map[string]any{"kubeconfig": tt.kubeconfig})})
+			probed := false
+			ready := func() error { probed = true; return tt.ebpfReady }
+			e.p = New(Options{Stdout: &e.stdout, Stderr: &e.stderr, LookPath: tt.lookPath, EBPFReady: ready})
+			conf := map[string]any{"kubeconfig": tt.kubeconfig}
+			for k, v := range tt.extra {
+				conf[k] = v
+			}
+			err := e.p.Status(&skel.CmdArgs{Path: "/opt/cni/bin", StdinData: e.conf("1.1.0", "", conf)})
 			if ErrorCode(err) != tt.wantCode || (tt.wantCode != 0 && !strings.Contains(err.Error(), tt.wantMsg)) {
 				t.Fatalf("err = %v (code %d), want code %d containing %q", err, ErrorCode(err), tt.wantCode, tt.wantMsg)
 			}
 			if e.stdout.Len() != 0 {
 				t.Errorf("STATUS wrote %q to stdout", e.stdout.String())
+			}
+			if wantProbe := tt.extra != nil; probed != wantProbe {
+				t.Errorf("probed the kernel for ebpf: %v, want %v", probed, wantProbe)
 			}
 		})
 	}

@@ -87,3 +87,7 @@ func RemoveEBPFNetns(o Options, cookie uint64) error {
 	}
 	return nil
 }
+
+// EBPFReady reports whether this kernel has every program type and map type
+// the eBPF backend needs, naming the first one missing. It changes nothing.
+func EBPFReady() error { return bpf.New(bpf.Options{}).Ready() }

@@ -1,12 +1,14 @@
 package cni_test
 
 import (
+	"context"
 	"fmt"
 	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -106,6 +108,17 @@ func TestEBPFBackend(t *testing.T) {
 	})
 	if err != nil {
 		t.Fatal(err)
+	}
+	// STATUS: ready, also with no iptables tool on the plugin's PATH (the
+	// eBPF backend runs none).
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if err := n.cni.GetStatusNetworkList(ctx, n.list); err != nil {
+		t.Errorf("STATUS with backend ebpf: %v", err)
+	}
+	noTools := h.runtime(filepath.Join(t.TempDir(), "cache"), []string{"PATH=" + t.TempDir()})
+	if err := noTools.GetStatusNetworkList(ctx, n.list); err != nil {
+		t.Errorf("STATUS with backend ebpf and no iptables tool on PATH: %v", err)
 	}
 	ns := h.newNamespace(t, nil)
 	// a excludes inbound port 8081, b excludes outbound port 9000.

@@ -34,6 +34,15 @@ func TestOutbound(t *testing.T) {
 			}
 			// The remote's own link address is no different.
 			p.outbound("O1 the remote's link address", p.app(1, netip.AddrPortFrom(lab.RemoteLinkAddr(v.family), p.remotePort())), srvOutbound)
+			if v.family == lab.IPv4 {
+				// A dual-stack app's IPv6 socket dialing an IPv4 address
+				// (::ffff:a.b.c.d) is IPv4 traffic and captured the same.
+				for i := range cases() {
+					o := p.app(i, p.remoteDest())
+					o.Mapped = true
+					p.outbound("O1 from a v4-mapped IPv6 socket", o, srvOutbound)
+				}
+			}
 		})
 	})
 
@@ -51,6 +60,11 @@ func TestOutbound(t *testing.T) {
 				excluded := []uint16{ex1, ex2, inRange(p.rnd, rg)}[i%3]
 				p.outbound("O2 excluded port", p.app(i, netip.AddrPortFrom(p.remoteAddr(), excluded)), srvRemote)
 				p.outbound("O2 other port", p.app(i, p.remoteDest()), srvOutbound)
+			}
+			if v.family == lab.IPv4 {
+				o := p.app(0, netip.AddrPortFrom(p.remoteAddr(), ex1))
+				o.Mapped = true
+				p.outbound("O2 excluded port from a v4-mapped IPv6 socket", o, srvRemote)
 			}
 		})
 	})
@@ -77,6 +91,11 @@ func TestOutbound(t *testing.T) {
 				}
 				p.outbound("O3 excluded CIDR "+in.String(), p.app(i, netip.AddrPortFrom(p.rnd.In(in), port)), srvRemote)
 				p.outbound("O3 other address", p.app(i, netip.AddrPortFrom(addrOutside(p.rnd, v.family, mine...), port)), srvOutbound)
+			}
+			if v.family == lab.IPv4 {
+				o := p.app(0, netip.AddrPortFrom(p.rnd.In(mine[0]), port))
+				o.Mapped = true
+				p.outbound("O3 excluded CIDR from a v4-mapped IPv6 socket", o, srvRemote)
 			}
 		})
 	})

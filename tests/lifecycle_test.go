@@ -790,7 +790,10 @@ func parallelInstalls(t *testing.T, backend string, n int) {
 	}
 	for _, step := range []string{"install", "check"} {
 		forAll(func(i int) error {
-			r := runDetour(t, ctx, env, step, "--netns", nss[i].Name, "--backend", backend)
+			// As in the rest of the suite, a 60 s lock wait: iptables-legacy's
+			// restores queue on the one host-wide xtables lock, and 50 of them
+			// on a loaded 2-core machine can take longer than the 10 s default.
+			r := runDetour(t, ctx, env, step, "--netns", nss[i].Name, "--backend", backend, "--lock-wait", "60s")
 			if r.code != 0 {
 				return fmt.Errorf("%s #%d of %d at once:\n%s", step, i, n, r)
 			}

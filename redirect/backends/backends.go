@@ -5,6 +5,7 @@
 package backends
 
 import (
+	"fmt"
 	"log/slog"
 	"time"
 
@@ -59,3 +60,34 @@ func All(o Options) []redirect.Driver {
 func Engine(netns string, o Options) *redirect.Engine {
 	return &redirect.Engine{Logger: o.Logger, NetNS: netns, LockWait: o.LockWait, Drivers: All(o)}
 }
+
+// EBPFNetns is the eBPF backend's network-namespace scope with its pins
+// under pinDir and its programs attached to cgroupRoot ("" = the defaults:
+// /sys/fs/bpf/detour and the root of the cgroup v2 hierarchy). The CNI
+// plugin enrolls pods with it.
+func EBPFNetns(pinDir, cgroupRoot string) bpf.DriverOptions {
+	return bpf.DriverOptions{Loader: bpf.Options{PinDir: pinDir, Root: cgroupRoot}}
+}
+
+// RemoveEBPFNetns removes the enrolment of the network namespace whose
+// cookie is cookie (and every pin of the eBPF backend once no scope is
+// left), for a namespace that is already gone: its nftables inbound table
+// went with it, but the maps live on the node. Cookies are never reused, so
+// this cannot touch another namespace. Idempotent.
+func RemoveEBPFNetns(o Options, cookie uint64) error {
+	if cookie == 0 {
+		return nil
+	}
+	lo := o.EBPF.Loader
+	if lo.Logger == nil {
+		lo.Logger = o.Logger
+	}
+	if err := bpf.New(lo).Remove(bpf.Scope{Netns: cookie}); err != nil {
+		return fmt.Errorf("unenroll netns cookie %d: %w", cookie, err)
+	}
+	return nil
+}
+
+// EBPFReady reports whether this kernel has every program type and map type
+// the eBPF backend needs, naming the first one missing. It changes nothing.
+func EBPFReady() error { return bpf.New(bpf.Options{}).Ready() }

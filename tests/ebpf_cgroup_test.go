@@ -167,6 +167,11 @@ func cgroupInbound(t *testing.T, p *pod, h *helperProc, cg string, kept netip.Ad
 	if r := p.detourCmd(nil, "status", "--cgroup", cg); r.code != 0 || !strings.Contains(r.stdout, "detour_ebpf_inbound") || !strings.Contains(r.stdout, "connect4") {
 		t.Errorf("status --cgroup: want the programs and the inbound table:\n%s", r)
 	}
+	// The table is the namespace's, not the cgroup's: the namespace
+	// scope's status (no --cgroup) shows it too (docs/ebpf.md).
+	if r := p.detourCmd(nil, "status"); r.code != 0 || !strings.Contains(r.stdout, "detour_ebpf_inbound") || strings.Contains(r.stdout, "connect4") {
+		t.Errorf("status without --cgroup: want the namespace's inbound table and no programs:\n%s", r)
+	}
 	to := func(port uint16) lab.DialOptions {
 		return lab.DialOptions{To: netip.AddrPortFrom(p.podAddr(), port), From: p.remoteAddr()}
 	}

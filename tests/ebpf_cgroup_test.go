@@ -16,6 +16,7 @@ import (
 
 	"github.com/detour-mesh/detour/internal/lab"
 	"github.com/detour-mesh/detour/internal/privtest"
+	detourbackends "github.com/detour-mesh/detour/redirect/backends"
 )
 
 // TestEBPFCgroup runs the cgroup scope (`--cgroup PATH`, what a VM service
@@ -155,8 +156,9 @@ func cgroupInbound(t *testing.T, p *pod, h *helperProc, cg string, kept netip.Ad
 	if r := p.detourCmd(nil, args...); r.code != 0 {
 		t.Fatalf("install --cgroup with inbound:\n%s", r)
 	}
-	if got := nftTables(p); got != "table inet detour_ebpf_inbound" {
-		t.Errorf("nft list tables in the --netns namespace = %q, want the eBPF backend's inbound table", got)
+	table := detourbackends.EBPFInboundTableFor(cg)
+	if got := nftTables(p); got != "table inet "+table {
+		t.Errorf("nft list tables in the --netns namespace = %q, want the cgroup scope's inbound table %s", got, table)
 	}
 	if out, err := p.lab.Remote.Run(p.ctx, "nft", "list", "tables"); err != nil || strings.TrimSpace(out) != "" {
 		t.Errorf("the remote namespace (not --netns) holds tables %q (%v), want none", out, err)
@@ -164,13 +166,19 @@ func cgroupInbound(t *testing.T, p *pod, h *helperProc, cg string, kept netip.Ad
 	if r := p.detourCmd(nil, append([]string{"check"}, args[1:]...)...); r.code != 0 {
 		t.Errorf("check --cgroup with inbound installed: want exit 0:\n%s", r)
 	}
-	if r := p.detourCmd(nil, "status", "--cgroup", cg); r.code != 0 || !strings.Contains(r.stdout, "detour_ebpf_inbound") || !strings.Contains(r.stdout, "connect4") {
-		t.Errorf("status --cgroup: want the programs and the inbound table:\n%s", r)
+	if r := p.detourCmd(nil, "status", "--cgroup", cg); r.code != 0 || !strings.Contains(r.stdout, table) || !strings.Contains(r.stdout, "connect4") {
+		t.Errorf("status --cgroup: want the programs and the inbound table %s:\n%s", table, r)
 	}
-	// The table is the namespace's, not the cgroup's: the namespace
-	// scope's status (no --cgroup) shows it too (docs/ebpf.md).
-	if r := p.detourCmd(nil, "status"); r.code != 0 || !strings.Contains(r.stdout, "detour_ebpf_inbound") || strings.Contains(r.stdout, "connect4") {
-		t.Errorf("status without --cgroup: want the namespace's inbound table and no programs:\n%s", r)
+	// The table is the cgroup scope's: the namespace scope (no --cgroup)
+	// neither shows it nor removes it (docs/ebpf.md).
+	if r := p.detourCmd(nil, "status"); r.code != 0 || strings.Contains(r.stdout, table) || strings.Contains(r.stdout, "connect4") {
+		t.Errorf("status without --cgroup: want nothing of the cgroup scope:\n%s", r)
+	}
+	if r := p.detourCmd(nil, "uninstall"); r.code != 0 {
+		t.Fatalf("uninstall without --cgroup:\n%s", r)
+	}
+	if got := nftTables(p); got != "table inet "+table {
+		t.Errorf("uninstall without --cgroup changed the cgroup scope's inbound table: nft list tables = %q", got)
 	}
 	to := func(port uint16) lab.DialOptions {
 		return lab.DialOptions{To: netip.AddrPortFrom(p.podAddr(), port), From: p.remoteAddr()}

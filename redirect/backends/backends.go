@@ -6,7 +6,9 @@ package backends
 
 import (
 	"fmt"
+	"hash/fnv"
 	"log/slog"
+	"path/filepath"
 	"time"
 
 	"github.com/detour-mesh/detour/bpf"
@@ -19,6 +21,20 @@ import (
 // that holds the inbound share of an ebpf install: its own name, so the
 // nftables backend never takes it for its own state (`table inet detour`).
 const EBPFInboundTable = "detour_ebpf_inbound"
+
+// EBPFInboundTableFor is the inbound table of one eBPF scope: EBPFInboundTable
+// for the network-namespace scope, and for a cgroup scope that name with a
+// tag of the cgroup's path (`detour_ebpf_inbound_cg_1a2b3c4d`), so that one
+// scope's install or uninstall never rewrites or deletes the table another
+// scope made in the same namespace.
+func EBPFInboundTableFor(cgroup string) string {
+	if cgroup == "" {
+		return EBPFInboundTable
+	}
+	h := fnv.New32a()
+	h.Write([]byte(filepath.Clean(cgroup)))
+	return fmt.Sprintf("%s_cg_%08x", EBPFInboundTable, h.Sum32())
+}
 
 // Options are what the Drivers need from the command line.
 type Options struct {
@@ -49,7 +65,7 @@ func All(o Options) []redirect.Driver {
 		// Connect hooks never see inbound connections: the inbound share of
 		// an ebpf plan (and the proxy's hairpin, O8) is an nftables table of
 		// its own, which the eBPF Driver installs, observes and removes.
-		e.Inbound = nftables.New(nftables.Options{TableName: EBPFInboundTable, Logger: o.Logger})
+		e.Inbound = nftables.New(nftables.Options{TableName: EBPFInboundTableFor(e.Cgroup), Logger: o.Logger})
 	}
 	out = append(out, bpf.NewDriver(e))
 	return out

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io/fs"
 	"log/slog"
+	"maps"
 	"os"
 	"path/filepath"
 	"slices"
@@ -350,6 +351,21 @@ type store struct {
 	scopes, configs, cidrs4, cidrs6, ids, ports, dns *ebpf.Map
 }
 
+// load loads spec's programs over the store's maps and makes the pin
+// directory dir for the links the caller attaches. The caller closes the
+// collection (its pinned links keep the programs).
+func (st *store) load(spec *ebpf.CollectionSpec, dir string) (*ebpf.Collection, error) {
+	coll, err := ebpf.NewCollectionWithOptions(spec, ebpf.CollectionOptions{MapReplacements: maps.Clone(st.maps)})
+	if err != nil {
+		return nil, fmt.Errorf("load programs: %w", err)
+	}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		coll.Close()
+		return nil, fmt.Errorf("pin directory: %w", err)
+	}
+	return coll, nil
+}
+
 // open loads the pinned maps, creating and pinning those that are missing.
 func (l *Loader) open() (*store, error) {
 	spec, err := loadDetour()
@@ -531,18 +547,11 @@ func (l *Loader) attach(st *store, r resolved, cfg uint32) (bool, error) {
 	if err := spec.Variables["scope_cfg"].Set(cfg); err != nil {
 		return false, fmt.Errorf("set scope_cfg: %w", err)
 	}
-	replace := map[string]*ebpf.Map{}
-	for name, m := range st.maps {
-		replace[name] = m
-	}
-	coll, err := ebpf.NewCollectionWithOptions(spec, ebpf.CollectionOptions{MapReplacements: replace})
+	coll, err := st.load(spec, dir)
 	if err != nil {
-		return false, fmt.Errorf("load programs: %w", err)
+		return false, err
 	}
 	defer coll.Close()
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return false, fmt.Errorf("pin directory: %w", err)
-	}
 	for _, a := range attachments {
 		pin := filepath.Join(dir, a.prog)
 		if _, err := os.Stat(pin); err == nil {
@@ -573,19 +582,11 @@ func (l *Loader) attachAccel(st *store) (bool, error) {
 	if _, err := os.Stat(pin); err == nil {
 		return false, nil
 	}
-	spec := st.spec.Copy()
-	replace := map[string]*ebpf.Map{}
-	for name, m := range st.maps {
-		replace[name] = m
-	}
-	coll, err := ebpf.NewCollectionWithOptions(spec, ebpf.CollectionOptions{MapReplacements: replace})
+	coll, err := st.load(st.spec.Copy(), dir)
 	if err != nil {
-		return false, fmt.Errorf("load programs: %w", err)
+		return false, err
 	}
 	defer coll.Close()
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return false, fmt.Errorf("pin directory: %w", err)
-	}
 	lk, err := link.AttachRawLink(link.RawLinkOptions{
 		Target: st.maps[accelMap].FD(), Program: coll.Programs[accelProg], Attach: ebpf.AttachSkMsgVerdict,
 	})

@@ -223,6 +223,22 @@ extern void *bpf_rdonly_cast(const void *obj, __u32 btf_id) __ksym;
 // owner returns the file-system uid and gid the socket was opened with (low
 // and high half), as the iptables owner match reads them: the credentials of
 // the socket's file, not of the thread that happens to call connect().
+// tuple_addr sets t's address from a socket's family and address words
+// (loaded by the caller, unconditionally): IPv4 as ::ffff:a.b.c.d.
+static __always_inline void tuple_addr(struct tuple *t, __u32 family, __u32 ip4, __u32 a0, __u32 a1, __u32 a2,
+				       __u32 a3)
+{
+	if (family == AF_INET) {
+		t->addr[2] = bpf_htonl(0xffff);
+		t->addr[3] = ip4;
+	} else {
+		t->addr[0] = a0;
+		t->addr[1] = a1;
+		t->addr[2] = a2;
+		t->addr[3] = a3;
+	}
+}
+
 static __always_inline __u64 owner(struct bpf_sock *bsk)
 {
 	struct sock *sk = bpf_rdonly_cast(bsk, bpf_core_type_id_kernel(struct sock));
@@ -565,15 +581,7 @@ static __always_inline void accelerate(struct bpf_sock_ops *skops, int active)
 		__u32 family = rd(skops->family), ip4 = rd(skops->remote_ip4);
 		__u32 a0 = rd(skops->remote_ip6[0]), a1 = rd(skops->remote_ip6[1]),
 		      a2 = rd(skops->remote_ip6[2]), a3 = rd(skops->remote_ip6[3]);
-		if (family == AF_INET) {
-			t.addr[2] = bpf_htonl(0xffff);
-			t.addr[3] = ip4;
-		} else {
-			t.addr[0] = a0;
-			t.addr[1] = a1;
-			t.addr[2] = a2;
-			t.addr[3] = a3;
-		}
+		tuple_addr(&t, family, ip4, a0, a1, a2, a3);
 		t.port = bpf_ntohl(rd(skops->remote_port));
 		if (!bpf_map_lookup_elem(&tuples, &t))
 			return;
@@ -646,15 +654,7 @@ int detour_getsockopt(struct bpf_sockopt *ctx)
 	// compiled into pointer arithmetic on the socket, which the verifier refuses.
 	__u32 family = rd(sk->family), ip4 = rd(sk->dst_ip4);
 	__u32 a0 = rd(sk->dst_ip6[0]), a1 = rd(sk->dst_ip6[1]), a2 = rd(sk->dst_ip6[2]), a3 = rd(sk->dst_ip6[3]);
-	if (family == AF_INET) {
-		t.addr[2] = bpf_htonl(0xffff);
-		t.addr[3] = ip4;
-	} else {
-		t.addr[0] = a0;
-		t.addr[1] = a1;
-		t.addr[2] = a2;
-		t.addr[3] = a3;
-	}
+	tuple_addr(&t, family, ip4, a0, a1, a2, a3);
 	t.port = bpf_ntohs((__u16)rd(sk->dst_port));
 	struct orig *o = bpf_map_lookup_elem(&tuples, &t);
 	if (!o)

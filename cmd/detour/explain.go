@@ -494,7 +494,7 @@ type envoyRoute struct {
 // control plane serves for the connection: the control plane's code stays out
 // of this binary.
 func (o *explainOptions) envoyRoute(ctx context.Context, c redirect.Conn, inbound bool) (*envoyRoute, error) {
-	path, err := o.cp.find()
+	path, err := o.cp.find(cpBinary)
 	if err != nil {
 		return nil, fmt.Errorf("--mesh is answered by %s: %w", cpBinary, err)
 	}

@@ -37,7 +37,6 @@ run it.`,
 		newValidateCmd(s, g),
 		newExplainCmd(s, g, d),
 		newVersionCmd(s),
-		newCNICmd(s),
 	)
 	root.AddCommand(d.commands()...)
 	return root

@@ -39,6 +39,7 @@ run it.`,
 		newVersionCmd(s),
 	)
 	root.AddCommand(d.commands()...)
+	g.bindFlags(root, d.args)
 	return root
 }
 

@@ -38,6 +38,7 @@ var _ redirect.Glancer = (*Driver)(nil)
 // one netlink dump of their chains and, when there are any, one of their
 // rules per family say whether they hold a DETOUR_ chain or any rule.
 func (d *Driver) Glance(ctx context.Context) (bool, error) {
+	d.detect.count(ctx) // the host-default check's `iptables -V`, when Drivers ran it
 	if d.Backend == redirect.BackendIPTablesNFT {
 		return glanceNFT()
 	}

@@ -26,6 +26,18 @@ var attachments = []struct {
 	{"detour_connect6", ebpf.AttachCGroupInet6Connect},
 }
 
+// The sk_msg program attaches to the accel_socks sockhash, not to a cgroup:
+// one link for every scope, pinned under links/accelDir while some scope's
+// config asks for acceleration.
+const (
+	accelProg = "detour_accel"
+	accelMap  = "accel_socks"
+	accelDir  = "sk_msg"
+)
+
+// accelLine is the sk_msg program in `detour plan`'s text form.
+var accelLine = fmt.Sprintf("program %s attach sk_msg (map %s)", strings.TrimPrefix(accelProg, "detour_"), accelMap)
+
 // attachName is the hook as the C section names it.
 func attachName(a ebpf.AttachType) string {
 	switch a {

@@ -31,6 +31,7 @@
 #define F_DNS4 (1 << 6)
 #define F_DNS6 (1 << 7)
 #define F_DNS_ALL (1 << 8)
+#define F_ACCEL (1 << 9)
 
 // Sets of the id and port tries; mirror of bpf/maps.go.
 #define SET_EXEMPT_UIDS 1
@@ -184,6 +185,38 @@ struct {
 	__type(key, struct tuple);
 	__type(value, struct orig);
 } tuples SEC(".maps");
+
+// Socket acceleration (F_ACCEL, off by default): both ends of a redirected
+// connection between the app and the proxy, by their (netns, local, remote)
+// tuple. sk_msg hands a message straight to the peer socket's receive side,
+// past the loopback TCP stack. Such a message is queued where read(2) and
+// recvmsg(2) find it, but splice(2) reads only the TCP receive queue: a proxy
+// that relays with splice never sees those bytes (docs/ebpf.md). A socket
+// leaves the map when it closes.
+struct sock_key {
+	__u64 netns;
+	__u32 local[4];  // IPv4 as ::ffff:a.b.c.d
+	__u32 remote[4]; // IPv4 as ::ffff:a.b.c.d
+	__u32 lport;     // host order
+	__u32 rport;     // host order
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_SOCKHASH);
+	__uint(max_entries, 1 << 16);
+	__type(key, struct sock_key);
+	__type(value, __u64);
+} accel_socks SEC(".maps");
+
+// A socket whose message once went the normal way (its peer was not in
+// accel_socks yet) keeps going that way: bytes taking two paths could
+// overtake each other.
+struct {
+	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
+	__type(value, __u8);
+} accel_off SEC(".maps");
 
 extern void *bpf_rdonly_cast(const void *obj, __u32 btf_id) __ksym;
 
@@ -475,6 +508,81 @@ static __always_inline void local_tuple(struct bpf_sock_ops *skops, struct tuple
 	t->port = rd(skops->local_port);
 }
 
+// sock_key_of fills k with ctx's (netns, local, remote) tuple, or with the
+// peer's when swap is set; ctx is a bpf_sock_ops or an sk_msg_md, which name
+// these fields alike. remote_port holds the port in network order in its top
+// half (little endian), local_port in host order.
+#define sock_key_of(ctx, k, swap)                                                            \
+	do {                                                                                 \
+		__u32 fam_ = rd((ctx)->family), l4_ = rd((ctx)->local_ip4),                  \
+		      r4_ = rd((ctx)->remote_ip4);                                           \
+		__u32 l_[4] = {rd((ctx)->local_ip6[0]), rd((ctx)->local_ip6[1]),             \
+			       rd((ctx)->local_ip6[2]), rd((ctx)->local_ip6[3])};            \
+		__u32 r_[4] = {rd((ctx)->remote_ip6[0]), rd((ctx)->remote_ip6[1]),           \
+			       rd((ctx)->remote_ip6[2]), rd((ctx)->remote_ip6[3])};          \
+		__u32 lp_ = rd((ctx)->local_port), rp_ = bpf_ntohl(rd((ctx)->remote_port));  \
+		if (fam_ == AF_INET) {                                                       \
+			l_[0] = 0;                                                           \
+			l_[1] = 0;                                                           \
+			l_[2] = bpf_htonl(0xffff);                                           \
+			l_[3] = l4_;                                                         \
+			r_[0] = 0;                                                           \
+			r_[1] = 0;                                                           \
+			r_[2] = bpf_htonl(0xffff);                                           \
+			r_[3] = r4_;                                                         \
+		}                                                                            \
+		(k)->netns = bpf_get_netns_cookie(ctx);                                      \
+		for (int i_ = 0; i_ < 4; i_++) {                                             \
+			(k)->local[i_] = (swap) ? r_[i_] : l_[i_];                           \
+			(k)->remote[i_] = (swap) ? l_[i_] : r_[i_];                          \
+		}                                                                            \
+		(k)->lport = (swap) ? rp_ : lp_;                                             \
+		(k)->rport = (swap) ? lp_ : rp_;                                             \
+	} while (0)
+
+static __always_inline int accelerated(struct bpf_sock_ops *skops)
+{
+	__u32 id = cfg_id(skops);
+	if (!id)
+		return 0;
+	struct cfg *c = bpf_map_lookup_elem(&configs, &id);
+	return c && (c->flags & F_ACCEL);
+}
+
+// accelerate puts an established socket in accel_socks: the app's end of a
+// redirected connection (it carries an origin), or the proxy's end of one (its
+// peer's tuple is in tuples), when the scope's config asks for it.
+static __always_inline void accelerate(struct bpf_sock_ops *skops, int active)
+{
+	struct bpf_sock *sk = skops->sk;
+	if (!sk || !accelerated(skops))
+		return;
+	if (active) {
+		if (!bpf_sk_storage_get(&origins, sk, 0, 0))
+			return;
+	} else {
+		struct tuple t = {.netns = bpf_get_netns_cookie(skops)};
+		__u32 family = rd(skops->family), ip4 = rd(skops->remote_ip4);
+		__u32 a0 = rd(skops->remote_ip6[0]), a1 = rd(skops->remote_ip6[1]),
+		      a2 = rd(skops->remote_ip6[2]), a3 = rd(skops->remote_ip6[3]);
+		if (family == AF_INET) {
+			t.addr[2] = bpf_htonl(0xffff);
+			t.addr[3] = ip4;
+		} else {
+			t.addr[0] = a0;
+			t.addr[1] = a1;
+			t.addr[2] = a2;
+			t.addr[3] = a3;
+		}
+		t.port = bpf_ntohl(rd(skops->remote_port));
+		if (!bpf_map_lookup_elem(&tuples, &t))
+			return;
+	}
+	struct sock_key k = {};
+	sock_key_of(skops, &k, 0);
+	bpf_sock_hash_update(skops, &accel_socks, &k, BPF_NOEXIST);
+}
+
 // sockops publishes a redirected connection's origin under its source address
 // and port once the kernel has chosen them (the SYN is about to leave), so the
 // proxy that accepts it can ask; the entry goes when the socket closes.
@@ -501,6 +609,12 @@ int detour_sockops(struct bpf_sock_ops *skops)
 		bpf_sock_ops_cb_flags_set(skops, skops->bpf_sock_ops_cb_flags | BPF_SOCK_OPS_STATE_CB_FLAG);
 		return 1;
 	}
+	case BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB:
+		accelerate(skops, 1);
+		return 1;
+	case BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB:
+		accelerate(skops, 0);
+		return 1;
 	case BPF_SOCK_OPS_STATE_CB:
 		if (skops->args[1] == BPF_TCP_CLOSE) {
 			local_tuple(skops, &t);
@@ -574,4 +688,22 @@ int detour_getsockopt(struct bpf_sockopt *ctx)
 	else
 		o->read = 1;
 	return 1;
+}
+
+// accel hands a message of an accelerated socket to its peer's receive side
+// when the peer is in accel_socks; otherwise the message goes the normal way,
+// and so does every later one of this socket. It never drops a message.
+SEC("sk_msg")
+int detour_accel(struct sk_msg_md *msg)
+{
+	struct bpf_sock *sk = msg->sk;
+	if (!sk)
+		return SK_PASS;
+	if (bpf_sk_storage_get(&accel_off, sk, 0, 0))
+		return SK_PASS;
+	struct sock_key k = {};
+	sock_key_of(msg, &k, 1);
+	if (bpf_msg_redirect_hash(msg, &accel_socks, &k, BPF_F_INGRESS) != SK_PASS)
+		bpf_sk_storage_get(&accel_off, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
+	return SK_PASS;
 }

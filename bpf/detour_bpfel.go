@@ -67,6 +67,15 @@ type detourPortKey struct {
 	Port      uint16
 }
 
+type detourSockKey struct {
+	_      structs.HostLayout
+	Netns  uint64
+	Local  [4]uint32
+	Remote [4]uint32
+	Lport  uint32
+	Rport  uint32
+}
+
 type detourTuple struct {
 	_     structs.HostLayout
 	Netns uint64
@@ -79,6 +88,8 @@ type detourTuple struct {
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
+	detourMapAccelOff            = "accel_off"
+	detourMapAccelSocks          = "accel_socks"
 	detourMapCidrs4              = "cidrs4"
 	detourMapCidrs6              = "cidrs6"
 	detourMapConfigs             = "configs"
@@ -88,6 +99,7 @@ const (
 	detourMapPorts               = "ports"
 	detourMapScopes              = "scopes"
 	detourMapTuples              = "tuples"
+	detourProgDetourAccel        = "detour_accel"
 	detourProgDetourConnect4     = "detour_connect4"
 	detourProgDetourConnect6     = "detour_connect6"
 	detourProgDetourGetpeername4 = "detour_getpeername4"
@@ -143,6 +155,7 @@ type detourSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type detourProgramSpecs struct {
+	DetourAccel        *ebpf.ProgramSpec `ebpf:"detour_accel"`
 	DetourConnect4     *ebpf.ProgramSpec `ebpf:"detour_connect4"`
 	DetourConnect6     *ebpf.ProgramSpec `ebpf:"detour_connect6"`
 	DetourGetpeername4 *ebpf.ProgramSpec `ebpf:"detour_getpeername4"`
@@ -159,6 +172,8 @@ type detourProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type detourMapSpecs struct {
+	AccelOff   *ebpf.MapSpec `ebpf:"accel_off"`
+	AccelSocks *ebpf.MapSpec `ebpf:"accel_socks"`
 	Cidrs4     *ebpf.MapSpec `ebpf:"cidrs4"`
 	Cidrs6     *ebpf.MapSpec `ebpf:"cidrs6"`
 	Configs    *ebpf.MapSpec `ebpf:"configs"`
@@ -197,6 +212,8 @@ func (o *detourObjects) Close() error {
 //
 // It can be passed to loadDetourObjects or ebpf.CollectionSpec.LoadAndAssign.
 type detourMaps struct {
+	AccelOff   *ebpf.Map `ebpf:"accel_off"`
+	AccelSocks *ebpf.Map `ebpf:"accel_socks"`
 	Cidrs4     *ebpf.Map `ebpf:"cidrs4"`
 	Cidrs6     *ebpf.Map `ebpf:"cidrs6"`
 	Configs    *ebpf.Map `ebpf:"configs"`
@@ -210,6 +227,8 @@ type detourMaps struct {
 
 func (m *detourMaps) Close() error {
 	return _DetourClose(
+		m.AccelOff,
+		m.AccelSocks,
 		m.Cidrs4,
 		m.Cidrs6,
 		m.Configs,
@@ -233,6 +252,7 @@ type detourVariables struct {
 //
 // It can be passed to loadDetourObjects or ebpf.CollectionSpec.LoadAndAssign.
 type detourPrograms struct {
+	DetourAccel        *ebpf.Program `ebpf:"detour_accel"`
 	DetourConnect4     *ebpf.Program `ebpf:"detour_connect4"`
 	DetourConnect6     *ebpf.Program `ebpf:"detour_connect6"`
 	DetourGetpeername4 *ebpf.Program `ebpf:"detour_getpeername4"`
@@ -247,6 +267,7 @@ type detourPrograms struct {
 
 func (p *detourPrograms) Close() error {
 	return _DetourClose(
+		p.DetourAccel,
 		p.DetourConnect4,
 		p.DetourConnect6,
 		p.DetourGetpeername4,

@@ -175,7 +175,7 @@ func (d *Driver) Apply(ctx context.Context, p redirect.Plan, have redirect.Insta
 		return false, err
 	}
 	out, inbound, hasInbound := split(p)
-	changed, err := d.loader.Apply(s, out.Capture)
+	changed, err := d.loader.ApplyWith(s, out.Capture, settings(p.Config))
 	if err != nil {
 		return changed, err
 	}
@@ -235,7 +235,7 @@ func (d *Driver) Render(p redirect.Plan) (redirect.Rendering, error) {
 		return redirect.Rendering{}, err
 	}
 	out, inbound, hasInbound := split(p)
-	lines, err := Lines(out.Capture)
+	lines, err := LinesWith(out.Capture, settings(p.Config))
 	if err != nil {
 		return redirect.Rendering{}, err
 	}
@@ -259,6 +259,11 @@ func (d *Driver) Render(p redirect.Plan) (redirect.Rendering, error) {
 			b.WriteString("# " + n + "\n")
 		}
 		fmt.Fprintf(&b, "# ebpf: programs attached to %s, pinned under %s\n", where, d.loader.opts.pinDir())
+		if p.Config.EBPF.Accelerate {
+			b.WriteString("# ebpf: socket acceleration on: app-proxy bytes go socket to socket (sk_msg); a proxy relaying with splice(2) does not receive them\n")
+		} else {
+			b.WriteString("# ebpf: socket acceleration off (ebpf.accelerate)\n")
+		}
 		for _, l := range fr.Lines {
 			b.WriteString(l + "\n")
 		}
@@ -272,6 +277,9 @@ func (d *Driver) Render(p redirect.Plan) (redirect.Rendering, error) {
 	}
 	return r, nil
 }
+
+// settings are the plan's eBPF-only options.
+func settings(c redirect.Config) Settings { return Settings{Accelerate: c.EBPF.Accelerate} }
 
 // familyLines keeps the lines of family f: the programs, the config and the
 // owner and port lists belong to both; CIDRs and DNS servers to their own.

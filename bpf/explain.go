@@ -19,8 +19,25 @@ type kernelVerdict struct {
 	path     []string // entries consulted before rule
 }
 
-// explain mirrors redirect4/redirect6 of detour.c over e (config id id).
+// accelNote is what explain adds to a captured TCP connection of a scope
+// with socket acceleration on.
+const accelNote = "accelerated: sk_msg passes its bytes between app and proxy socket to socket"
+
+// explain mirrors redirect4/redirect6 of detour.c over e (config id id),
+// and says whether the sockops program accelerates the connection.
 func (e entries) explain(c redirect.Conn) kernelVerdict {
+	v := e.decide(c)
+	if v.captured && c.Protocol == redirect.TCP && e.cfg.Flags&flagAccel != 0 {
+		if v.why == "" {
+			v.why = accelNote
+		} else {
+			v.why += "; " + accelNote
+		}
+	}
+	return v
+}
+
+func (e entries) decide(c redirect.Conn) kernelVerdict {
 	dst := c.Dst.WithZone("")
 	v4 := dst.Unmap().Is4()
 	cfgLine := e.lines()[0]

@@ -3,6 +3,7 @@ package bpf
 import (
 	"math/rand/v2"
 	"net/netip"
+	"strings"
 	"testing"
 
 	"github.com/detour-mesh/detour/redirect"
@@ -82,5 +83,45 @@ func TestExplainAgreesWithDecide(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestExplainShowsAcceleration: a captured TCP connection of a scope with
+// acceleration says so; without it, or for DNS, nothing is said.
+func TestExplainShowsAcceleration(t *testing.T) {
+	t.Parallel()
+	cfg := redirect.Default()
+	cfg.Inbound.Enabled = false
+	cfg.DNS.Capture = redirect.DNSCaptureAll
+	capture, err := redirect.NewCapture(cfg, redirect.Facts{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tcp := redirect.Conn{Direction: redirect.DirOutbound, Protocol: redirect.TCP, Dst: netip.MustParseAddr("198.51.100.1"), Port: 443, UID: 1000}
+	dns := redirect.Conn{Direction: redirect.DirOutbound, Protocol: redirect.UDP, Dst: netip.MustParseAddr("198.51.100.1"), Port: 53, UID: 1000}
+	for _, tc := range []struct {
+		name  string
+		accel bool
+		conn  redirect.Conn
+		want  bool
+	}{
+		{"tcp, accelerated", true, tcp, true},
+		{"tcp, default", false, tcp, false},
+		{"dns, accelerated scope", true, dns, false},
+	} {
+		e, err := renderWith(1, capture, Settings{Accelerate: tc.accel})
+		if err != nil {
+			t.Fatal(err)
+		}
+		v := e.explain(tc.conn)
+		if !v.captured {
+			t.Fatalf("%s: not captured", tc.name)
+		}
+		if got := strings.Contains(v.why, accelNote); got != tc.want {
+			t.Errorf("%s: explain says %q, want the acceleration note: %v", tc.name, v.why, tc.want)
+		}
+		if got := strings.Contains(e.lines()[0], "accelerate"); got != tc.accel {
+			t.Errorf("%s: config line %q", tc.name, e.lines()[0])
+		}
 	}
 }

@@ -89,16 +89,34 @@ type ScopeState struct {
 	entries entries
 }
 
+// Settings are a scope's eBPF-only options, beside its capture; the zero
+// value is the default.
+type Settings struct {
+	// Accelerate puts both ends of each redirected connection between the app
+	// and the proxy in a sockhash, where an sk_msg program hands every message
+	// straight to the peer socket's receive side, past the loopback TCP
+	// stack. Off by default: such bytes bypass the socket's TCP receive
+	// queue, so a proxy that relays with splice(2) never sees them; read(2),
+	// recvmsg(2) and readv(2) do (docs/ebpf.md).
+	Accelerate bool
+}
+
 // Lines is what a scope holding exactly c shows in Observe: its programs and
 // its map entries, in `detour plan`'s text form. Pure.
-func Lines(c redirect.Capture) ([]string, error) {
-	e, err := render(1, c)
+func Lines(c redirect.Capture) ([]string, error) { return LinesWith(c, Settings{}) }
+
+// LinesWith is Lines for a scope with settings s.
+func LinesWith(c redirect.Capture, s Settings) ([]string, error) {
+	e, err := renderWith(1, c, s)
 	if err != nil {
 		return nil, err
 	}
 	var out []string
 	for _, a := range attachments {
 		out = append(out, programLine(a.prog, a.attach))
+	}
+	if e.cfg.Flags&flagAccel != 0 {
+		out = append(out, accelLine)
 	}
 	return append(out, e.lines()...), nil
 }

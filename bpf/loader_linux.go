@@ -38,6 +38,8 @@ func probe(helpers bool) error {
 		{"program type cgroup_sock_addr", prog(ebpf.CGroupSockAddr)},
 		{"program type cgroup_sockopt", prog(ebpf.CGroupSockopt)},
 		{"program type sock_ops", prog(ebpf.SockOps)},
+		{"program type sk_msg", prog(ebpf.SkMsg)},
+		{"map type sockhash", mp(ebpf.SockHash)},
 		{"map type lpm_trie", mp(ebpf.LPMTrie)},
 		{"map type sk_storage", mp(ebpf.SkStorage)},
 		{"map type lru_hash", mp(ebpf.LRUHash)},
@@ -51,6 +53,10 @@ func probe(helpers bool) error {
 		{"helper bpf_get_netns_cookie in sock_ops", helper(ebpf.SockOps, asm.FnGetNetnsCookie)},
 		{"helper bpf_sk_storage_get in cgroup_sock_addr", helper(ebpf.CGroupSockAddr, asm.FnSkStorageGet)},
 		{"helper bpf_sk_storage_get in sock_ops", helper(ebpf.SockOps, asm.FnSkStorageGet)},
+		{"helper bpf_sock_hash_update in sock_ops", helper(ebpf.SockOps, asm.FnSockHashUpdate)},
+		{"helper bpf_msg_redirect_hash in sk_msg", helper(ebpf.SkMsg, asm.FnMsgRedirectHash)},
+		{"helper bpf_get_netns_cookie in sk_msg", helper(ebpf.SkMsg, asm.FnGetNetnsCookie)},
+		{"helper bpf_sk_storage_get in sk_msg", helper(ebpf.SkMsg, asm.FnSkStorageGet)},
 	}...)
 	return run(checks)
 }
@@ -77,8 +83,18 @@ func run(checks []check) error {
 // entries, deleting stale ones. Re-applying a new capture updates the maps in
 // place: established connections keep their recorded destinations. changed is
 // false when everything already matched. Needs CAP_BPF, CAP_NET_ADMIN and
-// CAP_SYS_ADMIN (bpffs, cgroup attach).
+// CAP_SYS_ADMIN (bpffs, cgroup attach). It is ApplyWith with the default
+// Settings.
 func (l *Loader) Apply(scope Scope, c redirect.Capture) (changed bool, err error) {
+	return l.ApplyWith(scope, c, Settings{})
+}
+
+// ApplyWith is Apply with the scope's eBPF-only settings. Turning
+// acceleration on attaches the sk_msg program (before the config asks the
+// sockops program for it); turning it off affects new connections, and the
+// program is detached once no scope asks for it. Connections accelerated
+// before keep their path until they close, so none loses bytes.
+func (l *Loader) ApplyWith(scope Scope, c redirect.Capture, set Settings) (changed bool, err error) {
 	if err := scope.validate(); err != nil {
 		return false, err
 	}
@@ -107,7 +123,7 @@ func (l *Loader) Apply(scope Scope, c redirect.Capture) (changed bool, err error
 	if err != nil {
 		return false, err
 	}
-	want, err := render(id, c)
+	want, err := renderWith(id, c, set)
 	if err != nil {
 		return false, err
 	}
@@ -124,12 +140,24 @@ func (l *Loader) Apply(scope Scope, c redirect.Capture) (changed bool, err error
 			}
 		}()
 	}
+	accelAttached := false
+	if want.cfg.Flags&flagAccel != 0 {
+		if accelAttached, err = l.attachAccel(st); err != nil {
+			return false, err
+		}
+	}
 	if !known || !slices.Equal(have.lines(), want.lines()) {
 		if err := st.write(id, have, want); err != nil {
 			return false, err
 		}
 		changed = true
 	}
+	if want.cfg.Flags&flagAccel == 0 && have.cfg.Flags&flagAccel != 0 {
+		if err := l.detachAccelUnused(st); err != nil {
+			return changed, err
+		}
+	}
+	changed = changed || accelAttached
 	cfgForProgs := id
 	if kind == kindNetns {
 		cfgForProgs = 0 // the programs look the config up by netns cookie
@@ -189,6 +217,12 @@ func (l *Loader) Remove(scope Scope) error {
 		if err := st.scopes.Delete(key); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
 			st.close()
 			return fmt.Errorf("unenroll %s: %w", scope, err)
+		}
+		if have.cfg.Flags&flagAccel != 0 {
+			if err := l.detachAccelUnused(st); err != nil {
+				st.close()
+				return err
+			}
 		}
 	}
 	remaining, err := st.scopeKeys()
@@ -530,6 +564,62 @@ func (l *Loader) attach(st *store, r resolved, cfg uint32) (bool, error) {
 	return true, nil
 }
 
+// attachAccel attaches the sk_msg program to the accel_socks sockhash
+// (bpf_link, pinned under links/sk_msg) unless it is there. It reports
+// whether it attached.
+func (l *Loader) attachAccel(st *store) (bool, error) {
+	dir := filepath.Join(l.opts.pinDir(), "links", accelDir)
+	pin := filepath.Join(dir, accelProg)
+	if _, err := os.Stat(pin); err == nil {
+		return false, nil
+	}
+	spec := st.spec.Copy()
+	replace := map[string]*ebpf.Map{}
+	for name, m := range st.maps {
+		replace[name] = m
+	}
+	coll, err := ebpf.NewCollectionWithOptions(spec, ebpf.CollectionOptions{MapReplacements: replace})
+	if err != nil {
+		return false, fmt.Errorf("load programs: %w", err)
+	}
+	defer coll.Close()
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return false, fmt.Errorf("pin directory: %w", err)
+	}
+	lk, err := link.AttachRawLink(link.RawLinkOptions{
+		Target: st.maps[accelMap].FD(), Program: coll.Programs[accelProg], Attach: ebpf.AttachSkMsgVerdict,
+	})
+	if err != nil {
+		return false, fmt.Errorf("attach %s to map %s: %w", accelProg, accelMap, err)
+	}
+	err = lk.Pin(pin)
+	lk.Close()
+	if err != nil && !errors.Is(err, fs.ErrExist) {
+		return true, fmt.Errorf("pin link %s: %w", accelProg, err)
+	}
+	return true, nil
+}
+
+// detachAccelUnused detaches the sk_msg program when no config asks for
+// acceleration any more. Sockets already in accel_socks keep the program
+// (the kernel holds it for them) until they close.
+func (l *Loader) detachAccelUnused(st *store) error {
+	var (
+		id uint32
+		c  detourCfg
+	)
+	it := st.configs.Iterate()
+	for it.Next(&id, &c) {
+		if c.Flags&flagAccel != 0 {
+			return nil
+		}
+	}
+	if err := it.Err(); err != nil {
+		return fmt.Errorf("read configs: %w", err)
+	}
+	return detach(filepath.Join(l.opts.pinDir(), "links", accelDir))
+}
+
 // detach detaches every pinned link in dir at once (unpinning alone frees a
 // link only later, from a work queue) and removes the pins.
 func detach(dir string) error {
@@ -586,6 +676,7 @@ func (l *Loader) rollback(st *store, r resolved, id uint32) error {
 	if err := st.configs.Delete(id); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
 		errs = append(errs, err)
 	}
+	errs = append(errs, l.detachAccelUnused(st))
 	keys, err := st.scopeKeys()
 	if err != nil {
 		return errors.Join(append(errs, err)...)

@@ -14,6 +14,10 @@ func (l *Loader) Ready() error { return errors.ErrUnsupported }
 // Apply needs Linux.
 func (l *Loader) Apply(Scope, redirect.Capture) (bool, error) { return false, errors.ErrUnsupported }
 
+func (l *Loader) ApplyWith(Scope, redirect.Capture, Settings) (bool, error) {
+	return false, errors.ErrUnsupported
+}
+
 // Remove needs Linux.
 func (l *Loader) Remove(Scope) error { return errors.ErrUnsupported }
 

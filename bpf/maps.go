@@ -22,6 +22,7 @@ const (
 	flagDNS4
 	flagDNS6
 	flagDNSAll
+	flagAccel
 )
 
 const (
@@ -157,6 +158,20 @@ func render(id uint32, c redirect.Capture) (entries, error) {
 			e.putIDs(id, setExemptGIDs, dns.ExemptGIDs)
 		}
 		e.putIDs(id, setDNSExemptUIDs, dns.ExemptUIDsForDNS)
+	}
+	return e, nil
+}
+
+// renderWith is render plus the scope's settings: acceleration is a flag of
+// the config, set only where outbound TCP is captured (nothing else is
+// accelerated).
+func renderWith(id uint32, c redirect.Capture, s Settings) (entries, error) {
+	e, err := render(id, c)
+	if err != nil {
+		return e, err
+	}
+	if s.Accelerate && e.cfg.Flags&(flagOut4|flagOut6) != 0 {
+		e.cfg.Flags |= flagAccel
 	}
 	return e, nil
 }
@@ -335,7 +350,7 @@ func fromAddr16(w [4]uint32) netip.Addr {
 }
 
 func flagNames(f uint32) string {
-	names := []string{"out4", "out6", "include_cidrs4", "include_cidrs6", "include_ports", "proxy_gid", "dns4", "dns6", "dns_all"}
+	names := []string{"out4", "out6", "include_cidrs4", "include_cidrs6", "include_ports", "proxy_gid", "dns4", "dns6", "dns_all", "accelerate"}
 	var out []string
 	for i, n := range names {
 		if f&(1<<i) != 0 {

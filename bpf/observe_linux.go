@@ -86,5 +86,8 @@ func (l *Loader) Lines(st State, s Scope) ([]string, error) {
 			out = append(out, programLine(a.prog, a.attach))
 		}
 	}
+	if sc.entries.cfg.Flags&flagAccel != 0 && slices.Contains(st.Links[accelDir], accelProg) {
+		out = append(out, accelLine)
+	}
 	return append(out, sc.Lines...), nil
 }

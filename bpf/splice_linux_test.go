@@ -6,6 +6,8 @@ import (
 	"crypto/sha256"
 	"io"
 	"net"
+	"os"
+	"slices"
 	"testing"
 	"time"
 )
@@ -13,16 +15,48 @@ import (
 // TestSpliceRelayReceivesEveryByte: with the default (no sk_msg socket
 // acceleration), a proxy that relays with io.Copy between two TCP sockets —
 // splice(2) underneath — passes every byte of a redirected connection, both
-// ways.
+// ways; also while another scope on the machine has acceleration on (the
+// sk_msg program is attached then, and must leave this scope alone).
 func TestSpliceRelayReceivesEveryByte(t *testing.T) {
+	for _, beside := range []bool{false, true} {
+		name := "alone"
+		if beside {
+			name = "beside an accelerated scope"
+		}
+		t.Run(name, func(t *testing.T) { spliceRelay(t, beside) })
+	}
+}
+
+func spliceRelay(t *testing.T, besideAccelerated bool) {
 	l := newLab(t)
 	enter(t, l.cgroup)
 	ld := New(Options{PinDir: l.pinDir, Root: l.cgroup})
 	scope := Scope{Cgroup: l.cgroup}
+	if besideAccelerated {
+		other := l.cgroup + "-accel"
+		if err := os.Mkdir(other, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { os.Remove(other) })
+		acc := Scope{Cgroup: other}
+		if _, err := ld.ApplyWith(acc, testCapture(t, nil), Settings{Accelerate: true}); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { ld.Remove(acc) })
+	}
 	if _, err := ld.Apply(scope, testCapture(t, nil)); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { ld.Remove(scope) })
+	if besideAccelerated {
+		st, err := ld.Observe()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !slices.Contains(st.Links[accelDir], accelProg) {
+			t.Fatalf("links %v: the other scope's sk_msg program is not attached", st.Links)
+		}
+	}
 
 	var upstream, relay net.Listener
 	inNS(t, l.ns, func() (err error) {

@@ -24,10 +24,10 @@ import (
 	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
-	"google.golang.org/grpc/experimental"
 	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/detour-mesh/detour/controlplane/xds"
 	"github.com/detour-mesh/detour/redirect"
 )
 
@@ -162,19 +162,25 @@ const (
 	fleetClientsEnv  = "DETOUR_BENCH_FLEET_CLIENTS"  // how many; node ids are benchNodeID(i)
 )
 
+// The protocols of the fan-out benchmark's clients.
+const (
+	protocolSotW  = "sotw"
+	protocolDelta = "delta"
+)
+
 func benchNodeID(i int) string { return fmt.Sprintf("proxy-%04d", i) }
 
 type fleetRound struct {
-	Round   int                 `json:"round"`
-	Targets map[string]Versions `json:"targets,omitempty"`
-	Error   string              `json:"error,omitempty"`
+	Round   int                     `json:"round"`
+	Targets map[string]xds.Versions `json:"targets,omitempty"`
+	Error   string                  `json:"error,omitempty"`
 }
 
 // fleet is the child's side: every client's ACKed versions and the round in
 // progress.
 type fleet struct {
 	mu        sync.Mutex
-	acked     map[string]Versions
+	acked     map[string]xds.Versions
 	round     fleetRound
 	counted   map[string]bool
 	remaining int
@@ -237,12 +243,11 @@ func runFleet() int {
 		return 2
 	}
 	addr, protocol := os.Getenv(fleetEnv), os.Getenv(fleetProtocolEnv)
-	f := &fleet{acked: make(map[string]Versions, n), out: json.NewEncoder(os.Stdout)}
+	f := &fleet{acked: make(map[string]xds.Versions, n), out: json.NewEncoder(os.Stdout)}
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	for i := range n {
-		conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()),
-			experimental.WithBufferPool(xdsBufferPool))
+		conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
 		if err != nil {
 			fmt.Fprintln(os.Stderr, "fleet:", err)
 			return 1
@@ -429,7 +434,7 @@ func benchFanOut(b *testing.B, protocol string, distinct bool) {
 	runtime.GC()
 	resetPeakRSS()
 	_, startRSS := readRSS()
-	srv := NewServer(ServerOptions{})
+	srv := NewServer(xds.Options{})
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		b.Fatal(err)
@@ -447,9 +452,9 @@ func benchFanOut(b *testing.B, protocol string, distinct bool) {
 		if err != nil {
 			b.Fatal(err)
 		}
-		r := fleetRound{Round: variant, Targets: make(map[string]Versions, n)}
+		r := fleetRound{Round: variant, Targets: make(map[string]xds.Versions, n)}
 		for id, ns := range bld.nodes {
-			r.Targets[id] = ns.versions
+			r.Targets[id] = ns.Versions()
 		}
 		return m, r
 	}

@@ -1,5 +1,6 @@
-// Package controlplane serves Envoy sidecars the listeners and clusters that
-// match the redirection detour installs.
+// Package controlplane turns a mesh into the listeners and clusters Envoy
+// sidecars must have to match the redirection detour installs, and runs the
+// control plane that serves them (Run).
 //
 // A Mesh (from a mesh file, DecodeMesh, or from the Kubernetes source in
 // controlplane/kube) lists services, workloads and the outbound policy. Each
@@ -11,14 +12,14 @@
 // pure and deterministic, every resource is validated deeply (each typed config
 // unpacked and ValidateAll'ed, plus cross-resource checks of our own) before
 // anything is served, and versions are content hashes, so an unchanged node is
-// not pushed and replicas agree. It serves them over ADS (SotW and delta) with
-// go-control-plane's server and a cache of its own (cache.go) that answers
-// from resources encoded once per change, holds NACKed configs back instead
-// of resending them in a loop, enforces the mTLS node identity, and exposes
-// health, readiness, Prometheus metrics and /debug/nodes over HTTP.
+// not pushed and replicas agree. Serving — ADS (SotW and delta), the cache,
+// NACK back-off, the mTLS node identity, health, readiness, Prometheus
+// metrics and /debug/nodes — is package controlplane/xds, which Server
+// embeds. This package also loads the TLS files (tls.go) and writes Envoy
+// bootstraps (bootstrap.go).
 //
 // Privileges: none. The package listens on the addresses it is given.
 //
-// Only this package (and its subpackages) imports go-control-plane, gRPC,
+// Only this package and its subpackages import go-control-plane, gRPC,
 // Prometheus and client-go. It must not import cmd/..., cni or bpf.
 package controlplane

@@ -57,7 +57,7 @@ func TestResourcesGolden(t *testing.T) {
 				t.Fatal(err)
 			}
 			header := fmt.Sprintf("# node %s, outboundPolicy %s\n# versions: listeners %s, clusters %s\n",
-				tt.node, m.OutboundPolicy, ns.versions.Listeners, ns.versions.Clusters)
+				tt.node, m.OutboundPolicy, ns.Versions().Listeners, ns.Versions().Clusters)
 			checkGolden(t, tt.name, append([]byte(header), out...))
 		})
 	}

@@ -8,6 +8,8 @@ import (
 	"net"
 	"net/http"
 	"time"
+
+	"github.com/detour-mesh/detour/controlplane/xds"
 )
 
 // Default listen addresses of `detour control-plane`.
@@ -31,7 +33,7 @@ type RunOptions struct {
 	// ClientCA (a PEM bundle) requires client certificates signed by it, and
 	// a request's node id must be one of the certificate's SANs. Needs TLSCert.
 	ClientCA string
-	// NACKBackoff: see ServerOptions.
+	// NACKBackoff: see xds.Options.
 	NACKBackoff time.Duration
 	// Logger; nil discards.
 	Logger *slog.Logger
@@ -55,7 +57,7 @@ func Run(ctx context.Context, o RunOptions) error {
 	if err != nil {
 		return err
 	}
-	srv := NewServer(ServerOptions{Logger: log, NACKBackoff: o.NACKBackoff, TLS: tlsCfg})
+	srv := NewServer(xds.Options{Logger: log, NACKBackoff: o.NACKBackoff, TLS: tlsCfg})
 
 	xdsAddr := o.XDSAddress
 	if xdsAddr == "" {

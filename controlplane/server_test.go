@@ -5,8 +5,8 @@ import (
 	"crypto/tls"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
-	"maps"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -19,10 +19,8 @@ import (
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
-	cachev3 "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
 	sotwclient "github.com/envoyproxy/go-control-plane/pkg/client/sotw/v3"
 	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
-	"github.com/envoyproxy/go-control-plane/pkg/server/stream/v3"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
@@ -31,6 +29,8 @@ import (
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
+
+	"github.com/detour-mesh/detour/controlplane/xds"
 )
 
 // testTimeout bounds every wait of these tests.
@@ -42,7 +42,7 @@ type testServer struct {
 	addr string
 }
 
-func startServer(t *testing.T, opts ServerOptions) *testServer {
+func startServer(t *testing.T, opts xds.Options) *testServer {
 	t.Helper()
 	s := NewServer(opts)
 	l, err := net.Listen("tcp", "127.0.0.1:0")
@@ -60,7 +60,7 @@ func startServer(t *testing.T, opts ServerOptions) *testServer {
 	return &testServer{Server: s, addr: l.Addr().String()}
 }
 
-func (s *testServer) update(t *testing.T, m *Mesh) UpdateResult {
+func (s *testServer) update(t *testing.T, m *Mesh) xds.UpdateResult {
 	t.Helper()
 	res, err := s.Update(context.Background(), m)
 	if err != nil {
@@ -141,7 +141,7 @@ func wantNames(t *testing.T, m *Mesh, node, typeURL string) []string {
 }
 
 // debugNodes reads /debug/nodes.
-func debugNodes(t *testing.T, s *Server) map[string]NodeStatus {
+func debugNodes(t *testing.T, s *Server) map[string]xds.NodeStatus {
 	t.Helper()
 	rec := httptest.NewRecorder()
 	s.Handler().ServeHTTP(rec, httptest.NewRequest("GET", "/debug/nodes", nil))
@@ -149,12 +149,12 @@ func debugNodes(t *testing.T, s *Server) map[string]NodeStatus {
 		t.Fatalf("/debug/nodes: %d", rec.Code)
 	}
 	var out struct {
-		Nodes []NodeStatus `json:"nodes"`
+		Nodes []xds.NodeStatus `json:"nodes"`
 	}
 	if err := json.Unmarshal(rec.Body.Bytes(), &out); err != nil {
 		t.Fatal(err)
 	}
-	m := map[string]NodeStatus{}
+	m := map[string]xds.NodeStatus{}
 	for _, n := range out.Nodes {
 		m[n.NodeID] = n
 	}
@@ -184,7 +184,7 @@ func metricsText(t *testing.T, s *Server) string {
 
 func TestADSFirstFetchAndACK(t *testing.T) {
 	t.Parallel()
-	s := startServer(t, ServerOptions{})
+	s := startServer(t, xds.Options{})
 	m := loadMesh(t, "testdata/matrix.yaml")
 	s.update(t, m)
 	ctx := testCtx(t)
@@ -230,7 +230,7 @@ func TestADSFirstFetchAndACK(t *testing.T) {
 func TestADSNACKIsBackedOff(t *testing.T) {
 	t.Parallel()
 	const backoff = 300 * time.Millisecond
-	s := startServer(t, ServerOptions{NACKBackoff: backoff})
+	s := startServer(t, xds.Options{NACKBackoff: backoff})
 	m := loadMesh(t, "testdata/matrix.yaml")
 	s.update(t, m)
 	ctx := testCtx(t)
@@ -273,7 +273,7 @@ func TestADSNACKIsBackedOff(t *testing.T) {
 
 	// A new config ends the back-off at once: the NACK is answered by the
 	// change (the test would time out if the hour-long back-off applied).
-	s2 := startServer(t, ServerOptions{NACKBackoff: time.Hour})
+	s2 := startServer(t, xds.Options{NACKBackoff: time.Hour})
 	s2.update(t, m)
 	c2 := sotwClient(t, ctx, dial(t, s2.addr, nil), "tproxy-ipv4", resourcev3.ListenerType)
 	if _, err := c2.Fetch(); err != nil {
@@ -319,7 +319,7 @@ func rawStream(t *testing.T, ctx context.Context, conn *grpc.ClientConn) discove
 
 func TestADSReconnect(t *testing.T) {
 	t.Parallel()
-	s := startServer(t, ServerOptions{})
+	s := startServer(t, xds.Options{})
 	m := loadMesh(t, "testdata/matrix.yaml")
 	s.update(t, m)
 	ctx := testCtx(t)
@@ -383,7 +383,7 @@ func TestADSReconnect(t *testing.T) {
 
 func TestADSChangeReachesOnlyAffectedNodes(t *testing.T) {
 	t.Parallel()
-	s := startServer(t, ServerOptions{})
+	s := startServer(t, xds.Options{})
 	m := loadMesh(t, "testdata/matrix.yaml")
 	s.update(t, m)
 	ctx := testCtx(t)
@@ -465,7 +465,7 @@ func TestADSChangeReachesOnlyAffectedNodes(t *testing.T) {
 
 func TestADSInvalidUpdateKeepsServing(t *testing.T) {
 	t.Parallel()
-	s := startServer(t, ServerOptions{})
+	s := startServer(t, xds.Options{})
 	m := loadMesh(t, "testdata/matrix.yaml")
 	s.update(t, m)
 	before, _ := s.Versions("redirect-ipv4")
@@ -490,7 +490,7 @@ func TestADSInvalidUpdateKeepsServing(t *testing.T) {
 
 func TestDeltaSubscribeUnsubscribe(t *testing.T) {
 	t.Parallel()
-	s := startServer(t, ServerOptions{})
+	s := startServer(t, xds.Options{})
 	m := loadMesh(t, "testdata/matrix.yaml")
 	s.update(t, m)
 	ctx := testCtx(t)
@@ -594,7 +594,7 @@ func TestNodeIdentityMTLS(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	s := startServer(t, ServerOptions{TLS: serverTLS})
+	s := startServer(t, xds.Options{TLS: serverTLS})
 	m := loadMesh(t, "testdata/matrix.yaml")
 	s.update(t, m)
 	ctx := testCtx(t)
@@ -644,7 +644,7 @@ func TestNodeIdentityMTLS(t *testing.T) {
 
 func TestHTTPEndpointsAndHealth(t *testing.T) {
 	t.Parallel()
-	s := startServer(t, ServerOptions{})
+	s := startServer(t, xds.Options{})
 	h := s.Handler()
 	get := func(path string) int {
 		rec := httptest.NewRecorder()
@@ -662,7 +662,7 @@ func TestHTTPEndpointsAndHealth(t *testing.T) {
 	if get("/healthz") != 200 || get("/readyz") != 503 {
 		t.Errorf("before the first mesh: healthz %d, readyz %d; want 200, 503", get("/healthz"), get("/readyz"))
 	}
-	if st := health(adsService); st != healthpb.HealthCheckResponse_NOT_SERVING {
+	if st := health("envoy.service.discovery.v3.AggregatedDiscoveryService"); st != healthpb.HealthCheckResponse_NOT_SERVING {
 		t.Errorf("gRPC health before the first mesh = %v", st)
 	}
 	s.update(t, loadMesh(t, "testdata/matrix.yaml"))
@@ -679,7 +679,7 @@ func TestHTTPEndpointsAndHealth(t *testing.T) {
 
 func TestRemovedNodeKeepsConfigWhileConnected(t *testing.T) {
 	t.Parallel()
-	s := startServer(t, ServerOptions{})
+	s := startServer(t, xds.Options{})
 	m := loadMesh(t, "testdata/matrix.yaml")
 	s.update(t, m)
 	ctx := testCtx(t)
@@ -697,16 +697,31 @@ func TestRemovedNodeKeepsConfigWhileConnected(t *testing.T) {
 	if !slices.Equal(res.Removed, []string{"inbound-only"}) {
 		t.Fatalf("removed = %v", res.Removed)
 	}
-	if _, err := s.cache.GetSnapshot("inbound-only"); err != nil {
-		t.Errorf("connected removed node lost its snapshot: %v", err)
+	// The snapshot stays while the proxy is connected: a second stream of
+	// the node is still served, and the node is still counted.
+	conn2 := dial(t, s.addr, nil)
+	c2 := sotwClient(t, ctx, conn2, "inbound-only", resourcev3.ListenerType)
+	if resp, err := c2.Fetch(); err != nil || len(resp.Resources) == 0 {
+		t.Errorf("a second stream of the connected removed node got %v, %v; want its listeners", resp, err)
+	}
+	snapshotNodes := func() string {
+		for _, line := range strings.Split(metricsText(t, s.Server), "\n") {
+			if strings.HasPrefix(line, "detour_snapshot_nodes ") {
+				return line
+			}
+		}
+		return ""
+	}
+	if got, want := snapshotNodes(), fmt.Sprintf("detour_snapshot_nodes %d", len(m.Workloads)); got != want {
+		t.Errorf("metrics: %q while the removed node is connected, want %q", got, want)
 	}
 	if n := debugNodes(t, s.Server)["inbound-only"]; n.InMesh {
 		t.Errorf("/debug/nodes still has inbound-only in the mesh")
 	}
 	conn.Close()
+	conn2.Close()
 	waitFor(t, "snapshot cleared after disconnect", func() bool {
-		_, err := s.cache.GetSnapshot("inbound-only")
-		return err != nil
+		return snapshotNodes() == fmt.Sprintf("detour_snapshot_nodes %d", len(smaller.Workloads))
 	})
 	if _, ok := debugNodes(t, s.Server)["inbound-only"]; ok {
 		t.Errorf("/debug/nodes still lists the removed, disconnected node")
@@ -715,11 +730,11 @@ func TestRemovedNodeKeepsConfigWhileConnected(t *testing.T) {
 
 // TestResponsesAreTheGeneratedResources checks what a SotW client receives
 // against the generated resources, field by field (responses reuse the
-// resources' encodings instead of the cache marshalling them), and that the
-// cache's response was replaced by a pre-encoded one.
+// resources' encodings instead of the cache marshalling them; the xds
+// package's tests check the pre-encoded responses themselves).
 func TestResponsesAreTheGeneratedResources(t *testing.T) {
 	t.Parallel()
-	s := startServer(t, ServerOptions{})
+	s := startServer(t, xds.Options{})
 	m := loadMesh(t, "testdata/matrix.yaml")
 	s.update(t, m)
 	want, err := m.Resources("tproxy-dual")
@@ -746,29 +761,6 @@ func TestResponsesAreTheGeneratedResources(t *testing.T) {
 		}
 	}
 
-	// The cache's answer is turned into a pre-encoded response.
-	ch := make(chan cachev3.Response, 1)
-	req := &discoveryv3.DiscoveryRequest{Node: &corev3.Node{Id: "tproxy-dual"}, TypeUrl: resourcev3.ClusterType}
-	if _, err := s.cache.watch("tproxy-dual", req, stream.NewSotwSubscription(nil, true), ch); err != nil {
-		t.Fatal(err)
-	}
-	r := <-ch
-	if _, ok := r.(*cachev3.PassthroughResponse); !ok {
-		t.Fatalf("response is a %T, want a pre-encoded *cache.PassthroughResponse", r)
-	}
-	dr, err := r.GetDiscoveryResponse()
-	if err != nil {
-		t.Fatal(err)
-	}
-	v, _ := s.Versions("tproxy-dual")
-	if dr.GetVersionInfo() != v.Clusters || len(dr.GetResources()) != len(want.Clusters) {
-		t.Errorf("pre-encoded response: version %q (want %q), %d resources (want %d)",
-			dr.GetVersionInfo(), v.Clusters, len(dr.GetResources()), len(want.Clusters))
-	}
-	// A full response is remembered as one entry, not one per resource.
-	if got, want := r.GetReturnedResources(), map[string]string{returnedAll: v.Clusters}; !maps.Equal(got, want) {
-		t.Errorf("returned resources = %q, want %q", got, want)
-	}
 }
 
 // TestExcludedWorkloadsAreCountedAndListed: workloads a source left out are
@@ -776,7 +768,7 @@ func TestResponsesAreTheGeneratedResources(t *testing.T) {
 // /debug/nodes; the next mesh replaces them.
 func TestExcludedWorkloadsAreCountedAndListed(t *testing.T) {
 	t.Parallel()
-	s := startServer(t, ServerOptions{})
+	s := startServer(t, xds.Options{})
 	m := loadMesh(t, "testdata/matrix.yaml")
 	m.Excluded = []Excluded{{NodeID: "dns-1.shop", Reason: `workloads[0].transparentProxy.dns.capture: "all" is not served`}}
 	s.update(t, m)

@@ -2,8 +2,6 @@ package controlplane
 
 import (
 	"cmp"
-	"crypto/sha256"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -13,35 +11,21 @@ import (
 
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
-	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
 	cachev3 "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
 	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	"google.golang.org/protobuf/proto"
-	"google.golang.org/protobuf/types/known/anypb"
+
+	"github.com/detour-mesh/detour/controlplane/xds"
 )
 
 // ErrUnknownNode is returned for a node id that no workload of the mesh has.
 var ErrUnknownNode = errors.New("no workload has this node id")
 
-// Versions are the content-hash versions of one node's resources, per type. Equal
-// resources give equal versions in every process and replica, so an unchanged
-// config pushes nothing and replicas agree.
-type Versions struct {
-	Listeners string `json:"listeners"`
-	Clusters  string `json:"clusters"`
-}
-
-// nodeSnapshot is what one node is served. Nodes of the same shape (see
-// shapeKey) share one.
-type nodeSnapshot struct {
-	versions Versions
-	snapshot *servedSnapshot
-}
-
 // build is the outcome of turning one mesh into every node's snapshot.
 type build struct {
-	nodes    map[string]*nodeSnapshot
+	nodes    map[string]*xds.Snapshot
+	start    time.Time // when the build began: when the change was seen
 	duration time.Duration
 }
 
@@ -65,8 +49,8 @@ func buildSnapshots(m *Mesh) (*build, error) {
 	g := newGenerator(m)
 	ch := newChecker()
 	h := newHasher()
-	b := &build{nodes: make(map[string]*nodeSnapshot, len(m.Workloads))}
-	shapes := make(map[string]*nodeSnapshot)
+	b := &build{nodes: make(map[string]*xds.Snapshot, len(m.Workloads)), start: start}
+	shapes := make(map[string]*xds.Snapshot)
 	failed := make(map[string]bool)
 	var errs []error
 	for i := range m.Workloads {
@@ -134,24 +118,24 @@ func shapeKey(w *Workload) (string, error) {
 	return string(key), nil
 }
 
-// hasher marshals, hashes and wraps each distinct resource once, and runs
-// Snapshot.Consistent once over every distinct resource of the build.
+// hasher marshals and wraps each distinct resource once (xds.NewResource),
+// and runs Snapshot.Consistent once over every distinct resource of the build.
 type hasher struct {
-	scratch   []byte // the version's input, reused
-	served    map[proto.Message]*servedResource
+	snapshots xds.SnapshotBuilder
+	served    map[proto.Message]*xds.Resource
 	listeners []types.Resource // every distinct listener, in first-seen order
 	clusters  []types.Resource // every distinct cluster
 }
 
 func newHasher() *hasher {
-	return &hasher{served: make(map[proto.Message]*servedResource)}
+	return &hasher{served: make(map[proto.Message]*xds.Resource)}
 }
 
 // marshal is deterministic, so equal resources hash equally.
 var marshal = proto.MarshalOptions{Deterministic: true}
 
 // serve returns the served form of m, marshalling it the first time.
-func (h *hasher) serve(m proto.Message, typeURL string) (*servedResource, error) {
+func (h *hasher) serve(m proto.Message, typeURL string) (*xds.Resource, error) {
 	if v, ok := h.served[m]; ok {
 		return v, nil
 	}
@@ -160,10 +144,7 @@ func (h *hasher) serve(m proto.Message, typeURL string) (*servedResource, error)
 	if err != nil {
 		return nil, fmt.Errorf("marshal %s: %w", name, err)
 	}
-	sum := sha256.Sum256(b)
-	a := &anypb.Any{TypeUrl: typeURL, Value: b}
-	hash := hex.EncodeToString(sum[:12])
-	v := &servedResource{name: name, hash: hash, any: a, delta: &discoveryv3.Resource{Name: name, Version: hash, Resource: a}}
+	v := xds.NewResource(name, typeURL, b)
 	h.served[m] = v
 	switch m.(type) {
 	case *listenerv3.Listener:
@@ -174,46 +155,28 @@ func (h *hasher) serve(m proto.Message, typeURL string) (*servedResource, error)
 	return v, nil
 }
 
-// group returns the served form of one type's resources: sorted by name,
-// versioned by a hash of their names and content hashes.
-func group[T proto.Message](h *hasher, typeURL string, resources []T) (servedType, error) {
-	t := servedType{resources: make([]*servedResource, len(resources)), all: make([]*anypb.Any, len(resources))}
+func serveAll[T proto.Message](h *hasher, typeURL string, resources []T) ([]*xds.Resource, error) {
+	out := make([]*xds.Resource, len(resources))
 	for i, r := range resources {
 		v, err := h.serve(r, typeURL)
 		if err != nil {
-			return servedType{}, err
+			return nil, err
 		}
-		t.resources[i] = v
+		out[i] = v
 	}
-	slices.SortFunc(t.resources, func(a, b *servedResource) int { return cmp.Compare(a.name, b.name) })
-	b := h.scratch[:0]
-	for i, r := range t.resources {
-		if i > 0 && t.resources[i-1].name == r.name {
-			return servedType{}, fmt.Errorf("two resources of %s are named %q", typeURL, r.name)
-		}
-		t.all[i] = r.any
-		b = append(b, r.name...)
-		b = append(b, 0)
-		b = append(b, r.hash...)
-		b = append(b, '\n')
-	}
-	h.scratch = b
-	sum := sha256.Sum256(b)
-	t.version = hex.EncodeToString(sum[:12])
-	return t, nil
+	return out, nil
 }
 
-func (h *hasher) snapshot(r Resources) (*nodeSnapshot, error) {
-	l, err := group(h, resourcev3.ListenerType, r.Listeners)
+func (h *hasher) snapshot(r Resources) (*xds.Snapshot, error) {
+	l, err := serveAll(h, resourcev3.ListenerType, r.Listeners)
 	if err != nil {
 		return nil, err
 	}
-	c, err := group(h, resourcev3.ClusterType, r.Clusters)
+	c, err := serveAll(h, resourcev3.ClusterType, r.Clusters)
 	if err != nil {
 		return nil, err
 	}
-	s := &servedSnapshot{listeners: l, clusters: c}
-	return &nodeSnapshot{versions: Versions{Listeners: l.version, Clusters: c.version}, snapshot: s}, nil
+	return h.snapshots.Snapshot(l, c)
 }
 
 // consistent runs go-control-plane's Snapshot.Consistent over every distinct

@@ -17,14 +17,14 @@ func TestVersionsAreContentHashes(t *testing.T) {
 		t.Fatal(err)
 	}
 	for id, ns := range a.nodes {
-		if b.nodes[id].versions != ns.versions {
-			t.Errorf("node %s: versions differ between two builds of the same mesh: %v, %v", id, ns.versions, b.nodes[id].versions)
+		if b.nodes[id].Versions() != ns.Versions() {
+			t.Errorf("node %s: versions differ between two builds of the same mesh: %v, %v", id, ns.Versions(), b.nodes[id].Versions())
 		}
-		if ns.versions.Listeners == "" || ns.versions.Clusters == "" {
-			t.Errorf("node %s: empty version %v", id, ns.versions)
+		if ns.Versions().Listeners == "" || ns.Versions().Clusters == "" {
+			t.Errorf("node %s: empty version %v", id, ns.Versions())
 		}
-		if got := ns.snapshot.GetVersion("type.googleapis.com/envoy.config.listener.v3.Listener"); got != ns.versions.Listeners {
-			t.Errorf("node %s: snapshot listener version %q, want %q", id, got, ns.versions.Listeners)
+		if got := ns.GetVersion("type.googleapis.com/envoy.config.listener.v3.Listener"); got != ns.Versions().Listeners {
+			t.Errorf("node %s: snapshot listener version %q, want %q", id, got, ns.Versions().Listeners)
 		}
 	}
 
@@ -42,10 +42,10 @@ func TestVersionsAreContentHashes(t *testing.T) {
 	}
 	var changed []string
 	for id, ns := range a.nodes {
-		if c.nodes[id].versions.Listeners != ns.versions.Listeners {
+		if c.nodes[id].Versions().Listeners != ns.Versions().Listeners {
 			t.Errorf("node %s: listener version changed for an endpoint change", id)
 		}
-		if c.nodes[id].versions.Clusters != ns.versions.Clusters {
+		if c.nodes[id].Versions().Clusters != ns.Versions().Clusters {
 			changed = append(changed, id)
 		}
 	}

@@ -10,12 +10,14 @@ import (
 	"slices"
 	"strings"
 	"time"
+
+	"github.com/detour-mesh/detour/controlplane/xds"
 )
 
 // Sink receives the meshes a Source produces. Server implements it.
 type Sink interface {
 	// Update serves m if it is valid; otherwise the previous mesh stays.
-	Update(ctx context.Context, m *Mesh) (UpdateResult, error)
+	Update(ctx context.Context, m *Mesh) (xds.UpdateResult, error)
 	// Invalid records a change that could not become a mesh at all.
 	Invalid(err error)
 }

@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/detour-mesh/detour/controlplane/xds"
 	"github.com/detour-mesh/detour/redirect"
 )
 
@@ -23,9 +24,9 @@ func newRecordingSink() *recordingSink {
 	return &recordingSink{updates: make(chan *Mesh, 10), invalids: make(chan error, 10)}
 }
 
-func (r *recordingSink) Update(_ context.Context, m *Mesh) (UpdateResult, error) {
+func (r *recordingSink) Update(_ context.Context, m *Mesh) (xds.UpdateResult, error) {
 	r.updates <- m
-	return UpdateResult{}, nil
+	return xds.UpdateResult{}, nil
 }
 
 func (r *recordingSink) Invalid(err error) { r.invalids <- err }

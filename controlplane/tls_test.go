@@ -15,6 +15,8 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/status"
+
+	"github.com/detour-mesh/detour/controlplane/xds"
 )
 
 // TestTLSRotationWithoutRestart: the server certificate, its key and the
@@ -30,7 +32,7 @@ func TestTLSRotationWithoutRestart(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	s := startServer(t, ServerOptions{TLS: serverTLS})
+	s := startServer(t, xds.Options{TLS: serverTLS})
 	s.update(t, loadMesh(t, "testdata/matrix.yaml"))
 	ctx := testCtx(t)
 

@@ -1,7 +1,6 @@
 package controlplane
 
 import (
-	"bytes"
 	"errors"
 	"strings"
 	"testing"
@@ -13,7 +12,6 @@ import (
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	tcpproxyv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/tcp_proxy/v3"
 	dnsfilterv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/udp/dns_filter/v3"
-	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 )
@@ -306,41 +304,6 @@ func TestConsistentRunsOnEveryDistinctResource(t *testing.T) {
 	}
 	if err := h.consistent(); err != nil {
 		t.Errorf("consistent() on generated resources = %v", err)
-	}
-}
-
-// TestServedBytesEqualResource checks the pre-marshalled resources the cache
-// serves: their wire form is exactly the resource's deterministic encoding.
-func TestServedBytesEqualResource(t *testing.T) {
-	t.Parallel()
-	r := baseResources(t)
-	h := newHasher()
-	ns, err := h.snapshot(r)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, l := range r.Listeners {
-		want, err := proto.MarshalOptions{Deterministic: true}.Marshal(l)
-		if err != nil {
-			t.Fatal(err)
-		}
-		served := ns.snapshot.listeners.lookup(l.GetName())
-		if served == nil {
-			t.Fatalf("listener %s is not served", l.GetName())
-		}
-		if served.any.GetTypeUrl() != resourcev3.ListenerType || served.delta.GetResource() != served.any ||
-			served.delta.GetName() != l.GetName() || served.delta.GetVersion() != served.hash {
-			t.Errorf("listener %s: served as Any %q, delta resource %q version %q (hash %q)", l.GetName(),
-				served.any.GetTypeUrl(), served.delta.GetName(), served.delta.GetVersion(), served.hash)
-		}
-		got := served.any.GetValue()
-		if !bytes.Equal(got, want) {
-			t.Errorf("listener %s: served bytes differ from the listener's encoding", l.GetName())
-		}
-		var back listenerv3.Listener
-		if err := proto.Unmarshal(got, &back); err != nil || !proto.Equal(&back, l) {
-			t.Errorf("listener %s: served bytes do not decode to the listener (%v)", l.GetName(), err)
-		}
 	}
 }
 

@@ -16,6 +16,7 @@ type Config struct {
 	Proxy              Proxy      `json:"proxy"`
 	Mode               Mode       `json:"mode"`
 	Backend            Backend    `json:"backend"`
+	EBPF               EBPF       `json:"ebpf"`
 	IPFamilies         IPFamilies `json:"ipFamilies"`
 	Inbound            Inbound    `json:"inbound"`
 	Outbound           Outbound   `json:"outbound"`
@@ -83,6 +84,16 @@ type DNS struct {
 	// ConntrackZoneSplit keeps the proxy's and the app's UDP/53 flows in separate
 	// conntrack zones, so a 4-tuple reused by both cannot skip the DNS proxy.
 	ConntrackZoneSplit bool `json:"conntrackZoneSplit"`
+}
+
+// EBPF holds the options of backend ebpf only; setting one with another
+// backend is invalid (Validate).
+type EBPF struct {
+	// Accelerate hands the bytes between the app and the proxy from socket
+	// to socket (sockops + sk_msg) instead of through the loopback TCP stack.
+	// Off by default: those bytes bypass the socket's TCP receive queue, so a
+	// proxy that relays with splice(2) never receives them (docs/ebpf.md).
+	Accelerate bool `json:"accelerate"`
 }
 
 // Log turns on kernel logging of captured connections.

@@ -153,6 +153,15 @@ func TestValidateConflicts(t *testing.T) {
 	if err := Default().Validate(); err != nil {
 		t.Errorf("Default().Validate() = %v", err)
 	}
+	accel := Default()
+	accel.EBPF.Accelerate = true
+	if err := accel.Validate(); err == nil || !strings.Contains(err.Error(), `ebpf.accelerate: "true" needs backend ebpf`) {
+		t.Errorf("Validate() of ebpf.accelerate with backend auto = %v, want it refused", err)
+	}
+	accel.Backend = BackendEBPF
+	if err := accel.Validate(); err != nil {
+		t.Errorf("Validate() of ebpf.accelerate with backend ebpf = %v", err)
+	}
 }
 
 func TestPresets(t *testing.T) {

@@ -483,6 +483,12 @@ var fields = []Field{
 		get: func(c *Config) string { return string(c.Backend) },
 	},
 	{
+		Path: "ebpf.accelerate", Name: "ebpf-accelerate", Bool: true,
+		Usage: "backend ebpf only: pass app-proxy bytes socket to socket (sk_msg); a proxy relaying with splice(2) loses them",
+		set:   boolField("ebpf.accelerate", func(c *Config) *bool { return &c.EBPF.Accelerate }),
+		get:   func(c *Config) string { return strconv.FormatBool(c.EBPF.Accelerate) },
+	},
+	{
 		Path: "ipFamilies", Name: "ip-families", Usage: "auto (IPv6 whenever the namespace has it), ipv4, ipv6 or dual",
 		set: enumField("ipFamilies", families, func(c *Config) *IPFamilies { return &c.IPFamilies }),
 		get: func(c *Config) string { return string(c.IPFamilies) },

@@ -60,6 +60,9 @@ func (c Config) Validate() error {
 	if c.Backend == BackendEBPF && c.Mode == ModeTProxy {
 		bad("mode", string(c.Mode), "is not available with backend ebpf (it redirects at connect() time, where there is no packet to deliver transparently)")
 	}
+	if c.EBPF.Accelerate && c.Backend != BackendEBPF {
+		bad("ebpf.accelerate", "true", "needs backend ebpf (--ebpf-accelerate is an option of the eBPF backend; backend is "+strconv.Quote(string(c.Backend))+")")
+	}
 	if _, err := parseEnum(string(c.IPFamilies), families); err != nil {
 		bad("ipFamilies", string(c.IPFamilies), err.(*FieldError).Reason)
 	}

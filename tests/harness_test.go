@@ -165,9 +165,7 @@ func rand(t *testing.T) *lab.Rand {
 // known defect outside the tests, each listed under "Known failures" in
 // docs/scenarios.md with its details. They skip with the reason, unless
 // DETOUR_E2E_KNOWN_FAILURES=run, which runs them to see whether they still fail.
-var knownFailures = map[string]string{
-	"TestInbound/*/ipv6/nftables/tproxy": "nftables TPROXY over IPv6: a new inbound connection to a captured port intermittently reaches the app instead of the proxy (seen once in I3, while detour explain reads the captured verdict from the same table)",
-}
+var knownFailures = map[string]string{}
 
 // skipKnown skips t when it is a known failure.
 func skipKnown(t *testing.T) {

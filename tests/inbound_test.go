@@ -3,6 +3,7 @@
 package tests
 
 import (
+	"fmt"
 	"net/netip"
 	"testing"
 
@@ -34,6 +35,16 @@ func TestInbound(t *testing.T) {
 			}
 			// A port nothing listens on is captured too.
 			p.inbound("I1 a closed port", p.client(0, p.rnd.Port()), srvInbound)
+			// A new connection from the address and port of one that has just
+			// closed is captured like the first: the server side closes first,
+			// so the pod holds the old connection in TIME_WAIT (in TPROXY mode a
+			// transparent socket of the proxy's), and the new SYN must still be
+			// handed to the inbound proxy, never to the app behind it.
+			reuse := p.client(0, p.appPort(netip.Addr{}))
+			reuse.FromPort = p.rnd.Port()
+			for i := range 4 {
+				p.inbound(fmt.Sprintf("I1 connection %d from one reused source address and port", i+1), reuse, srvInbound)
+			}
 		})
 	})
 

@@ -70,6 +70,9 @@ func TestLifecycle(t *testing.T) {
 				t.Errorf("an install with a new excluded port reports no changes:\n%s", third)
 			}
 			noDuplicates(t, p)
+			if len(hooks(s1)) == 0 {
+				t.Fatalf("found no hook of detour's in the first install's state:\n%s", s1)
+			}
 			if got, want := hooks(p.snapshot()), hooks(s1); !slices.Equal(got, want) {
 				t.Errorf("hooks in built-in chains after a changed install:\n%s\nwant the same as after the first:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
 			}
@@ -433,6 +436,20 @@ func hooks(snapshot string) []string {
 			out = append(out, line)
 		}
 	}
+	// In an nft ruleset the hooks are the base chains of detour's tables: the
+	// "type … hook …" line under each "chain NAME {".
+	var table, chain string
+	for _, line := range strings.Split(snapshot, "\n") {
+		l := strings.TrimSpace(line)
+		switch {
+		case strings.HasPrefix(line, "table "):
+			table, chain = strings.TrimSuffix(l, " {"), ""
+		case strings.HasPrefix(l, "chain "):
+			chain = strings.TrimSuffix(l, " {")
+		case strings.HasPrefix(l, "type ") && strings.Contains(l, " hook ") && strings.Contains(table, "detour"):
+			out = append(out, table+" "+chain+": "+l)
+		}
+	}
 	return out
 }
 
@@ -717,7 +734,10 @@ func parallelInstalls(t *testing.T, backend string, n int) {
 	}
 	for _, step := range []string{"install", "check"} {
 		forAll(func(i int) error {
-			r := runDetour(t, ctx, nil, step, "--netns", nss[i].Name, "--backend", backend)
+			// As in the rest of the suite, a 60 s lock wait: iptables-legacy's
+			// restores queue on the one host-wide xtables lock, and 50 of them
+			// on a loaded 2-core machine can take longer than the 10 s default.
+			r := runDetour(t, ctx, nil, step, "--netns", nss[i].Name, "--backend", backend, "--lock-wait", "60s")
 			if r.code != 0 {
 				return fmt.Errorf("%s #%d of %d at once:\n%s", step, i, n, r)
 			}

@@ -13,6 +13,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/detour-mesh/detour/controlplane"
+	"github.com/detour-mesh/detour/controlplane/xds"
 	"github.com/detour-mesh/detour/internal/meshconfig"
 )
 
@@ -77,7 +78,7 @@ docs/control-plane.md and docs/mesh.md describe the layout and the mesh file.`,
 	f.StringVar(&o.tlsCert, "tls-cert", "", "serve ADS over TLS with this certificate (PEM; read again when it changes)")
 	f.StringVar(&o.tlsKey, "tls-key", "", "private key of --tls-cert (PEM)")
 	f.StringVar(&o.clientCA, "client-ca", "", "require client certificates signed by this CA (PEM; read again when it changes); a certificate's SAN must equal the node id")
-	f.DurationVar(&o.nackBackoff, "nack-backoff", controlplane.DefaultNACKBackoff, "how long a NACKed config is held back before it is sent again")
+	f.DurationVar(&o.nackBackoff, "nack-backoff", xds.DefaultNACKBackoff, "how long a NACKed config is held back before it is sent again")
 	f.DurationVar(&o.watchInterval, "watch-interval", controlplane.DefaultWatchInterval, "how often the mesh file is checked for changes")
 	f.DurationVar(&o.settle, "settle", controlplane.DefaultSettle, "a changed mesh file is read once it has stayed the same this long (0: at the first read that sees it)")
 	f.Int64Var(&o.maxMeshSize, "max-mesh-size", controlplane.DefaultMaxMeshSize, "largest mesh file read, in bytes; a larger one is refused unread")

@@ -39,6 +39,8 @@ func TestUsageErrorsExit2(t *testing.T) {
 		// into the namespace the test runs in (the host's, as root).
 		{"unknown backend", []string{"install", "--backend", "bogus"}, `backend: "bogus" is not one of`},
 		{"ebpf has no tproxy", []string{"install", "--backend", "ebpf", "--mode", "tproxy"}, `mode: "tproxy" is not available with backend ebpf`},
+		{"acceleration needs ebpf", []string{"install", "--backend", "iptables", "--ebpf-accelerate"}, `ebpf.accelerate: "true" needs backend ebpf (--ebpf-accelerate`},
+		{"acceleration is not auto", []string{"install", "--ebpf-accelerate"}, `ebpf.accelerate: "true" needs backend ebpf`},
 		{"missing netns", []string{"uninstall", "--netns", "dt-does-not-exist"}, `--netns: "dt-does-not-exist" is not a network namespace`},
 		{"netns is a regular file", []string{"status", "--netns", "/proc/self/status"}, `--netns: "/proc/self/status" is not a network namespace`},
 		{"bad output", []string{"status", "-o", "yaml"}, `--output: "yaml" is not one of text, json`},

@@ -140,6 +140,10 @@ func summary(c redirect.Config, r redirect.Result, sshPorts []uint16) string {
 	default:
 		row("dns", "not captured (dns.capture is off)")
 	}
+	if c.EBPF.Accelerate {
+		row("sockets", "accelerated: app-proxy bytes go socket to socket (sk_msg)",
+			"a proxy that relays with splice(2) does not receive them (docs/ebpf.md)")
+	}
 	if r.Processes > 0 {
 		row("cost", fmt.Sprintf("%d child processes", r.Processes))
 	}

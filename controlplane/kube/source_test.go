@@ -21,6 +21,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
 
 	"github.com/detour-mesh/detour/controlplane"
+	"github.com/detour-mesh/detour/controlplane/xds"
 	"github.com/detour-mesh/detour/internal/privtest"
 	"github.com/detour-mesh/detour/redirect"
 )
@@ -71,7 +72,7 @@ type meshSink struct {
 
 func newMeshSink() *meshSink { return &meshSink{changed: make(chan struct{}, 1)} }
 
-func (s *meshSink) Update(_ context.Context, m *controlplane.Mesh) (controlplane.UpdateResult, error) {
+func (s *meshSink) Update(_ context.Context, m *controlplane.Mesh) (xds.UpdateResult, error) {
 	s.mu.Lock()
 	s.meshes = append(s.meshes, m)
 	s.mu.Unlock()
@@ -79,7 +80,7 @@ func (s *meshSink) Update(_ context.Context, m *controlplane.Mesh) (controlplane
 	case s.changed <- struct{}{}:
 	default:
 	}
-	return controlplane.UpdateResult{}, m.Validate()
+	return xds.UpdateResult{}, m.Validate()
 }
 
 func (s *meshSink) Invalid(err error) { panic(fmt.Sprintf("source reported an invalid mesh: %v", err)) }
@@ -382,7 +383,7 @@ func TestReplicasServeTheSameVersions(t *testing.T) {
 
 	var servers []*controlplane.Server
 	for range 2 {
-		srv := controlplane.NewServer(controlplane.ServerOptions{})
+		srv := controlplane.NewServer(xds.Options{})
 		src, err := New(Options{Client: k.c, Namespace: "replicas", Debounce: 20 * time.Millisecond})
 		if err != nil {
 			t.Fatal(err)
@@ -399,7 +400,7 @@ func TestReplicasServeTheSameVersions(t *testing.T) {
 		servers = append(servers, srv)
 	}
 	const node = "client-1.replicas"
-	agree := func(what string, cond func(v controlplane.Versions) bool) controlplane.Versions {
+	agree := func(what string, cond func(v xds.Versions) bool) xds.Versions {
 		t.Helper()
 		deadline := time.Now().Add(30 * time.Second)
 		for {
@@ -414,9 +415,9 @@ func TestReplicasServeTheSameVersions(t *testing.T) {
 			time.Sleep(10 * time.Millisecond)
 		}
 	}
-	first := agree("the first mesh", func(controlplane.Versions) bool { return true })
+	first := agree("the first mesh", func(xds.Versions) bool { return true })
 	k.endpointSlice("replicas", "api", "api-a", 9000, "grpc", map[string]bool{"10.2.0.1": true, "10.2.0.2": true})
-	second := agree("the new endpoint", func(v controlplane.Versions) bool { return v.Clusters != first.Clusters })
+	second := agree("the new endpoint", func(v xds.Versions) bool { return v.Clusters != first.Clusters })
 	if second.Listeners != first.Listeners {
 		t.Errorf("an endpoint change changed the listeners: %v → %v", first, second)
 	}

@@ -23,6 +23,10 @@ type DialOptions struct {
 	To netip.AddrPort
 	// From, when valid, is bound as the source address.
 	From netip.Addr
+	// FromPort, when not 0, is bound as the source port, with SO_REUSEADDR so a
+	// port whose last connection has closed can be bound again at once: that
+	// connection's 4-tuple is reused.
+	FromPort uint16
 	// FreeBind sets IP_FREEBIND so From need not be assigned to an interface (the
 	// remote's addresses of local routes, for IPv6, need it).
 	FreeBind bool
@@ -36,6 +40,9 @@ func (o DialOptions) String() string {
 	s := "to " + o.To.String()
 	if o.From.IsValid() {
 		s += " from " + o.From.String()
+	}
+	if o.FromPort != 0 {
+		s += fmt.Sprintf(" source port %d", o.FromPort)
 	}
 	if o.Cred != nil {
 		s += " as " + o.Cred.String()
@@ -54,11 +61,23 @@ func (n *NetNS) Dial(ctx context.Context, o DialOptions) (Reply, error) {
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	var d net.Dialer
-	if o.FreeBind {
-		d.Control = freebind
+	d.Control = func(network, address string, c syscall.RawConn) error {
+		if o.FreeBind {
+			if err := freebind(network, address, c); err != nil {
+				return err
+			}
+		}
+		if o.FromPort == 0 {
+			return nil
+		}
+		var serr error
+		err := c.Control(func(fd uintptr) {
+			serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_REUSEADDR, 1)
+		})
+		return errors.Join(err, serr)
 	}
-	if o.From.IsValid() {
-		d.LocalAddr = &net.TCPAddr{IP: o.From.AsSlice()}
+	if o.From.IsValid() || o.FromPort != 0 {
+		d.LocalAddr = &net.TCPAddr{IP: o.From.AsSlice(), Port: int(o.FromPort)}
 	}
 	var conn net.Conn
 	err := n.Do(o.Cred, func() error {

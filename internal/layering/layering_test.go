@@ -44,6 +44,8 @@ var rules = []rule{
 	{pkg: "redirect", forbidden: []string{module + "/redirect/iptables", module + "/redirect/nftables", module + "/redirect/backends", module + "/bpf"}, why: "the orchestration must not import any Driver package (redirect/iptables, redirect/nftables, bpf, redirect/backends)"},
 	{pkg: "redirect/iptables", forbidden: []string{module + "/redirect/nftables", module + "/redirect/backends"}, why: "a backend must not import another backend"},
 	{pkg: "controlplane/...", forbidden: []string{module + "/cmd", module + "/cni", module + "/bpf"}, why: "must not import cmd/..., cni or bpf"},
+	{pkg: "controlplane/xds", forbidden: []string{module + "/controlplane", module + "/redirect", module + "/cmd", module + "/cni", module + "/bpf"},
+		allow: []string{module + "/controlplane/xds"}, why: "must not import controlplane (the generation side imports it, not the other way round), controlplane/kube, redirect, cmd/..., cni or bpf"},
 	{pkg: "internal/systemd", forbidden: []string{module + "/cmd", module + "/cni", module + "/controlplane"}, why: "must not import cmd/..., cni or controlplane"},
 	{pkg: "internal/atomicfile", forbidden: []string{module}, why: "must not import other detour packages"},
 	{pkg: "internal/origdst", forbidden: []string{module}, why: "must not import other detour packages"},

@@ -507,6 +507,16 @@ func (ev *evaluation) cond(m Match) (tri, string) {
 			return neg(portsMatch(arg, ":", p.SPort), o.Negated), ""
 		case "--syn":
 			return neg(boolTri(p.Proto == "tcp" && p.CTState == "NEW"), o.Negated), ""
+		case "--tcp-flags":
+			if len(o.Args) != 2 {
+				return maybe, o.String()
+			}
+			mask, ok1 := tcpFlags(o.Args[0])
+			set, ok2 := tcpFlags(o.Args[1])
+			if !ok1 || !ok2 {
+				return maybe, o.String()
+			}
+			return neg(boolTri(packetTCPFlags(p)&mask == set), o.Negated), ""
 		}
 	case "multiport":
 		switch o.Name {
@@ -589,6 +599,29 @@ func (ev *evaluation) cond(m Match) (tri, string) {
 		return maybe, m.String() + " (a rate limit)"
 	}
 	return maybe, m.String()
+}
+
+// tcpFlags parses iptables' flag list: "FIN,SYN,RST,ACK", "ALL", "NONE".
+func tcpFlags(list string) (uint8, bool) {
+	bits := map[string]uint8{"FIN": 0x01, "SYN": 0x02, "RST": 0x04, "PSH": 0x08, "ACK": 0x10, "URG": 0x20, "ECE": 0x40, "CWR": 0x80, "ALL": 0xff, "NONE": 0}
+	var out uint8
+	for _, f := range strings.Split(list, ",") {
+		b, ok := bits[f]
+		if !ok {
+			return 0, false
+		}
+		out |= b
+	}
+	return out, true
+}
+
+// packetTCPFlags are the flags of the modeled packet: a new connection's is its
+// SYN, any other an ACK.
+func packetTCPFlags(p Packet) uint8 {
+	if p.CTState == "" || p.CTState == "NEW" {
+		return 0x02
+	}
+	return 0x10
 }
 
 func protoMatch(want, proto string) tri {

@@ -58,6 +58,12 @@ func TestEvaluate(t *testing.T) {
 	established.CTState = "ESTABLISHED"
 	lo6 := inbound("2001:db8::1", "2001:db8::10", 8080)
 	lo6.In = Loopback
+	// A SYN whose 4-tuple finds the proxy's socket in TIME_WAIT (transparent),
+	// and a later packet of a connection the proxy holds.
+	reused := inbound("2001:db8::1", "2001:db8::10", 8080)
+	reused.TransparentSocket = true
+	held := established
+	held.TransparentSocket = true
 	tests := []struct {
 		name    string
 		save    string
@@ -162,6 +168,10 @@ func TestEvaluate(t *testing.T) {
 			outcome: TProxied, port: 15006, decider: "-A DETOUR_TPROXY -p tcp -j TPROXY --on-port 15006 --on-ip :: --tproxy-mark 0x2000/0x2000"},
 		{name: "tproxy established", save: v6, p: established,
 			outcome: Untouched, decider: "-A DETOUR_INBOUND -p tcp -m conntrack --ctstate RELATED,ESTABLISHED -j RETURN"},
+		{name: "tproxy reused 4-tuple", save: v6, p: reused,
+			outcome: TProxied, port: 15006, decider: "-A DETOUR_TPROXY -p tcp -j TPROXY --on-port 15006 --on-ip :: --tproxy-mark 0x2000/0x2000"},
+		{name: "tproxy held connection", save: v6, p: held,
+			outcome: Untouched, decider: "-A DETOUR_DIVERT -j ACCEPT"},
 		{name: "tproxy over lo", save: v6, p: lo6,
 			outcome: Untouched, decider: "-A DETOUR_INBOUND -i lo -j RETURN"},
 		{name: "include cidrs hit", save: v6, p: outbound("tcp", "2001:db8:3::1", 443, 2000),

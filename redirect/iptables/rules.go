@@ -243,8 +243,12 @@ func (b *builder) inbound() {
 	}
 	b.note("mode tproxy: inbound TCP is diverted with TPROXY (mangle) and policy routing; outbound TCP and DNS stay REDIRECT (nat)")
 	// Packets of connections the proxy already holds (its transparent sockets)
-	// are marked for the local route and go straight to that socket.
-	b.rule("mangle", chainInbound, "-p tcp -m socket --transparent -j", chainDivert)
+	// are marked for the local route and go straight to that socket. Never a
+	// SYN: a new connection from the address and port of one the proxy has
+	// just closed finds the proxy's socket in TIME_WAIT, and accepted here it
+	// would be handed to whatever listens on the original port (the app);
+	// TPROXY below gives such a SYN to the proxy's listener.
+	b.rule("mangle", chainInbound, "-p tcp -m tcp ! --tcp-flags FIN,SYN,RST,ACK SYN -m socket --transparent -j", chainDivert)
 	// Replies to connections opened from the workload (the proxy's upstream
 	// connections, the app's uncaptured ones) belong to ordinary sockets: TPROXY
 	// finds no transparent socket for them and drops them. Route them normally.

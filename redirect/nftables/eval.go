@@ -212,6 +212,9 @@ func (e *evaluator) match(s stmt, p *packet) bool {
 		return p.ctstate&s.bits != 0
 	case socketTransparent:
 		return p.transparent
+	case tcpNotSyn:
+		// The modeled packet is the first of its connection: a SYN.
+		return false
 	case markMatch:
 		// The modeled connections are opened by the app or arrive from the
 		// network: neither the packet nor its connection has a mark.

@@ -5,6 +5,7 @@ package nftables
 import (
 	"fmt"
 	"net/netip"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -152,6 +153,12 @@ func parseStmt(t []string) (stmt, int, error) {
 		}
 		return addrCmp{field: field, fam: fam, neq: neq, prefix: p}, i + 1, nil
 	case "tcp", "udp":
+		if t[0] == "tcp" && at(t, 1) == "flags" {
+			if want := strings.Fields(tcpNotSyn{}.text()); !slices.Equal(t[:min(len(t), len(want))], want) {
+				return nil, 0, fmt.Errorf("unknown statement at %q", strings.Join(t, " "))
+			}
+			return tcpNotSyn{}, len(strings.Fields(tcpNotSyn{}.text())), nil
+		}
 		proto := map[string]uint8{"tcp": tcp, "udp": udp}[t[0]]
 		field := at(t, 1)
 		i, neq := 2, false

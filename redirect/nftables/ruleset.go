@@ -301,7 +301,11 @@ func (b *builder) portSelection(add func(...stmt), dir string, include, exclude 
 func (b *builder) tproxy(fc redirect.FamilyCapture) {
 	ch := b.chain("tproxy")
 	mark := markOr{bits: fc.TProxy.Mark}
-	b.add(ch, l4(tcp), socketTransparent{}, mark, verdict{kind: "accept"})
+	// Never a SYN: a new connection reusing the address and port of one the
+	// proxy has just closed finds the proxy's socket in TIME_WAIT; accepted
+	// here it would reach the app on the original port. tproxy below hands
+	// such a SYN to the proxy's listener.
+	b.add(ch, l4(tcp), tcpNotSyn{}, socketTransparent{}, mark, verdict{kind: "accept"})
 	b.add(ch, ctState{bits: ctEstablished | ctRelated}, verdict{kind: "return"})
 	b.add(ch, ifname{dir: "iifname", name: "lo"}, verdict{kind: "return"})
 	sel := &Chain{}

@@ -296,6 +296,24 @@ func (socketTransparent) exprs() ([][]byte, error) {
 		&expr.Cmp{Op: expr.CmpOpEq, Register: reg, Data: []byte{1}})
 }
 
+// tcpNotSyn is `tcp flags & (fin | syn | rst | ack) != syn`: any TCP packet
+// but the first of a connection (iptables' `! --syn`).
+type tcpNotSyn struct{}
+
+const (
+	tcpFIN = 0x01
+	tcpSYN = 0x02
+	tcpRST = 0x04
+	tcpACK = 0x10
+)
+
+func (tcpNotSyn) text() string { return "tcp flags & (fin | syn | rst | ack) != syn" }
+func (tcpNotSyn) exprs() ([][]byte, error) {
+	return lib(&expr.Payload{Base: expr.PayloadBaseTransportHeader, Offset: 13, Len: 1, DestRegister: reg},
+		&expr.Bitwise{SourceRegister: reg, DestRegister: reg, Len: 1, Mask: []byte{tcpFIN | tcpSYN | tcpRST | tcpACK}, Xor: []byte{0}},
+		&expr.Cmp{Op: expr.CmpOpNeq, Register: reg, Data: []byte{tcpSYN}})
+}
+
 // markOr is `meta mark set meta mark | bits`.
 type markOr struct{ bits uint32 }
 

@@ -22,6 +22,7 @@ import (
 	"golang.org/x/net/dns/dnsmessage"
 
 	"github.com/detour-mesh/detour/controlplane"
+	"github.com/detour-mesh/detour/controlplane/xds"
 	"github.com/detour-mesh/detour/internal/lab"
 	"github.com/detour-mesh/detour/internal/privtest"
 )
@@ -217,7 +218,7 @@ func testEndToEnd(t *testing.T, v variant) {
 	wg.Add(1)
 	go func() { defer wg.Done(); proxy.run(pctx, cp.xds, nodeID) }()
 	t.Cleanup(func() { pcancel(); wg.Wait(); proxy.close() })
-	cp.waitSynced(t, proxy, controlplane.Versions{})
+	cp.waitSynced(t, proxy, xds.Versions{})
 
 	app := &lab.Cred{UID: appUID, GID: appUID}
 	dialApp := func(to netip.AddrPort) (lab.Reply, error) {
@@ -546,7 +547,7 @@ func startControlPlane(t *testing.T, meshPath string) *cpProcess {
 
 // node reads the node's entry of /debug/nodes, and whether the last change was
 // rejected.
-func (cp *cpProcess) node(t *testing.T) (controlplane.NodeStatus, string) {
+func (cp *cpProcess) node(t *testing.T) (xds.NodeStatus, string) {
 	t.Helper()
 	resp, err := http.Get("http://" + cp.http + "/debug/nodes")
 	if err != nil {
@@ -554,8 +555,8 @@ func (cp *cpProcess) node(t *testing.T) (controlplane.NodeStatus, string) {
 	}
 	defer resp.Body.Close()
 	var out struct {
-		LastError string                    `json:"lastError"`
-		Nodes     []controlplane.NodeStatus `json:"nodes"`
+		LastError string           `json:"lastError"`
+		Nodes     []xds.NodeStatus `json:"nodes"`
 	}
 	if err := json.NewDecoder(resp.Body).Decode(&out); err != nil {
 		t.Fatal(err)
@@ -565,24 +566,24 @@ func (cp *cpProcess) node(t *testing.T) (controlplane.NodeStatus, string) {
 			return n, out.LastError
 		}
 	}
-	return controlplane.NodeStatus{}, out.LastError
+	return xds.NodeStatus{}, out.LastError
 }
 
-func (cp *cpProcess) versions(t *testing.T) controlplane.Versions {
+func (cp *cpProcess) versions(t *testing.T) xds.Versions {
 	n, _ := cp.node(t)
-	return controlplane.Versions{Listeners: n.Resources["listeners"].Served, Clusters: n.Resources["clusters"].Served}
+	return xds.Versions{Listeners: n.Resources["listeners"].Served, Clusters: n.Resources["clusters"].Served}
 }
 
 // waitSynced waits until the control plane serves versions other than before
 // and the proxy has applied and ACKed them.
-func (cp *cpProcess) waitSynced(t *testing.T, p *testProxy, before controlplane.Versions) {
+func (cp *cpProcess) waitSynced(t *testing.T, p *testProxy, before xds.Versions) {
 	t.Helper()
 	deadline := time.Now().Add(30 * time.Second)
 	for {
 		n, _ := cp.node(t)
 		lr, cr := n.Resources["listeners"], n.Resources["clusters"]
 		pl, pc := p.versions()
-		served := controlplane.Versions{Listeners: lr.Served, Clusters: cr.Served}
+		served := xds.Versions{Listeners: lr.Served, Clusters: cr.Served}
 		if served != before && lr.InSync && cr.InSync && pl == lr.Served && pc == cr.Served {
 			return
 		}

@@ -1,8 +1,12 @@
 // Package redirectbench compares the redirection backends through one relay
-// proxy: no proxy at all (direct), iptables (nat REDIRECT) and eBPF (cgroup
-// connect hooks), for new connections per second, request/response latency
-// (p50, p99) and stream throughput. It prints a table; it asserts nothing
-// about speed. It needs root and runs in a throwaway lab (two network
-// namespaces) and, for eBPF, a cgroup it creates with a private bpffs.
+// proxy: no proxy at all (direct), iptables-nft, iptables-legacy, nftables
+// (nat REDIRECT) and eBPF (cgroup connect hooks), without and with socket
+// acceleration, for new connections per second (through the relay to the
+// server, and answered by the relay itself, which leaves the least besides
+// the redirection), CPU per connection, request/response latency (p50, p99)
+// and stream throughput: the median of interleaved repetitions, each in a
+// fresh lab, and each path's median per-repetition ratio to iptables-nft. It prints a table; it asserts nothing about speed. It
+// needs root and runs in throwaway labs (two network namespaces each) and,
+// for eBPF, a cgroup it creates with a private bpffs.
 // Run it with `make bench-redirect`.
 package redirectbench

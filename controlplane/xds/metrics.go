@@ -1,4 +1,4 @@
-package controlplane
+package xds
 
 import (
 	"github.com/prometheus/client_golang/prometheus"

@@ -1,4 +1,4 @@
-package controlplane
+package xds
 
 import (
 	"bytes"
@@ -33,7 +33,7 @@ func TestCodecDiscoveryResponses(t *testing.T) {
 			VersionInfo: "v1", TypeUrl: resourcev3.ListenerType, Nonce: "7",
 			ControlPlane: &corev3.ControlPlane{Identifier: "detour"},
 			Resources: []*anypb.Any{shared, {TypeUrl: resourcev3.ListenerType, Value: small}, withUnknown,
-				{Value: large}, shared},
+				{Value: large}, shared, {TypeUrl: resourcev3.ListenerType}},
 		}},
 		{name: "sotw-empty", msg: &discoveryv3.DiscoveryResponse{VersionInfo: "v1", TypeUrl: resourcev3.ListenerType}},
 		{name: "delta", msg: &discoveryv3.DeltaDiscoveryResponse{
@@ -44,6 +44,7 @@ func TestCodecDiscoveryResponses(t *testing.T) {
 				{Name: "b", Version: "h2", Aliases: []string{"b2"}, Ttl: durationpb.New(5e9), Resource: shared},
 				{Name: "c", Version: "h3", Resource: &anypb.Any{TypeUrl: resourcev3.ClusterType, Value: small}},
 				{Name: "d", Version: "h4"},
+				{Name: "f", Version: "h6", Resource: &anypb.Any{TypeUrl: resourcev3.ClusterType}},
 				{Name: "e", Version: "h5", Resource: withUnknown},
 			},
 		}, referenced: 1}, // b has more than a name and version: copied whole

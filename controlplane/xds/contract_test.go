@@ -1,4 +1,4 @@
-package controlplane
+package xds
 
 import (
 	"context"
@@ -27,6 +27,9 @@ import (
 // upgrade of go-control-plane or gRPC changes one of these behaviours, the
 // test says which assumption broke and where it is relied on, instead of a
 // server test failing somewhere downstream.
+
+// testTimeout bounds every wait of these tests.
+const testTimeout = 20 * time.Second
 
 // watchCall is one CreateWatch or CreateDeltaWatch as the server made it.
 type watchCall struct {

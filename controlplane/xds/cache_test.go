@@ -1,46 +1,147 @@
-package controlplane
+package xds
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
-	"net/netip"
+	"maps"
 	"runtime"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
+	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	cachev3 "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
 	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/server/stream/v3"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/anypb"
+	"google.golang.org/protobuf/types/known/durationpb"
 )
 
-// testSnapshots builds the matrix mesh's snapshot of node and that of a
-// second mesh where the service "web" is gone (a listener and a cluster
-// fewer) and "db" has one more endpoint (its cluster differs).
-func testSnapshots(t *testing.T, node string) (before, after *servedSnapshot) {
+// testCluster is a served cluster named name; endpoints changes its content.
+func testCluster(t *testing.T, name string, endpoints int) *Resource {
 	t.Helper()
-	m := loadMesh(t, "testdata/matrix.yaml")
-	a, err := buildSnapshots(m)
-	if err != nil {
-		t.Fatal(err)
-	}
-	m2 := loadMesh(t, "testdata/matrix.yaml")
-	m2.Services = slices.DeleteFunc(m2.Services, func(s Service) bool { return s.Name == "web" })
-	for i := range m2.Services {
-		if m2.Services[i].Name == "db" {
-			m2.Services[i].Endpoints = append(m2.Services[i].Endpoints, Endpoint{Address: netip.MustParseAddr("203.0.113.99")})
+	c := &clusterv3.Cluster{Name: name, ConnectTimeout: durationpb.New(5 * time.Second)}
+	if endpoints > 0 {
+		la := &endpointv3.LocalityLbEndpoints{}
+		for i := range endpoints {
+			la.LbEndpoints = append(la.LbEndpoints, &endpointv3.LbEndpoint{HostIdentifier: &endpointv3.LbEndpoint_Endpoint{
+				Endpoint: &endpointv3.Endpoint{Address: &corev3.Address{Address: &corev3.Address_SocketAddress{SocketAddress: &corev3.SocketAddress{
+					Address: fmt.Sprintf("203.0.113.%d", 10+i), PortSpecifier: &corev3.SocketAddress_PortValue{PortValue: 5432}}}}},
+			}})
 		}
+		c.LoadAssignment = &endpointv3.ClusterLoadAssignment{ClusterName: name, Endpoints: []*endpointv3.LocalityLbEndpoints{la}}
 	}
-	for i := range m2.Workloads {
-		m2.Workloads[i].Reach = slices.DeleteFunc(m2.Workloads[i].Reach, func(r string) bool { return r == "web" })
-	}
-	b, err := buildSnapshots(m2)
+	b, err := proto.MarshalOptions{Deterministic: true}.Marshal(c)
 	if err != nil {
 		t.Fatal(err)
 	}
-	return a.nodes[node].snapshot, b.nodes[node].snapshot
+	return NewResource(name, resourcev3.ClusterType, b)
+}
+
+// testSnapshots returns a node's snapshot and the next one, where the
+// service "web" is gone (a cluster fewer) and "db" has one more endpoint (its
+// cluster differs). The names are those detour's generator gives.
+func testSnapshots(t *testing.T) (before, after *Snapshot) {
+	t.Helper()
+	var sb SnapshotBuilder
+	before, err := sb.Snapshot(nil, []*Resource{testCluster(t, "passthrough", 0), testCluster(t, "blackhole", 0),
+		testCluster(t, "outbound|80|web", 2), testCluster(t, "outbound|5432|db", 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	after, err = sb.Snapshot(nil, []*Resource{testCluster(t, "passthrough", 0), testCluster(t, "blackhole", 0),
+		testCluster(t, "outbound|5432|db", 2)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return before, after
+}
+
+// names are the cluster names of resources, in order.
+func names(t *testing.T, resources []*anypb.Any) []string {
+	t.Helper()
+	var out []string
+	for _, a := range resources {
+		var c clusterv3.Cluster
+		if err := a.UnmarshalTo(&c); err != nil {
+			t.Fatal(err)
+		}
+		out = append(out, c.GetName())
+	}
+	return out
+}
+
+// TestSnapshotVersions: a snapshot's versions are hashes of its resources'
+// names and contents, whatever their order; names are unique per type.
+func TestSnapshotVersions(t *testing.T) {
+	t.Parallel()
+	var sb SnapshotBuilder
+	a, b, c := testCluster(t, "a", 1), testCluster(t, "b", 1), testCluster(t, "b", 2)
+	s1, err := sb.Snapshot(nil, []*Resource{a, b})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s2, err := sb.Snapshot(nil, []*Resource{b, a})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s3, err := sb.Snapshot(nil, []*Resource{a, c})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s1.Versions() != s2.Versions() || s1.Versions().Clusters == "" {
+		t.Errorf("the same resources in another order: versions %v and %v, want equal and set", s1.Versions(), s2.Versions())
+	}
+	if s3.Versions().Clusters == s1.Versions().Clusters || s3.Versions().Listeners != s1.Versions().Listeners {
+		t.Errorf("one cluster changed: versions %v, before %v; want only the clusters' version changed", s3.Versions(), s1.Versions())
+	}
+	if _, err := sb.Snapshot(nil, []*Resource{b, c}); err == nil || !strings.Contains(err.Error(), `named "b"`) {
+		t.Errorf("two clusters named b: error %v, want one naming b", err)
+	}
+	// The served forms carry the encoding itself, and the delta form's
+	// version is the content hash.
+	if a.any.GetTypeUrl() != resourcev3.ClusterType || a.delta.GetResource() != a.any || a.delta.GetName() != "a" ||
+		a.delta.GetVersion() != a.hash || len(a.hash) != 24 {
+		t.Errorf("served as Any %q, delta resource %q version %q (hash %q)", a.any.GetTypeUrl(), a.delta.GetName(), a.delta.GetVersion(), a.hash)
+	}
+}
+
+// TestSotWCacheResponseIsPreEncoded: the cache answers a SotW watch with a
+// pre-encoded response (go-control-plane's server sends it as it is) of the
+// snapshot's resources, and remembers a full response as one entry.
+func TestSotWCacheResponseIsPreEncoded(t *testing.T) {
+	t.Parallel()
+	before, _ := testSnapshots(t)
+	c := newTestCache()
+	if err := c.SetSnapshot(context.Background(), "n", before); err != nil {
+		t.Fatal(err)
+	}
+	ch := make(chan cachev3.Response, 1)
+	req := &discoveryv3.DiscoveryRequest{Node: &corev3.Node{Id: "n"}, TypeUrl: resourcev3.ClusterType}
+	if _, err := c.CreateWatch(req, stream.NewSotwSubscription(nil, true), ch); err != nil {
+		t.Fatal(err)
+	}
+	r := <-ch
+	if _, ok := r.(*cachev3.PassthroughResponse); !ok {
+		t.Fatalf("response is a %T, want a pre-encoded *cache.PassthroughResponse", r)
+	}
+	dr, err := r.GetDiscoveryResponse()
+	if err != nil {
+		t.Fatal(err)
+	}
+	v := before.Versions()
+	if got, want := names(t, dr.GetResources()), servedNames(&before.clusters); dr.GetVersionInfo() != v.Clusters || !slices.Equal(got, want) {
+		t.Errorf("pre-encoded response: version %q (want %q), clusters %v (want %v)", dr.GetVersionInfo(), v.Clusters, got, want)
+	}
+	if got, want := r.GetReturnedResources(), map[string]string{returnedAll: v.Clusters}; !maps.Equal(got, want) {
+		t.Errorf("returned resources = %q, want %q", got, want)
+	}
 }
 
 func newTestCache() *servingCache {
@@ -121,7 +222,7 @@ func deltaNames(r *discoveryv3.DeltaDiscoveryResponse) []string {
 // its version map is one entry, not one per resource.
 func TestDeltaCacheWildcard(t *testing.T) {
 	t.Parallel()
-	before, after := testSnapshots(t, "redirect-dual")
+	before, after := testSnapshots(t)
 	c := newTestCache()
 	ctx := context.Background()
 	if err := c.SetSnapshot(ctx, "redirect-dual", before); err != nil {
@@ -172,7 +273,7 @@ func TestDeltaCacheWildcard(t *testing.T) {
 // unsubscribing and subscribing again resends the resource.
 func TestDeltaCacheLeavingWildcard(t *testing.T) {
 	t.Parallel()
-	before, _ := testSnapshots(t, "redirect-dual")
+	before, _ := testSnapshots(t)
 	c := newTestCache()
 	if err := c.SetSnapshot(context.Background(), "redirect-dual", before); err != nil {
 		t.Fatal(err)
@@ -197,7 +298,7 @@ func TestDeltaCacheLeavingWildcard(t *testing.T) {
 // TestDeltaCacheReleasesSentState checks that the served state a stream's map
 // refers to is released once no stream holds a map naming it.
 func TestDeltaCacheReleasesSentState(t *testing.T) {
-	before, after := testSnapshots(t, "redirect-dual")
+	before, after := testSnapshots(t)
 	c := newTestCache()
 	ctx := context.Background()
 	if err := c.SetSnapshot(ctx, "redirect-dual", before); err != nil {
@@ -240,7 +341,7 @@ func TestDeltaCacheReleasesSentState(t *testing.T) {
 // (it is sent what it lacks).
 func TestSotWCacheNamedAndWildcard(t *testing.T) {
 	t.Parallel()
-	before, _ := testSnapshots(t, "redirect-dual")
+	before, _ := testSnapshots(t)
 	c := newTestCache()
 	if err := c.SetSnapshot(context.Background(), "redirect-dual", before); err != nil {
 		t.Fatal(err)

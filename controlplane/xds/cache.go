@@ -1,4 +1,4 @@
-package controlplane
+package xds
 
 import (
 	"cmp"
@@ -15,59 +15,7 @@ import (
 
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	cachev3 "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
-	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
-	"google.golang.org/protobuf/types/known/anypb"
 )
-
-// servedResource is one distinct resource as it is served: its deterministic
-// encoding, wrapped once in the Any of SotW responses and the Resource of
-// delta responses, and its content hash (its delta version). Nodes whose
-// resources are equal share one; nothing modifies it once built, and any
-// number of responses marshal it concurrently.
-type servedResource struct {
-	name  string
-	hash  string
-	any   *anypb.Any
-	delta *discoveryv3.Resource
-}
-
-// servedType is what a node is served of one resource type.
-type servedType struct {
-	version   string
-	resources []*servedResource // sorted by name; names are unique
-	all       []*anypb.Any      // resources[i].any: a full SotW response's resources
-}
-
-// lookup returns the resource named name, or nil.
-func (t *servedType) lookup(name string) *servedResource {
-	i, ok := slices.BinarySearchFunc(t.resources, name, func(r *servedResource, name string) int { return cmp.Compare(r.name, name) })
-	if !ok {
-		return nil
-	}
-	return t.resources[i]
-}
-
-// servedSnapshot is one node's listeners and clusters. Per node it holds a
-// version and a slice of pointers per type: the encodings are shared.
-type servedSnapshot struct {
-	listeners, clusters servedType
-}
-
-var emptyType = &servedType{}
-
-// typ returns the node's resources of typeURL; other types are served empty.
-func (s *servedSnapshot) typ(typeURL string) *servedType {
-	switch typeURL {
-	case resourcev3.ListenerType:
-		return &s.listeners
-	case resourcev3.ClusterType:
-		return &s.clusters
-	}
-	return emptyType
-}
-
-// GetVersion is the version of typeURL ("" for types that are not served).
-func (s *servedSnapshot) GetVersion(typeURL string) string { return s.typ(typeURL).version }
 
 // servingCache is the xDS cache of the ADS server (go-control-plane's
 // serverv3.Server drives the streams; this decides what to send and when). It
@@ -110,7 +58,7 @@ type servingCache struct {
 // cacheNode is one node's snapshot and open watches.
 type cacheNode struct {
 	mu    sync.Mutex
-	snap  *servedSnapshot          // nil until the first SetSnapshot
+	snap  *Snapshot                // nil until the first SetSnapshot
 	sotw  map[*sotwWatch]struct{}  // open SotW watches
 	delta map[*deltaWatch]struct{} // open delta watches
 	held  map[*heldWatch]struct{}  // SotW watches held back after a NACK
@@ -165,7 +113,7 @@ func (c *servingCache) node(id string) *cacheNode {
 var errNoSnapshot = errors.New("no snapshot")
 
 // GetSnapshot returns the node's snapshot.
-func (c *servingCache) GetSnapshot(node string) (*servedSnapshot, error) {
+func (c *servingCache) GetSnapshot(node string) (*Snapshot, error) {
 	c.mu.Lock()
 	n := c.nodes[node]
 	c.mu.Unlock()
@@ -182,7 +130,7 @@ func (c *servingCache) GetSnapshot(node string) (*servedSnapshot, error) {
 // SetSnapshot makes snap the node's snapshot and answers the node's open
 // watches it changes, clusters before listeners, and releases held watches
 // whose type now has a version other than the one NACKed.
-func (c *servingCache) SetSnapshot(ctx context.Context, node string, snap *servedSnapshot) error {
+func (c *servingCache) SetSnapshot(ctx context.Context, node string, snap *Snapshot) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
@@ -280,7 +228,7 @@ func (c *servingCache) watch(node string, req *cachev3.Request, sub cachev3.Subs
 // respondSotW sends w the snapshot's resources of its type when its version
 // differs from the request's or, when opening (fresh), when the proxy was
 // never sent a resource it subscribes to. It reports whether it sent.
-func (c *servingCache) respondSotW(snap *servedSnapshot, w *sotwWatch, fresh bool) bool {
+func (c *servingCache) respondSotW(snap *Snapshot, w *sotwWatch, fresh bool) bool {
 	typeURL := w.req.GetTypeUrl()
 	t := snap.typ(typeURL)
 	if t.version == w.req.GetVersionInfo() {
@@ -473,7 +421,7 @@ func (n *cacheNode) unref(key sentKey) {
 // respondDelta sends w what changed for its subscription: the resources
 // whose version differs from the one the proxy has, and the names it has that
 // are gone. It reports whether it sent. Called with n.mu held.
-func (n *cacheNode) respondDelta(snap *servedSnapshot, w *deltaWatch) bool {
+func (n *cacheNode) respondDelta(snap *Snapshot, w *deltaWatch) bool {
 	typeURL := w.req.GetTypeUrl()
 	t := snap.typ(typeURL)
 	k := n.known(w)

@@ -1,0 +1,347 @@
+package xds
+
+import (
+	"context"
+	"crypto/tls"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	"github.com/envoyproxy/go-control-plane/pkg/server/sotw/v3"
+	serverv3 "github.com/envoyproxy/go-control-plane/pkg/server/v3"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/experimental"
+	"google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/keepalive"
+)
+
+// DefaultNACKBackoff is how long a NACKed configuration is held back before it
+// is sent again (unless a newer one is ready first).
+const DefaultNACKBackoff = 5 * time.Second
+
+// Options configure a Server. The zero value serves plain-text ADS with
+// the defaults.
+type Options struct {
+	// Logger receives the server's logs; nil discards them.
+	Logger *slog.Logger
+	// NACKBackoff is how long a NACKed configuration is held back; 0 means
+	// DefaultNACKBackoff.
+	NACKBackoff time.Duration
+	// TLS, when set, serves ADS over TLS. When it verifies client certificates
+	// (ClientAuth RequireAndVerifyClientCert), every request's node id must be a
+	// SAN of the client's certificate: a node never receives another node's
+	// config.
+	TLS *tls.Config
+}
+
+// Server serves Envoy proxies their listeners and clusters over ADS (SotW,
+// ordered, and delta on the same gRPC service), from the snapshots last given
+// to SetSnapshots. It also serves /healthz, /readyz, /metrics and /debug/nodes
+// over HTTP (Handler). A Server is safe for concurrent use.
+type Server struct {
+	log     *slog.Logger
+	metrics *metrics
+	tracker *tracker
+	cache   *servingCache
+	xds     serverv3.Server
+	grpc    *grpc.Server
+	health  *health.Server
+	ctx     context.Context
+	stop    context.CancelFunc
+
+	updateMu sync.Mutex // serialises SetSnapshots and Reject
+	mu       sync.Mutex // guards current, orphans
+	current  map[string]*Snapshot
+	orphans  map[string]bool // removed from the configuration, snapshot kept while connected
+	ready    atomic.Bool
+	lastErr  atomic.Pointer[string]
+	excluded atomic.Pointer[[]Excluded] // of the served configuration
+}
+
+// NewServer returns a Server with no configuration yet: proxies that connect
+// wait until the first SetSnapshots.
+func NewServer(opts Options) *Server {
+	log := opts.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	backoff := opts.NACKBackoff
+	if backoff <= 0 {
+		backoff = DefaultNACKBackoff
+	}
+	ctx, stop := context.WithCancel(context.Background())
+	s := &Server{
+		log:     log,
+		metrics: newMetrics(),
+		ctx:     ctx,
+		stop:    stop,
+		orphans: make(map[string]bool),
+	}
+	s.tracker = newTracker(log, s.metrics)
+	s.tracker.requireIdentity = opts.TLS != nil && opts.TLS.ClientAuth == tls.RequireAndVerifyClientCert
+	s.tracker.onIdle = s.nodeIdle
+	s.cache = newServingCache(log, backoff, s.tracker.nackedVersion, func(typeURL string) {
+		s.metrics.backoffs.WithLabelValues(typeLabel(typeURL)).Inc()
+	})
+	s.xds = serverv3.NewServer(ctx, s.cache, s.tracker, sotw.WithOrderedADS())
+
+	gopts := []grpc.ServerOption{
+		// Envoy keeps one long-lived stream; many proxies share one server.
+		grpc.MaxConcurrentStreams(1 << 20),
+		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 30 * time.Second, Timeout: 10 * time.Second}),
+		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
+		// A thousand idle proxies must not each pin a 32 KiB write buffer.
+		grpc.SharedWriteBuffer(true),
+		// Proxies send small requests (ACKs): a 4 KiB read buffer, borrowed
+		// from a pool while a connection has data to read, holds several.
+		grpc.ReadBufferSize(xdsReadBufferSize),
+		experimental.BufferPool(xdsBufferPool),
+		grpc.ForceServerCodecV2(newXDSCodec()),
+	}
+	if opts.TLS != nil {
+		gopts = append(gopts, grpc.Creds(credentials.NewTLS(opts.TLS)))
+	}
+	s.grpc = grpc.NewServer(gopts...)
+	discoveryv3.RegisterAggregatedDiscoveryServiceServer(s.grpc, s.xds)
+	s.health = health.NewServer()
+	s.health.SetServingStatus("", healthpb.HealthCheckResponse_NOT_SERVING)
+	s.health.SetServingStatus(adsService, healthpb.HealthCheckResponse_NOT_SERVING)
+	healthpb.RegisterHealthServer(s.grpc, s.health)
+	return s
+}
+
+// xdsReadBufferSize is the read buffer of an ADS connection (gRPC's default
+// is 32 KiB). gRPC pools read buffers by size: with 10,000 proxies ACKing a
+// change at once, the pool held 45 MiB of 32 KiB buffers.
+const xdsReadBufferSize = 4 << 10
+
+const adsService = "envoy.service.discovery.v3.AggregatedDiscoveryService"
+
+// UpdateResult says what a change of the served snapshots changed.
+type UpdateResult struct {
+	// Pushed are the node ids whose snapshot changed, sorted.
+	Pushed []string
+	// Removed are the node ids no longer served, sorted.
+	Removed []string
+	// Unchanged counts the nodes whose resources are identical.
+	Unchanged int
+	// Build is the time taken to generate, validate and version every snapshot.
+	Build time.Duration
+}
+
+// Snapshots is a complete configuration: what every node is served.
+type Snapshots struct {
+	// Nodes are the snapshots by node id (Envoy's node.id). Nodes of the same
+	// shape may share one.
+	Nodes map[string]*Snapshot
+	// Build is how long making them took (a metric and UpdateResult.Build).
+	Build time.Duration
+	// ChangedAt is when the change they answer was seen; the ACK latency
+	// metric is measured from it. Zero means now.
+	ChangedAt time.Time
+	// Excluded are nodes the configuration left out, and why:
+	// detour_workloads_excluded and /debug/nodes show them.
+	Excluded []Excluded
+}
+
+// Excluded is a node that is not served, and why.
+type Excluded struct {
+	NodeID string `json:"nodeId"`
+	Reason string `json:"reason"`
+}
+
+// SetSnapshots makes next the served configuration: the snapshots of the
+// nodes whose versions changed are replaced (and their open watches
+// answered), nodes no longer in next are removed once their proxies are gone,
+// and the server becomes ready. It fails only when ctx is cancelled.
+func (s *Server) SetSnapshots(ctx context.Context, next Snapshots) (UpdateResult, error) {
+	s.updateMu.Lock()
+	defer s.updateMu.Unlock()
+	changedAt := next.ChangedAt
+	if changedAt.IsZero() {
+		changedAt = time.Now()
+	}
+	s.metrics.buildSeconds.Observe(next.Build.Seconds())
+
+	s.mu.Lock()
+	prev := s.current
+	s.mu.Unlock()
+	res := UpdateResult{Build: next.Build}
+	ids := make([]string, 0, len(next.Nodes))
+	for id := range next.Nodes {
+		ids = append(ids, id)
+	}
+	slices.Sort(ids)
+	for _, id := range ids {
+		snap := next.Nodes[id]
+		if old, ok := prev[id]; ok && old.Versions() == snap.Versions() {
+			res.Unchanged++
+			continue
+		}
+		s.tracker.served(id, snap.Versions(), changedAt)
+		if err := s.cache.SetSnapshot(ctx, id, snap); err != nil {
+			// Only a cancelled ctx fails here; the nodes set so far keep theirs.
+			return res, fmt.Errorf("set snapshot of node %q: %w", id, err)
+		}
+		res.Pushed = append(res.Pushed, id)
+	}
+	for id := range prev {
+		if _, ok := next.Nodes[id]; !ok {
+			res.Removed = append(res.Removed, id)
+		}
+	}
+	slices.Sort(res.Removed)
+	s.mu.Lock()
+	s.current = next.Nodes
+	for _, id := range res.Pushed {
+		delete(s.orphans, id)
+	}
+	for _, id := range res.Removed {
+		if s.tracker.removed(id) {
+			// Its proxy is still connected: keep serving what it has until it
+			// goes away (clearing would leave its watch unanswered for ever).
+			s.orphans[id] = true
+		} else {
+			s.cache.ClearSnapshot(id)
+		}
+	}
+	s.metrics.snapshotNodes.Set(float64(len(next.Nodes) + len(s.orphans)))
+	s.mu.Unlock()
+
+	result := resultApplied
+	if len(res.Pushed) == 0 && len(res.Removed) == 0 {
+		result = resultUnchanged
+	}
+	s.metrics.updates.WithLabelValues(result).Inc()
+	s.lastErr.Store(nil)
+	excluded := slices.Clone(next.Excluded)
+	s.excluded.Store(&excluded)
+	s.metrics.excluded.Set(float64(len(excluded)))
+	if !s.ready.Swap(true) {
+		s.health.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
+		s.health.SetServingStatus(adsService, healthpb.HealthCheckResponse_SERVING)
+	}
+	return res, nil
+}
+
+// Reject records a configuration change that could not be served (it could
+// not be read, or is invalid): it is logged, counted and shown on
+// /debug/nodes until the next SetSnapshots, and the previous snapshots keep
+// being served.
+func (s *Server) Reject(err error) {
+	s.updateMu.Lock()
+	defer s.updateMu.Unlock()
+	s.reject(err)
+}
+
+// maxErrorText bounds a rejected change's error as /debug/nodes and the log
+// show it. The mesh sources already report only the first errors; this is
+// the last line of defence against one huge error.
+const maxErrorText = 64 << 10
+
+func (s *Server) reject(err error) {
+	s.metrics.updates.WithLabelValues(resultRejected).Inc()
+	msg := err.Error()
+	if len(msg) > maxErrorText {
+		msg = strings.ToValidUTF8(msg[:maxErrorText], "") + fmt.Sprintf(" … (%d more bytes)", len(msg)-maxErrorText)
+	}
+	s.lastErr.Store(&msg)
+	s.log.Error("mesh change rejected; previous config kept", "error", msg)
+}
+
+// nodeIdle clears the snapshot of a removed node once its last stream closed.
+func (s *Server) nodeIdle(nodeID string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.orphans[nodeID] {
+		delete(s.orphans, nodeID)
+		s.cache.ClearSnapshot(nodeID)
+		s.metrics.snapshotNodes.Set(float64(len(s.current) + len(s.orphans)))
+	}
+}
+
+// Versions returns the versions served to nodeID.
+func (s *Server) Versions(nodeID string) (Versions, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	snap, ok := s.current[nodeID]
+	if !ok {
+		return Versions{}, false
+	}
+	return snap.Versions(), true
+}
+
+// Ready reports whether snapshots have been set.
+func (s *Server) Ready() bool { return s.ready.Load() }
+
+// ServeXDS serves ADS and the gRPC health service on l until Stop.
+func (s *Server) ServeXDS(l net.Listener) error {
+	if err := s.grpc.Serve(l); err != nil && !errors.Is(err, grpc.ErrServerStopped) {
+		return fmt.Errorf("serve xds: %w", err)
+	}
+	return nil
+}
+
+// Stop ends every stream and stops serving, waiting at most grace for streams
+// to finish.
+func (s *Server) Stop(grace time.Duration) {
+	s.health.Shutdown()
+	s.stop()
+	done := make(chan struct{})
+	go func() {
+		s.grpc.GracefulStop()
+		close(done)
+	}()
+	select {
+	case <-done:
+	case <-time.After(grace):
+		s.grpc.Stop()
+		<-done
+	}
+}
+
+// Handler serves the HTTP endpoints: /healthz (the process is up), /readyz
+// (snapshots have been set), /metrics (Prometheus) and /debug/nodes (JSON: each
+// node's served, sent and ACKed versions and NACKs).
+func (s *Server) Handler() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
+		fmt.Fprintln(w, "ok")
+	})
+	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
+		if !s.Ready() {
+			http.Error(w, "no mesh applied yet", http.StatusServiceUnavailable)
+			return
+		}
+		fmt.Fprintln(w, "ok")
+	})
+	mux.Handle("GET /metrics", promhttp.HandlerFor(s.metrics.registry, promhttp.HandlerOpts{}))
+	mux.HandleFunc("GET /debug/nodes", func(w http.ResponseWriter, _ *http.Request) {
+		out := struct {
+			Ready     bool         `json:"ready"`
+			LastError *string      `json:"lastError,omitempty"`
+			Nodes     []NodeStatus `json:"nodes"`
+			Excluded  []Excluded   `json:"excluded,omitempty"`
+		}{Ready: s.Ready(), LastError: s.lastErr.Load(), Nodes: s.tracker.status()}
+		if e := s.excluded.Load(); e != nil {
+			out.Excluded = *e
+		}
+		w.Header().Set("Content-Type", "application/json")
+		enc := json.NewEncoder(w)
+		enc.SetIndent("", "  ")
+		_ = enc.Encode(out)
+	})
+	return mux
+}

@@ -1,0 +1,129 @@
+package xds
+
+import (
+	"cmp"
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"slices"
+
+	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
+	"google.golang.org/protobuf/types/known/anypb"
+)
+
+// Versions are the content-hash versions of one node's resources, per type.
+// Equal resources give equal versions in every process and replica, so an
+// unchanged config pushes nothing and replicas agree.
+type Versions struct {
+	Listeners string `json:"listeners"`
+	Clusters  string `json:"clusters"`
+}
+
+// Resource is one distinct resource as it is served: its encoding, wrapped
+// once in the Any of SotW responses and the Resource of delta responses, and
+// its content hash (its delta version). Nodes whose resources are equal share
+// one; nothing modifies it once built, and any number of responses marshal it
+// concurrently.
+type Resource struct {
+	name  string
+	hash  string
+	any   *anypb.Any
+	delta *discoveryv3.Resource
+}
+
+// NewResource returns the served form of a resource named name, of type
+// typeURL, whose deterministic protobuf encoding is encoded (it is kept, not
+// copied, and must not be modified afterwards). Equal encodings get equal
+// hashes.
+func NewResource(name, typeURL string, encoded []byte) *Resource {
+	sum := sha256.Sum256(encoded)
+	a := &anypb.Any{TypeUrl: typeURL, Value: encoded}
+	hash := hex.EncodeToString(sum[:12])
+	return &Resource{name: name, hash: hash, any: a, delta: &discoveryv3.Resource{Name: name, Version: hash, Resource: a}}
+}
+
+// servedType is what a node is served of one resource type.
+type servedType struct {
+	version   string
+	resources []*Resource  // sorted by name; names are unique
+	all       []*anypb.Any // resources[i].any: a full SotW response's resources
+}
+
+// lookup returns the resource named name, or nil.
+func (t *servedType) lookup(name string) *Resource {
+	i, ok := slices.BinarySearchFunc(t.resources, name, func(r *Resource, name string) int { return cmp.Compare(r.name, name) })
+	if !ok {
+		return nil
+	}
+	return t.resources[i]
+}
+
+// newServedType sorts resources by name and versions them by a hash of their
+// names and content hashes. scratch is reused for the hash's input.
+func newServedType(typeURL string, resources []*Resource, scratch []byte) (servedType, []byte, error) {
+	t := servedType{resources: slices.Clone(resources), all: make([]*anypb.Any, len(resources))}
+	slices.SortFunc(t.resources, func(a, b *Resource) int { return cmp.Compare(a.name, b.name) })
+	b := scratch[:0]
+	for i, r := range t.resources {
+		if i > 0 && t.resources[i-1].name == r.name {
+			return servedType{}, scratch, fmt.Errorf("two resources of %s are named %q", typeURL, r.name)
+		}
+		t.all[i] = r.any
+		b = append(b, r.name...)
+		b = append(b, 0)
+		b = append(b, r.hash...)
+		b = append(b, '\n')
+	}
+	sum := sha256.Sum256(b)
+	t.version = hex.EncodeToString(sum[:12])
+	return t, b, nil
+}
+
+// Snapshot is one node's listeners and clusters. Per node it holds a version
+// and a slice of pointers per type: the encodings are shared.
+type Snapshot struct {
+	listeners, clusters servedType
+}
+
+// SnapshotBuilder makes snapshots, reusing its scratch space; the zero value
+// is ready. It is not safe for concurrent use.
+type SnapshotBuilder struct {
+	scratch []byte
+}
+
+// Snapshot returns the snapshot of listeners and clusters (in any order;
+// names must be unique per type), versioned by their names and hashes.
+func (b *SnapshotBuilder) Snapshot(listeners, clusters []*Resource) (*Snapshot, error) {
+	l, scratch, err := newServedType(resourcev3.ListenerType, listeners, b.scratch)
+	if err != nil {
+		return nil, err
+	}
+	c, scratch, err := newServedType(resourcev3.ClusterType, clusters, scratch)
+	if err != nil {
+		return nil, err
+	}
+	b.scratch = scratch
+	return &Snapshot{listeners: l, clusters: c}, nil
+}
+
+// Versions are the snapshot's versions.
+func (s *Snapshot) Versions() Versions {
+	return Versions{Listeners: s.listeners.version, Clusters: s.clusters.version}
+}
+
+var emptyType = &servedType{}
+
+// typ returns the node's resources of typeURL; other types are served empty.
+func (s *Snapshot) typ(typeURL string) *servedType {
+	switch typeURL {
+	case resourcev3.ListenerType:
+		return &s.listeners
+	case resourcev3.ClusterType:
+		return &s.clusters
+	}
+	return emptyType
+}
+
+// GetVersion is the version of typeURL ("" for types that are not served).
+func (s *Snapshot) GetVersion(typeURL string) string { return s.typ(typeURL).version }

@@ -60,7 +60,11 @@ func (s stateStore) path(containerID, ifName string) string {
 	return filepath.Join(s.dir, stateName(containerID, ifName))
 }
 
-// save writes st atomically (temporary file, fsync, rename).
+// save writes st atomically (temporary file, rename), without fsync: the
+// attachment it records lives in a network namespace, which a power loss
+// takes away too; after one, the runtime's DEL of the old sandbox finds its
+// namespace gone (and treats an unreadable state as "uninstall anyway") and
+// GC drops what is left. A sync costs every ADD milliseconds on a busy disk.
 func (s stateStore) save(st State) error {
 	if err := os.MkdirAll(s.dir, 0o700); err != nil {
 		return fmt.Errorf("create state dir: %w", err)
@@ -70,7 +74,7 @@ func (s stateStore) save(st State) error {
 		return fmt.Errorf("encode state: %w", err)
 	}
 	final := s.path(st.ContainerID, st.IfName)
-	if err := atomicfile.Write(final, append(b, '\n'), 0o600); err != nil {
+	if err := atomicfile.WriteVolatile(final, append(b, '\n'), 0o600); err != nil {
 		return fmt.Errorf("write state: %w", err)
 	}
 	return nil

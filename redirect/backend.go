@@ -41,6 +41,21 @@ type Driver interface {
 	Render(p Plan) (Rendering, error)
 }
 
+// Glancer is implemented by Drivers that can tell cheaply — without a child
+// process and without probing kernel features — that they hold nothing of
+// detour's in the namespace. Engine glances at the backends it is not about
+// to install with (for uninstall, check and status: at every backend) and
+// calls Ready and Observe only where the glance cannot rule detour's state
+// out, so that an install with one backend does not pay for reading all the
+// others.
+type Glancer interface {
+	// Glance reports false only when Observe would find nothing of detour's
+	// (Installed.Empty) and no Conflict; true when it might. It runs on the
+	// thread inside the namespace, like Observe, and never writes. An error
+	// means the glance cannot tell: Engine then asks Ready and Observe.
+	Glance(ctx context.Context) (maybe bool, err error)
+}
+
 // Installed is what one Driver observed in a network namespace.
 type Installed interface {
 	// Empty reports that nothing of detour's is there.

@@ -478,7 +478,7 @@ var fields = []Field{
 		get: func(c *Config) string { return string(c.Mode) },
 	},
 	{
-		Path: "backend", Name: "backend", Usage: "auto, iptables, iptables-legacy, iptables-nft or ebpf (opt-in; auto never picks it)",
+		Path: "backend", Name: "backend", Usage: "auto, iptables, iptables-legacy, iptables-nft, nftables or ebpf (opt-in; auto never picks it)",
 		set: enumField("backend", backends, func(c *Config) *Backend { return &c.Backend }),
 		get: func(c *Config) string { return string(c.Backend) },
 	},

@@ -65,22 +65,64 @@ func (s *driverState) usable() error {
 	return s.err
 }
 
-// observeAll asks every Driver whether it is ready and what it holds. It
-// never writes.
-func (e *Engine) observeAll(ctx context.Context) []*driverState {
+// errNotAsked is the readiness of a backend that Engine neither asked nor
+// observed because its glance ruled detour's state out; such a backend is
+// never installed with in that call.
+var errNotAsked = errors.New("not asked: no candidate for this call, and it holds nothing of detour's")
+
+// observeAll reads what every Driver holds. The candidates (the backends
+// this call may install with) are asked whether they are ready and observed;
+// the others are glanced at (Glancer) and asked and observed only when they
+// may hold detour's state, which install, uninstall, check and status must
+// see in every backend. It never writes.
+func (e *Engine) observeAll(ctx context.Context, candidate func(Backend) bool) []*driverState {
 	out := make([]*driverState, 0, len(e.Drivers))
 	for _, d := range e.Drivers {
 		s := &driverState{d: d}
+		out = append(out, s)
+		if !candidate(d.Name()) && e.holdsNothing(ctx, d) {
+			s.ready = errNotAsked
+			continue
+		}
 		if s.ready = d.Ready(ctx); s.ready == nil {
 			s.have, s.err = d.Observe(ctx)
 		}
 		if s.usable() != nil {
 			e.logger().Debug("backend not usable", "backend", d.Name(), "error", s.usable())
 		}
-		out = append(out, s)
 	}
 	return out
 }
+
+// holdsNothing reports that d's glance rules detour's state out.
+func (e *Engine) holdsNothing(ctx context.Context, d Driver) bool {
+	g, ok := d.(Glancer)
+	if !ok {
+		return false
+	}
+	maybe, err := g.Glance(ctx)
+	if err != nil {
+		e.logger().Debug("glance", "backend", d.Name(), "error", err)
+		return false
+	}
+	return !maybe
+}
+
+// candidates are the backends an install with want may use: those it
+// matches (auto: every one but the opt-in ones, which it uses only where
+// detour's state already is, and a glance does not rule that out).
+func candidates(want Backend) func(Backend) bool {
+	return func(b Backend) bool {
+		if want == BackendAuto || want == "" {
+			return !b.manualOnly()
+		}
+		return want.Matches(b)
+	}
+}
+
+// noCandidate is for the calls that install with no backend: uninstall,
+// check and status read what every backend holds.
+func noCandidate(Backend) bool { return false }
 
 func holding(states []*driverState) []*driverState {
 	var out []*driverState
@@ -194,7 +236,7 @@ func (e *Engine) install(ctx context.Context, p Plan) (Result, error) {
 	}
 	res.Families = p.Families()
 	err := e.locked(ctx, &res, func(ctx context.Context) error {
-		states := e.observeAll(ctx)
+		states := e.observeAll(ctx, candidates(p.Config.Backend))
 		if err := conflicts(states); err != nil {
 			return err
 		}
@@ -247,7 +289,7 @@ func (e *Engine) install(ctx context.Context, p Plan) (Result, error) {
 func (e *Engine) uninstall(ctx context.Context) (Result, error) {
 	var res Result
 	err := e.locked(ctx, &res, func(ctx context.Context) error {
-		states := e.observeAll(ctx)
+		states := e.observeAll(ctx, noCandidate)
 		if err := conflicts(states); err != nil {
 			return err
 		}
@@ -295,7 +337,7 @@ func (e *Engine) uninstall(ctx context.Context) (Result, error) {
 // readInstalled is what Check and Status read: no lock, no writes.
 func (e *Engine) readInstalled(ctx context.Context, p Plan) (held []*driverState, net netView, err error) {
 	err = e.enter(func() error {
-		held = holding(e.observeAll(ctx))
+		held = holding(e.observeAll(ctx, noCandidate))
 		net, err = e.observeNet(p)
 		return err
 	})

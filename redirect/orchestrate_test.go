@@ -25,6 +25,7 @@ type fakeDriver struct {
 	mu      *sync.Mutex
 	journal *[]string
 	state   map[Family][]string
+	asked   []string // "ready", "observe" and "glance", in order
 }
 
 type fakeInstalled struct {
@@ -51,8 +52,13 @@ func (f fakeInstalled) Text(fam Family) string {
 func (f fakeInstalled) Foreign() bool   { return f.foreign }
 func (f fakeInstalled) Conflict() error { return f.conflict }
 
-func (d *fakeDriver) Name() Backend               { return d.name }
-func (d *fakeDriver) Ready(context.Context) error { return d.ready }
+func (d *fakeDriver) Name() Backend { return d.name }
+func (d *fakeDriver) Ready(context.Context) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.asked = append(d.asked, "ready")
+	return d.ready
+}
 func (d *fakeDriver) record(format string, a ...any) {
 	*d.journal = append(*d.journal, fmt.Sprintf(format, a...))
 }
@@ -60,6 +66,7 @@ func (d *fakeDriver) record(format string, a ...any) {
 func (d *fakeDriver) Observe(context.Context) (Installed, error) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	d.asked = append(d.asked, "observe")
 	lines := map[Family][]string{}
 	for f, l := range d.state {
 		lines[f] = slices.Clone(l)
@@ -432,5 +439,111 @@ v6 rules
 `
 	if diff := cmp.Diff(want, p.Format(r)); diff != "" {
 		t.Errorf("Format (-want +got):\n%s", diff)
+	}
+}
+
+// glancingDriver is a fakeDriver that can tell cheaply that it holds
+// nothing (Glancer), as every real backend can.
+type glancingDriver struct {
+	*fakeDriver
+	err error // Glance's error: it cannot tell
+}
+
+func (g glancingDriver) Glance(context.Context) (bool, error) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.asked = append(g.asked, "glance")
+	maybe := g.conflict != nil
+	for _, l := range g.state {
+		maybe = maybe || len(l) > 0
+	}
+	return maybe, g.err
+}
+
+// glancing makes every driver of the lab a Glancer.
+func (l *lab) glancing() *lab {
+	for i, d := range l.e.Drivers {
+		l.e.Drivers[i] = glancingDriver{fakeDriver: d.(*fakeDriver)}
+	}
+	return l
+}
+
+// asked returns, and forgets, what each driver was asked.
+func (l *lab) asked() map[Backend]string {
+	out := map[Backend]string{}
+	for n, d := range l.d {
+		d.mu.Lock()
+		out[n] = strings.Join(d.asked, ",")
+		d.asked = nil
+		d.mu.Unlock()
+	}
+	return out
+}
+
+// TestGlanceSparesOtherBackends: a backend that is not a candidate of the
+// call and whose glance says it holds nothing is neither asked whether it is
+// ready nor observed; wherever detour's state (or a conflict) may be, it is,
+// so switching, uninstall everywhere, check and the refusal on a foreign
+// chain work as without glances.
+func TestGlanceSparesOtherBackends(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	nft, legacy, ipnft, ebpf := BackendNFTables, BackendIPTablesLegacy, BackendIPTablesNFT, BackendEBPF
+	l := newLab(t, legacy, ipnft, nft, ebpf).glancing()
+	step := func(name string, want map[Backend]string) {
+		t.Helper()
+		if diff := cmp.Diff(want, l.asked()); diff != "" {
+			t.Errorf("%s: what the drivers were asked (-want +got):\n%s", name, diff)
+		}
+	}
+
+	l.install(t, l.plan(t, nft))
+	step("install --backend nftables", map[Backend]string{nft: "ready,observe", legacy: "glance", ipnft: "glance", ebpf: "glance"})
+	if res := l.install(t, l.plan(t, nft)); res.Changed {
+		t.Errorf("re-run = %+v, want no change", res)
+	}
+	step("re-run", map[Backend]string{nft: "ready,observe", legacy: "glance", ipnft: "glance", ebpf: "glance"})
+	if d, err := l.e.Check(ctx, l.plan(t, nft)); err != nil || !d.Empty() {
+		t.Errorf("Check = %+v, %v", d, err)
+	}
+	step("check", map[Backend]string{nft: "glance,ready,observe", legacy: "glance", ipnft: "glance", ebpf: "glance"})
+
+	// auto: every backend but the opt-in ebpf is a candidate.
+	if res := l.install(t, l.plan(t, BackendAuto)); res.Backend != nft || res.Changed {
+		t.Errorf("auto = %+v, want nftables unchanged (sticky)", res)
+	}
+	step("auto", map[Backend]string{nft: "ready,observe", legacy: "ready,observe", ipnft: "ready,observe", ebpf: "glance"})
+
+	// Switching: the old backend is found by its glance and emptied.
+	l.writes()
+	if res := l.install(t, l.plan(t, legacy)); !slices.Equal(res.Replaced, []Backend{nft}) {
+		t.Errorf("switch to iptables-legacy = %+v", res)
+	}
+	if diff := cmp.Diff([]string{"iptables-legacy apply", "nftables remove"}, l.writes()); diff != "" {
+		t.Errorf("switch writes (-want +got):\n%s", diff)
+	}
+	step("switch", map[Backend]string{legacy: "ready,observe", nft: "glance,ready,observe", ipnft: "glance", ebpf: "glance"})
+
+	// A glance that cannot tell is no answer: the backend is observed.
+	l.e.Drivers[1] = glancingDriver{fakeDriver: l.d[ipnft], err: errors.New("nfnetlink: permission denied")}
+	l.d[ipnft].state = map[Family][]string{IPv6: {"left over"}}
+	res, err := l.e.Uninstall(ctx)
+	if err != nil || !slices.Equal(res.Replaced, []Backend{legacy, ipnft}) {
+		t.Errorf("Uninstall = %+v, %v; want legacy and iptables-nft emptied", res, err)
+	}
+	if diff := cmp.Diff([]string{"iptables-legacy remove", "iptables-nft remove"}, l.writes()); diff != "" {
+		t.Errorf("uninstall writes (-want +got):\n%s", diff)
+	}
+	step("uninstall", map[Backend]string{legacy: "glance,ready,observe", ipnft: "glance,ready,observe", nft: "glance", ebpf: "glance"})
+
+	// A conflict seen only through a glance still refuses the install.
+	l.e.Drivers[1] = glancingDriver{fakeDriver: l.d[ipnft]}
+	l.d[ebpf].conflict = fmt.Errorf("%w: pinned map of another tool", ErrForeignChains)
+	if _, err := l.e.Install(ctx, l.plan(t, nft)); !errors.Is(err, ErrForeignChains) {
+		t.Errorf("Install with a conflict in a glanced backend = %v, want ErrForeignChains", err)
+	}
+	l.asked()
+	if w := l.writes(); len(w) != 0 {
+		t.Errorf("a refused install wrote %v", w)
 	}
 }

@@ -4,6 +4,10 @@
 // (or the error) goes to stdout, logs to the config's logFile or stderr. See
 // docs/cni.md.
 //
+// Run with arguments it is the CNI node installer instead (`detour-cni cni
+// install|uninstall|ready`, cli.go): `detour cni …` execs it, so that detour
+// itself links neither net/http nor crypto/tls.
+//
 // It runs once per pod attachment, so it must start in milliseconds: it must not
 // link k8s.io/client-go, k8s.io/api, k8s.io/apimachinery,
 // github.com/envoyproxy/..., google.golang.org/grpc or controlplane

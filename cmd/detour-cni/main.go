@@ -1,6 +1,8 @@
 package main
 
 import (
+	"os"
+
 	"github.com/containernetworking/cni/pkg/skel"
 
 	"github.com/detour-mesh/detour/cni"
@@ -10,6 +12,11 @@ import (
 var version = "dev"
 
 func main() {
+	if len(os.Args) > 1 {
+		// A command line, not a container runtime: the node installer
+		// (`detour cni …` runs this binary with its own arguments).
+		os.Exit(runCLI(os.Args[1:]))
+	}
 	p := cni.New(cni.Options{})
 	skel.PluginMainFuncs(p.Funcs(), cni.SupportedVersions(), "detour-cni "+version+": redirects a pod's traffic to its sidecar proxy")
 }

@@ -29,7 +29,7 @@ exits 3 when they differ, 4 when detour is not installed at all.`,
 			return runCheck(cmd.Context(), o, g, s)
 		},
 	}
-	o.in.bind(cmd.Flags())
+	g.later(cmd, func() { o.in.bind(cmd.Flags()) })
 	output(cmd.Flags(), &o.output)
 	return cmd
 }

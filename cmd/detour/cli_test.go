@@ -231,3 +231,35 @@ func TestPlanJSONCarriesTheRendering(t *testing.T) {
 		}
 	}
 }
+
+// TestFlagsOfEveryCommand: the configuration flags, bound only for the
+// command that runs, are there wherever a user looks for them: the command
+// itself (with flags before and after its name), its help, `detour help
+// COMMAND` and shell completion.
+func TestFlagsOfEveryCommand(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		name string
+		args []string
+		want string
+	}{
+		{"plan with a config flag", []string{"plan", "--backend", "nftables", "--ip-families", "ipv4"}, "table inet detour"},
+		{"root flag first", []string{"-v", "plan", "--ip-families", "ipv4", "--outbound-port", "15099"}, "15099"},
+		{"command help", []string{"install", "--help"}, "--exclude-outbound-ports"},
+		{"help command", []string{"help", "check"}, "--exclude-outbound-ports"},
+		{"completion", []string{"__complete", "validate", "--exclude-outbound-p"}, "--exclude-outbound-ports"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			code, out, stderr := runCLI(t, tt.args...)
+			if code != exitOK || !strings.Contains(out, tt.want) {
+				t.Errorf("detour %s: exit %d, stdout lacks %q:\n%s\nstderr: %s", strings.Join(tt.args, " "), code, tt.want, out, stderr)
+			}
+		})
+	}
+	// uninstall never took a configuration.
+	if code, _, stderr := runCLI(t, "uninstall", "--preset", "istio"); code != exitUsage || !strings.Contains(stderr, "unknown flag: --preset") {
+		t.Errorf("uninstall --preset: exit %d, %s; want exit 2, unknown flag", code, stderr)
+	}
+}

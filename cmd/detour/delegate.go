@@ -11,29 +11,38 @@ import (
 	"github.com/spf13/cobra"
 )
 
-// cpBinary is the control-plane binary that the delegated subcommands run.
-const cpBinary = "detour-cp"
+// The binaries that serve the delegated subcommands.
+const (
+	cpBinary  = "detour-cp"
+	cniBinary = "detour-cni"
+)
 
-// delegatedCommand is a subcommand that lives in detour-cp: detour stays lean
-// (no Kubernetes client, Envoy protos or gRPC) and execs detour-cp for it.
+// delegatedCommand is a subcommand that lives in another of detour's
+// binaries: detour stays lean and execs that binary for it. detour-cp holds
+// the Kubernetes client, Envoy protos and gRPC; detour-cni holds the CNI
+// node installer (its plugin-token request links net/http and crypto/tls,
+// which cost every start of detour milliseconds).
 type delegatedCommand struct {
 	name, short string
+	binary      string
 }
 
-// delegatedCommands are the subcommands detour hands to detour-cp; adding one
-// is one line here.
+// delegatedCommands are the subcommands detour hands to another binary;
+// adding one is one line here.
 func delegatedCommands() []delegatedCommand {
 	return []delegatedCommand{
-		{"control-plane", "Serve Envoy sidecars their listeners and clusters over ADS (xDS); runs detour-cp"},
-		{"bootstrap", "Print the Envoy bootstrap of a workload (ADS to the control plane); runs detour-cp"},
-		{"inject", "Add the detour sidecar to Kubernetes manifests (or remove it: --uninject); runs detour-cp"},
+		{"control-plane", "Serve Envoy sidecars their listeners and clusters over ADS (xDS); runs detour-cp", cpBinary},
+		{"bootstrap", "Print the Envoy bootstrap of a workload (ADS to the control plane); runs detour-cp", cpBinary},
+		{"inject", "Add the detour sidecar to Kubernetes manifests (or remove it: --uninject); runs detour-cp", cpBinary},
+		{"cni", "Put the detour-cni plugin in place on a Kubernetes node (install, uninstall, ready); runs detour-cni", cniBinary},
 	}
 }
 
-// delegator finds and execs detour-cp. Its fields are the seams tests set.
+// delegator finds and execs the binary of a delegated command. Its fields
+// are the seams tests set.
 type delegator struct {
-	// args is detour's whole command line after the program name; detour-cp
-	// gets it unchanged.
+	// args is detour's whole command line after the program name; the
+	// delegated binary gets it unchanged.
 	args []string
 	// executable returns detour's own path (os.Executable).
 	executable func() (string, error)
@@ -55,24 +64,24 @@ func (d *delegator) commands() []*cobra.Command {
 			Short: c.short,
 			Long: c.short + `.
 
-detour-cp (next to detour, or on PATH) serves this command: detour runs it with
-the same arguments. ` + "`detour-cp " + c.name + " --help`" + ` lists its flags.`,
-			// detour-cp parses the flags, --help included.
+` + c.binary + ` (next to detour, or on PATH) serves this command: detour runs it with
+the same arguments. ` + "`" + c.binary + " " + c.name + " --help`" + ` lists its flags.`,
+			// The delegated binary parses the flags, --help included.
 			DisableFlagParsing: true,
 			RunE: func(cmd *cobra.Command, _ []string) error {
-				return d.run(c.name)
+				return d.run(c)
 			},
 		})
 	}
 	return cmds
 }
 
-// run execs detour-cp with detour's arguments. It returns only when detour-cp
-// cannot be found or started (exit 1).
-func (d *delegator) run(name string) error {
-	path, err := d.find()
+// run execs c's binary with detour's arguments. It returns only when that
+// binary cannot be found or started (exit 1).
+func (d *delegator) run(c delegatedCommand) error {
+	path, err := d.find(c.binary)
 	if err != nil {
-		return fmt.Errorf("detour %s is served by %s: %w", name, cpBinary, err)
+		return fmt.Errorf("detour %s is served by %s: %w", c.name, c.binary, err)
 	}
 	argv := append([]string{path}, d.args...)
 	if err := d.exec(path, argv, os.Environ()); err != nil {
@@ -81,27 +90,27 @@ func (d *delegator) run(name string) error {
 	return nil
 }
 
-// find returns detour-cp next to detour's own executable, else on PATH.
-func (d *delegator) find() (string, error) {
+// find returns the binary named bin next to detour's own executable, else on PATH.
+func (d *delegator) find(bin string) (string, error) {
 	var beside string
 	if exe, err := d.executable(); err == nil {
 		if resolved, err := filepath.EvalSymlinks(exe); err == nil {
 			exe = resolved
 		}
-		beside = filepath.Join(filepath.Dir(exe), cpBinary)
+		beside = filepath.Join(filepath.Dir(exe), bin)
 		if fi, err := os.Stat(beside); err == nil && !fi.IsDir() && fi.Mode()&0o111 != 0 {
 			return beside, nil
 		}
 	}
-	path, err := d.lookPath(cpBinary)
+	path, err := d.lookPath(bin)
 	if err == nil {
 		return path, nil
 	}
 	if !errors.Is(err, exec.ErrNotFound) {
-		return "", fmt.Errorf("look up %s on PATH: %w", cpBinary, err)
+		return "", fmt.Errorf("look up %s on PATH: %w", bin, err)
 	}
 	if beside == "" {
-		return "", fmt.Errorf("%s is not on PATH; install it (make build builds bin/%s)", cpBinary, cpBinary)
+		return "", fmt.Errorf("%s is not on PATH; install it (make build builds bin/%s)", bin, bin)
 	}
-	return "", fmt.Errorf("%s is neither next to detour (%s) nor on PATH; install it there (make build builds bin/%s)", cpBinary, beside, cpBinary)
+	return "", fmt.Errorf("%s is neither next to detour (%s) nor on PATH; install it there (make build builds bin/%s)", bin, beside, bin)
 }

@@ -11,6 +11,8 @@
 // detour is the install path and must start in milliseconds: it must not link
 // k8s.io/client-go, k8s.io/api, k8s.io/apimachinery, github.com/envoyproxy/...,
 // google.golang.org/grpc or controlplane (internal/layering checks it). The
-// commands that need them live in cmd/detour-cp; control-plane and bootstrap
-// exec it (delegate.go).
+// commands that need them live in cmd/detour-cp; control-plane, bootstrap and
+// inject exec it (delegate.go). The CNI node installer (`detour cni …`),
+// whose plugin-token request links net/http and crypto/tls, lives in
+// cmd/detour-cni, which detour execs the same way.
 package main

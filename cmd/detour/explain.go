@@ -66,7 +66,7 @@ configuration's answer is still printed; --config-only does not read the namespa
 			return runExplain(cmd.Context(), o, g, s)
 		},
 	}
-	o.in.bind(cmd.Flags())
+	g.later(cmd, func() { o.in.bind(cmd.Flags()) })
 	fs := cmd.Flags()
 	fs.StringVar(&o.to, "to", "", "the connection's destination, ADDR:PORT ([ADDR]:PORT for IPv6)")
 	fs.StringVar(&o.from, "from", "", "the source address: for --inbound the client's (default 203.0.113.100, or 2001:db8::100 for an IPv6 --to); outbound, the address the socket binds (the proxy's 127.0.0.6 towards the app)")
@@ -494,7 +494,7 @@ type envoyRoute struct {
 // control plane serves for the connection: the control plane's code stays out
 // of this binary.
 func (o *explainOptions) envoyRoute(ctx context.Context, c redirect.Conn, inbound bool) (*envoyRoute, error) {
-	path, err := o.cp.find()
+	path, err := o.cp.find(cpBinary)
 	if err != nil {
 		return nil, fmt.Errorf("--mesh is answered by %s: %w", cpBinary, err)
 	}

@@ -5,9 +5,11 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"slices"
 	"strings"
 	"time"
 
+	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
 
 	"github.com/detour-mesh/detour/bpf"
@@ -24,6 +26,37 @@ type globalOptions struct {
 	// namespace). bpfPinDir and bpfRoot come from DETOUR_EBPF_PIN_DIR and
 	// DETOUR_EBPF_CGROUP_ROOT (tests and sandboxes; "" = the defaults).
 	cgroup, bpfPinDir, bpfRoot string
+	// deferred are flag bindings that wait until the command that runs is
+	// known (later, bindFlags).
+	deferred []deferredFlags
+}
+
+// deferredFlags binds some of cmd's flags.
+type deferredFlags struct {
+	cmd  *cobra.Command
+	bind func()
+}
+
+// later defers binding flags of cmd until newRootCmd knows which command
+// runs: the configuration flags (one per redirect.Field) of every command
+// that plans would otherwise be built at every start of detour, for a run
+// that uses one command's.
+func (g *globalOptions) later(cmd *cobra.Command, bind func()) {
+	g.deferred = append(g.deferred, deferredFlags{cmd: cmd, bind: bind})
+}
+
+// bindFlags binds the deferred flags of the command args select, or of
+// every command when args select none of them (help, completion, a
+// mistyped command), so that help and completion see every flag.
+func (g *globalOptions) bindFlags(root *cobra.Command, args []string) {
+	target, _, err := root.Find(args)
+	only := err == nil && slices.ContainsFunc(g.deferred, func(d deferredFlags) bool { return d.cmd == target })
+	for _, d := range g.deferred {
+		if !only || d.cmd == target {
+			d.bind()
+		}
+	}
+	g.deferred = nil
 }
 
 // engine returns the redirect engine for the namespace at nsPath ("" = ours).

@@ -37,7 +37,7 @@ capture unless --capture-ssh is given.`,
 		},
 	}
 	fs := cmd.Flags()
-	o.in.bind(fs)
+	g.later(cmd, func() { o.in.bind(fs) })
 	fs.BoolVar(&o.dryRun, "dry-run", false, "print the plan and change nothing")
 	output(fs, &o.output)
 	fs.BoolVar(&o.persist.enabled, "persist", false, persistUsage)

@@ -93,3 +93,10 @@ func TestPersistRefusedBeforeAnyChange(t *testing.T) {
 		})
 	}
 }
+
+func runCmd(t *testing.T, ctx context.Context, args ...string) (int, string, string) {
+	t.Helper()
+	var out, errb bytes.Buffer
+	code := run(ctx, args, strings.NewReader(""), &out, &errb)
+	return code, out.String(), errb.String()
+}

@@ -34,7 +34,7 @@ follows the namespace plan runs in (or --netns).`,
 			return runPlan(cmd.Context(), o, g, s)
 		},
 	}
-	o.in.bind(cmd.Flags())
+	g.later(cmd, func() { o.in.bind(cmd.Flags()) })
 	output(cmd.Flags(), &o.output)
 	return cmd
 }

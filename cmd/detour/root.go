@@ -37,9 +37,9 @@ run it.`,
 		newValidateCmd(s, g),
 		newExplainCmd(s, g, d),
 		newVersionCmd(s),
-		newCNICmd(s),
 	)
 	root.AddCommand(d.commands()...)
+	g.bindFlags(root, d.args)
 	return root
 }
 

@@ -41,7 +41,7 @@ the check.`,
 			return runValidate(cmd.Context(), o, g, s)
 		},
 	}
-	o.in.bind(cmd.Flags())
+	g.later(cmd, func() { o.in.bind(cmd.Flags()) })
 	cmd.Flags().DurationVar(&o.timeout, "timeout", 3*time.Second, "how long each probe connection may take")
 	return cmd
 }

@@ -298,8 +298,10 @@ func TestInstallIdempotent(t *testing.T) {
 			cfgA := withBackend(t, cfgWith(t, "", "dns.capture=all", "dropInvalidPackets=true"), b)
 			pA := mustPlan(t, cfgA, dualStack)
 			res := mustInstall(t, e, pA)
-			if !res.Changed || res.Processes != 6 {
-				t.Errorf("first Install = %+v, want Changed with 6 processes (4 saves, 2 restores)", res)
+			// The other iptables backend holds nothing, and its glance tells
+			// that without a save: the processes are this backend's own.
+			if !res.Changed || res.Processes != 4 {
+				t.Errorf("first Install = %+v, want Changed with 4 processes (2 saves, 2 restores)", res)
 			}
 			if got := calls(t, log); len(got) != 2 {
 				t.Errorf("first Install ran %d restores, want one per family: %q", len(got), got)
@@ -307,8 +309,8 @@ func TestInstallIdempotent(t *testing.T) {
 			os.Remove(log)
 
 			res = mustInstall(t, e, pA)
-			if res.Changed || res.Processes != 4 {
-				t.Errorf("second Install = %+v, want no change and only the 4 saves", res)
+			if res.Changed || res.Processes != 2 {
+				t.Errorf("second Install = %+v, want no change and only the 2 saves", res)
 			}
 			if got := calls(t, log); len(got) != 0 {
 				t.Errorf("second Install ran restores: %q", got)
@@ -320,8 +322,8 @@ func TestInstallIdempotent(t *testing.T) {
 			cfgB := withBackend(t, cfgWith(t, "", "outbound.excludePorts=25", "log.enabled=true"), b)
 			pB := mustPlan(t, cfgB, dualStack)
 			res = mustInstall(t, e, pB)
-			if !res.Changed || res.Processes != 6 {
-				t.Errorf("Install of a changed config = %+v, want Changed with 6 processes", res)
+			if !res.Changed || res.Processes != 4 {
+				t.Errorf("Install of a changed config = %+v, want Changed with 4 processes", res)
 			}
 			if got := calls(t, log); len(got) != 2 || !strings.Contains(got[0], "--noflush") {
 				t.Errorf("changed config ran restores %q, want one --noflush per family", got)
@@ -346,8 +348,10 @@ func TestInstallIdempotent(t *testing.T) {
 				t.Errorf("after uninstall iptables-save differs from before install:\n--- before\n%s\n--- after\n%s", before, after)
 			}
 			os.Remove(log)
-			if res := mustUninstall(t, e); res.Changed || res.Processes != 4 || len(calls(t, log)) != 0 {
-				t.Errorf("second Uninstall = %+v, restores %q; want no change and only the 4 saves", res, calls(t, log))
+			// The seeded foreign rules make this backend's glance say "maybe":
+			// it is read with its saves; the other one is not.
+			if res := mustUninstall(t, e); res.Changed || res.Processes != 2 || len(calls(t, log)) != 0 {
+				t.Errorf("second Uninstall = %+v, restores %q; want no change and only the 2 saves", res, calls(t, log))
 			}
 			if _, err := e.Check(context.Background(), pA); !errors.Is(err, redirect.ErrNotInstalled) {
 				t.Errorf("Check after uninstall = %v, want ErrNotInstalled", err)
@@ -680,8 +684,8 @@ func TestTProxyRouting(t *testing.T) {
 		if len(d.Families) != 1 || d.Families[0].Family != redirect.IPv6 || len(d.Families[0].Missing) != 1 || !strings.Contains(d.Families[0].Missing[0], "route add local ::/0") {
 			t.Errorf("Check after deleting the IPv6 route = %+v", d)
 		}
-		if res := mustInstall(t, e, p); !res.Changed || res.Processes != 4 {
-			t.Errorf("Install restoring the route = %+v, want a change without restores (4 saves)", res)
+		if res := mustInstall(t, e, p); !res.Changed || res.Processes != 2 {
+			t.Errorf("Install restoring the route = %+v, want a change without restores (2 saves: the other backend is glanced at)", res)
 		}
 		assertNoDrift(t, e, p)
 

@@ -18,13 +18,17 @@ import (
 // BenchmarkAdd measures the latency of one detour-cni ADD as the runtime sees
 // it (process start, the pod read from the API server, the rules installed in
 // a fresh network namespace) and reports the median and the 99th percentile.
+// "meshed-nftables" installs with the nftables backend (plugin config
+// "config": {"backend": "nftables"}), "meshed" with the default (auto).
 // "chain" is the whole conflist (bridge + host-local + detour-cni) for scale.
 // Percentiles need samples: run with -benchtime=200x for stable figures.
 func BenchmarkAdd(b *testing.B) {
 	h := setup(b)
 	ns := h.newNamespace(b, nil)
-	b.Run("detour-cni/meshed", func(b *testing.B) { benchPlugin(b, h, ns, enabled) })
-	b.Run("detour-cni/plain", func(b *testing.B) { benchPlugin(b, h, ns, nil) })
+	b.Run("detour-cni/meshed", func(b *testing.B) { benchPlugin(b, h, ns, enabled, nil) })
+	nft := map[string]any{"config": map[string]any{"backend": "nftables"}}
+	b.Run("detour-cni/meshed-nftables", func(b *testing.B) { benchPlugin(b, h, ns, enabled, nft) })
+	b.Run("detour-cni/plain", func(b *testing.B) { benchPlugin(b, h, ns, nil, nil) })
 	b.Run("chain/meshed", func(b *testing.B) { benchChain(b, h, ns) })
 }
 
@@ -46,16 +50,21 @@ func reportLatency(b *testing.B, samples []time.Duration) {
 }
 
 // benchPlugin runs detour-cni alone, as the last plugin of a chain, with a
-// prevResult, against a fresh namespace per ADD.
-func benchPlugin(b *testing.B, h *harness, ns string, annotations map[string]string) {
+// prevResult and the extra plugin config keys, against a fresh namespace per
+// ADD.
+func benchPlugin(b *testing.B, h *harness, ns string, annotations map[string]string, extra map[string]any) {
 	p := h.newPod(b, ns, annotations, created)
 	dir := b.TempDir()
 	prev := fmt.Sprintf(`{"cniVersion":"1.1.0","interfaces":[{"name":"eth0","sandbox":%q}],"ips":[{"interface":0,"address":"198.51.100.200/24"}]}`, p.netns)
-	conf, err := json.Marshal(map[string]any{
+	keys := map[string]any{
 		"cniVersion": "1.1.0", "name": "dt-bench", "type": "detour-cni",
 		"kubeconfig": h.kubeconfig, "stateDir": filepath.Join(dir, "state"), "logFile": filepath.Join(dir, "log"),
 		"prevResult": json.RawMessage(prev),
-	})
+	}
+	for k, v := range extra {
+		keys[k] = v
+	}
+	conf, err := json.Marshal(keys)
 	if err != nil {
 		b.Fatal(err)
 	}

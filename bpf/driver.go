@@ -331,6 +331,25 @@ func (d *Driver) Explain(have redirect.Installed, c redirect.Conn) (redirect.Ker
 	} else if kv.why != "" {
 		v.Rule += " # " + kv.why
 	}
+	if !v.Captured && h.inbound != nil {
+		// A connection the programs leave alone still goes through the
+		// inbound table's output chain: the proxy's hairpin to the
+		// workload's own address (O8) is captured there.
+		if ex, ok := d.opts.Inbound.(redirect.Explainer); ok {
+			iv, err := ex.Explain(h.inbound, c)
+			if err != nil {
+				return redirect.KernelVerdict{}, fmt.Errorf("explain through the inbound table: %w", err)
+			}
+			if iv.Captured || iv.Uncertain != "" {
+				path := v.Path
+				if v.Rule != "" {
+					path = append(slices.Clone(path), v.Rule)
+				}
+				iv.Path = append(path, iv.Path...)
+				return iv, nil
+			}
+		}
+	}
 	return v, nil
 }
 

@@ -6,6 +6,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"path/filepath"
 	"slices"
 	"syscall"
 	"testing"
@@ -97,6 +98,30 @@ func TestUninstallLeavesNothingAndSparesOtherPrograms(t *testing.T) {
 		t.Fatalf("SO_ORIGINAL_DST = %s", got)
 	}
 
+	// The ids of this install's maps: other detour installs (tests/ running
+	// at the same time) have maps of the same names.
+	mapIDs := map[ebpf.MapID]string{}
+	pins, err := os.ReadDir(filepath.Join(l.pinDir, "maps"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, pin := range pins {
+		m, err := ebpf.LoadPinnedMap(filepath.Join(l.pinDir, "maps", pin.Name()), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		info, err := m.Info()
+		m.Close()
+		if err != nil {
+			t.Fatal(err)
+		}
+		id, _ := info.ID()
+		mapIDs[id] = pin.Name()
+	}
+	if len(mapIDs) == 0 {
+		t.Fatal("no map pinned after install")
+	}
+
 	if err := ld.Remove(scope); err != nil {
 		t.Fatal(err)
 	}
@@ -119,26 +144,21 @@ func TestUninstallLeavesNothingAndSparesOtherPrograms(t *testing.T) {
 	if ids := got[ebpf.AttachCGroupInet4Connect]; len(ids) != 1 || ids[0] != foreign {
 		t.Errorf("connect4 after uninstall = %v, want only the foreign program %d", ids, foreign)
 	}
-	// No map of detour's is left in the kernel.
-	for id := ebpf.MapID(0); ; {
-		next, err := ebpf.MapGetNextID(id)
-		if err != nil {
-			break
-		}
-		id = next
-		m, err := ebpf.NewMapFromID(id)
-		if err != nil {
-			continue
-		}
-		info, err := m.Info()
-		m.Close()
-		if err == nil && (info.Name == "scopes" || info.Name == "tuples" || info.Name == "origins") {
-			// Maps are freed asynchronously once the last reference goes.
-			time.Sleep(200 * time.Millisecond)
-			if m2, err := ebpf.NewMapFromID(id); err == nil {
-				m2.Close()
-				t.Errorf("map %s (id %d) is still in the kernel after uninstall", info.Name, id)
+	// No map of this install is left in the kernel. Maps are freed
+	// asynchronously once the last reference goes.
+	deadline := time.Now().Add(2 * time.Second)
+	for id, name := range mapIDs {
+		for {
+			m, err := ebpf.NewMapFromID(id)
+			if err != nil {
+				break
 			}
+			m.Close()
+			if time.Now().After(deadline) {
+				t.Errorf("map %s (id %d) is still in the kernel after uninstall", name, id)
+				break
+			}
+			time.Sleep(50 * time.Millisecond)
 		}
 	}
 	// And connections are no longer redirected.

@@ -653,13 +653,19 @@ func detach(dir string) error {
 // lock serializes detour's changes to the pins across processes (CNI ADDs of
 // many pods run in parallel, and config ids are allocated from the maps): an
 // exclusive flock on the bpffs directory that holds PinDir.
-func (l *Loader) lock() (func(), error) {
+func (l *Loader) lock() (func(), error) { return l.flock(unix.LOCK_EX) }
+
+// rlock is lock for a reader (Observe): it waits while another process
+// creates or removes the pins, so it never sees them half made.
+func (l *Loader) rlock() (func(), error) { return l.flock(unix.LOCK_SH) }
+
+func (l *Loader) flock(how int) (func(), error) {
 	dir := filepath.Dir(l.opts.pinDir())
 	fd, err := unix.Open(dir, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
 	if err != nil {
 		return nil, fmt.Errorf("lock %s: %w", dir, err)
 	}
-	if err := unix.Flock(fd, unix.LOCK_EX); err != nil {
+	if err := unix.Flock(fd, how); err != nil {
 		unix.Close(fd)
 		return nil, fmt.Errorf("lock %s: %w", dir, err)
 	}

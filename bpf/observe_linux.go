@@ -19,6 +19,14 @@ func (l *Loader) Observe() (State, error) {
 	if _, err := os.Stat(l.mapDir()); errors.Is(err, fs.ErrNotExist) {
 		return st, nil
 	}
+	unlock, err := l.rlock()
+	if err != nil {
+		return st, err
+	}
+	defer unlock()
+	if _, err := os.Stat(l.mapDir()); errors.Is(err, fs.ErrNotExist) {
+		return st, nil // the last scope left meanwhile
+	}
 	ro := &ebpf.LoadPinOptions{ReadOnly: true}
 	s := &store{maps: map[string]*ebpf.Map{}}
 	defer s.close()

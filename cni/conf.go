@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"log/slog"
+	"path/filepath"
 	"strings"
 
 	"github.com/containernetworking/cni/pkg/types"
@@ -44,6 +45,15 @@ type Conf struct {
 	// YAML or JSON) applied on top of Preset for every pod, before the pod's own
 	// annotations.
 	Config json.RawMessage `json:"config,omitempty"`
+	// EBPFPinDir is where the eBPF backend pins its maps and links on this
+	// node (pods whose config says backend: ebpf); empty = bpf's default,
+	// /sys/fs/bpf/detour. Tests point it at a private bpffs.
+	EBPFPinDir string `json:"ebpfPinDir,omitempty"`
+	// EBPFCgroupRoot is the cgroup v2 directory the eBPF backend's programs
+	// attach to once per node; they act only for enrolled pod namespaces.
+	// Empty = the root of the cgroup v2 hierarchy. Tests point it at a cgroup
+	// of their own.
+	EBPFCgroupRoot string `json:"ebpfCgroupRoot,omitempty"`
 
 	// PrevResult is the result of the previous plugin in the chain, kept as raw
 	// bytes so ADD can print it back byte for byte.
@@ -70,6 +80,11 @@ func ParseConf(stdin []byte) (*Conf, error) {
 	}
 	if _, err := c.BaseConfig(); err != nil {
 		return nil, newError(types.ErrInvalidNetworkConfig, err)
+	}
+	for _, k := range []struct{ key, path string }{{"ebpfPinDir", c.EBPFPinDir}, {"ebpfCgroupRoot", c.EBPFCgroupRoot}} {
+		if k.path != "" && (!filepath.IsAbs(k.path) || filepath.Clean(k.path) != k.path || k.path == "/") {
+			return nil, newError(types.ErrInvalidNetworkConfig, fmt.Errorf("plugin config key %s: %q is not a clean absolute path below /", k.key, k.path))
+		}
 	}
 	for i, ns := range c.ExcludeNamespaces {
 		if strings.TrimSpace(ns) == "" {

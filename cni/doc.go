@@ -17,7 +17,12 @@
 //
 // Privileges: ADD, CHECK and DEL need CAP_NET_ADMIN and CAP_NET_RAW in the pod's
 // network namespace (the engine enters it and runs the iptables tools there);
-// nothing here changes the namespace the plugin process runs in. Owners are
+// nothing here changes the namespace the plugin process runs in. With backend
+// ebpf they also need CAP_BPF and CAP_SYS_ADMIN on the node: the first pod
+// attaches the programs to the config's ebpfCgroupRoot and pins them under
+// ebpfPinDir, and each pod's namespace is enrolled by its cookie in those
+// node-wide maps (recorded in the state, so DEL and GC can remove it after the
+// namespace is gone). Owners are
 // matched by numeric uid/gid only: the plugin never looks up user or group
 // names (NSS lookups can hang a CNI call).
 //

@@ -2,7 +2,10 @@ package cni
 
 import (
 	"errors"
+	"fmt"
 	"io/fs"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/detour-mesh/detour/internal/netns"
 )
@@ -22,4 +25,24 @@ func netnsGone(path string) (bool, error) {
 	default:
 		return false, err
 	}
+}
+
+// netnsCookie returns the cookie of the network namespace at path (what the
+// eBPF backend enrolls it by). It enters the namespace on a locked thread of
+// its own and changes nothing there.
+func netnsCookie(path string) (uint64, error) {
+	var cookie uint64
+	err := netns.Do(path, func() error {
+		fd, err := unix.Socket(unix.AF_UNIX, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+		if err != nil {
+			return err
+		}
+		defer unix.Close(fd)
+		cookie, err = unix.GetsockoptUint64(fd, unix.SOL_SOCKET, unix.SO_NETNS_COOKIE)
+		return err
+	})
+	if err != nil {
+		return 0, fmt.Errorf("read netns cookie of %s: %w", path, err)
+	}
+	return cookie, nil
 }

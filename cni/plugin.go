@@ -21,6 +21,7 @@ import (
 
 	"github.com/detour-mesh/detour/internal/kubeapi"
 	"github.com/detour-mesh/detour/redirect"
+	"github.com/detour-mesh/detour/redirect/backends"
 )
 
 // SupportedVersions are the CNI config versions the plugin accepts. CHECK needs
@@ -44,13 +45,19 @@ type Options struct {
 	// Kube builds the Kubernetes client from the kubeconfig path; nil =
 	// NewKubeClient with APITimeout.
 	Kube func(kubeconfig string) (KubeClient, error)
-	// NewRedirector returns the Redirector for a network namespace path; nil =
+	// NewRedirector returns the Redirector for a network namespace; nil =
 	// EngineRedirector.
-	NewRedirector func(netns string, logger *slog.Logger) Redirector
+	NewRedirector func(o RedirectorOptions) Redirector
+	// RemoveEBPFEnrolment removes the eBPF backend's enrolment of a namespace
+	// that is gone, by the cookie ADD recorded; nil = RemoveEBPFEnrolment.
+	RemoveEBPFEnrolment func(o RedirectorOptions, cookie uint64) error
 	// FromAnnotations decodes a pod's annotations; nil = redirect.FromAnnotations.
 	FromAnnotations AnnotationDecoder
 	// LookPath finds the iptables tools for STATUS; nil = exec.LookPath.
 	LookPath func(file string) (string, error)
+	// EBPFReady is STATUS's probe of the kernel when the plugin config's
+	// backend is ebpf; nil = backends.EBPFReady.
+	EBPFReady func() error
 	// Now is the clock (GC's grace period, state timestamps); nil = time.Now.
 	Now func() time.Time
 
@@ -107,11 +114,17 @@ func New(o Options) *Plugin {
 	if o.NewRedirector == nil {
 		o.NewRedirector = EngineRedirector
 	}
+	if o.RemoveEBPFEnrolment == nil {
+		o.RemoveEBPFEnrolment = RemoveEBPFEnrolment
+	}
 	if o.FromAnnotations == nil {
 		o.FromAnnotations = redirect.FromAnnotations
 	}
 	if o.LookPath == nil {
 		o.LookPath = exec.LookPath
+	}
+	if o.EBPFReady == nil {
+		o.EBPFReady = backends.EBPFReady
 	}
 	if o.Now == nil {
 		o.Now = time.Now
@@ -163,6 +176,11 @@ func (p *Plugin) begin(verb string, args *skel.CmdArgs) (*call, error) {
 			closeLog()
 		},
 	}, nil
+}
+
+// redirector is the options of the Redirector for the namespace at netns.
+func (c *call) redirector(netns string) RedirectorOptions {
+	return RedirectorOptions{Netns: netns, EBPFPinDir: c.conf.EBPFPinDir, EBPFCgroupRoot: c.conf.EBPFCgroupRoot, Logger: c.log}
 }
 
 func (c *call) ms(now time.Time) float64 {
@@ -235,6 +253,16 @@ func (p *Plugin) Add(args *skel.CmdArgs) error {
 	}
 	if d.Redirect {
 		st.Config = &d.Config
+		if d.Config.Backend == redirect.BackendEBPF {
+			// The enrolment lives in the node's maps, keyed by the
+			// namespace's cookie: record it, so DEL and GC can remove it
+			// once the namespace is gone.
+			if st.NetnsCookie, err = netnsCookie(args.Netns); err != nil {
+				err = fmt.Errorf("pod %s: %w", ref, err)
+				c.log.Error("add failed", "code", CodeInstall, "error", err, "duration_ms", c.ms(p.o.Now()))
+				return newError(CodeInstall, err)
+			}
+		}
 	}
 	// State first: if the plugin dies during the install, DEL and GC still
 	// know the attachment.
@@ -243,7 +271,7 @@ func (p *Plugin) Add(args *skel.CmdArgs) error {
 		return newError(types.ErrIOFailure, err)
 	}
 	if d.Redirect {
-		r := p.o.NewRedirector(args.Netns, c.log)
+		r := p.o.NewRedirector(c.redirector(args.Netns))
 		if err := r.Install(c.ctx, d.Config); err != nil {
 			// The engine rolls a failed install back; drop the state too.
 			_ = c.store.remove(args.ContainerID, args.IfName)
@@ -337,7 +365,7 @@ func (p *Plugin) Check(args *skel.CmdArgs) error {
 		c.log.Info("checked", "redirect", false, "reason", st.Reason, "duration_ms", c.ms(p.o.Now()))
 		return nil
 	}
-	r := p.o.NewRedirector(args.Netns, c.log)
+	r := p.o.NewRedirector(c.redirector(args.Netns))
 	if err := r.Check(c.ctx, *st.Config); err != nil {
 		code := CodeInstall
 		if errors.Is(err, ErrDrift) {
@@ -384,8 +412,17 @@ func (p *Plugin) Del(args *skel.CmdArgs) error {
 		if err != nil {
 			c.log.Warn("cannot tell whether the netns exists, trying to uninstall", "error", err)
 		}
-		if !gone {
-			if err := p.o.NewRedirector(args.Netns, c.log).Uninstall(c.ctx); err != nil {
+		switch {
+		case !gone:
+			if err := p.o.NewRedirector(c.redirector(args.Netns)).Uninstall(c.ctx); err != nil {
+				c.log.Error("del failed", "code", CodeInstall, "error", err, "duration_ms", c.ms(p.o.Now()))
+				return newError(CodeInstall, err)
+			}
+			removed = true
+		case st.NetnsCookie != 0:
+			// The namespace's rules went with it, but an eBPF enrolment
+			// lives in the node's maps.
+			if err := p.o.RemoveEBPFEnrolment(c.redirector(""), st.NetnsCookie); err != nil {
 				c.log.Error("del failed", "code", CodeInstall, "error", err, "duration_ms", c.ms(p.o.Now()))
 				return newError(CodeInstall, err)
 			}
@@ -419,8 +456,9 @@ func missingTools(lookPath func(string) (string, error), backend string) []strin
 }
 
 // Status reports whether the plugin can serve ADD: the kubeconfig exists and
-// loads, the tools of one iptables backend are on PATH, and the state dir is
-// usable. Each
+// loads, the tools of one iptables backend are on PATH (with backend ebpf in
+// the plugin config: the kernel has what the eBPF programs need), and the
+// state dir is usable. Each
 // failure is CNI code 50 (not available). It does not call the API server.
 func (p *Plugin) Status(args *skel.CmdArgs) error {
 	c, err := p.begin("STATUS", args)
@@ -436,17 +474,24 @@ func (p *Plugin) Status(args *skel.CmdArgs) error {
 	} else if _, err := kubeapi.New(cfg, kubeapi.Options{}); err != nil {
 		problems = append(problems, fmt.Sprintf("kubeconfig %s: %v", c.conf.Kubeconfig, err))
 	}
-	var missing []string
-	for _, b := range iptablesBackends {
-		m := missingTools(p.o.LookPath, b)
-		if len(m) == 0 {
-			missing = nil
-			break
+	if base, _ := c.conf.BaseConfig(); base.Backend == redirect.BackendEBPF {
+		// The eBPF backend runs no tool (its inbound table is netlink).
+		if err := p.o.EBPFReady(); err != nil {
+			problems = append(problems, fmt.Sprintf("backend ebpf: %v", err))
 		}
-		missing = append(missing, m...)
-	}
-	if len(missing) > 0 {
-		problems = append(problems, "no complete iptables backend on PATH (missing "+strings.Join(missing, ", ")+")")
+	} else {
+		var missing []string
+		for _, b := range iptablesBackends {
+			m := missingTools(p.o.LookPath, b)
+			if len(m) == 0 {
+				missing = nil
+				break
+			}
+			missing = append(missing, m...)
+		}
+		if len(missing) > 0 {
+			problems = append(problems, "no complete iptables backend on PATH (missing "+strings.Join(missing, ", ")+")")
+		}
 	}
 	if err := os.MkdirAll(c.store.dir, 0o700); err != nil {
 		problems = append(problems, fmt.Sprintf("state dir: %v", err))
@@ -469,7 +514,15 @@ func (p *Plugin) GC(args *skel.CmdArgs) error {
 		return err
 	}
 	defer c.finish()
-	dropped, err := c.store.gc(c.conf.ValidAttachments, p.o.GCGrace, p.o.Now())
+	// An eBPF enrolment lives in the node's maps, not in the namespace:
+	// remove it with the state, by its cookie (never reused).
+	release := func(st State) error {
+		if st.NetnsCookie == 0 {
+			return nil
+		}
+		return p.o.RemoveEBPFEnrolment(c.redirector(""), st.NetnsCookie)
+	}
+	dropped, err := c.store.gc(c.conf.ValidAttachments, p.o.GCGrace, p.o.Now(), release)
 	for _, a := range dropped {
 		c.log.Info("dropped stale state", "attachment", a)
 	}

@@ -6,7 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"log/slog"
+	"io/fs"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -35,8 +35,8 @@ type fakeNetworks struct {
 	drift, failInstall bool
 }
 
-func (f *fakeNetworks) factory(netns string, _ *slog.Logger) Redirector {
-	return fakeNS{f: f, netns: netns}
+func (f *fakeNetworks) factory(o RedirectorOptions) Redirector {
+	return fakeNS{f: f, netns: o.Netns}
 }
 
 func (f *fakeNetworks) record(call string) {
@@ -670,6 +670,8 @@ func TestStatus(t *testing.T) {
 		name       string
 		kubeconfig string
 		lookPath   func(string) (string, error)
+		extra      map[string]any // plugin config keys
+		ebpfReady  error
 		wantCode   uint
 		wantMsg    string
 	}{
@@ -679,18 +681,30 @@ func TestStatus(t *testing.T) {
 		{name: "kubeconfig unusable", kubeconfig: broken, lookPath: allTools, wantCode: types.ErrPluginNotAvailable, wantMsg: "kubeconfig " + broken},
 		{name: "restore tools missing", kubeconfig: valid, lookPath: noRestore, wantCode: types.ErrPluginNotAvailable, wantMsg: "no complete iptables backend on PATH (missing iptables-nft-restore, ip6tables-nft-restore, iptables-legacy-restore, ip6tables-legacy-restore)"},
 		{name: "no backend complete", kubeconfig: valid, lookPath: halfEach, wantCode: types.ErrPluginNotAvailable, wantMsg: "(missing ip6tables-nft-restore, iptables-legacy-save)"},
+		{name: "ebpf needs no iptables tool", kubeconfig: valid, lookPath: noRestore, extra: map[string]any{"config": map[string]any{"backend": "ebpf"}}},
+		{name: "ebpf on a kernel without it", kubeconfig: valid, lookPath: allTools, extra: map[string]any{"config": map[string]any{"backend": "ebpf"}},
+			ebpfReady: errors.New("ebpf backend needs program type cgroup_sockopt: not supported"), wantCode: types.ErrPluginNotAvailable, wantMsg: "backend ebpf: ebpf backend needs program type cgroup_sockopt"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
 			e := newEnv(t)
-			e.p = New(Options{Stdout: &e.stdout, Stderr: &e.stderr, LookPath: tt.lookPath})
-			err := e.p.Status(&skel.CmdArgs{Path: "/opt/cni/bin", StdinData: e.conf("1.1.0", "", map[string]any{"kubeconfig": tt.kubeconfig})})
+			probed := false
+			ready := func() error { probed = true; return tt.ebpfReady }
+			e.p = New(Options{Stdout: &e.stdout, Stderr: &e.stderr, LookPath: tt.lookPath, EBPFReady: ready})
+			conf := map[string]any{"kubeconfig": tt.kubeconfig}
+			for k, v := range tt.extra {
+				conf[k] = v
+			}
+			err := e.p.Status(&skel.CmdArgs{Path: "/opt/cni/bin", StdinData: e.conf("1.1.0", "", conf)})
 			if ErrorCode(err) != tt.wantCode || (tt.wantCode != 0 && !strings.Contains(err.Error(), tt.wantMsg)) {
 				t.Fatalf("err = %v (code %d), want code %d containing %q", err, ErrorCode(err), tt.wantCode, tt.wantMsg)
 			}
 			if e.stdout.Len() != 0 {
 				t.Errorf("STATUS wrote %q to stdout", e.stdout.String())
+			}
+			if wantProbe := tt.extra != nil; probed != wantProbe {
+				t.Errorf("probed the kernel for ebpf: %v, want %v", probed, wantProbe)
 			}
 		})
 	}
@@ -757,6 +771,69 @@ func TestGC(t *testing.T) {
 	}
 }
 
+// TestEBPFEnrolmentOutlivesTheNamespace: the eBPF backend's enrolment lives
+// in the node's maps, so when the namespace is gone DEL and GC remove it by
+// the cookie ADD recorded, and keep the state when that fails.
+func TestEBPFEnrolmentOutlivesTheNamespace(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, pod("plain", "web", nil))
+	conf := e.conf("1.1.0", "", map[string]any{"ebpfPinDir": "/sys/fs/bpf/test-detour", "ebpfCgroupRoot": "/sys/fs/cgroup/test"})
+	var (
+		mu      sync.Mutex
+		removed []string
+		fail    error
+	)
+	e.p.o.RemoveEBPFEnrolment = func(o RedirectorOptions, cookie uint64) error {
+		mu.Lock()
+		defer mu.Unlock()
+		if fail != nil {
+			return fail
+		}
+		removed = append(removed, fmt.Sprintf("%d %s %s", cookie, o.EBPFPinDir, o.EBPFCgroupRoot))
+		return nil
+	}
+	store := newStateStore(e.stateDir, "k8s-pod-network")
+	gone := filepath.Join(t.TempDir(), "gone-netns")
+	for id, cookie := range map[string]uint64{"del": 4097, "gc": 4098, "iptables": 0} {
+		if err := store.save(State{ContainerID: id, IfName: "eth0", Netns: gone, Redirect: true, NetnsCookie: cookie}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	del := e.args("del", podArgs("plain", "web"), conf)
+	del.Netns = gone
+	fail = errors.New("maps unreadable")
+	if err := e.p.Del(del); ErrorCode(err) != CodeInstall {
+		t.Errorf("DEL whose unenrolment fails: err = %v, want code %d", err, CodeInstall)
+	}
+	if _, err := store.load("del", "eth0"); err != nil {
+		t.Errorf("a failed DEL dropped the state that names the cookie: %v", err)
+	}
+	fail = nil
+	for range 2 {
+		if err := e.p.Del(del); err != nil {
+			t.Fatalf("DEL with the namespace gone: %v", err)
+		}
+	}
+	old := e.now.Add(-time.Hour)
+	for _, id := range []string{"gc", "iptables"} {
+		if err := os.Chtimes(store.path(id, "eth0"), old, old); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := e.p.GC(&skel.CmdArgs{Path: "/opt/cni/bin", StdinData: conf}); err != nil {
+		t.Fatalf("GC: %v", err)
+	}
+	want := []string{"4097 /sys/fs/bpf/test-detour /sys/fs/cgroup/test", "4098 /sys/fs/bpf/test-detour /sys/fs/cgroup/test"}
+	if d := cmp.Diff(want, removed); d != "" {
+		t.Errorf("enrolments removed (-want +got):\n%s", d)
+	}
+	for _, id := range []string{"del", "gc", "iptables"} {
+		if _, err := store.load(id, "eth0"); !errors.Is(err, fs.ErrNotExist) {
+			t.Errorf("state of %s after DEL and GC: %v, want none", id, err)
+		}
+	}
+}
+
 func TestParseConfErrors(t *testing.T) {
 	t.Parallel()
 	tests := []struct {
@@ -770,6 +847,11 @@ func TestParseConfErrors(t *testing.T) {
 		{name: "preset", conf: `{"cniVersion":"1.1.0","name":"n","preset":"linkerd"}`, wantCode: types.ErrInvalidNetworkConfig, wantMsg: `plugin config key preset: preset: "linkerd" is not one of istio, kuma`},
 		{name: "config document", conf: `{"cniVersion":"1.1.0","name":"n","config":{"proxy":{"inboundPort":70000}}}`, wantCode: types.ErrInvalidNetworkConfig, wantMsg: `plugin config key config: proxy.inboundPort: "70000"`},
 		{name: "empty namespace", conf: `{"cniVersion":"1.1.0","name":"n","excludeNamespaces":["kube-system",""]}`, wantCode: types.ErrInvalidNetworkConfig, wantMsg: `excludeNamespaces[1]: "" is not a namespace name`},
+		{name: "relative pin dir", conf: `{"cniVersion":"1.1.0","name":"n","ebpfPinDir":"bpf/detour"}`, wantCode: types.ErrInvalidNetworkConfig, wantMsg: `plugin config key ebpfPinDir: "bpf/detour" is not a clean absolute path below /`},
+		{name: "cgroup root is /", conf: `{"cniVersion":"1.1.0","name":"n","ebpfCgroupRoot":"/"}`, wantCode: types.ErrInvalidNetworkConfig, wantMsg: `plugin config key ebpfCgroupRoot: "/" is not a clean absolute path below /`},
+		{name: "unclean cgroup root", conf: `{"cniVersion":"1.1.0","name":"n","ebpfCgroupRoot":"/sys/fs/cgroup/../x"}`, wantCode: types.ErrInvalidNetworkConfig, wantMsg: `plugin config key ebpfCgroupRoot: "/sys/fs/cgroup/../x"`},
+		{name: "ebpf with tproxy", conf: `{"cniVersion":"1.1.0","name":"n","config":{"backend":"ebpf","mode":"tproxy"}}`, wantCode: types.ErrInvalidNetworkConfig, wantMsg: `mode: "tproxy" is not available with backend ebpf`},
+		{name: "unknown backend", conf: `{"cniVersion":"1.1.0","name":"n","config":{"backend":"bpf"}}`, wantCode: types.ErrInvalidNetworkConfig, wantMsg: `backend: "bpf"`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

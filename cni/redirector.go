@@ -30,10 +30,34 @@ type Redirector interface {
 // from base (redirect.FromAnnotations).
 type AnnotationDecoder func(base redirect.Config, annotations map[string]string) (redirect.Config, error)
 
+// RedirectorOptions say where a Redirector works: the pod's network
+// namespace, and where the eBPF backend keeps its node-wide state.
+type RedirectorOptions struct {
+	// Netns is the path of the pod's network namespace (CNI_NETNS).
+	Netns string
+	// EBPFPinDir and EBPFCgroupRoot are the plugin config's keys of the same
+	// names ("" = the eBPF backend's defaults).
+	EBPFPinDir, EBPFCgroupRoot string
+	Logger                     *slog.Logger
+}
+
+func (o RedirectorOptions) backends() backends.Options {
+	return backends.Options{Logger: o.Logger, EBPF: backends.EBPFNetns(o.EBPFPinDir, o.EBPFCgroupRoot)}
+}
+
 // EngineRedirector returns the Redirector that applies plans with the redirect
-// engine inside the network namespace at netns.
-func EngineRedirector(netns string, logger *slog.Logger) Redirector {
-	return engineRedirector{e: backends.Engine(netns, backends.Options{Logger: logger})}
+// engine inside the network namespace at o.Netns. With backend ebpf the pod's
+// namespace is enrolled by its cookie in the maps pinned under EBPFPinDir
+// (the programs are loaded and attached to EBPFCgroupRoot by the first pod).
+func EngineRedirector(o RedirectorOptions) Redirector {
+	return engineRedirector{e: backends.Engine(o.Netns, o.backends())}
+}
+
+// RemoveEBPFEnrolment removes what the eBPF backend holds, outside the pod's
+// namespace, for the namespace whose cookie ADD recorded: DEL and GC use it
+// when that namespace is already gone. Idempotent.
+func RemoveEBPFEnrolment(o RedirectorOptions, cookie uint64) error {
+	return backends.RemoveEBPFNetns(o.backends(), cookie)
 }
 
 type engineRedirector struct{ e *redirect.Engine }

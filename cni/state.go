@@ -35,7 +35,12 @@ type State struct {
 	Reason   string `json:"reason"`
 	// Config is what ADD installed (when Redirect).
 	Config *redirect.Config `json:"config,omitempty"`
-	Added  time.Time        `json:"added"`
+	// NetnsCookie is the cookie of the pod's network namespace when the
+	// config's backend is ebpf: the pod is enrolled by it in maps that live
+	// on the node, so DEL and GC can remove the enrolment after the
+	// namespace is gone.
+	NetnsCookie uint64    `json:"netnsCookie,omitempty"`
+	Added       time.Time `json:"added"`
 }
 
 // stateStore reads and writes State files of one network.
@@ -95,8 +100,10 @@ func (s stateStore) remove(containerID, ifName string) error {
 
 // gc removes the state of every attachment not in valid, except files changed
 // within grace (an ADD may be running while the runtime computed valid). It
-// returns the attachments it dropped, "containerID:ifname".
-func (s stateStore) gc(valid []types.GCAttachment, grace time.Duration, now time.Time) ([]string, error) {
+// returns the attachments it dropped, "containerID:ifname". release, when set,
+// is called with each stale state that decodes before its file goes; when it
+// fails the file stays, so the next GC retries.
+func (s stateStore) gc(valid []types.GCAttachment, grace time.Duration, now time.Time, release func(State) error) ([]string, error) {
 	entries, err := os.ReadDir(s.dir)
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil, nil
@@ -108,7 +115,7 @@ func (s stateStore) gc(valid []types.GCAttachment, grace time.Duration, now time
 	for _, a := range valid {
 		keep[stateName(a.ContainerID, a.IfName)] = true
 	}
-	var dropped []string
+	var out []string
 	var errs []error
 	for _, e := range entries {
 		name := e.Name()
@@ -128,13 +135,22 @@ func (s stateStore) gc(valid []types.GCAttachment, grace time.Duration, now time
 		if now.Sub(info.ModTime()) < grace {
 			continue
 		}
+		if isState && release != nil {
+			var st State
+			if b, err := os.ReadFile(filepath.Join(s.dir, name)); err == nil && json.Unmarshal(b, &st) == nil {
+				if err := release(st); err != nil {
+					errs = append(errs, err)
+					continue
+				}
+			}
+		}
 		if err := os.Remove(filepath.Join(s.dir, name)); err != nil && !errors.Is(err, fs.ErrNotExist) {
 			errs = append(errs, fmt.Errorf("remove state: %w", err))
 			continue
 		}
 		if isState {
-			dropped = append(dropped, strings.TrimSuffix(name, ".json"))
+			out = append(out, strings.TrimSuffix(name, ".json"))
 		}
 	}
-	return dropped, errors.Join(errs...)
+	return out, errors.Join(errs...)
 }

@@ -4,12 +4,14 @@ package tests
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net/netip"
 	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -21,52 +23,115 @@ import (
 
 const ebpfBackend = "ebpf"
 
-// ebpfEnv gives the eBPF backend a private bpffs and a cgroup of this test's
-// own (the CLI attaches there, never to the machine's cgroups), and moves this
-// process into that cgroup until the test ends: a socket belongs to the
-// cgroup of the process that made it. Namespaces that are not enrolled are
-// left alone by the programs, so other tests running meanwhile are not
-// affected.
-func ebpfEnv(t *testing.T) []string {
-	t.Helper()
+// ebpfNode is the node the eBPF backend's tests share: a private bpffs and
+// a cgroup of this run's own, set up on first use and removed when the run
+// ends (TestMain). The test process moves into the cgroup for the whole
+// run, because a socket belongs to the cgroup of the process that made it
+// and the lab's servers and clients are this process's sockets; a cgroup
+// holds a process once, so every ebpf test shares it. Namespaces that are
+// not enrolled are left alone by the programs, so the other backends' tests
+// running meanwhile are not affected.
+var ebpfNode struct {
+	once   sync.Once
+	skip   string // a missing prerequisite
+	err    error
+	bpffs  string // mount point of the private bpffs
+	cgroup string // DETOUR_EBPF_CGROUP_ROOT
+	origin string // the cgroup the process came from
+}
+
+func ebpfSetup() {
+	n := &ebpfNode
 	root := "/sys/fs/cgroup/unified"
 	var st unix.Statfs_t
 	if err := unix.Statfs(root, &st); err != nil || st.Type != unix.CGROUP2_SUPER_MAGIC {
 		root = "/sys/fs/cgroup"
 		if err := unix.Statfs(root, &st); err != nil || st.Type != unix.CGROUP2_SUPER_MAGIC {
-			privtest.Skip(t, "no cgroup v2 hierarchy")
+			n.skip = "no cgroup v2 hierarchy at /sys/fs/cgroup or /sys/fs/cgroup/unified"
+			return
 		}
 	}
-	bpffs := t.TempDir()
-	if err := unix.Mount("bpf", bpffs, "bpf", 0, "mode=0700"); err != nil {
-		t.Fatalf("mount private bpffs: %v", err)
-	}
-	t.Cleanup(func() { unix.Unmount(bpffs, unix.MNT_DETACH) })
-	cg := filepath.Join(root, fmt.Sprintf("detour-e2e-%d-%d", os.Getpid(), time.Now().UnixNano()))
-	if err := os.Mkdir(cg, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if err := os.Remove(cg); err != nil {
-			t.Errorf("remove test cgroup: %v", err)
-		}
-	})
 	b, err := os.ReadFile("/proc/self/cgroup")
+	if err != nil {
+		n.err = err
+		return
+	}
+	for _, line := range strings.Split(strings.TrimSpace(string(b)), "\n") {
+		if rest, ok := strings.CutPrefix(line, "0::"); ok {
+			n.origin = filepath.Join(root, rest)
+		}
+	}
+	if n.origin == "" {
+		n.skip = "this process is in no cgroup v2 cgroup"
+		return
+	}
+	if n.bpffs, n.err = os.MkdirTemp("", "detour-e2e-bpffs-"); n.err != nil {
+		return
+	}
+	if err := unix.Mount("bpf", n.bpffs, "bpf", 0, "mode=0700"); err != nil {
+		n.err = fmt.Errorf("mount private bpffs: %w", err)
+		os.Remove(n.bpffs)
+		n.bpffs = ""
+		return
+	}
+	n.cgroup = filepath.Join(root, fmt.Sprintf("detour-e2e-%d-%d", os.Getpid(), time.Now().UnixNano()))
+	if n.err = os.Mkdir(n.cgroup, 0o755); n.err != nil {
+		n.cgroup = ""
+		return
+	}
+	if err := os.WriteFile(filepath.Join(n.cgroup, "cgroup.procs"), []byte(strconv.Itoa(os.Getpid())), 0); err != nil {
+		n.err = fmt.Errorf("enter test cgroup: %w", err)
+	}
+}
+
+// ebpfTeardown moves the process back and removes the cgroup and the bpffs;
+// TestMain calls it after the run.
+func ebpfTeardown() error {
+	n := &ebpfNode
+	var errs []error
+	if n.cgroup != "" {
+		if err := os.WriteFile(filepath.Join(n.origin, "cgroup.procs"), []byte(strconv.Itoa(os.Getpid())), 0); err != nil {
+			errs = append(errs, fmt.Errorf("leave test cgroup: %w", err))
+		}
+		if err := os.Remove(n.cgroup); err != nil {
+			errs = append(errs, fmt.Errorf("remove test cgroup: %w", err))
+		}
+	}
+	if n.bpffs != "" {
+		if err := unix.Unmount(n.bpffs, unix.MNT_DETACH); err != nil {
+			errs = append(errs, fmt.Errorf("unmount private bpffs: %w", err))
+		}
+		os.Remove(n.bpffs)
+	}
+	return errors.Join(errs...)
+}
+
+// ebpfEnv gives one pod of the eBPF backend a pin directory of its own on the
+// shared private bpffs (so what its uninstall leaves can be checked alone)
+// and the shared cgroup as DETOUR_EBPF_CGROUP_ROOT: the CLI attaches there,
+// never to the machine's cgroups. Each pin directory gets its own programs on
+// that cgroup; they act only for the namespaces enrolled in their own maps.
+func ebpfEnv(t *testing.T) []string {
+	t.Helper()
+	ebpfNode.once.Do(ebpfSetup)
+	if ebpfNode.skip != "" {
+		privtest.Skip(t, ebpfNode.skip)
+	}
+	if ebpfNode.err != nil {
+		t.Fatal(ebpfNode.err)
+	}
+	dir, err := os.MkdirTemp(ebpfNode.bpffs, "pod-")
 	if err != nil {
 		t.Fatal(err)
 	}
-	origin := ""
-	for _, line := range strings.Split(strings.TrimSpace(string(b)), "\n") {
-		if rest, ok := strings.CutPrefix(line, "0::"); ok {
-			origin = filepath.Join(root, rest)
+	t.Cleanup(func() {
+		// Unpinning what a test left installed releases its links and
+		// maps (the kernel detaches a link once nothing holds it).
+		if err := os.RemoveAll(dir); err != nil {
+			t.Errorf("remove pin dir: %v", err)
 		}
-	}
-	pid := []byte(strconv.Itoa(os.Getpid()))
-	if err := os.WriteFile(filepath.Join(cg, "cgroup.procs"), pid, 0); err != nil {
-		t.Fatalf("enter test cgroup: %v", err)
-	}
-	t.Cleanup(func() { os.WriteFile(filepath.Join(origin, "cgroup.procs"), pid, 0) })
-	return []string{"DETOUR_EBPF_PIN_DIR=" + filepath.Join(bpffs, "detour"), "DETOUR_EBPF_CGROUP_ROOT=" + cg}
+	})
+	return []string{"DETOUR_EBPF_PIN_DIR=" + filepath.Join(dir, "detour"), "DETOUR_EBPF_CGROUP_ROOT=" + ebpfNode.cgroup}
 }
 
 // TestEBPF runs scenarios through the CLI with --backend ebpf
@@ -77,10 +142,10 @@ func ebpfEnv(t *testing.T) []string {
 // before any connection is made: the kernel holds the redirection.
 func TestEBPF(t *testing.T) {
 	privtest.Require(t, "ip", "setpriv", "nft")
-	env := ebpfEnv(t)
 	for _, f := range lab.Families {
 		t.Run(string(f), func(t *testing.T) {
 			p := newPod(t, variant{family: f, backend: ebpfBackend, mode: "redirect"})
+			env := p.env
 			p.startProxies()
 			ex, other := p.remotePort(), p.remotePort() // remote servers on both
 			excluded := netip.MustParsePrefix("198.51.100.0/24")
@@ -201,15 +266,21 @@ func nftTables(p *pod) string {
 	return strings.TrimSpace(out)
 }
 
-// pinsLeft lists what remains under the test's pin directory.
-func pinsLeft(t *testing.T, env []string) []string {
-	t.Helper()
+// pinDir is DETOUR_EBPF_PIN_DIR of env.
+func pinDir(env []string) string {
 	var dir string
 	for _, e := range env {
 		if v, ok := strings.CutPrefix(e, "DETOUR_EBPF_PIN_DIR="); ok {
 			dir = v
 		}
 	}
+	return dir
+}
+
+// pinsLeft lists what remains under the test's pin directory.
+func pinsLeft(t *testing.T, env []string) []string {
+	t.Helper()
+	dir := pinDir(env)
 	var left []string
 	filepath.WalkDir(dir, func(path string, d os.DirEntry, err error) error {
 		if err == nil && path != dir {

@@ -73,6 +73,9 @@ func TestLifecycle(t *testing.T) {
 			if len(hooks(s1)) == 0 {
 				t.Fatalf("found no hook of detour's in the first install's state:\n%s", s1)
 			}
+			if v.backend == ebpfBackend && !slices.ContainsFunc(hooks(s1), func(h string) bool { return strings.HasPrefix(h, "ebpf link ") }) {
+				t.Fatalf("found no pinned link of the ebpf programs in the first install's state:\n%s", s1)
+			}
 			if got, want := hooks(p.snapshot()), hooks(s1); !slices.Equal(got, want) {
 				t.Errorf("hooks in built-in chains after a changed install:\n%s\nwant the same as after the first:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
 			}
@@ -147,6 +150,7 @@ func TestLifecycle(t *testing.T) {
 			if v.backend == nftNative {
 				t.Skip("iptables-legacy and iptables-nft stickiness; switching to and from nftables is L11")
 			}
+			skipLimit(t, v.backend)
 			other := nft
 			if v.backend == nft {
 				other = legacy
@@ -292,6 +296,10 @@ func TestLifecycle(t *testing.T) {
 			if r := check(); r.code != 0 {
 				t.Fatalf("check right after install:\n%s", r)
 			}
+			if v.backend == ebpfBackend {
+				ebpfDrift(t, p, check)
+				return
+			}
 			for i := range cases() {
 				rules := chainRules(p.save(v.backend, v.family))
 				if len(rules) == 0 {
@@ -414,6 +422,39 @@ func uninstallRestores(t *testing.T, v variant, families []lab.Family, ipFamilie
 	}
 }
 
+// ebpfDrift is L8 for the ebpf backend: its state is maps and programs
+// (which no tool edits by hand) and its inbound table, which someone can
+// delete or add a rule to; check reports both, a re-install repairs them.
+func ebpfDrift(t *testing.T, p *pod, check func() result) {
+	t.Helper()
+	for i, c := range []struct {
+		what, want string
+		nft        []string
+	}{
+		{"deleted the inbound table", "detour_ebpf_inbound", []string{"delete", "table", "inet", "detour_ebpf_inbound"}},
+		{"flushed the inbound table's chains", "detour_ebpf_inbound", []string{"flush", "table", "inet", "detour_ebpf_inbound"}},
+	} {
+		if _, err := p.lab.Pod.Run(p.ctx, "nft", c.nft...); err != nil {
+			t.Fatal(err)
+		}
+		r := check()
+		if r.code != 3 || !strings.Contains(r.stdout+r.stderr, c.want) {
+			t.Errorf("check after someone %s: want exit 3 and a diff naming %q:\n%s", c.what, c.want, r)
+		}
+		p.install("--dns-capture", "all")
+		if r := check(); r.code != 0 {
+			t.Errorf("check after re-install #%d repaired what someone %s:\n%s", i+1, c.what, r)
+		}
+	}
+	p.uninstall()
+	if r := check(); r.code != 4 {
+		t.Errorf("check with nothing installed: want exit 4:\n%s", r)
+	}
+	if left := pinsLeft(t, p.env); len(left) != 0 {
+		t.Errorf("uninstall left pins: %q", left)
+	}
+}
+
 // noDuplicates fails t when a save output of the pod holds a rule of detour's twice.
 func noDuplicates(t *testing.T, p *pod) {
 	t.Helper()
@@ -437,11 +478,17 @@ func hooks(snapshot string) []string {
 		}
 	}
 	// In an nft ruleset the hooks are the base chains of detour's tables: the
-	// "type … hook …" line under each "chain NAME {".
-	var table, chain string
+	// "type … hook …" line under each "chain NAME {". For ebpf they are also
+	// its programs' pinned links (links/<kind>@<cgroup id>/<program>).
+	var table, chain, section string
 	for _, line := range strings.Split(snapshot, "\n") {
 		l := strings.TrimSpace(line)
+		if strings.HasPrefix(line, "== ") {
+			section = line
+		}
 		switch {
+		case section == "== ebpf pins" && strings.HasPrefix(l, "links/") && strings.Count(l, "/") == 2:
+			out = append(out, "ebpf link "+l)
 		case strings.HasPrefix(line, "table "):
 			table, chain = strings.TrimSuffix(l, " {"), ""
 		case strings.HasPrefix(l, "chain "):
@@ -498,7 +545,9 @@ COMMIT
 -A INPUT -j FOREIGN_FILTER
 COMMIT
 `
-	if p.v.backend == nftNative {
+	if p.v.backend == nftNative || p.v.backend == ebpfBackend {
+		// The ebpf backend's inbound share is an nftables table: another
+		// tool's table is the neighbour to leave alone.
 		nftForeign(t, p, f, seeded)
 	} else {
 		restore(t, p, p.v.backend, f, rules)
@@ -692,9 +741,16 @@ func invalidCases(t *testing.T, f lab.Family) []invalidCase {
 // parallelInstalls installs detour with backend into n fresh namespaces at once; all
 // must succeed, hold one copy of the rules and pass check.
 func parallelInstalls(t *testing.T, backend string, n int) {
-	if backend == nftNative {
+	var env []string
+	switch backend {
+	case nftNative:
 		privtest.Require(t, "ip", "nft")
-	} else {
+	case ebpfBackend:
+		// Every namespace is enrolled in the same maps: the installs
+		// contend for the pin directory's lock and the config ids.
+		privtest.Require(t, "ip", "nft")
+		env = ebpfEnv(t)
+	default:
 		privtest.Require(t, "ip", backend+"-save", ip6(backend)+"-save")
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
@@ -737,7 +793,7 @@ func parallelInstalls(t *testing.T, backend string, n int) {
 			// As in the rest of the suite, a 60 s lock wait: iptables-legacy's
 			// restores queue on the one host-wide xtables lock, and 50 of them
 			// on a loaded 2-core machine can take longer than the 10 s default.
-			r := runDetour(t, ctx, nil, step, "--netns", nss[i].Name, "--backend", backend, "--lock-wait", "60s")
+			r := runDetour(t, ctx, env, step, "--netns", nss[i].Name, "--backend", backend, "--lock-wait", "60s")
 			if r.code != 0 {
 				return fmt.Errorf("%s #%d of %d at once:\n%s", step, i, n, r)
 			}
@@ -750,18 +806,23 @@ func parallelInstalls(t *testing.T, backend string, n int) {
 			if f == lab.IPv6 {
 				cmd = ip6(backend) + "-save"
 			}
-			if backend == nftNative {
-				cmd, args = "nft", []string{"list", "table", "inet", "detour"}
+			table := "detour"
+			if backend == ebpfBackend {
+				table = "detour_ebpf_inbound"
+			}
+			if backend == nftNative || backend == ebpfBackend {
+				cmd, args = "nft", []string{"list", "table", "inet", table}
 			}
 			out, err := nss[i].Run(ctx, cmd, args...)
 			if err != nil {
 				return err
 			}
-			if backend == nftNative {
+			if backend == nftNative || backend == ebpfBackend {
 				// One table: a second copy cannot exist (the batch replaces
-				// it, and check above compared it with the plan).
-				if !strings.Contains(out, "table inet detour") {
-					return fmt.Errorf("namespace #%d: no table inet detour", i)
+				// it, and check above compared it with the plan, and for
+				// ebpf the namespace's map entries too).
+				if !strings.Contains(out, "table inet "+table) {
+					return fmt.Errorf("namespace #%d: no table inet %s", i, table)
 				}
 				break
 			}
@@ -779,4 +840,18 @@ func parallelInstalls(t *testing.T, backend string, n int) {
 		}
 		return nil
 	})
+	if backend != ebpfBackend {
+		return
+	}
+	// The enrolments live in the maps, not in the namespaces: uninstall
+	// each, at once; the last one leaves no pin.
+	forAll(func(i int) error {
+		if r := runDetour(t, ctx, env, "uninstall", "--netns", nss[i].Name); r.code != 0 {
+			return fmt.Errorf("uninstall #%d of %d at once:\n%s", i, n, r)
+		}
+		return nil
+	})
+	if left := pinsLeft(t, env); len(left) != 0 {
+		t.Errorf("after every namespace's uninstall, pins remain: %q", left)
+	}
 }

@@ -16,6 +16,9 @@ import (
 var detourBin string
 
 func TestMain(m *testing.M) {
+	if os.Getenv(helperEnv) == "cgroup" {
+		os.Exit(cgroupHelper())
+	}
 	flag.Parse()
 	// The scenarios mostly wait on the kernel and on child processes, not on the CPU:
 	// run more namespaces at once than there are cores, unless -parallel was given.
@@ -44,5 +47,10 @@ func run(m *testing.M) int {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
 	}
-	return m.Run()
+	code := m.Run()
+	if err := ebpfTeardown(); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		code = 1
+	}
+	return code
 }

@@ -34,6 +34,15 @@ func TestOutbound(t *testing.T) {
 			}
 			// The remote's own link address is no different.
 			p.outbound("O1 the remote's link address", p.app(1, netip.AddrPortFrom(lab.RemoteLinkAddr(v.family), p.remotePort())), srvOutbound)
+			if v.family == lab.IPv4 {
+				// A dual-stack app's IPv6 socket dialing an IPv4 address
+				// (::ffff:a.b.c.d) is IPv4 traffic and captured the same.
+				for i := range cases() {
+					o := p.app(i, p.remoteDest())
+					o.Mapped = true
+					p.outbound("O1 from a v4-mapped IPv6 socket", o, srvOutbound)
+				}
+			}
 		})
 	})
 
@@ -51,6 +60,11 @@ func TestOutbound(t *testing.T) {
 				excluded := []uint16{ex1, ex2, inRange(p.rnd, rg)}[i%3]
 				p.outbound("O2 excluded port", p.app(i, netip.AddrPortFrom(p.remoteAddr(), excluded)), srvRemote)
 				p.outbound("O2 other port", p.app(i, p.remoteDest()), srvOutbound)
+			}
+			if v.family == lab.IPv4 {
+				o := p.app(0, netip.AddrPortFrom(p.remoteAddr(), ex1))
+				o.Mapped = true
+				p.outbound("O2 excluded port from a v4-mapped IPv6 socket", o, srvRemote)
 			}
 		})
 	})
@@ -77,6 +91,11 @@ func TestOutbound(t *testing.T) {
 				}
 				p.outbound("O3 excluded CIDR "+in.String(), p.app(i, netip.AddrPortFrom(p.rnd.In(in), port)), srvRemote)
 				p.outbound("O3 other address", p.app(i, netip.AddrPortFrom(addrOutside(p.rnd, v.family, mine...), port)), srvOutbound)
+			}
+			if v.family == lab.IPv4 {
+				o := p.app(0, netip.AddrPortFrom(p.rnd.In(mine[0]), port))
+				o.Mapped = true
+				p.outbound("O3 excluded CIDR from a v4-mapped IPv6 socket", o, srvRemote)
 			}
 		})
 	})
@@ -242,12 +261,18 @@ func TestOutbound(t *testing.T) {
 			p := newPod(t, v)
 			p.startProxies()
 			p.install()
-			for i := range cases() {
-				lo := netip.AddrPortFrom(v.family.Loopback(), p.appPort(v.family.Loopback()))
-				p.outbound("O9 app to loopback", p.app(i, lo), srvApp)
-				own := netip.AddrPortFrom(p.podAddr(), p.appPort(netip.Addr{}))
-				p.outbound("O9 app to its own pod address", p.app(i, own), srvApp)
-			}
+			p.run("loopback", func(p *pod) {
+				for i := range cases() {
+					lo := netip.AddrPortFrom(v.family.Loopback(), p.appPort(v.family.Loopback()))
+					p.outbound("O9 app to loopback", p.app(i, lo), srvApp)
+				}
+			})
+			p.run("own-address", func(p *pod) {
+				for i := range cases() {
+					own := netip.AddrPortFrom(p.podAddr(), p.appPort(netip.Addr{}))
+					p.outbound("O9 app to its own pod address", p.app(i, own), srvApp)
+				}
+			})
 			p.outbound("O9 capture is on", p.app(0, p.remoteDest()), srvOutbound)
 		})
 	})
@@ -267,17 +292,19 @@ func TestOutbound(t *testing.T) {
 				p.outbound("O10 the proxy forwards to the original destination", lab.DialOptions{To: to, Cred: p.proxyCred()}, srvRemote)
 			}
 			// Dialing the outbound port directly reaches the listener untouched.
-			for _, a := range []netip.Addr{v.family.Loopback(), p.podAddr()} {
+			direct := func(p *pod, a netip.Addr) {
 				to := netip.AddrPortFrom(a, p.outPort)
 				got, err := p.lab.Pod.Dial(p.ctx, p.app(1, to))
 				if err != nil {
-					t.Errorf("O10 direct connection to %s: %v", to, err)
-					continue
+					p.t.Errorf("O10 direct connection to %s: %v", to, err)
+					return
 				}
 				if got.Server != srvOutbound || got.Redirected() || got.Local != to {
-					t.Errorf("O10 direct connection to %s: got %s, want the outbound listener reached untouched", to, got)
+					p.t.Errorf("O10 direct connection to %s: got %s, want the outbound listener reached untouched", to, got)
 				}
 			}
+			p.run("direct-to-loopback", func(p *pod) { direct(p, v.family.Loopback()) })
+			p.run("direct-to-own-address", func(p *pod) { direct(p, p.podAddr()) })
 		})
 	})
 }

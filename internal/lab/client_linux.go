@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"os"
 	"syscall"
 	"time"
 
@@ -32,6 +33,10 @@ type DialOptions struct {
 	FreeBind bool
 	// Cred is the owner of the socket; nil = root.
 	Cred *Cred
+	// Mapped dials an IPv4 To from an IPv6 socket (IPV6_V6ONLY off) to its
+	// v4-mapped address, ::ffff:a.b.c.d, as dual-stack apps do. From and
+	// FreeBind are not supported with it.
+	Mapped bool
 	// Timeout bounds connect and read; DefaultTimeout when zero.
 	Timeout time.Duration
 }
@@ -46,6 +51,9 @@ func (o DialOptions) String() string {
 	}
 	if o.Cred != nil {
 		s += " as " + o.Cred.String()
+	}
+	if o.Mapped {
+		s += " from a v4-mapped IPv6 socket"
 	}
 	return s
 }
@@ -79,9 +87,16 @@ func (n *NetNS) Dial(ctx context.Context, o DialOptions) (Reply, error) {
 	if o.From.IsValid() || o.FromPort != 0 {
 		d.LocalAddr = &net.TCPAddr{IP: o.From.AsSlice(), Port: int(o.FromPort)}
 	}
+	if o.Mapped && (!o.To.Addr().Is4() || o.From.IsValid() || o.FreeBind) {
+		return Reply{}, fmt.Errorf("dial %s: a v4-mapped dial needs an IPv4 destination and no source", o)
+	}
 	var conn net.Conn
 	err := n.Do(o.Cred, func() error {
 		var err error
+		if o.Mapped {
+			conn, err = dialMapped(o.To, timeout)
+			return err
+		}
 		conn, err = d.DialContext(ctx, Of(o.To.Addr()).TCP(), o.To.String())
 		return err
 	})
@@ -101,6 +116,30 @@ func (n *NetNS) Dial(ctx context.Context, o DialOptions) (Reply, error) {
 	}
 	r.Client = unmap(conn.LocalAddr().(*net.TCPAddr).AddrPort())
 	return r, nil
+}
+
+// dialMapped connects an AF_INET6 socket with IPV6_V6ONLY off to the
+// v4-mapped form of the IPv4 address to (Go's dialer would pick an AF_INET
+// socket for it). It runs on the calling thread, inside the namespace.
+func dialMapped(to netip.AddrPort, timeout time.Duration) (net.Conn, error) {
+	fd, err := unix.Socket(unix.AF_INET6, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return nil, err
+	}
+	f := os.NewFile(uintptr(fd), "v4-mapped")
+	defer f.Close()
+	if err := unix.SetsockoptInt(fd, unix.IPPROTO_IPV6, unix.IPV6_V6ONLY, 0); err != nil {
+		return nil, err
+	}
+	tv := unix.NsecToTimeval(timeout.Nanoseconds())
+	if err := unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_SNDTIMEO, &tv); err != nil {
+		return nil, err
+	}
+	sa := &unix.SockaddrInet6{Port: int(to.Port()), Addr: netip.AddrFrom16(to.Addr().As16()).As16()}
+	if err := unix.Connect(fd, sa); err != nil {
+		return nil, err
+	}
+	return net.FileConn(f) // a dup: f's descriptor closes with the defer
 }
 
 // IsRefused reports whether err is a refused connection (nothing listens there).

@@ -5,7 +5,10 @@
 package backends
 
 import (
+	"fmt"
+	"hash/fnv"
 	"log/slog"
+	"path/filepath"
 	"time"
 
 	"github.com/detour-mesh/detour/bpf"
@@ -18,6 +21,20 @@ import (
 // that holds the inbound share of an ebpf install: its own name, so the
 // nftables backend never takes it for its own state (`table inet detour`).
 const EBPFInboundTable = "detour_ebpf_inbound"
+
+// EBPFInboundTableFor is the inbound table of one eBPF scope: EBPFInboundTable
+// for the network-namespace scope, and for a cgroup scope that name with a
+// tag of the cgroup's path (`detour_ebpf_inbound_cg_1a2b3c4d`), so that one
+// scope's install or uninstall never rewrites or deletes the table another
+// scope made in the same namespace.
+func EBPFInboundTableFor(cgroup string) string {
+	if cgroup == "" {
+		return EBPFInboundTable
+	}
+	h := fnv.New32a()
+	h.Write([]byte(filepath.Clean(cgroup)))
+	return fmt.Sprintf("%s_cg_%08x", EBPFInboundTable, h.Sum32())
+}
 
 // Options are what the Drivers need from the command line.
 type Options struct {
@@ -48,7 +65,7 @@ func All(o Options) []redirect.Driver {
 		// Connect hooks never see inbound connections: the inbound share of
 		// an ebpf plan (and the proxy's hairpin, O8) is an nftables table of
 		// its own, which the eBPF Driver installs, observes and removes.
-		e.Inbound = nftables.New(nftables.Options{TableName: EBPFInboundTable, Logger: o.Logger})
+		e.Inbound = nftables.New(nftables.Options{TableName: EBPFInboundTableFor(e.Cgroup), Logger: o.Logger})
 	}
 	out = append(out, bpf.NewDriver(e))
 	return out
@@ -59,3 +76,34 @@ func All(o Options) []redirect.Driver {
 func Engine(netns string, o Options) *redirect.Engine {
 	return &redirect.Engine{Logger: o.Logger, NetNS: netns, LockWait: o.LockWait, Drivers: All(o)}
 }
+
+// EBPFNetns is the eBPF backend's network-namespace scope with its pins
+// under pinDir and its programs attached to cgroupRoot ("" = the defaults:
+// /sys/fs/bpf/detour and the root of the cgroup v2 hierarchy). The CNI
+// plugin enrolls pods with it.
+func EBPFNetns(pinDir, cgroupRoot string) bpf.DriverOptions {
+	return bpf.DriverOptions{Loader: bpf.Options{PinDir: pinDir, Root: cgroupRoot}}
+}
+
+// RemoveEBPFNetns removes the enrolment of the network namespace whose
+// cookie is cookie (and every pin of the eBPF backend once no scope is
+// left), for a namespace that is already gone: its nftables inbound table
+// went with it, but the maps live on the node. Cookies are never reused, so
+// this cannot touch another namespace. Idempotent.
+func RemoveEBPFNetns(o Options, cookie uint64) error {
+	if cookie == 0 {
+		return nil
+	}
+	lo := o.EBPF.Loader
+	if lo.Logger == nil {
+		lo.Logger = o.Logger
+	}
+	if err := bpf.New(lo).Remove(bpf.Scope{Netns: cookie}); err != nil {
+		return fmt.Errorf("unenroll netns cookie %d: %w", cookie, err)
+	}
+	return nil
+}
+
+// EBPFReady reports whether this kernel has every program type and map type
+// the eBPF backend needs, naming the first one missing. It changes nothing.
+func EBPFReady() error { return bpf.New(bpf.Options{}).Ready() }

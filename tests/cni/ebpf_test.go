@@ -1,0 +1,254 @@
+package cni_test
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/detour-mesh/detour/internal/privtest"
+)
+
+// ebpfNode gives the eBPF backend a node of its own inside the test: a
+// private bpffs (the plugin's ebpfPinDir) and a cgroup of this test (its
+// ebpfCgroupRoot), on a cgroup v2 mount of the test's own (`ip netns exec`
+// gave this binary a fresh /sys without one). The test process moves into
+// that cgroup until the test ends: a socket belongs to the cgroup of the
+// process that made it, and the servers and clients of the pods are this
+// process's sockets. Namespaces that are not enrolled are left alone by the
+// programs. It returns the pin dir and the cgroup.
+func ebpfNode(t *testing.T) (pinDir, cgroup string) {
+	t.Helper()
+	mnt := func(fstype string) string {
+		dir := t.TempDir()
+		if err := unix.Mount(fstype, dir, fstype, 0, ""); err != nil {
+			privtest.Skip(t, fmt.Sprintf("mount %s: %v", fstype, err))
+		}
+		t.Cleanup(func() {
+			if err := unix.Unmount(dir, unix.MNT_DETACH); err != nil {
+				t.Errorf("unmount %s: %v", dir, err)
+			}
+		})
+		return dir
+	}
+	bpffs, cgroot := mnt("bpf"), mnt("cgroup2")
+	b, err := os.ReadFile("/proc/self/cgroup")
+	if err != nil {
+		t.Fatal(err)
+	}
+	origin := ""
+	for _, line := range strings.Split(strings.TrimSpace(string(b)), "\n") {
+		if rest, ok := strings.CutPrefix(line, "0::"); ok {
+			origin = filepath.Join(cgroot, rest)
+		}
+	}
+	if origin == "" {
+		privtest.Skip(t, "this process is in no cgroup v2 hierarchy")
+	}
+	cgroup = filepath.Join(cgroot, "detour-cni-e2e-"+randHex(4))
+	if err := os.Mkdir(cgroup, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	pid := []byte(strconv.Itoa(os.Getpid()))
+	if err := os.WriteFile(filepath.Join(cgroup, "cgroup.procs"), pid, 0); err != nil {
+		_ = os.Remove(cgroup)
+		t.Fatalf("enter test cgroup: %v", err)
+	}
+	t.Cleanup(func() {
+		if err := os.WriteFile(filepath.Join(origin, "cgroup.procs"), pid, 0); err != nil {
+			t.Errorf("leave test cgroup: %v", err)
+		}
+		if err := os.Remove(cgroup); err != nil {
+			t.Errorf("remove test cgroup: %v", err)
+		}
+	})
+	return filepath.Join(bpffs, "detour"), cgroup
+}
+
+// pins lists what is pinned under dir.
+func pins(dir string) []string {
+	var out []string
+	_ = filepath.WalkDir(dir, func(path string, d os.DirEntry, err error) error {
+		if err == nil && path != dir {
+			out = append(out, strings.TrimPrefix(path, dir+"/"))
+		}
+		return nil
+	})
+	return out
+}
+
+// nftTables lists the nftables tables of the pod's namespace.
+func nftTables(t *testing.T, p *pod) string {
+	t.Helper()
+	return strings.TrimSpace(privtest.Run(t, "ip", "netns", "exec", p.netnsName, "nft", "list", "tables"))
+}
+
+// TestEBPFBackend runs pods through bridge + host-local + detour-cni with
+// `backend: ebpf` in the plugin's config: each opted-in pod's namespace is
+// enrolled in the node's maps (programs attached once, to ebpfCgroupRoot,
+// pinned under ebpfPinDir); outbound reaches the proxy with its original
+// destination, inbound reaches the inbound proxy through the pod's own
+// nftables table; two pods with different annotations keep their own
+// settings; CHECK passes, DEL removes the pod's enrolment and table (also
+// with the namespace already gone), and the last DEL leaves no pin.
+func TestEBPFBackend(t *testing.T) {
+	h := setup(t)
+	privtest.Require(t, "nft")
+	pinDir, cgroup := ebpfNode(t)
+	n, err := h.newNetwork("dt-ebpf", "1.1.0", map[string]any{
+		"config":         map[string]any{"backend": "ebpf"},
+		"ebpfPinDir":     pinDir,
+		"ebpfCgroupRoot": cgroup,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// STATUS: ready, also with no iptables tool on the plugin's PATH (the
+	// eBPF backend runs none).
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if err := n.cni.GetStatusNetworkList(ctx, n.list); err != nil {
+		t.Errorf("STATUS with backend ebpf: %v", err)
+	}
+	noTools := h.runtime(filepath.Join(t.TempDir(), "cache"), []string{"PATH=" + t.TempDir()})
+	if err := noTools.GetStatusNetworkList(ctx, n.list); err != nil {
+		t.Errorf("STATUS with backend ebpf and no iptables tool on PATH: %v", err)
+	}
+	ns := h.newNamespace(t, nil)
+	// a excludes inbound port 8081, b excludes outbound port 9000.
+	a := h.newPod(t, ns, map[string]string{"detour.io/redirect": "enabled", "detour.io/exclude-inbound-ports": "8081"}, created)
+	b := h.newPod(t, ns, map[string]string{"detour.io/redirect": "enabled", "detour.io/exclude-outbound-ports": "9000"}, created)
+	plain := h.newPod(t, ns, nil, created)
+	ipA, ipB := podIP(t, n.mustAdd(t, a)), podIP(t, n.mustAdd(t, b))
+	ipPlain := podIP(t, n.mustAdd(t, plain))
+	hostBefore := saveAll(t, "")
+	for _, p := range []*pod{a, b, plain} {
+		serve(t, p.netns, "0.0.0.0:15001", "outbound-proxy")
+		serve(t, p.netns, "0.0.0.0:15006", "inbound-proxy")
+		serve(t, p.netns, "0.0.0.0:8080", "app8080")
+		serve(t, p.netns, "0.0.0.0:8081", "app8081")
+	}
+	serve(t, "", gatewayIP+":9000", "remote")
+
+	type conn struct {
+		name, from, to, want string
+	}
+	check := func(conns []conn) {
+		t.Helper()
+		for _, c := range conns {
+			got, err := ask(c.from, c.to)
+			if err != nil {
+				t.Errorf("%s: %v", c.name, err)
+				continue
+			}
+			if !strings.HasPrefix(got, c.want) {
+				t.Errorf("%s: answer %q, want %q", c.name, got, c.want)
+			}
+		}
+	}
+	gw := gatewayIP + ":9000"
+	at := func(ip fmt.Stringer, port string) string { return ip.String() + ":" + port }
+	check([]conn{
+		{"a: outbound to the gateway goes to the proxy with its destination", a.netns, gw, "outbound-proxy " + gw},
+		{"a: outbound to a remote address goes to the proxy", a.netns, remoteAddr, "outbound-proxy " + remoteAddr},
+		{"b: outbound to excluded port 9000 is not captured", b.netns, gw, "remote "},
+		{"b: outbound to a remote address goes to the proxy", b.netns, remoteAddr, "outbound-proxy " + remoteAddr},
+		{"a: inbound goes to the inbound proxy with its destination", "", at(ipA, "8080"), "inbound-proxy " + at(ipA, "8080")},
+		{"a: inbound to excluded port 8081 reaches the app", "", at(ipA, "8081"), "app8081 "},
+		{"b: inbound to 8081 (excluded only in a) goes to the proxy", "", at(ipB, "8081"), "inbound-proxy " + at(ipB, "8081")},
+		{"a: loopback is not captured", a.netns, "127.0.0.1:8080", "app8080 "},
+		{"plain pod: outbound untouched", plain.netns, gw, "remote "},
+		{"plain pod: inbound untouched", "", at(ipPlain, "8080"), "app8080 "},
+	})
+
+	for _, p := range []*pod{a, b} {
+		if got := nftTables(t, p); got != "table inet detour_ebpf_inbound" {
+			t.Errorf("pod %s: nft tables %q, want only the eBPF backend's inbound table", p.name, got)
+		}
+		if r := detourRules(t, p); len(r) != 0 {
+			t.Errorf("pod %s: backend ebpf, yet iptables rules of detour:\n%s", p.name, strings.Join(r, "\n"))
+		}
+		if err := n.check(p); err != nil {
+			t.Errorf("CHECK of pod %s: %v\n%s", p.name, err, n.logTail())
+		}
+		st, ok := n.state(t, p)
+		if cookie, _ := st["netnsCookie"].(float64); !ok || cookie == 0 {
+			t.Errorf("pod %s: state records no netns cookie: %v", p.name, st)
+		}
+	}
+	if got := nftTables(t, plain); got != "" {
+		t.Errorf("plain pod: nft tables %q, want none", got)
+	}
+	if err := n.check(plain); err != nil {
+		t.Errorf("CHECK of the plain pod: %v", err)
+	}
+	installed := pins(pinDir)
+	if len(installed) == 0 {
+		t.Fatalf("pods enrolled, yet nothing is pinned under %s", pinDir)
+	}
+	linkDir := ""
+	for _, p := range installed {
+		if strings.HasPrefix(p, "links/netns@") && !strings.Contains(p[len("links/"):], "/") {
+			linkDir = p
+		}
+	}
+	if linkDir == "" {
+		t.Errorf("no links/netns@<cgroup id> directory under the pin dir: %q", installed)
+	}
+	if after := saveAll(t, ""); after != hostBefore {
+		t.Errorf("the host namespace's rules changed:\nbefore:\n%s\nafter:\n%s", hostBefore, after)
+	}
+
+	// Someone deletes a's inbound table: CHECK reports drift.
+	privtest.Run(t, "ip", "netns", "exec", a.netnsName, "nft", "delete", "table", "inet", "detour_ebpf_inbound")
+	if err := n.check(a); cniCode(err) != 103 {
+		t.Errorf("CHECK after deleting a's inbound table: %v (code %d), want code 103 (drift)", err, cniCode(err))
+	}
+
+	// DEL a: its namespace (still there) is unenrolled, its table goes;
+	// b keeps its settings.
+	if err := n.del(a); err != nil {
+		t.Fatalf("DEL a: %v\n%s", err, n.logTail())
+	}
+	if got := nftTables(t, a); got != "" {
+		t.Errorf("after DEL, pod a's namespace holds nftables tables: %q", got)
+	}
+	if _, ok := n.state(t, a); ok {
+		t.Error("after DEL, pod a's state remains")
+	}
+	// The chain's DEL took a's interface away; were the namespace still
+	// enrolled, connect() would still be redirected to the proxy listening
+	// on its loopback.
+	if got, err := ask(a.netns, remoteAddr); err == nil {
+		t.Errorf("a after DEL: outbound to %s answered %q, want it unreachable (not redirected)", remoteAddr, got)
+	}
+	check([]conn{
+		{"b after a's DEL: outbound still captured", b.netns, remoteAddr, "outbound-proxy " + remoteAddr},
+		{"b after a's DEL: excluded port still excluded", b.netns, gw, "remote "},
+		{"b after a's DEL: inbound still captured", "", at(ipB, "8081"), "inbound-proxy " + at(ipB, "8081")},
+	})
+	if len(pins(pinDir)) == 0 {
+		t.Errorf("b is still enrolled, yet the pins are gone")
+	}
+
+	// DEL b after its namespace is gone: the enrolment is removed by the
+	// cookie ADD recorded, and with no pod left nothing stays pinned.
+	privtest.Run(t, "ip", "netns", "delete", b.netnsName)
+	for i := range 2 {
+		if err := n.del(b); err != nil {
+			t.Fatalf("DEL #%d of b with its netns gone: %v\n%s", i+1, err, n.logTail())
+		}
+	}
+	if err := n.del(plain); err != nil {
+		t.Fatalf("DEL of the plain pod: %v", err)
+	}
+	if left := pins(pinDir); len(left) != 0 {
+		t.Errorf("after every pod's DEL, pins remain under %s: %q", pinDir, left)
+	}
+}

@@ -1,0 +1,246 @@
+//go:build linux
+
+package tests
+
+import (
+	"fmt"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/detour-mesh/detour/internal/lab"
+	"github.com/detour-mesh/detour/internal/privtest"
+	detourbackends "github.com/detour-mesh/detour/redirect/backends"
+)
+
+// TestEBPFCgroup runs the cgroup scope (`--cgroup PATH`, what a VM service
+// uses) through the CLI, IPv4 and IPv6, inside the lab's namespaces: the app
+// and the proxy run in a cgroup the test creates below the suite's own (the
+// cgroup helper, born there), the test process itself stays outside it.
+// Inside, O1 (also from v4-mapped sockets) reaches the proxy, which reads
+// the original destination with SO_ORIGINAL_DST / IP6T_SO_ORIGINAL_DST; O2
+// and O3 and the proxy's own dials are left alone; outside, nothing is
+// redirected. status and check answer with their exit codes; inbound capture
+// with --cgroup puts the eBPF backend's nftables table into the namespace the
+// command acts in (--netns); uninstall leaves no pin, no table and no program
+// on the cgroup.
+func TestEBPFCgroup(t *testing.T) {
+	privtest.Require(t, "ip", "setpriv", "nft")
+	for _, f := range lab.Families {
+		t.Run(string(f), func(t *testing.T) {
+			p := newPod(t, variant{family: f, backend: ebpfBackend, mode: "redirect"})
+			cg := filepath.Join(ebpfNode.cgroup, fmt.Sprintf("scope-%s-%d", f, p.rnd.Uint32(1, 1<<30)))
+			if err := os.Mkdir(cg, 0o755); err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() {
+				// The helper has exited by now (its cleanup ran first).
+				if err := os.Remove(cg); err != nil {
+					t.Errorf("remove the scope's cgroup: %v", err)
+				}
+			})
+			h := startHelper(t, p, cg)
+			h.serve(srvOutbound, netip.AddrPortFrom(f.Unspecified(), p.outPort))
+			h.serve(srvInbound, netip.AddrPortFrom(f.Unspecified(), p.inPort))
+
+			ex, other := p.remotePort(), p.remotePort()
+			excluded := netip.MustParsePrefix("198.51.100.0/24")
+			kept := netip.MustParseAddr("192.0.2.77")
+			if f == lab.IPv6 {
+				excluded, kept = netip.MustParsePrefix("2001:db8:ffff:1::/64"), netip.MustParseAddr("2001:db8:ffff:2::77")
+			}
+			args := p.withFlags("install", "--cgroup", cg, "--inbound=false",
+				"--exclude-outbound-ports", strconv.Itoa(int(ex)), "--exclude-outbound-cidrs", excluded.String())
+			if attached := cgroupPrograms(t, cg); attached != 0 {
+				t.Fatalf("before install, %d programs are attached to the new cgroup", attached)
+			}
+			if r := p.detourCmd(nil, args...); r.code != 0 {
+				t.Fatalf("install --cgroup:\n%s", r)
+			}
+			if r := p.detourCmd(nil, args...); r.code != 0 || !strings.Contains(r.stdout, "no changes") {
+				t.Errorf("L2 re-install --cgroup: want exit 0 and no changes:\n%s", r)
+			}
+			if attached := cgroupPrograms(t, cg); attached == 0 {
+				t.Errorf("installed, yet no program is attached to the cgroup %s", cg)
+			}
+			if r := p.detourCmd(nil, "status", "--cgroup", cg); r.code != 0 || !strings.Contains(r.stdout, "detour is installed (ebpf") || !strings.Contains(r.stdout, "connect4") {
+				t.Errorf("status --cgroup: want exit 0 and the programs:\n%s", r)
+			}
+			check := append([]string{"check"}, args[1:]...)
+			if r := p.detourCmd(nil, check...); r.code != 0 {
+				t.Errorf("check --cgroup, in sync: want exit 0:\n%s", r)
+			}
+			drifted := p.withFlags("check", "--cgroup", cg, "--inbound=false")
+			if r := p.detourCmd(nil, drifted...); r.code != 3 {
+				t.Errorf("check --cgroup with another config: want exit 3 (drift):\n%s", r)
+			}
+			// The namespace scope of the same pin directory holds nothing.
+			if r := p.detourCmd(nil, p.withFlags("check", "--inbound=false")...); r.code != 4 {
+				t.Errorf("check without --cgroup (the namespace scope): want exit 4, nothing installed there:\n%s", r)
+			}
+
+			// notExcluded is a remote destination outside the excluded CIDR.
+			notExcluded := func() netip.AddrPort {
+				return netip.AddrPortFrom(addrOutside(p.rnd, f, excluded), p.remotePort())
+			}
+			inside := func(why string, o lab.DialOptions, want string) {
+				t.Helper()
+				got, err := h.dial(o)
+				checkReply(t, why+" (inside the cgroup)", o, want, got, err)
+			}
+			for i := range cases() {
+				inside("O1 any address:port", p.app(i, netip.AddrPortFrom(kept, p.remotePort())), srvOutbound)
+				inside("O1 any address:port", p.app(i, notExcluded()), srvOutbound)
+				inside("O2 excluded port", p.app(i, netip.AddrPortFrom(kept, ex)), srvRemote)
+				inside("O3 excluded CIDR", p.app(i, netip.AddrPortFrom(excluded.Addr().Next(), other)), srvRemote)
+				inside("the proxy's own dial", lab.DialOptions{To: p.remoteDest(), Cred: p.proxyCred()}, srvRemote)
+				if f == lab.IPv4 {
+					mapped := p.app(i, notExcluded())
+					mapped.Mapped = true
+					inside("O1 from a v4-mapped IPv6 socket", mapped, srvOutbound)
+					mapped = p.app(i, netip.AddrPortFrom(kept, ex))
+					mapped.Mapped = true
+					inside("O2 from a v4-mapped IPv6 socket", mapped, srvRemote)
+				}
+				// The test process is outside the scope: not redirected.
+				p.outbound("O1 outside the cgroup", p.app(i, p.remoteDest()), srvRemote)
+			}
+			if got := nftTables(p); got != "" {
+				t.Errorf("inbound disabled, yet the namespace holds nftables tables:\n%s", got)
+			}
+
+			cgroupInbound(t, p, h, cg, kept)
+
+			for range 2 {
+				if r := p.detourCmd(nil, "uninstall", "--cgroup", cg); r.code != 0 {
+					t.Fatalf("L4 uninstall --cgroup:\n%s", r)
+				}
+			}
+			if attached := cgroupPrograms(t, cg); attached != 0 {
+				t.Errorf("after uninstall, %d programs remain attached to the cgroup %s", attached, cg)
+			}
+			if left := pinsLeft(t, p.env); len(left) > 0 {
+				t.Errorf("after uninstall, BPF pins of detour remain: %q", left)
+			}
+			if got := nftTables(p); got != "" {
+				t.Errorf("after uninstall the namespace holds nftables tables:\n%s", got)
+			}
+			if r := p.detourCmd(nil, "status", "--cgroup", cg); r.code != 0 || !strings.Contains(r.stdout, "not installed") {
+				t.Errorf("status --cgroup after uninstall: want exit 0, not installed:\n%s", r)
+			}
+			if r := p.detourCmd(nil, check...); r.code != 4 {
+				t.Errorf("check --cgroup after uninstall: want exit 4 (nothing installed):\n%s", r)
+			}
+			o := p.app(0, notExcluded())
+			got, err := h.dial(o)
+			checkReply(t, "after uninstall (inside the cgroup)", o, srvRemote, got, err)
+		})
+	}
+}
+
+// cgroupInbound installs --cgroup with inbound capture over the
+// outbound-only install: the inbound nftables table goes into the namespace
+// given by --netns (the pod), the inbound proxy in the cgroup recovers the
+// original destination from conntrack (the getsockopt program passes it
+// through), and outbound to kept (not excluded) keeps working. The caller uninstalls.
+func cgroupInbound(t *testing.T, p *pod, h *helperProc, cg string, kept netip.Addr) {
+	t.Helper()
+	exPort := p.appPort(netip.Addr{})
+	args := p.withFlags("install", "--cgroup", cg, "--exclude-inbound-ports", strconv.Itoa(int(exPort)))
+	if r := p.detourCmd(nil, args...); r.code != 0 {
+		t.Fatalf("install --cgroup with inbound:\n%s", r)
+	}
+	table := detourbackends.EBPFInboundTableFor(cg)
+	if got := nftTables(p); got != "table inet "+table {
+		t.Errorf("nft list tables in the --netns namespace = %q, want the cgroup scope's inbound table %s", got, table)
+	}
+	if out, err := p.lab.Remote.Run(p.ctx, "nft", "list", "tables"); err != nil || strings.TrimSpace(out) != "" {
+		t.Errorf("the remote namespace (not --netns) holds tables %q (%v), want none", out, err)
+	}
+	if r := p.detourCmd(nil, append([]string{"check"}, args[1:]...)...); r.code != 0 {
+		t.Errorf("check --cgroup with inbound installed: want exit 0:\n%s", r)
+	}
+	if r := p.detourCmd(nil, "status", "--cgroup", cg); r.code != 0 || !strings.Contains(r.stdout, table) || !strings.Contains(r.stdout, "connect4") {
+		t.Errorf("status --cgroup: want the programs and the inbound table %s:\n%s", table, r)
+	}
+	// The table is the cgroup scope's: the namespace scope (no --cgroup)
+	// neither shows it nor removes it (docs/ebpf.md).
+	if r := p.detourCmd(nil, "status"); r.code != 0 || strings.Contains(r.stdout, table) || strings.Contains(r.stdout, "connect4") {
+		t.Errorf("status without --cgroup: want nothing of the cgroup scope:\n%s", r)
+	}
+	if r := p.detourCmd(nil, "uninstall"); r.code != 0 {
+		t.Fatalf("uninstall without --cgroup:\n%s", r)
+	}
+	if got := nftTables(p); got != "table inet "+table {
+		t.Errorf("uninstall without --cgroup changed the cgroup scope's inbound table: nft list tables = %q", got)
+	}
+	to := func(port uint16) lab.DialOptions {
+		return lab.DialOptions{To: netip.AddrPortFrom(p.podAddr(), port), From: p.remoteAddr()}
+	}
+	for i := range cases() {
+		o := p.app(i, netip.AddrPortFrom(kept, p.remotePort()))
+		got, err := h.dial(o)
+		checkReply(t, "O1 with inbound on (inside the cgroup)", o, srvOutbound, got, err)
+		p.inbound("I1 any port of the workload", to(p.appPort(netip.Addr{})), srvInbound)
+		p.inbound("I2 excluded inbound port", to(exPort), srvApp)
+	}
+}
+
+// checkReply checks a dial's answer as pod.expect does: the named server
+// answered, it recovered the dialed destination, and a server reached
+// untouched saw the dialed address itself.
+func checkReply(t *testing.T, why string, o lab.DialOptions, want string, got lab.Reply, err error) {
+	t.Helper()
+	switch {
+	case err != nil:
+		t.Errorf("%s: %s: want %s to answer, got %v", why, o, want, err)
+	case got.Server != want:
+		t.Errorf("%s: %s: answered by %s, want %s (%s)", why, o, got.Server, want, got)
+	case got.Original != o.To:
+		t.Errorf("%s: %s: %s recovered original destination %s, want %s (%s)", why, o, want, got.Original, o.To, got)
+	case (want == srvRemote || want == srvApp) && (got.Local != o.To || got.Redirected()):
+		t.Errorf("%s: %s: %s saw the connection arrive at %s, want %s untouched (%s)", why, o, want, got.Local, o.To, got)
+	}
+}
+
+// cgroupAttachTypes are the cgroup hooks the eBPF backend uses.
+var cgroupAttachTypes = []uint32{
+	unix.BPF_CGROUP_INET4_CONNECT, unix.BPF_CGROUP_INET6_CONNECT, unix.BPF_CGROUP_SOCK_OPS,
+	unix.BPF_CGROUP_GETSOCKOPT, unix.BPF_CGROUP_INET4_GETPEERNAME, unix.BPF_CGROUP_INET6_GETPEERNAME,
+	unix.BPF_CGROUP_UDP4_SENDMSG, unix.BPF_CGROUP_UDP6_SENDMSG, unix.BPF_CGROUP_UDP4_RECVMSG, unix.BPF_CGROUP_UDP6_RECVMSG,
+}
+
+// cgroupPrograms counts the BPF programs attached directly to the cgroup
+// directory on the backend's hooks (BPF_PROG_QUERY, not the effective ones
+// inherited from above), as `bpftool cgroup show` lists them.
+func cgroupPrograms(t *testing.T, cgroup string) int {
+	t.Helper()
+	dir, err := os.Open(cgroup)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer dir.Close()
+	total := 0
+	for _, at := range cgroupAttachTypes {
+		// union bpf_attr, query: target_fd, attach_type, query_flags,
+		// attach_flags, prog_ids, prog_cnt (and later fields left zero).
+		var attr struct {
+			targetFD, attachType, queryFlags, attachFlags uint32
+			progIDs                                       uint64
+			progCnt, _                                    uint32
+			rest                                          [4]uint64
+		}
+		attr.targetFD, attr.attachType = uint32(dir.Fd()), at
+		if _, _, errno := unix.Syscall(unix.SYS_BPF, unix.BPF_PROG_QUERY, uintptr(unsafe.Pointer(&attr)), unsafe.Sizeof(attr)); errno != 0 {
+			t.Fatalf("query the programs attached to %s (attach type %d): %v", cgroup, at, errno)
+		}
+		total += int(attr.progCnt)
+	}
+	return total
+}

@@ -126,6 +126,47 @@ type generator struct {
 	reach            map[string][]*Service // sorted Reach → reachable services
 	used             map[string]*clusterv3.Cluster
 	dnsListeners     map[string]*listenerv3.Listener // by dnsKey
+	// Capture answers by redirect config (its JSON encoding, as in shapeKey)
+	// and destination: each redirect answer builds the config's whole
+	// capture, and a thousand workloads of one config ask it for the same
+	// hundred service ports.
+	captures map[captureKey]bool
+}
+
+// captureKey is one capturesOutbound question (inbound: dst invalid).
+type captureKey struct {
+	config string
+	dst    netip.Addr
+	port   uint16
+}
+
+// capturesOutbound is capturesOutbound(c, dst, port), answered once per
+// config (named by cfg, "" for no memo) and destination.
+func (g *generator) capturesOutbound(cfg string, c *redirect.Config, dst netip.Addr, port uint16) bool {
+	if cfg == "" {
+		return capturesOutbound(c, dst, port)
+	}
+	k := captureKey{cfg, dst, port}
+	ok, seen := g.captures[k]
+	if !seen {
+		ok = capturesOutbound(c, dst, port)
+		g.captures[k] = ok
+	}
+	return ok
+}
+
+// capturesInbound is capturesInbound(c, port), memoized as capturesOutbound.
+func (g *generator) capturesInbound(cfg string, c *redirect.Config, port uint16) bool {
+	if cfg == "" {
+		return capturesInbound(c, port)
+	}
+	k := captureKey{config: cfg, port: port}
+	ok, seen := g.captures[k]
+	if !seen {
+		ok = capturesInbound(c, port)
+		g.captures[k] = ok
+	}
+	return ok
 }
 
 // serviceKey names one port of one service on one virtual IP (listeners) or for
@@ -154,6 +195,7 @@ func newGenerator(m *Mesh) *generator {
 		serviceClusters:  make(map[serviceKey]*clusterv3.Cluster),
 		reach:            make(map[string][]*Service),
 		dnsListeners:     make(map[string]*listenerv3.Listener),
+		captures:         make(map[captureKey]bool),
 	}
 	for i := range m.Services {
 		s := &m.Services[i]
@@ -207,6 +249,10 @@ func (g *generator) workload(w *Workload) Resources {
 	fam := families(w)
 	v4, v6 := fam.listen4, fam.listen6
 	famKey := familyKey(fam.reach4, fam.reach6)
+	var cfg string // the memo's name for c; "" (no memo) should it not encode
+	if b, err := json.Marshal(c); err == nil {
+		cfg = string(b)
+	}
 	// Reused across workloads: a thousand workloads would make a thousand maps.
 	if g.used == nil {
 		g.used = make(map[string]*clusterv3.Cluster)
@@ -238,7 +284,7 @@ func (g *generator) workload(w *Workload) Resources {
 			for pi, p := range s.Ports {
 				served := false
 				for _, vip := range s.VirtualIPs {
-					if (vip.Is4() && !v4) || (vip.Is6() && !v6) || !capturesOutbound(c, vip, p.Port) {
+					if (vip.Is4() && !v4) || (vip.Is6() && !v6) || !g.capturesOutbound(cfg, c, vip, p.Port) {
 						continue
 					}
 					served = true
@@ -266,7 +312,7 @@ func (g *generator) workload(w *Workload) Resources {
 	if c.Inbound.Enabled {
 		var ports []InboundPort
 		for _, p := range w.Inbound {
-			if capturesInbound(c, p.Port) {
+			if g.capturesInbound(cfg, c, p.Port) {
 				ports = append(ports, p)
 			}
 		}

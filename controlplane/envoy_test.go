@@ -163,6 +163,32 @@ func TestListenersAgreeWithCapture(t *testing.T) {
 	}
 }
 
+// TestBuildMatchesEachWorkloadAlone checks that one build of the whole matrix,
+// whose generator shares resources and capture answers between workloads
+// with different redirect configs, serves every node what a generator of its
+// own would: the same versions (content hashes of every resource).
+func TestBuildMatchesEachWorkloadAlone(t *testing.T) {
+	t.Parallel()
+	m := loadMesh(t, "testdata/matrix.yaml")
+	b, err := buildSnapshots(m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, w := range m.Workloads {
+		r, err := m.Resources(w.NodeID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		alone, err := newHasher().snapshot(r)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got, want := b.nodes[w.NodeID].Versions(), alone.Versions(); got != want {
+			t.Errorf("node %s: versions %+v in the build, %+v generated alone", w.NodeID, got, want)
+		}
+	}
+}
+
 func TestResourcesShareServiceResources(t *testing.T) {
 	t.Parallel()
 	m := loadMesh(t, "testdata/matrix.yaml")

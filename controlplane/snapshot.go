@@ -11,6 +11,7 @@ import (
 
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
+	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
 	cachev3 "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
 	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
@@ -123,7 +124,7 @@ func shapeKey(w *Workload) (string, error) {
 type hasher struct {
 	snapshots xds.SnapshotBuilder
 	served    map[proto.Message]*xds.Resource
-	listeners []types.Resource // every distinct listener, in first-seen order
+	listeners []types.Resource // every distinct listener with an HTTP connection manager, in first-seen order
 	clusters  []types.Resource // every distinct cluster
 }
 
@@ -146,9 +147,11 @@ func (h *hasher) serve(m proto.Message, typeURL string) (*xds.Resource, error) {
 	}
 	v := xds.NewResource(name, typeURL, b)
 	h.served[m] = v
-	switch m.(type) {
+	switch m := m.(type) {
 	case *listenerv3.Listener:
-		h.listeners = append(h.listeners, m)
+		if hasHCM(m) {
+			h.listeners = append(h.listeners, m)
+		}
 	case *clusterv3.Cluster:
 		h.clusters = append(h.clusters, m)
 	}
@@ -177,6 +180,30 @@ func (h *hasher) snapshot(r Resources) (*xds.Snapshot, error) {
 		return nil, err
 	}
 	return h.snapshots.Snapshot(l, c)
+}
+
+// hcmName is the message an HTTP connection manager filter's typed config holds.
+var hcmName = (&hcmv3.HttpConnectionManager{}).ProtoReflect().Descriptor().FullName()
+
+// hasHCM reports whether l has a filter whose typed config is an HTTP
+// connection manager: the only filters Snapshot.Consistent reads references
+// (RDS route names) from. It unpacks every filter's typed config as one, and
+// a thousand workloads' inbound listeners hold thousands of TCP proxy
+// filters: passing it only listeners with an HCM saves that garbage and gives
+// the same answer.
+func hasHCM(l *listenerv3.Listener) bool {
+	chains := l.GetFilterChains()
+	if d := l.GetDefaultFilterChain(); d != nil {
+		chains = append(slices.Clip(chains), d)
+	}
+	for _, c := range chains {
+		for _, f := range c.GetFilters() {
+			if f.GetTypedConfig().MessageName() == hcmName {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 // consistent runs go-control-plane's Snapshot.Consistent over every distinct

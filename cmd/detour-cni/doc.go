@@ -4,12 +4,12 @@
 // (or the error) goes to stdout, logs to the config's logFile or stderr. See
 // docs/cni.md.
 //
-// Run with arguments it is the CNI node installer instead (`detour-cni cni
-// install|uninstall|ready`, cli.go): `detour cni …` execs it, so that detour
-// itself links neither net/http nor crypto/tls.
+// It takes no arguments (exit 2 when given some); the CNI node installer
+// (`detour cni install`) is served by detour-cp.
 //
 // It runs once per pod attachment, so it must start in milliseconds: it must not
 // link k8s.io/client-go, k8s.io/api, k8s.io/apimachinery,
-// github.com/envoyproxy/..., google.golang.org/grpc or controlplane
-// (internal/layering checks it); pods are read with internal/kubeapi.
+// github.com/envoyproxy/..., google.golang.org/grpc, controlplane, the node
+// installer (cni/install), cobra or fsnotify (internal/layering checks it);
+// pods are read with internal/kubeapi.
 package main

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"fmt"
 	"os"
 
 	"github.com/containernetworking/cni/pkg/skel"
@@ -13,9 +14,9 @@ var version = "dev"
 
 func main() {
 	if len(os.Args) > 1 {
-		// A command line, not a container runtime: the node installer
-		// (`detour cni …` runs this binary with its own arguments).
-		os.Exit(runCLI(os.Args[1:]))
+		// A command line, not a container runtime: the plugin takes none.
+		fmt.Fprintln(os.Stderr, "detour-cni: the CNI plugin takes no arguments: a container runtime runs it with the CNI_* variables and the network configuration on stdin (docs/cni.md); the node installer is `detour cni install`")
+		os.Exit(2)
 	}
 	p := cni.New(cni.Options{})
 	skel.PluginMainFuncs(p.Funcs(), cni.SupportedVersions(), "detour-cni "+version+": redirects a pod's traffic to its sidecar proxy")

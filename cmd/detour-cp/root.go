@@ -23,9 +23,10 @@ func newRootCmd(s streams) *cobra.Command {
 		Short: "detour's control plane: serve Envoy sidecars their listeners, print their bootstrap",
 		Long: `detour-cp serves every workload's Envoy the listeners that match the
 redirection detour installs for it (control-plane), and prints the Envoy
-bootstrap that points a sidecar at it (bootstrap). The install path, detour
-and detour-cni, is a separate lean binary; ` + "`detour-cp control-plane`" + ` and
-` + "`detour-cp bootstrap`" + ` run this one.`,
+bootstrap that points a sidecar at it (bootstrap); it also injects sidecars
+(inject) and puts the CNI plugin in place on a node (cni). The install path,
+detour and detour-cni, is a separate lean binary; ` + "`detour control-plane`" + `,
+` + "`detour bootstrap`" + `, ` + "`detour inject`" + ` and ` + "`detour cni`" + ` run this one.`,
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
@@ -33,6 +34,9 @@ and detour-cni, is a separate lean binary; ` + "`detour-cp control-plane`" + ` a
 	root.PersistentFlags().BoolVarP(&g.verbose, "verbose", "v", false, "log debug lines on stderr (control-plane: --log-level debug)")
 	root.PersistentFlags().DurationVar(&g.lockWait, "lock-wait", 10*time.Second, "accepted for detour's command lines; detour-cp takes no locks")
 	_ = root.PersistentFlags().MarkHidden("lock-wait")
+	var cgroup string
+	root.PersistentFlags().StringVar(&cgroup, "cgroup", "", "accepted for detour's command lines; unused here")
+	_ = root.PersistentFlags().MarkHidden("cgroup")
 	root.SetFlagErrorFunc(func(c *cobra.Command, err error) error {
 		return &flagError{err}
 	})
@@ -40,6 +44,7 @@ and detour-cni, is a separate lean binary; ` + "`detour-cp control-plane`" + ` a
 		newControlPlaneCmd(s, g),
 		newBootstrapCmd(s),
 		newInjectCmd(s),
+		newCNICmd(s),
 		newVersionCmd(s),
 	)
 	return root

@@ -11,17 +11,14 @@ import (
 	"github.com/spf13/cobra"
 )
 
-// The binaries that serve the delegated subcommands.
-const (
-	cpBinary  = "detour-cp"
-	cniBinary = "detour-cni"
-)
+// The binary that serves the delegated subcommands.
+const cpBinary = "detour-cp"
 
 // delegatedCommand is a subcommand that lives in another of detour's
 // binaries: detour stays lean and execs that binary for it. detour-cp holds
-// the Kubernetes client, Envoy protos and gRPC; detour-cni holds the CNI
-// node installer (its plugin-token request links net/http and crypto/tls,
-// which cost every start of detour milliseconds).
+// the Kubernetes client, Envoy protos and gRPC, and the CNI node installer
+// (its plugin-token request links net/http and crypto/tls, which would cost
+// every start of detour, and of the CNI plugin, milliseconds).
 type delegatedCommand struct {
 	name, short string
 	binary      string
@@ -34,7 +31,7 @@ func delegatedCommands() []delegatedCommand {
 		{"control-plane", "Serve Envoy sidecars their listeners and clusters over ADS (xDS); runs detour-cp", cpBinary},
 		{"bootstrap", "Print the Envoy bootstrap of a workload (ADS to the control plane); runs detour-cp", cpBinary},
 		{"inject", "Add the detour sidecar to Kubernetes manifests (or remove it: --uninject); runs detour-cp", cpBinary},
-		{"cni", "Put the detour-cni plugin in place on a Kubernetes node (install, uninstall, ready); runs detour-cni", cniBinary},
+		{"cni", "Put the detour-cni plugin in place on a Kubernetes node (install, uninstall, ready); runs detour-cp", cpBinary},
 	}
 }
 

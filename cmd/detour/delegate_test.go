@@ -55,8 +55,8 @@ func writeExecutable(t *testing.T, path string) {
 	}
 }
 
-// TestDelegatedCommandsExecDetourCP: `detour control-plane …` and `detour
-// bootstrap …` run detour-cp, `detour cni …` detour-cni, with detour's
+// TestDelegatedCommandsExecDetourCP: `detour control-plane …`, `detour
+// bootstrap …` and `detour cni …` run detour-cp (never the plugin beside it), with detour's
 // arguments unchanged (flags, --help and root flags included), preferring the
 // binary next to detour over PATH.
 func TestDelegatedCommandsExecDetourCP(t *testing.T) {
@@ -80,10 +80,10 @@ func TestDelegatedCommandsExecDetourCP(t *testing.T) {
 			[]string{"-v", "control-plane", "--source", "kubernetes"}, filepath.Join(beside, "detour-cp")},
 		{"help is detour-cp's", beside, "",
 			[]string{"control-plane", "resources", "--help"}, filepath.Join(beside, "detour-cp")},
-		{"cni install is detour-cni's", beside, "/usr/bin/detour-cp",
-			[]string{"-v", "cni", "install", "--bin-dir=/opt/cni/bin", "--once"}, filepath.Join(beside, "detour-cni")},
-		{"cni ready from PATH", empty, "/opt/bin/detour-cni",
-			[]string{"cni", "ready", "--conf-dir", "/etc/cni/net.d"}, "/opt/bin/detour-cni"},
+		{"cni install is detour-cp's", beside, "/usr/bin/detour-cp",
+			[]string{"-v", "cni", "install", "--bin-dir=/opt/cni/bin", "--once"}, filepath.Join(beside, "detour-cp")},
+		{"cni ready from PATH", empty, "/opt/bin/detour-cp",
+			[]string{"cni", "ready", "--conf-dir", "/etc/cni/net.d"}, "/opt/bin/detour-cp"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -11,8 +11,7 @@
 // detour is the install path and must start in milliseconds: it must not link
 // k8s.io/client-go, k8s.io/api, k8s.io/apimachinery, github.com/envoyproxy/...,
 // google.golang.org/grpc or controlplane (internal/layering checks it). The
-// commands that need them live in cmd/detour-cp; control-plane, bootstrap and
-// inject exec it (delegate.go). The CNI node installer (`detour cni …`),
-// whose plugin-token request links net/http and crypto/tls, lives in
-// cmd/detour-cni, which detour execs the same way.
+// commands that need them live in cmd/detour-cp; control-plane, bootstrap,
+// inject and the CNI node installer (`detour cni …`, whose plugin-token
+// request links net/http and crypto/tls) exec it (delegate.go).
 package main

@@ -36,7 +36,7 @@ var heavy = []string{
 // fails when a doc.go has a rule that no entry here checks.
 var rules = []rule{
 	{pkg: "cmd/detour", forbidden: heavy, why: "the install path starts in milliseconds: no Kubernetes client, Envoy protos, gRPC or control plane"},
-	{pkg: "cmd/detour-cni", forbidden: heavy, why: "the CNI plugin starts in milliseconds: no Kubernetes client, Envoy protos, gRPC or control plane"},
+	{pkg: "cmd/detour-cni", forbidden: append([]string{module + "/cni/install", "github.com/spf13/cobra", "github.com/fsnotify/fsnotify"}, heavy...), why: "the CNI plugin starts in milliseconds: no Kubernetes client, Envoy protos, gRPC, control plane, node installer or command-line framework"},
 	{pkg: "cni/...", forbidden: append([]string{module + "/cmd"}, heavy...), why: "must not import cmd/... or controlplane (and it runs in every ADD); it reaches bpf only through redirect/backends"},
 	{pkg: "redirect/...", forbidden: []string{module + "/cmd", module + "/cni", module + "/controlplane"}, why: "must not import cmd/..., cni or controlplane"},
 	{pkg: "redirect/iptables", forbidden: []string{module + "/bpf"}, why: "a backend must not import another backend (bpf is the eBPF backend)"},

@@ -19,8 +19,8 @@ func TestManifestCommandsParse(t *testing.T) {
 	}
 	dir := t.TempDir()
 	bins := map[string]string{}
-	// detour-cni too: `detour cni …` execs it from next to detour, as in the image.
-	for _, name := range []string{"detour", "detour-cp", "detour-cni"} {
+	// `detour cni …` execs detour-cp from next to detour, as in the image.
+	for _, name := range []string{"detour", "detour-cp"} {
 		bin, err := privtest.Build(dir, "github.com/detour-mesh/detour/cmd/"+name)
 		if err != nil {
 			t.Fatal(err)

@@ -512,15 +512,7 @@ static __always_inline void local_tuple(struct bpf_sock_ops *skops, struct tuple
 	__u32 family = rd(skops->family), ip4 = rd(skops->local_ip4);
 	__u32 a0 = rd(skops->local_ip6[0]), a1 = rd(skops->local_ip6[1]), a2 = rd(skops->local_ip6[2]),
 	      a3 = rd(skops->local_ip6[3]);
-	if (family == AF_INET) {
-		t->addr[2] = bpf_htonl(0xffff);
-		t->addr[3] = ip4;
-	} else {
-		t->addr[0] = a0;
-		t->addr[1] = a1;
-		t->addr[2] = a2;
-		t->addr[3] = a3;
-	}
+	tuple_addr(t, family, ip4, a0, a1, a2, a3);
 	t->port = rd(skops->local_port);
 }
 

@@ -179,13 +179,13 @@ func withBackend(t testing.TB, c redirect.Config, b redirect.Backend) redirect.C
 func TestInstallMatchesPlan(t *testing.T) {
 	privtest.Require(t, backendTools...)
 	for _, tc := range planCases() {
-		t.Run(tc.name, func(t *testing.T) {
+		t.Run(tc.Name, func(t *testing.T) {
 			t.Parallel()
 			forEachBackend(t, func(t *testing.T, b redirect.Backend) {
 				ns, e := newNS(t)
 				seedForeign(t, ns, b)
 				before := save(t, ns, b)
-				p := mustPlan(t, withBackend(t, cfgWith(t, tc.preset, tc.sets...), b), tc.facts)
+				p := mustPlan(t, withBackend(t, cfgWith(t, tc.Preset, tc.Sets...), b), tc.Facts)
 				res := mustInstall(t, e, p)
 				if planIsEmpty(p) {
 					// A plan that captures nothing installs nothing.

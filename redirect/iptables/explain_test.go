@@ -16,9 +16,9 @@ import (
 func TestExplainSaveAgreesWithDecide(t *testing.T) {
 	t.Parallel()
 	for _, tc := range planCases() {
-		t.Run(tc.name, func(t *testing.T) {
+		t.Run(tc.Name, func(t *testing.T) {
 			t.Parallel()
-			p, err := redirect.NewPlan(cfgWith(t, tc.preset, tc.sets...), tc.facts)
+			p, err := redirect.NewPlan(cfgWith(t, tc.Preset, tc.Sets...), tc.Facts)
 			if err != nil {
 				t.Fatal(err)
 			}

@@ -609,9 +609,9 @@ func TestDecisionMatchesPackets(t *testing.T) {
 			mustInstall(t, l.e, p)
 			desc := fmt.Sprintf("config %d (mode %s; outbound %+v; inbound %+v; proxy gid %v)", i, cfg.Mode, cfg.Outbound, cfg.Inbound, cfg.Proxy.GID)
 			for range probes {
-				dst := pick(rnd, decisionDsts)
-				port := pick(rnd, decisionPorts)
-				o := pick(rnd, decisionOwners)
+				dst := xPick(rnd, decisionDsts)
+				port := xPick(rnd, decisionPorts)
+				o := xPick(rnd, decisionOwners)
 				got := l.dialAs(t, l.pod, int(o[0]), int(o[1]), netip.Addr{}, netip.AddrPortFrom(dst, port))
 				want := cfg.CapturesOutbound(dst, port, o[0], o[1])
 				seen[fmt.Sprintf("outbound %v", want)]++
@@ -620,8 +620,8 @@ func TestDecisionMatchesPackets(t *testing.T) {
 				}
 			}
 			for range probes {
-				src := pick(rnd, decisionSrcs)
-				port := pick(rnd, decisionPorts)
+				src := xPick(rnd, decisionSrcs)
+				port := xPick(rnd, decisionPorts)
 				to := netip.AddrPortFrom(pod4, port)
 				if src.Is6() {
 					to = netip.AddrPortFrom(pod6, port)
@@ -664,45 +664,25 @@ var (
 	decisionSrcCIDRs = []string{"198.51.100.0/25", "198.51.100.128/25", "192.0.2.1/32", "2001:db8:ff::/64", "2001:db8::1/128", "2001:db8:ff::/48"}
 )
 
-func pick[T any](rnd *rand.Rand, items []T) T { return items[rnd.IntN(len(items))] }
-
-// someOf returns a random non-empty subset of items joined with commas, or ""
-// (the field stays empty) with probability 1-p.
-func someOf[T any](rnd *rand.Rand, p float64, items []T) string {
-	if rnd.Float64() >= p {
-		return ""
-	}
-	var out []string
-	for _, it := range items {
-		if rnd.IntN(3) == 0 {
-			out = append(out, fmt.Sprint(it))
-		}
-	}
-	if len(out) == 0 {
-		out = append(out, fmt.Sprint(pick(rnd, items)))
-	}
-	return strings.Join(out, ",")
-}
-
 // randomConfig draws a configuration over the probe ports, the remote's
 // subnets and the probe owners.
 func randomConfig(t *testing.T, rnd *rand.Rand, b redirect.Backend) redirect.Config {
 	t.Helper()
 	ports := []string{"80", "81", "443", "8080", "8081", "9000-9001", "15001"}
 	sets := []string{
-		"mode=" + pick(rnd, []string{"redirect", "tproxy"}),
-		"outbound.includePorts=" + someOf(rnd, 0.3, ports),
-		"outbound.excludePorts=" + someOf(rnd, 0.5, ports),
-		"outbound.includeCIDRs=" + someOf(rnd, 0.3, decisionCIDRs),
-		"outbound.excludeCIDRs=" + someOf(rnd, 0.5, decisionCIDRs),
-		"outbound.excludeUIDs=" + someOf(rnd, 0.5, []string{"1001", "1002-1003"}),
-		"outbound.excludeGIDs=" + someOf(rnd, 0.3, []string{"2001", "1003"}),
-		"inbound.includePorts=" + someOf(rnd, 0.3, ports),
-		"inbound.excludePorts=" + someOf(rnd, 0.5, ports),
-		"inbound.excludeSourceCIDRs=" + someOf(rnd, 0.5, decisionSrcCIDRs),
+		"mode=" + xPick(rnd, []string{"redirect", "tproxy"}),
+		"outbound.includePorts=" + xSome(rnd, 0.3, ports),
+		"outbound.excludePorts=" + xSome(rnd, 0.5, ports),
+		"outbound.includeCIDRs=" + xSome(rnd, 0.3, decisionCIDRs),
+		"outbound.excludeCIDRs=" + xSome(rnd, 0.5, decisionCIDRs),
+		"outbound.excludeUIDs=" + xSome(rnd, 0.5, []string{"1001", "1002-1003"}),
+		"outbound.excludeGIDs=" + xSome(rnd, 0.3, []string{"2001", "1003"}),
+		"inbound.includePorts=" + xSome(rnd, 0.3, ports),
+		"inbound.excludePorts=" + xSome(rnd, 0.5, ports),
+		"inbound.excludeSourceCIDRs=" + xSome(rnd, 0.5, decisionSrcCIDRs),
 	}
 	if rnd.IntN(3) == 0 {
-		sets = append(sets, "outbound.excludePortsForUIDs="+pick(rnd, []string{"tcp:80,9000-9001:1000", "tcp:443:1000-1001,udp:80:1000", "udp:443:1000"}))
+		sets = append(sets, "outbound.excludePortsForUIDs="+xPick(rnd, []string{"tcp:80,9000-9001:1000", "tcp:443:1000-1001,udp:80:1000", "udp:443:1000"}))
 	}
 	if rnd.IntN(3) == 0 {
 		sets = append(sets, "proxy.gid=2002")

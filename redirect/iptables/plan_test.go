@@ -26,28 +26,16 @@ func cfgWith(t testing.TB, preset string, sets ...string) redirect.Config {
 	return plancases.Config(t, preset, sets...)
 }
 
-type planCase struct {
-	name   string
-	preset string
-	sets   []string
-	facts  redirect.Facts
-}
-
-func planCases() []planCase {
-	var out []planCase
-	for _, c := range plancases.All() {
-		out = append(out, planCase{name: c.Name, preset: c.Preset, sets: c.Sets, facts: c.Facts})
-	}
-	return out
-}
+// planCases are the shared configurations (internal/plancases).
+func planCases() []plancases.Case { return plancases.All() }
 
 func TestPlan(t *testing.T) {
 	t.Parallel()
 	tests := planCases()
 	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
+		t.Run(tt.Name, func(t *testing.T) {
 			t.Parallel()
-			p, err := redirect.NewPlan(cfgWith(t, tt.preset, tt.sets...), tt.facts)
+			p, err := redirect.NewPlan(cfgWith(t, tt.Preset, tt.Sets...), tt.Facts)
 			if err != nil {
 				t.Fatalf("NewPlan: %v", err)
 			}

@@ -9,6 +9,7 @@ import (
 	"testing"
 
 	"github.com/detour-mesh/detour/internal/lab"
+	"github.com/detour-mesh/detour/internal/plancases"
 	"github.com/detour-mesh/detour/internal/privtest"
 	"github.com/detour-mesh/detour/redirect"
 )
@@ -20,7 +21,7 @@ import (
 //	sudo go test -run '^$' -bench Apply -benchtime 200x ./redirect/nftables/
 func BenchmarkApply(b *testing.B) {
 	ctx := context.Background()
-	rs, err := Render(mustCapture(b, planCase{preset: "istio", sets: []string{"dns.capture=all"}, facts: dualStack}))
+	rs, err := Render(mustCapture(b, plancases.Case{Preset: "istio", Sets: []string{"dns.capture=all"}, Facts: dualStack}))
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -25,17 +25,5 @@ func cfgWith(t testing.TB, preset string, sets ...string) redirect.Config {
 	return plancases.Config(t, preset, sets...)
 }
 
-type planCase struct {
-	name   string
-	preset string
-	sets   []string
-	facts  redirect.Facts
-}
-
-func planCases() []planCase {
-	var out []planCase
-	for _, c := range plancases.All() {
-		out = append(out, planCase{name: c.Name, preset: c.Preset, sets: c.Sets, facts: c.Facts})
-	}
-	return out
-}
+// planCases are the shared configurations (internal/plancases).
+func planCases() []plancases.Case { return plancases.All() }

@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/detour-mesh/detour/internal/plancases"
 	"github.com/detour-mesh/detour/redirect"
 )
 
@@ -27,7 +28,7 @@ func TestLargeLists(t *testing.T) {
 		ports = append(ports, fmt.Sprint(20000+2*i))
 		uids = append(uids, fmt.Sprint(100000+2*i))
 	}
-	small, err := Render(mustCapture(t, planCase{sets: []string{"outbound.excludeCIDRs=198.18.0.0/32", "outbound.excludePorts=20000", "outbound.excludeUIDs=100000"}, facts: v4Only}))
+	small, err := Render(mustCapture(t, plancases.Case{Sets: []string{"outbound.excludeCIDRs=198.18.0.0/32", "outbound.excludePorts=20000", "outbound.excludeUIDs=100000"}, Facts: v4Only}))
 	if err != nil {
 		t.Fatal(err)
 	}

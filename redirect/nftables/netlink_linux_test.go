@@ -11,6 +11,7 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 
+	"github.com/detour-mesh/detour/internal/plancases"
 	"github.com/detour-mesh/detour/internal/privtest"
 	"github.com/detour-mesh/detour/redirect"
 )
@@ -44,7 +45,7 @@ func TestApplyEveryPlan(t *testing.T) {
 	privtest.Require(t, "nft")
 	ctx := context.Background()
 	for _, tc := range planCases() {
-		t.Run(tc.name, func(t *testing.T) {
+		t.Run(tc.Name, func(t *testing.T) {
 			d, ns := driverIn(t)
 			if err := d.Ready(ctx); err != nil {
 				t.Fatalf("Ready: %v", err)
@@ -125,7 +126,7 @@ var sampleConns = []redirect.Conn{
 func TestDriftIsSeen(t *testing.T) {
 	privtest.Require(t, "nft")
 	ctx := context.Background()
-	tc := planCase{name: "drift", sets: []string{"outbound.excludePorts=25", "dns.capture=all"}, facts: dualStack}
+	tc := plancases.Case{Name: "drift", Sets: []string{"outbound.excludePorts=25", "dns.capture=all"}, Facts: dualStack}
 	rs, err := Render(mustCapture(t, tc))
 	if err != nil {
 		t.Fatal(err)
@@ -178,7 +179,7 @@ func TestDriftIsSeen(t *testing.T) {
 func TestConcurrentApplies(t *testing.T) {
 	ctx := context.Background()
 	d, _ := driverIn(t)
-	rs, err := Render(mustCapture(t, planCase{preset: "istio", sets: []string{"dns.capture=all", "outbound.excludeCIDRs=203.0.113.0/24"}, facts: dualStack}))
+	rs, err := Render(mustCapture(t, plancases.Case{Preset: "istio", Sets: []string{"dns.capture=all", "outbound.excludeCIDRs=203.0.113.0/24"}, Facts: dualStack}))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -245,7 +246,7 @@ table inet otherfilter {
 		return out
 	}
 	before := snapshot()
-	rs, err := Render(mustCapture(t, planCase{preset: "istio", sets: []string{"mode=tproxy", "dns.capture=all", "dropInvalidPackets=true", "outbound.excludeCIDRs=203.0.113.0/24"}, facts: dualStack}))
+	rs, err := Render(mustCapture(t, plancases.Case{Preset: "istio", Sets: []string{"mode=tproxy", "dns.capture=all", "dropInvalidPackets=true", "outbound.excludeCIDRs=203.0.113.0/24"}, Facts: dualStack}))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -279,16 +280,16 @@ table inet otherfilter {
 func TestDriverSeam(t *testing.T) {
 	ctx := context.Background()
 	for _, tc := range planCases() {
-		if tc.name != "tproxy-everything" && tc.name != "redirect-everything" && tc.name != "families-ipv4-forced" {
+		if tc.Name != "tproxy-everything" && tc.Name != "redirect-everything" && tc.Name != "families-ipv4-forced" {
 			continue
 		}
-		t.Run(tc.name, func(t *testing.T) {
+		t.Run(tc.Name, func(t *testing.T) {
 			d, _ := driverIn(t)
 			var drv redirect.Driver = d
 			if drv.Name() != redirect.BackendNFTables {
 				t.Fatalf("Name = %s", drv.Name())
 			}
-			p, err := redirect.NewPlan(cfgWith(t, tc.preset, tc.sets...), tc.facts)
+			p, err := redirect.NewPlan(cfgWith(t, tc.Preset, tc.Sets...), tc.Facts)
 			if err != nil {
 				t.Fatal(err)
 			}

@@ -7,6 +7,7 @@ import (
 	"testing"
 
 	"github.com/detour-mesh/detour/internal/lab"
+	"github.com/detour-mesh/detour/internal/plancases"
 	"github.com/detour-mesh/detour/internal/privtest"
 )
 
@@ -17,20 +18,9 @@ import (
 // I1 (a remote client's connection arrives at the inbound port). The full
 // scenario matrix runs once the backend is wired into the engine.
 func TestPackets(t *testing.T) {
-	privtest.Require(t, "ip")
 	ctx := context.Background()
-	l, err := lab.New(ctx, lab.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { l.Close() })
-	f, err := os.Open(l.Pod.Path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	d := New(Options{NetNSFd: int(f.Fd())})
-	rs, err := Render(mustCapture(t, planCase{sets: []string{"outbound.excludePorts=2525"}, facts: dualStack}))
+	l, d := packetLab(t, ctx)
+	rs, err := Render(mustCapture(t, plancases.Case{Sets: []string{"outbound.excludePorts=2525"}, Facts: dualStack}))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -90,20 +80,9 @@ func TestPackets(t *testing.T) {
 // address. The policy routing is made here by hand (the engine makes it for
 // every backend).
 func TestPacketsTProxy(t *testing.T) {
-	privtest.Require(t, "ip")
 	ctx := context.Background()
-	l, err := lab.New(ctx, lab.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { l.Close() })
-	f, err := os.Open(l.Pod.Path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	d := New(Options{NetNSFd: int(f.Fd())})
-	rs, err := Render(mustCapture(t, planCase{sets: []string{"mode=tproxy", "inbound.excludePorts=2222"}, facts: dualStack}))
+	l, d := packetLab(t, ctx)
+	rs, err := Render(mustCapture(t, plancases.Case{Sets: []string{"mode=tproxy", "inbound.excludePorts=2222"}, Facts: dualStack}))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -144,4 +123,22 @@ func TestPacketsTProxy(t *testing.T) {
 			}
 		})
 	}
+}
+
+// packetLab is a lab (a pod and a remote namespace, removed when t ends) and a
+// Driver that works in its pod.
+func packetLab(t *testing.T, ctx context.Context) (*lab.Lab, *Driver) {
+	t.Helper()
+	privtest.Require(t, "ip")
+	l, err := lab.New(ctx, lab.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { l.Close() })
+	f, err := os.Open(l.Pod.Path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { f.Close() })
+	return l, New(Options{NetNSFd: int(f.Fd())})
 }

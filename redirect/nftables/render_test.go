@@ -8,12 +8,13 @@ import (
 	"testing"
 
 	"github.com/detour-mesh/detour/internal/golden"
+	"github.com/detour-mesh/detour/internal/plancases"
 	"github.com/detour-mesh/detour/redirect"
 )
 
-func mustCapture(t testing.TB, tc planCase) redirect.Capture {
+func mustCapture(t testing.TB, tc plancases.Case) redirect.Capture {
 	t.Helper()
-	c, err := redirect.NewCapture(cfgWith(t, tc.preset, tc.sets...), tc.facts)
+	c, err := redirect.NewCapture(cfgWith(t, tc.Preset, tc.Sets...), tc.Facts)
 	if err != nil {
 		t.Fatalf("NewCapture: %v", err)
 	}
@@ -23,14 +24,14 @@ func mustCapture(t testing.TB, tc planCase) redirect.Capture {
 func TestRender(t *testing.T) {
 	t.Parallel()
 	for _, tc := range planCases() {
-		t.Run(tc.name, func(t *testing.T) {
+		t.Run(tc.Name, func(t *testing.T) {
 			t.Parallel()
 			rs, err := Render(mustCapture(t, tc))
 			if err != nil {
 				t.Fatalf("Render: %v", err)
 			}
 			// The golden file is what `detour plan --backend nftables` prints.
-			p, err := redirect.NewPlan(cfgWith(t, tc.preset, tc.sets...), tc.facts)
+			p, err := redirect.NewPlan(cfgWith(t, tc.Preset, tc.Sets...), tc.Facts)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -38,7 +39,7 @@ func TestRender(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			golden.Check(t, golden.Path(t, tc.name), []byte(p.Format(r)))
+			golden.Check(t, golden.Path(t, tc.Name), []byte(p.Format(r)))
 			for _, fr := range r.Families {
 				if !slices.Equal(fr.Lines, rs.Lines(fr.Family)) {
 					t.Errorf("%s: Rendering lines differ from the ruleset's", fr.Family)

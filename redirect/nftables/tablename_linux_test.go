@@ -9,6 +9,7 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 
+	"github.com/detour-mesh/detour/internal/plancases"
 	"github.com/detour-mesh/detour/internal/privtest"
 )
 
@@ -26,7 +27,7 @@ func TestTableNameKeepsDriversApart(t *testing.T) {
 	}
 	defer f.Close()
 	named := New(Options{NetNSFd: int(f.Fd()), TableName: "detour_test_inbound"})
-	rs, err := Render(mustCapture(t, planCase{preset: "istio", facts: dualStack}))
+	rs, err := Render(mustCapture(t, plancases.Case{Preset: "istio", Facts: dualStack}))
 	if err != nil {
 		t.Fatal(err)
 	}

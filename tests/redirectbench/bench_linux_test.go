@@ -11,8 +11,6 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -20,7 +18,6 @@ import (
 
 	"github.com/detour-mesh/detour/bpf"
 	"github.com/detour-mesh/detour/internal/lab"
-	"github.com/detour-mesh/detour/internal/origdst"
 	"github.com/detour-mesh/detour/internal/privtest"
 	"github.com/detour-mesh/detour/redirect"
 	"github.com/detour-mesh/detour/redirect/backends"
@@ -38,6 +35,13 @@ var serverAddr = netip.AddrPortFrom(netip.MustParseAddr("198.51.100.10"), server
 // upstream connection: the workload that leaves the least besides the
 // redirection (the direct path reaches the echo server there).
 var answeredAddr = netip.AddrPortFrom(netip.MustParseAddr("198.51.100.10"), serverPort+1)
+
+// The relay's ports for the floor path: the app dials the relay itself, so
+// nothing is redirected and nothing asks for the original destination.
+const (
+	floorRelayAddr    = "127.0.0.1:15002" // relayed to serverAddr
+	floorAnsweredAddr = "127.0.0.1:15003" // answered by the relay
+)
 
 // durations and sizes, overridable for a quick run.
 func envInt(name string, def int) int {
@@ -61,17 +65,26 @@ type result struct {
 type path struct {
 	name       string
 	relayed    bool
+	floor      bool // the app dials the relay's own address: no redirection at all
 	accelerate bool
 	backend    redirect.Backend // "" = direct
 }
 
 var paths = []path{
 	{name: "direct (no proxy)"},
+	{name: "relay dialed directly (no redirection)", relayed: true, floor: true},
 	{name: "iptables-nft", relayed: true, backend: redirect.BackendIPTablesNFT},
 	{name: "iptables-legacy", relayed: true, backend: redirect.BackendIPTablesLegacy},
 	{name: "nftables", relayed: true, backend: redirect.BackendNFTables},
 	{name: "ebpf", relayed: true, backend: redirect.BackendEBPF},
 	{name: "ebpf --ebpf-accelerate", relayed: true, backend: redirect.BackendEBPF, accelerate: true},
+}
+
+func TestMain(m *testing.M) {
+	if role := os.Getenv(roleEnv); role != "" {
+		os.Exit(helperMain(role))
+	}
+	os.Exit(m.Run())
 }
 
 // TestCompareBackends measures every path BENCH_REPS times, interleaved
@@ -147,50 +160,6 @@ func TestCompareBackends(t *testing.T) {
 	fmt.Print(b.String())
 }
 
-// connLoop runs workers clients as app in pod for dur, each opening a
-// connection to addr, echoing 1 byte and closing, again and again; it
-// returns the completed connections and the CPU time the process used.
-func connLoop(pod *lab.NetNS, app *lab.Cred, addr string, workers int, dur time.Duration) (int64, time.Duration) {
-	var n atomic.Int64
-	var wg sync.WaitGroup
-	cpu0 := cpuTime()
-	deadline := time.Now().Add(dur)
-	for range workers {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			pod.Do(app, func() error {
-				buf := make([]byte, 1)
-				for time.Now().Before(deadline) {
-					c, err := net.Dial("tcp", addr)
-					if err != nil {
-						continue
-					}
-					c.Write([]byte{'x'})
-					if _, err := io.ReadFull(c, buf); err == nil {
-						n.Add(1)
-					}
-					c.Close()
-				}
-				return nil
-			})
-		}()
-	}
-	wg.Wait()
-	return n.Load(), cpuTime() - cpu0
-}
-
-// cpuTime is the user and system CPU time this process has used: every
-// thread of the clients, the relay and the server, and the softirq work the
-// kernel does in their context (loopback and veth delivery).
-func cpuTime() time.Duration {
-	var ru unix.Rusage
-	if err := unix.Getrusage(unix.RUSAGE_SELF, &ru); err != nil {
-		return 0
-	}
-	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
-}
-
 // mid is the median of sorted v.
 func mid(v []float64) float64 {
 	if len(v)%2 == 1 {
@@ -241,45 +210,29 @@ func measurePath(t *testing.T, p path, cg, pinDir string) result {
 	}
 	stopServer := startServer(t, l.Remote)
 	defer stopServer()
+	var relay *helperProc
 	if p.relayed {
-		d := newDialers(l.Pod)
-		defer d.close()
-		stop := startRelay(t, l.Pod, d)
-		defer stop()
+		relay = startHelper(t, l.Pod, "relay", &lab.Cred{UID: proxyUID, GID: proxyUID})
+		defer relay.stop()
 	}
+	// Every backend is installed the way `detour install` does it, with the
+	// same config: inbound capture off unless BENCH_INBOUND=1 (the eBPF
+	// backend then adds its nftables inbound table, and with it conntrack
+	// for every connection of the namespace, as the netfilter backends have).
 	cfg := redirect.Default()
 	cfg.Proxy.UID = proxyUID
-	cfg.Inbound.Enabled = false
+	cfg.Inbound.Enabled = os.Getenv("BENCH_INBOUND") == "1"
 	cfg.IPFamilies = redirect.IPFamiliesIPv4
-	switch p.backend {
-	case "":
-	case redirect.BackendEBPF:
-		// The pod namespace enrolled (network-namespace scope), the
-		// programs on our cgroup.
-		ld := bpf.New(bpf.Options{PinDir: pinDir, Root: cg})
-		var cookie uint64
-		if err := l.Pod.Do(nil, func() (err error) { cookie, err = bpf.CurrentNetns(); return err }); err != nil {
-			t.Fatal(err)
-		}
-		c, err := redirect.NewCapture(cfg, redirect.Facts{})
-		if err != nil {
-			t.Fatal(err)
-		}
-		if _, err := ld.ApplyWith(bpf.Scope{Netns: cookie}, c, bpf.Settings{Accelerate: p.accelerate}); err != nil {
-			t.Fatal(err)
-		}
-		defer func() {
-			if err := ld.Remove(bpf.Scope{Netns: cookie}); err != nil {
-				t.Error(err)
-			}
-		}()
-	default:
+	if p.backend != "" {
 		cfg.Backend = p.backend
+		cfg.EBPF.Accelerate = p.accelerate
 		plan, err := redirect.NewPlan(cfg, redirect.Facts{})
 		if err != nil {
 			t.Fatal(err)
 		}
-		eng := backends.Engine(l.Pod.Path, backends.Options{})
+		// The eBPF backend: the pod namespace enrolled (network-namespace
+		// scope), the programs on our cgroup, pinned in our bpffs.
+		eng := backends.Engine(l.Pod.Path, backends.Options{EBPF: backends.EBPFNetns(pinDir, cg)})
 		eng.LockDir = t.TempDir()
 		if _, err := eng.Install(ctx, plan); err != nil {
 			t.Fatal(err)
@@ -290,7 +243,7 @@ func measurePath(t *testing.T, p path, cg, pinDir string) result {
 			}
 		}()
 	}
-	return measure(t, p.name, l.Pod)
+	return measure(t, p, l.Pod, relay)
 }
 
 // ebpfLab makes a private bpffs and a cgroup, and moves this process into the
@@ -336,7 +289,10 @@ func startServer(t *testing.T, n *lab.NetNS) (stop func()) {
 	var lns []net.Listener
 	for _, port := range []uint16{serverAddr.Port(), answeredAddr.Port()} {
 		var ln net.Listener
-		if err := n.Do(nil, func() (err error) { ln, err = net.Listen("tcp", ":"+strconv.Itoa(int(port))); return err }); err != nil {
+		if err := n.Do(nil, func() (err error) {
+			ln, err = noKeepAlive.Listen(context.Background(), "tcp", ":"+strconv.Itoa(int(port)))
+			return err
+		}); err != nil {
 			t.Fatal(err)
 		}
 		go serveEcho(ln)
@@ -359,172 +315,55 @@ func serveEcho(ln net.Listener) {
 	}
 }
 
-// dialers create sockets in the pod namespace as the proxy's user: socket
-// creation must happen on a thread inside the namespace, with the fsuid the
-// owner match and the eBPF programs read.
-type dialers struct {
-	req  chan dialReq
-	done chan struct{}
-}
-
-type dialReq struct {
-	addr  string
-	reply chan dialRes
-}
-
-type dialRes struct {
-	c   net.Conn
-	err error
-}
-
-func newDialers(n *lab.NetNS) *dialers {
-	d := &dialers{req: make(chan dialReq), done: make(chan struct{})}
-	for range 16 {
-		go n.Do(&lab.Cred{UID: proxyUID, GID: proxyUID}, func() error {
-			for {
-				select {
-				case r := <-d.req:
-					c, err := net.Dial("tcp", r.addr)
-					r.reply <- dialRes{c, err}
-				case <-d.done:
-					return nil
-				}
-			}
-		})
-	}
-	return d
-}
-
-func (d *dialers) close() { close(d.done) }
-
-func (d *dialers) dial(addr string) (net.Conn, error) {
-	r := dialReq{addr: addr, reply: make(chan dialRes, 1)}
-	select {
-	case d.req <- r:
-	case <-d.done:
-		return nil, net.ErrClosed
-	}
-	res := <-r.reply
-	return res.c, res.err
-}
-
-var (
-	relayErrors    atomic.Int64
-	lastRelayError atomic.Value
-)
-
-// startRelay is the proxy: it accepts on the outbound port, reads the
-// original destination and relays both ways with read(2)/write(2) of a 64
-// KiB buffer, as Envoy does (not splice(2), which socket acceleration's
-// caveat rules out).
-func startRelay(t *testing.T, n *lab.NetNS, d *dialers) (stop func()) {
+// measure runs the three workloads from a client process, as the app's
+// user in the pod.
+func measure(t *testing.T, p path, pod *lab.NetNS, relay *helperProc) result {
 	t.Helper()
-	var ln net.Listener
-	if err := n.Do(nil, func() (err error) { ln, err = net.Listen("tcp", "127.0.0.1:15001"); return err }); err != nil {
-		t.Fatal(err)
-	}
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				dst, err := origdst.Get(c.(*net.TCPConn))
-				if err != nil {
-					relayErrors.Add(1)
-					lastRelayError.Store(err.Error())
-					return
-				}
-				if dst == answeredAddr {
-					buf := make([]byte, 1)
-					if _, err := io.ReadFull(c, buf); err == nil {
-						c.Write(buf)
-					}
-					return
-				}
-				up, err := d.dial(dst.String())
-				if err != nil {
-					relayErrors.Add(1)
-					lastRelayError.Store(err.Error())
-					return
-				}
-				defer up.Close()
-				done := make(chan struct{})
-				go func() { relayCopy(up, c); up.(*net.TCPConn).CloseWrite(); close(done) }()
-				relayCopy(c, up)
-				<-done
-			}()
-		}
-	}()
-	return func() { ln.Close() }
-}
-
-// relayCopy copies with a read/write loop: the wrappers hide ReadFrom and
-// WriteTo, so io.Copy cannot pick splice(2).
-func relayCopy(dst, src net.Conn) {
-	io.CopyBuffer(struct{ io.Writer }{dst}, struct{ io.Reader }{src}, make([]byte, 64<<10))
-}
-
-// measure runs the three workloads as the app's user from the pod.
-func measure(t *testing.T, name string, pod *lab.NetNS) result {
-	t.Helper()
+	name := p.name
 	r := result{backend: name}
-	app := &lab.Cred{UID: appUID, GID: appUID}
-	addr := serverAddr.String()
+	client := startHelper(t, pod, "client", &lab.Cred{UID: appUID, GID: appUID})
+	defer client.stop()
+	addr, answered := serverAddr.String(), answeredAddr.String()
+	if p.floor {
+		addr, answered = floorRelayAddr, floorAnsweredAddr
+	}
 
 	// New connections: W workers, each connect, 1-byte echo, close, for D;
 	// through the relay to the server, then answered by the relay itself.
-	workers, dur := envInt("BENCH_WORKERS", 8), time.Duration(envInt("BENCH_SECONDS", 3))*time.Second
-	n, cpu := connLoop(pod, app, addr, workers, dur)
-	r.connsPerSec = float64(n) / dur.Seconds()
+	// CPU: the client's, the relay's and this process's (the server).
+	workers, secs := envInt("BENCH_WORKERS", 8), envInt("BENCH_SECONDS", 3)
+	var relayCPU0 int64
+	if relay != nil {
+		relayCPU0 = relay.askInts(t, "cpu")[0]
+	}
+	self0 := cpuTime()
+	v := client.askInts(t, fmt.Sprintf("conns %s %d %d", addr, workers, secs*1000))
+	n, cpu := v[0], time.Duration(v[1])+cpuTime()-self0
+	if relay != nil {
+		cpu += time.Duration(relay.askInts(t, "cpu")[0] - relayCPU0)
+	}
+	r.connsPerSec = float64(n) / float64(secs)
 	if n > 0 {
 		r.cpuPerConn = cpu / time.Duration(n)
 	}
-	n, _ = connLoop(pod, app, answeredAddr.String(), workers, dur)
-	r.answeredPerSec = float64(n) / dur.Seconds()
-
-	if e := relayErrors.Swap(0); e > 0 {
-		t.Logf("%s: the relay failed %d connections, last: %v", name, e, lastRelayError.Load())
+	v = client.askInts(t, fmt.Sprintf("conns %s %d %d", answered, workers, secs*1000))
+	r.answeredPerSec = float64(v[0]) / float64(secs)
+	if relay != nil {
+		if e := relay.ask(t, "errors"); e[0] != "0" {
+			t.Logf("%s: the relay failed %s connections, last: %s", name, e[0], strings.Join(e[1:], " "))
+		}
 	}
 
 	// Request/response on one connection: 64 bytes each way.
-	var c net.Conn
-	if err := pod.Do(app, func() (err error) { c, err = net.Dial("tcp", addr); return err }); err != nil {
-		t.Fatal(err)
-	}
-	msg, buf := make([]byte, 64), make([]byte, 64)
-	lat := make([]time.Duration, 0, 20000)
-	for range envInt("BENCH_RR", 20000) {
-		start := time.Now()
-		c.Write(msg)
-		if _, err := io.ReadFull(c, buf); err != nil {
-			t.Fatal(err)
-		}
-		lat = append(lat, time.Since(start))
-	}
-	c.Close()
-	slices.Sort(lat)
-	r.p50, r.p99 = lat[len(lat)/2], lat[len(lat)*99/100]
+	v = client.askInts(t, fmt.Sprintf("rr %s %d", addr, envInt("BENCH_RR", 20000)))
+	r.p50, r.p99 = time.Duration(v[0]), time.Duration(v[1])
 
 	// Stream: write S MiB, read the echo back.
-	size := envInt("BENCH_STREAM_MIB", 256) << 20
-	if err := pod.Do(app, func() (err error) { c, err = net.Dial("tcp", addr); return err }); err != nil {
-		t.Fatal(err)
-	}
-	start := time.Now()
-	go func() {
-		chunk := make([]byte, 256<<10)
-		for sent := 0; sent < size; sent += len(chunk) {
-			c.Write(chunk)
-		}
-	}()
-	got, _ := io.CopyN(io.Discard, c, int64(size))
-	r.mbytesPerSec = float64(got) / (1 << 20) / time.Since(start).Seconds()
-	c.Close()
-	if got != int64(size) {
-		t.Errorf("%s: stream received %d of %d bytes", name, got, size)
+	size := int64(envInt("BENCH_STREAM_MIB", 256)) << 20
+	v = client.askInts(t, fmt.Sprintf("stream %s %d", addr, size>>20))
+	r.mbytesPerSec = float64(v[0]) / (1 << 20) / time.Duration(v[1]).Seconds()
+	if v[0] != size {
+		t.Errorf("%s: stream received %d of %d bytes", name, v[0], size)
 	}
 	t.Logf("%s: %.0f conn/s (%s CPU each), %.0f proxy-answered conn/s, p50 %s p99 %s, %.0f MB/s", name, r.connsPerSec, r.cpuPerConn, r.answeredPerSec, r.p50, r.p99, r.mbytesPerSec)
 	return r

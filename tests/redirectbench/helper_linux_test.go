@@ -1,0 +1,391 @@
+package redirectbench
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"os"
+	"os/exec"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/detour-mesh/detour/internal/lab"
+	"github.com/detour-mesh/detour/internal/origdst"
+)
+
+// roleEnv names the role of a re-executed test binary: TestMain runs the
+// relay or the client instead of the tests when it is set.
+const roleEnv = "DETOUR_BENCH_ROLE"
+
+// The app and the proxy are processes of their own, started with
+// `ip netns exec POD setpriv --reuid U …` inside the pod namespace, as a
+// workload and its sidecar are: every goroutine of each may create sockets,
+// with the process's own uid. (Run in the benchmark's process, each socket
+// would have to be made on an OS thread locked into the namespace with the
+// right fsuid, and Go's hand-offs to and from locked threads took a fifth of
+// the CPU in a profile: a cost no real app or proxy has, which diluted the
+// difference between the backends.)
+//
+// A helper serves commands on stdin, one a line, answering one line each on
+// stdout ("error: …" on failure); it exits when stdin closes.
+//
+// relay (as the proxy's uid) listens on the outbound port and answers
+//
+//	cpu                     → its user+system CPU time so far, in ns
+//	errors                  → the connections it failed since the last ask, and the last error
+//
+// client (as the app's uid) answers
+//
+//	conns ADDR WORKERS MS   → connections completed, CPU ns used
+//	rr ADDR N               → p50 and p99 of N 64-byte round trips, in ns
+//	stream ADDR MIB         → bytes echoed back, ns taken
+func helperMain(role string) int {
+	var do func(verb string, args []string) (string, error)
+	switch role {
+	case "relay":
+		r, err := listenRelay()
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "relay:", err)
+			return 1
+		}
+		do = r.do
+	case "client":
+		do = clientDo
+	default:
+		fmt.Fprintf(os.Stderr, "%s=%q: want relay or client\n", roleEnv, role)
+		return 2
+	}
+	in := bufio.NewScanner(os.Stdin)
+	out := bufio.NewWriter(os.Stdout)
+	fmt.Fprintln(out, "ready")
+	out.Flush()
+	for in.Scan() {
+		f := strings.Fields(in.Text())
+		if len(f) == 0 {
+			continue
+		}
+		answer, err := do(f[0], f[1:])
+		if err != nil {
+			answer = "error: " + strings.ReplaceAll(err.Error(), "\n", " ")
+		}
+		fmt.Fprintln(out, answer)
+		out.Flush()
+	}
+	return 0
+}
+
+// cpuTime is the user and system CPU time this process has used: every
+// thread, and the softirq work the kernel did in their context (loopback and
+// veth delivery).
+func cpuTime() time.Duration {
+	var ru unix.Rusage
+	if err := unix.Getrusage(unix.RUSAGE_SELF, &ru); err != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// relay is the proxy: it accepts on the outbound port, reads the original
+// destination and relays both ways with read(2)/write(2) of a 64 KiB buffer,
+// as Envoy does (not splice(2), which socket acceleration's caveat rules
+// out). A connection to answeredAddr it answers itself.
+type relay struct {
+	errors  atomic.Int64
+	lastErr atomic.Value
+}
+
+func listenRelay() (*relay, error) {
+	r := &relay{}
+	// The outbound port asks each connection where it was going; the other
+	// two serve the floor path (the app dials the relay itself, nothing is
+	// redirected): one relays to the server, one answers.
+	for _, l := range []struct {
+		addr  string
+		fixed netip.AddrPort
+	}{{"127.0.0.1:15001", netip.AddrPort{}}, {floorRelayAddr, serverAddr}, {floorAnsweredAddr, answeredAddr}} {
+		ln, err := noKeepAlive.Listen(context.Background(), "tcp", l.addr)
+		if err != nil {
+			return nil, err
+		}
+		go func() {
+			for {
+				c, err := ln.Accept()
+				if err != nil {
+					return
+				}
+				go r.serve(c.(*net.TCPConn), l.fixed)
+			}
+		}()
+	}
+	return r, nil
+}
+
+func (r *relay) fail(err error) {
+	r.errors.Add(1)
+	r.lastErr.Store(err.Error())
+}
+
+// serve relays c to fixed or, when fixed is zero, to c's original
+// destination.
+func (r *relay) serve(c *net.TCPConn, fixed netip.AddrPort) {
+	defer c.Close()
+	dst := fixed
+	if !dst.IsValid() {
+		var err error
+		if dst, err = origdst.Get(c); err != nil {
+			r.fail(err)
+			return
+		}
+	}
+	if dst == answeredAddr {
+		buf := make([]byte, 1)
+		if _, err := io.ReadFull(c, buf); err == nil {
+			c.Write(buf)
+		}
+		return
+	}
+	up, err := dialer.Dial("tcp", dst.String())
+	if err != nil {
+		r.fail(err)
+		return
+	}
+	defer up.Close()
+	done := make(chan struct{})
+	go func() { relayCopy(up, c); up.(*net.TCPConn).CloseWrite(); close(done) }()
+	relayCopy(c, up)
+	<-done
+}
+
+func (r *relay) do(verb string, _ []string) (string, error) {
+	switch verb {
+	case "cpu":
+		return strconv.FormatInt(int64(cpuTime()), 10), nil
+	case "errors":
+		last, _ := r.lastErr.Load().(string)
+		return fmt.Sprintf("%d %s", r.errors.Swap(0), last), nil
+	}
+	return "", fmt.Errorf("unknown command %q", verb)
+}
+
+// relayCopy copies with a read/write loop: the wrappers hide ReadFrom and
+// WriteTo, so io.Copy cannot pick splice(2). The buffers are reused, as a
+// proxy's are.
+func relayCopy(dst, src net.Conn) {
+	buf := buffers.Get().(*[]byte)
+	defer buffers.Put(buf)
+	io.CopyBuffer(struct{ io.Writer }{dst}, struct{ io.Reader }{src}, *buf)
+}
+
+var buffers = sync.Pool{New: func() any { b := make([]byte, 64<<10); return &b }}
+
+// Every socket of the bench is made without TCP keepalive, as Envoy makes
+// its own by default: Go's default would add four setsockopt(2) calls per
+// socket that no backend has anything to do with.
+var (
+	dialer      = &net.Dialer{KeepAlive: -1}
+	noKeepAlive = &net.ListenConfig{KeepAlive: -1}
+)
+
+func clientDo(verb string, args []string) (string, error) {
+	num := func(i int) (int, error) {
+		if i >= len(args) {
+			return 0, fmt.Errorf("%s: argument %d missing", verb, i+1)
+		}
+		return strconv.Atoi(args[i])
+	}
+	if len(args) == 0 {
+		return "", fmt.Errorf("%s: no address", verb)
+	}
+	addr := args[0]
+	switch verb {
+	case "conns":
+		workers, err := num(1)
+		if err != nil {
+			return "", err
+		}
+		ms, err := num(2)
+		if err != nil {
+			return "", err
+		}
+		n, cpu := connLoop(addr, workers, time.Duration(ms)*time.Millisecond)
+		return fmt.Sprintf("%d %d", n, int64(cpu)), nil
+	case "rr":
+		n, err := num(1)
+		if err != nil {
+			return "", err
+		}
+		p50, p99, err := roundTrips(addr, n)
+		return fmt.Sprintf("%d %d", int64(p50), int64(p99)), err
+	case "stream":
+		mib, err := num(1)
+		if err != nil {
+			return "", err
+		}
+		got, took, err := stream(addr, mib<<20)
+		return fmt.Sprintf("%d %d", got, int64(took)), err
+	}
+	return "", fmt.Errorf("unknown command %q", verb)
+}
+
+// connLoop runs workers clients for dur, each opening a connection to addr,
+// echoing 1 byte and closing, again and again; it returns the completed
+// connections and the CPU time the process used.
+func connLoop(addr string, workers int, dur time.Duration) (int64, time.Duration) {
+	var n atomic.Int64
+	var wg sync.WaitGroup
+	cpu0 := cpuTime()
+	deadline := time.Now().Add(dur)
+	for range workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			buf := make([]byte, 1)
+			for time.Now().Before(deadline) {
+				c, err := dialer.Dial("tcp", addr)
+				if err != nil {
+					continue
+				}
+				c.Write([]byte{'x'})
+				if _, err := io.ReadFull(c, buf); err == nil {
+					n.Add(1)
+				}
+				c.Close()
+			}
+		}()
+	}
+	wg.Wait()
+	return n.Load(), cpuTime() - cpu0
+}
+
+// roundTrips sends n 64-byte messages on one connection, each after the
+// previous one's echo, and returns the p50 and p99 round trip.
+func roundTrips(addr string, n int) (p50, p99 time.Duration, err error) {
+	c, err := dialer.Dial("tcp", addr)
+	if err != nil {
+		return 0, 0, err
+	}
+	defer c.Close()
+	msg, buf := make([]byte, 64), make([]byte, 64)
+	lat := make([]time.Duration, 0, n)
+	for range n {
+		start := time.Now()
+		c.Write(msg)
+		if _, err := io.ReadFull(c, buf); err != nil {
+			return 0, 0, err
+		}
+		lat = append(lat, time.Since(start))
+	}
+	slices.Sort(lat)
+	return lat[len(lat)/2], lat[len(lat)*99/100], nil
+}
+
+// stream writes size bytes and reads the echo back.
+func stream(addr string, size int) (int64, time.Duration, error) {
+	c, err := dialer.Dial("tcp", addr)
+	if err != nil {
+		return 0, 0, err
+	}
+	defer c.Close()
+	start := time.Now()
+	go func() {
+		chunk := make([]byte, 256<<10)
+		for sent := 0; sent < size; sent += len(chunk) {
+			c.Write(chunk)
+		}
+	}()
+	got, err := io.CopyN(io.Discard, c, int64(size))
+	return got, time.Since(start), err
+}
+
+// helperProc is a running helper.
+type helperProc struct {
+	name string
+	in   io.WriteCloser
+	out  *bufio.Reader
+	cmd  *exec.Cmd
+}
+
+// startHelper starts the test binary as role inside n, as cred. It inherits
+// this process's cgroup (where the eBPF programs are attached).
+func startHelper(t *testing.T, n *lab.NetNS, role string, cred *lab.Cred) *helperProc {
+	t.Helper()
+	self, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := n.Command(context.Background(), cred, self)
+	cmd.Env = append(os.Environ(), roleEnv+"="+role)
+	cmd.Stderr = os.Stderr
+	h := &helperProc{name: role, cmd: cmd}
+	if h.in, err = cmd.StdinPipe(); err != nil {
+		t.Fatal(err)
+	}
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	h.out = bufio.NewReader(stdout)
+	if err := cmd.Start(); err != nil {
+		t.Fatalf("start the %s: %v", role, err)
+	}
+	if line, err := h.out.ReadString('\n'); err != nil || line != "ready\n" {
+		h.stop()
+		t.Fatalf("%s: not ready: %q %v", role, line, err)
+	}
+	return h
+}
+
+// ask sends one command and returns the answer's fields.
+func (h *helperProc) ask(t *testing.T, cmd string) []string {
+	t.Helper()
+	if _, err := fmt.Fprintln(h.in, cmd); err != nil {
+		t.Fatalf("%s %s: %v", h.name, cmd, err)
+	}
+	line, err := h.out.ReadString('\n')
+	if err != nil {
+		t.Fatalf("%s %s: %v", h.name, cmd, err)
+	}
+	line = strings.TrimSpace(line)
+	if rest, ok := strings.CutPrefix(line, "error: "); ok {
+		t.Fatalf("%s %s: %s", h.name, cmd, rest)
+	}
+	return strings.Fields(line)
+}
+
+// askInts sends one command whose answer is integers.
+func (h *helperProc) askInts(t *testing.T, cmd string) []int64 {
+	t.Helper()
+	var v []int64
+	for _, f := range h.ask(t, cmd) {
+		i, err := strconv.ParseInt(f, 10, 64)
+		if err != nil {
+			t.Fatalf("%s %s: answer %q: %v", h.name, cmd, f, err)
+		}
+		v = append(v, i)
+	}
+	return v
+}
+
+// stop closes the helper's stdin and waits for it to exit (killing it, by
+// its pid, after a grace period).
+func (h *helperProc) stop() {
+	h.in.Close()
+	done := make(chan error, 1)
+	go func() { done <- h.cmd.Wait() }()
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		h.cmd.Process.Kill()
+		<-done
+	}
+}

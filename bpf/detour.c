@@ -559,18 +559,33 @@ static __always_inline int accelerated(struct bpf_sock_ops *skops)
 
 // accelerate puts an established socket in accel_socks: the app's end of a
 // redirected connection (it carries an origin), or the proxy's end of one (its
-// peer's tuple is in tuples), when the scope's config asks for it.
+// peer's tuple is in tuples), when the scope's config asks for it. It runs for
+// every TCP socket of the scope that gets established, so the per-socket test
+// that rules most of them out comes before the config lookups: an active
+// socket without an origin was not redirected, and the proxy's end of a
+// redirected connection is always on loopback (the app dialed 127.0.0.1, ::1
+// or ::ffff:127.0.0.1).
 static __always_inline void accelerate(struct bpf_sock_ops *skops, int active)
 {
 	struct bpf_sock *sk = skops->sk;
-	if (!sk || !accelerated(skops))
+	if (!sk)
 		return;
 	if (active) {
-		if (!bpf_sk_storage_get(&origins, sk, 0, 0))
+		if (!bpf_sk_storage_get(&origins, sk, 0, 0) || !accelerated(skops))
 			return;
 	} else {
+		__u32 family = rd(skops->family), l4 = rd(skops->local_ip4);
+		__u32 l0 = rd(skops->local_ip6[0]), l1 = rd(skops->local_ip6[1]), l2 = rd(skops->local_ip6[2]),
+		      l3 = rd(skops->local_ip6[3]);
+		if (family == AF_INET ? l4 != bpf_htonl(0x7f000001)
+				      : !(l0 == 0 && l1 == 0 &&
+					  ((l2 == 0 && l3 == bpf_htonl(1)) ||
+					   (l2 == bpf_htonl(0xffff) && l3 == bpf_htonl(0x7f000001)))))
+			return;
+		if (!accelerated(skops))
+			return;
 		struct tuple t = {.netns = bpf_get_netns_cookie(skops)};
-		__u32 family = rd(skops->family), ip4 = rd(skops->remote_ip4);
+		__u32 ip4 = rd(skops->remote_ip4);
 		__u32 a0 = rd(skops->remote_ip6[0]), a1 = rd(skops->remote_ip6[1]),
 		      a2 = rd(skops->remote_ip6[2]), a3 = rd(skops->remote_ip6[3]);
 		tuple_addr(&t, family, ip4, a0, a1, a2, a3);
@@ -598,8 +613,13 @@ int detour_sockops(struct bpf_sock_ops *skops)
 		struct orig *o = bpf_sk_storage_get(&origins, sk, 0, 0);
 		local_tuple(skops, &t);
 		if (!o) {
-			// Not redirected: no stale entry may answer for this tuple.
-			bpf_map_delete_elem(&tuples, &t);
+			// Not redirected: no stale entry may answer for this tuple. The
+			// lookup takes no lock and almost always misses; a delete locks
+			// the bucket with interrupts off even when there is nothing to
+			// delete. Only this socket can add an entry for its own tuple,
+			// so nothing can slip in between the two.
+			if (bpf_map_lookup_elem(&tuples, &t))
+				bpf_map_delete_elem(&tuples, &t);
 			return 1;
 		}
 		struct orig fresh = *o;

@@ -15,6 +15,7 @@ import (
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/asm"
 	"github.com/cilium/ebpf/link"
+	"golang.org/x/sys/unix"
 
 	"github.com/detour-mesh/detour/internal/origdst"
 	"github.com/detour-mesh/detour/redirect"
@@ -402,5 +403,61 @@ func TestParallelEnrollments(t *testing.T) {
 	}
 	if _, err := os.Stat(l.pinDir); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("pins after the last unenroll: %v", err)
+	}
+}
+
+// A destination recorded for a redirected connection that the proxy never
+// asked about must not answer for a later connection that reuses the app's
+// address and port without being redirected (here: dialing the proxy's own
+// address): that connection's SO_ORIGINAL_DST is not the old destination.
+func TestNoStaleOriginalDestination(t *testing.T) {
+	l := newLab(t)
+	enter(t, l.cgroup)
+	ld := New(Options{PinDir: l.pinDir, Root: l.cgroup})
+	scope := Scope{Cgroup: l.cgroup}
+	if _, err := ld.Apply(scope, testCapture(t, nil)); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ld.Remove(scope) })
+	var ln net.Listener
+	inNS(t, l.ns, func() (err error) { ln, err = net.Listen("tcp", "127.0.0.1:15001"); return err })
+	defer ln.Close()
+	local := &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 20000 + int(time.Now().UnixNano()%10000)}
+	d := net.Dialer{LocalAddr: local, Timeout: 2 * time.Second, Control: func(_, _ string, c syscall.RawConn) error {
+		var serr error
+		err := c.Control(func(fd uintptr) { serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_REUSEADDR, 1) })
+		return errors.Join(err, serr)
+	}}
+	accept := func() net.Conn {
+		t.Helper()
+		ln.(*net.TCPListener).SetDeadline(time.Now().Add(3 * time.Second))
+		c, err := ln.Accept()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return c
+	}
+	// Redirected; the proxy reads, never asks, and closes first (so the
+	// app's side, which closes last, leaves no TIME_WAIT behind to block
+	// the second connect).
+	var app net.Conn
+	inNS(t, l.ns, func() (err error) { app, err = d.Dial("tcp", "198.51.100.7:8443"); return err })
+	app.Write([]byte("x"))
+	pc := accept()
+	io.ReadFull(pc, make([]byte, 1))
+	pc.Close()
+	io.ReadAll(app)
+	app.Close()
+	time.Sleep(100 * time.Millisecond)
+	// Not redirected (a loopback destination), from the same address and port.
+	inNS(t, l.ns, func() (err error) { app, err = d.Dial("tcp", "127.0.0.1:15001"); return err })
+	defer app.Close()
+	pc = accept()
+	defer pc.Close()
+	if got := pc.RemoteAddr().String(); got != local.String() {
+		t.Fatalf("second connection from %s, want %s (the test needs the same tuple)", got, local)
+	}
+	if dst, err := origdst.Get(pc.(*net.TCPConn)); err == nil && dst.String() == "198.51.100.7:8443" {
+		t.Errorf("SO_ORIGINAL_DST of a connection that was not redirected = %v: the previous connection's destination", dst)
 	}
 }

@@ -174,6 +174,21 @@ func cgroupInbound(t *testing.T, p *pod, h *helperProc, cg string, kept netip.Ad
 	if r := p.detourCmd(nil, "status"); r.code != 0 || strings.Contains(r.stdout, table) || strings.Contains(r.stdout, "connect4") {
 		t.Errorf("status without --cgroup: want nothing of the cgroup scope:\n%s", r)
 	}
+	// One scope per namespace captures inbound: the namespace scope's
+	// install with inbound is refused (exit 1) naming the cgroup scope, and
+	// changes nothing; with --inbound=false it goes on.
+	if r := p.detour(p.withFlags("install")...); r.code != 1 || !strings.Contains(r.stderr, "the cgroup scope "+cg) || !strings.Contains(r.stderr, "--inbound=false") {
+		t.Errorf("install of the namespace scope with inbound beside the cgroup scope's: want exit 1 naming the cgroup scope and --inbound=false:\n%s", r)
+	}
+	if got := nftTables(p); got != "table inet "+table {
+		t.Errorf("a refused install changed the namespace's tables: nft list tables = %q", got)
+	}
+	if r := p.detourCmd(nil, "status"); r.code != 0 || strings.Contains(r.stdout, "connect4") || strings.Contains(r.stdout, "table inet") {
+		t.Errorf("status of the namespace scope after its refused install: want no programs and no table:\n%s", r)
+	}
+	if r := p.detour(p.withFlags("install", "--inbound=false")...); r.code != 0 {
+		t.Errorf("install of the namespace scope with --inbound=false beside the cgroup scope's inbound:\n%s", r)
+	}
 	if r := p.detourCmd(nil, "uninstall"); r.code != 0 {
 		t.Fatalf("uninstall without --cgroup:\n%s", r)
 	}

@@ -31,7 +31,7 @@ build: ## build bin/detour (lean CLI), bin/detour-cp (control plane) and bin/det
 
 deps: deps-apt deps-kube deps-cni-plugins ## install everything the tests need (idempotent, cached)
 
-deps-apt: ## Debian packages: iptables, nftables, iproute2, util-linux, systemd (systemd-analyze)
+deps-apt: ## Debian packages: iptables, nftables, iproute2, util-linux, systemd (systemd-analyze), bpftool
 	hack/deps-apt.sh
 
 deps-kube: ## build kube-apiserver and etcd into the cache (12 min cold, then instant)

@@ -251,8 +251,12 @@ func (d *Driver) checkRivals(s Scope, haveIn redirect.Installed) error {
 	if len(others) == 0 {
 		return nil
 	}
+	who := "the network-namespace scope"
+	if s.Cgroup != "" {
+		who = "the cgroup scope " + s.Cgroup
+	}
 	return fmt.Errorf("capture inbound for %s: %w: %s; only one scope per namespace may capture inbound (each would redirect every inbound connection of it): install this scope with --inbound=false (inbound.enabled: false), or first re-install the other scope with --inbound=false or uninstall it",
-		s, ErrInboundTaken, strings.Join(others, ", "))
+		who, ErrInboundTaken, strings.Join(others, ", "))
 }
 
 // Remove unenrolls the scope (and unpins everything once no scope is left)

@@ -113,6 +113,7 @@ func TestMapDriftIsSeenAndRepaired(t *testing.T) {
 		diff   string // a line of check's diff
 		status string // in status's drift note
 		off    bool   // the edit stops redirection
+		then   func() // runs after the edit, before the checks
 	}{
 		{
 			what: "changed the config's outbound port",
@@ -171,6 +172,27 @@ func TestMapDriftIsSeenAndRepaired(t *testing.T) {
 			what: "deleted the enrolment",
 			edit: func() { must(scopes.Delete(cookie)) },
 			diff: "-scopes: no entry for this scope", status: "the scopes map has no entry for this scope", off: true,
+			// Another namespace enrolled meanwhile gets another config id:
+			// the repair below takes this one back.
+			then: func() {
+				other := newLabNS(t)
+				var c2 uint64
+				inNS(t, other, func() (err error) { c2, err = CurrentNetns(); return err })
+				ld := New(Options{PinDir: l.pinDir, Root: l.cgroup})
+				if _, err := ld.Apply(Scope{Netns: c2}, testCapture(t, nil)); err != nil {
+					t.Fatal(err)
+				}
+				t.Cleanup(func() {
+					if err := ld.Remove(Scope{Netns: c2}); err != nil {
+						t.Errorf("remove the other namespace: %v", err)
+					}
+				})
+				var id2 uint32
+				must(scopes.Lookup(c2, &id2))
+				if id2 == id {
+					t.Errorf("a namespace enrolled while this one's enrolment was deleted got its config id %d", id)
+				}
+			},
 		},
 		{
 			what: "pointed the enrolment at another config",
@@ -179,6 +201,9 @@ func TestMapDriftIsSeenAndRepaired(t *testing.T) {
 		},
 	} {
 		c.edit()
+		if c.then != nil {
+			c.then()
+		}
 		d, err := eng.Check(ctx, plan)
 		if err != nil || d.Empty() || !strings.Contains(d.String(), c.diff) {
 			t.Errorf("check after someone %s: %v, want drift showing %q:\n%s", c.what, err, c.diff, d)

@@ -496,6 +496,19 @@ func (st *store) idFor(key uint64) (uint32, bool, error) {
 	if err := it.Err(); err != nil {
 		return 0, false, fmt.Errorf("read scopes: %w", err)
 	}
+	// Nor the id of another scope whose enrolment was deleted by hand: a
+	// cgroup scope's programs still read its entries, and its install takes
+	// the id back.
+	var r record
+	rit := st.records.Iterate()
+	for rit.Next(&k, &r) {
+		if k != key {
+			used[r.Config] = true
+		}
+	}
+	if err := rit.Err(); err != nil {
+		return 0, false, fmt.Errorf("read map %s: %w", recordsMap, err)
+	}
 	for id = 1; used[id]; id++ {
 	}
 	return id, false, nil

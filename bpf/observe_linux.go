@@ -57,8 +57,17 @@ func (l *Loader) Observe() (State, error) {
 	if st.records, err = l.loadRecords(); err != nil {
 		return st, err
 	}
+	inUse := map[uint32]bool{}
+	for _, sc := range st.Scopes {
+		inUse[sc.Config] = true
+	}
 	for k, r := range st.records {
 		if _, ok := st.Scopes[k]; ok {
+			continue
+		}
+		if inUse[r.Config] {
+			// Another scope has the id now: its entries are not this one's.
+			st.unenrolled[k] = ScopeState{Config: r.Config, entries: newEntries()}
 			continue
 		}
 		e, err := s.read(r.Config)

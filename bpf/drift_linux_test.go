@@ -3,6 +3,7 @@ package bpf
 import (
 	"context"
 	"net/netip"
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -14,7 +15,7 @@ import (
 
 // TestMapDriftIsSeenAndRepaired edits and deletes entries of detour's pinned
 // maps by hand, as someone with bpftool would: the config, a CIDR trie, the
-// port and id tries, the enrolment. Each time `check` (Engine.Check) reports
+// port and id tries, the enrolment; and unpins a program's link. Each time `check` (Engine.Check) reports
 // drift naming the entry, `status` (Engine.Status) says the maps differ from
 // what detour wrote, and a re-install restores them (check in sync again,
 // status without the note, the connection redirected as planned).
@@ -167,6 +168,15 @@ func TestMapDriftIsSeenAndRepaired(t *testing.T) {
 				}
 			},
 			diff: "+ports outbound 5432", status: "the entries of config",
+		},
+		{
+			what: "unpinned the connect4 link",
+			edit: func() {
+				_, dir, err := New(Options{PinDir: l.pinDir, Root: l.cgroup}).Key(Scope{Netns: cookie})
+				must(err)
+				must(os.Remove(filepath.Join(l.pinDir, "links", dir, "detour_connect4")))
+			},
+			diff: "+program connect4 attach cgroup/connect4", status: "programs not attached: connect4",
 		},
 		{
 			what: "deleted the enrolment",

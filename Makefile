@@ -61,9 +61,10 @@ test-unit: ## the unprivileged unit tests only
 test-e2e: deps ## the end-to-end tests in tests/ only
 	$(GO) test -count=1 -timeout 60m ./tests/...
 
-lint: ## gofmt and go vet
+lint: ## gofmt, go vet, and a build for another OS (the non-Linux stubs still compile)
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
+	GOOS=darwin $(GO) build ./...
 
 fuzz: ## run each fuzz target for FUZZTIME (default 30s)
 	@for t in FuzzDecode FuzzParsers; do $(GO) test -run '^$$' -fuzz "^$$t$$" -fuzztime $${FUZZTIME:-30s} ./redirect/; done

@@ -259,6 +259,23 @@ func (d *Driver) checkRivals(s Scope, haveIn redirect.Installed) error {
 		who, ErrInboundTaken, strings.Join(others, ", "))
 }
 
+var _ redirect.NetSharer = (*Driver)(nil)
+
+// OtherScopes implements redirect.NetSharer: the other eBPF scopes whose
+// inbound capture is in the namespace (the inbound Driver's InboundRivals),
+// whose passthrough addresses on lo must stay while they are there.
+func (d *Driver) OtherScopes(ctx context.Context) ([]string, error) {
+	r, ok := d.opts.Inbound.(InboundRivals)
+	if !ok {
+		return nil, nil
+	}
+	have, err := d.opts.Inbound.Observe(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("read the inbound tables: %w", err)
+	}
+	return r.InboundRivals(have), nil
+}
+
 // Remove unenrolls the scope (and unpins everything once no scope is left)
 // and removes the inbound Driver's state. Idempotent.
 func (d *Driver) Remove(ctx context.Context, have redirect.Installed) error {

@@ -39,7 +39,7 @@ type InboundRivals interface {
 
 // ErrInboundTaken means another eBPF scope of detour captures inbound in the
 // network namespace: one scope per namespace may (the error names it).
-var ErrInboundTaken = errors.New("another eBPF scope of detour captures inbound in this network namespace")
+var ErrInboundTaken = redirect.ErrInboundTaken
 
 // Driver is the eBPF backend: outbound TCP and DNS by cgroup socket programs,
 // inbound by DriverOptions.Inbound. Its methods run on a thread inside the
@@ -257,23 +257,6 @@ func (d *Driver) checkRivals(s Scope, haveIn redirect.Installed) error {
 	}
 	return fmt.Errorf("capture inbound for %s: %w: %s; only one scope per namespace may capture inbound (each would redirect every inbound connection of it): install this scope with --inbound=false (inbound.enabled: false), or first re-install the other scope with --inbound=false or uninstall it",
 		who, ErrInboundTaken, strings.Join(others, ", "))
-}
-
-var _ redirect.NetSharer = (*Driver)(nil)
-
-// OtherScopes implements redirect.NetSharer: the other eBPF scopes whose
-// inbound capture is in the namespace (the inbound Driver's InboundRivals),
-// whose passthrough addresses on lo must stay while they are there.
-func (d *Driver) OtherScopes(ctx context.Context) ([]string, error) {
-	r, ok := d.opts.Inbound.(InboundRivals)
-	if !ok {
-		return nil, nil
-	}
-	have, err := d.opts.Inbound.Observe(ctx)
-	if err != nil {
-		return nil, fmt.Errorf("read the inbound tables: %w", err)
-	}
-	return r.InboundRivals(have), nil
 }
 
 // Remove unenrolls the scope (and unpins everything once no scope is left)

@@ -245,6 +245,9 @@ func (e *Engine) install(ctx context.Context, p Plan) (Result, error) {
 			return err
 		}
 		res.Backend = chosen.d.Name()
+		if err := e.inboundFree(ctx, p, chosen.d); err != nil {
+			return err
+		}
 		net, err := e.observeNet(p)
 		if err != nil {
 			return err
@@ -359,6 +362,21 @@ func (e *Engine) otherScopes(ctx context.Context) []string {
 		}
 	}
 	return out
+}
+
+// inboundFree refuses, before anything changes, a plan that captures inbound
+// where another scope of detour (NetSharer) already does. A Driver that is a
+// NetSharer itself checks its own scopes (it can name its own scope).
+func (e *Engine) inboundFree(ctx context.Context, p Plan, chosen Driver) error {
+	if _, ok := chosen.(NetSharer); ok || !slices.ContainsFunc(p.Capture.Families, func(fc FamilyCapture) bool { return fc.Inbound != nil }) {
+		return nil
+	}
+	others := e.otherScopes(ctx)
+	if len(others) == 0 {
+		return nil
+	}
+	return fmt.Errorf("capture inbound with %s: %w: %s; install with --inbound=false (inbound.enabled: false), or first re-install the other scope with --inbound=false or uninstall it",
+		chosen.Name(), ErrInboundTaken, strings.Join(others, ", "))
 }
 
 // shareNet is net, keeping what of ours it would remove while another scope

@@ -185,6 +185,15 @@ func cgroupInbound(t *testing.T, p *pod, h *helperProc, cg string, kept netip.Ad
 	if got := nftTables(p); got != "table inet "+table {
 		t.Errorf("a refused install changed the namespace's tables: nft list tables = %q", got)
 	}
+	// Nor may the namespace's capture with another backend take inbound too.
+	for _, b := range []string{"nftables", "iptables-nft"} {
+		if r := p.detour(p.withFlags("install", "--backend", b)...); r.code != 1 || !strings.Contains(r.stderr, "the cgroup scope "+cg) || !strings.Contains(r.stderr, "--inbound=false") {
+			t.Errorf("install --backend %s with inbound beside the cgroup scope's: want exit 1 naming the cgroup scope and --inbound=false:\n%s", b, r)
+		}
+	}
+	if got := nftTables(p); got != "table inet "+table {
+		t.Errorf("a refused install changed the namespace's tables: nft list tables = %q", got)
+	}
 	if r := p.detourCmd(nil, "status"); r.code != 0 || strings.Contains(r.stdout, "connect4") || showsTable(r.stdout, "") {
 		t.Errorf("status of the namespace scope after its refused install: want no programs and no table:\n%s", r)
 	}

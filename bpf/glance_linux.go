@@ -32,3 +32,23 @@ func (d *Driver) Glance(ctx context.Context) (bool, error) {
 	}
 	return g.Glance(ctx)
 }
+
+var _ redirect.NetSharer = (*Driver)(nil)
+
+// OtherScopes implements redirect.NetSharer: the other eBPF scopes whose
+// inbound capture is in the namespace (the inbound Driver's InboundRivals),
+// whose passthrough addresses on lo must stay while they are there.
+func (d *Driver) OtherScopes(ctx context.Context) ([]string, error) {
+	r, ok := d.opts.Inbound.(InboundRivals)
+	if !ok {
+		return nil, nil
+	}
+	if _, err := os.Stat(d.loader.mapDir()); errors.Is(err, fs.ErrNotExist) {
+		return nil, nil // no scope was ever enrolled on this host: no other scope's table either
+	}
+	have, err := d.opts.Inbound.Observe(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("read the inbound tables: %w", err)
+	}
+	return r.InboundRivals(have), nil
+}

@@ -134,6 +134,9 @@ func (fakeNet) add() (func() error, error) { return func() error { return nil },
 func (fakeNet) remove() error              { return nil }
 func (fakeNet) have(Family) []string       { return nil }
 func (fakeNet) owns(Family) bool           { return false }
+func (fakeNet) drops() bool                { return false }
+func (fakeNet) keepOurs() netView          { return fakeNet{} }
+func (fakeNet) forget() netView            { return fakeNet{} }
 
 // lab is an Engine over fake drivers named in order, in the caller's
 // namespace (nothing of the host is read or written but a lock file in a
@@ -545,5 +548,41 @@ func TestGlanceSparesOtherBackends(t *testing.T) {
 	l.asked()
 	if w := l.writes(); len(w) != 0 {
 		t.Errorf("a refused install wrote %v", w)
+	}
+}
+
+// sharingDriver is a fake backend whose scope shares the namespace with
+// others (NetSharer), like the eBPF backend's namespace scope beside a
+// cgroup scope that captures inbound.
+type sharingDriver struct {
+	*fakeDriver
+	others []string
+}
+
+func (d sharingDriver) OtherScopes(context.Context) ([]string, error) { return d.others, nil }
+
+// TestInboundOfAnotherScope: where another scope of detour captures inbound,
+// an install whose plan captures inbound with a backend that cannot see
+// scopes is refused naming the other scope, writing nothing; without inbound
+// it goes on; a NetSharer chosen itself is left to check its own scopes.
+func TestInboundOfAnotherScope(t *testing.T) {
+	t.Parallel()
+	l := newLab(t, BackendNFTables)
+	other := "the cgroup scope /sys/fs/cgroup/app.slice"
+	eb := &fakeDriver{name: BackendEBPF, mu: &sync.Mutex{}, journal: l.journal}
+	l.e.Drivers = append(l.e.Drivers, sharingDriver{fakeDriver: eb, others: []string{other}})
+
+	_, err := l.e.Install(context.Background(), l.plan(t, BackendNFTables))
+	if !errors.Is(err, ErrInboundTaken) || !strings.Contains(err.Error(), other) || !strings.Contains(err.Error(), "--inbound=false") {
+		t.Fatalf("install with inbound beside another scope's = %v; want ErrInboundTaken naming %q and --inbound=false", err, other)
+	}
+	if w := l.writes(); len(w) != 0 {
+		t.Errorf("a refused install wrote %v", w)
+	}
+	if res := l.install(t, l.plan(t, BackendNFTables, "inbound.enabled=false")); res.Backend != BackendNFTables || !res.Changed {
+		t.Errorf("install without inbound = %+v", res)
+	}
+	if res := l.install(t, l.plan(t, BackendEBPF)); res.Backend != BackendEBPF {
+		t.Errorf("install with the sharing backend itself = %+v (its own Driver checks its scopes)", res)
 	}
 }

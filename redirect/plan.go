@@ -234,4 +234,8 @@ var (
 	// ErrBackendConflict means our rules are in both iptables-legacy and
 	// iptables-nft, or in another backend than the one the config forces.
 	ErrBackendConflict = errors.New("detour rules are in another iptables backend")
+	// ErrInboundTaken means another scope of detour captures inbound in the
+	// network namespace (NetSharer): one capture per namespace may, or each
+	// would redirect every inbound connection of it.
+	ErrInboundTaken = errors.New("another scope of detour captures inbound in this network namespace")
 )

@@ -17,26 +17,17 @@ import (
 	"github.com/detour-mesh/detour/redirect"
 )
 
-func (d *Driver) dial() (*netlink.Conn, error) {
-	c, err := netlink.Dial(unix.NETLINK_NETFILTER, &netlink.Config{NetNS: d.opts.NetNSFd})
-	if err != nil {
-		return nil, fmt.Errorf("open nfnetlink socket: %w", err)
-	}
-	return c, nil
-}
-
-func (d *Driver) lib() (*nft.Conn, error) {
-	return nft.New(nft.WithNetNSFd(d.opts.NetNSFd))
-}
+// open opens the socket of one Driver call in the Driver's namespace.
+func (d *Driver) open() (*socket, error) { return openSocket(d.opts.NetNSFd) }
 
 // Ready reports whether nf_tables answers in the namespace.
 func (d *Driver) Ready(ctx context.Context) error {
-	c, err := d.dial()
+	s, err := d.open()
 	if err != nil {
 		return fmt.Errorf("%w: %w", redirect.ErrNotSupported, err)
 	}
-	defer c.Close()
-	if _, err := listTables(c); err != nil {
+	defer s.Close()
+	if _, err := listTables(s.conn()); err != nil {
 		return fmt.Errorf("%w: the kernel's nf_tables does not answer (module nf_tables, and for detour's rules nft_chain_nat, nft_redir, nft_tproxy, nft_socket, nft_fib_inet, nft_ct, nft_limit, nft_log): %w", redirect.ErrNotSupported, err)
 	}
 	return nil
@@ -81,11 +72,12 @@ var familyNames = map[byte]string{unix.NFPROTO_INET: "inet", unix.NFPROTO_IPV4: 
 // exactly), sets and their elements (exact), and every rule's expressions as
 // bytes, checked against the fingerprint its userdata carries.
 func (d *Driver) ObserveTable(ctx context.Context) (*Observed, error) {
-	c, err := d.dial()
+	s, err := d.open()
 	if err != nil {
 		return nil, err
 	}
-	defer c.Close()
+	defer s.Close()
+	c := s.conn()
 	tables, err := listTables(c)
 	if err != nil {
 		return nil, err
@@ -105,7 +97,7 @@ func (d *Driver) ObserveTable(ctx context.Context) (*Observed, error) {
 	if !o.present {
 		return o, nil
 	}
-	lc, err := d.lib()
+	lc, err := s.lib()
 	if err != nil {
 		return nil, err
 	}
@@ -367,25 +359,26 @@ func (d *Driver) RemoveTable(ctx context.Context, have *Observed) error {
 // acknowledgement. Without commit the batch ends without BATCH_END: the
 // kernel validates every message and then aborts, writing nothing.
 func (d *Driver) send(ctx context.Context, msgs []message, commit bool) error {
-	c, err := d.dial()
+	s, err := d.open()
 	if err != nil {
 		return err
 	}
-	defer c.Close()
+	defer s.Close()
 	size := 0
 	for _, m := range msgs {
 		size += 16 + len(m.msg.Data)
 	}
-	if err := sizeBuffers(c, size); err != nil {
+	if err := s.sizeBuffers(size); err != nil {
 		return err
 	}
 	deadline := time.Now().Add(30 * time.Second)
 	if dl, ok := ctx.Deadline(); ok && dl.Before(deadline) {
 		deadline = dl
 	}
-	if err := c.SetDeadline(deadline); err != nil {
+	if err := s.SetDeadline(deadline); err != nil {
 		return fmt.Errorf("set netlink deadline: %w", err)
 	}
+	c := s.conn()
 	seq := uint32(time.Now().UnixNano())
 	batch := make([]netlink.Message, 0, len(msgs)+2)
 	ctl := func(t int) netlink.Message {
@@ -432,30 +425,4 @@ func (d *Driver) explain(ctx context.Context, msgs []message, commit bool, err e
 		}
 	}
 	return fmt.Errorf("apply nftables batch: %w", err)
-}
-
-// sizeBuffers makes the socket's buffers hold the whole batch and its
-// acknowledgements (ENOBUFS otherwise); as root past the system limits.
-func sizeBuffers(c *netlink.Conn, size int) error {
-	want := max(size+64<<10, 1<<20)
-	rc, err := c.SyscallConn()
-	if err != nil {
-		return fmt.Errorf("size netlink buffers: %w", err)
-	}
-	var serr error
-	if err := rc.Control(func(fd uintptr) {
-		for _, opt := range [][2]int{{unix.SO_SNDBUFFORCE, unix.SO_SNDBUF}, {unix.SO_RCVBUFFORCE, unix.SO_RCVBUF}} {
-			if e := unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, opt[0], want); e != nil {
-				if e := unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, opt[1], want); e != nil {
-					serr = e
-				}
-			}
-		}
-	}); err != nil {
-		return fmt.Errorf("size netlink buffers: %w", err)
-	}
-	if serr != nil {
-		return fmt.Errorf("size netlink buffers to %d bytes: %w", want, serr)
-	}
-	return nil
 }

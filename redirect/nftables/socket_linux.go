@@ -1,0 +1,228 @@
+package nftables
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"time"
+
+	nft "github.com/google/nftables"
+	"github.com/mdlayher/netlink"
+	"github.com/mdlayher/netlink/nltest"
+	"golang.org/x/sys/unix"
+
+	"github.com/detour-mesh/detour/internal/netns"
+)
+
+// socket is one NETLINK_NETFILTER socket of a Driver call, blocking and
+// outside Go's network poller. github.com/mdlayher/socket (under
+// mdlayher/netlink's own Dial, and so under google/nftables) starts a
+// goroutine for every send and receive to watch a context, which on a
+// short-lived process with a locked OS thread costs two thread wake-ups per
+// system call; a netlink request to the kernel is answered before sendmsg
+// returns, so blocking reads never wait for long. It serves both the
+// mdlayher API (netlink.NewConn over it) and google/nftables (as the
+// library's dial function), so one socket serves a whole Observe.
+type socket struct {
+	fd  int
+	pid uint32 // the port id the kernel gave the socket
+	buf []byte
+}
+
+var _ netlink.Socket = (*socket)(nil)
+
+// openSocket opens and binds a socket in the network namespace of netnsFd
+// (0: the calling thread's).
+func openSocket(netnsFd int) (*socket, error) {
+	fd := -1
+	err := netns.DoFd(netnsFd, func() (err error) {
+		fd, err = unix.Socket(unix.AF_NETLINK, unix.SOCK_RAW|unix.SOCK_CLOEXEC, unix.NETLINK_NETFILTER)
+		return err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("open nfnetlink socket: %w", err)
+	}
+	s := &socket{fd: fd}
+	if err := unix.Bind(fd, &unix.SockaddrNetlink{Family: unix.AF_NETLINK}); err != nil {
+		s.Close()
+		return nil, fmt.Errorf("bind nfnetlink socket: %w", err)
+	}
+	sa, err := unix.Getsockname(fd)
+	if err != nil {
+		s.Close()
+		return nil, fmt.Errorf("read nfnetlink socket address: %w", err)
+	}
+	if nl, ok := sa.(*unix.SockaddrNetlink); ok {
+		s.pid = nl.Pid
+	}
+	return s, nil
+}
+
+// conn is the mdlayher API over s.
+func (s *socket) conn() *netlink.Conn { return netlink.NewConn(s, s.pid) }
+
+// lib is a google/nftables Conn whose requests go over s.
+func (s *socket) lib() (*nft.Conn, error) { return nft.New(nft.WithTestDial(s.exchange)) }
+
+// Close closes the socket.
+func (s *socket) Close() error { return unix.Close(s.fd) }
+
+// Send sends one message (netlink.Conn has set its length, sequence and pid).
+func (s *socket) Send(m netlink.Message) error { return s.SendMessages([]netlink.Message{m}) }
+
+// SendMessages sends msgs in one datagram.
+func (s *socket) SendMessages(msgs []netlink.Message) error {
+	var b []byte
+	for _, m := range msgs {
+		mb, err := m.MarshalBinary()
+		if err != nil {
+			return err
+		}
+		b = append(b, mb...)
+	}
+	for {
+		err := unix.Sendto(s.fd, b, 0, &unix.SockaddrNetlink{Family: unix.AF_NETLINK})
+		if err == unix.EINTR {
+			continue
+		}
+		if err != nil {
+			return fmt.Errorf("sendmsg: %w", err)
+		}
+		return nil
+	}
+}
+
+// Receive reads one datagram and splits it into messages.
+func (s *socket) Receive() ([]netlink.Message, error) {
+	if len(s.buf) == 0 {
+		s.buf = make([]byte, 64<<10)
+	}
+	// Peek at the datagram's size first: a refused message of a big batch
+	// comes back whole in its error and may not fit.
+	n, err := s.recv(s.buf, unix.MSG_PEEK|unix.MSG_TRUNC)
+	if err != nil {
+		return nil, err
+	}
+	if n > len(s.buf) {
+		s.buf = make([]byte, n)
+	}
+	if n, err = s.recv(s.buf, 0); err != nil {
+		return nil, err
+	}
+	return parseMessages(s.buf[:n])
+}
+
+func (s *socket) recv(b []byte, flags int) (int, error) {
+	for {
+		n, _, err := unix.Recvfrom(s.fd, b, flags)
+		switch {
+		case err == unix.EINTR: // a signal (Go preempts with SIGURG); the socket's timeout makes it not restart
+			continue
+		case err == unix.EAGAIN:
+			return 0, fmt.Errorf("recvmsg: %w", errTimeout)
+		case err != nil:
+			return 0, fmt.Errorf("recvmsg: %w", err)
+		}
+		return n, nil
+	}
+}
+
+var errTimeout = errors.New("no answer from the kernel before the deadline")
+
+// parseMessages splits a datagram into messages, copying their data.
+func parseMessages(b []byte) ([]netlink.Message, error) {
+	var out []netlink.Message
+	for len(b) >= unix.NLMSG_HDRLEN {
+		l := int(binary.NativeEndian.Uint32(b))
+		if l < unix.NLMSG_HDRLEN || l > len(b) {
+			return nil, fmt.Errorf("recvmsg: a netlink message of %d bytes in %d", l, len(b))
+		}
+		out = append(out, netlink.Message{
+			Header: netlink.Header{
+				Length:   uint32(l),
+				Type:     netlink.HeaderType(binary.NativeEndian.Uint16(b[4:])),
+				Flags:    netlink.HeaderFlags(binary.NativeEndian.Uint16(b[6:])),
+				Sequence: binary.NativeEndian.Uint32(b[8:]),
+				PID:      binary.NativeEndian.Uint32(b[12:]),
+			},
+			Data: append([]byte(nil), b[unix.NLMSG_HDRLEN:l]...),
+		})
+		b = b[min(len(b), (l+unix.NLMSG_ALIGNTO-1)&^(unix.NLMSG_ALIGNTO-1)):]
+	}
+	return out, nil
+}
+
+// SetDeadline bounds every later send and receive (the zero time: no bound).
+func (s *socket) SetDeadline(t time.Time) error {
+	if err := s.SetReadDeadline(t); err != nil {
+		return err
+	}
+	return s.SetWriteDeadline(t)
+}
+
+// SetReadDeadline bounds every later receive.
+func (s *socket) SetReadDeadline(t time.Time) error { return s.timeout(unix.SO_RCVTIMEO, t) }
+
+// SetWriteDeadline bounds every later send.
+func (s *socket) SetWriteDeadline(t time.Time) error { return s.timeout(unix.SO_SNDTIMEO, t) }
+
+func (s *socket) timeout(opt int, t time.Time) error {
+	var tv unix.Timeval
+	if !t.IsZero() {
+		tv = unix.NsecToTimeval(max(time.Until(t), time.Microsecond).Nanoseconds())
+	}
+	return unix.SetsockoptTimeval(s.fd, unix.SOL_SOCKET, opt, &tv)
+}
+
+// sizeBuffers makes the socket's buffers hold size bytes of batch and its
+// acknowledgements (ENOBUFS otherwise); as root past the system limits.
+func (s *socket) sizeBuffers(size int) error {
+	want := max(size+64<<10, 1<<20)
+	for _, opt := range [][2]int{{unix.SO_SNDBUFFORCE, unix.SO_SNDBUF}, {unix.SO_RCVBUFFORCE, unix.SO_RCVBUF}} {
+		if err := unix.SetsockoptInt(s.fd, unix.SOL_SOCKET, opt[0], want); err != nil {
+			if err := unix.SetsockoptInt(s.fd, unix.SOL_SOCKET, opt[1], want); err != nil {
+				return fmt.Errorf("size netlink buffers to %d bytes: %w", want, err)
+			}
+		}
+	}
+	return nil
+}
+
+// exchange serves google/nftables (an nltest.Func): it sends the library's
+// requests and returns every answer up to the end of each, a dump's DONE or
+// an acknowledgement, with the pid the library's Conn expects. The library's
+// read calls (GetSets, GetSetElements, ListChainsOfTableFamily) send one
+// dump request each.
+func (s *socket) exchange(reqs []netlink.Message) ([]netlink.Message, error) {
+	if reqs == nil {
+		return nil, io.EOF // no more answers
+	}
+	if err := s.SendMessages(reqs); err != nil {
+		return nil, err
+	}
+	pending := map[uint32]bool{}
+	for _, r := range reqs {
+		if r.Header.Flags&(netlink.Dump|netlink.Acknowledge) != 0 {
+			pending[r.Header.Sequence] = true
+		}
+	}
+	var out []netlink.Message
+	for len(pending) > 0 {
+		msgs, err := s.Receive()
+		if err != nil {
+			return nil, err
+		}
+		for _, m := range msgs {
+			if !pending[m.Header.Sequence] {
+				continue // an answer to an earlier request
+			}
+			if m.Header.Type == netlink.Done || m.Header.Type == netlink.Error {
+				delete(pending, m.Header.Sequence)
+			}
+			m.Header.PID = nltest.PID
+			out = append(out, m)
+		}
+	}
+	return out, nil
+}

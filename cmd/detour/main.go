@@ -28,6 +28,12 @@ type streams struct {
 func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	s := streams{in: stdin, out: stdout, err: stderr}
 	root := newRootCmd(s, newDelegator(args))
+	if target, _, err := root.Find(args); err == nil && target != root {
+		// cobra builds its completion command on every run; only the
+		// root's help, `help` and `completion` (which Find does not know
+		// yet) show or run it.
+		root.CompletionOptions.DisableDefaultCmd = true
+	}
 	root.SetArgs(args)
 	root.SetIn(stdin)
 	root.SetOut(stdout)

@@ -5,6 +5,8 @@ import (
 	"fmt"
 
 	"github.com/spf13/cobra"
+
+	"github.com/detour-mesh/detour/redirect/backends"
 )
 
 type statusOptions struct {
@@ -35,7 +37,7 @@ func runStatus(ctx context.Context, o *statusOptions, g *globalOptions, s stream
 	if err != nil {
 		return err
 	}
-	eng := g.engine(nsPath, s.err)
+	eng := g.engine(nsPath, backends.AnyBackend, s.err)
 	st, err := eng.Status(ctx)
 	if err != nil {
 		return fmt.Errorf("status: %w", err)

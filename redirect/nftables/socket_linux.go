@@ -28,6 +28,7 @@ type socket struct {
 	fd  int
 	pid uint32 // the port id the kernel gave the socket
 	buf []byte
+	c   *netlink.Conn
 }
 
 var _ netlink.Socket = (*socket)(nil)
@@ -60,10 +61,16 @@ func openSocket(netnsFd int) (*socket, error) {
 }
 
 // conn is the mdlayher API over s.
-func (s *socket) conn() *netlink.Conn { return netlink.NewConn(s, s.pid) }
+func (s *socket) conn() *netlink.Conn {
+	if s.c == nil {
+		s.c = netlink.NewConn(s, s.pid)
+	}
+	return s.c
+}
 
-// lib is a google/nftables Conn whose requests go over s.
-func (s *socket) lib() (*nft.Conn, error) { return nft.New(nft.WithTestDial(s.exchange)) }
+// lib is a google/nftables Conn whose requests go over s (lasting: one
+// netlink.Conn for all its calls, not one per call).
+func (s *socket) lib() (*nft.Conn, error) { return nft.New(nft.AsLasting(), nft.WithTestDial(s.exchange)) }
 
 // Close closes the socket.
 func (s *socket) Close() error { return unix.Close(s.fd) }

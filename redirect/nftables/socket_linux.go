@@ -70,7 +70,9 @@ func (s *socket) conn() *netlink.Conn {
 
 // lib is a google/nftables Conn whose requests go over s (lasting: one
 // netlink.Conn for all its calls, not one per call).
-func (s *socket) lib() (*nft.Conn, error) { return nft.New(nft.AsLasting(), nft.WithTestDial(s.exchange)) }
+func (s *socket) lib() (*nft.Conn, error) {
+	return nft.New(nft.AsLasting(), nft.WithTestDial(s.exchange))
+}
 
 // Close closes the socket.
 func (s *socket) Close() error { return unix.Close(s.fd) }

@@ -255,45 +255,53 @@ func dumpRules(c *netlink.Conn, table string) (map[string][]dumpedRule, error) {
 		return nil, fmt.Errorf("list rules of table inet %s: %w", table, err)
 	}
 	out := map[string][]dumpedRule{}
+	var exprs [][]byte
 	for _, m := range msgs {
 		if len(m.Data) < 4 || m.Data[0] != unix.NFPROTO_INET {
 			continue
 		}
-		attrs, err := netlink.UnmarshalAttributes(m.Data[4:])
-		if err != nil {
-			return nil, err
-		}
-		var tbl, chain string
+		var tbl, chain, ud []byte
 		var r dumpedRule
-		var exprs [][]byte
-		var ud []byte
-		for _, a := range attrs {
-			switch a.Type &^ unix.NLA_F_NESTED {
+		exprs = exprs[:0]
+		it := attrs{b: m.Data[4:]}
+		for {
+			typ, data, ok := it.next()
+			if !ok {
+				break
+			}
+			switch typ &^ unix.NLA_F_NESTED {
 			case unix.NFTA_RULE_TABLE:
-				tbl = string(trimNUL(a.Data))
+				tbl = trimNUL(data)
 			case unix.NFTA_RULE_CHAIN:
-				chain = string(trimNUL(a.Data))
+				chain = trimNUL(data)
 			case unix.NFTA_RULE_HANDLE:
-				if len(a.Data) == 8 {
-					r.handle = binary.BigEndian.Uint64(a.Data)
+				if len(data) == 8 {
+					r.handle = binary.BigEndian.Uint64(data)
 				}
 			case unix.NFTA_RULE_USERDATA:
-				ud = a.Data
+				ud = data
 			case unix.NFTA_RULE_EXPRESSIONS:
-				list, err := netlink.UnmarshalAttributes(a.Data)
-				if err != nil {
-					return nil, err
+				list := attrs{b: data}
+				for {
+					_, e, ok := list.next()
+					if !ok {
+						break
+					}
+					exprs = append(exprs, e)
 				}
-				for _, e := range list {
-					exprs = append(exprs, e.Data)
+				if list.err != nil {
+					return nil, fmt.Errorf("list rules of table inet %s: %w", table, list.err)
 				}
 			}
 		}
-		if tbl != table {
+		if it.err != nil {
+			return nil, fmt.Errorf("list rules of table inet %s: %w", table, it.err)
+		}
+		if string(tbl) != table {
 			continue
 		}
 		r.text = ruleText(r.handle, exprs, ud)
-		out[chain] = append(out[chain], r)
+		out[string(chain)] = append(out[string(chain)], r)
 	}
 	return out, nil
 }

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"slices"
 	"time"
 
 	nft "github.com/google/nftables"
@@ -139,9 +140,11 @@ func (s *socket) recv(b []byte, flags int) (int, error) {
 
 var errTimeout = errors.New("no answer from the kernel before the deadline")
 
-// parseMessages splits a datagram into messages, copying their data.
+// parseMessages splits a datagram into messages, whose data is in one copy
+// of it.
 func parseMessages(b []byte) ([]netlink.Message, error) {
 	var out []netlink.Message
+	b = slices.Clone(b)
 	for len(b) >= unix.NLMSG_HDRLEN {
 		l := int(binary.NativeEndian.Uint32(b))
 		if l < unix.NLMSG_HDRLEN || l > len(b) {
@@ -155,7 +158,7 @@ func parseMessages(b []byte) ([]netlink.Message, error) {
 				Sequence: binary.NativeEndian.Uint32(b[8:]),
 				PID:      binary.NativeEndian.Uint32(b[12:]),
 			},
-			Data: append([]byte(nil), b[unix.NLMSG_HDRLEN:l]...),
+			Data: b[unix.NLMSG_HDRLEN:l:l],
 		})
 		b = b[min(len(b), (l+unix.NLMSG_ALIGNTO-1)&^(unix.NLMSG_ALIGNTO-1)):]
 	}

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"slices"
 	"time"
 
 	nft "github.com/google/nftables"
@@ -28,7 +27,6 @@ import (
 type socket struct {
 	fd  int
 	pid uint32 // the port id the kernel gave the socket
-	buf []byte
 	c   *netlink.Conn
 }
 
@@ -105,22 +103,19 @@ func (s *socket) SendMessages(msgs []netlink.Message) error {
 
 // Receive reads one datagram and splits it into messages.
 func (s *socket) Receive() ([]netlink.Message, error) {
-	if len(s.buf) == 0 {
-		s.buf = make([]byte, 64<<10)
-	}
-	// Peek at the datagram's size first: a refused message of a big batch
-	// comes back whole in its error and may not fit.
-	n, err := s.recv(s.buf, unix.MSG_PEEK|unix.MSG_TRUNC)
+	// Peek at the datagram's size first (a refused message of a big batch
+	// comes back whole in its error), then read it into a buffer of that
+	// size, which the messages' data then point into.
+	var hdr [unix.NLMSG_HDRLEN]byte
+	n, err := s.recv(hdr[:], unix.MSG_PEEK|unix.MSG_TRUNC)
 	if err != nil {
 		return nil, err
 	}
-	if n > len(s.buf) {
-		s.buf = make([]byte, n)
-	}
-	if n, err = s.recv(s.buf, 0); err != nil {
+	b := make([]byte, n)
+	if n, err = s.recv(b, 0); err != nil {
 		return nil, err
 	}
-	return parseMessages(s.buf[:n])
+	return parseMessages(b[:n])
 }
 
 func (s *socket) recv(b []byte, flags int) (int, error) {
@@ -140,11 +135,9 @@ func (s *socket) recv(b []byte, flags int) (int, error) {
 
 var errTimeout = errors.New("no answer from the kernel before the deadline")
 
-// parseMessages splits a datagram into messages, whose data is in one copy
-// of it.
+// parseMessages splits a datagram into messages, whose data point into b.
 func parseMessages(b []byte) ([]netlink.Message, error) {
 	var out []netlink.Message
-	b = slices.Clone(b)
 	for len(b) >= unix.NLMSG_HDRLEN {
 		l := int(binary.NativeEndian.Uint32(b))
 		if l < unix.NLMSG_HDRLEN || l > len(b) {

@@ -19,7 +19,7 @@ func (d *Driver) Glance(ctx context.Context) (bool, error) {
 		return true, err
 	}
 	defer s.Close()
-	tables, err := listTables(s.conn())
+	tables, err := listTables(s)
 	if err != nil {
 		return true, err
 	}

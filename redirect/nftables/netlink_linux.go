@@ -27,7 +27,7 @@ func (d *Driver) Ready(ctx context.Context) error {
 		return fmt.Errorf("%w: %w", redirect.ErrNotSupported, err)
 	}
 	defer s.Close()
-	if _, err := listTables(s.conn()); err != nil {
+	if _, err := listTables(s); err != nil {
 		return fmt.Errorf("%w: the kernel's nf_tables does not answer (module nf_tables, and for detour's rules nft_chain_nat, nft_redir, nft_tproxy, nft_socket, nft_fib_inet, nft_ct, nft_limit, nft_log): %w", redirect.ErrNotSupported, err)
 	}
 	return nil
@@ -40,8 +40,8 @@ type tableID struct {
 	name   string
 }
 
-func listTables(c *netlink.Conn) ([]tableID, error) {
-	msgs, err := c.Execute(netlink.Message{
+func listTables(s *socket) ([]tableID, error) {
+	msgs, err := s.execute(netlink.Message{
 		Header: netlink.Header{Type: netlink.HeaderType(unix.NFNL_SUBSYS_NFTABLES<<8 | unix.NFT_MSG_GETTABLE), Flags: netlink.Request | netlink.Dump},
 		Data:   nfgen(unix.NFPROTO_UNSPEC),
 	})
@@ -77,8 +77,7 @@ func (d *Driver) ObserveTable(ctx context.Context) (*Observed, error) {
 		return nil, err
 	}
 	defer s.Close()
-	c := s.conn()
-	tables, err := listTables(c)
+	tables, err := listTables(s)
 	if err != nil {
 		return nil, err
 	}
@@ -122,7 +121,7 @@ func (d *Driver) ObserveTable(ctx context.Context) (*Observed, error) {
 	if err != nil {
 		return nil, fmt.Errorf("list chains of table inet %s: %w", name, err)
 	}
-	rules, err := dumpRules(c, name)
+	rules, err := dumpRules(s, name)
 	if err != nil {
 		return nil, err
 	}
@@ -157,12 +156,7 @@ func (d *Driver) ObserveTable(ctx context.Context) (*Observed, error) {
 				fam = familyOfRule(r.text)
 			}
 			vc.rules = append(vc.rules, viewRule{fam: fam, text: r.text})
-			pr, err := parseRule(r.text, fam)
-			if err != nil {
-				o.problems = append(o.problems, ch.Name+" "+r.text)
-				continue
-			}
-			rc.Rules = append(rc.Rules, pr)
+			o.unparsed = append(o.unparsed, unparsedRule{chain: rc, fam: fam, text: r.text})
 		}
 		o.v.chains = append(o.v.chains, vc)
 		o.rs.Chains = append(o.rs.Chains, rc)
@@ -242,12 +236,12 @@ type dumpedRule struct {
 // text is the one its userdata carries when its expressions still hash to the
 // fingerprint stored with it; otherwise it says what is wrong, so it never
 // equals a planned line.
-func dumpRules(c *netlink.Conn, table string) (map[string][]dumpedRule, error) {
+func dumpRules(s *socket, table string) (map[string][]dumpedRule, error) {
 	req, err := netlink.MarshalAttributes([]netlink.Attribute{{Type: unix.NFTA_RULE_TABLE, Data: []byte(table + "\x00")}})
 	if err != nil {
 		return nil, err
 	}
-	msgs, err := c.Execute(netlink.Message{
+	msgs, err := s.execute(netlink.Message{
 		Header: netlink.Header{Type: netlink.HeaderType(unix.NFNL_SUBSYS_NFTABLES<<8 | unix.NFT_MSG_GETRULE), Flags: netlink.Request | netlink.Dump},
 		Data:   append(nfgen(unix.NFPROTO_INET), req...),
 	})
@@ -386,7 +380,6 @@ func (d *Driver) send(ctx context.Context, msgs []message, commit bool) error {
 	if err := s.SetDeadline(deadline); err != nil {
 		return fmt.Errorf("set netlink deadline: %w", err)
 	}
-	c := s.conn()
 	seq := uint32(time.Now().UnixNano())
 	batch := make([]netlink.Message, 0, len(msgs)+2)
 	ctl := func(t int) netlink.Message {
@@ -401,20 +394,25 @@ func (d *Driver) send(ctx context.Context, msgs []message, commit bool) error {
 		batch = append(batch, ctl(unix.NFNL_MSG_BATCH_END))
 	}
 	for i := range batch {
-		batch[i].Header.Sequence = seq + uint32(i)
+		h := &batch[i].Header
+		h.Sequence, h.PID, h.Length = seq+uint32(i), s.pid, uint32(unix.NLMSG_HDRLEN+len(batch[i].Data))
 	}
-	if _, err := c.SendMessages(batch); err != nil {
+	if err := s.SendMessages(batch); err != nil {
 		return fmt.Errorf("send nftables batch (%d messages, %d bytes): %w", len(msgs), size, err)
 	}
 	for acked := 0; acked < len(msgs); {
-		replies, err := c.Receive()
+		replies, err := s.Receive()
 		if err != nil {
 			return d.explain(ctx, msgs, commit, err)
 		}
 		for _, r := range replies {
-			if r.Header.Type == netlink.Error {
-				acked++
+			if r.Header.Type != netlink.Error {
+				continue
 			}
+			if err := answerError(r); err != nil {
+				return d.explain(ctx, msgs, commit, err)
+			}
+			acked++
 		}
 	}
 	return nil

@@ -27,7 +27,7 @@ import (
 type socket struct {
 	fd  int
 	pid uint32 // the port id the kernel gave the socket
-	c   *netlink.Conn
+	seq uint32 // the sequence number of execute's last request
 }
 
 var _ netlink.Socket = (*socket)(nil)
@@ -59,12 +59,48 @@ func openSocket(netnsFd int) (*socket, error) {
 	return s, nil
 }
 
-// conn is the mdlayher API over s.
-func (s *socket) conn() *netlink.Conn {
-	if s.c == nil {
-		s.c = netlink.NewConn(s, s.pid)
+// execute sends one request (a dump, or one asking for an acknowledgement)
+// and returns its answers up to the dump's end or the acknowledgement, those
+// excluded; an error answer is returned as its errno.
+func (s *socket) execute(m netlink.Message) ([]netlink.Message, error) {
+	if s.seq == 0 {
+		s.seq = uint32(time.Now().UnixNano())
 	}
-	return s.c
+	s.seq++
+	m.Header.Sequence, m.Header.PID = s.seq, s.pid
+	m.Header.Length = uint32(unix.NLMSG_HDRLEN + len(m.Data))
+	if err := s.SendMessages([]netlink.Message{m}); err != nil {
+		return nil, err
+	}
+	var out []netlink.Message
+	for {
+		msgs, err := s.Receive()
+		if err != nil {
+			return nil, err
+		}
+		for _, r := range msgs {
+			if r.Header.Sequence != m.Header.Sequence {
+				continue // an answer to an earlier request
+			}
+			switch r.Header.Type {
+			case netlink.Done, netlink.Error:
+				return out, answerError(r)
+			}
+			out = append(out, r)
+		}
+	}
+}
+
+// answerError is the errno an NLMSG_ERROR (or NLMSG_DONE) answer carries; nil
+// for an acknowledgement.
+func answerError(m netlink.Message) error {
+	if len(m.Data) < 4 {
+		return nil
+	}
+	if code := int32(binary.NativeEndian.Uint32(m.Data)); code < 0 {
+		return fmt.Errorf("netlink: %w", unix.Errno(-code))
+	}
+	return nil
 }
 
 // lib is a google/nftables Conn whose requests go over s (lasting: one

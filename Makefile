@@ -105,8 +105,9 @@ bench-cni: deps-kube deps-cni-plugins ## detour-cni: median and p99 ADD latency,
 
 # --- engine (redirect/) ---
 .PHONY: bench-engine
-bench-engine: ## redirect engine: plan, install, no-change re-install, uninstall (time and procs/op; as root)
-	$(GO) test -count=1 -run '^$$' -bench . -benchtime=50x ./redirect/
+bench-engine: ## redirect engine in-process: install, no-change re-run, uninstall per backend through every Driver, the nftables driver alone, planning (time and procs/op; as root)
+	$(GO) test -count=1 -run '^$$' -bench Engine -benchtime=50x ./redirect/backends/
+	$(GO) test -count=1 -run '^$$' -bench 'Apply|Plan' -benchtime=50x ./redirect/nftables/ ./redirect/iptables/
 
 # --- control plane (issue #3) ---
 .PHONY: bench-inject

@@ -41,8 +41,10 @@ type RedirectorOptions struct {
 	Logger                     *slog.Logger
 }
 
-func (o RedirectorOptions) backends() backends.Options {
-	return backends.Options{Logger: o.Logger, EBPF: backends.EBPFNetns(o.EBPFPinDir, o.EBPFCgroupRoot)}
+// backends are the Options of the Drivers for a call that asks for backend
+// (backends.AnyBackend: one that reads or removes every backend's state).
+func (o RedirectorOptions) backends(backend redirect.Backend) backends.Options {
+	return backends.Options{Logger: o.Logger, Backend: backend, EBPF: backends.EBPFNetns(o.EBPFPinDir, o.EBPFCgroupRoot)}
 }
 
 // EngineRedirector returns the Redirector that applies plans with the redirect
@@ -50,20 +52,27 @@ func (o RedirectorOptions) backends() backends.Options {
 // namespace is enrolled by its cookie in the maps pinned under EBPFPinDir
 // (the programs are loaded and attached to EBPFCgroupRoot by the first pod).
 func EngineRedirector(o RedirectorOptions) Redirector {
-	return engineRedirector{e: backends.Engine(o.Netns, o.backends())}
+	return engineRedirector{o: o}
 }
 
 // RemoveEBPFEnrolment removes what the eBPF backend holds, outside the pod's
 // namespace, for the namespace whose cookie ADD recorded: DEL and GC use it
 // when that namespace is already gone. Idempotent.
 func RemoveEBPFEnrolment(o RedirectorOptions, cookie uint64) error {
-	return backends.RemoveEBPFNetns(o.backends(), cookie)
+	return backends.RemoveEBPFNetns(o.backends(backends.AnyBackend), cookie)
 }
 
-type engineRedirector struct{ e *redirect.Engine }
+// engineRedirector makes the Engine of each call for the backend the call
+// asks for, so that an install with a named backend does not look up which
+// iptables the host uses (backends.Options.Backend).
+type engineRedirector struct{ o RedirectorOptions }
 
-func (r engineRedirector) plan(ctx context.Context, cfg redirect.Config) (redirect.Plan, error) {
-	facts, err := r.e.Facts(ctx, cfg)
+func (r engineRedirector) engine(backend redirect.Backend) *redirect.Engine {
+	return backends.Engine(r.o.Netns, r.o.backends(backend))
+}
+
+func (r engineRedirector) plan(ctx context.Context, e *redirect.Engine, cfg redirect.Config) (redirect.Plan, error) {
+	facts, err := e.Facts(ctx, cfg)
 	if err != nil {
 		return redirect.Plan{}, fmt.Errorf("observe pod namespace: %w", err)
 	}
@@ -75,22 +84,24 @@ func (r engineRedirector) plan(ctx context.Context, cfg redirect.Config) (redire
 }
 
 func (r engineRedirector) Install(ctx context.Context, cfg redirect.Config) error {
-	p, err := r.plan(ctx, cfg)
+	e := r.engine(cfg.Backend)
+	p, err := r.plan(ctx, e, cfg)
 	if err != nil {
 		return err
 	}
-	if _, err := r.e.Install(ctx, p); err != nil {
+	if _, err := e.Install(ctx, p); err != nil {
 		return fmt.Errorf("install redirection: %w", err)
 	}
 	return nil
 }
 
 func (r engineRedirector) Check(ctx context.Context, cfg redirect.Config) error {
-	p, err := r.plan(ctx, cfg)
+	e := r.engine(cfg.Backend)
+	p, err := r.plan(ctx, e, cfg)
 	if err != nil {
 		return err
 	}
-	d, err := r.e.Check(ctx, p)
+	d, err := e.Check(ctx, p)
 	if errors.Is(err, redirect.ErrNotInstalled) {
 		return fmt.Errorf("%w: nothing is installed", ErrDrift)
 	}
@@ -104,7 +115,7 @@ func (r engineRedirector) Check(ctx context.Context, cfg redirect.Config) error 
 }
 
 func (r engineRedirector) Uninstall(ctx context.Context) error {
-	if _, err := r.e.Uninstall(ctx); err != nil {
+	if _, err := r.engine(backends.AnyBackend).Uninstall(ctx); err != nil {
 		return fmt.Errorf("uninstall redirection: %w", err)
 	}
 	return nil

@@ -9,6 +9,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"sync"
 
 	"sigs.k8s.io/yaml"
 )
@@ -104,7 +105,7 @@ func (c *Config) Decode(doc []byte) error {
 		return nil
 	}
 	js, err := yaml.YAMLToJSONStrict(doc)
-	if m := duplicateKey.FindStringSubmatch(fmt.Sprint(err)); m != nil {
+	if m := duplicateKey().FindStringSubmatch(fmt.Sprint(err)); m != nil {
 		// A key given twice in one mapping: YAML and JSON parsers keep the
 		// later one silently; detour refuses to guess which was meant.
 		return &FieldError{Field: m[2], Value: "line " + m[1], Reason: "appears twice in the same mapping; give each key once"}
@@ -129,8 +130,11 @@ func (c *Config) Decode(doc []byte) error {
 	return nil
 }
 
-// duplicateKey matches the strict YAML parser's report of a repeated key.
-var duplicateKey = regexp.MustCompile(`line (\d+): key "([^"]*)" already set in map`)
+// duplicateKey matches the strict YAML parser's report of a repeated key;
+// compiled on first use, not at every start of the binary.
+var duplicateKey = sync.OnceValue(func() *regexp.Regexp {
+	return regexp.MustCompile(`line (\d+): key "([^"]*)" already set in map`)
+})
 
 func firstLine(s string) string {
 	s, _, _ = strings.Cut(s, "\n")

@@ -31,8 +31,42 @@ type netItem struct {
 	want   bool   // the plan asks for it
 	exists bool   // it is there (ours, or for routes and addresses an equal one of someone else)
 	ours   bool   // it is there carrying our tag (so we may remove it)
-	add    func() error
-	del    func() error
+	add    func(c *routeConn) error
+	del    func(c *routeConn) error
+}
+
+// routeConn is the NETLINK_ROUTE socket of the calling thread's namespace
+// that one observe, or one change, makes every request on: the library's
+// package-level calls open, bind, register with Go's poller and close a
+// socket per request.
+type routeConn struct {
+	h  *netlink.Handle
+	sh *nl.SocketHandle // for the requests netlink.Handle does not make (IFA_PROTO)
+}
+
+func openRoute() (*routeConn, error) {
+	h, err := netlink.NewHandle(unix.NETLINK_ROUTE)
+	if err != nil {
+		return nil, fmt.Errorf("open rtnetlink socket: %w", err)
+	}
+	s, err := nl.Subscribe(unix.NETLINK_ROUTE) // no groups: a plain request socket
+	if err != nil {
+		h.Close()
+		return nil, fmt.Errorf("open rtnetlink socket: %w", err)
+	}
+	return &routeConn{h: h, sh: &nl.SocketHandle{Socket: s}}, nil
+}
+
+func (c *routeConn) close() {
+	c.sh.Close()
+	c.h.Close()
+}
+
+// request is a request of our own on c's socket.
+func (c *routeConn) request(proto, flags int) *nl.NetlinkRequest {
+	req := nl.NewNetlinkRequest(proto, flags)
+	req.Sockets = map[int]*nl.SocketHandle{unix.NETLINK_ROUTE: c.sh}
+	return req
 }
 
 // netState is every netItem of the namespace against what a plan wants. It
@@ -94,9 +128,9 @@ type loAddr struct {
 
 // listLoAddrs dumps the addresses of family f on link lo with their IFA_PROTO,
 // which netlink.AddrList does not read.
-func listLoAddrs(f Family, lo int) ([]loAddr, error) {
+func listLoAddrs(c *routeConn, f Family, lo int) ([]loAddr, error) {
 	msgs, err := retryDump(func() ([][]byte, error) {
-		req := nl.NewNetlinkRequest(unix.RTM_GETADDR, unix.NLM_F_DUMP)
+		req := c.request(unix.RTM_GETADDR, unix.NLM_F_DUMP)
 		req.AddData(nl.NewIfAddrmsg(netlinkFamily(f)))
 		return req.Execute(unix.NETLINK_ROUTE, unix.RTM_NEWADDR)
 	})
@@ -146,8 +180,8 @@ func listLoAddrs(f Family, lo int) ([]loAddr, error) {
 // addLoAddr puts p on lo tagged with our protocol: IPv4 also with our label
 // (visible in `ip addr`, which does not show the protocol), IPv6 with nodad so
 // the proxy can bind it at once; neither gets a prefix route.
-func addLoAddr(p netip.Prefix, lo int) error {
-	req := nl.NewNetlinkRequest(unix.RTM_NEWADDR, unix.NLM_F_CREATE|unix.NLM_F_EXCL|unix.NLM_F_ACK)
+func addLoAddr(c *routeConn, p netip.Prefix, lo int) error {
+	req := c.request(unix.RTM_NEWADDR, unix.NLM_F_CREATE|unix.NLM_F_EXCL|unix.NLM_F_ACK)
 	fam := IPv4
 	if p.Addr().Is6() {
 		fam = IPv6
@@ -174,8 +208,8 @@ func addLoAddr(p netip.Prefix, lo int) error {
 	return err
 }
 
-func delLoAddr(p netip.Prefix, lo netlink.Link) error {
-	return netlink.AddrDel(lo, &netlink.Addr{
+func delLoAddr(c *routeConn, p netip.Prefix, lo netlink.Link) error {
+	return c.h.AddrDel(lo, &netlink.Addr{
 		IPNet: &net.IPNet{IP: p.Addr().AsSlice(), Mask: net.CIDRMask(p.Bits(), p.Addr().BitLen())},
 	})
 }
@@ -198,7 +232,12 @@ func retryDump[T any](dump func() (T, error)) (T, error) {
 // which it wants.
 func observeNet(p Plan) (netState, error) {
 	var s netState
-	lo, err := netlink.LinkByName("lo")
+	c, err := openRoute()
+	if err != nil {
+		return s, err
+	}
+	defer c.close()
+	lo, err := c.h.LinkByName("lo")
 	if err != nil {
 		return s, fmt.Errorf("find loopback: %w", err)
 	}
@@ -207,7 +246,7 @@ func observeNet(p Plan) (netState, error) {
 	for _, f := range allFamilies {
 		fc, planned := p.Family(f)
 		wantRouting := planned && fc.TProxy != nil
-		rules, err := retryDump(func() ([]netlink.Rule, error) { return netlink.RuleList(netlinkFamily(f)) })
+		rules, err := retryDump(func() ([]netlink.Rule, error) { return c.h.RuleList(netlinkFamily(f)) })
 		if err != nil {
 			if !planned && errors.Is(err, unix.EAFNOSUPPORT) {
 				continue // no IPv6 in this kernel: nothing of ours either
@@ -215,7 +254,7 @@ func observeNet(p Plan) (netState, error) {
 			return s, fmt.Errorf("list %s ip rules: %w", f, err)
 		}
 		routes, err := retryDump(func() ([]netlink.Route, error) {
-			return netlink.RouteListFiltered(netlinkFamily(f), &netlink.Route{Table: tproxyTable}, netlink.RT_FILTER_TABLE)
+			return c.h.RouteListFiltered(netlinkFamily(f), &netlink.Route{Table: tproxyTable}, netlink.RT_FILTER_TABLE)
 		})
 		if err != nil {
 			return s, fmt.Errorf("list %s routes of table %d: %w", f, tproxyTable, err)
@@ -228,29 +267,29 @@ func observeNet(p Plan) (netState, error) {
 		// its own.
 		ruleOurs := slices.ContainsFunc(rules, func(r netlink.Rule) bool { return isRuleKey(r) && r.Protocol == netProtocol })
 		s.items = append(s.items, &netItem{family: f, line: lines[0], want: wantRouting, exists: ruleOurs, ours: ruleOurs,
-			add: func() error { return netlink.RuleAdd(ru) }, del: func() error { return netlink.RuleDel(ru) }})
+			add: func(c *routeConn) error { return c.h.RuleAdd(ru) }, del: func(c *routeConn) error { return c.h.RuleDel(ru) }})
 		for _, r := range rules {
 			if r.Protocol == netProtocol && !isRuleKey(r) {
 				stray := netlink.NewRule()
 				stray.Family, stray.Priority, stray.Table, stray.Mark, stray.Mask, stray.Protocol = netlinkFamily(f), r.Priority, r.Table, r.Mark, r.Mask, netProtocol
 				s.items = append(s.items, &netItem{family: f, line: ruleLine(f, r), exists: true, ours: true,
-					del: func() error { return netlink.RuleDel(stray) }})
+					del: func(c *routeConn) error { return c.h.RuleDel(stray) }})
 			}
 		}
 
 		routeThere := slices.ContainsFunc(routes, isRouteKey)
 		routeOurs := slices.ContainsFunc(routes, func(r netlink.Route) bool { return isRouteKey(r) && r.Protocol == netProtocol })
 		s.items = append(s.items, &netItem{family: f, line: lines[1], want: wantRouting, exists: routeThere, ours: routeOurs,
-			add: func() error { return netlink.RouteAdd(rt) }, del: func() error { return netlink.RouteDel(rt) }})
+			add: func(c *routeConn) error { return c.h.RouteAdd(rt) }, del: func(c *routeConn) error { return c.h.RouteDel(rt) }})
 		for _, r := range routes {
 			if r.Protocol == netProtocol && !isRouteKey(r) {
 				stray := r
 				s.items = append(s.items, &netItem{family: f, line: fmt.Sprintf("# routing: %s (table %d)", r.String(), tproxyTable), exists: true, ours: true,
-					del: func() error { return netlink.RouteDel(&stray) }})
+					del: func(c *routeConn) error { return c.h.RouteDel(&stray) }})
 			}
 		}
 
-		addrs, err := listLoAddrs(f, loIdx)
+		addrs, err := listLoAddrs(c, f, loIdx)
 		if err != nil {
 			return s, fmt.Errorf("list %s addresses of lo: %w", f, err)
 		}
@@ -265,15 +304,15 @@ func observeNet(p Plan) (netState, error) {
 					it.exists, it.ours = true, a.proto == netProtocol
 				}
 			}
-			it.add = func() error { return addLoAddr(w, loIdx) }
-			it.del = func() error { return delLoAddr(w, lo) }
+			it.add = func(c *routeConn) error { return addLoAddr(c, w, loIdx) }
+			it.del = func(c *routeConn) error { return delLoAddr(c, w, lo) }
 			s.items = append(s.items, it)
 		}
 		for _, a := range addrs {
 			if a.proto == netProtocol && !slices.Contains(wanted, a.prefix) {
 				p := a.prefix
 				s.items = append(s.items, &netItem{family: f, line: addressLine(p), exists: true, ours: true,
-					del: func() error { return delLoAddr(p, lo) }})
+					del: func(c *routeConn) error { return delLoAddr(c, p, lo) }})
 			}
 		}
 	}
@@ -347,17 +386,36 @@ func (s netState) owns(f Family) bool {
 func (s netState) add() (undo func() error, err error) {
 	var done []*netItem
 	undo = func() error {
+		if len(done) == 0 {
+			return nil
+		}
+		c, err := openRoute()
+		if err != nil {
+			return err
+		}
+		defer c.close()
 		var errs []error
 		for i := len(done) - 1; i >= 0; i-- {
-			errs = append(errs, done[i].del())
+			errs = append(errs, done[i].del(c))
 		}
 		return errors.Join(errs...)
 	}
+	var c *routeConn
+	defer func() {
+		if c != nil {
+			c.close()
+		}
+	}()
 	for _, it := range s.items {
 		if !it.want || it.exists {
 			continue
 		}
-		if err := it.add(); err != nil {
+		if c == nil {
+			if c, err = openRoute(); err != nil {
+				return undo, err
+			}
+		}
+		if err := it.add(c); err != nil {
 			return undo, errors.Join(fmt.Errorf("%s: %w", it.line[2:], err), undo())
 		}
 		done = append(done, it)
@@ -366,12 +424,23 @@ func (s netState) add() (undo func() error, err error) {
 }
 
 // remove deletes what is ours and not wanted.
-func (s netState) remove() error {
+func (s netState) remove() (err error) {
+	var c *routeConn
+	defer func() {
+		if c != nil {
+			c.close()
+		}
+	}()
 	for _, it := range s.items {
 		if it.want || !it.ours {
 			continue
 		}
-		if err := it.del(); err != nil {
+		if c == nil {
+			if c, err = openRoute(); err != nil {
+				return err
+			}
+		}
+		if err := it.del(c); err != nil {
 			return fmt.Errorf("undo %s: %w", it.line[2:], err)
 		}
 	}

@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"slices"
 	"strings"
 	"time"
 
@@ -45,12 +44,14 @@ func (g *globalOptions) later(cmd *cobra.Command, bind func()) {
 	g.deferred = append(g.deferred, deferredFlags{cmd: cmd, bind: bind})
 }
 
-// bindFlags binds the deferred flags of the command args select, or of
-// every command when args select none of them (help, completion, a
-// mistyped command), so that help and completion see every flag.
+// bindFlags binds the deferred flags of the command args select (none for
+// a command without them, such as version), or of every command when args
+// select none of them (the root, help, completion, a mistyped command), so
+// that help and completion see every flag. Binding a command's config flags
+// costs more than a short command's whole run.
 func (g *globalOptions) bindFlags(root *cobra.Command, args []string) {
 	target, _, err := root.Find(args)
-	only := err == nil && slices.ContainsFunc(g.deferred, func(d deferredFlags) bool { return d.cmd == target })
+	only := err == nil && target != root
 	for _, d := range g.deferred {
 		if !only || d.cmd == target {
 			d.bind()
@@ -59,9 +60,10 @@ func (g *globalOptions) bindFlags(root *cobra.Command, args []string) {
 	g.deferred = nil
 }
 
-// engine returns the redirect engine for the namespace at nsPath ("" = ours).
-func (g *globalOptions) engine(nsPath string, stderr io.Writer) *redirect.Engine {
-	return backends.Engine(nsPath, backends.Options{LockWait: g.lockWait, Logger: g.logger(stderr),
+// engine returns the redirect engine for the namespace at nsPath ("" = ours)
+// and a call that asks for backend (backends.AnyBackend: uninstall, status).
+func (g *globalOptions) engine(nsPath string, backend redirect.Backend, stderr io.Writer) *redirect.Engine {
+	return backends.Engine(nsPath, backends.Options{LockWait: g.lockWait, Logger: g.logger(stderr), Backend: backend,
 		EBPF: bpf.DriverOptions{Cgroup: g.cgroup, Loader: bpf.Options{PinDir: g.bpfPinDir, Root: g.bpfRoot}}})
 }
 

@@ -6,16 +6,15 @@ import (
 	"os"
 	"os/signal"
 	"syscall"
+
+	"github.com/spf13/cobra"
 )
 
 // version is set at build time with -ldflags "-X main.version=...".
 var version = "dev"
 
 func main() {
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	code := run(ctx, os.Args[1:], os.Stdin, os.Stdout, os.Stderr)
-	stop()
-	os.Exit(code)
+	os.Exit(run(context.Background(), os.Args[1:], os.Stdin, os.Stdout, os.Stderr))
 }
 
 // streams are the command's standard files; tests pass buffers.
@@ -28,6 +27,22 @@ type streams struct {
 func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	s := streams{in: stdin, out: stdout, err: stderr}
 	root := newRootCmd(s, newDelegator(args))
+	// SIGINT and SIGTERM cancel the command's context, so that a lock wait or
+	// an apply ends cleanly. The handler (two goroutines, and the threads that
+	// start for them) is set up only for a command that runs; version opts out.
+	stop := func() {}
+	root.PersistentPreRun = func(cmd *cobra.Command, _ []string) {
+		var c context.Context
+		c, stop = signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
+		cmd.SetContext(c)
+	}
+	defer func() { stop() }()
+	if target, _, err := root.Find(args); err == nil && target != root {
+		// cobra builds its completion command on every run; only the
+		// root's help, `help` and `completion` (which Find does not know
+		// yet) show or run it.
+		root.CompletionOptions.DisableDefaultCmd = true
+	}
 	root.SetArgs(args)
 	root.SetIn(stdin)
 	root.SetOut(stdout)

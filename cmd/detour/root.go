@@ -65,6 +65,8 @@ func newVersionCmd(s streams) *cobra.Command {
 		Use:   "version",
 		Short: "Print detour's version",
 		Args:  cobra.NoArgs,
+		// Nothing to interrupt cleanly: no signal handler (see run).
+		PersistentPreRun: func(*cobra.Command, []string) {},
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			_, err := fmt.Fprintln(s.out, "detour", version)
 			return err

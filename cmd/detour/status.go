@@ -6,6 +6,8 @@ import (
 	"strings"
 
 	"github.com/spf13/cobra"
+
+	"github.com/detour-mesh/detour/redirect/backends"
 )
 
 type statusOptions struct {
@@ -36,7 +38,7 @@ func runStatus(ctx context.Context, o *statusOptions, g *globalOptions, s stream
 	if err != nil {
 		return err
 	}
-	eng := g.engine(nsPath, s.err)
+	eng := g.engine(nsPath, backends.AnyBackend, s.err)
 	st, err := eng.Status(ctx)
 	if err != nil {
 		return fmt.Errorf("status: %w", err)

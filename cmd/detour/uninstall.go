@@ -8,6 +8,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/detour-mesh/detour/redirect"
+	"github.com/detour-mesh/detour/redirect/backends"
 )
 
 type uninstallOptions struct {
@@ -46,7 +47,7 @@ func runUninstall(ctx context.Context, o *uninstallOptions, g *globalOptions, s 
 	if err := checkPersist(o.persist, nsPath, false); err != nil {
 		return err
 	}
-	eng := g.engine(nsPath, s.err)
+	eng := g.engine(nsPath, backends.AnyBackend, s.err)
 	res, err := eng.Uninstall(ctx)
 	if err != nil {
 		return fmt.Errorf("uninstall: %w", err)

@@ -21,7 +21,22 @@ func Do(path string, fn func() error) error {
 		return fmt.Errorf("open network namespace %s: %w", path, err)
 	}
 	defer unix.Close(target)
+	return do(target, path, fn)
+}
 
+// DoFd is Do for the network namespace of an open fd (of /run/netns/NAME or
+// /proc/PID/ns/net); 0 runs fn in the caller's namespace, on the caller's
+// goroutine. The fd stays open.
+func DoFd(fd int, fn func() error) error {
+	if fd == 0 {
+		return fn()
+	}
+	return do(fd, fmt.Sprintf("fd %d", fd), fn)
+}
+
+// do runs fn on a locked OS thread inside the namespace of target; name
+// names it in errors.
+func do(target int, path string, fn func() error) error {
 	type outcome struct {
 		err   error
 		panic any

@@ -12,6 +12,14 @@ func Do(path string, fn func() error) error {
 	return errors.ErrUnsupported
 }
 
+// DoFd runs fn; entering another network namespace is Linux-only.
+func DoFd(fd int, fn func() error) error {
+	if fd == 0 {
+		return fn()
+	}
+	return errors.ErrUnsupported
+}
+
 // ErrNotNetNS is returned by Check for a path that is not a network namespace.
 var ErrNotNetNS = errors.New("not a network namespace")
 

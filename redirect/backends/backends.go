@@ -48,7 +48,18 @@ type Options struct {
 	// namespace Engine enters) and where it pins. The zero value is the
 	// network-namespace scope with the default pins.
 	EBPF bpf.DriverOptions
+	// Backend is the backend the call asks for. It says whether the order of
+	// the iptables Drivers matters: for auto (and "") and iptables, which
+	// pick by it, the host's default iptables is looked up (a PATH search,
+	// and `iptables -V`, a child process, where the binary's name does not
+	// tell); for any other backend, and for AnyBackend, it is not.
+	Backend redirect.Backend
 }
+
+// AnyBackend is Options.Backend for the calls that read or remove detour's
+// state in every backend and install with none (uninstall, status), to
+// which the order of the Drivers decides nothing.
+const AnyBackend redirect.Backend = "any"
 
 // All returns every Driver of this build in auto's order of preference:
 // the iptables backends, the one plain `iptables` uses on this host first,
@@ -58,7 +69,12 @@ type Options struct {
 // ebpf installs it).
 func All(o Options) []redirect.Driver {
 	var out []redirect.Driver
-	out = append(out, iptables.Drivers(o.LockWait, o.Logger)...)
+	switch o.Backend {
+	case "", redirect.BackendAuto, redirect.BackendIPTables:
+		out = append(out, iptables.Drivers(o.LockWait, o.Logger)...)
+	default:
+		out = append(out, iptables.DriversAnyOrder(o.LockWait, o.Logger)...)
+	}
 	out = append(out, nftables.New(nftables.Options{Logger: o.Logger}))
 	e := o.EBPF
 	if e.Loader.Logger == nil {

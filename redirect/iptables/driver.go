@@ -49,7 +49,18 @@ func (d *detection) count(ctx context.Context) {
 // this host first (so `backend iptables` and auto's fallback pick it).
 func Drivers(lockWait time.Duration, logger *slog.Logger) []redirect.Driver {
 	def, spawned := hostDefault()
-	det := &detection{spawned: spawned}
+	return drivers(def, &detection{spawned: spawned}, lockWait, logger)
+}
+
+// DriversAnyOrder returns both iptables drivers, legacy first, without
+// looking up which one plain `iptables` uses (a PATH search, and `iptables
+// -V` where the binary's name does not tell): for callers to whom their order
+// decides nothing, such as an install that names another backend.
+func DriversAnyOrder(lockWait time.Duration, logger *slog.Logger) []redirect.Driver {
+	return drivers(redirect.BackendIPTablesLegacy, nil, lockWait, logger)
+}
+
+func drivers(def redirect.Backend, det *detection, lockWait time.Duration, logger *slog.Logger) []redirect.Driver {
 	legacy := &Driver{Backend: redirect.BackendIPTablesLegacy, LockWait: lockWait, Logger: logger, detect: det}
 	nft := &Driver{Backend: redirect.BackendIPTablesNFT, LockWait: lockWait, Logger: logger, detect: det}
 	if def == redirect.BackendIPTablesNFT {

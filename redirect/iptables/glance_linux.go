@@ -125,10 +125,14 @@ func glanceNFT() (bool, error) {
 	if err := unix.Bind(fd, &unix.SockaddrNetlink{Family: unix.AF_NETLINK}); err != nil {
 		return true, fmt.Errorf("bind nfnetlink socket: %w", err)
 	}
+	// A dump answers in datagrams of at most 32 KiB (the kernel sizes them
+	// by the largest read buffer seen, up to that): one buffer of that size
+	// serves every dump.
+	buf := make([]byte, 32<<10)
 	for _, fam := range []byte{unix.NFPROTO_IPV4, unix.NFPROTO_IPV6} {
 		chains := 0
 		ours := false
-		err := dump(fd, unix.NFT_MSG_GETCHAIN, fam, func(attrs []byte) {
+		err := dump(fd, buf, unix.NFT_MSG_GETCHAIN, fam, func(attrs []byte) {
 			chains++
 			if name, ok := attr(attrs, unix.NFTA_CHAIN_NAME); ok && bytes.HasPrefix(name, []byte(chainPrefix)) {
 				ours = true
@@ -141,7 +145,7 @@ func glanceNFT() (bool, error) {
 			continue
 		}
 		rules := 0
-		if err := dump(fd, unix.NFT_MSG_GETRULE, fam, func([]byte) { rules++ }); err != nil || rules > 0 {
+		if err := dump(fd, buf, unix.NFT_MSG_GETRULE, fam, func([]byte) { rules++ }); err != nil || rules > 0 {
 			return true, err
 		}
 	}
@@ -149,8 +153,8 @@ func glanceNFT() (bool, error) {
 }
 
 // dump sends one nf_tables dump request of family fam and calls each for
-// the attributes of every object the kernel answers with.
-func dump(fd int, msg uint16, fam byte, each func(attrs []byte)) error {
+// the attributes of every object the kernel answers with, reading into buf.
+func dump(fd int, buf []byte, msg uint16, fam byte, each func(attrs []byte)) error {
 	seq := uint32(msg)<<8 | uint32(fam) // one request of each kind and family per socket
 	req := make([]byte, unix.NLMSG_HDRLEN+4)
 	binary.NativeEndian.PutUint32(req[0:], uint32(len(req)))
@@ -162,11 +166,13 @@ func dump(fd int, msg uint16, fam byte, each func(attrs []byte)) error {
 	if err := unix.Sendto(fd, req, 0, &unix.SockaddrNetlink{Family: unix.AF_NETLINK}); err != nil {
 		return fmt.Errorf("send nf_tables dump request: %w", err)
 	}
-	buf := make([]byte, 64<<10)
 	for {
-		n, _, err := unix.Recvfrom(fd, buf, 0)
+		n, _, err := unix.Recvfrom(fd, buf, unix.MSG_TRUNC)
 		if err != nil {
 			return fmt.Errorf("read nf_tables dump: %w", err)
+		}
+		if n > len(buf) {
+			return fmt.Errorf("read nf_tables dump: a datagram of %d bytes in a buffer of %d", n, len(buf))
 		}
 		msgs, err := syscall.ParseNetlinkMessage(buf[:n])
 		if err != nil {

@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"slices"
 	"strings"
+	"sync"
 
 	"github.com/detour-mesh/detour/redirect"
 )
@@ -62,9 +63,35 @@ type Observed struct {
 	// Driver's, such as another eBPF scope's inbound table), by name.
 	siblings []string
 	// rs is the table read back as a Ruleset, for Explain; problems name what
-	// of it could not be read back as detour made it.
+	// of it could not be read back as detour made it. The rules' texts are
+	// parsed into rs only when Explain asks (parsed): install, check and
+	// status compare texts.
 	rs       Ruleset
 	problems []string
+	unparsed []unparsedRule
+	parsed   sync.Once
+}
+
+// unparsedRule is an observed rule's text, for its chain in rs.
+type unparsedRule struct {
+	chain *Chain
+	fam   redirect.Family
+	text  string
+}
+
+// parseRules parses the observed rules into rs, once.
+func (o *Observed) parseRules() {
+	o.parsed.Do(func() {
+		for _, u := range o.unparsed {
+			r, err := parseRule(u.text, u.fam)
+			if err != nil {
+				o.problems = append(o.problems, u.chain.Name+" "+u.text)
+				continue
+			}
+			u.chain.Rules = append(u.chain.Rules, r)
+		}
+		o.unparsed = nil
+	})
 }
 
 // Empty reports whether detour's table is absent.

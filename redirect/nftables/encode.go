@@ -5,6 +5,7 @@ package nftables
 import (
 	"crypto/sha256"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"slices"
 
@@ -50,12 +51,13 @@ func (r Rule) ruleExprs() ([][]byte, error) {
 // fingerprint hashes a rule's expressions in their normalized form.
 func fingerprint(exprs [][]byte) ([]byte, error) {
 	h := sha256.New()
+	var n []byte
 	for _, e := range exprs {
-		n, err := normalizeExpr(e)
-		if err != nil {
+		var err error
+		if n, err = appendNormalizedExpr(n[:0], e); err != nil {
 			return nil, err
 		}
-		h.Write(binary.BigEndian.AppendUint32(nil, uint32(len(n))))
+		h.Write(binary.BigEndian.AppendUint32(make([]byte, 0, 4), uint32(len(n))))
 		h.Write(n)
 	}
 	return h.Sum(nil)[:16], nil
@@ -83,67 +85,131 @@ var nestedData = map[string][]uint16{
 	"bitwise":   {unix.NFTA_BITWISE_MASK, unix.NFTA_BITWISE_XOR},
 }
 
-// stripNested re-encodes nested attributes without their NLA_F_NESTED flags,
-// depth levels down.
+const attrFlags = unix.NLA_F_NESTED | unix.NLA_F_NET_BYTEORDER
+
+// stripNested is b with the NLA_F_NESTED and NLA_F_NET_BYTEORDER flags of
+// its attributes cleared, and of theirs, depth levels down (a copy; b when it
+// does not decode).
 func stripNested(b []byte, depth int) []byte {
-	attrs, err := netlink.UnmarshalAttributes(b)
-	if err != nil {
-		return b
-	}
-	for i := range attrs {
-		if attrs[i].Type&unix.NLA_F_NESTED != 0 && depth > 1 {
-			attrs[i].Data = stripNested(attrs[i].Data, depth-1)
-		}
-		attrs[i].Type &^= unix.NLA_F_NESTED | unix.NLA_F_NET_BYTEORDER
-	}
-	out, err := netlink.MarshalAttributes(attrs)
-	if err != nil {
+	out := slices.Clone(b)
+	if !clearFlags(out, depth) {
 		return b
 	}
 	return out
 }
 
-// normalizeExpr is an expression's name and its data attributes, sorted by
-// type, without kernel defaults.
-func normalizeExpr(b []byte) ([]byte, error) {
-	attrs, err := netlink.UnmarshalAttributes(b)
-	if err != nil {
-		return nil, err
+// clearFlags clears the type flags of the attributes in b, in place, depth
+// levels down; false when b does not decode.
+func clearFlags(b []byte, depth int) bool {
+	for it := (attrs{b: b}); ; {
+		typ, data, ok := it.next()
+		if !ok {
+			return it.err == nil
+		}
+		if typ&unix.NLA_F_NESTED != 0 && depth > 1 && !clearFlags(data, depth-1) {
+			return false
+		}
+		binary.NativeEndian.PutUint16(b[it.at+2:], typ&^attrFlags)
 	}
+}
+
+// normalizeExpr is an expression's name and its data attributes, sorted by
+// type, without kernel defaults: name NUL, then per attribute its type
+// (2 bytes) and length (4 bytes), big-endian, and its payload.
+func normalizeExpr(b []byte) ([]byte, error) { return appendNormalizedExpr(nil, b) }
+
+// appendNormalizedExpr appends normalizeExpr(b) to out; it reads the
+// attributes in place, without decoding them into copies.
+func appendNormalizedExpr(out, b []byte) ([]byte, error) {
 	var name string
 	var data []byte
-	for _, a := range attrs {
-		switch a.Type &^ (unix.NLA_F_NESTED | unix.NLA_F_NET_BYTEORDER) {
+	it := attrs{b: b}
+	for {
+		typ, v, ok := it.next()
+		if !ok {
+			break
+		}
+		switch typ &^ attrFlags {
 		case unix.NFTA_EXPR_NAME:
-			name = string(trimNUL(a.Data))
+			name = string(trimNUL(v))
 		case unix.NFTA_EXPR_DATA:
-			data = a.Data
+			data = v
 		}
 	}
-	inner, err := netlink.UnmarshalAttributes(data)
-	if err != nil {
-		return nil, fmt.Errorf("expression %s: %w", name, err)
+	if it.err != nil {
+		return nil, it.err
 	}
-	var kept []netlink.Attribute
-	for _, a := range inner {
-		t := a.Type &^ (unix.NLA_F_NESTED | unix.NLA_F_NET_BYTEORDER)
-		if def, ok := kernelDefaults[name][t]; ok && (def == nil || slices.Equal(def, a.Data)) {
+	type attr struct {
+		typ uint16
+		v   []byte
+	}
+	var buf [8]attr
+	kept := buf[:0]
+	defaults, nested := kernelDefaults[name], nestedData[name]
+	in := attrs{b: data}
+	for {
+		typ, v, ok := in.next()
+		if !ok {
+			break
+		}
+		t := typ &^ attrFlags
+		if def, ok := defaults[t]; ok && (def == nil || slices.Equal(def, v)) {
 			continue
 		}
-		v := a.Data
-		if slices.Contains(nestedData[name], t) {
+		if slices.Contains(nested, t) {
 			v = stripNested(v, 2)
 		}
-		kept = append(kept, netlink.Attribute{Type: t, Data: v})
+		kept = append(kept, attr{t, v})
 	}
-	slices.SortStableFunc(kept, func(x, y netlink.Attribute) int { return int(x.Type) - int(y.Type) })
-	out := []byte(name + "\x00")
+	if in.err != nil {
+		return nil, fmt.Errorf("expression %s: %w", name, in.err)
+	}
+	slices.SortStableFunc(kept, func(x, y attr) int { return int(x.typ) - int(y.typ) })
+	out = append(append(out, name...), 0)
 	for _, a := range kept {
-		out = binary.BigEndian.AppendUint16(out, a.Type)
-		out = binary.BigEndian.AppendUint32(out, uint32(len(a.Data)))
-		out = append(out, a.Data...)
+		out = binary.BigEndian.AppendUint16(out, a.typ)
+		out = binary.BigEndian.AppendUint32(out, uint32(len(a.v)))
+		out = append(out, a.v...)
 	}
 	return out, nil
+}
+
+// attrs iterates over the netlink attributes in b without copying them; it
+// reads them as mdlayher/netlink's UnmarshalAttributes does (attributes of
+// length 0 are skipped, a length past the end is an error).
+type attrs struct {
+	b   []byte
+	i   int   // where the next attribute starts
+	at  int   // where the one next returned last starts
+	err error // why decoding stopped early
+}
+
+var errAttr = errors.New("invalid netlink attribute")
+
+// next returns the type (flags included) and payload of the next attribute;
+// ok false at the end or on an error (then err is set).
+func (a *attrs) next() (typ uint16, data []byte, ok bool) {
+	for a.err == nil && a.i < len(a.b) {
+		rest := a.b[a.i:]
+		if len(rest) < unix.SizeofNlAttr {
+			a.err = errAttr
+			break
+		}
+		l := int(binary.NativeEndian.Uint16(rest))
+		typ = binary.NativeEndian.Uint16(rest[2:])
+		a.at = a.i
+		switch {
+		case l > len(rest), l > 0 && l < unix.SizeofNlAttr:
+			a.err = errAttr
+			return 0, nil, false
+		case l == 0:
+			a.i += unix.SizeofNlAttr
+			continue
+		}
+		a.i += (l + unix.NLA_ALIGNTO - 1) &^ (unix.NLA_ALIGNTO - 1)
+		return typ, rest[unix.SizeofNlAttr:l:l], true
+	}
+	return 0, nil, false
 }
 
 func trimNUL(b []byte) []byte {

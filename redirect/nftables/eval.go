@@ -240,6 +240,7 @@ func (o *Observed) explain(c redirect.Conn) (outcome, error) {
 	if o.Empty() {
 		return outcome{}, nil
 	}
+	o.parseRules()
 	if len(o.problems) > 0 {
 		return outcome{}, fmt.Errorf("detour's nftables table holds what detour did not make, so no answer is given: %s", strings.Join(o.problems, "; "))
 	}

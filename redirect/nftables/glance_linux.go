@@ -14,12 +14,12 @@ var _ redirect.Glancer = (*Driver)(nil)
 // (redirect.Glancer): one netlink dump of the table names, without reading
 // the table or asking whether nf_tables works (an error says it cannot tell).
 func (d *Driver) Glance(ctx context.Context) (bool, error) {
-	c, err := d.dial()
+	s, err := d.open()
 	if err != nil {
 		return true, err
 	}
-	defer c.Close()
-	tables, err := listTables(c)
+	defer s.Close()
+	tables, err := listTables(s)
 	if err != nil {
 		return true, err
 	}

@@ -17,26 +17,17 @@ import (
 	"github.com/detour-mesh/detour/redirect"
 )
 
-func (d *Driver) dial() (*netlink.Conn, error) {
-	c, err := netlink.Dial(unix.NETLINK_NETFILTER, &netlink.Config{NetNS: d.opts.NetNSFd})
-	if err != nil {
-		return nil, fmt.Errorf("open nfnetlink socket: %w", err)
-	}
-	return c, nil
-}
-
-func (d *Driver) lib() (*nft.Conn, error) {
-	return nft.New(nft.WithNetNSFd(d.opts.NetNSFd))
-}
+// open opens the socket of one Driver call in the Driver's namespace.
+func (d *Driver) open() (*socket, error) { return openSocket(d.opts.NetNSFd) }
 
 // Ready reports whether nf_tables answers in the namespace.
 func (d *Driver) Ready(ctx context.Context) error {
-	c, err := d.dial()
+	s, err := d.open()
 	if err != nil {
 		return fmt.Errorf("%w: %w", redirect.ErrNotSupported, err)
 	}
-	defer c.Close()
-	if _, err := listTables(c); err != nil {
+	defer s.Close()
+	if _, err := listTables(s); err != nil {
 		return fmt.Errorf("%w: the kernel's nf_tables does not answer (module nf_tables, and for detour's rules nft_chain_nat, nft_redir, nft_tproxy, nft_socket, nft_fib_inet, nft_ct, nft_limit, nft_log): %w", redirect.ErrNotSupported, err)
 	}
 	return nil
@@ -49,8 +40,8 @@ type tableID struct {
 	name   string
 }
 
-func listTables(c *netlink.Conn) ([]tableID, error) {
-	msgs, err := c.Execute(netlink.Message{
+func listTables(s *socket) ([]tableID, error) {
+	msgs, err := s.execute(netlink.Message{
 		Header: netlink.Header{Type: netlink.HeaderType(unix.NFNL_SUBSYS_NFTABLES<<8 | unix.NFT_MSG_GETTABLE), Flags: netlink.Request | netlink.Dump},
 		Data:   nfgen(unix.NFPROTO_UNSPEC),
 	})
@@ -81,12 +72,12 @@ var familyNames = map[byte]string{unix.NFPROTO_INET: "inet", unix.NFPROTO_IPV4: 
 // exactly), sets and their elements (exact), and every rule's expressions as
 // bytes, checked against the fingerprint its userdata carries.
 func (d *Driver) ObserveTable(ctx context.Context) (*Observed, error) {
-	c, err := d.dial()
+	s, err := d.open()
 	if err != nil {
 		return nil, err
 	}
-	defer c.Close()
-	tables, err := listTables(c)
+	defer s.Close()
+	tables, err := listTables(s)
 	if err != nil {
 		return nil, err
 	}
@@ -109,7 +100,7 @@ func (d *Driver) ObserveTable(ctx context.Context) (*Observed, error) {
 	if !o.present {
 		return o, nil
 	}
-	lc, err := d.lib()
+	lc, err := s.lib()
 	if err != nil {
 		return nil, err
 	}
@@ -134,7 +125,7 @@ func (d *Driver) ObserveTable(ctx context.Context) (*Observed, error) {
 	if err != nil {
 		return nil, fmt.Errorf("list chains of table inet %s: %w", name, err)
 	}
-	rules, err := dumpRules(c, name)
+	rules, err := dumpRules(s, name)
 	if err != nil {
 		return nil, err
 	}
@@ -169,12 +160,7 @@ func (d *Driver) ObserveTable(ctx context.Context) (*Observed, error) {
 				fam = familyOfRule(r.text)
 			}
 			vc.rules = append(vc.rules, viewRule{fam: fam, text: r.text})
-			pr, err := parseRule(r.text, fam)
-			if err != nil {
-				o.problems = append(o.problems, ch.Name+" "+r.text)
-				continue
-			}
-			rc.Rules = append(rc.Rules, pr)
+			o.unparsed = append(o.unparsed, unparsedRule{chain: rc, fam: fam, text: r.text})
 		}
 		o.v.chains = append(o.v.chains, vc)
 		o.rs.Chains = append(o.rs.Chains, rc)
@@ -254,12 +240,12 @@ type dumpedRule struct {
 // text is the one its userdata carries when its expressions still hash to the
 // fingerprint stored with it; otherwise it says what is wrong, so it never
 // equals a planned line.
-func dumpRules(c *netlink.Conn, table string) (map[string][]dumpedRule, error) {
+func dumpRules(s *socket, table string) (map[string][]dumpedRule, error) {
 	req, err := netlink.MarshalAttributes([]netlink.Attribute{{Type: unix.NFTA_RULE_TABLE, Data: []byte(table + "\x00")}})
 	if err != nil {
 		return nil, err
 	}
-	msgs, err := c.Execute(netlink.Message{
+	msgs, err := s.execute(netlink.Message{
 		Header: netlink.Header{Type: netlink.HeaderType(unix.NFNL_SUBSYS_NFTABLES<<8 | unix.NFT_MSG_GETRULE), Flags: netlink.Request | netlink.Dump},
 		Data:   append(nfgen(unix.NFPROTO_INET), req...),
 	})
@@ -267,45 +253,53 @@ func dumpRules(c *netlink.Conn, table string) (map[string][]dumpedRule, error) {
 		return nil, fmt.Errorf("list rules of table inet %s: %w", table, err)
 	}
 	out := map[string][]dumpedRule{}
+	var exprs [][]byte
 	for _, m := range msgs {
 		if len(m.Data) < 4 || m.Data[0] != unix.NFPROTO_INET {
 			continue
 		}
-		attrs, err := netlink.UnmarshalAttributes(m.Data[4:])
-		if err != nil {
-			return nil, err
-		}
-		var tbl, chain string
+		var tbl, chain, ud []byte
 		var r dumpedRule
-		var exprs [][]byte
-		var ud []byte
-		for _, a := range attrs {
-			switch a.Type &^ unix.NLA_F_NESTED {
+		exprs = exprs[:0]
+		it := attrs{b: m.Data[4:]}
+		for {
+			typ, data, ok := it.next()
+			if !ok {
+				break
+			}
+			switch typ &^ unix.NLA_F_NESTED {
 			case unix.NFTA_RULE_TABLE:
-				tbl = string(trimNUL(a.Data))
+				tbl = trimNUL(data)
 			case unix.NFTA_RULE_CHAIN:
-				chain = string(trimNUL(a.Data))
+				chain = trimNUL(data)
 			case unix.NFTA_RULE_HANDLE:
-				if len(a.Data) == 8 {
-					r.handle = binary.BigEndian.Uint64(a.Data)
+				if len(data) == 8 {
+					r.handle = binary.BigEndian.Uint64(data)
 				}
 			case unix.NFTA_RULE_USERDATA:
-				ud = a.Data
+				ud = data
 			case unix.NFTA_RULE_EXPRESSIONS:
-				list, err := netlink.UnmarshalAttributes(a.Data)
-				if err != nil {
-					return nil, err
+				list := attrs{b: data}
+				for {
+					_, e, ok := list.next()
+					if !ok {
+						break
+					}
+					exprs = append(exprs, e)
 				}
-				for _, e := range list {
-					exprs = append(exprs, e.Data)
+				if list.err != nil {
+					return nil, fmt.Errorf("list rules of table inet %s: %w", table, list.err)
 				}
 			}
 		}
-		if tbl != table {
+		if it.err != nil {
+			return nil, fmt.Errorf("list rules of table inet %s: %w", table, it.err)
+		}
+		if string(tbl) != table {
 			continue
 		}
 		r.text = ruleText(r.handle, exprs, ud)
-		out[chain] = append(out[chain], r)
+		out[string(chain)] = append(out[string(chain)], r)
 	}
 	return out, nil
 }
@@ -371,23 +365,23 @@ func (d *Driver) RemoveTable(ctx context.Context, have *Observed) error {
 // acknowledgement. Without commit the batch ends without BATCH_END: the
 // kernel validates every message and then aborts, writing nothing.
 func (d *Driver) send(ctx context.Context, msgs []message, commit bool) error {
-	c, err := d.dial()
+	s, err := d.open()
 	if err != nil {
 		return err
 	}
-	defer c.Close()
+	defer s.Close()
 	size := 0
 	for _, m := range msgs {
 		size += 16 + len(m.msg.Data)
 	}
-	if err := sizeBuffers(c, size); err != nil {
+	if err := s.sizeBuffers(size); err != nil {
 		return err
 	}
 	deadline := time.Now().Add(30 * time.Second)
 	if dl, ok := ctx.Deadline(); ok && dl.Before(deadline) {
 		deadline = dl
 	}
-	if err := c.SetDeadline(deadline); err != nil {
+	if err := s.SetDeadline(deadline); err != nil {
 		return fmt.Errorf("set netlink deadline: %w", err)
 	}
 	seq := uint32(time.Now().UnixNano())
@@ -404,20 +398,25 @@ func (d *Driver) send(ctx context.Context, msgs []message, commit bool) error {
 		batch = append(batch, ctl(unix.NFNL_MSG_BATCH_END))
 	}
 	for i := range batch {
-		batch[i].Header.Sequence = seq + uint32(i)
+		h := &batch[i].Header
+		h.Sequence, h.PID, h.Length = seq+uint32(i), s.pid, uint32(unix.NLMSG_HDRLEN+len(batch[i].Data))
 	}
-	if _, err := c.SendMessages(batch); err != nil {
+	if err := s.SendMessages(batch); err != nil {
 		return fmt.Errorf("send nftables batch (%d messages, %d bytes): %w", len(msgs), size, err)
 	}
 	for acked := 0; acked < len(msgs); {
-		replies, err := c.Receive()
+		replies, err := s.Receive()
 		if err != nil {
 			return d.explain(ctx, msgs, commit, err)
 		}
 		for _, r := range replies {
-			if r.Header.Type == netlink.Error {
-				acked++
+			if r.Header.Type != netlink.Error {
+				continue
 			}
+			if err := answerError(r); err != nil {
+				return d.explain(ctx, msgs, commit, err)
+			}
+			acked++
 		}
 	}
 	return nil
@@ -436,30 +435,4 @@ func (d *Driver) explain(ctx context.Context, msgs []message, commit bool, err e
 		}
 	}
 	return fmt.Errorf("apply nftables batch: %w", err)
-}
-
-// sizeBuffers makes the socket's buffers hold the whole batch and its
-// acknowledgements (ENOBUFS otherwise); as root past the system limits.
-func sizeBuffers(c *netlink.Conn, size int) error {
-	want := max(size+64<<10, 1<<20)
-	rc, err := c.SyscallConn()
-	if err != nil {
-		return fmt.Errorf("size netlink buffers: %w", err)
-	}
-	var serr error
-	if err := rc.Control(func(fd uintptr) {
-		for _, opt := range [][2]int{{unix.SO_SNDBUFFORCE, unix.SO_SNDBUF}, {unix.SO_RCVBUFFORCE, unix.SO_RCVBUF}} {
-			if e := unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, opt[0], want); e != nil {
-				if e := unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, opt[1], want); e != nil {
-					serr = e
-				}
-			}
-		}
-	}); err != nil {
-		return fmt.Errorf("size netlink buffers: %w", err)
-	}
-	if serr != nil {
-		return fmt.Errorf("size netlink buffers to %d bytes: %w", want, serr)
-	}
-	return nil
 }

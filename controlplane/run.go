@@ -57,6 +57,8 @@ func Run(ctx context.Context, o RunOptions) error {
 	if err != nil {
 		return err
 	}
+	mem := startMemoryGovernor(log)
+	defer mem.Stop()
 	srv := NewServer(xds.Options{Logger: log, NACKBackoff: o.NACKBackoff, TLS: tlsCfg})
 
 	xdsAddr := o.XDSAddress
@@ -121,7 +123,7 @@ func Run(ctx context.Context, o RunOptions) error {
 		_ = hs.Shutdown(sctx)
 		scancel()
 	}
-	srv.Stop(5 * time.Second)
+	srv.Stop()
 	log.Info("control plane stopped")
 	return result
 }

@@ -10,7 +10,6 @@ import (
 	"time"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
-	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
@@ -19,9 +18,9 @@ import (
 )
 
 // tracker follows every ADS stream and every node: what was served, sent,
-// ACKed and NACKed. It implements go-control-plane's server callbacks (SotW and
-// delta), which the server calls synchronously on each stream's goroutine, and
-// enforces the mTLS node identity before any watch is created.
+// ACKed and NACKed. The ADS server (ads.go) tells it of every stream opened
+// and closed, every request (before the request opens a watch: the mTLS node
+// identity is enforced here) and every response (before it is sent).
 type tracker struct {
 	log     *slog.Logger
 	metrics *metrics
@@ -37,7 +36,8 @@ type tracker struct {
 	nodes   map[string]*nodeState
 }
 
-// streamKey tells SotW and delta streams apart: each server numbers its own.
+// streamKey identifies a stream (the ADS server numbers SotW and delta
+// streams together; the protocol is kept for the metrics' labels).
 type streamKey struct {
 	protocol string
 	id       int64
@@ -295,44 +295,6 @@ func (t *tracker) response(protocol string, id int64, typeURL, nonce, version st
 	t.mu.Unlock()
 	t.metrics.pushes.WithLabelValues(typeLabel(typeURL)).Inc()
 }
-
-// Callbacks of go-control-plane's server (serverv3.Callbacks).
-
-func (t *tracker) OnStreamOpen(ctx context.Context, id int64, _ string) error {
-	return t.open(ctx, protocolSotW, id)
-}
-
-func (t *tracker) OnStreamClosed(id int64, _ *corev3.Node) { t.close(protocolSotW, id) }
-
-func (t *tracker) OnStreamRequest(id int64, r *discoveryv3.DiscoveryRequest) error {
-	return t.request(protocolSotW, id, r.GetNode(), r.GetTypeUrl(), r.GetResponseNonce(), r.GetVersionInfo(),
-		r.GetErrorDetail().GetMessage(), r.GetErrorDetail() != nil)
-}
-
-func (t *tracker) OnStreamResponse(_ context.Context, id int64, _ *discoveryv3.DiscoveryRequest, r *discoveryv3.DiscoveryResponse) {
-	t.response(protocolSotW, id, r.GetTypeUrl(), r.GetNonce(), r.GetVersionInfo())
-}
-
-func (t *tracker) OnDeltaStreamOpen(ctx context.Context, id int64, _ string) error {
-	return t.open(ctx, protocolDelta, id)
-}
-
-func (t *tracker) OnDeltaStreamClosed(id int64, _ *corev3.Node) { t.close(protocolDelta, id) }
-
-func (t *tracker) OnStreamDeltaRequest(id int64, r *discoveryv3.DeltaDiscoveryRequest) error {
-	return t.request(protocolDelta, id, r.GetNode(), r.GetTypeUrl(), r.GetResponseNonce(), "",
-		r.GetErrorDetail().GetMessage(), r.GetErrorDetail() != nil)
-}
-
-func (t *tracker) OnStreamDeltaResponse(id int64, _ *discoveryv3.DeltaDiscoveryRequest, r *discoveryv3.DeltaDiscoveryResponse) {
-	t.response(protocolDelta, id, r.GetTypeUrl(), r.GetNonce(), r.GetSystemVersionInfo())
-}
-
-func (t *tracker) OnFetchRequest(context.Context, *discoveryv3.DiscoveryRequest) error {
-	return status.Error(codes.Unimplemented, "REST xDS is not served; use ADS")
-}
-
-func (t *tracker) OnFetchResponse(*discoveryv3.DiscoveryRequest, *discoveryv3.DiscoveryResponse) {}
 
 // NodeStatus is one node's entry of /debug/nodes.
 type NodeStatus struct {

@@ -10,11 +10,11 @@ import (
 	"sync"
 )
 
-// memoryGovernor (started by Run) keeps the Go runtime's soft memory limit (debug.SetMemoryLimit)
-// a little above what the process needs: after every garbage collection it
-// sets the limit to the live heap plus a quarter (at least
-// memoryHeadroomFloor), plus the goroutine stacks and the runtime's own
-// memory.
+// memoryGovernor (started by Run) keeps the Go runtime's soft memory limit
+// (debug.SetMemoryLimit) a little above what the process needs: after every
+// garbage collection it sets the limit to the live heap plus a quarter (at
+// least memoryHeadroomFloor), plus the goroutine stacks, the unused part of
+// the heap's spans and the runtime's own memory.
 //
 // Why: the control plane's memory is mostly per proxy — four goroutine stacks
 // and about 20 KiB of heap per ADS connection — and GOGC=100 lets the heap
@@ -95,12 +95,14 @@ func (g *memoryGovernor) update() bool {
 	rtmetrics.Read(samples)
 	v := func(i int) uint64 { return samples[i].Value.Uint64() }
 	live := v(0)
-	// What the runtime holds besides heap objects and heap pages: goroutine
-	// stacks, its metadata, profiling buckets, other runtime memory.
-	heap := v(2) + v(3) + v(4) + v(5)
+	// What the process holds besides heap objects and free heap pages
+	// (which the runtime returns to the system as it nears the limit):
+	// goroutine stacks, the unused part of heap spans, the runtime's
+	// metadata and other memory. Leaving the unused part out would let it
+	// eat the headroom, and the collector would run again at once.
 	var rest uint64
-	if total := v(1); total > heap {
-		rest = total - heap
+	if total, held := v(1), v(2)+v(3)+v(5); total > held {
+		rest = total - held
 	}
 	headroom := max(uint64(memoryHeadroomFloor), uint64(float64(live)*memoryHeadroomFraction))
 	limit := int64(min(live+headroom+rest, math.MaxInt64/2))

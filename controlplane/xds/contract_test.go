@@ -166,8 +166,8 @@ func contractServer(t *testing.T, srv *streamServer) (recordingCodec, *grpc.Serv
 	return codec, g, discoveryv3.NewAggregatedDiscoveryServiceClient(conn)
 }
 
-// within runs f and reports whether it returned within d.
-func within(d time.Duration, f func()) bool {
+// returnsWithin runs f and reports whether it returned within d.
+func returnsWithin(d time.Duration, f func()) bool {
 	done := make(chan struct{})
 	go func() {
 		f()
@@ -245,7 +245,7 @@ func TestContractSotWStream(t *testing.T) {
 	// not wait for the proxy to read it, even when it is larger than the
 	// flow-control window (the client reads nothing from here on).
 	big := &anypb.Any{TypeUrl: resourcev3.ClusterType, Value: make([]byte, 256<<10)}
-	if !within(5*time.Second, func() {
+	if !returnsWithin(5*time.Second, func() {
 		sent <- handler.SendMsg(&discoveryv3.DiscoveryResponse{VersionInfo: "v2", TypeUrl: resourcev3.ClusterType, Resources: []*anypb.Any{big}, Nonce: "2"})
 	}) {
 		t.Error("CONTRACT: SendMsg of one response waits for the proxy to read it; a push worker would be held by one slow proxy (ads.go, pushQueue)")

@@ -43,7 +43,10 @@ type RunOptions struct {
 }
 
 // Run serves ADS and the HTTP endpoints from o.Source until ctx ends, then
-// stops gracefully. It returns the source's error when the first mesh cannot
+// stops: HTTP requests in flight get 5 s, ADS connections are closed at once
+// (proxies reconnect). While it runs, a memory governor keeps the Go
+// runtime's memory limit a little above the process's needs (memlimit.go)
+// unless GOMEMLIMIT is set. It returns the source's error when the first mesh cannot
 // be produced (matching redirect.ErrInvalid when it is invalid).
 func Run(ctx context.Context, o RunOptions) error {
 	if o.Source == nil {

@@ -3,7 +3,9 @@ package xds
 import (
 	"errors"
 	"io"
+	"maps"
 	"runtime"
+	"slices"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -81,6 +83,9 @@ type typeStream struct {
 	// watch, superseded by a newer request, is dropped unsent.
 	gen    uint64
 	cancel func() // of the open watch, if any
+	// named: a SotW request of the type named resources, which ends
+	// go-control-plane's legacy wildcard (see sotwRequest)
+	named bool
 }
 
 // pendingResponse is a response the cache gave a watch, not yet sent.
@@ -217,7 +222,7 @@ func (s *adsStream) sotwRequest(req *discoveryv3.DiscoveryRequest) error {
 	s.setNode(req.GetNode().GetId())
 	ts := s.typ(url)
 	if ts == nil {
-		ts = &typeStream{url: url, sub: stream.NewSotwSubscription(req.GetResourceNames(), true)}
+		ts = &typeStream{url: url, sub: stream.NewSotwSubscription(req.GetResourceNames(), true), named: len(req.GetResourceNames()) > 0}
 		s.types = append(s.types, ts)
 	} else {
 		if ts.nonce != "" && req.GetResponseNonce() != ts.nonce {
@@ -226,7 +231,15 @@ func (s *adsStream) sotwRequest(req *discoveryv3.DiscoveryRequest) error {
 			return nil
 		}
 		ts.cancelWatch()
-		ts.sub.SetResourceSubscription(req.GetResourceNames())
+		names := req.GetResourceNames()
+		if (ts.named || len(names) > 0) && !slices.Contains(names, "*") {
+			// go-control-plane's subscription deletes the names no longer
+			// asked for from the returned map, in place: the map may be
+			// the one a servedType shares between streams.
+			ts.sub.SetReturnedResources(maps.Clone(ts.sub.ReturnedResources()))
+		}
+		ts.named = ts.named || len(names) > 0
+		ts.sub.SetResourceSubscription(names)
 	}
 	ts.gen++
 	gen := ts.gen

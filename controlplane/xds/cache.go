@@ -239,9 +239,13 @@ func (c *servingCache) respondSotW(snap *Snapshot, w *sotwWatch, fresh bool) boo
 	resources := t.all
 	var returned map[string]string
 	if w.sub.IsWildcard() {
-		// The stream keeps this map until its next response: per proxy and
-		// type, one entry instead of one per resource (see missing).
-		returned = map[string]string{returnedAll: t.version}
+		// The stream keeps this map until its next response: one entry
+		// instead of one per resource (see missing), and one map for every
+		// stream sent the same version.
+		returned = t.returned
+		if returned == nil { // a type that is not served
+			returned = map[string]string{returnedAll: t.version}
+		}
 	} else {
 		// Only the resources asked for, in name order.
 		subscribed := w.sub.SubscribedResources()

@@ -86,6 +86,16 @@ func TestContractSotWSubscription(t *testing.T) {
 	if !sub.IsWildcard() || len(sub.SubscribedResources()) != 0 {
 		t.Errorf("CONTRACT: [*] is wildcard %v with names %v, want wildcard and none", sub.IsWildcard(), sub.SubscribedResources())
 	}
+	// The map of a full response is shared by every stream of that version
+	// (servedType.returned); adsStream.sotwRequest copies it only when the
+	// subscription could change it: never on a legacy wildcard ACK (above)
+	// nor on a request with "*".
+	shared := map[string]string{returnedAll: "v1"}
+	sub.SetReturnedResources(shared)
+	sub.SetResourceSubscription([]string{"*", "a"})
+	if shared[returnedAll] != "v1" {
+		t.Errorf("CONTRACT: a request with * changed the returned map in place (%v); the map may be shared between streams (ads.go)", shared)
+	}
 	// The cache keeps the subscription it is given by value: a copy taken
 	// before SetReturnedResources keeps its map.
 	held := cachev3.Subscription(sub)

@@ -31,7 +31,7 @@ build: ## build bin/detour (lean CLI), bin/detour-cp (control plane) and bin/det
 
 deps: deps-apt deps-kube deps-cni-plugins ## install everything the tests need (idempotent, cached)
 
-deps-apt: ## Debian packages: iptables, nftables, iproute2, util-linux, systemd (systemd-analyze)
+deps-apt: ## Debian packages: iptables, nftables, iproute2, util-linux, systemd (systemd-analyze), bpftool
 	hack/deps-apt.sh
 
 deps-kube: ## build kube-apiserver and etcd into the cache (12 min cold, then instant)
@@ -61,9 +61,10 @@ test-unit: ## the unprivileged unit tests only
 test-e2e: deps ## the end-to-end tests in tests/ only
 	$(GO) test -count=1 -timeout 60m ./tests/...
 
-lint: ## gofmt and go vet
+lint: ## gofmt, go vet, and a build for another OS (the non-Linux stubs still compile)
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
+	GOOS=darwin $(GO) build ./...
 
 fuzz: ## run each fuzz target for FUZZTIME (default 30s)
 	@for t in FuzzDecode FuzzParsers; do $(GO) test -run '^$$' -fuzz "^$$t$$" -fuzztime $${FUZZTIME:-30s} ./redirect/; done

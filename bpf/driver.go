@@ -20,9 +20,26 @@ type DriverOptions struct {
 	// Inbound carries the inbound share of a plan: connect-time hooks never
 	// see a connection that arrives from elsewhere. The assembly passes the
 	// nftables Driver; nil means a plan that captures inbound is refused
-	// (ErrNotSupported).
+	// (ErrNotSupported). When it implements InboundRivals, a plan that
+	// captures inbound is refused beside another scope's inbound capture.
 	Inbound redirect.Driver
 }
+
+// InboundRivals is implemented by an inbound Driver that can tell which
+// other eBPF scopes capture inbound in the network namespace it observed.
+// Two such scopes would each redirect every inbound connection of the
+// namespace, and the first to take a connection would decide where it goes.
+type InboundRivals interface {
+	// InboundRivals names, from have (what this Driver's Observe returned),
+	// every other eBPF scope whose inbound capture is in the namespace, as a
+	// user would recognise it ("the network-namespace scope (table inet
+	// detour_ebpf_inbound)"); nil when there is none. It never writes.
+	InboundRivals(have redirect.Installed) []string
+}
+
+// ErrInboundTaken means another eBPF scope of detour captures inbound in the
+// network namespace: one scope per namespace may (the error names it).
+var ErrInboundTaken = errors.New("another eBPF scope of detour captures inbound in this network namespace")
 
 // Driver is the eBPF backend: outbound TCP and DNS by cgroup socket programs,
 // inbound by DriverOptions.Inbound. Its methods run on a thread inside the
@@ -67,6 +84,7 @@ func (d *Driver) scope() (Scope, error) {
 // installed is what the eBPF Driver observed for its scope.
 type installed struct {
 	lines   []string // this scope's programs and entries
+	drift   []string // how they differ from what detour wrote (Loader.Drift)
 	state   State
 	inbound redirect.Installed // nil without an inbound Driver
 }
@@ -85,6 +103,9 @@ func (i *installed) Lines(f redirect.Family) []string {
 
 func (i *installed) Text(f redirect.Family) string {
 	var b strings.Builder
+	for _, d := range i.drift {
+		b.WriteString("# ebpf: drift: " + d + " (changed by hand?): `detour check` with the install's configuration shows the difference; re-running the install restores it\n")
+	}
 	for _, l := range familyLines(i.lines, f) {
 		b.WriteString(l + "\n")
 	}
@@ -122,7 +143,11 @@ func (d *Driver) Observe(ctx context.Context) (redirect.Installed, error) {
 	if err != nil {
 		return nil, err
 	}
-	in := &installed{lines: lines, state: st}
+	drift, err := d.loader.Drift(st, s)
+	if err != nil {
+		return nil, err
+	}
+	in := &installed{lines: lines, drift: drift, state: st}
 	if d.opts.Inbound != nil {
 		if in.inbound, err = d.opts.Inbound.Observe(ctx); err != nil {
 			if rerr := d.opts.Inbound.Ready(ctx); !errors.Is(rerr, redirect.ErrNotSupported) {
@@ -175,16 +200,21 @@ func (d *Driver) Apply(ctx context.Context, p redirect.Plan, have redirect.Insta
 		return false, err
 	}
 	out, inbound, hasInbound := split(p)
+	var haveIn redirect.Installed
+	if h, ok := have.(*installed); ok {
+		haveIn = h.inbound
+	}
+	if hasInbound {
+		if err := d.checkRivals(s, haveIn); err != nil {
+			return false, err
+		}
+	}
 	changed, err := d.loader.ApplyWith(s, out.Capture, settings(p.Config))
 	if err != nil {
 		return changed, err
 	}
 	if d.opts.Inbound == nil {
 		return changed, nil
-	}
-	var haveIn redirect.Installed
-	if h, ok := have.(*installed); ok {
-		haveIn = h.inbound
 	}
 	if !hasInbound {
 		if haveIn != nil && !haveIn.Empty() {
@@ -207,6 +237,43 @@ func (d *Driver) Apply(ctx context.Context, p redirect.Plan, have redirect.Insta
 		return changed, err
 	}
 	return changed || c, nil
+}
+
+// checkRivals refuses, before anything changes, to capture inbound where
+// another eBPF scope already does (ErrInboundTaken, naming it). The scope's
+// own inbound state is not a rival: a re-install goes on.
+func (d *Driver) checkRivals(s Scope, haveIn redirect.Installed) error {
+	r, ok := d.opts.Inbound.(InboundRivals)
+	if !ok || haveIn == nil {
+		return nil
+	}
+	others := r.InboundRivals(haveIn)
+	if len(others) == 0 {
+		return nil
+	}
+	who := "the network-namespace scope"
+	if s.Cgroup != "" {
+		who = "the cgroup scope " + s.Cgroup
+	}
+	return fmt.Errorf("capture inbound for %s: %w: %s; only one scope per namespace may capture inbound (each would redirect every inbound connection of it): install this scope with --inbound=false (inbound.enabled: false), or first re-install the other scope with --inbound=false or uninstall it",
+		who, ErrInboundTaken, strings.Join(others, ", "))
+}
+
+var _ redirect.NetSharer = (*Driver)(nil)
+
+// OtherScopes implements redirect.NetSharer: the other eBPF scopes whose
+// inbound capture is in the namespace (the inbound Driver's InboundRivals),
+// whose passthrough addresses on lo must stay while they are there.
+func (d *Driver) OtherScopes(ctx context.Context) ([]string, error) {
+	r, ok := d.opts.Inbound.(InboundRivals)
+	if !ok {
+		return nil, nil
+	}
+	have, err := d.opts.Inbound.Observe(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("read the inbound tables: %w", err)
+	}
+	return r.InboundRivals(have), nil
 }
 
 // Remove unenrolls the scope (and unpins everything once no scope is left)

@@ -77,10 +77,22 @@ type State struct {
 	// Links are the pinned links' program names by link directory
 	// ("netns@<cgroup id>", "cgroup@<cgroup id>").
 	Links map[string][]string
+	// records are what detour wrote for each scope, by key (records map);
+	// unenrolled are the entries of recorded scopes that have no enrolment.
+	records    map[uint64]record
+	unenrolled map[uint64]ScopeState
 }
 
 // Empty reports that nothing of detour's is pinned.
 func (s State) Empty() bool { return len(s.Scopes) == 0 && len(s.Links) == 0 }
+
+// record is one scope's value in the records map (records_linux.go): the
+// config id detour enrolled it with and a digest of its entries' lines.
+type record struct {
+	Config uint32
+	Pad    uint32
+	Digest [32]byte
+}
 
 // ScopeState is one enrolled scope's config id and map entries (as text).
 type ScopeState struct {

@@ -124,6 +124,23 @@ func (l *Loader) ApplyWith(scope Scope, c redirect.Capture, set Settings) (chang
 	if err != nil {
 		return false, err
 	}
+	// An enrolment someone deleted or pointed at another config goes back
+	// to the id detour enrolled the scope with (a cgroup scope's programs
+	// carry it), unless another scope has been given that id since.
+	rec, recorded, err := st.record(key)
+	if err != nil {
+		return false, err
+	}
+	reenroll := false
+	if recorded && (!known || id != rec.Config) {
+		used, err := st.configUsed(rec.Config, key)
+		if err != nil {
+			return false, err
+		}
+		if !used {
+			id, reenroll = rec.Config, true
+		}
+	}
 	want, err := renderWith(id, c, set)
 	if err != nil {
 		return false, err
@@ -167,13 +184,19 @@ func (l *Loader) ApplyWith(scope Scope, c redirect.Capture, set Settings) (chang
 	if err != nil {
 		return changed, err
 	}
-	if !known {
+	if !known || reenroll {
 		if err := st.scopes.Put(key, id); err != nil {
 			return true, fmt.Errorf("enroll %s: %w", scope, err)
 		}
 	}
-	l.log().Debug("ebpf apply", "scope", scope.String(), "config", id, "changed", changed || attached || !known)
-	return changed || attached || !known, nil
+	if w := (record{Config: id, Digest: digest(want.lines())}); !recorded || rec != w {
+		if err := st.records.Put(key, w); err != nil {
+			return true, fmt.Errorf("record %s: %w", scope, err)
+		}
+	}
+	changed = changed || attached || !known || reenroll
+	l.log().Debug("ebpf apply", "scope", scope.String(), "config", id, "changed", changed)
+	return changed, nil
 }
 
 // Remove deletes the scope's entries, its links when no other scope uses them,
@@ -200,31 +223,9 @@ func (l *Loader) Remove(scope Scope) error {
 		return err
 	}
 	key, kind := r.key, r.kind
-	var id uint32
-	if err := st.scopes.Lookup(key, &id); err == nil {
-		have, err := st.read(id)
-		if err != nil {
-			st.close()
-			return err
-		}
-		if err := st.write(id, have, newEntries()); err != nil {
-			st.close()
-			return err
-		}
-		if err := st.configs.Delete(id); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
-			st.close()
-			return fmt.Errorf("delete config %d: %w", id, err)
-		}
-		if err := st.scopes.Delete(key); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
-			st.close()
-			return fmt.Errorf("unenroll %s: %w", scope, err)
-		}
-		if have.cfg.Flags&flagAccel != 0 {
-			if err := l.detachAccelUnused(st); err != nil {
-				st.close()
-				return err
-			}
-		}
+	if err := l.unenroll(st, key, scope); err != nil {
+		st.close()
+		return err
 	}
 	remaining, err := st.scopeKeys()
 	st.close()
@@ -244,6 +245,57 @@ func (l *Loader) Remove(scope Scope) error {
 	}
 	if len(remaining) == 0 {
 		return l.cleanup()
+	}
+	return nil
+}
+
+// unenroll deletes the scope's entries, its config, its enrolment and its
+// record: the config it is enrolled with and, when the enrolment was
+// deleted or pointed elsewhere by hand, the one detour enrolled it with (if
+// no other scope uses it).
+func (l *Loader) unenroll(st *store, key uint64, scope Scope) error {
+	var ids []uint32
+	var id uint32
+	if err := st.scopes.Lookup(key, &id); err == nil {
+		ids = append(ids, id)
+	} else if !errors.Is(err, ebpf.ErrKeyNotExist) {
+		return fmt.Errorf("read scopes: %w", err)
+	}
+	rec, recorded, err := st.record(key)
+	if err != nil {
+		return err
+	}
+	if recorded && !slices.Contains(ids, rec.Config) {
+		used, err := st.configUsed(rec.Config, key)
+		if err != nil {
+			return err
+		}
+		if !used {
+			ids = append(ids, rec.Config)
+		}
+	}
+	accel := false
+	for _, id := range ids {
+		have, err := st.read(id)
+		if err != nil {
+			return err
+		}
+		if err := st.write(id, have, newEntries()); err != nil {
+			return err
+		}
+		if err := st.configs.Delete(id); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+			return fmt.Errorf("delete config %d: %w", id, err)
+		}
+		accel = accel || have.cfg.Flags&flagAccel != 0
+	}
+	if err := st.scopes.Delete(key); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+		return fmt.Errorf("unenroll %s: %w", scope, err)
+	}
+	if err := st.records.Delete(key); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+		return fmt.Errorf("unrecord %s: %w", scope, err)
+	}
+	if accel {
+		return l.detachAccelUnused(st)
 	}
 	return nil
 }
@@ -349,6 +401,7 @@ type store struct {
 	spec                                             *ebpf.CollectionSpec
 	maps                                             map[string]*ebpf.Map
 	scopes, configs, cidrs4, cidrs6, ids, ports, dns *ebpf.Map
+	records                                          *ebpf.Map // nil in Observe's read-only store
 }
 
 // load loads spec's programs over the store's maps and makes the pin
@@ -391,12 +444,19 @@ func (l *Loader) open() (*store, error) {
 	}
 	st.scopes, st.configs = st.maps["scopes"], st.maps["configs"]
 	st.cidrs4, st.cidrs6, st.ids, st.ports, st.dns = st.maps["cidrs4"], st.maps["cidrs6"], st.maps["ids"], st.maps["ports"], st.maps["dns_servers"]
+	if st.records, err = l.openRecords(); err != nil {
+		st.close()
+		return nil, err
+	}
 	return st, nil
 }
 
 func (st *store) close() {
 	for _, m := range st.maps {
 		m.Close()
+	}
+	if st.records != nil {
+		st.records.Close()
 	}
 }
 
@@ -435,6 +495,19 @@ func (st *store) idFor(key uint64) (uint32, bool, error) {
 	}
 	if err := it.Err(); err != nil {
 		return 0, false, fmt.Errorf("read scopes: %w", err)
+	}
+	// Nor the id of another scope whose enrolment was deleted by hand: a
+	// cgroup scope's programs still read its entries, and its install takes
+	// the id back.
+	var r record
+	rit := st.records.Iterate()
+	for rit.Next(&k, &r) {
+		if k != key {
+			used[r.Config] = true
+		}
+	}
+	if err := rit.Err(); err != nil {
+		return 0, false, fmt.Errorf("read map %s: %w", recordsMap, err)
 	}
 	for id = 1; used[id]; id++ {
 	}
@@ -681,6 +754,9 @@ func (l *Loader) rollback(st *store, r resolved, id uint32) error {
 		errs = append(errs, st.write(id, have, newEntries()))
 	}
 	if err := st.configs.Delete(id); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+		errs = append(errs, err)
+	}
+	if err := st.records.Delete(r.key); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
 		errs = append(errs, err)
 	}
 	errs = append(errs, l.detachAccelUnused(st))

@@ -38,3 +38,9 @@ func (l *Loader) Probe() error { return errors.ErrUnsupported }
 
 // CheckCgroup needs Linux.
 func CheckCgroup(string) error { return errors.ErrUnsupported }
+
+// CgroupRoot needs Linux.
+func CgroupRoot() (string, error) { return "", errors.ErrUnsupported }
+
+// Drift needs Linux.
+func (l *Loader) Drift(State, Scope) ([]string, error) { return nil, errors.ErrUnsupported }

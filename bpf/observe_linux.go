@@ -15,7 +15,7 @@ import (
 // scope's entries and the pinned links. It never writes (a missing pin
 // directory is an empty State).
 func (l *Loader) Observe() (State, error) {
-	st := State{Scopes: map[uint64]ScopeState{}, Links: map[string][]string{}}
+	st := State{Scopes: map[uint64]ScopeState{}, Links: map[string][]string{}, records: map[uint64]record{}, unenrolled: map[uint64]ScopeState{}}
 	if _, err := os.Stat(l.mapDir()); errors.Is(err, fs.ErrNotExist) {
 		return st, nil
 	}
@@ -54,6 +54,28 @@ func (l *Loader) Observe() (State, error) {
 	if err := it.Err(); err != nil {
 		return st, fmt.Errorf("read scopes: %w", err)
 	}
+	if st.records, err = l.loadRecords(); err != nil {
+		return st, err
+	}
+	inUse := map[uint32]bool{}
+	for _, sc := range st.Scopes {
+		inUse[sc.Config] = true
+	}
+	for k, r := range st.records {
+		if _, ok := st.Scopes[k]; ok {
+			continue
+		}
+		if inUse[r.Config] {
+			// Another scope has the id now: its entries are not this one's.
+			st.unenrolled[k] = ScopeState{Config: r.Config, entries: newEntries()}
+			continue
+		}
+		e, err := s.read(r.Config)
+		if err != nil {
+			return st, err
+		}
+		st.unenrolled[k] = ScopeState{Config: r.Config, Lines: e.lines(), entries: e}
+	}
 	dirs, _ := filepath.Glob(filepath.Join(l.opts.pinDir(), "links", "*"))
 	for _, d := range dirs {
 		pins, err := os.ReadDir(d)
@@ -84,9 +106,13 @@ func (l *Loader) Lines(st State, s Scope) ([]string, error) {
 	if err != nil {
 		return nil, err
 	}
-	sc, ok := st.Scopes[key]
-	if !ok {
+	sc, enrolled := st.Scopes[key]
+	rec, recorded := st.records[key]
+	if !enrolled && !recorded {
 		return nil, nil
+	}
+	if !enrolled {
+		sc = st.unenrolled[key]
 	}
 	var out []string
 	for _, a := range attachments {
@@ -97,5 +123,21 @@ func (l *Loader) Lines(st State, s Scope) ([]string, error) {
 	if sc.entries.cfg.Flags&flagAccel != 0 && slices.Contains(st.Links[accelDir], accelProg) {
 		out = append(out, accelLine)
 	}
+	if recorded && (!enrolled || sc.Config != rec.Config) {
+		out = append(out, enrolmentLine(sc, enrolled, rec))
+	}
 	return append(out, sc.Lines...), nil
+}
+
+// Drift says how scope s's maps and programs differ from what detour wrote
+// at its last install (its record), for `status`, which has no configuration
+// to compare with: an enrolment deleted or pointed elsewhere, entries edited
+// or deleted, programs detached. None when they agree, and for a scope
+// installed by a detour that kept no record.
+func (l *Loader) Drift(st State, s Scope) ([]string, error) {
+	key, dir, err := l.Key(s)
+	if err != nil {
+		return nil, err
+	}
+	return st.drift(key, st.Links[dir]), nil
 }

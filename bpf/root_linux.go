@@ -32,6 +32,10 @@ func (o Options) root() (string, error) {
 	return "", fmt.Errorf("find cgroup v2 mount: none in /proc/self/mountinfo")
 }
 
+// CgroupRoot is the mount point of the cgroup v2 hierarchy, where the
+// network-namespace scope attaches by default.
+func CgroupRoot() (string, error) { return Options{}.root() }
+
 // CurrentNetns returns the cookie of the calling thread's network namespace.
 // The caller keeps the goroutine locked to the thread that entered it.
 func CurrentNetns() (uint64, error) {

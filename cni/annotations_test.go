@@ -21,6 +21,9 @@ func TestAddAnnotations(t *testing.T) {
 	doc.Inbound.ExcludePorts = []redirect.PortRange{{First: 15090, Last: 15090}}
 	both := doc
 	both.Proxy.UID = 4242
+	accel := redirect.Default()
+	accel.Backend = redirect.BackendEBPF
+	accel.EBPF.Accelerate = true
 
 	tests := []struct {
 		name        string
@@ -35,6 +38,8 @@ func TestAddAnnotations(t *testing.T) {
 		{name: "bad port", annotations: map[string]string{"detour.io/exclude-outbound-ports": "5432,70000"}, wantMsg: []string{"detour.io/exclude-outbound-ports", "70000"}},
 		{name: "bad document", annotations: map[string]string{"detour.io/config": "proxy:\n  inboundPort: nope\n"}, wantMsg: []string{"detour.io/config", "proxy.inboundPort", "nope"}},
 		{name: "misspelt annotation", annotations: map[string]string{"detour.io/exclude-outbound-port": "5432"}, wantMsg: []string{"detour.io/exclude-outbound-port", "5432"}},
+		{name: "acceleration without ebpf", annotations: map[string]string{"detour.io/ebpf-accelerate": "true"}, wantMsg: []string{"ebpf.accelerate", "needs backend ebpf"}},
+		{name: "acceleration with ebpf", annotations: map[string]string{"detour.io/backend": "ebpf", "detour.io/ebpf-accelerate": "true"}, want: &accel},
 		{name: "node file named by the pod", annotations: map[string]string{"detour.io/dns-capture": "resolvconf", "detour.io/dns-resolv-conf": "/etc/shadow"}, wantMsg: []string{"dns.resolvConf", "/etc/shadow", "cannot be set by a pod annotation"}},
 	}
 	for _, tt := range tests {

@@ -852,6 +852,8 @@ func TestParseConfErrors(t *testing.T) {
 		{name: "unclean cgroup root", conf: `{"cniVersion":"1.1.0","name":"n","ebpfCgroupRoot":"/sys/fs/cgroup/../x"}`, wantCode: types.ErrInvalidNetworkConfig, wantMsg: `plugin config key ebpfCgroupRoot: "/sys/fs/cgroup/../x"`},
 		{name: "ebpf with tproxy", conf: `{"cniVersion":"1.1.0","name":"n","config":{"backend":"ebpf","mode":"tproxy"}}`, wantCode: types.ErrInvalidNetworkConfig, wantMsg: `mode: "tproxy" is not available with backend ebpf`},
 		{name: "unknown backend", conf: `{"cniVersion":"1.1.0","name":"n","config":{"backend":"bpf"}}`, wantCode: types.ErrInvalidNetworkConfig, wantMsg: `backend: "bpf"`},
+		{name: "acceleration without ebpf", conf: `{"cniVersion":"1.1.0","name":"n","config":{"ebpf":{"accelerate":true}}}`, wantCode: types.ErrInvalidNetworkConfig, wantMsg: `ebpf.accelerate: "true" needs backend ebpf`},
+		{name: "acceleration with iptables", conf: `{"cniVersion":"1.1.0","name":"n","config":{"backend":"iptables","ebpf":{"accelerate":true}}}`, wantCode: types.ErrInvalidNetworkConfig, wantMsg: `ebpf.accelerate: "true" needs backend ebpf`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

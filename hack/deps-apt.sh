@@ -10,9 +10,10 @@ command -v nft >/dev/null || need+=(nftables)
 command -v ip >/dev/null || need+=(iproute2)
 command -v setpriv >/dev/null || need+=(util-linux)
 command -v systemd-analyze >/dev/null || need+=(systemd)
+# bpftool: the ebpf L8 test edits detour's pinned maps with it, as a person would.
+command -v bpftool >/dev/null || need+=(bpftool)
 if [ "${DETOUR_BPF_TOOLCHAIN:-0}" = 1 ]; then
 	command -v clang >/dev/null || need+=(clang llvm)
-	command -v bpftool >/dev/null || need+=(bpftool)
 	[ -e /usr/include/bpf/bpf_helpers.h ] || need+=(libbpf-dev)
 fi
 if [ ${#need[@]} -eq 0 ]; then

@@ -56,6 +56,21 @@ type Glancer interface {
 	Glance(ctx context.Context) (maybe bool, err error)
 }
 
+// NetSharer is implemented by Drivers whose scope can share a network
+// namespace with other scopes of detour (the eBPF backend: the namespace
+// scope and cgroup scopes whose processes live in it). The addresses on lo
+// and the TPROXY routing that Engine makes are the namespace's, not a
+// scope's: while another scope's capture is there, Engine leaves them in
+// place where it would otherwise remove them (an uninstall, or an install
+// whose plan does not need them), and status and check of a scope that holds
+// nothing do not count them as installed.
+type NetSharer interface {
+	// OtherScopes names the other scopes of detour whose capture is in the
+	// namespace, as a user would recognise them; nil when there is none. It
+	// runs on the thread inside the namespace and never writes.
+	OtherScopes(ctx context.Context) ([]string, error)
+}
+
 // Installed is what one Driver observed in a network namespace.
 type Installed interface {
 	// Empty reports that nothing of detour's is there.

@@ -44,6 +44,9 @@ type netView interface {
 	remove() error                       // removes ours that the plan does not want
 	have(f Family) []string              // ours of family f, in the text form of FamilyCapture.NetLines
 	owns(f Family) bool                  // anything of ours in family f
+	drops() bool                         // remove would delete something of ours
+	keepOurs() netView                   // the same, with everything of ours counted as wanted
+	forget() netView                     // the same, without what of ours the plan does not want
 }
 
 // Result says what Install or Uninstall did.
@@ -106,6 +109,10 @@ type Status struct {
 	// Rules is, per family, what of ours is installed in the text form `detour
 	// plan` prints for Backend (its Installed.Text), then the routing.
 	Rules map[Family]string `json:"rules"`
+	// SharedWith names other scopes of detour in the namespace (NetSharer)
+	// when this scope holds nothing and the namespace's addresses on lo or
+	// routing are theirs.
+	SharedWith []string `json:"sharedWith,omitempty"`
 }
 
 // Facts reads what planning needs from the namespace: whether it has a usable

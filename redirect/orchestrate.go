@@ -249,6 +249,7 @@ func (e *Engine) install(ctx context.Context, p Plan) (Result, error) {
 		if err != nil {
 			return err
 		}
+		net = e.shareNet(ctx, net)
 		undo := func() error { return nil }
 		if net.changes() {
 			if undo, err = net.add(); err != nil {
@@ -297,6 +298,7 @@ func (e *Engine) uninstall(ctx context.Context) (Result, error) {
 		if err != nil {
 			return err
 		}
+		net = e.shareNet(ctx, net)
 		removed := map[Family]bool{}
 		for _, s := range holding(states) {
 			for _, f := range allFamilies {
@@ -313,7 +315,7 @@ func (e *Engine) uninstall(ctx context.Context) (Result, error) {
 			res.Replaced = append(res.Replaced, s.d.Name())
 		}
 		for _, f := range allFamilies {
-			if net.owns(f) {
+			if net.drops() && net.owns(f) {
 				removed[f] = true
 			}
 		}
@@ -334,19 +336,68 @@ func (e *Engine) uninstall(ctx context.Context) (Result, error) {
 	return res, err
 }
 
+// otherScopes names the other scopes of detour in the namespace that every
+// NetSharer among the Drivers knows of. An error is logged and counts as
+// none (only an uninstall's or install's cleanup and the wording of status
+// depend on it).
+func (e *Engine) otherScopes(ctx context.Context) []string {
+	var out []string
+	for _, d := range e.Drivers {
+		s, ok := d.(NetSharer)
+		if !ok {
+			continue
+		}
+		others, err := s.OtherScopes(ctx)
+		if err != nil {
+			e.logger().Warn("look for other scopes of detour", "backend", d.Name(), "error", err)
+			continue
+		}
+		for _, o := range others {
+			if !slices.Contains(out, o) {
+				out = append(out, o)
+			}
+		}
+	}
+	return out
+}
+
+// shareNet is net, keeping what of ours it would remove while another scope
+// of detour in the namespace may rely on it (NetSharer). It asks the Drivers
+// only when something of ours would go.
+func (e *Engine) shareNet(ctx context.Context, net netView) netView {
+	if !net.drops() {
+		return net
+	}
+	if others := e.otherScopes(ctx); len(others) > 0 {
+		e.logger().Info("keeping the namespace's addresses and routing of detour: other scopes use them", "scopes", others)
+		return net.keepOurs()
+	}
+	return net
+}
+
 // readInstalled is what Check and Status read: no lock, no writes.
-func (e *Engine) readInstalled(ctx context.Context, p Plan) (held []*driverState, net netView, err error) {
+// What of ours in the namespace's addresses and routing p does not want, and
+// another scope of detour may use, is left out of net (shared names those
+// scopes).
+func (e *Engine) readInstalled(ctx context.Context, p Plan) (held []*driverState, net netView, shared []string, err error) {
 	err = e.enter(func() error {
 		held = holding(e.observeAll(ctx, noCandidate))
-		net, err = e.observeNet(p)
-		return err
+		if net, err = e.observeNet(p); err != nil {
+			return err
+		}
+		if net.drops() {
+			if shared = e.otherScopes(ctx); len(shared) > 0 {
+				net = net.forget()
+			}
+		}
+		return nil
 	})
-	return held, net, err
+	return held, net, shared, err
 }
 
 func (e *Engine) check(ctx context.Context, p Plan) (Drift, error) {
 	var d Drift
-	held, net, err := e.readInstalled(ctx, p)
+	held, net, _, err := e.readInstalled(ctx, p)
 	if err != nil {
 		return d, err
 	}
@@ -390,10 +441,11 @@ func (e *Engine) check(ctx context.Context, p Plan) (Drift, error) {
 
 func (e *Engine) status(ctx context.Context) (Status, error) {
 	st := Status{Rules: map[Family]string{}}
-	held, net, err := e.readInstalled(ctx, Plan{})
+	held, net, shared, err := e.readInstalled(ctx, Plan{})
 	if err != nil {
 		return st, err
 	}
+	st.SharedWith = shared
 	var have Installed
 	if len(held) > 0 {
 		st.Backend, have = held[0].d.Name(), held[0].have

@@ -134,6 +134,9 @@ func (fakeNet) add() (func() error, error) { return func() error { return nil },
 func (fakeNet) remove() error              { return nil }
 func (fakeNet) have(Family) []string       { return nil }
 func (fakeNet) owns(Family) bool           { return false }
+func (fakeNet) drops() bool                { return false }
+func (fakeNet) keepOurs() netView          { return fakeNet{} }
+func (fakeNet) forget() netView            { return fakeNet{} }
 
 // lab is an Engine over fake drivers named in order, in the caller's
 // namespace (nothing of the host is read or written but a lock file in a

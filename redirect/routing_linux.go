@@ -303,6 +303,29 @@ func (s netState) changes() bool {
 	return slices.ContainsFunc(s.items, func(it *netItem) bool { return it.want != it.exists || (!it.want && it.ours) })
 }
 
+// drops reports whether remove would delete something of ours.
+func (s netState) drops() bool {
+	return slices.ContainsFunc(s.items, func(it *netItem) bool { return !it.want && it.ours })
+}
+
+// keepOurs is s with every piece of ours that is there counted as wanted:
+// remove leaves it and changes does not report it.
+func (s netState) keepOurs() netView {
+	items := make([]*netItem, len(s.items))
+	for i, it := range s.items {
+		c := *it
+		c.want = c.want || c.ours
+		items[i] = &c
+	}
+	return netState{items: items}
+}
+
+// forget is s without the pieces of ours that the plan does not want: what
+// check and status of one scope show when another scope uses them.
+func (s netState) forget() netView {
+	return netState{items: slices.DeleteFunc(slices.Clone(s.items), func(it *netItem) bool { return !it.want && it.ours })}
+}
+
 // have lists, per family, what is there in the plan's text form: what we put
 // there, and what the plan wants that someone else put there.
 func (s netState) have(f Family) []string {

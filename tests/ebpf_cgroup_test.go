@@ -171,14 +171,36 @@ func cgroupInbound(t *testing.T, p *pod, h *helperProc, cg string, kept netip.Ad
 	}
 	// The table is the cgroup scope's: the namespace scope (no --cgroup)
 	// neither shows it nor removes it (docs/ebpf.md).
-	if r := p.detourCmd(nil, "status"); r.code != 0 || strings.Contains(r.stdout, table) || strings.Contains(r.stdout, "connect4") {
-		t.Errorf("status without --cgroup: want nothing of the cgroup scope:\n%s", r)
+	// Its passthrough address on lo is the namespace's: status names whose.
+	if r := p.detourCmd(nil, "status"); r.code != 0 || showsTable(r.stdout, table) || strings.Contains(r.stdout, "connect4") ||
+		!strings.Contains(r.stdout, "detour is not installed") || !strings.Contains(r.stdout, "kept for the cgroup scope "+cg) {
+		t.Errorf("status without --cgroup: want nothing of the cgroup scope, not installed, and the addresses on lo kept for %s:\n%s", cg, r)
+	}
+	// One scope per namespace captures inbound: the namespace scope's
+	// install with inbound is refused (exit 1) naming the cgroup scope, and
+	// changes nothing; with --inbound=false it goes on.
+	if r := p.detour(p.withFlags("install")...); r.code != 1 || !strings.Contains(r.stderr, "the cgroup scope "+cg) || !strings.Contains(r.stderr, "--inbound=false") {
+		t.Errorf("install of the namespace scope with inbound beside the cgroup scope's: want exit 1 naming the cgroup scope and --inbound=false:\n%s", r)
+	}
+	if got := nftTables(p); got != "table inet "+table {
+		t.Errorf("a refused install changed the namespace's tables: nft list tables = %q", got)
+	}
+	if r := p.detourCmd(nil, "status"); r.code != 0 || strings.Contains(r.stdout, "connect4") || showsTable(r.stdout, "") {
+		t.Errorf("status of the namespace scope after its refused install: want no programs and no table:\n%s", r)
+	}
+	if r := p.detour(p.withFlags("install", "--inbound=false")...); r.code != 0 {
+		t.Errorf("install of the namespace scope with --inbound=false beside the cgroup scope's inbound:\n%s", r)
 	}
 	if r := p.detourCmd(nil, "uninstall"); r.code != 0 {
 		t.Fatalf("uninstall without --cgroup:\n%s", r)
 	}
 	if got := nftTables(p); got != "table inet "+table {
 		t.Errorf("uninstall without --cgroup changed the cgroup scope's inbound table: nft list tables = %q", got)
+	}
+	// Nor did that install without inbound, or this uninstall, take the
+	// passthrough addresses on lo that the cgroup scope's inbound uses.
+	if r := p.detourCmd(nil, append([]string{"check"}, args[1:]...)...); r.code != 0 {
+		t.Errorf("check --cgroup after the namespace scope's install --inbound=false and uninstall: want exit 0:\n%s", r)
 	}
 	to := func(port uint16) lab.DialOptions {
 		return lab.DialOptions{To: netip.AddrPortFrom(p.podAddr(), port), From: p.remoteAddr()}
@@ -190,6 +212,12 @@ func cgroupInbound(t *testing.T, p *pod, h *helperProc, cg string, kept netip.Ad
 		p.inbound("I1 any port of the workload", to(p.appPort(netip.Addr{})), srvInbound)
 		p.inbound("I2 excluded inbound port", to(exPort), srvApp)
 	}
+}
+
+// showsTable reports whether status output prints the rules of the nftables
+// table name (any table when name is ""), not merely names it.
+func showsTable(out, name string) bool {
+	return strings.Contains(out, "add table inet "+name) || strings.Contains(out, "add rule inet "+name)
 }
 
 // checkReply checks a dial's answer as pod.expect does: the named server

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"strconv"
@@ -422,28 +423,68 @@ func uninstallRestores(t *testing.T, v variant, families []lab.Family, ipFamilie
 	}
 }
 
-// ebpfDrift is L8 for the ebpf backend: its state is maps and programs
-// (which no tool edits by hand) and its inbound table, which someone can
-// delete or add a rule to; check reports both, a re-install repairs them.
+// ebpfDrift is L8 for the ebpf backend: its state is its inbound table,
+// which someone can delete or flush with nft, and the entries of its pinned
+// maps, which someone can edit or delete with bpftool (the pod has a pin
+// directory of its own, so each map holds only its entries); check reports
+// each (exit 3), status says the maps differ from what detour wrote, and a
+// re-install repairs them.
 func ebpfDrift(t *testing.T, p *pod, check func() result) {
 	t.Helper()
+	privtest.Require(t, "bpftool")
+	maps := filepath.Join(pinDir(p.env), "maps")
 	for i, c := range []struct {
 		what, want string
 		nft        []string
+		bpf        func() // edits a map with bpftool
+		status     string // in status's drift note
 	}{
-		{"deleted the inbound table", "detour_ebpf_inbound", []string{"delete", "table", "inet", "detour_ebpf_inbound"}},
-		{"flushed the inbound table's chains", "detour_ebpf_inbound", []string{"flush", "table", "inet", "detour_ebpf_inbound"}},
+		{what: "deleted the inbound table", want: "detour_ebpf_inbound", nft: []string{"delete", "table", "inet", "detour_ebpf_inbound"}},
+		{what: "flushed the inbound table's chains", want: "detour_ebpf_inbound", nft: []string{"flush", "table", "inet", "detour_ebpf_inbound"}},
+		{
+			what: "changed the config's outbound port with bpftool", want: "outbound_port=" + strconv.Itoa(int(p.outPort)),
+			status: "the entries of config",
+			bpf: func() {
+				key, value := bpftoolEntry(t, filepath.Join(maps, "configs"))
+				b, err := strconv.ParseUint(value[12], 16, 8) // out_port's low byte (little-endian)
+				if err != nil {
+					t.Fatal(err)
+				}
+				value[12] = fmt.Sprintf("%02x", b^1)
+				bpftool(t, append(append(append([]string{"map", "update", "pinned", filepath.Join(maps, "configs"), "key", "hex"}, key...), "value", "hex"), value...)...)
+			},
+		},
+		{
+			what: "deleted the enrolment with bpftool", want: "scopes: no entry for this scope",
+			status: "the scopes map has no entry for this scope",
+			bpf: func() {
+				key, _ := bpftoolEntry(t, filepath.Join(maps, "scopes"))
+				bpftool(t, append([]string{"map", "delete", "pinned", filepath.Join(maps, "scopes"), "key", "hex"}, key...)...)
+			},
+		},
 	} {
-		if _, err := p.lab.Pod.Run(p.ctx, "nft", c.nft...); err != nil {
-			t.Fatal(err)
+		if c.nft != nil {
+			if _, err := p.lab.Pod.Run(p.ctx, "nft", c.nft...); err != nil {
+				t.Fatal(err)
+			}
+		} else {
+			c.bpf()
 		}
 		r := check()
 		if r.code != 3 || !strings.Contains(r.stdout+r.stderr, c.want) {
 			t.Errorf("check after someone %s: want exit 3 and a diff naming %q:\n%s", c.what, c.want, r)
 		}
+		if c.status != "" {
+			if r := p.detour("status"); r.code != 0 || !strings.Contains(r.stdout, "# ebpf: drift: "+c.status) {
+				t.Errorf("status after someone %s: want exit 0 and the drift note %q:\n%s", c.what, c.status, r)
+			}
+		}
 		p.install("--dns-capture", "all")
 		if r := check(); r.code != 0 {
 			t.Errorf("check after re-install #%d repaired what someone %s:\n%s", i+1, c.what, r)
+		}
+		if r := p.detour("status"); r.code != 0 || strings.Contains(r.stdout, "drift") {
+			t.Errorf("status after re-install #%d repaired what someone %s: want no drift note:\n%s", i+1, c.what, r)
 		}
 	}
 	p.uninstall()
@@ -453,6 +494,41 @@ func ebpfDrift(t *testing.T, p *pod, check func() result) {
 	if left := pinsLeft(t, p.env); len(left) != 0 {
 		t.Errorf("uninstall left pins: %q", left)
 	}
+}
+
+// bpftoolEntry is the only entry of the pinned map at pin, as the hex bytes
+// of its key and value (`bpftool -j map dump`).
+func bpftoolEntry(t *testing.T, pin string) (key, value []string) {
+	t.Helper()
+	var entries []struct {
+		Key   []string `json:"key"`
+		Value []string `json:"value"`
+	}
+	if err := json.Unmarshal([]byte(bpftool(t, "-j", "map", "dump", "pinned", pin)), &entries); err != nil {
+		t.Fatalf("bpftool map dump %s: %v", pin, err)
+	}
+	if len(entries) != 1 {
+		t.Fatalf("map %s holds %d entries, want the pod's one", pin, len(entries))
+	}
+	hex := func(bs []string) []string {
+		out := make([]string, len(bs))
+		for i, b := range bs {
+			out[i] = strings.TrimPrefix(b, "0x")
+		}
+		return out
+	}
+	return hex(entries[0].Key), hex(entries[0].Value)
+}
+
+// bpftool runs bpftool (on the host: the pins are on a private bpffs of the
+// suite, not in the pod) and returns its output.
+func bpftool(t *testing.T, args ...string) string {
+	t.Helper()
+	out, err := exec.Command("bpftool", args...).Output()
+	if err != nil {
+		t.Fatalf("bpftool %s: %v", strings.Join(args, " "), err)
+	}
+	return string(out)
 }
 
 // noDuplicates fails t when a save output of the pod holds a rule of detour's twice.

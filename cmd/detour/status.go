@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"strings"
 
 	"github.com/spf13/cobra"
 )
@@ -43,11 +44,15 @@ func runStatus(ctx context.Context, o *statusOptions, g *globalOptions, s stream
 	if o.output == "json" {
 		return writeJSON(s, st)
 	}
+	shared := ""
+	if len(st.SharedWith) > 0 {
+		shared = fmt.Sprintf("detour's addresses on lo in this namespace are kept for %s\n", strings.Join(st.SharedWith, ", "))
+	}
 	if !st.Installed {
-		_, err := fmt.Fprintln(s.out, "detour is not installed")
+		_, err := fmt.Fprint(s.out, "detour is not installed\n"+shared)
 		return err
 	}
-	fmt.Fprintf(s.out, "detour is installed (%s; %s)\n", st.Backend, joinFamilies(st.Families))
+	fmt.Fprintf(s.out, "detour is installed (%s; %s)\n%s", st.Backend, joinFamilies(st.Families), shared)
 	if len(st.Others) > 0 {
 		fmt.Fprintf(s.out, "detour's rules are also in %s (a switch that did not finish): install with --backend %s to keep one, or uninstall\n", joinBackends(st.Others), st.Backend)
 	}

@@ -5,10 +5,13 @@
 package backends
 
 import (
+	"errors"
 	"fmt"
 	"hash/fnv"
+	"io/fs"
 	"log/slog"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/detour-mesh/detour/bpf"
@@ -65,7 +68,10 @@ func All(o Options) []redirect.Driver {
 		// Connect hooks never see inbound connections: the inbound share of
 		// an ebpf plan (and the proxy's hairpin, O8) is an nftables table of
 		// its own, which the eBPF Driver installs, observes and removes.
-		e.Inbound = nftables.New(nftables.Options{TableName: EBPFInboundTableFor(e.Cgroup), Logger: o.Logger})
+		e.Inbound = ebpfInbound{
+			Driver: nftables.New(nftables.Options{TableName: EBPFInboundTableFor(e.Cgroup), Logger: o.Logger}),
+			root:   e.Loader.Root,
+		}
 	}
 	out = append(out, bpf.NewDriver(e))
 	return out
@@ -107,3 +113,64 @@ func RemoveEBPFNetns(o Options, cookie uint64) error {
 // EBPFReady reports whether this kernel has every program type and map type
 // the eBPF backend needs, naming the first one missing. It changes nothing.
 func EBPFReady() error { return bpf.New(bpf.Options{}).Ready() }
+
+// ebpfInbound is the nftables Driver that holds an eBPF scope's inbound
+// table, telling the eBPF Driver which other scopes' inbound tables are in
+// the same namespace (bpf.InboundRivals): two would both capture every
+// inbound connection of it.
+type ebpfInbound struct {
+	*nftables.Driver
+	root string // bpf.Options.Root: where to look a cgroup scope's path up
+}
+
+var _ bpf.InboundRivals = ebpfInbound{}
+
+// InboundRivals names the other eBPF scopes' inbound tables of the
+// namespace have was read in, with the cgroup of a cgroup scope when a
+// directory below the cgroup root has its tag.
+func (d ebpfInbound) InboundRivals(have redirect.Installed) []string {
+	s, ok := have.(interface{ Siblings() []string })
+	if !ok {
+		return nil
+	}
+	var out []string
+	for _, name := range s.Siblings() {
+		switch {
+		case name == EBPFInboundTable:
+			out = append(out, "the network-namespace scope (table inet "+name+")")
+		case strings.HasPrefix(name, EBPFInboundTable+"_cg_"):
+			if path := cgroupTagged(d.root, name); path != "" {
+				out = append(out, fmt.Sprintf("the cgroup scope %s (table inet %s)", path, name))
+			} else {
+				out = append(out, fmt.Sprintf("a cgroup scope (table inet %s; `detour status --cgroup PATH` names a scope's table)", name))
+			}
+		}
+	}
+	return out
+}
+
+// cgroupTagged is the cgroup v2 directory at or below root (the cgroup v2
+// hierarchy's root when "") whose inbound table is table, or "" when none
+// is found. It only reads directory names, on the error path of an install.
+func cgroupTagged(root, table string) string {
+	if root == "" {
+		var err error
+		if root, err = bpf.CgroupRoot(); err != nil {
+			return ""
+		}
+	}
+	found := ""
+	_ = filepath.WalkDir(root, func(path string, e fs.DirEntry, err error) error {
+		if err != nil || !e.IsDir() {
+			return nil
+		}
+		if EBPFInboundTableFor(path) == table {
+			found = path
+			return errFound
+		}
+		return nil
+	})
+	return found
+}
+
+var errFound = errors.New("found")

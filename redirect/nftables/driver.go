@@ -4,6 +4,7 @@ package nftables
 
 import (
 	"log/slog"
+	"slices"
 	"strings"
 
 	"github.com/detour-mesh/detour/redirect"
@@ -57,6 +58,9 @@ type Observed struct {
 	v       view
 	// foreign lists the other tables of the namespace ("family name").
 	foreign []string
+	// siblings lists detour's other inet tables of the namespace (another
+	// Driver's, such as another eBPF scope's inbound table), by name.
+	siblings []string
 	// rs is the table read back as a Ruleset, for Explain; problems name what
 	// of it could not be read back as detour made it.
 	rs       Ruleset
@@ -78,3 +82,13 @@ func (o *Observed) Lines(f redirect.Family) []string {
 // Foreign reports whether nftables holds other tables (iptables-nft's
 // included), for the choice of backend.
 func (o *Observed) Foreign() bool { return o != nil && len(o.foreign) > 0 }
+
+// Siblings names detour's other inet tables in the namespace (TableName or
+// TableName_*, not this Driver's own), sorted: the eBPF backend refuses a
+// second scope's inbound table beside another's.
+func (o *Observed) Siblings() []string {
+	if o == nil {
+		return nil
+	}
+	return slices.Clone(o.siblings)
+}

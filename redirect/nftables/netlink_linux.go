@@ -98,10 +98,14 @@ func (d *Driver) ObserveTable(ctx context.Context) (*Observed, error) {
 			continue
 		}
 		if t.family == unix.NFPROTO_INET && ownTable(t.name) {
-			continue // another Driver's table of detour's (the eBPF backend's inbound table): not another tool's
+			// another Driver's table of detour's (an eBPF scope's inbound
+			// table): not another tool's
+			o.siblings = append(o.siblings, t.name)
+			continue
 		}
 		o.foreign = append(o.foreign, familyNames[t.family]+" "+t.name)
 	}
+	slices.Sort(o.siblings)
 	if !o.present {
 		return o, nil
 	}

@@ -1,0 +1,185 @@
+package backends
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/detour-mesh/detour/bpf"
+	"github.com/detour-mesh/detour/internal/privtest"
+	"github.com/detour-mesh/detour/redirect"
+)
+
+// ebpfLab is a private bpffs, a cgroup of the test's own (the
+// network-namespace scope's attach point, with two cgroup scopes below it)
+// and a network namespace: nothing of the machine's is attached to.
+type ebpfLab struct {
+	pinDir, root string
+	ns           privtest.NS
+	lockDir      string
+}
+
+func newEBPFLab(t *testing.T) ebpfLab {
+	t.Helper()
+	privtest.Require(t, "ip", "nft")
+	if err := EBPFReady(); err != nil {
+		privtest.Skip(t, err.Error())
+	}
+	cgroot, err := bpf.CgroupRoot()
+	if err != nil {
+		privtest.Skip(t, err.Error())
+	}
+	bpffs := t.TempDir()
+	if err := unix.Mount("bpf", bpffs, "bpf", 0, "mode=0700"); err != nil {
+		t.Fatalf("mount private bpffs: %v", err)
+	}
+	t.Cleanup(func() {
+		if err := unix.Unmount(bpffs, unix.MNT_DETACH); err != nil {
+			t.Errorf("unmount bpffs: %v", err)
+		}
+	})
+	root := filepath.Join(cgroot, fmt.Sprintf("detour-backends-test-%d-%d", os.Getpid(), time.Now().UnixNano()))
+	for _, d := range []string{root, filepath.Join(root, "a"), filepath.Join(root, "b")} {
+		if err := os.Mkdir(d, 0o755); err != nil {
+			t.Fatalf("create test cgroup: %v", err)
+		}
+	}
+	t.Cleanup(func() {
+		for _, d := range []string{filepath.Join(root, "a"), filepath.Join(root, "b"), root} {
+			if err := os.Remove(d); err != nil {
+				t.Errorf("remove test cgroup: %v", err)
+			}
+		}
+	})
+	return ebpfLab{pinDir: filepath.Join(bpffs, "detour"), root: root, ns: privtest.NetNS(t), lockDir: t.TempDir()}
+}
+
+// engine is an Engine for the lab's namespace whose eBPF scope is cgroup
+// ("" = the network-namespace scope).
+func (l ebpfLab) engine(cgroup string) *redirect.Engine {
+	e := Engine(l.ns.Path, Options{EBPF: bpf.DriverOptions{Loader: bpf.Options{PinDir: l.pinDir, Root: l.root}, Cgroup: cgroup}})
+	e.LockDir = l.lockDir
+	return e
+}
+
+func ebpfPlan(t *testing.T, inbound bool) redirect.Plan {
+	t.Helper()
+	cfg := redirect.Default()
+	cfg.Backend = redirect.BackendEBPF
+	cfg.IPFamilies = redirect.IPFamiliesDual
+	cfg.Inbound.Enabled = inbound
+	p, err := redirect.NewPlan(cfg, redirect.Facts{IPv6: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+// inboundTables lists the eBPF inbound tables in the lab's namespace.
+func (l ebpfLab) inboundTables(t *testing.T) []string {
+	t.Helper()
+	var out []string
+	for _, line := range strings.Split(l.ns.Run(t, "nft", "list", "tables"), "\n") {
+		if name, ok := strings.CutPrefix(strings.TrimSpace(line), "table inet "); ok && strings.HasPrefix(name, EBPFInboundTable) {
+			out = append(out, name)
+		}
+	}
+	return out
+}
+
+// TestEBPFOneInboundScopePerNamespace: a second eBPF scope that would
+// capture inbound in a namespace where another already does is refused
+// before anything changes, naming the other scope and what to do; the scope
+// that holds inbound re-installs as before, a scope without inbound installs
+// beside it, and once the first is gone the next may take inbound.
+func TestEBPFOneInboundScopePerNamespace(t *testing.T) {
+	l := newEBPFLab(t)
+	ctx := context.Background()
+	cgA, cgB := filepath.Join(l.root, "a"), filepath.Join(l.root, "b")
+	netns, a, b := l.engine(""), l.engine(cgA), l.engine(cgB)
+	withIn, noIn := ebpfPlan(t, true), ebpfPlan(t, false)
+	t.Cleanup(func() {
+		for _, e := range []*redirect.Engine{a, b, netns} {
+			if _, err := e.Uninstall(ctx); err != nil {
+				t.Errorf("uninstall: %v", err)
+			}
+		}
+		if left, _ := filepath.Glob(filepath.Join(l.pinDir, "*")); len(left) != 0 {
+			t.Errorf("pins left after every uninstall: %q", left)
+		}
+	})
+	scopes := func() int {
+		t.Helper()
+		st, err := bpf.New(bpf.Options{PinDir: l.pinDir, Root: l.root}).Observe()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return len(st.Scopes)
+	}
+	refused := func(what string, e *redirect.Engine, p redirect.Plan, names ...string) {
+		t.Helper()
+		tablesBefore, scopesBefore := l.inboundTables(t), scopes()
+		_, err := e.Install(ctx, p)
+		if !errors.Is(err, bpf.ErrInboundTaken) {
+			t.Fatalf("%s: Install = %v, want ErrInboundTaken", what, err)
+		}
+		for _, n := range append(names, "--inbound=false") {
+			if !strings.Contains(err.Error(), n) {
+				t.Errorf("%s: the error does not name %q: %v", what, n, err)
+			}
+		}
+		if got := l.inboundTables(t); strings.Join(got, " ") != strings.Join(tablesBefore, " ") {
+			t.Errorf("%s: a refused install changed the inbound tables: %q, was %q", what, got, tablesBefore)
+		}
+		if got := scopes(); got != scopesBefore {
+			t.Errorf("%s: a refused install changed the enrolled scopes: %d, was %d", what, got, scopesBefore)
+		}
+	}
+
+	// The network-namespace scope captures inbound; its re-install works.
+	if _, err := netns.Install(ctx, withIn); err != nil {
+		t.Fatal(err)
+	}
+	if res, err := netns.Install(ctx, withIn); err != nil || res.Changed {
+		t.Fatalf("re-install of the scope that holds inbound = %+v, %v; want no changes", res, err)
+	}
+	// A cgroup scope with inbound in the same namespace: refused.
+	refused("cgroup scope beside the namespace scope", a, withIn, "the network-namespace scope", "table inet "+EBPFInboundTable)
+	// (The namespace's ::6 on lo is the namespace scope's.)
+	if st, err := a.Status(ctx); err != nil || st.Backend != "" {
+		t.Errorf("the refused cgroup scope: Status = %+v, %v; want no backend holding it", st, err)
+	}
+	// Without inbound it installs beside it, and a later switch to inbound
+	// is refused with its maps left as they were.
+	if _, err := a.Install(ctx, noIn); err != nil {
+		t.Fatalf("cgroup scope with --inbound=false beside the namespace scope: %v", err)
+	}
+	refused("cgroup scope re-installed with inbound", a, withIn, "the network-namespace scope")
+	if d, err := a.Check(ctx, noIn); err != nil || !d.Empty() {
+		t.Errorf("after the refused re-install, the cgroup scope's check: %v, %v; want in sync with its old config", d, err)
+	}
+
+	// The namespace scope leaves; cgroup scope a takes inbound; b is refused,
+	// naming a's cgroup, and a's re-install goes on.
+	if _, err := netns.Uninstall(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := a.Install(ctx, withIn); err != nil {
+		t.Fatalf("cgroup scope a with inbound, alone: %v", err)
+	}
+	if res, err := a.Install(ctx, withIn); err != nil || res.Changed {
+		t.Fatalf("re-install of cgroup scope a = %+v, %v; want no changes", res, err)
+	}
+	refused("a second cgroup scope", b, withIn, "the cgroup scope "+cgA, EBPFInboundTableFor(cgA))
+	refused("the namespace scope beside a cgroup scope", netns, withIn, "the cgroup scope "+cgA)
+	if got := l.inboundTables(t); len(got) != 1 || got[0] != EBPFInboundTableFor(cgA) {
+		t.Errorf("inbound tables = %q, want only cgroup scope a's", got)
+	}
+}

@@ -434,9 +434,9 @@ func benchFanOut(b *testing.B, protocol string, distinct bool) {
 	runtime.GC()
 	resetPeakRSS()
 	_, startRSS := readRSS()
-	// The memory limit Run keeps (memlimit.go); DETOUR_BENCH_MEMGOVERNOR=0
-	// runs without it.
-	if os.Getenv("DETOUR_BENCH_MEMGOVERNOR") != "0" {
+	// DETOUR_BENCH_MEMGOVERNOR=1 runs with the memory limit of
+	// RunOptions.AdaptiveMemoryLimit (memlimit.go).
+	if os.Getenv("DETOUR_BENCH_MEMGOVERNOR") == "1" {
 		mem := startMemoryGovernor(nil)
 		defer mem.Stop()
 	}

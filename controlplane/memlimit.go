@@ -10,7 +10,7 @@ import (
 	"sync"
 )
 
-// memoryGovernor (started by Run) keeps the Go runtime's soft memory limit
+// memoryGovernor (started by Run with AdaptiveMemoryLimit) keeps the Go runtime's soft memory limit
 // (debug.SetMemoryLimit) a little above what the process needs: after every
 // garbage collection it sets the limit to the live heap plus a quarter (at
 // least memoryHeadroomFloor), plus the goroutine stacks, the unused part of

@@ -23,11 +23,14 @@ import (
 // stream (one receiving requests, one sending responses) and keeps a watch
 // channel and its own copy of every subscription per stream. Here a stream
 // has one goroutine, gRPC's handler goroutine: it receives a request,
-// records it (the tracker: identity, ACK, NACK), opens a watch in the cache,
-// and sends whatever the cache answered at once. When a snapshot changes,
-// the cache answers the open watches into each stream's outbox and a small
-// pool of push workers (pushQueue) sends them: a thousand proxies cost a
-// thousand goroutines fewer, and no goroutine waits on a watch.
+// records it (the tracker: identity, ACK, NACK) and opens a watch in the
+// cache. Whatever the cache answers — at once, or when a snapshot changes —
+// goes into the stream's outbox, and a small pool of push workers
+// (pushQueue) sends it, paced by the connections' writers (pace.go): a
+// thousand proxies cost a thousand goroutines fewer, no goroutine waits on a
+// watch, and ten thousand proxies connecting at once do not each hold a
+// marshalled configuration until it is written. The handler goroutine never
+// marshals a response, so its stack stays small.
 //
 // The protocol is go-control-plane's, as Envoy expects it: a response's nonce
 // counts up per stream; a SotW request whose nonce is not the last one sent
@@ -56,8 +59,9 @@ type adsStream struct {
 	protocol string
 	grpc     grpc.ServerStream
 
-	// sendMu serialises sending (the handler goroutine and push workers both
-	// flush); it is taken before mu, never while mu is held.
+	// sendMu serialises sending (a stream is flushed by one push worker at a
+	// time, but a worker may start while another finishes); it is taken
+	// before mu, never while mu is held.
 	sendMu sync.Mutex
 
 	mu     sync.Mutex // guards the fields below; taken before a cache node's lock
@@ -71,7 +75,6 @@ type adsStream struct {
 	outMu  sync.Mutex
 	out    []pendingResponse
 	queued bool // in the push queue
-	inline bool // the handler goroutine is handling a request and flushes after it
 }
 
 // typeStream is a stream's state for one resource type.
@@ -108,7 +111,7 @@ func (a *adsServer) StreamAggregatedResources(gs grpc.BidiStreamingServer[discov
 		if err := gs.RecvMsg(req); err != nil {
 			return recvError(err)
 		}
-		if err := s.handle(func() error { return s.sotwRequest(req) }); err != nil {
+		if err := s.sotwRequest(req); err != nil {
 			return err
 		}
 	}
@@ -126,32 +129,10 @@ func (a *adsServer) DeltaAggregatedResources(gs grpc.BidiStreamingServer[discove
 		if err := gs.RecvMsg(req); err != nil {
 			return recvError(err)
 		}
-		if err := s.handle(func() error { return s.deltaRequest(req) }); err != nil {
+		if err := s.deltaRequest(req); err != nil {
 			return err
 		}
 	}
-}
-
-// handle runs a request's handler, then sends what the cache answered at
-// once on the handler goroutine; responses the cache gives meanwhile are
-// left to it rather than to a push worker.
-func (s *adsStream) handle(request func() error) error {
-	s.outMu.Lock()
-	s.inline = true
-	s.outMu.Unlock()
-	err := request()
-	if err == nil {
-		err = s.flush()
-	}
-	s.outMu.Lock()
-	s.inline = false
-	schedule := len(s.out) > 0 && !s.queued && err == nil
-	s.queued = s.queued || schedule
-	s.outMu.Unlock()
-	if schedule {
-		s.ads.pushes.push(s)
-	}
-	return err
 }
 
 // recvError is what a stream's handler returns when receiving fails: nothing
@@ -295,8 +276,8 @@ func (s *adsStream) setNode(id string) {
 func (s *adsStream) put(p pendingResponse) {
 	s.outMu.Lock()
 	s.out = append(s.out, p)
-	schedule := !s.queued && !s.inline
-	s.queued = s.queued || schedule
+	schedule := !s.queued
+	s.queued = true
 	s.outMu.Unlock()
 	if schedule {
 		s.ads.pushes.push(s)
@@ -319,18 +300,13 @@ func (s *adsStream) next() (pendingResponse, bool) {
 	return p, true
 }
 
-// flush sends the outbox's responses in order. Each gets the stream's next
-// nonce, and its type's subscription records what it returned, before it is
-// sent: the proxy's answer may come back at once.
-func (s *adsStream) flush() error {
-	_, err := s.flushPaced(nil, nil)
-	return err
-}
-
-// flushPaced is flush for a push worker: before each send it waits for
-// last, the worker's previous response, to be written (see pace.go), and it
-// returns the flight of the last response it sent.
-func (s *adsStream) flushPaced(fs *flights, last *flight) (*flight, error) {
+// flush sends the outbox's responses in order (only push workers send).
+// Each gets the stream's next nonce, and its type's subscription records
+// what it returned, before it is sent: the proxy's answer may come back at
+// once. Before each send it waits for last, the worker's previous response,
+// to be written (see pace.go); it returns the flight of the last response
+// it sent.
+func (s *adsStream) flush(fs *flights, last *flight) (*flight, error) {
 	s.sendMu.Lock()
 	defer s.sendMu.Unlock()
 	for {
@@ -427,6 +403,6 @@ func (q *pushQueue) work() {
 		s.queued = false
 		s.outMu.Unlock()
 		// An error ends the stream: its handler sees it on its next receive.
-		last, _ = s.flushPaced(q.flights, last)
+		last, _ = s.flush(q.flights, last)
 	}
 }

@@ -1,8 +1,6 @@
 package xds
 
 import (
-	"errors"
-	"io"
 	"maps"
 	"runtime"
 	"slices"
@@ -109,7 +107,7 @@ func (a *adsServer) StreamAggregatedResources(gs grpc.BidiStreamingServer[discov
 	for {
 		req := new(discoveryv3.DiscoveryRequest)
 		if err := gs.RecvMsg(req); err != nil {
-			return recvError(err)
+			return nil // the proxy went away (or its stream failed): no one to answer, as go-control-plane's server
 		}
 		if err := s.sotwRequest(req); err != nil {
 			return err
@@ -127,21 +125,12 @@ func (a *adsServer) DeltaAggregatedResources(gs grpc.BidiStreamingServer[discove
 	for {
 		req := new(discoveryv3.DeltaDiscoveryRequest)
 		if err := gs.RecvMsg(req); err != nil {
-			return recvError(err)
+			return nil // the proxy went away (or its stream failed): no one to answer, as go-control-plane's server
 		}
 		if err := s.deltaRequest(req); err != nil {
 			return err
 		}
 	}
-}
-
-// recvError is what a stream's handler returns when receiving fails: nothing
-// when the proxy closed its side.
-func recvError(err error) error {
-	if errors.Is(err, io.EOF) {
-		return nil
-	}
-	return err
 }
 
 func (a *adsServer) open(gs grpc.ServerStream, protocol string) (*adsStream, error) {

@@ -434,13 +434,19 @@ func benchFanOut(b *testing.B, protocol string, distinct bool) {
 	runtime.GC()
 	resetPeakRSS()
 	_, startRSS := readRSS()
+	// DETOUR_BENCH_MEMGOVERNOR=1 runs with the memory limit of
+	// RunOptions.AdaptiveMemoryLimit (memlimit.go).
+	if os.Getenv("DETOUR_BENCH_MEMGOVERNOR") == "1" {
+		mem := startMemoryGovernor(nil)
+		defer mem.Stop()
+	}
 	srv := NewServer(xds.Options{})
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		b.Fatal(err)
 	}
 	go func() { _ = srv.ServeXDS(l) }()
-	defer srv.Stop(time.Second)
+	defer srv.Stop()
 
 	variant := 0
 	// next builds the next mesh and every node's target versions (content

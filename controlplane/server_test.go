@@ -52,7 +52,7 @@ func startServer(t *testing.T, opts xds.Options) *testServer {
 	done := make(chan error, 1)
 	go func() { done <- s.ServeXDS(l) }()
 	t.Cleanup(func() {
-		s.Stop(time.Second)
+		s.Stop()
 		if err := <-done; err != nil {
 			t.Errorf("ServeXDS: %v", err)
 		}

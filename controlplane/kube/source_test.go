@@ -396,7 +396,7 @@ func TestReplicasServeTheSameVersions(t *testing.T) {
 				t.Errorf("source: %v", err)
 			}
 		})
-		t.Cleanup(func() { srv.Stop(time.Second) })
+		t.Cleanup(func() { srv.Stop() })
 		servers = append(servers, srv)
 	}
 	const node = "client-1.replicas"

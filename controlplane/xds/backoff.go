@@ -14,7 +14,7 @@ import (
 type heldWatch struct {
 	req     *cachev3.Request
 	sub     cachev3.Subscription
-	ch      chan cachev3.Response
+	send    func(cachev3.Response)
 	version string // the NACKed version being held back
 	timer   *time.Timer
 
@@ -25,8 +25,8 @@ type heldWatch struct {
 }
 
 // hold parks a watch that follows a NACK of version for the back-off.
-func (c *servingCache) hold(node, version string, req *cachev3.Request, sub cachev3.Subscription, ch chan cachev3.Response) func() {
-	w := &heldWatch{req: req, sub: sub, ch: ch, version: version}
+func (c *servingCache) hold(node, version string, req *cachev3.Request, sub cachev3.Subscription, send func(cachev3.Response)) func() {
+	w := &heldWatch{req: req, sub: sub, send: send, version: version}
 	n := c.node(node)
 	if n.held == nil {
 		n.held = make(map[*heldWatch]struct{})
@@ -51,13 +51,9 @@ func (c *servingCache) release(node string, w *heldWatch) {
 	}
 	w.done = true
 	w.mu.Unlock()
-	// Not under w.mu: the watch may send on ch, which the stream goroutine
-	// drains, and that goroutine may be waiting in cancelHeld.
-	cancel, err := c.watch(node, w.req, w.sub, w.ch)
-	if err != nil {
-		c.log.Error("release held watch", "node_id", node, "error", err)
-		return
-	}
+	// Not under w.mu: cancelHeld takes the node's lock after w.mu's, so
+	// the node's lock is never taken under w.mu.
+	cancel := c.watch(node, w.req, w.sub, w.send)
 	w.mu.Lock()
 	if w.cancelled {
 		w.mu.Unlock()

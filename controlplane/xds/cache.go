@@ -66,19 +66,20 @@ type cacheNode struct {
 	gone  bool                     // cleared; a new cacheNode replaces it
 }
 
+// A watch's send hands its response to the stream (adsStream.put): it is
+// called with the node's lock held and must not block.
+
 type sotwWatch struct {
-	req *cachev3.Request
-	sub cachev3.Subscription
-	ch  chan cachev3.Response
+	req  *cachev3.Request
+	sub  cachev3.Subscription
+	send func(cachev3.Response)
 }
 
 type deltaWatch struct {
-	req *cachev3.DeltaRequest
-	sub cachev3.Subscription
-	ch  chan cachev3.DeltaResponse
+	req  *cachev3.DeltaRequest
+	sub  cachev3.Subscription
+	send func(cachev3.DeltaResponse)
 }
-
-var _ cachev3.Cache = (*servingCache)(nil)
 
 func newServingCache(log *slog.Logger, backoff time.Duration, nacked func(string, string) string, onBackoff func(string)) *servingCache {
 	return &servingCache{
@@ -189,30 +190,29 @@ func (c *servingCache) ClearSnapshot(node string) {
 	}
 }
 
-// CreateWatch opens a SotW watch, held back when it follows a NACK of the
-// current version.
-func (c *servingCache) CreateWatch(req *cachev3.Request, sub cachev3.Subscription, ch chan cachev3.Response) (func(), error) {
-	node := req.GetNode().GetId()
+// CreateWatch opens a SotW watch of node, held back when it follows a NACK of
+// the current version. It returns the watch's cancel.
+func (c *servingCache) CreateWatch(node string, req *cachev3.Request, sub cachev3.Subscription, send func(cachev3.Response)) func() {
 	if req.GetErrorDetail() != nil {
 		if snap, err := c.GetSnapshot(node); err == nil {
 			current := snap.GetVersion(req.GetTypeUrl())
 			if current != "" && current == c.nacked(node, req.GetTypeUrl()) {
-				return c.hold(node, current, req, sub, ch), nil
+				return c.hold(node, current, req, sub, send)
 			}
 		}
 		// A newer config than the rejected one is ready: send it now.
 	}
-	return c.watch(node, req, sub, ch)
+	return c.watch(node, req, sub, send)
 }
 
 // watch answers a SotW request at once when the node's snapshot has something
 // the proxy lacks, or opens a watch that SetSnapshot answers.
-func (c *servingCache) watch(node string, req *cachev3.Request, sub cachev3.Subscription, ch chan cachev3.Response) (func(), error) {
-	w := &sotwWatch{req: req, sub: sub, ch: ch}
+func (c *servingCache) watch(node string, req *cachev3.Request, sub cachev3.Subscription, send func(cachev3.Response)) func() {
+	w := &sotwWatch{req: req, sub: sub, send: send}
 	n := c.node(node)
 	defer n.mu.Unlock()
 	if n.snap != nil && c.respondSotW(n.snap, w, true) {
-		return func() {}, nil
+		return func() {}
 	}
 	if n.sotw == nil {
 		n.sotw = make(map[*sotwWatch]struct{})
@@ -222,7 +222,7 @@ func (c *servingCache) watch(node string, req *cachev3.Request, sub cachev3.Subs
 		n.mu.Lock()
 		delete(n.sotw, w)
 		n.mu.Unlock()
-	}, nil
+	}
 }
 
 // respondSotW sends w the snapshot's resources of its type when its version
@@ -239,9 +239,13 @@ func (c *servingCache) respondSotW(snap *Snapshot, w *sotwWatch, fresh bool) boo
 	resources := t.all
 	var returned map[string]string
 	if w.sub.IsWildcard() {
-		// The stream keeps this map until its next response: per proxy and
-		// type, one entry instead of one per resource (see missing).
-		returned = map[string]string{returnedAll: t.version}
+		// The stream keeps this map until its next response: one entry
+		// instead of one per resource (see missing), and one map for every
+		// stream sent the same version.
+		returned = t.returned
+		if returned == nil { // a type that is not served
+			returned = map[string]string{returnedAll: t.version}
+		}
 	} else {
 		// Only the resources asked for, in name order.
 		subscribed := w.sub.SubscribedResources()
@@ -254,11 +258,11 @@ func (c *servingCache) respondSotW(snap *Snapshot, w *sotwWatch, fresh bool) boo
 			}
 		}
 	}
-	w.ch <- &cachev3.PassthroughResponse{
+	w.send(&cachev3.PassthroughResponse{
 		Request:           w.req,
 		DiscoveryResponse: &discoveryv3.DiscoveryResponse{VersionInfo: t.version, Resources: resources, TypeUrl: typeURL},
 		ReturnedResources: returned,
-	}
+	})
 	return true
 }
 
@@ -298,12 +302,12 @@ func missing(t *servedType, sub cachev3.Subscription) bool {
 // CreateDeltaWatch answers a delta request at once when the proxy's resources
 // differ from the snapshot's (or it is the first wildcard request of its
 // type), or opens a watch that SetSnapshot answers.
-func (c *servingCache) CreateDeltaWatch(req *cachev3.DeltaRequest, sub cachev3.Subscription, ch chan cachev3.DeltaResponse) (func(), error) {
-	w := &deltaWatch{req: req, sub: sub, ch: ch}
-	n := c.node(req.GetNode().GetId())
+func (c *servingCache) CreateDeltaWatch(node string, req *cachev3.DeltaRequest, sub cachev3.Subscription, send func(cachev3.DeltaResponse)) func() {
+	w := &deltaWatch{req: req, sub: sub, send: send}
+	n := c.node(node)
 	defer n.mu.Unlock()
 	if n.snap != nil && n.respondDelta(n.snap, w) {
-		return nil, nil
+		return nil
 	}
 	if n.delta == nil {
 		n.delta = make(map[*deltaWatch]struct{})
@@ -313,7 +317,7 @@ func (c *servingCache) CreateDeltaWatch(req *cachev3.DeltaRequest, sub cachev3.S
 		n.mu.Lock()
 		delete(n.delta, w)
 		n.mu.Unlock()
-	}, nil
+	}
 }
 
 // A delta stream keeps, per type, the version of each resource it was sent
@@ -472,7 +476,7 @@ func (n *cacheNode) respondDelta(snap *Snapshot, w *deltaWatch) bool {
 			}
 		}
 	}
-	w.ch <- &cachev3.DeltaPassthroughResponse{
+	w.send(&cachev3.DeltaPassthroughResponse{
 		DeltaRequest:   w.req,
 		NextVersionMap: next,
 		DeltaDiscoveryResponse: &discoveryv3.DeltaDiscoveryResponse{
@@ -481,11 +485,6 @@ func (n *cacheNode) respondDelta(snap *Snapshot, w *deltaWatch) bool {
 			RemovedResources:  removed,
 			TypeUrl:           typeURL,
 		},
-	}
+	})
 	return true
-}
-
-// Fetch refuses REST xDS (the tracker refuses it before the cache is asked).
-func (c *servingCache) Fetch(context.Context, *cachev3.Request) (cachev3.Response, error) {
-	return nil, errors.New("REST xDS is not served; use ADS")
 }

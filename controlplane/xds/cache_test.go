@@ -124,9 +124,7 @@ func TestSotWCacheResponseIsPreEncoded(t *testing.T) {
 	}
 	ch := make(chan cachev3.Response, 1)
 	req := &discoveryv3.DiscoveryRequest{Node: &corev3.Node{Id: "n"}, TypeUrl: resourcev3.ClusterType}
-	if _, err := c.CreateWatch(req, stream.NewSotwSubscription(nil, true), ch); err != nil {
-		t.Fatal(err)
-	}
+	c.CreateWatch("n", req, stream.NewSotwSubscription(nil, true), sendTo(ch))
 	r := <-ch
 	if _, ok := r.(*cachev3.PassthroughResponse); !ok {
 		t.Fatalf("response is a %T, want a pre-encoded *cache.PassthroughResponse", r)
@@ -144,6 +142,17 @@ func TestSotWCacheResponseIsPreEncoded(t *testing.T) {
 	}
 }
 
+// sendTo is a watch's send into ch, which must have room.
+func sendTo[R any](ch chan R) func(R) {
+	return func(r R) {
+		select {
+		case ch <- r:
+		default:
+			panic("a watch answered more responses than the test expects")
+		}
+	}
+}
+
 func newTestCache() *servingCache {
 	return newServingCache(slog.New(slog.DiscardHandler), time.Minute, func(string, string) string { return "" }, func(string) {})
 }
@@ -156,7 +165,7 @@ func servedNames(t *servedType) []string {
 	return out
 }
 
-// deltaStream plays go-control-plane's delta server for one type: it keeps
+// deltaStream plays the ADS server's delta stream for one type: it keeps
 // the subscription, records what each response returned, and re-opens the
 // watch after each response as an ACK does.
 type deltaStream struct {
@@ -185,9 +194,7 @@ func (s *deltaStream) request(subscribe, unsubscribe []string) *discoveryv3.Delt
 	}
 	req := &discoveryv3.DeltaDiscoveryRequest{Node: s.node, TypeUrl: s.typ, ResponseNonce: nonce,
 		ResourceNamesSubscribe: subscribe, ResourceNamesUnsubscribe: unsubscribe}
-	if _, err := s.c.CreateDeltaWatch(req, s.sub, s.ch); err != nil {
-		s.t.Fatal(err)
-	}
+	s.c.CreateDeltaWatch(s.node.GetId(), req, s.sub, sendTo(s.ch))
 	return s.next()
 }
 
@@ -350,9 +357,7 @@ func TestSotWCacheNamedAndWildcard(t *testing.T) {
 	ch := make(chan cachev3.Response, 4)
 	sub := stream.NewSotwSubscription([]string{"passthrough", "blackhole", "no-such"}, true)
 	req := &discoveryv3.DiscoveryRequest{Node: node, TypeUrl: resourcev3.ClusterType, ResourceNames: []string{"passthrough", "blackhole", "no-such"}}
-	if _, err := c.CreateWatch(req, sub, ch); err != nil {
-		t.Fatal(err)
-	}
+	c.CreateWatch(node.GetId(), req, sub, sendTo(ch))
 	r := <-ch
 	dr, _ := r.GetDiscoveryResponse()
 	if got := names(t, dr.GetResources()); !slices.Equal(got, []string{"blackhole", "passthrough"}) {
@@ -363,9 +368,7 @@ func TestSotWCacheNamedAndWildcard(t *testing.T) {
 	// Same version, now wildcard: the rest is missing, so it is sent.
 	sub.SetResourceSubscription([]string{"*"})
 	req = &discoveryv3.DiscoveryRequest{Node: node, TypeUrl: resourcev3.ClusterType, VersionInfo: before.clusters.version, ResourceNames: []string{"*"}}
-	if _, err := c.CreateWatch(req, sub, ch); err != nil {
-		t.Fatal(err)
-	}
+	c.CreateWatch(node.GetId(), req, sub, sendTo(ch))
 	select {
 	case r := <-ch:
 		dr, _ := r.GetDiscoveryResponse()
@@ -377,9 +380,7 @@ func TestSotWCacheNamedAndWildcard(t *testing.T) {
 		t.Fatal("a stream that became wildcard was not sent the clusters it lacks")
 	}
 	// And now it has everything of that version: the watch waits.
-	if _, err := c.CreateWatch(req, sub, ch); err != nil {
-		t.Fatal(err)
-	}
+	c.CreateWatch(node.GetId(), req, sub, sendTo(ch))
 	select {
 	case r := <-ch:
 		t.Errorf("an up-to-date wildcard request got a response: %v", r)

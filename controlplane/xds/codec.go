@@ -40,11 +40,36 @@ func mustBufferPool(exponents ...uint8) mem.BufferPool {
 // lower peak RSS at 1,000 proxies.
 type xdsCodec struct {
 	encoding.CodecV2 // the stock codec, for Unmarshal
+	// flights, when set, are the messages whose writing a push worker
+	// waits for (pace.go).
+	flights *flights
 }
 
-func newXDSCodec() xdsCodec { return xdsCodec{CodecV2: encoding.GetCodecV2("proto")} }
+func newXDSCodec(fs *flights) xdsCodec {
+	return xdsCodec{CodecV2: encoding.GetCodecV2("proto"), flights: fs}
+}
 
 func (c xdsCodec) Marshal(v any) (mem.BufferSlice, error) {
+	f := c.flights.take(v)
+	bs, err := c.marshal(v, f)
+	if f != nil && (err != nil || !pooled(bs)) {
+		f.finish() // nothing to wait for
+	}
+	return bs, err
+}
+
+// pooled reports whether bs is one pooled buffer (what marshal returns for a
+// message it copies whole into the pool).
+func pooled(bs mem.BufferSlice) bool {
+	if len(bs) != 1 {
+		return false
+	}
+	_, plain := bs[0].(mem.SliceBuffer)
+	return !plain
+}
+
+// marshal encodes v; a pooled buffer finishes f when it is put back.
+func (c xdsCodec) marshal(v any, f *flight) (mem.BufferSlice, error) {
 	if m, ok := v.(*discoveryv3.DeltaDiscoveryResponse); ok && len(m.GetResources()) > 0 {
 		rs := m.GetResources()
 		return marshalResponse(m, len(rs), func(i int) int { return deltaHint(rs[i]) },
@@ -63,12 +88,16 @@ func (c xdsCodec) Marshal(v any) (mem.BufferSlice, error) {
 		}
 		return mem.BufferSlice{mem.SliceBuffer(b)}, nil
 	}
-	buf := xdsBufferPool.Get(size)
+	var pool mem.BufferPool = xdsBufferPool
+	if f != nil {
+		pool = flightPool{f}
+	}
+	buf := pool.Get(size)
 	if _, err := opts.MarshalAppend((*buf)[:0], m); err != nil {
-		xdsBufferPool.Put(buf)
+		pool.Put(buf)
 		return nil, err
 	}
-	return mem.BufferSlice{mem.NewBuffer(buf, xdsBufferPool)}, nil
+	return mem.BufferSlice{mem.NewBuffer(buf, pool)}, nil
 }
 
 // resourcesField is the field number of DeltaDiscoveryResponse.resources.

@@ -52,7 +52,7 @@ func TestCodecDiscoveryResponses(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
-			bs, err := newXDSCodec().Marshal(tt.msg)
+			bs, err := newXDSCodec(nil).Marshal(tt.msg)
 			if err != nil {
 				t.Fatal(err)
 			}

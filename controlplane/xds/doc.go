@@ -5,12 +5,14 @@
 // A Snapshot is one node's resources, each a Resource holding its encoding
 // once (NewResource; SnapshotBuilder versions a node's resources by content
 // hash). Server.SetSnapshots replaces the served set and answers the open
-// watches of the nodes whose versions changed. The Server runs
-// go-control-plane's ADS server (SotW, ordered, and delta) over a cache of its
-// own (cache.go) that answers from the resources encoded once per change,
-// holds NACKed configs back instead of resending them in a loop
+// watches of the nodes whose versions changed. The Server serves ADS (SotW,
+// ordered, and delta) with a stream handler of its own (ads.go: one
+// goroutine per stream, pushes sent by a few paced workers, pace.go) over a
+// cache of its own (cache.go) that answers from the resources encoded once
+// per change, holds NACKed configs back instead of resending them in a loop
 // (backoff.go), and a codec (codec.go) that writes delta responses without
-// copying their resources. A tracker (tracker.go) follows every stream and
+// copying their resources. Subscriptions are go-control-plane's
+// stream.Subscription. A tracker (tracker.go) follows every stream and
 // node, enforces the mTLS node identity, and feeds the Prometheus metrics
 // (metrics.go) and /debug/nodes. The library behaviour these rely on is
 // pinned by contract_test.go.

@@ -16,8 +16,6 @@ import (
 	"time"
 
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
-	"github.com/envoyproxy/go-control-plane/pkg/server/sotw/v3"
-	serverv3 "github.com/envoyproxy/go-control-plane/pkg/server/v3"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
@@ -55,11 +53,8 @@ type Server struct {
 	metrics *metrics
 	tracker *tracker
 	cache   *servingCache
-	xds     serverv3.Server
 	grpc    *grpc.Server
 	health  *health.Server
-	ctx     context.Context
-	stop    context.CancelFunc
 
 	updateMu sync.Mutex // serialises SetSnapshots and Reject
 	mu       sync.Mutex // guards current, orphans
@@ -81,12 +76,9 @@ func NewServer(opts Options) *Server {
 	if backoff <= 0 {
 		backoff = DefaultNACKBackoff
 	}
-	ctx, stop := context.WithCancel(context.Background())
 	s := &Server{
 		log:     log,
 		metrics: newMetrics(),
-		ctx:     ctx,
-		stop:    stop,
 		orphans: make(map[string]bool),
 	}
 	s.tracker = newTracker(log, s.metrics)
@@ -95,9 +87,24 @@ func NewServer(opts Options) *Server {
 	s.cache = newServingCache(log, backoff, s.tracker.nackedVersion, func(typeURL string) {
 		s.metrics.backoffs.WithLabelValues(typeLabel(typeURL)).Inc()
 	})
-	s.xds = serverv3.NewServer(ctx, s.cache, s.tracker, sotw.WithOrderedADS())
 
-	gopts := []grpc.ServerOption{
+	fs := &flights{}
+	gopts := append(grpcServerOptions(), grpc.ForceServerCodecV2(newXDSCodec(fs)))
+	if opts.TLS != nil {
+		gopts = append(gopts, grpc.Creds(credentials.NewTLS(opts.TLS)))
+	}
+	s.grpc = grpc.NewServer(gopts...)
+	discoveryv3.RegisterAggregatedDiscoveryServiceServer(s.grpc, newADSServer(s.cache, s.tracker, fs))
+	s.health = health.NewServer()
+	s.health.SetServingStatus("", healthpb.HealthCheckResponse_NOT_SERVING)
+	s.health.SetServingStatus(adsService, healthpb.HealthCheckResponse_NOT_SERVING)
+	healthpb.RegisterHealthServer(s.grpc, s.health)
+	return s
+}
+
+// grpcServerOptions are the gRPC server's options but for its codec and TLS.
+func grpcServerOptions() []grpc.ServerOption {
+	return []grpc.ServerOption{
 		// Envoy keeps one long-lived stream; many proxies share one server.
 		grpc.MaxConcurrentStreams(1 << 20),
 		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 30 * time.Second, Timeout: 10 * time.Second}),
@@ -108,18 +115,7 @@ func NewServer(opts Options) *Server {
 		// from a pool while a connection has data to read, holds several.
 		grpc.ReadBufferSize(xdsReadBufferSize),
 		experimental.BufferPool(xdsBufferPool),
-		grpc.ForceServerCodecV2(newXDSCodec()),
 	}
-	if opts.TLS != nil {
-		gopts = append(gopts, grpc.Creds(credentials.NewTLS(opts.TLS)))
-	}
-	s.grpc = grpc.NewServer(gopts...)
-	discoveryv3.RegisterAggregatedDiscoveryServiceServer(s.grpc, s.xds)
-	s.health = health.NewServer()
-	s.health.SetServingStatus("", healthpb.HealthCheckResponse_NOT_SERVING)
-	s.health.SetServingStatus(adsService, healthpb.HealthCheckResponse_NOT_SERVING)
-	healthpb.RegisterHealthServer(s.grpc, s.health)
-	return s
 }
 
 // xdsReadBufferSize is the read buffer of an ADS connection (gRPC's default
@@ -294,22 +290,13 @@ func (s *Server) ServeXDS(l net.Listener) error {
 	return nil
 }
 
-// Stop ends every stream and stops serving, waiting at most grace for streams
-// to finish.
-func (s *Server) Stop(grace time.Duration) {
+// Stop stops serving: it closes the listeners and every connection at once.
+// ADS streams never end by themselves (and a stream's one goroutine waits
+// for the proxy's next request), so there is nothing to wait for; proxies
+// reconnect to another replica or to the restarted server.
+func (s *Server) Stop() {
 	s.health.Shutdown()
-	s.stop()
-	done := make(chan struct{})
-	go func() {
-		s.grpc.GracefulStop()
-		close(done)
-	}()
-	select {
-	case <-done:
-	case <-time.After(grace):
-		s.grpc.Stop()
-		<-done
-	}
+	s.grpc.Stop()
 }
 
 // Handler serves the HTTP endpoints: /healthz (the process is up), /readyz

@@ -48,6 +48,11 @@ type servedType struct {
 	version   string
 	resources []*Resource  // sorted by name; names are unique
 	all       []*anypb.Any // resources[i].any: a full SotW response's resources
+	// returned is what a SotW stream sent all of them remembers
+	// ({returnedAll: version}): one map for every stream, which must never
+	// be modified (adsStream.sotwRequest copies it before go-control-plane's
+	// subscription could).
+	returned map[string]string
 }
 
 // lookup returns the resource named name, or nil.
@@ -77,6 +82,7 @@ func newServedType(typeURL string, resources []*Resource, scratch []byte) (serve
 	}
 	sum := sha256.Sum256(b)
 	t.version = hex.EncodeToString(sum[:12])
+	t.returned = map[string]string{returnedAll: t.version}
 	return t, b, nil
 }
 

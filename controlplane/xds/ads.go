@@ -1,0 +1,397 @@
+package xds
+
+import (
+	"maps"
+	"runtime"
+	"slices"
+	"strconv"
+	"sync"
+	"sync/atomic"
+
+	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	cachev3 "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
+	"github.com/envoyproxy/go-control-plane/pkg/server/stream/v3"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+)
+
+// adsServer serves ADS streams, SotW and delta, from the servingCache. It
+// stands in for go-control-plane's server, which runs two goroutines per
+// stream (one receiving requests, one sending responses) and keeps a watch
+// channel and its own copy of every subscription per stream. Here a stream
+// has one goroutine, gRPC's handler goroutine: it receives a request,
+// records it (the tracker: identity, ACK, NACK) and opens a watch in the
+// cache. Whatever the cache answers — at once, or when a snapshot changes —
+// goes into the stream's outbox, and a small pool of push workers
+// (pushQueue) sends it, paced by the connections' writers (pace.go): a
+// thousand proxies cost a thousand goroutines fewer, no goroutine waits on a
+// watch, and ten thousand proxies connecting at once do not each hold a
+// marshalled configuration until it is written. The handler goroutine never
+// marshals a response, so its stack stays small.
+//
+// The protocol is go-control-plane's, as Envoy expects it: a response's nonce
+// counts up per stream; a SotW request whose nonce is not the last one sent
+// for its type is stale and ignored; every delta request updates the
+// subscription; after a response a type has no watch until the proxy's next
+// request of it (its ACK or NACK), so a proxy has at most one response per
+// type unanswered; responses of a stream go out in the order the cache gave
+// them (clusters before listeners). Subscriptions, with the legacy wildcard
+// rules, are go-control-plane's stream.Subscription.
+type adsServer struct {
+	discoveryv3.UnimplementedAggregatedDiscoveryServiceServer
+	cache   *servingCache
+	tracker *tracker
+	ids     atomic.Int64
+	pushes  pushQueue
+}
+
+func newADSServer(cache *servingCache, tracker *tracker, fs *flights) *adsServer {
+	return &adsServer{cache: cache, tracker: tracker, pushes: pushQueue{max: max(4, 2*runtime.GOMAXPROCS(0)), flights: fs}}
+}
+
+// adsStream is one ADS stream.
+type adsStream struct {
+	ads      *adsServer
+	id       int64
+	protocol string
+	grpc     grpc.ServerStream
+
+	// sendMu serialises sending (a stream is flushed by one push worker at a
+	// time, but a worker may start while another finishes); it is taken
+	// before mu, never while mu is held.
+	sendMu sync.Mutex
+
+	mu     sync.Mutex // guards the fields below; taken before a cache node's lock
+	node   string     // set by the first request
+	types  []*typeStream
+	nonce  int64 // of the last response
+	closed bool
+
+	// outMu guards the outbox. The cache puts responses into it with a
+	// node's lock held, so it is taken last and nothing is called under it.
+	outMu  sync.Mutex
+	out    []pendingResponse
+	queued bool // in the push queue
+}
+
+// typeStream is a stream's state for one resource type.
+type typeStream struct {
+	url   string
+	sub   stream.Subscription
+	nonce string // of the last response of this type, "" before the first
+	// gen counts the watches opened for the type: a response of an older
+	// watch, superseded by a newer request, is dropped unsent.
+	gen    uint64
+	cancel func() // of the open watch, if any
+	// named: a SotW request of the type named resources, which ends
+	// go-control-plane's legacy wildcard (see sotwRequest)
+	named bool
+}
+
+// pendingResponse is a response the cache gave a watch, not yet sent.
+type pendingResponse struct {
+	ts    *typeStream
+	gen   uint64
+	sotw  cachev3.Response
+	delta cachev3.DeltaResponse
+}
+
+// StreamAggregatedResources serves a SotW ADS stream.
+func (a *adsServer) StreamAggregatedResources(gs grpc.BidiStreamingServer[discoveryv3.DiscoveryRequest, discoveryv3.DiscoveryResponse]) error {
+	s, err := a.open(gs, protocolSotW)
+	if err != nil {
+		return err
+	}
+	defer s.close()
+	for {
+		req := new(discoveryv3.DiscoveryRequest)
+		if err := gs.RecvMsg(req); err != nil {
+			return nil // the proxy went away (or its stream failed): no one to answer, as go-control-plane's server
+		}
+		if err := s.sotwRequest(req); err != nil {
+			return err
+		}
+	}
+}
+
+// DeltaAggregatedResources serves a delta ADS stream.
+func (a *adsServer) DeltaAggregatedResources(gs grpc.BidiStreamingServer[discoveryv3.DeltaDiscoveryRequest, discoveryv3.DeltaDiscoveryResponse]) error {
+	s, err := a.open(gs, protocolDelta)
+	if err != nil {
+		return err
+	}
+	defer s.close()
+	for {
+		req := new(discoveryv3.DeltaDiscoveryRequest)
+		if err := gs.RecvMsg(req); err != nil {
+			return nil // the proxy went away (or its stream failed): no one to answer, as go-control-plane's server
+		}
+		if err := s.deltaRequest(req); err != nil {
+			return err
+		}
+	}
+}
+
+func (a *adsServer) open(gs grpc.ServerStream, protocol string) (*adsStream, error) {
+	s := &adsStream{ads: a, id: a.ids.Add(1), protocol: protocol, grpc: gs}
+	if err := a.tracker.open(gs.Context(), protocol, s.id); err != nil {
+		return nil, err
+	}
+	return s, nil
+}
+
+// close cancels the stream's watches and forgets its responses not yet sent.
+func (s *adsStream) close() {
+	s.mu.Lock()
+	s.closed = true
+	for _, ts := range s.types {
+		ts.cancelWatch()
+	}
+	s.mu.Unlock()
+	s.outMu.Lock()
+	s.out = nil
+	s.outMu.Unlock()
+	s.ads.tracker.close(s.protocol, s.id)
+}
+
+func (ts *typeStream) cancelWatch() {
+	if ts.cancel != nil {
+		ts.cancel()
+		ts.cancel = nil
+	}
+}
+
+// typ returns the stream's state of url, nil when it has none yet. Called
+// with mu held.
+func (s *adsStream) typ(url string) *typeStream {
+	for _, ts := range s.types {
+		if ts.url == url {
+			return ts
+		}
+	}
+	return nil
+}
+
+// errNoTypeURL refuses an ADS request without a type.
+var errNoTypeURL = status.Error(codes.InvalidArgument, "type URL is required for ADS")
+
+// sotwRequest records a SotW request and opens its type's watch, unless it
+// is stale (its nonce is not the last one sent for its type).
+func (s *adsStream) sotwRequest(req *discoveryv3.DiscoveryRequest) error {
+	url := req.GetTypeUrl()
+	if url == "" {
+		return errNoTypeURL
+	}
+	if err := s.ads.tracker.request(s.protocol, s.id, req.GetNode(), url, req.GetResponseNonce(), req.GetVersionInfo(),
+		req.GetErrorDetail().GetMessage(), req.GetErrorDetail() != nil); err != nil {
+		return err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.setNode(req.GetNode().GetId())
+	ts := s.typ(url)
+	if ts == nil {
+		ts = &typeStream{url: url, sub: stream.NewSotwSubscription(req.GetResourceNames(), true), named: len(req.GetResourceNames()) > 0}
+		s.types = append(s.types, ts)
+	} else {
+		if ts.nonce != "" && req.GetResponseNonce() != ts.nonce {
+			// A request about an older response: the proxy has not seen
+			// the last one yet and will answer it.
+			return nil
+		}
+		ts.cancelWatch()
+		names := req.GetResourceNames()
+		if (ts.named || len(names) > 0) && !slices.Contains(names, "*") {
+			// go-control-plane's subscription deletes the names no longer
+			// asked for from the returned map, in place: the map may be
+			// the one a servedType shares between streams.
+			ts.sub.SetReturnedResources(maps.Clone(ts.sub.ReturnedResources()))
+		}
+		ts.named = ts.named || len(names) > 0
+		ts.sub.SetResourceSubscription(names)
+	}
+	ts.gen++
+	gen := ts.gen
+	ts.cancel = s.ads.cache.CreateWatch(s.node, req, ts.sub, func(r cachev3.Response) {
+		s.put(pendingResponse{ts: ts, gen: gen, sotw: r})
+	})
+	return nil
+}
+
+// deltaRequest records a delta request, updates its type's subscription
+// and opens its watch.
+func (s *adsStream) deltaRequest(req *discoveryv3.DeltaDiscoveryRequest) error {
+	url := req.GetTypeUrl()
+	if url == "" {
+		return errNoTypeURL
+	}
+	if err := s.ads.tracker.request(s.protocol, s.id, req.GetNode(), url, req.GetResponseNonce(), "",
+		req.GetErrorDetail().GetMessage(), req.GetErrorDetail() != nil); err != nil {
+		return err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.setNode(req.GetNode().GetId())
+	ts := s.typ(url)
+	if ts == nil {
+		ts = &typeStream{url: url, sub: stream.NewDeltaSubscription(req.GetResourceNamesSubscribe(), req.GetResourceNamesUnsubscribe(),
+			req.GetInitialResourceVersions(), true)}
+		s.types = append(s.types, ts)
+	} else {
+		ts.cancelWatch()
+		ts.sub.UpdateResourceSubscriptions(req.GetResourceNamesSubscribe(), req.GetResourceNamesUnsubscribe())
+	}
+	ts.gen++
+	gen := ts.gen
+	ts.cancel = s.ads.cache.CreateDeltaWatch(s.node, req, ts.sub, func(r cachev3.DeltaResponse) {
+		s.put(pendingResponse{ts: ts, gen: gen, delta: r})
+	})
+	return nil
+}
+
+// setNode records the stream's node id from its first request (the tracker
+// has refused a stream without one, or whose node id changes). Called with
+// mu held.
+func (s *adsStream) setNode(id string) {
+	if s.node == "" {
+		s.node = id
+	}
+}
+
+// put queues a response the cache gave one of the stream's watches, and
+// schedules the stream for a push worker. Called with a cache node's lock
+// held: it must not block.
+func (s *adsStream) put(p pendingResponse) {
+	s.outMu.Lock()
+	s.out = append(s.out, p)
+	schedule := !s.queued
+	s.queued = true
+	s.outMu.Unlock()
+	if schedule {
+		s.ads.pushes.push(s)
+	}
+}
+
+// next takes the oldest response of the outbox.
+func (s *adsStream) next() (pendingResponse, bool) {
+	s.outMu.Lock()
+	defer s.outMu.Unlock()
+	if len(s.out) == 0 {
+		return pendingResponse{}, false
+	}
+	p := s.out[0]
+	s.out[0] = pendingResponse{}
+	s.out = s.out[1:]
+	if len(s.out) == 0 {
+		s.out = nil
+	}
+	return p, true
+}
+
+// flush sends the outbox's responses in order (only push workers send).
+// Each gets the stream's next nonce, and its type's subscription records
+// what it returned, before it is sent: the proxy's answer may come back at
+// once. Before each send it waits for last, the worker's previous response,
+// to be written (see pace.go); it returns the flight of the last response
+// it sent.
+func (s *adsStream) flush(fs *flights, last *flight) (*flight, error) {
+	s.sendMu.Lock()
+	defer s.sendMu.Unlock()
+	for {
+		s.mu.Lock()
+		p, ok := s.next()
+		if !ok {
+			s.mu.Unlock()
+			return last, nil
+		}
+		if s.closed || p.gen != p.ts.gen {
+			s.mu.Unlock()
+			continue
+		}
+		s.nonce++
+		nonce := strconv.FormatInt(s.nonce, 10)
+		p.ts.nonce = nonce
+		var msg any
+		var version string
+		if p.sotw != nil {
+			r, err := p.sotw.GetDiscoveryResponse()
+			if err != nil {
+				s.mu.Unlock()
+				return last, status.Errorf(codes.Internal, "response of %s: %v", p.ts.url, err)
+			}
+			r.Nonce = nonce
+			p.ts.sub.SetReturnedResources(p.sotw.GetReturnedResources())
+			msg, version = r, r.GetVersionInfo()
+		} else {
+			r, err := p.delta.GetDeltaDiscoveryResponse()
+			if err != nil {
+				s.mu.Unlock()
+				return last, status.Errorf(codes.Internal, "response of %s: %v", p.ts.url, err)
+			}
+			r.Nonce = nonce
+			p.ts.sub.SetReturnedResources(p.delta.GetNextVersionMap())
+			msg, version = r, r.GetSystemVersionInfo()
+		}
+		s.mu.Unlock()
+		s.ads.tracker.response(s.protocol, s.id, p.ts.url, nonce, version)
+		if fs != nil {
+			last.wait()
+			last = fs.expect(msg)
+		}
+		if err := s.grpc.SendMsg(msg); err != nil {
+			fs.take(msg)
+			return last, err
+		}
+	}
+}
+
+// pushQueue runs the pushes: streams whose watches the cache answered, sent
+// by at most max workers, started when there is work and ending when there
+// is none. A send returns once gRPC has queued the message for the
+// connection's writer; it waits only when the stream already has more unsent
+// data than gRPC's write quota (64 KiB), which a proxy that answers each
+// response before the next (see adsServer) does not reach for long.
+type pushQueue struct {
+	max     int
+	flights *flights // nil: no pacing
+
+	mu      sync.Mutex
+	streams []*adsStream
+	workers int
+}
+
+func (q *pushQueue) push(s *adsStream) {
+	q.mu.Lock()
+	q.streams = append(q.streams, s)
+	start := q.workers < q.max
+	if start {
+		q.workers++
+	}
+	q.mu.Unlock()
+	if start {
+		go q.work()
+	}
+}
+
+func (q *pushQueue) work() {
+	var last *flight
+	for {
+		q.mu.Lock()
+		if len(q.streams) == 0 {
+			q.streams = nil
+			q.workers--
+			q.mu.Unlock()
+			return
+		}
+		s := q.streams[0]
+		q.streams[0] = nil
+		q.streams = q.streams[1:]
+		q.mu.Unlock()
+		s.outMu.Lock()
+		s.queued = false
+		s.outMu.Unlock()
+		// An error ends the stream: its handler sees it on its next receive.
+		last, _ = s.flush(q.flights, last)
+	}
+}

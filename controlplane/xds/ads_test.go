@@ -1,0 +1,165 @@
+package xds
+
+import (
+	"context"
+	"net"
+	"testing"
+	"time"
+
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/test/bufconn"
+)
+
+// adsClient serves srv on an in-memory listener and returns a client of it.
+func adsClient(t *testing.T, srv *Server) discoveryv3.AggregatedDiscoveryServiceClient {
+	t.Helper()
+	l := bufconn.Listen(1 << 20)
+	go func() { _ = srv.ServeXDS(l) }()
+	conn, err := grpc.NewClient("passthrough:///ads", grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithContextDialer(func(ctx context.Context, _ string) (net.Conn, error) { return l.DialContext(ctx) }))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		conn.Close()
+		srv.Stop()
+	})
+	return discoveryv3.NewAggregatedDiscoveryServiceClient(conn)
+}
+
+// responses receives a stream's responses on one goroutine until it ends.
+func responses[R any](recv func() (*R, error)) <-chan *R {
+	ch := make(chan *R, 16)
+	go func() {
+		defer close(ch)
+		for {
+			r, err := recv()
+			if err != nil {
+				return
+			}
+			ch <- r
+		}
+	}()
+	return ch
+}
+
+// within returns the next response, or nil when none came within d.
+func within[R any](t *testing.T, ch <-chan *R, d time.Duration) *R {
+	t.Helper()
+	select {
+	case r, ok := <-ch:
+		if !ok {
+			t.Fatal("the stream ended")
+		}
+		return r
+	case <-time.After(d):
+		return nil
+	}
+}
+
+// TestADSSotWAnswersOnlyTheLastResponse: a SotW proxy is sent a change only
+// once it answered the last response of the type (at most one response per
+// type unanswered), and a request naming an older nonce is ignored. The
+// stream's one goroutine and the push workers agree on the nonces.
+func TestADSSotWAnswersOnlyTheLastResponse(t *testing.T) {
+	t.Parallel()
+	before, after := testSnapshots(t)
+	srv := NewServer(Options{})
+	ctx, cancel := context.WithTimeout(context.Background(), testTimeout)
+	defer cancel()
+	if _, err := srv.SetSnapshots(ctx, Snapshots{Nodes: map[string]*Snapshot{"n": before}}); err != nil {
+		t.Fatal(err)
+	}
+	st, err := adsClient(t, srv).StreamAggregatedResources(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rs := responses(st.Recv)
+	if err := st.Send(&discoveryv3.DiscoveryRequest{Node: &corev3.Node{Id: "n"}, TypeUrl: resourcev3.ClusterType}); err != nil {
+		t.Fatal(err)
+	}
+	first := within(t, rs, testTimeout)
+	if first == nil || first.GetVersionInfo() != before.Versions().Clusters || first.GetNonce() == "" {
+		t.Fatalf("first response %v, want version %s with a nonce", first, before.Versions().Clusters)
+	}
+
+	// A change while the proxy has not answered: nothing is pushed yet.
+	if _, err := srv.SetSnapshots(ctx, Snapshots{Nodes: map[string]*Snapshot{"n": after}}); err != nil {
+		t.Fatal(err)
+	}
+	if r := within(t, rs, 300*time.Millisecond); r != nil {
+		t.Fatalf("a response (version %s) before the proxy answered the last one", r.GetVersionInfo())
+	}
+	// A request about an older response is ignored.
+	if err := st.Send(&discoveryv3.DiscoveryRequest{TypeUrl: resourcev3.ClusterType, VersionInfo: "", ResponseNonce: "stale"}); err != nil {
+		t.Fatal(err)
+	}
+	if r := within(t, rs, 300*time.Millisecond); r != nil {
+		t.Fatalf("a stale request got a response (version %s)", r.GetVersionInfo())
+	}
+	// The ACK of the last response: the change goes out at once.
+	if err := st.Send(&discoveryv3.DiscoveryRequest{TypeUrl: resourcev3.ClusterType, VersionInfo: first.GetVersionInfo(), ResponseNonce: first.GetNonce()}); err != nil {
+		t.Fatal(err)
+	}
+	next := within(t, rs, testTimeout)
+	if next == nil || next.GetVersionInfo() != after.Versions().Clusters || next.GetNonce() == first.GetNonce() {
+		t.Fatalf("after the ACK got %v, want version %s with a new nonce", next, after.Versions().Clusters)
+	}
+	if got := srv.tracker.status(); len(got) != 1 || got[0].Resources["clusters"].Acked != before.Versions().Clusters {
+		t.Errorf("/debug/nodes: %+v, want clusters ACKed at %s", got, before.Versions().Clusters)
+	}
+}
+
+// TestADSDeltaPushAndSubscribe: a delta stream is pushed a change by a push
+// worker after its ACK, and a subscription change sent with an older nonce
+// is still applied (delta requests are never stale).
+func TestADSDeltaPushAndSubscribe(t *testing.T) {
+	t.Parallel()
+	before, after := testSnapshots(t)
+	srv := NewServer(Options{})
+	ctx, cancel := context.WithTimeout(context.Background(), testTimeout)
+	defer cancel()
+	if _, err := srv.SetSnapshots(ctx, Snapshots{Nodes: map[string]*Snapshot{"n": before}}); err != nil {
+		t.Fatal(err)
+	}
+	st, err := adsClient(t, srv).DeltaAggregatedResources(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rs := responses(st.Recv)
+	if err := st.Send(&discoveryv3.DeltaDiscoveryRequest{Node: &corev3.Node{Id: "n"}, TypeUrl: resourcev3.ClusterType,
+		ResourceNamesSubscribe: []string{"passthrough"}}); err != nil {
+		t.Fatal(err)
+	}
+	first := within(t, rs, testTimeout)
+	if first == nil || len(first.GetResources()) != 1 || first.GetResources()[0].GetName() != "passthrough" {
+		t.Fatalf("first response %v, want passthrough alone", first)
+	}
+	if err := st.Send(&discoveryv3.DeltaDiscoveryRequest{TypeUrl: resourcev3.ClusterType, ResponseNonce: first.GetNonce()}); err != nil {
+		t.Fatal(err)
+	}
+	// A subscription with a nonce that is not the last: applied.
+	if err := st.Send(&discoveryv3.DeltaDiscoveryRequest{TypeUrl: resourcev3.ClusterType, ResponseNonce: "older",
+		ResourceNamesSubscribe: []string{"outbound|80|web"}}); err != nil {
+		t.Fatal(err)
+	}
+	web := within(t, rs, testTimeout)
+	if web == nil || len(web.GetResources()) != 1 || web.GetResources()[0].GetName() != "outbound|80|web" {
+		t.Fatalf("after subscribing to web got %v, want web alone", web)
+	}
+	if err := st.Send(&discoveryv3.DeltaDiscoveryRequest{TypeUrl: resourcev3.ClusterType, ResponseNonce: web.GetNonce()}); err != nil {
+		t.Fatal(err)
+	}
+	// The change removes web: pushed by a worker.
+	if _, err := srv.SetSnapshots(ctx, Snapshots{Nodes: map[string]*Snapshot{"n": after}}); err != nil {
+		t.Fatal(err)
+	}
+	gone := within(t, rs, testTimeout)
+	if gone == nil || len(gone.GetResources()) != 0 || len(gone.GetRemovedResources()) != 1 || gone.GetRemovedResources()[0] != "outbound|80|web" {
+		t.Fatalf("after the change got %v, want web removed and nothing else", gone)
+	}
+}

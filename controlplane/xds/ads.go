@@ -99,40 +99,35 @@ type pendingResponse struct {
 
 // StreamAggregatedResources serves a SotW ADS stream.
 func (a *adsServer) StreamAggregatedResources(gs grpc.BidiStreamingServer[discoveryv3.DiscoveryRequest, discoveryv3.DiscoveryResponse]) error {
-	s, err := a.open(gs, protocolSotW)
-	if err != nil {
-		return err
-	}
-	defer s.close()
-	for {
-		req := new(discoveryv3.DiscoveryRequest)
-		if err := gs.RecvMsg(req); err != nil {
-			return nil // the proxy went away (or its stream failed): no one to answer, as go-control-plane's server
-		}
-		if err := s.sotwRequest(req); err != nil {
-			return err
-		}
-	}
+	return serve(a, gs, protocolSotW, (*adsStream).sotwRequest)
 }
 
 // DeltaAggregatedResources serves a delta ADS stream.
 func (a *adsServer) DeltaAggregatedResources(gs grpc.BidiStreamingServer[discoveryv3.DeltaDiscoveryRequest, discoveryv3.DeltaDiscoveryResponse]) error {
-	s, err := a.open(gs, protocolDelta)
+	return serve(a, gs, protocolDelta, (*adsStream).deltaRequest)
+}
+
+// serve runs one ADS stream on the handler's goroutine: every request the
+// proxy sends goes to handle, until the proxy goes away.
+func serve[Req any](a *adsServer, gs grpc.ServerStream, protocol string, handle func(*adsStream, *Req) error) error {
+	s, err := a.open(gs, protocol)
 	if err != nil {
 		return err
 	}
 	defer s.close()
 	for {
-		req := new(discoveryv3.DeltaDiscoveryRequest)
+		req := new(Req)
 		if err := gs.RecvMsg(req); err != nil {
 			return nil // the proxy went away (or its stream failed): no one to answer, as go-control-plane's server
 		}
-		if err := s.deltaRequest(req); err != nil {
+		if err := handle(s, req); err != nil {
 			return err
 		}
 	}
 }
 
+// open registers a new stream with the tracker, with the peer and the SANs
+// of its verified client certificate (checked against the node id later).
 func (a *adsServer) open(gs grpc.ServerStream, protocol string) (*adsStream, error) {
 	s := &adsStream{ads: a, id: a.ids.Add(1), protocol: protocol, grpc: gs}
 	if err := a.tracker.open(gs.Context(), protocol, s.id); err != nil {

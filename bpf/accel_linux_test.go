@@ -228,13 +228,7 @@ func TestAccelerationSpliceCaveat(t *testing.T) {
 // accel_socks and no sk_msg program is attached; the plan's lines say so.
 func TestAccelerationOffByDefault(t *testing.T) {
 	l := newLab(t)
-	enter(t, l.cgroup)
-	ld := New(Options{PinDir: l.pinDir, Root: l.cgroup})
-	scope := Scope{Cgroup: l.cgroup}
-	if _, err := ld.Apply(scope, testCapture(t, nil)); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ld.Remove(scope) })
+	ld, scope := cgroupScope(t, l)
 	echoProxy(t, l, 15001)
 	var c net.Conn
 	inNS(t, l.ns, func() (err error) { c, err = net.DialTimeout("tcp", "198.51.100.7:443", 2*time.Second); return err })

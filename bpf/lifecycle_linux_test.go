@@ -204,13 +204,7 @@ func roundTrip(t *testing.T, c net.Conn, msg string) {
 
 func TestReinstallUpdatesMapsAndKeepsConnections(t *testing.T) {
 	l := newLab(t)
-	enter(t, l.cgroup)
-	ld := New(Options{PinDir: l.pinDir, Root: l.cgroup})
-	scope := Scope{Cgroup: l.cgroup}
-	if _, err := ld.Apply(scope, testCapture(t, nil)); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ld.Remove(scope) })
+	ld, scope := cgroupScope(t, l)
 	echoProxy(t, l, 15001)
 	var c net.Conn
 	inNS(t, l.ns, func() (err error) {
@@ -310,13 +304,7 @@ func TestNetnsScopesKeepTheirOwnConfigs(t *testing.T) {
 // must still learn the original destination.
 func TestOriginalDestinationOutlivesTheAppsSocket(t *testing.T) {
 	l := newLab(t)
-	enter(t, l.cgroup)
-	ld := New(Options{PinDir: l.pinDir, Root: l.cgroup})
-	scope := Scope{Cgroup: l.cgroup}
-	if _, err := ld.Apply(scope, testCapture(t, nil)); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ld.Remove(scope) })
+	cgroupScope(t, l)
 	var ln net.Listener
 	inNS(t, l.ns, func() (err error) { ln, err = net.Listen("tcp", "127.0.0.1:15001"); return err })
 	defer ln.Close()
@@ -412,13 +400,7 @@ func TestParallelEnrollments(t *testing.T) {
 // address): that connection's SO_ORIGINAL_DST is not the old destination.
 func TestNoStaleOriginalDestination(t *testing.T) {
 	l := newLab(t)
-	enter(t, l.cgroup)
-	ld := New(Options{PinDir: l.pinDir, Root: l.cgroup})
-	scope := Scope{Cgroup: l.cgroup}
-	if _, err := ld.Apply(scope, testCapture(t, nil)); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ld.Remove(scope) })
+	cgroupScope(t, l)
 	var ln net.Listener
 	inNS(t, l.ns, func() (err error) { ln, err = net.Listen("tcp", "127.0.0.1:15001"); return err })
 	defer ln.Close()

@@ -289,4 +289,18 @@ func rawDial(ap netip.AddrPort) (string, error) {
 	return "", fmt.Errorf("getpeername: %T", peer)
 }
 
+// cgroupScope moves the test's thread into l's cgroup and applies the
+// default test capture to that cgroup as a scope, removed when the test ends.
+func cgroupScope(t *testing.T, l lab) (*Loader, Scope) {
+	t.Helper()
+	enter(t, l.cgroup)
+	ld := New(Options{PinDir: l.pinDir, Root: l.cgroup})
+	scope := Scope{Cgroup: l.cgroup}
+	if _, err := ld.Apply(scope, testCapture(t, nil)); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ld.Remove(scope) })
+	return ld, scope
+}
+
 func newLabNS(t *testing.T) privtest.NS { return privtest.NetNS(t) }

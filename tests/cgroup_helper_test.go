@@ -3,20 +3,15 @@
 package tests
 
 import (
-	"bufio"
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
-	"io"
 	"net/netip"
 	"os"
 	"os/exec"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
-	"time"
 
 	"github.com/detour-mesh/detour/internal/lab"
 )
@@ -42,17 +37,10 @@ func cgroupHelper() int {
 		return 2
 	}
 	ns := &lab.NetNS{Name: name, Path: "/run/netns/" + name}
-	in := bufio.NewScanner(os.Stdin)
-	out := bufio.NewWriter(os.Stdout)
-	for in.Scan() {
-		verb, arg, _ := strings.Cut(in.Text(), " ")
-		answer, err := helperDo(ns, verb, arg)
-		if err != nil {
-			answer = "error: " + strings.ReplaceAll(err.Error(), "\n", " ")
-		}
-		fmt.Fprintln(out, answer)
-		out.Flush()
-	}
+	lab.ServeLines(os.Stdin, os.Stdout, func(line string) (string, error) {
+		verb, arg, _ := strings.Cut(line, " ")
+		return helperDo(ns, verb, arg)
+	})
 	return 0
 }
 
@@ -85,11 +73,8 @@ func helperDo(ns *lab.NetNS, verb, arg string) (string, error) {
 
 // helperProc is a running cgroupHelper.
 type helperProc struct {
-	t   *testing.T
-	mu  sync.Mutex
-	in  io.WriteCloser
-	out *bufio.Reader
-	cmd *exec.Cmd
+	t *testing.T
+	*lab.Child
 }
 
 // startHelper starts the test binary as a cgroupHelper inside the pod
@@ -110,58 +95,17 @@ func startHelper(t *testing.T, p *pod, cgroup string) *helperProc {
 	cmd.Env = append(os.Environ(), helperEnv+"=cgroup", "DETOUR_E2E_NETNS="+p.lab.Pod.Name)
 	cmd.SysProcAttr = &syscall.SysProcAttr{UseCgroupFD: true, CgroupFD: int(dir.Fd())}
 	cmd.Stderr = os.Stderr
-	h := &helperProc{t: t, cmd: cmd}
-	if h.in, err = cmd.StdinPipe(); err != nil {
-		t.Fatal(err)
-	}
-	stdout, err := cmd.StdoutPipe()
+	c, err := lab.StartChild(cmd)
 	if err != nil {
-		t.Fatal(err)
-	}
-	h.out = bufio.NewReader(stdout)
-	if err := cmd.Start(); err != nil {
 		t.Fatalf("start the cgroup helper: %v", err)
 	}
-	t.Cleanup(h.stop)
-	return h
+	t.Cleanup(c.Stop)
+	return &helperProc{t: t, Child: c}
 }
 
-// stop closes the helper's stdin and waits for it (killing it, by its pid,
-// after a grace period).
-func (h *helperProc) stop() {
-	h.in.Close()
-	done := make(chan error, 1)
-	go func() { done <- h.cmd.Wait() }()
-	select {
-	case <-done:
-	case <-time.After(10 * time.Second):
-		h.cmd.Process.Kill()
-		<-done
-	}
-}
-
-// do sends one command and returns the answer.
-func (h *helperProc) do(line string) (string, error) {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	if _, err := fmt.Fprintln(h.in, line); err != nil {
-		return "", fmt.Errorf("write to the cgroup helper: %w", err)
-	}
-	answer, err := h.out.ReadString('\n')
-	if err != nil {
-		return "", fmt.Errorf("read from the cgroup helper: %w", err)
-	}
-	answer = strings.TrimSpace(answer)
-	if msg, ok := strings.CutPrefix(answer, "error: "); ok {
-		return "", errors.New(msg)
-	}
-	return answer, nil
-}
-
-// serve starts a lab server in the helper.
 func (h *helperProc) serve(name string, addr netip.AddrPort) {
 	h.t.Helper()
-	if _, err := h.do("serve " + name + " " + addr.String()); err != nil {
+	if _, err := h.Do("serve " + name + " " + addr.String()); err != nil {
 		h.t.Fatalf("serve %s on %s in the cgroup: %v", name, addr, err)
 	}
 }
@@ -172,7 +116,7 @@ func (h *helperProc) dial(o lab.DialOptions) (lab.Reply, error) {
 	if err != nil {
 		return lab.Reply{}, err
 	}
-	answer, err := h.do("dial " + string(b))
+	answer, err := h.Do("dial " + string(b))
 	if err != nil {
 		return lab.Reply{}, err
 	}

@@ -215,7 +215,7 @@ func measurePath(t *testing.T, p path, cg, pinDir string) result {
 	var relay *helperProc
 	if p.relayed {
 		relay = startHelper(t, l.Pod, "relay", &lab.Cred{UID: proxyUID, GID: proxyUID})
-		defer relay.stop()
+		defer relay.Stop()
 	}
 	// Every backend is installed the way `detour install` does it, with the
 	// same config: inbound capture off unless BENCH_INBOUND=1 (the eBPF
@@ -326,7 +326,7 @@ func measure(t *testing.T, p path, pod *lab.NetNS, relay *helperProc) result {
 	name := p.name
 	r := result{backend: name}
 	client := startHelper(t, pod, "client", &lab.Cred{UID: appUID, GID: appUID})
-	defer client.stop()
+	defer client.Stop()
 	addr, answered := serverAddr.String(), answeredAddr.String()
 	if p.floor {
 		addr, answered = floorRelayAddr, floorAnsweredAddr

@@ -1,14 +1,13 @@
 package redirectbench
 
 import (
-	"bufio"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net"
 	"net/netip"
 	"os"
-	"os/exec"
 	"slices"
 	"strconv"
 	"strings"
@@ -65,22 +64,14 @@ func helperMain(role string) int {
 		fmt.Fprintf(os.Stderr, "%s=%q: want relay or client\n", roleEnv, role)
 		return 2
 	}
-	in := bufio.NewScanner(os.Stdin)
-	out := bufio.NewWriter(os.Stdout)
-	fmt.Fprintln(out, "ready")
-	out.Flush()
-	for in.Scan() {
-		f := strings.Fields(in.Text())
+	fmt.Println("ready")
+	lab.ServeLines(os.Stdin, os.Stdout, func(line string) (string, error) {
+		f := strings.Fields(line)
 		if len(f) == 0 {
-			continue
+			return "", errors.New("empty command")
 		}
-		answer, err := do(f[0], f[1:])
-		if err != nil {
-			answer = "error: " + strings.ReplaceAll(err.Error(), "\n", " ")
-		}
-		fmt.Fprintln(out, answer)
-		out.Flush()
-	}
+		return do(f[0], f[1:])
+	})
 	return 0
 }
 
@@ -310,9 +301,7 @@ func stream(addr string, size int) (int64, time.Duration, error) {
 // helperProc is a running helper.
 type helperProc struct {
 	name string
-	in   io.WriteCloser
-	out  *bufio.Reader
-	cmd  *exec.Cmd
+	*lab.Child
 }
 
 // startHelper starts the test binary as role inside n, as cred. It inherits
@@ -326,38 +315,23 @@ func startHelper(t *testing.T, n *lab.NetNS, role string, cred *lab.Cred) *helpe
 	cmd := n.Command(context.Background(), cred, self)
 	cmd.Env = append(os.Environ(), roleEnv+"="+role)
 	cmd.Stderr = os.Stderr
-	h := &helperProc{name: role, cmd: cmd}
-	if h.in, err = cmd.StdinPipe(); err != nil {
-		t.Fatal(err)
-	}
-	stdout, err := cmd.StdoutPipe()
+	c, err := lab.StartChild(cmd)
 	if err != nil {
-		t.Fatal(err)
-	}
-	h.out = bufio.NewReader(stdout)
-	if err := cmd.Start(); err != nil {
 		t.Fatalf("start the %s: %v", role, err)
 	}
-	if line, err := h.out.ReadString('\n'); err != nil || line != "ready\n" {
-		h.stop()
+	if line, err := c.Line(); err != nil || line != "ready" {
+		c.Stop()
 		t.Fatalf("%s: not ready: %q %v", role, line, err)
 	}
-	return h
+	return &helperProc{name: role, Child: c}
 }
 
 // ask sends one command and returns the answer's fields.
 func (h *helperProc) ask(t *testing.T, cmd string) []string {
 	t.Helper()
-	if _, err := fmt.Fprintln(h.in, cmd); err != nil {
-		t.Fatalf("%s %s: %v", h.name, cmd, err)
-	}
-	line, err := h.out.ReadString('\n')
+	line, err := h.Do(cmd)
 	if err != nil {
 		t.Fatalf("%s %s: %v", h.name, cmd, err)
-	}
-	line = strings.TrimSpace(line)
-	if rest, ok := strings.CutPrefix(line, "error: "); ok {
-		t.Fatalf("%s %s: %s", h.name, cmd, rest)
 	}
 	return strings.Fields(line)
 }
@@ -374,18 +348,4 @@ func (h *helperProc) askInts(t *testing.T, cmd string) []int64 {
 		v = append(v, i)
 	}
 	return v
-}
-
-// stop closes the helper's stdin and waits for it to exit (killing it, by
-// its pid, after a grace period).
-func (h *helperProc) stop() {
-	h.in.Close()
-	done := make(chan error, 1)
-	go func() { done <- h.cmd.Wait() }()
-	select {
-	case <-done:
-	case <-time.After(10 * time.Second):
-		h.cmd.Process.Kill()
-		<-done
-	}
 }

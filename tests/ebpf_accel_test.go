@@ -159,18 +159,7 @@ func serveEcho(t *testing.T, n *lab.NetNS, addr netip.AddrPort) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				copyRW(c, c)
-			}()
-		}
-	}()
+	go lab.AcceptEach(ln, lab.Echo)
 }
 
 // copyRW copies src to dst with a read/write loop (never splice(2): the

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"os/exec"
 	"strings"
 	"sync"
@@ -94,4 +95,26 @@ func ServeLines(in io.Reader, out io.Writer, do func(line string) (string, error
 		fmt.Fprintln(w, answer)
 		w.Flush()
 	}
+}
+
+// AcceptEach serves every connection ln accepts with handle, on a goroutine
+// of its own, and closes it after; it returns once ln is closed.
+func AcceptEach(ln net.Listener, handle func(net.Conn)) {
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		go func() {
+			defer c.Close()
+			handle(c)
+		}()
+	}
+}
+
+// Echo writes back what c sends, with plain reads and writes: between two
+// TCP sockets io.Copy would splice, which bypasses what a test of socket
+// redirection measures.
+func Echo(c net.Conn) {
+	io.CopyBuffer(struct{ io.Writer }{c}, struct{ io.Reader }{c}, make([]byte, 64<<10))
 }

@@ -17,6 +17,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/detour-mesh/detour/internal/lab"
 	"github.com/detour-mesh/detour/internal/privtest"
 )
 
@@ -330,19 +331,7 @@ func serveEcho(t *testing.T, netns, addr string) {
 		t.Fatalf("listen %s in %s: %v", addr, netns, err)
 	}
 	t.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				// The wrappers hide ReadFrom and WriteTo: a plain loop.
-				io.CopyBuffer(struct{ io.Writer }{c}, struct{ io.Reader }{c}, make([]byte, 64<<10))
-			}()
-		}
-	}()
+	go lab.AcceptEach(ln, lab.Echo)
 }
 
 // echoThroughProxy dials remoteAddr from the pod (captured: it reaches the

@@ -32,6 +32,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
 	ctrllog "sigs.k8s.io/controller-runtime/pkg/log"
 
+	"github.com/detour-mesh/detour/internal/lab"
 	"github.com/detour-mesh/detour/internal/origdst"
 	"github.com/detour-mesh/detour/internal/privtest"
 )
@@ -473,22 +474,13 @@ func serve(t testing.TB, path, addr, name string) {
 		t.Fatalf("listen %s in %s: %v", addr, path, err)
 	}
 	t.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				orig := "-"
-				if dst, err := origdst.Get(c.(*net.TCPConn)); err == nil {
-					orig = dst.String()
-				}
-				fmt.Fprintf(c, "%s %s\n", name, orig)
-			}()
+	go lab.AcceptEach(ln, func(c net.Conn) {
+		orig := "-"
+		if dst, err := origdst.Get(c.(*net.TCPConn)); err == nil {
+			orig = dst.String()
 		}
-	}()
+		fmt.Fprintf(c, "%s %s\n", name, orig)
+	})
 }
 
 // ask connects to addr from the namespace at path ("" = the host namespace)

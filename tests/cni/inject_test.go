@@ -17,6 +17,7 @@ import (
 
 	"github.com/detour-mesh/detour/inject"
 	"github.com/detour-mesh/detour/inject/webhook"
+	"github.com/detour-mesh/detour/internal/lab"
 	"github.com/detour-mesh/detour/internal/origdst"
 )
 
@@ -101,35 +102,26 @@ func relay(t *testing.T, path, addr string, uid uint32) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				dst, err := origdst.Get(c.(*net.TCPConn))
-				if err != nil {
-					fmt.Fprintf(c, "proxy: no original destination: %v\n", err)
-					return
-				}
-				up, err := dialAs(path, dst.String(), uid)
-				if err != nil {
-					fmt.Fprintf(c, "proxy got %s, dial as uid %d: %v\n", dst, uid, err)
-					return
-				}
-				defer up.Close()
-				_ = up.SetDeadline(time.Now().Add(3 * time.Second))
-				line, err := bufio.NewReader(up).ReadString('\n')
-				if err != nil {
-					fmt.Fprintf(c, "proxy got %s, read upstream: %v\n", dst, err)
-					return
-				}
-				fmt.Fprintf(c, "proxy got %s, dialed it as uid %d: %s", dst, uid, line)
-			}()
+	go lab.AcceptEach(ln, func(c net.Conn) {
+		dst, err := origdst.Get(c.(*net.TCPConn))
+		if err != nil {
+			fmt.Fprintf(c, "proxy: no original destination: %v\n", err)
+			return
 		}
-	}()
+		up, err := dialAs(path, dst.String(), uid)
+		if err != nil {
+			fmt.Fprintf(c, "proxy got %s, dial as uid %d: %v\n", dst, uid, err)
+			return
+		}
+		defer up.Close()
+		_ = up.SetDeadline(time.Now().Add(3 * time.Second))
+		line, err := bufio.NewReader(up).ReadString('\n')
+		if err != nil {
+			fmt.Fprintf(c, "proxy got %s, read upstream: %v\n", dst, err)
+			return
+		}
+		fmt.Fprintf(c, "proxy got %s, dialed it as uid %d: %s", dst, uid, line)
+	})
 }
 
 func dialAs(path, addr string, uid uint32) (net.Conn, error) {

@@ -20,8 +20,9 @@ type DriverOptions struct {
 	// Inbound carries the inbound share of a plan: connect-time hooks never
 	// see a connection that arrives from elsewhere. The assembly passes the
 	// nftables Driver; nil means a plan that captures inbound is refused
-	// (ErrNotSupported). When it implements InboundRivals, a plan that
-	// captures inbound is refused beside another scope's inbound capture.
+	// (ErrNotSupported). When it implements InboundRivals, the Driver names
+	// the other scopes capturing inbound in the namespace (OtherScopes), and
+	// redirect.Engine refuses a plan that captures inbound beside them.
 	Inbound redirect.Driver
 }
 
@@ -204,11 +205,6 @@ func (d *Driver) Apply(ctx context.Context, p redirect.Plan, have redirect.Insta
 	if h, ok := have.(*installed); ok {
 		haveIn = h.inbound
 	}
-	if hasInbound {
-		if err := d.checkRivals(s, haveIn); err != nil {
-			return false, err
-		}
-	}
 	changed, err := d.loader.ApplyWith(s, out.Capture, settings(p.Config))
 	if err != nil {
 		return changed, err
@@ -237,26 +233,6 @@ func (d *Driver) Apply(ctx context.Context, p redirect.Plan, have redirect.Insta
 		return changed, err
 	}
 	return changed || c, nil
-}
-
-// checkRivals refuses, before anything changes, to capture inbound where
-// another eBPF scope already does (ErrInboundTaken, naming it). The scope's
-// own inbound state is not a rival: a re-install goes on.
-func (d *Driver) checkRivals(s Scope, haveIn redirect.Installed) error {
-	r, ok := d.opts.Inbound.(InboundRivals)
-	if !ok || haveIn == nil {
-		return nil
-	}
-	others := r.InboundRivals(haveIn)
-	if len(others) == 0 {
-		return nil
-	}
-	who := "the network-namespace scope"
-	if s.Cgroup != "" {
-		who = "the cgroup scope " + s.Cgroup
-	}
-	return fmt.Errorf("capture inbound for %s: %w: %s; only one scope per namespace may capture inbound (each would redirect every inbound connection of it): install this scope with --inbound=false (inbound.enabled: false), or first re-install the other scope with --inbound=false or uninstall it",
-		who, ErrInboundTaken, strings.Join(others, ", "))
 }
 
 // Remove unenrolls the scope (and unpins everything once no scope is left)

@@ -365,17 +365,17 @@ func (e *Engine) otherScopes(ctx context.Context) []string {
 }
 
 // inboundFree refuses, before anything changes, a plan that captures inbound
-// where another scope of detour (NetSharer) already does. A Driver that is a
-// NetSharer itself checks its own scopes (it can name its own scope).
+// where another scope of detour (NetSharer) already does, whatever backend
+// is chosen: each would redirect every inbound connection of the namespace.
 func (e *Engine) inboundFree(ctx context.Context, p Plan, chosen Driver) error {
-	if _, ok := chosen.(NetSharer); ok || !slices.ContainsFunc(p.Capture.Families, func(fc FamilyCapture) bool { return fc.Inbound != nil }) {
+	if !slices.ContainsFunc(p.Capture.Families, func(fc FamilyCapture) bool { return fc.Inbound != nil }) {
 		return nil
 	}
 	others := e.otherScopes(ctx)
 	if len(others) == 0 {
 		return nil
 	}
-	return fmt.Errorf("capture inbound with %s: %w: %s; install with --inbound=false (inbound.enabled: false), or first re-install the other scope with --inbound=false or uninstall it",
+	return fmt.Errorf("capture inbound with %s: %w: %s; only one scope per namespace may capture inbound (each would redirect every inbound connection of it): install with --inbound=false (inbound.enabled: false), or first re-install the other scope with --inbound=false or uninstall it",
 		chosen.Name(), ErrInboundTaken, strings.Join(others, ", "))
 }
 

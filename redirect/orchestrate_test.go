@@ -562,9 +562,8 @@ type sharingDriver struct {
 func (d sharingDriver) OtherScopes(context.Context) ([]string, error) { return d.others, nil }
 
 // TestInboundOfAnotherScope: where another scope of detour captures inbound,
-// an install whose plan captures inbound with a backend that cannot see
-// scopes is refused naming the other scope, writing nothing; without inbound
-// it goes on; a NetSharer chosen itself is left to check its own scopes.
+// an install whose plan captures inbound is refused naming the other scope,
+// writing nothing, whichever backend is chosen; without inbound it goes on.
 func TestInboundOfAnotherScope(t *testing.T) {
 	t.Parallel()
 	l := newLab(t, BackendNFTables)
@@ -582,7 +581,10 @@ func TestInboundOfAnotherScope(t *testing.T) {
 	if res := l.install(t, l.plan(t, BackendNFTables, "inbound.enabled=false")); res.Backend != BackendNFTables || !res.Changed {
 		t.Errorf("install without inbound = %+v", res)
 	}
-	if res := l.install(t, l.plan(t, BackendEBPF)); res.Backend != BackendEBPF {
-		t.Errorf("install with the sharing backend itself = %+v (its own Driver checks its scopes)", res)
+	if _, err := l.e.Install(context.Background(), l.plan(t, BackendEBPF)); !errors.Is(err, ErrInboundTaken) {
+		t.Errorf("install with inbound with the sharing backend itself = %v; want ErrInboundTaken", err)
+	}
+	if w := l.writes(); len(w) != 1 || w[0] != "nftables apply" {
+		t.Errorf("writes = %v, want only the install without inbound", w)
 	}
 }

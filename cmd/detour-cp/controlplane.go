@@ -27,6 +27,7 @@ type controlPlaneOptions struct {
 	tlsKey         string
 	clientCA       string
 	nackBackoff    time.Duration
+	adaptiveMemory bool
 	watchInterval  time.Duration
 	settle         time.Duration
 	maxMeshSize    int64
@@ -79,6 +80,7 @@ docs/control-plane.md and docs/mesh.md describe the layout and the mesh file.`,
 	f.StringVar(&o.tlsKey, "tls-key", "", "private key of --tls-cert (PEM)")
 	f.StringVar(&o.clientCA, "client-ca", "", "require client certificates signed by this CA (PEM; read again when it changes); a certificate's SAN must equal the node id")
 	f.DurationVar(&o.nackBackoff, "nack-backoff", xds.DefaultNACKBackoff, "how long a NACKed config is held back before it is sent again")
+	f.BoolVar(&o.adaptiveMemory, "adaptive-memory-limit", false, "keep the Go runtime's memory limit a little above the live heap (lower peak memory, slower changes to many distinct workloads); GOMEMLIMIT in the environment wins")
 	f.DurationVar(&o.watchInterval, "watch-interval", controlplane.DefaultWatchInterval, "how often the mesh file is checked for changes")
 	f.DurationVar(&o.settle, "settle", controlplane.DefaultSettle, "a changed mesh file is read once it has stayed the same this long (0: at the first read that sees it)")
 	f.Int64Var(&o.maxMeshSize, "max-mesh-size", controlplane.DefaultMaxMeshSize, "largest mesh file read, in bytes; a larger one is refused unread")
@@ -195,6 +197,8 @@ func runControlPlane(ctx context.Context, o *controlPlaneOptions, s streams) (er
 		NACKBackoff: o.nackBackoff,
 		Logger:      log,
 		Listening:   o.listening,
+
+		AdaptiveMemoryLimit: o.adaptiveMemory,
 	})
 	if err != nil && errors.Is(err, context.Canceled) {
 		return nil

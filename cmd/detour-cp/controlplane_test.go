@@ -4,10 +4,12 @@ import (
 	"bytes"
 	"context"
 	"io"
+	"math"
 	"net"
 	"net/http"
 	"os"
 	"path/filepath"
+	"runtime/debug"
 	"strings"
 	"sync"
 	"testing"
@@ -20,22 +22,7 @@ func TestControlPlaneServesExampleMesh(t *testing.T) {
 	t.Parallel()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	addrs := make(chan [2]net.Addr, 1)
-	o := &controlPlaneOptions{
-		config: "../../examples/mesh.yaml", source: sourceFile,
-		xdsAddress: "127.0.0.1:0", httpAddress: "127.0.0.1:0",
-		nackBackoff: time.Second, watchInterval: time.Second, logLevel: "info", logFormat: "text",
-		listening: func(x, h net.Addr) { addrs <- [2]net.Addr{x, h} },
-	}
-	var stderr bytes.Buffer
-	done := make(chan error, 1)
-	go func() { done <- runControlPlane(ctx, o, streams{out: io.Discard, err: &syncWriter{w: &stderr}}) }()
-	var a [2]net.Addr
-	select {
-	case a = <-addrs:
-	case err := <-done:
-		t.Fatalf("control plane stopped: %v", err)
-	}
+	a, done := startExampleMesh(ctx, t, nil)
 	url := "http://" + a[1].String()
 	deadline := time.Now().Add(20 * time.Second)
 	for {
@@ -66,6 +53,54 @@ func TestControlPlaneServesExampleMesh(t *testing.T) {
 	cancel()
 	if err := <-done; err != nil {
 		t.Errorf("runControlPlane = %v", err)
+	}
+}
+
+// startExampleMesh runs `control-plane` on examples/mesh.yaml on free
+// loopback ports (opts, when given, changes the options first) until ctx
+// ends, and returns its xDS and HTTP addresses once it listens, and its end.
+func startExampleMesh(ctx context.Context, t *testing.T, opts func(*controlPlaneOptions)) ([2]net.Addr, <-chan error) {
+	t.Helper()
+	addrs := make(chan [2]net.Addr, 1)
+	o := &controlPlaneOptions{
+		config: "../../examples/mesh.yaml", source: sourceFile,
+		xdsAddress: "127.0.0.1:0", httpAddress: "127.0.0.1:0",
+		nackBackoff: time.Second, watchInterval: time.Second, logLevel: "info", logFormat: "text",
+		listening: func(x, h net.Addr) { addrs <- [2]net.Addr{x, h} },
+	}
+	if opts != nil {
+		opts(o)
+	}
+	var stderr bytes.Buffer
+	done := make(chan error, 1)
+	go func() { done <- runControlPlane(ctx, o, streams{out: io.Discard, err: &syncWriter{w: &stderr}}) }()
+	select {
+	case a := <-addrs:
+		return a, done
+	case err := <-done:
+		t.Fatalf("control plane stopped: %v", err)
+		return [2]net.Addr{}, nil
+	}
+}
+
+// TestControlPlaneAdaptiveMemoryLimit: --adaptive-memory-limit sets the Go
+// runtime's memory limit while the control plane runs and restores it after.
+// Not parallel: the limit is the process's.
+func TestControlPlaneAdaptiveMemoryLimit(t *testing.T) {
+	t.Setenv("GOMEMLIMIT", "")
+	before := debug.SetMemoryLimit(-1)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	_, done := startExampleMesh(ctx, t, func(o *controlPlaneOptions) { o.adaptiveMemory = true })
+	if got := debug.SetMemoryLimit(-1); got == before || got == math.MaxInt64 {
+		t.Errorf("with --adaptive-memory-limit the runtime's memory limit is %d (before: %d), want one set", got, before)
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Errorf("runControlPlane = %v", err)
+	}
+	if got := debug.SetMemoryLimit(-1); got != before {
+		t.Errorf("after the control plane stopped the memory limit is %d, want %d as before", got, before)
 	}
 }
 

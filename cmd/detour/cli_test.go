@@ -50,6 +50,12 @@ func TestUsageErrorsExit2(t *testing.T) {
 		{"empty netns, = form", []string{"uninstall", "--netns="}, `"--netns" flag: an empty value`},
 		{"negative lock wait", []string{"install", "--lock-wait", "-1s"}, `"--lock-wait" flag: a wait cannot be negative`},
 		{"empty list element", []string{"plan", "--exclude-outbound-ports", "80,,90"}, `outbound.excludePorts: "80,,90" has an empty list element`},
+		// (uid_t)-1 is no user: the kernel never gives a socket that owner
+		// and iptables' owner match refuses it (an install failed with exit 1).
+		{"uid 4294967295", []string{"plan", "--exclude-outbound-uids", "4294967295"}, `outbound.excludeUIDs[0]: "4294967295" is not a numeric id or id range`},
+		{"uid range to 4294967295", []string{"plan", "--exclude-outbound-uids", "0-4294967295"}, `outbound.excludeUIDs[0]: "0-4294967295"`},
+		{"proxy uid 4294967295", []string{"plan", "--proxy-uid", "4294967295"}, `proxy.uid: "4294967295" is not a numeric id (0-4294967294`},
+		{"proxy gid 4294967295", []string{"plan", "--proxy-gid", "4294967295"}, `proxy.gid: "4294967295"`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

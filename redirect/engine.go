@@ -30,6 +30,13 @@ type Engine struct {
 	// them (redirect/backends.All). Uninstall removes detour's state from every
 	// one of them.
 	Drivers []Driver
+	// Neighbors are other scopes of detour in the namespace that this Engine
+	// neither installs, removes nor reports, but must know of (a cgroup
+	// scope's Engine: the namespace's own capture with another backend):
+	// an install that captures inbound beside one that does is refused, and
+	// the addresses on lo and the routing they use are kept, as for a
+	// Driver's NetSharer.
+	Neighbors []NetSharer
 
 	// net observes the backend-neutral netlink state; nil = the kernel's
 	// (tests put a fake here).

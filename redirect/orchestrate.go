@@ -340,19 +340,21 @@ func (e *Engine) uninstall(ctx context.Context) (Result, error) {
 }
 
 // otherScopes names the other scopes of detour in the namespace that every
-// NetSharer among the Drivers knows of. An error is logged and counts as
+// NetSharer among the Drivers, and every Neighbor, knows of. An error is logged and counts as
 // none (only an uninstall's or install's cleanup and the wording of status
 // depend on it).
 func (e *Engine) otherScopes(ctx context.Context) []string {
 	var out []string
+	sharers := slices.Clone(e.Neighbors)
 	for _, d := range e.Drivers {
-		s, ok := d.(NetSharer)
-		if !ok {
-			continue
+		if s, ok := d.(NetSharer); ok {
+			sharers = append(sharers, s)
 		}
+	}
+	for _, s := range sharers {
 		others, err := s.OtherScopes(ctx)
 		if err != nil {
-			e.logger().Warn("look for other scopes of detour", "backend", d.Name(), "error", err)
+			e.logger().Warn("look for other scopes of detour", "error", err)
 			continue
 		}
 		for _, o := range others {

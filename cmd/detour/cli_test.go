@@ -11,6 +11,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/detour-mesh/detour/bpf"
 	"github.com/detour-mesh/detour/redirect"
 )
 
@@ -267,5 +268,32 @@ func TestFlagsOfEveryCommand(t *testing.T) {
 	// uninstall never took a configuration.
 	if code, _, stderr := runCLI(t, "uninstall", "--preset", "istio"); code != exitUsage || !strings.Contains(stderr, "unknown flag: --preset") {
 		t.Errorf("uninstall --preset: exit %d, %s; want exit 2, unknown flag", code, stderr)
+	}
+}
+
+// TestCgroupNeedsEBPF: --cgroup is the eBPF backend's scope. With another
+// backend it used to be ignored, and the install captured the whole network
+// namespace instead of the cgroup the user named: exit 2, naming both.
+func TestCgroupNeedsEBPF(t *testing.T) {
+	t.Parallel()
+	cg, err := bpf.CgroupRoot()
+	if err != nil {
+		t.Skipf("no cgroup v2 hierarchy here: %v", err)
+	}
+	for _, backend := range []string{"nftables", "iptables", "auto"} {
+		for _, cmd := range []string{"plan", "check", "explain"} {
+			args := []string{cmd, "--cgroup", cg, "--backend", backend}
+			if cmd == "explain" {
+				args = append(args, "--to", "192.0.2.1:80")
+			}
+			code, _, stderr := runCLI(t, args...)
+			want := `--cgroup: only backend ebpf has a cgroup scope; backend is "` + backend + `"`
+			if code != exitUsage || !strings.Contains(stderr, want) {
+				t.Errorf("detour %s: exit %d, stderr %q; want exit %d and %q", strings.Join(args, " "), code, stderr, exitUsage, want)
+			}
+		}
+	}
+	if code, _, stderr := runCLI(t, "plan", "--cgroup", cg, "--backend", "ebpf", "--inbound=false"); code != 0 {
+		t.Errorf("plan --cgroup --backend ebpf: exit %d: %s", code, stderr)
 	}
 }

@@ -90,6 +90,12 @@ type installed struct {
 	inbound redirect.Installed // nil without an inbound Driver
 }
 
+var _ redirect.Leftovers = (*installed)(nil)
+
+// Leftovers names pins that belong to no scope at all (State.Leftover): the
+// Driver's Remove of any scope removes them.
+func (i *installed) Leftovers() string { return i.state.Leftover() }
+
 func (i *installed) Empty() bool {
 	return len(i.lines) == 0 && (i.inbound == nil || i.inbound.Empty())
 }

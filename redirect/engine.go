@@ -71,6 +71,11 @@ type Result struct {
 	Changed bool `json:"changed"`
 	// Processes counts the child processes the Drivers spawned.
 	Processes int `json:"processes"`
+	// Leftovers (Uninstall) name what it removed that belonged to no
+	// install: state of detour's that an interrupted run left behind
+	// (Leftovers), such as the pins of an eBPF install killed before it
+	// enrolled its scope.
+	Leftovers []string `json:"leftovers,omitempty"`
 }
 
 // Drift is the difference between what is installed and a plan.
@@ -120,6 +125,9 @@ type Status struct {
 	// when this scope holds nothing and the namespace's addresses on lo or
 	// routing are theirs.
 	SharedWith []string `json:"sharedWith,omitempty"`
+	// Leftovers name state of detour's that belongs to no install (an
+	// interrupted run left it; Leftovers); uninstall removes it.
+	Leftovers []string `json:"leftovers,omitempty"`
 }
 
 // Facts reads what planning needs from the namespace: whether it has a usable

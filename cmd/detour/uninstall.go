@@ -65,12 +65,17 @@ func runUninstall(ctx context.Context, o *uninstallOptions, g *globalOptions, s 
 		_, err = fmt.Fprintln(s.out, "nothing to remove: detour is not installed")
 		return err
 	}
-	from := joinBackends(res.Replaced)
-	if from == "" {
-		from = "routing and addresses only" // no backend held rules of detour's
+	if len(res.Families) > 0 {
+		from := joinBackends(res.Replaced)
+		if from == "" {
+			from = "routing and addresses only" // no backend held rules of detour's
+		}
+		fmt.Fprintf(s.out, "detour removed (%s; %s)\n", from, joinFamilies(res.Families))
 	}
-	_, err = fmt.Fprintf(s.out, "detour removed (%s; %s)\n", from, joinFamilies(res.Families))
-	return err
+	for _, l := range res.Leftovers {
+		fmt.Fprintf(s.out, "removed what an interrupted run of detour left: %s\n", l)
+	}
+	return nil
 }
 
 func joinFamilies(fs []redirect.Family) string {

@@ -259,3 +259,40 @@ func TestEBPFCgroupScopeLeavesTheNamespaceCaptureAlone(t *testing.T) {
 		t.Errorf("pins left after the only eBPF scope's uninstall: %q", left)
 	}
 }
+
+// TestCheckAfterInstallOfOneFamily: with one IP family captured
+// (`--ip-families ipv4`, or a namespace without IPv6), `check` right after
+// `install` is in sync and uninstall names only that family, with every
+// backend. nftables and ebpf showed the table, base chains, programs and
+// config they share between families as installed IPv6 state: check
+// exited 3 ("--- installed ipv6 … -add table inet detour") and uninstall
+// said "ipv4, ipv6".
+func TestCheckAfterInstallOfOneFamily(t *testing.T) {
+	l := newEBPFLab(t)
+	ctx := context.Background()
+	e := l.engine("")
+	for _, backend := range []redirect.Backend{redirect.BackendNFTables, redirect.BackendEBPF, redirect.BackendIPTablesNFT} {
+		for _, fam := range []redirect.IPFamilies{redirect.IPFamiliesIPv4, redirect.IPFamiliesIPv6} {
+			cfg := redirect.Default()
+			cfg.Backend = backend
+			cfg.IPFamilies = fam
+			p, err := redirect.NewPlan(cfg, redirect.Facts{IPv6: true})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := e.Install(ctx, p); err != nil {
+				t.Fatalf("%s %s: install: %v", backend, fam, err)
+			}
+			if d, err := e.Check(ctx, p); err != nil || !d.Empty() {
+				t.Errorf("%s %s: check right after install = %v, %v; want in sync", backend, fam, d, err)
+			}
+			if st, err := e.Status(ctx); err != nil || len(st.Families) != 1 || string(st.Families[0]) != string(fam) {
+				t.Errorf("%s %s: status families = %v, %v; want only %s", backend, fam, st.Families, err, fam)
+			}
+			res, err := e.Uninstall(ctx)
+			if err != nil || len(res.Families) != 1 || string(res.Families[0]) != string(fam) {
+				t.Errorf("%s %s: uninstall = %+v, %v; want only %s removed", backend, fam, res, err, fam)
+			}
+		}
+	}
+}

@@ -76,6 +76,12 @@ func TestEBPFCgroup(t *testing.T) {
 			if r := p.detourCmd(nil, check...); r.code != 0 {
 				t.Errorf("check --cgroup, in sync: want exit 0:\n%s", r)
 			}
+			// validate probes from inside the cgroup: only there is a
+			// connection redirected (it said "FAIL … not redirected", exit 5).
+			validate := append([]string{"validate"}, args[1:]...)
+			if r := p.detourCmd(nil, validate...); r.code != 0 || !strings.Contains(r.stdout, "ok   "+string(f)) || !strings.Contains(r.stdout, "held by the proxy's socket") {
+				t.Errorf("validate --cgroup, the proxy (the helper) on the outbound port: want exit 0 and the probe held by its socket:\n%s", r)
+			}
 			drifted := p.withFlags("check", "--cgroup", cg, "--inbound=false")
 			if r := p.detourCmd(nil, drifted...); r.code != 3 {
 				t.Errorf("check --cgroup with another config: want exit 3 (drift):\n%s", r)

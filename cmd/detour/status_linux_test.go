@@ -26,3 +26,28 @@ func TestStatusOfRoutingOnly(t *testing.T) {
 		t.Errorf("uninstall left the rule:\n%s", rules)
 	}
 }
+
+// TestCheckJSONExitCodes: `check -o json` exits as `check` does — 0 in sync,
+// 3 drift, 4 nothing installed. With drift it exited 1, as for a failure.
+func TestCheckJSONExitCodes(t *testing.T) {
+	privtest.Require(t, "nft")
+	ns := privtest.NetNS(t)
+	flags := []string{"--netns", ns.Path, "--backend", "nftables", "--ip-families", "ipv4"}
+	runIn := func(args ...string) (int, string, string) { return runCLI(t, append(args, flags...)...) }
+	if code, _, stderr := runIn("check", "-o", "json"); code != exitAbsent {
+		t.Errorf("check -o json, nothing installed: exit %d, want %d; stderr %s", code, exitAbsent, stderr)
+	}
+	if code, _, stderr := runIn("install"); code != 0 {
+		t.Fatalf("install: exit %d: %s", code, stderr)
+	}
+	t.Cleanup(func() { runIn("uninstall") })
+	if code, out, stderr := runIn("check", "-o", "json"); code != 0 || !strings.Contains(out, `"families": []`) {
+		t.Errorf("check -o json, in sync: exit %d, stdout %s, stderr %s; want 0 and no family", code, out, stderr)
+	}
+	ns.Run(t, "nft", "add", "rule", "inet", "detour", "output4", "return")
+	for _, o := range []string{"text", "json"} {
+		if code, out, stderr := runIn("check", "-o", o); code != exitDrift || !strings.Contains(out, "not made by detour") {
+			t.Errorf("check -o %s after a rule was added: exit %d, stdout %s, stderr %s; want %d and the rule", o, code, out, stderr, exitDrift)
+		}
+	}
+}

@@ -50,7 +50,7 @@ func runInstall(ctx context.Context, o *installOptions, g *globalOptions, s stre
 	if err := checkOutput(o.output); err != nil {
 		return err
 	}
-	if err := checkPersist(o.persist, o.in.netns, o.dryRun); err != nil {
+	if err := checkPersist(o.persist, o.in.netns, g.cgroup, o.dryRun); err != nil {
 		return err
 	}
 	p, err := o.in.load(ctx, g, s)

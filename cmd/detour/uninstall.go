@@ -47,7 +47,7 @@ func runUninstall(ctx context.Context, o *uninstallOptions, g *globalOptions, s 
 	if err != nil {
 		return err
 	}
-	if err := checkPersist(o.persist, nsPath, false); err != nil {
+	if err := checkPersist(o.persist, nsPath, g.cgroup, false); err != nil {
 		return err
 	}
 	eng := g.engine(nsPath, backends.AnyBackend, s.err)

@@ -6,8 +6,10 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
 
 	"github.com/detour-mesh/detour/redirect"
 )
@@ -127,5 +129,84 @@ func TestInterruptedInstallIsCleanedUp(t *testing.T) {
 			t.Fatal(err)
 		}
 		noResidue(tt.name + ", re-run, then uninstall")
+	}
+}
+
+// TestScopeOfARemovedCgroupIsCleanedUp: a cgroup scope outlives its cgroup
+// when the service's cgroup is removed (a transient unit, a stopped
+// service) before `uninstall --cgroup`: the kernel detaches the programs,
+// but the scope's entries, its links' pins and the maps stayed, and no
+// command could remove them (`uninstall --cgroup PATH` needs the directory;
+// `uninstall` left cgroup scopes alone). `status` names them and
+// `uninstall` removes them.
+func TestScopeOfARemovedCgroupIsCleanedUp(t *testing.T) {
+	l := newLab(t)
+	ctx := context.Background()
+	cg := filepath.Join(l.cgroup, "service")
+	if err := os.Mkdir(cg, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	removed := false
+	t.Cleanup(func() {
+		if !removed {
+			os.Remove(cg)
+		}
+	})
+	engine := func(cgroup string) *redirect.Engine {
+		return &redirect.Engine{
+			NetNS:   l.ns.Path,
+			LockDir: t.TempDir(),
+			Drivers: []redirect.Driver{NewDriver(DriverOptions{Loader: Options{PinDir: l.pinDir, Root: l.cgroup}, Cgroup: cgroup})},
+		}
+	}
+	cfg := redirect.Default()
+	cfg.Backend = redirect.BackendEBPF
+	cfg.IPFamilies = redirect.IPFamiliesDual
+	cfg.Inbound.Enabled = false
+	plan, err := redirect.NewPlan(cfg, redirect.Facts{IPv6: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := engine(cg).Install(ctx, plan); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Remove(cg); err != nil {
+		t.Fatal(err)
+	}
+	removed = true
+	// The kernel releases the cgroup, and detaches its links, asynchronously.
+	pins, _ := filepath.Glob(filepath.Join(l.pinDir, "links", "cgroup@*", "*"))
+	if len(pins) == 0 {
+		t.Fatal("no link of the cgroup scope is pinned")
+	}
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		lk, err := link.LoadPinnedLink(pins[0], nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		info, err := lk.Info()
+		lk.Close()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if c := info.Cgroup(); c != nil && c.CgroupId == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the removed cgroup's links are still attached after 5s")
+		}
+	}
+
+	netns := engine("")
+	st, err := netns.Status(ctx)
+	if err != nil || st.Installed || !strings.Contains(strings.Join(st.Leftovers, " "), "cgroup that is gone") {
+		t.Errorf("status = %+v, %v; want not installed, naming the scope of the cgroup that is gone", st, err)
+	}
+	res, err := netns.Uninstall(ctx)
+	if err != nil || !res.Changed || !strings.Contains(strings.Join(res.Leftovers, " "), "cgroup that is gone") {
+		t.Errorf("uninstall = %+v, %v; want the scope of the cgroup that is gone removed", res, err)
+	}
+	if left, _ := filepath.Glob(filepath.Join(l.pinDir, "*")); len(left) != 0 {
+		t.Errorf("pins left after uninstall: %q", left)
 	}
 }

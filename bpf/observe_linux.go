@@ -85,6 +85,13 @@ func (l *Loader) Observe() (State, error) {
 		}
 		st.unenrolled[k] = ScopeState{Config: r.Config, Lines: e.lines(), entries: e}
 	}
+	gone, err := l.goneCgroups()
+	if err != nil {
+		return st, err
+	}
+	for _, id := range gone {
+		st.gone = append(st.gone, fmt.Sprintf("the scope of a cgroup that is gone (cgroup id %d: removed before `detour uninstall --cgroup`; its programs went with it, its entries and pins stayed)", id))
+	}
 	if len(st.Scopes) == 0 && len(st.records) == 0 {
 		// Enrolling is the last step of an install, under the lock this
 		// holds, and the last scope's removal unpins everything: pins

@@ -76,7 +76,7 @@ func runUninstall(ctx context.Context, o *uninstallOptions, g *globalOptions, s 
 		fmt.Fprintf(s.out, "detour removed (%s; %s)\n", from, joinFamilies(res.Families))
 	}
 	for _, l := range res.Leftovers {
-		fmt.Fprintf(s.out, "removed what an interrupted run of detour left: %s\n", l)
+		fmt.Fprintf(s.out, "removed what was left behind: %s\n", l)
 	}
 	return nil
 }

@@ -86,8 +86,10 @@ type State struct {
 	// leftover, when not "", says that what is pinned belongs to no scope:
 	// an install was interrupted before it enrolled one (Leftover).
 	leftover string
-	// gone names the scopes of cgroups that no longer exist (Leftover).
-	gone []string
+	// gone names the scopes of cgroups that no longer exist (Leftover);
+	// goneIDs are their cgroup ids.
+	gone    []string
+	goneIDs []uint64
 }
 
 // Leftover says what is pinned without belonging to any scope — an install

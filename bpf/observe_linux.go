@@ -89,6 +89,7 @@ func (l *Loader) Observe() (State, error) {
 	if err != nil {
 		return st, err
 	}
+	st.goneIDs = gone
 	for _, id := range gone {
 		st.gone = append(st.gone, fmt.Sprintf("the scope of a cgroup that is gone (cgroup id %d: removed before `detour uninstall --cgroup`; its programs went with it, its entries and pins stayed)", id))
 	}
@@ -172,4 +173,25 @@ func (l *Loader) Drift(st State, s Scope) ([]string, error) {
 		return nil, err
 	}
 	return st.drift(key, st.Links[dir]), nil
+}
+
+// liveCgroupScopes counts the cgroup scopes enrolled or recorded whose
+// cgroup still exists.
+func (s State) liveCgroupScopes() int {
+	n := 0
+	seen := map[uint64]bool{}
+	count := func(k uint64) {
+		if k&cgroupKeyBit == 0 || seen[k] || slices.Contains(s.goneIDs, k&^cgroupKeyBit) {
+			return
+		}
+		seen[k] = true
+		n++
+	}
+	for k := range s.Scopes {
+		count(k)
+	}
+	for k := range s.records {
+		count(k)
+	}
+	return n
 }

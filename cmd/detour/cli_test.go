@@ -301,3 +301,33 @@ func TestCgroupNeedsEBPF(t *testing.T) {
 		t.Errorf("plan --cgroup --backend ebpf: exit %d: %s", code, stderr)
 	}
 }
+
+// TestInstallNotes: install's summary ends with the plan's notes, the
+// settings that do nothing (an exclusion an inclusion overrides, a
+// resolv.conf without nameservers of a family). `plan` printed them, but
+// install said "UDP/53 → :15053  the nameservers in …" and captured none.
+func TestInstallNotes(t *testing.T) {
+	t.Parallel()
+	c := redirect.Default()
+	c.Outbound.IncludeCIDRs = []netip.Prefix{netip.MustParsePrefix("198.51.100.0/24")}
+	c.Outbound.ExcludeCIDRs = []netip.Prefix{netip.MustParsePrefix("198.51.100.7/32")}
+	c.DNS.Capture = redirect.DNSCaptureResolvConf
+	c.DNS.ResolvConf = "/etc/resolv.conf.test"
+	p, err := redirect.NewPlan(c, redirect.Facts{IPv6: true, Nameservers: []netip.Addr{netip.MustParseAddr("192.0.2.53")}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := installNotes(p)
+	for _, want := range []string{
+		"  note      outbound.excludeCIDRs[0] 198.51.100.7/32 has no effect: outbound.includeCIDRs[0] 198.51.100.0/24 includes it",
+		"  note      outbound.includeCIDRs lists no IPv6 CIDR, so no outbound IPv6 TCP is captured\n",
+		"  note      dns.resolvConf (/etc/resolv.conf.test) lists no IPv6 nameserver, so no IPv6 DNS query is captured\n",
+	} {
+		if !strings.Contains(got, want) {
+			t.Errorf("install notes lack %q:\n%s", want, got)
+		}
+	}
+	if n := installNotes(func() redirect.Plan { p, _ := redirect.NewPlan(redirect.Default(), redirect.Facts{IPv6: true}); return p }()); n != "" {
+		t.Errorf("notes of the default plan = %q, want none", n)
+	}
+}

@@ -327,7 +327,10 @@ func TestInstallNotes(t *testing.T) {
 			t.Errorf("install notes lack %q:\n%s", want, got)
 		}
 	}
-	if n := installNotes(func() redirect.Plan { p, _ := redirect.NewPlan(redirect.Default(), redirect.Facts{IPv6: true}); return p }()); n != "" {
+	if n := installNotes(func() redirect.Plan {
+		p, _ := redirect.NewPlan(redirect.Default(), redirect.Facts{IPv6: true})
+		return p
+	}()); n != "" {
 		t.Errorf("notes of the default plan = %q, want none", n)
 	}
 }

@@ -57,6 +57,13 @@ func TestUsageErrorsExit2(t *testing.T) {
 		{"uid range to 4294967295", []string{"plan", "--exclude-outbound-uids", "0-4294967295"}, `outbound.excludeUIDs[0]: "0-4294967295"`},
 		{"proxy uid 4294967295", []string{"plan", "--proxy-uid", "4294967295"}, `proxy.uid: "4294967295" is not a numeric id (0-4294967294`},
 		{"proxy gid 4294967295", []string{"plan", "--proxy-gid", "4294967295"}, `proxy.gid: "4294967295"`},
+		// The proxy binds the passthrough source: `::` failed the install
+		// with exit 1 ("ip -6 addr add ::/128 dev lo …: cannot assign
+		// requested address"), 0.0.0.0 installed a rule matching nothing.
+		{"passthrough source ::", []string{"plan", "--inbound-passthrough-source-ipv6", "::"}, `proxy.inboundPassthroughSource.ipv6: "::" is not an address the proxy can bind`},
+		{"passthrough source 0.0.0.0", []string{"plan", "--inbound-passthrough-source-ipv4", "0.0.0.0"}, `proxy.inboundPassthroughSource.ipv4: "0.0.0.0" is not an address the proxy can bind`},
+		{"passthrough source multicast", []string{"plan", "--inbound-passthrough-source-ipv6", "ff02::1"}, `proxy.inboundPassthroughSource.ipv6: "ff02::1" is not an address`},
+		{"passthrough source broadcast", []string{"plan", "--inbound-passthrough-source-ipv4", "255.255.255.255"}, `proxy.inboundPassthroughSource.ipv4: "255.255.255.255" is not an address`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -2,6 +2,7 @@ package bpf
 
 import (
 	"context"
+	"errors"
 	"os"
 	"path/filepath"
 	"strings"
@@ -208,5 +209,28 @@ func TestScopeOfARemovedCgroupIsCleanedUp(t *testing.T) {
 	}
 	if left, _ := filepath.Glob(filepath.Join(l.pinDir, "*")); len(left) != 0 {
 		t.Errorf("pins left after uninstall: %q", left)
+	}
+}
+
+// TestTooManyUIDPortRulesChangesNothing: more per-uid port rules than the
+// programs hold is invalid input (redirect.ErrInvalid: the CLI's exit 2),
+// found before anything is pinned. It was a plain error (exit 1) after the
+// maps were created and pinned, which then belonged to no scope.
+func TestTooManyUIDPortRulesChangesNothing(t *testing.T) {
+	l := newLab(t)
+	ld := New(Options{PinDir: l.pinDir, Root: l.cgroup})
+	c := testCapture(t, func(c *redirect.Config) {
+		for i := range MaxUIDPortRules + 1 {
+			c.Outbound.ExcludePortsForUIDs = append(c.Outbound.ExcludePortsForUIDs, redirect.UIDPortRule{
+				Protocol: redirect.TCP, Ports: []redirect.PortRange{{First: uint16(1000 + i), Last: uint16(1000 + i)}},
+				UIDs: []redirect.IDRange{{First: uint32(2000 + i), Last: uint32(2000 + i)}}})
+		}
+	})
+	_, err := ld.Apply(Scope{Cgroup: l.cgroup}, c)
+	if !errors.Is(err, redirect.ErrInvalid) || !strings.Contains(err.Error(), "outbound.excludePortsForUIDs") {
+		t.Errorf("Apply with %d tcp rules = %v; want ErrInvalid naming outbound.excludePortsForUIDs", MaxUIDPortRules+1, err)
+	}
+	if left, _ := filepath.Glob(filepath.Join(l.pinDir, "*")); len(left) != 0 {
+		t.Errorf("the refused install pinned %q", left)
 	}
 }

@@ -100,6 +100,11 @@ func (l *Loader) ApplyWith(scope Scope, c redirect.Capture, set Settings) (chang
 	if err := scope.validate(); err != nil {
 		return false, err
 	}
+	// A configuration the maps cannot hold is refused before anything is
+	// pinned (the id is a stand-in: the entries are thrown away).
+	if _, err := renderWith(0, c, set); err != nil {
+		return false, err
+	}
 	if err := l.Probe(); err != nil {
 		return false, err
 	}

@@ -12,6 +12,11 @@ import (
 	"github.com/detour-mesh/detour/redirect"
 )
 
+// CapabilityPodAnnotations is the CNI capability under which containerd and
+// CRI-O pass a pod's annotations in runtimeConfig, when the plugin's conflist
+// entry declares it ("capabilities": {"io.kubernetes.cri.pod-annotations": true}).
+const CapabilityPodAnnotations = "io.kubernetes.cri.pod-annotations"
+
 // Defaults of the plugin configuration keys.
 const (
 	// DefaultKubeconfig is where the DaemonSet (detour cni install) writes the
@@ -54,6 +59,14 @@ type Conf struct {
 	// Empty = the root of the cgroup v2 hierarchy. Tests point it at a cgroup
 	// of their own.
 	EBPFCgroupRoot string `json:"ebpfCgroupRoot,omitempty"`
+
+	// RuntimeConfig holds what the runtime passes for the capabilities the
+	// conflist entry declares. detour cni install declares
+	// CapabilityPodAnnotations, so containerd and CRI-O hand over the pod's
+	// annotations and ADD need not read the pod from the API.
+	RuntimeConfig struct {
+		PodAnnotations map[string]string `json:"io.kubernetes.cri.pod-annotations,omitempty"`
+	} `json:"runtimeConfig,omitempty"`
 
 	// PrevResult is the result of the previous plugin in the chain, kept as raw
 	// bytes so ADD can print it back byte for byte.

@@ -283,7 +283,7 @@ func (p *Plugin) Add(args *skel.CmdArgs) error {
 	if _, err := p.o.Stdout.Write(out); err != nil {
 		return newError(types.ErrIOFailure, fmt.Errorf("write result: %w", err))
 	}
-	c.log.Info("added", "redirect", d.Redirect, "reason", d.Reason, "duration_ms", c.ms(p.o.Now()))
+	c.log.Info("added", "redirect", d.Redirect, "reason", d.Reason, "annotations_from", d.Source, "duration_ms", c.ms(p.o.Now()))
 	return nil
 }
 

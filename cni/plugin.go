@@ -474,7 +474,7 @@ func (p *Plugin) Status(args *skel.CmdArgs) error {
 	} else if _, err := kubeapi.New(cfg, kubeapi.Options{}); err != nil {
 		problems = append(problems, fmt.Sprintf("kubeconfig %s: %v", c.conf.Kubeconfig, err))
 	}
-	if base, _ := c.conf.BaseConfig(); base.Backend == redirect.BackendEBPF {
+	if base, _ := c.conf.baseConfig(); base.Backend == redirect.BackendEBPF {
 		// The eBPF backend runs no tool (its inbound table is netlink).
 		if err := p.o.EBPFReady(); err != nil {
 			problems = append(problems, fmt.Sprintf("backend ebpf: %v", err))

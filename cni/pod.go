@@ -194,7 +194,7 @@ func decide(ctx context.Context, conf *Conf, ref PodRef, kube func() (KubeClient
 		return decision{Reason: "not enabled (" + redirect.AnnotationRedirect + " is not " + redirect.RedirectEnabled + ")", Source: source}, nil
 	}
 
-	base, err := conf.BaseConfig()
+	base, err := conf.baseConfig()
 	if err != nil {
 		return decision{}, newError(types.ErrInvalidNetworkConfig, err)
 	}

@@ -224,6 +224,13 @@ func TestEBPFCgroupScopeLeavesTheNamespaceCaptureAlone(t *testing.T) {
 		}
 	}
 
+	// Nothing of the cgroup scope yet: check says so, whatever it plans
+	// (with inbound the plan wants ::6 on lo, which is the namespace's).
+	for _, p := range []redirect.Plan{ebpfPlan(t, false), ebpfPlan(t, true)} {
+		if d, err := scope.Check(ctx, p); !errors.Is(err, redirect.ErrNotInstalled) {
+			t.Errorf("check of the cgroup scope before its install = %v, %v; want ErrNotInstalled", d, err)
+		}
+	}
 	res, err := scope.Install(ctx, ebpfPlan(t, false))
 	if err != nil {
 		t.Fatalf("cgroup scope without inbound beside the namespace's nftables capture: %v", err)

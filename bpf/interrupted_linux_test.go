@@ -138,21 +138,11 @@ func TestInterruptedInstallIsCleanedUp(t *testing.T) {
 // service) before `uninstall --cgroup`: the kernel detaches the programs,
 // but the scope's entries, its links' pins and the maps stayed, and no
 // command could remove them (`uninstall --cgroup PATH` needs the directory;
-// `uninstall` left cgroup scopes alone). `status` names them and
-// `uninstall` removes them.
+// `uninstall` left cgroup scopes alone). `status` names them, and another
+// scope's install or `uninstall` removes them.
 func TestScopeOfARemovedCgroupIsCleanedUp(t *testing.T) {
 	l := newLab(t)
 	ctx := context.Background()
-	cg := filepath.Join(l.cgroup, "service")
-	if err := os.Mkdir(cg, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	removed := false
-	t.Cleanup(func() {
-		if !removed {
-			os.Remove(cg)
-		}
-	})
 	engine := func(cgroup string) *redirect.Engine {
 		return &redirect.Engine{
 			NetNS:   l.ns.Path,
@@ -168,37 +158,46 @@ func TestScopeOfARemovedCgroupIsCleanedUp(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := engine(cg).Install(ctx, plan); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.Remove(cg); err != nil {
-		t.Fatal(err)
-	}
-	removed = true
-	// The kernel releases the cgroup, and detaches its links, asynchronously.
-	pins, _ := filepath.Glob(filepath.Join(l.pinDir, "links", "cgroup@*", "*"))
-	if len(pins) == 0 {
-		t.Fatal("no link of the cgroup scope is pinned")
-	}
-	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(20 * time.Millisecond) {
-		lk, err := link.LoadPinnedLink(pins[0], nil)
+	// goneScope installs a cgroup scope and removes its cgroup.
+	goneScope := func(name string) {
+		t.Helper()
+		cg := filepath.Join(l.cgroup, name)
+		if err := os.Mkdir(cg, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		_, err := engine(cg).Install(ctx, plan)
+		if rerr := os.Remove(cg); rerr != nil {
+			t.Fatal(rerr)
+		}
 		if err != nil {
 			t.Fatal(err)
 		}
-		info, err := lk.Info()
-		lk.Close()
-		if err != nil {
-			t.Fatal(err)
+		// The kernel releases the cgroup, and detaches its links, asynchronously.
+		pins, _ := filepath.Glob(filepath.Join(l.pinDir, "links", "cgroup@*", "*"))
+		if len(pins) == 0 {
+			t.Fatal("no link of the cgroup scope is pinned")
 		}
-		if c := info.Cgroup(); c != nil && c.CgroupId == 0 {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("the removed cgroup's links are still attached after 5s")
+		for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+			lk, err := link.LoadPinnedLink(pins[0], nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			info, err := lk.Info()
+			lk.Close()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if c := info.Cgroup(); c != nil && c.CgroupId == 0 {
+				return
+			}
+			if time.Now().After(deadline) {
+				t.Fatal("the removed cgroup's links are still attached after 5s")
+			}
 		}
 	}
-
 	netns := engine("")
+
+	goneScope("service")
 	st, err := netns.Status(ctx)
 	if err != nil || st.Installed || !strings.Contains(strings.Join(st.Leftovers, " "), "cgroup that is gone") {
 		t.Errorf("status = %+v, %v; want not installed, naming the scope of the cgroup that is gone", st, err)
@@ -206,6 +205,22 @@ func TestScopeOfARemovedCgroupIsCleanedUp(t *testing.T) {
 	res, err := netns.Uninstall(ctx)
 	if err != nil || !res.Changed || !strings.Contains(strings.Join(res.Leftovers, " "), "cgroup that is gone") {
 		t.Errorf("uninstall = %+v, %v; want the scope of the cgroup that is gone removed", res, err)
+	}
+	if left, _ := filepath.Glob(filepath.Join(l.pinDir, "*")); len(left) != 0 {
+		t.Errorf("pins left after uninstall: %q", left)
+	}
+
+	// Another scope's install removes it too, so the scope of a gone cgroup
+	// need not wait for an uninstall of everything.
+	goneScope("service2")
+	if _, err := netns.Install(ctx, plan); err != nil {
+		t.Fatal(err)
+	}
+	if dirs, _ := filepath.Glob(filepath.Join(l.pinDir, "links", "cgroup@*")); len(dirs) != 0 {
+		t.Errorf("the gone cgroup's link pins are still there after another scope's install: %q", dirs)
+	}
+	if _, err := netns.Uninstall(ctx); err != nil {
+		t.Fatal(err)
 	}
 	if left, _ := filepath.Glob(filepath.Join(l.pinDir, "*")); len(left) != 0 {
 		t.Errorf("pins left after uninstall: %q", left)

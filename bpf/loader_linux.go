@@ -125,6 +125,11 @@ func (l *Loader) ApplyWith(scope Scope, c redirect.Capture, set Settings) (chang
 	if err != nil {
 		return false, err
 	}
+	// The scopes of cgroups that are gone hold ids and entries no command
+	// could otherwise reach short of an uninstall.
+	if err := l.removeGone(st); err != nil {
+		return false, err
+	}
 	key, kind := r.key, r.kind
 	id, known, err := st.idFor(key)
 	if err != nil {

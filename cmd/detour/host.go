@@ -186,7 +186,7 @@ func (f cgroupFlag) Set(v string) error {
 		return errors.New("an empty value names no cgroup (leave --cgroup out for the network-namespace scope)")
 	}
 	if _, err := os.Stat(v); errors.Is(err, fs.ErrNotExist) {
-		return errors.New("does not exist (the eBPF scope of a cgroup that was removed is removed by `detour uninstall` without --cgroup)")
+		return errors.New("does not exist (the eBPF scope of a cgroup that was removed goes with the next eBPF install of any scope, or with `detour uninstall` without --cgroup)")
 	}
 	if err := bpf.CheckCgroup(v); err != nil {
 		return errors.New("is not a cgroup v2 directory")

@@ -457,7 +457,8 @@ func missingTools(lookPath func(string) (string, error), backend string) []strin
 
 // Status reports whether the plugin can serve ADD: the kubeconfig exists and
 // loads, the tools of one iptables backend are on PATH (with backend ebpf in
-// the plugin config: the kernel has what the eBPF programs need), and the
+// the plugin config: the kernel has what the eBPF programs need, ebpfCgroupRoot
+// is a cgroup v2 directory and ebpfPinDir's directory exists), and the
 // state dir is usable. Each
 // failure is CNI code 50 (not available). It does not call the API server.
 func (p *Plugin) Status(args *skel.CmdArgs) error {
@@ -477,6 +478,9 @@ func (p *Plugin) Status(args *skel.CmdArgs) error {
 	if base, _ := c.conf.baseConfig(); base.Backend == redirect.BackendEBPF {
 		// The eBPF backend runs no tool (its inbound table is netlink).
 		if err := p.o.EBPFReady(); err != nil {
+			problems = append(problems, fmt.Sprintf("backend ebpf: %v", err))
+		}
+		if err := ebpfPaths(c.conf.EBPFPinDir, c.conf.EBPFCgroupRoot); err != nil {
 			problems = append(problems, fmt.Sprintf("backend ebpf: %v", err))
 		}
 	} else {

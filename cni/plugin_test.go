@@ -734,6 +734,13 @@ func TestStatus(t *testing.T) {
 		{name: "ebpf needs no iptables tool", kubeconfig: valid, lookPath: noRestore, extra: map[string]any{"config": map[string]any{"backend": "ebpf"}}},
 		{name: "ebpf on a kernel without it", kubeconfig: valid, lookPath: allTools, extra: map[string]any{"config": map[string]any{"backend": "ebpf"}},
 			ebpfReady: errors.New("ebpf backend needs program type cgroup_sockopt: not supported"), wantCode: types.ErrPluginNotAvailable, wantMsg: "backend ebpf: ebpf backend needs program type cgroup_sockopt"},
+		{name: "ebpf cgroup root missing", kubeconfig: valid, lookPath: allTools, extra: map[string]any{"config": map[string]any{"backend": "ebpf"}, "ebpfCgroupRoot": "/nonexistent/detour-cgroup"},
+			wantCode: types.ErrPluginNotAvailable, wantMsg: `backend ebpf: plugin config key ebpfCgroupRoot: "/nonexistent/detour-cgroup": no such file or directory`},
+		{name: "ebpf cgroup root not cgroup v2", kubeconfig: valid, lookPath: allTools, extra: map[string]any{"config": map[string]any{"backend": "ebpf"}, "ebpfCgroupRoot": "/proc"},
+			wantCode: types.ErrPluginNotAvailable, wantMsg: `backend ebpf: plugin config key ebpfCgroupRoot: "/proc" is not a cgroup v2 directory`},
+		{name: "ebpf pin dir under a missing directory", kubeconfig: valid, lookPath: allTools, extra: map[string]any{"config": map[string]any{"backend": "ebpf"}, "ebpfPinDir": "/nonexistent/bpf/detour"},
+			wantCode: types.ErrPluginNotAvailable, wantMsg: `backend ebpf: plugin config key ebpfPinDir: "/nonexistent/bpf/detour": directory /nonexistent/bpf: no such file or directory`},
+		{name: "ebpf paths unchecked with iptables", kubeconfig: valid, lookPath: allTools, extra: map[string]any{"ebpfCgroupRoot": "/nonexistent/detour-cgroup"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -753,7 +760,7 @@ func TestStatus(t *testing.T) {
 			if e.stdout.Len() != 0 {
 				t.Errorf("STATUS wrote %q to stdout", e.stdout.String())
 			}
-			if wantProbe := tt.extra != nil; probed != wantProbe {
+			if wantProbe := tt.extra["config"] != nil; probed != wantProbe {
 				t.Errorf("probed the kernel for ebpf: %v, want %v", probed, wantProbe)
 			}
 		})

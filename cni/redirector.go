@@ -84,6 +84,11 @@ func (r engineRedirector) plan(ctx context.Context, e *redirect.Engine, cfg redi
 }
 
 func (r engineRedirector) Install(ctx context.Context, cfg redirect.Config) error {
+	if cfg.Backend == redirect.BackendEBPF {
+		if err := ebpfPaths(r.o.EBPFPinDir, r.o.EBPFCgroupRoot); err != nil {
+			return err
+		}
+	}
 	e := r.engine(cfg.Backend)
 	p, err := r.plan(ctx, e, cfg)
 	if err != nil {

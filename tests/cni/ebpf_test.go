@@ -375,3 +375,80 @@ func echoThroughProxy(t *testing.T, netns string, size int) uint64 {
 	}
 	return info.Bytes_sent
 }
+
+// TestEBPFBadPaths: with backend ebpf, a plugin config whose ebpfCgroupRoot
+// does not exist or is not a cgroup v2 directory, or whose ebpfPinDir sits
+// under a directory that does not exist, makes STATUS report the plugin not
+// ready (code 50) naming the key and the value, and ADD of an opted-in pod
+// fail closed naming them too, recording no state.
+func TestEBPFBadPaths(t *testing.T) {
+	h := setup(t)
+	mnt := func(fstype, opts string) string {
+		dir := t.TempDir()
+		if err := unix.Mount(fstype, dir, fstype, 0, opts); err != nil {
+			privtest.Skip(t, fmt.Sprintf("mount %s: %v", fstype, err))
+		}
+		t.Cleanup(func() {
+			if err := unix.Unmount(dir, unix.MNT_DETACH); err != nil {
+				t.Errorf("unmount %s: %v", dir, err)
+			}
+		})
+		return dir
+	}
+	mkCgroup := func(parent string) string {
+		dir := filepath.Join(parent, "detour-cni-bad-"+randHex(4))
+		if err := os.Mkdir(dir, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() {
+			if err := os.Remove(dir); err != nil {
+				t.Errorf("remove test cgroup: %v", err)
+			}
+		})
+		return dir
+	}
+	// Registered before the mounts, so that it runs after their cleanup.
+	v1 := mkCgroup(mnt("cgroup", "none,name=detour-test-"+randHex(4)))
+	v2 := mkCgroup(mnt("cgroup2", ""))
+	missingCgroup := filepath.Join(v2, "no-such-cgroup")
+	missingPin := filepath.Join(t.TempDir(), "no-such-dir", "detour")
+	goodPin := filepath.Join(t.TempDir(), "detour")
+
+	ns := h.newNamespace(t, nil)
+	for _, tt := range []struct {
+		name, pinDir, cgroupRoot string
+		wantMsg                  string
+	}{
+		{name: "cgroup root missing", pinDir: goodPin, cgroupRoot: missingCgroup, wantMsg: fmt.Sprintf("plugin config key ebpfCgroupRoot: %q", missingCgroup)},
+		{name: "cgroup v1 directory", pinDir: goodPin, cgroupRoot: v1, wantMsg: fmt.Sprintf("plugin config key ebpfCgroupRoot: %q is not a cgroup v2 directory", v1)},
+		{name: "pin dir under a missing directory", pinDir: missingPin, cgroupRoot: v2, wantMsg: fmt.Sprintf("plugin config key ebpfPinDir: %q", missingPin)},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			n, err := h.newNetwork("dt-ebpf-bad-"+randHex(2), "1.1.0", map[string]any{
+				"config":         map[string]any{"backend": "ebpf"},
+				"ebpfPinDir":     tt.pinDir,
+				"ebpfCgroupRoot": tt.cgroupRoot,
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+			defer cancel()
+			err = n.cni.GetStatusNetworkList(ctx, n.list)
+			if cniCode(err) != 50 || !strings.Contains(err.Error(), tt.wantMsg) {
+				t.Errorf("STATUS: %v (code %d), want code 50 containing %q", err, cniCode(err), tt.wantMsg)
+			}
+			p := h.newPod(t, ns, map[string]string{"detour.io/redirect": "enabled"}, created)
+			_, err = n.add(t, p)
+			if err == nil || !strings.Contains(err.Error(), tt.wantMsg) {
+				t.Errorf("ADD of an opted-in pod: %v (code %d), want a failure containing %q", err, cniCode(err), tt.wantMsg)
+			}
+			if _, ok := n.state(t, p); ok {
+				t.Error("state recorded for a failed ADD")
+			}
+			if got := pins(filepath.Dir(tt.pinDir)); len(got) != 0 {
+				t.Errorf("pinned after a failed ADD: %v", got)
+			}
+		})
+	}
+}

@@ -59,8 +59,12 @@ func TestDecodeErrorsNameFieldAndValue(t *testing.T) {
 		{"uid name", "outbound:\n  excludeUIDs: [root]", `outbound.excludeUIDs[0]: "root" is not a numeric id`},
 		{"malformed yaml", "proxy: [", `(document):`},
 		{"v4 passthrough as v6", "proxy:\n  inboundPassthroughSource:\n    ipv6: 127.0.0.6", `proxy.inboundPassthroughSource.ipv6: "127.0.0.6" is not an IPv6 address`},
-		{"duplicate yaml key", "outbound:\n  excludePorts: [80]\n  excludePorts: [90]", `excludePorts: "line 3" appears twice in the same mapping`},
-		{"duplicate json key", `{"mode": "tproxy", "mode": "redirect"}`, `mode: "line 1" appears twice in the same mapping`},
+		{"duplicate yaml key", "outbound:\n  excludePorts: [80]\n  excludePorts: [90]", `outbound.excludePorts (line 3) appears twice in the same mapping; give each key once`},
+		{"duplicate json key", `{"mode": "tproxy", "mode": "redirect"}`, `mode (line 1) appears twice in the same mapping`},
+		{"duplicate key whose name is also elsewhere", "outbound:\n  excludePorts: [80]\ninbound:\n  excludePorts: [22]\n  excludePorts: [23]", `inbound.excludePorts (line 5) appears twice in the same mapping`},
+		{"duplicate nested key", "proxy:\n  inboundPassthroughSource:\n    ipv4: 127.0.0.6\n    ipv4: 127.0.0.7", `proxy.inboundPassthroughSource.ipv4 (line 4) appears twice in the same mapping`},
+		{"duplicate json key nested", "{\"outbound\": {\"excludePorts\": [80],\n \"excludePorts\": [90]}}", `outbound.excludePorts (line 2) appears twice in the same mapping`},
+		{"duplicate group", "outbound:\n  excludePorts: [80]\noutbound:\n  excludePorts: [90]", `outbound (line 3) appears twice in the same mapping`},
 		{"empty element in a string list", `{"outbound": {"excludePorts": "80,,90"}}`, `outbound.excludePorts: "80,,90" has an empty list element`},
 	}
 	for _, tt := range tests {

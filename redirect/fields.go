@@ -11,6 +11,7 @@ import (
 	"strings"
 	"sync"
 
+	yamlv3 "go.yaml.in/yaml/v3"
 	"sigs.k8s.io/yaml"
 )
 
@@ -108,7 +109,12 @@ func (c *Config) Decode(doc []byte) error {
 	if m := duplicateKey().FindStringSubmatch(fmt.Sprint(err)); m != nil {
 		// A key given twice in one mapping: YAML and JSON parsers keep the
 		// later one silently; detour refuses to guess which was meant.
-		return &FieldError{Field: m[2], Value: "line " + m[1], Reason: "appears twice in the same mapping; give each key once"}
+		const reason = "appears twice in the same mapping; give each key once"
+		if path, line, ok := firstDuplicate(doc); ok {
+			return &FieldError{Field: path, Line: line, Reason: reason}
+		}
+		line, _ := strconv.Atoi(m[1])
+		return &FieldError{Field: m[2], Line: line, Reason: reason}
 	}
 	if err != nil {
 		return &FieldError{Field: "(document)", Value: firstLine(err.Error()), Reason: "is not valid YAML or JSON"}
@@ -135,6 +141,52 @@ func (c *Config) Decode(doc []byte) error {
 var duplicateKey = sync.OnceValue(func() *regexp.Regexp {
 	return regexp.MustCompile(`line (\d+): key "([^"]*)" already set in map`)
 })
+
+// firstDuplicate finds, in document order, the first key given twice in one
+// mapping of doc, and returns its path as the fields are named
+// ("outbound.excludePorts", items of lists as "[i]") and the line of its
+// second occurrence. The strict parser names only the leaf key.
+func firstDuplicate(doc []byte) (path string, line int, ok bool) {
+	var root yamlv3.Node
+	if yamlv3.Unmarshal(doc, &root) != nil {
+		return "", 0, false
+	}
+	var walk func(n *yamlv3.Node, prefix string) (string, int, bool)
+	walk = func(n *yamlv3.Node, prefix string) (string, int, bool) {
+		switch n.Kind {
+		case yamlv3.DocumentNode:
+			for _, c := range n.Content {
+				if p, l, ok := walk(c, prefix); ok {
+					return p, l, true
+				}
+			}
+		case yamlv3.SequenceNode:
+			for i, c := range n.Content {
+				if p, l, ok := walk(c, fmt.Sprintf("%s[%d]", prefix, i)); ok {
+					return p, l, true
+				}
+			}
+		case yamlv3.MappingNode:
+			seen := map[string]bool{}
+			for i := 0; i+1 < len(n.Content); i += 2 {
+				k := n.Content[i]
+				p := k.Value
+				if prefix != "" {
+					p = prefix + "." + k.Value
+				}
+				if seen[k.Value] {
+					return p, k.Line, true
+				}
+				seen[k.Value] = true
+				if p, l, ok := walk(n.Content[i+1], p); ok {
+					return p, l, true
+				}
+			}
+		}
+		return "", 0, false
+	}
+	return walk(&root, "")
+}
 
 func firstLine(s string) string {
 	s, _, _ = strings.Cut(s, "\n")

@@ -18,9 +18,15 @@ type FieldError struct {
 	Field  string // path such as "outbound.excludePorts[2]"; empty when not yet known
 	Value  string
 	Reason string
+	// Line, when not 0, is the line of a config document the error is
+	// about; the error then names the field and the line, not Value.
+	Line int
 }
 
 func (e *FieldError) Error() string {
+	if e.Line > 0 {
+		return fmt.Sprintf("%s (line %d) %s", e.Field, e.Line, e.Reason)
+	}
 	if e.Field == "" {
 		return fmt.Sprintf("%q %s", e.Value, e.Reason)
 	}

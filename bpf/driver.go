@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
+	"os"
 	"slices"
 	"strings"
 
@@ -102,6 +104,20 @@ type installed struct {
 	// orphanTables are cgroup scopes' inbound tables in the namespace when
 	// no cgroup scope that could own them is left (InboundTables).
 	orphanTables []string
+	// goneCgroup is the Driver's cgroup when its directory no longer exists
+	// (removed before `uninstall --cgroup`): the scope holds nothing any
+	// more, and what it left is Leftovers — its inbound table (goneInbound,
+	// nil when there is none) and the entries of cgroups that are gone.
+	goneCgroup  string
+	goneInbound redirect.Installed
+	goneTable   string // "inet <name>", or "" when the inbound Driver cannot tell
+}
+
+// InboundTableNamer is implemented by an inbound Driver that can name the
+// table it owns, so that what a removed cgroup's scope left is named as
+// `nft list tables` shows it.
+type InboundTableNamer interface {
+	InboundTable() string
 }
 
 var _ redirect.Leftovers = (*installed)(nil)
@@ -115,6 +131,12 @@ func (i *installed) Leftovers() string {
 			out += "; "
 		}
 		out += fmt.Sprintf("the inbound table(s) inet %s of cgroup scopes that are gone (no cgroup scope is enrolled; they still redirect every inbound connection of this namespace)", strings.Join(i.orphanTables, ", inet "))
+	}
+	if i.goneInbound != nil {
+		if out != "" {
+			out += "; "
+		}
+		out += "the inbound table " + i.goneTable + " of the cgroup scope " + i.goneCgroup + ", whose cgroup is gone (it still redirects every inbound connection of this namespace)"
 	}
 	return out
 }
@@ -169,6 +191,9 @@ func (d *Driver) Observe(ctx context.Context) (redirect.Installed, error) {
 	if err != nil {
 		return nil, err
 	}
+	if d.cgroupGone() {
+		return d.observeGone(ctx, st)
+	}
 	lines, err := d.loader.Lines(st, s)
 	if err != nil {
 		return nil, err
@@ -190,6 +215,39 @@ func (d *Driver) Observe(ctx context.Context) (redirect.Installed, error) {
 	}
 	if t, ok := d.opts.Inbound.(InboundTables); ok && d.opts.Cgroup == "" && in.inbound != nil && st.liveCgroupScopes() == 0 {
 		in.orphanTables = t.CgroupTables(in.inbound)
+	}
+	return in, nil
+}
+
+// cgroupGone reports that the Driver's scope is a cgroup whose directory no
+// longer exists.
+func (d *Driver) cgroupGone() bool {
+	if d.opts.Cgroup == "" {
+		return false
+	}
+	_, err := os.Stat(d.opts.Cgroup)
+	return errors.Is(err, fs.ErrNotExist)
+}
+
+// observeGone is Observe for a cgroup that is gone: the scope holds nothing,
+// and its inbound table, still in the namespace, is left behind.
+func (d *Driver) observeGone(ctx context.Context, st State) (redirect.Installed, error) {
+	in := &installed{state: st, goneCgroup: d.opts.Cgroup}
+	if d.opts.Inbound == nil {
+		return in, nil
+	}
+	have, err := d.opts.Inbound.Observe(ctx)
+	if err != nil {
+		if rerr := d.opts.Inbound.Ready(ctx); errors.Is(rerr, redirect.ErrNotSupported) {
+			return in, nil
+		}
+		return nil, fmt.Errorf("observe inbound (%s): %w", d.opts.Inbound.Name(), err)
+	}
+	if have != nil && !have.Empty() {
+		in.goneInbound, in.goneTable = have, "(nftables)"
+		if n, ok := d.opts.Inbound.(InboundTableNamer); ok {
+			in.goneTable = "inet " + n.InboundTable()
+		}
 	}
 	return in, nil
 }
@@ -270,6 +328,19 @@ func (d *Driver) Apply(ctx context.Context, p redirect.Plan, have redirect.Insta
 // Remove unenrolls the scope (and unpins everything once no scope is left)
 // and removes the inbound Driver's state. Idempotent.
 func (d *Driver) Remove(ctx context.Context, have redirect.Installed) error {
+	if h, ok := have.(*installed); ok && h.goneCgroup != "" {
+		// The scope of a cgroup that is gone cannot be named by its id any
+		// more: every such scope goes (as with any install), and its table.
+		if err := d.loader.RemoveGone(); err != nil {
+			return err
+		}
+		if h.goneInbound != nil && d.opts.Inbound != nil {
+			if err := d.opts.Inbound.Remove(ctx, h.goneInbound); err != nil {
+				return fmt.Errorf("remove inbound (%s): %w", d.opts.Inbound.Name(), err)
+			}
+		}
+		return nil
+	}
 	s, err := d.scope()
 	if err != nil {
 		return err

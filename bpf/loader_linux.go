@@ -347,6 +347,38 @@ func (l *Loader) goneCgroups() ([]uint64, error) {
 	return out, nil
 }
 
+// RemoveGone removes the scopes of cgroups that are gone (their entries and
+// links' pins), and every pin of detour's when no scope is left: what
+// `uninstall --cgroup PATH` of a removed cgroup leaves nothing of.
+// Idempotent.
+func (l *Loader) RemoveGone() error {
+	if _, err := os.Stat(l.mapDir()); errors.Is(err, fs.ErrNotExist) {
+		return l.cleanup()
+	}
+	unlock, err := l.lock()
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	st, err := l.open()
+	if err != nil {
+		return err
+	}
+	if err := l.removeGone(st); err != nil {
+		st.close()
+		return err
+	}
+	remaining, err := st.scopeKeys()
+	st.close()
+	if err != nil {
+		return err
+	}
+	if len(remaining) == 0 {
+		return l.cleanup()
+	}
+	return nil
+}
+
 // removeGone removes the scopes of cgroups that are gone (goneCgroups):
 // their entries and their links' pins.
 func (l *Loader) removeGone(st *store) error {

@@ -21,6 +21,9 @@ func (l *Loader) ApplyWith(Scope, redirect.Capture, Settings) (bool, error) {
 // Remove needs Linux.
 func (l *Loader) Remove(Scope) error { return errors.ErrUnsupported }
 
+// RemoveGone needs Linux.
+func (l *Loader) RemoveGone() error { return errors.ErrUnsupported }
+
 // CurrentNetns needs Linux.
 func CurrentNetns() (uint64, error) { return 0, errors.ErrUnsupported }
 

@@ -301,8 +301,8 @@ func TestCgroupNeedsEBPF(t *testing.T) {
 		}
 	}
 	gone := filepath.Join(cg, "detour-cli-test-no-such-cgroup")
-	if code, _, stderr := runCLI(t, "uninstall", "--cgroup", gone); code != exitUsage || !strings.Contains(stderr, "does not exist (the eBPF scope of a cgroup that was removed goes with the next eBPF install of any scope, or with `detour uninstall` without --cgroup)") {
-		t.Errorf("uninstall --cgroup of a cgroup that is gone: exit %d, stderr %q; want exit 2 saying how to remove its scope", code, stderr)
+	if code, _, stderr := runCLI(t, "status", "--cgroup", gone); code != exitUsage || !strings.Contains(stderr, "does not exist (what the eBPF scope of a cgroup that was removed left goes with `detour uninstall --cgroup` of its path,") {
+		t.Errorf("status --cgroup of a cgroup that is gone: exit %d, stderr %q; want exit 2 saying how to remove its scope", code, stderr)
 	}
 	if code, _, stderr := runCLI(t, "plan", "--cgroup", cg, "--backend", "ebpf", "--inbound=false"); code != 0 {
 		t.Errorf("plan --cgroup --backend ebpf: exit %d: %s", code, stderr)

@@ -27,6 +27,9 @@ type globalOptions struct {
 	// namespace). bpfPinDir and bpfRoot come from DETOUR_EBPF_PIN_DIR and
 	// DETOUR_EBPF_CGROUP_ROOT (tests and sandboxes; "" = the defaults).
 	cgroup, bpfPinDir, bpfRoot string
+	// uninstalling is set (by bindFlags) when the command is uninstall: its
+	// --cgroup may name a cgroup that is gone, whose scope it removes.
+	uninstalling bool
 	// deferred are flag bindings that wait until the command that runs is
 	// known (later, bindFlags).
 	deferred []deferredFlags
@@ -54,6 +57,7 @@ func (g *globalOptions) later(cmd *cobra.Command, bind func()) {
 func (g *globalOptions) bindFlags(root *cobra.Command, args []string) {
 	target, _, err := root.Find(args)
 	only := err == nil && target != root
+	g.uninstalling = only && target.Name() == "uninstall"
 	for _, d := range g.deferred {
 		if !only || d.cmd == target {
 			d.bind()
@@ -171,8 +175,13 @@ func plural(n int, word string) string {
 	return fmt.Sprintf("%d %ss", n, word)
 }
 
-// cgroupFlag is --cgroup: an existing cgroup v2 directory (exit 2 otherwise).
-type cgroupFlag struct{ p *string }
+// cgroupFlag is --cgroup: an existing cgroup v2 directory (exit 2
+// otherwise), or for uninstall (*gone true) also a path that no longer
+// exists: what the scope of that removed cgroup left is removed.
+type cgroupFlag struct {
+	p    *string
+	gone *bool
+}
 
 func (f cgroupFlag) String() string {
 	if f.p == nil {
@@ -186,7 +195,11 @@ func (f cgroupFlag) Set(v string) error {
 		return errors.New("an empty value names no cgroup (leave --cgroup out for the network-namespace scope)")
 	}
 	if _, err := os.Stat(v); errors.Is(err, fs.ErrNotExist) {
-		return errors.New("does not exist (the eBPF scope of a cgroup that was removed goes with the next eBPF install of any scope, or with `detour uninstall` without --cgroup)")
+		if f.gone != nil && *f.gone {
+			*f.p = v
+			return nil
+		}
+		return errors.New("does not exist (what the eBPF scope of a cgroup that was removed left goes with `detour uninstall --cgroup` of its path, the next eBPF install of any scope, or `detour uninstall` without --cgroup)")
 	}
 	if err := bpf.CheckCgroup(v); err != nil {
 		return errors.New("is not a cgroup v2 directory")

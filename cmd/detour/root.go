@@ -23,7 +23,7 @@ run it.`,
 	g := &globalOptions{}
 	root.PersistentFlags().BoolVarP(&g.verbose, "verbose", "v", false, "log what detour does (debug lines on stderr)")
 	bindLockWaitFlag(root.PersistentFlags(), &g.lockWait)
-	root.PersistentFlags().Var(cgroupFlag{&g.cgroup}, "cgroup", "backend ebpf: capture the processes below this cgroup v2 directory (a VM service or slice; the proxy must run below it too) instead of a network namespace")
+	root.PersistentFlags().Var(cgroupFlag{&g.cgroup, &g.uninstalling}, "cgroup", "backend ebpf: capture the processes below this cgroup v2 directory (a VM service or slice; the proxy must run below it too) instead of a network namespace")
 	g.bpfPinDir, g.bpfRoot = os.Getenv("DETOUR_EBPF_PIN_DIR"), os.Getenv("DETOUR_EBPF_CGROUP_ROOT")
 	root.SetFlagErrorFunc(func(c *cobra.Command, err error) error {
 		return &flagError{err}

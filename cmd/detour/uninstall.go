@@ -26,7 +26,8 @@ func newUninstallCmd(s streams, g *globalOptions) *cobra.Command {
 iptables chains named DETOUR_* and the rules carrying detour's ownership comment, the
 nftables table inet detour, the eBPF scope's map entries (and the programs and pins once
 no scope is left), the TPROXY routing and the addresses it put on lo. With --cgroup it
-removes that eBPF cgroup scope only. It succeeds, changing nothing, when detour is not
+removes that eBPF cgroup scope only; a PATH whose cgroup was removed is
+accepted, and what its scope left (its inbound table, its entries) is removed. It succeeds, changing nothing, when detour is not
 installed. It refuses when it finds DETOUR_* chains it does not own.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {

@@ -102,6 +102,7 @@ func ebpfDriver(o Options) redirect.Driver {
 		// its own, which the eBPF Driver installs, observes and removes.
 		e.Inbound = ebpfInbound{
 			Driver: nftables.New(nftables.Options{TableName: EBPFInboundTableFor(e.Cgroup), Logger: o.Logger}),
+			table:  EBPFInboundTableFor(e.Cgroup),
 			root:   e.Loader.Root,
 			logger: o.Logger,
 		}
@@ -207,6 +208,7 @@ func EBPFReady() error { return bpf.New(bpf.Options{}).Ready() }
 // inbound connection of it.
 type ebpfInbound struct {
 	*nftables.Driver
+	table  string // the Driver's table (EBPFInboundTableFor)
 	root   string // bpf.Options.Root: where to look a cgroup scope's path up
 	logger *slog.Logger
 }
@@ -238,6 +240,11 @@ func (d ebpfInbound) InboundRivals(have redirect.Installed) []string {
 }
 
 var _ bpf.InboundTables = ebpfInbound{}
+
+var _ bpf.InboundTableNamer = ebpfInbound{}
+
+// InboundTable is the name of the Driver's own table.
+func (d ebpfInbound) InboundTable() string { return d.table }
 
 // CgroupTables names the cgroup scopes' inbound tables in the namespace
 // have was read in.

@@ -25,6 +25,8 @@ type configOptions struct {
 	// uses the name for something else (explain's --inbound); files and
 	// environment still set them.
 	noFlag map[string]bool
+	// stdinDoc is the document --config - read (nil when none was).
+	stdinDoc []byte
 }
 
 // flagSet reports whether the flag of field f was given.
@@ -98,6 +100,7 @@ func (o *configOptions) load(stdin io.Reader) (redirect.Config, error) {
 			}
 			stdinUsed = true
 			doc, err = io.ReadAll(stdin)
+			o.stdinDoc = doc
 		} else {
 			doc, err = os.ReadFile(name)
 		}

@@ -11,10 +11,7 @@ import (
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
 
-	"github.com/detour-mesh/detour/bpf"
 	"github.com/detour-mesh/detour/internal/netns"
-	"github.com/detour-mesh/detour/redirect"
-	"github.com/detour-mesh/detour/redirect/backends"
 )
 
 // globalOptions are the flags every command shares.
@@ -25,6 +22,12 @@ type globalOptions struct {
 	// namespace). bpfPinDir and bpfRoot come from DETOUR_EBPF_PIN_DIR and
 	// DETOUR_EBPF_CGROUP_ROOT (tests and sandboxes; "" = the defaults).
 	cgroup, bpfPinDir, bpfRoot string
+	// delegate execs another of detour's binaries: detour-ebpf, for a lean
+	// build's commands that need the eBPF backend (ebpf.go).
+	delegate *delegator
+	// stdinDoc is what a --config - read from stdin, for detour-ebpf to
+	// read again when a lean build hands the command over.
+	stdinDoc []byte
 	// deferred are flag bindings that wait until the command that runs is
 	// known (later, bindFlags).
 	deferred []deferredFlags
@@ -58,13 +61,6 @@ func (g *globalOptions) bindFlags(root *cobra.Command, args []string) {
 		}
 	}
 	g.deferred = nil
-}
-
-// engine returns the redirect engine for the namespace at nsPath ("" = ours)
-// and a call that asks for backend (backends.AnyBackend: uninstall, status).
-func (g *globalOptions) engine(nsPath string, backend redirect.Backend, stderr io.Writer) *redirect.Engine {
-	return backends.Engine(nsPath, backends.Options{LockWait: g.lockWait, Logger: g.logger(stderr), Backend: backend,
-		EBPF: bpf.DriverOptions{Cgroup: g.cgroup, Loader: bpf.Options{PinDir: g.bpfPinDir, Root: g.bpfRoot}}})
 }
 
 // logger returns the logger the commands hand to packages: debug lines on
@@ -183,7 +179,7 @@ func (f cgroupFlag) Set(v string) error {
 	if v == "" {
 		return errors.New("an empty value names no cgroup (leave --cgroup out for the network-namespace scope)")
 	}
-	if err := bpf.CheckCgroup(v); err != nil {
+	if err := checkCgroup(v); err != nil {
 		return errors.New("is not a cgroup v2 directory")
 	}
 	*f.p = v

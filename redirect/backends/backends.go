@@ -16,7 +16,7 @@ import (
 
 	"github.com/detour-mesh/detour/bpf"
 	"github.com/detour-mesh/detour/redirect"
-	"github.com/detour-mesh/detour/redirect/iptables"
+	"github.com/detour-mesh/detour/redirect/backends/netfilter"
 	"github.com/detour-mesh/detour/redirect/nftables"
 )
 
@@ -59,7 +59,7 @@ type Options struct {
 // AnyBackend is Options.Backend for the calls that read or remove detour's
 // state in every backend and install with none (uninstall, status), to
 // which the order of the Drivers decides nothing.
-const AnyBackend redirect.Backend = "any"
+const AnyBackend = netfilter.AnyBackend
 
 // All returns every Driver of this build in auto's order of preference:
 // the iptables backends, the one plain `iptables` uses on this host first,
@@ -68,14 +68,7 @@ const AnyBackend redirect.Backend = "any"
 // other tools are there), then ebpf (which auto never picks: only --backend
 // ebpf installs it).
 func All(o Options) []redirect.Driver {
-	var out []redirect.Driver
-	switch o.Backend {
-	case "", redirect.BackendAuto, redirect.BackendIPTables:
-		out = append(out, iptables.Drivers(o.LockWait, o.Logger)...)
-	default:
-		out = append(out, iptables.DriversAnyOrder(o.LockWait, o.Logger)...)
-	}
-	out = append(out, nftables.New(nftables.Options{Logger: o.Logger}))
+	out := netfilter.Drivers(netfilter.Options{LockWait: o.LockWait, Logger: o.Logger, Backend: o.Backend})
 	e := o.EBPF
 	if e.Loader.Logger == nil {
 		e.Loader.Logger = o.Logger

@@ -58,9 +58,19 @@ func (g *globalOptions) bindFlags(root *cobra.Command, args []string) {
 	for _, d := range g.deferred {
 		if !only || d.cmd == target {
 			d.bind()
+			if !only {
+				// Help or completion: they show the flags' usage.
+				describeConfigFlags(d.cmd.Flags())
+			}
 		}
 	}
 	g.deferred = nil
+	// A command's own --help describes its flags when it runs.
+	help := root.HelpFunc()
+	root.SetHelpFunc(func(c *cobra.Command, args []string) {
+		describeConfigFlags(c.Flags())
+		help(c, args)
+	})
 }
 
 // logger returns the logger the commands hand to packages: debug lines on

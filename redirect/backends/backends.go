@@ -1,7 +1,8 @@
 // Package backends assembles the Drivers detour is built with, in the order
-// `backend auto` prefers them: the one place that names every backend, so
-// adding one is one line here. cmd/detour and cni use it; redirect does not
-// (it only knows the redirect.Driver interface).
+// `backend auto` prefers them: the netfilter ones from
+// redirect/backends/netfilter (which the lean detour uses alone), then the
+// eBPF one. cmd/detour (its whole build, detour-ebpf) and cni use it;
+// redirect does not (it only knows the redirect.Driver interface).
 package backends
 
 import (

@@ -22,24 +22,31 @@ const handOver = "handing the command over"
 
 // TestLeanDetour: the suite runs the lean detour (-tags detour_lean, as
 // `make build` makes bin/detour), which does not link the eBPF backend and
-// hands the commands that need it to detour-ebpf next to it. An ebpf install
-// whose configuration comes on stdin (--config -: read by detour, then again
-// by detour-ebpf) captures and leaves inbound alone as that document says; a
-// switch to nftables is handed over too (the eBPF maps are pinned) and ends
-// with only nftables' table, still capturing; once nothing of the eBPF
-// backend is pinned, detour serves the commands itself.
+// hands the commands that need it to detour-ebpf next to it. An install whose
+// configuration, backend ebpf included, comes on stdin (--config -: read by
+// detour, then again by detour-ebpf) captures and leaves inbound alone as
+// that document says; a switch to nftables is handed over too (the eBPF maps
+// are pinned) and ends with only nftables' table, still capturing; once
+// nothing of the eBPF backend is pinned, detour serves the commands itself.
+// The other eBPF tests hand over on --backend ebpf, before detour reads
+// anything.
 func TestLeanDetour(t *testing.T) {
 	privtest.Require(t, "ip", "setpriv", "nft")
 	p := newPod(t, variant{family: lab.IPv4, backend: ebpfBackend, mode: "redirect"})
 	p.startProxies()
 	kept := netip.MustParseAddr("192.0.2.77")
 
-	r := p.detourStdin("inbound:\n  enabled: false\n", append(p.withFlags("install", "-v"), "--config", "-")...)
+	// The backend comes from the document on stdin, so detour reads it
+	// before it knows that detour-ebpf must serve the command.
+	flags := p.flags()
+	i := slices.Index(flags, "--backend")
+	flags = slices.Delete(slices.Clone(flags), i, i+2)
+	r := p.detourStdin("backend: ebpf\ninbound:\n  enabled: false\n", append(append([]string{"install", "-v"}, flags...), "--config", "-")...)
 	if r.code != 0 {
-		t.Fatalf("install --backend ebpf --config -:\n%s", r)
+		t.Fatalf("install --config - (backend: ebpf):\n%s", r)
 	}
 	if !strings.Contains(r.stderr, handOver) {
-		t.Errorf("install --backend ebpf: detour did not hand it to detour-ebpf:\n%s", r)
+		t.Errorf("install with backend ebpf from stdin: detour did not hand it to detour-ebpf:\n%s", r)
 	}
 	p.outbound("O1 through the eBPF backend", p.app(0, netip.AddrPortFrom(kept, p.remotePort())), srvOutbound)
 	if got := nftTables(p); got != "" {

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"strings"
 
 	"golang.org/x/sys/unix"
 
@@ -53,6 +54,29 @@ func (g *globalOptions) needsEBPF(backend redirect.Backend) string {
 	maps := filepath.Join(dir, "maps")
 	if _, err := os.Stat(maps); !errors.Is(err, fs.ErrNotExist) {
 		return "the eBPF backend's maps are pinned at " + maps
+	}
+	return ""
+}
+
+// earlyEBPF says why the command line or the environment plainly asks for the
+// eBPF backend ("" when they do not): --backend ebpf, --cgroup, or
+// DETOUR_BACKEND=ebpf. It reads the arguments without parsing them, so it
+// can be wrong only in taking some other argument for one of these, which
+// costs a needless hand-over, never a wrong result: detour-ebpf is the same
+// CLI. A backend a config file names is found later, by engine.
+func earlyEBPF(args []string, lookup func(string) (string, bool)) string {
+	for i, a := range args {
+		switch {
+		case a == "--":
+			return ""
+		case a == "--backend=ebpf", a == "--backend" && i+1 < len(args) && args[i+1] == "ebpf":
+			return "--backend ebpf"
+		case a == "--cgroup", strings.HasPrefix(a, "--cgroup="):
+			return "--cgroup"
+		}
+	}
+	if v, ok := lookup("DETOUR_BACKEND"); ok && strings.TrimSpace(v) == string(redirect.BackendEBPF) {
+		return "DETOUR_BACKEND=ebpf"
 	}
 	return ""
 }

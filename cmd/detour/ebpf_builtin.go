@@ -20,3 +20,6 @@ func (g *globalOptions) engine(nsPath string, backend redirect.Backend, stderr i
 
 // checkCgroup reports whether path is a cgroup v2 directory.
 func checkCgroup(path string) error { return bpf.CheckCgroup(path) }
+
+// handOverEarly does nothing: this build has the eBPF backend.
+func handOverEarly([]string) {}

@@ -109,3 +109,33 @@ func TestDelegateEBPFMissing(t *testing.T) {
 		}
 	}
 }
+
+// TestEarlyEBPF: what a lean detour hands over before doing anything else.
+func TestEarlyEBPF(t *testing.T) {
+	t.Parallel()
+	none := func(string) (string, bool) { return "", false }
+	env := func(v string) func(string) (string, bool) {
+		return func(k string) (string, bool) { return v, k == "DETOUR_BACKEND" }
+	}
+	tests := []struct {
+		args   []string
+		lookup func(string) (string, bool)
+		want   bool
+	}{
+		{[]string{"install", "--backend", "ebpf"}, none, true},
+		{[]string{"install", "--preset", "istio", "--backend=ebpf"}, none, true},
+		{[]string{"-v", "status", "--cgroup", "/sys/fs/cgroup/app.slice"}, none, true},
+		{[]string{"uninstall", "--cgroup=/sys/fs/cgroup/app.slice"}, none, true},
+		{[]string{"install"}, env("ebpf"), true},
+		{[]string{"install", "--backend", "nftables"}, none, false},
+		{[]string{"install", "--backend", "iptables"}, env("nftables"), false},
+		{[]string{"plan", "--config", "ebpf.yaml"}, none, false},
+		{[]string{"version"}, none, false},
+		{[]string{"install", "--", "--backend", "ebpf"}, none, false},
+	}
+	for _, tt := range tests {
+		if got := earlyEBPF(tt.args, tt.lookup); (got != "") != tt.want {
+			t.Errorf("earlyEBPF(%q) = %q, want handed over: %v", tt.args, got, tt.want)
+		}
+	}
+}

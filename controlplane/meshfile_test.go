@@ -118,6 +118,8 @@ func TestDecodeMeshErrors(t *testing.T) {
 		want      []string
 	}{
 		{"malformed yaml", "services: [", []string{`(document): `, "is not valid YAML or JSON"}},
+		{"duplicate key", "outboundPolicy: allow-any\noutboundPolicy: registry-only", []string{`(document): `, `key \"outboundPolicy\" already set in map" is not valid YAML or JSON`}},
+		{"duplicate nested key", "workloads: [{nodeId: w, nodeId: v, addresses: [192.0.2.1]}]", []string{`key \"nodeId\" already set in map`}},
 		{"not a mapping", "[1, 2]", []string{`(document): "[1,2]" is not a mapping`}},
 		{"unknown top-level key", "servics: []", []string{`servics: "[]" is not a known field (one of outboundPolicy, allowMassRemoval, dns, transparentProxy, services, workloads)`}},
 		{"unknown policy", "outboundPolicy: deny", []string{`outboundPolicy: "deny" is not one of allow-any, registry-only`}},

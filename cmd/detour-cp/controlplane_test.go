@@ -129,6 +129,10 @@ func TestControlPlaneInvalidInputExitsTwo(t *testing.T) {
 	}{
 		{"invalid mesh", []string{"control-plane", "--config", bad, "--xds-address", "127.0.0.1:0", "--http-address", "off"}, `services[0].ports[0]: "70000" is not a port`},
 		{"no config", []string{"control-plane"}, "--config is required"},
+		{"missing mesh file", []string{"control-plane", "--config", bad + ".missing", "--xds-address", "127.0.0.1:0", "--http-address", "off", "--settle", "0"}, `mesh file: "` + bad + `.missing" cannot be read: no such file or directory`},
+		{"mesh file a directory", []string{"control-plane", "--config", filepath.Dir(bad), "--xds-address", "127.0.0.1:0", "--http-address", "off", "--settle", "0"}, "is not a regular file (a directory)"},
+		{"resources missing mesh file", []string{"control-plane", "resources", "--config", bad + ".missing", "--node-id", "a"}, "cannot be read: no such file or directory"},
+		{"bootstrap missing mesh file", []string{"bootstrap", "--node-id", "a", "--control-plane", "127.0.0.1:1", "--mesh", bad + ".missing"}, "cannot be read: no such file or directory"},
 		{"unknown source", []string{"control-plane", "--source", "etcd"}, `--source "etcd" is not one of file, kubernetes`},
 		{"negative settle", []string{"control-plane", "--config", bad, "--settle", "-1s"}, "--settle -1s must not be negative"},
 		{"dns flags with a file", []string{"control-plane", "--config", bad, "--dns-suffix", "svc.example"}, "--dns-suffix and --dns-upstream are for --source kubernetes"},

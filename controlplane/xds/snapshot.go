@@ -64,10 +64,11 @@ func (t *servedType) lookup(name string) *Resource {
 	return t.resources[i]
 }
 
-// newServedType sorts resources by name and versions them by a hash of their
-// names and content hashes. scratch is reused for the hash's input.
+// newServedType sorts resources by name, in place, keeps them, and versions
+// them by a hash of their names and content hashes. scratch is reused for the
+// hash's input.
 func newServedType(typeURL string, resources []*Resource, scratch []byte) (servedType, []byte, error) {
-	t := servedType{resources: slices.Clone(resources), all: make([]*anypb.Any, len(resources))}
+	t := servedType{resources: slices.Clip(resources), all: make([]*anypb.Any, len(resources))}
 	slices.SortFunc(t.resources, func(a, b *Resource) int { return cmp.Compare(a.name, b.name) })
 	b := scratch[:0]
 	for i, r := range t.resources {
@@ -99,7 +100,9 @@ type SnapshotBuilder struct {
 }
 
 // Snapshot returns the snapshot of listeners and clusters (in any order;
-// names must be unique per type), versioned by their names and hashes.
+// names must be unique per type), versioned by their names and hashes. It
+// sorts the slices in place and keeps them: the caller must not modify them
+// afterwards.
 func (b *SnapshotBuilder) Snapshot(listeners, clusters []*Resource) (*Snapshot, error) {
 	l, scratch, err := newServedType(resourcev3.ListenerType, listeners, b.scratch)
 	if err != nil {

@@ -90,6 +90,12 @@ type installed struct {
 	inbound redirect.Installed // nil without an inbound Driver
 }
 
+var _ redirect.Leftovers = (*installed)(nil)
+
+// Leftovers names pins that belong to no scope at all (State.Leftover): the
+// Driver's Remove of any scope removes them.
+func (i *installed) Leftovers() string { return i.state.Leftover() }
+
 func (i *installed) Empty() bool {
 	return len(i.lines) == 0 && (i.inbound == nil || i.inbound.Empty())
 }
@@ -309,7 +315,13 @@ func settings(c redirect.Config) Settings { return Settings{Accelerate: c.EBPF.A
 
 // familyLines keeps the lines of family f: the programs, the config and the
 // owner and port lists belong to both; CIDRs and DNS servers to their own.
+// A family the scope's config does not capture (its flags name the other
+// family's out4/dns4 or out6/dns6 only) has no share: an IPv4-only install
+// would otherwise show the shared lines as IPv6 state (check's drift).
 func familyLines(lines []string, f redirect.Family) []string {
+	if !capturesFamily(lines, f) {
+		return nil
+	}
 	var out []string
 	for _, l := range lines {
 		switch {
@@ -321,6 +333,32 @@ func familyLines(lines []string, f redirect.Family) []string {
 		out = append(out, l)
 	}
 	return out
+}
+
+// capturesFamily reads the config line's flags: false only when they name
+// the other family's capture and not f's.
+func capturesFamily(lines []string, f redirect.Family) bool {
+	for _, l := range lines {
+		rest, ok := strings.CutPrefix(l, "config flags=")
+		if !ok {
+			continue
+		}
+		flags, _, _ := strings.Cut(rest, " ")
+		has := func(names ...string) bool {
+			for _, fl := range strings.Split(flags, ",") {
+				if slices.Contains(names, fl) {
+					return true
+				}
+			}
+			return false
+		}
+		mine, other := []string{"out4", "dns4"}, []string{"out6", "dns6"}
+		if f == redirect.IPv6 {
+			mine, other = other, mine
+		}
+		return has(mine...) || !has(other...)
+	}
+	return true
 }
 
 // Explain says what the programs do with an outbound connection of this

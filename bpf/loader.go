@@ -81,7 +81,15 @@ type State struct {
 	// unenrolled are the entries of recorded scopes that have no enrolment.
 	records    map[uint64]record
 	unenrolled map[uint64]ScopeState
+	// leftover, when not "", says that what is pinned belongs to no scope:
+	// an install was interrupted before it enrolled one (Leftover).
+	leftover string
 }
+
+// Leftover says what is pinned without belonging to any scope — an install
+// killed after it pinned maps (or attached programs) and before it enrolled
+// its scope — or "" when nothing is. Removing any scope removes it.
+func (s State) Leftover() string { return s.leftover }
 
 // Empty reports that nothing of detour's is pinned.
 func (s State) Empty() bool { return len(s.Scopes) == 0 && len(s.Links) == 0 }

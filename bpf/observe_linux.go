@@ -27,11 +27,20 @@ func (l *Loader) Observe() (State, error) {
 	if _, err := os.Stat(l.mapDir()); errors.Is(err, fs.ErrNotExist) {
 		return st, nil // the last scope left meanwhile
 	}
+	if st.Links, err = l.observeLinks(); err != nil {
+		return st, err
+	}
 	ro := &ebpf.LoadPinOptions{ReadOnly: true}
 	s := &store{maps: map[string]*ebpf.Map{}}
 	defer s.close()
 	for _, name := range []string{"scopes", "configs", "cidrs4", "cidrs6", "ids", "ports", "dns_servers"} {
 		m, err := ebpf.LoadPinnedMap(filepath.Join(l.mapDir(), name), ro)
+		if errors.Is(err, fs.ErrNotExist) && len(st.Links) == 0 {
+			// An install pins its maps one by one, under the lock this
+			// holds now; one killed meanwhile left some, and no scope.
+			st.leftover = fmt.Sprintf("some of detour's maps pinned under %s belong to no scope (an install was interrupted while it pinned them: %s is missing)", l.mapDir(), name)
+			return st, nil
+		}
 		if err != nil {
 			return st, fmt.Errorf("load pinned map %s: %w", name, err)
 		}
@@ -76,17 +85,33 @@ func (l *Loader) Observe() (State, error) {
 		}
 		st.unenrolled[k] = ScopeState{Config: r.Config, Lines: e.lines(), entries: e}
 	}
+	if len(st.Scopes) == 0 && len(st.records) == 0 {
+		// Enrolling is the last step of an install, under the lock this
+		// holds, and the last scope's removal unpins everything: pins
+		// without any scope are an install's that was interrupted.
+		what := "detour's maps"
+		if len(st.Links) > 0 {
+			what = "detour's maps and program links (the programs attached, capturing nothing)"
+		}
+		st.leftover = fmt.Sprintf("%s pinned under %s belong to no scope (an install was interrupted before it enrolled one)", what, l.opts.pinDir())
+	}
+	return st, nil
+}
+
+// observeLinks reads the pinned links' names by link directory.
+func (l *Loader) observeLinks() (map[string][]string, error) {
+	out := map[string][]string{}
 	dirs, _ := filepath.Glob(filepath.Join(l.opts.pinDir(), "links", "*"))
 	for _, d := range dirs {
 		pins, err := os.ReadDir(d)
 		if err != nil {
-			return st, fmt.Errorf("read links: %w", err)
+			return out, fmt.Errorf("read links: %w", err)
 		}
 		for _, p := range pins {
-			st.Links[filepath.Base(d)] = append(st.Links[filepath.Base(d)], p.Name())
+			out[filepath.Base(d)] = append(out[filepath.Base(d)], p.Name())
 		}
 	}
-	return st, nil
+	return out, nil
 }
 
 // Key is the scope's key in the scopes map and its link directory's name,

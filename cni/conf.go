@@ -12,6 +12,11 @@ import (
 	"github.com/detour-mesh/detour/redirect"
 )
 
+// CapabilityPodAnnotations is the CNI capability under which containerd and
+// CRI-O pass a pod's annotations in runtimeConfig, when the plugin's conflist
+// entry declares it ("capabilities": {"io.kubernetes.cri.pod-annotations": true}).
+const CapabilityPodAnnotations = "io.kubernetes.cri.pod-annotations"
+
 // Defaults of the plugin configuration keys.
 const (
 	// DefaultKubeconfig is where the DaemonSet (detour cni install) writes the
@@ -55,11 +60,24 @@ type Conf struct {
 	// of their own.
 	EBPFCgroupRoot string `json:"ebpfCgroupRoot,omitempty"`
 
+	// RuntimeConfig holds what the runtime passes for the capabilities the
+	// conflist entry declares. detour cni install declares
+	// CapabilityPodAnnotations, so containerd and CRI-O hand over the pod's
+	// annotations and ADD need not read the pod from the API.
+	RuntimeConfig struct {
+		PodAnnotations map[string]string `json:"io.kubernetes.cri.pod-annotations,omitempty"`
+	} `json:"runtimeConfig,omitempty"`
+
 	// PrevResult is the result of the previous plugin in the chain, kept as raw
 	// bytes so ADD can print it back byte for byte.
 	PrevResult json.RawMessage `json:"prevResult,omitempty"`
 	// ValidAttachments is set by the runtime for GC only.
 	ValidAttachments []types.GCAttachment `json:"cni.dev/valid-attachments,omitempty"`
+
+	// base is BaseConfig as ParseConf computed it (valid when parsed), so
+	// that ADD does not decode the config document twice.
+	base   redirect.Config
+	parsed bool
 }
 
 // ParseConf decodes the stdin configuration and fills the defaults. Errors name
@@ -78,9 +96,11 @@ func ParseConf(stdin []byte) (*Conf, error) {
 	if _, err := c.level(); err != nil {
 		return nil, newError(types.ErrInvalidNetworkConfig, err)
 	}
-	if _, err := c.BaseConfig(); err != nil {
+	base, err := c.BaseConfig()
+	if err != nil {
 		return nil, newError(types.ErrInvalidNetworkConfig, err)
 	}
+	c.base, c.parsed = base, true
 	for _, k := range []struct{ key, path string }{{"ebpfPinDir", c.EBPFPinDir}, {"ebpfCgroupRoot", c.EBPFCgroupRoot}} {
 		if k.path != "" && (!filepath.IsAbs(k.path) || filepath.Clean(k.path) != k.path || k.path == "/") {
 			return nil, newError(types.ErrInvalidNetworkConfig, fmt.Errorf("plugin config key %s: %q is not a clean absolute path below /", k.key, k.path))
@@ -123,6 +143,14 @@ func (c *Conf) BaseConfig() (redirect.Config, error) {
 		return redirect.Config{}, fmt.Errorf("plugin config keys preset and config: %w", err)
 	}
 	return base, nil
+}
+
+// baseConfig is BaseConfig, computed once by ParseConf.
+func (c *Conf) baseConfig() (redirect.Config, error) {
+	if c.parsed {
+		return c.base, nil
+	}
+	return c.BaseConfig()
 }
 
 func (c *Conf) level() (slog.Level, error) {

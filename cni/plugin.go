@@ -283,7 +283,7 @@ func (p *Plugin) Add(args *skel.CmdArgs) error {
 	if _, err := p.o.Stdout.Write(out); err != nil {
 		return newError(types.ErrIOFailure, fmt.Errorf("write result: %w", err))
 	}
-	c.log.Info("added", "redirect", d.Redirect, "reason", d.Reason, "duration_ms", c.ms(p.o.Now()))
+	c.log.Info("added", "redirect", d.Redirect, "reason", d.Reason, "annotations_from", d.Source, "duration_ms", c.ms(p.o.Now()))
 	return nil
 }
 
@@ -474,7 +474,7 @@ func (p *Plugin) Status(args *skel.CmdArgs) error {
 	} else if _, err := kubeapi.New(cfg, kubeapi.Options{}); err != nil {
 		problems = append(problems, fmt.Sprintf("kubeconfig %s: %v", c.conf.Kubeconfig, err))
 	}
-	if base, _ := c.conf.BaseConfig(); base.Backend == redirect.BackendEBPF {
+	if base, _ := c.conf.baseConfig(); base.Backend == redirect.BackendEBPF {
 		// The eBPF backend runs no tool (its inbound table is netlink).
 		if err := p.o.EBPFReady(); err != nil {
 			problems = append(problems, fmt.Sprintf("backend ebpf: %v", err))

@@ -378,6 +378,18 @@ func TestAddDecides(t *testing.T) {
 		{name: "pod missing fails closed", objs: []any{plainNS}, args: podArgs("plain", "ghost"), wantCode: CodePodNotFound, wantMsg: `read pod plain/ghost: pods "ghost" not found`, apiCalls: 1},
 		{name: "pod uid differs fails closed", objs: []any{pod("plain", "web", enabled)}, args: podArgs("plain", "web") + ";K8S_POD_UID=uid-older", wantCode: CodePodNotFound, wantMsg: "the api has uid uid-web, the runtime asked for uid uid-older", apiCalls: 1},
 		{name: "namespace without pod name", args: "K8S_POD_NAMESPACE=plain", wantCode: types.ErrInvalidEnvironmentVariables, wantMsg: "without K8S_POD_NAME", apiCalls: 0},
+
+		// The runtime passes the pod's annotations (the conflist entry
+		// declares the capability): the pod is not read from the API.
+		{name: "runtime annotations enabled", args: podArgs("plain", "web"), conf: fromRuntime(enabled), want: &base, reason: "pod annotation", apiCalls: 0},
+		{name: "runtime annotations win over the api", objs: []any{pod("plain", "web", map[string]string{redirect.AnnotationRedirect: redirect.RedirectDisabled}), plainNS}, args: podArgs("plain", "web"), conf: fromRuntime(enabled), want: &base, reason: "pod annotation", apiCalls: 0},
+		{name: "runtime annotations disabled", objs: []any{meshNS}, args: podArgs("mesh", "web"), conf: fromRuntime(map[string]string{redirect.AnnotationRedirect: redirect.RedirectDisabled}), reason: "not enabled", apiCalls: 0},
+		{name: "runtime annotations short forms", args: podArgs("plain", "db-client"), conf: fromRuntime(map[string]string{redirect.AnnotationRedirect: redirect.RedirectEnabled, "detour.io/exclude-outbound-ports": "5432,6379"}), want: &withPorts, reason: "pod annotation", apiCalls: 0},
+		{name: "runtime annotations without ours read the namespace only", objs: []any{meshNS}, args: podArgs("mesh", "web"), conf: fromRuntime(nil), want: &base, reason: "namespace label", apiCalls: 1},
+		{name: "runtime annotations without ours and no label", objs: []any{plainNS}, args: podArgs("plain", "web"), conf: fromRuntime(nil), reason: "not enabled", apiCalls: 1},
+		{name: "runtime annotation typo fails", args: podArgs("plain", "web"), conf: fromRuntime(map[string]string{redirect.AnnotationRedirect: "on"}), wantCode: CodeInvalidAnnotation, wantMsg: `pod plain/web annotation: detour.io/redirect: "on" is not enabled or disabled`, apiCalls: 0},
+		{name: "runtime annotation bad value fails", args: podArgs("plain", "web"), conf: fromRuntime(map[string]string{redirect.AnnotationRedirect: redirect.RedirectEnabled, "detour.io/exclude-outbound-ports": "5432,70000"}), wantCode: CodeInvalidAnnotation, wantMsg: `annotation detour.io/exclude-outbound-ports "5432,70000"`, apiCalls: 0},
+		{name: "empty runtime annotations read the pod", objs: []any{pod("plain", "web", enabled)}, args: podArgs("plain", "web"), conf: map[string]any{"runtimeConfig": map[string]any{CapabilityPodAnnotations: map[string]string{}}}, want: &base, reason: "pod annotation", apiCalls: 1},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -431,6 +443,44 @@ func TestAddDecides(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// fromRuntime is the runtimeConfig a runtime adds for a pod with these
+// annotations when the conflist entry declares CapabilityPodAnnotations
+// (kubelet adds its own to every pod).
+func fromRuntime(annotations map[string]string) map[string]any {
+	m := map[string]string{"kubernetes.io/config.seen": "2030-01-02T03:04:05.000000000Z", "kubernetes.io/config.source": "api"}
+	for k, v := range annotations {
+		m[k] = v
+	}
+	return map[string]any{"runtimeConfig": map[string]any{CapabilityPodAnnotations: m}}
+}
+
+// TestAddRuntimeAnnotationsNeedNoAPI: with the pod's annotations from the
+// runtime, an opted-in pod is set up without the kubeconfig or the API; a pod
+// whose annotations do not say still needs its namespace, and fails closed
+// without the API.
+func TestAddRuntimeAnnotationsNeedNoAPI(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	e.kubeErr = errors.New("read kubeconfig: open /nonexistent/kubeconfig: no such file or directory")
+	err := e.p.Add(e.args("c1", podArgs("plain", "web"), e.conf("1.1.0", "", fromRuntime(map[string]string{redirect.AnnotationRedirect: redirect.RedirectEnabled}))))
+	if err != nil {
+		t.Fatalf("ADD with the annotations from the runtime and no API: %v", err)
+	}
+	if _, ok := e.net.installed[testNetns]; !ok {
+		t.Errorf("not installed (calls %v)", e.net.Calls())
+	}
+	if !strings.Contains(e.stderr.String(), `"annotations_from":"runtime"`) {
+		t.Errorf("log does not say the annotations came from the runtime:\n%s", e.stderr.String())
+	}
+	err = e.p.Add(e.args("c2", podArgs("plain", "other"), e.conf("1.1.0", "", fromRuntime(nil))))
+	if ErrorCode(err) != types.ErrTryAgainLater || !strings.Contains(fmt.Sprint(err), "read namespace plain") {
+		t.Fatalf("ADD needing the namespace without the API: err = %v (code %d), want code %d naming the namespace read", err, ErrorCode(err), types.ErrTryAgainLater)
+	}
+	if _, ok := e.state("c2"); ok {
+		t.Error("state recorded for a failed ADD")
 	}
 }
 

@@ -64,7 +64,16 @@ type decision struct {
 	// "enabled by namespace label".
 	Reason string
 	Config redirect.Config // valid when Redirect
+	// Source says where the pod's annotations came from: sourceRuntime or
+	// sourceAPI ("" when they were not needed).
+	Source string
 }
+
+// Where a decision's pod annotations came from (the log key annotations_from).
+const (
+	sourceRuntime = "runtime"
+	sourceAPI     = "api"
+)
 
 // retrier runs Kubernetes reads with bounded attempts.
 type retrier struct {
@@ -106,39 +115,66 @@ func transient(err error) bool {
 	return code == 0 || code == 429 || code >= 500
 }
 
-// decide reads the pod (and, when the pod does not say, its namespace) and
-// returns whether and how to redirect. Every failure to know is an error: the
-// plugin fails closed rather than start a pod unmeshed by accident.
+// decide reads the pod's annotations (and, when they do not say, its
+// namespace's labels) and returns whether and how to redirect. The pod's
+// annotations are those the runtime passed in runtimeConfig (the
+// io.kubernetes.cri.pod-annotations capability) when it passed any: they are
+// the annotations of the very pod whose sandbox this is, so no API read is
+// needed. Otherwise the pod is read from the API. Every failure to know is an
+// error: the plugin fails closed rather than start a pod unmeshed by accident.
 func decide(ctx context.Context, conf *Conf, ref PodRef, kube func() (KubeClient, error), r retrier, fromAnnotations AnnotationDecoder) (decision, error) {
 	if conf.excluded(ref.Namespace) {
 		return decision{Reason: "namespace excluded by the plugin config"}, nil
 	}
-	client, err := kube()
-	if err != nil {
-		return decision{}, newError(types.ErrTryAgainLater, fmt.Errorf("read pod %s: %w", ref, err))
-	}
-	var pod *kubeapi.Pod
-	err = r.do(ctx, "pod "+ref.String(), func(ctx context.Context) error {
+	var client KubeClient
+	connect := func(op string) error {
+		if client != nil {
+			return nil
+		}
 		var err error
-		pod, err = client.Pod(ctx, ref.Namespace, ref.Name)
-		return err
-	})
-	if err != nil {
-		return decision{}, apiError("read pod "+ref.String(), err)
+		if client, err = kube(); err != nil {
+			return newError(types.ErrTryAgainLater, fmt.Errorf("%s: %w", op, err))
+		}
+		return nil
 	}
-	if ref.UID != "" && pod.Metadata.UID != ref.UID {
-		return decision{}, newError(CodePodNotFound, fmt.Errorf("read pod %s: the api has uid %s, the runtime asked for uid %s", ref, pod.Metadata.UID, ref.UID))
-	}
-	if pod.Spec.HostNetwork {
-		return decision{Reason: "host network pod"}, nil
+	// A runtime that declares the capability passes every pod's annotations,
+	// and kubelet gives every pod some (kubernetes.io/config.seen, …): an
+	// empty map means the runtime passed none, so ask the API.
+	annotations, source := conf.RuntimeConfig.PodAnnotations, sourceRuntime
+	if len(annotations) == 0 {
+		source = sourceAPI
+		if err := connect("read pod " + ref.String()); err != nil {
+			return decision{}, err
+		}
+		var pod *kubeapi.Pod
+		err := r.do(ctx, "pod "+ref.String(), func(ctx context.Context) error {
+			var err error
+			pod, err = client.Pod(ctx, ref.Namespace, ref.Name)
+			return err
+		})
+		if err != nil {
+			return decision{}, apiError("read pod "+ref.String(), err)
+		}
+		if ref.UID != "" && pod.Metadata.UID != ref.UID {
+			return decision{}, newError(CodePodNotFound, fmt.Errorf("read pod %s: the api has uid %s, the runtime asked for uid %s", ref, pod.Metadata.UID, ref.UID))
+		}
+		// Runtimes do not run CNI for a host-network sandbox; a pod read
+		// from the API is checked all the same.
+		if pod.Spec.HostNetwork {
+			return decision{Reason: "host network pod", Source: source}, nil
+		}
+		annotations = pod.Metadata.Annotations
 	}
 
-	on, set, err := optIn(pod.Metadata.Annotations, "pod "+ref.String()+" annotation")
+	on, set, err := optIn(annotations, "pod "+ref.String()+" annotation")
 	if err != nil {
 		return decision{}, newError(CodeInvalidAnnotation, err)
 	}
 	reason := "enabled by pod annotation"
 	if !set {
+		if err := connect("read namespace " + ref.Namespace); err != nil {
+			return decision{}, err
+		}
 		var ns *kubeapi.Namespace
 		err := r.do(ctx, "namespace "+ref.Namespace, func(ctx context.Context) error {
 			var err error
@@ -155,14 +191,14 @@ func decide(ctx context.Context, conf *Conf, ref PodRef, kube func() (KubeClient
 		reason = "enabled by namespace label"
 	}
 	if !on {
-		return decision{Reason: "not enabled (" + redirect.AnnotationRedirect + " is not " + redirect.RedirectEnabled + ")"}, nil
+		return decision{Reason: "not enabled (" + redirect.AnnotationRedirect + " is not " + redirect.RedirectEnabled + ")", Source: source}, nil
 	}
 
-	base, err := conf.BaseConfig()
+	base, err := conf.baseConfig()
 	if err != nil {
 		return decision{}, newError(types.ErrInvalidNetworkConfig, err)
 	}
-	cfg, err := fromAnnotations(base, pod.Metadata.Annotations)
+	cfg, err := fromAnnotations(base, annotations)
 	if err != nil {
 		return decision{}, newError(CodeInvalidAnnotation, fmt.Errorf("pod %s: %w", ref, err))
 	}
@@ -173,7 +209,7 @@ func decide(ctx context.Context, conf *Conf, ref PodRef, kube func() (KubeClient
 			Reason: "cannot be set by a pod annotation: it names a file on the node; set it in the plugin config",
 		}))
 	}
-	return decision{Redirect: true, Reason: reason, Config: cfg}, nil
+	return decision{Redirect: true, Reason: reason, Config: cfg, Source: source}, nil
 }
 
 // optIn reads redirect.AnnotationRedirect from a pod's annotations or a

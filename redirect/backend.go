@@ -90,6 +90,17 @@ type Installed interface {
 	Conflict() error
 }
 
+// Leftovers is implemented by an Installed that can find state of detour's
+// belonging to no install at all — what a run killed half way left, such as
+// the pins of an eBPF install that never enrolled its scope. Such state is
+// not installed (the Installed is Empty: install, check and auto ignore it);
+// Uninstall removes it with the Driver's Remove, and Status names it.
+type Leftovers interface {
+	// Leftovers says what is left, as a user would recognise it; "" when
+	// nothing is.
+	Leftovers() string
+}
+
 // Rendering is a Plan in one backend's own text.
 type Rendering struct {
 	Backend  Backend           `json:"backend"`

@@ -164,6 +164,35 @@ func TestValidateConflicts(t *testing.T) {
 	}
 }
 
+// TestValidateRefusesNoID: 4294967295 is (uid_t)-1, no user at all; a
+// Config built in Go (the control plane, the CNI plugin) that carries it is
+// refused like the same value from a flag, not left to iptables to fail.
+func TestValidateRefusesNoID(t *testing.T) {
+	t.Parallel()
+	c := Default()
+	c.Proxy.UID = 1<<32 - 1
+	gid := uint32(1<<32 - 1)
+	c.Proxy.GID = &gid
+	c.Outbound.ExcludeUIDs = []IDRange{{First: 0, Last: 1<<32 - 1}}
+	c.Outbound.ExcludePortsForUIDs = []UIDPortRule{{TCP, []PortRange{{53, 53}}, []IDRange{{1<<32 - 1, 1<<32 - 1}}}}
+	err := c.Validate()
+	for _, want := range []string{
+		`proxy.uid: "4294967295" is not a numeric id (0-4294967294`,
+		`proxy.gid: "4294967295" is not a numeric id`,
+		`outbound.excludeUIDs[0]: "0-4294967295" is not a numeric id or id range (0-4294967294)`,
+		`outbound.excludePortsForUIDs[0].uids[0]: "4294967295" is not a numeric id or id range`,
+	} {
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("Validate() = %v, want it to contain %q", err, want)
+		}
+	}
+	c = Default()
+	c.Outbound.ExcludeUIDs = []IDRange{{First: 0, Last: MaxID}}
+	if err := c.Validate(); err != nil {
+		t.Errorf("Validate() of excludeUIDs 0-4294967294 = %v", err)
+	}
+}
+
 func TestPresets(t *testing.T) {
 	t.Parallel()
 	istio, err := Preset("istio")

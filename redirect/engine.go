@@ -30,6 +30,13 @@ type Engine struct {
 	// them (redirect/backends.All). Uninstall removes detour's state from every
 	// one of them.
 	Drivers []Driver
+	// Neighbors are other scopes of detour in the namespace that this Engine
+	// neither installs, removes nor reports, but must know of (a cgroup
+	// scope's Engine: the namespace's own capture with another backend):
+	// an install that captures inbound beside one that does is refused, and
+	// the addresses on lo and the routing they use are kept, as for a
+	// Driver's NetSharer.
+	Neighbors []NetSharer
 
 	// net observes the backend-neutral netlink state; nil = the kernel's
 	// (tests put a fake here).
@@ -64,6 +71,11 @@ type Result struct {
 	Changed bool `json:"changed"`
 	// Processes counts the child processes the Drivers spawned.
 	Processes int `json:"processes"`
+	// Leftovers (Uninstall) name what it removed that belonged to no
+	// install: state of detour's that an interrupted run left behind
+	// (Leftovers), such as the pins of an eBPF install killed before it
+	// enrolled its scope.
+	Leftovers []string `json:"leftovers,omitempty"`
 }
 
 // Drift is the difference between what is installed and a plan.
@@ -113,6 +125,9 @@ type Status struct {
 	// when this scope holds nothing and the namespace's addresses on lo or
 	// routing are theirs.
 	SharedWith []string `json:"sharedWith,omitempty"`
+	// Leftovers name state of detour's that belongs to no install (an
+	// interrupted run left it; Leftovers); uninstall removes it.
+	Leftovers []string `json:"leftovers,omitempty"`
 }
 
 // Facts reads what planning needs from the namespace: whether it has a usable

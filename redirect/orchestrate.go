@@ -317,6 +317,16 @@ func (e *Engine) uninstall(ctx context.Context) (Result, error) {
 			}
 			res.Replaced = append(res.Replaced, s.d.Name())
 		}
+		for _, s := range states {
+			lo := leftovers(s)
+			if lo == "" {
+				continue
+			}
+			if err := s.d.Remove(ctx, s.have); err != nil {
+				return fmt.Errorf("remove what an interrupted run left in %s (%s): %w", s.d.Name(), lo, err)
+			}
+			res.Leftovers = append(res.Leftovers, fmt.Sprintf("%s: %s", s.d.Name(), lo))
+		}
 		for _, f := range allFamilies {
 			if net.drops() && net.owns(f) {
 				removed[f] = true
@@ -330,7 +340,7 @@ func (e *Engine) uninstall(ctx context.Context) (Result, error) {
 				res.Families = append(res.Families, f)
 			}
 		}
-		res.Changed = len(res.Families) > 0
+		res.Changed = len(res.Families) > 0 || len(res.Leftovers) > 0
 		if res.Changed {
 			e.logger().Info("uninstalled", "backends", res.Replaced, "families", res.Families, "netns", e.NetNS)
 		}
@@ -339,20 +349,34 @@ func (e *Engine) uninstall(ctx context.Context) (Result, error) {
 	return res, err
 }
 
+// leftovers is what of detour's a backend that holds no install found left
+// by an interrupted run (Leftovers); "" when nothing.
+func leftovers(s *driverState) string {
+	if s.holds() || s.have == nil {
+		return ""
+	}
+	if lo, ok := s.have.(Leftovers); ok {
+		return lo.Leftovers()
+	}
+	return ""
+}
+
 // otherScopes names the other scopes of detour in the namespace that every
-// NetSharer among the Drivers knows of. An error is logged and counts as
+// NetSharer among the Drivers, and every Neighbor, knows of. An error is logged and counts as
 // none (only an uninstall's or install's cleanup and the wording of status
 // depend on it).
 func (e *Engine) otherScopes(ctx context.Context) []string {
 	var out []string
+	sharers := slices.Clone(e.Neighbors)
 	for _, d := range e.Drivers {
-		s, ok := d.(NetSharer)
-		if !ok {
-			continue
+		if s, ok := d.(NetSharer); ok {
+			sharers = append(sharers, s)
 		}
+	}
+	for _, s := range sharers {
 		others, err := s.OtherScopes(ctx)
 		if err != nil {
-			e.logger().Warn("look for other scopes of detour", "backend", d.Name(), "error", err)
+			e.logger().Warn("look for other scopes of detour", "error", err)
 			continue
 		}
 		for _, o := range others {
@@ -397,9 +421,15 @@ func (e *Engine) shareNet(ctx context.Context, net netView) netView {
 // What of ours in the namespace's addresses and routing p does not want, and
 // another scope of detour may use, is left out of net (shared names those
 // scopes).
-func (e *Engine) readInstalled(ctx context.Context, p Plan) (held []*driverState, net netView, shared []string, err error) {
+func (e *Engine) readInstalled(ctx context.Context, p Plan) (held []*driverState, net netView, shared, left []string, err error) {
 	err = e.enter(func() error {
-		held = holding(e.observeAll(ctx, noCandidate))
+		states := e.observeAll(ctx, noCandidate)
+		held = holding(states)
+		for _, s := range states {
+			if lo := leftovers(s); lo != "" {
+				left = append(left, fmt.Sprintf("%s: %s", s.d.Name(), lo))
+			}
+		}
 		if net, err = e.observeNet(p); err != nil {
 			return err
 		}
@@ -410,12 +440,12 @@ func (e *Engine) readInstalled(ctx context.Context, p Plan) (held []*driverState
 		}
 		return nil
 	})
-	return held, net, shared, err
+	return held, net, shared, left, err
 }
 
 func (e *Engine) check(ctx context.Context, p Plan) (Drift, error) {
 	var d Drift
-	held, net, _, err := e.readInstalled(ctx, p)
+	held, net, _, _, err := e.readInstalled(ctx, p)
 	if err != nil {
 		return d, err
 	}
@@ -459,11 +489,11 @@ func (e *Engine) check(ctx context.Context, p Plan) (Drift, error) {
 
 func (e *Engine) status(ctx context.Context) (Status, error) {
 	st := Status{Rules: map[Family]string{}}
-	held, net, shared, err := e.readInstalled(ctx, Plan{})
+	held, net, shared, left, err := e.readInstalled(ctx, Plan{})
 	if err != nil {
 		return st, err
 	}
-	st.SharedWith = shared
+	st.SharedWith, st.Leftovers = shared, left
 	var have Installed
 	if len(held) > 0 {
 		st.Backend, have = held[0].d.Name(), held[0].have

@@ -63,12 +63,18 @@ func ParsePortRange(s string) (PortRange, error) {
 	return PortRange{a, b}, nil
 }
 
-// ParseID parses a numeric user or group id. Names are refused on purpose: looking
-// them up can hang for tens of seconds on hosts with remote user databases.
+// MaxID is the highest user or group id: 4294967295, (uid_t)-1, means "no
+// id" to the kernel (no process and no socket has it) and iptables' owner
+// match refuses it.
+const MaxID = 1<<32 - 2
+
+// ParseID parses a numeric user or group id, 0 to MaxID. Names are refused on
+// purpose: looking them up can hang for tens of seconds on hosts with remote
+// user databases.
 func ParseID(s string) (uint32, error) {
 	n, err := strconv.ParseUint(strings.TrimSpace(s), 10, 32)
-	if err != nil {
-		return 0, invalid(s, "is not a numeric id (0-4294967295; names are not looked up)")
+	if err != nil || n > MaxID {
+		return 0, invalid(s, "is not a numeric id (0-4294967294; names are not looked up)")
 	}
 	return uint32(n), nil
 }

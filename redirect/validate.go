@@ -33,8 +33,16 @@ func (c Config) Validate() error {
 		for i, r := range rs {
 			if r.Last < r.First {
 				bad(fmt.Sprintf("%s[%d]", field, i), r.String(), "is an id range whose end is below its start")
+			} else if r.Last > MaxID {
+				bad(fmt.Sprintf("%s[%d]", field, i), r.String(), "is not a numeric id or id range (0-4294967294)")
 			}
 		}
+	}
+	if c.Proxy.UID > MaxID {
+		bad("proxy.uid", strconv.FormatUint(uint64(c.Proxy.UID), 10), "is not a numeric id (0-4294967294; names are not looked up)")
+	}
+	if c.Proxy.GID != nil && *c.Proxy.GID > MaxID {
+		bad("proxy.gid", strconv.FormatUint(uint64(*c.Proxy.GID), 10), "is not a numeric id (0-4294967294; names are not looked up)")
 	}
 
 	port("proxy.inboundPort", c.Proxy.InboundPort)

@@ -76,6 +76,12 @@ func TestEBPFCgroup(t *testing.T) {
 			if r := p.detourCmd(nil, check...); r.code != 0 {
 				t.Errorf("check --cgroup, in sync: want exit 0:\n%s", r)
 			}
+			// validate probes from inside the cgroup: only there is a
+			// connection redirected (it said "FAIL … not redirected", exit 5).
+			validate := append([]string{"validate"}, args[1:]...)
+			if r := p.detourCmd(nil, validate...); r.code != 0 || !strings.Contains(r.stdout, "ok   "+string(f)) || !strings.Contains(r.stdout, "held by the proxy's socket") {
+				t.Errorf("validate --cgroup, the proxy (the helper) on the outbound port: want exit 0 and the probe held by its socket:\n%s", r)
+			}
 			drifted := p.withFlags("check", "--cgroup", cg, "--inbound=false")
 			if r := p.detourCmd(nil, drifted...); r.code != 3 {
 				t.Errorf("check --cgroup with another config: want exit 3 (drift):\n%s", r)
@@ -115,6 +121,7 @@ func TestEBPFCgroup(t *testing.T) {
 				t.Errorf("inbound disabled, yet the namespace holds nftables tables:\n%s", got)
 			}
 
+			cgroupExplainLive(t, p, cg)
 			cgroupInbound(t, p, h, cg, kept)
 
 			for range 2 {
@@ -141,6 +148,35 @@ func TestEBPFCgroup(t *testing.T) {
 			got, err := h.dial(o)
 			checkReply(t, "after uninstall (inside the cgroup)", o, srvRemote, got, err)
 		})
+	}
+}
+
+// cgroupExplainLive: `explain --live --cgroup` opens its connection from
+// inside the cgroup, like validate: only there is it redirected (it said
+// "did not arrive … NOT as the verdict says", exit 5). A second scope beside
+// the test's, whose outbound port nobody holds (--live listens there).
+func cgroupExplainLive(t *testing.T, p *pod, cg string) {
+	t.Helper()
+	cg2 := cg + "-live"
+	if err := os.Mkdir(cg2, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := os.Remove(cg2); err != nil {
+			t.Errorf("remove the second scope's cgroup: %v", err)
+		}
+	})
+	port := strconv.Itoa(int(p.rnd.Port()))
+	if r := p.detourCmd(nil, p.withFlags("install", "--cgroup", cg2, "--inbound=false", "--outbound-port", port)...); r.code != 0 {
+		t.Fatalf("install --cgroup of a second scope:\n%s", r)
+	}
+	explain := p.withFlags("explain", "--cgroup", cg2, "--outbound-port", port, "--live", "--timeout", "2s",
+		"--to", p.remoteDest().String(), "--uid", "60100", "--gid", "60100")
+	if r := p.detourCmd([]string{"DETOUR_INBOUND=false"}, explain...); r.code != 0 || !strings.Contains(r.stdout, "live:       arrived on port "+port) {
+		t.Errorf("explain --live --cgroup: want exit 0 and the connection arrived on :%s:\n%s", port, r)
+	}
+	if r := p.detourCmd(nil, "uninstall", "--cgroup", cg2); r.code != 0 {
+		t.Fatalf("uninstall --cgroup of the second scope:\n%s", r)
 	}
 }
 

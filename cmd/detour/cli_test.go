@@ -11,6 +11,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/detour-mesh/detour/bpf"
 	"github.com/detour-mesh/detour/redirect"
 )
 
@@ -50,6 +51,12 @@ func TestUsageErrorsExit2(t *testing.T) {
 		{"empty netns, = form", []string{"uninstall", "--netns="}, `"--netns" flag: an empty value`},
 		{"negative lock wait", []string{"install", "--lock-wait", "-1s"}, `"--lock-wait" flag: a wait cannot be negative`},
 		{"empty list element", []string{"plan", "--exclude-outbound-ports", "80,,90"}, `outbound.excludePorts: "80,,90" has an empty list element`},
+		// (uid_t)-1 is no user: the kernel never gives a socket that owner
+		// and iptables' owner match refuses it (an install failed with exit 1).
+		{"uid 4294967295", []string{"plan", "--exclude-outbound-uids", "4294967295"}, `outbound.excludeUIDs[0]: "4294967295" is not a numeric id or id range`},
+		{"uid range to 4294967295", []string{"plan", "--exclude-outbound-uids", "0-4294967295"}, `outbound.excludeUIDs[0]: "0-4294967295"`},
+		{"proxy uid 4294967295", []string{"plan", "--proxy-uid", "4294967295"}, `proxy.uid: "4294967295" is not a numeric id (0-4294967294`},
+		{"proxy gid 4294967295", []string{"plan", "--proxy-gid", "4294967295"}, `proxy.gid: "4294967295"`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -261,5 +268,32 @@ func TestFlagsOfEveryCommand(t *testing.T) {
 	// uninstall never took a configuration.
 	if code, _, stderr := runCLI(t, "uninstall", "--preset", "istio"); code != exitUsage || !strings.Contains(stderr, "unknown flag: --preset") {
 		t.Errorf("uninstall --preset: exit %d, %s; want exit 2, unknown flag", code, stderr)
+	}
+}
+
+// TestCgroupNeedsEBPF: --cgroup is the eBPF backend's scope. With another
+// backend it used to be ignored, and the install captured the whole network
+// namespace instead of the cgroup the user named: exit 2, naming both.
+func TestCgroupNeedsEBPF(t *testing.T) {
+	t.Parallel()
+	cg, err := bpf.CgroupRoot()
+	if err != nil {
+		t.Skipf("no cgroup v2 hierarchy here: %v", err)
+	}
+	for _, backend := range []string{"nftables", "iptables", "auto"} {
+		for _, cmd := range []string{"plan", "check", "explain"} {
+			args := []string{cmd, "--cgroup", cg, "--backend", backend}
+			if cmd == "explain" {
+				args = append(args, "--to", "192.0.2.1:80")
+			}
+			code, _, stderr := runCLI(t, args...)
+			want := `--cgroup: only backend ebpf has a cgroup scope; backend is "` + backend + `"`
+			if code != exitUsage || !strings.Contains(stderr, want) {
+				t.Errorf("detour %s: exit %d, stderr %q; want exit %d and %q", strings.Join(args, " "), code, stderr, exitUsage, want)
+			}
+		}
+	}
+	if code, _, stderr := runCLI(t, "plan", "--cgroup", cg, "--backend", "ebpf", "--inbound=false"); code != 0 {
+		t.Errorf("plan --cgroup --backend ebpf: exit %d: %s", code, stderr)
 	}
 }

@@ -45,9 +45,10 @@ func exitCode(err error, stderr io.Writer) int {
 		return exitOK
 	}
 	var silent *silentError
-	if !errors.As(err, &silent) {
-		fmt.Fprintln(stderr, "detour:", err)
+	if errors.As(err, &silent) {
+		return silent.code
 	}
+	fmt.Fprintln(stderr, "detour:", err)
 	var ee *exitError
 	switch {
 	case errors.As(err, &ee):

@@ -301,7 +301,16 @@ func runExplain(ctx context.Context, o *explainOptions, g *globalOptions, s stre
 	}
 	e.Agree = e.Installed && len(e.Differences) == 0
 	if o.live {
-		e.Live = liveProbe(ctx, p, conn, e, o.timeout)
+		// The eBPF cgroup scope redirects only sockets made below its
+		// cgroup: the live connection (and its listener) must be there.
+		if g.cgroup != "" {
+			if err := joinCgroup(g.cgroup); err != nil {
+				e.Live = &liveOutcome{Error: "the connection must be opened below the cgroup it checks: " + err.Error()}
+			}
+		}
+		if e.Live == nil {
+			e.Live = liveProbe(ctx, p, conn, e, o.timeout)
+		}
 	}
 	if o.mesh != "" && e.Captured && (e.To == "outbound" || e.To == "inbound") {
 		rt, err := o.envoyRoute(ctx, conn, e.To == "inbound")

@@ -26,8 +26,10 @@ func newInstallCmd(s streams, g *globalOptions) *cobra.Command {
 		Use:   "install [flags]",
 		Short: "Install the redirection into the sidecar (plan, observe, apply)",
 		Long: `Install plans the rules for the configuration, reads what the network namespace
-already holds and applies the difference: one iptables-restore per IP family, nothing
-when the rules are already in place. On a host (no --netns), the ports sshd listens on
+already holds and applies the difference — one iptables-restore per IP family, one
+nftables netlink batch, or the eBPF maps' changed entries — and nothing when the rules
+are already in place. Installing with another backend than the one holding detour's
+rules switches: the new rules first, then the old ones removed. On a host (no --netns), the ports sshd listens on
 and the port of the SSH session you are connected through are excluded from inbound
 capture unless --capture-ssh is given.`,
 		Args: cobra.NoArgs,

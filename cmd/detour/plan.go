@@ -84,6 +84,11 @@ func (in *planInput) load(ctx context.Context, g *globalOptions, s streams) (pla
 	if err != nil {
 		return planned{}, err
 	}
+	if g.cgroup != "" && cfg.Backend != redirect.BackendEBPF {
+		// Another backend has no cgroup scope: ignoring --cgroup would
+		// capture the whole namespace instead of the cgroup asked for.
+		return planned{}, usageError("--cgroup: only backend ebpf has a cgroup scope; backend is %q (give --backend ebpf, or leave --cgroup out to capture the whole network namespace)", cfg.Backend)
+	}
 	nsPath, err := netnsPath(in.netns)
 	if err != nil {
 		return planned{}, err

@@ -13,8 +13,8 @@ func newRootCmd(s streams, d *delegator) *cobra.Command {
 	root := &cobra.Command{
 		Use:   "detour",
 		Short: "Send a workload's traffic through its sidecar proxy, without touching the app",
-		Long: `detour installs the kernel redirection (iptables) that sends a workload's TCP
-and DNS traffic through its sidecar proxy. The control plane that serves the
+		Long: `detour installs the kernel redirection (iptables, nftables or eBPF, --backend)
+that sends a workload's TCP and DNS traffic through its sidecar proxy. The control plane that serves the
 proxy matching listeners is the detour-cp binary; control-plane and bootstrap
 run it.`,
 		SilenceUsage:  true,

@@ -50,11 +50,18 @@ func runStatus(ctx context.Context, o *statusOptions, g *globalOptions, s stream
 	if len(st.SharedWith) > 0 {
 		shared = fmt.Sprintf("detour's addresses on lo in this namespace are kept for %s\n", strings.Join(st.SharedWith, ", "))
 	}
+	for _, l := range st.Leftovers {
+		shared += fmt.Sprintf("left by an interrupted run of detour: %s; `detour uninstall` removes it\n", l)
+	}
 	if !st.Installed {
 		_, err := fmt.Fprint(s.out, "detour is not installed\n"+shared)
 		return err
 	}
-	fmt.Fprintf(s.out, "detour is installed (%s; %s)\n%s", st.Backend, joinFamilies(st.Families), shared)
+	backend := string(st.Backend)
+	if backend == "" {
+		backend = "routing and addresses only" // no backend holds rules of detour's: an install cut short
+	}
+	fmt.Fprintf(s.out, "detour is installed (%s; %s)\n%s", backend, joinFamilies(st.Families), shared)
 	if len(st.Others) > 0 {
 		fmt.Fprintf(s.out, "detour's rules are also in %s (a switch that did not finish): install with --backend %s to keep one, or uninstall\n", joinBackends(st.Others), st.Backend)
 	}

@@ -22,9 +22,12 @@ func newUninstallCmd(s streams, g *globalOptions) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "uninstall [flags]",
 		Short: "Remove exactly what detour installed, in every family and table",
-		Long: `Uninstall removes the chains named DETOUR_*, the rules carrying detour's ownership
-comment and the TPROXY routing, and nothing else. It succeeds, changing nothing, when
-detour is not installed. It refuses when it finds DETOUR_* chains it does not own.`,
+		Long: `Uninstall removes what detour installed in every backend, and nothing else: the
+iptables chains named DETOUR_* and the rules carrying detour's ownership comment, the
+nftables table inet detour, the eBPF scope's map entries (and the programs and pins once
+no scope is left), the TPROXY routing and the addresses it put on lo. With --cgroup it
+removes that eBPF cgroup scope only. It succeeds, changing nothing, when detour is not
+installed. It refuses when it finds DETOUR_* chains it does not own.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			return runUninstall(cmd.Context(), o, g, s)
@@ -65,12 +68,17 @@ func runUninstall(ctx context.Context, o *uninstallOptions, g *globalOptions, s 
 		_, err = fmt.Fprintln(s.out, "nothing to remove: detour is not installed")
 		return err
 	}
-	from := joinBackends(res.Replaced)
-	if from == "" {
-		from = "routing and addresses only" // no backend held rules of detour's
+	if len(res.Families) > 0 {
+		from := joinBackends(res.Replaced)
+		if from == "" {
+			from = "routing and addresses only" // no backend held rules of detour's
+		}
+		fmt.Fprintf(s.out, "detour removed (%s; %s)\n", from, joinFamilies(res.Families))
 	}
-	_, err = fmt.Fprintf(s.out, "detour removed (%s; %s)\n", from, joinFamilies(res.Families))
-	return err
+	for _, l := range res.Leftovers {
+		fmt.Fprintf(s.out, "removed what an interrupted run of detour left: %s\n", l)
+	}
+	return nil
 }
 
 func joinFamilies(fs []redirect.Family) string {

@@ -33,8 +33,9 @@ start Envoy, validate), it asks the kernel instead: the connection must be held 
 socket on the outbound port (the proxy's; its uid is printed). As root it probes as a
 captured uid it switches to; without CAP_SETUID/CAP_SETGID (the restricted Pod
 Security standard) or as another user it probes as itself, which the configuration
-must capture. It exits 5 when a connection is not redirected, 1 when it cannot run
-the check.`,
+must capture. With --cgroup (the eBPF backend's cgroup scope) validate joins that
+cgroup first, since only sockets made below it are redirected. It exits 5 when a
+connection is not redirected, 1 when it cannot run the check.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			o.in.fromEnv()
@@ -95,6 +96,14 @@ func runValidate(ctx context.Context, o *validateOptions, g *globalOptions, s st
 	probes, err := planProbes(plan, runner{uint32(os.Geteuid()), uint32(os.Getegid()), canSwitchCredentials()})
 	if err != nil {
 		return err
+	}
+	if g.cgroup != "" {
+		// The cgroup scope captures only sockets made below the cgroup: the
+		// probes (and the listener standing in for the proxy) must be there.
+		if err := joinCgroup(g.cgroup); err != nil {
+			return fmt.Errorf("validate: the probe must run below the cgroup it checks: %w (a cgroup whose controllers are delegated to children takes no process: validate from a leaf cgroup below it)", err)
+		}
+		fmt.Fprintf(s.out, "probing from inside %s (this process joined it)\n", g.cgroup)
 	}
 	failed, conclusive := 0, 0
 	for _, p := range probes {

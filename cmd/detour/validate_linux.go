@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"path/filepath"
 	"runtime"
 	"strconv"
 	"strings"
@@ -20,6 +21,17 @@ import (
 	"github.com/detour-mesh/detour/internal/origdst"
 	"github.com/detour-mesh/detour/redirect"
 )
+
+// joinCgroup moves this process (every thread) into the cgroup v2 directory
+// path: the eBPF cgroup scope redirects only sockets made below its cgroup,
+// so a probe from anywhere else would prove nothing. validate exits right
+// after its probes.
+func joinCgroup(path string) error {
+	if err := os.WriteFile(filepath.Join(path, "cgroup.procs"), []byte(strconv.Itoa(os.Getpid())), 0); err != nil {
+		return fmt.Errorf("join cgroup %s: %w", path, err)
+	}
+	return nil
+}
 
 // runProbe listens on the outbound port inside the namespace, dials p.dst there
 // as p.uid/p.gid, and returns the original destination the listener read.

@@ -40,7 +40,16 @@ type Entry struct {
 	// Config is a redirect.Config document (JSON) applied on top of Preset for
 	// every pod, before the pod's own annotations.
 	Config json.RawMessage `json:"config,omitempty"`
+	// Capabilities are the CNI capabilities the plugin asks the runtime for:
+	// the installer asks for CapabilityPodAnnotations.
+	Capabilities map[string]bool `json:"capabilities,omitempty"`
 }
+
+// CapabilityPodAnnotations makes containerd and CRI-O pass the pod's
+// annotations to the plugin (runtimeConfig), so that ADD of a pod that says
+// whether it is redirected needs no Kubernetes API read. Runtimes that do not
+// know the capability ignore it; the plugin then reads the pod.
+const CapabilityPodAnnotations = "io.kubernetes.cri.pod-annotations"
 
 // MarshalJSON writes the entry with "type": "detour-cni" first.
 func (e Entry) MarshalJSON() ([]byte, error) {

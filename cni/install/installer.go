@@ -337,6 +337,7 @@ func (in *Installer) Entry() (Entry, error) {
 		ExcludeNamespaces: in.o.ExcludeNamespaces,
 		Preset:            in.o.Preset,
 		Config:            doc,
+		Capabilities:      map[string]bool{CapabilityPodAnnotations: true},
 	}, nil
 }
 

@@ -719,6 +719,14 @@ func TestEntryParsesAsThePluginReadsIt(t *testing.T) {
 		conf.LogLevel != "debug" || strings.Join(conf.ExcludeNamespaces, ",") != "kube-system" {
 		t.Errorf("plugin reads %+v", conf)
 	}
+	// The entry asks the runtime for the pod's annotations, under the key the
+	// plugin reads them from.
+	var caps struct {
+		Capabilities map[string]bool `json:"capabilities"`
+	}
+	if err := json.Unmarshal(b, &caps); err != nil || !caps.Capabilities[cni.CapabilityPodAnnotations] {
+		t.Errorf("entry capabilities = %v (%v), want %s", caps.Capabilities, err, cni.CapabilityPodAnnotations)
+	}
 	base, err := conf.BaseConfig()
 	if err != nil {
 		t.Fatal(err)

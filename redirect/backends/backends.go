@@ -5,6 +5,7 @@
 package backends
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"hash/fnv"
@@ -66,8 +67,20 @@ const AnyBackend redirect.Backend = "any"
 // then nftables (chosen by auto where no iptables backend works, as on a
 // distribution without iptables, or where only native nftables tables of
 // other tools are there), then ebpf (which auto never picks: only --backend
-// ebpf installs it).
+// ebpf installs it). For a cgroup scope (Options.EBPF.Cgroup) it is the eBPF
+// Driver alone: only it has that scope, and the namespace's own capture with
+// another backend is another scope, which the cgroup scope's install,
+// uninstall and status must not switch away from, remove or show.
 func All(o Options) []redirect.Driver {
+	if o.EBPF.Cgroup != "" {
+		return []redirect.Driver{ebpfDriver(o)}
+	}
+	return append(namespaceDrivers(o), ebpfDriver(o))
+}
+
+// namespaceDrivers are the backends whose only scope is the whole network
+// namespace: iptables and nftables.
+func namespaceDrivers(o Options) []redirect.Driver {
 	var out []redirect.Driver
 	switch o.Backend {
 	case "", redirect.BackendAuto, redirect.BackendIPTables:
@@ -75,7 +88,10 @@ func All(o Options) []redirect.Driver {
 	default:
 		out = append(out, iptables.DriversAnyOrder(o.LockWait, o.Logger)...)
 	}
-	out = append(out, nftables.New(nftables.Options{Logger: o.Logger}))
+	return append(out, nftables.New(nftables.Options{Logger: o.Logger}))
+}
+
+func ebpfDriver(o Options) redirect.Driver {
 	e := o.EBPF
 	if e.Loader.Logger == nil {
 		e.Loader.Logger = o.Logger
@@ -89,14 +105,68 @@ func All(o Options) []redirect.Driver {
 			root:   e.Loader.Root,
 		}
 	}
-	out = append(out, bpf.NewDriver(e))
-	return out
+	return bpf.NewDriver(e)
 }
 
 // Engine is a redirect.Engine for the network namespace at netns ("" = the
-// caller's) with every Driver of this build.
+// caller's) with every Driver of this build (All). A cgroup scope's Engine
+// knows the namespace's own capture as a neighbour (namespaceCapture).
 func Engine(netns string, o Options) *redirect.Engine {
-	return &redirect.Engine{Logger: o.Logger, NetNS: netns, LockWait: o.LockWait, Drivers: All(o)}
+	e := &redirect.Engine{Logger: o.Logger, NetNS: netns, LockWait: o.LockWait, Drivers: All(o)}
+	if o.EBPF.Cgroup != "" {
+		e.Neighbors = []redirect.NetSharer{namespaceCapture{drivers: namespaceDrivers(Options{LockWait: o.LockWait, Logger: o.Logger, Backend: AnyBackend})}}
+	}
+	return e
+}
+
+// namespaceCapture is, for a cgroup scope, the capture of the whole network
+// namespace by iptables or nftables when it takes inbound connections: two
+// inbound captures in one namespace would each redirect every inbound
+// connection (the eBPF network-namespace scope's inbound table is named by
+// the eBPF Driver itself, bpf.InboundRivals).
+type namespaceCapture struct{ drivers []redirect.Driver }
+
+var _ redirect.NetSharer = namespaceCapture{}
+
+// OtherScopes names the backends whose namespace-wide capture takes inbound
+// connections. It reads only (a glance first, where that rules detour out).
+func (n namespaceCapture) OtherScopes(ctx context.Context) ([]string, error) {
+	var out []string
+	for _, d := range n.drivers {
+		if g, ok := d.(redirect.Glancer); ok {
+			if maybe, err := g.Glance(ctx); err == nil && !maybe {
+				continue
+			}
+		}
+		if d.Ready(ctx) != nil {
+			continue
+		}
+		have, err := d.Observe(ctx)
+		if err != nil {
+			return out, fmt.Errorf("observe %s: %w", d.Name(), err)
+		}
+		if capturesInbound(have) {
+			out = append(out, fmt.Sprintf("the network namespace's own capture with %s (`detour status` without --cgroup shows it)", d.Name()))
+		}
+	}
+	return out, nil
+}
+
+// capturesInbound reports whether an iptables or nftables capture takes
+// inbound connections: its inbound chain (iptables' DETOUR_INBOUND, nftables'
+// inbound4/inbound6) exists only then, in both modes.
+func capturesInbound(have redirect.Installed) bool {
+	if have == nil || have.Empty() {
+		return false
+	}
+	for _, f := range []redirect.Family{redirect.IPv4, redirect.IPv6} {
+		for _, l := range have.Lines(f) {
+			if strings.Contains(l, "DETOUR_INBOUND") || strings.Contains(l, " inbound4") || strings.Contains(l, " inbound6") {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 // EBPFNetns is the eBPF backend's network-namespace scope with its pins

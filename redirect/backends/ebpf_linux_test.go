@@ -183,3 +183,116 @@ func TestEBPFOneInboundScopePerNamespace(t *testing.T) {
 		t.Errorf("inbound tables = %q, want only cgroup scope a's", got)
 	}
 }
+
+// TestEBPFCgroupScopeLeavesTheNamespaceCaptureAlone: a cgroup scope (a VM
+// service: `--cgroup PATH`) is a scope of its own beside the namespace's
+// capture with another backend. Installing it neither switches the
+// namespace away from nftables nor removes its table, its status shows only
+// itself, a cgroup scope with inbound beside the namespace's inbound capture
+// is refused naming it, and uninstalling the cgroup scope leaves the
+// namespace's capture in place (before, `uninstall --cgroup` deleted
+// `table inet detour`: every other process of the namespace lost capture).
+func TestEBPFCgroupScopeLeavesTheNamespaceCaptureAlone(t *testing.T) {
+	l := newEBPFLab(t)
+	ctx := context.Background()
+	cg := filepath.Join(l.root, "a")
+	netns, scope := l.engine(""), l.engine(cg)
+	t.Cleanup(func() {
+		for _, e := range []*redirect.Engine{scope, netns} {
+			if _, err := e.Uninstall(ctx); err != nil {
+				t.Errorf("uninstall: %v", err)
+			}
+		}
+	})
+	cfg := redirect.Default()
+	cfg.Backend = redirect.BackendNFTables
+	cfg.IPFamilies = redirect.IPFamiliesDual
+	nft, err := redirect.NewPlan(cfg, redirect.Facts{IPv6: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := netns.Install(ctx, nft); err != nil {
+		t.Fatal(err)
+	}
+	inSync := func(what string) {
+		t.Helper()
+		if d, err := netns.Check(ctx, nft); err != nil || !d.Empty() {
+			t.Errorf("%s: the namespace's nftables capture: Check = %v, %v; want in sync", what, d, err)
+		}
+		if st, err := netns.Status(ctx); err != nil || st.Backend != redirect.BackendNFTables || len(st.Others) != 0 {
+			t.Errorf("%s: the namespace's Status = %+v, %v; want nftables alone", what, st, err)
+		}
+	}
+
+	res, err := scope.Install(ctx, ebpfPlan(t, false))
+	if err != nil {
+		t.Fatalf("cgroup scope without inbound beside the namespace's nftables capture: %v", err)
+	}
+	if res.Backend != redirect.BackendEBPF || len(res.Replaced) != 0 {
+		t.Errorf("cgroup scope install = %+v; want ebpf, replacing nothing", res)
+	}
+	inSync("after the cgroup scope's install")
+	st, err := scope.Status(ctx)
+	if err != nil || st.Backend != redirect.BackendEBPF || len(st.Others) != 0 {
+		t.Errorf("the cgroup scope's Status = %+v, %v; want ebpf alone", st, err)
+	}
+	if d, err := scope.Check(ctx, ebpfPlan(t, false)); err != nil || !d.Empty() {
+		t.Errorf("the cgroup scope's Check = %v, %v; want in sync", d, err)
+	}
+
+	// Inbound in a namespace whose own capture takes inbound: refused, naming it.
+	_, err = scope.Install(ctx, ebpfPlan(t, true))
+	if !errors.Is(err, bpf.ErrInboundTaken) || !strings.Contains(err.Error(), "nftables") {
+		t.Errorf("cgroup scope with inbound beside the namespace's nftables inbound capture: Install = %v; want ErrInboundTaken naming nftables", err)
+	}
+	if got := l.inboundTables(t); len(got) != 0 {
+		t.Errorf("the refused install made inbound tables %q", got)
+	}
+	inSync("after the refused inbound install")
+
+	res, err = scope.Uninstall(ctx)
+	if err != nil || !res.Changed || len(res.Replaced) != 1 || res.Replaced[0] != redirect.BackendEBPF {
+		t.Errorf("uninstall of the cgroup scope = %+v, %v; want ebpf removed, nothing else", res, err)
+	}
+	inSync("after the cgroup scope's uninstall")
+	if left, _ := filepath.Glob(filepath.Join(l.pinDir, "*")); len(left) != 0 {
+		t.Errorf("pins left after the only eBPF scope's uninstall: %q", left)
+	}
+}
+
+// TestCheckAfterInstallOfOneFamily: with one IP family captured
+// (`--ip-families ipv4`, or a namespace without IPv6), `check` right after
+// `install` is in sync and uninstall names only that family, with every
+// backend. nftables and ebpf showed the table, base chains, programs and
+// config they share between families as installed IPv6 state: check
+// exited 3 ("--- installed ipv6 … -add table inet detour") and uninstall
+// said "ipv4, ipv6".
+func TestCheckAfterInstallOfOneFamily(t *testing.T) {
+	l := newEBPFLab(t)
+	ctx := context.Background()
+	e := l.engine("")
+	for _, backend := range []redirect.Backend{redirect.BackendNFTables, redirect.BackendEBPF, redirect.BackendIPTablesNFT} {
+		for _, fam := range []redirect.IPFamilies{redirect.IPFamiliesIPv4, redirect.IPFamiliesIPv6} {
+			cfg := redirect.Default()
+			cfg.Backend = backend
+			cfg.IPFamilies = fam
+			p, err := redirect.NewPlan(cfg, redirect.Facts{IPv6: true})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := e.Install(ctx, p); err != nil {
+				t.Fatalf("%s %s: install: %v", backend, fam, err)
+			}
+			if d, err := e.Check(ctx, p); err != nil || !d.Empty() {
+				t.Errorf("%s %s: check right after install = %v, %v; want in sync", backend, fam, d, err)
+			}
+			if st, err := e.Status(ctx); err != nil || len(st.Families) != 1 || string(st.Families[0]) != string(fam) {
+				t.Errorf("%s %s: status families = %v, %v; want only %s", backend, fam, st.Families, err, fam)
+			}
+			res, err := e.Uninstall(ctx)
+			if err != nil || len(res.Families) != 1 || string(res.Families[0]) != string(fam) {
+				t.Errorf("%s %s: uninstall = %+v, %v; want only %s removed", backend, fam, res, err, fam)
+			}
+		}
+	}
+}

@@ -53,6 +53,13 @@ func (v view) lines(f redirect.Family) []string {
 	if len(v.sets) == 0 && len(v.chains) == 0 {
 		return nil
 	}
+	if f != "" && !v.has(f) {
+		// The table and its base chains are shared by both families: a
+		// family with no chain, set or dispatch rule of its own is not
+		// captured, and has no share (or an IPv4-only install would show
+		// as IPv6 drift).
+		return nil
+	}
 	table := v.table
 	if table == "" {
 		table = TableName
@@ -79,6 +86,26 @@ func (v view) lines(f redirect.Family) []string {
 		}
 	}
 	return out
+}
+
+// has reports whether anything of the table belongs to family f alone.
+func (v view) has(f redirect.Family) bool {
+	for _, s := range v.sets {
+		if s.fam == f {
+			return true
+		}
+	}
+	for _, ch := range v.chains {
+		if ch.fam == f {
+			return true
+		}
+		for _, r := range ch.rules {
+			if r.fam == f {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 // familyOfName reads the family from a chain's or set's name suffix.

@@ -488,3 +488,73 @@ func TestVersionReport(t *testing.T) {
 		t.Errorf("supported versions = %v, want %v", got, want)
 	}
 }
+
+// podAnnotationsCap is the capability detour cni install declares in the
+// plugin's conflist entry: the runtime then passes the pod's annotations.
+const podAnnotationsCap = "io.kubernetes.cri.pod-annotations"
+
+// fromKubelet is what containerd and CRI-O pass under podAnnotationsCap: the
+// pod's annotations plus those kubelet adds to every pod.
+func fromKubelet(annotations map[string]string) map[string]any {
+	m := map[string]string{"kubernetes.io/config.seen": time.Now().UTC().Format(time.RFC3339Nano), "kubernetes.io/config.source": "api"}
+	for k, v := range annotations {
+		m[k] = v
+	}
+	return map[string]any{podAnnotationsCap: m}
+}
+
+// TestPodAnnotationsFromRuntime: with the capability in the conflist entry and
+// the runtime passing the pod's annotations, an opted-in pod is redirected
+// without the API — the plugin's kubeconfig does not even exist — while a pod
+// whose annotations do not say still needs its namespace's label, so its ADD
+// fails closed.
+func TestPodAnnotationsFromRuntime(t *testing.T) {
+	h := setup(t)
+	n, err := h.newNetwork("dt-runtime", "1.1.0", map[string]any{
+		"kubeconfig":   filepath.Join(t.TempDir(), "no-kubeconfig"),
+		"capabilities": map[string]bool{podAnnotationsCap: true},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ns := h.newNamespace(t, nil)
+	ann := map[string]string{"detour.io/redirect": "enabled", "detour.io/exclude-inbound-ports": "8081"}
+	p := h.newPod(t, ns, ann, created)
+	p.rt.CapabilityArgs = fromKubelet(ann)
+	res := n.mustAdd(t, p)
+	ip := podIP(t, res)
+	startServers(t, p)
+	for _, tt := range []struct{ from, to, want string }{
+		{p.netns, remoteAddr, "outbound-proxy " + remoteAddr},
+		{"", ip.String() + ":8080", "inbound-proxy " + ip.String() + ":8080"},
+		{"", ip.String() + ":8081", "app8081 " + ip.String() + ":8081"},
+	} {
+		got, err := ask(tt.from, tt.to)
+		if err != nil {
+			t.Fatalf("%s: %v", tt.to, err)
+		}
+		if got != tt.want {
+			t.Errorf("%s answered %q, want %q", tt.to, got, tt.want)
+		}
+	}
+	st, ok := n.state(t, p)
+	if !ok || st["redirect"] != true || !strings.Contains(fmt.Sprint(st["reason"]), "pod annotation") {
+		t.Errorf("state = %v", st)
+	}
+	if log := n.logTail(); !strings.Contains(log, `"annotations_from":"runtime"`) {
+		t.Errorf("the log does not say the annotations came from the runtime:\n%s", log)
+	}
+	if err := n.check(p); err != nil {
+		t.Errorf("CHECK: %v", err)
+	}
+
+	plain := h.newPod(t, ns, nil, created)
+	plain.rt.CapabilityArgs = fromKubelet(nil)
+	_, err = n.add(t, plain)
+	if cniCode(err) != types.ErrTryAgainLater || !strings.Contains(err.Error(), "read namespace "+ns) {
+		t.Fatalf("ADD of a pod whose annotations do not say, without the API: %v (code %d), want code 11 naming the namespace read", err, cniCode(err))
+	}
+	if r := detourRules(t, plain); len(r) != 0 {
+		t.Errorf("rules installed for a pod that did not opt in:\n%s", strings.Join(r, "\n"))
+	}
+}

@@ -1,0 +1,53 @@
+package main
+
+import (
+	"strings"
+	"testing"
+
+	"github.com/detour-mesh/detour/internal/privtest"
+)
+
+// TestStatusOfRoutingOnly: an install killed after it made the TPROXY
+// routing (the first thing it changes) and before any backend applied its
+// rules leaves only the routing. status said "detour is installed (; ipv4)",
+// an empty backend name; it says what uninstall says of the same state.
+func TestStatusOfRoutingOnly(t *testing.T) {
+	ns := privtest.NetNS(t)
+	ns.Run(t, "ip", "rule", "add", "fwmark", "0x2000/0x2000", "lookup", "2000", "priority", "2000", "protocol", "215")
+	code, out, stderr := runCLI(t, "status", "--netns", ns.Path)
+	if want := "detour is installed (routing and addresses only; ipv4)\n"; code != 0 || !strings.HasPrefix(out, want) {
+		t.Errorf("status: exit %d, stdout %q, stderr %q; want exit 0 and %q first", code, out, stderr, want)
+	}
+	code, out, stderr = runCLI(t, "uninstall", "--netns", ns.Path)
+	if want := "detour removed (routing and addresses only; ipv4)\n"; code != 0 || out != want {
+		t.Errorf("uninstall: exit %d, stdout %q, stderr %q; want exit 0 and %q", code, out, stderr, want)
+	}
+	if rules := ns.Run(t, "ip", "rule"); strings.Contains(rules, "2000") {
+		t.Errorf("uninstall left the rule:\n%s", rules)
+	}
+}
+
+// TestCheckJSONExitCodes: `check -o json` exits as `check` does — 0 in sync,
+// 3 drift, 4 nothing installed. With drift it exited 1, as for a failure.
+func TestCheckJSONExitCodes(t *testing.T) {
+	privtest.Require(t, "nft")
+	ns := privtest.NetNS(t)
+	flags := []string{"--netns", ns.Path, "--backend", "nftables", "--ip-families", "ipv4"}
+	runIn := func(args ...string) (int, string, string) { return runCLI(t, append(args, flags...)...) }
+	if code, _, stderr := runIn("check", "-o", "json"); code != exitAbsent {
+		t.Errorf("check -o json, nothing installed: exit %d, want %d; stderr %s", code, exitAbsent, stderr)
+	}
+	if code, _, stderr := runIn("install"); code != 0 {
+		t.Fatalf("install: exit %d: %s", code, stderr)
+	}
+	t.Cleanup(func() { runIn("uninstall") })
+	if code, out, stderr := runIn("check", "-o", "json"); code != 0 || !strings.Contains(out, `"families": []`) {
+		t.Errorf("check -o json, in sync: exit %d, stdout %s, stderr %s; want 0 and no family", code, out, stderr)
+	}
+	ns.Run(t, "nft", "add", "rule", "inet", "detour", "output4", "return")
+	for _, o := range []string{"text", "json"} {
+		if code, out, stderr := runIn("check", "-o", o); code != exitDrift || !strings.Contains(out, "not made by detour") {
+			t.Errorf("check -o %s after a rule was added: exit %d, stdout %s, stderr %s; want %d and the rule", o, code, out, stderr, exitDrift)
+		}
+	}
+}

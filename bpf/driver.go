@@ -38,6 +38,17 @@ type InboundRivals interface {
 	InboundRivals(have redirect.Installed) []string
 }
 
+// InboundTables is implemented by an inbound Driver that can name the
+// cgroup scopes' inbound tables of the namespace it observed and remove
+// them by name. The network-namespace scope's uninstall removes those that
+// no enrolled cgroup scope can own any more: a cgroup removed before
+// `uninstall --cgroup` took its programs along, but its table would go on
+// redirecting every inbound connection of the namespace.
+type InboundTables interface {
+	CgroupTables(have redirect.Installed) []string
+	RemoveTables(ctx context.Context, names []string) error
+}
+
 // ErrInboundTaken means another eBPF scope of detour captures inbound in the
 // network namespace: one scope per namespace may (the error names it).
 var ErrInboundTaken = redirect.ErrInboundTaken
@@ -88,13 +99,25 @@ type installed struct {
 	drift   []string // how they differ from what detour wrote (Loader.Drift)
 	state   State
 	inbound redirect.Installed // nil without an inbound Driver
+	// orphanTables are cgroup scopes' inbound tables in the namespace when
+	// no cgroup scope that could own them is left (InboundTables).
+	orphanTables []string
 }
 
 var _ redirect.Leftovers = (*installed)(nil)
 
 // Leftovers names pins that belong to no scope at all (State.Leftover): the
 // Driver's Remove of any scope removes them.
-func (i *installed) Leftovers() string { return i.state.Leftover() }
+func (i *installed) Leftovers() string {
+	out := i.state.Leftover()
+	if len(i.orphanTables) > 0 {
+		if out != "" {
+			out += "; "
+		}
+		out += fmt.Sprintf("the inbound table(s) inet %s of cgroup scopes that are gone (no cgroup scope is enrolled; they still redirect every inbound connection of this namespace)", strings.Join(i.orphanTables, ", inet "))
+	}
+	return out
+}
 
 func (i *installed) Empty() bool {
 	return len(i.lines) == 0 && (i.inbound == nil || i.inbound.Empty())
@@ -164,6 +187,9 @@ func (d *Driver) Observe(ctx context.Context) (redirect.Installed, error) {
 			// holds nothing: a plan without inbound still works.
 			in.inbound = nil
 		}
+	}
+	if t, ok := d.opts.Inbound.(InboundTables); ok && d.opts.Cgroup == "" && in.inbound != nil && st.liveCgroupScopes() == 0 {
+		in.orphanTables = t.CgroupTables(in.inbound)
 	}
 	return in, nil
 }
@@ -254,6 +280,13 @@ func (d *Driver) Remove(ctx context.Context, have redirect.Installed) error {
 	if h, ok := have.(*installed); ok && h.inbound != nil && d.opts.Inbound != nil && !h.inbound.Empty() {
 		if err := d.opts.Inbound.Remove(ctx, h.inbound); err != nil {
 			return fmt.Errorf("remove inbound (%s): %w", d.opts.Inbound.Name(), err)
+		}
+	}
+	if h, ok := have.(*installed); ok && len(h.orphanTables) > 0 {
+		if t, ok := d.opts.Inbound.(InboundTables); ok {
+			if err := t.RemoveTables(ctx, h.orphanTables); err != nil {
+				return fmt.Errorf("remove the inbound tables of cgroup scopes that are gone: %w", err)
+			}
 		}
 	}
 	return nil

@@ -43,9 +43,8 @@ func (d *Driver) OtherScopes(ctx context.Context) ([]string, error) {
 	if !ok {
 		return nil, nil
 	}
-	if _, err := os.Stat(d.loader.mapDir()); errors.Is(err, fs.ErrNotExist) {
-		return nil, nil // no scope was ever enrolled on this host: no other scope's table either
-	}
+	// Asked even without pins: a table whose scope is gone (its cgroup
+	// removed, then the pins swept) still redirects inbound connections.
 	have, err := d.opts.Inbound.Observe(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("read the inbound tables: %w", err)

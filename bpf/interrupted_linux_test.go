@@ -2,12 +2,15 @@ package bpf
 
 import (
 	"context"
+	"errors"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
 
 	"github.com/detour-mesh/detour/redirect"
 )
@@ -127,5 +130,122 @@ func TestInterruptedInstallIsCleanedUp(t *testing.T) {
 			t.Fatal(err)
 		}
 		noResidue(tt.name + ", re-run, then uninstall")
+	}
+}
+
+// TestScopeOfARemovedCgroupIsCleanedUp: a cgroup scope outlives its cgroup
+// when the service's cgroup is removed (a transient unit, a stopped
+// service) before `uninstall --cgroup`: the kernel detaches the programs,
+// but the scope's entries, its links' pins and the maps stayed, and no
+// command could remove them (`uninstall --cgroup PATH` needs the directory;
+// `uninstall` left cgroup scopes alone). `status` names them, and another
+// scope's install or `uninstall` removes them.
+func TestScopeOfARemovedCgroupIsCleanedUp(t *testing.T) {
+	l := newLab(t)
+	ctx := context.Background()
+	engine := func(cgroup string) *redirect.Engine {
+		return &redirect.Engine{
+			NetNS:   l.ns.Path,
+			LockDir: t.TempDir(),
+			Drivers: []redirect.Driver{NewDriver(DriverOptions{Loader: Options{PinDir: l.pinDir, Root: l.cgroup}, Cgroup: cgroup})},
+		}
+	}
+	cfg := redirect.Default()
+	cfg.Backend = redirect.BackendEBPF
+	cfg.IPFamilies = redirect.IPFamiliesDual
+	cfg.Inbound.Enabled = false
+	plan, err := redirect.NewPlan(cfg, redirect.Facts{IPv6: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// goneScope installs a cgroup scope and removes its cgroup.
+	goneScope := func(name string) {
+		t.Helper()
+		cg := filepath.Join(l.cgroup, name)
+		if err := os.Mkdir(cg, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		_, err := engine(cg).Install(ctx, plan)
+		if rerr := os.Remove(cg); rerr != nil {
+			t.Fatal(rerr)
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		// The kernel releases the cgroup, and detaches its links, asynchronously.
+		pins, _ := filepath.Glob(filepath.Join(l.pinDir, "links", "cgroup@*", "*"))
+		if len(pins) == 0 {
+			t.Fatal("no link of the cgroup scope is pinned")
+		}
+		for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+			lk, err := link.LoadPinnedLink(pins[0], nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			info, err := lk.Info()
+			lk.Close()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if c := info.Cgroup(); c != nil && c.CgroupId == 0 {
+				return
+			}
+			if time.Now().After(deadline) {
+				t.Fatal("the removed cgroup's links are still attached after 5s")
+			}
+		}
+	}
+	netns := engine("")
+
+	goneScope("service")
+	st, err := netns.Status(ctx)
+	if err != nil || st.Installed || !strings.Contains(strings.Join(st.Leftovers, " "), "cgroup that is gone") {
+		t.Errorf("status = %+v, %v; want not installed, naming the scope of the cgroup that is gone", st, err)
+	}
+	res, err := netns.Uninstall(ctx)
+	if err != nil || !res.Changed || !strings.Contains(strings.Join(res.Leftovers, " "), "cgroup that is gone") {
+		t.Errorf("uninstall = %+v, %v; want the scope of the cgroup that is gone removed", res, err)
+	}
+	if left, _ := filepath.Glob(filepath.Join(l.pinDir, "*")); len(left) != 0 {
+		t.Errorf("pins left after uninstall: %q", left)
+	}
+
+	// Another scope's install removes it too, so the scope of a gone cgroup
+	// need not wait for an uninstall of everything.
+	goneScope("service2")
+	if _, err := netns.Install(ctx, plan); err != nil {
+		t.Fatal(err)
+	}
+	if dirs, _ := filepath.Glob(filepath.Join(l.pinDir, "links", "cgroup@*")); len(dirs) != 0 {
+		t.Errorf("the gone cgroup's link pins are still there after another scope's install: %q", dirs)
+	}
+	if _, err := netns.Uninstall(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if left, _ := filepath.Glob(filepath.Join(l.pinDir, "*")); len(left) != 0 {
+		t.Errorf("pins left after uninstall: %q", left)
+	}
+}
+
+// TestTooManyUIDPortRulesChangesNothing: more per-uid port rules than the
+// programs hold is invalid input (redirect.ErrInvalid: the CLI's exit 2),
+// found before anything is pinned. It was a plain error (exit 1) after the
+// maps were created and pinned, which then belonged to no scope.
+func TestTooManyUIDPortRulesChangesNothing(t *testing.T) {
+	l := newLab(t)
+	ld := New(Options{PinDir: l.pinDir, Root: l.cgroup})
+	c := testCapture(t, func(c *redirect.Config) {
+		for i := range MaxUIDPortRules + 1 {
+			c.Outbound.ExcludePortsForUIDs = append(c.Outbound.ExcludePortsForUIDs, redirect.UIDPortRule{
+				Protocol: redirect.TCP, Ports: []redirect.PortRange{{First: uint16(1000 + i), Last: uint16(1000 + i)}},
+				UIDs: []redirect.IDRange{{First: uint32(2000 + i), Last: uint32(2000 + i)}}})
+		}
+	})
+	_, err := ld.Apply(Scope{Cgroup: l.cgroup}, c)
+	if !errors.Is(err, redirect.ErrInvalid) || !strings.Contains(err.Error(), "outbound.excludePortsForUIDs") {
+		t.Errorf("Apply with %d tcp rules = %v; want ErrInvalid naming outbound.excludePortsForUIDs", MaxUIDPortRules+1, err)
+	}
+	if left, _ := filepath.Glob(filepath.Join(l.pinDir, "*")); len(left) != 0 {
+		t.Errorf("the refused install pinned %q", left)
 	}
 }

@@ -4,6 +4,8 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
+	"strings"
 
 	"github.com/detour-mesh/detour/redirect"
 )
@@ -84,12 +86,19 @@ type State struct {
 	// leftover, when not "", says that what is pinned belongs to no scope:
 	// an install was interrupted before it enrolled one (Leftover).
 	leftover string
+	// gone names the scopes of cgroups that no longer exist (Leftover);
+	// goneIDs are their cgroup ids.
+	gone    []string
+	goneIDs []uint64
 }
 
 // Leftover says what is pinned without belonging to any scope — an install
 // killed after it pinned maps (or attached programs) and before it enrolled
-// its scope — or "" when nothing is. Removing any scope removes it.
-func (s State) Leftover() string { return s.leftover }
+// its scope — and the scopes of cgroups that are gone, or "" when there is
+// none of either. Removing any scope removes them.
+func (s State) Leftover() string {
+	return strings.Join(slices.DeleteFunc(append([]string{s.leftover}, s.gone...), func(x string) bool { return x == "" }), "; ")
+}
 
 // Empty reports that nothing of detour's is pinned.
 func (s State) Empty() bool { return len(s.Scopes) == 0 && len(s.Links) == 0 }

@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 
 	"github.com/cilium/ebpf"
@@ -99,6 +100,11 @@ func (l *Loader) ApplyWith(scope Scope, c redirect.Capture, set Settings) (chang
 	if err := scope.validate(); err != nil {
 		return false, err
 	}
+	// A configuration the maps cannot hold is refused before anything is
+	// pinned (the id is a stand-in: the entries are thrown away).
+	if _, err := renderWith(0, c, set); err != nil {
+		return false, err
+	}
 	if err := l.Probe(); err != nil {
 		return false, err
 	}
@@ -117,6 +123,11 @@ func (l *Loader) ApplyWith(scope Scope, c redirect.Capture, set Settings) (chang
 	defer st.close()
 	r, err := l.resolve(scope)
 	if err != nil {
+		return false, err
+	}
+	// The scopes of cgroups that are gone hold ids and entries no command
+	// could otherwise reach short of an uninstall.
+	if err := l.removeGone(st); err != nil {
 		return false, err
 	}
 	key, kind := r.key, r.kind
@@ -227,6 +238,10 @@ func (l *Loader) Remove(scope Scope) error {
 		st.close()
 		return err
 	}
+	if err := l.removeGone(st); err != nil {
+		st.close()
+		return err
+	}
 	remaining, err := st.scopeKeys()
 	st.close()
 	if err != nil {
@@ -296,6 +311,57 @@ func (l *Loader) unenroll(st *store, key uint64, scope Scope) error {
 	}
 	if accel {
 		return l.detachAccelUnused(st)
+	}
+	return nil
+}
+
+// goneCgroups lists the cgroup scopes whose cgroup no longer exists: the
+// kernel detached their links when it released the cgroup (a link's
+// cgroup id reads 0 then), and nothing else can remove their entries, since
+// a cgroup scope is named by its directory.
+func (l *Loader) goneCgroups() ([]uint64, error) {
+	var out []uint64
+	dirs, _ := filepath.Glob(filepath.Join(l.opts.pinDir(), "links", kindCgroup+"@*"))
+	for _, d := range dirs {
+		id, err := strconv.ParseUint(strings.TrimPrefix(filepath.Base(d), kindCgroup+"@"), 10, 64)
+		if err != nil {
+			continue // not a directory of detour's naming
+		}
+		pins, err := os.ReadDir(d)
+		if err != nil || len(pins) == 0 {
+			continue
+		}
+		lk, err := link.LoadPinnedLink(filepath.Join(d, pins[0].Name()), nil)
+		if err != nil {
+			return nil, fmt.Errorf("load link %s: %w", pins[0].Name(), err)
+		}
+		info, err := lk.Info()
+		lk.Close()
+		if err != nil {
+			return nil, fmt.Errorf("read link %s: %w", pins[0].Name(), err)
+		}
+		if c := info.Cgroup(); c != nil && c.CgroupId == 0 {
+			out = append(out, id)
+		}
+	}
+	return out, nil
+}
+
+// removeGone removes the scopes of cgroups that are gone (goneCgroups):
+// their entries and their links' pins.
+func (l *Loader) removeGone(st *store) error {
+	gone, err := l.goneCgroups()
+	if err != nil {
+		return err
+	}
+	for _, id := range gone {
+		if err := l.unenroll(st, cgroupKeyBit|id, Scope{Cgroup: fmt.Sprintf("(removed cgroup, id %d)", id)}); err != nil {
+			return err
+		}
+		if err := detach(filepath.Join(l.opts.pinDir(), "links", fmt.Sprintf("%s@%d", kindCgroup, id))); err != nil {
+			return err
+		}
+		l.log().Info("removed the eBPF scope of a cgroup that is gone", "cgroup_id", id)
 	}
 	return nil
 }

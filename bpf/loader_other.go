@@ -44,3 +44,6 @@ func CgroupRoot() (string, error) { return "", errors.ErrUnsupported }
 
 // Drift needs Linux.
 func (l *Loader) Drift(State, Scope) ([]string, error) { return nil, errors.ErrUnsupported }
+
+// liveCgroupScopes needs Linux.
+func (State) liveCgroupScopes() int { return 0 }

@@ -131,7 +131,9 @@ func render(id uint32, c redirect.Capture) (entries, error) {
 			}
 		}
 		if n := len(o.ExemptPortsForUIDs); n > MaxUIDPortRules {
-			return entries{}, fmt.Errorf("render outbound.excludePortsForUIDs: %d tcp rules, the ebpf backend holds at most %d", n, MaxUIDPortRules)
+			// Invalid input for this backend (the CLI's exit 2), not a failure.
+			return entries{}, &redirect.FieldError{Field: "outbound.excludePortsForUIDs", Value: fmt.Sprintf("%d tcp rules", n),
+				Reason: fmt.Sprintf("are more than the ebpf backend holds (%d: one bit of a 64-bit mask each); merge rules that share their uids or their ports", MaxUIDPortRules)}
 		}
 		var uidSets, portSets [][]block
 		for _, r := range o.ExemptPortsForUIDs {

@@ -85,6 +85,14 @@ func (l *Loader) Observe() (State, error) {
 		}
 		st.unenrolled[k] = ScopeState{Config: r.Config, Lines: e.lines(), entries: e}
 	}
+	gone, err := l.goneCgroups()
+	if err != nil {
+		return st, err
+	}
+	st.goneIDs = gone
+	for _, id := range gone {
+		st.gone = append(st.gone, fmt.Sprintf("the scope of a cgroup that is gone (cgroup id %d: removed before `detour uninstall --cgroup`; its programs went with it, its entries and pins stayed)", id))
+	}
 	if len(st.Scopes) == 0 && len(st.records) == 0 {
 		// Enrolling is the last step of an install, under the lock this
 		// holds, and the last scope's removal unpins everything: pins
@@ -165,4 +173,25 @@ func (l *Loader) Drift(st State, s Scope) ([]string, error) {
 		return nil, err
 	}
 	return st.drift(key, st.Links[dir]), nil
+}
+
+// liveCgroupScopes counts the cgroup scopes enrolled or recorded whose
+// cgroup still exists.
+func (s State) liveCgroupScopes() int {
+	n := 0
+	seen := map[uint64]bool{}
+	count := func(k uint64) {
+		if k&cgroupKeyBit == 0 || seen[k] || slices.Contains(s.goneIDs, k&^cgroupKeyBit) {
+			return
+		}
+		seen[k] = true
+		n++
+	}
+	for k := range s.Scopes {
+		count(k)
+	}
+	for k := range s.records {
+		count(k)
+	}
+	return n
 }

@@ -421,7 +421,11 @@ func (e *Engine) shareNet(ctx context.Context, net netView) netView {
 // What of ours in the namespace's addresses and routing p does not want, and
 // another scope of detour may use, is left out of net (shared names those
 // scopes).
-func (e *Engine) readInstalled(ctx context.Context, p Plan) (held []*driverState, net netView, shared, left []string, err error) {
+//
+// others names the other scopes when this one holds nothing (or when net
+// would drop something of ours); shared is others when net dropped what
+// they may use.
+func (e *Engine) readInstalled(ctx context.Context, p Plan) (held []*driverState, net netView, shared, others, left []string, err error) {
 	err = e.enter(func() error {
 		states := e.observeAll(ctx, noCandidate)
 		held = holding(states)
@@ -433,23 +437,26 @@ func (e *Engine) readInstalled(ctx context.Context, p Plan) (held []*driverState
 		if net, err = e.observeNet(p); err != nil {
 			return err
 		}
-		if net.drops() {
-			if shared = e.otherScopes(ctx); len(shared) > 0 {
-				net = net.forget()
-			}
+		// The addresses on lo and the routing are the namespace's: where this
+		// scope holds nothing and another scope is there, they are the other's.
+		if net.drops() || len(held) == 0 {
+			others = e.otherScopes(ctx)
+		}
+		if net.drops() && len(others) > 0 {
+			net, shared = net.forget(), others
 		}
 		return nil
 	})
-	return held, net, shared, left, err
+	return held, net, shared, others, left, err
 }
 
 func (e *Engine) check(ctx context.Context, p Plan) (Drift, error) {
 	var d Drift
-	held, net, _, _, err := e.readInstalled(ctx, p)
+	held, net, _, others, _, err := e.readInstalled(ctx, p)
 	if err != nil {
 		return d, err
 	}
-	if len(held) == 0 && !net.owns(IPv4) && !net.owns(IPv6) {
+	if len(held) == 0 && (len(others) > 0 || !net.owns(IPv4) && !net.owns(IPv6)) {
 		return d, ErrNotInstalled
 	}
 	var r Rendering
@@ -489,7 +496,7 @@ func (e *Engine) check(ctx context.Context, p Plan) (Drift, error) {
 
 func (e *Engine) status(ctx context.Context) (Status, error) {
 	st := Status{Rules: map[Family]string{}}
-	held, net, shared, left, err := e.readInstalled(ctx, Plan{})
+	held, net, shared, _, left, err := e.readInstalled(ctx, Plan{})
 	if err != nil {
 		return st, err
 	}

@@ -50,11 +50,20 @@ func (c Config) Validate() error {
 	if c.Proxy.InboundPort != 0 && c.Proxy.InboundPort == c.Proxy.OutboundPort {
 		bad("proxy.outboundPort", strconv.Itoa(int(c.Proxy.OutboundPort)), "is also proxy.inboundPort; the proxy needs two ports")
 	}
+	// The proxy binds the passthrough source, and install puts it on lo.
+	unbindable := func(a netip.Addr) bool {
+		return a.IsUnspecified() || a.IsMulticast() || a == netip.AddrFrom4([4]byte{255, 255, 255, 255})
+	}
+	const notBindable = "is not an address the proxy can bind (not unspecified, multicast or broadcast)"
 	if a := c.Proxy.InboundPassthroughSource.IPv4; !a.Is4() {
 		bad("proxy.inboundPassthroughSource.ipv4", a.String(), "is not an IPv4 address")
+	} else if unbindable(a) {
+		bad("proxy.inboundPassthroughSource.ipv4", a.String(), notBindable)
 	}
 	if a := c.Proxy.InboundPassthroughSource.IPv6; !a.Is6() || a.Is4In6() {
 		bad("proxy.inboundPassthroughSource.ipv6", a.String(), "is not an IPv6 address")
+	} else if unbindable(a) {
+		bad("proxy.inboundPassthroughSource.ipv6", a.String(), notBindable)
 	}
 	if _, err := parseEnum(string(c.Mode), modes); err != nil {
 		bad("mode", string(c.Mode), err.(*FieldError).Reason)

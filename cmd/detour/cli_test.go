@@ -57,6 +57,13 @@ func TestUsageErrorsExit2(t *testing.T) {
 		{"uid range to 4294967295", []string{"plan", "--exclude-outbound-uids", "0-4294967295"}, `outbound.excludeUIDs[0]: "0-4294967295"`},
 		{"proxy uid 4294967295", []string{"plan", "--proxy-uid", "4294967295"}, `proxy.uid: "4294967295" is not a numeric id (0-4294967294`},
 		{"proxy gid 4294967295", []string{"plan", "--proxy-gid", "4294967295"}, `proxy.gid: "4294967295"`},
+		// The proxy binds the passthrough source: `::` failed the install
+		// with exit 1 ("ip -6 addr add ::/128 dev lo …: cannot assign
+		// requested address"), 0.0.0.0 installed a rule matching nothing.
+		{"passthrough source ::", []string{"plan", "--inbound-passthrough-source-ipv6", "::"}, `proxy.inboundPassthroughSource.ipv6: "::" is not an address the proxy can bind`},
+		{"passthrough source 0.0.0.0", []string{"plan", "--inbound-passthrough-source-ipv4", "0.0.0.0"}, `proxy.inboundPassthroughSource.ipv4: "0.0.0.0" is not an address the proxy can bind`},
+		{"passthrough source multicast", []string{"plan", "--inbound-passthrough-source-ipv6", "ff02::1"}, `proxy.inboundPassthroughSource.ipv6: "ff02::1" is not an address`},
+		{"passthrough source broadcast", []string{"plan", "--inbound-passthrough-source-ipv4", "255.255.255.255"}, `proxy.inboundPassthroughSource.ipv4: "255.255.255.255" is not an address`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -293,7 +300,44 @@ func TestCgroupNeedsEBPF(t *testing.T) {
 			}
 		}
 	}
+	gone := filepath.Join(cg, "detour-cli-test-no-such-cgroup")
+	if code, _, stderr := runCLI(t, "uninstall", "--cgroup", gone); code != exitUsage || !strings.Contains(stderr, "does not exist (the eBPF scope of a cgroup that was removed goes with the next eBPF install of any scope, or with `detour uninstall` without --cgroup)") {
+		t.Errorf("uninstall --cgroup of a cgroup that is gone: exit %d, stderr %q; want exit 2 saying how to remove its scope", code, stderr)
+	}
 	if code, _, stderr := runCLI(t, "plan", "--cgroup", cg, "--backend", "ebpf", "--inbound=false"); code != 0 {
 		t.Errorf("plan --cgroup --backend ebpf: exit %d: %s", code, stderr)
+	}
+}
+
+// TestInstallNotes: install's summary ends with the plan's notes, the
+// settings that do nothing (an exclusion an inclusion overrides, a
+// resolv.conf without nameservers of a family). `plan` printed them, but
+// install said "UDP/53 → :15053  the nameservers in …" and captured none.
+func TestInstallNotes(t *testing.T) {
+	t.Parallel()
+	c := redirect.Default()
+	c.Outbound.IncludeCIDRs = []netip.Prefix{netip.MustParsePrefix("198.51.100.0/24")}
+	c.Outbound.ExcludeCIDRs = []netip.Prefix{netip.MustParsePrefix("198.51.100.7/32")}
+	c.DNS.Capture = redirect.DNSCaptureResolvConf
+	c.DNS.ResolvConf = "/etc/resolv.conf.test"
+	p, err := redirect.NewPlan(c, redirect.Facts{IPv6: true, Nameservers: []netip.Addr{netip.MustParseAddr("192.0.2.53")}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := installNotes(p)
+	for _, want := range []string{
+		"  note      outbound.excludeCIDRs[0] 198.51.100.7/32 has no effect: outbound.includeCIDRs[0] 198.51.100.0/24 includes it",
+		"  note      outbound.includeCIDRs lists no IPv6 CIDR, so no outbound IPv6 TCP is captured\n",
+		"  note      dns.resolvConf (/etc/resolv.conf.test) lists no IPv6 nameserver, so no IPv6 DNS query is captured\n",
+	} {
+		if !strings.Contains(got, want) {
+			t.Errorf("install notes lack %q:\n%s", want, got)
+		}
+	}
+	if n := installNotes(func() redirect.Plan {
+		p, _ := redirect.NewPlan(redirect.Default(), redirect.Facts{IPv6: true})
+		return p
+	}()); n != "" {
+		t.Errorf("notes of the default plan = %q, want none", n)
 	}
 }

@@ -4,7 +4,9 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"log/slog"
+	"os"
 	"strings"
 	"time"
 
@@ -188,6 +190,9 @@ func (f cgroupFlag) String() string {
 func (f cgroupFlag) Set(v string) error {
 	if v == "" {
 		return errors.New("an empty value names no cgroup (leave --cgroup out for the network-namespace scope)")
+	}
+	if _, err := os.Stat(v); errors.Is(err, fs.ErrNotExist) {
+		return errors.New("does not exist (the eBPF scope of a cgroup that was removed goes with the next eBPF install of any scope, or with `detour uninstall` without --cgroup)")
 	}
 	if err := checkCgroup(v); err != nil {
 		return errors.New("is not a cgroup v2 directory")

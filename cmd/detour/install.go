@@ -50,7 +50,7 @@ func runInstall(ctx context.Context, o *installOptions, g *globalOptions, s stre
 	if err := checkOutput(o.output); err != nil {
 		return err
 	}
-	if err := checkPersist(o.persist, o.in.netns, o.dryRun); err != nil {
+	if err := checkPersist(o.persist, o.in.netns, g.cgroup, o.dryRun); err != nil {
 		return err
 	}
 	p, err := o.in.load(ctx, g, s)
@@ -72,7 +72,7 @@ func runInstall(ctx context.Context, o *installOptions, g *globalOptions, s stre
 			SSHPorts []uint16        `json:"sshPortsExcluded,omitempty"`
 		}{res, plan.Config, p.sshPorts})
 	} else {
-		_, err = fmt.Fprint(s.out, summary(plan.Config, res, p.sshPorts))
+		_, err = fmt.Fprint(s.out, summary(plan.Config, res, p.sshPorts)+installNotes(plan))
 	}
 	if err != nil || !o.persist.enabled {
 		return err
@@ -148,6 +148,21 @@ func summary(c redirect.Config, r redirect.Result, sshPorts []uint16) string {
 	}
 	if r.Processes > 0 {
 		row("cost", fmt.Sprintf("%d child processes", r.Processes))
+	}
+	return b.String()
+}
+
+// installNotes are the plan's notes — settings that do nothing, as `detour
+// plan` prints them — one line each (a family's notes name the family).
+func installNotes(p redirect.Plan) string {
+	var b strings.Builder
+	for _, n := range p.Notes {
+		fmt.Fprintf(&b, "  %-9s %s\n", "note", n)
+	}
+	for _, fc := range p.Capture.Families {
+		for _, n := range fc.Notes {
+			fmt.Fprintf(&b, "  %-9s %s\n", "note", n)
+		}
 	}
 	return b.String()
 }

@@ -23,10 +23,16 @@ const persistUsage = "also at every boot: write /etc/detour/detour.yaml and the 
 
 // checkPersist refuses --persist where it cannot mean anything; it runs before
 // anything changes.
-func checkPersist(p persistOptions, nsPath string, dryRun bool) error {
+func checkPersist(p persistOptions, nsPath, cgroup string, dryRun bool) error {
 	switch {
 	case !p.enabled:
 		return nil
+	case cgroup != "":
+		// The unit runs `detour install --config …` and `detour uninstall`:
+		// without --cgroup they are the network-namespace scope, which would
+		// capture every process of the host at boot. (A service's cgroup
+		// does not exist before the service starts, either.)
+		return usageError("--persist: not with --cgroup: the boot unit installs into the whole network namespace, not a cgroup; run `detour install --cgroup …` from the service's own unit (ExecStartPre) instead")
 	case dryRun:
 		return usageError("--persist: not with --dry-run, which changes nothing")
 	case nsPath != "":

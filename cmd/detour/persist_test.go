@@ -8,6 +8,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/detour-mesh/detour/bpf"
 	"github.com/detour-mesh/detour/internal/systemd"
 	"github.com/detour-mesh/detour/redirect"
 )
@@ -82,6 +83,16 @@ func TestPersistRefusedBeforeAnyChange(t *testing.T) {
 		{"install dry run", []string{"install", "--persist", "--dry-run"}, "--persist: not with --dry-run"},
 		{"install in a netns", []string{"install", "--persist", "--netns", "/proc/self/ns/net"}, "--persist: not with --netns"},
 		{"uninstall in a netns", []string{"uninstall", "--persist", "--netns", "/proc/self/ns/net"}, "--persist: not with --netns"},
+	}
+	if cg, err := bpf.CgroupRoot(); err == nil {
+		// The unit would install the network-namespace scope at boot: every
+		// process of the host captured instead of the cgroup's. (The bad port
+		// keeps a run that gets past --persist from changing the host.)
+		tests = append(tests, struct {
+			name string
+			args []string
+			want string
+		}{"install with --cgroup", []string{"install", "--persist", "--backend", "ebpf", "--cgroup", cg, "--exclude-outbound-ports", "0"}, "--persist: not with --cgroup"})
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

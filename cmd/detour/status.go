@@ -54,7 +54,7 @@ func runStatus(ctx context.Context, o *statusOptions, g *globalOptions, s stream
 		shared = fmt.Sprintf("detour's addresses on lo in this namespace are kept for %s\n", strings.Join(st.SharedWith, ", "))
 	}
 	for _, l := range st.Leftovers {
-		shared += fmt.Sprintf("left by an interrupted run of detour: %s; `detour uninstall` removes it\n", l)
+		shared += fmt.Sprintf("left behind, belonging to no install: %s; `detour uninstall` removes it\n", l)
 	}
 	if !st.Installed {
 		_, err := fmt.Fprint(s.out, "detour is not installed\n"+shared)

@@ -47,7 +47,7 @@ func runUninstall(ctx context.Context, o *uninstallOptions, g *globalOptions, s 
 	if err != nil {
 		return err
 	}
-	if err := checkPersist(o.persist, nsPath, false); err != nil {
+	if err := checkPersist(o.persist, nsPath, g.cgroup, false); err != nil {
 		return err
 	}
 	eng, err := g.engine(nsPath, netfilter.AnyBackend, s.err)
@@ -79,7 +79,7 @@ func runUninstall(ctx context.Context, o *uninstallOptions, g *globalOptions, s 
 		fmt.Fprintf(s.out, "detour removed (%s; %s)\n", from, joinFamilies(res.Families))
 	}
 	for _, l := range res.Leftovers {
-		fmt.Fprintf(s.out, "removed what an interrupted run of detour left: %s\n", l)
+		fmt.Fprintf(s.out, "removed what was left behind: %s\n", l)
 	}
 	return nil
 }

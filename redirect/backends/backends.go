@@ -97,6 +97,7 @@ func ebpfDriver(o Options) redirect.Driver {
 		e.Inbound = ebpfInbound{
 			Driver: nftables.New(nftables.Options{TableName: EBPFInboundTableFor(e.Cgroup), Logger: o.Logger}),
 			root:   e.Loader.Root,
+			logger: o.Logger,
 		}
 	}
 	return bpf.NewDriver(e)
@@ -200,7 +201,8 @@ func EBPFReady() error { return bpf.New(bpf.Options{}).Ready() }
 // inbound connection of it.
 type ebpfInbound struct {
 	*nftables.Driver
-	root string // bpf.Options.Root: where to look a cgroup scope's path up
+	root   string // bpf.Options.Root: where to look a cgroup scope's path up
+	logger *slog.Logger
 }
 
 var _ bpf.InboundRivals = ebpfInbound{}
@@ -227,6 +229,44 @@ func (d ebpfInbound) InboundRivals(have redirect.Installed) []string {
 		}
 	}
 	return out
+}
+
+var _ bpf.InboundTables = ebpfInbound{}
+
+// CgroupTables names the cgroup scopes' inbound tables in the namespace
+// have was read in.
+func (d ebpfInbound) CgroupTables(have redirect.Installed) []string {
+	s, ok := have.(interface{ Siblings() []string })
+	if !ok {
+		return nil
+	}
+	var out []string
+	for _, name := range s.Siblings() {
+		if strings.HasPrefix(name, EBPFInboundTable+"_cg_") {
+			out = append(out, name)
+		}
+	}
+	return out
+}
+
+// RemoveTables deletes eBPF scopes' inbound tables by name (the
+// network-namespace scope's uninstall, for the scopes of cgroups that are
+// gone), each in one netlink message, and nothing else.
+func (d ebpfInbound) RemoveTables(ctx context.Context, names []string) error {
+	for _, name := range names {
+		if !strings.HasPrefix(name, EBPFInboundTable+"_cg_") {
+			return fmt.Errorf("remove table inet %s: not a cgroup scope's inbound table", name)
+		}
+		t := nftables.New(nftables.Options{TableName: name, Logger: d.logger})
+		have, err := t.Observe(ctx)
+		if err != nil {
+			return fmt.Errorf("read table inet %s: %w", name, err)
+		}
+		if err := t.Remove(ctx, have); err != nil {
+			return fmt.Errorf("remove table inet %s: %w", name, err)
+		}
+	}
+	return nil
 }
 
 // cgroupTagged is the cgroup v2 directory at or below root (the cgroup v2

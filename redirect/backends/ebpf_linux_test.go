@@ -224,6 +224,13 @@ func TestEBPFCgroupScopeLeavesTheNamespaceCaptureAlone(t *testing.T) {
 		}
 	}
 
+	// Nothing of the cgroup scope yet: check says so, whatever it plans
+	// (with inbound the plan wants ::6 on lo, which is the namespace's).
+	for _, p := range []redirect.Plan{ebpfPlan(t, false), ebpfPlan(t, true)} {
+		if d, err := scope.Check(ctx, p); !errors.Is(err, redirect.ErrNotInstalled) {
+			t.Errorf("check of the cgroup scope before its install = %v, %v; want ErrNotInstalled", d, err)
+		}
+	}
 	res, err := scope.Install(ctx, ebpfPlan(t, false))
 	if err != nil {
 		t.Fatalf("cgroup scope without inbound beside the namespace's nftables capture: %v", err)
@@ -294,5 +301,68 @@ func TestCheckAfterInstallOfOneFamily(t *testing.T) {
 				t.Errorf("%s %s: uninstall = %+v, %v; want only %s removed", backend, fam, res, err, fam)
 			}
 		}
+	}
+}
+
+// TestInboundTableOfARemovedCgroup: a cgroup scope that captured inbound
+// and whose cgroup was removed before `uninstall --cgroup` leaves its
+// inbound table in the namespace, still redirecting every inbound
+// connection. `status` names it, an install that captures inbound is refused
+// naming it, and `uninstall` removes it with the scope's pins.
+func TestInboundTableOfARemovedCgroup(t *testing.T) {
+	l := newEBPFLab(t)
+	ctx := context.Background()
+	cg := filepath.Join(l.root, "a")
+	if _, err := l.engine(cg).Install(ctx, ebpfPlan(t, true)); err != nil {
+		t.Fatal(err)
+	}
+	table := EBPFInboundTableFor(cg)
+	// The lab's cleanup removes a and b; remove a now and make it again at
+	// the end for that cleanup.
+	if err := os.Remove(cg); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.Mkdir(cg, 0o755) })
+	netns := l.engine("")
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		st, err := netns.Status(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if left := strings.Join(st.Leftovers, " "); strings.Contains(left, "cgroup that is gone") {
+			if !strings.Contains(left, table) {
+				t.Errorf("status leftovers %q do not name the inbound table %s", left, table)
+			}
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("status after the scope's cgroup was removed: %+v; want the scope named as left behind", st)
+		}
+	}
+	cfg := redirect.Default()
+	cfg.Backend = redirect.BackendNFTables
+	cfg.IPFamilies = redirect.IPFamiliesDual
+	nft, err := redirect.NewPlan(cfg, redirect.Facts{IPv6: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := netns.Install(ctx, nft); !errors.Is(err, bpf.ErrInboundTaken) || !strings.Contains(err.Error(), table) {
+		t.Errorf("nftables install with inbound beside the left table: %v; want ErrInboundTaken naming %s", err, table)
+	}
+	res, err := netns.Uninstall(ctx)
+	if err != nil || !strings.Contains(strings.Join(res.Leftovers, " "), table) {
+		t.Errorf("uninstall = %+v, %v; want the table %s removed as left behind", res, err, table)
+	}
+	if got := l.inboundTables(t); len(got) != 0 {
+		t.Errorf("inbound tables after uninstall: %q", got)
+	}
+	if left, _ := filepath.Glob(filepath.Join(l.pinDir, "*")); len(left) != 0 {
+		t.Errorf("pins left after uninstall: %q", left)
+	}
+	if _, err := netns.Install(ctx, nft); err != nil {
+		t.Errorf("nftables install with inbound after the uninstall: %v", err)
+	}
+	if _, err := netns.Uninstall(ctx); err != nil {
+		t.Error(err)
 	}
 }

@@ -86,6 +86,10 @@ func Bootstrap(o BootstrapOptions) (*bootstrapv3.Bootstrap, error) {
 	if err != nil {
 		return nil, &redirect.FieldError{Field: "control-plane", Value: o.ControlPlane, Reason: "has no valid port"}
 	}
+	if _, err := netip.ParseAddr(host); err != nil && checkDNSName(host) != nil {
+		// Envoy would accept it and fail every DNS lookup of it, quietly.
+		return nil, &redirect.FieldError{Field: "control-plane", Value: o.ControlPlane, Reason: "has a host that is neither an IP address nor a DNS name"}
+	}
 	admin := o.AdminAddress
 	if admin == "" {
 		admin = "127.0.0.1:15000"
@@ -93,6 +97,20 @@ func Bootstrap(o BootstrapOptions) (*bootstrapv3.Bootstrap, error) {
 	adminAP, err := netip.ParseAddrPort(admin)
 	if err != nil {
 		return nil, &redirect.FieldError{Field: "admin-address", Value: admin, Reason: "is not ip:port"}
+	}
+	// A TCP listener of Envoy's own on the outbound or inbound port: one of
+	// the two binds fails, and the proxy never becomes ready.
+	proxyPort := func(field, value string, p uint16) error {
+		switch p {
+		case o.Config.Proxy.OutboundPort:
+			return &redirect.FieldError{Field: field, Value: value, Reason: "is the proxy's outbound port (proxy.outboundPort)"}
+		case o.Config.Proxy.InboundPort:
+			return &redirect.FieldError{Field: field, Value: value, Reason: "is the proxy's inbound port (proxy.inboundPort)"}
+		}
+		return nil
+	}
+	if err := proxyPort("admin-address", admin, adminAP.Port()); err != nil {
+		return nil, err
 	}
 	var readyAP netip.AddrPort
 	if o.ReadyAddress != "" {
@@ -102,6 +120,9 @@ func Bootstrap(o BootstrapOptions) (*bootstrapv3.Bootstrap, error) {
 		}
 		if readyAP.Port() == adminAP.Port() {
 			return nil, &redirect.FieldError{Field: "ready-address", Value: o.ReadyAddress, Reason: "has the admin listener's port"}
+		}
+		if err := proxyPort("ready-address", o.ReadyAddress, readyAP.Port()); err != nil {
+			return nil, err
 		}
 	}
 	if (o.ClientCert == "") != (o.ClientKey == "") {

@@ -126,6 +126,16 @@ type generator struct {
 	reach            map[string][]*Service // sorted Reach → reachable services
 	used             map[string]*clusterv3.Cluster
 	dnsListeners     map[string]*listenerv3.Listener // by dnsKey
+	// The parts of inbound listeners that repeat across workloads: every
+	// workload has its own inbound listeners (its ports), but their filter
+	// chains and listener filters are the same for every workload that
+	// declares the same port, and a thousand workloads would each build,
+	// validate and scan them again.
+	inboundChains   map[inboundChainKey]*listenerv3.FilterChain
+	listenerFilters map[string]*listenerv3.ListenerFilter
+	// listenerCap is the number of listeners of the last workload: the next
+	// one's list is allocated once at that size instead of grown.
+	listenerCap int
 	// Capture answers by redirect config (its JSON encoding, as in shapeKey)
 	// and destination: each redirect answer builds the config's whole
 	// capture, and a thousand workloads of one config ask it for the same
@@ -169,6 +179,16 @@ func (g *generator) capturesInbound(cfg string, c *redirect.Config, port uint16)
 	return ok
 }
 
+// inboundChainKey names a filter chain of inbound listeners: the loop guard
+// of the inbound port (kind ChainLoopGuard), the passthrough to a cluster
+// (ChainPassthrough, cluster), or a declared port (kind "", port, protocol).
+type inboundChainKey struct {
+	kind     string
+	port     uint16
+	protocol Protocol
+	cluster  string
+}
+
 // serviceKey names one port of one service on one virtual IP (listeners) or for
 // one set of IP families (clusters, fam).
 type serviceKey struct {
@@ -195,6 +215,8 @@ func newGenerator(m *Mesh) *generator {
 		serviceClusters:  make(map[serviceKey]*clusterv3.Cluster),
 		reach:            make(map[string][]*Service),
 		dnsListeners:     make(map[string]*listenerv3.Listener),
+		inboundChains:    make(map[inboundChainKey]*listenerv3.FilterChain),
+		listenerFilters:  make(map[string]*listenerv3.ListenerFilter),
 		captures:         make(map[captureKey]bool),
 	}
 	for i := range m.Services {
@@ -261,6 +283,7 @@ func (g *generator) workload(w *Workload) Resources {
 	clear(usedClusters)
 	use := func(cl *clusterv3.Cluster) { usedClusters[cl.GetName()] = cl }
 	use(g.blackhole())
+	r.Listeners = make([]*listenerv3.Listener, 0, g.listenerCap)
 
 	// The DNS table: every reachable service's name, answered with the
 	// virtual IPs the proxy serves listeners for (so the A and AAAA answers
@@ -324,12 +347,12 @@ func (g *generator) workload(w *Workload) Resources {
 		if v4 {
 			pt := g.inboundPassthrough(ClusterInboundPassthroughIPv4, c.Proxy.InboundPassthroughSource.IPv4)
 			use(pt)
-			r.Listeners = append(r.Listeners, inboundListener(ListenerInbound, netip.IPv4Unspecified(), c.Proxy.InboundPort, transparent, ports, pt.GetName()))
+			r.Listeners = append(r.Listeners, g.inboundListener(ListenerInbound, netip.IPv4Unspecified(), c.Proxy.InboundPort, transparent, ports, pt.GetName()))
 		}
 		if v6 {
 			pt := g.inboundPassthrough(ClusterInboundPassthroughIPv6, c.Proxy.InboundPassthroughSource.IPv6)
 			use(pt)
-			r.Listeners = append(r.Listeners, inboundListener(ListenerInboundIPv6, netip.IPv6Unspecified(), c.Proxy.InboundPort, transparent, ports, pt.GetName()))
+			r.Listeners = append(r.Listeners, g.inboundListener(ListenerInboundIPv6, netip.IPv6Unspecified(), c.Proxy.InboundPort, transparent, ports, pt.GetName()))
 		}
 	}
 
@@ -339,6 +362,7 @@ func (g *generator) workload(w *Workload) Resources {
 	}
 	slices.SortFunc(r.Clusters, func(a, b *clusterv3.Cluster) int { return cmp.Compare(a.GetName(), b.GetName()) })
 	slices.SortFunc(r.Listeners, func(a, b *listenerv3.Listener) int { return cmp.Compare(a.GetName(), b.GetName()) })
+	g.listenerCap = len(r.Listeners)
 	return r
 }
 
@@ -464,39 +488,21 @@ func (g *generator) serviceListener(s *Service, pi int, vip netip.Addr) *listene
 	return l
 }
 
-func inboundListener(name string, addr netip.Addr, port uint16, transparent bool, ports []InboundPort, passthrough string) *listenerv3.Listener {
-	chains := []*listenerv3.FilterChain{{
-		Name:             ChainLoopGuard,
-		FilterChainMatch: portMatch(port),
-		Filters:          []*listenerv3.Filter{tcpProxyFilter(ClusterBlackhole, ClusterBlackhole)},
-	}}
+func (g *generator) inboundListener(name string, addr netip.Addr, port uint16, transparent bool, ports []InboundPort, passthrough string) *listenerv3.Listener {
+	chains := make([]*listenerv3.FilterChain, 0, len(ports)+2)
+	chains = append(chains, g.inboundChain(inboundChainKey{kind: ChainLoopGuard, port: port}))
 	for _, p := range ports {
-		cluster := InboundClusterName(p.Port)
-		f := tcpProxyFilter(cluster, cluster)
-		if p.Protocol == ProtocolHTTP {
-			f = httpFilter(cluster, cluster, cluster)
-		}
-		chains = append(chains, &listenerv3.FilterChain{
-			Name:             cluster,
-			FilterChainMatch: portMatch(p.Port),
-			Filters:          []*listenerv3.Filter{f},
-		})
+		chains = append(chains, g.inboundChain(inboundChainKey{port: p.Port, protocol: p.Protocol}))
 	}
 	// Ports the workload did not declare still reach whatever listens there,
 	// from the passthrough source the installer never recaptures.
-	chains = append(chains, &listenerv3.FilterChain{
-		Name:    ChainPassthrough,
-		Filters: []*listenerv3.Filter{tcpProxyFilter(passthrough, passthrough)},
-	})
+	chains = append(chains, g.inboundChain(inboundChainKey{kind: ChainPassthrough, cluster: passthrough}))
 	l := &listenerv3.Listener{
 		Name:             name,
 		Address:          socketAddress(addr, port),
 		TrafficDirection: corev3.TrafficDirection_INBOUND,
-		ListenerFilters: []*listenerv3.ListenerFilter{{
-			Name:       filterOriginalDst,
-			ConfigType: &listenerv3.ListenerFilter_TypedConfig{TypedConfig: mustAny(&originaldstv3.OriginalDst{})},
-		}},
-		FilterChains: chains,
+		ListenerFilters:  []*listenerv3.ListenerFilter{g.listenerFilter(filterOriginalDst)},
+		FilterChains:     chains,
 	}
 	if transparent {
 		// TPROXY delivers connections addressed to the workload, not to the
@@ -506,12 +512,60 @@ func inboundListener(name string, addr netip.Addr, port uint16, transparent bool
 		// that address (instead of the clusters' 127.0.0.6 / ::6) with the
 		// TPROXY mark, by which the installed rules leave the connection alone
 		// and route the app's replies back to the proxy.
-		l.ListenerFilters = append(l.ListenerFilters, &listenerv3.ListenerFilter{
-			Name:       filterOriginalSrc,
-			ConfigType: &listenerv3.ListenerFilter_TypedConfig{TypedConfig: mustAny(&originalsrcv3.OriginalSrc{Mark: redirect.TProxyMark})},
-		})
+		l.ListenerFilters = append(l.ListenerFilters, g.listenerFilter(filterOriginalSrc))
 	}
 	return l
+}
+
+// inboundChain returns the inbound filter chain named by k, shared by every
+// inbound listener of the build that has it.
+func (g *generator) inboundChain(k inboundChainKey) *listenerv3.FilterChain {
+	if c, ok := g.inboundChains[k]; ok {
+		return c
+	}
+	var c *listenerv3.FilterChain
+	switch k.kind {
+	case ChainLoopGuard:
+		c = &listenerv3.FilterChain{
+			Name:             ChainLoopGuard,
+			FilterChainMatch: portMatch(k.port),
+			Filters:          []*listenerv3.Filter{tcpProxyFilter(ClusterBlackhole, ClusterBlackhole)},
+		}
+	case ChainPassthrough:
+		c = &listenerv3.FilterChain{
+			Name:    ChainPassthrough,
+			Filters: []*listenerv3.Filter{tcpProxyFilter(k.cluster, k.cluster)},
+		}
+	default:
+		cluster := InboundClusterName(k.port)
+		f := tcpProxyFilter(cluster, cluster)
+		if k.protocol == ProtocolHTTP {
+			f = httpFilter(cluster, cluster, cluster)
+		}
+		c = &listenerv3.FilterChain{
+			Name:             cluster,
+			FilterChainMatch: portMatch(k.port),
+			Filters:          []*listenerv3.Filter{f},
+		}
+	}
+	g.inboundChains[k] = c
+	return c
+}
+
+// listenerFilter returns the inbound listeners' listener filter named name
+// (original_dst, or original_src with the TPROXY mark), shared by every
+// inbound listener of the build.
+func (g *generator) listenerFilter(name string) *listenerv3.ListenerFilter {
+	if f, ok := g.listenerFilters[name]; ok {
+		return f
+	}
+	var config proto.Message = &originaldstv3.OriginalDst{}
+	if name == filterOriginalSrc {
+		config = &originalsrcv3.OriginalSrc{Mark: redirect.TProxyMark}
+	}
+	f := &listenerv3.ListenerFilter{Name: name, ConfigType: &listenerv3.ListenerFilter_TypedConfig{TypedConfig: mustAny(config)}}
+	g.listenerFilters[name] = f
+	return f
 }
 
 type serviceVIP struct {

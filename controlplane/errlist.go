@@ -3,6 +3,9 @@ package controlplane
 import (
 	"errors"
 	"fmt"
+	"strings"
+
+	"github.com/detour-mesh/detour/redirect"
 )
 
 // MaxReportedErrors bounds the errors one invalid mesh reports: the first ones
@@ -30,7 +33,7 @@ func (l *errorList) add(err error) {
 		return
 	}
 	if len(l.errs) < MaxReportedErrors {
-		l.errs = append(l.errs, err)
+		l.errs = append(l.errs, shorten(err))
 		return
 	}
 	l.more++
@@ -56,4 +59,26 @@ type moreErrors struct{ n int }
 
 func (e *moreErrors) Error() string {
 	return fmt.Sprintf("… and %d more errors (only the first %d are shown)", e.n, MaxReportedErrors)
+}
+
+// maxValueText bounds the field and the value a kept error quotes: a
+// 3 MB value is shown as its first bytes and its size.
+const maxValueText = 200
+
+// shorten cuts a *redirect.FieldError's field and value to maxValueText.
+func shorten(err error) error {
+	fe, ok := err.(*redirect.FieldError)
+	if !ok || len(fe.Field) <= maxValueText && len(fe.Value) <= maxValueText {
+		return err
+	}
+	c := *fe
+	c.Field, c.Value = cut(c.Field), cut(c.Value)
+	return &c
+}
+
+func cut(s string) string {
+	if len(s) <= maxValueText {
+		return s
+	}
+	return fmt.Sprintf("%s… (%d bytes)", strings.ToValidUTF8(s[:maxValueText], ""), len(s))
 }

@@ -278,6 +278,16 @@ func (m *Mesh) Validate() error {
 		if err := tp.Validate(); err != nil {
 			errs.add(prefixFieldErrors(f+".transparentProxy.", err))
 		}
+		if tp.DNS.Capture != "" && tp.DNS.Capture != redirect.DNSCaptureOff {
+			// Envoy's own queries are never captured: an upstream that is the
+			// listener itself (dnsListener binds 127.0.0.1 and ::1) gets every
+			// name that is not a service back, again and again.
+			for j, u := range m.DNS.Upstreams {
+				if u.Port() == tp.DNS.Port && (u.Addr() == netip.AddrFrom4([4]byte{127, 0, 0, 1}) || u.Addr() == netip.IPv6Loopback()) {
+					bad(fmt.Sprintf("dns.upstreams[%d]", j), u.String(), fmt.Sprintf("is the DNS listener of %s (%s) itself (transparentProxy.dns.port %d): its queries would loop", f, w.NodeID, tp.DNS.Port))
+				}
+			}
+		}
 		v4, v6 := addrFamilies(w.Addresses)
 		switch tp.IPFamilies {
 		case redirect.IPFamiliesIPv6, redirect.IPFamiliesDual:

@@ -12,6 +12,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"syscall"
 
 	"sigs.k8s.io/yaml"
 
@@ -26,9 +27,15 @@ import (
 const DefaultMaxMeshSize = 4 << 20
 
 // LoadMesh reads and decodes the mesh file at path (DecodeMesh). A file larger
-// than DefaultMaxMeshSize is refused unread.
+// than DefaultMaxMeshSize is refused unread. path may be a pipe (`--mesh
+// <(…)`): it is read once.
 func LoadMesh(path string) (*Mesh, error) {
-	b, err := readMeshFile(path, DefaultMaxMeshSize)
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, unreadable(path, err)
+	}
+	defer f.Close()
+	b, err := readMeshFile(f, path, DefaultMaxMeshSize)
 	if err != nil {
 		return nil, err
 	}
@@ -39,15 +46,66 @@ func LoadMesh(path string) (*Mesh, error) {
 	return m, nil
 }
 
-// readMeshFile reads path if it holds at most limit bytes. The size is checked
-// before reading (and the read is bounded too, for files whose size the
-// file system does not know); a larger file is a *redirect.FieldError.
-func readMeshFile(path string, limit int64) ([]byte, error) {
-	f, err := os.Open(path)
+// openWatchedMeshFile opens the mesh file FileSource reads again and again. It
+// must be a regular file (or a symlink to one): a FIFO would block the open
+// (O_NONBLOCK keeps it from doing so) and a pipe holds its content only once.
+func openWatchedMeshFile(path string) (*os.File, error) {
+	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NONBLOCK, 0)
 	if err != nil {
-		return nil, fmt.Errorf("read mesh file: %w", err)
+		return nil, unreadable(path, err)
 	}
-	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		f.Close()
+		return nil, unreadable(path, err)
+	}
+	if !fi.Mode().IsRegular() {
+		f.Close()
+		return nil, fmt.Errorf("mesh file %s: %w", path, &redirect.FieldError{Field: "(document)", Value: path,
+			Reason: "is not a regular file (" + fileKind(fi.Mode()) + "); the watched mesh file is read again at every change"})
+	}
+	return f, nil
+}
+
+func fileKind(m os.FileMode) string {
+	switch {
+	case m.IsDir():
+		return "a directory"
+	case m&os.ModeNamedPipe != 0:
+		return "a named pipe"
+	case m&os.ModeSocket != 0:
+		return "a socket"
+	case m&os.ModeDevice != 0:
+		return "a device"
+	}
+	return "mode " + m.String()
+}
+
+// unreadableError is a mesh file that cannot be opened or read: invalid input
+// (redirect.ErrInvalid, exit 2 at start) that still matches the os error
+// (os.ErrNotExist, os.ErrPermission).
+type unreadableError struct {
+	field *redirect.FieldError
+	err   error
+}
+
+func unreadable(path string, err error) error {
+	reason := err
+	var pe *os.PathError
+	if errors.As(err, &pe) {
+		reason = pe.Err
+	}
+	return &unreadableError{field: &redirect.FieldError{Field: "mesh file", Value: path, Reason: "cannot be read: " + reason.Error()}, err: err}
+}
+
+func (e *unreadableError) Error() string   { return e.field.Error() }
+func (e *unreadableError) Unwrap() []error { return []error{e.field, e.err} }
+
+// readMeshFile reads f (opened from path) if it holds at most limit bytes. The
+// size is checked before reading (and the read is bounded too, for files whose
+// size the file system does not know); a larger file is a
+// *redirect.FieldError.
+func readMeshFile(f *os.File, path string, limit int64) ([]byte, error) {
 	tooLarge := func(size string) error {
 		return fmt.Errorf("mesh file %s: %w", path, &redirect.FieldError{Field: "(document)", Value: size,
 			Reason: fmt.Sprintf("is larger than the maximum mesh file size, %d bytes", limit)})
@@ -57,7 +115,7 @@ func readMeshFile(path string, limit int64) ([]byte, error) {
 	}
 	b, err := io.ReadAll(io.LimitReader(f, limit+1))
 	if err != nil {
-		return nil, fmt.Errorf("read mesh file: %w", err)
+		return nil, unreadable(path, err)
 	}
 	if int64(len(b)) > limit {
 		return nil, tooLarge(fmt.Sprintf("more than %d bytes", limit))
@@ -75,9 +133,11 @@ func readMeshFile(path string, limit int64) ([]byte, error) {
 // document, then the workload's own, through redirect.Config.Decode. So the
 // ports the installer captures to are the ports the listeners use.
 func DecodeMesh(doc []byte) (*Mesh, error) {
-	js, err := yaml.YAMLToJSON(doc)
+	// Strict: a key given twice is an error, not whichever came last (a
+	// merge gone wrong would otherwise pick a policy silently).
+	js, err := yaml.YAMLToJSONStrict(doc)
 	if err != nil {
-		return nil, &redirect.FieldError{Field: "(document)", Value: firstLine(err.Error()), Reason: "is not valid YAML or JSON"}
+		return nil, &redirect.FieldError{Field: "(document)", Value: yamlError(err), Reason: "is not valid YAML or JSON"}
 	}
 	dec := json.NewDecoder(bytes.NewReader(js))
 	dec.UseNumber()
@@ -100,6 +160,12 @@ func DecodeMesh(doc []byte) (*Mesh, error) {
 		return nil, err
 	}
 	return m, nil
+}
+
+// yamlError is the YAML decoder's message on one line: "yaml: unmarshal
+// errors:" is followed by one indented line per error (a duplicate key).
+func yamlError(err error) string {
+	return strings.Join(strings.Fields(err.Error()), " ")
 }
 
 func firstLine(s string) string {

@@ -118,6 +118,8 @@ func TestDecodeMeshErrors(t *testing.T) {
 		want      []string
 	}{
 		{"malformed yaml", "services: [", []string{`(document): `, "is not valid YAML or JSON"}},
+		{"duplicate key", "outboundPolicy: allow-any\noutboundPolicy: registry-only", []string{`(document): `, `key \"outboundPolicy\" already set in map" is not valid YAML or JSON`}},
+		{"duplicate nested key", "workloads: [{nodeId: w, nodeId: v, addresses: [192.0.2.1]}]", []string{`key \"nodeId\" already set in map`}},
 		{"not a mapping", "[1, 2]", []string{`(document): "[1,2]" is not a mapping`}},
 		{"unknown top-level key", "servics: []", []string{`servics: "[]" is not a known field (one of outboundPolicy, allowMassRemoval, dns, transparentProxy, services, workloads)`}},
 		{"unknown policy", "outboundPolicy: deny", []string{`outboundPolicy: "deny" is not one of allow-any, registry-only`}},
@@ -145,6 +147,11 @@ func TestDecodeMeshErrors(t *testing.T) {
 		{"dns upstream unusable", "dns: {upstreams: [192.0.2.53, \"0.0.0.0\", \"192.0.2.53:0\"]}", []string{
 			`dns.upstreams[1]: "0.0.0.0:53" is not a routable unicast address`,
 			`dns.upstreams[2]: "192.0.2.53:0" has no port`}},
+		// The proxy's own DNS listener as the upstream: every name that is not
+		// a service would be forwarded to itself, again and again.
+		{"dns upstream is the dns listener", "dns: {upstreams: [\"127.0.0.1:15053\", \"[::1]:15053\"]}\n" + svc + wl + ", transparentProxy: {dns: {capture: all}}}]", []string{
+			`dns.upstreams[0]: "127.0.0.1:15053" is the DNS listener of workloads[0] (w) itself (transparentProxy.dns.port 15053): its queries would loop`,
+			`dns.upstreams[1]: "[::1]:15053" is the DNS listener of workloads[0] (w) itself`}},
 		{"dns key", "dns: {ttl: 5}", []string{`dns.ttl: "5" is not a known field (one of suffix, upstreams)`}},
 		{"inbound on a proxy port", svc + wl + ", inbound: [15001]}]", []string{`workloads[0].inbound[0].port: "15001" is one of the proxy's own ports`}},
 		{"app port on a proxy port", svc + wl + ", inbound: [{port: 80, appPort: 15006}]}]", []string{`workloads[0].inbound[0].appPort: "15006" is one of the proxy's own ports`}},
@@ -173,6 +180,21 @@ func TestDecodeMeshErrors(t *testing.T) {
 				t.Errorf("error does not match redirect.ErrInvalid")
 			}
 		})
+	}
+}
+
+// TestDecodeMeshDNSLoopbackUpstream: a resolver on loopback is fine as long
+// as it is not the workload's own DNS listener (or DNS is not captured).
+func TestDecodeMeshDNSLoopbackUpstream(t *testing.T) {
+	t.Parallel()
+	for _, doc := range []string{
+		"dns: {upstreams: [127.0.0.1, \"127.0.0.53\", \"127.0.0.1:15054\"]}\nworkloads: [{nodeId: w, addresses: [192.0.2.1], transparentProxy: {dns: {capture: all}}}]",
+		"dns: {upstreams: [\"127.0.0.1:15053\"]}\nworkloads: [{nodeId: w, addresses: [192.0.2.1]}]",
+		"dns: {upstreams: [\"127.0.0.1:15053\"]}\nworkloads: [{nodeId: w, addresses: [192.0.2.1], transparentProxy: {dns: {capture: all, port: 15054}}}]",
+	} {
+		if _, err := DecodeMesh([]byte(doc)); err != nil {
+			t.Errorf("DecodeMesh(%q) = %v", doc, err)
+		}
 	}
 }
 

@@ -90,7 +90,12 @@ type observation struct {
 }
 
 func (f *FileSource) observe(limit int64) observation {
-	b, err := readMeshFile(f.Path, limit)
+	file, err := openWatchedMeshFile(f.Path)
+	if err != nil {
+		return observation{key: "error:" + err.Error(), err: err}
+	}
+	defer file.Close()
+	b, err := readMeshFile(file, f.Path, limit)
 	if err != nil {
 		return observation{key: "error:" + err.Error(), err: err}
 	}

@@ -107,10 +107,61 @@ func TestFileSourceInvalidAtStart(t *testing.T) {
 	if !errors.Is(err, redirect.ErrInvalid) || !strings.Contains(err.Error(), `outboundPolicy: "deny"`) {
 		t.Errorf("Run = %v, want an invalid-config error naming outboundPolicy", err)
 	}
-	err = (&FileSource{Path: filepath.Join(t.TempDir(), "missing.yaml")}).Run(context.Background(), newRecordingSink())
-	if !errors.Is(err, os.ErrNotExist) {
-		t.Errorf("Run(missing file) = %v", err)
+	// A file that cannot be read at start is invalid input too (exit 2, like
+	// `detour install --config`), and the error names it.
+	missing := filepath.Join(t.TempDir(), "missing.yaml")
+	err = (&FileSource{Path: missing}).Run(context.Background(), newRecordingSink())
+	if !errors.Is(err, os.ErrNotExist) || !errors.Is(err, redirect.ErrInvalid) ||
+		!strings.Contains(err.Error(), fmt.Sprintf("mesh file: %q cannot be read: no such file or directory", missing)) {
+		t.Errorf("Run(missing file) = %v, want an invalid-input error naming the file", err)
 	}
+}
+
+// TestFileSourceNotARegularFile: a FIFO, a directory or a process
+// substitution (`--config <(…)`, a pipe) is refused at once with a clear
+// error; a FIFO without a writer used to block the control plane before it
+// served anything, and a pipe was read once and then reported as "empty".
+func TestFileSourceNotARegularFile(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	fifo := filepath.Join(dir, "fifo")
+	if err := mkfifo(fifo); err != nil {
+		t.Skipf("no FIFOs here: %v", err)
+	}
+	for _, tc := range []struct{ name, path, want string }{
+		{"fifo", fifo, "is not a regular file (a named pipe)"},
+		{"directory", dir, "is not a regular file (a directory)"},
+	} {
+		done := make(chan error, 1)
+		go func() { done <- (&FileSource{Path: tc.path, Settle: -1}).Run(context.Background(), newRecordingSink()) }()
+		select {
+		case err := <-done:
+			if !errors.Is(err, redirect.ErrInvalid) || !strings.Contains(err.Error(), tc.want) {
+				t.Errorf("%s: Run = %v, want an invalid-input error containing %q", tc.name, err, tc.want)
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatalf("%s: Run still blocked after 10s", tc.name)
+		}
+	}
+
+	// Swapped for a FIFO while watched: reported, the watch goes on.
+	path := filepath.Join(t.TempDir(), "mesh.yaml")
+	writeAtomic(t, path, meshOf(4, 80))
+	w := watch(t, path, 4096)
+	if err := os.Remove(path); err != nil {
+		t.Fatal(err)
+	}
+	if err := mkfifo(path); err != nil {
+		t.Fatal(err)
+	}
+	if err := w.invalid(t); !errors.Is(err, redirect.ErrInvalid) || !strings.Contains(err.Error(), "is not a regular file (a named pipe)") {
+		t.Errorf("FIFO reported as %v", err)
+	}
+	if err := os.Remove(path); err != nil {
+		t.Fatal(err)
+	}
+	writeAtomic(t, path, meshOf(4, 81))
+	wantMesh(t, w.update(t), 4, 81)
 }
 
 // meshOf returns a mesh file with n workloads w0…w(n-1) and the service
@@ -365,5 +416,15 @@ func TestDecodeMeshBoundsErrors(t *testing.T) {
 	}
 	if want := fmt.Sprintf("and %d more errors", n-MaxReportedErrors); !strings.Contains(lines[MaxReportedErrors], want) {
 		t.Errorf("last line = %q, want it to say %q", lines[MaxReportedErrors], want)
+	}
+
+	// One huge value (or key) is cut too: it is echoed in the log and in every
+	// /debug/nodes response.
+	huge := strings.Repeat("x", 3<<20)
+	for _, doc := range []string{"outboundPolicy: " + huge, "? " + huge + "\n: 1\n", "workloads: [{nodeId: w, addresses: [" + huge + "]}]"} {
+		_, err := DecodeMesh([]byte(doc))
+		if !errors.Is(err, redirect.ErrInvalid) || len(err.Error()) > 1024 || !strings.Contains(err.Error(), fmt.Sprintf("… (%d bytes)", len(huge))) {
+			t.Errorf("DecodeMesh(huge value) = %d bytes of error, want at most 1 KiB saying the value's size:\n%.400s", len(err.Error()), err)
+		}
 	}
 }

@@ -72,6 +72,12 @@ type allValidator interface{ ValidateAll() error }
 // resources are walked on every config change.
 type walker struct {
 	path []segment
+	// valid, when set, holds typed configs (by pointer) whose contents were
+	// found valid: the generator shares them between resources, and
+	// unpacking each again for every resource that holds it was most of a
+	// build's garbage. Failures are not kept, so that each resource's error
+	// names its own path.
+	valid map[*anypb.Any]bool
 }
 
 // segment is one step of a field path: a field name, a list index or map key,
@@ -122,6 +128,9 @@ func (w *walker) message(m proto.Message) error {
 
 func (w *walker) walk(m protoreflect.Message) error {
 	if packed, ok := m.Interface().(*anypb.Any); ok {
+		if w.valid[packed] {
+			return nil
+		}
 		inner, err := anypb.UnmarshalNew(packed, proto.UnmarshalOptions{Resolver: protoregistry.GlobalTypes})
 		if err != nil {
 			return w.errorf("unpack %s: %v", packed.GetTypeUrl(), err)
@@ -129,6 +138,9 @@ func (w *walker) walk(m protoreflect.Message) error {
 		w.path = append(w.path, segment{name: string(inner.ProtoReflect().Descriptor().FullName()), unpacked: true})
 		err = w.message(inner)
 		w.path = w.path[:len(w.path)-1]
+		if err == nil && w.valid != nil {
+			w.valid[packed] = true
+		}
 		return err
 	}
 	var err error
@@ -186,24 +198,31 @@ type checker struct {
 	listenerAddrs               map[string]string
 
 	valid  map[proto.Message]error
+	walker walker // with a memo of valid typed configs
 	refs   map[*listenerv3.Listener][]string
-	chains map[*listenerv3.Listener]string
-	addrs  map[*listenerv3.Listener]string
+	// filterRefs are the clusters each filter refers to (the generator
+	// shares filters between listeners).
+	filterRefs map[*listenerv3.Filter][]string
+	chains     map[*listenerv3.Listener]string
+	addrs      map[*listenerv3.Listener]string
 }
 
 func newChecker() *checker {
 	return &checker{
-		valid:  make(map[proto.Message]error),
-		refs:   make(map[*listenerv3.Listener][]string),
-		chains: make(map[*listenerv3.Listener]string),
-		addrs:  make(map[*listenerv3.Listener]string),
+		valid:      make(map[proto.Message]error),
+		walker:     walker{valid: make(map[*anypb.Any]bool)},
+		refs:       make(map[*listenerv3.Listener][]string),
+		filterRefs: make(map[*listenerv3.Filter][]string),
+		chains:     make(map[*listenerv3.Listener]string),
+		addrs:      make(map[*listenerv3.Listener]string),
 	}
 }
 
 func (c *checker) validate(m proto.Message, kind, name string) error {
 	err, seen := c.valid[m]
 	if !seen {
-		if verr := ValidateResource(m); verr != nil {
+		c.walker.path = c.walker.path[:0]
+		if verr := c.walker.message(m); verr != nil {
 			err = &ResourceError{Resource: kind + " " + name, Reason: verr.Error()}
 		}
 		c.valid[m] = err
@@ -402,33 +421,48 @@ func (c *checker) clusterRefs(l *listenerv3.Listener) ([]string, error) {
 	}
 	for _, fc := range chains {
 		for _, f := range fc.GetFilters() {
-			tc := f.GetTypedConfig()
-			if tc == nil {
-				return nil, fmt.Errorf("filter %s has no typed_config", f.GetName())
-			}
-			msg, err := tc.UnmarshalNew()
+			fr, err := c.filterClusters(f)
 			if err != nil {
-				return nil, fmt.Errorf("filter %s: unpack: %w", f.GetName(), err)
+				return nil, err
 			}
-			switch t := msg.(type) {
-			case *tcpproxyv3.TcpProxy:
-				if name := t.GetCluster(); name != "" {
-					refs = append(refs, name)
-				}
-				for _, wc := range t.GetWeightedClusters().GetClusters() {
-					refs = append(refs, wc.GetName())
-				}
-			case *hcmv3.HttpConnectionManager:
-				if t.GetRds() != nil || t.GetScopedRoutes() != nil {
-					return nil, fmt.Errorf("filter %s uses RDS, but this control plane serves routes inline only", f.GetName())
-				}
-				refs = append(refs, routeClusters(t.GetRouteConfig())...)
-			}
+			refs = append(refs, fr...)
 		}
 	}
 	slices.Sort(refs)
 	refs = slices.Compact(refs)
 	c.refs[l] = refs
+	return refs, nil
+}
+
+// filterClusters returns the clusters the network filter f refers to.
+func (c *checker) filterClusters(f *listenerv3.Filter) ([]string, error) {
+	if refs, ok := c.filterRefs[f]; ok {
+		return refs, nil
+	}
+	tc := f.GetTypedConfig()
+	if tc == nil {
+		return nil, fmt.Errorf("filter %s has no typed_config", f.GetName())
+	}
+	msg, err := tc.UnmarshalNew()
+	if err != nil {
+		return nil, fmt.Errorf("filter %s: unpack: %w", f.GetName(), err)
+	}
+	var refs []string
+	switch t := msg.(type) {
+	case *tcpproxyv3.TcpProxy:
+		if name := t.GetCluster(); name != "" {
+			refs = append(refs, name)
+		}
+		for _, wc := range t.GetWeightedClusters().GetClusters() {
+			refs = append(refs, wc.GetName())
+		}
+	case *hcmv3.HttpConnectionManager:
+		if t.GetRds() != nil || t.GetScopedRoutes() != nil {
+			return nil, fmt.Errorf("filter %s uses RDS, but this control plane serves routes inline only", f.GetName())
+		}
+		refs = append(refs, routeClusters(t.GetRouteConfig())...)
+	}
+	c.filterRefs[f] = refs
 	return refs, nil
 }
 

@@ -275,6 +275,9 @@ func (in *Injector) Plan(meta metav1.ObjectMeta, spec corev1.PodSpec) (*Mutation
 		}
 	}
 	m.Config = cfg
+	if err := checkAppPorts(spec, cfg.Proxy.InboundPort, cfg.Proxy.OutboundPort, inj.AdminPort, inj.ReadyPort); err != nil {
+		return nil, err
+	}
 
 	proxy, err := in.proxyContainer(ann, cfg)
 	if err != nil {
@@ -524,6 +527,38 @@ func resources(cpuReq, memReq, cpuLim, memLim string, field func(int) string) (c
 		}
 	}
 	return r, nil
+}
+
+// checkAppPorts refuses a container that declares one of the sidecar's TCP
+// ports: in the pod's one network namespace either the app or Envoy would
+// fail to bind it (or, on the outbound port, the app's listener would take the
+// redirected connections).
+func checkAppPorts(spec corev1.PodSpec, proxyPorts ...uint16) error {
+	for _, list := range []struct {
+		field string
+		cs    []corev1.Container
+	}{{"spec.initContainers", spec.InitContainers}, {"spec.containers", spec.Containers}} {
+		for i, c := range list.cs {
+			for j, p := range c.Ports {
+				if p.Protocol != "" && p.Protocol != corev1.ProtocolTCP {
+					continue
+				}
+				if p.ContainerPort > 0 && p.ContainerPort <= 65535 && slices.Contains(proxyPorts, uint16(p.ContainerPort)) {
+					return &redirect.FieldError{Field: fmt.Sprintf("%s[%d].ports[%d].containerPort", list.field, i, j), Value: strconv.Itoa(int(p.ContainerPort)),
+						Reason: fmt.Sprintf("is a port of the sidecar (container %s; the proxy's inbound, outbound, admin and ready ports are %s)", c.Name, joinUint16(proxyPorts))}
+				}
+			}
+		}
+	}
+	return nil
+}
+
+func joinUint16(ps []uint16) string {
+	s := make([]string, len(ps))
+	for i, p := range ps {
+		s[i] = strconv.Itoa(int(p))
+	}
+	return strings.Join(s, ", ")
 }
 
 func hasContainer(cs []corev1.Container, name string) bool {

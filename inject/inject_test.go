@@ -3,6 +3,7 @@ package inject_test
 import (
 	"bytes"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -143,6 +144,7 @@ func TestPlanRefusesBadAnnotations(t *testing.T) {
 		{"bad config document", map[string]string{"detour.io/config": "proxy: {uid: -1}"}, []string{"detour.io/config", "proxy.uid", "-1"}},
 		{"ready port only included", map[string]string{"detour.io/include-inbound-ports": "8080,15021"}, []string{"inbound.includePorts", "15021"}},
 		{"node file", map[string]string{"detour.io/dns-resolv-conf": "/etc/shadow"}, []string{"detour.io/dns-resolv-conf", "/etc/shadow"}},
+		{"inbound port on the admin port", map[string]string{"detour.io/inbound-port": "15000"}, []string{"admin-address", "15000", "proxy.inboundPort"}},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			t.Parallel()
@@ -160,6 +162,29 @@ func TestPlanRefusesBadAnnotations(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestPlanRefusesAppOnProxyPort: an app container that declares one of the
+// sidecar's TCP ports would fight Envoy for it in the pod's one network
+// namespace; the pod is refused naming the container and the port.
+func TestPlanRefusesAppOnProxyPort(t *testing.T) {
+	t.Parallel()
+	in := newInjector(t, "", meshconfig.SidecarNative)
+	for _, port := range []int32{15001, 15006, 15000, 15021} {
+		meta, spec := pod(nil)
+		spec.Containers = append(spec.Containers, corev1.Container{Name: "web", Image: "x", Ports: []corev1.ContainerPort{{ContainerPort: 8080}, {ContainerPort: port}}})
+		_, err := in.Plan(meta, spec)
+		want := fmt.Sprintf(`spec.containers[1].ports[1].containerPort: "%d" is a port of the sidecar`, port)
+		if !errors.Is(err, redirect.ErrInvalid) || !strings.Contains(err.Error(), want) {
+			t.Errorf("app on port %d: Plan = %v, want an error containing %q", port, err, want)
+		}
+	}
+	// UDP, or a port the sidecar does not use, is fine.
+	meta, spec := pod(nil)
+	spec.Containers[0].Ports = []corev1.ContainerPort{{ContainerPort: 15001, Protocol: corev1.ProtocolUDP}, {ContainerPort: 15002}}
+	if _, err := in.Plan(meta, spec); err != nil {
+		t.Errorf("app on UDP 15001 and TCP 15002: %v", err)
 	}
 }
 

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"strings"
 
 	"github.com/spf13/cobra"
 	"google.golang.org/protobuf/encoding/protojson"
@@ -45,6 +46,9 @@ The proxy ports come from the workload's transparentProxy in --mesh, or from
   envoy -c envoy.yaml`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := rejectEmptyFlags(cmd.Flags()); err != nil {
+				return err
+			}
 			return printBootstrap(o, s)
 		},
 	}
@@ -68,6 +72,14 @@ The proxy ports come from the workload's transparentProxy in --mesh, or from
 func printBootstrap(o *bootstrapOptions, s streams) error {
 	if o.nodeID == "" || o.controlPlane == "" {
 		return usageError("--node-id and --control-plane are required")
+	}
+	if strings.TrimSpace(o.nodeID) != o.nodeID {
+		// The mesh file's and the Kubernetes source's rule: such a node id is
+		// never served.
+		return usageError("--node-id %q is not a node id (non-empty, no surrounding spaces)", o.nodeID)
+	}
+	if o.serverName != "" && o.ca == "" {
+		return usageError("--server-name needs --ca (it is the TLS server name checked against the control plane's certificate)")
 	}
 	if o.mesh != "" && (len(o.configs) > 0 || o.preset != "") {
 		return usageError("--mesh gives the workload's config; do not combine it with --config or --preset")

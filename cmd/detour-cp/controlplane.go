@@ -65,6 +65,9 @@ HTTP endpoints: /healthz, /readyz, /metrics (Prometheus) and /debug/nodes.
 docs/control-plane.md and docs/mesh.md describe the layout and the mesh file.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := rejectEmptyFlags(cmd.Flags(), "inject-owner"); err != nil {
+				return err
+			}
 			if g.verbose && !cmd.Flags().Changed("log-level") {
 				o.logLevel = "debug"
 			}

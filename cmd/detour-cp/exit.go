@@ -4,6 +4,9 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"slices"
+
+	"github.com/spf13/pflag"
 
 	"github.com/detour-mesh/detour/redirect"
 )
@@ -54,4 +57,31 @@ func exitCode(err error, stderr io.Writer) int {
 		return exitUsage
 	}
 	return exitFailure
+}
+
+// rejectEmptyFlags refuses a flag given with an empty value (`--namespace ""`,
+// `--dns-upstream ""`), for every string and string-list flag of f that was set
+// except those named in meaningful, whose empty value is documented. An empty
+// value is usually a script's unset variable: falling back to the default
+// would serve something else than asked for (all namespaces, the default
+// HTTP address instead of none).
+func rejectEmptyFlags(f *pflag.FlagSet, meaningful ...string) error {
+	var err error
+	f.Visit(func(fl *pflag.Flag) {
+		if err != nil || slices.Contains(meaningful, fl.Name) {
+			return
+		}
+		empty := false
+		switch v := fl.Value.(type) {
+		case pflag.SliceValue:
+			items := v.GetSlice()
+			empty = len(items) == 0 || slices.Contains(items, "")
+		default:
+			empty = fl.Value.Type() == "string" && fl.Value.String() == ""
+		}
+		if empty {
+			err = usageError("--%s \"\" is empty; leave the flag out for its default", fl.Name)
+		}
+	})
+	return err
 }

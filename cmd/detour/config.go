@@ -25,6 +25,8 @@ type configOptions struct {
 	// uses the name for something else (explain's --inbound); files and
 	// environment still set them.
 	noFlag map[string]bool
+	// stdinDoc is the document --config - read (nil when none was).
+	stdinDoc []byte
 }
 
 // flagSet reports whether the flag of field f was given.
@@ -33,23 +35,42 @@ func (o *configOptions) flagSet(f redirect.Field) bool {
 }
 
 // bindConfigFlags adds --preset, --config and one flag per redirect.Field.
+// The fields' flags get their usage and default value (for help only: a
+// field's value is read only when its flag was given) from
+// describeConfigFlags, which help and completion run: formatting them is most
+// of what binding costs, and a run of the command never shows them.
 func bindConfigFlags(fs *pflag.FlagSet, o *configOptions) {
 	fs.StringVar(&o.preset, "preset", "", "start from another mesh's defaults: "+strings.Join(redirect.Presets, ", ")+" (env DETOUR_PRESET)")
 	fs.StringArrayVar(&o.files, "config", nil, "YAML or JSON config file, repeatable, later wins; - reads stdin (env DETOUR_CONFIG, comma-separated)")
-	o.values = make(map[string]*string)
+	fields := redirect.Fields()
+	o.values = make(map[string]*string, len(fields))
 	o.flags = fs
-	d := redirect.Default()
-	for _, f := range redirect.Fields() {
+	for _, f := range fields {
 		if o.noFlag[f.Name] {
 			continue
 		}
 		v := new(string)
 		o.values[f.Path] = v
-		usage := fmt.Sprintf("%s (%s, env %s)", f.Usage, f.Path, f.EnvName())
-		fs.StringVar(v, f.Name, f.Get(&d), usage)
+		fs.StringVar(v, f.Name, "", "")
 		if f.Bool {
 			fs.Lookup(f.Name).NoOptDefVal = "true"
 		}
+	}
+}
+
+// describeConfigFlags gives the flags bindConfigFlags made in fs their usage
+// and their default value as help shows them. A flag of that name that
+// already has a usage is the command's own (explain's --inbound) and is left
+// alone.
+func describeConfigFlags(fs *pflag.FlagSet) {
+	d := redirect.Default()
+	for _, f := range redirect.Fields() {
+		fl := fs.Lookup(f.Name)
+		if fl == nil || fl.Usage != "" {
+			continue
+		}
+		fl.Usage = fmt.Sprintf("%s (%s, env %s)", f.Usage, f.Path, f.EnvName())
+		fl.DefValue = f.Get(&d)
 	}
 }
 
@@ -98,6 +119,7 @@ func (o *configOptions) load(stdin io.Reader) (redirect.Config, error) {
 			}
 			stdinUsed = true
 			doc, err = io.ReadAll(stdin)
+			o.stdinDoc = doc
 		} else {
 			doc, err = os.ReadFile(name)
 		}

@@ -13,10 +13,7 @@ import (
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
 
-	"github.com/detour-mesh/detour/bpf"
 	"github.com/detour-mesh/detour/internal/netns"
-	"github.com/detour-mesh/detour/redirect"
-	"github.com/detour-mesh/detour/redirect/backends"
 )
 
 // globalOptions are the flags every command shares.
@@ -30,6 +27,12 @@ type globalOptions struct {
 	// uninstalling is set (by bindFlags) when the command is uninstall: its
 	// --cgroup may name a cgroup that is gone, whose scope it removes.
 	uninstalling bool
+	// delegate execs another of detour's binaries: detour-ebpf, for a lean
+	// build's commands that need the eBPF backend (ebpf.go).
+	delegate *delegator
+	// stdinDoc is what a --config - read from stdin, for detour-ebpf to
+	// read again when a lean build hands the command over.
+	stdinDoc []byte
 	// deferred are flag bindings that wait until the command that runs is
 	// known (later, bindFlags).
 	deferred []deferredFlags
@@ -61,16 +64,19 @@ func (g *globalOptions) bindFlags(root *cobra.Command, args []string) {
 	for _, d := range g.deferred {
 		if !only || d.cmd == target {
 			d.bind()
+			if !only {
+				// Help or completion: they show the flags' usage.
+				describeConfigFlags(d.cmd.Flags())
+			}
 		}
 	}
 	g.deferred = nil
-}
-
-// engine returns the redirect engine for the namespace at nsPath ("" = ours)
-// and a call that asks for backend (backends.AnyBackend: uninstall, status).
-func (g *globalOptions) engine(nsPath string, backend redirect.Backend, stderr io.Writer) *redirect.Engine {
-	return backends.Engine(nsPath, backends.Options{LockWait: g.lockWait, Logger: g.logger(stderr), Backend: backend,
-		EBPF: bpf.DriverOptions{Cgroup: g.cgroup, Loader: bpf.Options{PinDir: g.bpfPinDir, Root: g.bpfRoot}}})
+	// A command's own --help describes its flags when it runs.
+	help := root.HelpFunc()
+	root.SetHelpFunc(func(c *cobra.Command, args []string) {
+		describeConfigFlags(c.Flags())
+		help(c, args)
+	})
 }
 
 // logger returns the logger the commands hand to packages: debug lines on
@@ -201,7 +207,7 @@ func (f cgroupFlag) Set(v string) error {
 		}
 		return errors.New("does not exist (what the eBPF scope of a cgroup that was removed left goes with `detour uninstall --cgroup` of its path, the next eBPF install of any scope, or `detour uninstall` without --cgroup)")
 	}
-	if err := bpf.CheckCgroup(v); err != nil {
+	if err := checkCgroup(v); err != nil {
 		return errors.New("is not a cgroup v2 directory")
 	}
 	*f.p = v

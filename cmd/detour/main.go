@@ -14,6 +14,9 @@ import (
 var version = "dev"
 
 func main() {
+	// A lean build hands what plainly needs the eBPF backend to detour-ebpf
+	// before doing anything else (ebpf.go); it returns when it does not.
+	handOverEarly(os.Args[1:])
 	os.Exit(run(context.Background(), os.Args[1:], os.Stdin, os.Stdout, os.Stderr))
 }
 

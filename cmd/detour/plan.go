@@ -97,7 +97,11 @@ func (in *planInput) load(ctx context.Context, g *globalOptions, s streams) (pla
 	if nsPath == "" {
 		cfg, ssh = excludeSSH(cfg, in.ssh.sshPorts())
 	}
-	eng := g.engine(nsPath, cfg.Backend, s.err)
+	g.stdinDoc = in.config.stdinDoc
+	eng, err := g.engine(nsPath, cfg.Backend, s.err)
+	if err != nil {
+		return planned{}, err
+	}
 	facts, err := eng.Facts(ctx, cfg)
 	if err != nil {
 		return planned{}, fmt.Errorf("read network namespace facts: %w", err)

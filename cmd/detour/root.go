@@ -20,7 +20,7 @@ run it.`,
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	g := &globalOptions{}
+	g := &globalOptions{delegate: d}
 	root.PersistentFlags().BoolVarP(&g.verbose, "verbose", "v", false, "log what detour does (debug lines on stderr)")
 	bindLockWaitFlag(root.PersistentFlags(), &g.lockWait)
 	root.PersistentFlags().Var(cgroupFlag{&g.cgroup, &g.uninstalling}, "cgroup", "backend ebpf: capture the processes below this cgroup v2 directory (a VM service or slice; the proxy must run below it too) instead of a network namespace")

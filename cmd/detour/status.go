@@ -7,7 +7,7 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/detour-mesh/detour/redirect/backends"
+	"github.com/detour-mesh/detour/redirect/backends/netfilter"
 )
 
 type statusOptions struct {
@@ -38,7 +38,10 @@ func runStatus(ctx context.Context, o *statusOptions, g *globalOptions, s stream
 	if err != nil {
 		return err
 	}
-	eng := g.engine(nsPath, backends.AnyBackend, s.err)
+	eng, err := g.engine(nsPath, netfilter.AnyBackend, s.err)
+	if err != nil {
+		return err
+	}
 	st, err := eng.Status(ctx)
 	if err != nil {
 		return fmt.Errorf("status: %w", err)

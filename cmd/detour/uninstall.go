@@ -8,7 +8,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/detour-mesh/detour/redirect"
-	"github.com/detour-mesh/detour/redirect/backends"
+	"github.com/detour-mesh/detour/redirect/backends/netfilter"
 )
 
 type uninstallOptions struct {
@@ -51,7 +51,10 @@ func runUninstall(ctx context.Context, o *uninstallOptions, g *globalOptions, s 
 	if err := checkPersist(o.persist, nsPath, g.cgroup, false); err != nil {
 		return err
 	}
-	eng := g.engine(nsPath, backends.AnyBackend, s.err)
+	eng, err := g.engine(nsPath, netfilter.AnyBackend, s.err)
+	if err != nil {
+		return err
+	}
 	res, err := eng.Uninstall(ctx)
 	if err != nil {
 		return fmt.Errorf("uninstall: %w", err)

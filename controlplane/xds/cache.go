@@ -15,6 +15,7 @@ import (
 
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	cachev3 "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
+	"google.golang.org/protobuf/types/known/anypb"
 )
 
 // servingCache is the xDS cache of the ADS server (go-control-plane's
@@ -236,12 +237,13 @@ func (c *servingCache) respondSotW(snap *Snapshot, w *sotwWatch, fresh bool) boo
 			return false
 		}
 	}
-	resources := t.all
+	var resources []*anypb.Any
 	var returned map[string]string
 	if w.sub.IsWildcard() {
 		// The stream keeps this map until its next response: one entry
 		// instead of one per resource (see missing), and one map for every
 		// stream sent the same version.
+		resources = t.anys()
 		returned = t.returned
 		if returned == nil { // a type that is not served
 			returned = map[string]string{returnedAll: t.version}
@@ -249,7 +251,6 @@ func (c *servingCache) respondSotW(snap *Snapshot, w *sotwWatch, fresh bool) boo
 	} else {
 		// Only the resources asked for, in name order.
 		subscribed := w.sub.SubscribedResources()
-		resources = nil
 		returned = make(map[string]string, len(subscribed))
 		for _, r := range t.resources {
 			if _, ok := subscribed[r.name]; ok {

@@ -26,18 +26,19 @@ func mustBufferPool(exponents ...uint8) mem.BufferPool {
 }
 
 // xdsCodec is gRPC's proto codec marshalling into xdsBufferPool (the stock
-// codec always uses gRPC's default pool), except that delta discovery
-// responses are marshalled without copying their resources: the message gRPC
-// writes is a list of buffers in which each resource's encoded bytes (an Any's
-// value, shared by every response that carries the resource) are referenced
-// between small headers. A delta stream is sent every resource once, when it
-// connects: a thousand proxies connecting at once would otherwise each take a
-// copy of their whole configuration from the pool until written, and leave
-// those buffers in the pool. SotW responses, which carry every resource on
-// every change, keep marshalling into pooled buffers: referencing their
-// resources too was measured at twice the control plane's CPU per change
-// (gRPC's writer handles each referenced piece separately), with no clearly
-// lower peak RSS at 1,000 proxies.
+// codec always uses gRPC's default pool); delta discovery responses are
+// encoded by hand (their resources' Any values are copied from the shared
+// encodings, not re-marshalled). Every response is one pooled buffer that
+// gRPC's writer puts back once written, which is when a push worker sends its
+// next response (pace.go): a few buffers are in use at a time, reused change
+// after change, however many proxies connect at once.
+//
+// Delta responses used to reference each resource's encoding between small
+// copied headers instead: no copy, but about 20 KiB of pieces and headers
+// per proxy's first response, all garbage, which took the heap to the
+// collector's goal while a fleet connected (delta peaked 30–40 MiB above
+// SotW at 1,000 proxies); and the writer handles each piece separately
+// (referencing SotW responses too was measured at twice the CPU per change).
 type xdsCodec struct {
 	encoding.CodecV2 // the stock codec, for Unmarshal
 	// flights, when set, are the messages whose writing a push worker
@@ -59,7 +60,7 @@ func (c xdsCodec) Marshal(v any) (mem.BufferSlice, error) {
 }
 
 // pooled reports whether bs is one pooled buffer (what marshal returns for a
-// message it copies whole into the pool).
+// message too large for a plain slice).
 func pooled(bs mem.BufferSlice) bool {
 	if len(bs) != 1 {
 		return false
@@ -70,10 +71,12 @@ func pooled(bs mem.BufferSlice) bool {
 
 // marshal encodes v; a pooled buffer finishes f when it is put back.
 func (c xdsCodec) marshal(v any, f *flight) (mem.BufferSlice, error) {
+	var pool mem.BufferPool = xdsBufferPool
+	if f != nil {
+		pool = flightPool{f}
+	}
 	if m, ok := v.(*discoveryv3.DeltaDiscoveryResponse); ok && len(m.GetResources()) > 0 {
-		rs := m.GetResources()
-		return marshalResponse(m, len(rs), func(i int) int { return deltaHint(rs[i]) },
-			func(b []byte, i int) ([]byte, []byte, error) { return appendDeltaResource(b, rs[i]) })
+		return marshalDelta(m, pool)
 	}
 	m, ok := v.(proto.Message)
 	if !ok {
@@ -81,39 +84,37 @@ func (c xdsCodec) marshal(v any, f *flight) (mem.BufferSlice, error) {
 	}
 	opts := proto.MarshalOptions{UseCachedSize: true}
 	size := opts.Size(m)
-	if mem.IsBelowBufferPoolingThreshold(size) {
-		b, err := opts.Marshal(m)
-		if err != nil {
-			return nil, err
-		}
-		return mem.BufferSlice{mem.SliceBuffer(b)}, nil
-	}
-	var pool mem.BufferPool = xdsBufferPool
-	if f != nil {
-		pool = flightPool{f}
-	}
-	buf := pool.Get(size)
+	buf, bs := getBuffer(size, pool)
 	if _, err := opts.MarshalAppend((*buf)[:0], m); err != nil {
-		pool.Put(buf)
+		bs.Free()
 		return nil, err
 	}
-	return mem.BufferSlice{mem.NewBuffer(buf, pool)}, nil
+	return bs, nil
+}
+
+// getBuffer returns a buffer with room for size bytes and the one-buffer
+// slice gRPC writes it from (a plain slice below gRPC's pooling threshold).
+func getBuffer(size int, pool mem.BufferPool) (*[]byte, mem.BufferSlice) {
+	var buf *[]byte
+	if mem.IsBelowBufferPoolingThreshold(size) {
+		b := make([]byte, 0, size)
+		buf = &b
+		pool = nil
+	} else {
+		buf = pool.Get(size)
+	}
+	*buf = (*buf)[:size]
+	return buf, mem.BufferSlice{mem.NewBuffer(buf, pool)}
 }
 
 // resourcesField is the field number of DeltaDiscoveryResponse.resources.
 const resourcesField = 2
 
-// referenceMin is the smallest value referenced rather than copied: below it,
-// a buffer of its own costs more than the copy.
-const referenceMin = 256
-
-// marshalResponse encodes m's fields other than resources as usual, then its
-// n resources as field 2 with appendResource, which appends a resource's
-// encoding up to a value it returns to be referenced instead of copied
-// (nil when it copied everything), given a buffer with room for sizeHint(i)
-// bytes. Fields may come in any order on the wire; repeated fields keep
+// marshalDelta encodes m's fields other than resources as usual, then its
+// resources as field 2, each by appendDeltaResource, into one buffer of
+// pool. Fields may come in any order on the wire; repeated fields keep
 // theirs.
-func marshalResponse(m proto.Message, n int, sizeHint func(i int) int, appendResource func(b []byte, i int) (head, value []byte, err error)) (mem.BufferSlice, error) {
+func marshalDelta(m *discoveryv3.DeltaDiscoveryResponse, pool mem.BufferPool) (mem.BufferSlice, error) {
 	src := m.ProtoReflect()
 	rest := src.New()
 	src.Range(func(fd protoreflect.FieldDescriptor, v protoreflect.Value) bool {
@@ -124,99 +125,79 @@ func marshalResponse(m proto.Message, n int, sizeHint func(i int) int, appendRes
 	})
 	rest.SetUnknown(src.GetUnknown())
 	size := proto.Size(rest.Interface())
-	for i := range n {
-		size += sizeHint(i)
+	rs := m.GetResources()
+	for _, r := range rs {
+		size += deltaEntrySize(r)
 	}
-	b, err := proto.MarshalOptions{}.MarshalAppend(make([]byte, 0, size), rest.Interface())
+	buf, bs := getBuffer(size, pool)
+	b, err := proto.MarshalOptions{}.MarshalAppend((*buf)[:0], rest.Interface())
+	for _, r := range rs {
+		if err != nil {
+			break
+		}
+		b, err = appendDeltaResource(b, r)
+	}
+	if err == nil && (len(b) != size || &b[0] != &(*buf)[0]) {
+		err = fmt.Errorf("encoded %d bytes, %d expected", len(b), size) // cannot happen: the sizes are proto.Size's
+	}
 	if err != nil {
+		bs.Free()
 		return nil, fmt.Errorf("marshal %s: %w", src.Descriptor().FullName(), err)
 	}
-	// Each piece is sliced off b once written: should b grow after all, the
-	// pieces keep pointing at the bytes written so far.
-	var out mem.BufferSlice
-	from := 0
-	for i := range n {
-		var value []byte
-		b, value, err = appendResource(b, i)
-		if err != nil {
-			return nil, err
-		}
-		if value != nil {
-			if out == nil {
-				out = make(mem.BufferSlice, 0, 2*n+1)
-			}
-			out = append(out, mem.SliceBuffer(b[from:]), mem.SliceBuffer(value))
-			b, from = b[len(b):], 0
-		}
-	}
-	if len(b) > from || out == nil {
-		out = append(out, mem.SliceBuffer(b[from:]))
-	}
-	return out, nil
+	return bs, nil
 }
 
-// anySize is the encoded size of a and the size of what appendAnyMessage
-// copies of it (all of it unless its value is referenced); ok is false when a
-// has unknown fields, which only proto.Marshal encodes.
-func anySize(a *anypb.Any) (size, copied int, ok bool) {
+// anySize is the encoded size of a; ok is false when a has unknown fields,
+// which only proto.Marshal encodes.
+func anySize(a *anypb.Any) (size int, ok bool) {
 	if len(a.ProtoReflect().GetUnknown()) != 0 {
-		return 0, 0, false
+		return 0, false
 	}
-	tu, v := a.GetTypeUrl(), a.GetValue()
-	if tu != "" {
+	if tu := a.GetTypeUrl(); tu != "" {
 		size += protowire.SizeTag(1) + protowire.SizeBytes(len(tu))
 	}
-	if len(v) > 0 {
-		size += protowire.SizeTag(2) + protowire.SizeVarint(uint64(len(v)))
+	if v := a.GetValue(); len(v) > 0 {
+		size += protowire.SizeTag(2) + protowire.SizeBytes(len(v))
 	}
-	if len(v) < referenceMin {
-		return size + len(v), size + len(v), true
-	}
-	return size + len(v), size, true
+	return size, true
 }
 
-// appendAnyMessage appends the length and encoding of a, except for a value
-// it references, which it returns instead. Encoding an Any by hand rather
-// than with proto.Marshal matters: a push encodes a hundred thousand of them.
-func appendAnyMessage(b []byte, a *anypb.Any) ([]byte, []byte, error) {
-	size, _, ok := anySize(a)
+// appendAnyMessage appends the length and encoding of a. Encoding an Any by
+// hand rather than with proto.Marshal matters: a push encodes a hundred
+// thousand of them.
+func appendAnyMessage(b []byte, a *anypb.Any) ([]byte, error) {
+	size, ok := anySize(a)
 	if !ok {
 		b = protowire.AppendVarint(b, uint64(proto.Size(a)))
-		b, err := proto.MarshalOptions{}.MarshalAppend(b, a)
-		return b, nil, err
+		return proto.MarshalOptions{}.MarshalAppend(b, a)
 	}
-	tu, v := a.GetTypeUrl(), a.GetValue()
 	b = protowire.AppendVarint(b, uint64(size))
-	if tu != "" {
+	if tu := a.GetTypeUrl(); tu != "" {
 		b = protowire.AppendTag(b, 1, protowire.BytesType)
 		b = protowire.AppendString(b, tu)
 	}
-	if len(v) == 0 {
-		return b, nil, nil
+	if v := a.GetValue(); len(v) > 0 {
+		b = protowire.AppendTag(b, 2, protowire.BytesType)
+		b = protowire.AppendBytes(b, v)
 	}
-	b = protowire.AppendTag(b, 2, protowire.BytesType)
-	b = protowire.AppendVarint(b, uint64(len(v)))
-	if len(v) < referenceMin {
-		return append(b, v...), nil, nil
-	}
-	return b, v, nil
+	return b, nil
 }
 
 // resourceField is the field number of resource in discovery.v3.Resource.
 const resourceField = 2
 
-// plainResource returns the size of r and of what appendDeltaResource copies
-// of it when r holds nothing but a name, a version and an Any without unknown
-// fields; ok is false otherwise (it is then copied whole). Comparing with
-// proto.Size keeps fields added to Resource later from being dropped.
-func plainResource(r *discoveryv3.Resource) (size, copied int, ok bool) {
+// plainResource returns the size of r when r holds nothing but a name, a
+// version and an Any without unknown fields; ok is false otherwise (it is
+// then marshalled whole). Comparing with proto.Size keeps fields added to
+// Resource later from being dropped.
+func plainResource(r *discoveryv3.Resource) (size int, ok bool) {
 	a := r.GetResource()
 	if a == nil {
-		return 0, 0, false
+		return 0, false
 	}
-	as, ac, ok := anySize(a)
+	as, ok := anySize(a)
 	if !ok {
-		return 0, 0, false
+		return 0, false
 	}
 	if n := r.GetName(); n != "" {
 		size += protowire.SizeTag(3) + protowire.SizeBytes(len(n))
@@ -224,33 +205,30 @@ func plainResource(r *discoveryv3.Resource) (size, copied int, ok bool) {
 	if v := r.GetVersion(); v != "" {
 		size += protowire.SizeTag(1) + protowire.SizeBytes(len(v))
 	}
-	copied = size + protowire.SizeTag(resourceField) + protowire.SizeVarint(uint64(as)) + ac
 	size += protowire.SizeTag(resourceField) + protowire.SizeBytes(as)
 	if size != proto.Size(r) {
-		return 0, 0, false
+		return 0, false
 	}
-	return size, copied, true
+	return size, true
 }
 
-// deltaHint is how many bytes appendDeltaResource appends for r.
-func deltaHint(r *discoveryv3.Resource) int {
-	size, copied, ok := plainResource(r)
+// deltaEntrySize is how many bytes appendDeltaResource appends for r.
+func deltaEntrySize(r *discoveryv3.Resource) int {
+	size, ok := plainResource(r)
 	if !ok {
 		size = proto.Size(r)
-		copied = size
 	}
-	return protowire.SizeTag(resourcesField) + protowire.SizeVarint(uint64(size)) + copied
+	return protowire.SizeTag(resourcesField) + protowire.SizeBytes(size)
 }
 
 // appendDeltaResource appends r as a resources entry (field 2) of a
 // DeltaDiscoveryResponse: name and version, then its Any last.
-func appendDeltaResource(b []byte, r *discoveryv3.Resource) ([]byte, []byte, error) {
+func appendDeltaResource(b []byte, r *discoveryv3.Resource) ([]byte, error) {
 	b = protowire.AppendTag(b, resourcesField, protowire.BytesType)
-	size, _, ok := plainResource(r)
+	size, ok := plainResource(r)
 	if !ok {
 		b = protowire.AppendVarint(b, uint64(proto.Size(r)))
-		b, err := proto.MarshalOptions{}.MarshalAppend(b, r)
-		return b, nil, err
+		return proto.MarshalOptions{}.MarshalAppend(b, r)
 	}
 	b = protowire.AppendVarint(b, uint64(size))
 	if n := r.GetName(); n != "" {

@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"fmt"
 	"slices"
+	"sync/atomic"
 
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
@@ -46,8 +47,11 @@ func NewResource(name, typeURL string, encoded []byte) *Resource {
 // servedType is what a node is served of one resource type.
 type servedType struct {
 	version   string
-	resources []*Resource  // sorted by name; names are unique
-	all       []*anypb.Any // resources[i].any: a full SotW response's resources
+	resources []*Resource // sorted by name; names are unique
+	// all is resources[i].any, a full SotW response's resources: made by
+	// the first SotW response of the type (delta streams never need it;
+	// 1.8 KiB per node of distinct workloads), then shared.
+	all atomic.Pointer[[]*anypb.Any]
 	// returned is what a SotW stream sent all of them remembers
 	// ({returnedAll: version}): one map for every stream, which must never
 	// be modified (adsStream.sotwRequest copies it before go-control-plane's
@@ -64,17 +68,37 @@ func (t *servedType) lookup(name string) *Resource {
 	return t.resources[i]
 }
 
-// newServedType sorts resources by name and versions them by a hash of their
-// names and content hashes. scratch is reused for the hash's input.
-func newServedType(typeURL string, resources []*Resource, scratch []byte) (servedType, []byte, error) {
-	t := servedType{resources: slices.Clone(resources), all: make([]*anypb.Any, len(resources))}
+// anys returns every resource's Any, in name order: a full SotW response's
+// resources. The slice is made once per servedType and shared; it must not be
+// modified.
+func (t *servedType) anys() []*anypb.Any {
+	if len(t.resources) == 0 {
+		return nil
+	}
+	if p := t.all.Load(); p != nil {
+		return *p
+	}
+	all := make([]*anypb.Any, len(t.resources))
+	for i, r := range t.resources {
+		all[i] = r.any
+	}
+	if !t.all.CompareAndSwap(nil, &all) {
+		return *t.all.Load() // another response made it first
+	}
+	return all
+}
+
+// init sorts resources by name, in place, keeps them, and versions them by
+// a hash of their names and content hashes. scratch is reused for the hash's
+// input.
+func (t *servedType) init(typeURL string, resources []*Resource, scratch []byte) ([]byte, error) {
+	t.resources = slices.Clip(resources)
 	slices.SortFunc(t.resources, func(a, b *Resource) int { return cmp.Compare(a.name, b.name) })
 	b := scratch[:0]
 	for i, r := range t.resources {
 		if i > 0 && t.resources[i-1].name == r.name {
-			return servedType{}, scratch, fmt.Errorf("two resources of %s are named %q", typeURL, r.name)
+			return scratch, fmt.Errorf("two resources of %s are named %q", typeURL, r.name)
 		}
-		t.all[i] = r.any
 		b = append(b, r.name...)
 		b = append(b, 0)
 		b = append(b, r.hash...)
@@ -83,7 +107,7 @@ func newServedType(typeURL string, resources []*Resource, scratch []byte) (serve
 	sum := sha256.Sum256(b)
 	t.version = hex.EncodeToString(sum[:12])
 	t.returned = map[string]string{returnedAll: t.version}
-	return t, b, nil
+	return b, nil
 }
 
 // Snapshot is one node's listeners and clusters. Per node it holds a version
@@ -99,18 +123,21 @@ type SnapshotBuilder struct {
 }
 
 // Snapshot returns the snapshot of listeners and clusters (in any order;
-// names must be unique per type), versioned by their names and hashes.
+// names must be unique per type), versioned by their names and hashes. It
+// sorts the slices in place and keeps them: the caller must not modify them
+// afterwards.
 func (b *SnapshotBuilder) Snapshot(listeners, clusters []*Resource) (*Snapshot, error) {
-	l, scratch, err := newServedType(resourcev3.ListenerType, listeners, b.scratch)
+	s := &Snapshot{}
+	scratch, err := s.listeners.init(resourcev3.ListenerType, listeners, b.scratch)
 	if err != nil {
 		return nil, err
 	}
-	c, scratch, err := newServedType(resourcev3.ClusterType, clusters, scratch)
+	scratch, err = s.clusters.init(resourcev3.ClusterType, clusters, scratch)
 	if err != nil {
 		return nil, err
 	}
 	b.scratch = scratch
-	return &Snapshot{listeners: l, clusters: c}, nil
+	return s, nil
 }
 
 // Versions are the snapshot's versions.

@@ -29,6 +29,7 @@ func main() {
 	detour := flag.String("detour", "bin/detour", "the detour binary to measure")
 	detourCP := flag.String("detour-cp", "", "the detour-cp binary whose start-up is measured (default: next to --detour)")
 	detourCNI := flag.String("detour-cni", "", "the detour-cni binary whose start-up is measured (default: next to --detour)")
+	detourEBPF := flag.String("detour-ebpf", "", "the detour-ebpf binary (the CLI with the eBPF backend) whose start-up is measured (default: next to --detour; skipped when missing)")
 	floor := flag.String("floor", "", "a static Go binary that does nothing (hack/bench/floor), measured as the machine's floor (empty: skipped)")
 	runs := flag.Int("runs", 25, "runs per step (the median is reported)")
 	startupRuns := flag.Int("startup-runs", 100, "runs per start-up command")
@@ -46,10 +47,16 @@ func main() {
 	if *detourCNI == "" {
 		*detourCNI = filepath.Join(dir, "detour-cni")
 	}
+	if *detourEBPF == "" {
+		*detourEBPF = filepath.Join(dir, "detour-ebpf")
+	}
 	startup := []startupCmd{
 		{name: "detour version", bin: *detour, args: []string{"version"}},
 		{name: "detour-cni (CNI_COMMAND=VERSION)", bin: *detourCNI, env: []string{"CNI_COMMAND=VERSION"}},
 		{name: "detour-cp version", bin: *detourCP, args: []string{"version"}},
+	}
+	if _, err := os.Stat(*detourEBPF); err == nil {
+		startup = append(startup, startupCmd{name: "detour-ebpf version", bin: *detourEBPF, args: []string{"version"}})
 	}
 	if *floor != "" {
 		startup = append(startup, startupCmd{name: "floor: Go binary doing nothing", bin: *floor})

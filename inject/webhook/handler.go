@@ -6,6 +6,7 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"strings"
 	"time"
 
 	admissionv1 "k8s.io/api/admission/v1"
@@ -111,6 +112,13 @@ func (h *Handler) Review(req *admissionv1.AdmissionRequest, optedIn bool) *admis
 	}
 	if !want {
 		h.log().Debug("pod not injected", "namespace", req.Namespace, "pod", name, "reason", reason)
+		_, injected := pod.Annotations[inject.AnnotationStatus]
+		if v := pod.Annotations[inject.AnnotationInject]; strings.TrimSpace(v) == inject.InjectEnabled && !injected {
+			// The pod asked for the sidecar itself: say why it has none
+			// (kubectl prints admission warnings). An injected pod
+			// created again keeps its annotation: nothing to say.
+			allow.Warnings = []string{fmt.Sprintf("detour sidecar not injected: %s (the pod's %s: %s has no effect)", reason, inject.AnnotationInject, inject.InjectEnabled)}
+		}
 		return allow
 	}
 	m, err := h.Injector.Plan(pod.ObjectMeta, pod.Spec)

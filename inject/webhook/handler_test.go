@@ -64,6 +64,30 @@ func TestHandler(t *testing.T) {
 	if _, resp = review(webhook.PathNamespace, podReq(admissionv1.Create, []byte(`{"spec":{"containers":"x"}}`))); resp == nil || resp.Allowed {
 		t.Errorf("an undecodable pod: %+v, want refused", resp)
 	}
+	// A pod that asks for the sidecar itself but cannot have one is admitted
+	// untouched with a warning (kubectl prints it), not silently.
+	hostPod := []byte(`{"apiVersion":"v1","kind":"Pod","metadata":{"name":"p","annotations":{"detour.io/inject":"enabled"}},"spec":{"hostNetwork":true,"containers":[{"name":"app","image":"x"}]}}`)
+	_, resp = review(webhook.PathPod, podReq(admissionv1.Create, hostPod))
+	if resp == nil || !resp.Allowed || resp.Patch != nil || len(resp.Warnings) != 1 ||
+		!strings.Contains(resp.Warnings[0], "detour sidecar not injected: host network pod") {
+		t.Errorf("host-network pod annotated for injection: %+v, want allowed untouched with a warning", resp)
+	}
+	sysReq := podReq(admissionv1.Create, bytes.Replace(hostPod, []byte(`"hostNetwork":true,`), nil, 1))
+	sysReq.Namespace = "kube-system"
+	if _, resp = review(webhook.PathPod, sysReq); resp == nil || !resp.Allowed || resp.Patch != nil || len(resp.Warnings) != 1 ||
+		!strings.Contains(resp.Warnings[0], "system namespace kube-system") {
+		t.Errorf("kube-system pod annotated for injection: %+v, want allowed untouched with a warning", resp)
+	}
+	injectedPod := bytes.Replace(hostPod, []byte(`"detour.io/inject":"enabled"`), []byte(`"detour.io/inject":"enabled","sidecar.detour.io/status":"{}"`), 1)
+	if _, resp = review(webhook.PathPod, podReq(admissionv1.Create, injectedPod)); resp == nil || !resp.Allowed || resp.Patch != nil || len(resp.Warnings) != 0 {
+		t.Errorf("already injected pod: %+v, want allowed untouched without a warning", resp)
+	}
+	// Left out by the namespace's label only: nothing to warn about (a
+	// DaemonSet on the host network is ordinary).
+	nsHostPod := bytes.Replace(hostPod, []byte(`"annotations":{"detour.io/inject":"enabled"}`), []byte(`"annotations":{}`), 1)
+	if _, resp = review(webhook.PathNamespace, podReq(admissionv1.Create, nsHostPod)); resp == nil || !resp.Allowed || resp.Patch != nil || len(resp.Warnings) != 0 {
+		t.Errorf("host-network pod of an opted-in namespace: %+v, want allowed untouched without a warning", resp)
+	}
 	if rec, _ := review("/other", podReq(admissionv1.Create, pod)); rec.Code != http.StatusNotFound {
 		t.Errorf("unknown path: %d, want 404", rec.Code)
 	}

@@ -43,6 +43,7 @@ var rules = []rule{
 	{pkg: "bpf", forbidden: []string{module + "/redirect/iptables", module + "/redirect/nftables", module + "/redirect/backends", module + "/cmd", module + "/cni"}, why: "a backend must not import another backend, cmd/... or cni"},
 	{pkg: "redirect", forbidden: []string{module + "/redirect/iptables", module + "/redirect/nftables", module + "/redirect/backends", module + "/bpf"}, why: "the orchestration must not import any Driver package (redirect/iptables, redirect/nftables, bpf, redirect/backends)"},
 	{pkg: "redirect/iptables", forbidden: []string{module + "/redirect/nftables", module + "/redirect/backends"}, why: "a backend must not import another backend"},
+	{pkg: "redirect/backends/netfilter", forbidden: []string{module + "/bpf", "github.com/cilium/ebpf"}, why: "the lean detour links it: must not import bpf or github.com/cilium/ebpf"},
 	{pkg: "controlplane/...", forbidden: []string{module + "/cmd", module + "/cni", module + "/bpf"}, why: "must not import cmd/..., cni or bpf"},
 	{pkg: "controlplane/xds", forbidden: []string{module + "/controlplane", module + "/redirect", module + "/cmd", module + "/cni", module + "/bpf"},
 		allow: []string{module + "/controlplane/xds"}, why: "must not import controlplane (the generation side imports it, not the other way round), controlplane/kube, redirect, cmd/..., cni or bpf"},
@@ -78,12 +79,15 @@ type pkgInfo struct {
 	deps    []string // transitive, production code
 }
 
-func listPackages(t *testing.T) map[string]pkgInfo {
+func listPackages(t *testing.T, args ...string) map[string]pkgInfo {
 	t.Helper()
 	if _, err := exec.LookPath("go"); err != nil {
 		t.Skip("the go command is not on PATH")
 	}
-	cmd := exec.Command("go", "list", "-f", `{{.ImportPath}}{{"\t"}}{{join .Imports " "}}{{"\t"}}{{join .Deps " "}}`, module+"/...")
+	if len(args) == 0 {
+		args = []string{module + "/..."}
+	}
+	cmd := exec.Command("go", append([]string{"list", "-f", `{{.ImportPath}}{{"\t"}}{{join .Imports " "}}{{"\t"}}{{join .Deps " "}}`}, args...)...)
 	cmd.Dir = "../.."
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
@@ -226,5 +230,31 @@ func TestRuleCatchesAViolation(t *testing.T) {
 	netns := rule{forbidden: []string{module}, allow: []string{module + "/internal"}}
 	if got := netns.violations(pkgInfo{deps: []string{module + "/internal/atomicfile", module + "/redirect", "golang.org/x/sys/unix"}}); !slices.Equal(got, []string{module + "/redirect"}) {
 		t.Errorf("allow list: violations = %v, want only redirect", got)
+	}
+}
+
+// leanForbidden is what the lean detour (`-tags detour_lean`, the bin/detour
+// of `make build`) must not link besides heavy: the eBPF backend and
+// cilium/ebpf, whose package initialization costs every start of the binary
+// milliseconds; detour-ebpf serves the commands that need them
+// (cmd/detour/ebpf.go).
+var leanForbidden = append([]string{module + "/bpf", "github.com/cilium/ebpf"}, heavy...)
+
+// TestLeanDetourLinksNoEBPF fails when the lean build of cmd/detour depends
+// on the eBPF backend.
+func TestLeanDetourLinksNoEBPF(t *testing.T) {
+	t.Parallel()
+	pkgs := listPackages(t, "-tags", "detour_lean", module+"/cmd/detour")
+	p, ok := pkgs[module+"/cmd/detour"]
+	if !ok {
+		t.Fatal("go list did not report cmd/detour")
+	}
+	r := rule{pkg: "cmd/detour", forbidden: leanForbidden}
+	if bad := r.violations(p); len(bad) > 0 {
+		t.Errorf("cmd/detour built with -tags detour_lean depends on %s; the lean detour must not link the eBPF backend (go list -tags detour_lean -deps ./cmd/detour shows the path)", strings.Join(bad, ", "))
+	}
+	full := listPackages(t, module+"/cmd/detour")[module+"/cmd/detour"]
+	if bad := r.violations(full); len(bad) == 0 {
+		t.Error("cmd/detour without the tag links no eBPF backend: is the detour_lean tag still what selects the lean build?")
 	}
 }

@@ -134,9 +134,10 @@ func Load(path string) (Config, error) {
 func Parse(doc []byte) (Config, error) {
 	var c Config
 	if len(bytes.TrimSpace(doc)) > 0 {
-		js, err := yaml.YAMLToJSON(doc)
+		// Strict: a key given twice is an error, not whichever came last.
+		js, err := yaml.YAMLToJSONStrict(doc)
 		if err != nil {
-			return Config{}, &redirect.FieldError{Field: "(mesh config)", Value: firstLine(err.Error()), Reason: "is not valid YAML or JSON"}
+			return Config{}, &redirect.FieldError{Field: "(mesh config)", Value: strings.Join(strings.Fields(err.Error()), " "), Reason: "is not valid YAML or JSON"}
 		}
 		dec := json.NewDecoder(bytes.NewReader(js))
 		dec.DisallowUnknownFields()

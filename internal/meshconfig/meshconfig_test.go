@@ -62,6 +62,9 @@ func TestParseRefuses(t *testing.T) {
 		{"validate in init mode", "injection: {redirect: init-container, validate: true}", "injection.validate"},
 		{"control plane", "injection: {controlPlane: nowhere}", `injection.controlPlane: "nowhere"`},
 		{"ready port clash", "injection: {readyPort: 15001}", `injection.readyPort: "15001"`},
+		// A key given twice: the later one used to win silently.
+		{"duplicate key", "preset: istio\npreset: kuma", `key \"preset\" already set in map`},
+		{"duplicate nested key", "injection: {sidecar: native, sidecar: classic}", `key \"sidecar\" already set in map`},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			t.Parallel()

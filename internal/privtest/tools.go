@@ -67,8 +67,15 @@ func toolDir(vars []string, cache, target string, binaries ...string) (string, e
 // makes it, and returns the binary's path. End-to-end tests call it once from
 // TestMain, so they exercise the binary a user runs.
 func Build(dir, pkg string) (string, error) {
-	bin := filepath.Join(dir, filepath.Base(pkg))
-	cmd := exec.Command("go", "build", "-trimpath", "-o", bin, pkg)
+	return BuildAs(dir, pkg, filepath.Base(pkg), "")
+}
+
+// BuildAs is Build with the binary's name and build tags ("" = none): `make
+// build` builds cmd/detour twice, as detour with -tags detour_lean and as
+// detour-ebpf without.
+func BuildAs(dir, pkg, name, tags string) (string, error) {
+	bin := filepath.Join(dir, name)
+	cmd := exec.Command("go", "build", "-trimpath", "-tags", tags, "-o", bin, pkg)
 	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
 	if out, err := cmd.CombinedOutput(); err != nil {
 		return "", fmt.Errorf("build %s: %v\n%s", pkg, err, out)

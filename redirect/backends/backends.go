@@ -1,7 +1,8 @@
 // Package backends assembles the Drivers detour is built with, in the order
-// `backend auto` prefers them: the one place that names every backend, so
-// adding one is one line here. cmd/detour and cni use it; redirect does not
-// (it only knows the redirect.Driver interface).
+// `backend auto` prefers them: the netfilter ones from
+// redirect/backends/netfilter (which the lean detour uses alone), then the
+// eBPF one. cmd/detour (its whole build, detour-ebpf) and cni use it;
+// redirect does not (it only knows the redirect.Driver interface).
 package backends
 
 import (
@@ -17,7 +18,7 @@ import (
 
 	"github.com/detour-mesh/detour/bpf"
 	"github.com/detour-mesh/detour/redirect"
-	"github.com/detour-mesh/detour/redirect/iptables"
+	"github.com/detour-mesh/detour/redirect/backends/netfilter"
 	"github.com/detour-mesh/detour/redirect/nftables"
 )
 
@@ -60,7 +61,7 @@ type Options struct {
 // AnyBackend is Options.Backend for the calls that read or remove detour's
 // state in every backend and install with none (uninstall, status), to
 // which the order of the Drivers decides nothing.
-const AnyBackend redirect.Backend = "any"
+const AnyBackend = netfilter.AnyBackend
 
 // All returns every Driver of this build in auto's order of preference:
 // the iptables backends, the one plain `iptables` uses on this host first,
@@ -79,16 +80,9 @@ func All(o Options) []redirect.Driver {
 }
 
 // namespaceDrivers are the backends whose only scope is the whole network
-// namespace: iptables and nftables.
+// namespace: iptables and nftables (redirect/backends/netfilter).
 func namespaceDrivers(o Options) []redirect.Driver {
-	var out []redirect.Driver
-	switch o.Backend {
-	case "", redirect.BackendAuto, redirect.BackendIPTables:
-		out = append(out, iptables.Drivers(o.LockWait, o.Logger)...)
-	default:
-		out = append(out, iptables.DriversAnyOrder(o.LockWait, o.Logger)...)
-	}
-	return append(out, nftables.New(nftables.Options{Logger: o.Logger}))
+	return netfilter.Drivers(netfilter.Options{LockWait: o.LockWait, Logger: o.Logger, Backend: o.Backend})
 }
 
 func ebpfDriver(o Options) redirect.Driver {

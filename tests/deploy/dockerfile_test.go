@@ -100,7 +100,7 @@ func TestDockerfileBuildIsStatic(t *testing.T) {
 		t.Fatalf("Dockerfile build line %q: want CGO_ENABLED=0 go build ... -o /out/ ...", build)
 	}
 	out := t.TempDir()
-	cmd := exec.Command("sh", "-c", strings.Replace(build, "-o /out/ ", "-o "+out+"/ ", 1))
+	cmd := exec.Command("sh", "-c", strings.ReplaceAll(build, "-o /out/", "-o "+out+"/"))
 	cmd.Dir = repoRoot
 	cmd.Env = append(os.Environ(), "VERSION=v0.0.0-test")
 	if b, err := cmd.CombinedOutput(); err != nil {
@@ -135,7 +135,9 @@ func TestDockerfileBuildIsStatic(t *testing.T) {
 	// the CNI installer looks for detour-cni next to it; the control plane's
 	// Deployment runs detour-cp, which `detour control-plane` and `detour
 	// bootstrap` also exec from next to detour.
-	for _, want := range []string{"detour-cni", "detour-cp"} {
+	// detour-ebpf is the CLI with the eBPF backend, which the lean detour
+	// execs from next to itself for the commands that need it.
+	for _, want := range []string{"detour-cni", "detour-cp", "detour-ebpf"} {
 		if !built[want] {
 			t.Errorf("the build made %v, not %s", entries, want)
 		}

@@ -1,0 +1,114 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"io/fs"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/detour-mesh/detour/redirect"
+)
+
+// The eBPF backend in a binary of its own. cilium/ebpf, which the eBPF
+// backend is built on, costs every start of a binary that links it a few
+// milliseconds (its package initialization and the page faults of the code
+// that runs; docs/startup.md has the figures). `make build` therefore builds
+// detour twice from this package: bin/detour with -tags detour_lean, which
+// links the netfilter backends only, and bin/detour-ebpf without the tag,
+// the whole CLI with the eBPF backend. A lean detour hands a command that
+// needs the eBPF backend to detour-ebpf (ebpf_lean.go) by exec: the same
+// process, so no child process, with the same arguments and the stdin
+// document a --config - already read. A build without the tag (`go build
+// ./cmd/detour`, `go install`) is the whole CLI and hands nothing over.
+
+// ebpfBinary serves a lean detour's commands that need the eBPF backend.
+const ebpfBinary = "detour-ebpf"
+
+// defaultEBPFPinDir is bpf.DefaultPinDir, which a lean build cannot import;
+// TestEBPFPinDirInStep keeps the two in step.
+const defaultEBPFPinDir = "/sys/fs/bpf/detour"
+
+// needsEBPF says why a command of a lean build needs the eBPF backend, or
+// "" when it does not: an install, plan or check with backend ebpf, anything
+// with --cgroup (only the eBPF backend has cgroup scopes), and every command
+// while the eBPF backend holds state on this node (its pinned maps exist:
+// auto's stickiness, uninstall and status across every backend, and a switch
+// away from ebpf must see it). The last is what the eBPF Driver's own
+// Observe looks at first: no maps directory, nothing installed.
+func (g *globalOptions) needsEBPF(backend redirect.Backend) string {
+	switch {
+	case backend == redirect.BackendEBPF:
+		return "backend ebpf"
+	case g.cgroup != "":
+		return "--cgroup"
+	}
+	dir := g.bpfPinDir
+	if dir == "" {
+		dir = defaultEBPFPinDir
+	}
+	maps := filepath.Join(dir, "maps")
+	if _, err := os.Stat(maps); !errors.Is(err, fs.ErrNotExist) {
+		return "the eBPF backend's maps are pinned at " + maps
+	}
+	return ""
+}
+
+// earlyEBPF says why the command line or the environment plainly asks for the
+// eBPF backend ("" when they do not): --backend ebpf, --cgroup, or
+// DETOUR_BACKEND=ebpf. It reads the arguments without parsing them, so it
+// can be wrong only in taking some other argument for one of these, which
+// costs a needless hand-over, never a wrong result: detour-ebpf is the same
+// CLI. A backend a config file names is found later, by engine.
+func earlyEBPF(args []string, lookup func(string) (string, bool)) string {
+	for i, a := range args {
+		switch {
+		case a == "--":
+			return ""
+		case a == "--backend=ebpf", a == "--backend" && i+1 < len(args) && args[i+1] == "ebpf":
+			return "--backend ebpf"
+		case a == "--cgroup", strings.HasPrefix(a, "--cgroup="):
+			return "--cgroup"
+		}
+	}
+	if v, ok := lookup("DETOUR_BACKEND"); ok && strings.TrimSpace(v) == string(redirect.BackendEBPF) {
+		return "DETOUR_BACKEND=ebpf"
+	}
+	return ""
+}
+
+// delegateEBPF execs detour-ebpf with detour's arguments, after putting the
+// document a --config - read back on stdin. It returns only on failure.
+func (g *globalOptions) delegateEBPF(why string, logger *slog.Logger) error {
+	logger.Debug("the eBPF backend is in "+ebpfBinary+": handing the command over", "why", why)
+	if g.stdinDoc != nil {
+		if err := refeedStdin(g.stdinDoc); err != nil {
+			return fmt.Errorf("hand the command to %s: %w", ebpfBinary, err)
+		}
+	}
+	return g.delegate.run(delegatedCommand{name: "with the eBPF backend", binary: ebpfBinary})
+}
+
+// refeedStdin makes doc the process's stdin: an unlinked temporary file
+// (any size, unlike a pipe's buffer) at offset 0 on descriptor 0.
+func refeedStdin(doc []byte) error {
+	f, err := os.CreateTemp("", "detour-stdin-")
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	if err := os.Remove(f.Name()); err != nil {
+		return err
+	}
+	if _, err := f.Write(doc); err != nil {
+		return err
+	}
+	if _, err := f.Seek(0, 0); err != nil {
+		return err
+	}
+	return unix.Dup2(int(f.Fd()), 0)
+}

@@ -1,0 +1,49 @@
+//go:build detour_lean
+
+package main
+
+import (
+	"io"
+	"os"
+	"slices"
+
+	"github.com/detour-mesh/detour/redirect"
+	"github.com/detour-mesh/detour/redirect/backends/netfilter"
+)
+
+// engine returns the redirect engine for the namespace at nsPath ("" = ours)
+// and a call that asks for backend (netfilter.AnyBackend: uninstall,
+// status), with the netfilter backends. A command that needs the eBPF
+// backend is handed to detour-ebpf instead (ebpf.go): engine returns only
+// when that fails.
+func (g *globalOptions) engine(nsPath string, backend redirect.Backend, stderr io.Writer) (*redirect.Engine, error) {
+	logger := g.logger(stderr)
+	if why := g.needsEBPF(backend); why != "" {
+		return nil, g.delegateEBPF(why, logger)
+	}
+	return &redirect.Engine{Logger: logger, NetNS: nsPath, LockWait: g.lockWait,
+		Drivers: netfilter.Drivers(netfilter.Options{LockWait: g.lockWait, Logger: logger, Backend: backend})}, nil
+}
+
+// checkCgroup accepts any path: --cgroup hands the command to detour-ebpf,
+// which checks it (exit 2 when it is not a cgroup v2 directory).
+func checkCgroup(string) error { return nil }
+
+// handOverEarly execs detour-ebpf at once when the command line, the
+// environment or the node plainly needs the eBPF backend, before the lean
+// build spends anything on the command (earlyEBPF); it returns when nothing
+// does, or when the exec fails (the command then runs here and engine
+// reports the failure if it needs the eBPF backend).
+func handOverEarly(args []string) {
+	g := &globalOptions{delegate: newDelegator(args), bpfPinDir: os.Getenv("DETOUR_EBPF_PIN_DIR")}
+	why := earlyEBPF(args, os.LookupEnv)
+	if why == "" {
+		why = g.needsEBPF("")
+	}
+	if why == "" {
+		return
+	}
+	// -v is not parsed yet: log the hand-over as engine does when it is there.
+	g.verbose = slices.Contains(args, "-v") || slices.Contains(args, "--verbose")
+	_ = g.delegateEBPF(why, g.logger(os.Stderr))
+}

@@ -1,0 +1,111 @@
+package tests
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"net/netip"
+	"os"
+	"os/exec"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/detour-mesh/detour/internal/lab"
+	"github.com/detour-mesh/detour/internal/privtest"
+)
+
+// handOver is what `detour -v` logs when the lean detour hands a command to
+// detour-ebpf (cmd/detour/ebpf.go).
+const handOver = "handing the command over"
+
+// TestLeanDetour: the suite runs the lean detour (-tags detour_lean, as
+// `make build` makes bin/detour), which does not link the eBPF backend and
+// hands the commands that need it to detour-ebpf next to it. An install whose
+// configuration, backend ebpf included, comes on stdin (--config -: read by
+// detour, then again by detour-ebpf) captures and leaves inbound alone as
+// that document says; a switch to nftables is handed over too (the eBPF maps
+// are pinned) and ends with only nftables' table, still capturing; once
+// nothing of the eBPF backend is pinned, detour serves the commands itself.
+// The other eBPF tests hand over on --backend ebpf, before detour reads
+// anything.
+func TestLeanDetour(t *testing.T) {
+	privtest.Require(t, "ip", "setpriv", "nft")
+	p := newPod(t, variant{family: lab.IPv4, backend: ebpfBackend, mode: "redirect"})
+	p.startProxies()
+	kept := netip.MustParseAddr("192.0.2.77")
+
+	// The backend comes from the document on stdin, so detour reads it
+	// before it knows that detour-ebpf must serve the command.
+	flags := p.flags()
+	i := slices.Index(flags, "--backend")
+	flags = slices.Delete(slices.Clone(flags), i, i+2)
+	r := p.detourStdin("backend: ebpf\ninbound:\n  enabled: false\n", append(append([]string{"install", "-v"}, flags...), "--config", "-")...)
+	if r.code != 0 {
+		t.Fatalf("install --config - (backend: ebpf):\n%s", r)
+	}
+	if !strings.Contains(r.stderr, handOver) {
+		t.Errorf("install with backend ebpf from stdin: detour did not hand it to detour-ebpf:\n%s", r)
+	}
+	p.outbound("O1 through the eBPF backend", p.app(0, netip.AddrPortFrom(kept, p.remotePort())), srvOutbound)
+	if got := nftTables(p); got != "" {
+		t.Errorf("inbound.enabled false came on stdin, yet the namespace holds nftables tables (did detour-ebpf read the document?):\n%s", got)
+	}
+	if len(pinsLeft(t, p.env)) == 0 {
+		t.Fatal("installed, yet nothing is pinned under DETOUR_EBPF_PIN_DIR")
+	}
+
+	r = p.detour(append(append([]string{"install", "-v"}, p.flagsWith("nftables")...), "--inbound=false")...)
+	if r.code != 0 {
+		t.Fatalf("switch to nftables:\n%s", r)
+	}
+	if !strings.Contains(r.stderr, handOver) {
+		t.Errorf("switch to nftables with the eBPF maps pinned: detour did not hand it to detour-ebpf:\n%s", r)
+	}
+	if got := nftTables(p); got != "table inet detour" {
+		t.Errorf("after the switch nft list tables = %q, want only nftables' table", got)
+	}
+	p.outbound("O1 through nftables after the switch", p.app(0, netip.AddrPortFrom(kept, p.remotePort())), srvOutbound)
+	if left := pinsLeft(t, p.env); len(left) > 0 {
+		t.Errorf("after the switch away from ebpf, BPF pins of detour remain: %q", left)
+	}
+
+	r = p.detour("status", "-v")
+	if r.code != 0 || !strings.Contains(r.stdout, "detour is installed (nftables") {
+		t.Errorf("status: want nftables installed:\n%s", r)
+	}
+	if strings.Contains(r.stderr, handOver) {
+		t.Errorf("status with nothing of the eBPF backend pinned was handed to detour-ebpf:\n%s", r)
+	}
+	if r := p.detour("uninstall"); r.code != 0 {
+		t.Fatalf("uninstall:\n%s", r)
+	}
+	if got := nftTables(p); got != "" {
+		t.Errorf("after uninstall the namespace holds nftables tables:\n%s", got)
+	}
+}
+
+// detourStdin is detourCmd with stdin.
+func (p *pod) detourStdin(stdin string, args ...string) result {
+	p.t.Helper()
+	args = append([]string{args[0], "--netns", p.lab.Pod.Name, "--lock-wait", "60s"}, args[1:]...)
+	ctx, cancel := context.WithTimeout(p.ctx, 2*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, detourBin, args...)
+	cmd.Env = append(os.Environ(), slices.Clone(p.env)...)
+	cmd.Stdin = strings.NewReader(stdin)
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	err := cmd.Run()
+	r := result{args: args, stdout: stdout.String(), stderr: stderr.String()}
+	var ee *exec.ExitError
+	switch {
+	case err == nil:
+	case errors.As(err, &ee) && ee.Exited():
+		r.code = ee.ExitCode()
+	default:
+		p.t.Fatalf("run detour %s: %v\n%s", strings.Join(args, " "), err, stderr.String())
+	}
+	return r
+}

@@ -23,15 +23,8 @@ func TestMapDriftIsSeenAndRepaired(t *testing.T) {
 	l := newLab(t)
 	enter(t, l.cgroup)
 	ctx := context.Background()
-	eng := &redirect.Engine{
-		NetNS:   l.ns.Path,
-		LockDir: t.TempDir(),
-		Drivers: []redirect.Driver{NewDriver(DriverOptions{Loader: Options{PinDir: l.pinDir, Root: l.cgroup}})},
-	}
-	cfg := redirect.Default()
-	cfg.Backend = redirect.BackendEBPF
-	cfg.IPFamilies = redirect.IPFamiliesDual
-	cfg.Inbound.Enabled = false
+	eng := l.engine(t, "")
+	cfg := outboundConfig()
 	cfg.Outbound.ExcludeCIDRs = []netip.Prefix{netip.MustParsePrefix("203.0.113.0/24"), netip.MustParsePrefix("2001:db8:dead::/48")}
 	cfg.Outbound.ExcludePorts = []redirect.PortRange{{First: 5432, Last: 5432}}
 	cfg.Outbound.ExcludeUIDs = []redirect.IDRange{{First: 4242, Last: 4242}}

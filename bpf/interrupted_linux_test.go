@@ -27,15 +27,8 @@ func TestInterruptedInstallIsCleanedUp(t *testing.T) {
 	l := newLab(t)
 	enter(t, l.cgroup)
 	ctx := context.Background()
-	eng := &redirect.Engine{
-		NetNS:   l.ns.Path,
-		LockDir: t.TempDir(),
-		Drivers: []redirect.Driver{NewDriver(DriverOptions{Loader: Options{PinDir: l.pinDir, Root: l.cgroup}})},
-	}
-	cfg := redirect.Default()
-	cfg.Backend = redirect.BackendEBPF
-	cfg.IPFamilies = redirect.IPFamiliesDual
-	cfg.Inbound.Enabled = false
+	eng := l.engine(t, "")
+	cfg := outboundConfig()
 	plan, err := redirect.NewPlan(cfg, redirect.Facts{IPv6: true})
 	if err != nil {
 		t.Fatal(err)
@@ -143,17 +136,7 @@ func TestInterruptedInstallIsCleanedUp(t *testing.T) {
 func TestScopeOfARemovedCgroupIsCleanedUp(t *testing.T) {
 	l := newLab(t)
 	ctx := context.Background()
-	engine := func(cgroup string) *redirect.Engine {
-		return &redirect.Engine{
-			NetNS:   l.ns.Path,
-			LockDir: t.TempDir(),
-			Drivers: []redirect.Driver{NewDriver(DriverOptions{Loader: Options{PinDir: l.pinDir, Root: l.cgroup}, Cgroup: cgroup})},
-		}
-	}
-	cfg := redirect.Default()
-	cfg.Backend = redirect.BackendEBPF
-	cfg.IPFamilies = redirect.IPFamiliesDual
-	cfg.Inbound.Enabled = false
+	cfg := outboundConfig()
 	plan, err := redirect.NewPlan(cfg, redirect.Facts{IPv6: true})
 	if err != nil {
 		t.Fatal(err)
@@ -165,7 +148,7 @@ func TestScopeOfARemovedCgroupIsCleanedUp(t *testing.T) {
 		if err := os.Mkdir(cg, 0o755); err != nil {
 			t.Fatal(err)
 		}
-		_, err := engine(cg).Install(ctx, plan)
+		_, err := l.engine(t, cg).Install(ctx, plan)
 		if rerr := os.Remove(cg); rerr != nil {
 			t.Fatal(rerr)
 		}
@@ -195,7 +178,7 @@ func TestScopeOfARemovedCgroupIsCleanedUp(t *testing.T) {
 			}
 		}
 	}
-	netns := engine("")
+	netns := l.engine(t, "")
 
 	goneScope("service")
 	st, err := netns.Status(ctx)

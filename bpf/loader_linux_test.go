@@ -67,6 +67,26 @@ func newLab(t *testing.T) lab {
 	return lab{pinDir: filepath.Join(bpffs, "detour"), cgroup: cg, ns: privtest.NetNS(t)}
 }
 
+// engine is the Engine `detour install --backend ebpf` assembles for the
+// lab: the cgroup scope cgroup, or the network namespace's when it is "".
+func (l lab) engine(t *testing.T, cgroup string) *redirect.Engine {
+	return &redirect.Engine{
+		NetNS:   l.ns.Path,
+		LockDir: t.TempDir(),
+		Drivers: []redirect.Driver{NewDriver(DriverOptions{Loader: Options{PinDir: l.pinDir, Root: l.cgroup}, Cgroup: cgroup})},
+	}
+}
+
+// outboundConfig is an eBPF configuration for both families without inbound
+// capture.
+func outboundConfig() redirect.Config {
+	cfg := redirect.Default()
+	cfg.Backend = redirect.BackendEBPF
+	cfg.IPFamilies = redirect.IPFamiliesDual
+	cfg.Inbound.Enabled = false
+	return cfg
+}
+
 // enter moves the whole test process into dir until the test ends.
 func enter(t *testing.T, dir string) {
 	t.Helper()

@@ -351,10 +351,20 @@ func (p *pod) detourCmd(env []string, args ...string) result {
 
 func runDetour(t *testing.T, ctx context.Context, env []string, args ...string) result {
 	t.Helper()
+	return runDetourStdin(t, ctx, env, "", args...)
+}
+
+// runDetourStdin is runDetour with stdin as the command's standard input
+// (none when it is "").
+func runDetourStdin(t *testing.T, ctx context.Context, env []string, stdin string, args ...string) result {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, detourBin, args...)
 	cmd.Env = append(os.Environ(), env...)
+	if stdin != "" {
+		cmd.Stdin = strings.NewReader(stdin)
+	}
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	err := cmd.Run()

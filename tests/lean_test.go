@@ -1,16 +1,10 @@
 package tests
 
 import (
-	"bytes"
-	"context"
-	"errors"
 	"net/netip"
-	"os"
-	"os/exec"
 	"slices"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/detour-mesh/detour/internal/lab"
 	"github.com/detour-mesh/detour/internal/privtest"
@@ -90,22 +84,5 @@ func TestLeanDetour(t *testing.T) {
 func (p *pod) detourStdin(stdin string, args ...string) result {
 	p.t.Helper()
 	args = append([]string{args[0], "--netns", p.lab.Pod.Name, "--lock-wait", "60s"}, args[1:]...)
-	ctx, cancel := context.WithTimeout(p.ctx, 2*time.Minute)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, detourBin, args...)
-	cmd.Env = append(os.Environ(), slices.Clone(p.env)...)
-	cmd.Stdin = strings.NewReader(stdin)
-	var stdout, stderr bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &stdout, &stderr
-	err := cmd.Run()
-	r := result{args: args, stdout: stdout.String(), stderr: stderr.String()}
-	var ee *exec.ExitError
-	switch {
-	case err == nil:
-	case errors.As(err, &ee) && ee.Exited():
-		r.code = ee.ExitCode()
-	default:
-		p.t.Fatalf("run detour %s: %v\n%s", strings.Join(args, " "), err, stderr.String())
-	}
-	return r
+	return runDetourStdin(p.t, p.ctx, slices.Clone(p.env), stdin, args...)
 }

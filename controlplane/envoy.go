@@ -324,11 +324,12 @@ func (g *generator) workload(w *Workload) Resources {
 	}
 
 	if dnsOn {
+		upstreams := g.mesh.DNS.upstreams(w)
 		if v4 {
-			r.Listeners = append(r.Listeners, g.dnsListener(ListenerDNS, netip.AddrFrom4([4]byte{127, 0, 0, 1}), c.DNS.Port, dnsVIPs))
+			r.Listeners = append(r.Listeners, g.dnsListener(ListenerDNS, netip.AddrFrom4([4]byte{127, 0, 0, 1}), c.DNS.Port, dnsVIPs, upstreams))
 		}
 		if v6 {
-			r.Listeners = append(r.Listeners, g.dnsListener(ListenerDNSIPv6, netip.IPv6Loopback(), c.DNS.Port, dnsVIPs))
+			r.Listeners = append(r.Listeners, g.dnsListener(ListenerDNSIPv6, netip.IPv6Loopback(), c.DNS.Port, dnsVIPs, upstreams))
 		}
 	}
 
@@ -575,11 +576,12 @@ type serviceVIP struct {
 
 // dnsListener answers captured DNS queries on addr:port (UDP): the names of
 // the services in vips with their virtual IPs, everything else from the
-// mesh's upstream resolvers (the proxy's resolv.conf when there are none).
+// upstreams (the mesh's that the workload can reach; the proxy's resolv.conf
+// when the mesh has none).
 // REDIRECT of a locally sent packet rewrites its destination to loopback, so
 // the listener binds 127.0.0.1 and ::1: a wildcard-bound UDP socket could
 // answer from another source address than the one the app asked.
-func (g *generator) dnsListener(name string, addr netip.Addr, port uint16, vips []serviceVIP) *listenerv3.Listener {
+func (g *generator) dnsListener(name string, addr netip.Addr, port uint16, vips []serviceVIP, upstreams []netip.AddrPort) *listenerv3.Listener {
 	suffix := g.mesh.DNS.suffix()
 	byName := make(map[string][]netip.Addr)
 	for _, sv := range vips {
@@ -591,6 +593,10 @@ func (g *generator) dnsListener(name string, addr netip.Addr, port uint16, vips 
 	names := slices.Sorted(maps.Keys(byName))
 	var key strings.Builder
 	key.WriteString(name + "|" + strconv.Itoa(int(port)))
+	for _, u := range upstreams {
+		key.WriteString("|" + u.String())
+	}
+	key.WriteString("|")
 	for _, n := range names {
 		slices.SortFunc(byName[n], func(a, b netip.Addr) int { return a.Compare(b) })
 		key.WriteString("|" + n)
@@ -615,8 +621,8 @@ func (g *generator) dnsListener(name string, addr netip.Addr, port uint16, vips 
 			AnswerTtl: durationpb.New(DNSAnswerTTL),
 		})
 	}
-	resolvers := make([]*corev3.Address, 0, len(g.mesh.DNS.Upstreams))
-	for _, u := range g.mesh.DNS.Upstreams {
+	resolvers := make([]*corev3.Address, 0, len(upstreams))
+	for _, u := range upstreams {
 		a := socketAddress(u.Addr(), u.Port())
 		a.GetSocketAddress().Protocol = corev3.SocketAddress_UDP
 		resolvers = append(resolvers, a)

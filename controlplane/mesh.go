@@ -50,6 +50,21 @@ type DNS struct {
 	Upstreams []netip.AddrPort
 }
 
+// upstreams returns the upstreams w's proxy can reach: those of the families
+// it reaches (families: its addresses, narrowed by its ipFamilies) and those
+// on loopback. A workload with IPv6 addresses only cannot send to an IPv4
+// resolver, and the other way round.
+func (d DNS) upstreams(w *Workload) []netip.AddrPort {
+	fam := families(w)
+	out := make([]netip.AddrPort, 0, len(d.Upstreams))
+	for _, u := range d.Upstreams {
+		if a := u.Addr(); a.IsLoopback() || a.Is4() && fam.reach4 || a.Is6() && fam.reach6 {
+			out = append(out, u)
+		}
+	}
+	return out
+}
+
 // DefaultDNSSuffix is the suffix of service names when DNS.Suffix is empty:
 // service "backend" is backend.mesh.
 const DefaultDNSSuffix = "mesh"
@@ -286,6 +301,20 @@ func (m *Mesh) Validate() error {
 				if u.Port() == tp.DNS.Port && (u.Addr() == netip.AddrFrom4([4]byte{127, 0, 0, 1}) || u.Addr() == netip.IPv6Loopback()) {
 					bad(fmt.Sprintf("dns.upstreams[%d]", j), u.String(), fmt.Sprintf("is the DNS listener of %s (%s) itself (transparentProxy.dns.port %d): its queries would loop", f, w.NodeID, tp.DNS.Port))
 				}
+			}
+			// A proxy forwards only to the upstreams of the families it can
+			// reach (upstreams); with none, every name outside the mesh fails.
+			if len(m.DNS.Upstreams) > 0 && len(m.DNS.upstreams(&w)) == 0 {
+				fam := families(&w)
+				have := "IPv4"
+				if fam.reach6 {
+					have = "IPv6"
+				}
+				list := make([]string, len(m.DNS.Upstreams))
+				for j, u := range m.DNS.Upstreams {
+					list[j] = u.String()
+				}
+				bad("dns.upstreams", strings.Join(list, ", "), fmt.Sprintf("has no upstream %s (%s) can reach: it reaches %s only (its addresses and ipFamilies), so with transparentProxy.dns.capture %s every name outside the mesh would fail; add an %s upstream", f, w.NodeID, have, tp.DNS.Capture, have))
 			}
 		}
 		v4, v6 := addrFamilies(w.Addresses)

@@ -3,9 +3,13 @@ package controlplane
 import (
 	"errors"
 	"net/netip"
+	"slices"
 	"strings"
 	"testing"
 
+	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
+	dnsfilterv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/udp/dns_filter/v3"
+	caresv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/network/dns_resolver/cares/v3"
 	"github.com/google/go-cmp/cmp"
 
 	"github.com/detour-mesh/detour/redirect"
@@ -152,6 +156,12 @@ func TestDecodeMeshErrors(t *testing.T) {
 		{"dns upstream is the dns listener", "dns: {upstreams: [\"127.0.0.1:15053\", \"[::1]:15053\"]}\n" + svc + wl + ", transparentProxy: {dns: {capture: all}}}]", []string{
 			`dns.upstreams[0]: "127.0.0.1:15053" is the DNS listener of workloads[0] (w) itself (transparentProxy.dns.port 15053): its queries would loop`,
 			`dns.upstreams[1]: "[::1]:15053" is the DNS listener of workloads[0] (w) itself`}},
+		// An upstream of a family the workload cannot reach fails every
+		// name outside the mesh; a workload with none it can reach is refused.
+		{"dns upstreams ipv4 only, workload ipv6 only", "dns: {upstreams: [192.0.2.53]}\n" + svc + "workloads: [{nodeId: v6, addresses: [\"2001:db8::1\"], transparentProxy: {dns: {capture: all}}}]", []string{
+			`dns.upstreams: "192.0.2.53:53" has no upstream workloads[0] (v6) can reach: it reaches IPv6 only (its addresses and ipFamilies), so with transparentProxy.dns.capture all every name outside the mesh would fail; add an IPv6 upstream`}},
+		{"dns upstreams ipv6 only, workload ipv4 only", "dns: {upstreams: [\"2001:db8::53\"]}\n" + svc + wl + ", transparentProxy: {ipFamilies: ipv4, dns: {capture: resolvconf}}}]", []string{
+			`dns.upstreams: "[2001:db8::53]:53" has no upstream workloads[0] (w) can reach: it reaches IPv4 only (its addresses and ipFamilies), so with transparentProxy.dns.capture resolvconf every name outside the mesh would fail; add an IPv4 upstream`}},
 		{"dns key", "dns: {ttl: 5}", []string{`dns.ttl: "5" is not a known field (one of suffix, upstreams)`}},
 		{"inbound on a proxy port", svc + wl + ", inbound: [15001]}]", []string{`workloads[0].inbound[0].port: "15001" is one of the proxy's own ports`}},
 		{"app port on a proxy port", svc + wl + ", inbound: [{port: 80, appPort: 15006}]}]", []string{`workloads[0].inbound[0].appPort: "15006" is one of the proxy's own ports`}},
@@ -196,6 +206,76 @@ func TestDecodeMeshDNSLoopbackUpstream(t *testing.T) {
 			t.Errorf("DecodeMesh(%q) = %v", doc, err)
 		}
 	}
+}
+
+// TestDNSUpstreamsFollowFamilies: each workload's DNS listener forwards only
+// to the mesh's upstreams it can reach (its families, and loopback); a
+// workload whose DNS is not captured is not held to it.
+func TestDNSUpstreamsFollowFamilies(t *testing.T) {
+	t.Parallel()
+	m, err := DecodeMesh([]byte(`
+dns: {upstreams: [192.0.2.53, "[2001:db8::53]:5353", "127.0.0.53"]}
+services: [{name: db, virtualIPs: [198.51.100.1, "2001:db8:5::1"], ports: [5432]}]
+workloads:
+  - {nodeId: v4, addresses: [192.0.2.1], transparentProxy: {dns: {capture: all}}}
+  - {nodeId: v6, addresses: ["2001:db8::1"], transparentProxy: {dns: {capture: all}}}
+  - {nodeId: dual, addresses: [192.0.2.2, "2001:db8::2"], transparentProxy: {dns: {capture: all}}}
+  - {nodeId: dual-as-v6, addresses: [192.0.2.3, "2001:db8::3"], transparentProxy: {ipFamilies: ipv6, dns: {capture: all}}}
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := map[string][]string{
+		"v4":         {"192.0.2.53:53", "127.0.0.53:53"},
+		"v6":         {"[2001:db8::53]:5353", "127.0.0.53:53"},
+		"dual":       {"192.0.2.53:53", "[2001:db8::53]:5353", "127.0.0.53:53"},
+		"dual-as-v6": {"[2001:db8::53]:5353", "127.0.0.53:53"},
+	}
+	for node, w := range want {
+		r, err := m.Resources(node)
+		if err != nil {
+			t.Fatal(err)
+		}
+		n := 0
+		for _, l := range r.Listeners {
+			if l.GetName() != ListenerDNS && l.GetName() != ListenerDNSIPv6 {
+				continue
+			}
+			n++
+			if got := dnsResolvers(t, l); !slices.Equal(got, w) {
+				t.Errorf("%s: listener %s forwards to %v, want %v", node, l.GetName(), got, w)
+			}
+		}
+		if n == 0 {
+			t.Errorf("%s: no DNS listener", node)
+		}
+	}
+	// Not captured: no DNS listener, nothing to refuse.
+	if _, err := DecodeMesh([]byte("dns: {upstreams: [192.0.2.53]}\nworkloads: [{nodeId: v6, addresses: [\"2001:db8::1\"]}]")); err != nil {
+		t.Errorf("a workload without DNS capture was refused: %v", err)
+	}
+}
+
+func dnsResolvers(t *testing.T, l *listenerv3.Listener) []string {
+	t.Helper()
+	for _, f := range l.GetListenerFilters() {
+		cfg := &dnsfilterv3.DnsFilterConfig{}
+		if err := f.GetTypedConfig().UnmarshalTo(cfg); err != nil {
+			t.Fatal(err)
+		}
+		cares := &caresv3.CaresDnsResolverConfig{}
+		if err := cfg.GetClientConfig().GetTypedDnsResolverConfig().GetTypedConfig().UnmarshalTo(cares); err != nil {
+			t.Fatal(err)
+		}
+		var out []string
+		for _, a := range cares.GetResolvers() {
+			sa := a.GetSocketAddress()
+			out = append(out, netip.AddrPortFrom(netip.MustParseAddr(sa.GetAddress()), uint16(sa.GetPortValue())).String())
+		}
+		return out
+	}
+	t.Fatalf("listener %s has no listener filter", l.GetName())
+	return nil
 }
 
 func TestDecodeExampleMeshes(t *testing.T) {

@@ -360,6 +360,30 @@ func (m *Mesh) Validate() error {
 			}
 		}
 	}
+	// A service name goes into the DNS table of every capturing workload
+	// that may reach it, as <name>.<suffix>: one DNS cannot carry would be
+	// answered for a question nobody can ask. Elsewhere (Envoy resource
+	// names) '_' and long labels are fine, so only these are refused.
+	if checkDNSName(m.DNS.suffix()) == nil {
+		for i, s := range m.Services {
+			if j, ok := services[s.Name]; !ok || j != i {
+				continue
+			}
+			fqdn := strings.ToLower(s.Name) + "." + strings.ToLower(m.DNS.suffix())
+			err := checkDNSName(fqdn)
+			if err == nil {
+				continue
+			}
+			for k, w := range m.Workloads {
+				tp := w.TransparentProxy
+				if tp.DNS.Capture == "" || tp.DNS.Capture == redirect.DNSCaptureOff || !tp.Outbound.Enabled || !slices.Contains(w.Reach, ReachAll) && !slices.Contains(w.Reach, s.Name) {
+					continue
+				}
+				bad(fmt.Sprintf("services[%d].name", i), s.Name, fmt.Sprintf("would be in the DNS table of workloads[%d] (%s) (transparentProxy.dns.capture %s), but no query can ask for it: %s %s", k, w.NodeID, tp.DNS.Capture, fqdn, err))
+				break
+			}
+		}
+	}
 	return errs.err()
 }
 

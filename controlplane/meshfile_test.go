@@ -162,6 +162,14 @@ func TestDecodeMeshErrors(t *testing.T) {
 			`dns.upstreams: "192.0.2.53:53" has no upstream workloads[0] (v6) can reach: it reaches IPv6 only (its addresses and ipFamilies), so with transparentProxy.dns.capture all every name outside the mesh would fail; add an IPv6 upstream`}},
 		{"dns upstreams ipv6 only, workload ipv4 only", "dns: {upstreams: [\"2001:db8::53\"]}\n" + svc + wl + ", transparentProxy: {ipFamilies: ipv4, dns: {capture: resolvconf}}}]", []string{
 			`dns.upstreams: "[2001:db8::53]:53" has no upstream workloads[0] (w) can reach: it reaches IPv4 only (its addresses and ipFamilies), so with transparentProxy.dns.capture resolvconf every name outside the mesh would fail; add an IPv4 upstream`}},
+		// A service name a capturing workload's DNS table would hold but no
+		// query could ask for.
+		{"service name not a dns name", "services: [{name: my_db, virtualIPs: [198.51.100.1], ports: [80]}]\n" + wl + ", reach: [my_db], transparentProxy: {dns: {capture: all}}}]", []string{
+			`services[0].name: "my_db" would be in the DNS table of workloads[0] (w) (transparentProxy.dns.capture all), but no query can ask for it: my_db.mesh has '_'; a DNS name has letters, digits, '-' and '.'`}},
+		{"service name label too long", "services: [{name: " + strings.Repeat("a", 64) + ", virtualIPs: [198.51.100.1], ports: [80]}]\n" + wl + ", reach: [\"*\"], transparentProxy: {dns: {capture: resolvconf}}}]", []string{
+			`services[0].name: "` + strings.Repeat("a", 64) + `" would be in the DNS table of workloads[0] (w) (transparentProxy.dns.capture resolvconf), but no query can ask for it: ` + strings.Repeat("a", 64) + `.mesh is not a DNS name (labels of 1 to 63 characters`}},
+		{"service name too long with the suffix", "dns: {suffix: " + strings.Repeat("s", 60) + "}\nservices: [{name: " + strings.Repeat("a.", 100) + "b, virtualIPs: [198.51.100.1], ports: [80]}]\n" + wl + ", reach: [\"*\"], transparentProxy: {dns: {capture: all}}}]", []string{
+			`services[0].name: "a.a.a.`, `would be in the DNS table of workloads[0] (w) (transparentProxy.dns.capture all), but no query can ask for it: ` + strings.Repeat("a.", 100) + "b." + strings.Repeat("s", 60) + ` is longer than 253 characters`}},
 		{"dns key", "dns: {ttl: 5}", []string{`dns.ttl: "5" is not a known field (one of suffix, upstreams)`}},
 		{"inbound on a proxy port", svc + wl + ", inbound: [15001]}]", []string{`workloads[0].inbound[0].port: "15001" is one of the proxy's own ports`}},
 		{"app port on a proxy port", svc + wl + ", inbound: [{port: 80, appPort: 15006}]}]", []string{`workloads[0].inbound[0].appPort: "15006" is one of the proxy's own ports`}},
@@ -253,6 +261,24 @@ workloads:
 	// Not captured: no DNS listener, nothing to refuse.
 	if _, err := DecodeMesh([]byte("dns: {upstreams: [192.0.2.53]}\nworkloads: [{nodeId: v6, addresses: [\"2001:db8::1\"]}]")); err != nil {
 		t.Errorf("a workload without DNS capture was refused: %v", err)
+	}
+}
+
+// TestServiceNamesOutsideDNS: a service name DNS cannot carry is fine where
+// no capturing workload's DNS table would hold it: Envoy resource names take
+// '_' and long names.
+func TestServiceNamesOutsideDNS(t *testing.T) {
+	t.Parallel()
+	long := strings.Repeat("a", 64)
+	for _, doc := range []string{
+		"services: [{name: my_db, virtualIPs: [198.51.100.1], ports: [80]}]\nworkloads: [{nodeId: w, addresses: [192.0.2.1], reach: [\"*\"]}]",
+		"services: [{name: " + long + ", virtualIPs: [198.51.100.1], ports: [80]}]\nworkloads: [{nodeId: w, addresses: [192.0.2.1], reach: [\"*\"], transparentProxy: {dns: {capture: off}}}]",
+		// Captures DNS, but does not reach my_db: not in its table.
+		"services: [{name: my_db, virtualIPs: [198.51.100.1], ports: [80]}, {name: web, virtualIPs: [198.51.100.2], ports: [80]}]\nworkloads: [{nodeId: w, addresses: [192.0.2.1], reach: [web], transparentProxy: {dns: {capture: all}}}]",
+	} {
+		if _, err := DecodeMesh([]byte(doc)); err != nil {
+			t.Errorf("DecodeMesh(%q) = %v", doc, err)
+		}
 	}
 }
 

@@ -39,6 +39,17 @@ const DefaultWatchInterval = time.Second
 // changing before it reads it as the new mesh.
 const DefaultSettle = time.Second
 
+// DefaultWarnChangingAfter is how long a mesh file may keep changing, never
+// staying the same for Settle, before FileSource reports that it is not being
+// applied (ErrUnsettled, given to Sink.Invalid once). The bound is ten times
+// Settle when that is longer.
+const DefaultWarnChangingAfter = 30 * time.Second
+
+// ErrUnsettled matches the report of a mesh file that has been changing for
+// longer than FileSource.WarnChangingAfter: none of its states is applied
+// until it stays the same for Settle.
+var ErrUnsettled = errors.New("not applied: the file does not stop changing")
+
 // ErrHeldBack matches a mesh change FileSource did not apply because it
 // removes more than half of the served workloads, and the file does not say
 // allowMassRemoval: true.
@@ -64,7 +75,11 @@ var ErrHeldBack = errors.New("held back")
 //     allowMassRemoval: true — a truncated file that still parses looks like
 //     that;
 //   - an invalid change is given to Sink.Invalid with at most
-//     MaxReportedErrors errors and a count of the rest.
+//     MaxReportedErrors errors and a count of the rest;
+//   - a file that keeps changing for longer than WarnChangingAfter is
+//     reported once (ErrUnsettled, given to Sink.Invalid); when it settles it
+//     is read again, even if it settled as the content already served, so
+//     the report is cleared (or replaced by the settled file's own error).
 //
 // In every case the previous mesh stays served.
 type FileSource struct {
@@ -75,6 +90,11 @@ type FileSource struct {
 	// means DefaultSettle, a negative value applies a change at the first
 	// read that sees it.
 	Settle time.Duration
+	// WarnChangingAfter is how long the file may keep changing before that
+	// is reported; 0 means DefaultWarnChangingAfter. It is at least ten
+	// times Settle. With a negative Settle nothing waits, so nothing is
+	// reported.
+	WarnChangingAfter time.Duration
 	// MaxSize is the largest file read, in bytes; 0 means DefaultMaxMeshSize.
 	MaxSize int64
 	// Logger; nil discards.
@@ -122,6 +142,11 @@ func (f *FileSource) Run(ctx context.Context, sink Sink) error {
 	if limit <= 0 {
 		limit = DefaultMaxMeshSize
 	}
+	warnAfter := f.WarnChangingAfter
+	if warnAfter <= 0 {
+		warnAfter = DefaultWarnChangingAfter
+	}
+	warnAfter = max(warnAfter, 10*settle)
 
 	// The first mesh: the file must read the same twice, settle apart.
 	o := f.observe(limit)
@@ -154,6 +179,9 @@ func (f *FileSource) Run(ctx context.Context, sink Sink) error {
 	served := nodeIDs(m)
 	handled := o.key // the state last acted on: applied, rejected or reported
 	pending, pendingSince := "", time.Time{}
+	// changingSince is when the file first read other than handled, while it
+	// has not settled since; reported once it is longer ago than warnAfter.
+	changingSince, reported := time.Time{}, false
 
 	t := time.NewTicker(interval)
 	defer t.Stop()
@@ -164,14 +192,31 @@ func (f *FileSource) Run(ctx context.Context, sink Sink) error {
 		case <-t.C:
 		}
 		o := f.observe(limit)
+		now := time.Now()
 		if o.key == handled {
-			pending = ""
+			// Back to the state acted on: settled once it stays so (a file
+			// flapping between it and others is still changing).
+			if o.key != pending {
+				pending, pendingSince = o.key, now
+			}
+			if now.Sub(pendingSince) >= settle {
+				changingSince = time.Time{}
+			}
 			continue
 		}
-		now := time.Now()
+		if changingSince.IsZero() {
+			changingSince = now
+		}
 		if o.key != pending {
 			pending, pendingSince = o.key, now
 			if settle > 0 {
+				if !reported && now.Sub(changingSince) >= warnAfter {
+					// Said once; the next settled state is acted on
+					// whatever it is, so the report does not outlive it.
+					reported, handled = true, ""
+					sink.Invalid(fmt.Errorf("mesh file %s: has been changing for %s: %w (it is read once it stays the same for %s); the previous mesh stays served",
+						f.Path, now.Sub(changingSince).Round(time.Millisecond), ErrUnsettled, settle))
+				}
 				continue
 			}
 		}
@@ -179,6 +224,7 @@ func (f *FileSource) Run(ctx context.Context, sink Sink) error {
 			continue
 		}
 		handled, pending = o.key, ""
+		changingSince, reported = time.Time{}, false
 		if o.err != nil {
 			sink.Invalid(o.err)
 			continue

@@ -428,3 +428,91 @@ func TestDecodeMeshBoundsErrors(t *testing.T) {
 		}
 	}
 }
+
+// TestFileSourceNeverSettles: a file that never stops changing (a writer
+// appending forever) is never applied; once it has been changing for longer
+// than WarnChangingAfter that is reported, once, and when it settles it is
+// applied, even as the content served before, so the report is cleared.
+func TestFileSourceNeverSettles(t *testing.T) {
+	t.Parallel()
+	path := filepath.Join(t.TempDir(), "mesh.yaml")
+	writeAtomic(t, path, meshOf(4, 80))
+	sink := &recordingSink{updates: make(chan *Mesh, 100), invalids: make(chan error, 100)}
+	w := &watched{sink: sink}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	const after = 10 * testSettle // the least WarnChangingAfter can be
+	go func() {
+		done <- (&FileSource{Path: path, Interval: testInterval, Settle: testSettle, WarnChangingAfter: after}).Run(ctx, sink)
+	}()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("Run: %v", err)
+		}
+	})
+	wantMesh(t, w.update(t), 4, 80)
+
+	stop, stopped := make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(stopped)
+		f, err := os.OpenFile(path, os.O_WRONLY|os.O_APPEND, 0)
+		if err != nil {
+			t.Error(err)
+			return
+		}
+		defer f.Close()
+		for i := 0; ; i++ {
+			select {
+			case <-stop:
+				return
+			case <-time.After(testSettle / 3):
+			}
+			if _, err := fmt.Fprintf(f, "# line %d\n", i); err != nil {
+				t.Error(err)
+				return
+			}
+		}
+	}()
+	start := time.Now()
+	err := w.invalid(t)
+	if since := time.Since(start); since < after-testSettle {
+		t.Errorf("reported after %s, before WarnChangingAfter (%s)", since, after)
+	}
+	if !errors.Is(err, ErrUnsettled) || !strings.Contains(err.Error(), "mesh file "+path+": has been changing for ") ||
+		!strings.Contains(err.Error(), "(it is read once it stays the same for 150ms); the previous mesh stays served") {
+		t.Errorf("reported %v", err)
+	}
+	w.quiet(t) // still changing: said once
+	close(stop)
+	<-stopped
+	wantMesh(t, w.update(t), 4, 80)
+	w.quiet(t)
+
+	// Changing for a while and back to the served content before the
+	// bound: nothing to say, nothing to apply.
+	served, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	writeAtomic(t, path, meshOf(4, 81))
+	time.Sleep(testSettle / 3)
+	writeAtomic(t, path, string(served))
+	w.quiet(t)
+
+	// Flapping between another content and the served one past the bound,
+	// then settling as the served one: given again, so the sink clears
+	// what it showed.
+	deadline := time.Now().Add(after + 2*testSettle)
+	for i := 0; time.Now().Before(deadline); i++ {
+		writeAtomic(t, path, meshOf(4, 81+i%2))
+		time.Sleep(testSettle / 3)
+		writeAtomic(t, path, string(served))
+		time.Sleep(testSettle / 3)
+	}
+	if err := w.invalid(t); !errors.Is(err, ErrUnsettled) {
+		t.Errorf("reported %v, want ErrUnsettled", err)
+	}
+	wantMesh(t, w.update(t), 4, 80)
+	w.quiet(t)
+}

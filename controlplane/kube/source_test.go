@@ -369,6 +369,47 @@ func TestSourceBuildsMeshFromTheAPI(t *testing.T) {
 	}
 }
 
+// TestDNSUpstreamOfNoFamilyOfThePod: a pod capturing DNS that can reach none
+// of --dns-upstream (IPv4 upstreams, an IPv6-only pod) is left out with the
+// reason; the others are served.
+func TestDNSUpstreamOfNoFamilyOfThePod(t *testing.T) {
+	t.Parallel()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	k := &cluster{t: t, c: apiServer(t), ctx: ctx}
+	k.namespace("dnsfam", map[string]string{redirect.AnnotationRedirect: redirect.RedirectEnabled})
+	capture := map[string]string{redirect.AnnotationConfig: `{"dns": {"capture": "all"}}`}
+	k.pod("dnsfam", "v4-1", "10.1.0.16", capture, false)
+	k.pod("dnsfam", "v6-1", "fd00::16", capture, false)
+	k.pod("dnsfam", "v6-2", "fd00::17", nil, false) // no DNS capture: served
+
+	src, err := New(Options{Client: k.c, Debounce: 20 * time.Millisecond,
+		DNS: controlplane.DNS{Upstreams: []netip.AddrPort{netip.MustParseAddrPort("192.0.2.53:53")}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sink := newMeshSink()
+	done := make(chan error, 1)
+	go func() { done <- src.Run(ctx, sink) }()
+	m := sink.waitMesh(t, "v4-1 and v6-2", func(m *controlplane.Mesh) bool {
+		return slices.Contains(workloadIDs(m), "v4-1.dnsfam") && slices.Contains(workloadIDs(m), "v6-2.dnsfam")
+	})
+	if slices.Contains(workloadIDs(m), "v6-1.dnsfam") {
+		t.Errorf("v6-1.dnsfam is served, though it reaches no upstream")
+	}
+	var reason string
+	for _, e := range m.Excluded {
+		if e.NodeID == "v6-1.dnsfam" {
+			reason = e.Reason
+		}
+	}
+	if want := `dns.upstreams: "192.0.2.53:53" has no upstream workloads[0] (v6-1.dnsfam) can reach: it reaches IPv6 only`; !strings.Contains(reason, want) {
+		t.Errorf("v6-1.dnsfam excluded with %q, want it to contain %q", reason, want)
+	}
+	cancel()
+	<-done
+}
+
 // TestReplicasServeTheSameVersions runs two control planes on one API server:
 // both serve a pod the same versions, before and after a change.
 func TestReplicasServeTheSameVersions(t *testing.T) {

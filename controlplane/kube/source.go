@@ -73,6 +73,10 @@ type Source struct {
 	reported map[string]string // pod key → resourceVersion whose problem was logged
 }
 
+// maxDNSSuffix is the longest DNS suffix with which every Kubernetes service
+// name (<name>.<namespace>, 63 characters each at most) is a DNS name.
+const maxDNSSuffix = 253 - 63 - 1 - 63 - 1
+
 // New returns a Source.
 func New(o Options) (*Source, error) {
 	if o.Client == nil {
@@ -87,6 +91,14 @@ func New(o Options) (*Source, error) {
 	}
 	if err := (&controlplane.Mesh{OutboundPolicy: controlplane.AllowAny, DNS: o.DNS}).Validate(); err != nil {
 		return nil, fmt.Errorf("kubernetes source dns options: %w", err)
+	}
+	// Services are answered as <name>.<namespace>.<suffix>, names and
+	// namespaces up to 63 characters each: a longer suffix would make some
+	// valid service's name longer than DNS carries (253), and refuse the
+	// whole mesh for it.
+	if suffix := o.DNS.Suffix; len(suffix) > maxDNSSuffix {
+		return nil, fmt.Errorf("kubernetes source dns options: %w", &redirect.FieldError{Field: "dns.suffix", Value: suffix,
+			Reason: fmt.Sprintf("is longer than %d characters: <service>.<namespace>.<suffix> (up to 63 characters each for service and namespace) would be longer than 253", maxDNSSuffix)})
 	}
 	switch o.OutboundPolicy {
 	case "":

@@ -479,6 +479,16 @@ func TestNewRejectsBadOptions(t *testing.T) {
 	if _, err := New(Options{Client: &kubernetes.Clientset{}, Base: &dns}); err != nil {
 		t.Errorf("New with a base config capturing DNS: %v; DNS is served", err)
 	}
+	// <service>.<namespace>.<suffix>: 63 + 1 + 63 + 1 + 126 is over DNS's
+	// 253; such a suffix would refuse the whole mesh for one long name.
+	long := strings.Repeat("s", 61) + "." + strings.Repeat("s", 63)
+	if _, err := New(Options{Client: &kubernetes.Clientset{}, DNS: controlplane.DNS{Suffix: long}}); err != nil {
+		t.Errorf("New with a %d-character DNS suffix: %v", len(long), err)
+	}
+	if _, err := New(Options{Client: &kubernetes.Clientset{}, DNS: controlplane.DNS{Suffix: "s" + long}}); err == nil || !strings.Contains(err.Error(), `dns.suffix: "s`) ||
+		!strings.Contains(err.Error(), "is longer than 125 characters") {
+		t.Errorf("New with a %d-character DNS suffix: %v, want an error naming dns.suffix", len(long)+1, err)
+	}
 	if _, err := New(Options{Client: &kubernetes.Clientset{}, DNS: controlplane.DNS{Suffix: "-mesh"}}); err == nil || !strings.Contains(err.Error(), `dns.suffix: "-mesh"`) {
 		t.Errorf("New with DNS suffix -mesh: %v, want an error naming dns.suffix", err)
 	}

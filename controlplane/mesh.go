@@ -304,7 +304,7 @@ func (m *Mesh) Validate() error {
 			}
 			// A proxy forwards only to the upstreams of the families it can
 			// reach (upstreams); with none, every name outside the mesh fails.
-			if len(m.DNS.Upstreams) > 0 && len(m.DNS.upstreams(&w)) == 0 {
+			if len(m.DNS.Upstreams) > 0 && len(w.Addresses) > 0 && len(m.DNS.upstreams(&w)) == 0 {
 				fam := families(&w)
 				have := "IPv4"
 				if fam.reach6 {

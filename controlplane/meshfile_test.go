@@ -258,6 +258,11 @@ workloads:
 			t.Errorf("%s: no DNS listener", node)
 		}
 	}
+	// No address: that is the error, not the upstreams.
+	if _, err := DecodeMesh([]byte("dns: {upstreams: [192.0.2.53]}\nworkloads: [{nodeId: w, transparentProxy: {dns: {capture: all}}}]")); err == nil ||
+		strings.Contains(err.Error(), "dns.upstreams") || !strings.Contains(err.Error(), `workloads[0].addresses: "" is empty`) {
+		t.Errorf("a workload without addresses: %v, want only the addresses error", err)
+	}
 	// Not captured: no DNS listener, nothing to refuse.
 	if _, err := DecodeMesh([]byte("dns: {upstreams: [192.0.2.53]}\nworkloads: [{nodeId: v6, addresses: [\"2001:db8::1\"]}]")); err != nil {
 		t.Errorf("a workload without DNS capture was refused: %v", err)

@@ -216,18 +216,11 @@ func (l *Loader) Remove(scope Scope) error {
 	if err := scope.validate(); err != nil {
 		return err
 	}
-	if _, err := os.Stat(l.mapDir()); errors.Is(err, fs.ErrNotExist) {
-		return l.cleanup()
-	}
-	unlock, err := l.lock()
-	if err != nil {
+	st, unlock, err := l.openPinned()
+	if st == nil {
 		return err
 	}
 	defer unlock()
-	st, err := l.open()
-	if err != nil {
-		return err
-	}
 	r, err := l.resolve(scope)
 	if err != nil {
 		st.close()
@@ -347,23 +340,35 @@ func (l *Loader) goneCgroups() ([]uint64, error) {
 	return out, nil
 }
 
+// openPinned opens detour's pinned maps under the loader's lock; the caller
+// closes the store and unlocks. With no map pinned there is nothing to open:
+// it removes what else is left of detour's pins and returns a nil store.
+func (l *Loader) openPinned() (*store, func(), error) {
+	if _, err := os.Stat(l.mapDir()); errors.Is(err, fs.ErrNotExist) {
+		return nil, nil, l.cleanup()
+	}
+	unlock, err := l.lock()
+	if err != nil {
+		return nil, nil, err
+	}
+	st, err := l.open()
+	if err != nil {
+		unlock()
+		return nil, nil, err
+	}
+	return st, unlock, nil
+}
+
 // RemoveGone removes the scopes of cgroups that are gone (their entries and
 // links' pins), and every pin of detour's when no scope is left: what
 // `uninstall --cgroup PATH` of a removed cgroup leaves nothing of.
 // Idempotent.
 func (l *Loader) RemoveGone() error {
-	if _, err := os.Stat(l.mapDir()); errors.Is(err, fs.ErrNotExist) {
-		return l.cleanup()
-	}
-	unlock, err := l.lock()
-	if err != nil {
+	st, unlock, err := l.openPinned()
+	if st == nil {
 		return err
 	}
 	defer unlock()
-	st, err := l.open()
-	if err != nil {
-		return err
-	}
 	if err := l.removeGone(st); err != nil {
 		st.close()
 		return err

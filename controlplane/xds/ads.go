@@ -8,9 +8,11 @@ import (
 	"sync"
 	"sync/atomic"
 
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	cachev3 "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/server/stream/v3"
+	rpcstatus "google.golang.org/genproto/googleapis/rpc/status"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -171,15 +173,32 @@ func (s *adsStream) typ(url string) *typeStream {
 // errNoTypeURL refuses an ADS request without a type.
 var errNoTypeURL = status.Error(codes.InvalidArgument, "type URL is required for ADS")
 
+// adsRequest is what SotW and delta requests have in common.
+type adsRequest interface {
+	GetNode() *corev3.Node
+	GetTypeUrl() string
+	GetResponseNonce() string
+	GetErrorDetail() *rpcstatus.Status
+}
+
+// record refuses a request without a type, records it in the tracker (ACK,
+// NACK, identity; version is a SotW request's, "" for delta) and returns
+// its type URL.
+func (s *adsStream) record(req adsRequest, version string) (string, error) {
+	url := req.GetTypeUrl()
+	if url == "" {
+		return "", errNoTypeURL
+	}
+	detail := req.GetErrorDetail()
+	return url, s.ads.tracker.request(s.protocol, s.id, req.GetNode(), url, req.GetResponseNonce(), version,
+		detail.GetMessage(), detail != nil)
+}
+
 // sotwRequest records a SotW request and opens its type's watch, unless it
 // is stale (its nonce is not the last one sent for its type).
 func (s *adsStream) sotwRequest(req *discoveryv3.DiscoveryRequest) error {
-	url := req.GetTypeUrl()
-	if url == "" {
-		return errNoTypeURL
-	}
-	if err := s.ads.tracker.request(s.protocol, s.id, req.GetNode(), url, req.GetResponseNonce(), req.GetVersionInfo(),
-		req.GetErrorDetail().GetMessage(), req.GetErrorDetail() != nil); err != nil {
+	url, err := s.record(req, req.GetVersionInfo())
+	if err != nil {
 		return err
 	}
 	s.mu.Lock()
@@ -217,12 +236,8 @@ func (s *adsStream) sotwRequest(req *discoveryv3.DiscoveryRequest) error {
 // deltaRequest records a delta request, updates its type's subscription
 // and opens its watch.
 func (s *adsStream) deltaRequest(req *discoveryv3.DeltaDiscoveryRequest) error {
-	url := req.GetTypeUrl()
-	if url == "" {
-		return errNoTypeURL
-	}
-	if err := s.ads.tracker.request(s.protocol, s.id, req.GetNode(), url, req.GetResponseNonce(), "",
-		req.GetErrorDetail().GetMessage(), req.GetErrorDetail() != nil); err != nil {
+	url, err := s.record(req, "")
+	if err != nil {
 		return err
 	}
 	s.mu.Lock()

@@ -213,12 +213,8 @@ var _ bpf.InboundRivals = ebpfInbound{}
 // namespace have was read in, with the cgroup of a cgroup scope when a
 // directory below the cgroup root has its tag.
 func (d ebpfInbound) InboundRivals(have redirect.Installed) []string {
-	s, ok := have.(interface{ Siblings() []string })
-	if !ok {
-		return nil
-	}
 	var out []string
-	for _, name := range s.Siblings() {
+	for _, name := range siblings(have) {
 		switch {
 		case name == EBPFInboundTable:
 			out = append(out, "the network-namespace scope (table inet "+name+")")
@@ -233,6 +229,15 @@ func (d ebpfInbound) InboundRivals(have redirect.Installed) []string {
 	return out
 }
 
+// siblings names the other eBPF inbound tables of the namespace that the
+// nftables Driver read in with its own (have), none when it read nothing.
+func siblings(have redirect.Installed) []string {
+	if s, ok := have.(interface{ Siblings() []string }); ok {
+		return s.Siblings()
+	}
+	return nil
+}
+
 var _ bpf.InboundTables = ebpfInbound{}
 
 var _ bpf.InboundTableNamer = ebpfInbound{}
@@ -243,12 +248,8 @@ func (d ebpfInbound) InboundTable() string { return d.table }
 // CgroupTables names the cgroup scopes' inbound tables in the namespace
 // have was read in.
 func (d ebpfInbound) CgroupTables(have redirect.Installed) []string {
-	s, ok := have.(interface{ Siblings() []string })
-	if !ok {
-		return nil
-	}
 	var out []string
-	for _, name := range s.Siblings() {
+	for _, name := range siblings(have) {
 		if strings.HasPrefix(name, EBPFInboundTable+"_cg_") {
 			out = append(out, name)
 		}

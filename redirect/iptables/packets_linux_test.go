@@ -17,6 +17,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	testlab "github.com/detour-mesh/detour/internal/lab"
 	"github.com/detour-mesh/detour/internal/netns"
 	"github.com/detour-mesh/detour/internal/origdst"
 	"github.com/detour-mesh/detour/internal/privtest"
@@ -138,18 +139,9 @@ func (l *lab) serveTCP(t *testing.T, ns privtest.NS, port int, transparent bool,
 		return err
 	})
 	t.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				io.WriteString(c, reply(c.(*net.TCPConn))+"\n")
-			}()
-		}
-	}()
+	go testlab.AcceptEach(ln, func(c net.Conn) {
+		io.WriteString(c, reply(c.(*net.TCPConn))+"\n")
+	})
 }
 
 func (l *lab) serveUDP(t *testing.T, ns privtest.NS, uid int, addr string, name string) {

@@ -138,7 +138,7 @@ func runControlPlane(ctx context.Context, o *controlPlaneOptions, s streams) (er
 	if o.settle < 0 {
 		return usageError("--settle %s must not be negative", o.settle)
 	}
-	if o.maxMeshSize < 0 {
+	if o.maxMeshSize <= 0 {
 		return usageError("--max-mesh-size %d must be positive", o.maxMeshSize)
 	}
 	if (o.tlsCert == "") != (o.tlsKey == "") {

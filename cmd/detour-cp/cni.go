@@ -73,6 +73,14 @@ notification or --poll-interval. On SIGTERM it exits leaving everything in place
 			if err := checkCNIPathFlags(cmd); err != nil {
 				return err
 			}
+			// Every pod's base config: an empty value (a DaemonSet's unset
+			// variable) must not silently mean detour's defaults (proxy uid
+			// 5678 where the mesh's proxy runs as 1337).
+			for _, name := range []string{"preset", "config", "mesh-config"} {
+				if fl := cmd.Flags().Lookup(name); fl.Changed && fl.Value.String() == "" {
+					return usageError("--%s: an empty value is refused (leave the flag out for detour's defaults)", name)
+				}
+			}
 			return runCNIInstall(cmd.Context(), o, s)
 		},
 	}
@@ -83,7 +91,7 @@ notification or --poll-interval. On SIGTERM it exits leaving everything in place
 	f.StringVar(&o.logFile, "log-file", "/var/log/detour-cni.log", "the plugin's log file on the node (empty: stderr)")
 	f.StringVar(&o.logLevel, "log-level", "", "the plugin's log level: debug, info, warn, error (empty: info)")
 	f.StringSliceVar(&o.excludeNamespaces, "exclude-namespaces", []string{"kube-system"}, "namespaces whose pods the plugin never redirects")
-	f.StringVar(&o.preset, "preset", "", "the preset every pod's config starts from: "+strings.Join(redirect.Presets, ", ")+" (empty: the defaults)")
+	f.StringVar(&o.preset, "preset", "", "the preset every pod's config starts from: "+strings.Join(redirect.Presets, ", ")+" (default: none, detour's defaults)")
 	f.StringVar(&o.configFile, "config", "", "a YAML or JSON config document applied on top of --preset for every pod, before its annotations")
 	f.StringVar(&o.meshConfig, "mesh-config", "", "the mesh-wide config document (ConfigMap detour-config, docs/injection.md): its base redirect config, instead of --preset/--config")
 	f.StringVar(&o.apiServer, "api-server", defaultAPIServer(), "the API server URL the plugin uses (default from KUBERNETES_SERVICE_HOST and KUBERNETES_SERVICE_PORT)")

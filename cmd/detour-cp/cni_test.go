@@ -121,6 +121,8 @@ func TestCNIInstallInvalidInput(t *testing.T) {
 		{"relative bin dir", []string{"--bin-dir", "bin"}, `--bin-dir: "bin" is not an absolute path`},
 		{"relative conf dir", []string{"--conf-dir", "net.d"}, `--conf-dir: "net.d" is not an absolute path`},
 		{"empty token file", []string{"--token-file", ""}, "--token-file: an empty value"},
+		{"empty preset", []string{"--preset", ""}, "--preset: an empty value is refused"},
+		{"empty mesh config", []string{"--mesh-config", ""}, "--mesh-config: an empty value is refused"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

@@ -66,6 +66,8 @@ func TestDecodeErrorsNameFieldAndValue(t *testing.T) {
 		{"duplicate json key nested", "{\"outbound\": {\"excludePorts\": [80],\n \"excludePorts\": [90]}}", `outbound.excludePorts (line 2) appears twice in the same mapping`},
 		{"duplicate group", "outbound:\n  excludePorts: [80]\noutbound:\n  excludePorts: [90]", `outbound (line 3) appears twice in the same mapping`},
 		{"empty element in a string list", `{"outbound": {"excludePorts": "80,,90"}}`, `outbound.excludePorts: "80,,90" has an empty list element`},
+		{"empty key", "\"\": 1", `"": "1" is not a known field (an empty key)`},
+		{"empty nested key", "proxy:\n  \"\": 1", `proxy."": "1" is not a known field (an empty key)`},
 		{"null scalar", "proxy:\n  uid: null", `proxy.uid: "null" is empty; give a value`},
 		{"empty scalar (an empty template value)", "proxy:\n  uid:\n", `proxy.uid: "null" is empty`},
 		{"null json scalar", `{"mode": null}`, `mode: "null" is empty`},

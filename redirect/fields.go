@@ -213,6 +213,10 @@ func (c *Config) decodeNode(path string, node any) error {
 			if path != "" {
 				p = path + "." + k
 			}
+			if k == "" {
+				// Not the document itself, which the empty path names.
+				return &FieldError{Field: p + `""`, Value: compact(m[k]), Reason: "is not a known field (an empty key)"}
+			}
 			if err := c.decodeNode(p, m[k]); err != nil {
 				return err
 			}

@@ -64,8 +64,8 @@ struct orig {
 	__u32 addr[4]; // network order; IPv4 as ::ffff:a.b.c.d
 	__u16 port;    // network order
 	__u16 family;  // AF_INET or AF_INET6: the family the app dialed
+	__u8 read;     // in tuples: the proxy has asked (first, as when it was a __u16 in pinned maps)
 	__u8 accel;    // the scope accelerates this connection (F_ACCEL when it was redirected)
-	__u8 read;     // in tuples: the proxy has asked
 	__u16 closed;  // in tuples: the app's socket is gone
 };
 

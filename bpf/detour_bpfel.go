@@ -55,8 +55,8 @@ type detourOrig struct {
 	Addr   [4]uint32
 	Port   uint16
 	Family uint16
-	Accel  uint8
 	Read   uint8
+	Accel  uint8
 	Closed uint16
 }
 

@@ -102,6 +102,10 @@ func TestCNIInstallOnceAndUninstall(t *testing.T) {
 func TestCNIInstallInvalidInput(t *testing.T) {
 	t.Parallel()
 	root, dirs := cniNode(t)
+	emptyFile := filepath.Join(root, "empty.yaml")
+	if err := os.WriteFile(emptyFile, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
 	tests := []struct {
 		name  string
 		extra []string
@@ -114,6 +118,7 @@ func TestCNIInstallInvalidInput(t *testing.T) {
 		{"unknown preset", []string{"--preset", "linkerd"}, `--preset: "linkerd" is not one of istio, kuma`},
 		{"bad log level", []string{"--log-level", "loud"}, `--log-level: "loud"`},
 		{"missing config", []string{"--config", filepath.Join(root, "nope.yaml")}, "--config: "},
+		{"empty config", []string{"--config", emptyFile}, `--config: "` + emptyFile + `" is empty`},
 		{"bad duration", []string{"--poll-interval", "soon"}, "invalid argument"},
 		{"unknown flag", []string{"--frobnicate"}, "unknown flag"},
 		{"empty bin dir", []string{"--bin-dir", ""}, "--bin-dir: an empty value names no path"},

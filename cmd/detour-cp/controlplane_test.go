@@ -122,6 +122,10 @@ func TestControlPlaneInvalidInputExitsTwo(t *testing.T) {
 	if err := os.WriteFile(bad, []byte("services: [{name: a, virtualIPs: [198.51.100.1], ports: [70000]}]"), 0o644); err != nil {
 		t.Fatal(err)
 	}
+	empty := filepath.Join(t.TempDir(), "empty.yaml")
+	if err := os.WriteFile(empty, []byte("# nothing yet\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
 	tests := []struct {
 		name string
 		args []string
@@ -150,6 +154,8 @@ func TestControlPlaneInvalidInputExitsTwo(t *testing.T) {
 		{"empty dns upstream", []string{"control-plane", "--source", "kubernetes", "--dns-upstream", ""}, `--dns-upstream "" is empty`},
 		{"empty kubeconfig", []string{"control-plane", "--source", "kubernetes", "--kubeconfig", ""}, `--kubeconfig "" is empty`},
 		{"empty inject url", []string{"control-plane", "--source", "kubernetes", "--inject", "--inject-url", ""}, `--inject-url "" is empty`},
+		{"bootstrap empty config file", []string{"bootstrap", "--node-id", "app", "--control-plane", "127.0.0.1:1", "--config", empty}, `--config "` + empty + `" is empty`},
+		{"kubernetes empty base config", []string{"control-plane", "--source", "kubernetes", "--base-config", empty, "--xds-address", "127.0.0.1:0", "--http-address", "off"}, `--base-config "` + empty + `" is empty`},
 		{"bootstrap empty mesh", []string{"bootstrap", "--node-id", "app", "--control-plane", "127.0.0.1:1", "--mesh", ""}, `--mesh "" is empty`},
 		{"bootstrap empty admin address", []string{"bootstrap", "--node-id", "app", "--control-plane", "127.0.0.1:1", "--admin-address", ""}, `--admin-address "" is empty`},
 		{"bootstrap empty ca", []string{"bootstrap", "--node-id", "app", "--control-plane", "127.0.0.1:1", "--ca", ""}, `--ca "" is empty`},

@@ -128,6 +128,9 @@ func (o *configOptions) load(stdin io.Reader) (redirect.Config, error) {
 		if err != nil {
 			return redirect.Config{}, &sourceError{"--config", &redirect.FieldError{Field: "config", Value: name, Reason: "cannot be read: " + unwrapPathError(err)}}
 		}
+		if redirect.EmptyDocument(doc) {
+			return redirect.Config{}, &sourceError{"--config", &redirect.FieldError{Field: "config", Value: name, Reason: "is empty (no setting in it); leave --config out for the defaults, or write {}"}}
+		}
 		if err := cfg.Decode(doc); err != nil {
 			return redirect.Config{}, &sourceError{"config file " + name, err}
 		}

@@ -443,3 +443,65 @@ func TestNoStaleOriginalDestination(t *testing.T) {
 		t.Errorf("SO_ORIGINAL_DST of a connection that was not redirected = %v: the previous connection's destination", dst)
 	}
 }
+
+// A connection redirected just before its namespace's scope goes (a switch to
+// another backend, an uninstall) still gets its original destination when the
+// proxy accepts it only while the scope is being removed: Remove waits for
+// that question before it takes the getsockopt program away. One that no
+// proxy ever asks for does not keep Remove waiting.
+func TestRemoveAnswersConnectionsRedirectedBeforeIt(t *testing.T) {
+	l := newLab(t)
+	enter(t, l.cgroup)
+	ld := New(Options{PinDir: l.pinDir, Root: l.cgroup})
+	var cookie uint64
+	inNS(t, l.ns, func() (err error) { cookie, err = CurrentNetns(); return err })
+	scope := Scope{Netns: cookie}
+	if _, err := ld.Apply(scope, testCapture(t, nil)); err != nil {
+		t.Fatal(err)
+	}
+	var ln net.Listener
+	inNS(t, l.ns, func() (err error) { ln, err = net.Listen("tcp", "127.0.0.1:15001"); return err })
+	defer ln.Close()
+	var app net.Conn
+	inNS(t, l.ns, func() (err error) { app, err = net.DialTimeout("tcp", "198.51.100.7:8443", 2*time.Second); return err })
+	defer app.Close()
+
+	removed := make(chan error, 1)
+	go func() { removed <- ld.Remove(scope) }()
+	time.Sleep(30 * time.Millisecond) // the proxy accepts while Remove runs
+	c, err := ln.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	dst, err := origdst.Get(c.(*net.TCPConn))
+	if err != nil || dst.String() != "198.51.100.7:8443" {
+		t.Errorf("SO_ORIGINAL_DST asked during Remove = %v, %v; want 198.51.100.7:8443", dst, err)
+	}
+	if err := <-removed; err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(l.pinDir); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("pins after Remove: %v, want none", err)
+	}
+
+	// Again, and this time the proxy never asks: Remove returns all the same.
+	if _, err := ld.Apply(scope, testCapture(t, nil)); err != nil {
+		t.Fatal(err)
+	}
+	var unasked net.Conn
+	inNS(t, l.ns, func() (err error) {
+		unasked, err = net.DialTimeout("tcp", "198.51.100.7:8443", 2*time.Second)
+		return err
+	})
+	defer unasked.Close()
+	go func() { removed <- ld.Remove(scope) }()
+	select {
+	case err := <-removed:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("Remove still waits for a connection no proxy asks for")
+	}
+}

@@ -236,8 +236,8 @@ func (l *Loader) Remove(scope Scope) error {
 		return err
 	}
 	remaining, err := st.scopeKeys()
-	st.close()
 	if err != nil {
+		st.close()
 		return err
 	}
 	keepLinks := false
@@ -246,6 +246,18 @@ func (l *Loader) Remove(scope Scope) error {
 			keepLinks = true
 		}
 	}
+	if !keepLinks {
+		// The links go: the connections redirected just before the scope left
+		// must get their answer from the getsockopt program first.
+		netns := uint64(0)
+		if kind == kindNetns {
+			netns = key
+		}
+		if left := drain(st.maps["tuples"], netns); left > 0 {
+			l.log().Debug("ebpf remove: redirected connections not asked for their original destination", "scope", scope.String(), "connections", left)
+		}
+	}
+	st.close()
 	if !keepLinks {
 		if err := detach(l.linkDir(r)); err != nil {
 			return err

@@ -106,7 +106,7 @@ func (c *Config) Decode(doc []byte) error {
 		return nil
 	}
 	js, err := yaml.YAMLToJSONStrict(doc)
-	if m := duplicateKey().FindStringSubmatch(fmt.Sprint(err)); m != nil {
+	if m := duplicateKeyOf(err); m != nil {
 		// A key given twice in one mapping: YAML and JSON parsers keep the
 		// later one silently; detour refuses to guess which was meant.
 		const reason = "appears twice in the same mapping; give each key once"
@@ -141,6 +141,16 @@ func (c *Config) Decode(doc []byte) error {
 var duplicateKey = sync.OnceValue(func() *regexp.Regexp {
 	return regexp.MustCompile(`line (\d+): key "([^"]*)" already set in map`)
 })
+
+// duplicateKeyOf is duplicateKey's submatches in the parser's error, nil
+// when there is none: a document that parses compiles no regular expression
+// (it costs a CNI ADD page faults).
+func duplicateKeyOf(err error) []string {
+	if err == nil {
+		return nil
+	}
+	return duplicateKey().FindStringSubmatch(err.Error())
+}
 
 // firstDuplicate finds, in document order, the first key given twice in one
 // mapping of doc, and returns its path as the fields are named

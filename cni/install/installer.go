@@ -337,6 +337,7 @@ type Installer struct {
 
 // copied is one binary Install keeps in BinDir.
 type copied struct {
+	src     string // the file srcHash is of
 	srcHash []byte
 	// dst is the stat of the binary we last wrote or verified, so a
 	// reconcile re-reads it only when it changed.
@@ -351,13 +352,39 @@ func New(o Options) *Installer {
 
 // binaries are the plugin binaries Install copies into BinDir, in order:
 // detour-cni-ebpf first, so that detour-cni never hands a call over to a
-// binary that is not there yet.
+// binary that is not there yet. When the base config every pod starts from
+// says backend ebpf, detour-cni-ebpf is also what is installed as
+// detour-cni: every call of such a network needs the eBPF backend, and the
+// lean plugin would hand each one over, paying two start-ups.
 func (in *Installer) binaries() []struct{ src, name string } {
 	var out []struct{ src, name string }
+	plugin := in.o.PluginBinary
 	if in.o.EBPFPluginBinary != "" {
 		out = append(out, struct{ src, name string }{in.o.EBPFPluginBinary, EBPFPluginType})
+		if in.baseBackend() == redirect.BackendEBPF {
+			plugin = in.o.EBPFPluginBinary
+		}
 	}
-	return append(out, struct{ src, name string }{in.o.PluginBinary, PluginType})
+	return append(out, struct{ src, name string }{plugin, PluginType})
+}
+
+// baseBackend is the backend of the base config the entry carries ("" when
+// it cannot be read: Install reports that at its entry).
+func (in *Installer) baseBackend() redirect.Backend {
+	doc, err := in.o.baseConfig()
+	if err != nil {
+		return ""
+	}
+	cfg := redirect.Default()
+	if in.o.Preset != "" {
+		if cfg, err = redirect.Preset(in.o.Preset); err != nil {
+			return ""
+		}
+	}
+	if len(doc) > 0 && cfg.Decode(doc) != nil {
+		return ""
+	}
+	return cfg.Backend
 }
 
 // Entry returns the plugin entry the installer writes. It fails as Validate
@@ -424,8 +451,8 @@ func (in *Installer) ensureBinary() (string, error) {
 func (in *Installer) ensureCopy(srcPath, name string) (string, error) {
 	dst := filepath.Join(in.o.BinDir, name)
 	c := in.copied[name]
-	if c == nil {
-		c = &copied{}
+	if c == nil || c.src != srcPath {
+		c = &copied{src: srcPath}
 		in.copied[name] = c
 	}
 	fi, err := os.Stat(dst)

@@ -854,6 +854,31 @@ func TestInstallEBPFPlugin(t *testing.T) {
 		}
 	}
 
+	// A network whose base config says backend ebpf gets the whole plugin
+	// as detour-cni (every call would be handed over otherwise); back to
+	// the lean one when the config no longer says so.
+	cfg := filepath.Join(n.root, "ebpf.yaml")
+	writeFile(t, cfg, "backend: ebpf\n")
+	o := n.options()
+	o.ConfigFile = cfg
+	eb := New(o)
+	if _, err := eb.Install(ctx); err != nil {
+		t.Fatalf("Install with backend ebpf: %v", err)
+	}
+	if !bytes.Equal(readFile(t, plugin), readFile(t, src)) || !bytes.Equal(readFile(t, ebpf), readFile(t, src)) {
+		t.Error("base config backend ebpf: detour-cni and detour-cni-ebpf in the bin dir should both be detour-cni-ebpf")
+	}
+	writeFile(t, cfg, "backend: nftables\n")
+	if changes, err := eb.Install(ctx); err != nil || !slices.Contains(changes, "wrote "+plugin) {
+		t.Errorf("Install after the config left ebpf = %q, %v; want detour-cni written", changes, err)
+	}
+	if !bytes.Equal(readFile(t, plugin), readFile(t, n.plugin)) {
+		t.Error("base config backend nftables: detour-cni in the bin dir is not the lean plugin")
+	}
+	if _, err := eb.Uninstall(ctx); err != nil {
+		t.Fatal(err)
+	}
+
 	// Without detour-cni-ebpf next to the plugin binary, only detour-cni.
 	m := newNode(t)
 	m.primary(t, "10-calico.conflist")

@@ -23,6 +23,12 @@ func options() cni.Options {
 	return cni.Options{HandOver: handOver}
 }
 
+// handedOver is set in the environment of a handed-over call: a lean
+// plugin that finds it set was itself given the call, so the binary
+// installed as detour-cni-ebpf is a lean build too, and handing over again
+// would loop.
+const handedOver = "DETOUR_CNI_HANDED_OVER"
+
 // handOver execs detour-cni-ebpf in place of this process, with the same
 // arguments and CNI_* environment, and stdin, which skel has read, given
 // back as a memfd. It returns only on failure.
@@ -31,10 +37,15 @@ func handOver(_ string, stdin []byte) error {
 	if err != nil {
 		return err
 	}
+	if prev := os.Getenv(handedOver); prev != "" {
+		return fmt.Errorf("%s handed the call to this binary, which is built without the eBPF backend too: install the build of cmd/detour-cni without -tags detour_lean as %s", prev, ebpfPlugin)
+	}
 	if err := refeedStdin(stdin); err != nil {
 		return fmt.Errorf("hand the call to %s: %w", path, err)
 	}
-	if err := syscall.Exec(path, append([]string{path}, os.Args[1:]...), os.Environ()); err != nil {
+	self, _ := os.Executable()
+	env := append(os.Environ(), handedOver+"="+self)
+	if err := syscall.Exec(path, append([]string{path}, os.Args[1:]...), env); err != nil {
 		return fmt.Errorf("run %s: %w", path, err)
 	}
 	return nil

@@ -135,6 +135,7 @@ func TestControlPlaneInvalidInputExitsTwo(t *testing.T) {
 		{"bootstrap missing mesh file", []string{"bootstrap", "--node-id", "a", "--control-plane", "127.0.0.1:1", "--mesh", bad + ".missing"}, "cannot be read: no such file or directory"},
 		{"unknown source", []string{"control-plane", "--source", "etcd"}, `--source "etcd" is not one of file, kubernetes`},
 		{"negative settle", []string{"control-plane", "--config", bad, "--settle", "-1s"}, "--settle -1s must not be negative"},
+		{"zero max mesh size", []string{"control-plane", "--config", bad, "--max-mesh-size", "0"}, "--max-mesh-size 0 must be positive"},
 		{"dns flags with a file", []string{"control-plane", "--config", bad, "--dns-suffix", "svc.example"}, "--dns-suffix and --dns-upstream are for --source kubernetes"},
 		{"bad dns upstream", []string{"control-plane", "--source", "kubernetes", "--dns-upstream", "ns1"}, `--dns-upstream "ns1" is not an IP address or address:port`},
 		{"client ca without tls", []string{"control-plane", "--config", bad, "--client-ca", "ca.pem"}, "--client-ca needs --tls-cert"},

@@ -89,6 +89,8 @@ func TestConfigErrorsNameSourceFieldAndValue(t *testing.T) {
 		{"malformed yaml", []string{"--config", broken}, nil, []string{"config file " + broken, "is not valid YAML or JSON"}},
 		{"unreadable file", []string{"--config", filepath.Join(dir, "missing.yaml")}, nil, []string{"missing.yaml", "cannot be read: no such file or directory"}},
 		{"unknown preset", []string{"--preset", "linkerd"}, nil, []string{`preset: "linkerd" is not one of istio, kuma`}},
+		{"empty preset", []string{"--preset", ""}, nil, []string{"--preset", `preset: "" is not one of istio, kuma`}},
+		{"empty env preset", nil, map[string]string{"DETOUR_PRESET": ""}, []string{"DETOUR_PRESET", `preset: "" is not one of istio, kuma`}},
 		{"conflict", []string{"--inbound-port", "15001"}, nil, []string{`proxy.outboundPort: "15001" is also proxy.inboundPort`}},
 	}
 	for _, tt := range tests {

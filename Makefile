@@ -26,10 +26,12 @@ export DETOUR_CNI_PLUGINS_BIN := $(CNI_PLUGINS_BIN)
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
 
-build: ## build bin/detour (lean CLI), bin/detour-ebpf (the CLI with the eBPF backend), bin/detour-cp (control plane) and bin/detour-cni
-	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)/ $$($(GO) list ./cmd/... | grep -v '/cmd/detour$$')
+build: ## build bin/detour (lean CLI), bin/detour-ebpf (the CLI with the eBPF backend), bin/detour-cp (control plane), bin/detour-cni (lean plugin) and bin/detour-cni-ebpf (the plugin with the eBPF backend)
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)/ $$($(GO) list ./cmd/... | grep -v '/cmd/detour$$' | grep -v '/cmd/detour-cni$$')
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)/detour-ebpf ./cmd/detour
 	CGO_ENABLED=0 $(GO) build -trimpath -tags detour_lean -ldflags '$(LDFLAGS)' -o $(BIN)/detour ./cmd/detour
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)/detour-cni-ebpf ./cmd/detour-cni
+	CGO_ENABLED=0 $(GO) build -trimpath -tags detour_lean -ldflags '$(LDFLAGS)' -o $(BIN)/detour-cni ./cmd/detour-cni
 
 deps: deps-apt deps-kube deps-cni-plugins ## install everything the tests need (idempotent, cached)
 
@@ -66,9 +68,10 @@ test-e2e: deps ## the end-to-end tests in tests/ only
 lint: ## gofmt, go vet, and a build for another OS (the non-Linux stubs still compile)
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
-	$(GO) vet -tags detour_lean ./cmd/detour
+	$(GO) vet -tags detour_lean ./cmd/detour ./cmd/detour-cni
 	GOOS=darwin $(GO) build ./...
 	GOOS=darwin $(GO) build -tags detour_lean -o /dev/null ./cmd/detour
+	GOOS=darwin $(GO) build -tags detour_lean -o /dev/null ./cmd/detour-cni
 
 fuzz: ## run each fuzz target for FUZZTIME (default 30s)
 	@for t in FuzzDecode FuzzParsers; do $(GO) test -run '^$$' -fuzz "^$$t$$" -fuzztime $${FUZZTIME:-30s} ./redirect/; done

@@ -27,6 +27,10 @@
 // names (NSS lookups can hang a CNI call).
 //
 // The conflist installer lives in cni/install. This package must not import
-// cmd/... or controlplane; it reaches the eBPF backend (bpf) only through
-// redirect/backends, like every other backend.
+// cmd/... or controlplane, nor bpf, redirect/backends or github.com/cilium/ebpf:
+// the lean detour-cni links it, with the netfilter Drivers only
+// (redirect/backends/netfilter). cmd/detour-cni gives it the eBPF backend
+// through Options (Drivers, RemoveEBPFEnrolment, EBPFReady) in its whole
+// build, detour-cni-ebpf, and in its lean build a HandOver that execs
+// detour-cni-ebpf for the calls that need that backend (Plugin.needsEBPF).
 package cni

@@ -11,6 +11,7 @@ import (
 	"log/slog"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"time"
 
@@ -21,7 +22,6 @@ import (
 
 	"github.com/detour-mesh/detour/internal/kubeapi"
 	"github.com/detour-mesh/detour/redirect"
-	"github.com/detour-mesh/detour/redirect/backends"
 )
 
 // SupportedVersions are the CNI config versions the plugin accepts. CHECK needs
@@ -30,9 +30,12 @@ func SupportedVersions() version.PluginInfo {
 	return version.PluginSupports("0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0")
 }
 
-// Options configure a Plugin. The zero value is the production plugin: the
-// result on os.Stdout, logs where the plugin config says, pods read with
-// internal/kubeapi, rules applied with the redirect engine.
+// Options configure a Plugin. The zero value is the plugin without the eBPF
+// backend: the result on os.Stdout, logs where the plugin config says, pods
+// read with internal/kubeapi, rules applied with the redirect engine and the
+// netfilter Drivers. cmd/detour-cni sets Drivers, RemoveEBPFEnrolment and
+// EBPFReady from redirect/backends in its whole build, and HandOver in its
+// lean one (docs/startup.md).
 type Options struct {
 	// Stdout receives the result and nothing else; nil = os.Stdout.
 	Stdout io.Writer
@@ -48,16 +51,27 @@ type Options struct {
 	// NewRedirector returns the Redirector for a network namespace; nil =
 	// EngineRedirector.
 	NewRedirector func(o RedirectorOptions) Redirector
+	// Drivers are the backends the engine uses (RedirectorOptions.Drivers);
+	// nil = NetfilterDrivers.
+	Drivers DriversFunc
 	// RemoveEBPFEnrolment removes the eBPF backend's enrolment of a namespace
-	// that is gone, by the cookie ADD recorded; nil = RemoveEBPFEnrolment.
+	// that is gone, by the cookie ADD recorded; nil = fail with ErrNoEBPF.
 	RemoveEBPFEnrolment func(o RedirectorOptions, cookie uint64) error
 	// FromAnnotations decodes a pod's annotations; nil = redirect.FromAnnotations.
 	FromAnnotations AnnotationDecoder
 	// LookPath finds the iptables tools for STATUS; nil = exec.LookPath.
 	LookPath func(file string) (string, error)
 	// EBPFReady is STATUS's probe of the kernel when the plugin config's
-	// backend is ebpf; nil = backends.EBPFReady.
+	// backend is ebpf; nil = fail with ErrNoEBPF.
 	EBPFReady func() error
+	// HandOver, when set, says this build has no eBPF backend: a call that
+	// needs it (see needsEBPF) is given to HandOver with the reason and the
+	// plugin config the runtime wrote on stdin, to be served by the plugin
+	// that has the backend (cmd/detour-cni execs detour-cni-ebpf, with the
+	// same CNI_* environment). It returns only when that fails; the call
+	// then fails with code 50 (plugin not available). nil = every call is
+	// served here.
+	HandOver func(why string, stdin []byte) error
 	// Now is the clock (GC's grace period, state timestamps); nil = time.Now.
 	Now func() time.Time
 
@@ -114,8 +128,11 @@ func New(o Options) *Plugin {
 	if o.NewRedirector == nil {
 		o.NewRedirector = EngineRedirector
 	}
+	if o.Drivers == nil {
+		o.Drivers = NetfilterDrivers
+	}
 	if o.RemoveEBPFEnrolment == nil {
-		o.RemoveEBPFEnrolment = RemoveEBPFEnrolment
+		o.RemoveEBPFEnrolment = func(RedirectorOptions, uint64) error { return ErrNoEBPF }
 	}
 	if o.FromAnnotations == nil {
 		o.FromAnnotations = redirect.FromAnnotations
@@ -124,7 +141,7 @@ func New(o Options) *Plugin {
 		o.LookPath = exec.LookPath
 	}
 	if o.EBPFReady == nil {
-		o.EBPFReady = backends.EBPFReady
+		o.EBPFReady = func() error { return ErrNoEBPF }
 	}
 	if o.Now == nil {
 		o.Now = time.Now
@@ -140,11 +157,15 @@ func (p *Plugin) Funcs() skel.CNIFuncs {
 // call is what every verb starts with: the parsed config, a logger, a bounded
 // context and the state store.
 type call struct {
-	conf   *Conf
-	log    *slog.Logger
-	ctx    context.Context
-	store  stateStore
-	start  time.Time
+	conf *Conf
+	log  *slog.Logger
+	ctx  context.Context
+	// drivers is Options.Drivers.
+	drivers DriversFunc
+	store   stateStore
+	start   time.Time
+	// stdin is the plugin config as the runtime wrote it (for a hand-over).
+	stdin  []byte
 	finish func()
 }
 
@@ -165,22 +186,71 @@ func (p *Plugin) begin(verb string, args *skel.CmdArgs) (*call, error) {
 		log = log.With("container_id", args.ContainerID, "ifname", args.IfName, "netns", args.Netns)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), p.o.Timeout)
-	return &call{
-		conf:  conf,
-		log:   log,
-		ctx:   ctx,
-		store: newStateStore(conf.StateDir, conf.Name),
-		start: start,
+	c := &call{
+		drivers: p.o.Drivers,
+		conf:    conf,
+		log:     log,
+		ctx:     ctx,
+		store:   newStateStore(conf.StateDir, conf.Name),
+		start:   start,
+		stdin:   args.StdinData,
 		finish: func() {
 			cancel()
 			closeLog()
 		},
-	}, nil
+	}
+	if why := p.needsEBPF(conf); why != "" {
+		err := p.handOver(c, why)
+		c.finish()
+		return nil, err
+	}
+	return c, nil
+}
+
+// defaultEBPFPinDir is bpf.DefaultPinDir, which a build without the eBPF
+// backend cannot import; TestEBPFPinDirInStep keeps the two in step.
+const defaultEBPFPinDir = "/sys/fs/bpf/detour"
+
+// needsEBPF says why a call of a plugin built without the eBPF backend
+// (Options.HandOver set) must be served by the one that has it, or "" when
+// it need not: the plugin config's backend is ebpf, or the eBPF backend
+// holds state on this node (its maps are pinned under ebpfPinDir: some pod
+// is enrolled, so DEL, CHECK and GC of a pod, and an install that switches a
+// namespace away from ebpf, must see it). It is a stat, no more.
+func (p *Plugin) needsEBPF(conf *Conf) string {
+	if p.o.HandOver == nil {
+		return ""
+	}
+	if base, _ := conf.baseConfig(); base.Backend == redirect.BackendEBPF {
+		return "plugin config backend ebpf"
+	}
+	dir := conf.EBPFPinDir
+	if dir == "" {
+		dir = defaultEBPFPinDir
+	}
+	maps := filepath.Join(dir, "maps")
+	if _, err := os.Stat(maps); !errors.Is(err, fs.ErrNotExist) {
+		return "the eBPF backend's maps are pinned at " + maps
+	}
+	return ""
+}
+
+// handOver gives the call to Options.HandOver (the plugin with the eBPF
+// backend). It returns only when that fails: code 50, naming why.
+func (p *Plugin) handOver(c *call, why string) error {
+	c.log.Debug("handing the call to the plugin with the eBPF backend", "why", why)
+	err := p.o.HandOver(why, c.stdin)
+	if err == nil {
+		err = errors.New("hand-over returned")
+	}
+	err = fmt.Errorf("%s needs the eBPF backend: %w", why, err)
+	c.log.Error("hand-over failed", "code", types.ErrPluginNotAvailable, "error", err)
+	return newError(types.ErrPluginNotAvailable, err)
 }
 
 // redirector is the options of the Redirector for the namespace at netns.
 func (c *call) redirector(netns string) RedirectorOptions {
-	return RedirectorOptions{Netns: netns, EBPFPinDir: c.conf.EBPFPinDir, EBPFCgroupRoot: c.conf.EBPFCgroupRoot, Logger: c.log}
+	return RedirectorOptions{Netns: netns, EBPFPinDir: c.conf.EBPFPinDir, EBPFCgroupRoot: c.conf.EBPFCgroupRoot, Logger: c.log, Drivers: c.drivers}
 }
 
 func (c *call) ms(now time.Time) float64 {
@@ -242,6 +312,11 @@ func (p *Plugin) Add(args *skel.CmdArgs) error {
 		}
 	}
 
+	if p.o.HandOver != nil && d.Redirect && d.Config.Backend == redirect.BackendEBPF {
+		// The pod's own annotation chose ebpf: the plugin with the
+		// backend decides again (the same inputs, the same decision).
+		return p.handOver(c, "pod "+ref.String()+" asks for backend ebpf")
+	}
 	st := State{
 		ContainerID: args.ContainerID,
 		IfName:      args.IfName,
@@ -365,6 +440,9 @@ func (p *Plugin) Check(args *skel.CmdArgs) error {
 		c.log.Info("checked", "redirect", false, "reason", st.Reason, "duration_ms", c.ms(p.o.Now()))
 		return nil
 	}
+	if p.o.HandOver != nil && st.Config.Backend == redirect.BackendEBPF {
+		return p.handOver(c, "the attachment's backend is ebpf")
+	}
 	r := p.o.NewRedirector(c.redirector(args.Netns))
 	if err := r.Check(c.ctx, *st.Config); err != nil {
 		code := CodeInstall
@@ -405,6 +483,9 @@ func (p *Plugin) Del(args *skel.CmdArgs) error {
 		// An unreadable state file must not block the DEL: assume the worst.
 		c.log.Warn("unreadable state, uninstalling anyway", "error", err)
 		uninstall = true
+	}
+	if p.o.HandOver != nil && known && (st.NetnsCookie != 0 || st.Config != nil && st.Config.Backend == redirect.BackendEBPF) {
+		return p.handOver(c, "the attachment's backend is ebpf")
 	}
 	removed := false
 	if uninstall {
@@ -524,11 +605,19 @@ func (p *Plugin) GC(args *skel.CmdArgs) error {
 		if st.NetnsCookie == 0 {
 			return nil
 		}
+		if p.o.HandOver != nil {
+			// GC is safe to repeat: the plugin with the eBPF backend
+			// starts it again.
+			return p.handOver(c, "attachment "+st.ContainerID+" has an eBPF enrolment")
+		}
 		return p.o.RemoveEBPFEnrolment(c.redirector(""), st.NetnsCookie)
 	}
 	dropped, err := c.store.gc(c.conf.ValidAttachments, p.o.GCGrace, p.o.Now(), release)
 	for _, a := range dropped {
 		c.log.Info("dropped stale state", "attachment", a)
+	}
+	if te := (*types.Error)(nil); errors.As(err, &te) && te.Code == types.ErrPluginNotAvailable {
+		return te // a failed hand-over, logged by handOver
 	}
 	if err != nil {
 		c.log.Error("gc incomplete", "error", err)

@@ -7,12 +7,20 @@ import (
 	"log/slog"
 
 	"github.com/detour-mesh/detour/redirect"
-	"github.com/detour-mesh/detour/redirect/backends"
+	"github.com/detour-mesh/detour/redirect/backends/netfilter"
 )
 
 // ErrDrift means the rules installed in a pod's namespace differ from what ADD
 // installed (CHECK fails with it).
 var ErrDrift = errors.New("installed redirection differs from the plan")
+
+// ErrNoEBPF is what a plugin built without the eBPF backend (and without a
+// HandOver to the plugin that has it) answers a call that needs that backend.
+var ErrNoEBPF = errors.New("this detour-cni is built without the eBPF backend")
+
+// AnyBackend is the Backend of the calls that read or remove detour's state
+// in every backend (DEL): the order of the Drivers decides nothing for them.
+const AnyBackend = netfilter.AnyBackend
 
 // Redirector changes the redirection inside one network namespace. The plugin
 // uses the redirect engine; tests use a fake.
@@ -30,6 +38,17 @@ type Redirector interface {
 // from base (redirect.FromAnnotations).
 type AnnotationDecoder func(base redirect.Config, annotations map[string]string) (redirect.Config, error)
 
+// DriversFunc returns the redirect Drivers of a call in a pod's network
+// namespace that asks for backend (AnyBackend: one that reads or removes
+// every backend's state), in `backend auto`'s order of preference.
+type DriversFunc func(o RedirectorOptions, backend redirect.Backend) []redirect.Driver
+
+// NetfilterDrivers is the DriversFunc of a plugin without the eBPF backend:
+// both iptables backends and nftables (redirect/backends/netfilter).
+func NetfilterDrivers(o RedirectorOptions, backend redirect.Backend) []redirect.Driver {
+	return netfilter.Drivers(netfilter.Options{Logger: o.Logger, Backend: backend})
+}
+
 // RedirectorOptions say where a Redirector works: the pod's network
 // namespace, and where the eBPF backend keeps its node-wide state.
 type RedirectorOptions struct {
@@ -39,36 +58,29 @@ type RedirectorOptions struct {
 	// names ("" = the eBPF backend's defaults).
 	EBPFPinDir, EBPFCgroupRoot string
 	Logger                     *slog.Logger
-}
-
-// backends are the Options of the Drivers for a call that asks for backend
-// (backends.AnyBackend: one that reads or removes every backend's state).
-func (o RedirectorOptions) backends(backend redirect.Backend) backends.Options {
-	return backends.Options{Logger: o.Logger, Backend: backend, EBPF: backends.EBPFNetns(o.EBPFPinDir, o.EBPFCgroupRoot)}
+	// Drivers are the backends the engine uses; nil = NetfilterDrivers.
+	Drivers DriversFunc
 }
 
 // EngineRedirector returns the Redirector that applies plans with the redirect
-// engine inside the network namespace at o.Netns. With backend ebpf the pod's
-// namespace is enrolled by its cookie in the maps pinned under EBPFPinDir
-// (the programs are loaded and attached to EBPFCgroupRoot by the first pod).
+// engine inside the network namespace at o.Netns, with o.Drivers. With backend
+// ebpf (a build whose Drivers have it) the pod's namespace is enrolled by its
+// cookie in the maps pinned under EBPFPinDir (the programs are loaded and
+// attached to EBPFCgroupRoot by the first pod).
 func EngineRedirector(o RedirectorOptions) Redirector {
+	if o.Drivers == nil {
+		o.Drivers = NetfilterDrivers
+	}
 	return engineRedirector{o: o}
-}
-
-// RemoveEBPFEnrolment removes what the eBPF backend holds, outside the pod's
-// namespace, for the namespace whose cookie ADD recorded: DEL and GC use it
-// when that namespace is already gone. Idempotent.
-func RemoveEBPFEnrolment(o RedirectorOptions, cookie uint64) error {
-	return backends.RemoveEBPFNetns(o.backends(backends.AnyBackend), cookie)
 }
 
 // engineRedirector makes the Engine of each call for the backend the call
 // asks for, so that an install with a named backend does not look up which
-// iptables the host uses (backends.Options.Backend).
+// iptables the host uses (netfilter.Options.Backend).
 type engineRedirector struct{ o RedirectorOptions }
 
 func (r engineRedirector) engine(backend redirect.Backend) *redirect.Engine {
-	return backends.Engine(r.o.Netns, r.o.backends(backend))
+	return &redirect.Engine{Logger: r.o.Logger, NetNS: r.o.Netns, Drivers: r.o.Drivers(r.o, backend)}
 }
 
 func (r engineRedirector) plan(ctx context.Context, e *redirect.Engine, cfg redirect.Config) (redirect.Plan, error) {
@@ -120,7 +132,7 @@ func (r engineRedirector) Check(ctx context.Context, cfg redirect.Config) error 
 }
 
 func (r engineRedirector) Uninstall(ctx context.Context) error {
-	if _, err := r.engine(backends.AnyBackend).Uninstall(ctx); err != nil {
+	if _, err := r.engine(AnyBackend).Uninstall(ctx); err != nil {
 		return fmt.Errorf("uninstall redirection: %w", err)
 	}
 	return nil

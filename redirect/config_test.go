@@ -65,6 +65,7 @@ func TestDecodeErrorsNameFieldAndValue(t *testing.T) {
 		{"duplicate nested key", "proxy:\n  inboundPassthroughSource:\n    ipv4: 127.0.0.6\n    ipv4: 127.0.0.7", `proxy.inboundPassthroughSource.ipv4 (line 4) appears twice in the same mapping`},
 		{"duplicate json key nested", "{\"outbound\": {\"excludePorts\": [80],\n \"excludePorts\": [90]}}", `outbound.excludePorts (line 2) appears twice in the same mapping`},
 		{"duplicate group", "outbound:\n  excludePorts: [80]\noutbound:\n  excludePorts: [90]", `outbound (line 3) appears twice in the same mapping`},
+		{"duplicate key with a block list", "outbound:\n  excludePorts:\n    - 80\n  excludePorts:\n    - 90", `outbound.excludePorts (line 4) appears twice in the same mapping`},
 		{"empty element in a string list", `{"outbound": {"excludePorts": "80,,90"}}`, `outbound.excludePorts: "80,,90" has an empty list element`},
 		{"empty key", "\"\": 1", `"": "1" is not a known field (an empty key)`},
 		{"empty nested key", "proxy:\n  \"\": 1", `proxy."": "1" is not a known field (an empty key)`},

@@ -11,7 +11,7 @@ import (
 	"strings"
 	"sync"
 
-	yamlv3 "go.yaml.in/yaml/v3"
+	yamlv2 "go.yaml.in/yaml/v2"
 	"sigs.k8s.io/yaml"
 )
 
@@ -106,14 +106,15 @@ func (c *Config) Decode(doc []byte) error {
 		return nil
 	}
 	js, err := yaml.YAMLToJSONStrict(doc)
-	if m := duplicateKey().FindStringSubmatch(fmt.Sprint(err)); m != nil {
+	if m := duplicateKeyOf(err); m != nil {
 		// A key given twice in one mapping: YAML and JSON parsers keep the
 		// later one silently; detour refuses to guess which was meant.
 		const reason = "appears twice in the same mapping; give each key once"
-		if path, line, ok := firstDuplicate(doc); ok {
+		line, _ := strconv.Atoi(m[1])
+		line = keyLine(doc, m[2], line)
+		if path, ok := firstDuplicate(doc); ok {
 			return &FieldError{Field: path, Line: line, Reason: reason}
 		}
-		line, _ := strconv.Atoi(m[1])
 		return &FieldError{Field: m[2], Line: line, Reason: reason}
 	}
 	if err != nil {
@@ -142,50 +143,73 @@ var duplicateKey = sync.OnceValue(func() *regexp.Regexp {
 	return regexp.MustCompile(`line (\d+): key "([^"]*)" already set in map`)
 })
 
+// duplicateKeyOf is duplicateKey's submatches in the parser's error, nil
+// when there is none: a document that parses compiles no regular expression
+// (it costs a CNI ADD page faults).
+func duplicateKeyOf(err error) []string {
+	if err == nil {
+		return nil
+	}
+	return duplicateKey().FindStringSubmatch(err.Error())
+}
+
 // firstDuplicate finds, in document order, the first key given twice in one
 // mapping of doc, and returns its path as the fields are named
-// ("outbound.excludePorts", items of lists as "[i]") and the line of its
-// second occurrence. The strict parser names only the leaf key.
-func firstDuplicate(doc []byte) (path string, line int, ok bool) {
-	var root yamlv3.Node
-	if yamlv3.Unmarshal(doc, &root) != nil {
-		return "", 0, false
+// ("outbound.excludePorts", items of lists as "[i]"). The strict parser names
+// only the leaf key; its report (the first it met, in the same order) gives
+// the line. It uses the YAML parser sigs.k8s.io/yaml is built on, decoding
+// mappings in order with every key kept, so that the install path links no
+// second YAML library (its initialization costs every start page faults).
+func firstDuplicate(doc []byte) (path string, ok bool) {
+	var root yamlv2.MapSlice
+	if yamlv2.Unmarshal(doc, &root) != nil {
+		return "", false
 	}
-	var walk func(n *yamlv3.Node, prefix string) (string, int, bool)
-	walk = func(n *yamlv3.Node, prefix string) (string, int, bool) {
-		switch n.Kind {
-		case yamlv3.DocumentNode:
-			for _, c := range n.Content {
-				if p, l, ok := walk(c, prefix); ok {
-					return p, l, true
+	var walk func(n any, prefix string) (string, bool)
+	walk = func(n any, prefix string) (string, bool) {
+		switch n := n.(type) {
+		case []any:
+			for i, c := range n {
+				if p, ok := walk(c, fmt.Sprintf("%s[%d]", prefix, i)); ok {
+					return p, true
 				}
 			}
-		case yamlv3.SequenceNode:
-			for i, c := range n.Content {
-				if p, l, ok := walk(c, fmt.Sprintf("%s[%d]", prefix, i)); ok {
-					return p, l, true
-				}
-			}
-		case yamlv3.MappingNode:
+		case yamlv2.MapSlice:
 			seen := map[string]bool{}
-			for i := 0; i+1 < len(n.Content); i += 2 {
-				k := n.Content[i]
-				p := k.Value
+			for _, item := range n {
+				k := fmt.Sprint(item.Key)
+				p := k
 				if prefix != "" {
-					p = prefix + "." + k.Value
+					p = prefix + "." + k
 				}
-				if seen[k.Value] {
-					return p, k.Line, true
+				if seen[k] {
+					return p, true
 				}
-				seen[k.Value] = true
-				if p, l, ok := walk(n.Content[i+1], p); ok {
-					return p, l, true
+				seen[k] = true
+				if p, ok := walk(item.Value, p); ok {
+					return p, true
 				}
 			}
 		}
-		return "", 0, false
+		return "", false
 	}
-	return walk(&root, "")
+	return walk(root, "")
+}
+
+// keyLine is the line of the key named leaf whose value the strict parser
+// reported at line reported (1-based): the parser names the line where the
+// value starts, which for a block mapping or list is below its key. It is
+// the last line at or above reported that names the key; reported when none
+// does.
+func keyLine(doc []byte, leaf string, reported int) int {
+	lines := strings.Split(string(doc), "\n")
+	for l := min(reported, len(lines)); l >= 1; l-- {
+		text := lines[l-1]
+		if strings.Contains(text, `"`+leaf+`"`) || strings.Contains(text, leaf+":") {
+			return l
+		}
+	}
+	return reported
 }
 
 func firstLine(s string) string {

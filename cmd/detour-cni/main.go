@@ -18,6 +18,6 @@ func main() {
 		fmt.Fprintln(os.Stderr, "detour-cni: the CNI plugin takes no arguments: a container runtime runs it with the CNI_* variables and the network configuration on stdin (docs/cni.md); the node installer is `detour cni install`")
 		os.Exit(2)
 	}
-	p := cni.New(cni.Options{})
+	p := cni.New(options())
 	skel.PluginMainFuncs(p.Funcs(), cni.SupportedVersions(), "detour-cni "+version+": redirects a pod's traffic to its sidecar proxy")
 }

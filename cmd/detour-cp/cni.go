@@ -20,6 +20,7 @@ import (
 // cniOptions are the flags of `detour cni install` and `detour cni uninstall`.
 type cniOptions struct {
 	pluginBinary      string
+	ebpfPluginBinary  string
 	binDir            string
 	confDir           string
 	kubeconfigFile    string
@@ -86,6 +87,7 @@ notification or --poll-interval. On SIGTERM it exits leaving everything in place
 	}
 	f := cmd.Flags()
 	f.StringVar(&o.pluginBinary, "plugin-binary", defaultPluginBinary(), "the detour-cni binary to install")
+	f.StringVar(&o.ebpfPluginBinary, "ebpf-plugin-binary", "", "the detour-cni-ebpf binary (the plugin with the eBPF backend, which detour-cni hands those calls to) to install next to it (default: "+install.EBPFPluginType+" next to --plugin-binary, when there)")
 	addCNIDirFlags(cmd, o)
 	f.StringVar(&o.pluginKubeconfig, "plugin-kubeconfig", "", "the kubeconfig path written into the plugin entry, as the node sees it (default: --kubeconfig-file)")
 	f.StringVar(&o.logFile, "log-file", "/var/log/detour-cni.log", "the plugin's log file on the node (empty: stderr)")
@@ -134,12 +136,15 @@ func newCNIReadyCmd(s streams, o *cniOptions) *cobra.Command {
 		Long: `Checks, reading only, that the detour-cni binary is in the bin dir, its
 kubeconfig is in place and the primary network configuration ends with the
 detour-cni entry. Exit 0 and "ready", or exit 1 saying what is missing. Give it
-the same --bin-dir, --conf-dir and --kubeconfig-file as ` + "`detour cni install`" + `.`,
+the same --bin-dir, --conf-dir and --kubeconfig-file as ` + "`detour cni install`" + `.
+When detour-cni-ebpf is next to detour-cni here, it must be in the bin dir too.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if err := checkCNIPathFlags(cmd); err != nil {
 				return err
 			}
+			// detour-cni-ebpf is needed when the image has it next to detour-cni.
+			o.pluginBinary = defaultPluginBinary()
 			if err := install.New(o.installerOptions(nil)).Ready(); err != nil {
 				return err
 			}
@@ -164,7 +169,7 @@ func addCNIDirFlags(cmd *cobra.Command, o *cniOptions) {
 // would depend on the working directory and put a relative path into the
 // plugin entry.
 func checkCNIPathFlags(cmd *cobra.Command) error {
-	for _, name := range []string{"bin-dir", "conf-dir", "kubeconfig-file", "plugin-binary", "plugin-kubeconfig", "token-file", "ca-file", "plugin-token-file"} {
+	for _, name := range []string{"bin-dir", "conf-dir", "kubeconfig-file", "plugin-binary", "ebpf-plugin-binary", "plugin-kubeconfig", "token-file", "ca-file", "plugin-token-file"} {
 		fl := cmd.Flags().Lookup(name)
 		if fl == nil || !fl.Changed {
 			continue
@@ -201,6 +206,7 @@ func defaultAPIServer() string {
 func (o *cniOptions) installerOptions(logger *slog.Logger) install.Options {
 	return install.Options{
 		PluginBinary:         o.pluginBinary,
+		EBPFPluginBinary:     o.ebpfPluginBinary,
 		BinDir:               o.binDir,
 		ConfDir:              o.confDir,
 		KubeconfigFile:       o.kubeconfigFile,

@@ -126,6 +126,9 @@ func TestCNIInstallInvalidInput(t *testing.T) {
 		{"relative bin dir", []string{"--bin-dir", "bin"}, `--bin-dir: "bin" is not an absolute path`},
 		{"relative conf dir", []string{"--conf-dir", "net.d"}, `--conf-dir: "net.d" is not an absolute path`},
 		{"empty token file", []string{"--token-file", ""}, "--token-file: an empty value"},
+		{"empty ebpf plugin binary", []string{"--ebpf-plugin-binary", ""}, "--ebpf-plugin-binary: an empty value names no path"},
+		{"relative ebpf plugin binary", []string{"--ebpf-plugin-binary", "detour-cni-ebpf"}, `--ebpf-plugin-binary: "detour-cni-ebpf" is not an absolute path`},
+		{"missing ebpf plugin binary", []string{"--ebpf-plugin-binary", filepath.Join(root, "nope")}, "--ebpf-plugin-binary: "},
 		{"empty preset", []string{"--preset", ""}, "--preset: an empty value is refused"},
 		{"empty mesh config", []string{"--mesh-config", ""}, "--mesh-config: an empty value is refused"},
 	}

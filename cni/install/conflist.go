@@ -16,6 +16,11 @@ import (
 // CNI bin directory and the mark by which Insert and Remove recognise our entry.
 const PluginType = "detour-cni"
 
+// EBPFPluginType is the name of the plugin with the eBPF backend in the CNI
+// bin directory: detour-cni (built lean) execs it, from next to itself, for
+// the calls that need that backend. No conflist entry names it.
+const EBPFPluginType = "detour-cni-ebpf"
+
 // ConfExtensions are the file extensions a container runtime reads from the CNI
 // conf directory (libcni's set), in no particular order.
 var confExtensions = []string{".conf", ".conflist", ".json"}

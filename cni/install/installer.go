@@ -61,6 +61,13 @@ func (e *OptionError) Is(target error) bool { return target == ErrInvalidOptions
 type Options struct {
 	// PluginBinary is the detour-cni binary to copy. Required.
 	PluginBinary string
+	// EBPFPluginBinary is detour-cni-ebpf, the plugin with the eBPF backend,
+	// to which the lean detour-cni (make build's, the image's) hands the calls
+	// that need that backend: it is copied into BinDir as EBPFPluginType,
+	// before detour-cni. Empty: the file of that name next to PluginBinary
+	// when there is one, else none (a detour-cni built without -tags
+	// detour_lean has every backend and needs none).
+	EBPFPluginBinary string
 	// BinDir is the CNI bin directory (DefaultBinDir).
 	BinDir string
 	// ConfDir is the CNI conf directory (DefaultConfDir).
@@ -133,6 +140,12 @@ type Options struct {
 }
 
 func (o Options) withDefaults() Options {
+	if o.EBPFPluginBinary == "" && o.PluginBinary != "" {
+		beside := filepath.Join(filepath.Dir(o.PluginBinary), EBPFPluginType)
+		if fi, err := os.Stat(beside); err == nil && fi.Mode().IsRegular() {
+			o.EBPFPluginBinary = beside
+		}
+	}
 	if o.BinDir == "" {
 		o.BinDir = DefaultBinDir
 	}
@@ -177,6 +190,13 @@ func (o Options) Validate() error {
 		return &OptionError{"plugin-binary", o.PluginBinary, "cannot be read: " + pathErr(err)}
 	} else if !fi.Mode().IsRegular() {
 		return &OptionError{"plugin-binary", o.PluginBinary, "is not a regular file"}
+	}
+	if o.EBPFPluginBinary != "" {
+		if fi, err := os.Stat(o.EBPFPluginBinary); err != nil {
+			return &OptionError{"ebpf-plugin-binary", o.EBPFPluginBinary, "cannot be read: " + pathErr(err)}
+		} else if !fi.Mode().IsRegular() {
+			return &OptionError{"ebpf-plugin-binary", o.EBPFPluginBinary, "is not a regular file"}
+		}
 	}
 	for _, d := range []struct{ flag, path string }{{"bin-dir", o.BinDir}, {"conf-dir", o.ConfDir}} {
 		if fi, err := os.Stat(d.path); err != nil {
@@ -314,6 +334,13 @@ func isDNSLabel(s string) bool {
 type Installer struct {
 	o Options
 
+	// copied are the binaries Install keeps in BinDir, by their name there.
+	copied map[string]*copied
+}
+
+// copied is one binary Install keeps in BinDir.
+type copied struct {
+	src     string // the file srcHash is of
 	srcHash []byte
 	// dst is the stat of the binary we last wrote or verified, so a
 	// reconcile re-reads it only when it changed.
@@ -323,7 +350,44 @@ type Installer struct {
 // New returns an Installer for o. Install and Run check o with Validate before
 // they write anything; Uninstall needs none of the install-only options.
 func New(o Options) *Installer {
-	return &Installer{o: o.withDefaults()}
+	return &Installer{o: o.withDefaults(), copied: map[string]*copied{}}
+}
+
+// binaries are the plugin binaries Install copies into BinDir, in order:
+// detour-cni-ebpf first, so that detour-cni never hands a call over to a
+// binary that is not there yet. When the base config every pod starts from
+// says backend ebpf, detour-cni-ebpf is also what is installed as
+// detour-cni: every call of such a network needs the eBPF backend, and the
+// lean plugin would hand each one over, paying two start-ups.
+func (in *Installer) binaries() []struct{ src, name string } {
+	var out []struct{ src, name string }
+	plugin := in.o.PluginBinary
+	if in.o.EBPFPluginBinary != "" {
+		out = append(out, struct{ src, name string }{in.o.EBPFPluginBinary, EBPFPluginType})
+		if in.baseBackend() == redirect.BackendEBPF {
+			plugin = in.o.EBPFPluginBinary
+		}
+	}
+	return append(out, struct{ src, name string }{plugin, PluginType})
+}
+
+// baseBackend is the backend of the base config the entry carries ("" when
+// it cannot be read: Install reports that at its entry).
+func (in *Installer) baseBackend() redirect.Backend {
+	doc, err := in.o.baseConfig()
+	if err != nil {
+		return ""
+	}
+	cfg := redirect.Default()
+	if in.o.Preset != "" {
+		if cfg, err = redirect.Preset(in.o.Preset); err != nil {
+			return ""
+		}
+	}
+	if len(doc) > 0 && cfg.Decode(doc) != nil {
+		return ""
+	}
+	return cfg.Backend
 }
 
 // Entry returns the plugin entry the installer writes. It fails as Validate
@@ -371,26 +435,47 @@ func (in *Installer) Install(ctx context.Context) ([]string, error) {
 	return changes, nil
 }
 
+// ensureBinary copies each of the plugin binaries into BinDir when it is
+// not there or differs.
 func (in *Installer) ensureBinary() (string, error) {
-	dst := filepath.Join(in.o.BinDir, PluginType)
+	var changes []string
+	for _, b := range in.binaries() {
+		c, err := in.ensureCopy(b.src, b.name)
+		if c != "" {
+			changes = append(changes, c)
+		}
+		if err != nil {
+			return strings.Join(changes, "\n"), err
+		}
+	}
+	return strings.Join(changes, "\n"), nil
+}
+
+func (in *Installer) ensureCopy(srcPath, name string) (string, error) {
+	dst := filepath.Join(in.o.BinDir, name)
+	c := in.copied[name]
+	if c == nil || c.src != srcPath {
+		c = &copied{src: srcPath}
+		in.copied[name] = c
+	}
 	fi, err := os.Stat(dst)
-	if err == nil && in.dst != nil && os.SameFile(fi, in.dst) && fi.Size() == in.dst.Size() && fi.ModTime().Equal(in.dst.ModTime()) {
+	if err == nil && c.dst != nil && os.SameFile(fi, c.dst) && fi.Size() == c.dst.Size() && fi.ModTime().Equal(c.dst.ModTime()) {
 		return "", nil
 	}
-	if in.srcHash == nil {
-		h, err := hashFile(in.o.PluginBinary)
+	if c.srcHash == nil {
+		h, err := hashFile(srcPath)
 		if err != nil {
 			return "", fmt.Errorf("read plugin binary: %w", err)
 		}
-		in.srcHash = h
+		c.srcHash = h
 	}
 	if err == nil {
-		if h, herr := hashFile(dst); herr == nil && bytes.Equal(h, in.srcHash) {
-			in.dst = fi
+		if h, herr := hashFile(dst); herr == nil && bytes.Equal(h, c.srcHash) {
+			c.dst = fi
 			return "", nil
 		}
 	}
-	src, err := os.Open(in.o.PluginBinary)
+	src, err := os.Open(srcPath)
 	if err != nil {
 		return "", fmt.Errorf("read plugin binary: %w", err)
 	}
@@ -398,7 +483,7 @@ func (in *Installer) ensureBinary() (string, error) {
 	if err := atomicfile.WriteFrom(dst, src, 0o755); err != nil {
 		return "", fmt.Errorf("copy plugin binary: %w", err)
 	}
-	if in.dst, err = os.Stat(dst); err != nil {
+	if c.dst, err = os.Stat(dst); err != nil {
 		return "", fmt.Errorf("copy plugin binary: %w", err)
 	}
 	in.o.Logger.Info("copied plugin binary", "path", dst)
@@ -580,7 +665,7 @@ func (in *Installer) Uninstall(ctx context.Context) ([]string, error) {
 		in.o.Logger.Info("removed plugin entry", "path", f)
 		changes = append(changes, "removed detour-cni from "+f)
 	}
-	for _, f := range []string{in.o.KubeconfigFile, in.o.PluginTokenFile, filepath.Join(in.o.BinDir, PluginType)} {
+	for _, f := range []string{in.o.KubeconfigFile, in.o.PluginTokenFile, filepath.Join(in.o.BinDir, PluginType), filepath.Join(in.o.BinDir, EBPFPluginType)} {
 		switch err := os.Remove(f); {
 		case err == nil:
 			in.o.Logger.Info("removed file", "path", f)
@@ -589,7 +674,7 @@ func (in *Installer) Uninstall(ctx context.Context) ([]string, error) {
 			errs = append(errs, fmt.Errorf("remove %s: %w", f, err))
 		}
 	}
-	in.dst = nil
+	clear(in.copied)
 	return changes, errors.Join(errs...)
 }
 
@@ -701,9 +786,11 @@ func (in *Installer) Ready() error {
 	notReady := func(format string, args ...any) error {
 		return fmt.Errorf("%w: %s", ErrNotReady, fmt.Sprintf(format, args...))
 	}
-	bin := filepath.Join(in.o.BinDir, PluginType)
-	if fi, err := os.Stat(bin); err != nil || !fi.Mode().IsRegular() || fi.Mode().Perm()&0o111 == 0 {
-		return notReady("no executable %s", bin)
+	for _, b := range in.binaries() {
+		bin := filepath.Join(in.o.BinDir, b.name)
+		if fi, err := os.Stat(bin); err != nil || !fi.Mode().IsRegular() || fi.Mode().Perm()&0o111 == 0 {
+			return notReady("no executable %s", bin)
+		}
 	}
 	if _, err := os.Stat(in.o.KubeconfigFile); err != nil {
 		return notReady("no kubeconfig %s", in.o.KubeconfigFile)

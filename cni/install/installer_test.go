@@ -12,6 +12,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -328,6 +329,8 @@ func TestOptionsValidate(t *testing.T) {
 		{"no plugin binary", func(o *Options) { o.PluginBinary = "" }, "plugin-binary"},
 		{"missing plugin binary", func(o *Options) { o.PluginBinary = "/nonexistent/detour-cni" }, "plugin-binary"},
 		{"plugin binary is a dir", func(o *Options) { o.PluginBinary = n.bin }, "plugin-binary"},
+		{"missing ebpf plugin binary", func(o *Options) { o.EBPFPluginBinary = "/nonexistent/detour-cni-ebpf" }, "ebpf-plugin-binary"},
+		{"ebpf plugin binary is a dir", func(o *Options) { o.EBPFPluginBinary = n.bin }, "ebpf-plugin-binary"},
 		{"missing bin dir", func(o *Options) { o.BinDir = filepath.Join(n.root, "nope") }, "bin-dir"},
 		{"conf dir is a file", func(o *Options) { o.ConfDir = n.plugin }, "conf-dir"},
 		{"kubeconfig named like a conflist", func(o *Options) { o.KubeconfigFile = filepath.Join(n.conf, "zz.conf") }, "kubeconfig-file"},
@@ -794,4 +797,95 @@ func TestReady(t *testing.T) {
 		t.Fatal(err)
 	}
 	notReady("no executable")
+}
+
+// TestInstallEBPFPlugin: detour-cni-ebpf next to the plugin binary (as in
+// the image) is copied into the bin dir before detour-cni, put back when it
+// goes or changes, required by Ready, and removed by Uninstall.
+func TestInstallEBPFPlugin(t *testing.T) {
+	t.Parallel()
+	n := newNode(t)
+	n.primary(t, "10-calico.conflist")
+	src := filepath.Join(filepath.Dir(n.plugin), EBPFPluginType)
+	writeFile(t, src, "#!/bin/sh\necho detour-cni-ebpf build 1\n")
+	in := New(n.options())
+	ctx := context.Background()
+	changes, err := in.Install(ctx)
+	if err != nil {
+		t.Fatalf("Install: %v", err)
+	}
+	ebpf, plugin := filepath.Join(n.bin, EBPFPluginType), filepath.Join(n.bin, PluginType)
+	if len(changes) == 0 || changes[0] != "wrote "+ebpf+"\nwrote "+plugin {
+		t.Errorf("Install changes = %q, want detour-cni-ebpf written first, then detour-cni", changes)
+	}
+	if !bytes.Equal(readFile(t, ebpf), readFile(t, src)) {
+		t.Error("installed detour-cni-ebpf differs from the one next to the plugin binary")
+	}
+	if fi, _ := os.Stat(ebpf); fi.Mode().Perm() != 0o755 {
+		t.Errorf("detour-cni-ebpf mode = %v, want 0755", fi.Mode())
+	}
+	if err := in.Ready(); err != nil {
+		t.Errorf("Ready after Install: %v", err)
+	}
+	if changes, err := in.Install(ctx); err != nil || len(changes) != 0 {
+		t.Errorf("second Install = %q, %v; want no change", changes, err)
+	}
+
+	if err := os.Remove(ebpf); err != nil {
+		t.Fatal(err)
+	}
+	if err := in.Ready(); !errors.Is(err, ErrNotReady) || !strings.Contains(err.Error(), ebpf) {
+		t.Errorf("Ready without detour-cni-ebpf = %v, want ErrNotReady naming %s", err, ebpf)
+	}
+	if changes, err := in.Install(ctx); err != nil || !slices.Equal(changes, []string{"wrote " + ebpf}) {
+		t.Errorf("Install after detour-cni-ebpf went = %q, %v; want it written back", changes, err)
+	}
+	writeFile(t, ebpf, "someone else's")
+	if changes, err := in.Install(ctx); err != nil || !slices.Equal(changes, []string{"wrote " + ebpf}) {
+		t.Errorf("Install after detour-cni-ebpf changed = %q, %v; want it written back", changes, err)
+	}
+
+	if _, err := in.Uninstall(ctx); err != nil {
+		t.Fatalf("Uninstall: %v", err)
+	}
+	for _, f := range []string{ebpf, plugin} {
+		if _, err := os.Stat(f); !errors.Is(err, os.ErrNotExist) {
+			t.Errorf("after Uninstall %s: %v, want it gone", f, err)
+		}
+	}
+
+	// A network whose base config says backend ebpf gets the whole plugin
+	// as detour-cni (every call would be handed over otherwise); back to
+	// the lean one when the config no longer says so.
+	cfg := filepath.Join(n.root, "ebpf.yaml")
+	writeFile(t, cfg, "backend: ebpf\n")
+	o := n.options()
+	o.ConfigFile = cfg
+	eb := New(o)
+	if _, err := eb.Install(ctx); err != nil {
+		t.Fatalf("Install with backend ebpf: %v", err)
+	}
+	if !bytes.Equal(readFile(t, plugin), readFile(t, src)) || !bytes.Equal(readFile(t, ebpf), readFile(t, src)) {
+		t.Error("base config backend ebpf: detour-cni and detour-cni-ebpf in the bin dir should both be detour-cni-ebpf")
+	}
+	writeFile(t, cfg, "backend: nftables\n")
+	if changes, err := eb.Install(ctx); err != nil || !slices.Contains(changes, "wrote "+plugin) {
+		t.Errorf("Install after the config left ebpf = %q, %v; want detour-cni written", changes, err)
+	}
+	if !bytes.Equal(readFile(t, plugin), readFile(t, n.plugin)) {
+		t.Error("base config backend nftables: detour-cni in the bin dir is not the lean plugin")
+	}
+	if _, err := eb.Uninstall(ctx); err != nil {
+		t.Fatal(err)
+	}
+
+	// Without detour-cni-ebpf next to the plugin binary, only detour-cni.
+	m := newNode(t)
+	m.primary(t, "10-calico.conflist")
+	if _, err := New(m.options()).Install(ctx); err != nil {
+		t.Fatalf("Install: %v", err)
+	}
+	if _, err := os.Stat(filepath.Join(m.bin, EBPFPluginType)); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("no detour-cni-ebpf to install, yet the bin dir has one: %v", err)
+	}
 }

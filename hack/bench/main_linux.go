@@ -58,6 +58,10 @@ func main() {
 	if _, err := os.Stat(*detourEBPF); err == nil {
 		startup = append(startup, startupCmd{name: "detour-ebpf version", bin: *detourEBPF, args: []string{"version"}})
 	}
+	// The plugin with the eBPF backend, which the lean detour-cni execs.
+	if cniEBPF := filepath.Join(filepath.Dir(*detourCNI), "detour-cni-ebpf"); fileExists(cniEBPF) {
+		startup = append(startup, startupCmd{name: "detour-cni-ebpf (CNI_COMMAND=VERSION)", bin: cniEBPF, env: []string{"CNI_COMMAND=VERSION"}})
+	}
 	if *floor != "" {
 		startup = append(startup, startupCmd{name: "floor: Go binary doing nothing", bin: *floor})
 	}
@@ -222,4 +226,9 @@ func procRange(ns []int) string {
 		return fmt.Sprint(lo)
 	}
 	return fmt.Sprintf("%d-%d", lo, hi)
+}
+
+func fileExists(path string) bool {
+	_, err := os.Stat(path)
+	return err == nil
 }

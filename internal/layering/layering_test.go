@@ -37,7 +37,9 @@ var heavy = []string{
 var rules = []rule{
 	{pkg: "cmd/detour", forbidden: heavy, why: "the install path starts in milliseconds: no Kubernetes client, Envoy protos, gRPC or control plane"},
 	{pkg: "cmd/detour-cni", forbidden: append([]string{module + "/cni/install", "github.com/spf13/cobra", "github.com/fsnotify/fsnotify"}, heavy...), why: "the CNI plugin starts in milliseconds: no Kubernetes client, Envoy protos, gRPC, control plane, node installer or command-line framework"},
-	{pkg: "cni/...", forbidden: append([]string{module + "/cmd"}, heavy...), why: "must not import cmd/... or controlplane (and it runs in every ADD); it reaches bpf only through redirect/backends"},
+	{pkg: "cni/...", forbidden: append([]string{module + "/cmd", module + "/bpf", module + "/redirect/backends", "github.com/cilium/ebpf"}, heavy...),
+		allow: []string{module + "/redirect/backends/netfilter"},
+		why:   "must not import cmd/... or controlplane (and it runs in every ADD), nor bpf, redirect/backends or cilium/ebpf: the lean detour-cni links it, and cmd/detour-cni gives it the eBPF backend"},
 	{pkg: "redirect/...", forbidden: []string{module + "/cmd", module + "/cni", module + "/controlplane"}, why: "must not import cmd/..., cni or controlplane"},
 	{pkg: "redirect/iptables", forbidden: []string{module + "/bpf"}, why: "a backend must not import another backend (bpf is the eBPF backend)"},
 	{pkg: "bpf", forbidden: []string{module + "/redirect/iptables", module + "/redirect/nftables", module + "/redirect/backends", module + "/cmd", module + "/cni"}, why: "a backend must not import another backend, cmd/... or cni"},
@@ -239,6 +241,27 @@ func TestRuleCatchesAViolation(t *testing.T) {
 // milliseconds; detour-ebpf serves the commands that need them
 // (cmd/detour/ebpf.go).
 var leanForbidden = append([]string{module + "/bpf", "github.com/cilium/ebpf"}, heavy...)
+
+// TestLeanCNILinksNoEBPF fails when the lean build of cmd/detour-cni (the
+// bin/detour-cni of make build, run once per pod) depends on the eBPF
+// backend; detour-cni-ebpf (the build without the tag) serves the calls that
+// need it.
+func TestLeanCNILinksNoEBPF(t *testing.T) {
+	t.Parallel()
+	const pkg = module + "/cmd/detour-cni"
+	p, ok := listPackages(t, "-tags", "detour_lean", pkg)[pkg]
+	if !ok {
+		t.Fatal("go list did not report cmd/detour-cni")
+	}
+	r := rule{pkg: "cmd/detour-cni", forbidden: leanForbidden}
+	if bad := r.violations(p); len(bad) > 0 {
+		t.Errorf("cmd/detour-cni built with -tags detour_lean depends on %s; the lean plugin must not link the eBPF backend (go list -tags detour_lean -deps ./cmd/detour-cni shows the path)", strings.Join(bad, ", "))
+	}
+	full := listPackages(t, pkg)[pkg]
+	if bad := r.violations(full); len(bad) == 0 {
+		t.Error("cmd/detour-cni without the tag links no eBPF backend: is the detour_lean tag still what selects the lean build?")
+	}
+}
 
 // TestLeanDetourLinksNoEBPF fails when the lean build of cmd/detour depends
 // on the eBPF backend.

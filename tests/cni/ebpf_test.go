@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/containernetworking/cni/libcni"
 	"golang.org/x/sys/unix"
 
 	"github.com/detour-mesh/detour/internal/lab"
@@ -451,4 +452,123 @@ func TestEBPFBadPaths(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestEBPFHandOver runs the lean detour-cni (built with -tags detour_lean,
+// as make build does) where the eBPF backend is needed without the plugin
+// config saying so: the calls go to detour-cni-ebpf next to it. A pod
+// whose own annotation asks for backend ebpf is enrolled (the lean plugin
+// cannot do that itself); while the eBPF backend's maps are pinned, the
+// calls of an nftables pod are handed over too (logged at debug, with why)
+// and still get the nftables table; after the last DEL nothing is pinned
+// and the next pod's ADD is served by the lean plugin itself. Without
+// detour-cni-ebpf, the ebpf pod's ADD fails with code 50 naming it.
+func TestEBPFHandOver(t *testing.T) {
+	h := setup(t)
+	privtest.Require(t, "nft")
+	pinDir, cgroup := ebpfNode(t)
+	keys := map[string]any{
+		"config":         map[string]any{"backend": "nftables"},
+		"logLevel":       "debug",
+		"ebpfPinDir":     pinDir,
+		"ebpfCgroupRoot": cgroup,
+	}
+	n, err := h.newNetwork("dt-handover", "1.1.0", keys)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ns := h.newNamespace(t, nil)
+	handOvers := func() int {
+		b, _ := os.ReadFile(n.logFile)
+		return strings.Count(string(b), `"msg":"handing the call to the plugin with the eBPF backend"`)
+	}
+
+	e := h.newPod(t, ns, map[string]string{"detour.io/redirect": "enabled", "detour.io/backend": "ebpf"}, created)
+	ipE := podIP(t, n.mustAdd(t, e))
+	if got := handOvers(); got != 1 {
+		t.Errorf("ADD of the pod asking for ebpf: %d hand-overs logged, want 1\n%s", got, n.logTail())
+	}
+	if !strings.Contains(readFile(t, n.logFile), `"why":"pod `+ns+`/`+e.name+` asks for backend ebpf"`) {
+		t.Errorf("the hand-over does not say why\n%s", n.logTail())
+	}
+	st, _ := n.state(t, e)
+	if cookie, _ := st["netnsCookie"].(float64); cookie == 0 {
+		t.Errorf("ebpf pod: state records no netns cookie: %v", st)
+	}
+	if got := nftTables(t, e); got != "table inet detour_ebpf_inbound" {
+		t.Errorf("ebpf pod: nft tables %q, want only the eBPF backend's inbound table", got)
+	}
+	serve(t, e.netns, "0.0.0.0:15001", "outbound-proxy")
+	serve(t, e.netns, "0.0.0.0:15006", "inbound-proxy")
+	if got, err := ask(e.netns, remoteAddr); err != nil || !strings.HasPrefix(got, "outbound-proxy "+remoteAddr) {
+		t.Errorf("ebpf pod: outbound to %s: %q, %v; want it at the proxy", remoteAddr, got, err)
+	}
+	if got, err := ask("", ipE.String()+":8080"); err != nil || !strings.HasPrefix(got, "inbound-proxy ") {
+		t.Errorf("ebpf pod: inbound: %q, %v; want it at the inbound proxy", got, err)
+	}
+
+	// Maps pinned: an nftables pod's calls go to detour-cni-ebpf, which
+	// installs what the config says.
+	f := h.newPod(t, ns, map[string]string{"detour.io/redirect": "enabled"}, created)
+	n.mustAdd(t, f)
+	if got := handOvers(); got != 2 {
+		t.Errorf("ADD of an nftables pod while the maps are pinned: %d hand-overs logged in all, want 2\n%s", got, n.logTail())
+	}
+	if got := nftTables(t, f); got != "table inet detour" {
+		t.Errorf("nftables pod: nft tables %q, want table inet detour", got)
+	}
+	for _, p := range []*pod{e, f} {
+		if err := n.check(p); err != nil {
+			t.Errorf("CHECK of pod %s: %v\n%s", p.name, err, n.logTail())
+		}
+	}
+	for _, p := range []*pod{e, f} {
+		if err := n.del(p); err != nil {
+			t.Fatalf("DEL of pod %s: %v\n%s", p.name, err, n.logTail())
+		}
+	}
+	if left := pins(pinDir); len(left) != 0 {
+		t.Errorf("after the ebpf pod's DEL, pins remain under %s: %q", pinDir, left)
+	}
+	// Nothing pinned: the lean plugin serves an nftables pod itself.
+	before := handOvers()
+	g := h.newPod(t, ns, map[string]string{"detour.io/redirect": "enabled"}, created)
+	n.mustAdd(t, g)
+	if got := handOvers(); got != before {
+		t.Errorf("ADD with nothing pinned was handed over (%d → %d)\n%s", before, got, n.logTail())
+	}
+	if got := nftTables(t, g); got != "table inet detour" {
+		t.Errorf("nftables pod: nft tables %q, want table inet detour", got)
+	}
+
+	// A node without detour-cni-ebpf: the ebpf pod fails closed, code 50.
+	lean := t.TempDir()
+	data, err := os.ReadFile(filepath.Join(h.binDir, "detour-cni"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(lean, "detour-cni"), data, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	alone := libcni.NewCNIConfigWithCacheDir([]string{h.pluginsBin, lean}, filepath.Join(t.TempDir(), "cache"), nil)
+	m := h.newPod(t, ns, map[string]string{"detour.io/redirect": "enabled", "detour.io/backend": "ebpf"}, created)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	_, err = alone.AddNetworkList(ctx, n.list, m.rt)
+	if cniCode(err) != 50 || !strings.Contains(fmt.Sprint(err), "detour-cni-ebpf") {
+		t.Errorf("ADD of an ebpf pod without detour-cni-ebpf: %v (code %d), want code 50 naming detour-cni-ebpf", err, cniCode(err))
+	}
+	_ = alone.DelNetworkList(ctx, n.list, m.rt)
+	if left := pins(pinDir); len(left) != 0 {
+		t.Errorf("a failed hand-over pinned something under %s: %q", pinDir, left)
+	}
+}
+
+func readFile(t *testing.T, path string) string {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b)
 }

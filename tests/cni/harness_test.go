@@ -102,7 +102,12 @@ func (h *harness) startErr(kubeBin string) error {
 		return err
 	}
 	h.binDir = filepath.Join(h.dir, "bin")
-	if _, err := privtest.Build(h.binDir, "github.com/detour-mesh/detour/cmd/detour-cni"); err != nil {
+	// As make build lays them out: the lean plugin, which hands the calls
+	// that need the eBPF backend to detour-cni-ebpf next to it.
+	if _, err := privtest.BuildAs(h.binDir, "github.com/detour-mesh/detour/cmd/detour-cni", "detour-cni", "detour_lean"); err != nil {
+		return err
+	}
+	if _, err := privtest.BuildAs(h.binDir, "github.com/detour-mesh/detour/cmd/detour-cni", "detour-cni-ebpf", ""); err != nil {
 		return err
 	}
 

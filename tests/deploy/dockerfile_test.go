@@ -2,10 +2,13 @@ package deploy
 
 import (
 	"bufio"
+	"debug/buildinfo"
 	"debug/elf"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime/debug"
+	"slices"
 	"strings"
 	"testing"
 )
@@ -137,9 +140,23 @@ func TestDockerfileBuildIsStatic(t *testing.T) {
 	// bootstrap` also exec from next to detour.
 	// detour-ebpf is the CLI with the eBPF backend, which the lean detour
 	// execs from next to itself for the commands that need it.
-	for _, want := range []string{"detour-cni", "detour-cp", "detour-ebpf"} {
+	// detour-cni-ebpf is the plugin with the eBPF backend, which the lean
+	// detour-cni execs (and `detour cni install` copies next to it).
+	for _, want := range []string{"detour-cni", "detour-cp", "detour-ebpf", "detour-cni-ebpf"} {
 		if !built[want] {
 			t.Errorf("the build made %v, not %s", entries, want)
+		}
+	}
+	// The lean binaries link no cilium/ebpf; the ebpf ones do.
+	for bin, wantEBPF := range map[string]bool{"detour": false, "detour-cni": false, "detour-ebpf": true, "detour-cni-ebpf": true} {
+		info, err := buildinfo.ReadFile(filepath.Join(out, bin))
+		if err != nil {
+			t.Errorf("%s: %v", bin, err)
+			continue
+		}
+		hasEBPF := slices.ContainsFunc(info.Deps, func(m *debug.Module) bool { return m.Path == "github.com/cilium/ebpf" })
+		if hasEBPF != wantEBPF {
+			t.Errorf("%s links github.com/cilium/ebpf: %v, want %v", bin, hasEBPF, wantEBPF)
 		}
 	}
 	for _, bin := range []string{"detour", "detour-cp"} {

@@ -12,6 +12,7 @@ import (
 	"runtime"
 	rtmetrics "runtime/metrics"
 	"runtime/pprof"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -345,7 +346,12 @@ type fleetProcess struct {
 func startFleet(b *testing.B, addr, protocol string, n int) *fleetProcess {
 	b.Helper()
 	cmd := exec.Command(os.Args[0], "-test.run=^$")
-	cmd.Env = append(os.Environ(), fleetEnv+"="+addr, fleetProtocolEnv+"="+protocol, fleetClientsEnv+"="+strconv.Itoa(n))
+	// GOMEMLIMIT and GOGC given to the benchmark are the control plane's:
+	// the clients run with the runtime's defaults.
+	env := slices.DeleteFunc(os.Environ(), func(kv string) bool {
+		return strings.HasPrefix(kv, "GOMEMLIMIT=") || strings.HasPrefix(kv, "GOGC=")
+	})
+	cmd.Env = append(env, fleetEnv+"="+addr, fleetProtocolEnv+"="+protocol, fleetClientsEnv+"="+strconv.Itoa(n))
 	cmd.Stderr = os.Stderr
 	stdin, err := cmd.StdinPipe()
 	if err != nil {

@@ -100,6 +100,9 @@ func (t *servedType) fullResources() []*anypb.Any {
 // returnedMap returns the map {returnedAll: version} that every SotW stream
 // sent all of t keeps; it must not be modified.
 func (t *servedType) returnedMap() map[string]string {
+	if t == emptyType {
+		return map[string]string{returnedAll: ""} // no state kept in the shared empty type
+	}
 	if p := t.returned.Load(); p != nil {
 		return *p
 	}

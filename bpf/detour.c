@@ -64,7 +64,8 @@ struct orig {
 	__u32 addr[4]; // network order; IPv4 as ::ffff:a.b.c.d
 	__u16 port;    // network order
 	__u16 family;  // AF_INET or AF_INET6: the family the app dialed
-	__u16 read;    // in tuples: the proxy has asked
+	__u8 read;     // in tuples: the proxy has asked (first, as when it was a __u16 in pinned maps)
+	__u8 accel;    // the scope accelerates this connection (F_ACCEL when it was redirected)
 	__u16 closed;  // in tuples: the app's socket is gone
 };
 
@@ -360,7 +361,7 @@ static __always_inline int dns_capture(__u32 id, struct cfg *c, __u32 *a, int v4
 	return bpf_map_lookup_elem(&dns_servers, &k) != 0;
 }
 
-static __always_inline int remember(struct bpf_sock_addr *ctx, __u32 *a, __u16 port, __u16 family)
+static __always_inline int remember(struct bpf_sock_addr *ctx, struct cfg *c, __u32 *a, __u16 port, __u16 family)
 {
 	struct orig *o = bpf_sk_storage_get(&origins, ctx->sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
 	if (!o)
@@ -371,11 +372,19 @@ static __always_inline int remember(struct bpf_sock_addr *ctx, __u32 *a, __u16 p
 	o->addr[3] = a[3];
 	o->port = port;
 	o->family = family;
+	o->accel = (c->flags & F_ACCEL) != 0;
 	return 1;
 }
 
+// redirect4 and redirect6 serve connect() and, for DNS, every UDP sendmsg():
+// what can never be redirected (UDP to another port than 53) leaves before
+// the scope's config is looked up.
 static __always_inline int redirect4(struct bpf_sock_addr *ctx)
 {
+	__u32 proto = ctx->protocol;
+	__u16 port = (__u16)ctx->user_port;
+	if (proto != IPPROTO_TCP && !(proto == IPPROTO_UDP && port == bpf_htons(DNS_PORT)))
+		return 1;
 	__u32 id = cfg_id(ctx);
 	if (!id)
 		return 1;
@@ -383,21 +392,18 @@ static __always_inline int redirect4(struct bpf_sock_addr *ctx)
 	if (!c)
 		return 1;
 	__u32 addr = ctx->user_ip4;
-	__u16 port = (__u16)ctx->user_port;
 	__u32 a[4] = {0, 0, bpf_htonl(0xffff), addr};
 	__u16 to;
-	if (ctx->protocol == IPPROTO_TCP) {
+	if (proto == IPPROTO_TCP) {
 		if (!capture4(id, c, addr, port, owner(ctx->sk)))
 			return 1;
 		to = c->out_port;
-	} else if (ctx->protocol == IPPROTO_UDP && port == bpf_htons(DNS_PORT)) {
+	} else {
 		if (!dns_capture(id, c, a, 1, owner(ctx->sk)))
 			return 1;
 		to = c->dns_port;
-	} else {
-		return 1;
 	}
-	if (!remember(ctx, a, port, AF_INET))
+	if (!remember(ctx, c, a, port, AF_INET))
 		return 1; // no storage: leave the connection alone rather than lose its destination
 	ctx->user_ip4 = bpf_htonl(0x7f000001);
 	ctx->user_port = bpf_htons(to);
@@ -406,6 +412,10 @@ static __always_inline int redirect4(struct bpf_sock_addr *ctx)
 
 static __always_inline int redirect6(struct bpf_sock_addr *ctx)
 {
+	__u32 proto = ctx->protocol;
+	__u16 port = (__u16)ctx->user_port;
+	if (proto != IPPROTO_TCP && !(proto == IPPROTO_UDP && port == bpf_htons(DNS_PORT)))
+		return 1;
 	__u32 id = cfg_id(ctx);
 	if (!id)
 		return 1;
@@ -413,21 +423,18 @@ static __always_inline int redirect6(struct bpf_sock_addr *ctx)
 	if (!c)
 		return 1;
 	__u32 a[4] = {ctx->user_ip6[0], ctx->user_ip6[1], ctx->user_ip6[2], ctx->user_ip6[3]};
-	__u16 port = (__u16)ctx->user_port;
 	int mapped = is_mapped(a);
 	__u16 to;
-	if (ctx->protocol == IPPROTO_TCP) {
+	if (proto == IPPROTO_TCP) {
 		if (mapped ? !capture4(id, c, a[3], port, owner(ctx->sk)) : !capture6(id, c, a, port, owner(ctx->sk)))
 			return 1;
 		to = c->out_port;
-	} else if (ctx->protocol == IPPROTO_UDP && port == bpf_htons(DNS_PORT)) {
+	} else {
 		if (!dns_capture(id, c, a, mapped, owner(ctx->sk)))
 			return 1;
 		to = c->dns_port;
-	} else {
-		return 1;
 	}
-	if (!remember(ctx, a, port, AF_INET6))
+	if (!remember(ctx, c, a, port, AF_INET6))
 		return 1;
 	if (mapped) {
 		ctx->user_ip6[0] = 0;
@@ -548,59 +555,50 @@ static __always_inline void local_tuple(struct bpf_sock_ops *skops, struct tuple
 		(k)->rport = (swap) ? lp_ : rp_;                                             \
 	} while (0)
 
-static __always_inline int accelerated(struct bpf_sock_ops *skops)
-{
-	__u32 id = cfg_id(skops);
-	if (!id)
-		return 0;
-	struct cfg *c = bpf_map_lookup_elem(&configs, &id);
-	return c && (c->flags & F_ACCEL);
-}
-
 // accelerate puts an established socket in accel_socks: the app's end of a
-// redirected connection (it carries an origin), or the proxy's end of one (its
-// peer's tuple is in tuples), when the scope's config asks for it. It runs for
-// every TCP socket of the scope that gets established, so the per-socket test
-// that rules most of them out comes before the config lookups: an active
-// socket without an origin was not redirected, and the proxy's end of a
-// redirected connection is always on loopback (the app dialed 127.0.0.1, ::1
-// or ::ffff:127.0.0.1).
-static __always_inline void accelerate(struct bpf_sock_ops *skops, int active)
+// redirected connection whose scope accelerates it, or the proxy's end of one
+// (its peer's entry in tuples carries the same flag). The decision was taken
+// by connect4/6 from the scope's config and travels in the origin, so the
+// sockops program, which runs for every TCP socket of the scope, looks no
+// config up: an active socket without an origin was not redirected, and the
+// proxy's end of a redirected connection is always on loopback (the app
+// dialed 127.0.0.1, ::1 or ::ffff:127.0.0.1) with its peer in tuples.
+static __always_inline void accelerate(struct bpf_sock_ops *skops)
 {
-	struct bpf_sock *sk = skops->sk;
-	if (!sk)
-		return;
-	if (active) {
-		if (!bpf_sk_storage_get(&origins, sk, 0, 0) || !accelerated(skops))
-			return;
-	} else {
-		__u32 family = rd(skops->family), l4 = rd(skops->local_ip4);
-		__u32 l0 = rd(skops->local_ip6[0]), l1 = rd(skops->local_ip6[1]), l2 = rd(skops->local_ip6[2]),
-		      l3 = rd(skops->local_ip6[3]);
-		if (family == AF_INET ? l4 != bpf_htonl(0x7f000001)
-				      : !(l0 == 0 && l1 == 0 &&
-					  ((l2 == 0 && l3 == bpf_htonl(1)) ||
-					   (l2 == bpf_htonl(0xffff) && l3 == bpf_htonl(0x7f000001)))))
-			return;
-		if (!accelerated(skops))
-			return;
-		struct tuple t = {.netns = bpf_get_netns_cookie(skops)};
-		__u32 ip4 = rd(skops->remote_ip4);
-		__u32 a0 = rd(skops->remote_ip6[0]), a1 = rd(skops->remote_ip6[1]),
-		      a2 = rd(skops->remote_ip6[2]), a3 = rd(skops->remote_ip6[3]);
-		tuple_addr(&t, family, ip4, a0, a1, a2, a3);
-		t.port = bpf_ntohl(rd(skops->remote_port));
-		if (!bpf_map_lookup_elem(&tuples, &t))
-			return;
-	}
 	struct sock_key k = {};
 	sock_key_of(skops, &k, 0);
 	bpf_sock_hash_update(skops, &accel_socks, &k, BPF_NOEXIST);
 }
 
+static __always_inline void accelerate_passive(struct bpf_sock_ops *skops)
+{
+	__u32 family = rd(skops->family), l4 = rd(skops->local_ip4);
+	__u32 l0 = rd(skops->local_ip6[0]), l1 = rd(skops->local_ip6[1]), l2 = rd(skops->local_ip6[2]),
+	      l3 = rd(skops->local_ip6[3]);
+	if (family == AF_INET ? l4 != bpf_htonl(0x7f000001)
+			      : !(l0 == 0 && l1 == 0 &&
+				  ((l2 == 0 && l3 == bpf_htonl(1)) ||
+				   (l2 == bpf_htonl(0xffff) && l3 == bpf_htonl(0x7f000001)))))
+		return;
+	struct tuple t = {.netns = bpf_get_netns_cookie(skops)};
+	__u32 ip4 = rd(skops->remote_ip4);
+	__u32 a0 = rd(skops->remote_ip6[0]), a1 = rd(skops->remote_ip6[1]), a2 = rd(skops->remote_ip6[2]),
+	      a3 = rd(skops->remote_ip6[3]);
+	tuple_addr(&t, family, ip4, a0, a1, a2, a3);
+	t.port = bpf_ntohl(rd(skops->remote_port));
+	struct orig *e = bpf_map_lookup_elem(&tuples, &t);
+	if (e && e->accel)
+		accelerate(skops);
+}
+
 // sockops publishes a redirected connection's origin under its source address
 // and port once the kernel has chosen them (the SYN is about to leave), so the
-// proxy that accepts it can ask; the entry goes when the socket closes.
+// proxy that accepts it can ask; the entry goes when the socket closes. The
+// kernel runs it for every callback of every TCP socket of the scope (about
+// ten per connection), so each case returns as early as it can, and the state
+// callbacks are asked for only once a redirected socket is established: one
+// callback fewer than from the SYN on, and a connection that never gets
+// established was never accepted, so no proxy reads its entry either way.
 SEC("sockops")
 int detour_sockops(struct bpf_sock_ops *skops)
 {
@@ -626,14 +624,22 @@ int detour_sockops(struct bpf_sock_ops *skops)
 		fresh.read = 0;
 		fresh.closed = 0;
 		bpf_map_update_elem(&tuples, &t, &fresh, BPF_ANY);
-		bpf_sock_ops_cb_flags_set(skops, skops->bpf_sock_ops_cb_flags | BPF_SOCK_OPS_STATE_CB_FLAG);
 		return 1;
 	}
-	case BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB:
-		accelerate(skops, 1);
+	case BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB: {
+		struct bpf_sock *sk = skops->sk;
+		if (!sk)
+			return 1;
+		struct orig *o = bpf_sk_storage_get(&origins, sk, 0, 0);
+		if (!o)
+			return 1;
+		bpf_sock_ops_cb_flags_set(skops, skops->bpf_sock_ops_cb_flags | BPF_SOCK_OPS_STATE_CB_FLAG);
+		if (o->accel)
+			accelerate(skops);
 		return 1;
+	}
 	case BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB:
-		accelerate(skops, 0);
+		accelerate_passive(skops);
 		return 1;
 	case BPF_SOCK_OPS_STATE_CB:
 		if (skops->args[1] == BPF_TCP_CLOSE) {

@@ -55,7 +55,8 @@ type detourOrig struct {
 	Addr   [4]uint32
 	Port   uint16
 	Family uint16
-	Read   uint16
+	Read   uint8
+	Accel  uint8
 	Closed uint16
 }
 

@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"slices"
 	"strings"
+	"time"
 
 	"github.com/detour-mesh/detour/redirect"
 )
@@ -148,4 +149,11 @@ func LinesWith(c redirect.Capture, s Settings) ([]string, error) {
 		out = append(out, accelLine)
 	}
 	return append(out, e.lines()...), nil
+}
+
+// RunStat is what the kernel counted for one program while run-time
+// statistics were on: how often it ran and for how long in all.
+type RunStat struct {
+	Runs    uint64
+	RunTime time.Duration
 }

@@ -4,6 +4,7 @@ package bpf
 
 import (
 	"errors"
+	"io"
 
 	"github.com/detour-mesh/detour/redirect"
 )
@@ -50,3 +51,9 @@ func (l *Loader) Drift(State, Scope) ([]string, error) { return nil, errors.ErrU
 
 // liveCgroupScopes needs Linux.
 func (State) liveCgroupScopes() int { return 0 }
+
+// EnableRunStats needs Linux.
+func EnableRunStats() (io.Closer, error) { return nil, errors.ErrUnsupported }
+
+// RunStats needs Linux.
+func (l *Loader) RunStats() (map[string]RunStat, error) { return nil, errors.ErrUnsupported }

@@ -66,6 +66,12 @@ func TestDecodeErrorsNameFieldAndValue(t *testing.T) {
 		{"duplicate json key nested", "{\"outbound\": {\"excludePorts\": [80],\n \"excludePorts\": [90]}}", `outbound.excludePorts (line 2) appears twice in the same mapping`},
 		{"duplicate group", "outbound:\n  excludePorts: [80]\noutbound:\n  excludePorts: [90]", `outbound (line 3) appears twice in the same mapping`},
 		{"empty element in a string list", `{"outbound": {"excludePorts": "80,,90"}}`, `outbound.excludePorts: "80,,90" has an empty list element`},
+		{"empty key", "\"\": 1", `"": "1" is not a known field (an empty key)`},
+		{"empty nested key", "proxy:\n  \"\": 1", `proxy."": "1" is not a known field (an empty key)`},
+		{"null scalar", "proxy:\n  uid: null", `proxy.uid: "null" is empty; give a value`},
+		{"empty scalar (an empty template value)", "proxy:\n  uid:\n", `proxy.uid: "null" is empty`},
+		{"null json scalar", `{"mode": null}`, `mode: "null" is empty`},
+		{"null boolean", "outbound:\n  enabled: ~", `outbound.enabled: "null" is empty`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -290,5 +296,24 @@ func TestEmptyListElements(t *testing.T) {
 	}
 	if err := c.Set("outbound.excludePorts", ""); err != nil || len(c.Outbound.ExcludePorts) != 0 {
 		t.Errorf("Set(outbound.excludePorts, \"\") = %v, %v; want the empty list", err, c.Outbound.ExcludePorts)
+	}
+}
+
+// TestNullIsEmpty: a key with nothing after it (or null) is the empty value:
+// it empties a list and unsets proxy.gid, and never puts back a built-in
+// default over a preset's value (scalars refuse it, TestDecodeErrorsNameFieldAndValue).
+func TestNullIsEmpty(t *testing.T) {
+	t.Parallel()
+	c, err := Preset("istio")
+	if err != nil {
+		t.Fatal(err)
+	}
+	gid := uint32(7)
+	c.Proxy.GID = &gid
+	if err := c.Decode([]byte("inbound:\n  excludePorts:\nproxy:\n  gid: null\n")); err != nil {
+		t.Fatal(err)
+	}
+	if len(c.Inbound.ExcludePorts) != 0 || c.Proxy.GID != nil || c.Proxy.UID != 1337 {
+		t.Errorf("after nulls: inbound.excludePorts %v, proxy.gid %v, proxy.uid %d; want empty, unset, 1337", c.Inbound.ExcludePorts, c.Proxy.GID, c.Proxy.UID)
 	}
 }

@@ -213,6 +213,10 @@ func (c *Config) decodeNode(path string, node any) error {
 			if path != "" {
 				p = path + "." + k
 			}
+			if k == "" {
+				// Not the document itself, which the empty path names.
+				return &FieldError{Field: p + `""`, Value: compact(m[k]), Reason: "is not a known field (an empty key)"}
+			}
 			if err := c.decodeNode(p, m[k]); err != nil {
 				return err
 			}
@@ -232,13 +236,18 @@ func (c *Config) decodeNode(path string, node any) error {
 	var values []string
 	switch v := node.(type) {
 	case nil:
-		// null resets the field to its default.
-		d := Default()
-		values, err := splitForField(f, f.get(&d))
-		if err != nil {
-			return err
+		// null (also a key with nothing after it, "uid:") is the empty
+		// value: the empty list for a list, unset for proxy.gid. A field that
+		// cannot be empty refuses it, as it refuses "": an empty template
+		// value must not silently put back a built-in default (a preset's
+		// proxy.uid 1337 would become 5678, and the proxy's own traffic loop).
+		if !f.List && f.Path != "proxy.gid" {
+			return &FieldError{Field: path, Value: "null", Reason: "is empty; give a value (or leave the key out)"}
 		}
-		return f.set(c, values)
+		if f.List {
+			return f.set(c, nil)
+		}
+		return f.set(c, []string{""})
 	case []any:
 		if !f.List {
 			return &FieldError{Field: path, Value: compact(node), Reason: "is a list, not a single value"}

@@ -2,6 +2,9 @@ package tests
 
 import (
 	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -85,4 +88,38 @@ func (p *pod) detourStdin(stdin string, args ...string) result {
 	p.t.Helper()
 	args = append([]string{args[0], "--netns", p.lab.Pod.Name, "--lock-wait", "60s"}, args[1:]...)
 	return runDetourStdin(p.t, p.ctx, slices.Clone(p.env), stdin, args...)
+}
+
+// TestLeanPlanWithoutRoot: `detour plan` needs neither root nor detour-ebpf
+// (docs/vm.md installs detour-ebpf only for the eBPF backend). An
+// unprivileged user cannot look into the root-only bpffs, and that is no sign
+// of the eBPF backend's pinned maps: the lean detour must plan itself, not
+// fail for want of detour-ebpf (it did: exit 1, "served by detour-ebpf").
+func TestLeanPlanWithoutRoot(t *testing.T) {
+	privtest.Require(t, "setpriv")
+	dir := t.TempDir()
+	if err := os.Chmod(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	bin := filepath.Join(dir, "detour") // alone: no detour-ebpf next to it
+	b, err := os.ReadFile(detourBin)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(bin, b, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	pins := filepath.Join(t.TempDir(), "bpf") // root's only, as /sys/fs/bpf is
+	if err := os.MkdirAll(filepath.Join(pins, "detour", "maps"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(pins, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command("setpriv", "--reuid", "65534", "--regid", "65534", "--clear-groups", bin, "plan", "--ip-families", "ipv4")
+	cmd.Env = append(os.Environ(), "DETOUR_EBPF_PIN_DIR="+filepath.Join(pins, "detour"))
+	out, err := cmd.CombinedOutput()
+	if err != nil || !strings.Contains(string(out), "-j REDIRECT --to-ports 15001") {
+		t.Errorf("detour plan as uid 65534 without detour-ebpf: %v\n%s", err, out)
+	}
 }

@@ -288,9 +288,6 @@ func TestLifecycle(t *testing.T) {
 
 	t.Run("L8", func(t *testing.T) {
 		matrixModes(t, []string{"redirect", "tproxy"}, func(t *testing.T, v variant) {
-			if v.backend == nftNative {
-				t.Skip("edits rules with iptables by hand; nftables drift is TestDriftIsSeen in redirect/nftables")
-			}
 			p := newPod(t, v)
 			p.install("--dns-capture", "all")
 			check := func() result { return p.detour(p.withFlags("check", "--dns-capture", "all")...) }
@@ -299,6 +296,10 @@ func TestLifecycle(t *testing.T) {
 			}
 			if v.backend == ebpfBackend {
 				ebpfDrift(t, p, check)
+				return
+			}
+			if v.backend == nftNative {
+				nftablesDrift(t, p, check)
 				return
 			}
 			for i := range cases() {
@@ -429,6 +430,65 @@ func uninstallRestores(t *testing.T, v variant, families []lab.Family, ipFamilie
 // directory of its own, so each map holds only its entries); check reports
 // each (exit 3), status says the maps differ from what detour wrote, and a
 // re-install repairs them.
+// nftablesDrift is L8 for the nftables backend: someone deletes a rule of
+// table inet detour, or inserts one, with nft; check exits 3 with a diff that
+// shows the chain, and a re-install repairs it.
+func nftablesDrift(t *testing.T, p *pod, check func() result) {
+	t.Helper()
+	privtest.Require(t, "nft")
+	suffix := "4"
+	if p.v.family == lab.IPv6 {
+		suffix = "6"
+	}
+	for i := range cases() {
+		out, err := p.lab.Pod.Run(p.ctx, "nft", "-a", "list", "table", "inet", "detour")
+		if err != nil {
+			t.Fatal(err)
+		}
+		type rule struct{ chain, handle string }
+		var rules []rule
+		chain := ""
+		for _, line := range strings.Split(out, "\n") {
+			f := strings.Fields(line)
+			switch {
+			case len(f) >= 2 && f[0] == "chain":
+				chain = f[1]
+			case chain != "" && strings.HasSuffix(chain, suffix) && len(f) > 3 && f[len(f)-3] == "#" && f[len(f)-2] == "handle":
+				rules = append(rules, rule{chain, f[len(f)-1]})
+			}
+		}
+		if len(rules) == 0 {
+			t.Fatalf("no rules in table inet detour's ipv%s chains:\n%s", suffix, out)
+		}
+		r := rules[p.rnd.IntN(len(rules))]
+		var want, what string
+		if i%2 == 0 {
+			if _, err := p.lab.Pod.Run(p.ctx, "nft", "delete", "rule", "inet", "detour", r.chain, "handle", r.handle); err != nil {
+				t.Fatal(err)
+			}
+			want, what = "+add rule inet detour "+r.chain+" ", "deleted rule "+r.handle+" of "+r.chain
+		} else {
+			port := strconv.Itoa(int(p.rnd.Port()))
+			if _, err := p.lab.Pod.Run(p.ctx, "nft", "insert", "rule", "inet", "detour", r.chain, "tcp", "dport", port, "return"); err != nil {
+				t.Fatal(err)
+			}
+			want, what = "-add rule inet detour "+r.chain+" # rule handle", "inserted tcp dport "+port+" return into "+r.chain
+		}
+		res := check()
+		if res.code != 3 || !strings.Contains(res.stdout+res.stderr, want) {
+			t.Errorf("check after someone %s: want exit 3 and a diff showing %q:\n%s", what, want, res)
+		}
+		p.install("--dns-capture", "all")
+		if res := check(); res.code != 0 {
+			t.Errorf("check after re-install repaired what someone %s:\n%s", what, res)
+		}
+	}
+	p.uninstall()
+	if r := check(); r.code != 4 {
+		t.Errorf("check with nothing installed: want exit 4:\n%s", r)
+	}
+}
+
 func ebpfDrift(t *testing.T, p *pod, check func() result) {
 	t.Helper()
 	privtest.Require(t, "bpftool")

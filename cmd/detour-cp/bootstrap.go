@@ -123,6 +123,9 @@ func printBootstrap(o *bootstrapOptions, s streams) error {
 			if err != nil {
 				return err
 			}
+			if redirect.EmptyDocument(doc) {
+				return usageError("--config %q is empty (no setting in it); leave it out for the defaults, or write {}", path)
+			}
 			if err := bo.Config.Decode(doc); err != nil {
 				return fmt.Errorf("config %s: %w", path, err)
 			}

@@ -70,6 +70,17 @@ notification or --poll-interval. On SIGTERM it exits leaving everything in place
 (the next pod takes over without a gap), unless --cleanup-on-exit.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := checkCNIPathFlags(cmd); err != nil {
+				return err
+			}
+			// Every pod's base config: an empty value (a DaemonSet's unset
+			// variable) must not silently mean detour's defaults (proxy uid
+			// 5678 where the mesh's proxy runs as 1337).
+			for _, name := range []string{"preset", "config", "mesh-config"} {
+				if fl := cmd.Flags().Lookup(name); fl.Changed && fl.Value.String() == "" {
+					return usageError("--%s: an empty value is refused (leave the flag out for detour's defaults)", name)
+				}
+			}
 			return runCNIInstall(cmd.Context(), o, s)
 		},
 	}
@@ -80,7 +91,7 @@ notification or --poll-interval. On SIGTERM it exits leaving everything in place
 	f.StringVar(&o.logFile, "log-file", "/var/log/detour-cni.log", "the plugin's log file on the node (empty: stderr)")
 	f.StringVar(&o.logLevel, "log-level", "", "the plugin's log level: debug, info, warn, error (empty: info)")
 	f.StringSliceVar(&o.excludeNamespaces, "exclude-namespaces", []string{"kube-system"}, "namespaces whose pods the plugin never redirects")
-	f.StringVar(&o.preset, "preset", "", "the preset every pod's config starts from: "+strings.Join(redirect.Presets, ", ")+" (empty: the defaults)")
+	f.StringVar(&o.preset, "preset", "", "the preset every pod's config starts from: "+strings.Join(redirect.Presets, ", ")+" (default: none, detour's defaults)")
 	f.StringVar(&o.configFile, "config", "", "a YAML or JSON config document applied on top of --preset for every pod, before its annotations")
 	f.StringVar(&o.meshConfig, "mesh-config", "", "the mesh-wide config document (ConfigMap detour-config, docs/injection.md): its base redirect config, instead of --preset/--config")
 	f.StringVar(&o.apiServer, "api-server", defaultAPIServer(), "the API server URL the plugin uses (default from KUBERNETES_SERVICE_HOST and KUBERNETES_SERVICE_PORT)")
@@ -106,6 +117,9 @@ func newCNIUninstallCmd(s streams, o *cniOptions) *cobra.Command {
 Safe to repeat: a second run changes nothing.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := checkCNIPathFlags(cmd); err != nil {
+				return err
+			}
 			return runCNIUninstall(cmd.Context(), o, s)
 		},
 	}
@@ -123,6 +137,9 @@ detour-cni entry. Exit 0 and "ready", or exit 1 saying what is missing. Give it
 the same --bin-dir, --conf-dir and --kubeconfig-file as ` + "`detour cni install`" + `.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := checkCNIPathFlags(cmd); err != nil {
+				return err
+			}
 			if err := install.New(o.installerOptions(nil)).Ready(); err != nil {
 				return err
 			}
@@ -139,6 +156,28 @@ func addCNIDirFlags(cmd *cobra.Command, o *cniOptions) {
 	f.StringVar(&o.binDir, "bin-dir", install.DefaultBinDir, "the CNI bin directory")
 	f.StringVar(&o.confDir, "conf-dir", install.DefaultConfDir, "the CNI conf directory")
 	f.StringVar(&o.kubeconfigFile, "kubeconfig-file", "", "where the plugin's kubeconfig is written (default: <conf-dir>/"+install.DefaultKubeconfigName+")")
+}
+
+// checkCNIPathFlags refuses, before anything is read or written, a node path
+// flag given an empty value — what --bin-dir "$BIN_DIR" gives when BIN_DIR is
+// unset, which must not silently mean /opt/cni/bin — and a relative one, which
+// would depend on the working directory and put a relative path into the
+// plugin entry.
+func checkCNIPathFlags(cmd *cobra.Command) error {
+	for _, name := range []string{"bin-dir", "conf-dir", "kubeconfig-file", "plugin-binary", "plugin-kubeconfig", "token-file", "ca-file", "plugin-token-file"} {
+		fl := cmd.Flags().Lookup(name)
+		if fl == nil || !fl.Changed {
+			continue
+		}
+		v := fl.Value.String()
+		switch {
+		case v == "":
+			return usageError("--%s: an empty value names no path (leave the flag out for its default)", name)
+		case !filepath.IsAbs(v):
+			return usageError("--%s: %q is not an absolute path", name, v)
+		}
+	}
+	return nil
 }
 
 // defaultPluginBinary is detour-cni next to the running detour binary, where the

@@ -102,6 +102,10 @@ func TestCNIInstallOnceAndUninstall(t *testing.T) {
 func TestCNIInstallInvalidInput(t *testing.T) {
 	t.Parallel()
 	root, dirs := cniNode(t)
+	emptyFile := filepath.Join(root, "empty.yaml")
+	if err := os.WriteFile(emptyFile, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
 	tests := []struct {
 		name  string
 		extra []string
@@ -114,8 +118,16 @@ func TestCNIInstallInvalidInput(t *testing.T) {
 		{"unknown preset", []string{"--preset", "linkerd"}, `--preset: "linkerd" is not one of istio, kuma`},
 		{"bad log level", []string{"--log-level", "loud"}, `--log-level: "loud"`},
 		{"missing config", []string{"--config", filepath.Join(root, "nope.yaml")}, "--config: "},
+		{"empty config", []string{"--config", emptyFile}, `--config: "` + emptyFile + `" is empty`},
 		{"bad duration", []string{"--poll-interval", "soon"}, "invalid argument"},
 		{"unknown flag", []string{"--frobnicate"}, "unknown flag"},
+		{"empty bin dir", []string{"--bin-dir", ""}, "--bin-dir: an empty value names no path"},
+		{"empty conf dir", []string{"--conf-dir", ""}, "--conf-dir: an empty value names no path"},
+		{"relative bin dir", []string{"--bin-dir", "bin"}, `--bin-dir: "bin" is not an absolute path`},
+		{"relative conf dir", []string{"--conf-dir", "net.d"}, `--conf-dir: "net.d" is not an absolute path`},
+		{"empty token file", []string{"--token-file", ""}, "--token-file: an empty value"},
+		{"empty preset", []string{"--preset", ""}, "--preset: an empty value is refused"},
+		{"empty mesh config", []string{"--mesh-config", ""}, "--mesh-config: an empty value is refused"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -201,5 +213,29 @@ func TestCNIReady(t *testing.T) {
 	}
 	if code, _, _ := runCmd(t, context.Background(), ready...); code != exitFailure {
 		t.Errorf("after uninstall: exit %d, want 1", code)
+	}
+}
+
+// TestCNIUninstallAndReadyRefuseEmptyOrRelativeDirs: uninstall and ready take
+// the same directory flags as install and refuse the same values (exit 2),
+// before touching anything.
+func TestCNIUninstallAndReadyRefuseEmptyOrRelativeDirs(t *testing.T) {
+	t.Parallel()
+	root, dirs := cniNode(t)
+	install := append(append([]string{"cni", "install", "--once"}, dirs...), installFlags(root)...)
+	if code, _, stderr := runCmd(t, context.Background(), install...); code != exitOK {
+		t.Fatalf("install: exit %d: %s", code, stderr)
+	}
+	for _, verb := range []string{"uninstall", "ready"} {
+		for _, bad := range [][]string{{"--conf-dir", ""}, {"--bin-dir", "bin"}, {"--kubeconfig-file", ""}} {
+			args := append(append([]string{"cni", verb}, dirs...), bad...)
+			code, _, stderr := runCmd(t, context.Background(), args...)
+			if code != exitUsage || !strings.Contains(stderr, bad[0]+":") {
+				t.Errorf("%s %v: exit %d, stderr %q; want exit 2 naming %s", verb, bad, code, stderr, bad[0])
+			}
+		}
+	}
+	if _, err := os.Stat(filepath.Join(root, "bin/detour-cni")); err != nil {
+		t.Errorf("a refused uninstall removed the binary: %v", err)
 	}
 }

@@ -69,6 +69,11 @@ docs/control-plane.md and docs/mesh.md describe the layout and the mesh file.`,
 			if err := rejectEmptyFlags(cmd.Flags(), "inject-owner"); err != nil {
 				return err
 			}
+			// 0 given on purpose is refused like a negative size (the zero
+			// value of the options, which tests use, is the default).
+			if cmd.Flags().Changed("max-mesh-size") && o.maxMeshSize == 0 {
+				return usageError("--max-mesh-size 0 must be positive")
+			}
 			if g.verbose && !cmd.Flags().Changed("log-level") {
 				o.logLevel = "debug"
 			}

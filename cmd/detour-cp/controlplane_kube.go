@@ -39,6 +39,9 @@ func newKubernetesSource(o *controlPlaneOptions, log *slog.Logger) (controlplane
 		if err != nil {
 			return nil, mesh, withCode(exitUsage, fmt.Errorf("read --base-config: %w", err))
 		}
+		if redirect.EmptyDocument(doc) {
+			return nil, mesh, usageError("--base-config %q is empty (no setting in it); leave it out for the defaults, or write {}", o.baseConfig)
+		}
 		if err := base.Decode(doc); err != nil {
 			return nil, mesh, fmt.Errorf("--base-config %s: %w", o.baseConfig, err)
 		}

@@ -127,6 +127,10 @@ func TestControlPlaneInvalidInputExitsTwo(t *testing.T) {
 	if err := os.WriteFile(bad, []byte("services: [{name: a, virtualIPs: [198.51.100.1], ports: [70000]}]"), 0o644); err != nil {
 		t.Fatal(err)
 	}
+	empty := filepath.Join(t.TempDir(), "empty.yaml")
+	if err := os.WriteFile(empty, []byte("# nothing yet\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
 	tests := []struct {
 		name string
 		args []string
@@ -140,6 +144,7 @@ func TestControlPlaneInvalidInputExitsTwo(t *testing.T) {
 		{"bootstrap missing mesh file", []string{"bootstrap", "--node-id", "a", "--control-plane", "127.0.0.1:1", "--mesh", bad + ".missing"}, "cannot be read: no such file or directory"},
 		{"unknown source", []string{"control-plane", "--source", "etcd"}, `--source "etcd" is not one of file, kubernetes`},
 		{"negative settle", []string{"control-plane", "--config", bad, "--settle", "-1s"}, "--settle -1s must not be negative"},
+		{"zero max mesh size", []string{"control-plane", "--config", bad, "--max-mesh-size", "0"}, "--max-mesh-size 0 must be positive"},
 		{"dns flags with a file", []string{"control-plane", "--config", bad, "--dns-suffix", "svc.example"}, "--dns-suffix and --dns-upstream are for --source kubernetes"},
 		{"bad dns upstream", []string{"control-plane", "--source", "kubernetes", "--dns-upstream", "ns1"}, `--dns-upstream "ns1" is not an IP address or address:port`},
 		{"client ca without tls", []string{"control-plane", "--config", bad, "--client-ca", "ca.pem"}, "--client-ca needs --tls-cert"},
@@ -156,6 +161,8 @@ func TestControlPlaneInvalidInputExitsTwo(t *testing.T) {
 		{"empty dns upstream", []string{"control-plane", "--source", "kubernetes", "--dns-upstream", ""}, `--dns-upstream "" is empty`},
 		{"empty kubeconfig", []string{"control-plane", "--source", "kubernetes", "--kubeconfig", ""}, `--kubeconfig "" is empty`},
 		{"empty inject url", []string{"control-plane", "--source", "kubernetes", "--inject", "--inject-url", ""}, `--inject-url "" is empty`},
+		{"bootstrap empty config file", []string{"bootstrap", "--node-id", "app", "--control-plane", "127.0.0.1:1", "--config", empty}, `--config "` + empty + `" is empty`},
+		{"kubernetes empty base config", []string{"control-plane", "--source", "kubernetes", "--base-config", empty, "--xds-address", "127.0.0.1:0", "--http-address", "off"}, `--base-config "` + empty + `" is empty`},
 		{"bootstrap empty mesh", []string{"bootstrap", "--node-id", "app", "--control-plane", "127.0.0.1:1", "--mesh", ""}, `--mesh "" is empty`},
 		{"bootstrap empty admin address", []string{"bootstrap", "--node-id", "app", "--control-plane", "127.0.0.1:1", "--admin-address", ""}, `--admin-address "" is empty`},
 		{"bootstrap empty ca", []string{"bootstrap", "--node-id", "app", "--control-plane", "127.0.0.1:1", "--ca", ""}, `--ca "" is empty`},

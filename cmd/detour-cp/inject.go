@@ -38,6 +38,14 @@ network or already injected are left alone, so running it twice changes nothing.
   kubectl get deploy web -o yaml | detour inject -f - --uninject`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			// An empty --mesh-config or --sidecar (a script's unset variable)
+			// would silently mean the built-in defaults: proxy uid 5678
+			// instead of the cluster's mesh config.
+			for _, name := range []string{"mesh-config", "sidecar"} {
+				if fl := cmd.Flags().Lookup(name); fl.Changed && fl.Value.String() == "" {
+					return usageError("--%s: an empty value is refused (leave the flag out for its default)", name)
+				}
+			}
 			return runInject(o, s)
 		},
 	}

@@ -75,6 +75,8 @@ func TestInjectCommand(t *testing.T) {
 		{"no file", "", []string{"inject"}, "-f/--filename is required"},
 		{"missing file", "", []string{"inject", "-f", filepath.Join(dir, "nope.yaml")}, "nope.yaml"},
 		{"bad sidecar", "", []string{"inject", "-f", manifest, "--sidecar", "always"}, `--sidecar "always"`},
+		{"empty sidecar", "", []string{"inject", "-f", manifest, "--sidecar", ""}, "--sidecar: an empty value is refused"},
+		{"empty mesh config", "", []string{"inject", "-f", manifest, "--mesh-config", ""}, "--mesh-config: an empty value is refused"},
 		{"bad mesh config", "", []string{"inject", "-f", manifest, "--mesh-config", badMesh}, `injection.sidecar: "always"`},
 		{"bad annotation", strings.Replace(deployment, "labels: {app: web}}", "labels: {app: web}, annotations: {detour.io/proxy-uid: nobody}}", 1),
 			[]string{"inject", "-f", "-"}, "detour.io/proxy-uid"},

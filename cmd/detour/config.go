@@ -92,15 +92,17 @@ func (o *configOptions) load(stdin io.Reader) (redirect.Config, error) {
 	if lookup == nil {
 		lookup = os.LookupEnv
 	}
-	preset := o.preset
-	if v, ok := lookup("DETOUR_PRESET"); ok && !o.flags.Changed("preset") {
-		preset = v
+	preset, presetSource, presetGiven := o.preset, "--preset", o.flags.Changed("preset")
+	if v, ok := lookup("DETOUR_PRESET"); ok && !presetGiven {
+		preset, presetSource, presetGiven = v, "DETOUR_PRESET", true
 	}
 	cfg := redirect.Default()
-	if preset != "" {
+	if presetGiven {
+		// An empty preset (--preset "$PRESET" with PRESET unset) is refused, not
+		// taken as "no preset": istio's proxy uid would silently become 5678.
 		var err error
 		if cfg, err = redirect.Preset(preset); err != nil {
-			return redirect.Config{}, &sourceError{"--preset", err}
+			return redirect.Config{}, &sourceError{presetSource, err}
 		}
 	}
 	files := o.files
@@ -125,6 +127,9 @@ func (o *configOptions) load(stdin io.Reader) (redirect.Config, error) {
 		}
 		if err != nil {
 			return redirect.Config{}, &sourceError{"--config", &redirect.FieldError{Field: "config", Value: name, Reason: "cannot be read: " + unwrapPathError(err)}}
+		}
+		if redirect.EmptyDocument(doc) {
+			return redirect.Config{}, &sourceError{"--config", &redirect.FieldError{Field: "config", Value: name, Reason: "is empty (no setting in it); leave --config out for the defaults, or write {}"}}
 		}
 		if err := cfg.Decode(doc); err != nil {
 			return redirect.Config{}, &sourceError{"config file " + name, err}

@@ -75,6 +75,10 @@ func TestConfigErrorsNameSourceFieldAndValue(t *testing.T) {
 	os.WriteFile(bad, []byte("outbound:\n  excludeCIDRs: [192.0.2.0/24, abc]\n"), 0o644)
 	broken := filepath.Join(dir, "broken.yaml")
 	os.WriteFile(broken, []byte("proxy: [\n"), 0o644)
+	empty := filepath.Join(dir, "empty.yaml")
+	os.WriteFile(empty, nil, 0o644)
+	comments := filepath.Join(dir, "comments.yaml")
+	os.WriteFile(comments, []byte("# proxy:\n#   uid: 1337\n---\n"), 0o644)
 
 	tests := []struct {
 		name  string
@@ -88,7 +92,12 @@ func TestConfigErrorsNameSourceFieldAndValue(t *testing.T) {
 		{"file cidr", []string{"--config", bad}, nil, []string{"config file " + bad, `outbound.excludeCIDRs[1]: "abc" is not a CIDR`}},
 		{"malformed yaml", []string{"--config", broken}, nil, []string{"config file " + broken, "is not valid YAML or JSON"}},
 		{"unreadable file", []string{"--config", filepath.Join(dir, "missing.yaml")}, nil, []string{"missing.yaml", "cannot be read: no such file or directory"}},
+		{"empty file", []string{"--config", empty}, nil, []string{"--config", `config: "` + empty + `" is empty`}},
+		{"comments only", []string{"--config", comments}, nil, []string{"--config", `config: "` + comments + `" is empty`}},
+		{"empty file from env", nil, map[string]string{"DETOUR_CONFIG": empty}, []string{`config: "` + empty + `" is empty`}},
 		{"unknown preset", []string{"--preset", "linkerd"}, nil, []string{`preset: "linkerd" is not one of istio, kuma`}},
+		{"empty preset", []string{"--preset", ""}, nil, []string{"--preset", `preset: "" is not one of istio, kuma`}},
+		{"empty env preset", nil, map[string]string{"DETOUR_PRESET": ""}, []string{"DETOUR_PRESET", `preset: "" is not one of istio, kuma`}},
 		{"conflict", []string{"--inbound-port", "15001"}, nil, []string{`proxy.outboundPort: "15001" is also proxy.inboundPort`}},
 	}
 	for _, tt := range tests {

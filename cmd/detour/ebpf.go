@@ -52,7 +52,10 @@ func (g *globalOptions) needsEBPF(backend redirect.Backend) string {
 		dir = defaultEBPFPinDir
 	}
 	maps := filepath.Join(dir, "maps")
-	if _, err := os.Stat(maps); !errors.Is(err, fs.ErrNotExist) {
+	// A user who may not look into the (root-only) bpffs could not use the
+	// eBPF backend's state either: that is no reason to need detour-ebpf
+	// (an unprivileged `detour plan` must work without it).
+	if _, err := os.Stat(maps); !errors.Is(err, fs.ErrNotExist) && !errors.Is(err, fs.ErrPermission) {
 		return "the eBPF backend's maps are pinned at " + maps
 	}
 	return ""

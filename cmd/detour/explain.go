@@ -77,7 +77,7 @@ configuration's answer is still printed; --config-only does not read the namespa
 	fs.BoolVar(&o.inbound, "inbound", false, "a connection to the workload from --from, instead of one it opens")
 	fs.BoolVar(&o.outbound, "outbound", false, "a connection the workload opens (the default)")
 	fs.BoolVar(&o.configOnly, "config-only", false, "answer from the configuration only; do not read what is installed")
-	fs.BoolVar(&o.live, "live", false, "also open the connection for real, as that uid, and report where it arrived (outbound TCP; the proxy port must be free)")
+	fs.BoolVar(&o.live, "live", false, "also open the connection for real, as that uid, and report where it arrived (outbound TCP; also while the proxy owns the port)")
 	fs.DurationVar(&o.timeout, "timeout", 3*time.Second, "--live: how long the probe connection may take")
 	fs.StringVar(&o.mesh, "mesh", "", "also say which Envoy listener, filter chain and cluster the control plane serves for the connection (mesh file; with --node-id; runs detour-cp)")
 	fs.StringVar(&o.nodeID, "node-id", "", "--mesh: the workload's node id")

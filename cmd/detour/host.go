@@ -90,7 +90,7 @@ func (g *globalOptions) logger(stderr io.Writer) *slog.Logger {
 }
 
 func bindNetNSFlag(fs *pflag.FlagSet, netns *string) {
-	fs.Var(netnsFlag{netns}, "netns", "act inside this network namespace: a name from `ip netns` or a path such as /proc/PID/ns/net")
+	fs.Var(netnsFlag{netns}, "netns", "act inside this network namespace (`NAME|PATH`): a name from ip netns or a path such as /proc/PID/ns/net")
 }
 
 // netnsFlag is --netns. An empty value is refused (exit 2): it is what

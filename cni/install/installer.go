@@ -269,6 +269,9 @@ func (o Options) baseConfig() (json.RawMessage, error) {
 		if err != nil {
 			return nil, &OptionError{"config", o.ConfigFile, "cannot be read: " + pathErr(err)}
 		}
+		if redirect.EmptyDocument(b) {
+			return nil, &OptionError{"config", o.ConfigFile, "is empty (no setting in it); leave --config out for the defaults, or write {}"}
+		}
 		if err := base.Decode(b); err != nil {
 			return nil, &OptionError{"config", o.ConfigFile, "is not a valid config: " + err.Error()}
 		}

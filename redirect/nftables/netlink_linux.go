@@ -66,6 +66,19 @@ func listTables(s *socket) ([]tableID, error) {
 	return out, nil
 }
 
+// xtablesTable reports a table of iptables-nft (ip or ip6 filter, nat,
+// mangle, raw, security).
+func xtablesTable(t tableID) bool {
+	if t.family != unix.NFPROTO_IPV4 && t.family != unix.NFPROTO_IPV6 {
+		return false
+	}
+	switch t.name {
+	case "filter", "nat", "mangle", "raw", "security":
+		return true
+	}
+	return false
+}
+
 var familyNames = map[byte]string{unix.NFPROTO_INET: "inet", unix.NFPROTO_IPV4: "ip", unix.NFPROTO_IPV6: "ip6", unix.NFPROTO_ARP: "arp", unix.NFPROTO_BRIDGE: "bridge", unix.NFPROTO_NETDEV: "netdev"}
 
 // ObserveTable reads detour's table: chains (hooks and priorities decode
@@ -92,6 +105,13 @@ func (d *Driver) ObserveTable(ctx context.Context) (*Observed, error) {
 			// another Driver's table of detour's (an eBPF scope's inbound
 			// table): not another tool's
 			o.siblings = append(o.siblings, t.name)
+			continue
+		}
+		if xtablesTable(t) {
+			// iptables-nft's own tables: its Driver judges them (they count
+			// as other tools' state when they hold rules). Empty ones are
+			// what any iptables-nft use leaves behind, detour's own install
+			// and uninstall included, and must not make auto pick nftables.
 			continue
 		}
 		o.foreign = append(o.foreign, familyNames[t.family]+" "+t.name)

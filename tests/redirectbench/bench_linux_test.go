@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"maps"
 	"net"
 	"net/netip"
 	"os"
@@ -56,8 +57,19 @@ type result struct {
 	connsPerSec    float64
 	answeredPerSec float64       // new connections/s that the relay answers itself
 	cpuPerConn     time.Duration // user+system CPU of this process (clients, relay, server, and the kernel work done on their behalf) per connection
-	p50, p99       time.Duration
-	mbytesPerSec   float64
+	cpuPerAnswered time.Duration // the same per proxy-answered connection
+	// progs: for the eBPF paths with BENCH_BPF_STATS=1, what each program
+	// cost per connection of each workload ("relayed", "proxy-answered").
+	progs        map[string]map[string]progCost
+	p50, p99     time.Duration
+	mbytesPerSec float64
+}
+
+// progCost is one program's share of a connection: how often it ran and
+// for how long in all, per connection.
+type progCost struct {
+	runs float64
+	ns   float64
 }
 
 // path is one way a connection reaches the upstream: direct, or
@@ -127,39 +139,91 @@ func TestCompareBackends(t *testing.T) {
 		load = strings.Join(strings.Fields(string(b))[:3], " ")
 	}
 	var b strings.Builder
-	fmt.Fprintf(&b, "\n| path | new connections/s | CPU per connection | proxy-answered connections/s | request/response p50 | p99 | stream MB/s |\n| --- | ---: | ---: | ---: | ---: | ---: | ---: |\n")
+	fmt.Fprintf(&b, "\n| path | new connections/s | CPU per connection | proxy-answered connections/s | CPU per proxy-answered connection | request/response p50 | p99 | stream MB/s |\n| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n")
 	for _, p := range todo {
 		r := median(runs[p.name])
-		fmt.Fprintf(&b, "| %s | %.0f | %s | %.0f | %s | %s | %.0f |\n", p.name, r.connsPerSec, r.cpuPerConn.Round(time.Microsecond), r.answeredPerSec, r.p50.Round(time.Microsecond), r.p99.Round(time.Microsecond), r.mbytesPerSec)
+		fmt.Fprintf(&b, "| %s | %.0f | %s | %.0f | %s | %s | %s | %.0f |\n", p.name, r.connsPerSec, r.cpuPerConn.Round(time.Microsecond), r.answeredPerSec, r.cpuPerAnswered.Round(time.Microsecond/10), r.p50.Round(time.Microsecond), r.p99.Round(time.Microsecond), r.mbytesPerSec)
 	}
-	fmt.Fprintf(&b, "| (medians of %d interleaved runs, %d clients, %ds each; load average after: %s) | | | | | | |\n",
+	fmt.Fprintf(&b, "| (medians of %d interleaved runs, %d clients, %ds each; load average after: %s) | | | | | | | |\n",
 		reps, envInt("BENCH_WORKERS", 8), envInt("BENCH_SECONDS", 3), load)
 	// Paired ratios: each repetition's figure over iptables-nft's of the
 	// same repetition (measured next to it under the same load), median
 	// over the repetitions.
 	if base := runs["iptables-nft"]; len(base) == reps {
-		fmt.Fprintf(&b, "\n| path | new connections/s ÷ iptables-nft (median of per-run ratios, min–max) | connections per CPU-second ÷ iptables-nft | proxy-answered ÷ iptables-nft | p99 ÷ iptables-nft |\n| --- | ---: | ---: | ---: | ---: |\n")
+		fmt.Fprintf(&b, "\n| path | new connections/s ÷ iptables-nft (median of per-run ratios, min–max) | connections per CPU-second ÷ iptables-nft | proxy-answered ÷ iptables-nft | proxy-answered per CPU-second ÷ iptables-nft | p99 ÷ iptables-nft |\n| --- | ---: | ---: | ---: | ---: | ---: |\n")
 		for _, p := range todo {
 			rs := runs[p.name]
 			if len(rs) != reps || p.name == "iptables-nft" {
 				continue
 			}
-			conn, perCPU, answered, p99 := make([]float64, reps), make([]float64, reps), make([]float64, reps), make([]float64, reps)
+			conn, perCPU, answered, answeredCPU, p99 := make([]float64, reps), make([]float64, reps), make([]float64, reps), make([]float64, reps), make([]float64, reps)
 			for i := range rs {
 				conn[i] = rs[i].connsPerSec / base[i].connsPerSec
 				perCPU[i] = float64(base[i].cpuPerConn) / float64(rs[i].cpuPerConn)
 				answered[i] = rs[i].answeredPerSec / base[i].answeredPerSec
+				answeredCPU[i] = float64(base[i].cpuPerAnswered) / float64(rs[i].cpuPerAnswered)
 				p99[i] = float64(rs[i].p99) / float64(base[i].p99)
 			}
 			slices.Sort(conn)
 			slices.Sort(perCPU)
 			slices.Sort(answered)
+			slices.Sort(answeredCPU)
 			slices.Sort(p99)
-			fmt.Fprintf(&b, "| %s | %.2f× (%.2f–%.2f) | %.2f× (%.2f–%.2f) | %.2f× (%.2f–%.2f) | %.2f× |\n", p.name, mid(conn), conn[0], conn[len(conn)-1],
-				mid(perCPU), perCPU[0], perCPU[len(perCPU)-1], mid(answered), answered[0], answered[len(answered)-1], mid(p99))
+			fmt.Fprintf(&b, "| %s | %.2f× (%.2f–%.2f) | %.2f× (%.2f–%.2f) | %.2f× (%.2f–%.2f) | %.2f× (%.2f–%.2f) | %.2f× |\n", p.name, mid(conn), conn[0], conn[len(conn)-1],
+				mid(perCPU), perCPU[0], perCPU[len(perCPU)-1], mid(answered), answered[0], answered[len(answered)-1],
+				mid(answeredCPU), answeredCPU[0], answeredCPU[len(answeredCPU)-1], mid(p99))
 		}
 	}
+	progTable(&b, todo, runs)
 	fmt.Print(b.String())
+}
+
+// progTable prints, for the paths measured with BENCH_BPF_STATS=1, each
+// eBPF program's runs and run time per connection of each workload (medians
+// over the repetitions), as the kernel counted them.
+func progTable(b *strings.Builder, todo []path, runs map[string][]result) {
+	header := false
+	for _, p := range todo {
+		for _, load := range []string{"relayed", "proxy-answered"} {
+			names := map[string]bool{}
+			for _, r := range runs[p.name] {
+				for n := range r.progs[load] {
+					names[n] = true
+				}
+			}
+			if len(names) == 0 {
+				continue
+			}
+			if !header {
+				fmt.Fprintf(b, "\n| path | connections | program | runs per connection | ns per run | ns per connection |\n| --- | --- | --- | ---: | ---: | ---: |\n")
+				header = true
+			}
+			var total []float64
+			for _, r := range runs[p.name] {
+				var sum float64
+				for _, c := range r.progs[load] {
+					sum += c.ns
+				}
+				total = append(total, sum)
+			}
+			for _, n := range slices.Sorted(maps.Keys(names)) {
+				var rn, ns []float64
+				for _, r := range runs[p.name] {
+					c := r.progs[load][n]
+					rn, ns = append(rn, c.runs), append(ns, c.ns)
+				}
+				slices.Sort(rn)
+				slices.Sort(ns)
+				perRun := 0.0
+				if mid(rn) > 0 {
+					perRun = mid(ns) / mid(rn)
+				}
+				fmt.Fprintf(b, "| %s | %s | %s | %.2f | %.0f | %.0f |\n", p.name, load, n, mid(rn), perRun, mid(ns))
+			}
+			slices.Sort(total)
+			fmt.Fprintf(b, "| %s | %s | (all) | | | %.0f |\n", p.name, load, mid(total))
+		}
+	}
 }
 
 // mid is the median of sorted v.
@@ -184,6 +248,7 @@ func median(rs []result) result {
 		connsPerSec:    pick(func(r result) float64 { return r.connsPerSec }),
 		answeredPerSec: pick(func(r result) float64 { return r.answeredPerSec }),
 		cpuPerConn:     time.Duration(pick(func(r result) float64 { return float64(r.cpuPerConn) })),
+		cpuPerAnswered: time.Duration(pick(func(r result) float64 { return float64(r.cpuPerAnswered) })),
 		p50:            time.Duration(pick(func(r result) float64 { return float64(r.p50) })),
 		p99:            time.Duration(pick(func(r result) float64 { return float64(r.p99) })),
 		mbytesPerSec:   pick(func(r result) float64 { return r.mbytesPerSec }),
@@ -247,7 +312,11 @@ func measurePath(t *testing.T, p path, cg, pinDir string) result {
 			}
 		}()
 	}
-	return measure(t, p, l.Pod, relay)
+	var loader *bpf.Loader
+	if p.backend == redirect.BackendEBPF && os.Getenv("BENCH_BPF_STATS") == "1" {
+		loader = bpf.New(bpf.Options{PinDir: pinDir, Root: cg})
+	}
+	return measure(t, p, l.Pod, relay, loader)
 }
 
 // ebpfLab makes a private bpffs and a cgroup, and moves this process into the
@@ -320,8 +389,11 @@ func serveEcho(ln net.Listener) {
 }
 
 // measure runs the three workloads from a client process, as the app's
-// user in the pod.
-func measure(t *testing.T, p path, pod *lab.NetNS, relay *helperProc) result {
+// user in the pod. With loader (BENCH_BPF_STATS=1, eBPF paths) the kernel's
+// run-time statistics are on during the new-connection workloads, and what
+// each program ran is recorded per connection; they cost every program run
+// two clock reads, so such a run's other figures are not comparable.
+func measure(t *testing.T, p path, pod *lab.NetNS, relay *helperProc, loader *bpf.Loader) result {
 	t.Helper()
 	name := p.name
 	r := result{backend: name}
@@ -336,22 +408,56 @@ func measure(t *testing.T, p path, pod *lab.NetNS, relay *helperProc) result {
 	// through the relay to the server, then answered by the relay itself.
 	// CPU: the client's, the relay's and this process's (the server).
 	workers, secs := envInt("BENCH_WORKERS", 8), envInt("BENCH_SECONDS", 3)
-	var relayCPU0 int64
-	if relay != nil {
-		relayCPU0 = relay.askInts(t, "cpu")[0]
+	var stats io.Closer
+	if loader != nil {
+		var err error
+		if stats, err = bpf.EnableRunStats(); err != nil {
+			t.Fatal(err)
+		}
+		defer stats.Close()
+		r.progs = map[string]map[string]progCost{}
 	}
-	self0 := cpuTime()
-	v := client.askInts(t, fmt.Sprintf("conns %s %d %d", addr, workers, secs*1000))
-	n, cpu := v[0], time.Duration(v[1])+cpuTime()-self0
-	if relay != nil {
-		cpu += time.Duration(relay.askInts(t, "cpu")[0] - relayCPU0)
+	conns := func(load, to string) (perSec float64, cpuEach time.Duration) {
+		var relayCPU0 int64
+		if relay != nil {
+			relayCPU0 = relay.askInts(t, "cpu")[0]
+		}
+		var before map[string]bpf.RunStat
+		if loader != nil {
+			var err error
+			if before, err = loader.RunStats(); err != nil {
+				t.Fatal(err)
+			}
+		}
+		self0 := cpuTime()
+		v := client.askInts(t, fmt.Sprintf("conns %s %d %d", to, workers, secs*1000))
+		n, cpu := v[0], time.Duration(v[1])+cpuTime()-self0
+		if relay != nil {
+			cpu += time.Duration(relay.askInts(t, "cpu")[0] - relayCPU0)
+		}
+		if n == 0 {
+			return 0, 0
+		}
+		if loader != nil {
+			after, err := loader.RunStats()
+			if err != nil {
+				t.Fatal(err)
+			}
+			costs := map[string]progCost{}
+			for name, a := range after {
+				if runs := a.Runs - before[name].Runs; runs > 0 {
+					costs[name] = progCost{runs: float64(runs) / float64(n), ns: float64(a.RunTime-before[name].RunTime) / float64(n)}
+				}
+			}
+			r.progs[load] = costs
+		}
+		return float64(n) / float64(secs), cpu / time.Duration(n)
 	}
-	r.connsPerSec = float64(n) / float64(secs)
-	if n > 0 {
-		r.cpuPerConn = cpu / time.Duration(n)
+	r.connsPerSec, r.cpuPerConn = conns("relayed", addr)
+	r.answeredPerSec, r.cpuPerAnswered = conns("proxy-answered", answered)
+	if stats != nil {
+		stats.Close() // not for the other workloads
 	}
-	v = client.askInts(t, fmt.Sprintf("conns %s %d %d", answered, workers, secs*1000))
-	r.answeredPerSec = float64(v[0]) / float64(secs)
 	// Connections conntrack tracked in the pod namespace (they stay in
 	// TIME_WAIT for two minutes): none where no netfilter hook needs it.
 	ct := "-"
@@ -369,7 +475,7 @@ func measure(t *testing.T, p path, pod *lab.NetNS, relay *helperProc) result {
 	}
 
 	// Request/response on one connection: 64 bytes each way.
-	v = client.askInts(t, fmt.Sprintf("rr %s %d", addr, envInt("BENCH_RR", 20000)))
+	v := client.askInts(t, fmt.Sprintf("rr %s %d", addr, envInt("BENCH_RR", 20000)))
 	r.p50, r.p99 = time.Duration(v[0]), time.Duration(v[1])
 
 	// Stream: write S MiB, read the echo back.

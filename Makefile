@@ -123,7 +123,7 @@ bench-inject: deps-kube ## sidecar injection webhook: p50/p99 admission latency 
 
 .PHONY: bench-controlplane
 bench-controlplane: ## control-plane fan-out benchmark: 1000 in-process ADS clients (DETOUR_BENCH_CLIENTS=N), SotW and delta
-	$(GO) test -run '^$$' -bench 'FanOut|Build' -benchtime 3x ./controlplane/
+	$(GO) test -timeout 60m -run '^$$' -bench 'FanOut|Build' -benchtime 3x ./controlplane/
 
 # --- eBPF backend (issue 8) ---
 .PHONY: bench-redirect

@@ -12,6 +12,7 @@ import (
 	"runtime"
 	rtmetrics "runtime/metrics"
 	"runtime/pprof"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -340,12 +341,22 @@ type fleetProcess struct {
 	in    *json.Encoder
 	stdin io.Closer
 	done  chan fleetRound
+	// stopped ends the wait for a reader of done: once the benchmark no
+	// longer reads it, the child's lines (a failing fleet writes one per
+	// client) are dropped instead of filling the pipe, which would block
+	// the child, and stop waiting for it, for ever.
+	stopped chan struct{}
 }
 
 func startFleet(b *testing.B, addr, protocol string, n int) *fleetProcess {
 	b.Helper()
 	cmd := exec.Command(os.Args[0], "-test.run=^$")
-	cmd.Env = append(os.Environ(), fleetEnv+"="+addr, fleetProtocolEnv+"="+protocol, fleetClientsEnv+"="+strconv.Itoa(n))
+	// GOMEMLIMIT and GOGC given to the benchmark are the control plane's:
+	// the clients run with the runtime's defaults.
+	env := slices.DeleteFunc(os.Environ(), func(kv string) bool {
+		return strings.HasPrefix(kv, "GOMEMLIMIT=") || strings.HasPrefix(kv, "GOGC=")
+	})
+	cmd.Env = append(env, fleetEnv+"="+addr, fleetProtocolEnv+"="+protocol, fleetClientsEnv+"="+strconv.Itoa(n))
 	cmd.Stderr = os.Stderr
 	stdin, err := cmd.StdinPipe()
 	if err != nil {
@@ -358,7 +369,7 @@ func startFleet(b *testing.B, addr, protocol string, n int) *fleetProcess {
 	if err := cmd.Start(); err != nil {
 		b.Fatal(err)
 	}
-	p := &fleetProcess{cmd: cmd, in: json.NewEncoder(stdin), stdin: stdin, done: make(chan fleetRound, 16)}
+	p := &fleetProcess{cmd: cmd, in: json.NewEncoder(stdin), stdin: stdin, done: make(chan fleetRound, 16), stopped: make(chan struct{})}
 	go func() {
 		dec := json.NewDecoder(stdout)
 		for {
@@ -367,13 +378,17 @@ func startFleet(b *testing.B, addr, protocol string, n int) *fleetProcess {
 				close(p.done)
 				return
 			}
-			p.done <- r
+			select {
+			case p.done <- r:
+			case <-p.stopped:
+			}
 		}
 	}()
 	return p
 }
 
 func (p *fleetProcess) stop() {
+	close(p.stopped)
 	p.stdin.Close()
 	_ = p.cmd.Wait()
 }

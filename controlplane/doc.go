@@ -18,7 +18,10 @@
 // embeds. This package also loads the TLS files (tls.go) and writes Envoy
 // bootstraps (bootstrap.go).
 //
-// Privileges: none. The package listens on the addresses it is given.
+// Privileges: none. The package listens on the addresses it is given. Run
+// sets the Go runtime's soft memory limit while it runs (memlimit.go): by
+// default from the memory limit of the process's cgroup, read from
+// /proc/self/cgroup and /sys/fs/cgroup.
 //
 // Only this package and its subpackages import go-control-plane, gRPC,
 // Prometheus and client-go. It must not import cmd/..., cni or bpf.

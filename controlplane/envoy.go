@@ -100,7 +100,12 @@ func (m *Mesh) Resources(nodeID string) (Resources, error) {
 	if !ok {
 		return Resources{}, fmt.Errorf("node %q: %w", nodeID, ErrUnknownNode)
 	}
-	r := newGenerator(m).workload(w)
+	g := newGenerator(m)
+	cfg, _, err := g.config(&w.TransparentProxy)
+	if err != nil {
+		return Resources{}, fmt.Errorf("node %q: %w", nodeID, err)
+	}
+	r := g.workload(w, cfg, Resources{})
 	if err := newChecker().check(nodeID, r); err != nil {
 		return Resources{}, err
 	}
@@ -133,14 +138,31 @@ type generator struct {
 	// validate and scan them again.
 	inboundChains   map[inboundChainKey]*listenerv3.FilterChain
 	listenerFilters map[string]*listenerv3.ListenerFilter
-	// listenerCap is the number of listeners of the last workload: the next
-	// one's list is allocated once at that size instead of grown.
-	listenerCap int
 	// Capture answers by redirect config (its JSON encoding, as in shapeKey)
 	// and destination: each redirect answer builds the config's whole
 	// capture, and a thousand workloads of one config ask it for the same
 	// hundred service ports.
 	captures map[captureKey]bool
+	// configs interns the redirect configs' encodings (see config): the
+	// keys of captures and of the build's shapes refer to one copy each.
+	configs map[string]int
+	cfgs    []string
+}
+
+// config returns the JSON encoding of c, one string for every equal config
+// of the build, and its number in the build.
+func (g *generator) config(c *redirect.Config) (string, int, error) {
+	b, err := json.Marshal(c)
+	if err != nil {
+		return "", 0, fmt.Errorf("encode redirect config: %w", err)
+	}
+	if id, ok := g.configs[string(b)]; ok {
+		return g.cfgs[id], id, nil
+	}
+	s := string(b)
+	g.configs[s] = len(g.cfgs)
+	g.cfgs = append(g.cfgs, s)
+	return s, len(g.cfgs) - 1, nil
 }
 
 // captureKey is one capturesOutbound question (inbound: dst invalid).
@@ -218,6 +240,7 @@ func newGenerator(m *Mesh) *generator {
 		inboundChains:    make(map[inboundChainKey]*listenerv3.FilterChain),
 		listenerFilters:  make(map[string]*listenerv3.ListenerFilter),
 		captures:         make(map[captureKey]bool),
+		configs:          make(map[string]int),
 	}
 	for i := range m.Services {
 		s := &m.Services[i]
@@ -265,16 +288,15 @@ func (g *generator) reachable(w *Workload) []*Service {
 	return out
 }
 
-func (g *generator) workload(w *Workload) Resources {
-	var r Resources
+// workload returns the resources of w, whose redirect config is encoded as
+// cfg (generator.config). They are appended to into's slices, emptied first:
+// a build reuses one pair of slices for every workload.
+func (g *generator) workload(w *Workload, cfg string, into Resources) Resources {
+	r := Resources{Listeners: into.Listeners[:0], Clusters: into.Clusters[:0]}
 	c := &w.TransparentProxy
 	fam := families(w)
 	v4, v6 := fam.listen4, fam.listen6
 	famKey := familyKey(fam.reach4, fam.reach6)
-	var cfg string // the memo's name for c; "" (no memo) should it not encode
-	if b, err := json.Marshal(c); err == nil {
-		cfg = string(b)
-	}
 	// Reused across workloads: a thousand workloads would make a thousand maps.
 	if g.used == nil {
 		g.used = make(map[string]*clusterv3.Cluster)
@@ -283,7 +305,6 @@ func (g *generator) workload(w *Workload) Resources {
 	clear(usedClusters)
 	use := func(cl *clusterv3.Cluster) { usedClusters[cl.GetName()] = cl }
 	use(g.blackhole())
-	r.Listeners = make([]*listenerv3.Listener, 0, g.listenerCap)
 
 	// The DNS table: every reachable service's name, answered with the
 	// virtual IPs the proxy serves listeners for (so the A and AAAA answers
@@ -357,13 +378,11 @@ func (g *generator) workload(w *Workload) Resources {
 		}
 	}
 
-	r.Clusters = make([]*clusterv3.Cluster, 0, len(usedClusters))
 	for _, cl := range usedClusters {
 		r.Clusters = append(r.Clusters, cl)
 	}
 	slices.SortFunc(r.Clusters, func(a, b *clusterv3.Cluster) int { return cmp.Compare(a.GetName(), b.GetName()) })
 	slices.SortFunc(r.Listeners, func(a, b *listenerv3.Listener) int { return cmp.Compare(a.GetName(), b.GetName()) })
-	g.listenerCap = len(r.Listeners)
 	return r
 }
 

@@ -193,8 +193,15 @@ func TestResourcesShareServiceResources(t *testing.T) {
 	t.Parallel()
 	m := loadMesh(t, "testdata/matrix.yaml")
 	g := newGenerator(m)
-	a := g.workload(&m.Workloads[0]) // redirect-ipv4
-	b := g.workload(&m.Workloads[3]) // tproxy-ipv4
+	gen := func(w *Workload) Resources {
+		cfg, _, err := g.config(&w.TransparentProxy)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return g.workload(w, cfg, Resources{})
+	}
+	a := gen(&m.Workloads[0]) // redirect-ipv4
+	b := gen(&m.Workloads[3]) // tproxy-ipv4
 	find := func(r Resources, name string) *clusterv3.Cluster {
 		for _, c := range r.Clusters {
 			if c.GetName() == name {

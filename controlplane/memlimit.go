@@ -1,6 +1,7 @@
 package controlplane
 
 import (
+	"fmt"
 	"log/slog"
 	"math"
 	"os"
@@ -10,7 +11,76 @@ import (
 	"sync"
 )
 
-// memoryGovernor (started by Run with AdaptiveMemoryLimit) keeps the Go runtime's soft memory limit
+// MemoryLimit is how Run sets the Go runtime's soft memory limit
+// (debug.SetMemoryLimit) while it runs. GOMEMLIMIT in the environment wins
+// over every mode.
+type MemoryLimit string
+
+const (
+	// MemoryLimitAuto (the default): when the process's cgroup has a memory
+	// limit (a container's), the soft limit is cgroupMemoryFraction of it, so
+	// the collector works harder near the container's limit instead of the
+	// process being killed there. Without a cgroup limit nothing is set. It
+	// costs nothing until the heap nears the limit.
+	MemoryLimitAuto MemoryLimit = "auto"
+	// MemoryLimitAdaptive keeps the limit a little above what the process
+	// needs (memoryGovernor): a lower peak, more CPU per change.
+	MemoryLimitAdaptive MemoryLimit = "adaptive"
+	// MemoryLimitOff leaves the runtime's limit as it is.
+	MemoryLimitOff MemoryLimit = "off"
+)
+
+// Validate accepts "" (auto) and the modes.
+func (m MemoryLimit) Validate() error {
+	switch m {
+	case "", MemoryLimitAuto, MemoryLimitAdaptive, MemoryLimitOff:
+		return nil
+	}
+	return fmt.Errorf("memory limit %q is not one of auto, adaptive, off", string(m))
+}
+
+// cgroupMemoryFraction is the part of the cgroup's memory limit that
+// MemoryLimitAuto makes the soft limit: the rest is for what the runtime
+// does not count (the binary's text, other processes of the container) and
+// for the collector to catch up.
+const cgroupMemoryFraction = 0.9
+
+// applyMemoryLimit sets the soft limit for mode and returns what restores
+// the one it found. cgroupRoot is where the cgroup file system is mounted
+// (/sys/fs/cgroup), selfCgroup the path of /proc/self/cgroup.
+func applyMemoryLimit(mode MemoryLimit, log *slog.Logger, cgroupRoot, selfCgroup string) (restore func()) {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	if mode == MemoryLimitOff {
+		return func() {}
+	}
+	if v := os.Getenv("GOMEMLIMIT"); v != "" {
+		log.Info("GOMEMLIMIT is set: the memory limit is not adjusted", "gomemlimit", v)
+		return func() {}
+	}
+	if mode == MemoryLimitAdaptive {
+		return startMemoryGovernor(log).Stop
+	}
+	self, err := os.ReadFile(selfCgroup)
+	if err != nil {
+		return func() {} // no cgroups (another system): no limit to follow
+	}
+	max, ok, err := cgroupMemoryMax(cgroupRoot, self)
+	if err != nil {
+		log.Warn("cgroup memory limit unreadable: the Go runtime's memory limit is not set", "error", err)
+		return func() {}
+	}
+	if !ok {
+		return func() {}
+	}
+	limit := int64(float64(max) * cgroupMemoryFraction)
+	prev := debug.SetMemoryLimit(limit)
+	log.Info("memory limit set from the cgroup", "cgroup_limit", max, "limit", limit)
+	return func() { debug.SetMemoryLimit(prev) }
+}
+
+// memoryGovernor (started by Run with MemoryLimitAdaptive) keeps the Go runtime's soft memory limit
 // (debug.SetMemoryLimit) a little above what the process needs: after every
 // garbage collection it sets the limit to the live heap plus a quarter (at
 // least memoryHeadroomFloor), plus the goroutine stacks, the unused part of

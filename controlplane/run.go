@@ -35,12 +35,12 @@ type RunOptions struct {
 	ClientCA string
 	// NACKBackoff: see xds.Options.
 	NACKBackoff time.Duration
-	// AdaptiveMemoryLimit keeps the Go runtime's soft memory limit a little
-	// above the process's needs (memlimit.go) while Run runs, unless
-	// GOMEMLIMIT is set. Off by default: it lowers the peak memory but, at
-	// 10,000 proxies with distinct workloads, made a change several times
-	// slower (docs/control-plane.md, Memory).
-	AdaptiveMemoryLimit bool
+	// MemoryLimit sets the Go runtime's soft memory limit while Run runs;
+	// "" means MemoryLimitAuto (a part of the cgroup's memory limit, when
+	// it has one). MemoryLimitAdaptive lowers the peak memory but, at 10,000
+	// proxies with distinct workloads, made a change several times slower
+	// (docs/control-plane.md, Memory).
+	MemoryLimit MemoryLimit
 	// Logger; nil discards.
 	Logger *slog.Logger
 	// Listening, when set, is called with the bound addresses once both
@@ -64,10 +64,10 @@ func Run(ctx context.Context, o RunOptions) error {
 	if err != nil {
 		return err
 	}
-	if o.AdaptiveMemoryLimit {
-		mem := startMemoryGovernor(log)
-		defer mem.Stop()
+	if err := o.MemoryLimit.Validate(); err != nil {
+		return fmt.Errorf("run control plane: %w", err)
 	}
+	defer applyMemoryLimit(o.MemoryLimit, log, "/sys/fs/cgroup", "/proc/self/cgroup")()
 	srv := NewServer(xds.Options{Logger: log, NACKBackoff: o.NACKBackoff, TLS: tlsCfg})
 
 	xdsAddr := o.XDSAddress

@@ -2,7 +2,6 @@ package controlplane
 
 import (
 	"cmp"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"slices"
@@ -54,12 +53,14 @@ func buildSnapshots(m *Mesh) (*build, error) {
 	shapes := make(map[string]*xds.Snapshot)
 	failed := make(map[string]bool)
 	var errs []error
+	var scratch Resources // the generator's output, reused: the hasher copies what it keeps
 	for i := range m.Workloads {
 		w := &m.Workloads[i]
-		key, err := shapeKey(w)
+		cfg, cfgID, err := g.config(&w.TransparentProxy)
 		if err != nil {
 			return nil, fmt.Errorf("node %q: %w", w.NodeID, err)
 		}
+		key := shapeKey(w, cfgID)
 		if ns, ok := shapes[key]; ok {
 			b.nodes[w.NodeID] = ns
 			continue
@@ -67,7 +68,8 @@ func buildSnapshots(m *Mesh) (*build, error) {
 		if failed[key] {
 			continue
 		}
-		r := g.workload(w)
+		r := g.workload(w, cfg, scratch)
+		scratch = r
 		if err := ch.check(w.NodeID, r); err != nil {
 			failed[key] = true
 			if len(errs) < maxBuildErrors {
@@ -100,23 +102,43 @@ func buildSnapshots(m *Mesh) (*build, error) {
 
 // shapeKey is everything (*generator).workload reads from w; the mesh-wide
 // inputs (services, endpoints, policy) are the same for every workload of a
-// build.
-func shapeKey(w *Workload) (string, error) {
+// build. cfg is the number of w's redirect config in the build
+// (generator.config): the key is short, and a key of each of 10,000
+// distinct workloads does not hold a copy of its config's encoding.
+func shapeKey(w *Workload, cfg int) string {
 	fam := families(w)
-	inbound := slices.Clone(w.Inbound)
-	slices.SortFunc(inbound, func(a, b InboundPort) int { return cmp.Compare(a.Port, b.Port) })
-	reach := slices.Clone(w.Reach)
-	slices.Sort(reach)
-	key, err := json.Marshal(struct {
-		Fam     [4]bool
-		Inbound []InboundPort
-		Reach   []string
-		Config  any
-	}{[4]bool{fam.listen4, fam.listen6, fam.reach4, fam.reach6}, inbound, slices.Compact(reach), w.TransparentProxy})
-	if err != nil {
-		return "", fmt.Errorf("workload shape: %w", err)
+	b := make([]byte, 0, 64)
+	b = strconv.AppendInt(b, int64(cfg), 10)
+	for _, f := range [4]bool{fam.listen4, fam.listen6, fam.reach4, fam.reach6} {
+		b = strconv.AppendBool(append(b, ' '), f)
 	}
-	return string(key), nil
+	inbound := w.Inbound
+	byPort := func(a, b InboundPort) int { return cmp.Compare(a.Port, b.Port) }
+	if !slices.IsSortedFunc(inbound, byPort) {
+		inbound = slices.SortedFunc(slices.Values(inbound), byPort)
+	}
+	for _, p := range inbound {
+		b = append(b, '\x00')
+		b = strconv.AppendUint(b, uint64(p.Port), 10)
+		b = append(b, ' ')
+		b = strconv.AppendUint(b, uint64(p.AppPort), 10)
+		b = append(b, ' ')
+		b = append(b, p.Protocol...)
+	}
+	reach := w.Reach
+	if !slices.IsSorted(reach) {
+		reach = slices.Sorted(slices.Values(reach))
+	}
+	for i, r := range reach {
+		if i > 0 && reach[i-1] == r {
+			continue
+		}
+		// Service names never contain NUL: \x01 cannot be mistaken for a
+		// name's part.
+		b = append(b, '\x01')
+		b = append(b, r...)
+	}
+	return string(b)
 }
 
 // hasher marshals and wraps each distinct resource once (xds.NewResource),

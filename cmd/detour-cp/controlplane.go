@@ -27,7 +27,8 @@ type controlPlaneOptions struct {
 	tlsKey         string
 	clientCA       string
 	nackBackoff    time.Duration
-	adaptiveMemory bool
+	memoryLimit    string
+	adaptiveMemory bool // the deprecated --adaptive-memory-limit: --memory-limit adaptive
 	watchInterval  time.Duration
 	settle         time.Duration
 	maxMeshSize    int64
@@ -88,7 +89,9 @@ docs/control-plane.md and docs/mesh.md describe the layout and the mesh file.`,
 	f.StringVar(&o.tlsKey, "tls-key", "", "private key of --tls-cert (PEM)")
 	f.StringVar(&o.clientCA, "client-ca", "", "require client certificates signed by this CA (PEM; read again when it changes); a certificate's SAN must equal the node id")
 	f.DurationVar(&o.nackBackoff, "nack-backoff", xds.DefaultNACKBackoff, "how long a NACKed config is held back before it is sent again")
-	f.BoolVar(&o.adaptiveMemory, "adaptive-memory-limit", false, "keep the Go runtime's memory limit a little above the live heap (lower peak memory, slower changes to many distinct workloads); GOMEMLIMIT in the environment wins")
+	f.StringVar(&o.memoryLimit, "memory-limit", string(controlplane.MemoryLimitAuto), "the Go runtime's soft memory limit: auto (90% of the container's cgroup memory limit, none without one), adaptive (a little above the live heap: lower peak memory, slower changes to many distinct workloads) or off; GOMEMLIMIT in the environment wins")
+	f.BoolVar(&o.adaptiveMemory, "adaptive-memory-limit", false, "same as --memory-limit adaptive")
+	_ = f.MarkDeprecated("adaptive-memory-limit", "use --memory-limit adaptive")
 	f.DurationVar(&o.watchInterval, "watch-interval", controlplane.DefaultWatchInterval, "how often the mesh file is checked for changes")
 	f.DurationVar(&o.settle, "settle", controlplane.DefaultSettle, "a changed mesh file is read once it has stayed the same this long (0: at the first read that sees it)")
 	f.Int64Var(&o.maxMeshSize, "max-mesh-size", controlplane.DefaultMaxMeshSize, "largest mesh file read, in bytes; a larger one is refused unread")
@@ -145,6 +148,13 @@ func runControlPlane(ctx context.Context, o *controlPlaneOptions, s streams) (er
 	}
 	if o.maxMeshSize < 0 {
 		return usageError("--max-mesh-size %d must be positive", o.maxMeshSize)
+	}
+	memoryLimit := controlplane.MemoryLimit(o.memoryLimit)
+	if err := memoryLimit.Validate(); err != nil {
+		return usageError("--memory-limit %q is not one of auto, adaptive, off", o.memoryLimit)
+	}
+	if o.adaptiveMemory {
+		memoryLimit = controlplane.MemoryLimitAdaptive
 	}
 	if (o.tlsCert == "") != (o.tlsKey == "") {
 		return usageError("--tls-cert and --tls-key go together")
@@ -206,7 +216,7 @@ func runControlPlane(ctx context.Context, o *controlPlaneOptions, s streams) (er
 		Logger:      log,
 		Listening:   o.listening,
 
-		AdaptiveMemoryLimit: o.adaptiveMemory,
+		MemoryLimit: memoryLimit,
 	})
 	if err != nil && errors.Is(err, context.Canceled) {
 		return nil

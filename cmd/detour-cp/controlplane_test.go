@@ -83,24 +83,29 @@ func startExampleMesh(ctx context.Context, t *testing.T, opts func(*controlPlane
 	}
 }
 
-// TestControlPlaneAdaptiveMemoryLimit: --adaptive-memory-limit sets the Go
-// runtime's memory limit while the control plane runs and restores it after.
-// Not parallel: the limit is the process's.
+// TestControlPlaneAdaptiveMemoryLimit: --memory-limit adaptive (and the
+// deprecated --adaptive-memory-limit) sets the Go runtime's memory limit
+// while the control plane runs and restores it after. Not parallel: the limit
+// is the process's.
 func TestControlPlaneAdaptiveMemoryLimit(t *testing.T) {
 	t.Setenv("GOMEMLIMIT", "")
-	before := debug.SetMemoryLimit(-1)
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	_, done := startExampleMesh(ctx, t, func(o *controlPlaneOptions) { o.adaptiveMemory = true })
-	if got := debug.SetMemoryLimit(-1); got == before || got == math.MaxInt64 {
-		t.Errorf("with --adaptive-memory-limit the runtime's memory limit is %d (before: %d), want one set", got, before)
-	}
-	cancel()
-	if err := <-done; err != nil {
-		t.Errorf("runControlPlane = %v", err)
-	}
-	if got := debug.SetMemoryLimit(-1); got != before {
-		t.Errorf("after the control plane stopped the memory limit is %d, want %d as before", got, before)
+	for _, set := range []func(*controlPlaneOptions){
+		func(o *controlPlaneOptions) { o.memoryLimit = "adaptive" },
+		func(o *controlPlaneOptions) { o.adaptiveMemory = true },
+	} {
+		before := debug.SetMemoryLimit(-1)
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		_, done := startExampleMesh(ctx, t, set)
+		if got := debug.SetMemoryLimit(-1); got == before || got == math.MaxInt64 {
+			t.Errorf("with the adaptive memory limit the runtime's memory limit is %d (before: %d), want one set", got, before)
+		}
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("runControlPlane = %v", err)
+		}
+		if got := debug.SetMemoryLimit(-1); got != before {
+			t.Errorf("after the control plane stopped the memory limit is %d, want %d as before", got, before)
+		}
 	}
 }
 
@@ -144,6 +149,8 @@ func TestControlPlaneInvalidInputExitsTwo(t *testing.T) {
 		{"bad dns upstream", []string{"control-plane", "--source", "kubernetes", "--dns-upstream", "ns1"}, `--dns-upstream "ns1" is not an IP address or address:port`},
 		{"client ca without tls", []string{"control-plane", "--config", bad, "--client-ca", "ca.pem"}, "--client-ca needs --tls-cert"},
 		{"bad log level", []string{"control-plane", "--config", bad, "--log-level", "loud"}, `--log-level "loud"`},
+		{"bad memory limit", []string{"control-plane", "--config", bad, "--memory-limit", "512MiB"}, `--memory-limit "512MiB" is not one of auto, adaptive, off`},
+		{"empty memory limit", []string{"control-plane", "--config", bad, "--memory-limit", ""}, `--memory-limit "" is empty`},
 		// An empty value given on purpose (a script's unset variable) never
 		// falls back to the default: --http-address "" served on 127.0.0.1:18001,
 		// --namespace "" watched every namespace.

@@ -227,6 +227,10 @@ func (s *adsStream) sotwRequest(req *discoveryv3.DiscoveryRequest) error {
 	}
 	ts.gen++
 	gen := ts.gen
+	// The watch keeps the request until the next one: not what was read
+	// from it already. Envoy sends its node (a few KiB: build, extensions)
+	// with every request unless set_node_on_first_message_only.
+	req.Node, req.ResourceNames = nil, nil
 	ts.cancel = s.ads.cache.CreateWatch(s.node, req, ts.sub, func(r cachev3.Response) {
 		s.put(pendingResponse{ts: ts, gen: gen, sotw: r})
 	})
@@ -254,6 +258,8 @@ func (s *adsStream) deltaRequest(req *discoveryv3.DeltaDiscoveryRequest) error {
 	}
 	ts.gen++
 	gen := ts.gen
+	// As for SotW: the watch keeps only what it reads.
+	req.Node, req.ResourceNamesSubscribe, req.ResourceNamesUnsubscribe, req.InitialResourceVersions = nil, nil, nil, nil
 	ts.cancel = s.ads.cache.CreateDeltaWatch(s.node, req, ts.sub, func(r cachev3.DeltaResponse) {
 		s.put(pendingResponse{ts: ts, gen: gen, delta: r})
 	})

@@ -163,3 +163,51 @@ func TestADSDeltaPushAndSubscribe(t *testing.T) {
 		t.Fatalf("after the change got %v, want web removed and nothing else", gone)
 	}
 }
+
+// TestADSWatchKeepsNoNode: Envoy sends its node (build, extensions: a few
+// KiB) with every request unless set_node_on_first_message_only; the open
+// watch a request leaves behind, one per type per proxy, keeps none of it.
+func TestADSWatchKeepsNoNode(t *testing.T) {
+	t.Parallel()
+	before, _ := testSnapshots(t)
+	srv := NewServer(Options{})
+	ctx, cancel := context.WithTimeout(context.Background(), testTimeout)
+	defer cancel()
+	if _, err := srv.SetSnapshots(ctx, Snapshots{Nodes: map[string]*Snapshot{"n": before}}); err != nil {
+		t.Fatal(err)
+	}
+	st, err := adsClient(t, srv).StreamAggregatedResources(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rs := responses(st.Recv)
+	node := &corev3.Node{Id: "n", UserAgentName: "envoy", Cluster: "app"}
+	if err := st.Send(&discoveryv3.DiscoveryRequest{Node: node, TypeUrl: resourcev3.ClusterType}); err != nil {
+		t.Fatal(err)
+	}
+	first := within(t, rs, testTimeout)
+	if first == nil {
+		t.Fatal("no response")
+	}
+	if err := st.Send(&discoveryv3.DiscoveryRequest{Node: node, TypeUrl: resourcev3.ClusterType, VersionInfo: first.GetVersionInfo(),
+		ResponseNonce: first.GetNonce()}); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(testTimeout)
+	for {
+		n := srv.cache.node("n")
+		var watches []*sotwWatch
+		watches = append(watches, n.sotw...)
+		n.mu.Unlock()
+		if len(watches) == 1 && watches[0].req.GetResponseNonce() == first.GetNonce() {
+			if got := watches[0].req.GetNode(); got != nil {
+				t.Errorf("the open watch keeps the request's node %v", got)
+			}
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no watch of the ACK opened: %d watches", len(watches))
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}

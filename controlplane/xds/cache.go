@@ -59,12 +59,12 @@ type servingCache struct {
 // cacheNode is one node's snapshot and open watches.
 type cacheNode struct {
 	mu    sync.Mutex
-	snap  *Snapshot                // nil until the first SetSnapshot
-	sotw  map[*sotwWatch]struct{}  // open SotW watches
-	delta map[*deltaWatch]struct{} // open delta watches
-	held  map[*heldWatch]struct{}  // SotW watches held back after a NACK
-	sent  map[sentKey]*sentType    // servedTypes delta streams' maps refer to (see sentType)
-	gone  bool                     // cleared; a new cacheNode replaces it
+	snap  *Snapshot               // nil until the first SetSnapshot
+	sotw  []*sotwWatch            // open SotW watches (a stream has one per type)
+	delta []*deltaWatch           // open delta watches
+	held  map[*heldWatch]struct{} // SotW watches held back after a NACK
+	sent  map[sentKey]*sentType   // servedTypes delta streams' maps refer to (see sentType)
+	gone  bool                    // cleared; a new cacheNode replaces it
 }
 
 // A watch's send hands its response to the stream (adsStream.put): it is
@@ -138,26 +138,11 @@ func (c *servingCache) SetSnapshot(ctx context.Context, node string, snap *Snaps
 	}
 	n := c.node(node)
 	n.snap = snap
-	sotw := make([]*sotwWatch, 0, len(n.sotw))
-	for w := range n.sotw {
-		sotw = append(sotw, w)
-	}
-	slices.SortFunc(sotw, func(a, b *sotwWatch) int { return compareTypes(a.req.GetTypeUrl(), b.req.GetTypeUrl()) })
-	for _, w := range sotw {
-		if c.respondSotW(snap, w, false) {
-			delete(n.sotw, w)
-		}
-	}
-	delta := make([]*deltaWatch, 0, len(n.delta))
-	for w := range n.delta {
-		delta = append(delta, w)
-	}
-	slices.SortFunc(delta, func(a, b *deltaWatch) int { return compareTypes(a.req.GetTypeUrl(), b.req.GetTypeUrl()) })
-	for _, w := range delta {
-		if n.respondDelta(snap, w) {
-			delete(n.delta, w)
-		}
-	}
+	// DeleteFunc answers them in order, clusters before listeners.
+	slices.SortStableFunc(n.sotw, func(a, b *sotwWatch) int { return compareTypes(a.req.GetTypeUrl(), b.req.GetTypeUrl()) })
+	n.sotw = slices.DeleteFunc(n.sotw, func(w *sotwWatch) bool { return c.respondSotW(snap, w, false) })
+	slices.SortStableFunc(n.delta, func(a, b *deltaWatch) int { return compareTypes(a.req.GetTypeUrl(), b.req.GetTypeUrl()) })
+	n.delta = slices.DeleteFunc(n.delta, func(w *deltaWatch) bool { return n.respondDelta(snap, w) })
 	var release []*heldWatch
 	for w := range n.held {
 		if snap.GetVersion(w.req.GetTypeUrl()) != w.version {
@@ -215,13 +200,10 @@ func (c *servingCache) watch(node string, req *cachev3.Request, sub cachev3.Subs
 	if n.snap != nil && c.respondSotW(n.snap, w, true) {
 		return func() {}
 	}
-	if n.sotw == nil {
-		n.sotw = make(map[*sotwWatch]struct{})
-	}
-	n.sotw[w] = struct{}{}
+	n.sotw = append(n.sotw, w)
 	return func() {
 		n.mu.Lock()
-		delete(n.sotw, w)
+		n.sotw = slices.DeleteFunc(n.sotw, func(x *sotwWatch) bool { return x == w })
 		n.mu.Unlock()
 	}
 }
@@ -237,35 +219,59 @@ func (c *servingCache) respondSotW(snap *Snapshot, w *sotwWatch, fresh bool) boo
 			return false
 		}
 	}
-	var resources []*anypb.Any
-	var returned map[string]string
+	r := &sotwResponse{req: w.req, version: t.version, typeURL: typeURL}
 	if w.sub.IsWildcard() {
 		// The stream keeps this map until its next response: one entry
 		// instead of one per resource (see missing), and one map for every
 		// stream sent the same version.
-		resources = t.anys()
-		returned = t.returned
-		if returned == nil { // a type that is not served
-			returned = map[string]string{returnedAll: t.version}
-		}
+		r.full = t
+		r.returned = t.returnedMap()
 	} else {
 		// Only the resources asked for, in name order.
 		subscribed := w.sub.SubscribedResources()
-		returned = make(map[string]string, len(subscribed))
-		for _, r := range t.resources {
-			if _, ok := subscribed[r.name]; ok {
-				resources = append(resources, r.any)
-				returned[r.name] = t.version
+		r.returned = make(map[string]string, len(subscribed))
+		for _, res := range t.resources {
+			if _, ok := subscribed[res.name]; ok {
+				r.resources = append(r.resources, res.any)
+				r.returned[res.name] = t.version
 			}
 		}
 	}
-	w.send(&cachev3.PassthroughResponse{
-		Request:           w.req,
-		DiscoveryResponse: &discoveryv3.DiscoveryResponse{VersionInfo: t.version, Resources: resources, TypeUrl: typeURL},
-		ReturnedResources: returned,
-	})
+	w.send(r)
 	return true
 }
+
+// sotwResponse is a SotW response of pre-encoded resources: a cachev3.Response
+// that go-control-plane's types accept. The list of a full response is made
+// when it is sent (GetDiscoveryResponse), so that a push to 10,000 distinct
+// workloads does not hold 10,000 lists in the streams' outboxes.
+type sotwResponse struct {
+	req              *cachev3.Request
+	version, typeURL string
+	full             *servedType  // every resource of it, or
+	resources        []*anypb.Any // only these
+	returned         map[string]string
+}
+
+func (r *sotwResponse) GetDiscoveryResponse() (*discoveryv3.DiscoveryResponse, error) {
+	resources := r.resources
+	if r.full != nil {
+		resources = r.full.fullResources()
+	}
+	return &discoveryv3.DiscoveryResponse{VersionInfo: r.version, Resources: resources, TypeUrl: r.typeURL}, nil
+}
+
+func (r *sotwResponse) GetRequest() *discoveryv3.DiscoveryRequest { return r.req }
+
+func (r *sotwResponse) GetVersion() (string, error) { return r.version, nil }
+
+func (r *sotwResponse) GetResponseVersion() string { return r.version }
+
+func (r *sotwResponse) GetReturnedResources() map[string]string { return r.returned }
+
+func (r *sotwResponse) GetContext() context.Context { return context.Background() }
+
+var _ cachev3.Response = (*sotwResponse)(nil)
 
 // returnedAll is the name under which a SotW stream remembers that it was
 // sent every resource of a version: the whole state of that type, since
@@ -310,13 +316,10 @@ func (c *servingCache) CreateDeltaWatch(node string, req *cachev3.DeltaRequest, 
 	if n.snap != nil && n.respondDelta(n.snap, w) {
 		return nil
 	}
-	if n.delta == nil {
-		n.delta = make(map[*deltaWatch]struct{})
-	}
-	n.delta[w] = struct{}{}
+	n.delta = append(n.delta, w)
 	return func() {
 		n.mu.Lock()
-		delete(n.delta, w)
+		n.delta = slices.DeleteFunc(n.delta, func(x *deltaWatch) bool { return x == w })
 		n.mu.Unlock()
 	}
 }

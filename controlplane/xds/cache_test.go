@@ -126,8 +126,8 @@ func TestSotWCacheResponseIsPreEncoded(t *testing.T) {
 	req := &discoveryv3.DiscoveryRequest{Node: &corev3.Node{Id: "n"}, TypeUrl: resourcev3.ClusterType}
 	c.CreateWatch("n", req, stream.NewSotwSubscription(nil, true), sendTo(ch))
 	r := <-ch
-	if _, ok := r.(*cachev3.PassthroughResponse); !ok {
-		t.Fatalf("response is a %T, want a pre-encoded *cache.PassthroughResponse", r)
+	if _, ok := r.(*sotwResponse); !ok {
+		t.Fatalf("response is a %T, want a pre-encoded *sotwResponse", r)
 	}
 	dr, err := r.GetDiscoveryResponse()
 	if err != nil {
@@ -385,5 +385,44 @@ func TestSotWCacheNamedAndWildcard(t *testing.T) {
 	case r := <-ch:
 		t.Errorf("an up-to-date wildcard request got a response: %v", r)
 	default:
+	}
+}
+
+// TestSotWFullListKeptOnlyWhenShared: a snapshot served to several nodes
+// keeps one list of its resources for every full SotW response; a node's own
+// snapshot lists them for each response and keeps none (distinct workloads'
+// lists were most of what their snapshots added to the live heap).
+func TestSotWFullListKeptOnlyWhenShared(t *testing.T) {
+	t.Parallel()
+	for _, shared := range []bool{false, true} {
+		snap, _ := testSnapshots(t)
+		if shared {
+			snap.markShared()
+		}
+		c := newTestCache()
+		var lists [][]*anypb.Any
+		for _, node := range []string{"a", "b"} {
+			if err := c.SetSnapshot(context.Background(), node, snap); err != nil {
+				t.Fatal(err)
+			}
+			ch := make(chan cachev3.Response, 1)
+			req := &discoveryv3.DiscoveryRequest{Node: &corev3.Node{Id: node}, TypeUrl: resourcev3.ClusterType}
+			c.CreateWatch(node, req, stream.NewSotwSubscription(nil, true), sendTo(ch))
+			dr, err := (<-ch).GetDiscoveryResponse()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got, want := names(t, dr.GetResources()), servedNames(&snap.clusters); !slices.Equal(got, want) {
+				t.Fatalf("shared=%v: node %s got %v, want %v", shared, node, got, want)
+			}
+			lists = append(lists, dr.GetResources())
+		}
+		kept := snap.clusters.all.Load() != nil
+		if kept != shared {
+			t.Errorf("shared=%v: the list of every cluster kept: %v", shared, kept)
+		}
+		if same := &lists[0][0] == &lists[1][0]; same != shared {
+			t.Errorf("shared=%v: both nodes' responses have the same list: %v", shared, same)
+		}
 	}
 }

@@ -180,6 +180,12 @@ func (s *Server) SetSnapshots(ctx context.Context, next Snapshots) (UpdateResult
 		ids = append(ids, id)
 	}
 	slices.Sort(ids)
+	users := make(map[*Snapshot]int, len(next.Nodes))
+	for _, snap := range next.Nodes {
+		if users[snap]++; users[snap] == 2 {
+			snap.markShared()
+		}
+	}
 	for _, id := range ids {
 		snap := next.Nodes[id]
 		if old, ok := prev[id]; ok && old.Versions() == snap.Versions() {

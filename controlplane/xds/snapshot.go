@@ -48,15 +48,21 @@ func NewResource(name, typeURL string, encoded []byte) *Resource {
 type servedType struct {
 	version   string
 	resources []*Resource // sorted by name; names are unique
-	// all is resources[i].any, a full SotW response's resources: made by
-	// the first SotW response of the type (delta streams never need it;
-	// 1.8 KiB per node of distinct workloads), then shared.
+	// shared: the snapshot is served to more than one node (replicas of
+	// one shape; Server.SetSnapshots counts them before serving it).
+	shared atomic.Bool
+	// all is resources[i].any, a full SotW response's resources, kept for
+	// a shared type: made by its first SotW response, then shared by the
+	// responses to every node. A type of one node lists them for each
+	// response as it is sent instead (fullResources): kept, the lists of
+	// 10,000 distinct workloads were 14 MiB of the live heap.
 	all atomic.Pointer[[]*anypb.Any]
 	// returned is what a SotW stream sent all of them remembers
 	// ({returnedAll: version}): one map for every stream, which must never
 	// be modified (adsStream.sotwRequest copies it before go-control-plane's
-	// subscription could).
-	returned map[string]string
+	// subscription could). Made by the first SotW response (delta streams
+	// never need it).
+	returned atomic.Pointer[map[string]string]
 }
 
 // lookup returns the resource named name, or nil.
@@ -68,10 +74,10 @@ func (t *servedType) lookup(name string) *Resource {
 	return t.resources[i]
 }
 
-// anys returns every resource's Any, in name order: a full SotW response's
-// resources. The slice is made once per servedType and shared; it must not be
-// modified.
-func (t *servedType) anys() []*anypb.Any {
+// fullResources returns every resource's Any, in name order: a full SotW
+// response's resources. The slice of a shared type is made once and shared;
+// it must not be modified.
+func (t *servedType) fullResources() []*anypb.Any {
 	if len(t.resources) == 0 {
 		return nil
 	}
@@ -82,10 +88,29 @@ func (t *servedType) anys() []*anypb.Any {
 	for i, r := range t.resources {
 		all[i] = r.any
 	}
+	if !t.shared.Load() {
+		return all
+	}
 	if !t.all.CompareAndSwap(nil, &all) {
 		return *t.all.Load() // another response made it first
 	}
 	return all
+}
+
+// returnedMap returns the map {returnedAll: version} that every SotW stream
+// sent all of t keeps; it must not be modified.
+func (t *servedType) returnedMap() map[string]string {
+	if t == emptyType {
+		return map[string]string{returnedAll: ""} // no state kept in the shared empty type
+	}
+	if p := t.returned.Load(); p != nil {
+		return *p
+	}
+	m := map[string]string{returnedAll: t.version}
+	if !t.returned.CompareAndSwap(nil, &m) {
+		return *t.returned.Load()
+	}
+	return m
 }
 
 // init sorts resources by name, in place, keeps them, and versions them by
@@ -106,7 +131,6 @@ func (t *servedType) init(typeURL string, resources []*Resource, scratch []byte)
 	}
 	sum := sha256.Sum256(b)
 	t.version = hex.EncodeToString(sum[:12])
-	t.returned = map[string]string{returnedAll: t.version}
 	return b, nil
 }
 
@@ -138,6 +162,13 @@ func (b *SnapshotBuilder) Snapshot(listeners, clusters []*Resource) (*Snapshot, 
 	}
 	b.scratch = scratch
 	return s, nil
+}
+
+// markShared records that the snapshot is served to more than one node (see
+// servedType.shared). Called before it is served.
+func (s *Snapshot) markShared() {
+	s.listeners.shared.Store(true)
+	s.clusters.shared.Store(true)
 }
 
 // Versions are the snapshot's versions.

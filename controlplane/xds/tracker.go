@@ -66,13 +66,17 @@ func (s *streamState) lastSent(typeURL string) *sentResponse {
 	return nil
 }
 
+// nodeState is one node. A node has one stream and two types, nearly
+// always: slices cost a fraction of maps (two maps were about 0.5 KiB per
+// proxy, 5 MiB at 10,000).
 type nodeState struct {
 	inMesh  bool
-	streams map[streamKey]bool
-	types   map[string]*typeState // by type URL
+	streams []streamKey
+	types   []*typeState
 }
 
 type typeState struct {
+	url       string
 	served    string    // version in the snapshot cache
 	changedAt time.Time // when the config change that produced served was seen
 	measured  bool      // the ACK latency of served was observed
@@ -99,19 +103,30 @@ func newTracker(log *slog.Logger, m *metrics) *tracker {
 func (t *tracker) node(id string) *nodeState {
 	n, ok := t.nodes[id]
 	if !ok {
-		n = &nodeState{streams: make(map[streamKey]bool), types: make(map[string]*typeState)}
+		n = &nodeState{}
 		t.nodes[id] = n
 	}
 	return n
 }
 
+// typ returns the state of the type url, created when missing.
 func (n *nodeState) typ(url string) *typeState {
-	s, ok := n.types[url]
-	if !ok {
-		s = &typeState{}
-		n.types[url] = s
+	if s := n.lookup(url); s != nil {
+		return s
 	}
+	s := &typeState{url: url}
+	n.types = append(n.types, s)
 	return s
+}
+
+// lookup returns the state of the type url, nil when there is none.
+func (n *nodeState) lookup(url string) *typeState {
+	for _, s := range n.types {
+		if s.url == url {
+			return s
+		}
+	}
+	return nil
 }
 
 // typeLabel is the short metric label of a type URL.
@@ -162,7 +177,7 @@ func (t *tracker) nackedVersion(nodeID, typeURL string) string {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	if n, ok := t.nodes[nodeID]; ok {
-		if ts, ok := n.types[typeURL]; ok {
+		if ts := n.lookup(typeURL); ts != nil {
 			return ts.nacked
 		}
 	}
@@ -209,8 +224,9 @@ func (t *tracker) close(protocol string, id int64) {
 	if ok && s.node != "" {
 		t.metrics.connected.WithLabelValues(protocol).Dec()
 		if n, ok := t.nodes[s.node]; ok {
-			delete(n.streams, key)
+			n.streams = slices.DeleteFunc(n.streams, func(k streamKey) bool { return k == key })
 			if len(n.streams) == 0 {
+				n.streams = nil
 				idle = s.node
 				if !n.inMesh {
 					delete(t.nodes, s.node)
@@ -255,7 +271,8 @@ func (t *tracker) request(protocol string, id int64, node *corev3.Node, typeURL,
 			return status.Errorf(codes.InvalidArgument, "node id changed on the stream from %q to %q", s.node, nodeID)
 		}
 		s.node = nodeID
-		t.node(nodeID).streams[key] = true
+		n := t.node(nodeID)
+		n.streams = append(n.streams, key)
 		t.metrics.connected.WithLabelValues(protocol).Inc()
 		t.log.Info("proxy connected", "node_id", nodeID, "protocol", protocol, "peer", s.peer)
 	}
@@ -346,20 +363,20 @@ func (t *tracker) status() []NodeStatus {
 	out := make([]NodeStatus, 0, len(t.nodes))
 	for id, n := range t.nodes {
 		ns := NodeStatus{NodeID: id, InMesh: n.inMesh, Streams: []StreamStatus{}, Resources: make(map[string]TypeStatus, len(n.types))}
-		for key := range n.streams {
+		for _, key := range n.streams {
 			if s, ok := t.streams[key]; ok {
 				ns.Streams = append(ns.Streams, StreamStatus{Protocol: s.protocol, Peer: s.peer, Opened: s.opened})
 			}
 		}
 		slices.SortFunc(ns.Streams, func(a, b StreamStatus) int { return a.Opened.Compare(b.Opened) })
-		for url, ts := range n.types {
+		for _, ts := range n.types {
 			st := TypeStatus{Served: ts.served, Sent: ts.sent, Acked: ts.acked, InSync: ts.served != "" && ts.acked == ts.served,
 				NACKs: ts.nacks, Nacked: ts.nacked, LastNACK: ts.lastNack}
 			if !ts.ackedAt.IsZero() {
 				at := ts.ackedAt
 				st.AckedAt = &at
 			}
-			ns.Resources[typeLabel(url)] = st
+			ns.Resources[typeLabel(ts.url)] = st
 		}
 		out = append(out, ns)
 	}

@@ -234,12 +234,18 @@ func (w *watched) invalid(t *testing.T) error {
 // quiet checks that nothing is delivered or reported for a while.
 func (w *watched) quiet(t *testing.T) {
 	t.Helper()
+	w.quietFor(t, 3*testSettle)
+}
+
+// quietFor is quiet for a source whose settle time is a third of d.
+func (w *watched) quietFor(t *testing.T, d time.Duration) {
+	t.Helper()
 	select {
 	case m := <-w.sink.updates:
 		t.Fatalf("delivered a mesh with %d workloads and port %d, want nothing", len(m.Workloads), m.Services[0].Ports[0].Port)
 	case err := <-w.sink.invalids:
 		t.Fatalf("reported %v, want nothing", err)
-	case <-time.After(3 * testSettle):
+	case <-time.After(d):
 	}
 }
 
@@ -435,15 +441,19 @@ func TestDecodeMeshBoundsErrors(t *testing.T) {
 // applied, even as the content served before, so the report is cleared.
 func TestFileSourceNeverSettles(t *testing.T) {
 	t.Parallel()
+	// Longer than the other tests' settle time: the test's own sleeps of a
+	// third of it must stay shorter than it on a loaded machine, or a change
+	// meant to be still changing settles.
+	const settle = 400 * time.Millisecond
 	path := filepath.Join(t.TempDir(), "mesh.yaml")
 	writeAtomic(t, path, meshOf(4, 80))
 	sink := &recordingSink{updates: make(chan *Mesh, 100), invalids: make(chan error, 100)}
 	w := &watched{sink: sink}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	const after = 10 * testSettle // the least WarnChangingAfter can be
+	const after = 10 * settle // the least WarnChangingAfter can be
 	go func() {
-		done <- (&FileSource{Path: path, Interval: testInterval, Settle: testSettle, WarnChangingAfter: after}).Run(ctx, sink)
+		done <- (&FileSource{Path: path, Interval: testInterval, Settle: settle, WarnChangingAfter: after}).Run(ctx, sink)
 	}()
 	t.Cleanup(func() {
 		cancel()
@@ -466,7 +476,7 @@ func TestFileSourceNeverSettles(t *testing.T) {
 			select {
 			case <-stop:
 				return
-			case <-time.After(testSettle / 3):
+			case <-time.After(settle / 3):
 			}
 			if _, err := fmt.Fprintf(f, "# line %d\n", i); err != nil {
 				t.Error(err)
@@ -476,18 +486,18 @@ func TestFileSourceNeverSettles(t *testing.T) {
 	}()
 	start := time.Now()
 	err := w.invalid(t)
-	if since := time.Since(start); since < after-testSettle {
+	if since := time.Since(start); since < after-settle {
 		t.Errorf("reported after %s, before WarnChangingAfter (%s)", since, after)
 	}
 	if !errors.Is(err, ErrUnsettled) || !strings.Contains(err.Error(), "mesh file "+path+": has been changing for ") ||
-		!strings.Contains(err.Error(), "(it is read once it stays the same for 150ms); the previous mesh stays served") {
+		!strings.Contains(err.Error(), "(it is read once it stays the same for 400ms); the previous mesh stays served") {
 		t.Errorf("reported %v", err)
 	}
-	w.quiet(t) // still changing: said once
+	w.quietFor(t, 3*settle) // still changing: said once
 	close(stop)
 	<-stopped
 	wantMesh(t, w.update(t), 4, 80)
-	w.quiet(t)
+	w.quietFor(t, 3*settle)
 
 	// Changing for a while and back to the served content before the
 	// bound: nothing to say, nothing to apply.
@@ -496,23 +506,23 @@ func TestFileSourceNeverSettles(t *testing.T) {
 		t.Fatal(err)
 	}
 	writeAtomic(t, path, meshOf(4, 81))
-	time.Sleep(testSettle / 3)
+	time.Sleep(settle / 3)
 	writeAtomic(t, path, string(served))
-	w.quiet(t)
+	w.quietFor(t, 3*settle)
 
 	// Flapping between another content and the served one past the bound,
 	// then settling as the served one: given again, so the sink clears
 	// what it showed.
-	deadline := time.Now().Add(after + 2*testSettle)
+	deadline := time.Now().Add(after + 2*settle)
 	for i := 0; time.Now().Before(deadline); i++ {
 		writeAtomic(t, path, meshOf(4, 81+i%2))
-		time.Sleep(testSettle / 3)
+		time.Sleep(settle / 3)
 		writeAtomic(t, path, string(served))
-		time.Sleep(testSettle / 3)
+		time.Sleep(settle / 3)
 	}
 	if err := w.invalid(t); !errors.Is(err, ErrUnsettled) {
 		t.Errorf("reported %v, want ErrUnsettled", err)
 	}
 	wantMesh(t, w.update(t), 4, 80)
-	w.quiet(t)
+	w.quietFor(t, 3*settle)
 }

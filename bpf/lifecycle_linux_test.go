@@ -317,15 +317,7 @@ func TestOriginalDestinationOutlivesTheAppsSocket(t *testing.T) {
 		return c.Close()
 	})
 	time.Sleep(100 * time.Millisecond) // the app's socket is closed by now
-	c, err := ln.Accept()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	dst, err := origdst.Get(c.(*net.TCPConn))
-	if err != nil || dst.String() != "198.51.100.7:8443" {
-		t.Errorf("SO_ORIGINAL_DST after the app closed = %v, %v; want 198.51.100.7:8443", dst, err)
-	}
+	c := acceptAsking(t, ln, "198.51.100.7:8443", "after the app closed")
 	if got, _ := io.ReadAll(c); string(got) != "request" {
 		t.Errorf("proxy read %q, want the app's request", got)
 	}
@@ -469,15 +461,7 @@ func TestRemoveAnswersConnectionsRedirectedBeforeIt(t *testing.T) {
 	removed := make(chan error, 1)
 	go func() { removed <- ld.Remove(scope) }()
 	time.Sleep(30 * time.Millisecond) // the proxy accepts while Remove runs
-	c, err := ln.Accept()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	dst, err := origdst.Get(c.(*net.TCPConn))
-	if err != nil || dst.String() != "198.51.100.7:8443" {
-		t.Errorf("SO_ORIGINAL_DST asked during Remove = %v, %v; want 198.51.100.7:8443", dst, err)
-	}
+	acceptAsking(t, ln, "198.51.100.7:8443", "asked during Remove")
 	if err := <-removed; err != nil {
 		t.Fatal(err)
 	}
@@ -504,4 +488,21 @@ func TestRemoveAnswersConnectionsRedirectedBeforeIt(t *testing.T) {
 	case <-time.After(30 * time.Second):
 		t.Fatal("Remove still waits for a connection no proxy asks for")
 	}
+}
+
+// acceptAsking accepts a connection on ln as a proxy does, and checks the
+// original destination SO_ORIGINAL_DST gives for it (when says when it was
+// asked). The connection is closed when the test ends.
+func acceptAsking(t *testing.T, ln net.Listener, want, when string) net.Conn {
+	t.Helper()
+	c, err := ln.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	dst, err := origdst.Get(c.(*net.TCPConn))
+	if err != nil || dst.String() != want {
+		t.Errorf("SO_ORIGINAL_DST %s = %v, %v; want %s", when, dst, err, want)
+	}
+	return c
 }

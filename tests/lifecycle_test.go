@@ -322,19 +322,9 @@ func TestLifecycle(t *testing.T) {
 					}
 					want, what = "--dport "+port, "added -p tcp --dport "+port+" -j RETURN to "+rule.table+" "+rule.chain
 				}
-				r := check()
-				if r.code != 3 || !strings.Contains(r.stdout+r.stderr, want) {
-					t.Errorf("check after someone %s: want exit 3 and a diff showing %q:\n%s", what, want, r)
-				}
-				p.install("--dns-capture", "all")
-				if r := check(); r.code != 0 {
-					t.Errorf("check after re-install repaired %s:\n%s", what, r)
-				}
+				driftRepaired(t, p, check, want, what)
 			}
-			p.uninstall()
-			if r := check(); r.code != 4 {
-				t.Errorf("check with nothing installed: want exit 4:\n%s", r)
-			}
+			uninstalledCheck(t, p, check)
 		})
 	})
 
@@ -424,12 +414,6 @@ func uninstallRestores(t *testing.T, v variant, families []lab.Family, ipFamilie
 	}
 }
 
-// ebpfDrift is L8 for the ebpf backend: its state is its inbound table,
-// which someone can delete or flush with nft, and the entries of its pinned
-// maps, which someone can edit or delete with bpftool (the pod has a pin
-// directory of its own, so each map holds only its entries); check reports
-// each (exit 3), status says the maps differ from what detour wrote, and a
-// re-install repairs them.
 // nftablesDrift is L8 for the nftables backend: someone deletes a rule of
 // table inet detour, or inserts one, with nft; check exits 3 with a diff that
 // shows the chain, and a re-install repairs it.
@@ -474,21 +458,39 @@ func nftablesDrift(t *testing.T, p *pod, check func() result) {
 			}
 			want, what = "-add rule inet detour "+r.chain+" # rule handle", "inserted tcp dport "+port+" return into "+r.chain
 		}
-		res := check()
-		if res.code != 3 || !strings.Contains(res.stdout+res.stderr, want) {
-			t.Errorf("check after someone %s: want exit 3 and a diff showing %q:\n%s", what, want, res)
-		}
-		p.install("--dns-capture", "all")
-		if res := check(); res.code != 0 {
-			t.Errorf("check after re-install repaired what someone %s:\n%s", what, res)
-		}
+		driftRepaired(t, p, check, want, what)
 	}
+	uninstalledCheck(t, p, check)
+}
+
+// driftRepaired is L8 after someone changed detour's rules (what): check
+// exits 3 with a diff that shows want, and a re-install repairs it.
+func driftRepaired(t *testing.T, p *pod, check func() result, want, what string) {
+	t.Helper()
+	if r := check(); r.code != 3 || !strings.Contains(r.stdout+r.stderr, want) {
+		t.Errorf("check after someone %s: want exit 3 and a diff showing %q:\n%s", what, want, r)
+	}
+	p.install("--dns-capture", "all")
+	if r := check(); r.code != 0 {
+		t.Errorf("check after re-install repaired what someone %s:\n%s", what, r)
+	}
+}
+
+// uninstalledCheck: after uninstall, check exits 4 (nothing installed).
+func uninstalledCheck(t *testing.T, p *pod, check func() result) {
+	t.Helper()
 	p.uninstall()
 	if r := check(); r.code != 4 {
 		t.Errorf("check with nothing installed: want exit 4:\n%s", r)
 	}
 }
 
+// ebpfDrift is L8 for the ebpf backend: its state is its inbound table,
+// which someone can delete or flush with nft, and the entries of its pinned
+// maps, which someone can edit or delete with bpftool (the pod has a pin
+// directory of its own, so each map holds only its entries); check reports
+// each (exit 3), status says the maps differ from what detour wrote, and a
+// re-install repairs them.
 func ebpfDrift(t *testing.T, p *pod, check func() result) {
 	t.Helper()
 	privtest.Require(t, "bpftool")
@@ -547,10 +549,7 @@ func ebpfDrift(t *testing.T, p *pod, check func() result) {
 			t.Errorf("status after re-install #%d repaired what someone %s: want no drift note:\n%s", i+1, c.what, r)
 		}
 	}
-	p.uninstall()
-	if r := check(); r.code != 4 {
-		t.Errorf("check with nothing installed: want exit 4:\n%s", r)
-	}
+	uninstalledCheck(t, p, check)
 	if left := pinsLeft(t, p.env); len(left) != 0 {
 		t.Errorf("uninstall left pins: %q", left)
 	}

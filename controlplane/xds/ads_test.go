@@ -31,6 +31,19 @@ func adsClient(t *testing.T, srv *Server) discoveryv3.AggregatedDiscoveryService
 	return discoveryv3.NewAggregatedDiscoveryServiceClient(conn)
 }
 
+// serving is a Server that holds before as node n's snapshot, a client of
+// it, and a context that ends with the test (testTimeout at the most).
+func serving(t *testing.T, before *Snapshot) (*Server, discoveryv3.AggregatedDiscoveryServiceClient, context.Context) {
+	t.Helper()
+	srv := NewServer(Options{})
+	ctx, cancel := context.WithTimeout(context.Background(), testTimeout)
+	t.Cleanup(cancel)
+	if _, err := srv.SetSnapshots(ctx, Snapshots{Nodes: map[string]*Snapshot{"n": before}}); err != nil {
+		t.Fatal(err)
+	}
+	return srv, adsClient(t, srv), ctx
+}
+
 // responses receives a stream's responses on one goroutine until it ends.
 func responses[R any](recv func() (*R, error)) <-chan *R {
 	ch := make(chan *R, 16)
@@ -68,13 +81,8 @@ func within[R any](t *testing.T, ch <-chan *R, d time.Duration) *R {
 func TestADSSotWAnswersOnlyTheLastResponse(t *testing.T) {
 	t.Parallel()
 	before, after := testSnapshots(t)
-	srv := NewServer(Options{})
-	ctx, cancel := context.WithTimeout(context.Background(), testTimeout)
-	defer cancel()
-	if _, err := srv.SetSnapshots(ctx, Snapshots{Nodes: map[string]*Snapshot{"n": before}}); err != nil {
-		t.Fatal(err)
-	}
-	st, err := adsClient(t, srv).StreamAggregatedResources(ctx)
+	srv, client, ctx := serving(t, before)
+	st, err := client.StreamAggregatedResources(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -120,13 +128,8 @@ func TestADSSotWAnswersOnlyTheLastResponse(t *testing.T) {
 func TestADSDeltaPushAndSubscribe(t *testing.T) {
 	t.Parallel()
 	before, after := testSnapshots(t)
-	srv := NewServer(Options{})
-	ctx, cancel := context.WithTimeout(context.Background(), testTimeout)
-	defer cancel()
-	if _, err := srv.SetSnapshots(ctx, Snapshots{Nodes: map[string]*Snapshot{"n": before}}); err != nil {
-		t.Fatal(err)
-	}
-	st, err := adsClient(t, srv).DeltaAggregatedResources(ctx)
+	srv, client, ctx := serving(t, before)
+	st, err := client.DeltaAggregatedResources(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -170,13 +173,8 @@ func TestADSDeltaPushAndSubscribe(t *testing.T) {
 func TestADSWatchKeepsNoNode(t *testing.T) {
 	t.Parallel()
 	before, _ := testSnapshots(t)
-	srv := NewServer(Options{})
-	ctx, cancel := context.WithTimeout(context.Background(), testTimeout)
-	defer cancel()
-	if _, err := srv.SetSnapshots(ctx, Snapshots{Nodes: map[string]*Snapshot{"n": before}}); err != nil {
-		t.Fatal(err)
-	}
-	st, err := adsClient(t, srv).StreamAggregatedResources(ctx)
+	srv, client, ctx := serving(t, before)
+	st, err := client.StreamAggregatedResources(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}

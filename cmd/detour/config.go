@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"slices"
 	"strings"
 
 	"github.com/spf13/pflag"
@@ -21,6 +22,8 @@ type configOptions struct {
 	values  map[string]*string // field path → flag value, for every redirect.Field
 	flags   *pflag.FlagSet
 	environ func(string) (string, bool) // os.LookupEnv; tests pass a map lookup
+	// envNames lists the environment's variables (nil: os.Environ's).
+	envNames func() []string
 	// noFlag names fields that get no flag of their own, because the command
 	// uses the name for something else (explain's --inbound); files and
 	// environment still set them.
@@ -91,6 +94,9 @@ func (o *configOptions) load(stdin io.Reader) (redirect.Config, error) {
 	lookup := o.environ
 	if lookup == nil {
 		lookup = os.LookupEnv
+	}
+	if err := o.checkEnvNames(lookup); err != nil {
+		return redirect.Config{}, err
 	}
 	preset, presetSource, presetGiven := o.preset, "--preset", o.flags.Changed("preset")
 	if v, ok := lookup("DETOUR_PRESET"); ok && !presetGiven {
@@ -165,4 +171,30 @@ func unwrapPathError(err error) string {
 		return pe.Err.Error()
 	}
 	return err.Error()
+}
+
+// checkEnvNames refuses a DETOUR_* variable that is a near miss of a
+// setting's (misspeltSetting), naming it and the setting it is near.
+func (o *configOptions) checkEnvNames(lookup func(string) (string, bool)) error {
+	names := o.envNames
+	if names == nil {
+		names = func() []string {
+			var out []string
+			for _, kv := range os.Environ() {
+				name, _, _ := strings.Cut(kv, "=")
+				out = append(out, name)
+			}
+			return out
+		}
+	}
+	list := names()
+	slices.Sort(list)
+	for _, name := range list {
+		if near := misspeltSetting(name); near != "" {
+			v, _ := lookup(name)
+			return &sourceError{"environment", &redirect.FieldError{Field: name, Value: v,
+				Reason: "is not a setting of detour (did you mean " + near + "?): correct its name or unset it"}}
+		}
+	}
+	return nil
 }

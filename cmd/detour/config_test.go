@@ -2,6 +2,7 @@ package main
 
 import (
 	"errors"
+	"maps"
 	"os"
 	"path/filepath"
 	"slices"
@@ -18,7 +19,10 @@ import (
 func parseConfig(t *testing.T, args []string, env map[string]string, stdin string) (redirect.Config, error) {
 	t.Helper()
 	fs := pflag.NewFlagSet("test", pflag.ContinueOnError)
-	o := &configOptions{environ: func(k string) (string, bool) { v, ok := env[k]; return v, ok }}
+	o := &configOptions{
+		environ:  func(k string) (string, bool) { v, ok := env[k]; return v, ok },
+		envNames: func() []string { return slices.Collect(maps.Keys(env)) },
+	}
 	bindConfigFlags(fs, o)
 	if err := fs.Parse(args); err != nil {
 		return redirect.Config{}, err
@@ -95,6 +99,9 @@ func TestConfigErrorsNameSourceFieldAndValue(t *testing.T) {
 		{"empty file", []string{"--config", empty}, nil, []string{"--config", `config: "` + empty + `" is empty`}},
 		{"comments only", []string{"--config", comments}, nil, []string{"--config", `config: "` + comments + `" is empty`}},
 		{"empty file from env", nil, map[string]string{"DETOUR_CONFIG": empty}, []string{`config: "` + empty + `" is empty`}},
+		{"misspelt env", nil, map[string]string{"DETOUR_PROXY_ID": "1337"}, []string{"environment", `DETOUR_PROXY_ID: "1337" is not a setting of detour (did you mean DETOUR_PROXY_UID?)`}},
+		{"singular env", nil, map[string]string{"DETOUR_EXCLUDE_OUTBOUND_PORT": "22"}, []string{`DETOUR_EXCLUDE_OUTBOUND_PORT: "22" is not a setting of detour (did you mean DETOUR_EXCLUDE_OUTBOUND_PORTS?)`}},
+		{"env in path order", nil, map[string]string{"DETOUR_OUTBOUND_EXCLUDE_PORTS": "22"}, []string{`(did you mean DETOUR_EXCLUDE_OUTBOUND_PORTS?)`}},
 		{"unknown preset", []string{"--preset", "linkerd"}, nil, []string{`preset: "linkerd" is not one of istio, kuma`}},
 		{"empty preset", []string{"--preset", ""}, nil, []string{"--preset", `preset: "" is not one of istio, kuma`}},
 		{"empty env preset", nil, map[string]string{"DETOUR_PRESET": ""}, []string{"DETOUR_PRESET", `preset: "" is not one of istio, kuma`}},

@@ -1,0 +1,79 @@
+package main
+
+import (
+	"slices"
+	"strings"
+
+	"github.com/detour-mesh/detour/redirect"
+)
+
+// Environment variables detour reads besides the settings' own
+// (redirect.Field.EnvName): a near miss of a setting's name is refused, these
+// are not settings and never are.
+var otherEnv = []string{"DETOUR_PRESET", "DETOUR_CONFIG", "DETOUR_EBPF_PIN_DIR", "DETOUR_EBPF_CGROUP_ROOT"}
+
+// misspeltSetting returns the setting's variable that name, a DETOUR_*
+// variable that is not one, was most likely meant to be — one or two letters
+// away (DETOUR_PROXY_ID, DETOUR_EXCLUDE_OUTBOUND_PORT) or its words in
+// another order (DETOUR_OUTBOUND_EXCLUDE_PORTS, the YAML path's order) — or
+// "" when it is not near any. detour refuses such a variable: ignoring it
+// would apply a configuration the user did not write (a proxy uid left at the
+// default makes the proxy's own traffic loop).
+func misspeltSetting(name string) string {
+	if !strings.HasPrefix(name, "DETOUR_") || slices.Contains(otherEnv, name) {
+		return ""
+	}
+	for _, f := range redirect.Fields() {
+		if f.EnvName() == name {
+			return ""
+		}
+	}
+	suffix := strings.TrimPrefix(name, "DETOUR_")
+	best, bestDist := "", 3
+	for _, f := range redirect.Fields() {
+		want := strings.TrimPrefix(f.EnvName(), "DETOUR_")
+		if sameWords(suffix, want) {
+			return f.EnvName()
+		}
+		if d := distance(suffix, want, bestDist); d < bestDist {
+			best, bestDist = f.EnvName(), d
+		}
+	}
+	return best
+}
+
+func sameWords(a, b string) bool {
+	wa, wb := strings.Split(a, "_"), strings.Split(b, "_")
+	slices.Sort(wa)
+	slices.Sort(wb)
+	return slices.Equal(wa, wb)
+}
+
+// distance is the Levenshtein distance of a and b, or limit when it is limit
+// or more.
+func distance(a, b string, limit int) int {
+	if d := len(a) - len(b); d >= limit || -d >= limit {
+		return limit
+	}
+	prev, cur := make([]int, len(b)+1), make([]int, len(b)+1)
+	for j := range prev {
+		prev[j] = j
+	}
+	for i := 1; i <= len(a); i++ {
+		cur[0] = i
+		rowMin := cur[0]
+		for j := 1; j <= len(b); j++ {
+			cost := 1
+			if a[i-1] == b[j-1] {
+				cost = 0
+			}
+			cur[j] = min(prev[j]+1, cur[j-1]+1, prev[j-1]+cost)
+			rowMin = min(rowMin, cur[j])
+		}
+		if rowMin >= limit {
+			return limit
+		}
+		prev, cur = cur, prev
+	}
+	return min(prev[len(b)], limit)
+}

@@ -65,7 +65,8 @@ func ebpfSetup() {
 		n.skip = "this process is in no cgroup v2 cgroup"
 		return
 	}
-	if n.bpffs, n.err = os.MkdirTemp("", "detour-e2e-bpffs-"); n.err != nil {
+	removeStale(root)
+	if n.bpffs, n.err = os.MkdirTemp("", fmt.Sprintf("detour-e2e-bpffs-%d-", os.Getpid())); n.err != nil {
 		return
 	}
 	if err := unix.Mount("bpf", n.bpffs, "bpf", 0, "mode=0700"); err != nil {
@@ -81,6 +82,35 @@ func ebpfSetup() {
 	}
 	if err := os.WriteFile(filepath.Join(n.cgroup, "cgroup.procs"), []byte(strconv.Itoa(os.Getpid())), 0); err != nil {
 		n.err = fmt.Errorf("enter test cgroup: %w", err)
+	}
+}
+
+// removeStale removes what a run that could not tear down (killed, or ended
+// by -timeout's panic) left: the private bpffs mounts and cgroups named with
+// the id of a process that is gone. Unmounting a bpffs drops its pins, and
+// with them the links that keep detour's programs attached in the run's
+// cgroup. A name whose process is alive (another run now) is left alone.
+func removeStale(cgroupRoot string) {
+	gone := func(name, prefix string) bool {
+		rest, ok := strings.CutPrefix(filepath.Base(name), prefix)
+		if !ok {
+			return false
+		}
+		pid, err := strconv.Atoi(strings.SplitN(rest, "-", 2)[0])
+		return err == nil && pid > 0 && pid != os.Getpid() && errors.Is(unix.Kill(pid, 0), unix.ESRCH)
+	}
+	mounts, _ := filepath.Glob(filepath.Join(os.TempDir(), "detour-e2e-bpffs-*"))
+	for _, m := range mounts {
+		if gone(m, "detour-e2e-bpffs-") {
+			_ = unix.Unmount(m, unix.MNT_DETACH)
+			os.Remove(m)
+		}
+	}
+	cgroups, _ := filepath.Glob(filepath.Join(cgroupRoot, "detour-e2e-*"))
+	for _, c := range cgroups {
+		if gone(c, "detour-e2e-") {
+			os.Remove(c) // refused while a process is still in it
+		}
 	}
 }
 
@@ -289,4 +319,52 @@ func pinsLeft(t *testing.T, env []string) []string {
 		return nil
 	})
 	return left
+}
+
+// TestStaleRunLeftoversRemoved: a run killed before its teardown left a
+// private bpffs and a cgroup named with its process id; the next run removes
+// them, and leaves alone those of a run whose process is alive.
+func TestStaleRunLeftoversRemoved(t *testing.T) {
+	privtest.Require(t)
+	root := t.TempDir() // stands in for the cgroup root: only directories are removed there
+	dead := deadPID(t)
+	staleMount := filepath.Join(os.TempDir(), fmt.Sprintf("detour-e2e-bpffs-%d-test", dead))
+	if err := os.Mkdir(staleMount, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Mount("bpf", staleMount, "bpf", 0, "mode=0700"); err != nil {
+		os.Remove(staleMount)
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { unix.Unmount(staleMount, unix.MNT_DETACH); os.Remove(staleMount) })
+	staleCgroup := filepath.Join(root, fmt.Sprintf("detour-e2e-%d-1", dead))
+	liveCgroup := filepath.Join(root, "detour-e2e-1-1") // pid 1 is alive
+	for _, d := range []string{staleCgroup, liveCgroup} {
+		if err := os.Mkdir(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	removeStale(root)
+	if _, err := os.Stat(staleMount); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("the stale bpffs %s is still there (%v)", staleMount, err)
+	}
+	if _, err := os.Stat(staleCgroup); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("the stale cgroup %s is still there (%v)", staleCgroup, err)
+	}
+	if _, err := os.Stat(liveCgroup); err != nil {
+		t.Errorf("the cgroup of a live run was removed: %v", err)
+	}
+}
+
+// deadPID is the id of a process that has exited.
+func deadPID(t *testing.T) int {
+	t.Helper()
+	p, err := os.StartProcess("/bin/true", []string{"true"}, &os.ProcAttr{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := p.Wait(); err != nil {
+		t.Fatal(err)
+	}
+	return p.Pid
 }

@@ -8,11 +8,13 @@ import (
 	"strings"
 	"time"
 
+	"github.com/detour-mesh/detour/internal/ebpfpins"
 	"github.com/detour-mesh/detour/redirect"
 )
 
-// DefaultPinDir is where detour pins its maps and links.
-const DefaultPinDir = "/sys/fs/bpf/detour"
+// DefaultPinDir is where detour pins its maps and links (the builds without
+// this backend look there through internal/ebpfpins).
+const DefaultPinDir = ebpfpins.DefaultDir
 
 // Options configure a Loader; the zero value means the defaults.
 type Options struct {

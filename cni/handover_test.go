@@ -10,18 +10,8 @@ import (
 	"github.com/containernetworking/cni/pkg/skel"
 	"github.com/containernetworking/cni/pkg/types"
 
-	"github.com/detour-mesh/detour/bpf"
 	"github.com/detour-mesh/detour/redirect"
 )
-
-// TestEBPFPinDirInStep: the plugin without the eBPF backend looks for the
-// backend's maps where the backend pins them by default.
-func TestEBPFPinDirInStep(t *testing.T) {
-	t.Parallel()
-	if defaultEBPFPinDir != bpf.DefaultPinDir {
-		t.Errorf("defaultEBPFPinDir = %q, bpf.DefaultPinDir = %q: keep them in step", defaultEBPFPinDir, bpf.DefaultPinDir)
-	}
-}
 
 // handOvers records the calls a plugin without the eBPF backend hands over.
 type handOvers struct {

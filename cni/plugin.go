@@ -11,7 +11,6 @@ import (
 	"log/slog"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"strings"
 	"time"
 
@@ -20,6 +19,7 @@ import (
 	current "github.com/containernetworking/cni/pkg/types/100"
 	"github.com/containernetworking/cni/pkg/version"
 
+	"github.com/detour-mesh/detour/internal/ebpfpins"
 	"github.com/detour-mesh/detour/internal/kubeapi"
 	"github.com/detour-mesh/detour/redirect"
 )
@@ -207,10 +207,6 @@ func (p *Plugin) begin(verb string, args *skel.CmdArgs) (*call, error) {
 	return c, nil
 }
 
-// defaultEBPFPinDir is bpf.DefaultPinDir, which a build without the eBPF
-// backend cannot import; TestEBPFPinDirInStep keeps the two in step.
-const defaultEBPFPinDir = "/sys/fs/bpf/detour"
-
 // needsEBPF says why a call of a plugin built without the eBPF backend
 // (Options.HandOver set) must be served by the one that has it, or "" when
 // it need not: the plugin config's backend is ebpf, or the eBPF backend
@@ -224,12 +220,7 @@ func (p *Plugin) needsEBPF(conf *Conf) string {
 	if base, _ := conf.baseConfig(); base.Backend == redirect.BackendEBPF {
 		return "plugin config backend ebpf"
 	}
-	dir := conf.EBPFPinDir
-	if dir == "" {
-		dir = defaultEBPFPinDir
-	}
-	maps := filepath.Join(dir, "maps")
-	if _, err := os.Stat(maps); !errors.Is(err, fs.ErrNotExist) {
+	if maps, err := ebpfpins.Maps(conf.EBPFPinDir); !errors.Is(err, fs.ErrNotExist) {
 		return "the eBPF backend's maps are pinned at " + maps
 	}
 	return ""

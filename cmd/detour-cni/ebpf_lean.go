@@ -9,6 +9,7 @@ import (
 	"syscall"
 
 	"github.com/detour-mesh/detour/cni"
+	"github.com/detour-mesh/detour/internal/sibling"
 )
 
 // ebpfPlugin serves the calls a lean detour-cni hands over: the same plugin
@@ -55,20 +56,11 @@ func handOver(_ string, stdin []byte) error {
 // cni install` puts it), else in a directory of cniPath (CNI_PATH, the
 // runtime's plugin search path).
 func findEBPFPlugin(executable func() (string, error), cniPath string) (string, error) {
-	var dirs []string
-	if exe, err := executable(); err == nil {
-		if resolved, err := filepath.EvalSymlinks(exe); err == nil {
-			exe = resolved
-		}
-		dirs = append(dirs, filepath.Dir(exe))
+	if p, ok := sibling.Beside(executable, ebpfPlugin); ok {
+		return p, nil
 	}
-	dirs = append(dirs, filepath.SplitList(cniPath)...)
-	for _, d := range dirs {
-		if d == "" {
-			continue
-		}
-		p := filepath.Join(d, ebpfPlugin)
-		if fi, err := os.Stat(p); err == nil && fi.Mode().IsRegular() && fi.Mode()&0o111 != 0 {
+	for _, d := range filepath.SplitList(cniPath) {
+		if p := filepath.Join(d, ebpfPlugin); d != "" && sibling.Executable(p) {
 			return p, nil
 		}
 	}

@@ -5,10 +5,11 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"syscall"
 
 	"github.com/spf13/cobra"
+
+	"github.com/detour-mesh/detour/internal/sibling"
 )
 
 // The binary that serves the delegated subcommands.
@@ -89,15 +90,9 @@ func (d *delegator) run(c delegatedCommand) error {
 
 // find returns the binary named bin next to detour's own executable, else on PATH.
 func (d *delegator) find(bin string) (string, error) {
-	var beside string
-	if exe, err := d.executable(); err == nil {
-		if resolved, err := filepath.EvalSymlinks(exe); err == nil {
-			exe = resolved
-		}
-		beside = filepath.Join(filepath.Dir(exe), bin)
-		if fi, err := os.Stat(beside); err == nil && !fi.IsDir() && fi.Mode()&0o111 != 0 {
-			return beside, nil
-		}
+	beside, ok := sibling.Beside(d.executable, bin)
+	if ok {
+		return beside, nil
 	}
 	path, err := d.lookPath(bin)
 	if err == nil {

@@ -6,11 +6,11 @@ import (
 	"io/fs"
 	"log/slog"
 	"os"
-	"path/filepath"
 	"strings"
 
 	"golang.org/x/sys/unix"
 
+	"github.com/detour-mesh/detour/internal/ebpfpins"
 	"github.com/detour-mesh/detour/redirect"
 )
 
@@ -29,10 +29,6 @@ import (
 // ebpfBinary serves a lean detour's commands that need the eBPF backend.
 const ebpfBinary = "detour-ebpf"
 
-// defaultEBPFPinDir is bpf.DefaultPinDir, which a lean build cannot import;
-// TestEBPFPinDirInStep keeps the two in step.
-const defaultEBPFPinDir = "/sys/fs/bpf/detour"
-
 // needsEBPF says why a command of a lean build needs the eBPF backend, or
 // "" when it does not: an install, plan or check with backend ebpf, anything
 // with --cgroup (only the eBPF backend has cgroup scopes), and every command
@@ -47,15 +43,10 @@ func (g *globalOptions) needsEBPF(backend redirect.Backend) string {
 	case g.cgroup != "":
 		return "--cgroup"
 	}
-	dir := g.bpfPinDir
-	if dir == "" {
-		dir = defaultEBPFPinDir
-	}
-	maps := filepath.Join(dir, "maps")
 	// A user who may not look into the (root-only) bpffs could not use the
 	// eBPF backend's state either: that is no reason to need detour-ebpf
 	// (an unprivileged `detour plan` must work without it).
-	if _, err := os.Stat(maps); !errors.Is(err, fs.ErrNotExist) && !errors.Is(err, fs.ErrPermission) {
+	if maps, err := ebpfpins.Maps(g.bpfPinDir); !errors.Is(err, fs.ErrNotExist) && !errors.Is(err, fs.ErrPermission) {
 		return "the eBPF backend's maps are pinned at " + maps
 	}
 	return ""

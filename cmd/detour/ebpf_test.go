@@ -11,19 +11,9 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/detour-mesh/detour/bpf"
 	"github.com/detour-mesh/detour/redirect"
 	"github.com/detour-mesh/detour/redirect/backends/netfilter"
 )
-
-// TestEBPFPinDirInStep: the lean build's default pin directory (it cannot
-// import bpf) is the eBPF backend's.
-func TestEBPFPinDirInStep(t *testing.T) {
-	t.Parallel()
-	if defaultEBPFPinDir != bpf.DefaultPinDir {
-		t.Errorf("defaultEBPFPinDir = %q, bpf.DefaultPinDir = %q", defaultEBPFPinDir, bpf.DefaultPinDir)
-	}
-}
 
 // TestNeedsEBPF: a lean detour hands over backend ebpf, --cgroup, and every
 // command while the eBPF backend's maps are pinned, and nothing else.

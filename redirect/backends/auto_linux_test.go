@@ -19,16 +19,7 @@ func TestAutoAfterAnIPTablesNFTUninstall(t *testing.T) {
 	l := newEBPFLab(t)
 	ctx := context.Background()
 	e := l.engine("")
-	plan := func(b redirect.Backend) redirect.Plan {
-		cfg := redirect.Default()
-		cfg.Backend = b
-		cfg.IPFamilies = redirect.IPFamiliesDual
-		p, err := redirect.NewPlan(cfg, redirect.Facts{IPv6: true})
-		if err != nil {
-			t.Fatal(err)
-		}
-		return p
-	}
+	plan := func(b redirect.Backend) redirect.Plan { return dualPlan(t, b, true) }
 	fresh, err := e.Install(ctx, plan(redirect.BackendAuto))
 	if err != nil {
 		t.Fatal(err)

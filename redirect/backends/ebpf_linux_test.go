@@ -71,8 +71,15 @@ func (l ebpfLab) engine(cgroup string) *redirect.Engine {
 
 func ebpfPlan(t *testing.T, inbound bool) redirect.Plan {
 	t.Helper()
+	return dualPlan(t, redirect.BackendEBPF, inbound)
+}
+
+// dualPlan is detour's default config for both families with backend b,
+// inbound capture on or off.
+func dualPlan(t *testing.T, b redirect.Backend, inbound bool) redirect.Plan {
+	t.Helper()
 	cfg := redirect.Default()
-	cfg.Backend = redirect.BackendEBPF
+	cfg.Backend = b
 	cfg.IPFamilies = redirect.IPFamiliesDual
 	cfg.Inbound.Enabled = inbound
 	p, err := redirect.NewPlan(cfg, redirect.Facts{IPv6: true})
@@ -204,13 +211,7 @@ func TestEBPFCgroupScopeLeavesTheNamespaceCaptureAlone(t *testing.T) {
 			}
 		}
 	})
-	cfg := redirect.Default()
-	cfg.Backend = redirect.BackendNFTables
-	cfg.IPFamilies = redirect.IPFamiliesDual
-	nft, err := redirect.NewPlan(cfg, redirect.Facts{IPv6: true})
-	if err != nil {
-		t.Fatal(err)
-	}
+	nft := dualPlan(t, redirect.BackendNFTables, true)
 	if _, err := netns.Install(ctx, nft); err != nil {
 		t.Fatal(err)
 	}
@@ -339,13 +340,7 @@ func TestInboundTableOfARemovedCgroup(t *testing.T) {
 			t.Fatalf("status after the scope's cgroup was removed: %+v; want the scope named as left behind", st)
 		}
 	}
-	cfg := redirect.Default()
-	cfg.Backend = redirect.BackendNFTables
-	cfg.IPFamilies = redirect.IPFamiliesDual
-	nft, err := redirect.NewPlan(cfg, redirect.Facts{IPv6: true})
-	if err != nil {
-		t.Fatal(err)
-	}
+	nft := dualPlan(t, redirect.BackendNFTables, true)
 	if _, err := netns.Install(ctx, nft); !errors.Is(err, bpf.ErrInboundTaken) || !strings.Contains(err.Error(), table) {
 		t.Errorf("nftables install with inbound beside the left table: %v; want ErrInboundTaken naming %s", err, table)
 	}

@@ -32,14 +32,7 @@ func TestUninstallOfARemovedCgroup(t *testing.T) {
 		}
 	})
 	// The namespace's own capture, without inbound (the cgroup scope holds it).
-	cfg := redirect.Default()
-	cfg.Backend = redirect.BackendNFTables
-	cfg.IPFamilies = redirect.IPFamiliesDual
-	cfg.Inbound.Enabled = false
-	noIn, err := redirect.NewPlan(cfg, redirect.Facts{IPv6: true})
-	if err != nil {
-		t.Fatal(err)
-	}
+	noIn := dualPlan(t, redirect.BackendNFTables, false)
 	if _, err := netns.Install(ctx, noIn); err != nil {
 		t.Fatal(err)
 	}
@@ -80,12 +73,7 @@ func TestUninstallOfARemovedCgroup(t *testing.T) {
 	if res, err := gone.Uninstall(ctx); err != nil || res.Changed {
 		t.Errorf("second uninstall of the removed cgroup = %+v, %v; want nothing to remove", res, err)
 	}
-	cfg.Inbound.Enabled = true
-	withIn, err := redirect.NewPlan(cfg, redirect.Facts{IPv6: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := netns.Install(ctx, withIn); err != nil {
+	if _, err := netns.Install(ctx, dualPlan(t, redirect.BackendNFTables, true)); err != nil {
 		t.Errorf("nftables install with inbound after the removed cgroup's table went: %v", err)
 	}
 }

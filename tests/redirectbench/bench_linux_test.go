@@ -58,11 +58,22 @@ type result struct {
 	answeredPerSec float64       // new connections/s that the relay answers itself
 	cpuPerConn     time.Duration // user+system CPU of this process (clients, relay, server, and the kernel work done on their behalf) per connection
 	cpuPerAnswered time.Duration // the same per proxy-answered connection
+	// split: per relayed and per proxy-answered connection, each process's
+	// CPU and context switches.
+	split map[string]split
 	// progs: for the eBPF paths with BENCH_BPF_STATS=1, what each program
 	// cost per connection of each workload ("relayed", "proxy-answered").
 	progs        map[string]map[string]progCost
 	p50, p99     time.Duration
 	mbytesPerSec float64
+}
+
+// split is where a connection's CPU went: the client's, the relay's and the
+// server's share (the kernel work done in their context included), and
+// their context switches, per connection.
+type split struct {
+	client, relay, server       time.Duration
+	clientSw, relaySw, serverSw float64
 }
 
 // progCost is one program's share of a connection: how often it ran and
@@ -115,7 +126,7 @@ func TestCompareBackends(t *testing.T) {
 	// The whole run happens in a cgroup of our own: a socket belongs to the
 	// cgroup of the process that made it (an accepted one to its listener's),
 	// and the eBPF programs attach to that cgroup only.
-	cg, pinDir := ebpfLab(t)
+	cg, pinDir, origin := ebpfLab(t)
 	todo := paths
 	if only := os.Getenv("BENCH_ONLY"); only != "" {
 		todo = nil
@@ -130,7 +141,7 @@ func TestCompareBackends(t *testing.T) {
 	for rep := range reps {
 		for k := range todo {
 			p := todo[(k+rep)%len(todo)]
-			r := measurePath(t, p, cg, pinDir)
+			r := measurePath(t, p, cg, pinDir, origin)
 			runs[p.name] = append(runs[p.name], r)
 		}
 	}
@@ -174,8 +185,39 @@ func TestCompareBackends(t *testing.T) {
 				mid(answeredCPU), answeredCPU[0], answeredCPU[len(answeredCPU)-1], mid(p99))
 		}
 	}
+	splitTable(&b, todo, runs)
 	progTable(&b, todo, runs)
 	fmt.Print(b.String())
+}
+
+// splitTable prints where each workload's CPU per connection went, by
+// process, with the context switches per connection (medians over the
+// repetitions).
+func splitTable(b *strings.Builder, todo []path, runs map[string][]result) {
+	fmt.Fprintf(b, "\n| path | connections | CPU per connection: client | relay | server | context switches per connection: client | relay | server |\n| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |\n")
+	for _, p := range todo {
+		for _, load := range []string{"relayed", "proxy-answered"} {
+			var v [6][]float64
+			for _, r := range runs[p.name] {
+				sp := r.split[load]
+				for i, f := range []float64{float64(sp.client), float64(sp.relay), float64(sp.server), sp.clientSw, sp.relaySw, sp.serverSw} {
+					v[i] = append(v[i], f)
+				}
+			}
+			if len(v[0]) == 0 {
+				continue
+			}
+			for i := range v {
+				slices.Sort(v[i])
+			}
+			us := func(f float64) string { return time.Duration(f).Round(time.Microsecond / 10).String() }
+			relayCPU, relaySw := "–", "–"
+			if p.relayed {
+				relayCPU, relaySw = us(mid(v[1])), fmt.Sprintf("%.1f", mid(v[4]))
+			}
+			fmt.Fprintf(b, "| %s | %s | %s | %s | %s | %.1f | %s | %.1f |\n", p.name, load, us(mid(v[0])), relayCPU, us(mid(v[2])), mid(v[3]), relaySw, mid(v[5]))
+		}
+	}
 }
 
 // progTable prints, for the paths measured with BENCH_BPF_STATS=1, each
@@ -258,7 +300,7 @@ func median(rs []result) result {
 // measurePath builds a fresh lab (pod and remote namespaces, the echo
 // server, the relay), installs p's redirection, measures and tears it all
 // down.
-func measurePath(t *testing.T, p path, cg, pinDir string) result {
+func measurePath(t *testing.T, p path, cg, pinDir, origin string) result {
 	t.Helper()
 	ctx := context.Background()
 	l, err := lab.New(ctx, lab.Options{Prefix: "dtb"})
@@ -275,8 +317,22 @@ func measurePath(t *testing.T, p path, cg, pinDir string) result {
 			t.Fatal(err)
 		}
 	}
-	stopServer := startServer(t, l.Remote)
-	defer stopServer()
+	// The echo server: with the lean tools a process of its own in the
+	// remote namespace and in the cgroup this process came from, outside
+	// the bench's (a remote host runs none of the pod's eBPF programs);
+	// with BENCH_TOOLS=goroutines in this process, as before.
+	var server *helperProc
+	if leanTools() {
+		server = startHelper(t, l.Remote, "server", nil)
+		defer server.Stop()
+		if err := os.WriteFile(filepath.Join(origin, "cgroup.procs"), []byte(server.ask(t, "pid")[0]), 0); err != nil {
+			t.Fatal(err)
+		}
+		server.ask(t, "listen")
+	} else {
+		stopServer := startServer(t, l.Remote)
+		defer stopServer()
+	}
 	var relay *helperProc
 	if p.relayed {
 		relay = startHelper(t, l.Pod, "relay", &lab.Cred{UID: proxyUID, GID: proxyUID})
@@ -316,12 +372,12 @@ func measurePath(t *testing.T, p path, cg, pinDir string) result {
 	if p.backend == redirect.BackendEBPF && os.Getenv("BENCH_BPF_STATS") == "1" {
 		loader = bpf.New(bpf.Options{PinDir: pinDir, Root: cg})
 	}
-	return measure(t, p, l.Pod, relay, loader)
+	return measure(t, p, l.Pod, relay, server, loader)
 }
 
 // ebpfLab makes a private bpffs and a cgroup, and moves this process into the
-// cgroup until the test ends.
-func ebpfLab(t *testing.T) (cgroup, pinDir string) {
+// cgroup until the test ends; origin is the cgroup it came from.
+func ebpfLab(t *testing.T) (cgroup, pinDir, origin string) {
 	t.Helper()
 	root := "/sys/fs/cgroup/unified"
 	var st unix.Statfs_t
@@ -342,7 +398,6 @@ func ebpfLab(t *testing.T) (cgroup, pinDir string) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var origin string
 	for _, line := range strings.Split(strings.TrimSpace(string(b)), "\n") {
 		if rest, ok := strings.CutPrefix(line, "0::"); ok {
 			origin = filepath.Join(root, rest)
@@ -353,7 +408,7 @@ func ebpfLab(t *testing.T) (cgroup, pinDir string) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { os.WriteFile(filepath.Join(origin, "cgroup.procs"), pid, 0) })
-	return cg, filepath.Join(bpffs, "detour")
+	return cg, filepath.Join(bpffs, "detour"), origin
 }
 
 // startServer runs the destination in the remote namespace: it echoes.
@@ -393,10 +448,10 @@ func serveEcho(ln net.Listener) {
 // run-time statistics are on during the new-connection workloads, and what
 // each program ran is recorded per connection; they cost every program run
 // two clock reads, so such a run's other figures are not comparable.
-func measure(t *testing.T, p path, pod *lab.NetNS, relay *helperProc, loader *bpf.Loader) result {
+func measure(t *testing.T, p path, pod *lab.NetNS, relay, server *helperProc, loader *bpf.Loader) result {
 	t.Helper()
 	name := p.name
-	r := result{backend: name}
+	r := result{backend: name, split: map[string]split{}}
 	client := startHelper(t, pod, "client", &lab.Cred{UID: appUID, GID: appUID})
 	defer client.Stop()
 	addr, answered := serverAddr.String(), answeredAddr.String()
@@ -418,9 +473,12 @@ func measure(t *testing.T, p path, pod *lab.NetNS, relay *helperProc, loader *bp
 		r.progs = map[string]map[string]progCost{}
 	}
 	conns := func(load, to string) (perSec float64, cpuEach time.Duration) {
-		var relayCPU0 int64
+		var relay0, server0 []int64
 		if relay != nil {
-			relayCPU0 = relay.askInts(t, "cpu")[0]
+			relay0 = relay.askInts(t, "cpu")
+		}
+		if server != nil {
+			server0 = server.askInts(t, "cpu")
 		}
 		var before map[string]bpf.RunStat
 		if loader != nil {
@@ -429,15 +487,35 @@ func measure(t *testing.T, p path, pod *lab.NetNS, relay *helperProc, loader *bp
 				t.Fatal(err)
 			}
 		}
-		self0 := cpuTime()
+		self0, selfSw0 := cpuTime(), switches()
 		v := client.askInts(t, fmt.Sprintf("conns %s %d %d", to, workers, secs*1000))
-		n, cpu := v[0], time.Duration(v[1])+cpuTime()-self0
+		n, clientCPU, clientSw := v[0], time.Duration(v[1]), v[3]
+		if v[2] > 0 {
+			t.Logf("%s, %s: %d connection attempts failed (the client's stderr has the last error)", name, load, v[2])
+		}
+		var serverCPU, relayCPU time.Duration
+		var serverSw, relaySw int64
+		if server != nil {
+			s := server.askInts(t, "cpu")
+			serverCPU, serverSw = time.Duration(s[0]-server0[0]), s[1]-server0[1]
+		} else {
+			// the echo server runs here
+			serverCPU, serverSw = cpuTime()-self0, switches()-selfSw0
+		}
 		if relay != nil {
-			cpu += time.Duration(relay.askInts(t, "cpu")[0] - relayCPU0)
+			r := relay.askInts(t, "cpu")
+			relayCPU, relaySw = time.Duration(r[0]-relay0[0]), r[1]-relay0[1]
 		}
 		if n == 0 {
 			return 0, 0
 		}
+		cpu := clientCPU + serverCPU + relayCPU
+		each := func(d time.Duration) time.Duration { return d / time.Duration(n) }
+		sp := split{each(clientCPU), each(relayCPU), each(serverCPU),
+			float64(clientSw) / float64(n), float64(relaySw) / float64(n), float64(serverSw) / float64(n)}
+		r.split[load] = sp
+		t.Logf("%s, %s: per connection: CPU client %s, relay %s, server %s; context switches client %.1f, relay %.1f, server %.1f", name, load,
+			sp.client, sp.relay, sp.server, sp.clientSw, sp.relaySw, sp.serverSw)
 		if loader != nil {
 			after, err := loader.RunStats()
 			if err != nil {

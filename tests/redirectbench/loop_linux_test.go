@@ -58,8 +58,9 @@ type loop struct {
 	specs []listenSpec
 	socks map[int32]*sock
 	buf   []byte
-	// errors counts the connections it gave up (a failed read, write,
-	// connect or SO_ORIGINAL_DST); last keeps the latest.
+	// errors counts the connections it gave up (a failed accept,
+	// SO_ORIGINAL_DST, connect, read or write other than a reset by the
+	// peer); last keeps the latest.
 	errors *atomic.Int64
 	last   *atomic.Value
 }
@@ -319,8 +320,13 @@ func (l *loop) close(s *sock) {
 	}
 }
 
+// abort closes the connection after err; a reset or broken pipe is the
+// peer's doing (the client closes the connections in flight when a workload
+// ends), not a failure of the relay.
 func (l *loop) abort(s *sock, err error) {
-	l.fail(err)
+	if !errors.Is(err, unix.ECONNRESET) && !errors.Is(err, unix.EPIPE) {
+		l.fail(err)
+	}
 	l.close(s)
 }
 

@@ -127,5 +127,5 @@ bench-controlplane: ## control-plane fan-out benchmark: 1000 in-process ADS clie
 
 # --- eBPF backend (issue 8) ---
 .PHONY: bench-redirect
-bench-redirect: deps-apt ## direct, the relay dialed directly, iptables-nft, iptables-legacy, nftables, ebpf, ebpf --ebpf-accelerate through one relay proxy: conn/s and CPU/conn (relayed and proxy-answered), p50/p99, MB/s, medians of interleaved runs (root; BENCH_REPS, BENCH_WORKERS, BENCH_SECONDS, BENCH_RR, BENCH_STREAM_MIB, BENCH_ONLY, BENCH_INBOUND, BENCH_BPF_STATS=1 for each eBPF program's runs and ns per connection)
-	DETOUR_BENCH=1 $(GO) test -count=1 -v -run TestCompareBackends ./tests/redirectbench/ | grep -E '^\|'
+bench-redirect: deps-apt ## direct, the relay dialed directly, iptables-nft, iptables-legacy, nftables, ebpf, ebpf --ebpf-accelerate through one relay proxy: conn/s and CPU/conn (relayed and proxy-answered; by process, with context switches), p50/p99, MB/s, medians of interleaved runs (root; BENCH_REPS, BENCH_WORKERS, BENCH_SECONDS, BENCH_RR, BENCH_STREAM_MIB, BENCH_ONLY, BENCH_INBOUND, BENCH_BPF_STATS=1 for each eBPF program's runs and ns per connection, BENCH_TOOLS=goroutines for the earlier goroutine-per-connection relay and client, BENCH_RELAY_THREADS, BENCH_SERVER_THREADS, BENCH_CLIENT_THREADS)
+	DETOUR_BENCH=1 $(GO) test -count=1 -v -run TestCompareBackends ./tests/redirectbench/ | grep -E '^(\||$$)'

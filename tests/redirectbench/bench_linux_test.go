@@ -555,6 +555,9 @@ func measure(t *testing.T, p path, pod *lab.NetNS, relay, server *helperProc, lo
 	// Request/response on one connection: 64 bytes each way.
 	v := client.askInts(t, fmt.Sprintf("rr %s %d", addr, envInt("BENCH_RR", 20000)))
 	r.p50, r.p99 = time.Duration(v[0]), time.Duration(v[1])
+	if v[2] > 0 {
+		t.Logf("%s: %d of %d blocking reads of the round trips said EAGAIN (read again)", name, v[2], envInt("BENCH_RR", 20000))
+	}
 
 	// Stream: write S MiB, read the echo back.
 	size := int64(envInt("BENCH_STREAM_MIB", 256)) << 20

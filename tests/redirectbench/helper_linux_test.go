@@ -53,7 +53,7 @@ const roleEnv = "DETOUR_BENCH_ROLE"
 // client (as the app's uid) answers
 //
 //	conns ADDR WORKERS MS   → connections completed, CPU ns used, attempts failed, context switches
-//	rr ADDR N               → p50 and p99 of N 64-byte round trips, in ns
+//	rr ADDR N               → p50 and p99 of N 64-byte round trips, in ns, and the reads of its blocking socket that said EAGAIN
 //	stream ADDR MIB         → bytes echoed back, ns taken
 //
 // With BENCH_TOOLS=goroutines the relay and the client are the earlier
@@ -75,7 +75,7 @@ func helperMain(role string) int {
 		r := &relay{}
 		var err error
 		if lean {
-			err = startLoops(envInt("BENCH_RELAY_THREADS", 2), []listenSpec{
+			_, err = startLoops(envInt("BENCH_RELAY_THREADS", 2), []listenSpec{
 				{addr: netip.MustParseAddrPort("127.0.0.1:15001")},
 				{addr: netip.MustParseAddrPort(floorRelayAddr), fixed: serverAddr},
 				{addr: netip.MustParseAddrPort(floorAnsweredAddr), echo: true},
@@ -100,10 +100,11 @@ func helperMain(role string) int {
 				// so its sockets run none of the pod's eBPF programs, as a
 				// remote host's would not.
 				all := netip.IPv4Unspecified()
-				return "ok", startLoops(envInt("BENCH_SERVER_THREADS", 2), []listenSpec{
+				_, err := startLoops(envInt("BENCH_SERVER_THREADS", 2), []listenSpec{
 					{addr: netip.AddrPortFrom(all, serverAddr.Port()), echo: true},
 					{addr: netip.AddrPortFrom(all, answeredAddr.Port()), echo: true},
 				}, &r.errors, &r.lastErr)
+				return "ok", err
 			}
 			return r.do(verb, args)
 		}
@@ -295,16 +296,17 @@ func clientDo(verb string, args []string) (string, error) {
 			return "", err
 		}
 		var p50, p99 time.Duration
+		var eagain int
 		if lean {
 			var lat []time.Duration
-			if lat, err = blockingRoundTrips(ap, n); err == nil {
+			if lat, eagain, err = blockingRoundTrips(ap, n); err == nil {
 				slices.Sort(lat)
 				p50, p99 = lat[len(lat)/2], lat[len(lat)*99/100]
 			}
 		} else {
 			p50, p99, err = roundTrips(addr, n)
 		}
-		return fmt.Sprintf("%d %d", int64(p50), int64(p99)), err
+		return fmt.Sprintf("%d %d %d", int64(p50), int64(p99), eagain), err
 	case "stream":
 		mib, err := num(1)
 		if err != nil {

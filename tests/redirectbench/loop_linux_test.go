@@ -71,17 +71,25 @@ const loopEvents = unix.EPOLLIN | unix.EPOLLOUT | unix.EPOLLRDHUP | unix.EPOLLET
 
 // startLoops starts n loops serving specs, each on an OS thread of its own
 // with its own listeners (SO_REUSEPORT: the kernel spreads connections).
-// It returns once every listener is bound.
-func startLoops(n int, specs []listenSpec, errs *atomic.Int64, last *atomic.Value) error {
+// It returns once every listener is bound, with the addresses the first
+// loop's listeners are bound to (a port 0 is only meaningful with n = 1).
+// The loops run until the process exits.
+func startLoops(n int, specs []listenSpec, errs *atomic.Int64, last *atomic.Value) ([]netip.AddrPort, error) {
 	ready := make(chan error, n)
-	for range n {
+	var bound []netip.AddrPort
+	for i := range n {
+		first := i == 0
 		go func() {
 			// The thread runs nothing else, and blocks only in epoll_wait.
 			runtime.LockOSThread()
 			l := &loop{specs: specs, socks: map[int32]*sock{}, buf: make([]byte, 64<<10), errors: errs, last: last}
-			if err := l.listen(); err != nil {
+			addrs, err := l.listen()
+			if err != nil {
 				ready <- err
 				return
+			}
+			if first {
+				bound = addrs
 			}
 			ready <- nil
 			l.run()
@@ -89,42 +97,49 @@ func startLoops(n int, specs []listenSpec, errs *atomic.Int64, last *atomic.Valu
 	}
 	for range n {
 		if err := <-ready; err != nil {
-			return err
+			return nil, err
 		}
 	}
-	return nil
+	return bound, nil
 }
 
-func (l *loop) listen() error {
+func (l *loop) listen() ([]netip.AddrPort, error) {
 	ep, err := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
 	if err != nil {
-		return fmt.Errorf("epoll_create1: %w", err)
+		return nil, fmt.Errorf("epoll_create1: %w", err)
 	}
+	var bound []netip.AddrPort
 	l.ep = ep
 	for i, s := range l.specs {
 		fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
 		if err != nil {
-			return fmt.Errorf("listen on %s: %w", s.addr, err)
+			return nil, fmt.Errorf("listen on %s: %w", s.addr, err)
 		}
 		// Accepted sockets inherit TCP_NODELAY (Envoy sets it on every
 		// connection) from the listener: no system call per connection.
 		for _, o := range [][2]int{{unix.SOL_SOCKET, unix.SO_REUSEADDR}, {unix.SOL_SOCKET, unix.SO_REUSEPORT}, {unix.IPPROTO_TCP, unix.TCP_NODELAY}} {
 			if err := unix.SetsockoptInt(fd, o[0], o[1], 1); err != nil {
-				return fmt.Errorf("listen on %s: setsockopt: %w", s.addr, err)
+				return nil, fmt.Errorf("listen on %s: setsockopt: %w", s.addr, err)
 			}
 		}
 		if err := unix.Bind(fd, &unix.SockaddrInet4{Addr: s.addr.Addr().As4(), Port: int(s.addr.Port())}); err != nil {
-			return fmt.Errorf("listen on %s: %w", s.addr, err)
+			return nil, fmt.Errorf("listen on %s: %w", s.addr, err)
 		}
 		if err := unix.Listen(fd, 4096); err != nil {
-			return fmt.Errorf("listen on %s: %w", s.addr, err)
+			return nil, fmt.Errorf("listen on %s: %w", s.addr, err)
 		}
 		// Level-triggered: accept a batch per wake-up, the rest next time.
 		if err := unix.EpollCtl(ep, unix.EPOLL_CTL_ADD, fd, &unix.EpollEvent{Events: unix.EPOLLIN, Fd: int32(fd), Pad: int32(i + 1)}); err != nil {
-			return fmt.Errorf("listen on %s: epoll_ctl: %w", s.addr, err)
+			return nil, fmt.Errorf("listen on %s: epoll_ctl: %w", s.addr, err)
 		}
+		sa, err := unix.Getsockname(fd)
+		if err != nil {
+			return nil, fmt.Errorf("listen on %s: %w", s.addr, err)
+		}
+		in4 := sa.(*unix.SockaddrInet4)
+		bound = append(bound, netip.AddrPortFrom(netip.AddrFrom4(in4.Addr), uint16(in4.Port)))
 	}
-	return nil
+	return bound, nil
 }
 
 func (l *loop) run() {
@@ -351,28 +366,38 @@ func dialBlocking(addr netip.AddrPort) (int, error) {
 	return fd, nil
 }
 
-// readFull reads len(b) bytes from the blocking fd.
-func readFull(fd int, b []byte) error {
+// readFull reads len(b) bytes from the blocking fd. It returns how often
+// read(2) said EAGAIN, which a blocking socket should never say: with
+// --ebpf-accelerate the kernel's sockmap receive path (tcp_bpf_recvmsg, 6.18)
+// returns it when the reader is woken without data (such as by the ACK that
+// frees write space), and an app that is not ready for it fails; this one
+// reads again, as Go's runtime does.
+func readFull(fd int, b []byte) (eagain int, err error) {
 	for got := 0; got < len(b); {
 		n, err := unix.Read(fd, b[got:])
+		if err == unix.EAGAIN {
+			eagain++
+			continue
+		}
 		if err != nil {
-			return fmt.Errorf("read: %w", err)
+			return eagain, fmt.Errorf("read: %w", err)
 		}
 		if n == 0 {
-			return errors.New("read: EOF")
+			return eagain, errors.New("read: EOF")
 		}
 		got += n
 	}
-	return nil
+	return eagain, nil
 }
 
-// blockingRoundTrips is roundTrips on a blocking socket of a locked thread.
-func blockingRoundTrips(addr netip.AddrPort, n int) (lat []time.Duration, err error) {
+// blockingRoundTrips is roundTrips on a blocking socket of a locked thread;
+// eagain counts the reads that said EAGAIN (see readFull).
+func blockingRoundTrips(addr netip.AddrPort, n int) (lat []time.Duration, eagain int, err error) {
 	runtime.LockOSThread()
 	defer runtime.UnlockOSThread()
 	fd, err := dialBlocking(addr)
 	if err != nil {
-		return nil, err
+		return nil, 0, err
 	}
 	defer unix.Close(fd)
 	msg, buf := make([]byte, 64), make([]byte, 64)
@@ -380,14 +405,16 @@ func blockingRoundTrips(addr netip.AddrPort, n int) (lat []time.Duration, err er
 	for range n {
 		start := time.Now()
 		if _, err := unix.Write(fd, msg); err != nil {
-			return nil, fmt.Errorf("write: %w", err)
+			return nil, eagain, fmt.Errorf("write: %w", err)
 		}
-		if err := readFull(fd, buf); err != nil {
-			return nil, err
+		e, err := readFull(fd, buf)
+		eagain += e
+		if err != nil {
+			return nil, eagain, err
 		}
 		lat = append(lat, time.Since(start))
 	}
-	return lat, nil
+	return lat, eagain, nil
 }
 
 // blockingStream writes size bytes from one thread and reads the echo on
@@ -416,6 +443,9 @@ func blockingStream(addr netip.AddrPort, size int) (int64, time.Duration, error)
 	var got int64
 	for got < int64(size) {
 		n, err := unix.Read(fd, buf)
+		if err == unix.EAGAIN {
+			continue // see readFull
+		}
 		if err != nil {
 			return got, time.Since(start), fmt.Errorf("read: %w", err)
 		}

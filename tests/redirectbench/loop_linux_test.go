@@ -367,11 +367,12 @@ func dialBlocking(addr netip.AddrPort) (int, error) {
 }
 
 // readFull reads len(b) bytes from the blocking fd. It returns how often
-// read(2) said EAGAIN, which a blocking socket should never say: with
-// --ebpf-accelerate the kernel's sockmap receive path (tcp_bpf_recvmsg, 6.18)
-// returns it when the reader is woken without data (such as by the ACK that
-// frees write space), and an app that is not ready for it fails; this one
-// reads again, as Go's runtime does.
+// read(2) said EAGAIN, which a blocking socket without a receive timeout
+// should never say: with --ebpf-accelerate it does, a few times in 5,000
+// round trips on this kernel (6.18; the sockmap receive path in tcp_bpf.c
+// answers -EAGAIN when its wait for data ends without data), and an app
+// that is not ready for it fails. This one reads again, as Go's runtime
+// does for its own sockets.
 func readFull(fd int, b []byte) (eagain int, err error) {
 	for got := 0; got < len(b); {
 		n, err := unix.Read(fd, b[got:])

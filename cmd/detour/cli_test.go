@@ -46,6 +46,8 @@ func TestUsageErrorsExit2(t *testing.T) {
 		{"netns is a regular file", []string{"status", "--netns", "/proc/self/status"}, `--netns: "/proc/self/status" is not a network namespace`},
 		{"bad output", []string{"status", "-o", "yaml"}, `--output: "yaml" is not one of text, json`},
 		{"extra argument", []string{"install", "now"}, `unknown command "now"`},
+		// cobra showed the help of a command that groups others and exited 0.
+		{"unknown completion shell", []string{"completion", "nope"}, `unknown command "nope" for "detour completion"`},
 		{"bad timeout", []string{"validate", "--timeout", "0s"}, `--timeout`},
 		{"empty netns", []string{"install", "--netns", ""}, `"--netns" flag: an empty value names no network namespace`},
 		{"empty netns, = form", []string{"uninstall", "--netns="}, `"--netns" flag: an empty value`},

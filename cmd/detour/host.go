@@ -134,6 +134,11 @@ func (f lockWaitFlag) Set(v string) error {
 	if d < 0 {
 		return errors.New("a wait cannot be negative")
 	}
+	if d == 0 {
+		// Not waiting: one try. The engine's and the drivers' zero
+		// LockWait is their default (10s), which 0 waited before.
+		d = time.Nanosecond
+	}
 	*f.p = d
 	return nil
 }
@@ -142,7 +147,7 @@ func (lockWaitFlag) Type() string { return "duration" }
 
 func bindLockWaitFlag(fs *pflag.FlagSet, p *time.Duration) {
 	*p = 10 * time.Second
-	fs.Var(lockWaitFlag{p}, "lock-wait", "how long to wait for detour's per-namespace lock and for the xtables lock (each) before failing with nothing applied")
+	fs.Var(lockWaitFlag{p}, "lock-wait", "how long to wait for detour's per-namespace lock and for the xtables lock (each) before failing with nothing applied (0: do not wait for the namespace lock, and at most 1s for the xtables lock)")
 }
 
 // netnsPath turns --netns into a path: a bare name is looked up under

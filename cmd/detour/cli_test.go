@@ -343,3 +343,37 @@ func TestInstallNotes(t *testing.T) {
 		t.Errorf("notes of the default plan = %q, want none", n)
 	}
 }
+
+// TestCgroupPathSpellings: --cgroup names one scope however the path is
+// spelled. A relative path named the cgroup scope's inbound table after the
+// text given (`detour_ebpf_inbound_cg_…` is a hash of the path), so an
+// install run from the cgroup's parent with `--cgroup svc` made a table that
+// `check --cgroup /…/svc` reported missing and `uninstall --cgroup /…/svc`
+// left behind, redirecting every inbound connection of the namespace.
+func TestCgroupPathSpellings(t *testing.T) {
+	cg, err := bpf.CgroupRoot()
+	if err != nil {
+		t.Skipf("no cgroup v2 hierarchy here: %v", err)
+	}
+	table := func(path string) string {
+		t.Helper()
+		code, out, stderr := runCLI(t, "plan", "--backend", "ebpf", "--ip-families", "ipv4", "--cgroup", path)
+		if code != 0 {
+			t.Fatalf("plan --cgroup %s: exit %d: %s", path, code, stderr)
+		}
+		for _, l := range strings.Split(out, "\n") {
+			if strings.HasPrefix(l, "add table inet detour_ebpf_inbound_cg_") {
+				return l
+			}
+		}
+		t.Fatalf("plan --cgroup %s names no inbound table:\n%s", path, out)
+		return ""
+	}
+	want := table(cg)
+	t.Chdir(filepath.Dir(cg))
+	for _, spelling := range []string{filepath.Base(cg), "./" + filepath.Base(cg), cg + "/", filepath.Dir(cg) + "//" + filepath.Base(cg)} {
+		if got := table(spelling); got != want {
+			t.Errorf("plan --cgroup %s: %q; want %q, as for %s", spelling, got, want, cg)
+		}
+	}
+}

@@ -7,6 +7,7 @@ import (
 	"io/fs"
 	"log/slog"
 	"os"
+	"path/filepath"
 	"strings"
 	"time"
 
@@ -205,6 +206,14 @@ func (f cgroupFlag) Set(v string) error {
 	if v == "" {
 		return errors.New("an empty value names no cgroup (leave --cgroup out for the network-namespace scope)")
 	}
+	// One scope, however the path is spelled: a cgroup scope's inbound
+	// table is named after its path, so `svc` run from the parent and
+	// /sys/fs/cgroup/…/svc must be the same text.
+	abs, err := filepath.Abs(v)
+	if err != nil {
+		return fmt.Errorf("resolve the path: %w", err)
+	}
+	v = abs
 	if _, err := os.Stat(v); errors.Is(err, fs.ErrNotExist) {
 		if f.gone != nil && *f.gone {
 			*f.p = v

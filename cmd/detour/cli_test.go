@@ -306,7 +306,15 @@ func TestCgroupNeedsEBPF(t *testing.T) {
 	if code, _, stderr := runCLI(t, "status", "--cgroup", gone); code != exitUsage || !strings.Contains(stderr, "does not exist (what the eBPF scope of a cgroup that was removed left goes with `detour uninstall --cgroup` of its path,") {
 		t.Errorf("status --cgroup of a cgroup that is gone: exit %d, stderr %q; want exit 2 saying how to remove its scope", code, stderr)
 	}
-	if code, _, stderr := runCLI(t, "plan", "--cgroup", cg, "--backend", "ebpf", "--inbound=false"); code != 0 {
+	code, _, stderr := runCLI(t, "plan", "--cgroup", cg, "--backend", "ebpf", "--inbound=false")
+	switch {
+	case leanBuild:
+		// No detour-ebpf beside the test binary: the lean build says so
+		// rather than planning without the eBPF backend.
+		if code != exitFailure || !strings.Contains(stderr, "served by detour-ebpf: detour-ebpf is neither next to detour") {
+			t.Errorf("lean plan --cgroup --backend ebpf without detour-ebpf: exit %d, stderr %q; want exit %d naming detour-ebpf", code, stderr, exitFailure)
+		}
+	case code != 0:
 		t.Errorf("plan --cgroup --backend ebpf: exit %d: %s", code, stderr)
 	}
 }

@@ -51,6 +51,7 @@ deps-istio: ## build Istio's pilot-agent (istio-iptables, the bench-cli peer) in
 test: deps ## everything: vet, unit, privileged and end-to-end tests (run as root)
 	$(GO) vet ./...
 	$(GO) test -count=1 -timeout 80m ./...
+	$(GO) test -count=1 -tags detour_lean ./cmd/detour/ ./cmd/detour-cni/
 
 bench: deps-apt deps-kube deps-cni-plugins ## every benchmark with its figures (as root): CLI, engine, CNI ADD latency, xDS fan-out, admission latency, redirect backends
 	$(MAKE) --no-print-directory bench-cli bench-engine bench-cni bench-controlplane bench-inject bench-redirect
@@ -61,6 +62,7 @@ bench-cli: deps-apt deps-istio build ## start-up CPU and memory of detour, detou
 
 test-unit: ## the unprivileged unit tests only
 	$(GO) test -count=1 ./redirect/... ./controlplane/... ./cni/... ./cmd/... ./internal/...
+	$(GO) test -count=1 -tags detour_lean ./cmd/detour/ ./cmd/detour-cni/
 
 test-e2e: deps ## the end-to-end tests in tests/ only
 	$(GO) test -count=1 -timeout 60m ./tests/...

@@ -18,7 +18,7 @@
 // test binary re-executed with `ip netns exec NS setpriv --reuid …`), as a
 // workload, its sidecar and a remote host are; the echo server is moved out
 // of the bench's cgroup before it listens, so it runs none of the pod's eBPF
-// programs. The relay and the server are epoll loops on locked OS threads
+// programs. The relay and the server are epoll loops on OS threads of their own
 // (two each, as Envoy's workers on two cores), the client's new connections
 // too, its latency and stream workloads blocking sockets: a Go relay with a
 // goroutine per connection cost the bench more fixed CPU per connection than

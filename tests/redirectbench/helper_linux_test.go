@@ -64,9 +64,9 @@ const roleEnv = "DETOUR_BENCH_ROLE"
 func helperMain(role string) int {
 	lean := leanTools()
 	if lean {
-		// Every thread of a loop or a worker is locked and spends its time
-		// in system calls: with a P each to spare, the runtime never hands
-		// Ps between them (no futex wake-ups, no sysmon retakes).
+		// Every loop goroutine spends its time in system calls, each on a
+		// thread of its own: with a P each to spare, the runtime never has
+		// to hand Ps between them (no futex wake-ups).
 		runtime.GOMAXPROCS(64)
 	}
 	var do func(verb string, args []string) (string, error)

@@ -16,8 +16,9 @@ import (
 // The bench's own tools, as lean as a real sidecar and app are (the default;
 // BENCH_TOOLS=goroutines runs the earlier ones, helper_linux_test.go):
 //
-//   - the relay and the echo server are epoll loops, one per locked OS
-//     thread, as Envoy's workers are: non-blocking sockets registered once
+//   - the relay and the echo server are epoll loops, one per OS thread (a
+//     goroutine that only blocks in system calls keeps its thread), as
+//     Envoy's workers are: non-blocking sockets registered once
 //     (edge-triggered), each loop with its own SO_REUSEPORT listeners, no
 //     goroutine, timer or allocation per connection;
 //   - the client's new connections are epoll loops too (2 threads), and its
@@ -80,8 +81,6 @@ func startLoops(n int, specs []listenSpec, errs *atomic.Int64, last *atomic.Valu
 	for i := range n {
 		first := i == 0
 		go func() {
-			// The thread runs nothing else, and blocks only in epoll_wait.
-			runtime.LockOSThread()
 			l := &loop{specs: specs, socks: map[int32]*sock{}, buf: make([]byte, 64<<10), errors: errs, last: last}
 			addrs, err := l.listen()
 			if err != nil {
@@ -142,9 +141,22 @@ func (l *loop) listen() ([]netip.AddrPort, error) {
 	return bound, nil
 }
 
+// yieldEvery is how often a loop passes through Go's scheduler. A goroutine
+// that only ever makes system calls never does, and the runtime's monitor
+// thread (sysmon) then takes its P away every 10ms as a "long-running" one;
+// each such take keeps sysmon waking every 20µs, which cost 6% of the
+// bench's processes' CPU (nanosleep is a trip through the hypervisor on this
+// VM). A yield every 2ms costs a few hundred nanoseconds.
+const yieldEvery = 2 * time.Millisecond
+
 func (l *loop) run() {
 	events := make([]unix.EpollEvent, 256)
+	yielded := time.Now()
 	for {
+		if now := time.Now(); now.Sub(yielded) > yieldEvery {
+			runtime.Gosched()
+			yielded = now
+		}
 		n, err := unix.EpollWait(l.ep, events, -1)
 		if err != nil {
 			if errors.Is(err, unix.EINTR) {
@@ -459,7 +471,7 @@ func blockingStream(addr netip.AddrPort, size int) (int64, time.Duration, error)
 }
 
 // epollConnLoop runs workers connections in flight for dur on threads
-// locked OS threads with an epoll loop each, as an event-driven app: each
+// OS threads with an epoll loop each, as an event-driven app: each
 // connection a non-blocking connect, 1 byte written once connected, its echo
 // read, close, and the next one opened. It returns the connections
 // completed, the CPU time the process used, and the failed attempts with
@@ -481,7 +493,6 @@ func epollConnLoop(addr netip.AddrPort, workers, threads int, dur time.Duration)
 			slots++
 		}
 		go func() {
-			runtime.LockOSThread()
 			defer func() { done <- struct{}{} }()
 			fail := func(err error) {
 				failed.Add(1)
@@ -522,7 +533,12 @@ func epollConnLoop(addr netip.AddrPort, workers, threads int, dur time.Duration)
 			}
 			events := make([]unix.EpollEvent, slots)
 			b := []byte{'x'}
+			yielded := time.Now()
 			for !stop.Load() {
+				if now := time.Now(); now.Sub(yielded) > yieldEvery {
+					runtime.Gosched()
+					yielded = now
+				}
 				k, err := unix.EpollWait(ep, events, 100)
 				if err != nil && err != unix.EINTR {
 					fail(fmt.Errorf("epoll_wait: %w", err))

@@ -24,10 +24,11 @@ import (
 //   - the client's new connections are epoll loops too (2 threads), and its
 //     latency and stream workloads blocking sockets on locked threads.
 //
-// A Go relay with a goroutine per connection and the runtime's netpoller
-// cost 280–400µs of CPU per relayed connection in this bench, against
-// 15–40µs of redirection: the fixed cost hid what the bench is meant to
-// compare. The relay still reads the original destination with
+// With a goroutine per connection on the runtime's netpoller the tools cost
+// 280–475µs of CPU per relayed connection, against 15–40µs of redirection:
+// the fixed cost hid what the bench is meant to compare. These cost 35–45%
+// less; most of what is left is the kernel's work for the sockets
+// (docs/ebpf.md, "The bench's own cost per connection"). The relay still reads the original destination with
 // SO_ORIGINAL_DST on every redirected connection (origdst.FromFD), dials it
 // and relays bytes both ways, half-close included; only the workload the
 // relay answers itself echoes instead of dialing.
@@ -53,7 +54,7 @@ type sock struct {
 	shut     bool   // our write side shut down
 }
 
-// loop is one epoll loop. Every field is touched by its own thread only.
+// loop is one epoll loop. Every field is touched by its own goroutine only.
 type loop struct {
 	ep    int
 	specs []listenSpec

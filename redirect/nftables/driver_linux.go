@@ -110,7 +110,7 @@ func (d *Driver) Explain(have redirect.Installed, c redirect.Conn) (redirect.Ker
 	if err != nil {
 		return kv, err
 	}
-	kv.Captured, kv.Port = out.captured, out.port
+	kv.Captured, kv.Port, kv.Action = out.captured, out.port, out.action
 	prefix := "add rule inet " + d.table() + " "
 	if out.rule != "" {
 		kv.Rule = prefix + out.rule

@@ -25,11 +25,15 @@ type packet struct {
 }
 
 // outcome is what the table does with a packet: the proxy port it is sent to
-// (0: left alone), the deciding rule and the rules before it.
+// (0: left alone), the deciding rule, what it does (redirect.KernelVerdict's
+// Action) and the rules before it. A connection left alone by a return,
+// accept or drop has that rule as its deciding one; rule is empty only when
+// it falls off the end of detour's chains.
 type outcome struct {
 	captured bool
 	port     uint16
 	rule     string
+	action   string
 	path     []string
 }
 
@@ -42,6 +46,8 @@ type evaluator struct {
 	chains map[string]*Chain
 	out    outcome
 	depth  int
+	// last is the kind of the last verdict rule appended to out.path.
+	last string
 }
 
 func newEvaluator(rs *Ruleset) *evaluator {
@@ -79,7 +85,7 @@ func (e *evaluator) conn(c redirect.Conn) outcome {
 			p.dst = src // any local address of the family: rules never look at it
 		}
 		e.hooks(p, "mangle_prerouting", "nat_prerouting")
-		return e.out
+		return e.decided()
 	}
 	p.oif = "eth0"
 	if dst.IsUnspecified() { // connect() to the unspecified address dials loopback
@@ -95,7 +101,18 @@ func (e *evaluator) conn(c redirect.Conn) outcome {
 		p.src = p.dst // over lo the kernel picks the destination's own address
 	}
 	e.hooks(p, "raw_output", "mangle_output", "nat_output")
-	return e.out
+	return e.decided()
+}
+
+// decided is the outcome with a connection left alone by a return, accept or
+// drop quoting that rule as the deciding one (it is the last on the path).
+func (e *evaluator) decided() outcome {
+	out := e.out
+	if !out.captured && len(out.path) > 0 && e.last != "jump" {
+		out.rule, out.action = out.path[len(out.path)-1], e.last
+		out.path = out.path[:len(out.path)-1]
+	}
+	return out
 }
 
 // hooks runs base chains in hook order until one decides.
@@ -124,6 +141,7 @@ rules:
 			switch s := s.(type) {
 			case verdict:
 				e.out.path = append(e.out.path, line)
+				e.last = s.kind
 				if s.kind != "jump" {
 					return s.kind
 				}
@@ -136,13 +154,13 @@ rules:
 				}
 				continue rules
 			case redirectTo:
-				e.out = outcome{captured: true, port: s.port, rule: line, path: e.out.path}
+				e.out = outcome{captured: true, port: s.port, rule: line, action: "redirect", path: e.out.path}
 				return "accept"
 			case tproxyTo:
 				if s.fam != p.fam {
 					continue rules
 				}
-				e.out = outcome{captured: true, port: s.port, rule: line, path: e.out.path}
+				e.out = outcome{captured: true, port: s.port, rule: line, action: "tproxy", path: e.out.path}
 				return "accept"
 			default:
 				if !e.match(s, p) {

@@ -121,3 +121,44 @@ func ExampleRuleset_Text() {
 	// add chain inet detour nat_prerouting { type nat hook prerouting priority -100; policy accept; }
 	// add chain inet detour nat_output { type nat hook output priority -100; policy accept; }
 }
+
+// TestEvaluatorQuotesDecidingRule: explain quotes the rule that decides, also
+// when it leaves the connection alone (an excluded port's return, as the
+// iptables evaluator does), and never quotes a rule for a connection no rule
+// of detour's matched.
+func TestEvaluatorQuotesDecidingRule(t *testing.T) {
+	t.Parallel()
+	c, err := redirect.NewCapture(cfgWith(t, "", "outbound.excludePorts=5432"), redirect.Facts{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rs, err := Render(c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dst := netip.MustParseAddr("198.51.100.1")
+	tests := []struct {
+		name     string
+		conn     redirect.Conn
+		captured bool
+		rule     string
+		action   string
+		path     int
+	}{
+		{"redirected", redirect.Conn{Direction: redirect.DirOutbound, Protocol: redirect.TCP, Dst: dst, Port: 80, UID: 1000, GID: 1000},
+			true, "out_redirect4 meta l4proto tcp redirect to :15001", "redirect", 2},
+		{"excluded port", redirect.Conn{Direction: redirect.DirOutbound, Protocol: redirect.TCP, Dst: dst, Port: 5432, UID: 1000, GID: 1000},
+			false, "output4 meta l4proto tcp tcp dport @out_exclude_ports4 return", "return", 1},
+		{"udp, no dns capture", redirect.Conn{Direction: redirect.DirOutbound, Protocol: redirect.UDP, Dst: dst, Port: 53, UID: 1000, GID: 1000},
+			false, "", "", 0},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			got := newEvaluator(rs).conn(tc.conn)
+			if got.captured != tc.captured || got.rule != tc.rule || got.action != tc.action || len(got.path) != tc.path {
+				t.Errorf("captured %v, rule %q, action %q, path %q; want captured %v, rule %q, action %q, %d rules before it",
+					got.captured, got.rule, got.action, got.path, tc.captured, tc.rule, tc.action, tc.path)
+			}
+		})
+	}
+}

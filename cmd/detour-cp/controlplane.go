@@ -7,6 +7,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"strconv"
 	"strings"
 	"time"
 
@@ -131,6 +132,26 @@ func controlPlaneLogger(w io.Writer, level, format string) (*slog.Logger, error)
 	return nil, usageError("--log-format %q is not one of text, json", format)
 }
 
+// checkListenAddress refuses a listen address that is not host:port with a
+// numeric port (an empty host listens on every address, port 0 on any free
+// port), so that a typo exits 2 naming the flag before anything listens.
+func checkListenAddress(flag, addr string) error {
+	host, port, err := net.SplitHostPort(addr)
+	if err == nil && strings.ContainsAny(host, " /") {
+		err = errors.New("not a host")
+	}
+	if err == nil {
+		var p int
+		if p, err = strconv.Atoi(port); err == nil && (p < 0 || p > 65535) {
+			err = errors.New("port out of range")
+		}
+	}
+	if err != nil {
+		return usageError("--%s %q is not host:port (a port 0-65535)", flag, addr)
+	}
+	return nil
+}
+
 // runControlPlane serves until ctx ends.
 func runControlPlane(ctx context.Context, o *controlPlaneOptions, s streams) (err error) {
 	log, err := controlPlaneLogger(s.err, o.logLevel, o.logFormat)
@@ -139,6 +160,19 @@ func runControlPlane(ctx context.Context, o *controlPlaneOptions, s streams) (er
 	}
 	if o.nackBackoff <= 0 {
 		return usageError("--nack-backoff %s must be positive", o.nackBackoff)
+	}
+	if err := checkListenAddress("xds-address", o.xdsAddress); err != nil {
+		return err
+	}
+	if o.httpAddress != "off" {
+		if err := checkListenAddress("http-address", o.httpAddress); err != nil {
+			return err
+		}
+	}
+	if o.inject.enabled {
+		if err := checkListenAddress("inject-address", o.inject.address); err != nil {
+			return err
+		}
 	}
 	if o.watchInterval <= 0 {
 		return usageError("--watch-interval %s must be positive", o.watchInterval)

@@ -154,6 +154,11 @@ func TestControlPlaneInvalidInputExitsTwo(t *testing.T) {
 		// An empty value given on purpose (a script's unset variable) never
 		// falls back to the default: --http-address "" served on 127.0.0.1:18001,
 		// --namespace "" watched every namespace.
+		// A malformed listen address exits 2 naming the flag, before
+		// anything listens (it was exit 1: "listen tcp: address nope: missing port").
+		{"xds address without port", []string{"control-plane", "--config", bad, "--xds-address", "nope"}, `--xds-address "nope" is not host:port`},
+		{"http address port out of range", []string{"control-plane", "--config", bad, "--xds-address", "127.0.0.1:0", "--http-address", "127.0.0.1:99999"}, `--http-address "127.0.0.1:99999" is not host:port`},
+		{"inject address without port", []string{"control-plane", "--source", "kubernetes", "--inject", "--inject-address", "15017", "--kubeconfig", "/nonexistent", "--xds-address", "127.0.0.1:0", "--http-address", "off"}, `--inject-address "15017" is not host:port`},
 		{"empty xds address", []string{"control-plane", "--config", bad, "--xds-address", ""}, `--xds-address "" is empty`},
 		{"empty http address", []string{"control-plane", "--config", bad, "--http-address", ""}, `--http-address "" is empty`},
 		{"empty namespace", []string{"control-plane", "--source", "kubernetes", "--namespace", ""}, `--namespace "" is empty`},

@@ -419,8 +419,14 @@ func (d *decoder) dns(v value) DNS {
 	if !ok {
 		return out
 	}
-	out.Suffix, _ = d.str(f["suffix"])
+	sv := f["suffix"]
+	out.Suffix, _ = d.str(sv)
 	out.Suffix = strings.TrimSuffix(out.Suffix, ".")
+	if given, isStr := sv.v.(string); isStr && out.Suffix == "" {
+		// Written on purpose (not left out): "" or "." is no suffix, and
+		// falling back to the default would answer names the file did not ask for.
+		d.bad(sv.path, given, "is empty; leave the key out for the default suffix "+DefaultDNSSuffix)
+	}
 	for _, uv := range d.list(f["upstreams"]) {
 		s, ok := d.str(uv)
 		if !ok {

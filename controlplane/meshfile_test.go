@@ -147,6 +147,10 @@ func TestDecodeMeshErrors(t *testing.T) {
 		{"ipv6 without ipv6", svc + wl + ", transparentProxy: {ipFamilies: ipv6}}]", []string{`workloads[0].transparentProxy.ipFamilies: "ipv6" needs an IPv6 address in workloads[0].addresses`}},
 		{"dns suffix", "dns: {suffix: -mesh}", []string{`dns.suffix: "-mesh" has label "-mesh", which starts or ends with '-'`}},
 		{"dns suffix label", "dns: {suffix: a..b}", []string{`dns.suffix: "a..b" is not a DNS name`}},
+		// An empty suffix written on purpose is refused, as --dns-suffix "" is:
+		// it served every name under the default "mesh".
+		{"empty dns suffix", "dns: {suffix: ''}", []string{`dns.suffix: "" is empty; leave the key out for the default suffix mesh`}},
+		{"root dns suffix", "dns: {suffix: .}", []string{`dns.suffix: "." is empty; leave the key out for the default suffix mesh`}},
 		{"dns upstream", "dns: {upstreams: [192.0.2.53, ns1]}", []string{`dns.upstreams[1]: "ns1" is not an IP address or address:port`}},
 		{"dns upstream unusable", "dns: {upstreams: [192.0.2.53, \"0.0.0.0\", \"192.0.2.53:0\"]}", []string{
 			`dns.upstreams[1]: "0.0.0.0:53" is not a routable unicast address`,

@@ -158,6 +158,11 @@ func runControlPlane(ctx context.Context, o *controlPlaneOptions, s streams) (er
 			return err
 		}
 	}
+	if o.inject.enabled {
+		if err := checkListenAddress("inject-address", o.inject.address); err != nil {
+			return err
+		}
+	}
 	memoryLimit := controlplane.MemoryLimit(o.memoryLimit)
 	if err := memoryLimit.Validate(); err != nil {
 		return usageError("--memory-limit %q is not one of auto, adaptive, off", o.memoryLimit)

@@ -154,7 +154,9 @@ func TestControlPlaneInvalidInputExitsTwo(t *testing.T) {
 		// An empty value given on purpose (a script's unset variable) never
 		// falls back to the default: --http-address "" served on 127.0.0.1:18001,
 		// --namespace "" watched every namespace.
-		{"empty xds address", []string{"control-plane", "--config", bad, "--xds-address", ""}, `--xds-address "" is empty`},
+		{"empty xds address", []string{"control-plane", "--config", bad, "--xds-address", ""}, `--xds-address "" is empty; leave the flag out for its default (127.0.0.1:18000)`},
+		// A required flag has no default to leave it out for.
+		{"bootstrap empty node id", []string{"bootstrap", "--node-id", "", "--control-plane", "127.0.0.1:1"}, `--node-id "" is empty; give it a value`},
 		{"empty http address", []string{"control-plane", "--config", bad, "--http-address", ""}, `--http-address "" is empty`},
 		{"empty namespace", []string{"control-plane", "--source", "kubernetes", "--namespace", ""}, `--namespace "" is empty`},
 		// A listen address that cannot be one failed at listen (exit 1), and

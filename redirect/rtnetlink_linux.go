@@ -252,7 +252,7 @@ func (c *routeConn) listRules(family int) ([]ipRule, error) {
 func ruleRequest(r ipRule, create bool) []byte {
 	hdr := make([]byte, sizeofFibRuleHdr, 64)
 	hdr[0] = byte(r.family)
-	hdr[5] = unix.RTPROT_BOOT // what ip(8) and vishvananda/netlink put in the reserved byte
+	hdr[5] = unix.RTPROT_BOOT // the reserved byte as vishvananda/netlink, which detour used before, set it
 	if create {
 		hdr[7] = unix.FR_ACT_TO_TBL
 	}

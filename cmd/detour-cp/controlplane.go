@@ -132,26 +132,6 @@ func controlPlaneLogger(w io.Writer, level, format string) (*slog.Logger, error)
 	return nil, usageError("--log-format %q is not one of text, json", format)
 }
 
-// checkListenAddress refuses a listen address that is not host:port with a
-// numeric port (an empty host listens on every address, port 0 on any free
-// port), so that a typo exits 2 naming the flag before anything listens.
-func checkListenAddress(flag, addr string) error {
-	host, port, err := net.SplitHostPort(addr)
-	if err == nil && strings.ContainsAny(host, " /") {
-		err = errors.New("not a host")
-	}
-	if err == nil {
-		var p int
-		if p, err = strconv.Atoi(port); err == nil && (p < 0 || p > 65535) {
-			err = errors.New("port out of range")
-		}
-	}
-	if err != nil {
-		return usageError("--%s %q is not host:port (a port 0-65535)", flag, addr)
-	}
-	return nil
-}
-
 // runControlPlane serves until ctx ends.
 func runControlPlane(ctx context.Context, o *controlPlaneOptions, s streams) (err error) {
 	log, err := controlPlaneLogger(s.err, o.logLevel, o.logFormat)
@@ -160,6 +140,15 @@ func runControlPlane(ctx context.Context, o *controlPlaneOptions, s streams) (er
 	}
 	if o.nackBackoff <= 0 {
 		return usageError("--nack-backoff %s must be positive", o.nackBackoff)
+	}
+	if o.watchInterval <= 0 {
+		return usageError("--watch-interval %s must be positive", o.watchInterval)
+	}
+	if o.settle < 0 {
+		return usageError("--settle %s must not be negative", o.settle)
+	}
+	if o.maxMeshSize < 0 {
+		return usageError("--max-mesh-size %d must be positive", o.maxMeshSize)
 	}
 	if err := checkListenAddress("xds-address", o.xdsAddress); err != nil {
 		return err
@@ -173,15 +162,6 @@ func runControlPlane(ctx context.Context, o *controlPlaneOptions, s streams) (er
 		if err := checkListenAddress("inject-address", o.inject.address); err != nil {
 			return err
 		}
-	}
-	if o.watchInterval <= 0 {
-		return usageError("--watch-interval %s must be positive", o.watchInterval)
-	}
-	if o.settle < 0 {
-		return usageError("--settle %s must not be negative", o.settle)
-	}
-	if o.maxMeshSize < 0 {
-		return usageError("--max-mesh-size %d must be positive", o.maxMeshSize)
 	}
 	memoryLimit := controlplane.MemoryLimit(o.memoryLimit)
 	if err := memoryLimit.Validate(); err != nil {
@@ -314,4 +294,23 @@ func nodeIDs(m *controlplane.Mesh) string {
 		return "it has no workloads"
 	}
 	return "known: " + strings.Join(ids, ", ")
+}
+
+// checkListenAddress refuses, before anything is served, a listen address
+// that is not host:port with a numeric port (exit 2): listening on it failed
+// (exit 1), and an empty port (":", a script's ":$PORT" with PORT unset)
+// listened on a random one. An empty host is every address, as in Go; port
+// 0 is a random port asked for on purpose (tests).
+func checkListenAddress(flag, addr string) error {
+	_, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return usageError("--%s %q is not host:port", flag, addr)
+	}
+	if port == "" {
+		return usageError("--%s %q has no port", flag, addr)
+	}
+	if _, err := strconv.ParseUint(port, 10, 16); err != nil {
+		return usageError("--%s %q: %q is not a port (0-65535)", flag, addr, port)
+	}
+	return nil
 }

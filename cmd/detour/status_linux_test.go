@@ -55,12 +55,17 @@ func TestCheckJSONExitCodes(t *testing.T) {
 	}
 }
 
-// TestStatusJSONOfNothing: `status -o json` where nothing is installed says
-// so with an empty list of families, not null.
+// TestStatusJSONOfNothing: `status -o json` and `uninstall -o json` where
+// nothing is installed say so with an empty list of families, not null.
 func TestStatusJSONOfNothing(t *testing.T) {
 	ns := privtest.NetNS(t)
 	code, out, stderr := runCLI(t, "status", "--netns", ns.Path, "-o", "json")
 	if code != 0 || !strings.Contains(out, `"installed": false`) || !strings.Contains(out, `"families": []`) {
 		t.Errorf("status -o json, nothing installed: exit %d, stdout %s, stderr %s; want 0, installed false and families []", code, out, stderr)
+	}
+	// uninstall -o json of nothing said "families": null.
+	code, out, stderr = runCLI(t, "uninstall", "--netns", ns.Path, "-o", "json")
+	if code != 0 || !strings.Contains(out, `"changed": false`) || !strings.Contains(out, `"families": []`) {
+		t.Errorf("uninstall -o json, nothing installed: exit %d, stdout %s, stderr %s; want 0, changed false and families []", code, out, stderr)
 	}
 }

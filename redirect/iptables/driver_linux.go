@@ -77,6 +77,11 @@ func command(ctx context.Context, stdin, name string, args ...string) (string, e
 		if strings.Contains(msg, "xtables lock") {
 			err = fmt.Errorf("%w (%w)", redirect.ErrLockTimeout, err)
 		}
+		// Killed because the caller's context ended (Ctrl-C, SIGTERM): say
+		// so, not only "signal: killed".
+		if ctxErr := ctx.Err(); ctxErr != nil && !errors.Is(err, ctxErr) {
+			err = fmt.Errorf("%w (%w)", ctxErr, err)
+		}
 		return stdout.String(), &toolError{tool: name, err: err, stderr: msg}
 	}
 	return stdout.String(), nil
@@ -262,7 +267,7 @@ func (r *run) apply(steps []step) error {
 		if err == nil {
 			continue
 		}
-		if s.ipv6 && !errors.Is(err, redirect.ErrLockTimeout) {
+		if s.ipv6 && !errors.Is(err, redirect.ErrLockTimeout) && !errors.Is(err, context.Canceled) {
 			err = fmt.Errorf("%w: %w", redirect.ErrIPv6Unavailable, err)
 		}
 		errs := []error{fmt.Errorf("restore %s with %s: %w", s.family, b, err)}

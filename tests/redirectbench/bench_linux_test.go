@@ -2,6 +2,7 @@ package redirectbench
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"maps"
@@ -303,7 +304,7 @@ func median(rs []result) result {
 func measurePath(t *testing.T, p path, cg, pinDir, origin string) result {
 	t.Helper()
 	ctx := context.Background()
-	l, err := lab.New(ctx, lab.Options{Prefix: "dtb"})
+	l, err := lab.New(ctx, lab.Options{Prefix: labPrefix()})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -384,11 +385,19 @@ func ebpfLab(t *testing.T) (cgroup, pinDir, origin string) {
 	if err := unix.Statfs(root, &st); err != nil || st.Type != unix.CGROUP2_SUPER_MAGIC {
 		root = "/sys/fs/cgroup"
 	}
-	bpffs := t.TempDir()
-	if err := unix.Mount("bpf", bpffs, "bpf", 0, "mode=0700"); err != nil {
+	removeStale(t, root)
+	bpffs := filepath.Join(os.TempDir(), fmt.Sprintf("detour-bench-bpffs-%d", os.Getpid()))
+	if err := os.Mkdir(bpffs, 0o700); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { unix.Unmount(bpffs, unix.MNT_DETACH) })
+	if err := unix.Mount("bpf", bpffs, "bpf", 0, "mode=0700"); err != nil {
+		os.Remove(bpffs)
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		unix.Unmount(bpffs, unix.MNT_DETACH)
+		os.Remove(bpffs)
+	})
 	cg := filepath.Join(root, fmt.Sprintf("detour-bench-%d", os.Getpid()))
 	if err := os.Mkdir(cg, 0o755); err != nil {
 		t.Fatal(err)
@@ -409,6 +418,50 @@ func ebpfLab(t *testing.T) (cgroup, pinDir, origin string) {
 	}
 	t.Cleanup(func() { os.WriteFile(filepath.Join(origin, "cgroup.procs"), pid, 0) })
 	return cg, filepath.Join(bpffs, "detour"), origin
+}
+
+// labPrefix starts the names of this run's namespaces: "dtb-" and the
+// process id, so that a later run can tell a dead run's from a live one's.
+func labPrefix() string { return fmt.Sprintf("dtb-%d", os.Getpid()) }
+
+// removeStale removes what a bench run that was killed left (it cannot tear
+// down): its namespaces, its private bpffs (whose pinned links keep detour's
+// programs attached) and its cgroup, each named with the run's process id,
+// only when that process is gone.
+func removeStale(t *testing.T, cgroupRoot string) {
+	t.Helper()
+	dead := func(name, prefix string) (pid int, ok bool) {
+		rest, ok := strings.CutPrefix(filepath.Base(name), prefix)
+		if !ok {
+			return 0, false
+		}
+		pid, err := strconv.Atoi(strings.SplitN(rest, "-", 2)[0])
+		return pid, err == nil && pid > 0 && pid != os.Getpid() && errors.Is(unix.Kill(pid, 0), unix.ESRCH)
+	}
+	if entries, err := os.ReadDir("/run/netns"); err == nil {
+		for _, e := range entries {
+			if pid, ok := dead(e.Name(), "dtb-"); ok {
+				gone, err := lab.RemoveLeftovers(context.Background(), fmt.Sprintf("dtb-%d", pid))
+				t.Logf("removed the namespaces %v of a dead bench run (%v)", gone, err)
+			}
+		}
+	}
+	mounts, _ := filepath.Glob(filepath.Join(os.TempDir(), "detour-bench-bpffs-*"))
+	for _, m := range mounts {
+		if _, ok := dead(m, "detour-bench-bpffs-"); ok {
+			_ = unix.Unmount(m, unix.MNT_DETACH)
+			os.Remove(m)
+			t.Logf("removed the bpffs %s of a dead bench run", m)
+		}
+	}
+	cgroups, _ := filepath.Glob(filepath.Join(cgroupRoot, "detour-bench-*"))
+	for _, c := range cgroups {
+		if _, ok := dead(c, "detour-bench-"); ok {
+			if err := os.Remove(c); err == nil { // refused while a process is still in it
+				t.Logf("removed the cgroup %s of a dead bench run", c)
+			}
+		}
+	}
 }
 
 // startServer runs the destination in the remote namespace: it echoes.

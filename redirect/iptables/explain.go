@@ -2,6 +2,7 @@ package iptables
 
 import (
 	"fmt"
+	"net/netip"
 
 	"github.com/detour-mesh/detour/internal/xtables"
 	"github.com/detour-mesh/detour/redirect"
@@ -74,10 +75,22 @@ func packetOf(c redirect.Conn) xtables.Packet {
 	p.Hook = xtables.Output
 	uid, gid := c.UID, c.GID
 	p.UID, p.GID = &uid, &gid
-	if dst.IsLoopback() || c.ToSelf || dst.IsUnspecified() {
+	if dst.IsUnspecified() {
+		// connect() to the unspecified address dials loopback: IPv6 ::1; IPv4
+		// the bound source address, else 127.0.0.1. The rules see that.
+		switch {
+		case dst.Is6():
+			p.Dst = netip.IPv6Loopback()
+		case src.IsValid():
+			p.Dst = src
+		default:
+			p.Dst = netip.AddrFrom4([4]byte{127, 0, 0, 1})
+		}
+	}
+	if p.Dst.IsLoopback() || c.ToSelf || dst.IsUnspecified() {
 		p.Out, p.DstLocal = xtables.Loopback, true
-		if !p.Src.IsValid() && dst.IsLoopback() {
-			p.Src = dst
+		if !p.Src.IsValid() && p.Dst.IsLoopback() {
+			p.Src = p.Dst // over lo the kernel picks the destination's own address
 		}
 	}
 	return p

@@ -58,7 +58,7 @@ func TestExplainSaveAgreesWithDecide(t *testing.T) {
 func probeConns(p redirect.Plan) []redirect.Conn {
 	c := p.Config
 	var addrs []netip.Addr
-	for _, s := range []string{"192.0.2.1", "203.0.113.5", "2001:db8::1", "2001:db8:ffff::5", "127.0.0.1", "::1"} {
+	for _, s := range []string{"192.0.2.1", "203.0.113.5", "2001:db8::1", "2001:db8:ffff::5", "127.0.0.1", "::1", "0.0.0.0", "::"} {
 		addrs = append(addrs, netip.MustParseAddr(s))
 	}
 	var prefixes []netip.Prefix
@@ -109,8 +109,10 @@ func probeConns(p redirect.Plan) []redirect.Conn {
 					out = append(out, redirect.Conn{Direction: redirect.DirOutbound, Protocol: proto, Dst: dst, Port: port, UID: 60001, GID: uid})
 				}
 			}
-			if !dst.IsLoopback() {
-				// Inbound from dst (loopback sources never arrive from outside).
+			if !dst.IsLoopback() && !dst.IsUnspecified() {
+				// Inbound from dst (loopback and unspecified sources never
+				// arrive from outside; an unspecified destination is a
+				// connect() to the loopback address).
 				out = append(out, redirect.Conn{Direction: redirect.DirInbound, Protocol: redirect.TCP, Src: dst, Dst: self[dst.Is6()], Port: port, ToSelf: true})
 			}
 		}

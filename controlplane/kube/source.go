@@ -16,6 +16,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
 	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/apimachinery/pkg/util/validation"
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
 	corelisters "k8s.io/client-go/listers/core/v1"
@@ -99,6 +100,14 @@ func New(o Options) (*Source, error) {
 	if suffix := o.DNS.Suffix; len(suffix) > maxDNSSuffix {
 		return nil, fmt.Errorf("kubernetes source dns options: %w", &redirect.FieldError{Field: "dns.suffix", Value: suffix,
 			Reason: fmt.Sprintf("is longer than %d characters: <service>.<namespace>.<suffix> (up to 63 characters each for service and namespace) would be longer than 253", maxDNSSuffix)})
+	}
+	// A namespace name is a DNS label: with any other name the watch would
+	// see no object, forever, without a word.
+	if o.Namespace != "" {
+		if errs := validation.IsDNS1123Label(o.Namespace); len(errs) > 0 {
+			return nil, &redirect.FieldError{Field: "namespace", Value: o.Namespace,
+				Reason: "is not a namespace name: " + strings.Join(errs, "; ")}
+		}
 	}
 	switch o.OutboundPolicy {
 	case "":

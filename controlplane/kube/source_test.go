@@ -2,6 +2,7 @@ package kube
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net/netip"
 	"os"
@@ -494,5 +495,16 @@ func TestNewRejectsBadOptions(t *testing.T) {
 	}
 	if _, err := New(Options{Client: &kubernetes.Clientset{}, OutboundPolicy: "deny"}); err == nil {
 		t.Error("New with an unknown outbound policy succeeded")
+	}
+	// A namespace no object can be in watched nothing, forever, and said
+	// nothing (--namespace Shop_1).
+	for _, ns := range []string{"Shop_1", "shop.a", "-shop", strings.Repeat("n", 64)} {
+		_, err := New(Options{Client: &kubernetes.Clientset{}, Namespace: ns})
+		if err == nil || !strings.Contains(err.Error(), `namespace: "`+ns+`" is not a namespace name`) || !errors.Is(err, redirect.ErrInvalid) {
+			t.Errorf("New with namespace %q: %v, want an invalid-input error naming namespace", ns, err)
+		}
+	}
+	if _, err := New(Options{Client: &kubernetes.Clientset{}, Namespace: "shop-1"}); err != nil {
+		t.Errorf("New with namespace shop-1: %v", err)
 	}
 }

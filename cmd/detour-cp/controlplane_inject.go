@@ -49,6 +49,9 @@ func newInjectionServer(ctx context.Context, o *controlPlaneOptions, mesh meshco
 	if f.rotateEvery < time.Minute {
 		return nil, usageError("--inject-rotate-every %s is shorter than a minute", f.rotateEvery)
 	}
+	if err := (webhook.ConfigurationOptions{URL: f.url}).Validate(); err != nil {
+		return nil, usageError("--inject-url: %v", err)
+	}
 	co := webhook.ConfigurationOptions{
 		URL:              f.url,
 		FailurePolicy:    admissionregistrationv1.FailurePolicyType(f.failurePolicy),

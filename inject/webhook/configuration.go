@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"net/url"
 	"strings"
 	"time"
 
@@ -85,6 +86,15 @@ func (o ConfigurationOptions) Validate() error {
 	}
 	if o.TimeoutSeconds < 0 || o.TimeoutSeconds > 30 {
 		return fmt.Errorf("webhook timeout %ds is not between 1 and 30 seconds", o.TimeoutSeconds)
+	}
+	if o.URL != "" {
+		// The API server refuses any other URL when the configuration is
+		// written, long after start; and the paths are appended to it.
+		u, err := url.Parse(o.URL)
+		if err != nil || u.Scheme != "https" || u.Hostname() == "" || u.User != nil ||
+			strings.TrimSuffix(u.Path, "/") != "" || u.RawQuery != "" || u.Fragment != "" || strings.HasSuffix(o.URL, "?") || strings.HasSuffix(o.URL, "#") {
+			return fmt.Errorf("webhook URL %q is not https://host[:port] (no path, query or user)", o.URL)
+		}
 	}
 	return nil
 }

@@ -97,3 +97,35 @@ func TestHandler(t *testing.T) {
 		t.Errorf("a body that is not a review: %d, want 400", rec.Code)
 	}
 }
+
+// TestConfigurationURL: a URL the API server would refuse when the
+// configuration is written (long after start) is refused by Validate, naming it.
+func TestConfigurationURL(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		name, url string
+		ok        bool
+	}{
+		{"host and port", "https://192.0.2.1:15017", true},
+		{"trailing slash", "https://cp.example:15017/", true},
+		{"no port", "https://cp.example", true},
+		{"http", "http://192.0.2.1:15017", false},
+		{"no host", "https://", false},
+		{"no scheme", "192.0.2.1:15017", false},
+		{"a path", "https://192.0.2.1:15017/inject", false},
+		{"a query", "https://192.0.2.1:15017?x=1", false},
+		{"a user", "https://u:p@192.0.2.1:15017", false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			err := webhook.ConfigurationOptions{URL: tt.url}.Validate()
+			if tt.ok != (err == nil) {
+				t.Fatalf("Validate(URL %q) = %v, want ok %v", tt.url, err, tt.ok)
+			}
+			if err != nil && !strings.Contains(err.Error(), `"`+tt.url+`"`) {
+				t.Errorf("error %q does not name the URL", err)
+			}
+		})
+	}
+}

@@ -167,6 +167,10 @@ func runControlPlane(ctx context.Context, o *controlPlaneOptions, s streams) (er
 	if err := memoryLimit.Validate(); err != nil {
 		return usageError("--memory-limit %q is not one of auto, adaptive, off", o.memoryLimit)
 	}
+	if o.adaptiveMemory && memoryLimit != "" && memoryLimit != controlplane.MemoryLimitAuto && memoryLimit != controlplane.MemoryLimitAdaptive {
+		// auto is also the default, so it cannot be told from a flag left out.
+		return usageError("--adaptive-memory-limit means --memory-limit adaptive; it contradicts --memory-limit %s", o.memoryLimit)
+	}
 	if o.adaptiveMemory {
 		memoryLimit = controlplane.MemoryLimitAdaptive
 	}

@@ -150,6 +150,7 @@ func TestControlPlaneInvalidInputExitsTwo(t *testing.T) {
 		{"client ca without tls", []string{"control-plane", "--config", bad, "--client-ca", "ca.pem"}, "--client-ca needs --tls-cert"},
 		{"bad log level", []string{"control-plane", "--config", bad, "--log-level", "loud"}, `--log-level "loud"`},
 		{"bad memory limit", []string{"control-plane", "--config", bad, "--memory-limit", "512MiB"}, `--memory-limit "512MiB" is not one of auto, adaptive, off`},
+		{"deprecated adaptive flag against memory limit off", []string{"control-plane", "--config", bad, "--adaptive-memory-limit", "--memory-limit", "off"}, `--adaptive-memory-limit means --memory-limit adaptive; it contradicts --memory-limit off`},
 		{"empty memory limit", []string{"control-plane", "--config", bad, "--memory-limit", ""}, `--memory-limit "" is empty`},
 		// An empty value given on purpose (a script's unset variable) never
 		// falls back to the default: --http-address "" served on 127.0.0.1:18001,

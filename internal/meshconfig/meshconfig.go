@@ -121,6 +121,13 @@ func Load(path string) (Config, error) {
 	if err != nil {
 		return Config{}, fmt.Errorf("read mesh config: %w", err)
 	}
+	// A file given on purpose with no setting in it (an empty ConfigMap key,
+	// a truncated write) is not the built-in defaults: with an istio preset
+	// meant, their proxy uid would recapture the proxy's own traffic.
+	if redirect.EmptyDocument(b) {
+		return Config{}, fmt.Errorf("mesh config %s: %w", path, &redirect.FieldError{Field: "(mesh config)", Value: path,
+			Reason: "is empty (no setting in it); leave the flag out for the built-in defaults, or write {}"})
+	}
 	c, err := Parse(b)
 	if err != nil {
 		return Config{}, fmt.Errorf("mesh config %s: %w", path, err)

@@ -157,6 +157,10 @@ type KernelVerdict struct {
 	// detour's rules), "accept", "dnat" (sent elsewhere), "drop", or "" when
 	// no rule matched.
 	Action string `json:"action,omitempty"`
+	// Foreign says Rule is another tool's, not one of detour's: `detour
+	// check`, which compares detour's own rules with the plan, does not
+	// report it.
+	Foreign bool `json:"foreign,omitempty"`
 	// Uncertain, when not empty, says why the installed state's answer
 	// cannot be told ("rule X uses Y"); Captured and Port then say nothing.
 	Uncertain string `json:"uncertain,omitempty"`

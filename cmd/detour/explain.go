@@ -453,7 +453,9 @@ func writeExplanation(w io.Writer, e explanation, configOnly bool) error {
 	for _, d := range e.Differences {
 		fmt.Fprintf(&b, "differs:    %s\n", d)
 	}
-	if len(e.Differences) > 0 && e.Kernel != nil && e.Kernel.Uncertain == "" {
+	if len(e.Differences) > 0 && e.Kernel != nil && e.Kernel.Uncertain == "" && e.Kernel.Foreign {
+		b.WriteString("            (another tool's rule: `detour check` compares only detour's own rules and does not report it)\n")
+	} else if len(e.Differences) > 0 && e.Kernel != nil && e.Kernel.Uncertain == "" {
 		b.WriteString("            (`detour check` with the same configuration lists every difference)\n")
 	}
 	if l := e.Live; l != nil {

@@ -31,6 +31,7 @@ func explainSave(b redirect.Backend, save string, c redirect.Conn) (redirect.Ker
 	}
 	if res.Decider != nil {
 		kv.Rule = "-t " + res.Decider.Table + " " + res.Decider.Text
+		kv.Foreign = !ownsChain(res.Decider.Table, res.Decider.Chain) && !hasOwnerComment(res.Decider.Text)
 		// The path leads up to the rule; the rule itself is not repeated.
 		if n := len(kv.Path); n > 0 && kv.Path[n-1] == kv.Rule {
 			kv.Path = kv.Path[:n-1]

@@ -143,3 +143,47 @@ func TestPacketOfNeverGuessesTheInterface(t *testing.T) {
 		t.Errorf("loopback: out %q local %v src %s", p.Out, p.DstLocal, p.Src)
 	}
 }
+
+// TestExplainSaysWhoseRuleDecides: a rule of another tool that decides is
+// marked Foreign (`detour check` compares only detour's rules and reports
+// nothing for it); detour's own rules, in its chains or hooked with its
+// comment, are not.
+func TestExplainSaysWhoseRuleDecides(t *testing.T) {
+	t.Parallel()
+	p, err := redirect.NewPlan(cfgWith(t, ""), redirect.Facts{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var save string
+	for _, fr := range Rules(p.Capture) {
+		if fr.Family == redirect.IPv4 {
+			save = renderTables(fr.Tables)
+		}
+	}
+	foreign := strings.Replace(save, "-A OUTPUT ", "-A OUTPUT -d 198.51.100.0/24 -p tcp -j ACCEPT\n-A OUTPUT ", 1)
+	conn := func(port uint16, uid uint32) redirect.Conn {
+		return redirect.Conn{Direction: redirect.DirOutbound, Protocol: redirect.TCP, Dst: netip.MustParseAddr("198.51.100.1"), Port: port, UID: uid, GID: uid}
+	}
+	tests := []struct {
+		name    string
+		save    string
+		conn    redirect.Conn
+		foreign bool
+	}{
+		{"detour's redirect", save, conn(80, 1000), false},
+		{"detour's return for the proxy", save, conn(80, 5678), false},
+		{"another tool's accept first", foreign, conn(80, 1000), true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			kv, err := explainSave(redirect.BackendIPTablesNFT, tt.save, tt.conn)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if kv.Rule == "" || kv.Foreign != tt.foreign {
+				t.Errorf("rule %q foreign %v, want foreign %v", kv.Rule, kv.Foreign, tt.foreign)
+			}
+		})
+	}
+}

@@ -72,12 +72,24 @@ type allValidator interface{ ValidateAll() error }
 // resources are walked on every config change.
 type walker struct {
 	path []segment
-	// valid, when set, holds typed configs (by pointer) whose contents were
-	// found valid: the generator shares them between resources, and
-	// unpacking each again for every resource that holds it was most of a
-	// build's garbage. Failures are not kept, so that each resource's error
-	// names its own path.
-	valid map[*anypb.Any]bool
+	// valid, when set, holds the parts the generator shares between
+	// resources (typed configs, filter chains, filters, listener filters;
+	// by pointer) whose contents were found valid: unpacking each typed
+	// config again for every resource that holds it was most of a build's
+	// garbage, and each distinct workload's inbound listener holds the
+	// build's shared chains. Failures are not kept, so that each resource's
+	// error names its own path.
+	valid map[proto.Message]bool
+}
+
+// shared reports whether m is of a kind the generator shares between
+// resources: worth remembering as valid.
+func shared(m proto.Message) bool {
+	switch m.(type) {
+	case *anypb.Any, *listenerv3.FilterChain, *listenerv3.Filter, *listenerv3.ListenerFilter:
+		return true
+	}
+	return false
 }
 
 // segment is one step of a field path: a field name, a list index or map key,
@@ -127,10 +139,21 @@ func (w *walker) message(m proto.Message) error {
 }
 
 func (w *walker) walk(m protoreflect.Message) error {
+	msg := m.Interface()
+	memo := w.valid != nil && shared(msg)
+	if memo && w.valid[msg] {
+		return nil
+	}
+	err := w.fields(m)
+	if err == nil && memo {
+		w.valid[msg] = true
+	}
+	return err
+}
+
+// fields walks m's populated fields, or the message a typed config holds.
+func (w *walker) fields(m protoreflect.Message) error {
 	if packed, ok := m.Interface().(*anypb.Any); ok {
-		if w.valid[packed] {
-			return nil
-		}
 		inner, err := anypb.UnmarshalNew(packed, proto.UnmarshalOptions{Resolver: protoregistry.GlobalTypes})
 		if err != nil {
 			return w.errorf("unpack %s: %v", packed.GetTypeUrl(), err)
@@ -138,9 +161,6 @@ func (w *walker) walk(m protoreflect.Message) error {
 		w.path = append(w.path, segment{name: string(inner.ProtoReflect().Descriptor().FullName()), unpacked: true})
 		err = w.message(inner)
 		w.path = w.path[:len(w.path)-1]
-		if err == nil && w.valid != nil {
-			w.valid[packed] = true
-		}
 		return err
 	}
 	var err error
@@ -198,7 +218,7 @@ type checker struct {
 	listenerAddrs               map[string]string
 
 	valid  map[proto.Message]error
-	walker walker // with a memo of valid typed configs
+	walker walker // with a memo of valid shared parts
 	refs   map[*listenerv3.Listener][]string
 	// filterRefs are the clusters each filter refers to (the generator
 	// shares filters between listeners).
@@ -210,7 +230,7 @@ type checker struct {
 func newChecker() *checker {
 	return &checker{
 		valid:      make(map[proto.Message]error),
-		walker:     walker{valid: make(map[*anypb.Any]bool)},
+		walker:     walker{valid: make(map[proto.Message]bool)},
 		refs:       make(map[*listenerv3.Listener][]string),
 		filterRefs: make(map[*listenerv3.Filter][]string),
 		chains:     make(map[*listenerv3.Listener]string),

@@ -80,6 +80,10 @@ type walker struct {
 	// build's shared chains. Failures are not kept, so that each resource's
 	// error names its own path.
 	valid map[proto.Message]bool
+	// unpacked, when set, is given every typed config found valid with the
+	// message it holds (the checker reads cluster references from it rather
+	// than unpacking it a second time).
+	unpacked func(packed *anypb.Any, inner proto.Message)
 }
 
 // shared reports whether m is of a kind the generator shares between
@@ -161,6 +165,9 @@ func (w *walker) fields(m protoreflect.Message) error {
 		w.path = append(w.path, segment{name: string(inner.ProtoReflect().Descriptor().FullName()), unpacked: true})
 		err = w.message(inner)
 		w.path = w.path[:len(w.path)-1]
+		if err == nil && w.unpacked != nil {
+			w.unpacked(packed, inner)
+		}
 		return err
 	}
 	var err error
@@ -223,19 +230,25 @@ type checker struct {
 	// filterRefs are the clusters each filter refers to (the generator
 	// shares filters between listeners).
 	filterRefs map[*listenerv3.Filter][]string
+	// configRefs are the references of each typed config validation
+	// unpacked, read then.
+	configRefs map[*anypb.Any]configRefs
 	chains     map[*listenerv3.Listener]string
 	addrs      map[*listenerv3.Listener]string
 }
 
 func newChecker() *checker {
-	return &checker{
+	c := &checker{
 		valid:      make(map[proto.Message]error),
 		walker:     walker{valid: make(map[proto.Message]bool)},
 		refs:       make(map[*listenerv3.Listener][]string),
 		filterRefs: make(map[*listenerv3.Filter][]string),
+		configRefs: make(map[*anypb.Any]configRefs),
 		chains:     make(map[*listenerv3.Listener]string),
 		addrs:      make(map[*listenerv3.Listener]string),
 	}
+	c.walker.unpacked = func(packed *anypb.Any, inner proto.Message) { c.configRefs[packed] = refsOf(inner) }
+	return c
 }
 
 func (c *checker) validate(m proto.Message, kind, name string) error {
@@ -463,27 +476,44 @@ func (c *checker) filterClusters(f *listenerv3.Filter) ([]string, error) {
 	if tc == nil {
 		return nil, fmt.Errorf("filter %s has no typed_config", f.GetName())
 	}
-	msg, err := tc.UnmarshalNew()
-	if err != nil {
-		return nil, fmt.Errorf("filter %s: unpack: %w", f.GetName(), err)
+	refs, ok := c.configRefs[tc]
+	if !ok {
+		msg, err := tc.UnmarshalNew()
+		if err != nil {
+			return nil, fmt.Errorf("filter %s: unpack: %w", f.GetName(), err)
+		}
+		refs = refsOf(msg)
 	}
-	var refs []string
+	if refs.rds {
+		return nil, fmt.Errorf("filter %s uses RDS, but this control plane serves routes inline only", f.GetName())
+	}
+	c.filterRefs[f] = refs.clusters
+	return refs.clusters, nil
+}
+
+// configRefs are what a network filter's typed config refers to.
+type configRefs struct {
+	clusters []string
+	rds      bool // routes by RDS or scoped routes, which are not served
+}
+
+// refsOf returns the references of a network filter's config: the clusters
+// of a TCP proxy or of an HTTP connection manager's inline routes.
+func refsOf(msg proto.Message) configRefs {
+	var r configRefs
 	switch t := msg.(type) {
 	case *tcpproxyv3.TcpProxy:
 		if name := t.GetCluster(); name != "" {
-			refs = append(refs, name)
+			r.clusters = append(r.clusters, name)
 		}
 		for _, wc := range t.GetWeightedClusters().GetClusters() {
-			refs = append(refs, wc.GetName())
+			r.clusters = append(r.clusters, wc.GetName())
 		}
 	case *hcmv3.HttpConnectionManager:
-		if t.GetRds() != nil || t.GetScopedRoutes() != nil {
-			return nil, fmt.Errorf("filter %s uses RDS, but this control plane serves routes inline only", f.GetName())
-		}
-		refs = append(refs, routeClusters(t.GetRouteConfig())...)
+		r.rds = t.GetRds() != nil || t.GetScopedRoutes() != nil
+		r.clusters = routeClusters(t.GetRouteConfig())
 	}
-	c.filterRefs[f] = refs
-	return refs, nil
+	return r
 }
 
 func routeClusters(rc *routev3.RouteConfiguration) []string {

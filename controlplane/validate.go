@@ -234,6 +234,7 @@ type checker struct {
 	// unpacked, read then.
 	configRefs map[*anypb.Any]configRefs
 	chains     map[*listenerv3.Listener]string
+	matches    map[*listenerv3.FilterChain][]byte // encoded filter chain matches
 	addrs      map[*listenerv3.Listener]string
 }
 
@@ -245,6 +246,7 @@ func newChecker() *checker {
 		filterRefs: make(map[*listenerv3.Filter][]string),
 		configRefs: make(map[*anypb.Any]configRefs),
 		chains:     make(map[*listenerv3.Listener]string),
+		matches:    make(map[*listenerv3.FilterChain][]byte),
 		addrs:      make(map[*listenerv3.Listener]string),
 	}
 	c.walker.unpacked = func(packed *anypb.Any, inner proto.Message) { c.configRefs[packed] = refsOf(inner) }
@@ -328,7 +330,7 @@ func (c *checker) check(node string, r Resources) error {
 		}
 		reason, seen := c.chains[l]
 		if !seen {
-			reason = checkChains(l)
+			reason = c.checkChains(l)
 			c.chains[l] = reason
 		}
 		if err := reason; err != "" {
@@ -414,32 +416,44 @@ func listenerAddress(a *corev3.Address) string {
 }
 
 // checkChains returns why l's filter chains are ambiguous, or "".
-func checkChains(l *listenerv3.Listener) string {
-	var matches [][]byte
-	names := make(map[string]bool, len(l.GetFilterChains()))
-	for i, fc := range l.GetFilterChains() {
-		if fc.GetName() != "" {
-			if names[fc.GetName()] {
+func (c *checker) checkChains(l *listenerv3.Listener) string {
+	chains := l.GetFilterChains()
+	for i, fc := range chains {
+		if fc.GetName() == "" {
+			continue
+		}
+		for j := range i {
+			if chains[j].GetName() == fc.GetName() {
 				return fmt.Sprintf("[%d] name %q is duplicated", i, fc.GetName())
 			}
-			names[fc.GetName()] = true
 		}
-		m := fc.GetFilterChainMatch()
-		if m == nil {
-			m = &listenerv3.FilterChainMatch{}
-		}
-		b, err := proto.MarshalOptions{Deterministic: true}.Marshal(m)
+	}
+	for i, fc := range chains {
+		b, err := c.chainMatch(fc)
 		if err != nil {
 			return fmt.Sprintf("[%d] filter_chain_match: %v", i, err)
 		}
-		for j, other := range matches {
-			if bytes.Equal(b, other) {
+		for j := range i {
+			if other, _ := c.chainMatch(chains[j]); bytes.Equal(b, other) {
 				return fmt.Sprintf("[%d] has the same filter_chain_match as [%d]", i, j)
 			}
 		}
-		matches = append(matches, b)
 	}
 	return ""
+}
+
+// chainMatch returns the deterministic encoding of fc's match (empty for
+// none), once per chain: the generator shares chains between listeners.
+func (c *checker) chainMatch(fc *listenerv3.FilterChain) ([]byte, error) {
+	if b, ok := c.matches[fc]; ok {
+		return b, nil
+	}
+	b, err := proto.MarshalOptions{Deterministic: true}.Marshal(fc.GetFilterChainMatch())
+	if err != nil {
+		return nil, err
+	}
+	c.matches[fc] = b
+	return b, nil
 }
 
 // clusterRefs returns the clusters a listener's filters send to.

@@ -51,6 +51,7 @@ deps-istio: ## build Istio's pilot-agent (istio-iptables, the bench-cli peer) in
 test: deps ## everything: vet, unit, privileged and end-to-end tests (run as root)
 	$(GO) vet ./...
 	$(GO) test -count=1 -timeout 80m ./...
+	$(GO) test -count=1 -tags detour_lean ./cmd/detour/ ./cmd/detour-cni/
 
 bench: deps-apt deps-kube deps-cni-plugins ## every benchmark with its figures (as root): CLI, engine, CNI ADD latency, xDS fan-out, admission latency, redirect backends
 	$(MAKE) --no-print-directory bench-cli bench-engine bench-cni bench-controlplane bench-inject bench-redirect
@@ -61,6 +62,7 @@ bench-cli: deps-apt deps-istio build ## start-up CPU and memory of detour, detou
 
 test-unit: ## the unprivileged unit tests only
 	$(GO) test -count=1 ./redirect/... ./controlplane/... ./cni/... ./cmd/... ./internal/...
+	$(GO) test -count=1 -tags detour_lean ./cmd/detour/ ./cmd/detour-cni/
 
 test-e2e: deps ## the end-to-end tests in tests/ only
 	$(GO) test -count=1 -timeout 60m ./tests/...
@@ -127,5 +129,5 @@ bench-controlplane: ## control-plane fan-out benchmark: 1000 in-process ADS clie
 
 # --- eBPF backend (issue 8) ---
 .PHONY: bench-redirect
-bench-redirect: deps-apt ## direct, the relay dialed directly, iptables-nft, iptables-legacy, nftables, ebpf, ebpf --ebpf-accelerate through one relay proxy: conn/s and CPU/conn (relayed and proxy-answered), p50/p99, MB/s, medians of interleaved runs (root; BENCH_REPS, BENCH_WORKERS, BENCH_SECONDS, BENCH_RR, BENCH_STREAM_MIB, BENCH_ONLY, BENCH_INBOUND, BENCH_BPF_STATS=1 for each eBPF program's runs and ns per connection)
-	DETOUR_BENCH=1 $(GO) test -count=1 -v -run TestCompareBackends ./tests/redirectbench/ | grep -E '^\|'
+bench-redirect: deps-apt ## direct, the relay dialed directly, iptables-nft, iptables-legacy, nftables, ebpf, ebpf --ebpf-accelerate through one relay proxy: conn/s and CPU/conn (relayed and proxy-answered; by process, with context switches), p50/p99, MB/s, medians of interleaved runs (root; BENCH_REPS, BENCH_WORKERS, BENCH_SECONDS, BENCH_RR, BENCH_STREAM_MIB, BENCH_ONLY, BENCH_INBOUND, BENCH_BPF_STATS=1 for each eBPF program's runs and ns per connection, BENCH_TOOLS=goroutines for the earlier goroutine-per-connection relay and client, BENCH_RELAY_THREADS, BENCH_SERVER_THREADS, BENCH_CLIENT_THREADS)
+	DETOUR_BENCH=1 $(GO) test -count=1 -v -run TestCompareBackends ./tests/redirectbench/ | grep -E '^(\||$$)'

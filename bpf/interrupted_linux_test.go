@@ -232,3 +232,59 @@ func TestTooManyUIDPortRulesChangesNothing(t *testing.T) {
 		t.Errorf("the refused install pinned %q", left)
 	}
 }
+
+// TestFailedFirstInstallLeavesNoPins: an install that fails is exit 1 with
+// the host as it was. A first install whose cgroup scope names no cgroup
+// directory (a file of the cgroup filesystem, such as its cgroup.procs), or
+// whose programs cannot be attached, pinned the maps before failing; they
+// belonged to no scope, `status` reported them as left behind, and every
+// later command of the lean detour was handed to detour-ebpf because of them.
+func TestFailedFirstInstallLeavesNoPins(t *testing.T) {
+	l := newLab(t)
+	ld := New(Options{PinDir: l.pinDir, Root: l.cgroup})
+	noPins := func(what string) {
+		t.Helper()
+		if left, _ := filepath.Glob(filepath.Join(l.pinDir, "*")); len(left) != 0 {
+			t.Errorf("%s: pins left: %q", what, left)
+		}
+		for attach, ids := range attachedIDs(t, l.cgroup) {
+			t.Errorf("%s: programs %v still attached to the cgroup (%s)", what, ids, attach)
+		}
+	}
+
+	file := filepath.Join(l.cgroup, "cgroup.procs")
+	_, err := ld.Apply(Scope{Cgroup: file}, testCapture(t, nil))
+	if err == nil || !strings.Contains(err.Error(), "not a cgroup v2 directory") {
+		t.Errorf("Apply to the scope of %s = %v; want an error saying it is not a cgroup v2 directory", file, err)
+	}
+	noPins("a file for the cgroup")
+	os.RemoveAll(l.pinDir) // what the case above left, so the next starts clean
+
+	// The links' pin directory cannot be made (a pinned map is where it
+	// goes): the attach fails after the maps were pinned.
+	if err := os.MkdirAll(l.pinDir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	obstacle, err := ebpf.NewMap(&ebpf.MapSpec{Type: ebpf.Array, KeySize: 4, ValueSize: 4, MaxEntries: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = obstacle.Pin(filepath.Join(l.pinDir, "links"))
+	obstacle.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ld.Apply(Scope{Cgroup: l.cgroup}, testCapture(t, nil)); err == nil {
+		t.Fatal("Apply with its links' pin directory blocked succeeded")
+	}
+	noPins("an attach that failed")
+
+	// The same install then works, and its removal leaves nothing.
+	if _, err := ld.Apply(Scope{Cgroup: l.cgroup}, testCapture(t, nil)); err != nil {
+		t.Fatalf("Apply after the failed one: %v", err)
+	}
+	if err := ld.Remove(Scope{Cgroup: l.cgroup}); err != nil {
+		t.Fatal(err)
+	}
+	noPins("install, then remove")
+}

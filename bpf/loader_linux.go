@@ -111,6 +111,11 @@ func (l *Loader) ApplyWith(scope Scope, c redirect.Capture, set Settings) (chang
 	if err := l.mountBPFFS(); err != nil {
 		return false, err
 	}
+	// The scope is resolved (its cgroup checked) before anything is pinned.
+	r, err := l.resolve(scope)
+	if err != nil {
+		return false, err
+	}
 	unlock, err := l.lock()
 	if err != nil {
 		return false, err
@@ -121,10 +126,6 @@ func (l *Loader) ApplyWith(scope Scope, c redirect.Capture, set Settings) (chang
 		return false, err
 	}
 	defer st.close()
-	r, err := l.resolve(scope)
-	if err != nil {
-		return false, err
-	}
 	// The scopes of cgroups that are gone hold ids and entries no command
 	// could otherwise reach short of an uninstall.
 	if err := l.removeGone(st); err != nil {
@@ -471,12 +472,13 @@ func cgroupID(path string) (uint64, error) {
 	if err := unix.Statfs(path, &st); err != nil {
 		return 0, fmt.Errorf("cgroup %s: %w", path, err)
 	}
-	if st.Type != unix.CGROUP2_SUPER_MAGIC {
-		return 0, fmt.Errorf("cgroup %s: not a cgroup v2 directory", path)
-	}
 	var s unix.Stat_t
 	if err := unix.Stat(path, &s); err != nil {
 		return 0, fmt.Errorf("cgroup %s: %w", path, err)
+	}
+	// A file of the cgroup filesystem (cgroup.procs) is on it too.
+	if st.Type != unix.CGROUP2_SUPER_MAGIC || s.Mode&unix.S_IFMT != unix.S_IFDIR {
+		return 0, fmt.Errorf("cgroup %s: not a cgroup v2 directory", path)
 	}
 	return s.Ino, nil
 }
@@ -874,11 +876,16 @@ func (l *Loader) rollback(st *store, r resolved, id uint32) error {
 	if err := st.records.Delete(r.key); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
 		errs = append(errs, err)
 	}
-	errs = append(errs, l.detachAccelUnused(st))
 	keys, err := st.scopeKeys()
 	if err != nil {
 		return errors.Join(append(errs, err)...)
 	}
+	if len(keys) == 0 {
+		// No scope is left: the pins (maps made for this install, links it
+		// attached) would belong to none, as after Remove of the last one.
+		return errors.Join(append(errs, l.cleanup())...)
+	}
+	errs = append(errs, l.detachAccelUnused(st))
 	inUse := false
 	for _, k := range keys {
 		if r.kind == kindNetns && k&cgroupKeyBit == 0 {

@@ -19,9 +19,12 @@ func ebpfPaths(pinDir, cgroupRoot string) error {
 	var errs []error
 	if cgroupRoot != "" {
 		var st unix.Statfs_t
+		var fi unix.Stat_t
 		if err := unix.Statfs(cgroupRoot, &st); err != nil {
 			errs = append(errs, fmt.Errorf("plugin config key ebpfCgroupRoot: %q: %w", cgroupRoot, err))
-		} else if st.Type != unix.CGROUP2_SUPER_MAGIC {
+		} else if err := unix.Stat(cgroupRoot, &fi); err != nil {
+			errs = append(errs, fmt.Errorf("plugin config key ebpfCgroupRoot: %q: %w", cgroupRoot, err))
+		} else if st.Type != unix.CGROUP2_SUPER_MAGIC || fi.Mode&unix.S_IFMT != unix.S_IFDIR { // cgroup.procs is on cgroup v2 too
 			errs = append(errs, fmt.Errorf("plugin config key ebpfCgroupRoot: %q is not a cgroup v2 directory", cgroupRoot))
 		}
 	}

@@ -716,6 +716,7 @@ func TestStatus(t *testing.T) {
 		}
 		return "/usr/sbin/" + f, nil
 	}
+	cgFile := cgroup2File()
 	tests := []struct {
 		name       string
 		kubeconfig string
@@ -738,6 +739,8 @@ func TestStatus(t *testing.T) {
 			wantCode: types.ErrPluginNotAvailable, wantMsg: `backend ebpf: plugin config key ebpfCgroupRoot: "/nonexistent/detour-cgroup": no such file or directory`},
 		{name: "ebpf cgroup root not cgroup v2", kubeconfig: valid, lookPath: allTools, extra: map[string]any{"config": map[string]any{"backend": "ebpf"}, "ebpfCgroupRoot": "/proc"},
 			wantCode: types.ErrPluginNotAvailable, wantMsg: `backend ebpf: plugin config key ebpfCgroupRoot: "/proc" is not a cgroup v2 directory`},
+		{name: "ebpf cgroup root a file of cgroup v2", kubeconfig: valid, lookPath: allTools, extra: map[string]any{"config": map[string]any{"backend": "ebpf"}, "ebpfCgroupRoot": cgFile},
+			wantCode: types.ErrPluginNotAvailable, wantMsg: fmt.Sprintf(`backend ebpf: plugin config key ebpfCgroupRoot: %q is not a cgroup v2 directory`, cgFile)},
 		{name: "ebpf pin dir under a missing directory", kubeconfig: valid, lookPath: allTools, extra: map[string]any{"config": map[string]any{"backend": "ebpf"}, "ebpfPinDir": "/nonexistent/bpf/detour"},
 			wantCode: types.ErrPluginNotAvailable, wantMsg: `backend ebpf: plugin config key ebpfPinDir: "/nonexistent/bpf/detour": directory /nonexistent/bpf: no such file or directory`},
 		{name: "ebpf paths unchecked with iptables", kubeconfig: valid, lookPath: allTools, extra: map[string]any{"ebpfCgroupRoot": "/nonexistent/detour-cgroup"}},
@@ -745,6 +748,9 @@ func TestStatus(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
+			if root, ok := tt.extra["ebpfCgroupRoot"]; ok && root == "" {
+				t.Skip("no cgroup v2 hierarchy is mounted here")
+			}
 			e := newEnv(t)
 			probed := false
 			ready := func() error { probed = true; return tt.ebpfReady }

@@ -38,7 +38,22 @@ type Field struct {
 
 // EnvName is the environment variable that sets the field.
 func (f Field) EnvName() string {
-	return "DETOUR_" + strings.ToUpper(strings.ReplaceAll(f.Name, "-", "_"))
+	// One allocation: every start looks up each field's variable (29).
+	var b strings.Builder
+	b.Grow(len("DETOUR_") + len(f.Name))
+	b.WriteString("DETOUR_")
+	for _, c := range []byte(f.Name) {
+		switch {
+		case c >= 0x80:
+			return "DETOUR_" + strings.ToUpper(strings.ReplaceAll(f.Name, "-", "_"))
+		case c == '-':
+			c = '_'
+		case 'a' <= c && c <= 'z':
+			c -= 'a' - 'A'
+		}
+		b.WriteByte(c)
+	}
+	return b.String()
 }
 
 // Get returns the field's value in c in its string form (lists comma-separated).

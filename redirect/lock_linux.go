@@ -57,7 +57,7 @@ func (e *Engine) lockNetNS(ctx context.Context) (unlock func(), err error) {
 			return l.unlock, nil
 		}
 		if !time.Now().Before(deadline) {
-			return nil, fmt.Errorf("%w: another detour run holds the lock of this network namespace (%s) after %s", ErrLockTimeout, path, wait)
+			return nil, fmt.Errorf("%w: another detour run holds the lock of this network namespace (%s) after %s", ErrLockTimeout, path, wait.Round(time.Millisecond))
 		}
 		select {
 		case <-ctx.Done():

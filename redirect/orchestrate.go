@@ -164,6 +164,14 @@ func conflicts(states []*driverState) error {
 // iptables-legacy stays legacy), and when none does, the first Driver that
 // is ready; never ebpf, which is opt-in.
 func (e *Engine) choose(want Backend, states []*driverState) (*driverState, error) {
+	// A reading the caller cut short (Ctrl-C, SIGTERM cancel the CLI's
+	// context) says nothing of whether a backend works: no choice is made
+	// on it. (A tool's own time-out still makes its backend not usable.)
+	for _, s := range states {
+		if err := s.usable(); errors.Is(err, context.Canceled) {
+			return nil, fmt.Errorf("interrupted while reading %s: %w", s.d.Name(), err)
+		}
+	}
 	held := holding(states)
 	if want != BackendAuto && want != "" {
 		var first *driverState

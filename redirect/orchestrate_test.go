@@ -588,3 +588,23 @@ func TestInboundOfAnotherScope(t *testing.T) {
 		t.Errorf("writes = %v, want only the install without inbound", w)
 	}
 }
+
+// TestInterruptedObserveIsNotUnusable: a backend whose observation was cut
+// short by the caller (Ctrl-C, SIGTERM: the context ends while
+// iptables-save runs) is not "not usable": the error says the call was
+// interrupted and keeps the context's error for the caller to branch on.
+func TestInterruptedObserveIsNotUnusable(t *testing.T) {
+	t.Parallel()
+	for _, want := range []Backend{BackendIPTablesNFT, BackendAuto} {
+		l := newLab(t, BackendIPTablesNFT)
+		l.d[BackendIPTablesNFT].state = map[Family][]string{IPv4: {"held"}} // auto: the backend holding detour's rules
+		l.d[BackendIPTablesNFT].ready = fmt.Errorf("observe ipv4 with iptables-nft: iptables-nft-save: %w", context.Canceled)
+		_, err := l.e.Install(context.Background(), l.plan(t, want))
+		if !errors.Is(err, context.Canceled) || strings.Contains(err.Error(), "not usable") || !strings.Contains(err.Error(), "interrupted") {
+			t.Errorf("backend %s: Install = %v; want it interrupted (context.Canceled), not called not usable", want, err)
+		}
+		if w := l.writes(); len(w) != 0 {
+			t.Errorf("backend %s: the interrupted install wrote %q", want, w)
+		}
+	}
+}

@@ -4,12 +4,9 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"net"
 	"net/netip"
 	"slices"
 
-	"github.com/vishvananda/netlink"
-	"github.com/vishvananda/netlink/nl"
 	"golang.org/x/sys/unix"
 )
 
@@ -35,40 +32,6 @@ type netItem struct {
 	del    func(c *routeConn) error
 }
 
-// routeConn is the NETLINK_ROUTE socket of the calling thread's namespace
-// that one observe, or one change, makes every request on: the library's
-// package-level calls open, bind, register with Go's poller and close a
-// socket per request.
-type routeConn struct {
-	h  *netlink.Handle
-	sh *nl.SocketHandle // for the requests netlink.Handle does not make (IFA_PROTO)
-}
-
-func openRoute() (*routeConn, error) {
-	h, err := netlink.NewHandle(unix.NETLINK_ROUTE)
-	if err != nil {
-		return nil, fmt.Errorf("open rtnetlink socket: %w", err)
-	}
-	s, err := nl.Subscribe(unix.NETLINK_ROUTE) // no groups: a plain request socket
-	if err != nil {
-		h.Close()
-		return nil, fmt.Errorf("open rtnetlink socket: %w", err)
-	}
-	return &routeConn{h: h, sh: &nl.SocketHandle{Socket: s}}, nil
-}
-
-func (c *routeConn) close() {
-	c.sh.Close()
-	c.h.Close()
-}
-
-// request is a request of our own on c's socket.
-func (c *routeConn) request(proto, flags int) *nl.NetlinkRequest {
-	req := nl.NewNetlinkRequest(proto, flags)
-	req.Sockets = map[int]*nl.SocketHandle{unix.NETLINK_ROUTE: c.sh}
-	return req
-}
-
 // netState is every netItem of the namespace against what a plan wants. It
 // runs on the calling thread, which must be inside the namespace.
 type netState struct {
@@ -84,40 +47,31 @@ func netlinkFamily(f Family) int {
 
 // ourRule is the TPROXY rule as we add and delete it: with our protocol, the
 // kernel deletes only ours even when someone else has an identical rule.
-func ourRule(f Family) *netlink.Rule {
-	r := netlink.NewRule()
-	r.Family = netlinkFamily(f)
-	r.Table = tproxyTable
-	r.Priority = tproxyPriority
-	r.Mark = tproxyMark
-	mask := uint32(tproxyMark)
-	r.Mask = &mask
-	r.Protocol = netProtocol
-	return r
+func ourRule(f Family) ipRule {
+	return ipRule{family: netlinkFamily(f), table: tproxyTable, priority: tproxyPriority,
+		mark: tproxyMark, mask: tproxyMark, hasMask: true, protocol: netProtocol}
 }
 
-func ourRoute(f Family, lo int) *netlink.Route {
-	dst := &net.IPNet{IP: net.IPv4zero.To4(), Mask: net.CIDRMask(0, 32)}
+func ourRoute(f Family, lo int) ipRoute {
+	dst := netip.PrefixFrom(netip.IPv4Unspecified(), 0)
 	if f == IPv6 {
-		dst = &net.IPNet{IP: net.IPv6zero, Mask: net.CIDRMask(0, 128)}
+		dst = netip.PrefixFrom(netip.IPv6Unspecified(), 0)
 	}
-	return &netlink.Route{
-		Family: netlinkFamily(f), LinkIndex: lo, Dst: dst, Table: tproxyTable,
-		Type: unix.RTN_LOCAL, Scope: netlink.SCOPE_HOST, Protocol: netProtocol,
-	}
+	return ipRoute{family: netlinkFamily(f), oif: lo, dst: dst, table: tproxyTable,
+		typ: unix.RTN_LOCAL, scope: unix.RT_SCOPE_HOST, protocol: netProtocol}
 }
 
 // isRuleKey reports whether r selects what our rule selects (priority, mark,
 // mask, table), whoever made it.
-func isRuleKey(r netlink.Rule) bool {
-	return r.Priority == tproxyPriority && r.Table == tproxyTable && r.Mark == tproxyMark && r.Mask != nil && *r.Mask == tproxyMark
+func isRuleKey(r ipRule) bool {
+	return r.priority == tproxyPriority && r.table == tproxyTable && r.mark == tproxyMark && r.hasMask && r.mask == tproxyMark
 }
 
 // isRouteKey reports whether r takes the place of our route: the kernel keys
 // routes by table, destination and metric, not by device or protocol, so a
 // local default route of someone else in our table is used as it is.
-func isRouteKey(r netlink.Route) bool {
-	return r.Type == unix.RTN_LOCAL && (r.Dst == nil || isDefault(r.Dst))
+func isRouteKey(r ipRoute) bool {
+	return r.typ == unix.RTN_LOCAL && (!r.dst.IsValid() || r.dst.Bits() == 0)
 }
 
 // loAddr is an address on lo as a raw dump shows it.
@@ -126,14 +80,11 @@ type loAddr struct {
 	proto  uint8
 }
 
-// listLoAddrs dumps the addresses of family f on link lo with their IFA_PROTO,
-// which netlink.AddrList does not read.
+// listLoAddrs dumps the addresses of family f on link lo with their IFA_PROTO.
 func listLoAddrs(c *routeConn, f Family, lo int) ([]loAddr, error) {
-	msgs, err := retryDump(func() ([][]byte, error) {
-		req := c.request(unix.RTM_GETADDR, unix.NLM_F_DUMP)
-		req.AddData(nl.NewIfAddrmsg(netlinkFamily(f)))
-		return req.Execute(unix.NETLINK_ROUTE, unix.RTM_NEWADDR)
-	})
+	hdr := make([]byte, unix.SizeofIfAddrmsg)
+	hdr[0] = byte(netlinkFamily(f))
+	msgs, err := retryDump(func() ([][]byte, error) { return c.dumpAll(unix.RTM_GETADDR, hdr) })
 	if err != nil {
 		return nil, err
 	}
@@ -142,27 +93,26 @@ func listLoAddrs(c *routeConn, f Family, lo int) ([]loAddr, error) {
 		if len(m) < unix.SizeofIfAddrmsg {
 			continue
 		}
-		msg := nl.DeserializeIfAddrmsg(m)
-		if int(msg.Index) != lo || int(msg.Family) != netlinkFamily(f) {
+		// struct ifaddrmsg: family, prefixlen, flags, scope, index
+		if int(binary.NativeEndian.Uint32(m[4:])) != lo || int(m[0]) != netlinkFamily(f) {
 			continue
-		}
-		attrs, err := nl.ParseRouteAttr(m[msg.Len():])
-		if err != nil {
-			return nil, err
 		}
 		var a loAddr
 		var local, address netip.Addr
-		for _, at := range attrs {
-			switch at.Attr.Type {
+		err := eachAttr(m[unix.SizeofIfAddrmsg:], func(typ uint16, data []byte) {
+			switch typ {
 			case unix.IFA_LOCAL:
-				local, _ = netip.AddrFromSlice(at.Value)
+				local, _ = netip.AddrFromSlice(data)
 			case unix.IFA_ADDRESS:
-				address, _ = netip.AddrFromSlice(at.Value)
+				address, _ = netip.AddrFromSlice(data)
 			case ifaProto:
-				if len(at.Value) > 0 {
-					a.proto = at.Value[0]
+				if len(data) > 0 {
+					a.proto = data[0]
 				}
 			}
+		})
+		if err != nil {
+			return nil, err
 		}
 		ip := local // IPv4 puts the address in IFA_LOCAL, IPv6 only in IFA_ADDRESS
 		if !ip.IsValid() {
@@ -171,47 +121,46 @@ func listLoAddrs(c *routeConn, f Family, lo int) ([]loAddr, error) {
 		if !ip.IsValid() {
 			continue
 		}
-		a.prefix = netip.PrefixFrom(ip.Unmap(), int(msg.Prefixlen))
+		a.prefix = netip.PrefixFrom(ip.Unmap(), int(m[1]))
 		out = append(out, a)
 	}
 	return out, nil
+}
+
+// loAddrRequest is the body of a request about address p on lo: its
+// ifaddrmsg, IFA_LOCAL and IFA_ADDRESS.
+func loAddrRequest(p netip.Prefix, lo int) attrs {
+	fam := IPv4
+	if p.Addr().Is6() {
+		fam = IPv6
+	}
+	hdr := make([]byte, unix.SizeofIfAddrmsg, 96)
+	hdr[0] = byte(netlinkFamily(fam))
+	hdr[1] = byte(p.Bits())
+	binary.NativeEndian.PutUint32(hdr[4:], uint32(lo))
+	ip := p.Addr().AsSlice()
+	return attrs(hdr).add(unix.IFA_LOCAL, ip).add(unix.IFA_ADDRESS, ip)
 }
 
 // addLoAddr puts p on lo tagged with our protocol: IPv4 also with our label
 // (visible in `ip addr`, which does not show the protocol), IPv6 with nodad so
 // the proxy can bind it at once; neither gets a prefix route.
 func addLoAddr(c *routeConn, p netip.Prefix, lo int) error {
-	req := c.request(unix.RTM_NEWADDR, unix.NLM_F_CREATE|unix.NLM_F_EXCL|unix.NLM_F_ACK)
-	fam := IPv4
-	if p.Addr().Is6() {
-		fam = IPv6
-	}
-	msg := nl.NewIfAddrmsg(netlinkFamily(fam))
-	msg.Prefixlen = uint8(p.Bits())
-	msg.Scope = unix.RT_SCOPE_HOST
-	msg.Index = uint32(lo)
-	req.AddData(msg)
-	ip := p.Addr().AsSlice()
-	req.AddData(nl.NewRtAttr(unix.IFA_LOCAL, ip))
-	req.AddData(nl.NewRtAttr(unix.IFA_ADDRESS, ip))
+	a := loAddrRequest(p, lo)
+	a[3] = unix.RT_SCOPE_HOST
 	flags := uint32(unix.IFA_F_NOPREFIXROUTE)
-	if fam == IPv6 {
+	if p.Addr().Is6() {
 		flags |= unix.IFA_F_NODAD
 	} else {
-		req.AddData(nl.NewRtAttr(unix.IFA_LABEL, nl.ZeroTerminated(addressLabel)))
+		a = a.add(unix.IFA_LABEL, append([]byte(addressLabel), 0))
 	}
-	b := make([]byte, 4)
-	binary.NativeEndian.PutUint32(b, flags)
-	req.AddData(nl.NewRtAttr(unix.IFA_FLAGS, b))
-	req.AddData(nl.NewRtAttr(ifaProto, []byte{netProtocol}))
-	_, err := req.Execute(unix.NETLINK_ROUTE, 0)
-	return err
+	a = a.u32(unix.IFA_FLAGS, flags)
+	a = a.add(ifaProto, []byte{netProtocol})
+	return c.change(unix.RTM_NEWADDR, unix.NLM_F_CREATE|unix.NLM_F_EXCL, a)
 }
 
-func delLoAddr(c *routeConn, p netip.Prefix, lo netlink.Link) error {
-	return c.h.AddrDel(lo, &netlink.Addr{
-		IPNet: &net.IPNet{IP: p.Addr().AsSlice(), Mask: net.CIDRMask(p.Bits(), p.Addr().BitLen())},
-	})
+func delLoAddr(c *routeConn, p netip.Prefix, lo int) error {
+	return c.change(unix.RTM_DELADDR, 0, loAddrRequest(p, lo))
 }
 
 // retryDump runs a netlink dump again when the kernel reports that it was
@@ -221,7 +170,7 @@ func retryDump[T any](dump func() (T, error)) (T, error) {
 	var err error
 	for range 5 {
 		out, err = dump()
-		if !errors.Is(err, netlink.ErrDumpInterrupted) {
+		if !errors.Is(err, errDumpInterrupted) {
 			return out, err
 		}
 	}
@@ -237,59 +186,55 @@ func observeNet(p Plan) (netState, error) {
 		return s, err
 	}
 	defer c.close()
-	lo, err := c.h.LinkByName("lo")
+	lo, err := c.loIndex()
 	if err != nil {
 		return s, fmt.Errorf("find loopback: %w", err)
 	}
-	loIdx := lo.Attrs().Index
 	routing := &PolicyRouting{Mark: tproxyMark, Mask: tproxyMark, Table: tproxyTable, Priority: tproxyPriority}
 	for _, f := range allFamilies {
 		fc, planned := p.Family(f)
 		wantRouting := planned && fc.TProxy != nil
-		rules, err := retryDump(func() ([]netlink.Rule, error) { return c.h.RuleList(netlinkFamily(f)) })
+		rules, err := retryDump(func() ([]ipRule, error) { return c.listRules(netlinkFamily(f)) })
 		if err != nil {
 			if !planned && errors.Is(err, unix.EAFNOSUPPORT) {
 				continue // no IPv6 in this kernel: nothing of ours either
 			}
 			return s, fmt.Errorf("list %s ip rules: %w", f, err)
 		}
-		routes, err := retryDump(func() ([]netlink.Route, error) {
-			return c.h.RouteListFiltered(netlinkFamily(f), &netlink.Route{Table: tproxyTable}, netlink.RT_FILTER_TABLE)
-		})
+		routes, err := retryDump(func() ([]ipRoute, error) { return c.listRoutes(netlinkFamily(f), tproxyTable) })
 		if err != nil {
 			return s, fmt.Errorf("list %s routes of table %d: %w", f, tproxyTable, err)
 		}
 		lines := routing.lines(f)
-		ru, rt := ourRule(f), ourRoute(f, loIdx)
+		ru, rt := ourRule(f), ourRoute(f, lo)
 
 		// Our rule is added next to an identical one of someone else (the
 		// kernel keeps both, told apart by protocol), so each owner can remove
 		// its own.
-		ruleOurs := slices.ContainsFunc(rules, func(r netlink.Rule) bool { return isRuleKey(r) && r.Protocol == netProtocol })
+		ruleOurs := slices.ContainsFunc(rules, func(r ipRule) bool { return isRuleKey(r) && r.protocol == netProtocol })
 		s.items = append(s.items, &netItem{family: f, line: lines[0], want: wantRouting, exists: ruleOurs, ours: ruleOurs,
-			add: func(c *routeConn) error { return c.h.RuleAdd(ru) }, del: func(c *routeConn) error { return c.h.RuleDel(ru) }})
+			add: func(c *routeConn) error { return c.addRule(ru) }, del: func(c *routeConn) error { return c.delRule(ru) }})
 		for _, r := range rules {
-			if r.Protocol == netProtocol && !isRuleKey(r) {
-				stray := netlink.NewRule()
-				stray.Family, stray.Priority, stray.Table, stray.Mark, stray.Mask, stray.Protocol = netlinkFamily(f), r.Priority, r.Table, r.Mark, r.Mask, netProtocol
+			if r.protocol == netProtocol && !isRuleKey(r) {
+				stray := r
 				s.items = append(s.items, &netItem{family: f, line: ruleLine(f, r), exists: true, ours: true,
-					del: func(c *routeConn) error { return c.h.RuleDel(stray) }})
+					del: func(c *routeConn) error { return c.delRule(stray) }})
 			}
 		}
 
 		routeThere := slices.ContainsFunc(routes, isRouteKey)
-		routeOurs := slices.ContainsFunc(routes, func(r netlink.Route) bool { return isRouteKey(r) && r.Protocol == netProtocol })
+		routeOurs := slices.ContainsFunc(routes, func(r ipRoute) bool { return isRouteKey(r) && r.protocol == netProtocol })
 		s.items = append(s.items, &netItem{family: f, line: lines[1], want: wantRouting, exists: routeThere, ours: routeOurs,
-			add: func(c *routeConn) error { return c.h.RouteAdd(rt) }, del: func(c *routeConn) error { return c.h.RouteDel(rt) }})
+			add: func(c *routeConn) error { return c.addRoute(rt) }, del: func(c *routeConn) error { return c.delRoute(rt) }})
 		for _, r := range routes {
-			if r.Protocol == netProtocol && !isRouteKey(r) {
+			if r.protocol == netProtocol && !isRouteKey(r) {
 				stray := r
 				s.items = append(s.items, &netItem{family: f, line: fmt.Sprintf("# routing: %s (table %d)", r.String(), tproxyTable), exists: true, ours: true,
-					del: func(c *routeConn) error { return c.h.RouteDel(&stray) }})
+					del: func(c *routeConn) error { return c.delRoute(stray) }})
 			}
 		}
 
-		addrs, err := listLoAddrs(c, f, loIdx)
+		addrs, err := listLoAddrs(c, f, lo)
 		if err != nil {
 			return s, fmt.Errorf("list %s addresses of lo: %w", f, err)
 		}
@@ -304,7 +249,7 @@ func observeNet(p Plan) (netState, error) {
 					it.exists, it.ours = true, a.proto == netProtocol
 				}
 			}
-			it.add = func(c *routeConn) error { return addLoAddr(c, w, loIdx) }
+			it.add = func(c *routeConn) error { return addLoAddr(c, w, lo) }
 			it.del = func(c *routeConn) error { return delLoAddr(c, w, lo) }
 			s.items = append(s.items, it)
 		}
@@ -320,21 +265,12 @@ func observeNet(p Plan) (netState, error) {
 }
 
 // ruleLine describes a rule of ours that the plan does not know.
-func ruleLine(f Family, r netlink.Rule) string {
+func ruleLine(f Family, r ipRule) string {
 	v := "-4"
 	if f == IPv6 {
 		v = "-6"
 	}
-	mask := uint32(0)
-	if r.Mask != nil {
-		mask = *r.Mask
-	}
-	return fmt.Sprintf("# routing: ip %s rule add fwmark %#x/%#x lookup %d priority %d protocol %d", v, r.Mark, mask, r.Table, r.Priority, netProtocol)
-}
-
-func isDefault(n *net.IPNet) bool {
-	ones, _ := n.Mask.Size()
-	return ones == 0
+	return fmt.Sprintf("# routing: ip %s rule add fwmark %#x/%#x lookup %d priority %d protocol %d", v, r.mark, r.mask, r.table, r.priority, netProtocol)
 }
 
 // changes reports whether add or remove would change anything.

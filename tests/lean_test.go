@@ -123,3 +123,34 @@ func TestLeanPlanWithoutRoot(t *testing.T) {
 		t.Errorf("detour plan as uid 65534 without detour-ebpf: %v\n%s", err, out)
 	}
 }
+
+// TestLeanSeesALeftoverEBPFInboundTable: a cgroup scope's inbound table
+// outlives its scope when the cgroup is removed and another scope's install
+// and uninstall then sweep every pin (docs/ebpf.md, "Lifecycle"): nothing is
+// pinned, yet the table redirects every inbound connection of the
+// namespace. The lean detour decided to hand over by the pins alone, so its
+// status said "detour is not installed" and its uninstall "nothing to
+// remove", leaving the table; only detour-ebpf named and removed it. The
+// table is made here as such a sweep leaves it.
+func TestLeanSeesALeftoverEBPFInboundTable(t *testing.T) {
+	privtest.Require(t, "ip", "nft")
+	p := newPod(t, variant{family: lab.IPv4, backend: "nftables", mode: "redirect"})
+	const table = "detour_ebpf_inbound_cg_0badcafe"
+	if out, err := p.lab.Pod.Run(p.ctx, "nft", "add", "table", "inet", table); err != nil {
+		t.Fatalf("nft add table: %v\n%s", err, out)
+	}
+	if len(pinsLeft(t, p.env)) != 0 {
+		t.Fatal("something is pinned: the case needs none")
+	}
+	r := p.detour("status", "-v")
+	if r.code != 0 || !strings.Contains(r.stdout, "left behind") || !strings.Contains(r.stdout, table) || !strings.Contains(r.stderr, handOver) {
+		t.Errorf("status with %s in the namespace: want it handed to detour-ebpf and the table named as left behind:\n%s", table, r)
+	}
+	r = p.detour("uninstall")
+	if r.code != 0 || !strings.Contains(r.stdout, table) {
+		t.Errorf("uninstall with %s in the namespace: want it removed and named:\n%s", table, r)
+	}
+	if got := nftTables(p); got != "" {
+		t.Errorf("after uninstall the namespace holds nftables tables:\n%s", got)
+	}
+}

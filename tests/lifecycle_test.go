@@ -129,10 +129,15 @@ func TestLifecycle(t *testing.T) {
 			p.install()
 			p.uninstall()
 			once := p.snapshot()
-			if withoutEmptyTables(once) != withoutEmptyTables(before) {
+			switch {
+			case withoutEmptyTables(once) != withoutEmptyTables(before):
 				t.Errorf("install then uninstall in a fresh namespace left changes:\n%s", diffLines(before, once))
-			} else if once != before {
-				t.Logf("install then uninstall in a fresh namespace left empty tables behind:\n%s", diffLines(before, once))
+			case once != before && v.backend != legacy:
+				// Only legacy iptables cannot delete a table once used;
+				// detour deletes iptables-nft's emptied chains and tables.
+				t.Errorf("install then uninstall in a fresh namespace left empty tables behind:\n%s", diffLines(before, once))
+			case once != before:
+				t.Logf("install then uninstall in a fresh namespace left empty tables behind (iptables-legacy keeps a table once used):\n%s", diffLines(before, once))
 			}
 			if o := ours(once); len(o) != 0 {
 				t.Errorf("uninstall left rules of detour's:\n%s", strings.Join(o, "\n"))

@@ -7,6 +7,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"strconv"
 	"strings"
 	"time"
 
@@ -149,6 +150,19 @@ func runControlPlane(ctx context.Context, o *controlPlaneOptions, s streams) (er
 	if o.maxMeshSize < 0 {
 		return usageError("--max-mesh-size %d must be positive", o.maxMeshSize)
 	}
+	if err := checkListenAddress("xds-address", o.xdsAddress); err != nil {
+		return err
+	}
+	if o.httpAddress != "off" {
+		if err := checkListenAddress("http-address", o.httpAddress); err != nil {
+			return err
+		}
+	}
+	if o.inject.enabled {
+		if err := checkListenAddress("inject-address", o.inject.address); err != nil {
+			return err
+		}
+	}
 	memoryLimit := controlplane.MemoryLimit(o.memoryLimit)
 	if err := memoryLimit.Validate(); err != nil {
 		return usageError("--memory-limit %q is not one of auto, adaptive, off", o.memoryLimit)
@@ -280,4 +294,23 @@ func nodeIDs(m *controlplane.Mesh) string {
 		return "it has no workloads"
 	}
 	return "known: " + strings.Join(ids, ", ")
+}
+
+// checkListenAddress refuses, before anything is served, a listen address
+// that is not host:port with a numeric port (exit 2): listening on it failed
+// (exit 1), and an empty port (":", a script's ":$PORT" with PORT unset)
+// listened on a random one. An empty host is every address, as in Go; port
+// 0 is a random port asked for on purpose (tests).
+func checkListenAddress(flag, addr string) error {
+	_, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return usageError("--%s %q is not host:port", flag, addr)
+	}
+	if port == "" {
+		return usageError("--%s %q has no port", flag, addr)
+	}
+	if _, err := strconv.ParseUint(port, 10, 16); err != nil {
+		return usageError("--%s %q: %q is not a port (0-65535)", flag, addr, port)
+	}
+	return nil
 }

@@ -154,9 +154,20 @@ func TestControlPlaneInvalidInputExitsTwo(t *testing.T) {
 		// An empty value given on purpose (a script's unset variable) never
 		// falls back to the default: --http-address "" served on 127.0.0.1:18001,
 		// --namespace "" watched every namespace.
-		{"empty xds address", []string{"control-plane", "--config", bad, "--xds-address", ""}, `--xds-address "" is empty`},
+		{"empty xds address", []string{"control-plane", "--config", bad, "--xds-address", ""}, `--xds-address "" is empty; leave the flag out for its default (127.0.0.1:18000)`},
+		// A required flag has no default to leave it out for.
+		{"bootstrap empty node id", []string{"bootstrap", "--node-id", "", "--control-plane", "127.0.0.1:1"}, `--node-id "" is empty; give it a value`},
 		{"empty http address", []string{"control-plane", "--config", bad, "--http-address", ""}, `--http-address "" is empty`},
 		{"empty namespace", []string{"control-plane", "--source", "kubernetes", "--namespace", ""}, `--namespace "" is empty`},
+		// A listen address that cannot be one failed at listen (exit 1), and
+		// ":" (a script's ":$PORT" with PORT unset) served on every address
+		// at a random port.
+		{"xds address without port", []string{"control-plane", "--config", bad, "--xds-address", ":", "--http-address", "off"}, `--xds-address ":" has no port`},
+		{"xds address not host:port", []string{"control-plane", "--config", bad, "--xds-address", "off", "--http-address", "off"}, `--xds-address "off" is not host:port`},
+		{"xds port too big", []string{"control-plane", "--config", bad, "--xds-address", "127.0.0.1:99999", "--http-address", "off"}, `--xds-address "127.0.0.1:99999": "99999" is not a port`},
+		{"http address named port", []string{"control-plane", "--config", bad, "--xds-address", "127.0.0.1:0", "--http-address", "127.0.0.1:http"}, `--http-address "127.0.0.1:http": "http" is not a port`},
+		{"http address without port", []string{"control-plane", "--config", bad, "--xds-address", "127.0.0.1:0", "--http-address", "127.0.0.1:"}, `--http-address "127.0.0.1:" has no port`},
+		{"inject address without port", []string{"control-plane", "--source", "kubernetes", "--inject", "--inject-address", ":", "--xds-address", "127.0.0.1:0", "--http-address", "off"}, `--inject-address ":" has no port`},
 		{"empty dns suffix", []string{"control-plane", "--source", "kubernetes", "--dns-suffix", ""}, `--dns-suffix "" is empty`},
 		{"empty dns upstream", []string{"control-plane", "--source", "kubernetes", "--dns-upstream", ""}, `--dns-upstream "" is empty`},
 		{"empty kubeconfig", []string{"control-plane", "--source", "kubernetes", "--kubeconfig", ""}, `--kubeconfig "" is empty`},

@@ -79,8 +79,13 @@ func rejectEmptyFlags(f *pflag.FlagSet, meaningful ...string) error {
 		default:
 			empty = fl.Value.Type() == "string" && fl.Value.String() == ""
 		}
-		if empty {
-			err = usageError("--%s \"\" is empty; leave the flag out for its default", fl.Name)
+		switch {
+		case !empty:
+		case fl.DefValue == "" || fl.DefValue == "[]":
+			// No default to fall back on (--node-id): the flag needs a value.
+			err = usageError("--%s \"\" is empty; give it a value", fl.Name)
+		default:
+			err = usageError("--%s \"\" is empty; leave the flag out for its default (%s)", fl.Name, fl.DefValue)
 		}
 	})
 	return err

@@ -32,5 +32,8 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 	root.SetIn(stdin)
 	root.SetOut(stdout)
 	root.SetErr(stderr)
+	// After SetOut: the completion command writes to the output set then.
+	root.InitDefaultCompletionCmd(args...)
+	refuseUnknownSubcommands(root)
 	return exitCode(root.ExecuteContext(ctx), stderr)
 }

@@ -44,6 +44,13 @@ func runCheck(ctx context.Context, o *checkOptions, g *globalOptions, s streams)
 	}
 	drift, err := p.eng.Check(ctx, p.plan)
 	if errors.Is(err, redirect.ErrNotInstalled) {
+		if o.output == "json" {
+			// A script parses stdout whatever the exit code (explain -o json
+			// prints its document with exit 4 too).
+			if err := writeJSON(s, checkReport{Drift: redirect.Drift{Families: []redirect.FamilyDrift{}}}); err != nil {
+				return err
+			}
+		}
 		return withCode(exitAbsent, err)
 	}
 	if err != nil {
@@ -62,7 +69,7 @@ func runCheck(ctx context.Context, o *checkOptions, g *globalOptions, s streams)
 				drift.Families[i].Unexpected = []string{}
 			}
 		}
-		if err := writeJSON(s, drift); err != nil {
+		if err := writeJSON(s, checkReport{Installed: true, Drift: drift}); err != nil {
 			return err
 		}
 		if !drift.Empty() {
@@ -76,4 +83,11 @@ func runCheck(ctx context.Context, o *checkOptions, g *globalOptions, s streams)
 	}
 	fmt.Fprint(s.out, drift.String())
 	return withCode(exitDrift, errors.New("the installed rules differ from the plan (see the diff above)"))
+}
+
+// checkReport is `check -o json`: whether detour is installed (as in `status
+// -o json`; false with exit 4) and the families that differ from the plan.
+type checkReport struct {
+	Installed bool `json:"installed"`
+	redirect.Drift
 }

@@ -46,6 +46,8 @@ func TestUsageErrorsExit2(t *testing.T) {
 		{"netns is a regular file", []string{"status", "--netns", "/proc/self/status"}, `--netns: "/proc/self/status" is not a network namespace`},
 		{"bad output", []string{"status", "-o", "yaml"}, `--output: "yaml" is not one of text, json`},
 		{"extra argument", []string{"install", "now"}, `unknown command "now"`},
+		// cobra showed the help of a command that groups others and exited 0.
+		{"unknown completion shell", []string{"completion", "nope"}, `unknown command "nope" for "detour completion"`},
 		{"bad timeout", []string{"validate", "--timeout", "0s"}, `--timeout`},
 		{"empty netns", []string{"install", "--netns", ""}, `"--netns" flag: an empty value names no network namespace`},
 		{"empty netns, = form", []string{"uninstall", "--netns="}, `"--netns" flag: an empty value`},
@@ -304,7 +306,15 @@ func TestCgroupNeedsEBPF(t *testing.T) {
 	if code, _, stderr := runCLI(t, "status", "--cgroup", gone); code != exitUsage || !strings.Contains(stderr, "does not exist (what the eBPF scope of a cgroup that was removed left goes with `detour uninstall --cgroup` of its path,") {
 		t.Errorf("status --cgroup of a cgroup that is gone: exit %d, stderr %q; want exit 2 saying how to remove its scope", code, stderr)
 	}
-	if code, _, stderr := runCLI(t, "plan", "--cgroup", cg, "--backend", "ebpf", "--inbound=false"); code != 0 {
+	code, _, stderr := runCLI(t, "plan", "--cgroup", cg, "--backend", "ebpf", "--inbound=false")
+	switch {
+	case leanBuild:
+		// No detour-ebpf beside the test binary: the lean build says so
+		// rather than planning without the eBPF backend.
+		if code != exitFailure || !strings.Contains(stderr, "served by detour-ebpf: detour-ebpf is neither next to detour") {
+			t.Errorf("lean plan --cgroup --backend ebpf without detour-ebpf: exit %d, stderr %q; want exit %d naming detour-ebpf", code, stderr, exitFailure)
+		}
+	case code != 0:
 		t.Errorf("plan --cgroup --backend ebpf: exit %d: %s", code, stderr)
 	}
 }
@@ -339,5 +349,42 @@ func TestInstallNotes(t *testing.T) {
 		return p
 	}()); n != "" {
 		t.Errorf("notes of the default plan = %q, want none", n)
+	}
+}
+
+// TestCgroupPathSpellings: --cgroup names one scope however the path is
+// spelled. A relative path named the cgroup scope's inbound table after the
+// text given (`detour_ebpf_inbound_cg_…` is a hash of the path), so an
+// install run from the cgroup's parent with `--cgroup svc` made a table that
+// `check --cgroup /…/svc` reported missing and `uninstall --cgroup /…/svc`
+// left behind, redirecting every inbound connection of the namespace.
+func TestCgroupPathSpellings(t *testing.T) {
+	if leanBuild {
+		t.Skip("the lean build hands plan --backend ebpf to detour-ebpf (tests/ runs both)")
+	}
+	cg, err := bpf.CgroupRoot()
+	if err != nil {
+		t.Skipf("no cgroup v2 hierarchy here: %v", err)
+	}
+	table := func(path string) string {
+		t.Helper()
+		code, out, stderr := runCLI(t, "plan", "--backend", "ebpf", "--ip-families", "ipv4", "--cgroup", path)
+		if code != 0 {
+			t.Fatalf("plan --cgroup %s: exit %d: %s", path, code, stderr)
+		}
+		for _, l := range strings.Split(out, "\n") {
+			if strings.HasPrefix(l, "add table inet detour_ebpf_inbound_cg_") {
+				return l
+			}
+		}
+		t.Fatalf("plan --cgroup %s names no inbound table:\n%s", path, out)
+		return ""
+	}
+	want := table(cg)
+	t.Chdir(filepath.Dir(cg))
+	for _, spelling := range []string{filepath.Base(cg), "./" + filepath.Base(cg), cg + "/", filepath.Dir(cg) + "//" + filepath.Base(cg)} {
+		if got := table(spelling); got != want {
+			t.Errorf("plan --cgroup %s: %q; want %q, as for %s", spelling, got, want, cg)
+		}
 	}
 }

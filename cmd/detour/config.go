@@ -179,10 +179,11 @@ func (o *configOptions) checkEnvNames(lookup func(string) (string, bool)) error 
 	names := o.envNames
 	if names == nil {
 		names = func() []string {
-			var out []string
+			var out []string // only DETOUR_*: misspeltSetting looks at nothing else
 			for _, kv := range os.Environ() {
-				name, _, _ := strings.Cut(kv, "=")
-				out = append(out, name)
+				if name, _, _ := strings.Cut(kv, "="); strings.HasPrefix(name, "DETOUR_") {
+					out = append(out, name)
+				}
 			}
 			return out
 		}

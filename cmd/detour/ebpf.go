@@ -29,6 +29,11 @@ import (
 // ebpfBinary serves a lean detour's commands that need the eBPF backend.
 const ebpfBinary = "detour-ebpf"
 
+// ebpfInboundTable begins the name of every nftables table of the eBPF
+// backend's inbound share (backends.EBPFInboundTable, which the lean build
+// cannot import; TestEBPFInboundTableName keeps the two the same).
+const ebpfInboundTable = "detour_ebpf_inbound"
+
 // needsEBPF says why a command of a lean build needs the eBPF backend, or
 // "" when it does not: an install, plan or check with backend ebpf, anything
 // with --cgroup (only the eBPF backend has cgroup scopes), and every command

@@ -6,9 +6,11 @@ import (
 	"io"
 	"os"
 	"slices"
+	"strings"
 
 	"github.com/detour-mesh/detour/redirect"
 	"github.com/detour-mesh/detour/redirect/backends/netfilter"
+	"github.com/detour-mesh/detour/redirect/nftables"
 )
 
 // engine returns the redirect engine for the namespace at nsPath ("" = ours)
@@ -20,6 +22,9 @@ func (g *globalOptions) engine(nsPath string, backend redirect.Backend, stderr i
 	logger := g.logger(stderr)
 	if why := g.needsEBPF(backend); why != "" {
 		return nil, g.delegateEBPF(why, logger)
+	}
+	if t := ebpfInboundTableIn(nsPath); t != "" {
+		return nil, g.delegateEBPF("the eBPF backend's inbound table inet "+t+" is in the namespace", logger)
 	}
 	return &redirect.Engine{Logger: logger, NetNS: nsPath, LockWait: g.lockWait,
 		Drivers: netfilter.Drivers(netfilter.Options{LockWait: g.lockWait, Logger: logger, Backend: backend})}, nil
@@ -46,4 +51,32 @@ func handOverEarly(args []string) {
 	// -v is not parsed yet: log the hand-over as engine does when it is there.
 	g.verbose = slices.Contains(args, "-v") || slices.Contains(args, "--verbose")
 	_ = g.delegateEBPF(why, g.logger(os.Stderr))
+}
+
+// ebpfInboundTableIn names an inbound table of the eBPF backend in the
+// network namespace at nsPath ("" = ours), or "". Such a table can be there
+// with nothing pinned (a cgroup scope's, once its cgroup was removed and
+// another scope's uninstall swept every pin): it still redirects inbound
+// connections, and only detour-ebpf reads and removes it. A namespace that
+// cannot be read (no privileges: an unprivileged plan) has none to tell of.
+func ebpfInboundTableIn(nsPath string) string {
+	fd := 0
+	if nsPath != "" {
+		f, err := os.Open(nsPath)
+		if err != nil {
+			return ""
+		}
+		defer f.Close()
+		fd = int(f.Fd())
+	}
+	tables, err := nftables.InetTables(fd)
+	if err != nil {
+		return ""
+	}
+	for _, t := range tables {
+		if strings.HasPrefix(t, ebpfInboundTable) {
+			return t
+		}
+	}
+	return ""
 }

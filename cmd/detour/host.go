@@ -7,6 +7,7 @@ import (
 	"io/fs"
 	"log/slog"
 	"os"
+	"path/filepath"
 	"strings"
 	"time"
 
@@ -134,6 +135,11 @@ func (f lockWaitFlag) Set(v string) error {
 	if d < 0 {
 		return errors.New("a wait cannot be negative")
 	}
+	if d == 0 {
+		// Not waiting: one try. The engine's and the drivers' zero
+		// LockWait is their default (10s), which 0 waited before.
+		d = time.Nanosecond
+	}
 	*f.p = d
 	return nil
 }
@@ -142,7 +148,7 @@ func (lockWaitFlag) Type() string { return "duration" }
 
 func bindLockWaitFlag(fs *pflag.FlagSet, p *time.Duration) {
 	*p = 10 * time.Second
-	fs.Var(lockWaitFlag{p}, "lock-wait", "how long to wait for detour's per-namespace lock and for the xtables lock (each) before failing with nothing applied")
+	fs.Var(lockWaitFlag{p}, "lock-wait", "how long to wait for detour's per-namespace lock and for the xtables lock (each) before failing with nothing applied (0: do not wait for the namespace lock, and at most 1s for the xtables lock)")
 }
 
 // netnsPath turns --netns into a path: a bare name is looked up under
@@ -200,6 +206,14 @@ func (f cgroupFlag) Set(v string) error {
 	if v == "" {
 		return errors.New("an empty value names no cgroup (leave --cgroup out for the network-namespace scope)")
 	}
+	// One scope, however the path is spelled: a cgroup scope's inbound
+	// table is named after its path, so `svc` run from the parent and
+	// /sys/fs/cgroup/…/svc must be the same text.
+	abs, err := filepath.Abs(v)
+	if err != nil {
+		return fmt.Errorf("resolve the path: %w", err)
+	}
+	v = abs
 	if _, err := os.Stat(v); errors.Is(err, fs.ErrNotExist) {
 		if f.gone != nil && *f.gone {
 			*f.p = v

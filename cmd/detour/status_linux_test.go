@@ -28,20 +28,23 @@ func TestStatusOfRoutingOnly(t *testing.T) {
 }
 
 // TestCheckJSONExitCodes: `check -o json` exits as `check` does — 0 in sync,
-// 3 drift, 4 nothing installed. With drift it exited 1, as for a failure.
+// 3 drift, 4 nothing installed — and prints its document in each case
+// (`installed` says which). With drift it exited 1, as for a failure; with
+// nothing installed it printed nothing.
 func TestCheckJSONExitCodes(t *testing.T) {
 	privtest.Require(t, "nft")
 	ns := privtest.NetNS(t)
 	flags := []string{"--netns", ns.Path, "--backend", "nftables", "--ip-families", "ipv4"}
 	runIn := func(args ...string) (int, string, string) { return runCLI(t, append(args, flags...)...) }
-	if code, _, stderr := runIn("check", "-o", "json"); code != exitAbsent {
-		t.Errorf("check -o json, nothing installed: exit %d, want %d; stderr %s", code, exitAbsent, stderr)
+	// A script reads stdout whatever the exit code: it printed nothing here.
+	if code, out, stderr := runIn("check", "-o", "json"); code != exitAbsent || !strings.Contains(out, `"installed": false`) || !strings.Contains(out, `"families": []`) {
+		t.Errorf("check -o json, nothing installed: exit %d, stdout %q, stderr %s; want %d, installed false and families []", code, out, stderr, exitAbsent)
 	}
 	if code, _, stderr := runIn("install"); code != 0 {
 		t.Fatalf("install: exit %d: %s", code, stderr)
 	}
 	t.Cleanup(func() { runIn("uninstall") })
-	if code, out, stderr := runIn("check", "-o", "json"); code != 0 || !strings.Contains(out, `"families": []`) {
+	if code, out, stderr := runIn("check", "-o", "json"); code != 0 || !strings.Contains(out, `"families": []`) || !strings.Contains(out, `"installed": true`) {
 		t.Errorf("check -o json, in sync: exit %d, stdout %s, stderr %s; want 0 and no family", code, out, stderr)
 	}
 	ns.Run(t, "nft", "add", "rule", "inet", "detour", "output4", "return")
@@ -52,12 +55,17 @@ func TestCheckJSONExitCodes(t *testing.T) {
 	}
 }
 
-// TestStatusJSONOfNothing: `status -o json` where nothing is installed says
-// so with an empty list of families, not null.
+// TestStatusJSONOfNothing: `status -o json` and `uninstall -o json` where
+// nothing is installed say so with an empty list of families, not null.
 func TestStatusJSONOfNothing(t *testing.T) {
 	ns := privtest.NetNS(t)
 	code, out, stderr := runCLI(t, "status", "--netns", ns.Path, "-o", "json")
 	if code != 0 || !strings.Contains(out, `"installed": false`) || !strings.Contains(out, `"families": []`) {
 		t.Errorf("status -o json, nothing installed: exit %d, stdout %s, stderr %s; want 0, installed false and families []", code, out, stderr)
+	}
+	// uninstall -o json of nothing said "families": null.
+	code, out, stderr = runCLI(t, "uninstall", "--netns", ns.Path, "-o", "json")
+	if code != 0 || !strings.Contains(out, `"changed": false`) || !strings.Contains(out, `"families": []`) {
+		t.Errorf("uninstall -o json, nothing installed: exit %d, stdout %s, stderr %s; want 0, changed false and families []", code, out, stderr)
 	}
 }

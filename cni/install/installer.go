@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/sha256"
+	"debug/buildinfo"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -222,6 +223,14 @@ func (o Options) Validate() error {
 	if _, err := o.baseConfig(); err != nil {
 		return err
 	}
+	// A lean detour-cni hands every call that needs the eBPF backend to
+	// detour-cni-ebpf: without a whole build there, such calls fail (code 50).
+	if o.EBPFPluginBinary != "" && leanBuild(o.EBPFPluginBinary) {
+		return &OptionError{"ebpf-plugin-binary", o.EBPFPluginBinary, "is built without the eBPF backend (-tags detour_lean): detour-cni would hand it the calls it cannot serve; give the build of cmd/detour-cni without that tag"}
+	}
+	if o.EBPFPluginBinary == "" && o.baseBackend() == redirect.BackendEBPF && leanBuild(o.PluginBinary) {
+		return &OptionError{"plugin-binary", o.PluginBinary, "is built without the eBPF backend (-tags detour_lean) and the base config says backend ebpf: put " + EBPFPluginType + " next to it or give --ebpf-plugin-binary"}
+	}
 	for _, ns := range o.ExcludeNamespaces {
 		if !isDNSLabel(ns) {
 			return &OptionError{"exclude-namespaces", ns, "is not a namespace name"}
@@ -373,14 +382,17 @@ func (in *Installer) binaries() []struct{ src, name string } {
 
 // baseBackend is the backend of the base config the entry carries ("" when
 // it cannot be read: Install reports that at its entry).
-func (in *Installer) baseBackend() redirect.Backend {
-	doc, err := in.o.baseConfig()
+func (in *Installer) baseBackend() redirect.Backend { return in.o.baseBackend() }
+
+// baseBackend is the backend of the base config ("" when it cannot be read).
+func (o Options) baseBackend() redirect.Backend {
+	doc, err := o.baseConfig()
 	if err != nil {
 		return ""
 	}
 	cfg := redirect.Default()
-	if in.o.Preset != "" {
-		if cfg, err = redirect.Preset(in.o.Preset); err != nil {
+	if o.Preset != "" {
+		if cfg, err = redirect.Preset(o.Preset); err != nil {
 			return ""
 		}
 	}
@@ -816,4 +828,20 @@ func (in *Installer) Ready() error {
 		return notReady("%s does not end with the detour-cni entry", real)
 	}
 	return nil
+}
+
+// leanBuild reports whether path is a Go program built with -tags
+// detour_lean (the plugin without the eBPF backend), from the build settings
+// Go records in every binary; false when it cannot tell (not a Go program).
+func leanBuild(path string) bool {
+	bi, err := buildinfo.ReadFile(path)
+	if err != nil {
+		return false
+	}
+	for _, s := range bi.Settings {
+		if s.Key == "-tags" && slices.Contains(strings.Split(s.Value, ","), "detour_lean") {
+			return true
+		}
+	}
+	return false
 }

@@ -11,6 +11,7 @@ import (
 	"log/slog"
 	"net/netip"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -887,5 +888,86 @@ func TestInstallEBPFPlugin(t *testing.T) {
 	}
 	if _, err := os.Stat(filepath.Join(m.bin, EBPFPluginType)); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("no detour-cni-ebpf to install, yet the bin dir has one: %v", err)
+	}
+}
+
+// buildTiny builds a small Go program into dir/name with the given build
+// tags, as `make build` builds the plugins (-trimpath): what Validate reads
+// is the build's settings, not what the program does.
+func buildTiny(t *testing.T, dir, name, tags string) string {
+	t.Helper()
+	goBin, err := exec.LookPath("go")
+	if err != nil {
+		t.Skip("no go tool to build a plugin stand-in")
+	}
+	src := filepath.Join(t.TempDir(), "main.go")
+	writeFile(t, src, "package main\n\nfunc main() {}\n")
+	out := filepath.Join(dir, name)
+	args := []string{"build", "-trimpath", "-o", out}
+	if tags != "" {
+		args = append(args, "-tags", tags)
+	}
+	cmd := exec.Command(goBin, append(args, src)...)
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0", "GOFLAGS=")
+	if b, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("go build: %v: %s", err, b)
+	}
+	return out
+}
+
+// TestLeanPluginForEBPFIsRefused: where the base config says backend ebpf,
+// every call needs the eBPF backend. A detour-cni built lean (make build's,
+// the image's) with no detour-cni-ebpf to install beside it was installed
+// anyway, and every pod's ADD then failed with code 50; a lean build given
+// as --ebpf-plugin-binary was installed as detour-cni-ebpf, which refuses
+// every call handed to it. Both are exit 2 naming the flag, nothing written.
+func TestLeanPluginForEBPFIsRefused(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds two small programs")
+	}
+	t.Parallel()
+	n := newNode(t)
+	n.primary(t, "10-calico.conflist")
+	lean := buildTiny(t, t.TempDir(), PluginType, "detour_lean")
+	whole := buildTiny(t, t.TempDir(), PluginType, "")
+	ebpfCfg := filepath.Join(n.root, "ebpf.yaml")
+	writeFile(t, ebpfCfg, "backend: ebpf\n")
+	nftCfg := filepath.Join(n.root, "nft.yaml")
+	writeFile(t, nftCfg, "backend: nftables\n")
+	tests := []struct {
+		name             string
+		plugin, ebpf     string
+		config           string
+		option, contains string // "" = valid
+	}{
+		{"lean plugin, base config ebpf, no detour-cni-ebpf", lean, "", ebpfCfg, "plugin-binary", "built without the eBPF backend"},
+		{"lean build as detour-cni-ebpf", lean, lean, nftCfg, "ebpf-plugin-binary", "built without the eBPF backend"},
+		{"lean plugin, base config nftables", lean, "", nftCfg, "", ""},
+		{"whole plugin, base config ebpf", whole, "", ebpfCfg, "", ""},
+		{"lean plugin with the whole one beside", lean, whole, ebpfCfg, "", ""},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			o := n.options()
+			o.PluginBinary, o.EBPFPluginBinary, o.ConfigFile = tc.plugin, tc.ebpf, tc.config
+			err := o.Validate()
+			if tc.option == "" {
+				if err != nil {
+					t.Errorf("Validate = %v, want nil", err)
+				}
+				return
+			}
+			var oe *OptionError
+			if !errors.As(err, &oe) || oe.Option != tc.option || !strings.Contains(err.Error(), tc.contains) {
+				t.Fatalf("Validate = %v, want an OptionError for --%s saying %q", err, tc.option, tc.contains)
+			}
+			before := statAll(t, n.root)
+			if _, err := New(o).Install(context.Background()); !errors.Is(err, ErrInvalidOptions) {
+				t.Errorf("Install = %v, want the validation error", err)
+			}
+			if d := diffStats(before, statAll(t, n.root)); d != "" {
+				t.Errorf("invalid options changed files: %s", d)
+			}
+		})
 	}
 }

@@ -47,6 +47,31 @@ func Get(c *net.TCPConn) (netip.AddrPort, error) {
 	return dst, nil
 }
 
+// FromFD is Get for a socket the caller holds as a file descriptor (a proxy
+// that makes its own system calls, such as an epoll loop): ipv6 says whether
+// fd is an AF_INET6 socket. An IPv4 connection on an AF_INET6 socket (a
+// dual-stack listener's) is answered from the IPv4 entry, as Get does.
+func FromFD(fd int, ipv6 bool) (netip.AddrPort, error) {
+	if ipv6 {
+		sa, err := unix.Getsockname(fd)
+		if err != nil {
+			return netip.AddrPort{}, fmt.Errorf("read original destination: %w", err)
+		}
+		if in6, ok := sa.(*unix.SockaddrInet6); ok && netip.AddrFrom16(in6.Addr).Is4In6() {
+			ipv6 = false
+		}
+	}
+	get := get4
+	if ipv6 {
+		get = get6
+	}
+	dst, err := get(fd)
+	if err != nil {
+		return netip.AddrPort{}, fmt.Errorf("read original destination: %w", err)
+	}
+	return dst, nil
+}
+
 func get4(fd int) (netip.AddrPort, error) {
 	// struct sockaddr_in is 16 bytes, the size of an IPv6Mreq.
 	m, err := unix.GetsockoptIPv6Mreq(fd, unix.SOL_IP, soOriginalDst)

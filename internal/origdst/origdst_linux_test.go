@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"strings"
 	"testing"
 
 	"github.com/detour-mesh/detour/internal/netns"
@@ -13,8 +14,8 @@ import (
 
 // TestGetAfterRedirect dials TEST-NET addresses inside a fresh namespace whose
 // nat OUTPUT redirects everything to a local listener, and checks that the
-// listener reads back the dialed address: IPv4 and IPv6 listeners, and IPv4
-// through a dual-stack listener.
+// listener reads back the dialed address (Get, and FromFD on its descriptor):
+// IPv4 and IPv6 listeners, and IPv4 through a dual-stack listener.
 func TestGetAfterRedirect(t *testing.T) {
 	ns := privtest.NetNS(t)
 	privtest.Require(t, "iptables-nft", "ip6tables-nft")
@@ -55,6 +56,24 @@ func TestGetAfterRedirect(t *testing.T) {
 				dst, err := origdst.Get(c.(*net.TCPConn))
 				if err != nil {
 					got <- err.Error()
+					return
+				}
+				// FromFD, on the same socket's descriptor, must agree.
+				raw, err := c.(*net.TCPConn).SyscallConn()
+				if err != nil {
+					got <- err.Error()
+					return
+				}
+				var fromFD netip.AddrPort
+				raw.Control(func(fd uintptr) {
+					fromFD, err = origdst.FromFD(int(fd), strings.HasPrefix(tt.listen, "["))
+				})
+				if err != nil {
+					got <- "FromFD: " + err.Error()
+					return
+				}
+				if fromFD != dst {
+					got <- fmt.Sprintf("FromFD %s, Get %s", fromFD, dst)
 					return
 				}
 				got <- dst.String()

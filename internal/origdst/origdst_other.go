@@ -12,3 +12,8 @@ import (
 func Get(c *net.TCPConn) (netip.AddrPort, error) {
 	return netip.AddrPort{}, errors.ErrUnsupported
 }
+
+// FromFD is only implemented on Linux.
+func FromFD(fd int, ipv6 bool) (netip.AddrPort, error) {
+	return netip.AddrPort{}, errors.ErrUnsupported
+}

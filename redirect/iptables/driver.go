@@ -99,6 +99,7 @@ type familyObs struct {
 	foreign foreignState
 	rules   bool   // anything at all, ours or not
 	save    string // the save output, every table: Explain follows packets through it
+	tables  []*saveTable
 }
 
 // installed is what Observe saw: redirect.Installed.

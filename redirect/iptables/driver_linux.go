@@ -77,6 +77,11 @@ func command(ctx context.Context, stdin, name string, args ...string) (string, e
 		if strings.Contains(msg, "xtables lock") {
 			err = fmt.Errorf("%w (%w)", redirect.ErrLockTimeout, err)
 		}
+		// Killed because the caller's context ended (Ctrl-C, SIGTERM): say
+		// so, not only "signal: killed".
+		if ctxErr := ctx.Err(); ctxErr != nil && !errors.Is(err, ctxErr) {
+			err = fmt.Errorf("%w (%w)", ctxErr, err)
+		}
 		return stdout.String(), &toolError{tool: name, err: err, stderr: msg}
 	}
 	return stdout.String(), nil
@@ -119,6 +124,7 @@ func (r *run) observeFamily(f redirect.Family) *familyObs {
 	if err == nil {
 		var tables []*saveTable
 		if tables, err = parseSave(out); err == nil {
+			fo.tables = tables
 			fo.owned, fo.foreign = ownedFromSave(tables)
 			fo.rules = hasForeignRules(tables)
 		} else {
@@ -167,6 +173,7 @@ func (d *Driver) Apply(ctx context.Context, p redirect.Plan, have redirect.Insta
 		}
 		if st := newStep(f, fo.owned, ownedFromRules(fr)); st.script != "" {
 			st.ipv6 = f == redirect.IPv6 && fr != nil
+			st.tables = fo.tables
 			steps = append(steps, st)
 		}
 	}
@@ -187,7 +194,9 @@ func (d *Driver) Remove(ctx context.Context, have redirect.Installed) error {
 	var steps []step
 	for _, f := range allFamilies {
 		if fo := s.obs(f); !fo.owned.empty() {
-			steps = append(steps, newStep(f, fo.owned, owned{}))
+			st := newStep(f, fo.owned, owned{})
+			st.tables = fo.tables
+			steps = append(steps, st)
 		}
 	}
 	if len(steps) == 0 {
@@ -237,8 +246,9 @@ func (r *run) restore(f redirect.Family, script string) error {
 type step struct {
 	family   redirect.Family
 	from, to owned
-	script   string // transition(from, to)
-	ipv6     bool   // a failure means IPv6 rules are impossible (IPv6 is planned)
+	script   string       // transition(from, to)
+	ipv6     bool         // a failure means IPv6 rules are impossible (IPv6 is planned)
+	tables   []*saveTable // the family's tables as observed before the step
 }
 
 func newStep(f redirect.Family, from, to owned) step {
@@ -257,7 +267,7 @@ func (r *run) apply(steps []step) error {
 		if err == nil {
 			continue
 		}
-		if s.ipv6 && !errors.Is(err, redirect.ErrLockTimeout) {
+		if s.ipv6 && !errors.Is(err, redirect.ErrLockTimeout) && !errors.Is(err, context.Canceled) {
 			err = fmt.Errorf("%w: %w", redirect.ErrIPv6Unavailable, err)
 		}
 		errs := []error{fmt.Errorf("restore %s with %s: %w", s.family, b, err)}
@@ -279,7 +289,30 @@ func (r *run) apply(steps []step) error {
 		}
 		return errors.Join(errs...)
 	}
+	if b == redirect.BackendIPTablesNFT {
+		for _, s := range steps {
+			r.deleteEmptied(s)
+		}
+	}
 	return nil
+}
+
+// deleteEmptied deletes the iptables-nft chains and tables the step took the
+// last of our hooks out of, when nothing else is in them (tidy_linux.go). It
+// cannot fail the step: our rules are gone either way, and what is kept is
+// what iptables-nft always leaves.
+func (r *run) deleteEmptied(s step) {
+	chains := emptiedChains(s.from, s.to, s.tables)
+	if len(chains) == 0 {
+		return
+	}
+	deleted, err := deleteEmptied(s.family, chains)
+	if err != nil {
+		r.log.Debug("emptied chains kept", "family", s.family, "error", err)
+	}
+	if len(deleted) > 0 {
+		r.log.Debug("emptied chains deleted", "family", s.family, "deleted", deleted)
+	}
 }
 
 // restoreObserved puts the family of a failed step back to s.from: it reads

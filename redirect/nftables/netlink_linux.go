@@ -456,3 +456,26 @@ func (d *Driver) explain(ctx context.Context, msgs []message, commit bool, err e
 	}
 	return fmt.Errorf("apply nftables batch: %w", err)
 }
+
+// InetTables names the inet tables of the network namespace of netnsFd (0:
+// the calling thread's): one netlink dump, reading nothing else. The lean
+// detour looks with it for the eBPF backend's inbound tables, which it
+// cannot read itself.
+func InetTables(netnsFd int) ([]string, error) {
+	s, err := openSocket(netnsFd)
+	if err != nil {
+		return nil, err
+	}
+	defer s.Close()
+	tables, err := listTables(s)
+	if err != nil {
+		return nil, err
+	}
+	var out []string
+	for _, t := range tables {
+		if t.family == unix.NFPROTO_INET {
+			out = append(out, t.name)
+		}
+	}
+	return out, nil
+}

@@ -48,3 +48,6 @@ func (d *Driver) Remove(ctx context.Context, have redirect.Installed) error { re
 func (d *Driver) Render(p redirect.Plan) (redirect.Rendering, error) {
 	return redirect.Rendering{}, errLinux
 }
+
+// InetTables needs Linux.
+func InetTables(int) ([]string, error) { return nil, errLinux }

@@ -408,8 +408,34 @@ func TestEBPFBadPaths(t *testing.T) {
 		})
 		return dir
 	}
+	// A named cgroup v1 hierarchy outlives its unmount while the child
+	// removed just before is still dying, and stays listed in every
+	// process's /proc/self/cgroup: one fixed name bounds that to one, and
+	// mounting it again once the child is gone and unmounting ends it.
+	const v1Name = "detour-test-v1"
+	t.Cleanup(func() {
+		listed := func() bool {
+			self, err := os.ReadFile("/proc/self/cgroup")
+			return err == nil && strings.Contains(string(self), "name="+v1Name+":")
+		}
+		dir := t.TempDir()
+		for deadline := time.Now().Add(5 * time.Second); listed(); time.Sleep(100 * time.Millisecond) {
+			if time.Now().After(deadline) {
+				t.Errorf("the cgroup v1 hierarchy %s is still there 5 s after the test", v1Name)
+				return
+			}
+			if err := unix.Mount("cgroup", dir, "cgroup", 0, "none,name="+v1Name); err != nil {
+				t.Errorf("mount the v1 hierarchy again to end it: %v", err)
+				return
+			}
+			if err := unix.Unmount(dir, 0); err != nil {
+				t.Errorf("unmount %s: %v", dir, err)
+				return
+			}
+		}
+	})
 	// Registered before the mounts, so that it runs after their cleanup.
-	v1 := mkCgroup(mnt("cgroup", "none,name=detour-test-"+randHex(4)))
+	v1 := mkCgroup(mnt("cgroup", "none,name="+v1Name))
 	v2 := mkCgroup(mnt("cgroup2", ""))
 	missingCgroup := filepath.Join(v2, "no-such-cgroup")
 	missingPin := filepath.Join(t.TempDir(), "no-such-dir", "detour")

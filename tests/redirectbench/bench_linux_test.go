@@ -2,6 +2,7 @@ package redirectbench
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"maps"
@@ -58,11 +59,22 @@ type result struct {
 	answeredPerSec float64       // new connections/s that the relay answers itself
 	cpuPerConn     time.Duration // user+system CPU of this process (clients, relay, server, and the kernel work done on their behalf) per connection
 	cpuPerAnswered time.Duration // the same per proxy-answered connection
+	// split: per relayed and per proxy-answered connection, each process's
+	// CPU and context switches.
+	split map[string]split
 	// progs: for the eBPF paths with BENCH_BPF_STATS=1, what each program
 	// cost per connection of each workload ("relayed", "proxy-answered").
 	progs        map[string]map[string]progCost
 	p50, p99     time.Duration
 	mbytesPerSec float64
+}
+
+// split is where a connection's CPU went: the client's, the relay's and the
+// server's share (the kernel work done in their context included), and
+// their context switches, per connection.
+type split struct {
+	client, relay, server       time.Duration
+	clientSw, relaySw, serverSw float64
 }
 
 // progCost is one program's share of a connection: how often it ran and
@@ -115,7 +127,7 @@ func TestCompareBackends(t *testing.T) {
 	// The whole run happens in a cgroup of our own: a socket belongs to the
 	// cgroup of the process that made it (an accepted one to its listener's),
 	// and the eBPF programs attach to that cgroup only.
-	cg, pinDir := ebpfLab(t)
+	cg, pinDir, origin := ebpfLab(t)
 	todo := paths
 	if only := os.Getenv("BENCH_ONLY"); only != "" {
 		todo = nil
@@ -130,7 +142,7 @@ func TestCompareBackends(t *testing.T) {
 	for rep := range reps {
 		for k := range todo {
 			p := todo[(k+rep)%len(todo)]
-			r := measurePath(t, p, cg, pinDir)
+			r := measurePath(t, p, cg, pinDir, origin)
 			runs[p.name] = append(runs[p.name], r)
 		}
 	}
@@ -174,8 +186,39 @@ func TestCompareBackends(t *testing.T) {
 				mid(answeredCPU), answeredCPU[0], answeredCPU[len(answeredCPU)-1], mid(p99))
 		}
 	}
+	splitTable(&b, todo, runs)
 	progTable(&b, todo, runs)
 	fmt.Print(b.String())
+}
+
+// splitTable prints where each workload's CPU per connection went, by
+// process, with the context switches per connection (medians over the
+// repetitions).
+func splitTable(b *strings.Builder, todo []path, runs map[string][]result) {
+	fmt.Fprintf(b, "\n| path | connections | CPU per connection: client | relay | server | context switches per connection: client | relay | server |\n| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |\n")
+	for _, p := range todo {
+		for _, load := range []string{"relayed", "proxy-answered"} {
+			var v [6][]float64
+			for _, r := range runs[p.name] {
+				sp := r.split[load]
+				for i, f := range []float64{float64(sp.client), float64(sp.relay), float64(sp.server), sp.clientSw, sp.relaySw, sp.serverSw} {
+					v[i] = append(v[i], f)
+				}
+			}
+			if len(v[0]) == 0 {
+				continue
+			}
+			for i := range v {
+				slices.Sort(v[i])
+			}
+			us := func(f float64) string { return time.Duration(f).Round(time.Microsecond / 10).String() }
+			relayCPU, relaySw := "–", "–"
+			if p.relayed {
+				relayCPU, relaySw = us(mid(v[1])), fmt.Sprintf("%.1f", mid(v[4]))
+			}
+			fmt.Fprintf(b, "| %s | %s | %s | %s | %s | %.1f | %s | %.1f |\n", p.name, load, us(mid(v[0])), relayCPU, us(mid(v[2])), mid(v[3]), relaySw, mid(v[5]))
+		}
+	}
 }
 
 // progTable prints, for the paths measured with BENCH_BPF_STATS=1, each
@@ -258,10 +301,10 @@ func median(rs []result) result {
 // measurePath builds a fresh lab (pod and remote namespaces, the echo
 // server, the relay), installs p's redirection, measures and tears it all
 // down.
-func measurePath(t *testing.T, p path, cg, pinDir string) result {
+func measurePath(t *testing.T, p path, cg, pinDir, origin string) result {
 	t.Helper()
 	ctx := context.Background()
-	l, err := lab.New(ctx, lab.Options{Prefix: "dtb"})
+	l, err := lab.New(ctx, lab.Options{Prefix: labPrefix()})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -275,8 +318,22 @@ func measurePath(t *testing.T, p path, cg, pinDir string) result {
 			t.Fatal(err)
 		}
 	}
-	stopServer := startServer(t, l.Remote)
-	defer stopServer()
+	// The echo server: with the lean tools a process of its own in the
+	// remote namespace and in the cgroup this process came from, outside
+	// the bench's (a remote host runs none of the pod's eBPF programs);
+	// with BENCH_TOOLS=goroutines in this process, as before.
+	var server *helperProc
+	if leanTools() {
+		server = startHelper(t, l.Remote, "server", nil)
+		defer server.Stop()
+		if err := os.WriteFile(filepath.Join(origin, "cgroup.procs"), []byte(server.ask(t, "pid")[0]), 0); err != nil {
+			t.Fatal(err)
+		}
+		server.ask(t, "listen")
+	} else {
+		stopServer := startServer(t, l.Remote)
+		defer stopServer()
+	}
 	var relay *helperProc
 	if p.relayed {
 		relay = startHelper(t, l.Pod, "relay", &lab.Cred{UID: proxyUID, GID: proxyUID})
@@ -316,23 +373,31 @@ func measurePath(t *testing.T, p path, cg, pinDir string) result {
 	if p.backend == redirect.BackendEBPF && os.Getenv("BENCH_BPF_STATS") == "1" {
 		loader = bpf.New(bpf.Options{PinDir: pinDir, Root: cg})
 	}
-	return measure(t, p, l.Pod, relay, loader)
+	return measure(t, p, l.Pod, relay, server, loader)
 }
 
 // ebpfLab makes a private bpffs and a cgroup, and moves this process into the
-// cgroup until the test ends.
-func ebpfLab(t *testing.T) (cgroup, pinDir string) {
+// cgroup until the test ends; origin is the cgroup it came from.
+func ebpfLab(t *testing.T) (cgroup, pinDir, origin string) {
 	t.Helper()
 	root := "/sys/fs/cgroup/unified"
 	var st unix.Statfs_t
 	if err := unix.Statfs(root, &st); err != nil || st.Type != unix.CGROUP2_SUPER_MAGIC {
 		root = "/sys/fs/cgroup"
 	}
-	bpffs := t.TempDir()
-	if err := unix.Mount("bpf", bpffs, "bpf", 0, "mode=0700"); err != nil {
+	removeStale(t, root)
+	bpffs := filepath.Join(os.TempDir(), fmt.Sprintf("detour-bench-bpffs-%d", os.Getpid()))
+	if err := os.Mkdir(bpffs, 0o700); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { unix.Unmount(bpffs, unix.MNT_DETACH) })
+	if err := unix.Mount("bpf", bpffs, "bpf", 0, "mode=0700"); err != nil {
+		os.Remove(bpffs)
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		unix.Unmount(bpffs, unix.MNT_DETACH)
+		os.Remove(bpffs)
+	})
 	cg := filepath.Join(root, fmt.Sprintf("detour-bench-%d", os.Getpid()))
 	if err := os.Mkdir(cg, 0o755); err != nil {
 		t.Fatal(err)
@@ -342,7 +407,6 @@ func ebpfLab(t *testing.T) (cgroup, pinDir string) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var origin string
 	for _, line := range strings.Split(strings.TrimSpace(string(b)), "\n") {
 		if rest, ok := strings.CutPrefix(line, "0::"); ok {
 			origin = filepath.Join(root, rest)
@@ -353,7 +417,51 @@ func ebpfLab(t *testing.T) (cgroup, pinDir string) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { os.WriteFile(filepath.Join(origin, "cgroup.procs"), pid, 0) })
-	return cg, filepath.Join(bpffs, "detour")
+	return cg, filepath.Join(bpffs, "detour"), origin
+}
+
+// labPrefix starts the names of this run's namespaces: "dtb-" and the
+// process id, so that a later run can tell a dead run's from a live one's.
+func labPrefix() string { return fmt.Sprintf("dtb-%d", os.Getpid()) }
+
+// removeStale removes what a bench run that was killed left (it cannot tear
+// down): its namespaces, its private bpffs (whose pinned links keep detour's
+// programs attached) and its cgroup, each named with the run's process id,
+// only when that process is gone.
+func removeStale(t *testing.T, cgroupRoot string) {
+	t.Helper()
+	dead := func(name, prefix string) (pid int, ok bool) {
+		rest, ok := strings.CutPrefix(filepath.Base(name), prefix)
+		if !ok {
+			return 0, false
+		}
+		pid, err := strconv.Atoi(strings.SplitN(rest, "-", 2)[0])
+		return pid, err == nil && pid > 0 && pid != os.Getpid() && errors.Is(unix.Kill(pid, 0), unix.ESRCH)
+	}
+	if entries, err := os.ReadDir("/run/netns"); err == nil {
+		for _, e := range entries {
+			if pid, ok := dead(e.Name(), "dtb-"); ok {
+				gone, err := lab.RemoveLeftovers(context.Background(), fmt.Sprintf("dtb-%d", pid))
+				t.Logf("removed the namespaces %v of a dead bench run (%v)", gone, err)
+			}
+		}
+	}
+	mounts, _ := filepath.Glob(filepath.Join(os.TempDir(), "detour-bench-bpffs-*"))
+	for _, m := range mounts {
+		if _, ok := dead(m, "detour-bench-bpffs-"); ok {
+			_ = unix.Unmount(m, unix.MNT_DETACH)
+			os.Remove(m)
+			t.Logf("removed the bpffs %s of a dead bench run", m)
+		}
+	}
+	cgroups, _ := filepath.Glob(filepath.Join(cgroupRoot, "detour-bench-*"))
+	for _, c := range cgroups {
+		if _, ok := dead(c, "detour-bench-"); ok {
+			if err := os.Remove(c); err == nil { // refused while a process is still in it
+				t.Logf("removed the cgroup %s of a dead bench run", c)
+			}
+		}
+	}
 }
 
 // startServer runs the destination in the remote namespace: it echoes.
@@ -393,10 +501,10 @@ func serveEcho(ln net.Listener) {
 // run-time statistics are on during the new-connection workloads, and what
 // each program ran is recorded per connection; they cost every program run
 // two clock reads, so such a run's other figures are not comparable.
-func measure(t *testing.T, p path, pod *lab.NetNS, relay *helperProc, loader *bpf.Loader) result {
+func measure(t *testing.T, p path, pod *lab.NetNS, relay, server *helperProc, loader *bpf.Loader) result {
 	t.Helper()
 	name := p.name
-	r := result{backend: name}
+	r := result{backend: name, split: map[string]split{}}
 	client := startHelper(t, pod, "client", &lab.Cred{UID: appUID, GID: appUID})
 	defer client.Stop()
 	addr, answered := serverAddr.String(), answeredAddr.String()
@@ -418,9 +526,12 @@ func measure(t *testing.T, p path, pod *lab.NetNS, relay *helperProc, loader *bp
 		r.progs = map[string]map[string]progCost{}
 	}
 	conns := func(load, to string) (perSec float64, cpuEach time.Duration) {
-		var relayCPU0 int64
+		var relay0, server0 []int64
 		if relay != nil {
-			relayCPU0 = relay.askInts(t, "cpu")[0]
+			relay0 = relay.askInts(t, "cpu")
+		}
+		if server != nil {
+			server0 = server.askInts(t, "cpu")
 		}
 		var before map[string]bpf.RunStat
 		if loader != nil {
@@ -429,15 +540,35 @@ func measure(t *testing.T, p path, pod *lab.NetNS, relay *helperProc, loader *bp
 				t.Fatal(err)
 			}
 		}
-		self0 := cpuTime()
+		self0, selfSw0 := cpuTime(), switches()
 		v := client.askInts(t, fmt.Sprintf("conns %s %d %d", to, workers, secs*1000))
-		n, cpu := v[0], time.Duration(v[1])+cpuTime()-self0
+		n, clientCPU, clientSw := v[0], time.Duration(v[1]), v[3]
+		if v[2] > 0 {
+			t.Logf("%s, %s: %d connection attempts failed (the client's stderr has the last error)", name, load, v[2])
+		}
+		var serverCPU, relayCPU time.Duration
+		var serverSw, relaySw int64
+		if server != nil {
+			s := server.askInts(t, "cpu")
+			serverCPU, serverSw = time.Duration(s[0]-server0[0]), s[1]-server0[1]
+		} else {
+			// the echo server runs here
+			serverCPU, serverSw = cpuTime()-self0, switches()-selfSw0
+		}
 		if relay != nil {
-			cpu += time.Duration(relay.askInts(t, "cpu")[0] - relayCPU0)
+			r := relay.askInts(t, "cpu")
+			relayCPU, relaySw = time.Duration(r[0]-relay0[0]), r[1]-relay0[1]
 		}
 		if n == 0 {
 			return 0, 0
 		}
+		cpu := clientCPU + serverCPU + relayCPU
+		each := func(d time.Duration) time.Duration { return d / time.Duration(n) }
+		sp := split{each(clientCPU), each(relayCPU), each(serverCPU),
+			float64(clientSw) / float64(n), float64(relaySw) / float64(n), float64(serverSw) / float64(n)}
+		r.split[load] = sp
+		t.Logf("%s, %s: per connection: CPU client %s, relay %s, server %s; context switches client %.1f, relay %.1f, server %.1f", name, load,
+			sp.client, sp.relay, sp.server, sp.clientSw, sp.relaySw, sp.serverSw)
 		if loader != nil {
 			after, err := loader.RunStats()
 			if err != nil {
@@ -477,6 +608,9 @@ func measure(t *testing.T, p path, pod *lab.NetNS, relay *helperProc, loader *bp
 	// Request/response on one connection: 64 bytes each way.
 	v := client.askInts(t, fmt.Sprintf("rr %s %d", addr, envInt("BENCH_RR", 20000)))
 	r.p50, r.p99 = time.Duration(v[0]), time.Duration(v[1])
+	if v[2] > 0 {
+		t.Logf("%s: %d of %d blocking reads of the round trips said EAGAIN (read again)", name, v[2], envInt("BENCH_RR", 20000))
+	}
 
 	// Stream: write S MiB, read the echo back.
 	size := int64(envInt("BENCH_STREAM_MIB", 256)) << 20

@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"runtime"
 	"slices"
 	"strconv"
 	"strings"
@@ -38,30 +39,79 @@ const roleEnv = "DETOUR_BENCH_ROLE"
 // A helper serves commands on stdin, one a line, answering one line each on
 // stdout ("error: …" on failure); it exits when stdin closes.
 //
-// relay (as the proxy's uid) listens on the outbound port and answers
+// relay (as the proxy's uid) listens on the outbound port, and server (as
+// root, in the remote namespace) on the server's ports; both answer
 //
-//	cpu                     → its user+system CPU time so far, in ns
+//	cpu                     → its user+system CPU time so far, in ns, and its context switches
 //	errors                  → the connections it failed since the last ask, and the last error
+//
+// server also answers
+//
+//	pid                     → its process id (for the bench to move it to another cgroup)
+//	listen                  → "ok" once it listens
 //
 // client (as the app's uid) answers
 //
-//	conns ADDR WORKERS MS   → connections completed, CPU ns used
-//	rr ADDR N               → p50 and p99 of N 64-byte round trips, in ns
+//	conns ADDR WORKERS MS   → connections completed, CPU ns used, attempts failed, context switches
+//	rr ADDR N               → p50 and p99 of N 64-byte round trips, in ns, and the reads of its blocking socket that said EAGAIN
 //	stream ADDR MIB         → bytes echoed back, ns taken
+//
+// With BENCH_TOOLS=goroutines the relay and the client are the earlier
+// ones (a goroutine per connection on Go's netpoller) and the echo server
+// runs in the benchmark's process, as in the figures before 2026-12-05
+// 15:00 UTC; by default they are the epoll loops and blocking threads of
+// loop_linux_test.go.
 func helperMain(role string) int {
+	lean := leanTools()
+	if lean {
+		// Every loop goroutine spends its time in system calls, each on a
+		// thread of its own: with a P each to spare, the runtime never has
+		// to hand Ps between them (no futex wake-ups).
+		runtime.GOMAXPROCS(64)
+	}
 	var do func(verb string, args []string) (string, error)
 	switch role {
 	case "relay":
-		r, err := listenRelay()
+		r := &relay{}
+		var err error
+		if lean {
+			_, err = startLoops(envInt("BENCH_RELAY_THREADS", 2), []listenSpec{
+				{addr: netip.MustParseAddrPort("127.0.0.1:15001")},
+				{addr: netip.MustParseAddrPort(floorRelayAddr), fixed: serverAddr},
+				{addr: netip.MustParseAddrPort(floorAnsweredAddr), echo: true},
+			}, &r.errors, &r.lastErr)
+		} else {
+			err = r.listen()
+		}
 		if err != nil {
 			fmt.Fprintln(os.Stderr, "relay:", err)
 			return 1
 		}
 		do = r.do
+	case "server":
+		r := &relay{}
+		do = func(verb string, args []string) (string, error) {
+			switch verb {
+			case "pid":
+				return strconv.Itoa(os.Getpid()), nil
+			case "listen":
+				// Only now: the bench has moved this process out of its
+				// cgroup (`ip netns exec` hides the cgroup tree from it),
+				// so its sockets run none of the pod's eBPF programs, as a
+				// remote host's would not.
+				all := netip.IPv4Unspecified()
+				_, err := startLoops(envInt("BENCH_SERVER_THREADS", 2), []listenSpec{
+					{addr: netip.AddrPortFrom(all, serverAddr.Port()), echo: true},
+					{addr: netip.AddrPortFrom(all, answeredAddr.Port()), echo: true},
+				}, &r.errors, &r.lastErr)
+				return "ok", err
+			}
+			return r.do(verb, args)
+		}
 	case "client":
 		do = clientDo
 	default:
-		fmt.Fprintf(os.Stderr, "%s=%q: want relay or client\n", roleEnv, role)
+		fmt.Fprintf(os.Stderr, "%s=%q: want relay, server or client\n", roleEnv, role)
 		return 2
 	}
 	fmt.Println("ready")
@@ -78,6 +128,17 @@ func helperMain(role string) int {
 // cpuTime is the user and system CPU time this process has used: every
 // thread, and the softirq work the kernel did in their context (loopback and
 // veth delivery).
+// switches is how often this process's threads were switched out so far:
+// they blocked (voluntary) or were preempted (involuntary). Each is a trip
+// through the scheduler, which on this paravirtualized VM costs several µs.
+func switches() int64 {
+	var ru unix.Rusage
+	if err := unix.Getrusage(unix.RUSAGE_SELF, &ru); err != nil {
+		return 0
+	}
+	return ru.Nvcsw + ru.Nivcsw
+}
+
 func cpuTime() time.Duration {
 	var ru unix.Rusage
 	if err := unix.Getrusage(unix.RUSAGE_SELF, &ru); err != nil {
@@ -95,8 +156,12 @@ type relay struct {
 	lastErr atomic.Value
 }
 
-func listenRelay() (*relay, error) {
-	r := &relay{}
+// leanTools reports whether the bench runs its lean tools (the default) or
+// the earlier goroutine-per-connection ones (BENCH_TOOLS=goroutines).
+func leanTools() bool { return os.Getenv("BENCH_TOOLS") != "goroutines" }
+
+// listen starts the goroutine-per-connection relay (BENCH_TOOLS=goroutines).
+func (r *relay) listen() error {
 	// The outbound port asks each connection where it was going; the other
 	// two serve the floor path (the app dials the relay itself, nothing is
 	// redirected): one relays to the server, one answers.
@@ -106,7 +171,7 @@ func listenRelay() (*relay, error) {
 	}{{"127.0.0.1:15001", netip.AddrPort{}}, {floorRelayAddr, serverAddr}, {floorAnsweredAddr, answeredAddr}} {
 		ln, err := noKeepAlive.Listen(context.Background(), "tcp", l.addr)
 		if err != nil {
-			return nil, err
+			return err
 		}
 		go func() {
 			for {
@@ -118,7 +183,7 @@ func listenRelay() (*relay, error) {
 			}
 		}()
 	}
-	return r, nil
+	return nil
 }
 
 func (r *relay) fail(err error) {
@@ -160,7 +225,7 @@ func (r *relay) serve(c *net.TCPConn, fixed netip.AddrPort) {
 func (r *relay) do(verb string, _ []string) (string, error) {
 	switch verb {
 	case "cpu":
-		return strconv.FormatInt(int64(cpuTime()), 10), nil
+		return fmt.Sprintf("%d %d", int64(cpuTime()), switches()), nil
 	case "errors":
 		last, _ := r.lastErr.Load().(string)
 		return fmt.Sprintf("%d %s", r.errors.Swap(0), last), nil
@@ -198,6 +263,11 @@ func clientDo(verb string, args []string) (string, error) {
 		return "", fmt.Errorf("%s: no address", verb)
 	}
 	addr := args[0]
+	ap, err := netip.ParseAddrPort(addr)
+	if err != nil {
+		return "", fmt.Errorf("%s: %w", verb, err)
+	}
+	lean := leanTools()
 	switch verb {
 	case "conns":
 		workers, err := num(1)
@@ -208,21 +278,47 @@ func clientDo(verb string, args []string) (string, error) {
 		if err != nil {
 			return "", err
 		}
-		n, cpu := connLoop(addr, workers, time.Duration(ms)*time.Millisecond)
-		return fmt.Sprintf("%d %d", n, int64(cpu)), nil
+		dur := time.Duration(ms) * time.Millisecond
+		if !lean {
+			sw := switches()
+			n, cpu := connLoop(addr, workers, dur)
+			return fmt.Sprintf("%d %d 0 %d", n, int64(cpu), switches()-sw), nil
+		}
+		sw := switches()
+		n, cpu, failed, err := epollConnLoop(ap, workers, envInt("BENCH_CLIENT_THREADS", 2), dur)
+		if failed > 0 {
+			fmt.Fprintf(os.Stderr, "client: %d connections to %s failed, last: %v\n", failed, addr, err)
+		}
+		return fmt.Sprintf("%d %d %d %d", n, int64(cpu), failed, switches()-sw), nil
 	case "rr":
 		n, err := num(1)
 		if err != nil {
 			return "", err
 		}
-		p50, p99, err := roundTrips(addr, n)
-		return fmt.Sprintf("%d %d", int64(p50), int64(p99)), err
+		var p50, p99 time.Duration
+		var eagain int
+		if lean {
+			var lat []time.Duration
+			if lat, eagain, err = blockingRoundTrips(ap, n); err == nil {
+				slices.Sort(lat)
+				p50, p99 = lat[len(lat)/2], lat[len(lat)*99/100]
+			}
+		} else {
+			p50, p99, err = roundTrips(addr, n)
+		}
+		return fmt.Sprintf("%d %d %d", int64(p50), int64(p99), eagain), err
 	case "stream":
 		mib, err := num(1)
 		if err != nil {
 			return "", err
 		}
-		got, took, err := stream(addr, mib<<20)
+		var got int64
+		var took time.Duration
+		if lean {
+			got, took, err = blockingStream(ap, mib<<20)
+		} else {
+			got, took, err = stream(addr, mib<<20)
+		}
 		return fmt.Sprintf("%d %d", got, int64(took)), err
 	}
 	return "", fmt.Errorf("unknown command %q", verb)
@@ -304,16 +400,17 @@ type helperProc struct {
 	*lab.Child
 }
 
-// startHelper starts the test binary as role inside n, as cred. It inherits
-// this process's cgroup (where the eBPF programs are attached).
-func startHelper(t *testing.T, n *lab.NetNS, role string, cred *lab.Cred) *helperProc {
+// startHelper starts the test binary as role inside n, as cred (root when
+// nil), with env added to this process's environment. It inherits this
+// process's cgroup (where the eBPF programs are attached).
+func startHelper(t *testing.T, n *lab.NetNS, role string, cred *lab.Cred, env ...string) *helperProc {
 	t.Helper()
 	self, err := os.Executable()
 	if err != nil {
 		t.Fatal(err)
 	}
 	cmd := n.Command(context.Background(), cred, self)
-	cmd.Env = append(os.Environ(), roleEnv+"="+role)
+	cmd.Env = append(append(os.Environ(), roleEnv+"="+role), env...)
 	cmd.Stderr = os.Stderr
 	c, err := lab.StartChild(cmd)
 	if err != nil {

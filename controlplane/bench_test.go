@@ -424,9 +424,11 @@ func (p *fleetProcess) wait(b *testing.B, k int) {
 // Reported per change: ms/change (wall clock), cpu-ms/change (the control
 // plane process's CPU time), build-ms/change (generating, validating and
 // versioning every snapshot); and for the control plane process: heap-MiB
-// (heap in use after the changes, after a GC), live-heap-MiB (live objects then)
-// and peak-heap-MiB (highest heap in use, sampled every 10 ms while changes were
-// pushed).
+// (heap in use after the changes, after a GC), live-heap-MiB (live objects then),
+// peak-heap-MiB (highest heap in use, sampled every 10 ms while changes were
+// pushed), RSS-MiB and peak-RSS-MiB (VmRSS after the changes, VmHWM from the
+// case's start, connections included), goroutines and stacks-MiB (after the
+// changes, before the GC).
 //
 // Sub-benchmarks: sotw and delta, each with replicas (every proxy has the same
 // resources, as the pods of one deployment) and distinct (every proxy has its
@@ -562,6 +564,10 @@ func benchFanOut(b *testing.B, protocol string, distinct bool) {
 	close(stopSampling)
 	sampling.Wait()
 	peakRSS, rss := readRSS()
+	// Goroutines and their stacks, beside the heap: gRPC runs four per
+	// connection, whose stacks the collector counts in its goal.
+	counts := []rtmetrics.Sample{{Name: "/sched/goroutines:goroutines"}, {Name: "/memory/classes/heap/stacks:bytes"}}
+	rtmetrics.Read(counts)
 	// DETOUR_BENCH_MEMCLASSES=1 logs where the resident memory is: the
 	// runtime's memory classes and the goroutine count, before the final GC.
 	if os.Getenv("DETOUR_BENCH_MEMCLASSES") != "" {
@@ -604,6 +610,8 @@ func benchFanOut(b *testing.B, protocol string, distinct bool) {
 	b.ReportMetric(float64(peak.Load())/(1<<20), "peak-heap-MiB")
 	b.ReportMetric(float64(rss)/(1<<20), "RSS-MiB")
 	b.ReportMetric(float64(peakRSS)/(1<<20), "peak-RSS-MiB")
+	b.ReportMetric(float64(counts[0].Value.Uint64()), "goroutines")
+	b.ReportMetric(float64(counts[1].Value.Uint64())/(1<<20), "stacks-MiB")
 	b.Logf("%s fan-out, %d clients × %d listeners (distinct=%v): %v per change until all ACKed (build %v, control plane CPU %v); control plane heap in use %.1f MiB after (live %.1f MiB), peak %.1f MiB; RSS %.1f MiB at start, %.1f MiB after, peak (VmHWM) %.1f MiB",
 		protocol, n, benchServices+2, distinct, perChange.Round(time.Millisecond), buildPerChange.Round(time.Millisecond),
 		cpuPerChange.Round(time.Millisecond), float64(ms.HeapInuse)/(1<<20), float64(ms.HeapAlloc)/(1<<20), float64(peak.Load())/(1<<20),

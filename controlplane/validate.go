@@ -72,12 +72,28 @@ type allValidator interface{ ValidateAll() error }
 // resources are walked on every config change.
 type walker struct {
 	path []segment
-	// valid, when set, holds typed configs (by pointer) whose contents were
-	// found valid: the generator shares them between resources, and
-	// unpacking each again for every resource that holds it was most of a
-	// build's garbage. Failures are not kept, so that each resource's error
-	// names its own path.
-	valid map[*anypb.Any]bool
+	// valid, when set, holds the parts the generator shares between
+	// resources (typed configs, filter chains, filters, listener filters;
+	// by pointer) whose contents were found valid: unpacking each typed
+	// config again for every resource that holds it was most of a build's
+	// garbage, and each distinct workload's inbound listener holds the
+	// build's shared chains. Failures are not kept, so that each resource's
+	// error names its own path.
+	valid map[proto.Message]bool
+	// unpacked, when set, is given every typed config found valid with the
+	// message it holds (the checker reads cluster references from it rather
+	// than unpacking it a second time).
+	unpacked func(packed *anypb.Any, inner proto.Message)
+}
+
+// shared reports whether m is of a kind the generator shares between
+// resources: worth remembering as valid.
+func shared(m proto.Message) bool {
+	switch m.(type) {
+	case *anypb.Any, *listenerv3.FilterChain, *listenerv3.Filter, *listenerv3.ListenerFilter:
+		return true
+	}
+	return false
 }
 
 // segment is one step of a field path: a field name, a list index or map key,
@@ -127,10 +143,21 @@ func (w *walker) message(m proto.Message) error {
 }
 
 func (w *walker) walk(m protoreflect.Message) error {
+	msg := m.Interface()
+	memo := w.valid != nil && shared(msg)
+	if memo && w.valid[msg] {
+		return nil
+	}
+	err := w.fields(m)
+	if err == nil && memo {
+		w.valid[msg] = true
+	}
+	return err
+}
+
+// fields walks m's populated fields, or the message a typed config holds.
+func (w *walker) fields(m protoreflect.Message) error {
 	if packed, ok := m.Interface().(*anypb.Any); ok {
-		if w.valid[packed] {
-			return nil
-		}
 		inner, err := anypb.UnmarshalNew(packed, proto.UnmarshalOptions{Resolver: protoregistry.GlobalTypes})
 		if err != nil {
 			return w.errorf("unpack %s: %v", packed.GetTypeUrl(), err)
@@ -138,8 +165,8 @@ func (w *walker) walk(m protoreflect.Message) error {
 		w.path = append(w.path, segment{name: string(inner.ProtoReflect().Descriptor().FullName()), unpacked: true})
 		err = w.message(inner)
 		w.path = w.path[:len(w.path)-1]
-		if err == nil && w.valid != nil {
-			w.valid[packed] = true
+		if err == nil && w.unpacked != nil {
+			w.unpacked(packed, inner)
 		}
 		return err
 	}
@@ -198,24 +225,32 @@ type checker struct {
 	listenerAddrs               map[string]string
 
 	valid  map[proto.Message]error
-	walker walker // with a memo of valid typed configs
+	walker walker // with a memo of valid shared parts
 	refs   map[*listenerv3.Listener][]string
 	// filterRefs are the clusters each filter refers to (the generator
 	// shares filters between listeners).
 	filterRefs map[*listenerv3.Filter][]string
+	// configRefs are the references of each typed config validation
+	// unpacked, read then.
+	configRefs map[*anypb.Any]configRefs
 	chains     map[*listenerv3.Listener]string
+	matches    map[*listenerv3.FilterChain][]byte // encoded filter chain matches
 	addrs      map[*listenerv3.Listener]string
 }
 
 func newChecker() *checker {
-	return &checker{
+	c := &checker{
 		valid:      make(map[proto.Message]error),
-		walker:     walker{valid: make(map[*anypb.Any]bool)},
+		walker:     walker{valid: make(map[proto.Message]bool)},
 		refs:       make(map[*listenerv3.Listener][]string),
 		filterRefs: make(map[*listenerv3.Filter][]string),
+		configRefs: make(map[*anypb.Any]configRefs),
 		chains:     make(map[*listenerv3.Listener]string),
+		matches:    make(map[*listenerv3.FilterChain][]byte),
 		addrs:      make(map[*listenerv3.Listener]string),
 	}
+	c.walker.unpacked = func(packed *anypb.Any, inner proto.Message) { c.configRefs[packed] = refsOf(inner) }
+	return c
 }
 
 func (c *checker) validate(m proto.Message, kind, name string) error {
@@ -295,7 +330,7 @@ func (c *checker) check(node string, r Resources) error {
 		}
 		reason, seen := c.chains[l]
 		if !seen {
-			reason = checkChains(l)
+			reason = c.checkChains(l)
 			c.chains[l] = reason
 		}
 		if err := reason; err != "" {
@@ -381,32 +416,44 @@ func listenerAddress(a *corev3.Address) string {
 }
 
 // checkChains returns why l's filter chains are ambiguous, or "".
-func checkChains(l *listenerv3.Listener) string {
-	var matches [][]byte
-	names := make(map[string]bool, len(l.GetFilterChains()))
-	for i, fc := range l.GetFilterChains() {
-		if fc.GetName() != "" {
-			if names[fc.GetName()] {
+func (c *checker) checkChains(l *listenerv3.Listener) string {
+	chains := l.GetFilterChains()
+	for i, fc := range chains {
+		if fc.GetName() == "" {
+			continue
+		}
+		for j := range i {
+			if chains[j].GetName() == fc.GetName() {
 				return fmt.Sprintf("[%d] name %q is duplicated", i, fc.GetName())
 			}
-			names[fc.GetName()] = true
 		}
-		m := fc.GetFilterChainMatch()
-		if m == nil {
-			m = &listenerv3.FilterChainMatch{}
-		}
-		b, err := proto.MarshalOptions{Deterministic: true}.Marshal(m)
+	}
+	for i, fc := range chains {
+		b, err := c.chainMatch(fc)
 		if err != nil {
 			return fmt.Sprintf("[%d] filter_chain_match: %v", i, err)
 		}
-		for j, other := range matches {
-			if bytes.Equal(b, other) {
+		for j := range i {
+			if other, _ := c.chainMatch(chains[j]); bytes.Equal(b, other) {
 				return fmt.Sprintf("[%d] has the same filter_chain_match as [%d]", i, j)
 			}
 		}
-		matches = append(matches, b)
 	}
 	return ""
+}
+
+// chainMatch returns the deterministic encoding of fc's match (empty for
+// none), once per chain: the generator shares chains between listeners.
+func (c *checker) chainMatch(fc *listenerv3.FilterChain) ([]byte, error) {
+	if b, ok := c.matches[fc]; ok {
+		return b, nil
+	}
+	b, err := proto.MarshalOptions{Deterministic: true}.Marshal(fc.GetFilterChainMatch())
+	if err != nil {
+		return nil, err
+	}
+	c.matches[fc] = b
+	return b, nil
 }
 
 // clusterRefs returns the clusters a listener's filters send to.
@@ -443,27 +490,44 @@ func (c *checker) filterClusters(f *listenerv3.Filter) ([]string, error) {
 	if tc == nil {
 		return nil, fmt.Errorf("filter %s has no typed_config", f.GetName())
 	}
-	msg, err := tc.UnmarshalNew()
-	if err != nil {
-		return nil, fmt.Errorf("filter %s: unpack: %w", f.GetName(), err)
+	refs, ok := c.configRefs[tc]
+	if !ok {
+		msg, err := tc.UnmarshalNew()
+		if err != nil {
+			return nil, fmt.Errorf("filter %s: unpack: %w", f.GetName(), err)
+		}
+		refs = refsOf(msg)
 	}
-	var refs []string
+	if refs.rds {
+		return nil, fmt.Errorf("filter %s uses RDS, but this control plane serves routes inline only", f.GetName())
+	}
+	c.filterRefs[f] = refs.clusters
+	return refs.clusters, nil
+}
+
+// configRefs are what a network filter's typed config refers to.
+type configRefs struct {
+	clusters []string
+	rds      bool // routes by RDS or scoped routes, which are not served
+}
+
+// refsOf returns the references of a network filter's config: the clusters
+// of a TCP proxy or of an HTTP connection manager's inline routes.
+func refsOf(msg proto.Message) configRefs {
+	var r configRefs
 	switch t := msg.(type) {
 	case *tcpproxyv3.TcpProxy:
 		if name := t.GetCluster(); name != "" {
-			refs = append(refs, name)
+			r.clusters = append(r.clusters, name)
 		}
 		for _, wc := range t.GetWeightedClusters().GetClusters() {
-			refs = append(refs, wc.GetName())
+			r.clusters = append(r.clusters, wc.GetName())
 		}
 	case *hcmv3.HttpConnectionManager:
-		if t.GetRds() != nil || t.GetScopedRoutes() != nil {
-			return nil, fmt.Errorf("filter %s uses RDS, but this control plane serves routes inline only", f.GetName())
-		}
-		refs = append(refs, routeClusters(t.GetRouteConfig())...)
+		r.rds = t.GetRds() != nil || t.GetScopedRoutes() != nil
+		r.clusters = routeClusters(t.GetRouteConfig())
 	}
-	c.filterRefs[f] = refs
-	return refs, nil
+	return r
 }
 
 func routeClusters(rc *routev3.RouteConfiguration) []string {

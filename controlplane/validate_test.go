@@ -318,3 +318,49 @@ func setDNSTable(t *testing.T, l *listenerv3.Listener, change func(*dnsv3.DnsTab
 	change(cfg.GetServerConfig().GetInlineDnsTable())
 	f.ConfigType = &listenerv3.ListenerFilter_TypedConfig{TypedConfig: mustAny(cfg)}
 }
+
+// TestCheckerReportsSharedPartsForEveryNode: the checker remembers the
+// shared parts (filter chains, typed configs) it found valid, by pointer; an
+// invalid one must still fail every node that holds it, each error naming
+// its node and path, and a valid one must not hide an invalid part of the
+// next listener that holds it.
+func TestCheckerReportsSharedPartsForEveryNode(t *testing.T) {
+	t.Parallel()
+	const want = "filter_chains[0].use_proxy_proto: is deprecated"
+	tests := []struct {
+		name    string
+		invalid bool // the shared chain itself
+	}{
+		{name: "invalid shared chain", invalid: true},
+		{name: "valid shared chain, invalid own chain"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			r1, r2 := baseResources(t), baseResources(t)
+			in1, in2 := listenerNamed(r1, ListenerInbound), listenerNamed(r2, ListenerInbound)
+			in2.FilterChains[0] = in1.FilterChains[0] // shared, as the generator shares chains
+			if tt.invalid {
+				in1.FilterChains[0].UseProxyProto = wrapperspb.Bool(true)
+			} else {
+				in2.FilterChains[1].UseProxyProto = wrapperspb.Bool(true)
+			}
+			c := newChecker()
+			err1, err2 := c.check("n1", r1), c.check("n2", r2)
+			if tt.invalid {
+				if err1 == nil || !strings.Contains(err1.Error(), `node "n1"`) || !strings.Contains(err1.Error(), want) {
+					t.Errorf("n1: %v, want an error of node n1 containing %q", err1, want)
+				}
+			} else if err1 != nil {
+				t.Errorf("n1: %v, want no error", err1)
+			}
+			want2 := want
+			if !tt.invalid {
+				want2 = "filter_chains[1].use_proxy_proto: is deprecated"
+			}
+			if err2 == nil || !strings.Contains(err2.Error(), `node "n2"`) || !strings.Contains(err2.Error(), want2) {
+				t.Errorf("n2: %v, want an error of node n2 containing %q", err2, want2)
+			}
+		})
+	}
+}

@@ -76,15 +76,6 @@ func TestInterruptedInstallIsCleanedUp(t *testing.T) {
 			}
 		}
 	}
-	noResidue := func(what string) {
-		t.Helper()
-		if left, _ := filepath.Glob(filepath.Join(l.pinDir, "*")); len(left) != 0 {
-			t.Errorf("%s: pins left: %q", what, left)
-		}
-		for attach, ids := range attachedIDs(t, l.cgroup) {
-			t.Errorf("%s: programs %v still attached to the cgroup (%s)", what, ids, attach)
-		}
-	}
 	notInstalled := func(what string) {
 		t.Helper()
 		if st, err := eng.Status(ctx); err != nil || st.Installed {
@@ -108,7 +99,7 @@ func TestInterruptedInstallIsCleanedUp(t *testing.T) {
 		if !res.Changed || !strings.Contains(strings.Join(res.Leftovers, " "), "no scope") {
 			t.Errorf("%s: uninstall = %+v; want it to say it removed what belongs to no scope", tt.name, res)
 		}
-		noResidue(tt.name + ", then uninstall")
+		l.assertNoResidue(t, tt.name+", then uninstall")
 
 		// The same, then a re-run of the install: it works, and its
 		// uninstall leaves nothing.
@@ -122,7 +113,7 @@ func TestInterruptedInstallIsCleanedUp(t *testing.T) {
 		if _, err := eng.Uninstall(ctx); err != nil {
 			t.Fatal(err)
 		}
-		noResidue(tt.name + ", re-run, then uninstall")
+		l.assertNoResidue(t, tt.name+", re-run, then uninstall")
 	}
 }
 
@@ -242,22 +233,13 @@ func TestTooManyUIDPortRulesChangesNothing(t *testing.T) {
 func TestFailedFirstInstallLeavesNoPins(t *testing.T) {
 	l := newLab(t)
 	ld := New(Options{PinDir: l.pinDir, Root: l.cgroup})
-	noPins := func(what string) {
-		t.Helper()
-		if left, _ := filepath.Glob(filepath.Join(l.pinDir, "*")); len(left) != 0 {
-			t.Errorf("%s: pins left: %q", what, left)
-		}
-		for attach, ids := range attachedIDs(t, l.cgroup) {
-			t.Errorf("%s: programs %v still attached to the cgroup (%s)", what, ids, attach)
-		}
-	}
 
 	file := filepath.Join(l.cgroup, "cgroup.procs")
 	_, err := ld.Apply(Scope{Cgroup: file}, testCapture(t, nil))
 	if err == nil || !strings.Contains(err.Error(), "not a cgroup v2 directory") {
 		t.Errorf("Apply to the scope of %s = %v; want an error saying it is not a cgroup v2 directory", file, err)
 	}
-	noPins("a file for the cgroup")
+	l.assertNoResidue(t, "a file for the cgroup")
 	os.RemoveAll(l.pinDir) // what the case above left, so the next starts clean
 
 	// The links' pin directory cannot be made (a pinned map is where it
@@ -277,7 +259,7 @@ func TestFailedFirstInstallLeavesNoPins(t *testing.T) {
 	if _, err := ld.Apply(Scope{Cgroup: l.cgroup}, testCapture(t, nil)); err == nil {
 		t.Fatal("Apply with its links' pin directory blocked succeeded")
 	}
-	noPins("an attach that failed")
+	l.assertNoResidue(t, "an attach that failed")
 
 	// The same install then works, and its removal leaves nothing.
 	if _, err := ld.Apply(Scope{Cgroup: l.cgroup}, testCapture(t, nil)); err != nil {
@@ -286,5 +268,17 @@ func TestFailedFirstInstallLeavesNoPins(t *testing.T) {
 	if err := ld.Remove(Scope{Cgroup: l.cgroup}); err != nil {
 		t.Fatal(err)
 	}
-	noPins("install, then remove")
+	l.assertNoResidue(t, "install, then remove")
+}
+
+// assertNoResidue: nothing of detour's is pinned in the lab's bpffs and no
+// program is attached to its cgroup.
+func (l lab) assertNoResidue(t *testing.T, what string) {
+	t.Helper()
+	if left, _ := filepath.Glob(filepath.Join(l.pinDir, "*")); len(left) != 0 {
+		t.Errorf("%s: pins left: %q", what, left)
+	}
+	for attach, ids := range attachedIDs(t, l.cgroup) {
+		t.Errorf("%s: programs %v still attached to the cgroup (%s)", what, ids, attach)
+	}
 }

@@ -6,6 +6,8 @@ import (
 	"os"
 	"os/signal"
 	"syscall"
+
+	"github.com/detour-mesh/detour/internal/cmdgroup"
 )
 
 // version is set at build time with -ldflags "-X main.version=...".
@@ -34,6 +36,6 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 	root.SetErr(stderr)
 	// After SetOut: the completion command writes to the output set then.
 	root.InitDefaultCompletionCmd(args...)
-	refuseUnknownSubcommands(root)
+	cmdgroup.RefuseUnknownSubcommands(root)
 	return exitCode(root.ExecuteContext(ctx), stderr)
 }

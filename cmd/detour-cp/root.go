@@ -50,21 +50,6 @@ detour and detour-cni, is a separate lean binary; ` + "`detour control-plane`" +
 	return root
 }
 
-// refuseUnknownSubcommands makes each command that only groups others
-// (completion, cni) refuse an argument that names none of them, exit 2 like
-// an unknown command of the root: cobra shows such a command's help and
-// exits 0, so `completion nope` or a mistyped `cni instal` looked like success.
-// Without an argument it still shows its help.
-func refuseUnknownSubcommands(c *cobra.Command) {
-	for _, sub := range c.Commands() {
-		if sub.HasSubCommands() && !sub.Runnable() {
-			sub.Args = cobra.NoArgs
-			sub.RunE = func(cmd *cobra.Command, _ []string) error { return cmd.Help() }
-		}
-		refuseUnknownSubcommands(sub)
-	}
-}
-
 // flagError is a flag parsing failure (exit 2).
 type flagError struct{ err error }
 

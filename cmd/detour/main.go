@@ -8,6 +8,8 @@ import (
 	"syscall"
 
 	"github.com/spf13/cobra"
+
+	"github.com/detour-mesh/detour/internal/cmdgroup"
 )
 
 // version is set at build time with -ldflags "-X main.version=...".
@@ -52,6 +54,6 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 	root.SetErr(stderr)
 	// After SetOut: the completion command writes to the output set then.
 	root.InitDefaultCompletionCmd(args...)
-	refuseUnknownSubcommands(root)
+	cmdgroup.RefuseUnknownSubcommands(root)
 	return exitCode(root.ExecuteContext(ctx), stderr)
 }

@@ -8,6 +8,8 @@ import (
 	"slices"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/detour-mesh/detour/internal/nlmsg"
 )
 
 // What we make over netlink carries the kernel's own ownership tag, netProtocol:
@@ -84,7 +86,7 @@ type loAddr struct {
 func listLoAddrs(c *routeConn, f Family, lo int) ([]loAddr, error) {
 	hdr := make([]byte, unix.SizeofIfAddrmsg)
 	hdr[0] = byte(netlinkFamily(f))
-	msgs, err := retryDump(func() ([][]byte, error) { return c.dumpAll(unix.RTM_GETADDR, hdr) })
+	msgs, err := retryDump(func() ([][]byte, error) { return c.Dump(unix.RTM_GETADDR, hdr) })
 	if err != nil {
 		return nil, err
 	}
@@ -99,7 +101,7 @@ func listLoAddrs(c *routeConn, f Family, lo int) ([]loAddr, error) {
 		}
 		var a loAddr
 		var local, address netip.Addr
-		err := eachAttr(m[unix.SizeofIfAddrmsg:], func(typ uint16, data []byte) {
+		err := nlmsg.EachAttr(m[unix.SizeofIfAddrmsg:], func(typ uint16, data []byte) {
 			switch typ {
 			case unix.IFA_LOCAL:
 				local, _ = netip.AddrFromSlice(data)
@@ -129,7 +131,7 @@ func listLoAddrs(c *routeConn, f Family, lo int) ([]loAddr, error) {
 
 // loAddrRequest is the body of a request about address p on lo: its
 // ifaddrmsg, IFA_LOCAL and IFA_ADDRESS.
-func loAddrRequest(p netip.Prefix, lo int) attrs {
+func loAddrRequest(p netip.Prefix, lo int) nlmsg.Attrs {
 	fam := IPv4
 	if p.Addr().Is6() {
 		fam = IPv6
@@ -139,7 +141,7 @@ func loAddrRequest(p netip.Prefix, lo int) attrs {
 	hdr[1] = byte(p.Bits())
 	binary.NativeEndian.PutUint32(hdr[4:], uint32(lo))
 	ip := p.Addr().AsSlice()
-	return attrs(hdr).add(unix.IFA_LOCAL, ip).add(unix.IFA_ADDRESS, ip)
+	return nlmsg.Attrs(hdr).Add(unix.IFA_LOCAL, ip).Add(unix.IFA_ADDRESS, ip)
 }
 
 // addLoAddr puts p on lo tagged with our protocol: IPv4 also with our label
@@ -152,15 +154,15 @@ func addLoAddr(c *routeConn, p netip.Prefix, lo int) error {
 	if p.Addr().Is6() {
 		flags |= unix.IFA_F_NODAD
 	} else {
-		a = a.add(unix.IFA_LABEL, append([]byte(addressLabel), 0))
+		a = a.Add(unix.IFA_LABEL, append([]byte(addressLabel), 0))
 	}
-	a = a.u32(unix.IFA_FLAGS, flags)
-	a = a.add(ifaProto, []byte{netProtocol})
-	return c.change(unix.RTM_NEWADDR, unix.NLM_F_CREATE|unix.NLM_F_EXCL, a)
+	a = a.U32(unix.IFA_FLAGS, flags)
+	a = a.Add(ifaProto, []byte{netProtocol})
+	return c.Change(unix.RTM_NEWADDR, unix.NLM_F_CREATE|unix.NLM_F_EXCL, a)
 }
 
 func delLoAddr(c *routeConn, p netip.Prefix, lo int) error {
-	return c.change(unix.RTM_DELADDR, 0, loAddrRequest(p, lo))
+	return c.Change(unix.RTM_DELADDR, 0, loAddrRequest(p, lo))
 }
 
 // retryDump runs a netlink dump again when the kernel reports that it was
@@ -170,7 +172,7 @@ func retryDump[T any](dump func() (T, error)) (T, error) {
 	var err error
 	for range 5 {
 		out, err = dump()
-		if !errors.Is(err, errDumpInterrupted) {
+		if !errors.Is(err, nlmsg.ErrDumpInterrupted) {
 			return out, err
 		}
 	}
@@ -185,7 +187,7 @@ func observeNet(p Plan) (netState, error) {
 	if err != nil {
 		return s, err
 	}
-	defer c.close()
+	defer c.Close()
 	lo, err := c.loIndex()
 	if err != nil {
 		return s, fmt.Errorf("find loopback: %w", err)
@@ -329,7 +331,7 @@ func (s netState) add() (undo func() error, err error) {
 		if err != nil {
 			return err
 		}
-		defer c.close()
+		defer c.Close()
 		var errs []error
 		for i := len(done) - 1; i >= 0; i-- {
 			errs = append(errs, done[i].del(c))
@@ -339,7 +341,7 @@ func (s netState) add() (undo func() error, err error) {
 	var c *routeConn
 	defer func() {
 		if c != nil {
-			c.close()
+			c.Close()
 		}
 	}()
 	for _, it := range s.items {
@@ -364,7 +366,7 @@ func (s netState) remove() (err error) {
 	var c *routeConn
 	defer func() {
 		if c != nil {
-			c.close()
+			c.Close()
 		}
 	}()
 	for _, it := range s.items {

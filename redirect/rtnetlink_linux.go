@@ -2,20 +2,20 @@ package redirect
 
 import (
 	"encoding/binary"
-	"errors"
 	"fmt"
 	"net/netip"
-	"syscall"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/detour-mesh/detour/internal/nlmsg"
 )
 
 // detour speaks the few rtnetlink requests of the TPROXY routing and the
 // addresses on lo itself (dumps of rules, routes and addresses; adding and
-// deleting one): a general client costs every start of detour and detour-cni
-// its package initialization and, on the install path, a receive buffer on the
-// goroutine's stack that grows the stack to 128 KiB (about 40 page faults of
-// an install, docs/startup.md).
+// deleting one) with internal/nlmsg: a general client costs every start of
+// detour and detour-cni its package initialization and, on the install path, a
+// receive buffer on the goroutine's stack that grows the stack to 128 KiB
+// (about 40 page faults of an install, docs/startup.md).
 
 // fraProtocol is FRA_PROTOCOL of linux/fib_rules.h (x/sys does not define it).
 const fraProtocol = 21
@@ -24,37 +24,18 @@ const fraProtocol = 21
 // (family, dst_len, src_len, tos, table, two reserved bytes, action, flags).
 const sizeofFibRuleHdr = 12
 
-// errDumpInterrupted is a dump the kernel marked inconsistent (NLM_F_DUMP_INTR):
-// something changed while it was read.
-var errDumpInterrupted = errors.New("netlink dump interrupted by a change; run it again")
-
 // routeConn is a NETLINK_ROUTE socket of the calling thread's namespace that
-// one observe, or one change, makes every request on. The socket is blocking
-// and outside Go's poller, as the requests are few and answered at once.
-type routeConn struct {
-	fd  int
-	seq uint32
-	buf []byte // the receive buffer, on the heap: only the pages an answer fills are touched
-}
-
-// routeRecvSize is the receive buffer's size: the kernel sizes a dump's
-// message to the buffer the first read gives (at most 32 KiB).
-const routeRecvSize = 32 << 10
+// one observe, or one change, makes every request on.
+type routeConn struct{ *nlmsg.Conn }
 
 // openRoute opens a NETLINK_ROUTE socket in the calling thread's namespace.
 func openRoute() (*routeConn, error) {
-	fd, err := unix.Socket(unix.AF_NETLINK, unix.SOCK_RAW|unix.SOCK_CLOEXEC, unix.NETLINK_ROUTE)
+	c, err := nlmsg.Open(unix.NETLINK_ROUTE)
 	if err != nil {
 		return nil, fmt.Errorf("open rtnetlink socket: %w", err)
 	}
-	if err := unix.Bind(fd, &unix.SockaddrNetlink{Family: unix.AF_NETLINK}); err != nil {
-		unix.Close(fd)
-		return nil, fmt.Errorf("open rtnetlink socket: %w", err)
-	}
-	return &routeConn{fd: fd}, nil
+	return &routeConn{c}, nil
 }
-
-func (c *routeConn) close() { unix.Close(c.fd) }
 
 // loIndex is the interface index of lo in the socket's namespace.
 func (c *routeConn) loIndex() (int, error) {
@@ -62,139 +43,10 @@ func (c *routeConn) loIndex() (int, error) {
 	if err != nil {
 		return 0, err
 	}
-	if err := unix.IoctlIfreq(c.fd, unix.SIOCGIFINDEX, ifr); err != nil {
+	if err := unix.IoctlIfreq(c.FD(), unix.SIOCGIFINDEX, ifr); err != nil {
 		return 0, err
 	}
 	return int(ifr.Uint32()), nil
-}
-
-// dumpAll sends a dump request (typ, body: the family header) and returns
-// the data of the answer's messages up to NLMSG_DONE.
-func (c *routeConn) dumpAll(typ uint16, body []byte) ([][]byte, error) {
-	return c.do(typ, unix.NLM_F_DUMP, true, body)
-}
-
-// change sends a request that changes something (typ, flags, body: the family
-// header and attributes) and waits for the kernel's acknowledgement.
-func (c *routeConn) change(typ uint16, flags uint16, body []byte) error {
-	_, err := c.do(typ, flags|unix.NLM_F_ACK, false, body)
-	return err
-}
-
-// do sends one request and reads its answer: a dump's messages, or the
-// acknowledgement of a change. A kernel error is its syscall.Errno.
-func (c *routeConn) do(typ uint16, flags uint16, dump bool, body []byte) ([][]byte, error) {
-	c.seq++
-	msg := make([]byte, unix.SizeofNlMsghdr, unix.SizeofNlMsghdr+len(body))
-	binary.NativeEndian.PutUint32(msg[0:], uint32(unix.SizeofNlMsghdr+len(body)))
-	binary.NativeEndian.PutUint16(msg[4:], typ)
-	binary.NativeEndian.PutUint16(msg[6:], flags|unix.NLM_F_REQUEST)
-	binary.NativeEndian.PutUint32(msg[8:], c.seq)
-	msg = append(msg, body...)
-	if err := unix.Sendto(c.fd, msg, 0, &unix.SockaddrNetlink{Family: unix.AF_NETLINK}); err != nil {
-		return nil, err
-	}
-	if c.buf == nil {
-		c.buf = make([]byte, routeRecvSize)
-	}
-	var out [][]byte
-	interrupted := false
-	for {
-		n, _, rflags, _, err := unix.Recvmsg(c.fd, c.buf, nil, 0)
-		if err != nil {
-			if err == unix.EINTR {
-				continue
-			}
-			return nil, err
-		}
-		if rflags&unix.MSG_TRUNC != 0 {
-			return nil, fmt.Errorf("netlink answer longer than %d bytes", len(c.buf))
-		}
-		b := c.buf[:n]
-		for len(b) >= unix.SizeofNlMsghdr {
-			l := int(binary.NativeEndian.Uint32(b[0:]))
-			if l < unix.SizeofNlMsghdr || l > len(b) {
-				return nil, fmt.Errorf("netlink message of %d bytes in an answer of %d", l, len(b))
-			}
-			mtyp := binary.NativeEndian.Uint16(b[4:])
-			mflags := binary.NativeEndian.Uint16(b[6:])
-			seq := binary.NativeEndian.Uint32(b[8:])
-			data := b[unix.SizeofNlMsghdr:l]
-			b = b[min(nlAlign(l), len(b)):]
-			if seq != c.seq {
-				continue // an answer to an earlier request
-			}
-			if mflags&unix.NLM_F_DUMP_INTR != 0 {
-				interrupted = true
-			}
-			switch mtyp {
-			case unix.NLMSG_ERROR, unix.NLMSG_DONE:
-				var code int32
-				if len(data) >= 4 {
-					code = int32(binary.NativeEndian.Uint32(data))
-				}
-				if code != 0 {
-					return nil, syscall.Errno(-code)
-				}
-				if mtyp == unix.NLMSG_ERROR && dump {
-					continue // an acknowledgement inside a dump
-				}
-				if interrupted {
-					return nil, errDumpInterrupted
-				}
-				return out, nil
-			default:
-				if dump {
-					// copied: the next read reuses the buffer
-					out = append(out, append([]byte(nil), data...))
-				}
-			}
-		}
-	}
-}
-
-func nlAlign(n int) int { return (n + 3) &^ 3 }
-
-// attrs appends attributes to a request's body.
-type attrs []byte
-
-func (a attrs) add(typ uint16, data []byte) attrs {
-	var h [4]byte
-	binary.NativeEndian.PutUint16(h[0:], uint16(4+len(data)))
-	binary.NativeEndian.PutUint16(h[2:], typ)
-	a = append(a, h[:]...)
-	a = append(a, data...)
-	for len(a)%4 != 0 {
-		a = append(a, 0)
-	}
-	return a
-}
-
-func (a attrs) u32(typ uint16, v uint32) attrs {
-	var b [4]byte
-	binary.NativeEndian.PutUint32(b[:], v)
-	return a.add(typ, b[:])
-}
-
-// eachAttr calls fn with each attribute of b (the part of a message after its
-// family header).
-func eachAttr(b []byte, fn func(typ uint16, data []byte)) error {
-	for len(b) >= 4 {
-		l := int(binary.NativeEndian.Uint16(b[0:]))
-		if l < 4 || l > len(b) {
-			return fmt.Errorf("netlink attribute of %d bytes in %d", l, len(b))
-		}
-		fn(binary.NativeEndian.Uint16(b[2:])&^(unix.NLA_F_NESTED|unix.NLA_F_NET_BYTEORDER), b[4:l])
-		b = b[min(nlAlign(l), len(b)):]
-	}
-	return nil
-}
-
-func u32Attr(b []byte) uint32 {
-	if len(b) < 4 {
-		return 0
-	}
-	return binary.NativeEndian.Uint32(b)
 }
 
 // ipRule is an ip rule as a dump shows it, with the fields detour looks at.
@@ -212,7 +64,7 @@ type ipRule struct {
 func (c *routeConn) listRules(family int) ([]ipRule, error) {
 	hdr := make([]byte, sizeofFibRuleHdr)
 	hdr[0] = byte(family)
-	msgs, err := c.dumpAll(unix.RTM_GETRULE, hdr)
+	msgs, err := c.Dump(unix.RTM_GETRULE, hdr)
 	if err != nil {
 		return nil, err
 	}
@@ -222,16 +74,16 @@ func (c *routeConn) listRules(family int) ([]ipRule, error) {
 			continue
 		}
 		r := ipRule{family: family, priority: -1, table: int(m[4])}
-		err := eachAttr(m[sizeofFibRuleHdr:], func(typ uint16, data []byte) {
+		err := nlmsg.EachAttr(m[sizeofFibRuleHdr:], func(typ uint16, data []byte) {
 			switch typ {
 			case unix.FRA_PRIORITY:
-				r.priority = int(u32Attr(data))
+				r.priority = int(nlmsg.U32Attr(data))
 			case unix.FRA_FWMARK:
-				r.mark = u32Attr(data)
+				r.mark = nlmsg.U32Attr(data)
 			case unix.FRA_FWMASK:
-				r.mask, r.hasMask = u32Attr(data), true
+				r.mask, r.hasMask = nlmsg.U32Attr(data), true
 			case unix.FRA_TABLE:
-				r.table = int(u32Attr(data))
+				r.table = int(nlmsg.U32Attr(data))
 			case fraProtocol:
 				if len(data) > 0 {
 					r.protocol = data[0]
@@ -256,34 +108,34 @@ func ruleRequest(r ipRule, create bool) []byte {
 	if create {
 		hdr[7] = unix.FR_ACT_TO_TBL
 	}
-	a := attrs(hdr)
+	a := nlmsg.Attrs(hdr)
 	if r.table >= 0 && r.table < 256 {
 		hdr[4] = byte(r.table)
 	}
 	if r.priority >= 0 {
-		a = a.u32(unix.FRA_PRIORITY, uint32(r.priority))
+		a = a.U32(unix.FRA_PRIORITY, uint32(r.priority))
 	}
 	if r.mark != 0 || r.hasMask {
-		a = a.u32(unix.FRA_FWMARK, r.mark)
+		a = a.U32(unix.FRA_FWMARK, r.mark)
 	}
 	if r.hasMask {
-		a = a.u32(unix.FRA_FWMASK, r.mask)
+		a = a.U32(unix.FRA_FWMASK, r.mask)
 	}
 	if r.table >= 256 {
-		a = a.u32(unix.FRA_TABLE, uint32(r.table))
+		a = a.U32(unix.FRA_TABLE, uint32(r.table))
 	}
 	if r.protocol > 0 {
-		a = a.add(fraProtocol, []byte{r.protocol})
+		a = a.Add(fraProtocol, []byte{r.protocol})
 	}
 	return a
 }
 
 func (c *routeConn) addRule(r ipRule) error {
-	return c.change(unix.RTM_NEWRULE, unix.NLM_F_CREATE|unix.NLM_F_EXCL, ruleRequest(r, true))
+	return c.Change(unix.RTM_NEWRULE, unix.NLM_F_CREATE|unix.NLM_F_EXCL, ruleRequest(r, true))
 }
 
 func (c *routeConn) delRule(r ipRule) error {
-	return c.change(unix.RTM_DELRULE, 0, ruleRequest(r, false))
+	return c.Change(unix.RTM_DELRULE, 0, ruleRequest(r, false))
 }
 
 // ipRoute is a route as a dump shows it, with the fields detour looks at and
@@ -307,7 +159,7 @@ type ipRoute struct {
 func (c *routeConn) listRoutes(family, table int) ([]ipRoute, error) {
 	hdr := make([]byte, unix.SizeofRtMsg)
 	hdr[0] = byte(family)
-	msgs, err := c.dumpAll(unix.RTM_GETROUTE, hdr)
+	msgs, err := c.Dump(unix.RTM_GETROUTE, hdr)
 	if err != nil {
 		return nil, err
 	}
@@ -322,7 +174,7 @@ func (c *routeConn) listRoutes(family, table int) ([]ipRoute, error) {
 			continue // a cache entry, not a route
 		}
 		dstLen := int(m[1])
-		err := eachAttr(m[unix.SizeofRtMsg:], func(typ uint16, data []byte) {
+		err := nlmsg.EachAttr(m[unix.SizeofRtMsg:], func(typ uint16, data []byte) {
 			switch typ {
 			case unix.RTA_DST:
 				if a, ok := netip.AddrFromSlice(data); ok {
@@ -333,13 +185,13 @@ func (c *routeConn) listRoutes(family, table int) ([]ipRoute, error) {
 			case unix.RTA_GATEWAY:
 				r.gw, _ = netip.AddrFromSlice(data)
 			case unix.RTA_OIF:
-				r.oif = int(u32Attr(data))
+				r.oif = int(nlmsg.U32Attr(data))
 			case unix.RTA_PRIORITY:
-				r.priority = u32Attr(data)
+				r.priority = nlmsg.U32Attr(data)
 			case unix.RTA_TABLE:
-				r.table = int(u32Attr(data))
+				r.table = int(nlmsg.U32Attr(data))
 			case unix.RTA_FLOW:
-				r.realm = u32Attr(data)
+				r.realm = nlmsg.U32Attr(data)
 			}
 		})
 		if err != nil {
@@ -360,28 +212,28 @@ func routeRequest(r ipRoute) []byte {
 	hdr[3] = r.tos
 	hdr[5], hdr[6], hdr[7] = r.protocol, r.scope, r.typ
 	binary.NativeEndian.PutUint32(hdr[8:], r.flags&(unix.RTNH_F_ONLINK|unix.RTNH_F_PERVASIVE))
-	a := attrs(hdr)
+	a := nlmsg.Attrs(hdr)
 	if r.dst.IsValid() {
 		hdr[1] = byte(r.dst.Bits())
-		a = a.add(unix.RTA_DST, r.dst.Addr().AsSlice())
+		a = a.Add(unix.RTA_DST, r.dst.Addr().AsSlice())
 	}
 	if r.src.IsValid() {
-		a = a.add(unix.RTA_PREFSRC, r.src.AsSlice())
+		a = a.Add(unix.RTA_PREFSRC, r.src.AsSlice())
 	}
 	if r.gw.IsValid() {
-		a = a.add(unix.RTA_GATEWAY, r.gw.AsSlice())
+		a = a.Add(unix.RTA_GATEWAY, r.gw.AsSlice())
 	}
 	if r.oif > 0 {
-		a = a.u32(unix.RTA_OIF, uint32(r.oif))
+		a = a.U32(unix.RTA_OIF, uint32(r.oif))
 	}
 	if r.priority > 0 {
-		a = a.u32(unix.RTA_PRIORITY, r.priority)
+		a = a.U32(unix.RTA_PRIORITY, r.priority)
 	}
 	if r.realm > 0 {
-		a = a.u32(unix.RTA_FLOW, r.realm)
+		a = a.U32(unix.RTA_FLOW, r.realm)
 	}
 	if r.table >= 256 {
-		a = a.u32(unix.RTA_TABLE, uint32(r.table))
+		a = a.U32(unix.RTA_TABLE, uint32(r.table))
 	} else {
 		hdr[4] = byte(r.table)
 	}
@@ -389,11 +241,11 @@ func routeRequest(r ipRoute) []byte {
 }
 
 func (c *routeConn) addRoute(r ipRoute) error {
-	return c.change(unix.RTM_NEWROUTE, unix.NLM_F_CREATE|unix.NLM_F_EXCL, routeRequest(r))
+	return c.Change(unix.RTM_NEWROUTE, unix.NLM_F_CREATE|unix.NLM_F_EXCL, routeRequest(r))
 }
 
 func (c *routeConn) delRoute(r ipRoute) error {
-	return c.change(unix.RTM_DELROUTE, 0, routeRequest(r))
+	return c.Change(unix.RTM_DELROUTE, 0, routeRequest(r))
 }
 
 // String describes r as detour's status and plan print a route of ours that

@@ -11,6 +11,7 @@
 // The binaries of the host are found on PATH at call time and need
 // CAP_NET_ADMIN and CAP_NET_RAW in the namespace redirect.Engine entered.
 //
-// This package imports redirect and nothing of detour's beyond it; it must
-// not import cmd/..., cni, controlplane, bpf or another backend.
+// This package imports redirect and internal/nlmsg and nothing of detour's
+// beyond them; it must not import cmd/..., cni, controlplane, bpf or another
+// backend.
 package iptables

@@ -1,13 +1,13 @@
 package iptables
 
 import (
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"slices"
 
 	"golang.org/x/sys/unix"
 
+	"github.com/detour-mesh/detour/internal/nlmsg"
 	"github.com/detour-mesh/detour/redirect"
 )
 
@@ -55,21 +55,15 @@ func hooks(t *ownedTable, chain string) bool {
 // then each of those tables that holds nothing, in the calling thread's
 // network namespace (the one Engine entered). It returns what it deleted.
 func deleteEmptied(f redirect.Family, chains map[string][]string) (deleted []string, err error) {
-	family := uint8(unix.NFPROTO_IPV4)
+	family := byte(unix.NFPROTO_IPV4)
 	if f == redirect.IPv6 {
 		family = unix.NFPROTO_IPV6
 	}
-	fd, err := unix.Socket(unix.AF_NETLINK, unix.SOCK_RAW|unix.SOCK_CLOEXEC, unix.NETLINK_NETFILTER)
+	c, err := nlmsg.Open(unix.NETLINK_NETFILTER)
 	if err != nil {
 		return nil, fmt.Errorf("open nfnetlink socket: %w", err)
 	}
-	defer unix.Close(fd)
-	if err := unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &unix.Timeval{Sec: 5}); err != nil {
-		return nil, fmt.Errorf("set nfnetlink receive timeout: %w", err)
-	}
-	if err := unix.Bind(fd, &unix.SockaddrNetlink{Family: unix.AF_NETLINK}); err != nil {
-		return nil, fmt.Errorf("bind nfnetlink socket: %w", err)
-	}
+	defer c.Close()
 	// kept: the kernel refused, or it is gone already.
 	kept := func(err error) bool { return errors.Is(err, unix.EBUSY) || errors.Is(err, unix.ENOENT) }
 	for _, table := range tableOrder {
@@ -77,17 +71,17 @@ func deleteEmptied(f redirect.Family, chains map[string][]string) (deleted []str
 		if !ok {
 			continue
 		}
-		for _, c := range names {
-			err := transact(fd, unix.NFT_MSG_DELCHAIN, family, []nlattr{{unix.NFTA_CHAIN_TABLE, table}, {unix.NFTA_CHAIN_NAME, c}})
+		for _, name := range names {
+			err := deleteEmpty(c, unix.NFT_MSG_DELCHAIN, family, nlmsg.Attrs(nil).String(unix.NFTA_CHAIN_TABLE, table).String(unix.NFTA_CHAIN_NAME, name))
 			if kept(err) {
 				continue
 			}
 			if err != nil {
-				return deleted, fmt.Errorf("delete chain %s %s: %w", table, c, err)
+				return deleted, fmt.Errorf("delete chain %s %s: %w", table, name, err)
 			}
-			deleted = append(deleted, table+" "+c)
+			deleted = append(deleted, table+" "+name)
 		}
-		err := transact(fd, unix.NFT_MSG_DELTABLE, family, []nlattr{{unix.NFTA_TABLE_NAME, table}})
+		err := deleteEmpty(c, unix.NFT_MSG_DELTABLE, family, nlmsg.Attrs(nil).String(unix.NFTA_TABLE_NAME, table))
 		if kept(err) {
 			continue
 		}
@@ -99,91 +93,9 @@ func deleteEmptied(f redirect.Family, chains map[string][]string) (deleted []str
 	return deleted, nil
 }
 
-// transact runs one nftables transaction of one deletion that the kernel
-// makes only when what it deletes is empty (NLM_F_NONREC).
-func transact(fd int, msg uint16, family uint8, attrs []nlattr) error {
-	var b batch
-	b.add(unix.NFNL_MSG_BATCH_BEGIN, unix.NLM_F_REQUEST, unix.AF_UNSPEC, unix.NFNL_SUBSYS_NFTABLES, nil)
-	b.add(unix.NFNL_SUBSYS_NFTABLES<<8|msg, unix.NLM_F_REQUEST|unix.NLM_F_ACK|unix.NLM_F_NONREC, family, 0, attrs)
-	b.add(unix.NFNL_MSG_BATCH_END, unix.NLM_F_REQUEST, unix.AF_UNSPEC, unix.NFNL_SUBSYS_NFTABLES, nil)
-	if err := unix.Sendto(fd, b.buf, 0, &unix.SockaddrNetlink{Family: unix.AF_NETLINK}); err != nil {
-		return fmt.Errorf("send nftables transaction: %w", err)
-	}
-	return b.answers(fd)
-}
-
-type nlattr struct {
-	typ   uint16
-	value string // NUL-terminated on the wire
-}
-
-// batch is one nfnetlink transaction, the messages numbered from 1.
-type batch struct {
-	buf  []byte
-	acks []uint32 // the sequence numbers that ask for an acknowledgement
-}
-
-func (b *batch) add(typ, flags uint16, family uint8, resID uint16, attrs []nlattr) {
-	seq := uint32(len(b.acks) + 1)
-	start := len(b.buf)
-	b.buf = binary.NativeEndian.AppendUint32(b.buf, 0) // length, set below
-	b.buf = binary.NativeEndian.AppendUint16(b.buf, typ)
-	b.buf = binary.NativeEndian.AppendUint16(b.buf, flags)
-	b.buf = binary.NativeEndian.AppendUint32(b.buf, seq)
-	b.buf = binary.NativeEndian.AppendUint32(b.buf, 0) // port id: the kernel's
-	b.buf = append(b.buf, family, unix.NFNETLINK_V0)
-	b.buf = binary.BigEndian.AppendUint16(b.buf, resID)
-	for _, a := range attrs {
-		n := unix.SizeofNlAttr + len(a.value) + 1
-		b.buf = binary.NativeEndian.AppendUint16(b.buf, uint16(n))
-		b.buf = binary.NativeEndian.AppendUint16(b.buf, a.typ)
-		b.buf = append(b.buf, a.value...)
-		b.buf = append(b.buf, 0)
-		for len(b.buf)%4 != 0 {
-			b.buf = append(b.buf, 0)
-		}
-	}
-	binary.NativeEndian.PutUint32(b.buf[start:], uint32(len(b.buf)-start))
-	if flags&unix.NLM_F_ACK != 0 {
-		b.acks = append(b.acks, seq)
-	} else {
-		b.acks = append(b.acks, 0)
-	}
-}
-
-// answers reads the kernel's answers until every message that asked for an
-// acknowledgement has one, and returns the first error answered.
-func (b *batch) answers(fd int) error {
-	waiting := map[uint32]bool{}
-	for _, seq := range b.acks {
-		if seq != 0 {
-			waiting[seq] = true
-		}
-	}
-	buf := make([]byte, 4096)
-	for len(waiting) > 0 {
-		n, _, err := unix.Recvfrom(fd, buf, 0)
-		if errors.Is(err, unix.EINTR) {
-			continue
-		}
-		if err != nil {
-			return fmt.Errorf("read nftables answer: %w", err)
-		}
-		for msg := buf[:n]; len(msg) >= unix.NLMSG_HDRLEN; {
-			size := int(binary.NativeEndian.Uint32(msg))
-			if size < unix.NLMSG_HDRLEN || size > len(msg) {
-				return fmt.Errorf("read nftables answer: a message of %d bytes in %d", size, len(msg))
-			}
-			typ := binary.NativeEndian.Uint16(msg[4:])
-			seq := binary.NativeEndian.Uint32(msg[8:])
-			if typ == unix.NLMSG_ERROR && size >= unix.NLMSG_HDRLEN+4 {
-				if code := int32(binary.NativeEndian.Uint32(msg[unix.NLMSG_HDRLEN:])); code < 0 {
-					return unix.Errno(-code)
-				}
-				delete(waiting, seq)
-			}
-			msg = msg[min((size+3)&^3, len(msg)):]
-		}
-	}
-	return nil
+// deleteEmpty runs one nftables transaction of one deletion (msg) that the
+// kernel makes only when what it deletes is empty (NLM_F_NONREC).
+func deleteEmpty(c *nlmsg.Conn, msg uint16, family byte, attrs nlmsg.Attrs) error {
+	body := append([]byte{family, unix.NFNETLINK_V0, 0, 0}, attrs...)
+	return c.Transact(unix.NFNL_SUBSYS_NFTABLES<<8|msg, unix.NLM_F_NONREC, body)
 }

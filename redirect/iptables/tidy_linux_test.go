@@ -8,6 +8,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/detour-mesh/detour/internal/netns"
+	"github.com/detour-mesh/detour/internal/nlmsg"
 	"github.com/detour-mesh/detour/internal/privtest"
 	"github.com/detour-mesh/detour/redirect"
 )
@@ -83,15 +84,12 @@ func TestUninstallLeavesNoTables(t *testing.T) {
 			t.Errorf("deleting a chain with a rule in it: deleted %q, error %v; want nothing deleted", deleted, err)
 		}
 		err = netns.Do(ns.Path, func() error {
-			fd, err := unix.Socket(unix.AF_NETLINK, unix.SOCK_RAW|unix.SOCK_CLOEXEC, unix.NETLINK_NETFILTER)
+			c, err := nlmsg.Open(unix.NETLINK_NETFILTER)
 			if err != nil {
 				return err
 			}
-			defer unix.Close(fd)
-			if err := unix.Bind(fd, &unix.SockaddrNetlink{Family: unix.AF_NETLINK}); err != nil {
-				return err
-			}
-			return transact(fd, unix.NFT_MSG_DELTABLE, unix.NFPROTO_IPV4, []nlattr{{unix.NFTA_TABLE_NAME, "nat"}})
+			defer c.Close()
+			return deleteEmpty(c, unix.NFT_MSG_DELTABLE, unix.NFPROTO_IPV4, nlmsg.Attrs(nil).String(unix.NFTA_TABLE_NAME, "nat"))
 		})
 		if !errors.Is(err, unix.EBUSY) {
 			t.Errorf("deleting the table with a chain in it: %v, want EBUSY", err)

@@ -792,3 +792,28 @@ func TestExcludedWorkloadsAreCountedAndListed(t *testing.T) {
 		t.Errorf("/metrics still counts excluded workloads after a mesh without any")
 	}
 }
+
+// TestMetricsBeforeAnyProxy: every series a dashboard or an alert reads is
+// exported, at zero, before the first proxy connects (a query on a series
+// that does not exist yet has no data, and an alert on it never fires);
+// the NACK counter's series come with the node ids that NACK.
+func TestMetricsBeforeAnyProxy(t *testing.T) {
+	t.Parallel()
+	s := startServer(t, xds.Options{})
+	text := metricsText(t, s.Server)
+	for _, want := range []string{
+		`detour_xds_connected_proxies{protocol="sotw"} 0`,
+		`detour_xds_connected_proxies{protocol="delta"} 0`,
+		`detour_xds_pushes_total{type="listeners"} 0`,
+		`detour_xds_pushes_total{type="clusters"} 0`,
+		`detour_xds_nack_backoffs_total{type="listeners"} 0`,
+		`detour_xds_nack_backoffs_total{type="clusters"} 0`,
+		`detour_config_ack_latency_seconds_count{type="listeners"} 0`,
+		`detour_config_ack_latency_seconds_count{type="clusters"} 0`,
+		`detour_config_updates_total{result="rejected"} 0`,
+	} {
+		if !strings.Contains(text, want+"\n") {
+			t.Errorf("/metrics before any proxy lacks %s", want)
+		}
+	}
+}

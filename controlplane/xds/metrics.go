@@ -1,6 +1,7 @@
 package xds
 
 import (
+	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 )
@@ -76,6 +77,14 @@ func newMetrics() *metrics {
 	}
 	for _, r := range []string{resultApplied, resultUnchanged, resultRejected} {
 		m.updates.WithLabelValues(r)
+	}
+	// The served types' series exist (at zero) from the start, so a query or
+	// an alert on them has data before the first push or NACK. nacks is by
+	// node id too: its series come with the nodes.
+	for _, t := range []string{typeLabel(resourcev3.ListenerType), typeLabel(resourcev3.ClusterType)} {
+		m.pushes.WithLabelValues(t)
+		m.backoffs.WithLabelValues(t)
+		m.ackLatency.WithLabelValues(t)
 	}
 	return m
 }

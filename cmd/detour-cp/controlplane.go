@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"errors"
-
 	"io"
 	"log/slog"
 	"net"
@@ -12,6 +11,7 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 
 	"github.com/detour-mesh/detour/controlplane"
 	"github.com/detour-mesh/detour/controlplane/xds"
@@ -74,6 +74,19 @@ docs/control-plane.md and docs/mesh.md describe the layout and the mesh file.`,
 			// value of the options, which tests use, is the default).
 			if cmd.Flags().Changed("max-mesh-size") && o.maxMeshSize == 0 {
 				return usageError("--max-mesh-size 0 must be positive")
+			}
+			// An --inject-* flag without --inject configures a webhook that
+			// is not served: the pods it was meant for would start unmeshed.
+			if !o.inject.enabled {
+				var given []string
+				cmd.Flags().Visit(func(fl *pflag.Flag) {
+					if strings.HasPrefix(fl.Name, "inject-") {
+						given = append(given, "--"+fl.Name)
+					}
+				})
+				if len(given) > 0 {
+					return usageError("%s configure the injection webhook, which is served only with --inject", strings.Join(given, ", "))
+				}
 			}
 			if g.verbose && !cmd.Flags().Changed("log-level") {
 				o.logLevel = "debug"

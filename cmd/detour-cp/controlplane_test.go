@@ -157,6 +157,9 @@ func TestControlPlaneInvalidInputExitsTwo(t *testing.T) {
 		// --namespace "" watched every namespace.
 		{"empty xds address", []string{"control-plane", "--config", bad, "--xds-address", ""}, `--xds-address "" is empty; leave the flag out for its default (127.0.0.1:18000)`},
 		// A required flag has no default to leave it out for.
+		// Without --inject no webhook is served: its flags would configure
+		// nothing, and the pods meant for it would start unmeshed.
+		{"inject flags without --inject", []string{"control-plane", "--config", bad, "--inject-failure-policy", "Ignore", "--inject-url", "https://x:443"}, "--inject-failure-policy, --inject-url configure the injection webhook, which is served only with --inject"},
 		{"bootstrap empty node id", []string{"bootstrap", "--node-id", "", "--control-plane", "127.0.0.1:1"}, `--node-id "" is empty; give it a value`},
 		{"empty http address", []string{"control-plane", "--config", bad, "--http-address", ""}, `--http-address "" is empty`},
 		{"empty namespace", []string{"control-plane", "--source", "kubernetes", "--namespace", ""}, `--namespace "" is empty`},

@@ -125,8 +125,8 @@ func Bootstrap(o BootstrapOptions) (*bootstrapv3.Bootstrap, error) {
 			return nil, err
 		}
 	}
-	if (o.ClientCert == "") != (o.ClientKey == "") {
-		return nil, &redirect.FieldError{Field: "tls-cert/tls-key", Value: o.ClientCert + "," + o.ClientKey, Reason: "must be given together"}
+	if err := pairedFiles("tls-cert", o.ClientCert, "tls-key", o.ClientKey); err != nil {
+		return nil, err
 	}
 	if o.ClientCert != "" && o.CACert == "" {
 		return nil, &redirect.FieldError{Field: "ca", Value: "", Reason: "is required with a client certificate (mTLS runs over TLS)"}

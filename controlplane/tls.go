@@ -5,6 +5,7 @@ import (
 	"crypto/x509"
 	"log/slog"
 	"os"
+	"strconv"
 	"sync"
 	"time"
 
@@ -27,8 +28,8 @@ func TLSConfig(certFile, keyFile, clientCAFile string, log *slog.Logger) (*tls.C
 	if certFile == "" && keyFile == "" && clientCAFile == "" {
 		return nil, nil
 	}
-	if certFile == "" || keyFile == "" {
-		return nil, &redirect.FieldError{Field: "tls-cert/tls-key", Value: certFile + "," + keyFile, Reason: "must be given together"}
+	if err := pairedFiles("tls-cert", certFile, "tls-key", keyFile); err != nil {
+		return nil, err
 	}
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
@@ -144,4 +145,16 @@ func notAfter(cfg *tls.Config) string {
 		return ""
 	}
 	return c.NotAfter.UTC().Format(time.RFC3339)
+}
+
+// pairedFiles refuses one of two files that go together without the other,
+// naming the one missing and the one given.
+func pairedFiles(certField, cert, keyField, key string) error {
+	switch {
+	case cert != "" && key == "":
+		return &redirect.FieldError{Field: keyField, Value: key, Reason: "is required with " + certField + " " + strconv.Quote(cert)}
+	case cert == "" && key != "":
+		return &redirect.FieldError{Field: certField, Value: cert, Reason: "is required with " + keyField + " " + strconv.Quote(key)}
+	}
+	return nil
 }

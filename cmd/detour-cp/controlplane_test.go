@@ -160,6 +160,8 @@ func TestControlPlaneInvalidInputExitsTwo(t *testing.T) {
 		// Without --inject no webhook is served: its flags would configure
 		// nothing, and the pods meant for it would start unmeshed.
 		{"inject flags without --inject", []string{"control-plane", "--config", bad, "--inject-failure-policy", "Ignore", "--inject-url", "https://x:443"}, "--inject-failure-policy, --inject-url configure the injection webhook, which is served only with --inject"},
+		{"bootstrap cert without key", []string{"bootstrap", "--node-id", "app", "--control-plane", "127.0.0.1:1", "--tls-cert", "c.pem"}, `tls-key: "" is required with tls-cert "c.pem"`},
+		{"bootstrap key without cert", []string{"bootstrap", "--node-id", "app", "--control-plane", "127.0.0.1:1", "--tls-key", "k.pem"}, `tls-cert: "" is required with tls-key "k.pem"`},
 		{"bootstrap empty node id", []string{"bootstrap", "--node-id", "", "--control-plane", "127.0.0.1:1"}, `--node-id "" is empty; give it a value`},
 		{"empty http address", []string{"control-plane", "--config", bad, "--http-address", ""}, `--http-address "" is empty`},
 		{"empty namespace", []string{"control-plane", "--source", "kubernetes", "--namespace", ""}, `--namespace "" is empty`},

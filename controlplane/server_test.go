@@ -817,3 +817,45 @@ func TestMetricsBeforeAnyProxy(t *testing.T) {
 		}
 	}
 }
+
+// TestNodeSeriesGoWithTheNode: a node's NACK series goes when the node has
+// left the mesh and closed its streams (pods come and go, and a series per
+// node id ever seen grows without end); a node id longer than
+// xds.MaxNodeID is refused.
+func TestNodeSeriesGoWithTheNode(t *testing.T) {
+	t.Parallel()
+	s := startServer(t, xds.Options{NACKBackoff: time.Millisecond})
+	m := loadMesh(t, "testdata/matrix.yaml")
+	s.update(t, m)
+	ctx, cancel := context.WithCancel(testCtx(t))
+	conn := dial(t, s.addr, nil)
+	c := sotwClient(t, ctx, conn, "tproxy-ipv4", resourcev3.ListenerType)
+	if _, err := c.Fetch(); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Nack("rejected"); err != nil {
+		t.Fatal(err)
+	}
+	const series = `detour_xds_nacks_total{node_id="tproxy-ipv4",type="listeners"} 1`
+	waitFor(t, "the NACK counted", func() bool { return strings.Contains(metricsText(t, s.Server), series) })
+
+	without := loadMesh(t, "testdata/matrix.yaml")
+	without.Workloads = slices.DeleteFunc(without.Workloads, func(w Workload) bool { return w.NodeID == "tproxy-ipv4" })
+	s.update(t, without)
+	if !strings.Contains(metricsText(t, s.Server), series) {
+		t.Error("the NACK series went while the node was still connected")
+	}
+	cancel()
+	conn.Close()
+	waitFor(t, "the NACK series of a node gone", func() bool {
+		return !strings.Contains(metricsText(t, s.Server), `node_id="tproxy-ipv4"`)
+	})
+
+	long := sotwclient.NewADSClient(testCtx(t), &corev3.Node{Id: strings.Repeat("n", xds.MaxNodeID+1)}, resourcev3.ListenerType)
+	if err := long.InitConnect(dial(t, s.addr, nil)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := long.Fetch(); status.Code(err) != codes.InvalidArgument || !strings.Contains(err.Error(), "longer than 1024") {
+		t.Errorf("a node id of %d bytes: %v, want InvalidArgument saying it is too long", xds.MaxNodeID+1, err)
+	}
+}

@@ -11,6 +11,7 @@ import (
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
+	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/peer"
@@ -155,6 +156,11 @@ func (t *tracker) served(nodeID string, v Versions, changedAt time.Time) {
 	}
 }
 
+// MaxNodeID is the longest node id served, in bytes: a pod's is its name and
+// namespace (at most 317), and every id is kept per stream, logged and may
+// label a NACK series.
+const MaxNodeID = 1024
+
 // removed marks a node as no longer in the mesh; it reports whether the node
 // still has streams (its snapshot must then stay until they close).
 func (t *tracker) removed(nodeID string) (connected bool) {
@@ -166,10 +172,18 @@ func (t *tracker) removed(nodeID string) (connected bool) {
 	}
 	n.inMesh = false
 	if len(n.streams) == 0 {
-		delete(t.nodes, nodeID)
+		t.forget(nodeID)
 		return false
 	}
 	return true
+}
+
+// forget drops a node that is neither in the mesh nor connected, with its
+// NACK series: node ids come and go with pods, and a series per node id
+// ever seen would grow without end. t.mu is held.
+func (t *tracker) forget(nodeID string) {
+	delete(t.nodes, nodeID)
+	t.metrics.nacks.DeletePartialMatch(prometheus.Labels{"node_id": nodeID})
 }
 
 // nackedVersion is the last version of typeURL the node NACKed.
@@ -229,7 +243,7 @@ func (t *tracker) close(protocol string, id int64) {
 				n.streams = nil
 				idle = s.node
 				if !n.inMesh {
-					delete(t.nodes, s.node)
+					t.forget(s.node)
 				}
 			}
 		}
@@ -258,6 +272,10 @@ func (t *tracker) request(protocol string, id int64, node *corev3.Node, typeURL,
 	if nodeID == "" {
 		t.mu.Unlock()
 		return status.Error(codes.InvalidArgument, "the first request of a stream must name its node (node.id)")
+	}
+	if len(nodeID) > MaxNodeID {
+		t.mu.Unlock()
+		return status.Errorf(codes.InvalidArgument, "node id of %d bytes is longer than %d", len(nodeID), MaxNodeID)
 	}
 	if t.requireIdentity && !slices.Contains(s.sans, nodeID) {
 		t.mu.Unlock()

@@ -66,7 +66,7 @@ func smallestLimit(mount, path, file string) (limit int64, ok bool, err error) {
 		if set && (!ok || n < limit) {
 			limit, ok = n, true
 		}
-		if dir == mount || len(dir) <= len(mount) {
+		if len(dir) <= len(mount) { // the mount itself, or (never) above it
 			return limit, ok, nil
 		}
 		dir = filepath.Dir(dir)

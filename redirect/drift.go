@@ -8,7 +8,7 @@ import (
 // familyDrift compares installed with planned lines; ok is false when they agree.
 func familyDrift(f Family, installed, planned []string) (FamilyDrift, bool) {
 	ops := diffLines(installed, planned)
-	d := FamilyDrift{Family: f}
+	d := FamilyDrift{Family: f, Missing: []string{}, Unexpected: []string{}} // lists, also when empty (JSON [])
 	for _, op := range ops {
 		switch op.kind {
 		case '-':

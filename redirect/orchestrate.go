@@ -299,7 +299,7 @@ func (e *Engine) install(ctx context.Context, p Plan) (Result, error) {
 }
 
 func (e *Engine) uninstall(ctx context.Context) (Result, error) {
-	var res Result
+	res := Result{Families: []Family{}} // a list, also when empty (JSON [])
 	err := e.locked(ctx, &res, func(ctx context.Context) error {
 		states := e.observeAll(ctx, noCandidate)
 		if err := conflicts(states); err != nil {
@@ -459,7 +459,7 @@ func (e *Engine) readInstalled(ctx context.Context, p Plan) (held []*driverState
 }
 
 func (e *Engine) check(ctx context.Context, p Plan) (Drift, error) {
-	var d Drift
+	d := Drift{Families: []FamilyDrift{}} // a list, also when empty (JSON [])
 	held, net, _, others, _, err := e.readInstalled(ctx, p)
 	if err != nil {
 		return d, err
@@ -503,7 +503,7 @@ func (e *Engine) check(ctx context.Context, p Plan) (Drift, error) {
 }
 
 func (e *Engine) status(ctx context.Context) (Status, error) {
-	st := Status{Rules: map[Family]string{}}
+	st := Status{Families: []Family{}, Rules: map[Family]string{}} // a list, also when empty (JSON [])
 	held, net, shared, _, left, err := e.readInstalled(ctx, Plan{})
 	if err != nil {
 		return st, err

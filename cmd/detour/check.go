@@ -57,18 +57,6 @@ func runCheck(ctx context.Context, o *checkOptions, g *globalOptions, s streams)
 		return fmt.Errorf("check: %w", err)
 	}
 	if o.output == "json" {
-		// Lists, never null: a script reads `.families | length`.
-		if drift.Families == nil {
-			drift.Families = []redirect.FamilyDrift{}
-		}
-		for i := range drift.Families {
-			if drift.Families[i].Missing == nil {
-				drift.Families[i].Missing = []string{}
-			}
-			if drift.Families[i].Unexpected == nil {
-				drift.Families[i].Unexpected = []string{}
-			}
-		}
 		if err := writeJSON(s, checkReport{Installed: true, Drift: drift}); err != nil {
 			return err
 		}

@@ -7,7 +7,6 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/detour-mesh/detour/redirect"
 	"github.com/detour-mesh/detour/redirect/backends/netfilter"
 )
 
@@ -48,10 +47,6 @@ func runStatus(ctx context.Context, o *statusOptions, g *globalOptions, s stream
 		return fmt.Errorf("status: %w", err)
 	}
 	if o.output == "json" {
-		// Lists, never null: a script reads `.families | length`.
-		if st.Families == nil {
-			st.Families = []redirect.Family{}
-		}
 		return writeJSON(s, st)
 	}
 	shared := ""

@@ -66,10 +66,6 @@ func runUninstall(ctx context.Context, o *uninstallOptions, g *globalOptions, s 
 		}
 	}
 	if o.output == "json" {
-		// Lists, never null, as status and check print them.
-		if res.Families == nil {
-			res.Families = []redirect.Family{}
-		}
 		return writeJSON(s, res)
 	}
 	if !res.Changed {

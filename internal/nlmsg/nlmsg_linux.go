@@ -68,28 +68,28 @@ func (c *Conn) Transact(typ uint16, flags uint16, body []byte) error {
 	// too, so that an error the kernel answers to either is read as its.
 	c.seq++
 	nfgen := []byte{unix.AF_UNSPEC, unix.NFNETLINK_V0, 0, unix.NFNL_SUBSYS_NFTABLES} // res_id big-endian
-	req := Attrs(nil).header(unix.NFNL_MSG_BATCH_BEGIN, unix.NLM_F_REQUEST, c.seq, nfgen)
-	req = Attrs(req).header(typ, flags|unix.NLM_F_REQUEST|unix.NLM_F_ACK, c.seq, body)
-	req = Attrs(req).header(unix.NFNL_MSG_BATCH_END, unix.NLM_F_REQUEST, c.seq, nfgen)
+	req := appendMessage(nil, unix.NFNL_MSG_BATCH_BEGIN, unix.NLM_F_REQUEST, c.seq, nfgen)
+	req = appendMessage(req, typ, flags|unix.NLM_F_REQUEST|unix.NLM_F_ACK, c.seq, body)
+	req = appendMessage(req, unix.NFNL_MSG_BATCH_END, unix.NLM_F_REQUEST, c.seq, nfgen)
 	_, err := c.exchange(req, false)
 	return err
 }
 
-// header returns a message of typ, flags and seq around body, appended to a.
-func (a Attrs) header(typ, flags uint16, seq uint32, body []byte) []byte {
+// appendMessage appends a message of typ, flags and seq around body to b.
+func appendMessage(b []byte, typ, flags uint16, seq uint32, body []byte) []byte {
 	var h [unix.SizeofNlMsghdr]byte
 	binary.NativeEndian.PutUint32(h[0:], uint32(unix.SizeofNlMsghdr+len(body)))
 	binary.NativeEndian.PutUint16(h[4:], typ)
 	binary.NativeEndian.PutUint16(h[6:], flags)
 	binary.NativeEndian.PutUint32(h[8:], seq)
-	return append(append(a, h[:]...), body...)
+	return append(append(b, h[:]...), body...)
 }
 
 // do sends one request and reads its answer: a dump's messages, or the
 // acknowledgement of a change.
 func (c *Conn) do(typ uint16, flags uint16, dump bool, body []byte) ([][]byte, error) {
 	c.seq++
-	return c.exchange(Attrs(nil).header(typ, flags|unix.NLM_F_REQUEST, c.seq, body), dump)
+	return c.exchange(appendMessage(nil, typ, flags|unix.NLM_F_REQUEST, c.seq, body), dump)
 }
 
 // exchange sends req and reads the answers to the request numbered c.seq.

@@ -91,24 +91,16 @@ func ebpfSetup() {
 // with them the links that keep detour's programs attached in the run's
 // cgroup. A name whose process is alive (another run now) is left alone.
 func removeStale(cgroupRoot string) {
-	gone := func(name, prefix string) bool {
-		rest, ok := strings.CutPrefix(filepath.Base(name), prefix)
-		if !ok {
-			return false
-		}
-		pid, err := strconv.Atoi(strings.SplitN(rest, "-", 2)[0])
-		return err == nil && pid > 0 && pid != os.Getpid() && errors.Is(unix.Kill(pid, 0), unix.ESRCH)
-	}
 	mounts, _ := filepath.Glob(filepath.Join(os.TempDir(), "detour-e2e-bpffs-*"))
 	for _, m := range mounts {
-		if gone(m, "detour-e2e-bpffs-") {
+		if _, dead := privtest.DeadRun(m, "detour-e2e-bpffs-"); dead {
 			_ = unix.Unmount(m, unix.MNT_DETACH)
 			os.Remove(m)
 		}
 	}
 	cgroups, _ := filepath.Glob(filepath.Join(cgroupRoot, "detour-e2e-*"))
 	for _, c := range cgroups {
-		if gone(c, "detour-e2e-") {
+		if _, dead := privtest.DeadRun(c, "detour-e2e-"); dead {
 			os.Remove(c) // refused while a process is still in it
 		}
 	}

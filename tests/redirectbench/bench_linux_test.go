@@ -2,7 +2,6 @@ package redirectbench
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"maps"
@@ -430,17 +429,9 @@ func labPrefix() string { return fmt.Sprintf("dtb-%d", os.Getpid()) }
 // only when that process is gone.
 func removeStale(t *testing.T, cgroupRoot string) {
 	t.Helper()
-	dead := func(name, prefix string) (pid int, ok bool) {
-		rest, ok := strings.CutPrefix(filepath.Base(name), prefix)
-		if !ok {
-			return 0, false
-		}
-		pid, err := strconv.Atoi(strings.SplitN(rest, "-", 2)[0])
-		return pid, err == nil && pid > 0 && pid != os.Getpid() && errors.Is(unix.Kill(pid, 0), unix.ESRCH)
-	}
 	if entries, err := os.ReadDir("/run/netns"); err == nil {
 		for _, e := range entries {
-			if pid, ok := dead(e.Name(), "dtb-"); ok {
+			if pid, ok := privtest.DeadRun(e.Name(), "dtb-"); ok {
 				gone, err := lab.RemoveLeftovers(context.Background(), fmt.Sprintf("dtb-%d", pid))
 				t.Logf("removed the namespaces %v of a dead bench run (%v)", gone, err)
 			}
@@ -448,7 +439,7 @@ func removeStale(t *testing.T, cgroupRoot string) {
 	}
 	mounts, _ := filepath.Glob(filepath.Join(os.TempDir(), "detour-bench-bpffs-*"))
 	for _, m := range mounts {
-		if _, ok := dead(m, "detour-bench-bpffs-"); ok {
+		if _, ok := privtest.DeadRun(m, "detour-bench-bpffs-"); ok {
 			_ = unix.Unmount(m, unix.MNT_DETACH)
 			os.Remove(m)
 			t.Logf("removed the bpffs %s of a dead bench run", m)
@@ -456,7 +447,7 @@ func removeStale(t *testing.T, cgroupRoot string) {
 	}
 	cgroups, _ := filepath.Glob(filepath.Join(cgroupRoot, "detour-bench-*"))
 	for _, c := range cgroups {
-		if _, ok := dead(c, "detour-bench-"); ok {
+		if _, ok := privtest.DeadRun(c, "detour-bench-"); ok {
 			if err := os.Remove(c); err == nil { // refused while a process is still in it
 				t.Logf("removed the cgroup %s of a dead bench run", c)
 			}

@@ -363,6 +363,13 @@ func (d *Driver) Remove(ctx context.Context, have redirect.Installed) error {
 	return nil
 }
 
+var _ redirect.Sweeper = (*Driver)(nil)
+
+// Sweep removes the stale scopes of the whole node, whatever the Driver's
+// own scope: those whose network namespace or cgroup is gone (Loader.Sweep).
+// It never touches a scope that may be alive.
+func (d *Driver) Sweep(ctx context.Context) ([]string, error) { return d.loader.Sweep() }
+
 // Render is the plan as the programs and maps hold it: the programs and
 // their attach point, then the scope's map entries; the inbound Driver's
 // rendering follows. Pure.

@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cilium/ebpf"
 	"golang.org/x/sys/unix"
 
 	"github.com/detour-mesh/detour/internal/privtest"
@@ -347,4 +348,50 @@ func TestLastStaleNamespaceLeavesTheCgroupRoot(t *testing.T) {
 	if _, err := os.Stat(l.pinDir); !errors.Is(err, syscall.ENOENT) {
 		t.Errorf("pin directory after the last uninstall: %v", err)
 	}
+}
+
+// TestUnreadableMarkCountsAsAlive: a namespace is never called gone on a
+// doubt. A mark that is not a namespace's link (here a map pinned in its
+// place) or cannot be loaded counts as alive, and a scope without a mark
+// (enrolled from outside its namespace, or by a detour that made none) is
+// never stale.
+func TestUnreadableMarkCountsAsAlive(t *testing.T) {
+	l := newLab(t)
+	ld := New(Options{PinDir: l.pinDir, Root: l.cgroup})
+	ns := newDoomedNS(t)
+	// Enrolled from outside the namespace: no mark.
+	if _, err := ld.Apply(Scope{Netns: ns.cookie}, testCapture(t, nil)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(ld.alivePin(ns.cookie)); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("a scope enrolled from outside its namespace got a mark: %v", err)
+	}
+	m, err := ebpf.NewMap(&ebpf.MapSpec{Type: ebpf.Array, KeySize: 4, ValueSize: 4, MaxEntries: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	const bogus = 4242424242
+	if err := os.MkdirAll(ld.aliveDir(), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := m.Pin(ld.alivePin(bogus)); err != nil {
+		t.Fatal(err)
+	}
+	ns.unname(t)
+	time.Sleep(200 * time.Millisecond) // the namespace's teardown, were anything to see it
+	if got := staleCookies(t, ld, 0); len(got) != 0 {
+		t.Errorf("stale scopes = %v; want none (no mark for %d, an unreadable one for %d)", got, ns.cookie, bogus)
+	}
+	if removed, err := ld.Sweep(); err != nil || len(removed) != 0 {
+		t.Errorf("sweep = %q, %v; want nothing removed", removed, err)
+	}
+	if _, err := os.Stat(ld.alivePin(bogus)); err != nil {
+		t.Errorf("the unreadable mark was removed: %v", err)
+	}
+	os.Remove(ld.alivePin(bogus))
+	if err := ld.Remove(Scope{Netns: ns.cookie}); err != nil {
+		t.Fatal(err)
+	}
+	l.assertNoResidue(t, "remove")
 }

@@ -395,3 +395,67 @@ func TestUnreadableMarkCountsAsAlive(t *testing.T) {
 	}
 	l.assertNoResidue(t, "remove")
 }
+
+// BenchmarkLivenessMark: what the liveness mark costs — attaching and
+// pinning it (a network-namespace scope's first install; it loads the
+// program) and detaching it (its uninstall), alone on the machine (the
+// kernel then turns its sk_lookup hook on and off) and beside another
+// namespace's mark (every enrolment but the first); and reading it (every
+// install, uninstall, status and sweep reads each enrolled namespace's mark).
+//
+//	sudo go test -run '^$' -bench LivenessMark -benchtime 200x ./bpf/
+func BenchmarkLivenessMark(b *testing.B) {
+	privtest.Require(b, "ip")
+	bpffs := b.TempDir()
+	if err := unix.Mount("bpf", bpffs, "bpf", 0, "mode=0700"); err != nil {
+		b.Fatalf("mount private bpffs: %v", err)
+	}
+	b.Cleanup(func() { unix.Unmount(bpffs, unix.MNT_DETACH) })
+	ld := New(Options{PinDir: filepath.Join(bpffs, "detour")})
+	mark := func(b *testing.B, ns privtest.NS) uint64 {
+		var cookie uint64
+		err := doNS(ns.Path, func() (err error) {
+			if cookie, err = CurrentNetns(); err != nil {
+				return err
+			}
+			_, err = ld.markAlive(cookie)
+			return err
+		})
+		if err != nil {
+			b.Fatal(err)
+		}
+		return cookie
+	}
+	ns := privtest.NetNS(b)
+	cookie := mark(b, ns)
+	if err := ld.unmarkAlive(cookie); err != nil {
+		b.Fatal(err)
+	}
+	cycle := func(b *testing.B) {
+		err := doNS(ns.Path, func() error {
+			for b.Loop() {
+				if ok, err := ld.markAlive(cookie); err != nil || !ok {
+					return fmt.Errorf("mark: %v, %v", ok, err)
+				}
+				if err := ld.unmarkAlive(cookie); err != nil {
+					return err
+				}
+			}
+			return nil
+		})
+		if err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.Run("attach+detach/alone", cycle)
+	other := mark(b, privtest.NetNS(b))
+	b.Cleanup(func() { ld.unmarkAlive(other) })
+	b.Run("attach+detach/beside-another", cycle)
+	b.Run("read", func(b *testing.B) {
+		for b.Loop() {
+			if gone, err := ld.goneNetns(); err != nil || len(gone) != 0 {
+				b.Fatalf("goneNetns = %v, %v", gone, err)
+			}
+		}
+	})
+}

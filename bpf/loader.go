@@ -102,7 +102,7 @@ type State struct {
 // killed after it pinned maps (or attached programs) and before it enrolled
 // its scope — and the stale scopes, those of cgroups and network namespaces
 // that are gone, or "" when there is none of either. Removing any scope
-// removes them, and so does installing one (or Sweep) the stale scopes.
+// removes them all; installing one, and Sweep, remove the stale scopes.
 func (s State) Leftover() string {
 	return strings.Join(slices.DeleteFunc(append([]string{s.leftover}, s.gone...), func(x string) bool { return x == "" }), "; ")
 }

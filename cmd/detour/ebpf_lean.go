@@ -30,6 +30,9 @@ func (g *globalOptions) engine(nsPath string, backend redirect.Backend, stderr i
 		Drivers: netfilter.Drivers(netfilter.Options{LockWait: g.lockWait, Logger: logger, Backend: backend})}, nil
 }
 
+// ebpfRootToJoin is "": a command with the eBPF backend runs in detour-ebpf.
+func (g *globalOptions) ebpfRootToJoin(redirect.Backend) string { return "" }
+
 // checkCgroup accepts any path: --cgroup hands the command to detour-ebpf,
 // which checks it (exit 2 when it is not a cgroup v2 directory).
 func checkCgroup(string) error { return nil }

@@ -67,13 +67,14 @@ test-unit: ## the unprivileged unit tests only
 test-e2e: deps ## the end-to-end tests in tests/ only
 	$(GO) test -count=1 -timeout 60m ./tests/...
 
-lint: ## gofmt, go vet, and a build for another OS (the non-Linux stubs still compile)
+lint: ## gofmt, go vet, a build for another OS (the non-Linux stubs still compile), and the docs' links, anchors, make targets and paths (hack/docscheck)
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
 	$(GO) vet -tags detour_lean ./cmd/detour ./cmd/detour-cni
 	GOOS=darwin $(GO) build ./...
 	GOOS=darwin $(GO) build -tags detour_lean -o /dev/null ./cmd/detour
 	GOOS=darwin $(GO) build -tags detour_lean -o /dev/null ./cmd/detour-cni
+	$(GO) run ./hack/docscheck
 
 fuzz: ## run each fuzz target for FUZZTIME (default 30s)
 	@for t in FuzzDecode FuzzParsers; do $(GO) test -run '^$$' -fuzz "^$$t$$" -fuzztime $${FUZZTIME:-30s} ./redirect/; done

@@ -1,0 +1,257 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"fmt"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"unicode"
+)
+
+var (
+	linkRE    = regexp.MustCompile(`\]\(([^)\s]+)\)`)
+	makeRE    = regexp.MustCompile("`make ([a-z][a-z0-9-]*)")
+	makeRunRE = regexp.MustCompile(`(?:^|[\s;&|(])make ([a-z][a-z0-9-]*)`)
+	targetRE  = regexp.MustCompile(`^([a-z][a-z0-9-]*):`)
+	codeRE    = regexp.MustCompile("`([^`\\s]+)`")
+	headingRE = regexp.MustCompile(`^#{1,6}\s+(.*?)\s*#*\s*$`)
+)
+
+// topDirs are the repository's top-level folders: a backquoted word starting
+// with one of them is taken for a path.
+var topDirs = []string{"cmd/", "redirect/", "bpf/", "cni/", "controlplane/", "inject/", "internal/", "tests/", "hack/", "deploy/", "examples/", "docs/"}
+
+func main() {
+	files, _ := filepath.Glob("docs/*.md")
+	files = append([]string{"README.md"}, files...)
+	targets, err := makeTargets("Makefile")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "docscheck:", err)
+		os.Exit(1)
+	}
+	tracked, err := walk("deploy")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "docscheck:", err)
+		os.Exit(1)
+	}
+	var problems []string
+	anchors := map[string]map[string]bool{}
+	for _, f := range files {
+		p, err := check(f, tracked, targets, anchors)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "docscheck:", err)
+			os.Exit(1)
+		}
+		problems = append(problems, p...)
+	}
+	for _, p := range problems {
+		fmt.Println(p)
+	}
+	if len(problems) > 0 {
+		os.Exit(1)
+	}
+}
+
+func makeTargets(path string) (map[string]bool, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("read makefile: %w", err)
+	}
+	t := map[string]bool{}
+	for _, line := range strings.Split(string(b), "\n") {
+		if m := targetRE.FindStringSubmatch(line); m != nil && !strings.Contains(line, ":=") {
+			t[m[1]] = true
+		}
+	}
+	return t, nil
+}
+
+func check(file string, tracked []string, targets map[string]bool, anchors map[string]map[string]bool) ([]string, error) {
+	b, err := os.ReadFile(file)
+	if err != nil {
+		return nil, fmt.Errorf("read doc: %w", err)
+	}
+	var problems []string
+	report := func(line int, format string, a ...any) {
+		problems = append(problems, fmt.Sprintf("%s:%d: %s", file, line, fmt.Sprintf(format, a...)))
+	}
+	sc := bufio.NewScanner(bytes.NewReader(b))
+	sc.Buffer(make([]byte, 1<<20), 1<<20)
+	inCode := false
+	for n := 1; sc.Scan(); n++ {
+		line := sc.Text()
+		if strings.HasPrefix(strings.TrimSpace(line), "```") {
+			inCode = !inCode
+			continue
+		}
+		var names []string
+		if inCode {
+			for _, m := range makeRunRE.FindAllStringSubmatch(line, -1) {
+				names = append(names, m[1])
+			}
+		} else {
+			for _, m := range makeRE.FindAllStringSubmatch(line, -1) {
+				names = append(names, m[1])
+			}
+		}
+		for _, name := range names {
+			if !targets[name] {
+				report(n, "make %s: no such target in the Makefile", name)
+			}
+		}
+		if inCode {
+			continue
+		}
+		for _, m := range linkRE.FindAllStringSubmatch(line, -1) {
+			if msg := checkLink(file, m[1], anchors); msg != "" {
+				report(n, "%s", msg)
+			}
+		}
+		for _, m := range codeRE.FindAllStringSubmatch(line, -1) {
+			if msg := checkPath(m[1], tracked); msg != "" {
+				report(n, "%s", msg)
+			}
+		}
+	}
+	return problems, sc.Err()
+}
+
+func checkLink(from, target string, anchors map[string]map[string]bool) string {
+	if strings.Contains(target, "://") || strings.HasPrefix(target, "mailto:") {
+		return ""
+	}
+	path, anchor, _ := strings.Cut(target, "#")
+	file := from
+	if path != "" {
+		file = filepath.Clean(filepath.Join(filepath.Dir(from), path))
+		if _, err := os.Stat(file); err != nil {
+			return fmt.Sprintf("link %s: %s does not exist", target, file)
+		}
+	}
+	if anchor == "" {
+		return ""
+	}
+	if !strings.HasSuffix(file, ".md") {
+		return ""
+	}
+	a, ok := anchors[file]
+	if !ok {
+		var err error
+		if a, err = headingAnchors(file); err != nil {
+			return fmt.Sprintf("link %s: %v", target, err)
+		}
+		anchors[file] = a
+	}
+	if !a[anchor] {
+		return fmt.Sprintf("link %s: %s has no heading with anchor #%s", target, file, anchor)
+	}
+	return ""
+}
+
+// headingAnchors returns the anchors GitHub derives from a file's headings:
+// lower case, punctuation other than '-' and '_' dropped, spaces to '-', and
+// "-1", "-2", … for repeats.
+func headingAnchors(file string) (map[string]bool, error) {
+	b, err := os.ReadFile(file)
+	if err != nil {
+		return nil, fmt.Errorf("read doc: %w", err)
+	}
+	a := map[string]bool{}
+	seen := map[string]int{}
+	inCode := false
+	for _, line := range strings.Split(string(b), "\n") {
+		if strings.HasPrefix(strings.TrimSpace(line), "```") {
+			inCode = !inCode
+			continue
+		}
+		if inCode {
+			continue
+		}
+		m := headingRE.FindStringSubmatch(line)
+		if m == nil {
+			continue
+		}
+		s := slug(m[1])
+		if k := seen[s]; k > 0 {
+			a[fmt.Sprintf("%s-%d", s, k)] = true
+		} else {
+			a[s] = true
+		}
+		seen[s]++
+	}
+	return a, nil
+}
+
+func slug(heading string) string {
+	var sb strings.Builder
+	for _, r := range strings.ToLower(heading) {
+		switch {
+		case r == ' ':
+			sb.WriteRune('-')
+		case r == '-' || r == '_' || unicode.IsLetter(r) || unicode.IsDigit(r):
+			sb.WriteRune(r)
+		}
+	}
+	return sb.String()
+}
+
+// notOurs are backquoted words that look like repository paths but name
+// something else: another module's packages, or a file made by a build step.
+var notOurs = map[string]bool{
+	"internal/testutils/testmain": true, // cilium/ebpf's
+	"internal/zstd":               true, // the standard library's
+	"internal/sys":                true, // cilium/ebpf's
+	"bpf/vmlinux.h":               true, // written by make generate, not committed
+}
+
+// checkPath reports a backquoted word that starts like a repository path and
+// names nothing, at the root or (for a table of one folder's files) below it.
+// Words with wildcards, braces or placeholders are left alone; a Go
+// identifier after a package path (`redirect/backends.All`) is dropped.
+func checkPath(word string, tracked []string) string {
+	word = strings.TrimSuffix(strings.TrimRight(word, ".,:;"), "/...")
+	if strings.ContainsAny(word, "*{}<>$…") || strings.Contains(word, "NAME") {
+		return ""
+	}
+	if i := strings.LastIndex(word, "."); i > 0 && i+1 < len(word) && unicode.IsUpper(rune(word[i+1])) {
+		word = word[:i]
+	}
+	word, _, _ = strings.Cut(word, ":")
+	if notOurs[word] {
+		return ""
+	}
+	for _, d := range topDirs {
+		if !strings.HasPrefix(word, d) {
+			continue
+		}
+		if _, err := os.Stat(word); err == nil {
+			return ""
+		}
+		for _, t := range tracked {
+			if strings.HasSuffix(t, "/"+word) || strings.Contains(t, "/"+word+"/") {
+				return ""
+			}
+		}
+		return fmt.Sprintf("path %s does not exist", word)
+	}
+	return ""
+}
+
+// walk lists the files and folders below dir.
+func walk(dir string) ([]string, error) {
+	var out []string
+	err := filepath.WalkDir(dir, func(path string, d os.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		out = append(out, path)
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("list %s: %w", dir, err)
+	}
+	return out, nil
+}

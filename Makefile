@@ -24,7 +24,7 @@ export DETOUR_CNI_PLUGINS_BIN := $(CNI_PLUGINS_BIN)
 .PHONY: help build test test-unit test-e2e lint verify generate bench bench-cli demo deps deps-apt deps-bpf deps-kube deps-cni-plugins fuzz clean
 
 help: ## list the targets
-	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
+	@grep -hE '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
 
 build: ## build bin/detour (lean CLI), bin/detour-ebpf (the CLI with the eBPF backend), bin/detour-cp (control plane), bin/detour-cni (lean plugin) and bin/detour-cni-ebpf (the plugin with the eBPF backend)
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)/ $$($(GO) list ./cmd/... | grep -v '/cmd/detour$$' | grep -v '/cmd/detour-cni$$')

@@ -67,7 +67,7 @@ test-unit: ## the unprivileged unit tests only
 test-e2e: deps ## the end-to-end tests in tests/ only
 	$(GO) test -count=1 -timeout 60m ./tests/...
 
-lint: ## gofmt, go vet, a build for another OS (the non-Linux stubs still compile), and the docs' links, anchors, make targets and paths (hack/docscheck)
+lint: ## gofmt, go vet, a build for another OS (the non-Linux stubs still compile), and the docs' links, anchors, make targets, paths and test names (hack/docscheck)
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
 	$(GO) vet -tags detour_lean ./cmd/detour ./cmd/detour-cni

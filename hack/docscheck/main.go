@@ -18,6 +18,9 @@ var (
 	targetRE  = regexp.MustCompile(`^([a-z][a-z0-9-]*):`)
 	codeRE    = regexp.MustCompile("`([^`\\s]+)`")
 	headingRE = regexp.MustCompile(`^#{1,6}\s+(.*?)\s*#*\s*$`)
+	// testRE is a test named in a doc (`TestContract*` names a family).
+	testRE     = regexp.MustCompile(`\b((?:Test|Benchmark|Fuzz)[A-Z][A-Za-z0-9_]*)(\*?)`)
+	testFuncRE = regexp.MustCompile(`(?m)^func ((?:Test|Benchmark|Fuzz)[A-Za-z0-9_]*)\(`)
 )
 
 // topDirs are the repository's top-level folders: a backquoted word starting
@@ -25,27 +28,10 @@ var (
 var topDirs = []string{"cmd/", "redirect/", "bpf/", "cni/", "controlplane/", "inject/", "internal/", "tests/", "hack/", "deploy/", "examples/", "docs/"}
 
 func main() {
-	files, _ := filepath.Glob("docs/*.md")
-	files = append([]string{"README.md"}, files...)
-	targets, err := makeTargets("Makefile")
+	problems, err := run()
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "docscheck:", err)
 		os.Exit(1)
-	}
-	tracked, err := walk("deploy")
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "docscheck:", err)
-		os.Exit(1)
-	}
-	var problems []string
-	anchors := map[string]map[string]bool{}
-	for _, f := range files {
-		p, err := check(f, tracked, targets, anchors)
-		if err != nil {
-			fmt.Fprintln(os.Stderr, "docscheck:", err)
-			os.Exit(1)
-		}
-		problems = append(problems, p...)
 	}
 	for _, p := range problems {
 		fmt.Println(p)
@@ -53,6 +39,43 @@ func main() {
 	if len(problems) > 0 {
 		os.Exit(1)
 	}
+}
+
+// checker holds what the docs are checked against.
+type checker struct {
+	targets map[string]bool            // the Makefile's targets
+	tracked []string                   // the files below deploy/
+	tests   map[string]bool            // Test, Benchmark and Fuzz functions of the module
+	anchors map[string]map[string]bool // per doc, the anchors of its headings (filled on use)
+}
+
+// run checks README.md and docs/*.md from the repository root and returns one
+// line per problem.
+func run() ([]string, error) {
+	files, err := filepath.Glob("docs/*.md")
+	if err != nil {
+		return nil, fmt.Errorf("list docs: %w", err)
+	}
+	files = append([]string{"README.md"}, files...)
+	c := checker{anchors: map[string]map[string]bool{}}
+	if c.targets, err = makeTargets("Makefile"); err != nil {
+		return nil, err
+	}
+	if c.tracked, err = walk("deploy"); err != nil {
+		return nil, err
+	}
+	if c.tests, err = testNames("."); err != nil {
+		return nil, err
+	}
+	var problems []string
+	for _, f := range files {
+		p, err := c.check(f)
+		if err != nil {
+			return nil, err
+		}
+		problems = append(problems, p...)
+	}
+	return problems, nil
 }
 
 func makeTargets(path string) (map[string]bool, error) {
@@ -69,7 +92,7 @@ func makeTargets(path string) (map[string]bool, error) {
 	return t, nil
 }
 
-func check(file string, tracked []string, targets map[string]bool, anchors map[string]map[string]bool) ([]string, error) {
+func (c checker) check(file string) ([]string, error) {
 	b, err := os.ReadFile(file)
 	if err != nil {
 		return nil, fmt.Errorf("read doc: %w", err)
@@ -98,20 +121,25 @@ func check(file string, tracked []string, targets map[string]bool, anchors map[s
 			}
 		}
 		for _, name := range names {
-			if !targets[name] {
+			if !c.targets[name] {
 				report(n, "make %s: no such target in the Makefile", name)
+			}
+		}
+		for _, m := range testRE.FindAllStringSubmatch(line, -1) {
+			if !c.testExists(m[1], m[2] == "*") {
+				report(n, "%s: no such test, benchmark or fuzz function in the module", m[0])
 			}
 		}
 		if inCode {
 			continue
 		}
 		for _, m := range linkRE.FindAllStringSubmatch(line, -1) {
-			if msg := checkLink(file, m[1], anchors); msg != "" {
+			if msg := checkLink(file, m[1], c.anchors); msg != "" {
 				report(n, "%s", msg)
 			}
 		}
 		for _, m := range codeRE.FindAllStringSubmatch(line, -1) {
-			if msg := checkPath(m[1], tracked); msg != "" {
+			if msg := checkPath(m[1], c.tracked); msg != "" {
 				report(n, "%s", msg)
 			}
 		}
@@ -254,4 +282,49 @@ func walk(dir string) ([]string, error) {
 		return nil, fmt.Errorf("list %s: %w", dir, err)
 	}
 	return out, nil
+}
+
+// testNames returns the Test, Benchmark and Fuzz functions of every _test.go
+// file below root.
+func testNames(root string) (map[string]bool, error) {
+	names := map[string]bool{}
+	err := filepath.WalkDir(root, func(path string, d os.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		if d.IsDir() && (d.Name() == ".git" || d.Name() == "testdata") {
+			return filepath.SkipDir
+		}
+		if d.IsDir() || !strings.HasSuffix(path, "_test.go") {
+			return nil
+		}
+		b, err := os.ReadFile(path)
+		if err != nil {
+			return err
+		}
+		for _, m := range testFuncRE.FindAllSubmatch(b, -1) {
+			names[string(m[1])] = true
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("list tests: %w", err)
+	}
+	return names, nil
+}
+
+// testExists reports whether the test name exists, or with prefix any test
+// whose name starts with it.
+func (c checker) testExists(name string, prefix bool) bool {
+	if c.tests[name] {
+		return true
+	}
+	if prefix {
+		for t := range c.tests {
+			if strings.HasPrefix(t, name) {
+				return true
+			}
+		}
+	}
+	return false
 }

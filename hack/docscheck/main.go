@@ -21,6 +21,9 @@ var (
 	// testRE is a test named in a doc (`TestContract*` names a family).
 	testRE     = regexp.MustCompile(`\b((?:Test|Benchmark|Fuzz)[A-Z][A-Za-z0-9_]*)(\*?)`)
 	testFuncRE = regexp.MustCompile(`(?m)^func ((?:Test|Benchmark|Fuzz)[A-Za-z0-9_]*)\(`)
+	// subtestRE is a backquoted subtest path, `TestLifecycle/L5/…/sticky`.
+	subtestRE = regexp.MustCompile("`(Test[A-Za-z0-9_]+/[^`]+)`")
+	stringRE  = regexp.MustCompile(`"([^"\\\n]{1,80})"`)
 )
 
 // topDirs are the repository's top-level folders: a backquoted word starting
@@ -46,6 +49,7 @@ type checker struct {
 	targets map[string]bool            // the Makefile's targets
 	tracked []string                   // the files below deploy/
 	tests   map[string]bool            // Test, Benchmark and Fuzz functions of the module
+	strs    map[string]bool            // the string literals of the module's Go files (subtest names)
 	anchors map[string]map[string]bool // per doc, the anchors of its headings (filled on use)
 }
 
@@ -64,7 +68,7 @@ func run() ([]string, error) {
 	if c.tracked, err = walk("deploy"); err != nil {
 		return nil, err
 	}
-	if c.tests, err = testNames("."); err != nil {
+	if c.tests, c.strs, err = goNames("."); err != nil {
 		return nil, err
 	}
 	var problems []string
@@ -132,6 +136,11 @@ func (c checker) check(file string) ([]string, error) {
 		}
 		if inCode {
 			continue
+		}
+		for _, m := range subtestRE.FindAllStringSubmatch(line, -1) {
+			if seg := c.missingSegment(m[1]); seg != "" {
+				report(n, "%s: no subtest is named %q (no such string in the module's Go files)", m[1], seg)
+			}
 		}
 		for _, m := range linkRE.FindAllStringSubmatch(line, -1) {
 			if msg := checkLink(file, m[1], c.anchors); msg != "" {
@@ -284,33 +293,61 @@ func walk(dir string) ([]string, error) {
 	return out, nil
 }
 
-// testNames returns the Test, Benchmark and Fuzz functions of every _test.go
-// file below root.
-func testNames(root string) (map[string]bool, error) {
-	names := map[string]bool{}
-	err := filepath.WalkDir(root, func(path string, d os.DirEntry, err error) error {
+// goNames returns the Test, Benchmark and Fuzz functions of every _test.go
+// file below root, and the string literals of every Go file (subtests are
+// named by them, and by the lab's family and backend names).
+func goNames(root string) (tests, strs map[string]bool, err error) {
+	tests, strs = map[string]bool{}, map[string]bool{}
+	err = filepath.WalkDir(root, func(path string, d os.DirEntry, err error) error {
 		if err != nil {
 			return err
 		}
 		if d.IsDir() && (d.Name() == ".git" || d.Name() == "testdata") {
 			return filepath.SkipDir
 		}
-		if d.IsDir() || !strings.HasSuffix(path, "_test.go") {
+		if d.IsDir() || !strings.HasSuffix(path, ".go") {
 			return nil
 		}
 		b, err := os.ReadFile(path)
 		if err != nil {
 			return err
 		}
-		for _, m := range testFuncRE.FindAllSubmatch(b, -1) {
-			names[string(m[1])] = true
+		if strings.HasSuffix(path, "_test.go") {
+			for _, m := range testFuncRE.FindAllSubmatch(b, -1) {
+				tests[string(m[1])] = true
+			}
+		}
+		for _, m := range stringRE.FindAllSubmatch(b, -1) {
+			strs[string(m[1])] = true
 		}
 		return nil
 	})
 	if err != nil {
-		return nil, fmt.Errorf("list tests: %w", err)
+		return nil, nil, fmt.Errorf("list tests: %w", err)
 	}
-	return names, nil
+	return tests, strs, nil
+}
+
+// missingSegment returns the first literal part of a subtest path (after the
+// test's own name) that no Go string names, or "". Wildcards (*, …) are
+// skipped and {a,b} alternatives are each checked.
+func (c checker) missingSegment(path string) string {
+	segs := strings.Split(path, "/")[1:]
+	for _, seg := range segs {
+		alts := []string{seg}
+		if strings.HasPrefix(seg, "{") && strings.HasSuffix(seg, "}") {
+			alts = strings.Split(strings.Trim(seg, "{}"), ",")
+		}
+		for _, a := range alts {
+			if a == "" || strings.ContainsAny(a, "*…<>[]") {
+				continue
+			}
+			if !c.strs[a] {
+				return a
+			}
+		}
+	}
+	return ""
 }
 
 // testExists reports whether the test name exists, or with prefix any test

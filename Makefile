@@ -48,8 +48,9 @@ deps-cni-plugins: ## build the reference CNI plugins and cnitool into the cache
 deps-istio: ## build Istio's pilot-agent (istio-iptables, the bench-cli peer) into the cache (4 min cold, then instant)
 	hack/istio.sh $(ISTIO_BIN)
 
-test: deps ## everything: vet, unit, privileged and end-to-end tests (run as root)
+test: deps ## everything: vet, the docs' references (hack/docscheck), unit, privileged and end-to-end tests (run as root)
 	$(GO) vet ./...
+	$(GO) run ./hack/docscheck
 	$(GO) test -count=1 -timeout 80m ./...
 	$(GO) test -count=1 -tags detour_lean ./cmd/detour/ ./cmd/detour-cni/
 

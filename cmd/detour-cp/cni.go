@@ -236,11 +236,11 @@ func runCNIInstall(ctx context.Context, o *cniOptions, s streams) error {
 		return usageError("--poll-interval: %q is not a positive duration", o.pollInterval)
 	}
 	logger := slog.New(slog.NewTextHandler(s.err, nil))
-	opts := o.installerOptions(logger)
-	if err := opts.Validate(); err != nil {
+	// The Installer validates: it reads a --config that is a pipe once.
+	in := install.New(o.installerOptions(logger))
+	if err := in.Validate(); err != nil {
 		return withCode(exitUsage, err)
 	}
-	in := install.New(opts)
 	if o.once {
 		changes, err := in.Install(ctx)
 		printChanges(s.out, changes)

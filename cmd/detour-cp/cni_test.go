@@ -159,6 +159,12 @@ func TestCNIInstallRuntimeFailure(t *testing.T) {
 	if code != exitFailure || !strings.Contains(stderr, "10-flannel.conflist") {
 		t.Errorf("exit %d, stderr %q; want exit 1 naming the file", code, stderr)
 	}
+	// Again, with the binary and kubeconfig in place: the run changes nothing
+	// and fails, and must not claim there was nothing to change.
+	code, out, stderr := runCmd(t, context.Background(), args...)
+	if code != exitFailure || out != "" {
+		t.Errorf("second run: exit %d, stdout %q, stderr %q; want exit 1 and nothing on stdout", code, out, stderr)
+	}
 }
 
 func TestCNIInstallWatchesUntilSignal(t *testing.T) {

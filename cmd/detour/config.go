@@ -136,12 +136,15 @@ func (o *configOptions) load(stdin io.Reader) (redirect.Config, error) {
 				return redirect.Config{}, &sourceError{"--config", &redirect.FieldError{Field: "config", Value: "-", Reason: "is given twice; stdin can be read once"}}
 			}
 			stdinUsed = true
-			doc, err = io.ReadAll(stdin)
+			doc, err = redirect.ReadDocument(stdin)
 			o.stdinDoc = doc
-		} else if doc, err = os.ReadFile(name); err == nil {
+		} else if doc, err = redirect.ReadDocumentFile(name); err == nil {
 			if fi, serr := os.Stat(name); serr == nil && !fi.Mode().IsRegular() {
 				o.pipeDocs = append(o.pipeDocs, pipeDoc{name: name, doc: doc})
 			}
+		}
+		if errors.Is(err, redirect.ErrDocumentTooLarge) {
+			return redirect.Config{}, &sourceError{"--config", &redirect.FieldError{Field: "config", Value: name, Reason: err.Error()}}
 		}
 		if err != nil {
 			return redirect.Config{}, &sourceError{"--config", &redirect.FieldError{Field: "config", Value: name, Reason: "cannot be read: " + unwrapPathError(err)}}

@@ -158,17 +158,17 @@ type docCache struct {
 // Installer's life. Options not made by New read it afresh.
 func (o Options) readDoc(path string) ([]byte, error) {
 	if o.docs == nil {
-		return os.ReadFile(path)
+		return redirect.ReadDocumentFile(path)
 	}
 	if fi, err := os.Stat(path); err != nil || fi.Mode().IsRegular() {
-		return os.ReadFile(path)
+		return redirect.ReadDocumentFile(path)
 	}
 	o.docs.mu.Lock()
 	defer o.docs.mu.Unlock()
 	if b, ok := o.docs.bytes[path]; ok {
 		return b, nil
 	}
-	b, err := os.ReadFile(path)
+	b, err := redirect.ReadDocumentFile(path)
 	if err != nil {
 		return nil, err
 	}
@@ -315,7 +315,7 @@ func (o Options) baseConfig() (json.RawMessage, error) {
 		}
 		b, err := o.readDoc(o.MeshConfigFile)
 		if err != nil {
-			return nil, &OptionError{"mesh-config", o.MeshConfigFile, "cannot be read: " + pathErr(err)}
+			return nil, &OptionError{"mesh-config", o.MeshConfigFile, readErr(err)}
 		}
 		mc, err := meshconfig.LoadDocument(o.MeshConfigFile, b)
 		if err != nil {
@@ -339,7 +339,7 @@ func (o Options) baseConfig() (json.RawMessage, error) {
 	if o.ConfigFile != "" {
 		b, err := o.readDoc(o.ConfigFile)
 		if err != nil {
-			return nil, &OptionError{"config", o.ConfigFile, "cannot be read: " + pathErr(err)}
+			return nil, &OptionError{"config", o.ConfigFile, readErr(err)}
 		}
 		if redirect.EmptyDocument(b) {
 			return nil, &OptionError{"config", o.ConfigFile, "is empty (no setting in it); leave --config out for the defaults, or write {}"}
@@ -359,6 +359,14 @@ func (o Options) baseConfig() (json.RawMessage, error) {
 		return nil, &OptionError{"config", o.ConfigFile, "with --preset " + strconv.Quote(o.Preset) + " is not a valid config: " + err.Error()}
 	}
 	return doc, nil
+}
+
+// readErr is the reason a config document could not be read.
+func readErr(err error) string {
+	if errors.Is(err, redirect.ErrDocumentTooLarge) {
+		return err.Error()
+	}
+	return "cannot be read: " + pathErr(err)
 }
 
 func pathErr(err error) string {

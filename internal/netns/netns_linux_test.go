@@ -10,6 +10,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -142,5 +143,30 @@ func TestCheck(t *testing.T) {
 	}
 	if err := Check(filepath.Join(t.TempDir(), "missing")); !errors.Is(err, fs.ErrNotExist) {
 		t.Errorf("Check(a missing path) = %v, want fs.ErrNotExist", err)
+	}
+}
+
+// TestCheckFIFO: `detour status --netns /path/to/a/fifo` hung in open(2),
+// waiting for a writer, and SIGTERM did not end it; a FIFO is not a network
+// namespace (exit 2).
+func TestCheckFIFO(t *testing.T) {
+	t.Parallel()
+	fifo := filepath.Join(t.TempDir(), "fifo")
+	if err := unix.Mkfifo(fifo, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- Check(fifo) }()
+	select {
+	case err := <-done:
+		if !errors.Is(err, ErrNotNetNS) {
+			t.Errorf("Check(a FIFO) = %v, want ErrNotNetNS", err)
+		}
+	case <-time.After(5 * time.Second):
+		// Unblock the open so the test binary can exit.
+		if f, err := os.OpenFile(fifo, os.O_WRONLY|unix.O_NONBLOCK, 0); err == nil {
+			f.Close()
+		}
+		t.Fatal("Check(a FIFO) still waits after 5s")
 	}
 }

@@ -51,8 +51,9 @@ type BootstrapOptions struct {
 	// Labels go into the node metadata.
 	Labels map[string]string
 	// CACert, when set, connects to the control plane over TLS verifying it
-	// with this CA bundle (a path as Envoy sees it); ServerName is the SNI and
-	// name checked (default: the ControlPlane host).
+	// with this CA bundle (a path as Envoy sees it); ServerName is the name
+	// checked against the control plane's certificate (default: the
+	// ControlPlane host), and the SNI unless it is an IP address.
 	CACert, ServerName string
 	// ClientCert and ClientKey add a client certificate for mTLS; its SAN must
 	// be NodeID.
@@ -193,23 +194,25 @@ func Bootstrap(o BootstrapOptions) (*bootstrapv3.Bootstrap, error) {
 		xds.ClusterDiscoveryType = &clusterv3.Cluster_Type{Type: clusterv3.Cluster_STRICT_DNS}
 	}
 	if o.CACert != "" {
-		sni := o.ServerName
-		if sni == "" {
-			sni = host
+		name := o.ServerName
+		if name == "" {
+			name = host
 		}
 		// Envoy checks only the chain unless told which name to expect: any
 		// certificate of the CA would otherwise pass as the control plane.
-		sanType := tlsv3.SubjectAltNameMatcher_DNS
-		if _, err := netip.ParseAddr(sni); err == nil {
-			sanType = tlsv3.SubjectAltNameMatcher_IP_ADDRESS
+		// An IP address is checked against the certificate's IP SANs (in
+		// the form Envoy prints them) and never sent as SNI: RFC 6066
+		// forbids IP literals in server_name, and servers may refuse them.
+		san := &tlsv3.SubjectAltNameMatcher{SanType: tlsv3.SubjectAltNameMatcher_DNS}
+		sni := name
+		if ip, err := netip.ParseAddr(name); err == nil {
+			san.SanType, name, sni = tlsv3.SubjectAltNameMatcher_IP_ADDRESS, ip.WithZone("").Unmap().String(), ""
 		}
+		san.Matcher = &matcherv3.StringMatcher{MatchPattern: &matcherv3.StringMatcher_Exact{Exact: name}}
 		common := &tlsv3.CommonTlsContext{
 			ValidationContextType: &tlsv3.CommonTlsContext_ValidationContext{ValidationContext: &tlsv3.CertificateValidationContext{
-				TrustedCa: &corev3.DataSource{Specifier: &corev3.DataSource_Filename{Filename: o.CACert}},
-				MatchTypedSubjectAltNames: []*tlsv3.SubjectAltNameMatcher{{
-					SanType: sanType,
-					Matcher: &matcherv3.StringMatcher{MatchPattern: &matcherv3.StringMatcher_Exact{Exact: sni}},
-				}},
+				TrustedCa:                 &corev3.DataSource{Specifier: &corev3.DataSource_Filename{Filename: o.CACert}},
+				MatchTypedSubjectAltNames: []*tlsv3.SubjectAltNameMatcher{san},
 			}},
 		}
 		if o.ClientCert != "" {

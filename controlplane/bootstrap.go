@@ -7,6 +7,8 @@ import (
 	"net/netip"
 	"slices"
 	"strconv"
+	"strings"
+	"unicode"
 
 	bootstrapv3 "github.com/envoyproxy/go-control-plane/envoy/config/bootstrap/v3"
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
@@ -135,6 +137,11 @@ func Bootstrap(o BootstrapOptions) (*bootstrapv3.Bootstrap, error) {
 	cluster := o.Cluster
 	if cluster == "" {
 		cluster = "detour"
+	}
+	if strings.TrimSpace(cluster) != cluster || strings.ContainsFunc(cluster, unicode.IsControl) {
+		// A quoting slip (--cluster " x") would name a cluster no one else
+		// spells that way, in every stat and log line of the proxy.
+		return nil, &redirect.FieldError{Field: "cluster", Value: o.Cluster, Reason: "is not a cluster name (no surrounding spaces, no control characters)"}
 	}
 
 	meta := map[string]any{

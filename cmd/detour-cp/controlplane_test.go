@@ -186,6 +186,9 @@ func TestControlPlaneInvalidInputExitsTwo(t *testing.T) {
 		{"bootstrap empty cluster", []string{"bootstrap", "--node-id", "app", "--control-plane", "127.0.0.1:1", "--cluster", ""}, `--cluster "" is empty`},
 		{"bootstrap empty preset", []string{"bootstrap", "--node-id", "app", "--control-plane", "127.0.0.1:1", "--preset", ""}, `--preset "" is empty`},
 		{"bootstrap blank node id", []string{"bootstrap", "--node-id", " app", "--control-plane", "127.0.0.1:1"}, `--node-id " app" is not a node id (non-empty, no surrounding spaces)`},
+		// A quoting slip names a node.cluster no one else spells that way.
+		{"bootstrap padded cluster", []string{"bootstrap", "--node-id", "app", "--control-plane", "127.0.0.1:1", "--cluster", " x"}, `cluster: " x" is not a cluster name (no surrounding spaces, no control characters)`},
+		{"bootstrap cluster with a newline", []string{"bootstrap", "--node-id", "app", "--control-plane", "127.0.0.1:1", "--cluster", "x\ny"}, `cluster: "x\ny" is not a cluster name`},
 		{"bootstrap server name without ca", []string{"bootstrap", "--node-id", "app", "--control-plane", "127.0.0.1:1", "--server-name", "cp.example"}, "--server-name needs --ca"},
 		{"resources unknown node", []string{"control-plane", "resources", "--config", "../../examples/mesh.yaml", "--node-id", "nope"}, `--node-id "nope": no workload`},
 		{"bootstrap without node", []string{"bootstrap", "--control-plane", "127.0.0.1:18000"}, "--node-id and --control-plane are required"},

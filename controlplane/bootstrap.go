@@ -143,6 +143,13 @@ func Bootstrap(o BootstrapOptions) (*bootstrapv3.Bootstrap, error) {
 		// spells that way, in every stat and log line of the proxy.
 		return nil, &redirect.FieldError{Field: "cluster", Value: o.Cluster, Reason: "is not a cluster name (no surrounding spaces, no control characters)"}
 	}
+	if o.ServerName != "" {
+		if _, err := netip.ParseAddr(o.ServerName); err != nil && checkDNSName(o.ServerName) != nil {
+			// No certificate could match it: every connection would fail
+			// the identity check, quietly, in the proxy's log.
+			return nil, &redirect.FieldError{Field: "server-name", Value: o.ServerName, Reason: "is neither an IP address nor a DNS name"}
+		}
+	}
 
 	meta := map[string]any{
 		MetadataInboundPort:  strconv.Itoa(int(o.Config.Proxy.InboundPort)),

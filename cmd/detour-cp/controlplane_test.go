@@ -189,6 +189,10 @@ func TestControlPlaneInvalidInputExitsTwo(t *testing.T) {
 		// A quoting slip names a node.cluster no one else spells that way.
 		{"bootstrap padded cluster", []string{"bootstrap", "--node-id", "app", "--control-plane", "127.0.0.1:1", "--cluster", " x"}, `cluster: " x" is not a cluster name (no surrounding spaces, no control characters)`},
 		{"bootstrap cluster with a newline", []string{"bootstrap", "--node-id", "app", "--control-plane", "127.0.0.1:1", "--cluster", "x\ny"}, `cluster: "x\ny" is not a cluster name`},
+		// No certificate could match it: every connection would fail the
+		// identity check, in the proxy's log only.
+		{"bootstrap server name not a name", []string{"bootstrap", "--node-id", "app", "--control-plane", "127.0.0.1:1", "--ca", "ca.pem", "--server-name", "bad_name!"}, `server-name: "bad_name!" is neither an IP address nor a DNS name`},
+		{"bootstrap padded server name", []string{"bootstrap", "--node-id", "app", "--control-plane", "127.0.0.1:1", "--ca", "ca.pem", "--server-name", "cp.example "}, `server-name: "cp.example " is neither an IP address nor a DNS name`},
 		{"bootstrap server name without ca", []string{"bootstrap", "--node-id", "app", "--control-plane", "127.0.0.1:1", "--server-name", "cp.example"}, "--server-name needs --ca"},
 		{"resources unknown node", []string{"control-plane", "resources", "--config", "../../examples/mesh.yaml", "--node-id", "nope"}, `--node-id "nope": no workload`},
 		{"bootstrap without node", []string{"bootstrap", "--control-plane", "127.0.0.1:18000"}, "--node-id and --control-plane are required"},

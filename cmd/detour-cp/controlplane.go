@@ -121,6 +121,7 @@ docs/control-plane.md and docs/mesh.md describe the layout and the mesh file.`,
 	addControlPlaneLogFlags(cmd, &o.logLevel, &o.logFormat)
 	cmd.AddCommand(newControlPlaneResourcesCmd(s))
 	cmd.AddCommand(newControlPlaneRouteCmd(s))
+	cmd.AddCommand(newControlPlaneTransparentProxyCmd(s))
 	return cmd
 }
 

@@ -88,6 +88,9 @@ docs/control-plane.md and docs/mesh.md describe the layout and the mesh file.`,
 					return usageError("%s configure the injection webhook, which is served only with --inject", strings.Join(given, ", "))
 				}
 			}
+			if err := rejectOtherSourceFlags(cmd.Flags(), o.source); err != nil {
+				return err
+			}
 			if g.verbose && !cmd.Flags().Changed("log-level") {
 				o.logLevel = "debug"
 			}
@@ -123,6 +126,33 @@ docs/control-plane.md and docs/mesh.md describe the layout and the mesh file.`,
 	cmd.AddCommand(newControlPlaneRouteCmd(s))
 	cmd.AddCommand(newControlPlaneTransparentProxyCmd(s))
 	return cmd
+}
+
+// Flags that only one source reads. runControlPlane refuses the kubernetes
+// source's settings with a mesh file by value as well.
+var (
+	fileSourceFlags       = []string{"watch-interval", "settle", "max-mesh-size"}
+	kubernetesSourceFlags = []string{"kubeconfig"}
+)
+
+// rejectOtherSourceFlags refuses a flag given for the source not chosen: it
+// would configure nothing, silently (--settle 10s with --source kubernetes,
+// --kubeconfig with a mesh file).
+func rejectOtherSourceFlags(fs *pflag.FlagSet, source string) error {
+	other, want := kubernetesSourceFlags, "--source kubernetes"
+	if source == sourceKubernetes {
+		other, want = fileSourceFlags, "--source file (the mesh file); --source kubernetes reads the API"
+	}
+	var given []string
+	for _, name := range other {
+		if fs.Changed(name) {
+			given = append(given, "--"+name)
+		}
+	}
+	if len(given) == 0 {
+		return nil
+	}
+	return usageError("%s: for %s", strings.Join(given, ", "), want)
 }
 
 func addControlPlaneLogFlags(cmd *cobra.Command, level, format *string) {

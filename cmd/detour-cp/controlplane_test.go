@@ -147,6 +147,10 @@ func TestControlPlaneInvalidInputExitsTwo(t *testing.T) {
 		{"zero max mesh size", []string{"control-plane", "--config", bad, "--max-mesh-size", "0"}, "--max-mesh-size 0 must be positive"},
 		{"dns flags with a file", []string{"control-plane", "--config", bad, "--dns-suffix", "svc.example"}, "--dns-suffix and --dns-upstream are for --source kubernetes"},
 		{"bad dns upstream", []string{"control-plane", "--source", "kubernetes", "--dns-upstream", "ns1"}, `--dns-upstream "ns1" is not an IP address or address:port`},
+		// A flag of the source not chosen would configure nothing, silently.
+		{"kubeconfig with a mesh file", []string{"control-plane", "--config", bad, "--kubeconfig", "kubeconfig"}, "--kubeconfig: for --source kubernetes"},
+		{"file source flags with kubernetes", []string{"control-plane", "--source", "kubernetes", "--settle", "5s", "--max-mesh-size", "100"}, "--settle, --max-mesh-size: for --source file (the mesh file); --source kubernetes reads the API"},
+		{"watch interval with kubernetes", []string{"control-plane", "--source", "kubernetes", "--watch-interval", "5s"}, "--watch-interval: for --source file"},
 		{"client ca without tls", []string{"control-plane", "--config", bad, "--client-ca", "ca.pem"}, "--client-ca needs --tls-cert"},
 		{"bad log level", []string{"control-plane", "--config", bad, "--log-level", "loud"}, `--log-level "loud"`},
 		{"bad memory limit", []string{"control-plane", "--config", bad, "--memory-limit", "512MiB"}, `--memory-limit "512MiB" is not one of auto, adaptive, off`},

@@ -42,7 +42,8 @@ type BootstrapOptions struct {
 	Delta bool
 	// AdminAddress is Envoy's admin listener; "" means 127.0.0.1:15000.
 	AdminAddress string
-	// ReadyAddress, when set (ip:port, usually 0.0.0.0:15021), adds a static
+	// ReadyAddress, when set (ip:port, usually 0.0.0.0:15021; [::]:15021
+	// takes both families), adds a static
 	// listener that answers GET /ready from the admin listener and nothing
 	// else, so the kubelet's probes can reach Envoy's readiness without the
 	// admin interface being exposed beyond loopback.
@@ -307,9 +308,13 @@ func adminCluster(admin netip.AddrPort) *clusterv3.Cluster {
 // first listeners and clusters arrived and the server is live) from the
 // admin cluster; every other path is a 404 from the listener itself.
 func readyListener(addr netip.AddrPort) *listenerv3.Listener {
+	address := socketAddress(addr.Addr(), addr.Port())
+	// "::" is every address: IPv4 ones too (Envoy sets IPV6_V6ONLY
+	// otherwise), since the kubelet probes whichever family the pod's IP is.
+	address.GetSocketAddress().Ipv4Compat = addr.Addr() == netip.IPv6Unspecified()
 	return &listenerv3.Listener{
 		Name:    readyListenerName,
-		Address: socketAddress(addr.Addr(), addr.Port()),
+		Address: address,
 		FilterChains: []*listenerv3.FilterChain{{Filters: []*listenerv3.Filter{{
 			Name: filterHCM,
 			ConfigType: &listenerv3.Filter_TypedConfig{TypedConfig: mustAny(&hcmv3.HttpConnectionManager{

@@ -15,6 +15,7 @@ import (
 
 	"github.com/detour-mesh/detour/controlplane"
 	"github.com/detour-mesh/detour/controlplane/xds"
+	"github.com/detour-mesh/detour/inject/webhook"
 	"github.com/detour-mesh/detour/internal/meshconfig"
 )
 
@@ -252,7 +253,11 @@ func runControlPlane(ctx context.Context, o *controlPlaneOptions, s streams) (er
 			return err
 		}
 		if o.inject.enabled {
-			inj, err := newInjectionServer(ctx, o, mesh, log)
+			// No := here: the deferred stop below must set the function's
+			// own err (a shadowed one dropped the webhook's failure, and the
+			// control plane stopped with exit 0 and nothing said).
+			var inj *webhook.Server
+			inj, err = newInjectionServer(ctx, o, mesh, log)
 			if err != nil {
 				return err
 			}

@@ -90,7 +90,10 @@ func Bootstrap(o BootstrapOptions) (*bootstrapv3.Bootstrap, error) {
 	if err != nil {
 		return nil, &redirect.FieldError{Field: "control-plane", Value: o.ControlPlane, Reason: "has no valid port"}
 	}
-	if _, err := netip.ParseAddr(host); err != nil && checkDNSName(host) != nil {
+	// A name may be absolute (a trailing dot: resolved without the search
+	// domains, as Kubernetes users write cluster names); it is sent and
+	// checked in TLS without the dot (RFC 6066).
+	if _, err := netip.ParseAddr(host); err != nil && checkDNSName(strings.TrimSuffix(host, ".")) != nil {
 		// Envoy would accept it and fail every DNS lookup of it, quietly.
 		return nil, &redirect.FieldError{Field: "control-plane", Value: o.ControlPlane, Reason: "has a host that is neither an IP address nor a DNS name"}
 	}
@@ -145,7 +148,7 @@ func Bootstrap(o BootstrapOptions) (*bootstrapv3.Bootstrap, error) {
 		return nil, &redirect.FieldError{Field: "cluster", Value: o.Cluster, Reason: "is not a cluster name (no surrounding spaces, no control characters)"}
 	}
 	if o.ServerName != "" {
-		if _, err := netip.ParseAddr(o.ServerName); err != nil && checkDNSName(o.ServerName) != nil {
+		if _, err := netip.ParseAddr(o.ServerName); err != nil && checkDNSName(strings.TrimSuffix(o.ServerName, ".")) != nil {
 			// No certificate could match it: every connection would fail
 			// the identity check, quietly, in the proxy's log.
 			return nil, &redirect.FieldError{Field: "server-name", Value: o.ServerName, Reason: "is neither an IP address nor a DNS name"}
@@ -213,6 +216,7 @@ func Bootstrap(o BootstrapOptions) (*bootstrapv3.Bootstrap, error) {
 		if name == "" {
 			name = host
 		}
+		name = strings.TrimSuffix(name, ".")
 		// Envoy checks only the chain unless told which name to expect: any
 		// certificate of the CA would otherwise pass as the control plane.
 		// An IP address is checked against the certificate's IP SANs (in

@@ -4,6 +4,7 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"fmt"
+	"net"
 	"slices"
 	"strings"
 	"testing"
@@ -86,9 +87,18 @@ func TestBootstrapRefusesWhatEnvoyCannotRun(t *testing.T) {
 			t.Errorf("%s: Bootstrap = %v, want an error containing %q", tc.name, err, tc.want)
 		}
 	}
-	for _, cp := range []string{"127.0.0.1:18000", "[::1]:18000", "detour-control-plane.detour-system.svc:15010", "localhost:18000"} {
-		if _, err := Bootstrap(BootstrapOptions{NodeID: "a", ControlPlane: cp, Config: redirect.Default()}); err != nil {
+	for _, cp := range []string{"127.0.0.1:18000", "[::1]:18000", "detour-control-plane.detour-system.svc:15010", "localhost:18000",
+		"detour-control-plane.detour-system.svc.cluster.local.:15010"} {
+		b, err := Bootstrap(BootstrapOptions{NodeID: "a", ControlPlane: cp, Config: redirect.Default()})
+		if err != nil {
 			t.Errorf("control plane %s: %v", cp, err)
+			continue
+		}
+		// The name is resolved as written: an absolute one keeps its dot.
+		host, _, _ := net.SplitHostPort(cp)
+		sa := b.GetStaticResources().GetClusters()[0].GetLoadAssignment().GetEndpoints()[0].GetLbEndpoints()[0].GetEndpoint().GetAddress().GetSocketAddress()
+		if sa.GetAddress() != host {
+			t.Errorf("control plane %s: the xds cluster dials %q, want %q", cp, sa.GetAddress(), host)
 		}
 	}
 }
@@ -115,6 +125,9 @@ func TestBootstrapTLSServerIdentity(t *testing.T) {
 		{"ipv6 written long", "[0:0::0:1]:18000", "", "", tlsv3.SubjectAltNameMatcher_IP_ADDRESS, "::1", false},
 		{"ip control plane, server name", "127.0.0.1:18000", "detour-control-plane", "detour-control-plane", tlsv3.SubjectAltNameMatcher_DNS, "detour-control-plane", true},
 		{"dns control plane", "cp.example:15010", "", "cp.example", tlsv3.SubjectAltNameMatcher_DNS, "cp.example", false},
+		// An absolute name is resolved as written; TLS names carry no dot.
+		{"absolute dns control plane", "detour-control-plane.:15010", "", "detour-control-plane", tlsv3.SubjectAltNameMatcher_DNS, "detour-control-plane", true},
+		{"absolute server name", "127.0.0.1:18000", "detour-control-plane.", "detour-control-plane", tlsv3.SubjectAltNameMatcher_DNS, "detour-control-plane", true},
 		{"ip server name", "cp.example:15010", "127.0.0.1", "", tlsv3.SubjectAltNameMatcher_IP_ADDRESS, "127.0.0.1", true},
 		{"another ip", "192.0.2.1:18000", "", "", tlsv3.SubjectAltNameMatcher_IP_ADDRESS, "192.0.2.1", false},
 	} {

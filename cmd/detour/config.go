@@ -30,12 +30,22 @@ type configOptions struct {
 	noFlag map[string]bool
 	// stdinDoc is the document --config - read (nil when none was).
 	stdinDoc []byte
+	// pipeDocs are the documents of config files that are not regular files
+	// (--config <(…), /dev/stdin, a FIFO): they yield their contents once, so
+	// a hand-over to detour-ebpf passes these instead of the paths.
+	pipeDocs []pipeDoc
 	// base, when set, is a complete config document that takes the place of
 	// the defaults, the preset and the config files: explain --mesh's
 	// workload's transparentProxy. baseSource names it (the flags that gave
 	// it); the environment and the fields' flags still apply on top.
 	base       []byte
 	baseSource string
+}
+
+// pipeDoc is the document read from a config file that can be read once.
+type pipeDoc struct {
+	name string // as given: --config's value, or an element of DETOUR_CONFIG
+	doc  []byte
 }
 
 // flagSet reports whether the flag of field f was given.
@@ -135,10 +145,15 @@ func (o *configOptions) load(stdin io.Reader) (redirect.Config, error) {
 				return redirect.Config{}, &sourceError{"--config", &redirect.FieldError{Field: "config", Value: "-", Reason: "is given twice; stdin can be read once"}}
 			}
 			stdinUsed = true
-			doc, err = io.ReadAll(stdin)
+			doc, err = redirect.ReadDocument(stdin)
 			o.stdinDoc = doc
-		} else {
-			doc, err = os.ReadFile(name)
+		} else if doc, err = redirect.ReadDocumentFile(name); err == nil {
+			if fi, serr := os.Stat(name); serr == nil && !fi.Mode().IsRegular() {
+				o.pipeDocs = append(o.pipeDocs, pipeDoc{name: name, doc: doc})
+			}
+		}
+		if errors.Is(err, redirect.ErrDocumentTooLarge) {
+			return redirect.Config{}, &sourceError{"--config", &redirect.FieldError{Field: "config", Value: name, Reason: err.Error()}}
 		}
 		if err != nil {
 			return redirect.Config{}, &sourceError{"--config", &redirect.FieldError{Field: "config", Value: name, Reason: "cannot be read: " + unwrapPathError(err)}}

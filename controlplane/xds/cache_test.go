@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"log/slog"
 	"maps"
-	"runtime"
 	"slices"
 	"strings"
 	"testing"
@@ -176,6 +175,7 @@ type deltaStream struct {
 	sub   stream.Subscription
 	ch    chan cachev3.DeltaResponse
 	nonce int
+	ref   *sentRef // of the installed map, released when replaced (as adsStream.flush)
 }
 
 func newDeltaStream(t *testing.T, c *servingCache, node, typeURL string, subscribe []string) *deltaStream {
@@ -205,6 +205,8 @@ func (s *deltaStream) next() *discoveryv3.DeltaDiscoveryResponse {
 	case r := <-s.ch:
 		s.nonce++
 		s.sub.SetReturnedResources(r.GetNextVersionMap())
+		s.ref.release()
+		s.ref = sentRefOf(r)
 		out, err := r.GetDeltaDiscoveryResponse()
 		if err != nil {
 			s.t.Fatal(err)
@@ -302,9 +304,24 @@ func TestDeltaCacheLeavingWildcard(t *testing.T) {
 	}
 }
 
+// sentVersions are the versions of typeURL in the node's sent table.
+func sentVersions(c *servingCache, node string) []string {
+	n := c.node(node)
+	defer n.mu.Unlock()
+	var out []string
+	for k := range n.sent {
+		out = append(out, k.version)
+	}
+	slices.Sort(out)
+	return out
+}
+
 // TestDeltaCacheReleasesSentState checks that the served state a stream's map
-// refers to is released once no stream holds a map naming it.
+// refers to is released as soon as the stream replaces the map (not when the
+// collector finds the old map unreachable): a change keeps one generation of
+// a node's snapshot for its delta streams, not two.
 func TestDeltaCacheReleasesSentState(t *testing.T) {
+	t.Parallel()
 	before, after := testSnapshots(t)
 	c := newTestCache()
 	ctx := context.Background()
@@ -314,33 +331,27 @@ func TestDeltaCacheReleasesSentState(t *testing.T) {
 	s := newDeltaStream(t, c, "redirect-dual", resourcev3.ClusterType, nil)
 	s.request(nil, nil)
 	s.request(nil, nil) // ACK: the watch is open
-	sent := func() []string {
-		n := c.node("redirect-dual")
-		defer n.mu.Unlock()
-		var out []string
-		for k := range n.sent {
-			out = append(out, k.version)
-		}
-		return out
-	}
-	if got := sent(); !slices.Equal(got, []string{before.clusters.version}) {
+	if got := sentVersions(c, "redirect-dual"); !slices.Equal(got, []string{before.clusters.version}) {
 		t.Fatalf("sent = %v, want the first version", got)
 	}
 	if err := c.SetSnapshot(ctx, "redirect-dual", after); err != nil {
 		t.Fatal(err)
 	}
-	if s.next() == nil { // the stream now holds a map naming the new version only
+	// The response is queued, not yet installed: both versions are held.
+	if got := sentVersions(c, "redirect-dual"); len(got) != 2 {
+		t.Fatalf("sent = %v with the change's response pending, want both versions", got)
+	}
+	if s.next() == nil {
 		t.Fatal("no response to the change")
 	}
-	deadline := time.Now().Add(10 * time.Second)
-	for !slices.Equal(sent(), []string{after.clusters.version}) {
-		if time.Now().After(deadline) {
-			t.Fatalf("sent = %v, want only the version the stream holds", sent())
-		}
-		runtime.GC()
-		time.Sleep(10 * time.Millisecond)
+	if got := sentVersions(c, "redirect-dual"); !slices.Equal(got, []string{after.clusters.version}) {
+		t.Fatalf("sent = %v once the stream installed the new map, want only %s", got, after.clusters.version)
 	}
-	runtime.KeepAlive(s)
+	s.ref.release() // the stream goes away
+	s.ref.release() // releasing twice counts once
+	if got := sentVersions(c, "redirect-dual"); len(got) != 0 {
+		t.Fatalf("sent = %v after the stream released its map, want nothing", got)
+	}
 }
 
 // TestSotWCacheNamedAndWildcard checks SotW requests that name resources (only

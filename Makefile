@@ -24,7 +24,7 @@ export DETOUR_CNI_PLUGINS_BIN := $(CNI_PLUGINS_BIN)
 .PHONY: help build test test-unit test-e2e lint verify generate bench bench-cli demo deps deps-apt deps-bpf deps-kube deps-cni-plugins fuzz clean
 
 help: ## list the targets
-	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
+	@grep -hE '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
 
 build: ## build bin/detour (lean CLI), bin/detour-ebpf (the CLI with the eBPF backend), bin/detour-cp (control plane), bin/detour-cni (lean plugin) and bin/detour-cni-ebpf (the plugin with the eBPF backend)
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)/ $$($(GO) list ./cmd/... | grep -v '/cmd/detour$$' | grep -v '/cmd/detour-cni$$')
@@ -48,8 +48,9 @@ deps-cni-plugins: ## build the reference CNI plugins and cnitool into the cache
 deps-istio: ## build Istio's pilot-agent (istio-iptables, the bench-cli peer) into the cache (4 min cold, then instant)
 	hack/istio.sh $(ISTIO_BIN)
 
-test: deps ## everything: vet, unit, privileged and end-to-end tests (run as root)
+test: deps ## everything: vet, the docs' references (hack/docscheck), unit, privileged and end-to-end tests (run as root)
 	$(GO) vet ./...
+	$(GO) run ./hack/docscheck
 	$(GO) test -count=1 -timeout 80m ./...
 	$(GO) test -count=1 -tags detour_lean ./cmd/detour/ ./cmd/detour-cni/
 
@@ -67,13 +68,14 @@ test-unit: ## the unprivileged unit tests only
 test-e2e: deps ## the end-to-end tests in tests/ only
 	$(GO) test -count=1 -timeout 60m ./tests/...
 
-lint: ## gofmt, go vet, and a build for another OS (the non-Linux stubs still compile)
+lint: ## gofmt, go vet, a build for another OS (the non-Linux stubs still compile), and the docs' links, anchors, make targets, paths and test names (hack/docscheck)
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
 	$(GO) vet -tags detour_lean ./cmd/detour ./cmd/detour-cni
 	GOOS=darwin $(GO) build ./...
 	GOOS=darwin $(GO) build -tags detour_lean -o /dev/null ./cmd/detour
 	GOOS=darwin $(GO) build -tags detour_lean -o /dev/null ./cmd/detour-cni
+	$(GO) run ./hack/docscheck
 
 fuzz: ## run each fuzz target for FUZZTIME (default 30s)
 	@for t in FuzzDecode FuzzParsers; do $(GO) test -run '^$$' -fuzz "^$$t$$" -fuzztime $${FUZZTIME:-30s} ./redirect/; done

@@ -363,6 +363,13 @@ func (d *Driver) Remove(ctx context.Context, have redirect.Installed) error {
 	return nil
 }
 
+var _ redirect.Sweeper = (*Driver)(nil)
+
+// Sweep removes the stale scopes of the whole node, whatever the Driver's
+// own scope: those whose network namespace or cgroup is gone (Loader.Sweep).
+// It never touches a scope that may be alive.
+func (d *Driver) Sweep(ctx context.Context) ([]string, error) { return d.loader.Sweep() }
+
 // Render is the plan as the programs and maps hold it: the programs and
 // their attach point, then the scope's map entries; the inbound Driver's
 // rendering follows. Pure.
@@ -395,6 +402,9 @@ func (d *Driver) Render(p redirect.Plan) (redirect.Rendering, error) {
 			b.WriteString("# " + n + "\n")
 		}
 		fmt.Fprintf(&b, "# ebpf: programs attached to %s, pinned under %s\n", where, d.loader.opts.pinDir())
+		if d.opts.Cgroup == "" {
+			b.WriteString("# ebpf: and in this namespace its liveness mark (program alive, sk_lookup, passes every lookup): the kernel drops it with the namespace, so a scope left by a namespace deleted without uninstall is known stale\n")
+		}
 		if p.Config.EBPF.Accelerate {
 			b.WriteString("# ebpf: socket acceleration on: app-proxy bytes go socket to socket (sk_msg); a proxy relaying with splice(2) does not receive them\n")
 		} else {

@@ -93,12 +93,16 @@ type State struct {
 	// goneIDs are their cgroup ids.
 	gone    []string
 	goneIDs []uint64
+	// goneNetns are the cookies of the network-namespace scopes whose
+	// namespace is gone (their liveness mark reads inode 0: alive_linux.go).
+	goneNetns []uint64
 }
 
 // Leftover says what is pinned without belonging to any scope — an install
 // killed after it pinned maps (or attached programs) and before it enrolled
-// its scope — and the scopes of cgroups that are gone, or "" when there is
-// none of either. Removing any scope removes them.
+// its scope — and the stale scopes, those of cgroups and network namespaces
+// that are gone, or "" when there is none of either. Removing any scope
+// removes them all; installing one, and Sweep, remove the stale scopes.
 func (s State) Leftover() string {
 	return strings.Join(slices.DeleteFunc(append([]string{s.leftover}, s.gone...), func(x string) bool { return x == "" }), "; ")
 }

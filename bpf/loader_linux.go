@@ -41,6 +41,7 @@ func probe(helpers bool) error {
 		{"program type cgroup_sockopt", prog(ebpf.CGroupSockopt)},
 		{"program type sock_ops", prog(ebpf.SockOps)},
 		{"program type sk_msg", prog(ebpf.SkMsg)},
+		{"program type sk_lookup", prog(ebpf.SkLookup)}, // a namespace's liveness mark (alive_linux.go)
 		{"map type sockhash", mp(ebpf.SockHash)},
 		{"map type lpm_trie", mp(ebpf.LPMTrie)},
 		{"map type sk_storage", mp(ebpf.SkStorage)},
@@ -126,12 +127,12 @@ func (l *Loader) ApplyWith(scope Scope, c redirect.Capture, set Settings) (chang
 		return false, err
 	}
 	defer st.close()
-	// The scopes of cgroups that are gone hold ids and entries no command
-	// could otherwise reach short of an uninstall.
-	if err := l.removeGone(st); err != nil {
+	// The scopes of cgroups and namespaces that are gone hold ids and
+	// entries no command could otherwise reach short of an uninstall.
+	key, kind := r.key, r.kind
+	if _, err := l.removeGone(st, key); err != nil {
 		return false, err
 	}
-	key, kind := r.key, r.kind
 	id, known, err := st.idFor(key)
 	if err != nil {
 		return false, err
@@ -196,6 +197,13 @@ func (l *Loader) ApplyWith(scope Scope, c redirect.Capture, set Settings) (chang
 	if err != nil {
 		return changed, err
 	}
+	if kind == kindNetns {
+		marked, err := l.markAlive(key)
+		if err != nil {
+			return changed, err
+		}
+		attached = attached || marked
+	}
 	if !known || reenroll {
 		if err := st.scopes.Put(key, id); err != nil {
 			return true, fmt.Errorf("enroll %s: %w", scope, err)
@@ -232,7 +240,7 @@ func (l *Loader) Remove(scope Scope) error {
 		st.close()
 		return err
 	}
-	if err := l.removeGone(st); err != nil {
+	if _, err := l.removeGone(st, 0); err != nil {
 		st.close()
 		return err
 	}
@@ -315,6 +323,11 @@ func (l *Loader) unenroll(st *store, key uint64, scope Scope) error {
 	if err := st.records.Delete(key); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
 		return fmt.Errorf("unrecord %s: %w", scope, err)
 	}
+	if key&cgroupKeyBit == 0 {
+		if err := l.unmarkAlive(key); err != nil {
+			return err
+		}
+	}
 	if accel {
 		return l.detachAccelUnused(st)
 	}
@@ -372,17 +385,17 @@ func (l *Loader) openPinned() (*store, func(), error) {
 	return st, unlock, nil
 }
 
-// RemoveGone removes the scopes of cgroups that are gone (their entries and
-// links' pins), and every pin of detour's when no scope is left: what
-// `uninstall --cgroup PATH` of a removed cgroup leaves nothing of.
-// Idempotent.
+// RemoveGone removes the scopes of cgroups and network namespaces that are
+// gone (their entries and links' pins), and every pin of detour's when no
+// scope is left: what `uninstall --cgroup PATH` of a removed cgroup leaves
+// nothing of. Idempotent.
 func (l *Loader) RemoveGone() error {
 	st, unlock, err := l.openPinned()
 	if st == nil {
 		return err
 	}
 	defer unlock()
-	if err := l.removeGone(st); err != nil {
+	if _, err := l.removeGone(st, 0); err != nil {
 		st.close()
 		return err
 	}
@@ -397,23 +410,118 @@ func (l *Loader) RemoveGone() error {
 	return nil
 }
 
-// removeGone removes the scopes of cgroups that are gone (goneCgroups):
-// their entries and their links' pins.
-func (l *Loader) removeGone(st *store) error {
+// Sweep removes the scopes of cgroups and network namespaces that are gone
+// (stale: removed or deleted without an uninstall) — their entries, their
+// marks and links' pins, the network-namespace scope's programs on the
+// cgroup root once no such scope is left, and every pin of detour's once no
+// scope is left at all — and says what it removed, one line a scope. A
+// scope whose namespace or cgroup may still be there is never touched, nor
+// is anything else (what an interrupted install left is Remove's).
+// Idempotent: a second run removes nothing.
+func (l *Loader) Sweep() ([]string, error) {
+	st, unlock, err := l.openPinned()
+	if st == nil {
+		return nil, err
+	}
+	defer unlock()
+	removed, err := l.removeGone(st, 0)
+	if err != nil || len(removed) == 0 {
+		st.close()
+		return removed, err
+	}
+	left, err := st.recordedKeys()
+	st.close()
+	if err != nil {
+		return removed, err
+	}
+	if len(left) == 0 {
+		return removed, l.cleanup()
+	}
+	return removed, nil
+}
+
+// removeGone removes the scopes of cgroups that are gone (goneCgroups) and
+// of network namespaces that are gone (goneNetns): their entries and their
+// links' pins, and the network-namespace scope's links when no other
+// network-namespace scope is enrolled or recorded (keep, when not 0, is the
+// key of a scope being installed: counted as one). It says what it removed.
+func (l *Loader) removeGone(st *store, keep uint64) ([]string, error) {
+	var removed []string
 	gone, err := l.goneCgroups()
 	if err != nil {
-		return err
+		return nil, err
 	}
 	for _, id := range gone {
 		if err := l.unenroll(st, cgroupKeyBit|id, Scope{Cgroup: fmt.Sprintf("(removed cgroup, id %d)", id)}); err != nil {
-			return err
+			return removed, err
 		}
 		if err := detach(filepath.Join(l.opts.pinDir(), "links", fmt.Sprintf("%s@%d", kindCgroup, id))); err != nil {
-			return err
+			return removed, err
 		}
+		removed = append(removed, fmt.Sprintf("the stale scope of a cgroup that is gone (cgroup id %d)", id))
 		l.log().Info("removed the eBPF scope of a cgroup that is gone", "cgroup_id", id)
 	}
-	return nil
+	goneNs, err := l.goneNetns()
+	if err != nil {
+		return removed, err
+	}
+	for _, cookie := range goneNs {
+		var id uint32
+		what := fmt.Sprintf("the stale network-namespace scope of netns cookie %d (the namespace is gone)", cookie)
+		if err := st.scopes.Lookup(cookie, &id); err == nil {
+			what = fmt.Sprintf("the stale network-namespace scope of netns cookie %d, config %d (the namespace is gone)", cookie, id)
+		}
+		if err := l.unenroll(st, cookie, Scope{Netns: cookie}); err != nil {
+			return removed, err
+		}
+		removed = append(removed, what)
+		l.log().Info("removed the eBPF scope of a network namespace that is gone", "netns_cookie", cookie)
+	}
+	if len(goneNs) == 0 {
+		return removed, nil
+	}
+	left, err := st.recordedKeys()
+	if err != nil {
+		return removed, err
+	}
+	if keep != 0 {
+		left = append(left, keep)
+	}
+	if slices.ContainsFunc(left, func(k uint64) bool { return k&cgroupKeyBit == 0 }) {
+		return removed, nil
+	}
+	// No namespace is enrolled any more: the programs on the cgroup root
+	// have nothing to act for.
+	dirs, _ := filepath.Glob(filepath.Join(l.opts.pinDir(), "links", kindNetns+"@*"))
+	for _, d := range dirs {
+		if err := detach(d); err != nil {
+			return removed, err
+		}
+	}
+	return removed, nil
+}
+
+// recordedKeys are the keys of the enrolled scopes and of the recorded ones
+// (a scope whose enrolment was deleted by hand is still a scope).
+func (st *store) recordedKeys() ([]uint64, error) {
+	keys, err := st.scopeKeys()
+	if err != nil {
+		return nil, err
+	}
+	var (
+		k uint64
+		r record
+	)
+	it := st.records.Iterate()
+	for it.Next(&k, &r) {
+		if !slices.Contains(keys, k) {
+			keys = append(keys, k)
+		}
+	}
+	if err := it.Err(); err != nil {
+		return nil, fmt.Errorf("read map %s: %w", recordsMap, err)
+	}
+	return keys, nil
 }
 
 // cleanup unpins everything under PinDir; the kernel frees the programs and
@@ -821,22 +929,33 @@ func detach(dir string) error {
 		return fmt.Errorf("read links: %w", err)
 	}
 	for _, p := range pins {
-		path := filepath.Join(dir, p.Name())
-		lk, err := link.LoadPinnedLink(path, nil)
-		if err != nil {
-			return fmt.Errorf("load link %s: %w", path, err)
-		}
-		err = lk.Detach()
-		lk.Close()
-		if err != nil && !errors.Is(err, ebpf.ErrNotSupported) {
-			return fmt.Errorf("detach %s: %w", path, err)
-		}
-		if err := os.Remove(path); err != nil {
-			return fmt.Errorf("unpin %s: %w", path, err)
+		if err := detachPin(filepath.Join(dir, p.Name())); err != nil {
+			return err
 		}
 	}
 	if err := os.Remove(dir); err != nil {
 		return fmt.Errorf("unpin links: %w", err)
+	}
+	return nil
+}
+
+// detachPin detaches the pinned link at path at once and removes the pin;
+// no pin there is nothing to do.
+func detachPin(path string) error {
+	lk, err := link.LoadPinnedLink(path, nil)
+	if errors.Is(err, fs.ErrNotExist) || errors.Is(err, unix.ENOTDIR) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("load link %s: %w", path, err)
+	}
+	err = lk.Detach()
+	lk.Close()
+	if err != nil && !errors.Is(err, ebpf.ErrNotSupported) {
+		return fmt.Errorf("detach %s: %w", path, err)
+	}
+	if err := os.Remove(path); err != nil {
+		return fmt.Errorf("unpin %s: %w", path, err)
 	}
 	return nil
 }
@@ -875,6 +994,9 @@ func (l *Loader) rollback(st *store, r resolved, id uint32) error {
 	}
 	if err := st.records.Delete(r.key); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
 		errs = append(errs, err)
+	}
+	if r.kind == kindNetns {
+		errs = append(errs, l.unmarkAlive(r.key))
 	}
 	keys, err := st.scopeKeys()
 	if err != nil {

@@ -25,6 +25,9 @@ func (l *Loader) Remove(Scope) error { return errors.ErrUnsupported }
 // RemoveGone needs Linux.
 func (l *Loader) RemoveGone() error { return errors.ErrUnsupported }
 
+// Sweep needs Linux.
+func (l *Loader) Sweep() ([]string, error) { return nil, errors.ErrUnsupported }
+
 // CurrentNetns needs Linux.
 func CurrentNetns() (uint64, error) { return 0, errors.ErrUnsupported }
 

@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 
 	"github.com/cilium/ebpf"
 )
@@ -92,6 +93,20 @@ func (l *Loader) Observe() (State, error) {
 	st.goneIDs = gone
 	for _, id := range gone {
 		st.gone = append(st.gone, fmt.Sprintf("the scope of a cgroup that is gone (cgroup id %d: removed before `detour uninstall --cgroup`; its programs went with it, its entries and pins stayed)", id))
+	}
+	goneNs, err := l.goneNetns()
+	if err != nil {
+		return st, err
+	}
+	st.goneNetns = goneNs
+	for _, cookie := range goneNs {
+		cfg := ""
+		if sc, ok := st.Scopes[cookie]; ok {
+			cfg = fmt.Sprintf(", config %d", sc.Config)
+		} else if r, ok := st.records[cookie]; ok {
+			cfg = fmt.Sprintf(", config %d", r.Config)
+		}
+		st.gone = append(st.gone, fmt.Sprintf("the stale network-namespace scope of netns cookie %d%s (the namespace is gone: deleted without `detour uninstall`; its entries and pins stayed%s; `detour uninstall --stale`, or the next install or uninstall of any scope, removes it)", cookie, cfg, st.rootNote()))
 	}
 	if len(st.Scopes) == 0 && len(st.records) == 0 {
 		// Enrolling is the last step of an install, under the lock this
@@ -194,4 +209,25 @@ func (s State) liveCgroupScopes() int {
 		count(k)
 	}
 	return n
+}
+
+// rootNote says, for a stale network-namespace scope, whether the programs
+// on the cgroup root are still there for it alone.
+func (s State) rootNote() string {
+	for k := range s.Scopes {
+		if k&cgroupKeyBit == 0 && !slices.Contains(s.goneNetns, k) {
+			return ""
+		}
+	}
+	for k := range s.records {
+		if k&cgroupKeyBit == 0 && !slices.Contains(s.goneNetns, k) {
+			return ""
+		}
+	}
+	for dir := range s.Links {
+		if strings.HasPrefix(dir, kindNetns+"@") {
+			return ", and the programs stay attached to the cgroup root for it"
+		}
+	}
+	return ""
 }

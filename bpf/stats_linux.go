@@ -71,6 +71,9 @@ func (l *Loader) RunStats() (map[string]RunStat, error) {
 				return nil, fmt.Errorf("read program of link %s: %w", p.Name(), err)
 			}
 			name := strings.TrimPrefix(p.Name(), "detour_")
+			if filepath.Base(d) == aliveDir {
+				name = "alive" // a namespace's liveness mark (sk_lookup), pinned by cookie
+			}
 			s := out[name]
 			s.Runs += st.RunCount
 			s.RunTime += st.Runtime

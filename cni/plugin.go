@@ -22,6 +22,7 @@ import (
 	"github.com/detour-mesh/detour/internal/ebpfpins"
 	"github.com/detour-mesh/detour/internal/kubeapi"
 	"github.com/detour-mesh/detour/redirect"
+	"github.com/detour-mesh/detour/redirect/nftables"
 )
 
 // SupportedVersions are the CNI config versions the plugin accepts. CHECK needs
@@ -64,6 +65,11 @@ type Options struct {
 	// EBPFReady is STATUS's probe of the kernel when the plugin config's
 	// backend is ebpf; nil = fail with ErrNoEBPF.
 	EBPFReady func() error
+	// NFTablesReady is STATUS's probe of the kernel's nf_tables when the
+	// plugin config's backend is nftables, or auto without a complete
+	// iptables backend (auto then installs with nftables); nil = the
+	// nftables backend's own probe (one netlink dump, no tool).
+	NFTablesReady func() error
 	// HandOver, when set, says this build has no eBPF backend: a call that
 	// needs it (see needsEBPF) is given to HandOver with the reason and the
 	// plugin config the runtime wrote on stdin, to be served by the plugin
@@ -142,6 +148,9 @@ func New(o Options) *Plugin {
 	}
 	if o.EBPFReady == nil {
 		o.EBPFReady = func() error { return ErrNoEBPF }
+	}
+	if o.NFTablesReady == nil {
+		o.NFTablesReady = func() error { return nftables.New(nftables.Options{}).Ready(context.Background()) }
 	}
 	if o.Now == nil {
 		o.Now = time.Now
@@ -513,6 +522,20 @@ func (p *Plugin) Del(args *skel.CmdArgs) error {
 // tools of one of them (iptables-nft-save, ip6tables-nft-restore, …).
 var iptablesBackends = []string{"nft", "legacy"}
 
+// missingIPTables returns, when no iptables backend has its four tools on
+// PATH, the missing tools of each; nil when one has them all.
+func missingIPTables(lookPath func(string) (string, error)) []string {
+	var missing []string
+	for _, b := range iptablesBackends {
+		m := missingTools(lookPath, b)
+		if len(m) == 0 {
+			return nil
+		}
+		missing = append(missing, m...)
+	}
+	return missing
+}
+
 // missingTools returns the tools of the backend that are not on PATH.
 func missingTools(lookPath func(string) (string, error), backend string) []string {
 	var missing []string
@@ -528,9 +551,11 @@ func missingTools(lookPath func(string) (string, error), backend string) []strin
 }
 
 // Status reports whether the plugin can serve ADD: the kubeconfig exists and
-// loads, the tools of one iptables backend are on PATH (with backend ebpf in
-// the plugin config: the kernel has what the eBPF programs need, ebpfCgroupRoot
-// is a cgroup v2 directory and ebpfPinDir's directory exists), and the
+// loads, the backend the plugin config names can install — iptables (and its
+// variants): the four tools of one iptables backend are on PATH; nftables:
+// the kernel's nf_tables answers; auto: either; ebpf: the kernel has what the
+// eBPF programs need, ebpfCgroupRoot is a cgroup v2 directory and
+// ebpfPinDir's directory exists — and the
 // state dir is usable. Each
 // failure is CNI code 50 (not available). It does not call the API server.
 func (p *Plugin) Status(args *skel.CmdArgs) error {
@@ -555,18 +580,21 @@ func (p *Plugin) Status(args *skel.CmdArgs) error {
 		if err := ebpfPaths(c.conf.EBPFPinDir, c.conf.EBPFCgroupRoot); err != nil {
 			problems = append(problems, fmt.Sprintf("backend ebpf: %v", err))
 		}
-	} else {
-		var missing []string
-		for _, b := range iptablesBackends {
-			m := missingTools(p.o.LookPath, b)
-			if len(m) == 0 {
-				missing = nil
-				break
-			}
-			missing = append(missing, m...)
+	} else if base.Backend == redirect.BackendNFTables {
+		// The nftables backend runs no tool either.
+		if err := p.o.NFTablesReady(); err != nil {
+			problems = append(problems, fmt.Sprintf("backend nftables: %v", err))
 		}
-		if len(missing) > 0 {
-			problems = append(problems, "no complete iptables backend on PATH (missing "+strings.Join(missing, ", ")+")")
+	} else if missing := missingIPTables(p.o.LookPath); len(missing) > 0 {
+		problem := "no complete iptables backend on PATH (missing " + strings.Join(missing, ", ") + ")"
+		switch base.Backend {
+		case redirect.BackendAuto, "":
+			// auto installs with nftables where no iptables backend is usable.
+			if err := p.o.NFTablesReady(); err != nil {
+				problems = append(problems, fmt.Sprintf("%s, and backend nftables: %v", problem, err))
+			}
+		default:
+			problems = append(problems, problem)
 		}
 	}
 	if err := os.MkdirAll(c.store.dir, 0o700); err != nil {

@@ -723,6 +723,7 @@ func TestStatus(t *testing.T) {
 		lookPath   func(string) (string, error)
 		extra      map[string]any // plugin config keys
 		ebpfReady  error
+		nftReady   error // nil = the kernel's nf_tables answers
 		wantCode   uint
 		wantMsg    string
 	}{
@@ -730,8 +731,15 @@ func TestStatus(t *testing.T) {
 		{name: "ready with legacy tools only", kubeconfig: valid, lookPath: legacyOnly},
 		{name: "kubeconfig missing", kubeconfig: "/nonexistent/detour-kubeconfig", lookPath: allTools, wantCode: types.ErrPluginNotAvailable, wantMsg: "kubeconfig /nonexistent/detour-kubeconfig: no such file or directory"},
 		{name: "kubeconfig unusable", kubeconfig: broken, lookPath: allTools, wantCode: types.ErrPluginNotAvailable, wantMsg: "kubeconfig " + broken},
-		{name: "restore tools missing", kubeconfig: valid, lookPath: noRestore, wantCode: types.ErrPluginNotAvailable, wantMsg: "no complete iptables backend on PATH (missing iptables-nft-restore, ip6tables-nft-restore, iptables-legacy-restore, ip6tables-legacy-restore)"},
-		{name: "no backend complete", kubeconfig: valid, lookPath: halfEach, wantCode: types.ErrPluginNotAvailable, wantMsg: "(missing ip6tables-nft-restore, iptables-legacy-save)"},
+		{name: "restore tools missing and no nf_tables", kubeconfig: valid, lookPath: noRestore, nftReady: errors.New("the kernel's nf_tables does not answer"), wantCode: types.ErrPluginNotAvailable,
+			wantMsg: "no complete iptables backend on PATH (missing iptables-nft-restore, ip6tables-nft-restore, iptables-legacy-restore, ip6tables-legacy-restore), and backend nftables: the kernel's nf_tables does not answer"},
+		{name: "no backend complete and no nf_tables", kubeconfig: valid, lookPath: halfEach, nftReady: errors.New("the kernel's nf_tables does not answer"), wantCode: types.ErrPluginNotAvailable, wantMsg: "(missing ip6tables-nft-restore, iptables-legacy-save)"},
+		{name: "auto without iptables tools installs with nftables", kubeconfig: valid, lookPath: noRestore},
+		{name: "nftables needs no iptables tool", kubeconfig: valid, lookPath: noRestore, extra: map[string]any{"config": map[string]any{"backend": "nftables"}}},
+		{name: "nftables on a kernel without nf_tables", kubeconfig: valid, lookPath: allTools, nftReady: errors.New("the kernel's nf_tables does not answer"), extra: map[string]any{"config": map[string]any{"backend": "nftables"}},
+			wantCode: types.ErrPluginNotAvailable, wantMsg: "backend nftables: the kernel's nf_tables does not answer"},
+		{name: "iptables-nft needs its tools, not nf_tables' answer", kubeconfig: valid, lookPath: noRestore, extra: map[string]any{"config": map[string]any{"backend": "iptables-nft"}},
+			wantCode: types.ErrPluginNotAvailable, wantMsg: "no complete iptables backend on PATH"},
 		{name: "ebpf needs no iptables tool", kubeconfig: valid, lookPath: noRestore, extra: map[string]any{"config": map[string]any{"backend": "ebpf"}}},
 		{name: "ebpf on a kernel without it", kubeconfig: valid, lookPath: allTools, extra: map[string]any{"config": map[string]any{"backend": "ebpf"}},
 			ebpfReady: errors.New("ebpf backend needs program type cgroup_sockopt: not supported"), wantCode: types.ErrPluginNotAvailable, wantMsg: "backend ebpf: ebpf backend needs program type cgroup_sockopt"},
@@ -754,7 +762,8 @@ func TestStatus(t *testing.T) {
 			e := newEnv(t)
 			probed := false
 			ready := func() error { probed = true; return tt.ebpfReady }
-			e.p = New(Options{Stdout: &e.stdout, Stderr: &e.stderr, LookPath: tt.lookPath, EBPFReady: ready})
+			nftReady := func() error { return tt.nftReady }
+			e.p = New(Options{Stdout: &e.stdout, Stderr: &e.stderr, LookPath: tt.lookPath, EBPFReady: ready, NFTablesReady: nftReady})
 			conf := map[string]any{"kubeconfig": tt.kubeconfig}
 			for k, v := range tt.extra {
 				conf[k] = v
@@ -766,7 +775,7 @@ func TestStatus(t *testing.T) {
 			if e.stdout.Len() != 0 {
 				t.Errorf("STATUS wrote %q to stdout", e.stdout.String())
 			}
-			if wantProbe := tt.extra["config"] != nil; probed != wantProbe {
+			if wantProbe := tt.extra["config"] != nil && tt.extra["config"].(map[string]any)["backend"] == "ebpf"; probed != wantProbe {
 				t.Errorf("probed the kernel for ebpf: %v, want %v", probed, wantProbe)
 			}
 		})

@@ -7,6 +7,8 @@ import (
 	"net/netip"
 	"slices"
 	"strconv"
+	"strings"
+	"unicode"
 
 	bootstrapv3 "github.com/envoyproxy/go-control-plane/envoy/config/bootstrap/v3"
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
@@ -40,7 +42,8 @@ type BootstrapOptions struct {
 	Delta bool
 	// AdminAddress is Envoy's admin listener; "" means 127.0.0.1:15000.
 	AdminAddress string
-	// ReadyAddress, when set (ip:port, usually 0.0.0.0:15021), adds a static
+	// ReadyAddress, when set (ip:port, usually 0.0.0.0:15021; [::]:15021
+	// takes both families), adds a static
 	// listener that answers GET /ready from the admin listener and nothing
 	// else, so the kubelet's probes can reach Envoy's readiness without the
 	// admin interface being exposed beyond loopback.
@@ -51,8 +54,9 @@ type BootstrapOptions struct {
 	// Labels go into the node metadata.
 	Labels map[string]string
 	// CACert, when set, connects to the control plane over TLS verifying it
-	// with this CA bundle (a path as Envoy sees it); ServerName is the SNI and
-	// name checked (default: the ControlPlane host).
+	// with this CA bundle (a path as Envoy sees it); ServerName is the name
+	// checked against the control plane's certificate (default: the
+	// ControlPlane host), and the SNI unless it is an IP address.
 	CACert, ServerName string
 	// ClientCert and ClientKey add a client certificate for mTLS; its SAN must
 	// be NodeID.
@@ -86,7 +90,10 @@ func Bootstrap(o BootstrapOptions) (*bootstrapv3.Bootstrap, error) {
 	if err != nil {
 		return nil, &redirect.FieldError{Field: "control-plane", Value: o.ControlPlane, Reason: "has no valid port"}
 	}
-	if _, err := netip.ParseAddr(host); err != nil && checkDNSName(host) != nil {
+	// A name may be absolute (a trailing dot: resolved without the search
+	// domains, as Kubernetes users write cluster names); it is sent and
+	// checked in TLS without the dot (RFC 6066).
+	if _, err := netip.ParseAddr(host); err != nil && checkDNSName(strings.TrimSuffix(host, ".")) != nil {
 		// Envoy would accept it and fail every DNS lookup of it, quietly.
 		return nil, &redirect.FieldError{Field: "control-plane", Value: o.ControlPlane, Reason: "has a host that is neither an IP address nor a DNS name"}
 	}
@@ -134,6 +141,18 @@ func Bootstrap(o BootstrapOptions) (*bootstrapv3.Bootstrap, error) {
 	cluster := o.Cluster
 	if cluster == "" {
 		cluster = "detour"
+	}
+	if strings.TrimSpace(cluster) != cluster || strings.ContainsFunc(cluster, unicode.IsControl) {
+		// A quoting slip (--cluster " x") would name a cluster no one else
+		// spells that way, in every stat and log line of the proxy.
+		return nil, &redirect.FieldError{Field: "cluster", Value: o.Cluster, Reason: "is not a cluster name (no surrounding spaces, no control characters)"}
+	}
+	if o.ServerName != "" {
+		if _, err := netip.ParseAddr(o.ServerName); err != nil && checkDNSName(strings.TrimSuffix(o.ServerName, ".")) != nil {
+			// No certificate could match it: every connection would fail
+			// the identity check, quietly, in the proxy's log.
+			return nil, &redirect.FieldError{Field: "server-name", Value: o.ServerName, Reason: "is neither an IP address nor a DNS name"}
+		}
 	}
 
 	meta := map[string]any{
@@ -193,23 +212,26 @@ func Bootstrap(o BootstrapOptions) (*bootstrapv3.Bootstrap, error) {
 		xds.ClusterDiscoveryType = &clusterv3.Cluster_Type{Type: clusterv3.Cluster_STRICT_DNS}
 	}
 	if o.CACert != "" {
-		sni := o.ServerName
-		if sni == "" {
-			sni = host
+		name := o.ServerName
+		if name == "" {
+			name = host
 		}
+		name = strings.TrimSuffix(name, ".")
 		// Envoy checks only the chain unless told which name to expect: any
 		// certificate of the CA would otherwise pass as the control plane.
-		sanType := tlsv3.SubjectAltNameMatcher_DNS
-		if _, err := netip.ParseAddr(sni); err == nil {
-			sanType = tlsv3.SubjectAltNameMatcher_IP_ADDRESS
+		// An IP address is checked against the certificate's IP SANs (in
+		// the form Envoy prints them) and never sent as SNI: RFC 6066
+		// forbids IP literals in server_name, and servers may refuse them.
+		san := &tlsv3.SubjectAltNameMatcher{SanType: tlsv3.SubjectAltNameMatcher_DNS}
+		sni := name
+		if ip, err := netip.ParseAddr(name); err == nil {
+			san.SanType, name, sni = tlsv3.SubjectAltNameMatcher_IP_ADDRESS, ip.WithZone("").Unmap().String(), ""
 		}
+		san.Matcher = &matcherv3.StringMatcher{MatchPattern: &matcherv3.StringMatcher_Exact{Exact: name}}
 		common := &tlsv3.CommonTlsContext{
 			ValidationContextType: &tlsv3.CommonTlsContext_ValidationContext{ValidationContext: &tlsv3.CertificateValidationContext{
-				TrustedCa: &corev3.DataSource{Specifier: &corev3.DataSource_Filename{Filename: o.CACert}},
-				MatchTypedSubjectAltNames: []*tlsv3.SubjectAltNameMatcher{{
-					SanType: sanType,
-					Matcher: &matcherv3.StringMatcher{MatchPattern: &matcherv3.StringMatcher_Exact{Exact: sni}},
-				}},
+				TrustedCa:                 &corev3.DataSource{Specifier: &corev3.DataSource_Filename{Filename: o.CACert}},
+				MatchTypedSubjectAltNames: []*tlsv3.SubjectAltNameMatcher{san},
 			}},
 		}
 		if o.ClientCert != "" {
@@ -290,9 +312,13 @@ func adminCluster(admin netip.AddrPort) *clusterv3.Cluster {
 // first listeners and clusters arrived and the server is live) from the
 // admin cluster; every other path is a 404 from the listener itself.
 func readyListener(addr netip.AddrPort) *listenerv3.Listener {
+	address := socketAddress(addr.Addr(), addr.Port())
+	// "::" is every address: IPv4 ones too (Envoy sets IPV6_V6ONLY
+	// otherwise), since the kubelet probes whichever family the pod's IP is.
+	address.GetSocketAddress().Ipv4Compat = addr.Addr() == netip.IPv6Unspecified()
 	return &listenerv3.Listener{
 		Name:    readyListenerName,
-		Address: socketAddress(addr.Addr(), addr.Port()),
+		Address: address,
 		FilterChains: []*listenerv3.FilterChain{{Filters: []*listenerv3.Filter{{
 			Name: filterHCM,
 			ConfigType: &listenerv3.Filter_TypedConfig{TypedConfig: mustAny(&hcmv3.HttpConnectionManager{

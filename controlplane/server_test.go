@@ -21,6 +21,7 @@ import (
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	sotwclient "github.com/envoyproxy/go-control-plane/pkg/client/sotw/v3"
 	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
+	rpcstatus "google.golang.org/genproto/googleapis/rpc/status"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
@@ -303,6 +304,82 @@ func TestADSNACKIsBackedOff(t *testing.T) {
 		if l.GetTransparent().GetValue() {
 			t.Errorf("listener %s still transparent after the fix", l.GetName())
 		}
+	}
+}
+
+// TestNACKAfterRestartIsNotInSync: a proxy that restarts (a new stream, nothing
+// accepted yet) and rejects the config its predecessor had ACKed is not shown
+// in sync: /debug/nodes reports what the connected proxy runs, not what an
+// earlier one ACKed. SotW and delta.
+func TestNACKAfterRestartIsNotInSync(t *testing.T) {
+	t.Parallel()
+	s := startServer(t, xds.Options{NACKBackoff: time.Hour})
+	s.update(t, loadMesh(t, "testdata/matrix.yaml"))
+	ctx := testCtx(t)
+	listeners := func(node string) xds.TypeStatus { return debugNodes(t, s.Server)[node].Resources["listeners"] }
+
+	const node = "redirect-ipv4"
+	v, _ := s.Versions(node)
+	conn1, err := grpc.NewClient(s.addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := sotwClient(t, ctx, conn1, node, resourcev3.ListenerType)
+	if _, err := c.Fetch(); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Ack(); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "ACK", func() bool { return listeners(node).InSync })
+	conn1.Close()
+	waitFor(t, "stream closed", func() bool { return len(debugNodes(t, s.Server)[node].Streams) == 0 })
+	c2 := sotwClient(t, ctx, dial(t, s.addr, nil), node, resourcev3.ListenerType)
+	if _, err := c2.Fetch(); err != nil {
+		t.Fatal(err)
+	}
+	if err := c2.Nack("unknown field in listener"); err != nil { // version_info "": nothing accepted
+		t.Fatal(err)
+	}
+	waitFor(t, "NACK", func() bool { return listeners(node).NACKs == 1 })
+	if l := listeners(node); l.InSync || l.Acked != "" || l.Nacked != v.Listeners {
+		t.Errorf("SotW: after the restarted proxy's NACK /debug/nodes says %+v; want not in sync, nothing acked, %s nacked", l, v.Listeners)
+	}
+
+	const dnode = "redirect-dual"
+	dv, _ := s.Versions(dnode)
+	deltaStream := func(conn *grpc.ClientConn) (discoveryv3.AggregatedDiscoveryService_DeltaAggregatedResourcesClient, *discoveryv3.DeltaDiscoveryResponse) {
+		st, err := discoveryv3.NewAggregatedDiscoveryServiceClient(conn).DeltaAggregatedResources(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := st.Send(&discoveryv3.DeltaDiscoveryRequest{Node: &corev3.Node{Id: dnode}, TypeUrl: resourcev3.ListenerType}); err != nil {
+			t.Fatal(err)
+		}
+		r, err := st.Recv()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return st, r
+	}
+	dconn1, err := grpc.NewClient(s.addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, r := deltaStream(dconn1)
+	if err := st.Send(&discoveryv3.DeltaDiscoveryRequest{TypeUrl: resourcev3.ListenerType, ResponseNonce: r.GetNonce()}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "delta ACK", func() bool { return listeners(dnode).InSync })
+	dconn1.Close()
+	waitFor(t, "delta stream closed", func() bool { return len(debugNodes(t, s.Server)[dnode].Streams) == 0 })
+	st, r = deltaStream(dial(t, s.addr, nil))
+	if err := st.Send(&discoveryv3.DeltaDiscoveryRequest{TypeUrl: resourcev3.ListenerType, ResponseNonce: r.GetNonce(), ErrorDetail: &rpcstatus.Status{Message: "unknown field in listener"}}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "delta NACK", func() bool { return listeners(dnode).NACKs == 1 })
+	if l := listeners(dnode); l.InSync || l.Acked == dv.Listeners {
+		t.Errorf("delta: after the restarted proxy's NACK /debug/nodes says %+v; want not in sync, %s not acked", l, dv.Listeners)
 	}
 }
 

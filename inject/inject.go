@@ -61,8 +61,9 @@ type BootstrapRequest struct {
 	NodeID string
 	// ControlPlane is the xDS server's host:port.
 	ControlPlane string
-	// AdminAddress (127.0.0.1:adminPort) and ReadyAddress (0.0.0.0:readyPort)
-	// are Envoy's admin listener and the listener that serves /ready.
+	// AdminAddress (127.0.0.1:adminPort) and ReadyAddress (0.0.0.0:readyPort,
+	// [::]:readyPort for a pod that captures IPv6) are Envoy's admin
+	// listener and the listener that serves /ready.
 	AdminAddress, ReadyAddress string
 	// Config is the pod's redirect config.
 	Config redirect.Config
@@ -371,7 +372,16 @@ func (in *Injector) proxyContainer(ann map[string]string, cfg redirect.Config) (
 		}
 	}
 	admin := net.JoinHostPort("127.0.0.1", strconv.Itoa(int(inj.AdminPort)))
-	ready := net.JoinHostPort("0.0.0.0", strconv.Itoa(int(inj.ReadyPort)))
+	// The kubelet probes the pod's IP: an IPv6 one in an IPv6-only or
+	// IPv6-first cluster, where 0.0.0.0 would never answer. A pod that
+	// captures IPv6 (ipv6, dual) has it, so "::" (both families) binds there;
+	// with auto the pod's families are not known at admission, and "::"
+	// would fail Envoy's start on a node without IPv6.
+	readyHost := "0.0.0.0"
+	if cfg.IPFamilies == redirect.IPFamiliesIPv6 || cfg.IPFamilies == redirect.IPFamiliesDual {
+		readyHost = "::"
+	}
+	ready := net.JoinHostPort(readyHost, strconv.Itoa(int(inj.ReadyPort)))
 	bs, err := in.bootstrap(BootstrapRequest{NodeID: NodeID, ControlPlane: inj.ControlPlane, AdminAddress: admin, ReadyAddress: ready, Config: cfg})
 	if err != nil {
 		return corev1.Container{}, fmt.Errorf("sidecar bootstrap: %w", err)

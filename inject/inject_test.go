@@ -236,10 +236,15 @@ func TestInjectedPod(t *testing.T) {
 		ann        map[string]string
 		uid        uint32
 		cp         string
+		// ready is the ready listener's address: the kubelet probes the
+		// pod's IP, an IPv6 one in an IPv6-only or IPv6-first cluster.
+		ready string
 	}{
-		{name: "defaults", uid: 5678, cp: meshconfig.DefaultControlPlane},
-		{name: "istio preset", mesh: "preset: istio\ninjection: {controlPlane: 'xds.example:18000'}", uid: 1337, cp: "xds.example:18000"},
-		{name: "uid annotation", ann: map[string]string{"detour.io/proxy-uid": "4242"}, uid: 4242, cp: meshconfig.DefaultControlPlane},
+		{name: "defaults", uid: 5678, cp: meshconfig.DefaultControlPlane, ready: "0.0.0.0"},
+		{name: "istio preset", mesh: "preset: istio\ninjection: {controlPlane: 'xds.example:18000'}", uid: 1337, cp: "xds.example:18000", ready: "0.0.0.0"},
+		{name: "uid annotation", ann: map[string]string{"detour.io/proxy-uid": "4242"}, uid: 4242, cp: meshconfig.DefaultControlPlane, ready: "0.0.0.0"},
+		{name: "ipv6 pod", ann: map[string]string{"detour.io/ip-families": "ipv6"}, uid: 5678, cp: meshconfig.DefaultControlPlane, ready: "::"},
+		{name: "dual-stack pod", ann: map[string]string{"detour.io/ip-families": "dual"}, uid: 5678, cp: meshconfig.DefaultControlPlane, ready: "::"},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			t.Parallel()
@@ -303,8 +308,13 @@ func TestInjectedPod(t *testing.T) {
 			}
 			var readyListener bool
 			for _, l := range b.GetStaticResources().GetListeners() {
-				if l.GetAddress().GetSocketAddress().GetPortValue() == uint32(mesh.Injection.ReadyPort) {
+				if sa := l.GetAddress().GetSocketAddress(); sa.GetPortValue() == uint32(mesh.Injection.ReadyPort) {
 					readyListener = true
+					// "::" must take IPv4 too: a dual-stack pod's podIP,
+					// which the kubelet probes, may be either family.
+					if sa.GetAddress() != c.ready || sa.GetIpv4Compat() != (c.ready == "::") {
+						t.Errorf("ready listener on %s (ipv4_compat %v), want %s the kubelet can reach", sa.GetAddress(), sa.GetIpv4Compat(), c.ready)
+					}
 				}
 			}
 			if !readyListener {

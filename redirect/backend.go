@@ -101,6 +101,20 @@ type Leftovers interface {
 	Leftovers() string
 }
 
+// Sweeper is implemented by a Driver that can find and remove state of
+// detour's whose scope is gone — stale: its network namespace or cgroup was
+// deleted without an uninstall, such as an eBPF scope keyed by the cookie of
+// a namespace that no longer exists — wherever that scope was, since no
+// command can name it any more. Removing it changes nothing for any living
+// workload, so Install and Uninstall sweep (before they change anything
+// else) and Engine.Sweep does nothing else.
+type Sweeper interface {
+	// Sweep removes every stale scope and says what it removed, one line a
+	// scope as a user would recognise it; none when there was none. A scope
+	// that may still be alive is never removed.
+	Sweep(ctx context.Context) (removed []string, err error)
+}
+
 // Rendering is a Plan in one backend's own text.
 type Rendering struct {
 	Backend  Backend           `json:"backend"`

@@ -2,6 +2,9 @@ package redirect
 
 import (
 	"bytes"
+	"errors"
+	"io"
+	"os"
 
 	"sigs.k8s.io/yaml"
 )
@@ -18,4 +21,36 @@ func EmptyDocument(doc []byte) bool {
 	}
 	js, err := yaml.YAMLToJSON(doc)
 	return err == nil && string(bytes.TrimSpace(js)) == "null"
+}
+
+// MaxDocument bounds a config document (16 MiB): even a list of 100,000
+// CIDRs is a few MiB. A path to something endless (/dev/zero, a device, a
+// pipe that never closes) must not read until memory runs out.
+const MaxDocument = 16 << 20
+
+// ErrDocumentTooLarge is ReadDocument's error for a document over MaxDocument;
+// its text is the reason a caller names with the path.
+var ErrDocumentTooLarge = errors.New("is larger than 16 MiB, more than any config document")
+
+// ReadDocument reads a config document from r, at most MaxDocument bytes.
+func ReadDocument(r io.Reader) ([]byte, error) {
+	b, err := io.ReadAll(io.LimitReader(r, MaxDocument+1))
+	if err != nil {
+		return nil, err
+	}
+	if len(b) > MaxDocument {
+		return nil, ErrDocumentTooLarge
+	}
+	return b, nil
+}
+
+// ReadDocumentFile reads the config document at path, at most MaxDocument
+// bytes.
+func ReadDocumentFile(path string) ([]byte, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	return ReadDocument(f)
 }

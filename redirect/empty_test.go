@@ -1,6 +1,10 @@
 package redirect
 
-import "testing"
+import (
+	"errors"
+	"strings"
+	"testing"
+)
 
 func TestEmptyDocument(t *testing.T) {
 	for doc, want := range map[string]bool{
@@ -18,6 +22,24 @@ func TestEmptyDocument(t *testing.T) {
 	} {
 		if got := EmptyDocument([]byte(doc)); got != want {
 			t.Errorf("EmptyDocument(%q) = %v, want %v", doc, got, want)
+		}
+	}
+}
+
+func TestReadDocument(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		name string
+		size int
+		err  error
+	}{
+		{"empty", 0, nil},
+		{"at the bound", MaxDocument, nil},
+		{"over the bound", MaxDocument + 1, ErrDocumentTooLarge},
+	} {
+		b, err := ReadDocument(strings.NewReader(strings.Repeat(" ", tc.size)))
+		if !errors.Is(err, tc.err) || (err == nil && len(b) != tc.size) {
+			t.Errorf("%s: ReadDocument of %d bytes = %d bytes, %v; want %v", tc.name, tc.size, len(b), err, tc.err)
 		}
 	}
 }

@@ -71,10 +71,12 @@ type Result struct {
 	Changed bool `json:"changed"`
 	// Processes counts the child processes the Drivers spawned.
 	Processes int `json:"processes"`
-	// Leftovers (Uninstall) name what it removed that belonged to no
-	// install: state of detour's that an interrupted run left behind
-	// (Leftovers), such as the pins of an eBPF install killed before it
-	// enrolled its scope.
+	// Leftovers name what it removed that belonged to no install: the
+	// stale scopes (Sweeper: an eBPF scope whose network namespace or cgroup
+	// is gone), which Install, Uninstall and Sweep remove, and (Uninstall)
+	// state of detour's that an interrupted run left behind (Leftovers),
+	// such as the pins of an eBPF install killed before it enrolled its
+	// scope.
 	Leftovers []string `json:"leftovers,omitempty"`
 }
 
@@ -152,6 +154,13 @@ func (e *Engine) Install(ctx context.Context, p Plan) (Result, error) { return e
 // refuses, changing nothing, when any backend reports a Conflict (such as a
 // DETOUR_* chain that is not ours).
 func (e *Engine) Uninstall(ctx context.Context) (Result, error) { return e.uninstall(ctx) }
+
+// Sweep removes the stale scopes every Sweeper among the Drivers finds (an
+// eBPF scope whose network namespace or cgroup is gone), wherever they
+// were, and nothing else: the namespace's own capture and every scope that
+// may be alive stay. Result.Leftovers names what went; Changed is false when
+// there was nothing. Idempotent.
+func (e *Engine) Sweep(ctx context.Context) (Result, error) { return e.sweepOnly(ctx) }
 
 // Check compares what is installed with p, in the rendering of the backend
 // that holds detour's state. ErrNotInstalled when nothing of ours is there.

@@ -6,11 +6,14 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"net/netip"
 	"os"
 	"path/filepath"
 	"strings"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/detour-mesh/detour/internal/netns"
 )
@@ -86,18 +89,45 @@ func hasIPv6() (bool, error) {
 	return len(bytes.TrimSpace(b)) > 0, nil
 }
 
+// maxResolvConf bounds what readNameservers reads: a resolv.conf is a few
+// hundred bytes; a path to something endless must not exhaust memory.
+const maxResolvConf = 1 << 20
+
 // readNameservers returns the nameserver addresses of a resolv.conf file, in
 // order, without zones. Lines that are not valid nameserver lines are skipped,
-// as the resolver skips them. A file that cannot be read is invalid input: a
+// as the resolver skips them. A file that cannot be read, is not a regular
+// file (a FIFO would block the command until someone writes to it, /dev/zero
+// would never end) or is larger than maxResolvConf is invalid input: a
 // *FieldError for dns.resolvConf with the path.
 func readNameservers(path string) ([]netip.Addr, error) {
-	data, err := os.ReadFile(path)
-	if err != nil {
+	invalid := func(reason string) error {
+		return &FieldError{Field: "dns.resolvConf", Value: path, Reason: reason}
+	}
+	unreadable := func(err error) error {
 		var pe *fs.PathError
 		if errors.As(err, &pe) {
 			err = pe.Err // the path is the value already
 		}
-		return nil, &FieldError{Field: "dns.resolvConf", Value: path, Reason: "cannot be read (dns.capture resolvconf reads its nameservers): " + err.Error()}
+		return invalid("cannot be read (dns.capture resolvconf reads its nameservers): " + err.Error())
+	}
+	// O_NONBLOCK: opening a FIFO must not wait for a writer before the
+	// check below can refuse it.
+	f, err := os.OpenFile(path, os.O_RDONLY|unix.O_NONBLOCK, 0)
+	if err != nil {
+		return nil, unreadable(err)
+	}
+	defer f.Close()
+	if fi, err := f.Stat(); err != nil {
+		return nil, unreadable(err)
+	} else if !fi.Mode().IsRegular() {
+		return nil, invalid("is not a regular file (dns.capture resolvconf reads its nameservers from a resolv.conf file)")
+	}
+	data, err := io.ReadAll(io.LimitReader(f, maxResolvConf+1))
+	if err != nil {
+		return nil, unreadable(err)
+	}
+	if len(data) > maxResolvConf {
+		return nil, invalid("is larger than 1 MiB; it is not a resolv.conf")
 	}
 	var out []netip.Addr
 	sc := bufio.NewScanner(bytes.NewReader(data))

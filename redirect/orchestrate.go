@@ -256,6 +256,9 @@ func (e *Engine) install(ctx context.Context, p Plan) (Result, error) {
 		if err := e.inboundFree(ctx, p, chosen.d); err != nil {
 			return err
 		}
+		if res.Leftovers, err = e.sweep(ctx, states); err != nil {
+			return err
+		}
 		net, err := e.observeNet(p)
 		if err != nil {
 			return err
@@ -305,6 +308,11 @@ func (e *Engine) uninstall(ctx context.Context) (Result, error) {
 		if err := conflicts(states); err != nil {
 			return err
 		}
+		swept, err := e.sweep(ctx, states)
+		if err != nil {
+			return err
+		}
+		res.Leftovers = swept
 		net, err := e.observeNet(Plan{})
 		if err != nil {
 			return err
@@ -360,13 +368,60 @@ func (e *Engine) uninstall(ctx context.Context) (Result, error) {
 // leftovers is what of detour's a backend that holds no install found left
 // by an interrupted run (Leftovers); "" when nothing.
 func leftovers(s *driverState) string {
-	if s.holds() || s.have == nil {
+	if s.holds() {
+		return ""
+	}
+	return leftoversAny(s)
+}
+
+// leftoversAny is leftovers also of a backend that holds an install: what
+// status names.
+func leftoversAny(s *driverState) string {
+	if s.have == nil {
 		return ""
 	}
 	if lo, ok := s.have.(Leftovers); ok {
 		return lo.Leftovers()
 	}
 	return ""
+}
+
+// sweep has every Sweeper among the Drivers that may hold state of
+// detour's (observed in states) remove the stale scopes, and re-observes
+// those that removed something, so that what they leave is read afresh. It
+// returns what was removed, by backend.
+func (e *Engine) sweep(ctx context.Context, states []*driverState) ([]string, error) {
+	var out []string
+	for _, s := range states {
+		sw, ok := s.d.(Sweeper)
+		if !ok || s.ready != nil {
+			continue
+		}
+		removed, err := sw.Sweep(ctx)
+		if err != nil {
+			return out, fmt.Errorf("remove the stale scopes of %s: %w", s.d.Name(), err)
+		}
+		if len(removed) == 0 {
+			continue
+		}
+		for _, r := range removed {
+			out = append(out, fmt.Sprintf("%s: %s", s.d.Name(), r))
+		}
+		e.logger().Info("removed stale scopes", "backend", s.d.Name(), "scopes", removed)
+		s.have, s.err = s.d.Observe(ctx)
+	}
+	return out, nil
+}
+
+func (e *Engine) sweepOnly(ctx context.Context) (Result, error) {
+	res := Result{Families: []Family{}}
+	err := e.locked(ctx, &res, func(ctx context.Context) error {
+		var err error
+		res.Leftovers, err = e.sweep(ctx, e.observeAll(ctx, noCandidate))
+		res.Changed = len(res.Leftovers) > 0
+		return err
+	})
+	return res, err
 }
 
 // otherScopes names the other scopes of detour in the namespace that every
@@ -438,7 +493,7 @@ func (e *Engine) readInstalled(ctx context.Context, p Plan) (held []*driverState
 		states := e.observeAll(ctx, noCandidate)
 		held = holding(states)
 		for _, s := range states {
-			if lo := leftovers(s); lo != "" {
+			if lo := leftoversAny(s); lo != "" {
 				left = append(left, fmt.Sprintf("%s: %s", s.d.Name(), lo))
 			}
 		}

@@ -360,3 +360,74 @@ func deadPID(t *testing.T) int {
 	}
 	return p.Pid
 }
+
+// TestEBPFStaleNamespaceScope: a namespace enrolled with `install --backend
+// ebpf` and then deleted without an uninstall (`ip netns delete`) left its
+// enrolment, entries and pins, and every command of the lean detour was
+// handed to detour-ebpf for good; `status` and `uninstall` elsewhere said
+// "not installed". Through the CLI: `status` in another namespace (text and
+// -o json) names the scope as stale, `uninstall --stale` removes it alone
+// (the pod's own capture stays), a second run has nothing to remove, and once
+// the pod's uninstall leaves nothing pinned the lean detour no longer hands
+// commands over.
+func TestEBPFStaleNamespaceScope(t *testing.T) {
+	privtest.Require(t, "ip", "setpriv", "nft")
+	p := newPod(t, variant{family: lab.IPv4, backend: ebpfBackend, mode: "redirect"})
+	p.startProxies()
+	gone := privtest.NetNS(t)
+	// privtest deletes it at the end: take the name back first, as the
+	// deletion below removed it.
+	t.Cleanup(func() { privtest.Run(t, "ip", "netns", "add", gone.Name) })
+	if r := runDetour(t, p.ctx, p.env, "install", "--backend", "ebpf", "--inbound=false", "--netns", gone.Name); r.code != 0 {
+		t.Fatalf("install in %s:\n%s", gone.Name, r)
+	}
+	if r := p.detour(p.withFlags("install", "--inbound=false")...); r.code != 0 {
+		t.Fatalf("install in the pod:\n%s", r)
+	}
+	privtest.Run(t, "ip", "netns", "delete", gone.Name)
+
+	const stale = "the stale network-namespace scope of netns cookie"
+	var r result
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+		// The kernel tears a namespace down shortly after its last holder.
+		if r = p.detour("status"); strings.Contains(r.stdout, stale) || time.Now().After(deadline) {
+			break
+		}
+	}
+	if r.code != 0 || !strings.Contains(r.stdout, "detour is installed (ebpf") || !strings.Contains(r.stdout, "left behind, belonging to no install: ebpf: "+stale) {
+		t.Errorf("status in the pod: want installed, and the deleted namespace's scope named as stale:\n%s", r)
+	}
+	other := privtest.NetNS(t)
+	r = runDetour(t, p.ctx, p.env, "status", "--netns", other.Name, "-o", "json")
+	var st struct {
+		Installed bool
+		Leftovers []string
+	}
+	if err := json.Unmarshal([]byte(r.stdout), &st); err != nil || r.code != 0 || st.Installed || len(st.Leftovers) != 1 || !strings.Contains(st.Leftovers[0], stale) {
+		t.Errorf("status -o json in a namespace without detour: want not installed, one stale leftover (%v):\n%s", err, r)
+	}
+
+	if r := p.detour("uninstall", "--stale", "--cgroup", "/sys/fs/cgroup"); r.code != 2 {
+		t.Errorf("uninstall --stale --cgroup: want exit 2:\n%s", r)
+	}
+	if r := p.detour("uninstall", "--stale"); r.code != 0 || !strings.Contains(r.stdout, "removed what was left behind: ebpf: "+stale) {
+		t.Errorf("uninstall --stale: want the stale scope removed and named:\n%s", r)
+	}
+	if r := p.detour("uninstall", "--stale"); r.code != 0 || !strings.Contains(r.stdout, "nothing to remove") {
+		t.Errorf("second uninstall --stale: want nothing to remove:\n%s", r)
+	}
+	if r := p.detour("status"); r.code != 0 || !strings.Contains(r.stdout, "detour is installed (ebpf") || strings.Contains(r.stdout, "left behind") {
+		t.Errorf("status after uninstall --stale: want the pod's capture kept and nothing left behind:\n%s", r)
+	}
+	p.outbound("O1 after uninstall --stale", p.app(0, netip.AddrPortFrom(netip.MustParseAddr("192.0.2.77"), p.remotePort())), srvOutbound)
+
+	if r := p.detour("uninstall"); r.code != 0 {
+		t.Fatalf("uninstall:\n%s", r)
+	}
+	if left := pinsLeft(t, p.env); len(left) > 0 {
+		t.Errorf("after uninstall, BPF pins of detour remain: %q", left)
+	}
+	if r := runDetour(t, p.ctx, p.env, "status", "-v", "--netns", other.Name); r.code != 0 || strings.Contains(r.stderr, handOver) {
+		t.Errorf("status with nothing pinned: want the lean detour to answer itself:\n%s", r)
+	}
+}

@@ -236,14 +236,14 @@ func runCNIInstall(ctx context.Context, o *cniOptions, s streams) error {
 		return usageError("--poll-interval: %q is not a positive duration", o.pollInterval)
 	}
 	logger := slog.New(slog.NewTextHandler(s.err, nil))
-	opts := o.installerOptions(logger)
-	if err := opts.Validate(); err != nil {
+	// The Installer validates: it reads a --config that is a pipe once.
+	in := install.New(o.installerOptions(logger))
+	if err := in.Validate(); err != nil {
 		return withCode(exitUsage, err)
 	}
-	in := install.New(opts)
 	if o.once {
 		changes, err := in.Install(ctx)
-		printChanges(s.out, changes)
+		printChanges(s.out, changes, err)
 		return cniError(err)
 	}
 	return cniError(in.Run(ctx))
@@ -252,7 +252,7 @@ func runCNIInstall(ctx context.Context, o *cniOptions, s streams) error {
 func runCNIUninstall(ctx context.Context, o *cniOptions, s streams) error {
 	in := install.New(o.installerOptions(slog.New(slog.NewTextHandler(s.err, nil))))
 	changes, err := in.Uninstall(ctx)
-	printChanges(s.out, changes)
+	printChanges(s.out, changes, err)
 	return cniError(err)
 }
 
@@ -263,8 +263,10 @@ func cniError(err error) error {
 	return err
 }
 
-func printChanges(w io.Writer, changes []string) {
-	if len(changes) == 0 {
+// printChanges prints the changes made; "nothing to change" only when the
+// run succeeded without any (a failed run says so on stderr).
+func printChanges(w io.Writer, changes []string, err error) {
+	if len(changes) == 0 && err == nil {
 		fmt.Fprintln(w, "nothing to change")
 		return
 	}

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -158,6 +159,12 @@ func TestCNIInstallRuntimeFailure(t *testing.T) {
 	if code != exitFailure || !strings.Contains(stderr, "10-flannel.conflist") {
 		t.Errorf("exit %d, stderr %q; want exit 1 naming the file", code, stderr)
 	}
+	// Again, with the binary and kubeconfig in place: the run changes nothing
+	// and fails, and must not claim there was nothing to change.
+	code, out, stderr := runCmd(t, context.Background(), args...)
+	if code != exitFailure || out != "" {
+		t.Errorf("second run: exit %d, stdout %q, stderr %q; want exit 1 and nothing on stdout", code, out, stderr)
+	}
 }
 
 func TestCNIInstallWatchesUntilSignal(t *testing.T) {
@@ -240,5 +247,31 @@ func TestCNIUninstallAndReadyRefuseEmptyOrRelativeDirs(t *testing.T) {
 	}
 	if _, err := os.Stat(filepath.Join(root, "bin/detour-cni")); err != nil {
 		t.Errorf("a refused uninstall removed the binary: %v", err)
+	}
+}
+
+// TestCNIInstallConfigFromPipe: `detour cni install --config <(…)` gets a pipe
+// that yields its document once; the command used to read it again after
+// validating it and exit 2 with `--config: "/dev/fd/63" is empty`.
+func TestCNIInstallConfigFromPipe(t *testing.T) {
+	t.Parallel()
+	root, dirs := cniNode(t)
+	r, w, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	if _, err := w.WriteString("dns:\n  capture: all\n"); err != nil {
+		t.Fatal(err)
+	}
+	w.Close()
+	args := append(append([]string{"cni", "install", "--once", "--config", fmt.Sprintf("/proc/self/fd/%d", r.Fd())}, dirs...), installFlags(root)...)
+	code, out, stderr := runCmd(t, context.Background(), args...)
+	if code != exitOK {
+		t.Fatalf("exit %d, stdout:\n%sstderr:\n%s", code, out, stderr)
+	}
+	b, _ := os.ReadFile(filepath.Join(root, "net.d/10-flannel.conflist"))
+	if !strings.Contains(string(b), `"capture": "all"`) {
+		t.Errorf("the plugin entry lacks the piped config:\n%s", b)
 	}
 }

@@ -15,6 +15,7 @@ import (
 
 	"github.com/detour-mesh/detour/controlplane"
 	"github.com/detour-mesh/detour/controlplane/xds"
+	"github.com/detour-mesh/detour/inject/webhook"
 	"github.com/detour-mesh/detour/internal/meshconfig"
 )
 
@@ -88,6 +89,9 @@ docs/control-plane.md and docs/mesh.md describe the layout and the mesh file.`,
 					return usageError("%s configure the injection webhook, which is served only with --inject", strings.Join(given, ", "))
 				}
 			}
+			if err := rejectOtherSourceFlags(cmd.Flags(), o.source); err != nil {
+				return err
+			}
 			if g.verbose && !cmd.Flags().Changed("log-level") {
 				o.logLevel = "debug"
 			}
@@ -121,7 +125,35 @@ docs/control-plane.md and docs/mesh.md describe the layout and the mesh file.`,
 	addControlPlaneLogFlags(cmd, &o.logLevel, &o.logFormat)
 	cmd.AddCommand(newControlPlaneResourcesCmd(s))
 	cmd.AddCommand(newControlPlaneRouteCmd(s))
+	cmd.AddCommand(newControlPlaneTransparentProxyCmd(s))
 	return cmd
+}
+
+// Flags that only one source reads. runControlPlane refuses the kubernetes
+// source's settings with a mesh file by value as well.
+var (
+	fileSourceFlags       = []string{"watch-interval", "settle", "max-mesh-size"}
+	kubernetesSourceFlags = []string{"kubeconfig"}
+)
+
+// rejectOtherSourceFlags refuses a flag given for the source not chosen: it
+// would configure nothing, silently (--settle 10s with --source kubernetes,
+// --kubeconfig with a mesh file).
+func rejectOtherSourceFlags(fs *pflag.FlagSet, source string) error {
+	other, want := kubernetesSourceFlags, "--source kubernetes"
+	if source == sourceKubernetes {
+		other, want = fileSourceFlags, "--source file (the mesh file); --source kubernetes reads the API"
+	}
+	var given []string
+	for _, name := range other {
+		if fs.Changed(name) {
+			given = append(given, "--"+name)
+		}
+	}
+	if len(given) == 0 {
+		return nil
+	}
+	return usageError("%s: for %s", strings.Join(given, ", "), want)
 }
 
 func addControlPlaneLogFlags(cmd *cobra.Command, level, format *string) {
@@ -221,7 +253,11 @@ func runControlPlane(ctx context.Context, o *controlPlaneOptions, s streams) (er
 			return err
 		}
 		if o.inject.enabled {
-			inj, err := newInjectionServer(ctx, o, mesh, log)
+			// No := here: the deferred stop below must set the function's
+			// own err (a shadowed one dropped the webhook's failure, and the
+			// control plane stopped with exit 0 and nothing said).
+			var inj *webhook.Server
+			inj, err = newInjectionServer(ctx, o, mesh, log)
 			if err != nil {
 				return err
 			}

@@ -147,6 +147,10 @@ func TestControlPlaneInvalidInputExitsTwo(t *testing.T) {
 		{"zero max mesh size", []string{"control-plane", "--config", bad, "--max-mesh-size", "0"}, "--max-mesh-size 0 must be positive"},
 		{"dns flags with a file", []string{"control-plane", "--config", bad, "--dns-suffix", "svc.example"}, "--dns-suffix and --dns-upstream are for --source kubernetes"},
 		{"bad dns upstream", []string{"control-plane", "--source", "kubernetes", "--dns-upstream", "ns1"}, `--dns-upstream "ns1" is not an IP address or address:port`},
+		// A flag of the source not chosen would configure nothing, silently.
+		{"kubeconfig with a mesh file", []string{"control-plane", "--config", bad, "--kubeconfig", "kubeconfig"}, "--kubeconfig: for --source kubernetes"},
+		{"file source flags with kubernetes", []string{"control-plane", "--source", "kubernetes", "--settle", "5s", "--max-mesh-size", "100"}, "--settle, --max-mesh-size: for --source file (the mesh file); --source kubernetes reads the API"},
+		{"watch interval with kubernetes", []string{"control-plane", "--source", "kubernetes", "--watch-interval", "5s"}, "--watch-interval: for --source file"},
 		{"client ca without tls", []string{"control-plane", "--config", bad, "--client-ca", "ca.pem"}, "--client-ca needs --tls-cert"},
 		{"bad log level", []string{"control-plane", "--config", bad, "--log-level", "loud"}, `--log-level "loud"`},
 		{"bad memory limit", []string{"control-plane", "--config", bad, "--memory-limit", "512MiB"}, `--memory-limit "512MiB" is not one of auto, adaptive, off`},
@@ -186,6 +190,13 @@ func TestControlPlaneInvalidInputExitsTwo(t *testing.T) {
 		{"bootstrap empty cluster", []string{"bootstrap", "--node-id", "app", "--control-plane", "127.0.0.1:1", "--cluster", ""}, `--cluster "" is empty`},
 		{"bootstrap empty preset", []string{"bootstrap", "--node-id", "app", "--control-plane", "127.0.0.1:1", "--preset", ""}, `--preset "" is empty`},
 		{"bootstrap blank node id", []string{"bootstrap", "--node-id", " app", "--control-plane", "127.0.0.1:1"}, `--node-id " app" is not a node id (non-empty, no surrounding spaces)`},
+		// A quoting slip names a node.cluster no one else spells that way.
+		{"bootstrap padded cluster", []string{"bootstrap", "--node-id", "app", "--control-plane", "127.0.0.1:1", "--cluster", " x"}, `cluster: " x" is not a cluster name (no surrounding spaces, no control characters)`},
+		{"bootstrap cluster with a newline", []string{"bootstrap", "--node-id", "app", "--control-plane", "127.0.0.1:1", "--cluster", "x\ny"}, `cluster: "x\ny" is not a cluster name`},
+		// No certificate could match it: every connection would fail the
+		// identity check, in the proxy's log only.
+		{"bootstrap server name not a name", []string{"bootstrap", "--node-id", "app", "--control-plane", "127.0.0.1:1", "--ca", "ca.pem", "--server-name", "bad_name!"}, `server-name: "bad_name!" is neither an IP address nor a DNS name`},
+		{"bootstrap padded server name", []string{"bootstrap", "--node-id", "app", "--control-plane", "127.0.0.1:1", "--ca", "ca.pem", "--server-name", "cp.example "}, `server-name: "cp.example " is neither an IP address nor a DNS name`},
 		{"bootstrap server name without ca", []string{"bootstrap", "--node-id", "app", "--control-plane", "127.0.0.1:1", "--server-name", "cp.example"}, "--server-name needs --ca"},
 		{"resources unknown node", []string{"control-plane", "resources", "--config", "../../examples/mesh.yaml", "--node-id", "nope"}, `--node-id "nope": no workload`},
 		{"bootstrap without node", []string{"bootstrap", "--control-plane", "127.0.0.1:18000"}, "--node-id and --control-plane are required"},

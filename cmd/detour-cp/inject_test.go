@@ -165,4 +165,21 @@ func TestControlPlaneInjects(t *testing.T) {
 	if err := <-done; err != nil {
 		t.Errorf("runControlPlane = %v", err)
 	}
+
+	// A webhook that cannot start stops the control plane with its error:
+	// it stopped with exit 0 and nothing said, serving nothing.
+	busy, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer busy.Close()
+	o.inject.address = busy.Addr().String()
+	o.inject.url = "https://" + busy.Addr().String()
+	ctx2, cancel2 := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel2()
+	stderr.Reset()
+	err = runControlPlane(ctx2, o, streams{out: io.Discard, err: &syncWriter{w: &stderr}})
+	if err == nil || !strings.Contains(err.Error(), "listen for the webhook") || ctx2.Err() != nil {
+		t.Errorf("runControlPlane with the webhook's address in use = %v (context %v); want its listen error at once\n%s", err, ctx2.Err(), stderr.String())
+	}
 }

@@ -4,8 +4,14 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"net/netip"
 	"strings"
 	"testing"
+
+	"github.com/google/go-cmp/cmp"
+	"github.com/google/go-cmp/cmp/cmpopts"
+
+	"github.com/detour-mesh/detour/redirect"
 )
 
 // TestControlPlaneRoute: the JSON `detour explain --mesh` reads, for a service
@@ -43,5 +49,33 @@ func TestControlPlaneRoute(t *testing.T) {
 				t.Errorf("cluster %q (%v), want %q:\n%s", got.Cluster, err, tt.cluster, stdout.String())
 			}
 		})
+	}
+}
+
+// TestControlPlaneTransparentProxy: the workload's redirect config as the
+// control plane resolves it (the mesh's, then the workload's own), in the
+// document form `detour install --config` and `detour explain --mesh` read.
+func TestControlPlaneTransparentProxy(t *testing.T) {
+	t.Parallel()
+	var stdout, stderr bytes.Buffer
+	code := run(context.Background(), []string{"control-plane", "transparent-proxy", "--config", "../../examples/mesh.yaml", "--node-id", "app"}, strings.NewReader(""), &stdout, &stderr)
+	if code != 0 {
+		t.Fatalf("exit %d: %s", code, stderr.String())
+	}
+	got := redirect.Default()
+	if err := got.Decode(stdout.Bytes()); err != nil {
+		t.Fatalf("the output is not a config document: %v\n%s", err, stdout.String())
+	}
+	want := redirect.Default()
+	if err := want.Decode([]byte("{proxy: {uid: 5678, inboundPort: 15006, outboundPort: 15001}, outbound: {excludePorts: [22]}, dns: {capture: all}}")); err != nil {
+		t.Fatal(err)
+	}
+	if diff := cmp.Diff(want, got, cmpopts.EquateComparable(netip.Addr{}, netip.Prefix{})); diff != "" {
+		t.Errorf("app's transparentProxy (-want +got):\n%s", diff)
+	}
+	stdout.Reset()
+	stderr.Reset()
+	if code := run(context.Background(), []string{"control-plane", "transparent-proxy", "--config", "../../examples/mesh.yaml", "--node-id", "nope"}, strings.NewReader(""), &stdout, &stderr); code != exitUsage || !strings.Contains(stderr.String(), `--node-id "nope": no workload`) {
+		t.Errorf("unknown node: exit %d, %s", code, stderr.String())
 	}
 }

@@ -45,6 +45,8 @@ func TestUsageErrorsExit2(t *testing.T) {
 		{"missing netns", []string{"uninstall", "--netns", "dt-does-not-exist"}, `--netns: "dt-does-not-exist" is not a network namespace`},
 		{"netns is a regular file", []string{"status", "--netns", "/proc/self/status"}, `--netns: "/proc/self/status" is not a network namespace`},
 		{"bad output", []string{"status", "-o", "yaml"}, `--output: "yaml" is not one of text, json`},
+		// --stale acts on the whole node's stale scopes, never a unit's.
+		{"stale with persist", []string{"uninstall", "--stale", "--persist"}, `--stale: not with --cgroup or --persist`},
 		{"extra argument", []string{"install", "now"}, `unknown command "now"`},
 		// cobra showed the help of a command that groups others and exited 0.
 		{"unknown completion shell", []string{"completion", "nope"}, `unknown command "nope" for "detour completion"`},

@@ -30,6 +30,22 @@ type configOptions struct {
 	noFlag map[string]bool
 	// stdinDoc is the document --config - read (nil when none was).
 	stdinDoc []byte
+	// pipeDocs are the documents of config files that are not regular files
+	// (--config <(…), /dev/stdin, a FIFO): they yield their contents once, so
+	// a hand-over to detour-ebpf passes these instead of the paths.
+	pipeDocs []pipeDoc
+	// base, when set, is a complete config document that takes the place of
+	// the defaults, the preset and the config files: explain --mesh's
+	// workload's transparentProxy. baseSource names it (the flags that gave
+	// it); the environment and the fields' flags still apply on top.
+	base       []byte
+	baseSource string
+}
+
+// pipeDoc is the document read from a config file that can be read once.
+type pipeDoc struct {
+	name string // as given: --config's value, or an element of DETOUR_CONFIG
+	doc  []byte
 }
 
 // flagSet reports whether the flag of field f was given.
@@ -98,6 +114,9 @@ func (o *configOptions) load(stdin io.Reader) (redirect.Config, error) {
 	if err := o.checkEnvNames(lookup); err != nil {
 		return redirect.Config{}, err
 	}
+	if o.base != nil {
+		return o.loadOverBase(lookup)
+	}
 	preset, presetSource, presetGiven := o.preset, "--preset", o.flags.Changed("preset")
 	if v, ok := lookup("DETOUR_PRESET"); ok && !presetGiven {
 		preset, presetSource, presetGiven = v, "DETOUR_PRESET", true
@@ -112,8 +131,8 @@ func (o *configOptions) load(stdin io.Reader) (redirect.Config, error) {
 		}
 	}
 	files := o.files
-	if v, ok := lookup("DETOUR_CONFIG"); ok && v != "" && !o.flags.Changed("config") {
-		files = strings.Split(v, ",")
+	if env := o.envFiles(lookup); env != nil && !o.flags.Changed("config") {
+		files = env
 	}
 	stdinUsed := false
 	for _, name := range files {
@@ -126,10 +145,15 @@ func (o *configOptions) load(stdin io.Reader) (redirect.Config, error) {
 				return redirect.Config{}, &sourceError{"--config", &redirect.FieldError{Field: "config", Value: "-", Reason: "is given twice; stdin can be read once"}}
 			}
 			stdinUsed = true
-			doc, err = io.ReadAll(stdin)
+			doc, err = redirect.ReadDocument(stdin)
 			o.stdinDoc = doc
-		} else {
-			doc, err = os.ReadFile(name)
+		} else if doc, err = redirect.ReadDocumentFile(name); err == nil {
+			if fi, serr := os.Stat(name); serr == nil && !fi.Mode().IsRegular() {
+				o.pipeDocs = append(o.pipeDocs, pipeDoc{name: name, doc: doc})
+			}
+		}
+		if errors.Is(err, redirect.ErrDocumentTooLarge) {
+			return redirect.Config{}, &sourceError{"--config", &redirect.FieldError{Field: "config", Value: name, Reason: err.Error()}}
 		}
 		if err != nil {
 			return redirect.Config{}, &sourceError{"--config", &redirect.FieldError{Field: "config", Value: name, Reason: "cannot be read: " + unwrapPathError(err)}}
@@ -141,6 +165,68 @@ func (o *configOptions) load(stdin io.Reader) (redirect.Config, error) {
 			return redirect.Config{}, &sourceError{"config file " + name, err}
 		}
 	}
+	return o.applyFields(cfg, lookup)
+}
+
+// loadOverBase builds the configuration from the base document, then the
+// environment and flags of single settings. A preset or config file as well
+// is refused: which of the two documents was meant cannot be told.
+func (o *configOptions) loadOverBase(lookup func(string) (string, bool)) (redirect.Config, error) {
+	for _, src := range []struct {
+		name  string
+		given bool
+	}{
+		{"--preset", o.flags.Changed("preset")},
+		{"--config", o.flags.Changed("config")},
+		{"DETOUR_PRESET", isSet(lookup, "DETOUR_PRESET")},
+		{"DETOUR_CONFIG", o.envFiles(lookup) != nil},
+	} {
+		if src.given {
+			return redirect.Config{}, usageError("%s: cannot be combined with %s, which is the configuration (a setting's own flag or DETOUR_* variable still overrides that setting)", src.name, o.baseSource)
+		}
+	}
+	cfg := redirect.Default()
+	if err := cfg.Decode(o.base); err != nil {
+		return redirect.Config{}, &sourceError{o.baseSource, err}
+	}
+	return o.applyFields(cfg, lookup)
+}
+
+// envFiles are the config files DETOUR_CONFIG names (nil: none).
+func (o *configOptions) envFiles(lookup func(string) (string, bool)) []string {
+	if v, ok := lookup("DETOUR_CONFIG"); ok && v != "" {
+		return strings.Split(v, ",")
+	}
+	return nil
+}
+
+func isSet(lookup func(string) (string, bool), name string) bool {
+	_, ok := lookup(name)
+	return ok
+}
+
+// overrides lists the settings whose own flag or DETOUR_* variable is given,
+// as the flag or variable.
+func (o *configOptions) overrides() []string {
+	lookup := o.environ
+	if lookup == nil {
+		lookup = os.LookupEnv
+	}
+	var out []string
+	for _, f := range redirect.Fields() {
+		switch {
+		case o.flagSet(f):
+			out = append(out, "--"+f.Name)
+		case isSet(lookup, f.EnvName()):
+			out = append(out, f.EnvName())
+		}
+	}
+	return out
+}
+
+// applyFields sets the fields given by the environment, then those given by
+// flags, and validates the result.
+func (o *configOptions) applyFields(cfg redirect.Config, lookup func(string) (string, bool)) (redirect.Config, error) {
 	for _, f := range redirect.Fields() {
 		if o.flagSet(f) {
 			continue

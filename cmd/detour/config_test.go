@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"errors"
 	"maps"
 	"os"
@@ -83,6 +84,8 @@ func TestConfigErrorsNameSourceFieldAndValue(t *testing.T) {
 	os.WriteFile(empty, nil, 0o644)
 	comments := filepath.Join(dir, "comments.yaml")
 	os.WriteFile(comments, []byte("# proxy:\n#   uid: 1337\n---\n"), 0o644)
+	huge := filepath.Join(dir, "huge.yaml")
+	os.WriteFile(huge, bytes.Repeat([]byte("# padding\n"), redirect.MaxDocument/10+1), 0o644)
 
 	tests := []struct {
 		name  string
@@ -96,6 +99,9 @@ func TestConfigErrorsNameSourceFieldAndValue(t *testing.T) {
 		{"file cidr", []string{"--config", bad}, nil, []string{"config file " + bad, `outbound.excludeCIDRs[1]: "abc" is not a CIDR`}},
 		{"malformed yaml", []string{"--config", broken}, nil, []string{"config file " + broken, "is not valid YAML or JSON"}},
 		{"unreadable file", []string{"--config", filepath.Join(dir, "missing.yaml")}, nil, []string{"missing.yaml", "cannot be read: no such file or directory"}},
+		// /dev/zero used to be read until memory ran out.
+		{"endless device", []string{"--config", "/dev/zero"}, nil, []string{"--config", `config: "/dev/zero" is larger than 16 MiB`}},
+		{"file over 16 MiB", []string{"--config", huge}, nil, []string{"--config", `config: "` + huge + `" is larger than 16 MiB`}},
 		{"empty file", []string{"--config", empty}, nil, []string{"--config", `config: "` + empty + `" is empty`}},
 		{"comments only", []string{"--config", comments}, nil, []string{"--config", `config: "` + comments + `" is empty`}},
 		{"empty file from env", nil, map[string]string{"DETOUR_CONFIG": empty}, []string{`config: "` + empty + `" is empty`}},

@@ -6,6 +6,7 @@ import (
 	"io/fs"
 	"log/slog"
 	"os"
+	"slices"
 	"strings"
 
 	"golang.org/x/sys/unix"
@@ -81,7 +82,9 @@ func earlyEBPF(args []string, lookup func(string) (string, bool)) string {
 }
 
 // delegateEBPF execs detour-ebpf with detour's arguments, after putting the
-// document a --config - read back on stdin. It returns only on failure.
+// document a --config - read back on stdin, and each config file that could
+// be read only once (a pipe) into a file of its own that the arguments name
+// instead. It returns only on failure.
 func (g *globalOptions) delegateEBPF(why string, logger *slog.Logger) error {
 	logger.Debug("the eBPF backend is in "+ebpfBinary+": handing the command over", "why", why)
 	if g.stdinDoc != nil {
@@ -89,7 +92,63 @@ func (g *globalOptions) delegateEBPF(why string, logger *slog.Logger) error {
 			return fmt.Errorf("hand the command to %s: %w", ebpfBinary, err)
 		}
 	}
+	for _, p := range g.pipeDocs {
+		path, err := refeedFile(p.doc)
+		if err != nil {
+			return fmt.Errorf("hand the command to %s: %w", ebpfBinary, err)
+		}
+		g.delegate.args = replaceConfigArg(g.delegate.args, p.name, path)
+		if v, ok := os.LookupEnv("DETOUR_CONFIG"); ok {
+			files := strings.Split(v, ",")
+			for i := range files {
+				if files[i] == p.name {
+					files[i] = path
+				}
+			}
+			if err := os.Setenv("DETOUR_CONFIG", strings.Join(files, ",")); err != nil {
+				return fmt.Errorf("hand the command to %s: %w", ebpfBinary, err)
+			}
+		}
+	}
 	return g.delegate.run(delegatedCommand{name: "with the eBPF backend", binary: ebpfBinary})
+}
+
+// refeedFile puts doc in an anonymous file (memfd) whose descriptor the exec
+// keeps, and returns the path that opens it in the process after the exec.
+func refeedFile(doc []byte) (string, error) {
+	fd, err := unix.MemfdCreate("detour-config", 0) // no MFD_CLOEXEC: the exec keeps it
+	if err != nil {
+		return "", fmt.Errorf("create a file for a config document: %w", err)
+	}
+	// Written through the descriptor, not an *os.File, whose finalizer
+	// would close it before the exec.
+	for rest := doc; len(rest) > 0; {
+		n, err := unix.Write(fd, rest)
+		if err != nil {
+			unix.Close(fd)
+			return "", fmt.Errorf("write a config document: %w", err)
+		}
+		rest = rest[n:]
+	}
+	return fmt.Sprintf("/proc/self/fd/%d", fd), nil
+}
+
+// replaceConfigArg returns args with every --config value equal to name
+// (`--config NAME`, `--config=NAME`) replaced by path, up to a "--".
+func replaceConfigArg(args []string, name, path string) []string {
+	out := slices.Clone(args)
+	for i := 0; i < len(out); i++ {
+		switch {
+		case out[i] == "--":
+			return out
+		case out[i] == "--config" && i+1 < len(out) && out[i+1] == name:
+			out[i+1] = path
+			i++
+		case out[i] == "--config="+name:
+			out[i] = "--config=" + path
+		}
+	}
+	return out
 }
 
 // refeedStdin makes doc the process's stdin: an unlinked temporary file

@@ -1,6 +1,8 @@
 package main
 
 import (
+	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"os"
@@ -127,5 +129,69 @@ func TestEarlyEBPF(t *testing.T) {
 		if got := earlyEBPF(tt.args, tt.lookup); (got != "") != tt.want {
 			t.Errorf("earlyEBPF(%q) = %q, want handed over: %v", tt.args, got, tt.want)
 		}
+	}
+}
+
+// TestDelegateEBPFPipeConfig: `detour plan --config <(echo 'backend: ebpf')`
+// hands the command to detour-ebpf after reading the pipe; detour-ebpf used
+// to open the drained pipe again and refuse it (`--config: config:
+// "/dev/fd/63" is empty`, exit 2), and a named FIFO hung it. The hand-over
+// now names a file holding the document instead.
+func TestDelegateEBPFPipeConfig(t *testing.T) {
+	if !leanBuild {
+		t.Skip("only the lean build hands commands over")
+	}
+	const doc = "backend: ebpf\noutbound:\n  excludePorts: [5432]\n"
+	for _, form := range []string{"--config PATH", "--config=PATH", "DETOUR_CONFIG=PATH"} {
+		t.Run(form, func(t *testing.T) {
+			r, w, err := os.Pipe()
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer r.Close()
+			if _, err := w.WriteString(doc); err != nil {
+				t.Fatal(err)
+			}
+			w.Close()
+			pipe := fmt.Sprintf("/proc/self/fd/%d", r.Fd())
+			args := []string{"plan", "--ip-families", "ipv4"}
+			switch form {
+			case "--config PATH":
+				args = append(args, "--config", pipe)
+			case "--config=PATH":
+				args = append(args, "--config="+pipe)
+			default:
+				t.Setenv("DETOUR_CONFIG", pipe)
+			}
+			t.Setenv("DETOUR_EBPF_PIN_DIR", t.TempDir())
+			dir := t.TempDir()
+			writeExecutable(t, filepath.Join(dir, ebpfBinary))
+			var calls []execCall
+			d := fakeDelegator(args, dir, "", &calls)
+			// A real exec does not return; this one stops the command.
+			record := d.exec
+			d.exec = func(path string, argv, env []string) error {
+				record(path, argv, env)
+				return errors.New("exec'd")
+			}
+			_, _, stderr := runDelegated(t, d)
+			if len(calls) != 1 {
+				t.Fatalf("exec calls %v, stderr %q; want one hand-over", calls, stderr)
+			}
+			// What detour-ebpf reads for its --config: the document, not a
+			// drained pipe.
+			given := os.Getenv("DETOUR_CONFIG")
+			for i, a := range calls[0].argv {
+				if a == "--config" && i+1 < len(calls[0].argv) {
+					given = calls[0].argv[i+1]
+				} else if v, ok := strings.CutPrefix(a, "--config="); ok {
+					given = v
+				}
+			}
+			got, err := os.ReadFile(given)
+			if err != nil || string(got) != doc {
+				t.Errorf("detour-ebpf gets --config %s holding %q (%v), want %q", given, got, err, doc)
+			}
+		})
 	}
 }

@@ -79,7 +79,7 @@ configuration's answer is still printed; --config-only does not read the namespa
 	fs.BoolVar(&o.configOnly, "config-only", false, "answer from the configuration only; do not read what is installed")
 	fs.BoolVar(&o.live, "live", false, "also open the connection for real, as that uid, and report where it arrived (outbound TCP; also while the proxy owns the port)")
 	fs.DurationVar(&o.timeout, "timeout", 3*time.Second, "--live: how long the probe connection may take")
-	fs.StringVar(&o.mesh, "mesh", "", "also say which Envoy listener, filter chain and cluster the control plane serves for the connection (mesh file; with --node-id; runs detour-cp)")
+	fs.StringVar(&o.mesh, "mesh", "", "answer for the workload --node-id of this mesh file: its transparentProxy is the configuration (instead of --preset/--config; a setting's own flag still overrides it), and the Envoy listener, filter chain and cluster are added (runs detour-cp)")
 	fs.StringVar(&o.nodeID, "node-id", "", "--mesh: the workload's node id")
 	output(fs, &o.output)
 	return cmd
@@ -245,6 +245,18 @@ func runExplain(ctx context.Context, o *explainOptions, g *globalOptions, s stre
 	if err != nil {
 		return err
 	}
+	var overrides []string
+	if o.mesh != "" {
+		// The workload's own transparentProxy, as the control plane
+		// resolves it for its listeners, is the configuration asked about.
+		doc, err := o.runCP(ctx, "control-plane", "transparent-proxy", "--config", o.mesh, "--node-id", o.nodeID)
+		if err != nil {
+			return err
+		}
+		o.in.config.base = doc
+		o.in.config.baseSource = fmt.Sprintf("--mesh (workload %s's transparentProxy in %s)", o.nodeID, o.mesh)
+		overrides = o.in.config.overrides()
+	}
 	p, err := o.in.load(ctx, g, s)
 	if err != nil {
 		return err
@@ -265,6 +277,13 @@ func runExplain(ctx context.Context, o *explainOptions, g *globalOptions, s stre
 	}
 	e := explanation{Connection: conn, Config: capture.Decide(conn), AnsweredBy: "config"}
 	e.Captured, e.To, e.Port = e.Config.Captured, e.Config.To, e.Config.Port
+	if o.mesh != "" {
+		note := fmt.Sprintf("the configuration is workload %s's transparentProxy in %s", o.nodeID, o.mesh)
+		if len(overrides) > 0 {
+			note += ", with " + strings.Join(overrides, ", ") + " over it"
+		}
+		e.Notes = append(e.Notes, note)
+	}
 	if req.defaultIDs && conn.Direction == redirect.DirOutbound {
 		e.Notes = append(e.Notes, fmt.Sprintf("uid %d gid %d are yours; --uid and --gid ask about another user", conn.UID, conn.GID))
 	}
@@ -505,13 +524,27 @@ type envoyRoute struct {
 // control plane serves for the connection: the control plane's code stays out
 // of this binary.
 func (o *explainOptions) envoyRoute(ctx context.Context, c redirect.Conn, inbound bool) (*envoyRoute, error) {
-	path, err := o.cp.find(cpBinary)
-	if err != nil {
-		return nil, fmt.Errorf("--mesh is answered by %s: %w", cpBinary, err)
-	}
 	args := []string{"control-plane", "route", "--config", o.mesh, "--node-id", o.nodeID, "--to", netip.AddrPortFrom(c.Dst, c.Port).String()}
 	if inbound {
 		args = append(args, "--inbound")
+	}
+	out, err := o.runCP(ctx, args...)
+	if err != nil {
+		return nil, err
+	}
+	var rt envoyRoute
+	if err := json.Unmarshal(out, &rt); err != nil {
+		return nil, fmt.Errorf("read %s control-plane route: %w", cpBinary, err)
+	}
+	return &rt, nil
+}
+
+// runCP runs detour-cp for --mesh and returns its standard output; its exit 2
+// (a bad mesh file, an unknown node id) is explain's.
+func (o *explainOptions) runCP(ctx context.Context, args ...string) ([]byte, error) {
+	path, err := o.cp.find(cpBinary)
+	if err != nil {
+		return nil, fmt.Errorf("--mesh is answered by %s: %w", cpBinary, err)
 	}
 	var stdout, stderr bytes.Buffer
 	cmd := exec.CommandContext(ctx, path, args...)
@@ -522,11 +555,7 @@ func (o *explainOptions) envoyRoute(ctx context.Context, c redirect.Conn, inboun
 		if errors.As(err, &ee) && ee.ExitCode() == exitUsage {
 			return nil, usageError("--mesh %s --node-id %s: %s", o.mesh, o.nodeID, msg)
 		}
-		return nil, fmt.Errorf("%s control-plane route: %w: %s", cpBinary, err, msg)
+		return nil, fmt.Errorf("%s %s: %w: %s", cpBinary, strings.Join(args[:2], " "), err, msg)
 	}
-	var rt envoyRoute
-	if err := json.Unmarshal(stdout.Bytes(), &rt); err != nil {
-		return nil, fmt.Errorf("read %s control-plane route: %w", cpBinary, err)
-	}
-	return &rt, nil
+	return stdout.Bytes(), nil
 }

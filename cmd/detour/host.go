@@ -34,6 +34,9 @@ type globalOptions struct {
 	// stdinDoc is what a --config - read from stdin, for detour-ebpf to
 	// read again when a lean build hands the command over.
 	stdinDoc []byte
+	// pipeDocs are the documents of config files that could be read only
+	// once, for detour-ebpf likewise.
+	pipeDocs []pipeDoc
 	// deferred are flag bindings that wait until the command that runs is
 	// known (later, bindFlags).
 	deferred []deferredFlags

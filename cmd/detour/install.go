@@ -149,6 +149,9 @@ func summary(c redirect.Config, r redirect.Result, sshPorts []uint16) string {
 	if r.Processes > 0 {
 		row("cost", fmt.Sprintf("%d child processes", r.Processes))
 	}
+	for _, l := range r.Leftovers {
+		fmt.Fprintf(&b, "removed what was left behind: %s\n", l)
+	}
 	return b.String()
 }
 

@@ -97,7 +97,7 @@ func (in *planInput) load(ctx context.Context, g *globalOptions, s streams) (pla
 	if nsPath == "" {
 		cfg, ssh = excludeSSH(cfg, in.ssh.sshPorts())
 	}
-	g.stdinDoc = in.config.stdinDoc
+	g.stdinDoc, g.pipeDocs = in.config.stdinDoc, in.config.pipeDocs
 	eng, err := g.engine(nsPath, cfg.Backend, s.err)
 	if err != nil {
 		return planned{}, err

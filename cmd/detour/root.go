@@ -15,8 +15,8 @@ func newRootCmd(s streams, d *delegator) *cobra.Command {
 		Short: "Send a workload's traffic through its sidecar proxy, without touching the app",
 		Long: `detour installs the kernel redirection (iptables, nftables or eBPF, --backend)
 that sends a workload's TCP and DNS traffic through its sidecar proxy. The control plane that serves the
-proxy matching listeners is the detour-cp binary; control-plane and bootstrap
-run it.`,
+proxy matching listeners is the detour-cp binary; control-plane, bootstrap,
+inject and cni run it.`,
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}

@@ -15,6 +15,8 @@ type uninstallOptions struct {
 	netns   string
 	output  string
 	persist persistOptions
+	// stale removes only the stale scopes (redirect.Engine.Sweep).
+	stale bool
 }
 
 func newUninstallCmd(s streams, g *globalOptions) *cobra.Command {
@@ -28,7 +30,13 @@ nftables table inet detour, the eBPF scope's map entries (and the programs and p
 no scope is left), the TPROXY routing and the addresses it put on lo. With --cgroup it
 removes that eBPF cgroup scope only; a PATH whose cgroup was removed is
 accepted, and what its scope left (its inbound table, its entries) is removed. It succeeds, changing nothing, when detour is not
-installed. It refuses when it finds DETOUR_* chains it does not own.`,
+installed. It refuses when it finds DETOUR_* chains it does not own.
+
+Uninstall, and every install, also removes the stale eBPF scopes of the
+node: those whose network namespace or cgroup is gone (deleted without an
+uninstall), wherever they were; status names them. With --stale it removes
+those and nothing else: every installed capture and every scope that may be
+alive stays.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			return runUninstall(cmd.Context(), o, g, s)
@@ -37,6 +45,7 @@ installed. It refuses when it finds DETOUR_* chains it does not own.`,
 	bindNetNSFlag(cmd.Flags(), &o.netns)
 	output(cmd.Flags(), &o.output)
 	cmd.Flags().BoolVar(&o.persist.enabled, "persist", false, persistUsage)
+	cmd.Flags().BoolVar(&o.stale, "stale", false, "remove only the stale eBPF scopes of the node (their network namespace or cgroup is gone), leaving every installed capture alone")
 	return cmd
 }
 
@@ -51,9 +60,15 @@ func runUninstall(ctx context.Context, o *uninstallOptions, g *globalOptions, s 
 	if err := checkPersist(o.persist, nsPath, g.cgroup, false); err != nil {
 		return err
 	}
+	if o.stale && (g.cgroup != "" || o.persist.enabled) {
+		return usageError("--stale: not with --cgroup or --persist: it removes the stale scopes of the whole node, and nothing of any scope that may be alive")
+	}
 	eng, err := g.engine(nsPath, netfilter.AnyBackend, s.err)
 	if err != nil {
 		return err
+	}
+	if o.stale {
+		return sweep(ctx, eng, o.output, s)
 	}
 	res, err := eng.Uninstall(ctx)
 	if err != nil {
@@ -91,4 +106,23 @@ func joinFamilies(fs []redirect.Family) string {
 		parts[i] = string(f)
 	}
 	return strings.Join(parts, ", ")
+}
+
+// sweep is `uninstall --stale`: the stale scopes go, nothing else.
+func sweep(ctx context.Context, eng *redirect.Engine, output string, s streams) error {
+	res, err := eng.Sweep(ctx)
+	if err != nil {
+		return fmt.Errorf("uninstall --stale: %w", err)
+	}
+	if output == "json" {
+		return writeJSON(s, res)
+	}
+	if !res.Changed {
+		_, err = fmt.Fprintln(s.out, "nothing to remove: no stale scope of detour's")
+		return err
+	}
+	for _, l := range res.Leftovers {
+		fmt.Fprintf(s.out, "removed what was left behind: %s\n", l)
+	}
+	return nil
 }

@@ -15,6 +15,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/fsnotify/fsnotify"
@@ -138,6 +139,44 @@ type Options struct {
 
 	// pollOnly turns file notifications off, for tests of the poll bound.
 	pollOnly bool
+	// docs holds what was read of a config file that is not a regular file
+	// (New sets it): see readDoc.
+	docs *docCache
+}
+
+// docCache keeps the contents of config files that can be read only once.
+type docCache struct {
+	mu    sync.Mutex
+	bytes map[string][]byte
+}
+
+// readDoc reads a config document. A regular file is read again on every
+// call, so an edit (a ConfigMap update) reaches the next Install. Anything
+// else — a pipe such as --config <(…) or /dev/stdin, a FIFO — yields its
+// contents once: reading it again would find it drained (or, for a named FIFO,
+// wait for a writer that never comes), so the first read is kept for the
+// Installer's life. Options not made by New read it afresh.
+func (o Options) readDoc(path string) ([]byte, error) {
+	if o.docs == nil {
+		return redirect.ReadDocumentFile(path)
+	}
+	if fi, err := os.Stat(path); err != nil || fi.Mode().IsRegular() {
+		return redirect.ReadDocumentFile(path)
+	}
+	o.docs.mu.Lock()
+	defer o.docs.mu.Unlock()
+	if b, ok := o.docs.bytes[path]; ok {
+		return b, nil
+	}
+	b, err := redirect.ReadDocumentFile(path)
+	if err != nil {
+		return nil, err
+	}
+	if o.docs.bytes == nil {
+		o.docs.bytes = map[string][]byte{}
+	}
+	o.docs.bytes[path] = b
+	return b, nil
 }
 
 func (o Options) withDefaults() Options {
@@ -274,7 +313,11 @@ func (o Options) baseConfig() (json.RawMessage, error) {
 		if o.Preset != "" || o.ConfigFile != "" {
 			return nil, &OptionError{"mesh-config", o.MeshConfigFile, "holds the preset and config: do not combine it with --preset or --config"}
 		}
-		mc, err := meshconfig.Load(o.MeshConfigFile)
+		b, err := o.readDoc(o.MeshConfigFile)
+		if err != nil {
+			return nil, &OptionError{"mesh-config", o.MeshConfigFile, readErr(err)}
+		}
+		mc, err := meshconfig.LoadDocument(o.MeshConfigFile, b)
 		if err != nil {
 			return nil, &OptionError{"mesh-config", o.MeshConfigFile, "is not a valid mesh config: " + err.Error()}
 		}
@@ -294,9 +337,9 @@ func (o Options) baseConfig() (json.RawMessage, error) {
 	}
 	var doc json.RawMessage
 	if o.ConfigFile != "" {
-		b, err := os.ReadFile(o.ConfigFile)
+		b, err := o.readDoc(o.ConfigFile)
 		if err != nil {
-			return nil, &OptionError{"config", o.ConfigFile, "cannot be read: " + pathErr(err)}
+			return nil, &OptionError{"config", o.ConfigFile, readErr(err)}
 		}
 		if redirect.EmptyDocument(b) {
 			return nil, &OptionError{"config", o.ConfigFile, "is empty (no setting in it); leave --config out for the defaults, or write {}"}
@@ -316,6 +359,14 @@ func (o Options) baseConfig() (json.RawMessage, error) {
 		return nil, &OptionError{"config", o.ConfigFile, "with --preset " + strconv.Quote(o.Preset) + " is not a valid config: " + err.Error()}
 	}
 	return doc, nil
+}
+
+// readErr is the reason a config document could not be read.
+func readErr(err error) string {
+	if errors.Is(err, redirect.ErrDocumentTooLarge) {
+		return err.Error()
+	}
+	return "cannot be read: " + pathErr(err)
 }
 
 func pathErr(err error) string {
@@ -359,8 +410,15 @@ type copied struct {
 // New returns an Installer for o. Install and Run check o with Validate before
 // they write anything; Uninstall needs none of the install-only options.
 func New(o Options) *Installer {
-	return &Installer{o: o.withDefaults(), copied: map[string]*copied{}}
+	o = o.withDefaults()
+	o.docs = &docCache{}
+	return &Installer{o: o, copied: map[string]*copied{}}
 }
+
+// Validate checks the options as Options.Validate does, reading a config file
+// that is a pipe only once for the Installer's whole life: call it, not
+// Options.Validate, before Install when --config may be <(…) or /dev/stdin.
+func (in *Installer) Validate() error { return in.o.Validate() }
 
 // binaries are the plugin binaries Install copies into BinDir, in order:
 // detour-cni-ebpf first, so that detour-cni never hands a call over to a

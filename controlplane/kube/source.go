@@ -5,7 +5,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
+	"maps"
 	"net/netip"
 	"slices"
 	"strconv"
@@ -15,6 +17,8 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/util/validation"
 	"k8s.io/client-go/informers"
@@ -52,6 +56,10 @@ type Options struct {
 	DNS controlplane.DNS
 	// Debounce; 0 means DefaultDebounce.
 	Debounce time.Duration
+	// SyncReport is how often, until the caches have synced, the source
+	// asks the API itself why a resource has not and logs the answer;
+	// 0 means DefaultSyncReport.
+	SyncReport time.Duration
 	// Logger; nil discards.
 	Logger *slog.Logger
 }
@@ -119,11 +127,66 @@ func New(o Options) (*Source, error) {
 	if o.Debounce <= 0 {
 		o.Debounce = DefaultDebounce
 	}
+	if o.SyncReport <= 0 {
+		o.SyncReport = DefaultSyncReport
+	}
 	log := o.Logger
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
 	return &Source{o: o, log: log, reported: map[string]string{}}, nil
+}
+
+// DefaultSyncReport is how often the source says why its caches have not
+// synced yet.
+const DefaultSyncReport = 10 * time.Second
+
+// reportUnsynced logs, every SyncReport until synced is closed, why each
+// resource whose cache has not synced cannot be read. client-go's reflector
+// retries an unreachable API server (a wrong kubeconfig's address, the API
+// down) without a word at the default log level: the control plane stayed
+// unready and said nothing. A refused list (RBAC) is logged the same way.
+func (s *Source) reportUnsynced(ctx context.Context, synced <-chan struct{}, informers map[string]cache.SharedIndexInformer) {
+	t := time.NewTicker(s.o.SyncReport)
+	defer t.Stop()
+	list := map[string]func(context.Context, metav1.ListOptions) error{
+		"services": func(ctx context.Context, o metav1.ListOptions) error {
+			_, err := s.o.Client.CoreV1().Services(s.o.Namespace).List(ctx, o)
+			return err
+		},
+		"endpointslices": func(ctx context.Context, o metav1.ListOptions) error {
+			_, err := s.o.Client.DiscoveryV1().EndpointSlices(s.o.Namespace).List(ctx, o)
+			return err
+		},
+		"pods": func(ctx context.Context, o metav1.ListOptions) error {
+			_, err := s.o.Client.CoreV1().Pods(s.o.Namespace).List(ctx, o)
+			return err
+		},
+		"namespaces": func(ctx context.Context, o metav1.ListOptions) error {
+			_, err := s.o.Client.CoreV1().Namespaces().List(ctx, o)
+			return err
+		},
+	}
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-synced:
+			return
+		case <-t.C:
+		}
+		for _, resource := range slices.Sorted(maps.Keys(informers)) {
+			if informers[resource].HasSynced() {
+				continue
+			}
+			lctx, cancel := context.WithTimeout(ctx, s.o.SyncReport)
+			err := list[resource](lctx, metav1.ListOptions{Limit: 1})
+			cancel()
+			if err != nil && ctx.Err() == nil {
+				s.log.Warn("kubernetes API unreachable or refusing; caches not synced, retrying", "resource", resource, "error", err)
+			}
+		}
+	}
 }
 
 // ErrKubeconfig wraps a client configuration that cannot be loaded (invalid
@@ -191,13 +254,28 @@ func (s *Source) Run(ctx context.Context, sink controlplane.Sink) error {
 		UpdateFunc: func(any, any) { notify() },
 		DeleteFunc: func(any) { notify() },
 	}
-	for _, inf := range []cache.SharedIndexInformer{
-		f.Core().V1().Services().Informer(),
-		f.Discovery().V1().EndpointSlices().Informer(),
-		f.Core().V1().Pods().Informer(),
-		f.Core().V1().Namespaces().Informer(),
-	} {
+	informers := map[string]cache.SharedIndexInformer{
+		"services":       f.Core().V1().Services().Informer(),
+		"endpointslices": f.Discovery().V1().EndpointSlices().Informer(),
+		"pods":           f.Core().V1().Pods().Informer(),
+		"namespaces":     f.Core().V1().Namespaces().Informer(),
+	}
+	for resource, inf := range informers {
 		if _, err := inf.AddEventHandler(h); err != nil {
+			return fmt.Errorf("watch kubernetes: %w", err)
+		}
+		// client-go's own report goes to klog, which says nothing here: an
+		// unreachable or refusing API server (a wrong kubeconfig, missing
+		// RBAC) left the control plane unready without a word.
+		if err := inf.SetWatchErrorHandlerWithContext(func(ctx context.Context, r *cache.Reflector, err error) {
+			if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || apierrors.IsResourceExpired(err) || apierrors.IsGone(err) {
+				// A watch closed, or its resource version expired: the
+				// reflector lists again, as it does all the time.
+				s.log.Debug("kubernetes watch closed; watching again", "resource", resource, "error", err)
+				return
+			}
+			s.log.Warn("kubernetes API unreachable or refusing; retrying", "resource", resource, "error", err)
+		}); err != nil {
 			return fmt.Errorf("watch kubernetes: %w", err)
 		}
 	}
@@ -207,7 +285,11 @@ func (s *Source) Run(ctx context.Context, sink controlplane.Sink) error {
 		f.Shutdown()
 	}()
 	f.Start(runCtx.Done())
-	for typ, ok := range f.WaitForCacheSync(runCtx.Done()) {
+	synced := make(chan struct{})
+	go s.reportUnsynced(runCtx, synced, informers)
+	waited := f.WaitForCacheSync(runCtx.Done())
+	close(synced)
+	for typ, ok := range waited {
 		if !ok {
 			if ctx.Err() != nil {
 				return nil

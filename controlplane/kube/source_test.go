@@ -1,9 +1,12 @@
 package kube
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
+	"net"
 	"net/netip"
 	"os"
 	"slices"
@@ -507,4 +510,64 @@ func TestNewRejectsBadOptions(t *testing.T) {
 	if _, err := New(Options{Client: &kubernetes.Clientset{}, Namespace: "shop-1"}); err != nil {
 		t.Errorf("New with namespace shop-1: %v", err)
 	}
+}
+
+// TestUnreachableAPIServerIsLogged: while the API server cannot be reached
+// (a wrong kubeconfig, the API down) the control plane is not ready, and its
+// log says why, naming the resource and the error — it said nothing at all.
+// No API server is started: the client points at a port nothing listens on.
+func TestUnreachableAPIServerIsLogged(t *testing.T) {
+	t.Parallel()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := l.Addr().String()
+	l.Close()
+	client, err := kubernetes.NewForConfig(&rest.Config{Host: "https://" + addr, TLSClientConfig: rest.TLSClientConfig{Insecure: true}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var logs syncBuffer
+	src, err := New(Options{Client: client, SyncReport: 100 * time.Millisecond, Logger: slog.New(slog.NewTextHandler(&logs, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- src.Run(ctx, newMeshSink()) }()
+	defer func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("Run after cancel: %v", err)
+		}
+	}()
+	deadline := time.Now().Add(20 * time.Second)
+	for !strings.Contains(logs.String(), "kubernetes API unreachable") {
+		if time.Now().After(deadline) {
+			t.Fatalf("no log line says the API server cannot be reached after 20 s; logs:\n%s", logs.String())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if line := logs.String(); !strings.Contains(line, addr) || !strings.Contains(line, "resource=") {
+		t.Errorf("the log line names neither the address nor the resource:\n%s", line)
+	}
+}
+
+// syncBuffer is a bytes.Buffer safe for a logger and a reader.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
 }

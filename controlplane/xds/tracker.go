@@ -306,6 +306,20 @@ func (t *tracker) request(protocol string, id int64, node *corev3.Node, typeURL,
 	if isNack {
 		ts.nacks++
 		ts.nacked, ts.lastNack, ts.nackedAt = sentVersion, errorDetail, now
+		// The proxy that NACKed runs what it last accepted, not what an
+		// earlier proxy of the node (before a restart) ACKed: a SotW NACK
+		// says so (version_info, "" when it accepted none); a delta proxy
+		// keeps what it had, which is not the version it just rejected.
+		runs := ts.acked
+		switch {
+		case protocol != protocolDelta:
+			runs = version
+		case runs == sentVersion:
+			runs = ""
+		}
+		if runs != ts.acked {
+			ts.acked, ts.ackedAt = runs, time.Time{}
+		}
 		t.mu.Unlock()
 		t.metrics.nacks.WithLabelValues(nodeID, typeLabel(typeURL)).Inc()
 		t.log.Warn("proxy rejected config (NACK)", "node_id", nodeID, "type", typeLabel(typeURL), "version", sentVersion, "error", errorDetail)

@@ -121,6 +121,13 @@ func Load(path string) (Config, error) {
 	if err != nil {
 		return Config{}, fmt.Errorf("read mesh config: %w", err)
 	}
+	return LoadDocument(path, b)
+}
+
+// LoadDocument parses b, the contents of the file at path (named in errors),
+// as Load does: for a caller that has read the file already (a pipe cannot
+// be read twice).
+func LoadDocument(path string, b []byte) (Config, error) {
 	// A file given on purpose with no setting in it (an empty ConfigMap key,
 	// a truncated write) is not the built-in defaults: with an istio preset
 	// meant, their proxy uid would recapture the proxy's own traffic.

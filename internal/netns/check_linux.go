@@ -19,7 +19,9 @@ const nsGetNSType = 0xb703
 // error matching fs.ErrNotExist; anything else that is not a network namespace
 // matches ErrNotNetNS. It needs read access to path and nothing else.
 func Check(path string) error {
-	f, err := os.Open(path)
+	// O_NONBLOCK: a FIFO at path must be refused, not waited on for a
+	// writer; a namespace file ignores the flag.
+	f, err := os.OpenFile(path, os.O_RDONLY|unix.O_NONBLOCK, 0)
 	if err != nil {
 		return err
 	}

@@ -16,7 +16,9 @@ func Do(path string, fn func() error) error {
 	if path == "" {
 		return fn()
 	}
-	target, err := unix.Open(path, unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	// O_NONBLOCK: a FIFO at path (CNI_NETNS is whatever the runtime says)
+	// must fail setns below, not wait in open(2) for a writer.
+	target, err := unix.Open(path, unix.O_RDONLY|unix.O_CLOEXEC|unix.O_NONBLOCK, 0)
 	if err != nil {
 		return fmt.Errorf("open network namespace %s: %w", path, err)
 	}

@@ -10,6 +10,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -142,5 +143,40 @@ func TestCheck(t *testing.T) {
 	}
 	if err := Check(filepath.Join(t.TempDir(), "missing")); !errors.Is(err, fs.ErrNotExist) {
 		t.Errorf("Check(a missing path) = %v, want fs.ErrNotExist", err)
+	}
+}
+
+// TestFIFO: `detour status --netns /path/to/a/fifo` hung in open(2), waiting
+// for a writer, and SIGTERM did not end it; so did detour-cni's ADD and DEL
+// with CNI_NETNS naming a FIFO. A FIFO is not a network namespace: Check says
+// so (exit 2) and Do fails.
+func TestFIFO(t *testing.T) {
+	t.Parallel()
+	fifo := filepath.Join(t.TempDir(), "fifo")
+	if err := unix.Mkfifo(fifo, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name string
+		call func() error
+		want error
+	}{
+		{"Check", func() error { return Check(fifo) }, ErrNotNetNS},
+		{"Do", func() error { return Do(fifo, func() error { return errors.New("fn ran") }) }, unix.EINVAL},
+	} {
+		done := make(chan error, 1)
+		go func() { done <- tc.call() }()
+		select {
+		case err := <-done:
+			if !errors.Is(err, tc.want) {
+				t.Errorf("%s(a FIFO) = %v, want %v", tc.name, err, tc.want)
+			}
+		case <-time.After(5 * time.Second):
+			// Unblock the open so the test binary can exit.
+			if f, err := os.OpenFile(fifo, os.O_WRONLY|unix.O_NONBLOCK, 0); err == nil {
+				f.Close()
+			}
+			t.Fatalf("%s(a FIFO) still waits after 5s", tc.name)
+		}
 	}
 }

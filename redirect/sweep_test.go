@@ -1,0 +1,85 @@
+package redirect
+
+import (
+	"context"
+	"slices"
+	"testing"
+
+	"github.com/google/go-cmp/cmp"
+)
+
+// sweepingDriver is a fakeDriver that knows stale scopes (Sweeper): they
+// go at its first Sweep.
+type sweepingDriver struct {
+	*fakeDriver
+	stale []string
+}
+
+func (d *sweepingDriver) Sweep(context.Context) ([]string, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	out := d.stale
+	d.stale = nil
+	if len(out) > 0 {
+		d.record("%s sweep", d.name)
+	}
+	return out, nil
+}
+
+func newSweepLab(t *testing.T) (*lab, *sweepingDriver) {
+	l := newLab(t, "iptables-nft")
+	sw := &sweepingDriver{fakeDriver: &fakeDriver{name: BackendEBPF, mu: l.d["iptables-nft"].mu, journal: l.journal}}
+	l.e.Drivers = append(l.e.Drivers, sw)
+	return l, sw
+}
+
+// TestStaleScopesAreSwept: install and uninstall, whatever the backend,
+// have every Sweeper remove its stale scopes before they change anything
+// else and say so in Result.Leftovers; Sweep does that alone; a backend
+// that is not ready here is not asked.
+func TestStaleScopesAreSwept(t *testing.T) {
+	ctx := context.Background()
+	l, sw := newSweepLab(t)
+	sw.stale = []string{"the stale scope A"}
+	res, err := l.e.Install(ctx, l.plan(t, "iptables-nft"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if diff := cmp.Diff([]string{"ebpf: the stale scope A"}, res.Leftovers); diff != "" {
+		t.Errorf("install's leftovers (-want +got):\n%s", diff)
+	}
+	if diff := cmp.Diff([]string{"ebpf sweep", "iptables-nft apply"}, *l.journal); diff != "" {
+		t.Errorf("writes (-want +got):\n%s", diff)
+	}
+
+	// Sweep alone leaves the installed capture.
+	*l.journal = nil
+	if res, err := l.e.Sweep(ctx); err != nil || res.Changed || len(res.Leftovers) != 0 {
+		t.Errorf("sweep with nothing stale = %+v, %v; want nothing changed", res, err)
+	}
+	sw.stale = []string{"the stale scope B"}
+	res, err = l.e.Sweep(ctx)
+	if err != nil || !res.Changed || !slices.Equal(res.Leftovers, []string{"ebpf: the stale scope B"}) {
+		t.Errorf("sweep = %+v, %v; want the stale scope B removed", res, err)
+	}
+	if diff := cmp.Diff([]string{"ebpf sweep"}, *l.journal); diff != "" {
+		t.Errorf("sweep's writes (-want +got):\n%s", diff)
+	}
+
+	*l.journal = nil
+	sw.stale = []string{"the stale scope C"}
+	res, err = l.e.Uninstall(ctx)
+	if err != nil || !slices.Equal(res.Leftovers, []string{"ebpf: the stale scope C"}) || !slices.Equal(res.Replaced, []Backend{"iptables-nft"}) {
+		t.Errorf("uninstall = %+v, %v; want the capture and the stale scope C removed", res, err)
+	}
+	if diff := cmp.Diff([]string{"ebpf sweep", "iptables-nft remove"}, *l.journal); diff != "" {
+		t.Errorf("uninstall's writes (-want +got):\n%s", diff)
+	}
+
+	// A backend that cannot work here holds nothing to sweep.
+	sw.ready = ErrNotSupported
+	sw.stale = []string{"the stale scope D"}
+	if res, err := l.e.Sweep(ctx); err != nil || res.Changed {
+		t.Errorf("sweep with the backend not ready = %+v, %v; want nothing asked of it", res, err)
+	}
+}

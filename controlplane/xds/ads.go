@@ -271,7 +271,7 @@ func (s *adsStream) deltaRequest(req *discoveryv3.DeltaDiscoveryRequest) error {
 		s.types = append(s.types, ts)
 	} else {
 		ts.cancelWatch()
-		ts.sub.UpdateResourceSubscriptions(req.GetResourceNamesSubscribe(), req.GetResourceNamesUnsubscribe())
+		updateDeltaSubscription(&ts.sub, req.GetResourceNamesSubscribe(), req.GetResourceNamesUnsubscribe())
 	}
 	ts.gen++
 	gen := ts.gen
@@ -281,6 +281,17 @@ func (s *adsStream) deltaRequest(req *discoveryv3.DeltaDiscoveryRequest) error {
 		s.put(pendingResponse{ts: ts, gen: gen, delta: r})
 	})
 	return nil
+}
+
+// updateDeltaSubscription applies a delta request's subscriptions to sub.
+// go-control-plane's subscription writes an unsubscribed name into the map
+// of returned versions, in place: the map may be the one a servedType shares
+// between streams (servedType.returnedMap), so it is copied first.
+func updateDeltaSubscription(sub *stream.Subscription, subscribe, unsubscribe []string) {
+	if len(unsubscribe) > 0 {
+		sub.SetReturnedResources(maps.Clone(sub.ReturnedResources()))
+	}
+	sub.UpdateResourceSubscriptions(subscribe, unsubscribe)
 }
 
 // setNode records the stream's node id from its first request (the tracker

@@ -413,8 +413,10 @@ func (r *sentRef) release() {
 }
 
 // fullMap returns the map a wildcard stream keeps after being sent all of t
-// (returnedAll → t's version) and the hold that keeps t in the sent table
-// for it. Called with n.mu held.
+// (returnedAll → t's version: t.returnedMap, one map for every stream of
+// every node served t, which updateDeltaSubscription copies before it could
+// be modified) and the hold that keeps t in the sent table for it. Called
+// with n.mu held.
 func (n *cacheNode) fullMap(typeURL string, t *servedType) (map[string]string, *sentRef) {
 	key := sentKey{typeURL, t.version}
 	st := n.sent[key]
@@ -426,7 +428,7 @@ func (n *cacheNode) fullMap(typeURL string, t *servedType) (map[string]string, *
 		n.sent[key] = st
 	}
 	st.refs++
-	return map[string]string{returnedAll: t.version}, &sentRef{n: n, key: key}
+	return t.returnedMap(), &sentRef{n: n, key: key}
 }
 
 // unref releases one hold on a sent servedType.

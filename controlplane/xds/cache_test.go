@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"maps"
+	"reflect"
 	"slices"
 	"strings"
 	"testing"
@@ -187,7 +188,7 @@ func newDeltaStream(t *testing.T, c *servingCache, node, typeURL string, subscri
 // and returns the response it got at once, or nil.
 func (s *deltaStream) request(subscribe, unsubscribe []string) *discoveryv3.DeltaDiscoveryResponse {
 	s.t.Helper()
-	s.sub.UpdateResourceSubscriptions(subscribe, unsubscribe)
+	updateDeltaSubscription(&s.sub, subscribe, unsubscribe)
 	nonce := ""
 	if s.nonce > 0 {
 		nonce = "n"
@@ -435,5 +436,39 @@ func TestSotWFullListKeptOnlyWhenShared(t *testing.T) {
 		if same := &lists[0][0] == &lists[1][0]; same != shared {
 			t.Errorf("shared=%v: both nodes' responses have the same list: %v", shared, same)
 		}
+	}
+}
+
+// TestDeltaCacheSharesFullMaps: wildcard delta streams sent the same
+// snapshot keep one map between them (10,000 replicas kept 20,000 maps of one
+// entry, 11 MiB), and one stream's unsubscription, which go-control-plane
+// writes into the map, does not reach the others.
+func TestDeltaCacheSharesFullMaps(t *testing.T) {
+	t.Parallel()
+	before, _ := testSnapshots(t)
+	before.markShared()
+	c := newTestCache()
+	ctx := context.Background()
+	for _, node := range []string{"a", "b"} {
+		if err := c.SetSnapshot(ctx, node, before); err != nil {
+			t.Fatal(err)
+		}
+	}
+	a := newDeltaStream(t, c, "a", resourcev3.ClusterType, []string{"*", "passthrough"})
+	b := newDeltaStream(t, c, "b", resourcev3.ClusterType, nil)
+	a.request(nil, nil)
+	b.request(nil, nil)
+	ma, mb := a.sub.ReturnedResources(), b.sub.ReturnedResources()
+	if len(ma) != 1 || reflect.ValueOf(ma).UnsafePointer() != reflect.ValueOf(mb).UnsafePointer() {
+		t.Fatalf("the streams keep %v and %v, want one shared map of one entry", ma, mb)
+	}
+	if r := a.request(nil, []string{"passthrough"}); !slices.Equal(deltaNames(r), []string{"passthrough"}) {
+		t.Errorf("after unsubscribing passthrough while wildcard got %v, want it again", deltaNames(r))
+	}
+	if got := b.sub.ReturnedResources(); len(got) != 1 || got[returnedAll] != before.clusters.version {
+		t.Errorf("another stream's unsubscription changed this stream's map to %v", got)
+	}
+	if r := b.request(nil, nil); r != nil {
+		t.Errorf("the other stream was sent %v", deltaNames(r))
 	}
 }

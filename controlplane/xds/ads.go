@@ -89,6 +89,9 @@ type typeStream struct {
 	// named: a SotW request of the type named resources, which ends
 	// go-control-plane's legacy wildcard (see sotwRequest)
 	named bool
+	// ref: the hold of the delta map the subscription has on the cache's
+	// sent table (see sentRef), released when the map is replaced
+	ref *sentRef
 }
 
 // pendingResponse is a response the cache gave a watch, not yet sent.
@@ -97,6 +100,14 @@ type pendingResponse struct {
 	gen   uint64
 	sotw  cachev3.Response
 	delta cachev3.DeltaResponse
+}
+
+// release gives up the hold of a delta response's map (see sentRef) when
+// the response is dropped unsent.
+func (p pendingResponse) release() {
+	if p.delta != nil {
+		sentRefOf(p.delta).release()
+	}
 }
 
 // StreamAggregatedResources serves a SotW ADS stream.
@@ -138,17 +149,23 @@ func (a *adsServer) open(gs grpc.ServerStream, protocol string) (*adsStream, err
 	return s, nil
 }
 
-// close cancels the stream's watches and forgets its responses not yet sent.
+// close cancels the stream's watches and forgets its responses not yet
+// sent, releasing what their maps and its subscriptions' hold.
 func (s *adsStream) close() {
 	s.mu.Lock()
 	s.closed = true
 	for _, ts := range s.types {
 		ts.cancelWatch()
+		ts.ref.release()
 	}
 	s.mu.Unlock()
 	s.outMu.Lock()
+	out := s.out
 	s.out = nil
 	s.outMu.Unlock()
+	for _, p := range out { // not under outMu: releasing takes a cache node's lock
+		p.release()
+	}
 	s.ads.tracker.close(s.protocol, s.id)
 }
 
@@ -254,7 +271,7 @@ func (s *adsStream) deltaRequest(req *discoveryv3.DeltaDiscoveryRequest) error {
 		s.types = append(s.types, ts)
 	} else {
 		ts.cancelWatch()
-		ts.sub.UpdateResourceSubscriptions(req.GetResourceNamesSubscribe(), req.GetResourceNamesUnsubscribe())
+		updateDeltaSubscription(&ts.sub, req.GetResourceNamesSubscribe(), req.GetResourceNamesUnsubscribe())
 	}
 	ts.gen++
 	gen := ts.gen
@@ -264,6 +281,17 @@ func (s *adsStream) deltaRequest(req *discoveryv3.DeltaDiscoveryRequest) error {
 		s.put(pendingResponse{ts: ts, gen: gen, delta: r})
 	})
 	return nil
+}
+
+// updateDeltaSubscription applies a delta request's subscriptions to sub.
+// go-control-plane's subscription writes an unsubscribed name into the map
+// of returned versions, in place: the map may be the one a servedType shares
+// between streams (servedType.returnedMap), so it is copied first.
+func updateDeltaSubscription(sub *stream.Subscription, subscribe, unsubscribe []string) {
+	if len(unsubscribe) > 0 {
+		sub.SetReturnedResources(maps.Clone(sub.ReturnedResources()))
+	}
+	sub.UpdateResourceSubscriptions(subscribe, unsubscribe)
 }
 
 // setNode records the stream's node id from its first request (the tracker
@@ -323,6 +351,7 @@ func (s *adsStream) flush(fs *flights, last *flight) (*flight, error) {
 		}
 		if s.closed || p.gen != p.ts.gen {
 			s.mu.Unlock()
+			p.release()
 			continue
 		}
 		s.nonce++
@@ -343,10 +372,14 @@ func (s *adsStream) flush(fs *flights, last *flight) (*flight, error) {
 			r, err := p.delta.GetDeltaDiscoveryResponse()
 			if err != nil {
 				s.mu.Unlock()
+				p.release()
 				return last, status.Errorf(codes.Internal, "response of %s: %v", p.ts.url, err)
 			}
 			r.Nonce = nonce
 			p.ts.sub.SetReturnedResources(p.delta.GetNextVersionMap())
+			// The map replaced no longer needs what it held.
+			p.ts.ref.release()
+			p.ts.ref = sentRefOf(p.delta)
 			msg, version = r, r.GetSystemVersionInfo()
 		}
 		s.mu.Unlock()

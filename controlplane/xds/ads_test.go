@@ -3,6 +3,7 @@ package xds
 import (
 	"context"
 	"net"
+	"slices"
 	"testing"
 	"time"
 
@@ -208,4 +209,55 @@ func TestADSWatchKeepsNoNode(t *testing.T) {
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
+}
+
+// TestADSDeltaReleasesSentState: a wildcard delta stream holds, in the
+// cache's sent table, only the version its installed map names: the version
+// a change replaced is released when the change's response is sent, and the
+// last one when the stream closes.
+func TestADSDeltaReleasesSentState(t *testing.T) {
+	t.Parallel()
+	before, after := testSnapshots(t)
+	srv, client, ctx := serving(t, before)
+	sctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	st, err := client.DeltaAggregatedResources(sctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rs := responses(st.Recv)
+	if err := st.Send(&discoveryv3.DeltaDiscoveryRequest{Node: &corev3.Node{Id: "n"}, TypeUrl: resourcev3.ClusterType}); err != nil {
+		t.Fatal(err)
+	}
+	first := within(t, rs, testTimeout)
+	if first == nil {
+		t.Fatal("no first response")
+	}
+	if err := st.Send(&discoveryv3.DeltaDiscoveryRequest{TypeUrl: resourcev3.ClusterType, ResponseNonce: first.GetNonce()}); err != nil {
+		t.Fatal(err)
+	}
+	waitSent := func(want ...string) {
+		t.Helper()
+		deadline := time.Now().Add(testTimeout)
+		for {
+			got := sentVersions(srv.cache, "n")
+			if slices.Equal(got, want) {
+				return
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("sent table holds %v, want %v", got, want)
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+	}
+	waitSent(before.clusters.version)
+	if _, err := srv.SetSnapshots(ctx, Snapshots{Nodes: map[string]*Snapshot{"n": after}}); err != nil {
+		t.Fatal(err)
+	}
+	if r := within(t, rs, testTimeout); r == nil || r.GetSystemVersionInfo() != after.clusters.version {
+		t.Fatalf("after the change got %v, want version %s", r, after.clusters.version)
+	}
+	waitSent(after.clusters.version)
+	cancel()
+	waitSent()
 }

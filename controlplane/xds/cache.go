@@ -6,12 +6,9 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"runtime"
 	"slices"
-	"strings"
 	"sync"
 	"time"
-	"unsafe"
 
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	cachev3 "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
@@ -329,12 +326,16 @@ func (c *servingCache) CreateDeltaWatch(node string, req *cachev3.DeltaRequest, 
 // back with the next request). For a wildcard subscription that map would be
 // a copy of the node's whole name → version table, per proxy and per change:
 // with a thousand proxies, most of the control plane's memory. Instead, the
-// map of a wildcard stream holds returnedAll → a token naming the servedType
+// map of a wildcard stream holds returnedAll → the version of the servedType
 // it was sent (see sentType), and entries only for what differs from it — the
 // server itself writes "" for a name unsubscribed while wildcard, so that it
-// is sent again. The servedType stays in the node's sent table while any
-// stream's map still holds its token: a cleanup on the token's allocation
-// releases it once the stream dropped the map.
+// is sent again. The servedType stays in the node's sent table while a
+// stream's map, or a response not yet sent, refers to it: the response holds
+// a sentRef, which the ADS stream releases when it drops the response or
+// replaces (or closes) the map the response installed. Released at once,
+// not when the collector finds the map unreachable: a version replaced by a
+// change is freed by the next collection, so that a change of 10,000
+// distinct workloads does not keep three generations of their snapshots.
 
 // sentType is a servedType a delta stream's map refers to.
 type sentType struct {
@@ -386,9 +387,9 @@ func (n *cacheNode) known(w *deltaWatch) known {
 	if token, ok := m[returnedAll]; ok {
 		st := n.sent[sentKey{w.req.GetTypeUrl(), token}]
 		if st == nil {
-			// Cannot happen: the token's allocation is alive, so is its
-			// entry. Counting nothing as sent makes the stream receive
-			// every resource again.
+			// Cannot happen: the stream holds the entry while its map
+			// is installed. Counting nothing as sent makes the stream
+			// receive every resource again.
 			return known{m: m}
 		}
 		k.base = st.t
@@ -396,10 +397,27 @@ func (n *cacheNode) known(w *deltaWatch) known {
 	return k
 }
 
-// fullMap returns the map a wildcard stream keeps after being sent all of t:
-// returnedAll → a fresh copy of t's version, whose allocation holds t in the
-// sent table until the map is dropped.
-func (n *cacheNode) fullMap(typeURL string, t *servedType) map[string]string {
+// sentRef is one hold of a stream's map (or of a response not yet sent) on
+// a servedType of the node's sent table.
+type sentRef struct {
+	n    *cacheNode
+	key  sentKey
+	once sync.Once
+}
+
+// release gives the hold up; it may be called more than once, and on nil.
+func (r *sentRef) release() {
+	if r != nil {
+		r.once.Do(func() { r.n.unref(r.key) })
+	}
+}
+
+// fullMap returns the map a wildcard stream keeps after being sent all of t
+// (returnedAll → t's version: t.returnedMap, one map for every stream of
+// every node served t, which updateDeltaSubscription copies before it could
+// be modified) and the hold that keeps t in the sent table for it. Called
+// with n.mu held.
+func (n *cacheNode) fullMap(typeURL string, t *servedType) (map[string]string, *sentRef) {
 	key := sentKey{typeURL, t.version}
 	st := n.sent[key]
 	if st == nil {
@@ -410,12 +428,10 @@ func (n *cacheNode) fullMap(typeURL string, t *servedType) map[string]string {
 		n.sent[key] = st
 	}
 	st.refs++
-	token := strings.Clone(t.version) // its own allocation: versions are 24 bytes, never batched with others
-	runtime.AddCleanup(unsafe.StringData(token), n.unref, key)
-	return map[string]string{returnedAll: token}
+	return t.returnedMap(), &sentRef{n: n, key: key}
 }
 
-// unref releases one stream's hold on a sent servedType.
+// unref releases one hold on a sent servedType.
 func (n *cacheNode) unref(key sentKey) {
 	n.mu.Lock()
 	defer n.mu.Unlock()
@@ -424,6 +440,26 @@ func (n *cacheNode) unref(key sentKey) {
 			delete(n.sent, key)
 		}
 	}
+}
+
+// deltaResponse is a delta response with the hold of its map, if any
+// (releaser, for the ADS stream).
+type deltaResponse struct {
+	*cachev3.DeltaPassthroughResponse
+	ref *sentRef
+}
+
+func (r *deltaResponse) sentRef() *sentRef { return r.ref }
+
+// releaser is a response whose map may hold a servedType of the sent table.
+type releaser interface{ sentRef() *sentRef }
+
+// sentRefOf returns r's hold, nil when it has none.
+func sentRefOf(r cachev3.DeltaResponse) *sentRef {
+	if rr, ok := r.(releaser); ok {
+		return rr.sentRef()
+	}
+	return nil
 }
 
 // respondDelta sends w what changed for its subscription: the resources
@@ -469,8 +505,9 @@ func (n *cacheNode) respondDelta(snap *Snapshot, w *deltaWatch) bool {
 	}
 	slices.Sort(removed)
 	var next map[string]string
+	var ref *sentRef
 	if wildcard && t.version != "" {
-		next = n.fullMap(typeURL, t)
+		next, ref = n.fullMap(typeURL, t)
 	} else {
 		subscribed := w.sub.SubscribedResources()
 		next = make(map[string]string, len(subscribed))
@@ -480,7 +517,7 @@ func (n *cacheNode) respondDelta(snap *Snapshot, w *deltaWatch) bool {
 			}
 		}
 	}
-	w.send(&cachev3.DeltaPassthroughResponse{
+	w.send(&deltaResponse{DeltaPassthroughResponse: &cachev3.DeltaPassthroughResponse{
 		DeltaRequest:   w.req,
 		NextVersionMap: next,
 		DeltaDiscoveryResponse: &discoveryv3.DeltaDiscoveryResponse{
@@ -489,6 +526,6 @@ func (n *cacheNode) respondDelta(snap *Snapshot, w *deltaWatch) bool {
 			RemovedResources:  removed,
 			TypeUrl:           typeURL,
 		},
-	})
+	}, ref: ref})
 	return true
 }

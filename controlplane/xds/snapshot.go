@@ -57,11 +57,11 @@ type servedType struct {
 	// response as it is sent instead (fullResources): kept, the lists of
 	// 10,000 distinct workloads were 14 MiB of the live heap.
 	all atomic.Pointer[[]*anypb.Any]
-	// returned is what a SotW stream sent all of them remembers
-	// ({returnedAll: version}): one map for every stream, which must never
-	// be modified (adsStream.sotwRequest copies it before go-control-plane's
-	// subscription could). Made by the first SotW response (delta streams
-	// never need it).
+	// returned is what a stream sent all of them remembers ({returnedAll:
+	// version}), SotW or wildcard delta: one map for every stream, which
+	// must never be modified (adsStream.sotwRequest and
+	// updateDeltaSubscription copy it before go-control-plane's
+	// subscription could). Made by the first response that needs it.
 	returned atomic.Pointer[map[string]string]
 }
 
@@ -97,7 +97,7 @@ func (t *servedType) fullResources() []*anypb.Any {
 	return all
 }
 
-// returnedMap returns the map {returnedAll: version} that every SotW stream
+// returnedMap returns the map {returnedAll: version} that every stream
 // sent all of t keeps; it must not be modified.
 func (t *servedType) returnedMap() map[string]string {
 	if t == emptyType {

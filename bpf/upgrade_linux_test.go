@@ -12,6 +12,7 @@ import (
 	"slices"
 	"strings"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -237,6 +238,68 @@ func TestUpgradeReplacesProgramsInPlace(t *testing.T) {
 		if again := pinnedLinks(t, dir); !equalLinks(again, after) {
 			t.Errorf("the second install replaced programs: %v, was %v", again, after)
 		}
+	}
+}
+
+// TestUpgradeOfACgroupScopeAndTheAccelLink: a cgroup scope's programs
+// carry its config id as a constant; replaced, they still redirect by that
+// scope's config (an excluded port stays excluded). The sk_msg link of
+// socket acceleration, noted as another build, gets this build's program on
+// the same link.
+func TestUpgradeOfACgroupScopeAndTheAccelLink(t *testing.T) {
+	l := newLab(t)
+	enter(t, l.cgroup)
+	ld := New(Options{PinDir: l.pinDir, Root: l.cgroup})
+	scope := Scope{Cgroup: l.cgroup}
+	c := testCapture(t, func(c *redirect.Config) {
+		c.Outbound.ExcludePorts = []redirect.PortRange{{First: 5432, Last: 5432}}
+	})
+	if _, err := ld.ApplyWith(scope, c, Settings{Accelerate: true}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ld.Remove(scope) })
+	_, dirName, err := ld.Key(scope)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir, accel := filepath.Join(l.pinDir, "links", dirName), filepath.Join(l.pinDir, "links", accelDir)
+	fake := sha256.Sum256([]byte("an older detour"))
+	noteOtherBuild(t, l.pinDir, dir, &fake)
+	noteOtherBuild(t, l.pinDir, accel, &fake)
+	before, accelBefore := pinnedLinks(t, dir), pinnedLinks(t, accel)
+	if len(accelBefore) != 1 {
+		t.Fatalf("sk_msg links = %v, want one", accelBefore)
+	}
+	entries := mapContents(t, l.pinDir)
+	changed, err := ld.ApplyWith(scope, c, Settings{Accelerate: true})
+	if err != nil || !changed {
+		t.Fatalf("install over another build = %v, %v; want a change", changed, err)
+	}
+	for _, links := range [][2]map[string][2]uint32{{before, pinnedLinks(t, dir)}, {accelBefore, pinnedLinks(t, accel)}} {
+		for name, b := range links[0] {
+			if a := links[1][name]; a[0] != b[0] || a[1] == b[1] {
+				t.Errorf("%s: link %d program %d after the upgrade, was link %d program %d; want the same link with a new program", name, a[0], a[1], b[0], b[1])
+			}
+		}
+	}
+	if got := mapContents(t, l.pinDir); !equalContents(got, entries) {
+		t.Errorf("the maps' entries changed over the upgrade:\nbefore %v\nafter  %v", entries, got)
+	}
+	p := startProxy(t, l.ns, 15001)
+	if _, err := dial(t, l.ns, "198.51.100.7:80"); err != nil {
+		t.Errorf("after the upgrade: %v", err)
+	} else if got := p.next(t); got != "198.51.100.7:80" {
+		t.Errorf("after the upgrade, SO_ORIGINAL_DST = %s", got)
+	}
+	if _, err := dial(t, l.ns, "198.51.100.7:5432"); !errors.Is(err, syscall.ENETUNREACH) {
+		t.Errorf("after the upgrade, a connection to the excluded port = %v, want ENETUNREACH (not redirected)", err)
+	}
+	st, err := ld.Observe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if other, err := ld.OtherBuild(st, scope); err != nil || other != "" {
+		t.Errorf("after the upgrade, OtherBuild = %q, %v; want none", other, err)
 	}
 }
 

@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"log/slog"
 	"maps"
@@ -659,7 +660,11 @@ func (l *Loader) log() *slog.Logger {
 	return l.opts.Logger
 }
 
-// mountBPFFS mounts a bpffs on the parent of PinDir when none is there.
+// mountBPFFS mounts a bpffs on the parent of PinDir when none is there and
+// that directory is empty (/sys/fs/bpf on a host that has not mounted one).
+// A directory with something in it is refused: a mount there would hide its
+// files from every process of the mount namespace (DETOUR_EBPF_PIN_DIR=
+// /tmp/detour mounted a bpffs over /tmp).
 func (l *Loader) mountBPFFS() error {
 	dir := filepath.Dir(l.opts.pinDir())
 	var st unix.Statfs_t
@@ -668,6 +673,18 @@ func (l *Loader) mountBPFFS() error {
 	}
 	if st.Type == unix.BPF_FS_MAGIC {
 		return nil
+	}
+	f, err := os.Open(dir)
+	if err != nil {
+		return fmt.Errorf("bpffs %s: %w", dir, err)
+	}
+	names, err := f.Readdirnames(1)
+	f.Close()
+	if err != nil && !errors.Is(err, io.EOF) {
+		return fmt.Errorf("bpffs %s: %w", dir, err)
+	}
+	if len(names) > 0 {
+		return fmt.Errorf("bpffs %s: it is not a bpf filesystem, and mounting one over it would hide what it holds (%s, …): mount a bpffs there yourself, or pin below one", dir, names[0])
 	}
 	if err := unix.Mount("bpf", dir, "bpf", 0, "mode=0700"); err != nil {
 		return fmt.Errorf("mount bpffs on %s: %w", dir, err)

@@ -18,6 +18,9 @@ import (
 // and a call that asks for backend (netfilter.AnyBackend: uninstall,
 // status), with every backend, eBPF included.
 func (g *globalOptions) engine(nsPath string, backend redirect.Backend, stderr io.Writer) (*redirect.Engine, error) {
+	if g.ebpfEnvErr != nil {
+		return nil, g.ebpfEnvErr
+	}
 	return backends.Engine(nsPath, backends.Options{LockWait: g.lockWait, Logger: g.logger(stderr), Backend: backend,
 		EBPF: bpf.DriverOptions{Cgroup: g.cgroup, Loader: bpf.Options{PinDir: g.bpfPinDir, Root: g.bpfRoot}}}), nil
 }

@@ -19,6 +19,9 @@ import (
 // backend is handed to detour-ebpf instead (ebpf.go): engine returns only
 // when that fails.
 func (g *globalOptions) engine(nsPath string, backend redirect.Backend, stderr io.Writer) (*redirect.Engine, error) {
+	if g.ebpfEnvErr != nil {
+		return nil, g.ebpfEnvErr
+	}
 	logger := g.logger(stderr)
 	if why := g.needsEBPF(backend); why != "" {
 		return nil, g.delegateEBPF(why, logger)

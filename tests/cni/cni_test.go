@@ -322,12 +322,22 @@ func TestStatus(t *testing.T) {
 		t.Errorf("STATUS without a kubeconfig: %v (code %d), want code 50 naming it", err, cniCode(err))
 	}
 
-	// The iptables tools missing from the plugin's PATH.
+	// The iptables tools missing from the plugin's PATH: auto (the default)
+	// then installs with nftables, which needs no tool, so the node is ready
+	// where the kernel's nf_tables answers (it does here); a config naming an
+	// iptables backend is not.
 	empty := t.TempDir()
 	noTools := h.runtime(filepath.Join(t.TempDir(), "cache"), []string{"PATH=" + empty})
-	err = noTools.GetStatusNetworkList(ctx, h.net.list)
+	if err := noTools.GetStatusNetworkList(ctx, h.net.list); err != nil {
+		t.Errorf("STATUS of backend auto without iptables on PATH: %v, want ready (nftables)", err)
+	}
+	iptablesOnly, err := h.newNetwork("dt-status-iptables", "1.1.0", map[string]any{"config": map[string]any{"backend": "iptables-nft"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = noTools.GetStatusNetworkList(ctx, iptablesOnly.list)
 	if cniCode(err) != types.ErrPluginNotAvailable || !strings.Contains(err.Error(), "iptables-nft-restore") {
-		t.Errorf("STATUS without iptables on PATH: %v (code %d), want code 50 naming the tool", err, cniCode(err))
+		t.Errorf("STATUS of backend iptables-nft without iptables on PATH: %v (code %d), want code 50 naming the tool", err, cniCode(err))
 	}
 
 	// The plugin binary itself missing: the runtime cannot run STATUS at all.

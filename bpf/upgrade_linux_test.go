@@ -432,6 +432,14 @@ func TestUpgradeOverMapsOfAnotherLayout(t *testing.T) {
 	if got := mapContents(t, l.pinDir); !equalContents(got, entries) {
 		t.Errorf("the maps' entries changed:\nbefore %v\nafter  %v", entries, got)
 	}
+	// This build's uninstall opens the maps too: the old build must do it
+	// (docs/ebpf.md says so); it changes nothing either.
+	if _, err := eng.Uninstall(ctx); !errors.Is(err, ErrIncompatibleMaps) {
+		t.Errorf("uninstall over a map of another layout = %v; want ErrIncompatibleMaps", err)
+	}
+	if got := pinList(t, l.pinDir); !slices.Equal(got, pinsBefore) {
+		t.Errorf("pins changed by the uninstall:\nbefore %q\nafter  %q", pinsBefore, got)
+	}
 	p := startProxy(t, l.ns, 15001)
 	if _, err := dial(t, l.ns, "198.51.100.7:80"); err != nil {
 		t.Errorf("after the failed install: %v", err)

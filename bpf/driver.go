@@ -99,6 +99,7 @@ func (d *Driver) scope() (Scope, error) {
 type installed struct {
 	lines   []string // this scope's programs and entries
 	drift   []string // how they differ from what detour wrote (Loader.Drift)
+	other   string   // the programs are of another build (Loader.OtherBuild)
 	state   State
 	inbound redirect.Installed // nil without an inbound Driver
 	// orphanTables are cgroup scopes' inbound tables in the namespace when
@@ -158,6 +159,9 @@ func (i *installed) Text(f redirect.Family) string {
 	for _, d := range i.drift {
 		b.WriteString("# ebpf: drift: " + d + " (changed by hand?): `detour check` with the install's configuration shows the difference; re-running the install restores it\n")
 	}
+	if i.other != "" {
+		b.WriteString("# ebpf: " + i.other + "\n")
+	}
 	for _, l := range familyLines(i.lines, f) {
 		b.WriteString(l + "\n")
 	}
@@ -202,7 +206,11 @@ func (d *Driver) Observe(ctx context.Context) (redirect.Installed, error) {
 	if err != nil {
 		return nil, err
 	}
-	in := &installed{lines: lines, drift: drift, state: st}
+	other, err := d.loader.OtherBuild(st, s)
+	if err != nil {
+		return nil, err
+	}
+	in := &installed{lines: lines, drift: drift, other: other, state: st}
 	if d.opts.Inbound != nil {
 		if in.inbound, err = d.opts.Inbound.Observe(ctx); err != nil {
 			if rerr := d.opts.Inbound.Ready(ctx); !errors.Is(rerr, redirect.ErrNotSupported) {
@@ -402,6 +410,7 @@ func (d *Driver) Render(p redirect.Plan) (redirect.Rendering, error) {
 			b.WriteString("# " + n + "\n")
 		}
 		fmt.Fprintf(&b, "# ebpf: programs attached to %s, pinned under %s\n", where, d.loader.opts.pinDir())
+		fmt.Fprintf(&b, "# ebpf: programs of build %s (a SHA-256 of the object this detour embeds); an install over programs of another build replaces them in place\n", BuildName())
 		if d.opts.Cgroup == "" {
 			b.WriteString("# ebpf: and in this namespace its liveness mark (program alive, sk_lookup, passes every lookup): the kernel drops it with the namespace, so a scope left by a namespace deleted without uninstall is known stale\n")
 		}

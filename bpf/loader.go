@@ -86,6 +86,9 @@ type State struct {
 	// unenrolled are the entries of recorded scopes that have no enrolment.
 	records    map[uint64]record
 	unenrolled map[uint64]ScopeState
+	// builds name the build of the programs pinned in each link directory
+	// (the builds map, build_linux.go).
+	builds map[string]string
 	// leftover, when not "", says that what is pinned belongs to no scope:
 	// an install was interrupted before it enrolled one (Leftover).
 	leftover string
@@ -154,6 +157,7 @@ func LinesWith(c redirect.Capture, s Settings) ([]string, error) {
 	if e.cfg.Flags&flagAccel != 0 {
 		out = append(out, accelLine)
 	}
+	out = append(out, buildLinePrefix+BuildName())
 	return append(out, e.lines()...), nil
 }
 

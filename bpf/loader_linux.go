@@ -190,7 +190,11 @@ func (l *Loader) ApplyWith(scope Scope, c redirect.Capture, set Settings) (chang
 			return changed, err
 		}
 	}
-	changed = changed || accelAttached
+	accelUpgraded, err := l.upgradeAccel(st)
+	if err != nil {
+		return changed, err
+	}
+	changed = changed || accelAttached || accelUpgraded
 	cfgForProgs := id
 	if kind == kindNetns {
 		cfgForProgs = 0 // the programs look the config up by netns cookie
@@ -695,6 +699,7 @@ type store struct {
 	maps                                             map[string]*ebpf.Map
 	scopes, configs, cidrs4, cidrs6, ids, ports, dns *ebpf.Map
 	records                                          *ebpf.Map // nil in Observe's read-only store
+	builds                                           *ebpf.Map // nil in Observe's read-only store (build_linux.go)
 }
 
 // load loads spec's programs over the store's maps and makes the pin
@@ -722,11 +727,35 @@ func (l *Loader) open() (*store, error) {
 		return nil, fmt.Errorf("pin directory: %w", err)
 	}
 	st := &store{spec: spec, maps: map[string]*ebpf.Map{}}
-	for name, ms := range spec.Maps {
+	// The pinned maps are checked against this build's before any is made:
+	// maps of another layout (pinned by another build of detour) fail the
+	// install with nothing changed.
+	var missing, bad []string
+	for _, name := range slices.Sorted(maps.Keys(spec.Maps)) {
 		if strings.HasPrefix(name, ".") {
 			continue // .rodata: per program load
 		}
-		ms = ms.Copy()
+		m, err := ebpf.LoadPinnedMap(filepath.Join(l.mapDir(), name), nil)
+		if errors.Is(err, fs.ErrNotExist) {
+			missing = append(missing, name)
+			continue
+		}
+		if err != nil {
+			st.close()
+			return nil, fmt.Errorf("load pinned map %s: %w", name, err)
+		}
+		st.maps[name] = m
+		if err := spec.Maps[name].Compatible(m); err != nil {
+			bad = append(bad, fmt.Sprintf("%s (%v)", name, err))
+		}
+	}
+	if len(bad) > 0 {
+		st.close()
+		return nil, fmt.Errorf("the maps pinned under %s were made by another build of detour, with another layout than this build's programs need: %s; this build cannot replace the attached programs in place: uninstall every eBPF scope of this node with the detour that installed them (`detour uninstall` in each enrolled network namespace or a CNI DEL of each pod, `detour uninstall --cgroup PATH` for each cgroup scope), then install with this build: %w: %w",
+			l.mapDir(), strings.Join(bad, "; "), ErrIncompatibleMaps, ebpf.ErrMapIncompatible)
+	}
+	for _, name := range missing {
+		ms := spec.Maps[name].Copy()
 		ms.Pinning = ebpf.PinByName
 		m, err := ebpf.NewMapWithOptions(ms, ebpf.MapOptions{PinPath: l.mapDir()})
 		if err != nil {
@@ -741,6 +770,10 @@ func (l *Loader) open() (*store, error) {
 		st.close()
 		return nil, err
 	}
+	if st.builds, err = l.openBuilds(); err != nil {
+		st.close()
+		return nil, err
+	}
 	return st, nil
 }
 
@@ -750,6 +783,9 @@ func (st *store) close() {
 	}
 	if st.records != nil {
 		st.records.Close()
+	}
+	if st.builds != nil {
+		st.builds.Close()
 	}
 }
 
@@ -913,8 +949,15 @@ func (l *Loader) attach(st *store, r resolved, cfg uint32) (bool, error) {
 			missing = true
 		}
 	}
+	upgrade, was := false, ""
 	if !missing {
-		return false, nil
+		var err error
+		if upgrade, was, err = st.stale(dir); err != nil {
+			return false, err
+		}
+		if !upgrade {
+			return false, nil
+		}
 	}
 	spec := st.spec.Copy()
 	if err := spec.Variables["scope_cfg"].Set(cfg); err != nil {
@@ -925,6 +968,17 @@ func (l *Loader) attach(st *store, r resolved, cfg uint32) (bool, error) {
 		return false, err
 	}
 	defer coll.Close()
+	// Links pinned already are given this build's programs in place: of
+	// another build (or of an older detour, which noted none) when none is
+	// missing, and of whatever build when some are, so that the note below
+	// holds for each.
+	replaced, err := replace(dir, coll)
+	if err != nil {
+		return true, err
+	}
+	if upgrade && replaced {
+		l.log().Info("ebpf: replaced the attached programs of another build", "links", filepath.Base(dir), "build", BuildName(), "was", was)
+	}
 	for _, a := range attachments {
 		pin := filepath.Join(dir, a.prog)
 		if _, err := os.Stat(pin); err == nil {
@@ -942,6 +996,9 @@ func (l *Loader) attach(st *store, r resolved, cfg uint32) (bool, error) {
 		if err != nil {
 			return true, fmt.Errorf("pin link %s: %w", a.prog, err)
 		}
+	}
+	if err := st.noteBuild(dir); err != nil {
+		return true, err
 	}
 	return true, nil
 }
@@ -968,10 +1025,37 @@ func (l *Loader) attachAccel(st *store) (bool, error) {
 	}
 	err = lk.Pin(pin)
 	lk.Close()
-	if err != nil && !errors.Is(err, fs.ErrExist) {
+	if errors.Is(err, fs.ErrExist) {
+		return true, nil // another detour attached it meanwhile
+	}
+	if err != nil {
 		return true, fmt.Errorf("pin link %s: %w", accelProg, err)
 	}
-	return true, nil
+	return true, st.noteBuild(dir)
+}
+
+// upgradeAccel gives the pinned sk_msg link this build's program when it
+// runs another build's, whether or not the scope being installed asks for
+// acceleration (the link serves every scope). It reports whether it did.
+func (l *Loader) upgradeAccel(st *store) (bool, error) {
+	dir := filepath.Join(l.opts.pinDir(), "links", accelDir)
+	if _, err := os.Stat(filepath.Join(dir, accelProg)); err != nil {
+		return false, nil
+	}
+	upgrade, was, err := st.stale(dir)
+	if err != nil || !upgrade {
+		return false, err
+	}
+	coll, err := st.load(st.spec.Copy(), dir)
+	if err != nil {
+		return false, err
+	}
+	defer coll.Close()
+	if _, err := replace(dir, coll); err != nil {
+		return true, err
+	}
+	l.log().Info("ebpf: replaced the attached programs of another build", "links", accelDir, "build", BuildName(), "was", was)
+	return true, st.noteBuild(dir)
 }
 
 // detachAccelUnused detaches the sk_msg program when no config asks for
@@ -1011,7 +1095,7 @@ func detach(dir string) error {
 	if err := os.Remove(dir); err != nil {
 		return fmt.Errorf("unpin links: %w", err)
 	}
-	return nil
+	return forgetBuild(filepath.Dir(filepath.Dir(dir)), dir)
 }
 
 // detachPin detaches the pinned link at path at once and removes the pin;

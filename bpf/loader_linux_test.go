@@ -32,7 +32,7 @@ type lab struct {
 
 const unified = "/sys/fs/cgroup/unified"
 
-func newLab(t *testing.T) lab {
+func newLab(t testing.TB) lab {
 	t.Helper()
 	privtest.Require(t, "ip")
 	if err := New(Options{}).Ready(); err != nil {
@@ -88,7 +88,7 @@ func outboundConfig() redirect.Config {
 }
 
 // enter moves the whole test process into dir until the test ends.
-func enter(t *testing.T, dir string) {
+func enter(t testing.TB, dir string) {
 	t.Helper()
 	b, err := os.ReadFile("/proc/self/cgroup")
 	if err != nil {
@@ -114,7 +114,7 @@ func enter(t *testing.T, dir string) {
 	})
 }
 
-func testCapture(t *testing.T, mutate func(*redirect.Config)) redirect.Capture {
+func testCapture(t testing.TB, mutate func(*redirect.Config)) redirect.Capture {
 	t.Helper()
 	cfg := redirect.Default()
 	cfg.IPFamilies = redirect.IPFamiliesDual

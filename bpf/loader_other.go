@@ -60,3 +60,6 @@ func EnableRunStats() (io.Closer, error) { return nil, errors.ErrUnsupported }
 
 // RunStats needs Linux.
 func (l *Loader) RunStats() (map[string]RunStat, error) { return nil, errors.ErrUnsupported }
+
+// OtherBuild needs Linux.
+func (l *Loader) OtherBuild(State, Scope) (string, error) { return "", errors.ErrUnsupported }

@@ -32,6 +32,9 @@ func (l *Loader) Observe() (State, error) {
 	if st.Links, err = l.observeLinks(); err != nil {
 		return st, err
 	}
+	if st.builds, err = l.loadBuilds(); err != nil {
+		return st, err
+	}
 	ro := &ebpf.LoadPinOptions{ReadOnly: true}
 	s := &store{maps: map[string]*ebpf.Map{}}
 	defer s.close()
@@ -178,8 +181,12 @@ func (l *Loader) Lines(st State, s Scope) ([]string, error) {
 			out = append(out, programLine(a.prog, a.attach))
 		}
 	}
-	if sc.entries.cfg.Flags&flagAccel != 0 && slices.Contains(st.Links[accelDir], accelProg) {
+	accel := sc.entries.cfg.Flags&flagAccel != 0 && slices.Contains(st.Links[accelDir], accelProg)
+	if accel {
 		out = append(out, accelLine)
+	}
+	if len(out) > 0 {
+		out = append(out, st.buildLine(dir, accel))
 	}
 	if recorded && (!enrolled || sc.Config != rec.Config) {
 		out = append(out, enrolmentLine(sc, enrolled, rec))
@@ -240,4 +247,39 @@ func (s State) rootNote() string {
 		}
 	}
 	return ""
+}
+
+// buildOf names the build of the programs pinned in a link directory, as
+// the builds map notes it.
+func (s State) buildOf(dir string) string {
+	if b, ok := s.builds[dir]; ok {
+		return b
+	}
+	return unknownBuild
+}
+
+// buildLine is the line that names the build of a scope's programs (and of
+// the sk_msg program when accel): the plan's line names this binary's.
+func (s State) buildLine(dir string, accel bool) string {
+	b := s.buildOf(dir)
+	if a := s.buildOf(accelDir); accel && a != b {
+		return buildLinePrefix + b + " (sk_msg: " + a + ")"
+	}
+	return buildLinePrefix + b
+}
+
+// OtherBuild says, for `status`, that scope s's programs are of another
+// build than this binary's, naming both; "" when they are this build's or
+// none is attached.
+func (l *Loader) OtherBuild(st State, s Scope) (string, error) {
+	lines, err := l.Lines(st, s)
+	if err != nil {
+		return "", err
+	}
+	for _, line := range lines {
+		if b, ok := strings.CutPrefix(line, buildLinePrefix); ok && b != BuildName() {
+			return fmt.Sprintf("the attached programs are of another build of detour (%s) than this one's (%s): `detour install` replaces them in place", b, BuildName()), nil
+		}
+	}
+	return "", nil
 }

@@ -6,12 +6,16 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
+	"strings"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/asm"
 	"github.com/cilium/ebpf/link"
 	"golang.org/x/sys/unix"
+
+	"github.com/detour-mesh/detour/internal/netns"
 )
 
 // A network-namespace scope is keyed by the namespace's cookie, and a cookie
@@ -134,7 +138,84 @@ func (l *Loader) goneNetns() ([]uint64, error) {
 			out = append(out, cookie)
 		}
 	}
+	if len(out) == 0 {
+		return nil, nil
+	}
+	// A mark also reads 0 once its link is detached by hand (`bpftool link
+	// detach`): the kernel cannot tell the two apart. A namespace that can
+	// still be found is alive, whatever its mark says.
+	for cookie, where := range findNetns(out) {
+		l.log().Warn("ebpf: a network namespace's liveness mark reads as gone, yet the namespace is there (was the mark detached by hand?); its scope is not stale; a re-install in it marks it again",
+			"netns_cookie", cookie, "found_at", where)
+		out = slices.DeleteFunc(out, func(c uint64) bool { return c == cookie })
+	}
 	return out, nil
+}
+
+// findNetns looks for the network namespaces of cookies where they can be
+// seen from here: the nsfs mounts of this mount namespace (`ip netns`'s
+// names, any bind mount) and every task's /proc/PID/task/TID/ns/net. It
+// enters each namespace it finds once and returns the cookies it met with
+// the path it met each at. It is only a check against a mark detached by
+// hand: a namespace it does not find (held by an open file, a socket, a
+// mount this mount namespace does not see) may still be alive, but then its
+// mark reads its inode, unless that was detached too.
+func findNetns(cookies []uint64) map[uint64]string {
+	found := map[uint64]string{}
+	seen := map[[2]uint64]bool{}
+	var paths []string
+	if b, err := os.ReadFile("/proc/self/mountinfo"); err == nil {
+		for _, line := range strings.Split(string(b), "\n") {
+			f := strings.Fields(line)
+			if i := slices.Index(f, "-"); i > 4 && i+1 < len(f) && f[i+1] == "nsfs" {
+				paths = append(paths, unescapeMount(f[4]))
+			}
+		}
+	}
+	tasks, _ := filepath.Glob("/proc/[0-9]*/task/[0-9]*/ns/net")
+	paths = append(paths, tasks...)
+	for _, p := range paths {
+		if len(found) == len(cookies) {
+			break
+		}
+		var st unix.Stat_t
+		if err := unix.Stat(p, &st); err != nil || seen[[2]uint64{st.Dev, st.Ino}] {
+			continue
+		}
+		seen[[2]uint64{st.Dev, st.Ino}] = true
+		fd, err := unix.Open(p, unix.O_RDONLY|unix.O_CLOEXEC, 0)
+		if err != nil {
+			continue
+		}
+		var cookie uint64
+		err = netns.DoFd(fd, func() (err error) { cookie, err = CurrentNetns(); return err })
+		unix.Close(fd)
+		if err == nil && slices.Contains(cookies, cookie) {
+			if _, ok := found[cookie]; !ok {
+				found[cookie] = p
+			}
+		}
+	}
+	return found
+}
+
+// unescapeMount undoes mountinfo's octal escapes (\040 for a space).
+func unescapeMount(s string) string {
+	if !strings.Contains(s, "\\") {
+		return s
+	}
+	var b strings.Builder
+	for i := 0; i < len(s); i++ {
+		if s[i] == '\\' && i+3 < len(s) {
+			if n, err := strconv.ParseUint(s[i+1:i+4], 8, 8); err == nil {
+				b.WriteByte(byte(n))
+				i += 3
+				continue
+			}
+		}
+		b.WriteByte(s[i])
+	}
+	return b.String()
 }
 
 // markInode is the netns inode a mark's link reads: the namespace's nsfs

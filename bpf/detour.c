@@ -494,11 +494,23 @@ int detour_getpeername4(struct bpf_sock_addr *ctx) { return restore4(ctx); }
 SEC("cgroup/getpeername6")
 int detour_getpeername6(struct bpf_sock_addr *ctx) { return restore6(ctx); }
 
+// from_dns_port: the datagram comes from the scope's DNS port (its loopback
+// address is checked by the caller). A datagram from another loopback port
+// (a local service the same socket talks to) keeps its own source.
+static __always_inline int from_dns_port(struct bpf_sock_addr *ctx)
+{
+	__u32 id = cfg_id(ctx);
+	if (!id)
+		return 0;
+	struct cfg *c = bpf_map_lookup_elem(&configs, &id);
+	return c && (__u16)ctx->user_port == bpf_htons(c->dns_port);
+}
+
 // recvmsg: only a reply from the DNS proxy of a socket whose query was redirected.
 SEC("cgroup/recvmsg4")
 int detour_recvmsg4(struct bpf_sock_addr *ctx)
 {
-	if (ctx->user_ip4 != bpf_htonl(0x7f000001))
+	if (ctx->user_ip4 != bpf_htonl(0x7f000001) || !from_dns_port(ctx))
 		return 1;
 	return restore4(ctx);
 }
@@ -509,6 +521,8 @@ int detour_recvmsg6(struct bpf_sock_addr *ctx)
 	__u32 a[4] = {ctx->user_ip6[0], ctx->user_ip6[1], ctx->user_ip6[2], ctx->user_ip6[3]};
 	if (!(is_mapped(a) && a[3] == bpf_htonl(0x7f000001)) &&
 	    !(a[0] == 0 && a[1] == 0 && a[2] == 0 && a[3] == bpf_htonl(1)))
+		return 1;
+	if (!from_dns_port(ctx))
 		return 1;
 	return restore6(ctx);
 }

@@ -99,4 +99,57 @@ func TestDNSRepliesComeFromTheAskedServer(t *testing.T) {
 			})
 		})
 	}
+	// Only the DNS proxy's replies appear to come from the server asked: a
+	// socket that sent a redirected query and then talks to a local service
+	// on another loopback port sees that service's datagrams from the
+	// service. Before, they too appeared to come from the DNS server.
+	for _, local := range []string{"127.0.0.1:9999", "[::1]:9999"} {
+		var pc net.PacketConn
+		inNS(t, l.ns, func() (err error) { pc, err = net.ListenPacket("udp", local); return err })
+		t.Cleanup(func() { pc.Close() })
+		go func() {
+			buf := make([]byte, 512)
+			for {
+				n, from, err := pc.ReadFrom(buf)
+				if err != nil {
+					return
+				}
+				pc.WriteTo(append([]byte("local:"), buf[:n]...), from)
+			}
+		}()
+	}
+	for server, local := range map[string]string{"192.0.2.53:53": "127.0.0.1:9999", "[2001:db8::53]:53": "[::1]:9999"} {
+		ap, lp := netip.MustParseAddrPort(server), netip.MustParseAddrPort(local)
+		t.Run("local service after a query to "+server, func(t *testing.T) {
+			inNS(t, l.ns, func() error {
+				network := "udp4"
+				if ap.Addr().Is6() {
+					network = "udp6"
+				}
+				pc, err := net.ListenUDP(network, nil)
+				if err != nil {
+					return err
+				}
+				defer pc.Close()
+				buf := make([]byte, 512)
+				for _, q := range []struct {
+					to    netip.AddrPort
+					reply string
+				}{{ap, "proxy:q3"}, {lp, "local:q3"}} {
+					if _, err := pc.WriteToUDPAddrPort([]byte("q3"), q.to); err != nil {
+						return err
+					}
+					pc.SetReadDeadline(time.Now().Add(2 * time.Second))
+					n, from, err := pc.ReadFromUDPAddrPort(buf)
+					if err != nil {
+						return err
+					}
+					if string(buf[:n]) != q.reply || from != q.to {
+						t.Errorf("sent to %s: reply %q from %s, want %q from %s", q.to, buf[:n], from, q.reply, q.to)
+					}
+				}
+				return nil
+			})
+		})
+	}
 }

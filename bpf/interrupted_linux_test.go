@@ -5,6 +5,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -280,5 +281,101 @@ func (l lab) assertNoResidue(t *testing.T, what string) {
 	}
 	for attach, ids := range attachedIDs(t, l.cgroup) {
 		t.Errorf("%s: programs %v still attached to the cgroup (%s)", what, ids, attach)
+	}
+}
+
+// TestDetachedLinkOfALiveCgroupIsNotGone: a cgroup scope's link detached by
+// hand (`bpftool link detach`) reads cgroup id 0, as the links of a removed
+// cgroup do. Before, status called the live cgroup's scope "the scope of a
+// cgroup that is gone (… removed before `detour uninstall --cgroup`)" and
+// the next install or uninstall of any scope removed it, detaching its
+// other programs: the service's capture stopped. A cgroup that is still
+// there keeps its scope, a re-install attaches the link again, and once the
+// cgroup is removed its scope is gone.
+func TestDetachedLinkOfALiveCgroupIsNotGone(t *testing.T) {
+	l := newLab(t)
+	ctx := context.Background()
+	plan, err := redirect.NewPlan(outboundConfig(), redirect.Facts{IPv6: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	svc := filepath.Join(l.cgroup, "svc")
+	if err := os.Mkdir(svc, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.Remove(svc) })
+	cgroup, netns := l.engine(t, svc), l.engine(t, "")
+	if _, err := cgroup.Install(ctx, plan); err != nil {
+		t.Fatal(err)
+	}
+	attached := 0
+	for _, ids := range attachedIDs(t, svc) {
+		attached += len(ids)
+	}
+	pins, _ := filepath.Glob(filepath.Join(l.pinDir, "links", "cgroup@*", "*"))
+	if len(pins) == 0 {
+		t.Fatal("no link of the cgroup scope is pinned")
+	}
+	slices.Sort(pins)
+	lk, err := link.LoadPinnedLink(pins[0], nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := lk.Detach(); err != nil {
+		t.Fatal(err)
+	}
+	lk.Close()
+	st, err := netns.Status(ctx)
+	if err != nil || strings.Contains(strings.Join(st.Leftovers, " "), "cgroup that is gone") {
+		t.Errorf("status = %+v, %v; want no scope of a cgroup that is gone: %s is there", st, err, svc)
+	}
+	// Another scope's install and uninstall leave it.
+	if _, err := netns.Install(ctx, plan); err != nil {
+		t.Fatal(err)
+	}
+	if res, err := netns.Uninstall(ctx); err != nil || len(res.Leftovers) != 0 {
+		t.Errorf("uninstall of the network-namespace scope = %+v, %v; want nothing of the cgroup scope removed", res, err)
+	}
+	left := 0
+	for _, ids := range attachedIDs(t, svc) {
+		left += len(ids)
+	}
+	if left != attached-1 {
+		t.Errorf("%d programs on the live cgroup after another scope's install and uninstall; want %d (all but the one detached by hand)", left, attached-1)
+	}
+	// check sees the program that is not attached.
+	prog := "program " + strings.TrimPrefix(filepath.Base(pins[0]), "detour_") + " "
+	d, err := cgroup.Check(ctx, plan)
+	if err != nil || len(d.Families) == 0 || !slices.ContainsFunc(d.Families[0].Missing, func(l string) bool { return strings.HasPrefix(l, prog) }) {
+		t.Errorf("check with a link detached by hand = %+v, %v; want %q… missing", d, err, prog)
+	}
+	if _, err := cgroup.Install(ctx, plan); err != nil {
+		t.Fatal(err)
+	}
+	again := 0
+	for _, ids := range attachedIDs(t, svc) {
+		again += len(ids)
+	}
+	if again != attached {
+		t.Errorf("%d programs on the cgroup after its re-install; want %d", again, attached)
+	}
+	if d, err := cgroup.Check(ctx, plan); err != nil || len(d.Families) != 0 {
+		t.Errorf("check after the re-install = %+v, %v; want in sync", d, err)
+	}
+	// Removed for real: gone.
+	if err := os.Remove(svc); err != nil {
+		t.Fatal(err)
+	}
+	var res redirect.Result
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		if res, err = netns.Uninstall(ctx); err != nil || len(res.Leftovers) > 0 || time.Now().After(deadline) {
+			break
+		}
+	}
+	if err != nil || !strings.Contains(strings.Join(res.Leftovers, " "), "cgroup that is gone") {
+		t.Errorf("uninstall after the cgroup's removal = %+v, %v; want its scope removed", res, err)
+	}
+	if left, _ := filepath.Glob(filepath.Join(l.pinDir, "*")); len(left) != 0 {
+		t.Errorf("pins left: %q", left)
 	}
 }

@@ -1,8 +1,10 @@
 package bpf
 
 import (
+	"encoding/binary"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"log/slog"
 	"maps"
@@ -360,10 +362,60 @@ func (l *Loader) goneCgroups() ([]uint64, error) {
 			return nil, fmt.Errorf("read link %s: %w", pins[0].Name(), err)
 		}
 		if c := info.Cgroup(); c != nil && c.CgroupId == 0 {
+			// A link also reads 0 once it is detached by hand (`bpftool link
+			// detach`): the cgroup of a live service is not gone.
+			if l.cgroupExists(id) {
+				l.log().Warn("ebpf: a cgroup scope's link reads as detached, yet its cgroup is there (was it detached by hand?); its scope is not stale; a re-install attaches it again",
+					"cgroup_id", id, "link", pins[0].Name())
+				continue
+			}
 			out = append(out, id)
 		}
 	}
 	return out, nil
+}
+
+// detachedByHand reports whether the link pinned at pin, of a cgroup whose
+// id is cg, is detached (it reads cgroup id 0) while its cgroup is there:
+// `bpftool link detach` did it, not the cgroup's removal.
+func (l *Loader) detachedByHand(pin string, cg uint64) bool {
+	lk, err := link.LoadPinnedLink(pin, nil)
+	if err != nil {
+		return false
+	}
+	info, err := lk.Info()
+	lk.Close()
+	if err != nil {
+		return false
+	}
+	c := info.Cgroup()
+	return c != nil && c.CgroupId == 0 && l.cgroupExists(cg)
+}
+
+// cgroupExists reports whether the cgroup v2 hierarchy holds a cgroup of
+// this id (a cgroup's id is its directory's inode and its kernfs file
+// handle), by opening it by its handle. It is false when the kernel says no
+// such cgroup exists, and also when it cannot be asked (no cgroup v2 mount,
+// no CAP_DAC_READ_SEARCH): then the link's own word stands.
+func (l *Loader) cgroupExists(id uint64) bool {
+	root, err := l.opts.root()
+	if err != nil {
+		return false
+	}
+	mnt, err := unix.Open(root, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return false
+	}
+	defer unix.Close(mnt)
+	const fileidKernfs = 0xfe // FILEID_KERNFS: the handle of a kernfs node is its 64-bit id
+	h := make([]byte, 8)
+	binary.NativeEndian.PutUint64(h, id)
+	fd, err := unix.OpenByHandleAt(mnt, unix.NewFileHandle(fileidKernfs, h), unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC)
+	if err != nil {
+		return false
+	}
+	unix.Close(fd)
+	return true
 }
 
 // openPinned opens detour's pinned maps under the loader's lock; the caller
@@ -604,7 +656,11 @@ func (l *Loader) log() *slog.Logger {
 	return l.opts.Logger
 }
 
-// mountBPFFS mounts a bpffs on the parent of PinDir when none is there.
+// mountBPFFS mounts a bpffs on the parent of PinDir when none is there and
+// that directory is empty (/sys/fs/bpf on a host that has not mounted one).
+// A directory with something in it is refused: a mount there would hide its
+// files from every process of the mount namespace (DETOUR_EBPF_PIN_DIR=
+// /tmp/detour mounted a bpffs over /tmp).
 func (l *Loader) mountBPFFS() error {
 	dir := filepath.Dir(l.opts.pinDir())
 	var st unix.Statfs_t
@@ -613,6 +669,18 @@ func (l *Loader) mountBPFFS() error {
 	}
 	if st.Type == unix.BPF_FS_MAGIC {
 		return nil
+	}
+	f, err := os.Open(dir)
+	if err != nil {
+		return fmt.Errorf("bpffs %s: %w", dir, err)
+	}
+	names, err := f.Readdirnames(1)
+	f.Close()
+	if err != nil && !errors.Is(err, io.EOF) {
+		return fmt.Errorf("bpffs %s: %w", dir, err)
+	}
+	if len(names) > 0 {
+		return fmt.Errorf("bpffs %s: it is not a bpf filesystem, and mounting one over it would hide what it holds (%s, …): mount a bpffs there yourself, or pin below one", dir, names[0])
 	}
 	if err := unix.Mount("bpf", dir, "bpf", 0, "mode=0700"); err != nil {
 		return fmt.Errorf("mount bpffs on %s: %w", dir, err)
@@ -834,7 +902,14 @@ func (l *Loader) attach(st *store, r resolved, cfg uint32) (bool, error) {
 	path := r.path
 	missing := false
 	for _, a := range attachments {
-		if _, err := os.Stat(filepath.Join(dir, a.prog)); err != nil {
+		pin := filepath.Join(dir, a.prog)
+		if _, err := os.Stat(pin); err != nil {
+			missing = true
+		} else if l.detachedByHand(pin, r.cg) {
+			// Pinned but no longer attached: unpin it, so it is attached again.
+			if err := detachPin(pin); err != nil {
+				return false, err
+			}
 			missing = true
 		}
 	}

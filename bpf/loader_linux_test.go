@@ -324,3 +324,40 @@ func cgroupScope(t *testing.T, l lab) (*Loader, Scope) {
 }
 
 func newLabNS(t *testing.T) privtest.NS { return privtest.NetNS(t) }
+
+// TestMountBPFFSOnlyOnAnEmptyDir: the pin directory's parent gets a bpffs
+// when it has none, but only when it is empty: DETOUR_EBPF_PIN_DIR=/tmp/detour
+// mounted a bpffs over /tmp, hiding its files from the whole mount namespace.
+func TestMountBPFFSOnlyOnAnEmptyDir(t *testing.T) {
+	privtest.Require(t)
+	unmount := func(dir string) {
+		var st unix.Statfs_t
+		if unix.Statfs(dir, &st) == nil && st.Type == unix.BPF_FS_MAGIC {
+			if err := unix.Unmount(dir, 0); err != nil {
+				t.Errorf("unmount %s: %v", dir, err)
+			}
+		}
+	}
+	full := t.TempDir()
+	t.Cleanup(func() { unmount(full) })
+	if err := os.WriteFile(filepath.Join(full, "keep"), []byte("x"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	err := New(Options{PinDir: filepath.Join(full, "detour")}).mountBPFFS()
+	if err == nil || !strings.Contains(err.Error(), "would hide what it holds") {
+		t.Errorf("mountBPFFS below a directory with files = %v, want a refusal", err)
+	}
+	if _, err := os.Stat(filepath.Join(full, "keep")); err != nil {
+		t.Errorf("the directory's file is hidden: %v", err)
+	}
+
+	empty := t.TempDir()
+	t.Cleanup(func() { unmount(empty) })
+	if err := New(Options{PinDir: filepath.Join(empty, "detour")}).mountBPFFS(); err != nil {
+		t.Fatalf("mountBPFFS below an empty directory: %v", err)
+	}
+	var st unix.Statfs_t
+	if err := unix.Statfs(empty, &st); err != nil || st.Type != unix.BPF_FS_MAGIC {
+		t.Errorf("no bpffs mounted on the empty directory %s (%v)", empty, err)
+	}
+}

@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 
 	"github.com/cilium/ebpf"
@@ -121,7 +122,9 @@ func (l *Loader) Observe() (State, error) {
 	return st, nil
 }
 
-// observeLinks reads the pinned links' names by link directory.
+// observeLinks reads the pinned links' names by link directory. A cgroup
+// link detached by hand (`bpftool link detach`: pinned, reading cgroup id 0,
+// its cgroup still there) is not counted: its program is not attached.
 func (l *Loader) observeLinks() (map[string][]string, error) {
 	out := map[string][]string{}
 	dirs, _ := filepath.Glob(filepath.Join(l.opts.pinDir(), "links", "*"))
@@ -130,7 +133,14 @@ func (l *Loader) observeLinks() (map[string][]string, error) {
 		if err != nil {
 			return out, fmt.Errorf("read links: %w", err)
 		}
+		var cg uint64
+		if kind, id, ok := strings.Cut(filepath.Base(d), "@"); ok && (kind == kindCgroup || kind == kindNetns) {
+			cg, _ = strconv.ParseUint(id, 10, 64)
+		}
 		for _, p := range pins {
+			if cg != 0 && l.detachedByHand(filepath.Join(d, p.Name()), cg) {
+				continue
+			}
 			out[filepath.Base(d)] = append(out[filepath.Base(d)], p.Name())
 		}
 	}

@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
 	"golang.org/x/sys/unix"
 
 	"github.com/detour-mesh/detour/internal/privtest"
@@ -458,4 +459,84 @@ func BenchmarkLivenessMark(b *testing.B) {
 			}
 		}
 	})
+}
+
+// TestDetachedMarkOfALiveNamespaceIsNotStale: a mark whose link was detached
+// by hand (`bpftool link detach`) reads netns inode 0, as the mark of a
+// namespace that is gone does. Before, such a namespace was called stale
+// while alive, and the next install or uninstall of any scope removed its
+// enrolment: the pod's capture stopped. A namespace that can still be found
+// (by its name, a bind mount, a process in it) is not stale; a re-install in
+// it marks it again; once it is deleted it is stale and swept.
+func TestDetachedMarkOfALiveNamespaceIsNotStale(t *testing.T) {
+	l := newLab(t)
+	ctx := context.Background()
+	ld := New(Options{PinDir: l.pinDir, Root: l.cgroup})
+	plan, err := redirect.NewPlan(outboundConfig(), redirect.Facts{IPv6: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	named, byProc, byMount := newDoomedNS(t), newDoomedNS(t), newDoomedNS(t)
+	all := []doomedNS{named, byProc, byMount}
+	for _, ns := range all {
+		if _, err := l.engineIn(t, ns.Path).Install(ctx, plan); err != nil {
+			t.Fatal(err)
+		}
+	}
+	stop := byProc.holdByProcess(t)
+	byProc.unname(t)
+	unmount := byMount.holdByMount(t)
+	byMount.unname(t)
+	detachMark := func(ns doomedNS) {
+		t.Helper()
+		lk, err := link.LoadPinnedLink(ld.alivePin(ns.cookie), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer lk.Close()
+		if err := lk.Detach(); err != nil {
+			t.Fatal(err)
+		}
+		if ino, err := markInode(ld.alivePin(ns.cookie)); err != nil || ino != 0 {
+			t.Fatalf("the detached mark of %s reads inode %d, %v; want 0 (what this test is about)", ns.Name, ino, err)
+		}
+	}
+	for _, ns := range all {
+		detachMark(ns)
+	}
+	if got := staleCookies(t, ld, 0); len(got) != 0 {
+		t.Errorf("stale scopes = %v; want none: the namespaces %d, %d and %d are alive", got, named.cookie, byProc.cookie, byMount.cookie)
+	}
+	if removed, err := ld.Sweep(); err != nil || len(removed) != 0 {
+		t.Errorf("sweep = %q, %v; want nothing removed", removed, err)
+	}
+	st, err := ld.Observe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, ns := range all {
+		if _, ok := st.Scopes[ns.cookie]; !ok {
+			t.Errorf("the scope of the live namespace %s (cookie %d) is no longer enrolled", ns.Name, ns.cookie)
+		}
+	}
+	if _, err := l.engineIn(t, named.Path).Install(ctx, plan); err != nil {
+		t.Fatal(err)
+	}
+	if ino, err := markInode(ld.alivePin(named.cookie)); err != nil || ino != uint32(named.ino) {
+		t.Errorf("after a re-install the mark reads inode %d, %v; want %d", ino, err, named.ino)
+	}
+	// Gone for real: stale, whether its mark was detached or not.
+	detachMark(named)
+	named.unname(t)
+	stop()
+	unmount()
+	for _, ns := range all {
+		if got := staleCookies(t, ld, ns.cookie); !slices.Contains(got, ns.cookie) {
+			t.Errorf("stale scopes = %v; want the deleted namespace %s (cookie %d) among them", got, ns.Name, ns.cookie)
+		}
+	}
+	if removed, err := ld.Sweep(); err != nil || len(removed) != 3 {
+		t.Errorf("sweep = %q, %v; want the three scopes removed", removed, err)
+	}
+	l.assertNoResidue(t, "sweep of the last scopes")
 }

@@ -73,6 +73,9 @@ func TestDecodeErrorsNameFieldAndValue(t *testing.T) {
 		{"empty scalar (an empty template value)", "proxy:\n  uid:\n", `proxy.uid: "null" is empty`},
 		{"null json scalar", `{"mode": null}`, `mode: "null" is empty`},
 		{"null boolean", "outbound:\n  enabled: ~", `outbound.enabled: "null" is empty`},
+		// The second document's settings were dropped without a word.
+		{"two documents", "---\nproxy: {uid: 1337}\n---\noutbound: {excludePorts: [5432]}\n", `(document): "---" starts another YAML document (2 hold settings)`},
+		{"a document after an end marker", "proxy: {uid: 1337}\n...\nmode: tproxy\n", `starts another YAML document`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -90,6 +93,23 @@ func TestDecodeErrorsNameFieldAndValue(t *testing.T) {
 				t.Errorf("failed Decode changed the config:\n%s", diff)
 			}
 		})
+	}
+}
+
+// TestDecodeDocumentMarkers: markers around one document, empty documents
+// and "---" inside a value are not a second document.
+func TestDecodeDocumentMarkers(t *testing.T) {
+	t.Parallel()
+	for _, doc := range []string{
+		"---\nproxy: {uid: 1337}\n",
+		"---\nproxy: {uid: 1337}\n...\n",
+		"# header\n---\nproxy: {uid: 1337}\n---\n# nothing here\n",
+		"proxy: {uid: 1337}\nlog: {prefix: \"a---b...\"}\n",
+	} {
+		c := Default()
+		if err := c.Decode([]byte(doc)); err != nil || c.Proxy.UID != 1337 {
+			t.Errorf("Decode(%q) = %v, uid %d; want uid 1337", doc, err, c.Proxy.UID)
+		}
 	}
 }
 

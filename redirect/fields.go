@@ -3,7 +3,9 @@ package redirect
 import (
 	"bytes"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"io"
 	"net/netip"
 	"regexp"
 	"sort"
@@ -120,6 +122,11 @@ func (c *Config) Decode(doc []byte) error {
 	if len(bytes.TrimSpace(doc)) == 0 {
 		return nil
 	}
+	if n := documents(doc); n > 1 {
+		// YAML to JSON keeps the first document and drops the others
+		// silently: a second one's settings would never be applied.
+		return &FieldError{Field: "(document)", Value: "---", Reason: fmt.Sprintf("starts another YAML document (%d hold settings); put every setting in one document", n)}
+	}
 	js, err := yaml.YAMLToJSONStrict(doc)
 	if m := duplicateKeyOf(err); m != nil {
 		// A key given twice in one mapping: YAML and JSON parsers keep the
@@ -150,6 +157,34 @@ func (c *Config) Decode(doc []byte) error {
 	}
 	*c = next
 	return nil
+}
+
+// documents counts the YAML documents of doc that hold something (a bare
+// "---" or a comment between markers is none). It parses only a doc that
+// has a document marker at all.
+func documents(doc []byte) int {
+	if !bytes.Contains(doc, []byte("---")) && !bytes.Contains(doc, []byte("...")) {
+		return 1
+	}
+	dec := yamlv2.NewDecoder(bytes.NewReader(doc))
+	n := 0
+	for {
+		var v any
+		if err := dec.Decode(&v); errors.Is(err, io.EOF) {
+			return n
+		} else if err != nil {
+			// In the first document: the decode that follows reports it.
+			// After it: something follows the first document, which YAML
+			// to JSON would drop as it drops a second document.
+			if n > 0 {
+				n++
+			}
+			return n
+		}
+		if v != nil {
+			n++
+		}
+	}
 }
 
 // duplicateKey matches the strict YAML parser's report of a repeated key;

@@ -19,6 +19,9 @@ import (
 // backend is handed to detour-ebpf instead (ebpf.go): engine returns only
 // when that fails.
 func (g *globalOptions) engine(nsPath string, backend redirect.Backend, stderr io.Writer) (*redirect.Engine, error) {
+	if g.ebpfEnvErr != nil {
+		return nil, g.ebpfEnvErr
+	}
 	logger := g.logger(stderr)
 	if why := g.needsEBPF(backend); why != "" {
 		return nil, g.delegateEBPF(why, logger)
@@ -29,6 +32,9 @@ func (g *globalOptions) engine(nsPath string, backend redirect.Backend, stderr i
 	return &redirect.Engine{Logger: logger, NetNS: nsPath, LockWait: g.lockWait,
 		Drivers: netfilter.Drivers(netfilter.Options{LockWait: g.lockWait, Logger: logger, Backend: backend})}, nil
 }
+
+// ebpfRootToJoin is "": a command with the eBPF backend runs in detour-ebpf.
+func (g *globalOptions) ebpfRootToJoin(redirect.Backend) string { return "" }
 
 // checkCgroup accepts any path: --cgroup hands the command to detour-ebpf,
 // which checks it (exit 2 when it is not a cgroup v2 directory).

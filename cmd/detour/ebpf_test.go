@@ -195,3 +195,28 @@ func TestDelegateEBPFPipeConfig(t *testing.T) {
 		})
 	}
 }
+
+// TestEBPFEnvRefused: DETOUR_EBPF_PIN_DIR=relative made `install --backend
+// ebpf` mount a bpffs on the working directory, and an empty value (a test
+// script's unset variable) meant the machine's own pin directory or cgroup
+// root. Both are refused, exit 2, before anything is read or changed.
+func TestEBPFEnvRefused(t *testing.T) {
+	for _, tc := range []struct{ name, value string }{
+		{"DETOUR_EBPF_PIN_DIR", "relative/detour"},
+		{"DETOUR_EBPF_PIN_DIR", ""},
+		{"DETOUR_EBPF_PIN_DIR", "/tmp/../tmp/detour"},
+		{"DETOUR_EBPF_CGROUP_ROOT", "sys/fs/cgroup"},
+		{"DETOUR_EBPF_CGROUP_ROOT", ""},
+		{"DETOUR_EBPF_CGROUP_ROOT", "/"},
+	} {
+		t.Run(tc.name+"="+tc.value, func(t *testing.T) {
+			t.Setenv(tc.name, tc.value)
+			for _, args := range [][]string{{"plan", "--ip-families", "ipv4"}, {"explain", "--config-only", "--ip-families", "ipv4", "--to", "192.0.2.1:80"}} {
+				code, _, stderr := runCLI(t, args...)
+				if code != exitUsage || !strings.Contains(stderr, tc.name+": ") {
+					t.Errorf("detour %s with %s=%q: exit %d, stderr %q; want exit 2 naming the variable", strings.Join(args, " "), tc.name, tc.value, code, stderr)
+				}
+			}
+		})
+	}
+}

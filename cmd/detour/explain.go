@@ -326,6 +326,10 @@ func runExplain(ctx context.Context, o *explainOptions, g *globalOptions, s stre
 			if err := joinCgroup(g.cgroup); err != nil {
 				e.Live = &liveOutcome{Error: "the connection must be opened below the cgroup it checks: " + err.Error()}
 			}
+		} else if root := g.ebpfRootToJoin(p.plan.Config.Backend); root != "" {
+			if err := joinCgroup(root); err != nil {
+				e.Live = &liveOutcome{Error: "the connection must be opened below DETOUR_EBPF_CGROUP_ROOT, where the eBPF backend's programs attach: " + err.Error()}
+			}
 		}
 		if e.Live == nil {
 			e.Live = liveProbe(ctx, p, conn, e, o.timeout)

@@ -25,6 +25,9 @@ type globalOptions struct {
 	// namespace). bpfPinDir and bpfRoot come from DETOUR_EBPF_PIN_DIR and
 	// DETOUR_EBPF_CGROUP_ROOT (tests and sandboxes; "" = the defaults).
 	cgroup, bpfPinDir, bpfRoot string
+	// ebpfEnvErr is what is wrong with those two variables (checkEBPFEnv):
+	// engine returns it before anything is read or changed.
+	ebpfEnvErr error
 	// uninstalling is set (by bindFlags) when the command is uninstall: its
 	// --cgroup may name a cgroup that is gone, whose scope it removes.
 	uninstalling bool
@@ -232,3 +235,22 @@ func (f cgroupFlag) Set(v string) error {
 }
 
 func (cgroupFlag) Type() string { return "path" }
+
+// checkEBPFEnv refuses a DETOUR_EBPF_PIN_DIR or DETOUR_EBPF_CGROUP_ROOT that
+// is set but not a clean absolute path below / (exit 2). A relative pin
+// directory was taken from the working directory, where the eBPF backend
+// then mounted a bpffs; an empty one (a test's unset variable) meant the
+// machine's own /sys/fs/bpf/detour or cgroup root.
+func checkEBPFEnv(lookup func(string) (string, bool)) error {
+	for _, name := range []string{"DETOUR_EBPF_PIN_DIR", "DETOUR_EBPF_CGROUP_ROOT"} {
+		v, ok := lookup(name)
+		switch {
+		case !ok:
+		case v == "":
+			return usageError("%s: an empty value names no path (unset it for the default)", name)
+		case !filepath.IsAbs(v) || filepath.Clean(v) != v || v == "/":
+			return usageError("%s: %q is not a clean absolute path below /", name, v)
+		}
+	}
+	return nil
+}

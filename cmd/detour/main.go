@@ -35,10 +35,17 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 	// SIGINT and SIGTERM cancel the command's context, so that a lock wait or
 	// an apply ends cleanly. The handler (two goroutines, and the threads that
 	// start for them) is set up only for a command that runs; version opts out.
+	// After the first signal the default action is back: a second one ends
+	// a command that is blocked where it does not watch its context (reading
+	// a --config FIFO nobody writes), which the handler kept alive forever.
 	stop := func() {}
 	root.PersistentPreRun = func(cmd *cobra.Command, _ []string) {
 		var c context.Context
 		c, stop = signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
+		go func() {
+			<-c.Done()
+			stop()
+		}()
 		cmd.SetContext(c)
 	}
 	defer func() { stop() }()

@@ -25,6 +25,7 @@ inject and cni run it.`,
 	bindLockWaitFlag(root.PersistentFlags(), &g.lockWait)
 	root.PersistentFlags().Var(cgroupFlag{&g.cgroup, &g.uninstalling}, "cgroup", "backend ebpf: capture the processes below this cgroup v2 directory (a VM service or slice; the proxy must run below it too) instead of a network namespace")
 	g.bpfPinDir, g.bpfRoot = os.Getenv("DETOUR_EBPF_PIN_DIR"), os.Getenv("DETOUR_EBPF_CGROUP_ROOT")
+	g.ebpfEnvErr = checkEBPFEnv(os.LookupEnv)
 	root.SetFlagErrorFunc(func(c *cobra.Command, err error) error {
 		return &flagError{err}
 	})

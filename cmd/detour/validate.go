@@ -104,6 +104,13 @@ func runValidate(ctx context.Context, o *validateOptions, g *globalOptions, s st
 			return fmt.Errorf("validate: the probe must run below the cgroup it checks: %w (a cgroup whose controllers are delegated to children takes no process: validate from a leaf cgroup below it)", err)
 		}
 		fmt.Fprintf(s.out, "probing from inside %s (this process joined it)\n", g.cgroup)
+	} else if root := g.ebpfRootToJoin(c.Backend); root != "" {
+		// The network-namespace scope's programs attach to
+		// DETOUR_EBPF_CGROUP_ROOT and see only sockets made below it.
+		if err := joinCgroup(root); err != nil {
+			return fmt.Errorf("validate: the probe must run below DETOUR_EBPF_CGROUP_ROOT, where the eBPF backend's programs attach: %w (validate from a process below it)", err)
+		}
+		fmt.Fprintf(s.out, "probing from inside %s (DETOUR_EBPF_CGROUP_ROOT: this process joined it)\n", root)
 	}
 	failed, conclusive := 0, 0
 	for _, p := range probes {

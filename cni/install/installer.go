@@ -16,6 +16,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/fsnotify/fsnotify"
@@ -361,6 +362,28 @@ func (o Options) baseConfig() (json.RawMessage, error) {
 	return doc, nil
 }
 
+// errNotRegular is readRegular's error for a path that is not a regular file.
+var errNotRegular = errors.New("not a regular file")
+
+// readRegular reads the regular file at path (symlinks followed). Anything
+// else fails with errNotRegular instead of being read: a FIFO in the conf
+// dir, or where the token should be, would block the installer (and its
+// readiness probe) in open(2) until someone writes to it, and a device
+// could be endless.
+func readRegular(path string) ([]byte, error) {
+	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NONBLOCK, 0)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	if fi, err := f.Stat(); err != nil {
+		return nil, err
+	} else if !fi.Mode().IsRegular() {
+		return nil, &os.PathError{Op: "read", Path: path, Err: errNotRegular}
+	}
+	return io.ReadAll(f)
+}
+
 // readErr is the reason a config document could not be read.
 func readErr(err error) string {
 	if errors.Is(err, redirect.ErrDocumentTooLarge) {
@@ -574,7 +597,7 @@ func hashFile(path string) ([]byte, error) {
 }
 
 func (in *Installer) ensureKubeconfig() (string, error) {
-	ca, err := os.ReadFile(in.o.CAFile)
+	ca, err := readRegular(in.o.CAFile)
 	if err != nil {
 		return "", fmt.Errorf("read service account CA: %w", err)
 	}
@@ -584,7 +607,7 @@ func (in *Installer) ensureKubeconfig() (string, error) {
 		// the kubeconfig it is given.
 		creds.TokenFile = filepath.Join(filepath.Dir(in.o.PluginKubeconfig), filepath.Base(in.o.PluginTokenFile))
 	} else {
-		token, err := os.ReadFile(in.o.TokenFile)
+		token, err := readRegular(in.o.TokenFile)
 		if err != nil {
 			return "", fmt.Errorf("read service account token: %w", err)
 		}
@@ -599,7 +622,7 @@ func (in *Installer) ensureKubeconfig() (string, error) {
 	if err != nil {
 		return "", fmt.Errorf("render kubeconfig from %s and %s: %w", in.o.TokenFile, in.o.CAFile, err)
 	}
-	if have, err := os.ReadFile(in.o.KubeconfigFile); err == nil && bytes.Equal(have, want) {
+	if have, err := readRegular(in.o.KubeconfigFile); err == nil && bytes.Equal(have, want) {
 		return "", nil
 	}
 	if err := atomicfile.WriteFrom(in.o.KubeconfigFile, bytes.NewReader(want), 0o600); err != nil {
@@ -629,7 +652,7 @@ func (in *Installer) ensureEntry() (string, error) {
 	if err != nil {
 		return "", fmt.Errorf("resolve primary CNI config: %w", err)
 	}
-	doc, err := os.ReadFile(primary)
+	doc, err := readRegular(primary)
 	if err != nil {
 		return "", fmt.Errorf("read primary CNI config: %w", err)
 	}
@@ -712,7 +735,7 @@ func (in *Installer) Uninstall(ctx context.Context) ([]string, error) {
 		if real, err := filepath.EvalSymlinks(f); err == nil {
 			f = real
 		}
-		doc, err := os.ReadFile(f)
+		doc, err := readRegular(f)
 		if err != nil {
 			errs = append(errs, fmt.Errorf("read CNI config: %w", err))
 			continue
@@ -873,7 +896,7 @@ func (in *Installer) Ready() error {
 	if err != nil {
 		return notReady("resolve %s: %v", primary, err)
 	}
-	doc, err := os.ReadFile(real)
+	doc, err := readRegular(real)
 	if err != nil {
 		return notReady("%v", err)
 	}

@@ -340,6 +340,12 @@ func TestOptionsValidate(t *testing.T) {
 		{"bad namespace", func(o *Options) { o.ExcludeNamespaces = []string{"kube-system", "Not_A_Name"} }, "exclude-namespaces"},
 		{"no server", func(o *Options) { o.Server = "" }, "api-server"},
 		{"http server", func(o *Options) { o.Server = "http://192.0.2.1:6443" }, "api-server"},
+		// The plugin's every ADD would fail (code 11) against these.
+		{"server port out of range", func(o *Options) { o.Server = "https://192.0.2.1:99999" }, "api-server"},
+		{"server port 0", func(o *Options) { o.Server = "https://192.0.2.1:0" }, "api-server"},
+		{"server without host", func(o *Options) { o.Server = "https://:6443" }, "api-server"},
+		{"server with credentials", func(o *Options) { o.Server = "https://user:pw@192.0.2.1:6443" }, "api-server"},
+		{"server with a query", func(o *Options) { o.Server = "https://192.0.2.1:6443?x=1" }, "api-server"},
 		{"negative poll", func(o *Options) { o.PollInterval = -time.Second }, "poll-interval"},
 		{"bad log level", func(o *Options) { o.LogLevel = "loud" }, "log-level"},
 		{"unknown preset", func(o *Options) { o.Preset = "linkerd" }, "preset"},

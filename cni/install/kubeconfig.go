@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"net/url"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"time"
 
@@ -115,8 +116,14 @@ func ServerURL(host, port string) string {
 
 func checkServer(s string) error {
 	u, err := url.Parse(s)
-	if err != nil || u.Scheme != "https" || u.Host == "" || u.Port() == "" || (u.Path != "" && u.Path != "/") {
+	if err != nil || u.Scheme != "https" || u.Hostname() == "" || u.Port() == "" || (u.Path != "" && u.Path != "/") ||
+		u.User != nil || u.RawQuery != "" || u.Fragment != "" {
 		return fmt.Errorf("server: %q is not https://host:port", s)
+	}
+	// The plugin's kubeconfig must name a port it can dial: url.Parse takes
+	// any digits (https://host:99999, https://host:0).
+	if port, err := strconv.ParseUint(u.Port(), 10, 16); err != nil || port == 0 {
+		return fmt.Errorf("server: %q is not https://host:port (a port 1-65535)", s)
 	}
 	return nil
 }

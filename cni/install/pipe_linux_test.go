@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -106,6 +107,63 @@ func TestConfigFromPipe(t *testing.T) {
 			want := map[string]any{"mode": "tproxy", "outbound": map[string]any{"excludePorts": []any{5432.0}}}
 			if last.Type != PluginType || !cmp.Equal(got, any(want)) {
 				t.Errorf("entry %s with config %s, want detour-cni with %v", last.Type, last.Config, want)
+			}
+		})
+	}
+}
+
+// TestFIFOInConfDir: a FIFO among the network configurations (or where the
+// token is) blocked Install, Ready and Uninstall in open(2) for good, so the
+// DaemonSet's pod never became ready nor exited. They fail, naming it.
+func TestFIFOInConfDir(t *testing.T) {
+	t.Parallel()
+	for _, where := range []string{"primary", "token"} {
+		t.Run(where, func(t *testing.T) {
+			t.Parallel()
+			n := newNode(t)
+			n.primary(t, "10-calico.conflist")
+			fifo := filepath.Join(n.conf, "05-stuck.conflist")
+			o := n.options()
+			if where == "token" {
+				fifo = filepath.Join(n.root, "sa/fifo-token")
+				o.TokenFile = fifo
+			}
+			if err := syscall.Mkfifo(fifo, 0o600); err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() {
+				// Unblock an open still waiting for a writer.
+				if f, err := os.OpenFile(fifo, os.O_WRONLY|syscall.O_NONBLOCK, 0); err == nil {
+					f.Close()
+				}
+			})
+			in := New(o)
+			calls := []struct {
+				name string
+				call func() error
+			}{
+				{"Install", func() error { _, err := in.Install(context.Background()); return err }},
+			}
+			if where == "primary" {
+				calls = append(calls, []struct {
+					name string
+					call func() error
+				}{
+					{"Ready", in.Ready},
+					{"Uninstall", func() error { _, err := in.Uninstall(context.Background()); return err }},
+				}...)
+			}
+			for _, c := range calls {
+				done := make(chan error, 1)
+				go func() { done <- c.call() }()
+				select {
+				case err := <-done:
+					if err == nil || !strings.Contains(err.Error(), fifo) || !strings.Contains(err.Error(), "not a regular file") {
+						t.Errorf("%s = %v, want an error naming %s as not a regular file", c.name, err, fifo)
+					}
+				case <-time.After(10 * time.Second):
+					t.Fatalf("%s still waits on the FIFO after 10s", c.name)
+				}
 			}
 		})
 	}

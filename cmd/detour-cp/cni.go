@@ -226,6 +226,7 @@ func (o *cniOptions) installerOptions(logger *slog.Logger) install.Options {
 		PluginTokenLifetime:  o.pluginTokenLife,
 		PollInterval:         o.pollInterval,
 		CleanupOnExit:        o.cleanupOnExit,
+		DaemonSet:            o.daemonSet,
 		Logger:               logger,
 	}
 }

@@ -4,10 +4,14 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"encoding/pem"
 	"fmt"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 )
@@ -132,6 +136,7 @@ func TestCNIInstallInvalidInput(t *testing.T) {
 		{"missing ebpf plugin binary", []string{"--ebpf-plugin-binary", filepath.Join(root, "nope")}, "--ebpf-plugin-binary: "},
 		{"empty preset", []string{"--preset", ""}, "--preset: an empty value is refused"},
 		{"empty mesh config", []string{"--mesh-config", ""}, "--mesh-config: an empty value is refused"},
+		{"bad daemonset", []string{"--cleanup-on-exit", "--daemonset", "detour-cni-node"}, `--daemonset: "detour-cni-node" is not namespace/name`},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -273,5 +278,93 @@ func TestCNIInstallConfigFromPipe(t *testing.T) {
 	b, _ := os.ReadFile(filepath.Join(root, "net.d/10-flannel.conflist"))
 	if !strings.Contains(string(b), `"capture": "all"`) {
 		t.Errorf("the plugin entry lacks the piped config:\n%s", b)
+	}
+}
+
+// TestCNIInstallKeepsNodeWhileDaemonSetExists is the shipped DaemonSet's
+// command line (--cleanup-on-exit --daemonset): SIGTERM while the DaemonSet
+// still exists (a rolling update, an eviction, kubectl delete pod) leaves the
+// node's installation to the next pod; once the DaemonSet is deleted, SIGTERM
+// removes it. Before 2026-12-05 the command dropped --daemonset and every
+// SIGTERM removed the entry: pods created on the node until the next installer
+// pod ran started unmeshed.
+func TestCNIInstallKeepsNodeWhileDaemonSetExists(t *testing.T) {
+	t.Parallel()
+	var (
+		mu   sync.Mutex
+		gone bool
+		gets int
+	)
+	api := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method != http.MethodGet || r.URL.Path != "/apis/apps/v1/namespaces/detour-system/daemonsets/detour-cni-node" || r.Header.Get("Authorization") != "Bearer tok" {
+			http.Error(w, `{"kind":"Status","code":403}`, http.StatusForbidden)
+			return
+		}
+		mu.Lock()
+		defer mu.Unlock()
+		gets++
+		if gone {
+			http.Error(w, `{"kind":"Status","code":404}`, http.StatusNotFound)
+			return
+		}
+		fmt.Fprint(w, `{"kind":"DaemonSet","metadata":{"name":"detour-cni-node","namespace":"detour-system"}}`)
+	}))
+	defer api.Close()
+	root, dirs := cniNode(t)
+	caPEM := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: api.Certificate().Raw})
+	if err := os.WriteFile(filepath.Join(root, "sa/ca.crt"), caPEM, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	primary := filepath.Join(root, "net.d/10-flannel.conflist")
+	sigterm := func() {
+		t.Helper()
+		ctx, cancel := context.WithCancel(context.Background())
+		defer cancel()
+		args := append(append([]string{"cni", "install", "--cleanup-on-exit", "--daemonset=detour-system/detour-cni-node"}, dirs...), installFlags(root)...)
+		args = append(args, "--api-server", api.URL)
+		done := make(chan int, 1)
+		var stderr string
+		go func() {
+			code, _, e := runCmd(t, ctx, args...)
+			stderr = e
+			done <- code
+		}()
+		deadline := time.Now().Add(20 * time.Second)
+		for b, _ := os.ReadFile(primary); !bytes.Contains(b, []byte("detour-cni")); b, _ = os.ReadFile(primary) {
+			if time.Now().After(deadline) {
+				t.Fatal("entry never inserted")
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+		cancel() // what SIGTERM does through signal.NotifyContext in main
+		select {
+		case code := <-done:
+			if code != exitOK {
+				t.Errorf("exit %d after the signal: %s", code, stderr)
+			}
+		case <-time.After(30 * time.Second):
+			t.Fatal("install did not stop after the signal")
+		}
+	}
+
+	sigterm()
+	if b, _ := os.ReadFile(primary); !bytes.Contains(b, []byte("detour-cni")) {
+		t.Errorf("SIGTERM with the DaemonSet in place removed the entry; the next installer pod would find pods started unmeshed:\n%s", b)
+	}
+	mu.Lock()
+	if gets == 0 {
+		t.Error("the installer never asked whether its DaemonSet exists")
+	}
+	gone = true
+	mu.Unlock()
+
+	// The next installer pod starts on a node whose primary CNI has just
+	// rewritten its file, so that the entry it inserts shows it is running.
+	if err := os.WriteFile(primary, []byte(`{"name":"cbr0","cniVersion":"0.3.1","plugins":[{"type":"flannel"}]}`), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	sigterm()
+	if b, _ := os.ReadFile(primary); bytes.Contains(b, []byte("detour-cni")) {
+		t.Errorf("SIGTERM after the DaemonSet was deleted left the entry:\n%s", b)
 	}
 }

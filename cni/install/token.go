@@ -122,8 +122,12 @@ func tokenClaims(token string) (claims, bool) {
 }
 
 // daemonSetGone reports whether the installer's DaemonSet is deleted or being
-// deleted, reading it with the installer's own token. Any other answer, or
-// none, counts as "still there": the installation stays for the next pod.
+// deleted, reading it with the installer's own token. A refusal (401, 403)
+// counts as deleted too: `kubectl delete -k` deletes the service accounts and
+// the RBAC before the DaemonSet's pods get SIGTERM, and an installation left
+// then holds a token of a deleted service account, so that every new pod of
+// the node would fail its CNI ADD. Any other answer, or none, counts as
+// "still there": the installation stays for the next pod.
 func (in *Installer) daemonSetGone(ctx context.Context) bool {
 	ns, name, _ := strings.Cut(in.o.DaemonSet, "/")
 	log := in.o.Logger.With("daemonset", in.o.DaemonSet)
@@ -146,6 +150,9 @@ func (in *Installer) daemonSetGone(ctx context.Context) bool {
 	switch {
 	case kubeapi.Code(err) == 404:
 		log.Info("the DaemonSet is deleted; uninstalling")
+		return true
+	case kubeapi.Code(err) == 401 || kubeapi.Code(err) == 403:
+		log.Info("the installer's identity is refused: detour's service accounts or RBAC are deleted; uninstalling", "error", err)
 		return true
 	case err != nil:
 		log.Error("cannot tell whether the DaemonSet is deleted; leaving the installation in place", "error", err)

@@ -68,6 +68,12 @@ func newFakeAPI(t *testing.T, installerToken string) *fakeAPI {
 			case "gone":
 				w.WriteHeader(404)
 				fmt.Fprint(w, `{"kind":"Status","reason":"NotFound","message":"daemonsets.apps \"detour-cni-node\" not found"}`)
+			case "unauthorized": // the installer's service account is deleted
+				w.WriteHeader(401)
+				fmt.Fprint(w, `{"kind":"Status","reason":"Unauthorized","message":"Unauthorized"}`)
+			case "forbidden": // its Role or RoleBinding is deleted
+				w.WriteHeader(403)
+				fmt.Fprint(w, `{"kind":"Status","reason":"Forbidden","message":"daemonsets.apps \"detour-cni-node\" is forbidden"}`)
 			default:
 				w.WriteHeader(503)
 			}
@@ -186,7 +192,8 @@ func TestPluginTokenRequestRefused(t *testing.T) {
 
 // TestRunCleanupOnlyWhenTheDaemonSetIsGone: on SIGTERM the installation stays
 // for the next pod while the DaemonSet exists (or the API cannot tell), and is
-// removed when the DaemonSet is deleted or being deleted.
+// removed when the DaemonSet is deleted or being deleted, or the installer's
+// identity is refused (detour's service accounts or RBAC deleted).
 func TestRunCleanupOnlyWhenTheDaemonSetIsGone(t *testing.T) {
 	t.Parallel()
 	tests := []struct {
@@ -197,6 +204,11 @@ func TestRunCleanupOnlyWhenTheDaemonSetIsGone(t *testing.T) {
 		{"broken", false},
 		{"deleting", true},
 		{"gone", true},
+		// kubectl delete -k deletes the service accounts and RBAC before the
+		// DaemonSet's pods stop: a plugin left behind would hold a token of a
+		// deleted service account and fail every new pod's ADD.
+		{"unauthorized", true},
+		{"forbidden", true},
 	}
 	for _, tt := range tests {
 		t.Run(tt.state, func(t *testing.T) {

@@ -356,6 +356,10 @@ spec:
 		}
 	})
 
+	t.Run("control plane runs as its service account", func(t *testing.T) {
+		testControlPlaneAsItsServiceAccount(ctx, t, cfg, cs)
+	})
+
 	t.Run("plugin token hand-over between installer pods", func(t *testing.T) {
 		testTokenHandOver(ctx, t, cfg, cs)
 	})

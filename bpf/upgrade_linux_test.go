@@ -91,18 +91,15 @@ func noteOtherBuild(t *testing.T, pinDir, dir string, fake *[sha256.Size]byte) {
 	}
 }
 
-// TestUpgradeReplacesProgramsInPlace: programs attached by another build of
-// detour (a fake identity noted for them, then no note at all, as a detour
-// from before the notes left them) are drift for `check` and named by
-// `status`; the install replaces every program in place (new program ids on
-// the same links), while an open connection keeps working, every new
-// connection made meanwhile is redirected, and the maps' entries stay as
-// they were. A second install changes nothing and loads nothing.
-func TestUpgradeReplacesProgramsInPlace(t *testing.T) {
-	l := newLab(t)
+// installedNamespaceScope installs outboundConfig's namespace scope into a
+// new lab (from inside its cgroup; uninstalled at cleanup) and returns the
+// lab, its engine, the plan and the scope's link directory.
+func installedNamespaceScope(t *testing.T) (l lab, eng *redirect.Engine, plan redirect.Plan, dir string) {
+	t.Helper()
+	l = newLab(t)
 	enter(t, l.cgroup)
 	ctx := context.Background()
-	eng := l.engine(t, "")
+	eng = l.engine(t, "")
 	plan, err := redirect.NewPlan(outboundConfig(), redirect.Facts{IPv6: true})
 	if err != nil {
 		t.Fatal(err)
@@ -117,12 +114,23 @@ func TestUpgradeReplacesProgramsInPlace(t *testing.T) {
 	})
 	var cookie uint64
 	inNS(t, l.ns, func() (err error) { cookie, err = CurrentNetns(); return err })
-	ld := New(Options{PinDir: l.pinDir, Root: l.cgroup})
-	_, dirName, err := ld.Key(Scope{Netns: cookie})
+	_, dirName, err := New(Options{PinDir: l.pinDir, Root: l.cgroup}).Key(Scope{Netns: cookie})
 	if err != nil {
 		t.Fatal(err)
 	}
-	dir := filepath.Join(l.pinDir, "links", dirName)
+	return l, eng, plan, filepath.Join(l.pinDir, "links", dirName)
+}
+
+// TestUpgradeReplacesProgramsInPlace: programs attached by another build of
+// detour (a fake identity noted for them, then no note at all, as a detour
+// from before the notes left them) are drift for `check` and named by
+// `status`; the install replaces every program in place (new program ids on
+// the same links), while an open connection keeps working, every new
+// connection made meanwhile is redirected, and the maps' entries stay as
+// they were. A second install changes nothing and loads nothing.
+func TestUpgradeReplacesProgramsInPlace(t *testing.T) {
+	l, eng, plan, dir := installedNamespaceScope(t)
+	ctx := context.Background()
 	echoProxy(t, l, 15001)
 	var open net.Conn
 	inNS(t, l.ns, func() (err error) {
@@ -355,30 +363,8 @@ func echoOnce(addr string) error {
 // changes: the same pins, the same programs on the same links, the same
 // entries, and redirection goes on.
 func TestUpgradeOverMapsOfAnotherLayout(t *testing.T) {
-	l := newLab(t)
-	enter(t, l.cgroup)
+	l, eng, plan, dir := installedNamespaceScope(t)
 	ctx := context.Background()
-	eng := l.engine(t, "")
-	plan, err := redirect.NewPlan(outboundConfig(), redirect.Facts{IPv6: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := eng.Install(ctx, plan); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if _, err := eng.Uninstall(ctx); err != nil {
-			t.Errorf("uninstall: %v", err)
-		}
-	})
-	var cookie uint64
-	inNS(t, l.ns, func() (err error) { cookie, err = CurrentNetns(); return err })
-	ld := New(Options{PinDir: l.pinDir, Root: l.cgroup})
-	_, dirName, err := ld.Key(Scope{Netns: cookie})
-	if err != nil {
-		t.Fatal(err)
-	}
-	dir := filepath.Join(l.pinDir, "links", dirName)
 
 	// Another build's dns_servers: the programs keep the real one (held
 	// here to be pinned back for the uninstall).

@@ -85,6 +85,13 @@ type Options struct {
 	Sidecar meshconfig.Sidecar
 	// Bootstrap renders the sidecar's bootstrap; required.
 	Bootstrap BootstrapFunc
+	// DetourImage is the image of the injected detour-init and
+	// detour-validate containers when Mesh leaves injection.detourImage
+	// unset; the webhook passes the control plane's own image (webhook.OwnImage).
+	DetourImage string
+	// DetourImageUnknown, when DetourImage is empty, says why (appended to
+	// the error New returns when a container needs the image).
+	DetourImageUnknown string
 }
 
 // Injector computes the mutation of a pod template. It is safe for
@@ -115,6 +122,16 @@ func New(o Options) (*Injector, error) {
 		return nil, &redirect.FieldError{Field: "sidecar", Value: string(sidecar), Reason: "is not auto, native or classic"}
 	}
 	in := &Injector{mesh: mesh, native: sidecar != meshconfig.SidecarClassic, bootstrap: o.Bootstrap}
+	if in.mesh.Injection.DetourImage == "" {
+		in.mesh.Injection.DetourImage = o.DetourImage
+	}
+	if inj := in.mesh.Injection; inj.DetourImage == "" && DetourImageNeededBy(inj) != "" {
+		reason := "is unset, and " + DetourImageNeededBy(inj) + " runs the detour image: set it in the mesh config"
+		if o.DetourImageUnknown != "" {
+			reason += " (" + o.DetourImageUnknown + ")"
+		}
+		return nil, &redirect.FieldError{Field: "injection.detourImage", Value: "", Reason: reason}
+	}
 	r := mesh.Injection.Resources
 	res, err := resources(r.CPURequest, r.MemoryRequest, r.CPULimit, r.MemoryLimit, func(i int) string {
 		return [...]string{"injection.resources.cpuRequest", "injection.resources.memoryRequest", "injection.resources.cpuLimit", "injection.resources.memoryLimit"}[i]
@@ -124,6 +141,19 @@ func New(o Options) (*Injector, error) {
 	}
 	in.resources = res
 	return in, nil
+}
+
+// DetourImageNeededBy names the container the injector adds under inj that
+// runs the detour image (detour-init in init-container mode, detour-validate
+// in cni mode with validate), or "" when it adds none.
+func DetourImageNeededBy(inj meshconfig.Injection) string {
+	switch {
+	case inj.Redirect == meshconfig.RedirectInitContainer:
+		return "the " + InitName + " container of injection.redirect: init-container"
+	case inj.Redirect == meshconfig.RedirectCNI && inj.Validate:
+		return "the " + ValidateName + " container of injection.validate: true"
+	}
+	return ""
 }
 
 // SidecarFor resolves "auto" for an API server of the given version (the

@@ -77,9 +77,9 @@ func TestManifests(t *testing.T) {
 	cases = append(cases,
 		tc{name: "deployment-classic", input: "deployment", sidecar: meshconfig.SidecarClassic},
 		tc{name: "deployment-init-container", input: "deployment", sidecar: meshconfig.SidecarNative,
-			mesh: "preset: istio\nredirect: {outbound: {excludePorts: [5432]}}\ninjection: {redirect: init-container}\n"},
+			mesh: "preset: istio\nredirect: {outbound: {excludePorts: [5432]}}\ninjection: {redirect: init-container, detourImage: registry.example/detour:v1}\n"},
 		tc{name: "statefulset-validate-classic", input: "statefulset", sidecar: meshconfig.SidecarClassic,
-			mesh: "injection: {validate: true, controlPlane: cp.example:15010}\n"},
+			mesh: "injection: {validate: true, controlPlane: cp.example:15010, detourImage: registry.example/detour:v1}\n"},
 	)
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {

@@ -101,13 +101,9 @@ func printBootstrap(o *bootstrapOptions, s streams) error {
 	}
 	switch {
 	case o.mesh != "":
-		m, err := controlplane.LoadMesh(o.mesh)
+		_, w, err := meshWorkload(o.mesh, o.nodeID)
 		if err != nil {
 			return err
-		}
-		w, ok := m.Workload(o.nodeID)
-		if !ok {
-			return usageError("--node-id %q: no workload of %s has this node id (%s)", o.nodeID, o.mesh, nodeIDs(m))
 		}
 		bo.Config, bo.Labels = w.TransparentProxy, w.Labels
 	default:

@@ -319,12 +319,9 @@ func printResources(o *controlPlaneResourcesOptions, s streams) error {
 	if o.config == "" || o.nodeID == "" {
 		return usageError("--config and --node-id are required")
 	}
-	m, err := controlplane.LoadMesh(o.config)
+	m, _, err := meshWorkload(o.config, o.nodeID)
 	if err != nil {
 		return err
-	}
-	if _, ok := m.Workload(o.nodeID); !ok {
-		return usageError("--node-id %q: no workload of %s has this node id (%s)", o.nodeID, o.config, nodeIDs(m))
 	}
 	r, err := m.Resources(o.nodeID)
 	if err != nil {
@@ -336,6 +333,20 @@ func printResources(o *controlPlaneResourcesOptions, s streams) error {
 	}
 	_, err = s.out.Write(out)
 	return err
+}
+
+// meshWorkload loads the mesh file at path and finds the workload with
+// nodeID; a node id no workload has is a usage error naming those it has.
+func meshWorkload(path, nodeID string) (*controlplane.Mesh, controlplane.Workload, error) {
+	m, err := controlplane.LoadMesh(path)
+	if err != nil {
+		return nil, controlplane.Workload{}, err
+	}
+	w, ok := m.Workload(nodeID)
+	if !ok {
+		return nil, controlplane.Workload{}, usageError("--node-id %q: no workload of %s has this node id (%s)", nodeID, path, nodeIDs(m))
+	}
+	return m, w, nil
 }
 
 func nodeIDs(m *controlplane.Mesh) string {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"os"
 	"time"
 
 	"github.com/spf13/pflag"
@@ -61,8 +62,12 @@ func newInjectionServer(ctx context.Context, o *controlPlaneOptions, mesh meshco
 		return nil, usageError("--inject-failure-policy: %v", err)
 	}
 	s, err := webhook.New(ctx, webhook.Options{
-		Kubeconfig:    o.kubeconfig,
-		Mesh:          mesh,
+		Kubeconfig: o.kubeconfig,
+		Mesh:       mesh,
+		// The shipped Deployment sets both from the downward API: with
+		// injection.detourImage unset, the webhook injects this pod's image.
+		PodNamespace:  os.Getenv("POD_NAMESPACE"),
+		PodName:       os.Getenv("POD_NAME"),
 		Bootstrap:     webhook.Bootstrap,
 		Address:       f.address,
 		CertFile:      f.cert,

@@ -36,7 +36,11 @@ func TestInjectCommand(t *testing.T) {
 	manifest := filepath.Join(dir, "deploy.yaml")
 	mesh := filepath.Join(dir, "mesh.yaml")
 	badMesh := filepath.Join(dir, "bad-mesh.yaml")
-	for p, b := range map[string]string{manifest: deployment, mesh: "preset: istio\n", badMesh: "injection: {sidecar: always}\n"} {
+	// detour inject runs in no pod: it has no image of its own to give the
+	// detour-init container.
+	noImage := filepath.Join(dir, "no-image.yaml")
+	for p, b := range map[string]string{manifest: deployment, mesh: "preset: istio\n", badMesh: "injection: {sidecar: always}\n",
+		noImage: "injection: {redirect: init-container}\n"} {
 		if err := os.WriteFile(p, []byte(b), 0o644); err != nil {
 			t.Fatal(err)
 		}
@@ -78,6 +82,7 @@ func TestInjectCommand(t *testing.T) {
 		{"empty sidecar", "", []string{"inject", "-f", manifest, "--sidecar", ""}, "--sidecar: an empty value is refused"},
 		{"empty mesh config", "", []string{"inject", "-f", manifest, "--mesh-config", ""}, "--mesh-config: an empty value is refused"},
 		{"bad mesh config", "", []string{"inject", "-f", manifest, "--mesh-config", badMesh}, `injection.sidecar: "always"`},
+		{"init-container mode without detourImage", "", []string{"inject", "-f", manifest, "--mesh-config", noImage}, `injection.detourImage: "" is unset`},
 		{"bad annotation", strings.Replace(deployment, "labels: {app: web}}", "labels: {app: web}, annotations: {detour.io/proxy-uid: nobody}}", 1),
 			[]string{"inject", "-f", "-"}, "detour.io/proxy-uid"},
 		{"not yaml", "kind: [", []string{"inject", "-f", "-"}, "document 1"},

@@ -5,8 +5,6 @@ import (
 	"net/netip"
 
 	"github.com/spf13/cobra"
-
-	"github.com/detour-mesh/detour/controlplane"
 )
 
 // controlPlaneRouteOptions are the flags of `detour-cp control-plane route`.
@@ -44,12 +42,9 @@ func printRoute(o *controlPlaneRouteOptions, s streams) error {
 	if err != nil || dst.Port() == 0 {
 		return usageError("--to: %q is not ADDR:PORT", o.to)
 	}
-	m, err := controlplane.LoadMesh(o.config)
+	m, _, err := meshWorkload(o.config, o.nodeID)
 	if err != nil {
 		return err
-	}
-	if _, ok := m.Workload(o.nodeID); !ok {
-		return usageError("--node-id %q: no workload of %s has this node id (%s)", o.nodeID, o.config, nodeIDs(m))
 	}
 	r, err := m.Resources(o.nodeID)
 	if err != nil {

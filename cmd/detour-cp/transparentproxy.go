@@ -4,8 +4,6 @@ import (
 	"encoding/json"
 
 	"github.com/spf13/cobra"
-
-	"github.com/detour-mesh/detour/controlplane"
 )
 
 // controlPlaneTransparentProxyOptions are the flags of `detour-cp
@@ -38,13 +36,9 @@ func printTransparentProxy(o *controlPlaneTransparentProxyOptions, s streams) er
 	if o.config == "" || o.nodeID == "" {
 		return usageError("--config and --node-id are required")
 	}
-	m, err := controlplane.LoadMesh(o.config)
+	_, w, err := meshWorkload(o.config, o.nodeID)
 	if err != nil {
 		return err
-	}
-	w, ok := m.Workload(o.nodeID)
-	if !ok {
-		return usageError("--node-id %q: no workload of %s has this node id (%s)", o.nodeID, o.config, nodeIDs(m))
 	}
 	enc := json.NewEncoder(s.out)
 	enc.SetIndent("", "  ")

@@ -39,6 +39,10 @@ type Options struct {
 	Kubeconfig string
 	// Mesh is the mesh-wide configuration; zero = meshconfig.Default().
 	Mesh meshconfig.Config
+	// PodNamespace and PodName are the control plane's own pod. When Mesh
+	// leaves injection.detourImage unset and the injector adds a detour
+	// container, New reads that pod and injects its image (OwnImage).
+	PodNamespace, PodName string
 	// Bootstrap renders the sidecar's bootstrap; required.
 	Bootstrap inject.BootstrapFunc
 	// Address is where the HTTPS server listens; "" = DefaultAddress.
@@ -122,7 +126,20 @@ func New(ctx context.Context, o Options) (*Server, error) {
 		}
 		log.Info("sidecar kind chosen by the api server's version", "version", v.GitVersion, "sidecar", sidecar)
 	}
-	in, err := inject.New(inject.Options{Mesh: o.Mesh, Sidecar: sidecar, Bootstrap: o.Bootstrap})
+	io := inject.Options{Mesh: o.Mesh, Sidecar: sidecar, Bootstrap: o.Bootstrap}
+	if o.Mesh.Injection.DetourImage == "" && inject.DetourImageNeededBy(o.Mesh.Injection) != "" {
+		if o.PodNamespace == "" || o.PodName == "" {
+			io.DetourImageUnknown = "the control plane does not know its own pod to take its image from: POD_NAME and POD_NAMESPACE are unset"
+		} else {
+			img, err := OwnImage(ctx, o.Client, o.PodNamespace, o.PodName)
+			if err != nil {
+				return nil, err
+			}
+			io.DetourImage = img
+			log.Info("injected detour containers run the control plane's own image", "image", img, "pod", o.PodNamespace+"/"+o.PodName)
+		}
+	}
+	in, err := inject.New(io)
 	if err != nil {
 		return nil, err
 	}

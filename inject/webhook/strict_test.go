@@ -47,8 +47,8 @@ func TestInjectedManifestsAreStrictlyValid(t *testing.T) {
 	}
 	for _, mesh := range []string{
 		"",
-		"injection: {sidecar: classic, validate: true}",
-		"preset: istio\ninjection: {redirect: init-container}",
+		"injection: {sidecar: classic, validate: true, detourImage: registry.example/detour:v1}",
+		"preset: istio\ninjection: {redirect: init-container, detourImage: registry.example/detour:v1}",
 	} {
 		m, err := meshconfig.Parse([]byte(mesh))
 		if err != nil {

@@ -76,7 +76,11 @@ type Injection struct {
 	Validate bool `json:"validate,omitempty"`
 	// ProxyImage is the Envoy image.
 	ProxyImage string `json:"proxyImage,omitempty"`
-	// DetourImage runs `detour install` and `detour validate`.
+	// DetourImage runs `detour install` and `detour validate` (the injected
+	// detour-init and detour-validate containers). Empty: the injection
+	// webhook uses the image the control plane itself runs
+	// (docs/injection.md#the-detour-image); `detour inject` has no such image
+	// and needs it set when it adds one of those containers.
 	DetourImage string `json:"detourImage,omitempty"`
 	// ControlPlane is the xDS server's host:port the sidecar's bootstrap dials.
 	ControlPlane string `json:"controlPlane,omitempty"`
@@ -100,7 +104,6 @@ type Resources struct {
 // Defaults of the injection settings.
 const (
 	DefaultProxyImage   = "envoyproxy/envoy:v1.36.0"
-	DefaultDetourImage  = "detour-mesh/detour:dev"
 	DefaultControlPlane = "detour-control-plane.detour-system.svc:15010"
 	DefaultAdminPort    = 15000
 	DefaultReadyPort    = 15021
@@ -171,9 +174,6 @@ func Parse(doc []byte) (Config, error) {
 	}
 	if in.ProxyImage == "" {
 		in.ProxyImage = DefaultProxyImage
-	}
-	if in.DetourImage == "" {
-		in.DetourImage = DefaultDetourImage
 	}
 	if in.ControlPlane == "" {
 		in.ControlPlane = DefaultControlPlane

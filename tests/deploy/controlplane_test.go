@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
@@ -15,6 +16,7 @@ import (
 	"time"
 
 	authnv1 "k8s.io/api/authentication/v1"
+	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
@@ -43,8 +45,23 @@ func testControlPlaneAsItsServiceAccount(ctx context.Context, t *testing.T, cfg 
 	if err != nil {
 		t.Fatal(err)
 	}
+	// With validate on, the webhook injects a detour container, whose image
+	// (injection.detourImage is unset) it reads from its own pod: a pod of
+	// the Deployment's template, which no kubelet runs here.
+	doc := cm.Data["config.yaml"]
+	if !strings.Contains(doc, "validate: false") {
+		t.Fatalf("the mesh config has no \"validate: false\" to turn on:\n%s", doc)
+	}
 	meshConfig := filepath.Join(dir, "config.yaml")
-	writeFile(t, meshConfig, cm.Data["config.yaml"])
+	writeFile(t, meshConfig, strings.Replace(doc, "validate: false", "validate: true", 1))
+	own := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: "detour-control-plane-own", Namespace: "detour-system", Labels: map[string]string{"test": "own-image"}},
+		Spec: dep.Spec.Template.Spec}
+	if _, err := cs.CoreV1().Pods("detour-system").Create(ctx, own, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	defer func() {
+		_ = cs.CoreV1().Pods("detour-system").Delete(context.Background(), own.Name, metav1.DeleteOptions{})
+	}()
 	exp := int64(3600)
 	tr, err := cs.CoreV1().ServiceAccounts("detour-system").CreateToken(ctx, "detour-control-plane", &authnv1.TokenRequest{Spec: authnv1.TokenRequestSpec{ExpirationSeconds: &exp}}, metav1.CreateOptions{})
 	if err != nil {
@@ -80,6 +97,7 @@ current-context: c
 	}
 	args = append(args, "--kubeconfig="+kubeconfig)
 	cmd := exec.Command(bin, args...)
+	cmd.Env = append(os.Environ(), "POD_NAME="+own.Name, "POD_NAMESPACE="+own.Namespace)
 	var logs lockedBuffer
 	cmd.Stdout, cmd.Stderr = &logs, &logs
 	if err := cmd.Start(); err != nil {
@@ -143,10 +161,18 @@ current-context: c
 	// (a refused watch keeps /readyz at 503). Give the watches time to
 	// start, then look for any other refusal in the log.
 	time.Sleep(3 * time.Second)
+	want := fmt.Sprintf(`"image":%q`, dep.Spec.Template.Spec.Containers[0].Image)
+	var injects bool
 	for _, l := range strings.Split(logs.String(), "\n") {
+		if strings.Contains(l, "injected detour containers run the control plane's own image") && strings.Contains(l, want) {
+			injects = true
+		}
 		if strings.Contains(l, "forbidden") || strings.Contains(l, "Unauthorized") {
 			t.Errorf("the API refused the control plane something 20-rbac.yaml should grant: %s", l)
 		}
+	}
+	if !injects {
+		t.Errorf("the log does not say the injected detour containers run the control plane's own image (%s)", want)
 	}
 }
 

@@ -68,7 +68,11 @@ func Run(ctx context.Context, o RunOptions) error {
 		return fmt.Errorf("run control plane: %w", err)
 	}
 	defer applyMemoryLimit(o.MemoryLimit, log, "/sys/fs/cgroup", "/proc/self/cgroup")()
-	srv := NewServer(xds.Options{Logger: log, NACKBackoff: o.NACKBackoff, TLS: tlsCfg})
+	xo := xds.Options{Logger: log, NACKBackoff: o.NACKBackoff, TLS: tlsCfg}
+	if rs, ok := o.Source.(ReadySource); ok {
+		xo.SourceReady = rs.Ready
+	}
+	srv := NewServer(xo)
 
 	xdsAddr := o.XDSAddress
 	if xdsAddr == "" {

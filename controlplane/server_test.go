@@ -12,6 +12,7 @@ import (
 	"net/http/httptest"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -934,5 +935,46 @@ func TestNodeSeriesGoWithTheNode(t *testing.T) {
 	}
 	if _, err := long.Fetch(); status.Code(err) != codes.InvalidArgument || !strings.Contains(err.Error(), "longer than 1024") {
 		t.Errorf("a node id of %d bytes: %v, want InvalidArgument saying it is too long", xds.MaxNodeID+1, err)
+	}
+}
+
+// TestReadyzFollowsSourceReady: while the source says its mesh may be stale,
+// /readyz is 503 with its reason (also after a mesh was applied), /debug/nodes
+// says so and detour_source_ready is 0; once it is fine again, ready.
+func TestReadyzFollowsSourceReady(t *testing.T) {
+	t.Parallel()
+	var stale atomic.Pointer[error]
+	set := func(err error) { stale.Store(&err) }
+	set(errors.New("endpointslices: watch refused: forbidden"))
+	s := startServer(t, xds.Options{SourceReady: func() error { return *stale.Load() }})
+	h := s.Handler()
+	get := func(path string) (int, string) {
+		rec := httptest.NewRecorder()
+		h.ServeHTTP(rec, httptest.NewRequest("GET", path, nil))
+		return rec.Code, rec.Body.String()
+	}
+	const want = "source not ready: endpointslices: watch refused: forbidden"
+	if code, body := get("/readyz"); code != 503 || !strings.Contains(body, want) {
+		t.Errorf("stale source, no mesh: /readyz %d %q, want 503 %q", code, body, want)
+	}
+	s.update(t, loadMesh(t, "testdata/matrix.yaml"))
+	if code, body := get("/readyz"); code != 503 || !strings.Contains(body, want) {
+		t.Errorf("stale source, mesh applied: /readyz %d %q, want 503 %q", code, body, want)
+	}
+	if _, body := get("/debug/nodes"); !strings.Contains(body, `"ready": false`) || !strings.Contains(body, `"notReady": "`+want+`"`) {
+		t.Errorf("/debug/nodes does not say why it is not ready:\n%.400s", body)
+	}
+	if _, body := get("/metrics"); !strings.Contains(body, "\ndetour_source_ready 0\n") {
+		t.Error("/metrics: no detour_source_ready 0 while the source is stale")
+	}
+	set(nil)
+	if code, body := get("/readyz"); code != 200 {
+		t.Errorf("source fine again: /readyz %d %q, want 200", code, body)
+	}
+	if _, body := get("/debug/nodes"); !strings.Contains(body, `"ready": true`) || strings.Contains(body, "notReady") {
+		t.Errorf("/debug/nodes once ready:\n%.400s", body)
+	}
+	if _, body := get("/metrics"); !strings.Contains(body, "\ndetour_source_ready 1\n") {
+		t.Error("/metrics: no detour_source_ready 1 once the source is fine")
 	}
 }

@@ -32,6 +32,15 @@ type Source interface {
 	Run(ctx context.Context, sink Sink) error
 }
 
+// ReadySource is a Source whose mesh can go stale while it runs (the
+// Kubernetes source whose watch is refused). Run serves Ready's error on
+// /readyz (503) and /debug/nodes while it returns one.
+type ReadySource interface {
+	Source
+	// Ready returns why the mesh the source gives may be stale, or nil.
+	Ready() error
+}
+
 // DefaultWatchInterval is how often FileSource looks at its file.
 const DefaultWatchInterval = time.Second
 

@@ -20,7 +20,9 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/util/validation"
+	"k8s.io/apimachinery/pkg/watch"
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
 	corelisters "k8s.io/client-go/listers/core/v1"
@@ -60,6 +62,10 @@ type Options struct {
 	// asks the API itself why a resource has not and logs the answer;
 	// 0 means DefaultSyncReport.
 	SyncReport time.Duration
+	// WatchGrace is how long a list or watch may keep failing for another
+	// reason than a refusal before Ready returns an error; 0 means
+	// DefaultWatchGrace.
+	WatchGrace time.Duration
 	// Logger; nil discards.
 	Logger *slog.Logger
 }
@@ -75,8 +81,9 @@ type Options struct {
 // state, with content-hash versions: several control plane replicas can serve
 // side by side from one API server and give a proxy the same versions.
 type Source struct {
-	o   Options
-	log *slog.Logger
+	o      Options
+	log    *slog.Logger
+	health *watchHealth
 
 	mu       sync.Mutex
 	reported map[string]string // pod key → resourceVersion whose problem was logged
@@ -130,11 +137,14 @@ func New(o Options) (*Source, error) {
 	if o.SyncReport <= 0 {
 		o.SyncReport = DefaultSyncReport
 	}
+	if o.WatchGrace <= 0 {
+		o.WatchGrace = DefaultWatchGrace
+	}
 	log := o.Logger
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &Source{o: o, log: log, reported: map[string]string{}}, nil
+	return &Source{o: o, log: log, health: newWatchHealth(o.WatchGrace), reported: map[string]string{}}, nil
 }
 
 // DefaultSyncReport is how often the source says why its caches have not
@@ -236,6 +246,38 @@ func (s *Source) Run(ctx context.Context, sink controlplane.Sink) error {
 		opts = append(opts, informers.WithNamespace(s.o.Namespace))
 	}
 	f := informers.NewSharedInformerFactoryWithOptions(s.o.Client, 0, opts...)
+	// The factory's informers, but with lists and watches that say whether
+	// they work (Ready): registered first, the typed accessors below return
+	// them.
+	ns, c := s.o.Namespace, s.o.Client
+	s.informer(f, "services", &corev1.Service{},
+		func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
+			return c.CoreV1().Services(ns).List(ctx, o)
+		},
+		func(ctx context.Context, o metav1.ListOptions) (watch.Interface, error) {
+			return c.CoreV1().Services(ns).Watch(ctx, o)
+		})
+	s.informer(f, "endpointslices", &discoveryv1.EndpointSlice{},
+		func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
+			return c.DiscoveryV1().EndpointSlices(ns).List(ctx, o)
+		},
+		func(ctx context.Context, o metav1.ListOptions) (watch.Interface, error) {
+			return c.DiscoveryV1().EndpointSlices(ns).Watch(ctx, o)
+		})
+	s.informer(f, "pods", &corev1.Pod{},
+		func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
+			return c.CoreV1().Pods(ns).List(ctx, o)
+		},
+		func(ctx context.Context, o metav1.ListOptions) (watch.Interface, error) {
+			return c.CoreV1().Pods(ns).Watch(ctx, o)
+		})
+	s.informer(f, "namespaces", &corev1.Namespace{},
+		func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
+			return c.CoreV1().Namespaces().List(ctx, o)
+		},
+		func(ctx context.Context, o metav1.ListOptions) (watch.Interface, error) {
+			return c.CoreV1().Namespaces().Watch(ctx, o)
+		})
 	l := listers{
 		services:   f.Core().V1().Services().Lister(),
 		slices:     f.Discovery().V1().EndpointSlices().Lister(),

@@ -16,6 +16,7 @@ import (
 	"time"
 
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
@@ -42,6 +43,10 @@ type Options struct {
 	// SAN of the client's certificate: a node never receives another node's
 	// config.
 	TLS *tls.Config
+	// SourceReady, when set, says why the configuration's source may be
+	// stale: while it returns an error the server is not ready (/readyz 503
+	// with the error, /debug/nodes notReady, detour_source_ready 0).
+	SourceReady func() error
 }
 
 // Server serves Envoy proxies their listeners and clusters over ADS (SotW,
@@ -63,6 +68,8 @@ type Server struct {
 	ready    atomic.Bool
 	lastErr  atomic.Pointer[string]
 	excluded atomic.Pointer[[]Excluded] // of the served configuration
+
+	sourceReady func() error // nil: the source is never stale
 }
 
 // NewServer returns a Server with no configuration yet: proxies that connect
@@ -80,6 +87,19 @@ func NewServer(opts Options) *Server {
 		log:     log,
 		metrics: newMetrics(),
 		orphans: make(map[string]bool),
+
+		sourceReady: opts.SourceReady,
+	}
+	if s.sourceReady != nil {
+		s.metrics.registry.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "detour_source_ready",
+			Help: "1 while the configuration's source works, 0 while it may be stale (a Kubernetes list or watch refused or failing).",
+		}, func() float64 {
+			if s.sourceReady() != nil {
+				return 0
+			}
+			return 1
+		}))
 	}
 	s.tracker = newTracker(log, s.metrics)
 	s.tracker.requireIdentity = opts.TLS != nil && opts.TLS.ClientAuth == tls.RequireAndVerifyClientCert
@@ -288,6 +308,20 @@ func (s *Server) Versions(nodeID string) (Versions, bool) {
 // Ready reports whether snapshots have been set.
 func (s *Server) Ready() bool { return s.ready.Load() }
 
+// NotReady returns why the server is not ready — its source may be stale
+// (Options.SourceReady), or no snapshots have been set yet — or nil.
+func (s *Server) NotReady() error {
+	if s.sourceReady != nil {
+		if err := s.sourceReady(); err != nil {
+			return fmt.Errorf("source not ready: %w", err)
+		}
+	}
+	if !s.Ready() {
+		return errors.New("no mesh applied yet")
+	}
+	return nil
+}
+
 // ServeXDS serves ADS and the gRPC health service on l until Stop.
 func (s *Server) ServeXDS(l net.Listener) error {
 	if err := s.grpc.Serve(l); err != nil && !errors.Is(err, grpc.ErrServerStopped) {
@@ -306,7 +340,7 @@ func (s *Server) Stop() {
 }
 
 // Handler serves the HTTP endpoints: /healthz (the process is up), /readyz
-// (snapshots have been set), /metrics (Prometheus) and /debug/nodes (JSON: each
+// (snapshots have been set and the source is not stale: NotReady), /metrics (Prometheus) and /debug/nodes (JSON: each
 // node's served, sent and ACKed versions and NACKs).
 func (s *Server) Handler() http.Handler {
 	mux := http.NewServeMux()
@@ -314,8 +348,8 @@ func (s *Server) Handler() http.Handler {
 		fmt.Fprintln(w, "ok")
 	})
 	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
-		if !s.Ready() {
-			http.Error(w, "no mesh applied yet", http.StatusServiceUnavailable)
+		if err := s.NotReady(); err != nil {
+			http.Error(w, err.Error(), http.StatusServiceUnavailable)
 			return
 		}
 		fmt.Fprintln(w, "ok")
@@ -324,10 +358,16 @@ func (s *Server) Handler() http.Handler {
 	mux.HandleFunc("GET /debug/nodes", func(w http.ResponseWriter, _ *http.Request) {
 		out := struct {
 			Ready     bool         `json:"ready"`
+			NotReady  string       `json:"notReady,omitempty"`
 			LastError *string      `json:"lastError,omitempty"`
 			Nodes     []NodeStatus `json:"nodes"`
 			Excluded  []Excluded   `json:"excluded,omitempty"`
-		}{Ready: s.Ready(), LastError: s.lastErr.Load(), Nodes: s.tracker.status()}
+		}{LastError: s.lastErr.Load(), Nodes: s.tracker.status()}
+		if err := s.NotReady(); err != nil {
+			out.NotReady = err.Error()
+		} else {
+			out.Ready = true
+		}
 		if e := s.excluded.Load(); e != nil {
 			out.Excluded = *e
 		}

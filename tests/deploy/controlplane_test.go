@@ -157,9 +157,9 @@ current-context: c
 		}
 		time.Sleep(200 * time.Millisecond)
 	}
-	// Ready means the first lists succeeded; a refused watch only shows in
-	// the log (the caches then never see a change). Give the watches time to
-	// start, then look for any refusal.
+	// Ready means the first lists succeeded and no list or watch is refused
+	// (a refused watch keeps /readyz at 503). Give the watches time to
+	// start, then look for any other refusal in the log.
 	time.Sleep(3 * time.Second)
 	want := fmt.Sprintf(`"image":%q`, dep.Spec.Template.Spec.Containers[0].Image)
 	var injects bool

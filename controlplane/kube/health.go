@@ -18,44 +18,38 @@ import (
 	"k8s.io/client-go/tools/cache"
 )
 
-// DefaultWatchGrace is how long the list or watch of a resource may keep
-// failing for another reason than a refusal (the API server unreachable,
-// restarting, overloaded) before the source says it is not ready. A refusal
-// (401, 403) counts at once: it does not go away by itself.
-const DefaultWatchGrace = time.Minute
-
 // watchHealth tracks, per resource, whether the informer's list and watch
-// work. A resource fails from its first failed list or watch until a watch
-// opens again: a watch that closes and reopens (as client-go does all the
-// time) never shows.
+// work. A resource fails from its failed list or watch until a watch opens
+// again: a watch that closes and reopens (as client-go does all the time)
+// never shows.
+//
+// Only a refusal (401, 403: missing RBAC, a revoked token) makes the source
+// not ready: it does not go away by itself, and the caches it leaves never
+// change again. The API server unreachable, restarting or overloaded does
+// not: it comes back by itself, and every replica of the control plane
+// going unready at once would take the Service (and the injection webhook
+// behind it) away from new proxies and pods for as long — and for up to
+// client-go's backoff after the API is back. Such failures are logged
+// (Source.Run).
 type watchHealth struct {
-	grace time.Duration
-	now   func() time.Time
-
 	mu      sync.Mutex
 	failing map[string]watchFailure // resource →
 }
 
 type watchFailure struct {
-	verb  string // list, watch
-	err   error
-	since time.Time // first failure since the last watch that opened
+	verb string // list, watch
+	err  error
 }
 
-func newWatchHealth(grace time.Duration) *watchHealth {
-	return &watchHealth{grace: grace, now: time.Now, failing: map[string]watchFailure{}}
+func newWatchHealth() *watchHealth {
+	return &watchHealth{failing: map[string]watchFailure{}}
 }
 
 // failed records that verb of resource failed with err.
 func (h *watchHealth) failed(resource, verb string, err error) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	f, ok := h.failing[resource]
-	if !ok {
-		f.since = h.now()
-	}
-	f.verb, f.err = verb, err
-	h.failing[resource] = f
+	h.failing[resource] = watchFailure{verb: verb, err: err}
 }
 
 // watching records that a watch of resource opened; it reports whether the
@@ -74,30 +68,25 @@ func refused(err error) bool {
 	return apierrors.IsForbidden(err) || apierrors.IsUnauthorized(err)
 }
 
-// check returns why the caches may be stale, naming each resource whose list
-// or watch is refused or has failed for longer than the grace; nil when none.
+// check returns why the caches are stale, naming each resource whose list or
+// watch is refused; nil when none is.
 func (h *watchHealth) check() error {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	now := h.now()
 	var errs []error
 	for _, resource := range slices.Sorted(maps.Keys(h.failing)) {
-		f := h.failing[resource]
-		switch d := now.Sub(f.since); {
-		case refused(f.err):
+		if f := h.failing[resource]; refused(f.err) {
 			errs = append(errs, fmt.Errorf("%s: %s refused: %w", resource, f.verb, f.err))
-		case d >= h.grace:
-			errs = append(errs, fmt.Errorf("%s: %s failing for %s: %w", resource, f.verb, d.Round(time.Second), f.err))
 		}
 	}
 	return errors.Join(errs...)
 }
 
-// Ready implements controlplane.ReadySource: it returns why the mesh may be
+// Ready implements controlplane.ReadySource: it returns why the mesh is
 // stale — a list or watch of a resource refused (401, 403: missing RBAC, a
-// revoked token), or failing for longer than Options.WatchGrace — naming each
-// resource, or nil. Caches that synced from a list but whose watch is refused
-// never see a change again, which only this shows.
+// revoked token) — naming each resource, or nil. Caches that synced from a
+// list but whose watch is refused never see a change again, which only this
+// shows.
 func (s *Source) Ready() error {
 	if err := s.health.check(); err != nil {
 		return fmt.Errorf("kubernetes: %w", err)

@@ -62,10 +62,6 @@ type Options struct {
 	// asks the API itself why a resource has not and logs the answer;
 	// 0 means DefaultSyncReport.
 	SyncReport time.Duration
-	// WatchGrace is how long a list or watch may keep failing for another
-	// reason than a refusal before Ready returns an error; 0 means
-	// DefaultWatchGrace.
-	WatchGrace time.Duration
 	// Logger; nil discards.
 	Logger *slog.Logger
 }
@@ -137,14 +133,11 @@ func New(o Options) (*Source, error) {
 	if o.SyncReport <= 0 {
 		o.SyncReport = DefaultSyncReport
 	}
-	if o.WatchGrace <= 0 {
-		o.WatchGrace = DefaultWatchGrace
-	}
 	log := o.Logger
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &Source{o: o, log: log, health: newWatchHealth(o.WatchGrace), reported: map[string]string{}}, nil
+	return &Source{o: o, log: log, health: newWatchHealth(), reported: map[string]string{}}, nil
 }
 
 // DefaultSyncReport is how often the source says why its caches have not

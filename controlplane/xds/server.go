@@ -93,7 +93,7 @@ func NewServer(opts Options) *Server {
 	if s.sourceReady != nil {
 		s.metrics.registry.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "detour_source_ready",
-			Help: "1 while the configuration's source works, 0 while it may be stale (a Kubernetes list or watch refused or failing).",
+			Help: "0 while the configuration's source is stale (a Kubernetes list or watch refused), else 1.",
 		}, func() float64 {
 			if s.sourceReady() != nil {
 				return 0

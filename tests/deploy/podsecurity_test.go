@@ -2,8 +2,6 @@ package deploy
 
 import (
 	"context"
-	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -14,9 +12,6 @@ import (
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/client-go/kubernetes"
 	"sigs.k8s.io/controller-runtime/pkg/client"
-	"sigs.k8s.io/controller-runtime/pkg/envtest"
-
-	"github.com/detour-mesh/detour/internal/privtest"
 )
 
 // baselineAdmission enforces the baseline Pod Security Standard in every
@@ -45,21 +40,7 @@ func TestPodsAdmittedWhereBaselineIsEnforced(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts kube-apiserver")
 	}
-	cfgFile := filepath.Join(t.TempDir(), "admission.yaml")
-	if err := os.WriteFile(cfgFile, []byte(baselineAdmission), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	env := &envtest.Environment{BinaryAssetsDirectory: privtest.KubeAssets(t)}
-	env.ControlPlane.GetAPIServer().Configure().Set("admission-control-config-file", cfgFile)
-	cfg, err := env.Start()
-	if err != nil {
-		t.Fatalf("start kube-apiserver and etcd: %v", err)
-	}
-	t.Cleanup(func() {
-		if err := env.Stop(); err != nil {
-			t.Errorf("stop kube-apiserver and etcd: %v", err)
-		}
-	})
+	cfg := apiServerWithAdmission(t, baselineAdmission)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	c, err := client.New(cfg, client.Options{})

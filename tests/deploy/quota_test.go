@@ -13,6 +13,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
 
@@ -44,21 +45,7 @@ func TestCriticalPodQuota(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts kube-apiserver")
 	}
-	cfgFile := filepath.Join(t.TempDir(), "admission.yaml")
-	if err := os.WriteFile(cfgFile, []byte(gkeAdmission), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	env := &envtest.Environment{BinaryAssetsDirectory: privtest.KubeAssets(t)}
-	env.ControlPlane.GetAPIServer().Configure().Set("admission-control-config-file", cfgFile)
-	cfg, err := env.Start()
-	if err != nil {
-		t.Fatalf("start kube-apiserver and etcd: %v", err)
-	}
-	t.Cleanup(func() {
-		if err := env.Stop(); err != nil {
-			t.Errorf("stop kube-apiserver and etcd: %v", err)
-		}
-	})
+	cfg := apiServerWithAdmission(t, gkeAdmission)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	c, err := client.New(cfg, client.Options{})
@@ -111,4 +98,27 @@ func TestCriticalPodQuota(t *testing.T) {
 		}
 		time.Sleep(200 * time.Millisecond)
 	}
+}
+
+// apiServerWithAdmission starts a kube-apiserver (and etcd) whose admission
+// plugins are configured by admission (an AdmissionConfiguration), stopped
+// at the test's end.
+func apiServerWithAdmission(t *testing.T, admission string) *rest.Config {
+	t.Helper()
+	cfgFile := filepath.Join(t.TempDir(), "admission.yaml")
+	if err := os.WriteFile(cfgFile, []byte(admission), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	env := &envtest.Environment{BinaryAssetsDirectory: privtest.KubeAssets(t)}
+	env.ControlPlane.GetAPIServer().Configure().Set("admission-control-config-file", cfgFile)
+	cfg, err := env.Start()
+	if err != nil {
+		t.Fatalf("start kube-apiserver and etcd: %v", err)
+	}
+	t.Cleanup(func() {
+		if err := env.Stop(); err != nil {
+			t.Errorf("stop kube-apiserver and etcd: %v", err)
+		}
+	})
+	return cfg
 }

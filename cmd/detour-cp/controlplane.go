@@ -203,10 +203,18 @@ func runControlPlane(ctx context.Context, o *controlPlaneOptions, s streams) (er
 			return err
 		}
 	}
+	listens := []listenFlag{{"xds-address", o.xdsAddress}}
+	if o.httpAddress != "off" {
+		listens = append(listens, listenFlag{"http-address", o.httpAddress})
+	}
 	if o.inject.enabled {
 		if err := checkListenAddress("inject-address", o.inject.address); err != nil {
 			return err
 		}
+		listens = append(listens, listenFlag{"inject-address", o.inject.address})
+	}
+	if err := checkListenOverlap(listens); err != nil {
+		return err
 	}
 	memoryLimit := controlplane.MemoryLimit(o.memoryLimit)
 	if err := memoryLimit.Validate(); err != nil {
@@ -358,6 +366,35 @@ func nodeIDs(m *controlplane.Mesh) string {
 		return "it has no workloads"
 	}
 	return "known: " + strings.Join(ids, ", ")
+}
+
+// listenFlag is a listen address and the flag that gave it.
+type listenFlag struct{ flag, addr string }
+
+// checkListenOverlap refuses two listen addresses (checked by
+// checkListenAddress) on the same port whose hosts overlap — the same host,
+// or either the wildcard: the second listener would fail with "address in
+// use" (exit 1) after the first started serving.
+func checkListenOverlap(ls []listenFlag) error {
+	for i, a := range ls {
+		ha, pa, _ := net.SplitHostPort(a.addr)
+		for _, b := range ls[i+1:] {
+			hb, pb, _ := net.SplitHostPort(b.addr)
+			if pa != pb || pa == "0" {
+				continue
+			}
+			if ha == hb || wildcardHost(ha) || wildcardHost(hb) {
+				return usageError("--%s %q and --%s %q: both listen on port %s", a.flag, a.addr, b.flag, b.addr, pa)
+			}
+		}
+	}
+	return nil
+}
+
+// wildcardHost reports whether a listen address's host is every address.
+func wildcardHost(h string) bool {
+	ip := net.ParseIP(h)
+	return h == "" || (ip != nil && ip.IsUnspecified())
 }
 
 // checkListenAddress refuses, before anything is served, a listen address

@@ -177,6 +177,11 @@ func TestControlPlaneInvalidInputExitsTwo(t *testing.T) {
 		{"xds port too big", []string{"control-plane", "--config", bad, "--xds-address", "127.0.0.1:99999", "--http-address", "off"}, `--xds-address "127.0.0.1:99999": "99999" is not a port`},
 		{"http address named port", []string{"control-plane", "--config", bad, "--xds-address", "127.0.0.1:0", "--http-address", "127.0.0.1:http"}, `--http-address "127.0.0.1:http": "http" is not a port`},
 		{"http address without port", []string{"control-plane", "--config", bad, "--xds-address", "127.0.0.1:0", "--http-address", "127.0.0.1:"}, `--http-address "127.0.0.1:" has no port`},
+		// Two listeners on one port failed at the second listen (exit 1), after
+		// the first had started serving.
+		{"xds and http on one address", []string{"control-plane", "--config", bad, "--xds-address", "127.0.0.1:18000", "--http-address", "127.0.0.1:18000"}, `--xds-address "127.0.0.1:18000" and --http-address "127.0.0.1:18000": both listen on port 18000`},
+		{"http on the wildcard of xds's port", []string{"control-plane", "--config", bad, "--xds-address", "127.0.0.1:18000", "--http-address", ":18000"}, `--xds-address "127.0.0.1:18000" and --http-address ":18000": both listen on port 18000`},
+		{"inject on http's port", []string{"control-plane", "--config", bad, "--xds-address", "127.0.0.1:0", "--http-address", "[::]:15014", "--inject", "--inject-address", "127.0.0.1:15014"}, `--http-address "[::]:15014" and --inject-address "127.0.0.1:15014": both listen on port 15014`},
 		{"inject address without port", []string{"control-plane", "--source", "kubernetes", "--inject", "--inject-address", ":", "--xds-address", "127.0.0.1:0", "--http-address", "off"}, `--inject-address ":" has no port`},
 		{"empty dns suffix", []string{"control-plane", "--source", "kubernetes", "--dns-suffix", ""}, `--dns-suffix "" is empty`},
 		{"empty dns upstream", []string{"control-plane", "--source", "kubernetes", "--dns-upstream", ""}, `--dns-upstream "" is empty`},

@@ -168,7 +168,11 @@ func (p *Plugin) Funcs() skel.CNIFuncs {
 type call struct {
 	conf *Conf
 	log  *slog.Logger
-	ctx  context.Context
+	// engineLog is log without netns, for the engine, whose install and
+	// uninstall lines name the namespace themselves (a key given twice in
+	// one JSON line).
+	engineLog *slog.Logger
+	ctx       context.Context
 	// drivers is Options.Drivers.
 	drivers DriversFunc
 	store   stateStore
@@ -191,8 +195,10 @@ func (p *Plugin) begin(verb string, args *skel.CmdArgs) (*call, error) {
 	}
 	log, closeLog := p.logger(conf)
 	log = log.With("verb", verb, "network", conf.Name)
+	engineLog := log
 	if args.ContainerID != "" {
-		log = log.With("container_id", args.ContainerID, "ifname", args.IfName, "netns", args.Netns)
+		engineLog = log.With("container_id", args.ContainerID, "ifname", args.IfName)
+		log = engineLog.With("netns", args.Netns)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), p.o.Timeout)
 	c := &call{
@@ -200,9 +206,11 @@ func (p *Plugin) begin(verb string, args *skel.CmdArgs) (*call, error) {
 		conf:    conf,
 		log:     log,
 		ctx:     ctx,
-		store:   newStateStore(conf.StateDir, conf.Name),
-		start:   start,
-		stdin:   args.StdinData,
+
+		engineLog: engineLog,
+		store:     newStateStore(conf.StateDir, conf.Name),
+		start:     start,
+		stdin:     args.StdinData,
 		finish: func() {
 			cancel()
 			closeLog()
@@ -250,7 +258,7 @@ func (p *Plugin) handOver(c *call, why string) error {
 
 // redirector is the options of the Redirector for the namespace at netns.
 func (c *call) redirector(netns string) RedirectorOptions {
-	return RedirectorOptions{Netns: netns, EBPFPinDir: c.conf.EBPFPinDir, EBPFCgroupRoot: c.conf.EBPFCgroupRoot, Logger: c.log, Drivers: c.drivers}
+	return RedirectorOptions{Netns: netns, EBPFPinDir: c.conf.EBPFPinDir, EBPFCgroupRoot: c.conf.EBPFCgroupRoot, Logger: c.engineLog, Drivers: c.drivers}
 }
 
 func (c *call) ms(now time.Time) float64 {

@@ -92,6 +92,18 @@ func TestAnnotatedPodIsRedirected(t *testing.T) {
 	if err := h.net.check(p); err != nil {
 		t.Errorf("CHECK right after ADD: %v", err)
 	}
+	// Each log line is a JSON object with each key once (the engine's
+	// "installed" line named the namespace beside the plugin's own netns).
+	installed := false
+	for _, line := range strings.Split(strings.TrimSpace(readFile(t, h.net.logFile)), "\n") {
+		if n := strings.Count(line, `"netns":`); n > 1 {
+			t.Errorf("log line with netns %d times: %s", n, line)
+		}
+		installed = installed || strings.Contains(line, `"msg":"installed"`) && strings.Contains(line, `"netns":`)
+	}
+	if !installed {
+		t.Errorf("no log line says installed with the netns:\n%s", readFile(t, h.net.logFile))
+	}
 }
 
 func TestPlainPodIsNotRedirected(t *testing.T) {

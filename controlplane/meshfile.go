@@ -135,6 +135,11 @@ func readMeshFile(f *os.File, path string, limit int64) ([]byte, error) {
 func DecodeMesh(doc []byte) (*Mesh, error) {
 	// Strict: a key given twice is an error, not whichever came last (a
 	// merge gone wrong would otherwise pick a policy silently).
+	if n := redirect.Documents(doc); n > 1 {
+		// YAML to JSON would keep the first and drop the rest silently
+		// (their services and workloads never served).
+		return nil, &redirect.FieldError{Field: "(document)", Value: "---", Reason: fmt.Sprintf("starts another YAML document (%d hold settings); a mesh file is one document", n)}
+	}
 	js, err := yaml.YAMLToJSONStrict(doc)
 	if err != nil {
 		return nil, &redirect.FieldError{Field: "(document)", Value: yamlError(err), Reason: "is not valid YAML or JSON"}

@@ -125,6 +125,9 @@ func TestDecodeMeshErrors(t *testing.T) {
 		{"duplicate key", "outboundPolicy: allow-any\noutboundPolicy: registry-only", []string{`(document): `, `key \"outboundPolicy\" already set in map" is not valid YAML or JSON`}},
 		{"duplicate nested key", "workloads: [{nodeId: w, nodeId: v, addresses: [192.0.2.1]}]", []string{`key \"nodeId\" already set in map`}},
 		{"not a mapping", "[1, 2]", []string{`(document): "[1,2]" is not a mapping`}},
+		// YAML to JSON kept the first document and dropped the second's
+		// services and workloads silently.
+		{"two documents", svc + "---\n" + wl + "}]\n", []string{`(document): "---" starts another YAML document (2 hold settings); a mesh file is one document`}},
 		{"unknown top-level key", "servics: []", []string{`servics: "[]" is not a known field (one of outboundPolicy, allowMassRemoval, dns, transparentProxy, services, workloads)`}},
 		{"unknown policy", "outboundPolicy: deny", []string{`outboundPolicy: "deny" is not one of allow-any, registry-only`}},
 		{"port out of range", "services: [{name: a, virtualIPs: [198.51.100.1], ports: [{port: 70000}]}]", []string{`services[0].ports[0].port: "70000" is not a port (1-65535)`}},

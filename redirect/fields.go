@@ -122,7 +122,7 @@ func (c *Config) Decode(doc []byte) error {
 	if len(bytes.TrimSpace(doc)) == 0 {
 		return nil
 	}
-	if n := documents(doc); n > 1 {
+	if n := Documents(doc); n > 1 {
 		// YAML to JSON keeps the first document and drops the others
 		// silently: a second one's settings would never be applied.
 		return &FieldError{Field: "(document)", Value: "---", Reason: fmt.Sprintf("starts another YAML document (%d hold settings); put every setting in one document", n)}
@@ -159,10 +159,11 @@ func (c *Config) Decode(doc []byte) error {
 	return nil
 }
 
-// documents counts the YAML documents of doc that hold something (a bare
+// Documents counts the YAML documents of doc that hold something (a bare
 // "---" or a comment between markers is none). It parses only a doc that
-// has a document marker at all.
-func documents(doc []byte) int {
+// has a document marker at all. YAML to JSON keeps the first document and
+// drops the others silently: a reader of one document refuses more than one.
+func Documents(doc []byte) int {
 	if !bytes.Contains(doc, []byte("---")) && !bytes.Contains(doc, []byte("...")) {
 		return 1
 	}

@@ -151,6 +151,9 @@ func LoadDocument(path string, b []byte) (Config, error) {
 func Parse(doc []byte) (Config, error) {
 	var c Config
 	if len(bytes.TrimSpace(doc)) > 0 {
+		if n := redirect.Documents(doc); n > 1 {
+			return Config{}, &redirect.FieldError{Field: "(mesh config)", Value: "---", Reason: fmt.Sprintf("starts another YAML document (%d hold settings); the mesh config is one document", n)}
+		}
 		// Strict: a key given twice is an error, not whichever came last.
 		js, err := yaml.YAMLToJSONStrict(doc)
 		if err != nil {

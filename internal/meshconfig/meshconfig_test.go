@@ -67,6 +67,8 @@ func TestParseRefuses(t *testing.T) {
 		// A key given twice: the later one used to win silently.
 		{"duplicate key", "preset: istio\npreset: kuma", `key \"preset\" already set in map`},
 		{"duplicate nested key", "injection: {sidecar: native, sidecar: classic}", `key \"sidecar\" already set in map`},
+		// A second document was dropped silently (its settings never applied).
+		{"two documents", "preset: istio\n---\ninjection: {sidecar: native}\n", `(mesh config): "---" starts another YAML document (2 hold settings)`},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			t.Parallel()

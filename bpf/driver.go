@@ -378,6 +378,14 @@ var _ redirect.Sweeper = (*Driver)(nil)
 // It never touches a scope that may be alive.
 func (d *Driver) Sweep(ctx context.Context) ([]string, error) { return d.loader.Sweep() }
 
+var _ redirect.RemovalSweeper = (*Driver)(nil)
+
+// SweepForRemoval is Sweep for an uninstall: it also works over maps pinned
+// by another build of detour (Loader.SweepForRemoval).
+func (d *Driver) SweepForRemoval(ctx context.Context) ([]string, error) {
+	return d.loader.SweepForRemoval()
+}
+
 // Render is the plan as the programs and maps hold it: the programs and
 // their attach point, then the scope's map entries; the inbound Driver's
 // rendering follows. Pure.

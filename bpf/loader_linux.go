@@ -231,7 +231,7 @@ func (l *Loader) Remove(scope Scope) error {
 	if err := scope.validate(); err != nil {
 		return err
 	}
-	st, unlock, err := l.openPinned()
+	st, unlock, err := l.openPinned(true)
 	if st == nil {
 		return err
 	}
@@ -425,7 +425,8 @@ func (l *Loader) cgroupExists(id uint64) bool {
 // openPinned opens detour's pinned maps under the loader's lock; the caller
 // closes the store and unlocks. With no map pinned there is nothing to open:
 // it removes what else is left of detour's pins and returns a nil store.
-func (l *Loader) openPinned() (*store, func(), error) {
+// removal is open's (Remove's maps may be of another build's layout).
+func (l *Loader) openPinned(removal bool) (*store, func(), error) {
 	if _, err := os.Stat(l.mapDir()); errors.Is(err, fs.ErrNotExist) {
 		return nil, nil, l.cleanup()
 	}
@@ -433,7 +434,7 @@ func (l *Loader) openPinned() (*store, func(), error) {
 	if err != nil {
 		return nil, nil, err
 	}
-	st, err := l.open()
+	st, err := l.openFor(removal)
 	if err != nil {
 		unlock()
 		return nil, nil, err
@@ -444,9 +445,10 @@ func (l *Loader) openPinned() (*store, func(), error) {
 // RemoveGone removes the scopes of cgroups and network namespaces that are
 // gone (their entries and links' pins), and every pin of detour's when no
 // scope is left: what `uninstall --cgroup PATH` of a removed cgroup leaves
-// nothing of. Idempotent.
+// nothing of; like Remove, over maps of another build too (openFor).
+// Idempotent.
 func (l *Loader) RemoveGone() error {
-	st, unlock, err := l.openPinned()
+	st, unlock, err := l.openPinned(true)
 	if st == nil {
 		return err
 	}
@@ -474,8 +476,16 @@ func (l *Loader) RemoveGone() error {
 // scope whose namespace or cgroup may still be there is never touched, nor
 // is anything else (what an interrupted install left is Remove's).
 // Idempotent: a second run removes nothing.
-func (l *Loader) Sweep() ([]string, error) {
-	st, unlock, err := l.openPinned()
+func (l *Loader) Sweep() ([]string, error) { return l.sweep(false) }
+
+// SweepForRemoval is Sweep for an uninstall (`detour uninstall`, also
+// `--stale`): like Remove, it works over maps pinned by another build of
+// detour whose entries are laid out as this build's (openFor). An install's
+// Sweep refuses them, as its Apply does, before anything is changed.
+func (l *Loader) SweepForRemoval() ([]string, error) { return l.sweep(true) }
+
+func (l *Loader) sweep(removal bool) ([]string, error) {
+	st, unlock, err := l.openPinned(removal)
 	if st == nil {
 		return nil, err
 	}
@@ -718,7 +728,15 @@ func (st *store) load(spec *ebpf.CollectionSpec, dir string) (*ebpf.Collection, 
 }
 
 // open loads the pinned maps, creating and pinning those that are missing.
-func (l *Loader) open() (*store, error) {
+func (l *Loader) open() (*store, error) { return l.openFor(false) }
+
+// openFor is open; with removal, a pinned map of another build's layout is
+// taken when its key and value sizes are this build's (a max_entries, flags
+// or type of its own): a removal loads no program over the maps, it only
+// reads and deletes entries, which are laid out the same. A map whose key
+// or value size differs is still refused: its entries cannot be read as
+// this build's.
+func (l *Loader) openFor(removal bool) (*store, error) {
 	spec, err := loadDetour()
 	if err != nil {
 		return nil, err
@@ -746,8 +764,17 @@ func (l *Loader) open() (*store, error) {
 		}
 		st.maps[name] = m
 		if err := spec.Maps[name].Compatible(m); err != nil {
+			if removal && m.KeySize() == spec.Maps[name].KeySize && m.ValueSize() == spec.Maps[name].ValueSize {
+				l.log().Info("ebpf remove: a pinned map is of another build's layout; its entries are laid out as this build's", "map", name, "difference", err.Error())
+				continue
+			}
 			bad = append(bad, fmt.Sprintf("%s (%v)", name, err))
 		}
+	}
+	if len(bad) > 0 && removal {
+		st.close()
+		return nil, fmt.Errorf("the maps pinned under %s were made by another build of detour, with entries laid out otherwise than this build's: %s; this build cannot remove a scope's entries from them: uninstall with the detour that installed the scopes, or remove every eBPF scope of this node at once by removing the pin directory %s: %w: %w",
+			l.mapDir(), strings.Join(bad, "; "), l.opts.pinDir(), ErrIncompatibleMaps, ebpf.ErrMapIncompatible)
 	}
 	if len(bad) > 0 {
 		st.close()

@@ -28,6 +28,9 @@ func (l *Loader) RemoveGone() error { return errors.ErrUnsupported }
 // Sweep needs Linux.
 func (l *Loader) Sweep() ([]string, error) { return nil, errors.ErrUnsupported }
 
+// SweepForRemoval needs Linux.
+func (l *Loader) SweepForRemoval() ([]string, error) { return nil, errors.ErrUnsupported }
+
 // CurrentNetns needs Linux.
 func CurrentNetns() (uint64, error) { return 0, errors.ErrUnsupported }
 

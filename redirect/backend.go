@@ -115,6 +115,15 @@ type Sweeper interface {
 	Sweep(ctx context.Context) (removed []string, err error)
 }
 
+// RemovalSweeper is a Sweeper whose sweep for a removal (Uninstall, Engine.Sweep)
+// may go where an install's may not: the eBPF Driver's over maps pinned by
+// another build of detour, which an install refuses with nothing changed.
+type RemovalSweeper interface {
+	Sweeper
+	// SweepForRemoval is Sweep, for Uninstall and Engine.Sweep.
+	SweepForRemoval(ctx context.Context) (removed []string, err error)
+}
+
 // Rendering is a Plan in one backend's own text.
 type Rendering struct {
 	Backend  Backend           `json:"backend"`

@@ -256,7 +256,7 @@ func (e *Engine) install(ctx context.Context, p Plan) (Result, error) {
 		if err := e.inboundFree(ctx, p, chosen.d); err != nil {
 			return err
 		}
-		if res.Leftovers, err = e.sweep(ctx, states); err != nil {
+		if res.Leftovers, err = e.sweep(ctx, states, false); err != nil {
 			return err
 		}
 		net, err := e.observeNet(p)
@@ -308,7 +308,7 @@ func (e *Engine) uninstall(ctx context.Context) (Result, error) {
 		if err := conflicts(states); err != nil {
 			return err
 		}
-		swept, err := e.sweep(ctx, states)
+		swept, err := e.sweep(ctx, states, true)
 		if err != nil {
 			return err
 		}
@@ -389,15 +389,20 @@ func leftoversAny(s *driverState) string {
 // sweep has every Sweeper among the Drivers that may hold state of
 // detour's (observed in states) remove the stale scopes, and re-observes
 // those that removed something, so that what they leave is read afresh. It
-// returns what was removed, by backend.
-func (e *Engine) sweep(ctx context.Context, states []*driverState) ([]string, error) {
+// returns what was removed, by backend. removal (Uninstall, Engine.Sweep)
+// uses a RemovalSweeper's SweepForRemoval.
+func (e *Engine) sweep(ctx context.Context, states []*driverState, removal bool) ([]string, error) {
 	var out []string
 	for _, s := range states {
 		sw, ok := s.d.(Sweeper)
 		if !ok || s.ready != nil {
 			continue
 		}
-		removed, err := sw.Sweep(ctx)
+		sweep := sw.Sweep
+		if rs, ok := sw.(RemovalSweeper); ok && removal {
+			sweep = rs.SweepForRemoval
+		}
+		removed, err := sweep(ctx)
 		if err != nil {
 			return out, fmt.Errorf("remove the stale scopes of %s: %w", s.d.Name(), err)
 		}
@@ -417,7 +422,7 @@ func (e *Engine) sweepOnly(ctx context.Context) (Result, error) {
 	res := Result{Families: []Family{}}
 	err := e.locked(ctx, &res, func(ctx context.Context) error {
 		var err error
-		res.Leftovers, err = e.sweep(ctx, e.observeAll(ctx, noCandidate))
+		res.Leftovers, err = e.sweep(ctx, e.observeAll(ctx, noCandidate), true)
 		res.Changed = len(res.Leftovers) > 0
 		return err
 	})

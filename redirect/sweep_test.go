@@ -83,3 +83,48 @@ func TestStaleScopesAreSwept(t *testing.T) {
 		t.Errorf("sweep with the backend not ready = %+v, %v; want nothing asked of it", res, err)
 	}
 }
+
+// removalSweepingDriver is a sweepingDriver that sweeps otherwise for a
+// removal (RemovalSweeper, as the eBPF Driver over maps of another build).
+type removalSweepingDriver struct{ *sweepingDriver }
+
+func (d *removalSweepingDriver) SweepForRemoval(context.Context) ([]string, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	out := d.stale
+	d.stale = nil
+	d.record("%s sweep for removal", d.name)
+	return out, nil
+}
+
+// TestRemovalSweepIsForUninstallAndSweepOnly: Uninstall and Sweep use a
+// RemovalSweeper's SweepForRemoval; Install keeps its Sweep.
+func TestRemovalSweepIsForUninstallAndSweepOnly(t *testing.T) {
+	ctx := context.Background()
+	l, sw := newSweepLab(t)
+	rs := &removalSweepingDriver{sw}
+	l.e.Drivers[len(l.e.Drivers)-1] = rs
+	sw.stale = []string{"the stale scope A"}
+	if _, err := l.e.Install(ctx, l.plan(t, "iptables-nft")); err != nil {
+		t.Fatal(err)
+	}
+	if diff := cmp.Diff([]string{"ebpf sweep", "iptables-nft apply"}, *l.journal); diff != "" {
+		t.Errorf("install's writes (-want +got):\n%s", diff)
+	}
+	*l.journal = nil
+	if _, err := l.e.Sweep(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if diff := cmp.Diff([]string{"ebpf sweep for removal"}, *l.journal); diff != "" {
+		t.Errorf("sweep's writes (-want +got):\n%s", diff)
+	}
+	*l.journal = nil
+	sw.stale = []string{"the stale scope B"}
+	res, err := l.e.Uninstall(ctx)
+	if err != nil || !slices.Equal(res.Leftovers, []string{"ebpf: the stale scope B"}) {
+		t.Errorf("uninstall = %+v, %v; want the stale scope B removed", res, err)
+	}
+	if diff := cmp.Diff([]string{"ebpf sweep for removal", "iptables-nft remove"}, *l.journal); diff != "" {
+		t.Errorf("uninstall's writes (-want +got):\n%s", diff)
+	}
+}

@@ -10,8 +10,6 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
-	"k8s.io/client-go/kubernetes"
-	"sigs.k8s.io/controller-runtime/pkg/client"
 )
 
 // baselineAdmission enforces the baseline Pod Security Standard in every
@@ -37,17 +35,9 @@ plugins:
 // privileged pods, or the DaemonSet creates no pod and no node gets the plugin.
 func TestPodsAdmittedWhereBaselineIsEnforced(t *testing.T) {
 	t.Parallel()
-	if testing.Short() {
-		t.Skip("starts kube-apiserver")
-	}
-	cfg := apiServerWithAdmission(t, baselineAdmission)
+	c, cs := apiServerWithAdmission(t, baselineAdmission)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	c, err := client.New(cfg, client.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	cs := kubernetes.NewForConfigOrDie(cfg)
 
 	// The check is only worth something if this API server refuses what
 	// baseline forbids.

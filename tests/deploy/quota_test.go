@@ -13,7 +13,6 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/client-go/kubernetes"
-	"k8s.io/client-go/rest"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
 
@@ -42,17 +41,9 @@ plugins:
 // detour-system without the shipped ResourceQuota and admitted with it.
 func TestCriticalPodQuota(t *testing.T) {
 	t.Parallel()
-	if testing.Short() {
-		t.Skip("starts kube-apiserver")
-	}
-	cfg := apiServerWithAdmission(t, gkeAdmission)
+	c, cs := apiServerWithAdmission(t, gkeAdmission)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	c, err := client.New(cfg, client.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	cs := kubernetes.NewForConfigOrDie(cfg)
 
 	var quota, daemonSet manifest
 	for _, m := range readManifests(t, manifestDir) {
@@ -102,9 +93,12 @@ func TestCriticalPodQuota(t *testing.T) {
 
 // apiServerWithAdmission starts a kube-apiserver (and etcd) whose admission
 // plugins are configured by admission (an AdmissionConfiguration), stopped
-// at the test's end.
-func apiServerWithAdmission(t *testing.T, admission string) *rest.Config {
+// at the test's end, and returns two clients of it. It skips with -short.
+func apiServerWithAdmission(t *testing.T, admission string) (client.Client, *kubernetes.Clientset) {
 	t.Helper()
+	if testing.Short() {
+		t.Skip("starts kube-apiserver")
+	}
 	cfgFile := filepath.Join(t.TempDir(), "admission.yaml")
 	if err := os.WriteFile(cfgFile, []byte(admission), 0o600); err != nil {
 		t.Fatal(err)
@@ -120,5 +114,9 @@ func apiServerWithAdmission(t *testing.T, admission string) *rest.Config {
 			t.Errorf("stop kube-apiserver and etcd: %v", err)
 		}
 	})
-	return cfg
+	c, err := client.New(cfg, client.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c, kubernetes.NewForConfigOrDie(cfg)
 }

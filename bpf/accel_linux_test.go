@@ -339,13 +339,25 @@ func TestAccelerationToggleAndUninstall(t *testing.T) {
 	if _, err := os.Stat(l.pinDir); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("pin directory after uninstall: %v, want it gone", err)
 	}
-	// The kernel frees programs and maps once the last reference goes (the
-	// closed sockets' hold on the sk_msg program is dropped after an RCU
-	// grace period): give it a moment.
+	// The closed sockets' hold on the sk_msg program is dropped after an RCU
+	// grace period.
+	assertFreed(t, ids, "uninstall")
+}
+
+type kernelObject struct {
+	name  string
+	alive func() bool
+}
+
+// assertFreed fails the test when any of objects is still in the kernel 5 s
+// after what (the kernel frees programs and maps once the last reference
+// goes, some after an RCU grace period).
+func assertFreed(t *testing.T, objects []kernelObject, what string) {
+	t.Helper()
 	var left []string
-	for deadline := time.Now().Add(5 * time.Second); ; {
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(50 * time.Millisecond) {
 		left = left[:0]
-		for _, o := range ids {
+		for _, o := range objects {
 			if o.alive() {
 				left = append(left, o.name)
 			}
@@ -353,16 +365,10 @@ func TestAccelerationToggleAndUninstall(t *testing.T) {
 		if len(left) == 0 || time.Now().After(deadline) {
 			break
 		}
-		time.Sleep(100 * time.Millisecond)
 	}
 	if len(left) > 0 {
-		t.Errorf("after uninstall the kernel still holds %v", left)
+		t.Errorf("still in the kernel 5 s after %s: %q", what, left)
 	}
-}
-
-type kernelObject struct {
-	name  string
-	alive func() bool
 }
 
 // pinnedObjects lists what detour pinned under pinDir by kernel id: every

@@ -275,23 +275,8 @@ func TestScopeOfADeletedNamespaceIsStale(t *testing.T) {
 		t.Errorf("uninstall = %+v, %v; want the scope removed and the stale scope of cookie %d with it", res, err, byMount.cookie)
 	}
 	l.assertNoResidue(t, "uninstall after the sweeps")
-	// The kernel frees programs and maps after an RCU grace period (the
-	// proxy's sockets hold the socket storage a moment longer).
-	var left []string
-	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(50 * time.Millisecond) {
-		left = left[:0]
-		for _, o := range objects {
-			if o.alive() {
-				left = append(left, o.name)
-			}
-		}
-		if len(left) == 0 || time.Now().After(deadline) {
-			break
-		}
-	}
-	if len(left) > 0 {
-		t.Errorf("still in the kernel 5s after uninstall: %q", left)
-	}
+	// The proxy's sockets hold the socket storage a moment longer.
+	assertFreed(t, objects, "uninstall")
 }
 
 // TestLastStaleNamespaceLeavesTheCgroupRoot: once the only

@@ -434,22 +434,7 @@ func TestUpgradeOverMapsOfAnotherLayout(t *testing.T) {
 			t.Errorf("programs attached for %s after uninstall: %v", a, ids)
 		}
 	}
-	var left []string
-	for deadline := time.Now().Add(5 * time.Second); ; {
-		left = left[:0]
-		for _, o := range objects {
-			if o.alive() {
-				left = append(left, o.name)
-			}
-		}
-		if len(left) == 0 || time.Now().After(deadline) {
-			break
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-	if len(left) > 0 {
-		t.Errorf("still in the kernel after uninstall: %v", left)
-	}
+	assertFreed(t, objects, "uninstall")
 	if addr, err := dial(t, l.ns, "198.51.100.7:80"); err == nil {
 		t.Errorf("after uninstall a connection to 198.51.100.7:80 reached %s: still redirected", addr)
 	}

@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/detour-mesh/detour/internal/privtest"
 	"github.com/detour-mesh/detour/redirect"
 )
 
@@ -25,19 +26,7 @@ func TestDNSRepliesComeFromTheAskedServer(t *testing.T) {
 	t.Cleanup(func() { ld.Remove(scope) })
 	// The DNS proxy answers "proxy:" + the query.
 	for _, addr := range []string{"127.0.0.1:15053", "[::1]:15053"} {
-		var pc net.PacketConn
-		inNS(t, l.ns, func() (err error) { pc, err = net.ListenPacket("udp", addr); return err })
-		t.Cleanup(func() { pc.Close() })
-		go func() {
-			buf := make([]byte, 512)
-			for {
-				n, from, err := pc.ReadFrom(buf)
-				if err != nil {
-					return
-				}
-				pc.WriteTo(append([]byte("proxy:"), buf[:n]...), from)
-			}
-		}()
+		udpPrefixer(t, l.ns, addr, "proxy:")
 	}
 	for _, server := range []string{"192.0.2.53:53", "[2001:db8::53]:53", "[::ffff:192.0.2.54]:53"} {
 		ap := netip.MustParseAddrPort(server)
@@ -104,19 +93,7 @@ func TestDNSRepliesComeFromTheAskedServer(t *testing.T) {
 	// on another loopback port sees that service's datagrams from the
 	// service. Before, they too appeared to come from the DNS server.
 	for _, local := range []string{"127.0.0.1:9999", "[::1]:9999"} {
-		var pc net.PacketConn
-		inNS(t, l.ns, func() (err error) { pc, err = net.ListenPacket("udp", local); return err })
-		t.Cleanup(func() { pc.Close() })
-		go func() {
-			buf := make([]byte, 512)
-			for {
-				n, from, err := pc.ReadFrom(buf)
-				if err != nil {
-					return
-				}
-				pc.WriteTo(append([]byte("local:"), buf[:n]...), from)
-			}
-		}()
+		udpPrefixer(t, l.ns, local, "local:")
 	}
 	for server, local := range map[string]string{"192.0.2.53:53": "127.0.0.1:9999", "[2001:db8::53]:53": "[::1]:9999"} {
 		ap, lp := netip.MustParseAddrPort(server), netip.MustParseAddrPort(local)
@@ -152,4 +129,23 @@ func TestDNSRepliesComeFromTheAskedServer(t *testing.T) {
 			})
 		})
 	}
+}
+
+// udpPrefixer answers every datagram to addr in the namespace ns with prefix
+// and the datagram, until the test ends.
+func udpPrefixer(t *testing.T, ns privtest.NS, addr, prefix string) {
+	t.Helper()
+	var pc net.PacketConn
+	inNS(t, ns, func() (err error) { pc, err = net.ListenPacket("udp", addr); return err })
+	t.Cleanup(func() { pc.Close() })
+	go func() {
+		buf := make([]byte, 512)
+		for {
+			n, from, err := pc.ReadFrom(buf)
+			if err != nil {
+				return
+			}
+			pc.WriteTo(append([]byte(prefix), buf[:n]...), from)
+		}
+	}()
 }

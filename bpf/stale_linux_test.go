@@ -246,12 +246,7 @@ func TestScopeOfADeletedNamespaceIsStale(t *testing.T) {
 		t.Errorf("second sweep = %+v, %v; want nothing to remove", res, err)
 	}
 	// The living namespace is still redirected.
-	p := startProxy(t, l.ns, 15001)
-	if _, err := dial(t, l.ns, "198.51.100.7:80"); err != nil {
-		t.Errorf("dial from the living namespace after the sweep: %v", err)
-	} else if got := p.next(t); got != "198.51.100.7:80" {
-		t.Errorf("the proxy got %s", got)
-	}
+	assertProxied(t, l.ns, "from the living namespace after the sweep")
 
 	// The process ends: that namespace is gone, and the next install (of
 	// another scope, changing nothing) removes it and says so.

@@ -20,6 +20,7 @@ import (
 	"github.com/cilium/ebpf/link"
 	"golang.org/x/sys/unix"
 
+	"github.com/detour-mesh/detour/internal/privtest"
 	"github.com/detour-mesh/detour/redirect"
 )
 
@@ -293,12 +294,7 @@ func TestUpgradeOfACgroupScopeAndTheAccelLink(t *testing.T) {
 	if got := mapContents(t, l.pinDir); !equalContents(got, entries) {
 		t.Errorf("the maps' entries changed over the upgrade:\nbefore %v\nafter  %v", entries, got)
 	}
-	p := startProxy(t, l.ns, 15001)
-	if _, err := dial(t, l.ns, "198.51.100.7:80"); err != nil {
-		t.Errorf("after the upgrade: %v", err)
-	} else if got := p.next(t); got != "198.51.100.7:80" {
-		t.Errorf("after the upgrade, SO_ORIGINAL_DST = %s", got)
-	}
+	assertProxied(t, l.ns, "after the upgrade")
 	if _, err := dial(t, l.ns, "198.51.100.7:5432"); !errors.Is(err, syscall.ENETUNREACH) {
 		t.Errorf("after the upgrade, a connection to the excluded port = %v, want ENETUNREACH (not redirected)", err)
 	}
@@ -409,12 +405,7 @@ func TestUpgradeOverMapsOfAnotherLayout(t *testing.T) {
 	if got := mapContents(t, l.pinDir); !equalContents(got, entries) {
 		t.Errorf("the maps' entries changed:\nbefore %v\nafter  %v", entries, got)
 	}
-	p := startProxy(t, l.ns, 15001)
-	if _, err := dial(t, l.ns, "198.51.100.7:80"); err != nil {
-		t.Errorf("after the failed install: %v", err)
-	} else if got := p.next(t); got != "198.51.100.7:80" {
-		t.Errorf("after the failed install, SO_ORIGINAL_DST = %s", got)
-	}
+	assertProxied(t, l.ns, "after the failed install")
 
 	// This build's uninstall removes the scope all the same: removal loads
 	// no program over the maps, and the entries are laid out as this
@@ -484,4 +475,16 @@ func BenchmarkApplyNoChange(b *testing.B) {
 	// varies less than the wall time.
 	cpu := time.Duration(after.Utime.Nano() - before.Utime.Nano() + after.Stime.Nano() - before.Stime.Nano())
 	b.ReportMetric(float64(cpu.Nanoseconds())/float64(b.N), "cpu-ns/op")
+}
+
+// assertProxied starts the proxy on 15001 in ns and checks that a connection
+// to 198.51.100.7:80 from ns reaches it with that original destination.
+func assertProxied(t *testing.T, ns privtest.NS, when string) {
+	t.Helper()
+	p := startProxy(t, ns, 15001)
+	if _, err := dial(t, ns, "198.51.100.7:80"); err != nil {
+		t.Errorf("%s: %v", when, err)
+	} else if got := p.next(t); got != "198.51.100.7:80" {
+		t.Errorf("%s, SO_ORIGINAL_DST = %s", when, got)
+	}
 }

@@ -12,10 +12,10 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"syscall"
 
 	"sigs.k8s.io/yaml"
 
+	"github.com/detour-mesh/detour/internal/regularfile"
 	"github.com/detour-mesh/detour/redirect"
 )
 
@@ -50,35 +50,15 @@ func LoadMesh(path string) (*Mesh, error) {
 // must be a regular file (or a symlink to one): a FIFO would block the open
 // (O_NONBLOCK keeps it from doing so) and a pipe holds its content only once.
 func openWatchedMeshFile(path string) (*os.File, error) {
-	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NONBLOCK, 0)
-	if err != nil {
-		return nil, unreadable(path, err)
-	}
-	fi, err := f.Stat()
-	if err != nil {
-		f.Close()
-		return nil, unreadable(path, err)
-	}
-	if !fi.Mode().IsRegular() {
-		f.Close()
+	f, err := regularfile.Open(path)
+	if kind := regularfile.Kind(err); kind != "" {
 		return nil, fmt.Errorf("mesh file %s: %w", path, &redirect.FieldError{Field: "(document)", Value: path,
-			Reason: "is not a regular file (" + fileKind(fi.Mode()) + "); the watched mesh file is read again at every change"})
+			Reason: "is not a regular file (" + kind + "); the watched mesh file is read again at every change"})
+	}
+	if err != nil {
+		return nil, unreadable(path, err)
 	}
 	return f, nil
-}
-
-func fileKind(m os.FileMode) string {
-	switch {
-	case m.IsDir():
-		return "a directory"
-	case m&os.ModeNamedPipe != 0:
-		return "a named pipe"
-	case m&os.ModeSocket != 0:
-		return "a socket"
-	case m&os.ModeDevice != 0:
-		return "a device"
-	}
-	return "mode " + m.String()
 }
 
 // unreadableError is a mesh file that cannot be opened or read: invalid input

@@ -13,9 +13,8 @@ import (
 	"path/filepath"
 	"strings"
 
-	"golang.org/x/sys/unix"
-
 	"github.com/detour-mesh/detour/internal/netns"
+	"github.com/detour-mesh/detour/internal/regularfile"
 )
 
 func (e *Engine) facts(_ context.Context, cfg Config) (Facts, error) {
@@ -110,18 +109,13 @@ func readNameservers(path string) ([]netip.Addr, error) {
 		}
 		return invalid("cannot be read (dns.capture resolvconf reads its nameservers): " + err.Error())
 	}
-	// O_NONBLOCK: opening a FIFO must not wait for a writer before the
-	// check below can refuse it.
-	f, err := os.OpenFile(path, os.O_RDONLY|unix.O_NONBLOCK, 0)
-	if err != nil {
+	f, err := regularfile.Open(path)
+	if errors.Is(err, regularfile.ErrNotRegular) {
+		return nil, invalid("is not a regular file (dns.capture resolvconf reads its nameservers from a resolv.conf file)")
+	} else if err != nil {
 		return nil, unreadable(err)
 	}
 	defer f.Close()
-	if fi, err := f.Stat(); err != nil {
-		return nil, unreadable(err)
-	} else if !fi.Mode().IsRegular() {
-		return nil, invalid("is not a regular file (dns.capture resolvconf reads its nameservers from a resolv.conf file)")
-	}
 	data, err := io.ReadAll(io.LimitReader(f, maxResolvConf+1))
 	if err != nil {
 		return nil, unreadable(err)

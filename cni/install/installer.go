@@ -16,7 +16,6 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"syscall"
 	"time"
 
 	"github.com/fsnotify/fsnotify"
@@ -24,6 +23,7 @@ import (
 
 	"github.com/detour-mesh/detour/internal/atomicfile"
 	"github.com/detour-mesh/detour/internal/meshconfig"
+	"github.com/detour-mesh/detour/internal/regularfile"
 	"github.com/detour-mesh/detour/redirect"
 )
 
@@ -362,25 +362,17 @@ func (o Options) baseConfig() (json.RawMessage, error) {
 	return doc, nil
 }
 
-// errNotRegular is readRegular's error for a path that is not a regular file.
-var errNotRegular = errors.New("not a regular file")
-
 // readRegular reads the regular file at path (symlinks followed). Anything
-// else fails with errNotRegular instead of being read: a FIFO in the conf
-// dir, or where the token should be, would block the installer (and its
-// readiness probe) in open(2) until someone writes to it, and a device
+// else fails with regularfile.ErrNotRegular instead of being read: a FIFO in
+// the conf dir, or where the token should be, would block the installer (and
+// its readiness probe) in open(2) until someone writes to it, and a device
 // could be endless.
 func readRegular(path string) ([]byte, error) {
-	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NONBLOCK, 0)
+	f, err := regularfile.Open(path)
 	if err != nil {
 		return nil, err
 	}
 	defer f.Close()
-	if fi, err := f.Stat(); err != nil {
-		return nil, err
-	} else if !fi.Mode().IsRegular() {
-		return nil, &os.PathError{Op: "read", Path: path, Err: errNotRegular}
-	}
 	return io.ReadAll(f)
 }
 

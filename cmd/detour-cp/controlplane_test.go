@@ -184,7 +184,10 @@ func TestControlPlaneInvalidInputExitsTwo(t *testing.T) {
 		{"inject on http's port", []string{"control-plane", "--config", bad, "--xds-address", "127.0.0.1:0", "--http-address", "[::]:15014", "--inject", "--inject-address", "127.0.0.1:15014"}, `--http-address "[::]:15014" and --inject-address "127.0.0.1:15014": both listen on port 15014`},
 		{"inject address without port", []string{"control-plane", "--source", "kubernetes", "--inject", "--inject-address", ":", "--xds-address", "127.0.0.1:0", "--http-address", "off"}, `--inject-address ":" has no port`},
 		{"empty dns suffix", []string{"control-plane", "--source", "kubernetes", "--dns-suffix", ""}, `--dns-suffix "" is empty`},
-		{"empty dns upstream", []string{"control-plane", "--source", "kubernetes", "--dns-upstream", ""}, `--dns-upstream "" is empty`},
+		{"empty dns upstream", []string{"control-plane", "--source", "kubernetes", "--dns-upstream", ""}, `invalid argument "" for "--dns-upstream" flag: an empty value names nothing`},
+		// A second, empty value used to add nothing, silently.
+		{"second dns upstream empty", []string{"control-plane", "--source", "kubernetes", "--dns-upstream", "192.0.2.53", "--dns-upstream", ""}, `invalid argument "" for "--dns-upstream" flag: an empty value names nothing`},
+		{"empty dns upstream item", []string{"control-plane", "--source", "kubernetes", "--dns-upstream", "192.0.2.53,"}, `invalid argument "192.0.2.53," for "--dns-upstream" flag: an empty item`},
 		{"empty kubeconfig", []string{"control-plane", "--source", "kubernetes", "--kubeconfig", ""}, `--kubeconfig "" is empty`},
 		{"empty inject url", []string{"control-plane", "--source", "kubernetes", "--inject", "--inject-url", ""}, `--inject-url "" is empty`},
 		{"bootstrap empty config file", []string{"bootstrap", "--node-id", "app", "--control-plane", "127.0.0.1:1", "--config", empty}, `--config "` + empty + `" is empty`},

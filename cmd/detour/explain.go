@@ -78,7 +78,7 @@ configuration's answer is still printed; --config-only does not read the namespa
 	fs.BoolVar(&o.outbound, "outbound", false, "a connection the workload opens (the default)")
 	fs.BoolVar(&o.configOnly, "config-only", false, "answer from the configuration only; do not read what is installed")
 	fs.BoolVar(&o.live, "live", false, "also open the connection for real, as that uid, and report where it arrived (outbound TCP; also while the proxy owns the port)")
-	fs.DurationVar(&o.timeout, "timeout", 3*time.Second, "--live: how long the probe connection may take")
+	fs.DurationVar(&o.timeout, "timeout", 3*time.Second, "--live: how long the probe connection may take ("+minProbeTimeout.String()+" to "+maxProbeTimeout.String()+")")
 	fs.StringVar(&o.mesh, "mesh", "", "answer for the workload --node-id of this mesh file: its transparentProxy is the configuration (instead of --preset/--config; a setting's own flag still overrides it), and the Envoy listener, filter chain and cluster are added (runs detour-cp)")
 	fs.StringVar(&o.nodeID, "node-id", "", "--mesh: the workload's node id")
 	output(fs, &o.output)
@@ -232,8 +232,8 @@ func runExplain(ctx context.Context, o *explainOptions, g *globalOptions, s stre
 	if err := checkOutput(o.output); err != nil {
 		return err
 	}
-	if o.timeout <= 0 {
-		return usageError("--timeout: %q is not a positive duration", o.timeout)
+	if err := checkProbeTimeout(o.timeout); err != nil {
+		return err
 	}
 	if (o.mesh == "") != (o.nodeID == "") {
 		return usageError("--mesh and --node-id: give both or neither")

@@ -50,6 +50,7 @@ func TestUsageErrorsExit2(t *testing.T) {
 		{"extra argument", []string{"install", "now"}, `unknown command "now"`},
 		// cobra showed the help of a command that groups others and exited 0.
 		{"unknown completion shell", []string{"completion", "nope"}, `unknown command "nope" for "detour completion"`},
+		{"empty include cidrs", []string{"plan", "--include-outbound-cidrs="}, `--include-outbound-cidrs: outbound.includeCIDRs: "" is empty, which would capture every destination (an unset variable?)`},
 		{"bad timeout", []string{"validate", "--timeout", "0s"}, `--timeout: "0s" is not a positive duration`},
 		// 1ms timed the probe out before it was sent, reported as "not
 		// redirected" (exit 5).

@@ -95,6 +95,10 @@ func TestConfigErrorsNameSourceFieldAndValue(t *testing.T) {
 	}{
 		{"flag port", []string{"--exclude-outbound-ports", "80,443,70000"}, nil, []string{"--exclude-outbound-ports", `outbound.excludePorts[2]: "70000" is not a port`}},
 		{"flag mode", []string{"--mode", "bounce"}, nil, []string{"--mode", `mode: "bounce" is not one of redirect, tproxy`}},
+		// An unset variable made these capture everything.
+		{"empty include cidrs flag", []string{"--include-outbound-cidrs", ""}, nil, []string{"--include-outbound-cidrs", `outbound.includeCIDRs: "" is empty, which would capture every destination`}},
+		{"blank include ports flag", []string{"--include-outbound-ports", " "}, nil, []string{"--include-outbound-ports", `outbound.includePorts: " " is empty, which would capture every destination port`}},
+		{"empty include inbound ports env", nil, map[string]string{"DETOUR_INCLUDE_INBOUND_PORTS": ""}, []string{"DETOUR_INCLUDE_INBOUND_PORTS", `inbound.includePorts: "" is empty, which would capture every inbound port`}},
 		{"env uid", nil, map[string]string{"DETOUR_PROXY_UID": "envoy"}, []string{"DETOUR_PROXY_UID", `proxy.uid: "envoy" is not a numeric id`}},
 		{"file cidr", []string{"--config", bad}, nil, []string{"config file " + bad, `outbound.excludeCIDRs[1]: "abc" is not a CIDR`}},
 		{"malformed yaml", []string{"--config", broken}, nil, []string{"config file " + broken, "is not valid YAML or JSON"}},

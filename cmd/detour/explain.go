@@ -224,6 +224,11 @@ type liveOutcome struct {
 	OriginalDst string `json:"originalDst,omitempty"`
 	// Error says why it did not arrive (a timeout, refused, no route).
 	Error string `json:"error,omitempty"`
+	// NoAnswer: the connection was neither answered nor refused within
+	// --timeout. That proves no verdict (left alone and dropped on its way
+	// looks the same as captured and then dropped), so Agrees is false and
+	// explain exits 6.
+	NoAnswer bool `json:"noAnswer,omitempty"`
 	// Agrees says the probe did what the verdict says.
 	Agrees bool `json:"agrees"`
 }
@@ -348,6 +353,9 @@ func runExplain(ctx context.Context, o *explainOptions, g *globalOptions, s stre
 		}
 	} else if err := writeExplanation(s.out, e, o.configOnly); err != nil {
 		return err
+	}
+	if e.Live != nil && e.Live.NoAnswer {
+		return withCode(exitNoAnswer, errors.New("explain: the live connection got no answer within --timeout, which proves the verdict neither right nor wrong"))
 	}
 	if e.Live != nil && e.Live.Probed && !e.Live.Agrees {
 		return withCode(exitNotValid, errors.New("explain: the live connection did not do what the verdict says"))
@@ -492,6 +500,8 @@ func writeExplanation(w io.Writer, e explanation, configOnly bool) error {
 		}
 		switch {
 		case !l.Probed:
+		case l.NoAnswer:
+			b.WriteString(" (neither as the verdict says nor otherwise: proven neither)\n")
 		case l.Agrees:
 			b.WriteString(" (as the verdict says)\n")
 		default:

@@ -89,4 +89,10 @@ func TestValidateTellsNoAnswerFromBypass(t *testing.T) {
 	if code != exitNoAnswer || !strings.Contains(out, "TIMEOUT ipv4") || strings.Contains(out, "FAIL") {
 		t.Errorf("validate, redirected then dropped: exit %d, stdout %q, stderr %q; want exit %d and a TIMEOUT line", code, out, stderr, exitNoAnswer)
 	}
+	// explain --live likewise: the verdict (captured) is neither proven nor
+	// contradicted (it said "NOT as the verdict says", exit 5).
+	code, out, stderr = runCLI(t, append([]string{"explain", "--live", "--timeout", "200ms", "--to", "192.0.2.1:80", "--uid", "60100", "--gid", "60100"}, flags...)...)
+	if code != exitNoAnswer || !strings.Contains(out, "proven neither") || strings.Contains(out, "NOT as the verdict says") {
+		t.Errorf("explain --live, redirected then dropped: exit %d, stdout %q, stderr %q; want exit %d, proven neither", code, out, stderr, exitNoAnswer)
+	}
 }

@@ -114,6 +114,12 @@ func (o *configOptions) load(stdin io.Reader) (redirect.Config, error) {
 	if err := o.checkEnvNames(lookup); err != nil {
 		return redirect.Config{}, err
 	}
+	// DETOUR_CONFIG= (a manifest's unset variable) named no file and so
+	// installed detour's defaults, as DETOUR_PRESET= would have.
+	if v, ok := lookup("DETOUR_CONFIG"); ok && strings.TrimSpace(v) == "" && !o.flags.Changed("config") {
+		return redirect.Config{}, &sourceError{"DETOUR_CONFIG", &redirect.FieldError{Field: "config", Value: v,
+			Reason: "is empty, which names no file; unset it for the defaults, or name a file (with {} in it for the defaults on purpose)"}}
+	}
 	if o.base != nil {
 		return o.loadOverBase(lookup)
 	}

@@ -109,6 +109,8 @@ func TestConfigErrorsNameSourceFieldAndValue(t *testing.T) {
 		{"empty file", []string{"--config", empty}, nil, []string{"--config", `config: "` + empty + `" is empty`}},
 		{"comments only", []string{"--config", comments}, nil, []string{"--config", `config: "` + comments + `" is empty`}},
 		{"empty file from env", nil, map[string]string{"DETOUR_CONFIG": empty}, []string{`config: "` + empty + `" is empty`}},
+		// It installed the defaults (proxy uid 5678), as DETOUR_PRESET= would have.
+		{"empty DETOUR_CONFIG", nil, map[string]string{"DETOUR_CONFIG": ""}, []string{"DETOUR_CONFIG", `config: "" is empty, which names no file`}},
 		{"misspelt env", nil, map[string]string{"DETOUR_PROXY_ID": "1337"}, []string{"environment", `DETOUR_PROXY_ID: "1337" is not a setting of detour (did you mean DETOUR_PROXY_UID?)`}},
 		{"singular env", nil, map[string]string{"DETOUR_EXCLUDE_OUTBOUND_PORT": "22"}, []string{`DETOUR_EXCLUDE_OUTBOUND_PORT: "22" is not a setting of detour (did you mean DETOUR_EXCLUDE_OUTBOUND_PORTS?)`}},
 		{"env in path order", nil, map[string]string{"DETOUR_OUTBOUND_EXCLUDE_PORTS": "22"}, []string{`(did you mean DETOUR_EXCLUDE_OUTBOUND_PORTS?)`}},

@@ -241,10 +241,18 @@ func (o *cniOptions) installerOptions(logger *slog.Logger) install.Options {
 	}
 }
 
+// minPollInterval is the floor of --poll-interval.
+const minPollInterval = 100 * time.Millisecond
+
 // runCNIInstall installs once (--once) or runs the installer loop until ctx ends.
 func runCNIInstall(ctx context.Context, o *cniOptions, s streams) error {
 	if o.pollInterval <= 0 {
 		return usageError("--poll-interval: %q is not a positive duration", o.pollInterval)
+	}
+	// Below it, every node's installer re-reads its files in a busy loop:
+	// a typo (1ns for 1s), not a setting.
+	if o.pollInterval < minPollInterval {
+		return usageError("--poll-interval: %q is below %s (the default is %s)", o.pollInterval, minPollInterval, install.DefaultPollInterval)
 	}
 	logger := slog.New(slog.NewTextHandler(s.err, nil))
 	// The Installer validates: it reads a --config that is a pipe once.

@@ -120,6 +120,7 @@ func TestCNIInstallInvalidInput(t *testing.T) {
 		{"bad namespace", []string{"--exclude-namespaces", "UPPER"}, `--exclude-namespaces: "UPPER" is not a namespace name`},
 		{"no api server", []string{"--api-server", ""}, "--api-server: "},
 		{"zero poll", []string{"--poll-interval", "0s"}, "--poll-interval"},
+		{"poll below the floor", []string{"--poll-interval", "1ns"}, `--poll-interval: "1ns" is below 100ms`},
 		{"unknown preset", []string{"--preset", "linkerd"}, `--preset: "linkerd" is not one of istio, kuma`},
 		{"bad log level", []string{"--log-level", "loud"}, `--log-level: "loud"`},
 		{"missing config", []string{"--config", filepath.Join(root, "nope.yaml")}, "--config: "},

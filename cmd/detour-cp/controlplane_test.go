@@ -151,6 +151,8 @@ func TestControlPlaneInvalidInputExitsTwo(t *testing.T) {
 		// A flag of the source not chosen would configure nothing, silently.
 		{"kubeconfig with a mesh file", []string{"control-plane", "--config", bad, "--kubeconfig", "kubeconfig"}, "--kubeconfig: for --source kubernetes"},
 		{"file source flags with kubernetes", []string{"control-plane", "--source", "kubernetes", "--settle", "5s", "--max-mesh-size", "100"}, "--settle, --max-mesh-size: for --source file (the mesh file); --source kubernetes reads the API"},
+		{"nack backoff below the floor", []string{"control-plane", "--config", bad, "--nack-backoff", "1ns"}, "--nack-backoff 1ns is below 100ms"},
+		{"watch interval below the floor", []string{"control-plane", "--config", bad, "--watch-interval", "1ms"}, "--watch-interval 1ms is below 10ms"},
 		{"watch interval with kubernetes", []string{"control-plane", "--source", "kubernetes", "--watch-interval", "5s"}, "--watch-interval: for --source file"},
 		{"client ca without tls", []string{"control-plane", "--config", bad, "--client-ca", "ca.pem"}, "--client-ca needs --tls-cert"},
 		{"bad log level", []string{"control-plane", "--config", bad, "--log-level", "loud"}, `--log-level "loud"`},

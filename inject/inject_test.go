@@ -87,14 +87,14 @@ func TestManifests(t *testing.T) {
 			in := newInjector(t, c.mesh, c.sidecar)
 			src := readInput(t, c.input)
 			var out bytes.Buffer
-			if err := in.Manifests(bytes.NewReader(src), &out); err != nil {
+			if err := in.Manifests(bytes.NewReader(src), &out, ""); err != nil {
 				t.Fatal(err)
 			}
 			golden.Check(t, golden.Path(t, c.name), out.Bytes())
 
 			// Idempotent: injecting the output again changes nothing.
 			var again bytes.Buffer
-			if err := in.Manifests(bytes.NewReader(out.Bytes()), &again); err != nil {
+			if err := in.Manifests(bytes.NewReader(out.Bytes()), &again, ""); err != nil {
 				t.Fatal(err)
 			}
 			if diff := cmp.Diff(out.String(), again.String()); diff != "" {
@@ -116,6 +116,71 @@ func TestManifests(t *testing.T) {
 			}
 			if back.String() != back2.String() {
 				t.Errorf("uninject of an uninjected manifest changed it")
+			}
+		})
+	}
+}
+
+// TestManifestsLeaveSystemNamespaces: offline injection decides as the
+// webhook does, which never injects pods of kube-system or detour-system. A
+// workload's namespace is its metadata.namespace, else the one given (where
+// kubectl apply -n puts it). Before 2026-12-05 every namespace was injected.
+func TestManifestsLeaveSystemNamespaces(t *testing.T) {
+	t.Parallel()
+	workload := func(kind, ns string) string {
+		meta := "{name: w}"
+		if ns != "" {
+			meta = "{name: w, namespace: " + ns + "}"
+		}
+		if kind == "Pod" {
+			return "apiVersion: v1\nkind: Pod\nmetadata: " + meta + "\nspec:\n  containers: [{name: app, image: example.com/app:1}]\n"
+		}
+		return "apiVersion: apps/v1\nkind: " + kind + "\nmetadata: " + meta + "\nspec:\n  selector: {matchLabels: {app: w}}\n  template:\n    metadata: {labels: {app: w}}\n    spec:\n      containers: [{name: app, image: example.com/app:1}]\n"
+	}
+	list := func(items ...string) string {
+		var b strings.Builder
+		b.WriteString("apiVersion: v1\nkind: List\nitems:\n")
+		for _, it := range items {
+			var v any
+			if err := yaml.Unmarshal([]byte(it), &v); err != nil {
+				t.Fatal(err)
+			}
+			j, _ := yaml.Marshal([]any{v})
+			b.Write(j)
+		}
+		return b.String()
+	}
+	tests := []struct {
+		name, input, namespace string
+		injected               bool
+	}{
+		{"deployment in kube-system", workload("Deployment", "kube-system"), "", false},
+		{"pod in detour-system", workload("Pod", "detour-system"), "", false},
+		{"daemonset in kube-system", workload("DaemonSet", "kube-system"), "shop", false},
+		{"no namespace, applied to kube-system", workload("Deployment", ""), "kube-system", false},
+		{"no namespace, applied to detour-system", workload("Pod", ""), "detour-system", false},
+		{"list item in kube-system", list(workload("Deployment", "kube-system")), "", false},
+		{"list item without namespace, applied to kube-system", list(workload("Deployment", "")), "kube-system", false},
+		{"metadata wins over the namespace given", workload("Deployment", "shop"), "kube-system", true},
+		{"deployment in shop", workload("Deployment", "shop"), "", true},
+		{"no namespace, not known", workload("Deployment", ""), "", true},
+		{"a namespace named like one", workload("Pod", "kube-system-tools"), "", true},
+	}
+	in := newInjector(t, "", meshconfig.SidecarNative)
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			var out bytes.Buffer
+			if err := in.Manifests(strings.NewReader(tc.input), &out, tc.namespace); err != nil {
+				t.Fatal(err)
+			}
+			if got := strings.Contains(out.String(), inject.ProxyName); got != tc.injected {
+				t.Errorf("injected = %v, want %v:\n%s", got, tc.injected, out.String())
+			}
+			if !tc.injected {
+				if diff := cmp.Diff(generic(t, []byte(tc.input)), generic(t, out.Bytes())); diff != "" {
+					t.Errorf("a workload left alone changed (-input +output):\n%s", diff)
+				}
 			}
 		})
 	}

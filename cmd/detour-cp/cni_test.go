@@ -120,6 +120,7 @@ func TestCNIInstallInvalidInput(t *testing.T) {
 		{"bad namespace", []string{"--exclude-namespaces", "UPPER"}, `--exclude-namespaces: "UPPER" is not a namespace name`},
 		{"no api server", []string{"--api-server", ""}, "--api-server: "},
 		{"zero poll", []string{"--poll-interval", "0s"}, "--poll-interval"},
+		{"poll below the floor", []string{"--poll-interval", "1ns"}, `--poll-interval: "1ns" is below 100ms`},
 		{"unknown preset", []string{"--preset", "linkerd"}, `--preset: "linkerd" is not one of istio, kuma`},
 		{"bad log level", []string{"--log-level", "loud"}, `--log-level: "loud"`},
 		{"missing config", []string{"--config", filepath.Join(root, "nope.yaml")}, "--config: "},
@@ -136,6 +137,13 @@ func TestCNIInstallInvalidInput(t *testing.T) {
 		{"missing ebpf plugin binary", []string{"--ebpf-plugin-binary", filepath.Join(root, "nope")}, "--ebpf-plugin-binary: "},
 		{"empty preset", []string{"--preset", ""}, "--preset: an empty value is refused"},
 		{"empty mesh config", []string{"--mesh-config", ""}, "--mesh-config: an empty value is refused"},
+		// An unset variable: "" used to drop kube-system from the exclusions.
+		{"empty exclude namespaces", []string{"--exclude-namespaces", ""}, `invalid argument "" for "--exclude-namespaces" flag: an empty value names nothing (an unset variable?); leave the flag out for its default (kube-system)`},
+		{"empty exclude namespaces element", []string{"--exclude-namespaces", "kube-system,,monitoring"}, `invalid argument "kube-system,,monitoring" for "--exclude-namespaces" flag: an empty item`},
+		{"trailing empty exclude namespaces element", []string{"--exclude-namespaces", "kube-system,"}, `invalid argument "kube-system," for "--exclude-namespaces" flag: an empty item`},
+		{"empty daemonset", []string{"--cleanup-on-exit", "--daemonset", ""}, `--daemonset "" is empty; give it a value`},
+		{"empty node name", []string{"--plugin-service-account", "detour-system/detour-cni-plugin", "--node-name", ""}, `--node-name "" is empty`},
+		{"empty plugin service account", []string{"--plugin-service-account", ""}, `--plugin-service-account "" is empty; give it a value`},
 		{"bad daemonset", []string{"--cleanup-on-exit", "--daemonset", "detour-cni-node"}, `--daemonset: "detour-cni-node" is not namespace/name`},
 	}
 	for _, tc := range tests {

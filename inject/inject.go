@@ -309,6 +309,9 @@ func (in *Injector) Plan(meta metav1.ObjectMeta, spec corev1.PodSpec) (*Mutation
 	if err := checkAppPorts(spec, cfg.Proxy.InboundPort, cfg.Proxy.OutboundPort, inj.AdminPort, inj.ReadyPort); err != nil {
 		return nil, err
 	}
+	if err := checkAppIdentity(spec, cfg.Proxy); err != nil {
+		return nil, err
+	}
 
 	proxy, err := in.proxyContainer(ann, cfg)
 	if err != nil {
@@ -591,6 +594,68 @@ func checkAppPorts(spec corev1.PodSpec, proxyPorts ...uint16) error {
 		}
 	}
 	return nil
+}
+
+// checkAppIdentity refuses a container that runs, by its own or the pod's
+// securityContext, as the proxy's uid (or its gid, when proxy.gid is set):
+// the rules never capture that identity, so the container's traffic would
+// bypass the sidecar without anything saying so. Init containers that run to
+// completion may (it is how one reaches the network before Envoy does);
+// restartable ones (native sidecars) run beside the app and may not. An
+// identity the image sets (its USER) cannot be seen here.
+func checkAppIdentity(spec corev1.PodSpec, proxy redirect.Proxy) error {
+	type ctr struct {
+		field string
+		c     corev1.Container
+	}
+	var cs []ctr
+	for i, c := range spec.InitContainers {
+		if c.RestartPolicy != nil && *c.RestartPolicy == corev1.ContainerRestartPolicyAlways {
+			cs = append(cs, ctr{fmt.Sprintf("spec.initContainers[%d]", i), c})
+		}
+	}
+	for i, c := range spec.Containers {
+		cs = append(cs, ctr{fmt.Sprintf("spec.containers[%d]", i), c})
+	}
+	for _, c := range cs {
+		for _, id := range []struct {
+			field, proxyField string
+			want              *uint32
+			own, pod          func() *int64
+		}{
+			{"runAsUser", "proxy.uid", &proxy.UID,
+				func() *int64 { return secCtx(c.c).RunAsUser }, func() *int64 { return podSecCtx(spec).RunAsUser }},
+			{"runAsGroup", "proxy.gid", proxy.GID,
+				func() *int64 { return secCtx(c.c).RunAsGroup }, func() *int64 { return podSecCtx(spec).RunAsGroup }},
+		} {
+			if id.want == nil {
+				continue
+			}
+			field, v := c.field+".securityContext."+id.field, id.own()
+			if v == nil {
+				field, v = "spec.securityContext."+id.field, id.pod()
+			}
+			if v != nil && *v == int64(*id.want) {
+				return &redirect.FieldError{Field: field, Value: strconv.FormatInt(*v, 10),
+					Reason: fmt.Sprintf("runs container %s as the sidecar's %s, whose traffic is never redirected: the container would bypass the mesh (run it as another identity, or set %s to one no container uses)", c.c.Name, id.proxyField, id.proxyField)}
+			}
+		}
+	}
+	return nil
+}
+
+func secCtx(c corev1.Container) *corev1.SecurityContext {
+	if c.SecurityContext == nil {
+		return &corev1.SecurityContext{}
+	}
+	return c.SecurityContext
+}
+
+func podSecCtx(spec corev1.PodSpec) *corev1.PodSecurityContext {
+	if spec.SecurityContext == nil {
+		return &corev1.PodSecurityContext{}
+	}
+	return spec.SecurityContext
 }
 
 func joinUint16(ps []uint16) string {

@@ -188,6 +188,82 @@ func TestPlanRefusesAppOnProxyPort(t *testing.T) {
 	}
 }
 
+// TestPlanRefusesAppAsProxyUID: the rules never capture the proxy's uid (nor
+// its gid, when set), so an app container running as it would bypass the mesh
+// with nothing to show for it. Such a pod is refused, naming the field and the
+// value; an init container may run as it (the documented way to let it reach
+// the network before Envoy), and other uids are fine.
+func TestPlanRefusesAppAsProxyUID(t *testing.T) {
+	t.Parallel()
+	in := newInjector(t, "", meshconfig.SidecarNative)
+	uid := func(v int64) *int64 { return &v }
+	for _, c := range []struct {
+		name string
+		ann  map[string]string
+		edit func(*corev1.PodSpec)
+		want []string
+	}{
+		{"container runAsUser", nil, func(s *corev1.PodSpec) {
+			s.Containers[0].SecurityContext = &corev1.SecurityContext{RunAsUser: uid(5678)}
+		}, []string{`spec.containers[0].securityContext.runAsUser: "5678"`, "container app", "proxy.uid"}},
+		{"pod runAsUser", nil, func(s *corev1.PodSpec) {
+			s.SecurityContext = &corev1.PodSecurityContext{RunAsUser: uid(5678)}
+		}, []string{`spec.securityContext.runAsUser: "5678"`, "container app", "proxy.uid"}},
+		{"annotated proxy uid", map[string]string{"detour.io/proxy-uid": "1000"}, func(s *corev1.PodSpec) {
+			s.SecurityContext = &corev1.PodSecurityContext{RunAsUser: uid(1000)}
+		}, []string{`spec.securityContext.runAsUser: "1000"`, "proxy.uid"}},
+		{"second container", nil, func(s *corev1.PodSpec) {
+			s.Containers = append(s.Containers, corev1.Container{Name: "log", Image: "x", SecurityContext: &corev1.SecurityContext{RunAsUser: uid(5678)}})
+		}, []string{`spec.containers[1].securityContext.runAsUser: "5678"`, "container log"}},
+		{"restartable init container", nil, func(s *corev1.PodSpec) {
+			always := corev1.ContainerRestartPolicyAlways
+			s.InitContainers = []corev1.Container{{Name: "shipper", Image: "x", RestartPolicy: &always, SecurityContext: &corev1.SecurityContext{RunAsUser: uid(5678)}}}
+		}, []string{`spec.initContainers[0].securityContext.runAsUser: "5678"`, "container shipper"}},
+		{"proxy gid", map[string]string{"detour.io/proxy-gid": "5679"}, func(s *corev1.PodSpec) {
+			s.Containers[0].SecurityContext = &corev1.SecurityContext{RunAsUser: uid(1000), RunAsGroup: uid(5679)}
+		}, []string{`spec.containers[0].securityContext.runAsGroup: "5679"`, "proxy.gid"}},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			t.Parallel()
+			meta, spec := pod(c.ann)
+			c.edit(&spec)
+			_, err := in.Plan(meta, spec)
+			if !errors.Is(err, redirect.ErrInvalid) {
+				t.Fatalf("Plan = %v, want a refusal matching redirect.ErrInvalid", err)
+			}
+			for _, w := range c.want {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("error %q does not name %q", err, w)
+				}
+			}
+		})
+	}
+	for _, c := range []struct {
+		name string
+		edit func(*corev1.PodSpec)
+	}{
+		{"init container as the proxy uid", func(s *corev1.PodSpec) {
+			s.InitContainers = []corev1.Container{{Name: "migrate", Image: "x", SecurityContext: &corev1.SecurityContext{RunAsUser: uid(5678)}}}
+		}},
+		{"container overrides the pod's uid", func(s *corev1.PodSpec) {
+			s.SecurityContext = &corev1.PodSecurityContext{RunAsUser: uid(5678)}
+			s.Containers[0].SecurityContext = &corev1.SecurityContext{RunAsUser: uid(1000)}
+		}},
+		{"gid of the proxy uid without proxy.gid", func(s *corev1.PodSpec) {
+			s.Containers[0].SecurityContext = &corev1.SecurityContext{RunAsUser: uid(1000), RunAsGroup: uid(5678)}
+		}},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			t.Parallel()
+			meta, spec := pod(nil)
+			c.edit(&spec)
+			if _, err := in.Plan(meta, spec); err != nil {
+				t.Errorf("Plan: %v", err)
+			}
+		})
+	}
+}
+
 func TestWanted(t *testing.T) {
 	t.Parallel()
 	for _, c := range []struct {

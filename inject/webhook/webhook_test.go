@@ -310,6 +310,23 @@ func TestWebhook(t *testing.T) {
 		}
 	})
 
+	t.Run("app as the proxy uid refused", func(t *testing.T) {
+		// The rules never capture the proxy's uid: an app running as it would
+		// bypass the mesh unseen, so kubectl shows why the pod is refused.
+		p := testPod("as-proxy", nil)
+		uid := int64(5678)
+		p.Spec.SecurityContext = &corev1.PodSecurityContext{RunAsUser: &uid}
+		_, err := c.create(ctx, "meshed", p, true)
+		if err == nil {
+			t.Fatal("a pod whose app runs as the proxy uid 5678 was admitted")
+		}
+		for _, w := range []string{`spec.securityContext.runAsUser: "5678"`, "container app", "proxy.uid"} {
+			if !strings.Contains(err.Error(), w) {
+				t.Errorf("refusal %q does not name %q", err, w)
+			}
+		}
+	})
+
 	t.Run("rotation while answering", func(t *testing.T) {
 		before := servedSerial(t, c.addr)
 		var ok, failed atomic.Int64

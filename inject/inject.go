@@ -309,6 +309,11 @@ func (in *Injector) Plan(meta metav1.ObjectMeta, spec corev1.PodSpec) (*Mutation
 	if err := checkAppPorts(spec, cfg.Proxy.InboundPort, cfg.Proxy.OutboundPort, inj.AdminPort, inj.ReadyPort); err != nil {
 		return nil, err
 	}
+	if cfg.DNS.Capture != redirect.DNSCaptureOff {
+		if err := checkAppDNSPort(spec, cfg.DNS.Port); err != nil {
+			return nil, err
+		}
+	}
 	if err := checkAppIdentity(spec, cfg.Proxy); err != nil {
 		return nil, err
 	}
@@ -589,6 +594,27 @@ func checkAppPorts(spec corev1.PodSpec, proxyPorts ...uint16) error {
 				if p.ContainerPort > 0 && p.ContainerPort <= 65535 && slices.Contains(proxyPorts, uint16(p.ContainerPort)) {
 					return &redirect.FieldError{Field: fmt.Sprintf("%s[%d].ports[%d].containerPort", list.field, i, j), Value: strconv.Itoa(int(p.ContainerPort)),
 						Reason: fmt.Sprintf("is a port of the sidecar (container %s; the proxy's inbound, outbound, admin and ready ports are %s)", c.Name, joinUint16(proxyPorts))}
+				}
+			}
+		}
+	}
+	return nil
+}
+
+// checkAppDNSPort refuses a container that declares UDP port, where the
+// sidecar's DNS listener binds loopback in a pod that captures DNS: either
+// the app or Envoy would fail to bind it, or the app would take the captured
+// queries.
+func checkAppDNSPort(spec corev1.PodSpec, port uint16) error {
+	for _, list := range []struct {
+		field string
+		cs    []corev1.Container
+	}{{"spec.initContainers", spec.InitContainers}, {"spec.containers", spec.Containers}} {
+		for i, c := range list.cs {
+			for j, p := range c.Ports {
+				if p.Protocol == corev1.ProtocolUDP && p.ContainerPort == int32(port) {
+					return &redirect.FieldError{Field: fmt.Sprintf("%s[%d].ports[%d].containerPort", list.field, i, j), Value: strconv.Itoa(int(p.ContainerPort)),
+						Reason: fmt.Sprintf("is a port of the sidecar (container %s; the proxy's DNS port is %d/UDP)", c.Name, port)}
 				}
 			}
 		}

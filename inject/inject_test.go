@@ -182,9 +182,25 @@ func TestPlanRefusesAppOnProxyPort(t *testing.T) {
 	}
 	// UDP, or a port the sidecar does not use, is fine.
 	meta, spec := pod(nil)
-	spec.Containers[0].Ports = []corev1.ContainerPort{{ContainerPort: 15001, Protocol: corev1.ProtocolUDP}, {ContainerPort: 15002}}
+	spec.Containers[0].Ports = []corev1.ContainerPort{{ContainerPort: 15001, Protocol: corev1.ProtocolUDP}, {ContainerPort: 15002}, {ContainerPort: 15053, Protocol: corev1.ProtocolUDP}}
 	if _, err := in.Plan(meta, spec); err != nil {
-		t.Errorf("app on UDP 15001 and TCP 15002: %v", err)
+		t.Errorf("app on UDP 15001 and 15053 and TCP 15002 without DNS capture: %v", err)
+	}
+	// A pod that captures DNS has Envoy's DNS listener on UDP dns.port: an app
+	// declaring it would fight Envoy for it (and could take the captured
+	// queries).
+	meta, spec = pod(map[string]string{"detour.io/dns-capture": "all", "detour.io/dns-port": "15054"})
+	spec.Containers[0].Ports = []corev1.ContainerPort{{ContainerPort: 15053, Protocol: corev1.ProtocolUDP}, {ContainerPort: 15054, Protocol: corev1.ProtocolUDP}}
+	_, err := in.Plan(meta, spec)
+	want := `spec.containers[0].ports[1].containerPort: "15054" is a port of the sidecar (container app; the proxy's DNS port is 15054/UDP)`
+	if !errors.Is(err, redirect.ErrInvalid) || !strings.Contains(err.Error(), want) {
+		t.Errorf("app on the DNS port: Plan = %v, want an error containing %q", err, want)
+	}
+	// TCP on the DNS port is not the DNS listener's (TCP queries follow the
+	// outbound rules).
+	spec.Containers[0].Ports = []corev1.ContainerPort{{ContainerPort: 15054}}
+	if _, err := in.Plan(meta, spec); err != nil {
+		t.Errorf("app on TCP 15054 with DNS capture on 15054: %v", err)
 	}
 }
 

@@ -181,18 +181,24 @@ func (in *Injector) Native() bool { return in.native }
 // Wanted decides whether a pod of namespace is injected. namespaceOptedIn
 // says whether the namespace carries the label detour.io/inject=enabled. A
 // pod's own annotation wins (enabled or disabled); host-network pods, pods
-// already injected and pods of kube-system and detour-system are left alone.
+// already injected, Windows pods (spec.os.name) and pods of kube-system and
+// detour-system are left alone.
 // A value of detour.io/inject other than enabled or disabled is an error
 // naming it (it matches redirect.ErrInvalid).
-func Wanted(namespace string, meta metav1.ObjectMeta, hostNetwork, namespaceOptedIn bool) (bool, string, error) {
+func Wanted(namespace string, meta metav1.ObjectMeta, spec corev1.PodSpec, namespaceOptedIn bool) (bool, string, error) {
 	if slices.Contains(systemNamespaces, namespace) {
 		return false, "system namespace " + namespace, nil
 	}
 	if _, ok := meta.Annotations[AnnotationStatus]; ok {
 		return false, "already injected", nil
 	}
-	if hostNetwork {
+	if spec.HostNetwork {
 		return false, "host network pod", nil
+	}
+	if spec.OS != nil && spec.OS.Name == corev1.Windows {
+		// detour redirects Linux network namespaces only, and the sidecar's
+		// Linux securityContext makes the API server refuse the pod.
+		return false, "windows pod", nil
 	}
 	if v, ok := meta.Annotations[AnnotationInject]; ok {
 		switch strings.TrimSpace(v) {

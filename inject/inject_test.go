@@ -287,6 +287,7 @@ func TestWanted(t *testing.T) {
 		namespace string
 		ann       map[string]string
 		host      bool
+		os        corev1.OSName
 		nsOptedIn bool
 		want      bool
 		err       string
@@ -296,6 +297,9 @@ func TestWanted(t *testing.T) {
 		{name: "pod annotation", namespace: "shop", ann: map[string]string{"detour.io/inject": "enabled"}, want: true},
 		{name: "opted out", namespace: "shop", nsOptedIn: true, ann: map[string]string{"detour.io/inject": "disabled"}},
 		{name: "host network", namespace: "shop", nsOptedIn: true, host: true},
+		{name: "windows", namespace: "shop", nsOptedIn: true, os: corev1.Windows},
+		{name: "windows asking", namespace: "shop", ann: map[string]string{"detour.io/inject": "enabled"}, os: corev1.Windows},
+		{name: "linux", namespace: "shop", nsOptedIn: true, os: corev1.Linux, want: true},
 		{name: "already injected", namespace: "shop", nsOptedIn: true, ann: map[string]string{inject.AnnotationStatus: "{}"}},
 		{name: "kube-system", namespace: "kube-system", nsOptedIn: true, ann: map[string]string{"detour.io/inject": "enabled"}},
 		{name: "detour-system", namespace: "detour-system", nsOptedIn: true},
@@ -303,7 +307,11 @@ func TestWanted(t *testing.T) {
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			t.Parallel()
-			got, _, err := inject.Wanted(c.namespace, metav1.ObjectMeta{Annotations: c.ann}, c.host, c.nsOptedIn)
+			spec := corev1.PodSpec{HostNetwork: c.host}
+			if c.os != "" {
+				spec.OS = &corev1.PodOS{Name: c.os}
+			}
+			got, _, err := inject.Wanted(c.namespace, metav1.ObjectMeta{Annotations: c.ann}, spec, c.nsOptedIn)
 			if c.err != "" {
 				if err == nil || !strings.Contains(err.Error(), c.err) {
 					t.Fatalf("error %v, want one containing %q", err, c.err)

@@ -39,7 +39,7 @@ func (in *Injector) Manifests(r io.Reader, w io.Writer) error {
 		if err != nil {
 			return err
 		}
-		want, _, err := Wanted("", tmpl.ObjectMeta, tmpl.Spec.HostNetwork, true)
+		want, _, err := Wanted("", tmpl.ObjectMeta, tmpl.Spec, true)
 		if err != nil || !want {
 			return err
 		}

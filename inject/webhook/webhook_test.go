@@ -251,6 +251,10 @@ func TestWebhook(t *testing.T) {
 		already.ResourceVersion, already.UID, already.CreationTimestamp = "", "", metav1.Time{}
 		host := testPod("host", nil)
 		host.Spec.HostNetwork = true
+		// detour redirects only Linux network namespaces; an injected Windows
+		// pod was refused by the API server (runAsUser cannot be set there).
+		windows := testPod("windows", nil)
+		windows.Spec.OS = &corev1.PodOS{Name: corev1.Windows}
 		for _, tc := range []struct {
 			name, ns string
 			pod      *corev1.Pod
@@ -258,6 +262,7 @@ func TestWebhook(t *testing.T) {
 			{"unlabelled namespace", "plain", testPod("plain", nil)},
 			{"opted out", "meshed", testPod("out", map[string]string{"detour.io/inject": "disabled"})},
 			{"host network", "meshed", host},
+			{"windows", "meshed", windows},
 			{"already injected", "meshed", already},
 			{"detour-system", "detour-system", testPod("sys", map[string]string{"detour.io/inject": "enabled"})},
 		} {

@@ -312,6 +312,17 @@ func (in *Injector) Plan(meta metav1.ObjectMeta, spec corev1.PodSpec) (*Mutation
 		}
 	}
 	m.Config = cfg
+	// Pin the pod's whole config in its annotations: the CNI plugin (at the
+	// pod's ADD) and the control plane (on every change, and after a restart)
+	// read the annotations over the base they have then, and a later edit of
+	// the mesh-wide base must not move the ports, uid or mode of a pod whose
+	// sidecar bootstrap and rules were made with this one. A complete
+	// document decodes to itself over any base.
+	pinned, err := json.Marshal(cfg)
+	if err != nil {
+		return nil, fmt.Errorf("render %s: %w", redirect.AnnotationConfig, err)
+	}
+	set(redirect.AnnotationConfig, string(pinned))
 	if err := checkAppPorts(spec, cfg.Proxy.InboundPort, cfg.Proxy.OutboundPort, inj.AdminPort, inj.ReadyPort); err != nil {
 		return nil, err
 	}

@@ -2,6 +2,7 @@ package inject_test
 
 import (
 	"bytes"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
@@ -277,6 +278,49 @@ func TestPlanRefusesAppAsProxyUID(t *testing.T) {
 				t.Errorf("Plan: %v", err)
 			}
 		})
+	}
+}
+
+// TestInjectedConfigOutlivesTheBase: the CNI plugin (at the pod's ADD) and
+// the control plane (on every change, and after a restart) derive an injected
+// pod's redirect config from its annotations over the base they read then. An
+// edit of the mesh-wide ConfigMap followed by the documented control plane
+// restart must not move the ports of pods already running: the sidecar's
+// bootstrap and the pod's rules keep the config it was injected with. So the
+// annotations of an injected pod give that config whatever the base.
+func TestInjectedConfigOutlivesTheBase(t *testing.T) {
+	t.Parallel()
+	in := newInjector(t, "redirect: {outbound: {excludePorts: [5432]}}", meshconfig.SidecarNative)
+	meta, spec := pod(map[string]string{"detour.io/exclude-outbound-uids": "33", "detour.io/mode": "tproxy"})
+	m, err := in.Plan(meta, spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ann := map[string]string{}
+	for k, v := range meta.Annotations {
+		ann[k] = v
+	}
+	for k, v := range m.Annotations {
+		ann[k] = v
+	}
+	later, err := meshconfig.Parse([]byte("preset: istio\nredirect: {proxy: {outboundPort: 15002}, ipFamilies: ipv4, dns: {capture: all}}"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name, base := range map[string]redirect.Config{"the base at injection": meshconfig.Default().Base(), "a later base": later.Base()} {
+		if name == "the base at injection" {
+			mesh, _ := meshconfig.Parse([]byte("redirect: {outbound: {excludePorts: [5432]}}"))
+			base = mesh.Base()
+		}
+		got, err := redirect.FromAnnotations(base, ann)
+		if err != nil {
+			t.Fatalf("%s: the injected annotations do not decode: %v", name, err)
+		}
+		want, _ := json.Marshal(m.Config)
+		gotJSON, _ := json.Marshal(got)
+		if string(want) != string(gotJSON) {
+			t.Errorf("over %s, the injected pod's annotations give another config than it was injected with:\ninjected: %s\nderived:  %s", name, want, gotJSON)
+		}
 	}
 }
 

@@ -290,7 +290,8 @@ func TestPlanRefusesAppAsProxyUID(t *testing.T) {
 // annotations of an injected pod give that config whatever the base.
 func TestInjectedConfigOutlivesTheBase(t *testing.T) {
 	t.Parallel()
-	in := newInjector(t, "redirect: {outbound: {excludePorts: [5432]}}", meshconfig.SidecarNative)
+	const atInjection = "redirect: {outbound: {excludePorts: [5432]}}"
+	in := newInjector(t, atInjection, meshconfig.SidecarNative)
 	meta, spec := pod(map[string]string{"detour.io/exclude-outbound-uids": "33", "detour.io/mode": "tproxy"})
 	m, err := in.Plan(meta, spec)
 	if err != nil {
@@ -303,23 +304,28 @@ func TestInjectedConfigOutlivesTheBase(t *testing.T) {
 	for k, v := range m.Annotations {
 		ann[k] = v
 	}
-	later, err := meshconfig.Parse([]byte("preset: istio\nredirect: {proxy: {outboundPort: 15002}, ipFamilies: ipv4, dns: {capture: all}}"))
+	want, err := json.Marshal(m.Config)
 	if err != nil {
 		t.Fatal(err)
 	}
-	for name, base := range map[string]redirect.Config{"the base at injection": meshconfig.Default().Base(), "a later base": later.Base()} {
-		if name == "the base at injection" {
-			mesh, _ := meshconfig.Parse([]byte("redirect: {outbound: {excludePorts: [5432]}}"))
-			base = mesh.Base()
-		}
-		got, err := redirect.FromAnnotations(base, ann)
+	for _, c := range []struct{ name, mesh string }{
+		{"the base at injection", atInjection},
+		{"a later base", "preset: istio\nredirect: {proxy: {outboundPort: 15002}, ipFamilies: ipv4, dns: {capture: all}}"},
+	} {
+		mesh, err := meshconfig.Parse([]byte(c.mesh))
 		if err != nil {
-			t.Fatalf("%s: the injected annotations do not decode: %v", name, err)
+			t.Fatal(err)
 		}
-		want, _ := json.Marshal(m.Config)
-		gotJSON, _ := json.Marshal(got)
-		if string(want) != string(gotJSON) {
-			t.Errorf("over %s, the injected pod's annotations give another config than it was injected with:\ninjected: %s\nderived:  %s", name, want, gotJSON)
+		cfg, err := redirect.FromAnnotations(mesh.Base(), ann)
+		if err != nil {
+			t.Fatalf("%s: the injected annotations do not decode: %v", c.name, err)
+		}
+		got, err := json.Marshal(cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if string(got) != string(want) {
+			t.Errorf("over %s, the injected pod's annotations give another config than it was injected with:\ninjected: %s\nderived:  %s", c.name, want, got)
 		}
 	}
 }

@@ -249,3 +249,4 @@ func foldedCapability(doc []byte) bool {
 	}
 	return false
 }
+

@@ -249,4 +249,3 @@ func foldedCapability(doc []byte) bool {
 	}
 	return false
 }
-

@@ -3,6 +3,8 @@ package cni
 import (
 	"encoding/json"
 	"net/netip"
+	"reflect"
+	"strings"
 	"testing"
 	"time"
 
@@ -40,6 +42,20 @@ func TestStateMarshal(t *testing.T) {
 		}
 		if string(got) != string(want)+"\n" {
 			t.Errorf("state %d:\n got %s\nwant %s", i, got, want)
+		}
+	}
+	// A field added to State must be added to marshal (and to a state
+	// above that sets it): omitempty fields left unset would not show it.
+	for typ, want := range map[reflect.Type]string{
+		reflect.TypeFor[State]():  "containerID ifName netns pod,omitempty redirect reason config,omitempty netnsCookie,omitempty added",
+		reflect.TypeFor[PodRef](): "namespace name uid,omitempty",
+	} {
+		var fields []string
+		for f := range typ.Fields() {
+			fields = append(fields, f.Tag.Get("json"))
+		}
+		if got := strings.Join(fields, " "); got != want {
+			t.Errorf("%s's fields are %q, marshal writes %q: keep them in step", typ, got, want)
 		}
 	}
 	if _, err := (State{Added: time.Date(10000, 1, 1, 0, 0, 0, 0, time.UTC)}).marshal(); err == nil {

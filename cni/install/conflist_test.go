@@ -242,6 +242,8 @@ func TestTransformErrors(t *testing.T) {
 		{"no plugins", `{"name":"x","type":"bridge"}`, insertErr, "plugins: missing"},
 		{"plugins not a list", `{"name":"x","plugins":{"type":"bridge"}}`, insertErr, "plugins: is not a list"},
 		{"plugin not an object", `{"name":"x","plugins":[{"type":"bridge"},"portmap"]}`, insertErr, "plugins[1]: is not a JSON object"},
+		{"no plugin to chain after", `{"name":"x","plugins":[]}`, insertErr, "plugins: no plugin for detour-cni to chain after"},
+		{"only detour-cni", `{"name":"x","plugins":[{"type":"detour-cni"}]}`, insertErr, "plugins: no plugin for detour-cni to chain after"},
 		{"remove from broken", `{"name":"x","plugins":[{"type":"bridge"},7]}`, removeErr, "plugins[1]: is not a JSON object"},
 		{"conf without name", `{"cniVersion":"1.0.0","type":"bridge"}`, convertErr, "name: missing"},
 		{"conf that is a list", `{"name":"x","plugins":[]}`, convertErr, "already a conflist"},

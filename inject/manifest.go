@@ -43,7 +43,7 @@ func (in *Injector) Manifests(r io.Reader, w io.Writer, namespace string) error 
 		if err != nil {
 			return err
 		}
-		want, _, err := Wanted(ns, tmpl.ObjectMeta, tmpl.Spec.HostNetwork, true)
+		want, _, err := Wanted(ns, tmpl.ObjectMeta, tmpl.Spec, true)
 		if err != nil || !want {
 			return err
 		}

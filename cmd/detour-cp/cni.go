@@ -262,6 +262,14 @@ func runCNIInstall(ctx context.Context, o *cniOptions, s streams) error {
 	}
 	if o.once {
 		changes, err := in.Install(ctx)
+		if err == nil {
+			// Install leaves a conf dir without a network configuration to the
+			// watch loop; --once does not wait, and pods created now would
+			// start unmeshed: not a success.
+			if _, perr := install.Primary(o.confDir); errors.Is(perr, install.ErrNoPrimary) {
+				err = fmt.Errorf("the plugin entry is not installed: %w yet (the primary CNI writes it); run again once it is there, or without --once to wait for it", perr)
+			}
+		}
 		printChanges(s.out, changes, err)
 		return cniError(err)
 	}

@@ -104,6 +104,44 @@ func TestCNIInstallOnceAndUninstall(t *testing.T) {
 	}
 }
 
+// TestCNIInstallOnceWithoutPrimary: --once does not wait, so on a node whose
+// primary CNI has not written its configuration yet it installs no entry, and
+// a pod created then would start unmeshed. It must not exit 0 as if installed:
+// exit 1 naming the conf dir, after doing what it could (binary, kubeconfig),
+// and a run once the primary is there completes it.
+func TestCNIInstallOnceWithoutPrimary(t *testing.T) {
+	t.Parallel()
+	root, dirs := cniNode(t)
+	primary := filepath.Join(root, "net.d/10-flannel.conflist")
+	doc, err := os.ReadFile(primary)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Remove(primary); err != nil {
+		t.Fatal(err)
+	}
+	args := append(append([]string{"cni", "install", "--once"}, dirs...), installFlags(root)...)
+	code, out, stderr := runCmd(t, context.Background(), args...)
+	if code != 1 {
+		t.Errorf("exit %d, want 1: no entry was installed (stdout %q)", code, out)
+	}
+	for _, want := range []string{filepath.Join(root, "net.d"), "not installed", "without --once"} {
+		if !strings.Contains(stderr, want) {
+			t.Errorf("stderr does not say %q:\n%s", want, stderr)
+		}
+	}
+	if !strings.Contains(out, "wrote "+filepath.Join(root, "bin/detour-cni")) {
+		t.Errorf("stdout does not list the binary written:\n%s", out)
+	}
+	if err := os.WriteFile(primary, doc, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	code, out, stderr = runCmd(t, context.Background(), args...)
+	if code != exitOK || out != "inserted detour-cni into "+primary+"\n" {
+		t.Errorf("once the primary is there: exit %d, stdout %q, stderr:\n%s", code, out, stderr)
+	}
+}
+
 func TestCNIInstallInvalidInput(t *testing.T) {
 	t.Parallel()
 	root, dirs := cniNode(t)

@@ -270,6 +270,12 @@ func runControlPlane(ctx context.Context, o *controlPlaneOptions, s streams) (er
 		if o.config != "" {
 			return usageError("--config is for --source file; --source kubernetes reads the API")
 		}
+		if o.inject.enabled && o.namespace != "" {
+			// The webhook's configuration selects opted-in namespaces
+			// cluster-wide: pods outside o.namespace would get a sidecar this
+			// control plane never configures.
+			return usageError("--namespace %q with --inject: the webhook injects the pods of every opted-in namespace, but this control plane serves only %s's (their sidecars would never get a config); leave --namespace out", o.namespace, o.namespace)
+		}
 		var mesh meshconfig.Config
 		src, mesh, err = newKubernetesSource(o, log)
 		if err != nil {

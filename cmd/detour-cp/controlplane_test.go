@@ -172,6 +172,10 @@ func TestControlPlaneInvalidInputExitsTwo(t *testing.T) {
 		{"bootstrap empty node id", []string{"bootstrap", "--node-id", "", "--control-plane", "127.0.0.1:1"}, `--node-id "" is empty; give it a value`},
 		{"empty http address", []string{"control-plane", "--config", bad, "--http-address", ""}, `--http-address "" is empty`},
 		{"empty namespace", []string{"control-plane", "--source", "kubernetes", "--namespace", ""}, `--namespace "" is empty`},
+		// The webhook injects pods of every opted-in namespace; a control plane
+		// watching one namespace would never serve the others' sidecars, whose
+		// pods then hang in their startup probe with their traffic captured.
+		{"namespace with inject", []string{"control-plane", "--source", "kubernetes", "--namespace", "shop", "--inject", "--xds-address", "127.0.0.1:0", "--http-address", "off"}, `--namespace "shop" with --inject: the webhook injects the pods of every opted-in namespace, but this control plane serves only shop's`},
 		// A listen address that cannot be one failed at listen (exit 1), and
 		// ":" (a script's ":$PORT" with PORT unset) served on every address
 		// at a random port.

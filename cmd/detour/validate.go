@@ -22,7 +22,7 @@ func newValidateCmd(s streams, g *globalOptions) *cobra.Command {
 	o := &validateOptions{}
 	cmd := &cobra.Command{
 		Use:   "validate [flags]",
-		Short: "Prove on a real connection that outbound traffic reaches the proxy port (exit 5 if not)",
+		Short: "Prove on a real connection that outbound traffic reaches the proxy port (exit 5 if not, 6 if no answer)",
 		Long: `Validate is the post-install self-check. For each planned IP family it connects as
 a user that the configuration captures to a reserved documentation address
 (192.0.2.0/24, 2001:db8::/32, or an address of includeCIDRs) and proves where the

@@ -240,13 +240,13 @@ func markInode(pin string) (uint32, error) {
 	if err != nil {
 		return 0, fmt.Errorf("load liveness mark %s: %w", pin, err)
 	}
-	// union bpf_attr for BPF_OBJ_GET: pathname (u64), bpf_fd, file_flags
-	// (0: a link is opened read-write only), path_fd.
+	// union bpf_attr for BPF_OBJ_GET: pathname, bpf_fd, file_flags (0: a
+	// link is opened read-write only), path_fd.
 	get := struct {
-		pathname       uint64
+		pathname       attrPointer
 		bpfFD, flags   uint32
 		pathFD, unused uint32
-	}{pathname: uint64(uintptr(unsafe.Pointer(path)))}
+	}{pathname: attrPointer{p: unsafe.Pointer(path)}}
 	r, _, errno := unix.Syscall(unix.SYS_BPF, unix.BPF_OBJ_GET, uintptr(unsafe.Pointer(&get)), unsafe.Sizeof(get))
 	runtime.KeepAlive(path)
 	if errno != 0 {
@@ -261,11 +261,11 @@ func markInode(pin string) (uint32, error) {
 		_                  uint32
 		netnsIno, attachTo uint32
 	}
-	// union bpf_attr for BPF_OBJ_GET_INFO_BY_FD: bpf_fd, info_len, info (u64).
+	// union bpf_attr for BPF_OBJ_GET_INFO_BY_FD: bpf_fd, info_len, info.
 	attr := struct {
 		bpfFD, infoLen uint32
-		info           uint64
-	}{uint32(fd), uint32(unsafe.Sizeof(info)), uint64(uintptr(unsafe.Pointer(&info)))}
+		info           attrPointer
+	}{uint32(fd), uint32(unsafe.Sizeof(info)), attrPointer{p: unsafe.Pointer(&info)}}
 	_, _, errno = unix.Syscall(unix.SYS_BPF, unix.BPF_OBJ_GET_INFO_BY_FD, uintptr(unsafe.Pointer(&attr)), unsafe.Sizeof(attr))
 	runtime.KeepAlive(&info)
 	if errno != 0 {

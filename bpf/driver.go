@@ -66,7 +66,9 @@ type Driver struct {
 
 // NewDriver returns the eBPF Driver.
 func NewDriver(opts DriverOptions) *Driver {
-	return &Driver{opts: opts, loader: New(opts.Loader)}
+	l := New(opts.Loader)
+	l.swept = true // redirect.Engine sweeps before Apply and Remove
+	return &Driver{opts: opts, loader: l}
 }
 
 // Name is ebpf.
@@ -289,7 +291,9 @@ func (d *Driver) checkInbound(p redirect.Plan) error {
 
 // Apply enrolls the scope with the plan's capture (programs attached and
 // pinned where missing, map entries updated in place) and hands the inbound
-// share to the inbound Driver.
+// share to the inbound Driver. The stale scopes are not its to remove:
+// redirect.Engine has the Driver Sweep first, in the same command, so Apply
+// (and Remove) do not read every liveness mark and link again.
 func (d *Driver) Apply(ctx context.Context, p redirect.Plan, have redirect.Installed) (bool, error) {
 	if err := d.checkInbound(p); err != nil {
 		return false, err

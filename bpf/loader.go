@@ -65,11 +65,17 @@ func (s Scope) String() string {
 // entries. It holds no state between calls: the kernel (the pins under
 // PinDir) is the state, so a CLI can exit and redirection keeps working.
 // The one thing it remembers is which warnings it logged: a command reads
-// the liveness marks and links several times (Observe, the sweep, Apply),
-// and says each thing it found once. Make one Loader per command.
+// the liveness marks and links more than once (Observe, the sweep, and for
+// a Loader used without the Driver, Apply and Remove), and says each thing
+// it found once. Make one Loader per command.
 type Loader struct {
 	opts   Options
 	warned sync.Map // the warnings logged, by text (warnOnce)
+	// swept: the caller removes the stale scopes (Sweep, SweepForRemoval)
+	// right before each Apply and Remove of the same command, so they do
+	// not read every liveness mark and link again. The Driver's Loader is
+	// one: redirect.Engine sweeps before it applies or removes.
+	swept bool
 }
 
 // New returns a Loader.

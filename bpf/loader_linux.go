@@ -132,8 +132,10 @@ func (l *Loader) ApplyWith(scope Scope, c redirect.Capture, set Settings) (chang
 	// The scopes of cgroups and namespaces that are gone hold ids and
 	// entries no command could otherwise reach short of an uninstall.
 	key, kind := r.key, r.kind
-	if _, err := l.removeGone(st, key); err != nil {
-		return false, err
+	if !l.swept {
+		if _, err := l.removeGone(st, key); err != nil {
+			return false, err
+		}
 	}
 	id, known, err := st.idFor(key)
 	if err != nil {
@@ -246,9 +248,11 @@ func (l *Loader) Remove(scope Scope) error {
 		st.close()
 		return err
 	}
-	if _, err := l.removeGone(st, 0); err != nil {
-		st.close()
-		return err
+	if !l.swept {
+		if _, err := l.removeGone(st, 0); err != nil {
+			st.close()
+			return err
+		}
 	}
 	remaining, err := st.scopeKeys()
 	if err != nil {

@@ -605,11 +605,11 @@ func TestDetachedMarkOfALiveNamespaceIsNotStale(t *testing.T) {
 	l.assertNoResidue(t, "sweep of the last scopes")
 }
 
-// TestWarningsOncePerCommand: an install reads the liveness marks three
-// times (Observe, the sweep, Apply), and before, it logged what it found
-// each time: a mark detached by hand while its namespace lives and a mark it
-// cannot read were each warned of three times. Now an install, and an
-// uninstall, say each once; the next command (a new Driver, as the CLI and
+// TestWarningsOncePerCommand: an install reads the liveness marks more than
+// once (Observe and the sweep; before, Apply too), and it logged what it
+// found each time: a mark detached by hand while its namespace lives and a
+// mark it cannot read were each warned of three times. Now an install, and
+// an uninstall, say each once; the next command (a new Driver, as the CLI and
 // the CNI plugin make) says it again, once.
 func TestWarningsOncePerCommand(t *testing.T) {
 	l := newLab(t)

@@ -78,7 +78,8 @@ lint: ## gofmt, go vet, a build for another OS (the non-Linux stubs still compil
 	$(GO) run ./hack/docscheck
 
 fuzz: ## run each fuzz target for FUZZTIME (default 30s)
-	@for t in FuzzDecode FuzzParsers; do $(GO) test -run '^$$' -fuzz "^$$t$$" -fuzztime $${FUZZTIME:-30s} ./redirect/; done
+	@for t in FuzzDecode FuzzParsers FuzzAppendJSONString; do $(GO) test -run '^$$' -fuzz "^$$t$$" -fuzztime $${FUZZTIME:-30s} ./redirect/; done
+	$(GO) test -run '^$$' -fuzz '^FuzzParseConf$$' -fuzztime $${FUZZTIME:-30s} ./cni/
 
 verify: lint generate ## check that generated files (bpf2go output) and go.mod are up to date
 	$(GO) mod tidy -diff

@@ -9,6 +9,9 @@
 // engine, then prints the previous plugin's result unchanged. It fails closed:
 // an unreachable API, a missing pod or an invalid annotation fails the ADD.
 // Each attachment gets a small state file (see State) that CHECK, DEL and GC use.
+// The plugin config is read strictly (ParseConf): a key that is neither
+// detour-cni's nor the CNI specification's fails ADD, CHECK and STATUS with
+// code 7 naming it; DEL and GC go on and log it.
 //
 // Output: stdout carries the CNI result or error and nothing else; log lines
 // (JSON, log/slog) go to the config's logFile or to stderr. The plugin config

@@ -184,7 +184,10 @@ type call struct {
 
 func (p *Plugin) begin(verb string, args *skel.CmdArgs) (*call, error) {
 	start := p.o.Now()
-	conf, err := ParseConf(args.StdinData)
+	conf, unknown, err := parseConf(args.StdinData)
+	if err == nil && unknown != nil && !tolerant(verb) {
+		err = unknown
+	}
 	if err != nil {
 		log := p.o.Logger
 		if log == nil {
@@ -199,6 +202,9 @@ func (p *Plugin) begin(verb string, args *skel.CmdArgs) (*call, error) {
 	if args.ContainerID != "" {
 		engineLog = log.With("container_id", args.ContainerID, "ifname", args.IfName)
 		log = engineLog.With("netns", args.Netns)
+	}
+	if unknown != nil {
+		log.Warn("plugin config has unknown keys, going on: ADD, CHECK and STATUS refuse it", "error", unknown.Msg)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), p.o.Timeout)
 	c := &call{
@@ -223,6 +229,12 @@ func (p *Plugin) begin(verb string, args *skel.CmdArgs) (*call, error) {
 	}
 	return c, nil
 }
+
+// tolerant says whether verb goes on despite unknown plugin config keys:
+// DEL and GC only remove what ADD made, and a pod whose teardown failed on a
+// key that changes nothing for them would be stuck; ADD, CHECK and STATUS
+// refuse them (docs/cni.md).
+func tolerant(verb string) bool { return verb == "DEL" || verb == "GC" }
 
 // needsEBPF says why a call of a plugin built without the eBPF backend
 // (Options.HandOver set) must be served by the one that has it, or "" when

@@ -1,12 +1,14 @@
 package cni
 
 import (
+	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io/fs"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"time"
 
@@ -69,15 +71,65 @@ func (s stateStore) save(st State) error {
 	if err := os.MkdirAll(s.dir, 0o700); err != nil {
 		return fmt.Errorf("create state dir: %w", err)
 	}
-	b, err := json.MarshalIndent(st, "", "  ")
+	b, err := st.marshal()
 	if err != nil {
 		return fmt.Errorf("encode state: %w", err)
 	}
 	final := s.path(st.ContainerID, st.IfName)
-	if err := atomicfile.WriteVolatile(final, append(b, '\n'), 0o600); err != nil {
+	if err := atomicfile.WriteVolatile(final, b, 0o600); err != nil {
 		return fmt.Errorf("write state: %w", err)
 	}
 	return nil
+}
+
+// marshal is json.MarshalIndent(st, "", "  ") and a newline, byte for byte
+// (TestStateMarshal), written without reflection: encoding/json's first
+// encode of State and redirect.Config builds their field tables by
+// reflection, which costs every ADD page faults. load reads it with
+// encoding/json (CHECK and DEL, and files earlier versions wrote).
+func (st State) marshal() ([]byte, error) {
+	b := make([]byte, 0, 2048)
+	b = append(b, `{"containerID":`...)
+	b = redirect.AppendJSONString(b, st.ContainerID)
+	b = append(b, `,"ifName":`...)
+	b = redirect.AppendJSONString(b, st.IfName)
+	b = append(b, `,"netns":`...)
+	b = redirect.AppendJSONString(b, st.Netns)
+	if st.Pod != nil {
+		b = append(b, `,"pod":{"namespace":`...)
+		b = redirect.AppendJSONString(b, st.Pod.Namespace)
+		b = append(b, `,"name":`...)
+		b = redirect.AppendJSONString(b, st.Pod.Name)
+		if st.Pod.UID != "" {
+			b = append(b, `,"uid":`...)
+			b = redirect.AppendJSONString(b, st.Pod.UID)
+		}
+		b = append(b, '}')
+	}
+	b = append(b, `,"redirect":`...)
+	b = strconv.AppendBool(b, st.Redirect)
+	b = append(b, `,"reason":`...)
+	b = redirect.AppendJSONString(b, st.Reason)
+	if st.Config != nil {
+		b = append(b, `,"config":`...)
+		b = st.Config.AppendJSON(b)
+	}
+	if st.NetnsCookie != 0 {
+		b = append(b, `,"netnsCookie":`...)
+		b = strconv.AppendUint(b, st.NetnsCookie, 10)
+	}
+	added, err := st.Added.MarshalJSON()
+	if err != nil {
+		return nil, err
+	}
+	b = append(append(append(b, `,"added":`...), added...), '}')
+	var out bytes.Buffer
+	out.Grow(2 * len(b))
+	if err := json.Indent(&out, b, "", "  "); err != nil {
+		return nil, err
+	}
+	out.WriteByte('\n')
+	return out.Bytes(), nil
 }
 
 // load returns the attachment's state; fs.ErrNotExist when ADD recorded none.

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/detour-mesh/detour/controlplane/xds"
+	"github.com/detour-mesh/detour/internal/tcplisten"
 )
 
 // Default listen addresses of `detour control-plane`.
@@ -78,7 +79,7 @@ func Run(ctx context.Context, o RunOptions) error {
 	if xdsAddr == "" {
 		xdsAddr = DefaultXDSAddress
 	}
-	xl, err := net.Listen("tcp", xdsAddr)
+	xl, err := tcplisten.Listen(xdsAddr)
 	if err != nil {
 		return fmt.Errorf("listen for xds: %w", err)
 	}
@@ -88,7 +89,7 @@ func Run(ctx context.Context, o RunOptions) error {
 		httpAddr = DefaultHTTPAddress
 	}
 	if httpAddr != "off" {
-		if hl, err = net.Listen("tcp", httpAddr); err != nil {
+		if hl, err = tcplisten.Listen(httpAddr); err != nil {
 			xl.Close()
 			return fmt.Errorf("listen for http: %w", err)
 		}
@@ -113,7 +114,8 @@ func Run(ctx context.Context, o RunOptions) error {
 	if hl != nil {
 		httpAddrBound = hl.Addr()
 	}
-	log.Info("control plane listening", "xds", xl.Addr().String(), "http", addrOrOff(httpAddrBound), "tls", tlsCfg != nil,
+	log.Info("control plane listening", "xds", xl.Addr().String(), "xds_families", tcplisten.Families(xl.Addr()),
+		"http", addrOrOff(httpAddrBound), "http_families", familiesOrOff(httpAddrBound), "tls", tlsCfg != nil,
 		"mtls", tlsCfg != nil && tlsCfg.ClientCAs != nil)
 	if o.Listening != nil {
 		o.Listening(xl.Addr(), httpAddrBound)
@@ -146,4 +148,12 @@ func addrOrOff(a net.Addr) string {
 		return "off"
 	}
 	return a.String()
+}
+
+// familiesOrOff is tcplisten.Families of a listener's address, or "off".
+func familiesOrOff(a net.Addr) string {
+	if a == nil {
+		return "off"
+	}
+	return tcplisten.Families(a)
 }

@@ -181,18 +181,24 @@ func (in *Injector) Native() bool { return in.native }
 // Wanted decides whether a pod of namespace is injected. namespaceOptedIn
 // says whether the namespace carries the label detour.io/inject=enabled. A
 // pod's own annotation wins (enabled or disabled); host-network pods, pods
-// already injected and pods of kube-system and detour-system are left alone.
+// already injected, Windows pods (spec.os.name) and pods of kube-system and
+// detour-system are left alone.
 // A value of detour.io/inject other than enabled or disabled is an error
 // naming it (it matches redirect.ErrInvalid).
-func Wanted(namespace string, meta metav1.ObjectMeta, hostNetwork, namespaceOptedIn bool) (bool, string, error) {
+func Wanted(namespace string, meta metav1.ObjectMeta, spec corev1.PodSpec, namespaceOptedIn bool) (bool, string, error) {
 	if slices.Contains(systemNamespaces, namespace) {
 		return false, "system namespace " + namespace, nil
 	}
 	if _, ok := meta.Annotations[AnnotationStatus]; ok {
 		return false, "already injected", nil
 	}
-	if hostNetwork {
+	if spec.HostNetwork {
 		return false, "host network pod", nil
+	}
+	if spec.OS != nil && spec.OS.Name == corev1.Windows {
+		// detour redirects Linux network namespaces only, and the sidecar's
+		// Linux securityContext makes the API server refuse the pod.
+		return false, "windows pod", nil
 	}
 	if v, ok := meta.Annotations[AnnotationInject]; ok {
 		switch strings.TrimSpace(v) {
@@ -306,7 +312,26 @@ func (in *Injector) Plan(meta metav1.ObjectMeta, spec corev1.PodSpec) (*Mutation
 		}
 	}
 	m.Config = cfg
+	// Pin the pod's whole config in its annotations: the CNI plugin (at the
+	// pod's ADD) and the control plane (on every change, and after a restart)
+	// read the annotations over the base they have then, and a later edit of
+	// the mesh-wide base must not move the ports, uid or mode of a pod whose
+	// sidecar bootstrap and rules were made with this one. A complete
+	// document decodes to itself over any base.
+	pinned, err := json.Marshal(cfg)
+	if err != nil {
+		return nil, fmt.Errorf("render %s: %w", redirect.AnnotationConfig, err)
+	}
+	set(redirect.AnnotationConfig, string(pinned))
 	if err := checkAppPorts(spec, cfg.Proxy.InboundPort, cfg.Proxy.OutboundPort, inj.AdminPort, inj.ReadyPort); err != nil {
+		return nil, err
+	}
+	if cfg.DNS.Capture != redirect.DNSCaptureOff {
+		if err := checkAppDNSPort(spec, cfg.DNS.Port); err != nil {
+			return nil, err
+		}
+	}
+	if err := checkAppIdentity(spec, cfg.Proxy); err != nil {
 		return nil, err
 	}
 
@@ -591,6 +616,89 @@ func checkAppPorts(spec corev1.PodSpec, proxyPorts ...uint16) error {
 		}
 	}
 	return nil
+}
+
+// checkAppDNSPort refuses a container that declares UDP port, where the
+// sidecar's DNS listener binds loopback in a pod that captures DNS: either
+// the app or Envoy would fail to bind it, or the app would take the captured
+// queries.
+func checkAppDNSPort(spec corev1.PodSpec, port uint16) error {
+	for _, list := range []struct {
+		field string
+		cs    []corev1.Container
+	}{{"spec.initContainers", spec.InitContainers}, {"spec.containers", spec.Containers}} {
+		for i, c := range list.cs {
+			for j, p := range c.Ports {
+				if p.Protocol == corev1.ProtocolUDP && p.ContainerPort == int32(port) {
+					return &redirect.FieldError{Field: fmt.Sprintf("%s[%d].ports[%d].containerPort", list.field, i, j), Value: strconv.Itoa(int(p.ContainerPort)),
+						Reason: fmt.Sprintf("is a port of the sidecar (container %s; the proxy's DNS port is %d/UDP)", c.Name, port)}
+				}
+			}
+		}
+	}
+	return nil
+}
+
+// checkAppIdentity refuses a container that runs, by its own or the pod's
+// securityContext, as the proxy's uid (or its gid, when proxy.gid is set):
+// the rules never capture that identity, so the container's traffic would
+// bypass the sidecar without anything saying so. Init containers that run to
+// completion may (it is how one reaches the network before Envoy does);
+// restartable ones (native sidecars) run beside the app and may not. An
+// identity the image sets (its USER) cannot be seen here.
+func checkAppIdentity(spec corev1.PodSpec, proxy redirect.Proxy) error {
+	type ctr struct {
+		field string
+		c     corev1.Container
+	}
+	var cs []ctr
+	for i, c := range spec.InitContainers {
+		if c.RestartPolicy != nil && *c.RestartPolicy == corev1.ContainerRestartPolicyAlways {
+			cs = append(cs, ctr{fmt.Sprintf("spec.initContainers[%d]", i), c})
+		}
+	}
+	for i, c := range spec.Containers {
+		cs = append(cs, ctr{fmt.Sprintf("spec.containers[%d]", i), c})
+	}
+	for _, c := range cs {
+		for _, id := range []struct {
+			field, proxyField string
+			want              *uint32
+			own, pod          func() *int64
+		}{
+			{"runAsUser", "proxy.uid", &proxy.UID,
+				func() *int64 { return secCtx(c.c).RunAsUser }, func() *int64 { return podSecCtx(spec).RunAsUser }},
+			{"runAsGroup", "proxy.gid", proxy.GID,
+				func() *int64 { return secCtx(c.c).RunAsGroup }, func() *int64 { return podSecCtx(spec).RunAsGroup }},
+		} {
+			if id.want == nil {
+				continue
+			}
+			field, v := c.field+".securityContext."+id.field, id.own()
+			if v == nil {
+				field, v = "spec.securityContext."+id.field, id.pod()
+			}
+			if v != nil && *v == int64(*id.want) {
+				return &redirect.FieldError{Field: field, Value: strconv.FormatInt(*v, 10),
+					Reason: fmt.Sprintf("runs container %s as the sidecar's %s, whose traffic is never redirected: the container would bypass the mesh (run it as another identity, or set %s to one no container uses)", c.c.Name, id.proxyField, id.proxyField)}
+			}
+		}
+	}
+	return nil
+}
+
+func secCtx(c corev1.Container) *corev1.SecurityContext {
+	if c.SecurityContext == nil {
+		return &corev1.SecurityContext{}
+	}
+	return c.SecurityContext
+}
+
+func podSecCtx(spec corev1.PodSpec) *corev1.PodSecurityContext {
+	if spec.SecurityContext == nil {
+		return &corev1.PodSecurityContext{}
+	}
+	return spec.SecurityContext
 }
 
 func joinUint16(ps []uint16) string {

@@ -2,6 +2,7 @@ package inject_test
 
 import (
 	"bytes"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
@@ -87,14 +88,14 @@ func TestManifests(t *testing.T) {
 			in := newInjector(t, c.mesh, c.sidecar)
 			src := readInput(t, c.input)
 			var out bytes.Buffer
-			if err := in.Manifests(bytes.NewReader(src), &out); err != nil {
+			if err := in.Manifests(bytes.NewReader(src), &out, ""); err != nil {
 				t.Fatal(err)
 			}
 			golden.Check(t, golden.Path(t, c.name), out.Bytes())
 
 			// Idempotent: injecting the output again changes nothing.
 			var again bytes.Buffer
-			if err := in.Manifests(bytes.NewReader(out.Bytes()), &again); err != nil {
+			if err := in.Manifests(bytes.NewReader(out.Bytes()), &again, ""); err != nil {
 				t.Fatal(err)
 			}
 			if diff := cmp.Diff(out.String(), again.String()); diff != "" {
@@ -116,6 +117,71 @@ func TestManifests(t *testing.T) {
 			}
 			if back.String() != back2.String() {
 				t.Errorf("uninject of an uninjected manifest changed it")
+			}
+		})
+	}
+}
+
+// TestManifestsLeaveSystemNamespaces: offline injection decides as the
+// webhook does, which never injects pods of kube-system or detour-system. A
+// workload's namespace is its metadata.namespace, else the one given (where
+// kubectl apply -n puts it). Before 2026-12-05 every namespace was injected.
+func TestManifestsLeaveSystemNamespaces(t *testing.T) {
+	t.Parallel()
+	workload := func(kind, ns string) string {
+		meta := "{name: w}"
+		if ns != "" {
+			meta = "{name: w, namespace: " + ns + "}"
+		}
+		if kind == "Pod" {
+			return "apiVersion: v1\nkind: Pod\nmetadata: " + meta + "\nspec:\n  containers: [{name: app, image: example.com/app:1}]\n"
+		}
+		return "apiVersion: apps/v1\nkind: " + kind + "\nmetadata: " + meta + "\nspec:\n  selector: {matchLabels: {app: w}}\n  template:\n    metadata: {labels: {app: w}}\n    spec:\n      containers: [{name: app, image: example.com/app:1}]\n"
+	}
+	list := func(items ...string) string {
+		var b strings.Builder
+		b.WriteString("apiVersion: v1\nkind: List\nitems:\n")
+		for _, it := range items {
+			var v any
+			if err := yaml.Unmarshal([]byte(it), &v); err != nil {
+				t.Fatal(err)
+			}
+			j, _ := yaml.Marshal([]any{v})
+			b.Write(j)
+		}
+		return b.String()
+	}
+	tests := []struct {
+		name, input, namespace string
+		injected               bool
+	}{
+		{"deployment in kube-system", workload("Deployment", "kube-system"), "", false},
+		{"pod in detour-system", workload("Pod", "detour-system"), "", false},
+		{"daemonset in kube-system", workload("DaemonSet", "kube-system"), "shop", false},
+		{"no namespace, applied to kube-system", workload("Deployment", ""), "kube-system", false},
+		{"no namespace, applied to detour-system", workload("Pod", ""), "detour-system", false},
+		{"list item in kube-system", list(workload("Deployment", "kube-system")), "", false},
+		{"list item without namespace, applied to kube-system", list(workload("Deployment", "")), "kube-system", false},
+		{"metadata wins over the namespace given", workload("Deployment", "shop"), "kube-system", true},
+		{"deployment in shop", workload("Deployment", "shop"), "", true},
+		{"no namespace, not known", workload("Deployment", ""), "", true},
+		{"a namespace named like one", workload("Pod", "kube-system-tools"), "", true},
+	}
+	in := newInjector(t, "", meshconfig.SidecarNative)
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			var out bytes.Buffer
+			if err := in.Manifests(strings.NewReader(tc.input), &out, tc.namespace); err != nil {
+				t.Fatal(err)
+			}
+			if got := strings.Contains(out.String(), inject.ProxyName); got != tc.injected {
+				t.Errorf("injected = %v, want %v:\n%s", got, tc.injected, out.String())
+			}
+			if !tc.injected {
+				if diff := cmp.Diff(generic(t, []byte(tc.input)), generic(t, out.Bytes())); diff != "" {
+					t.Errorf("a workload left alone changed (-input +output):\n%s", diff)
+				}
 			}
 		})
 	}
@@ -182,9 +248,150 @@ func TestPlanRefusesAppOnProxyPort(t *testing.T) {
 	}
 	// UDP, or a port the sidecar does not use, is fine.
 	meta, spec := pod(nil)
-	spec.Containers[0].Ports = []corev1.ContainerPort{{ContainerPort: 15001, Protocol: corev1.ProtocolUDP}, {ContainerPort: 15002}}
+	spec.Containers[0].Ports = []corev1.ContainerPort{{ContainerPort: 15001, Protocol: corev1.ProtocolUDP}, {ContainerPort: 15002}, {ContainerPort: 15053, Protocol: corev1.ProtocolUDP}}
 	if _, err := in.Plan(meta, spec); err != nil {
-		t.Errorf("app on UDP 15001 and TCP 15002: %v", err)
+		t.Errorf("app on UDP 15001 and 15053 and TCP 15002 without DNS capture: %v", err)
+	}
+	// A pod that captures DNS has Envoy's DNS listener on UDP dns.port: an app
+	// declaring it would fight Envoy for it (and could take the captured
+	// queries).
+	meta, spec = pod(map[string]string{"detour.io/dns-capture": "all", "detour.io/dns-port": "15054"})
+	spec.Containers[0].Ports = []corev1.ContainerPort{{ContainerPort: 15053, Protocol: corev1.ProtocolUDP}, {ContainerPort: 15054, Protocol: corev1.ProtocolUDP}}
+	_, err := in.Plan(meta, spec)
+	want := `spec.containers[0].ports[1].containerPort: "15054" is a port of the sidecar (container app; the proxy's DNS port is 15054/UDP)`
+	if !errors.Is(err, redirect.ErrInvalid) || !strings.Contains(err.Error(), want) {
+		t.Errorf("app on the DNS port: Plan = %v, want an error containing %q", err, want)
+	}
+	// TCP on the DNS port is not the DNS listener's (TCP queries follow the
+	// outbound rules).
+	spec.Containers[0].Ports = []corev1.ContainerPort{{ContainerPort: 15054}}
+	if _, err := in.Plan(meta, spec); err != nil {
+		t.Errorf("app on TCP 15054 with DNS capture on 15054: %v", err)
+	}
+}
+
+// TestPlanRefusesAppAsProxyUID: the rules never capture the proxy's uid (nor
+// its gid, when set), so an app container running as it would bypass the mesh
+// with nothing to show for it. Such a pod is refused, naming the field and the
+// value; an init container may run as it (the documented way to let it reach
+// the network before Envoy), and other uids are fine.
+func TestPlanRefusesAppAsProxyUID(t *testing.T) {
+	t.Parallel()
+	in := newInjector(t, "", meshconfig.SidecarNative)
+	uid := func(v int64) *int64 { return &v }
+	for _, c := range []struct {
+		name string
+		ann  map[string]string
+		edit func(*corev1.PodSpec)
+		want []string
+	}{
+		{"container runAsUser", nil, func(s *corev1.PodSpec) {
+			s.Containers[0].SecurityContext = &corev1.SecurityContext{RunAsUser: uid(5678)}
+		}, []string{`spec.containers[0].securityContext.runAsUser: "5678"`, "container app", "proxy.uid"}},
+		{"pod runAsUser", nil, func(s *corev1.PodSpec) {
+			s.SecurityContext = &corev1.PodSecurityContext{RunAsUser: uid(5678)}
+		}, []string{`spec.securityContext.runAsUser: "5678"`, "container app", "proxy.uid"}},
+		{"annotated proxy uid", map[string]string{"detour.io/proxy-uid": "1000"}, func(s *corev1.PodSpec) {
+			s.SecurityContext = &corev1.PodSecurityContext{RunAsUser: uid(1000)}
+		}, []string{`spec.securityContext.runAsUser: "1000"`, "proxy.uid"}},
+		{"second container", nil, func(s *corev1.PodSpec) {
+			s.Containers = append(s.Containers, corev1.Container{Name: "log", Image: "x", SecurityContext: &corev1.SecurityContext{RunAsUser: uid(5678)}})
+		}, []string{`spec.containers[1].securityContext.runAsUser: "5678"`, "container log"}},
+		{"restartable init container", nil, func(s *corev1.PodSpec) {
+			always := corev1.ContainerRestartPolicyAlways
+			s.InitContainers = []corev1.Container{{Name: "shipper", Image: "x", RestartPolicy: &always, SecurityContext: &corev1.SecurityContext{RunAsUser: uid(5678)}}}
+		}, []string{`spec.initContainers[0].securityContext.runAsUser: "5678"`, "container shipper"}},
+		{"proxy gid", map[string]string{"detour.io/proxy-gid": "5679"}, func(s *corev1.PodSpec) {
+			s.Containers[0].SecurityContext = &corev1.SecurityContext{RunAsUser: uid(1000), RunAsGroup: uid(5679)}
+		}, []string{`spec.containers[0].securityContext.runAsGroup: "5679"`, "proxy.gid"}},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			t.Parallel()
+			meta, spec := pod(c.ann)
+			c.edit(&spec)
+			_, err := in.Plan(meta, spec)
+			if !errors.Is(err, redirect.ErrInvalid) {
+				t.Fatalf("Plan = %v, want a refusal matching redirect.ErrInvalid", err)
+			}
+			for _, w := range c.want {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("error %q does not name %q", err, w)
+				}
+			}
+		})
+	}
+	for _, c := range []struct {
+		name string
+		edit func(*corev1.PodSpec)
+	}{
+		{"init container as the proxy uid", func(s *corev1.PodSpec) {
+			s.InitContainers = []corev1.Container{{Name: "migrate", Image: "x", SecurityContext: &corev1.SecurityContext{RunAsUser: uid(5678)}}}
+		}},
+		{"container overrides the pod's uid", func(s *corev1.PodSpec) {
+			s.SecurityContext = &corev1.PodSecurityContext{RunAsUser: uid(5678)}
+			s.Containers[0].SecurityContext = &corev1.SecurityContext{RunAsUser: uid(1000)}
+		}},
+		{"gid of the proxy uid without proxy.gid", func(s *corev1.PodSpec) {
+			s.Containers[0].SecurityContext = &corev1.SecurityContext{RunAsUser: uid(1000), RunAsGroup: uid(5678)}
+		}},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			t.Parallel()
+			meta, spec := pod(nil)
+			c.edit(&spec)
+			if _, err := in.Plan(meta, spec); err != nil {
+				t.Errorf("Plan: %v", err)
+			}
+		})
+	}
+}
+
+// TestInjectedConfigOutlivesTheBase: the CNI plugin (at the pod's ADD) and
+// the control plane (on every change, and after a restart) derive an injected
+// pod's redirect config from its annotations over the base they read then. An
+// edit of the mesh-wide ConfigMap followed by the documented control plane
+// restart must not move the ports of pods already running: the sidecar's
+// bootstrap and the pod's rules keep the config it was injected with. So the
+// annotations of an injected pod give that config whatever the base.
+func TestInjectedConfigOutlivesTheBase(t *testing.T) {
+	t.Parallel()
+	const atInjection = "redirect: {outbound: {excludePorts: [5432]}}"
+	in := newInjector(t, atInjection, meshconfig.SidecarNative)
+	meta, spec := pod(map[string]string{"detour.io/exclude-outbound-uids": "33", "detour.io/mode": "tproxy"})
+	m, err := in.Plan(meta, spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ann := map[string]string{}
+	for k, v := range meta.Annotations {
+		ann[k] = v
+	}
+	for k, v := range m.Annotations {
+		ann[k] = v
+	}
+	want, err := json.Marshal(m.Config)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct{ name, mesh string }{
+		{"the base at injection", atInjection},
+		{"a later base", "preset: istio\nredirect: {proxy: {outboundPort: 15002}, ipFamilies: ipv4, dns: {capture: all}}"},
+	} {
+		mesh, err := meshconfig.Parse([]byte(c.mesh))
+		if err != nil {
+			t.Fatal(err)
+		}
+		cfg, err := redirect.FromAnnotations(mesh.Base(), ann)
+		if err != nil {
+			t.Fatalf("%s: the injected annotations do not decode: %v", c.name, err)
+		}
+		got, err := json.Marshal(cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if string(got) != string(want) {
+			t.Errorf("over %s, the injected pod's annotations give another config than it was injected with:\ninjected: %s\nderived:  %s", c.name, want, got)
+		}
 	}
 }
 
@@ -195,6 +402,7 @@ func TestWanted(t *testing.T) {
 		namespace string
 		ann       map[string]string
 		host      bool
+		os        corev1.OSName
 		nsOptedIn bool
 		want      bool
 		err       string
@@ -204,6 +412,9 @@ func TestWanted(t *testing.T) {
 		{name: "pod annotation", namespace: "shop", ann: map[string]string{"detour.io/inject": "enabled"}, want: true},
 		{name: "opted out", namespace: "shop", nsOptedIn: true, ann: map[string]string{"detour.io/inject": "disabled"}},
 		{name: "host network", namespace: "shop", nsOptedIn: true, host: true},
+		{name: "windows", namespace: "shop", nsOptedIn: true, os: corev1.Windows},
+		{name: "windows asking", namespace: "shop", ann: map[string]string{"detour.io/inject": "enabled"}, os: corev1.Windows},
+		{name: "linux", namespace: "shop", nsOptedIn: true, os: corev1.Linux, want: true},
 		{name: "already injected", namespace: "shop", nsOptedIn: true, ann: map[string]string{inject.AnnotationStatus: "{}"}},
 		{name: "kube-system", namespace: "kube-system", nsOptedIn: true, ann: map[string]string{"detour.io/inject": "enabled"}},
 		{name: "detour-system", namespace: "detour-system", nsOptedIn: true},
@@ -211,7 +422,11 @@ func TestWanted(t *testing.T) {
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			t.Parallel()
-			got, _, err := inject.Wanted(c.namespace, metav1.ObjectMeta{Annotations: c.ann}, c.host, c.nsOptedIn)
+			spec := corev1.PodSpec{HostNetwork: c.host}
+			if c.os != "" {
+				spec.OS = &corev1.PodOS{Name: c.os}
+			}
+			got, _, err := inject.Wanted(c.namespace, metav1.ObjectMeta{Annotations: c.ann}, spec, c.nsOptedIn)
 			if c.err != "" {
 				if err == nil || !strings.Contains(err.Error(), c.err) {
 					t.Fatalf("error %v, want one containing %q", err, c.err)

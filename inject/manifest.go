@@ -30,16 +30,20 @@ var templatePaths = map[string][]string{
 // Lists), injects the pod template of every workload (Pod, Deployment,
 // StatefulSet, DaemonSet, ReplicaSet, ReplicationController, Job, CronJob,
 // PodTemplate) and writes every document to w as YAML, separated by "---".
-// Other kinds pass through unchanged. Templates opted out (detour.io/inject:
-// disabled), on the host network or already injected are left as they are,
-// so running it twice changes nothing. Comments and key order are not kept.
-func (in *Injector) Manifests(r io.Reader, w io.Writer) error {
-	return transform(r, w, func(t map[string]any) error {
+// Other kinds pass through unchanged. It decides as the webhook does
+// (Wanted), with every namespace taken as opted in: templates opted out
+// (detour.io/inject: disabled), on the host network, already injected or of
+// a workload in kube-system or detour-system are left as they are, so running
+// it twice changes nothing. A workload's namespace is its metadata.namespace,
+// else namespace (where `kubectl apply -n` puts it; "" when not known).
+// Comments and key order are not kept.
+func (in *Injector) Manifests(r io.Reader, w io.Writer, namespace string) error {
+	return transform(r, w, namespace, func(t map[string]any, ns string) error {
 		tmpl, err := PodTemplate(t)
 		if err != nil {
 			return err
 		}
-		want, _, err := Wanted("", tmpl.ObjectMeta, tmpl.Spec.HostNetwork, true)
+		want, _, err := Wanted(ns, tmpl.ObjectMeta, tmpl.Spec, true)
 		if err != nil || !want {
 			return err
 		}
@@ -52,15 +56,17 @@ func (in *Injector) Manifests(r io.Reader, w io.Writer) error {
 }
 
 // UninjectManifests is Manifests' inverse: it removes exactly what injection
-// added (Uninject) from every workload in r.
+// added (Uninject) from every workload in r, whatever its namespace.
 func UninjectManifests(r io.Reader, w io.Writer) error {
-	return transform(r, w, func(t map[string]any) error {
+	return transform(r, w, "", func(t map[string]any, _ string) error {
 		_, err := Uninject(t)
 		return err
 	})
 }
 
-func transform(r io.Reader, w io.Writer, fn func(template map[string]any) error) error {
+// transform calls fn on the pod template of every workload in r, with the
+// workload's namespace (its metadata.namespace, else namespace).
+func transform(r io.Reader, w io.Writer, namespace string, fn func(template map[string]any, namespace string) error) error {
 	rd := k8syaml.NewYAMLReader(bufio.NewReader(r))
 	var out bytes.Buffer
 	n := 0
@@ -80,7 +86,7 @@ func transform(r io.Reader, w io.Writer, fn func(template map[string]any) error)
 			continue // only comments or blank
 		}
 		n++
-		if err := visit(obj, fn); err != nil {
+		if err := visit(obj, namespace, fn); err != nil {
 			return fmt.Errorf("document %d (%s): %w", n, describe(obj), err)
 		}
 		b, err := yaml.Marshal(obj)
@@ -96,8 +102,9 @@ func transform(r io.Reader, w io.Writer, fn func(template map[string]any) error)
 	return err
 }
 
-// visit calls fn on obj's pod template, or on every item of a List.
-func visit(obj map[string]any, fn func(map[string]any) error) error {
+// visit calls fn on obj's pod template, or on every item of a List, with
+// the object's namespace (namespace when its metadata names none).
+func visit(obj map[string]any, namespace string, fn func(map[string]any, string) error) error {
 	kind, _ := obj["kind"].(string)
 	if items, ok := obj["items"].([]any); ok && strings.HasSuffix(kind, "List") {
 		for i, it := range items {
@@ -105,7 +112,7 @@ func visit(obj map[string]any, fn func(map[string]any) error) error {
 			if !ok {
 				continue
 			}
-			if err := visit(m, fn); err != nil {
+			if err := visit(m, namespace, fn); err != nil {
 				return fmt.Errorf("items[%d] (%s): %w", i, describe(m), err)
 			}
 		}
@@ -115,6 +122,10 @@ func visit(obj map[string]any, fn func(map[string]any) error) error {
 	if !ok {
 		return nil
 	}
+	meta, _ := obj["metadata"].(map[string]any)
+	if ns, _ := meta["namespace"].(string); ns != "" {
+		namespace = ns
+	}
 	t := obj
 	for _, k := range path {
 		next, ok := t[k].(map[string]any)
@@ -123,7 +134,7 @@ func visit(obj map[string]any, fn func(map[string]any) error) error {
 		}
 		t = next
 	}
-	return fn(t)
+	return fn(t, namespace)
 }
 
 func describe(obj map[string]any) string {

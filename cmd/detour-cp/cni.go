@@ -82,6 +82,16 @@ notification or --poll-interval. On SIGTERM it exits leaving everything in place
 					return usageError("--%s: an empty value is refused (leave the flag out for detour's defaults)", name)
 				}
 			}
+			// The same for the rest: an empty --exclude-namespaces would drop
+			// kube-system from the exclusions, an empty --daemonset make
+			// --cleanup-on-exit uninstall on every rolling update, an empty
+			// --node-name or --plugin-service-account hand the plugin a token
+			// valid on any node or the installer's own. --log-file and
+			// --log-level document their empty value; --api-server names its
+			// own fix.
+			if err := rejectEmptyFlags(cmd.Flags(), "log-file", "log-level", "api-server"); err != nil {
+				return err
+			}
 			return runCNIInstall(cmd.Context(), o, s)
 		},
 	}
@@ -92,7 +102,7 @@ notification or --poll-interval. On SIGTERM it exits leaving everything in place
 	f.StringVar(&o.pluginKubeconfig, "plugin-kubeconfig", "", "the kubeconfig path written into the plugin entry, as the node sees it (default: --kubeconfig-file)")
 	f.StringVar(&o.logFile, "log-file", "/var/log/detour-cni.log", "the plugin's log file on the node (empty: stderr)")
 	f.StringVar(&o.logLevel, "log-level", "", "the plugin's log level: debug, info, warn, error (empty: info)")
-	f.StringSliceVar(&o.excludeNamespaces, "exclude-namespaces", []string{"kube-system"}, "namespaces whose pods the plugin never redirects")
+	f.StringSliceVar(&o.excludeNamespaces, "exclude-namespaces", []string{"kube-system"}, "namespaces whose pods the plugin never redirects (an empty value is refused: there is no value for none, see docs/kubernetes.md)")
 	f.StringVar(&o.preset, "preset", "", "the preset every pod's config starts from: "+strings.Join(redirect.Presets, ", ")+" (default: none, detour's defaults)")
 	f.StringVar(&o.configFile, "config", "", "a YAML or JSON config document applied on top of --preset for every pod, before its annotations")
 	f.StringVar(&o.meshConfig, "mesh-config", "", "the mesh-wide config document (ConfigMap detour-config, docs/injection.md): its base redirect config, instead of --preset/--config")
@@ -100,7 +110,7 @@ notification or --poll-interval. On SIGTERM it exits leaving everything in place
 	f.StringVar(&o.tokenFile, "token-file", install.DefaultTokenFile, "the service account token")
 	f.StringVar(&o.caFile, "ca-file", install.DefaultCAFile, "the service account CA certificate")
 	f.StringVar(&o.pluginSA, "plugin-service-account", "", "give the plugin its own service account (namespace/name): request its token, bound to --node-name, and renew it; empty: the plugin uses this pod's token")
-	f.StringVar(&o.nodeName, "node-name", os.Getenv("NODE_NAME"), "the node the plugin's token is bound to (default $NODE_NAME; empty: an unbound token)")
+	f.StringVar(&o.nodeName, "node-name", os.Getenv("NODE_NAME"), "the node the plugin's token is bound to (default $NODE_NAME; unset: an unbound token; an empty value is refused)")
 	f.StringVar(&o.pluginTokenFile, "plugin-token-file", "", "where the plugin's token is written (default: next to --kubeconfig-file, "+install.DefaultTokenName+")")
 	f.DurationVar(&o.pluginTokenLife, "plugin-token-lifetime", install.DefaultPluginTokenLifetime, "the lifetime asked for the plugin's token; it is renewed at half of it")
 	f.DurationVar(&o.pollInterval, "poll-interval", install.DefaultPollInterval, "the longest a change goes unrepaired when no file notification arrives")
@@ -231,10 +241,18 @@ func (o *cniOptions) installerOptions(logger *slog.Logger) install.Options {
 	}
 }
 
+// minPollInterval is the floor of --poll-interval.
+const minPollInterval = 100 * time.Millisecond
+
 // runCNIInstall installs once (--once) or runs the installer loop until ctx ends.
 func runCNIInstall(ctx context.Context, o *cniOptions, s streams) error {
 	if o.pollInterval <= 0 {
 		return usageError("--poll-interval: %q is not a positive duration", o.pollInterval)
+	}
+	// Below it, every node's installer re-reads its files in a busy loop:
+	// a typo (1ns for 1s), not a setting.
+	if o.pollInterval < minPollInterval {
+		return usageError("--poll-interval: %q is below %s (the default is %s)", o.pollInterval, minPollInterval, install.DefaultPollInterval)
 	}
 	logger := slog.New(slog.NewTextHandler(s.err, nil))
 	// The Installer validates: it reads a --config that is a pipe once.
@@ -244,6 +262,14 @@ func runCNIInstall(ctx context.Context, o *cniOptions, s streams) error {
 	}
 	if o.once {
 		changes, err := in.Install(ctx)
+		if err == nil {
+			// Install leaves a conf dir without a network configuration to the
+			// watch loop; --once does not wait, and pods created now would
+			// start unmeshed: not a success.
+			if _, perr := install.Primary(o.confDir); errors.Is(perr, install.ErrNoPrimary) {
+				err = fmt.Errorf("the plugin entry is not installed: %w yet (the primary CNI writes it); run again once it is there, or without --once to wait for it", perr)
+			}
+		}
 		printChanges(s.out, changes, err)
 		return cniError(err)
 	}

@@ -104,6 +104,44 @@ func TestCNIInstallOnceAndUninstall(t *testing.T) {
 	}
 }
 
+// TestCNIInstallOnceWithoutPrimary: --once does not wait, so on a node whose
+// primary CNI has not written its configuration yet it installs no entry, and
+// a pod created then would start unmeshed. It must not exit 0 as if installed:
+// exit 1 naming the conf dir, after doing what it could (binary, kubeconfig),
+// and a run once the primary is there completes it.
+func TestCNIInstallOnceWithoutPrimary(t *testing.T) {
+	t.Parallel()
+	root, dirs := cniNode(t)
+	primary := filepath.Join(root, "net.d/10-flannel.conflist")
+	doc, err := os.ReadFile(primary)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Remove(primary); err != nil {
+		t.Fatal(err)
+	}
+	args := append(append([]string{"cni", "install", "--once"}, dirs...), installFlags(root)...)
+	code, out, stderr := runCmd(t, context.Background(), args...)
+	if code != 1 {
+		t.Errorf("exit %d, want 1: no entry was installed (stdout %q)", code, out)
+	}
+	for _, want := range []string{filepath.Join(root, "net.d"), "not installed", "without --once"} {
+		if !strings.Contains(stderr, want) {
+			t.Errorf("stderr does not say %q:\n%s", want, stderr)
+		}
+	}
+	if !strings.Contains(out, "wrote "+filepath.Join(root, "bin/detour-cni")) {
+		t.Errorf("stdout does not list the binary written:\n%s", out)
+	}
+	if err := os.WriteFile(primary, doc, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	code, out, stderr = runCmd(t, context.Background(), args...)
+	if code != exitOK || out != "inserted detour-cni into "+primary+"\n" {
+		t.Errorf("once the primary is there: exit %d, stdout %q, stderr:\n%s", code, out, stderr)
+	}
+}
+
 func TestCNIInstallInvalidInput(t *testing.T) {
 	t.Parallel()
 	root, dirs := cniNode(t)
@@ -120,6 +158,7 @@ func TestCNIInstallInvalidInput(t *testing.T) {
 		{"bad namespace", []string{"--exclude-namespaces", "UPPER"}, `--exclude-namespaces: "UPPER" is not a namespace name`},
 		{"no api server", []string{"--api-server", ""}, "--api-server: "},
 		{"zero poll", []string{"--poll-interval", "0s"}, "--poll-interval"},
+		{"poll below the floor", []string{"--poll-interval", "1ns"}, `--poll-interval: "1ns" is below 100ms`},
 		{"unknown preset", []string{"--preset", "linkerd"}, `--preset: "linkerd" is not one of istio, kuma`},
 		{"bad log level", []string{"--log-level", "loud"}, `--log-level: "loud"`},
 		{"missing config", []string{"--config", filepath.Join(root, "nope.yaml")}, "--config: "},
@@ -136,6 +175,13 @@ func TestCNIInstallInvalidInput(t *testing.T) {
 		{"missing ebpf plugin binary", []string{"--ebpf-plugin-binary", filepath.Join(root, "nope")}, "--ebpf-plugin-binary: "},
 		{"empty preset", []string{"--preset", ""}, "--preset: an empty value is refused"},
 		{"empty mesh config", []string{"--mesh-config", ""}, "--mesh-config: an empty value is refused"},
+		// An unset variable: "" used to drop kube-system from the exclusions.
+		{"empty exclude namespaces", []string{"--exclude-namespaces", ""}, `invalid argument "" for "--exclude-namespaces" flag: an empty value names nothing (an unset variable?); leave the flag out for its default (kube-system)`},
+		{"empty exclude namespaces element", []string{"--exclude-namespaces", "kube-system,,monitoring"}, `invalid argument "kube-system,,monitoring" for "--exclude-namespaces" flag: an empty item`},
+		{"trailing empty exclude namespaces element", []string{"--exclude-namespaces", "kube-system,"}, `invalid argument "kube-system," for "--exclude-namespaces" flag: an empty item`},
+		{"empty daemonset", []string{"--cleanup-on-exit", "--daemonset", ""}, `--daemonset "" is empty; give it a value`},
+		{"empty node name", []string{"--plugin-service-account", "detour-system/detour-cni-plugin", "--node-name", ""}, `--node-name "" is empty`},
+		{"empty plugin service account", []string{"--plugin-service-account", ""}, `--plugin-service-account "" is empty; give it a value`},
 		{"bad daemonset", []string{"--cleanup-on-exit", "--daemonset", "detour-cni-node"}, `--daemonset: "detour-cni-node" is not namespace/name`},
 	}
 	for _, tc := range tests {

@@ -177,6 +177,12 @@ func controlPlaneLogger(w io.Writer, level, format string) (*slog.Logger, error)
 	return nil, usageError("--log-format %q is not one of text, json", format)
 }
 
+// Floors of control-plane's durations.
+const (
+	minNACKBackoff   = 100 * time.Millisecond
+	minWatchInterval = 10 * time.Millisecond
+)
+
 // runControlPlane serves until ctx ends.
 func runControlPlane(ctx context.Context, o *controlPlaneOptions, s streams) (err error) {
 	log, err := controlPlaneLogger(s.err, o.logLevel, o.logFormat)
@@ -186,8 +192,17 @@ func runControlPlane(ctx context.Context, o *controlPlaneOptions, s streams) (er
 	if o.nackBackoff <= 0 {
 		return usageError("--nack-backoff %s must be positive", o.nackBackoff)
 	}
+	// A NACKed config resent at once to every proxy that refused it, a mesh
+	// file stat'ed in a busy loop: below these floors a value is a typo
+	// (1ns for 1s), not a setting.
+	if o.nackBackoff < minNACKBackoff {
+		return usageError("--nack-backoff %s is below %s (the default is %s)", o.nackBackoff, minNACKBackoff, xds.DefaultNACKBackoff)
+	}
 	if o.watchInterval <= 0 {
 		return usageError("--watch-interval %s must be positive", o.watchInterval)
+	}
+	if o.watchInterval < minWatchInterval {
+		return usageError("--watch-interval %s is below %s (the default is %s)", o.watchInterval, minWatchInterval, controlplane.DefaultWatchInterval)
 	}
 	if o.settle < 0 {
 		return usageError("--settle %s must not be negative", o.settle)
@@ -254,6 +269,12 @@ func runControlPlane(ctx context.Context, o *controlPlaneOptions, s streams) (er
 	case sourceKubernetes:
 		if o.config != "" {
 			return usageError("--config is for --source file; --source kubernetes reads the API")
+		}
+		if o.inject.enabled && o.namespace != "" {
+			// The webhook's configuration selects opted-in namespaces
+			// cluster-wide: pods outside o.namespace would get a sidecar this
+			// control plane never configures.
+			return usageError("--namespace %q with --inject: the webhook injects the pods of every opted-in namespace, but this control plane serves only %s's (their sidecars would never get a config); leave --namespace out", o.namespace, o.namespace)
 		}
 		var mesh meshconfig.Config
 		src, mesh, err = newKubernetesSource(o, log)

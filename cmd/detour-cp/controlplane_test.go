@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"io"
 	"math"
 	"net"
@@ -150,6 +151,8 @@ func TestControlPlaneInvalidInputExitsTwo(t *testing.T) {
 		// A flag of the source not chosen would configure nothing, silently.
 		{"kubeconfig with a mesh file", []string{"control-plane", "--config", bad, "--kubeconfig", "kubeconfig"}, "--kubeconfig: for --source kubernetes"},
 		{"file source flags with kubernetes", []string{"control-plane", "--source", "kubernetes", "--settle", "5s", "--max-mesh-size", "100"}, "--settle, --max-mesh-size: for --source file (the mesh file); --source kubernetes reads the API"},
+		{"nack backoff below the floor", []string{"control-plane", "--config", bad, "--nack-backoff", "1ns"}, "--nack-backoff 1ns is below 100ms"},
+		{"watch interval below the floor", []string{"control-plane", "--config", bad, "--watch-interval", "1ms"}, "--watch-interval 1ms is below 10ms"},
 		{"watch interval with kubernetes", []string{"control-plane", "--source", "kubernetes", "--watch-interval", "5s"}, "--watch-interval: for --source file"},
 		{"client ca without tls", []string{"control-plane", "--config", bad, "--client-ca", "ca.pem"}, "--client-ca needs --tls-cert"},
 		{"bad log level", []string{"control-plane", "--config", bad, "--log-level", "loud"}, `--log-level "loud"`},
@@ -169,6 +172,10 @@ func TestControlPlaneInvalidInputExitsTwo(t *testing.T) {
 		{"bootstrap empty node id", []string{"bootstrap", "--node-id", "", "--control-plane", "127.0.0.1:1"}, `--node-id "" is empty; give it a value`},
 		{"empty http address", []string{"control-plane", "--config", bad, "--http-address", ""}, `--http-address "" is empty`},
 		{"empty namespace", []string{"control-plane", "--source", "kubernetes", "--namespace", ""}, `--namespace "" is empty`},
+		// The webhook injects pods of every opted-in namespace; a control plane
+		// watching one namespace would never serve the others' sidecars, whose
+		// pods then hang in their startup probe with their traffic captured.
+		{"namespace with inject", []string{"control-plane", "--source", "kubernetes", "--namespace", "shop", "--inject", "--xds-address", "127.0.0.1:0", "--http-address", "off"}, `--namespace "shop" with --inject: the webhook injects the pods of every opted-in namespace, but this control plane serves only shop's`},
 		// A listen address that cannot be one failed at listen (exit 1), and
 		// ":" (a script's ":$PORT" with PORT unset) served on every address
 		// at a random port.
@@ -184,7 +191,10 @@ func TestControlPlaneInvalidInputExitsTwo(t *testing.T) {
 		{"inject on http's port", []string{"control-plane", "--config", bad, "--xds-address", "127.0.0.1:0", "--http-address", "[::]:15014", "--inject", "--inject-address", "127.0.0.1:15014"}, `--http-address "[::]:15014" and --inject-address "127.0.0.1:15014": both listen on port 15014`},
 		{"inject address without port", []string{"control-plane", "--source", "kubernetes", "--inject", "--inject-address", ":", "--xds-address", "127.0.0.1:0", "--http-address", "off"}, `--inject-address ":" has no port`},
 		{"empty dns suffix", []string{"control-plane", "--source", "kubernetes", "--dns-suffix", ""}, `--dns-suffix "" is empty`},
-		{"empty dns upstream", []string{"control-plane", "--source", "kubernetes", "--dns-upstream", ""}, `--dns-upstream "" is empty`},
+		{"empty dns upstream", []string{"control-plane", "--source", "kubernetes", "--dns-upstream", ""}, `invalid argument "" for "--dns-upstream" flag: an empty value names nothing`},
+		// A second, empty value used to add nothing, silently.
+		{"second dns upstream empty", []string{"control-plane", "--source", "kubernetes", "--dns-upstream", "192.0.2.53", "--dns-upstream", ""}, `invalid argument "" for "--dns-upstream" flag: an empty value names nothing`},
+		{"empty dns upstream item", []string{"control-plane", "--source", "kubernetes", "--dns-upstream", "192.0.2.53,"}, `invalid argument "192.0.2.53," for "--dns-upstream" flag: an empty item`},
 		{"empty kubeconfig", []string{"control-plane", "--source", "kubernetes", "--kubeconfig", ""}, `--kubeconfig "" is empty`},
 		{"empty inject url", []string{"control-plane", "--source", "kubernetes", "--inject", "--inject-url", ""}, `--inject-url "" is empty`},
 		{"bootstrap empty config file", []string{"bootstrap", "--node-id", "app", "--control-plane", "127.0.0.1:1", "--config", empty}, `--config "` + empty + `" is empty`},
@@ -246,5 +256,72 @@ func TestBootstrapGolden(t *testing.T) {
 			}
 			golden.Check(t, golden.Path(t, tt.name), stdout.Bytes())
 		})
+	}
+}
+
+// TestControlPlaneListensWhereItSays: --xds-address 0.0.0.0:P listens on
+// IPv4 only, as 0.0.0.0 means to operators, and the log says 0.0.0.0:P and
+// the family; [::]:P listens on both families and the log says so. Before
+// 2026-12-05, 0.0.0.0 took IPv6 too (Go's dual-stack wildcard) and the log
+// said [::]:P.
+func TestControlPlaneListensWhereItSays(t *testing.T) {
+	t.Parallel()
+	if ln, err := net.Listen("tcp6", "[::1]:0"); err != nil {
+		t.Skipf("no IPv6 loopback here: %v", err)
+	} else {
+		ln.Close()
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	var stderr bytes.Buffer
+	sw := &syncWriter{w: &stderr}
+	done := make(chan int, 1)
+	go func() {
+		done <- run(ctx, []string{"control-plane", "--config", "../../examples/mesh.yaml", "--xds-address", "0.0.0.0:0", "--http-address", "[::]:0", "--log-format", "json"},
+			strings.NewReader(""), io.Discard, sw)
+	}()
+	var rec struct {
+		XDS          string `json:"xds"`
+		XDSFamilies  string `json:"xds_families"`
+		HTTP         string `json:"http"`
+		HTTPFamilies string `json:"http_families"`
+	}
+	deadline := time.Now().Add(20 * time.Second)
+	for rec.XDS == "" {
+		if time.Now().After(deadline) {
+			cancel()
+			t.Fatalf("no \"control plane listening\" line:\n%s", stderr.String())
+		}
+		time.Sleep(10 * time.Millisecond)
+		sw.mu.Lock()
+		for _, line := range strings.Split(stderr.String(), "\n") {
+			if strings.Contains(line, `"msg":"control plane listening"`) {
+				if err := json.Unmarshal([]byte(line), &rec); err != nil {
+					t.Fatalf("%v: %s", err, line)
+				}
+			}
+		}
+		sw.mu.Unlock()
+	}
+	_, xdsPort, _ := net.SplitHostPort(rec.XDS)
+	_, httpPort, _ := net.SplitHostPort(rec.HTTP)
+	if !strings.HasPrefix(rec.XDS, "0.0.0.0:") || rec.XDSFamilies != "ipv4" || !strings.HasPrefix(rec.HTTP, "[::]:") || rec.HTTPFamilies != "ipv4,ipv6" {
+		t.Errorf("logged xds %s (%s), http %s (%s); want 0.0.0.0:P (ipv4) and [::]:P (ipv4,ipv6)", rec.XDS, rec.XDSFamilies, rec.HTTP, rec.HTTPFamilies)
+	}
+	for _, c := range []struct {
+		host, port string
+		want       bool
+	}{{"127.0.0.1", xdsPort, true}, {"::1", xdsPort, false}, {"127.0.0.1", httpPort, true}, {"::1", httpPort, true}} {
+		conn, err := net.DialTimeout("tcp", net.JoinHostPort(c.host, c.port), 2*time.Second)
+		if err == nil {
+			conn.Close()
+		}
+		if (err == nil) != c.want {
+			t.Errorf("dial %s port %s: %v; want reachable %v", c.host, c.port, err, c.want)
+		}
+	}
+	cancel()
+	if code := <-done; code != exitOK {
+		t.Errorf("exit %d after cancel:\n%s", code, stderr.String())
 	}
 }

@@ -86,10 +86,48 @@ func TestInjectCommand(t *testing.T) {
 		{"bad annotation", strings.Replace(deployment, "labels: {app: web}}", "labels: {app: web}, annotations: {detour.io/proxy-uid: nobody}}", 1),
 			[]string{"inject", "-f", "-"}, "detour.io/proxy-uid"},
 		{"not yaml", "kind: [", []string{"inject", "-f", "-"}, "document 1"},
+		{"empty namespace", "", []string{"inject", "-f", manifest, "-n", ""}, "--namespace: an empty value is refused"},
+		{"bad namespace", "", []string{"inject", "-f", manifest, "--namespace", "Kube_System"}, `--namespace "Kube_System" is not a namespace name`},
+		{"namespace with uninject", "", []string{"inject", "-f", manifest, "--uninject", "-n", "shop"}, "--namespace do not apply"},
 	} {
 		code, out, stderr := exec(tc.stdin, tc.args...)
 		if code != exitUsage || out != "" || !strings.Contains(stderr, tc.want) {
 			t.Errorf("%s: exit %d, stdout %q, stderr %q; want exit 2, nothing printed, an error naming %q", tc.name, code, out, stderr, tc.want)
+		}
+	}
+}
+
+// TestInjectLeavesSystemNamespaces: `detour inject` leaves workloads of
+// kube-system and detour-system as they are, as the webhook does (it injected
+// them before 2026-12-05): by their metadata.namespace, or by -n for
+// manifests that name none.
+func TestInjectLeavesSystemNamespaces(t *testing.T) {
+	t.Parallel()
+	inNamespace := func(ns string) string {
+		return strings.Replace(deployment, "namespace: shop", "namespace: "+ns, 1)
+	}
+	noNamespace := strings.Replace(deployment, ", namespace: shop", "", 1)
+	for _, tc := range []struct {
+		name, stdin string
+		args        []string
+		injected    bool
+	}{
+		{"kube-system", inNamespace("kube-system"), nil, false},
+		{"detour-system", inNamespace("detour-system"), nil, false},
+		{"shop", inNamespace("shop"), nil, true},
+		{"no namespace, -n kube-system", noNamespace, []string{"-n", "kube-system"}, false},
+		{"no namespace, --namespace detour-system", noNamespace, []string{"--namespace", "detour-system"}, false},
+		{"no namespace, -n shop", noNamespace, []string{"-n", "shop"}, true},
+		{"no namespace, no -n", noNamespace, nil, true},
+	} {
+		var out, errb bytes.Buffer
+		code := run(context.Background(), append([]string{"inject", "-f", "-"}, tc.args...), strings.NewReader(tc.stdin), &out, &errb)
+		if code != exitOK {
+			t.Errorf("%s: exit %d: %s", tc.name, code, errb.String())
+			continue
+		}
+		if got := strings.Contains(out.String(), "detour-proxy"); got != tc.injected {
+			t.Errorf("%s: injected = %v, want %v:\n%s", tc.name, got, tc.injected, out.String())
 		}
 	}
 }

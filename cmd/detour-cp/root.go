@@ -47,6 +47,7 @@ detour and detour-cni, is a separate lean binary; ` + "`detour control-plane`" +
 		newCNICmd(s),
 		newVersionCmd(s),
 	)
+	strictLists(root)
 	return root
 }
 

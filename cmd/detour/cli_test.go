@@ -50,7 +50,13 @@ func TestUsageErrorsExit2(t *testing.T) {
 		{"extra argument", []string{"install", "now"}, `unknown command "now"`},
 		// cobra showed the help of a command that groups others and exited 0.
 		{"unknown completion shell", []string{"completion", "nope"}, `unknown command "nope" for "detour completion"`},
-		{"bad timeout", []string{"validate", "--timeout", "0s"}, `--timeout`},
+		{"empty include cidrs", []string{"plan", "--include-outbound-cidrs="}, `--include-outbound-cidrs: outbound.includeCIDRs: "" is empty, which would capture every destination (an unset variable?)`},
+		{"bad timeout", []string{"validate", "--timeout", "0s"}, `--timeout: "0s" is not a positive duration`},
+		// 1ms timed the probe out before it was sent, reported as "not
+		// redirected" (exit 5).
+		{"timeout below the floor", []string{"validate", "--timeout", "1ms"}, `--timeout: "1ms" is below 100ms`},
+		{"timeout above the ceiling", []string{"validate", "--timeout", "1h"}, `--timeout: "1h0m0s" is above 5m0s`},
+		{"explain timeout below the floor", []string{"explain", "--to", "192.0.2.1:80", "--live", "--timeout", "99ms"}, `--timeout: "99ms" is below 100ms`},
 		{"empty netns", []string{"install", "--netns", ""}, `"--netns" flag: an empty value names no network namespace`},
 		{"empty netns, = form", []string{"uninstall", "--netns="}, `"--netns" flag: an empty value`},
 		{"negative lock wait", []string{"install", "--lock-wait", "-1s"}, `"--lock-wait" flag: a wait cannot be negative`},

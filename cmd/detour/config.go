@@ -114,6 +114,12 @@ func (o *configOptions) load(stdin io.Reader) (redirect.Config, error) {
 	if err := o.checkEnvNames(lookup); err != nil {
 		return redirect.Config{}, err
 	}
+	// DETOUR_CONFIG= (a manifest's unset variable) named no file and so
+	// installed detour's defaults, as DETOUR_PRESET= would have.
+	if v, ok := lookup("DETOUR_CONFIG"); ok && strings.TrimSpace(v) == "" && !o.flags.Changed("config") {
+		return redirect.Config{}, &sourceError{"DETOUR_CONFIG", &redirect.FieldError{Field: "config", Value: v,
+			Reason: "is empty, which names no file; unset it for the defaults, or name a file (with {} in it for the defaults on purpose)"}}
+	}
 	if o.base != nil {
 		return o.loadOverBase(lookup)
 	}
@@ -232,6 +238,9 @@ func (o *configOptions) applyFields(cfg redirect.Config, lookup func(string) (st
 			continue
 		}
 		if v, ok := lookup(f.EnvName()); ok {
+			if err := emptyInclude(f, v); err != nil {
+				return redirect.Config{}, &sourceError{f.EnvName(), err}
+			}
 			if err := cfg.Set(f.Path, v); err != nil {
 				return redirect.Config{}, &sourceError{f.EnvName(), err}
 			}
@@ -241,6 +250,9 @@ func (o *configOptions) applyFields(cfg redirect.Config, lookup func(string) (st
 		if !o.flagSet(f) {
 			continue
 		}
+		if err := emptyInclude(f, *o.values[f.Path]); err != nil {
+			return redirect.Config{}, &sourceError{"--" + f.Name, err}
+		}
 		if err := cfg.Set(f.Path, *o.values[f.Path]); err != nil {
 			return redirect.Config{}, &sourceError{"--" + f.Name, err}
 		}
@@ -249,6 +261,32 @@ func (o *configOptions) applyFields(cfg redirect.Config, lookup func(string) (st
 		return redirect.Config{}, err
 	}
 	return cfg, nil
+}
+
+// emptyInclude refuses an empty value, from a flag or a variable, for a list
+// whose empty value captures everything: `--include-outbound-cidrs "$CIDRS"`
+// with CIDRS unset would capture every destination instead of the few meant
+// (Istio's -i "" captures none). The default is that empty list already, so
+// leaving the setting out says it; a document's `[]` still clears a list a
+// config file set. Empty exclusion lists stay accepted: they clear a preset's
+// list (docs/config.md).
+func emptyInclude(f redirect.Field, v string) error {
+	var captures string
+	switch f.Path {
+	case "inbound.includePorts":
+		captures = "every inbound port"
+	case "outbound.includePorts":
+		captures = "every destination port"
+	case "outbound.includeCIDRs":
+		captures = "every destination"
+	default:
+		return nil
+	}
+	if strings.TrimSpace(v) != "" {
+		return nil
+	}
+	return &redirect.FieldError{Field: f.Path, Value: v, Reason: "is empty, which would capture " + captures +
+		" (an unset variable?): leave it out for that, the default, or clear a config file's list with [] in a document"}
 }
 
 func unwrapPathError(err error) string {

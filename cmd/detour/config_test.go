@@ -95,6 +95,10 @@ func TestConfigErrorsNameSourceFieldAndValue(t *testing.T) {
 	}{
 		{"flag port", []string{"--exclude-outbound-ports", "80,443,70000"}, nil, []string{"--exclude-outbound-ports", `outbound.excludePorts[2]: "70000" is not a port`}},
 		{"flag mode", []string{"--mode", "bounce"}, nil, []string{"--mode", `mode: "bounce" is not one of redirect, tproxy`}},
+		// An unset variable made these capture everything.
+		{"empty include cidrs flag", []string{"--include-outbound-cidrs", ""}, nil, []string{"--include-outbound-cidrs", `outbound.includeCIDRs: "" is empty, which would capture every destination`}},
+		{"blank include ports flag", []string{"--include-outbound-ports", " "}, nil, []string{"--include-outbound-ports", `outbound.includePorts: " " is empty, which would capture every destination port`}},
+		{"empty include inbound ports env", nil, map[string]string{"DETOUR_INCLUDE_INBOUND_PORTS": ""}, []string{"DETOUR_INCLUDE_INBOUND_PORTS", `inbound.includePorts: "" is empty, which would capture every inbound port`}},
 		{"env uid", nil, map[string]string{"DETOUR_PROXY_UID": "envoy"}, []string{"DETOUR_PROXY_UID", `proxy.uid: "envoy" is not a numeric id`}},
 		{"file cidr", []string{"--config", bad}, nil, []string{"config file " + bad, `outbound.excludeCIDRs[1]: "abc" is not a CIDR`}},
 		{"malformed yaml", []string{"--config", broken}, nil, []string{"config file " + broken, "is not valid YAML or JSON"}},
@@ -105,6 +109,8 @@ func TestConfigErrorsNameSourceFieldAndValue(t *testing.T) {
 		{"empty file", []string{"--config", empty}, nil, []string{"--config", `config: "` + empty + `" is empty`}},
 		{"comments only", []string{"--config", comments}, nil, []string{"--config", `config: "` + comments + `" is empty`}},
 		{"empty file from env", nil, map[string]string{"DETOUR_CONFIG": empty}, []string{`config: "` + empty + `" is empty`}},
+		// It installed the defaults (proxy uid 5678), as DETOUR_PRESET= would have.
+		{"empty DETOUR_CONFIG", nil, map[string]string{"DETOUR_CONFIG": ""}, []string{"DETOUR_CONFIG", `config: "" is empty, which names no file`}},
 		{"misspelt env", nil, map[string]string{"DETOUR_PROXY_ID": "1337"}, []string{"environment", `DETOUR_PROXY_ID: "1337" is not a setting of detour (did you mean DETOUR_PROXY_UID?)`}},
 		{"singular env", nil, map[string]string{"DETOUR_EXCLUDE_OUTBOUND_PORT": "22"}, []string{`DETOUR_EXCLUDE_OUTBOUND_PORT: "22" is not a setting of detour (did you mean DETOUR_EXCLUDE_OUTBOUND_PORTS?)`}},
 		{"env in path order", nil, map[string]string{"DETOUR_OUTBOUND_EXCLUDE_PORTS": "22"}, []string{`(did you mean DETOUR_EXCLUDE_OUTBOUND_PORTS?)`}},

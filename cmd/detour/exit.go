@@ -16,6 +16,7 @@ const (
 	exitDrift    = 3 // check: installed rules differ from the plan
 	exitAbsent   = 4 // check, explain: nothing is installed
 	exitNotValid = 5 // validate, explain --live: connections are not redirected as planned
+	exitNoAnswer = 6 // validate, explain --live: a probe got no answer within --timeout, and none was proven not redirected
 )
 
 // exitError carries an exit code other than the default for its error.

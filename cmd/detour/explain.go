@@ -78,7 +78,7 @@ configuration's answer is still printed; --config-only does not read the namespa
 	fs.BoolVar(&o.outbound, "outbound", false, "a connection the workload opens (the default)")
 	fs.BoolVar(&o.configOnly, "config-only", false, "answer from the configuration only; do not read what is installed")
 	fs.BoolVar(&o.live, "live", false, "also open the connection for real, as that uid, and report where it arrived (outbound TCP; also while the proxy owns the port)")
-	fs.DurationVar(&o.timeout, "timeout", 3*time.Second, "--live: how long the probe connection may take")
+	fs.DurationVar(&o.timeout, "timeout", 3*time.Second, "--live: how long the probe connection may take ("+minProbeTimeout.String()+" to "+maxProbeTimeout.String()+")")
 	fs.StringVar(&o.mesh, "mesh", "", "answer for the workload --node-id of this mesh file: its transparentProxy is the configuration (instead of --preset/--config; a setting's own flag still overrides it), and the Envoy listener, filter chain and cluster are added (runs detour-cp)")
 	fs.StringVar(&o.nodeID, "node-id", "", "--mesh: the workload's node id")
 	output(fs, &o.output)
@@ -224,6 +224,11 @@ type liveOutcome struct {
 	OriginalDst string `json:"originalDst,omitempty"`
 	// Error says why it did not arrive (a timeout, refused, no route).
 	Error string `json:"error,omitempty"`
+	// NoAnswer: the connection was neither answered nor refused within
+	// --timeout. That proves no verdict (left alone and dropped on its way
+	// looks the same as captured and then dropped), so Agrees is false and
+	// explain exits 6.
+	NoAnswer bool `json:"noAnswer,omitempty"`
 	// Agrees says the probe did what the verdict says.
 	Agrees bool `json:"agrees"`
 }
@@ -232,8 +237,8 @@ func runExplain(ctx context.Context, o *explainOptions, g *globalOptions, s stre
 	if err := checkOutput(o.output); err != nil {
 		return err
 	}
-	if o.timeout <= 0 {
-		return usageError("--timeout: %q is not a positive duration", o.timeout)
+	if err := checkProbeTimeout(o.timeout); err != nil {
+		return err
 	}
 	if (o.mesh == "") != (o.nodeID == "") {
 		return usageError("--mesh and --node-id: give both or neither")
@@ -348,6 +353,9 @@ func runExplain(ctx context.Context, o *explainOptions, g *globalOptions, s stre
 		}
 	} else if err := writeExplanation(s.out, e, o.configOnly); err != nil {
 		return err
+	}
+	if e.Live != nil && e.Live.NoAnswer {
+		return withCode(exitNoAnswer, errors.New("explain: the live connection got no answer within --timeout, which proves the verdict neither right nor wrong"))
 	}
 	if e.Live != nil && e.Live.Probed && !e.Live.Agrees {
 		return withCode(exitNotValid, errors.New("explain: the live connection did not do what the verdict says"))
@@ -492,6 +500,8 @@ func writeExplanation(w io.Writer, e explanation, configOnly bool) error {
 		}
 		switch {
 		case !l.Probed:
+		case l.NoAnswer:
+			b.WriteString(" (neither as the verdict says nor otherwise: proven neither)\n")
 		case l.Agrees:
 			b.WriteString(" (as the verdict says)\n")
 		default:

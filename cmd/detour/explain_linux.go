@@ -63,9 +63,10 @@ func liveProbe(ctx context.Context, p planned, conn redirect.Conn, e explanation
 	out.Probed = true
 	if err != nil {
 		out.Error = err.Error()
+		out.NoAnswer = errors.Is(err, errNoAnswer)
 	} else {
 		out.Arrived, out.OriginalDst = true, got.dst.String()
 	}
-	out.Agrees = out.Arrived == e.Captured && (!out.Arrived || got.dst == pr.dst)
+	out.Agrees = !out.NoAnswer && out.Arrived == e.Captured && (!out.Arrived || got.dst == pr.dst)
 	return out
 }

@@ -1,6 +1,8 @@
 package main
 
 import (
+	"encoding/json"
+	"slices"
 	"strings"
 	"testing"
 
@@ -67,5 +69,55 @@ func TestStatusJSONOfNothing(t *testing.T) {
 	code, out, stderr = runCLI(t, "uninstall", "--netns", ns.Path, "-o", "json")
 	if code != 0 || !strings.Contains(out, `"changed": false`) || !strings.Contains(out, `"families": []`) {
 		t.Errorf("uninstall -o json, nothing installed: exit %d, stdout %s, stderr %s; want 0, changed false and families []", code, out, stderr)
+	}
+}
+
+// TestUninstallJSONNamesRemovedBackends: `uninstall -o json` lists the
+// backends it removed detour's rules from under "removed". It used to say
+// only "replaced" (install's word for the backends it switched away from),
+// which it keeps, the same list, for scripts written against it; install's
+// document has no "removed".
+func TestUninstallJSONNamesRemovedBackends(t *testing.T) {
+	privtest.Require(t, "nft")
+	ns := privtest.NetNS(t)
+	flags := []string{"--netns", ns.Path, "--backend", "nftables", "--ip-families", "ipv4"}
+	code, out, stderr := runCLI(t, append([]string{"install", "-o", "json"}, flags...)...)
+	if code != 0 {
+		t.Fatalf("install: exit %d: %s", code, stderr)
+	}
+	t.Cleanup(func() { runCLI(t, "uninstall", "--netns", ns.Path) })
+	var doc map[string]any
+	if err := json.Unmarshal([]byte(out), &doc); err != nil {
+		t.Fatalf("install -o json: %v\n%s", err, out)
+	}
+	if _, ok := doc["removed"]; ok {
+		t.Errorf("install -o json has a \"removed\" key:\n%s", out)
+	}
+
+	type report struct {
+		Backend  string   `json:"backend"`
+		Removed  []string `json:"removed"`
+		Replaced []string `json:"replaced"`
+		Changed  bool     `json:"changed"`
+	}
+	uninstall := func() (report, string) {
+		t.Helper()
+		code, out, stderr := runCLI(t, "uninstall", "--netns", ns.Path, "-o", "json")
+		if code != 0 {
+			t.Fatalf("uninstall -o json: exit %d: %s", code, stderr)
+		}
+		var r report
+		if err := json.Unmarshal([]byte(out), &r); err != nil {
+			t.Fatalf("uninstall -o json: %v\n%s", err, out)
+		}
+		return r, out
+	}
+	r, out := uninstall()
+	if !r.Changed || !slices.Equal(r.Removed, []string{"nftables"}) || !slices.Equal(r.Replaced, r.Removed) {
+		t.Errorf("uninstall -o json after an nftables install: want changed, removed [nftables] and replaced the same:\n%s", out)
+	}
+	r, out = uninstall()
+	if r.Changed || r.Removed == nil || len(r.Removed) != 0 || !strings.Contains(out, `"removed": []`) {
+		t.Errorf("uninstall -o json of nothing: want changed false and \"removed\": []:\n%s", out)
 	}
 }

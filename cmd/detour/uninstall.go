@@ -81,7 +81,7 @@ func runUninstall(ctx context.Context, o *uninstallOptions, g *globalOptions, s 
 		}
 	}
 	if o.output == "json" {
-		return writeJSON(s, res)
+		return writeJSON(s, newUninstallReport(res))
 	}
 	if !res.Changed {
 		_, err = fmt.Fprintln(s.out, "nothing to remove: detour is not installed")
@@ -100,6 +100,21 @@ func runUninstall(ctx context.Context, o *uninstallOptions, g *globalOptions, s 
 	return nil
 }
 
+// uninstallReport is `uninstall -o json`: redirect.Result, whose
+// "replaced" (the backends an install switched away from) means for an
+// uninstall the backends detour's rules were removed from. "removed" says
+// so; "replaced" stays, the same list, for scripts written before it
+// (docs/rules.md, "Uninstall").
+type uninstallReport struct {
+	redirect.Result
+	// Removed are the backends detour's rules were removed from, [] when none.
+	Removed []redirect.Backend `json:"removed"`
+}
+
+func newUninstallReport(res redirect.Result) uninstallReport {
+	return uninstallReport{Result: res, Removed: append([]redirect.Backend{}, res.Replaced...)}
+}
+
 func joinFamilies(fs []redirect.Family) string {
 	parts := make([]string, len(fs))
 	for i, f := range fs {
@@ -115,7 +130,16 @@ func sweep(ctx context.Context, eng *redirect.Engine, output string, s streams) 
 		return fmt.Errorf("uninstall --stale: %w", err)
 	}
 	if output == "json" {
-		return writeJSON(s, res)
+		// The list the user asked for: [] when there was nothing stale,
+		// where Result leaves it out.
+		out := struct {
+			uninstallReport
+			Leftovers []string `json:"leftovers"`
+		}{newUninstallReport(res), res.Leftovers}
+		if out.Leftovers == nil {
+			out.Leftovers = []string{}
+		}
+		return writeJSON(s, out)
 	}
 	if !res.Changed {
 		_, err = fmt.Fprintln(s.out, "nothing to remove: no stale scope of detour's")

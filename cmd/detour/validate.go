@@ -22,7 +22,7 @@ func newValidateCmd(s streams, g *globalOptions) *cobra.Command {
 	o := &validateOptions{}
 	cmd := &cobra.Command{
 		Use:   "validate [flags]",
-		Short: "Prove on a real connection that outbound traffic reaches the proxy port (exit 5 if not)",
+		Short: "Prove on a real connection that outbound traffic reaches the proxy port (exit 5 if not, 6 if no answer)",
 		Long: `Validate is the post-install self-check. For each planned IP family it connects as
 a user that the configuration captures to a reserved documentation address
 (192.0.2.0/24, 2001:db8::/32, or an address of includeCIDRs) and proves where the
@@ -35,7 +35,11 @@ captured uid it switches to; without CAP_SETUID/CAP_SETGID (the restricted Pod
 Security standard) or as another user it probes as itself, which the configuration
 must capture. With --cgroup (the eBPF backend's cgroup scope) validate joins that
 cgroup first, since only sockets made below it are redirected. It exits 5 when a
-connection is not redirected, 1 when it cannot run the check.`,
+connection is proven not redirected (it was answered by something else, or
+arrived with another original destination), 6 when a probe got no answer within
+--timeout (it left and was dropped, or was redirected and then dropped, or the
+namespace is slower than --timeout: a timeout proves neither), 1 when it cannot
+run the check.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			o.in.fromEnv()
@@ -43,7 +47,7 @@ connection is not redirected, 1 when it cannot run the check.`,
 		},
 	}
 	g.later(cmd, func() { o.in.bind(cmd.Flags()) })
-	cmd.Flags().DurationVar(&o.timeout, "timeout", 3*time.Second, "how long each probe connection may take")
+	cmd.Flags().DurationVar(&o.timeout, "timeout", 3*time.Second, "how long each probe connection may take ("+minProbeTimeout.String()+" to "+maxProbeTimeout.String()+")")
 	return cmd
 }
 
@@ -79,9 +83,34 @@ type probeResult struct {
 	proxyUID uint32
 }
 
+// The bounds of a probe's --timeout. A redirected probe is answered inside
+// the namespace (by the listener standing in for the proxy, or the proxy's
+// socket) in well under a millisecond; below the floor, the time to start the
+// probe's thread and enter the namespace on a loaded node could use up the
+// timeout, and the probe would report its own slowness. Above the ceiling, a
+// probe that is dropped holds an init container for longer than anyone
+// means.
+const (
+	minProbeTimeout = 100 * time.Millisecond
+	maxProbeTimeout = 5 * time.Minute
+)
+
+// checkProbeTimeout refuses a --timeout outside [minProbeTimeout, maxProbeTimeout].
+func checkProbeTimeout(d time.Duration) error {
+	switch {
+	case d <= 0:
+		return usageError("--timeout: %q is not a positive duration", d)
+	case d < minProbeTimeout:
+		return usageError("--timeout: %q is below %s: a probe could time out before it is sent, redirected or not (the default is 3s)", d, minProbeTimeout)
+	case d > maxProbeTimeout:
+		return usageError("--timeout: %q is above %s: a redirected probe is answered at once (the default is 3s)", d, maxProbeTimeout)
+	}
+	return nil
+}
+
 func runValidate(ctx context.Context, o *validateOptions, g *globalOptions, s streams) error {
-	if o.timeout <= 0 {
-		return usageError("--timeout: %q is not a positive duration", o.timeout)
+	if err := checkProbeTimeout(o.timeout); err != nil {
+		return err
 	}
 	pl, err := o.in.load(ctx, g, s)
 	if err != nil {
@@ -112,7 +141,7 @@ func runValidate(ctx context.Context, o *validateOptions, g *globalOptions, s st
 		}
 		fmt.Fprintf(s.out, "probing from inside %s (DETOUR_EBPF_CGROUP_ROOT: this process joined it)\n", root)
 	}
-	failed, conclusive := 0, 0
+	failed, unanswered, conclusive := 0, 0, 0
 	for _, p := range probes {
 		res, err := runProbe(ctx, nsPath, c.Proxy.OutboundPort, p, o.timeout)
 		got := res.dst
@@ -127,6 +156,11 @@ func runValidate(ctx context.Context, o *validateOptions, g *globalOptions, s st
 		}
 		conclusive++
 		switch {
+		case errors.Is(err, errNoAnswer):
+			// Not a proven bypass: left and dropped, or redirected and then
+			// dropped (a firewall rule on the proxy port), or too slow.
+			unanswered++
+			fmt.Fprintf(s.out, "TIMEOUT %s: %s as uid %d: %v\n", p.family, p.dst, p.uid, err)
 		case err != nil:
 			failed++
 			fmt.Fprintf(s.out, "FAIL %s: %s as uid %d was not redirected to :%d: %v\n", p.family, p.dst, p.uid, c.Proxy.OutboundPort, err)
@@ -142,6 +176,9 @@ func runValidate(ctx context.Context, o *validateOptions, g *globalOptions, s st
 	if failed > 0 {
 		return withCode(exitNotValid, fmt.Errorf("validate: %d of %d probes were not redirected; is detour installed with this configuration?", failed, conclusive))
 	}
+	if unanswered > 0 {
+		return withCode(exitNoAnswer, fmt.Errorf("validate: %d of %d probes got no answer within --timeout %s, which proves neither that they were redirected nor that they were not: a probe that is not redirected and dropped on its way out looks the same as one redirected and then dropped, for instance by a firewall rule on port %d; is detour installed with this configuration, and does anything drop connections to the proxy port?", unanswered, conclusive, o.timeout, c.Proxy.OutboundPort))
+	}
 	if conclusive == 0 {
 		return errors.New("validate: nothing could be probed: the namespace has no route to the probe addresses (add a default route, as pods have)")
 	}
@@ -149,6 +186,9 @@ func runValidate(ctx context.Context, o *validateOptions, g *globalOptions, s st
 }
 
 var (
+	// errNoAnswer: the probe's connection was neither answered nor refused
+	// within its timeout.
+	errNoAnswer    = errors.New("no answer")
 	errPortInUse   = errors.New("the outbound port is already in use")
 	errNoRoute     = errors.New("no route")
 	errCannotProbe = errors.New("cannot take the probe's uid and gid")

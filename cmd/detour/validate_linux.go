@@ -64,7 +64,8 @@ func probeWithListener(ctx context.Context, nsPath string, port uint16, p probe,
 		return netip.AddrPort{}, fmt.Errorf("listen on %s: %w", listenAddr, err)
 	}
 	defer ln.Close()
-	if err := ln.SetDeadline(time.Now().Add(timeout)); err != nil {
+	// The probe is dialed after the route check: give the listener that long.
+	if err := ln.SetDeadline(time.Now().Add(timeout + time.Second)); err != nil {
 		return netip.AddrPort{}, err
 	}
 
@@ -102,10 +103,20 @@ func probeWithListener(ctx context.Context, nsPath string, port uint16, p probe,
 	if dialErr != nil {
 		ln.Close() // unblocks the accept
 		<-got
-		return netip.AddrPort{}, dialErr
+		return netip.AddrPort{}, noAnswer(dialErr, timeout, fmt.Sprintf("nothing arrived on :%d, where a redirected connection is answered at once", port))
 	}
 	a := <-got
 	return a.dst, a.err
+}
+
+// noAnswer wraps a dial error that is a timeout in errNoAnswer, saying what
+// is known (why); other errors are returned as they are.
+func noAnswer(err error, timeout time.Duration, why string) error {
+	var ne net.Error
+	if errors.As(err, &ne) && ne.Timeout() {
+		return fmt.Errorf("%w within %s (not refused either): %s", errNoAnswer, timeout, why)
+	}
+	return err
 }
 
 // routeCheck: a UDP connect looks the route up without sending anything. Only
@@ -148,7 +159,7 @@ func probeThroughProxy(ctx context.Context, nsPath string, port uint16, p probe,
 		d := net.Dialer{Timeout: timeout}
 		c, err := d.DialContext(ctx, "tcp", p.dst.String())
 		if err != nil {
-			return err
+			return noAnswer(err, timeout, fmt.Sprintf("the proxy's socket on :%d answers a redirected connection at once unless its accept queue is full", port))
 		}
 		defer c.Close()
 		local := c.LocalAddr().(*net.TCPAddr).AddrPort()

@@ -2,7 +2,10 @@ package main
 
 import (
 	"net/netip"
+	"strings"
 	"testing"
+
+	"github.com/detour-mesh/detour/internal/privtest"
 )
 
 // TestParseProcAddr reads addresses as /proc/net/tcp and tcp6 print them.
@@ -24,5 +27,72 @@ func TestParseProcAddr(t *testing.T) {
 		if _, err := parseProcAddr(bad); err == nil {
 			t.Errorf("parseProcAddr(%q) accepted it", bad)
 		}
+	}
+}
+
+// TestValidateTellsNoAnswerFromBypass: a probe that gets no answer within
+// --timeout is reported as such (TIMEOUT, exit 6), not as "not redirected"
+// (exit 5), which validate keeps for what it proves: a probe answered by
+// something else. Before 2026-12-05 both were exit 5, and so was a
+// --timeout 1ms that timed the probe out before it was sent (now exit 2).
+// The probe addresses are routed into a veth pair (both ends in the
+// namespace, nobody there owns them), and a rule of another nftables table
+// drops what is sent to them, as a blackholing network or firewall does.
+func TestValidateTellsNoAnswerFromBypass(t *testing.T) {
+	privtest.Require(t, "nft")
+	ns := privtest.NetNS(t)
+	ns.Run(t, "ip", "link", "add", "dt0", "type", "veth", "peer", "name", "dt1")
+	ns.Run(t, "ip", "link", "set", "dt0", "up")
+	ns.Run(t, "ip", "link", "set", "dt1", "up")
+	ns.Run(t, "ip", "route", "add", "192.0.2.0/24", "dev", "dt0")
+	ns.Run(t, "nft", "add table inet dttest")
+	ns.Run(t, "nft", "add chain inet dttest out { type filter hook output priority 0 ; }")
+	flags := []string{"--netns", ns.Path, "--ip-families", "ipv4", "--backend", "nftables"}
+	validate := func(timeout string) (int, string, string) {
+		t.Helper()
+		return runCLI(t, append([]string{"validate", "--timeout", timeout}, flags...)...)
+	}
+
+	// Not installed, the probe is dropped on its way.
+	ns.Run(t, "nft", "add rule inet dttest out ip daddr 192.0.2.0/24 drop")
+	code, out, stderr := validate("200ms")
+	if code != exitNoAnswer || !strings.Contains(out, "TIMEOUT ipv4: 192.0.2.1:15999") || !strings.Contains(out, "no answer within 200ms") ||
+		strings.Contains(out, "FAIL") || !strings.Contains(stderr, "proves neither") {
+		t.Errorf("validate, probe dropped on its way: exit %d, stdout %q, stderr %q; want exit %d and a TIMEOUT line", code, out, stderr, exitNoAnswer)
+	}
+
+	// Answered by something else (the namespace itself, owning the address
+	// while nothing listens there): proven not redirected.
+	ns.Run(t, "nft", "flush chain inet dttest out")
+	ns.Run(t, "ip", "route", "del", "192.0.2.0/24", "dev", "dt0")
+	ns.Run(t, "ip", "route", "add", "local", "192.0.2.0/24", "dev", "lo")
+	code, out, stderr = validate("200ms")
+	if code != exitNotValid || !strings.Contains(out, "FAIL ipv4: 192.0.2.1:15999") || !strings.Contains(out, "connection refused") {
+		t.Errorf("validate, probe refused: exit %d, stdout %q, stderr %q; want exit %d and a FAIL line", code, out, stderr, exitNotValid)
+	}
+	ns.Run(t, "ip", "route", "del", "local", "192.0.2.0/24", "dev", "lo")
+	ns.Run(t, "ip", "route", "add", "192.0.2.0/24", "dev", "dt0")
+
+	// Installed: the floor of --timeout is enough for a redirected probe.
+	if code, _, stderr := runCLI(t, append([]string{"install"}, flags...)...); code != 0 {
+		t.Fatalf("install: exit %d: %s", code, stderr)
+	}
+	t.Cleanup(func() { runCLI(t, "uninstall", "--netns", ns.Path) })
+	if code, out, stderr := validate(minProbeTimeout.String()); code != 0 || !strings.Contains(out, "ok   ipv4") {
+		t.Errorf("validate --timeout %s, installed: exit %d, stdout %q, stderr %q; want exit 0", minProbeTimeout, code, out, stderr)
+	}
+
+	// Redirected, then dropped on the proxy port: no answer either, which is
+	// why a timeout proves no bypass.
+	ns.Run(t, "nft", "add rule inet dttest out tcp dport 15001 drop")
+	code, out, stderr = validate("200ms")
+	if code != exitNoAnswer || !strings.Contains(out, "TIMEOUT ipv4") || strings.Contains(out, "FAIL") {
+		t.Errorf("validate, redirected then dropped: exit %d, stdout %q, stderr %q; want exit %d and a TIMEOUT line", code, out, stderr, exitNoAnswer)
+	}
+	// explain --live likewise: the verdict (captured) is neither proven nor
+	// contradicted (it said "NOT as the verdict says", exit 5).
+	code, out, stderr = runCLI(t, append([]string{"explain", "--live", "--timeout", "200ms", "--to", "192.0.2.1:80", "--uid", "60100", "--gid", "60100"}, flags...)...)
+	if code != exitNoAnswer || !strings.Contains(out, "proven neither") || strings.Contains(out, "NOT as the verdict says") {
+		t.Errorf("explain --live, redirected then dropped: exit %d, stdout %q, stderr %q; want exit %d, proven neither", code, out, stderr, exitNoAnswer)
 	}
 }

@@ -159,6 +159,11 @@ func Insert(doc []byte, e Entry) ([]byte, error) {
 		return doc, nil
 	}
 	kept := dropIndexes(plugins, ours)
+	if len(kept) == 0 {
+		// The runtime refuses a conflist without plugins; one with only
+		// detour-cni would load and give pods no interface.
+		return nil, errors.New("plugins: no plugin for detour-cni to chain after (the primary CNI's own plugins come first)")
+	}
 	return obj.withPlugins(append(kept, want))
 }
 

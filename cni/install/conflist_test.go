@@ -10,6 +10,7 @@ import (
 	"github.com/containernetworking/cni/libcni"
 	"github.com/google/go-cmp/cmp"
 
+	"github.com/detour-mesh/detour/cni"
 	"github.com/detour-mesh/detour/internal/golden"
 )
 
@@ -241,6 +242,8 @@ func TestTransformErrors(t *testing.T) {
 		{"no plugins", `{"name":"x","type":"bridge"}`, insertErr, "plugins: missing"},
 		{"plugins not a list", `{"name":"x","plugins":{"type":"bridge"}}`, insertErr, "plugins: is not a list"},
 		{"plugin not an object", `{"name":"x","plugins":[{"type":"bridge"},"portmap"]}`, insertErr, "plugins[1]: is not a JSON object"},
+		{"no plugin to chain after", `{"name":"x","plugins":[]}`, insertErr, "plugins: no plugin for detour-cni to chain after"},
+		{"only detour-cni", `{"name":"x","plugins":[{"type":"detour-cni"}]}`, insertErr, "plugins: no plugin for detour-cni to chain after"},
 		{"remove from broken", `{"name":"x","plugins":[{"type":"bridge"},7]}`, removeErr, "plugins[1]: is not a JSON object"},
 		{"conf without name", `{"cniVersion":"1.0.0","type":"bridge"}`, convertErr, "name: missing"},
 		{"conf that is a list", `{"name":"x","plugins":[]}`, convertErr, "already a conflist"},
@@ -312,5 +315,31 @@ func writeFile(t *testing.T, path, content string) {
 	t.Helper()
 	if err := os.WriteFile(path, []byte(content), 0o644); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestEntryKeysAreThePluginsKeys: every key of an Entry with every field set
+// is one the plugin reads (cni.ParseConf refuses unknown keys), and it reads
+// back what the entry says.
+func TestEntryKeysAreThePluginsKeys(t *testing.T) {
+	t.Parallel()
+	e := Entry{
+		Kubeconfig: "/etc/cni/net.d/detour-kubeconfig", LogFile: "/var/log/detour-cni.log", LogLevel: "debug",
+		ExcludeNamespaces: []string{"kube-system"}, Preset: "istio", Config: json.RawMessage(`{"backend":"nftables"}`),
+		Capabilities: map[string]bool{CapabilityPodAnnotations: true},
+	}
+	b, err := json.Marshal(e)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The runtime adds the network's name and version.
+	b = append([]byte(`{"cniVersion":"1.1.0","name":"k8s-pod-network",`), b[1:]...)
+	conf, err := cni.ParseConf(b)
+	if err != nil {
+		t.Fatalf("the plugin refuses the entry: %v\n%s", err, b)
+	}
+	got := Entry{Kubeconfig: conf.Kubeconfig, LogFile: conf.LogFile, LogLevel: conf.LogLevel, ExcludeNamespaces: conf.ExcludeNamespaces, Preset: conf.Preset, Config: conf.Config, Capabilities: e.Capabilities}
+	if d := cmp.Diff(e, got); d != "" || conf.Type != PluginType {
+		t.Errorf("the plugin reads the entry differently (-entry +plugin):\n%s\ntype %q", d, conf.Type)
 	}
 }

@@ -900,6 +900,9 @@ func (in *Installer) Ready() error {
 	if len(ours) == 0 || ours[len(ours)-1] != len(plugins)-1 {
 		return notReady("%s does not end with the detour-cni entry", real)
 	}
+	if len(ours) == len(plugins) {
+		return notReady("%s has no plugin before detour-cni: pods would get no interface", real)
+	}
 	return nil
 }
 

@@ -319,6 +319,30 @@ func TestInstallBrokenPrimary(t *testing.T) {
 	}
 }
 
+// TestInstallRefusesEmptyPrimary: a conflist without plugins is one the runtime
+// refuses to load; with detour-cni as its only plugin it would load, and give
+// every pod of the node a network namespace without an interface. The installer
+// leaves it alone, and Ready says the node is not ready.
+func TestInstallRefusesEmptyPrimary(t *testing.T) {
+	t.Parallel()
+	n := newNode(t)
+	p := filepath.Join(n.conf, "10-empty.conflist")
+	const doc = `{"cniVersion": "1.0.0", "name": "x", "plugins": []}`
+	writeFile(t, p, doc)
+	in := New(n.options())
+	_, err := in.Install(context.Background())
+	if err == nil || !strings.Contains(err.Error(), p) || !strings.Contains(err.Error(), "no plugin for detour-cni to chain after") {
+		t.Fatalf("Install error = %v, want one naming %s and the missing plugin", err, p)
+	}
+	if string(readFile(t, p)) != doc {
+		t.Error("the empty primary was rewritten")
+	}
+	writeFile(t, p, `{"cniVersion": "1.0.0", "name": "x", "plugins": [{"type": "detour-cni"}]}`)
+	if err := in.Ready(); !errors.Is(err, ErrNotReady) || !strings.Contains(err.Error(), "no plugin before detour-cni") {
+		t.Errorf("Ready with detour-cni alone in %s = %v, want not ready", p, err)
+	}
+}
+
 func TestOptionsValidate(t *testing.T) {
 	t.Parallel()
 	n := newNode(t)

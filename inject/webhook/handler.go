@@ -105,7 +105,7 @@ func (h *Handler) Review(req *admissionv1.AdmissionRequest, optedIn bool) *admis
 	if name == "" {
 		name = pod.GenerateName + "*"
 	}
-	want, reason, err := inject.Wanted(req.Namespace, pod.ObjectMeta, pod.Spec.HostNetwork, optedIn)
+	want, reason, err := inject.Wanted(req.Namespace, pod.ObjectMeta, pod.Spec, optedIn)
 	if err != nil {
 		h.log().Info("sidecar injection refused", "namespace", req.Namespace, "pod", name, "error", err)
 		return deny(http.StatusBadRequest, err)

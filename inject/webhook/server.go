@@ -17,6 +17,7 @@ import (
 	"github.com/detour-mesh/detour/controlplane/kube"
 	"github.com/detour-mesh/detour/inject"
 	"github.com/detour-mesh/detour/internal/meshconfig"
+	"github.com/detour-mesh/detour/internal/tcplisten"
 )
 
 // Defaults of the server.
@@ -211,7 +212,7 @@ func (s *Server) Run(ctx context.Context) error {
 	ln := s.o.Listener
 	if ln == nil {
 		var err error
-		if ln, err = net.Listen("tcp", s.o.Address); err != nil {
+		if ln, err = tcplisten.Listen(s.o.Address); err != nil {
 			return fmt.Errorf("listen for the webhook: %w", err)
 		}
 	}
@@ -247,7 +248,7 @@ func (s *Server) Run(ctx context.Context) error {
 	if err := ensureConfiguration(ctx, s.o.Client, s.o.Configuration, own); err != nil {
 		return err
 	}
-	s.log.Info("injection webhook serving", "address", ln.Addr().String(), "configuration", s.o.Configuration.withDefaults().Name,
+	s.log.Info("injection webhook serving", "address", ln.Addr().String(), "families", tcplisten.Families(ln.Addr()), "configuration", s.o.Configuration.withDefaults().Name,
 		"sidecar", map[bool]string{true: "native", false: "classic"}[s.injector.Native()])
 	close(s.ready)
 

@@ -64,7 +64,7 @@ func TestInjectedManifestsAreStrictlyValid(t *testing.T) {
 				t.Fatal(err)
 			}
 			var out bytes.Buffer
-			if err := in.Manifests(bytes.NewReader(src), &out); err != nil {
+			if err := in.Manifests(bytes.NewReader(src), &out, ""); err != nil {
 				t.Fatalf("%s: %v", path, err)
 			}
 			if !strings.Contains(out.String(), inject.ProxyName) {

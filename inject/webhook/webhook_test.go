@@ -251,6 +251,10 @@ func TestWebhook(t *testing.T) {
 		already.ResourceVersion, already.UID, already.CreationTimestamp = "", "", metav1.Time{}
 		host := testPod("host", nil)
 		host.Spec.HostNetwork = true
+		// detour redirects only Linux network namespaces; an injected Windows
+		// pod was refused by the API server (runAsUser cannot be set there).
+		windows := testPod("windows", nil)
+		windows.Spec.OS = &corev1.PodOS{Name: corev1.Windows}
 		for _, tc := range []struct {
 			name, ns string
 			pod      *corev1.Pod
@@ -258,6 +262,7 @@ func TestWebhook(t *testing.T) {
 			{"unlabelled namespace", "plain", testPod("plain", nil)},
 			{"opted out", "meshed", testPod("out", map[string]string{"detour.io/inject": "disabled"})},
 			{"host network", "meshed", host},
+			{"windows", "meshed", windows},
 			{"already injected", "meshed", already},
 			{"detour-system", "detour-system", testPod("sys", map[string]string{"detour.io/inject": "enabled"})},
 		} {
@@ -306,6 +311,23 @@ func TestWebhook(t *testing.T) {
 				if !strings.Contains(err.Error(), w) {
 					t.Errorf("refusal %q does not name %q", err, w)
 				}
+			}
+		}
+	})
+
+	t.Run("app as the proxy uid refused", func(t *testing.T) {
+		// The rules never capture the proxy's uid: an app running as it would
+		// bypass the mesh unseen, so kubectl shows why the pod is refused.
+		p := testPod("as-proxy", nil)
+		uid := int64(5678)
+		p.Spec.SecurityContext = &corev1.PodSecurityContext{RunAsUser: &uid}
+		_, err := c.create(ctx, "meshed", p, true)
+		if err == nil {
+			t.Fatal("a pod whose app runs as the proxy uid 5678 was admitted")
+		}
+		for _, w := range []string{`spec.securityContext.runAsUser: "5678"`, "container app", "proxy.uid"} {
+			if !strings.Contains(err.Error(), w) {
+				t.Errorf("refusal %q does not name %q", err, w)
 			}
 		}
 	})

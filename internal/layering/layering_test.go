@@ -56,6 +56,7 @@ var rules = []rule{
 	{pkg: "internal/cmdgroup", forbidden: []string{module}, why: "must not import other detour packages"},
 	{pkg: "internal/nlmsg", forbidden: []string{module}, why: "must not import other detour packages"},
 	{pkg: "internal/regularfile", forbidden: []string{module}, why: "must not import other detour packages"},
+	{pkg: "internal/tcplisten", forbidden: []string{module}, why: "must not import other detour packages"},
 	{pkg: "internal/ebpfpins", forbidden: []string{module, "github.com/cilium/ebpf"}, why: "the lean binaries link it: must not import other detour packages or cilium/ebpf"},
 	{pkg: "internal/xtables", forbidden: []string{module}, why: "must not import other detour packages"},
 	{pkg: "internal/netns", forbidden: []string{module}, allow: []string{module + "/internal"}, why: "must not import anything of detour outside internal/"},

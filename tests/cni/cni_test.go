@@ -245,6 +245,33 @@ func TestBadAnnotationFailsAdd(t *testing.T) {
 	}
 }
 
+// TestUnknownPluginConfigKeyFailsAdd: a misspelt key in detour-cni's entry
+// ("backnd" for the config document's backend) fails the ADD through the
+// runtime with code 7 naming it, instead of installing with the default
+// backend; the runtime's DEL after the failed ADD succeeds.
+func TestUnknownPluginConfigKeyFailsAdd(t *testing.T) {
+	h := setup(t)
+	n, err := h.newNetwork("dt-typo", "1.1.0", map[string]any{"backnd": "ebpf"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ns := h.newNamespace(t, nil)
+	p := h.newPod(t, ns, enabled, created)
+	_, err = n.add(t, p)
+	if cniCode(err) != types.ErrInvalidNetworkConfig || !strings.Contains(err.Error(), `plugin config key "backnd" (did you mean the config document's backend?`) {
+		t.Fatalf("ADD with a misspelt key: %v (code %d), want code 7 naming the key", err, cniCode(err))
+	}
+	if r := detourRules(t, p); len(r) != 0 {
+		t.Errorf("rules installed although the plugin config was refused:\n%s", strings.Join(r, "\n"))
+	}
+	if _, ok := n.state(t, p); ok {
+		t.Error("state recorded for a refused ADD")
+	}
+	if err := n.del(p); err != nil {
+		t.Errorf("DEL after the refused ADD: %v", err)
+	}
+}
+
 func TestCheckCatchesDrift(t *testing.T) {
 	h := setup(t)
 	ns := h.newNamespace(t, nil)

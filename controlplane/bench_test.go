@@ -620,7 +620,9 @@ func benchFanOut(b *testing.B, protocol string, distinct bool) {
 
 // BenchmarkBuild measures turning a mesh into every node's validated,
 // versioned snapshot: DETOUR_BENCH_CLIENTS workloads (default 1000) with about
-// 100 listeners each, as replicas (one shared snapshot) or all distinct.
+// 100 listeners each, as replicas (one shared snapshot) or all distinct. From
+// scratch (the first build), and changed: one service replaced, built from
+// the previous build's memo as Server.Update does.
 func BenchmarkBuild(b *testing.B) {
 	n := benchClients(b)
 	for _, distinct := range []bool{false, true} {
@@ -633,6 +635,22 @@ func BenchmarkBuild(b *testing.B) {
 			b.ReportAllocs()
 			for range b.N {
 				if _, err := buildSnapshots(m); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+		b.Run(name+"/change", func(b *testing.B) {
+			prev, err := buildSnapshots(benchMesh(n, 0, distinct))
+			if err != nil {
+				b.Fatal(err)
+			}
+			b.ReportAllocs()
+			b.ResetTimer()
+			for i := range b.N {
+				b.StopTimer()
+				m := benchMesh(n, i+1, distinct)
+				b.StartTimer()
+				if prev, err = buildFrom(m, prev.memo); err != nil {
 					b.Fatal(err)
 				}
 			}

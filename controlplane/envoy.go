@@ -1,6 +1,7 @@
 package controlplane
 
 import (
+	"bytes"
 	"cmp"
 	"encoding/json"
 	"fmt"
@@ -138,6 +139,11 @@ type generator struct {
 	// validate and scan them again.
 	inboundChains   map[inboundChainKey]*listenerv3.FilterChain
 	listenerFilters map[string]*listenerv3.ListenerFilter
+	// prev are the resources the previous build's generator made from
+	// values alone (keyedResources): equal inputs make equal resources, so
+	// one whose key comes up again is reused, pointer and all, with what
+	// that build found of it (buildMemo).
+	prev *keyedResources
 	// Capture answers by redirect config (its JSON encoding, as in shapeKey)
 	// and destination: each redirect answer builds the config's whole
 	// capture, and a thousand workloads of one config ask it for the same
@@ -145,17 +151,25 @@ type generator struct {
 	captures map[captureKey]bool
 	// configs interns the redirect configs' encodings (see config): the
 	// keys of captures and of the build's shapes refer to one copy each.
-	configs map[string]int
-	cfgs    []string
+	configs   map[string]int
+	cfgs      []string
+	configBuf bytes.Buffer
+	configEnc *json.Encoder
 }
 
 // config returns the JSON encoding of c, one string for every equal config
 // of the build, and its number in the build.
 func (g *generator) config(c *redirect.Config) (string, int, error) {
-	b, err := json.Marshal(c)
-	if err != nil {
+	// Encoded into one buffer for the build: only a config not seen yet is
+	// copied.
+	if g.configEnc == nil {
+		g.configEnc = json.NewEncoder(&g.configBuf)
+	}
+	g.configBuf.Reset()
+	if err := g.configEnc.Encode(c); err != nil {
 		return "", 0, fmt.Errorf("encode redirect config: %w", err)
 	}
+	b := bytes.TrimSuffix(g.configBuf.Bytes(), []byte("\n"))
 	if id, ok := g.configs[string(b)]; ok {
 		return g.cfgs[id], id, nil
 	}
@@ -179,12 +193,23 @@ func (g *generator) capturesOutbound(cfg string, c *redirect.Config, dst netip.A
 		return capturesOutbound(c, dst, port)
 	}
 	k := captureKey{cfg, dst, port}
-	ok, seen := g.captures[k]
+	ok, seen := g.captured(k)
 	if !seen {
 		ok = capturesOutbound(c, dst, port)
 		g.captures[k] = ok
 	}
 	return ok
+}
+
+// captured returns the memoized answer of k, this build's or the previous one's.
+func (g *generator) captured(k captureKey) (ok, seen bool) {
+	if ok, seen = g.captures[k]; seen {
+		return ok, seen
+	}
+	if ok, seen = g.prev.captures[k]; seen {
+		g.captures[k] = ok
+	}
+	return ok, seen
 }
 
 // capturesInbound is capturesInbound(c, port), memoized as capturesOutbound.
@@ -193,7 +218,7 @@ func (g *generator) capturesInbound(cfg string, c *redirect.Config, port uint16)
 		return capturesInbound(c, port)
 	}
 	k := captureKey{config: cfg, port: port}
-	ok, seen := g.captures[k]
+	ok, seen := g.captured(k)
 	if !seen {
 		ok = capturesInbound(c, port)
 		g.captures[k] = ok
@@ -225,6 +250,42 @@ type endpointAddr struct {
 	targetPorts map[string]uint16
 }
 
+// keyedResources are the resources a generator makes from values alone, by
+// key (a service's resources are keyed by the Service itself and are not
+// among them). The same key gives an equal resource in every build.
+type keyedResources struct {
+	listeners map[string]*listenerv3.Listener
+	clusters  map[string]*clusterv3.Cluster
+	// captures are the redirect answers (generator.captures), which depend
+	// on the config's encoding and the destination alone.
+	captures map[captureKey]bool
+}
+
+// keyedListener returns the listener of key made by this build or, reused,
+// by the previous one.
+func (g *generator) keyedListener(key []byte) (*listenerv3.Listener, bool) {
+	if l, ok := g.listeners[string(key)]; ok {
+		return l, true
+	}
+	if l, ok := g.prev.listeners[string(key)]; ok {
+		g.listeners[string(key)] = l
+		return l, true
+	}
+	return nil, false
+}
+
+// keyedCluster is keyedListener for clusters.
+func (g *generator) keyedCluster(key string) (*clusterv3.Cluster, bool) {
+	if c, ok := g.clusters[key]; ok {
+		return c, true
+	}
+	if c, ok := g.prev.clusters[key]; ok {
+		g.clusters[key] = c
+		return c, true
+	}
+	return nil, false
+}
+
 func newGenerator(m *Mesh) *generator {
 	g := &generator{
 		mesh:      m,
@@ -241,6 +302,7 @@ func newGenerator(m *Mesh) *generator {
 		listenerFilters:  make(map[string]*listenerv3.ListenerFilter),
 		captures:         make(map[captureKey]bool),
 		configs:          make(map[string]int),
+		prev:             &keyedResources{},
 	}
 	for i := range m.Services {
 		s := &m.Services[i]
@@ -455,8 +517,8 @@ func portMatch(port uint16) *listenerv3.FilterChainMatch {
 }
 
 func (g *generator) outboundListener(name string, addr netip.Addr, port uint16, catchAll string) *listenerv3.Listener {
-	key := name + "|" + strconv.Itoa(int(port)) + "|" + catchAll
-	if l, ok := g.listeners[key]; ok {
+	key := name + "|" + addr.String() + "|" + strconv.Itoa(int(port)) + "|" + catchAll
+	if l, ok := g.keyedListener([]byte(key)); ok {
 		return l
 	}
 	l := &listenerv3.Listener{
@@ -509,6 +571,27 @@ func (g *generator) serviceListener(s *Service, pi int, vip netip.Addr) *listene
 }
 
 func (g *generator) inboundListener(name string, addr netip.Addr, port uint16, transparent bool, ports []InboundPort, passthrough string) *listenerv3.Listener {
+	// Everything the listener is made of: a workload's own listener, the
+	// same in the next build unless the workload changed.
+	key := make([]byte, 0, 64+8*len(ports))
+	key = append(key, name...)
+	key = append(key, '|')
+	key = addr.AppendTo(key)
+	key = append(key, '|')
+	key = strconv.AppendUint(key, uint64(port), 10)
+	key = append(key, '|')
+	key = strconv.AppendBool(key, transparent)
+	key = append(key, '|')
+	key = append(key, passthrough...)
+	for _, p := range ports {
+		key = append(key, '|')
+		key = strconv.AppendUint(key, uint64(p.Port), 10)
+		key = append(key, ' ')
+		key = append(key, p.Protocol...)
+	}
+	if l, ok := g.keyedListener(key); ok {
+		return l
+	}
 	chains := make([]*listenerv3.FilterChain, 0, len(ports)+2)
 	chains = append(chains, g.inboundChain(inboundChainKey{kind: ChainLoopGuard, port: port}))
 	for _, p := range ports {
@@ -534,6 +617,7 @@ func (g *generator) inboundListener(name string, addr netip.Addr, port uint16, t
 		// and route the app's replies back to the proxy.
 		l.ListenerFilters = append(l.ListenerFilters, g.listenerFilter(filterOriginalSrc))
 	}
+	g.listeners[string(key)] = l
 	return l
 }
 
@@ -676,7 +760,7 @@ func (g *generator) dnsListener(name string, addr netip.Addr, port uint16, vips 
 }
 
 func (g *generator) blackhole() *clusterv3.Cluster {
-	if c, ok := g.clusters[ClusterBlackhole]; ok {
+	if c, ok := g.keyedCluster(ClusterBlackhole); ok {
 		return c
 	}
 	c := &clusterv3.Cluster{
@@ -689,7 +773,7 @@ func (g *generator) blackhole() *clusterv3.Cluster {
 }
 
 func (g *generator) passthrough() *clusterv3.Cluster {
-	if c, ok := g.clusters[ClusterPassthrough]; ok {
+	if c, ok := g.keyedCluster(ClusterPassthrough); ok {
 		return c
 	}
 	c := &clusterv3.Cluster{
@@ -704,7 +788,7 @@ func (g *generator) passthrough() *clusterv3.Cluster {
 
 func (g *generator) inboundPassthrough(name string, source netip.Addr) *clusterv3.Cluster {
 	key := name + "|" + source.String()
-	if c, ok := g.clusters[key]; ok {
+	if c, ok := g.keyedCluster(key); ok {
 		return c
 	}
 	c := &clusterv3.Cluster{
@@ -734,7 +818,7 @@ func (g *generator) inboundPassthrough(name string, source netip.Addr) *clusterv
 func (g *generator) localAppCluster(p InboundPort, src redirect.AddressPair, v4, v6 bool) *clusterv3.Cluster {
 	name := InboundClusterName(p.Port)
 	key := name + "|" + strconv.Itoa(int(p.AppPort)) + "|" + familyKey(v4, v6) + "|" + src.IPv4.String() + "|" + src.IPv6.String()
-	if c, ok := g.clusters[key]; ok {
+	if c, ok := g.keyedCluster(key); ok {
 		return c
 	}
 	c := &clusterv3.Cluster{

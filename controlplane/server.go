@@ -3,6 +3,7 @@ package controlplane
 import (
 	"context"
 	"log/slog"
+	"sync"
 
 	"github.com/detour-mesh/detour/controlplane/xds"
 )
@@ -14,6 +15,9 @@ import (
 type Server struct {
 	*xds.Server
 	log *slog.Logger
+
+	buildMu sync.Mutex // serialises builds: each starts from the last one's memo
+	memo    *buildMemo // of the last build served
 }
 
 // NewServer returns a Server with no mesh yet: proxies that connect wait until
@@ -32,7 +36,12 @@ func NewServer(opts xds.Options) *Server {
 // is returned (it matches redirect.ErrInvalid or ErrInvalidResources), counted
 // as a rejected update, and the previous mesh keeps being served.
 func (s *Server) Update(ctx context.Context, m *Mesh) (xds.UpdateResult, error) {
-	b, err := buildSnapshots(m)
+	s.buildMu.Lock()
+	b, err := buildFrom(m, s.memo)
+	if err == nil {
+		s.memo = b.memo
+	}
+	s.buildMu.Unlock()
 	if err != nil {
 		s.Reject(err)
 		return xds.UpdateResult{}, err

@@ -4,6 +4,10 @@ import (
 	"net/netip"
 	"slices"
 	"testing"
+
+	cachev3 "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
+
+	"github.com/detour-mesh/detour/redirect"
 )
 
 func TestVersionsAreContentHashes(t *testing.T) {
@@ -53,5 +57,97 @@ func TestVersionsAreContentHashes(t *testing.T) {
 	want := []string{"dns-dual", "redirect-dual", "redirect-ipv6", "tproxy-dual"} // excluded-ports excludes cache's VIP
 	if !slices.Equal(changed, want) {
 		t.Errorf("nodes whose clusters changed = %v, want %v", changed, want)
+	}
+}
+
+// A build from the previous build's memo serves exactly what a build from
+// scratch serves, through changes of everything a workload's own listeners
+// and clusters are made of, and reuses what did not change.
+func TestBuildFromMemoMatchesFreshBuild(t *testing.T) {
+	t.Parallel()
+	workload := func(m *Mesh, id string) *Workload {
+		for i := range m.Workloads {
+			if m.Workloads[i].NodeID == id {
+				return &m.Workloads[i]
+			}
+		}
+		t.Fatalf("no workload %s", id)
+		return nil
+	}
+	steps := []struct {
+		name   string
+		change func(*Mesh)
+	}{
+		{"unchanged", func(*Mesh) {}},
+		{"inbound protocol", func(m *Mesh) { workload(m, "redirect-ipv4").Inbound[0].Protocol = ProtocolTCP }},
+		{"app port", func(m *Mesh) { workload(m, "redirect-ipv4").Inbound[1].AppPort = 19091 }},
+		{"inbound port added", func(m *Mesh) {
+			w := workload(m, "redirect-ipv6")
+			w.Inbound = append(w.Inbound, InboundPort{Port: 7070, AppPort: 7070, Protocol: ProtocolHTTP})
+		}},
+		{"mode", func(m *Mesh) { workload(m, "tproxy-ipv4").TransparentProxy.Mode = redirect.ModeRedirect }},
+		{"passthrough source", func(m *Mesh) {
+			workload(m, "redirect-dual").TransparentProxy.Proxy.InboundPassthroughSource.IPv4 = netip.MustParseAddr("127.0.0.7")
+		}},
+		{"proxy ports", func(m *Mesh) {
+			p := &workload(m, "tproxy-dual").TransparentProxy.Proxy
+			p.InboundPort, p.OutboundPort = 15016, 15011
+		}},
+		{"excluded ports", func(m *Mesh) {
+			workload(m, "excluded-ports").TransparentProxy.Inbound.ExcludePorts = []redirect.PortRange{{First: 22, Last: 22}}
+		}},
+		{"outbound policy", func(m *Mesh) { m.OutboundPolicy = RegistryOnly }},
+		{"endpoint", func(m *Mesh) {
+			m.Services[0].Endpoints = append(m.Services[0].Endpoints, Endpoint{Address: netip.MustParseAddr("203.0.113.23")})
+		}},
+		{"back to the start", nil},
+	}
+	m := loadMesh(t, "testdata/matrix.yaml")
+	prev, err := buildSnapshots(m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, step := range steps {
+		if step.change == nil {
+			m = loadMesh(t, "testdata/matrix.yaml")
+		} else {
+			step.change(m)
+		}
+		memo, err := buildFrom(m, prev.memo)
+		if err != nil {
+			t.Fatalf("%s: build from the memo: %v", step.name, err)
+		}
+		fresh, err := buildSnapshots(m)
+		if err != nil {
+			t.Fatalf("%s: build: %v", step.name, err)
+		}
+		if len(memo.nodes) != len(fresh.nodes) {
+			t.Fatalf("%s: %d nodes from the memo, %d from scratch", step.name, len(memo.nodes), len(fresh.nodes))
+		}
+		changed := 0
+		for id, ns := range fresh.nodes {
+			if got := memo.nodes[id]; got == nil || got.Versions() != ns.Versions() {
+				t.Errorf("%s: node %s from the memo has versions %v, from scratch %v", step.name, id, got.Versions(), ns.Versions())
+			}
+			if prev.nodes[id].Versions() != ns.Versions() {
+				changed++
+			}
+		}
+		if (i == 0) != (changed == 0) {
+			t.Errorf("%s: %d nodes changed", step.name, changed)
+		}
+		if i == 0 {
+			// Nothing changed: every resource the memo kept is served again
+			// as it was, not encoded again.
+			for r, v := range memo.memo.served {
+				if prev.memo.served[r] != v {
+					t.Errorf("unchanged: %T %s encoded again", r, cachev3.GetResourceName(r))
+				}
+			}
+			if len(memo.memo.served) == 0 || len(memo.memo.served) != len(prev.memo.served) {
+				t.Errorf("unchanged: the memo kept %d resources, the build before it %d", len(memo.memo.served), len(prev.memo.served))
+			}
+		}
+		prev = memo
 	}
 }

@@ -236,6 +236,9 @@ type checker struct {
 	chains     map[*listenerv3.Listener]string
 	matches    map[*listenerv3.FilterChain][]byte // encoded filter chain matches
 	addrs      map[*listenerv3.Listener]string
+	// prev is what the previous build found of the resources it left
+	// (buildMemo): they are valid, and their facts are read from it.
+	prev *buildMemo
 }
 
 func newChecker() *checker {
@@ -254,6 +257,9 @@ func newChecker() *checker {
 }
 
 func (c *checker) validate(m proto.Message, kind, name string) error {
+	if c.prev.valid(m) {
+		return nil
+	}
 	err, seen := c.valid[m]
 	if !seen {
 		c.walker.path = c.walker.path[:0]
@@ -316,7 +322,11 @@ func (c *checker) check(node string, r Resources) error {
 			fail("listener", l.GetName(), "name", "is duplicated")
 		}
 		names[l.GetName()] = true
+		prev, known := c.prev.listener(l)
 		addr, ok := c.addrs[l]
+		if known {
+			addr, ok = prev.addr, true
+		}
 		if !ok {
 			addr = listenerAddress(l.GetAddress())
 			c.addrs[l] = addr
@@ -329,6 +339,9 @@ func (c *checker) check(node string, r Resources) error {
 			fail("listener", l.GetName(), "use_original_dst", "is set on a listener that does not bind; nothing would reach it")
 		}
 		reason, seen := c.chains[l]
+		if known {
+			reason, seen = prev.chains, true
+		}
 		if !seen {
 			reason = c.checkChains(l)
 			c.chains[l] = reason
@@ -460,6 +473,9 @@ func (c *checker) chainMatch(fc *listenerv3.FilterChain) ([]byte, error) {
 func (c *checker) clusterRefs(l *listenerv3.Listener) ([]string, error) {
 	if refs, ok := c.refs[l]; ok {
 		return refs, nil
+	}
+	if f, ok := c.prev.listener(l); ok {
+		return f.refs, nil
 	}
 	var refs []string
 	chains := l.GetFilterChains()

@@ -16,6 +16,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/anypb"
 )
 
 // adsServer serves ADS streams, SotW and delta, from the servingCache. It
@@ -359,8 +360,15 @@ func (s *adsStream) flush(fs *flights, last *flight) (*flight, error) {
 		p.ts.nonce = nonce
 		var msg any
 		var version string
+		var borrowed *[]*anypb.Any // the response's list, given back once it is encoded
 		if p.sotw != nil {
-			r, err := p.sotw.GetDiscoveryResponse()
+			var r *discoveryv3.DiscoveryResponse
+			var err error
+			if sr, ok := p.sotw.(*sotwResponse); ok {
+				r, borrowed = sr.pushResponse()
+			} else {
+				r, err = p.sotw.GetDiscoveryResponse()
+			}
 			if err != nil {
 				s.mu.Unlock()
 				return last, status.Errorf(codes.Internal, "response of %s: %v", p.ts.url, err)
@@ -388,7 +396,9 @@ func (s *adsStream) flush(fs *flights, last *flight) (*flight, error) {
 			last.wait()
 			last = fs.expect(msg)
 		}
-		if err := s.grpc.SendMsg(msg); err != nil {
+		err := s.grpc.SendMsg(msg)
+		giveBack(borrowed) // SendMsg encoded it, or never will
+		if err != nil {
 			fs.take(msg)
 			return last, err
 		}

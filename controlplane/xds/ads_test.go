@@ -1,7 +1,9 @@
 package xds
 
 import (
+	"bytes"
 	"context"
+	"fmt"
 	"net"
 	"slices"
 	"testing"
@@ -260,4 +262,81 @@ func TestADSDeltaReleasesSentState(t *testing.T) {
 	waitSent(after.clusters.version)
 	cancel()
 	waitSent()
+}
+
+// TestADSSotWNodesGetTheirOwnResources: proxies of distinct snapshots, pushed
+// one after another by the same workers (whose full SotW lists are reused
+// from push to push), each receive exactly their own resources, on
+// connection and after a change.
+func TestADSSotWNodesGetTheirOwnResources(t *testing.T) {
+	t.Parallel()
+	const n = 12
+	snaps := func(variant int) map[string]*Snapshot {
+		var sb SnapshotBuilder
+		nodes := make(map[string]*Snapshot, n)
+		for i := range n {
+			own := fmt.Sprintf("inbound|%d", 9000+i)
+			cs := []*Resource{testCluster(t, "blackhole", 0), testCluster(t, own, 1+variant)}
+			if i%2 == 0 {
+				cs = append(cs, testCluster(t, "outbound|80|web", 2))
+			}
+			s, err := sb.Snapshot(nil, cs)
+			if err != nil {
+				t.Fatal(err)
+			}
+			nodes[fmt.Sprintf("n%d", i)] = s
+		}
+		return nodes
+	}
+	want := func(i int) []string {
+		if i%2 == 0 {
+			return []string{"blackhole", fmt.Sprintf("inbound|%d", 9000+i), "outbound|80|web"}
+		}
+		return []string{"blackhole", fmt.Sprintf("inbound|%d", 9000+i)}
+	}
+	srv := NewServer(Options{})
+	ctx, cancel := context.WithTimeout(context.Background(), testTimeout)
+	t.Cleanup(cancel)
+	before, after := snaps(0), snaps(1)
+	if _, err := srv.SetSnapshots(ctx, Snapshots{Nodes: before}); err != nil {
+		t.Fatal(err)
+	}
+	client := adsClient(t, srv)
+	streams := make([]<-chan *discoveryv3.DiscoveryResponse, n)
+	sends := make([]func(*discoveryv3.DiscoveryRequest) error, n)
+	for i := range n {
+		st, err := client.StreamAggregatedResources(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		streams[i], sends[i] = responses(st.Recv), st.Send
+		if err := st.Send(&discoveryv3.DiscoveryRequest{Node: &corev3.Node{Id: fmt.Sprintf("n%d", i)}, TypeUrl: resourcev3.ClusterType}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for round, nodes := range []map[string]*Snapshot{before, after} {
+		if round == 1 {
+			if _, err := srv.SetSnapshots(ctx, Snapshots{Nodes: after}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		for i := range n {
+			r := within(t, streams[i], testTimeout)
+			id := fmt.Sprintf("n%d", i)
+			if r == nil || r.GetVersionInfo() != nodes[id].Versions().Clusters {
+				t.Fatalf("round %d: node %s got %v, want version %s", round, id, r, nodes[id].Versions().Clusters)
+			}
+			if got := names(t, r.GetResources()); !slices.Equal(got, want(i)) {
+				t.Errorf("round %d: node %s got clusters %v, want %v", round, id, got, want(i))
+			}
+			for _, a := range r.GetResources() {
+				if !slices.ContainsFunc(nodes[id].clusters.resources, func(res *Resource) bool { return bytes.Equal(res.any.GetValue(), a.GetValue()) }) {
+					t.Errorf("round %d: node %s got a cluster that is not its own", round, id)
+				}
+			}
+			if err := sends[i](&discoveryv3.DiscoveryRequest{TypeUrl: resourcev3.ClusterType, VersionInfo: r.GetVersionInfo(), ResponseNonce: r.GetNonce()}); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
 }

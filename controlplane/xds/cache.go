@@ -250,6 +250,18 @@ type sotwResponse struct {
 	returned         map[string]string
 }
 
+// pushResponse is GetDiscoveryResponse for a push: the list of a full
+// response of a type only one node is served is borrowed (servedType.borrow)
+// and must be given back (giveBack) once the response is encoded, which
+// SendMsg does before it returns.
+func (r *sotwResponse) pushResponse() (*discoveryv3.DiscoveryResponse, *[]*anypb.Any) {
+	resources, borrowed := r.resources, (*[]*anypb.Any)(nil)
+	if r.full != nil {
+		resources, borrowed = r.full.borrow()
+	}
+	return &discoveryv3.DiscoveryResponse{VersionInfo: r.version, Resources: resources, TypeUrl: r.typeURL}, borrowed
+}
+
 func (r *sotwResponse) GetDiscoveryResponse() (*discoveryv3.DiscoveryResponse, error) {
 	resources := r.resources
 	if r.full != nil {

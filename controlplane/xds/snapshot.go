@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"fmt"
 	"slices"
+	"sync"
 	"sync/atomic"
 
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
@@ -95,6 +96,41 @@ func (t *servedType) fullResources() []*anypb.Any {
 		return *t.all.Load() // another response made it first
 	}
 	return all
+}
+
+// anyLists are the lists of full SotW responses of types only one node is
+// served (servedType.borrow), reused from push to push: made for each
+// response, they were 0.8 KiB of garbage per response of 100 resources,
+// 16 MB per change at 10,000 distinct workloads.
+var anyLists sync.Pool // of *[]*anypb.Any
+
+// borrow returns what fullResources does; for a type of one node the list
+// is borrowed from anyLists (and returned with it): give it back (giveBack)
+// once the response holding it is encoded.
+func (t *servedType) borrow() ([]*anypb.Any, *[]*anypb.Any) {
+	if len(t.resources) == 0 || t.shared.Load() || t.all.Load() != nil {
+		return t.fullResources(), nil
+	}
+	p, _ := anyLists.Get().(*[]*anypb.Any)
+	if p == nil {
+		p = new([]*anypb.Any)
+	}
+	list := (*p)[:0]
+	for _, r := range t.resources {
+		list = append(list, r.any)
+	}
+	*p = list
+	return list, p
+}
+
+// giveBack returns a list borrow lent (nil: none).
+func giveBack(p *[]*anypb.Any) {
+	if p == nil {
+		return
+	}
+	clear(*p) // holds no snapshot's resources while pooled
+	*p = (*p)[:0]
+	anyLists.Put(p)
 }
 
 // returnedMap returns the map {returnedAll: version} that every stream

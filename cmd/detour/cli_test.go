@@ -287,10 +287,7 @@ func TestFlagsOfEveryCommand(t *testing.T) {
 // namespace instead of the cgroup the user named: exit 2, naming both.
 func TestCgroupNeedsEBPF(t *testing.T) {
 	t.Parallel()
-	cg, err := bpf.CgroupRoot()
-	if err != nil {
-		t.Skipf("no cgroup v2 hierarchy here: %v", err)
-	}
+	cg := childCgroup(t)
 	for _, backend := range []string{"nftables", "iptables", "auto"} {
 		for _, cmd := range []string{"plan", "check", "explain"} {
 			args := []string{cmd, "--cgroup", cg, "--backend", backend}
@@ -364,10 +361,7 @@ func TestCgroupPathSpellings(t *testing.T) {
 	if leanBuild {
 		t.Skip("the lean build hands plan --backend ebpf to detour-ebpf (tests/ runs both)")
 	}
-	cg, err := bpf.CgroupRoot()
-	if err != nil {
-		t.Skipf("no cgroup v2 hierarchy here: %v", err)
-	}
+	cg := childCgroup(t)
 	table := func(path string) string {
 		t.Helper()
 		code, out, stderr := runCLI(t, "plan", "--backend", "ebpf", "--ip-families", "ipv4", "--cgroup", path)
@@ -389,4 +383,62 @@ func TestCgroupPathSpellings(t *testing.T) {
 			t.Errorf("plan --cgroup %s: %q; want %q, as for %s", spelling, got, want, cg)
 		}
 	}
+}
+
+// TestCgroupRootRefused: --cgroup naming the root of the cgroup v2 hierarchy
+// is exit 2 on every command that takes a configuration. A cgroup scope at the
+// root captures every process of the machine, in every network namespace
+// (each container's too): what `--cgroup "/sys/fs/cgroup/$UNIT"` gives a
+// script whose UNIT is unset. Before, it was taken, and install attached the
+// programs there. Only read-only commands run here: a regression must not
+// capture the machine the test runs on.
+func TestCgroupRootRefused(t *testing.T) {
+	if leanBuild {
+		t.Skip("the lean build hands --cgroup to detour-ebpf (tests/ runs both)")
+	}
+	cg, err := bpf.CgroupRoot()
+	if err != nil {
+		t.Skipf("no cgroup v2 hierarchy here: %v", err)
+	}
+	for _, path := range []string{cg, cg + "/", cg + "/."} {
+		for _, cmd := range [][]string{
+			{"plan", "--backend", "ebpf"},
+			{"check", "--backend", "ebpf"},
+			{"install", "--dry-run", "--backend", "ebpf"},
+		} {
+			args := append(append([]string{}, cmd...), "--cgroup", path)
+			code, _, stderr := runCLI(t, args...)
+			want := strconv.Quote(path) + ` for "--cgroup" flag: is the root of the cgroup v2 hierarchy`
+			if code != 2 || !strings.Contains(stderr, want) {
+				t.Errorf("%s: exit %d, stderr %q; want exit 2 and %q", strings.Join(args, " "), code, stderr, want)
+			}
+		}
+	}
+}
+
+// childCgroup is a cgroup v2 directory below the root of the hierarchy (the
+// root is no cgroup scope): one the test makes as root, else this process's
+// own; the test skips when neither is there.
+func childCgroup(t *testing.T) string {
+	t.Helper()
+	root, err := bpf.CgroupRoot()
+	if err != nil {
+		t.Skipf("no cgroup v2 hierarchy here: %v", err)
+	}
+	dir, err := os.MkdirTemp(root, "detour-cli-test-")
+	if err == nil {
+		t.Cleanup(func() { os.Remove(dir) })
+		return dir
+	}
+	data, err := os.ReadFile("/proc/self/cgroup")
+	if err != nil {
+		t.Skipf("no cgroup of this process: %v", err)
+	}
+	for _, l := range strings.Split(string(data), "\n") {
+		if own, ok := strings.CutPrefix(l, "0::"); ok && own != "/" {
+			return filepath.Join(root, own)
+		}
+	}
+	t.Skip("no cgroup v2 directory below the root to plan for (not root, and this process is in the root cgroup)")
+	return ""
 }

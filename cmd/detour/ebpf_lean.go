@@ -40,6 +40,10 @@ func (g *globalOptions) ebpfRootToJoin(redirect.Backend) string { return "" }
 // which checks it (exit 2 when it is not a cgroup v2 directory).
 func checkCgroup(string) error { return nil }
 
+// cgroupIsRoot is false: --cgroup hands the command to detour-ebpf, which
+// refuses the root of the hierarchy.
+func cgroupIsRoot(string) bool { return false }
+
 // handOverEarly execs detour-ebpf at once when the command line, the
 // environment or the node plainly needs the eBPF backend, before the lean
 // build spends anything on the command (earlyEBPF); it returns when nothing

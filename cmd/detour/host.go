@@ -230,6 +230,12 @@ func (f cgroupFlag) Set(v string) error {
 	if err := checkCgroup(v); err != nil {
 		return errors.New("is not a cgroup v2 directory")
 	}
+	// An unset variable in --cgroup "/sys/fs/cgroup/$UNIT" names the root:
+	// never "every process of the machine". uninstall still takes it, to
+	// remove a scope a detour that allowed it left there.
+	if (f.gone == nil || !*f.gone) && cgroupIsRoot(v) {
+		return errors.New("is the root of the cgroup v2 hierarchy: a cgroup scope there would capture every process of the machine, in every network namespace (name a service's or slice's cgroup below it, or leave --cgroup out to capture one network namespace)")
+	}
 	*f.p = v
 	return nil
 }

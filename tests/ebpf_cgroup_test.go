@@ -122,7 +122,6 @@ func TestEBPFCgroup(t *testing.T) {
 			}
 
 			cgroupExplainLive(t, p, cg)
-			cgroupValidateProxyOutside(t, p, cg)
 			cgroupInbound(t, p, h, cg, kept)
 
 			for range 2 {
@@ -148,6 +147,9 @@ func TestEBPFCgroup(t *testing.T) {
 			o := p.app(0, notExcluded())
 			got, err := h.dial(o)
 			checkReply(t, "after uninstall (inside the cgroup)", o, srvRemote, got, err)
+			// The helper, the proxy, still holds the outbound port; its cgroup
+			// holds no scope any more.
+			cgroupValidateProxyOutside(t, p, cg)
 		})
 	}
 }
@@ -186,8 +188,8 @@ func cgroupExplainLive(t *testing.T, p *pod, cg string) {
 // proxy, but the proxy's SO_ORIGINAL_DST is answered only below the scope's
 // cgroup: the proxy cannot learn any connection's destination. validate
 // said "ok … held by the proxy's socket" (exit 0); it must exit 5 naming the
-// proxy's cgroup and the scope's. A second scope, a sibling of the test's
-// cgroup where the helper holds the outbound port.
+// proxy's cgroup and the scope's. A scope on a sibling of the test's cgroup
+// cg, where the helper holds the outbound port and no scope is left.
 func cgroupValidateProxyOutside(t *testing.T, p *pod, cg string) {
 	t.Helper()
 	app := cg + "-app"

@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"io"
 	"net/netip"
 	"os"
@@ -421,24 +422,33 @@ func TestCgroupRootRefused(t *testing.T) {
 // own; the test skips when neither is there.
 func childCgroup(t *testing.T) string {
 	t.Helper()
+	cg, why := findChildCgroup(t)
+	if cg == "" {
+		t.Skip(why)
+	}
+	return cg
+}
+
+// findChildCgroup is childCgroup's directory, or "" and why there is none.
+func findChildCgroup(t *testing.T) (string, string) {
+	t.Helper()
 	root, err := bpf.CgroupRoot()
 	if err != nil {
-		t.Skipf("no cgroup v2 hierarchy here: %v", err)
+		return "", fmt.Sprintf("no cgroup v2 hierarchy here: %v", err)
 	}
 	dir, err := os.MkdirTemp(root, "detour-cli-test-")
 	if err == nil {
 		t.Cleanup(func() { os.Remove(dir) })
-		return dir
+		return dir, ""
 	}
 	data, err := os.ReadFile("/proc/self/cgroup")
 	if err != nil {
-		t.Skipf("no cgroup of this process: %v", err)
+		return "", fmt.Sprintf("no cgroup of this process: %v", err)
 	}
 	for _, l := range strings.Split(string(data), "\n") {
 		if own, ok := strings.CutPrefix(l, "0::"); ok && own != "/" {
-			return filepath.Join(root, own)
+			return filepath.Join(root, own), ""
 		}
 	}
-	t.Skip("no cgroup v2 directory below the root to plan for (not root, and this process is in the root cgroup)")
-	return ""
+	return "", "no cgroup v2 directory below the root (not root, and this process is in the root cgroup)"
 }

@@ -6,9 +6,11 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"strconv"
 	"strings"
+	"unsafe"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/asm"
@@ -131,7 +133,7 @@ func (l *Loader) goneNetns() ([]uint64, error) {
 		}
 		ino, err := markInode(filepath.Join(l.aliveDir(), p.Name()))
 		if err != nil {
-			l.log().Warn("ebpf: read a network namespace's liveness mark; taking it to be alive", "netns_cookie", cookie, "error", err)
+			l.warnOnce("ebpf: read a network namespace's liveness mark; taking it to be alive", "netns_cookie", cookie, "error", err)
 			continue
 		}
 		if ino == 0 {
@@ -145,7 +147,7 @@ func (l *Loader) goneNetns() ([]uint64, error) {
 	// detach`): the kernel cannot tell the two apart. A namespace that can
 	// still be found is alive, whatever its mark says.
 	for cookie, where := range findNetns(out) {
-		l.log().Warn("ebpf: a network namespace's liveness mark reads as gone, yet the namespace is there (was the mark detached by hand?); its scope is not stale; a re-install in it marks it again",
+		l.warnOnce("ebpf: a network namespace's liveness mark reads as gone, yet the namespace is there (was the mark detached by hand?); its scope is not stale; a re-install in it marks it again",
 			"netns_cookie", cookie, "found_at", where)
 		out = slices.DeleteFunc(out, func(c uint64) bool { return c == cookie })
 	}
@@ -220,19 +222,57 @@ func unescapeMount(s string) string {
 
 // markInode is the netns inode a mark's link reads: the namespace's nsfs
 // inode while it lives, 0 once it is gone.
+//
+// Every eBPF install, uninstall, status, sweep and CNI ADD reads the mark of
+// each enrolled namespace, and on a virtual machine each system call costs
+// microseconds, so this makes three: BPF_OBJ_GET, one BPF_OBJ_GET_INFO_BY_FD
+// of the info's first 24 bytes, and close. (cilium/ebpf's LoadPinnedLink then
+// Info made five, reading the info twice and the descriptor's type through
+// a readlink of /proc/self/fd.) Without that readlink, a map or program
+// pinned in a mark's place answers the info call too, with its own info;
+// what a netns link's info holds at those offsets rules both out: link type
+// BPF_LINK_TYPE_NETNS (5) and attach type BPF_SK_LOOKUP (36) read, for a map
+// of type 5 (percpu hash), map flags 36, which include BPF_F_STACK_BUILD_ID,
+// valid for stack-trace maps only, and for a program, a translated length of
+// 36 bytes, not a whole number of 8-byte instructions.
 func markInode(pin string) (uint32, error) {
-	lk, err := link.LoadPinnedLink(pin, nil)
+	path, err := unix.BytePtrFromString(pin)
 	if err != nil {
 		return 0, fmt.Errorf("load liveness mark %s: %w", pin, err)
 	}
-	defer lk.Close()
-	info, err := lk.Info()
-	if err != nil {
-		return 0, fmt.Errorf("read liveness mark %s: %w", pin, err)
+	// union bpf_attr for BPF_OBJ_GET: pathname (u64), bpf_fd, file_flags
+	// (0: a link is opened read-write only), path_fd.
+	get := struct {
+		pathname       uint64
+		bpfFD, flags   uint32
+		pathFD, unused uint32
+	}{pathname: uint64(uintptr(unsafe.Pointer(path)))}
+	r, _, errno := unix.Syscall(unix.SYS_BPF, unix.BPF_OBJ_GET, uintptr(unsafe.Pointer(&get)), unsafe.Sizeof(get))
+	runtime.KeepAlive(path)
+	if errno != 0 {
+		return 0, fmt.Errorf("load liveness mark %s: %w", pin, errno)
 	}
-	ns := info.NetNs()
-	if ns == nil {
-		return 0, fmt.Errorf("read liveness mark %s: not a network namespace's link (%v)", pin, info.Type)
+	fd := int(r)
+	defer unix.Close(fd)
+	// struct bpf_link_info up to its netns member: type, id, prog_id, then
+	// the union (8-aligned), whose netns member is netns_ino, attach_type.
+	var info struct {
+		typ, id, prog      uint32
+		_                  uint32
+		netnsIno, attachTo uint32
 	}
-	return ns.NetnsInode, nil
+	// union bpf_attr for BPF_OBJ_GET_INFO_BY_FD: bpf_fd, info_len, info (u64).
+	attr := struct {
+		bpfFD, infoLen uint32
+		info           uint64
+	}{uint32(fd), uint32(unsafe.Sizeof(info)), uint64(uintptr(unsafe.Pointer(&info)))}
+	_, _, errno = unix.Syscall(unix.SYS_BPF, unix.BPF_OBJ_GET_INFO_BY_FD, uintptr(unsafe.Pointer(&attr)), unsafe.Sizeof(attr))
+	runtime.KeepAlive(&info)
+	if errno != 0 {
+		return 0, fmt.Errorf("read liveness mark %s: %w", pin, errno)
+	}
+	if info.typ != unix.BPF_LINK_TYPE_NETNS || info.attachTo != unix.BPF_SK_LOOKUP {
+		return 0, fmt.Errorf("read liveness mark %s: not a network namespace's sk_lookup link", pin)
+	}
+	return info.netnsIno, nil
 }

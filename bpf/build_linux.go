@@ -190,10 +190,3 @@ func orderedPins(pins []os.DirEntry) []string {
 	}
 	return out
 }
-
-// ErrIncompatibleMaps means a map pinned by another build of detour has
-// another layout than this build's programs need: the programs cannot be
-// replaced in place (an install fails with it), or, for a removal, entries
-// laid out otherwise than this build's (see Loader.openFor). It wraps
-// ebpf.ErrMapIncompatible.
-var ErrIncompatibleMaps = errors.New("pinned maps of another layout")

@@ -387,8 +387,16 @@ var _ redirect.Sweeper = (*Driver)(nil)
 
 // Sweep removes the stale scopes of the whole node, whatever the Driver's
 // own scope: those whose network namespace or cgroup is gone (Loader.Sweep).
-// It never touches a scope that may be alive.
-func (d *Driver) Sweep(ctx context.Context) ([]string, error) { return d.loader.Sweep() }
+// It never touches a scope that may be alive. Over maps of another layout
+// (ErrIncompatibleMaps) it changes nothing and its error also wraps
+// redirect.ErrSweepUnreadable: an install with another backend goes on.
+func (d *Driver) Sweep(ctx context.Context) ([]string, error) {
+	removed, err := d.loader.Sweep()
+	if errors.Is(err, ErrIncompatibleMaps) {
+		return removed, fmt.Errorf("%w: %w", redirect.ErrSweepUnreadable, err)
+	}
+	return removed, err
+}
 
 var _ redirect.RemovalSweeper = (*Driver)(nil)
 

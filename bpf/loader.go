@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/detour-mesh/detour/internal/ebpfpins"
@@ -63,8 +64,12 @@ func (s Scope) String() string {
 // Loader installs, observes and removes detour's eBPF programs and map
 // entries. It holds no state between calls: the kernel (the pins under
 // PinDir) is the state, so a CLI can exit and redirection keeps working.
+// The one thing it remembers is which warnings it logged: a command reads
+// the liveness marks and links several times (Observe, the sweep, Apply),
+// and says each thing it found once. Make one Loader per command.
 type Loader struct {
-	opts Options
+	opts   Options
+	warned sync.Map // the warnings logged, by text (warnOnce)
 }
 
 // New returns a Loader.
@@ -74,6 +79,13 @@ func New(opts Options) *Loader { return &Loader{opts: opts} }
 // the programs need; the error wrapping it names which. It wraps
 // errors.ErrUnsupported.
 var ErrNotSupported = fmt.Errorf("not supported by this kernel: %w", errors.ErrUnsupported)
+
+// ErrIncompatibleMaps means a map pinned by another build of detour has
+// another layout than this build's programs need: the programs cannot be
+// replaced in place (an install fails with it), or, for a removal, entries
+// laid out otherwise than this build's (see Loader.openFor). The error
+// wrapping it also wraps ebpf.ErrMapIncompatible.
+var ErrIncompatibleMaps = errors.New("pinned maps of another layout")
 
 // State is what Observe read.
 type State struct {

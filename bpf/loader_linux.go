@@ -369,7 +369,7 @@ func (l *Loader) goneCgroups() ([]uint64, error) {
 			// A link also reads 0 once it is detached by hand (`bpftool link
 			// detach`): the cgroup of a live service is not gone.
 			if l.cgroupExists(id) {
-				l.log().Warn("ebpf: a cgroup scope's link reads as detached, yet its cgroup is there (was it detached by hand?); its scope is not stale; a re-install attaches it again",
+				l.warnOnce("ebpf: a cgroup scope's link reads as detached, yet its cgroup is there (was it detached by hand?); its scope is not stale; a re-install attaches it again",
 					"cgroup_id", id, "link", pins[0].Name())
 				continue
 			}
@@ -670,6 +670,14 @@ func (l *Loader) log() *slog.Logger {
 	return l.opts.Logger
 }
 
+// warnOnce logs a warning the first time this Loader meets it (the same
+// message and attributes).
+func (l *Loader) warnOnce(msg string, args ...any) {
+	if _, seen := l.warned.LoadOrStore(fmt.Sprint(append([]any{msg}, args...)...), true); !seen {
+		l.log().Warn(msg, args...)
+	}
+}
+
 // mountBPFFS mounts a bpffs on the parent of PinDir when none is there and
 // that directory is empty (/sys/fs/bpf on a host that has not mounted one).
 // A directory with something in it is refused: a mount there would hide its
@@ -914,19 +922,19 @@ func collect[K comparable, V any](m *ebpf.Map, into map[K]V, keep func(K) bool) 
 // write turns have into want: new and changed entries first, then the stale
 // ones go, and the config last, so a lookup never sees a list half gone.
 func (st *store) write(id uint32, have, want entries) error {
-	if err := sync(st.cidrs4, have.cidrs4, want.cidrs4); err != nil {
+	if err := syncMap(st.cidrs4, have.cidrs4, want.cidrs4); err != nil {
 		return err
 	}
-	if err := sync(st.cidrs6, have.cidrs6, want.cidrs6); err != nil {
+	if err := syncMap(st.cidrs6, have.cidrs6, want.cidrs6); err != nil {
 		return err
 	}
-	if err := sync(st.ids, have.ids, want.ids); err != nil {
+	if err := syncMap(st.ids, have.ids, want.ids); err != nil {
 		return err
 	}
-	if err := sync(st.ports, have.ports, want.ports); err != nil {
+	if err := syncMap(st.ports, have.ports, want.ports); err != nil {
 		return err
 	}
-	if err := sync(st.dns, have.dns, want.dns); err != nil {
+	if err := syncMap(st.dns, have.dns, want.dns); err != nil {
 		return err
 	}
 	if want.cfg == (detourCfg{}) {
@@ -938,7 +946,7 @@ func (st *store) write(id uint32, have, want entries) error {
 	return nil
 }
 
-func sync[K, V comparable](m *ebpf.Map, have, want map[K]V) error {
+func syncMap[K, V comparable](m *ebpf.Map, have, want map[K]V) error {
 	for k, v := range want {
 		if hv, ok := have[k]; ok && hv == v {
 			continue

@@ -115,6 +115,15 @@ type Sweeper interface {
 	Sweep(ctx context.Context) (removed []string, err error)
 }
 
+// ErrSweepUnreadable is what a Sweeper's Sweep wraps when it cannot read at
+// all the state its stale scopes would be found in (the eBPF Driver over maps
+// pinned by an older detour, of another layout): it removed nothing and
+// changed nothing. An install with another backend goes on, with a warning:
+// that backend neither reads nor writes the state the Sweeper could not
+// read, and a user who upgraded detour must still be able to install it. An
+// install with the Sweeper's own backend fails, changing nothing.
+var ErrSweepUnreadable = errors.New("the stale scopes cannot be read")
+
 // RemovalSweeper is a Sweeper whose sweep for a removal (Uninstall, Engine.Sweep)
 // may go where an install's may not: the eBPF Driver's over maps pinned by
 // another build of detour, which an install refuses with nothing changed.

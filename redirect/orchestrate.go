@@ -261,7 +261,7 @@ func (e *Engine) install(ctx context.Context, p Plan) (Result, error) {
 		if err := e.inboundFree(ctx, p, chosen.d); err != nil {
 			return err
 		}
-		if res.Leftovers, err = e.sweep(ctx, states, false); err != nil {
+		if res.Leftovers, err = e.sweep(ctx, states, chosen.d.Name()); err != nil {
 			return err
 		}
 		net, err := e.observeNet(p)
@@ -313,7 +313,7 @@ func (e *Engine) uninstall(ctx context.Context) (Result, error) {
 		if err := conflicts(states); err != nil {
 			return err
 		}
-		swept, err := e.sweep(ctx, states, true)
+		swept, err := e.sweep(ctx, states, "")
 		if err != nil {
 			return err
 		}
@@ -394,9 +394,12 @@ func leftoversAny(s *driverState) string {
 // sweep has every Sweeper among the Drivers that may hold state of
 // detour's (observed in states) remove the stale scopes, and re-observes
 // those that removed something, so that what they leave is read afresh. It
-// returns what was removed, by backend. removal (Uninstall, Engine.Sweep)
-// uses a RemovalSweeper's SweepForRemoval.
-func (e *Engine) sweep(ctx context.Context, states []*driverState, removal bool) ([]string, error) {
+// returns what was removed, by backend. installing is the backend an install
+// applies with, "" for a removal (Uninstall, Engine.Sweep), which uses a
+// RemovalSweeper's SweepForRemoval. An install goes on past a Sweeper of
+// another backend that cannot read its state (ErrSweepUnreadable), with one
+// warning.
+func (e *Engine) sweep(ctx context.Context, states []*driverState, installing Backend) ([]string, error) {
 	var out []string
 	for _, s := range states {
 		sw, ok := s.d.(Sweeper)
@@ -404,10 +407,15 @@ func (e *Engine) sweep(ctx context.Context, states []*driverState, removal bool)
 			continue
 		}
 		sweep := sw.Sweep
-		if rs, ok := sw.(RemovalSweeper); ok && removal {
+		if rs, ok := sw.(RemovalSweeper); ok && installing == "" {
 			sweep = rs.SweepForRemoval
 		}
 		removed, err := sweep(ctx)
+		if err != nil && installing != "" && installing != s.d.Name() && errors.Is(err, ErrSweepUnreadable) {
+			e.logger().Warn("the stale scopes of a backend cannot be read, so none was removed; the install with another backend goes on, as that one neither reads nor writes them",
+				"backend", s.d.Name(), "installing", installing, "error", err)
+			continue
+		}
 		if err != nil {
 			return out, fmt.Errorf("remove the stale scopes of %s: %w", s.d.Name(), err)
 		}
@@ -427,7 +435,7 @@ func (e *Engine) sweepOnly(ctx context.Context) (Result, error) {
 	res := Result{Families: []Family{}}
 	err := e.locked(ctx, &res, func(ctx context.Context) error {
 		var err error
-		res.Leftovers, err = e.sweep(ctx, e.observeAll(ctx, noCandidate), true)
+		res.Leftovers, err = e.sweep(ctx, e.observeAll(ctx, noCandidate), "")
 		res.Changed = len(res.Leftovers) > 0
 		return err
 	})

@@ -1,8 +1,13 @@
 package redirect
 
 import (
+	"bytes"
 	"context"
+	"errors"
+	"fmt"
+	"log/slog"
 	"slices"
+	"strings"
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
@@ -12,12 +17,16 @@ import (
 // go at its first Sweep.
 type sweepingDriver struct {
 	*fakeDriver
-	stale []string
+	stale      []string
+	unreadable error // Sweep's error, when set; it removes nothing then
 }
 
 func (d *sweepingDriver) Sweep(context.Context) ([]string, error) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	if d.unreadable != nil {
+		return nil, d.unreadable
+	}
 	out := d.stale
 	d.stale = nil
 	if len(out) > 0 {
@@ -126,5 +135,62 @@ func TestRemovalSweepIsForUninstallAndSweepOnly(t *testing.T) {
 	}
 	if diff := cmp.Diff([]string{"ebpf sweep for removal", "iptables-nft remove"}, *l.journal); diff != "" {
 		t.Errorf("uninstall's writes (-want +got):\n%s", diff)
+	}
+}
+
+// TestUnreadableSweepLetsAnotherBackendInstall: a Sweeper that cannot read
+// its state at all (ErrSweepUnreadable: the eBPF Driver over maps pinned by
+// an older detour) does not stop an install with another backend, which
+// goes on with one warning naming both; an install with the Sweeper's own
+// backend fails, changing nothing; and any other sweep error still fails
+// every install.
+func TestUnreadableSweepLetsAnotherBackendInstall(t *testing.T) {
+	ctx := context.Background()
+	l, sw := newSweepLab(t)
+	var logs bytes.Buffer
+	l.e.Logger = slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	sw.stale = []string{"the stale scope A"}
+	sw.unreadable = fmt.Errorf("%w: maps of another layout", ErrSweepUnreadable)
+
+	res, err := l.e.Install(ctx, l.plan(t, "iptables-nft"))
+	if err != nil {
+		t.Fatalf("install with iptables-nft beside an unreadable ebpf sweep: %v", err)
+	}
+	if res.Backend != "iptables-nft" || len(res.Leftovers) != 0 {
+		t.Errorf("install = %+v; want iptables-nft, nothing swept", res)
+	}
+	if diff := cmp.Diff([]string{"iptables-nft apply"}, *l.journal); diff != "" {
+		t.Errorf("writes (-want +got):\n%s", diff)
+	}
+	if n := strings.Count(logs.String(), "level=WARN"); n != 1 || !strings.Contains(logs.String(), "backend=ebpf installing=iptables-nft") || !strings.Contains(logs.String(), "maps of another layout") {
+		t.Errorf("want one warning naming ebpf, iptables-nft and the reason; got %d:\n%s", n, logs.String())
+	}
+
+	// A removal has no other backend's install to let go on (the eBPF
+	// Driver's uninstall sweeps with SweepForRemoval, which reads such maps).
+	if _, err := l.e.Uninstall(ctx); !errors.Is(err, ErrSweepUnreadable) {
+		t.Errorf("uninstall = %v; want the sweep's error", err)
+	}
+	unreadable := sw.unreadable
+	sw.unreadable = nil
+	if _, err := l.e.Uninstall(ctx); err != nil {
+		t.Fatal(err)
+	}
+	sw.unreadable = unreadable
+	*l.journal = nil
+	_, err = l.e.Install(ctx, l.plan(t, BackendEBPF))
+	if !errors.Is(err, ErrSweepUnreadable) || !strings.Contains(err.Error(), "maps of another layout") {
+		t.Errorf("install with ebpf itself = %v; want the sweep's error", err)
+	}
+	if len(*l.journal) != 0 {
+		t.Errorf("the failed ebpf install wrote %q; want nothing", *l.journal)
+	}
+
+	sw.unreadable = errors.New("permission denied")
+	if _, err := l.e.Install(ctx, l.plan(t, "iptables-nft")); err == nil || !strings.Contains(err.Error(), "permission denied") {
+		t.Errorf("install beside a sweep that fails otherwise = %v; want that error", err)
+	}
+	if len(*l.journal) != 0 {
+		t.Errorf("the failed installs wrote %q; want nothing", *l.journal)
 	}
 }

@@ -416,6 +416,12 @@ func TestEBPFStaleNamespaceScope(t *testing.T) {
 	if r := p.detour("uninstall", "--stale"); r.code != 0 || !strings.Contains(r.stdout, "nothing to remove") {
 		t.Errorf("second uninstall --stale: want nothing to remove:\n%s", r)
 	}
+	// -o json: the list asked for, also when it is empty.
+	r = p.detour("uninstall", "--stale", "-o", "json")
+	var swept map[string]json.RawMessage
+	if err := json.Unmarshal([]byte(r.stdout), &swept); err != nil || r.code != 0 || string(swept["leftovers"]) != "[]" || string(swept["changed"]) != "false" {
+		t.Errorf("uninstall --stale -o json with nothing stale: want \"changed\": false and \"leftovers\": [] (%v):\n%s", err, r)
+	}
 	if r := p.detour("status"); r.code != 0 || !strings.Contains(r.stdout, "detour is installed (ebpf") || strings.Contains(r.stdout, "left behind") {
 		t.Errorf("status after uninstall --stale: want the pod's capture kept and nothing left behind:\n%s", r)
 	}

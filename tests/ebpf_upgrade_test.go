@@ -7,6 +7,7 @@ import (
 	"encoding/hex"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
@@ -138,6 +139,33 @@ func TestEBPFUpgrade(t *testing.T) {
 		}
 	}
 	p.outbound("O1 after the failed install", p.app(2, p.remoteDest()), srvOutbound)
+
+	// Meanwhile, in another namespace, a netfilter install (a user who
+	// upgraded detour over an older one's eBPF scopes) goes on with one
+	// warning; an eBPF install there fails (exit 1) and enrolls nothing.
+	q := newPod(t, variant{family: lab.IPv4, backend: nftNative, mode: "redirect"})
+	q.startProxies()
+	pins := pinsLeft(t, env)
+	for _, be := range []string{nftNative, nft} {
+		r := q.detourCmd(env, append(append([]string{"install"}, q.flagsWith(be)...), "--inbound=false")...)
+		if r.code != 0 || strings.Count(r.stderr, "level=WARN") != 1 || !strings.Contains(r.stderr, "stale scopes of a backend cannot be read") || !strings.Contains(r.stderr, "dns_servers") {
+			t.Errorf("install with %s beside eBPF maps of another layout: want exit 0 and one warning naming the map:\n%s", be, r)
+		}
+		q.outbound("O1 with "+be+" beside eBPF maps of another layout", q.app(0, q.remoteDest()), srvOutbound)
+		if r := q.detourCmd(env, "uninstall"); r.code != 0 || !strings.Contains(r.stdout, "detour removed ("+be) {
+			t.Errorf("uninstall of %s beside eBPF maps of another layout:\n%s", be, r)
+		}
+	}
+	r = q.detourCmd(env, append(append([]string{"install"}, q.flagsWith(ebpfBackend)...), "--inbound=false")...)
+	if r.code != 1 || !strings.Contains(r.stderr, "dns_servers") {
+		t.Errorf("install with ebpf in another namespace over a map of another layout: want exit 1 naming the map:\n%s", r)
+	}
+	if got := pinsLeft(t, env); !slices.Equal(got, pins) {
+		t.Errorf("pins after the installs in another namespace: %q, was %q", got, pins)
+	}
+	if r := q.detourCmd(env, "status"); r.code != 0 || !strings.Contains(r.stdout, "not installed") {
+		t.Errorf("status in the other namespace: want nothing installed:\n%s", r)
+	}
 	os.Remove(pin)
 	if err := real.Pin(pin); err != nil {
 		t.Fatal(err)

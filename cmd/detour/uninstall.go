@@ -115,7 +115,16 @@ func sweep(ctx context.Context, eng *redirect.Engine, output string, s streams) 
 		return fmt.Errorf("uninstall --stale: %w", err)
 	}
 	if output == "json" {
-		return writeJSON(s, res)
+		// The list the user asked for: [] when there was nothing stale,
+		// where Result leaves it out.
+		out := struct {
+			redirect.Result
+			Leftovers []string `json:"leftovers"`
+		}{res, res.Leftovers}
+		if out.Leftovers == nil {
+			out.Leftovers = []string{}
+		}
+		return writeJSON(s, out)
 	}
 	if !res.Changed {
 		_, err = fmt.Fprintln(s.out, "nothing to remove: no stale scope of detour's")

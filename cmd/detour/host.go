@@ -158,8 +158,12 @@ func bindLockWaitFlag(fs *pflag.FlagSet, p *time.Duration) {
 }
 
 // netnsPath turns --netns into a path: a bare name is looked up under
-// /run/netns. An empty value means the caller's namespace.
+// /run/netns. An empty value means the caller's namespace. DETOUR_NETNS and
+// DETOUR_CGROUP, which detour does not read, are refused (scopeEnvError).
 func netnsPath(name string) (string, error) {
+	if err := scopeEnvError(os.LookupEnv); err != nil {
+		return "", err
+	}
 	if name == "" {
 		return "", nil
 	}

@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"fmt"
 	"os"
-	"path/filepath"
 	"strings"
 
 	"golang.org/x/sys/unix"
@@ -69,7 +68,9 @@ func IsHierarchyRoot(path string) (bool, error) {
 	if err := unix.Stat(path, &s); err != nil {
 		return false, fmt.Errorf("cgroup %s: %w", path, err)
 	}
-	if err := unix.Stat(filepath.Join(path, ".."), &parent); err != nil {
+	// path+"/..", not filepath.Join: the kernel's parent of what path names
+	// (a symlink's target's), not the lexical one.
+	if err := unix.Stat(path+"/..", &parent); err != nil {
 		return false, fmt.Errorf("cgroup %s: %w", path, err)
 	}
 	return parent.Dev != s.Dev, nil

@@ -378,8 +378,15 @@ func TestCgroupPathSpellings(t *testing.T) {
 		return ""
 	}
 	want := table(cg)
+	// A symlink to it: before 2026-12-05 its lexical parent (the symlink's
+	// directory, outside the cgroup hierarchy) made it "the root of the
+	// hierarchy", refused.
+	link := filepath.Join(t.TempDir(), "svc-link")
+	if err := os.Symlink(cg, link); err != nil {
+		t.Fatal(err)
+	}
 	t.Chdir(filepath.Dir(cg))
-	for _, spelling := range []string{filepath.Base(cg), "./" + filepath.Base(cg), cg + "/", filepath.Dir(cg) + "//" + filepath.Base(cg)} {
+	for _, spelling := range []string{filepath.Base(cg), "./" + filepath.Base(cg), cg + "/", filepath.Dir(cg) + "//" + filepath.Base(cg), link} {
 		if got := table(spelling); got != want {
 			t.Errorf("plan --cgroup %s: %q; want %q, as for %s", spelling, got, want, cg)
 		}

@@ -224,6 +224,11 @@ func (f cgroupFlag) Set(v string) error {
 		return fmt.Errorf("resolve the path: %w", err)
 	}
 	v = abs
+	// A symlink to the cgroup too (its inbound table's name, a hash of the
+	// path, would differ from the target's).
+	if real, err := filepath.EvalSymlinks(v); err == nil {
+		v = real
+	}
 	if _, err := os.Stat(v); errors.Is(err, fs.ErrNotExist) {
 		if f.gone != nil && *f.gone {
 			*f.p = v

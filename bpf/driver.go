@@ -51,6 +51,11 @@ type InboundTables interface {
 	RemoveTables(ctx context.Context, names []string) error
 }
 
+// ErrHierarchyRoot refuses a cgroup scope at the root of the cgroup v2
+// hierarchy: it would capture every process of the machine, in every network
+// namespace. The network-namespace scope is the one for a whole namespace.
+var ErrHierarchyRoot = errors.New("the root of the cgroup v2 hierarchy is no cgroup scope: it would capture every process of the machine, in every network namespace (name a service's or slice's cgroup below it; leave --cgroup out to capture one network namespace)")
+
 // ErrInboundTaken means another eBPF scope of detour captures inbound in the
 // network namespace: one scope per namespace may (the error names it).
 var ErrInboundTaken = redirect.ErrInboundTaken
@@ -297,6 +302,13 @@ func (d *Driver) checkInbound(p redirect.Plan) error {
 func (d *Driver) Apply(ctx context.Context, p redirect.Plan, have redirect.Installed) (bool, error) {
 	if err := d.checkInbound(p); err != nil {
 		return false, err
+	}
+	if d.opts.Cgroup != "" {
+		if root, err := IsHierarchyRoot(d.opts.Cgroup); err != nil {
+			return false, err
+		} else if root {
+			return false, fmt.Errorf("cgroup scope %s: %w", d.opts.Cgroup, ErrHierarchyRoot)
+		}
 	}
 	s, err := d.scope()
 	if err != nil {

@@ -49,6 +49,9 @@ func (l *Loader) Probe() error { return errors.ErrUnsupported }
 // CheckCgroup needs Linux.
 func CheckCgroup(string) error { return errors.ErrUnsupported }
 
+// IsHierarchyRoot needs Linux.
+func IsHierarchyRoot(string) (bool, error) { return false, errors.ErrUnsupported }
+
 // CgroupRoot needs Linux.
 func CgroupRoot() (string, error) { return "", errors.ErrUnsupported }
 

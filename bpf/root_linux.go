@@ -51,6 +51,31 @@ func CurrentNetns() (uint64, error) {
 	return v, nil
 }
 
+// IsHierarchyRoot reports whether the cgroup v2 directory at path is the root
+// of the hierarchy as this process sees it: the root cgroup (id 1), or the
+// top of a cgroup2 mount (a container's, with its own cgroup namespace). A
+// cgroup scope there would capture every process below it, in every network
+// namespace: the whole machine, or the whole container.
+func IsHierarchyRoot(path string) (bool, error) {
+	id, err := cgroupID(path)
+	if err != nil {
+		return false, err
+	}
+	if id == 1 {
+		return true, nil
+	}
+	var s, parent unix.Stat_t
+	if err := unix.Stat(path, &s); err != nil {
+		return false, fmt.Errorf("cgroup %s: %w", path, err)
+	}
+	// path+"/..", not filepath.Join: the kernel's parent of what path names
+	// (a symlink's target's), not the lexical one.
+	if err := unix.Stat(path+"/..", &parent); err != nil {
+		return false, fmt.Errorf("cgroup %s: %w", path, err)
+	}
+	return parent.Dev != s.Dev, nil
+}
+
 // CheckCgroup reports whether path is a cgroup v2 directory (a Scope.Cgroup).
 func CheckCgroup(path string) error {
 	_, err := cgroupID(path)

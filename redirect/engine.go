@@ -37,6 +37,12 @@ type Engine struct {
 	// the addresses on lo and the routing they use are kept, as for a
 	// Driver's NetSharer.
 	Neighbors []NetSharer
+	// Locked, when set, runs once detour's lock of NetNS is held, on the
+	// thread inside the namespace, before Install, Uninstall or Sweep reads
+	// anything: an error ends the call with nothing changed. The lean
+	// detour, which chose its Drivers before it could take the lock, checks
+	// there that no other backend's state appeared meanwhile (cmd/detour).
+	Locked func() error
 
 	// net observes the backend-neutral netlink state; nil = the kernel's
 	// (tests put a fake here).

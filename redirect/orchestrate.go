@@ -233,6 +233,11 @@ func (e *Engine) locked(ctx context.Context, res *Result, fn func(ctx context.Co
 			return err
 		}
 		defer unlock()
+		if e.Locked != nil {
+			if err := e.Locked(); err != nil {
+				return err
+			}
+		}
 		return fn(ctx)
 	})
 }

@@ -147,6 +147,9 @@ func TestEBPFCgroup(t *testing.T) {
 			o := p.app(0, notExcluded())
 			got, err := h.dial(o)
 			checkReply(t, "after uninstall (inside the cgroup)", o, srvRemote, got, err)
+			// The helper, the proxy, still holds the outbound port; its cgroup
+			// holds no scope any more.
+			cgroupValidateProxyOutside(t, p, cg)
 		})
 	}
 }
@@ -177,6 +180,38 @@ func cgroupExplainLive(t *testing.T, p *pod, cg string) {
 	}
 	if r := p.detourCmd(nil, "uninstall", "--cgroup", cg2); r.code != 0 {
 		t.Fatalf("uninstall --cgroup of the second scope:\n%s", r)
+	}
+}
+
+// cgroupValidateProxyOutside: a scope whose proxy runs outside its cgroup
+// (vm.md's app in myapp.service, Envoy in envoy.service) redirects to the
+// proxy, but the proxy's SO_ORIGINAL_DST is answered only below the scope's
+// cgroup: the proxy cannot learn any connection's destination. validate
+// said "ok … held by the proxy's socket" (exit 0); it must exit 5 naming the
+// proxy's cgroup and the scope's. A scope on a sibling of the test's cgroup
+// cg, where the helper holds the outbound port and no scope is left.
+func cgroupValidateProxyOutside(t *testing.T, p *pod, cg string) {
+	t.Helper()
+	app := cg + "-app"
+	if err := os.Mkdir(app, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := os.Remove(app); err != nil {
+			t.Errorf("remove the app-only scope's cgroup: %v", err)
+		}
+	})
+	args := p.withFlags("install", "--cgroup", app, "--inbound=false")
+	if r := p.detourCmd(nil, args...); r.code != 0 {
+		t.Fatalf("install --cgroup of a scope without its proxy:\n%s", r)
+	}
+	validate := append([]string{"validate"}, args[1:]...)
+	r := p.detourCmd(nil, validate...)
+	if r.code != 5 || !strings.Contains(r.stdout, "FAIL "+string(p.v.family)) || !strings.Contains(r.stdout, "outside the scope's cgroup "+app) || !strings.Contains(r.stdout, cg) {
+		t.Errorf("validate --cgroup with the proxy in another cgroup (%s): want exit 5, the probe failed naming the proxy's cgroup and the scope's:\n%s", cg, r)
+	}
+	if r := p.detourCmd(nil, "uninstall", "--cgroup", app); r.code != 0 {
+		t.Fatalf("uninstall --cgroup of the app-only scope:\n%s", r)
 	}
 }
 

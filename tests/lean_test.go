@@ -1,6 +1,7 @@
 package tests
 
 import (
+	"fmt"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -8,6 +9,9 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/detour-mesh/detour/internal/lab"
 	"github.com/detour-mesh/detour/internal/privtest"
@@ -152,5 +156,57 @@ func TestLeanSeesALeftoverEBPFInboundTable(t *testing.T) {
 	}
 	if got := nftTables(p); got != "" {
 		t.Errorf("after uninstall the namespace holds nftables tables:\n%s", got)
+	}
+}
+
+// TestLeanConcurrentInstallsOfTwoBackends: the lean detour decides whether
+// to hand a command to detour-ebpf before it takes the namespace's lock. An
+// install with --backend nftables that waited for the lock while an install
+// with --backend ebpf held it went on without the eBPF backend, did not see
+// its scope, and left both backends installed, each saying exit 0 ("detour's
+// rules are also in ebpf (a switch that did not finish)"). The test holds the
+// lock while both start, then lets them race, a few times: each round must
+// end with one backend.
+func TestLeanConcurrentInstallsOfTwoBackends(t *testing.T) {
+	privtest.Require(t, "ip", "nft")
+	p := newPod(t, variant{family: lab.IPv4, backend: ebpfBackend, mode: "redirect"})
+	var st unix.Stat_t
+	if err := unix.Stat(p.lab.Pod.Path, &st); err != nil {
+		t.Fatal(err)
+	}
+	lockPath := fmt.Sprintf("/run/detour/netns-%d-%d.lock", st.Dev, st.Ino)
+	for round := range 3 {
+		if err := os.MkdirAll(filepath.Dir(lockPath), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		lock, err := os.OpenFile(lockPath, os.O_RDWR|os.O_CREATE, 0o600)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := unix.Flock(int(lock.Fd()), unix.LOCK_EX); err != nil {
+			t.Fatal(err)
+		}
+		results := make(chan result, 2)
+		for _, b := range []string{ebpfBackend, nftNative} {
+			go func() {
+				results <- p.detour(append(append([]string{"install"}, p.flagsWith(b)...), "--lock-wait", "60s")...)
+			}()
+		}
+		time.Sleep(1500 * time.Millisecond) // both decided, and wait for the lock
+		lock.Close()
+		for range 2 {
+			if r := <-results; r.code != 0 {
+				t.Errorf("round %d: install: want exit 0:\n%s", round, r)
+			}
+		}
+		r := p.detour("status")
+		tables := nftTables(p)
+		lines := strings.Split(tables, "\n")
+		if r.code != 0 || strings.Contains(r.stdout, "also in") || slices.Contains(lines, "table inet detour") && slices.Contains(lines, "table inet detour_ebpf_inbound") {
+			t.Fatalf("round %d: two installs of different backends left both (status, then nft list tables):\n%s\n%s", round, r, tables)
+		}
+		if r := p.detour("uninstall"); r.code != 0 {
+			t.Fatalf("round %d: uninstall:\n%s", round, r)
+		}
 	}
 }

@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"io"
 	"net/netip"
 	"os"
@@ -293,10 +294,7 @@ func TestFlagsOfEveryCommand(t *testing.T) {
 // namespace instead of the cgroup the user named: exit 2, naming both.
 func TestCgroupNeedsEBPF(t *testing.T) {
 	t.Parallel()
-	cg, err := bpf.CgroupRoot()
-	if err != nil {
-		t.Skipf("no cgroup v2 hierarchy here: %v", err)
-	}
+	cg := childCgroup(t)
 	for _, backend := range []string{"nftables", "iptables", "auto"} {
 		for _, cmd := range []string{"plan", "check", "explain"} {
 			args := []string{cmd, "--cgroup", cg, "--backend", backend}
@@ -370,10 +368,7 @@ func TestCgroupPathSpellings(t *testing.T) {
 	if leanBuild {
 		t.Skip("the lean build hands plan --backend ebpf to detour-ebpf (tests/ runs both)")
 	}
-	cg, err := bpf.CgroupRoot()
-	if err != nil {
-		t.Skipf("no cgroup v2 hierarchy here: %v", err)
-	}
+	cg := childCgroup(t)
 	table := func(path string) string {
 		t.Helper()
 		code, out, stderr := runCLI(t, "plan", "--backend", "ebpf", "--ip-families", "ipv4", "--cgroup", path)
@@ -389,10 +384,84 @@ func TestCgroupPathSpellings(t *testing.T) {
 		return ""
 	}
 	want := table(cg)
+	// A symlink to it: before 2026-12-05 its lexical parent (the symlink's
+	// directory, outside the cgroup hierarchy) made it "the root of the
+	// hierarchy", refused.
+	link := filepath.Join(t.TempDir(), "svc-link")
+	if err := os.Symlink(cg, link); err != nil {
+		t.Fatal(err)
+	}
 	t.Chdir(filepath.Dir(cg))
-	for _, spelling := range []string{filepath.Base(cg), "./" + filepath.Base(cg), cg + "/", filepath.Dir(cg) + "//" + filepath.Base(cg)} {
+	for _, spelling := range []string{filepath.Base(cg), "./" + filepath.Base(cg), cg + "/", filepath.Dir(cg) + "//" + filepath.Base(cg), link} {
 		if got := table(spelling); got != want {
 			t.Errorf("plan --cgroup %s: %q; want %q, as for %s", spelling, got, want, cg)
 		}
 	}
+}
+
+// TestCgroupRootRefused: --cgroup naming the root of the cgroup v2 hierarchy
+// is exit 2 on every command that takes a configuration. A cgroup scope at the
+// root captures every process of the machine, in every network namespace
+// (each container's too): what `--cgroup "/sys/fs/cgroup/$UNIT"` gives a
+// script whose UNIT is unset. Before, it was taken, and install attached the
+// programs there. Only read-only commands run here: a regression must not
+// capture the machine the test runs on.
+func TestCgroupRootRefused(t *testing.T) {
+	if leanBuild {
+		t.Skip("the lean build hands --cgroup to detour-ebpf (tests/ runs both)")
+	}
+	cg, err := bpf.CgroupRoot()
+	if err != nil {
+		t.Skipf("no cgroup v2 hierarchy here: %v", err)
+	}
+	for _, path := range []string{cg, cg + "/", cg + "/."} {
+		for _, cmd := range [][]string{
+			{"plan", "--backend", "ebpf"},
+			{"check", "--backend", "ebpf"},
+			{"install", "--dry-run", "--backend", "ebpf"},
+		} {
+			args := append(append([]string{}, cmd...), "--cgroup", path)
+			code, _, stderr := runCLI(t, args...)
+			want := strconv.Quote(path) + ` for "--cgroup" flag: is the root of the cgroup v2 hierarchy`
+			if code != 2 || !strings.Contains(stderr, want) {
+				t.Errorf("%s: exit %d, stderr %q; want exit 2 and %q", strings.Join(args, " "), code, stderr, want)
+			}
+		}
+	}
+}
+
+// childCgroup is a cgroup v2 directory below the root of the hierarchy (the
+// root is no cgroup scope): one the test makes as root, else this process's
+// own; the test skips when neither is there.
+func childCgroup(t *testing.T) string {
+	t.Helper()
+	cg, why := findChildCgroup(t)
+	if cg == "" {
+		t.Skip(why)
+	}
+	return cg
+}
+
+// findChildCgroup is childCgroup's directory, or "" and why there is none.
+func findChildCgroup(t *testing.T) (string, string) {
+	t.Helper()
+	root, err := bpf.CgroupRoot()
+	if err != nil {
+		return "", fmt.Sprintf("no cgroup v2 hierarchy here: %v", err)
+	}
+	dir, err := os.MkdirTemp(root, "detour-cli-test-")
+	if err == nil {
+		t.Cleanup(func() { os.Remove(dir) })
+		return dir, ""
+	}
+	data, err := os.ReadFile("/proc/self/cgroup")
+	if err != nil {
+		return "", fmt.Sprintf("no cgroup of this process: %v", err)
+	}
+	for _, l := range strings.Split(string(data), "\n") {
+		if own, ok := strings.CutPrefix(l, "0::"); ok && own != "/" {
+			return filepath.Join(root, own), ""
+		}
+	}
+	return "", "no cgroup v2 directory below the root (not root, and this process is in the root cgroup)"
 }

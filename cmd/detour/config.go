@@ -315,6 +315,9 @@ func (o *configOptions) checkEnvNames(lookup func(string) (string, bool)) error 
 	list := names()
 	slices.Sort(list)
 	for _, name := range list {
+		if _, ok := scopeEnv[name]; ok {
+			return scopeEnvError(lookup)
+		}
 		if near := misspeltSetting(name); near != "" {
 			v, _ := lookup(name)
 			return &sourceError{"environment", &redirect.FieldError{Field: name, Value: v,

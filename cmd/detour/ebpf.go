@@ -150,3 +150,15 @@ func refeedStdin(doc []byte) error {
 	}
 	return unix.Dup2(int(f.Fd()), 0)
 }
+
+// handOverError is a command the lean detour began and must hand to
+// detour-ebpf after all (stillLean): nothing was changed, and run calls hand
+// once the command has returned and its locks are released.
+type handOverError struct {
+	why  string
+	hand func() error // execs detour-ebpf; returns only when that fails
+}
+
+func (e *handOverError) Error() string {
+	return "hand the command over to " + ebpfBinary + ": " + e.why
+}

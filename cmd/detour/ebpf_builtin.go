@@ -28,6 +28,13 @@ func (g *globalOptions) engine(nsPath string, backend redirect.Backend, stderr i
 // checkCgroup reports whether path is a cgroup v2 directory.
 func checkCgroup(path string) error { return bpf.CheckCgroup(path) }
 
+// cgroupIsRoot reports whether the cgroup v2 directory path is the root of
+// the hierarchy (bpf.IsHierarchyRoot).
+func cgroupIsRoot(path string) bool {
+	root, err := bpf.IsHierarchyRoot(path)
+	return err == nil && root
+}
+
 // handOverEarly does nothing: this build has the eBPF backend.
 func handOverEarly([]string) {}
 

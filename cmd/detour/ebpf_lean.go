@@ -4,6 +4,7 @@ package main
 
 import (
 	"io"
+	"log/slog"
 	"os"
 	"slices"
 	"strings"
@@ -30,7 +31,28 @@ func (g *globalOptions) engine(nsPath string, backend redirect.Backend, stderr i
 		return nil, g.delegateEBPF("the eBPF backend's inbound table inet "+t+" is in the namespace", logger)
 	}
 	return &redirect.Engine{Logger: logger, NetNS: nsPath, LockWait: g.lockWait,
-		Drivers: netfilter.Drivers(netfilter.Options{LockWait: g.lockWait, Logger: logger, Backend: backend})}, nil
+		Drivers: netfilter.Drivers(netfilter.Options{LockWait: g.lockWait, Logger: logger, Backend: backend}),
+		Locked:  func() error { return g.stillLean(backend, logger) }}, nil
+}
+
+// stillLean looks again, holding the namespace's lock (Engine.Locked, on
+// the thread inside it), at what made engine keep the command here: an
+// install of the eBPF backend may have taken the lock first and pinned its
+// maps or made its inbound table since. Going on without the eBPF Driver
+// would leave its scope beside this backend's rules (two backends, each
+// install saying exit 0). It returns a handOverError then, which run turns
+// into the hand-over to detour-ebpf once the lock is released.
+func (g *globalOptions) stillLean(backend redirect.Backend, logger *slog.Logger) error {
+	why := g.needsEBPF(backend)
+	if why == "" {
+		if t := ebpfInboundTableIn(""); t != "" {
+			why = "the eBPF backend's inbound table inet " + t + " is in the namespace"
+		}
+	}
+	if why == "" {
+		return nil
+	}
+	return &handOverError{why: why + " (seen once the namespace's lock was held)", hand: func() error { return g.delegateEBPF(why, logger) }}
 }
 
 // ebpfRootToJoin is "": a command with the eBPF backend runs in detour-ebpf.
@@ -39,6 +61,10 @@ func (g *globalOptions) ebpfRootToJoin(redirect.Backend) string { return "" }
 // checkCgroup accepts any path: --cgroup hands the command to detour-ebpf,
 // which checks it (exit 2 when it is not a cgroup v2 directory).
 func checkCgroup(string) error { return nil }
+
+// cgroupIsRoot is false: --cgroup hands the command to detour-ebpf, which
+// refuses the root of the hierarchy.
+func cgroupIsRoot(string) bool { return false }
 
 // handOverEarly execs detour-ebpf at once when the command line, the
 // environment or the node plainly needs the eBPF backend, before the lean

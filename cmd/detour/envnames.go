@@ -12,6 +12,26 @@ import (
 // are not settings and never are.
 var otherEnv = []string{"DETOUR_PRESET", "DETOUR_CONFIG", "DETOUR_EBPF_PIN_DIR", "DETOUR_EBPF_CGROUP_ROOT"}
 
+// scopeEnv are DETOUR_* variables named after a flag that has none: the
+// scope of a command (where it acts) is named on its command line only.
+// Ignoring DETOUR_NETNS=pod installed into the namespace detour ran in (the
+// host's), and DETOUR_CGROUP captured the whole namespace: they are refused.
+var scopeEnv = map[string]string{"DETOUR_NETNS": "--netns", "DETOUR_CGROUP": "--cgroup"}
+
+// scopeEnvError refuses a set scopeEnv variable (exit 2), or is nil. Every
+// command that acts on a namespace asks (netnsPath), and the configuration's
+// check of DETOUR_* names.
+func scopeEnvError(lookup func(string) (string, bool)) error {
+	for _, name := range []string{"DETOUR_NETNS", "DETOUR_CGROUP"} {
+		if v, ok := lookup(name); ok {
+			flag := scopeEnv[name]
+			return &sourceError{"environment", &redirect.FieldError{Field: name, Value: v,
+				Reason: "is not read by detour: " + flag + " has no environment variable (where a command acts is named on its command line); pass " + flag + ", or unset it"}}
+		}
+	}
+	return nil
+}
+
 // misspeltSetting returns the setting's variable that name, a DETOUR_*
 // variable that is not one, was most likely meant to be — one or two letters
 // away (DETOUR_PROXY_ID, DETOUR_EXCLUDE_OUTBOUND_PORT) or its words in

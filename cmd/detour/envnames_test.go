@@ -1,6 +1,7 @@
 package main
 
 import (
+	"strings"
 	"testing"
 
 	"github.com/detour-mesh/detour/redirect"
@@ -41,5 +42,27 @@ func TestMisspeltSetting(t *testing.T) {
 		if got := misspeltSetting(name); got != want {
 			t.Errorf("misspeltSetting(%s) = %q, want %q", name, got, want)
 		}
+	}
+}
+
+// TestScopeFlagsHaveNoEnvironment: every setting has a DETOUR_* variable,
+// but --netns and --cgroup, the scope, do not. DETOUR_NETNS=pod was ignored:
+// `detour install` then captured the namespace it ran in (the host's), and
+// DETOUR_CGROUP the whole namespace instead of the cgroup. Both are refused
+// (exit 2), naming the flag to use instead.
+func TestScopeFlagsHaveNoEnvironment(t *testing.T) {
+	for name, flag := range map[string]string{"DETOUR_NETNS": "--netns", "DETOUR_CGROUP": "--cgroup"} {
+		t.Run(name, func(t *testing.T) {
+			t.Setenv(name, "pod")
+			want := "environment: " + name + `: "pod" is not read by detour: ` + flag + " has no environment variable"
+			// Read-only commands and uninstall of a namespace that does not
+			// exist: a regression changes nothing on the test's host.
+			for _, args := range [][]string{{"plan", "--backend", "nftables"}, {"status"}, {"check"}, {"uninstall", "--netns", "dt-does-not-exist"}} {
+				code, _, stderr := runCLI(t, args...)
+				if code != exitUsage || !strings.Contains(stderr, want) {
+					t.Errorf("%s with %s set: exit %d, stderr %q; want exit %d and %q", strings.Join(args, " "), name, code, stderr, exitUsage, want)
+				}
+			}
+		})
 	}
 }

@@ -36,6 +36,11 @@ func TestExplainUsageErrors(t *testing.T) {
 		{"live config only", []string{"explain", "--live", "--config-only", "--to", "192.0.2.1:80"}, "--live: cannot be combined with --config-only"},
 		{"bad config value", []string{"explain", "--config-only", "--to", "192.0.2.1:80", "--exclude-outbound-ports", "x"}, `outbound.excludePorts[0]: "x" is not a port`},
 		{"bad output", []string{"explain", "--config-only", "--to", "192.0.2.1:80", "-o", "yaml"}, `--output: "yaml" is not one of text, json`},
+		// A script's --uid "$U" with U unset: never "yours" (root's), nor the
+		// default client address.
+		{"empty uid", []string{"explain", "--config-only", "--to", "192.0.2.1:80", "--uid", ""}, `invalid argument "" for "--uid" flag: an empty value names nothing`},
+		{"empty gid", []string{"explain", "--config-only", "--to", "192.0.2.1:80", "--gid", ""}, `invalid argument "" for "--gid" flag: an empty value names nothing`},
+		{"empty from", []string{"explain", "--config-only", "--inbound", "--to", "192.0.2.1:80", "--from", ""}, `invalid argument "" for "--from" flag: an empty value names nothing`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -158,8 +158,12 @@ func bindLockWaitFlag(fs *pflag.FlagSet, p *time.Duration) {
 }
 
 // netnsPath turns --netns into a path: a bare name is looked up under
-// /run/netns. An empty value means the caller's namespace.
+// /run/netns. An empty value means the caller's namespace. DETOUR_NETNS and
+// DETOUR_CGROUP, which detour does not read, are refused (scopeEnvError).
 func netnsPath(name string) (string, error) {
+	if err := scopeEnvError(os.LookupEnv); err != nil {
+		return "", err
+	}
 	if name == "" {
 		return "", nil
 	}
@@ -220,6 +224,11 @@ func (f cgroupFlag) Set(v string) error {
 		return fmt.Errorf("resolve the path: %w", err)
 	}
 	v = abs
+	// A symlink to the cgroup too (its inbound table's name, a hash of the
+	// path, would differ from the target's).
+	if real, err := filepath.EvalSymlinks(v); err == nil {
+		v = real
+	}
 	if _, err := os.Stat(v); errors.Is(err, fs.ErrNotExist) {
 		if f.gone != nil && *f.gone {
 			*f.p = v
@@ -229,6 +238,12 @@ func (f cgroupFlag) Set(v string) error {
 	}
 	if err := checkCgroup(v); err != nil {
 		return errors.New("is not a cgroup v2 directory")
+	}
+	// An unset variable in --cgroup "/sys/fs/cgroup/$UNIT" names the root:
+	// never "every process of the machine". uninstall still takes it, to
+	// remove a scope a detour that allowed it left there.
+	if (f.gone == nil || !*f.gone) && cgroupIsRoot(v) {
+		return errors.New("is the root of the cgroup v2 hierarchy: a cgroup scope there would capture every process of the machine, in every network namespace (name a service's or slice's cgroup below it, or leave --cgroup out to capture one network namespace)")
 	}
 	*f.p = v
 	return nil

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"io"
 	"os"
 	"os/signal"
@@ -62,5 +63,12 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 	// After SetOut: the completion command writes to the output set then.
 	root.InitDefaultCompletionCmd(args...)
 	cmdgroup.RefuseUnknownSubcommands(root)
-	return exitCode(root.ExecuteContext(ctx), stderr)
+	err := root.ExecuteContext(ctx)
+	// The lean build found the eBPF backend's state only once it held the
+	// namespace's lock: the command, which changed nothing, runs again in
+	// detour-ebpf.
+	if h := (*handOverError)(nil); errors.As(err, &h) {
+		err = h.hand()
+	}
+	return exitCode(err, stderr)
 }

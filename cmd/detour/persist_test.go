@@ -8,7 +8,6 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/detour-mesh/detour/bpf"
 	"github.com/detour-mesh/detour/internal/systemd"
 	"github.com/detour-mesh/detour/redirect"
 )
@@ -84,7 +83,7 @@ func TestPersistRefusedBeforeAnyChange(t *testing.T) {
 		{"install in a netns", []string{"install", "--persist", "--netns", "/proc/self/ns/net"}, "--persist: not with --netns"},
 		{"uninstall in a netns", []string{"uninstall", "--persist", "--netns", "/proc/self/ns/net"}, "--persist: not with --netns"},
 	}
-	if cg, err := bpf.CgroupRoot(); err == nil {
+	if cg, _ := findChildCgroup(t); cg != "" {
 		// The unit would install the network-namespace scope at boot: every
 		// process of the host captured instead of the cgroup's. (The bad port
 		// keeps a run that gets past --persist from changing the host.)

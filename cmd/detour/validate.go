@@ -60,6 +60,13 @@ type probe struct {
 	// become is true when the probe thread must take uid and gid (validate runs
 	// as root); otherwise it dials as the user validate runs as.
 	become bool
+	// scope is the eBPF cgroup scope's directory (--cgroup), "" for a
+	// network namespace. With it, the proxy's socket must be below a cgroup
+	// where the eBPF backend's getsockopt program is attached (answered: the
+	// ids of those cgroups, read from the pins; nil when they could not be):
+	// nothing else answers the proxy's SO_ORIGINAL_DST.
+	scope    string
+	answered map[uint64]bool
 }
 
 // runner is who validate runs as.
@@ -81,6 +88,10 @@ type probeResult struct {
 	// showed the connection held there by a socket of proxyUID.
 	viaProxy bool
 	proxyUID uint32
+	// proxyOutside is the cgroup of the proxy's socket when it is outside
+	// probe.scope: the connection reached the proxy, which cannot learn its
+	// original destination.
+	proxyOutside string
 }
 
 // The bounds of a probe's --timeout. A redirected probe is answered inside
@@ -141,8 +152,13 @@ func runValidate(ctx context.Context, o *validateOptions, g *globalOptions, s st
 		}
 		fmt.Fprintf(s.out, "probing from inside %s (DETOUR_EBPF_CGROUP_ROOT: this process joined it)\n", root)
 	}
+	var answered map[uint64]bool
+	if g.cgroup != "" {
+		answered = getsockoptCgroups(g.bpfPinDir)
+	}
 	failed, unanswered, conclusive := 0, 0, 0
 	for _, p := range probes {
+		p.scope, p.answered = g.cgroup, answered
 		res, err := runProbe(ctx, nsPath, c.Proxy.OutboundPort, p, o.timeout)
 		got := res.dst
 		if errors.Is(err, errCannotProbe) {
@@ -167,6 +183,10 @@ func runValidate(ctx context.Context, o *validateOptions, g *globalOptions, s st
 		case got != p.dst:
 			failed++
 			fmt.Fprintf(s.out, "FAIL %s: %s as uid %d reached :%d with original destination %s\n", p.family, p.dst, p.uid, c.Proxy.OutboundPort, got)
+		case res.proxyOutside != "":
+			failed++
+			fmt.Fprintf(s.out, "FAIL %s: %s as uid %d reached the proxy's socket on :%d, but that socket is in cgroup %s, outside the scope's cgroup %s and every cgroup where detour's eBPF programs are attached: only there is SO_ORIGINAL_DST answered, so the proxy cannot learn where any connection was going (run the proxy below the scope's cgroup, or install the scope on a cgroup above both, such as a slice holding the app's and the proxy's services)\n",
+				p.family, p.dst, p.uid, c.Proxy.OutboundPort, res.proxyOutside, g.cgroup)
 		case res.viaProxy:
 			fmt.Fprintf(s.out, "ok   %s: %s as uid %d was held by the proxy's socket on :%d (uid %d)\n", p.family, p.dst, p.uid, c.Proxy.OutboundPort, res.proxyUID)
 		default:

@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"io/fs"
 	"net"
 	"net/netip"
 	"os"
@@ -18,6 +19,8 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/detour-mesh/detour/internal/ebpfpins"
+	"github.com/detour-mesh/detour/internal/nlmsg"
 	"github.com/detour-mesh/detour/internal/origdst"
 	"github.com/detour-mesh/detour/redirect"
 )
@@ -174,7 +177,10 @@ func probeThroughProxy(ctx context.Context, nsPath string, port uint16, p probe,
 			}
 			if found {
 				res = probeResult{dst: p.dst, viaProxy: true, proxyUID: uid}
-				return nil
+				if p.scope != "" {
+					res.proxyOutside, err = outsideScope(port, local, p.scope, p.answered)
+				}
+				return err
 			}
 			if time.Now().After(deadline) {
 				return fmt.Errorf("the connection from %s was accepted, but not by a socket on :%d: it went somewhere else", local, port)
@@ -298,4 +304,177 @@ func canSwitchCredentials() bool {
 		}
 	}
 	return false
+}
+
+// outsideScope returns the cgroup of the proxy's socket that took the probe
+// connection from peer on port (in the calling thread's network namespace)
+// when no eBPF getsockopt program of detour is attached to it or to a cgroup
+// above it (answered: getsockoptCgroups), else "". Only such
+// a program answers the proxy's SO_ORIGINAL_DST, and an accepted socket is in
+// its listener's cgroup: the proxy's. A probe from a leaf below a slice's
+// scope, the proxy in a sibling leaf, is answered. When the accepted socket no
+// longer says (the proxy closed it, and a closed socket keeps no cgroup), the
+// listeners on port answer: outside when every one of them is. What cannot be
+// told (a kernel without INET_DIAG_CGROUP_ID, a pin directory that could not
+// be read: answered nil, a cgroup not found below scope's mount) is not a
+// failure. It runs on the probe's thread, which may have dropped root: the
+// pins are read before (the bpffs is root's only).
+func outsideScope(port uint16, peer netip.AddrPort, scope string, answered map[uint64]bool) (string, error) {
+	accepted, listeners, err := socketCgroups(port, peer)
+	if err != nil {
+		return "", err
+	}
+	ids := listeners
+	if accepted != 0 {
+		ids = []uint64{accepted}
+	}
+	if len(ids) == 0 || answered == nil {
+		return "", nil
+	}
+	root := mountRoot(scope)
+	outside := ""
+	for _, id := range ids {
+		path := cgroupPath(root, id)
+		if path == "" {
+			return "", nil
+		}
+		for dir := path; ; dir = filepath.Dir(dir) {
+			var st unix.Stat_t
+			if unix.Stat(dir, &st) == nil && answered[st.Ino] {
+				return "", nil
+			}
+			if dir == root || dir == "/" {
+				break
+			}
+		}
+		if outside == "" {
+			outside = path
+		}
+	}
+	return outside, nil
+}
+
+// getsockoptCgroups (Linux) are the ids of the cgroups where the eBPF backend's
+// getsockopt program is attached: its links are pinned under
+// pinDir/links/<kind>@<cgroup id>/. nil when that cannot be read.
+func getsockoptCgroups(pinDir string) map[uint64]bool {
+	if pinDir == "" {
+		pinDir = ebpfpins.DefaultDir
+	}
+	dirs, err := os.ReadDir(filepath.Join(pinDir, "links"))
+	if err != nil {
+		return nil
+	}
+	out := map[uint64]bool{}
+	for _, d := range dirs {
+		_, idText, ok := strings.Cut(d.Name(), "@")
+		id, err := strconv.ParseUint(idText, 10, 64)
+		if !ok || err != nil {
+			continue
+		}
+		if _, err := os.Stat(filepath.Join(pinDir, "links", d.Name(), "detour_getsockopt")); err == nil {
+			out[id] = true
+		}
+	}
+	return out
+}
+
+// tcpListen is TCP_LISTEN, a socket's state in sock_diag.
+const tcpListen = 10
+
+// inetDiagCgroupID is INET_DIAG_CGROUP_ID of linux/inet_diag.h (Linux 5.7):
+// the socket's cgroup v2 id, in every answer for a full socket.
+const inetDiagCgroupID = 21
+
+// socketCgroups asks the kernel (sock_diag) for the cgroup v2 ids of the TCP
+// sockets in the calling thread's network namespace on local port port: the
+// one whose peer is peer (0 when there is none, or it keeps no cgroup), and
+// the listeners.
+func socketCgroups(port uint16, peer netip.AddrPort) (accepted uint64, listeners []uint64, err error) {
+	c, err := nlmsg.Open(unix.NETLINK_INET_DIAG)
+	if err != nil {
+		return 0, nil, fmt.Errorf("read the proxy socket's cgroup: %w", err)
+	}
+	defer c.Close()
+	for _, family := range []byte{unix.AF_INET, unix.AF_INET6} {
+		// struct inet_diag_req_v2: family, protocol, ext, pad, states, and
+		// an empty inet_diag_sockid (a dump of every socket of the family).
+		req := make([]byte, 56)
+		req[0], req[1] = family, unix.IPPROTO_TCP
+		binary.NativeEndian.PutUint32(req[4:], 0xffffffff)
+		msgs, err := c.Dump(unix.SOCK_DIAG_BY_FAMILY, req)
+		if err != nil {
+			return 0, nil, fmt.Errorf("read the proxy socket's cgroup: %w", err)
+		}
+		for _, m := range msgs {
+			// struct inet_diag_msg (72 bytes): family, state, timer,
+			// retrans, then the sockid: sport, dport (big-endian), src,
+			// dst (16 bytes each), interface, cookie; then expires, rqueue,
+			// wqueue, uid, inode; then attributes.
+			if len(m) < 72 || binary.BigEndian.Uint16(m[4:]) != port {
+				continue
+			}
+			var dst netip.Addr
+			if m[0] == unix.AF_INET {
+				dst = netip.AddrFrom4([4]byte(m[24:28]))
+			} else {
+				dst = netip.AddrFrom16([16]byte(m[24:40])).Unmap()
+			}
+			isPeer := dst == peer.Addr() && binary.BigEndian.Uint16(m[6:]) == peer.Port()
+			if !isPeer && m[1] != tcpListen {
+				continue
+			}
+			var id uint64
+			if err := nlmsg.EachAttr(m[72:], func(typ uint16, data []byte) {
+				if typ == inetDiagCgroupID && len(data) >= 8 {
+					id = binary.NativeEndian.Uint64(data)
+				}
+			}); err != nil {
+				return 0, nil, fmt.Errorf("read the proxy socket's cgroup: %w", err)
+			}
+			switch {
+			case id == 0:
+			case isPeer:
+				accepted = id
+			default:
+				listeners = append(listeners, id)
+			}
+		}
+	}
+	return accepted, listeners, nil
+}
+
+// mountRoot is the top of the cgroup2 mount that dir is in.
+func mountRoot(dir string) string {
+	var st unix.Stat_t
+	if unix.Stat(dir, &st) != nil {
+		return dir
+	}
+	for dir != "/" {
+		var up unix.Stat_t
+		if unix.Stat(filepath.Dir(dir), &up) != nil || up.Dev != st.Dev {
+			break
+		}
+		dir = filepath.Dir(dir)
+	}
+	return dir
+}
+
+// cgroupPath finds the directory below root whose id (its inode number) is
+// id, or "".
+func cgroupPath(root string, id uint64) string {
+	found := ""
+	filepath.WalkDir(root, func(path string, d fs.DirEntry, err error) error {
+		if err != nil || !d.IsDir() {
+			return nil
+		}
+		if info, err := d.Info(); err == nil {
+			if s, ok := info.Sys().(*syscall.Stat_t); ok && s.Ino == id {
+				found = path
+				return filepath.SkipAll
+			}
+		}
+		return nil
+	})
+	return found
 }

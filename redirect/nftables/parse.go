@@ -41,12 +41,13 @@ func tokens(s string) ([]string, error) {
 	var out []string
 	for s = strings.TrimSpace(s); s != ""; s = strings.TrimSpace(s) {
 		if s[0] == '"' {
-			q, err := strconv.QuotedPrefix(s)
-			if err != nil {
-				return nil, err
+			// An nft string: up to the next double quote, no escapes.
+			end := strings.IndexByte(s[1:], '"')
+			if end < 0 {
+				return nil, fmt.Errorf("unterminated string in %q", s)
 			}
-			out = append(out, q)
-			s = s[len(q):]
+			out = append(out, s[:end+2])
+			s = s[end+2:]
 			continue
 		}
 		i := strings.IndexByte(s, ' ')
@@ -74,7 +75,7 @@ func parseStmt(t []string) (stmt, int, error) {
 	case "jump":
 		return verdict{kind: "jump", chain: at(t, 1)}, 2, nil
 	case "oifname", "iifname":
-		name, err := strconv.Unquote(at(t, 1))
+		name, err := nftUnquote(at(t, 1))
 		return ifname{dir: t[0], name: name}, 2, err
 	case "fib":
 		return fibLocal{}, 4, nil
@@ -84,7 +85,7 @@ func parseStmt(t []string) (stmt, int, error) {
 		return limit{}, 6, nil
 	case "log":
 		if at(t, 1) == "prefix" {
-			p, err := strconv.Unquote(at(t, 2))
+			p, err := nftUnquote(at(t, 2))
 			return logStmt{prefix: p}, 3, err
 		}
 		return logStmt{}, 1, nil
@@ -179,4 +180,12 @@ func wordFam(w string) redirect.Family {
 		return redirect.IPv6
 	}
 	return redirect.IPv4
+}
+
+// nftUnquote is the text of an nft string (nftQuote).
+func nftUnquote(q string) (string, error) {
+	if len(q) < 2 || q[0] != '"' || q[len(q)-1] != '"' {
+		return "", fmt.Errorf("%q is not an nft string", q)
+	}
+	return q[1 : len(q)-1], nil
 }

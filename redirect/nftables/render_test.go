@@ -4,7 +4,9 @@ package nftables
 
 import (
 	"bytes"
+	"errors"
 	"slices"
+	"strings"
 	"testing"
 
 	"github.com/detour-mesh/detour/internal/golden"
@@ -69,5 +71,51 @@ func TestRender(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestLogPrefixText: `detour plan --backend nftables` prints `nft -f` input,
+// and nft's strings have no escapes: what is between the quotes is the
+// prefix. A backslash was printed doubled (Go quoting: nft reads "a\\b" as
+// a\\b, not the a\b detour installs), and a double quote as \" (nft refuses
+// the line). A backslash is printed as it is; a double quote, which nft's
+// text cannot carry, is refused naming log.prefix (exit 2).
+func TestLogPrefixText(t *testing.T) {
+	t.Parallel()
+	render := func(prefix string) (*Ruleset, error) {
+		c := redirect.Default()
+		c.Log = redirect.Log{Enabled: true, Prefix: prefix}
+		capture, err := redirect.NewCapture(c, redirect.Facts{})
+		if err != nil {
+			t.Fatalf("NewCapture: %v", err)
+		}
+		return Render(capture)
+	}
+	rs, err := render(`a\b`)
+	if err != nil {
+		t.Fatalf("prefix a\\b: %v", err)
+	}
+	if text := rs.Text(); !strings.Contains(text, `log prefix "a\b"`+"\n") {
+		t.Errorf("prefix a\\b: want the rule text log prefix \"a\\b\":\n%s", text)
+	}
+	logged := 0
+	for _, ch := range rs.Chains {
+		for _, r := range ch.Rules {
+			if !strings.Contains(r.Text(), "log prefix") {
+				continue
+			}
+			logged++
+			back, err := parseRule(r.Text(), r.Family)
+			if err != nil || back.Text() != r.Text() {
+				t.Errorf("rule %q parsed back as %q (%v)", r.Text(), back.Text(), err)
+			}
+		}
+	}
+	if logged == 0 {
+		t.Error("no rule logs")
+	}
+	_, err = render(`a"b`)
+	if !errors.Is(err, redirect.ErrInvalid) || !strings.Contains(err.Error(), `log.prefix: "a\"b"`) {
+		t.Errorf("prefix a\"b: err %v; want an invalid-input error naming log.prefix and the value", err)
 	}
 }

@@ -415,6 +415,11 @@ func checkLogPrefix(p string) error {
 			return fmt.Errorf("log.prefix %q holds a character nftables text cannot carry", p)
 		}
 	}
+	// nft's strings have no escapes: the ruleset `detour plan` prints (and
+	// check compares) could not say it.
+	if strings.Contains(p, `"`) {
+		return &redirect.FieldError{Field: "log.prefix", Value: p, Reason: `holds a double quote, which nftables' text cannot carry (its strings have no escapes): leave it out with backend nftables and ebpf, whose inbound table is nftables'`}
+	}
 	return nil
 }
 

@@ -112,7 +112,7 @@ func (s metaLookup) exprs() ([][]byte, error) {
 // ifname is `oifname "lo"` / `iifname "lo"`.
 type ifname struct{ dir, name string }
 
-func (s ifname) text() string { return s.dir + " " + strconv.Quote(s.name) }
+func (s ifname) text() string { return s.dir + " " + nftQuote(s.name) }
 func (s ifname) exprs() ([][]byte, error) {
 	k := expr.MetaKeyOIFNAME
 	if s.dir == "iifname" {
@@ -375,7 +375,7 @@ func (s logStmt) text() string {
 	if s.prefix == "" {
 		return "log"
 	}
-	return "log prefix " + strconv.Quote(s.prefix)
+	return "log prefix " + nftQuote(s.prefix)
 }
 func (s logStmt) exprs() ([][]byte, error) {
 	if s.prefix == "" {
@@ -477,3 +477,8 @@ func (s verdict) exprs() ([][]byte, error) {
 	}
 	return lib(v)
 }
+
+// nftQuote is s as an nft string: between double quotes, with no escapes
+// (nft reads a backslash as itself and cannot carry a double quote, which
+// checkLogPrefix refuses).
+func nftQuote(s string) string { return `"` + s + `"` }

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"reflect"
 	"slices"
 	"strconv"
 	"strings"
@@ -312,17 +313,16 @@ func (in *Injector) Plan(meta metav1.ObjectMeta, spec corev1.PodSpec) (*Mutation
 		}
 	}
 	m.Config = cfg
-	// Pin the pod's whole config in its annotations: the CNI plugin (at the
-	// pod's ADD) and the control plane (on every change, and after a restart)
-	// read the annotations over the base they have then, and a later edit of
-	// the mesh-wide base must not move the ports, uid or mode of a pod whose
-	// sidecar bootstrap and rules were made with this one. A complete
-	// document decodes to itself over any base.
-	pinned, err := json.Marshal(cfg)
+	// Pin the pod's config in its annotations: the CNI plugin (at the pod's
+	// ADD) and the control plane (on every change, and after a restart) read
+	// the annotations over the base they have then, and a later edit of the
+	// mesh-wide base must not move the ports, uid or mode of a pod whose
+	// sidecar bootstrap and rules were made with this one.
+	pinned, err := pin(cfg, base)
 	if err != nil {
 		return nil, fmt.Errorf("render %s: %w", redirect.AnnotationConfig, err)
 	}
-	set(redirect.AnnotationConfig, string(pinned))
+	set(redirect.AnnotationConfig, pinned)
 	if err := checkAppPorts(spec, cfg.Proxy.InboundPort, cfg.Proxy.OutboundPort, inj.AdminPort, inj.ReadyPort); err != nil {
 		return nil, err
 	}
@@ -730,3 +730,46 @@ func joinPorts(rs []redirect.PortRange) string {
 }
 
 func ptr[T any](v T) *T { return &v }
+
+// nodeLocal are the settings the node decides, by the CNI plugin's config
+// there: the backend, its eBPF options, rule logging, and the node file that
+// dns.capture resolvconf reads (which the plugin refuses from a pod). A pin
+// leaves each out unless the pod's own annotations asked for another value
+// than the mesh-wide base, so the node's config keeps deciding them.
+var nodeLocal = [][]string{{"backend"}, {"ebpf"}, {"log"}, {"dns", "resolvConf"}}
+
+// pin renders cfg as the JSON document of redirect.AnnotationConfig: every
+// field, so that it decodes to cfg over any base, but the nodeLocal ones that
+// equal base's.
+func pin(cfg, base redirect.Config) (string, error) {
+	doc, err := jsonObject(cfg)
+	if err != nil {
+		return "", err
+	}
+	from, err := jsonObject(base)
+	if err != nil {
+		return "", err
+	}
+	for _, path := range nodeLocal {
+		d, b := doc, from
+		for _, k := range path[:len(path)-1] {
+			d, _ = d[k].(map[string]any)
+			b, _ = b[k].(map[string]any)
+		}
+		last := path[len(path)-1]
+		if d != nil && b != nil && reflect.DeepEqual(d[last], b[last]) {
+			delete(d, last)
+		}
+	}
+	out, err := json.Marshal(doc)
+	return string(out), err
+}
+
+func jsonObject(c redirect.Config) (map[string]any, error) {
+	b, err := json.Marshal(c)
+	if err != nil {
+		return nil, err
+	}
+	var m map[string]any
+	return m, json.Unmarshal(b, &m)
+}

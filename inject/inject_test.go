@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -393,6 +394,57 @@ func TestInjectedConfigOutlivesTheBase(t *testing.T) {
 		if string(got) != string(want) {
 			t.Errorf("over %s, the injected pod's annotations give another config than it was injected with:\ninjected: %s\nderived:  %s", c.name, want, got)
 		}
+	}
+}
+
+// The node decides its backend, eBPF options, rule logging and the file DNS
+// capture reads (the CNI plugin's config there): the pin must not carry the
+// mesh-wide base's values of those over it, or an injected pod on a node
+// configured for nftables would get the mesh's "auto", and one whose node
+// names another resolv.conf would fail its ADD (a pod may not name node
+// files). A value the pod itself asked for stays pinned.
+func TestPinLeavesNodeSettingsToTheNode(t *testing.T) {
+	t.Parallel()
+	node, err := meshconfig.Parse([]byte("redirect: {backend: nftables, log: {enabled: true}, dns: {resolvConf: /etc/cluster-dns.conf}}"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	in := newInjector(t, "redirect: {outbound: {excludePorts: [5432]}}", meshconfig.SidecarNative)
+	for _, c := range []struct {
+		name        string
+		ann         map[string]string
+		wantBackend redirect.Backend
+	}{
+		{"the node's backend", nil, redirect.BackendNFTables},
+		{"the pod's own document", map[string]string{redirect.AnnotationConfig: "backend: iptables-nft"}, redirect.BackendIPTablesNFT},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			meta, spec := pod(c.ann)
+			m, err := in.Plan(meta, spec)
+			if err != nil {
+				t.Fatal(err)
+			}
+			ann := map[string]string{}
+			for k, v := range meta.Annotations {
+				ann[k] = v
+			}
+			for k, v := range m.Annotations {
+				ann[k] = v
+			}
+			cfg, err := redirect.FromAnnotations(node.Base(), ann)
+			if err != nil {
+				t.Fatalf("the injected annotations do not decode over the node's config: %v", err)
+			}
+			if cfg.Backend != c.wantBackend {
+				t.Errorf("backend = %q, want %q", cfg.Backend, c.wantBackend)
+			}
+			if cfg.DNS.ResolvConf != "/etc/cluster-dns.conf" || !cfg.Log.Enabled {
+				t.Errorf("dns.resolvConf = %q, log.enabled = %v: want the node's /etc/cluster-dns.conf and true", cfg.DNS.ResolvConf, cfg.Log.Enabled)
+			}
+			if cfg.Proxy != m.Config.Proxy || !slices.Equal(cfg.Outbound.ExcludePorts, m.Config.Outbound.ExcludePorts) {
+				t.Errorf("proxy %+v, outbound.excludePorts %v: want the injected %+v, %v", cfg.Proxy, cfg.Outbound.ExcludePorts, m.Config.Proxy, m.Config.Outbound.ExcludePorts)
+			}
+		})
 	}
 }
 

@@ -40,6 +40,9 @@ func TestAddAnnotations(t *testing.T) {
 		{name: "misspelt annotation", annotations: map[string]string{"detour.io/exclude-outbound-port": "5432"}, wantMsg: []string{"detour.io/exclude-outbound-port", "5432"}},
 		{name: "acceleration without ebpf", annotations: map[string]string{"detour.io/ebpf-accelerate": "true"}, wantMsg: []string{"ebpf.accelerate", "needs backend ebpf"}},
 		{name: "acceleration with ebpf", annotations: map[string]string{"detour.io/backend": "ebpf", "detour.io/ebpf-accelerate": "true"}, want: &accel},
+		{name: "empty include list", annotations: map[string]string{"detour.io/include-outbound-cidrs": ""}, wantMsg: []string{`detour.io/include-outbound-cidrs ""`, "would capture every destination"}},
+		{name: "blank include list", annotations: map[string]string{"detour.io/include-inbound-ports": " "}, wantMsg: []string{`detour.io/include-inbound-ports " "`, "would capture every inbound port"}},
+		{name: "empty exclusion list", annotations: map[string]string{"detour.io/exclude-outbound-ports": ""}, want: ptr(redirect.Default())},
 		{name: "node file named by the pod", annotations: map[string]string{"detour.io/dns-capture": "resolvconf", "detour.io/dns-resolv-conf": "/etc/shadow"}, wantMsg: []string{"dns.resolvConf", "/etc/shadow", "cannot be set by a pod annotation"}},
 	}
 	for _, tt := range tests {

@@ -210,6 +210,7 @@ func TestPlanRefusesBadAnnotations(t *testing.T) {
 		{"redirect disabled", map[string]string{"detour.io/redirect": "disabled"}, []string{"detour.io/redirect", "disabled"}},
 		{"bad config document", map[string]string{"detour.io/config": "proxy: {uid: -1}"}, []string{"detour.io/config", "proxy.uid", "-1"}},
 		{"ready port only included", map[string]string{"detour.io/include-inbound-ports": "8080,15021"}, []string{"inbound.includePorts", "15021"}},
+		{"empty include list", map[string]string{"detour.io/include-outbound-cidrs": ""}, []string{`detour.io/include-outbound-cidrs ""`, "would capture every destination"}},
 		{"node file", map[string]string{"detour.io/dns-resolv-conf": "/etc/shadow"}, []string{"detour.io/dns-resolv-conf", "/etc/shadow"}},
 		{"inbound port on the admin port", map[string]string{"detour.io/inbound-port": "15000"}, []string{"admin-address", "15000", "proxy.inboundPort"}},
 	} {

@@ -59,7 +59,11 @@ func RedirectRequested(annotations map[string]string) (bool, error) {
 // AnnotationRedirect is the opt-in and AnnotationInject the injector's, and
 // neither is read here; any other detour.io/
 // key that names no field is an error, because a misspelt exclusion would
-// otherwise capture traffic the user meant to exempt.
+// otherwise capture traffic the user meant to exempt. An empty or blank short
+// form of an include list whose empty value captures everything
+// (Field.EmptyCaptures: detour.io/include-outbound-cidrs: "" from a template's
+// unset value) is an error too, as on the command line; an empty exclusion
+// list is accepted and clears the base's list.
 //
 // The result is validated as a whole. Errors match ErrInvalid, name the
 // annotation, its value and the config field, and are deterministic (the
@@ -83,6 +87,9 @@ func FromAnnotations(base Config, annotations map[string]string) (Config, error)
 		f, ok := FieldByName(strings.TrimPrefix(k, AnnotationPrefix))
 		if !ok {
 			return Config{}, &FieldError{Field: k, Value: v, Reason: "is not a detour annotation (" + AnnotationConfig + ", " + AnnotationRedirect + " or detour.io/<field name>, e.g. detour.io/exclude-outbound-ports)"}
+		}
+		if err := EmptyIncludeError(f, v, "leave the annotation out for that, the default"); err != nil {
+			return Config{}, fmt.Errorf("annotation %s %q: %w", k, v, err)
 		}
 		if err := c.Set(f.Path, v); err != nil {
 			return Config{}, fmt.Errorf("annotation %s %q: %w", k, v, err)

@@ -80,6 +80,16 @@ outbound: {excludePorts: [8080, "9000-9100"]}
 			annotations: map[string]string{"detour.io/exclude-inbound-ports": ""},
 			want:        func(c *Config) { c.Inbound.ExcludePorts = nil },
 		},
+		{
+			name:        "blank exclusion list empties it too",
+			annotations: map[string]string{"detour.io/exclude-outbound-uids": " "},
+			want:        func(c *Config) { c.Outbound.ExcludeUIDs = nil },
+		},
+		{
+			name:        "document may clear an include list",
+			annotations: map[string]string{AnnotationConfig: "outbound: {includeCIDRs: []}"},
+			want:        func(c *Config) { c.Outbound.IncludeCIDRs = nil },
+		},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -166,6 +176,36 @@ func TestFromAnnotationsErrors(t *testing.T) {
 			},
 			want: []string{`detour.io/exclude-inbound-ports "y"`},
 		},
+		// An include list's empty value captures everything: a template's
+		// unset value must not widen the capture (as on the command line).
+		{
+			name:        "empty include-outbound-cidrs",
+			annotations: map[string]string{"detour.io/include-outbound-cidrs": ""},
+			want:        []string{`annotation detour.io/include-outbound-cidrs ""`, `outbound.includeCIDRs: "" is empty, which would capture every destination`},
+		},
+		{
+			name:        "blank include-outbound-cidrs",
+			annotations: map[string]string{"detour.io/include-outbound-cidrs": "  "},
+			want:        []string{`annotation detour.io/include-outbound-cidrs "  "`, "would capture every destination"},
+		},
+		{
+			name:        "empty include-outbound-ports",
+			annotations: map[string]string{"detour.io/include-outbound-ports": ""},
+			want:        []string{`annotation detour.io/include-outbound-ports ""`, "would capture every destination port"},
+		},
+		{
+			name:        "blank include-inbound-ports",
+			annotations: map[string]string{"detour.io/include-inbound-ports": "\t"},
+			want:        []string{`annotation detour.io/include-inbound-ports "\t"`, "would capture every inbound port"},
+		},
+		{
+			name: "empty include list over a document that set it",
+			annotations: map[string]string{
+				AnnotationConfig:                   "outbound: {includeCIDRs: [192.0.2.0/24]}",
+				"detour.io/include-outbound-cidrs": "",
+			},
+			want: []string{`annotation detour.io/include-outbound-cidrs ""`, "would capture every destination"},
+		},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -227,7 +267,16 @@ func TestEveryFieldHasAValidAnnotationName(t *testing.T) {
 			t.Errorf("field %s: annotation %q is not a valid Kubernetes annotation key", f.Path, key)
 		}
 		c := Default()
-		if _, err := FromAnnotations(c, map[string]string{key: f.Get(&c)}); err != nil {
+		_, err := FromAnnotations(c, map[string]string{key: f.Get(&c)})
+		if f.EmptyCaptures != "" && f.Get(&c) == "" {
+			// The default of an include list is empty, which an annotation
+			// must not say (an unset template value): leaving it out does.
+			if !errors.Is(err, ErrInvalid) {
+				t.Errorf("field %s: empty include annotation = %v, want it refused", f.Path, err)
+			}
+			continue
+		}
+		if err != nil {
 			t.Errorf("field %s: annotation with its default value: %v", f.Path, err)
 		}
 	}

@@ -214,10 +214,24 @@ func familyCapture(cfg Config, facts Facts, f Family) FamilyCapture {
 			}
 		}
 		if !dc.All {
+			add := func(a netip.Addr) {
+				if !slices.Contains(dc.Servers, a) {
+					dc.Servers = append(dc.Servers, a)
+				}
+			}
 			for _, a := range facts.Nameservers {
 				a = a.Unmap().WithZone("")
-				if a.Is6() == v6 && !slices.Contains(dc.Servers, a) {
-					dc.Servers = append(dc.Servers, a)
+				if a.Is6() != v6 {
+					continue
+				}
+				add(a)
+				if a.IsUnspecified() {
+					// "nameserver 0.0.0.0" (or "::") is the local host: the
+					// kernel sends a datagram to the unspecified address to
+					// loopback, and that is the destination the nat and
+					// nftables rules see (the eBPF hooks see the address
+					// the resolver gave, so both stay listed).
+					add(unspecifiedDestination(v6))
 				}
 			}
 			if len(dc.Servers) == 0 {
@@ -228,6 +242,15 @@ func familyCapture(cfg Config, facts Facts, f Family) FamilyCapture {
 		fc.DNS = dc
 	}
 	return fc
+}
+
+// unspecifiedDestination is where the kernel sends a datagram addressed to
+// the unspecified address of a family: 127.0.0.1 or ::1.
+func unspecifiedDestination(v6 bool) netip.Addr {
+	if v6 {
+		return netip.IPv6Loopback()
+	}
+	return netip.AddrFrom4([4]byte{127, 0, 0, 1})
 }
 
 // portSelection applies "include beats exclude": with include ports the

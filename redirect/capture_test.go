@@ -53,12 +53,16 @@ func TestDecideReasons(t *testing.T) {
 		{"app to itself", base(nil), Conn{Direction: DirOutbound, Protocol: TCP, Dst: a("203.0.113.2"), Port: 8080, UID: app, GID: app, ToSelf: true}, false, "", "", ""},
 		{"dns captured", base(nil), Conn{Direction: DirOutbound, Protocol: UDP, Dst: a("192.0.2.53"), Port: 53, UID: app, GID: app}, true, "dns", "dns.capture", "all"},
 		{"dns of the proxy", base(nil), Conn{Direction: DirOutbound, Protocol: UDP, Dst: a("192.0.2.53"), Port: 53, UID: 5678, GID: app}, false, "", "proxy.uid", "5678"},
+		// The kernel sends to 127.0.0.1 / ::1 what is addressed to 0.0.0.0 / ::.
+		{"dns to a nameserver 0.0.0.0 arrives at 127.0.0.1", base(func(c *Config) { c.DNS.Capture = DNSCaptureResolvConf }), Conn{Direction: DirOutbound, Protocol: UDP, Dst: a("127.0.0.1"), Port: 53, UID: app, GID: app}, true, "dns", "dns.capture", "resolvconf"},
+		{"dns to a nameserver :: arrives at ::1", base(func(c *Config) { c.DNS.Capture = DNSCaptureResolvConf }), Conn{Direction: DirOutbound, Protocol: UDP, Dst: a("::1"), Port: 53, UID: app, GID: app}, true, "dns", "dns.capture", "resolvconf"},
+		{"dns to 0.0.0.0 as the resolver wrote it", base(func(c *Config) { c.DNS.Capture = DNSCaptureResolvConf }), Conn{Direction: DirOutbound, Protocol: UDP, Dst: a("0.0.0.0"), Port: 53, UID: app, GID: app}, true, "dns", "dns.capture", "resolvconf"},
 		{"dns off", base(func(c *Config) { c.DNS.Capture = DNSCaptureOff }), Conn{Direction: DirOutbound, Protocol: UDP, Dst: a("192.0.2.53"), Port: 53, UID: app, GID: app}, false, "", "dns.capture", "off"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
-			c, err := NewCapture(tt.cfg, Facts{IPv6: true})
+			c, err := NewCapture(tt.cfg, Facts{IPv6: true, Nameservers: []netip.Addr{a("0.0.0.0"), a("::")}})
 			if err != nil {
 				t.Fatal(err)
 			}

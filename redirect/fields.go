@@ -33,6 +33,13 @@ type Field struct {
 	List bool
 	// Bool fields are switches (a flag without a value means true).
 	Bool bool
+	// EmptyCaptures is set on the include lists whose empty value captures
+	// everything ("every destination"). A flag, a variable or an annotation
+	// must not give them an empty value — an unset shell variable or template
+	// value would capture all traffic instead of the few meant — so the CLI and
+	// FromAnnotations refuse it (EmptyIncludeError); leaving the setting out is
+	// that default. Empty exclusion lists stay accepted: they clear a preset's.
+	EmptyCaptures string
 
 	set func(c *Config, values []string) error
 	get func(c *Config) string
@@ -56,6 +63,18 @@ func (f Field) EnvName() string {
 		b.WriteByte(c)
 	}
 	return b.String()
+}
+
+// EmptyIncludeError returns an error naming the field and v when v is empty
+// or blank and f is an include list whose empty value captures everything
+// (EmptyCaptures), nil otherwise. hint ends the message: what to write
+// instead, in the terms of the source (flag, variable, annotation).
+func EmptyIncludeError(f Field, v, hint string) error {
+	if f.EmptyCaptures == "" || strings.TrimSpace(v) != "" {
+		return nil
+	}
+	return &FieldError{Field: f.Path, Value: v, Reason: "is empty, which would capture " + f.EmptyCaptures +
+		" (an unset variable?): " + hint}
 }
 
 // Get returns the field's value in c in its string form (lists comma-separated).
@@ -640,9 +659,10 @@ var fields = []Field{
 	},
 	{
 		Path: "inbound.includePorts", Name: "include-inbound-ports", List: true,
-		Usage: "capture only these inbound ports (empty = all)",
-		set:   listField("inbound.includePorts", ParsePortRange, func(c *Config) *[]PortRange { return &c.Inbound.IncludePorts }),
-		get:   func(c *Config) string { return joinList(c.Inbound.IncludePorts) },
+		EmptyCaptures: "every inbound port",
+		Usage:         "capture only these inbound ports (empty = all)",
+		set:           listField("inbound.includePorts", ParsePortRange, func(c *Config) *[]PortRange { return &c.Inbound.IncludePorts }),
+		get:           func(c *Config) string { return joinList(c.Inbound.IncludePorts) },
 	},
 	{
 		Path: "inbound.excludePorts", Name: "exclude-inbound-ports", List: true,
@@ -663,9 +683,10 @@ var fields = []Field{
 	},
 	{
 		Path: "outbound.includePorts", Name: "include-outbound-ports", List: true,
-		Usage: "capture only these destination ports (empty = all)",
-		set:   listField("outbound.includePorts", ParsePortRange, func(c *Config) *[]PortRange { return &c.Outbound.IncludePorts }),
-		get:   func(c *Config) string { return joinList(c.Outbound.IncludePorts) },
+		EmptyCaptures: "every destination port",
+		Usage:         "capture only these destination ports (empty = all)",
+		set:           listField("outbound.includePorts", ParsePortRange, func(c *Config) *[]PortRange { return &c.Outbound.IncludePorts }),
+		get:           func(c *Config) string { return joinList(c.Outbound.IncludePorts) },
 	},
 	{
 		Path: "outbound.excludePorts", Name: "exclude-outbound-ports", List: true,
@@ -675,9 +696,10 @@ var fields = []Field{
 	},
 	{
 		Path: "outbound.includeCIDRs", Name: "include-outbound-cidrs", List: true,
-		Usage: "capture only these destinations (empty = all); IPv4 and IPv6 mixed",
-		set:   listField("outbound.includeCIDRs", ParseCIDR, func(c *Config) *[]netip.Prefix { return &c.Outbound.IncludeCIDRs }),
-		get:   func(c *Config) string { return joinPrefixes(c.Outbound.IncludeCIDRs) },
+		EmptyCaptures: "every destination",
+		Usage:         "capture only these destinations (empty = all); IPv4 and IPv6 mixed",
+		set:           listField("outbound.includeCIDRs", ParseCIDR, func(c *Config) *[]netip.Prefix { return &c.Outbound.IncludeCIDRs }),
+		get:           func(c *Config) string { return joinPrefixes(c.Outbound.IncludeCIDRs) },
 	},
 	{
 		Path: "outbound.excludeCIDRs", Name: "exclude-outbound-cidrs", List: true,

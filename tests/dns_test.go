@@ -96,6 +96,33 @@ func TestDNS(t *testing.T) {
 		})
 	})
 
+	// D5: "nameserver 0.0.0.0" (or "::") in the resolv.conf means the local
+	// host: the kernel sends a datagram to the unspecified address to
+	// loopback (127.0.0.1, ::1), so a rule matching 0.0.0.0 never sees it.
+	t.Run("D5", func(t *testing.T) {
+		matrix(t, func(t *testing.T, v variant) {
+			p := newPod(t, v)
+			p.startProxies()
+			p.startDNS()
+			if _, err := p.lab.Pod.ServeDNS(dnsLocal, netip.AddrPortFrom(v.family.Loopback(), 53), nil); err != nil {
+				t.Fatal(err)
+			}
+			file := filepath.Join(t.TempDir(), "resolv.conf")
+			if err := os.WriteFile(file, []byte("nameserver "+v.family.Unspecified().String()+"\n"), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			p.install("--dns-capture", "resolvconf", "--dns-resolv-conf", file)
+			for i := range cases() {
+				o := p.appQuery(i, v.family.Unspecified())
+				got, err := p.lab.Pod.QueryDNS(p.ctx, o)
+				if err != nil || got.Server != dnsProxy {
+					t.Errorf("D5 nameserver %s: %s: answered by %s (%v), want %s (%s)", v.family.Unspecified(), o, got.Server, err, dnsProxy, got)
+				}
+				p.explainConn("D5 nameserver "+v.family.Unspecified().String(), false, "udp", o.To, o.From, o.Cred, dnsProxy)
+			}
+		})
+	})
+
 	// D4: TCP/53 is ordinary outbound TCP: with DNS capture on, the workload's TCP/53
 	// goes to the outbound port like any other TCP (the proxy's DNS port is UDP only),
 	// and an excluded port 53 is left alone.

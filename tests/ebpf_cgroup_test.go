@@ -188,7 +188,8 @@ func cgroupExplainLive(t *testing.T, p *pod, cg string) {
 // proxy, but the proxy's SO_ORIGINAL_DST is answered only below the scope's
 // cgroup: the proxy cannot learn any connection's destination. validate
 // said "ok … held by the proxy's socket" (exit 0); it must exit 5 naming the
-// proxy's cgroup and the scope's. A scope on a sibling of the test's cgroup
+// proxy's cgroup and the scope's, and its summary must not say the probes
+// were not redirected. A scope on a sibling of the test's cgroup
 // cg, where the helper holds the outbound port and no scope is left.
 func cgroupValidateProxyOutside(t *testing.T, p *pod, cg string) {
 	t.Helper()
@@ -209,6 +210,11 @@ func cgroupValidateProxyOutside(t *testing.T, p *pod, cg string) {
 	r := p.detourCmd(nil, validate...)
 	if r.code != 5 || !strings.Contains(r.stdout, "FAIL "+string(p.v.family)) || !strings.Contains(r.stdout, "outside the scope's cgroup "+app) || !strings.Contains(r.stdout, cg) {
 		t.Errorf("validate --cgroup with the proxy in another cgroup (%s): want exit 5, the probe failed naming the proxy's cgroup and the scope's:\n%s", cg, r)
+	}
+	// The summary said "1 of 1 probes were not redirected": they were, to a
+	// proxy that cannot learn where they were going.
+	if !strings.Contains(r.stderr, "probes were redirected to the proxy, but its socket is outside the scope's cgroup "+app) || strings.Contains(r.stderr, "not redirected") {
+		t.Errorf("validate --cgroup with the proxy in another cgroup: the summary must say the probes reached the proxy outside the scope, not that they were not redirected:\n%s", r)
 	}
 	if r := p.detourCmd(nil, "uninstall", "--cgroup", app); r.code != 0 {
 		t.Fatalf("uninstall --cgroup of the app-only scope:\n%s", r)

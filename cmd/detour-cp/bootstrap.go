@@ -3,6 +3,7 @@ package main
 import (
 	"fmt"
 	"io"
+	"net/netip"
 	"os"
 	"strings"
 
@@ -19,6 +20,7 @@ type bootstrapOptions struct {
 	controlPlane string
 	delta        bool
 	adminAddress string
+	exposeAdmin  bool
 	cluster      string
 	mesh         string
 	configs      []string
@@ -56,7 +58,8 @@ The proxy ports come from the workload's transparentProxy in --mesh, or from
 	f.StringVar(&o.nodeID, "node-id", "", "node id of the workload (Envoy node.id); required")
 	f.StringVar(&o.controlPlane, "control-plane", "", "host:port of the control plane's ADS server; required")
 	f.BoolVar(&o.delta, "delta", false, "use incremental (delta) xDS instead of state of the world")
-	f.StringVar(&o.adminAddress, "admin-address", "127.0.0.1:15000", "Envoy admin listener (ip:port)")
+	f.StringVar(&o.adminAddress, "admin-address", "127.0.0.1:15000", "Envoy admin listener (ip:port); a loopback address unless --expose-admin")
+	f.BoolVar(&o.exposeAdmin, "expose-admin", false, "allow a non-loopback --admin-address (anyone who reaches it can stop the proxy and read its config)")
 	f.StringVar(&o.cluster, "cluster", "detour", "Envoy node.cluster")
 	f.StringVar(&o.mesh, "mesh", "", "mesh file: take the workload's labels and redirect config from it")
 	f.StringArrayVar(&o.configs, "config", nil, "redirect config document(s) for the proxy ports (repeatable; instead of --mesh)")
@@ -86,6 +89,9 @@ func printBootstrap(o *bootstrapOptions, s streams) error {
 	}
 	if o.output != "yaml" && o.output != "json" {
 		return usageError("--output %q is not one of yaml, json", o.output)
+	}
+	if err := checkAdminAddress(o, s); err != nil {
+		return err
 	}
 	bo := controlplane.BootstrapOptions{
 		NodeID:       o.nodeID,
@@ -146,6 +152,25 @@ func printBootstrap(o *bootstrapOptions, s streams) error {
 	}
 	_, err = s.out.Write(out)
 	return err
+}
+
+// checkAdminAddress refuses an --admin-address that is not a loopback
+// address unless --expose-admin says so, and then warns on stderr: Envoy's
+// admin interface is unauthenticated, and whoever reaches it can quit the
+// proxy (/quitquitquit), drain its listeners, change its log levels and dump
+// its config, certificates included (/config_dump, /certs). A value that is
+// not ip:port is left to controlplane.Bootstrap, which names it.
+func checkAdminAddress(o *bootstrapOptions, s streams) error {
+	ap, err := netip.ParseAddrPort(o.adminAddress)
+	if err != nil || ap.Addr().Unmap().IsLoopback() {
+		return nil
+	}
+	const risk = "exposes Envoy's admin interface, which has no authentication, to the network: anyone who reaches it can stop the proxy and dump its config and secrets"
+	if !o.exposeAdmin {
+		return usageError("--admin-address %q is not a loopback address; it %s (use 127.0.0.1 or ::1, or give --expose-admin to listen there anyway)", o.adminAddress, risk)
+	}
+	fmt.Fprintf(s.err, "detour: warning: --admin-address %q (with --expose-admin) %s\n", o.adminAddress, risk)
+	return nil
 }
 
 // readBootstrapConfig reads a config document; "-" is stdin.

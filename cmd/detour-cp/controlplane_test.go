@@ -11,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime/debug"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -201,6 +202,12 @@ func TestControlPlaneInvalidInputExitsTwo(t *testing.T) {
 		{"kubernetes empty base config", []string{"control-plane", "--source", "kubernetes", "--base-config", empty, "--xds-address", "127.0.0.1:0", "--http-address", "off"}, `--base-config "` + empty + `" is empty`},
 		{"bootstrap empty mesh", []string{"bootstrap", "--node-id", "app", "--control-plane", "127.0.0.1:1", "--mesh", ""}, `--mesh "" is empty`},
 		{"bootstrap empty admin address", []string{"bootstrap", "--node-id", "app", "--control-plane", "127.0.0.1:1", "--admin-address", ""}, `--admin-address "" is empty`},
+		// Envoy's admin interface has no authentication: on 0.0.0.0 anyone
+		// on the network could quit the proxy or dump its secrets (accepted
+		// silently before).
+		{"bootstrap admin on every address", []string{"bootstrap", "--node-id", "app", "--control-plane", "127.0.0.1:1", "--admin-address", "0.0.0.0:15000"}, `--admin-address "0.0.0.0:15000" is not a loopback address`},
+		{"bootstrap admin on every v6 address", []string{"bootstrap", "--node-id", "app", "--control-plane", "127.0.0.1:1", "--admin-address", "[::]:15000"}, `--admin-address "[::]:15000" is not a loopback address`},
+		{"bootstrap admin on a host address", []string{"bootstrap", "--node-id", "app", "--control-plane", "127.0.0.1:1", "--admin-address", "192.0.2.10:15000"}, "give --expose-admin to listen there anyway"},
 		{"bootstrap empty ca", []string{"bootstrap", "--node-id", "app", "--control-plane", "127.0.0.1:1", "--ca", ""}, `--ca "" is empty`},
 		{"bootstrap empty cluster", []string{"bootstrap", "--node-id", "app", "--control-plane", "127.0.0.1:1", "--cluster", ""}, `--cluster "" is empty`},
 		{"bootstrap empty preset", []string{"bootstrap", "--node-id", "app", "--control-plane", "127.0.0.1:1", "--preset", ""}, `--preset "" is empty`},
@@ -255,6 +262,43 @@ func TestBootstrapGolden(t *testing.T) {
 				t.Fatalf("exit %d: %s", code, stderr.String())
 			}
 			golden.Check(t, golden.Path(t, tt.name), stdout.Bytes())
+		})
+	}
+}
+
+// TestBootstrapAdminAddress: a loopback --admin-address is taken silently;
+// a non-loopback one only with --expose-admin, and then with a warning on
+// stderr naming the flag and the value, and the bootstrap's admin listener
+// is where the user said.
+func TestBootstrapAdminAddress(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		name     string
+		args     []string
+		wantAddr string // in the bootstrap's admin listener
+		warn     bool
+	}{
+		{"loopback v4", []string{"--admin-address", "127.0.0.2:15000"}, "address: 127.0.0.2", false},
+		{"loopback v6", []string{"--admin-address", "[::1]:15000"}, "address: ::1", false},
+		{"mapped loopback", []string{"--admin-address", "[::ffff:127.0.0.1]:15000"}, "address: ::ffff:127.0.0.1", false},
+		{"exposed on purpose", []string{"--admin-address", "0.0.0.0:15000", "--expose-admin"}, "address: 0.0.0.0", true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			var stdout, stderr bytes.Buffer
+			args := append([]string{"bootstrap", "--node-id", "app", "--control-plane", "127.0.0.1:18000"}, tt.args...)
+			if code := run(context.Background(), args, strings.NewReader(""), &stdout, &stderr); code != 0 {
+				t.Fatalf("exit %d: %s", code, stderr.String())
+			}
+			admin, _, _ := strings.Cut(stdout.String(), "dynamicResources")
+			if !strings.Contains(admin, tt.wantAddr) || !strings.Contains(admin, "portValue: 15000") {
+				t.Errorf("bootstrap's admin listener is not on %s port 15000:\n%s", tt.wantAddr, stdout.String())
+			}
+			warned := strings.Contains(stderr.String(), "warning: --admin-address "+strconv.Quote(tt.args[1]))
+			if warned != tt.warn {
+				t.Errorf("warning on stderr = %v, want %v; stderr:\n%s", warned, tt.warn, stderr.String())
+			}
 		})
 	}
 }

@@ -271,22 +271,7 @@ func (o *configOptions) applyFields(cfg redirect.Config, lookup func(string) (st
 // config file set. Empty exclusion lists stay accepted: they clear a preset's
 // list (docs/config.md).
 func emptyInclude(f redirect.Field, v string) error {
-	var captures string
-	switch f.Path {
-	case "inbound.includePorts":
-		captures = "every inbound port"
-	case "outbound.includePorts":
-		captures = "every destination port"
-	case "outbound.includeCIDRs":
-		captures = "every destination"
-	default:
-		return nil
-	}
-	if strings.TrimSpace(v) != "" {
-		return nil
-	}
-	return &redirect.FieldError{Field: f.Path, Value: v, Reason: "is empty, which would capture " + captures +
-		" (an unset variable?): leave it out for that, the default, or clear a config file's list with [] in a document"}
+	return redirect.EmptyIncludeError(f, v, "leave it out for that, the default, or clear a config file's list with [] in a document")
 }
 
 func unwrapPathError(err error) string {

@@ -156,7 +156,9 @@ func runValidate(ctx context.Context, o *validateOptions, g *globalOptions, s st
 	if g.cgroup != "" {
 		answered = getsockoptCgroups(g.bpfPinDir)
 	}
-	failed, unanswered, conclusive := 0, 0, 0
+	// failed: not redirected; outside: redirected to a proxy that cannot
+	// learn the original destination (its socket is outside the scope).
+	failed, outside, unanswered, conclusive := 0, 0, 0, 0
 	for _, p := range probes {
 		p.scope, p.answered = g.cgroup, answered
 		res, err := runProbe(ctx, nsPath, c.Proxy.OutboundPort, p, o.timeout)
@@ -184,7 +186,7 @@ func runValidate(ctx context.Context, o *validateOptions, g *globalOptions, s st
 			failed++
 			fmt.Fprintf(s.out, "FAIL %s: %s as uid %d reached :%d with original destination %s\n", p.family, p.dst, p.uid, c.Proxy.OutboundPort, got)
 		case res.proxyOutside != "":
-			failed++
+			outside++
 			fmt.Fprintf(s.out, "FAIL %s: %s as uid %d reached the proxy's socket on :%d, but that socket is in cgroup %s, outside the scope's cgroup %s and every cgroup where detour's eBPF programs are attached: only there is SO_ORIGINAL_DST answered, so the proxy cannot learn where any connection was going (run the proxy below the scope's cgroup, or install the scope on a cgroup above both, such as a slice holding the app's and the proxy's services)\n",
 				p.family, p.dst, p.uid, c.Proxy.OutboundPort, res.proxyOutside, g.cgroup)
 		case res.viaProxy:
@@ -193,8 +195,13 @@ func runValidate(ctx context.Context, o *validateOptions, g *globalOptions, s st
 			fmt.Fprintf(s.out, "ok   %s: %s as uid %d reached :%d with its original destination\n", p.family, p.dst, p.uid, c.Proxy.OutboundPort)
 		}
 	}
-	if failed > 0 {
+	switch {
+	case failed > 0 && outside > 0:
+		return withCode(exitNotValid, fmt.Errorf("validate: %d of %d probes were not redirected, and %d reached a proxy outside the scope's cgroup %s that cannot learn their original destination; is detour installed with this configuration, and does the proxy run below the scope's cgroup?", failed, conclusive, outside, g.cgroup))
+	case failed > 0:
 		return withCode(exitNotValid, fmt.Errorf("validate: %d of %d probes were not redirected; is detour installed with this configuration?", failed, conclusive))
+	case outside > 0:
+		return withCode(exitNotValid, fmt.Errorf("validate: %d of %d probes were redirected to the proxy, but its socket is outside the scope's cgroup %s, so it cannot learn their original destination: run the proxy below the scope's cgroup", outside, conclusive, g.cgroup))
 	}
 	if unanswered > 0 {
 		return withCode(exitNoAnswer, fmt.Errorf("validate: %d of %d probes got no answer within --timeout %s, which proves neither that they were redirected nor that they were not: a probe that is not redirected and dropped on its way out looks the same as one redirected and then dropped, for instance by a firewall rule on port %d; is detour installed with this configuration, and does anything drop connections to the proxy port?", unanswered, conclusive, o.timeout, c.Proxy.OutboundPort))

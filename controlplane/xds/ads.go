@@ -47,6 +47,8 @@ type adsServer struct {
 	tracker *tracker
 	ids     atomic.Int64
 	pushes  pushQueue
+	// lists lends pushes the lists of their full SotW responses.
+	lists anyLists
 }
 
 func newADSServer(cache *servingCache, tracker *tracker, fs *flights) *adsServer {
@@ -365,7 +367,7 @@ func (s *adsStream) flush(fs *flights, last *flight) (*flight, error) {
 			var r *discoveryv3.DiscoveryResponse
 			var err error
 			if sr, ok := p.sotw.(*sotwResponse); ok {
-				r, borrowed = sr.pushResponse()
+				r, borrowed = sr.pushResponse(&s.ads.lists)
 			} else {
 				r, err = p.sotw.GetDiscoveryResponse()
 			}
@@ -397,7 +399,7 @@ func (s *adsStream) flush(fs *flights, last *flight) (*flight, error) {
 			last = fs.expect(msg)
 		}
 		err := s.grpc.SendMsg(msg)
-		giveBack(borrowed) // SendMsg encoded it, or never will
+		s.ads.lists.giveBack(borrowed) // SendMsg encoded it, or never will
 		if err != nil {
 			fs.take(msg)
 			return last, err

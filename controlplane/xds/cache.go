@@ -252,12 +252,14 @@ type sotwResponse struct {
 
 // pushResponse is GetDiscoveryResponse for a push: the list of a full
 // response of a type only one node is served is borrowed (servedType.borrow)
-// and must be given back (giveBack) once the response is encoded, which
-// SendMsg does before it returns.
-func (r *sotwResponse) pushResponse() (*discoveryv3.DiscoveryResponse, *[]*anypb.Any) {
+// and must be given back (anyLists.giveBack) once the response is encoded,
+// which SendMsg does before it returns: with xdsCodec, and as long as no
+// gRPC stats handler, which may read a sent message later, is installed
+// (grpcServerOptions).
+func (r *sotwResponse) pushResponse(lists *anyLists) (*discoveryv3.DiscoveryResponse, *[]*anypb.Any) {
 	resources, borrowed := r.resources, (*[]*anypb.Any)(nil)
 	if r.full != nil {
-		resources, borrowed = r.full.borrow()
+		resources, borrowed = r.full.borrow(lists)
 	}
 	return &discoveryv3.DiscoveryResponse{VersionInfo: r.version, Resources: resources, TypeUrl: r.typeURL}, borrowed
 }

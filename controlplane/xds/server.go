@@ -123,6 +123,9 @@ func NewServer(opts Options) *Server {
 }
 
 // grpcServerOptions are the gRPC server's options but for its codec and TLS.
+// No stats handler (grpc.StatsHandler): pushes give a response's list back
+// for reuse once SendMsg returns (anyLists), and a stats handler may read a
+// sent message after that.
 func grpcServerOptions() []grpc.ServerOption {
 	return []grpc.ServerOption{
 		// Envoy keeps one long-lived stream; many proxies share one server.

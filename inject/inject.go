@@ -323,11 +323,12 @@ func (in *Injector) Plan(meta metav1.ObjectMeta, spec corev1.PodSpec) (*Mutation
 		return nil, fmt.Errorf("render %s: %w", redirect.AnnotationConfig, err)
 	}
 	set(redirect.AnnotationConfig, pinned)
-	if err := checkAppPorts(spec, cfg.Proxy.InboundPort, cfg.Proxy.OutboundPort, inj.AdminPort, inj.ReadyPort); err != nil {
+	if err := checkAppPorts(spec, corev1.ProtocolTCP, "the proxy's inbound, outbound, admin and ready ports are",
+		cfg.Proxy.InboundPort, cfg.Proxy.OutboundPort, inj.AdminPort, inj.ReadyPort); err != nil {
 		return nil, err
 	}
 	if cfg.DNS.Capture != redirect.DNSCaptureOff {
-		if err := checkAppDNSPort(spec, cfg.DNS.Port); err != nil {
+		if err := checkAppPorts(spec, corev1.ProtocolUDP, "the proxy's DNS port is", cfg.DNS.Port); err != nil {
 			return nil, err
 		}
 	}
@@ -594,44 +595,25 @@ func resources(cpuReq, memReq, cpuLim, memLim string, field func(int) string) (c
 	return r, nil
 }
 
-// checkAppPorts refuses a container that declares one of the sidecar's TCP
-// ports: in the pod's one network namespace either the app or Envoy would
-// fail to bind it (or, on the outbound port, the app's listener would take the
-// redirected connections).
-func checkAppPorts(spec corev1.PodSpec, proxyPorts ...uint16) error {
+// checkAppPorts refuses a container that declares one of the sidecar's
+// ports of protocol proto (what names them says which they are): in the pod's
+// one network namespace either the app or Envoy would fail to bind it (or, on
+// the outbound port, the app's listener would take the redirected
+// connections; on the DNS port of a pod that captures DNS, the app would take
+// the captured queries).
+func checkAppPorts(spec corev1.PodSpec, proto corev1.Protocol, what string, proxyPorts ...uint16) error {
 	for _, list := range []struct {
 		field string
 		cs    []corev1.Container
 	}{{"spec.initContainers", spec.InitContainers}, {"spec.containers", spec.Containers}} {
 		for i, c := range list.cs {
 			for j, p := range c.Ports {
-				if p.Protocol != "" && p.Protocol != corev1.ProtocolTCP {
-					continue
+				if p.Protocol != proto && (p.Protocol != "" || proto != corev1.ProtocolTCP) {
+					continue // "" is TCP
 				}
 				if p.ContainerPort > 0 && p.ContainerPort <= 65535 && slices.Contains(proxyPorts, uint16(p.ContainerPort)) {
 					return &redirect.FieldError{Field: fmt.Sprintf("%s[%d].ports[%d].containerPort", list.field, i, j), Value: strconv.Itoa(int(p.ContainerPort)),
-						Reason: fmt.Sprintf("is a port of the sidecar (container %s; the proxy's inbound, outbound, admin and ready ports are %s)", c.Name, joinUint16(proxyPorts))}
-				}
-			}
-		}
-	}
-	return nil
-}
-
-// checkAppDNSPort refuses a container that declares UDP port, where the
-// sidecar's DNS listener binds loopback in a pod that captures DNS: either
-// the app or Envoy would fail to bind it, or the app would take the captured
-// queries.
-func checkAppDNSPort(spec corev1.PodSpec, port uint16) error {
-	for _, list := range []struct {
-		field string
-		cs    []corev1.Container
-	}{{"spec.initContainers", spec.InitContainers}, {"spec.containers", spec.Containers}} {
-		for i, c := range list.cs {
-			for j, p := range c.Ports {
-				if p.Protocol == corev1.ProtocolUDP && p.ContainerPort == int32(port) {
-					return &redirect.FieldError{Field: fmt.Sprintf("%s[%d].ports[%d].containerPort", list.field, i, j), Value: strconv.Itoa(int(p.ContainerPort)),
-						Reason: fmt.Sprintf("is a port of the sidecar (container %s; the proxy's DNS port is %d/UDP)", c.Name, port)}
+						Reason: fmt.Sprintf("is a port of the sidecar (container %s; %s %s/%s)", c.Name, what, joinUint16(proxyPorts), proto)}
 				}
 			}
 		}

@@ -69,9 +69,9 @@ configuration's answer is still printed; --config-only does not read the namespa
 	g.later(cmd, func() { o.in.bind(cmd.Flags()) })
 	fs := cmd.Flags()
 	fs.StringVar(&o.to, "to", "", "the connection's destination, ADDR:PORT ([ADDR]:PORT for IPv6)")
-	fs.Var(nonEmpty{&o.from}, "from", "the source address: for --inbound the client's (default 203.0.113.100, or 2001:db8::100 for an IPv6 --to); outbound, the address the socket binds (the proxy's 127.0.0.6 towards the app)")
-	fs.Var(nonEmpty{&o.uid}, "uid", "outbound: the uid of the process that connects (default: yours)")
-	fs.Var(nonEmpty{&o.gid}, "gid", "outbound: its primary gid (default: the --uid value, or yours without --uid)")
+	fs.Var(nonEmpty{p: &o.from}, "from", "the source address: for --inbound the client's (default 203.0.113.100, or 2001:db8::100 for an IPv6 --to); outbound, the address the socket binds (the proxy's 127.0.0.6 towards the app)")
+	fs.Var(nonEmpty{p: &o.uid}, "uid", "outbound: the uid of the process that connects (default: yours)")
+	fs.Var(nonEmpty{p: &o.gid}, "gid", "outbound: its primary gid (default: the --uid value, or yours without --uid)")
 	fs.BoolVar(&o.tcp, "tcp", false, "a TCP connection (the default)")
 	fs.BoolVar(&o.udp, "udp", false, "a UDP query (only UDP/53 is ever captured, as DNS)")
 	fs.BoolVar(&o.inbound, "inbound", false, "a connection to the workload from --from, instead of one it opens")
@@ -573,24 +573,3 @@ func (o *explainOptions) runCP(ctx context.Context, args ...string) ([]byte, err
 	}
 	return stdout.Bytes(), nil
 }
-
-// nonEmpty is a string flag whose empty value is refused (exit 2): a
-// script's --uid "$U" with U unset must not ask about the default (yours).
-type nonEmpty struct{ p *string }
-
-func (f nonEmpty) String() string {
-	if f.p == nil {
-		return ""
-	}
-	return *f.p
-}
-
-func (f nonEmpty) Set(v string) error {
-	if v == "" {
-		return errors.New("an empty value names nothing (leave the flag out for its default)")
-	}
-	*f.p = v
-	return nil
-}
-
-func (nonEmpty) Type() string { return "string" }

@@ -97,31 +97,38 @@ func (g *globalOptions) logger(stderr io.Writer) *slog.Logger {
 }
 
 func bindNetNSFlag(fs *pflag.FlagSet, netns *string) {
-	fs.Var(netnsFlag{netns}, "netns", "act inside this network namespace (`NAME|PATH`): a name from ip netns or a path such as /proc/PID/ns/net")
+	fs.Var(nonEmpty{netns, "an empty value names no network namespace (leave --netns out to act in the current one)"}, "netns", "act inside this network namespace (`NAME|PATH`): a name from ip netns or a path such as /proc/PID/ns/net")
 }
 
-// netnsFlag is --netns. An empty value is refused (exit 2): it is what
-// --netns "$NS" gives when NS is unset, and taking it as "the current
-// namespace" would change the host itself. Leaving the flag out is the way to
-// act in the current namespace.
-type netnsFlag struct{ p *string }
+// nonEmpty is a string flag whose empty value is refused (exit 2): it is
+// what a script's --netns "$NS" or --uid "$U" gives when the variable is
+// unset, and taking it as the flag's default would act on something else —
+// for --netns the current namespace, which on a host is the host itself.
+// why says what an empty value names (nothing, by default).
+type nonEmpty struct {
+	p   *string
+	why string
+}
 
-func (f netnsFlag) String() string {
+func (f nonEmpty) String() string {
 	if f.p == nil {
 		return ""
 	}
 	return *f.p
 }
 
-func (f netnsFlag) Set(v string) error {
+func (f nonEmpty) Set(v string) error {
 	if v == "" {
-		return errors.New("an empty value names no network namespace (leave --netns out to act in the current one)")
+		if f.why != "" {
+			return errors.New(f.why)
+		}
+		return errors.New("an empty value names nothing (leave the flag out for its default)")
 	}
 	*f.p = v
 	return nil
 }
 
-func (netnsFlag) Type() string { return "string" }
+func (nonEmpty) Type() string { return "string" }
 
 // lockWaitFlag is --lock-wait: a Go duration, never negative.
 type lockWaitFlag struct{ p *time.Duration }

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"os"
 	"path/filepath"
 	"slices"
@@ -348,6 +349,23 @@ func TestPlanRefusesAppAsProxyUID(t *testing.T) {
 	}
 }
 
+// injectedAnnotations injects pod(ann) and returns the mutation and the
+// annotations the injected pod carries (its own, then the injector's).
+func injectedAnnotations(t *testing.T, in *inject.Injector, ann map[string]string) (*inject.Mutation, map[string]string) {
+	t.Helper()
+	meta, spec := pod(ann)
+	m, err := in.Plan(meta, spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := maps.Clone(meta.Annotations)
+	if out == nil {
+		out = map[string]string{}
+	}
+	maps.Copy(out, m.Annotations)
+	return m, out
+}
+
 // TestInjectedConfigOutlivesTheBase: the CNI plugin (at the pod's ADD) and
 // the control plane (on every change, and after a restart) derive an injected
 // pod's redirect config from its annotations over the base they read then. An
@@ -359,18 +377,7 @@ func TestInjectedConfigOutlivesTheBase(t *testing.T) {
 	t.Parallel()
 	const atInjection = "redirect: {outbound: {excludePorts: [5432]}}"
 	in := newInjector(t, atInjection, meshconfig.SidecarNative)
-	meta, spec := pod(map[string]string{"detour.io/exclude-outbound-uids": "33", "detour.io/mode": "tproxy"})
-	m, err := in.Plan(meta, spec)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ann := map[string]string{}
-	for k, v := range meta.Annotations {
-		ann[k] = v
-	}
-	for k, v := range m.Annotations {
-		ann[k] = v
-	}
+	m, ann := injectedAnnotations(t, in, map[string]string{"detour.io/exclude-outbound-uids": "33", "detour.io/mode": "tproxy"})
 	want, err := json.Marshal(m.Config)
 	if err != nil {
 		t.Fatal(err)
@@ -419,18 +426,7 @@ func TestPinLeavesNodeSettingsToTheNode(t *testing.T) {
 		{"the pod's own document", map[string]string{redirect.AnnotationConfig: "backend: iptables-nft"}, redirect.BackendIPTablesNFT},
 	} {
 		t.Run(c.name, func(t *testing.T) {
-			meta, spec := pod(c.ann)
-			m, err := in.Plan(meta, spec)
-			if err != nil {
-				t.Fatal(err)
-			}
-			ann := map[string]string{}
-			for k, v := range meta.Annotations {
-				ann[k] = v
-			}
-			for k, v := range m.Annotations {
-				ann[k] = v
-			}
+			m, ann := injectedAnnotations(t, in, c.ann)
 			cfg, err := redirect.FromAnnotations(node.Base(), ann)
 			if err != nil {
 				t.Fatalf("the injected annotations do not decode over the node's config: %v", err)

@@ -660,7 +660,7 @@ var fields = []Field{
 	{
 		Path: "inbound.includePorts", Name: "include-inbound-ports", List: true,
 		EmptyCaptures: "every inbound port",
-		Usage:         "capture only these inbound ports (empty = all)",
+		Usage:         "capture only these inbound ports (left out = all; an empty value is refused)",
 		set:           listField("inbound.includePorts", ParsePortRange, func(c *Config) *[]PortRange { return &c.Inbound.IncludePorts }),
 		get:           func(c *Config) string { return joinList(c.Inbound.IncludePorts) },
 	},
@@ -684,7 +684,7 @@ var fields = []Field{
 	{
 		Path: "outbound.includePorts", Name: "include-outbound-ports", List: true,
 		EmptyCaptures: "every destination port",
-		Usage:         "capture only these destination ports (empty = all)",
+		Usage:         "capture only these destination ports (left out = all; an empty value is refused)",
 		set:           listField("outbound.includePorts", ParsePortRange, func(c *Config) *[]PortRange { return &c.Outbound.IncludePorts }),
 		get:           func(c *Config) string { return joinList(c.Outbound.IncludePorts) },
 	},
@@ -697,7 +697,7 @@ var fields = []Field{
 	{
 		Path: "outbound.includeCIDRs", Name: "include-outbound-cidrs", List: true,
 		EmptyCaptures: "every destination",
-		Usage:         "capture only these destinations (empty = all); IPv4 and IPv6 mixed",
+		Usage:         "capture only these destinations (left out = all; an empty value is refused); IPv4 and IPv6 mixed",
 		set:           listField("outbound.includeCIDRs", ParseCIDR, func(c *Config) *[]netip.Prefix { return &c.Outbound.IncludeCIDRs }),
 		get:           func(c *Config) string { return joinPrefixes(c.Outbound.IncludeCIDRs) },
 	},

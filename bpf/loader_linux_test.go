@@ -32,22 +32,6 @@ type lab struct {
 
 const unified = "/sys/fs/cgroup/unified"
 
-// privateBPFFS mounts a bpffs of the test's own on a temporary directory,
-// unmounted when the test ends.
-func privateBPFFS(t testing.TB) string {
-	t.Helper()
-	bpffs := t.TempDir()
-	if err := unix.Mount("bpf", bpffs, "bpf", 0, "mode=0700"); err != nil {
-		t.Fatalf("mount private bpffs: %v", err)
-	}
-	t.Cleanup(func() {
-		if err := unix.Unmount(bpffs, unix.MNT_DETACH); err != nil {
-			t.Errorf("unmount bpffs: %v", err)
-		}
-	})
-	return bpffs
-}
-
 func newLab(t testing.TB) lab {
 	t.Helper()
 	privtest.Require(t, "ip")
@@ -62,7 +46,7 @@ func newLab(t testing.TB) lab {
 			privtest.Skip(t, "no cgroup v2 hierarchy")
 		}
 	}
-	bpffs := privateBPFFS(t)
+	bpffs := privtest.BPFFS(t)
 	cg := filepath.Join(root, fmt.Sprintf("detour-test-%d-%d", os.Getpid(), time.Now().UnixNano()))
 	if err := os.Mkdir(cg, 0o755); err != nil {
 		t.Fatalf("create test cgroup: %v", err)

@@ -416,7 +416,7 @@ func TestUnreadableMarkCountsAsAlive(t *testing.T) {
 //	sudo go test -run '^$' -bench LivenessMark -benchtime 200x ./bpf/
 func BenchmarkLivenessMark(b *testing.B) {
 	privtest.Require(b, "ip")
-	ld := New(Options{PinDir: filepath.Join(privateBPFFS(b), "detour")})
+	ld := New(Options{PinDir: filepath.Join(privtest.BPFFS(b), "detour")})
 	mark := func(b *testing.B, ns privtest.NS) uint64 {
 		var cookie uint64
 		err := doNS(ns.Path, func() (err error) {
@@ -473,7 +473,7 @@ func BenchmarkLivenessMark(b *testing.B) {
 //	sudo go test -run '^$' -bench LivenessMarksOf100 -benchtime 100x ./bpf/
 func BenchmarkLivenessMarksOf100Namespaces(b *testing.B) {
 	privtest.Require(b, "ip")
-	ld := New(Options{PinDir: filepath.Join(privateBPFFS(b), "detour")})
+	ld := New(Options{PinDir: filepath.Join(privtest.BPFFS(b), "detour")})
 	const n = 100
 	for range n {
 		ns := privtest.NetNS(b)

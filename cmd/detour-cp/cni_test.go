@@ -229,14 +229,7 @@ func TestCNIInstallWatchesUntilSignal(t *testing.T) {
 		done <- code
 	}()
 	primary := filepath.Join(root, "net.d/10-flannel.conflist")
-	deadline := time.Now().Add(20 * time.Second)
-	for b, _ := os.ReadFile(primary); !bytes.Contains(b, []byte("detour-cni")); b, _ = os.ReadFile(primary) {
-		if time.Now().After(deadline) {
-			cancel()
-			t.Fatal("entry never inserted")
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	waitForEntry(t, primary, cancel)
 	cancel() // what SIGTERM does through signal.NotifyContext in main
 	select {
 	case code := <-done:
@@ -375,13 +368,7 @@ func TestCNIInstallKeepsNodeWhileDaemonSetExists(t *testing.T) {
 			stderr = e
 			done <- code
 		}()
-		deadline := time.Now().Add(20 * time.Second)
-		for b, _ := os.ReadFile(primary); !bytes.Contains(b, []byte("detour-cni")); b, _ = os.ReadFile(primary) {
-			if time.Now().After(deadline) {
-				t.Fatal("entry never inserted")
-			}
-			time.Sleep(5 * time.Millisecond)
-		}
+		waitForEntry(t, primary, cancel)
 		cancel() // what SIGTERM does through signal.NotifyContext in main
 		select {
 		case code := <-done:
@@ -412,5 +399,19 @@ func TestCNIInstallKeepsNodeWhileDaemonSetExists(t *testing.T) {
 	sigterm()
 	if b, _ := os.ReadFile(primary); bytes.Contains(b, []byte("detour-cni")) {
 		t.Errorf("SIGTERM after the DaemonSet was deleted left the entry:\n%s", b)
+	}
+}
+
+// waitForEntry waits until the installer put detour-cni into the primary
+// conflist; when it never does, it stops the installer (cancel) and fails.
+func waitForEntry(t *testing.T, primary string, cancel func()) {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for b, _ := os.ReadFile(primary); !bytes.Contains(b, []byte("detour-cni")); b, _ = os.ReadFile(primary) {
+		if time.Now().After(deadline) {
+			cancel()
+			t.Fatal("entry never inserted")
+		}
+		time.Sleep(5 * time.Millisecond)
 	}
 }

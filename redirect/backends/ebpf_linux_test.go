@@ -10,8 +10,6 @@ import (
 	"testing"
 	"time"
 
-	"golang.org/x/sys/unix"
-
 	"github.com/detour-mesh/detour/bpf"
 	"github.com/detour-mesh/detour/internal/privtest"
 	"github.com/detour-mesh/detour/redirect"
@@ -36,15 +34,7 @@ func newEBPFLab(t *testing.T) ebpfLab {
 	if err != nil {
 		privtest.Skip(t, err.Error())
 	}
-	bpffs := t.TempDir()
-	if err := unix.Mount("bpf", bpffs, "bpf", 0, "mode=0700"); err != nil {
-		t.Fatalf("mount private bpffs: %v", err)
-	}
-	t.Cleanup(func() {
-		if err := unix.Unmount(bpffs, unix.MNT_DETACH); err != nil {
-			t.Errorf("unmount bpffs: %v", err)
-		}
-	})
+	bpffs := privtest.BPFFS(t)
 	root := filepath.Join(cgroot, fmt.Sprintf("detour-backends-test-%d-%d", os.Getpid(), time.Now().UnixNano()))
 	for _, d := range []string{root, filepath.Join(root, "a"), filepath.Join(root, "b")} {
 		if err := os.Mkdir(d, 0o755); err != nil {

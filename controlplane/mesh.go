@@ -383,6 +383,42 @@ func (m *Mesh) Validate() error {
 				break
 			}
 		}
+		// DNS names are case-insensitive: two services whose names differ
+		// only in case are one name in a DNS table, which would answer
+		// both services' virtual IPs.
+		byFQDN := make(map[string][]int)
+		for i, s := range m.Services {
+			if j, ok := services[s.Name]; ok && j == i {
+				fqdn := strings.ToLower(s.Name) + "." + strings.ToLower(m.DNS.suffix())
+				byFQDN[fqdn] = append(byFQDN[fqdn], i)
+			}
+		}
+		for _, fqdn := range slices.Sorted(maps.Keys(byFQDN)) {
+			same := byFQDN[fqdn]
+			if len(same) < 2 {
+				continue
+			}
+			for k, w := range m.Workloads {
+				tp := w.TransparentProxy
+				if tp.DNS.Capture == "" || tp.DNS.Capture == redirect.DNSCaptureOff || !tp.Outbound.Enabled {
+					continue
+				}
+				var reached []int
+				for _, i := range same {
+					if slices.Contains(w.Reach, ReachAll) || slices.Contains(w.Reach, m.Services[i].Name) {
+						reached = append(reached, i)
+					}
+				}
+				if len(reached) < 2 {
+					continue
+				}
+				first := reached[0]
+				for _, i := range reached[1:] {
+					bad(fmt.Sprintf("services[%d].name", i), m.Services[i].Name, fmt.Sprintf("would share the name %s with services[%d] (%s) in the DNS table of workloads[%d] (%s) (transparentProxy.dns.capture %s): DNS names are case-insensitive, and the name would answer both services' virtual IPs", fqdn, first, m.Services[first].Name, k, w.NodeID, tp.DNS.Capture))
+				}
+				break
+			}
+		}
 	}
 	return errs.err()
 }

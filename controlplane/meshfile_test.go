@@ -177,6 +177,10 @@ func TestDecodeMeshErrors(t *testing.T) {
 			`services[0].name: "` + strings.Repeat("a", 64) + `" would be in the DNS table of workloads[0] (w) (transparentProxy.dns.capture resolvconf), but no query can ask for it: ` + strings.Repeat("a", 64) + `.mesh is not a DNS name (labels of 1 to 63 characters`}},
 		{"service name too long with the suffix", "dns: {suffix: " + strings.Repeat("s", 60) + "}\nservices: [{name: " + strings.Repeat("a.", 100) + "b, virtualIPs: [198.51.100.1], ports: [80]}]\n" + wl + ", reach: [\"*\"], transparentProxy: {dns: {capture: all}}}]", []string{
 			`services[0].name: "a.a.a.`, `would be in the DNS table of workloads[0] (w) (transparentProxy.dns.capture all), but no query can ask for it: ` + strings.Repeat("a.", 100) + "b." + strings.Repeat("s", 60) + ` is longer than 253 characters`}},
+		// DNS names are case-insensitive: backend.mesh answered both
+		// services' virtual IPs, spreading one name over two services.
+		{"service names differing only in case", "services: [{name: Backend, virtualIPs: [198.51.100.1], ports: [80]}, {name: backend, virtualIPs: [198.51.100.2], ports: [80]}]\n" + wl + ", reach: [\"*\"], transparentProxy: {dns: {capture: all}}}]", []string{
+			`services[1].name: "backend" would share the name backend.mesh with services[0] (Backend) in the DNS table of workloads[0] (w) (transparentProxy.dns.capture all): DNS names are case-insensitive, and the name would answer both services' virtual IPs`}},
 		{"dns key", "dns: {ttl: 5}", []string{`dns.ttl: "5" is not a known field (one of suffix, upstreams)`}},
 		{"inbound on a proxy port", svc + wl + ", inbound: [15001]}]", []string{`workloads[0].inbound[0].port: "15001" is one of the proxy's own ports`}},
 		{"app port on a proxy port", svc + wl + ", inbound: [{port: 80, appPort: 15006}]}]", []string{`workloads[0].inbound[0].appPort: "15006" is one of the proxy's own ports`}},
@@ -287,6 +291,9 @@ func TestServiceNamesOutsideDNS(t *testing.T) {
 		"services: [{name: " + long + ", virtualIPs: [198.51.100.1], ports: [80]}]\nworkloads: [{nodeId: w, addresses: [192.0.2.1], reach: [\"*\"], transparentProxy: {dns: {capture: off}}}]",
 		// Captures DNS, but does not reach my_db: not in its table.
 		"services: [{name: my_db, virtualIPs: [198.51.100.1], ports: [80]}, {name: web, virtualIPs: [198.51.100.2], ports: [80]}]\nworkloads: [{nodeId: w, addresses: [192.0.2.1], reach: [web], transparentProxy: {dns: {capture: all}}}]",
+		// Names differing in case are two Envoy clusters; only a DNS table
+		// holding both cannot tell them apart.
+		"services: [{name: Backend, virtualIPs: [198.51.100.1], ports: [80]}, {name: backend, virtualIPs: [198.51.100.2], ports: [80]}]\nworkloads: [{nodeId: w, addresses: [192.0.2.1], reach: [\"*\"]}, {nodeId: v, addresses: [192.0.2.2], reach: [backend], transparentProxy: {dns: {capture: all}}}]",
 	} {
 		if _, err := DecodeMesh([]byte(doc)); err != nil {
 			t.Errorf("DecodeMesh(%q) = %v", doc, err)

@@ -101,6 +101,15 @@ func New(o Options) (*Source, error) {
 	if err := o.Base.Validate(); err != nil {
 		return nil, fmt.Errorf("kubernetes source base config: %w", err)
 	}
+	// An absolute suffix (mesh.) is the same suffix, as in a mesh file;
+	// "." is none, not the default.
+	if given := o.DNS.Suffix; given != "" {
+		o.DNS.Suffix = strings.TrimSuffix(given, ".")
+		if o.DNS.Suffix == "" {
+			return nil, fmt.Errorf("kubernetes source dns options: %w", &redirect.FieldError{Field: "dns.suffix", Value: given,
+				Reason: "is empty; leave it out for the default suffix " + controlplane.DefaultDNSSuffix})
+		}
+	}
 	if err := (&controlplane.Mesh{OutboundPolicy: controlplane.AllowAny, DNS: o.DNS}).Validate(); err != nil {
 		return nil, fmt.Errorf("kubernetes source dns options: %w", err)
 	}

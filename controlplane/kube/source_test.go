@@ -496,6 +496,17 @@ func TestNewRejectsBadOptions(t *testing.T) {
 	if _, err := New(Options{Client: &kubernetes.Clientset{}, DNS: controlplane.DNS{Suffix: "-mesh"}}); err == nil || !strings.Contains(err.Error(), `dns.suffix: "-mesh"`) {
 		t.Errorf("New with DNS suffix -mesh: %v, want an error naming dns.suffix", err)
 	}
+	// An absolute suffix is the same suffix, as in a mesh file (dns.suffix:
+	// mesh.); --dns-suffix mesh. was refused as "not a DNS name".
+	if src, err := New(Options{Client: &kubernetes.Clientset{}, DNS: controlplane.DNS{Suffix: "mesh."}}); err != nil {
+		t.Errorf("New with DNS suffix mesh.: %v", err)
+	} else if src.o.DNS.Suffix != "mesh" {
+		t.Errorf("New with DNS suffix mesh. answers under %q, want mesh", src.o.DNS.Suffix)
+	}
+	// "." is no suffix at all, not the default one.
+	if _, err := New(Options{Client: &kubernetes.Clientset{}, DNS: controlplane.DNS{Suffix: "."}}); err == nil || !strings.Contains(err.Error(), `dns.suffix: "." is empty`) {
+		t.Errorf("New with DNS suffix .: %v, want an error naming dns.suffix", err)
+	}
 	if _, err := New(Options{Client: &kubernetes.Clientset{}, OutboundPolicy: "deny"}); err == nil {
 		t.Error("New with an unknown outbound policy succeeded")
 	}

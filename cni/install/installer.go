@@ -411,7 +411,27 @@ type Installer struct {
 
 	// copied are the binaries Install keeps in BinDir, by their name there.
 	copied map[string]*copied
+
+	// noted is what was last logged about each lasting condition (the wait
+	// for the primary CNI, a token near its end, a failing repair), so that
+	// a condition is logged when it starts or changes, not again at every
+	// file notification: with the log written into a watched directory,
+	// each line was itself a notification, and the installer logged the
+	// same line as fast as it could write.
+	noted map[string]string
 }
+
+// note reports whether detail is news for the condition kind (and records
+// it); clear forgets the condition once it is over.
+func (in *Installer) note(kind, detail string) bool {
+	if in.noted[kind] == detail {
+		return false
+	}
+	in.noted[kind] = detail
+	return true
+}
+
+func (in *Installer) clear(kind string) { delete(in.noted, kind) }
 
 // copied is one binary Install keeps in BinDir.
 type copied struct {
@@ -427,7 +447,7 @@ type copied struct {
 func New(o Options) *Installer {
 	o = o.withDefaults()
 	o.docs = &docCache{}
-	return &Installer{o: o, copied: map[string]*copied{}}
+	return &Installer{o: o, copied: map[string]*copied{}, noted: map[string]string{}}
 }
 
 // Validate checks the options as Options.Validate does, reading a config file
@@ -604,7 +624,7 @@ func (in *Installer) ensureKubeconfig() (string, error) {
 			return "", fmt.Errorf("read service account token: %w", err)
 		}
 		creds.Token = string(token)
-		if exp, ok := TokenExpiry(string(token)); ok && time.Until(exp) < 2*in.o.PollInterval {
+		if exp, ok := TokenExpiry(string(token)); ok && time.Until(exp) < 2*in.o.PollInterval && in.note("expiry", exp.String()) {
 			// The kubelet rotates projected tokens at 80% of their life; a token
 			// this close to its end means rotation is not happening.
 			in.o.Logger.Warn("service account token expires soon and has not been rotated", "path", in.o.TokenFile, "expiry", exp.UTC().Format(time.RFC3339))
@@ -630,9 +650,12 @@ func (in *Installer) ensureEntry() (string, error) {
 		return "", err
 	}
 	if len(files) == 0 {
-		in.o.Logger.Info("waiting for the primary CNI to write its network configuration", "dir", in.o.ConfDir)
+		if in.note("waiting", in.o.ConfDir) {
+			in.o.Logger.Info("waiting for the primary CNI to write its network configuration", "dir", in.o.ConfDir)
+		}
 		return "", nil
 	}
+	in.clear("waiting")
 	entry, err := in.Entry()
 	if err != nil {
 		return "", err
@@ -779,8 +802,14 @@ func (in *Installer) Run(ctx context.Context) error {
 	tick := time.NewTicker(in.o.PollInterval)
 	defer tick.Stop()
 	repair := func(why string) {
-		if changes, err := in.Install(ctx); err != nil && ctx.Err() == nil {
-			in.o.Logger.Error("repair failed; retrying on the next change", "trigger", why, "error", err)
+		changes, err := in.Install(ctx)
+		if err == nil {
+			in.clear("repair")
+		}
+		if err != nil && ctx.Err() == nil {
+			if in.note("repair", err.Error()) {
+				in.o.Logger.Error("repair failed; retrying on the next change", "trigger", why, "error", err)
+			}
 		} else if len(changes) > 0 {
 			in.o.Logger.Info("repaired", "trigger", why, "changes", strings.Join(changes, "; "))
 		}

@@ -1001,3 +1001,52 @@ func TestLeanPluginForEBPFIsRefused(t *testing.T) {
 		})
 	}
 }
+
+// TestRunLogsAFailureOnce: a repair that keeps failing the same way is logged
+// once, not at every file notification. With its log written into a watched
+// directory (`detour cni install … 2> install.log` run from the token's
+// directory), each logged failure was itself a notification: the installer
+// wrote about 3 MB of the same line in 5 seconds, at full CPU, until stopped.
+// The wait for the primary CNI is the same loop with an info line.
+func TestRunLogsAFailureOnce(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		name, line string
+		conflist   string // "" = no network configuration
+	}{
+		{"broken primary", "repair failed", "{\"name\": \"k8s-pod-network\", \"plugins\": ["},
+		{"no primary yet", "waiting for the primary CNI", ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			n := newNode(t)
+			primary := n.primary(t, "10-flannel.conflist")
+			logPath := filepath.Join(filepath.Dir(n.token), "install.log")
+			logFile, err := os.Create(logPath)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer logFile.Close()
+			o := n.options()
+			o.PollInterval = time.Hour // only notifications trigger repairs
+			o.Logger = slog.New(slog.NewTextHandler(logFile, nil))
+			stop := runInstaller(t, o)
+			eventually(t, "entry inserted", func() bool { return hasEntry(primary) })
+			if tc.conflist == "" {
+				if err := os.Remove(primary); err != nil {
+					t.Fatal(err)
+				}
+			} else {
+				writeFile(t, primary, tc.conflist)
+			}
+			time.Sleep(time.Second)
+			if err := stop(); err != nil {
+				t.Fatalf("Run returned %v", err)
+			}
+			lines := strings.Count(string(readFile(t, logPath)), tc.line)
+			if lines == 0 || lines > 3 {
+				t.Errorf("%q logged %d times in a second, want it once (at most 3: a half-written file may fail in a few ways); log:\n%.2000s", tc.line, lines, readFile(t, logPath))
+			}
+		})
+	}
+}

@@ -1,17 +1,20 @@
 package controlplane
 
 import (
+	"bytes"
 	"context"
 	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"net/http"
 	"net/http/httptest"
 	"slices"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -227,6 +230,50 @@ func TestADSFirstFetchAndACK(t *testing.T) {
 			t.Errorf("/metrics lacks %q", want)
 		}
 	}
+}
+
+// TestADSHugeNACKIsBounded: a proxy's NACK message is kept in /debug/nodes
+// and logged at every NACK (one per back-off period), so its size is bounded:
+// a 3 MB message was logged whole twice in 5 s and kept whole per node and
+// type. Envoy's message lists every rejected resource, so a fleet-wide
+// rejection of a thousand listeners is about 150 KB per proxy.
+func TestADSHugeNACKIsBounded(t *testing.T) {
+	t.Parallel()
+	var logs bytes.Buffer
+	var mu sync.Mutex
+	s := startServer(t, xds.Options{NACKBackoff: time.Hour, Logger: slog.New(slog.NewTextHandler(lockedWriter{&mu, &logs}, nil))})
+	s.update(t, loadMesh(t, "testdata/matrix.yaml"))
+	c := sotwClient(t, testCtx(t), dial(t, s.addr, nil), "tproxy-ipv4", resourcev3.ListenerType)
+	if _, err := c.Fetch(); err != nil {
+		t.Fatal(err)
+	}
+	huge := "listener inbound: transparent listeners need CAP_NET_ADMIN; " + strings.Repeat("x", 3_000_000)
+	if err := c.Nack(huge); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "NACK recorded", func() bool {
+		return debugNodes(t, s.Server)["tproxy-ipv4"].Resources["listeners"].NACKs == 1
+	})
+	got := debugNodes(t, s.Server)["tproxy-ipv4"].Resources["listeners"].LastNACK
+	if len(got) > 2048 || !strings.HasPrefix(got, "listener inbound: transparent listeners need CAP_NET_ADMIN; xxx") || !strings.HasSuffix(got, fmt.Sprintf("… (%d bytes)", len(huge))) {
+		t.Errorf("/debug/nodes lastNack is %d bytes (%.100q…), want the message's first bytes and its size", len(got), got)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if !strings.Contains(logs.String(), "proxy rejected config (NACK)") || logs.Len() > 8192 {
+		t.Errorf("the log holds %d bytes after one NACK, want the NACK logged in a few KB", logs.Len())
+	}
+}
+
+type lockedWriter struct {
+	mu *sync.Mutex
+	w  io.Writer
+}
+
+func (l lockedWriter) Write(b []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.w.Write(b)
 }
 
 func TestADSNACKIsBackedOff(t *testing.T) {

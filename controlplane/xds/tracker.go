@@ -4,8 +4,10 @@ import (
 	"cmp"
 	"context"
 	"crypto/x509"
+	"fmt"
 	"log/slog"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -254,10 +256,25 @@ func (t *tracker) close(protocol string, id int64) {
 	}
 }
 
+// MaxNACKDetail bounds the part of a NACK's message that is kept per node and
+// type (/debug/nodes lastNack) and logged at every NACK: Envoy's message lists
+// each rejected resource, and a fleet-wide rejection of a thousand listeners
+// would otherwise keep and log about 150 KB per proxy, every back-off period.
+const MaxNACKDetail = 1024
+
+// nackDetail is a NACK's message cut to MaxNACKDetail bytes, with its size.
+func nackDetail(s string) string {
+	if len(s) <= MaxNACKDetail {
+		return s
+	}
+	return fmt.Sprintf("%s… (%d bytes)", strings.ToValidUTF8(s[:MaxNACKDetail], ""), len(s))
+}
+
 // request handles a SotW or delta request: identity, ACK and NACK.
 // version is the version the request reports (SotW version_info); for delta it
 // is empty and the ACKed version is the one sent with the nonce.
 func (t *tracker) request(protocol string, id int64, node *corev3.Node, typeURL, nonce, version, errorDetail string, isNack bool) error {
+	errorDetail = nackDetail(errorDetail)
 	key := streamKey{protocol, id}
 	t.mu.Lock()
 	s, ok := t.streams[key]

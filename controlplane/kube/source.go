@@ -520,7 +520,10 @@ func service(svc *corev1.Service, eps []*discoveryv1.EndpointSlice) (controlplan
 			}
 			for _, addr := range e.Addresses {
 				a, err := netip.ParseAddr(addr)
-				if err != nil {
+				// Kubernetes takes a multicast address in an EndpointSlice;
+				// the mesh refuses it as an endpoint, and one such slice
+				// would make every mesh built from the API invalid.
+				if err != nil || a.IsUnspecified() || a.IsMulticast() {
 					continue
 				}
 				ms.Endpoints = append(ms.Endpoints, controlplane.Endpoint{Address: a, TargetPorts: targets})

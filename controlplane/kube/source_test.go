@@ -21,7 +21,10 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/client-go/kubernetes"
+	corelisters "k8s.io/client-go/listers/core/v1"
+	discoverylisters "k8s.io/client-go/listers/discovery/v1"
 	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/cache"
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
 
 	"github.com/detour-mesh/detour/controlplane"
@@ -581,4 +584,67 @@ func (s *syncBuffer) String() string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.b.String()
+}
+
+// TestEndpointTheMeshCannotServe: Kubernetes accepts a multicast address
+// (239.1.2.3, ff05::1) in an EndpointSlice of a selectorless Service, which
+// the mesh refuses as an endpoint. One such slice, in any namespace, made
+// every mesh the source built invalid: the whole change was rejected, and
+// no pod's config changed again until the slice was deleted. The address is
+// left out; the rest of the service and the mesh are served.
+func TestEndpointTheMeshCannotServe(t *testing.T) {
+	t.Parallel()
+	index := func() cache.Indexer {
+		return cache.NewIndexer(cache.MetaNamespaceKeyFunc, cache.Indexers{cache.NamespaceIndex: cache.MetaNamespaceIndexFunc})
+	}
+	svcs, eps, pods, nss := index(), index(), index(), index()
+	add := func(i cache.Indexer, obj any) {
+		if err := i.Add(obj); err != nil {
+			t.Fatal(err)
+		}
+	}
+	add(svcs, &corev1.Service{ObjectMeta: metav1.ObjectMeta{Namespace: "shop", Name: "feed"},
+		Spec: corev1.ServiceSpec{ClusterIP: "10.0.0.70", ClusterIPs: []string{"10.0.0.70"}, Ports: []corev1.ServicePort{{Port: 5000}}}})
+	port := int32(5000)
+	for _, s := range []struct {
+		name string
+		typ  discoveryv1.AddressType
+		addr []string
+	}{
+		{"feed-v4", discoveryv1.AddressTypeIPv4, []string{"239.1.2.3", "192.0.2.70"}},
+		{"feed-v6", discoveryv1.AddressTypeIPv6, []string{"ff05::1"}},
+	} {
+		add(eps, &discoveryv1.EndpointSlice{
+			ObjectMeta:  metav1.ObjectMeta{Namespace: "shop", Name: s.name, Labels: map[string]string{discoveryv1.LabelServiceName: "feed"}},
+			AddressType: s.typ,
+			Endpoints:   []discoveryv1.Endpoint{{Addresses: s.addr}},
+			Ports:       []discoveryv1.EndpointPort{{Port: &port}},
+		})
+	}
+	src, err := New(Options{Client: &kubernetes.Clientset{}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, err := src.mesh(listers{
+		services:   corelisters.NewServiceLister(svcs),
+		slices:     discoverylisters.NewEndpointSliceLister(eps),
+		pods:       corelisters.NewPodLister(pods),
+		namespaces: corelisters.NewNamespaceLister(nss),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := m.Validate(); err != nil {
+		t.Fatalf("the mesh built from the API is invalid (every change would be rejected): %v", err)
+	}
+	if len(m.Services) != 1 {
+		t.Fatalf("services %+v, want feed.shop", m.Services)
+	}
+	var got []string
+	for _, e := range m.Services[0].Endpoints {
+		got = append(got, e.Address.String())
+	}
+	if !slices.Equal(got, []string{"192.0.2.70"}) {
+		t.Errorf("feed.shop endpoints %v, want [192.0.2.70]", got)
+	}
 }

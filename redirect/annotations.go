@@ -49,7 +49,7 @@ func RedirectRequested(annotations map[string]string) (bool, error) {
 	case RedirectDisabled:
 		return false, nil
 	}
-	return false, &FieldError{Field: AnnotationRedirect, Value: v, Reason: "is not " + RedirectEnabled + " or " + RedirectDisabled}
+	return false, &FieldError{Field: AnnotationRedirect, Value: boundedValue(v), Reason: "is not " + RedirectEnabled + " or " + RedirectDisabled}
 }
 
 // FromAnnotations returns base with a pod's detour annotations applied:
@@ -86,17 +86,43 @@ func FromAnnotations(base Config, annotations map[string]string) (Config, error)
 		v := annotations[k]
 		f, ok := FieldByName(strings.TrimPrefix(k, AnnotationPrefix))
 		if !ok {
-			return Config{}, &FieldError{Field: k, Value: v, Reason: "is not a detour annotation (" + AnnotationConfig + ", " + AnnotationRedirect + " or detour.io/<field name>, e.g. detour.io/exclude-outbound-ports)"}
+			return Config{}, &FieldError{Field: k, Value: boundedValue(v), Reason: "is not a detour annotation (" + AnnotationConfig + ", " + AnnotationRedirect + " or detour.io/<field name>, e.g. detour.io/exclude-outbound-ports)"}
 		}
 		if err := EmptyIncludeError(f, v, "leave the annotation out for that, the default"); err != nil {
-			return Config{}, fmt.Errorf("annotation %s %q: %w", k, v, err)
+			return Config{}, fmt.Errorf("annotation %s %q: %w", k, boundedValue(v), boundedError(err))
 		}
 		if err := c.Set(f.Path, v); err != nil {
-			return Config{}, fmt.Errorf("annotation %s %q: %w", k, v, err)
+			return Config{}, fmt.Errorf("annotation %s %q: %w", k, boundedValue(v), boundedError(err))
 		}
 	}
 	if err := c.Validate(); err != nil {
 		return Config{}, fmt.Errorf("config from annotations: %w", err)
 	}
 	return c, nil
+}
+
+// maxQuotedValue bounds an annotation's value quoted in an error: an
+// annotation holds up to 256 KB, and the error goes to the CNI plugin's log at
+// every sandbox retry, into the webhook's refusal and the control plane's log
+// and /debug/nodes. A longer value is quoted as its first bytes and its size,
+// as the mesh file's errors quote theirs.
+const maxQuotedValue = 200
+
+func boundedValue(s string) string {
+	if len(s) <= maxQuotedValue {
+		return s
+	}
+	return fmt.Sprintf("%s… (%d bytes)", strings.ToValidUTF8(s[:maxQuotedValue], ""), len(s))
+}
+
+// boundedError bounds the value a *FieldError quotes (Config.Set quotes
+// the whole list when the list itself is malformed).
+func boundedError(err error) error {
+	fe, ok := err.(*FieldError)
+	if !ok || len(fe.Value) <= maxQuotedValue {
+		return err
+	}
+	c := *fe
+	c.Value = boundedValue(c.Value)
+	return &c
 }

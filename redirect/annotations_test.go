@@ -2,6 +2,7 @@ package redirect
 
 import (
 	"errors"
+	"fmt"
 	"net/netip"
 	"strings"
 	"testing"
@@ -279,5 +280,42 @@ func TestEveryFieldHasAValidAnnotationName(t *testing.T) {
 		if err != nil {
 			t.Errorf("field %s: annotation with its default value: %v", f.Path, err)
 		}
+	}
+}
+
+// TestAnnotationErrorsAreBounded: an annotation may hold up to 256 KB, and
+// its error was quoted whole — in the CNI plugin's log at every sandbox
+// retry, in the webhook's refusal, in the control plane's log and
+// /debug/nodes. The value is quoted as its first 200 bytes and its size, as
+// the mesh file's errors are.
+func TestAnnotationErrorsAreBounded(t *testing.T) {
+	t.Parallel()
+	huge := strings.Repeat("x1,", 60_000)
+	for _, tc := range []struct {
+		name string
+		ann  map[string]string
+	}{
+		{"bad short form", map[string]string{"detour.io/exclude-outbound-ports": huge}},
+		{"empty include", map[string]string{"detour.io/include-outbound-ports": strings.Repeat(" ", 200_000)}},
+		{"unknown key", map[string]string{"detour.io/exclude-outbound-portz": huge}},
+		{"redirect value", map[string]string{AnnotationRedirect: huge}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			_, err := FromAnnotations(Default(), tc.ann)
+			if tc.ann[AnnotationRedirect] != "" {
+				_, err = RedirectRequested(tc.ann)
+			}
+			if err == nil || !errors.Is(err, ErrInvalid) {
+				t.Fatalf("error %v, want an invalid-input error", err)
+			}
+			var size int
+			for _, v := range tc.ann {
+				size = len(v)
+			}
+			if msg := err.Error(); len(msg) > 1024 || !strings.Contains(msg, fmt.Sprintf("… (%d bytes)", size)) {
+				t.Errorf("error of %d bytes (%.120q…), want the value's first bytes and its size (%d bytes)", len(msg), msg, size)
+			}
+		})
 	}
 }

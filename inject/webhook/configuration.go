@@ -100,12 +100,15 @@ func (o ConfigurationOptions) Validate() error {
 }
 
 // Configuration returns the MutatingWebhookConfiguration with caBundle. It
-// has two webhooks for pods' CREATE, both skipping kube-system and
+// has three webhooks for pods' CREATE, all skipping kube-system and
 // detour-system:
 //   - namespace.inject.detour.io: namespaces labelled detour.io/inject=enabled
 //     (to PathNamespace);
 //   - pod.inject.detour.io: pods of other namespaces that carry the
-//     detour.io/inject annotation (a match condition; to PathPod).
+//     detour.io/inject annotation (a match condition; to PathPod);
+//   - namespace-label.inject.detour.io: pods without that annotation in
+//     namespaces whose detour.io/inject label is neither enabled nor disabled
+//     (to PathNamespaceLabel, which refuses them).
 func Configuration(o ConfigurationOptions, caBundle []byte) *admissionregistrationv1.MutatingWebhookConfiguration {
 	o = o.withDefaults()
 	client := func(path string) admissionregistrationv1.WebhookClientConfig {
@@ -149,12 +152,23 @@ func Configuration(o ConfigurationOptions, caBundle []byte) *admissionregistrati
 		Name:       "annotated",
 		Expression: fmt.Sprintf("has(object.metadata.annotations) && '%s' in object.metadata.annotations", inject.AnnotationInject),
 	}}
+	// A namespace labelled detour.io/inject with another value (true, yes)
+	// matched neither webhook: its pods started without a sidecar, and
+	// nothing said so. Its pods that do not decide for themselves are refused.
+	badLabel := hook("namespace-label.inject.detour.io", PathNamespaceLabel,
+		metav1.LabelSelectorRequirement{Key: inject.AnnotationInject, Operator: metav1.LabelSelectorOpNotIn, Values: []string{inject.InjectEnabled, inject.InjectDisabled}})
+	badLabel.NamespaceSelector.MatchExpressions = append(badLabel.NamespaceSelector.MatchExpressions,
+		metav1.LabelSelectorRequirement{Key: inject.AnnotationInject, Operator: metav1.LabelSelectorOpExists})
+	badLabel.MatchConditions = []admissionregistrationv1.MatchCondition{{
+		Name:       "not-annotated",
+		Expression: fmt.Sprintf("!has(object.metadata.annotations) || !('%s' in object.metadata.annotations)", inject.AnnotationInject),
+	}}
 	return &admissionregistrationv1.MutatingWebhookConfiguration{
 		ObjectMeta: metav1.ObjectMeta{
 			Name:   o.Name,
 			Labels: map[string]string{"app.kubernetes.io/managed-by": ManagedBy, "app.kubernetes.io/part-of": "detour"},
 		},
-		Webhooks: []admissionregistrationv1.MutatingWebhook{byNamespace, byPod},
+		Webhooks: []admissionregistrationv1.MutatingWebhook{byNamespace, byPod, badLabel},
 	}
 }
 

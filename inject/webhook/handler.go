@@ -17,11 +17,14 @@ import (
 )
 
 // Paths the handler serves. The configuration sends pods of namespaces
-// labelled detour.io/inject=enabled to PathNamespace, and pods of other
-// namespaces that carry the detour.io/inject annotation to PathPod.
+// labelled detour.io/inject=enabled to PathNamespace, pods of other
+// namespaces that carry the detour.io/inject annotation to PathPod, and pods
+// without it in namespaces whose label is neither enabled nor disabled to
+// PathNamespaceLabel, which refuses them.
 const (
-	PathNamespace = "/inject/namespace"
-	PathPod       = "/inject/pod"
+	PathNamespace      = "/inject/namespace"
+	PathPod            = "/inject/pod"
+	PathNamespaceLabel = "/inject/namespace-label"
 )
 
 // maxReview bounds a request body: a pod is far smaller.
@@ -46,11 +49,13 @@ func (h *Handler) log() *slog.Logger {
 }
 
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	var optedIn bool
+	var optedIn, badLabel bool
 	switch r.URL.Path {
 	case PathNamespace:
 		optedIn = true
 	case PathPod:
+	case PathNamespaceLabel:
+		badLabel = true
 	default:
 		http.NotFound(w, r)
 		return
@@ -70,7 +75,12 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "not an AdmissionReview with a request", http.StatusBadRequest)
 		return
 	}
-	resp := h.Review(review.Request, optedIn)
+	var resp *admissionv1.AdmissionResponse
+	if badLabel {
+		resp = h.reviewBadLabel(review.Request)
+	} else {
+		resp = h.Review(review.Request, optedIn)
+	}
 	resp.UID = review.Request.UID
 	out, err := json.Marshal(admissionv1.AdmissionReview{TypeMeta: review.TypeMeta, Response: resp})
 	if err != nil {
@@ -152,6 +162,21 @@ type patchOp struct {
 	Op    string `json:"op"`
 	Path  string `json:"path"`
 	Value any    `json:"value"`
+}
+
+// reviewBadLabel refuses a pod's CREATE in a namespace whose detour.io/inject
+// label is neither enabled nor disabled (detour.io/inject=true, Istio's
+// habit), when the pod does not decide for itself: the label would otherwise
+// be ignored without a word and the pod start without its sidecar.
+func (h *Handler) reviewBadLabel(req *admissionv1.AdmissionRequest) *admissionv1.AdmissionResponse {
+	if req.Resource.Resource != "pods" || req.Resource.Group != "" || req.SubResource != "" || req.Operation != admissionv1.Create {
+		return &admissionv1.AdmissionResponse{Allowed: true}
+	}
+	err := fmt.Errorf("namespace %s's label %s is neither %s nor %s: label the namespace %s=%s to inject its pods (or %s), or annotate the pod %s: %s",
+		req.Namespace, inject.AnnotationInject, inject.InjectEnabled, inject.InjectDisabled,
+		inject.AnnotationInject, inject.InjectEnabled, inject.InjectDisabled, inject.AnnotationInject, inject.InjectDisabled)
+	h.log().Info("sidecar injection refused", "namespace", req.Namespace, "pod", req.Name, "error", err)
+	return deny(http.StatusBadRequest, err)
 }
 
 func deny(code int32, err error) *admissionv1.AdmissionResponse {

@@ -95,6 +95,7 @@ func startWebhook(t testing.TB, ctx context.Context, cfg *rest.Config, observe f
 	for _, ns := range []*corev1.Namespace{
 		{ObjectMeta: metav1.ObjectMeta{Name: "meshed", Labels: map[string]string{"detour.io/inject": "enabled"}}},
 		{ObjectMeta: metav1.ObjectMeta{Name: "plain"}},
+		{ObjectMeta: metav1.ObjectMeta{Name: "typo", Labels: map[string]string{"detour.io/inject": "true"}}},
 		{ObjectMeta: metav1.ObjectMeta{Name: "detour-system", Labels: map[string]string{"detour.io/inject": "enabled"}}},
 	} {
 		if _, err := cs.CoreV1().Namespaces().Create(ctx, ns, metav1.CreateOptions{}); err != nil {
@@ -170,8 +171,8 @@ func TestWebhook(t *testing.T) {
 		if or := mwc.OwnerReferences; len(or) != 1 || or[0].Kind != "ClusterRole" || or[0].Name != "detour-injector" || or[0].UID == "" {
 			t.Errorf("owner references %v: want the ClusterRole detour-injector, so deleting the manifests removes the configuration", or)
 		}
-		if len(mwc.Webhooks) != 2 {
-			t.Fatalf("%d webhooks, want 2", len(mwc.Webhooks))
+		if len(mwc.Webhooks) != 3 {
+			t.Fatalf("%d webhooks, want 3", len(mwc.Webhooks))
 		}
 		for _, w := range mwc.Webhooks {
 			if *w.FailurePolicy != admissionregistrationv1.Fail {
@@ -279,6 +280,19 @@ func TestWebhook(t *testing.T) {
 					t.Errorf("%d proxy containers, want %d", n, want)
 				}
 			})
+		}
+	})
+
+	// A namespace labelled detour.io/inject=true (Istio's habit) had its
+	// pods created without a sidecar, and nothing said so anywhere.
+	t.Run("namespace label neither enabled nor disabled", func(t *testing.T) {
+		_, err := c.create(ctx, "typo", testPod("web-typo", nil), false)
+		if err == nil || !strings.Contains(err.Error(), `namespace typo's label detour.io/inject is neither enabled nor disabled`) {
+			t.Fatalf("create in a namespace labelled detour.io/inject=true: %v, want a refusal naming the label", err)
+		}
+		// Opting the pod out is the way to create it anyway.
+		if p, err := c.create(ctx, "typo", testPod("web-typo", map[string]string{"detour.io/inject": "disabled"}), false); err != nil || isInjected(p) {
+			t.Errorf("create of a pod opted out in that namespace: %v (injected %v), want created as it is", err, err == nil && isInjected(p))
 		}
 	})
 

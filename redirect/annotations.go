@@ -72,7 +72,7 @@ func FromAnnotations(base Config, annotations map[string]string) (Config, error)
 	c := base.Clone()
 	if doc, ok := annotations[AnnotationConfig]; ok {
 		if err := c.Decode([]byte(doc)); err != nil {
-			return Config{}, fmt.Errorf("annotation %s: %w", AnnotationConfig, err)
+			return Config{}, fmt.Errorf("annotation %s: %w", AnnotationConfig, boundedError(err))
 		}
 	}
 	keys := make([]string, 0, len(annotations))

@@ -299,6 +299,7 @@ func TestAnnotationErrorsAreBounded(t *testing.T) {
 		{"empty include", map[string]string{"detour.io/include-outbound-ports": strings.Repeat(" ", 200_000)}},
 		{"unknown key", map[string]string{"detour.io/exclude-outbound-portz": huge}},
 		{"redirect value", map[string]string{AnnotationRedirect: huge}},
+		{"value in the config document", map[string]string{AnnotationConfig: `{"proxy": {"uid": "` + strings.Repeat("9", 200_000) + `"}}`}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
@@ -312,6 +313,9 @@ func TestAnnotationErrorsAreBounded(t *testing.T) {
 			var size int
 			for _, v := range tc.ann {
 				size = len(v)
+			}
+			if tc.ann[AnnotationConfig] != "" {
+				size = 200_000 // the value, not the document
 			}
 			if msg := err.Error(); len(msg) > 1024 || !strings.Contains(msg, fmt.Sprintf("… (%d bytes)", size)) {
 				t.Errorf("error of %d bytes (%.120q…), want the value's first bytes and its size (%d bytes)", len(msg), msg, size)

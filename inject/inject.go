@@ -208,7 +208,7 @@ func Wanted(namespace string, meta metav1.ObjectMeta, spec corev1.PodSpec, names
 		case InjectDisabled:
 			return false, "disabled by pod annotation", nil
 		}
-		return false, "", &redirect.FieldError{Field: "annotation " + AnnotationInject, Value: v, Reason: "is not " + InjectEnabled + " or " + InjectDisabled}
+		return false, "", &redirect.FieldError{Field: "annotation " + AnnotationInject, Value: redirect.BoundedValue(v), Reason: "is not " + InjectEnabled + " or " + InjectDisabled}
 	}
 	if namespaceOptedIn {
 		return true, "enabled by namespace label", nil
@@ -258,7 +258,7 @@ func (in *Injector) Plan(meta metav1.ObjectMeta, spec corev1.PodSpec) (*Mutation
 		return nil, err
 	}
 	if v, ok := ann[redirect.AnnotationRedirect]; ok && strings.TrimSpace(v) != redirect.RedirectEnabled {
-		return nil, &redirect.FieldError{Field: "annotation " + redirect.AnnotationRedirect, Value: v,
+		return nil, &redirect.FieldError{Field: "annotation " + redirect.AnnotationRedirect, Value: redirect.BoundedValue(v),
 			Reason: "contradicts sidecar injection (remove it, or opt the pod out with " + AnnotationInject + ": " + InjectDisabled + ")"}
 	}
 	base := in.mesh.Base()
@@ -405,7 +405,7 @@ func (in *Injector) proxyContainer(ann map[string]string, cfg redirect.Config) (
 	image := inj.ProxyImage
 	if v, ok := ann[AnnotationProxyImage]; ok {
 		if strings.TrimSpace(v) == "" || strings.ContainsAny(v, " \t\n") {
-			return corev1.Container{}, &redirect.FieldError{Field: "annotation " + AnnotationProxyImage, Value: v, Reason: "is not an image reference"}
+			return corev1.Container{}, &redirect.FieldError{Field: "annotation " + AnnotationProxyImage, Value: redirect.BoundedValue(v), Reason: "is not an image reference"}
 		}
 		image = v
 	}
@@ -554,7 +554,7 @@ func checkSidecarAnnotations(ann map[string]string) error {
 		return nil
 	}
 	slices.Sort(keys)
-	return &redirect.FieldError{Field: "annotation " + keys[0], Value: ann[keys[0]],
+	return &redirect.FieldError{Field: "annotation " + keys[0], Value: redirect.BoundedValue(ann[keys[0]]),
 		Reason: "is not a sidecar annotation (" + strings.Join(sidecarAnnotations[1:], ", ") + ")"}
 }
 
@@ -566,7 +566,7 @@ func resources(cpuReq, memReq, cpuLim, memLim string, field func(int) string) (c
 		}
 		q, err := resource.ParseQuantity(v)
 		if err != nil || q.Sign() < 0 {
-			return r, &redirect.FieldError{Field: field(i), Value: v, Reason: "is not a quantity (e.g. 100m, 128Mi)"}
+			return r, &redirect.FieldError{Field: field(i), Value: redirect.BoundedValue(v), Reason: "is not a quantity (e.g. 100m, 128Mi)"}
 		}
 		list := &r.Requests
 		if i >= 2 {

@@ -667,3 +667,27 @@ func TestSidecarFor(t *testing.T) {
 		}
 	}
 }
+
+// TestAnnotationErrorsAreBounded: the injector's own annotations were quoted
+// whole in a refusal (a 200 KB detour.io/inject value: a 200 KB admission
+// message); the value is quoted as its first 200 bytes and its size.
+func TestAnnotationErrorsAreBounded(t *testing.T) {
+	t.Parallel()
+	huge := strings.Repeat("y", 200_000)
+	in := newInjector(t, "", meshconfig.SidecarNative)
+	for _, key := range []string{inject.AnnotationInject, redirect.AnnotationRedirect, "sidecar.detour.io/proxy-cpu", "sidecar.detour.io/proxy-cpuz"} {
+		meta := metav1.ObjectMeta{Name: "web", Namespace: "shop", Annotations: map[string]string{key: huge}}
+		spec := corev1.PodSpec{Containers: []corev1.Container{{Name: "app", Image: "example.com/app:1"}}}
+		_, _, err := inject.Wanted("shop", meta, spec, true)
+		if err == nil {
+			_, err = in.Plan(meta, spec)
+		}
+		if err == nil {
+			t.Errorf("%s of 200,000 bytes accepted", key)
+			continue
+		}
+		if msg := err.Error(); len(msg) > 1024 || !strings.Contains(msg, "… (200000 bytes)") {
+			t.Errorf("%s: error of %d bytes (%.100q…), want the value's first bytes and its size", key, len(msg), msg)
+		}
+	}
+}

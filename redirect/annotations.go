@@ -49,7 +49,7 @@ func RedirectRequested(annotations map[string]string) (bool, error) {
 	case RedirectDisabled:
 		return false, nil
 	}
-	return false, &FieldError{Field: AnnotationRedirect, Value: boundedValue(v), Reason: "is not " + RedirectEnabled + " or " + RedirectDisabled}
+	return false, &FieldError{Field: AnnotationRedirect, Value: BoundedValue(v), Reason: "is not " + RedirectEnabled + " or " + RedirectDisabled}
 }
 
 // FromAnnotations returns base with a pod's detour annotations applied:
@@ -86,13 +86,13 @@ func FromAnnotations(base Config, annotations map[string]string) (Config, error)
 		v := annotations[k]
 		f, ok := FieldByName(strings.TrimPrefix(k, AnnotationPrefix))
 		if !ok {
-			return Config{}, &FieldError{Field: k, Value: boundedValue(v), Reason: "is not a detour annotation (" + AnnotationConfig + ", " + AnnotationRedirect + " or detour.io/<field name>, e.g. detour.io/exclude-outbound-ports)"}
+			return Config{}, &FieldError{Field: k, Value: BoundedValue(v), Reason: "is not a detour annotation (" + AnnotationConfig + ", " + AnnotationRedirect + " or detour.io/<field name>, e.g. detour.io/exclude-outbound-ports)"}
 		}
 		if err := EmptyIncludeError(f, v, "leave the annotation out for that, the default"); err != nil {
-			return Config{}, fmt.Errorf("annotation %s %q: %w", k, boundedValue(v), boundedError(err))
+			return Config{}, fmt.Errorf("annotation %s %q: %w", k, BoundedValue(v), boundedError(err))
 		}
 		if err := c.Set(f.Path, v); err != nil {
-			return Config{}, fmt.Errorf("annotation %s %q: %w", k, boundedValue(v), boundedError(err))
+			return Config{}, fmt.Errorf("annotation %s %q: %w", k, BoundedValue(v), boundedError(err))
 		}
 	}
 	if err := c.Validate(); err != nil {
@@ -108,7 +108,9 @@ func FromAnnotations(base Config, annotations map[string]string) (Config, error)
 // as the mesh file's errors quote theirs.
 const maxQuotedValue = 200
 
-func boundedValue(s string) string {
+// BoundedValue is s to quote in an error: s itself, or when longer than 200
+// bytes its first 200 bytes and its size ("yyyy… (200000 bytes)").
+func BoundedValue(s string) string {
 	if len(s) <= maxQuotedValue {
 		return s
 	}
@@ -123,6 +125,6 @@ func boundedError(err error) error {
 		return err
 	}
 	c := *fe
-	c.Value = boundedValue(c.Value)
+	c.Value = BoundedValue(c.Value)
 	return &c
 }

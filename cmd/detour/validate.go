@@ -203,6 +203,9 @@ func runValidate(ctx context.Context, o *validateOptions, g *globalOptions, s st
 	case outside > 0:
 		return withCode(exitNotValid, fmt.Errorf("validate: %d of %d probes were redirected to the proxy, but its socket is outside the scope's cgroup %s, so it cannot learn their original destination: run the proxy below the scope's cgroup", outside, conclusive, g.cgroup))
 	}
+	if unanswered > 0 && loopbackDown(nsPath) {
+		return withCode(exitNoAnswer, fmt.Errorf("validate: %d of %d probes got no answer within --timeout %s: lo is down in this namespace, and a redirected connection is delivered to the proxy over lo, so every captured connection is dropped: bring it up (ip link set lo up inside the namespace; ip -n NAME link set lo up from outside)", unanswered, conclusive, o.timeout))
+	}
 	if unanswered > 0 {
 		return withCode(exitNoAnswer, fmt.Errorf("validate: %d of %d probes got no answer within --timeout %s, which proves neither that they were redirected nor that they were not: a probe that is not redirected and dropped on its way out looks the same as one redirected and then dropped, for instance by a firewall rule on port %d; is detour installed with this configuration, and does anything drop connections to the proxy port?", unanswered, conclusive, o.timeout, c.Proxy.OutboundPort))
 	}

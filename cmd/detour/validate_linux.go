@@ -122,6 +122,23 @@ func noAnswer(err error, timeout time.Duration, why string) error {
 	return err
 }
 
+// loopbackDown reports whether lo is down in the namespace at nsPath (the
+// current one when empty). A REDIRECT (or an eBPF connect rewrite) delivers a
+// captured connection to the proxy over lo, so with lo down every one of them
+// is dropped there: probes time out, and the reason is this.
+func loopbackDown(nsPath string) bool {
+	down := false
+	_ = onThread(nsPath, nil, func() error {
+		lo, err := net.InterfaceByName("lo")
+		if err != nil {
+			return err
+		}
+		down = lo.Flags&net.FlagUp == 0
+		return nil
+	})
+	return down
+}
+
 // routeCheck: a UDP connect looks the route up without sending anything. Only
 // a route missing here means nothing of this family can leave; once the SYN is
 // out, an unreachable answer from a router means the probe escaped capture.

@@ -96,3 +96,34 @@ func TestValidateTellsNoAnswerFromBypass(t *testing.T) {
 		t.Errorf("explain --live, redirected then dropped: exit %d, stdout %q, stderr %q; want exit %d, proven neither", code, out, stderr, exitNoAnswer)
 	}
 }
+
+// TestValidateNamesLoopbackDown: in a namespace whose lo is down (a fresh `ip
+// netns add` before `ip link set lo up`), install succeeds but a redirected
+// connection is delivered over lo and dropped there: every probe timed out and
+// validate asked whether something drops connections to the proxy port, never
+// naming the cause. It now says lo is down and how to bring it up.
+func TestValidateNamesLoopbackDown(t *testing.T) {
+	privtest.Require(t, "nft")
+	ns := privtest.NetNS(t)
+	ns.Run(t, "ip", "link", "add", "dt0", "type", "veth", "peer", "name", "dt1")
+	ns.Run(t, "ip", "link", "set", "dt0", "up")
+	ns.Run(t, "ip", "link", "set", "dt1", "up")
+	ns.Run(t, "ip", "addr", "add", "203.0.113.2/24", "dev", "dt0")
+	ns.Run(t, "ip", "route", "add", "default", "via", "203.0.113.1")
+	flags := []string{"--netns", ns.Path, "--ip-families", "ipv4", "--backend", "nftables"}
+	if code, _, stderr := runCLI(t, append([]string{"install"}, flags...)...); code != 0 {
+		t.Fatalf("install: exit %d: %s", code, stderr)
+	}
+	t.Cleanup(func() { runCLI(t, "uninstall", "--netns", ns.Path) })
+	ns.Run(t, "ip", "link", "set", "lo", "down")
+	code, out, stderr := runCLI(t, append([]string{"validate", "--timeout", "300ms"}, flags...)...)
+	if code != exitNoAnswer || !strings.Contains(out, "TIMEOUT ipv4") ||
+		!strings.Contains(stderr, "lo is down in this namespace") || !strings.Contains(stderr, "ip link set lo up") {
+		t.Errorf("validate with lo down: exit %d, stdout %q, stderr %q; want exit %d naming lo down and the fix", code, out, stderr, exitNoAnswer)
+	}
+	// With lo up again the same install validates.
+	ns.Run(t, "ip", "link", "set", "lo", "up")
+	if code, out, stderr := runCLI(t, append([]string{"validate", "--timeout", "300ms"}, flags...)...); code != 0 {
+		t.Errorf("validate with lo up: exit %d, stdout %q, stderr %q; want 0", code, out, stderr)
+	}
+}

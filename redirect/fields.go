@@ -170,6 +170,9 @@ func (c *Config) Decode(doc []byte) error {
 	if tree == nil {
 		return nil
 	}
+	if err := leadingZero(doc, tree); err != nil {
+		return err
+	}
 	next := c.Clone()
 	if err := next.decodeNode("", tree); err != nil {
 		return err

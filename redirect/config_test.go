@@ -382,3 +382,29 @@ func TestDecodeRefusesLeadingZeroNumbers(t *testing.T) {
 		})
 	}
 }
+
+// TestDecodeRefusesBooleansForWords: YAML reads an unquoted on, off, yes, no,
+// y, n as a boolean. `log: {prefix: yes}` logged with the prefix "true", and
+// `dns: {capture: on}` was refused as `dns.capture: "true"`, a value nobody
+// wrote. A boolean where a word is wanted is refused, saying so; `capture:
+// off` (false) stays the mode off, as documented.
+func TestDecodeRefusesBooleansForWords(t *testing.T) {
+	t.Parallel()
+	for _, tt := range []struct{ name, doc, want string }{
+		{"capture on", "dns: {capture: on}", `dns.capture: "true" is a YAML boolean (an unquoted on, off, yes, no, y, n, true or false): quote the value you mean`},
+		{"prefix yes", "log: {enabled: true, prefix: yes}", `log.prefix: "true" is a YAML boolean`},
+		{"mode no", "mode: no", `mode: "false" is a YAML boolean`},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			c := Default()
+			if err := c.Decode([]byte(tt.doc)); err == nil || !strings.Contains(err.Error(), tt.want) || !errors.Is(err, ErrInvalid) {
+				t.Errorf("Decode(%q) = %v (log.prefix %q); want an invalid-input error containing %q", tt.doc, err, c.Log.Prefix, tt.want)
+			}
+		})
+	}
+	c := Default()
+	if err := c.Decode([]byte("dns: {capture: off}\nlog: {enabled: yes, prefix: \"yes\"}\ninbound: {enabled: off}")); err != nil || c.DNS.Capture != DNSCaptureOff || c.Log.Prefix != "yes" || !c.Log.Enabled || c.Inbound.Enabled {
+		t.Errorf("Decode of capture: off, a quoted prefix and boolean switches = %v, %+v %+v %v", err, c.DNS, c.Log, c.Inbound.Enabled)
+	}
+}

@@ -482,10 +482,19 @@ func TestSummaryLongLists(t *testing.T) {
 		c.Outbound.ExcludeUIDs = append(c.Outbound.ExcludeUIDs, redirect.IDRange{First: uint32(2000 + 2*i), Last: uint32(2000 + 2*i)})
 		c.Inbound.ExcludeSourceCIDRs = append(c.Inbound.ExcludeSourceCIDRs, netip.PrefixFrom(netip.AddrFrom4([4]byte{192, 0, 2, byte(i)}), 32))
 	}
+	rule := redirect.UIDPortRule{Protocol: redirect.TCP}
+	for i := range 100 {
+		rule.Ports = append(rule.Ports, redirect.PortRange{First: uint16(30000 + 2*i), Last: uint16(30000 + 2*i)})
+		rule.UIDs = append(rule.UIDs, redirect.IDRange{First: uint32(7000 + 2*i), Last: uint32(7000 + 2*i)})
+	}
+	c.Outbound.ExcludePortsForUIDs = []redirect.UIDPortRule{rule}
 	got := summary(c, redirect.Result{Backend: redirect.BackendNFTables, Families: []redirect.Family{redirect.IPv4}, Changed: true}, nil)
+	if want := "tcp ports 30000,30002,30004,30006,30008 and 95 more for uids 7000,7002,7004,7006,7008 and 95 more"; !strings.Contains(got, want) {
+		t.Errorf("summary lacks %q:\n%s", want, got)
+	}
 	for _, line := range strings.Split(got, "\n") {
-		if len(line) > 200 {
-			t.Errorf("summary line of %d characters, want at most 200: %.200s…", len(line), line)
+		if len(line) > 300 {
+			t.Errorf("summary line of %d characters, want at most 300: %.300s…", len(line), line)
 		}
 	}
 	for _, want := range []string{

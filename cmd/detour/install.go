@@ -206,6 +206,10 @@ func outboundExempt(c redirect.Config) []string {
 		out = append(out, "gids "+joinStrings(c.Outbound.ExcludeGIDs))
 	}
 	for _, r := range c.Outbound.ExcludePortsForUIDs {
+		if len(r.Ports) > summaryListMax || len(r.UIDs) > summaryListMax {
+			out = append(out, fmt.Sprintf("%s ports %s for uids %s", r.Protocol, joinStrings(r.Ports), joinStrings(r.UIDs)))
+			continue
+		}
 		out = append(out, r.String())
 	}
 	return out
@@ -248,6 +252,11 @@ func longLists(c redirect.Config) bool {
 		len(c.Outbound.ExcludeUIDs), len(c.Outbound.ExcludeGIDs),
 		len(c.Inbound.IncludePorts), len(c.Inbound.ExcludePorts), len(c.Inbound.ExcludeSourceCIDRs)} {
 		if n > summaryListMax {
+			return true
+		}
+	}
+	for _, r := range c.Outbound.ExcludePortsForUIDs {
+		if len(r.Ports) > summaryListMax || len(r.UIDs) > summaryListMax {
 			return true
 		}
 	}

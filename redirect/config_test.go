@@ -338,3 +338,73 @@ func TestNullIsEmpty(t *testing.T) {
 		t.Errorf("after nulls: inbound.excludePorts %v, proxy.gid %v, proxy.uid %d; want empty, unset, 1337", c.Inbound.ExcludePorts, c.Proxy.GID, c.Proxy.UID)
 	}
 }
+
+// TestDecodeRefusesLeadingZeroNumbers: YAML reads an unquoted number with a
+// leading zero as octal, so `uid: 01337` installed proxy uid 735 (the proxy's
+// own traffic then loops through itself) and `excludePorts: [0443]` excluded
+// port 291 — while the same 01337 is 1337 as a flag, an environment variable
+// or a quoted value. Such a number is refused, naming the field, the value and
+// what YAML made of it; quoted it is decimal, 0o… is octal on purpose.
+func TestDecodeRefusesLeadingZeroNumbers(t *testing.T) {
+	t.Parallel()
+	for _, tt := range []struct{ name, doc, want string }{
+		{"uid", "proxy: {uid: 01337}", `proxy.uid: "01337" has a leading zero, which YAML reads as octal (735)`},
+		{"block uid", "proxy:\n  uid: 01337\n", `proxy.uid: "01337" has a leading zero`},
+		{"port in a list", "outbound:\n  excludePorts: [80, 0443]", `outbound.excludePorts[1]: "0443" has a leading zero, which YAML reads as octal (291)`},
+		{"port in a block list", "outbound:\n  excludePorts:\n    - 80\n    - 0443\n", `outbound.excludePorts[1]: "0443" has a leading zero`},
+		{"inbound port", "proxy: {inboundPort: 015006}", `proxy.inboundPort: "015006" has a leading zero, which YAML reads as octal (6662)`},
+		{"json-looking document", `{"proxy": {"uid": 01337}}`, `proxy.uid: "01337" has a leading zero`},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			c := Default()
+			err := c.Decode([]byte(tt.doc))
+			if err == nil || !strings.Contains(err.Error(), tt.want) || !errors.Is(err, ErrInvalid) {
+				t.Fatalf("Decode(%q) = %v (proxy.uid %d), want an invalid-input error containing %q", tt.doc, err, c.Proxy.UID, tt.want)
+			}
+		})
+	}
+	for _, tt := range []struct {
+		name, doc string
+		uid       uint32
+	}{
+		{"quoted leading zero is decimal", `proxy: {uid: "01337"}`, 1337},
+		{"explicit octal", "proxy: {uid: 0o2471}", 1337},
+		{"zero", "proxy: {uid: 0}", 0},
+		{"plain", "proxy: {uid: 1337}\noutbound: {excludeCIDRs: [10.0.0.0/8, 2001:db8::/32], excludePorts: [1000-2000]}", 1337},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			c := Default()
+			if err := c.Decode([]byte(tt.doc)); err != nil || c.Proxy.UID != tt.uid {
+				t.Errorf("Decode(%q) = %v, proxy.uid %d; want nil, %d", tt.doc, err, c.Proxy.UID, tt.uid)
+			}
+		})
+	}
+}
+
+// TestDecodeRefusesBooleansForWords: YAML reads an unquoted on, off, yes, no,
+// y, n as a boolean. `log: {prefix: yes}` logged with the prefix "true", and
+// `dns: {capture: on}` was refused as `dns.capture: "true"`, a value nobody
+// wrote. A boolean where a word is wanted is refused, saying so; `capture:
+// off` (false) stays the mode off, as documented.
+func TestDecodeRefusesBooleansForWords(t *testing.T) {
+	t.Parallel()
+	for _, tt := range []struct{ name, doc, want string }{
+		{"capture on", "dns: {capture: on}", `dns.capture: "true" is a YAML boolean (an unquoted on, off, yes, no, y, n, true or false): quote the value you mean`},
+		{"prefix yes", "log: {enabled: true, prefix: yes}", `log.prefix: "true" is a YAML boolean`},
+		{"mode no", "mode: no", `mode: "false" is a YAML boolean`},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			c := Default()
+			if err := c.Decode([]byte(tt.doc)); err == nil || !strings.Contains(err.Error(), tt.want) || !errors.Is(err, ErrInvalid) {
+				t.Errorf("Decode(%q) = %v (log.prefix %q); want an invalid-input error containing %q", tt.doc, err, c.Log.Prefix, tt.want)
+			}
+		})
+	}
+	c := Default()
+	if err := c.Decode([]byte("dns: {capture: off}\nlog: {enabled: yes, prefix: \"yes\"}\ninbound: {enabled: off}")); err != nil || c.DNS.Capture != DNSCaptureOff || c.Log.Prefix != "yes" || !c.Log.Enabled || c.Inbound.Enabled {
+		t.Errorf("Decode of capture: off, a quoted prefix and boolean switches = %v, %+v %+v %v", err, c.DNS, c.Log, c.Inbound.Enabled)
+	}
+}

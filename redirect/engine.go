@@ -136,6 +136,9 @@ type Status struct {
 	// Leftovers name state of detour's that belongs to no install (an
 	// interrupted run left it; Leftovers); uninstall removes it.
 	Leftovers []string `json:"leftovers,omitempty"`
+	// Conflicts are what makes install and uninstall refuse to change the
+	// namespace (a DETOUR_* chain detour did not make), one a line.
+	Conflicts []string `json:"conflicts,omitempty"`
 }
 
 // Facts reads what planning needs from the namespace: whether it has a usable

@@ -170,6 +170,9 @@ func (c *Config) Decode(doc []byte) error {
 	if tree == nil {
 		return nil
 	}
+	if err := leadingZero(doc, tree); err != nil {
+		return err
+	}
 	next := c.Clone()
 	if err := next.decodeNode("", tree); err != nil {
 		return err
@@ -361,6 +364,9 @@ func (c *Config) decodeNode(path string, node any) error {
 		// YAML 1.1 reads a bare `off` as false; "capture: off" means the mode.
 		if b, isBool := v.(bool); isBool && path == "dns.capture" && !b {
 			s = string(DNSCaptureOff)
+		} else if isBool && !f.Bool {
+			// A word YAML took for a boolean (prefix: yes became "true").
+			return &FieldError{Field: path, Value: s, Reason: "is a YAML boolean (an unquoted on, off, yes, no, y, n, true or false): quote the value you mean"}
 		}
 		if f.List {
 			if values, err = splitForField(f, s); err != nil {

@@ -507,9 +507,17 @@ func (e *Engine) shareNet(ctx context.Context, net netView) netView {
 // would drop something of ours); shared is others when net dropped what
 // they may use.
 func (e *Engine) readInstalled(ctx context.Context, p Plan) (held []*driverState, net netView, shared, others, left []string, err error) {
+	held, net, shared, others, left, _, err = e.readInstalledConflicts(ctx, p)
+	return held, net, shared, others, left, err
+}
+
+// readInstalledConflicts is readInstalled, and also every backend's reason
+// not to be changed (conflicts: what makes install and uninstall refuse).
+func (e *Engine) readInstalledConflicts(ctx context.Context, p Plan) (held []*driverState, net netView, shared, others, left []string, conflict error, err error) {
 	err = e.enter(func() error {
 		states := e.observeAll(ctx, noCandidate)
 		held = holding(states)
+		conflict = conflicts(states)
 		for _, s := range states {
 			if lo := leftoversAny(s); lo != "" {
 				left = append(left, fmt.Sprintf("%s: %s", s.d.Name(), lo))
@@ -528,7 +536,7 @@ func (e *Engine) readInstalled(ctx context.Context, p Plan) (held []*driverState
 		}
 		return nil
 	})
-	return held, net, shared, others, left, err
+	return held, net, shared, others, left, conflict, err
 }
 
 func (e *Engine) check(ctx context.Context, p Plan) (Drift, error) {
@@ -577,11 +585,14 @@ func (e *Engine) check(ctx context.Context, p Plan) (Drift, error) {
 
 func (e *Engine) status(ctx context.Context) (Status, error) {
 	st := Status{Families: []Family{}, Rules: map[Family]string{}} // a list, also when empty (JSON [])
-	held, net, shared, _, left, err := e.readInstalled(ctx, Plan{})
+	held, net, shared, _, left, conflict, err := e.readInstalledConflicts(ctx, Plan{})
 	if err != nil {
 		return st, err
 	}
 	st.SharedWith, st.Leftovers = shared, left
+	if conflict != nil {
+		st.Conflicts = strings.Split(conflict.Error(), "\n") // errors.Join's, one a line
+	}
 	var have Installed
 	if len(held) > 0 {
 		st.Backend, have = held[0].d.Name(), held[0].have

@@ -608,3 +608,20 @@ func TestInterruptedObserveIsNotUnusable(t *testing.T) {
 		}
 	}
 }
+
+// TestBackendConflictNamesTheBackends: a switch from iptables-nft to nftables
+// killed half way leaves detour's state in both; auto then refuses, and said
+// "detour rules are in another iptables backend: detour's state is in
+// iptables-nft, nftables" — nftables is none. It says they are in more than
+// one backend, and which.
+func TestBackendConflictNamesTheBackends(t *testing.T) {
+	t.Parallel()
+	l := newLab(t, BackendIPTablesNFT, BackendNFTables)
+	l.d[BackendIPTablesNFT].state = map[Family][]string{IPv4: {"old"}}
+	l.d[BackendNFTables].state = map[Family][]string{IPv4: {"new"}}
+	_, err := l.e.Install(context.Background(), l.plan(t, BackendAuto))
+	if !errors.Is(err, ErrBackendConflict) || strings.Contains(err.Error(), "iptables backend") ||
+		!strings.Contains(err.Error(), "more than one backend") || !strings.Contains(err.Error(), "iptables-nft, nftables") {
+		t.Errorf("Install = %v; want ErrBackendConflict saying more than one backend holds detour's state, iptables-nft, nftables", err)
+	}
+}

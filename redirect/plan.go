@@ -231,9 +231,9 @@ var (
 	// network namespace (held by another Install or Uninstall of it), was not
 	// acquired within Engine.LockWait; nothing was changed.
 	ErrLockTimeout = errors.New("lock not acquired in time")
-	// ErrBackendConflict means our rules are in both iptables-legacy and
-	// iptables-nft, or in another backend than the one the config forces.
-	ErrBackendConflict = errors.New("detour rules are in another iptables backend")
+	// ErrBackendConflict means detour's state is in more than one backend
+	// (iptables-legacy and iptables-nft, or any two: a switch cut short).
+	ErrBackendConflict = errors.New("detour's rules are in more than one backend")
 	// ErrInboundTaken means another scope of detour captures inbound in the
 	// network namespace (NetSharer): one capture per namespace may, or each
 	// would redirect every inbound connection of it.

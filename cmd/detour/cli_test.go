@@ -465,3 +465,50 @@ func findChildCgroup(t *testing.T) (string, string) {
 	}
 	return "", "no cgroup v2 directory below the root (not root, and this process is in the root cgroup)"
 }
+
+// TestSummaryLongLists: install's summary is one screen. With 10,000 excluded
+// CIDRs it printed every one of them on one line of 160 KB (and 1,000 ports and
+// uids each on another), which buried the summary in a terminal and in the
+// journal of the boot unit. A long list shows its first entries and how many
+// more there are; `detour plan` prints every one.
+func TestSummaryLongLists(t *testing.T) {
+	t.Parallel()
+	c := redirect.Default()
+	for i := range 10000 {
+		c.Outbound.ExcludeCIDRs = append(c.Outbound.ExcludeCIDRs, netip.PrefixFrom(netip.AddrFrom4([4]byte{10, byte(i >> 8), byte(i), 0}), 24))
+	}
+	for i := range 1000 {
+		c.Outbound.ExcludePorts = append(c.Outbound.ExcludePorts, redirect.PortRange{First: uint16(20000 + 2*i), Last: uint16(20000 + 2*i)})
+		c.Outbound.ExcludeUIDs = append(c.Outbound.ExcludeUIDs, redirect.IDRange{First: uint32(2000 + 2*i), Last: uint32(2000 + 2*i)})
+		c.Inbound.ExcludeSourceCIDRs = append(c.Inbound.ExcludeSourceCIDRs, netip.PrefixFrom(netip.AddrFrom4([4]byte{192, 0, 2, byte(i)}), 32))
+	}
+	rule := redirect.UIDPortRule{Protocol: redirect.TCP}
+	for i := range 100 {
+		rule.Ports = append(rule.Ports, redirect.PortRange{First: uint16(30000 + 2*i), Last: uint16(30000 + 2*i)})
+		rule.UIDs = append(rule.UIDs, redirect.IDRange{First: uint32(7000 + 2*i), Last: uint32(7000 + 2*i)})
+	}
+	c.Outbound.ExcludePortsForUIDs = []redirect.UIDPortRule{rule}
+	got := summary(c, redirect.Result{Backend: redirect.BackendNFTables, Families: []redirect.Family{redirect.IPv4}, Changed: true}, nil)
+	if want := "tcp ports 30000,30002,30004,30006,30008 and 95 more for uids 7000,7002,7004,7006,7008 and 95 more"; !strings.Contains(got, want) {
+		t.Errorf("summary lacks %q:\n%s", want, got)
+	}
+	for _, line := range strings.Split(got, "\n") {
+		if len(line) > 300 {
+			t.Errorf("summary line of %d characters, want at most 300: %.300s…", len(line), line)
+		}
+	}
+	for _, want := range []string{
+		"all ports except 20000,20002,20004,20006,20008 and 995 more,",
+		"any address except 10.0.0.0/24,10.0.1.0/24,10.0.2.0/24,10.0.3.0/24,10.0.4.0/24 and 9995 more",
+		"uids 2000,2002,2004,2006,2008 and 995 more", "sources except 192.0.2.0/32,",
+		"lists     shortened here (detour plan lists every one)",
+	} {
+		if !strings.Contains(got, want) {
+			t.Errorf("summary lacks %q:\n%s", want, got)
+		}
+	}
+	// A short list is still printed whole.
+	if got := joinStrings([]redirect.PortRange{{First: 80, Last: 80}, {First: 443, Last: 443}}); got != "80,443" {
+		t.Errorf("joinStrings of two ports = %q, want 80,443", got)
+	}
+}

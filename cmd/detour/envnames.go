@@ -16,18 +16,37 @@ var otherEnv = []string{"DETOUR_PRESET", "DETOUR_CONFIG", "DETOUR_EBPF_PIN_DIR",
 // scope of a command (where it acts) is named on its command line only.
 // Ignoring DETOUR_NETNS=pod installed into the namespace detour ran in (the
 // host's), and DETOUR_CGROUP captured the whole namespace: they are refused.
-var scopeEnv = map[string]string{"DETOUR_NETNS": "--netns", "DETOUR_CGROUP": "--cgroup"}
+// The other flags of a command (not settings) have no variable either, and
+// a user told that settings are DETOUR_<FLAG NAME> would guess one: ignoring
+// DETOUR_DRY_RUN=1 installed what was meant as a preview. They are refused too.
+var scopeEnv = map[string]string{
+	"DETOUR_NETNS": "--netns", "DETOUR_CGROUP": "--cgroup",
+	"DETOUR_DRY_RUN": "--dry-run", "DETOUR_PERSIST": "--persist", "DETOUR_CAPTURE_SSH": "--capture-ssh",
+	"DETOUR_OUTPUT": "--output", "DETOUR_LOCK_WAIT": "--lock-wait", "DETOUR_VERBOSE": "--verbose",
+	"DETOUR_TIMEOUT": "--timeout", "DETOUR_LIVE": "--live", "DETOUR_STALE": "--stale",
+}
 
 // scopeEnvError refuses a set scopeEnv variable (exit 2), or is nil. Every
 // command that acts on a namespace asks (netnsPath), and the configuration's
 // check of DETOUR_* names.
 func scopeEnvError(lookup func(string) (string, bool)) error {
-	for _, name := range []string{"DETOUR_NETNS", "DETOUR_CGROUP"} {
-		if v, ok := lookup(name); ok {
-			flag := scopeEnv[name]
-			return &sourceError{"environment", &redirect.FieldError{Field: name, Value: v,
-				Reason: "is not read by detour: " + flag + " has no environment variable (where a command acts is named on its command line); pass " + flag + ", or unset it"}}
+	names := make([]string, 0, len(scopeEnv))
+	for name := range scopeEnv {
+		names = append(names, name)
+	}
+	slices.Sort(names) // deterministic: the same one is named every time
+	for _, name := range names {
+		v, ok := lookup(name)
+		if !ok {
+			continue
 		}
+		flag := scopeEnv[name]
+		why := "only settings have one"
+		if name == "DETOUR_NETNS" || name == "DETOUR_CGROUP" {
+			why = "where a command acts is named on its command line"
+		}
+		return &sourceError{"environment", &redirect.FieldError{Field: name, Value: v,
+			Reason: "is not read by detour: " + flag + " has no environment variable (" + why + "); pass " + flag + ", or unset it"}}
 	}
 	return nil
 }

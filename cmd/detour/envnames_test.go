@@ -66,3 +66,29 @@ func TestScopeFlagsHaveNoEnvironment(t *testing.T) {
 		})
 	}
 }
+
+// TestFlagOnlyVariablesAreRefused: settings have a DETOUR_<FLAG NAME>
+// variable, and docs/config.md says so; the command's own flags have none,
+// and were ignored: DETOUR_DRY_RUN=1 detour install installed for real what
+// its user meant to preview, DETOUR_CAPTURE_SSH=1 left SSH excluded and
+// DETOUR_OUTPUT=json printed text. They are refused (exit 2), naming the flag.
+func TestFlagOnlyVariablesAreRefused(t *testing.T) {
+	for name, flag := range map[string]string{
+		"DETOUR_DRY_RUN": "--dry-run", "DETOUR_PERSIST": "--persist", "DETOUR_CAPTURE_SSH": "--capture-ssh",
+		"DETOUR_OUTPUT": "--output", "DETOUR_LOCK_WAIT": "--lock-wait", "DETOUR_VERBOSE": "--verbose",
+		"DETOUR_TIMEOUT": "--timeout", "DETOUR_LIVE": "--live", "DETOUR_STALE": "--stale",
+	} {
+		t.Run(name, func(t *testing.T) {
+			t.Setenv(name, "1")
+			want := "environment: " + name + `: "1" is not read by detour: ` + flag + " has no environment variable"
+			// Read-only commands, and commands on a namespace that does not
+			// exist: a regression changes nothing on the test's host.
+			for _, args := range [][]string{{"plan", "--backend", "nftables"}, {"status"}, {"install", "--netns", "dt-does-not-exist"}, {"uninstall", "--netns", "dt-does-not-exist"}} {
+				code, _, stderr := runCLI(t, args...)
+				if code != exitUsage || !strings.Contains(stderr, want) {
+					t.Errorf("%s with %s=1: exit %d, stderr %q; want exit %d and %q", strings.Join(args, " "), name, code, stderr, exitUsage, want)
+				}
+			}
+		})
+	}
+}

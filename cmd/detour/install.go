@@ -146,6 +146,9 @@ func summary(c redirect.Config, r redirect.Result, sshPorts []uint16) string {
 		row("sockets", "accelerated: app-proxy bytes go socket to socket (sk_msg)",
 			"a proxy that relays with splice(2) does not receive them (docs/ebpf.md)")
 	}
+	if longLists(c) {
+		row("lists", "shortened here (detour plan lists every one)")
+	}
 	if r.Processes > 0 {
 		row("cost", fmt.Sprintf("%d child processes", r.Processes))
 	}
@@ -203,6 +206,10 @@ func outboundExempt(c redirect.Config) []string {
 		out = append(out, "gids "+joinStrings(c.Outbound.ExcludeGIDs))
 	}
 	for _, r := range c.Outbound.ExcludePortsForUIDs {
+		if len(r.Ports) > summaryListMax || len(r.UIDs) > summaryListMax {
+			out = append(out, fmt.Sprintf("%s ports %s for uids %s", r.Protocol, joinStrings(r.Ports), joinStrings(r.UIDs)))
+			continue
+		}
 		out = append(out, r.String())
 	}
 	return out
@@ -219,12 +226,41 @@ func joinPorts(ports []uint16) string {
 	return "ports " + strings.Join(parts, ",") + " are"
 }
 
+// summaryListMax is how many entries of a list the summary shows: it is one
+// screen, and a list of 10,000 CIDRs made one line of 160 KB of it.
+const summaryListMax = 5
+
+// joinStrings joins a list for the summary: its first summaryListMax entries
+// and how many more there are (longLists says when the hint to plan is due).
 func joinStrings[T fmt.Stringer](items []T) string {
-	parts := make([]string, len(items))
-	for i, it := range items {
+	shown := items[:min(len(items), summaryListMax)]
+	parts := make([]string, len(shown))
+	for i, it := range shown {
 		parts[i] = it.String()
 	}
-	return strings.Join(parts, ",")
+	s := strings.Join(parts, ",")
+	if more := len(items) - len(shown); more > 0 {
+		s += fmt.Sprintf(" and %d more", more)
+	}
+	return s
+}
+
+// longLists reports whether the summary shortened a list.
+func longLists(c redirect.Config) bool {
+	for _, n := range []int{len(c.Outbound.IncludePorts), len(c.Outbound.ExcludePorts),
+		len(c.Outbound.IncludeCIDRs), len(c.Outbound.ExcludeCIDRs),
+		len(c.Outbound.ExcludeUIDs), len(c.Outbound.ExcludeGIDs),
+		len(c.Inbound.IncludePorts), len(c.Inbound.ExcludePorts), len(c.Inbound.ExcludeSourceCIDRs)} {
+		if n > summaryListMax {
+			return true
+		}
+	}
+	for _, r := range c.Outbound.ExcludePortsForUIDs {
+		if len(r.Ports) > summaryListMax || len(r.UIDs) > summaryListMax {
+			return true
+		}
+	}
+	return false
 }
 
 func joinPrefixes(ps []netip.Prefix) string { return joinStrings(ps) }

@@ -56,6 +56,9 @@ func runStatus(ctx context.Context, o *statusOptions, g *globalOptions, s stream
 	for _, l := range st.Leftovers {
 		shared += fmt.Sprintf("left behind, belonging to no install: %s; `detour uninstall` removes it\n", l)
 	}
+	for _, c := range st.Conflicts {
+		shared += fmt.Sprintf("in the way: %s: install and uninstall refuse to run until it is gone\n", c)
+	}
 	if !st.Installed {
 		_, err := fmt.Fprint(s.out, "detour is not installed\n"+shared)
 		return err

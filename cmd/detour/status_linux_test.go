@@ -121,3 +121,28 @@ func TestUninstallJSONNamesRemovedBackends(t *testing.T) {
 		t.Errorf("uninstall -o json of nothing: want changed false and \"removed\": []:\n%s", out)
 	}
 }
+
+// TestStatusNamesForeignChains: a DETOUR_* chain detour did not make (another
+// version's, a hand-made one) makes install and uninstall refuse to run (exit
+// 1), but status said only "detour is not installed", exit 0: the user asking
+// why install fails was not told. status names the chains, in text and in
+// `-o json` (`conflicts`), and still exits 0 (it only reports).
+func TestStatusNamesForeignChains(t *testing.T) {
+	privtest.Require(t, "iptables-nft")
+	ns := privtest.NetNS(t)
+	ns.Run(t, "iptables-nft", "-t", "nat", "-N", "DETOUR_MINE")
+	if code, _, stderr := runCLI(t, "install", "--netns", ns.Path, "--backend", "iptables-nft", "--ip-families", "ipv4"); code != 1 || !strings.Contains(stderr, "DETOUR_MINE") {
+		t.Fatalf("install beside a foreign DETOUR_ chain: exit %d, stderr %q; want exit 1 naming it", code, stderr)
+	}
+	code, out, stderr := runCLI(t, "status", "--netns", ns.Path)
+	if code != 0 || !strings.Contains(out, "DETOUR_MINE") || !strings.Contains(out, "install and uninstall refuse") {
+		t.Errorf("status: exit %d, stdout %q, stderr %q; want exit 0 naming DETOUR_MINE and that install and uninstall refuse", code, out, stderr)
+	}
+	code, out, _ = runCLI(t, "status", "--netns", ns.Path, "-o", "json")
+	var st struct {
+		Conflicts []string `json:"conflicts"`
+	}
+	if err := json.Unmarshal([]byte(out), &st); code != 0 || err != nil || len(st.Conflicts) != 1 || !strings.Contains(st.Conflicts[0], "DETOUR_MINE") {
+		t.Errorf("status -o json: exit %d, %v, conflicts %q; want one naming DETOUR_MINE", code, err, st.Conflicts)
+	}
+}

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
+	"slices"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -88,6 +89,8 @@ type probeResult struct {
 	// showed the connection held there by a socket of proxyUID.
 	viaProxy bool
 	proxyUID uint32
+	// listenerUIDs own the sockets listening on the outbound port.
+	listenerUIDs []uint32
 	// proxyOutside is the cgroup of the proxy's socket when it is outside
 	// probe.scope: the connection reached the proxy, which cannot learn its
 	// original destination.
@@ -158,7 +161,8 @@ func runValidate(ctx context.Context, o *validateOptions, g *globalOptions, s st
 	}
 	// failed: not redirected; outside: redirected to a proxy that cannot
 	// learn the original destination (its socket is outside the scope).
-	failed, outside, unanswered, conclusive := 0, 0, 0, 0
+	// looped: held by a proxy whose own connections are captured.
+	failed, outside, unanswered, conclusive, looped := 0, 0, 0, 0, 0
 	for _, p := range probes {
 		p.scope, p.answered = g.cgroup, answered
 		res, err := runProbe(ctx, nsPath, c.Proxy.OutboundPort, p, o.timeout)
@@ -189,19 +193,32 @@ func runValidate(ctx context.Context, o *validateOptions, g *globalOptions, s st
 			outside++
 			fmt.Fprintf(s.out, "FAIL %s: %s as uid %d reached the proxy's socket on :%d, but that socket is in cgroup %s, outside the scope's cgroup %s and every cgroup where detour's eBPF programs are attached: only there is SO_ORIGINAL_DST answered, so the proxy cannot learn where any connection was going (run the proxy below the scope's cgroup, or install the scope on a cgroup above both, such as a slice holding the app's and the proxy's services)\n",
 				p.family, p.dst, p.uid, c.Proxy.OutboundPort, res.proxyOutside, g.cgroup)
+		case res.viaProxy && capturesProxy(c, p.dst, res.listenerUIDs):
+			looped++
+			fmt.Fprintf(s.out, "FAIL %s: %s as uid %d was held by a socket on :%d of uid %d, whose own connections this configuration captures (proxy.uid is %d): that proxy's connections upstream are sent back to it, in a loop\n",
+				p.family, p.dst, p.uid, c.Proxy.OutboundPort, res.proxyUID, c.Proxy.UID)
 		case res.viaProxy:
 			fmt.Fprintf(s.out, "ok   %s: %s as uid %d was held by the proxy's socket on :%d (uid %d)\n", p.family, p.dst, p.uid, c.Proxy.OutboundPort, res.proxyUID)
+			if capturesRootProxy(c, p.dst, res.listenerUIDs) {
+				fmt.Fprintf(s.out, "warn %s: the socket on :%d belongs to root (uid 0), whose own connections this configuration captures (proxy.uid is %d): if root's process is the proxy, its connections upstream are sent back to it, in a loop; run the proxy as uid %d\n",
+					p.family, c.Proxy.OutboundPort, c.Proxy.UID, c.Proxy.UID)
+			}
 		default:
 			fmt.Fprintf(s.out, "ok   %s: %s as uid %d reached :%d with its original destination\n", p.family, p.dst, p.uid, c.Proxy.OutboundPort)
 		}
 	}
 	switch {
+	case looped > 0:
+		return withCode(exitNotValid, fmt.Errorf("validate: %d of %d probes reached a proxy whose own connections are captured: it does not run as proxy.uid %d, so its connections upstream loop back to it; run the proxy as uid %d, or set proxy.uid (--proxy-uid) to the uid it runs as", looped, conclusive, c.Proxy.UID, c.Proxy.UID))
 	case failed > 0 && outside > 0:
 		return withCode(exitNotValid, fmt.Errorf("validate: %d of %d probes were not redirected, and %d reached a proxy outside the scope's cgroup %s that cannot learn their original destination; is detour installed with this configuration, and does the proxy run below the scope's cgroup?", failed, conclusive, outside, g.cgroup))
 	case failed > 0:
 		return withCode(exitNotValid, fmt.Errorf("validate: %d of %d probes were not redirected; is detour installed with this configuration?", failed, conclusive))
 	case outside > 0:
 		return withCode(exitNotValid, fmt.Errorf("validate: %d of %d probes were redirected to the proxy, but its socket is outside the scope's cgroup %s, so it cannot learn their original destination: run the proxy below the scope's cgroup", outside, conclusive, g.cgroup))
+	}
+	if unanswered > 0 && loopbackDown(nsPath) {
+		return withCode(exitNoAnswer, fmt.Errorf("validate: %d of %d probes got no answer within --timeout %s: lo is down in this namespace, and a redirected connection is delivered to the proxy over lo, so every captured connection is dropped: bring it up (ip link set lo up inside the namespace; ip -n NAME link set lo up from outside)", unanswered, conclusive, o.timeout))
 	}
 	if unanswered > 0 {
 		return withCode(exitNoAnswer, fmt.Errorf("validate: %d of %d probes got no answer within --timeout %s, which proves neither that they were redirected nor that they were not: a probe that is not redirected and dropped on its way out looks the same as one redirected and then dropped, for instance by a firewall rule on port %d; is detour installed with this configuration, and does anything drop connections to the proxy port?", unanswered, conclusive, o.timeout, c.Proxy.OutboundPort))
@@ -210,6 +227,33 @@ func runValidate(ctx context.Context, o *validateOptions, g *globalOptions, s st
 		return errors.New("validate: nothing could be probed: the namespace has no route to the probe addresses (add a default route, as pods have)")
 	}
 	return nil
+}
+
+// capturesProxy reports whether the outbound connections of the proxy that
+// holds the probe — the owner uid of the socket listening on the outbound
+// port — to the probe's destination are captured themselves. The socket table gives no gid: with a gid exclusion
+// (proxy.gid, outbound.excludeGIDs) it cannot be told, and it is not claimed.
+// Every listener on the port must be such a uid's (with none found, nothing
+// is claimed). Root's listener is not claimed either: a tool running as root
+// on the port (a test's stand-in proxy that dials nothing) is no loop, so root
+// gets a warning (capturesRootProxy) rather than a failure.
+func capturesProxy(c redirect.Config, dst netip.AddrPort, listeners []uint32) bool {
+	if len(listeners) == 0 || c.Proxy.GID != nil || len(c.Outbound.ExcludeGIDs) > 0 {
+		return false
+	}
+	for _, uid := range listeners {
+		if uid == 0 || uid == c.Proxy.UID || !c.CapturesOutbound(dst.Addr(), dst.Port(), uid, uid) {
+			return false
+		}
+	}
+	return true
+}
+
+// capturesRootProxy reports whether root owns a listener on the outbound port
+// and root's own connections to dst are captured.
+func capturesRootProxy(c redirect.Config, dst netip.AddrPort, listeners []uint32) bool {
+	return slices.Contains(listeners, 0) && c.Proxy.UID != 0 && c.Proxy.GID == nil &&
+		len(c.Outbound.ExcludeGIDs) == 0 && c.CapturesOutbound(dst.Addr(), dst.Port(), 0, 0)
 }
 
 var (

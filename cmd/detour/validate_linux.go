@@ -12,6 +12,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -122,6 +123,23 @@ func noAnswer(err error, timeout time.Duration, why string) error {
 	return err
 }
 
+// loopbackDown reports whether lo is down in the namespace at nsPath (the
+// current one when empty). A REDIRECT (or an eBPF connect rewrite) delivers a
+// captured connection to the proxy over lo, so with lo down every one of them
+// is dropped there: probes time out, and the reason is this.
+func loopbackDown(nsPath string) bool {
+	down := false
+	_ = onThread(nsPath, nil, func() error {
+		lo, err := net.InterfaceByName("lo")
+		if err != nil {
+			return err
+		}
+		down = lo.Flags&net.FlagUp == 0
+		return nil
+	})
+	return down
+}
+
 // routeCheck: a UDP connect looks the route up without sending anything. Only
 // a route missing here means nothing of this family can leave; once the SYN is
 // out, an unreachable answer from a router means the probe escaped capture.
@@ -177,6 +195,15 @@ func probeThroughProxy(ctx context.Context, nsPath string, port uint16, p probe,
 			}
 			if found {
 				res = probeResult{dst: p.dst, viaProxy: true, proxyUID: uid}
+				// A connection the proxy has not accepted yet has no owner (uid
+				// 0), and an accepted one the uid of the thread that accepted
+				// it: the listener's owner is the proxy's uid.
+				if res.listenerUIDs, err = listenerUIDs(port); err != nil {
+					return err
+				}
+				if len(res.listenerUIDs) == 1 {
+					res.proxyUID = res.listenerUIDs[0]
+				}
 				if p.scope != "" {
 					res.proxyOutside, err = outsideScope(port, local, p.scope, p.answered)
 				}
@@ -221,6 +248,39 @@ func socketWithPeer(port uint16, peer netip.AddrPort) (uid uint32, found bool, e
 		}
 	}
 	return 0, false, nil
+}
+
+// listenerUIDs returns the owners' uids of the TCP sockets listening on port
+// in the calling thread's network namespace, each uid once.
+func listenerUIDs(port uint16) ([]uint32, error) {
+	var uids []uint32
+	for _, name := range []string{"/proc/thread-self/net/tcp", "/proc/thread-self/net/tcp6"} {
+		data, err := os.ReadFile(name)
+		if errors.Is(err, os.ErrNotExist) {
+			continue // no IPv6 in this kernel
+		}
+		if err != nil {
+			return nil, fmt.Errorf("read the socket table: %w", err)
+		}
+		for _, line := range strings.Split(string(data), "\n")[1:] {
+			f := strings.Fields(line)
+			if len(f) < 8 || f[3] != "0A" { // TCP_LISTEN
+				continue
+			}
+			local, err := parseProcAddr(f[1])
+			if err != nil || local.Port() != port {
+				continue
+			}
+			u, err := strconv.ParseUint(f[7], 10, 32)
+			if err != nil {
+				return nil, fmt.Errorf("read the socket table: uid %q", f[7])
+			}
+			if !slices.Contains(uids, uint32(u)) {
+				uids = append(uids, uint32(u))
+			}
+		}
+	}
+	return uids, nil
 }
 
 // parseProcAddr reads an address of /proc/net/tcp{,6}: the address in hex as

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"net"
 	"net/netip"
 	"strings"
 	"testing"
@@ -94,5 +95,106 @@ func TestValidateTellsNoAnswerFromBypass(t *testing.T) {
 	code, out, stderr = runCLI(t, append([]string{"explain", "--live", "--timeout", "200ms", "--to", "192.0.2.1:80", "--uid", "60100", "--gid", "60100"}, flags...)...)
 	if code != exitNoAnswer || !strings.Contains(out, "proven neither") || strings.Contains(out, "NOT as the verdict says") {
 		t.Errorf("explain --live, redirected then dropped: exit %d, stdout %q, stderr %q; want exit %d, proven neither", code, out, stderr, exitNoAnswer)
+	}
+}
+
+// TestValidateNamesLoopbackDown: in a namespace whose lo is down (a fresh `ip
+// netns add` before `ip link set lo up`), install succeeds but a redirected
+// connection is delivered over lo and dropped there: every probe timed out and
+// validate asked whether something drops connections to the proxy port, never
+// naming the cause. It now says lo is down and how to bring it up.
+func TestValidateNamesLoopbackDown(t *testing.T) {
+	privtest.Require(t, "nft")
+	ns := privtest.NetNS(t)
+	ns.Run(t, "ip", "link", "add", "dt0", "type", "veth", "peer", "name", "dt1")
+	ns.Run(t, "ip", "link", "set", "dt0", "up")
+	ns.Run(t, "ip", "link", "set", "dt1", "up")
+	ns.Run(t, "ip", "addr", "add", "203.0.113.2/24", "dev", "dt0")
+	ns.Run(t, "ip", "route", "add", "default", "via", "203.0.113.1")
+	flags := []string{"--netns", ns.Path, "--ip-families", "ipv4", "--backend", "nftables"}
+	if code, _, stderr := runCLI(t, append([]string{"install"}, flags...)...); code != 0 {
+		t.Fatalf("install: exit %d: %s", code, stderr)
+	}
+	t.Cleanup(func() { runCLI(t, "uninstall", "--netns", ns.Path) })
+	ns.Run(t, "ip", "link", "set", "lo", "down")
+	code, out, stderr := runCLI(t, append([]string{"validate", "--timeout", "300ms"}, flags...)...)
+	if code != exitNoAnswer || !strings.Contains(out, "TIMEOUT ipv4") ||
+		!strings.Contains(stderr, "lo is down in this namespace") || !strings.Contains(stderr, "ip link set lo up") {
+		t.Errorf("validate with lo down: exit %d, stdout %q, stderr %q; want exit %d naming lo down and the fix", code, out, stderr, exitNoAnswer)
+	}
+	// With lo up again the same install validates.
+	ns.Run(t, "ip", "link", "set", "lo", "up")
+	if code, out, stderr := runCLI(t, append([]string{"validate", "--timeout", "300ms"}, flags...)...); code != 0 {
+		t.Errorf("validate with lo up: exit %d, stdout %q, stderr %q; want 0", code, out, stderr)
+	}
+}
+
+// TestValidateRefusesACapturedProxy: while a proxy owns the outbound port,
+// validate finds the probe held by the proxy's socket and said "ok" whoever
+// owned that socket. A proxy that runs as another uid than proxy.uid (Envoy
+// started as the wrong user) has its own upstream connections captured too:
+// they come back to it, in a loop, and no connection of the app gets through —
+// while validate said ok. It now fails (exit 5), naming both uids.
+func TestValidateRefusesACapturedProxy(t *testing.T) {
+	privtest.Require(t, "nft")
+	ns := privtest.NetNS(t)
+	ns.Run(t, "ip", "link", "add", "dt0", "type", "veth", "peer", "name", "dt1")
+	ns.Run(t, "ip", "link", "set", "dt0", "up")
+	ns.Run(t, "ip", "link", "set", "dt1", "up")
+	ns.Run(t, "ip", "addr", "add", "203.0.113.2/24", "dev", "dt0")
+	ns.Run(t, "ip", "route", "add", "default", "via", "203.0.113.1")
+	flags := []string{"--netns", ns.Path, "--ip-families", "ipv4", "--backend", "nftables"}
+	if code, _, stderr := runCLI(t, append([]string{"install"}, flags...)...); code != 0 {
+		t.Fatalf("install: exit %d: %s", code, stderr)
+	}
+	t.Cleanup(func() { runCLI(t, "uninstall", "--netns", ns.Path) })
+	// proxyAs listens on the outbound port as uid (the listener's owner,
+	// which its accepted connections inherit) and holds what it accepts.
+	proxyAs := func(uid uint32) func() {
+		var ln *net.TCPListener
+		err := onThread(ns.Path, &probe{uid: uid, gid: uid}, func() error {
+			var err error
+			ln, err = net.ListenTCP("tcp4", &net.TCPAddr{Port: 15001})
+			return err
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		go func() {
+			var held []net.Conn
+			defer func() {
+				for _, c := range held {
+					c.Close()
+				}
+			}()
+			for {
+				c, err := ln.Accept()
+				if err != nil {
+					return
+				}
+				held = append(held, c)
+			}
+		}()
+		return func() { ln.Close() }
+	}
+	stop := proxyAs(1000)
+	code, out, stderr := runCLI(t, append([]string{"validate", "--timeout", "1s"}, flags...)...)
+	stop()
+	if code != exitNotValid || !strings.Contains(out, "FAIL ipv4") || !strings.Contains(out, "uid 1000") ||
+		!strings.Contains(stderr, "does not run as proxy.uid 5678") {
+		t.Errorf("validate with the proxy running as uid 1000: exit %d, stdout %q, stderr %q; want exit %d naming uid 1000 and proxy.uid 5678", code, out, stderr, exitNotValid)
+	}
+	// Root's listener is warned about, not failed: a tool as root on the port
+	// dials nothing (the end-to-end tests' stand-in proxies).
+	stop = proxyAs(0)
+	code, out, stderr = runCLI(t, append([]string{"validate", "--timeout", "1s"}, flags...)...)
+	stop()
+	if code != 0 || !strings.Contains(out, "warn ipv4: the socket on :15001 belongs to root (uid 0)") {
+		t.Errorf("validate with the proxy running as root: exit %d, stdout %q, stderr %q; want exit 0 and a warning", code, out, stderr)
+	}
+	stop = proxyAs(5678)
+	defer stop()
+	if code, out, stderr := runCLI(t, append([]string{"validate", "--timeout", "1s"}, flags...)...); code != 0 || !strings.Contains(out, "held by the proxy's socket on :15001 (uid 5678)") {
+		t.Errorf("validate with the proxy running as uid 5678: exit %d, stdout %q, stderr %q; want 0", code, out, stderr)
 	}
 }

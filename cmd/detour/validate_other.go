@@ -14,6 +14,8 @@ func runProbe(ctx context.Context, nsPath string, port uint16, p probe, timeout 
 
 func canSwitchCredentials() bool { return false }
 
+func loopbackDown(string) bool { return false }
+
 func joinCgroup(string) error { return errors.ErrUnsupported }
 
 func getsockoptCgroups(string) map[uint64]bool { return nil }

@@ -22,7 +22,7 @@ import (
 )
 
 const (
-	prefix       = "dt-demo" // every namespace of the demo starts with it
+	prefix       = "dt-demo" // every namespace of the demo starts with it, then the run's pid
 	proxyUID     = 5678      // the built-in proxy.uid
 	appUID       = 1000      // the workload's user
 	outboundPort = 15001     // built-in proxy.outboundPort
@@ -85,12 +85,12 @@ func run(ctx context.Context, detour string, out io.Writer) (err error) {
 	// Cleanup runs on every path: success, failure and Ctrl-C (ctx cancelled).
 	defer func() { err = errors.Join(err, d.cleanup()) }()
 
-	if gone, err := lab.RemoveLeftovers(context.Background(), prefix); err != nil {
+	if gone, err := removeLeftovers(context.Background()); err != nil {
 		return err
 	} else if len(gone) > 0 {
 		d.say("Removed %d namespace(s) left by an earlier run: %s", len(gone), strings.Join(gone, ", "))
 	}
-	if d.lab, err = lab.New(ctx, lab.Options{Prefix: prefix, PodRole: "app", RemoteRole: "remote"}); err != nil {
+	if d.lab, err = lab.New(ctx, lab.Options{Prefix: runPrefix(), PodRole: "app", RemoteRole: "remote"}); err != nil {
 		return err
 	}
 	d.say("Lab: namespace %s (app: %s, %s) and %s (remote: %s, %s, and every address of %s)",

@@ -41,7 +41,8 @@ var dualNet = podNetwork{
 // the pod is captured on real packets in both families, and the proxy's
 // passthrough from 127.0.0.6 / ::6 (bound with IP_FREEBIND, as Envoy's
 // freebind does) reaches the app, which sees that source, without being
-// captured again.
+// captured again. With "passthroughOnLo": "address" (and the loopback network
+// first) ::6 is on lo and is bound without IP_FREEBIND.
 func TestLoopbackNetworkEitherOrder(t *testing.T) {
 	h := setup(t)
 	hostNS := &lab.NetNS{Name: os.Getenv(hostNSEnv), Path: "/run/netns/" + os.Getenv(hostNSEnv)}
@@ -57,17 +58,25 @@ func TestLoopbackNetworkEitherOrder(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// For a proxy that binds ::6 without freebind: the address on lo, which
+	// needs the loopback network first (containerd's setup_serially).
+	addr, err := h.newNetworkOn(dualNet, "dt-dual-address", "1.1.0", map[string]any{"passthroughOnLo": "address"})
+	if err != nil {
+		t.Fatal(err)
+	}
 
 	tests := []struct {
 		name        string
 		annotations map[string]string
 		podFirst    bool // the pod network's ADD before the loopback network's
+		address     bool // on the network with "passthroughOnLo": "address"
 	}{
 		{name: "redirect, loopback first", annotations: map[string]string{}},
 		{name: "redirect, pod network first", annotations: map[string]string{}, podFirst: true},
 		{name: "tproxy, loopback first", annotations: map[string]string{"detour.io/mode": "tproxy"}},
 		{name: "tproxy, pod network first", annotations: map[string]string{"detour.io/mode": "tproxy"}, podFirst: true},
 		{name: "nftables, pod network first", annotations: map[string]string{"detour.io/backend": "nftables"}, podFirst: true},
+		{name: "passthroughOnLo address, loopback first", annotations: map[string]string{}, address: true},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -81,12 +90,16 @@ func TestLoopbackNetworkEitherOrder(t *testing.T) {
 					t.Fatal(err)
 				}
 			}
+			n := n
+			if tt.address {
+				n = addr
+			}
 			res := addInOrder(t, n, p, tt.podFirst)
 
 			// What the loopback plugin checks, and what it found.
 			lo := privtest.Run(t, "ip", "-n", p.netnsName, "addr", "show", "dev", "lo")
-			if !strings.Contains(lo, "UP") || strings.Contains(lo, "::6") {
-				t.Errorf("lo after both ADDs: want it up, without ::6:\n%s", lo)
+			if !strings.Contains(lo, "UP") || strings.Contains(lo, "::6") != tt.address {
+				t.Errorf("lo after both ADDs: want it up, with ::6 %v:\n%s", tt.address, lo)
 			}
 			if err := n.check(p); err != nil {
 				t.Errorf("CHECK: %v\n%s", err, n.logTail())
@@ -127,7 +140,7 @@ func TestLoopbackNetworkEitherOrder(t *testing.T) {
 				{"IPv4 passthrough from 127.0.0.6 reaches the app", podNS,
 					lab.DialOptions{To: netip.AddrPortFrom(ip4, 8080), From: netip.MustParseAddr("127.0.0.6"), FreeBind: true, Cred: proxy}, "app", netip.MustParseAddr("127.0.0.6")},
 				{"IPv6 passthrough from ::6 reaches the app", podNS,
-					lab.DialOptions{To: netip.AddrPortFrom(ip6, 8080), From: netip.MustParseAddr("::6"), FreeBind: true, Cred: proxy}, "app", netip.MustParseAddr("::6")},
+					lab.DialOptions{To: netip.AddrPortFrom(ip6, 8080), From: netip.MustParseAddr("::6"), FreeBind: !tt.address, Cred: proxy}, "app", netip.MustParseAddr("::6")},
 			}
 			for _, c := range cases {
 				ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
@@ -145,12 +158,15 @@ func TestLoopbackNetworkEitherOrder(t *testing.T) {
 				}
 			}
 
-			// DEL takes away what ADD made: the route to ::6 too.
+			// DEL takes away what ADD made: the route to ::6 (or the address) too.
 			if err := n.del(p); err != nil {
 				t.Fatalf("DEL: %v", err)
 			}
 			if got := privtest.Run(t, "ip", "-n", p.netnsName, "-6", "route", "show", "table", "local", "proto", "215"); strings.TrimSpace(got) != "" {
 				t.Errorf("routes of detour's in table local after DEL: %q", got)
+			}
+			if got := privtest.Run(t, "ip", "-n", p.netnsName, "addr", "show", "dev", "lo"); strings.Contains(got, "::6") {
+				t.Errorf("::6 on lo after DEL:\n%s", got)
 			}
 		})
 	}

@@ -20,6 +20,23 @@ import (
 // entry declares it ("capabilities": {"io.kubernetes.cri.pod-annotations": true}).
 const CapabilityPodAnnotations = "io.kubernetes.cri.pod-annotations"
 
+// Values of the plugin config key passthroughOnLo.
+const (
+	// PassthroughRoute makes the inbound passthrough source local with a
+	// route on lo in table local, without an address: the runtime's loopback
+	// network, which may be set up at the same time as detour-cni's ADD and
+	// refuses any address on lo but 127.0.0.0/8 and ::1, never sees one.
+	// The proxy binds the source with IPV6_FREEBIND (detour's control plane
+	// sets it). The default.
+	PassthroughRoute = "route"
+	// PassthroughAddress puts the source on lo as an address, as `detour
+	// install` does, for a proxy that binds it without IPV6_FREEBIND
+	// (istiod's Envoy configuration). The runtime must then set up its
+	// loopback network before the pod's network (containerd:
+	// setup_serially = true).
+	PassthroughAddress = "address"
+)
+
 // Defaults of the plugin configuration keys.
 const (
 	// DefaultKubeconfig is where the DaemonSet (detour cni install) writes the
@@ -67,6 +84,10 @@ type Conf struct {
 	// enrolled pod namespaces. Empty = the root of the cgroup v2 hierarchy.
 	// Tests point it at a cgroup of their own.
 	EBPFCgroupRoot string
+	// PassthroughOnLo (passthroughOnLo) says how the IPv6 inbound passthrough
+	// source (::6) is made local in a pod: PassthroughRoute (the default) or
+	// PassthroughAddress. See the constants.
+	PassthroughOnLo string
 
 	// RuntimeConfig holds what the runtime passes (runtimeConfig) for the
 	// capabilities the conflist entry declares. detour cni install declares
@@ -109,7 +130,7 @@ func ParseConf(stdin []byte) (*Conf, error) {
 
 // Keys are the plugin configuration keys detour-cni reads, besides those of
 // the CNI specification (SpecKeys).
-var Keys = []string{"kubeconfig", "logFile", "logLevel", "excludeNamespaces", "stateDir", "preset", "config", "ebpfPinDir", "ebpfCgroupRoot"}
+var Keys = []string{"kubeconfig", "logFile", "logLevel", "excludeNamespaces", "stateDir", "preset", "config", "ebpfPinDir", "ebpfCgroupRoot", "passthroughOnLo"}
 
 // SpecKeys are the plugin configuration keys the CNI specification (1.1)
 // defines or reserves: what a runtime adds (runtimeConfig, args, prevResult,
@@ -165,6 +186,8 @@ func parseConf(stdin []byte) (c *Conf, unknown *types.Error, err error) {
 			err = decodeKey(k, v, &c.EBPFPinDir)
 		case "ebpfCgroupRoot":
 			err = decodeKey(k, v, &c.EBPFCgroupRoot)
+		case "passthroughOnLo":
+			err = decodeKey(k, v, &c.PassthroughOnLo)
 		case "runtimeConfig":
 			err = c.decodeRuntimeConfig(v)
 		case "prevResult":
@@ -188,6 +211,13 @@ func parseConf(stdin []byte) (c *Conf, unknown *types.Error, err error) {
 	}
 	if c.StateDir == "" {
 		c.StateDir = DefaultStateDir
+	}
+	switch c.PassthroughOnLo {
+	case "":
+		c.PassthroughOnLo = PassthroughRoute
+	case PassthroughRoute, PassthroughAddress:
+	default:
+		return nil, unknown, newError(types.ErrInvalidNetworkConfig, fmt.Errorf("plugin config key passthroughOnLo: %q is not %s or %s", c.PassthroughOnLo, PassthroughRoute, PassthroughAddress))
 	}
 	if _, err := c.level(); err != nil {
 		return nil, unknown, newError(types.ErrInvalidNetworkConfig, err)

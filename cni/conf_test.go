@@ -169,6 +169,7 @@ type oldConf struct {
 	Config            json.RawMessage `json:"config,omitempty"`
 	EBPFPinDir        string          `json:"ebpfPinDir,omitempty"`
 	EBPFCgroupRoot    string          `json:"ebpfCgroupRoot,omitempty"`
+	PassthroughOnLo   string          `json:"passthroughOnLo,omitempty"`
 	RuntimeConfig     struct {
 		PodAnnotations map[string]string `json:"io.kubernetes.cri.pod-annotations,omitempty"`
 	} `json:"runtimeConfig,omitempty"`
@@ -180,7 +181,7 @@ type oldConf struct {
 // struct did, and one the struct could not decode ParseConf refuses too.
 func FuzzParseConf(f *testing.F) {
 	for _, s := range []string{
-		`{"cniVersion":"1.1.0","name":"n","type":"detour-cni","kubeconfig":"/etc/kc","logFile":"/var/log/d.log","logLevel":"debug","excludeNamespaces":["kube-system","x"],"stateDir":"/s","preset":"istio","config":{"backend":"nftables"},"ebpfPinDir":"/sys/fs/bpf/d","ebpfCgroupRoot":"/sys/fs/cgroup/x"}`,
+		`{"cniVersion":"1.1.0","name":"n","type":"detour-cni","kubeconfig":"/etc/kc","logFile":"/var/log/d.log","logLevel":"debug","excludeNamespaces":["kube-system","x"],"stateDir":"/s","preset":"istio","config":{"backend":"nftables"},"ebpfPinDir":"/sys/fs/bpf/d","ebpfCgroupRoot":"/sys/fs/cgroup/x","passthroughOnLo":"address"}`,
 		`{"cniVersion":"1.1.0","name":"n","runtimeConfig":{"io.kubernetes.cri.pod-annotations":{"detour.io/redirect":"enabled"},"portMappings":[]},"prevResult":{"cniVersion":"1.1.0","ips":[]}}`,
 		`{"cniVersion":"1.1.0","name":"n","cni.dev/valid-attachments":[{"containerID":"c","ifname":"eth0"}],"config":"backend: iptables\n"}`,
 		`{"cniVersion":"1.0.0","name":"n","kubeconfig":null,"excludeNamespaces":null,"config":null,"prevResult":null,"runtimeConfig":null}`,
@@ -222,10 +223,13 @@ func FuzzParseConf(f *testing.F) {
 		if old.StateDir == "" {
 			old.StateDir = DefaultStateDir
 		}
+		if old.PassthroughOnLo == "" {
+			old.PassthroughOnLo = PassthroughRoute
+		}
 		want := Conf{
 			CNIVersion: old.CNIVersion, Name: old.Name, Type: old.Type, Kubeconfig: old.Kubeconfig, LogFile: old.LogFile, LogLevel: old.LogLevel,
 			ExcludeNamespaces: old.ExcludeNamespaces, StateDir: old.StateDir, Preset: old.Preset, Config: old.Config, EBPFPinDir: old.EBPFPinDir,
-			EBPFCgroupRoot: old.EBPFCgroupRoot, PrevResult: old.PrevResult, ValidAttachments: old.ValidAttachments,
+			EBPFCgroupRoot: old.EBPFCgroupRoot, PassthroughOnLo: old.PassthroughOnLo, PrevResult: old.PrevResult, ValidAttachments: old.ValidAttachments,
 		}
 		want.RuntimeConfig.PodAnnotations = old.RuntimeConfig.PodAnnotations
 		if d := cmp.Diff(want, *got, cmpopts.IgnoreUnexported(Conf{}), cmpopts.EquateEmpty()); d != "" {

@@ -346,6 +346,9 @@ func (p *Plugin) Add(args *skel.CmdArgs) error {
 		Reason:      d.Reason,
 		Added:       p.o.Now().UTC(),
 	}
+	// The pod's lo belongs to the runtime's loopback network, which may be
+	// set up before or after this ADD: no address goes on it (docs/cni.md).
+	st.PassthroughRoute = d.Redirect && c.conf.PassthroughOnLo == PassthroughRoute
 	if d.Redirect {
 		st.Config = &d.Config
 		if d.Config.Backend == redirect.BackendEBPF {
@@ -366,7 +369,9 @@ func (p *Plugin) Add(args *skel.CmdArgs) error {
 		return newError(types.ErrIOFailure, err)
 	}
 	if d.Redirect {
-		r := p.o.NewRedirector(c.redirector(args.Netns))
+		o := c.redirector(args.Netns)
+		o.PassthroughRoute = st.PassthroughRoute
+		r := p.o.NewRedirector(o)
 		if err := r.Install(c.ctx, d.Config); err != nil {
 			// The engine rolls a failed install back; drop the state too.
 			_ = c.store.remove(args.ContainerID, args.IfName)
@@ -463,7 +468,9 @@ func (p *Plugin) Check(args *skel.CmdArgs) error {
 	if p.o.HandOver != nil && st.Config.Backend == redirect.BackendEBPF {
 		return p.handOver(c, "the attachment's backend is ebpf")
 	}
-	r := p.o.NewRedirector(c.redirector(args.Netns))
+	o := c.redirector(args.Netns)
+	o.PassthroughRoute = st.PassthroughRoute // what ADD made, also by an older detour-cni
+	r := p.o.NewRedirector(o)
 	if err := r.Check(c.ctx, *st.Config); err != nil {
 		code := CodeInstall
 		if errors.Is(err, ErrDrift) {

@@ -33,9 +33,15 @@ type fakeNetworks struct {
 	calls     []string
 	// drift makes Check report drift; failInstall makes Install fail.
 	drift, failInstall bool
+	// passthroughRoute is RedirectorOptions.PassthroughRoute of each
+	// Redirector made.
+	passthroughRoute []bool
 }
 
 func (f *fakeNetworks) factory(o RedirectorOptions) Redirector {
+	f.mu.Lock()
+	f.passthroughRoute = append(f.passthroughRoute, o.PassthroughRoute)
+	f.mu.Unlock()
 	return fakeNS{f: f, netns: o.Netns}
 }
 
@@ -604,6 +610,61 @@ func TestCheck(t *testing.T) {
 	}
 }
 
+// TestPassthroughOnLo: ADD makes the passthrough source local with a route
+// unless the plugin config says address, and records which; CHECK verifies
+// what ADD made, also for a state an older detour-cni wrote (an address).
+func TestPassthroughOnLo(t *testing.T) {
+	t.Parallel()
+	enabled := map[string]string{redirect.AnnotationRedirect: redirect.RedirectEnabled}
+	tests := []struct {
+		name      string
+		extra     map[string]any
+		oldState  bool // drop the state's passthroughRoute before CHECK
+		wantRoute bool
+	}{
+		{name: "default", wantRoute: true},
+		{name: "route", extra: map[string]any{"passthroughOnLo": "route"}, wantRoute: true},
+		{name: "address", extra: map[string]any{"passthroughOnLo": "address"}},
+		{name: "state of an older detour-cni", oldState: true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			e := newEnv(t, pod("plain", "web", enabled), namespace("plain", nil))
+			conf := e.conf("1.1.0", prevResults["1.1.0"], tt.extra)
+			if err := e.p.Add(e.args("c1", podArgs("plain", "web"), conf)); err != nil {
+				t.Fatal(err)
+			}
+			st, ok := e.state("c1")
+			if !ok {
+				t.Fatal("no state after ADD")
+			}
+			if tt.oldState {
+				st.PassthroughRoute = false
+				b, err := json.Marshal(st)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if bytes.Contains(b, []byte("passthroughRoute")) {
+					t.Fatalf("the older state still names passthroughRoute: %s", b)
+				}
+				if err := os.WriteFile(newStateStore(e.stateDir, "k8s-pod-network").path("c1", "eth0"), b, 0o600); err != nil {
+					t.Fatal(err)
+				}
+			} else if st.PassthroughRoute != tt.wantRoute {
+				t.Errorf("state passthroughRoute = %v, want %v", st.PassthroughRoute, tt.wantRoute)
+			}
+			if err := e.p.Check(e.args("c1", podArgs("plain", "web"), conf)); err != nil {
+				t.Fatal(err)
+			}
+			wantADD := tt.wantRoute || tt.oldState
+			if got := e.net.passthroughRoute; len(got) != 2 || got[0] != wantADD || got[1] != tt.wantRoute {
+				t.Errorf("PassthroughRoute of ADD's and CHECK's Redirector = %v, want [%v %v]", got, wantADD, tt.wantRoute)
+			}
+		})
+	}
+}
+
 // cmpNet compares netip values (their fields are unexported).
 var cmpNet = cmp.Options{
 	cmp.Comparer(func(a, b netip.Addr) bool { return a == b }),
@@ -922,6 +983,7 @@ func TestParseConfErrors(t *testing.T) {
 		{name: "relative pin dir", conf: `{"cniVersion":"1.1.0","name":"n","ebpfPinDir":"bpf/detour"}`, wantCode: types.ErrInvalidNetworkConfig, wantMsg: `plugin config key ebpfPinDir: "bpf/detour" is not a clean absolute path below /`},
 		{name: "cgroup root is /", conf: `{"cniVersion":"1.1.0","name":"n","ebpfCgroupRoot":"/"}`, wantCode: types.ErrInvalidNetworkConfig, wantMsg: `plugin config key ebpfCgroupRoot: "/" is not a clean absolute path below /`},
 		{name: "unclean cgroup root", conf: `{"cniVersion":"1.1.0","name":"n","ebpfCgroupRoot":"/sys/fs/cgroup/../x"}`, wantCode: types.ErrInvalidNetworkConfig, wantMsg: `plugin config key ebpfCgroupRoot: "/sys/fs/cgroup/../x"`},
+		{name: "passthrough on lo", conf: `{"cniVersion":"1.1.0","name":"n","passthroughOnLo":"dummy"}`, wantCode: types.ErrInvalidNetworkConfig, wantMsg: `plugin config key passthroughOnLo: "dummy" is not route or address`},
 		{name: "ebpf with tproxy", conf: `{"cniVersion":"1.1.0","name":"n","config":{"backend":"ebpf","mode":"tproxy"}}`, wantCode: types.ErrInvalidNetworkConfig, wantMsg: `mode: "tproxy" is not available with backend ebpf`},
 		{name: "unknown backend", conf: `{"cniVersion":"1.1.0","name":"n","config":{"backend":"bpf"}}`, wantCode: types.ErrInvalidNetworkConfig, wantMsg: `backend: "bpf"`},
 		{name: "acceleration without ebpf", conf: `{"cniVersion":"1.1.0","name":"n","config":{"ebpf":{"accelerate":true}}}`, wantCode: types.ErrInvalidNetworkConfig, wantMsg: `ebpf.accelerate: "true" needs backend ebpf`},
@@ -940,8 +1002,8 @@ func TestParseConfErrors(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if c.Kubeconfig != DefaultKubeconfig || c.StateDir != DefaultStateDir {
-		t.Errorf("defaults: kubeconfig %q, stateDir %q", c.Kubeconfig, c.StateDir)
+	if c.Kubeconfig != DefaultKubeconfig || c.StateDir != DefaultStateDir || c.PassthroughOnLo != PassthroughRoute {
+		t.Errorf("defaults: kubeconfig %q, stateDir %q, passthroughOnLo %q", c.Kubeconfig, c.StateDir, c.PassthroughOnLo)
 	}
 }
 

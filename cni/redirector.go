@@ -58,6 +58,9 @@ type RedirectorOptions struct {
 	// names ("" = the eBPF backend's defaults).
 	EBPFPinDir, EBPFCgroupRoot string
 	Logger                     *slog.Logger
+	// PassthroughRoute makes the plans' passthrough source local with a
+	// route on lo instead of an address (redirect.Facts.LoByRuntime).
+	PassthroughRoute bool
 	// Drivers are the backends the engine uses; nil = NetfilterDrivers.
 	Drivers DriversFunc
 }
@@ -88,6 +91,7 @@ func (r engineRedirector) plan(ctx context.Context, e *redirect.Engine, cfg redi
 	if err != nil {
 		return redirect.Plan{}, fmt.Errorf("observe pod namespace: %w", err)
 	}
+	facts.LoByRuntime = r.o.PassthroughRoute
 	p, err := redirect.NewPlan(cfg, facts)
 	if err != nil {
 		return redirect.Plan{}, fmt.Errorf("plan redirection: %w", err)

@@ -41,8 +41,13 @@ type State struct {
 	// config's backend is ebpf: the pod is enrolled by it in maps that live
 	// on the node, so DEL and GC can remove the enrolment after the
 	// namespace is gone.
-	NetnsCookie uint64    `json:"netnsCookie,omitempty"`
-	Added       time.Time `json:"added"`
+	NetnsCookie uint64 `json:"netnsCookie,omitempty"`
+	// PassthroughRoute says ADD made the IPv6 inbound passthrough source
+	// local with a route on lo rather than an address (plugin config key
+	// passthroughOnLo): CHECK verifies what ADD made. Files of an older
+	// detour-cni, which put the address, leave it false.
+	PassthroughRoute bool      `json:"passthroughRoute,omitempty"`
+	Added            time.Time `json:"added"`
 }
 
 // stateStore reads and writes State files of one network.
@@ -117,6 +122,9 @@ func (st State) marshal() ([]byte, error) {
 	if st.NetnsCookie != 0 {
 		b = append(b, `,"netnsCookie":`...)
 		b = strconv.AppendUint(b, st.NetnsCookie, 10)
+	}
+	if st.PassthroughRoute {
+		b = append(b, `,"passthroughRoute":true`...)
 	}
 	added, err := st.Added.MarshalJSON()
 	if err != nil {

@@ -29,7 +29,7 @@ func TestStateMarshal(t *testing.T) {
 		{},
 		{ContainerID: "c1", IfName: "eth0", Netns: "/run/netns/x", Reason: "not enabled (detour.io/redirect is not enabled)", Added: time.Date(2030, 1, 2, 3, 4, 5, 6, time.UTC)},
 		{ContainerID: "c<2>&", IfName: "eth0", Netns: "/proc/1/ns/net", Pod: &PodRef{Namespace: "ns", Name: "web"}, Redirect: true, Reason: "enabled by pod annotation", Config: &def, Added: time.Date(2030, 1, 2, 3, 4, 5, 0, time.FixedZone("x", 3600))},
-		{ContainerID: "c3\u2028\xff", IfName: "net1", Netns: "/run/netns/y", Pod: &PodRef{Namespace: "ns", Name: "db", UID: "uid-1"}, Redirect: true, Reason: "enabled by namespace label", Config: &istio, NetnsCookie: 1 << 40, Added: time.Now()},
+		{ContainerID: "c3\u2028\xff", IfName: "net1", Netns: "/run/netns/y", Pod: &PodRef{Namespace: "ns", Name: "db", UID: "uid-1"}, Redirect: true, Reason: "enabled by namespace label", Config: &istio, NetnsCookie: 1 << 40, PassthroughRoute: true, Added: time.Now()},
 	}
 	for i, st := range states {
 		want, err := json.MarshalIndent(st, "", "  ")
@@ -47,7 +47,7 @@ func TestStateMarshal(t *testing.T) {
 	// A field added to State must be added to marshal (and to a state
 	// above that sets it): omitempty fields left unset would not show it.
 	for typ, want := range map[reflect.Type]string{
-		reflect.TypeFor[State]():  "containerID ifName netns pod,omitempty redirect reason config,omitempty netnsCookie,omitempty added",
+		reflect.TypeFor[State]():  "containerID ifName netns pod,omitempty redirect reason config,omitempty netnsCookie,omitempty passthroughRoute,omitempty added",
 		reflect.TypeFor[PodRef](): "namespace name uid,omitempty",
 	} {
 		var fields []string

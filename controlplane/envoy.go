@@ -803,6 +803,7 @@ func (g *generator) inboundPassthrough(name string, source netip.Addr) *clusterv
 				Address:       source.String(),
 				PortSpecifier: &corev3.SocketAddress_PortValue{PortValue: 0},
 			},
+			Freebind: freebind(source),
 		},
 	}
 	g.clusters[key] = c
@@ -843,13 +844,29 @@ func sourceBindConfig(src redirect.AddressPair, v4, v6 bool) *corev3.BindConfig 
 		return &corev3.SocketAddress{Address: a.String(), PortSpecifier: &corev3.SocketAddress_PortValue{PortValue: 0}}
 	}
 	if !v4 {
-		return &corev3.BindConfig{SourceAddress: addr(src.IPv6)}
+		return &corev3.BindConfig{SourceAddress: addr(src.IPv6), Freebind: freebind(src.IPv6)}
 	}
-	b := &corev3.BindConfig{SourceAddress: addr(src.IPv4)}
+	b := &corev3.BindConfig{SourceAddress: addr(src.IPv4), Freebind: freebind(src.IPv4)}
 	if v6 {
 		b.ExtraSourceAddresses = []*corev3.ExtraSourceAddress{{Address: addr(src.IPv6)}}
+		b.Freebind = freebind(src.IPv4, src.IPv6)
 	}
 	return b
+}
+
+// freebind is BindConfig.freebind of a bind to the passthrough sources: true
+// when one of them is not local by itself (::6, unlike 127.0.0.6). detour-cni
+// makes ::6 local with a route on lo but puts no address there (the runtime's
+// loopback network refuses one, docs/cni.md), and binding an address no
+// interface holds needs IP_FREEBIND / IPV6_FREEBIND; where the address is on
+// lo (detour install) the option changes nothing. nil otherwise.
+func freebind(sources ...netip.Addr) *wrapperspb.BoolValue {
+	for _, a := range sources {
+		if !a.IsLoopback() {
+			return wrapperspb.Bool(true)
+		}
+	}
+	return nil
 }
 
 func (g *generator) serviceCluster(s *Service, pi int, famKey string, v4, v6 bool) *clusterv3.Cluster {

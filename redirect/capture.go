@@ -56,6 +56,11 @@ type ProxyCapture struct {
 	// Passthrough is the family's inbound passthrough source (127.0.0.6, ::6):
 	// connections from it over lo are never captured.
 	Passthrough netip.Addr `json:"passthrough"`
+	// PassthroughRoute says Passthrough, when it is not local by itself (::6),
+	// is made local by a route on lo in table local instead of an address on
+	// lo (Facts.LoByRuntime): the proxy must bind it with IP_FREEBIND /
+	// IPV6_FREEBIND, which detour's control plane asks of Envoy.
+	PassthroughRoute bool `json:"passthroughRoute,omitempty"`
 }
 
 // OutboundCapture selects the workload's outbound TCP connections. The order of
@@ -170,7 +175,7 @@ func familyCapture(cfg Config, facts Facts, f Family) FamilyCapture {
 	fc := FamilyCapture{
 		Family: f,
 		Proxy: ProxyCapture{UID: cfg.Proxy.UID, GID: cfg.Proxy.GID, InboundPort: cfg.Proxy.InboundPort,
-			OutboundPort: cfg.Proxy.OutboundPort, Passthrough: pt},
+			OutboundPort: cfg.Proxy.OutboundPort, Passthrough: pt, PassthroughRoute: facts.LoByRuntime},
 		DropInvalid: cfg.DropInvalidPackets,
 	}
 	if cfg.Log.Enabled {

@@ -19,6 +19,16 @@ type Facts struct {
 	// sends to ::1, the passthrough source ::6 lives on lo), so planning IPv6
 	// is ErrIPv6Unavailable before anything is applied.
 	LoIPv6Disabled bool `json:"loIPv6Disabled,omitempty"`
+	// LoByRuntime says lo belongs to a container runtime's loopback network:
+	// the namespace is a pod sandbox that the CNI plugin sets up, and the
+	// runtime may set lo up at the same time (containerd runs the loopback
+	// network and the pod's network concurrently) with a check that refuses
+	// any address on lo but 127.0.0.0/8 and ::1 (the reference loopback
+	// plugin's). A passthrough source that is not local by itself (::6) is then
+	// made local by a route on lo in table local, not by an address: the proxy
+	// binds it with IP_FREEBIND / IPV6_FREEBIND (docs/cni.md). The CNI plugin
+	// sets it; Engine.Facts does not read it.
+	LoByRuntime bool `json:"loByRuntime,omitempty"`
 	// Nameservers are the nameservers of DNS.ResolvConf, read only for
 	// dns.capture resolvconf. Both families may appear; each family's rules use
 	// its own.
@@ -177,21 +187,52 @@ func (p Plan) Format(r Rendering) string {
 // Check use ("# routing: …", "# address: …").
 func (fc FamilyCapture) NetLines() []string {
 	out := fc.TProxy.lines(fc.Family)
+	if a := fc.loRoute(); a.IsValid() {
+		out = append(out, passthroughRouteLine(a))
+	}
 	if a := fc.loAddress(); a.IsValid() {
 		out = append(out, addressLine(a))
 	}
 	return out
 }
 
-// loAddress is the inbound passthrough source when it must be put on lo (I6:
-// the proxy binds it; unlike 127.0.0.6, ::6 is not local until someone puts
-// it there); invalid when nothing is needed.
-func (fc FamilyCapture) loAddress() netip.Prefix {
+// passthroughLocal is the inbound passthrough source when something must make
+// it local (I6: the proxy binds it; unlike 127.0.0.6, ::6 is not local until
+// someone does); invalid when nothing is needed.
+func (fc FamilyCapture) passthroughLocal() netip.Prefix {
 	pt := fc.Proxy.Passthrough
 	if fc.Inbound == nil || !pt.IsValid() || alwaysLocal(pt) {
 		return netip.Prefix{}
 	}
 	return netip.PrefixFrom(pt, pt.BitLen())
+}
+
+// loAddress is the passthrough source when it is put on lo as an address.
+func (fc FamilyCapture) loAddress() netip.Prefix {
+	if fc.Proxy.PassthroughRoute {
+		return netip.Prefix{}
+	}
+	return fc.passthroughLocal()
+}
+
+// loRoute is the passthrough source when it is made local by a route on lo
+// (ProxyCapture.PassthroughRoute).
+func (fc FamilyCapture) loRoute() netip.Prefix {
+	if !fc.Proxy.PassthroughRoute {
+		return netip.Prefix{}
+	}
+	return fc.passthroughLocal()
+}
+
+// passthroughRouteLine is the route that makes the passthrough source a local
+// without an address: table local delivers what is sent to a (the app's
+// replies to the proxy).
+func passthroughRouteLine(a netip.Prefix) string {
+	v := "-4"
+	if a.Addr().Is6() {
+		v = "-6"
+	}
+	return fmt.Sprintf("# routing: ip %s route add local %s dev lo table local proto %d", v, a, netProtocol)
 }
 
 func addressLine(a netip.Prefix) string {

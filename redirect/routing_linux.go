@@ -30,6 +30,7 @@ type netItem struct {
 	want   bool   // the plan asks for it
 	exists bool   // it is there (ours, or for routes and addresses an equal one of someone else)
 	ours   bool   // it is there carrying our tag (so we may remove it)
+	route  bool   // a route on lo: adding it needs lo up
 	add    func(c *routeConn) error
 	del    func(c *routeConn) error
 }
@@ -38,6 +39,7 @@ type netItem struct {
 // runs on the calling thread, which must be inside the namespace.
 type netState struct {
 	items []*netItem
+	lo    int // the index of lo
 }
 
 func netlinkFamily(f Family) int {
@@ -52,6 +54,18 @@ func netlinkFamily(f Family) int {
 func ourRule(f Family) ipRule {
 	return ipRule{family: netlinkFamily(f), table: tproxyTable, priority: tproxyPriority,
 		mark: tproxyMark, mask: tproxyMark, hasMask: true, protocol: netProtocol}
+}
+
+// passthroughRoute is the route in table local that makes the passthrough
+// source a (not on any interface) local: the app's replies to it are
+// delivered to the proxy's socket.
+func passthroughRoute(a netip.Prefix, lo int) ipRoute {
+	f := IPv4
+	if a.Addr().Is6() {
+		f = IPv6
+	}
+	return ipRoute{family: netlinkFamily(f), oif: lo, dst: a, table: unix.RT_TABLE_LOCAL,
+		typ: unix.RTN_LOCAL, scope: unix.RT_SCOPE_HOST, protocol: netProtocol}
 }
 
 func ourRoute(f Family, lo int) ipRoute {
@@ -192,6 +206,7 @@ func observeNet(p Plan) (netState, error) {
 	if err != nil {
 		return s, fmt.Errorf("find loopback: %w", err)
 	}
+	s.lo = lo
 	routing := &PolicyRouting{Mark: tproxyMark, Mask: tproxyMark, Table: tproxyTable, Priority: tproxyPriority}
 	for _, f := range allFamilies {
 		fc, planned := p.Family(f)
@@ -226,12 +241,42 @@ func observeNet(p Plan) (netState, error) {
 
 		routeThere := slices.ContainsFunc(routes, isRouteKey)
 		routeOurs := slices.ContainsFunc(routes, func(r ipRoute) bool { return isRouteKey(r) && r.protocol == netProtocol })
-		s.items = append(s.items, &netItem{family: f, line: lines[1], want: wantRouting, exists: routeThere, ours: routeOurs,
+		s.items = append(s.items, &netItem{family: f, line: lines[1], want: wantRouting, exists: routeThere, ours: routeOurs, route: true,
 			add: func(c *routeConn) error { return c.addRoute(rt) }, del: func(c *routeConn) error { return c.delRoute(rt) }})
 		for _, r := range routes {
 			if r.protocol == netProtocol && !isRouteKey(r) {
 				stray := r
 				s.items = append(s.items, &netItem{family: f, line: fmt.Sprintf("# routing: %s (table %d)", r.String(), tproxyTable), exists: true, ours: true,
+					del: func(c *routeConn) error { return c.delRoute(stray) }})
+			}
+		}
+
+		// The passthrough source made local by a route (Facts.LoByRuntime).
+		// Only a route of ours counts: the kernel's local route of an
+		// address ::6 (an older detour-cni's, which goes below) has another
+		// metric, so ours is added beside it before the address goes.
+		locals, err := retryDump(func() ([]ipRoute, error) { return c.listRoutes(netlinkFamily(f), unix.RT_TABLE_LOCAL) })
+		if err != nil {
+			return s, fmt.Errorf("list %s routes of table local: %w", f, err)
+		}
+		var wantedLocal netip.Prefix
+		if a := fc.loRoute(); planned && a.IsValid() {
+			wantedLocal = a
+			pr := passthroughRoute(wantedLocal, lo)
+			it := &netItem{family: f, line: passthroughRouteLine(wantedLocal), want: true, route: true,
+				add: func(c *routeConn) error { return c.addRoute(pr) }, del: func(c *routeConn) error { return c.delRoute(pr) }}
+			it.exists = slices.ContainsFunc(locals, func(r ipRoute) bool { return r.protocol == netProtocol && r.dst == wantedLocal })
+			it.ours = it.exists
+			s.items = append(s.items, it)
+		}
+		for _, r := range locals {
+			if r.protocol == netProtocol && r.dst != wantedLocal {
+				stray := r
+				line := "# routing: ip route add local <nil> dev lo table local"
+				if r.dst.IsValid() {
+					line = passthroughRouteLine(r.dst)
+				}
+				s.items = append(s.items, &netItem{family: f, line: line, exists: true, ours: true,
 					del: func(c *routeConn) error { return c.delRoute(stray) }})
 			}
 		}
@@ -294,13 +339,13 @@ func (s netState) keepOurs() netView {
 		c.want = c.want || c.ours
 		items[i] = &c
 	}
-	return netState{items: items}
+	return netState{items: items, lo: s.lo}
 }
 
 // forget is s without the pieces of ours that the plan does not want: what
 // check and status of one scope show when another scope uses them.
 func (s netState) forget() netView {
-	return netState{items: slices.DeleteFunc(slices.Clone(s.items), func(it *netItem) bool { return !it.want && it.ours })}
+	return netState{items: slices.DeleteFunc(slices.Clone(s.items), func(it *netItem) bool { return !it.want && it.ours }), lo: s.lo}
 }
 
 // have lists, per family, what is there in the plan's text form: what we put
@@ -344,6 +389,7 @@ func (s netState) add() (undo func() error, err error) {
 			c.Close()
 		}
 	}()
+	up := false // lo was set up (or found up) by this call
 	for _, it := range s.items {
 		if !it.want || it.exists {
 			continue
@@ -352,6 +398,16 @@ func (s netState) add() (undo func() error, err error) {
 			if c, err = openRoute(); err != nil {
 				return undo, err
 			}
+		}
+		if it.route && !up {
+			// The kernel refuses an IPv6 route on a device that is down, and
+			// in a pod sandbox detour-cni may come before the runtime's
+			// loopback network, which sets lo up: do what it does. lo is not
+			// ours, so nothing sets it down again.
+			if err := c.setLinkUp(s.lo); err != nil {
+				return undo, errors.Join(fmt.Errorf("set lo up: %w", err), undo())
+			}
+			up = true
 		}
 		if err := it.add(c); err != nil {
 			return undo, errors.Join(fmt.Errorf("%s: %w", it.line[2:], err), undo())

@@ -49,6 +49,17 @@ func (c *routeConn) loIndex() (int, error) {
 	return int(ifr.Uint32()), nil
 }
 
+// setLinkUp sets the link with index idx up (IFF_UP, changing no other
+// flag): a no-op when it is up already.
+func (c *routeConn) setLinkUp(idx int) error {
+	// struct ifinfomsg: family, pad, type, index, flags, change
+	b := make([]byte, unix.SizeofIfInfomsg)
+	binary.NativeEndian.PutUint32(b[4:], uint32(idx))
+	binary.NativeEndian.PutUint32(b[8:], unix.IFF_UP)
+	binary.NativeEndian.PutUint32(b[12:], unix.IFF_UP)
+	return c.Change(unix.RTM_NEWLINK, 0, b)
+}
+
 // ipRule is an ip rule as a dump shows it, with the fields detour looks at.
 type ipRule struct {
 	family   int

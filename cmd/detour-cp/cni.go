@@ -27,6 +27,7 @@ type cniOptions struct {
 	pluginKubeconfig  string
 	logFile           string
 	logLevel          string
+	passthroughOnLo   string
 	excludeNamespaces []string
 	preset            string
 	configFile        string
@@ -102,6 +103,7 @@ notification or --poll-interval. On SIGTERM it exits leaving everything in place
 	f.StringVar(&o.pluginKubeconfig, "plugin-kubeconfig", "", "the kubeconfig path written into the plugin entry, as the node sees it (default: --kubeconfig-file)")
 	f.StringVar(&o.logFile, "log-file", "/var/log/detour-cni.log", "the plugin's log file on the node (empty: stderr)")
 	f.StringVar(&o.logLevel, "log-level", "", "the plugin's log level: debug, info, warn, error (empty: info)")
+	f.StringVar(&o.passthroughOnLo, "passthrough-on-lo", "", "how the plugin makes the IPv6 passthrough source ::6 local in a pod: route (the plugin's default: no address on lo, the proxy binds ::6 with freebind) or address (for istiod's Envoy; needs containerd's setup_serially), docs/cni.md")
 	f.StringSliceVar(&o.excludeNamespaces, "exclude-namespaces", []string{"kube-system"}, "namespaces whose pods the plugin never redirects (an empty value is refused: there is no value for none, see docs/kubernetes.md)")
 	f.StringVar(&o.preset, "preset", "", "the preset every pod's config starts from: "+strings.Join(redirect.Presets, ", ")+" (default: none, detour's defaults)")
 	f.StringVar(&o.configFile, "config", "", "a YAML or JSON config document applied on top of --preset for every pod, before its annotations")
@@ -223,6 +225,7 @@ func (o *cniOptions) installerOptions(logger *slog.Logger) install.Options {
 		PluginKubeconfig:     o.pluginKubeconfig,
 		LogFile:              o.logFile,
 		LogLevel:             o.logLevel,
+		PassthroughOnLo:      o.passthroughOnLo,
 		Preset:               o.preset,
 		ConfigFile:           o.configFile,
 		MeshConfigFile:       o.meshConfig,

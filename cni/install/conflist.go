@@ -45,6 +45,10 @@ type Entry struct {
 	// Config is a redirect.Config document (JSON) applied on top of Preset for
 	// every pod, before the pod's own annotations.
 	Config json.RawMessage `json:"config,omitempty"`
+	// PassthroughOnLo is how the plugin makes the IPv6 passthrough source
+	// local in a pod: "route" or "address"; empty = the plugin's default
+	// (route).
+	PassthroughOnLo string `json:"passthroughOnLo,omitempty"`
 	// Capabilities are the CNI capabilities the plugin asks the runtime for:
 	// the installer asks for CapabilityPodAnnotations.
 	Capabilities map[string]bool `json:"capabilities,omitempty"`

@@ -326,7 +326,7 @@ func TestEntryKeysAreThePluginsKeys(t *testing.T) {
 	e := Entry{
 		Kubeconfig: "/etc/cni/net.d/detour-kubeconfig", LogFile: "/var/log/detour-cni.log", LogLevel: "debug",
 		ExcludeNamespaces: []string{"kube-system"}, Preset: "istio", Config: json.RawMessage(`{"backend":"nftables"}`),
-		Capabilities: map[string]bool{CapabilityPodAnnotations: true},
+		PassthroughOnLo: "address", Capabilities: map[string]bool{CapabilityPodAnnotations: true},
 	}
 	b, err := json.Marshal(e)
 	if err != nil {
@@ -338,7 +338,7 @@ func TestEntryKeysAreThePluginsKeys(t *testing.T) {
 	if err != nil {
 		t.Fatalf("the plugin refuses the entry: %v\n%s", err, b)
 	}
-	got := Entry{Kubeconfig: conf.Kubeconfig, LogFile: conf.LogFile, LogLevel: conf.LogLevel, ExcludeNamespaces: conf.ExcludeNamespaces, Preset: conf.Preset, Config: conf.Config, Capabilities: e.Capabilities}
+	got := Entry{Kubeconfig: conf.Kubeconfig, LogFile: conf.LogFile, LogLevel: conf.LogLevel, ExcludeNamespaces: conf.ExcludeNamespaces, Preset: conf.Preset, Config: conf.Config, PassthroughOnLo: conf.PassthroughOnLo, Capabilities: e.Capabilities}
 	if d := cmp.Diff(e, got); d != "" || conf.Type != PluginType {
 		t.Errorf("the plugin reads the entry differently (-entry +plugin):\n%s\ntype %q", d, conf.Type)
 	}

@@ -90,6 +90,10 @@ type Options struct {
 	// ExcludeNamespaces are written into the entry: the plugin never redirects
 	// their pods.
 	ExcludeNamespaces []string
+	// PassthroughOnLo is written into the entry (passthroughOnLo): "route"
+	// (the plugin's default when empty) or "address", for a proxy that binds
+	// the IPv6 passthrough source ::6 without IPV6_FREEBIND (docs/cni.md).
+	PassthroughOnLo string
 	// Preset and ConfigFile give the redirect.Config every pod starts from (a
 	// preset name, then a YAML or JSON document file on top), before the pod's
 	// annotations. The document is embedded into the entry as JSON; it is read
@@ -259,6 +263,11 @@ func (o Options) Validate() error {
 	case "", "debug", "info", "warn", "error":
 	default:
 		return &OptionError{"log-level", o.LogLevel, "is not debug, info, warn or error"}
+	}
+	switch o.PassthroughOnLo {
+	case "", "route", "address":
+	default:
+		return &OptionError{"passthrough-on-lo", o.PassthroughOnLo, "is not route or address"}
 	}
 	if _, err := o.baseConfig(); err != nil {
 		return err
@@ -509,6 +518,7 @@ func (in *Installer) Entry() (Entry, error) {
 		ExcludeNamespaces: in.o.ExcludeNamespaces,
 		Preset:            in.o.Preset,
 		Config:            doc,
+		PassthroughOnLo:   in.o.PassthroughOnLo,
 		Capabilities:      map[string]bool{CapabilityPodAnnotations: true},
 	}, nil
 }

@@ -372,6 +372,7 @@ func TestOptionsValidate(t *testing.T) {
 		{"server with a query", func(o *Options) { o.Server = "https://192.0.2.1:6443?x=1" }, "api-server"},
 		{"negative poll", func(o *Options) { o.PollInterval = -time.Second }, "poll-interval"},
 		{"bad log level", func(o *Options) { o.LogLevel = "loud" }, "log-level"},
+		{"bad passthrough on lo", func(o *Options) { o.PassthroughOnLo = "dummy" }, "passthrough-on-lo"},
 		{"unknown preset", func(o *Options) { o.Preset = "linkerd" }, "preset"},
 		{"missing config file", func(o *Options) { o.ConfigFile = filepath.Join(n.root, "nope.yaml") }, "config"},
 		{"invalid config", func(o *Options) { o.ConfigFile = n.badConfig }, "config"},
@@ -729,6 +730,7 @@ func TestEntryParsesAsThePluginReadsIt(t *testing.T) {
 	primary := n.primary(t, "10-flannel.conflist")
 	o := n.options()
 	o.LogLevel = "debug"
+	o.PassthroughOnLo = "address"
 	o.Preset = "istio"
 	o.ConfigFile = n.goodConfig
 	if _, err := New(o).Install(context.Background()); err != nil {
@@ -750,7 +752,7 @@ func TestEntryParsesAsThePluginReadsIt(t *testing.T) {
 		t.Fatalf("the plugin refuses the installer's entry: %v\n%s", err, b)
 	}
 	if conf.Type != PluginType || conf.Kubeconfig != filepath.Join(n.conf, DefaultKubeconfigName) || conf.LogFile != o.LogFile ||
-		conf.LogLevel != "debug" || strings.Join(conf.ExcludeNamespaces, ",") != "kube-system" {
+		conf.LogLevel != "debug" || strings.Join(conf.ExcludeNamespaces, ",") != "kube-system" || conf.PassthroughOnLo != "address" {
 		t.Errorf("plugin reads %+v", conf)
 	}
 	// The entry asks the runtime for the pod's annotations, under the key the

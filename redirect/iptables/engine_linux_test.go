@@ -756,6 +756,90 @@ func TestPassthroughAddress(t *testing.T) {
 	})
 }
 
+// TestPassthroughRoute: in a pod sandbox (Facts.LoByRuntime) the IPv6
+// passthrough source is made local by a route on lo, never an address, so the
+// runtime's loopback network (which refuses any address on lo but 127.0.0.0/8
+// and ::1) may run before or after; lo found down is set up (the kernel
+// refuses IPv6 routes on a down device: the TPROXY routes too). An address an
+// older detour-cni put there goes with the next install; uninstall removes the
+// route.
+func TestPassthroughRoute(t *testing.T) {
+	t.Parallel()
+	pod := dualStack
+	pod.LoByRuntime = true
+	localRoutes := func(ns privtest.NS) string {
+		return ns.Run(t, "ip", "-6", "route", "show", "table", "local", "proto", "215")
+	}
+	loAddrs := func(ns privtest.NS) string { return ns.Run(t, "ip", "addr", "show", "dev", "lo") }
+	t.Run("lo down, tproxy", func(t *testing.T) {
+		t.Parallel()
+		ns, e := newNS(t)
+		ns.Run(t, "ip", "link", "set", "lo", "down")
+		p := mustPlan(t, cfgWith(t, "", "mode=tproxy"), pod)
+		mustInstall(t, e, p)
+		if got := loAddrs(ns); !strings.Contains(got, "UP") || strings.Contains(got, "::6") {
+			t.Errorf("lo after install: want it up, without ::6:\n%s", got)
+		}
+		if got := localRoutes(ns); !strings.Contains(got, "local ::6 dev lo") {
+			t.Errorf("table local lacks our route to ::6: %q", got)
+		}
+		if out := ns.Run(t, "ip", "-6", "route", "show", "table", "2000"); !strings.Contains(out, "local default dev lo") {
+			t.Errorf("table 2000 lacks the TPROXY route:\n%s", out)
+		}
+		assertNoDrift(t, e, p)
+		ns.Run(t, "ip", "-6", "route", "del", "local", "::6/128", "dev", "lo", "table", "local", "proto", "215")
+		if d, err := e.Check(context.Background(), p); err != nil || len(d.Families) != 1 || !strings.Contains(strings.Join(d.Families[0].Missing, ""), "route add local ::6/128 dev lo table local") {
+			t.Errorf("Check after deleting the route = %+v, %v; want it missing", d, err)
+		}
+		mustInstall(t, e, p)
+		assertNoDrift(t, e, p)
+		mustUninstall(t, e)
+		if got := localRoutes(ns); strings.TrimSpace(got) != "" {
+			t.Errorf("table local after uninstall: %q", got)
+		}
+	})
+	t.Run("upgrade from the address", func(t *testing.T) {
+		t.Parallel()
+		ns, e := newNS(t)
+		before := loAddrs(ns)
+		old := mustPlan(t, redirect.Default(), dualStack)
+		mustInstall(t, e, old)
+		if got := loAddrs(ns); !strings.Contains(got, "::6/128") {
+			t.Fatalf("the address install put no ::6 on lo:\n%s", got)
+		}
+		p := mustPlan(t, redirect.Default(), pod)
+		mustInstall(t, e, p)
+		if got := loAddrs(ns); got != before {
+			t.Errorf("lo after the route install:\n%s\nwant the address gone:\n%s", got, before)
+		}
+		if got := localRoutes(ns); !strings.Contains(got, "local ::6 dev lo") {
+			t.Errorf("table local lacks our route to ::6: %q", got)
+		}
+		assertNoDrift(t, e, p)
+		// The address plan (the CLI's) on a route install: drift both ways.
+		if d, err := e.Check(context.Background(), old); err != nil || d.Empty() {
+			t.Errorf("Check of the address plan on the route install = %+v, %v; want drift", d, err)
+		}
+		mustUninstall(t, e)
+		if got := localRoutes(ns); strings.TrimSpace(got) != "" {
+			t.Errorf("table local after uninstall: %q", got)
+		}
+		if got := loAddrs(ns); got != before {
+			t.Errorf("lo after uninstall:\n%s\nwant\n%s", got, before)
+		}
+	})
+	t.Run("uninstall of an older address install", func(t *testing.T) {
+		t.Parallel()
+		ns, e := newNS(t)
+		before := loAddrs(ns)
+		mustInstall(t, e, mustPlan(t, redirect.Default(), dualStack))
+		mustUninstall(t, e)
+		if got := loAddrs(ns); got != before {
+			t.Errorf("lo after uninstall:\n%s\nwant\n%s", got, before)
+		}
+	})
+}
+
 func TestFacts(t *testing.T) {
 	t.Parallel()
 	ns, e := newNS(t)

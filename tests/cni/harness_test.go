@@ -163,9 +163,29 @@ type network struct {
 	logFile  string
 }
 
-// newNetwork writes a conflist of the given version; detour overrides or adds
-// keys of the detour-cni entry.
+// podNetwork is the pod network of a conflist: the bridge in the test's host
+// namespace and host-local's ranges (one per family) and routes.
+type podNetwork struct {
+	bridge string
+	ranges [][]map[string]string
+	routes []map[string]string
+}
+
+// ipv4Net is the pod network of the suite's tests: IPv4 only.
+var ipv4Net = podNetwork{
+	bridge: bridgeName,
+	ranges: [][]map[string]string{{{"subnet": subnet, "gateway": gatewayIP}}},
+	routes: []map[string]string{{"dst": "0.0.0.0/0"}},
+}
+
+// newNetwork writes a conflist of the given version on ipv4Net; detour
+// overrides or adds keys of the detour-cni entry.
 func (h *harness) newNetwork(name, cniVersion string, detour map[string]any) (*network, error) {
+	return h.newNetworkOn(ipv4Net, name, cniVersion, detour)
+}
+
+// newNetworkOn is newNetwork on the pod network pn.
+func (h *harness) newNetworkOn(pn podNetwork, name, cniVersion string, detour map[string]any) (*network, error) {
 	n := &network{name: name, stateDir: filepath.Join(h.dir, name, "state"), logFile: filepath.Join(h.dir, name, "detour-cni.log")}
 	if err := os.MkdirAll(filepath.Dir(n.logFile), 0o755); err != nil {
 		return nil, err
@@ -185,11 +205,11 @@ func (h *harness) newNetwork(name, cniVersion string, detour map[string]any) (*n
 		"name":       name,
 		"plugins": []any{
 			map[string]any{
-				"type": "bridge", "bridge": bridgeName, "isGateway": true, "ipMasq": false,
+				"type": "bridge", "bridge": pn.bridge, "isGateway": true, "ipMasq": false,
 				"ipam": map[string]any{
 					"type":    "host-local",
-					"ranges":  [][]map[string]string{{{"subnet": subnet, "gateway": gatewayIP}}},
-					"routes":  []map[string]string{{"dst": "0.0.0.0/0"}},
+					"ranges":  pn.ranges,
+					"routes":  pn.routes,
 					"dataDir": filepath.Join(h.dir, "ipam"),
 				},
 			},

@@ -277,8 +277,9 @@ func TestFileSourceWriters(t *testing.T) {
 			w.quiet(t)
 		}},
 		{"slow writer", func(t *testing.T, path string, w *watched) {
-			// Pieces a few intervals apart, the pauses shorter than the settle
-			// time: every intermediate state parses (or not) and must not be served.
+			// Pieces a few intervals apart, the pauses a tenth of the settle
+			// time (a third failed at load 24, a pause stretched past the settle
+			// time): every intermediate state parses (or not) and must not be served.
 			content := meshOf(4, 81)
 			f, err := os.OpenFile(path, os.O_WRONLY|os.O_TRUNC, 0)
 			if err != nil {
@@ -288,7 +289,7 @@ func TestFileSourceWriters(t *testing.T) {
 				if _, err := f.WriteString(content[i:min(i+len(content)/6, len(content))]); err != nil {
 					t.Fatal(err)
 				}
-				time.Sleep(testSettle / 3)
+				time.Sleep(testSettle / 10)
 			}
 			if err := f.Close(); err != nil {
 				t.Fatal(err)
@@ -333,7 +334,7 @@ func TestFileSourceWriters(t *testing.T) {
 			if err := os.Remove(path); err != nil {
 				t.Fatal(err)
 			}
-			time.Sleep(testSettle / 3)
+			time.Sleep(testSettle / 10)
 			if err := os.WriteFile(path, []byte(meshOf(4, 80)), 0o644); err != nil {
 				t.Fatal(err)
 			}
@@ -441,8 +442,8 @@ func TestDecodeMeshBoundsErrors(t *testing.T) {
 // applied, even as the content served before, so the report is cleared.
 func TestFileSourceNeverSettles(t *testing.T) {
 	t.Parallel()
-	// Longer than the other tests' settle time: the test's own sleeps of a
-	// third of it must stay shorter than it on a loaded machine, or a change
+	// Longer than the other tests' settle time: the test's own sleeps (a
+	// tenth of it) must stay shorter than it on a loaded machine, or a change
 	// meant to be still changing settles.
 	const settle = 400 * time.Millisecond
 	path := filepath.Join(t.TempDir(), "mesh.yaml")
@@ -476,7 +477,7 @@ func TestFileSourceNeverSettles(t *testing.T) {
 			select {
 			case <-stop:
 				return
-			case <-time.After(settle / 3):
+			case <-time.After(settle / 10):
 			}
 			if _, err := fmt.Fprintf(f, "# line %d\n", i); err != nil {
 				t.Error(err)
@@ -506,7 +507,7 @@ func TestFileSourceNeverSettles(t *testing.T) {
 		t.Fatal(err)
 	}
 	writeAtomic(t, path, meshOf(4, 81))
-	time.Sleep(settle / 3)
+	time.Sleep(settle / 10)
 	writeAtomic(t, path, string(served))
 	w.quietFor(t, 3*settle)
 
@@ -516,9 +517,9 @@ func TestFileSourceNeverSettles(t *testing.T) {
 	deadline := time.Now().Add(after + 2*settle)
 	for i := 0; time.Now().Before(deadline); i++ {
 		writeAtomic(t, path, meshOf(4, 81+i%2))
-		time.Sleep(settle / 3)
+		time.Sleep(settle / 10)
 		writeAtomic(t, path, string(served))
-		time.Sleep(settle / 3)
+		time.Sleep(settle / 10)
 	}
 	if err := w.invalid(t); !errors.Is(err, ErrUnsettled) {
 		t.Errorf("reported %v, want ErrUnsettled", err)

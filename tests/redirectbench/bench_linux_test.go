@@ -102,7 +102,7 @@ type path struct {
 var paths = []path{
 	{name: "direct (no proxy)"},
 	{name: "relay dialed directly (no redirection)", relayed: true, floor: true},
-	{name: "relay dialed directly, asking SO_ORIGINAL_DST", relayed: true, floor: true, ask: true},
+	{name: "relay dialed directly (no redirection; asks SO_ORIGINAL_DST)", relayed: true, floor: true, ask: true},
 	{name: "iptables-nft", relayed: true, backend: redirect.BackendIPTablesNFT},
 	{name: "iptables-legacy", relayed: true, backend: redirect.BackendIPTablesLegacy},
 	{name: "nftables", relayed: true, backend: redirect.BackendNFTables},

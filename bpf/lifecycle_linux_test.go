@@ -323,6 +323,81 @@ func TestOriginalDestinationOutlivesTheAppsSocket(t *testing.T) {
 	}
 }
 
+// With TCP_FASTOPEN_CONNECT, connect() returns at once and the kernel sends
+// the SYN at the first write, which may come after other connects of the
+// same thread: each connection still reaches the proxy with the destination
+// it dialed, and the app still sees that destination as its peer.
+func TestFastOpenConnectsKeepTheirDestinations(t *testing.T) {
+	l := newLab(t)
+	cgroupScope(t, l)
+	var ln net.Listener
+	inNS(t, l.ns, func() (err error) { ln, err = net.Listen("tcp", "127.0.0.1:15001"); return err })
+	defer ln.Close()
+	dsts := []netip.AddrPort{netip.MustParseAddrPort("198.51.100.7:8443"), netip.MustParseAddrPort("198.51.100.8:8444")}
+	fds := make([]int, len(dsts))
+	var sent uint32 // segments the sockets sent at connect()
+	inNS(t, l.ns, func() error {
+		// Fast open for clients, without a cookie from the server (0x4):
+		// otherwise connect() sends the SYN at once, asking for a cookie.
+		if err := os.WriteFile("/proc/sys/net/ipv4/tcp_fastopen", []byte("5"), 0); err != nil {
+			return err
+		}
+		for i, d := range dsts {
+			fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+			if err != nil {
+				return err
+			}
+			t.Cleanup(func() { unix.Close(fd) })
+			fds[i] = fd
+			if err := unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_FASTOPEN_CONNECT, 1); err != nil {
+				return err
+			}
+			if err := unix.Connect(fd, &unix.SockaddrInet4{Addr: d.Addr().As4(), Port: int(d.Port())}); err != nil {
+				return err
+			}
+			info, err := unix.GetsockoptTCPInfo(fd, unix.IPPROTO_TCP, unix.TCP_INFO)
+			if err != nil {
+				return err
+			}
+			sent += info.Segs_out
+		}
+		if sent != 0 {
+			return nil // not deferred: skipped below
+		}
+		// Both connects are done before either socket sends its SYN.
+		for i, fd := range fds {
+			if _, err := unix.Write(fd, []byte(dsts[i].String())); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if sent != 0 {
+		t.Skipf("the kernel sent %d segments at connect(): it does not defer the SYN", sent)
+	}
+	for range dsts {
+		c, err := ln.Accept()
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		dst, err := origdst.Get(c.(*net.TCPConn))
+		c.SetReadDeadline(time.Now().Add(3 * time.Second))
+		buf := make([]byte, len(dsts[0].String()))
+		n, rerr := io.ReadFull(c, buf)
+		if err != nil || rerr != nil || dst.String() != string(buf[:n]) {
+			t.Errorf("connection that sent %q: SO_ORIGINAL_DST = %v, %v (read: %v); want the address it sent", buf[:n], dst, err, rerr)
+		}
+	}
+	for i, fd := range fds {
+		sa, err := unix.Getpeername(fd)
+		in4, ok := sa.(*unix.SockaddrInet4)
+		if err != nil || !ok || netip.AddrPortFrom(netip.AddrFrom4(in4.Addr), uint16(in4.Port)) != dsts[i] {
+			t.Errorf("getpeername of the app's socket to %s = %v, %v", dsts[i], sa, err)
+		}
+	}
+}
+
 // Many namespaces enrolled at once (parallel CNI ADDs, separate processes in
 // real life) each get a config of their own.
 func TestParallelEnrollments(t *testing.T) {

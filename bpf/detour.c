@@ -168,46 +168,13 @@ struct {
 	__type(value, __u8);
 } dns_servers SEC(".maps");
 
-// The destination a redirected socket dialed, freed with the socket: a
-// redirected DNS socket's, a fast-open TCP socket's (pending) and, when peers
-// is full, a TCP socket's.
+// The destination a redirected socket dialed; freed with the socket.
 struct {
 	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
 	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__type(key, int);
 	__type(value, struct orig);
 } origins SEC(".maps");
-
-// A redirected TCP connect's destination on its way from connect4/6 to the
-// SYN (BPF_SOCK_OPS_TCP_CONNECT_CB), which the kernel runs later in the same
-// connect() call, in the same task: one slot per thread, made at its first
-// redirected connect and reused (a socket's local storage cost an allocation
-// at every connect and a free at every close), naming the socket by its
-// cookie. A fast-open connect whose SYN waits for the first write
-// (TCP_FASTOPEN_CONNECT), maybe from another thread, keeps its destination
-// in origins instead.
-struct pending {
-	__u64 cookie;
-	struct orig o;
-};
-
-struct {
-	__uint(type, BPF_MAP_TYPE_TASK_STORAGE);
-	__uint(map_flags, BPF_F_NO_PREALLOC);
-	__type(key, int);
-	__type(value, struct pending);
-} pending SEC(".maps");
-
-// A redirected TCP socket (by cookie) -> what it dialed, from its SYN to its
-// close, for getpeername() and acceleration; sockops deletes the entry when
-// the socket closes. When it is full the destination goes to origins.
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 1 << 18);
-	__uint(map_flags, BPF_F_NO_PREALLOC);
-	__type(key, __u64);
-	__type(value, struct orig);
-} peers SEC(".maps");
 
 // The app's end of a redirected connection -> what it dialed, for the proxy's
 // SO_ORIGINAL_DST. An entry goes when both the proxy has asked and the app's
@@ -394,27 +361,9 @@ static __always_inline int dns_capture(__u32 id, struct cfg *c, __u32 *a, int v4
 	return bpf_map_lookup_elem(&dns_servers, &k) != 0;
 }
 
-// deferred: a TCP_FASTOPEN_CONNECT socket, whose SYN (and sockops' connect
-// callback) waits for the first write, maybe from another thread.
-static __always_inline int deferred(struct bpf_sock *bsk)
-{
-	struct tcp_sock *tp = bpf_rdonly_cast(bsk, bpf_core_type_id_kernel(struct tcp_sock));
-	return BPF_CORE_READ_BITFIELD(tp, fastopen_connect);
-}
-
 static __always_inline int remember(struct bpf_sock_addr *ctx, struct cfg *c, __u32 *a, __u16 port, __u16 family)
 {
-	struct orig *o = 0;
-	if (ctx->protocol == IPPROTO_TCP && !(c->flags & F_ACCEL) && !deferred(ctx->sk)) {
-		struct pending *p =
-			bpf_task_storage_get(&pending, bpf_get_current_task_btf(), 0, BPF_LOCAL_STORAGE_GET_F_CREATE);
-		if (p) {
-			p->cookie = bpf_get_socket_cookie(ctx);
-			o = &p->o;
-		}
-	}
-	if (!o)
-		o = bpf_sk_storage_get(&origins, ctx->sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
+	struct orig *o = bpf_sk_storage_get(&origins, ctx->sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
 	if (!o)
 		return 0;
 	o->addr[0] = a[0];
@@ -514,22 +463,11 @@ int detour_sendmsg4(struct bpf_sock_addr *ctx) { return redirect4(ctx); }
 SEC("cgroup/sendmsg6")
 int detour_sendmsg6(struct bpf_sock_addr *ctx) { return redirect6(ctx); }
 
-// origin is what a socket dialed, if it was redirected: in origins, or for a
-// TCP socket redirected with a loopback peer (loopback set) in peers.
-static __always_inline struct orig *origin(struct bpf_sock_addr *ctx, int loopback)
-{
-	struct orig *o = bpf_sk_storage_get(&origins, ctx->sk, 0, 0);
-	if (o || !loopback || ctx->protocol != IPPROTO_TCP)
-		return o;
-	__u64 cookie = bpf_get_socket_cookie(ctx);
-	return bpf_map_lookup_elem(&peers, &cookie);
-}
-
 // restore puts back the address the app dialed, for getpeername() and for the
 // source of a DNS reply; the proxy's own sockets carry no origin.
-static __always_inline int restore4(struct bpf_sock_addr *ctx, int loopback)
+static __always_inline int restore4(struct bpf_sock_addr *ctx)
 {
-	struct orig *o = origin(ctx, loopback);
+	struct orig *o = bpf_sk_storage_get(&origins, ctx->sk, 0, 0);
 	if (!o)
 		return 1;
 	ctx->user_ip4 = o->addr[3];
@@ -537,9 +475,9 @@ static __always_inline int restore4(struct bpf_sock_addr *ctx, int loopback)
 	return 1;
 }
 
-static __always_inline int restore6(struct bpf_sock_addr *ctx, int loopback)
+static __always_inline int restore6(struct bpf_sock_addr *ctx)
 {
-	struct orig *o = origin(ctx, loopback);
+	struct orig *o = bpf_sk_storage_get(&origins, ctx->sk, 0, 0);
 	if (!o)
 		return 1;
 	ctx->user_ip6[0] = o->addr[0];
@@ -550,18 +488,11 @@ static __always_inline int restore6(struct bpf_sock_addr *ctx, int loopback)
 	return 1;
 }
 
-// A redirected socket's peer is the proxy, on loopback: only then can it be
-// in peers.
 SEC("cgroup/getpeername4")
-int detour_getpeername4(struct bpf_sock_addr *ctx) { return restore4(ctx, ctx->user_ip4 == bpf_htonl(0x7f000001)); }
+int detour_getpeername4(struct bpf_sock_addr *ctx) { return restore4(ctx); }
 
 SEC("cgroup/getpeername6")
-int detour_getpeername6(struct bpf_sock_addr *ctx)
-{
-	__u32 a[4] = {ctx->user_ip6[0], ctx->user_ip6[1], ctx->user_ip6[2], ctx->user_ip6[3]};
-	return restore6(ctx, (is_mapped(a) && a[3] == bpf_htonl(0x7f000001)) ||
-				     (a[0] == 0 && a[1] == 0 && a[2] == 0 && a[3] == bpf_htonl(1)));
-}
+int detour_getpeername6(struct bpf_sock_addr *ctx) { return restore6(ctx); }
 
 // from_dns_port: the datagram comes from the scope's DNS port (its loopback
 // address is checked by the caller). A datagram from another loopback port
@@ -581,7 +512,7 @@ int detour_recvmsg4(struct bpf_sock_addr *ctx)
 {
 	if (ctx->user_ip4 != bpf_htonl(0x7f000001) || !from_dns_port(ctx))
 		return 1;
-	return restore4(ctx, 0);
+	return restore4(ctx);
 }
 
 SEC("cgroup/recvmsg6")
@@ -593,7 +524,7 @@ int detour_recvmsg6(struct bpf_sock_addr *ctx)
 		return 1;
 	if (!from_dns_port(ctx))
 		return 1;
-	return restore6(ctx, 0);
+	return restore6(ctx);
 }
 
 static __always_inline void local_tuple(struct bpf_sock_ops *skops, struct tuple *t)
@@ -678,10 +609,10 @@ static __always_inline void accelerate_passive(struct bpf_sock_ops *skops)
 // and port once the kernel has chosen them (the SYN is about to leave), so the
 // proxy that accepts it can ask; the entry goes when the socket closes. The
 // kernel runs it for every callback of every TCP socket of the scope (about
-// ten per connection), so each case returns as early as it can. The state
-// callbacks are asked for at the SYN, only for a redirected socket: they mark
-// it (ACTIVE_ESTABLISHED looks nothing up for any other socket) and clean up
-// at its close, even when it never gets established.
+// ten per connection), so each case returns as early as it can, and the state
+// callbacks are asked for only once a redirected socket is established: one
+// callback fewer than from the SYN on, and a connection that never gets
+// established was never accepted, so no proxy reads its entry either way.
 SEC("sockops")
 int detour_sockops(struct bpf_sock_ops *skops)
 {
@@ -691,53 +622,33 @@ int detour_sockops(struct bpf_sock_ops *skops)
 		struct bpf_sock *sk = skops->sk;
 		if (!sk)
 			return 1;
-		struct orig fresh;
-		// A thread that never redirected a connect has no slot: no cookie
-		// is taken for its sockets.
-		struct pending *p = bpf_task_storage_get(&pending, bpf_get_current_task_btf(), 0, 0);
-		__u64 cookie = p && p->cookie ? bpf_get_socket_cookie(skops) : 0;
+		struct orig *o = bpf_sk_storage_get(&origins, sk, 0, 0);
 		local_tuple(skops, &t);
-		if (cookie && p->cookie == cookie) {
-			p->cookie = 0;
-			fresh = p->o;
-			fresh.read = 0;
-			fresh.closed = 0;
-			if (bpf_map_update_elem(&peers, &cookie, &fresh, BPF_ANY)) {
-				// peers is full: the socket keeps it (getpeername)
-				struct orig *so = bpf_sk_storage_get(&origins, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
-				if (so)
-					*so = fresh;
-			}
-		} else {
-			struct orig *o = bpf_sk_storage_get(&origins, sk, 0, 0);
-			if (!o) {
-				// Not redirected: no stale entry may answer for this tuple. The
-				// lookup takes no lock and almost always misses; a delete locks
-				// the bucket with interrupts off even when there is nothing to
-				// delete. Only this socket can add an entry for its own tuple,
-				// so nothing can slip in between the two.
-				if (bpf_map_lookup_elem(&tuples, &t))
-					bpf_map_delete_elem(&tuples, &t);
-				return 1;
-			}
-			fresh = *o;
-			fresh.read = 0;
-			fresh.closed = 0;
+		if (!o) {
+			// Not redirected: no stale entry may answer for this tuple. The
+			// lookup takes no lock and almost always misses; a delete locks
+			// the bucket with interrupts off even when there is nothing to
+			// delete. Only this socket can add an entry for its own tuple,
+			// so nothing can slip in between the two.
+			if (bpf_map_lookup_elem(&tuples, &t))
+				bpf_map_delete_elem(&tuples, &t);
+			return 1;
 		}
+		struct orig fresh = *o;
+		fresh.read = 0;
+		fresh.closed = 0;
 		bpf_map_update_elem(&tuples, &t, &fresh, BPF_ANY);
-		bpf_sock_ops_cb_flags_set(skops, skops->bpf_sock_ops_cb_flags | BPF_SOCK_OPS_STATE_CB_FLAG);
 		return 1;
 	}
 	case BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB: {
-		// Redirected sockets carry the state flag; of them, an accelerating
-		// scope's keep their origin in origins (remember).
-		if (!(skops->bpf_sock_ops_cb_flags & BPF_SOCK_OPS_STATE_CB_FLAG))
-			return 1;
 		struct bpf_sock *sk = skops->sk;
 		if (!sk)
 			return 1;
 		struct orig *o = bpf_sk_storage_get(&origins, sk, 0, 0);
-		if (o && o->accel)
+		if (!o)
+			return 1;
+		bpf_sock_ops_cb_flags_set(skops, skops->bpf_sock_ops_cb_flags | BPF_SOCK_OPS_STATE_CB_FLAG);
+		if (o->accel)
 			accelerate(skops);
 		return 1;
 	}
@@ -752,11 +663,6 @@ int detour_sockops(struct bpf_sock_ops *skops)
 				bpf_map_delete_elem(&tuples, &t);
 			else if (e)
 				e->closed = 1;
-			struct bpf_sock *sk = skops->sk;
-			if (sk && !bpf_sk_storage_get(&origins, sk, 0, 0)) {
-				__u64 cookie = bpf_get_socket_cookie(skops);
-				bpf_map_delete_elem(&peers, &cookie);
-			}
 		}
 		return 1;
 	}

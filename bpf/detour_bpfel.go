@@ -60,12 +60,6 @@ type detourOrig struct {
 	Closed uint16
 }
 
-type detourPending struct {
-	_      structs.HostLayout
-	Cookie uint64
-	O      detourOrig
-}
-
 type detourPortKey struct {
 	_         structs.HostLayout
 	Prefixlen uint32
@@ -103,8 +97,6 @@ const (
 	detourMapDnsServers          = "dns_servers"
 	detourMapIds                 = "ids"
 	detourMapOrigins             = "origins"
-	detourMapPeers               = "peers"
-	detourMapPending             = "pending"
 	detourMapPorts               = "ports"
 	detourMapScopes              = "scopes"
 	detourMapTuples              = "tuples"
@@ -189,8 +181,6 @@ type detourMapSpecs struct {
 	DnsServers *ebpf.MapSpec `ebpf:"dns_servers"`
 	Ids        *ebpf.MapSpec `ebpf:"ids"`
 	Origins    *ebpf.MapSpec `ebpf:"origins"`
-	Peers      *ebpf.MapSpec `ebpf:"peers"`
-	Pending    *ebpf.MapSpec `ebpf:"pending"`
 	Ports      *ebpf.MapSpec `ebpf:"ports"`
 	Scopes     *ebpf.MapSpec `ebpf:"scopes"`
 	Tuples     *ebpf.MapSpec `ebpf:"tuples"`
@@ -231,8 +221,6 @@ type detourMaps struct {
 	DnsServers *ebpf.Map `ebpf:"dns_servers"`
 	Ids        *ebpf.Map `ebpf:"ids"`
 	Origins    *ebpf.Map `ebpf:"origins"`
-	Peers      *ebpf.Map `ebpf:"peers"`
-	Pending    *ebpf.Map `ebpf:"pending"`
 	Ports      *ebpf.Map `ebpf:"ports"`
 	Scopes     *ebpf.Map `ebpf:"scopes"`
 	Tuples     *ebpf.Map `ebpf:"tuples"`
@@ -248,8 +236,6 @@ func (m *detourMaps) Close() error {
 		m.DnsServers,
 		m.Ids,
 		m.Origins,
-		m.Peers,
-		m.Pending,
 		m.Ports,
 		m.Scopes,
 		m.Tuples,

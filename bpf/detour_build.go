@@ -3,4 +3,4 @@
 package bpf
 
 // objectSHA256 is the SHA-256 of detour_bpfel.o: the build of the programs.
-const objectSHA256 = "8bc84e8f153ec9e84ef66fc33250417bac3f1ca5471d681842676673a1c616c0"
+const objectSHA256 = "697e8984c33d5f1a68f1bf9b4d924f8f2956cc4f2b56ef3951eb23c66f1f87fb"

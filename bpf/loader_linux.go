@@ -48,7 +48,6 @@ func probe(helpers bool) error {
 		{"map type lpm_trie", mp(ebpf.LPMTrie)},
 		{"map type sk_storage", mp(ebpf.SkStorage)},
 		{"map type lru_hash", mp(ebpf.LRUHash)},
-		{"map type task_storage", mp(ebpf.TaskStorage)},
 	}
 	if !helpers {
 		return run(checks)
@@ -59,12 +58,6 @@ func probe(helpers bool) error {
 		{"helper bpf_get_netns_cookie in sock_ops", helper(ebpf.SockOps, asm.FnGetNetnsCookie)},
 		{"helper bpf_sk_storage_get in cgroup_sock_addr", helper(ebpf.CGroupSockAddr, asm.FnSkStorageGet)},
 		{"helper bpf_sk_storage_get in sock_ops", helper(ebpf.SockOps, asm.FnSkStorageGet)},
-		{"helper bpf_task_storage_get in cgroup_sock_addr", helper(ebpf.CGroupSockAddr, asm.FnTaskStorageGet)},
-		{"helper bpf_task_storage_get in sock_ops", helper(ebpf.SockOps, asm.FnTaskStorageGet)},
-		{"helper bpf_get_current_task_btf in cgroup_sock_addr", helper(ebpf.CGroupSockAddr, asm.FnGetCurrentTaskBtf)},
-		{"helper bpf_get_current_task_btf in sock_ops", helper(ebpf.SockOps, asm.FnGetCurrentTaskBtf)},
-		{"helper bpf_get_socket_cookie in cgroup_sock_addr", helper(ebpf.CGroupSockAddr, asm.FnGetSocketCookie)},
-		{"helper bpf_get_socket_cookie in sock_ops", helper(ebpf.SockOps, asm.FnGetSocketCookie)},
 		{"helper bpf_sock_hash_update in sock_ops", helper(ebpf.SockOps, asm.FnSockHashUpdate)},
 		{"helper bpf_msg_redirect_hash in sk_msg", helper(ebpf.SkMsg, asm.FnMsgRedirectHash)},
 		{"helper bpf_get_netns_cookie in sk_msg", helper(ebpf.SkMsg, asm.FnGetNetnsCookie)},

@@ -511,6 +511,84 @@ func TestNoStaleOriginalDestination(t *testing.T) {
 	}
 }
 
+// The same for a redirected connection that never got established (nothing
+// listened on the proxy's port, so no proxy ever could ask): a later
+// connection from its address and port, dialing the proxy directly, is not
+// answered with its destination.
+func TestNoStaleOriginalDestinationOfARefusedConnection(t *testing.T) {
+	l := newLab(t)
+	cgroupScope(t, l)
+	local := &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 20000 + int(time.Now().UnixNano()%10000)}
+	d := net.Dialer{LocalAddr: local, Timeout: 2 * time.Second, Control: func(_, _ string, c syscall.RawConn) error {
+		var serr error
+		err := c.Control(func(fd uintptr) { serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_REUSEADDR, 1) })
+		return errors.Join(err, serr)
+	}}
+	inNS(t, l.ns, func() error {
+		if c, err := d.Dial("tcp", "198.51.100.7:8443"); err == nil {
+			c.Close()
+			return errors.New("dial through the redirection with no proxy listening: connected, want refused")
+		}
+		return nil
+	})
+	var ln net.Listener
+	inNS(t, l.ns, func() (err error) { ln, err = net.Listen("tcp", "127.0.0.1:15001"); return err })
+	defer ln.Close()
+	var app net.Conn
+	inNS(t, l.ns, func() (err error) { app, err = d.Dial("tcp", "127.0.0.1:15001"); return err })
+	defer app.Close()
+	pc, err := ln.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pc.Close()
+	if got := pc.RemoteAddr().String(); got != local.String() {
+		t.Fatalf("second connection from %s, want %s (the test needs the same tuple)", got, local)
+	}
+	if dst, err := origdst.Get(pc.(*net.TCPConn)); err == nil && dst.String() == "198.51.100.7:8443" {
+		t.Errorf("SO_ORIGINAL_DST of a connection that was not redirected = %v: the refused connection's destination", dst)
+	}
+}
+
+// A connection that is not redirected may share its local address and port
+// with a redirected one that is still open (sockets bound with SO_REUSEADDR,
+// or the kernel giving one ephemeral port to connections to different
+// destinations): it must not take that one's original destination away
+// before its proxy asks.
+func TestSharedLocalPortKeepsTheOriginalDestination(t *testing.T) {
+	l := newLab(t)
+	cgroupScope(t, l)
+	var ln, other net.Listener
+	inNS(t, l.ns, func() (err error) { ln, err = net.Listen("tcp", "127.0.0.1:15001"); return err })
+	defer ln.Close()
+	inNS(t, l.ns, func() (err error) { other, err = net.Listen("tcp", "127.0.0.1:9000"); return err })
+	defer other.Close()
+	port := 20000 + int(time.Now().UnixNano()%10000)
+	inNS(t, l.ns, func() error {
+		for _, to := range []*unix.SockaddrInet4{
+			{Addr: [4]byte{198, 51, 100, 7}, Port: 80}, // redirected
+			{Addr: [4]byte{127, 0, 0, 1}, Port: 9000},  // not: loopback
+		} {
+			fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+			if err != nil {
+				return err
+			}
+			t.Cleanup(func() { unix.Close(fd) })
+			if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_REUSEADDR, 1); err != nil {
+				return err
+			}
+			if err := unix.Bind(fd, &unix.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}, Port: port}); err != nil {
+				return err
+			}
+			if err := unix.Connect(fd, to); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	acceptAsking(t, ln, "198.51.100.7:80", "after another connection from the same local port")
+}
+
 // A connection redirected just before its namespace's scope goes (a switch to
 // another backend, an uninstall) still gets its original destination when the
 // proxy accepts it only while the scope is being removed: Remove waits for

@@ -609,10 +609,8 @@ static __always_inline void accelerate_passive(struct bpf_sock_ops *skops)
 // and port once the kernel has chosen them (the SYN is about to leave), so the
 // proxy that accepts it can ask; the entry goes when the socket closes. The
 // kernel runs it for every callback of every TCP socket of the scope (about
-// ten per connection), so each case returns as early as it can, and the state
-// callbacks are asked for only once a redirected socket is established: one
-// callback fewer than from the SYN on, and a connection that never gets
-// established was never accepted, so no proxy reads its entry either way.
+// ten per connection), so each case returns as early as it can; the state
+// callbacks are asked for only for a redirected socket, from its SYN on.
 SEC("sockops")
 int detour_sockops(struct bpf_sock_ops *skops)
 {
@@ -625,12 +623,15 @@ int detour_sockops(struct bpf_sock_ops *skops)
 		struct orig *o = bpf_sk_storage_get(&origins, sk, 0, 0);
 		local_tuple(skops, &t);
 		if (!o) {
-			// Not redirected: no stale entry may answer for this tuple. The
-			// lookup takes no lock and almost always misses; a delete locks
-			// the bucket with interrupts off even when there is nothing to
-			// delete. Only this socket can add an entry for its own tuple,
-			// so nothing can slip in between the two.
-			if (bpf_map_lookup_elem(&tuples, &t))
+			// Not redirected: no stale entry may answer for this tuple. An
+			// entry whose app socket is still open is not stale: that socket
+			// shares the local address and port with this one (SO_REUSEADDR,
+			// or one ephemeral port given to two destinations) and its proxy
+			// may not have asked yet. The lookup takes no lock and almost
+			// always misses; a delete locks the bucket with interrupts off
+			// even when there is nothing to delete.
+			struct orig *e = bpf_map_lookup_elem(&tuples, &t);
+			if (e && e->closed)
 				bpf_map_delete_elem(&tuples, &t);
 			return 1;
 		}
@@ -638,6 +639,9 @@ int detour_sockops(struct bpf_sock_ops *skops)
 		fresh.read = 0;
 		fresh.closed = 0;
 		bpf_map_update_elem(&tuples, &t, &fresh, BPF_ANY);
+		// From the SYN on, so that the close of a connection that never
+		// gets established marks its entry closed too.
+		bpf_sock_ops_cb_flags_set(skops, skops->bpf_sock_ops_cb_flags | BPF_SOCK_OPS_STATE_CB_FLAG);
 		return 1;
 	}
 	case BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB: {
@@ -645,10 +649,7 @@ int detour_sockops(struct bpf_sock_ops *skops)
 		if (!sk)
 			return 1;
 		struct orig *o = bpf_sk_storage_get(&origins, sk, 0, 0);
-		if (!o)
-			return 1;
-		bpf_sock_ops_cb_flags_set(skops, skops->bpf_sock_ops_cb_flags | BPF_SOCK_OPS_STATE_CB_FLAG);
-		if (o->accel)
+		if (o && o->accel)
 			accelerate(skops);
 		return 1;
 	}

@@ -3,4 +3,4 @@
 package bpf
 
 // objectSHA256 is the SHA-256 of detour_bpfel.o: the build of the programs.
-const objectSHA256 = "697e8984c33d5f1a68f1bf9b4d924f8f2956cc4f2b56ef3951eb23c66f1f87fb"
+const objectSHA256 = "c17ae235c4192f48dfc40c1744b2b9b68b334c9585ba2f94e4d9676ccac94856"

@@ -323,6 +323,81 @@ func TestOriginalDestinationOutlivesTheAppsSocket(t *testing.T) {
 	}
 }
 
+// With TCP_FASTOPEN_CONNECT, connect() returns at once and the kernel sends
+// the SYN at the first write, which may come after other connects of the
+// same thread: each connection still reaches the proxy with the destination
+// it dialed, and the app still sees that destination as its peer.
+func TestFastOpenConnectsKeepTheirDestinations(t *testing.T) {
+	l := newLab(t)
+	cgroupScope(t, l)
+	var ln net.Listener
+	inNS(t, l.ns, func() (err error) { ln, err = net.Listen("tcp", "127.0.0.1:15001"); return err })
+	defer ln.Close()
+	dsts := []netip.AddrPort{netip.MustParseAddrPort("198.51.100.7:8443"), netip.MustParseAddrPort("198.51.100.8:8444")}
+	fds := make([]int, len(dsts))
+	var sent uint32 // segments the sockets sent at connect()
+	inNS(t, l.ns, func() error {
+		// Fast open for clients, without a cookie from the server (0x4):
+		// otherwise connect() sends the SYN at once, asking for a cookie.
+		if err := os.WriteFile("/proc/sys/net/ipv4/tcp_fastopen", []byte("5"), 0); err != nil {
+			return err
+		}
+		for i, d := range dsts {
+			fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+			if err != nil {
+				return err
+			}
+			t.Cleanup(func() { unix.Close(fd) })
+			fds[i] = fd
+			if err := unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_FASTOPEN_CONNECT, 1); err != nil {
+				return err
+			}
+			if err := unix.Connect(fd, &unix.SockaddrInet4{Addr: d.Addr().As4(), Port: int(d.Port())}); err != nil {
+				return err
+			}
+			info, err := unix.GetsockoptTCPInfo(fd, unix.IPPROTO_TCP, unix.TCP_INFO)
+			if err != nil {
+				return err
+			}
+			sent += info.Segs_out
+		}
+		if sent != 0 {
+			return nil // not deferred: skipped below
+		}
+		// Both connects are done before either socket sends its SYN.
+		for i, fd := range fds {
+			if _, err := unix.Write(fd, []byte(dsts[i].String())); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if sent != 0 {
+		t.Skipf("the kernel sent %d segments at connect(): it does not defer the SYN", sent)
+	}
+	for range dsts {
+		c, err := ln.Accept()
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		dst, err := origdst.Get(c.(*net.TCPConn))
+		c.SetReadDeadline(time.Now().Add(3 * time.Second))
+		buf := make([]byte, len(dsts[0].String()))
+		n, rerr := io.ReadFull(c, buf)
+		if err != nil || rerr != nil || dst.String() != string(buf[:n]) {
+			t.Errorf("connection that sent %q: SO_ORIGINAL_DST = %v, %v (read: %v); want the address it sent", buf[:n], dst, err, rerr)
+		}
+	}
+	for i, fd := range fds {
+		sa, err := unix.Getpeername(fd)
+		in4, ok := sa.(*unix.SockaddrInet4)
+		if err != nil || !ok || netip.AddrPortFrom(netip.AddrFrom4(in4.Addr), uint16(in4.Port)) != dsts[i] {
+			t.Errorf("getpeername of the app's socket to %s = %v, %v", dsts[i], sa, err)
+		}
+	}
+}
+
 // Many namespaces enrolled at once (parallel CNI ADDs, separate processes in
 // real life) each get a config of their own.
 func TestParallelEnrollments(t *testing.T) {
@@ -434,6 +509,84 @@ func TestNoStaleOriginalDestination(t *testing.T) {
 	if dst, err := origdst.Get(pc.(*net.TCPConn)); err == nil && dst.String() == "198.51.100.7:8443" {
 		t.Errorf("SO_ORIGINAL_DST of a connection that was not redirected = %v: the previous connection's destination", dst)
 	}
+}
+
+// The same for a redirected connection that never got established (nothing
+// listened on the proxy's port, so no proxy ever could ask): a later
+// connection from its address and port, dialing the proxy directly, is not
+// answered with its destination.
+func TestNoStaleOriginalDestinationOfARefusedConnection(t *testing.T) {
+	l := newLab(t)
+	cgroupScope(t, l)
+	local := &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 20000 + int(time.Now().UnixNano()%10000)}
+	d := net.Dialer{LocalAddr: local, Timeout: 2 * time.Second, Control: func(_, _ string, c syscall.RawConn) error {
+		var serr error
+		err := c.Control(func(fd uintptr) { serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_REUSEADDR, 1) })
+		return errors.Join(err, serr)
+	}}
+	inNS(t, l.ns, func() error {
+		if c, err := d.Dial("tcp", "198.51.100.7:8443"); err == nil {
+			c.Close()
+			return errors.New("dial through the redirection with no proxy listening: connected, want refused")
+		}
+		return nil
+	})
+	var ln net.Listener
+	inNS(t, l.ns, func() (err error) { ln, err = net.Listen("tcp", "127.0.0.1:15001"); return err })
+	defer ln.Close()
+	var app net.Conn
+	inNS(t, l.ns, func() (err error) { app, err = d.Dial("tcp", "127.0.0.1:15001"); return err })
+	defer app.Close()
+	pc, err := ln.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pc.Close()
+	if got := pc.RemoteAddr().String(); got != local.String() {
+		t.Fatalf("second connection from %s, want %s (the test needs the same tuple)", got, local)
+	}
+	if dst, err := origdst.Get(pc.(*net.TCPConn)); err == nil && dst.String() == "198.51.100.7:8443" {
+		t.Errorf("SO_ORIGINAL_DST of a connection that was not redirected = %v: the refused connection's destination", dst)
+	}
+}
+
+// A connection that is not redirected may share its local address and port
+// with a redirected one that is still open (sockets bound with SO_REUSEADDR,
+// or the kernel giving one ephemeral port to connections to different
+// destinations): it must not take that one's original destination away
+// before its proxy asks.
+func TestSharedLocalPortKeepsTheOriginalDestination(t *testing.T) {
+	l := newLab(t)
+	cgroupScope(t, l)
+	var ln, other net.Listener
+	inNS(t, l.ns, func() (err error) { ln, err = net.Listen("tcp", "127.0.0.1:15001"); return err })
+	defer ln.Close()
+	inNS(t, l.ns, func() (err error) { other, err = net.Listen("tcp", "127.0.0.1:9000"); return err })
+	defer other.Close()
+	port := 20000 + int(time.Now().UnixNano()%10000)
+	inNS(t, l.ns, func() error {
+		for _, to := range []*unix.SockaddrInet4{
+			{Addr: [4]byte{198, 51, 100, 7}, Port: 80}, // redirected
+			{Addr: [4]byte{127, 0, 0, 1}, Port: 9000},  // not: loopback
+		} {
+			fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+			if err != nil {
+				return err
+			}
+			t.Cleanup(func() { unix.Close(fd) })
+			if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_REUSEADDR, 1); err != nil {
+				return err
+			}
+			if err := unix.Bind(fd, &unix.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}, Port: port}); err != nil {
+				return err
+			}
+			if err := unix.Connect(fd, to); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	acceptAsking(t, ln, "198.51.100.7:80", "after another connection from the same local port")
 }
 
 // A connection redirected just before its namespace's scope goes (a switch to

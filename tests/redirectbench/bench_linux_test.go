@@ -42,6 +42,11 @@ var answeredAddr = netip.AddrPortFrom(netip.MustParseAddr("198.51.100.10"), serv
 const (
 	floorRelayAddr    = "127.0.0.1:15002" // relayed to serverAddr
 	floorAnsweredAddr = "127.0.0.1:15003" // answered by the relay
+	// The same, but the relay asks SO_ORIGINAL_DST as behind a redirection
+	// (and is told there is none): the floor of a redirection whose proxy
+	// asks, which every backend's is.
+	floorAskRelayAddr    = "127.0.0.1:15004"
+	floorAskAnsweredAddr = "127.0.0.1:15005"
 )
 
 // durations and sizes, overridable for a quick run.
@@ -89,6 +94,7 @@ type path struct {
 	name       string
 	relayed    bool
 	floor      bool // the app dials the relay's own address: no redirection at all
+	ask        bool // with floor: the relay asks SO_ORIGINAL_DST all the same
 	accelerate bool
 	backend    redirect.Backend // "" = direct
 }
@@ -96,6 +102,7 @@ type path struct {
 var paths = []path{
 	{name: "direct (no proxy)"},
 	{name: "relay dialed directly (no redirection)", relayed: true, floor: true},
+	{name: "relay dialed directly (no redirection; asks SO_ORIGINAL_DST)", relayed: true, floor: true, ask: true},
 	{name: "iptables-nft", relayed: true, backend: redirect.BackendIPTablesNFT},
 	{name: "iptables-legacy", relayed: true, backend: redirect.BackendIPTablesLegacy},
 	{name: "nftables", relayed: true, backend: redirect.BackendNFTables},
@@ -499,7 +506,10 @@ func measure(t *testing.T, p path, pod *lab.NetNS, relay, server *helperProc, lo
 	client := startHelper(t, pod, "client", &lab.Cred{UID: appUID, GID: appUID})
 	defer client.Stop()
 	addr, answered := serverAddr.String(), answeredAddr.String()
-	if p.floor {
+	switch {
+	case p.floor && p.ask:
+		addr, answered = floorAskRelayAddr, floorAskAnsweredAddr
+	case p.floor:
 		addr, answered = floorRelayAddr, floorAnsweredAddr
 	}
 

@@ -1,7 +1,9 @@
 // Package redirectbench compares the redirection backends through one relay
 // proxy: no proxy at all (direct), the relay dialed directly (no redirection,
 // and no SO_ORIGINAL_DST call, which every proxy behind a redirection makes:
-// a floor below what any backend can reach), iptables-nft, iptables-legacy, nftables
+// a floor below what any backend can reach), the same with the relay asking
+// SO_ORIGINAL_DST all the same (told there is none: the floor of any
+// redirection whose proxy asks), iptables-nft, iptables-legacy, nftables
 // (nat REDIRECT) and eBPF (cgroup connect hooks), without and with socket
 // acceleration, for new connections per second (through the relay to the
 // server, and answered by the relay itself, which leaves the least besides

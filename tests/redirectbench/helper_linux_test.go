@@ -79,6 +79,8 @@ func helperMain(role string) int {
 				{addr: netip.MustParseAddrPort("127.0.0.1:15001")},
 				{addr: netip.MustParseAddrPort(floorRelayAddr), fixed: serverAddr},
 				{addr: netip.MustParseAddrPort(floorAnsweredAddr), echo: true},
+				{addr: netip.MustParseAddrPort(floorAskRelayAddr), fixed: serverAddr, ask: true},
+				{addr: netip.MustParseAddrPort(floorAskAnsweredAddr), echo: true, ask: true},
 			}, &r.errors, &r.lastErr)
 		} else {
 			err = r.listen()
@@ -162,13 +164,16 @@ func leanTools() bool { return os.Getenv("BENCH_TOOLS") != "goroutines" }
 
 // listen starts the goroutine-per-connection relay (BENCH_TOOLS=goroutines).
 func (r *relay) listen() error {
-	// The outbound port asks each connection where it was going; the other
-	// two serve the floor path (the app dials the relay itself, nothing is
-	// redirected): one relays to the server, one answers.
+	// The outbound port asks each connection where it was going; the others
+	// serve the floor paths (the app dials the relay itself, nothing is
+	// redirected): one relays to the server, one answers, each also asking
+	// SO_ORIGINAL_DST in vain (ask).
 	for _, l := range []struct {
 		addr  string
 		fixed netip.AddrPort
-	}{{"127.0.0.1:15001", netip.AddrPort{}}, {floorRelayAddr, serverAddr}, {floorAnsweredAddr, answeredAddr}} {
+		ask   bool
+	}{{"127.0.0.1:15001", netip.AddrPort{}, false}, {floorRelayAddr, serverAddr, false}, {floorAnsweredAddr, answeredAddr, false},
+		{floorAskRelayAddr, serverAddr, true}, {floorAskAnsweredAddr, answeredAddr, true}} {
 		ln, err := noKeepAlive.Listen(context.Background(), "tcp", l.addr)
 		if err != nil {
 			return err
@@ -179,7 +184,7 @@ func (r *relay) listen() error {
 				if err != nil {
 					return
 				}
-				go r.serve(c.(*net.TCPConn), l.fixed)
+				go r.serve(c.(*net.TCPConn), l.fixed, l.ask)
 			}
 		}()
 	}
@@ -192,10 +197,17 @@ func (r *relay) fail(err error) {
 }
 
 // serve relays c to fixed or, when fixed is zero, to c's original
-// destination.
-func (r *relay) serve(c *net.TCPConn, fixed netip.AddrPort) {
+// destination. With ask it asks for the original destination of a
+// connection to fixed as well, which nothing redirected (listenSpec.ask).
+func (r *relay) serve(c *net.TCPConn, fixed netip.AddrPort, ask bool) {
 	defer c.Close()
 	dst := fixed
+	if ask {
+		if got, err := origdst.Get(c); err == nil {
+			r.fail(fmt.Errorf("SO_ORIGINAL_DST answered %s for a connection nothing redirected", got))
+			return
+		}
+	}
 	if !dst.IsValid() {
 		var err error
 		if dst, err = origdst.Get(c); err != nil {

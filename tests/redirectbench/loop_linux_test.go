@@ -35,11 +35,15 @@ import (
 
 // listenSpec is one listening port of a loop: connections to it are relayed
 // to fixed, or to their original destination when fixed is zero, or echoed
-// back when echo is set or the destination is answeredAddr.
+// back when echo is set or the destination is answeredAddr. With ask, a
+// connection to fixed or echoed still asks SO_ORIGINAL_DST, as a proxy
+// behind a redirection does, and must be told there is none (nothing
+// redirected it): the system call's cost without any redirection.
 type listenSpec struct {
 	addr  netip.AddrPort
 	fixed netip.AddrPort
 	echo  bool
+	ask   bool
 }
 
 // sock is one connected socket of a loop. For a relayed connection the two
@@ -218,6 +222,13 @@ func (l *loop) accept(lfd int, spec listenSpec) {
 func (l *loop) serve(fd int, spec listenSpec) {
 	c := &sock{fd: fd}
 	dst := spec.fixed
+	if spec.ask {
+		if got, err := origdst.FromFD(fd, false); err == nil {
+			unix.Close(fd)
+			l.fail(fmt.Errorf("SO_ORIGINAL_DST answered %s for a connection nothing redirected", got))
+			return
+		}
+	}
 	if !spec.echo && !dst.IsValid() {
 		var err error
 		if dst, err = origdst.FromFD(fd, false); err != nil {

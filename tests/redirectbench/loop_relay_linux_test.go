@@ -15,7 +15,8 @@ import (
 // than the socket buffers comes back in order through relay and echo
 // server, the app's half-close reaches the server and the server's close
 // the app, the relay counts a refused upstream as a failure and nothing
-// else, and the client's connection loop completes connections.
+// else (an SO_ORIGINAL_DST asked in vain on a floor listener neither), and
+// the client's connection loop completes connections.
 func TestLoopRelay(t *testing.T) {
 	loopback := netip.MustParseAddrPort("127.0.0.1:0")
 	var serverErrs, relayErrs atomic.Int64
@@ -35,6 +36,11 @@ func TestLoopRelay(t *testing.T) {
 		{addr: loopback, fixed: server[0]},
 		{addr: loopback, fixed: closed},
 		{addr: loopback, echo: true},
+		// The floor paths that ask SO_ORIGINAL_DST all the same: nothing
+		// redirected these connections, so the kernel has no answer, and
+		// they are relayed and answered as without asking.
+		{addr: loopback, fixed: server[0], ask: true},
+		{addr: loopback, echo: true, ask: true},
 	}, &relayErrs, &relayLast)
 	if err != nil {
 		t.Fatal(err)
@@ -48,6 +54,8 @@ func TestLoopRelay(t *testing.T) {
 		{"relayed to the echo server", relay[0], 8 << 20},
 		{"relayed, nothing sent", relay[0], 0},
 		{"answered by the relay", relay[2], 8 << 20},
+		{"relayed, asking SO_ORIGINAL_DST in vain", relay[3], 8 << 20},
+		{"answered, asking SO_ORIGINAL_DST in vain", relay[4], 1 << 20},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -292,6 +292,7 @@ type hasher struct {
 	served    map[proto.Message]*xds.Resource
 	listeners []types.Resource // every distinct listener with an HTTP connection manager, in first-seen order
 	clusters  []types.Resource // every distinct cluster
+	ls, cs    []*xds.Resource  // scratch: a node's served listeners and clusters
 }
 
 func newHasher() *hasher {
@@ -329,28 +330,30 @@ func (h *hasher) serve(m proto.Message, typeURL string) (*xds.Resource, error) {
 	return v, nil
 }
 
-func serveAll[T proto.Message](h *hasher, typeURL string, resources []T) ([]*xds.Resource, error) {
-	out := make([]*xds.Resource, len(resources))
-	for i, r := range resources {
+// serveAll appends the served forms of resources to into, emptied first.
+func serveAll[T proto.Message](h *hasher, typeURL string, resources []T, into []*xds.Resource) ([]*xds.Resource, error) {
+	out := into[:0]
+	for _, r := range resources {
 		v, err := h.serve(r, typeURL)
 		if err != nil {
-			return nil, err
+			return out, err
 		}
-		out[i] = v
+		out = append(out, v)
 	}
 	return out, nil
 }
 
 func (h *hasher) snapshot(r Resources) (*xds.Snapshot, error) {
-	l, err := serveAll(h, resourcev3.ListenerType, r.Listeners)
-	if err != nil {
+	// The snapshot keeps a node's own resources and shares the common
+	// ones (xds.SnapshotBuilder): the lists are scratch, reused.
+	var err error
+	if h.ls, err = serveAll(h, resourcev3.ListenerType, r.Listeners, h.ls); err != nil {
 		return nil, err
 	}
-	c, err := serveAll(h, resourcev3.ClusterType, r.Clusters)
-	if err != nil {
+	if h.cs, err = serveAll(h, resourcev3.ClusterType, r.Clusters, h.cs); err != nil {
 		return nil, err
 	}
-	return h.snapshots.Snapshot(l, c)
+	return h.snapshots.Snapshot(h.ls, h.cs)
 }
 
 // hcmName is the message an HTTP connection manager filter's typed config holds.

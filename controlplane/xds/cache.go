@@ -486,7 +486,10 @@ func (n *cacheNode) respondDelta(snap *Snapshot, w *deltaWatch) bool {
 	wildcard := w.sub.IsWildcard()
 	var changed []*discoveryv3.Resource
 	var removed []string
-	if wildcard {
+	if _, all := k.m[returnedAll]; wildcard && all && len(k.m) == 1 && k.base != nil {
+		// The stream has all of a version and nothing else.
+		changed, removed = t.diff(k.base)
+	} else if wildcard {
 		for r := range t.all() {
 			if v, ok := k.get(r.name); !ok || v != r.hash {
 				changed = append(changed, r.delta)

@@ -95,19 +95,67 @@ func (t *servedType) count() int { return len(t.common) + len(t.own) }
 // all yields the resources in name order.
 func (t *servedType) all() iter.Seq[*Resource] {
 	return func(yield func(*Resource) bool) {
-		a, b := t.common, t.own
-		for len(a) > 0 || len(b) > 0 {
-			var r *Resource
-			if len(b) == 0 || (len(a) > 0 && a[0].name < b[0].name) {
-				r, a = a[0], a[1:]
-			} else {
-				r, b = b[0], b[1:]
-			}
-			if !yield(r) {
+		for c := t.cursor(); c.more(); c.next() {
+			if !yield(c.peek()) {
 				return
 			}
 		}
 	}
+}
+
+// cursor walks a servedType's resources in name order.
+type cursor struct{ a, b []*Resource }
+
+func (t *servedType) cursor() cursor { return cursor{t.common, t.own} }
+
+func (c *cursor) more() bool { return len(c.a) > 0 || len(c.b) > 0 }
+
+// fromA reports whether the current resource is a's. Only when more.
+func (c *cursor) fromA() bool { return len(c.b) == 0 || (len(c.a) > 0 && c.a[0].name < c.b[0].name) }
+
+// peek is the current resource. Only when more.
+func (c *cursor) peek() *Resource {
+	if c.fromA() {
+		return c.a[0]
+	}
+	return c.b[0]
+}
+
+// next moves to the next resource. Only when more.
+func (c *cursor) next() {
+	if c.fromA() {
+		c.a = c.a[1:]
+	} else {
+		c.b = c.b[1:]
+	}
+}
+
+// diff returns what a stream that has all of old lacks of t: the delta
+// resources of t whose content differs from old's or that old has not, and
+// the names of old's that t has not, in name order. One walk of both instead
+// of a search of the other for each resource.
+func (t *servedType) diff(old *servedType) (changed []*discoveryv3.Resource, removed []string) {
+	if t == old {
+		return nil, nil
+	}
+	c, o := t.cursor(), old.cursor()
+	for c.more() || o.more() {
+		switch {
+		case !o.more() || (c.more() && c.peek().name < o.peek().name):
+			changed = append(changed, c.peek().delta)
+			c.next()
+		case !c.more() || o.peek().name < c.peek().name:
+			removed = append(removed, o.peek().name)
+			o.next()
+		default: // the same name
+			if r := c.peek(); r.hash != o.peek().hash {
+				changed = append(changed, r.delta)
+			}
+			c.next()
+			o.next()
+		}
+	}
+	return changed, removed
 }
 
 // fullResources returns every resource's Any, in name order: a full SotW

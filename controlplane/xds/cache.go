@@ -29,7 +29,7 @@ import (
 //     resource again for each proxy: with a thousand proxies and a hundred
 //     listeners that was most of a push's CPU and garbage. Here responses
 //     point at the servedResource of each resource, built once per build, and
-//     a snapshot is a sorted slice of pointers rather than three maps.
+//     a snapshot is sorted slices of pointers rather than three maps.
 //
 //   - NACK back-off (backoff.go). go-control-plane answers a SotW NACK (which
 //     carries the last ACKed version) by sending the current snapshot again

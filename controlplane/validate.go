@@ -298,6 +298,11 @@ func (c *checker) check(node string, r Resources) error {
 			fail("cluster", cl.GetName(), "name", "is duplicated")
 		}
 		clusters[cl.GetName()] = true
+		if c.prev.valid(cl) {
+			// A token of the memo: the checks below are properties of the
+			// cluster alone, which it passed.
+			continue
+		}
 		typ := cl.GetType()
 		switch {
 		case cl.GetClusterType() != nil:
@@ -335,7 +340,9 @@ func (c *checker) check(node string, r Resources) error {
 			fail("listener", l.GetName(), "address", addr+" is also the address of listener "+other)
 		}
 		addrs[addr] = l.GetName()
-		if l.GetUseOriginalDst().GetValue() && l.GetBindToPort() != nil && !l.GetBindToPort().GetValue() {
+		// A token of the memo (known) passed the checks of the listener
+		// alone, binds and is not UDP (tokenizable).
+		if !known && l.GetUseOriginalDst().GetValue() && l.GetBindToPort() != nil && !l.GetBindToPort().GetValue() {
 			fail("listener", l.GetName(), "use_original_dst", "is set on a listener that does not bind; nothing would reach it")
 		}
 		reason, seen := c.chains[l]
@@ -349,7 +356,7 @@ func (c *checker) check(node string, r Resources) error {
 		if err := reason; err != "" {
 			fail("listener", l.GetName(), "filter_chains", err)
 		}
-		if l.GetAddress().GetSocketAddress().GetProtocol() == corev3.SocketAddress_UDP {
+		if !known && l.GetAddress().GetSocketAddress().GetProtocol() == corev3.SocketAddress_UDP {
 			udpListeners = append(udpListeners, l)
 		}
 		refs, err := c.clusterRefs(l)

@@ -330,7 +330,7 @@ func TestADSSotWNodesGetTheirOwnResources(t *testing.T) {
 				t.Errorf("round %d: node %s got clusters %v, want %v", round, id, got, want(i))
 			}
 			for _, a := range r.GetResources() {
-				if !slices.ContainsFunc(nodes[id].clusters.resources, func(res *Resource) bool { return bytes.Equal(res.any.GetValue(), a.GetValue()) }) {
+				if !slices.ContainsFunc(slices.Collect(nodes[id].clusters.all()), func(res *Resource) bool { return bytes.Equal(res.any.GetValue(), a.GetValue()) }) {
 					t.Errorf("round %d: node %s got a cluster that is not its own", round, id)
 				}
 			}

@@ -29,7 +29,7 @@ import (
 //     resource again for each proxy: with a thousand proxies and a hundred
 //     listeners that was most of a push's CPU and garbage. Here responses
 //     point at the servedResource of each resource, built once per build, and
-//     a snapshot is a sorted slice of pointers rather than three maps.
+//     a snapshot is sorted slices of pointers rather than three maps.
 //
 //   - NACK back-off (backoff.go). go-control-plane answers a SotW NACK (which
 //     carries the last ACKed version) by sending the current snapshot again
@@ -227,7 +227,7 @@ func (c *servingCache) respondSotW(snap *Snapshot, w *sotwWatch, fresh bool) boo
 		// Only the resources asked for, in name order.
 		subscribed := w.sub.SubscribedResources()
 		r.returned = make(map[string]string, len(subscribed))
-		for _, res := range t.resources {
+		for res := range t.all() {
 			if _, ok := subscribed[res.name]; ok {
 				r.resources = append(r.resources, res.any)
 				r.returned[res.name] = t.version
@@ -302,7 +302,7 @@ func missing(t *servedType, sub cachev3.Subscription) bool {
 		return false
 	}
 	if sub.IsWildcard() {
-		for _, r := range t.resources {
+		for r := range t.all() {
 			if _, ok := known[r.name]; !ok {
 				return true
 			}
@@ -386,7 +386,7 @@ func (k known) names(f func(string)) {
 		}
 	}
 	if k.base != nil {
-		for _, r := range k.base.resources {
+		for r := range k.base.all() {
 			if _, ok := k.m[r.name]; !ok {
 				f(r.name)
 			}
@@ -486,8 +486,11 @@ func (n *cacheNode) respondDelta(snap *Snapshot, w *deltaWatch) bool {
 	wildcard := w.sub.IsWildcard()
 	var changed []*discoveryv3.Resource
 	var removed []string
-	if wildcard {
-		for _, r := range t.resources {
+	if _, all := k.m[returnedAll]; wildcard && all && len(k.m) == 1 && k.base != nil {
+		// The stream has all of a version and nothing else.
+		changed, removed = t.diff(k.base)
+	} else if wildcard {
+		for r := range t.all() {
 			if v, ok := k.get(r.name); !ok || v != r.hash {
 				changed = append(changed, r.delta)
 			}

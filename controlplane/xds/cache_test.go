@@ -63,6 +63,100 @@ func testSnapshots(t *testing.T) (before, after *Snapshot) {
 	return before, after
 }
 
+// TestSnapshotsShareCommonResources: snapshots of one builder whose nodes
+// reach the same services share the list of those resources instead of
+// keeping it per node, and each node is still served exactly its own
+// resources, in name order, under the version of its resources alone.
+func TestSnapshotsShareCommonResources(t *testing.T) {
+	t.Parallel()
+	var services, others []*Resource
+	for i := range 12 {
+		services = append(services, testCluster(t, fmt.Sprintf("outbound|80|svc-%02d", i), 1))
+		others = append(others, testCluster(t, fmt.Sprintf("outbound|81|other-%02d", i), 1))
+	}
+	// Nodes 0–5 reach services, 6 and 7 others, 8 and 9 services again,
+	// 10 half of each; each has its own inbound cluster (one sorts before
+	// every service, one among them, one after).
+	own := []string{"inbound|8080", "outbound|80|svc-05a", "zz-local"}
+	nodes := make([][]*Resource, 11)
+	for i := range nodes {
+		switch {
+		case i == 6 || i == 7:
+			nodes[i] = slices.Clone(others)
+		case i == 10:
+			nodes[i] = append(slices.Clone(services[:6]), others[:6]...)
+		default:
+			nodes[i] = slices.Clone(services)
+		}
+		nodes[i] = append(nodes[i], testCluster(t, own[i%3], i+1))
+	}
+	var sb SnapshotBuilder
+	snaps := make([]*Snapshot, len(nodes))
+	for i, res := range nodes {
+		in := slices.Clone(res)
+		slices.Reverse(in) // any order
+		s, err := sb.Snapshot(nil, in)
+		if err != nil {
+			t.Fatal(err)
+		}
+		snaps[i] = s
+	}
+	c := newTestCache()
+	for i, res := range nodes {
+		want := slices.SortedFunc(slices.Values(res), func(a, b *Resource) int { return strings.Compare(a.name, b.name) })
+		var wantNames []string
+		for _, r := range want {
+			wantNames = append(wantNames, r.name)
+		}
+		s := snaps[i]
+		if got := servedNames(&s.clusters); !slices.Equal(got, wantNames) {
+			t.Errorf("node %d is served %v, want %v", i, got, wantNames)
+		}
+		for _, r := range want {
+			if got := s.clusters.lookup(r.name); got != r {
+				t.Errorf("node %d: lookup(%s) = %v, want its own resource", i, r.name, got)
+			}
+		}
+		if s.clusters.lookup("outbound|80|svc-99") != nil {
+			t.Errorf("node %d: lookup of a name it does not have found one", i)
+		}
+		var alone SnapshotBuilder
+		fresh, err := alone.Snapshot(nil, slices.Clone(res))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if s.Versions() != fresh.Versions() {
+			t.Errorf("node %d: versions %v, built alone %v", i, s.Versions(), fresh.Versions())
+		}
+		node := fmt.Sprintf("n%d", i)
+		if err := c.SetSnapshot(context.Background(), node, s); err != nil {
+			t.Fatal(err)
+		}
+		var got cachev3.Response
+		c.CreateWatch(node, &cachev3.Request{TypeUrl: resourcev3.ClusterType}, stream.NewSotwSubscription(nil, true), func(r cachev3.Response) { got = r })
+		if got == nil {
+			t.Fatalf("node %d: no response", i)
+		}
+		dr, err := got.GetDiscoveryResponse()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if n := names(t, dr.GetResources()); !slices.Equal(n, wantNames) {
+			t.Errorf("node %d: SotW response has %v, want %v", i, n, wantNames)
+		}
+	}
+	// The memory this is for: after the first node of a group, a node keeps
+	// only its own cluster.
+	for _, i := range []int{2, 3, 4, 5, 7, 8, 9} {
+		if n := len(snaps[i].clusters.own); n != 1 {
+			t.Errorf("node %d keeps %d clusters of its own, want 1 (the rest shared)", i, n)
+		}
+	}
+	if &snaps[2].clusters.common[0] != &snaps[9].clusters.common[0] {
+		t.Errorf("nodes 2 and 9 reach the same services but do not share their list")
+	}
+}
+
 // names are the cluster names of resources, in order.
 func names(t *testing.T, resources []*anypb.Any) []string {
 	t.Helper()
@@ -159,7 +253,7 @@ func newTestCache() *servingCache {
 
 func servedNames(t *servedType) []string {
 	var out []string
-	for _, r := range t.resources {
+	for r := range t.all() {
 		out = append(out, r.name)
 	}
 	return out
@@ -257,7 +351,7 @@ func TestDeltaCacheWildcard(t *testing.T) {
 		t.Fatal("no response to the change")
 	}
 	var changed []string
-	for _, x := range after.clusters.resources {
+	for x := range after.clusters.all() {
 		if old := before.clusters.lookup(x.name); old == nil || old.hash != x.hash {
 			changed = append(changed, x.name)
 		}
@@ -429,7 +523,7 @@ func TestSotWFullListKeptOnlyWhenShared(t *testing.T) {
 			}
 			lists = append(lists, dr.GetResources())
 		}
-		kept := snap.clusters.all.Load() != nil
+		kept := snap.clusters.anys.Load() != nil
 		if kept != shared {
 			t.Errorf("shared=%v: the list of every cluster kept: %v", shared, kept)
 		}

@@ -136,6 +136,12 @@ func DecodeMesh(doc []byte) (*Mesh, error) {
 		// would take every workload's config away.
 		return nil, &redirect.FieldError{Field: "(document)", Value: "", Reason: "is empty; a mesh file needs at least one key (an empty mesh is written {})"}
 	}
+	// YAML to JSON made 0443 the number 291 already; the walk compares
+	// with the document as written. transparentProxy blocks are checked
+	// here too: they reach redirect.Config.Decode re-encoded as JSON.
+	if err := redirect.LeadingZero(doc, tree); err != nil {
+		return nil, err
+	}
 	d := &decoder{}
 	m := d.mesh(value{"", tree})
 	if err := d.errs.err(); err != nil {

@@ -148,6 +148,12 @@ func TestDecodeMeshErrors(t *testing.T) {
 		{"dual without ipv6", svc + wl + ", transparentProxy: {ipFamilies: dual}}]", []string{`workloads[0].transparentProxy.ipFamilies: "dual" needs an IPv6 address in workloads[0].addresses`}},
 		{"dual without ipv4", svc + "workloads: [{nodeId: w, addresses: [\"2001:db8::1\"], transparentProxy: {ipFamilies: dual}}]", []string{`workloads[0].transparentProxy.ipFamilies: "dual" needs an IPv4 address in workloads[0].addresses`}},
 		{"ipv6 without ipv6", svc + wl + ", transparentProxy: {ipFamilies: ipv6}}]", []string{`workloads[0].transparentProxy.ipFamilies: "ipv6" needs an IPv6 address in workloads[0].addresses`}},
+		// YAML reads an unquoted number with a leading zero as octal: the
+		// mesh served port 291 and gave pods proxy uid 735 (their Envoy's own
+		// traffic then looped), as the CLI config refuses it.
+		{"port with a leading zero", "services: [{name: a, virtualIPs: [198.51.100.1], ports: [80, 0443]}]", []string{`services[0].ports[1]: "0443" has a leading zero, which YAML reads as octal (291)`}},
+		{"proxy uid with a leading zero", svc + wl + ", transparentProxy: {proxy: {uid: 01337}}}]", []string{`workloads[0].transparentProxy.proxy.uid: "01337" has a leading zero, which YAML reads as octal (735)`}},
+		{"mesh proxy uid with a leading zero", svc + "transparentProxy:\n  proxy:\n    uid: 01337\n" + wl + "}]", []string{`transparentProxy.proxy.uid: "01337" has a leading zero`}},
 		{"dns suffix", "dns: {suffix: -mesh}", []string{`dns.suffix: "-mesh" has label "-mesh", which starts or ends with '-'`}},
 		{"dns suffix label", "dns: {suffix: a..b}", []string{`dns.suffix: "a..b" is not a DNS name`}},
 		// An empty suffix written on purpose is refused, as --dns-suffix "" is:

@@ -170,7 +170,7 @@ func (c *Config) Decode(doc []byte) error {
 	if tree == nil {
 		return nil
 	}
-	if err := leadingZero(doc, tree); err != nil {
+	if err := LeadingZero(doc, tree); err != nil {
 		return err
 	}
 	next := c.Clone()

@@ -9,13 +9,15 @@ import (
 	yamlv2 "go.yaml.in/yaml/v2"
 )
 
-// leadingZero refuses an unquoted integer with a leading zero in doc (tree is
-// doc as decoded, numbers as json.Number): YAML 1.1, which the parser follows,
+// LeadingZero refuses an unquoted integer with a leading zero in doc (tree is
+// doc as decoded, numbers as json.Number; the error is a *FieldError naming the
+// path in tree, such as outbound.excludePorts[1]). Config.Decode and the mesh
+// file (controlplane.DecodeMesh) both call it: YAML 1.1, which the parser follows,
 // reads 01337 as octal 735, while the same 01337 is 1337 as a flag, an
 // environment variable or a quoted value. A uid read that way makes the proxy's
 // own traffic loop; a port, a port nobody meant. Quoted it is decimal, and
 // 0o2471 is octal on purpose.
-func leadingZero(doc []byte, tree any) error {
+func LeadingZero(doc []byte, tree any) error {
 	if !mayHoldLeadingZero(doc) {
 		return nil // the common case: no parse of its own
 	}

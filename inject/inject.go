@@ -51,6 +51,21 @@ const (
 	NodeID = "$(DETOUR_POD_NAME).$(DETOUR_POD_NAMESPACE)"
 )
 
+// NamespaceLabelOnSpellings are the values of a namespace's detour.io/inject
+// label that mean "on" but are not InjectEnabled (true, Istio's habit; yes;
+// another case of enabled). Pods of such a namespace that do not decide for
+// themselves are refused rather than started without a sidecar unseen. Every
+// other value (false, no, off, "", disabled, anything else) leaves the
+// namespace's pods as they are: a label meaning off must not stop its pods,
+// nor make them wait on the control plane.
+var NamespaceLabelOnSpellings = []string{
+	"true", "True", "TRUE",
+	"yes", "Yes", "YES", "y", "Y",
+	"on", "On", "ON",
+	"1",
+	"enable", "Enable", "ENABLE", "Enabled", "ENABLED",
+}
+
 const annotationDefaultContainer = "kubectl.kubernetes.io/default-container"
 
 // Namespaces the injector never touches, whatever their labels say.

@@ -5,6 +5,7 @@ import (
 	"context"
 	"fmt"
 	"net/url"
+	"slices"
 	"strings"
 	"time"
 
@@ -107,8 +108,9 @@ func (o ConfigurationOptions) Validate() error {
 //   - pod.inject.detour.io: pods of other namespaces that carry the
 //     detour.io/inject annotation (a match condition; to PathPod);
 //   - namespace-label.inject.detour.io: pods without that annotation in
-//     namespaces whose detour.io/inject label is neither enabled nor disabled
-//     (to PathNamespaceLabel, which refuses them).
+//     namespaces whose detour.io/inject label means on in another spelling,
+//     one of inject.NamespaceLabelOnSpellings (to PathNamespaceLabel, which
+//     refuses them).
 func Configuration(o ConfigurationOptions, caBundle []byte) *admissionregistrationv1.MutatingWebhookConfiguration {
 	o = o.withDefaults()
 	client := func(path string) admissionregistrationv1.WebhookClientConfig {
@@ -152,13 +154,15 @@ func Configuration(o ConfigurationOptions, caBundle []byte) *admissionregistrati
 		Name:       "annotated",
 		Expression: fmt.Sprintf("has(object.metadata.annotations) && '%s' in object.metadata.annotations", inject.AnnotationInject),
 	}}
-	// A namespace labelled detour.io/inject with another value (true, yes)
-	// matched neither webhook: its pods started without a sidecar, and
-	// nothing said so. Its pods that do not decide for themselves are refused.
+	// A namespace labelled detour.io/inject=true (or yes, on: "on" in
+	// another spelling) matched neither webhook: its pods started without a
+	// sidecar, and nothing said so. Its pods that do not decide for
+	// themselves are refused. Only those spellings match: a namespace
+	// labelled false, no or "" meant off, and with failurePolicy Fail a
+	// wider selector refused its pods, all of them while the control plane
+	// was down.
 	badLabel := hook("namespace-label.inject.detour.io", PathNamespaceLabel,
-		metav1.LabelSelectorRequirement{Key: inject.AnnotationInject, Operator: metav1.LabelSelectorOpNotIn, Values: []string{inject.InjectEnabled, inject.InjectDisabled}})
-	badLabel.NamespaceSelector.MatchExpressions = append(badLabel.NamespaceSelector.MatchExpressions,
-		metav1.LabelSelectorRequirement{Key: inject.AnnotationInject, Operator: metav1.LabelSelectorOpExists})
+		metav1.LabelSelectorRequirement{Key: inject.AnnotationInject, Operator: metav1.LabelSelectorOpIn, Values: slices.Clone(inject.NamespaceLabelOnSpellings)})
 	badLabel.MatchConditions = []admissionregistrationv1.MatchCondition{{
 		Name:       "not-annotated",
 		Expression: fmt.Sprintf("!has(object.metadata.annotations) || !('%s' in object.metadata.annotations)", inject.AnnotationInject),

@@ -19,8 +19,8 @@ import (
 // Paths the handler serves. The configuration sends pods of namespaces
 // labelled detour.io/inject=enabled to PathNamespace, pods of other
 // namespaces that carry the detour.io/inject annotation to PathPod, and pods
-// without it in namespaces whose label is neither enabled nor disabled to
-// PathNamespaceLabel, which refuses them.
+// without it in namespaces whose label means on in another spelling (true,
+// yes) to PathNamespaceLabel, which refuses them.
 const (
 	PathNamespace      = "/inject/namespace"
 	PathPod            = "/inject/pod"
@@ -165,15 +165,16 @@ type patchOp struct {
 }
 
 // reviewBadLabel refuses a pod's CREATE in a namespace whose detour.io/inject
-// label is neither enabled nor disabled (detour.io/inject=true, Istio's
-// habit), when the pod does not decide for itself: the label would otherwise
+// label means on in another spelling than enabled (detour.io/inject=true,
+// Istio's habit; inject.NamespaceLabelOnSpellings), when the pod does not
+// decide for itself: the label would otherwise
 // be ignored without a word and the pod start without its sidecar.
 func (h *Handler) reviewBadLabel(req *admissionv1.AdmissionRequest) *admissionv1.AdmissionResponse {
 	if req.Resource.Resource != "pods" || req.Resource.Group != "" || req.SubResource != "" || req.Operation != admissionv1.Create {
 		return &admissionv1.AdmissionResponse{Allowed: true}
 	}
-	err := fmt.Errorf("namespace %s's label %s is neither %s nor %s: label the namespace %s=%s to inject its pods (or %s), or annotate the pod %s: %s",
-		req.Namespace, inject.AnnotationInject, inject.InjectEnabled, inject.InjectDisabled,
+	err := fmt.Errorf("namespace %s's label %s means on, but detour injects only with %s=%s (the label is one of %s): label the namespace %s=%s to inject its pods (or %s), or annotate the pod %s: %s",
+		req.Namespace, inject.AnnotationInject, inject.AnnotationInject, inject.InjectEnabled, strings.Join(inject.NamespaceLabelOnSpellings, ", "),
 		inject.AnnotationInject, inject.InjectEnabled, inject.InjectDisabled, inject.AnnotationInject, inject.InjectDisabled)
 	h.log().Info("sidecar injection refused", "namespace", req.Namespace, "pod", req.Name, "error", err)
 	return deny(http.StatusBadRequest, err)

@@ -5,11 +5,13 @@ import (
 	"encoding/json"
 	"net/http"
 	"net/http/httptest"
+	"slices"
 	"strings"
 	"testing"
 
 	admissionv1 "k8s.io/api/admission/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/runtime"
 
 	"github.com/detour-mesh/detour/inject"
@@ -127,5 +129,42 @@ func TestConfigurationURL(t *testing.T) {
 				t.Errorf("error %q does not name the URL", err)
 			}
 		})
+	}
+}
+
+// TestNamespaceLabelWebhookMatches: the webhook that refuses pods of a
+// namespace whose detour.io/inject label means on in another spelling (true,
+// yes) must not match a namespace labelled to mean off (false, no, ""): with
+// failurePolicy Fail, every pod of such a namespace was refused, and all of
+// them whenever the control plane was down.
+func TestNamespaceLabelWebhookMatches(t *testing.T) {
+	t.Parallel()
+	mwc := webhook.Configuration(webhook.ConfigurationOptions{URL: "https://192.0.2.1:15017"}, nil)
+	matches := func(value string) []string {
+		ns := labels.Set{"kubernetes.io/metadata.name": "shop", "detour.io/inject": value}
+		var out []string
+		for _, w := range mwc.Webhooks {
+			sel, err := metav1.LabelSelectorAsSelector(w.NamespaceSelector)
+			if err != nil {
+				t.Fatalf("webhook %s: namespace selector: %v", w.Name, err)
+			}
+			if sel.Matches(ns) {
+				out = append(out, w.Name)
+			}
+		}
+		return out
+	}
+	for _, v := range []string{"", "false", "False", "FALSE", "no", "No", "NO", "n", "off", "Off", "0", "disable", "Disabled", "disabled", "maybe"} {
+		if got := matches(v); slices.Contains(got, "namespace-label.inject.detour.io") || slices.Contains(got, "namespace.inject.detour.io") {
+			t.Errorf("namespace labelled detour.io/inject=%q matches %v, want neither namespace webhook (its pods are created as they are)", v, got)
+		}
+	}
+	for _, v := range []string{"true", "True", "TRUE", "yes", "Yes", "y", "on", "On", "1", "enable", "Enabled", "ENABLED"} {
+		if got := matches(v); !slices.Contains(got, "namespace-label.inject.detour.io") {
+			t.Errorf("namespace labelled detour.io/inject=%q matches %v, want namespace-label.inject.detour.io (it means on; its pods would start without a sidecar unseen)", v, got)
+		}
+	}
+	if got := matches("enabled"); !slices.Equal(got, []string{"namespace.inject.detour.io"}) {
+		t.Errorf("namespace labelled detour.io/inject=enabled matches %v, want namespace.inject.detour.io", got)
 	}
 }

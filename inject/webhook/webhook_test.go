@@ -96,6 +96,11 @@ func startWebhook(t testing.TB, ctx context.Context, cfg *rest.Config, observe f
 		{ObjectMeta: metav1.ObjectMeta{Name: "meshed", Labels: map[string]string{"detour.io/inject": "enabled"}}},
 		{ObjectMeta: metav1.ObjectMeta{Name: "plain"}},
 		{ObjectMeta: metav1.ObjectMeta{Name: "typo", Labels: map[string]string{"detour.io/inject": "true"}}},
+		{ObjectMeta: metav1.ObjectMeta{Name: "typo-yes", Labels: map[string]string{"detour.io/inject": "yes"}}},
+		{ObjectMeta: metav1.ObjectMeta{Name: "off-false", Labels: map[string]string{"detour.io/inject": "false"}}},
+		{ObjectMeta: metav1.ObjectMeta{Name: "off-no", Labels: map[string]string{"detour.io/inject": "no"}}},
+		{ObjectMeta: metav1.ObjectMeta{Name: "off-empty", Labels: map[string]string{"detour.io/inject": ""}}},
+		{ObjectMeta: metav1.ObjectMeta{Name: "off-disabled", Labels: map[string]string{"detour.io/inject": "disabled"}}},
 		{ObjectMeta: metav1.ObjectMeta{Name: "detour-system", Labels: map[string]string{"detour.io/inject": "enabled"}}},
 	} {
 		if _, err := cs.CoreV1().Namespaces().Create(ctx, ns, metav1.CreateOptions{}); err != nil {
@@ -285,14 +290,27 @@ func TestWebhook(t *testing.T) {
 
 	// A namespace labelled detour.io/inject=true (Istio's habit) had its
 	// pods created without a sidecar, and nothing said so anywhere.
-	t.Run("namespace label neither enabled nor disabled", func(t *testing.T) {
-		_, err := c.create(ctx, "typo", testPod("web-typo", nil), false)
-		if err == nil || !strings.Contains(err.Error(), `namespace typo's label detour.io/inject is neither enabled nor disabled`) {
-			t.Fatalf("create in a namespace labelled detour.io/inject=true: %v, want a refusal naming the label", err)
+	t.Run("namespace label meaning on in another spelling", func(t *testing.T) {
+		for _, ns := range []string{"typo", "typo-yes"} {
+			_, err := c.create(ctx, ns, testPod("web-typo", nil), false)
+			if err == nil || !strings.Contains(err.Error(), `namespace `+ns+`'s label detour.io/inject means on, but detour injects only with detour.io/inject=enabled`) {
+				t.Fatalf("create in namespace %s (labelled to mean on): %v, want a refusal naming the label", ns, err)
+			}
 		}
 		// Opting the pod out is the way to create it anyway.
 		if p, err := c.create(ctx, "typo", testPod("web-typo", map[string]string{"detour.io/inject": "disabled"}), false); err != nil || isInjected(p) {
 			t.Errorf("create of a pod opted out in that namespace: %v (injected %v), want created as it is", err, err == nil && isInjected(p))
+		}
+	})
+
+	// A namespace labelled to mean off (false, no, an empty value) had every
+	// pod creation refused, its ReplicaSets stopped, and so whenever the
+	// control plane was down: its pods are created as they are.
+	t.Run("namespace label meaning off", func(t *testing.T) {
+		for _, ns := range []string{"off-false", "off-no", "off-empty", "off-disabled"} {
+			if p, err := c.create(ctx, ns, testPod("web-off", nil), false); err != nil || isInjected(p) {
+				t.Errorf("create in namespace %s: %v (injected %v), want created without a sidecar", ns, err, err == nil && isInjected(p))
+			}
 		}
 	})
 

@@ -387,11 +387,13 @@ func TestDecodeRefusesLeadingZeroNumbers(t *testing.T) {
 // y, n as a boolean. `log: {prefix: yes}` logged with the prefix "true", and
 // `dns: {capture: on}` was refused as `dns.capture: "true"`, a value nobody
 // wrote. A boolean where a word is wanted is refused, saying so; `capture:
-// off` (false) stays the mode off, as documented.
+// off`, and any other YAML false (no, n, false), stays the mode off, as
+// documented; a YAML true names no mode (resolvconf or all) and is refused.
 func TestDecodeRefusesBooleansForWords(t *testing.T) {
 	t.Parallel()
 	for _, tt := range []struct{ name, doc, want string }{
 		{"capture on", "dns: {capture: on}", `dns.capture: "true" is a YAML boolean (an unquoted on, off, yes, no, y, n, true or false): quote the value you mean`},
+		{"capture yes", "dns: {capture: yes}", `dns.capture: "true" is a YAML boolean`},
 		{"prefix yes", "log: {enabled: true, prefix: yes}", `log.prefix: "true" is a YAML boolean`},
 		{"mode no", "mode: no", `mode: "false" is a YAML boolean`},
 	} {
@@ -402,6 +404,15 @@ func TestDecodeRefusesBooleansForWords(t *testing.T) {
 				t.Errorf("Decode(%q) = %v (log.prefix %q); want an invalid-input error containing %q", tt.doc, err, c.Log.Prefix, tt.want)
 			}
 		})
+	}
+	// Any YAML false is the mode off, as docs/config.md says: a user who
+	// wrote `capture: no` or `capture: false` means no DNS capture.
+	for _, doc := range []string{"dns: {capture: no}", "dns: {capture: false}", "dns: {capture: n}", "dns: {capture: False}", `{"dns": {"capture": false}}`} {
+		c := Default()
+		c.DNS.Capture = DNSCaptureAll
+		if err := c.Decode([]byte(doc)); err != nil || c.DNS.Capture != DNSCaptureOff {
+			t.Errorf("Decode(%q) = %v, dns.capture %q; want nil, off", doc, err, c.DNS.Capture)
+		}
 	}
 	c := Default()
 	if err := c.Decode([]byte("dns: {capture: off}\nlog: {enabled: yes, prefix: \"yes\"}\ninbound: {enabled: off}")); err != nil || c.DNS.Capture != DNSCaptureOff || c.Log.Prefix != "yes" || !c.Log.Enabled || c.Inbound.Enabled {

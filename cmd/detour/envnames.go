@@ -19,11 +19,30 @@ var otherEnv = []string{"DETOUR_PRESET", "DETOUR_CONFIG", "DETOUR_EBPF_PIN_DIR",
 // The other flags of a command (not settings) have no variable either, and
 // a user told that settings are DETOUR_<FLAG NAME> would guess one: ignoring
 // DETOUR_DRY_RUN=1 installed what was meant as a preview. They are refused too.
-var scopeEnv = map[string]string{
-	"DETOUR_NETNS": "--netns", "DETOUR_CGROUP": "--cgroup",
-	"DETOUR_DRY_RUN": "--dry-run", "DETOUR_PERSIST": "--persist", "DETOUR_CAPTURE_SSH": "--capture-ssh",
-	"DETOUR_OUTPUT": "--output", "DETOUR_LOCK_WAIT": "--lock-wait", "DETOUR_VERBOSE": "--verbose",
-	"DETOUR_TIMEOUT": "--timeout", "DETOUR_LIVE": "--live", "DETOUR_STALE": "--stale",
+//
+// Each names its flag and the commands that have it (nil: every command), so
+// that the refusal does not send the user to a flag their command lacks
+// (DETOUR_TIMEOUT with install); TestRefusedVariableNamesTheCommandsWithItsFlag
+// holds the lists to the command tree.
+var scopeEnv = map[string]envFlag{
+	"DETOUR_NETNS":       {"--netns", []string{"detour check", "detour explain", "detour install", "detour plan", "detour status", "detour uninstall", "detour validate"}},
+	"DETOUR_CGROUP":      {"--cgroup", nil},
+	"DETOUR_DRY_RUN":     {"--dry-run", []string{"detour install"}},
+	"DETOUR_PERSIST":     {"--persist", []string{"detour install", "detour uninstall"}},
+	"DETOUR_CAPTURE_SSH": {"--capture-ssh", []string{"detour check", "detour explain", "detour install", "detour plan", "detour validate"}},
+	"DETOUR_OUTPUT":      {"--output", []string{"detour check", "detour explain", "detour install", "detour plan", "detour status", "detour uninstall"}},
+	"DETOUR_LOCK_WAIT":   {"--lock-wait", nil},
+	"DETOUR_VERBOSE":     {"--verbose", nil},
+	"DETOUR_TIMEOUT":     {"--timeout", []string{"detour explain", "detour validate"}},
+	"DETOUR_LIVE":        {"--live", []string{"detour explain"}},
+	"DETOUR_STALE":       {"--stale", []string{"detour uninstall"}},
+}
+
+// envFlag is the flag a refused scopeEnv variable stands for, and the
+// commands that have it (nil: every command).
+type envFlag struct {
+	flag     string
+	commands []string
 }
 
 // scopeEnvError refuses a set scopeEnv variable (exit 2), or is nil. Every
@@ -40,13 +59,20 @@ func scopeEnvError(lookup func(string) (string, bool)) error {
 		if !ok {
 			continue
 		}
-		flag := scopeEnv[name]
+		f := scopeEnv[name]
 		why := "only settings have one"
 		if name == "DETOUR_NETNS" || name == "DETOUR_CGROUP" {
 			why = "where a command acts is named on its command line"
 		}
+		pass := "pass " + f.flag
+		if n := len(f.commands); n > 0 {
+			pass += " to " + f.commands[0]
+			if n > 1 {
+				pass = "pass " + f.flag + " to " + strings.Join(f.commands[:n-1], ", ") + " or " + f.commands[n-1]
+			}
+		}
 		return &sourceError{"environment", &redirect.FieldError{Field: name, Value: v,
-			Reason: "is not read by detour: " + flag + " has no environment variable (" + why + "); pass " + flag + ", or unset it"}}
+			Reason: "is not read by detour: " + f.flag + " has no environment variable (" + why + "); " + pass + ", or unset it"}}
 	}
 	return nil
 }

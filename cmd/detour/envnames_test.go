@@ -1,8 +1,11 @@
 package main
 
 import (
+	"slices"
 	"strings"
 	"testing"
+
+	"github.com/spf13/cobra"
 
 	"github.com/detour-mesh/detour/redirect"
 )
@@ -90,5 +93,50 @@ func TestFlagOnlyVariablesAreRefused(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestRefusedVariableNamesTheCommandsWithItsFlag: DETOUR_TIMEOUT=5s detour
+// install was told to "pass --timeout", a flag install lacks (its own error
+// then). The refusal names the commands that have the flag, as the command
+// tree declares them, unless every command has it.
+func TestRefusedVariableNamesTheCommandsWithItsFlag(t *testing.T) {
+	root := newRootCmd(streams{}, newDelegator(nil))
+	for name, v := range scopeEnv {
+		flag := strings.TrimPrefix(v.flag, "--")
+		var have, all []string
+		var walk func(c *cobra.Command)
+		walk = func(c *cobra.Command) {
+			for _, s := range c.Commands() {
+				if s.Runnable() && !s.Hidden {
+					all = append(all, s.CommandPath())
+					if s.Flags().Lookup(flag) != nil || s.InheritedFlags().Lookup(flag) != nil {
+						have = append(have, s.CommandPath())
+					}
+				}
+				walk(s)
+			}
+		}
+		walk(root)
+		slices.Sort(have)
+		if len(have) == 0 {
+			t.Errorf("%s: no command has %s", name, v.flag)
+			continue
+		}
+		if v.commands == nil {
+			if len(have) != len(all) {
+				t.Errorf("%s: declared a flag of every command, but only %v have %s", name, have, v.flag)
+			}
+			continue
+		}
+		if !slices.Equal(have, v.commands) {
+			t.Errorf("%s: declared %s a flag of %v, but the commands that have it are %v", name, v.flag, v.commands, have)
+		}
+	}
+	t.Setenv("DETOUR_TIMEOUT", "5s")
+	code, _, stderr := runCLI(t, "install", "--netns", "dt-does-not-exist")
+	want := `environment: DETOUR_TIMEOUT: "5s" is not read by detour: --timeout has no environment variable (only settings have one); pass --timeout to detour explain or detour validate, or unset it`
+	if code != exitUsage || !strings.Contains(stderr, want) {
+		t.Errorf("install with DETOUR_TIMEOUT=5s: exit %d, stderr %q; want exit %d and %q", code, stderr, exitUsage, want)
 	}
 }

@@ -159,6 +159,16 @@ func Parse(doc []byte) (Config, error) {
 		if err != nil {
 			return Config{}, &redirect.FieldError{Field: "(mesh config)", Value: strings.Join(strings.Fields(err.Error()), " "), Reason: "is not valid YAML or JSON"}
 		}
+		// YAML to JSON made 01337 the number 735 already (YAML's octal), and
+		// redirect's own check never sees the redirect block as written.
+		tree := json.NewDecoder(bytes.NewReader(js))
+		tree.UseNumber()
+		var t any
+		if tree.Decode(&t) == nil {
+			if err := redirect.LeadingZero(doc, t); err != nil {
+				return Config{}, err
+			}
+		}
 		dec := json.NewDecoder(bytes.NewReader(js))
 		dec.DisallowUnknownFields()
 		if err := dec.Decode(&c); err != nil {

@@ -67,6 +67,11 @@ func TestParseRefuses(t *testing.T) {
 		// A key given twice: the later one used to win silently.
 		{"duplicate key", "preset: istio\npreset: kuma", `key \"preset\" already set in map`},
 		{"duplicate nested key", "injection: {sidecar: native, sidecar: classic}", `key \"sidecar\" already set in map`},
+		// YAML reads an unquoted number with a leading zero as octal: the
+		// ConfigMap's uid 01337 gave every pod proxy uid 735 (its Envoy's own
+		// traffic then looped), as the CLI config and the mesh file refuse it.
+		{"uid with a leading zero", "preset: istio\nredirect: {proxy: {uid: 01337}}", `redirect.proxy.uid: "01337" has a leading zero, which YAML reads as octal (735)`},
+		{"port with a leading zero", "injection: {adminPort: 015000}", `injection.adminPort: "015000" has a leading zero, which YAML reads as octal (6656)`},
 		// A second document was dropped silently (its settings never applied).
 		{"two documents", "preset: istio\n---\ninjection: {sidecar: native}\n", `(mesh config): "---" starts another YAML document (2 hold settings)`},
 	} {

@@ -146,3 +146,42 @@ func TestStatusNamesForeignChains(t *testing.T) {
 		t.Errorf("status -o json: exit %d, %v, conflicts %q; want one naming DETOUR_MINE", code, err, st.Conflicts)
 	}
 }
+
+// TestInstallTProxyLeavesLoDown: `detour install --mode tproxy` into a
+// namespace whose lo is down leaves lo as it found it (lo belongs to whoever
+// made the namespace; only detour-cni, in a pod sandbox, sets it up). IPv4
+// installs, as before detour-cni learned to set lo up; IPv6 cannot (the kernel
+// refuses a route on a device that is down): install fails naming the route
+// and leaves the namespace as it was.
+func TestInstallTProxyLeavesLoDown(t *testing.T) {
+	privtest.Require(t, "nft")
+	ns := privtest.NetNS(t)
+	ns.Run(t, "ip", "link", "set", "lo", "down")
+	loDown := func(when string) {
+		t.Helper()
+		if got := ns.Run(t, "ip", "link", "show", "lo"); strings.Contains(got, "<LOOPBACK,UP") {
+			t.Errorf("lo after %s: up, want it down as it was:\n%s", when, got)
+		}
+	}
+	v4 := []string{"--netns", ns.Path, "--backend", "nftables", "--mode", "tproxy", "--ip-families", "ipv4"}
+	if code, _, stderr := runCLI(t, append([]string{"install"}, v4...)...); code != 0 {
+		t.Fatalf("install ipv4: exit %d: %s", code, stderr)
+	}
+	loDown("an IPv4 install")
+	if code, out, stderr := runCLI(t, "uninstall", "--netns", ns.Path); code != 0 {
+		t.Fatalf("uninstall: exit %d, stdout %q, stderr %q", code, out, stderr)
+	}
+	before := ns.Run(t, "ip", "-6", "rule")
+	dual := []string{"install", "--netns", ns.Path, "--backend", "nftables", "--mode", "tproxy", "--ip-families", "dual"}
+	code, out, stderr := runCLI(t, dual...)
+	if code == 0 || !strings.Contains(stderr, "local ::/0 dev lo table 2000") {
+		t.Errorf("install dual with lo down: exit %d, stdout %q, stderr %q; want a failure naming the IPv6 route", code, out, stderr)
+	}
+	loDown("a failed dual install")
+	if got := ns.Run(t, "ip", "-6", "rule"); got != before {
+		t.Errorf("ip -6 rule after the failed install:\n%s\nwant\n%s", got, before)
+	}
+	if code, out, _ := runCLI(t, "status", "--netns", ns.Path); code != 0 || out != "detour is not installed\n" {
+		t.Errorf("status after the failed install: exit %d, stdout %q; want 0 and nothing installed", code, out)
+	}
+}

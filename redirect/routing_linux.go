@@ -269,8 +269,20 @@ func observeNet(p Plan) (netState, error) {
 			it.ours = it.exists
 			s.items = append(s.items, it)
 		}
+		// A plan that wants the address (the CLI's: detour check --netns of a
+		// pod detour-cni added with the route) takes our route to the same
+		// source as its installed form, unless the address is there too.
+		var wantedAddr netip.Prefix
+		if a := fc.loAddress(); planned && a.IsValid() {
+			wantedAddr = a
+		}
+		var routeForm *ipRoute
 		for _, r := range locals {
 			if r.protocol == netProtocol && r.dst != wantedLocal {
+				if wantedAddr.IsValid() && r.dst == wantedAddr && routeForm == nil {
+					routeForm = &r
+					continue
+				}
 				stray := r
 				line := "# routing: ip route add local <nil> dev lo table local"
 				if r.dst.IsValid() {
@@ -286,8 +298,8 @@ func observeNet(p Plan) (netState, error) {
 			return s, fmt.Errorf("list %s addresses of lo: %w", f, err)
 		}
 		var wanted []netip.Prefix
-		if a := fc.loAddress(); planned && a.IsValid() {
-			wanted = []netip.Prefix{a}
+		if wantedAddr.IsValid() {
+			wanted = []netip.Prefix{wantedAddr}
 		}
 		for _, w := range wanted {
 			it := &netItem{family: f, line: addressLine(w), want: true}
@@ -298,6 +310,17 @@ func observeNet(p Plan) (netState, error) {
 			}
 			it.add = func(c *routeConn) error { return addLoAddr(c, w, lo) }
 			it.del = func(c *routeConn) error { return delLoAddr(c, w, lo) }
+			if routeForm != nil {
+				form := *routeForm
+				if it.exists {
+					// Both forms: the address stays, the route is extra.
+					s.items = append(s.items, &netItem{family: f, line: passthroughRouteLine(form.dst), exists: true, ours: true,
+						del: func(c *routeConn) error { return c.delRoute(form) }})
+				} else {
+					it.exists, it.ours = true, true
+					it.del = func(c *routeConn) error { return c.delRoute(form) }
+				}
+			}
 			s.items = append(s.items, it)
 		}
 		for _, a := range addrs {

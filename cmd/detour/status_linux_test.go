@@ -185,3 +185,34 @@ func TestInstallTProxyLeavesLoDown(t *testing.T) {
 		t.Errorf("status after the failed install: exit %d, stdout %q; want 0 and nothing installed", code, out)
 	}
 }
+
+// TestCheckOfAPodWithThePassthroughRoute: detour-cni makes ::6 local in a
+// pod with a route on lo (table local, detour's protocol) instead of the
+// address the CLI plans. `detour check --netns` and `status --netns` of such a
+// pod: check finds no drift (it reported the address missing and the route
+// extra), status lists the route, and uninstall removes it.
+func TestCheckOfAPodWithThePassthroughRoute(t *testing.T) {
+	privtest.Require(t, "nft")
+	ns := privtest.NetNS(t)
+	flags := []string{"--netns", ns.Path, "--backend", "nftables", "--ip-families", "dual"}
+	if code, _, stderr := runCLI(t, append([]string{"install"}, flags...)...); code != 0 {
+		t.Fatalf("install: exit %d: %s", code, stderr)
+	}
+	t.Cleanup(func() { runCLI(t, "uninstall", "--netns", ns.Path) })
+	// What a route-mode ADD leaves: the route, no address.
+	ns.Run(t, "ip", "-6", "route", "add", "local", "::6/128", "dev", "lo", "table", "local", "proto", "215")
+	ns.Run(t, "ip", "-6", "addr", "del", "::6/128", "dev", "lo")
+	if code, out, stderr := runCLI(t, append([]string{"check"}, flags...)...); code != 0 {
+		t.Errorf("check: exit %d, stdout %q, stderr %q; want 0 (in sync)", code, out, stderr)
+	}
+	// status lists what is there: the route, not an address.
+	if code, out, stderr := runCLI(t, "status", "--netns", ns.Path); code != 0 || !strings.Contains(out, "# routing: ip -6 route add local ::6/128 dev lo table local proto 215\n") || strings.Contains(out, "# address:") {
+		t.Errorf("status: exit %d, stdout %q, stderr %q; want exit 0 and the route to ::6", code, out, stderr)
+	}
+	if code, out, stderr := runCLI(t, "uninstall", "--netns", ns.Path); code != 0 {
+		t.Fatalf("uninstall: exit %d, stdout %q, stderr %q", code, out, stderr)
+	}
+	if got := ns.Run(t, "ip", "-6", "route", "show", "table", "local", "proto", "215"); strings.TrimSpace(got) != "" {
+		t.Errorf("uninstall left the route: %q", got)
+	}
+}

@@ -27,15 +27,31 @@ const (
 	// network, which may be set up at the same time as detour-cni's ADD and
 	// refuses any address on lo but 127.0.0.0/8 and ::1, never sees one.
 	// The proxy binds the source with IPV6_FREEBIND (detour's control plane
-	// sets it). The default.
+	// sets it). The default without a preset (DefaultPassthroughOnLo).
 	PassthroughRoute = "route"
 	// PassthroughAddress puts the source on lo as an address, as `detour
 	// install` does, for a proxy that binds it without IPV6_FREEBIND
 	// (istiod's Envoy configuration). The runtime must then set up its
 	// loopback network before the pod's network (containerd:
-	// setup_serially = true).
+	// setup_serially = true). The default with preset istio or kuma
+	// (DefaultPassthroughOnLo).
 	PassthroughAddress = "address"
 )
+
+// DefaultPassthroughOnLo is passthroughOnLo when the plugin config does not
+// set it: PassthroughAddress with preset istio or kuma, whose control planes
+// (istiod, Kuma's) configure Envoy to bind ::6 without IPV6_FREEBIND, so an
+// entry written before the key existed keeps the address it always gave;
+// PassthroughRoute otherwise (detour's control plane sets freebind). detour
+// cni install writes the same value into the entry when
+// --passthrough-on-lo is not given.
+func DefaultPassthroughOnLo(preset string) string {
+	switch preset {
+	case "istio", "kuma":
+		return PassthroughAddress
+	}
+	return PassthroughRoute
+}
 
 // Defaults of the plugin configuration keys.
 const (
@@ -85,8 +101,8 @@ type Conf struct {
 	// Tests point it at a cgroup of their own.
 	EBPFCgroupRoot string
 	// PassthroughOnLo (passthroughOnLo) says how the IPv6 inbound passthrough
-	// source (::6) is made local in a pod: PassthroughRoute (the default) or
-	// PassthroughAddress. See the constants.
+	// source (::6) is made local in a pod: PassthroughRoute or
+	// PassthroughAddress; unset, DefaultPassthroughOnLo of Preset.
 	PassthroughOnLo string
 
 	// RuntimeConfig holds what the runtime passes (runtimeConfig) for the
@@ -214,7 +230,7 @@ func parseConf(stdin []byte) (c *Conf, unknown *types.Error, err error) {
 	}
 	switch c.PassthroughOnLo {
 	case "":
-		c.PassthroughOnLo = PassthroughRoute
+		c.PassthroughOnLo = DefaultPassthroughOnLo(c.Preset)
 	case PassthroughRoute, PassthroughAddress:
 	default:
 		return nil, unknown, newError(types.ErrInvalidNetworkConfig, fmt.Errorf("plugin config key passthroughOnLo: %q is not %s or %s", c.PassthroughOnLo, PassthroughRoute, PassthroughAddress))

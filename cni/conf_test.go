@@ -225,6 +225,9 @@ func FuzzParseConf(f *testing.F) {
 		}
 		if old.PassthroughOnLo == "" {
 			old.PassthroughOnLo = PassthroughRoute
+			if old.Preset == "istio" || old.Preset == "kuma" {
+				old.PassthroughOnLo = PassthroughAddress
+			}
 		}
 		want := Conf{
 			CNIVersion: old.CNIVersion, Name: old.Name, Type: old.Type, Kubeconfig: old.Kubeconfig, LogFile: old.LogFile, LogLevel: old.LogLevel,

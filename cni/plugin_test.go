@@ -625,6 +625,11 @@ func TestPassthroughOnLo(t *testing.T) {
 		{name: "default", wantRoute: true},
 		{name: "route", extra: map[string]any{"passthroughOnLo": "route"}, wantRoute: true},
 		{name: "address", extra: map[string]any{"passthroughOnLo": "address"}},
+		// An entry of istiod's or Kuma's users written before the key
+		// existed keeps the address: their Envoy binds ::6 without freebind.
+		{name: "preset istio without the key", extra: map[string]any{"preset": "istio"}},
+		{name: "preset kuma without the key", extra: map[string]any{"preset": "kuma"}},
+		{name: "preset istio, route", extra: map[string]any{"preset": "istio", "passthroughOnLo": "route"}, wantRoute: true},
 		{name: "state of an older detour-cni", oldState: true},
 	}
 	for _, tt := range tests {

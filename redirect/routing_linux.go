@@ -30,7 +30,7 @@ type netItem struct {
 	want   bool   // the plan asks for it
 	exists bool   // it is there (ours, or for routes and addresses an equal one of someone else)
 	ours   bool   // it is there carrying our tag (so we may remove it)
-	route  bool   // a route on lo: adding it needs lo up
+	loUp   bool   // a route on lo, added in a pod sandbox (Facts.LoByRuntime): set lo up first
 	add    func(c *routeConn) error
 	del    func(c *routeConn) error
 }
@@ -241,7 +241,7 @@ func observeNet(p Plan) (netState, error) {
 
 		routeThere := slices.ContainsFunc(routes, isRouteKey)
 		routeOurs := slices.ContainsFunc(routes, func(r ipRoute) bool { return isRouteKey(r) && r.protocol == netProtocol })
-		s.items = append(s.items, &netItem{family: f, line: lines[1], want: wantRouting, exists: routeThere, ours: routeOurs, route: true,
+		s.items = append(s.items, &netItem{family: f, line: lines[1], want: wantRouting, exists: routeThere, ours: routeOurs, loUp: p.Facts.LoByRuntime,
 			add: func(c *routeConn) error { return c.addRoute(rt) }, del: func(c *routeConn) error { return c.delRoute(rt) }})
 		for _, r := range routes {
 			if r.protocol == netProtocol && !isRouteKey(r) {
@@ -263,14 +263,26 @@ func observeNet(p Plan) (netState, error) {
 		if a := fc.loRoute(); planned && a.IsValid() {
 			wantedLocal = a
 			pr := passthroughRoute(wantedLocal, lo)
-			it := &netItem{family: f, line: passthroughRouteLine(wantedLocal), want: true, route: true,
+			it := &netItem{family: f, line: passthroughRouteLine(wantedLocal), want: true, loUp: p.Facts.LoByRuntime,
 				add: func(c *routeConn) error { return c.addRoute(pr) }, del: func(c *routeConn) error { return c.delRoute(pr) }}
 			it.exists = slices.ContainsFunc(locals, func(r ipRoute) bool { return r.protocol == netProtocol && r.dst == wantedLocal })
 			it.ours = it.exists
 			s.items = append(s.items, it)
 		}
+		// A plan that wants the address (the CLI's: detour check --netns of a
+		// pod detour-cni added with the route) takes our route to the same
+		// source as its installed form, unless the address is there too.
+		var wantedAddr netip.Prefix
+		if a := fc.loAddress(); planned && a.IsValid() {
+			wantedAddr = a
+		}
+		var routeForm *ipRoute
 		for _, r := range locals {
 			if r.protocol == netProtocol && r.dst != wantedLocal {
+				if wantedAddr.IsValid() && r.dst == wantedAddr && routeForm == nil {
+					routeForm = &r
+					continue
+				}
 				stray := r
 				line := "# routing: ip route add local <nil> dev lo table local"
 				if r.dst.IsValid() {
@@ -286,8 +298,8 @@ func observeNet(p Plan) (netState, error) {
 			return s, fmt.Errorf("list %s addresses of lo: %w", f, err)
 		}
 		var wanted []netip.Prefix
-		if a := fc.loAddress(); planned && a.IsValid() {
-			wanted = []netip.Prefix{a}
+		if wantedAddr.IsValid() {
+			wanted = []netip.Prefix{wantedAddr}
 		}
 		for _, w := range wanted {
 			it := &netItem{family: f, line: addressLine(w), want: true}
@@ -298,6 +310,17 @@ func observeNet(p Plan) (netState, error) {
 			}
 			it.add = func(c *routeConn) error { return addLoAddr(c, w, lo) }
 			it.del = func(c *routeConn) error { return delLoAddr(c, w, lo) }
+			if routeForm != nil {
+				form := *routeForm
+				if it.exists {
+					// Both forms: the address stays, the route is extra.
+					s.items = append(s.items, &netItem{family: f, line: passthroughRouteLine(form.dst), exists: true, ours: true,
+						del: func(c *routeConn) error { return c.delRoute(form) }})
+				} else {
+					it.exists, it.ours = true, true
+					it.del = func(c *routeConn) error { return c.delRoute(form) }
+				}
+			}
 			s.items = append(s.items, it)
 		}
 		for _, a := range addrs {
@@ -399,11 +422,13 @@ func (s netState) add() (undo func() error, err error) {
 				return undo, err
 			}
 		}
-		if it.route && !up {
+		if it.loUp && !up {
 			// The kernel refuses an IPv6 route on a device that is down, and
 			// in a pod sandbox detour-cni may come before the runtime's
 			// loopback network, which sets lo up: do what it does. lo is not
-			// ours, so nothing sets it down again.
+			// ours, so nothing sets it down again. Outside a pod sandbox
+			// (detour install on a VM or a named namespace) lo is left as it
+			// is: whoever made the namespace owns it.
 			if err := c.setLinkUp(s.lo); err != nil {
 				return undo, errors.Join(fmt.Errorf("set lo up: %w", err), undo())
 			}

@@ -103,7 +103,7 @@ notification or --poll-interval. On SIGTERM it exits leaving everything in place
 	f.StringVar(&o.pluginKubeconfig, "plugin-kubeconfig", "", "the kubeconfig path written into the plugin entry, as the node sees it (default: --kubeconfig-file)")
 	f.StringVar(&o.logFile, "log-file", "/var/log/detour-cni.log", "the plugin's log file on the node (empty: stderr)")
 	f.StringVar(&o.logLevel, "log-level", "", "the plugin's log level: debug, info, warn, error (empty: info)")
-	f.StringVar(&o.passthroughOnLo, "passthrough-on-lo", "", "how the plugin makes the IPv6 passthrough source ::6 local in a pod: route (the plugin's default: no address on lo, the proxy binds ::6 with freebind) or address (for istiod's Envoy; needs containerd's setup_serially), docs/cni.md")
+	f.StringVar(&o.passthroughOnLo, "passthrough-on-lo", "", "how the plugin makes the IPv6 passthrough source ::6 local in a pod: route (no address on lo, the proxy binds ::6 with freebind, as detour's control plane asks) or address (for istiod's or Kuma's Envoy; needs containerd's setup_serially); default: address with --preset istio or kuma, else route; docs/cni.md")
 	f.StringSliceVar(&o.excludeNamespaces, "exclude-namespaces", []string{"kube-system"}, "namespaces whose pods the plugin never redirects (an empty value is refused: there is no value for none, see docs/kubernetes.md)")
 	f.StringVar(&o.preset, "preset", "", "the preset every pod's config starts from: "+strings.Join(redirect.Presets, ", ")+" (default: none, detour's defaults)")
 	f.StringVar(&o.configFile, "config", "", "a YAML or JSON config document applied on top of --preset for every pod, before its annotations")

@@ -146,3 +146,73 @@ func TestStatusNamesForeignChains(t *testing.T) {
 		t.Errorf("status -o json: exit %d, %v, conflicts %q; want one naming DETOUR_MINE", code, err, st.Conflicts)
 	}
 }
+
+// TestInstallTProxyLeavesLoDown: `detour install --mode tproxy` into a
+// namespace whose lo is down leaves lo as it found it (lo belongs to whoever
+// made the namespace; only detour-cni, in a pod sandbox, sets it up). IPv4
+// installs, as before detour-cni learned to set lo up; IPv6 cannot (the kernel
+// refuses a route on a device that is down): install fails naming the route
+// and leaves the namespace as it was.
+func TestInstallTProxyLeavesLoDown(t *testing.T) {
+	privtest.Require(t, "nft")
+	ns := privtest.NetNS(t)
+	ns.Run(t, "ip", "link", "set", "lo", "down")
+	loDown := func(when string) {
+		t.Helper()
+		if got := ns.Run(t, "ip", "link", "show", "lo"); strings.Contains(got, "<LOOPBACK,UP") {
+			t.Errorf("lo after %s: up, want it down as it was:\n%s", when, got)
+		}
+	}
+	v4 := []string{"--netns", ns.Path, "--backend", "nftables", "--mode", "tproxy", "--ip-families", "ipv4"}
+	if code, _, stderr := runCLI(t, append([]string{"install"}, v4...)...); code != 0 {
+		t.Fatalf("install ipv4: exit %d: %s", code, stderr)
+	}
+	loDown("an IPv4 install")
+	if code, out, stderr := runCLI(t, "uninstall", "--netns", ns.Path); code != 0 {
+		t.Fatalf("uninstall: exit %d, stdout %q, stderr %q", code, out, stderr)
+	}
+	before := ns.Run(t, "ip", "-6", "rule")
+	dual := []string{"install", "--netns", ns.Path, "--backend", "nftables", "--mode", "tproxy", "--ip-families", "dual"}
+	code, out, stderr := runCLI(t, dual...)
+	if code == 0 || !strings.Contains(stderr, "local ::/0 dev lo table 2000") {
+		t.Errorf("install dual with lo down: exit %d, stdout %q, stderr %q; want a failure naming the IPv6 route", code, out, stderr)
+	}
+	loDown("a failed dual install")
+	if got := ns.Run(t, "ip", "-6", "rule"); got != before {
+		t.Errorf("ip -6 rule after the failed install:\n%s\nwant\n%s", got, before)
+	}
+	if code, out, _ := runCLI(t, "status", "--netns", ns.Path); code != 0 || out != "detour is not installed\n" {
+		t.Errorf("status after the failed install: exit %d, stdout %q; want 0 and nothing installed", code, out)
+	}
+}
+
+// TestCheckOfAPodWithThePassthroughRoute: detour-cni makes ::6 local in a
+// pod with a route on lo (table local, detour's protocol) instead of the
+// address the CLI plans. `detour check --netns` and `status --netns` of such a
+// pod: check finds no drift (it reported the address missing and the route
+// extra), status lists the route, and uninstall removes it.
+func TestCheckOfAPodWithThePassthroughRoute(t *testing.T) {
+	privtest.Require(t, "nft")
+	ns := privtest.NetNS(t)
+	flags := []string{"--netns", ns.Path, "--backend", "nftables", "--ip-families", "dual"}
+	if code, _, stderr := runCLI(t, append([]string{"install"}, flags...)...); code != 0 {
+		t.Fatalf("install: exit %d: %s", code, stderr)
+	}
+	t.Cleanup(func() { runCLI(t, "uninstall", "--netns", ns.Path) })
+	// What a route-mode ADD leaves: the route, no address.
+	ns.Run(t, "ip", "-6", "route", "add", "local", "::6/128", "dev", "lo", "table", "local", "proto", "215")
+	ns.Run(t, "ip", "-6", "addr", "del", "::6/128", "dev", "lo")
+	if code, out, stderr := runCLI(t, append([]string{"check"}, flags...)...); code != 0 {
+		t.Errorf("check: exit %d, stdout %q, stderr %q; want 0 (in sync)", code, out, stderr)
+	}
+	// status lists what is there: the route, not an address.
+	if code, out, stderr := runCLI(t, "status", "--netns", ns.Path); code != 0 || !strings.Contains(out, "# routing: ip -6 route add local ::6/128 dev lo table local proto 215\n") || strings.Contains(out, "# address:") {
+		t.Errorf("status: exit %d, stdout %q, stderr %q; want exit 0 and the route to ::6", code, out, stderr)
+	}
+	if code, out, stderr := runCLI(t, "uninstall", "--netns", ns.Path); code != 0 {
+		t.Fatalf("uninstall: exit %d, stdout %q, stderr %q", code, out, stderr)
+	}
+	if got := ns.Run(t, "ip", "-6", "route", "show", "table", "local", "proto", "215"); strings.TrimSpace(got) != "" {
+		t.Errorf("uninstall left the route: %q", got)
+	}
+}

@@ -90,9 +90,11 @@ type Options struct {
 	// ExcludeNamespaces are written into the entry: the plugin never redirects
 	// their pods.
 	ExcludeNamespaces []string
-	// PassthroughOnLo is written into the entry (passthroughOnLo): "route"
-	// (the plugin's default when empty) or "address", for a proxy that binds
-	// the IPv6 passthrough source ::6 without IPV6_FREEBIND (docs/cni.md).
+	// PassthroughOnLo is written into the entry (passthroughOnLo): "route" or
+	// "address", for a proxy that binds the IPv6 passthrough source ::6
+	// without IPV6_FREEBIND (docs/cni.md). Empty: "address" with Preset istio
+	// or kuma (istiod and Kuma's control plane set no freebind), else nothing
+	// (the plugin's route).
 	PassthroughOnLo string
 	// Preset and ConfigFile give the redirect.Config every pod starts from (a
 	// preset name, then a YAML or JSON document file on top), before the pod's
@@ -504,6 +506,19 @@ func (o Options) baseBackend() redirect.Backend {
 	return cfg.Backend
 }
 
+// passthroughOnLo is the entry's passthroughOnLo: PassthroughOnLo, or, when
+// it is not given, "address" with preset istio or kuma — their control planes
+// (istiod, Kuma's) have Envoy bind ::6 without IPV6_FREEBIND, and an upgrade
+// must not take the address away from their pods (the plugin reads an entry
+// without the key the same way: cni.DefaultPassthroughOnLo) — and empty
+// (the plugin's route) otherwise: detour's control plane sets freebind.
+func (o Options) passthroughOnLo() string {
+	if o.PassthroughOnLo == "" && (o.Preset == "istio" || o.Preset == "kuma") {
+		return "address"
+	}
+	return o.PassthroughOnLo
+}
+
 // Entry returns the plugin entry the installer writes. It fails as Validate
 // does when the config file cannot be read or is invalid.
 func (in *Installer) Entry() (Entry, error) {
@@ -518,7 +533,7 @@ func (in *Installer) Entry() (Entry, error) {
 		ExcludeNamespaces: in.o.ExcludeNamespaces,
 		Preset:            in.o.Preset,
 		Config:            doc,
-		PassthroughOnLo:   in.o.PassthroughOnLo,
+		PassthroughOnLo:   in.o.passthroughOnLo(),
 		Capabilities:      map[string]bool{CapabilityPodAnnotations: true},
 	}, nil
 }

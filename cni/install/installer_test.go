@@ -789,6 +789,64 @@ func TestEntryParsesAsThePluginReadsIt(t *testing.T) {
 	}
 }
 
+// TestPassthroughOnLoOfAPreset: what the plugin does with ::6 in a pod after
+// detour cni install. With --preset istio or kuma and no --passthrough-on-lo
+// the entry says address (istiod's and Kuma's Envoy bind ::6 without
+// freebind: an upgrade keeps their pods' address); without a preset, or with
+// --mesh-config (detour's control plane, which sets freebind), the plugin
+// makes the route; the flag wins over the preset.
+func TestPassthroughOnLoOfAPreset(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		name, preset, flag string
+		mesh               bool
+		wantKey, want      string // the entry's key ("" = absent), what the plugin reads
+	}{
+		{name: "no preset", want: "route"},
+		{name: "istio", preset: "istio", wantKey: "address", want: "address"},
+		{name: "kuma", preset: "kuma", wantKey: "address", want: "address"},
+		{name: "istio with route", preset: "istio", flag: "route", wantKey: "route", want: "route"},
+		{name: "no preset with address", flag: "address", wantKey: "address", want: "address"},
+		{name: "mesh config", mesh: true, want: "route"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			n := newNode(t)
+			primary := n.primary(t, "10-flannel.conflist")
+			o := n.options()
+			o.Preset, o.PassthroughOnLo = tt.preset, tt.flag
+			if tt.mesh {
+				o.MeshConfigFile = filepath.Join(n.root, "mesh.yaml")
+				writeFile(t, o.MeshConfigFile, "preset: istio\n")
+			}
+			if _, err := New(o).Install(context.Background()); err != nil {
+				t.Fatal(err)
+			}
+			list, err := libcni.ConfListFromFile(primary)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var stdin map[string]any
+			if err := json.Unmarshal(list.Plugins[len(list.Plugins)-1].Bytes, &stdin); err != nil {
+				t.Fatal(err)
+			}
+			if got, _ := stdin["passthroughOnLo"].(string); got != tt.wantKey {
+				t.Errorf("entry passthroughOnLo = %q, want %q", got, tt.wantKey)
+			}
+			stdin["name"], stdin["cniVersion"] = list.Name, list.CNIVersion
+			b, _ := json.Marshal(stdin)
+			conf, err := cni.ParseConf(b)
+			if err != nil {
+				t.Fatalf("the plugin refuses the entry: %v\n%s", err, b)
+			}
+			if conf.PassthroughOnLo != tt.want {
+				t.Errorf("the plugin reads passthroughOnLo %q, want %q\n%s", conf.PassthroughOnLo, tt.want, b)
+			}
+		})
+	}
+}
+
 // TestReady follows a node from empty to installed and back: Ready says "not
 // ready" (naming what is missing) until a pod created now would go through the
 // plugin, and again once the primary CNI rewrites its file without the entry.

@@ -816,10 +816,33 @@ func TestPassthroughRoute(t *testing.T) {
 			t.Errorf("table local lacks our route to ::6: %q", got)
 		}
 		assertNoDrift(t, e, p)
-		// The address plan (the CLI's) on a route install: drift both ways.
-		if d, err := e.Check(context.Background(), old); err != nil || d.Empty() {
-			t.Errorf("Check of the address plan on the route install = %+v, %v; want drift", d, err)
+		// The address plan (the CLI's: detour check --netns of a CNI pod) on
+		// a route install: the route is the installed form of ::6, no drift;
+		// an install of that plan keeps the route and adds no address.
+		assertNoDrift(t, e, old)
+		if res := mustInstall(t, e, old); res.Changed {
+			t.Errorf("install of the address plan on the route install changed something: %+v", res)
 		}
+		if got := loAddrs(ns); got != before {
+			t.Errorf("lo after the address plan's install:\n%s\nwant no ::6:\n%s", got, before)
+		}
+		if got := localRoutes(ns); !strings.Contains(got, "local ::6 dev lo") {
+			t.Errorf("the address plan's install removed our route to ::6: %q", got)
+		}
+		// Both forms there (the address someone else's): the address plan
+		// keeps the address, our route goes.
+		ns.Run(t, "ip", "-6", "addr", "add", "::6/128", "dev", "lo", "nodad")
+		if d, err := e.Check(context.Background(), old); err != nil || d.Empty() {
+			t.Errorf("Check of the address plan with the address and the route = %+v, %v; want the route as drift", d, err)
+		}
+		mustInstall(t, e, old)
+		assertNoDrift(t, e, old)
+		if got := localRoutes(ns); strings.TrimSpace(got) != "" {
+			t.Errorf("table local after the address plan's install over both forms: %q", got)
+		}
+		ns.Run(t, "ip", "-6", "addr", "del", "::6/128", "dev", "lo")
+		mustInstall(t, e, p)
+		assertNoDrift(t, e, p)
 		mustUninstall(t, e)
 		if got := localRoutes(ns); strings.TrimSpace(got) != "" {
 			t.Errorf("table local after uninstall: %q", got)

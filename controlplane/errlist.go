@@ -3,8 +3,8 @@ package controlplane
 import (
 	"errors"
 	"fmt"
-	"strings"
 
+	"github.com/detour-mesh/detour/internal/excerpt"
 	"github.com/detour-mesh/detour/redirect"
 )
 
@@ -76,9 +76,4 @@ func shorten(err error) error {
 	return &c
 }
 
-func cut(s string) string {
-	if len(s) <= maxValueText {
-		return s
-	}
-	return fmt.Sprintf("%s… (%d bytes)", strings.ToValidUTF8(s[:maxValueText], ""), len(s))
-}
+func cut(s string) string { return excerpt.Of(s, maxValueText) }

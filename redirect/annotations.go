@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"sort"
 	"strings"
+
+	"github.com/detour-mesh/detour/internal/excerpt"
 )
 
 // Kubernetes annotations (and namespace labels) that select and configure the
@@ -110,12 +112,7 @@ const maxQuotedValue = 200
 
 // BoundedValue is s to quote in an error: s itself, or when longer than 200
 // bytes its first 200 bytes and its size ("yyyy… (200000 bytes)").
-func BoundedValue(s string) string {
-	if len(s) <= maxQuotedValue {
-		return s
-	}
-	return fmt.Sprintf("%s… (%d bytes)", strings.ToValidUTF8(s[:maxQuotedValue], ""), len(s))
-}
+func BoundedValue(s string) string { return excerpt.Of(s, maxQuotedValue) }
 
 // boundedError bounds the value a *FieldError quotes (Config.Set quotes
 // the whole list when the list itself is malformed).

@@ -105,17 +105,7 @@ func TestValidateTellsNoAnswerFromBypass(t *testing.T) {
 // naming the cause. It now says lo is down and how to bring it up.
 func TestValidateNamesLoopbackDown(t *testing.T) {
 	privtest.Require(t, "nft")
-	ns := privtest.NetNS(t)
-	ns.Run(t, "ip", "link", "add", "dt0", "type", "veth", "peer", "name", "dt1")
-	ns.Run(t, "ip", "link", "set", "dt0", "up")
-	ns.Run(t, "ip", "link", "set", "dt1", "up")
-	ns.Run(t, "ip", "addr", "add", "203.0.113.2/24", "dev", "dt0")
-	ns.Run(t, "ip", "route", "add", "default", "via", "203.0.113.1")
-	flags := []string{"--netns", ns.Path, "--ip-families", "ipv4", "--backend", "nftables"}
-	if code, _, stderr := runCLI(t, append([]string{"install"}, flags...)...); code != 0 {
-		t.Fatalf("install: exit %d: %s", code, stderr)
-	}
-	t.Cleanup(func() { runCLI(t, "uninstall", "--netns", ns.Path) })
+	ns, flags := installedNS(t)
 	ns.Run(t, "ip", "link", "set", "lo", "down")
 	code, out, stderr := runCLI(t, append([]string{"validate", "--timeout", "300ms"}, flags...)...)
 	if code != exitNoAnswer || !strings.Contains(out, "TIMEOUT ipv4") ||
@@ -129,14 +119,11 @@ func TestValidateNamesLoopbackDown(t *testing.T) {
 	}
 }
 
-// TestValidateRefusesACapturedProxy: while a proxy owns the outbound port,
-// validate finds the probe held by the proxy's socket and said "ok" whoever
-// owned that socket. A proxy that runs as another uid than proxy.uid (Envoy
-// started as the wrong user) has its own upstream connections captured too:
-// they come back to it, in a loop, and no connection of the app gets through —
-// while validate said ok. It now fails (exit 5), naming both uids.
-func TestValidateRefusesACapturedProxy(t *testing.T) {
-	privtest.Require(t, "nft")
+// installedNS is a new namespace with a default route (via 203.0.113.1, on a
+// veth) and detour installed (IPv4, nftables), uninstalled when t ends; flags
+// name it for the CLI.
+func installedNS(t *testing.T) (privtest.NS, []string) {
+	t.Helper()
 	ns := privtest.NetNS(t)
 	ns.Run(t, "ip", "link", "add", "dt0", "type", "veth", "peer", "name", "dt1")
 	ns.Run(t, "ip", "link", "set", "dt0", "up")
@@ -148,6 +135,18 @@ func TestValidateRefusesACapturedProxy(t *testing.T) {
 		t.Fatalf("install: exit %d: %s", code, stderr)
 	}
 	t.Cleanup(func() { runCLI(t, "uninstall", "--netns", ns.Path) })
+	return ns, flags
+}
+
+// TestValidateRefusesACapturedProxy: while a proxy owns the outbound port,
+// validate finds the probe held by the proxy's socket and said "ok" whoever
+// owned that socket. A proxy that runs as another uid than proxy.uid (Envoy
+// started as the wrong user) has its own upstream connections captured too:
+// they come back to it, in a loop, and no connection of the app gets through —
+// while validate said ok. It now fails (exit 5), naming both uids.
+func TestValidateRefusesACapturedProxy(t *testing.T) {
+	privtest.Require(t, "nft")
+	ns, flags := installedNS(t)
 	// proxyAs listens on the outbound port as uid (the listener's owner,
 	// which its accepted connections inherit) and holds what it accepts.
 	proxyAs := func(uid uint32) func() {

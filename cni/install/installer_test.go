@@ -1099,6 +1099,9 @@ func TestRunLogsAFailureOnce(t *testing.T) {
 			} else {
 				writeFile(t, primary, tc.conflist)
 			}
+			// Logged at least once (however loaded the machine), then a
+			// second in which a loop would log it again and again.
+			eventually(t, tc.line+" logged", func() bool { return strings.Contains(string(readFile(t, logPath)), tc.line) })
 			time.Sleep(time.Second)
 			if err := stop(); err != nil {
 				t.Fatalf("Run returned %v", err)

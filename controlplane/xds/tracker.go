@@ -4,10 +4,8 @@ import (
 	"cmp"
 	"context"
 	"crypto/x509"
-	"fmt"
 	"log/slog"
 	"slices"
-	"strings"
 	"sync"
 	"time"
 
@@ -18,6 +16,8 @@ import (
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
+
+	"github.com/detour-mesh/detour/internal/excerpt"
 )
 
 // tracker follows every ADS stream and every node: what was served, sent,
@@ -263,12 +263,7 @@ func (t *tracker) close(protocol string, id int64) {
 const MaxNACKDetail = 1024
 
 // nackDetail is a NACK's message cut to MaxNACKDetail bytes, with its size.
-func nackDetail(s string) string {
-	if len(s) <= MaxNACKDetail {
-		return s
-	}
-	return fmt.Sprintf("%s… (%d bytes)", strings.ToValidUTF8(s[:MaxNACKDetail], ""), len(s))
-}
+func nackDetail(s string) string { return excerpt.Of(s, MaxNACKDetail) }
 
 // request handles a SotW or delta request: identity, ACK and NACK.
 // version is the version the request reports (SotW version_info); for delta it

@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"strconv"
+	"strings"
 	"testing"
 
 	"github.com/detour-mesh/detour/internal/privtest"
@@ -15,7 +17,8 @@ import (
 // "dt-demo", so a second demo started on the same machine (two users, or a
 // second terminal) deleted the lab of the one still running, whose connections
 // then failed half way. Only the namespaces of a demo whose process is gone
-// are leftovers.
+// are leftovers, and those named before the pid was in the name
+// ("dt-demo-<hex>-app": no demo of this version runs them).
 func TestLeftoversOfALiveDemoStay(t *testing.T) {
 	privtest.Require(t)
 	ctx := context.Background()
@@ -24,13 +27,21 @@ func TestLeftoversOfALiveDemoStay(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { live.Process.Kill(); live.Wait() })
-	dead := exec.Command("true")
-	if err := dead.Run(); err != nil {
+	// A pid above pid_max: no process has it (the pid of a process that
+	// exited may be given to another one before the check).
+	pidMax, err := os.ReadFile("/proc/sys/kernel/pid_max")
+	if err != nil {
 		t.Fatal(err)
 	}
+	deadPid, err := strconv.Atoi(strings.TrimSpace(string(pidMax)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	deadPid++
 	liveNS := fmt.Sprintf("%s-%d-0000test-app", prefix, live.Process.Pid)
-	deadNS := fmt.Sprintf("%s-%d-0000test-app", prefix, dead.Process.Pid)
-	for _, n := range []string{liveNS, deadNS} {
+	deadNS := fmt.Sprintf("%s-%d-0000test-app", prefix, deadPid)
+	oldNS := fmt.Sprintf("%s-0a0b0c0d-app", prefix) // the format before the pid
+	for _, n := range []string{liveNS, deadNS, oldNS} {
 		if out, err := exec.Command("ip", "netns", "add", n).CombinedOutput(); err != nil {
 			t.Fatalf("ip netns add %s: %v: %s", n, err, out)
 		}
@@ -45,5 +56,8 @@ func TestLeftoversOfALiveDemoStay(t *testing.T) {
 	}
 	if _, err := os.Stat("/run/netns/" + deadNS); err == nil {
 		t.Errorf("the namespace %s of a demo that is gone was not removed (removed: %v)", deadNS, gone)
+	}
+	if _, err := os.Stat("/run/netns/" + oldNS); err == nil {
+		t.Errorf("the namespace %s of a demo run before the pid was in the name was not removed (removed: %v)", oldNS, gone)
 	}
 }

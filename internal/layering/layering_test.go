@@ -59,6 +59,7 @@ var rules = []rule{
 	{pkg: "internal/tcplisten", forbidden: []string{module}, why: "must not import other detour packages"},
 	{pkg: "internal/ebpfpins", forbidden: []string{module, "github.com/cilium/ebpf"}, why: "the lean binaries link it: must not import other detour packages or cilium/ebpf"},
 	{pkg: "internal/xtables", forbidden: []string{module}, why: "must not import other detour packages"},
+	{pkg: "internal/excerpt", forbidden: []string{module}, why: "must not import other detour packages"},
 	{pkg: "internal/netns", forbidden: []string{module}, allow: []string{module + "/internal"}, why: "must not import anything of detour outside internal/"},
 	{pkg: "internal/lab", forbidden: []string{module + "/redirect"}, why: "must not import the redirect engine: it is the independent witness"},
 	{pkg: "internal/meshconfig", forbidden: append([]string{module + "/cmd", "github.com/cilium/ebpf"}, heavy...), why: "the lean binaries link it: must not import client-go, go-control-plane or cilium/ebpf"},

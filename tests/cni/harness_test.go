@@ -335,11 +335,23 @@ func (h *harness) newPod(t testing.TB, namespace string, annotations map[string]
 func (n *network) add(t testing.TB, p *pod) (types.Result, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	lo := &libcni.RuntimeConf{ContainerID: p.rt.ContainerID, NetNS: p.netns, IfName: "lo"}
+	lo := loConf(p)
 	if _, err := n.cni.AddNetworkList(ctx, n.lo, lo); err != nil {
 		return nil, fmt.Errorf("loopback ADD: %w", err)
 	}
 	// t.Cleanup is safe from any goroutine; t.Fatal is not, so add returns errors.
+	n.deleteAtEnd(t, p, lo)
+	return n.cni.AddNetworkList(ctx, n.list, p.rt)
+}
+
+// loConf is the runtime configuration of the pod's loopback network.
+func loConf(p *pod) *libcni.RuntimeConf {
+	return &libcni.RuntimeConf{ContainerID: p.rt.ContainerID, NetNS: p.netns, IfName: "lo"}
+}
+
+// deleteAtEnd runs DEL of the pod network (which must succeed) and of the
+// loopback network lo when t ends. Safe from any goroutine.
+func (n *network) deleteAtEnd(t testing.TB, p *pod, lo *libcni.RuntimeConf) {
 	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 		defer cancel()
@@ -348,7 +360,6 @@ func (n *network) add(t testing.TB, p *pod) (types.Result, error) {
 		}
 		_ = n.cni.DelNetworkList(ctx, n.lo, lo)
 	})
-	return n.cni.AddNetworkList(ctx, n.list, p.rt)
 }
 
 func (n *network) mustAdd(t testing.TB, p *pod) *current.Result {

@@ -9,7 +9,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/containernetworking/cni/libcni"
 	current "github.com/containernetworking/cni/pkg/types/100"
 
 	"github.com/detour-mesh/detour/internal/lab"
@@ -179,15 +178,8 @@ func addInOrder(t *testing.T, n *network, p *pod, podFirst bool) *current.Result
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	lo := &libcni.RuntimeConf{ContainerID: p.rt.ContainerID, NetNS: p.netns, IfName: "lo"}
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-		defer cancel()
-		if err := n.cni.DelNetworkList(ctx, n.list, p.rt); err != nil {
-			t.Errorf("cleanup DEL of %s: %v", p.rt.ContainerID, err)
-		}
-		_ = n.cni.DelNetworkList(ctx, n.lo, lo)
-	})
+	lo := loConf(p)
+	n.deleteAtEnd(t, p, lo)
 	addLo := func() {
 		if _, err := n.cni.AddNetworkList(ctx, n.lo, lo); err != nil {
 			t.Fatalf("loopback network ADD: %v", err)

@@ -736,21 +736,7 @@ func TestEntryParsesAsThePluginReadsIt(t *testing.T) {
 	if _, err := New(o).Install(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	list, err := libcni.ConfListFromFile(primary)
-	if err != nil {
-		t.Fatal(err)
-	}
-	// libcni injects the network's name and cniVersion into each plugin's stdin.
-	var stdin map[string]any
-	if err := json.Unmarshal(list.Plugins[len(list.Plugins)-1].Bytes, &stdin); err != nil {
-		t.Fatal(err)
-	}
-	stdin["name"], stdin["cniVersion"] = list.Name, list.CNIVersion
-	b, _ := json.Marshal(stdin)
-	conf, err := cni.ParseConf(b)
-	if err != nil {
-		t.Fatalf("the plugin refuses the installer's entry: %v\n%s", err, b)
-	}
+	conf, _, b := entryAsThePluginReadsIt(t, primary)
 	if conf.Type != PluginType || conf.Kubeconfig != filepath.Join(n.conf, DefaultKubeconfigName) || conf.LogFile != o.LogFile ||
 		conf.LogLevel != "debug" || strings.Join(conf.ExcludeNamespaces, ",") != "kube-system" || conf.PassthroughOnLo != "address" {
 		t.Errorf("plugin reads %+v", conf)
@@ -780,13 +766,35 @@ func TestEntryParsesAsThePluginReadsIt(t *testing.T) {
 	if changes, err := New(o).Install(context.Background()); err != nil || len(changes) != 1 {
 		t.Fatalf("Install after a config change = %q, %v", changes, err)
 	}
-	list, err = libcni.ConfListFromFile(primary)
+	list, err := libcni.ConfListFromFile(primary)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if got := string(list.Plugins[len(list.Plugins)-1].Bytes); !strings.Contains(got, `"config":{"outbound":{"excludePorts":[5432]}}`) {
 		t.Errorf("entry not updated: %s", got)
 	}
+}
+
+// entryAsThePluginReadsIt is detour-cni's entry in conflist (its last plugin)
+// as the plugin gets it on stdin from libcni, which adds the network's name and
+// cniVersion: decoded by the plugin's own parser, as a map, and as bytes.
+func entryAsThePluginReadsIt(t *testing.T, conflist string) (*cni.Conf, map[string]any, []byte) {
+	t.Helper()
+	list, err := libcni.ConfListFromFile(conflist)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var stdin map[string]any
+	if err := json.Unmarshal(list.Plugins[len(list.Plugins)-1].Bytes, &stdin); err != nil {
+		t.Fatal(err)
+	}
+	stdin["name"], stdin["cniVersion"] = list.Name, list.CNIVersion
+	b, _ := json.Marshal(stdin)
+	conf, err := cni.ParseConf(b)
+	if err != nil {
+		t.Fatalf("the plugin refuses the installer's entry: %v\n%s", err, b)
+	}
+	return conf, stdin, b
 }
 
 // TestPassthroughOnLoOfAPreset: what the plugin does with ::6 in a pod after
@@ -823,22 +831,9 @@ func TestPassthroughOnLoOfAPreset(t *testing.T) {
 			if _, err := New(o).Install(context.Background()); err != nil {
 				t.Fatal(err)
 			}
-			list, err := libcni.ConfListFromFile(primary)
-			if err != nil {
-				t.Fatal(err)
-			}
-			var stdin map[string]any
-			if err := json.Unmarshal(list.Plugins[len(list.Plugins)-1].Bytes, &stdin); err != nil {
-				t.Fatal(err)
-			}
+			conf, stdin, b := entryAsThePluginReadsIt(t, primary)
 			if got, _ := stdin["passthroughOnLo"].(string); got != tt.wantKey {
 				t.Errorf("entry passthroughOnLo = %q, want %q", got, tt.wantKey)
-			}
-			stdin["name"], stdin["cniVersion"] = list.Name, list.CNIVersion
-			b, _ := json.Marshal(stdin)
-			conf, err := cni.ParseConf(b)
-			if err != nil {
-				t.Fatalf("the plugin refuses the entry: %v\n%s", err, b)
 			}
 			if conf.PassthroughOnLo != tt.want {
 				t.Errorf("the plugin reads passthroughOnLo %q, want %q\n%s", conf.PassthroughOnLo, tt.want, b)

@@ -2,13 +2,11 @@ package install
 
 import (
 	"context"
-	"encoding/json"
 	"net/netip"
 	"path/filepath"
 	"strings"
 	"testing"
 
-	"github.com/containernetworking/cni/libcni"
 	"github.com/google/go-cmp/cmp"
 
 	"github.com/detour-mesh/detour/cni"
@@ -31,20 +29,7 @@ func TestEntryFromMeshConfig(t *testing.T) {
 	}
 	base := func() *cni.Conf {
 		t.Helper()
-		list, err := libcni.ConfListFromFile(primary)
-		if err != nil {
-			t.Fatal(err)
-		}
-		var stdin map[string]any
-		if err := json.Unmarshal(list.Plugins[len(list.Plugins)-1].Bytes, &stdin); err != nil {
-			t.Fatal(err)
-		}
-		stdin["name"], stdin["cniVersion"] = list.Name, list.CNIVersion
-		b, _ := json.Marshal(stdin)
-		conf, err := cni.ParseConf(b)
-		if err != nil {
-			t.Fatalf("the plugin refuses the installer's entry: %v\n%s", err, b)
-		}
+		conf, _, _ := entryAsThePluginReadsIt(t, primary)
 		return conf
 	}
 	got, err := base().BaseConfig()

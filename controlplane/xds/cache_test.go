@@ -566,3 +566,152 @@ func TestDeltaCacheSharesFullMaps(t *testing.T) {
 		t.Errorf("the other stream was sent %v", deltaNames(r))
 	}
 }
+
+// TestDeltaCacheWalksCommonAndOwnLists follows wildcard delta streams of
+// several nodes, whose snapshots share a common list of services (at least
+// minCommon of them) and have clusters of their own, through a change of
+// both parts: a service changed, one gone and one added for every node, and
+// per node own clusters changed, gone, added, and a service that leaves the
+// common list for a version of the node's own. Each stream is sent exactly
+// the clusters whose content it lacks and the names that are gone, as a
+// lookup by name of the node's clusters before and after finds them.
+func TestDeltaCacheWalksCommonAndOwnLists(t *testing.T) {
+	t.Parallel()
+	const nodes = 6
+	svc := func(i int) string { return fmt.Sprintf("outbound|80|svc-%02d", i) }
+	// One resource per name and content, as the control plane's hasher
+	// shares them: the snapshots' common lists hold the same pointers.
+	made := map[string]*Resource{}
+	res := func(name string, endpoints int) *Resource {
+		key := fmt.Sprintf("%s/%d", name, endpoints)
+		if r := made[key]; r != nil {
+			return r
+		}
+		r := testCluster(t, name, endpoints)
+		made[key] = r
+		return r
+	}
+	// Before: services 0–11; after: 3 changed, 5 gone, 12 added.
+	// Node i's own clusters, before and after.
+	mesh := func(after bool, i int) []*Resource {
+		var out []*Resource
+		for s := range 13 {
+			switch {
+			case !after && s == 12, after && s == 5:
+				continue
+			case after && s == 3:
+				out = append(out, res(svc(s), 2))
+			case after && i == 4 && s == 7:
+				out = append(out, res(svc(s), 3)) // node 4's own version
+			case after && i == 5 && s == 9:
+				// node 5 no longer reaches svc-09
+			default:
+				out = append(out, res(svc(s), 1))
+			}
+		}
+		inbound := 1 // changed for odd nodes
+		if after && i%2 == 1 {
+			inbound = 2
+		}
+		out = append(out, res(fmt.Sprintf("inbound|%d", 8080+i), inbound))
+		// Among the services by name: gone for even nodes, added for odd.
+		if (i%2 == 0) != after {
+			out = append(out, res(fmt.Sprintf("outbound|80|svc-04a-%d", i), 1))
+		}
+		if !after || i%3 != 0 { // gone for nodes 0 and 3
+			out = append(out, res(fmt.Sprintf("zz-local-%d", i), 1))
+		}
+		if after && i%3 == 1 { // added for nodes 1 and 4
+			out = append(out, res(fmt.Sprintf("aa-first-%d", i), 1))
+		}
+		return out
+	}
+	for _, oneBuilder := range []bool{false, true} {
+		var sbBefore, sbAfter SnapshotBuilder
+		sb := &sbAfter
+		if oneBuilder {
+			sb = &sbBefore // the builder of the snapshots before builds those after
+		}
+		build := func(b *SnapshotBuilder, after bool) []*Snapshot {
+			var out []*Snapshot
+			withCommon := 0
+			for i := range nodes {
+				s, err := b.Snapshot(nil, mesh(after, i))
+				if err != nil {
+					t.Fatal(err)
+				}
+				if len(s.clusters.common) >= minCommon && len(s.clusters.own) > 0 {
+					withCommon++
+				}
+				out = append(out, s)
+			}
+			if withCommon < nodes/2 {
+				t.Fatalf("oneBuilder=%v after=%v: %d of %d nodes have a common list and their own clusters, want most",
+					oneBuilder, after, withCommon, nodes)
+			}
+			return out
+		}
+		before, after := build(&sbBefore, false), build(sb, true)
+		c := newTestCache()
+		ctx := context.Background()
+		for i := range nodes {
+			node := fmt.Sprintf("n%d", i)
+			if err := c.SetSnapshot(ctx, node, before[i]); err != nil {
+				t.Fatal(err)
+			}
+			s := newDeltaStream(t, c, node, resourcev3.ClusterType, nil)
+			s.request(nil, nil)
+			if r := s.request(nil, nil); r != nil {
+				t.Fatalf("node %d: an ACK with nothing new got %v", i, deltaNames(r))
+			}
+			if m := s.sub.ReturnedResources(); len(m) != 1 || m[returnedAll] != before[i].clusters.version {
+				t.Fatalf("node %d: the stream keeps %v, want all of the version before", i, m)
+			}
+			if err := c.SetSnapshot(ctx, node, after[i]); err != nil {
+				t.Fatal(err)
+			}
+			r := s.next()
+			if r == nil {
+				t.Fatalf("node %d: no response to the change", i)
+			}
+			// The expectation, by name lookup in the inputs.
+			old, cur := map[string]string{}, map[string]*Resource{}
+			for _, x := range mesh(false, i) {
+				old[x.name] = x.hash
+			}
+			for _, x := range mesh(true, i) {
+				cur[x.name] = x
+			}
+			var wantSent, wantRemoved []string
+			for name, x := range cur {
+				if h, ok := old[name]; !ok || h != x.hash {
+					wantSent = append(wantSent, name)
+				}
+			}
+			for name := range old {
+				if cur[name] == nil {
+					wantRemoved = append(wantRemoved, name)
+				}
+			}
+			slices.Sort(wantSent)
+			slices.Sort(wantRemoved)
+			if got := deltaNames(r); !slices.Equal(got, wantSent) {
+				t.Errorf("oneBuilder=%v node %d: sent %v, want %v", oneBuilder, i, got, wantSent)
+			}
+			for _, x := range r.GetResources() {
+				if want := cur[x.GetName()]; want == nil || x.GetVersion() != want.hash || !proto.Equal(x.GetResource(), want.any) {
+					t.Errorf("oneBuilder=%v node %d: %s sent at version %s, not the one after", oneBuilder, i, x.GetName(), x.GetVersion())
+				}
+			}
+			if got := r.GetRemovedResources(); !slices.Equal(got, wantRemoved) {
+				t.Errorf("oneBuilder=%v node %d: removed %v, want %v", oneBuilder, i, got, wantRemoved)
+			}
+			if r.GetSystemVersionInfo() != after[i].clusters.version {
+				t.Errorf("oneBuilder=%v node %d: response of version %q, want %q", oneBuilder, i, r.GetSystemVersionInfo(), after[i].clusters.version)
+			}
+			if r := s.request(nil, nil); r != nil {
+				t.Errorf("oneBuilder=%v node %d: the ACK of the change got %v", oneBuilder, i, deltaNames(r))
+			}
+		}
+	}
+}

@@ -1,12 +1,15 @@
 package controlplane
 
 import (
+	"context"
 	"net/netip"
 	"slices"
+	"strings"
 	"testing"
 
 	cachev3 "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
 
+	"github.com/detour-mesh/detour/controlplane/xds"
 	"github.com/detour-mesh/detour/redirect"
 )
 
@@ -62,7 +65,10 @@ func TestVersionsAreContentHashes(t *testing.T) {
 
 // A build from the previous build's memo serves exactly what a build from
 // scratch serves, through changes of everything a workload's own listeners
-// and clusters are made of, and reuses what did not change.
+// and clusters are made of, and reuses what did not change. A rejected mesh
+// leaves the memo of the last build served (Server.Update keeps it), and the
+// next valid build starts from that one; a Server given the same meshes
+// serves the same versions.
 func TestBuildFromMemoMatchesFreshBuild(t *testing.T) {
 	t.Parallel()
 	workload := func(m *Mesh, id string) *Workload {
@@ -97,6 +103,17 @@ func TestBuildFromMemoMatchesFreshBuild(t *testing.T) {
 			workload(m, "excluded-ports").TransparentProxy.Inbound.ExcludePorts = []redirect.PortRange{{First: 22, Last: 22}}
 		}},
 		{"outbound policy", func(m *Mesh) { m.OutboundPolicy = RegistryOnly }},
+		// Rejected: the next build starts from the memo of the last one
+		// served, as Server.Update keeps it.
+		{"rejected: inbound port listed twice", func(m *Mesh) {
+			w := workload(m, "redirect-ipv6")
+			w.Inbound = append(w.Inbound, w.Inbound[0])
+		}},
+		{"valid again, and an app port", func(m *Mesh) {
+			w := workload(m, "redirect-ipv6")
+			w.Inbound = w.Inbound[:len(w.Inbound)-1]
+			w.Inbound[0].AppPort = 18080
+		}},
 		{"endpoint", func(m *Mesh) {
 			m.Services[0].Endpoints = append(m.Services[0].Endpoints, Endpoint{Address: netip.MustParseAddr("203.0.113.23")})
 		}},
@@ -107,15 +124,37 @@ func TestBuildFromMemoMatchesFreshBuild(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// A Server given the same meshes builds each from the memo it kept.
+	srv := NewServer(xds.Options{})
+	ctx := context.Background()
+	if _, err := srv.Update(ctx, m); err != nil {
+		t.Fatal(err)
+	}
 	for i, step := range steps {
 		if step.change == nil {
 			m = loadMesh(t, "testdata/matrix.yaml")
 		} else {
 			step.change(m)
 		}
+		if strings.HasPrefix(step.name, "rejected") {
+			if _, err := buildFrom(m, prev.memo); err == nil {
+				t.Fatalf("%s: the build from the memo was not rejected", step.name)
+			}
+			kept := srv.memo
+			if _, err := srv.Update(ctx, m); err == nil || !strings.Contains(err.Error(), "is listed twice") {
+				t.Fatalf("%s: Update = %v, want the mesh rejected", step.name, err)
+			}
+			if srv.memo != kept {
+				t.Fatalf("%s: the Server did not keep the memo of the last build it served", step.name)
+			}
+			continue // prev stays: the next build starts from it
+		}
 		memo, err := buildFrom(m, prev.memo)
 		if err != nil {
 			t.Fatalf("%s: build from the memo: %v", step.name, err)
+		}
+		if _, err := srv.Update(ctx, m); err != nil {
+			t.Fatalf("%s: Update: %v", step.name, err)
 		}
 		fresh, err := buildSnapshots(m)
 		if err != nil {
@@ -128,6 +167,9 @@ func TestBuildFromMemoMatchesFreshBuild(t *testing.T) {
 		for id, ns := range fresh.nodes {
 			if got := memo.nodes[id]; got == nil || got.Versions() != ns.Versions() {
 				t.Errorf("%s: node %s from the memo has versions %v, from scratch %v", step.name, id, got.Versions(), ns.Versions())
+			}
+			if got, ok := srv.Versions(id); !ok || got != ns.Versions() {
+				t.Errorf("%s: the Server serves node %s versions %v, a build from scratch %v", step.name, id, got, ns.Versions())
 			}
 			if prev.nodes[id].Versions() != ns.Versions() {
 				changed++

@@ -472,12 +472,7 @@ func TestNoStaleOriginalDestination(t *testing.T) {
 	var ln net.Listener
 	inNS(t, l.ns, func() (err error) { ln, err = net.Listen("tcp", "127.0.0.1:15001"); return err })
 	defer ln.Close()
-	local := &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 20000 + int(time.Now().UnixNano()%10000)}
-	d := net.Dialer{LocalAddr: local, Timeout: 2 * time.Second, Control: func(_, _ string, c syscall.RawConn) error {
-		var serr error
-		err := c.Control(func(fd uintptr) { serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_REUSEADDR, 1) })
-		return errors.Join(err, serr)
-	}}
+	local, d := sameTupleDialer()
 	accept := func() net.Conn {
 		t.Helper()
 		ln.(*net.TCPListener).SetDeadline(time.Now().Add(3 * time.Second))
@@ -512,6 +507,17 @@ func TestNoStaleOriginalDestination(t *testing.T) {
 	}
 }
 
+// sameTupleDialer dials from one loopback address and port each time
+// (SO_REUSEADDR), so that connections one after another share their tuple.
+func sameTupleDialer() (*net.TCPAddr, net.Dialer) {
+	local := &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 20000 + int(time.Now().UnixNano()%10000)}
+	return local, net.Dialer{LocalAddr: local, Timeout: 2 * time.Second, Control: func(_, _ string, c syscall.RawConn) error {
+		var serr error
+		err := c.Control(func(fd uintptr) { serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_REUSEADDR, 1) })
+		return errors.Join(err, serr)
+	}}
+}
+
 // The same for a redirected connection that never got established (nothing
 // listened on the proxy's port, so no proxy ever could ask): a later
 // connection from its address and port, dialing the proxy directly, is not
@@ -519,12 +525,7 @@ func TestNoStaleOriginalDestination(t *testing.T) {
 func TestNoStaleOriginalDestinationOfARefusedConnection(t *testing.T) {
 	l := newLab(t)
 	cgroupScope(t, l)
-	local := &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 20000 + int(time.Now().UnixNano()%10000)}
-	d := net.Dialer{LocalAddr: local, Timeout: 2 * time.Second, Control: func(_, _ string, c syscall.RawConn) error {
-		var serr error
-		err := c.Control(func(fd uintptr) { serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_REUSEADDR, 1) })
-		return errors.Join(err, serr)
-	}}
+	local, d := sameTupleDialer()
 	inNS(t, l.ns, func() error {
 		c, err := d.Dial("tcp", "198.51.100.7:8443")
 		if err == nil {

@@ -44,7 +44,7 @@ func (e *Engine) lockNetNS(ctx context.Context) (unlock func(), err error) {
 		}
 		return nil, fmt.Errorf("create lock directory: %w", err)
 	}
-	path := filepath.Join(dir, fmt.Sprintf("netns-%d-%d.lock", st.Dev, st.Ino))
+	path := netnsLockFile(dir, st)
 	wait := e.lockWait()
 	deadline := time.Now().Add(wait)
 	pause := time.Millisecond
@@ -66,6 +66,22 @@ func (e *Engine) lockNetNS(ctx context.Context) (unlock func(), err error) {
 		}
 		pause = min(2*pause, 50*time.Millisecond)
 	}
+}
+
+// netnsLockFile is the lock file in dir of the namespace whose nsfs file is st.
+func netnsLockFile(dir string, st unix.Stat_t) string {
+	return filepath.Join(dir, fmt.Sprintf("netns-%d-%d.lock", st.Dev, st.Ino))
+}
+
+// NetNSLockFile is the lock file a detour run takes, in the default lock
+// directory, for the network namespace at nsPath (a bind mount or
+// /proc/PID/ns/net): what a test holds to stand for another detour run.
+func NetNSLockFile(nsPath string) (string, error) {
+	var st unix.Stat_t
+	if err := unix.Stat(nsPath, &st); err != nil {
+		return "", fmt.Errorf("identify network namespace %s: %w", nsPath, err)
+	}
+	return netnsLockFile(defaultLockDir, st), nil
 }
 
 // tryLock takes the lock file without waiting; nil, nil when someone holds it.

@@ -1,7 +1,6 @@
 package tests
 
 import (
-	"fmt"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -15,6 +14,7 @@ import (
 
 	"github.com/detour-mesh/detour/internal/lab"
 	"github.com/detour-mesh/detour/internal/privtest"
+	"github.com/detour-mesh/detour/redirect"
 )
 
 // handOver is what `detour -v` logs when the lean detour hands a command to
@@ -170,11 +170,10 @@ func TestLeanSeesALeftoverEBPFInboundTable(t *testing.T) {
 func TestLeanConcurrentInstallsOfTwoBackends(t *testing.T) {
 	privtest.Require(t, "ip", "nft")
 	p := newPod(t, variant{family: lab.IPv4, backend: ebpfBackend, mode: "redirect"})
-	var st unix.Stat_t
-	if err := unix.Stat(p.lab.Pod.Path, &st); err != nil {
+	lockPath, err := redirect.NetNSLockFile(p.lab.Pod.Path)
+	if err != nil {
 		t.Fatal(err)
 	}
-	lockPath := fmt.Sprintf("/run/detour/netns-%d-%d.lock", st.Dev, st.Ino)
 	for round := range 3 {
 		if err := os.MkdirAll(filepath.Dir(lockPath), 0o755); err != nil {
 			t.Fatal(err)

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -11,6 +10,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/detour-mesh/detour/internal/privtest"
+	"github.com/detour-mesh/detour/redirect"
 )
 
 // TestLockWaitZeroDoesNotWait: `--lock-wait 0` fails at once, with nothing
@@ -20,12 +20,11 @@ import (
 func TestLockWaitZeroDoesNotWait(t *testing.T) {
 	privtest.Require(t, "nft")
 	ns := privtest.NetNS(t)
-	var st unix.Stat_t
-	if err := unix.Stat(ns.Path, &st); err != nil {
+	// The lock of that namespace, as another detour run holds it.
+	path, err := redirect.NetNSLockFile(ns.Path)
+	if err != nil {
 		t.Fatal(err)
 	}
-	// The lock of that namespace, as another detour run holds it.
-	path := filepath.Join("/run/detour", fmt.Sprintf("netns-%d-%d.lock", st.Dev, st.Ino))
 	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
 		t.Fatal(err)
 	}

@@ -21,6 +21,7 @@ import (
 	"github.com/fsnotify/fsnotify"
 	"sigs.k8s.io/yaml"
 
+	"github.com/detour-mesh/detour/cni"
 	"github.com/detour-mesh/detour/internal/atomicfile"
 	"github.com/detour-mesh/detour/internal/meshconfig"
 	"github.com/detour-mesh/detour/internal/regularfile"
@@ -267,7 +268,7 @@ func (o Options) Validate() error {
 		return &OptionError{"log-level", o.LogLevel, "is not debug, info, warn or error"}
 	}
 	switch o.PassthroughOnLo {
-	case "", "route", "address":
+	case "", cni.PassthroughRoute, cni.PassthroughAddress:
 	default:
 		return &OptionError{"passthrough-on-lo", o.PassthroughOnLo, "is not route or address"}
 	}
@@ -507,14 +508,12 @@ func (o Options) baseBackend() redirect.Backend {
 }
 
 // passthroughOnLo is the entry's passthroughOnLo: PassthroughOnLo, or, when
-// it is not given, "address" with preset istio or kuma — their control planes
-// (istiod, Kuma's) have Envoy bind ::6 without IPV6_FREEBIND, and an upgrade
-// must not take the address away from their pods (the plugin reads an entry
-// without the key the same way: cni.DefaultPassthroughOnLo) — and empty
-// (the plugin's route) otherwise: detour's control plane sets freebind.
+// it is not given, the plugin's own default for Preset where that is the
+// address (cni.DefaultPassthroughOnLo: istio, kuma), written out so the entry
+// says it, and empty (the plugin's route) otherwise.
 func (o Options) passthroughOnLo() string {
-	if o.PassthroughOnLo == "" && (o.Preset == "istio" || o.Preset == "kuma") {
-		return "address"
+	if o.PassthroughOnLo == "" && cni.DefaultPassthroughOnLo(o.Preset) == cni.PassthroughAddress {
+		return cni.PassthroughAddress
 	}
 	return o.PassthroughOnLo
 }

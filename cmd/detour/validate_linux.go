@@ -189,18 +189,16 @@ func probeThroughProxy(ctx context.Context, nsPath string, port uint16, p probe,
 		// is before connect returns, but allow the kernel a moment under load.
 		deadline := time.Now().Add(min(timeout, time.Second))
 		for {
-			uid, found, err := socketWithPeer(port, local)
+			socks, err := tcpSocketsOn(port)
 			if err != nil {
 				return err
 			}
-			if found {
-				res = probeResult{dst: p.dst, viaProxy: true, proxyUID: uid}
+			if i := slices.IndexFunc(socks, func(s procSocket) bool { return s.remote == local }); i >= 0 {
+				res = probeResult{dst: p.dst, viaProxy: true, proxyUID: socks[i].uid}
 				// A connection the proxy has not accepted yet has no owner (uid
 				// 0), and an accepted one the uid of the thread that accepted
 				// it: the listener's owner is the proxy's uid.
-				if res.listenerUIDs, err = listenerUIDs(port); err != nil {
-					return err
-				}
+				res.listenerUIDs = listenerUIDs(socks)
 				if len(res.listenerUIDs) == 1 {
 					res.proxyUID = res.listenerUIDs[0]
 				}
@@ -218,42 +216,18 @@ func probeThroughProxy(ctx context.Context, nsPath string, port uint16, p probe,
 	return res, err
 }
 
-// socketWithPeer finds, in the calling thread's network namespace, a TCP
-// socket whose local port is port and whose peer is peer, and returns its
-// owner's uid.
-func socketWithPeer(port uint16, peer netip.AddrPort) (uid uint32, found bool, err error) {
-	for _, name := range []string{"/proc/thread-self/net/tcp", "/proc/thread-self/net/tcp6"} {
-		data, err := os.ReadFile(name)
-		if errors.Is(err, os.ErrNotExist) {
-			continue // no IPv6 in this kernel
-		}
-		if err != nil {
-			return 0, false, fmt.Errorf("read the socket table: %w", err)
-		}
-		for _, line := range strings.Split(string(data), "\n")[1:] {
-			f := strings.Fields(line)
-			if len(f) < 8 {
-				continue
-			}
-			local, err1 := parseProcAddr(f[1])
-			remote, err2 := parseProcAddr(f[2])
-			if err1 != nil || err2 != nil || local.Port() != port || remote != peer {
-				continue
-			}
-			u, err := strconv.ParseUint(f[7], 10, 32)
-			if err != nil {
-				return 0, false, fmt.Errorf("read the socket table: uid %q", f[7])
-			}
-			return uint32(u), true, nil
-		}
-	}
-	return 0, false, nil
+// procSocket is a TCP socket as /proc/net/tcp{,6} lists it.
+type procSocket struct {
+	remote    netip.AddrPort
+	listening bool
+	uid       uint32 // its owner
 }
 
-// listenerUIDs returns the owners' uids of the TCP sockets listening on port
-// in the calling thread's network namespace, each uid once.
-func listenerUIDs(port uint16) ([]uint32, error) {
-	var uids []uint32
+// tcpSocketsOn lists the TCP sockets whose local port is port in the calling
+// thread's network namespace (/proc/thread-self/net/tcp and tcp6, each read
+// once).
+func tcpSocketsOn(port uint16) ([]procSocket, error) {
+	var socks []procSocket
 	for _, name := range []string{"/proc/thread-self/net/tcp", "/proc/thread-self/net/tcp6"} {
 		data, err := os.ReadFile(name)
 		if errors.Is(err, os.ErrNotExist) {
@@ -264,23 +238,34 @@ func listenerUIDs(port uint16) ([]uint32, error) {
 		}
 		for _, line := range strings.Split(string(data), "\n")[1:] {
 			f := strings.Fields(line)
-			if len(f) < 8 || f[3] != "0A" { // TCP_LISTEN
+			if len(f) < 8 {
 				continue
 			}
-			local, err := parseProcAddr(f[1])
-			if err != nil || local.Port() != port {
+			local, err1 := parseProcAddr(f[1])
+			remote, err2 := parseProcAddr(f[2])
+			if err1 != nil || err2 != nil || local.Port() != port {
 				continue
 			}
 			u, err := strconv.ParseUint(f[7], 10, 32)
 			if err != nil {
 				return nil, fmt.Errorf("read the socket table: uid %q", f[7])
 			}
-			if !slices.Contains(uids, uint32(u)) {
-				uids = append(uids, uint32(u))
-			}
+			socks = append(socks, procSocket{remote: remote, listening: f[3] == "0A", uid: uint32(u)}) // 0A: TCP_LISTEN
 		}
 	}
-	return uids, nil
+	return socks, nil
+}
+
+// listenerUIDs returns the owners' uids of the listening sockets of socks,
+// each uid once.
+func listenerUIDs(socks []procSocket) []uint32 {
+	var uids []uint32
+	for _, s := range socks {
+		if s.listening && !slices.Contains(uids, s.uid) {
+			uids = append(uids, s.uid)
+		}
+	}
+	return uids
 }
 
 // parseProcAddr reads an address of /proc/net/tcp{,6}: the address in hex as

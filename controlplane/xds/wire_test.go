@@ -1,0 +1,1064 @@
+package xds
+
+// The wire contract suite (wire*_test.go): what any correct ADS server must
+// do on the wire, checked through Server's public API alone (NewServer,
+// SetSnapshots, ServeXDS on a loopback TCP listener, Stop, and /debug/nodes
+// of Handler) with clients that are not the server's own code: grpc-go's
+// client (this file), a raw HTTP/2 client made of x/net/http2's Framer and
+// hpack (wire_frames_test.go) and net/http's HTTP/2 transport
+// (wire_transport_test.go). Where RFC 9113 or the gRPC protocol allows
+// several behaviours, a test accepts the allowed set, not one server's
+// choice. Every wait is bounded: a hang fails with what was awaited.
+
+import (
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"maps"
+	"math/big"
+	"net"
+	"net/http/httptest"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
+	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
+	rpcstatus "google.golang.org/genproto/googleapis/rpc/status"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/credentials/insecure"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/anypb"
+	"google.golang.org/protobuf/types/known/durationpb"
+)
+
+// wireTimeout bounds every wait of the wire suite.
+const wireTimeout = 20 * time.Second
+
+// wireServer is a Server serving on a loopback TCP listener.
+type wireServer struct {
+	srv      *Server
+	addr     string
+	accepted atomic.Int64 // connections accepted
+}
+
+// countingListener counts the connections it accepts.
+type countingListener struct {
+	net.Listener
+	n *atomic.Int64
+}
+
+func (l countingListener) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if err == nil {
+		l.n.Add(1)
+	}
+	return c, err
+}
+
+// startWire serves a new Server on 127.0.0.1, with nodes as its snapshots
+// when nodes is not nil; the server stops when the test ends, and ServeXDS
+// must then return.
+func startWire(t *testing.T, opts Options, nodes map[string]*Snapshot) *wireServer {
+	t.Helper()
+	srv := NewServer(opts)
+	if nodes != nil {
+		setWire(t, srv, nodes)
+	}
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ws := &wireServer{srv: srv, addr: l.Addr().String()}
+	done := make(chan error, 1)
+	go func() { done <- srv.ServeXDS(countingListener{l, &ws.accepted}) }()
+	t.Cleanup(func() {
+		srv.Stop()
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Errorf("ServeXDS returned %v after Stop, want nil", err)
+			}
+		case <-time.After(wireTimeout):
+			t.Errorf("ServeXDS did not return within %s of Stop", wireTimeout)
+		}
+	})
+	return ws
+}
+
+// setWire makes nodes the served configuration.
+func setWire(t *testing.T, srv *Server, nodes map[string]*Snapshot) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), wireTimeout)
+	defer cancel()
+	if _, err := srv.SetSnapshots(ctx, Snapshots{Nodes: nodes}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// wireContext ends with the test, after wireTimeout at the most.
+func wireContext(t *testing.T) context.Context {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), wireTimeout)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+// dial returns a grpc-go client connection to the server (plain text unless
+// opts say otherwise), closed when the test ends.
+func (ws *wireServer) dial(t *testing.T, opts ...grpc.DialOption) *grpc.ClientConn {
+	t.Helper()
+	opts = append([]grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials())}, opts...)
+	conn, err := grpc.NewClient("passthrough:///"+ws.addr, opts...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	return conn
+}
+
+// wireCluster is a cluster named name; variant changes its content.
+func wireCluster(t testing.TB, name string, variant int) *Resource {
+	t.Helper()
+	c := &clusterv3.Cluster{Name: name, ConnectTimeout: durationpb.New(time.Duration(1+variant) * time.Second)}
+	b, err := proto.MarshalOptions{Deterministic: true}.Marshal(c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return NewResource(name, resourcev3.ClusterType, b)
+}
+
+// wireListener is a listener named name on port; pad bytes of stat prefix
+// make it as large as wanted.
+func wireListener(t testing.TB, name string, port uint32, pad int) *Resource {
+	t.Helper()
+	l := &listenerv3.Listener{
+		Name: name,
+		Address: &corev3.Address{Address: &corev3.Address_SocketAddress{SocketAddress: &corev3.SocketAddress{
+			Address: "0.0.0.0", PortSpecifier: &corev3.SocketAddress_PortValue{PortValue: port}}}},
+		StatPrefix: strings.Repeat("p", pad),
+	}
+	b, err := proto.MarshalOptions{Deterministic: true}.Marshal(l)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return NewResource(name, resourcev3.ListenerType, b)
+}
+
+// wireSnapshot is a snapshot of the named clusters (variant 0) and no
+// listeners.
+func wireSnapshot(t testing.TB, clusters ...string) *Snapshot {
+	t.Helper()
+	var rs []*Resource
+	for _, c := range clusters {
+		rs = append(rs, wireCluster(t, c, 0))
+	}
+	var sb SnapshotBuilder
+	s, err := sb.Snapshot(nil, rs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+// bigListeners is the number and size of the listeners of bigSnapshot: a
+// SotW response of about 420 KiB, several times a 64 KiB window.
+const (
+	bigListeners   = 400
+	bigListenerPad = 1000
+)
+
+// bigSnapshot is a snapshot of bigListeners listeners ("l0000"...) and one
+// cluster.
+func bigSnapshot(t testing.TB) *Snapshot {
+	t.Helper()
+	ls := make([]*Resource, bigListeners)
+	for i := range ls {
+		ls[i] = wireListener(t, fmt.Sprintf("l%04d", i), uint32(10000+i), bigListenerPad)
+	}
+	var sb SnapshotBuilder
+	s, err := sb.Snapshot(ls, []*Resource{wireCluster(t, "passthrough", 0)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+// checkBigListeners checks that resources are bigSnapshot's listeners, all
+// of them, decodable and whole.
+func checkBigListeners(t *testing.T, who string, resources []*anypb.Any) {
+	t.Helper()
+	if len(resources) != bigListeners {
+		t.Errorf("%s: %d listeners, want %d", who, len(resources), bigListeners)
+		return
+	}
+	for i, a := range resources {
+		var l listenerv3.Listener
+		if err := a.UnmarshalTo(&l); err != nil {
+			t.Errorf("%s: listener %d does not decode: %v", who, i, err)
+			return
+		}
+		if want := fmt.Sprintf("l%04d", i); l.GetName() != want || len(l.GetStatPrefix()) != bigListenerPad {
+			t.Errorf("%s: listener %d is %q with a %d-byte stat prefix, want %q with %d", who, i, l.GetName(), len(l.GetStatPrefix()), want, bigListenerPad)
+			return
+		}
+	}
+}
+
+// clusterNames are the names of SotW cluster resources, in order.
+func clusterNames(t *testing.T, resources []*anypb.Any) []string {
+	t.Helper()
+	var out []string
+	for _, a := range resources {
+		var c clusterv3.Cluster
+		if err := a.UnmarshalTo(&c); err != nil {
+			t.Fatalf("a cluster does not decode: %v", err)
+		}
+		out = append(out, c.GetName())
+	}
+	return out
+}
+
+// debugNodes is what /debug/nodes shows of the server's nodes.
+func debugNodes(t *testing.T, srv *Server) []NodeStatus {
+	t.Helper()
+	rec := httptest.NewRecorder()
+	srv.Handler().ServeHTTP(rec, httptest.NewRequest("GET", "/debug/nodes", nil))
+	var out struct {
+		Nodes []NodeStatus `json:"nodes"`
+	}
+	if err := json.Unmarshal(rec.Body.Bytes(), &out); err != nil {
+		t.Fatalf("/debug/nodes: %v (%q)", err, rec.Body.String())
+	}
+	return out.Nodes
+}
+
+// debugNode is /debug/nodes' entry of node id (zero when it has none).
+func debugNode(t *testing.T, srv *Server, id string) NodeStatus {
+	t.Helper()
+	for _, n := range debugNodes(t, srv) {
+		if n.NodeID == id {
+			return n
+		}
+	}
+	return NodeStatus{}
+}
+
+// waitDebug polls /debug/nodes until ok holds of node id's entry, and fails
+// naming want after d.
+func waitDebug(t *testing.T, srv *Server, id string, d time.Duration, want string, ok func(NodeStatus) bool) NodeStatus {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for {
+		n := debugNode(t, srv, id)
+		if ok(n) {
+			return n
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("/debug/nodes after %s: node %q is %+v, want %s", d, id, n, want)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// received is one Recv of a stream.
+type received[R any] struct {
+	r   *R
+	err error
+}
+
+// receiveAll runs recv on a goroutine until it fails; the last value on the
+// channel holds the error.
+func receiveAll[R any](recv func() (*R, error)) <-chan received[R] {
+	ch := make(chan received[R], 64)
+	go func() {
+		defer close(ch)
+		for {
+			r, err := recv()
+			ch <- received[R]{r, err}
+			if err != nil {
+				return
+			}
+		}
+	}()
+	return ch
+}
+
+// next is the stream's next message; it fails when the stream ends or
+// nothing came within d.
+func next[R any](t *testing.T, ch <-chan received[R], d time.Duration, what string) *R {
+	t.Helper()
+	select {
+	case got, ok := <-ch:
+		if !ok || got.err != nil {
+			t.Fatalf("%s: the stream ended (%v)", what, got.err)
+		}
+		return got.r
+	case <-time.After(d):
+		t.Fatalf("%s: nothing within %s", what, d)
+	}
+	return nil
+}
+
+// quiet fails when the stream delivers a message within d.
+func quiet[R any](t *testing.T, ch <-chan received[R], d time.Duration, what string) {
+	t.Helper()
+	select {
+	case got := <-ch:
+		if got.err == nil {
+			t.Fatalf("%s: got %v", what, got.r)
+		}
+		t.Fatalf("%s: the stream ended (%v)", what, got.err)
+	case <-time.After(d):
+	}
+}
+
+// ended is the error that ends the stream; it fails when a message comes
+// instead, or nothing within d.
+func ended[R any](t *testing.T, ch <-chan received[R], d time.Duration, what string) error {
+	t.Helper()
+	select {
+	case got := <-ch:
+		if got.err == nil {
+			t.Fatalf("%s: got a message %v, want the stream to end", what, got.r)
+		}
+		return got.err
+	case <-time.After(d):
+		t.Fatalf("%s: the stream did not end within %s", what, d)
+	}
+	return nil
+}
+
+// TestWireSotW: over grpc-go on TCP, a SotW proxy gets its clusters, ACKs
+// them (/debug/nodes shows it in sync), is pushed a change, NACKs it
+// (/debug/nodes shows the NACK and its message) and is not sent the
+// rejected config again at once.
+func TestWireSotW(t *testing.T) {
+	t.Parallel()
+	before := wireSnapshot(t, "blackhole", "passthrough", "web")
+	after := wireSnapshot(t, "blackhole", "passthrough")
+	ws := startWire(t, Options{}, map[string]*Snapshot{"n": before})
+	ctx := wireContext(t)
+	st, err := discoveryv3.NewAggregatedDiscoveryServiceClient(ws.dial(t)).StreamAggregatedResources(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rs := receiveAll(st.Recv)
+	if err := st.Send(&discoveryv3.DiscoveryRequest{Node: &corev3.Node{Id: "n"}, TypeUrl: resourcev3.ClusterType}); err != nil {
+		t.Fatal(err)
+	}
+	first := next(t, rs, wireTimeout, "first response")
+	if first.GetVersionInfo() != before.Versions().Clusters || first.GetNonce() == "" || first.GetTypeUrl() != resourcev3.ClusterType {
+		t.Fatalf("first response: version %q nonce %q type %q, want version %q with a nonce, type clusters",
+			first.GetVersionInfo(), first.GetNonce(), first.GetTypeUrl(), before.Versions().Clusters)
+	}
+	if got := clusterNames(t, first.GetResources()); !slices.Equal(got, []string{"blackhole", "passthrough", "web"}) {
+		t.Fatalf("first response names %v", got)
+	}
+	if err := st.Send(&discoveryv3.DiscoveryRequest{TypeUrl: resourcev3.ClusterType, VersionInfo: first.GetVersionInfo(), ResponseNonce: first.GetNonce()}); err != nil {
+		t.Fatal(err)
+	}
+	waitDebug(t, ws.srv, "n", wireTimeout, "one sotw stream, clusters in sync", func(n NodeStatus) bool {
+		c := n.Resources["clusters"]
+		return len(n.Streams) == 1 && n.Streams[0].Protocol == "sotw" && c.InSync && c.Acked == before.Versions().Clusters
+	})
+
+	setWire(t, ws.srv, map[string]*Snapshot{"n": after})
+	change := next(t, rs, wireTimeout, "the change")
+	if change.GetVersionInfo() != after.Versions().Clusters || change.GetNonce() == first.GetNonce() {
+		t.Fatalf("change: version %q nonce %q, want version %q with a new nonce", change.GetVersionInfo(), change.GetNonce(), after.Versions().Clusters)
+	}
+	if got := clusterNames(t, change.GetResources()); !slices.Equal(got, []string{"blackhole", "passthrough"}) {
+		t.Fatalf("change names %v", got)
+	}
+	if err := st.Send(&discoveryv3.DiscoveryRequest{TypeUrl: resourcev3.ClusterType, VersionInfo: first.GetVersionInfo(), ResponseNonce: change.GetNonce(),
+		ErrorDetail: &rpcstatus.Status{Code: int32(codes.InvalidArgument), Message: "wire test rejects this"}}); err != nil {
+		t.Fatal(err)
+	}
+	n := waitDebug(t, ws.srv, "n", wireTimeout, "the NACK", func(n NodeStatus) bool { return n.Resources["clusters"].NACKs == 1 })
+	if c := n.Resources["clusters"]; c.Nacked != after.Versions().Clusters || !strings.Contains(c.LastNACK, "wire test rejects this") ||
+		c.Acked != before.Versions().Clusters || c.InSync {
+		t.Errorf("/debug/nodes after the NACK: %+v, want nacked %q with its message, acked %q, not in sync", c, after.Versions().Clusters, before.Versions().Clusters)
+	}
+	quiet(t, rs, 500*time.Millisecond, "right after a NACK (the rejected config must be held back)")
+}
+
+// TestWireDelta: the same over delta ADS: the subscribed clusters, an ACK,
+// a change pushed as the resources changed and removed, a NACK.
+func TestWireDelta(t *testing.T) {
+	t.Parallel()
+	before := wireSnapshot(t, "blackhole", "passthrough", "web")
+	var sb SnapshotBuilder
+	after, err := sb.Snapshot(nil, []*Resource{wireCluster(t, "blackhole", 0), wireCluster(t, "passthrough", 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ws := startWire(t, Options{}, map[string]*Snapshot{"n": before})
+	ctx := wireContext(t)
+	st, err := discoveryv3.NewAggregatedDiscoveryServiceClient(ws.dial(t)).DeltaAggregatedResources(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rs := receiveAll(st.Recv)
+	if err := st.Send(&discoveryv3.DeltaDiscoveryRequest{Node: &corev3.Node{Id: "n"}, TypeUrl: resourcev3.ClusterType}); err != nil {
+		t.Fatal(err)
+	}
+	first := next(t, rs, wireTimeout, "first response")
+	var got []string
+	for _, r := range first.GetResources() {
+		got = append(got, r.GetName())
+	}
+	slices.Sort(got)
+	if !slices.Equal(got, []string{"blackhole", "passthrough", "web"}) || first.GetNonce() == "" {
+		t.Fatalf("first response: resources %v nonce %q, want the three clusters with a nonce", got, first.GetNonce())
+	}
+	if err := st.Send(&discoveryv3.DeltaDiscoveryRequest{TypeUrl: resourcev3.ClusterType, ResponseNonce: first.GetNonce()}); err != nil {
+		t.Fatal(err)
+	}
+	waitDebug(t, ws.srv, "n", wireTimeout, "one delta stream, clusters in sync", func(n NodeStatus) bool {
+		c := n.Resources["clusters"]
+		return len(n.Streams) == 1 && n.Streams[0].Protocol == "delta" && c.InSync
+	})
+
+	setWire(t, ws.srv, map[string]*Snapshot{"n": after})
+	change := next(t, rs, wireTimeout, "the change")
+	if len(change.GetResources()) != 1 || change.GetResources()[0].GetName() != "passthrough" ||
+		!slices.Equal(change.GetRemovedResources(), []string{"web"}) || change.GetNonce() == first.GetNonce() {
+		t.Fatalf("change: %v, want passthrough changed, web removed, a new nonce", change)
+	}
+	var c clusterv3.Cluster
+	if err := change.GetResources()[0].GetResource().UnmarshalTo(&c); err != nil || c.GetConnectTimeout().AsDuration() != 2*time.Second {
+		t.Fatalf("changed passthrough decodes as %v, %v; want its new connect timeout 2s", &c, err)
+	}
+	if err := st.Send(&discoveryv3.DeltaDiscoveryRequest{TypeUrl: resourcev3.ClusterType, ResponseNonce: change.GetNonce(),
+		ErrorDetail: &rpcstatus.Status{Code: int32(codes.InvalidArgument), Message: "wire test rejects this"}}); err != nil {
+		t.Fatal(err)
+	}
+	n := waitDebug(t, ws.srv, "n", wireTimeout, "the NACK", func(n NodeStatus) bool { return n.Resources["clusters"].NACKs == 1 })
+	if c := n.Resources["clusters"]; !strings.Contains(c.LastNACK, "wire test rejects this") || c.InSync {
+		t.Errorf("/debug/nodes after the NACK: %+v, want the NACK's message, not in sync", c)
+	}
+	quiet(t, rs, 500*time.Millisecond, "right after a NACK (the rejected config must be held back)")
+}
+
+// TestWireStreamsShareConnection: on one connection, a SotW stream asking
+// for clusters and then listeners (both types over ADS) and a delta stream
+// of another node are all served.
+func TestWireStreamsShareConnection(t *testing.T) {
+	t.Parallel()
+	var sb SnapshotBuilder
+	a, err := sb.Snapshot([]*Resource{wireListener(t, "outbound", 15001, 0)}, []*Resource{wireCluster(t, "passthrough", 0)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := wireSnapshot(t, "blackhole")
+	ws := startWire(t, Options{}, map[string]*Snapshot{"a": a, "b": b})
+	ctx := wireContext(t)
+	client := discoveryv3.NewAggregatedDiscoveryServiceClient(ws.dial(t))
+	sotw, err := client.StreamAggregatedResources(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	delta, err := client.DeltaAggregatedResources(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srs, drs := receiveAll(sotw.Recv), receiveAll(delta.Recv)
+	if err := delta.Send(&discoveryv3.DeltaDiscoveryRequest{Node: &corev3.Node{Id: "b"}, TypeUrl: resourcev3.ClusterType}); err != nil {
+		t.Fatal(err)
+	}
+	if err := sotw.Send(&discoveryv3.DiscoveryRequest{Node: &corev3.Node{Id: "a"}, TypeUrl: resourcev3.ClusterType}); err != nil {
+		t.Fatal(err)
+	}
+	if err := sotw.Send(&discoveryv3.DiscoveryRequest{Node: &corev3.Node{Id: "a"}, TypeUrl: resourcev3.ListenerType}); err != nil {
+		t.Fatal(err)
+	}
+	byType := map[string]*discoveryv3.DiscoveryResponse{}
+	for range 2 {
+		r := next(t, srs, wireTimeout, "node a's responses")
+		byType[r.GetTypeUrl()] = r
+	}
+	if r := byType[resourcev3.ClusterType]; r.GetVersionInfo() != a.Versions().Clusters {
+		t.Errorf("node a's clusters: %v, want version %s", r, a.Versions().Clusters)
+	}
+	if r := byType[resourcev3.ListenerType]; r.GetVersionInfo() != a.Versions().Listeners || len(r.GetResources()) != 1 {
+		t.Errorf("node a's listeners: %v, want version %s with one listener", r, a.Versions().Listeners)
+	}
+	d := next(t, drs, wireTimeout, "node b's delta response")
+	if len(d.GetResources()) != 1 || d.GetResources()[0].GetName() != "blackhole" {
+		t.Errorf("node b's delta response %v, want blackhole", d)
+	}
+	if n := ws.accepted.Load(); n != 1 {
+		t.Errorf("the server accepted %d connections, want 1 (both streams on one)", n)
+	}
+	waitDebug(t, ws.srv, "a", wireTimeout, "node a on one sotw stream", func(n NodeStatus) bool { return len(n.Streams) == 1 && n.Streams[0].Protocol == "sotw" })
+	waitDebug(t, ws.srv, "b", wireTimeout, "node b on one delta stream", func(n NodeStatus) bool { return len(n.Streams) == 1 && n.Streams[0].Protocol == "delta" })
+}
+
+// smallWindows are a grpc-go client's smallest flow-control windows, 64 KiB
+// for the stream and the connection (and no dynamic window growth).
+func smallWindows() []grpc.DialOption {
+	return []grpc.DialOption{grpc.WithInitialWindowSize(64 << 10), grpc.WithInitialConnWindowSize(64 << 10)}
+}
+
+// TestWireSmallWindows: a proxy with 64 KiB windows receives a SotW and a
+// delta response several times larger than its windows, whole and
+// decodable.
+func TestWireSmallWindows(t *testing.T) {
+	t.Parallel()
+	ws := startWire(t, Options{}, map[string]*Snapshot{"n": bigSnapshot(t)})
+	ctx := wireContext(t)
+	client := discoveryv3.NewAggregatedDiscoveryServiceClient(ws.dial(t, smallWindows()...))
+	sotw, err := client.StreamAggregatedResources(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := sotw.Send(&discoveryv3.DiscoveryRequest{Node: &corev3.Node{Id: "n"}, TypeUrl: resourcev3.ListenerType}); err != nil {
+		t.Fatal(err)
+	}
+	r := next(t, receiveAll(sotw.Recv), wireTimeout, "the SotW listeners")
+	if size := proto.Size(r); size < 4*64<<10 {
+		t.Fatalf("the response is %d bytes, want several 64 KiB windows (the test proves nothing)", size)
+	}
+	checkBigListeners(t, "sotw", r.GetResources())
+
+	delta, err := client.DeltaAggregatedResources(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := delta.Send(&discoveryv3.DeltaDiscoveryRequest{Node: &corev3.Node{Id: "n"}, TypeUrl: resourcev3.ListenerType}); err != nil {
+		t.Fatal(err)
+	}
+	d := next(t, receiveAll(delta.Recv), wireTimeout, "the delta listeners")
+	byName := map[string]*anypb.Any{}
+	for _, res := range d.GetResources() {
+		byName[res.GetName()] = res.GetResource()
+	}
+	var inOrder []*anypb.Any
+	for i := range bigListeners {
+		if a, ok := byName[fmt.Sprintf("l%04d", i)]; ok {
+			inOrder = append(inOrder, a)
+		}
+	}
+	if len(inOrder) != len(d.GetResources()) {
+		t.Fatalf("delta: %d resources, %d of them named as bigSnapshot's listeners", len(d.GetResources()), len(inOrder))
+	}
+	checkBigListeners(t, "delta", inOrder)
+}
+
+// TestWireStalledProxy: proxies that stop reading in the middle of a
+// response larger than their windows (more of them than the server has push
+// workers) hold up no one: another proxy on its own connection is served
+// and pushed a change meanwhile; when they read again, after 2 s, they get
+// their whole responses.
+func TestWireStalledProxy(t *testing.T) {
+	t.Parallel()
+	const stalled = 10
+	big := bigSnapshot(t)
+	nodes := map[string]*Snapshot{"other": wireSnapshot(t, "blackhole")}
+	for i := range stalled {
+		nodes[fmt.Sprintf("stalled-%d", i)] = big
+	}
+	ws := startWire(t, Options{}, nodes)
+	ctx := wireContext(t)
+	stalledStreams := make([]grpc.BidiStreamingClient[discoveryv3.DiscoveryRequest, discoveryv3.DiscoveryResponse], stalled)
+	for i := range stalled {
+		st, err := discoveryv3.NewAggregatedDiscoveryServiceClient(ws.dial(t, smallWindows()...)).StreamAggregatedResources(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := st.Send(&discoveryv3.DiscoveryRequest{Node: &corev3.Node{Id: fmt.Sprintf("stalled-%d", i)}, TypeUrl: resourcev3.ListenerType}); err != nil {
+			t.Fatal(err)
+		}
+		stalledStreams[i] = st
+	}
+	stallStart := time.Now()
+	for i := range stalled {
+		// Their responses are on the way (and stuck at their windows).
+		waitDebug(t, ws.srv, fmt.Sprintf("stalled-%d", i), wireTimeout, "listeners sent", func(n NodeStatus) bool {
+			return n.Resources["listeners"].Sent == big.Versions().Listeners
+		})
+	}
+
+	other := discoveryv3.NewAggregatedDiscoveryServiceClient(ws.dial(t))
+	st, err := other.StreamAggregatedResources(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rs := receiveAll(st.Recv)
+	if err := st.Send(&discoveryv3.DiscoveryRequest{Node: &corev3.Node{Id: "other"}, TypeUrl: resourcev3.ClusterType}); err != nil {
+		t.Fatal(err)
+	}
+	const served = 2 * time.Second
+	first := next(t, rs, served, "the other proxy's clusters while the stalled proxies do not read")
+	if err := st.Send(&discoveryv3.DiscoveryRequest{TypeUrl: resourcev3.ClusterType, VersionInfo: first.GetVersionInfo(), ResponseNonce: first.GetNonce()}); err != nil {
+		t.Fatal(err)
+	}
+	changed := maps.Clone(nodes) // the server keeps the map it is given
+	changed["other"] = wireSnapshot(t, "blackhole", "passthrough")
+	setWire(t, ws.srv, changed)
+	change := next(t, rs, served, "the other proxy's change while the stalled proxies do not read")
+	if got := clusterNames(t, change.GetResources()); !slices.Equal(got, []string{"blackhole", "passthrough"}) {
+		t.Fatalf("the other proxy's change: %v", got)
+	}
+	if d := time.Since(stallStart); d < 2*time.Second {
+		time.Sleep(2*time.Second - d)
+	}
+
+	var wg sync.WaitGroup
+	for i, st := range stalledStreams {
+		wg.Go(func() {
+			r, err := st.Recv()
+			if err != nil {
+				t.Errorf("stalled proxy %d reads again: %v", i, err)
+				return
+			}
+			checkBigListeners(t, fmt.Sprintf("stalled proxy %d", i), r.GetResources())
+		})
+	}
+	if !waitGroupWithin(&wg, wireTimeout) {
+		t.Fatalf("the stalled proxies did not get their responses within %s of reading again", wireTimeout)
+	}
+}
+
+// waitGroupWithin waits for wg, d at the most; it reports whether wg is done.
+func waitGroupWithin(wg *sync.WaitGroup, d time.Duration) bool {
+	done := make(chan struct{})
+	go func() {
+		wg.Wait()
+		close(done)
+	}()
+	select {
+	case <-done:
+		return true
+	case <-time.After(d):
+		return false
+	}
+}
+
+// TestWireManyProxies: 200 proxies, each on its own connection with its
+// own snapshot, all get their own clusters, and then their own change.
+func TestWireManyProxies(t *testing.T) {
+	t.Parallel()
+	const proxies = 200
+	snaps := func(variant int) map[string]*Snapshot {
+		var sb SnapshotBuilder
+		nodes := make(map[string]*Snapshot, proxies)
+		for i := range proxies {
+			s, err := sb.Snapshot(nil, []*Resource{wireCluster(t, "blackhole", 0), wireCluster(t, fmt.Sprintf("own-%03d", i), variant)})
+			if err != nil {
+				t.Fatal(err)
+			}
+			nodes[fmt.Sprintf("node-%03d", i)] = s
+		}
+		return nodes
+	}
+	before, after := snaps(0), snaps(1)
+	ws := startWire(t, Options{}, before)
+	ctx, cancel := context.WithTimeout(context.Background(), 3*wireTimeout)
+	defer cancel()
+	type proxy struct {
+		send func(*discoveryv3.DiscoveryRequest) error
+		rs   <-chan received[discoveryv3.DiscoveryResponse]
+	}
+	ps := make([]proxy, proxies)
+	for i := range proxies {
+		st, err := discoveryv3.NewAggregatedDiscoveryServiceClient(ws.dial(t)).StreamAggregatedResources(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ps[i] = proxy{st.Send, receiveAll(st.Recv)}
+	}
+	check := func(round int, nodes map[string]*Snapshot) {
+		var wg sync.WaitGroup
+		var failed atomic.Int64
+		for i, p := range ps {
+			wg.Go(func() {
+				id := fmt.Sprintf("node-%03d", i)
+				var got received[discoveryv3.DiscoveryResponse]
+				select {
+				case got = <-p.rs:
+				case <-ctx.Done():
+				}
+				r := got.r
+				if got.err != nil || r == nil {
+					failed.Add(1)
+					t.Errorf("round %d: %s got no response: %v", round, id, got.err)
+					return
+				}
+				var names []string
+				for _, a := range r.GetResources() {
+					var c clusterv3.Cluster
+					if err := a.UnmarshalTo(&c); err != nil {
+						t.Errorf("round %d: %s: %v", round, id, err)
+					}
+					names = append(names, c.GetName())
+				}
+				if r.GetVersionInfo() != nodes[id].Versions().Clusters || !slices.Equal(names, []string{"blackhole", fmt.Sprintf("own-%03d", i)}) {
+					failed.Add(1)
+					t.Errorf("round %d: %s got version %s %v, want its own %s", round, id, r.GetVersionInfo(), names, nodes[id].Versions().Clusters)
+					return
+				}
+				if err := p.send(&discoveryv3.DiscoveryRequest{TypeUrl: resourcev3.ClusterType, VersionInfo: r.GetVersionInfo(), ResponseNonce: r.GetNonce()}); err != nil {
+					t.Errorf("round %d: %s ACK: %v", round, id, err)
+				}
+			})
+		}
+		wg.Wait()
+		if n := failed.Load(); n > 0 {
+			t.Fatalf("round %d: %d of %d proxies did not get their own config", round, n, proxies)
+		}
+	}
+	for i, p := range ps {
+		if err := p.send(&discoveryv3.DiscoveryRequest{Node: &corev3.Node{Id: fmt.Sprintf("node-%03d", i)}, TypeUrl: resourcev3.ClusterType}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	check(0, before)
+	setWire(t, ws.srv, after)
+	check(1, after)
+	if n := ws.accepted.Load(); n != proxies {
+		t.Errorf("the server accepted %d connections, want %d", n, proxies)
+	}
+}
+
+// TestWireHealth: grpc.health.v1 on the xDS address: NOT_SERVING (overall
+// and for ADS) until the first snapshots, SERVING after, a Watch sees the
+// change, and an unknown service is NOT_FOUND.
+func TestWireHealth(t *testing.T) {
+	t.Parallel()
+	ws := startWire(t, Options{}, nil)
+	ctx := wireContext(t)
+	health := healthpb.NewHealthClient(ws.dial(t))
+	for _, svc := range []string{"", adsService} {
+		r, err := health.Check(ctx, &healthpb.HealthCheckRequest{Service: svc})
+		if err != nil || r.GetStatus() != healthpb.HealthCheckResponse_NOT_SERVING {
+			t.Fatalf("Check(%q) before any snapshot: %v, %v; want NOT_SERVING", svc, r, err)
+		}
+	}
+	if _, err := health.Check(ctx, &healthpb.HealthCheckRequest{Service: "no.such.Service"}); status.Code(err) != codes.NotFound {
+		t.Errorf("Check of an unknown service: %v, want NotFound", err)
+	}
+	watch, err := health.Watch(ctx, &healthpb.HealthCheckRequest{Service: adsService})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ws2 := receiveAll(watch.Recv)
+	if r := next(t, ws2, wireTimeout, "Watch's first status"); r.GetStatus() != healthpb.HealthCheckResponse_NOT_SERVING {
+		t.Fatalf("Watch's first status %v, want NOT_SERVING", r.GetStatus())
+	}
+	setWire(t, ws.srv, map[string]*Snapshot{"n": wireSnapshot(t, "blackhole")})
+	if r := next(t, ws2, wireTimeout, "Watch after the snapshots"); r.GetStatus() != healthpb.HealthCheckResponse_SERVING {
+		t.Fatalf("Watch after the snapshots: %v, want SERVING", r.GetStatus())
+	}
+	for _, svc := range []string{"", adsService} {
+		r, err := health.Check(ctx, &healthpb.HealthCheckRequest{Service: svc})
+		if err != nil || r.GetStatus() != healthpb.HealthCheckResponse_SERVING {
+			t.Errorf("Check(%q) after the snapshots: %v, %v; want SERVING", svc, r, err)
+		}
+	}
+}
+
+// TestWireUnknownMethod: an unknown method of the ADS service, or an
+// unknown service, unary or streaming, is Unimplemented.
+func TestWireUnknownMethod(t *testing.T) {
+	t.Parallel()
+	ws := startWire(t, Options{}, map[string]*Snapshot{"n": wireSnapshot(t, "blackhole")})
+	ctx := wireContext(t)
+	conn := ws.dial(t)
+	for _, method := range []string{"/" + adsService + "/NoSuchMethod", "/no.such.Service/Method", "/envoy.service.cluster.v3.ClusterDiscoveryService/FetchClusters"} {
+		err := conn.Invoke(ctx, method, &discoveryv3.DiscoveryRequest{}, &discoveryv3.DiscoveryResponse{})
+		if status.Code(err) != codes.Unimplemented {
+			t.Errorf("unary %s: %v, want Unimplemented", method, err)
+		}
+		st, err := conn.NewStream(ctx, &grpc.StreamDesc{ClientStreams: true, ServerStreams: true}, method)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := st.SendMsg(&discoveryv3.DiscoveryRequest{}); err != nil && !errors.Is(err, io.EOF) {
+			t.Errorf("streaming %s: SendMsg: %v", method, err)
+		}
+		if err := st.RecvMsg(&discoveryv3.DiscoveryResponse{}); status.Code(err) != codes.Unimplemented {
+			t.Errorf("streaming %s: %v, want Unimplemented", method, err)
+		}
+	}
+}
+
+// TestWireOversizeRequest: a request message over 4 MiB ends its stream with
+// an error status (ResourceExhausted, as gRPC's default limit says), not a
+// hang, and the connection still serves a new stream.
+func TestWireOversizeRequest(t *testing.T) {
+	t.Parallel()
+	ws := startWire(t, Options{}, map[string]*Snapshot{"n": wireSnapshot(t, "blackhole")})
+	ctx := wireContext(t)
+	client := discoveryv3.NewAggregatedDiscoveryServiceClient(ws.dial(t))
+	st, err := client.StreamAggregatedResources(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rs := receiveAll(st.Recv)
+	huge := &discoveryv3.DiscoveryRequest{Node: &corev3.Node{Id: "n"}, TypeUrl: resourcev3.ClusterType, ResourceNames: []string{strings.Repeat("x", 4<<20+1)}}
+	if err := st.Send(huge); err != nil && !errors.Is(err, io.EOF) {
+		t.Fatal(err)
+	}
+	err = ended(t, rs, wireTimeout, "after a 4 MiB request")
+	if errors.Is(err, io.EOF) || status.Code(err) == codes.OK {
+		t.Fatalf("a 4 MiB request ended its stream with status OK (%v), want an error", err)
+	}
+	if status.Code(err) != codes.ResourceExhausted {
+		t.Logf("a 4 MiB request ended its stream with %v (gRPC's default says ResourceExhausted)", err)
+	}
+	st2, err := client.StreamAggregatedResources(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := st2.Send(&discoveryv3.DiscoveryRequest{Node: &corev3.Node{Id: "n"}, TypeUrl: resourcev3.ClusterType}); err != nil {
+		t.Fatal(err)
+	}
+	next(t, receiveAll(st2.Recv), wireTimeout, "a new stream after the oversize request")
+}
+
+// TestWireProxyGoneIsForgotten: a proxy that cancels its stream, or closes
+// its connection, is no longer listed as connected within a few seconds.
+func TestWireProxyGoneIsForgotten(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		name  string
+		delta bool
+		close bool // the connection, instead of cancelling the stream
+	}{
+		{name: "sotw cancel"},
+		{name: "delta cancel", delta: true},
+		{name: "sotw connection closed", close: true},
+		{name: "delta connection closed", delta: true, close: true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			ws := startWire(t, Options{}, map[string]*Snapshot{"n": wireSnapshot(t, "blackhole")})
+			ctx, cancel := context.WithCancel(wireContext(t))
+			defer cancel()
+			conn := ws.dial(t)
+			client := discoveryv3.NewAggregatedDiscoveryServiceClient(conn)
+			var err error
+			if tc.delta {
+				var st grpc.BidiStreamingClient[discoveryv3.DeltaDiscoveryRequest, discoveryv3.DeltaDiscoveryResponse]
+				if st, err = client.DeltaAggregatedResources(ctx); err == nil {
+					err = st.Send(&discoveryv3.DeltaDiscoveryRequest{Node: &corev3.Node{Id: "n"}, TypeUrl: resourcev3.ClusterType})
+					next(t, receiveAll(st.Recv), wireTimeout, "first response")
+				}
+			} else {
+				var st grpc.BidiStreamingClient[discoveryv3.DiscoveryRequest, discoveryv3.DiscoveryResponse]
+				if st, err = client.StreamAggregatedResources(ctx); err == nil {
+					err = st.Send(&discoveryv3.DiscoveryRequest{Node: &corev3.Node{Id: "n"}, TypeUrl: resourcev3.ClusterType})
+					next(t, receiveAll(st.Recv), wireTimeout, "first response")
+				}
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			waitDebug(t, ws.srv, "n", wireTimeout, "one stream", func(n NodeStatus) bool { return len(n.Streams) == 1 })
+			if tc.close {
+				conn.Close()
+			} else {
+				cancel()
+			}
+			n := waitDebug(t, ws.srv, "n", 5*time.Second, "no stream", func(n NodeStatus) bool { return n.NodeID == "n" && len(n.Streams) == 0 })
+			if !n.InMesh {
+				t.Errorf("/debug/nodes: %+v, want the node still in the mesh", n)
+			}
+		})
+	}
+}
+
+// wirePKI is a throwaway CA and the server's certificate (for 127.0.0.1).
+type wirePKI struct {
+	ca     *x509.Certificate
+	caKey  *ecdsa.PrivateKey
+	pool   *x509.CertPool
+	server tls.Certificate
+}
+
+func newWirePKI(t *testing.T) *wirePKI {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber:          big.NewInt(1),
+		Subject:               pkix.Name{CommonName: "detour wire test CA"},
+		NotBefore:             time.Now().Add(-time.Hour),
+		NotAfter:              time.Now().Add(time.Hour),
+		IsCA:                  true,
+		KeyUsage:              x509.KeyUsageCertSign,
+		BasicConstraintsValid: true,
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &wirePKI{caKey: key, pool: x509.NewCertPool()}
+	if p.ca, err = x509.ParseCertificate(der); err != nil {
+		t.Fatal(err)
+	}
+	p.pool.AddCert(p.ca)
+	p.server = p.issue(t, "server", nil, x509.ExtKeyUsageServerAuth)
+	return p
+}
+
+// issue is a certificate of the CA with the DNS SANs sans and 127.0.0.1.
+func (p *wirePKI) issue(t *testing.T, name string, sans []string, usage x509.ExtKeyUsage) tls.Certificate {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	serial, err := rand.Int(rand.Reader, big.NewInt(1<<62))
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber: serial,
+		Subject:      pkix.Name{CommonName: name},
+		DNSNames:     sans,
+		IPAddresses:  []net.IP{net.IPv4(127, 0, 0, 1)},
+		NotBefore:    time.Now().Add(-time.Hour),
+		NotAfter:     time.Now().Add(time.Hour),
+		KeyUsage:     x509.KeyUsageDigitalSignature,
+		ExtKeyUsage:  []x509.ExtKeyUsage{usage},
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, p.ca, &key.PublicKey, p.caKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}
+}
+
+// TestWireTLS: over TLS the server negotiates ALPN h2 (grpc-go clients
+// refuse a server without it) and serves ADS to a grpc-go client.
+func TestWireTLS(t *testing.T) {
+	t.Parallel()
+	pki := newWirePKI(t)
+	ws := startWire(t, Options{TLS: &tls.Config{Certificates: []tls.Certificate{pki.server}}}, map[string]*Snapshot{"n": wireSnapshot(t, "blackhole")})
+	ctx := wireContext(t)
+
+	d := tls.Dialer{Config: &tls.Config{RootCAs: pki.pool, NextProtos: []string{"h2", "http/1.1"}}}
+	raw, err := d.DialContext(ctx, "tcp", ws.addr)
+	if err != nil {
+		t.Fatalf("TLS handshake: %v", err)
+	}
+	if got := raw.(*tls.Conn).ConnectionState().NegotiatedProtocol; got != "h2" {
+		t.Errorf("ALPN negotiated %q, want h2", got)
+	}
+	raw.Close()
+
+	creds := credentials.NewTLS(&tls.Config{RootCAs: pki.pool})
+	st, err := discoveryv3.NewAggregatedDiscoveryServiceClient(ws.dial(t, grpc.WithTransportCredentials(creds))).StreamAggregatedResources(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := st.Send(&discoveryv3.DiscoveryRequest{Node: &corev3.Node{Id: "n"}, TypeUrl: resourcev3.ClusterType}); err != nil {
+		t.Fatal(err)
+	}
+	if r := next(t, receiveAll(st.Recv), wireTimeout, "clusters over TLS"); len(r.GetResources()) != 1 {
+		t.Errorf("clusters over TLS: %v", r)
+	}
+	short, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	plain, err := discoveryv3.NewAggregatedDiscoveryServiceClient(ws.dial(t)).StreamAggregatedResources(short)
+	if err == nil {
+		err = plain.Send(&discoveryv3.DiscoveryRequest{Node: &corev3.Node{Id: "n"}, TypeUrl: resourcev3.ClusterType})
+		if err == nil {
+			_, err = plain.Recv()
+		}
+	}
+	if err == nil {
+		t.Error("a plain-text client was served by the TLS server")
+	}
+}
+
+// TestWireMTLSNodeIdentity: with client certificates required, a node id
+// named by the client's certificate is served; another node id is refused
+// (PermissionDenied) and never listed as connected; a client without a
+// certificate is not served.
+func TestWireMTLSNodeIdentity(t *testing.T) {
+	t.Parallel()
+	pki := newWirePKI(t)
+	nodes := map[string]*Snapshot{"node-a": wireSnapshot(t, "a"), "node-b": wireSnapshot(t, "b")}
+	ws := startWire(t, Options{TLS: &tls.Config{Certificates: []tls.Certificate{pki.server}, ClientAuth: tls.RequireAndVerifyClientCert, ClientCAs: pki.pool}}, nodes)
+	ctx := wireContext(t)
+	clientA := pki.issue(t, "proxy-a", []string{"node-a"}, x509.ExtKeyUsageClientAuth)
+	conn := ws.dial(t, grpc.WithTransportCredentials(credentials.NewTLS(&tls.Config{RootCAs: pki.pool, Certificates: []tls.Certificate{clientA}})))
+	client := discoveryv3.NewAggregatedDiscoveryServiceClient(conn)
+
+	own, err := client.StreamAggregatedResources(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := own.Send(&discoveryv3.DiscoveryRequest{Node: &corev3.Node{Id: "node-a"}, TypeUrl: resourcev3.ClusterType}); err != nil {
+		t.Fatal(err)
+	}
+	if r := next(t, receiveAll(own.Recv), wireTimeout, "node-a's clusters"); !slices.Equal(clusterNames(t, r.GetResources()), []string{"a"}) {
+		t.Errorf("node-a got %v, want its cluster a", clusterNames(t, r.GetResources()))
+	}
+
+	for _, delta := range []bool{false, true} {
+		var err error
+		if delta {
+			st, serr := client.DeltaAggregatedResources(ctx)
+			if serr != nil {
+				t.Fatal(serr)
+			}
+			if serr := st.Send(&discoveryv3.DeltaDiscoveryRequest{Node: &corev3.Node{Id: "node-b"}, TypeUrl: resourcev3.ClusterType}); serr != nil && !errors.Is(serr, io.EOF) {
+				t.Fatal(serr)
+			}
+			err = ended(t, receiveAll(st.Recv), wireTimeout, "delta as node-b with node-a's certificate")
+		} else {
+			st, serr := client.StreamAggregatedResources(ctx)
+			if serr != nil {
+				t.Fatal(serr)
+			}
+			if serr := st.Send(&discoveryv3.DiscoveryRequest{Node: &corev3.Node{Id: "node-b"}, TypeUrl: resourcev3.ClusterType}); serr != nil && !errors.Is(serr, io.EOF) {
+				t.Fatal(serr)
+			}
+			err = ended(t, receiveAll(st.Recv), wireTimeout, "sotw as node-b with node-a's certificate")
+		}
+		if status.Code(err) != codes.PermissionDenied {
+			t.Errorf("delta %v: node-b with node-a's certificate: %v, want PermissionDenied", delta, err)
+		}
+	}
+	if n := debugNode(t, ws.srv, "node-b"); len(n.Streams) != 0 {
+		t.Errorf("/debug/nodes lists node-b connected: %+v", n)
+	}
+
+	anon := ws.dial(t, grpc.WithTransportCredentials(credentials.NewTLS(&tls.Config{RootCAs: pki.pool})))
+	short, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	st, err := discoveryv3.NewAggregatedDiscoveryServiceClient(anon).StreamAggregatedResources(short)
+	if err == nil {
+		if err = st.Send(&discoveryv3.DiscoveryRequest{Node: &corev3.Node{Id: "node-a"}, TypeUrl: resourcev3.ClusterType}); err == nil || errors.Is(err, io.EOF) {
+			_, err = st.Recv()
+		}
+	}
+	if err == nil {
+		t.Error("a client without a certificate was served")
+	}
+}

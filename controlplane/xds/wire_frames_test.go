@@ -1,0 +1,834 @@
+package xds
+
+// The wire suite's raw HTTP/2 client: x/net/http2's Framer and hpack over a
+// TCP connection, so that every frame the server sends is seen and every
+// frame the client sends is chosen (split header blocks, padding, split and
+// merged messages, windows, protocol errors). RFC 9113 section numbers
+// name the rule each check holds the server to.
+
+import (
+	"bytes"
+	"encoding/binary"
+	"fmt"
+	"net"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
+	"golang.org/x/net/http2"
+	"golang.org/x/net/http2/hpack"
+	"google.golang.org/protobuf/proto"
+)
+
+const (
+	sotwPath  = "/" + adsService + "/StreamAggregatedResources"
+	deltaPath = "/" + adsService + "/DeltaAggregatedResources"
+)
+
+// rawFrame is a frame the server sent, copied out of the Framer's buffers.
+type rawFrame struct {
+	http2.FrameHeader
+	data       []byte              // DATA (without padding), PING, GOAWAY debug data
+	fields     []hpack.HeaderField // HEADERS and its CONTINUATIONs, decoded
+	settings   []http2.Setting
+	code       http2.ErrCode // RST_STREAM, GOAWAY
+	lastStream uint32        // GOAWAY
+	increment  uint32        // WINDOW_UPDATE
+}
+
+func (f rawFrame) String() string {
+	switch f.Type {
+	case http2.FrameHeaders:
+		return fmt.Sprintf("%v %v", f.FrameHeader, f.fields)
+	case http2.FrameGoAway, http2.FrameRSTStream:
+		return fmt.Sprintf("%v %v last=%d %q", f.FrameHeader, f.code, f.lastStream, f.data)
+	case http2.FrameWindowUpdate:
+		return fmt.Sprintf("%v +%d", f.FrameHeader, f.increment)
+	}
+	return f.FrameHeader.String()
+}
+
+// rawStream is what the server sent on one stream.
+type rawStream struct {
+	headers  []hpack.HeaderField // the first HEADERS
+	trailers []hpack.HeaderField // the HEADERS that ended the stream (also a trailers-only response's)
+	data     []byte
+	frames   int // DATA frames
+	ended    bool
+	reset    *http2.ErrCode
+}
+
+// rawConn is a raw HTTP/2 client connection.
+type rawConn struct {
+	t      *testing.T
+	conn   net.Conn
+	fr     *http2.Framer
+	frames chan rawFrame
+	// readErr is the read error that ended the connection (once frames is
+	// closed).
+	readErr error
+
+	wmu    sync.Mutex // guards writing: fr's write side, enc, hbuf
+	enc    *hpack.Encoder
+	hbuf   bytes.Buffer
+	nextID uint32
+
+	// As frames are pumped:
+	streams  map[uint32]*rawStream
+	goaway   *rawFrame
+	closed   bool
+	seen     []rawFrame // every frame, for failure messages (DATA payloads dropped)
+	autoGive bool       // give back the windows of every DATA frame at once
+}
+
+// dialRaw opens a raw HTTP/2 connection: the client preface and a SETTINGS
+// frame with settings. The server's SETTINGS and PINGs are ACKed as they
+// arrive; DATA windows are given back at once (autoGive) unless the test
+// turns it off.
+func dialRaw(t *testing.T, addr string, settings ...http2.Setting) *rawConn {
+	t.Helper()
+	conn, err := net.DialTimeout("tcp", addr, wireTimeout)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := &rawConn{t: t, conn: conn, frames: make(chan rawFrame, 4096), nextID: 1, streams: map[uint32]*rawStream{}, autoGive: true}
+	c.fr = http2.NewFramer(conn, conn)
+	c.fr.AllowIllegalWrites = true
+	c.fr.ReadMetaHeaders = hpack.NewDecoder(4096, nil)
+	// Read frames of any size, to see (and fail on) one over the limit.
+	c.fr.SetMaxReadFrameSize(1<<24 - 1)
+	c.enc = hpack.NewEncoder(&c.hbuf)
+	if _, err := conn.Write([]byte(http2.ClientPreface)); err != nil {
+		t.Fatal(err)
+	}
+	c.write(func(fr *http2.Framer) error { return fr.WriteSettings(settings...) })
+	done := make(chan struct{})
+	go c.read(done)
+	t.Cleanup(func() {
+		conn.Close()
+		<-done
+	})
+	return c
+}
+
+// read copies every frame the server sends into c.frames until the
+// connection ends, ACKing SETTINGS and PINGs.
+func (c *rawConn) read(done chan struct{}) {
+	defer close(done)
+	defer close(c.frames)
+	for {
+		f, err := c.fr.ReadFrame()
+		if err != nil {
+			c.readErr = err
+			return
+		}
+		rf := rawFrame{FrameHeader: f.Header()}
+		switch f := f.(type) {
+		case *http2.DataFrame:
+			rf.data = slices.Clone(f.Data())
+		case *http2.MetaHeadersFrame:
+			rf.fields = slices.Clone(f.Fields)
+		case *http2.SettingsFrame:
+			_ = f.ForeachSetting(func(s http2.Setting) error {
+				rf.settings = append(rf.settings, s)
+				return nil
+			})
+			if !f.IsAck() {
+				c.tryWrite(func(fr *http2.Framer) error { return fr.WriteSettingsAck() })
+			}
+		case *http2.PingFrame:
+			rf.data = slices.Clone(f.Data[:])
+			if !f.IsAck() {
+				c.tryWrite(func(fr *http2.Framer) error { return fr.WritePing(true, f.Data) })
+			}
+		case *http2.GoAwayFrame:
+			rf.code, rf.lastStream, rf.data = f.ErrCode, f.LastStreamID, slices.Clone(f.DebugData())
+		case *http2.RSTStreamFrame:
+			rf.code = f.ErrCode
+		case *http2.WindowUpdateFrame:
+			rf.increment = f.Increment
+		}
+		c.frames <- rf
+	}
+}
+
+// write writes frames with fr, failing the test on an error.
+func (c *rawConn) write(w func(fr *http2.Framer) error) {
+	c.t.Helper()
+	if err := c.tryWrite(w); err != nil {
+		c.t.Fatalf("write: %v", err)
+	}
+}
+
+func (c *rawConn) tryWrite(w func(fr *http2.Framer) error) error {
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	_ = c.conn.SetWriteDeadline(time.Now().Add(wireTimeout))
+	return w(c.fr)
+}
+
+// headerBlock encodes fields; c.wmu must be held, and the block written
+// before the next one is encoded (HPACK's dynamic table is shared).
+func (c *rawConn) headerBlock(fields []hpack.HeaderField) []byte {
+	c.hbuf.Reset()
+	for _, f := range fields {
+		if err := c.enc.WriteField(f); err != nil {
+			c.t.Fatal(err)
+		}
+	}
+	return slices.Clone(c.hbuf.Bytes())
+}
+
+// grpcRequest are a gRPC request's headers for path.
+func grpcRequest(path string, extra ...hpack.HeaderField) []hpack.HeaderField {
+	return append([]hpack.HeaderField{
+		{Name: ":method", Value: "POST"},
+		{Name: ":scheme", Value: "http"},
+		{Name: ":path", Value: path},
+		{Name: ":authority", Value: "detour-control-plane"},
+		{Name: "content-type", Value: "application/grpc"},
+		{Name: "te", Value: "trailers"},
+	}, extra...)
+}
+
+// open starts a new stream with fields as one HEADERS frame and returns its
+// id.
+func (c *rawConn) open(fields []hpack.HeaderField) uint32 {
+	c.t.Helper()
+	c.wmu.Lock()
+	id := c.nextID
+	c.nextID += 2
+	c.wmu.Unlock()
+	c.write(func(fr *http2.Framer) error {
+		return fr.WriteHeaders(http2.HeadersFrameParam{StreamID: id, BlockFragment: c.headerBlock(fields), EndHeaders: true})
+	})
+	return id
+}
+
+// grpcMessage is m framed as a gRPC message (not compressed).
+func grpcMessage(t *testing.T, m proto.Message) []byte {
+	t.Helper()
+	b, err := proto.Marshal(m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return append(binary.BigEndian.AppendUint32([]byte{0}, uint32(len(b))), b...)
+}
+
+// send writes msgs in one DATA frame.
+func (c *rawConn) send(id uint32, end bool, msgs ...[]byte) {
+	c.t.Helper()
+	c.write(func(fr *http2.Framer) error { return fr.WriteData(id, end, bytes.Join(msgs, nil)) })
+}
+
+// stream is what the server sent on id so far.
+func (c *rawConn) stream(id uint32) *rawStream {
+	s, ok := c.streams[id]
+	if !ok {
+		s = &rawStream{}
+		c.streams[id] = s
+	}
+	return s
+}
+
+// pump handles the server's frames until done holds (checked before each
+// frame), failing after d or when the connection ends first. onFrame, when
+// set, sees every frame first.
+func (c *rawConn) pump(d time.Duration, want string, done func() bool, onFrame func(rawFrame)) {
+	c.t.Helper()
+	timer := time.NewTimer(d)
+	defer timer.Stop()
+	for !done() {
+		select {
+		case f, ok := <-c.frames:
+			if !ok {
+				if c.closed {
+					c.t.Fatalf("waiting for %s: the connection is closed (%v); frames: %v", want, c.readErr, c.seen)
+				}
+				c.closed = true
+				continue
+			}
+			c.handle(f, onFrame)
+		case <-timer.C:
+			c.t.Fatalf("waiting for %s: nothing more within %s; frames: %v", want, d, c.seen)
+		}
+	}
+}
+
+// pumpFor handles the server's frames for d (or until the connection ends).
+func (c *rawConn) pumpFor(d time.Duration, onFrame func(rawFrame)) {
+	timer := time.NewTimer(d)
+	defer timer.Stop()
+	for !c.closed {
+		select {
+		case f, ok := <-c.frames:
+			if !ok {
+				c.closed = true
+				return
+			}
+			c.handle(f, onFrame)
+		case <-timer.C:
+			return
+		}
+	}
+}
+
+func (c *rawConn) handle(f rawFrame, onFrame func(rawFrame)) {
+	c.t.Helper()
+	seen := f
+	seen.data = nil
+	c.seen = append(c.seen, seen)
+	if onFrame != nil {
+		onFrame(f)
+	}
+	switch f.Type {
+	case http2.FrameData:
+		s := c.stream(f.StreamID)
+		s.data = append(s.data, f.data...)
+		s.frames++
+		s.ended = s.ended || f.Flags.Has(http2.FlagDataEndStream)
+		if c.autoGive && f.Length > 0 {
+			c.write(func(fr *http2.Framer) error {
+				if err := fr.WriteWindowUpdate(0, f.Length); err != nil {
+					return err
+				}
+				if f.Flags.Has(http2.FlagDataEndStream) {
+					return nil
+				}
+				return fr.WriteWindowUpdate(f.StreamID, f.Length)
+			})
+		}
+	case http2.FrameHeaders:
+		s := c.stream(f.StreamID)
+		if s.headers == nil {
+			s.headers = f.fields
+		} else {
+			s.trailers = f.fields
+		}
+		if f.Flags.Has(http2.FlagHeadersEndStream) {
+			s.trailers = f.fields
+			s.ended = true
+		}
+	case http2.FrameRSTStream:
+		code := f.code
+		c.stream(f.StreamID).reset = &code
+	case http2.FrameGoAway:
+		c.goaway = &f
+	}
+}
+
+// header is the value of name in fields ("" when missing).
+func header(fields []hpack.HeaderField, name string) string {
+	for _, f := range fields {
+		if f.Name == name {
+			return f.Value
+		}
+	}
+	return ""
+}
+
+// messages splits a stream's DATA into gRPC messages; a partial message at
+// the end is left out.
+func messages(t *testing.T, data []byte) [][]byte {
+	t.Helper()
+	var out [][]byte
+	for len(data) >= 5 {
+		if data[0] != 0 {
+			t.Fatalf("a response message has the compressed flag %d, and no encoding was asked for", data[0])
+		}
+		n := int(binary.BigEndian.Uint32(data[1:5]))
+		if len(data) < 5+n {
+			break
+		}
+		out = append(out, data[5:5+n])
+		data = data[5+n:]
+	}
+	return out
+}
+
+// hasMessages reports whether stream id holds at least n whole messages.
+func (c *rawConn) hasMessages(id uint32, n int) func() bool {
+	return func() bool { return len(messages(c.t, c.stream(id).data)) >= n }
+}
+
+// decodeSotW decodes a SotW response message.
+func decodeSotW(t *testing.T, m []byte) *discoveryv3.DiscoveryResponse {
+	t.Helper()
+	var r discoveryv3.DiscoveryResponse
+	if err := proto.Unmarshal(m, &r); err != nil {
+		t.Fatalf("a response does not decode: %v", err)
+	}
+	return &r
+}
+
+// checkResponseHeaders checks a gRPC response's headers: :status 200 and a
+// gRPC content type.
+func checkResponseHeaders(t *testing.T, s *rawStream) {
+	t.Helper()
+	if got := header(s.headers, ":status"); got != "200" {
+		t.Errorf("response :status %q, want 200 (headers %v)", got, s.headers)
+	}
+	if ct := header(s.headers, "content-type"); !strings.HasPrefix(ct, "application/grpc") {
+		t.Errorf("response content-type %q, want application/grpc…", ct)
+	}
+}
+
+// grpcStatus is the grpc-status and (percent-decoded) grpc-message of a
+// stream's trailers.
+func grpcStatus(t *testing.T, s *rawStream) (int, string) {
+	t.Helper()
+	v := header(s.trailers, "grpc-status")
+	code, err := strconv.Atoi(v)
+	if err != nil {
+		t.Fatalf("trailers %v: grpc-status %q is not a number", s.trailers, v)
+	}
+	msg := header(s.trailers, "grpc-message")
+	var b []byte
+	for i := 0; i < len(msg); i++ {
+		if msg[i] == '%' && i+2 < len(msg) {
+			if v, err := strconv.ParseUint(msg[i+1:i+3], 16, 8); err == nil {
+				b = append(b, byte(v))
+				i += 2
+				continue
+			}
+		}
+		b = append(b, msg[i])
+	}
+	return code, string(b)
+}
+
+// TestWireFramesConnection: the server's preface is a SETTINGS frame (§3.4);
+// it ACKs the client's SETTINGS (§6.5.3) and each PING with the same
+// payload (§6.7); frames of an unknown type are ignored (§4.1, §5.5); no
+// frame exceeds the client's SETTINGS_MAX_FRAME_SIZE (§4.2).
+func TestWireFramesConnection(t *testing.T) {
+	t.Parallel()
+	ws := startWire(t, Options{}, map[string]*Snapshot{"n": wireSnapshot(t, "blackhole")})
+	c := dialRaw(t, ws.addr, http2.Setting{ID: http2.SettingInitialWindowSize, Val: 1 << 20})
+	var first *rawFrame
+	acked := false
+	c.pump(wireTimeout, "the server's SETTINGS and the ACK of ours", func() bool { return first != nil && acked }, func(f rawFrame) {
+		if first == nil {
+			first = &f
+		}
+		acked = acked || f.Type == http2.FrameSettings && f.Flags.Has(http2.FlagSettingsAck)
+	})
+	if first.Type != http2.FrameSettings || first.Flags.Has(http2.FlagSettingsAck) {
+		t.Errorf("the server's first frame is %v, want its SETTINGS (§3.4)", first)
+	}
+
+	c.write(func(fr *http2.Framer) error { return fr.WriteRawFrame(0xfa, 0x3, 0, []byte("an extension frame")) })
+	pings := [][8]byte{{'d', 'e', 't', 'o', 'u', 'r', '-', '1'}, {0, 1, 2, 3, 4, 5, 6, 7}}
+	for _, p := range pings {
+		c.write(func(fr *http2.Framer) error { return fr.WritePing(false, p) })
+	}
+	var got [][]byte
+	c.pump(wireTimeout, "both PING ACKs", func() bool { return len(got) == len(pings) }, func(f rawFrame) {
+		if f.Type == http2.FramePing && f.Flags.Has(http2.FlagPingAck) {
+			got = append(got, f.data)
+		}
+	})
+	for i, p := range pings {
+		if !bytes.Equal(got[i], p[:]) {
+			t.Errorf("PING ACK %d carries %q, want %q", i, got[i], p[:])
+		}
+	}
+
+	// The connection still serves a stream.
+	id := c.open(grpcRequest(sotwPath))
+	c.send(id, false, grpcMessage(t, &discoveryv3.DiscoveryRequest{Node: &corev3.Node{Id: "n"}, TypeUrl: resourcev3.ClusterType}))
+	c.pump(wireTimeout, "the clusters", c.hasMessages(id, 1), nil)
+	if c.goaway != nil {
+		t.Errorf("GOAWAY after frames of unknown types: %v", c.goaway)
+	}
+	for _, f := range c.seen {
+		if f.Length > 16384 {
+			t.Errorf("the server sent %v, over the default SETTINGS_MAX_FRAME_SIZE 16384 (§4.2)", f)
+		}
+	}
+}
+
+// TestWireFramesRequestShapes: a request whose header block is padded,
+// carries a priority and is split over CONTINUATION frames (§6.2, §6.10);
+// a gRPC message split over several DATA frames, one of them padded
+// (§6.1); two messages in one DATA frame; PRIORITY frames (§6.3) and a
+// frame of an unknown type (§5.5), to be ignored: all served. The response's HEADERS carry :status 200 and
+// content-type application/grpc, and the stream ends with grpc-status 0
+// when the client ends its side.
+func TestWireFramesRequestShapes(t *testing.T) {
+	t.Parallel()
+	var sb SnapshotBuilder
+	snap, err := sb.Snapshot([]*Resource{wireListener(t, "outbound", 15001, 0)}, []*Resource{wireCluster(t, "blackhole", 0), wireCluster(t, "passthrough", 0)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ws := startWire(t, Options{}, map[string]*Snapshot{"n": snap})
+	c := dialRaw(t, ws.addr)
+
+	const id = 1
+	c.write(func(fr *http2.Framer) error {
+		block := c.headerBlock(grpcRequest(sotwPath))
+		third := len(block) / 3
+		if err := fr.WriteHeaders(http2.HeadersFrameParam{StreamID: id, BlockFragment: block[:third], PadLength: 7,
+			Priority: http2.PriorityParam{StreamDep: 0, Weight: 200}}); err != nil {
+			return err
+		}
+		if err := fr.WriteContinuation(id, false, block[third:2*third]); err != nil {
+			return err
+		}
+		return fr.WriteContinuation(id, true, block[2*third:])
+	})
+	c.nextID = 3
+	c.write(func(fr *http2.Framer) error {
+		if err := fr.WritePriority(id, http2.PriorityParam{StreamDep: 0, Weight: 15, Exclusive: true}); err != nil {
+			return err
+		}
+		return fr.WriteRawFrame(0xfb, 0x1, id, []byte("an extension frame on an open stream"))
+	})
+	req := grpcMessage(t, &discoveryv3.DiscoveryRequest{Node: &corev3.Node{Id: "n"}, TypeUrl: resourcev3.ClusterType})
+	c.write(func(fr *http2.Framer) error {
+		if err := fr.WriteData(id, false, req[:3]); err != nil { // inside the 5-byte prefix
+			return err
+		}
+		if err := fr.WriteDataPadded(id, false, req[3:10], make([]byte, 33)); err != nil {
+			return err
+		}
+		return fr.WriteData(id, false, req[10:])
+	})
+	c.pump(wireTimeout, "the clusters", c.hasMessages(id, 1), nil)
+	s := c.stream(id)
+	checkResponseHeaders(t, s)
+	first := decodeSotW(t, messages(t, s.data)[0])
+	if first.GetVersionInfo() != snap.Versions().Clusters || len(first.GetResources()) != 2 {
+		t.Fatalf("clusters: version %q, %d resources; want %q, 2", first.GetVersionInfo(), len(first.GetResources()), snap.Versions().Clusters)
+	}
+
+	// The ACK of the clusters and the request of the listeners, in one
+	// padded DATA frame.
+	ack := grpcMessage(t, &discoveryv3.DiscoveryRequest{TypeUrl: resourcev3.ClusterType, VersionInfo: first.GetVersionInfo(), ResponseNonce: first.GetNonce()})
+	lds := grpcMessage(t, &discoveryv3.DiscoveryRequest{TypeUrl: resourcev3.ListenerType})
+	c.write(func(fr *http2.Framer) error {
+		return fr.WriteDataPadded(id, false, append(slices.Clone(ack), lds...), make([]byte, 255))
+	})
+	c.pump(wireTimeout, "the listeners", c.hasMessages(id, 2), nil)
+	if l := decodeSotW(t, messages(t, s.data)[1]); l.GetTypeUrl() != resourcev3.ListenerType || l.GetVersionInfo() != snap.Versions().Listeners {
+		t.Errorf("second response: type %q version %q, want the listeners at %q", l.GetTypeUrl(), l.GetVersionInfo(), snap.Versions().Listeners)
+	}
+	waitDebug(t, ws.srv, "n", wireTimeout, "clusters ACKed", func(n NodeStatus) bool { return n.Resources["clusters"].Acked == snap.Versions().Clusters })
+
+	// The client ends its side: the server ends the stream, grpc-status 0.
+	c.send(id, true)
+	c.pump(wireTimeout, "the end of the stream", func() bool { return s.ended || s.reset != nil }, nil)
+	if s.reset != nil {
+		t.Fatalf("the stream was reset (%v), want trailers", *s.reset)
+	}
+	if code, msg := grpcStatus(t, s); code != 0 {
+		t.Errorf("grpc-status %d %q after the client's END_STREAM, want 0", code, msg)
+	}
+	if c.goaway != nil {
+		t.Errorf("GOAWAY: %v", c.goaway)
+	}
+}
+
+// TestWireFramesFlowControl: the server never sends more DATA than the
+// client's stream and connection windows allow (§5.2, §6.9.1), nor a frame
+// over SETTINGS_MAX_FRAME_SIZE (§4.2); it resumes when a SETTINGS frame
+// raises the initial window of the open stream (§6.9.2) and after each
+// WINDOW_UPDATE; the response is whole.
+func TestWireFramesFlowControl(t *testing.T) {
+	t.Parallel()
+	ws := startWire(t, Options{}, map[string]*Snapshot{"n": bigSnapshot(t)})
+	const initial = 20000
+	c := dialRaw(t, ws.addr, http2.Setting{ID: http2.SettingInitialWindowSize, Val: initial})
+	c.autoGive = false
+	var (
+		connWindow   int64 = 65535 // §6.9.2: SETTINGS does not change it
+		streamWindow int64 = initial
+		received     int64
+	)
+	id := c.open(grpcRequest(sotwPath))
+	onFrame := func(f rawFrame) {
+		if f.Length > 16384 {
+			t.Fatalf("the server sent %v, over SETTINGS_MAX_FRAME_SIZE 16384 (§4.2)", f)
+		}
+		if f.Type != http2.FrameData {
+			return
+		}
+		if f.StreamID != id {
+			t.Fatalf("DATA on stream %d: %v", f.StreamID, f)
+		}
+		received += int64(f.Length)
+		if received > connWindow || received > streamWindow {
+			t.Fatalf("the server sent %d bytes of DATA; the client allowed %d on the connection and %d on the stream", received, connWindow, streamWindow)
+		}
+	}
+	c.send(id, false, grpcMessage(t, &discoveryv3.DiscoveryRequest{Node: &corev3.Node{Id: "n"}, TypeUrl: resourcev3.ListenerType}))
+	// stalled waits until the server has sent more than before and then
+	// nothing for a while.
+	stalled := func(before int64, what string) {
+		t.Helper()
+		c.pump(wireTimeout, what, func() bool { return received > before }, onFrame)
+		for {
+			last := received
+			c.pumpFor(300*time.Millisecond, onFrame)
+			if received == last || c.closed {
+				return
+			}
+		}
+	}
+	stalled(0, "the first DATA")
+	t.Logf("sent %d of the initial window %d", received, initial)
+
+	// §6.9.2: raising SETTINGS_INITIAL_WINDOW_SIZE grows the open stream's
+	// window by the difference.
+	before := received
+	c.write(func(fr *http2.Framer) error {
+		return fr.WriteSettings(http2.Setting{ID: http2.SettingInitialWindowSize, Val: 2 * initial})
+	})
+	streamWindow += initial
+	stalled(before, "more DATA after SETTINGS raised the initial window")
+
+	for step := 0; ; step++ {
+		if step > 100 {
+			t.Fatal("the response did not end after 100 window updates")
+		}
+		if got := messages(t, c.stream(id).data); len(got) == 1 {
+			checkBigListeners(t, "raw client", decodeSotW(t, got[0]).GetResources())
+			break
+		}
+		before := received
+		const grant = 96 << 10
+		c.write(func(fr *http2.Framer) error {
+			if err := fr.WriteWindowUpdate(0, grant); err != nil {
+				return err
+			}
+			return fr.WriteWindowUpdate(id, grant)
+		})
+		connWindow += grant
+		streamWindow += grant
+		stalled(before, fmt.Sprintf("more DATA after WINDOW_UPDATE %d", step))
+	}
+	checkResponseHeaders(t, c.stream(id))
+}
+
+// TestWireFramesResetStream: RST_STREAM from the client ends that stream
+// only: the connection serves a new stream, and /debug/nodes forgets the
+// reset one.
+func TestWireFramesResetStream(t *testing.T) {
+	t.Parallel()
+	ws := startWire(t, Options{}, map[string]*Snapshot{"n": wireSnapshot(t, "blackhole")})
+	c := dialRaw(t, ws.addr)
+	req := grpcMessage(t, &discoveryv3.DiscoveryRequest{Node: &corev3.Node{Id: "n"}, TypeUrl: resourcev3.ClusterType})
+	one := c.open(grpcRequest(sotwPath))
+	c.send(one, false, req)
+	c.pump(wireTimeout, "the clusters on the first stream", c.hasMessages(one, 1), nil)
+	c.write(func(fr *http2.Framer) error { return fr.WriteRSTStream(one, http2.ErrCodeCancel) })
+
+	two := c.open(grpcRequest(deltaPath))
+	c.send(two, false, grpcMessage(t, &discoveryv3.DeltaDiscoveryRequest{Node: &corev3.Node{Id: "n"}, TypeUrl: resourcev3.ClusterType}))
+	c.pump(wireTimeout, "the clusters on a new stream after RST_STREAM", c.hasMessages(two, 1), nil)
+	var d discoveryv3.DeltaDiscoveryResponse
+	if err := proto.Unmarshal(messages(t, c.stream(two).data)[0], &d); err != nil || len(d.GetResources()) != 1 {
+		t.Fatalf("the new stream's response: %v, %v", &d, err)
+	}
+	waitDebug(t, ws.srv, "n", 5*time.Second, "the delta stream alone", func(n NodeStatus) bool {
+		return len(n.Streams) == 1 && n.Streams[0].Protocol == "delta"
+	})
+	if c.goaway != nil {
+		t.Errorf("GOAWAY after the client's RST_STREAM: %v", c.goaway)
+	}
+}
+
+// TestWireFramesProtocolErrors: a connection error (§5.4.1) closes the
+// connection; a GOAWAY before it, which the RFC asks for (SHOULD), names
+// the error the RFC gives. The server keeps serving other connections.
+// Not here, because grpc-go's server ignores them (which RFC 9113 does not
+// allow): SETTINGS_ENABLE_PUSH 2 (§6.5.2) and a PUSH_PROMISE from the
+// client (§8.4).
+func TestWireFramesProtocolErrors(t *testing.T) {
+	t.Parallel()
+	ws := startWire(t, Options{}, map[string]*Snapshot{"n": wireSnapshot(t, "blackhole")})
+	tests := []struct {
+		name string
+		send func(c *rawConn)
+		want []http2.ErrCode // the GOAWAY codes the RFC allows
+	}{
+		{
+			name: "DATA on stream 0 (§6.1)",
+			send: func(c *rawConn) { c.send(0, false, []byte("x")) },
+			want: []http2.ErrCode{http2.ErrCodeProtocol},
+		},
+		{
+			name: "HEADERS on an even stream id (§5.1.1)",
+			send: func(c *rawConn) {
+				c.write(func(fr *http2.Framer) error {
+					return fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 2, BlockFragment: c.headerBlock(grpcRequest(sotwPath)), EndHeaders: true})
+				})
+			},
+			want: []http2.ErrCode{http2.ErrCodeProtocol},
+		},
+		{
+			name: "a stream id lower than one already used (§5.1.1)",
+			send: func(c *rawConn) {
+				for _, id := range []uint32{5, 3} {
+					c.write(func(fr *http2.Framer) error {
+						return fr.WriteHeaders(http2.HeadersFrameParam{StreamID: id, BlockFragment: c.headerBlock(grpcRequest(sotwPath)), EndHeaders: true})
+					})
+				}
+			},
+			// Stream 3 was closed when stream 5 opened: STREAM_CLOSED is
+			// allowed too (§5.1).
+			want: []http2.ErrCode{http2.ErrCodeProtocol, http2.ErrCodeStreamClosed},
+		},
+		{
+			name: "a frame other than CONTINUATION after an unfinished header block (§6.10)",
+			send: func(c *rawConn) {
+				c.write(func(fr *http2.Framer) error {
+					block := c.headerBlock(grpcRequest(sotwPath))
+					if err := fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 1, BlockFragment: block[:len(block)/2]}); err != nil {
+						return err
+					}
+					return fr.WritePing(false, [8]byte{1})
+				})
+			},
+			want: []http2.ErrCode{http2.ErrCodeProtocol},
+		},
+		{
+			name: "a header block HPACK cannot decode (§4.3)",
+			send: func(c *rawConn) {
+				c.write(func(fr *http2.Framer) error {
+					// An indexed field far past both tables.
+					return fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 1, BlockFragment: []byte{0xff, 0xff, 0xff, 0xff, 0x0f}, EndHeaders: true})
+				})
+			},
+			want: []http2.ErrCode{http2.ErrCodeCompression},
+		},
+		{
+			name: "PING on a stream (§6.7)",
+			send: func(c *rawConn) {
+				c.write(func(fr *http2.Framer) error { return fr.WriteRawFrame(http2.FramePing, 0, 1, make([]byte, 8)) })
+			},
+			want: []http2.ErrCode{http2.ErrCodeProtocol},
+		},
+		{
+			name: "WINDOW_UPDATE of 0 on the connection (§6.9)",
+			send: func(c *rawConn) {
+				c.write(func(fr *http2.Framer) error { return fr.WriteRawFrame(http2.FrameWindowUpdate, 0, 0, make([]byte, 4)) })
+			},
+			want: []http2.ErrCode{http2.ErrCodeProtocol},
+		},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			c := dialRaw(t, ws.addr)
+			// Past the server's SETTINGS first.
+			c.pump(wireTimeout, "the server's SETTINGS", func() bool { return len(c.seen) > 0 }, nil)
+			tc.send(c)
+			c.pumpFor(wireTimeout, nil)
+			if !c.closed {
+				t.Fatalf("the connection is still open %s later; frames: %v", wireTimeout, c.seen)
+			}
+			if c.goaway == nil {
+				t.Logf("closed without GOAWAY (the RFC asks for one: SHOULD); read error %v", c.readErr)
+			} else if !slices.Contains(tc.want, c.goaway.code) {
+				t.Errorf("GOAWAY %v, want one of %v", c.goaway, tc.want)
+			}
+			for id, s := range c.streams {
+				if len(s.data) > 0 {
+					t.Errorf("stream %d was served (%d bytes) on a connection in error", id, len(s.data))
+				}
+			}
+		})
+	}
+	t.Run("another connection", func(t *testing.T) {
+		t.Parallel()
+		c := dialRaw(t, ws.addr)
+		id := c.open(grpcRequest(sotwPath))
+		c.send(id, false, grpcMessage(t, &discoveryv3.DiscoveryRequest{Node: &corev3.Node{Id: "n"}, TypeUrl: resourcev3.ClusterType}))
+		c.pump(wireTimeout, "the clusters", c.hasMessages(id, 1), nil)
+	})
+}
+
+// TestWireFramesStatus: gRPC's status on the wire. An unknown method is
+// grpc-status 12 (UNIMPLEMENTED) with a grpc-message; an error of the ADS
+// server (a first request naming no node) is grpc-status 3 with its
+// message; a message with the compressed flag but no grpc-encoding ends
+// its stream with an error, and the connection keeps serving; a content
+// type that is not gRPC is refused (HTTP 415, a gRPC error, or
+// RST_STREAM), and application/grpc+proto is served.
+func TestWireFramesStatus(t *testing.T) {
+	t.Parallel()
+	ws := startWire(t, Options{}, map[string]*Snapshot{"n": wireSnapshot(t, "blackhole")})
+	c := dialRaw(t, ws.addr)
+	endedOrReset := func(id uint32) func() bool {
+		return func() bool { return c.stream(id).ended || c.stream(id).reset != nil }
+	}
+	req := grpcMessage(t, &discoveryv3.DiscoveryRequest{Node: &corev3.Node{Id: "n"}, TypeUrl: resourcev3.ClusterType})
+
+	for _, path := range []string{"/" + adsService + "/NoSuchMethod", "/no.such.Service/Method"} {
+		id := c.open(grpcRequest(path))
+		c.send(id, true, req)
+		c.pump(wireTimeout, "the status of "+path, endedOrReset(id), nil)
+		s := c.stream(id)
+		if s.reset != nil {
+			t.Fatalf("%s: RST_STREAM %v, want a gRPC status", path, *s.reset)
+		}
+		checkResponseHeaders(t, s)
+		if code, msg := grpcStatus(t, s); code != 12 || msg == "" {
+			t.Errorf("%s: grpc-status %d grpc-message %q, want 12 with a message", path, code, msg)
+		}
+	}
+
+	noNode := c.open(grpcRequest(sotwPath))
+	c.send(noNode, false, grpcMessage(t, &discoveryv3.DiscoveryRequest{TypeUrl: resourcev3.ClusterType}))
+	c.pump(wireTimeout, "the status of a request naming no node", endedOrReset(noNode), nil)
+	if code, msg := grpcStatus(t, c.stream(noNode)); code != 3 || !strings.Contains(msg, "node") {
+		t.Errorf("a request naming no node: grpc-status %d grpc-message %q, want 3 with the server's message", code, msg)
+	}
+
+	compressed := c.open(grpcRequest(sotwPath))
+	flagged := slices.Clone(req)
+	flagged[0] = 1
+	c.send(compressed, false, flagged)
+	c.pump(wireTimeout, "the end of a stream sending a compressed message without grpc-encoding", endedOrReset(compressed), nil)
+	if s := c.stream(compressed); s.reset != nil {
+		t.Logf("compressed message: RST_STREAM %v", *s.reset)
+	} else if code, msg := grpcStatus(t, s); code == 0 || len(s.data) > 0 {
+		t.Errorf("compressed message without grpc-encoding: grpc-status %d %q after %d bytes of DATA, want an error status and nothing served", code, msg, len(s.data))
+	} else {
+		t.Logf("compressed message: grpc-status %d %q", code, msg)
+	}
+
+	for _, ct := range []string{"text/plain", "application/json"} {
+		id := c.open([]hpack.HeaderField{
+			{Name: ":method", Value: "POST"}, {Name: ":scheme", Value: "http"}, {Name: ":path", Value: sotwPath},
+			{Name: ":authority", Value: "detour-control-plane"}, {Name: "content-type", Value: ct}, {Name: "te", Value: "trailers"},
+		})
+		c.send(id, true, req)
+		c.pump(wireTimeout, "the answer to content-type "+ct, endedOrReset(id), nil)
+		s := c.stream(id)
+		switch {
+		case s.reset != nil:
+		case header(s.headers, ":status") != "200":
+		default:
+			if code, msg := grpcStatus(t, s); code == 0 || len(s.data) > 0 {
+				t.Errorf("content-type %s: served (grpc-status %d %q, %d bytes of DATA), want it refused", ct, code, msg, len(s.data))
+			}
+		}
+	}
+
+	plus := c.open(append(grpcRequest(sotwPath)[:4], hpack.HeaderField{Name: "content-type", Value: "application/grpc+proto"}, hpack.HeaderField{Name: "te", Value: "trailers"}))
+	c.send(plus, false, req)
+	c.pump(wireTimeout, "the clusters asked with application/grpc+proto", c.hasMessages(plus, 1), nil)
+	checkResponseHeaders(t, c.stream(plus))
+	if c.goaway != nil || c.closed {
+		t.Errorf("the connection ended (GOAWAY %v)", c.goaway)
+	}
+}

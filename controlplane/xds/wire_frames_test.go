@@ -536,85 +536,148 @@ func TestWireFramesRequestShapes(t *testing.T) {
 	}
 }
 
+// flowClient counts what the server sends on a raw connection against the
+// windows the client gave.
+type flowClient struct {
+	t        *testing.T
+	c        *rawConn
+	conn     int64            // connection window given, in all
+	streams  map[uint32]int64 // stream windows given, in all
+	sent     map[uint32]int64 // DATA received per stream (flow-controlled length)
+	total    int64            // DATA received on the connection
+	maxFrame uint32
+}
+
+// onFrame fails as soon as a frame exceeds the maximum frame size or DATA
+// exceeds a window.
+func (fc *flowClient) onFrame(f rawFrame) {
+	fc.t.Helper()
+	if f.Length > fc.maxFrame {
+		fc.t.Fatalf("the server sent %v, over SETTINGS_MAX_FRAME_SIZE %d (§4.2)", f, fc.maxFrame)
+	}
+	if f.Type != http2.FrameData {
+		return
+	}
+	window, ok := fc.streams[f.StreamID]
+	if !ok {
+		fc.t.Fatalf("DATA on stream %d, which the client did not open: %v", f.StreamID, f)
+	}
+	fc.sent[f.StreamID] += int64(f.Length)
+	fc.total += int64(f.Length)
+	if fc.total > fc.conn || fc.sent[f.StreamID] > window {
+		fc.t.Fatalf("the server sent %d bytes of DATA on the connection, %d on stream %d; the client allowed %d and %d (§6.9.1)",
+			fc.total, fc.sent[f.StreamID], f.StreamID, fc.conn, window)
+	}
+}
+
+// stalled waits until the server sent more DATA than before, and then
+// nothing for 300 ms.
+func (fc *flowClient) stalled(before int64, what string) {
+	fc.t.Helper()
+	fc.c.pump(wireTimeout, what, func() bool { return fc.total > before }, fc.onFrame)
+	for {
+		last := fc.total
+		fc.c.pumpFor(300*time.Millisecond, fc.onFrame)
+		if fc.total == last || fc.c.closed {
+			return
+		}
+	}
+}
+
+// give sends WINDOW_UPDATEs: n bytes to the connection and to each of ids.
+func (fc *flowClient) give(n uint32, ids ...uint32) {
+	fc.t.Helper()
+	fc.c.write(func(fr *http2.Framer) error {
+		if err := fr.WriteWindowUpdate(0, n); err != nil {
+			return err
+		}
+		for _, id := range ids {
+			if err := fr.WriteWindowUpdate(id, n); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	fc.conn += int64(n)
+	for _, id := range ids {
+		fc.streams[id] += int64(n)
+	}
+}
+
 // TestWireFramesFlowControl: the server never sends more DATA than the
-// client's stream and connection windows allow (§5.2, §6.9.1), nor a frame
-// over SETTINGS_MAX_FRAME_SIZE (§4.2); it resumes when a SETTINGS frame
-// raises the initial window of the open stream (§6.9.2) and after each
-// WINDOW_UPDATE; the response is whole.
+// client's stream and connection windows allow (§5.2, §6.9.1) — the
+// connection window shared by all streams — nor a frame over
+// SETTINGS_MAX_FRAME_SIZE (§4.2); it resumes when a SETTINGS frame raises
+// the initial window of an open stream (§6.9.2) and after each
+// WINDOW_UPDATE; the responses are whole.
 func TestWireFramesFlowControl(t *testing.T) {
 	t.Parallel()
 	ws := startWire(t, Options{}, map[string]*Snapshot{"n": bigSnapshot(t)})
-	const initial = 20000
-	c := dialRaw(t, ws.addr, http2.Setting{ID: http2.SettingInitialWindowSize, Val: initial})
-	c.autoGive = false
-	var (
-		connWindow   int64 = 65535 // §6.9.2: SETTINGS does not change it
-		streamWindow int64 = initial
-		received     int64
-	)
-	id := c.open(grpcRequest(sotwPath))
-	onFrame := func(f rawFrame) {
-		if f.Length > 16384 {
-			t.Fatalf("the server sent %v, over SETTINGS_MAX_FRAME_SIZE 16384 (§4.2)", f)
-		}
-		if f.Type != http2.FrameData {
-			return
-		}
-		if f.StreamID != id {
-			t.Fatalf("DATA on stream %d: %v", f.StreamID, f)
-		}
-		received += int64(f.Length)
-		if received > connWindow || received > streamWindow {
-			t.Fatalf("the server sent %d bytes of DATA; the client allowed %d on the connection and %d on the stream", received, connWindow, streamWindow)
-		}
-	}
-	c.send(id, false, grpcMessage(t, &discoveryv3.DiscoveryRequest{Node: &corev3.Node{Id: "n"}, TypeUrl: resourcev3.ListenerType}))
-	// stalled waits until the server has sent more than before and then
-	// nothing for a while.
-	stalled := func(before int64, what string) {
-		t.Helper()
-		c.pump(wireTimeout, what, func() bool { return received > before }, onFrame)
-		for {
-			last := received
-			c.pumpFor(300*time.Millisecond, onFrame)
-			if received == last || c.closed {
-				return
-			}
-		}
-	}
-	stalled(0, "the first DATA")
-	t.Logf("sent %d of the initial window %d", received, initial)
+	sotw := grpcMessage(t, &discoveryv3.DiscoveryRequest{Node: &corev3.Node{Id: "n"}, TypeUrl: resourcev3.ListenerType})
+	delta := grpcMessage(t, &discoveryv3.DeltaDiscoveryRequest{Node: &corev3.Node{Id: "n"}, TypeUrl: resourcev3.ListenerType})
+	const grant = 96 << 10
 
-	// §6.9.2: raising SETTINGS_INITIAL_WINDOW_SIZE grows the open stream's
-	// window by the difference.
-	before := received
-	c.write(func(fr *http2.Framer) error {
-		return fr.WriteSettings(http2.Setting{ID: http2.SettingInitialWindowSize, Val: 2 * initial})
-	})
-	streamWindow += initial
-	stalled(before, "more DATA after SETTINGS raised the initial window")
+	t.Run("stream window", func(t *testing.T) {
+		t.Parallel()
+		const initial = 20000
+		c := dialRaw(t, ws.addr, http2.Setting{ID: http2.SettingInitialWindowSize, Val: initial})
+		c.autoGive = false
+		// §6.9.2: SETTINGS does not change the connection's window.
+		fc := &flowClient{t: t, c: c, conn: 65535, streams: map[uint32]int64{}, sent: map[uint32]int64{}, maxFrame: 16384}
+		id := c.open(grpcRequest(sotwPath))
+		fc.streams[id] = initial
+		c.send(id, false, sotw)
+		fc.stalled(0, "the first DATA")
+		t.Logf("sent %d of the initial window %d", fc.total, initial)
 
-	for step := 0; ; step++ {
-		if step > 100 {
-			t.Fatal("the response did not end after 100 window updates")
-		}
-		if got := messages(t, c.stream(id).data); len(got) == 1 {
-			checkBigListeners(t, "raw client", decodeSotW(t, got[0]).GetResources())
-			break
-		}
-		before := received
-		const grant = 96 << 10
+		// Raising SETTINGS_INITIAL_WINDOW_SIZE grows the open stream's
+		// window by the difference (§6.9.2).
+		before := fc.total
 		c.write(func(fr *http2.Framer) error {
-			if err := fr.WriteWindowUpdate(0, grant); err != nil {
-				return err
-			}
-			return fr.WriteWindowUpdate(id, grant)
+			return fr.WriteSettings(http2.Setting{ID: http2.SettingInitialWindowSize, Val: 2 * initial})
 		})
-		connWindow += grant
-		streamWindow += grant
-		stalled(before, fmt.Sprintf("more DATA after WINDOW_UPDATE %d", step))
-	}
-	checkResponseHeaders(t, c.stream(id))
+		fc.streams[id] += initial
+		fc.stalled(before, "more DATA after SETTINGS raised the initial window")
+
+		for step := 0; len(messages(t, c.stream(id).data)) == 0; step++ {
+			if step > 100 {
+				t.Fatal("the response did not end after 100 window updates")
+			}
+			before := fc.total
+			fc.give(grant, id)
+			fc.stalled(before, fmt.Sprintf("more DATA after WINDOW_UPDATE %d", step))
+		}
+		checkResponseHeaders(t, c.stream(id))
+		checkBigListeners(t, "raw client", decodeSotW(t, messages(t, c.stream(id).data)[0]).GetResources())
+	})
+
+	t.Run("connection window shared by two streams", func(t *testing.T) {
+		t.Parallel()
+		const initial = 1 << 20 // more than a response: the connection's window binds
+		c := dialRaw(t, ws.addr, http2.Setting{ID: http2.SettingInitialWindowSize, Val: initial})
+		c.autoGive = false
+		fc := &flowClient{t: t, c: c, conn: 65535, streams: map[uint32]int64{}, sent: map[uint32]int64{}, maxFrame: 16384}
+		one := c.open(grpcRequest(sotwPath))
+		two := c.open(grpcRequest(deltaPath))
+		fc.streams[one], fc.streams[two] = initial, initial
+		c.send(one, false, sotw)
+		c.send(two, false, delta)
+		fc.stalled(0, "the first DATA")
+		t.Logf("sent %d of the connection window 65535 (streams %v)", fc.total, fc.sent)
+		for step := 0; len(messages(t, c.stream(one).data)) == 0 || len(messages(t, c.stream(two).data)) == 0; step++ {
+			if step > 100 {
+				t.Fatal("the responses did not end after 100 window updates")
+			}
+			before := fc.total
+			fc.give(grant)
+			fc.stalled(before, fmt.Sprintf("more DATA after connection WINDOW_UPDATE %d", step))
+		}
+		checkBigListeners(t, "sotw", decodeSotW(t, messages(t, c.stream(one).data)[0]).GetResources())
+		var d discoveryv3.DeltaDiscoveryResponse
+		if err := proto.Unmarshal(messages(t, c.stream(two).data)[0], &d); err != nil || len(d.GetResources()) != bigListeners {
+			t.Errorf("delta: %d listeners, %v; want %d", len(d.GetResources()), err, bigListeners)
+		}
+	})
 }
 
 // TestWireFramesResetStream: RST_STREAM from the client ends that stream
@@ -649,8 +712,10 @@ func TestWireFramesResetStream(t *testing.T) {
 // connection; a GOAWAY before it, which the RFC asks for (SHOULD), names
 // the error the RFC gives. The server keeps serving other connections.
 // Not here, because grpc-go's server ignores them (which RFC 9113 does not
-// allow): SETTINGS_ENABLE_PUSH 2 (§6.5.2) and a PUSH_PROMISE from the
-// client (§8.4).
+// allow), and the suite holds on grpc-go: SETTINGS_ENABLE_PUSH 2 and
+// SETTINGS_MAX_FRAME_SIZE under 16384 (§6.5.2), a PUSH_PROMISE from the
+// client (§8.4), DATA on an idle stream (§5.1), a WINDOW_UPDATE taking the
+// connection's window over 2^31-1 (§6.9.1).
 func TestWireFramesProtocolErrors(t *testing.T) {
 	t.Parallel()
 	ws := startWire(t, Options{}, map[string]*Snapshot{"n": wireSnapshot(t, "blackhole")})
@@ -713,6 +778,29 @@ func TestWireFramesProtocolErrors(t *testing.T) {
 			name: "PING on a stream (§6.7)",
 			send: func(c *rawConn) {
 				c.write(func(fr *http2.Framer) error { return fr.WriteRawFrame(http2.FramePing, 0, 1, make([]byte, 8)) })
+			},
+			want: []http2.ErrCode{http2.ErrCodeProtocol},
+		},
+		{
+			name: "SETTINGS_INITIAL_WINDOW_SIZE over 2^31-1 (§6.5.2)",
+			send: func(c *rawConn) {
+				c.write(func(fr *http2.Framer) error {
+					return fr.WriteSettings(http2.Setting{ID: http2.SettingInitialWindowSize, Val: 1 << 31})
+				})
+			},
+			want: []http2.ErrCode{http2.ErrCodeFlowControl},
+		},
+		{
+			name: "SETTINGS with ACK and a payload (§6.5)",
+			send: func(c *rawConn) {
+				c.write(func(fr *http2.Framer) error { return fr.WriteRawFrame(http2.FrameSettings, 0x1, 0, make([]byte, 6)) })
+			},
+			want: []http2.ErrCode{http2.ErrCodeFrameSize},
+		},
+		{
+			name: "CONTINUATION without HEADERS (§6.10)",
+			send: func(c *rawConn) {
+				c.write(func(fr *http2.Framer) error { return fr.WriteContinuation(1, true, []byte{0x82}) })
 			},
 			want: []http2.ErrCode{http2.ErrCodeProtocol},
 		},

@@ -23,6 +23,8 @@ import (
 	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	"golang.org/x/net/http2"
 	"golang.org/x/net/http2/hpack"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 )
 
@@ -108,9 +110,10 @@ func dialRaw(t *testing.T, addr string, settings ...http2.Setting) *rawConn {
 		t.Fatal(err)
 	}
 	c.write(func(fr *http2.Framer) error { return fr.WriteSettings(settings...) })
-	done := make(chan struct{})
-	go c.read(done)
+	done, quit := make(chan struct{}), make(chan struct{})
+	go c.read(done, quit)
 	t.Cleanup(func() {
+		close(quit)
 		conn.Close()
 		<-done
 	})
@@ -118,8 +121,8 @@ func dialRaw(t *testing.T, addr string, settings ...http2.Setting) *rawConn {
 }
 
 // read copies every frame the server sends into c.frames until the
-// connection ends, ACKing SETTINGS and PINGs.
-func (c *rawConn) read(done chan struct{}) {
+// connection ends (or quit is closed), ACKing SETTINGS and PINGs.
+func (c *rawConn) read(done, quit chan struct{}) {
 	defer close(done)
 	defer close(c.frames)
 	for {
@@ -154,7 +157,11 @@ func (c *rawConn) read(done chan struct{}) {
 		case *http2.WindowUpdateFrame:
 			rf.increment = f.Increment
 		}
-		c.frames <- rf
+		select {
+		case c.frames <- rf:
+		case <-quit:
+			return
+		}
 	}
 }
 
@@ -918,5 +925,104 @@ func TestWireFramesStatus(t *testing.T) {
 	checkResponseHeaders(t, c.stream(plus))
 	if c.goaway != nil || c.closed {
 		t.Errorf("the connection ended (GOAWAY %v)", c.goaway)
+	}
+}
+
+// TestWireFramesMalformedRequest: a malformed request (§8.2, §8.3: header
+// names not lower case, pseudo-header fields misplaced, repeated, unknown
+// or missing, connection-specific fields) is never served. The RFC says a
+// stream error of type PROTOCOL_ERROR (§8.1.1), or the connection closed,
+// which an endpoint may choose instead (§5.4.1); an error response (HTTP
+// 4xx, or a gRPC error status) is accepted too, as grpc-go answers a
+// request without :path or :method. Not here, because grpc-go serves it:
+// "te" with a value other than "trailers" (§8.2.2).
+func TestWireFramesMalformedRequest(t *testing.T) {
+	t.Parallel()
+	ws := startWire(t, Options{}, map[string]*Snapshot{"n": wireSnapshot(t, "blackhole")})
+	req := grpcRequest(sotwPath)
+	field := func(name, value string) hpack.HeaderField { return hpack.HeaderField{Name: name, Value: value} }
+	tests := []struct {
+		name   string
+		fields []hpack.HeaderField
+	}{
+		{"upper-case name", append(slices.Clone(req), field("X-Envoy-Thing", "1"))},
+		{"pseudo-header after a regular one", append(slices.Clone(req[1:]), req[0])},
+		{"repeated :path", append(slices.Clone(req), field(":path", sotwPath))},
+		{"unknown pseudo-header", append(slices.Clone(req[:4]), append([]hpack.HeaderField{field(":protocol-x", "y")}, req[4:]...)...)},
+		{"missing :path", append(slices.Clone(req[:2]), req[3:]...)},
+		{"missing :method", slices.Clone(req[1:])},
+		{"connection: keep-alive", append(slices.Clone(req), field("connection", "keep-alive"))},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			c := dialRaw(t, ws.addr)
+			id := c.open(tc.fields)
+			c.send(id, false, grpcMessage(t, &discoveryv3.DiscoveryRequest{Node: &corev3.Node{Id: "n"}, TypeUrl: resourcev3.ClusterType}))
+			s := c.stream(id)
+			c.pump(wireTimeout, "the stream's end", func() bool { return c.closed || s.reset != nil || s.ended || len(s.data) > 0 }, nil)
+			if len(s.data) > 0 {
+				t.Fatalf("served: %d bytes of DATA (headers %v)", len(s.data), s.headers)
+			}
+			if s.ended && s.reset == nil {
+				// A response ended the stream: the server may still reset it (NO_ERROR, §8.1).
+				c.pumpFor(200*time.Millisecond, nil)
+			}
+			switch {
+			case len(s.data) > 0:
+				t.Errorf("served: %d bytes of DATA (headers %v)", len(s.data), s.headers)
+			case s.ended && header(s.headers, ":status") != "200":
+				t.Logf("refused with HTTP :status %s", header(s.headers, ":status"))
+			case s.ended:
+				code, msg := grpcStatus(t, s)
+				if code == 0 {
+					t.Errorf("answered grpc-status 0, want the request refused")
+				}
+				t.Logf("refused with grpc-status %d %q (then RST_STREAM %v)", code, msg, s.reset)
+			case s.reset != nil:
+				if *s.reset != http2.ErrCodeProtocol {
+					t.Errorf("RST_STREAM %v, want PROTOCOL_ERROR", *s.reset)
+				}
+			case c.closed:
+				if c.goaway != nil && c.goaway.code != http2.ErrCodeProtocol {
+					t.Errorf("GOAWAY %v, want PROTOCOL_ERROR", c.goaway)
+				}
+			}
+		})
+	}
+}
+
+// TestWireStop: Stop closes every connection at once — a grpc-go proxy's
+// stream ends with an error, a raw connection is closed (a GOAWAY before
+// is allowed) — and the address no longer serves.
+func TestWireStop(t *testing.T) {
+	t.Parallel()
+	ws := startWire(t, Options{}, map[string]*Snapshot{"n": wireSnapshot(t, "blackhole")})
+	ctx := wireContext(t)
+	st, err := discoveryv3.NewAggregatedDiscoveryServiceClient(ws.dial(t)).StreamAggregatedResources(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rs := receiveAll(st.Recv)
+	if err := st.Send(&discoveryv3.DiscoveryRequest{Node: &corev3.Node{Id: "n"}, TypeUrl: resourcev3.ClusterType}); err != nil {
+		t.Fatal(err)
+	}
+	next(t, rs, wireTimeout, "the grpc-go proxy's clusters")
+	c := dialRaw(t, ws.addr)
+	id := c.open(grpcRequest(sotwPath))
+	c.send(id, false, grpcMessage(t, &discoveryv3.DiscoveryRequest{Node: &corev3.Node{Id: "n"}, TypeUrl: resourcev3.ClusterType}))
+	c.pump(wireTimeout, "the raw proxy's clusters", c.hasMessages(id, 1), nil)
+
+	ws.srv.Stop()
+	if err := ended(t, rs, 5*time.Second, "the grpc-go proxy's stream after Stop"); status.Code(err) == codes.OK {
+		t.Errorf("the grpc-go proxy's stream ended with %v after Stop, want an error", err)
+	}
+	c.pumpFor(5*time.Second, nil)
+	if !c.closed {
+		t.Errorf("the raw connection is open 5s after Stop; frames: %v", c.seen)
+	}
+	if conn, err := net.DialTimeout("tcp", ws.addr, time.Second); err == nil {
+		conn.Close()
+		t.Errorf("%s still accepts connections after Stop", ws.addr)
 	}
 }

@@ -947,7 +947,8 @@ func TestWireFramesMalformedRequest(t *testing.T) {
 	}{
 		{"upper-case name", append(slices.Clone(req), field("X-Envoy-Thing", "1"))},
 		{"pseudo-header after a regular one", append(slices.Clone(req[1:]), req[0])},
-		{"repeated :path", append(slices.Clone(req), field(":path", sotwPath))},
+		{"repeated :path", append(slices.Clone(req[:3]), append([]hpack.HeaderField{field(":path", sotwPath)}, req[3:]...)...)},
+		{"repeated :method", append([]hpack.HeaderField{field(":method", "POST")}, req...)},
 		{"unknown pseudo-header", append(slices.Clone(req[:4]), append([]hpack.HeaderField{field(":protocol-x", "y")}, req[4:]...)...)},
 		{"missing :path", append(slices.Clone(req[:2]), req[3:]...)},
 		{"missing :method", slices.Clone(req[1:])},

@@ -294,6 +294,16 @@ func (c *rawConn) handle(f rawFrame, onFrame func(rawFrame)) {
 	if onFrame != nil {
 		onFrame(f)
 	}
+	if f.Type == http2.FrameData || f.Type == http2.FrameHeaders {
+		// §5.1: a server sends DATA and HEADERS only on the streams its
+		// client opened, and nothing of the kind once it ended one (§8.1).
+		if f.StreamID%2 == 0 {
+			c.t.Fatalf("the server sent %v on stream %d, which a client cannot have opened", f, f.StreamID)
+		}
+		if s := c.streams[f.StreamID]; s != nil && s.ended {
+			c.t.Fatalf("the server sent %v on stream %d after it ended the stream", f, f.StreamID)
+		}
+	}
 	switch f.Type {
 	case http2.FrameData:
 		s := c.stream(f.StreamID)
@@ -636,6 +646,13 @@ func TestWireFramesFlowControl(t *testing.T) {
 		c.send(id, false, sotw)
 		fc.stalled(0, "the first DATA")
 		t.Logf("sent %d of the initial window %d", fc.total, initial)
+		// Control frames do not wait behind DATA the windows hold back.
+		pinged := false
+		c.write(func(fr *http2.Framer) error { return fr.WritePing(false, [8]byte{'s', 't', 'a', 'l', 'l', 'e', 'd'}) })
+		c.pump(2*time.Second, "the PING ACK while the response waits for the window", func() bool { return pinged }, func(f rawFrame) {
+			fc.onFrame(f)
+			pinged = pinged || f.Type == http2.FramePing && f.Flags.Has(http2.FlagPingAck) && string(f.data) == "stalled\x00"
+		})
 
 		// Raising SETTINGS_INITIAL_WINDOW_SIZE grows the open stream's
 		// window by the difference (§6.9.2).
@@ -656,6 +673,35 @@ func TestWireFramesFlowControl(t *testing.T) {
 		}
 		checkResponseHeaders(t, c.stream(id))
 		checkBigListeners(t, "raw client", decodeSotW(t, messages(t, c.stream(id).data)[0]).GetResources())
+	})
+
+	t.Run("reset stream gives way", func(t *testing.T) {
+		t.Parallel()
+		c := dialRaw(t, ws.addr, http2.Setting{ID: http2.SettingInitialWindowSize, Val: 1 << 20})
+		c.autoGive = false
+		fc := &flowClient{t: t, c: c, conn: 65535, streams: map[uint32]int64{}, sent: map[uint32]int64{}, maxFrame: 16384}
+		one := c.open(grpcRequest(sotwPath))
+		fc.streams[one] = 1 << 20
+		c.send(one, false, sotw)
+		fc.stalled(0, "the listeners up to the connection window")
+		// The client resets the stream whose response waits for the
+		// connection window, opens another and gives the connection more
+		// window: it goes to the new stream, none to the reset one beyond
+		// what the window allowed before the reset.
+		c.write(func(fr *http2.Framer) error { return fr.WriteRSTStream(one, http2.ErrCodeCancel) })
+		allowed, atReset := fc.conn-fc.total, fc.sent[one]
+		two := c.open(grpcRequest(sotwPath))
+		fc.streams[two] = 1 << 20
+		c.send(two, false, grpcMessage(t, &discoveryv3.DiscoveryRequest{Node: &corev3.Node{Id: "n"}, TypeUrl: resourcev3.ClusterType}))
+		fc.give(grant)
+		c.pump(wireTimeout, "the clusters on the new stream", c.hasMessages(two, 1), fc.onFrame)
+		c.pumpFor(300*time.Millisecond, fc.onFrame)
+		if after := fc.sent[one] - atReset; after > allowed {
+			t.Errorf("the server sent %d bytes of DATA on the reset stream after the reset, when the connection window had %d left", after, allowed)
+		}
+		if r := decodeSotW(t, messages(t, c.stream(two).data)[0]); r.GetTypeUrl() != resourcev3.ClusterType || len(r.GetResources()) != 1 {
+			t.Errorf("the new stream's response: %v", r)
+		}
 	})
 
 	t.Run("connection window shared by two streams", func(t *testing.T) {

@@ -10,6 +10,7 @@ import (
 	"bytes"
 	"encoding/binary"
 	"fmt"
+	"maps"
 	"net"
 	"slices"
 	"strconv"
@@ -95,11 +96,22 @@ type rawConn struct {
 // turns it off.
 func dialRaw(t *testing.T, addr string, settings ...http2.Setting) *rawConn {
 	t.Helper()
-	conn, err := net.DialTimeout("tcp", addr, wireTimeout)
+	c, start := dialRawHeld(t, addr, settings...)
+	start()
+	return c
+}
+
+// dialRawHeld is dialRaw with a connection that reads nothing (and has a
+// small socket receive buffer) until start is called: a proxy stuck at the
+// TCP level.
+func dialRawHeld(t *testing.T, addr string, settings ...http2.Setting) (c *rawConn, start func()) {
+	t.Helper()
+	d := net.Dialer{Timeout: wireTimeout}
+	conn, err := d.Dial("tcp", addr)
 	if err != nil {
 		t.Fatal(err)
 	}
-	c := &rawConn{t: t, conn: conn, frames: make(chan rawFrame, 4096), nextID: 1, streams: map[uint32]*rawStream{}, autoGive: true}
+	c = &rawConn{t: t, conn: conn, frames: make(chan rawFrame, 4096), nextID: 1, streams: map[uint32]*rawStream{}, autoGive: true}
 	c.fr = http2.NewFramer(conn, conn)
 	c.fr.AllowIllegalWrites = true
 	c.fr.ReadMetaHeaders = hpack.NewDecoder(4096, nil)
@@ -111,13 +123,15 @@ func dialRaw(t *testing.T, addr string, settings ...http2.Setting) *rawConn {
 	}
 	c.write(func(fr *http2.Framer) error { return fr.WriteSettings(settings...) })
 	done, quit := make(chan struct{}), make(chan struct{})
-	go c.read(done, quit)
+	var once sync.Once
+	start = func() { once.Do(func() { go c.read(done, quit) }) }
 	t.Cleanup(func() {
 		close(quit)
 		conn.Close()
+		start()
 		<-done
 	})
-	return c
+	return c, start
 }
 
 // read copies every frame the server sends into c.frames until the
@@ -395,6 +409,8 @@ func checkResponseHeaders(t *testing.T, s *rawStream) {
 		t.Errorf("response content-type %q, want application/grpc…", ct)
 	}
 }
+
+func isHex(b byte) bool { return '0' <= b && b <= '9' || 'a' <= b && b <= 'f' || 'A' <= b && b <= 'F' }
 
 // grpcStatus is the grpc-status and (percent-decoded) grpc-message of a
 // stream's trailers.
@@ -900,7 +916,7 @@ func TestWireFramesProtocolErrors(t *testing.T) {
 // TestWireFramesStatus: gRPC's status on the wire. An unknown method is
 // grpc-status 12 (UNIMPLEMENTED) with a grpc-message; an error of the ADS
 // server (a first request naming no node) is grpc-status 3 with its
-// message; a message with the compressed flag but no grpc-encoding ends
+// message, percent-encoded on the wire as gRPC says (a node id "nœud-100%"); a message with the compressed flag but no grpc-encoding ends
 // its stream with an error, and the connection keeps serving; a content
 // type that is not gRPC is refused (HTTP 415, a gRPC error, or
 // RST_STREAM), and application/grpc+proto is served.
@@ -932,6 +948,22 @@ func TestWireFramesStatus(t *testing.T) {
 	c.pump(wireTimeout, "the status of a request naming no node", endedOrReset(noNode), nil)
 	if code, msg := grpcStatus(t, c.stream(noNode)); code != 3 || !strings.Contains(msg, "node") {
 		t.Errorf("a request naming no node: grpc-status %d grpc-message %q, want 3 with the server's message", code, msg)
+	}
+
+	// grpc-message is percent-encoded: on the wire only printable ASCII,
+	// '%' only as an escape; decoded, the server's message whole.
+	changed := c.open(grpcRequest(sotwPath))
+	c.send(changed, false, req, grpcMessage(t, &discoveryv3.DiscoveryRequest{Node: &corev3.Node{Id: "nœud-100%"}, TypeUrl: resourcev3.ClusterType}))
+	c.pump(wireTimeout, "the status of a stream whose node id changed", endedOrReset(changed), nil)
+	raw := header(c.stream(changed).trailers, "grpc-message")
+	for i := 0; i < len(raw); i++ {
+		if raw[i] < 0x20 || raw[i] > 0x7e || raw[i] == '%' && (i+2 >= len(raw) || !isHex(raw[i+1]) || !isHex(raw[i+2])) {
+			t.Errorf("grpc-message %q is not percent-encoded (byte %d)", raw, i)
+			break
+		}
+	}
+	if code, msg := grpcStatus(t, c.stream(changed)); code != 3 || !strings.Contains(msg, "nœud-100%") {
+		t.Errorf("a node id changed on the stream: grpc-status %d grpc-message %q, want 3 naming nœud-100%%", code, msg)
 	}
 
 	compressed := c.open(grpcRequest(sotwPath))
@@ -1071,5 +1103,120 @@ func TestWireStop(t *testing.T) {
 	if conn, err := net.DialTimeout("tcp", ws.addr, time.Second); err == nil {
 		conn.Close()
 		t.Errorf("%s still accepts connections after Stop", ws.addr)
+	}
+}
+
+// TestWireStuckConnection: a proxy stuck at the TCP level — it reads
+// nothing while 10 MiB of responses, more than its socket buffers and the
+// server's hold, are due on 24 streams — holds up no one: another proxy on another connection is
+// served and pushed a change meanwhile. When the stuck proxy reads again,
+// after 2 s, it gets every response whole.
+func TestWireStuckConnection(t *testing.T) {
+	t.Parallel()
+	const streams = 24
+	nodes := map[string]*Snapshot{"n": bigSnapshot(t), "other": wireSnapshot(t, "blackhole")}
+	ws := startWire(t, Options{}, nodes)
+	c, start := dialRawHeld(t, ws.addr, http2.Setting{ID: http2.SettingInitialWindowSize, Val: 1 << 30})
+	if err := c.conn.(*net.TCPConn).SetReadBuffer(16 << 10); err != nil {
+		t.Fatal(err)
+	}
+	c.write(func(fr *http2.Framer) error { return fr.WriteWindowUpdate(0, 1<<30) })
+	ids := make([]uint32, streams)
+	for i := range ids {
+		ids[i] = c.open(grpcRequest(sotwPath))
+		c.send(ids[i], false, grpcMessage(t, &discoveryv3.DiscoveryRequest{Node: &corev3.Node{Id: "n"}, TypeUrl: resourcev3.ListenerType}))
+	}
+	stuck := time.Now()
+	waitDebug(t, ws.srv, "n", wireTimeout, fmt.Sprintf("%d streams", streams), func(n NodeStatus) bool { return len(n.Streams) == streams })
+
+	ctx := wireContext(t)
+	st, err := discoveryv3.NewAggregatedDiscoveryServiceClient(ws.dial(t)).StreamAggregatedResources(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rs := receiveAll(st.Recv)
+	if err := st.Send(&discoveryv3.DiscoveryRequest{Node: &corev3.Node{Id: "other"}, TypeUrl: resourcev3.ClusterType}); err != nil {
+		t.Fatal(err)
+	}
+	first := next(t, rs, 2*time.Second, "the other proxy's clusters while a connection is stuck")
+	if err := st.Send(&discoveryv3.DiscoveryRequest{TypeUrl: resourcev3.ClusterType, VersionInfo: first.GetVersionInfo(), ResponseNonce: first.GetNonce()}); err != nil {
+		t.Fatal(err)
+	}
+	changed := maps.Clone(nodes)
+	changed["other"] = wireSnapshot(t, "blackhole", "passthrough")
+	setWire(t, ws.srv, changed)
+	if r := next(t, rs, 2*time.Second, "the other proxy's change while a connection is stuck"); len(r.GetResources()) != 2 {
+		t.Fatalf("the other proxy's change: %v", r)
+	}
+	if d := time.Since(stuck); d < 2*time.Second {
+		time.Sleep(2*time.Second - d)
+	}
+
+	start()
+	c.pump(wireTimeout, "every stream's listeners once the stuck proxy reads", func() bool {
+		for _, id := range ids {
+			if len(messages(t, c.stream(id).data)) == 0 {
+				return false
+			}
+		}
+		return true
+	}, nil)
+	for i, id := range ids {
+		checkBigListeners(t, fmt.Sprintf("stream %d", i), decodeSotW(t, messages(t, c.stream(id).data)[0]).GetResources())
+	}
+}
+
+// TestWireConcurrentStreams: one connection carries as many streams as the
+// server's SETTINGS_MAX_CONCURRENT_STREAMS allows, all served; a stream
+// over the limit is refused (§5.1.2: RST_STREAM REFUSED_STREAM or
+// PROTOCOL_ERROR) and not served. A server allowing more than 200 is
+// checked with 200.
+func TestWireConcurrentStreams(t *testing.T) {
+	t.Parallel()
+	ws := startWire(t, Options{}, map[string]*Snapshot{"n": wireSnapshot(t, "blackhole")})
+	c := dialRaw(t, ws.addr)
+	limit := uint32(1<<32 - 1) // §6.5.2: unlimited until the server says
+	var settings *rawFrame
+	c.pump(wireTimeout, "the server's SETTINGS", func() bool { return settings != nil }, func(f rawFrame) {
+		if f.Type == http2.FrameSettings && !f.Flags.Has(http2.FlagSettingsAck) {
+			settings = &f
+		}
+	})
+	for _, s := range settings.settings {
+		if s.ID == http2.SettingMaxConcurrentStreams {
+			limit = s.Val
+		}
+	}
+	open := min(limit, 200)
+	over := limit <= 200
+	t.Logf("SETTINGS_MAX_CONCURRENT_STREAMS %d: opening %d streams (one more: %v)", limit, open, over)
+	if open == 0 {
+		t.Fatal("the server allows no stream")
+	}
+	req := grpcMessage(t, &discoveryv3.DiscoveryRequest{Node: &corev3.Node{Id: "n"}, TypeUrl: resourcev3.ClusterType})
+	var ids []uint32
+	for range open {
+		id := c.open(grpcRequest(sotwPath))
+		c.send(id, false, req)
+		ids = append(ids, id)
+	}
+	served := func() bool {
+		for _, id := range ids {
+			if len(messages(t, c.stream(id).data)) == 0 {
+				return false
+			}
+		}
+		return true
+	}
+	c.pump(wireTimeout, fmt.Sprintf("responses on all %d streams", open), served, nil)
+	if !over {
+		return
+	}
+	extra := c.open(grpcRequest(sotwPath))
+	c.send(extra, false, req)
+	s := c.stream(extra)
+	c.pump(wireTimeout, "the stream over the limit refused", func() bool { return s.reset != nil || len(s.data) > 0 || s.ended }, nil)
+	if len(s.data) > 0 || s.reset == nil || (*s.reset != http2.ErrCodeRefusedStream && *s.reset != http2.ErrCodeProtocol) {
+		t.Errorf("stream %d over the limit %d: reset %v, %d bytes served; want RST_STREAM REFUSED_STREAM or PROTOCOL_ERROR and nothing served", open+1, limit, s.reset, len(s.data))
 	}
 }

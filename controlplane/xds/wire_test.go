@@ -48,6 +48,7 @@ import (
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
 	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/structpb"
 )
 
 // wireTimeout bounds every wait of the wire suite.
@@ -742,7 +743,8 @@ func TestWireManyProxies(t *testing.T) {
 
 // TestWireHealth: grpc.health.v1 on the xDS address: NOT_SERVING (overall
 // and for ADS) until the first snapshots, SERVING after, a Watch sees the
-// change, and an unknown service is NOT_FOUND.
+// change; Check of an unknown service is NOT_FOUND, Watch of it
+// SERVICE_UNKNOWN (the health protocol's rules).
 func TestWireHealth(t *testing.T) {
 	t.Parallel()
 	ws := startWire(t, Options{}, nil)
@@ -756,6 +758,13 @@ func TestWireHealth(t *testing.T) {
 	}
 	if _, err := health.Check(ctx, &healthpb.HealthCheckRequest{Service: "no.such.Service"}); status.Code(err) != codes.NotFound {
 		t.Errorf("Check of an unknown service: %v, want NotFound", err)
+	}
+	unknown, err := health.Watch(ctx, &healthpb.HealthCheckRequest{Service: "no.such.Service"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r := next(t, receiveAll(unknown.Recv), wireTimeout, "Watch of an unknown service"); r.GetStatus() != healthpb.HealthCheckResponse_SERVICE_UNKNOWN {
+		t.Errorf("Watch of an unknown service: %v, want SERVICE_UNKNOWN", r.GetStatus())
 	}
 	watch, err := health.Watch(ctx, &healthpb.HealthCheckRequest{Service: adsService})
 	if err != nil {
@@ -1060,5 +1069,42 @@ func TestWireMTLSNodeIdentity(t *testing.T) {
 	}
 	if err == nil {
 		t.Error("a client without a certificate was served")
+	}
+}
+
+// TestWireLargeRequests: the server gives its receive windows back as it
+// reads: a proxy sends eight requests of 1 MiB each (Envoy sends its node,
+// metadata and all, with every request unless told otherwise), far more
+// than any initial window, on one stream, and the last is answered.
+func TestWireLargeRequests(t *testing.T) {
+	t.Parallel()
+	var sb SnapshotBuilder
+	snap, err := sb.Snapshot([]*Resource{wireListener(t, "outbound", 15001, 0)}, []*Resource{wireCluster(t, "blackhole", 0)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ws := startWire(t, Options{}, map[string]*Snapshot{"n": snap})
+	ctx := wireContext(t)
+	st, err := discoveryv3.NewAggregatedDiscoveryServiceClient(ws.dial(t)).StreamAggregatedResources(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rs := receiveAll(st.Recv)
+	node := &corev3.Node{Id: "n", Metadata: &structpb.Struct{Fields: map[string]*structpb.Value{"pad": structpb.NewStringValue(strings.Repeat("m", 1<<20))}}}
+	if err := st.Send(&discoveryv3.DiscoveryRequest{Node: node, TypeUrl: resourcev3.ClusterType}); err != nil {
+		t.Fatal(err)
+	}
+	first := next(t, rs, wireTimeout, "the clusters")
+	for i := range 6 {
+		// Requests about an older response: read, and ignored.
+		if err := st.Send(&discoveryv3.DiscoveryRequest{Node: node, TypeUrl: resourcev3.ClusterType, ResponseNonce: fmt.Sprintf("older-%d", i)}); err != nil {
+			t.Fatalf("request %d: %v", i+2, err)
+		}
+	}
+	if err := st.Send(&discoveryv3.DiscoveryRequest{Node: node, TypeUrl: resourcev3.ListenerType}); err != nil {
+		t.Fatal(err)
+	}
+	if r := next(t, rs, wireTimeout, "the listeners, asked by the eighth request"); r.GetTypeUrl() != resourcev3.ListenerType || r.GetVersionInfo() != snap.Versions().Listeners {
+		t.Fatalf("after eight 1 MiB requests got %v, want the listeners (the clusters were %s)", r, first.GetVersionInfo())
 	}
 }

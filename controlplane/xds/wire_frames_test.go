@@ -25,6 +25,7 @@ import (
 	"golang.org/x/net/http2"
 	"golang.org/x/net/http2/hpack"
 	"google.golang.org/grpc/codes"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 )
@@ -308,6 +309,10 @@ func (c *rawConn) handle(f rawFrame, onFrame func(rawFrame)) {
 	if onFrame != nil {
 		onFrame(f)
 	}
+	if f.Length > 16384 {
+		// No test advertises a larger SETTINGS_MAX_FRAME_SIZE.
+		c.t.Fatalf("the server sent %v, over the client's SETTINGS_MAX_FRAME_SIZE 16384 (§4.2)", f)
+	}
 	if f.Type == http2.FrameData || f.Type == http2.FrameHeaders {
 		// §5.1: a server sends DATA and HEADERS only on the streams its
 		// client opened, and nothing of the kind once it ended one (§8.1).
@@ -453,7 +458,17 @@ func TestWireFramesConnection(t *testing.T) {
 		acked = acked || f.Type == http2.FrameSettings && f.Flags.Has(http2.FlagSettingsAck)
 	})
 	if first.Type != http2.FrameSettings || first.Flags.Has(http2.FlagSettingsAck) {
-		t.Errorf("the server's first frame is %v, want its SETTINGS (§3.4)", first)
+		t.Fatalf("the server's first frame is %v, want its SETTINGS (§3.4)", first)
+	}
+	for _, s := range first.settings {
+		// §6.5.2: the values a server may send.
+		switch {
+		case s.ID == http2.SettingEnablePush && s.Val != 0:
+			t.Errorf("the server sent %v: a server must not set it to 1", s)
+		case s.ID == http2.SettingInitialWindowSize && s.Val > 1<<31-1,
+			s.ID == http2.SettingMaxFrameSize && (s.Val < 1<<14 || s.Val > 1<<24-1):
+			t.Errorf("the server sent %v, out of its range", s)
+		}
 	}
 
 	c.write(func(fr *http2.Framer) error { return fr.WriteRawFrame(0xfa, 0x3, 0, []byte("an extension frame")) })
@@ -480,9 +495,28 @@ func TestWireFramesConnection(t *testing.T) {
 	if c.goaway != nil {
 		t.Errorf("GOAWAY after frames of unknown types: %v", c.goaway)
 	}
-	for _, f := range c.seen {
-		if f.Length > 16384 {
-			t.Errorf("the server sent %v, over the default SETTINGS_MAX_FRAME_SIZE 16384 (§4.2)", f)
+}
+
+// TestWireFramesHeaderTableSize: a client whose HPACK decoder has no
+// dynamic table (SETTINGS_HEADER_TABLE_SIZE 0, §6.5.2) can decode every
+// response header block: the server's encoder does not index into a table
+// the client does not keep (RFC 7541 §4.2).
+func TestWireFramesHeaderTableSize(t *testing.T) {
+	t.Parallel()
+	ws := startWire(t, Options{}, map[string]*Snapshot{"n": wireSnapshot(t, "blackhole")})
+	c, start := dialRawHeld(t, ws.addr, http2.Setting{ID: http2.SettingHeaderTableSize, Val: 0})
+	c.fr.ReadMetaHeaders = hpack.NewDecoder(0, nil)
+	start()
+	req := grpcMessage(t, &discoveryv3.DiscoveryRequest{Node: &corev3.Node{Id: "n"}, TypeUrl: resourcev3.ClusterType})
+	for i := range 3 {
+		id := c.open(grpcRequest(sotwPath))
+		c.send(id, false, req)
+		c.pump(wireTimeout, fmt.Sprintf("stream %d's response", i), c.hasMessages(id, 1), nil)
+		c.send(id, true)
+		c.pump(wireTimeout, fmt.Sprintf("stream %d's trailers", i), func() bool { return c.stream(id).ended }, nil)
+		checkResponseHeaders(t, c.stream(id))
+		if code, msg := grpcStatus(t, c.stream(id)); code != 0 || len(messages(t, c.stream(id).data)) != 1 {
+			t.Errorf("stream %d: grpc-status %d %q, %d messages; want 0 after one response", i, code, msg, len(messages(t, c.stream(id).data)))
 		}
 	}
 }
@@ -964,6 +998,23 @@ func TestWireFramesStatus(t *testing.T) {
 	}
 	if code, msg := grpcStatus(t, c.stream(changed)); code != 3 || !strings.Contains(msg, "nœud-100%") {
 		t.Errorf("a node id changed on the stream: grpc-status %d grpc-message %q, want 3 naming nœud-100%%", code, msg)
+	}
+
+	// An empty message (a HealthCheckRequest for the server as a whole
+	// encodes to no bytes) is a message: the unary call answers it.
+	check := c.open(grpcRequest("/grpc.health.v1.Health/Check"))
+	c.send(check, true, []byte{0, 0, 0, 0, 0})
+	c.pump(wireTimeout, "the answer to an empty health Check", endedOrReset(check), nil)
+	if s := c.stream(check); s.reset != nil || len(messages(t, s.data)) != 1 {
+		t.Errorf("an empty health Check: reset %v, %d messages; want one answer", s.reset, len(messages(t, s.data)))
+	} else {
+		var r healthpb.HealthCheckResponse
+		if err := proto.Unmarshal(messages(t, s.data)[0], &r); err != nil || r.GetStatus() != healthpb.HealthCheckResponse_SERVING {
+			t.Errorf("an empty health Check: %v, %v; want SERVING", &r, err)
+		}
+		if code, msg := grpcStatus(t, s); code != 0 {
+			t.Errorf("an empty health Check: grpc-status %d %q, want 0", code, msg)
+		}
 	}
 
 	compressed := c.open(grpcRequest(sotwPath))

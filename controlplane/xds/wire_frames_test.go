@@ -31,8 +31,8 @@ import (
 )
 
 const (
-	sotwPath  = "/" + adsService + "/StreamAggregatedResources"
-	deltaPath = "/" + adsService + "/DeltaAggregatedResources"
+	sotwPath  = "/" + wireADS + "/StreamAggregatedResources"
+	deltaPath = "/" + wireADS + "/DeltaAggregatedResources"
 )
 
 // rawFrame is a frame the server sent, copied out of the Framer's buffers.
@@ -359,8 +359,8 @@ func (c *rawConn) handle(f rawFrame, onFrame func(rawFrame)) {
 	}
 }
 
-// header is the value of name in fields ("" when missing).
-func header(fields []hpack.HeaderField, name string) string {
+// headerValue is the value of name in fields ("" when missing).
+func headerValue(fields []hpack.HeaderField, name string) string {
 	for _, f := range fields {
 		if f.Name == name {
 			return f.Value
@@ -369,9 +369,9 @@ func header(fields []hpack.HeaderField, name string) string {
 	return ""
 }
 
-// messages splits a stream's DATA into gRPC messages; a partial message at
+// grpcMessages splits a stream's DATA into gRPC messages; a partial message at
 // the end is left out.
-func messages(t *testing.T, data []byte) [][]byte {
+func grpcMessages(t *testing.T, data []byte) [][]byte {
 	t.Helper()
 	var out [][]byte
 	for len(data) >= 5 {
@@ -390,7 +390,7 @@ func messages(t *testing.T, data []byte) [][]byte {
 
 // hasMessages reports whether stream id holds at least n whole messages.
 func (c *rawConn) hasMessages(id uint32, n int) func() bool {
-	return func() bool { return len(messages(c.t, c.stream(id).data)) >= n }
+	return func() bool { return len(grpcMessages(c.t, c.stream(id).data)) >= n }
 }
 
 // decodeSotW decodes a SotW response message.
@@ -407,26 +407,28 @@ func decodeSotW(t *testing.T, m []byte) *discoveryv3.DiscoveryResponse {
 // gRPC content type.
 func checkResponseHeaders(t *testing.T, s *rawStream) {
 	t.Helper()
-	if got := header(s.headers, ":status"); got != "200" {
+	if got := headerValue(s.headers, ":status"); got != "200" {
 		t.Errorf("response :status %q, want 200 (headers %v)", got, s.headers)
 	}
-	if ct := header(s.headers, "content-type"); !strings.HasPrefix(ct, "application/grpc") {
+	if ct := headerValue(s.headers, "content-type"); !strings.HasPrefix(ct, "application/grpc") {
 		t.Errorf("response content-type %q, want application/grpc…", ct)
 	}
 }
 
-func isHex(b byte) bool { return '0' <= b && b <= '9' || 'a' <= b && b <= 'f' || 'A' <= b && b <= 'F' }
+func isHexDigit(b byte) bool {
+	return '0' <= b && b <= '9' || 'a' <= b && b <= 'f' || 'A' <= b && b <= 'F'
+}
 
 // grpcStatus is the grpc-status and (percent-decoded) grpc-message of a
 // stream's trailers.
 func grpcStatus(t *testing.T, s *rawStream) (int, string) {
 	t.Helper()
-	v := header(s.trailers, "grpc-status")
+	v := headerValue(s.trailers, "grpc-status")
 	code, err := strconv.Atoi(v)
 	if err != nil {
 		t.Fatalf("trailers %v: grpc-status %q is not a number", s.trailers, v)
 	}
-	msg := header(s.trailers, "grpc-message")
+	msg := headerValue(s.trailers, "grpc-message")
 	var b []byte
 	for i := 0; i < len(msg); i++ {
 		if msg[i] == '%' && i+2 < len(msg) {
@@ -515,8 +517,8 @@ func TestWireFramesHeaderTableSize(t *testing.T) {
 		c.send(id, true)
 		c.pump(wireTimeout, fmt.Sprintf("stream %d's trailers", i), func() bool { return c.stream(id).ended }, nil)
 		checkResponseHeaders(t, c.stream(id))
-		if code, msg := grpcStatus(t, c.stream(id)); code != 0 || len(messages(t, c.stream(id).data)) != 1 {
-			t.Errorf("stream %d: grpc-status %d %q, %d messages; want 0 after one response", i, code, msg, len(messages(t, c.stream(id).data)))
+		if code, msg := grpcStatus(t, c.stream(id)); code != 0 || len(grpcMessages(t, c.stream(id).data)) != 1 {
+			t.Errorf("stream %d: grpc-status %d %q, %d messages; want 0 after one response", i, code, msg, len(grpcMessages(t, c.stream(id).data)))
 		}
 	}
 }
@@ -571,7 +573,7 @@ func TestWireFramesRequestShapes(t *testing.T) {
 	c.pump(wireTimeout, "the clusters", c.hasMessages(id, 1), nil)
 	s := c.stream(id)
 	checkResponseHeaders(t, s)
-	first := decodeSotW(t, messages(t, s.data)[0])
+	first := decodeSotW(t, grpcMessages(t, s.data)[0])
 	if first.GetVersionInfo() != snap.Versions().Clusters || len(first.GetResources()) != 2 {
 		t.Fatalf("clusters: version %q, %d resources; want %q, 2", first.GetVersionInfo(), len(first.GetResources()), snap.Versions().Clusters)
 	}
@@ -584,7 +586,7 @@ func TestWireFramesRequestShapes(t *testing.T) {
 		return fr.WriteDataPadded(id, false, append(slices.Clone(ack), lds...), make([]byte, 255))
 	})
 	c.pump(wireTimeout, "the listeners", c.hasMessages(id, 2), nil)
-	if l := decodeSotW(t, messages(t, s.data)[1]); l.GetTypeUrl() != resourcev3.ListenerType || l.GetVersionInfo() != snap.Versions().Listeners {
+	if l := decodeSotW(t, grpcMessages(t, s.data)[1]); l.GetTypeUrl() != resourcev3.ListenerType || l.GetVersionInfo() != snap.Versions().Listeners {
 		t.Errorf("second response: type %q version %q, want the listeners at %q", l.GetTypeUrl(), l.GetVersionInfo(), snap.Versions().Listeners)
 	}
 	waitDebug(t, ws.srv, "n", wireTimeout, "clusters ACKed", func(n NodeStatus) bool { return n.Resources["clusters"].Acked == snap.Versions().Clusters })
@@ -713,7 +715,7 @@ func TestWireFramesFlowControl(t *testing.T) {
 		fc.streams[id] += initial
 		fc.stalled(before, "more DATA after SETTINGS raised the initial window")
 
-		for step := 0; len(messages(t, c.stream(id).data)) == 0; step++ {
+		for step := 0; len(grpcMessages(t, c.stream(id).data)) == 0; step++ {
 			if step > 100 {
 				t.Fatal("the response did not end after 100 window updates")
 			}
@@ -722,7 +724,7 @@ func TestWireFramesFlowControl(t *testing.T) {
 			fc.stalled(before, fmt.Sprintf("more DATA after WINDOW_UPDATE %d", step))
 		}
 		checkResponseHeaders(t, c.stream(id))
-		checkBigListeners(t, "raw client", decodeSotW(t, messages(t, c.stream(id).data)[0]).GetResources())
+		checkBigListeners(t, "raw client", decodeSotW(t, grpcMessages(t, c.stream(id).data)[0]).GetResources())
 	})
 
 	t.Run("reset stream gives way", func(t *testing.T) {
@@ -749,7 +751,7 @@ func TestWireFramesFlowControl(t *testing.T) {
 		if after := fc.sent[one] - atReset; after > allowed {
 			t.Errorf("the server sent %d bytes of DATA on the reset stream after the reset, when the connection window had %d left", after, allowed)
 		}
-		if r := decodeSotW(t, messages(t, c.stream(two).data)[0]); r.GetTypeUrl() != resourcev3.ClusterType || len(r.GetResources()) != 1 {
+		if r := decodeSotW(t, grpcMessages(t, c.stream(two).data)[0]); r.GetTypeUrl() != resourcev3.ClusterType || len(r.GetResources()) != 1 {
 			t.Errorf("the new stream's response: %v", r)
 		}
 	})
@@ -767,7 +769,7 @@ func TestWireFramesFlowControl(t *testing.T) {
 		c.send(two, false, delta)
 		fc.stalled(0, "the first DATA")
 		t.Logf("sent %d of the connection window 65535 (streams %v)", fc.total, fc.sent)
-		for step := 0; len(messages(t, c.stream(one).data)) == 0 || len(messages(t, c.stream(two).data)) == 0; step++ {
+		for step := 0; len(grpcMessages(t, c.stream(one).data)) == 0 || len(grpcMessages(t, c.stream(two).data)) == 0; step++ {
 			if step > 100 {
 				t.Fatal("the responses did not end after 100 window updates")
 			}
@@ -775,9 +777,9 @@ func TestWireFramesFlowControl(t *testing.T) {
 			fc.give(grant)
 			fc.stalled(before, fmt.Sprintf("more DATA after connection WINDOW_UPDATE %d", step))
 		}
-		checkBigListeners(t, "sotw", decodeSotW(t, messages(t, c.stream(one).data)[0]).GetResources())
+		checkBigListeners(t, "sotw", decodeSotW(t, grpcMessages(t, c.stream(one).data)[0]).GetResources())
 		var d discoveryv3.DeltaDiscoveryResponse
-		if err := proto.Unmarshal(messages(t, c.stream(two).data)[0], &d); err != nil || len(d.GetResources()) != bigListeners {
+		if err := proto.Unmarshal(grpcMessages(t, c.stream(two).data)[0], &d); err != nil || len(d.GetResources()) != bigListeners {
 			t.Errorf("delta: %d listeners, %v; want %d", len(d.GetResources()), err, bigListeners)
 		}
 	})
@@ -800,7 +802,7 @@ func TestWireFramesResetStream(t *testing.T) {
 	c.send(two, false, grpcMessage(t, &discoveryv3.DeltaDiscoveryRequest{Node: &corev3.Node{Id: "n"}, TypeUrl: resourcev3.ClusterType}))
 	c.pump(wireTimeout, "the clusters on a new stream after RST_STREAM", c.hasMessages(two, 1), nil)
 	var d discoveryv3.DeltaDiscoveryResponse
-	if err := proto.Unmarshal(messages(t, c.stream(two).data)[0], &d); err != nil || len(d.GetResources()) != 1 {
+	if err := proto.Unmarshal(grpcMessages(t, c.stream(two).data)[0], &d); err != nil || len(d.GetResources()) != 1 {
 		t.Fatalf("the new stream's response: %v, %v", &d, err)
 	}
 	waitDebug(t, ws.srv, "n", 5*time.Second, "the delta stream alone", func(n NodeStatus) bool {
@@ -963,7 +965,7 @@ func TestWireFramesStatus(t *testing.T) {
 	}
 	req := grpcMessage(t, &discoveryv3.DiscoveryRequest{Node: &corev3.Node{Id: "n"}, TypeUrl: resourcev3.ClusterType})
 
-	for _, path := range []string{"/" + adsService + "/NoSuchMethod", "/no.such.Service/Method"} {
+	for _, path := range []string{"/" + wireADS + "/NoSuchMethod", "/no.such.Service/Method"} {
 		id := c.open(grpcRequest(path))
 		c.send(id, true, req)
 		c.pump(wireTimeout, "the status of "+path, endedOrReset(id), nil)
@@ -989,9 +991,9 @@ func TestWireFramesStatus(t *testing.T) {
 	changed := c.open(grpcRequest(sotwPath))
 	c.send(changed, false, req, grpcMessage(t, &discoveryv3.DiscoveryRequest{Node: &corev3.Node{Id: "nœud-100%"}, TypeUrl: resourcev3.ClusterType}))
 	c.pump(wireTimeout, "the status of a stream whose node id changed", endedOrReset(changed), nil)
-	raw := header(c.stream(changed).trailers, "grpc-message")
+	raw := headerValue(c.stream(changed).trailers, "grpc-message")
 	for i := 0; i < len(raw); i++ {
-		if raw[i] < 0x20 || raw[i] > 0x7e || raw[i] == '%' && (i+2 >= len(raw) || !isHex(raw[i+1]) || !isHex(raw[i+2])) {
+		if raw[i] < 0x20 || raw[i] > 0x7e || raw[i] == '%' && (i+2 >= len(raw) || !isHexDigit(raw[i+1]) || !isHexDigit(raw[i+2])) {
 			t.Errorf("grpc-message %q is not percent-encoded (byte %d)", raw, i)
 			break
 		}
@@ -1005,11 +1007,11 @@ func TestWireFramesStatus(t *testing.T) {
 	check := c.open(grpcRequest("/grpc.health.v1.Health/Check"))
 	c.send(check, true, []byte{0, 0, 0, 0, 0})
 	c.pump(wireTimeout, "the answer to an empty health Check", endedOrReset(check), nil)
-	if s := c.stream(check); s.reset != nil || len(messages(t, s.data)) != 1 {
-		t.Errorf("an empty health Check: reset %v, %d messages; want one answer", s.reset, len(messages(t, s.data)))
+	if s := c.stream(check); s.reset != nil || len(grpcMessages(t, s.data)) != 1 {
+		t.Errorf("an empty health Check: reset %v, %d messages; want one answer", s.reset, len(grpcMessages(t, s.data)))
 	} else {
 		var r healthpb.HealthCheckResponse
-		if err := proto.Unmarshal(messages(t, s.data)[0], &r); err != nil || r.GetStatus() != healthpb.HealthCheckResponse_SERVING {
+		if err := proto.Unmarshal(grpcMessages(t, s.data)[0], &r); err != nil || r.GetStatus() != healthpb.HealthCheckResponse_SERVING {
 			t.Errorf("an empty health Check: %v, %v; want SERVING", &r, err)
 		}
 		if code, msg := grpcStatus(t, s); code != 0 {
@@ -1040,7 +1042,7 @@ func TestWireFramesStatus(t *testing.T) {
 		s := c.stream(id)
 		switch {
 		case s.reset != nil:
-		case header(s.headers, ":status") != "200":
+		case headerValue(s.headers, ":status") != "200":
 		default:
 			if code, msg := grpcStatus(t, s); code == 0 || len(s.data) > 0 {
 				t.Errorf("content-type %s: served (grpc-status %d %q, %d bytes of DATA), want it refused", ct, code, msg, len(s.data))
@@ -1101,8 +1103,8 @@ func TestWireFramesMalformedRequest(t *testing.T) {
 			switch {
 			case len(s.data) > 0:
 				t.Errorf("served: %d bytes of DATA (headers %v)", len(s.data), s.headers)
-			case s.ended && header(s.headers, ":status") != "200":
-				t.Logf("refused with HTTP :status %s", header(s.headers, ":status"))
+			case s.ended && headerValue(s.headers, ":status") != "200":
+				t.Logf("refused with HTTP :status %s", headerValue(s.headers, ":status"))
 			case s.ended:
 				code, msg := grpcStatus(t, s)
 				if code == 0 {
@@ -1137,14 +1139,14 @@ func TestWireStop(t *testing.T) {
 	if err := st.Send(&discoveryv3.DiscoveryRequest{Node: &corev3.Node{Id: "n"}, TypeUrl: resourcev3.ClusterType}); err != nil {
 		t.Fatal(err)
 	}
-	next(t, rs, wireTimeout, "the grpc-go proxy's clusters")
+	recvWithin(t, rs, wireTimeout, "the grpc-go proxy's clusters")
 	c := dialRaw(t, ws.addr)
 	id := c.open(grpcRequest(sotwPath))
 	c.send(id, false, grpcMessage(t, &discoveryv3.DiscoveryRequest{Node: &corev3.Node{Id: "n"}, TypeUrl: resourcev3.ClusterType}))
 	c.pump(wireTimeout, "the raw proxy's clusters", c.hasMessages(id, 1), nil)
 
 	ws.srv.Stop()
-	if err := ended(t, rs, 5*time.Second, "the grpc-go proxy's stream after Stop"); status.Code(err) == codes.OK {
+	if err := endWithin(t, rs, 5*time.Second, "the grpc-go proxy's stream after Stop"); status.Code(err) == codes.OK {
 		t.Errorf("the grpc-go proxy's stream ended with %v after Stop, want an error", err)
 	}
 	c.pumpFor(5*time.Second, nil)
@@ -1189,14 +1191,14 @@ func TestWireStuckConnection(t *testing.T) {
 	if err := st.Send(&discoveryv3.DiscoveryRequest{Node: &corev3.Node{Id: "other"}, TypeUrl: resourcev3.ClusterType}); err != nil {
 		t.Fatal(err)
 	}
-	first := next(t, rs, 2*time.Second, "the other proxy's clusters while a connection is stuck")
+	first := recvWithin(t, rs, 2*time.Second, "the other proxy's clusters while a connection is stuck")
 	if err := st.Send(&discoveryv3.DiscoveryRequest{TypeUrl: resourcev3.ClusterType, VersionInfo: first.GetVersionInfo(), ResponseNonce: first.GetNonce()}); err != nil {
 		t.Fatal(err)
 	}
 	changed := maps.Clone(nodes)
 	changed["other"] = wireSnapshot(t, "blackhole", "passthrough")
 	setWire(t, ws.srv, changed)
-	if r := next(t, rs, 2*time.Second, "the other proxy's change while a connection is stuck"); len(r.GetResources()) != 2 {
+	if r := recvWithin(t, rs, 2*time.Second, "the other proxy's change while a connection is stuck"); len(r.GetResources()) != 2 {
 		t.Fatalf("the other proxy's change: %v", r)
 	}
 	if d := time.Since(stuck); d < 2*time.Second {
@@ -1206,14 +1208,14 @@ func TestWireStuckConnection(t *testing.T) {
 	start()
 	c.pump(wireTimeout, "every stream's listeners once the stuck proxy reads", func() bool {
 		for _, id := range ids {
-			if len(messages(t, c.stream(id).data)) == 0 {
+			if len(grpcMessages(t, c.stream(id).data)) == 0 {
 				return false
 			}
 		}
 		return true
 	}, nil)
 	for i, id := range ids {
-		checkBigListeners(t, fmt.Sprintf("stream %d", i), decodeSotW(t, messages(t, c.stream(id).data)[0]).GetResources())
+		checkBigListeners(t, fmt.Sprintf("stream %d", i), decodeSotW(t, grpcMessages(t, c.stream(id).data)[0]).GetResources())
 	}
 }
 
@@ -1253,7 +1255,7 @@ func TestWireConcurrentStreams(t *testing.T) {
 	}
 	served := func() bool {
 		for _, id := range ids {
-			if len(messages(t, c.stream(id).data)) == 0 {
+			if len(grpcMessages(t, c.stream(id).data)) == 0 {
 				return false
 			}
 		}

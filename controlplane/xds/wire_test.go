@@ -54,6 +54,10 @@ import (
 // wireTimeout bounds every wait of the wire suite.
 const wireTimeout = 20 * time.Second
 
+// wireADS is the ADS service's gRPC name, as Envoy calls it and as the
+// health service names it.
+const wireADS = "envoy.service.discovery.v3.AggregatedDiscoveryService"
+
 // wireServer is a Server serving on a loopback TCP listener.
 type wireServer struct {
 	srv      *Server
@@ -303,9 +307,9 @@ func receiveAll[R any](recv func() (*R, error)) <-chan received[R] {
 	return ch
 }
 
-// next is the stream's next message; it fails when the stream ends or
+// recvWithin is the stream's next message; it fails when the stream ends or
 // nothing came within d.
-func next[R any](t *testing.T, ch <-chan received[R], d time.Duration, what string) *R {
+func recvWithin[R any](t *testing.T, ch <-chan received[R], d time.Duration, what string) *R {
 	t.Helper()
 	select {
 	case got, ok := <-ch:
@@ -319,8 +323,8 @@ func next[R any](t *testing.T, ch <-chan received[R], d time.Duration, what stri
 	return nil
 }
 
-// quiet fails when the stream delivers a message within d.
-func quiet[R any](t *testing.T, ch <-chan received[R], d time.Duration, what string) {
+// silentFor fails when the stream delivers a message within d.
+func silentFor[R any](t *testing.T, ch <-chan received[R], d time.Duration, what string) {
 	t.Helper()
 	select {
 	case got := <-ch:
@@ -332,9 +336,9 @@ func quiet[R any](t *testing.T, ch <-chan received[R], d time.Duration, what str
 	}
 }
 
-// ended is the error that ends the stream; it fails when a message comes
+// endWithin is the error that ends the stream; it fails when a message comes
 // instead, or nothing within d.
-func ended[R any](t *testing.T, ch <-chan received[R], d time.Duration, what string) error {
+func endWithin[R any](t *testing.T, ch <-chan received[R], d time.Duration, what string) error {
 	t.Helper()
 	select {
 	case got := <-ch:
@@ -366,7 +370,7 @@ func TestWireSotW(t *testing.T) {
 	if err := st.Send(&discoveryv3.DiscoveryRequest{Node: &corev3.Node{Id: "n"}, TypeUrl: resourcev3.ClusterType}); err != nil {
 		t.Fatal(err)
 	}
-	first := next(t, rs, wireTimeout, "first response")
+	first := recvWithin(t, rs, wireTimeout, "first response")
 	if first.GetVersionInfo() != before.Versions().Clusters || first.GetNonce() == "" || first.GetTypeUrl() != resourcev3.ClusterType {
 		t.Fatalf("first response: version %q nonce %q type %q, want version %q with a nonce, type clusters",
 			first.GetVersionInfo(), first.GetNonce(), first.GetTypeUrl(), before.Versions().Clusters)
@@ -383,7 +387,7 @@ func TestWireSotW(t *testing.T) {
 	})
 
 	setWire(t, ws.srv, map[string]*Snapshot{"n": after})
-	change := next(t, rs, wireTimeout, "the change")
+	change := recvWithin(t, rs, wireTimeout, "the change")
 	if change.GetVersionInfo() != after.Versions().Clusters || change.GetNonce() == first.GetNonce() {
 		t.Fatalf("change: version %q nonce %q, want version %q with a new nonce", change.GetVersionInfo(), change.GetNonce(), after.Versions().Clusters)
 	}
@@ -399,7 +403,7 @@ func TestWireSotW(t *testing.T) {
 		c.Acked != before.Versions().Clusters || c.InSync {
 		t.Errorf("/debug/nodes after the NACK: %+v, want nacked %q with its message, acked %q, not in sync", c, after.Versions().Clusters, before.Versions().Clusters)
 	}
-	quiet(t, rs, 500*time.Millisecond, "right after a NACK (the rejected config must be held back)")
+	silentFor(t, rs, 500*time.Millisecond, "right after a NACK (the rejected config must be held back)")
 }
 
 // TestWireDelta: the same over delta ADS: the subscribed clusters, an ACK,
@@ -422,7 +426,7 @@ func TestWireDelta(t *testing.T) {
 	if err := st.Send(&discoveryv3.DeltaDiscoveryRequest{Node: &corev3.Node{Id: "n"}, TypeUrl: resourcev3.ClusterType}); err != nil {
 		t.Fatal(err)
 	}
-	first := next(t, rs, wireTimeout, "first response")
+	first := recvWithin(t, rs, wireTimeout, "first response")
 	var got []string
 	for _, r := range first.GetResources() {
 		got = append(got, r.GetName())
@@ -440,7 +444,7 @@ func TestWireDelta(t *testing.T) {
 	})
 
 	setWire(t, ws.srv, map[string]*Snapshot{"n": after})
-	change := next(t, rs, wireTimeout, "the change")
+	change := recvWithin(t, rs, wireTimeout, "the change")
 	if len(change.GetResources()) != 1 || change.GetResources()[0].GetName() != "passthrough" ||
 		!slices.Equal(change.GetRemovedResources(), []string{"web"}) || change.GetNonce() == first.GetNonce() {
 		t.Fatalf("change: %v, want passthrough changed, web removed, a new nonce", change)
@@ -457,7 +461,7 @@ func TestWireDelta(t *testing.T) {
 	if c := n.Resources["clusters"]; !strings.Contains(c.LastNACK, "wire test rejects this") || c.InSync {
 		t.Errorf("/debug/nodes after the NACK: %+v, want the NACK's message, not in sync", c)
 	}
-	quiet(t, rs, 500*time.Millisecond, "right after a NACK (the rejected config must be held back)")
+	silentFor(t, rs, 500*time.Millisecond, "right after a NACK (the rejected config must be held back)")
 }
 
 // TestWireStreamsShareConnection: on one connection, a SotW stream asking
@@ -494,7 +498,7 @@ func TestWireStreamsShareConnection(t *testing.T) {
 	}
 	byType := map[string]*discoveryv3.DiscoveryResponse{}
 	for range 2 {
-		r := next(t, srs, wireTimeout, "node a's responses")
+		r := recvWithin(t, srs, wireTimeout, "node a's responses")
 		byType[r.GetTypeUrl()] = r
 	}
 	if r := byType[resourcev3.ClusterType]; r.GetVersionInfo() != a.Versions().Clusters {
@@ -503,7 +507,7 @@ func TestWireStreamsShareConnection(t *testing.T) {
 	if r := byType[resourcev3.ListenerType]; r.GetVersionInfo() != a.Versions().Listeners || len(r.GetResources()) != 1 {
 		t.Errorf("node a's listeners: %v, want version %s with one listener", r, a.Versions().Listeners)
 	}
-	d := next(t, drs, wireTimeout, "node b's delta response")
+	d := recvWithin(t, drs, wireTimeout, "node b's delta response")
 	if len(d.GetResources()) != 1 || d.GetResources()[0].GetName() != "blackhole" {
 		t.Errorf("node b's delta response %v, want blackhole", d)
 	}
@@ -535,7 +539,7 @@ func TestWireSmallWindows(t *testing.T) {
 	if err := sotw.Send(&discoveryv3.DiscoveryRequest{Node: &corev3.Node{Id: "n"}, TypeUrl: resourcev3.ListenerType}); err != nil {
 		t.Fatal(err)
 	}
-	r := next(t, receiveAll(sotw.Recv), wireTimeout, "the SotW listeners")
+	r := recvWithin(t, receiveAll(sotw.Recv), wireTimeout, "the SotW listeners")
 	if size := proto.Size(r); size < 4*64<<10 {
 		t.Fatalf("the response is %d bytes, want several 64 KiB windows (the test proves nothing)", size)
 	}
@@ -548,7 +552,7 @@ func TestWireSmallWindows(t *testing.T) {
 	if err := delta.Send(&discoveryv3.DeltaDiscoveryRequest{Node: &corev3.Node{Id: "n"}, TypeUrl: resourcev3.ListenerType}); err != nil {
 		t.Fatal(err)
 	}
-	d := next(t, receiveAll(delta.Recv), wireTimeout, "the delta listeners")
+	d := recvWithin(t, receiveAll(delta.Recv), wireTimeout, "the delta listeners")
 	byName := map[string]*anypb.Any{}
 	for _, res := range d.GetResources() {
 		byName[res.GetName()] = res.GetResource()
@@ -609,14 +613,14 @@ func TestWireStalledProxy(t *testing.T) {
 		t.Fatal(err)
 	}
 	const served = 2 * time.Second
-	first := next(t, rs, served, "the other proxy's clusters while the stalled proxies do not read")
+	first := recvWithin(t, rs, served, "the other proxy's clusters while the stalled proxies do not read")
 	if err := st.Send(&discoveryv3.DiscoveryRequest{TypeUrl: resourcev3.ClusterType, VersionInfo: first.GetVersionInfo(), ResponseNonce: first.GetNonce()}); err != nil {
 		t.Fatal(err)
 	}
 	changed := maps.Clone(nodes) // the server keeps the map it is given
 	changed["other"] = wireSnapshot(t, "blackhole", "passthrough")
 	setWire(t, ws.srv, changed)
-	change := next(t, rs, served, "the other proxy's change while the stalled proxies do not read")
+	change := recvWithin(t, rs, served, "the other proxy's change while the stalled proxies do not read")
 	if got := clusterNames(t, change.GetResources()); !slices.Equal(got, []string{"blackhole", "passthrough"}) {
 		t.Fatalf("the other proxy's change: %v", got)
 	}
@@ -750,7 +754,7 @@ func TestWireHealth(t *testing.T) {
 	ws := startWire(t, Options{}, nil)
 	ctx := wireContext(t)
 	health := healthpb.NewHealthClient(ws.dial(t))
-	for _, svc := range []string{"", adsService} {
+	for _, svc := range []string{"", wireADS} {
 		r, err := health.Check(ctx, &healthpb.HealthCheckRequest{Service: svc})
 		if err != nil || r.GetStatus() != healthpb.HealthCheckResponse_NOT_SERVING {
 			t.Fatalf("Check(%q) before any snapshot: %v, %v; want NOT_SERVING", svc, r, err)
@@ -763,22 +767,22 @@ func TestWireHealth(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if r := next(t, receiveAll(unknown.Recv), wireTimeout, "Watch of an unknown service"); r.GetStatus() != healthpb.HealthCheckResponse_SERVICE_UNKNOWN {
+	if r := recvWithin(t, receiveAll(unknown.Recv), wireTimeout, "Watch of an unknown service"); r.GetStatus() != healthpb.HealthCheckResponse_SERVICE_UNKNOWN {
 		t.Errorf("Watch of an unknown service: %v, want SERVICE_UNKNOWN", r.GetStatus())
 	}
-	watch, err := health.Watch(ctx, &healthpb.HealthCheckRequest{Service: adsService})
+	watch, err := health.Watch(ctx, &healthpb.HealthCheckRequest{Service: wireADS})
 	if err != nil {
 		t.Fatal(err)
 	}
 	ws2 := receiveAll(watch.Recv)
-	if r := next(t, ws2, wireTimeout, "Watch's first status"); r.GetStatus() != healthpb.HealthCheckResponse_NOT_SERVING {
+	if r := recvWithin(t, ws2, wireTimeout, "Watch's first status"); r.GetStatus() != healthpb.HealthCheckResponse_NOT_SERVING {
 		t.Fatalf("Watch's first status %v, want NOT_SERVING", r.GetStatus())
 	}
 	setWire(t, ws.srv, map[string]*Snapshot{"n": wireSnapshot(t, "blackhole")})
-	if r := next(t, ws2, wireTimeout, "Watch after the snapshots"); r.GetStatus() != healthpb.HealthCheckResponse_SERVING {
+	if r := recvWithin(t, ws2, wireTimeout, "Watch after the snapshots"); r.GetStatus() != healthpb.HealthCheckResponse_SERVING {
 		t.Fatalf("Watch after the snapshots: %v, want SERVING", r.GetStatus())
 	}
-	for _, svc := range []string{"", adsService} {
+	for _, svc := range []string{"", wireADS} {
 		r, err := health.Check(ctx, &healthpb.HealthCheckRequest{Service: svc})
 		if err != nil || r.GetStatus() != healthpb.HealthCheckResponse_SERVING {
 			t.Errorf("Check(%q) after the snapshots: %v, %v; want SERVING", svc, r, err)
@@ -793,7 +797,7 @@ func TestWireUnknownMethod(t *testing.T) {
 	ws := startWire(t, Options{}, map[string]*Snapshot{"n": wireSnapshot(t, "blackhole")})
 	ctx := wireContext(t)
 	conn := ws.dial(t)
-	for _, method := range []string{"/" + adsService + "/NoSuchMethod", "/no.such.Service/Method", "/envoy.service.cluster.v3.ClusterDiscoveryService/FetchClusters"} {
+	for _, method := range []string{"/" + wireADS + "/NoSuchMethod", "/no.such.Service/Method", "/envoy.service.cluster.v3.ClusterDiscoveryService/FetchClusters"} {
 		err := conn.Invoke(ctx, method, &discoveryv3.DiscoveryRequest{}, &discoveryv3.DiscoveryResponse{})
 		if status.Code(err) != codes.Unimplemented {
 			t.Errorf("unary %s: %v, want Unimplemented", method, err)
@@ -828,7 +832,7 @@ func TestWireOversizeRequest(t *testing.T) {
 	if err := st.Send(huge); err != nil && !errors.Is(err, io.EOF) {
 		t.Fatal(err)
 	}
-	err = ended(t, rs, wireTimeout, "after a 4 MiB request")
+	err = endWithin(t, rs, wireTimeout, "after a 4 MiB request")
 	if errors.Is(err, io.EOF) || status.Code(err) == codes.OK {
 		t.Fatalf("a 4 MiB request ended its stream with status OK (%v), want an error", err)
 	}
@@ -842,7 +846,7 @@ func TestWireOversizeRequest(t *testing.T) {
 	if err := st2.Send(&discoveryv3.DiscoveryRequest{Node: &corev3.Node{Id: "n"}, TypeUrl: resourcev3.ClusterType}); err != nil {
 		t.Fatal(err)
 	}
-	next(t, receiveAll(st2.Recv), wireTimeout, "a new stream after the oversize request")
+	recvWithin(t, receiveAll(st2.Recv), wireTimeout, "a new stream after the oversize request")
 }
 
 // TestWireProxyGoneIsForgotten: a proxy that cancels its stream, or closes
@@ -871,13 +875,13 @@ func TestWireProxyGoneIsForgotten(t *testing.T) {
 				var st grpc.BidiStreamingClient[discoveryv3.DeltaDiscoveryRequest, discoveryv3.DeltaDiscoveryResponse]
 				if st, err = client.DeltaAggregatedResources(ctx); err == nil {
 					err = st.Send(&discoveryv3.DeltaDiscoveryRequest{Node: &corev3.Node{Id: "n"}, TypeUrl: resourcev3.ClusterType})
-					next(t, receiveAll(st.Recv), wireTimeout, "first response")
+					recvWithin(t, receiveAll(st.Recv), wireTimeout, "first response")
 				}
 			} else {
 				var st grpc.BidiStreamingClient[discoveryv3.DiscoveryRequest, discoveryv3.DiscoveryResponse]
 				if st, err = client.StreamAggregatedResources(ctx); err == nil {
 					err = st.Send(&discoveryv3.DiscoveryRequest{Node: &corev3.Node{Id: "n"}, TypeUrl: resourcev3.ClusterType})
-					next(t, receiveAll(st.Recv), wireTimeout, "first response")
+					recvWithin(t, receiveAll(st.Recv), wireTimeout, "first response")
 				}
 			}
 			if err != nil {
@@ -987,7 +991,7 @@ func TestWireTLS(t *testing.T) {
 	if err := st.Send(&discoveryv3.DiscoveryRequest{Node: &corev3.Node{Id: "n"}, TypeUrl: resourcev3.ClusterType}); err != nil {
 		t.Fatal(err)
 	}
-	if r := next(t, receiveAll(st.Recv), wireTimeout, "clusters over TLS"); len(r.GetResources()) != 1 {
+	if r := recvWithin(t, receiveAll(st.Recv), wireTimeout, "clusters over TLS"); len(r.GetResources()) != 1 {
 		t.Errorf("clusters over TLS: %v", r)
 	}
 	short, cancel := context.WithTimeout(ctx, 5*time.Second)
@@ -1025,7 +1029,7 @@ func TestWireMTLSNodeIdentity(t *testing.T) {
 	if err := own.Send(&discoveryv3.DiscoveryRequest{Node: &corev3.Node{Id: "node-a"}, TypeUrl: resourcev3.ClusterType}); err != nil {
 		t.Fatal(err)
 	}
-	if r := next(t, receiveAll(own.Recv), wireTimeout, "node-a's clusters"); !slices.Equal(clusterNames(t, r.GetResources()), []string{"a"}) {
+	if r := recvWithin(t, receiveAll(own.Recv), wireTimeout, "node-a's clusters"); !slices.Equal(clusterNames(t, r.GetResources()), []string{"a"}) {
 		t.Errorf("node-a got %v, want its cluster a", clusterNames(t, r.GetResources()))
 	}
 
@@ -1039,7 +1043,7 @@ func TestWireMTLSNodeIdentity(t *testing.T) {
 			if serr := st.Send(&discoveryv3.DeltaDiscoveryRequest{Node: &corev3.Node{Id: "node-b"}, TypeUrl: resourcev3.ClusterType}); serr != nil && !errors.Is(serr, io.EOF) {
 				t.Fatal(serr)
 			}
-			err = ended(t, receiveAll(st.Recv), wireTimeout, "delta as node-b with node-a's certificate")
+			err = endWithin(t, receiveAll(st.Recv), wireTimeout, "delta as node-b with node-a's certificate")
 		} else {
 			st, serr := client.StreamAggregatedResources(ctx)
 			if serr != nil {
@@ -1048,7 +1052,7 @@ func TestWireMTLSNodeIdentity(t *testing.T) {
 			if serr := st.Send(&discoveryv3.DiscoveryRequest{Node: &corev3.Node{Id: "node-b"}, TypeUrl: resourcev3.ClusterType}); serr != nil && !errors.Is(serr, io.EOF) {
 				t.Fatal(serr)
 			}
-			err = ended(t, receiveAll(st.Recv), wireTimeout, "sotw as node-b with node-a's certificate")
+			err = endWithin(t, receiveAll(st.Recv), wireTimeout, "sotw as node-b with node-a's certificate")
 		}
 		if status.Code(err) != codes.PermissionDenied {
 			t.Errorf("delta %v: node-b with node-a's certificate: %v, want PermissionDenied", delta, err)
@@ -1094,7 +1098,7 @@ func TestWireLargeRequests(t *testing.T) {
 	if err := st.Send(&discoveryv3.DiscoveryRequest{Node: node, TypeUrl: resourcev3.ClusterType}); err != nil {
 		t.Fatal(err)
 	}
-	first := next(t, rs, wireTimeout, "the clusters")
+	first := recvWithin(t, rs, wireTimeout, "the clusters")
 	for i := range 6 {
 		// Requests about an older response: read, and ignored.
 		if err := st.Send(&discoveryv3.DiscoveryRequest{Node: node, TypeUrl: resourcev3.ClusterType, ResponseNonce: fmt.Sprintf("older-%d", i)}); err != nil {
@@ -1104,7 +1108,7 @@ func TestWireLargeRequests(t *testing.T) {
 	if err := st.Send(&discoveryv3.DiscoveryRequest{Node: node, TypeUrl: resourcev3.ListenerType}); err != nil {
 		t.Fatal(err)
 	}
-	if r := next(t, rs, wireTimeout, "the listeners, asked by the eighth request"); r.GetTypeUrl() != resourcev3.ListenerType || r.GetVersionInfo() != snap.Versions().Listeners {
+	if r := recvWithin(t, rs, wireTimeout, "the listeners, asked by the eighth request"); r.GetTypeUrl() != resourcev3.ListenerType || r.GetVersionInfo() != snap.Versions().Listeners {
 		t.Fatalf("after eight 1 MiB requests got %v, want the listeners (the clusters were %s)", r, first.GetVersionInfo())
 	}
 }

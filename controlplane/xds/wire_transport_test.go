@@ -166,7 +166,7 @@ func TestWireHTTP2TransportUnary(t *testing.T) {
 	tlsTransport := &http2.Transport{TLSClientConfig: &tls.Config{RootCAs: pki.pool}}
 	t.Cleanup(tlsTransport.CloseIdleConnections)
 	body := func() io.Reader {
-		return strings.NewReader(string(grpcMessage(t, &healthpb.HealthCheckRequest{Service: adsService})))
+		return strings.NewReader(string(grpcMessage(t, &healthpb.HealthCheckRequest{Service: wireADS})))
 	}
 	for _, tc := range []struct {
 		name   string

@@ -756,6 +756,33 @@ func TestWireFramesFlowControl(t *testing.T) {
 		}
 	})
 
+	t.Run("a stream waiting for its window holds up no other", func(t *testing.T) {
+		t.Parallel()
+		const initial = 20000
+		c := dialRaw(t, ws.addr, http2.Setting{ID: http2.SettingInitialWindowSize, Val: initial})
+		c.autoGive = false
+		fc := &flowClient{t: t, c: c, conn: 65535, streams: map[uint32]int64{}, sent: map[uint32]int64{}, maxFrame: 16384}
+		big := c.open(grpcRequest(sotwPath))
+		fc.streams[big] = initial
+		c.send(big, false, sotw)
+		fc.stalled(0, "the listeners up to the stream window")
+		// The connection's window has room; the new stream's small
+		// response must not wait behind the blocked one (§5.2).
+		small := c.open(grpcRequest(sotwPath))
+		fc.streams[small] = initial
+		c.send(small, false, grpcMessage(t, &discoveryv3.DiscoveryRequest{Node: &corev3.Node{Id: "n"}, TypeUrl: resourcev3.ClusterType}))
+		c.pump(5*time.Second, "the clusters on a second stream while the first waits for its window", c.hasMessages(small, 1), fc.onFrame)
+		for step := 0; len(grpcMessages(t, c.stream(big).data)) == 0; step++ {
+			if step > 100 {
+				t.Fatal("the listeners did not end after 100 window updates")
+			}
+			before := fc.total
+			fc.give(grant, big)
+			fc.stalled(before, fmt.Sprintf("more DATA after WINDOW_UPDATE %d", step))
+		}
+		checkBigListeners(t, "the blocked stream", decodeSotW(t, grpcMessages(t, c.stream(big).data)[0]).GetResources())
+	})
+
 	t.Run("connection window shared by two streams", func(t *testing.T) {
 		t.Parallel()
 		const initial = 1 << 20 // more than a response: the connection's window binds

@@ -28,6 +28,7 @@ import (
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/structpb"
 )
 
 const (
@@ -89,6 +90,13 @@ type rawConn struct {
 	closed   bool
 	seen     []rawFrame // every frame, for failure messages (DATA payloads dropped)
 	autoGive bool       // give back the windows of every DATA frame at once
+
+	// The server's windows for what the client sends (§6.9): its
+	// SETTINGS_INITIAL_WINDOW_SIZE, and the connection's and each stream's
+	// WINDOW_UPDATEs less the DATA sent (sendFlow).
+	sendInitial int64
+	sendConn    int64
+	sendStream  map[uint32]int64 // updates less DATA sent, per stream
 }
 
 // dialRaw opens a raw HTTP/2 connection: the client preface and a SETTINGS
@@ -112,7 +120,8 @@ func dialRawHeld(t *testing.T, addr string, settings ...http2.Setting) (c *rawCo
 	if err != nil {
 		t.Fatal(err)
 	}
-	c = &rawConn{t: t, conn: conn, frames: make(chan rawFrame, 4096), nextID: 1, streams: map[uint32]*rawStream{}, autoGive: true}
+	c = &rawConn{t: t, conn: conn, frames: make(chan rawFrame, 4096), nextID: 1, streams: map[uint32]*rawStream{}, autoGive: true,
+		sendInitial: 65535, sendConn: 65535, sendStream: map[uint32]int64{}}
 	c.fr = http2.NewFramer(conn, conn)
 	c.fr.AllowIllegalWrites = true
 	c.fr.ReadMetaHeaders = hpack.NewDecoder(4096, nil)
@@ -249,6 +258,26 @@ func (c *rawConn) send(id uint32, end bool, msgs ...[]byte) {
 	c.write(func(fr *http2.Framer) error { return fr.WriteData(id, end, bytes.Join(msgs, nil)) })
 }
 
+// sendFlow sends data on stream id in one DATA frame padded with pad bytes,
+// once the server's windows allow it (§6.9.1: padding counts).
+func (c *rawConn) sendFlow(id uint32, data []byte, pad int) {
+	c.t.Helper()
+	n := int64(len(data))
+	if pad > 0 {
+		n += int64(pad) + 1
+	}
+	c.pump(wireTimeout, fmt.Sprintf("the server's windows for %d more bytes (connection %d, stream %d)", n, c.sendConn, c.sendInitial+c.sendStream[id]),
+		func() bool { return c.sendConn >= n && c.sendInitial+c.sendStream[id] >= n }, nil)
+	c.write(func(fr *http2.Framer) error {
+		if pad > 0 {
+			return fr.WriteDataPadded(id, false, data, make([]byte, pad))
+		}
+		return fr.WriteData(id, false, data)
+	})
+	c.sendConn -= n
+	c.sendStream[id] -= n
+}
+
 // stream is what the server sent on id so far.
 func (c *rawConn) stream(id uint32) *rawStream {
 	s, ok := c.streams[id]
@@ -350,6 +379,18 @@ func (c *rawConn) handle(f rawFrame, onFrame func(rawFrame)) {
 		if f.Flags.Has(http2.FlagHeadersEndStream) {
 			s.trailers = f.fields
 			s.ended = true
+		}
+	case http2.FrameSettings:
+		for _, st := range f.settings {
+			if st.ID == http2.SettingInitialWindowSize {
+				c.sendInitial = int64(st.Val)
+			}
+		}
+	case http2.FrameWindowUpdate:
+		if f.StreamID == 0 {
+			c.sendConn += int64(f.increment)
+		} else {
+			c.sendStream[f.StreamID] += int64(f.increment)
 		}
 	case http2.FrameRSTStream:
 		code := f.code
@@ -1298,5 +1339,51 @@ func TestWireConcurrentStreams(t *testing.T) {
 	c.pump(wireTimeout, "the stream over the limit refused", func() bool { return s.reset != nil || len(s.data) > 0 || s.ended }, nil)
 	if len(s.data) > 0 || s.reset == nil || (*s.reset != http2.ErrCodeRefusedStream && *s.reset != http2.ErrCodeProtocol) {
 		t.Errorf("stream %d over the limit %d: reset %v, %d bytes served; want RST_STREAM REFUSED_STREAM or PROTOCOL_ERROR and nothing served", open+1, limit, s.reset, len(s.data))
+	}
+}
+
+// TestWireFramesReceiveWindows: the server gives back the windows of what it
+// reads, padding included (§6.9.1): a client that honours the server's
+// windows sends requests one byte per DATA frame, each padded with 255
+// bytes, three times the server's largest window in all, and is answered.
+func TestWireFramesReceiveWindows(t *testing.T) {
+	t.Parallel()
+	var sb SnapshotBuilder
+	snap, err := sb.Snapshot([]*Resource{wireListener(t, "outbound", 15001, 0)}, []*Resource{wireCluster(t, "blackhole", 0)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ws := startWire(t, Options{}, map[string]*Snapshot{"n": snap})
+	c := dialRaw(t, ws.addr)
+	var settled bool
+	c.pump(wireTimeout, "the server's SETTINGS", func() bool { return settled }, func(f rawFrame) {
+		settled = settled || f.Type == http2.FrameSettings && !f.Flags.Has(http2.FlagSettingsAck)
+	})
+	c.pumpFor(200*time.Millisecond, nil) // a WINDOW_UPDATE of the connection may follow
+	window := max(c.sendConn, c.sendInitial)
+	budget := 3 * window
+	if budget > 16<<20 {
+		t.Logf("the server's windows are %d bytes: checking 16 MiB only", window)
+		budget = 16 << 20
+	}
+	id := c.open(grpcRequest(sotwPath))
+	c.sendFlow(id, grpcMessage(t, &discoveryv3.DiscoveryRequest{Node: &corev3.Node{Id: "n"}, TypeUrl: resourcev3.ClusterType}), 0)
+	c.pump(wireTimeout, "the clusters", c.hasMessages(id, 1), nil)
+	// Requests about an older response (ignored), each with 1 KiB of
+	// node metadata, one byte per frame.
+	stale := grpcMessage(t, &discoveryv3.DiscoveryRequest{Node: &corev3.Node{Id: "n", Metadata: &structpb.Struct{Fields: map[string]*structpb.Value{
+		"pad": structpb.NewStringValue(strings.Repeat("m", 1<<10))}}}, TypeUrl: resourcev3.ClusterType, ResponseNonce: "older"})
+	var sent int64
+	for sent < budget {
+		for _, b := range stale {
+			c.sendFlow(id, []byte{b}, 255)
+		}
+		sent += int64(len(stale)) * 257
+	}
+	t.Logf("sent %d flow-controlled bytes (%d of payload); the server's larger window was %d", sent, sent/257, window)
+	c.sendFlow(id, grpcMessage(t, &discoveryv3.DiscoveryRequest{TypeUrl: resourcev3.ListenerType}), 255)
+	c.pump(wireTimeout, "the listeners after the padded requests", c.hasMessages(id, 2), nil)
+	if r := decodeSotW(t, grpcMessages(t, c.stream(id).data)[1]); r.GetTypeUrl() != resourcev3.ListenerType {
+		t.Errorf("the second response is %v, want the listeners", r)
 	}
 }

@@ -1023,7 +1023,8 @@ func TestWireFramesProtocolErrors(t *testing.T) {
 // message, percent-encoded on the wire as gRPC says (a node id "nœud-100%"); a message with the compressed flag but no grpc-encoding ends
 // its stream with an error, and the connection keeps serving; a content
 // type that is not gRPC is refused (HTTP 415, a gRPC error, or
-// RST_STREAM), and application/grpc+proto is served.
+// RST_STREAM), and application/grpc+proto is served, after PRIORITY
+// frames on the closed streams.
 func TestWireFramesStatus(t *testing.T) {
 	t.Parallel()
 	ws := startWire(t, Options{}, map[string]*Snapshot{"n": wireSnapshot(t, "blackhole")})
@@ -1118,6 +1119,12 @@ func TestWireFramesStatus(t *testing.T) {
 		}
 	}
 
+	// PRIORITY on a closed stream is allowed (§5.1) and ignored.
+	for id := uint32(1); id < c.nextID; id += 2 {
+		if c.stream(id).ended {
+			c.write(func(fr *http2.Framer) error { return fr.WritePriority(id, http2.PriorityParam{Weight: 1}) })
+		}
+	}
 	plus := c.open(append(grpcRequest(sotwPath)[:4], hpack.HeaderField{Name: "content-type", Value: "application/grpc+proto"}, hpack.HeaderField{Name: "te", Value: "trailers"}))
 	c.send(plus, false, req)
 	c.pump(wireTimeout, "the clusters asked with application/grpc+proto", c.hasMessages(plus, 1), nil)

@@ -10,6 +10,7 @@ import (
 	"bytes"
 	"encoding/binary"
 	"fmt"
+	"io"
 	"maps"
 	"net"
 	"slices"
@@ -1021,7 +1022,9 @@ func TestWireFramesProtocolErrors(t *testing.T) {
 // grpc-status 12 (UNIMPLEMENTED) with a grpc-message; an error of the ADS
 // server (a first request naming no node) is grpc-status 3 with its
 // message, percent-encoded on the wire as gRPC says (a node id "nœud-100%"); a message with the compressed flag but no grpc-encoding ends
-// its stream with an error, and the connection keeps serving; a content
+// its stream with an error, and the connection keeps serving; one in an
+// encoding the server lacks is grpc-status 12; Envoy's other request
+// headers and gRPC metadata are ignored; a content
 // type that is not gRPC is refused (HTTP 415, a gRPC error, or
 // RST_STREAM), and application/grpc+proto is served, after PRIORITY
 // frames on the closed streams.
@@ -1117,6 +1120,30 @@ func TestWireFramesStatus(t *testing.T) {
 				t.Errorf("content-type %s: served (grpc-status %d %q, %d bytes of DATA), want it refused", ct, code, msg, len(s.data))
 			}
 		}
+	}
+
+	// Envoy's request headers and gRPC metadata the server does not use are
+	// ignored; grpc-encoding identity with uncompressed messages is served.
+	envoyLike := c.open(grpcRequest(sotwPath,
+		hpack.HeaderField{Name: "user-agent", Value: "envoy/1.36.0 grpc-google-cpp"},
+		hpack.HeaderField{Name: "grpc-accept-encoding", Value: "identity,deflate,gzip"},
+		hpack.HeaderField{Name: "grpc-encoding", Value: "identity"},
+		hpack.HeaderField{Name: "x-envoy-peer-metadata-bin", Value: "AAECAwQ="},
+		hpack.HeaderField{Name: "x-request-id", Value: "4b1a1f44-7a1b-4c9e-9d0e-0c1d2e3f4a5b"},
+	))
+	c.send(envoyLike, false, req)
+	c.pump(wireTimeout, "the clusters asked with Envoy's headers", c.hasMessages(envoyLike, 1), nil)
+	checkResponseHeaders(t, c.stream(envoyLike))
+
+	// A message compressed with an encoding the server does not have:
+	// UNIMPLEMENTED (gRPC's compression spec).
+	gzipped := c.open(grpcRequest(sotwPath, hpack.HeaderField{Name: "grpc-encoding", Value: "x-detour-none"}))
+	c.send(gzipped, false, flagged)
+	c.pump(wireTimeout, "the end of a stream in an unknown grpc-encoding", endedOrReset(gzipped), nil)
+	if s := c.stream(gzipped); s.reset != nil {
+		t.Logf("unknown grpc-encoding: RST_STREAM %v", *s.reset)
+	} else if code, msg := grpcStatus(t, s); code != 12 || len(s.data) > 0 {
+		t.Errorf("a message in an unknown grpc-encoding: grpc-status %d %q after %d bytes of DATA, want 12 and nothing served", code, msg, len(s.data))
 	}
 
 	// PRIORITY on a closed stream is allowed (§5.1) and ignored.
@@ -1392,5 +1419,44 @@ func TestWireFramesReceiveWindows(t *testing.T) {
 	c.pump(wireTimeout, "the listeners after the padded requests", c.hasMessages(id, 2), nil)
 	if r := decodeSotW(t, grpcMessages(t, c.stream(id).data)[1]); r.GetTypeUrl() != resourcev3.ListenerType {
 		t.Errorf("the second response is %v, want the listeners", r)
+	}
+}
+
+// TestWireBadPreface: a connection that does not start with the HTTP/2
+// client preface followed by SETTINGS (§3.4) — an HTTP/1.1 request, a
+// damaged preface, a PING before SETTINGS — is closed, unserved.
+func TestWireBadPreface(t *testing.T) {
+	t.Parallel()
+	ws := startWire(t, Options{}, map[string]*Snapshot{"n": wireSnapshot(t, "blackhole")})
+	var ping bytes.Buffer
+	if err := http2.NewFramer(&ping, nil).WritePing(false, [8]byte{}); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct{ name, send string }{
+		{"HTTP/1.1 request", "GET /healthz HTTP/1.1\r\nHost: detour-control-plane\r\n\r\n"},
+		{"damaged preface", strings.Replace(http2.ClientPreface, "SM", "XX", 1)},
+		{"PING before SETTINGS", http2.ClientPreface + ping.String()},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			conn, err := net.DialTimeout("tcp", ws.addr, wireTimeout)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer conn.Close()
+			if _, err := conn.Write([]byte(tc.send)); err != nil {
+				t.Fatal(err)
+			}
+			if err := conn.SetReadDeadline(time.Now().Add(wireTimeout)); err != nil {
+				t.Fatal(err)
+			}
+			got, err := io.ReadAll(conn)
+			if ne, ok := err.(net.Error); ok && ne.Timeout() {
+				t.Fatalf("the connection is open %s later (read %q)", wireTimeout, got)
+			}
+			if bytes.HasPrefix(got, []byte("HTTP/1.1 2")) || bytes.HasPrefix(got, []byte("HTTP/1.0 2")) {
+				t.Errorf("answered %q", got)
+			}
+		})
 	}
 }

@@ -569,9 +569,9 @@ func TestWireFramesHeaderTableSize(t *testing.T) {
 // carries a priority and is split over CONTINUATION frames (§6.2, §6.10);
 // a gRPC message split over several DATA frames, one of them padded
 // (§6.1); two messages in one DATA frame; PRIORITY frames (§6.3) and a
-// frame of an unknown type (§5.5), to be ignored: all served. The response's HEADERS carry :status 200 and
-// content-type application/grpc, and the stream ends with grpc-status 0
-// when the client ends its side.
+// frame of an unknown type (§5.5), to be ignored: all served. The
+// response's HEADERS carry :status 200 and content-type application/grpc,
+// and the stream ends with grpc-status 0 when the client ends its side.
 func TestWireFramesRequestShapes(t *testing.T) {
 	t.Parallel()
 	var sb SnapshotBuilder
@@ -743,7 +743,7 @@ func TestWireFramesFlowControl(t *testing.T) {
 		// Control frames do not wait behind DATA the windows hold back.
 		pinged := false
 		c.write(func(fr *http2.Framer) error { return fr.WritePing(false, [8]byte{'s', 't', 'a', 'l', 'l', 'e', 'd'}) })
-		c.pump(2*time.Second, "the PING ACK while the response waits for the window", func() bool { return pinged }, func(f rawFrame) {
+		c.pump(wireServedWithin, "the PING ACK while the response waits for the window", func() bool { return pinged }, func(f rawFrame) {
 			fc.onFrame(f)
 			pinged = pinged || f.Type == http2.FramePing && f.Flags.Has(http2.FlagPingAck) && string(f.data) == "stalled\x00"
 		})
@@ -1020,13 +1020,14 @@ func TestWireFramesProtocolErrors(t *testing.T) {
 
 // TestWireFramesStatus: gRPC's status on the wire. An unknown method is
 // grpc-status 12 (UNIMPLEMENTED) with a grpc-message; an error of the ADS
-// server (a first request naming no node) is grpc-status 3 with its
-// message, percent-encoded on the wire as gRPC says (a node id "nœud-100%"); a message with the compressed flag but no grpc-encoding ends
-// its stream with an error, and the connection keeps serving; one in an
-// encoding the server lacks is grpc-status 12; Envoy's other request
-// headers and gRPC metadata are ignored; a content
-// type that is not gRPC is refused (HTTP 415, a gRPC error, or
-// RST_STREAM), and application/grpc+proto is served, after PRIORITY
+// server (a first request naming no node, a node id that changes) is
+// grpc-status 3 with its message, percent-encoded on the wire as gRPC says;
+// an empty message is a message (a unary call answers it); a message with
+// the compressed flag but no grpc-encoding ends its stream with an error,
+// and the connection keeps serving; one in an encoding the server lacks is
+// grpc-status 12; Envoy's other request headers and gRPC metadata are
+// ignored; a content type that is not gRPC is refused (HTTP 415, a gRPC
+// error, or RST_STREAM); application/grpc+proto is served, after PRIORITY
 // frames on the closed streams.
 func TestWireFramesStatus(t *testing.T) {
 	t.Parallel()
@@ -1293,14 +1294,14 @@ func TestWireStuckConnection(t *testing.T) {
 	if err := st.Send(&discoveryv3.DiscoveryRequest{Node: &corev3.Node{Id: "other"}, TypeUrl: resourcev3.ClusterType}); err != nil {
 		t.Fatal(err)
 	}
-	first := recvWithin(t, rs, 2*time.Second, "the other proxy's clusters while a connection is stuck")
+	first := recvWithin(t, rs, wireServedWithin, "the other proxy's clusters while a connection is stuck")
 	if err := st.Send(&discoveryv3.DiscoveryRequest{TypeUrl: resourcev3.ClusterType, VersionInfo: first.GetVersionInfo(), ResponseNonce: first.GetNonce()}); err != nil {
 		t.Fatal(err)
 	}
 	changed := maps.Clone(nodes)
 	changed["other"] = wireSnapshot(t, "blackhole", "passthrough")
 	setWire(t, ws.srv, changed)
-	if r := recvWithin(t, rs, 2*time.Second, "the other proxy's change while a connection is stuck"); len(r.GetResources()) != 2 {
+	if r := recvWithin(t, rs, wireServedWithin, "the other proxy's change while a connection is stuck"); len(r.GetResources()) != 2 {
 		t.Fatalf("the other proxy's change: %v", r)
 	}
 	if d := time.Since(stuck); d < 2*time.Second {

@@ -1461,3 +1461,52 @@ func TestWireBadPreface(t *testing.T) {
 		})
 	}
 }
+
+// TestWireHugeHeaderBlock: the server bounds what it reads of a request's
+// header block, as it bounds a message (a proxy's request headers are well
+// under 1 KiB): a header block of one 32 MiB field, in CONTINUATION frames,
+// is refused — the connection closed, RST_STREAM, or an error response —
+// and never served. A server that decodes it whole holds 32 MiB per such
+// request (RFC 9113 §10.5.1: a server may refuse a header block it is not
+// willing to handle).
+func TestWireHugeHeaderBlock(t *testing.T) {
+	t.Parallel()
+	ws := startWire(t, Options{}, map[string]*Snapshot{"n": wireSnapshot(t, "blackhole")})
+	c := dialRaw(t, ws.addr)
+	c.pump(wireTimeout, "the server's SETTINGS", func() bool { return len(c.seen) > 0 }, nil)
+	const huge = 32 << 20
+	var sent int
+	werr := c.tryWrite(func(fr *http2.Framer) error {
+		block := c.headerBlock(append(grpcRequest(sotwPath), hpack.HeaderField{Name: "x-huge", Value: strings.Repeat("h", huge), Sensitive: true}))
+		for len(block) > 0 {
+			n := min(len(block), 16384)
+			var err error
+			if sent == 0 {
+				err = fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 1, BlockFragment: block[:n], EndHeaders: n == len(block)})
+			} else {
+				err = fr.WriteContinuation(1, n == len(block), block[:n])
+			}
+			if err != nil {
+				return err
+			}
+			sent += n
+			block = block[n:]
+		}
+		return nil
+	})
+	t.Logf("wrote %d bytes of the header block (%v)", sent, werr)
+	if werr == nil {
+		c.send(1, false, grpcMessage(t, &discoveryv3.DiscoveryRequest{Node: &corev3.Node{Id: "n"}, TypeUrl: resourcev3.ClusterType}))
+	}
+	s := c.stream(1)
+	c.pump(wireTimeout, "the server's answer to a 32 MiB header block", func() bool { return c.closed || s.reset != nil || s.ended || len(s.data) > 0 }, nil)
+	t.Logf("answer: closed %v (GOAWAY %v), reset %v, headers %v, trailers %v", c.closed, c.goaway, s.reset, s.headers, s.trailers)
+	switch {
+	case len(s.data) > 0:
+		t.Errorf("a request with a 32 MiB header block was served (%d bytes)", len(s.data))
+	case s.ended && headerValue(s.headers, ":status") == "200":
+		if code, msg := grpcStatus(t, s); code == 0 {
+			t.Errorf("a request with a 32 MiB header block ended with grpc-status 0 %q", msg)
+		}
+	}
+}

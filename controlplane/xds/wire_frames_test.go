@@ -1462,6 +1462,28 @@ func TestWireBadPreface(t *testing.T) {
 	}
 }
 
+// hpackInteger appends v as an HPACK integer with an n-bit prefix (RFC 7541
+// §5.1), the prefix's other bits zero.
+func hpackInteger(b []byte, n uint, v int) []byte {
+	limit := 1<<n - 1
+	if v < limit {
+		return append(b, byte(v))
+	}
+	b = append(b, byte(limit))
+	for v -= limit; v >= 128; v >>= 7 {
+		b = append(b, byte(v%128+128))
+	}
+	return append(b, byte(v))
+}
+
+// hugeField is the HPACK encoding of the field "x-huge" with a value of n
+// bytes: a literal never indexed, not Huffman-coded (RFC 7541 §6.2.3, §5.2).
+func hugeField(n int) []byte {
+	b := append([]byte{0x10, 6}, "x-huge"...)
+	b = hpackInteger(b, 7, n)
+	return append(b, bytes.Repeat([]byte{'h'}, n)...)
+}
+
 // TestWireHugeHeaderBlock: the server bounds what it reads of a request's
 // header block, as it bounds a message (a proxy's request headers are well
 // under 1 KiB): a header block of one 32 MiB field, in CONTINUATION frames,
@@ -1471,13 +1493,18 @@ func TestWireBadPreface(t *testing.T) {
 // willing to handle).
 func TestWireHugeHeaderBlock(t *testing.T) {
 	t.Parallel()
+	// The encoding is right: HPACK decodes a small one.
+	fields, err := hpack.NewDecoder(4096, nil).DecodeFull(hugeField(1000))
+	if err != nil || len(fields) != 1 || fields[0].Name != "x-huge" || len(fields[0].Value) != 1000 {
+		t.Fatalf("hugeField(1000) decodes as %v, %v", fields, err)
+	}
 	ws := startWire(t, Options{}, map[string]*Snapshot{"n": wireSnapshot(t, "blackhole")})
 	c := dialRaw(t, ws.addr)
 	c.pump(wireTimeout, "the server's SETTINGS", func() bool { return len(c.seen) > 0 }, nil)
 	const huge = 32 << 20
 	var sent int
 	werr := c.tryWrite(func(fr *http2.Framer) error {
-		block := c.headerBlock(append(grpcRequest(sotwPath), hpack.HeaderField{Name: "x-huge", Value: strings.Repeat("h", huge), Sensitive: true}))
+		block := append(c.headerBlock(grpcRequest(sotwPath)), hugeField(huge)...)
 		for len(block) > 0 {
 			n := min(len(block), 16384)
 			var err error

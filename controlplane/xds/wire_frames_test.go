@@ -1256,6 +1256,10 @@ func TestWireStop(t *testing.T) {
 	if !c.closed {
 		t.Errorf("the raw connection is open 5s after Stop; frames: %v", c.seen)
 	}
+	if c.goaway != nil && c.goaway.lastStream < id {
+		// §6.8: the last stream id covers every stream the server acted on.
+		t.Errorf("GOAWAY %v names last stream %d, but stream %d was served", c.goaway, c.goaway.lastStream, id)
+	}
 	if conn, err := net.DialTimeout("tcp", ws.addr, time.Second); err == nil {
 		conn.Close()
 		t.Errorf("%s still accepts connections after Stop", ws.addr)

@@ -1541,3 +1541,37 @@ func TestWireHugeHeaderBlock(t *testing.T) {
 		}
 	}
 }
+
+// TestWireGoneMidResponse: proxies that go away while their responses are
+// held back by flow control — the connection closed, or the stream reset —
+// are all forgotten within a few seconds (/debug/nodes), and the server
+// still serves.
+func TestWireGoneMidResponse(t *testing.T) {
+	t.Parallel()
+	const proxies = 20
+	ws := startWire(t, Options{}, map[string]*Snapshot{"n": bigSnapshot(t), "other": wireSnapshot(t, "blackhole")})
+	req := grpcMessage(t, &discoveryv3.DiscoveryRequest{Node: &corev3.Node{Id: "n"}, TypeUrl: resourcev3.ListenerType})
+	conns := make([]*rawConn, proxies)
+	for i := range conns {
+		c := dialRaw(t, ws.addr, http2.Setting{ID: http2.SettingInitialWindowSize, Val: 16384})
+		c.autoGive = false
+		id := c.open(grpcRequest(sotwPath))
+		c.send(id, false, req)
+		conns[i] = c
+	}
+	waitDebug(t, ws.srv, "n", wireTimeout, fmt.Sprintf("%d streams", proxies), func(n NodeStatus) bool { return len(n.Streams) == proxies })
+	for i, c := range conns {
+		c.pump(wireTimeout, "the first DATA", func() bool { return len(c.stream(1).data) > 0 }, nil)
+		if i%2 == 0 {
+			c.conn.Close()
+		} else {
+			c.write(func(fr *http2.Framer) error { return fr.WriteRSTStream(1, http2.ErrCodeCancel) })
+		}
+	}
+	waitDebug(t, ws.srv, "n", 5*time.Second, "no stream", func(n NodeStatus) bool { return n.NodeID == "n" && len(n.Streams) == 0 })
+
+	c := dialRaw(t, ws.addr)
+	id := c.open(grpcRequest(sotwPath))
+	c.send(id, false, grpcMessage(t, &discoveryv3.DiscoveryRequest{Node: &corev3.Node{Id: "other"}, TypeUrl: resourcev3.ClusterType}))
+	c.pump(wireTimeout, "another proxy's clusters", c.hasMessages(id, 1), nil)
+}

@@ -825,6 +825,74 @@ func TestWireFramesFlowControl(t *testing.T) {
 		checkBigListeners(t, "the blocked stream", decodeSotW(t, grpcMessages(t, c.stream(big).data)[0]).GetResources())
 	})
 
+	t.Run("a lowered initial window goes negative", func(t *testing.T) {
+		t.Parallel()
+		const initial = 40000
+		c := dialRaw(t, ws.addr, http2.Setting{ID: http2.SettingInitialWindowSize, Val: initial})
+		c.autoGive = false
+		fc := &flowClient{t: t, c: c, conn: 65535, streams: map[uint32]int64{}, sent: map[uint32]int64{}, maxFrame: 16384}
+		id := c.open(grpcRequest(sotwPath))
+		fc.streams[id] = initial
+		c.send(id, false, sotw)
+		fc.stalled(0, "the listeners up to the stream window")
+		// §6.9.2: lowering SETTINGS_INITIAL_WINDOW_SIZE by 30000 takes the
+		// stream's window below zero; the server sends nothing until
+		// WINDOW_UPDATEs bring it above zero again.
+		const lower = 10000
+		c.write(func(fr *http2.Framer) error {
+			return fr.WriteSettings(http2.Setting{ID: http2.SettingInitialWindowSize, Val: lower})
+		})
+		fc.streams[id] -= initial - lower
+		c.pumpFor(300*time.Millisecond, fc.onFrame)
+		before := fc.total
+		fc.give(grant, id)
+		fc.stalled(before, "more DATA once WINDOW_UPDATE took the window above zero")
+		for step := 0; len(grpcMessages(t, c.stream(id).data)) == 0; step++ {
+			if step > 100 {
+				t.Fatal("the response did not end after 100 window updates")
+			}
+			before := fc.total
+			fc.give(grant, id)
+			fc.stalled(before, fmt.Sprintf("more DATA after WINDOW_UPDATE %d", step))
+		}
+		checkBigListeners(t, "raw client", decodeSotW(t, grpcMessages(t, c.stream(id).data)[0]).GetResources())
+	})
+
+	t.Run("the largest windows", func(t *testing.T) {
+		t.Parallel()
+		// Envoy's windows are large (256 MiB by default); these are the
+		// largest there are (§6.9.1: 2^31-1): every response goes at once.
+		const largest = 1<<31 - 1
+		c := dialRaw(t, ws.addr, http2.Setting{ID: http2.SettingInitialWindowSize, Val: largest})
+		c.autoGive = false
+		c.write(func(fr *http2.Framer) error { return fr.WriteWindowUpdate(0, largest-65535) })
+		fc := &flowClient{t: t, c: c, conn: largest, streams: map[uint32]int64{}, sent: map[uint32]int64{}, maxFrame: 16384}
+		one := c.open(grpcRequest(sotwPath))
+		two := c.open(grpcRequest(deltaPath))
+		fc.streams[one], fc.streams[two] = largest, largest
+		c.send(one, false, sotw)
+		c.send(two, false, delta)
+		c.pump(wireTimeout, "both responses with no window given back", func() bool {
+			return len(grpcMessages(t, c.stream(one).data)) == 1 && len(grpcMessages(t, c.stream(two).data)) == 1
+		}, fc.onFrame)
+		checkBigListeners(t, "sotw", decodeSotW(t, grpcMessages(t, c.stream(one).data)[0]).GetResources())
+		// Give back what was read, up to the largest window again: the
+		// server must not overflow its count of it (§6.9.1).
+		fc.give(uint32(fc.sent[one]), one)
+		c.write(func(fr *http2.Framer) error { return fr.WriteWindowUpdate(two, uint32(fc.sent[two])) })
+		fc.streams[two] += fc.sent[two]
+		c.write(func(fr *http2.Framer) error { return fr.WriteWindowUpdate(0, uint32(fc.sent[two])) })
+		fc.conn += fc.sent[two]
+		c.pumpFor(300*time.Millisecond, fc.onFrame)
+		if c.closed || c.goaway != nil || c.stream(one).reset != nil {
+			t.Fatalf("windows given back up to 2^31-1 ended the connection or stream (GOAWAY %v, reset %v)", c.goaway, c.stream(one).reset)
+		}
+		ack := grpcMessage(t, &discoveryv3.DiscoveryRequest{TypeUrl: resourcev3.ListenerType, VersionInfo: decodeSotW(t, grpcMessages(t, c.stream(one).data)[0]).GetVersionInfo(),
+			ResponseNonce: decodeSotW(t, grpcMessages(t, c.stream(one).data)[0]).GetNonce()})
+		c.send(one, false, ack, grpcMessage(t, &discoveryv3.DiscoveryRequest{TypeUrl: resourcev3.ClusterType}))
+		c.pump(wireTimeout, "the clusters after the windows were given back", c.hasMessages(one, 2), fc.onFrame)
+	})
+
 	t.Run("connection window shared by two streams", func(t *testing.T) {
 		t.Parallel()
 		const initial = 1 << 20 // more than a response: the connection's window binds

@@ -65,7 +65,6 @@ type rawStream struct {
 	headers  []hpack.HeaderField // the first HEADERS
 	trailers []hpack.HeaderField // the HEADERS that ended the stream (also a trailers-only response's)
 	data     []byte
-	frames   int // DATA frames
 	ended    bool
 	reset    *http2.ErrCode
 }
@@ -111,9 +110,9 @@ func dialRaw(t *testing.T, addr string, settings ...http2.Setting) *rawConn {
 	return c
 }
 
-// dialRawHeld is dialRaw with a connection that reads nothing (and has a
-// small socket receive buffer) until start is called: a proxy stuck at the
-// TCP level.
+// dialRawHeld is dialRaw with a connection that reads nothing until start
+// is called: a proxy stuck at the TCP level, or a test that sets the
+// connection up first.
 func dialRawHeld(t *testing.T, addr string, settings ...http2.Setting) (c *rawConn, start func()) {
 	t.Helper()
 	d := net.Dialer{Timeout: wireTimeout}
@@ -357,7 +356,6 @@ func (c *rawConn) handle(f rawFrame, onFrame func(rawFrame)) {
 	case http2.FrameData:
 		s := c.stream(f.StreamID)
 		s.data = append(s.data, f.data...)
-		s.frames++
 		s.ended = s.ended || f.Flags.Has(http2.FlagDataEndStream)
 		if c.autoGive && f.Length > 0 {
 			c.write(func(fr *http2.Framer) error {

@@ -13,9 +13,9 @@ import (
 	cachev3 "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/server/stream/v3"
 	rpcstatus "google.golang.org/genproto/googleapis/rpc/status"
-	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
 )
 
@@ -42,7 +42,6 @@ import (
 // them (clusters before listeners). Subscriptions, with the legacy wildcard
 // rules, are go-control-plane's stream.Subscription.
 type adsServer struct {
-	discoveryv3.UnimplementedAggregatedDiscoveryServiceServer
 	cache   *servingCache
 	tracker *tracker
 	ids     atomic.Int64
@@ -60,7 +59,7 @@ type adsStream struct {
 	ads      *adsServer
 	id       int64
 	protocol string
-	grpc     grpc.ServerStream
+	send     sender
 
 	// sendMu serialises sending (a stream is flushed by one push worker at a
 	// time, but a worker may start while another finishes); it is taken
@@ -113,44 +112,61 @@ func (p pendingResponse) release() {
 	}
 }
 
-// StreamAggregatedResources serves a SotW ADS stream.
-func (a *adsServer) StreamAggregatedResources(gs grpc.BidiStreamingServer[discoveryv3.DiscoveryRequest, discoveryv3.DiscoveryResponse]) error {
-	return serve(a, gs, protocolSotW, (*adsStream).sotwRequest)
+// sender sends a stream's responses: SendMsg marshals one and queues it
+// for the connection's writer (h2stream).
+type sender interface {
+	SendMsg(m any) error
 }
 
-// DeltaAggregatedResources serves a delta ADS stream.
-func (a *adsServer) DeltaAggregatedResources(gs grpc.BidiStreamingServer[discoveryv3.DeltaDiscoveryRequest, discoveryv3.DeltaDiscoveryResponse]) error {
-	return serve(a, gs, protocolDelta, (*adsStream).deltaRequest)
-}
-
-// serve runs one ADS stream on the handler's goroutine: every request the
-// proxy sends goes to handle, until the proxy goes away.
-func serve[Req any](a *adsServer, gs grpc.ServerStream, protocol string, handle func(*adsStream, *Req) error) error {
-	s, err := a.open(gs, protocol)
-	if err != nil {
-		return err
-	}
-	defer s.close()
-	for {
-		req := new(Req)
-		if err := gs.RecvMsg(req); err != nil {
-			return nil // the proxy went away (or its stream failed): no one to answer, as go-control-plane's server
-		}
-		if err := handle(s, req); err != nil {
-			return err
-		}
+// methods are the ADS methods, SotW and delta, for the transport.
+func (a *adsServer) methods() map[string]method {
+	return map[string]method{
+		"/" + adsService + "/StreamAggregatedResources": func(st *h2stream) (call, error) {
+			return openADS(a, st, protocolSotW, (*adsStream).sotwRequest)
+		},
+		"/" + adsService + "/DeltaAggregatedResources": func(st *h2stream) (call, error) {
+			return openADS(a, st, protocolDelta, (*adsStream).deltaRequest)
+		},
 	}
 }
 
-// open registers a new stream with the tracker, with the peer and the SANs
-// of its verified client certificate (checked against the node id later).
-func (a *adsServer) open(gs grpc.ServerStream, protocol string) (*adsStream, error) {
-	s := &adsStream{ads: a, id: a.ids.Add(1), protocol: protocol, grpc: gs}
-	if err := a.tracker.open(gs.Context(), protocol, s.id); err != nil {
+// adsCall is one ADS stream as the transport drives it: each request the
+// proxy sends goes to handle, on the connection's reader goroutine.
+type adsCall[Req any, P interface {
+	*Req
+	proto.Message
+}] struct {
+	s      *adsStream
+	handle func(*adsStream, P) error
+}
+
+// openADS registers a new stream with the tracker, with the peer and the
+// SANs of its verified client certificate (checked against the node id
+// later).
+func openADS[Req any, P interface {
+	*Req
+	proto.Message
+}](a *adsServer, st *h2stream, protocol string, handle func(*adsStream, P) error) (call, error) {
+	s := &adsStream{ads: a, id: a.ids.Add(1), protocol: protocol, send: st}
+	if err := a.tracker.open(st.c.peer, st.c.chains, protocol, s.id); err != nil {
 		return nil, err
 	}
-	return s, nil
+	return &adsCall[Req, P]{s: s, handle: handle}, nil
 }
+
+func (c *adsCall[Req, P]) message(b []byte) error {
+	req := P(new(Req))
+	if err := unmarshal(b, req); err != nil {
+		return err
+	}
+	return c.handle(c.s, req)
+}
+
+// halfClose: the proxy ended its side; the stream ends with status OK, as
+// go-control-plane's server.
+func (c *adsCall[Req, P]) halfClose() error { return errCallDone }
+
+func (c *adsCall[Req, P]) closed() { c.s.close() }
 
 // close cancels the stream's watches and forgets its responses not yet
 // sent, releasing what their maps and its subscriptions' hold.
@@ -398,7 +414,7 @@ func (s *adsStream) flush(fs *flights, last *flight) (*flight, error) {
 			last.wait()
 			last = fs.expect(msg)
 		}
-		err := s.grpc.SendMsg(msg)
+		err := s.send.SendMsg(msg)
 		s.ads.lists.giveBack(borrowed) // SendMsg encoded it, or never will
 		if err != nil {
 			fs.take(msg)

@@ -49,9 +49,9 @@ type Options struct {
 // to SetSnapshots. It also serves /healthz, /readyz, /metrics and /debug/nodes
 // over HTTP (Handler). A Server is safe for concurrent use.
 type Server struct {
-	log     *slog.Logger
-	metrics *metrics
-	tracker *tracker
+	log       *slog.Logger
+	metrics   *metrics
+	tracker   *tracker
 	cache     *servingCache
 	transport *transport
 	health    *healthServer

@@ -649,7 +649,7 @@ func (st *h2stream) receive(p []byte) error {
 					return err
 				}
 				if len(p) >= 5+n {
-					if err := st.call.message(p[5 : 5+n]); err != nil {
+					if err := aside(st.call.message, p[5:5+n]); err != nil {
 						return err
 					}
 					p = p[5+n:]
@@ -676,7 +676,7 @@ func (st *h2stream) receive(p []byte) error {
 		if st.msgN == len(*st.msg) {
 			buf := st.msg
 			st.msg = nil
-			err := st.call.message(*buf)
+			err := aside(st.call.message, *buf)
 			xdsBufferPool.Put(buf)
 			if err != nil {
 				return err
@@ -857,4 +857,14 @@ func unmarshal(b []byte, m proto.Message) error {
 		return status.Errorf(codes.Internal, "unmarshal request: %v", err)
 	}
 	return nil
+}
+
+// aside runs f(b) on a goroutine of its own and waits for it: handling a
+// request (decoding it, the cache's watch) takes a deeper stack than reading
+// frames, and the reader's stack would keep that size for the connection's
+// life.
+func aside(f func([]byte) error, b []byte) error {
+	done := make(chan error, 1)
+	go func() { done <- f(b) }()
+	return <-done
 }

@@ -23,15 +23,14 @@ import (
 // stands in for go-control-plane's server, which runs two goroutines per
 // stream (one receiving requests, one sending responses) and keeps a watch
 // channel and its own copy of every subscription per stream. Here a stream
-// has one goroutine, gRPC's handler goroutine: it receives a request,
-// records it (the tracker: identity, ACK, NACK) and opens a watch in the
+// has no goroutine of its own: the connection's reader (h2conn.go) hands it
+// each request, which it records (the tracker: identity, ACK, NACK) and opens a watch in the
 // cache. Whatever the cache answers — at once, or when a snapshot changes —
 // goes into the stream's outbox, and a small pool of push workers
 // (pushQueue) sends it, paced by the connections' writers (pace.go): a
 // thousand proxies cost a thousand goroutines fewer, no goroutine waits on a
 // watch, and ten thousand proxies connecting at once do not each hold a
-// marshalled configuration until it is written. The handler goroutine never
-// marshals a response, so its stack stays small.
+// marshalled configuration until it is written.
 //
 // The protocol is go-control-plane's, as Envoy expects it: a response's nonce
 // counts up per stream; a SotW request whose nonce is not the last one sent
@@ -425,10 +424,10 @@ func (s *adsStream) flush(fs *flights, last *flight) (*flight, error) {
 
 // pushQueue runs the pushes: streams whose watches the cache answered, sent
 // by at most max workers, started when there is work and ending when there
-// is none. A send returns once gRPC has queued the message for the
-// connection's writer; it waits only when the stream already has more unsent
-// data than gRPC's write quota (64 KiB), which a proxy that answers each
-// response before the next (see adsServer) does not reach for long.
+// is none. A send returns once the message is queued for the connection's
+// writer (h2write.go): it never waits for the proxy to read, and a proxy
+// that answers each response before the next (see adsServer) has at most
+// one response per type queued.
 type pushQueue struct {
 	max     int
 	flights *flights // nil: no pacing

@@ -7,34 +7,20 @@ import (
 	cachev3 "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
 	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/server/stream/v3"
-	"google.golang.org/grpc/mem"
 	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/types/known/anypb"
 )
 
-// Contract tests: what the ADS server (ads.go), servingCache (cache.go) and
-// xdsCodec (codec.go) rely on in go-control-plane's subscriptions and in
-// gRPC's server streams, checked against the libraries alone. When an upgrade
-// of go-control-plane or gRPC changes one of these behaviours, the test says
+// Contract tests: what the ADS server (ads.go) and servingCache (cache.go)
+// rely on in go-control-plane's subscriptions, checked against the library
+// alone (the gRPC transport is detour's own: h2_test.go tests what it
+// guarantees). When an upgrade of go-control-plane changes one of these
+// behaviours, the test says
 // which assumption broke and where it is relied on, instead of a server test
 // failing somewhere downstream.
 
 // testTimeout bounds every wait of these tests.
 const testTimeout = 20 * time.Second
-
-// recordingCodec is xdsCodec, noting the types gRPC hands it to marshal.
-type recordingCodec struct {
-	xdsCodec
-	marshalled chan any
-}
-
-func (c recordingCodec) Marshal(v any) (mem.BufferSlice, error) {
-	select {
-	case c.marshalled <- v:
-	default:
-	}
-	return c.xdsCodec.Marshal(v)
-}
 
 // nonCanonicalCluster is a valid Cluster encoding that a re-marshal would
 // change: its name field twice (the last one wins).
@@ -128,20 +114,5 @@ func TestContractDeltaSubscription(t *testing.T) {
 	initial := stream.NewDeltaSubscription([]string{"a"}, nil, map[string]string{"a": "h1"}, true)
 	if initial.IsWildcard() || initial.ReturnedResources()["a"] != "h1" {
 		t.Errorf("CONTRACT: a first request naming a with initial version h1: wildcard %v, returned %v", initial.IsWildcard(), initial.ReturnedResources())
-	}
-}
-
-// returnsWithin runs f and reports whether it returned within d.
-func returnsWithin(d time.Duration, f func()) bool {
-	done := make(chan struct{})
-	go func() {
-		f()
-		close(done)
-	}()
-	select {
-	case <-done:
-		return true
-	case <-time.After(d):
-		return false
 	}
 }

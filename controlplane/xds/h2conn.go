@@ -97,6 +97,9 @@ type transport struct {
 	codec   xdsCodec
 	methods map[string]method // by path: /package.Service/Method
 
+	// keepaliveTime and keepaliveTimeout: the constants, but in tests.
+	keepaliveTime, keepaliveTimeout time.Duration
+
 	mu        sync.Mutex
 	listeners map[net.Listener]bool
 	conns     map[*h2conn]bool
@@ -107,6 +110,7 @@ type transport struct {
 
 func newTransport(log *slog.Logger, cfg *tls.Config, codec xdsCodec, methods map[string]method) *transport {
 	return &transport{log: log, tls: h2TLSConfig(cfg), codec: codec, methods: methods,
+		keepaliveTime: keepaliveTime, keepaliveTimeout: keepaliveTimeout,
 		listeners: make(map[net.Listener]bool), conns: make(map[*h2conn]bool), stop: make(chan struct{})}
 }
 
@@ -210,7 +214,7 @@ func (t *transport) shutdown() {
 // for keepaliveTime is pinged, and closed when it still reads nothing
 // keepaliveTimeout later.
 func (t *transport) sweep() {
-	tick := time.NewTicker(time.Second)
+	tick := time.NewTicker(min(time.Second, t.keepaliveTime/4))
 	defer tick.Stop()
 	for {
 		select {
@@ -831,10 +835,10 @@ func (c *h2conn) keepalive(now time.Time) {
 		return
 	}
 	switch {
-	case c.pingedAt.IsZero() && now.Sub(c.idleSince) >= keepaliveTime:
+	case c.pingedAt.IsZero() && now.Sub(c.idleSince) >= c.t.keepaliveTime:
 		c.pingedAt = now
 		c.queueControl(appendPing(nil, 0, keepalivePing))
-	case !c.pingedAt.IsZero() && now.Sub(c.pingedAt) >= keepaliveTimeout:
+	case !c.pingedAt.IsZero() && now.Sub(c.pingedAt) >= c.t.keepaliveTimeout:
 		c.t.log.Debug("closing connection: keepalive ping not answered", "peer", c.peer)
 		c.raw.Close()
 	}

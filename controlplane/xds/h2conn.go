@@ -355,7 +355,7 @@ func (c *h2conn) close() {
 
 // readFrames reads and handles frames until the connection fails or ends.
 func (c *h2conn) readFrames() error {
-	for {
+	for first := true; ; first = false {
 		if _, err := io.ReadFull(c.nc, c.hdr[:]); err != nil {
 			return err
 		}
@@ -365,6 +365,9 @@ func (c *h2conn) readFrames() error {
 		id := binary.BigEndian.Uint32(c.hdr[5:]) & 0x7fffffff
 		if length > maxReadFrame {
 			return connError{codeFrameSize, fmt.Sprintf("frame of %d bytes, max %d", length, maxReadFrame)}
+		}
+		if first && (typ != frameSettings || flags&flagAck != 0) {
+			return connError{codeProtocol, "the client preface's SETTINGS missing"}
 		}
 		if c.block != nil && (typ != frameContinuation || id != c.block.stream) {
 			return connError{codeProtocol, "expected CONTINUATION of stream " + fmt.Sprint(c.block.stream)}

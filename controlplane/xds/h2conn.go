@@ -251,6 +251,7 @@ type h2conn struct {
 	lastPing    time.Time
 
 	// The sweeper's (under t.mu).
+	started   atomic.Bool // the handshake and preface are done: keepalive applies
 	read      atomic.Bool // set by the reader on each frame
 	idleSince time.Time
 	pingedAt  time.Time // zero: no keepalive ping unanswered
@@ -273,7 +274,7 @@ type headerBlock struct {
 	path      string
 	ctype     string
 	bad       bool // a pseudo-header after a regular one, or unknown
-	regular   bool
+	regular   bool // a regular header was seen
 }
 
 // h2stream is one call on a connection.
@@ -300,9 +301,6 @@ type h2stream struct {
 	queued      bool // in c.w.ready
 }
 
-// Peer returns the client's address.
-func (st *h2stream) Peer() string { return st.c.peer }
-
 // serve runs the connection: TLS handshake, then frames until it ends.
 func (c *h2conn) serve() {
 	defer c.close()
@@ -327,6 +325,7 @@ func (c *h2conn) serve() {
 	c.dec.SetMaxStringLength(maxReadFrame)
 	c.recvWindow = recvWindow
 	c.start()
+	c.started.Store(true)
 	err := c.readFrames()
 	var ce connError
 	if errors.As(err, &ce) {
@@ -367,7 +366,7 @@ func (c *h2conn) readFrames() error {
 			return connError{codeFrameSize, fmt.Sprintf("frame of %d bytes, max %d", length, maxReadFrame)}
 		}
 		if first && (typ != frameSettings || flags&flagAck != 0) {
-			return connError{codeProtocol, "the client preface's SETTINGS missing"}
+			return connError{codeProtocol, "client preface without SETTINGS"}
 		}
 		if c.block != nil && (typ != frameContinuation || id != c.block.stream) {
 			return connError{codeProtocol, "expected CONTINUATION of stream " + fmt.Sprint(c.block.stream)}
@@ -833,6 +832,9 @@ func (c *h2conn) windowUpdate(id uint32, p []byte) error {
 
 // keepalive is the sweeper's check of the connection at now (t.mu held).
 func (c *h2conn) keepalive(now time.Time) {
+	if !c.started.Load() {
+		return // the handshake and the preface have deadlines of their own
+	}
 	if c.read.Swap(false) || c.idleSince.IsZero() {
 		c.idleSince, c.pingedAt = now, time.Time{}
 		return

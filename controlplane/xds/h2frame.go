@@ -50,7 +50,6 @@ type errCode uint32
 const (
 	codeNo              errCode = 0x0
 	codeProtocol        errCode = 0x1
-	codeInternal        errCode = 0x2
 	codeFlowControl     errCode = 0x3
 	codeStreamClosed    errCode = 0x5
 	codeFrameSize       errCode = 0x6
@@ -65,8 +64,6 @@ func (c errCode) String() string {
 		return "NO_ERROR"
 	case codeProtocol:
 		return "PROTOCOL_ERROR"
-	case codeInternal:
-		return "INTERNAL_ERROR"
 	case codeFlowControl:
 		return "FLOW_CONTROL_ERROR"
 	case codeStreamClosed:
@@ -94,7 +91,6 @@ func (e connError) Error() string {
 }
 
 const (
-	settingHeaderTableSize      = 0x1
 	settingEnablePush           = 0x2
 	settingMaxConcurrentStreams = 0x3
 	settingInitialWindowSize    = 0x4

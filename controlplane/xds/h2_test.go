@@ -536,3 +536,59 @@ func TestTransportSendsEncodingsAsTheyAre(t *testing.T) {
 		t.Errorf("delta: the resource's bytes changed on the way out")
 	}
 }
+
+// TestTransportReassemblesRequests: a request spanning many DATA frames (a
+// 300 KiB node, from gRPC-go's client) and one cut anywhere, its prefix
+// included (a raw client, one byte per frame), are each read as one message.
+func TestTransportReassemblesRequests(t *testing.T) {
+	t.Parallel()
+	before, _ := testSnapshots(t)
+	srv, client, ctx := serving(t, before)
+	big, err := structpb.NewStruct(map[string]any{"pad": strings.Repeat("x", 300<<10)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, err := client.StreamAggregatedResources(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := st.Send(&discoveryv3.DiscoveryRequest{Node: &corev3.Node{Id: "n", Metadata: big}, TypeUrl: resourcev3.ClusterType}); err != nil {
+		t.Fatal(err)
+	}
+	if r, err := st.Recv(); err != nil || r.GetVersionInfo() != before.Versions().Clusters {
+		t.Fatalf("response to a 300 KiB request: %v, %v", r.GetVersionInfo(), err)
+	}
+
+	c := dialH2(t, tcpServe(t, srv))
+	var block bytes.Buffer
+	enc := hpack.NewEncoder(&block)
+	for _, f := range [][2]string{{":method", "POST"}, {":scheme", "http"}, {":path", "/" + healthService + "/Check"}, {":authority", "a"}, {"content-type", "application/grpc"}} {
+		_ = enc.WriteField(hpack.HeaderField{Name: f[0], Value: f[1]})
+	}
+	c.write(append(appendFrameHeader(nil, block.Len(), frameHeaders, flagEndHeaders, 1), block.Bytes()...))
+	msg := []byte{0, 0, 0, 0, byte(len(adsService) + 2), 0x0a, byte(len(adsService))}
+	msg = append(msg, adsService...)
+	for i, b := range msg {
+		flags := uint8(0)
+		if i == len(msg)-1 {
+			flags = flagEndStream
+		}
+		c.write(append(appendFrameHeader(nil, 1, frameData, flags, 1), b))
+	}
+	for {
+		typ, _, id, payload, ok := c.next()
+		if !ok {
+			t.Fatal("the connection ended before the response")
+		}
+		if typ == frameData && id == 1 {
+			// HealthCheckResponse{status: SERVING}: field 1, varint 1.
+			if want := []byte{0, 0, 0, 0, 2, 0x08, 1}; !bytes.Equal(payload, want) {
+				t.Fatalf("response %x, want %x (SERVING)", payload, want)
+			}
+			return
+		}
+		if typ == frameHeaders && id == 1 && len(payload) > len(responseHeaders) {
+			t.Fatalf("the call ended without a response: %q", payload)
+		}
+	}
+}

@@ -290,7 +290,7 @@ type h2stream struct {
 	prefix      [5]byte
 	prefixN     int
 	msg         *[]byte // pooled: the message being reassembled, when it spans frames
-	msgN        int
+	msgLen      int     // its length
 
 	// Guarded by c.wmu (h2write.go).
 	sendWindow  int64
@@ -673,13 +673,16 @@ func (st *h2stream) receive(p []byte) error {
 			if err := checkPrefix(st.prefix[0], n); err != nil {
 				return err
 			}
-			st.msg, st.msgN = xdsBufferPool.Get(n), 0
-			*st.msg = (*st.msg)[:n]
+			// The buffer grows with the data received, not to the length
+			// the prefix announces: five bytes must not reserve 4 MiB.
+			st.msg, st.msgLen = xdsBufferPool.Get(min(n, maxReadFrame)), n
+			*st.msg = (*st.msg)[:0]
 		}
-		k := copy((*st.msg)[st.msgN:], p)
-		st.msgN += k
+		k := min(len(p), st.msgLen-len(*st.msg))
+		st.grow(k)
+		*st.msg = append(*st.msg, p[:k]...)
 		p = p[k:]
-		if st.msgN == len(*st.msg) {
+		if len(*st.msg) == st.msgLen {
 			buf := st.msg
 			st.msg = nil
 			err := aside(st.call.message, *buf)
@@ -690,6 +693,18 @@ func (st *h2stream) receive(p []byte) error {
 		}
 	}
 	return nil
+}
+
+// grow makes room for k more bytes of the message being reassembled.
+func (st *h2stream) grow(k int) {
+	b := *st.msg
+	if cap(b)-len(b) >= k {
+		return
+	}
+	nb := xdsBufferPool.Get(min(st.msgLen, max(2*cap(b), len(b)+k)))
+	*nb = append((*nb)[:0], b...)
+	xdsBufferPool.Put(st.msg)
+	st.msg = nb
 }
 
 // checkPrefix checks a message's prefix: not compressed, not too large.

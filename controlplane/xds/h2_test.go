@@ -592,3 +592,51 @@ func TestTransportReassemblesRequests(t *testing.T) {
 		}
 	}
 }
+
+// TestTransportMalformedRequests: a malformed request (RFC 9113 §8.2, §8.3)
+// is reset with PROTOCOL_ERROR, and no call starts.
+func TestTransportMalformedRequests(t *testing.T) {
+	t.Parallel()
+	addr := tcpServe(t, NewServer(Options{}))
+	path := "/" + healthService + "/Check"
+	for _, tt := range []struct {
+		name   string
+		fields [][2]string
+	}{
+		{"upper-case name", [][2]string{{":method", "POST"}, {":path", path}, {"content-type", "application/grpc"}, {"X-A", "1"}}},
+		{"repeated :path", [][2]string{{":method", "POST"}, {":path", path}, {":path", path}, {"content-type", "application/grpc"}}},
+		{"unknown pseudo-header", [][2]string{{":method", "POST"}, {":path", path}, {":x", "y"}, {"content-type", "application/grpc"}}},
+		{"pseudo-header after a regular one", [][2]string{{":method", "POST"}, {"content-type", "application/grpc"}, {":path", path}}},
+		{"connection header", [][2]string{{":method", "POST"}, {":path", path}, {"content-type", "application/grpc"}, {"connection", "keep-alive"}}},
+		{"te not trailers", [][2]string{{":method", "POST"}, {":path", path}, {"content-type", "application/grpc"}, {"te", "gzip"}}},
+		{"GET", [][2]string{{":method", "GET"}, {":path", path}, {"content-type", "application/grpc"}}},
+		{"no :path", [][2]string{{":method", "POST"}, {"content-type", "application/grpc"}}},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			c := dialH2(t, addr)
+			var block bytes.Buffer
+			enc := hpack.NewEncoder(&block)
+			for _, f := range tt.fields {
+				_ = enc.WriteField(hpack.HeaderField{Name: f[0], Value: f[1]})
+			}
+			c.write(append(appendFrameHeader(nil, block.Len(), frameHeaders, flagEndHeaders|flagEndStream, 1), block.Bytes()...))
+			for {
+				typ, _, id, payload, ok := c.next()
+				if !ok {
+					t.Fatal("the connection ended without RST_STREAM")
+				}
+				if id != 1 {
+					continue
+				}
+				if typ != frameRSTStream {
+					t.Fatalf("frame %d on the stream, want RST_STREAM", typ)
+				}
+				if code := errCode(binary.BigEndian.Uint32(payload)); code != codeProtocol {
+					t.Errorf("RST_STREAM %v, want PROTOCOL_ERROR", code)
+				}
+				return
+			}
+		})
+	}
+}

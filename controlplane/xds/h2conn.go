@@ -273,8 +273,9 @@ type headerBlock struct {
 	method    string
 	path      string
 	ctype     string
-	bad       bool // a pseudo-header after a regular one, or unknown
-	regular   bool // a regular header was seen
+	bad       bool  // a pseudo-header after a regular one, or unknown
+	regular   bool  // a regular header was seen
+	pseudo    uint8 // the pseudo-headers seen (bits: :method, :path, :scheme, :authority)
 }
 
 // h2stream is one call on a connection.
@@ -503,12 +504,25 @@ func (c *h2conn) headerFragment(flags uint8, p []byte) error {
 }
 
 // headerField is the HPACK decoder's emit function.
+// A request is malformed (RFC 9113 §8.2, §8.3) — the stream is reset with
+// PROTOCOL_ERROR — when a name has upper-case letters, a pseudo-header is
+// unknown, repeated, or follows a regular field, or a field is specific to
+// HTTP/1 connections.
 func (c *h2conn) headerField(f hpack.HeaderField) {
 	b := c.block
+	if strings.ContainsFunc(f.Name, func(r rune) bool { return 'A' <= r && r <= 'Z' }) {
+		b.bad = true
+		return
+	}
 	if !f.IsPseudo() {
 		b.regular = true
-		if f.Name == "content-type" {
+		switch f.Name {
+		case "content-type":
 			b.ctype = f.Value
+		case "connection", "proxy-connection", "keep-alive", "transfer-encoding", "upgrade":
+			b.bad = true
+		case "te":
+			b.bad = b.bad || f.Value != "trailers"
 		}
 		return
 	}
@@ -516,15 +530,23 @@ func (c *h2conn) headerField(f hpack.HeaderField) {
 		b.bad = true
 		return
 	}
+	var seen uint8
 	switch f.Name {
 	case ":method":
-		b.method = f.Value
+		seen, b.method = 1, f.Value
 	case ":path":
-		b.path = f.Value
-	case ":scheme", ":authority":
+		seen, b.path = 2, f.Value
+	case ":scheme":
+		seen = 4
+	case ":authority":
+		seen = 8
 	default:
 		b.bad = true
 	}
+	if b.pseudo&seen != 0 {
+		b.bad = true
+	}
+	b.pseudo |= seen
 }
 
 // open starts the call of a request's headers.

@@ -640,3 +640,45 @@ func TestTransportMalformedRequests(t *testing.T) {
 		})
 	}
 }
+
+// TestTransportEndedCallFinishesWriting: a call that ended while its
+// response waits for the client's stream window still gets that window (the
+// client's WINDOW_UPDATE), then its response and its trailers.
+func TestTransportEndedCallFinishesWriting(t *testing.T) {
+	t.Parallel()
+	c := dialH2(t, tcpServe(t, NewServer(Options{})))
+	settings := appendSetting(nil, settingInitialWindowSize, 3) // less than the 7 bytes of a Check response
+	c.write(append(appendFrameHeader(nil, len(settings), frameSettings, 0, 0), settings...))
+	var block bytes.Buffer
+	enc := hpack.NewEncoder(&block)
+	for _, f := range [][2]string{{":method", "POST"}, {":scheme", "http"}, {":path", "/" + healthService + "/Check"}, {":authority", "a"}, {"content-type", "application/grpc"}} {
+		_ = enc.WriteField(hpack.HeaderField{Name: f[0], Value: f[1]})
+	}
+	c.write(append(appendFrameHeader(nil, block.Len(), frameHeaders, flagEndHeaders, 1), block.Bytes()...))
+	c.write(append(appendFrameHeader(nil, 5, frameData, flagEndStream, 1), 0, 0, 0, 0, 0))
+	var data []byte
+	updated := false
+	for {
+		typ, flags, id, payload, ok := c.next()
+		if !ok {
+			t.Fatalf("the connection ended after %d bytes of the response", len(data))
+		}
+		if id != 1 {
+			continue
+		}
+		if typ == frameData {
+			data = append(data, payload...)
+			if !updated {
+				updated = true
+				c.write(appendWindowUpdate(nil, 1, 100))
+			}
+		}
+		if typ == frameHeaders && flags&flagEndStream != 0 {
+			break
+		}
+	}
+	// HealthCheckResponse{status: NOT_SERVING}: field 1, varint 2.
+	if want := []byte{0, 0, 0, 0, 2, 0x08, 2}; !bytes.Equal(data, want) {
+		t.Errorf("response %x, want %x", data, want)
+	}
+}

@@ -766,6 +766,9 @@ func (c *h2conn) rstStream(id uint32, p []byte) error {
 	}
 	st := c.stream(id)
 	if st == nil {
+		if st := c.endedStream(id); st != nil {
+			st.dropSends() // its call ended: only its response is dropped
+		}
 		return nil
 	}
 	c.forget(st)
@@ -854,6 +857,9 @@ func (c *h2conn) windowUpdate(id uint32, p []byte) error {
 	if st == nil {
 		if id > c.lastID {
 			return connError{codeProtocol, fmt.Sprintf("WINDOW_UPDATE on idle stream %d", id)}
+		}
+		if st := c.endedStream(id); st != nil {
+			c.grow(st, inc)
 		}
 		return nil
 	}

@@ -128,10 +128,24 @@ func (c *h2conn) grow(st *h2stream, inc uint32) bool {
 		w = &st.sendWindow
 	}
 	if *w += int64(inc); *w > maxWindow {
+		*w = maxWindow
 		return false
 	}
 	c.kick()
 	return true
+}
+
+// endedStream returns the stream id whose call ended but whose response is
+// still being written (its trailers wait behind its data), or nil.
+func (c *h2conn) endedStream(id uint32) *h2stream {
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	for _, st := range c.w.ready {
+		if st.id == id && st.ended {
+			return st
+		}
+	}
+	return nil
 }
 
 // newStream sets a new stream's send window.

@@ -7,10 +7,10 @@
 // hash). Server.SetSnapshots replaces the served set and answers the open
 // watches of the nodes whose versions changed. The Server serves ADS (SotW,
 // ordered, and delta) and gRPC's health service over a gRPC-over-HTTP/2
-// transport of its own (h2server.go, h2conn.go, h2write.go, h2frame.go: one goroutine per
-// connection, a writer started only while there is something to write, one
-// keepalive sweeper; gRPC-go's server kept four goroutines and a few dozen
-// KiB per connection), with a stream handler of its own (ads.go: requests
+// transport of its own (h2server.go, h2conn.go, h2write.go, h2frame.go: one
+// goroutine per connection, a writer started only while there is something
+// to write, one keepalive sweeper; gRPC-go's server kept four goroutines and
+// a few dozen KiB per connection), with a stream handler of its own (ads.go: requests
 // handled as the connection reads them, pushes sent by a few paced workers,
 // pace.go) over a cache of its own (cache.go) that answers from the
 // resources encoded once per change, holds NACKed configs back instead of

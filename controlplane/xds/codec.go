@@ -29,9 +29,10 @@ func mustBufferPool(exponents ...uint8) mem.BufferPool {
 // codec always uses gRPC's default pool); delta discovery responses are
 // encoded by hand (their resources' Any values are copied from the shared
 // encodings, not re-marshalled). Every response is one pooled buffer that
-// gRPC's writer puts back once written, which is when a push worker sends its
-// next response (pace.go): a few buffers are in use at a time, reused change
-// after change, however many proxies connect at once.
+// the connection's writer (h2write.go) puts back once written, which is when
+// a push worker sends its next response (pace.go): a few buffers are in use
+// at a time, reused change after change, however many proxies connect at
+// once.
 //
 // Delta responses used to reference each resource's encoding between small
 // copied headers instead: no copy, but about 20 KiB of pieces and headers
@@ -93,7 +94,8 @@ func (c xdsCodec) marshal(v any, f *flight) (mem.BufferSlice, error) {
 }
 
 // getBuffer returns a buffer with room for size bytes and the one-buffer
-// slice gRPC writes it from (a plain slice below gRPC's pooling threshold).
+// slice the transport writes it from (a plain slice below gRPC's pooling
+// threshold).
 func getBuffer(size int, pool mem.BufferPool) (*[]byte, mem.BufferSlice) {
 	var buf *[]byte
 	if mem.IsBelowBufferPoolingThreshold(size) {

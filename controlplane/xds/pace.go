@@ -8,8 +8,8 @@ import (
 )
 
 // A push marshals every proxy's SotW response (a hundred listeners are about
-// 66 KiB) into a pooled buffer that gRPC's writer of the connection returns
-// once written. The push workers would marshal responses faster than the
+// 66 KiB) into a pooled buffer that the connection's writer (h2write.go)
+// returns once written. The push workers would marshal responses faster than the
 // writers, which run on the same few CPUs, write them: at 10,000 proxies
 // most of a push's responses would be in memory at once, and each buffer
 // would be cold by the time it is written. So a push worker sends its next
@@ -21,8 +21,8 @@ import (
 // be written.
 const pushMaxWait = 100 * time.Millisecond
 
-// flight is one response a push worker sent: done is closed once gRPC's
-// writer put its buffer back (or at once when it was not pooled).
+// flight is one response a push worker sent: done is closed once the
+// connection's writer put its buffer back (or at once when it was not pooled).
 type flight struct {
 	done chan struct{}
 	once sync.Once

@@ -13,7 +13,9 @@ import (
 	"io"
 	"math/big"
 	"net"
+	"os"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -680,5 +682,57 @@ func TestTransportEndedCallFinishesWriting(t *testing.T) {
 	// HealthCheckResponse{status: NOT_SERVING}: field 1, varint 2.
 	if want := []byte{0, 0, 0, 0, 2, 0x08, 2}; !bytes.Equal(data, want) {
 		t.Errorf("response %x, want %x", data, want)
+	}
+}
+
+// failingListener returns errs from its first Accepts, then accepts from
+// the listener it wraps.
+type failingListener struct {
+	net.Listener
+	errs chan error
+}
+
+func (l failingListener) Accept() (net.Conn, error) {
+	select {
+	case err := <-l.errs:
+		return nil, err
+	default:
+		return l.Listener.Accept()
+	}
+}
+
+// TestTransportKeepsAcceptingAfterEMFILE: running out of file descriptors
+// (EMFILE, ENFILE: a burst of proxies reconnecting) does not end the ADS
+// server: it backs off and serves the proxies that come next, as gRPC-go's
+// server did.
+func TestTransportKeepsAcceptingAfterEMFILE(t *testing.T) {
+	t.Parallel()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	errs := make(chan error, 2)
+	for _, e := range []syscall.Errno{syscall.EMFILE, syscall.ENFILE} {
+		errs <- &net.OpError{Op: "accept", Net: "tcp", Addr: l.Addr(), Err: os.NewSyscallError("accept4", e)}
+	}
+	srv := NewServer(Options{})
+	served := make(chan error, 1)
+	go func() { served <- srv.ServeXDS(failingListener{l, errs}) }()
+	defer func() {
+		srv.Stop()
+		if err := <-served; err != nil {
+			t.Errorf("ServeXDS after Stop: %v", err)
+		}
+	}()
+	hc := healthpb.NewHealthClient(dial(t, l.Addr().String()))
+	ctx, cancel := context.WithTimeout(context.Background(), testTimeout)
+	defer cancel()
+	if r, err := hc.Check(ctx, &healthpb.HealthCheckRequest{}); err != nil || r.GetStatus() != healthpb.HealthCheckResponse_NOT_SERVING {
+		t.Fatalf("Check after EMFILE and ENFILE from accept: %v, %v; want NOT_SERVING (served)", r.GetStatus(), err)
+	}
+	select {
+	case err := <-served:
+		t.Fatalf("ServeXDS ended: %v", err)
+	default:
 	}
 }

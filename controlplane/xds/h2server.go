@@ -158,9 +158,9 @@ func (t *transport) serve(l net.Listener) error {
 			if stopped {
 				return nil
 			}
-			var ne net.Error
-			if errors.As(err, &ne) && ne.Timeout() {
-				// Out of file descriptors and the like: as net/http, back off.
+			if temporary(err) {
+				// Out of file descriptors and the like: as net/http and
+				// gRPC-go, back off.
 				delay = min(max(2*delay, 5*time.Millisecond), time.Second)
 				t.log.Warn("accept failed; retrying", "error", err, "delay", delay)
 				time.Sleep(delay)
@@ -237,4 +237,14 @@ func (c *h2conn) keepalive(now time.Time) {
 		c.t.log.Debug("closing connection: keepalive ping not answered", "peer", c.peer)
 		c.raw.Close()
 	}
+}
+
+// temporary reports whether an Accept error passes: EMFILE, ENFILE, EINTR
+// and timeouts (net.Error's deprecated Temporary,
+// which net/http's and gRPC-go's servers read for the same decision: Timeout
+// alone is false for running out of file descriptors, and the server stopped
+// accepting for good).
+func temporary(err error) bool {
+	var te interface{ Temporary() bool }
+	return errors.As(err, &te) && te.Temporary()
 }

@@ -102,11 +102,13 @@ func (m *Mesh) Resources(nodeID string) (Resources, error) {
 		return Resources{}, fmt.Errorf("node %q: %w", nodeID, ErrUnknownNode)
 	}
 	g := newGenerator(m)
-	cfg, _, err := g.config(&w.TransparentProxy)
+	cfg, id, err := g.config(&w.TransparentProxy)
 	if err != nil {
 		return Resources{}, fmt.Errorf("node %q: %w", nodeID, err)
 	}
-	r := g.workload(w, cfg, Resources{})
+	key, part := shapeKey(w, id, nil)
+	p, own := g.workload(w, cfg, key[:part], Resources{})
+	r := p.with(own, Resources{})
 	if err := newChecker().check(nodeID, r); err != nil {
 		return Resources{}, err
 	}
@@ -131,7 +133,10 @@ type generator struct {
 	serviceClusters  map[serviceKey]*clusterv3.Cluster
 	reach            map[string][]*Service // sorted Reach → reachable services
 	used             map[string]*clusterv3.Cluster
-	dnsListeners     map[string]*listenerv3.Listener // by dnsKey
+	// parts are the outbound parts of the build's workloads, by their key
+	// (the part of shapeKey's key it names).
+	parts        map[string]*outboundPart
+	dnsListeners map[string]*listenerv3.Listener // by dnsKey
 	// The parts of inbound listeners that repeat across workloads: every
 	// workload has its own inbound listeners (its ports), but their filter
 	// chains and listener filters are the same for every workload that
@@ -297,6 +302,7 @@ func newGenerator(m *Mesh) *generator {
 		serviceListeners: make(map[serviceKey]*listenerv3.Listener),
 		serviceClusters:  make(map[serviceKey]*clusterv3.Cluster),
 		reach:            make(map[string][]*Service),
+		parts:            make(map[string]*outboundPart),
 		dnsListeners:     make(map[string]*listenerv3.Listener),
 		inboundChains:    make(map[inboundChainKey]*listenerv3.FilterChain),
 		listenerFilters:  make(map[string]*listenerv3.ListenerFilter),
@@ -350,16 +356,112 @@ func (g *generator) reachable(w *Workload) []*Service {
 	return out
 }
 
+// outboundPart is the part of a workload's resources that its outbound side
+// makes: the outbound listeners, the listener of each captured virtual IP and
+// port of the services it reaches, the DNS listeners, and the clusters they
+// send to (blackhole, passthrough, the service clusters), each list sorted by
+// name. It is made of the workload's redirect config, IP families and reach
+// set alone (the key shapeKey returns with the shape's), so every workload
+// with the same three is served the same part: the generator makes it, the
+// checker checks it and the hasher serves it once per build. Made per
+// workload, 10,000 distinct workloads that reach the same services each
+// looped over every service, sorted some 200 resources and checked each of
+// them against the node's others (most of a distinct build's time).
+type outboundPart struct {
+	Resources
+}
+
+// with returns p's resources and own (each sorted by name) merged in name
+// order, appended to into's slices, emptied first.
+func (p *outboundPart) with(own Resources, into Resources) Resources {
+	return Resources{
+		Listeners: merge(p.Listeners, p.Listeners, own.Listeners, own.Listeners, into.Listeners[:0]),
+		Clusters:  merge(p.Clusters, p.Clusters, own.Clusters, own.Clusters, into.Clusters[:0]),
+	}
+}
+
+// merge appends to into the values of two lists sorted by name in name
+// order: a's values (an names them, one name per value) and b's (bn names
+// them). A name in both lists comes from a first.
+func merge[N interface{ GetName() string }, V any](an []N, a []V, bn []N, b []V, into []V) []V {
+	i := 0
+	for j, n := range bn {
+		name := n.GetName()
+		k, _ := slices.BinarySearchFunc(an[i:], name, func(m N, name string) int {
+			if m.GetName() <= name {
+				return -1 // equal names: a's first
+			}
+			return 1
+		})
+		into = append(into, a[i:i+k]...)
+		into = append(into, b[j])
+		i += k
+	}
+	return append(into, a[i:]...)
+}
+
 // workload returns the resources of w, whose redirect config is encoded as
-// cfg (generator.config). They are appended to into's slices, emptied first:
-// a build reuses one pair of slices for every workload.
-func (g *generator) workload(w *Workload, cfg string, into Resources) Resources {
+// cfg (generator.config) and whose outbound side is named by part (the
+// part's key shapeKey returns): the part every workload of that outbound side
+// is served, and w's own resources (its inbound side), sorted by name and
+// appended to into's slices, emptied first: a build reuses one pair of slices
+// for every workload.
+func (g *generator) workload(w *Workload, cfg string, part []byte, into Resources) (*outboundPart, Resources) {
+	p, ok := g.parts[string(part)]
+	if !ok {
+		p = g.outbound(w, cfg)
+		g.parts[string(part)] = p
+	}
 	r := Resources{Listeners: into.Listeners[:0], Clusters: into.Clusters[:0]}
+	c := &w.TransparentProxy
+	if !c.Inbound.Enabled {
+		return p, r
+	}
+	fam := families(w)
+	v4, v6 := fam.listen4, fam.listen6
+	var ports []InboundPort
+	for _, port := range w.Inbound {
+		if g.capturesInbound(cfg, c, port.Port) {
+			ports = append(ports, port)
+		}
+	}
+	slices.SortFunc(ports, func(a, b InboundPort) int { return cmp.Compare(a.Port, b.Port) })
+	for _, port := range ports {
+		r.Clusters = append(r.Clusters, g.localAppCluster(port, c.Proxy.InboundPassthroughSource, v4, v6))
+	}
+	transparent := c.Mode == redirect.ModeTProxy
+	if v4 {
+		pt := g.inboundPassthrough(ClusterInboundPassthroughIPv4, c.Proxy.InboundPassthroughSource.IPv4)
+		r.Clusters = append(r.Clusters, pt)
+		r.Listeners = append(r.Listeners, g.inboundListener(ListenerInbound, netip.IPv4Unspecified(), c.Proxy.InboundPort, transparent, ports, pt.GetName()))
+	}
+	if v6 {
+		pt := g.inboundPassthrough(ClusterInboundPassthroughIPv6, c.Proxy.InboundPassthroughSource.IPv6)
+		r.Clusters = append(r.Clusters, pt)
+		r.Listeners = append(r.Listeners, g.inboundListener(ListenerInboundIPv6, netip.IPv6Unspecified(), c.Proxy.InboundPort, transparent, ports, pt.GetName()))
+	}
+	// A handful of resources: "inbound" < "inbound-ipv6", and the local app
+	// clusters' "inbound|<port>" sort after the passthrough clusters and by
+	// their port's digits, not its value.
+	sortByName(r.Listeners)
+	sortByName(r.Clusters)
+	return p, r
+}
+
+// sortByName sorts resources by name.
+func sortByName[T interface{ GetName() string }](resources []T) {
+	slices.SortFunc(resources, func(a, b T) int { return cmp.Compare(a.GetName(), b.GetName()) })
+}
+
+// outbound returns the outbound part of w's resources (outboundPart), whose
+// redirect config is encoded as cfg.
+func (g *generator) outbound(w *Workload, cfg string) *outboundPart {
+	p := &outboundPart{}
 	c := &w.TransparentProxy
 	fam := families(w)
 	v4, v6 := fam.listen4, fam.listen6
 	famKey := familyKey(fam.reach4, fam.reach6)
-	// Reused across workloads: a thousand workloads would make a thousand maps.
+	// Reused across parts: a build of many reach sets would make a map each.
 	if g.used == nil {
 		g.used = make(map[string]*clusterv3.Cluster)
 	}
@@ -381,20 +483,20 @@ func (g *generator) workload(w *Workload, cfg string, into Resources) Resources 
 			use(g.passthrough())
 		}
 		if v4 {
-			r.Listeners = append(r.Listeners, g.outboundListener(ListenerOutbound, netip.IPv4Unspecified(), c.Proxy.OutboundPort, catchAll))
+			p.Listeners = append(p.Listeners, g.outboundListener(ListenerOutbound, netip.IPv4Unspecified(), c.Proxy.OutboundPort, catchAll))
 		}
 		if v6 {
-			r.Listeners = append(r.Listeners, g.outboundListener(ListenerOutboundIPv6, netip.IPv6Unspecified(), c.Proxy.OutboundPort, catchAll))
+			p.Listeners = append(p.Listeners, g.outboundListener(ListenerOutboundIPv6, netip.IPv6Unspecified(), c.Proxy.OutboundPort, catchAll))
 		}
 		for _, s := range g.reachable(w) {
-			for pi, p := range s.Ports {
+			for pi, port := range s.Ports {
 				served := false
 				for _, vip := range s.VirtualIPs {
-					if (vip.Is4() && !v4) || (vip.Is6() && !v6) || !g.capturesOutbound(cfg, c, vip, p.Port) {
+					if (vip.Is4() && !v4) || (vip.Is6() && !v6) || !g.capturesOutbound(cfg, c, vip, port.Port) {
 						continue
 					}
 					served = true
-					r.Listeners = append(r.Listeners, g.serviceListener(s, pi, vip))
+					p.Listeners = append(p.Listeners, g.serviceListener(s, pi, vip))
 					if dnsOn {
 						dnsVIPs = append(dnsVIPs, serviceVIP{s, vip})
 					}
@@ -409,43 +511,20 @@ func (g *generator) workload(w *Workload, cfg string, into Resources) Resources 
 	if dnsOn {
 		upstreams := g.mesh.DNS.upstreams(w)
 		if v4 {
-			r.Listeners = append(r.Listeners, g.dnsListener(ListenerDNS, netip.AddrFrom4([4]byte{127, 0, 0, 1}), c.DNS.Port, dnsVIPs, upstreams))
+			p.Listeners = append(p.Listeners, g.dnsListener(ListenerDNS, netip.AddrFrom4([4]byte{127, 0, 0, 1}), c.DNS.Port, dnsVIPs, upstreams))
 		}
 		if v6 {
-			r.Listeners = append(r.Listeners, g.dnsListener(ListenerDNSIPv6, netip.IPv6Loopback(), c.DNS.Port, dnsVIPs, upstreams))
+			p.Listeners = append(p.Listeners, g.dnsListener(ListenerDNSIPv6, netip.IPv6Loopback(), c.DNS.Port, dnsVIPs, upstreams))
 		}
 	}
 
-	if c.Inbound.Enabled {
-		var ports []InboundPort
-		for _, p := range w.Inbound {
-			if g.capturesInbound(cfg, c, p.Port) {
-				ports = append(ports, p)
-			}
-		}
-		slices.SortFunc(ports, func(a, b InboundPort) int { return cmp.Compare(a.Port, b.Port) })
-		for _, p := range ports {
-			use(g.localAppCluster(p, c.Proxy.InboundPassthroughSource, v4, v6))
-		}
-		transparent := c.Mode == redirect.ModeTProxy
-		if v4 {
-			pt := g.inboundPassthrough(ClusterInboundPassthroughIPv4, c.Proxy.InboundPassthroughSource.IPv4)
-			use(pt)
-			r.Listeners = append(r.Listeners, g.inboundListener(ListenerInbound, netip.IPv4Unspecified(), c.Proxy.InboundPort, transparent, ports, pt.GetName()))
-		}
-		if v6 {
-			pt := g.inboundPassthrough(ClusterInboundPassthroughIPv6, c.Proxy.InboundPassthroughSource.IPv6)
-			use(pt)
-			r.Listeners = append(r.Listeners, g.inboundListener(ListenerInboundIPv6, netip.IPv6Unspecified(), c.Proxy.InboundPort, transparent, ports, pt.GetName()))
-		}
-	}
-
+	p.Clusters = make([]*clusterv3.Cluster, 0, len(usedClusters))
 	for _, cl := range usedClusters {
-		r.Clusters = append(r.Clusters, cl)
+		p.Clusters = append(p.Clusters, cl)
 	}
-	slices.SortFunc(r.Clusters, func(a, b *clusterv3.Cluster) int { return cmp.Compare(a.GetName(), b.GetName()) })
-	slices.SortFunc(r.Listeners, func(a, b *listenerv3.Listener) int { return cmp.Compare(a.GetName(), b.GetName()) })
-	return r
+	sortByName(p.Clusters)
+	sortByName(p.Listeners)
+	return p
 }
 
 func familyKey(v4, v6 bool) string {

@@ -195,39 +195,43 @@ func buildFrom(m *Mesh, prev *buildMemo) (*build, error) {
 	shapes := make(map[string]*xds.Snapshot)
 	failed := make(map[string]bool)
 	var errs []error
-	var scratch Resources // the generator's output, reused: the hasher copies what it keeps
+	var (
+		scratch Resources // the generator's output, reused: the hasher copies what it keeps
+		keyBuf  []byte
+	)
 	for i := range m.Workloads {
 		w := &m.Workloads[i]
 		cfg, cfgID, err := g.config(&w.TransparentProxy)
 		if err != nil {
 			return nil, fmt.Errorf("node %q: %w", w.NodeID, err)
 		}
-		key := shapeKey(w, cfgID)
-		if ns, ok := shapes[key]; ok {
+		key, part := shapeKey(w, cfgID, keyBuf[:0])
+		keyBuf = key
+		if ns, ok := shapes[string(key)]; ok {
 			b.nodes[w.NodeID] = ns
 			continue
 		}
-		if failed[key] {
+		if failed[string(key)] {
 			continue
 		}
-		r := g.workload(w, cfg, scratch)
-		scratch = r
-		if err := ch.check(w.NodeID, r); err != nil {
-			failed[key] = true
+		p, own := g.workload(w, cfg, key[:part], scratch)
+		scratch = own
+		if err := ch.checkNode(w.NodeID, p, own); err != nil {
+			failed[string(key)] = true
 			if len(errs) < maxBuildErrors {
 				errs = append(errs, err)
 			}
 			continue
 		}
-		ns, err := h.snapshot(r)
+		ns, err := h.snapshotOf(p, own)
 		if err != nil {
-			failed[key] = true
+			failed[string(key)] = true
 			if len(errs) < maxBuildErrors {
 				errs = append(errs, fmt.Errorf("node %q: %w", w.NodeID, err))
 			}
 			continue
 		}
-		shapes[key] = ns
+		shapes[string(key)] = ns
 		b.nodes[w.NodeID] = ns
 	}
 	if len(errs) == 0 {
@@ -243,18 +247,33 @@ func buildFrom(m *Mesh, prev *buildMemo) (*build, error) {
 	return b, nil
 }
 
-// shapeKey is everything (*generator).workload reads from w; the mesh-wide
-// inputs (services, endpoints, policy) are the same for every workload of a
-// build. cfg is the number of w's redirect config in the build
+// shapeKey is everything (*generator).workload reads from w, appended to b;
+// the mesh-wide inputs (services, endpoints, policy) are the same for every
+// workload of a build. cfg is the number of w's redirect config in the build
 // (generator.config): the key is short, and a key of each of 10,000
-// distinct workloads does not hold a copy of its config's encoding.
-func shapeKey(w *Workload, cfg int) string {
+// distinct workloads does not hold a copy of its config's encoding. The
+// key's first part bytes are the key of w's outbound part (outboundPart):
+// the config, the families and the reach set, without the inbound ports.
+func shapeKey(w *Workload, cfg int, b []byte) (key []byte, part int) {
 	fam := families(w)
-	b := make([]byte, 0, 64)
 	b = strconv.AppendInt(b, int64(cfg), 10)
 	for _, f := range [4]bool{fam.listen4, fam.listen6, fam.reach4, fam.reach6} {
 		b = strconv.AppendBool(append(b, ' '), f)
 	}
+	reach := w.Reach
+	if !slices.IsSorted(reach) {
+		reach = slices.Sorted(slices.Values(reach))
+	}
+	for i, r := range reach {
+		if i > 0 && reach[i-1] == r {
+			continue
+		}
+		// Service names never contain NUL: \x01 and \x00 (below) cannot be
+		// mistaken for a name's part.
+		b = append(b, '\x01')
+		b = append(b, r...)
+	}
+	part = len(b)
 	inbound := w.Inbound
 	byPort := func(a, b InboundPort) int { return cmp.Compare(a.Port, b.Port) }
 	if !slices.IsSortedFunc(inbound, byPort) {
@@ -268,20 +287,7 @@ func shapeKey(w *Workload, cfg int) string {
 		b = append(b, ' ')
 		b = append(b, p.Protocol...)
 	}
-	reach := w.Reach
-	if !slices.IsSorted(reach) {
-		reach = slices.Sorted(slices.Values(reach))
-	}
-	for i, r := range reach {
-		if i > 0 && reach[i-1] == r {
-			continue
-		}
-		// Service names never contain NUL: \x01 cannot be mistaken for a
-		// name's part.
-		b = append(b, '\x01')
-		b = append(b, r...)
-	}
-	return string(b)
+	return b, part
 }
 
 // hasher marshals and wraps each distinct resource once (xds.NewResource),
@@ -293,10 +299,22 @@ type hasher struct {
 	listeners []types.Resource // every distinct listener with an HTTP connection manager, in first-seen order
 	clusters  []types.Resource // every distinct cluster
 	ls, cs    []*xds.Resource  // scratch: a node's served listeners and clusters
+	ownLs     []*xds.Resource  // scratch: the served forms of a node's own listeners
+	ownCs     []*xds.Resource  // and clusters
+	// parts are the served forms of each outbound part's resources, in
+	// its order (snapshotOf).
+	parts map[*outboundPart]*servedPart
+}
+
+// servedPart are the served forms of an outbound part's listeners and
+// clusters, in its order, or why they could not be made.
+type servedPart struct {
+	listeners, clusters []*xds.Resource
+	err                 error
 }
 
 func newHasher() *hasher {
-	return &hasher{served: make(map[proto.Message]*xds.Resource)}
+	return &hasher{served: make(map[proto.Message]*xds.Resource), parts: make(map[*outboundPart]*servedPart)}
 }
 
 // marshal is deterministic, so equal resources hash equally.
@@ -353,6 +371,35 @@ func (h *hasher) snapshot(r Resources) (*xds.Snapshot, error) {
 	if h.cs, err = serveAll(h, resourcev3.ClusterType, r.Clusters, h.cs); err != nil {
 		return nil, err
 	}
+	return h.snapshots.Snapshot(h.ls, h.cs)
+}
+
+// snapshotOf returns the snapshot of a node served p and its own resources
+// own (each sorted by name, as the generator makes them). p's resources
+// are served once for every node that shares it; a node's lists are the
+// merge of p's and its own.
+func (h *hasher) snapshotOf(p *outboundPart, own Resources) (*xds.Snapshot, error) {
+	sp, ok := h.parts[p]
+	if !ok {
+		sp = &servedPart{}
+		sp.listeners, sp.err = serveAll(h, resourcev3.ListenerType, p.Listeners, nil)
+		if sp.err == nil {
+			sp.clusters, sp.err = serveAll(h, resourcev3.ClusterType, p.Clusters, nil)
+		}
+		h.parts[p] = sp
+	}
+	if sp.err != nil {
+		return nil, sp.err
+	}
+	var err error
+	if h.ownLs, err = serveAll(h, resourcev3.ListenerType, own.Listeners, h.ownLs); err != nil {
+		return nil, err
+	}
+	if h.ownCs, err = serveAll(h, resourcev3.ClusterType, own.Clusters, h.ownCs); err != nil {
+		return nil, err
+	}
+	h.ls = merge(p.Listeners, sp.listeners, own.Listeners, h.ownLs, h.ls[:0])
+	h.cs = merge(p.Clusters, sp.clusters, own.Clusters, h.ownCs, h.cs[:0])
 	return h.snapshots.Snapshot(h.ls, h.cs)
 }
 

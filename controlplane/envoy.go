@@ -107,8 +107,8 @@ func (m *Mesh) Resources(nodeID string) (Resources, error) {
 		return Resources{}, fmt.Errorf("node %q: %w", nodeID, err)
 	}
 	key, part := shapeKey(w, id, nil)
-	p, own := g.workload(w, cfg, key[:part], Resources{})
-	r := p.with(own, Resources{})
+	p, own := g.workload(w, cfg, key[:part], ownResources{})
+	r := p.with(own.Resources, Resources{}) // no memo: own.memo is empty
 	if err := newChecker().check(nodeID, r); err != nil {
 		return Resources{}, err
 	}
@@ -125,8 +125,16 @@ type generator struct {
 	mesh      *Mesh
 	services  map[string]*Service
 	endpoints map[string][]endpointAddr // service name → its endpoints, selected workloads included
+	// Resources made from values alone, by a key of those values: the
+	// outbound listeners and the passthrough and blackhole clusters
+	// (listeners, clusters) and a workload's own (own: its inbound
+	// listeners, local app and inbound passthrough clusters; see prev).
 	listeners map[string]*listenerv3.Listener
 	clusters  map[string]*clusterv3.Cluster
+	own       struct {
+		listeners map[string]*listenerv3.Listener
+		clusters  map[string]*clusterv3.Cluster
+	}
 	// Shared per-service resources, keyed without building strings: a
 	// thousand workloads look them up a hundred times each.
 	serviceListeners map[serviceKey]*listenerv3.Listener
@@ -144,11 +152,12 @@ type generator struct {
 	// validate and scan them again.
 	inboundChains   map[inboundChainKey]*listenerv3.FilterChain
 	listenerFilters map[string]*listenerv3.ListenerFilter
-	// prev are the resources the previous build's generator made from
-	// values alone (keyedResources): equal inputs make equal resources, so
-	// one whose key comes up again is reused, pointer and all, with what
-	// that build found of it (buildMemo).
-	prev *keyedResources
+	// prev is what the previous build left (buildMemo): equal inputs make
+	// equal resources, so a workload's own resource whose key comes up
+	// again is not made again but handed out as prev's entry, with its
+	// served form and what that build found of it. next collects the
+	// entries handed out, for the next build (newBuildMemo).
+	prev, next *buildMemo
 	// Capture answers by redirect config (its JSON encoding, as in shapeKey)
 	// and destination: each redirect answer builds the config's whole
 	// capture, and a thousand workloads of one config ask it for the same
@@ -160,6 +169,7 @@ type generator struct {
 	cfgs      []string
 	configBuf bytes.Buffer
 	configEnc *json.Encoder
+	keyBuf    []byte // scratch: the key of a workload's own resource
 }
 
 // config returns the JSON encoding of c, one string for every equal config
@@ -255,40 +265,30 @@ type endpointAddr struct {
 	targetPorts map[string]uint16
 }
 
-// keyedResources are the resources a generator makes from values alone, by
-// key (a service's resources are keyed by the Service itself and are not
-// among them). The same key gives an equal resource in every build.
-type keyedResources struct {
-	listeners map[string]*listenerv3.Listener
-	clusters  map[string]*clusterv3.Cluster
-	// captures are the redirect answers (generator.captures), which depend
-	// on the config's encoding and the destination alone.
-	captures map[captureKey]bool
+// ownListener returns the listener of a workload's own of key: made by this
+// build, or the previous build's entry of it (reused, and kept for the next
+// build).
+func (g *generator) ownListener(key []byte) (*listenerv3.Listener, *memoEntry) {
+	if l, ok := g.own.listeners[string(key)]; ok {
+		return l, nil
+	}
+	if e, ok := g.prev.listeners[string(key)]; ok {
+		g.next.listeners[e.key] = e
+		return nil, e
+	}
+	return nil, nil
 }
 
-// keyedListener returns the listener of key made by this build or, reused,
-// by the previous one.
-func (g *generator) keyedListener(key []byte) (*listenerv3.Listener, bool) {
-	if l, ok := g.listeners[string(key)]; ok {
-		return l, true
+// ownCluster is ownListener for clusters.
+func (g *generator) ownCluster(key []byte) (*clusterv3.Cluster, *memoEntry) {
+	if c, ok := g.own.clusters[string(key)]; ok {
+		return c, nil
 	}
-	if l, ok := g.prev.listeners[string(key)]; ok {
-		g.listeners[string(key)] = l
-		return l, true
+	if e, ok := g.prev.clusters[string(key)]; ok {
+		g.next.clusters[e.key] = e
+		return nil, e
 	}
-	return nil, false
-}
-
-// keyedCluster is keyedListener for clusters.
-func (g *generator) keyedCluster(key string) (*clusterv3.Cluster, bool) {
-	if c, ok := g.clusters[key]; ok {
-		return c, true
-	}
-	if c, ok := g.prev.clusters[key]; ok {
-		g.clusters[key] = c
-		return c, true
-	}
-	return nil, false
+	return nil, nil
 }
 
 func newGenerator(m *Mesh) *generator {
@@ -308,8 +308,11 @@ func newGenerator(m *Mesh) *generator {
 		listenerFilters:  make(map[string]*listenerv3.ListenerFilter),
 		captures:         make(map[captureKey]bool),
 		configs:          make(map[string]int),
-		prev:             &keyedResources{},
+		prev:             &buildMemo{},
+		next:             newMemo(0, 0),
 	}
+	g.own.listeners = make(map[string]*listenerv3.Listener)
+	g.own.clusters = make(map[string]*clusterv3.Cluster)
 	for i := range m.Services {
 		s := &m.Services[i]
 		g.services[s.Name] = s
@@ -383,11 +386,11 @@ func (p *outboundPart) with(own Resources, into Resources) Resources {
 // merge appends to into the values of two lists sorted by name in name
 // order: a's values (an names them, one name per value) and b's (bn names
 // them). A name in both lists comes from a first.
-func merge[N interface{ GetName() string }, V any](an []N, a []V, bn []N, b []V, into []V) []V {
+func merge[A, B interface{ GetName() string }, V any](an []A, a []V, bn []B, b []V, into []V) []V {
 	i := 0
 	for j, n := range bn {
 		name := n.GetName()
-		k, _ := slices.BinarySearchFunc(an[i:], name, func(m N, name string) int {
+		k, _ := slices.BinarySearchFunc(an[i:], name, func(m A, name string) int {
 			if m.GetName() <= name {
 				return -1 // equal names: a's first
 			}
@@ -400,22 +403,45 @@ func merge[N interface{ GetName() string }, V any](an []N, a []V, bn []N, b []V,
 	return append(into, a[i:]...)
 }
 
+// ownResources are a workload's own resources (its inbound side): made by
+// this build, sorted by name, and reused from the previous build's memo
+// (memo: listeners and clusters, in no order). A generator without a memo
+// (Mesh.Resources) makes them all.
+type ownResources struct {
+	Resources
+	memo []*memoEntry
+}
+
 // workload returns the resources of w, whose redirect config is encoded as
 // cfg (generator.config) and whose outbound side is named by part (the
 // part's key shapeKey returns): the part every workload of that outbound side
-// is served, and w's own resources (its inbound side), sorted by name and
-// appended to into's slices, emptied first: a build reuses one pair of slices
-// for every workload.
-func (g *generator) workload(w *Workload, cfg string, part []byte, into Resources) (*outboundPart, Resources) {
+// is served, and w's own resources, appended to into's slices, emptied first:
+// a build reuses one set of slices for every workload.
+func (g *generator) workload(w *Workload, cfg string, part []byte, into ownResources) (*outboundPart, ownResources) {
 	p, ok := g.parts[string(part)]
 	if !ok {
 		p = g.outbound(w, cfg)
 		g.parts[string(part)] = p
 	}
-	r := Resources{Listeners: into.Listeners[:0], Clusters: into.Clusters[:0]}
+	r := ownResources{Resources: Resources{Listeners: into.Listeners[:0], Clusters: into.Clusters[:0]}, memo: into.memo[:0]}
 	c := &w.TransparentProxy
 	if !c.Inbound.Enabled {
 		return p, r
+	}
+	cluster := func(c *clusterv3.Cluster, e *memoEntry) string {
+		if e != nil {
+			r.memo = append(r.memo, e)
+			return e.name
+		}
+		r.Clusters = append(r.Clusters, c)
+		return c.GetName()
+	}
+	listener := func(l *listenerv3.Listener, e *memoEntry) {
+		if e != nil {
+			r.memo = append(r.memo, e)
+		} else {
+			r.Listeners = append(r.Listeners, l)
+		}
 	}
 	fam := families(w)
 	v4, v6 := fam.listen4, fam.listen6
@@ -427,18 +453,16 @@ func (g *generator) workload(w *Workload, cfg string, part []byte, into Resource
 	}
 	slices.SortFunc(ports, func(a, b InboundPort) int { return cmp.Compare(a.Port, b.Port) })
 	for _, port := range ports {
-		r.Clusters = append(r.Clusters, g.localAppCluster(port, c.Proxy.InboundPassthroughSource, v4, v6))
+		cluster(g.localAppCluster(port, c.Proxy.InboundPassthroughSource, v4, v6))
 	}
 	transparent := c.Mode == redirect.ModeTProxy
 	if v4 {
-		pt := g.inboundPassthrough(ClusterInboundPassthroughIPv4, c.Proxy.InboundPassthroughSource.IPv4)
-		r.Clusters = append(r.Clusters, pt)
-		r.Listeners = append(r.Listeners, g.inboundListener(ListenerInbound, netip.IPv4Unspecified(), c.Proxy.InboundPort, transparent, ports, pt.GetName()))
+		pt := cluster(g.inboundPassthrough(ClusterInboundPassthroughIPv4, c.Proxy.InboundPassthroughSource.IPv4))
+		listener(g.inboundListener(ListenerInbound, netip.IPv4Unspecified(), c.Proxy.InboundPort, transparent, ports, pt))
 	}
 	if v6 {
-		pt := g.inboundPassthrough(ClusterInboundPassthroughIPv6, c.Proxy.InboundPassthroughSource.IPv6)
-		r.Clusters = append(r.Clusters, pt)
-		r.Listeners = append(r.Listeners, g.inboundListener(ListenerInboundIPv6, netip.IPv6Unspecified(), c.Proxy.InboundPort, transparent, ports, pt.GetName()))
+		pt := cluster(g.inboundPassthrough(ClusterInboundPassthroughIPv6, c.Proxy.InboundPassthroughSource.IPv6))
+		listener(g.inboundListener(ListenerInboundIPv6, netip.IPv6Unspecified(), c.Proxy.InboundPort, transparent, ports, pt))
 	}
 	// A handful of resources: "inbound" < "inbound-ipv6", and the local app
 	// clusters' "inbound|<port>" sort after the passthrough clusters and by
@@ -597,7 +621,7 @@ func portMatch(port uint16) *listenerv3.FilterChainMatch {
 
 func (g *generator) outboundListener(name string, addr netip.Addr, port uint16, catchAll string) *listenerv3.Listener {
 	key := name + "|" + addr.String() + "|" + strconv.Itoa(int(port)) + "|" + catchAll
-	if l, ok := g.keyedListener([]byte(key)); ok {
+	if l, ok := g.listeners[key]; ok {
 		return l
 	}
 	l := &listenerv3.Listener{
@@ -649,10 +673,12 @@ func (g *generator) serviceListener(s *Service, pi int, vip netip.Addr) *listene
 	return l
 }
 
-func (g *generator) inboundListener(name string, addr netip.Addr, port uint16, transparent bool, ports []InboundPort, passthrough string) *listenerv3.Listener {
+// inboundListener returns the inbound listener of these values: made (nil
+// entry) or the previous build's entry of it.
+func (g *generator) inboundListener(name string, addr netip.Addr, port uint16, transparent bool, ports []InboundPort, passthrough string) (*listenerv3.Listener, *memoEntry) {
 	// Everything the listener is made of: a workload's own listener, the
 	// same in the next build unless the workload changed.
-	key := make([]byte, 0, 64+8*len(ports))
+	key := g.keyBuf[:0]
 	key = append(key, name...)
 	key = append(key, '|')
 	key = addr.AppendTo(key)
@@ -668,8 +694,9 @@ func (g *generator) inboundListener(name string, addr netip.Addr, port uint16, t
 		key = append(key, ' ')
 		key = append(key, p.Protocol...)
 	}
-	if l, ok := g.keyedListener(key); ok {
-		return l
+	g.keyBuf = key
+	if l, e := g.ownListener(key); l != nil || e != nil {
+		return l, e
 	}
 	chains := make([]*listenerv3.FilterChain, 0, len(ports)+2)
 	chains = append(chains, g.inboundChain(inboundChainKey{kind: ChainLoopGuard, port: port}))
@@ -696,8 +723,8 @@ func (g *generator) inboundListener(name string, addr netip.Addr, port uint16, t
 		// and route the app's replies back to the proxy.
 		l.ListenerFilters = append(l.ListenerFilters, g.listenerFilter(filterOriginalSrc))
 	}
-	g.listeners[string(key)] = l
-	return l
+	g.own.listeners[string(key)] = l
+	return l, nil
 }
 
 // inboundChain returns the inbound filter chain named by k, shared by every
@@ -839,7 +866,7 @@ func (g *generator) dnsListener(name string, addr netip.Addr, port uint16, vips 
 }
 
 func (g *generator) blackhole() *clusterv3.Cluster {
-	if c, ok := g.keyedCluster(ClusterBlackhole); ok {
+	if c, ok := g.clusters[ClusterBlackhole]; ok {
 		return c
 	}
 	c := &clusterv3.Cluster{
@@ -852,7 +879,7 @@ func (g *generator) blackhole() *clusterv3.Cluster {
 }
 
 func (g *generator) passthrough() *clusterv3.Cluster {
-	if c, ok := g.keyedCluster(ClusterPassthrough); ok {
+	if c, ok := g.clusters[ClusterPassthrough]; ok {
 		return c
 	}
 	c := &clusterv3.Cluster{
@@ -865,10 +892,13 @@ func (g *generator) passthrough() *clusterv3.Cluster {
 	return c
 }
 
-func (g *generator) inboundPassthrough(name string, source netip.Addr) *clusterv3.Cluster {
-	key := name + "|" + source.String()
-	if c, ok := g.keyedCluster(key); ok {
-		return c
+// inboundPassthrough returns the inbound passthrough cluster named name,
+// bound to source: made (nil entry) or the previous build's entry of it.
+func (g *generator) inboundPassthrough(name string, source netip.Addr) (*clusterv3.Cluster, *memoEntry) {
+	key := append(append(append(g.keyBuf[:0], name...), '|'), source.String()...)
+	g.keyBuf = key
+	if c, e := g.ownCluster(key); c != nil || e != nil {
+		return c, e
 	}
 	c := &clusterv3.Cluster{
 		Name:                 name,
@@ -885,8 +915,8 @@ func (g *generator) inboundPassthrough(name string, source netip.Addr) *clusterv
 			Freebind: freebind(source),
 		},
 	}
-	g.clusters[key] = c
-	return c
+	g.own.clusters[string(key)] = c
+	return c, nil
 }
 
 // localAppCluster reaches the app behind a declared inbound port the way the
@@ -895,12 +925,20 @@ func (g *generator) inboundPassthrough(name string, source netip.Addr) *clusterv
 // source the installed rules return untouched. An app bound only to loopback is
 // therefore not reachable through the proxy, and one bound only to the
 // workload's address is; the proxy never exposes a loopback-only port.
-func (g *generator) localAppCluster(p InboundPort, src redirect.AddressPair, v4, v6 bool) *clusterv3.Cluster {
-	name := InboundClusterName(p.Port)
-	key := name + "|" + strconv.Itoa(int(p.AppPort)) + "|" + familyKey(v4, v6) + "|" + src.IPv4.String() + "|" + src.IPv6.String()
-	if c, ok := g.keyedCluster(key); ok {
-		return c
+// Made (nil entry), or the previous build's entry of it.
+func (g *generator) localAppCluster(p InboundPort, src redirect.AddressPair, v4, v6 bool) (*clusterv3.Cluster, *memoEntry) {
+	key := append(g.keyBuf[:0], "inbound|"...)
+	key = strconv.AppendUint(key, uint64(p.Port), 10)
+	key = append(key, '|')
+	key = strconv.AppendUint(key, uint64(p.AppPort), 10)
+	key = append(append(key, '|'), familyKey(v4, v6)...)
+	key = src.IPv4.AppendTo(append(key, '|'))
+	key = src.IPv6.AppendTo(append(key, '|'))
+	g.keyBuf = key
+	if c, e := g.ownCluster(key); c != nil || e != nil {
+		return c, e
 	}
+	name := InboundClusterName(p.Port)
 	c := &clusterv3.Cluster{
 		Name:                 name,
 		ClusterDiscoveryType: &clusterv3.Cluster_Type{Type: clusterv3.Cluster_ORIGINAL_DST},
@@ -911,8 +949,8 @@ func (g *generator) localAppCluster(p InboundPort, src redirect.AddressPair, v4,
 		}},
 		UpstreamBindConfig: sourceBindConfig(src, v4, v6),
 	}
-	g.clusters[key] = c
-	return c
+	g.own.clusters[string(key)] = c
+	return c, nil
 }
 
 // sourceBindConfig binds upstream connections to the passthrough source of the

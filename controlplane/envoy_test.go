@@ -199,8 +199,8 @@ func TestResourcesShareServiceResources(t *testing.T) {
 			t.Fatal(err)
 		}
 		key, part := shapeKey(w, id, nil)
-		p, own := g.workload(w, cfg, key[:part], Resources{})
-		return p.with(own, Resources{})
+		p, own := g.workload(w, cfg, key[:part], ownResources{})
+		return p.with(own.Resources, Resources{})
 	}
 	a := gen(&m.Workloads[0]) // redirect-ipv4
 	b := gen(&m.Workloads[3]) // tproxy-ipv4

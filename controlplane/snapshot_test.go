@@ -7,8 +7,6 @@ import (
 	"strings"
 	"testing"
 
-	cachev3 "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
-
 	"github.com/detour-mesh/detour/controlplane/xds"
 	"github.com/detour-mesh/detour/redirect"
 )
@@ -180,14 +178,19 @@ func TestBuildFromMemoMatchesFreshBuild(t *testing.T) {
 		}
 		if i == 0 {
 			// Nothing changed: every resource the memo kept is served again
-			// as it was, not encoded again.
-			for r, v := range memo.memo.served {
-				if prev.memo.served[r] != v {
-					t.Errorf("unchanged: %T %s encoded again", r, cachev3.GetResourceName(r))
+			// as it was, not made nor encoded again.
+			for _, kind := range []struct {
+				name      string
+				now, then map[string]*memoEntry
+			}{{"listener", memo.memo.listeners, prev.memo.listeners}, {"cluster", memo.memo.clusters, prev.memo.clusters}} {
+				for k, e := range kind.now {
+					if kind.then[k] != e {
+						t.Errorf("unchanged: %s %s made again", kind.name, e.name)
+					}
 				}
-			}
-			if len(memo.memo.served) == 0 || len(memo.memo.served) != len(prev.memo.served) {
-				t.Errorf("unchanged: the memo kept %d resources, the build before it %d", len(memo.memo.served), len(prev.memo.served))
+				if len(kind.now) == 0 || len(kind.now) != len(kind.then) {
+					t.Errorf("unchanged: the memo kept %d %ss, the build before it %d", len(kind.now), kind.name, len(kind.then))
+				}
 			}
 		}
 		prev = memo
@@ -248,7 +251,7 @@ func TestNodesSharingAnOutboundPartGetTheirOwn(t *testing.T) {
 			t.Fatal(err)
 		}
 		key, part := shapeKey(w, id, nil)
-		parts[w.NodeID], _ = g.workload(w, cfg, key[:part], Resources{})
+		parts[w.NodeID], _ = g.workload(w, cfg, key[:part], ownResources{})
 	}
 	for twin, orig := range twins {
 		if parts[twin] != parts[orig] {

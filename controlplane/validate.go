@@ -238,9 +238,6 @@ type checker struct {
 	addrs      map[*listenerv3.Listener]string
 	// parts are what the checker found of each outbound part.
 	parts map[*outboundPart]*group
-	// prev is what the previous build found of the resources it left
-	// (buildMemo): they are valid, and their facts are read from it.
-	prev *buildMemo
 }
 
 // group is what the checker found of resources checked together: a node's
@@ -290,9 +287,6 @@ func newChecker() *checker {
 }
 
 func (c *checker) validate(m proto.Message, kind, name string) error {
-	if c.prev.valid(m) {
-		return nil
-	}
 	err, seen := c.valid[m]
 	if !seen {
 		c.walker.path = c.walker.path[:0]
@@ -310,14 +304,16 @@ func (c *checker) validate(m proto.Message, kind, name string) error {
 // present, no EDS or RDS (the proxy is never served them), and ORIGINAL_DST
 // clusters (and only they) with the CLUSTER_PROVIDED load balancer.
 func (c *checker) check(node string, r Resources) error {
-	return c.checkNode(node, nil, r)
+	return c.checkNode(node, nil, ownResources{Resources: r})
 }
 
 // checkNode is check of a node served the outbound part p (nil: none) and
 // its own resources own: p is checked once for every node served it, and a
 // node's own resources against it (names, addresses, references and DNS
 // answers across the two), as if the node's resources were checked together.
-func (c *checker) checkNode(node string, p *outboundPart, own Resources) error {
+// An entry of the previous build's memo passed the checks of the resource
+// alone: it is checked against the others by what the entry records.
+func (c *checker) checkNode(node string, p *outboundPart, own ownResources) error {
 	var base *group
 	if p != nil {
 		base = c.part(p)
@@ -352,7 +348,7 @@ func (c *checker) part(p *outboundPart) *group {
 		addrs:     make(map[string]string, len(p.Listeners)),
 		vips:      make(map[string]bool, len(p.Listeners)),
 	}
-	c.scan(g, nil, p.Resources, true)
+	c.scan(g, nil, ownResources{Resources: p.Resources}, true)
 	c.parts[p] = g
 	return g
 }
@@ -362,7 +358,7 @@ func (c *checker) part(p *outboundPart) *group {
 // node's own resources (part false) fail a reference to a cluster, or a DNS
 // answer, that neither they nor base hold, and base's pending ones that they
 // do not resolve. A part's are kept pending in g.
-func (c *checker) scan(g, base *group, r Resources, part bool) {
+func (c *checker) scan(g, base *group, r ownResources, part bool) {
 	fail := func(kind, name, path, reason string) {
 		g.errs = append(g.errs, &ResourceError{Resource: kind + " " + name, Path: path, Reason: reason})
 	}
@@ -375,11 +371,6 @@ func (c *checker) scan(g, base *group, r Resources, part bool) {
 			fail("cluster", cl.GetName(), "name", "is duplicated")
 		}
 		g.clusters[cl.GetName()] = true
-		if c.prev.valid(cl) {
-			// A token of the memo: the checks below are properties of the
-			// cluster alone, which it passed.
-			continue
-		}
 		typ := cl.GetType()
 		switch {
 		case cl.GetClusterType() != nil:
@@ -394,6 +385,48 @@ func (c *checker) scan(g, base *group, r Resources, part bool) {
 			fail("cluster", cl.GetName(), "load_assignment", "is set on an ORIGINAL_DST cluster")
 		}
 	}
+	for _, e := range r.memo {
+		if !e.listener {
+			if hasCluster(e.name) {
+				fail("cluster", e.name, "name", "is duplicated")
+			}
+			g.clusters[e.name] = true
+		}
+	}
+	// refs fails, or keeps pending, the references of listener name to
+	// clusters that neither r nor base hold.
+	refs := func(name string, refs []string) {
+		for _, ref := range refs {
+			if hasCluster(ref) {
+				continue
+			}
+			err := &ResourceError{Resource: "listener " + name, Reason: "references cluster " + strconv.Quote(ref) + ", which the snapshot does not hold"}
+			if part {
+				// The node's own resources may hold it.
+				g.refs = append(g.refs, pending{ref, err})
+			} else {
+				g.errs = append(g.errs, err)
+			}
+		}
+	}
+	// address records a listener's address, or fails it when another
+	// listener has it.
+	address := func(name, addr string) {
+		other, dup := g.addrs[addr]
+		if !dup && base != nil {
+			other, dup = base.addrs[addr]
+		}
+		if dup {
+			fail("listener", name, "address", addr+" is also the address of listener "+other)
+		}
+		g.addrs[addr] = name
+	}
+	uniqueName := func(name string) {
+		if g.listeners[name] || base != nil && base.listeners[name] {
+			fail("listener", name, "name", "is duplicated")
+		}
+		g.listeners[name] = true
+	}
 
 	var udpListeners []*listenerv3.Listener
 	for _, l := range r.Listeners {
@@ -401,36 +434,17 @@ func (c *checker) scan(g, base *group, r Resources, part bool) {
 			g.errs = append(g.errs, err)
 			continue
 		}
-		if g.listeners[l.GetName()] || base != nil && base.listeners[l.GetName()] {
-			fail("listener", l.GetName(), "name", "is duplicated")
-		}
-		g.listeners[l.GetName()] = true
-		prev, known := c.prev.listener(l)
+		uniqueName(l.GetName())
 		addr, ok := c.addrs[l]
-		if known {
-			addr, ok = prev.addr, true
-		}
 		if !ok {
 			addr = listenerAddress(l.GetAddress())
 			c.addrs[l] = addr
 		}
-		other, dup := g.addrs[addr]
-		if !dup && base != nil {
-			other, dup = base.addrs[addr]
-		}
-		if dup {
-			fail("listener", l.GetName(), "address", addr+" is also the address of listener "+other)
-		}
-		g.addrs[addr] = l.GetName()
-		// A token of the memo (known) passed the checks of the listener
-		// alone, binds and is not UDP (tokenizable).
-		if !known && l.GetUseOriginalDst().GetValue() && l.GetBindToPort() != nil && !l.GetBindToPort().GetValue() {
+		address(l.GetName(), addr)
+		if l.GetUseOriginalDst().GetValue() && l.GetBindToPort() != nil && !l.GetBindToPort().GetValue() {
 			fail("listener", l.GetName(), "use_original_dst", "is set on a listener that does not bind; nothing would reach it")
 		}
 		reason, seen := c.chains[l]
-		if known {
-			reason, seen = prev.chains, true
-		}
 		if !seen {
 			reason = c.checkChains(l)
 			c.chains[l] = reason
@@ -438,25 +452,23 @@ func (c *checker) scan(g, base *group, r Resources, part bool) {
 		if err := reason; err != "" {
 			fail("listener", l.GetName(), "filter_chains", err)
 		}
-		if !known && l.GetAddress().GetSocketAddress().GetProtocol() == corev3.SocketAddress_UDP {
+		if l.GetAddress().GetSocketAddress().GetProtocol() == corev3.SocketAddress_UDP {
 			udpListeners = append(udpListeners, l)
 		}
-		refs, err := c.clusterRefs(l)
+		lrefs, err := c.clusterRefs(l)
 		if err != nil {
 			fail("listener", l.GetName(), "", err.Error())
 			continue
 		}
-		for _, ref := range refs {
-			if hasCluster(ref) {
-				continue
-			}
-			err := &ResourceError{Resource: "listener " + l.GetName(), Reason: "references cluster " + strconv.Quote(ref) + ", which the snapshot does not hold"}
-			if part {
-				// The node's own resources may hold it.
-				g.refs = append(g.refs, pending{ref, err})
-			} else {
-				g.errs = append(g.errs, err)
-			}
+		refs(l.GetName(), lrefs)
+	}
+	// An entry of the memo passed the checks of the listener alone, binds
+	// and is not UDP (tokenizable).
+	for _, e := range r.memo {
+		if e.listener {
+			uniqueName(e.name)
+			address(e.name, e.addr)
+			refs(e.name, e.refs)
 		}
 	}
 	// A DNS listener answers service names with virtual IPs the proxy has
@@ -589,9 +601,6 @@ func (c *checker) chainMatch(fc *listenerv3.FilterChain) ([]byte, error) {
 func (c *checker) clusterRefs(l *listenerv3.Listener) ([]string, error) {
 	if refs, ok := c.refs[l]; ok {
 		return refs, nil
-	}
-	if f, ok := c.prev.listener(l); ok {
-		return f.refs, nil
 	}
 	var refs []string
 	chains := l.GetFilterChains()

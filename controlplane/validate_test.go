@@ -382,7 +382,7 @@ func splitResources(t *testing.T, node string) (part, own Resources) {
 		t.Fatal(err)
 	}
 	key, n := shapeKey(w, id, nil)
-	p, o := g.workload(w, cfg, key[:n], Resources{})
+	p, o := g.workload(w, cfg, key[:n], ownResources{})
 	clone := func(r Resources) Resources {
 		var out Resources
 		for _, l := range r.Listeners {
@@ -393,7 +393,7 @@ func splitResources(t *testing.T, node string) (part, own Resources) {
 		}
 		return out
 	}
-	return clone(p.Resources), clone(o)
+	return clone(p.Resources), clone(o.Resources)
 }
 
 // errorLines are the lines of err (errors.Join puts one error a line),
@@ -510,7 +510,7 @@ func TestCheckerPartWithOwnAsWhole(t *testing.T) {
 			sortByName(own.Listeners)
 			sortByName(own.Clusters)
 			p := &outboundPart{Resources: part}
-			got := newChecker().checkNode("n1", p, own)
+			got := newChecker().checkNode("n1", p, ownResources{Resources: own})
 			whole := newChecker().check("n1", p.with(own, Resources{}))
 			if !slices.Equal(errorLines(got), errorLines(whole)) {
 				t.Errorf("part and own: %v\nchecked whole: %v", got, whole)
@@ -548,7 +548,7 @@ func TestCheckerPartFailsEveryNode(t *testing.T) {
 		own  Resources
 		fail bool
 	}{{"n1", withDB, false}, {"n2", own, true}, {"n3", withDB, false}, {"n4", own, true}} {
-		err := c.checkNode(n.node, p, n.own)
+		err := c.checkNode(n.node, p, ownResources{Resources: n.own})
 		if !n.fail {
 			if err != nil {
 				t.Errorf("%s holds the cluster: %v", n.node, err)
@@ -562,5 +562,98 @@ func TestCheckerPartFailsEveryNode(t *testing.T) {
 	}
 	if len(c.parts) != 1 {
 		t.Errorf("the part was checked %d times, want once", len(c.parts))
+	}
+}
+
+// A build hands out the previous build's memo entries for a workload's own
+// resources it would make again: the checker checks them against the
+// node's other resources by what the entries record (name, address, cluster
+// references), as it checks the resources themselves.
+func TestCheckerMemoEntries(t *testing.T) {
+	t.Parallel()
+	m := loadMesh(t, "testdata/matrix.yaml")
+	b, err := buildSnapshots(m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The resources of redirect-dual in a build from b's memo.
+	own := func(t *testing.T) (*outboundPart, ownResources) {
+		g := newGenerator(m)
+		g.prev = b.memo
+		w, _ := m.workload("redirect-dual")
+		cfg, id, err := g.config(&w.TransparentProxy)
+		if err != nil {
+			t.Fatal(err)
+		}
+		key, n := shapeKey(w, id, nil)
+		p, o := g.workload(w, cfg, key[:n], ownResources{})
+		if len(o.Listeners)+len(o.Clusters) != 0 || len(o.memo) == 0 {
+			t.Fatalf("own resources %d, memo entries %d: want only entries", len(o.Listeners)+len(o.Clusters), len(o.memo))
+		}
+		return p, o
+	}
+	entry := func(o ownResources, name string) int {
+		i := slices.IndexFunc(o.memo, func(e *memoEntry) bool { return e.name == name })
+		if i < 0 {
+			t.Fatalf("no entry %s", name)
+		}
+		return i
+	}
+	tests := []struct {
+		name    string
+		mutate  func(o *ownResources)
+		wantErr string
+	}{
+		{name: "as made", mutate: func(o *ownResources) {}},
+		{
+			name: "a cluster an entry refers to missing",
+			mutate: func(o *ownResources) {
+				i := entry(*o, ClusterInboundPassthroughIPv4)
+				o.memo = slices.Delete(o.memo, i, i+1)
+			},
+			wantErr: `listener inbound: references cluster "inbound-passthrough-ipv4", which the snapshot does not hold`,
+		},
+		{
+			name: "a listener with an entry's name",
+			mutate: func(o *ownResources) {
+				l := proto.Clone(listenerNamed(baseResources(t), ListenerInbound)).(*listenerv3.Listener)
+				l.Address = socketAddress(netip.MustParseAddr("192.0.2.11"), 15006)
+				o.Listeners = append(o.Listeners, l)
+			},
+			wantErr: "listener inbound: name: is duplicated",
+		},
+		{
+			name: "a listener at an entry's address",
+			mutate: func(o *ownResources) {
+				l := proto.Clone(listenerNamed(baseResources(t), ListenerInbound)).(*listenerv3.Listener)
+				l.Name = "another"
+				o.Listeners = append(o.Listeners, l)
+			},
+			wantErr: "address: TCP 0.0.0.0 15006 is also the address of listener",
+		},
+		{
+			name: "a cluster with an entry's name",
+			mutate: func(o *ownResources) {
+				o.Clusters = append(o.Clusters, proto.Clone(clusterNamed(baseResources(t), ClusterInboundPassthroughIPv6)).(*clusterv3.Cluster))
+			},
+			wantErr: "cluster inbound-passthrough-ipv6: name: is duplicated",
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			p, o := own(t)
+			tt.mutate(&o)
+			err := newChecker().checkNode("n1", p, o)
+			if tt.wantErr == "" {
+				if err != nil {
+					t.Errorf("error %v, want none", err)
+				}
+				return
+			}
+			if err == nil || !strings.Contains(err.Error(), `node "n1"`) || !strings.Contains(err.Error(), tt.wantErr) {
+				t.Errorf("error %v, want one of node n1 containing %q", err, tt.wantErr)
+			}
+		})
 	}
 }

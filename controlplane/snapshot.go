@@ -59,7 +59,7 @@ type buildMemo struct {
 
 // memoEntry is a valid resource of a workload's own, as a build served it.
 // Only a listener that binds its address and is not UDP has one (see
-// tokenizable): the checker reads the others' addresses for the DNS table's
+// memoizable): the checker reads the others' addresses for the DNS table's
 // checks.
 type memoEntry struct {
 	key    string // in the memo
@@ -79,11 +79,11 @@ func newMemo(listeners, clusters int) *buildMemo {
 	}
 }
 
-// tokenizable reports whether the checker reads nothing of l but what a
+// memoizable reports whether the checker reads nothing of l but what a
 // memoEntry records: it binds its address (listeners that do not are the
 // service listeners a DNS table's answers are checked against) and is not
 // UDP (DNS listeners, whose tables are read).
-func tokenizable(l *listenerv3.Listener) bool {
+func memoizable(l *listenerv3.Listener) bool {
 	if b := l.GetBindToPort(); b != nil && !b.GetValue() {
 		return false
 	}
@@ -102,7 +102,7 @@ func newBuildMemo(g *generator, ch *checker, h *hasher) *buildMemo {
 		addr, ok1 := ch.addrs[l]
 		chains, ok2 := ch.chains[l]
 		refs, ok3 := ch.refs[l]
-		if ok && checked && err == nil && ok1 && ok2 && ok3 && chains == "" && tokenizable(l) {
+		if ok && checked && err == nil && ok1 && ok2 && ok3 && chains == "" && memoizable(l) {
 			p.listeners[k] = &memoEntry{key: k, name: l.GetName(), served: v, listener: true, addr: addr, refs: refs}
 		}
 	}

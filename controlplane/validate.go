@@ -463,7 +463,7 @@ func (c *checker) scan(g, base *group, r ownResources, part bool) {
 		refs(l.GetName(), lrefs)
 	}
 	// An entry of the memo passed the checks of the listener alone, binds
-	// and is not UDP (tokenizable).
+	// and is not UDP (memoizable).
 	for _, e := range r.memo {
 		if e.listener {
 			uniqueName(e.name)

@@ -269,26 +269,22 @@ type endpointAddr struct {
 // build, or the previous build's entry of it (reused, and kept for the next
 // build).
 func (g *generator) ownListener(key []byte) (*listenerv3.Listener, *memoEntry) {
-	if l, ok := g.own.listeners[string(key)]; ok {
-		return l, nil
-	}
+	// The memo first: after a change, most are there, and what is there is
+	// never made.
 	if e, ok := g.prev.listeners[string(key)]; ok {
 		g.next.listeners[e.key] = e
 		return nil, e
 	}
-	return nil, nil
+	return g.own.listeners[string(key)], nil
 }
 
 // ownCluster is ownListener for clusters.
 func (g *generator) ownCluster(key []byte) (*clusterv3.Cluster, *memoEntry) {
-	if c, ok := g.own.clusters[string(key)]; ok {
-		return c, nil
-	}
 	if e, ok := g.prev.clusters[string(key)]; ok {
 		g.next.clusters[e.key] = e
 		return nil, e
 	}
-	return nil, nil
+	return g.own.clusters[string(key)], nil
 }
 
 func newGenerator(m *Mesh) *generator {

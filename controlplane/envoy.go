@@ -1,7 +1,6 @@
 package controlplane
 
 import (
-	"bytes"
 	"cmp"
 	"encoding/json"
 	"fmt"
@@ -102,10 +101,7 @@ func (m *Mesh) Resources(nodeID string) (Resources, error) {
 		return Resources{}, fmt.Errorf("node %q: %w", nodeID, ErrUnknownNode)
 	}
 	g := newGenerator(m)
-	cfg, id, err := g.config(&w.TransparentProxy)
-	if err != nil {
-		return Resources{}, fmt.Errorf("node %q: %w", nodeID, err)
-	}
+	cfg, id := g.config(&w.TransparentProxy)
 	key, part := shapeKey(w, id, nil)
 	p, own := g.workload(w, cfg, key[:part], ownResources{})
 	r := p.with(own.Resources, Resources{}) // no memo: own.memo is empty
@@ -167,31 +163,23 @@ type generator struct {
 	// keys of captures and of the build's shapes refer to one copy each.
 	configs   map[string]int
 	cfgs      []string
-	configBuf bytes.Buffer
-	configEnc *json.Encoder
+	configBuf []byte
 	keyBuf    []byte // scratch: the key of a workload's own resource
 }
 
 // config returns the JSON encoding of c, one string for every equal config
 // of the build, and its number in the build.
-func (g *generator) config(c *redirect.Config) (string, int, error) {
-	// Encoded into one buffer for the build: only a config not seen yet is
-	// copied.
-	if g.configEnc == nil {
-		g.configEnc = json.NewEncoder(&g.configBuf)
+func (g *generator) config(c *redirect.Config) (string, int) {
+	// Encoded into one buffer for the build, without reflection
+	// (Config.AppendJSON): only a config not seen yet is copied.
+	g.configBuf = c.AppendJSON(g.configBuf[:0])
+	if id, ok := g.configs[string(g.configBuf)]; ok {
+		return g.cfgs[id], id
 	}
-	g.configBuf.Reset()
-	if err := g.configEnc.Encode(c); err != nil {
-		return "", 0, fmt.Errorf("encode redirect config: %w", err)
-	}
-	b := bytes.TrimSuffix(g.configBuf.Bytes(), []byte("\n"))
-	if id, ok := g.configs[string(b)]; ok {
-		return g.cfgs[id], id, nil
-	}
-	s := string(b)
+	s := string(g.configBuf)
 	g.configs[s] = len(g.cfgs)
 	g.cfgs = append(g.cfgs, s)
-	return s, len(g.cfgs) - 1, nil
+	return s, len(g.cfgs) - 1
 }
 
 // captureKey is one capturesOutbound question (inbound: dst invalid).

@@ -194,10 +194,7 @@ func TestResourcesShareServiceResources(t *testing.T) {
 	m := loadMesh(t, "testdata/matrix.yaml")
 	g := newGenerator(m)
 	gen := func(w *Workload) Resources {
-		cfg, id, err := g.config(&w.TransparentProxy)
-		if err != nil {
-			t.Fatal(err)
-		}
+		cfg, id := g.config(&w.TransparentProxy)
 		key, part := shapeKey(w, id, nil)
 		p, own := g.workload(w, cfg, key[:part], ownResources{})
 		return p.with(own.Resources, Resources{})

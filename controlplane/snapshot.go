@@ -156,10 +156,7 @@ func buildFrom(m *Mesh, prev *buildMemo) (*build, error) {
 	)
 	for i := range m.Workloads {
 		w := &m.Workloads[i]
-		cfg, cfgID, err := g.config(&w.TransparentProxy)
-		if err != nil {
-			return nil, fmt.Errorf("node %q: %w", w.NodeID, err)
-		}
+		cfg, cfgID := g.config(&w.TransparentProxy)
 		key, part := shapeKey(w, cfgID, keyBuf[:0])
 		keyBuf = key
 		if ns, ok := shapes[string(key)]; ok {

@@ -246,10 +246,7 @@ func TestNodesSharingAnOutboundPartGetTheirOwn(t *testing.T) {
 	parts := map[string]*outboundPart{}
 	for i := range m.Workloads {
 		w := &m.Workloads[i]
-		cfg, id, err := g.config(&w.TransparentProxy)
-		if err != nil {
-			t.Fatal(err)
-		}
+		cfg, id := g.config(&w.TransparentProxy)
 		key, part := shapeKey(w, id, nil)
 		parts[w.NodeID], _ = g.workload(w, cfg, key[:part], ownResources{})
 	}

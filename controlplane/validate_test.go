@@ -377,10 +377,7 @@ func splitResources(t *testing.T, node string) (part, own Resources) {
 		t.Fatalf("no workload %s", node)
 	}
 	g := newGenerator(m)
-	cfg, id, err := g.config(&w.TransparentProxy)
-	if err != nil {
-		t.Fatal(err)
-	}
+	cfg, id := g.config(&w.TransparentProxy)
 	key, n := shapeKey(w, id, nil)
 	p, o := g.workload(w, cfg, key[:n], ownResources{})
 	clone := func(r Resources) Resources {
@@ -581,10 +578,7 @@ func TestCheckerMemoEntries(t *testing.T) {
 		g := newGenerator(m)
 		g.prev = b.memo
 		w, _ := m.workload("redirect-dual")
-		cfg, id, err := g.config(&w.TransparentProxy)
-		if err != nil {
-			t.Fatal(err)
-		}
+		cfg, id := g.config(&w.TransparentProxy)
 		key, n := shapeKey(w, id, nil)
 		p, o := g.workload(w, cfg, key[:n], ownResources{})
 		if len(o.Listeners)+len(o.Clusters) != 0 || len(o.memo) == 0 {

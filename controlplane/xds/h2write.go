@@ -7,7 +7,6 @@ import (
 	"sync"
 
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/mem"
 	"google.golang.org/grpc/status"
 )
 
@@ -39,9 +38,9 @@ type outItem struct {
 // outMsg is a response message: its gRPC prefix and its marshalled bytes,
 // framed as DATA as the peer's windows allow.
 type outMsg struct {
-	bs     mem.BufferSlice
+	resp   *response
 	prefix [5]byte
-	parts  [][]byte // what is left to frame: prefix, then bs's buffers
+	parts  [][]byte // what is left to frame: prefix, then resp's bytes
 	left   int
 }
 
@@ -179,7 +178,7 @@ func (c *h2conn) dropQueued() {
 func (st *h2stream) drop() {
 	for _, it := range st.out {
 		if it.msg != nil {
-			it.msg.bs.Free()
+			it.msg.resp.release()
 		}
 	}
 	st.out, st.queued = nil, false
@@ -233,27 +232,23 @@ func (st *h2stream) finishHTTP(httpStatus int, code codes.Code, msg string) {
 }
 
 // queueMessage queues a marshalled response message.
-func (st *h2stream) queueMessage(bs mem.BufferSlice) error {
+func (st *h2stream) queueMessage(r *response) error {
 	c := st.c
 	c.wmu.Lock()
 	defer c.wmu.Unlock()
 	if st.ended || c.w.dead {
-		bs.Free()
+		r.release()
 		return errStreamEnded
 	}
 	if !st.headersSent {
 		st.headersSent = true
 		st.out = append(st.out, outItem{block: responseHeaders})
 	}
-	m := &outMsg{bs: bs}
-	n := bs.Len()
+	m := &outMsg{resp: r}
+	n := len(r.data)
 	m.prefix[0] = 0
 	binary.BigEndian.PutUint32(m.prefix[1:], uint32(n))
-	m.parts = make([][]byte, 0, 1+len(bs))
-	m.parts = append(m.parts, m.prefix[:])
-	for _, b := range bs {
-		m.parts = append(m.parts, b.ReadOnlyData())
-	}
+	m.parts = [][]byte{m.prefix[:], r.data}
 	m.left = 5 + n
 	st.out = append(st.out, outItem{msg: m})
 	c.ready(st)
@@ -318,7 +313,7 @@ const (
 type batch struct {
 	hdrs    []byte // frame headers (capacity for maxBatchFrames: never reallocated)
 	bufs    net.Buffers
-	free    []mem.BufferSlice // written once bufs are
+	free    []*response // written once bufs are
 	frames  int
 	size    int
 	data    bool // HEADERS or DATA of a response
@@ -374,8 +369,8 @@ func (c *h2conn) write() {
 		bufs = b.bufs
 		err := c.flush(b)
 		b.bufs = bufs // WriteTo consumed its copy
-		for _, bs := range b.free {
-			bs.Free()
+		for _, r := range b.free {
+			r.release()
 		}
 		if b.data {
 			c.dataSent.Store(true)
@@ -486,7 +481,7 @@ func (c *h2conn) planStream(b *batch, st *h2stream) {
 			if m.left > 0 {
 				continue
 			}
-			b.free = append(b.free, m.bs)
+			b.free = append(b.free, m.resp)
 		}
 		st.out[0] = outItem{}
 		st.out = st.out[1:]

@@ -3,8 +3,6 @@ package xds
 import (
 	"sync"
 	"time"
-
-	"google.golang.org/grpc/mem"
 )
 
 // A push marshals every proxy's SotW response (a hundred listeners are about
@@ -22,13 +20,19 @@ import (
 const pushMaxWait = 100 * time.Millisecond
 
 // flight is one response a push worker sent: done is closed once the
-// connection's writer put its buffer back (or at once when it was not pooled).
+// response is released (buffer.go): written by the connection's writer, or
+// dropped unwritten (or at once when it was not pooled).
 type flight struct {
 	done chan struct{}
 	once sync.Once
 }
 
-func (f *flight) finish() { f.once.Do(func() { close(f.done) }) }
+// finish closes done, once however often it is called; f may be nil.
+func (f *flight) finish() {
+	if f != nil {
+		f.once.Do(func() { close(f.done) })
+	}
+}
 
 // wait returns once f is written, or after pushMaxWait.
 func (f *flight) wait() {
@@ -64,16 +68,3 @@ func (fs *flights) take(msg any) *flight {
 	}
 	return nil
 }
-
-// flightPool is xdsBufferPool for one message's buffer: putting the buffer
-// back finishes the flight.
-type flightPool struct{ f *flight }
-
-func (p flightPool) Get(n int) *[]byte { return xdsBufferPool.Get(n) }
-
-func (p flightPool) Put(b *[]byte) {
-	xdsBufferPool.Put(b)
-	p.f.finish()
-}
-
-var _ mem.BufferPool = flightPool{}

@@ -1,7 +1,6 @@
 package controlplane
 
 import (
-	"bytes"
 	"cmp"
 	"encoding/json"
 	"fmt"
@@ -102,11 +101,10 @@ func (m *Mesh) Resources(nodeID string) (Resources, error) {
 		return Resources{}, fmt.Errorf("node %q: %w", nodeID, ErrUnknownNode)
 	}
 	g := newGenerator(m)
-	cfg, _, err := g.config(&w.TransparentProxy)
-	if err != nil {
-		return Resources{}, fmt.Errorf("node %q: %w", nodeID, err)
-	}
-	r := g.workload(w, cfg, Resources{})
+	cfg, id := g.config(&w.TransparentProxy)
+	key, part := shapeKey(w, id, nil)
+	p, own := g.workload(w, cfg, key[:part], ownResources{})
+	r := p.with(own.Resources, Resources{}) // no memo: own.memo is empty
 	if err := newChecker().check(nodeID, r); err != nil {
 		return Resources{}, err
 	}
@@ -123,15 +121,26 @@ type generator struct {
 	mesh      *Mesh
 	services  map[string]*Service
 	endpoints map[string][]endpointAddr // service name → its endpoints, selected workloads included
+	// Resources made from values alone, by a key of those values: the
+	// outbound listeners and the passthrough and blackhole clusters
+	// (listeners, clusters) and a workload's own (own: its inbound
+	// listeners, local app and inbound passthrough clusters; see prev).
 	listeners map[string]*listenerv3.Listener
 	clusters  map[string]*clusterv3.Cluster
+	own       struct {
+		listeners map[string]*listenerv3.Listener
+		clusters  map[string]*clusterv3.Cluster
+	}
 	// Shared per-service resources, keyed without building strings: a
 	// thousand workloads look them up a hundred times each.
 	serviceListeners map[serviceKey]*listenerv3.Listener
 	serviceClusters  map[serviceKey]*clusterv3.Cluster
 	reach            map[string][]*Service // sorted Reach → reachable services
 	used             map[string]*clusterv3.Cluster
-	dnsListeners     map[string]*listenerv3.Listener // by dnsKey
+	// parts are the outbound parts of the build's workloads, by their key
+	// (the part of shapeKey's key it names).
+	parts        map[string]*outboundPart
+	dnsListeners map[string]*listenerv3.Listener // by dnsKey
 	// The parts of inbound listeners that repeat across workloads: every
 	// workload has its own inbound listeners (its ports), but their filter
 	// chains and listener filters are the same for every workload that
@@ -139,11 +148,12 @@ type generator struct {
 	// validate and scan them again.
 	inboundChains   map[inboundChainKey]*listenerv3.FilterChain
 	listenerFilters map[string]*listenerv3.ListenerFilter
-	// prev are the resources the previous build's generator made from
-	// values alone (keyedResources): equal inputs make equal resources, so
-	// one whose key comes up again is reused, pointer and all, with what
-	// that build found of it (buildMemo).
-	prev *keyedResources
+	// prev is what the previous build left (buildMemo): equal inputs make
+	// equal resources, so a workload's own resource whose key comes up
+	// again is not made again but handed out as prev's entry, with its
+	// served form and what that build found of it. next collects the
+	// entries handed out, for the next build (newBuildMemo).
+	prev, next *buildMemo
 	// Capture answers by redirect config (its JSON encoding, as in shapeKey)
 	// and destination: each redirect answer builds the config's whole
 	// capture, and a thousand workloads of one config ask it for the same
@@ -153,30 +163,23 @@ type generator struct {
 	// keys of captures and of the build's shapes refer to one copy each.
 	configs   map[string]int
 	cfgs      []string
-	configBuf bytes.Buffer
-	configEnc *json.Encoder
+	configBuf []byte
+	keyBuf    []byte // scratch: the key of a workload's own resource
 }
 
 // config returns the JSON encoding of c, one string for every equal config
 // of the build, and its number in the build.
-func (g *generator) config(c *redirect.Config) (string, int, error) {
-	// Encoded into one buffer for the build: only a config not seen yet is
-	// copied.
-	if g.configEnc == nil {
-		g.configEnc = json.NewEncoder(&g.configBuf)
+func (g *generator) config(c *redirect.Config) (string, int) {
+	// Encoded into one buffer for the build, without reflection
+	// (Config.AppendJSON): only a config not seen yet is copied.
+	g.configBuf = c.AppendJSON(g.configBuf[:0])
+	if id, ok := g.configs[string(g.configBuf)]; ok {
+		return g.cfgs[id], id
 	}
-	g.configBuf.Reset()
-	if err := g.configEnc.Encode(c); err != nil {
-		return "", 0, fmt.Errorf("encode redirect config: %w", err)
-	}
-	b := bytes.TrimSuffix(g.configBuf.Bytes(), []byte("\n"))
-	if id, ok := g.configs[string(b)]; ok {
-		return g.cfgs[id], id, nil
-	}
-	s := string(b)
+	s := string(g.configBuf)
 	g.configs[s] = len(g.cfgs)
 	g.cfgs = append(g.cfgs, s)
-	return s, len(g.cfgs) - 1, nil
+	return s, len(g.cfgs) - 1
 }
 
 // captureKey is one capturesOutbound question (inbound: dst invalid).
@@ -250,40 +253,26 @@ type endpointAddr struct {
 	targetPorts map[string]uint16
 }
 
-// keyedResources are the resources a generator makes from values alone, by
-// key (a service's resources are keyed by the Service itself and are not
-// among them). The same key gives an equal resource in every build.
-type keyedResources struct {
-	listeners map[string]*listenerv3.Listener
-	clusters  map[string]*clusterv3.Cluster
-	// captures are the redirect answers (generator.captures), which depend
-	// on the config's encoding and the destination alone.
-	captures map[captureKey]bool
+// ownListener returns the listener of a workload's own of key: made by this
+// build, or the previous build's entry of it (reused, and kept for the next
+// build).
+func (g *generator) ownListener(key []byte) (*listenerv3.Listener, *memoEntry) {
+	// The memo first: after a change, most are there, and what is there is
+	// never made.
+	if e, ok := g.prev.listeners[string(key)]; ok {
+		g.next.listeners[e.key] = e
+		return nil, e
+	}
+	return g.own.listeners[string(key)], nil
 }
 
-// keyedListener returns the listener of key made by this build or, reused,
-// by the previous one.
-func (g *generator) keyedListener(key []byte) (*listenerv3.Listener, bool) {
-	if l, ok := g.listeners[string(key)]; ok {
-		return l, true
+// ownCluster is ownListener for clusters.
+func (g *generator) ownCluster(key []byte) (*clusterv3.Cluster, *memoEntry) {
+	if e, ok := g.prev.clusters[string(key)]; ok {
+		g.next.clusters[e.key] = e
+		return nil, e
 	}
-	if l, ok := g.prev.listeners[string(key)]; ok {
-		g.listeners[string(key)] = l
-		return l, true
-	}
-	return nil, false
-}
-
-// keyedCluster is keyedListener for clusters.
-func (g *generator) keyedCluster(key string) (*clusterv3.Cluster, bool) {
-	if c, ok := g.clusters[key]; ok {
-		return c, true
-	}
-	if c, ok := g.prev.clusters[key]; ok {
-		g.clusters[key] = c
-		return c, true
-	}
-	return nil, false
+	return g.own.clusters[string(key)], nil
 }
 
 func newGenerator(m *Mesh) *generator {
@@ -297,13 +286,17 @@ func newGenerator(m *Mesh) *generator {
 		serviceListeners: make(map[serviceKey]*listenerv3.Listener),
 		serviceClusters:  make(map[serviceKey]*clusterv3.Cluster),
 		reach:            make(map[string][]*Service),
+		parts:            make(map[string]*outboundPart),
 		dnsListeners:     make(map[string]*listenerv3.Listener),
 		inboundChains:    make(map[inboundChainKey]*listenerv3.FilterChain),
 		listenerFilters:  make(map[string]*listenerv3.ListenerFilter),
 		captures:         make(map[captureKey]bool),
 		configs:          make(map[string]int),
-		prev:             &keyedResources{},
+		prev:             &buildMemo{},
+		next:             newMemo(0, 0),
 	}
+	g.own.listeners = make(map[string]*listenerv3.Listener)
+	g.own.clusters = make(map[string]*clusterv3.Cluster)
 	for i := range m.Services {
 		s := &m.Services[i]
 		g.services[s.Name] = s
@@ -350,16 +343,133 @@ func (g *generator) reachable(w *Workload) []*Service {
 	return out
 }
 
+// outboundPart is the part of a workload's resources that its outbound side
+// makes: the outbound listeners, the listener of each captured virtual IP and
+// port of the services it reaches, the DNS listeners, and the clusters they
+// send to (blackhole, passthrough, the service clusters), each list sorted by
+// name. It is made of the workload's redirect config, IP families and reach
+// set alone (the key shapeKey returns with the shape's), so every workload
+// with the same three is served the same part: the generator makes it, the
+// checker checks it and the hasher serves it once per build. Made per
+// workload, 10,000 distinct workloads that reach the same services each
+// looped over every service, sorted some 200 resources and checked each of
+// them against the node's others (most of a distinct build's time).
+type outboundPart struct {
+	Resources
+}
+
+// with returns p's resources and own (each sorted by name) merged in name
+// order, appended to into's slices, emptied first.
+func (p *outboundPart) with(own Resources, into Resources) Resources {
+	return Resources{
+		Listeners: merge(p.Listeners, p.Listeners, own.Listeners, own.Listeners, into.Listeners[:0]),
+		Clusters:  merge(p.Clusters, p.Clusters, own.Clusters, own.Clusters, into.Clusters[:0]),
+	}
+}
+
+// merge appends to into the values of two lists sorted by name in name
+// order: a's values (an names them, one name per value) and b's (bn names
+// them). A name in both lists comes from a first.
+func merge[A, B interface{ GetName() string }, V any](an []A, a []V, bn []B, b []V, into []V) []V {
+	i := 0
+	for j, n := range bn {
+		name := n.GetName()
+		k, _ := slices.BinarySearchFunc(an[i:], name, func(m A, name string) int {
+			if m.GetName() <= name {
+				return -1 // equal names: a's first
+			}
+			return 1
+		})
+		into = append(into, a[i:i+k]...)
+		into = append(into, b[j])
+		i += k
+	}
+	return append(into, a[i:]...)
+}
+
+// ownResources are a workload's own resources (its inbound side): made by
+// this build, sorted by name, and reused from the previous build's memo
+// (memo: listeners and clusters, in no order). A generator without a memo
+// (Mesh.Resources) makes them all.
+type ownResources struct {
+	Resources
+	memo []*memoEntry
+}
+
 // workload returns the resources of w, whose redirect config is encoded as
-// cfg (generator.config). They are appended to into's slices, emptied first:
-// a build reuses one pair of slices for every workload.
-func (g *generator) workload(w *Workload, cfg string, into Resources) Resources {
-	r := Resources{Listeners: into.Listeners[:0], Clusters: into.Clusters[:0]}
+// cfg (generator.config) and whose outbound side is named by part (the
+// part's key shapeKey returns): the part every workload of that outbound side
+// is served, and w's own resources, appended to into's slices, emptied first:
+// a build reuses one set of slices for every workload.
+func (g *generator) workload(w *Workload, cfg string, part []byte, into ownResources) (*outboundPart, ownResources) {
+	p, ok := g.parts[string(part)]
+	if !ok {
+		p = g.outbound(w, cfg)
+		g.parts[string(part)] = p
+	}
+	r := ownResources{Resources: Resources{Listeners: into.Listeners[:0], Clusters: into.Clusters[:0]}, memo: into.memo[:0]}
+	c := &w.TransparentProxy
+	if !c.Inbound.Enabled {
+		return p, r
+	}
+	cluster := func(c *clusterv3.Cluster, e *memoEntry) string {
+		if e != nil {
+			r.memo = append(r.memo, e)
+			return e.name
+		}
+		r.Clusters = append(r.Clusters, c)
+		return c.GetName()
+	}
+	listener := func(l *listenerv3.Listener, e *memoEntry) {
+		if e != nil {
+			r.memo = append(r.memo, e)
+		} else {
+			r.Listeners = append(r.Listeners, l)
+		}
+	}
+	fam := families(w)
+	v4, v6 := fam.listen4, fam.listen6
+	var ports []InboundPort
+	for _, port := range w.Inbound {
+		if g.capturesInbound(cfg, c, port.Port) {
+			ports = append(ports, port)
+		}
+	}
+	slices.SortFunc(ports, func(a, b InboundPort) int { return cmp.Compare(a.Port, b.Port) })
+	for _, port := range ports {
+		cluster(g.localAppCluster(port, c.Proxy.InboundPassthroughSource, v4, v6))
+	}
+	transparent := c.Mode == redirect.ModeTProxy
+	if v4 {
+		pt := cluster(g.inboundPassthrough(ClusterInboundPassthroughIPv4, c.Proxy.InboundPassthroughSource.IPv4))
+		listener(g.inboundListener(ListenerInbound, netip.IPv4Unspecified(), c.Proxy.InboundPort, transparent, ports, pt))
+	}
+	if v6 {
+		pt := cluster(g.inboundPassthrough(ClusterInboundPassthroughIPv6, c.Proxy.InboundPassthroughSource.IPv6))
+		listener(g.inboundListener(ListenerInboundIPv6, netip.IPv6Unspecified(), c.Proxy.InboundPort, transparent, ports, pt))
+	}
+	// A handful of resources: "inbound" < "inbound-ipv6", and the local app
+	// clusters' "inbound|<port>" sort after the passthrough clusters and by
+	// their port's digits, not its value.
+	sortByName(r.Listeners)
+	sortByName(r.Clusters)
+	return p, r
+}
+
+// sortByName sorts resources by name.
+func sortByName[T interface{ GetName() string }](resources []T) {
+	slices.SortFunc(resources, func(a, b T) int { return cmp.Compare(a.GetName(), b.GetName()) })
+}
+
+// outbound returns the outbound part of w's resources (outboundPart), whose
+// redirect config is encoded as cfg.
+func (g *generator) outbound(w *Workload, cfg string) *outboundPart {
+	p := &outboundPart{}
 	c := &w.TransparentProxy
 	fam := families(w)
 	v4, v6 := fam.listen4, fam.listen6
 	famKey := familyKey(fam.reach4, fam.reach6)
-	// Reused across workloads: a thousand workloads would make a thousand maps.
+	// Reused across parts: a build of many reach sets would make a map each.
 	if g.used == nil {
 		g.used = make(map[string]*clusterv3.Cluster)
 	}
@@ -381,20 +491,20 @@ func (g *generator) workload(w *Workload, cfg string, into Resources) Resources 
 			use(g.passthrough())
 		}
 		if v4 {
-			r.Listeners = append(r.Listeners, g.outboundListener(ListenerOutbound, netip.IPv4Unspecified(), c.Proxy.OutboundPort, catchAll))
+			p.Listeners = append(p.Listeners, g.outboundListener(ListenerOutbound, netip.IPv4Unspecified(), c.Proxy.OutboundPort, catchAll))
 		}
 		if v6 {
-			r.Listeners = append(r.Listeners, g.outboundListener(ListenerOutboundIPv6, netip.IPv6Unspecified(), c.Proxy.OutboundPort, catchAll))
+			p.Listeners = append(p.Listeners, g.outboundListener(ListenerOutboundIPv6, netip.IPv6Unspecified(), c.Proxy.OutboundPort, catchAll))
 		}
 		for _, s := range g.reachable(w) {
-			for pi, p := range s.Ports {
+			for pi, port := range s.Ports {
 				served := false
 				for _, vip := range s.VirtualIPs {
-					if (vip.Is4() && !v4) || (vip.Is6() && !v6) || !g.capturesOutbound(cfg, c, vip, p.Port) {
+					if (vip.Is4() && !v4) || (vip.Is6() && !v6) || !g.capturesOutbound(cfg, c, vip, port.Port) {
 						continue
 					}
 					served = true
-					r.Listeners = append(r.Listeners, g.serviceListener(s, pi, vip))
+					p.Listeners = append(p.Listeners, g.serviceListener(s, pi, vip))
 					if dnsOn {
 						dnsVIPs = append(dnsVIPs, serviceVIP{s, vip})
 					}
@@ -409,43 +519,20 @@ func (g *generator) workload(w *Workload, cfg string, into Resources) Resources 
 	if dnsOn {
 		upstreams := g.mesh.DNS.upstreams(w)
 		if v4 {
-			r.Listeners = append(r.Listeners, g.dnsListener(ListenerDNS, netip.AddrFrom4([4]byte{127, 0, 0, 1}), c.DNS.Port, dnsVIPs, upstreams))
+			p.Listeners = append(p.Listeners, g.dnsListener(ListenerDNS, netip.AddrFrom4([4]byte{127, 0, 0, 1}), c.DNS.Port, dnsVIPs, upstreams))
 		}
 		if v6 {
-			r.Listeners = append(r.Listeners, g.dnsListener(ListenerDNSIPv6, netip.IPv6Loopback(), c.DNS.Port, dnsVIPs, upstreams))
+			p.Listeners = append(p.Listeners, g.dnsListener(ListenerDNSIPv6, netip.IPv6Loopback(), c.DNS.Port, dnsVIPs, upstreams))
 		}
 	}
 
-	if c.Inbound.Enabled {
-		var ports []InboundPort
-		for _, p := range w.Inbound {
-			if g.capturesInbound(cfg, c, p.Port) {
-				ports = append(ports, p)
-			}
-		}
-		slices.SortFunc(ports, func(a, b InboundPort) int { return cmp.Compare(a.Port, b.Port) })
-		for _, p := range ports {
-			use(g.localAppCluster(p, c.Proxy.InboundPassthroughSource, v4, v6))
-		}
-		transparent := c.Mode == redirect.ModeTProxy
-		if v4 {
-			pt := g.inboundPassthrough(ClusterInboundPassthroughIPv4, c.Proxy.InboundPassthroughSource.IPv4)
-			use(pt)
-			r.Listeners = append(r.Listeners, g.inboundListener(ListenerInbound, netip.IPv4Unspecified(), c.Proxy.InboundPort, transparent, ports, pt.GetName()))
-		}
-		if v6 {
-			pt := g.inboundPassthrough(ClusterInboundPassthroughIPv6, c.Proxy.InboundPassthroughSource.IPv6)
-			use(pt)
-			r.Listeners = append(r.Listeners, g.inboundListener(ListenerInboundIPv6, netip.IPv6Unspecified(), c.Proxy.InboundPort, transparent, ports, pt.GetName()))
-		}
-	}
-
+	p.Clusters = make([]*clusterv3.Cluster, 0, len(usedClusters))
 	for _, cl := range usedClusters {
-		r.Clusters = append(r.Clusters, cl)
+		p.Clusters = append(p.Clusters, cl)
 	}
-	slices.SortFunc(r.Clusters, func(a, b *clusterv3.Cluster) int { return cmp.Compare(a.GetName(), b.GetName()) })
-	slices.SortFunc(r.Listeners, func(a, b *listenerv3.Listener) int { return cmp.Compare(a.GetName(), b.GetName()) })
-	return r
+	sortByName(p.Clusters)
+	sortByName(p.Listeners)
+	return p
 }
 
 func familyKey(v4, v6 bool) string {
@@ -518,7 +605,7 @@ func portMatch(port uint16) *listenerv3.FilterChainMatch {
 
 func (g *generator) outboundListener(name string, addr netip.Addr, port uint16, catchAll string) *listenerv3.Listener {
 	key := name + "|" + addr.String() + "|" + strconv.Itoa(int(port)) + "|" + catchAll
-	if l, ok := g.keyedListener([]byte(key)); ok {
+	if l, ok := g.listeners[key]; ok {
 		return l
 	}
 	l := &listenerv3.Listener{
@@ -570,10 +657,12 @@ func (g *generator) serviceListener(s *Service, pi int, vip netip.Addr) *listene
 	return l
 }
 
-func (g *generator) inboundListener(name string, addr netip.Addr, port uint16, transparent bool, ports []InboundPort, passthrough string) *listenerv3.Listener {
+// inboundListener returns the inbound listener of these values: made (nil
+// entry) or the previous build's entry of it.
+func (g *generator) inboundListener(name string, addr netip.Addr, port uint16, transparent bool, ports []InboundPort, passthrough string) (*listenerv3.Listener, *memoEntry) {
 	// Everything the listener is made of: a workload's own listener, the
 	// same in the next build unless the workload changed.
-	key := make([]byte, 0, 64+8*len(ports))
+	key := g.keyBuf[:0]
 	key = append(key, name...)
 	key = append(key, '|')
 	key = addr.AppendTo(key)
@@ -589,8 +678,9 @@ func (g *generator) inboundListener(name string, addr netip.Addr, port uint16, t
 		key = append(key, ' ')
 		key = append(key, p.Protocol...)
 	}
-	if l, ok := g.keyedListener(key); ok {
-		return l
+	g.keyBuf = key
+	if l, e := g.ownListener(key); l != nil || e != nil {
+		return l, e
 	}
 	chains := make([]*listenerv3.FilterChain, 0, len(ports)+2)
 	chains = append(chains, g.inboundChain(inboundChainKey{kind: ChainLoopGuard, port: port}))
@@ -617,8 +707,8 @@ func (g *generator) inboundListener(name string, addr netip.Addr, port uint16, t
 		// and route the app's replies back to the proxy.
 		l.ListenerFilters = append(l.ListenerFilters, g.listenerFilter(filterOriginalSrc))
 	}
-	g.listeners[string(key)] = l
-	return l
+	g.own.listeners[string(key)] = l
+	return l, nil
 }
 
 // inboundChain returns the inbound filter chain named by k, shared by every
@@ -760,7 +850,7 @@ func (g *generator) dnsListener(name string, addr netip.Addr, port uint16, vips 
 }
 
 func (g *generator) blackhole() *clusterv3.Cluster {
-	if c, ok := g.keyedCluster(ClusterBlackhole); ok {
+	if c, ok := g.clusters[ClusterBlackhole]; ok {
 		return c
 	}
 	c := &clusterv3.Cluster{
@@ -773,7 +863,7 @@ func (g *generator) blackhole() *clusterv3.Cluster {
 }
 
 func (g *generator) passthrough() *clusterv3.Cluster {
-	if c, ok := g.keyedCluster(ClusterPassthrough); ok {
+	if c, ok := g.clusters[ClusterPassthrough]; ok {
 		return c
 	}
 	c := &clusterv3.Cluster{
@@ -786,10 +876,13 @@ func (g *generator) passthrough() *clusterv3.Cluster {
 	return c
 }
 
-func (g *generator) inboundPassthrough(name string, source netip.Addr) *clusterv3.Cluster {
-	key := name + "|" + source.String()
-	if c, ok := g.keyedCluster(key); ok {
-		return c
+// inboundPassthrough returns the inbound passthrough cluster named name,
+// bound to source: made (nil entry) or the previous build's entry of it.
+func (g *generator) inboundPassthrough(name string, source netip.Addr) (*clusterv3.Cluster, *memoEntry) {
+	key := append(append(append(g.keyBuf[:0], name...), '|'), source.String()...)
+	g.keyBuf = key
+	if c, e := g.ownCluster(key); c != nil || e != nil {
+		return c, e
 	}
 	c := &clusterv3.Cluster{
 		Name:                 name,
@@ -806,8 +899,8 @@ func (g *generator) inboundPassthrough(name string, source netip.Addr) *clusterv
 			Freebind: freebind(source),
 		},
 	}
-	g.clusters[key] = c
-	return c
+	g.own.clusters[string(key)] = c
+	return c, nil
 }
 
 // localAppCluster reaches the app behind a declared inbound port the way the
@@ -816,12 +909,20 @@ func (g *generator) inboundPassthrough(name string, source netip.Addr) *clusterv
 // source the installed rules return untouched. An app bound only to loopback is
 // therefore not reachable through the proxy, and one bound only to the
 // workload's address is; the proxy never exposes a loopback-only port.
-func (g *generator) localAppCluster(p InboundPort, src redirect.AddressPair, v4, v6 bool) *clusterv3.Cluster {
-	name := InboundClusterName(p.Port)
-	key := name + "|" + strconv.Itoa(int(p.AppPort)) + "|" + familyKey(v4, v6) + "|" + src.IPv4.String() + "|" + src.IPv6.String()
-	if c, ok := g.keyedCluster(key); ok {
-		return c
+// Made (nil entry), or the previous build's entry of it.
+func (g *generator) localAppCluster(p InboundPort, src redirect.AddressPair, v4, v6 bool) (*clusterv3.Cluster, *memoEntry) {
+	key := append(g.keyBuf[:0], "inbound|"...)
+	key = strconv.AppendUint(key, uint64(p.Port), 10)
+	key = append(key, '|')
+	key = strconv.AppendUint(key, uint64(p.AppPort), 10)
+	key = append(append(key, '|'), familyKey(v4, v6)...)
+	key = src.IPv4.AppendTo(append(key, '|'))
+	key = src.IPv6.AppendTo(append(key, '|'))
+	g.keyBuf = key
+	if c, e := g.ownCluster(key); c != nil || e != nil {
+		return c, e
 	}
+	name := InboundClusterName(p.Port)
 	c := &clusterv3.Cluster{
 		Name:                 name,
 		ClusterDiscoveryType: &clusterv3.Cluster_Type{Type: clusterv3.Cluster_ORIGINAL_DST},
@@ -832,8 +933,8 @@ func (g *generator) localAppCluster(p InboundPort, src redirect.AddressPair, v4,
 		}},
 		UpstreamBindConfig: sourceBindConfig(src, v4, v6),
 	}
-	g.clusters[key] = c
-	return c
+	g.own.clusters[string(key)] = c
+	return c, nil
 }
 
 // sourceBindConfig binds upstream connections to the passthrough source of the

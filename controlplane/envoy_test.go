@@ -194,11 +194,10 @@ func TestResourcesShareServiceResources(t *testing.T) {
 	m := loadMesh(t, "testdata/matrix.yaml")
 	g := newGenerator(m)
 	gen := func(w *Workload) Resources {
-		cfg, _, err := g.config(&w.TransparentProxy)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return g.workload(w, cfg, Resources{})
+		cfg, id := g.config(&w.TransparentProxy)
+		key, part := shapeKey(w, id, nil)
+		p, own := g.workload(w, cfg, key[:part], ownResources{})
+		return p.with(own.Resources, Resources{})
 	}
 	a := gen(&m.Workloads[0]) // redirect-ipv4
 	b := gen(&m.Workloads[3]) // tproxy-ipv4

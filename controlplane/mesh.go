@@ -273,25 +273,27 @@ func (m *Mesh) Validate() error {
 
 	nodes := make(map[string]int, len(m.Workloads))
 	for i, w := range m.Workloads {
-		f := fmt.Sprintf("workloads[%d]", i)
+		// Field names are made only for an error: a mesh of 10,000
+		// workloads is validated on every change.
+		f := func() string { return "workloads[" + strconv.Itoa(i) + "]" }
 		if w.NodeID == "" || strings.TrimSpace(w.NodeID) != w.NodeID {
-			bad(f+".nodeId", w.NodeID, "is not a node id (non-empty, no surrounding spaces)")
+			bad(f()+".nodeId", w.NodeID, "is not a node id (non-empty, no surrounding spaces)")
 		} else if j, dup := nodes[w.NodeID]; dup {
-			bad(f+".nodeId", w.NodeID, fmt.Sprintf("is also the node id of workloads[%d]", j))
+			bad(f()+".nodeId", w.NodeID, fmt.Sprintf("is also the node id of workloads[%d]", j))
 		} else {
 			nodes[w.NodeID] = i
 		}
 		if len(w.Addresses) == 0 {
-			bad(f+".addresses", "", "is empty; a workload needs at least one address")
+			bad(f()+".addresses", "", "is empty; a workload needs at least one address")
 		}
 		for j, a := range w.Addresses {
 			if reason := unusableAddr(a); reason != "" {
-				bad(fmt.Sprintf("%s.addresses[%d]", f, j), a.String(), reason)
+				bad(fmt.Sprintf("%s.addresses[%d]", f(), j), a.String(), reason)
 			}
 		}
 		tp := w.TransparentProxy
 		if err := tp.Validate(); err != nil {
-			errs.add(prefixFieldErrors(f+".transparentProxy.", err))
+			errs.add(prefixFieldErrors(f()+".transparentProxy.", err))
 		}
 		if tp.DNS.Capture != "" && tp.DNS.Capture != redirect.DNSCaptureOff {
 			// Envoy's own queries are never captured: an upstream that is the
@@ -299,7 +301,7 @@ func (m *Mesh) Validate() error {
 			// name that is not a service back, again and again.
 			for j, u := range m.DNS.Upstreams {
 				if u.Port() == tp.DNS.Port && (u.Addr() == netip.AddrFrom4([4]byte{127, 0, 0, 1}) || u.Addr() == netip.IPv6Loopback()) {
-					bad(fmt.Sprintf("dns.upstreams[%d]", j), u.String(), fmt.Sprintf("is the DNS listener of %s (%s) itself (transparentProxy.dns.port %d): its queries would loop", f, w.NodeID, tp.DNS.Port))
+					bad(fmt.Sprintf("dns.upstreams[%d]", j), u.String(), fmt.Sprintf("is the DNS listener of %s (%s) itself (transparentProxy.dns.port %d): its queries would loop", f(), w.NodeID, tp.DNS.Port))
 				}
 			}
 			// A proxy forwards only to the upstreams of the families it can
@@ -314,41 +316,41 @@ func (m *Mesh) Validate() error {
 				for j, u := range m.DNS.Upstreams {
 					list[j] = u.String()
 				}
-				bad("dns.upstreams", strings.Join(list, ", "), fmt.Sprintf("has no upstream %s (%s) can reach: it reaches %s only (its addresses and ipFamilies), so with transparentProxy.dns.capture %s every name outside the mesh would fail; add an %s upstream", f, w.NodeID, have, tp.DNS.Capture, have))
+				bad("dns.upstreams", strings.Join(list, ", "), fmt.Sprintf("has no upstream %s (%s) can reach: it reaches %s only (its addresses and ipFamilies), so with transparentProxy.dns.capture %s every name outside the mesh would fail; add an %s upstream", f(), w.NodeID, have, tp.DNS.Capture, have))
 			}
 		}
 		v4, v6 := addrFamilies(w.Addresses)
 		switch tp.IPFamilies {
 		case redirect.IPFamiliesIPv6, redirect.IPFamiliesDual:
 			if !v6 {
-				bad(f+".transparentProxy.ipFamilies", string(tp.IPFamilies), "needs an IPv6 address in "+f+".addresses")
+				bad(f()+".transparentProxy.ipFamilies", string(tp.IPFamilies), "needs an IPv6 address in "+f()+".addresses")
 			}
 		}
 		switch tp.IPFamilies {
 		case redirect.IPFamiliesIPv4, redirect.IPFamiliesDual:
 			if !v4 && len(w.Addresses) > 0 {
-				bad(f+".transparentProxy.ipFamilies", string(tp.IPFamilies), "needs an IPv4 address in "+f+".addresses")
+				bad(f()+".transparentProxy.ipFamilies", string(tp.IPFamilies), "needs an IPv4 address in "+f()+".addresses")
 			}
 		}
 		inbound := make(map[uint16]bool, len(w.Inbound))
 		for j, p := range w.Inbound {
-			pf := fmt.Sprintf("%s.inbound[%d]", f, j)
+			pf := func() string { return f() + ".inbound[" + strconv.Itoa(j) + "]" }
 			switch {
 			case p.Port == 0:
-				bad(pf+".port", "0", "is not a port (1-65535)")
+				bad(pf()+".port", "0", "is not a port (1-65535)")
 			case inbound[p.Port]:
-				bad(pf+".port", strconv.Itoa(int(p.Port)), "is listed twice in this workload")
+				bad(pf()+".port", strconv.Itoa(int(p.Port)), "is listed twice in this workload")
 			case p.Port == tp.Proxy.InboundPort || p.Port == tp.Proxy.OutboundPort:
-				bad(pf+".port", strconv.Itoa(int(p.Port)), "is one of the proxy's own ports (transparentProxy.proxy)")
+				bad(pf()+".port", strconv.Itoa(int(p.Port)), "is one of the proxy's own ports (transparentProxy.proxy)")
 			}
 			inbound[p.Port] = true
 			if p.AppPort == 0 {
-				bad(pf+".appPort", "0", "is not a port (1-65535)")
+				bad(pf()+".appPort", "0", "is not a port (1-65535)")
 			} else if p.AppPort == tp.Proxy.InboundPort || p.AppPort == tp.Proxy.OutboundPort {
-				bad(pf+".appPort", strconv.Itoa(int(p.AppPort)), "is one of the proxy's own ports (transparentProxy.proxy)")
+				bad(pf()+".appPort", strconv.Itoa(int(p.AppPort)), "is one of the proxy's own ports (transparentProxy.proxy)")
 			}
 			if p.Protocol != ProtocolTCP && p.Protocol != ProtocolHTTP {
-				bad(pf+".protocol", string(p.Protocol), "is not one of tcp, http")
+				bad(pf()+".protocol", string(p.Protocol), "is not one of tcp, http")
 			}
 		}
 		for j, name := range w.Reach {
@@ -356,7 +358,7 @@ func (m *Mesh) Validate() error {
 				continue
 			}
 			if _, ok := services[name]; !ok {
-				bad(fmt.Sprintf("%s.reach[%d]", f, j), name, "is not the name of a service")
+				bad(fmt.Sprintf("%s.reach[%d]", f(), j), name, "is not the name of a service")
 			}
 		}
 	}

@@ -31,133 +31,89 @@ type build struct {
 	memo     *buildMemo // for the next build
 }
 
-// buildMemo is what a build leaves for the next one: the resources its
-// generator made from values alone (keyedResources: the outbound and inbound
-// listeners, the passthrough, blackhole and local app clusters), each with its
-// served form and what validation found of it. A workload the change left
-// alone gets the same resources again, and the next build neither generates,
-// validates nor encodes them again: a change of one service no longer
-// rebuilds every workload's own inbound listener and cluster (20,000 of them
-// at 10,000 distinct workloads, most of a build's garbage and time).
+// buildMemo is what a build leaves for the next one: each workload's own
+// resources (ownResources: its inbound listeners, local app and inbound
+// passthrough clusters), by the key of the values the generator made them
+// of, each with its served form and what the checker found of it. A workload
+// the change left alone gets the same resources again, and the next build
+// neither generates, validates nor encodes them again: a change of one
+// service no longer rebuilds every workload's own inbound listener and
+// cluster (30,000 of them at 10,000 distinct workloads, most of a build's
+// garbage and time). The resources of outbound parts (outboundPart) are made
+// once per part and build, and not kept.
 //
-// The memo keeps no generated resource: each is replaced by a token, a
-// message of its type holding nothing but its name, which the next build's
-// generator hands out in its place. Everything a build reads of a reused
-// resource — its name from the token; its served form, address, filter
-// chain verdict and cluster references from the memo — is recorded here,
-// and the checks that read anything else (checker.check) are properties of
+// The memo keeps no generated resource: the next build's generator hands out
+// the entry (memoEntry) instead, and the checker and the hasher read of it
+// what they would read of the resource — its name, served form, address and
+// cluster references; the checks that read anything else are properties of
 // the resource alone, which it passed. Kept whole, the protos were about
 // 2 KiB per distinct workload (20 MiB at 10,000) for nothing the next build
-// reads. Only a listener that binds its address and is not UDP has a token:
-// the checker reads the others' addresses for the DNS table's checks.
+// reads, and a message of the resource's type holding only its name (the
+// memo's token before the entries) 1.5 KiB (14.7 MiB).
 type buildMemo struct {
-	keyed     keyedResources // of tokens
-	served    map[proto.Message]*xds.Resource
-	listeners map[*listenerv3.Listener]listenerFacts
+	listeners, clusters map[string]*memoEntry // by key
+	// captures are the redirect answers (generator.captures), which depend
+	// on the config's encoding and the destination alone.
+	captures map[captureKey]bool
 }
 
-// listenerFacts are what the checker found of a valid listener.
-type listenerFacts struct {
-	addr, chains string
-	refs         []string
+// memoEntry is a valid resource of a workload's own, as a build served it.
+// Only a listener that binds its address and is not UDP has one (see
+// memoizable): the checker reads the others' addresses for the DNS table's
+// checks.
+type memoEntry struct {
+	key    string // in the memo
+	name   string
+	served *xds.Resource
+	// Of a listener (listener): its address (listenerAddress) and the
+	// clusters it refers to (checker.clusterRefs).
+	listener bool
+	addr     string
+	refs     []string
 }
 
-// valid reports whether m is one of the memo's resources (a token): the
-// build that left it found the resource valid.
-func (p *buildMemo) valid(m proto.Message) bool {
-	if p == nil {
-		return false
+func newMemo(listeners, clusters int) *buildMemo {
+	return &buildMemo{
+		listeners: make(map[string]*memoEntry, listeners),
+		clusters:  make(map[string]*memoEntry, clusters),
 	}
-	_, ok := p.served[m]
-	return ok
 }
 
-// listener returns what the memo's build found of the listener l stands
-// for, if l is one of its tokens.
-func (p *buildMemo) listener(l *listenerv3.Listener) (listenerFacts, bool) {
-	if p == nil {
-		return listenerFacts{}, false
-	}
-	f, ok := p.listeners[l]
-	return f, ok
-}
-
-// tokenizable reports whether the checker reads nothing of l but what the
-// memo records: it binds its address (listeners that do not are the service
-// listeners a DNS table's answers are checked against) and is not UDP (DNS
-// listeners, whose tables are read).
-func tokenizable(l *listenerv3.Listener) bool {
+// memoizable reports whether the checker reads nothing of l but what a
+// memoEntry records: it binds its address (listeners that do not are the
+// service listeners a DNS table's answers are checked against) and is not
+// UDP (DNS listeners, whose tables are read).
+func memoizable(l *listenerv3.Listener) bool {
 	if b := l.GetBindToPort(); b != nil && !b.GetValue() {
 		return false
 	}
 	return l.GetAddress().GetSocketAddress().GetProtocol() != corev3.SocketAddress_UDP
 }
 
-// newBuildMemo returns what this build leaves for the next: the keyed
-// resources it served, as tokens, with their facts, whether it made them or
-// reused them from prev. Called once every node passed.
-func newBuildMemo(g *generator, ch *checker, h *hasher, prev *buildMemo) *buildMemo {
-	p := &buildMemo{
-		keyed: keyedResources{
-			listeners: make(map[string]*listenerv3.Listener, len(g.listeners)),
-			clusters:  make(map[string]*clusterv3.Cluster, len(g.clusters)),
-			captures:  g.captures,
-		},
-		served:    make(map[proto.Message]*xds.Resource, len(g.listeners)+len(g.clusters)),
-		listeners: make(map[*listenerv3.Listener]listenerFacts, len(g.listeners)),
+// newBuildMemo returns what this build leaves for the next: the entries of
+// the previous build's memo it handed out (g.next) and an entry of each
+// workload's own resource it made. Called once every node passed.
+func newBuildMemo(g *generator, ch *checker, h *hasher) *buildMemo {
+	p := g.next
+	p.captures = g.captures
+	for k, l := range g.own.listeners {
+		v, ok := h.served[l]
+		err, checked := ch.valid[l]
+		addr, ok1 := ch.addrs[l]
+		chains, ok2 := ch.chains[l]
+		refs, ok3 := ch.refs[l]
+		if ok && checked && err == nil && ok1 && ok2 && ok3 && chains == "" && memoizable(l) {
+			p.listeners[k] = &memoEntry{key: k, name: l.GetName(), served: v, listener: true, addr: addr, refs: refs}
+		}
 	}
-	// served returns the served form of r: a token of prev's is valid and
-	// served; a resource of this build must have passed validation.
-	served := func(r proto.Message) (v *xds.Resource, reused, ok bool) {
-		if v, ok := prev.servedOf(r); ok {
-			return v, true, true
+	for k, c := range g.own.clusters {
+		v, ok := h.served[c]
+		err, checked := ch.valid[c]
+		if ok && checked && err == nil {
+			p.clusters[k] = &memoEntry{key: k, name: c.GetName(), served: v}
 		}
-		err, checked := ch.valid[r]
-		v, ok = h.served[r]
-		return v, false, ok && checked && err == nil
-	}
-	for k, l := range g.listeners {
-		v, reused, ok := served(l)
-		if !ok {
-			continue
-		}
-		f, ok := prev.listener(l)
-		if !reused {
-			var ok1, ok2, ok3 bool
-			f.addr, ok1 = ch.addrs[l]
-			f.chains, ok2 = ch.chains[l]
-			f.refs, ok3 = ch.refs[l]
-			ok = ok1 && ok2 && ok3 && f.chains == "" && tokenizable(l)
-			l = &listenerv3.Listener{Name: l.GetName()}
-		}
-		if !ok {
-			continue
-		}
-		p.keyed.listeners[k] = l
-		p.served[l] = v
-		p.listeners[l] = f
-	}
-	for k, c := range g.clusters {
-		v, reused, ok := served(c)
-		if !ok {
-			continue
-		}
-		if !reused {
-			c = &clusterv3.Cluster{Name: c.GetName()}
-		}
-		p.keyed.clusters[k] = c
-		p.served[c] = v
 	}
 	return p
-}
-
-// servedOf returns the served form of r, one of the memo's resources.
-func (p *buildMemo) servedOf(r proto.Message) (*xds.Resource, bool) {
-	if p == nil {
-		return nil, false
-	}
-	v, ok := p.served[r]
-	return v, ok
 }
 
 // maxBuildErrors bounds the errors reported for one invalid mesh: a mistake
@@ -185,49 +141,49 @@ func buildFrom(m *Mesh, prev *buildMemo) (*build, error) {
 	ch := newChecker()
 	h := newHasher()
 	if prev != nil {
-		g.prev, ch.prev, h.prev = &prev.keyed, prev, prev
+		g.prev = prev
 		// Sized for what the last build kept: most of it comes back.
-		g.listeners = make(map[string]*listenerv3.Listener, len(prev.keyed.listeners))
-		g.clusters = make(map[string]*clusterv3.Cluster, len(prev.keyed.clusters))
-		g.captures = make(map[captureKey]bool, len(prev.keyed.captures))
+		g.next = newMemo(len(prev.listeners), len(prev.clusters))
+		g.captures = make(map[captureKey]bool, len(prev.captures))
 	}
 	b := &build{nodes: make(map[string]*xds.Snapshot, len(m.Workloads)), start: start}
 	shapes := make(map[string]*xds.Snapshot)
 	failed := make(map[string]bool)
 	var errs []error
-	var scratch Resources // the generator's output, reused: the hasher copies what it keeps
+	var (
+		scratch ownResources // the generator's output, reused: the hasher copies what it keeps
+		keyBuf  []byte
+	)
 	for i := range m.Workloads {
 		w := &m.Workloads[i]
-		cfg, cfgID, err := g.config(&w.TransparentProxy)
-		if err != nil {
-			return nil, fmt.Errorf("node %q: %w", w.NodeID, err)
-		}
-		key := shapeKey(w, cfgID)
-		if ns, ok := shapes[key]; ok {
+		cfg, cfgID := g.config(&w.TransparentProxy)
+		key, part := shapeKey(w, cfgID, keyBuf[:0])
+		keyBuf = key
+		if ns, ok := shapes[string(key)]; ok {
 			b.nodes[w.NodeID] = ns
 			continue
 		}
-		if failed[key] {
+		if failed[string(key)] {
 			continue
 		}
-		r := g.workload(w, cfg, scratch)
-		scratch = r
-		if err := ch.check(w.NodeID, r); err != nil {
-			failed[key] = true
+		p, own := g.workload(w, cfg, key[:part], scratch)
+		scratch = own
+		if err := ch.checkNode(w.NodeID, p, own); err != nil {
+			failed[string(key)] = true
 			if len(errs) < maxBuildErrors {
 				errs = append(errs, err)
 			}
 			continue
 		}
-		ns, err := h.snapshot(r)
+		ns, err := h.snapshotOf(p, own)
 		if err != nil {
-			failed[key] = true
+			failed[string(key)] = true
 			if len(errs) < maxBuildErrors {
 				errs = append(errs, fmt.Errorf("node %q: %w", w.NodeID, err))
 			}
 			continue
 		}
-		shapes[key] = ns
+		shapes[string(key)] = ns
 		b.nodes[w.NodeID] = ns
 	}
 	if len(errs) == 0 {
@@ -238,23 +194,38 @@ func buildFrom(m *Mesh, prev *buildMemo) (*build, error) {
 	if len(errs) > 0 {
 		return nil, errors.Join(errs...)
 	}
-	b.memo = newBuildMemo(g, ch, h, prev)
+	b.memo = newBuildMemo(g, ch, h)
 	b.duration = time.Since(start)
 	return b, nil
 }
 
-// shapeKey is everything (*generator).workload reads from w; the mesh-wide
-// inputs (services, endpoints, policy) are the same for every workload of a
-// build. cfg is the number of w's redirect config in the build
+// shapeKey is everything (*generator).workload reads from w, appended to b;
+// the mesh-wide inputs (services, endpoints, policy) are the same for every
+// workload of a build. cfg is the number of w's redirect config in the build
 // (generator.config): the key is short, and a key of each of 10,000
-// distinct workloads does not hold a copy of its config's encoding.
-func shapeKey(w *Workload, cfg int) string {
+// distinct workloads does not hold a copy of its config's encoding. The
+// key's first part bytes are the key of w's outbound part (outboundPart):
+// the config, the families and the reach set, without the inbound ports.
+func shapeKey(w *Workload, cfg int, b []byte) (key []byte, part int) {
 	fam := families(w)
-	b := make([]byte, 0, 64)
 	b = strconv.AppendInt(b, int64(cfg), 10)
 	for _, f := range [4]bool{fam.listen4, fam.listen6, fam.reach4, fam.reach6} {
 		b = strconv.AppendBool(append(b, ' '), f)
 	}
+	reach := w.Reach
+	if !slices.IsSorted(reach) {
+		reach = slices.Sorted(slices.Values(reach))
+	}
+	for i, r := range reach {
+		if i > 0 && reach[i-1] == r {
+			continue
+		}
+		// Service names never contain NUL: \x01 and \x00 (below) cannot be
+		// mistaken for a name's part.
+		b = append(b, '\x01')
+		b = append(b, r...)
+	}
+	part = len(b)
 	inbound := w.Inbound
 	byPort := func(a, b InboundPort) int { return cmp.Compare(a.Port, b.Port) }
 	if !slices.IsSortedFunc(inbound, byPort) {
@@ -268,35 +239,35 @@ func shapeKey(w *Workload, cfg int) string {
 		b = append(b, ' ')
 		b = append(b, p.Protocol...)
 	}
-	reach := w.Reach
-	if !slices.IsSorted(reach) {
-		reach = slices.Sorted(slices.Values(reach))
-	}
-	for i, r := range reach {
-		if i > 0 && reach[i-1] == r {
-			continue
-		}
-		// Service names never contain NUL: \x01 cannot be mistaken for a
-		// name's part.
-		b = append(b, '\x01')
-		b = append(b, r...)
-	}
-	return string(b)
+	return b, part
 }
 
 // hasher marshals and wraps each distinct resource once (xds.NewResource),
 // and runs Snapshot.Consistent once over every distinct resource of the build.
 type hasher struct {
-	prev      *buildMemo // what the previous build served, reused
 	snapshots xds.SnapshotBuilder
 	served    map[proto.Message]*xds.Resource
 	listeners []types.Resource // every distinct listener with an HTTP connection manager, in first-seen order
 	clusters  []types.Resource // every distinct cluster
 	ls, cs    []*xds.Resource  // scratch: a node's served listeners and clusters
+	// scratch: a node's own listeners and clusters, served, sorted by
+	// name (ownL, ownC) and their served forms in that order (ownLs, ownCs).
+	ownL, ownC   []namedResource
+	ownLs, ownCs []*xds.Resource
+	// parts are the served forms of each outbound part's resources, in
+	// its order (snapshotOf).
+	parts map[*outboundPart]*servedPart
+}
+
+// servedPart are the served forms of an outbound part's listeners and
+// clusters, in its order, or why they could not be made.
+type servedPart struct {
+	listeners, clusters []*xds.Resource
+	err                 error
 }
 
 func newHasher() *hasher {
-	return &hasher{served: make(map[proto.Message]*xds.Resource)}
+	return &hasher{served: make(map[proto.Message]*xds.Resource), parts: make(map[*outboundPart]*servedPart)}
 }
 
 // marshal is deterministic, so equal resources hash equally.
@@ -305,11 +276,6 @@ var marshal = proto.MarshalOptions{Deterministic: true}
 // serve returns the served form of m, marshalling it the first time.
 func (h *hasher) serve(m proto.Message, typeURL string) (*xds.Resource, error) {
 	if v, ok := h.served[m]; ok {
-		return v, nil
-	}
-	if v, ok := h.prev.servedOf(m); ok {
-		// Of the previous build: not encoded again, and not checked for
-		// consistency again (a property of the resource alone).
 		return v, nil
 	}
 	name := cachev3.GetResourceName(m)
@@ -354,6 +320,72 @@ func (h *hasher) snapshot(r Resources) (*xds.Snapshot, error) {
 		return nil, err
 	}
 	return h.snapshots.Snapshot(h.ls, h.cs)
+}
+
+// snapshotOf returns the snapshot of a node served p and its own resources
+// own. p's resources are served once for every node that shares it; a
+// node's lists are the merge of p's and its own, by name. Entries of the
+// previous build's memo are not encoded again, nor checked for consistency
+// again (a property of the resource alone).
+func (h *hasher) snapshotOf(p *outboundPart, own ownResources) (*xds.Snapshot, error) {
+	sp, ok := h.parts[p]
+	if !ok {
+		sp = &servedPart{}
+		sp.listeners, sp.err = serveAll(h, resourcev3.ListenerType, p.Listeners, nil)
+		if sp.err == nil {
+			sp.clusters, sp.err = serveAll(h, resourcev3.ClusterType, p.Clusters, nil)
+		}
+		h.parts[p] = sp
+	}
+	if sp.err != nil {
+		return nil, sp.err
+	}
+	h.ownL, h.ownC = h.ownL[:0], h.ownC[:0]
+	for _, l := range own.Listeners {
+		v, err := h.serve(l, resourcev3.ListenerType)
+		if err != nil {
+			return nil, err
+		}
+		h.ownL = append(h.ownL, namedResource{l.GetName(), v})
+	}
+	for _, c := range own.Clusters {
+		v, err := h.serve(c, resourcev3.ClusterType)
+		if err != nil {
+			return nil, err
+		}
+		h.ownC = append(h.ownC, namedResource{c.GetName(), v})
+	}
+	for _, e := range own.memo {
+		if e.listener {
+			h.ownL = append(h.ownL, namedResource{e.name, e.served})
+		} else {
+			h.ownC = append(h.ownC, namedResource{e.name, e.served})
+		}
+	}
+	h.ownLs, h.ownCs = sortedServed(h.ownL, h.ownLs), sortedServed(h.ownC, h.ownCs)
+	h.ls = merge(p.Listeners, sp.listeners, h.ownL, h.ownLs, h.ls[:0])
+	h.cs = merge(p.Clusters, sp.clusters, h.ownC, h.ownCs, h.cs[:0])
+	return h.snapshots.Snapshot(h.ls, h.cs)
+}
+
+// namedResource is a served resource and its name.
+type namedResource struct {
+	name   string
+	served *xds.Resource
+}
+
+func (r namedResource) GetName() string { return r.name }
+
+// sortedServed sorts a node's own resources by name (a handful: its inbound
+// listeners, local app and passthrough clusters) and appends their served
+// forms in that order to into, emptied first.
+func sortedServed(own []namedResource, into []*xds.Resource) []*xds.Resource {
+	slices.SortFunc(own, func(a, b namedResource) int { return cmp.Compare(a.name, b.name) })
+	into = into[:0]
+	for _, r := range own {
+		into = append(into, r.served)
+	}
+	return into
 }
 
 // hcmName is the message an HTTP connection manager filter's typed config holds.

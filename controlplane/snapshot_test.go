@@ -7,8 +7,6 @@ import (
 	"strings"
 	"testing"
 
-	cachev3 "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
-
 	"github.com/detour-mesh/detour/controlplane/xds"
 	"github.com/detour-mesh/detour/redirect"
 )
@@ -180,16 +178,109 @@ func TestBuildFromMemoMatchesFreshBuild(t *testing.T) {
 		}
 		if i == 0 {
 			// Nothing changed: every resource the memo kept is served again
-			// as it was, not encoded again.
-			for r, v := range memo.memo.served {
-				if prev.memo.served[r] != v {
-					t.Errorf("unchanged: %T %s encoded again", r, cachev3.GetResourceName(r))
+			// as it was, not made nor encoded again.
+			for _, kind := range []struct {
+				name      string
+				now, then map[string]*memoEntry
+			}{{"listener", memo.memo.listeners, prev.memo.listeners}, {"cluster", memo.memo.clusters, prev.memo.clusters}} {
+				for k, e := range kind.now {
+					if kind.then[k] != e {
+						t.Errorf("unchanged: %s %s made again", kind.name, e.name)
+					}
 				}
-			}
-			if len(memo.memo.served) == 0 || len(memo.memo.served) != len(prev.memo.served) {
-				t.Errorf("unchanged: the memo kept %d resources, the build before it %d", len(memo.memo.served), len(prev.memo.served))
+				if len(kind.now) == 0 || len(kind.now) != len(kind.then) {
+					t.Errorf("unchanged: the memo kept %d %ss, the build before it %d", len(kind.now), kind.name, len(kind.then))
+				}
 			}
 		}
 		prev = memo
+	}
+}
+
+// A build makes each outbound part (the listeners and clusters of a
+// workload's outbound side) once and serves it to every workload of the
+// same redirect config, IP families and reach set: each of them must still
+// be served exactly its own resources — what a generator of its own makes
+// for it — and a workload that differs in any of the three must not be
+// served another's part. The matrix's workloads each get a twin (other
+// inbound ports: the same part) and variants of their reach set, families
+// and outbound port (another part each).
+func TestNodesSharingAnOutboundPartGetTheirOwn(t *testing.T) {
+	t.Parallel()
+	m := loadMesh(t, "testdata/matrix.yaml")
+	twins := map[string]string{} // twin → original
+	for _, w := range slices.Clone(m.Workloads) {
+		twin := w
+		twin.NodeID = w.NodeID + "-twin"
+		twin.Labels = nil // not a web endpoint
+		twin.Inbound = nil
+		for _, p := range w.Inbound {
+			p.Port, p.AppPort = p.Port+1, p.AppPort+1
+			twin.Inbound = append(twin.Inbound, p)
+		}
+		twins[twin.NodeID] = w.NodeID
+
+		reach := twin
+		reach.NodeID, reach.Reach = w.NodeID+"-reach-db", []string{"db"}
+		v4 := twin
+		v4.NodeID = w.NodeID + "-addr-ipv4"
+		v4.Addresses = slices.DeleteFunc(slices.Clone(w.Addresses), netip.Addr.Is6)
+		if len(v4.Addresses) == 0 {
+			v4.Addresses = []netip.Addr{netip.MustParseAddr("192.0.2.99")}
+		}
+		port := twin
+		port.NodeID = w.NodeID + "-outbound-port"
+		port.TransparentProxy.Proxy.OutboundPort++
+		m.Workloads = append(m.Workloads, twin, reach, port)
+		if f := w.TransparentProxy.IPFamilies; f == "" || f == redirect.IPFamiliesAuto {
+			m.Workloads = append(m.Workloads, v4)
+		}
+	}
+	if err := m.Validate(); err != nil {
+		t.Fatal(err)
+	}
+
+	// The twins are served their original's part, and the build has fewer
+	// parts than workloads.
+	g := newGenerator(m)
+	parts := map[string]*outboundPart{}
+	for i := range m.Workloads {
+		w := &m.Workloads[i]
+		cfg, id := g.config(&w.TransparentProxy)
+		key, part := shapeKey(w, id, nil)
+		parts[w.NodeID], _ = g.workload(w, cfg, key[:part], ownResources{})
+	}
+	for twin, orig := range twins {
+		if parts[twin] != parts[orig] {
+			t.Errorf("%s and %s have the same outbound side but were given two parts", twin, orig)
+		}
+	}
+	if n := len(g.parts); n >= len(m.Workloads) {
+		t.Fatalf("%d parts for %d workloads: nothing is shared", n, len(m.Workloads))
+	}
+
+	b, err := buildSnapshots(m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	again, err := buildFrom(m, b.memo)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, w := range m.Workloads {
+		r, err := m.Resources(w.NodeID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		alone, err := newHasher().snapshot(r)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got, want := b.nodes[w.NodeID].Versions(), alone.Versions(); got != want {
+			t.Errorf("node %s: versions %+v in the build, %+v generated alone", w.NodeID, got, want)
+		}
+		if got, want := again.nodes[w.NodeID].Versions(), alone.Versions(); got != want {
+			t.Errorf("node %s: versions %+v in a build from the memo, %+v generated alone", w.NodeID, got, want)
+		}
 	}
 }

@@ -219,10 +219,10 @@ func (w *walker) value(fd protoreflect.FieldDescriptor, v protoreflect.Value) er
 
 // checker validates the resources of every node of one build. Each distinct
 // resource (by pointer: the generator shares them between nodes) is validated
-// and scanned for cluster references once.
+// and scanned for cluster references once, and each outbound part
+// (outboundPart) is checked once for every node served it.
 type checker struct {
-	clusterNames, listenerNames map[string]bool
-	listenerAddrs               map[string]string
+	node group // scratch: a node's own resources
 
 	valid  map[proto.Message]error
 	walker walker // with a memo of valid shared parts
@@ -236,13 +236,42 @@ type checker struct {
 	chains     map[*listenerv3.Listener]string
 	matches    map[*listenerv3.FilterChain][]byte // encoded filter chain matches
 	addrs      map[*listenerv3.Listener]string
-	// prev is what the previous build found of the resources it left
-	// (buildMemo): they are valid, and their facts are read from it.
-	prev *buildMemo
+	// parts are what the checker found of each outbound part.
+	parts map[*outboundPart]*group
+}
+
+// group is what the checker found of resources checked together: a node's
+// own resources, or an outbound part that many nodes are served with their
+// own.
+type group struct {
+	clusters, listeners map[string]bool   // names
+	addrs               map[string]string // listener address → its listener's name
+	// vips are the addresses of the listeners that do not bind (service
+	// listeners): the addresses a DNS table may answer with.
+	vips map[string]bool
+	errs []error // ResourceErrors without a node
+	// refs and answers are a part's failures that a node's own resources
+	// may resolve: a reference to a cluster the part does not hold (key:
+	// the cluster's name), a DNS answer no listener of the part serves
+	// (key: the address).
+	refs, answers []pending
+}
+
+// pending is a failure of a part unless the resources it is served with
+// hold key.
+type pending struct {
+	key string
+	err error
 }
 
 func newChecker() *checker {
 	c := &checker{
+		node: group{
+			clusters:  make(map[string]bool),
+			listeners: make(map[string]bool),
+			addrs:     make(map[string]string),
+			vips:      make(map[string]bool),
+		},
 		valid:      make(map[proto.Message]error),
 		walker:     walker{valid: make(map[proto.Message]bool)},
 		refs:       make(map[*listenerv3.Listener][]string),
@@ -251,15 +280,13 @@ func newChecker() *checker {
 		chains:     make(map[*listenerv3.Listener]string),
 		matches:    make(map[*listenerv3.FilterChain][]byte),
 		addrs:      make(map[*listenerv3.Listener]string),
+		parts:      make(map[*outboundPart]*group),
 	}
 	c.walker.unpacked = func(packed *anypb.Any, inner proto.Message) { c.configRefs[packed] = refsOf(inner) }
 	return c
 }
 
 func (c *checker) validate(m proto.Message, kind, name string) error {
-	if c.prev.valid(m) {
-		return nil
-	}
 	err, seen := c.valid[m]
 	if !seen {
 		c.walker.path = c.walker.path[:0]
@@ -277,32 +304,73 @@ func (c *checker) validate(m proto.Message, kind, name string) error {
 // present, no EDS or RDS (the proxy is never served them), and ORIGINAL_DST
 // clusters (and only they) with the CLUSTER_PROVIDED load balancer.
 func (c *checker) check(node string, r Resources) error {
+	return c.checkNode(node, nil, ownResources{Resources: r})
+}
+
+// checkNode is check of a node served the outbound part p (nil: none) and
+// its own resources own: p is checked once for every node served it, and a
+// node's own resources against it (names, addresses, references and DNS
+// answers across the two), as if the node's resources were checked together.
+// An entry of the previous build's memo passed the checks of the resource
+// alone: it is checked against the others by what the entry records.
+func (c *checker) checkNode(node string, p *outboundPart, own ownResources) error {
+	var base *group
+	if p != nil {
+		base = c.part(p)
+	}
+	g := &c.node
+	clear(g.clusters)
+	clear(g.listeners)
+	clear(g.addrs)
+	clear(g.vips)
+	g.errs = g.errs[:0]
+	c.scan(g, base, own, false)
 	var errs []error
-	fail := func(kind, name, path, reason string) {
-		errs = append(errs, &ResourceError{Node: node, Resource: kind + " " + name, Path: path, Reason: reason})
-	}
-	// Scratch maps, reused from node to node.
-	if c.clusterNames == nil {
-		c.clusterNames, c.listenerNames, c.listenerAddrs = map[string]bool{}, map[string]bool{}, map[string]string{}
-	}
-	clusters, names, addrs := c.clusterNames, c.listenerNames, c.listenerAddrs
-	var udpListeners []*listenerv3.Listener
-	clear(clusters)
-	clear(names)
-	clear(addrs)
-	for _, cl := range r.Clusters {
-		if err := c.validate(cl, "cluster", cl.GetName()); err != nil {
+	if base != nil {
+		for _, err := range base.errs {
 			errs = append(errs, withNode(node, err))
 		}
-		if clusters[cl.GetName()] {
+	}
+	for _, err := range g.errs {
+		errs = append(errs, withNode(node, err))
+	}
+	return errors.Join(errs...)
+}
+
+// part returns what the checker found of p, checked the first time.
+func (c *checker) part(p *outboundPart) *group {
+	if g, ok := c.parts[p]; ok {
+		return g
+	}
+	g := &group{
+		clusters:  make(map[string]bool, len(p.Clusters)),
+		listeners: make(map[string]bool, len(p.Listeners)),
+		addrs:     make(map[string]string, len(p.Listeners)),
+		vips:      make(map[string]bool, len(p.Listeners)),
+	}
+	c.scan(g, nil, ownResources{Resources: p.Resources}, true)
+	c.parts[p] = g
+	return g
+}
+
+// scan checks the resources r into g (empty), whose names and addresses must
+// not clash with those of base (nil: none), the part r is served with. A
+// node's own resources (part false) fail a reference to a cluster, or a DNS
+// answer, that neither they nor base hold, and base's pending ones that they
+// do not resolve. A part's are kept pending in g.
+func (c *checker) scan(g, base *group, r ownResources, part bool) {
+	fail := func(kind, name, path, reason string) {
+		g.errs = append(g.errs, &ResourceError{Resource: kind + " " + name, Path: path, Reason: reason})
+	}
+	hasCluster := func(name string) bool { return g.clusters[name] || base != nil && base.clusters[name] }
+	for _, cl := range r.Clusters {
+		if err := c.validate(cl, "cluster", cl.GetName()); err != nil {
+			g.errs = append(g.errs, err)
+		}
+		if hasCluster(cl.GetName()) {
 			fail("cluster", cl.GetName(), "name", "is duplicated")
 		}
-		clusters[cl.GetName()] = true
-		if c.prev.valid(cl) {
-			// A token of the memo: the checks below are properties of the
-			// cluster alone, which it passed.
-			continue
-		}
+		g.clusters[cl.GetName()] = true
 		typ := cl.GetType()
 		switch {
 		case cl.GetClusterType() != nil:
@@ -317,38 +385,66 @@ func (c *checker) check(node string, r Resources) error {
 			fail("cluster", cl.GetName(), "load_assignment", "is set on an ORIGINAL_DST cluster")
 		}
 	}
+	for _, e := range r.memo {
+		if !e.listener {
+			if hasCluster(e.name) {
+				fail("cluster", e.name, "name", "is duplicated")
+			}
+			g.clusters[e.name] = true
+		}
+	}
+	// refs fails, or keeps pending, the references of listener name to
+	// clusters that neither r nor base hold.
+	refs := func(name string, refs []string) {
+		for _, ref := range refs {
+			if hasCluster(ref) {
+				continue
+			}
+			err := &ResourceError{Resource: "listener " + name, Reason: "references cluster " + strconv.Quote(ref) + ", which the snapshot does not hold"}
+			if part {
+				// The node's own resources may hold it.
+				g.refs = append(g.refs, pending{ref, err})
+			} else {
+				g.errs = append(g.errs, err)
+			}
+		}
+	}
+	// address records a listener's address, or fails it when another
+	// listener has it.
+	address := func(name, addr string) {
+		other, dup := g.addrs[addr]
+		if !dup && base != nil {
+			other, dup = base.addrs[addr]
+		}
+		if dup {
+			fail("listener", name, "address", addr+" is also the address of listener "+other)
+		}
+		g.addrs[addr] = name
+	}
+	uniqueName := func(name string) {
+		if g.listeners[name] || base != nil && base.listeners[name] {
+			fail("listener", name, "name", "is duplicated")
+		}
+		g.listeners[name] = true
+	}
 
+	var udpListeners []*listenerv3.Listener
 	for _, l := range r.Listeners {
 		if err := c.validate(l, "listener", l.GetName()); err != nil {
-			errs = append(errs, withNode(node, err))
+			g.errs = append(g.errs, err)
 			continue
 		}
-		if names[l.GetName()] {
-			fail("listener", l.GetName(), "name", "is duplicated")
-		}
-		names[l.GetName()] = true
-		prev, known := c.prev.listener(l)
+		uniqueName(l.GetName())
 		addr, ok := c.addrs[l]
-		if known {
-			addr, ok = prev.addr, true
-		}
 		if !ok {
 			addr = listenerAddress(l.GetAddress())
 			c.addrs[l] = addr
 		}
-		if other, dup := addrs[addr]; dup {
-			fail("listener", l.GetName(), "address", addr+" is also the address of listener "+other)
-		}
-		addrs[addr] = l.GetName()
-		// A token of the memo (known) passed the checks of the listener
-		// alone, binds and is not UDP (tokenizable).
-		if !known && l.GetUseOriginalDst().GetValue() && l.GetBindToPort() != nil && !l.GetBindToPort().GetValue() {
+		address(l.GetName(), addr)
+		if l.GetUseOriginalDst().GetValue() && l.GetBindToPort() != nil && !l.GetBindToPort().GetValue() {
 			fail("listener", l.GetName(), "use_original_dst", "is set on a listener that does not bind; nothing would reach it")
 		}
 		reason, seen := c.chains[l]
-		if known {
-			reason, seen = prev.chains, true
-		}
 		if !seen {
 			reason = c.checkChains(l)
 			c.chains[l] = reason
@@ -356,28 +452,31 @@ func (c *checker) check(node string, r Resources) error {
 		if err := reason; err != "" {
 			fail("listener", l.GetName(), "filter_chains", err)
 		}
-		if !known && l.GetAddress().GetSocketAddress().GetProtocol() == corev3.SocketAddress_UDP {
+		if l.GetAddress().GetSocketAddress().GetProtocol() == corev3.SocketAddress_UDP {
 			udpListeners = append(udpListeners, l)
 		}
-		refs, err := c.clusterRefs(l)
+		lrefs, err := c.clusterRefs(l)
 		if err != nil {
 			fail("listener", l.GetName(), "", err.Error())
 			continue
 		}
-		for _, ref := range refs {
-			if !clusters[ref] {
-				fail("listener", l.GetName(), "", "references cluster "+strconv.Quote(ref)+", which the snapshot does not hold")
-			}
+		refs(l.GetName(), lrefs)
+	}
+	// An entry of the memo passed the checks of the listener alone, binds
+	// and is not UDP (memoizable).
+	for _, e := range r.memo {
+		if e.listener {
+			uniqueName(e.name)
+			address(e.name, e.addr)
+			refs(e.name, e.refs)
 		}
 	}
 	// A DNS listener answers service names with virtual IPs the proxy has
 	// listeners for: an answer nothing serves would send the app nowhere.
-	var vips map[string]bool
-	if len(udpListeners) > 0 {
-		vips = make(map[string]bool)
+	if part || len(udpListeners) > 0 || base != nil && len(base.answers) > 0 {
 		for _, l := range r.Listeners {
 			if l.GetBindToPort() != nil && !l.GetBindToPort().GetValue() {
-				vips[l.GetAddress().GetSocketAddress().GetAddress()] = true
+				g.vips[l.GetAddress().GetSocketAddress().GetAddress()] = true
 			}
 		}
 	}
@@ -392,14 +491,36 @@ func (c *checker) check(node string, r Resources) error {
 		}
 		for i, vd := range table.GetVirtualDomains() {
 			for j, a := range vd.GetEndpoint().GetAddressList().GetAddress() {
-				if !vips[a] {
-					fail("listener", l.GetName(), fmt.Sprintf("inline_dns_table.virtual_domains[%d].endpoint.address_list.address[%d]", i, j),
-						fmt.Sprintf("answers %s with %s, the address of no service listener of the snapshot", vd.GetName(), a))
+				if g.vips[a] || base != nil && base.vips[a] {
+					continue
+				}
+				err := &ResourceError{
+					Resource: "listener " + l.GetName(),
+					Path:     fmt.Sprintf("inline_dns_table.virtual_domains[%d].endpoint.address_list.address[%d]", i, j),
+					Reason:   fmt.Sprintf("answers %s with %s, the address of no service listener of the snapshot", vd.GetName(), a),
+				}
+				if part {
+					g.answers = append(g.answers, pending{a, err})
+				} else {
+					g.errs = append(g.errs, err)
 				}
 			}
 		}
 	}
-	return errors.Join(errs...)
+	if base == nil {
+		return
+	}
+	// What the part left pending, the node's own resources must resolve.
+	for _, p := range base.refs {
+		if !g.clusters[p.key] {
+			g.errs = append(g.errs, p.err)
+		}
+	}
+	for _, p := range base.answers {
+		if !g.vips[p.key] {
+			g.errs = append(g.errs, p.err)
+		}
+	}
 }
 
 // dnsTable returns the inline table of a DNS listener's dns_filter.
@@ -480,9 +601,6 @@ func (c *checker) chainMatch(fc *listenerv3.FilterChain) ([]byte, error) {
 func (c *checker) clusterRefs(l *listenerv3.Listener) ([]string, error) {
 	if refs, ok := c.refs[l]; ok {
 		return refs, nil
-	}
-	if f, ok := c.prev.listener(l); ok {
-		return f.refs, nil
 	}
 	var refs []string
 	chains := l.GetFilterChains()

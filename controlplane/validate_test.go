@@ -2,6 +2,8 @@ package controlplane
 
 import (
 	"errors"
+	"net/netip"
+	"slices"
 	"strings"
 	"testing"
 
@@ -360,6 +362,291 @@ func TestCheckerReportsSharedPartsForEveryNode(t *testing.T) {
 			}
 			if err2 == nil || !strings.Contains(err2.Error(), `node "n2"`) || !strings.Contains(err2.Error(), want2) {
 				t.Errorf("n2: %v, want an error of node n2 containing %q", err2, want2)
+			}
+		})
+	}
+}
+
+// splitResources returns the outbound part and the own resources the
+// generator makes for node, deep copies: the cases below modify them.
+func splitResources(t *testing.T, node string) (part, own Resources) {
+	t.Helper()
+	m := loadMesh(t, "testdata/matrix.yaml")
+	w, ok := m.workload(node)
+	if !ok {
+		t.Fatalf("no workload %s", node)
+	}
+	g := newGenerator(m)
+	cfg, id := g.config(&w.TransparentProxy)
+	key, n := shapeKey(w, id, nil)
+	p, o := g.workload(w, cfg, key[:n], ownResources{})
+	clone := func(r Resources) Resources {
+		var out Resources
+		for _, l := range r.Listeners {
+			out.Listeners = append(out.Listeners, proto.Clone(l).(*listenerv3.Listener))
+		}
+		for _, c := range r.Clusters {
+			out.Clusters = append(out.Clusters, proto.Clone(c).(*clusterv3.Cluster))
+		}
+		return out
+	}
+	return clone(p.Resources), clone(o.Resources)
+}
+
+// errorLines are the lines of err (errors.Join puts one error a line),
+// sorted; nil for none.
+func errorLines(err error) []string {
+	if err == nil {
+		return nil
+	}
+	lines := strings.Split(err.Error(), "\n")
+	slices.Sort(lines)
+	return lines
+}
+
+// The checker checks an outbound part once for every node served it, and
+// each node's own resources against it: a node must pass or fail, with the
+// same errors, as if its resources were checked whole — also where a failure
+// of the part is resolved by the node's own resources, or only shows with
+// them.
+func TestCheckerPartWithOwnAsWhole(t *testing.T) {
+	t.Parallel()
+	take := func(list *[]*listenerv3.Listener, name string) *listenerv3.Listener {
+		i := slices.IndexFunc(*list, func(l *listenerv3.Listener) bool { return l.GetName() == name })
+		if i < 0 {
+			t.Fatalf("no listener %s", name)
+		}
+		l := (*list)[i]
+		*list = slices.Delete(*list, i, i+1)
+		return l
+	}
+	takeCluster := func(list *[]*clusterv3.Cluster, name string) *clusterv3.Cluster {
+		i := slices.IndexFunc(*list, func(c *clusterv3.Cluster) bool { return c.GetName() == name })
+		if i < 0 {
+			t.Fatalf("no cluster %s", name)
+		}
+		c := (*list)[i]
+		*list = slices.Delete(*list, i, i+1)
+		return c
+	}
+	tests := []struct {
+		name    string
+		mutate  func(part, own *Resources)
+		wantErr string // "" for none
+	}{
+		{name: "generated", mutate: func(part, own *Resources) {}},
+		{
+			name: "own cluster with a part cluster's name",
+			mutate: func(part, own *Resources) {
+				own.Clusters = append(own.Clusters, proto.Clone(clusterNamed(*part, ClusterBlackhole)).(*clusterv3.Cluster))
+			},
+			wantErr: "cluster blackhole: name: is duplicated",
+		},
+		{
+			name: "own listener with a part listener's name",
+			mutate: func(part, own *Resources) {
+				listenerNamed(*own, ListenerInbound).Name = ListenerDNS
+			},
+			wantErr: "listener dns: name: is duplicated",
+		},
+		{
+			name: "own listener at a part listener's address",
+			mutate: func(part, own *Resources) {
+				// Of a listener whose name sorts first, so that the
+				// whole names the same one of the two as the part and own.
+				listenerNamed(*own, ListenerInbound).Address = socketAddress(netip.MustParseAddr("198.51.100.10"), 5432)
+			},
+			wantErr: "listener inbound: address: TCP 198.51.100.10 5432 is also the address of listener 198.51.100.10:5432",
+		},
+		{
+			name: "a part listener's cluster among the node's own",
+			mutate: func(part, own *Resources) {
+				own.Clusters = append(own.Clusters, takeCluster(&part.Clusters, "outbound|5432|db"))
+			},
+		},
+		{
+			name: "a part listener's cluster nowhere",
+			mutate: func(part, own *Resources) {
+				takeCluster(&part.Clusters, "outbound|5432|db")
+			},
+			wantErr: `listener 198.51.100.10:5432: references cluster "outbound|5432|db", which the snapshot does not hold`,
+		},
+		{
+			name: "an own listener's cluster missing from the part",
+			mutate: func(part, own *Resources) {
+				takeCluster(&part.Clusters, ClusterBlackhole)
+			},
+			wantErr: `listener inbound: references cluster "blackhole", which the snapshot does not hold`,
+		},
+		{
+			name: "a DNS answer served by the node's own listener",
+			mutate: func(part, own *Resources) {
+				own.Listeners = append(own.Listeners, take(&part.Listeners, "198.51.100.10:5432"))
+			},
+		},
+		{
+			name: "a DNS answer served nowhere",
+			mutate: func(part, own *Resources) {
+				take(&part.Listeners, "198.51.100.10:5432")
+			},
+			wantErr: "answers db.mesh.internal with 198.51.100.10, the address of no service listener of the snapshot",
+		},
+		{
+			name: "an invalid part listener",
+			mutate: func(part, own *Resources) {
+				listenerNamed(*part, ListenerOutbound).FilterChains[0].UseProxyProto = wrapperspb.Bool(true)
+			},
+			wantErr: "listener outbound: filter_chains[0].use_proxy_proto: is deprecated",
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			part, own := splitResources(t, "dns-dual")
+			tt.mutate(&part, &own)
+			sortByName(own.Listeners)
+			sortByName(own.Clusters)
+			p := &outboundPart{Resources: part}
+			got := newChecker().checkNode("n1", p, ownResources{Resources: own})
+			whole := newChecker().check("n1", p.with(own, Resources{}))
+			if !slices.Equal(errorLines(got), errorLines(whole)) {
+				t.Errorf("part and own: %v\nchecked whole: %v", got, whole)
+			}
+			if tt.wantErr == "" {
+				if got != nil {
+					t.Errorf("error %v, want none", got)
+				}
+				return
+			}
+			if got == nil || !strings.Contains(got.Error(), `node "n1"`) || !strings.Contains(got.Error(), tt.wantErr) {
+				t.Errorf("error %v, want one of node n1 containing %q", got, tt.wantErr)
+			}
+		})
+	}
+}
+
+// A part is checked once for every node of a build: what it found must
+// fail every node that does not resolve it, each error naming its node,
+// whichever node came first.
+func TestCheckerPartFailsEveryNode(t *testing.T) {
+	t.Parallel()
+	part, own := splitResources(t, "dns-dual")
+	// The part lacks db's cluster: a node that holds it passes, the others
+	// fail.
+	i := slices.IndexFunc(part.Clusters, func(c *clusterv3.Cluster) bool { return c.GetName() == "outbound|5432|db" })
+	db := part.Clusters[i]
+	part.Clusters = slices.Delete(part.Clusters, i, i+1)
+	p := &outboundPart{Resources: part}
+	withDB := Resources{Listeners: own.Listeners, Clusters: append(slices.Clone(own.Clusters), db)}
+	sortByName(withDB.Clusters)
+	c := newChecker()
+	for _, n := range []struct {
+		node string
+		own  Resources
+		fail bool
+	}{{"n1", withDB, false}, {"n2", own, true}, {"n3", withDB, false}, {"n4", own, true}} {
+		err := c.checkNode(n.node, p, ownResources{Resources: n.own})
+		if !n.fail {
+			if err != nil {
+				t.Errorf("%s holds the cluster: %v", n.node, err)
+			}
+			continue
+		}
+		const want = `references cluster "outbound|5432|db"`
+		if err == nil || !strings.Contains(err.Error(), `node "`+n.node+`"`) || !strings.Contains(err.Error(), want) {
+			t.Errorf("%s: %v, want an error of node %s containing %q", n.node, err, n.node, want)
+		}
+	}
+	if len(c.parts) != 1 {
+		t.Errorf("the part was checked %d times, want once", len(c.parts))
+	}
+}
+
+// A build hands out the previous build's memo entries for a workload's own
+// resources it would make again: the checker checks them against the
+// node's other resources by what the entries record (name, address, cluster
+// references), as it checks the resources themselves.
+func TestCheckerMemoEntries(t *testing.T) {
+	t.Parallel()
+	m := loadMesh(t, "testdata/matrix.yaml")
+	b, err := buildSnapshots(m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The resources of redirect-dual in a build from b's memo.
+	own := func(t *testing.T) (*outboundPart, ownResources) {
+		g := newGenerator(m)
+		g.prev = b.memo
+		w, _ := m.workload("redirect-dual")
+		cfg, id := g.config(&w.TransparentProxy)
+		key, n := shapeKey(w, id, nil)
+		p, o := g.workload(w, cfg, key[:n], ownResources{})
+		if len(o.Listeners)+len(o.Clusters) != 0 || len(o.memo) == 0 {
+			t.Fatalf("own resources %d, memo entries %d: want only entries", len(o.Listeners)+len(o.Clusters), len(o.memo))
+		}
+		return p, o
+	}
+	entry := func(o ownResources, name string) int {
+		i := slices.IndexFunc(o.memo, func(e *memoEntry) bool { return e.name == name })
+		if i < 0 {
+			t.Fatalf("no entry %s", name)
+		}
+		return i
+	}
+	tests := []struct {
+		name    string
+		mutate  func(o *ownResources)
+		wantErr string
+	}{
+		{name: "as made", mutate: func(o *ownResources) {}},
+		{
+			name: "a cluster an entry refers to missing",
+			mutate: func(o *ownResources) {
+				i := entry(*o, ClusterInboundPassthroughIPv4)
+				o.memo = slices.Delete(o.memo, i, i+1)
+			},
+			wantErr: `listener inbound: references cluster "inbound-passthrough-ipv4", which the snapshot does not hold`,
+		},
+		{
+			name: "a listener with an entry's name",
+			mutate: func(o *ownResources) {
+				l := proto.Clone(listenerNamed(baseResources(t), ListenerInbound)).(*listenerv3.Listener)
+				l.Address = socketAddress(netip.MustParseAddr("192.0.2.11"), 15006)
+				o.Listeners = append(o.Listeners, l)
+			},
+			wantErr: "listener inbound: name: is duplicated",
+		},
+		{
+			name: "a listener at an entry's address",
+			mutate: func(o *ownResources) {
+				l := proto.Clone(listenerNamed(baseResources(t), ListenerInbound)).(*listenerv3.Listener)
+				l.Name = "another"
+				o.Listeners = append(o.Listeners, l)
+			},
+			wantErr: "address: TCP 0.0.0.0 15006 is also the address of listener",
+		},
+		{
+			name: "a cluster with an entry's name",
+			mutate: func(o *ownResources) {
+				o.Clusters = append(o.Clusters, proto.Clone(clusterNamed(baseResources(t), ClusterInboundPassthroughIPv6)).(*clusterv3.Cluster))
+			},
+			wantErr: "cluster inbound-passthrough-ipv6: name: is duplicated",
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			p, o := own(t)
+			tt.mutate(&o)
+			err := newChecker().checkNode("n1", p, o)
+			if tt.wantErr == "" {
+				if err != nil {
+					t.Errorf("error %v, want none", err)
+				}
+				return
+			}
+			if err == nil || !strings.Contains(err.Error(), `node "n1"`) || !strings.Contains(err.Error(), tt.wantErr) {
+				t.Errorf("error %v, want one of node n1 containing %q", err, tt.wantErr)
 			}
 		})
 	}

@@ -12,6 +12,9 @@ command -v setpriv >/dev/null || need+=(util-linux)
 command -v systemd-analyze >/dev/null || need+=(systemd)
 # bpftool: the ebpf L8 test edits detour's pinned maps with it, as a person would.
 command -v bpftool >/dev/null || need+=(bpftool)
+# curl with HTTP/2 (nghttp2): the control plane's transport is tested with a client
+# that shares no code with gRPC-go (controlplane/xds/h2curl_test.go).
+curl -V 2>/dev/null | grep -q HTTP2 || need+=(curl)
 if [ "${DETOUR_BPF_TOOLCHAIN:-0}" = 1 ]; then
 	command -v clang >/dev/null || need+=(clang llvm)
 	[ -e /usr/include/bpf/bpf_helpers.h ] || need+=(libbpf-dev)

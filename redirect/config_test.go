@@ -419,3 +419,36 @@ func TestDecodeRefusesBooleansForWords(t *testing.T) {
 		t.Errorf("Decode of capture: off, a quoted prefix and boolean switches = %v, %+v %+v %v", err, c.DNS, c.Log, c.Inbound.Enabled)
 	}
 }
+
+// TestValidateBoundsItsErrors: a config with thousands of bad entries (a
+// 256 KB detour.io/config annotation holds that many) is refused with its
+// first errors and a count, each value quoted bounded — the error goes to the
+// CNI plugin's log at every sandbox retry, into the webhook's refusal and the
+// control plane's /debug/nodes.
+func TestValidateBoundsItsErrors(t *testing.T) {
+	t.Parallel()
+	c := Default()
+	long := make([]PortRange, 3000)
+	for i := range long {
+		long[i] = PortRange{First: uint16(1000 + i), Last: uint16(1000 + i)}
+	}
+	for i := 0; i < 5000; i++ {
+		c.Outbound.ExcludePortsForUIDs = append(c.Outbound.ExcludePortsForUIDs, UIDPortRule{Protocol: "sctp", Ports: long})
+	}
+	err := c.Validate()
+	if err == nil {
+		t.Fatal("Validate() of 5,000 bad excludePortsForUIDs (no uid, protocol sctp: two errors each) = nil")
+	}
+	msg := err.Error()
+	if !errors.Is(err, ErrInvalid) {
+		t.Errorf("Validate() = %.200s, does not match ErrInvalid", msg)
+	}
+	for _, want := range []string{"outbound.excludePortsForUIDs[0]", `has protocol "sctp"`, "and 9980 more errors"} {
+		if !strings.Contains(msg, want) {
+			t.Errorf("Validate() = %.500s…, want it to contain %q", msg, want)
+		}
+	}
+	if len(msg) > 16<<10 {
+		t.Errorf("Validate() error is %d bytes, want at most 16 KiB: %.300s…", len(msg), msg)
+	}
+}

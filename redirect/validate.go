@@ -11,11 +11,19 @@ import (
 // Validate reports every invalid value in c, each as a *FieldError (joined with
 // errors.Join). A Config that passes Validate can be planned and applied.
 // Values set through Set and Decode are already well-formed; Validate also checks
-// what no single field can: values that conflict with each other.
+// what no single field can: values that conflict with each other. At most
+// maxValidateErrors errors are kept, each quoting its value bounded
+// (BoundedValue), and the rest counted: a config of thousands of bad entries
+// (a 256 KB annotation holds that many) gives an error of a few kilobytes.
 func (c Config) Validate() error {
 	var errs []error
+	more := 0
 	bad := func(field, value, reason string) {
-		errs = append(errs, &FieldError{Field: field, Value: value, Reason: reason})
+		if len(errs) == maxValidateErrors {
+			more++
+			return
+		}
+		errs = append(errs, &FieldError{Field: field, Value: BoundedValue(value), Reason: reason})
 	}
 	port := func(field string, p uint16) {
 		if p == 0 {
@@ -140,5 +148,11 @@ func (c Config) Validate() error {
 	if strings.IndexFunc(c.Log.Prefix, func(r rune) bool { return r < 0x20 || r > 0x7e }) >= 0 {
 		bad("log.prefix", c.Log.Prefix, "holds a character that is not printable ASCII")
 	}
+	if more > 0 {
+		errs = append(errs, fmt.Errorf("… and %d more errors (only the first %d are shown)", more, maxValidateErrors))
+	}
 	return errors.Join(errs...)
 }
+
+// maxValidateErrors bounds the errors Validate reports in full.
+const maxValidateErrors = 20

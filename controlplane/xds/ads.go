@@ -13,9 +13,9 @@ import (
 	cachev3 "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/server/stream/v3"
 	rpcstatus "google.golang.org/genproto/googleapis/rpc/status"
-	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
 )
 
@@ -23,15 +23,14 @@ import (
 // stands in for go-control-plane's server, which runs two goroutines per
 // stream (one receiving requests, one sending responses) and keeps a watch
 // channel and its own copy of every subscription per stream. Here a stream
-// has one goroutine, gRPC's handler goroutine: it receives a request,
-// records it (the tracker: identity, ACK, NACK) and opens a watch in the
+// has no goroutine of its own: the connection's reader (h2conn.go) hands it
+// each request, which it records (the tracker: identity, ACK, NACK) and opens a watch in the
 // cache. Whatever the cache answers — at once, or when a snapshot changes —
 // goes into the stream's outbox, and a small pool of push workers
 // (pushQueue) sends it, paced by the connections' writers (pace.go): a
 // thousand proxies cost a thousand goroutines fewer, no goroutine waits on a
 // watch, and ten thousand proxies connecting at once do not each hold a
-// marshalled configuration until it is written. The handler goroutine never
-// marshals a response, so its stack stays small.
+// marshalled configuration until it is written.
 //
 // The protocol is go-control-plane's, as Envoy expects it: a response's nonce
 // counts up per stream; a SotW request whose nonce is not the last one sent
@@ -42,7 +41,6 @@ import (
 // them (clusters before listeners). Subscriptions, with the legacy wildcard
 // rules, are go-control-plane's stream.Subscription.
 type adsServer struct {
-	discoveryv3.UnimplementedAggregatedDiscoveryServiceServer
 	cache   *servingCache
 	tracker *tracker
 	ids     atomic.Int64
@@ -60,7 +58,7 @@ type adsStream struct {
 	ads      *adsServer
 	id       int64
 	protocol string
-	grpc     grpc.ServerStream
+	send     sender
 
 	// sendMu serialises sending (a stream is flushed by one push worker at a
 	// time, but a worker may start while another finishes); it is taken
@@ -113,44 +111,61 @@ func (p pendingResponse) release() {
 	}
 }
 
-// StreamAggregatedResources serves a SotW ADS stream.
-func (a *adsServer) StreamAggregatedResources(gs grpc.BidiStreamingServer[discoveryv3.DiscoveryRequest, discoveryv3.DiscoveryResponse]) error {
-	return serve(a, gs, protocolSotW, (*adsStream).sotwRequest)
+// sender sends a stream's responses: SendMsg marshals one and queues it
+// for the connection's writer (h2stream).
+type sender interface {
+	SendMsg(m any) error
 }
 
-// DeltaAggregatedResources serves a delta ADS stream.
-func (a *adsServer) DeltaAggregatedResources(gs grpc.BidiStreamingServer[discoveryv3.DeltaDiscoveryRequest, discoveryv3.DeltaDiscoveryResponse]) error {
-	return serve(a, gs, protocolDelta, (*adsStream).deltaRequest)
-}
-
-// serve runs one ADS stream on the handler's goroutine: every request the
-// proxy sends goes to handle, until the proxy goes away.
-func serve[Req any](a *adsServer, gs grpc.ServerStream, protocol string, handle func(*adsStream, *Req) error) error {
-	s, err := a.open(gs, protocol)
-	if err != nil {
-		return err
-	}
-	defer s.close()
-	for {
-		req := new(Req)
-		if err := gs.RecvMsg(req); err != nil {
-			return nil // the proxy went away (or its stream failed): no one to answer, as go-control-plane's server
-		}
-		if err := handle(s, req); err != nil {
-			return err
-		}
+// methods are the ADS methods, SotW and delta, for the transport.
+func (a *adsServer) methods() map[string]method {
+	return map[string]method{
+		"/" + adsService + "/StreamAggregatedResources": func(st *h2stream) (call, error) {
+			return openADS(a, st, protocolSotW, (*adsStream).sotwRequest)
+		},
+		"/" + adsService + "/DeltaAggregatedResources": func(st *h2stream) (call, error) {
+			return openADS(a, st, protocolDelta, (*adsStream).deltaRequest)
+		},
 	}
 }
 
-// open registers a new stream with the tracker, with the peer and the SANs
-// of its verified client certificate (checked against the node id later).
-func (a *adsServer) open(gs grpc.ServerStream, protocol string) (*adsStream, error) {
-	s := &adsStream{ads: a, id: a.ids.Add(1), protocol: protocol, grpc: gs}
-	if err := a.tracker.open(gs.Context(), protocol, s.id); err != nil {
+// adsCall is one ADS stream as the transport drives it: each request the
+// proxy sends goes to handle, on the connection's reader goroutine.
+type adsCall[Req any, P interface {
+	*Req
+	proto.Message
+}] struct {
+	s      *adsStream
+	handle func(*adsStream, P) error
+}
+
+// openADS registers a new stream with the tracker, with the peer and the
+// SANs of its verified client certificate (checked against the node id
+// later).
+func openADS[Req any, P interface {
+	*Req
+	proto.Message
+}](a *adsServer, st *h2stream, protocol string, handle func(*adsStream, P) error) (call, error) {
+	s := &adsStream{ads: a, id: a.ids.Add(1), protocol: protocol, send: st}
+	if err := a.tracker.open(st.c.peer, st.c.chains, protocol, s.id); err != nil {
 		return nil, err
 	}
-	return s, nil
+	return &adsCall[Req, P]{s: s, handle: handle}, nil
 }
+
+func (c *adsCall[Req, P]) message(b []byte) error {
+	req := P(new(Req))
+	if err := unmarshal(b, req); err != nil {
+		return err
+	}
+	return c.handle(c.s, req)
+}
+
+// halfClose: the proxy ended its side; the stream ends with status OK, as
+// go-control-plane's server.
+func (c *adsCall[Req, P]) halfClose() error { return errCallDone }
+
+func (c *adsCall[Req, P]) closed() { c.s.close() }
 
 // close cancels the stream's watches and forgets its responses not yet
 // sent, releasing what their maps and its subscriptions' hold.
@@ -398,7 +413,7 @@ func (s *adsStream) flush(fs *flights, last *flight) (*flight, error) {
 			last.wait()
 			last = fs.expect(msg)
 		}
-		err := s.grpc.SendMsg(msg)
+		err := s.send.SendMsg(msg)
 		s.ads.lists.giveBack(borrowed) // SendMsg encoded it, or never will
 		if err != nil {
 			fs.take(msg)
@@ -409,10 +424,10 @@ func (s *adsStream) flush(fs *flights, last *flight) (*flight, error) {
 
 // pushQueue runs the pushes: streams whose watches the cache answered, sent
 // by at most max workers, started when there is work and ending when there
-// is none. A send returns once gRPC has queued the message for the
-// connection's writer; it waits only when the stream already has more unsent
-// data than gRPC's write quota (64 KiB), which a proxy that answers each
-// response before the next (see adsServer) does not reach for long.
+// is none. A send returns once the message is queued for the connection's
+// writer (h2write.go): it never waits for the proxy to read, and a proxy
+// that answers each response before the next (see adsServer) has at most
+// one response per type queued.
 type pushQueue struct {
 	max     int
 	flights *flights // nil: no pacing

@@ -253,9 +253,8 @@ type sotwResponse struct {
 // pushResponse is GetDiscoveryResponse for a push: the list of a full
 // response of a type only one node is served is borrowed (servedType.borrow)
 // and must be given back (anyLists.giveBack) once the response is encoded,
-// which SendMsg does before it returns: with xdsCodec, and as long as no
-// gRPC stats handler, which may read a sent message later, is installed
-// (grpcServerOptions).
+// which SendMsg does before it returns (h2stream.SendMsg marshals it with
+// xdsCodec and keeps only the encoding).
 func (r *sotwResponse) pushResponse(lists *anyLists) (*discoveryv3.DiscoveryResponse, *[]*anypb.Any) {
 	resources, borrowed := r.resources, (*[]*anypb.Any)(nil)
 	if r.full != nil {

@@ -4,34 +4,20 @@ import (
 	"fmt"
 
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
-	"google.golang.org/grpc/encoding"
-	"google.golang.org/grpc/mem"
 	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/reflect/protoreflect"
 	"google.golang.org/protobuf/types/known/anypb"
 )
 
-// xdsBufferPool has power-of-two tiers from 256 B to 1 MiB. gRPC's default
-// pool jumps from 32 KiB to 1 MiB: each larger message marshalled into it
-// would take (and zero) a 1 MiB buffer.
-var xdsBufferPool = mustBufferPool(8, 10, 12, 13, 14, 15, 16, 17, 18, 19, 20)
-
-func mustBufferPool(exponents ...uint8) mem.BufferPool {
-	p, err := mem.NewBinaryTieredBufferPool(exponents...)
-	if err != nil {
-		panic(err) // only for exponents beyond the word size
-	}
-	return p
-}
-
-// xdsCodec is gRPC's proto codec marshalling into xdsBufferPool (the stock
-// codec always uses gRPC's default pool); delta discovery responses are
-// encoded by hand (their resources' Any values are copied from the shared
-// encodings, not re-marshalled). Every response is one pooled buffer that
-// gRPC's writer puts back once written, which is when a push worker sends its
-// next response (pace.go): a few buffers are in use at a time, reused change
-// after change, however many proxies connect at once.
+// xdsCodec marshals responses into xdsBufferPool (buffer.go); delta
+// discovery responses are encoded by hand (their resources' Any values are
+// copied from the shared encodings, not re-marshalled). Every response is
+// one pooled buffer that the connection's writer (h2write.go) gives back
+// once written, which is when a push worker sends its next response
+// (pace.go): a few buffers are in use at a time, reused change after
+// change, however many proxies connect at once. Requests are decoded by
+// proto.Unmarshal (h2conn.go).
 //
 // Delta responses used to reference each resource's encoding between small
 // copied headers instead: no copy, but about 20 KiB of pieces and headers
@@ -40,43 +26,30 @@ func mustBufferPool(exponents ...uint8) mem.BufferPool {
 // SotW at 1,000 proxies); and the writer handles each piece separately
 // (referencing SotW responses too was measured at twice the CPU per change).
 type xdsCodec struct {
-	encoding.CodecV2 // the stock codec, for Unmarshal
 	// flights, when set, are the messages whose writing a push worker
 	// waits for (pace.go).
 	flights *flights
 }
 
 func newXDSCodec(fs *flights) xdsCodec {
-	return xdsCodec{CodecV2: encoding.GetCodecV2("proto"), flights: fs}
+	return xdsCodec{flights: fs}
 }
 
-func (c xdsCodec) Marshal(v any) (mem.BufferSlice, error) {
+// Marshal encodes v into a response that the caller releases once.
+func (c xdsCodec) Marshal(v any) (*response, error) {
 	f := c.flights.take(v)
-	bs, err := c.marshal(v, f)
-	if f != nil && (err != nil || !pooled(bs)) {
+	r, err := c.marshal(v, f, xdsBufferPool)
+	if err != nil {
 		f.finish() // nothing to wait for
 	}
-	return bs, err
+	return r, err
 }
 
-// pooled reports whether bs is one pooled buffer (what marshal returns for a
-// message too large for a plain slice).
-func pooled(bs mem.BufferSlice) bool {
-	if len(bs) != 1 {
-		return false
-	}
-	_, plain := bs[0].(mem.SliceBuffer)
-	return !plain
-}
-
-// marshal encodes v; a pooled buffer finishes f when it is put back.
-func (c xdsCodec) marshal(v any, f *flight) (mem.BufferSlice, error) {
-	var pool mem.BufferPool = xdsBufferPool
-	if f != nil {
-		pool = flightPool{f}
-	}
+// marshal encodes v into a response of pool; a pooled one finishes f when
+// released.
+func (c xdsCodec) marshal(v any, f *flight, pool *bufferPool) (*response, error) {
 	if m, ok := v.(*discoveryv3.DeltaDiscoveryResponse); ok && len(m.GetResources()) > 0 {
-		return marshalDelta(m, pool)
+		return marshalDelta(m, f, pool)
 	}
 	m, ok := v.(proto.Message)
 	if !ok {
@@ -84,37 +57,32 @@ func (c xdsCodec) marshal(v any, f *flight) (mem.BufferSlice, error) {
 	}
 	opts := proto.MarshalOptions{UseCachedSize: true}
 	size := opts.Size(m)
-	buf, bs := getBuffer(size, pool)
-	if _, err := opts.MarshalAppend((*buf)[:0], m); err != nil {
-		bs.Free()
+	r := newResponse(size, pool, f)
+	b, err := opts.MarshalAppend(r.data[:0], m)
+	if err == nil && !filled(b, r.data) {
+		err = fmt.Errorf("encoded %d bytes, %d expected", len(b), size) // cannot happen: the size is proto.Size's
+	}
+	if err != nil {
+		r.release()
 		return nil, err
 	}
-	return bs, nil
+	return r, nil
 }
 
-// getBuffer returns a buffer with room for size bytes and the one-buffer
-// slice gRPC writes it from (a plain slice below gRPC's pooling threshold).
-func getBuffer(size int, pool mem.BufferPool) (*[]byte, mem.BufferSlice) {
-	var buf *[]byte
-	if mem.IsBelowBufferPoolingThreshold(size) {
-		b := make([]byte, 0, size)
-		buf = &b
-		pool = nil
-	} else {
-		buf = pool.Get(size)
-	}
-	*buf = (*buf)[:size]
-	return buf, mem.BufferSlice{mem.NewBuffer(buf, pool)}
+// filled reports whether b, appended to data[:0], is exactly data: a
+// pooled buffer holds what it held before, and must be overwritten whole.
+func filled(b, data []byte) bool {
+	return len(b) == len(data) && (len(b) == 0 || &b[0] == &data[0])
 }
 
 // resourcesField is the field number of DeltaDiscoveryResponse.resources.
 const resourcesField = 2
 
 // marshalDelta encodes m's fields other than resources as usual, then its
-// resources as field 2, each by appendDeltaResource, into one buffer of
-// pool. Fields may come in any order on the wire; repeated fields keep
-// theirs.
-func marshalDelta(m *discoveryv3.DeltaDiscoveryResponse, pool mem.BufferPool) (mem.BufferSlice, error) {
+// resources as field 2, each by appendDeltaResource, into one response of
+// pool (finishing f when released). Fields may come in any order on the
+// wire; repeated fields keep theirs.
+func marshalDelta(m *discoveryv3.DeltaDiscoveryResponse, f *flight, pool *bufferPool) (*response, error) {
 	src := m.ProtoReflect()
 	rest := src.New()
 	src.Range(func(fd protoreflect.FieldDescriptor, v protoreflect.Value) bool {
@@ -129,22 +97,22 @@ func marshalDelta(m *discoveryv3.DeltaDiscoveryResponse, pool mem.BufferPool) (m
 	for _, r := range rs {
 		size += deltaEntrySize(r)
 	}
-	buf, bs := getBuffer(size, pool)
-	b, err := proto.MarshalOptions{}.MarshalAppend((*buf)[:0], rest.Interface())
+	r := newResponse(size, pool, f)
+	b, err := proto.MarshalOptions{}.MarshalAppend(r.data[:0], rest.Interface())
 	for _, r := range rs {
 		if err != nil {
 			break
 		}
 		b, err = appendDeltaResource(b, r)
 	}
-	if err == nil && (len(b) != size || &b[0] != &(*buf)[0]) {
+	if err == nil && !filled(b, r.data) {
 		err = fmt.Errorf("encoded %d bytes, %d expected", len(b), size) // cannot happen: the sizes are proto.Size's
 	}
 	if err != nil {
-		bs.Free()
+		r.release()
 		return nil, fmt.Errorf("marshal %s: %w", src.Descriptor().FullName(), err)
 	}
-	return bs, nil
+	return r, nil
 }
 
 // anySize is the encoded size of a; ok is false when a has unknown fields,

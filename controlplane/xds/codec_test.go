@@ -14,7 +14,7 @@ import (
 )
 
 // TestCodecDiscoveryResponses checks that discovery responses decode to the
-// message marshalled, each encoded in one buffer.
+// message marshalled, byte for byte as long as proto.Marshal's.
 func TestCodecDiscoveryResponses(t *testing.T) {
 	t.Parallel()
 	large := bytes.Repeat([]byte("listener"), 64) // 512 B
@@ -50,15 +50,13 @@ func TestCodecDiscoveryResponses(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
-			bs, err := newXDSCodec(nil).Marshal(tt.msg)
+			r, err := newXDSCodec(nil).Marshal(tt.msg)
 			if err != nil {
 				t.Fatal(err)
 			}
-			if len(bs) != 1 {
-				t.Errorf("encoded in %d buffers, want 1", len(bs))
-			}
+			defer r.release()
 			got := tt.msg.ProtoReflect().New().Interface()
-			if err := proto.Unmarshal(bs.Materialize(), got); err != nil {
+			if err := proto.Unmarshal(r.data, got); err != nil {
 				t.Fatal(err)
 			}
 			if !proto.Equal(got, tt.msg) {
@@ -68,8 +66,8 @@ func TestCodecDiscoveryResponses(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if bs.Len() != len(want) {
-				t.Errorf("encoded %d bytes, proto.Marshal gives %d", bs.Len(), len(want))
+			if len(r.data) != len(want) {
+				t.Errorf("encoded %d bytes, proto.Marshal gives %d", len(r.data), len(want))
 			}
 		})
 	}
@@ -77,10 +75,11 @@ func TestCodecDiscoveryResponses(t *testing.T) {
 
 // TestCodecPacing checks what a push worker waits for (pace.go): the flight
 // of a response large enough to be pooled — SotW or delta — finishes when
-// gRPC frees its buffer, not before; a small one's at once.
+// the response is released (written or dropped), not before; a small one's
+// at once.
 func TestCodecPacing(t *testing.T) {
 	t.Parallel()
-	value := bytes.Repeat([]byte("listener"), 256) // 2 KiB: above gRPC's pooling threshold
+	value := bytes.Repeat([]byte("listener"), 256) // 2 KiB: above poolThreshold
 	a := &anypb.Any{TypeUrl: resourcev3.ListenerType, Value: value}
 	tests := []struct {
 		name   string
@@ -99,7 +98,7 @@ func TestCodecPacing(t *testing.T) {
 			t.Parallel()
 			fs := &flights{}
 			f := fs.expect(tt.msg)
-			bs, err := newXDSCodec(fs).Marshal(tt.msg)
+			r, err := newXDSCodec(fs).Marshal(tt.msg)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -112,11 +111,14 @@ func TestCodecPacing(t *testing.T) {
 				}
 			}
 			if got := written(); got == tt.pooled {
-				t.Fatalf("flight finished before the buffer was freed: %v, want %v", got, !tt.pooled)
+				t.Fatalf("flight finished before the response was released: %v, want %v", got, !tt.pooled)
 			}
-			bs.Free()
+			if r.pooled() != tt.pooled {
+				t.Errorf("pooled %v, want %v", r.pooled(), tt.pooled)
+			}
+			r.release()
 			if !written() {
-				t.Fatal("flight not finished once the buffer was freed")
+				t.Fatal("flight not finished once the response was released")
 			}
 		})
 	}

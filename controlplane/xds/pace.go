@@ -3,13 +3,11 @@ package xds
 import (
 	"sync"
 	"time"
-
-	"google.golang.org/grpc/mem"
 )
 
 // A push marshals every proxy's SotW response (a hundred listeners are about
-// 66 KiB) into a pooled buffer that gRPC's writer of the connection returns
-// once written. The push workers would marshal responses faster than the
+// 66 KiB) into a pooled buffer that the connection's writer (h2write.go)
+// returns once written. The push workers would marshal responses faster than the
 // writers, which run on the same few CPUs, write them: at 10,000 proxies
 // most of a push's responses would be in memory at once, and each buffer
 // would be cold by the time it is written. So a push worker sends its next
@@ -21,14 +19,20 @@ import (
 // be written.
 const pushMaxWait = 100 * time.Millisecond
 
-// flight is one response a push worker sent: done is closed once gRPC's
-// writer put its buffer back (or at once when it was not pooled).
+// flight is one response a push worker sent: done is closed once the
+// response is released (buffer.go): written by the connection's writer, or
+// dropped unwritten (or at once when it was not pooled).
 type flight struct {
 	done chan struct{}
 	once sync.Once
 }
 
-func (f *flight) finish() { f.once.Do(func() { close(f.done) }) }
+// finish closes done, once however often it is called; f may be nil.
+func (f *flight) finish() {
+	if f != nil {
+		f.once.Do(func() { close(f.done) })
+	}
+}
 
 // wait returns once f is written, or after pushMaxWait.
 func (f *flight) wait() {
@@ -64,16 +68,3 @@ func (fs *flights) take(msg any) *flight {
 	}
 	return nil
 }
-
-// flightPool is xdsBufferPool for one message's buffer: putting the buffer
-// back finishes the flight.
-type flightPool struct{ f *flight }
-
-func (p flightPool) Get(n int) *[]byte { return xdsBufferPool.Get(n) }
-
-func (p flightPool) Put(b *[]byte) {
-	xdsBufferPool.Put(b)
-	p.f.finish()
-}
-
-var _ mem.BufferPool = flightPool{}

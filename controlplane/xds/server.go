@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net"
 	"net/http"
 	"slices"
@@ -15,15 +16,9 @@ import (
 	"sync/atomic"
 	"time"
 
-	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials"
-	"google.golang.org/grpc/experimental"
-	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
-	"google.golang.org/grpc/keepalive"
 )
 
 // DefaultNACKBackoff is how long a NACKed configuration is held back before it
@@ -54,12 +49,12 @@ type Options struct {
 // to SetSnapshots. It also serves /healthz, /readyz, /metrics and /debug/nodes
 // over HTTP (Handler). A Server is safe for concurrent use.
 type Server struct {
-	log     *slog.Logger
-	metrics *metrics
-	tracker *tracker
-	cache   *servingCache
-	grpc    *grpc.Server
-	health  *health.Server
+	log       *slog.Logger
+	metrics   *metrics
+	tracker   *tracker
+	cache     *servingCache
+	transport *transport
+	health    *healthServer
 
 	updateMu sync.Mutex // serialises SetSnapshots and Reject
 	mu       sync.Mutex // guards current, orphans
@@ -109,42 +104,14 @@ func NewServer(opts Options) *Server {
 	})
 
 	fs := &flights{}
-	gopts := append(grpcServerOptions(), grpc.ForceServerCodecV2(newXDSCodec(fs)))
-	if opts.TLS != nil {
-		gopts = append(gopts, grpc.Creds(credentials.NewTLS(opts.TLS)))
-	}
-	s.grpc = grpc.NewServer(gopts...)
-	discoveryv3.RegisterAggregatedDiscoveryServiceServer(s.grpc, newADSServer(s.cache, s.tracker, fs))
-	s.health = health.NewServer()
-	s.health.SetServingStatus("", healthpb.HealthCheckResponse_NOT_SERVING)
-	s.health.SetServingStatus(adsService, healthpb.HealthCheckResponse_NOT_SERVING)
-	healthpb.RegisterHealthServer(s.grpc, s.health)
+	s.health = newHealthServer()
+	s.health.set("", healthpb.HealthCheckResponse_NOT_SERVING)
+	s.health.set(adsService, healthpb.HealthCheckResponse_NOT_SERVING)
+	methods := newADSServer(s.cache, s.tracker, fs).methods()
+	maps.Copy(methods, s.health.methods())
+	s.transport = newTransport(log, opts.TLS, newXDSCodec(fs), methods)
 	return s
 }
-
-// grpcServerOptions are the gRPC server's options but for its codec and TLS.
-// No stats handler (grpc.StatsHandler): pushes give a response's list back
-// for reuse once SendMsg returns (anyLists), and a stats handler may read a
-// sent message after that.
-func grpcServerOptions() []grpc.ServerOption {
-	return []grpc.ServerOption{
-		// Envoy keeps one long-lived stream; many proxies share one server.
-		grpc.MaxConcurrentStreams(1 << 20),
-		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 30 * time.Second, Timeout: 10 * time.Second}),
-		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
-		// A thousand idle proxies must not each pin a 32 KiB write buffer.
-		grpc.SharedWriteBuffer(true),
-		// Proxies send small requests (ACKs): a 4 KiB read buffer, borrowed
-		// from a pool while a connection has data to read, holds several.
-		grpc.ReadBufferSize(xdsReadBufferSize),
-		experimental.BufferPool(xdsBufferPool),
-	}
-}
-
-// xdsReadBufferSize is the read buffer of an ADS connection (gRPC's default
-// is 32 KiB). gRPC pools read buffers by size: with 10,000 proxies ACKing a
-// change at once, the pool held 45 MiB of 32 KiB buffers.
-const xdsReadBufferSize = 4 << 10
 
 const adsService = "envoy.service.discovery.v3.AggregatedDiscoveryService"
 
@@ -255,8 +222,8 @@ func (s *Server) SetSnapshots(ctx context.Context, next Snapshots) (UpdateResult
 	s.excluded.Store(&excluded)
 	s.metrics.excluded.Set(float64(len(excluded)))
 	if !s.ready.Swap(true) {
-		s.health.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
-		s.health.SetServingStatus(adsService, healthpb.HealthCheckResponse_SERVING)
+		s.health.set("", healthpb.HealthCheckResponse_SERVING)
+		s.health.set(adsService, healthpb.HealthCheckResponse_SERVING)
 	}
 	return res, nil
 }
@@ -325,21 +292,22 @@ func (s *Server) NotReady() error {
 	return nil
 }
 
-// ServeXDS serves ADS and the gRPC health service on l until Stop.
+// ServeXDS serves ADS and the gRPC health service on l until Stop (over
+// detour's own gRPC transport, h2conn.go).
 func (s *Server) ServeXDS(l net.Listener) error {
-	if err := s.grpc.Serve(l); err != nil && !errors.Is(err, grpc.ErrServerStopped) {
+	if err := s.transport.serve(l); err != nil && !errors.Is(err, errStopped) {
 		return fmt.Errorf("serve xds: %w", err)
 	}
 	return nil
 }
 
 // Stop stops serving: it closes the listeners and every connection at once.
-// ADS streams never end by themselves (and a stream's one goroutine waits
-// for the proxy's next request), so there is nothing to wait for; proxies
+// ADS streams never end by themselves (and a connection's one goroutine
+// waits for the proxy's next request), so there is nothing to wait for; proxies
 // reconnect to another replica or to the restarted server.
 func (s *Server) Stop() {
-	s.health.Shutdown()
-	s.grpc.Stop()
+	s.health.stop()
+	s.transport.shutdown()
 }
 
 // Handler serves the HTTP endpoints: /healthz (the process is up), /readyz

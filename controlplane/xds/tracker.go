@@ -2,7 +2,6 @@ package xds
 
 import (
 	"cmp"
-	"context"
 	"crypto/x509"
 	"log/slog"
 	"slices"
@@ -13,8 +12,6 @@ import (
 	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials"
-	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
 
 	"github.com/detour-mesh/detour/internal/excerpt"
@@ -200,18 +197,14 @@ func (t *tracker) nackedVersion(nodeID, typeURL string) string {
 	return ""
 }
 
-func (t *tracker) open(ctx context.Context, protocol string, id int64) error {
+func (t *tracker) open(peer string, chains [][]*x509.Certificate, protocol string, id int64) error {
 	s := &streamState{
 		protocol: protocol,
 		opened:   t.now(),
+		peer:     peer,
 	}
-	if p, ok := peer.FromContext(ctx); ok {
-		if p.Addr != nil {
-			s.peer = p.Addr.String()
-		}
-		if ti, ok := p.AuthInfo.(credentials.TLSInfo); ok && len(ti.State.VerifiedChains) > 0 && len(ti.State.VerifiedChains[0]) > 0 {
-			s.sans = certSANs(ti.State.VerifiedChains[0][0])
-		}
+	if len(chains) > 0 && len(chains[0]) > 0 {
+		s.sans = certSANs(chains[0][0])
 	}
 	t.mu.Lock()
 	t.streams[streamKey{protocol, id}] = s

@@ -1,0 +1,206 @@
+package xds
+
+import (
+	"encoding/binary"
+	"strconv"
+)
+
+// HTTP/2 framing (RFC 9113) as the transport (h2conn.go) reads and writes it.
+
+const (
+	frameHeaderLen = 9
+	// maxReadFrame is the largest frame payload a peer may send: HTTP/2's
+	// default SETTINGS_MAX_FRAME_SIZE, which the transport does not raise.
+	maxReadFrame = 16 << 10
+	// maxFrameSizeLimit is the largest SETTINGS_MAX_FRAME_SIZE a peer may set.
+	maxFrameSizeLimit = 1<<24 - 1
+	// defaultWindow is HTTP/2's initial flow-control window.
+	defaultWindow = 65535
+	maxWindow     = 1<<31 - 1
+
+	clientPreface = "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+)
+
+type frameType uint8
+
+const (
+	frameData         frameType = 0x0
+	frameHeaders      frameType = 0x1
+	framePriority     frameType = 0x2
+	frameRSTStream    frameType = 0x3
+	frameSettings     frameType = 0x4
+	framePushPromise  frameType = 0x5
+	framePing         frameType = 0x6
+	frameGoAway       frameType = 0x7
+	frameWindowUpdate frameType = 0x8
+	frameContinuation frameType = 0x9
+)
+
+const (
+	flagEndStream  = 0x1
+	flagAck        = 0x1
+	flagEndHeaders = 0x4
+	flagPadded     = 0x8
+	flagPriority   = 0x20
+)
+
+// errCode is an HTTP/2 error code (RST_STREAM, GOAWAY).
+type errCode uint32
+
+const (
+	codeNo              errCode = 0x0
+	codeProtocol        errCode = 0x1
+	codeFlowControl     errCode = 0x3
+	codeStreamClosed    errCode = 0x5
+	codeFrameSize       errCode = 0x6
+	codeRefusedStream   errCode = 0x7
+	codeCompression     errCode = 0x9
+	codeEnhanceYourCalm errCode = 0xb
+)
+
+func (c errCode) String() string {
+	switch c {
+	case codeNo:
+		return "NO_ERROR"
+	case codeProtocol:
+		return "PROTOCOL_ERROR"
+	case codeFlowControl:
+		return "FLOW_CONTROL_ERROR"
+	case codeStreamClosed:
+		return "STREAM_CLOSED"
+	case codeFrameSize:
+		return "FRAME_SIZE_ERROR"
+	case codeRefusedStream:
+		return "REFUSED_STREAM"
+	case codeCompression:
+		return "COMPRESSION_ERROR"
+	case codeEnhanceYourCalm:
+		return "ENHANCE_YOUR_CALM"
+	}
+	return "error code " + strconv.FormatUint(uint64(c), 10)
+}
+
+// connError ends a connection with GOAWAY.
+type connError struct {
+	code   errCode
+	reason string
+}
+
+func (e connError) Error() string {
+	return "http2 connection error " + e.code.String() + ": " + e.reason
+}
+
+const (
+	settingEnablePush           = 0x2
+	settingMaxConcurrentStreams = 0x3
+	settingInitialWindowSize    = 0x4
+	settingMaxFrameSize         = 0x5
+)
+
+// appendFrameHeader appends a frame header.
+func appendFrameHeader(b []byte, length int, t frameType, flags uint8, stream uint32) []byte {
+	return append(b, byte(length>>16), byte(length>>8), byte(length), byte(t), flags,
+		byte(stream>>24)&0x7f, byte(stream>>16), byte(stream>>8), byte(stream))
+}
+
+func appendWindowUpdate(b []byte, stream uint32, inc uint32) []byte {
+	b = appendFrameHeader(b, 4, frameWindowUpdate, 0, stream)
+	return binary.BigEndian.AppendUint32(b, inc&0x7fffffff)
+}
+
+func appendRSTStream(b []byte, stream uint32, code errCode) []byte {
+	b = appendFrameHeader(b, 4, frameRSTStream, 0, stream)
+	return binary.BigEndian.AppendUint32(b, uint32(code))
+}
+
+func appendGoAway(b []byte, lastStream uint32, code errCode, debug string) []byte {
+	b = appendFrameHeader(b, 8+len(debug), frameGoAway, 0, 0)
+	b = binary.BigEndian.AppendUint32(b, lastStream&0x7fffffff)
+	b = binary.BigEndian.AppendUint32(b, uint32(code))
+	return append(b, debug...)
+}
+
+func appendPing(b []byte, flags uint8, data [8]byte) []byte {
+	b = appendFrameHeader(b, 8, framePing, flags, 0)
+	return append(b, data[:]...)
+}
+
+// appendSetting appends one setting of a SETTINGS frame's payload.
+func appendSetting(b []byte, id uint16, v uint32) []byte {
+	b = binary.BigEndian.AppendUint16(b, id)
+	return binary.BigEndian.AppendUint32(b, v)
+}
+
+// HPACK: the response's header blocks are fixed literals, without the
+// dynamic table (so no encoder state per connection): ":status: 200" is the
+// static table's entry 8; the others are literals never indexed.
+
+// appendHPACKInt appends i with an n-bit prefix whose other bits are first.
+func appendHPACKInt(b []byte, first byte, n uint, i uint64) []byte {
+	limit := uint64(1)<<n - 1
+	if i < limit {
+		return append(b, first|byte(i))
+	}
+	b = append(b, first|byte(limit))
+	i -= limit
+	for i >= 128 {
+		b = append(b, byte(i&0x7f|0x80))
+		i >>= 7
+	}
+	return append(b, byte(i))
+}
+
+func appendHPACKString(b []byte, s string) []byte {
+	b = appendHPACKInt(b, 0, 7, uint64(len(s)))
+	return append(b, s...)
+}
+
+// appendHPACKLiteral appends a literal header field never indexed, with a
+// literal name.
+func appendHPACKLiteral(b []byte, name, value string) []byte {
+	b = append(b, 0x10)
+	b = appendHPACKString(b, name)
+	return appendHPACKString(b, value)
+}
+
+// responseHeaders is the header block of every gRPC response.
+var responseHeaders = appendHPACKLiteral([]byte{0x88}, "content-type", "application/grpc")
+
+// trailerBlock is the header block of a call's end: its trailers, or, when
+// headersSent is false, a trailers-only response with the given HTTP status.
+func trailerBlock(headersSent bool, httpStatus int, code uint32, msg string) []byte {
+	var b []byte
+	if !headersSent {
+		if httpStatus == 200 {
+			b = append(b, responseHeaders...)
+		} else {
+			b = appendHPACKLiteral(b, ":status", strconv.Itoa(httpStatus))
+			b = appendHPACKLiteral(b, "content-type", "application/grpc")
+		}
+	}
+	b = appendHPACKLiteral(b, "grpc-status", strconv.FormatUint(uint64(code), 10))
+	if msg != "" {
+		b = appendHPACKLiteral(b, "grpc-message", percentEncode(msg, maxStatusMessage))
+	}
+	return b
+}
+
+// maxStatusMessage bounds grpc-message, so that a header block fits in one
+// frame of the smallest size a peer may set.
+const maxStatusMessage = 8 << 10
+
+// percentEncode encodes msg as gRPC's grpc-message: bytes outside printable
+// ASCII, and '%', as %XX, up to max bytes.
+func percentEncode(msg string, max int) string {
+	const hex = "0123456789ABCDEF"
+	var b []byte
+	for i := 0; i < len(msg) && len(b) < max; i++ {
+		c := msg[i]
+		if c >= ' ' && c <= '~' && c != '%' {
+			b = append(b, c)
+			continue
+		}
+		b = append(b, '%', hex[c>>4], hex[c&0xf])
+	}
+	return string(b)
+}

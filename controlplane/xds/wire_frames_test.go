@@ -951,11 +951,8 @@ func TestWireFramesResetStream(t *testing.T) {
 // TestWireFramesProtocolErrors: a connection error (§5.4.1) closes the
 // connection; a GOAWAY before it, which the RFC asks for (SHOULD), names
 // the error the RFC gives. The server keeps serving other connections.
-// Not here, because grpc-go's server ignores them (which RFC 9113 does not
-// allow), and the suite holds on grpc-go: SETTINGS_ENABLE_PUSH 2 and
-// SETTINGS_MAX_FRAME_SIZE under 16384 (§6.5.2), a PUSH_PROMISE from the
-// client (§8.4), DATA on an idle stream (§5.1), a WINDOW_UPDATE taking the
-// connection's window over 2^31-1 (§6.9.1).
+// The cases marked strict are RFC 9113 MUSTs that grpc-go's server (which
+// served ADS before detour's transport) ignores.
 func TestWireFramesProtocolErrors(t *testing.T) {
 	t.Parallel()
 	ws := startWire(t, Options{}, map[string]*Snapshot{"n": wireSnapshot(t, "blackhole")})
@@ -1043,6 +1040,46 @@ func TestWireFramesProtocolErrors(t *testing.T) {
 				c.write(func(fr *http2.Framer) error { return fr.WriteContinuation(1, true, []byte{0x82}) })
 			},
 			want: []http2.ErrCode{http2.ErrCodeProtocol},
+		},
+		{
+			name: "strict: SETTINGS_ENABLE_PUSH 2 (§6.5.2)",
+			send: func(c *rawConn) {
+				c.write(func(fr *http2.Framer) error {
+					return fr.WriteSettings(http2.Setting{ID: http2.SettingEnablePush, Val: 2})
+				})
+			},
+			want: []http2.ErrCode{http2.ErrCodeProtocol},
+		},
+		{
+			name: "strict: SETTINGS_MAX_FRAME_SIZE under 16384 (§6.5.2)",
+			send: func(c *rawConn) {
+				c.write(func(fr *http2.Framer) error {
+					return fr.WriteSettings(http2.Setting{ID: http2.SettingMaxFrameSize, Val: 100})
+				})
+			},
+			want: []http2.ErrCode{http2.ErrCodeProtocol},
+		},
+		{
+			name: "strict: PUSH_PROMISE from the client (§8.4)",
+			send: func(c *rawConn) {
+				c.open(grpcRequest(sotwPath))
+				c.write(func(fr *http2.Framer) error {
+					return fr.WritePushPromise(http2.PushPromiseParam{StreamID: 1, PromiseID: 2, BlockFragment: c.headerBlock(grpcRequest(sotwPath)), EndHeaders: true})
+				})
+			},
+			want: []http2.ErrCode{http2.ErrCodeProtocol},
+		},
+		{
+			name: "strict: DATA on an idle stream (§5.1)",
+			send: func(c *rawConn) { c.send(7, false, []byte("xxxxx")) },
+			want: []http2.ErrCode{http2.ErrCodeProtocol},
+		},
+		{
+			name: "strict: a WINDOW_UPDATE taking the connection's window over 2^31-1 (§6.9.1)",
+			send: func(c *rawConn) {
+				c.write(func(fr *http2.Framer) error { return fr.WriteWindowUpdate(0, 1<<31-1) })
+			},
+			want: []http2.ErrCode{http2.ErrCodeFlowControl},
 		},
 		{
 			name: "WINDOW_UPDATE of 0 on the connection (§6.9)",
@@ -1234,8 +1271,9 @@ func TestWireFramesStatus(t *testing.T) {
 // stream error of type PROTOCOL_ERROR (§8.1.1), or the connection closed,
 // which an endpoint may choose instead (§5.4.1); an error response (HTTP
 // 4xx, or a gRPC error status) is accepted too, as grpc-go answers a
-// request without :path or :method. Not here, because grpc-go serves it:
-// "te" with a value other than "trailers" (§8.2.2).
+// request without :path or :method. Strict (grpc-go's server, which served
+// ADS before detour's transport, serves it): "te" with a value other than
+// "trailers" (§8.2.2).
 func TestWireFramesMalformedRequest(t *testing.T) {
 	t.Parallel()
 	ws := startWire(t, Options{}, map[string]*Snapshot{"n": wireSnapshot(t, "blackhole")})
@@ -1253,6 +1291,7 @@ func TestWireFramesMalformedRequest(t *testing.T) {
 		{"missing :path", append(slices.Clone(req[:2]), req[3:]...)},
 		{"missing :method", slices.Clone(req[1:])},
 		{"connection: keep-alive", append(slices.Clone(req), field("connection", "keep-alive"))},
+		{"te: gzip (strict)", append(slices.Clone(req[:5]), field("te", "gzip"))},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

@@ -584,10 +584,12 @@ func (c *h2conn) settings(flags uint8, id uint32, p []byte) error {
 	if len(p)%6 != 0 {
 		return connError{codeFrameSize, "SETTINGS of " + fmt.Sprint(len(p)) + " bytes"}
 	}
-	initialWindow, maxFrame := int64(-1), uint32(0)
+	initialWindow, maxFrame, tableSize := int64(-1), uint32(0), int64(-1)
 	for ; len(p) > 0; p = p[6:] {
 		v := binary.BigEndian.Uint32(p[2:6])
 		switch binary.BigEndian.Uint16(p[:2]) {
+		case settingHeaderTableSize:
+			tableSize = int64(v)
 		case settingEnablePush:
 			if v > 1 {
 				return connError{codeProtocol, fmt.Sprintf("SETTINGS_ENABLE_PUSH %d", v)}
@@ -604,7 +606,7 @@ func (c *h2conn) settings(flags uint8, id uint32, p []byte) error {
 			maxFrame = v
 		}
 	}
-	return c.applySettings(initialWindow, maxFrame)
+	return c.applySettings(initialWindow, maxFrame, tableSize)
 }
 
 func (c *h2conn) ping(flags uint8, id uint32, p []byte) error {

@@ -23,6 +23,8 @@ type writeState struct {
 	sendWindow    int64       // the peer's connection window
 	initialWindow int64       // the peer's SETTINGS_INITIAL_WINDOW_SIZE
 	maxFrame      int         // the peer's SETTINGS_MAX_FRAME_SIZE
+	tableSize     uint32      // the peer's SETTINGS_HEADER_TABLE_SIZE
+	sizeUpdate    bool        // it changed: the next header block starts with tableSizeZero
 	writing       bool        // a writer goroutine runs
 	closing       bool        // GOAWAY queued: control frames only, then the write side closes
 	dead          bool        // the connection is closed: whatever is queued is dropped
@@ -58,6 +60,7 @@ func (c *h2conn) start() {
 	b = appendWindowUpdate(b, 0, recvWindow-defaultWindow)
 	c.wmu.Lock()
 	c.w.sendWindow, c.w.initialWindow, c.w.maxFrame = defaultWindow, defaultWindow, maxReadFrame
+	c.w.tableSize = defaultTableSize
 	c.wmu.Unlock()
 	c.queueControl(b)
 }
@@ -89,9 +92,11 @@ func (c *h2conn) goAway(code errCode, reason string) {
 	c.kick()
 }
 
-// applySettings applies the peer's SETTINGS (initialWindow < 0, maxFrame 0:
-// unchanged) and acknowledges them.
-func (c *h2conn) applySettings(initialWindow int64, maxFrame uint32) error {
+// applySettings applies the peer's SETTINGS (initialWindow and tableSize
+// < 0, maxFrame 0: unchanged) and acknowledges them. A new header table size
+// is signalled at the start of the first header block written after the
+// ACK (RFC 7541 §4.2), which this queues under the same lock.
+func (c *h2conn) applySettings(initialWindow int64, maxFrame uint32, tableSize int64) error {
 	c.wmu.Lock()
 	defer c.wmu.Unlock()
 	if initialWindow >= 0 {
@@ -110,6 +115,9 @@ func (c *h2conn) applySettings(initialWindow int64, maxFrame uint32) error {
 	}
 	if maxFrame != 0 {
 		c.w.maxFrame = int(maxFrame)
+	}
+	if tableSize >= 0 && uint32(tableSize) != c.w.tableSize {
+		c.w.tableSize, c.w.sizeUpdate = uint32(tableSize), true
 	}
 	if !c.w.dead && !c.w.closing {
 		c.w.ctrl = appendFrameHeader(c.w.ctrl, 0, frameSettings, flagAck, 0)
@@ -456,7 +464,13 @@ func (c *h2conn) planStream(b *batch, st *h2stream) {
 			if it.end {
 				flags |= flagEndStream
 			}
-			b.frame(len(it.block), frameHeaders, flags, st.id)
+			if c.w.sizeUpdate {
+				c.w.sizeUpdate = false
+				b.frame(len(tableSizeZero)+len(it.block), frameHeaders, flags, st.id)
+				b.add(tableSizeZero)
+			} else {
+				b.frame(len(it.block), frameHeaders, flags, st.id)
+			}
 			b.add(it.block)
 			b.data = true
 		default:

@@ -52,6 +52,8 @@ type h2conn struct {
 	// dataSent is set when the writer writes a response's HEADERS or DATA:
 	// pings after it do not count as a flood.
 	dataSent atomic.Bool
+	// aborts is set while calls ended by abort wait for the reader (reap).
+	aborts atomic.Bool
 
 	wmu sync.Mutex // guards the writer's state (h2write.go)
 	w   writeState
@@ -153,6 +155,9 @@ func (c *h2conn) readFrames() error {
 			return err
 		}
 		c.read.Store(true)
+		if c.aborts.Load() {
+			c.reap()
+		}
 		length := int(c.hdr[0])<<16 | int(c.hdr[1])<<8 | int(c.hdr[2])
 		typ, flags := frameType(c.hdr[3]), c.hdr[4]
 		id := binary.BigEndian.Uint32(c.hdr[5:]) & 0x7fffffff

@@ -25,6 +25,7 @@ type writeState struct {
 	maxFrame      int         // the peer's SETTINGS_MAX_FRAME_SIZE
 	tableSize     uint32      // the peer's SETTINGS_HEADER_TABLE_SIZE
 	sizeUpdate    bool        // it changed: the next header block starts with tableSizeZero
+	aborted       []*h2stream // calls ended by abort, for the reader to forget
 	writing       bool        // a writer goroutine runs
 	closing       bool        // GOAWAY queued: control frames only, then the write side closes
 	dead          bool        // the connection is closed: whatever is queued is dropped
@@ -238,6 +239,46 @@ func (st *h2stream) finishHTTP(httpStatus int, code codes.Code, msg string) {
 		st.out = append(st.out, outItem{rst: true})
 	}
 	c.ready(st)
+}
+
+// abort ends st's call with err's status from a goroutine other than the
+// reader (a push that failed): as finish, except that RST_STREAM NO_ERROR
+// follows the trailers even when the client has ended its side, which only
+// the reader knows (RFC 9113 §5.1 lets a client receive it shortly after its
+// END_STREAM). The reader forgets the stream and closes its call before the
+// next frame it handles (reap): at the latest the answer to a keepalive
+// ping.
+func (st *h2stream) abort(err error) {
+	s := status.Convert(err)
+	c := st.c
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	if st.ended || c.w.dead {
+		return
+	}
+	st.ended = true
+	st.out = append(st.out, outItem{block: trailerBlock(st.headersSent, 200, uint32(s.Code()), s.Message()), end: true}, outItem{rst: true})
+	st.headersSent = true
+	c.ready(st)
+	c.w.aborted = append(c.w.aborted, st)
+	c.aborts.Store(true)
+}
+
+// reap forgets the streams whose calls were aborted and closes the calls
+// (on the reader, which alone keeps the open streams).
+func (c *h2conn) reap() {
+	c.wmu.Lock()
+	aborted := c.w.aborted
+	c.w.aborted = nil
+	c.aborts.Store(false)
+	c.wmu.Unlock()
+	for _, st := range aborted {
+		if c.stream(st.id) == st { // not ended by the reader meanwhile
+			c.forget(st)
+			st.releaseRecv()
+			st.call.closed()
+		}
+	}
 }
 
 // queueMessage queues a marshalled response message.

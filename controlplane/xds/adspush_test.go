@@ -1,6 +1,9 @@
 package xds
 
 import (
+	"bytes"
+	"context"
+	"encoding/binary"
 	"errors"
 	"strings"
 	"testing"
@@ -12,6 +15,9 @@ import (
 	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
+
+	"golang.org/x/net/http2/hpack"
 )
 
 // TestADSFailedPushEndsTheStream: a push that cannot be marshalled (here a
@@ -76,6 +82,94 @@ func TestADSFailedPushEndsTheStream(t *testing.T) {
 			t.Fatalf("/debug/nodes: %+v, want node n with one stream", got)
 		}
 		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// TestADSFailedPushForgetsTheStream: the stream of a failed push is
+// forgotten (its watches, its place in /debug/nodes and among the
+// connection's streams) even when the client sends nothing more on it, as
+// nghttp2 does after the server's RST_STREAM: at the connection's next frame.
+func TestADSFailedPushForgetsTheStream(t *testing.T) {
+	t.Parallel()
+	before, _ := testSnapshots(t)
+	srv := NewServer(Options{})
+	ctx, cancel := context.WithTimeout(context.Background(), testTimeout)
+	defer cancel()
+	if _, err := srv.SetSnapshots(ctx, Snapshots{Nodes: map[string]*Snapshot{"n": before}}); err != nil {
+		t.Fatal(err)
+	}
+	c := dialH2(t, tcpServe(t, srv))
+	var block bytes.Buffer
+	enc := hpack.NewEncoder(&block)
+	for _, f := range [][2]string{{":method", "POST"}, {":scheme", "http"}, {":path", "/" + adsService + "/StreamAggregatedResources"}, {":authority", "a"}, {"content-type", "application/grpc"}} {
+		_ = enc.WriteField(hpack.HeaderField{Name: f[0], Value: f[1]})
+	}
+	c.write(append(appendFrameHeader(nil, block.Len(), frameHeaders, flagEndHeaders, 1), block.Bytes()...))
+	send := func(req *discoveryv3.DiscoveryRequest) {
+		b, err := proto.Marshal(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		msg := binary.BigEndian.AppendUint32([]byte{0}, uint32(len(b)))
+		c.write(append(appendFrameHeader(nil, 5+len(b), frameData, 0, 1), append(msg, b...)...))
+	}
+	send(&discoveryv3.DiscoveryRequest{Node: &corev3.Node{Id: "n"}, TypeUrl: resourcev3.ClusterType})
+	var data []byte
+	for len(data) < 5 || len(data) < 5+int(binary.BigEndian.Uint32(data[1:5])) {
+		typ, _, id, payload, ok := c.next()
+		if !ok {
+			t.Fatal("the connection ended before the first response")
+		}
+		if typ == frameData && id == 1 {
+			data = append(data, payload...)
+		}
+	}
+	var first discoveryv3.DiscoveryResponse
+	if err := proto.Unmarshal(data[5:], &first); err != nil {
+		t.Fatal(err)
+	}
+
+	var sb SnapshotBuilder
+	bad, err := sb.Snapshot(nil, []*Resource{NewResource("bad", resourcev3.ClusterType+"\xff", nil)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := srv.SetSnapshots(ctx, Snapshots{Nodes: map[string]*Snapshot{"n": bad}}); err != nil {
+		t.Fatal(err)
+	}
+	send(&discoveryv3.DiscoveryRequest{TypeUrl: resourcev3.ClusterType, VersionInfo: first.GetVersionInfo(), ResponseNonce: first.GetNonce()})
+	dec := hpack.NewDecoder(4096, nil)
+	for rst := false; !rst; {
+		typ, _, id, payload, ok := c.next()
+		if !ok {
+			t.Fatal("the connection ended before the stream")
+		}
+		switch {
+		case typ == frameHeaders && id == 1:
+			fields, err := dec.DecodeFull(payload)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !hasField(fields, "grpc-status", "13") {
+				t.Errorf("trailers %v, want grpc-status 13 (Internal)", fields)
+			}
+		case typ == frameRSTStream && id == 1:
+			rst = true
+		}
+	}
+	// The client sends nothing more on the stream; a PING is read.
+	c.write(appendPing(nil, 0, [8]byte{7}))
+	for {
+		typ, flags, _, _, ok := c.next()
+		if !ok {
+			t.Fatal("the connection ended before the PING's ACK")
+		}
+		if typ == framePing && flags&flagAck != 0 {
+			break
+		}
+	}
+	if got := srv.tracker.status(); len(got) != 0 && len(got[0].Streams) != 0 {
+		t.Errorf("/debug/nodes after the failed stream's end: %+v, want no stream", got)
 	}
 }
 

@@ -2,10 +2,17 @@ package xds
 
 import (
 	"bytes"
+	"context"
 	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
 	"testing"
 
 	"golang.org/x/net/http2/hpack"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+
+	"github.com/detour-mesh/detour/internal/privtest"
 )
 
 // TestTransportHeaderTableSize: a client that lowers
@@ -67,6 +74,38 @@ func TestTransportHeaderTableSize(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestTransportHeaderTableSizeWithNghttp: nghttp (nghttp2's client, as
+// Envoy's nghttp2 codec decodes) with a header table of 0 and 1024 bytes
+// checks the health service: it gets the response; without the dynamic
+// table size update it ended the connection with COMPRESSION_ERROR and
+// printed "Some requests were not processed". make deps-apt installs it.
+func TestTransportHeaderTableSizeWithNghttp(t *testing.T) {
+	t.Parallel()
+	nghttp, err := exec.LookPath("nghttp")
+	if err != nil {
+		privtest.Skip(t, "needs nghttp on PATH (make deps-apt installs nghttp2-client)")
+	}
+	addr := tcpServe(t, NewServer(Options{}))
+	req := filepath.Join(t.TempDir(), "request")
+	if err := os.WriteFile(req, grpcFrame(t, &healthpb.HealthCheckRequest{}), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, size := range []string{"0", "1024"} {
+		ctx, cancel := context.WithTimeout(context.Background(), testTimeout)
+		cmd := exec.CommandContext(ctx, nghttp, "-c", size, "-d", req, "-H", "content-type: application/grpc", "-H", "te: trailers",
+			"http://"+addr+"/grpc.health.v1.Health/Check")
+		var stderr bytes.Buffer
+		cmd.Stderr = &stderr
+		out, err := cmd.Output()
+		cancel()
+		var hr healthpb.HealthCheckResponse
+		r := bytes.NewReader(out)
+		if rerr := readGRPCMessage(r, &hr); err != nil || rerr != nil || hr.GetStatus() != healthpb.HealthCheckResponse_NOT_SERVING || r.Len() != 0 || stderr.Len() != 0 {
+			t.Errorf("nghttp -c %s health Check: %v (%d bytes left), %v, %v; want NOT_SERVING alone (nghttp: %s)", size, hr.GetStatus(), r.Len(), err, rerr, stderr.String())
+		}
 	}
 }
 

@@ -35,7 +35,7 @@ build: ## build bin/detour (lean CLI), bin/detour-ebpf (the CLI with the eBPF ba
 
 deps: deps-apt deps-kube deps-cni-plugins ## install everything the tests need (idempotent, cached)
 
-deps-apt: ## Debian packages: iptables, nftables, iproute2, util-linux, systemd (systemd-analyze), bpftool, curl
+deps-apt: ## Debian packages: iptables, nftables, iproute2, util-linux, systemd (systemd-analyze), bpftool, curl, nghttp2-client
 	hack/deps-apt.sh
 
 deps-kube: ## build kube-apiserver and etcd into the cache (12 min cold, then instant)

@@ -15,6 +15,9 @@ command -v bpftool >/dev/null || need+=(bpftool)
 # curl with HTTP/2 (nghttp2): the control plane's transport is tested with a client
 # that shares no code with gRPC-go (controlplane/xds/h2curl_test.go).
 curl -V 2>/dev/null | grep -q HTTP2 || need+=(curl)
+# nghttp (nghttp2's client): curl cannot set SETTINGS_HEADER_TABLE_SIZE, which Envoy
+# lowers (controlplane/xds/h2hpack_test.go).
+command -v nghttp >/dev/null || need+=(nghttp2-client)
 if [ "${DETOUR_BPF_TOOLCHAIN:-0}" = 1 ]; then
 	command -v clang >/dev/null || need+=(clang llvm)
 	[ -e /usr/include/bpf/bpf_helpers.h ] || need+=(libbpf-dev)

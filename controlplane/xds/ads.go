@@ -112,9 +112,11 @@ func (p pendingResponse) release() {
 }
 
 // sender sends a stream's responses: SendMsg marshals one and queues it
-// for the connection's writer (h2stream).
+// for the connection's writer; abort ends the call with an error's status,
+// from a push worker (h2stream).
 type sender interface {
 	SendMsg(m any) error
+	abort(err error)
 }
 
 // methods are the ADS methods, SotW and delta, for the transport.
@@ -467,7 +469,13 @@ func (q *pushQueue) work() {
 		s.outMu.Lock()
 		s.queued = false
 		s.outMu.Unlock()
-		// An error ends the stream: its handler sees it on its next receive.
-		last, _ = s.flush(q.flights, last)
+		// A push that failed (the response could not be built or
+		// marshalled) ends the call with its status, Internal, and the
+		// proxy reconnects: kept open, the stream would wedge the type, as
+		// the response's nonce was taken but never sent.
+		var err error
+		if last, err = s.flush(q.flights, last); err != nil {
+			s.send.abort(err)
+		}
 	}
 }

@@ -52,6 +52,8 @@ type h2conn struct {
 	// dataSent is set when the writer writes a response's HEADERS or DATA:
 	// pings after it do not count as a flood.
 	dataSent atomic.Bool
+	// aborts is set while calls ended by abort wait for the reader (reap).
+	aborts atomic.Bool
 
 	wmu sync.Mutex // guards the writer's state (h2write.go)
 	w   writeState
@@ -153,6 +155,9 @@ func (c *h2conn) readFrames() error {
 			return err
 		}
 		c.read.Store(true)
+		if c.aborts.Load() {
+			c.reap()
+		}
 		length := int(c.hdr[0])<<16 | int(c.hdr[1])<<8 | int(c.hdr[2])
 		typ, flags := frameType(c.hdr[3]), c.hdr[4]
 		id := binary.BigEndian.Uint32(c.hdr[5:]) & 0x7fffffff
@@ -584,10 +589,12 @@ func (c *h2conn) settings(flags uint8, id uint32, p []byte) error {
 	if len(p)%6 != 0 {
 		return connError{codeFrameSize, "SETTINGS of " + fmt.Sprint(len(p)) + " bytes"}
 	}
-	initialWindow, maxFrame := int64(-1), uint32(0)
+	initialWindow, maxFrame, tableSize := int64(-1), uint32(0), int64(-1)
 	for ; len(p) > 0; p = p[6:] {
 		v := binary.BigEndian.Uint32(p[2:6])
 		switch binary.BigEndian.Uint16(p[:2]) {
+		case settingHeaderTableSize:
+			tableSize = int64(v)
 		case settingEnablePush:
 			if v > 1 {
 				return connError{codeProtocol, fmt.Sprintf("SETTINGS_ENABLE_PUSH %d", v)}
@@ -604,7 +611,7 @@ func (c *h2conn) settings(flags uint8, id uint32, p []byte) error {
 			maxFrame = v
 		}
 	}
-	return c.applySettings(initialWindow, maxFrame)
+	return c.applySettings(initialWindow, maxFrame, tableSize)
 }
 
 func (c *h2conn) ping(flags uint8, id uint32, p []byte) error {

@@ -17,6 +17,8 @@ const (
 	// defaultWindow is HTTP/2's initial flow-control window.
 	defaultWindow = 65535
 	maxWindow     = 1<<31 - 1
+	// defaultTableSize is HTTP/2's initial SETTINGS_HEADER_TABLE_SIZE.
+	defaultTableSize = 4096
 
 	clientPreface = "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 )
@@ -91,6 +93,7 @@ func (e connError) Error() string {
 }
 
 const (
+	settingHeaderTableSize      = 0x1
 	settingEnablePush           = 0x2
 	settingMaxConcurrentStreams = 0x3
 	settingInitialWindowSize    = 0x4
@@ -162,6 +165,13 @@ func appendHPACKLiteral(b []byte, name, value string) []byte {
 	b = appendHPACKString(b, name)
 	return appendHPACKString(b, value)
 }
+
+// tableSizeZero is a dynamic table size update to 0 (RFC 7541 §6.3): it
+// starts the first header block written after the peer changed
+// SETTINGS_HEADER_TABLE_SIZE, which the peer's decoder requires when the
+// size was lowered (§4.2); 0 is within any size, and the blocks use no
+// dynamic table.
+var tableSizeZero = []byte{0x20}
 
 // responseHeaders is the header block of every gRPC response.
 var responseHeaders = appendHPACKLiteral([]byte{0x88}, "content-type", "application/grpc")

@@ -22,6 +22,9 @@ type writeState struct {
 	sendWindow    int64       // the peer's connection window
 	initialWindow int64       // the peer's SETTINGS_INITIAL_WINDOW_SIZE
 	maxFrame      int         // the peer's SETTINGS_MAX_FRAME_SIZE
+	tableSize     uint32      // the peer's SETTINGS_HEADER_TABLE_SIZE
+	sizeUpdate    bool        // it changed: the next header block starts with tableSizeZero
+	aborted       []*h2stream // calls ended by abort, for the reader to forget
 	writing       bool        // a writer goroutine runs
 	closing       bool        // GOAWAY queued: control frames only, then the write side closes
 	dead          bool        // the connection is closed: whatever is queued is dropped
@@ -57,6 +60,7 @@ func (c *h2conn) start() {
 	b = appendWindowUpdate(b, 0, recvWindow-defaultWindow)
 	c.wmu.Lock()
 	c.w.sendWindow, c.w.initialWindow, c.w.maxFrame = defaultWindow, defaultWindow, maxReadFrame
+	c.w.tableSize = defaultTableSize
 	c.wmu.Unlock()
 	c.queueControl(b)
 }
@@ -88,9 +92,11 @@ func (c *h2conn) goAway(code errCode, reason string) {
 	c.kick()
 }
 
-// applySettings applies the peer's SETTINGS (initialWindow < 0, maxFrame 0:
-// unchanged) and acknowledges them.
-func (c *h2conn) applySettings(initialWindow int64, maxFrame uint32) error {
+// applySettings applies the peer's SETTINGS (initialWindow and tableSize
+// < 0, maxFrame 0: unchanged) and acknowledges them. A new header table size
+// is signalled at the start of the first header block written after the
+// ACK (RFC 7541 §4.2), which this queues under the same lock.
+func (c *h2conn) applySettings(initialWindow int64, maxFrame uint32, tableSize int64) error {
 	c.wmu.Lock()
 	defer c.wmu.Unlock()
 	if initialWindow >= 0 {
@@ -109,6 +115,9 @@ func (c *h2conn) applySettings(initialWindow int64, maxFrame uint32) error {
 	}
 	if maxFrame != 0 {
 		c.w.maxFrame = int(maxFrame)
+	}
+	if tableSize >= 0 && uint32(tableSize) != c.w.tableSize {
+		c.w.tableSize, c.w.sizeUpdate = uint32(tableSize), true
 	}
 	if !c.w.dead && !c.w.closing {
 		c.w.ctrl = appendFrameHeader(c.w.ctrl, 0, frameSettings, flagAck, 0)
@@ -229,6 +238,46 @@ func (st *h2stream) finishHTTP(httpStatus int, code codes.Code, msg string) {
 		st.out = append(st.out, outItem{rst: true})
 	}
 	c.ready(st)
+}
+
+// abort ends st's call with err's status from a goroutine other than the
+// reader (a push that failed): as finish, except that RST_STREAM NO_ERROR
+// follows the trailers even when the client has ended its side, which only
+// the reader knows (RFC 9113 §5.1 lets a client receive it shortly after its
+// END_STREAM). The reader forgets the stream and closes its call before the
+// next frame it handles (reap): at the latest the answer to a keepalive
+// ping.
+func (st *h2stream) abort(err error) {
+	s := status.Convert(err)
+	c := st.c
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	if st.ended || c.w.dead {
+		return
+	}
+	st.ended = true
+	st.out = append(st.out, outItem{block: trailerBlock(st.headersSent, 200, uint32(s.Code()), s.Message()), end: true}, outItem{rst: true})
+	st.headersSent = true
+	c.ready(st)
+	c.w.aborted = append(c.w.aborted, st)
+	c.aborts.Store(true)
+}
+
+// reap forgets the streams whose calls were aborted and closes the calls
+// (on the reader, which alone keeps the open streams).
+func (c *h2conn) reap() {
+	c.wmu.Lock()
+	aborted := c.w.aborted
+	c.w.aborted = nil
+	c.aborts.Store(false)
+	c.wmu.Unlock()
+	for _, st := range aborted {
+		if c.stream(st.id) == st { // not ended by the reader meanwhile
+			c.forget(st)
+			st.releaseRecv()
+			st.call.closed()
+		}
+	}
 }
 
 // queueMessage queues a marshalled response message.
@@ -451,7 +500,13 @@ func (c *h2conn) planStream(b *batch, st *h2stream) {
 			if it.end {
 				flags |= flagEndStream
 			}
-			b.frame(len(it.block), frameHeaders, flags, st.id)
+			if c.w.sizeUpdate {
+				c.w.sizeUpdate = false
+				b.frame(len(tableSizeZero)+len(it.block), frameHeaders, flags, st.id)
+				b.add(tableSizeZero)
+			} else {
+				b.frame(len(it.block), frameHeaders, flags, st.id)
+			}
 			b.add(it.block)
 			b.data = true
 		default:

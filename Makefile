@@ -127,7 +127,7 @@ bench-inject: deps-kube ## sidecar injection webhook: p50/p99 admission latency 
 	$(GO) test -count=1 -run '^$$' -bench Admission -benchtime 1000x ./inject/webhook/
 
 .PHONY: bench-controlplane
-bench-controlplane: ## control-plane fan-out benchmark: 1000 in-process ADS clients (DETOUR_BENCH_CLIENTS=N), SotW and delta
+bench-controlplane: ## control-plane fan-out benchmark: 1000 ADS clients in a child process (DETOUR_BENCH_CLIENTS=N), SotW and delta; peak RSS, heap, time and CPU per change
 	$(GO) test -timeout 60m -run '^$$' -bench 'FanOut|Build' -benchtime 3x ./controlplane/
 
 # --- eBPF backend (issue 8) ---

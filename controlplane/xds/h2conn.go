@@ -49,6 +49,10 @@ type h2conn struct {
 	idleSince time.Time
 	pingedAt  time.Time // zero: no keepalive ping unanswered
 
+	// calm is set when more than maxQueuedControl bytes of control frames
+	// wait unwritten: the reader ends the connection with ENHANCE_YOUR_CALM.
+	calm atomic.Bool
+
 	// dataSent is set when the writer writes a response's HEADERS or DATA:
 	// pings after it do not count as a flood.
 	dataSent atomic.Bool
@@ -170,6 +174,9 @@ func (c *h2conn) readFrames() error {
 		_, err := io.ReadFull(c.nc, p)
 		if err == nil {
 			err = c.frame(typ, flags, id, p)
+		}
+		if err == nil && c.calm.Load() {
+			err = connError{codeEnhanceYourCalm, fmt.Sprintf("more than %d bytes of control frames unread by the peer", maxQueuedControl)}
 		}
 		xdsBufferPool.Put(buf)
 		if err != nil {
@@ -348,7 +355,10 @@ func (c *h2conn) open(b *headerBlock) error {
 		c.queueRST(b.stream, codeProtocol)
 		return nil
 	}
-	if len(c.streams) >= maxStreams {
+	// A call ended but not yet written is still open for the peer, which
+	// counts it against SETTINGS_MAX_CONCURRENT_STREAMS until it reads its
+	// trailers: a peer that does not read cannot have more queued.
+	if len(c.streams) >= maxStreams || len(c.streams)+c.endedUnwritten() >= maxStreams {
 		c.queueRST(b.stream, codeRefusedStream)
 		return nil
 	}

@@ -40,6 +40,11 @@ const (
 	// recvWindow is the receive window advertised for each stream and the
 	// connection; consumed data is given back once a quarter is used.
 	recvWindow = 1 << 20
+	// maxQueuedControl bounds the control frames (SETTINGS and PING ACKs,
+	// RST_STREAM, WINDOW_UPDATE) queued unwritten: a peer that asks for more
+	// than it reads gets GOAWAY ENHANCE_YOUR_CALM (gRPC-go stops reading at 50
+	// frames, net/http closes at 10,000).
+	maxQueuedControl = 64 << 10
 	// maxRecvMessage is the largest request message, gRPC-go's default.
 	maxRecvMessage = 4 << 20
 

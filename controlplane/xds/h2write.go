@@ -69,8 +69,18 @@ func (c *h2conn) queueControl(frames []byte) {
 	if c.w.dead || c.w.closing {
 		return
 	}
-	c.w.ctrl = append(c.w.ctrl, frames...)
+	c.addControl(frames)
 	c.kick()
+}
+
+// addControl appends control frames to the queue (wmu held). Past
+// maxQueuedControl unwritten, the peer sends faster than it reads what it
+// asks for: the reader ends the connection (see calm).
+func (c *h2conn) addControl(frames []byte) {
+	c.w.ctrl = append(c.w.ctrl, frames...)
+	if len(c.w.ctrl) > maxQueuedControl {
+		c.calm.Store(true)
+	}
 }
 
 func (c *h2conn) queueRST(id uint32, code errCode) {
@@ -112,7 +122,7 @@ func (c *h2conn) applySettings(initialWindow int64, maxFrame uint32) error {
 		c.w.maxFrame = int(maxFrame)
 	}
 	if !c.w.dead && !c.w.closing {
-		c.w.ctrl = appendFrameHeader(c.w.ctrl, 0, frameSettings, flagAck, 0)
+		c.addControl(appendFrameHeader(nil, 0, frameSettings, flagAck, 0))
 		c.kick()
 	}
 	return nil
@@ -146,6 +156,20 @@ func (c *h2conn) endedStream(id uint32) *h2stream {
 		}
 	}
 	return nil
+}
+
+// endedUnwritten counts the streams whose call ended but whose response is
+// not written yet: for the peer they are still open.
+func (c *h2conn) endedUnwritten() int {
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	n := 0
+	for _, st := range c.w.ready {
+		if st.ended {
+			n++
+		}
+	}
+	return n
 }
 
 // newStream sets a new stream's send window.

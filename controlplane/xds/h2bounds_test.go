@@ -1,0 +1,160 @@
+package xds
+
+import (
+	"bytes"
+	"encoding/binary"
+	"io"
+	"net"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"golang.org/x/net/http2/hpack"
+)
+
+// Tests of what a peer can make the server hold (h2conn.go, h2write.go):
+// each floods one connection and checks what the server keeps unwritten
+// and how the connection ends.
+
+// unwritten is what srv holds for its connections' peers, unwritten: bytes
+// of control frames and of queued responses, and the streams with
+// something queued; closing is true once a connection has GOAWAY queued.
+func unwritten(srv *Server) (n, streams int, closing bool) {
+	srv.transport.mu.Lock()
+	defer srv.transport.mu.Unlock()
+	for c := range srv.transport.conns {
+		c.wmu.Lock()
+		n += len(c.w.ctrl)
+		streams += len(c.w.ready)
+		closing = closing || c.w.closing
+		for _, st := range c.w.ready {
+			for _, it := range st.out {
+				n += len(it.block)
+				if it.msg != nil {
+					n += it.msg.left
+				}
+			}
+		}
+		c.wmu.Unlock()
+	}
+	return n, streams, closing
+}
+
+// dialNoRead is a connection whose client does not read (a 4 KiB receive
+// buffer) until the test reads it.
+func dialNoRead(t *testing.T, addr string) net.Conn {
+	t.Helper()
+	d := net.Dialer{Control: func(_, _ string, rc syscall.RawConn) error {
+		return rc.Control(func(fd uintptr) { _ = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF, 4096) })
+	}}
+	nc, err := d.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { nc.Close() })
+	if _, err := nc.Write(append([]byte(clientPreface), appendFrameHeader(nil, 0, frameSettings, 0, 0)...)); err != nil {
+		t.Fatal(err)
+	}
+	return nc
+}
+
+// flood writes wire times times on nc without reading, and watches srv
+// until it queues GOAWAY (or 5 s pass): it returns the most srv held
+// unwritten meanwhile.
+func flood(t *testing.T, srv *Server, nc net.Conn, wire []byte, times int) (peak, peakStreams int, closing bool) {
+	t.Helper()
+	go func() {
+		_ = nc.SetWriteDeadline(time.Now().Add(5 * time.Second))
+		for range times {
+			if _, err := nc.Write(wire); err != nil {
+				return // the server closed first
+			}
+		}
+	}()
+	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline) && !closing; time.Sleep(5 * time.Millisecond) {
+		var n, s int
+		n, s, closing = unwritten(srv)
+		peak, peakStreams = max(peak, n), max(peakStreams, s)
+	}
+	return peak, peakStreams, closing
+}
+
+// goAwayCode reads nc's frames until GOAWAY and returns its code.
+func goAwayCode(t *testing.T, nc net.Conn) (errCode, bool) {
+	t.Helper()
+	_ = nc.SetReadDeadline(time.Now().Add(testTimeout))
+	var h [frameHeaderLen]byte
+	for {
+		if _, err := io.ReadFull(nc, h[:]); err != nil {
+			return 0, false
+		}
+		p := make([]byte, int(h[0])<<16|int(h[1])<<8|int(h[2]))
+		if _, err := io.ReadFull(nc, p); err != nil {
+			return 0, false
+		}
+		if frameType(h[3]) == frameGoAway && len(p) >= 8 {
+			return errCode(binary.BigEndian.Uint32(p[4:8])), true
+		}
+	}
+}
+
+// TestTransportUnreadControlFrames: a peer that sends SETTINGS (each asks
+// for an ACK) and never reads gets GOAWAY ENHANCE_YOUR_CALM once 64 KiB of
+// ACKs wait unwritten; the server holds no more than that.
+func TestTransportUnreadControlFrames(t *testing.T) {
+	t.Parallel()
+	srv := NewServer(Options{})
+	nc := dialNoRead(t, tcpServe(t, srv))
+	frame := appendFrameHeader(nil, 0, frameSettings, 0, 0)
+	// 32 MiB: more ACKs than the sockets' buffers take.
+	peak, _, closing := flood(t, srv, nc, bytes.Repeat(frame, 1<<20/len(frame)), 32)
+	t.Logf("the server held at most %d bytes unwritten", peak)
+	if !closing {
+		t.Fatalf("no GOAWAY after 32 MiB of SETTINGS unanswered; %d bytes of ACKs held", peak)
+	}
+	if peak > maxQueuedControl+256 { // the last ACK and the GOAWAY
+		t.Errorf("the server held %d bytes of control frames, want at most %d", peak, maxQueuedControl)
+	}
+	if code, ok := goAwayCode(t, nc); !ok || code != codeEnhanceYourCalm {
+		t.Errorf("GOAWAY %v (read: %v), want ENHANCE_YOUR_CALM", code, ok)
+	}
+}
+
+// TestTransportUnreadTrailers: a peer that opens calls ended at once (an
+// unknown method, its 3.9 KB path indexed in the peer's HPACK table: 3
+// bytes on the wire, 3.9 KB of grpc-message) and never reads has at most
+// SETTINGS_MAX_CONCURRENT_STREAMS of them queued: the streams it opens past
+// that are refused, and once their RST_STREAMs pass 64 KiB unread it gets
+// GOAWAY ENHANCE_YOUR_CALM.
+func TestTransportUnreadTrailers(t *testing.T) {
+	t.Parallel()
+	srv := NewServer(Options{})
+	nc := dialNoRead(t, tcpServe(t, srv))
+	var block bytes.Buffer
+	enc := hpack.NewEncoder(&block)
+	path := "/" + strings.Repeat("a", 3900)
+	var wire []byte
+	for i := range 10000 {
+		block.Reset()
+		for _, f := range [][2]string{{":method", "POST"}, {":path", path}, {"content-type", "application/grpc"}} {
+			_ = enc.WriteField(hpack.HeaderField{Name: f[0], Value: f[1]})
+		}
+		wire = appendFrameHeader(wire, block.Len(), frameHeaders, flagEndHeaders|flagEndStream, uint32(2*i+1))
+		wire = append(wire, block.Bytes()...)
+	}
+	peak, streams, closing := flood(t, srv, nc, wire, 1)
+	t.Logf("client sent %d KiB; the server held at most %d bytes unwritten in %d streams", len(wire)>>10, peak, streams)
+	if streams > maxStreams {
+		t.Errorf("%d streams queued for a peer that does not read, want at most %d", streams, maxStreams)
+	}
+	if limit := maxStreams*4<<10 + maxQueuedControl + rstFrameLen; peak > limit {
+		t.Errorf("the server held %d bytes unwritten, want at most %d", peak, limit)
+	}
+	if !closing {
+		t.Fatal("no GOAWAY after 10,000 streams refused unread")
+	}
+	if code, ok := goAwayCode(t, nc); !ok || code != codeEnhanceYourCalm {
+		t.Errorf("GOAWAY %v (read: %v), want ENHANCE_YOUR_CALM", code, ok)
+	}
+}

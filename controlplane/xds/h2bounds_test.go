@@ -2,15 +2,21 @@ package xds
 
 import (
 	"bytes"
+	"context"
 	"encoding/binary"
 	"io"
 	"net"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
 
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	"golang.org/x/net/http2/hpack"
+	"google.golang.org/protobuf/proto"
 )
 
 // Tests of what a peer can make the server hold (h2conn.go, h2write.go):
@@ -156,5 +162,129 @@ func TestTransportUnreadTrailers(t *testing.T) {
 	}
 	if code, ok := goAwayCode(t, nc); !ok || code != codeEnhanceYourCalm {
 		t.Errorf("GOAWAY %v (read: %v), want ENHANCE_YOUR_CALM", code, ok)
+	}
+}
+
+// adsOpen is the HEADERS of an ADS SotW call on stream id, and a DATA frame
+// of its request req.
+func adsOpen(enc *hpack.Encoder, block *bytes.Buffer, id uint32) []byte {
+	block.Reset()
+	for _, f := range [][2]string{{":method", "POST"}, {":path", "/" + adsService + "/StreamAggregatedResources"}, {"content-type", "application/grpc"}} {
+		_ = enc.WriteField(hpack.HeaderField{Name: f[0], Value: f[1]})
+	}
+	return append(appendFrameHeader(nil, block.Len(), frameHeaders, flagEndHeaders, id), block.Bytes()...)
+}
+
+func adsData(t *testing.T, id uint32, req *discoveryv3.DiscoveryRequest) []byte {
+	t.Helper()
+	b, err := proto.Marshal(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	msg := append(binary.BigEndian.AppendUint32([]byte{0}, uint32(len(b))), b...)
+	return append(appendFrameHeader(nil, len(msg), frameData, 0, id), msg...)
+}
+
+// lastNonce is the nonce of the last response of typeURL sent to node.
+func lastNonce(srv *Server, node, typeURL string) string {
+	srv.tracker.mu.Lock()
+	defer srv.tracker.mu.Unlock()
+	for _, s := range srv.tracker.streams {
+		if s.node == node {
+			if r := s.lastSent(typeURL); r != nil {
+				return r.nonce
+			}
+		}
+	}
+	return ""
+}
+
+// TestTransportUnreadResponsesReplaced: a SotW proxy that does not read
+// but asks again and again (each request carries the last nonce — they
+// count from 1 — and a stale version, so the cache answers at once) has at
+// most two responses of the type queued: one being written and the newest,
+// which replaces the one before it; and the push workers do not wait for it.
+func TestTransportUnreadResponsesReplaced(t *testing.T) {
+	t.Parallel()
+	srv := NewServer(Options{})
+	ctx, cancel := context.WithTimeout(context.Background(), testTimeout)
+	defer cancel()
+	v1, want := bigSnapshotOf(t, 10000) // a response of about 260 KiB
+	if _, err := srv.SetSnapshots(ctx, Snapshots{Nodes: map[string]*Snapshot{"n": v1}}); err != nil {
+		t.Fatal(err)
+	}
+	nc := dialNoRead(t, tcpServe(t, srv))
+	var block bytes.Buffer
+	enc := hpack.NewEncoder(&block)
+	if _, err := nc.Write(adsOpen(enc, &block, 1)); err != nil {
+		t.Fatal(err)
+	}
+	const requests = 30
+	start := time.Now()
+	for i := 1; i <= requests; i++ {
+		req := &discoveryv3.DiscoveryRequest{Node: &corev3.Node{Id: "n"}, TypeUrl: resourcev3.ClusterType}
+		if i > 1 {
+			req.ResponseNonce = strconv.Itoa(i - 1)
+		}
+		if _, err := nc.Write(adsData(t, 1, req)); err != nil {
+			t.Fatal(err)
+		}
+		for deadline := time.Now().Add(5 * time.Second); lastNonce(srv, "n", resourcev3.ClusterType) != strconv.Itoa(i); time.Sleep(time.Millisecond) {
+			if time.Now().After(deadline) {
+				t.Fatalf("response %d not sent within 5 s (last: %q)", i, lastNonce(srv, "n", resourcev3.ClusterType))
+			}
+		}
+	}
+	took := time.Since(start)
+	n, _, _ := unwritten(srv)
+	t.Logf("%d responses of %d KiB sent in %v; the server holds %d KiB unwritten", requests, len(want)>>10, took, n>>10)
+	// A push worker does not wait (100 ms: pace.go) for a proxy that is
+	// behind on its reads: the 29 responses after the first take less.
+	if took > 2*time.Second {
+		t.Errorf("%d responses took %v: push workers waited for a proxy that does not read", requests, took)
+	}
+	if limit := 2*len(want) + 64<<10; n > limit {
+		t.Errorf("the server holds %d KiB of responses for a proxy that does not read, want at most %d KiB (two)", n>>10, limit>>10)
+	}
+}
+
+// TestTransportUnreadResponsesBounded: a connection whose ADS streams do
+// not read their responses (ninety streams of a 262 KiB response: 23 MiB) is
+// closed once more than 16 MiB wait unwritten.
+func TestTransportUnreadResponsesBounded(t *testing.T) {
+	t.Parallel()
+	srv := NewServer(Options{})
+	ctx, cancel := context.WithTimeout(context.Background(), testTimeout)
+	defer cancel()
+	v1, want := bigSnapshotOf(t, 10000)
+	if _, err := srv.SetSnapshots(ctx, Snapshots{Nodes: map[string]*Snapshot{"n": v1}}); err != nil {
+		t.Fatal(err)
+	}
+	nc := dialNoRead(t, tcpServe(t, srv))
+	var block bytes.Buffer
+	enc := hpack.NewEncoder(&block)
+	var wire []byte
+	for i := range 90 {
+		id := uint32(2*i + 1)
+		wire = append(wire, adsOpen(enc, &block, id)...)
+		wire = append(wire, adsData(t, id, &discoveryv3.DiscoveryRequest{Node: &corev3.Node{Id: "n"}, TypeUrl: resourcev3.ClusterType})...)
+	}
+	if _, err := nc.Write(wire); err != nil {
+		t.Fatal(err)
+	}
+	peak, conns := 0, 1
+	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline) && conns > 0; time.Sleep(5 * time.Millisecond) {
+		n, _, _ := unwritten(srv)
+		peak = max(peak, n)
+		srv.transport.mu.Lock()
+		conns = len(srv.transport.conns)
+		srv.transport.mu.Unlock()
+	}
+	t.Logf("the server held at most %d KiB unwritten", peak>>10)
+	if peak > maxUnsent+len(want)+64<<10 {
+		t.Errorf("the server held %d KiB unwritten, want at most %d KiB and a response", peak>>10, maxUnsent>>10)
+	}
+	if conns > 0 {
+		t.Error("the connection is still open with 23 MiB of responses unread")
 	}
 }

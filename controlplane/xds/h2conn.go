@@ -14,6 +14,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	"golang.org/x/net/http2/hpack"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -97,6 +98,9 @@ type h2stream struct {
 	reset       bool // what it queued is dropped, not written
 	out         []outItem
 	queued      bool // in c.w.ready
+	// behind: when the last message was queued, the connection had
+	// responses still unwritten (see ads.go's flush).
+	behind bool
 }
 
 // serve runs the connection: TLS handshake, then frames until it ends.
@@ -684,7 +688,19 @@ func (st *h2stream) SendMsg(m any) error {
 	if err != nil {
 		return status.Errorf(codes.Internal, "marshal response: %v", err)
 	}
-	return st.queueMessage(bs)
+	key := "" // a SotW response replaces an older one of its type not yet written
+	if r, ok := m.(*discoveryv3.DiscoveryResponse); ok {
+		key = r.GetTypeUrl()
+	}
+	return st.queueMessage(bs, key)
+}
+
+// backlogged reports whether the connection had responses unwritten when
+// the last message was queued: the peer reads slower than it is sent to.
+func (st *h2stream) backlogged() bool {
+	st.c.wmu.Lock()
+	defer st.c.wmu.Unlock()
+	return st.behind
 }
 
 // unmarshal decodes a request message.

@@ -45,6 +45,13 @@ const (
 	// than it reads gets GOAWAY ENHANCE_YOUR_CALM (gRPC-go stops reading at 50
 	// frames, net/http closes at 10,000).
 	maxQueuedControl = 64 << 10
+	// maxUnsent bounds the bytes of responses queued unwritten on a
+	// connection (a response larger alone is sent): past it the peer is not
+	// reading them and the connection is closed. A SotW response replaces
+	// the one of its type not yet written, so a proxy has at most two per
+	// type queued (one being written); the benchmark's 10,000-proxy mesh
+	// sends 66 KiB.
+	maxUnsent = 16 << 20
 	// maxRecvMessage is the largest request message, gRPC-go's default.
 	maxRecvMessage = 4 << 20
 
@@ -94,6 +101,8 @@ type transport struct {
 
 	// keepaliveTime and keepaliveTimeout: the constants, but in tests.
 	keepaliveTime, keepaliveTimeout time.Duration
+	// maxUnsent: the constant, but in tests.
+	maxUnsent int
 
 	mu        sync.Mutex
 	listeners map[net.Listener]bool
@@ -105,7 +114,7 @@ type transport struct {
 
 func newTransport(log *slog.Logger, cfg *tls.Config, codec xdsCodec, methods map[string]method) *transport {
 	return &transport{log: log, tls: h2TLSConfig(cfg), codec: codec, methods: methods,
-		keepaliveTime: keepaliveTime, keepaliveTimeout: keepaliveTimeout,
+		keepaliveTime: keepaliveTime, keepaliveTimeout: keepaliveTimeout, maxUnsent: maxUnsent,
 		listeners: make(map[net.Listener]bool), conns: make(map[*h2conn]bool), stop: make(chan struct{})}
 }
 

@@ -26,6 +26,7 @@ type writeState struct {
 	writing       bool        // a writer goroutine runs
 	closing       bool        // GOAWAY queued: control frames only, then the write side closes
 	dead          bool        // the connection is closed: whatever is queued is dropped
+	unsent        int         // bytes of the response messages queued, not yet written
 }
 
 // outItem is one thing a stream has to write, in order.
@@ -43,6 +44,9 @@ type outMsg struct {
 	prefix [5]byte
 	parts  [][]byte // what is left to frame: prefix, then bs's buffers
 	left   int
+	// key, when set, is a SotW response's type: a newer response of the
+	// type replaces this one as long as none of it is written.
+	key string
 }
 
 // errStreamEnded is what sending on an ended call returns.
@@ -203,6 +207,7 @@ func (c *h2conn) dropQueued() {
 func (st *h2stream) drop() {
 	for _, it := range st.out {
 		if it.msg != nil {
+			st.c.w.unsent -= it.msg.left
 			it.msg.bs.Free()
 		}
 	}
@@ -256,8 +261,12 @@ func (st *h2stream) finishHTTP(httpStatus int, code codes.Code, msg string) {
 	c.ready(st)
 }
 
-// queueMessage queues a marshalled response message.
-func (st *h2stream) queueMessage(bs mem.BufferSlice) error {
+// queueMessage queues a marshalled response message; key, if set, is a
+// SotW response's type: it replaces the stream's queued response of that
+// type of which nothing is written yet. With more than maxUnsent bytes of
+// responses unwritten the peer is not reading them: the connection is
+// closed.
+func (st *h2stream) queueMessage(bs mem.BufferSlice, key string) error {
 	c := st.c
 	c.wmu.Lock()
 	defer c.wmu.Unlock()
@@ -265,12 +274,23 @@ func (st *h2stream) queueMessage(bs mem.BufferSlice) error {
 		bs.Free()
 		return errStreamEnded
 	}
+	n := bs.Len()
+	st.behind = c.w.unsent > 0
+	if c.w.unsent > 0 && c.w.unsent+5+n > c.t.maxUnsent && st.replaceable(key) == nil {
+		bs.Free()
+		c.t.log.Debug("closing connection", "peer", c.peer, "error", "responses unread", "bytes", c.w.unsent)
+		c.w.dead = true
+		if !c.w.writing {
+			c.dropQueued()
+		}
+		c.raw.Close() // the reader ends the calls
+		return status.Errorf(codes.ResourceExhausted, "more than %d bytes of responses unread by the peer", c.t.maxUnsent)
+	}
 	if !st.headersSent {
 		st.headersSent = true
 		st.out = append(st.out, outItem{block: responseHeaders})
 	}
-	m := &outMsg{bs: bs}
-	n := bs.Len()
+	m := &outMsg{bs: bs, key: key}
 	m.prefix[0] = 0
 	binary.BigEndian.PutUint32(m.prefix[1:], uint32(n))
 	m.parts = make([][]byte, 0, 1+len(bs))
@@ -279,8 +299,29 @@ func (st *h2stream) queueMessage(bs mem.BufferSlice) error {
 		m.parts = append(m.parts, b.ReadOnlyData())
 	}
 	m.left = 5 + n
+	c.w.unsent += m.left
+	if old := st.replaceable(key); old != nil {
+		c.w.unsent -= old.msg.left
+		old.msg.bs.Free()
+		old.msg = m
+		return nil // st is queued already
+	}
 	st.out = append(st.out, outItem{msg: m})
 	c.ready(st)
+	return nil
+}
+
+// replaceable returns st's queued response of type key of which nothing is
+// written yet, or nil (wmu held).
+func (st *h2stream) replaceable(key string) *outItem {
+	if key == "" {
+		return nil
+	}
+	for i := range st.out {
+		if m := st.out[i].msg; m != nil && m.key == key && m.left == 5+m.bs.Len() {
+			return &st.out[i]
+		}
+	}
 	return nil
 }
 
@@ -493,6 +534,7 @@ func (c *h2conn) planStream(b *batch, st *h2stream) {
 			c.w.sendWindow -= n
 			st.sendWindow -= n
 			m.left -= int(n)
+			c.w.unsent -= int(n)
 			for k := int(n); k > 0; {
 				p := m.parts[0]
 				if len(p) <= k {

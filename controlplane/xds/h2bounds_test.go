@@ -47,6 +47,28 @@ func unwritten(srv *Server) (n, streams int, closing bool) {
 	return n, streams, closing
 }
 
+// tcpServeSmallBuffers is tcpServe with 4 KiB socket send buffers: what
+// the server cannot write stays in its queues, not in the kernel's.
+func tcpServeSmallBuffers(t *testing.T, srv *Server) string {
+	t.Helper()
+	lc := net.ListenConfig{Control: func(_, _ string, rc syscall.RawConn) error {
+		return rc.Control(func(fd uintptr) { _ = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_SNDBUF, 4096) })
+	}}
+	l, err := lc.Listen(context.Background(), "tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	served := make(chan error, 1)
+	go func() { served <- srv.ServeXDS(l) }()
+	t.Cleanup(func() {
+		srv.Stop()
+		if err := <-served; err != nil {
+			t.Errorf("ServeXDS after Stop: %v", err)
+		}
+	})
+	return l.Addr().String()
+}
+
 // dialNoRead is a connection whose client does not read (a 4 KiB receive
 // buffer) until the test reads it.
 func dialNoRead(t *testing.T, addr string) net.Conn {
@@ -111,13 +133,12 @@ func goAwayCode(t *testing.T, nc net.Conn) (errCode, bool) {
 func TestTransportUnreadControlFrames(t *testing.T) {
 	t.Parallel()
 	srv := NewServer(Options{})
-	nc := dialNoRead(t, tcpServe(t, srv))
+	nc := dialNoRead(t, tcpServeSmallBuffers(t, srv))
 	frame := appendFrameHeader(nil, 0, frameSettings, 0, 0)
-	// 32 MiB: more ACKs than the sockets' buffers take.
-	peak, _, closing := flood(t, srv, nc, bytes.Repeat(frame, 1<<20/len(frame)), 32)
+	peak, _, closing := flood(t, srv, nc, bytes.Repeat(frame, 1<<20/len(frame)), 1)
 	t.Logf("the server held at most %d bytes unwritten", peak)
 	if !closing {
-		t.Fatalf("no GOAWAY after 32 MiB of SETTINGS unanswered; %d bytes of ACKs held", peak)
+		t.Fatalf("no GOAWAY after 1 MiB of SETTINGS unanswered; %d bytes of ACKs held", peak)
 	}
 	if peak > maxQueuedControl+256 { // the last ACK and the GOAWAY
 		t.Errorf("the server held %d bytes of control frames, want at most %d", peak, maxQueuedControl)
@@ -136,7 +157,7 @@ func TestTransportUnreadControlFrames(t *testing.T) {
 func TestTransportUnreadTrailers(t *testing.T) {
 	t.Parallel()
 	srv := NewServer(Options{})
-	nc := dialNoRead(t, tcpServe(t, srv))
+	nc := dialNoRead(t, tcpServeSmallBuffers(t, srv))
 	var block bytes.Buffer
 	enc := hpack.NewEncoder(&block)
 	path := "/" + strings.Repeat("a", 3900)
@@ -213,7 +234,7 @@ func TestTransportUnreadResponsesReplaced(t *testing.T) {
 	if _, err := srv.SetSnapshots(ctx, Snapshots{Nodes: map[string]*Snapshot{"n": v1}}); err != nil {
 		t.Fatal(err)
 	}
-	nc := dialNoRead(t, tcpServe(t, srv))
+	nc := dialNoRead(t, tcpServeSmallBuffers(t, srv))
 	var block bytes.Buffer
 	enc := hpack.NewEncoder(&block)
 	if _, err := nc.Write(adsOpen(enc, &block, 1)); err != nil {
@@ -260,7 +281,7 @@ func TestTransportUnreadResponsesBounded(t *testing.T) {
 	if _, err := srv.SetSnapshots(ctx, Snapshots{Nodes: map[string]*Snapshot{"n": v1}}); err != nil {
 		t.Fatal(err)
 	}
-	nc := dialNoRead(t, tcpServe(t, srv))
+	nc := dialNoRead(t, tcpServeSmallBuffers(t, srv))
 	var block bytes.Buffer
 	enc := hpack.NewEncoder(&block)
 	var wire []byte
@@ -286,5 +307,108 @@ func TestTransportUnreadResponsesBounded(t *testing.T) {
 	}
 	if conns > 0 {
 		t.Error("the connection is still open with 23 MiB of responses unread")
+	}
+}
+
+// TestTransportHeaderBlockLimit: the server advertises
+// SETTINGS_MAX_HEADER_LIST_SIZE 64 KiB, and a request whose header block
+// goes on past it (HEADERS, then CONTINUATION frames without END_HEADERS)
+// ends the connection with GOAWAY ENHANCE_YOUR_CALM.
+func TestTransportHeaderBlockLimit(t *testing.T) {
+	t.Parallel()
+	c := dialH2(t, tcpServe(t, NewServer(Options{})))
+	var block bytes.Buffer
+	enc := hpack.NewEncoder(&block)
+	for _, f := range [][2]string{{":method", "POST"}, {":path", "/" + healthService + "/Check"}, {"content-type", "application/grpc"}} {
+		_ = enc.WriteField(hpack.HeaderField{Name: f[0], Value: f[1]})
+	}
+	c.write(appendFrameHeader(nil, block.Len(), frameHeaders, 0, 1))
+	c.write(block.Bytes())
+	pad := strings.Repeat("p", 1000)
+	go func() { // 200 KiB of header fields, 8 KiB a frame, never ended
+		for range 25 {
+			block.Reset()
+			for range 8 {
+				_ = enc.WriteField(hpack.HeaderField{Name: "x-pad", Value: pad, Sensitive: true})
+			}
+			if _, err := c.nc.Write(append(appendFrameHeader(nil, block.Len(), frameContinuation, 0, 1), block.Bytes()...)); err != nil {
+				return
+			}
+		}
+	}()
+	_ = c.nc.SetReadDeadline(time.Now().Add(5 * time.Second))
+	advertised := uint32(0)
+	for {
+		typ, flags, _, payload, ok := c.next()
+		if !ok {
+			t.Fatal("no GOAWAY for a header block of 200 KiB")
+		}
+		if typ == frameSettings && flags&flagAck == 0 {
+			for p := payload; len(p) >= 6; p = p[6:] {
+				if binary.BigEndian.Uint16(p) == settingMaxHeaderListSize {
+					advertised = binary.BigEndian.Uint32(p[2:])
+				}
+			}
+		}
+		if typ == frameGoAway {
+			if code := errCode(binary.BigEndian.Uint32(payload[4:8])); code != codeEnhanceYourCalm {
+				t.Errorf("GOAWAY %v, want ENHANCE_YOUR_CALM", code)
+			}
+			break
+		}
+	}
+	if advertised != 64<<10 {
+		t.Errorf("SETTINGS_MAX_HEADER_LIST_SIZE %d, want 65536", advertised)
+	}
+}
+
+// TestTransportPartialMessagesLimit: the request messages being received
+// on a connection (each up to 4 MiB, its frames arriving as the windows
+// allow) are bounded together (8 MiB; 256 KiB here): the stream whose data
+// passes the bound ends RESOURCE_EXHAUSTED, the others go on.
+func TestTransportPartialMessagesLimit(t *testing.T) {
+	t.Parallel()
+	srv := NewServer(Options{})
+	srv.transport.maxPartial = 256 << 10
+	c := dialH2(t, tcpServe(t, srv))
+	var block bytes.Buffer
+	enc := hpack.NewEncoder(&block)
+	part := make([]byte, 100<<10)                // of a message of 1 MiB
+	binary.BigEndian.PutUint32(part[1:5], 1<<20) // the prefix: uncompressed, 1 MiB
+	for _, id := range []uint32{1, 3, 5} {
+		c.write(adsOpen(enc, &block, id))
+		for p := part; len(p) > 0; p = p[min(len(p), maxReadFrame):] {
+			c.write(append(appendFrameHeader(nil, min(len(p), maxReadFrame), frameData, 0, id), p[:min(len(p), maxReadFrame)]...))
+		}
+	}
+	var fields []hpack.HeaderField
+	dec := hpack.NewDecoder(4096, func(f hpack.HeaderField) { fields = append(fields, f) })
+	_ = c.nc.SetReadDeadline(time.Now().Add(5 * time.Second))
+	for {
+		typ, _, id, payload, ok := c.next()
+		if !ok {
+			t.Fatal("no stream ended with 300 KiB of partial messages received, bound 256 KiB")
+		}
+		if typ == frameRSTStream && id != 5 {
+			t.Errorf("stream %d reset, want only stream 5 ended", id)
+		}
+		if typ != frameHeaders {
+			continue
+		}
+		fields = fields[:0]
+		if _, err := dec.Write(payload); err != nil {
+			t.Fatal(err)
+		}
+		if id != 5 {
+			t.Fatalf("stream %d ended, want stream 5 (the one past the bound): %v", id, fields)
+		}
+		for _, f := range fields {
+			if f.Name == "grpc-status" && f.Value != "8" {
+				t.Errorf("grpc-status %s, want 8 (RESOURCE_EXHAUSTED): %v", f.Value, fields)
+			}
+			if f.Name == "grpc-status" {
+				return
+			}
+		}
 	}
 }

@@ -43,6 +43,7 @@ type h2conn struct {
 	block       *headerBlock
 	pingStrikes int
 	lastPing    time.Time
+	partial     int // bytes of the request messages being reassembled
 
 	// The sweeper's (under t.mu).
 	started   atomic.Bool // the handshake and preface are done: keepalive applies
@@ -74,6 +75,7 @@ type headerBlock struct {
 	bad       bool  // a pseudo-header after a regular one, or unknown
 	regular   bool  // a regular header was seen
 	pseudo    uint8 // the pseudo-headers seen (bits: :method, :path, :scheme, :authority)
+	size      int   // bytes of the block read so far
 }
 
 // h2stream is one call on a connection.
@@ -290,6 +292,9 @@ func (c *h2conn) headers(flags uint8, id uint32, p []byte) error {
 }
 
 func (c *h2conn) headerFragment(flags uint8, p []byte) error {
+	if c.block.size += len(p); c.block.size > maxHeaderBlock {
+		return connError{codeEnhanceYourCalm, fmt.Sprintf("header block of stream %d larger than %d bytes", c.block.stream, maxHeaderBlock)}
+	}
 	if _, err := c.dec.Write(p); err != nil {
 		return connError{codeCompression, err.Error()}
 	}
@@ -508,12 +513,17 @@ func (st *h2stream) receive(p []byte) error {
 			*st.msg = (*st.msg)[:0]
 		}
 		k := min(len(p), st.msgLen-len(*st.msg))
+		if c := st.c; c.partial+k > c.t.maxPartial {
+			return status.Errorf(codes.ResourceExhausted, "more than %d bytes of request messages being received on the connection", c.t.maxPartial)
+		}
+		st.c.partial += k
 		st.grow(k)
 		*st.msg = append(*st.msg, p[:k]...)
 		p = p[k:]
 		if len(*st.msg) == st.msgLen {
 			buf := st.msg
 			st.msg = nil
+			st.c.partial -= st.msgLen
 			err := aside(st.call.message, *buf)
 			xdsBufferPool.Put(buf)
 			if err != nil {
@@ -550,6 +560,7 @@ func checkPrefix(flag byte, n int) error {
 // releaseRecv gives back the buffer of a message being reassembled.
 func (st *h2stream) releaseRecv() {
 	if st.msg != nil {
+		st.c.partial -= len(*st.msg)
 		xdsBufferPool.Put(st.msg)
 		st.msg = nil
 	}

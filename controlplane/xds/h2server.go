@@ -52,6 +52,16 @@ const (
 	// type queued (one being written); the benchmark's 10,000-proxy mesh
 	// sends 66 KiB.
 	maxUnsent = 16 << 20
+	// maxHeaderBlock bounds a request's header block (HEADERS and its
+	// CONTINUATION frames), advertised as SETTINGS_MAX_HEADER_LIST_SIZE (a
+	// block is no larger than the list it encodes): past it the connection
+	// ends with GOAWAY ENHANCE_YOUR_CALM. An ADS request's headers are a few
+	// hundred bytes.
+	maxHeaderBlock = 64 << 10
+	// maxPartial bounds the bytes of request messages being reassembled on
+	// a connection (each up to maxRecvMessage, its frames arriving as the
+	// windows allow): the stream that passes it ends RESOURCE_EXHAUSTED.
+	maxPartial = 8 << 20
 	// maxRecvMessage is the largest request message, gRPC-go's default.
 	maxRecvMessage = 4 << 20
 
@@ -101,8 +111,8 @@ type transport struct {
 
 	// keepaliveTime and keepaliveTimeout: the constants, but in tests.
 	keepaliveTime, keepaliveTimeout time.Duration
-	// maxUnsent: the constant, but in tests.
-	maxUnsent int
+	// maxUnsent and maxPartial: the constants, but in tests.
+	maxUnsent, maxPartial int
 
 	mu        sync.Mutex
 	listeners map[net.Listener]bool
@@ -114,7 +124,7 @@ type transport struct {
 
 func newTransport(log *slog.Logger, cfg *tls.Config, codec xdsCodec, methods map[string]method) *transport {
 	return &transport{log: log, tls: h2TLSConfig(cfg), codec: codec, methods: methods,
-		keepaliveTime: keepaliveTime, keepaliveTimeout: keepaliveTimeout, maxUnsent: maxUnsent,
+		keepaliveTime: keepaliveTime, keepaliveTimeout: keepaliveTimeout, maxUnsent: maxUnsent, maxPartial: maxPartial,
 		listeners: make(map[net.Listener]bool), conns: make(map[*h2conn]bool), stop: make(chan struct{})}
 }
 

@@ -56,9 +56,10 @@ var errStreamEnded = status.Error(codes.Canceled, "stream ended")
 // window to recvWindow.
 func (c *h2conn) start() {
 	var b []byte
-	b = appendFrameHeader(b, 12, frameSettings, 0, 0)
+	b = appendFrameHeader(b, 18, frameSettings, 0, 0)
 	b = appendSetting(b, settingMaxConcurrentStreams, maxStreams)
 	b = appendSetting(b, settingInitialWindowSize, recvWindow)
+	b = appendSetting(b, settingMaxHeaderListSize, maxHeaderBlock)
 	b = appendWindowUpdate(b, 0, recvWindow-defaultWindow)
 	c.wmu.Lock()
 	c.w.sendWindow, c.w.initialWindow, c.w.maxFrame = defaultWindow, defaultWindow, maxReadFrame

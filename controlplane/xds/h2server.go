@@ -49,8 +49,8 @@ const (
 	// connection (a response larger alone is sent): past it the peer is not
 	// reading them and the connection is closed. A SotW response replaces
 	// the one of its type not yet written, so a proxy has at most two per
-	// type queued (one being written); the benchmark's 10,000-proxy mesh
-	// sends 66 KiB.
+	// type queued (one being written); in the benchmark's 10,000-proxy
+	// mesh a proxy's largest SotW response, its listeners, is 49 KiB.
 	maxUnsent = 16 << 20
 	// maxHeaderBlock bounds a request's header block (HEADERS and its
 	// CONTINUATION frames), advertised as SETTINGS_MAX_HEADER_LIST_SIZE (a

@@ -421,6 +421,11 @@ func (s *adsStream) flush(fs *flights, last *flight) (*flight, error) {
 			fs.take(msg)
 			return last, err
 		}
+		if b, ok := s.send.(interface{ backlogged() bool }); ok && b.backlogged() {
+			// Queued behind responses the proxy has not read: waiting for
+			// it would hold the worker back for a proxy that may not read.
+			last = nil
+		}
 	}
 }
 

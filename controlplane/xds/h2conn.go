@@ -14,6 +14,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	"golang.org/x/net/http2/hpack"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -42,12 +43,17 @@ type h2conn struct {
 	block       *headerBlock
 	pingStrikes int
 	lastPing    time.Time
+	partial     int // bytes of the request messages being reassembled
 
 	// The sweeper's (under t.mu).
 	started   atomic.Bool // the handshake and preface are done: keepalive applies
 	read      atomic.Bool // set by the reader on each frame
 	idleSince time.Time
 	pingedAt  time.Time // zero: no keepalive ping unanswered
+
+	// calm is set when more than maxQueuedControl bytes of control frames
+	// wait unwritten: the reader ends the connection with ENHANCE_YOUR_CALM.
+	calm atomic.Bool
 
 	// dataSent is set when the writer writes a response's HEADERS or DATA:
 	// pings after it do not count as a flood.
@@ -71,6 +77,7 @@ type headerBlock struct {
 	bad       bool  // a pseudo-header after a regular one, or unknown
 	regular   bool  // a regular header was seen
 	pseudo    uint8 // the pseudo-headers seen (bits: :method, :path, :scheme, :authority)
+	size      int   // bytes of the block read so far
 }
 
 // h2stream is one call on a connection.
@@ -95,6 +102,9 @@ type h2stream struct {
 	reset       bool // what it queued is dropped, not written
 	out         []outItem
 	queued      bool // in c.w.ready
+	// behind: when the last message was queued, the connection had
+	// responses still unwritten (see ads.go's flush).
+	behind bool
 }
 
 // serve runs the connection: TLS handshake, then frames until it ends.
@@ -175,6 +185,9 @@ func (c *h2conn) readFrames() error {
 		_, err := io.ReadFull(c.nc, p)
 		if err == nil {
 			err = c.frame(typ, flags, id, p)
+		}
+		if err == nil && c.calm.Load() {
+			err = connError{codeEnhanceYourCalm, fmt.Sprintf("more than %d bytes of control frames unread by the peer", maxQueuedControl)}
 		}
 		xdsBufferPool.Put(buf)
 		if err != nil {
@@ -284,6 +297,9 @@ func (c *h2conn) headers(flags uint8, id uint32, p []byte) error {
 }
 
 func (c *h2conn) headerFragment(flags uint8, p []byte) error {
+	if c.block.size += len(p); c.block.size > maxHeaderBlock {
+		return connError{codeEnhanceYourCalm, fmt.Sprintf("header block of stream %d larger than %d bytes", c.block.stream, maxHeaderBlock)}
+	}
 	if _, err := c.dec.Write(p); err != nil {
 		return connError{codeCompression, err.Error()}
 	}
@@ -353,7 +369,10 @@ func (c *h2conn) open(b *headerBlock) error {
 		c.queueRST(b.stream, codeProtocol)
 		return nil
 	}
-	if len(c.streams) >= maxStreams {
+	// A call ended but not yet written is still open for the peer, which
+	// counts it against SETTINGS_MAX_CONCURRENT_STREAMS until it reads its
+	// trailers: a peer that does not read cannot have more queued.
+	if len(c.streams) >= maxStreams || len(c.streams)+c.endedUnwritten() >= maxStreams {
 		c.queueRST(b.stream, codeRefusedStream)
 		return nil
 	}
@@ -499,12 +518,17 @@ func (st *h2stream) receive(p []byte) error {
 			*st.msg = (*st.msg)[:0]
 		}
 		k := min(len(p), st.msgLen-len(*st.msg))
+		if c := st.c; c.partial+k > c.t.maxPartial {
+			return status.Errorf(codes.ResourceExhausted, "more than %d bytes of request messages being received on the connection", c.t.maxPartial)
+		}
+		st.c.partial += k
 		st.grow(k)
 		*st.msg = append(*st.msg, p[:k]...)
 		p = p[k:]
 		if len(*st.msg) == st.msgLen {
 			buf := st.msg
 			st.msg = nil
+			st.c.partial -= st.msgLen
 			err := aside(st.call.message, *buf)
 			xdsBufferPool.Put(buf)
 			if err != nil {
@@ -541,6 +565,7 @@ func checkPrefix(flag byte, n int) error {
 // releaseRecv gives back the buffer of a message being reassembled.
 func (st *h2stream) releaseRecv() {
 	if st.msg != nil {
+		st.c.partial -= len(*st.msg)
 		xdsBufferPool.Put(st.msg)
 		st.msg = nil
 	}
@@ -681,7 +706,19 @@ func (st *h2stream) SendMsg(m any) error {
 	if err != nil {
 		return status.Errorf(codes.Internal, "marshal response: %v", err)
 	}
-	return st.queueMessage(bs)
+	key := "" // a SotW response replaces an older one of its type not yet written
+	if r, ok := m.(*discoveryv3.DiscoveryResponse); ok {
+		key = r.GetTypeUrl()
+	}
+	return st.queueMessage(bs, key)
+}
+
+// backlogged reports whether the connection had responses unwritten when
+// the last message was queued: the peer reads slower than it is sent to.
+func (st *h2stream) backlogged() bool {
+	st.c.wmu.Lock()
+	defer st.c.wmu.Unlock()
+	return st.behind
 }
 
 // unmarshal decodes a request message.

@@ -98,6 +98,7 @@ const (
 	settingMaxConcurrentStreams = 0x3
 	settingInitialWindowSize    = 0x4
 	settingMaxFrameSize         = 0x5
+	settingMaxHeaderListSize    = 0x6
 )
 
 // appendFrameHeader appends a frame header.

@@ -40,6 +40,28 @@ const (
 	// recvWindow is the receive window advertised for each stream and the
 	// connection; consumed data is given back once a quarter is used.
 	recvWindow = 1 << 20
+	// maxQueuedControl bounds the control frames (SETTINGS and PING ACKs,
+	// RST_STREAM, WINDOW_UPDATE) queued unwritten: a peer that asks for more
+	// than it reads gets GOAWAY ENHANCE_YOUR_CALM (gRPC-go stops reading at 50
+	// frames, net/http closes at 10,000).
+	maxQueuedControl = 64 << 10
+	// maxUnsent bounds the bytes of responses queued unwritten on a
+	// connection (a response larger alone is sent): past it the peer is not
+	// reading them and the connection is closed. A SotW response replaces
+	// the one of its type not yet written, so a proxy has at most two per
+	// type queued (one being written); in the benchmark's 10,000-proxy
+	// mesh a proxy's largest SotW response, its listeners, is 49 KiB.
+	maxUnsent = 16 << 20
+	// maxHeaderBlock bounds a request's header block (HEADERS and its
+	// CONTINUATION frames), advertised as SETTINGS_MAX_HEADER_LIST_SIZE (a
+	// block is no larger than the list it encodes): past it the connection
+	// ends with GOAWAY ENHANCE_YOUR_CALM. An ADS request's headers are a few
+	// hundred bytes.
+	maxHeaderBlock = 64 << 10
+	// maxPartial bounds the bytes of request messages being reassembled on
+	// a connection (each up to maxRecvMessage, its frames arriving as the
+	// windows allow): the stream that passes it ends RESOURCE_EXHAUSTED.
+	maxPartial = 8 << 20
 	// maxRecvMessage is the largest request message, gRPC-go's default.
 	maxRecvMessage = 4 << 20
 
@@ -89,6 +111,8 @@ type transport struct {
 
 	// keepaliveTime and keepaliveTimeout: the constants, but in tests.
 	keepaliveTime, keepaliveTimeout time.Duration
+	// maxUnsent and maxPartial: the constants, but in tests.
+	maxUnsent, maxPartial int
 
 	mu        sync.Mutex
 	listeners map[net.Listener]bool
@@ -100,7 +124,7 @@ type transport struct {
 
 func newTransport(log *slog.Logger, cfg *tls.Config, codec xdsCodec, methods map[string]method) *transport {
 	return &transport{log: log, tls: h2TLSConfig(cfg), codec: codec, methods: methods,
-		keepaliveTime: keepaliveTime, keepaliveTimeout: keepaliveTimeout,
+		keepaliveTime: keepaliveTime, keepaliveTimeout: keepaliveTimeout, maxUnsent: maxUnsent, maxPartial: maxPartial,
 		listeners: make(map[net.Listener]bool), conns: make(map[*h2conn]bool), stop: make(chan struct{})}
 }
 

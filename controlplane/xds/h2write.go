@@ -28,6 +28,7 @@ type writeState struct {
 	writing       bool        // a writer goroutine runs
 	closing       bool        // GOAWAY queued: control frames only, then the write side closes
 	dead          bool        // the connection is closed: whatever is queued is dropped
+	unsent        int         // bytes of the response messages queued, not yet written
 }
 
 // outItem is one thing a stream has to write, in order.
@@ -45,6 +46,9 @@ type outMsg struct {
 	prefix [5]byte
 	parts  [][]byte // what is left to frame: prefix, then resp's bytes
 	left   int
+	// key, when set, is a SotW response's type: a newer response of the
+	// type replaces this one as long as none of it is written.
+	key string
 }
 
 // errStreamEnded is what sending on an ended call returns.
@@ -54,9 +58,10 @@ var errStreamEnded = status.Error(codes.Canceled, "stream ended")
 // window to recvWindow.
 func (c *h2conn) start() {
 	var b []byte
-	b = appendFrameHeader(b, 12, frameSettings, 0, 0)
+	b = appendFrameHeader(b, 18, frameSettings, 0, 0)
 	b = appendSetting(b, settingMaxConcurrentStreams, maxStreams)
 	b = appendSetting(b, settingInitialWindowSize, recvWindow)
+	b = appendSetting(b, settingMaxHeaderListSize, maxHeaderBlock)
 	b = appendWindowUpdate(b, 0, recvWindow-defaultWindow)
 	c.wmu.Lock()
 	c.w.sendWindow, c.w.initialWindow, c.w.maxFrame = defaultWindow, defaultWindow, maxReadFrame
@@ -72,8 +77,18 @@ func (c *h2conn) queueControl(frames []byte) {
 	if c.w.dead || c.w.closing {
 		return
 	}
-	c.w.ctrl = append(c.w.ctrl, frames...)
+	c.addControl(frames)
 	c.kick()
+}
+
+// addControl appends control frames to the queue (wmu held). Past
+// maxQueuedControl unwritten, the peer sends faster than it reads what it
+// asks for: the reader ends the connection (see calm).
+func (c *h2conn) addControl(frames []byte) {
+	c.w.ctrl = append(c.w.ctrl, frames...)
+	if len(c.w.ctrl) > maxQueuedControl {
+		c.calm.Store(true)
+	}
 }
 
 func (c *h2conn) queueRST(id uint32, code errCode) {
@@ -120,7 +135,7 @@ func (c *h2conn) applySettings(initialWindow int64, maxFrame uint32, tableSize i
 		c.w.tableSize, c.w.sizeUpdate = uint32(tableSize), true
 	}
 	if !c.w.dead && !c.w.closing {
-		c.w.ctrl = appendFrameHeader(c.w.ctrl, 0, frameSettings, flagAck, 0)
+		c.addControl(appendFrameHeader(nil, 0, frameSettings, flagAck, 0))
 		c.kick()
 	}
 	return nil
@@ -156,6 +171,20 @@ func (c *h2conn) endedStream(id uint32) *h2stream {
 	return nil
 }
 
+// endedUnwritten counts the streams whose call ended but whose response is
+// not written yet: for the peer they are still open.
+func (c *h2conn) endedUnwritten() int {
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	n := 0
+	for _, st := range c.w.ready {
+		if st.ended {
+			n++
+		}
+	}
+	return n
+}
+
 // newStream sets a new stream's send window.
 func (c *h2conn) newStream(st *h2stream) {
 	c.wmu.Lock()
@@ -187,6 +216,7 @@ func (c *h2conn) dropQueued() {
 func (st *h2stream) drop() {
 	for _, it := range st.out {
 		if it.msg != nil {
+			st.c.w.unsent -= it.msg.left
 			it.msg.resp.release()
 		}
 	}
@@ -280,8 +310,12 @@ func (c *h2conn) reap() {
 	}
 }
 
-// queueMessage queues a marshalled response message.
-func (st *h2stream) queueMessage(r *response) error {
+// queueMessage queues a marshalled response message; key, if set, is a
+// SotW response's type: it replaces the stream's queued response of that
+// type of which nothing is written yet. With more than maxUnsent bytes of
+// responses unwritten the peer is not reading them: the connection is
+// closed.
+func (st *h2stream) queueMessage(r *response, key string) error {
 	c := st.c
 	c.wmu.Lock()
 	defer c.wmu.Unlock()
@@ -289,18 +323,50 @@ func (st *h2stream) queueMessage(r *response) error {
 		r.release()
 		return errStreamEnded
 	}
+	n := len(r.data)
+	st.behind = c.w.unsent > 0
+	if c.w.unsent > 0 && c.w.unsent+5+n > c.t.maxUnsent && st.replaceable(key) == nil {
+		r.release()
+		c.t.log.Debug("closing connection", "peer", c.peer, "error", "responses unread", "bytes", c.w.unsent)
+		c.w.dead = true
+		if !c.w.writing {
+			c.dropQueued()
+		}
+		c.raw.Close() // the reader ends the calls
+		return status.Errorf(codes.ResourceExhausted, "more than %d bytes of responses unread by the peer", c.t.maxUnsent)
+	}
 	if !st.headersSent {
 		st.headersSent = true
 		st.out = append(st.out, outItem{block: responseHeaders})
 	}
-	m := &outMsg{resp: r}
-	n := len(r.data)
+	m := &outMsg{resp: r, key: key}
 	m.prefix[0] = 0
 	binary.BigEndian.PutUint32(m.prefix[1:], uint32(n))
 	m.parts = [][]byte{m.prefix[:], r.data}
 	m.left = 5 + n
+	c.w.unsent += m.left
+	if old := st.replaceable(key); old != nil {
+		c.w.unsent -= old.msg.left
+		old.msg.resp.release()
+		old.msg = m
+		return nil // st is queued already
+	}
 	st.out = append(st.out, outItem{msg: m})
 	c.ready(st)
+	return nil
+}
+
+// replaceable returns st's queued response of type key of which nothing is
+// written yet, or nil (wmu held).
+func (st *h2stream) replaceable(key string) *outItem {
+	if key == "" {
+		return nil
+	}
+	for i := range st.out {
+		if m := st.out[i].msg; m != nil && m.key == key && m.left == 5+len(m.resp.data) {
+			return &st.out[i]
+		}
+	}
 	return nil
 }
 
@@ -519,6 +585,7 @@ func (c *h2conn) planStream(b *batch, st *h2stream) {
 			c.w.sendWindow -= n
 			st.sendWindow -= n
 			m.left -= int(n)
+			c.w.unsent -= int(n)
 			for k := int(n); k > 0; {
 				p := m.parts[0]
 				if len(p) <= k {

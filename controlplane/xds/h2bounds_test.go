@@ -274,47 +274,6 @@ func TestTransportUnreadResponsesReplaced(t *testing.T) {
 	}
 }
 
-// TestTransportUnreadResponsesBounded: a connection whose ADS streams do
-// not read their responses (ninety streams of a 262 KiB response: 23 MiB) is
-// closed once more than 16 MiB wait unwritten.
-func TestTransportUnreadResponsesBounded(t *testing.T) {
-	t.Parallel()
-	srv := NewServer(Options{})
-	ctx, cancel := context.WithTimeout(context.Background(), testTimeout)
-	defer cancel()
-	v1, want := bigSnapshotOf(t, 10000)
-	if _, err := srv.SetSnapshots(ctx, Snapshots{Nodes: map[string]*Snapshot{"n": v1}}); err != nil {
-		t.Fatal(err)
-	}
-	nc := dialNoRead(t, tcpServeSmallBuffers(t, srv))
-	var block bytes.Buffer
-	enc := hpack.NewEncoder(&block)
-	var wire []byte
-	for i := range 90 {
-		id := uint32(2*i + 1)
-		wire = append(wire, adsOpen(enc, &block, id)...)
-		wire = append(wire, adsData(t, id, &discoveryv3.DiscoveryRequest{Node: &corev3.Node{Id: "n"}, TypeUrl: resourcev3.ClusterType})...)
-	}
-	if _, err := nc.Write(wire); err != nil {
-		t.Fatal(err)
-	}
-	peak, conns := 0, 1
-	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline) && conns > 0; time.Sleep(5 * time.Millisecond) {
-		n, _, _ := unwritten(srv)
-		peak = max(peak, n)
-		srv.transport.mu.Lock()
-		conns = len(srv.transport.conns)
-		srv.transport.mu.Unlock()
-	}
-	t.Logf("the server held at most %d KiB unwritten", peak>>10)
-	if peak > maxUnsent+len(want)+64<<10 {
-		t.Errorf("the server held %d KiB unwritten, want at most %d KiB and a response", peak>>10, maxUnsent>>10)
-	}
-	if conns > 0 {
-		t.Error("the connection is still open with 23 MiB of responses unread")
-	}
-}
-
 // TestTransportHeaderBlockLimit: the server advertises
 // SETTINGS_MAX_HEADER_LIST_SIZE 64 KiB, and a request whose header block
 // goes on past it (HEADERS, then CONTINUATION frames without END_HEADERS)

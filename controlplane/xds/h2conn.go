@@ -706,11 +706,14 @@ func (st *h2stream) SendMsg(m any) error {
 	if err != nil {
 		return status.Errorf(codes.Internal, "marshal response: %v", err)
 	}
-	key := "" // a SotW response replaces an older one of its type not yet written
-	if r, ok := m.(*discoveryv3.DiscoveryResponse); ok {
-		key = r.GetTypeUrl()
+	typ, key := "", "" // a SotW response replaces an older one of its type not yet written
+	switch r := m.(type) {
+	case *discoveryv3.DiscoveryResponse:
+		typ, key = r.GetTypeUrl(), r.GetTypeUrl()
+	case *discoveryv3.DeltaDiscoveryResponse: // each one counts: never replaced
+		typ = r.GetTypeUrl()
 	}
-	return st.queueMessage(bs, key)
+	return st.queueTyped(bs, typ, key)
 }
 
 // backlogged reports whether the connection had responses unwritten when

@@ -46,11 +46,14 @@ const (
 	// frames, net/http closes at 10,000).
 	maxQueuedControl = 64 << 10
 	// maxUnsent bounds the bytes of responses queued unwritten on a
-	// connection (a response larger alone is sent): past it the peer is not
-	// reading them and the connection is closed. A SotW response replaces
-	// the one of its type not yet written, so a proxy has at most two per
-	// type queued (one being written); in the benchmark's 10,000-proxy
-	// mesh a proxy's largest SotW response, its listeners, is 49 KiB.
+	// connection, not counting each stream's first unwritten response of
+	// each type, which a proxy may rightly leave unread until it ACKs (a
+	// response larger alone is queued): past it the peer is not reading
+	// them and the connection is closed. A SotW response replaces the one
+	// of its type not yet written, so a proxy has at most two per type
+	// queued (one being written); a delta response is never replaced. In
+	// the benchmark's 10,000-proxy mesh a proxy's largest SotW response,
+	// its listeners, is 49 KiB.
 	maxUnsent = 16 << 20
 	// maxHeaderBlock bounds a request's header block (HEADERS and its
 	// CONTINUATION frames), advertised as SETTINGS_MAX_HEADER_LIST_SIZE (a

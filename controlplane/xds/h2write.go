@@ -29,6 +29,9 @@ type writeState struct {
 	closing       bool        // GOAWAY queued: control frames only, then the write side closes
 	dead          bool        // the connection is closed: whatever is queued is dropped
 	unsent        int         // bytes of the response messages queued, not yet written
+	// capped: the part of unsent that maxUnsent bounds, every response but
+	// the first unwritten of each type of each stream (see queueMessage).
+	capped int
 }
 
 // outItem is one thing a stream has to write, in order.
@@ -49,6 +52,18 @@ type outMsg struct {
 	// key, when set, is a SotW response's type: a newer response of the
 	// type replaces this one as long as none of it is written.
 	key string
+	// typ is the response's type; exempt: it is its stream's first
+	// unwritten response of typ, which maxUnsent does not count.
+	typ    string
+	exempt bool
+}
+
+// unqueue takes what is left of m off the connection's counts (wmu held).
+func (c *h2conn) unqueue(m *outMsg, n int) {
+	c.w.unsent -= n
+	if !m.exempt {
+		c.w.capped -= n
+	}
 }
 
 // errStreamEnded is what sending on an ended call returns.
@@ -216,7 +231,7 @@ func (c *h2conn) dropQueued() {
 func (st *h2stream) drop() {
 	for _, it := range st.out {
 		if it.msg != nil {
-			st.c.w.unsent -= it.msg.left
+			st.c.unqueue(it.msg, it.msg.left)
 			it.msg.resp.release()
 		}
 	}
@@ -310,12 +325,21 @@ func (c *h2conn) reap() {
 	}
 }
 
-// queueMessage queues a marshalled response message; key, if set, is a
-// SotW response's type: it replaces the stream's queued response of that
-// type of which nothing is written yet. With more than maxUnsent bytes of
-// responses unwritten the peer is not reading them: the connection is
-// closed.
+// queueMessage queues a marshalled SotW response message (or, key "", a
+// message of no type): key is its type.
 func (st *h2stream) queueMessage(r *response, key string) error {
+	return st.queueTyped(r, key, key)
+}
+
+// queueTyped queues a marshalled response message of type typ; key, if
+// set, is a SotW response's type: it replaces the stream's queued response
+// of that type of which nothing is written yet. A stream's first unwritten
+// response of a type is one a proxy may rightly leave unread (it answers
+// each response before the next of its type is sent): it is exempt. When
+// the others, queued behind one of their type, would pass maxUnsent bytes
+// unwritten (a single larger one is still queued), the peer is not reading
+// them: the connection is closed.
+func (st *h2stream) queueTyped(r *response, typ, key string) error {
 	c := st.c
 	c.wmu.Lock()
 	defer c.wmu.Unlock()
@@ -325,9 +349,14 @@ func (st *h2stream) queueMessage(r *response, key string) error {
 	}
 	n := len(r.data)
 	st.behind = c.w.unsent > 0
-	if c.w.unsent > 0 && c.w.unsent+5+n > c.t.maxUnsent && st.replaceable(key) == nil {
+	old := st.replaceable(key)
+	exempt := typ != "" && !st.hasType(typ)
+	if old != nil {
+		exempt = old.msg.exempt
+	}
+	if !exempt && old == nil && c.w.capped > 0 && c.w.capped+5+n > c.t.maxUnsent {
 		r.release()
-		c.t.log.Debug("closing connection", "peer", c.peer, "error", "responses unread", "bytes", c.w.unsent)
+		c.t.log.Warn("closing connection", "peer", c.peer, "error", "responses unread", "bytes", c.w.unsent, "counted", c.w.capped, "limit", c.t.maxUnsent)
 		c.w.dead = true
 		if !c.w.writing {
 			c.dropQueued()
@@ -339,14 +368,17 @@ func (st *h2stream) queueMessage(r *response, key string) error {
 		st.headersSent = true
 		st.out = append(st.out, outItem{block: responseHeaders})
 	}
-	m := &outMsg{resp: r, key: key}
+	m := &outMsg{resp: r, key: key, typ: typ, exempt: exempt}
 	m.prefix[0] = 0
 	binary.BigEndian.PutUint32(m.prefix[1:], uint32(n))
 	m.parts = [][]byte{m.prefix[:], r.data}
 	m.left = 5 + n
 	c.w.unsent += m.left
-	if old := st.replaceable(key); old != nil {
-		c.w.unsent -= old.msg.left
+	if !exempt {
+		c.w.capped += m.left
+	}
+	if old != nil {
+		c.unqueue(old.msg, old.msg.left)
 		old.msg.resp.release()
 		old.msg = m
 		return nil // st is queued already
@@ -354,6 +386,33 @@ func (st *h2stream) queueMessage(r *response, key string) error {
 	st.out = append(st.out, outItem{msg: m})
 	c.ready(st)
 	return nil
+}
+
+// hasType reports whether st has a response of type typ queued (wmu held).
+func (st *h2stream) hasType(typ string) bool {
+	for i := range st.out {
+		if m := st.out[i].msg; m != nil && m.typ == typ {
+			return true
+		}
+	}
+	return false
+}
+
+// promote exempts st's next queued response of m's type, now its first
+// unwritten one, once m is written (wmu held).
+func (c *h2conn) promote(st *h2stream, m *outMsg) {
+	if m.typ == "" {
+		return
+	}
+	for i := range st.out {
+		if next := st.out[i].msg; next != nil && next != m && next.typ == m.typ {
+			if !next.exempt {
+				next.exempt = true
+				c.w.capped -= next.left
+			}
+			return
+		}
+	}
 }
 
 // replaceable returns st's queued response of type key of which nothing is
@@ -585,7 +644,7 @@ func (c *h2conn) planStream(b *batch, st *h2stream) {
 			c.w.sendWindow -= n
 			st.sendWindow -= n
 			m.left -= int(n)
-			c.w.unsent -= int(n)
+			c.unqueue(m, int(n))
 			for k := int(n); k > 0; {
 				p := m.parts[0]
 				if len(p) <= k {
@@ -604,6 +663,7 @@ func (c *h2conn) planStream(b *batch, st *h2stream) {
 				continue
 			}
 			b.free = append(b.free, m.resp)
+			c.promote(st, m)
 		}
 		st.out[0] = outItem{}
 		st.out = st.out[1:]

@@ -138,7 +138,9 @@ func (c *h2conn) applySettings(initialWindow int64, maxFrame uint32, tableSize i
 			}
 		}
 		for _, st := range c.w.ready {
-			if st.ended { // no longer open, still writing
+			// No longer open, still writing (an aborted stream is open
+			// until the reader reaps it: changed above).
+			if st.ended && c.stream(st.id) != st {
 				st.sendWindow += delta
 			}
 		}
@@ -187,13 +189,15 @@ func (c *h2conn) endedStream(id uint32) *h2stream {
 }
 
 // endedUnwritten counts the streams whose call ended but whose response is
-// not written yet: for the peer they are still open.
+// not written yet, and that c.streams no longer counts (an aborted stream
+// stays there until the reader reaps it): for the peer they are still
+// open. Called on the reader.
 func (c *h2conn) endedUnwritten() int {
 	c.wmu.Lock()
 	defer c.wmu.Unlock()
 	n := 0
 	for _, st := range c.w.ready {
-		if st.ended {
+		if st.ended && c.stream(st.id) != st {
 			n++
 		}
 	}

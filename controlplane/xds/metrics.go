@@ -33,7 +33,7 @@ func newMetrics() *metrics {
 		}, []string{"protocol"}),
 		pushes: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "detour_xds_pushes_total",
-			Help: "xDS responses sent to proxies, by resource type.",
+			Help: "xDS responses queued for proxies, by resource type (a SotW response replaced by a newer one before any of it is written counts, unsent).",
 		}, []string{"type"}),
 		nacks: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "detour_xds_nacks_total",

@@ -36,22 +36,68 @@ import (
 // with gRPC-go's client, over loopback TCP.
 
 // tcpServe serves srv on a loopback TCP listener until the test ends and
-// returns its address.
-func tcpServe(t *testing.T, srv *Server) string {
+// returns its address; opts shape the listener (smallSendBuffers).
+func tcpServe(t *testing.T, srv *Server, opts ...func(*net.ListenConfig)) string {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
+	var lc net.ListenConfig
+	for _, o := range opts {
+		o(&lc)
+	}
+	l, err := lc.Listen(context.Background(), "tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	served := make(chan error, 1)
-	go func() { served <- srv.ServeXDS(l) }()
+	serveOn(t, srv, l)
+	return l.Addr().String()
+}
+
+// smallSendBuffers gives tcpServe's connections 4 KiB socket send buffers:
+// what the server cannot write stays in its queues, not in the kernel's.
+func smallSendBuffers(lc *net.ListenConfig) {
+	lc.Control = func(_, _ string, rc syscall.RawConn) error {
+		return rc.Control(func(fd uintptr) { _ = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_SNDBUF, 4096) })
+	}
+}
+
+// serveOn serves srv on l until the test ends; then it stops srv, and
+// ServeXDS must return nil within wireTimeout.
+func serveOn(t *testing.T, srv *Server, l net.Listener) {
+	t.Helper()
+	done := make(chan error, 1)
+	go func() { done <- srv.ServeXDS(l) }()
 	t.Cleanup(func() {
 		srv.Stop()
-		if err := <-served; err != nil {
-			t.Errorf("ServeXDS after Stop: %v", err)
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Errorf("ServeXDS returned %v after Stop, want nil", err)
+			}
+		case <-time.After(wireTimeout):
+			t.Errorf("ServeXDS did not return within %s of Stop", wireTimeout)
 		}
 	})
-	return l.Addr().String()
+}
+
+// dialPreface is a TCP connection to addr, closed when the test ends, that
+// has sent the client preface and an empty SETTINGS frame; rcvbuf, when not
+// 0, is its socket receive buffer.
+func dialPreface(t *testing.T, addr string, rcvbuf int) net.Conn {
+	t.Helper()
+	var d net.Dialer
+	if rcvbuf != 0 {
+		d.Control = func(_, _ string, rc syscall.RawConn) error {
+			return rc.Control(func(fd uintptr) { _ = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF, rcvbuf) })
+		}
+	}
+	nc, err := d.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { nc.Close() })
+	if _, err := nc.Write(append([]byte(clientPreface), appendFrameHeader(nil, 0, frameSettings, 0, 0)...)); err != nil {
+		t.Fatal(err)
+	}
+	return nc
 }
 
 // dial is a gRPC-go client of addr.
@@ -324,15 +370,9 @@ type rawH2 struct {
 
 func dialH2(t *testing.T, addr string) *rawH2 {
 	t.Helper()
-	nc, err := net.Dial("tcp", addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { nc.Close() })
+	nc := dialPreface(t, addr, 0)
 	_ = nc.SetDeadline(time.Now().Add(testTimeout))
-	c := &rawH2{t: t, nc: nc}
-	c.write(append([]byte(clientPreface), appendFrameHeader(nil, 0, frameSettings, 0, 0)...))
-	return c
+	return &rawH2{t: t, nc: nc}
 }
 
 func (c *rawH2) write(b []byte) {

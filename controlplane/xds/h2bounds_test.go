@@ -9,7 +9,6 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -48,44 +47,11 @@ func unwritten(srv *Server) (n, streams int, closing bool) {
 	return n, streams, closing
 }
 
-// tcpServeSmallBuffers is tcpServe with 4 KiB socket send buffers: what
-// the server cannot write stays in its queues, not in the kernel's.
-func tcpServeSmallBuffers(t *testing.T, srv *Server) string {
-	t.Helper()
-	lc := net.ListenConfig{Control: func(_, _ string, rc syscall.RawConn) error {
-		return rc.Control(func(fd uintptr) { _ = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_SNDBUF, 4096) })
-	}}
-	l, err := lc.Listen(context.Background(), "tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	served := make(chan error, 1)
-	go func() { served <- srv.ServeXDS(l) }()
-	t.Cleanup(func() {
-		srv.Stop()
-		if err := <-served; err != nil {
-			t.Errorf("ServeXDS after Stop: %v", err)
-		}
-	})
-	return l.Addr().String()
-}
-
 // dialNoRead is a connection whose client does not read (a 4 KiB receive
 // buffer) until the test reads it.
 func dialNoRead(t *testing.T, addr string) net.Conn {
 	t.Helper()
-	d := net.Dialer{Control: func(_, _ string, rc syscall.RawConn) error {
-		return rc.Control(func(fd uintptr) { _ = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF, 4096) })
-	}}
-	nc, err := d.Dial("tcp", addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { nc.Close() })
-	if _, err := nc.Write(append([]byte(clientPreface), appendFrameHeader(nil, 0, frameSettings, 0, 0)...)); err != nil {
-		t.Fatal(err)
-	}
-	return nc
+	return dialPreface(t, addr, 4096)
 }
 
 // flood writes wire times times on nc without reading, and watches srv
@@ -134,7 +100,7 @@ func goAwayCode(t *testing.T, nc net.Conn) (errCode, bool) {
 func TestTransportUnreadControlFrames(t *testing.T) {
 	t.Parallel()
 	srv := NewServer(Options{})
-	nc := dialNoRead(t, tcpServeSmallBuffers(t, srv))
+	nc := dialNoRead(t, tcpServe(t, srv, smallSendBuffers))
 	frame := appendFrameHeader(nil, 0, frameSettings, 0, 0)
 	peak, _, closing := flood(t, srv, nc, bytes.Repeat(frame, 1<<20/len(frame)), 1)
 	t.Logf("the server held at most %d bytes unwritten", peak)
@@ -158,7 +124,7 @@ func TestTransportUnreadControlFrames(t *testing.T) {
 func TestTransportUnreadTrailers(t *testing.T) {
 	t.Parallel()
 	srv := NewServer(Options{})
-	nc := dialNoRead(t, tcpServeSmallBuffers(t, srv))
+	nc := dialNoRead(t, tcpServe(t, srv, smallSendBuffers))
 	var block bytes.Buffer
 	enc := hpack.NewEncoder(&block)
 	path := "/" + strings.Repeat("a", 3900)
@@ -235,7 +201,7 @@ func TestTransportUnreadResponsesReplaced(t *testing.T) {
 	if _, err := srv.SetSnapshots(ctx, Snapshots{Nodes: map[string]*Snapshot{"n": v1}}); err != nil {
 		t.Fatal(err)
 	}
-	nc := dialNoRead(t, tcpServeSmallBuffers(t, srv))
+	nc := dialNoRead(t, tcpServe(t, srv, smallSendBuffers))
 	var block bytes.Buffer
 	enc := hpack.NewEncoder(&block)
 	if _, err := nc.Write(adsOpen(enc, &block, 1)); err != nil {

@@ -249,7 +249,7 @@ func TestTransportUnreadResponsesBounded(t *testing.T) {
 	if _, err := srv.SetSnapshots(ctx, Snapshots{Nodes: map[string]*Snapshot{"n": v1}}); err != nil {
 		t.Fatal(err)
 	}
-	cc := dial(t, tcpServeSmallBuffers(t, srv), grpc.WithInitialWindowSize(64<<10), grpc.WithInitialConnWindowSize(64<<10))
+	cc := dial(t, tcpServe(t, srv, smallSendBuffers), grpc.WithInitialWindowSize(64<<10), grpc.WithInitialConnWindowSize(64<<10))
 	st, err := discoveryv3.NewAggregatedDiscoveryServiceClient(cc).DeltaAggregatedResources(ctx)
 	if err != nil {
 		t.Fatal(err)

@@ -44,7 +44,6 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
-	"google.golang.org/grpc/credentials/insecure"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
@@ -100,19 +99,7 @@ func startWire(t *testing.T, opts Options, nodes map[string]*Snapshot) *wireServ
 		t.Fatal(err)
 	}
 	ws := &wireServer{srv: srv, addr: l.Addr().String()}
-	done := make(chan error, 1)
-	go func() { done <- srv.ServeXDS(countingListener{l, &ws.accepted}) }()
-	t.Cleanup(func() {
-		srv.Stop()
-		select {
-		case err := <-done:
-			if err != nil {
-				t.Errorf("ServeXDS returned %v after Stop, want nil", err)
-			}
-		case <-time.After(wireTimeout):
-			t.Errorf("ServeXDS did not return within %s of Stop", wireTimeout)
-		}
-	})
+	serveOn(t, srv, countingListener{l, &ws.accepted})
 	return ws
 }
 
@@ -138,13 +125,7 @@ func wireContext(t *testing.T) context.Context {
 // opts say otherwise), closed when the test ends.
 func (ws *wireServer) dial(t *testing.T, opts ...grpc.DialOption) *grpc.ClientConn {
 	t.Helper()
-	opts = append([]grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials())}, opts...)
-	conn, err := grpc.NewClient("passthrough:///"+ws.addr, opts...)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { conn.Close() })
-	return conn
+	return dial(t, ws.addr, opts...)
 }
 
 // wireCluster is a cluster named name; variant changes its content.

@@ -47,6 +47,31 @@ func serving(t *testing.T, before *Snapshot) (*Server, discoveryv3.AggregatedDis
 	return srv, adsClient(t, srv), ctx
 }
 
+// sotwStream opens a SotW stream of client and sends req on it.
+func sotwStream(ctx context.Context, t *testing.T, client discoveryv3.AggregatedDiscoveryServiceClient, req *discoveryv3.DiscoveryRequest) discoveryv3.AggregatedDiscoveryService_StreamAggregatedResourcesClient {
+	t.Helper()
+	st, err := client.StreamAggregatedResources(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := st.Send(req); err != nil {
+		t.Fatal(err)
+	}
+	return st
+}
+
+// unmarshallable is a snapshot whose one cluster's type URL is not UTF-8,
+// which proto3 refuses to marshal.
+func unmarshallable(t *testing.T) *Snapshot {
+	t.Helper()
+	var sb SnapshotBuilder
+	bad, err := sb.Snapshot(nil, []*Resource{NewResource("bad", resourcev3.ClusterType+"\xff", nil)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return bad
+}
+
 // responses receives a stream's responses on one goroutine until it ends.
 func responses[R any](recv func() (*R, error)) <-chan *R {
 	ch := make(chan *R, 16)
@@ -85,14 +110,8 @@ func TestADSSotWAnswersOnlyTheLastResponse(t *testing.T) {
 	t.Parallel()
 	before, after := testSnapshots(t)
 	srv, client, ctx := serving(t, before)
-	st, err := client.StreamAggregatedResources(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
+	st := sotwStream(ctx, t, client, &discoveryv3.DiscoveryRequest{Node: &corev3.Node{Id: "n"}, TypeUrl: resourcev3.ClusterType})
 	rs := responses(st.Recv)
-	if err := st.Send(&discoveryv3.DiscoveryRequest{Node: &corev3.Node{Id: "n"}, TypeUrl: resourcev3.ClusterType}); err != nil {
-		t.Fatal(err)
-	}
 	first := within(t, rs, testTimeout)
 	if first == nil || first.GetVersionInfo() != before.Versions().Clusters || first.GetNonce() == "" {
 		t.Fatalf("first response %v, want version %s with a nonce", first, before.Versions().Clusters)
@@ -177,15 +196,9 @@ func TestADSWatchKeepsNoNode(t *testing.T) {
 	t.Parallel()
 	before, _ := testSnapshots(t)
 	srv, client, ctx := serving(t, before)
-	st, err := client.StreamAggregatedResources(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	rs := responses(st.Recv)
 	node := &corev3.Node{Id: "n", UserAgentName: "envoy", Cluster: "app"}
-	if err := st.Send(&discoveryv3.DiscoveryRequest{Node: node, TypeUrl: resourcev3.ClusterType}); err != nil {
-		t.Fatal(err)
-	}
+	st := sotwStream(ctx, t, client, &discoveryv3.DiscoveryRequest{Node: node, TypeUrl: resourcev3.ClusterType})
+	rs := responses(st.Recv)
 	first := within(t, rs, testTimeout)
 	if first == nil {
 		t.Fatal("no response")

@@ -30,23 +30,12 @@ func TestADSFailedPushEndsTheStream(t *testing.T) {
 	t.Parallel()
 	before, _ := testSnapshots(t)
 	srv, client, ctx := serving(t, before)
-	st, err := client.StreamAggregatedResources(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := st.Send(&discoveryv3.DiscoveryRequest{Node: &corev3.Node{Id: "n"}, TypeUrl: resourcev3.ClusterType}); err != nil {
-		t.Fatal(err)
-	}
+	st := sotwStream(ctx, t, client, &discoveryv3.DiscoveryRequest{Node: &corev3.Node{Id: "n"}, TypeUrl: resourcev3.ClusterType})
 	first, err := st.Recv()
 	if err != nil {
 		t.Fatal(err)
 	}
-	var sb SnapshotBuilder
-	bad, err := sb.Snapshot(nil, []*Resource{NewResource("bad", resourcev3.ClusterType+"\xff", nil)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := srv.SetSnapshots(ctx, Snapshots{Nodes: map[string]*Snapshot{"n": bad}}); err != nil {
+	if _, err := srv.SetSnapshots(ctx, Snapshots{Nodes: map[string]*Snapshot{"n": unmarshallable(t)}}); err != nil {
 		t.Fatal(err)
 	}
 	if err := st.Send(&discoveryv3.DiscoveryRequest{TypeUrl: resourcev3.ClusterType, VersionInfo: first.GetVersionInfo(), ResponseNonce: first.GetNonce()}); err != nil {
@@ -61,13 +50,7 @@ func TestADSFailedPushEndsTheStream(t *testing.T) {
 	if _, err := srv.SetSnapshots(ctx, Snapshots{Nodes: map[string]*Snapshot{"n": before}}); err != nil {
 		t.Fatal(err)
 	}
-	again, err := client.StreamAggregatedResources(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := again.Send(&discoveryv3.DiscoveryRequest{Node: &corev3.Node{Id: "n"}, TypeUrl: resourcev3.ClusterType}); err != nil {
-		t.Fatal(err)
-	}
+	again := sotwStream(ctx, t, client, &discoveryv3.DiscoveryRequest{Node: &corev3.Node{Id: "n"}, TypeUrl: resourcev3.ClusterType})
 	if r, err := again.Recv(); err != nil || r.GetVersionInfo() != before.Versions().Clusters {
 		t.Fatalf("the proxy's next stream: %v, %v; want version %s", r, err, before.Versions().Clusters)
 	}
@@ -129,12 +112,7 @@ func TestADSFailedPushForgetsTheStream(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	var sb SnapshotBuilder
-	bad, err := sb.Snapshot(nil, []*Resource{NewResource("bad", resourcev3.ClusterType+"\xff", nil)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := srv.SetSnapshots(ctx, Snapshots{Nodes: map[string]*Snapshot{"n": bad}}); err != nil {
+	if _, err := srv.SetSnapshots(ctx, Snapshots{Nodes: map[string]*Snapshot{"n": unmarshallable(t)}}); err != nil {
 		t.Fatal(err)
 	}
 	send(&discoveryv3.DiscoveryRequest{TypeUrl: resourcev3.ClusterType, VersionInfo: first.GetVersionInfo(), ResponseNonce: first.GetNonce()})

@@ -549,13 +549,7 @@ func TestTransportSendsEncodingsAsTheyAre(t *testing.T) {
 		t.Fatal(err)
 	}
 	_, client, ctx := serving(t, snap)
-	sotw, err := client.StreamAggregatedResources(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := sotw.Send(&discoveryv3.DiscoveryRequest{Node: &corev3.Node{Id: "n"}, TypeUrl: resourcev3.ClusterType}); err != nil {
-		t.Fatal(err)
-	}
+	sotw := sotwStream(ctx, t, client, &discoveryv3.DiscoveryRequest{Node: &corev3.Node{Id: "n"}, TypeUrl: resourcev3.ClusterType})
 	r, err := sotw.Recv()
 	if err != nil {
 		t.Fatal(err)
@@ -590,13 +584,7 @@ func TestTransportReassemblesRequests(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	st, err := client.StreamAggregatedResources(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := st.Send(&discoveryv3.DiscoveryRequest{Node: &corev3.Node{Id: "n", Metadata: big}, TypeUrl: resourcev3.ClusterType}); err != nil {
-		t.Fatal(err)
-	}
+	st := sotwStream(ctx, t, client, &discoveryv3.DiscoveryRequest{Node: &corev3.Node{Id: "n", Metadata: big}, TypeUrl: resourcev3.ClusterType})
 	if r, err := st.Recv(); err != nil || r.GetVersionInfo() != before.Versions().Clusters {
 		t.Fatalf("response to a 300 KiB request: %v, %v", r.GetVersionInfo(), err)
 	}

@@ -520,13 +520,7 @@ func TestWireSmallWindows(t *testing.T) {
 	ws := startWire(t, Options{}, map[string]*Snapshot{"n": bigSnapshot(t)})
 	ctx := wireContext(t)
 	client := discoveryv3.NewAggregatedDiscoveryServiceClient(ws.dial(t, smallWindows()...))
-	sotw, err := client.StreamAggregatedResources(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := sotw.Send(&discoveryv3.DiscoveryRequest{Node: &corev3.Node{Id: "n"}, TypeUrl: resourcev3.ListenerType}); err != nil {
-		t.Fatal(err)
-	}
+	sotw := sotwStream(ctx, t, client, &discoveryv3.DiscoveryRequest{Node: &corev3.Node{Id: "n"}, TypeUrl: resourcev3.ListenerType})
 	r := recvWithin(t, receiveAll(sotw.Recv), wireTimeout, "the SotW listeners")
 	if size := proto.Size(r); size < 4*64<<10 {
 		t.Fatalf("the response is %d bytes, want several 64 KiB windows (the test proves nothing)", size)
@@ -826,13 +820,7 @@ func TestWireOversizeRequest(t *testing.T) {
 	if status.Code(err) != codes.ResourceExhausted {
 		t.Logf("a 4 MiB request ended its stream with %v (gRPC's default says ResourceExhausted)", err)
 	}
-	st2, err := client.StreamAggregatedResources(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := st2.Send(&discoveryv3.DiscoveryRequest{Node: &corev3.Node{Id: "n"}, TypeUrl: resourcev3.ClusterType}); err != nil {
-		t.Fatal(err)
-	}
+	st2 := sotwStream(ctx, t, client, &discoveryv3.DiscoveryRequest{Node: &corev3.Node{Id: "n"}, TypeUrl: resourcev3.ClusterType})
 	recvWithin(t, receiveAll(st2.Recv), wireTimeout, "a new stream after the oversize request")
 }
 
@@ -1009,13 +997,7 @@ func TestWireMTLSNodeIdentity(t *testing.T) {
 	conn := ws.dial(t, grpc.WithTransportCredentials(credentials.NewTLS(&tls.Config{RootCAs: pki.pool, Certificates: []tls.Certificate{clientA}})))
 	client := discoveryv3.NewAggregatedDiscoveryServiceClient(conn)
 
-	own, err := client.StreamAggregatedResources(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := own.Send(&discoveryv3.DiscoveryRequest{Node: &corev3.Node{Id: "node-a"}, TypeUrl: resourcev3.ClusterType}); err != nil {
-		t.Fatal(err)
-	}
+	own := sotwStream(ctx, t, client, &discoveryv3.DiscoveryRequest{Node: &corev3.Node{Id: "node-a"}, TypeUrl: resourcev3.ClusterType})
 	if r := recvWithin(t, receiveAll(own.Recv), wireTimeout, "node-a's clusters"); !slices.Equal(clusterNames(t, r.GetResources()), []string{"a"}) {
 		t.Errorf("node-a got %v, want its cluster a", clusterNames(t, r.GetResources()))
 	}

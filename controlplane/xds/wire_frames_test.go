@@ -657,6 +657,16 @@ type flowClient struct {
 	maxFrame uint32
 }
 
+// dialFlow opens a raw connection whose client gives back no window unless
+// the test does (no autoGive): its streams' initial window is initial, the
+// connection's the default 65535 (§6.9.2: SETTINGS does not change it).
+func dialFlow(t *testing.T, addr string, initial uint32) *flowClient {
+	t.Helper()
+	c := dialRaw(t, addr, http2.Setting{ID: http2.SettingInitialWindowSize, Val: initial})
+	c.autoGive = false
+	return &flowClient{t: t, c: c, conn: 65535, streams: map[uint32]int64{}, sent: map[uint32]int64{}, maxFrame: 16384}
+}
+
 // onFrame fails as soon as a frame exceeds the maximum frame size or DATA
 // exceeds a window.
 func (fc *flowClient) onFrame(f rawFrame) {
@@ -713,6 +723,25 @@ func (fc *flowClient) give(n uint32, ids ...uint32) {
 	}
 }
 
+// giveUntil gives n bytes of window to the connection and to each of ids,
+// and waits for more DATA, until done: what (the response or responses) must
+// be done within 100 window updates.
+func (fc *flowClient) giveUntil(n uint32, what string, done func() bool, ids ...uint32) {
+	fc.t.Helper()
+	window := "WINDOW_UPDATE"
+	if len(ids) == 0 {
+		window = "connection WINDOW_UPDATE"
+	}
+	for step := 0; !done(); step++ {
+		if step > 100 {
+			fc.t.Fatalf("%s did not end after 100 window updates", what)
+		}
+		before := fc.total
+		fc.give(n, ids...)
+		fc.stalled(before, fmt.Sprintf("more DATA after %s %d", window, step))
+	}
+}
+
 // TestWireFramesFlowControl: the server never sends more DATA than the
 // client's stream and connection windows allow (§5.2, §6.9.1) — the
 // connection window shared by all streams — nor a frame over
@@ -729,10 +758,8 @@ func TestWireFramesFlowControl(t *testing.T) {
 	t.Run("stream window", func(t *testing.T) {
 		t.Parallel()
 		const initial = 20000
-		c := dialRaw(t, ws.addr, http2.Setting{ID: http2.SettingInitialWindowSize, Val: initial})
-		c.autoGive = false
-		// §6.9.2: SETTINGS does not change the connection's window.
-		fc := &flowClient{t: t, c: c, conn: 65535, streams: map[uint32]int64{}, sent: map[uint32]int64{}, maxFrame: 16384}
+		fc := dialFlow(t, ws.addr, initial)
+		c := fc.c
 		id := c.open(grpcRequest(sotwPath))
 		fc.streams[id] = initial
 		c.send(id, false, sotw)
@@ -755,23 +782,15 @@ func TestWireFramesFlowControl(t *testing.T) {
 		fc.streams[id] += initial
 		fc.stalled(before, "more DATA after SETTINGS raised the initial window")
 
-		for step := 0; len(grpcMessages(t, c.stream(id).data)) == 0; step++ {
-			if step > 100 {
-				t.Fatal("the response did not end after 100 window updates")
-			}
-			before := fc.total
-			fc.give(grant, id)
-			fc.stalled(before, fmt.Sprintf("more DATA after WINDOW_UPDATE %d", step))
-		}
+		fc.giveUntil(grant, "the response", c.hasMessages(id, 1), id)
 		checkResponseHeaders(t, c.stream(id))
 		checkBigListeners(t, "raw client", decodeSotW(t, grpcMessages(t, c.stream(id).data)[0]).GetResources())
 	})
 
 	t.Run("reset stream gives way", func(t *testing.T) {
 		t.Parallel()
-		c := dialRaw(t, ws.addr, http2.Setting{ID: http2.SettingInitialWindowSize, Val: 1 << 20})
-		c.autoGive = false
-		fc := &flowClient{t: t, c: c, conn: 65535, streams: map[uint32]int64{}, sent: map[uint32]int64{}, maxFrame: 16384}
+		fc := dialFlow(t, ws.addr, 1<<20)
+		c := fc.c
 		one := c.open(grpcRequest(sotwPath))
 		fc.streams[one] = 1 << 20
 		c.send(one, false, sotw)
@@ -799,9 +818,8 @@ func TestWireFramesFlowControl(t *testing.T) {
 	t.Run("a stream waiting for its window holds up no other", func(t *testing.T) {
 		t.Parallel()
 		const initial = 20000
-		c := dialRaw(t, ws.addr, http2.Setting{ID: http2.SettingInitialWindowSize, Val: initial})
-		c.autoGive = false
-		fc := &flowClient{t: t, c: c, conn: 65535, streams: map[uint32]int64{}, sent: map[uint32]int64{}, maxFrame: 16384}
+		fc := dialFlow(t, ws.addr, initial)
+		c := fc.c
 		big := c.open(grpcRequest(sotwPath))
 		fc.streams[big] = initial
 		c.send(big, false, sotw)
@@ -812,23 +830,15 @@ func TestWireFramesFlowControl(t *testing.T) {
 		fc.streams[small] = initial
 		c.send(small, false, grpcMessage(t, &discoveryv3.DiscoveryRequest{Node: &corev3.Node{Id: "n"}, TypeUrl: resourcev3.ClusterType}))
 		c.pump(5*time.Second, "the clusters on a second stream while the first waits for its window", c.hasMessages(small, 1), fc.onFrame)
-		for step := 0; len(grpcMessages(t, c.stream(big).data)) == 0; step++ {
-			if step > 100 {
-				t.Fatal("the listeners did not end after 100 window updates")
-			}
-			before := fc.total
-			fc.give(grant, big)
-			fc.stalled(before, fmt.Sprintf("more DATA after WINDOW_UPDATE %d", step))
-		}
+		fc.giveUntil(grant, "the listeners", c.hasMessages(big, 1), big)
 		checkBigListeners(t, "the blocked stream", decodeSotW(t, grpcMessages(t, c.stream(big).data)[0]).GetResources())
 	})
 
 	t.Run("a lowered initial window goes negative", func(t *testing.T) {
 		t.Parallel()
 		const initial = 40000
-		c := dialRaw(t, ws.addr, http2.Setting{ID: http2.SettingInitialWindowSize, Val: initial})
-		c.autoGive = false
-		fc := &flowClient{t: t, c: c, conn: 65535, streams: map[uint32]int64{}, sent: map[uint32]int64{}, maxFrame: 16384}
+		fc := dialFlow(t, ws.addr, initial)
+		c := fc.c
 		id := c.open(grpcRequest(sotwPath))
 		fc.streams[id] = initial
 		c.send(id, false, sotw)
@@ -845,14 +855,7 @@ func TestWireFramesFlowControl(t *testing.T) {
 		before := fc.total
 		fc.give(grant, id)
 		fc.stalled(before, "more DATA once WINDOW_UPDATE took the window above zero")
-		for step := 0; len(grpcMessages(t, c.stream(id).data)) == 0; step++ {
-			if step > 100 {
-				t.Fatal("the response did not end after 100 window updates")
-			}
-			before := fc.total
-			fc.give(grant, id)
-			fc.stalled(before, fmt.Sprintf("more DATA after WINDOW_UPDATE %d", step))
-		}
+		fc.giveUntil(grant, "the response", c.hasMessages(id, 1), id)
 		checkBigListeners(t, "raw client", decodeSotW(t, grpcMessages(t, c.stream(id).data)[0]).GetResources())
 	})
 
@@ -861,10 +864,10 @@ func TestWireFramesFlowControl(t *testing.T) {
 		// Envoy's windows are large (256 MiB by default); these are the
 		// largest there are (§6.9.1: 2^31-1): every response goes at once.
 		const largest = 1<<31 - 1
-		c := dialRaw(t, ws.addr, http2.Setting{ID: http2.SettingInitialWindowSize, Val: largest})
-		c.autoGive = false
+		fc := dialFlow(t, ws.addr, largest)
+		c := fc.c
 		c.write(func(fr *http2.Framer) error { return fr.WriteWindowUpdate(0, largest-65535) })
-		fc := &flowClient{t: t, c: c, conn: largest, streams: map[uint32]int64{}, sent: map[uint32]int64{}, maxFrame: 16384}
+		fc.conn = largest
 		one := c.open(grpcRequest(sotwPath))
 		two := c.open(grpcRequest(deltaPath))
 		fc.streams[one], fc.streams[two] = largest, largest
@@ -894,9 +897,8 @@ func TestWireFramesFlowControl(t *testing.T) {
 	t.Run("connection window shared by two streams", func(t *testing.T) {
 		t.Parallel()
 		const initial = 1 << 20 // more than a response: the connection's window binds
-		c := dialRaw(t, ws.addr, http2.Setting{ID: http2.SettingInitialWindowSize, Val: initial})
-		c.autoGive = false
-		fc := &flowClient{t: t, c: c, conn: 65535, streams: map[uint32]int64{}, sent: map[uint32]int64{}, maxFrame: 16384}
+		fc := dialFlow(t, ws.addr, initial)
+		c := fc.c
 		one := c.open(grpcRequest(sotwPath))
 		two := c.open(grpcRequest(deltaPath))
 		fc.streams[one], fc.streams[two] = initial, initial
@@ -904,14 +906,7 @@ func TestWireFramesFlowControl(t *testing.T) {
 		c.send(two, false, delta)
 		fc.stalled(0, "the first DATA")
 		t.Logf("sent %d of the connection window 65535 (streams %v)", fc.total, fc.sent)
-		for step := 0; len(grpcMessages(t, c.stream(one).data)) == 0 || len(grpcMessages(t, c.stream(two).data)) == 0; step++ {
-			if step > 100 {
-				t.Fatal("the responses did not end after 100 window updates")
-			}
-			before := fc.total
-			fc.give(grant)
-			fc.stalled(before, fmt.Sprintf("more DATA after connection WINDOW_UPDATE %d", step))
-		}
+		fc.giveUntil(grant, "the responses", func() bool { return c.hasMessages(one, 1)() && c.hasMessages(two, 1)() })
 		checkBigListeners(t, "sotw", decodeSotW(t, grpcMessages(t, c.stream(one).data)[0]).GetResources())
 		var d discoveryv3.DeltaDiscoveryResponse
 		if err := proto.Unmarshal(grpcMessages(t, c.stream(two).data)[0], &d); err != nil || len(d.GetResources()) != bigListeners {

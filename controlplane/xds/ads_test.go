@@ -47,10 +47,23 @@ func serving(t *testing.T, before *Snapshot) (*Server, discoveryv3.AggregatedDis
 	return srv, adsClient(t, srv), ctx
 }
 
-// sotwStream opens a SotW stream of client and sends req on it.
-func sotwStream(ctx context.Context, t *testing.T, client discoveryv3.AggregatedDiscoveryServiceClient, req *discoveryv3.DiscoveryRequest) discoveryv3.AggregatedDiscoveryService_StreamAggregatedResourcesClient {
+// openSotW opens a SotW stream of client and sends req on it.
+func openSotW(ctx context.Context, t *testing.T, client discoveryv3.AggregatedDiscoveryServiceClient, req *discoveryv3.DiscoveryRequest) discoveryv3.AggregatedDiscoveryService_StreamAggregatedResourcesClient {
 	t.Helper()
 	st, err := client.StreamAggregatedResources(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := st.Send(req); err != nil {
+		t.Fatal(err)
+	}
+	return st
+}
+
+// openDelta opens a delta stream of client and sends req on it.
+func openDelta(ctx context.Context, t *testing.T, client discoveryv3.AggregatedDiscoveryServiceClient, req *discoveryv3.DeltaDiscoveryRequest) discoveryv3.AggregatedDiscoveryService_DeltaAggregatedResourcesClient {
+	t.Helper()
+	st, err := client.DeltaAggregatedResources(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -110,7 +123,7 @@ func TestADSSotWAnswersOnlyTheLastResponse(t *testing.T) {
 	t.Parallel()
 	before, after := testSnapshots(t)
 	srv, client, ctx := serving(t, before)
-	st := sotwStream(ctx, t, client, &discoveryv3.DiscoveryRequest{Node: &corev3.Node{Id: "n"}, TypeUrl: resourcev3.ClusterType})
+	st := openSotW(ctx, t, client, &discoveryv3.DiscoveryRequest{Node: &corev3.Node{Id: "n"}, TypeUrl: resourcev3.ClusterType})
 	rs := responses(st.Recv)
 	first := within(t, rs, testTimeout)
 	if first == nil || first.GetVersionInfo() != before.Versions().Clusters || first.GetNonce() == "" {
@@ -151,15 +164,9 @@ func TestADSDeltaPushAndSubscribe(t *testing.T) {
 	t.Parallel()
 	before, after := testSnapshots(t)
 	srv, client, ctx := serving(t, before)
-	st, err := client.DeltaAggregatedResources(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
+	st := openDelta(ctx, t, client, &discoveryv3.DeltaDiscoveryRequest{Node: &corev3.Node{Id: "n"}, TypeUrl: resourcev3.ClusterType,
+		ResourceNamesSubscribe: []string{"passthrough"}})
 	rs := responses(st.Recv)
-	if err := st.Send(&discoveryv3.DeltaDiscoveryRequest{Node: &corev3.Node{Id: "n"}, TypeUrl: resourcev3.ClusterType,
-		ResourceNamesSubscribe: []string{"passthrough"}}); err != nil {
-		t.Fatal(err)
-	}
 	first := within(t, rs, testTimeout)
 	if first == nil || len(first.GetResources()) != 1 || first.GetResources()[0].GetName() != "passthrough" {
 		t.Fatalf("first response %v, want passthrough alone", first)
@@ -197,7 +204,7 @@ func TestADSWatchKeepsNoNode(t *testing.T) {
 	before, _ := testSnapshots(t)
 	srv, client, ctx := serving(t, before)
 	node := &corev3.Node{Id: "n", UserAgentName: "envoy", Cluster: "app"}
-	st := sotwStream(ctx, t, client, &discoveryv3.DiscoveryRequest{Node: node, TypeUrl: resourcev3.ClusterType})
+	st := openSotW(ctx, t, client, &discoveryv3.DiscoveryRequest{Node: node, TypeUrl: resourcev3.ClusterType})
 	rs := responses(st.Recv)
 	first := within(t, rs, testTimeout)
 	if first == nil {

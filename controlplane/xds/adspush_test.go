@@ -30,7 +30,7 @@ func TestADSFailedPushEndsTheStream(t *testing.T) {
 	t.Parallel()
 	before, _ := testSnapshots(t)
 	srv, client, ctx := serving(t, before)
-	st := sotwStream(ctx, t, client, &discoveryv3.DiscoveryRequest{Node: &corev3.Node{Id: "n"}, TypeUrl: resourcev3.ClusterType})
+	st := openSotW(ctx, t, client, &discoveryv3.DiscoveryRequest{Node: &corev3.Node{Id: "n"}, TypeUrl: resourcev3.ClusterType})
 	first, err := st.Recv()
 	if err != nil {
 		t.Fatal(err)
@@ -50,7 +50,7 @@ func TestADSFailedPushEndsTheStream(t *testing.T) {
 	if _, err := srv.SetSnapshots(ctx, Snapshots{Nodes: map[string]*Snapshot{"n": before}}); err != nil {
 		t.Fatal(err)
 	}
-	again := sotwStream(ctx, t, client, &discoveryv3.DiscoveryRequest{Node: &corev3.Node{Id: "n"}, TypeUrl: resourcev3.ClusterType})
+	again := openSotW(ctx, t, client, &discoveryv3.DiscoveryRequest{Node: &corev3.Node{Id: "n"}, TypeUrl: resourcev3.ClusterType})
 	if r, err := again.Recv(); err != nil || r.GetVersionInfo() != before.Versions().Clusters {
 		t.Fatalf("the proxy's next stream: %v, %v; want version %s", r, err, before.Versions().Clusters)
 	}

@@ -144,13 +144,7 @@ func TestTransportSmallWindows(t *testing.T) {
 	addr := tcpServe(t, srv)
 	small := []grpc.DialOption{grpc.WithInitialWindowSize(64 << 10), grpc.WithInitialConnWindowSize(64 << 10)}
 	open := func(node string) discoveryv3.AggregatedDiscoveryService_StreamAggregatedResourcesClient {
-		st, err := discoveryv3.NewAggregatedDiscoveryServiceClient(dial(t, addr, small...)).StreamAggregatedResources(ctx)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := st.Send(&discoveryv3.DiscoveryRequest{Node: &corev3.Node{Id: node}, TypeUrl: resourcev3.ClusterType}); err != nil {
-			t.Fatal(err)
-		}
+		st := openSotW(ctx, t, discoveryv3.NewAggregatedDiscoveryServiceClient(dial(t, addr, small...)), &discoveryv3.DiscoveryRequest{Node: &corev3.Node{Id: node}, TypeUrl: resourcev3.ClusterType})
 		return st
 	}
 
@@ -513,13 +507,7 @@ func TestTransportStopEndsStreams(t *testing.T) {
 	if _, err := srv.SetSnapshots(ctx, Snapshots{Nodes: map[string]*Snapshot{"n": before}}); err != nil {
 		t.Fatal(err)
 	}
-	st, err := discoveryv3.NewAggregatedDiscoveryServiceClient(dial(t, tcpServe(t, srv))).StreamAggregatedResources(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := st.Send(&discoveryv3.DiscoveryRequest{Node: &corev3.Node{Id: "n"}, TypeUrl: resourcev3.ClusterType}); err != nil {
-		t.Fatal(err)
-	}
+	st := openSotW(ctx, t, discoveryv3.NewAggregatedDiscoveryServiceClient(dial(t, tcpServe(t, srv))), &discoveryv3.DiscoveryRequest{Node: &corev3.Node{Id: "n"}, TypeUrl: resourcev3.ClusterType})
 	if _, err := st.Recv(); err != nil {
 		t.Fatal(err)
 	}
@@ -549,7 +537,7 @@ func TestTransportSendsEncodingsAsTheyAre(t *testing.T) {
 		t.Fatal(err)
 	}
 	_, client, ctx := serving(t, snap)
-	sotw := sotwStream(ctx, t, client, &discoveryv3.DiscoveryRequest{Node: &corev3.Node{Id: "n"}, TypeUrl: resourcev3.ClusterType})
+	sotw := openSotW(ctx, t, client, &discoveryv3.DiscoveryRequest{Node: &corev3.Node{Id: "n"}, TypeUrl: resourcev3.ClusterType})
 	r, err := sotw.Recv()
 	if err != nil {
 		t.Fatal(err)
@@ -557,13 +545,7 @@ func TestTransportSendsEncodingsAsTheyAre(t *testing.T) {
 	if len(r.GetResources()) != 1 || !bytes.Equal(r.GetResources()[0].GetValue(), res.GetValue()) {
 		t.Errorf("SotW: the resource's bytes changed on the way out")
 	}
-	delta, err := client.DeltaAggregatedResources(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := delta.Send(&discoveryv3.DeltaDiscoveryRequest{Node: &corev3.Node{Id: "n"}, TypeUrl: resourcev3.ClusterType}); err != nil {
-		t.Fatal(err)
-	}
+	delta := openDelta(ctx, t, client, &discoveryv3.DeltaDiscoveryRequest{Node: &corev3.Node{Id: "n"}, TypeUrl: resourcev3.ClusterType})
 	d, err := delta.Recv()
 	if err != nil {
 		t.Fatal(err)
@@ -584,7 +566,7 @@ func TestTransportReassemblesRequests(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	st := sotwStream(ctx, t, client, &discoveryv3.DiscoveryRequest{Node: &corev3.Node{Id: "n", Metadata: big}, TypeUrl: resourcev3.ClusterType})
+	st := openSotW(ctx, t, client, &discoveryv3.DiscoveryRequest{Node: &corev3.Node{Id: "n", Metadata: big}, TypeUrl: resourcev3.ClusterType})
 	if r, err := st.Recv(); err != nil || r.GetVersionInfo() != before.Versions().Clusters {
 		t.Fatalf("response to a 300 KiB request: %v, %v", r.GetVersionInfo(), err)
 	}

@@ -1334,14 +1334,8 @@ func TestWireStop(t *testing.T) {
 	t.Parallel()
 	ws := startWire(t, Options{}, map[string]*Snapshot{"n": wireSnapshot(t, "blackhole")})
 	ctx := wireContext(t)
-	st, err := discoveryv3.NewAggregatedDiscoveryServiceClient(ws.dial(t)).StreamAggregatedResources(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
+	st := openSotW(ctx, t, discoveryv3.NewAggregatedDiscoveryServiceClient(ws.dial(t)), &discoveryv3.DiscoveryRequest{Node: &corev3.Node{Id: "n"}, TypeUrl: resourcev3.ClusterType})
 	rs := receiveAll(st.Recv)
-	if err := st.Send(&discoveryv3.DiscoveryRequest{Node: &corev3.Node{Id: "n"}, TypeUrl: resourcev3.ClusterType}); err != nil {
-		t.Fatal(err)
-	}
 	recvWithin(t, rs, wireTimeout, "the grpc-go proxy's clusters")
 	c := dialRaw(t, ws.addr)
 	id := c.open(grpcRequest(sotwPath))
@@ -1390,14 +1384,8 @@ func TestWireStuckConnection(t *testing.T) {
 	waitDebug(t, ws.srv, "n", wireTimeout, fmt.Sprintf("%d streams", streams), func(n NodeStatus) bool { return len(n.Streams) == streams })
 
 	ctx := wireContext(t)
-	st, err := discoveryv3.NewAggregatedDiscoveryServiceClient(ws.dial(t)).StreamAggregatedResources(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
+	st := openSotW(ctx, t, discoveryv3.NewAggregatedDiscoveryServiceClient(ws.dial(t)), &discoveryv3.DiscoveryRequest{Node: &corev3.Node{Id: "other"}, TypeUrl: resourcev3.ClusterType})
 	rs := receiveAll(st.Recv)
-	if err := st.Send(&discoveryv3.DiscoveryRequest{Node: &corev3.Node{Id: "other"}, TypeUrl: resourcev3.ClusterType}); err != nil {
-		t.Fatal(err)
-	}
 	first := recvWithin(t, rs, wireServedWithin, "the other proxy's clusters while a connection is stuck")
 	if err := st.Send(&discoveryv3.DiscoveryRequest{TypeUrl: resourcev3.ClusterType, VersionInfo: first.GetVersionInfo(), ResponseNonce: first.GetNonce()}); err != nil {
 		t.Fatal(err)

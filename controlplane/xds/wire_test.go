@@ -350,14 +350,8 @@ func TestWireSotW(t *testing.T) {
 	after := wireSnapshot(t, "blackhole", "passthrough")
 	ws := startWire(t, Options{}, map[string]*Snapshot{"n": before})
 	ctx := wireContext(t)
-	st, err := discoveryv3.NewAggregatedDiscoveryServiceClient(ws.dial(t)).StreamAggregatedResources(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
+	st := openSotW(ctx, t, discoveryv3.NewAggregatedDiscoveryServiceClient(ws.dial(t)), &discoveryv3.DiscoveryRequest{Node: &corev3.Node{Id: "n"}, TypeUrl: resourcev3.ClusterType})
 	rs := receiveAll(st.Recv)
-	if err := st.Send(&discoveryv3.DiscoveryRequest{Node: &corev3.Node{Id: "n"}, TypeUrl: resourcev3.ClusterType}); err != nil {
-		t.Fatal(err)
-	}
 	first := recvWithin(t, rs, wireTimeout, "first response")
 	if first.GetVersionInfo() != before.Versions().Clusters || first.GetNonce() == "" || first.GetTypeUrl() != resourcev3.ClusterType {
 		t.Fatalf("first response: version %q nonce %q type %q, want version %q with a nonce, type clusters",
@@ -406,14 +400,8 @@ func TestWireDelta(t *testing.T) {
 	}
 	ws := startWire(t, Options{}, map[string]*Snapshot{"n": before})
 	ctx := wireContext(t)
-	st, err := discoveryv3.NewAggregatedDiscoveryServiceClient(ws.dial(t)).DeltaAggregatedResources(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
+	st := openDelta(ctx, t, discoveryv3.NewAggregatedDiscoveryServiceClient(ws.dial(t)), &discoveryv3.DeltaDiscoveryRequest{Node: &corev3.Node{Id: "n"}, TypeUrl: resourcev3.ClusterType})
 	rs := receiveAll(st.Recv)
-	if err := st.Send(&discoveryv3.DeltaDiscoveryRequest{Node: &corev3.Node{Id: "n"}, TypeUrl: resourcev3.ClusterType}); err != nil {
-		t.Fatal(err)
-	}
 	first := recvWithin(t, rs, wireTimeout, "first response")
 	var got []string
 	for _, r := range first.GetResources() {
@@ -520,20 +508,14 @@ func TestWireSmallWindows(t *testing.T) {
 	ws := startWire(t, Options{}, map[string]*Snapshot{"n": bigSnapshot(t)})
 	ctx := wireContext(t)
 	client := discoveryv3.NewAggregatedDiscoveryServiceClient(ws.dial(t, smallWindows()...))
-	sotw := sotwStream(ctx, t, client, &discoveryv3.DiscoveryRequest{Node: &corev3.Node{Id: "n"}, TypeUrl: resourcev3.ListenerType})
+	sotw := openSotW(ctx, t, client, &discoveryv3.DiscoveryRequest{Node: &corev3.Node{Id: "n"}, TypeUrl: resourcev3.ListenerType})
 	r := recvWithin(t, receiveAll(sotw.Recv), wireTimeout, "the SotW listeners")
 	if size := proto.Size(r); size < 4*64<<10 {
 		t.Fatalf("the response is %d bytes, want several 64 KiB windows (the test proves nothing)", size)
 	}
 	checkBigListeners(t, "sotw", r.GetResources())
 
-	delta, err := client.DeltaAggregatedResources(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := delta.Send(&discoveryv3.DeltaDiscoveryRequest{Node: &corev3.Node{Id: "n"}, TypeUrl: resourcev3.ListenerType}); err != nil {
-		t.Fatal(err)
-	}
+	delta := openDelta(ctx, t, client, &discoveryv3.DeltaDiscoveryRequest{Node: &corev3.Node{Id: "n"}, TypeUrl: resourcev3.ListenerType})
 	d := recvWithin(t, receiveAll(delta.Recv), wireTimeout, "the delta listeners")
 	byName := map[string]*anypb.Any{}
 	for _, res := range d.GetResources() {
@@ -568,13 +550,7 @@ func TestWireStalledProxy(t *testing.T) {
 	ctx := wireContext(t)
 	stalledStreams := make([]grpc.BidiStreamingClient[discoveryv3.DiscoveryRequest, discoveryv3.DiscoveryResponse], stalled)
 	for i := range stalled {
-		st, err := discoveryv3.NewAggregatedDiscoveryServiceClient(ws.dial(t, smallWindows()...)).StreamAggregatedResources(ctx)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := st.Send(&discoveryv3.DiscoveryRequest{Node: &corev3.Node{Id: fmt.Sprintf("stalled-%d", i)}, TypeUrl: resourcev3.ListenerType}); err != nil {
-			t.Fatal(err)
-		}
+		st := openSotW(ctx, t, discoveryv3.NewAggregatedDiscoveryServiceClient(ws.dial(t, smallWindows()...)), &discoveryv3.DiscoveryRequest{Node: &corev3.Node{Id: fmt.Sprintf("stalled-%d", i)}, TypeUrl: resourcev3.ListenerType})
 		stalledStreams[i] = st
 	}
 	stallStart := time.Now()
@@ -586,14 +562,8 @@ func TestWireStalledProxy(t *testing.T) {
 	}
 
 	other := discoveryv3.NewAggregatedDiscoveryServiceClient(ws.dial(t))
-	st, err := other.StreamAggregatedResources(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
+	st := openSotW(ctx, t, other, &discoveryv3.DiscoveryRequest{Node: &corev3.Node{Id: "other"}, TypeUrl: resourcev3.ClusterType})
 	rs := receiveAll(st.Recv)
-	if err := st.Send(&discoveryv3.DiscoveryRequest{Node: &corev3.Node{Id: "other"}, TypeUrl: resourcev3.ClusterType}); err != nil {
-		t.Fatal(err)
-	}
 	first := recvWithin(t, rs, wireServedWithin, "the other proxy's clusters while the stalled proxies do not read")
 	if err := st.Send(&discoveryv3.DiscoveryRequest{TypeUrl: resourcev3.ClusterType, VersionInfo: first.GetVersionInfo(), ResponseNonce: first.GetNonce()}); err != nil {
 		t.Fatal(err)
@@ -820,7 +790,7 @@ func TestWireOversizeRequest(t *testing.T) {
 	if status.Code(err) != codes.ResourceExhausted {
 		t.Logf("a 4 MiB request ended its stream with %v (gRPC's default says ResourceExhausted)", err)
 	}
-	st2 := sotwStream(ctx, t, client, &discoveryv3.DiscoveryRequest{Node: &corev3.Node{Id: "n"}, TypeUrl: resourcev3.ClusterType})
+	st2 := openSotW(ctx, t, client, &discoveryv3.DiscoveryRequest{Node: &corev3.Node{Id: "n"}, TypeUrl: resourcev3.ClusterType})
 	recvWithin(t, receiveAll(st2.Recv), wireTimeout, "a new stream after the oversize request")
 }
 
@@ -959,13 +929,7 @@ func TestWireTLS(t *testing.T) {
 	raw.Close()
 
 	creds := credentials.NewTLS(&tls.Config{RootCAs: pki.pool})
-	st, err := discoveryv3.NewAggregatedDiscoveryServiceClient(ws.dial(t, grpc.WithTransportCredentials(creds))).StreamAggregatedResources(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := st.Send(&discoveryv3.DiscoveryRequest{Node: &corev3.Node{Id: "n"}, TypeUrl: resourcev3.ClusterType}); err != nil {
-		t.Fatal(err)
-	}
+	st := openSotW(ctx, t, discoveryv3.NewAggregatedDiscoveryServiceClient(ws.dial(t, grpc.WithTransportCredentials(creds))), &discoveryv3.DiscoveryRequest{Node: &corev3.Node{Id: "n"}, TypeUrl: resourcev3.ClusterType})
 	if r := recvWithin(t, receiveAll(st.Recv), wireTimeout, "clusters over TLS"); len(r.GetResources()) != 1 {
 		t.Errorf("clusters over TLS: %v", r)
 	}
@@ -997,7 +961,7 @@ func TestWireMTLSNodeIdentity(t *testing.T) {
 	conn := ws.dial(t, grpc.WithTransportCredentials(credentials.NewTLS(&tls.Config{RootCAs: pki.pool, Certificates: []tls.Certificate{clientA}})))
 	client := discoveryv3.NewAggregatedDiscoveryServiceClient(conn)
 
-	own := sotwStream(ctx, t, client, &discoveryv3.DiscoveryRequest{Node: &corev3.Node{Id: "node-a"}, TypeUrl: resourcev3.ClusterType})
+	own := openSotW(ctx, t, client, &discoveryv3.DiscoveryRequest{Node: &corev3.Node{Id: "node-a"}, TypeUrl: resourcev3.ClusterType})
 	if r := recvWithin(t, receiveAll(own.Recv), wireTimeout, "node-a's clusters"); !slices.Equal(clusterNames(t, r.GetResources()), []string{"a"}) {
 		t.Errorf("node-a got %v, want its cluster a", clusterNames(t, r.GetResources()))
 	}
@@ -1058,15 +1022,9 @@ func TestWireLargeRequests(t *testing.T) {
 	}
 	ws := startWire(t, Options{}, map[string]*Snapshot{"n": snap})
 	ctx := wireContext(t)
-	st, err := discoveryv3.NewAggregatedDiscoveryServiceClient(ws.dial(t)).StreamAggregatedResources(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	rs := receiveAll(st.Recv)
 	node := &corev3.Node{Id: "n", Metadata: &structpb.Struct{Fields: map[string]*structpb.Value{"pad": structpb.NewStringValue(strings.Repeat("m", 1<<20))}}}
-	if err := st.Send(&discoveryv3.DiscoveryRequest{Node: node, TypeUrl: resourcev3.ClusterType}); err != nil {
-		t.Fatal(err)
-	}
+	st := openSotW(ctx, t, discoveryv3.NewAggregatedDiscoveryServiceClient(ws.dial(t)), &discoveryv3.DiscoveryRequest{Node: node, TypeUrl: resourcev3.ClusterType})
+	rs := receiveAll(st.Recv)
 	first := recvWithin(t, rs, wireTimeout, "the clusters")
 	for i := range 6 {
 		// Requests about an older response: read, and ignored.

@@ -38,13 +38,21 @@ func adsClient(t *testing.T, srv *Server) discoveryv3.AggregatedDiscoveryService
 // it, and a context that ends with the test (testTimeout at the most).
 func serving(t *testing.T, before *Snapshot) (*Server, discoveryv3.AggregatedDiscoveryServiceClient, context.Context) {
 	t.Helper()
+	srv, ctx := holding(t, before)
+	return srv, adsClient(t, srv), ctx
+}
+
+// holding is a Server, not yet serving, that holds before as node n's
+// snapshot, and a context that ends with the test (testTimeout at the most).
+func holding(t *testing.T, before *Snapshot) (*Server, context.Context) {
+	t.Helper()
 	srv := NewServer(Options{})
 	ctx, cancel := context.WithTimeout(context.Background(), testTimeout)
 	t.Cleanup(cancel)
 	if _, err := srv.SetSnapshots(ctx, Snapshots{Nodes: map[string]*Snapshot{"n": before}}); err != nil {
 		t.Fatal(err)
 	}
-	return srv, adsClient(t, srv), ctx
+	return srv, ctx
 }
 
 // openSotW opens a SotW stream of client and sends req on it.

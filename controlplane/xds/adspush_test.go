@@ -2,7 +2,6 @@ package xds
 
 import (
 	"bytes"
-	"context"
 	"encoding/binary"
 	"errors"
 	"strings"
@@ -75,12 +74,7 @@ func TestADSFailedPushEndsTheStream(t *testing.T) {
 func TestADSFailedPushForgetsTheStream(t *testing.T) {
 	t.Parallel()
 	before, _ := testSnapshots(t)
-	srv := NewServer(Options{})
-	ctx, cancel := context.WithTimeout(context.Background(), testTimeout)
-	defer cancel()
-	if _, err := srv.SetSnapshots(ctx, Snapshots{Nodes: map[string]*Snapshot{"n": before}}); err != nil {
-		t.Fatal(err)
-	}
+	srv, ctx := holding(t, before)
 	c := dialH2(t, tcpServe(t, srv))
 	var block bytes.Buffer
 	enc := hpack.NewEncoder(&block)

@@ -501,12 +501,7 @@ func TestTransportTrailers(t *testing.T) {
 func TestTransportStopEndsStreams(t *testing.T) {
 	t.Parallel()
 	before, _ := testSnapshots(t)
-	srv := NewServer(Options{})
-	ctx, cancel := context.WithTimeout(context.Background(), testTimeout)
-	defer cancel()
-	if _, err := srv.SetSnapshots(ctx, Snapshots{Nodes: map[string]*Snapshot{"n": before}}); err != nil {
-		t.Fatal(err)
-	}
+	srv, ctx := holding(t, before)
 	st := openSotW(ctx, t, discoveryv3.NewAggregatedDiscoveryServiceClient(dial(t, tcpServe(t, srv))), &discoveryv3.DiscoveryRequest{Node: &corev3.Node{Id: "n"}, TypeUrl: resourcev3.ClusterType})
 	if _, err := st.Recv(); err != nil {
 		t.Fatal(err)

@@ -1475,12 +1475,7 @@ func TestWireConcurrentStreams(t *testing.T) {
 // bytes, three times the server's largest window in all, and is answered.
 func TestWireFramesReceiveWindows(t *testing.T) {
 	t.Parallel()
-	var sb SnapshotBuilder
-	snap, err := sb.Snapshot([]*Resource{wireListener(t, "outbound", 15001, 0)}, []*Resource{wireCluster(t, "blackhole", 0)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ws := startWire(t, Options{}, map[string]*Snapshot{"n": snap})
+	ws := startWire(t, Options{}, map[string]*Snapshot{"n": outboundSnapshot(t)})
 	c := dialRaw(t, ws.addr)
 	var settled bool
 	c.pump(wireTimeout, "the server's SETTINGS", func() bool { return settled }, func(f rawFrame) {

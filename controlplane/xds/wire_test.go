@@ -128,6 +128,18 @@ func (ws *wireServer) dial(t *testing.T, opts ...grpc.DialOption) *grpc.ClientCo
 	return dial(t, ws.addr, opts...)
 }
 
+// outboundSnapshot is a snapshot of one listener (outbound, port 15001) and
+// one cluster (blackhole).
+func outboundSnapshot(t *testing.T) *Snapshot {
+	t.Helper()
+	var sb SnapshotBuilder
+	snap, err := sb.Snapshot([]*Resource{wireListener(t, "outbound", 15001, 0)}, []*Resource{wireCluster(t, "blackhole", 0)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return snap
+}
+
 // wireCluster is a cluster named name; variant changes its content.
 func wireCluster(t testing.TB, name string, variant int) *Resource {
 	t.Helper()
@@ -1015,11 +1027,7 @@ func TestWireMTLSNodeIdentity(t *testing.T) {
 // than any initial window, on one stream, and the last is answered.
 func TestWireLargeRequests(t *testing.T) {
 	t.Parallel()
-	var sb SnapshotBuilder
-	snap, err := sb.Snapshot([]*Resource{wireListener(t, "outbound", 15001, 0)}, []*Resource{wireCluster(t, "blackhole", 0)})
-	if err != nil {
-		t.Fatal(err)
-	}
+	snap := outboundSnapshot(t)
 	ws := startWire(t, Options{}, map[string]*Snapshot{"n": snap})
 	ctx := wireContext(t)
 	node := &corev3.Node{Id: "n", Metadata: &structpb.Struct{Fields: map[string]*structpb.Value{"pad": structpb.NewStringValue(strings.Repeat("m", 1<<20))}}}

@@ -14,18 +14,13 @@ package xds
 
 import (
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
-	"crypto/x509/pkix"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"maps"
-	"math/big"
 	"net"
 	"net/http/httptest"
 	"slices"
@@ -50,6 +45,8 @@ import (
 	"google.golang.org/protobuf/types/known/anypb"
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/structpb"
+
+	"github.com/detour-mesh/detour/internal/testpki"
 )
 
 // wireTimeout bounds every wait of the wire suite.
@@ -860,66 +857,15 @@ func TestWireProxyGoneIsForgotten(t *testing.T) {
 
 // wirePKI is a throwaway CA and the server's certificate (for 127.0.0.1).
 type wirePKI struct {
-	ca     *x509.Certificate
-	caKey  *ecdsa.PrivateKey
+	ca     *testpki.CA
 	pool   *x509.CertPool
 	server tls.Certificate
 }
 
 func newWirePKI(t *testing.T) *wirePKI {
 	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber:          big.NewInt(1),
-		Subject:               pkix.Name{CommonName: "detour wire test CA"},
-		NotBefore:             time.Now().Add(-time.Hour),
-		NotAfter:              time.Now().Add(time.Hour),
-		IsCA:                  true,
-		KeyUsage:              x509.KeyUsageCertSign,
-		BasicConstraintsValid: true,
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	p := &wirePKI{caKey: key, pool: x509.NewCertPool()}
-	if p.ca, err = x509.ParseCertificate(der); err != nil {
-		t.Fatal(err)
-	}
-	p.pool.AddCert(p.ca)
-	p.server = p.issue(t, "server", nil, x509.ExtKeyUsageServerAuth)
-	return p
-}
-
-// issue is a certificate of the CA with the DNS SANs sans and 127.0.0.1.
-func (p *wirePKI) issue(t *testing.T, name string, sans []string, usage x509.ExtKeyUsage) tls.Certificate {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	serial, err := rand.Int(rand.Reader, big.NewInt(1<<62))
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber: serial,
-		Subject:      pkix.Name{CommonName: name},
-		DNSNames:     sans,
-		IPAddresses:  []net.IP{net.IPv4(127, 0, 0, 1)},
-		NotBefore:    time.Now().Add(-time.Hour),
-		NotAfter:     time.Now().Add(time.Hour),
-		KeyUsage:     x509.KeyUsageDigitalSignature,
-		ExtKeyUsage:  []x509.ExtKeyUsage{usage},
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, p.ca, &key.PublicKey, p.caKey)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}
+	ca := testpki.New(t, "detour wire test CA")
+	return &wirePKI{ca: ca, pool: ca.Pool, server: ca.Issue(t, "server", nil, x509.ExtKeyUsageServerAuth)}
 }
 
 // TestWireTLS: over TLS the server negotiates ALPN h2 (grpc-go clients
@@ -969,7 +915,7 @@ func TestWireMTLSNodeIdentity(t *testing.T) {
 	nodes := map[string]*Snapshot{"node-a": wireSnapshot(t, "a"), "node-b": wireSnapshot(t, "b")}
 	ws := startWire(t, Options{TLS: &tls.Config{Certificates: []tls.Certificate{pki.server}, ClientAuth: tls.RequireAndVerifyClientCert, ClientCAs: pki.pool}}, nodes)
 	ctx := wireContext(t)
-	clientA := pki.issue(t, "proxy-a", []string{"node-a"}, x509.ExtKeyUsageClientAuth)
+	clientA := pki.ca.Issue(t, "proxy-a", []string{"node-a"}, x509.ExtKeyUsageClientAuth)
 	conn := ws.dial(t, grpc.WithTransportCredentials(credentials.NewTLS(&tls.Config{RootCAs: pki.pool, Certificates: []tls.Certificate{clientA}})))
 	client := discoveryv3.NewAggregatedDiscoveryServiceClient(conn)
 

@@ -1,7 +1,6 @@
 package xds
 
 import (
-	"bytes"
 	"encoding/binary"
 	"errors"
 	"strings"
@@ -76,12 +75,7 @@ func TestADSFailedPushForgetsTheStream(t *testing.T) {
 	before, _ := testSnapshots(t)
 	srv, ctx := holding(t, before)
 	c := dialH2(t, tcpServe(t, srv))
-	var block bytes.Buffer
-	enc := hpack.NewEncoder(&block)
-	for _, f := range [][2]string{{":method", "POST"}, {":scheme", "http"}, {":path", "/" + adsService + "/StreamAggregatedResources"}, {":authority", "a"}, {"content-type", "application/grpc"}} {
-		_ = enc.WriteField(hpack.HeaderField{Name: f[0], Value: f[1]})
-	}
-	c.write(append(appendFrameHeader(nil, block.Len(), frameHeaders, flagEndHeaders, 1), block.Bytes()...))
+	c.headers(flagEndHeaders, h2Post("/"+adsService+"/StreamAggregatedResources"))
 	send := func(req *discoveryv3.DiscoveryRequest) {
 		b, err := proto.Marshal(req)
 		if err != nil {

@@ -357,6 +357,23 @@ func (c *rawH2) write(b []byte) {
 	}
 }
 
+// headers writes a HEADERS frame on stream 1 with flags, of fields (names
+// and values) encoded by a new HPACK encoder.
+func (c *rawH2) headers(flags uint8, fields [][2]string) {
+	c.t.Helper()
+	var block bytes.Buffer
+	enc := hpack.NewEncoder(&block)
+	for _, f := range fields {
+		_ = enc.WriteField(hpack.HeaderField{Name: f[0], Value: f[1]})
+	}
+	c.write(append(appendFrameHeader(nil, block.Len(), frameHeaders, flags, 1), block.Bytes()...))
+}
+
+// h2Post is the request headers of a gRPC call of path.
+func h2Post(path string) [][2]string {
+	return [][2]string{{":method", "POST"}, {":scheme", "http"}, {":path", path}, {":authority", "a"}, {"content-type", "application/grpc"}}
+}
+
 // next reads the next frame; ok is false once the connection ended.
 func (c *rawH2) next() (typ frameType, flags uint8, id uint32, payload []byte, ok bool) {
 	var h [frameHeaderLen]byte
@@ -437,12 +454,7 @@ func TestTransportPingFlood(t *testing.T) {
 func TestTransportTrailers(t *testing.T) {
 	t.Parallel()
 	c := dialH2(t, tcpServe(t, NewServer(Options{})))
-	var block bytes.Buffer
-	enc := hpack.NewEncoder(&block)
-	for _, f := range [][2]string{{":method", "POST"}, {":scheme", "http"}, {":path", "/x.Y/Z\u00e9%"}, {":authority", "a"}, {"content-type", "application/grpc"}} {
-		_ = enc.WriteField(hpack.HeaderField{Name: f[0], Value: f[1]})
-	}
-	c.write(append(appendFrameHeader(nil, block.Len(), frameHeaders, flagEndHeaders, 1), block.Bytes()...))
+	c.headers(flagEndHeaders, h2Post("/x.Y/Z\u00e9%"))
 	var fields []hpack.HeaderField
 	dec := hpack.NewDecoder(4096, func(f hpack.HeaderField) { fields = append(fields, f) })
 	for {
@@ -548,12 +560,7 @@ func TestTransportReassemblesRequests(t *testing.T) {
 	}
 
 	c := dialH2(t, tcpServe(t, srv))
-	var block bytes.Buffer
-	enc := hpack.NewEncoder(&block)
-	for _, f := range [][2]string{{":method", "POST"}, {":scheme", "http"}, {":path", "/" + healthService + "/Check"}, {":authority", "a"}, {"content-type", "application/grpc"}} {
-		_ = enc.WriteField(hpack.HeaderField{Name: f[0], Value: f[1]})
-	}
-	c.write(append(appendFrameHeader(nil, block.Len(), frameHeaders, flagEndHeaders, 1), block.Bytes()...))
+	c.headers(flagEndHeaders, h2Post("/"+healthService+"/Check"))
 	msg := []byte{0, 0, 0, 0, byte(len(adsService) + 2), 0x0a, byte(len(adsService))}
 	msg = append(msg, adsService...)
 	for i, b := range msg {
@@ -603,12 +610,7 @@ func TestTransportMalformedRequests(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
 			c := dialH2(t, addr)
-			var block bytes.Buffer
-			enc := hpack.NewEncoder(&block)
-			for _, f := range tt.fields {
-				_ = enc.WriteField(hpack.HeaderField{Name: f[0], Value: f[1]})
-			}
-			c.write(append(appendFrameHeader(nil, block.Len(), frameHeaders, flagEndHeaders|flagEndStream, 1), block.Bytes()...))
+			c.headers(flagEndHeaders|flagEndStream, tt.fields)
 			for {
 				typ, _, id, payload, ok := c.next()
 				if !ok {
@@ -637,12 +639,7 @@ func TestTransportEndedCallFinishesWriting(t *testing.T) {
 	c := dialH2(t, tcpServe(t, NewServer(Options{})))
 	settings := appendSetting(nil, settingInitialWindowSize, 3) // less than the 7 bytes of a Check response
 	c.write(append(appendFrameHeader(nil, len(settings), frameSettings, 0, 0), settings...))
-	var block bytes.Buffer
-	enc := hpack.NewEncoder(&block)
-	for _, f := range [][2]string{{":method", "POST"}, {":scheme", "http"}, {":path", "/" + healthService + "/Check"}, {":authority", "a"}, {"content-type", "application/grpc"}} {
-		_ = enc.WriteField(hpack.HeaderField{Name: f[0], Value: f[1]})
-	}
-	c.write(append(appendFrameHeader(nil, block.Len(), frameHeaders, flagEndHeaders, 1), block.Bytes()...))
+	c.headers(flagEndHeaders, h2Post("/"+healthService+"/Check"))
 	c.write(append(appendFrameHeader(nil, 5, frameData, flagEndStream, 1), 0, 0, 0, 0, 0))
 	var data []byte
 	updated := false

@@ -891,18 +891,24 @@ func TestWireTLS(t *testing.T) {
 	if r := recvWithin(t, receiveAll(st.Recv), wireTimeout, "clusters over TLS"); len(r.GetResources()) != 1 {
 		t.Errorf("clusters over TLS: %v", r)
 	}
-	short, cancel := context.WithTimeout(ctx, 5*time.Second)
-	defer cancel()
-	plain, err := discoveryv3.NewAggregatedDiscoveryServiceClient(ws.dial(t)).StreamAggregatedResources(short)
-	if err == nil {
-		err = plain.Send(&discoveryv3.DiscoveryRequest{Node: &corev3.Node{Id: "n"}, TypeUrl: resourcev3.ClusterType})
-		if err == nil {
-			_, err = plain.Recv()
-		}
-	}
-	if err == nil {
+	if err := servedWithin5s(ctx, ws.dial(t), "n"); err == nil {
 		t.Error("a plain-text client was served by the TLS server")
 	}
+}
+
+// servedWithin5s asks for node's clusters on conn and returns the first
+// error of the stream (opening it, the request, the response): nil when
+// node was served within 5 s.
+func servedWithin5s(ctx context.Context, conn *grpc.ClientConn, node string) error {
+	short, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	st, err := discoveryv3.NewAggregatedDiscoveryServiceClient(conn).StreamAggregatedResources(short)
+	if err == nil {
+		if err = st.Send(&discoveryv3.DiscoveryRequest{Node: &corev3.Node{Id: node}, TypeUrl: resourcev3.ClusterType}); err == nil || errors.Is(err, io.EOF) {
+			_, err = st.Recv()
+		}
+	}
+	return err
 }
 
 // TestWireMTLSNodeIdentity: with client certificates required, a node id
@@ -954,15 +960,7 @@ func TestWireMTLSNodeIdentity(t *testing.T) {
 	}
 
 	anon := ws.dial(t, grpc.WithTransportCredentials(credentials.NewTLS(&tls.Config{RootCAs: pki.pool})))
-	short, cancel := context.WithTimeout(ctx, 5*time.Second)
-	defer cancel()
-	st, err := discoveryv3.NewAggregatedDiscoveryServiceClient(anon).StreamAggregatedResources(short)
-	if err == nil {
-		if err = st.Send(&discoveryv3.DiscoveryRequest{Node: &corev3.Node{Id: "node-a"}, TypeUrl: resourcev3.ClusterType}); err == nil || errors.Is(err, io.EOF) {
-			_, err = st.Recv()
-		}
-	}
-	if err == nil {
+	if err := servedWithin5s(ctx, anon, "node-a"); err == nil {
 		t.Error("a client without a certificate was served")
 	}
 }

@@ -76,14 +76,7 @@ func TestADSFailedPushForgetsTheStream(t *testing.T) {
 	srv, ctx := holding(t, before)
 	c := dialH2(t, tcpServe(t, srv))
 	c.headers(flagEndHeaders, h2Post("/"+adsService+"/StreamAggregatedResources"))
-	send := func(req *discoveryv3.DiscoveryRequest) {
-		b, err := proto.Marshal(req)
-		if err != nil {
-			t.Fatal(err)
-		}
-		msg := binary.BigEndian.AppendUint32([]byte{0}, uint32(len(b)))
-		c.write(append(appendFrameHeader(nil, 5+len(b), frameData, 0, 1), append(msg, b...)...))
-	}
+	send := func(req *discoveryv3.DiscoveryRequest) { c.write(adsData(t, 1, req)) }
 	send(&discoveryv3.DiscoveryRequest{Node: &corev3.Node{Id: "n"}, TypeUrl: resourcev3.ClusterType})
 	var data []byte
 	for len(data) < 5 || len(data) < 5+int(binary.BigEndian.Uint32(data[1:5])) {

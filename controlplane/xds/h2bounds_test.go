@@ -16,7 +16,6 @@ import (
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	"golang.org/x/net/http2/hpack"
-	"google.golang.org/protobuf/proto"
 )
 
 // Tests of what a peer can make the server hold (h2conn.go, h2write.go):
@@ -165,11 +164,7 @@ func adsOpen(enc *hpack.Encoder, block *bytes.Buffer, id uint32) []byte {
 
 func adsData(t *testing.T, id uint32, req *discoveryv3.DiscoveryRequest) []byte {
 	t.Helper()
-	b, err := proto.Marshal(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	msg := append(binary.BigEndian.AppendUint32([]byte{0}, uint32(len(b))), b...)
+	msg := grpcMessage(t, req)
 	return append(appendFrameHeader(nil, len(msg), frameData, 0, id), msg...)
 }
 

@@ -36,16 +36,6 @@ func requireCurlHTTP2(t *testing.T) string {
 	return curl
 }
 
-// grpcFrame is msg as a gRPC length-prefixed message.
-func grpcFrame(t *testing.T, msg proto.Message) []byte {
-	t.Helper()
-	b, err := proto.Marshal(msg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return append(binary.BigEndian.AppendUint32([]byte{0}, uint32(len(b))), b...)
-}
-
 // readGRPCMessage reads one length-prefixed message from r into msg.
 func readGRPCMessage(r io.Reader, msg proto.Message) error {
 	var prefix [5]byte
@@ -74,7 +64,7 @@ func TestTransportWithCurl(t *testing.T) {
 	defer cancel()
 	dir := t.TempDir()
 	req := filepath.Join(dir, "request")
-	if err := os.WriteFile(req, grpcFrame(t, &healthpb.HealthCheckRequest{Service: adsService}), 0o600); err != nil {
+	if err := os.WriteFile(req, grpcMessage(t, &healthpb.HealthCheckRequest{Service: adsService}), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	args := func(method, headers string) []string {

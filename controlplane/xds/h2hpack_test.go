@@ -90,7 +90,7 @@ func TestTransportHeaderTableSizeWithNghttp(t *testing.T) {
 	}
 	addr := tcpServe(t, NewServer(Options{}))
 	req := filepath.Join(t.TempDir(), "request")
-	if err := os.WriteFile(req, grpcFrame(t, &healthpb.HealthCheckRequest{}), 0o600); err != nil {
+	if err := os.WriteFile(req, grpcMessage(t, &healthpb.HealthCheckRequest{}), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	for _, size := range []string{"0", "1024"} {

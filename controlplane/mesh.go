@@ -216,6 +216,11 @@ func (m *Mesh) Validate() error {
 		for j, vip := range s.VirtualIPs {
 			if reason := unusableAddr(vip); reason != "" {
 				bad(fmt.Sprintf("%s.virtualIPs[%d]", f, j), vip.String(), reason)
+			} else if k := slices.Index(s.VirtualIPs[:j], vip); k >= 0 {
+				// Each virtual IP and port is one listener: a repeat made
+				// two of one name, and every node that reaches the service
+				// failed the build.
+				bad(fmt.Sprintf("%s.virtualIPs[%d]", f, j), vip.String(), fmt.Sprintf("is also %s.virtualIPs[%d]", f, k))
 			}
 		}
 		if len(s.Ports) == 0 {

@@ -134,6 +134,7 @@ func TestDecodeMeshErrors(t *testing.T) {
 		{"port missing", "services: [{name: a, virtualIPs: [198.51.100.1], ports: [{protocol: tcp}]}]", []string{`services[0].ports[0].port: "" is missing`}},
 		{"bad vip", "services: [{name: a, virtualIPs: [198.51.100.300], ports: [80]}]", []string{`services[0].virtualIPs[0]: "198.51.100.300" is not an IP address`}},
 		{"loopback vip", "services: [{name: a, virtualIPs: [127.0.0.1], ports: [80]}]", []string{`services[0].virtualIPs[0]: "127.0.0.1" is not a routable unicast address`}},
+		{"repeated vip", "services: [{name: a, virtualIPs: [198.51.100.10, 2001:db8::a, 198.51.100.10], ports: [80]}]", []string{`services[0].virtualIPs[2]: "198.51.100.10" is also services[0].virtualIPs[0]`}},
 		{"no vip", "services: [{name: a, ports: [80]}]", []string{`services[0].virtualIPs: "" is empty`}},
 		{"udp", "services: [{name: a, virtualIPs: [198.51.100.1], ports: [{port: 53, protocol: udp}]}]", []string{`services[0].ports[0].protocol: "udp" is not one of tcp, http`}},
 		{"unknown service key", "services: [{name: a, vips: [198.51.100.1]}]", []string{`services[0].vips: "[\"198.51.100.1\"]" is not a known field`}},

@@ -174,6 +174,13 @@ func TestBuildMatchesEachWorkloadAlone(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	checkBuildsAsAlone(t, m, map[string]*build{"the build": b})
+}
+
+// checkBuildsAsAlone checks that each of builds (by what it is) serves every
+// workload of m the versions of its resources generated alone.
+func checkBuildsAsAlone(t *testing.T, m *Mesh, builds map[string]*build) {
+	t.Helper()
 	for _, w := range m.Workloads {
 		r, err := m.Resources(w.NodeID)
 		if err != nil {
@@ -183,8 +190,10 @@ func TestBuildMatchesEachWorkloadAlone(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if got, want := b.nodes[w.NodeID].Versions(), alone.Versions(); got != want {
-			t.Errorf("node %s: versions %+v in the build, %+v generated alone", w.NodeID, got, want)
+		for what, b := range builds {
+			if got, want := b.nodes[w.NodeID].Versions(), alone.Versions(); got != want {
+				t.Errorf("node %s: versions %+v in %s, %+v generated alone", w.NodeID, got, want, what)
+			}
 		}
 	}
 }

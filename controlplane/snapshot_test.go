@@ -267,20 +267,5 @@ func TestNodesSharingAnOutboundPartGetTheirOwn(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, w := range m.Workloads {
-		r, err := m.Resources(w.NodeID)
-		if err != nil {
-			t.Fatal(err)
-		}
-		alone, err := newHasher().snapshot(r)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if got, want := b.nodes[w.NodeID].Versions(), alone.Versions(); got != want {
-			t.Errorf("node %s: versions %+v in the build, %+v generated alone", w.NodeID, got, want)
-		}
-		if got, want := again.nodes[w.NodeID].Versions(), alone.Versions(); got != want {
-			t.Errorf("node %s: versions %+v in a build from the memo, %+v generated alone", w.NodeID, got, want)
-		}
-	}
+	checkBuildsAsAlone(t, m, map[string]*build{"the build": b, "a build from the memo": again})
 }

@@ -15,6 +15,7 @@ import (
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 
+	"golang.org/x/net/http2"
 	"golang.org/x/net/http2/hpack"
 )
 
@@ -84,7 +85,7 @@ func TestADSFailedPushForgetsTheStream(t *testing.T) {
 		if !ok {
 			t.Fatal("the connection ended before the first response")
 		}
-		if typ == frameData && id == 1 {
+		if typ == http2.FrameData && id == 1 {
 			data = append(data, payload...)
 		}
 	}
@@ -104,7 +105,7 @@ func TestADSFailedPushForgetsTheStream(t *testing.T) {
 			t.Fatal("the connection ended before the stream")
 		}
 		switch {
-		case typ == frameHeaders && id == 1:
+		case typ == http2.FrameHeaders && id == 1:
 			fields, err := dec.DecodeFull(payload)
 			if err != nil {
 				t.Fatal(err)
@@ -112,7 +113,7 @@ func TestADSFailedPushForgetsTheStream(t *testing.T) {
 			if !hasField(fields, "grpc-status", "13") {
 				t.Errorf("trailers %v, want grpc-status 13 (Internal)", fields)
 			}
-		case typ == frameRSTStream && id == 1:
+		case typ == http2.FrameRSTStream && id == 1:
 			rst = true
 		}
 	}
@@ -123,7 +124,7 @@ func TestADSFailedPushForgetsTheStream(t *testing.T) {
 		if !ok {
 			t.Fatal("the connection ended before the PING's ACK")
 		}
-		if typ == framePing && flags&flagAck != 0 {
+		if typ == http2.FramePing && flags&flagAck != 0 {
 			break
 		}
 	}

@@ -17,6 +17,7 @@ import (
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
+	"golang.org/x/net/http2"
 	"golang.org/x/net/http2/hpack"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -91,7 +92,7 @@ func dialPreface(t *testing.T, addr string, rcvbuf int) net.Conn {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { nc.Close() })
-	if _, err := nc.Write(append([]byte(clientPreface), appendFrameHeader(nil, 0, frameSettings, 0, 0)...)); err != nil {
+	if _, err := nc.Write(append([]byte(http2.ClientPreface), appendFrameHeader(nil, 0, http2.FrameSettings, 0, 0)...)); err != nil {
 		t.Fatal(err)
 	}
 	return nc
@@ -366,7 +367,7 @@ func (c *rawH2) headers(flags uint8, fields [][2]string) {
 	for _, f := range fields {
 		_ = enc.WriteField(hpack.HeaderField{Name: f[0], Value: f[1]})
 	}
-	c.write(append(appendFrameHeader(nil, block.Len(), frameHeaders, flags, 1), block.Bytes()...))
+	c.write(append(appendFrameHeader(nil, block.Len(), http2.FrameHeaders, flags, 1), block.Bytes()...))
 }
 
 // h2Post is the request headers of a gRPC call of path.
@@ -375,7 +376,7 @@ func h2Post(path string) [][2]string {
 }
 
 // next reads the next frame; ok is false once the connection ended.
-func (c *rawH2) next() (typ frameType, flags uint8, id uint32, payload []byte, ok bool) {
+func (c *rawH2) next() (typ http2.FrameType, flags uint8, id uint32, payload []byte, ok bool) {
 	var h [frameHeaderLen]byte
 	if _, err := io.ReadFull(c.nc, h[:]); err != nil {
 		return 0, 0, 0, nil, false
@@ -384,7 +385,7 @@ func (c *rawH2) next() (typ frameType, flags uint8, id uint32, payload []byte, o
 	if _, err := io.ReadFull(c.nc, payload); err != nil {
 		return 0, 0, 0, nil, false
 	}
-	return frameType(h[3]), h[4], binary.BigEndian.Uint32(h[5:]) & 0x7fffffff, payload, true
+	return http2.FrameType(h[3]), h[4], binary.BigEndian.Uint32(h[5:]) & 0x7fffffff, payload, true
 }
 
 // TestTransportKeepalive: a connection that sends nothing is pinged after
@@ -403,7 +404,7 @@ func TestTransportKeepalive(t *testing.T) {
 		if !ok {
 			break
 		}
-		if typ != framePing || flags&flagAck != 0 {
+		if typ != http2.FramePing || flags&flagAck != 0 {
 			continue
 		}
 		pings++
@@ -435,11 +436,11 @@ func TestTransportPingFlood(t *testing.T) {
 		if !ok {
 			t.Fatal("the connection ended without GOAWAY")
 		}
-		if typ == framePing && flags&flagAck != 0 {
+		if typ == http2.FramePing && flags&flagAck != 0 {
 			acks++
 		}
-		if typ == frameGoAway {
-			if code := errCode(binary.BigEndian.Uint32(payload[4:8])); code != codeEnhanceYourCalm || acks != 3 {
+		if typ == http2.FrameGoAway {
+			if code := http2.ErrCode(binary.BigEndian.Uint32(payload[4:8])); code != http2.ErrCodeEnhanceYourCalm || acks != 3 {
 				t.Errorf("GOAWAY %v after %d ping ACKs, want ENHANCE_YOUR_CALM after 3", code, acks)
 			}
 			return
@@ -462,7 +463,7 @@ func TestTransportTrailers(t *testing.T) {
 		if !ok {
 			t.Fatal("the connection ended")
 		}
-		if typ == frameHeaders && id == 1 {
+		if typ == http2.FrameHeaders && id == 1 {
 			if flags&flagEndStream == 0 || flags&flagEndHeaders == 0 {
 				t.Errorf("trailers-only HEADERS flags %#x, want END_STREAM|END_HEADERS", flags)
 			}
@@ -470,8 +471,8 @@ func TestTransportTrailers(t *testing.T) {
 				t.Fatal(err)
 			}
 		}
-		if typ == frameRSTStream && id == 1 {
-			if code := errCode(binary.BigEndian.Uint32(payload)); code != codeNo || fields == nil {
+		if typ == http2.FrameRSTStream && id == 1 {
+			if code := http2.ErrCode(binary.BigEndian.Uint32(payload)); code != http2.ErrCodeNo || fields == nil {
 				t.Errorf("RST_STREAM %v (after trailers: %v), want NO_ERROR after the trailers", code, fields != nil)
 			}
 			break
@@ -568,21 +569,21 @@ func TestTransportReassemblesRequests(t *testing.T) {
 		if i == len(msg)-1 {
 			flags = flagEndStream
 		}
-		c.write(append(appendFrameHeader(nil, 1, frameData, flags, 1), b))
+		c.write(append(appendFrameHeader(nil, 1, http2.FrameData, flags, 1), b))
 	}
 	for {
 		typ, _, id, payload, ok := c.next()
 		if !ok {
 			t.Fatal("the connection ended before the response")
 		}
-		if typ == frameData && id == 1 {
+		if typ == http2.FrameData && id == 1 {
 			// HealthCheckResponse{status: SERVING}: field 1, varint 1.
 			if want := []byte{0, 0, 0, 0, 2, 0x08, 1}; !bytes.Equal(payload, want) {
 				t.Fatalf("response %x, want %x (SERVING)", payload, want)
 			}
 			return
 		}
-		if typ == frameHeaders && id == 1 && len(payload) > len(responseHeaders) {
+		if typ == http2.FrameHeaders && id == 1 && len(payload) > len(responseHeaders) {
 			t.Fatalf("the call ended without a response: %q", payload)
 		}
 	}
@@ -619,10 +620,10 @@ func TestTransportMalformedRequests(t *testing.T) {
 				if id != 1 {
 					continue
 				}
-				if typ != frameRSTStream {
+				if typ != http2.FrameRSTStream {
 					t.Fatalf("frame %d on the stream, want RST_STREAM", typ)
 				}
-				if code := errCode(binary.BigEndian.Uint32(payload)); code != codeProtocol {
+				if code := http2.ErrCode(binary.BigEndian.Uint32(payload)); code != http2.ErrCodeProtocol {
 					t.Errorf("RST_STREAM %v, want PROTOCOL_ERROR", code)
 				}
 				return
@@ -637,10 +638,10 @@ func TestTransportMalformedRequests(t *testing.T) {
 func TestTransportEndedCallFinishesWriting(t *testing.T) {
 	t.Parallel()
 	c := dialH2(t, tcpServe(t, NewServer(Options{})))
-	settings := appendSetting(nil, settingInitialWindowSize, 3) // less than the 7 bytes of a Check response
-	c.write(append(appendFrameHeader(nil, len(settings), frameSettings, 0, 0), settings...))
+	settings := appendSetting(nil, http2.SettingInitialWindowSize, 3) // less than the 7 bytes of a Check response
+	c.write(append(appendFrameHeader(nil, len(settings), http2.FrameSettings, 0, 0), settings...))
 	c.headers(flagEndHeaders, h2Post("/"+healthService+"/Check"))
-	c.write(append(appendFrameHeader(nil, 5, frameData, flagEndStream, 1), 0, 0, 0, 0, 0))
+	c.write(append(appendFrameHeader(nil, 5, http2.FrameData, flagEndStream, 1), 0, 0, 0, 0, 0))
 	var data []byte
 	updated := false
 	for {
@@ -651,14 +652,14 @@ func TestTransportEndedCallFinishesWriting(t *testing.T) {
 		if id != 1 {
 			continue
 		}
-		if typ == frameData {
+		if typ == http2.FrameData {
 			data = append(data, payload...)
 			if !updated {
 				updated = true
 				c.write(appendWindowUpdate(nil, 1, 100))
 			}
 		}
-		if typ == frameHeaders && flags&flagEndStream != 0 {
+		if typ == http2.FrameHeaders && flags&flagEndStream != 0 {
 			break
 		}
 	}

@@ -15,6 +15,7 @@ import (
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
+	"golang.org/x/net/http2"
 	"golang.org/x/net/http2/hpack"
 )
 
@@ -75,7 +76,7 @@ func flood(t *testing.T, srv *Server, nc net.Conn, wire []byte, times int) (peak
 }
 
 // goAwayCode reads nc's frames until GOAWAY and returns its code.
-func goAwayCode(t *testing.T, nc net.Conn) (errCode, bool) {
+func goAwayCode(t *testing.T, nc net.Conn) (http2.ErrCode, bool) {
 	t.Helper()
 	_ = nc.SetReadDeadline(time.Now().Add(testTimeout))
 	var h [frameHeaderLen]byte
@@ -87,8 +88,8 @@ func goAwayCode(t *testing.T, nc net.Conn) (errCode, bool) {
 		if _, err := io.ReadFull(nc, p); err != nil {
 			return 0, false
 		}
-		if frameType(h[3]) == frameGoAway && len(p) >= 8 {
-			return errCode(binary.BigEndian.Uint32(p[4:8])), true
+		if http2.FrameType(h[3]) == http2.FrameGoAway && len(p) >= 8 {
+			return http2.ErrCode(binary.BigEndian.Uint32(p[4:8])), true
 		}
 	}
 }
@@ -100,7 +101,7 @@ func TestTransportUnreadControlFrames(t *testing.T) {
 	t.Parallel()
 	srv := NewServer(Options{})
 	nc := dialNoRead(t, tcpServe(t, srv, smallSendBuffers))
-	frame := appendFrameHeader(nil, 0, frameSettings, 0, 0)
+	frame := appendFrameHeader(nil, 0, http2.FrameSettings, 0, 0)
 	peak, _, closing := flood(t, srv, nc, bytes.Repeat(frame, 1<<20/len(frame)), 1)
 	t.Logf("the server held at most %d bytes unwritten", peak)
 	if !closing {
@@ -109,7 +110,7 @@ func TestTransportUnreadControlFrames(t *testing.T) {
 	if peak > maxQueuedControl+256 { // the last ACK and the GOAWAY
 		t.Errorf("the server held %d bytes of control frames, want at most %d", peak, maxQueuedControl)
 	}
-	if code, ok := goAwayCode(t, nc); !ok || code != codeEnhanceYourCalm {
+	if code, ok := goAwayCode(t, nc); !ok || code != http2.ErrCodeEnhanceYourCalm {
 		t.Errorf("GOAWAY %v (read: %v), want ENHANCE_YOUR_CALM", code, ok)
 	}
 }
@@ -133,7 +134,7 @@ func TestTransportUnreadTrailers(t *testing.T) {
 		for _, f := range [][2]string{{":method", "POST"}, {":path", path}, {"content-type", "application/grpc"}} {
 			_ = enc.WriteField(hpack.HeaderField{Name: f[0], Value: f[1]})
 		}
-		wire = appendFrameHeader(wire, block.Len(), frameHeaders, flagEndHeaders|flagEndStream, uint32(2*i+1))
+		wire = appendFrameHeader(wire, block.Len(), http2.FrameHeaders, flagEndHeaders|flagEndStream, uint32(2*i+1))
 		wire = append(wire, block.Bytes()...)
 	}
 	peak, streams, closing := flood(t, srv, nc, wire, 1)
@@ -147,7 +148,7 @@ func TestTransportUnreadTrailers(t *testing.T) {
 	if !closing {
 		t.Fatal("no GOAWAY after 10,000 streams refused unread")
 	}
-	if code, ok := goAwayCode(t, nc); !ok || code != codeEnhanceYourCalm {
+	if code, ok := goAwayCode(t, nc); !ok || code != http2.ErrCodeEnhanceYourCalm {
 		t.Errorf("GOAWAY %v (read: %v), want ENHANCE_YOUR_CALM", code, ok)
 	}
 }
@@ -159,13 +160,13 @@ func adsOpen(enc *hpack.Encoder, block *bytes.Buffer, id uint32) []byte {
 	for _, f := range [][2]string{{":method", "POST"}, {":path", "/" + adsService + "/StreamAggregatedResources"}, {"content-type", "application/grpc"}} {
 		_ = enc.WriteField(hpack.HeaderField{Name: f[0], Value: f[1]})
 	}
-	return append(appendFrameHeader(nil, block.Len(), frameHeaders, flagEndHeaders, id), block.Bytes()...)
+	return append(appendFrameHeader(nil, block.Len(), http2.FrameHeaders, flagEndHeaders, id), block.Bytes()...)
 }
 
 func adsData(t *testing.T, id uint32, req *discoveryv3.DiscoveryRequest) []byte {
 	t.Helper()
 	msg := grpcMessage(t, req)
-	return append(appendFrameHeader(nil, len(msg), frameData, 0, id), msg...)
+	return append(appendFrameHeader(nil, len(msg), http2.FrameData, 0, id), msg...)
 }
 
 // lastNonce is the nonce of the last response of typeURL sent to node.
@@ -247,7 +248,7 @@ func TestTransportHeaderBlockLimit(t *testing.T) {
 	for _, f := range [][2]string{{":method", "POST"}, {":path", "/" + healthService + "/Check"}, {"content-type", "application/grpc"}} {
 		_ = enc.WriteField(hpack.HeaderField{Name: f[0], Value: f[1]})
 	}
-	c.write(appendFrameHeader(nil, block.Len(), frameHeaders, 0, 1))
+	c.write(appendFrameHeader(nil, block.Len(), http2.FrameHeaders, 0, 1))
 	c.write(block.Bytes())
 	pad := strings.Repeat("p", 1000)
 	go func() { // 200 KiB of header fields, 8 KiB a frame, never ended
@@ -256,7 +257,7 @@ func TestTransportHeaderBlockLimit(t *testing.T) {
 			for range 8 {
 				_ = enc.WriteField(hpack.HeaderField{Name: "x-pad", Value: pad, Sensitive: true})
 			}
-			if _, err := c.nc.Write(append(appendFrameHeader(nil, block.Len(), frameContinuation, 0, 1), block.Bytes()...)); err != nil {
+			if _, err := c.nc.Write(append(appendFrameHeader(nil, block.Len(), http2.FrameContinuation, 0, 1), block.Bytes()...)); err != nil {
 				return
 			}
 		}
@@ -268,15 +269,15 @@ func TestTransportHeaderBlockLimit(t *testing.T) {
 		if !ok {
 			t.Fatal("no GOAWAY for a header block of 200 KiB")
 		}
-		if typ == frameSettings && flags&flagAck == 0 {
+		if typ == http2.FrameSettings && flags&flagAck == 0 {
 			for p := payload; len(p) >= 6; p = p[6:] {
-				if binary.BigEndian.Uint16(p) == settingMaxHeaderListSize {
+				if http2.SettingID(binary.BigEndian.Uint16(p)) == http2.SettingMaxHeaderListSize {
 					advertised = binary.BigEndian.Uint32(p[2:])
 				}
 			}
 		}
-		if typ == frameGoAway {
-			if code := errCode(binary.BigEndian.Uint32(payload[4:8])); code != codeEnhanceYourCalm {
+		if typ == http2.FrameGoAway {
+			if code := http2.ErrCode(binary.BigEndian.Uint32(payload[4:8])); code != http2.ErrCodeEnhanceYourCalm {
 				t.Errorf("GOAWAY %v, want ENHANCE_YOUR_CALM", code)
 			}
 			break
@@ -303,7 +304,7 @@ func TestTransportPartialMessagesLimit(t *testing.T) {
 	for _, id := range []uint32{1, 3, 5} {
 		c.write(adsOpen(enc, &block, id))
 		for p := part; len(p) > 0; p = p[min(len(p), maxReadFrame):] {
-			c.write(append(appendFrameHeader(nil, min(len(p), maxReadFrame), frameData, 0, id), p[:min(len(p), maxReadFrame)]...))
+			c.write(append(appendFrameHeader(nil, min(len(p), maxReadFrame), http2.FrameData, 0, id), p[:min(len(p), maxReadFrame)]...))
 		}
 	}
 	var fields []hpack.HeaderField
@@ -314,10 +315,10 @@ func TestTransportPartialMessagesLimit(t *testing.T) {
 		if !ok {
 			t.Fatal("no stream ended with 300 KiB of partial messages received, bound 256 KiB")
 		}
-		if typ == frameRSTStream && id != 5 {
+		if typ == http2.FrameRSTStream && id != 5 {
 			t.Errorf("stream %d reset, want only stream 5 ended", id)
 		}
-		if typ != frameHeaders {
+		if typ != http2.FrameHeaders {
 			continue
 		}
 		fields = fields[:0]

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	"golang.org/x/net/http2"
 	"golang.org/x/net/http2/hpack"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -121,9 +122,9 @@ func (c *h2conn) serve() {
 		c.nc = tc
 		c.chains = tc.ConnectionState().VerifiedChains
 	}
-	var preface [len(clientPreface)]byte
+	var preface [len(http2.ClientPreface)]byte
 	_ = c.nc.SetReadDeadline(time.Now().Add(handshakeTimeout))
-	if _, err := io.ReadFull(c.nc, preface[:]); err != nil || string(preface[:]) != clientPreface {
+	if _, err := io.ReadFull(c.nc, preface[:]); err != nil || string(preface[:]) != http2.ClientPreface {
 		return
 	}
 	_ = c.nc.SetReadDeadline(time.Time{})
@@ -169,16 +170,16 @@ func (c *h2conn) readFrames() error {
 			c.reap()
 		}
 		length := int(c.hdr[0])<<16 | int(c.hdr[1])<<8 | int(c.hdr[2])
-		typ, flags := frameType(c.hdr[3]), c.hdr[4]
+		typ, flags := http2.FrameType(c.hdr[3]), c.hdr[4]
 		id := binary.BigEndian.Uint32(c.hdr[5:]) & 0x7fffffff
 		if length > maxReadFrame {
-			return connError{codeFrameSize, fmt.Sprintf("frame of %d bytes, max %d", length, maxReadFrame)}
+			return connError{http2.ErrCodeFrameSize, fmt.Sprintf("frame of %d bytes, max %d", length, maxReadFrame)}
 		}
-		if first && (typ != frameSettings || flags&flagAck != 0) {
-			return connError{codeProtocol, "client preface without SETTINGS"}
+		if first && (typ != http2.FrameSettings || flags&flagAck != 0) {
+			return connError{http2.ErrCodeProtocol, "client preface without SETTINGS"}
 		}
-		if c.block != nil && (typ != frameContinuation || id != c.block.stream) {
-			return connError{codeProtocol, "expected CONTINUATION of stream " + fmt.Sprint(c.block.stream)}
+		if c.block != nil && (typ != http2.FrameContinuation || id != c.block.stream) {
+			return connError{http2.ErrCodeProtocol, "expected CONTINUATION of stream " + fmt.Sprint(c.block.stream)}
 		}
 		buf := xdsBufferPool.Get(length)
 		p := (*buf)[:length]
@@ -187,7 +188,7 @@ func (c *h2conn) readFrames() error {
 			err = c.frame(typ, flags, id, p)
 		}
 		if err == nil && c.calm.Load() {
-			err = connError{codeEnhanceYourCalm, fmt.Sprintf("more than %d bytes of control frames unread by the peer", maxQueuedControl)}
+			err = connError{http2.ErrCodeEnhanceYourCalm, fmt.Sprintf("more than %d bytes of control frames unread by the peer", maxQueuedControl)}
 		}
 		xdsBufferPool.Put(buf)
 		if err != nil {
@@ -197,39 +198,39 @@ func (c *h2conn) readFrames() error {
 }
 
 // frame handles one frame.
-func (c *h2conn) frame(typ frameType, flags uint8, id uint32, p []byte) error {
+func (c *h2conn) frame(typ http2.FrameType, flags uint8, id uint32, p []byte) error {
 	switch typ {
-	case frameData:
+	case http2.FrameData:
 		return c.data(flags, id, p)
-	case frameHeaders:
+	case http2.FrameHeaders:
 		return c.headers(flags, id, p)
-	case frameContinuation:
+	case http2.FrameContinuation:
 		if c.block == nil {
-			return connError{codeProtocol, "CONTINUATION without HEADERS"}
+			return connError{http2.ErrCodeProtocol, "CONTINUATION without HEADERS"}
 		}
 		return c.headerFragment(flags, p)
-	case framePriority:
+	case http2.FramePriority:
 		if id == 0 {
-			return connError{codeProtocol, "PRIORITY on stream 0"}
+			return connError{http2.ErrCodeProtocol, "PRIORITY on stream 0"}
 		}
 		if len(p) != 5 {
-			return connError{codeFrameSize, "PRIORITY of " + fmt.Sprint(len(p)) + " bytes"}
+			return connError{http2.ErrCodeFrameSize, "PRIORITY of " + fmt.Sprint(len(p)) + " bytes"}
 		}
 		return nil
-	case frameRSTStream:
+	case http2.FrameRSTStream:
 		return c.rstStream(id, p)
-	case frameSettings:
+	case http2.FrameSettings:
 		return c.settings(flags, id, p)
-	case framePushPromise:
-		return connError{codeProtocol, "PUSH_PROMISE from a client"}
-	case framePing:
+	case http2.FramePushPromise:
+		return connError{http2.ErrCodeProtocol, "PUSH_PROMISE from a client"}
+	case http2.FramePing:
 		return c.ping(flags, id, p)
-	case frameGoAway:
+	case http2.FrameGoAway:
 		if id != 0 {
-			return connError{codeProtocol, "GOAWAY on a stream"}
+			return connError{http2.ErrCodeProtocol, "GOAWAY on a stream"}
 		}
 		return nil
-	case frameWindowUpdate:
+	case http2.FrameWindowUpdate:
 		return c.windowUpdate(id, p)
 	}
 	return nil // unknown frame types are ignored
@@ -260,14 +261,14 @@ func unpad(flags uint8, p []byte) ([]byte, error) {
 		return p, nil
 	}
 	if len(p) == 0 || int(p[0]) >= len(p) {
-		return nil, connError{codeProtocol, "padding longer than the frame"}
+		return nil, connError{http2.ErrCodeProtocol, "padding longer than the frame"}
 	}
 	return p[1 : len(p)-int(p[0])], nil
 }
 
 func (c *h2conn) headers(flags uint8, id uint32, p []byte) error {
 	if id == 0 || id%2 == 0 {
-		return connError{codeProtocol, fmt.Sprintf("HEADERS on stream %d", id)}
+		return connError{http2.ErrCodeProtocol, fmt.Sprintf("HEADERS on stream %d", id)}
 	}
 	p, err := unpad(flags, p)
 	if err != nil {
@@ -275,7 +276,7 @@ func (c *h2conn) headers(flags uint8, id uint32, p []byte) error {
 	}
 	if flags&flagPriority != 0 {
 		if len(p) < 5 {
-			return connError{codeFrameSize, "HEADERS too short for its priority"}
+			return connError{http2.ErrCodeFrameSize, "HEADERS too short for its priority"}
 		}
 		p = p[5:]
 	}
@@ -283,10 +284,10 @@ func (c *h2conn) headers(flags uint8, id uint32, p []byte) error {
 	if id <= c.lastID {
 		st := c.stream(id)
 		if st == nil || st.remoteDone {
-			return connError{codeStreamClosed, fmt.Sprintf("HEADERS on closed stream %d", id)}
+			return connError{http2.ErrCodeStreamClosed, fmt.Sprintf("HEADERS on closed stream %d", id)}
 		}
 		if !b.endStream {
-			return connError{codeProtocol, fmt.Sprintf("trailers without END_STREAM on stream %d", id)}
+			return connError{http2.ErrCodeProtocol, fmt.Sprintf("trailers without END_STREAM on stream %d", id)}
 		}
 		b.trailers = true
 	} else {
@@ -298,16 +299,16 @@ func (c *h2conn) headers(flags uint8, id uint32, p []byte) error {
 
 func (c *h2conn) headerFragment(flags uint8, p []byte) error {
 	if c.block.size += len(p); c.block.size > maxHeaderBlock {
-		return connError{codeEnhanceYourCalm, fmt.Sprintf("header block of stream %d larger than %d bytes", c.block.stream, maxHeaderBlock)}
+		return connError{http2.ErrCodeEnhanceYourCalm, fmt.Sprintf("header block of stream %d larger than %d bytes", c.block.stream, maxHeaderBlock)}
 	}
 	if _, err := c.dec.Write(p); err != nil {
-		return connError{codeCompression, err.Error()}
+		return connError{http2.ErrCodeCompression, err.Error()}
 	}
 	if flags&flagEndHeaders == 0 {
 		return nil
 	}
 	if err := c.dec.Close(); err != nil {
-		return connError{codeCompression, err.Error()}
+		return connError{http2.ErrCodeCompression, err.Error()}
 	}
 	b := c.block
 	c.block = nil
@@ -366,14 +367,14 @@ func (c *h2conn) headerField(f hpack.HeaderField) {
 // open starts the call of a request's headers.
 func (c *h2conn) open(b *headerBlock) error {
 	if b.bad || b.method != "POST" || b.path == "" {
-		c.queueRST(b.stream, codeProtocol)
+		c.queueRST(b.stream, http2.ErrCodeProtocol)
 		return nil
 	}
 	// A call ended but not yet written is still open for the peer, which
 	// counts it against SETTINGS_MAX_CONCURRENT_STREAMS until it reads its
 	// trailers: a peer that does not read cannot have more queued.
 	if len(c.streams) >= maxStreams || len(c.streams)+c.endedUnwritten() >= maxStreams {
-		c.queueRST(b.stream, codeRefusedStream)
+		c.queueRST(b.stream, http2.ErrCodeRefusedStream)
 		return nil
 	}
 	st := &h2stream{c: c, id: b.stream, recvWindow: recvWindow, remoteDone: b.endStream}
@@ -426,28 +427,28 @@ func (c *h2conn) end(st *h2stream, err error) {
 
 func (c *h2conn) data(flags uint8, id uint32, p []byte) error {
 	if id == 0 {
-		return connError{codeProtocol, "DATA on stream 0"}
+		return connError{http2.ErrCodeProtocol, "DATA on stream 0"}
 	}
 	n := int32(len(p))
 	c.recvWindow -= n
 	if c.recvWindow < 0 {
-		return connError{codeFlowControl, "DATA beyond the connection's window"}
+		return connError{http2.ErrCodeFlowControl, "DATA beyond the connection's window"}
 	}
 	c.consumed(nil, n)
 	st := c.stream(id)
 	if st == nil {
 		if id > c.lastID || id%2 == 0 {
-			return connError{codeProtocol, fmt.Sprintf("DATA on idle stream %d", id)}
+			return connError{http2.ErrCodeProtocol, fmt.Sprintf("DATA on idle stream %d", id)}
 		}
 		return nil // a stream ended here; the client may not know yet
 	}
 	if st.remoteDone {
-		c.reset(st, codeStreamClosed)
+		c.reset(st, http2.ErrCodeStreamClosed)
 		return nil
 	}
 	st.recvWindow -= n
 	if st.recvWindow < 0 {
-		c.reset(st, codeFlowControl)
+		c.reset(st, http2.ErrCodeFlowControl)
 		return nil
 	}
 	p, err := unpad(flags, p)
@@ -572,7 +573,7 @@ func (st *h2stream) releaseRecv() {
 }
 
 // reset ends st with RST_STREAM.
-func (c *h2conn) reset(st *h2stream, code errCode) {
+func (c *h2conn) reset(st *h2stream, code http2.ErrCode) {
 	c.queueRST(st.id, code)
 	c.forget(st)
 	st.dropSends()
@@ -582,10 +583,10 @@ func (c *h2conn) reset(st *h2stream, code errCode) {
 
 func (c *h2conn) rstStream(id uint32, p []byte) error {
 	if len(p) != 4 {
-		return connError{codeFrameSize, "RST_STREAM of " + fmt.Sprint(len(p)) + " bytes"}
+		return connError{http2.ErrCodeFrameSize, "RST_STREAM of " + fmt.Sprint(len(p)) + " bytes"}
 	}
 	if id == 0 || id > c.lastID {
-		return connError{codeProtocol, fmt.Sprintf("RST_STREAM on idle stream %d", id)}
+		return connError{http2.ErrCodeProtocol, fmt.Sprintf("RST_STREAM on idle stream %d", id)}
 	}
 	st := c.stream(id)
 	if st == nil {
@@ -603,35 +604,35 @@ func (c *h2conn) rstStream(id uint32, p []byte) error {
 
 func (c *h2conn) settings(flags uint8, id uint32, p []byte) error {
 	if id != 0 {
-		return connError{codeProtocol, "SETTINGS on a stream"}
+		return connError{http2.ErrCodeProtocol, "SETTINGS on a stream"}
 	}
 	if flags&flagAck != 0 {
 		if len(p) != 0 {
-			return connError{codeFrameSize, "SETTINGS ACK with a payload"}
+			return connError{http2.ErrCodeFrameSize, "SETTINGS ACK with a payload"}
 		}
 		return nil
 	}
 	if len(p)%6 != 0 {
-		return connError{codeFrameSize, "SETTINGS of " + fmt.Sprint(len(p)) + " bytes"}
+		return connError{http2.ErrCodeFrameSize, "SETTINGS of " + fmt.Sprint(len(p)) + " bytes"}
 	}
 	initialWindow, maxFrame, tableSize := int64(-1), uint32(0), int64(-1)
 	for ; len(p) > 0; p = p[6:] {
 		v := binary.BigEndian.Uint32(p[2:6])
-		switch binary.BigEndian.Uint16(p[:2]) {
-		case settingHeaderTableSize:
+		switch http2.SettingID(binary.BigEndian.Uint16(p[:2])) {
+		case http2.SettingHeaderTableSize:
 			tableSize = int64(v)
-		case settingEnablePush:
+		case http2.SettingEnablePush:
 			if v > 1 {
-				return connError{codeProtocol, fmt.Sprintf("SETTINGS_ENABLE_PUSH %d", v)}
+				return connError{http2.ErrCodeProtocol, fmt.Sprintf("SETTINGS_ENABLE_PUSH %d", v)}
 			}
-		case settingInitialWindowSize:
+		case http2.SettingInitialWindowSize:
 			if v > maxWindow {
-				return connError{codeFlowControl, fmt.Sprintf("SETTINGS_INITIAL_WINDOW_SIZE %d", v)}
+				return connError{http2.ErrCodeFlowControl, fmt.Sprintf("SETTINGS_INITIAL_WINDOW_SIZE %d", v)}
 			}
 			initialWindow = int64(v)
-		case settingMaxFrameSize:
+		case http2.SettingMaxFrameSize:
 			if v < maxReadFrame || v > maxFrameSizeLimit {
-				return connError{codeProtocol, fmt.Sprintf("SETTINGS_MAX_FRAME_SIZE %d", v)}
+				return connError{http2.ErrCodeProtocol, fmt.Sprintf("SETTINGS_MAX_FRAME_SIZE %d", v)}
 			}
 			maxFrame = v
 		}
@@ -641,10 +642,10 @@ func (c *h2conn) settings(flags uint8, id uint32, p []byte) error {
 
 func (c *h2conn) ping(flags uint8, id uint32, p []byte) error {
 	if id != 0 {
-		return connError{codeProtocol, "PING on a stream"}
+		return connError{http2.ErrCodeProtocol, "PING on a stream"}
 	}
 	if len(p) != 8 {
-		return connError{codeFrameSize, "PING of " + fmt.Sprint(len(p)) + " bytes"}
+		return connError{http2.ErrCodeFrameSize, "PING of " + fmt.Sprint(len(p)) + " bytes"}
 	}
 	if flags&flagAck != 0 {
 		return nil // any frame read answers the keepalive
@@ -656,7 +657,7 @@ func (c *h2conn) ping(flags uint8, id uint32, p []byte) error {
 	if !c.lastPing.IsZero() && now.Sub(c.lastPing) < pingMinTime {
 		c.pingStrikes++
 		if c.pingStrikes > maxPingStrikes {
-			return connError{codeEnhanceYourCalm, "too_many_pings"}
+			return connError{http2.ErrCodeEnhanceYourCalm, "too_many_pings"}
 		}
 	}
 	c.lastPing = now
@@ -666,22 +667,22 @@ func (c *h2conn) ping(flags uint8, id uint32, p []byte) error {
 
 func (c *h2conn) windowUpdate(id uint32, p []byte) error {
 	if len(p) != 4 {
-		return connError{codeFrameSize, "WINDOW_UPDATE of " + fmt.Sprint(len(p)) + " bytes"}
+		return connError{http2.ErrCodeFrameSize, "WINDOW_UPDATE of " + fmt.Sprint(len(p)) + " bytes"}
 	}
 	inc := binary.BigEndian.Uint32(p) & 0x7fffffff
 	if id == 0 {
 		if inc == 0 {
-			return connError{codeProtocol, "WINDOW_UPDATE of 0"}
+			return connError{http2.ErrCodeProtocol, "WINDOW_UPDATE of 0"}
 		}
 		if !c.grow(nil, inc) {
-			return connError{codeFlowControl, "connection window above 2^31-1"}
+			return connError{http2.ErrCodeFlowControl, "connection window above 2^31-1"}
 		}
 		return nil
 	}
 	st := c.stream(id)
 	if st == nil {
 		if id > c.lastID {
-			return connError{codeProtocol, fmt.Sprintf("WINDOW_UPDATE on idle stream %d", id)}
+			return connError{http2.ErrCodeProtocol, fmt.Sprintf("WINDOW_UPDATE on idle stream %d", id)}
 		}
 		if st := c.endedStream(id); st != nil {
 			c.grow(st, inc)
@@ -689,11 +690,11 @@ func (c *h2conn) windowUpdate(id uint32, p []byte) error {
 		return nil
 	}
 	if inc == 0 {
-		c.reset(st, codeProtocol)
+		c.reset(st, http2.ErrCodeProtocol)
 		return nil
 	}
 	if !c.grow(st, inc) {
-		c.reset(st, codeFlowControl)
+		c.reset(st, http2.ErrCodeFlowControl)
 	}
 	return nil
 }

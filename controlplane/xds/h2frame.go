@@ -3,6 +3,8 @@ package xds
 import (
 	"encoding/binary"
 	"strconv"
+
+	"golang.org/x/net/http2"
 )
 
 // HTTP/2 framing (RFC 9113) as the transport (h2conn.go) reads and writes it.
@@ -19,23 +21,6 @@ const (
 	maxWindow     = 1<<31 - 1
 	// defaultTableSize is HTTP/2's initial SETTINGS_HEADER_TABLE_SIZE.
 	defaultTableSize = 4096
-
-	clientPreface = "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
-)
-
-type frameType uint8
-
-const (
-	frameData         frameType = 0x0
-	frameHeaders      frameType = 0x1
-	framePriority     frameType = 0x2
-	frameRSTStream    frameType = 0x3
-	frameSettings     frameType = 0x4
-	framePushPromise  frameType = 0x5
-	framePing         frameType = 0x6
-	frameGoAway       frameType = 0x7
-	frameWindowUpdate frameType = 0x8
-	frameContinuation frameType = 0x9
 )
 
 const (
@@ -46,45 +31,9 @@ const (
 	flagPriority   = 0x20
 )
 
-// errCode is an HTTP/2 error code (RST_STREAM, GOAWAY).
-type errCode uint32
-
-const (
-	codeNo              errCode = 0x0
-	codeProtocol        errCode = 0x1
-	codeFlowControl     errCode = 0x3
-	codeStreamClosed    errCode = 0x5
-	codeFrameSize       errCode = 0x6
-	codeRefusedStream   errCode = 0x7
-	codeCompression     errCode = 0x9
-	codeEnhanceYourCalm errCode = 0xb
-)
-
-func (c errCode) String() string {
-	switch c {
-	case codeNo:
-		return "NO_ERROR"
-	case codeProtocol:
-		return "PROTOCOL_ERROR"
-	case codeFlowControl:
-		return "FLOW_CONTROL_ERROR"
-	case codeStreamClosed:
-		return "STREAM_CLOSED"
-	case codeFrameSize:
-		return "FRAME_SIZE_ERROR"
-	case codeRefusedStream:
-		return "REFUSED_STREAM"
-	case codeCompression:
-		return "COMPRESSION_ERROR"
-	case codeEnhanceYourCalm:
-		return "ENHANCE_YOUR_CALM"
-	}
-	return "error code " + strconv.FormatUint(uint64(c), 10)
-}
-
 // connError ends a connection with GOAWAY.
 type connError struct {
-	code   errCode
+	code   http2.ErrCode
 	reason string
 }
 
@@ -92,46 +41,37 @@ func (e connError) Error() string {
 	return "http2 connection error " + e.code.String() + ": " + e.reason
 }
 
-const (
-	settingHeaderTableSize      = 0x1
-	settingEnablePush           = 0x2
-	settingMaxConcurrentStreams = 0x3
-	settingInitialWindowSize    = 0x4
-	settingMaxFrameSize         = 0x5
-	settingMaxHeaderListSize    = 0x6
-)
-
 // appendFrameHeader appends a frame header.
-func appendFrameHeader(b []byte, length int, t frameType, flags uint8, stream uint32) []byte {
+func appendFrameHeader(b []byte, length int, t http2.FrameType, flags uint8, stream uint32) []byte {
 	return append(b, byte(length>>16), byte(length>>8), byte(length), byte(t), flags,
 		byte(stream>>24)&0x7f, byte(stream>>16), byte(stream>>8), byte(stream))
 }
 
 func appendWindowUpdate(b []byte, stream uint32, inc uint32) []byte {
-	b = appendFrameHeader(b, 4, frameWindowUpdate, 0, stream)
+	b = appendFrameHeader(b, 4, http2.FrameWindowUpdate, 0, stream)
 	return binary.BigEndian.AppendUint32(b, inc&0x7fffffff)
 }
 
-func appendRSTStream(b []byte, stream uint32, code errCode) []byte {
-	b = appendFrameHeader(b, 4, frameRSTStream, 0, stream)
+func appendRSTStream(b []byte, stream uint32, code http2.ErrCode) []byte {
+	b = appendFrameHeader(b, 4, http2.FrameRSTStream, 0, stream)
 	return binary.BigEndian.AppendUint32(b, uint32(code))
 }
 
-func appendGoAway(b []byte, lastStream uint32, code errCode, debug string) []byte {
-	b = appendFrameHeader(b, 8+len(debug), frameGoAway, 0, 0)
+func appendGoAway(b []byte, lastStream uint32, code http2.ErrCode, debug string) []byte {
+	b = appendFrameHeader(b, 8+len(debug), http2.FrameGoAway, 0, 0)
 	b = binary.BigEndian.AppendUint32(b, lastStream&0x7fffffff)
 	b = binary.BigEndian.AppendUint32(b, uint32(code))
 	return append(b, debug...)
 }
 
 func appendPing(b []byte, flags uint8, data [8]byte) []byte {
-	b = appendFrameHeader(b, 8, framePing, flags, 0)
+	b = appendFrameHeader(b, 8, http2.FramePing, flags, 0)
 	return append(b, data[:]...)
 }
 
 // appendSetting appends one setting of a SETTINGS frame's payload.
-func appendSetting(b []byte, id uint16, v uint32) []byte {
-	b = binary.BigEndian.AppendUint16(b, id)
+func appendSetting(b []byte, id http2.SettingID, v uint32) []byte {
+	b = binary.BigEndian.AppendUint16(b, uint16(id))
 	return binary.BigEndian.AppendUint32(b, v)
 }
 

@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"testing"
 
+	"golang.org/x/net/http2"
 	"golang.org/x/net/http2/hpack"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
@@ -28,8 +29,8 @@ func TestTransportHeaderTableSize(t *testing.T) {
 		t.Run(fmt.Sprint(size), func(t *testing.T) {
 			t.Parallel()
 			c := dialH2(t, tcpServe(t, NewServer(Options{})))
-			settings := appendSetting(nil, settingHeaderTableSize, size)
-			c.write(append(appendFrameHeader(nil, len(settings), frameSettings, 0, 0), settings...))
+			settings := appendSetting(nil, http2.SettingHeaderTableSize, size)
+			c.write(append(appendFrameHeader(nil, len(settings), http2.FrameSettings, 0, 0), settings...))
 			dec := hpack.NewDecoder(4096, nil)
 			acks := 0
 			for id := uint32(1); id <= 3; id += 2 {
@@ -38,21 +39,21 @@ func TestTransportHeaderTableSize(t *testing.T) {
 				for _, f := range [][2]string{{":method", "POST"}, {":scheme", "http"}, {":path", "/" + healthService + "/Check"}, {":authority", "a"}, {"content-type", "application/grpc"}} {
 					_ = enc.WriteField(hpack.HeaderField{Name: f[0], Value: f[1]})
 				}
-				c.write(append(appendFrameHeader(nil, block.Len(), frameHeaders, flagEndHeaders, id), block.Bytes()...))
-				c.write(append(appendFrameHeader(nil, 5, frameData, flagEndStream, id), 0, 0, 0, 0, 0))
+				c.write(append(appendFrameHeader(nil, block.Len(), http2.FrameHeaders, flagEndHeaders, id), block.Bytes()...))
+				c.write(append(appendFrameHeader(nil, 5, http2.FrameData, flagEndStream, id), 0, 0, 0, 0, 0))
 				blocks := 0
 				for blocks < 2 { // the response's headers, then its trailers
 					typ, flags, sid, payload, ok := c.next()
 					if !ok {
 						t.Fatalf("the connection ended before the response of stream %d", id)
 					}
-					if typ == frameSettings && flags&flagAck != 0 {
+					if typ == http2.FrameSettings && flags&flagAck != 0 {
 						if acks++; acks == 2 { // the first is the preface's
 							dec.SetAllowedMaxDynamicTableSize(size)
 						}
 						continue
 					}
-					if typ != frameHeaders || sid != id {
+					if typ != http2.FrameHeaders || sid != id {
 						continue
 					}
 					if id == 1 && blocks == 0 {

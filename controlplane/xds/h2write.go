@@ -6,6 +6,7 @@ import (
 	"slices"
 	"sync"
 
+	"golang.org/x/net/http2"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 )
@@ -73,10 +74,10 @@ var errStreamEnded = status.Error(codes.Canceled, "stream ended")
 // window to recvWindow.
 func (c *h2conn) start() {
 	var b []byte
-	b = appendFrameHeader(b, 18, frameSettings, 0, 0)
-	b = appendSetting(b, settingMaxConcurrentStreams, maxStreams)
-	b = appendSetting(b, settingInitialWindowSize, recvWindow)
-	b = appendSetting(b, settingMaxHeaderListSize, maxHeaderBlock)
+	b = appendFrameHeader(b, 18, http2.FrameSettings, 0, 0)
+	b = appendSetting(b, http2.SettingMaxConcurrentStreams, maxStreams)
+	b = appendSetting(b, http2.SettingInitialWindowSize, recvWindow)
+	b = appendSetting(b, http2.SettingMaxHeaderListSize, maxHeaderBlock)
 	b = appendWindowUpdate(b, 0, recvWindow-defaultWindow)
 	c.wmu.Lock()
 	c.w.sendWindow, c.w.initialWindow, c.w.maxFrame = defaultWindow, defaultWindow, maxReadFrame
@@ -106,12 +107,12 @@ func (c *h2conn) addControl(frames []byte) {
 	}
 }
 
-func (c *h2conn) queueRST(id uint32, code errCode) {
+func (c *h2conn) queueRST(id uint32, code http2.ErrCode) {
 	c.queueControl(appendRSTStream(nil, id, code))
 }
 
 // goAway queues GOAWAY; the write side is closed once it is written.
-func (c *h2conn) goAway(code errCode, reason string) {
+func (c *h2conn) goAway(code http2.ErrCode, reason string) {
 	c.wmu.Lock()
 	defer c.wmu.Unlock()
 	if c.w.dead || c.w.closing {
@@ -134,7 +135,7 @@ func (c *h2conn) applySettings(initialWindow int64, maxFrame uint32, tableSize i
 		c.w.initialWindow = initialWindow
 		for _, st := range c.streams {
 			if st.sendWindow += delta; st.sendWindow > maxWindow {
-				return connError{codeFlowControl, "stream window above 2^31-1"}
+				return connError{http2.ErrCodeFlowControl, "stream window above 2^31-1"}
 			}
 		}
 		for _, st := range c.w.ready {
@@ -152,7 +153,7 @@ func (c *h2conn) applySettings(initialWindow int64, maxFrame uint32, tableSize i
 		c.w.tableSize, c.w.sizeUpdate = uint32(tableSize), true
 	}
 	if !c.w.dead && !c.w.closing {
-		c.addControl(appendFrameHeader(nil, 0, frameSettings, flagAck, 0))
+		c.addControl(appendFrameHeader(nil, 0, http2.FrameSettings, flagAck, 0))
 		c.kick()
 	}
 	return nil
@@ -506,7 +507,7 @@ func (b *batch) add(p []byte) {
 	b.size += len(p)
 }
 
-func (b *batch) frame(length int, t frameType, flags uint8, id uint32) {
+func (b *batch) frame(length int, t http2.FrameType, flags uint8, id uint32) {
 	h := len(b.hdrs)
 	b.hdrs = appendFrameHeader(b.hdrs, length, t, flags, id)
 	b.add(b.hdrs[h:])
@@ -621,7 +622,7 @@ func (c *h2conn) planStream(b *batch, st *h2stream) {
 		switch {
 		case it.rst:
 			h := len(b.hdrs)
-			b.hdrs = appendRSTStream(b.hdrs, st.id, codeNo)
+			b.hdrs = appendRSTStream(b.hdrs, st.id, http2.ErrCodeNo)
 			b.add(b.hdrs[h:])
 			b.frames++
 		case it.msg == nil:
@@ -631,10 +632,10 @@ func (c *h2conn) planStream(b *batch, st *h2stream) {
 			}
 			if c.w.sizeUpdate {
 				c.w.sizeUpdate = false
-				b.frame(len(tableSizeZero)+len(it.block), frameHeaders, flags, st.id)
+				b.frame(len(tableSizeZero)+len(it.block), http2.FrameHeaders, flags, st.id)
 				b.add(tableSizeZero)
 			} else {
-				b.frame(len(it.block), frameHeaders, flags, st.id)
+				b.frame(len(it.block), http2.FrameHeaders, flags, st.id)
 			}
 			b.add(it.block)
 			b.data = true
@@ -644,7 +645,7 @@ func (c *h2conn) planStream(b *batch, st *h2stream) {
 			if n <= 0 {
 				return // blocked until the peer's WINDOW_UPDATE
 			}
-			b.frame(int(n), frameData, 0, st.id)
+			b.frame(int(n), http2.FrameData, 0, st.id)
 			c.w.sendWindow -= n
 			st.sendWindow -= n
 			m.left -= int(n)

@@ -56,16 +56,27 @@ func holding(t *testing.T, before *Snapshot) (*Server, context.Context) {
 }
 
 // openSotW opens a SotW stream of client and sends req on it.
-func openSotW(ctx context.Context, t *testing.T, client discoveryv3.AggregatedDiscoveryServiceClient, req *discoveryv3.DiscoveryRequest) discoveryv3.AggregatedDiscoveryService_StreamAggregatedResourcesClient {
+func openSotW(ctx context.Context, t *testing.T, client discoveryv3.AggregatedDiscoveryServiceClient, reqs ...*discoveryv3.DiscoveryRequest) discoveryv3.AggregatedDiscoveryService_StreamAggregatedResourcesClient {
 	t.Helper()
 	st, err := client.StreamAggregatedResources(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := st.Send(req); err != nil {
-		t.Fatal(err)
+	for _, req := range reqs {
+		if err := st.Send(req); err != nil {
+			t.Fatal(err)
+		}
 	}
 	return st
+}
+
+// sotwBoth are the first requests of a SotW proxy of node n: clusters, then
+// listeners.
+func sotwBoth() []*discoveryv3.DiscoveryRequest {
+	return []*discoveryv3.DiscoveryRequest{
+		{Node: &corev3.Node{Id: "n"}, TypeUrl: resourcev3.ClusterType},
+		{Node: &corev3.Node{Id: "n"}, TypeUrl: resourcev3.ListenerType},
+	}
 }
 
 // openDelta opens a delta stream of client and sends req on it.

@@ -77,16 +77,7 @@ func TestTransportLargeResponsesUnread(t *testing.T) {
 				grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(64<<20)))
 			var sts []discoveryv3.AggregatedDiscoveryService_StreamAggregatedResourcesClient
 			for range tc.streams {
-				st, err := discoveryv3.NewAggregatedDiscoveryServiceClient(cc).StreamAggregatedResources(ctx)
-				if err != nil {
-					t.Fatal(err)
-				}
-				for _, typ := range []string{resourcev3.ClusterType, resourcev3.ListenerType} {
-					if err := st.Send(&discoveryv3.DiscoveryRequest{Node: &corev3.Node{Id: "n"}, TypeUrl: typ}); err != nil {
-						t.Fatal(err)
-					}
-				}
-				sts = append(sts, st)
+				sts = append(sts, openSotW(ctx, t, discoveryv3.NewAggregatedDiscoveryServiceClient(cc), sotwBoth()...))
 			}
 			time.Sleep(tc.pause) // busy: not reading yet
 			for i, st := range sts {
@@ -123,15 +114,7 @@ func TestTransportUnsentExact(t *testing.T) {
 		t.Fatal(err)
 	}
 	cc := dial(t, tcpServe(t, srv), grpc.WithInitialWindowSize(64<<10), grpc.WithInitialConnWindowSize(64<<10))
-	st, err := discoveryv3.NewAggregatedDiscoveryServiceClient(cc).StreamAggregatedResources(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, typ := range []string{resourcev3.ClusterType, resourcev3.ListenerType} {
-		if err := st.Send(&discoveryv3.DiscoveryRequest{Node: &corev3.Node{Id: "n"}, TypeUrl: typ}); err != nil {
-			t.Fatal(err)
-		}
-	}
+	st := openSotW(ctx, t, discoveryv3.NewAggregatedDiscoveryServiceClient(cc), sotwBoth()...)
 	done := make(chan error, 1)
 	last := snaps[len(snaps)-1].Versions()
 	go func() {

@@ -122,7 +122,7 @@ func TestResponseWrittenOrDropped(t *testing.T) {
 			}
 			var p bufferPool
 			f := &flight{done: make(chan struct{})}
-			err := st.queueMessage(newResponse(tt.size, &p, f), "")
+			err := st.queueMessage(newResponse(tt.size, &p, f), "", false)
 			if tt.pre != (err != nil) {
 				t.Fatalf("queueMessage: %v", err)
 			}

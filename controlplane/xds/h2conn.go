@@ -373,7 +373,7 @@ func (c *h2conn) open(b *headerBlock) error {
 	// A call ended but not yet written is still open for the peer, which
 	// counts it against SETTINGS_MAX_CONCURRENT_STREAMS until it reads its
 	// trailers: a peer that does not read cannot have more queued.
-	if len(c.streams) >= maxStreams || len(c.streams)+c.endedUnwritten() >= maxStreams {
+	if len(c.streams)+c.endedUnwritten() >= maxStreams {
 		c.queueRST(b.stream, http2.ErrCodeRefusedStream)
 		return nil
 	}
@@ -707,14 +707,14 @@ func (st *h2stream) SendMsg(m any) error {
 	if err != nil {
 		return status.Errorf(codes.Internal, "marshal response: %v", err)
 	}
-	typ, key := "", "" // a SotW response replaces an older one of its type not yet written
+	typ, replace := "", false // a SotW response replaces an older one of its type not yet written
 	switch r := m.(type) {
 	case *discoveryv3.DiscoveryResponse:
-		typ, key = r.GetTypeUrl(), r.GetTypeUrl()
+		typ, replace = r.GetTypeUrl(), true
 	case *discoveryv3.DeltaDiscoveryResponse: // each one counts: never replaced
 		typ = r.GetTypeUrl()
 	}
-	return st.queueTyped(bs, typ, key)
+	return st.queueMessage(bs, typ, replace)
 }
 
 // backlogged reports whether the connection had responses unwritten when

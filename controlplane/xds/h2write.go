@@ -50,13 +50,13 @@ type outMsg struct {
 	prefix [5]byte
 	parts  [][]byte // what is left to frame: prefix, then resp's bytes
 	left   int
-	// key, when set, is a SotW response's type: a newer response of the
-	// type replaces this one as long as none of it is written.
-	key string
 	// typ is the response's type; exempt: it is its stream's first
 	// unwritten response of typ, which maxUnsent does not count.
 	typ    string
 	exempt bool
+	// replace: a SotW response, which a newer response of its type
+	// replaces as long as none of it is written.
+	replace bool
 }
 
 // unqueue takes what is left of m off the connection's counts (wmu held).
@@ -330,21 +330,15 @@ func (c *h2conn) reap() {
 	}
 }
 
-// queueMessage queues a marshalled SotW response message (or, key "", a
-// message of no type): key is its type.
-func (st *h2stream) queueMessage(r *response, key string) error {
-	return st.queueTyped(r, key, key)
-}
-
-// queueTyped queues a marshalled response message of type typ; key, if
-// set, is a SotW response's type: it replaces the stream's queued response
-// of that type of which nothing is written yet. A stream's first unwritten
+// queueMessage queues a marshalled response message of type typ ("": of
+// no type); replace, for a SotW response, replaces the stream's queued
+// response of that type of which nothing is written yet. A stream's first unwritten
 // response of a type is one a proxy may rightly leave unread (it answers
 // each response before the next of its type is sent): it is exempt. When
 // the others, queued behind one of their type, would pass maxUnsent bytes
 // unwritten (a single larger one is still queued), the peer is not reading
 // them: the connection is closed.
-func (st *h2stream) queueTyped(r *response, typ, key string) error {
+func (st *h2stream) queueMessage(r *response, typ string, replace bool) error {
 	c := st.c
 	c.wmu.Lock()
 	defer c.wmu.Unlock()
@@ -354,7 +348,7 @@ func (st *h2stream) queueTyped(r *response, typ, key string) error {
 	}
 	n := len(r.data)
 	st.behind = c.w.unsent > 0
-	old := st.replaceable(key)
+	old := st.replaceable(typ, replace)
 	exempt := typ != "" && !st.hasType(typ)
 	if old != nil {
 		exempt = old.msg.exempt
@@ -373,7 +367,7 @@ func (st *h2stream) queueTyped(r *response, typ, key string) error {
 		st.headersSent = true
 		st.out = append(st.out, outItem{block: responseHeaders})
 	}
-	m := &outMsg{resp: r, key: key, typ: typ, exempt: exempt}
+	m := &outMsg{resp: r, typ: typ, exempt: exempt, replace: replace}
 	m.prefix[0] = 0
 	binary.BigEndian.PutUint32(m.prefix[1:], uint32(n))
 	m.parts = [][]byte{m.prefix[:], r.data}
@@ -420,14 +414,14 @@ func (c *h2conn) promote(st *h2stream, m *outMsg) {
 	}
 }
 
-// replaceable returns st's queued response of type key of which nothing is
-// written yet, or nil (wmu held).
-func (st *h2stream) replaceable(key string) *outItem {
-	if key == "" {
+// replaceable returns, for a response that replaces (replace), st's queued
+// response of type typ of which nothing is written yet, or nil (wmu held).
+func (st *h2stream) replaceable(typ string, replace bool) *outItem {
+	if !replace || typ == "" {
 		return nil
 	}
 	for i := range st.out {
-		if m := st.out[i].msg; m != nil && m.key == key && m.left == 5+len(m.resp.data) {
+		if m := st.out[i].msg; m != nil && m.replace && m.typ == typ && m.left == 5+len(m.resp.data) {
 			return &st.out[i]
 		}
 	}
